@@ -1,0 +1,212 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * lorad-cli: send requests to a running lorad from the command line.
+ *
+ *   lorad-cli --socket PATH --skill sql --prompt-tokens 1,17,250 --max-tokens 16 --json
+ *   lorad-cli --socket PATH --count 10000 --prompt-tokens 1,2,3   # latency summary
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <lorad/lorad.h>
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
+}
+
+static int parse_tokens(const char *s, uint32_t **out, uint32_t *n)
+{
+	uint32_t cap = 16, k = 0;
+	uint32_t *v = malloc(cap * sizeof(*v));
+
+	while (v && *s) {
+		char *end;
+		unsigned long t;
+
+		errno = 0;
+		t = strtoul(s, &end, 10);
+		if (errno || end == s || t > UINT32_MAX || (*end && *end != ',')) {
+			free(v);
+			return -EINVAL;
+		}
+		if (k == cap) {
+			uint32_t *nv = realloc(v, (cap *= 2) * sizeof(*v));
+			if (!nv) {
+				free(v);
+				return -ENOMEM;
+			}
+			v = nv;
+		}
+		v[k++] = (uint32_t)t;
+		s = *end ? end + 1 : end;
+	}
+	if (!v)
+		return -ENOMEM;
+	if (!k) {
+		free(v);
+		return -EINVAL;
+	}
+	*out = v;
+	*n = k;
+	return 0;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: lorad-cli --socket PATH --prompt-tokens IDS [options]\n"
+		"  --skill NAME          skill to use (default: base)\n"
+		"  --prompt-tokens IDS   comma-separated token ids\n"
+		"  --max-tokens N        tokens to generate (default 16)\n"
+		"  --temperature T --top-p P --top-k K --min-p M --seed S\n"
+		"  --routing-key K       sticky routing key\n"
+		"  --count N             send N requests one after another and print latency\n"
+		"  --json                print the result as JSON\n"
+		"  --timeout-ms N        give up after N ms per request (default 30000)\n");
+}
+
+int main(int argc, char **argv)
+{
+	enum { O_SOCKET = 256, O_SKILL, O_PROMPT, O_MAXTOK, O_TEMP, O_TOPP, O_TOPK, O_MINP,
+	       O_SEED, O_KEY, O_COUNT, O_JSON, O_TIMEOUT, O_HELP };
+	static const struct option opts[] = {
+		{ "socket", required_argument, 0, O_SOCKET },
+		{ "skill", required_argument, 0, O_SKILL },
+		{ "prompt-tokens", required_argument, 0, O_PROMPT },
+		{ "max-tokens", required_argument, 0, O_MAXTOK },
+		{ "temperature", required_argument, 0, O_TEMP },
+		{ "top-p", required_argument, 0, O_TOPP },
+		{ "top-k", required_argument, 0, O_TOPK },
+		{ "min-p", required_argument, 0, O_MINP },
+		{ "seed", required_argument, 0, O_SEED },
+		{ "routing-key", required_argument, 0, O_KEY },
+		{ "count", required_argument, 0, O_COUNT },
+		{ "json", no_argument, 0, O_JSON },
+		{ "timeout-ms", required_argument, 0, O_TIMEOUT },
+		{ "help", no_argument, 0, O_HELP },
+		{ 0, 0, 0, 0 },
+	};
+	const char *sock = NULL;
+	struct lorad_request req = { .max_tokens = 16 };
+	unsigned long count = 1;
+	int json = 0, timeout_ms = 30000, c, ret = 1;
+	uint32_t *prompt = NULL, *out = NULL;
+	uint64_t *lat = NULL;
+	struct lorad *conn = NULL;
+
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case O_SOCKET: sock = optarg; break;
+		case O_SKILL: req.skill = optarg; break;
+		case O_PROMPT:
+			if (parse_tokens(optarg, &prompt, &req.n_prompt)) {
+				fprintf(stderr, "lorad-cli: --prompt-tokens: '%s' is not a list of ids\n", optarg);
+				return 2;
+			}
+			req.prompt = prompt;
+			break;
+		case O_MAXTOK: req.max_tokens = (uint32_t)strtoul(optarg, NULL, 0); break;
+		case O_TEMP: req.temperature = strtof(optarg, NULL); break;
+		case O_TOPP: req.top_p = strtof(optarg, NULL); break;
+		case O_TOPK: req.top_k = (uint32_t)strtoul(optarg, NULL, 0); break;
+		case O_MINP: req.min_p = strtof(optarg, NULL); break;
+		case O_SEED: req.seed = strtoull(optarg, NULL, 0); break;
+		case O_KEY: req.routing_key = strtoull(optarg, NULL, 0); break;
+		case O_COUNT: count = strtoul(optarg, NULL, 0); break;
+		case O_JSON: json = 1; break;
+		case O_TIMEOUT: timeout_ms = atoi(optarg); break;
+		case O_HELP: case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (!sock || !req.prompt || !req.max_tokens || !count) {
+		fprintf(stderr, "lorad-cli: --socket, --prompt-tokens and a non-zero --max-tokens are required\n");
+		usage(stderr);
+		return 2;
+	}
+	out = calloc(req.max_tokens, sizeof(*out));
+	lat = calloc(count, sizeof(*lat));
+	if (!out || !lat)
+		goto done;
+	req.out = out;
+	ret = lorad_connect(sock, NULL, &conn);
+	if (ret) {
+		fprintf(stderr, "lorad-cli: %s: %s\n", sock, lorad_strerror(ret));
+		ret = 1;
+		goto done;
+	}
+	for (unsigned long i = 0; i < count; i++) {
+		struct lorad_event ev;
+		uint64_t t0 = now_ns();
+
+		req.user_data = i + 1;
+		ret = lorad_submit(conn, &req);
+		if (ret) {
+			fprintf(stderr, "lorad-cli: submit: %s\n", lorad_strerror(ret));
+			ret = 1;
+			goto done;
+		}
+		do {
+			ret = lorad_wait(conn, &ev, 1, timeout_ms);
+		} while (ret == 1 && !(ev.flags & LORAD_EV_FINAL));
+		lat[i] = now_ns() - t0;
+		if (ret < 0) {
+			fprintf(stderr, "lorad-cli: %s\n", lorad_strerror(ret));
+			ret = 1;
+			goto done;
+		}
+		if (ev.res < 0) {
+			fprintf(stderr, "lorad-cli: request failed: %s (field: %s)\n",
+				lorad_strerror(ev.res), lorad_field_name(ev.field));
+			ret = 1;
+			goto done;
+		}
+		if (i + 1 == count && count == 1) {
+			if (json) {
+				printf("{\"tokens\": [");
+				for (uint32_t k = 0; k < ev.n_tokens; k++)
+					printf("%s%u", k ? ", " : "", out[k]);
+				printf("], \"finish\": \"%s\", \"ttft_us\": %u, \"itl_us\": %u}\n",
+				       lorad_finish_name(ev.finish), ev.ttft_us, ev.itl_us);
+			} else {
+				for (uint32_t k = 0; k < ev.n_tokens; k++)
+					printf("%s%u", k ? " " : "", out[k]);
+				printf("\n(%u tokens, %s, %.1f us)\n", ev.n_tokens,
+				       lorad_finish_name(ev.finish), lat[i] / 1000.0);
+			}
+		}
+	}
+	if (count > 1) {
+		qsort(lat, count, sizeof(*lat), cmp_u64);
+		if (json)
+			printf("{\"requests\": %lu, \"p50_us\": %.2f, \"p99_us\": %.2f, \"max_us\": %.2f}\n",
+			       count, lat[count / 2] / 1e3, lat[count * 99 / 100] / 1e3,
+			       lat[count - 1] / 1e3);
+		else
+			printf("%lu requests: round trip p50 %.2f us, p99 %.2f us, max %.2f us\n",
+			       count, lat[count / 2] / 1e3, lat[count * 99 / 100] / 1e3,
+			       lat[count - 1] / 1e3);
+	}
+	ret = 0;
+done:
+	lorad_close(conn);
+	free(prompt);
+	free(out);
+	free(lat);
+	return ret;
+}

@@ -1,0 +1,870 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * liblorad: connect, submit, reap, wait, cancel.
+ *
+ * One mutex per connection serialises the producer side of the SQ, the
+ * consumer side of the CQ, the arena allocator and the request table, so
+ * any number of threads may share a connection. It is taken once per batch,
+ * never held across a sleep. The rings themselves are lock-free between the
+ * two processes.
+ */
+#include <lorad/lorad.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "region.h"
+#include "ring.h"
+
+#define CHUNK          64u              /* arena allocation granule */
+#define BLK_FREED      0x80000000u
+#define ALIVE_CHECK_NS 10000000ull      /* look for the daemon's hang-up this often */
+
+enum slot_state { SLOT_FREE = 0, SLOT_INFLIGHT };
+
+struct slot {
+	uint64_t  user_data;
+	uint32_t *out;
+	uint32_t  max_tokens;
+	uint32_t  copied;       /* ids already copied to out */
+	uint32_t  arena_chunk;  /* first chunk of the prompt+output block */
+	uint32_t  out_off;      /* arena byte offset of the output ids */
+	uint16_t  gen;
+	uint8_t   state;
+	uint32_t  next_free;
+};
+
+struct lorad {
+	pthread_mutex_t lock;
+	int sock, sq_efd, cq_efd, epfd;
+	void *map;
+	struct region_layout lay;
+	struct lorad_ring_ctl *sq, *cq;
+	struct lorad_sqe *sqes;
+	struct lorad_cqe *cqes;
+	struct lorad_region_stats *dstats;
+	unsigned char *arena;
+	uint32_t sq_tail;           /* private copy: only this side writes it */
+	uint32_t cq_head;
+
+	/* arena: a circular log of blocks; out-of-order frees are reclaimed
+	 * when the oldest block is freed, so alloc and free are O(1) amortised */
+	uint32_t n_chunks;
+	uint64_t a_head, a_tail;    /* free-running chunk counters */
+	uint32_t *blk;              /* at a block's first chunk: its length | BLK_FREED */
+
+	struct slot *slots;
+	uint32_t n_slots, free_slot;
+	unsigned pending;
+
+	int dead;                   /* 0, or the error every call now returns */
+	unsigned waiters;
+	bool armed;
+	uint64_t next_alive_check;
+	uint64_t fork_gen;
+	uint32_t spin_us;
+	struct lorad_stats st;
+};
+
+/* --- fork safety ---------------------------------------------------------- */
+
+static _Atomic uint64_t fork_gen;
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+
+static void on_fork_child(void)
+{
+	atomic_fetch_add_explicit(&fork_gen, 1, memory_order_relaxed);
+}
+
+static void fork_hook_install(void)
+{
+	pthread_atfork(NULL, NULL, on_fork_child);
+}
+
+/* A forked child must not become a second producer on a single-producer ring. */
+static inline int check_usable(const struct lorad *c)
+{
+	if (c->fork_gen != atomic_load_explicit(&fork_gen, memory_order_relaxed))
+		return -ECHILD;
+	return 0;
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
+}
+
+/* --- arena ------------------------------------------------------------------ */
+
+/* Returns the first chunk of a block of @n chunks, or -1 when full. Caller holds lock. */
+static int64_t arena_alloc(struct lorad *c, uint32_t n)
+{
+	uint32_t pos = c->a_head % c->n_chunks;
+	uint32_t pad = 0;
+
+	if (pos + n > c->n_chunks)
+		pad = c->n_chunks - pos;      /* blocks never wrap: skip the tail end */
+	if (c->a_head + pad + n - c->a_tail > c->n_chunks)
+		return -1;
+	if (pad) {
+		c->blk[pos] = pad | BLK_FREED;
+		c->a_head += pad;
+		pos = 0;
+	}
+	c->blk[pos] = n;
+	c->a_head += n;
+	return pos;
+}
+
+static void arena_free(struct lorad *c, uint32_t chunk)
+{
+	c->blk[chunk] |= BLK_FREED;
+	while (c->a_tail != c->a_head) {
+		uint32_t t = c->a_tail % c->n_chunks;
+		uint32_t b = c->blk[t];
+
+		if (!(b & BLK_FREED))
+			break;
+		c->blk[t] = 0;
+		c->a_tail += b & ~BLK_FREED;
+	}
+}
+
+/* --- liveness ------------------------------------------------------------------ */
+
+/*
+ * Look at the socket: a goodbye message gives the daemon's reason, EOF or
+ * an error means it died. Caller holds lock.
+ */
+static void check_alive(struct lorad *c)
+{
+	struct lorad_goodbye bye;
+	struct pollfd p = { .fd = c->sock, .events = POLLIN | POLLRDHUP };
+	ssize_t r;
+
+	if (c->dead || poll(&p, 1, 0) <= 0)
+		return;
+	r = recv(c->sock, &bye, sizeof(bye), MSG_DONTWAIT);
+	if (r == (ssize_t)sizeof(bye) && bye.magic == LORAD_MAGIC && bye.reason < 0)
+		c->dead = bye.reason;
+	else if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR) ||
+		 (p.revents & (POLLHUP | POLLERR | POLLRDHUP)))
+		c->dead = -ECONNRESET;
+}
+
+static void maybe_check_alive(struct lorad *c)
+{
+	uint64_t t = now_ns();
+
+	if (t >= c->next_alive_check) {
+		c->next_alive_check = t + ALIVE_CHECK_NS;
+		check_alive(c);
+	}
+}
+
+/* --- connect ----------------------------------------------------------------- */
+
+static int recv_welcome(struct lorad *c, struct lorad_welcome *w, int fds[3], int timeout_ms)
+{
+	union {
+		char buf[CMSG_SPACE(3 * sizeof(int))];
+		struct cmsghdr align;
+	} ctl;
+	struct iovec iov = { .iov_base = w, .iov_len = sizeof(*w) };
+	struct msghdr msg = {
+		.msg_iov = &iov, .msg_iovlen = 1,
+		.msg_control = ctl.buf, .msg_controllen = sizeof(ctl.buf),
+	};
+	struct pollfd p = { .fd = c->sock, .events = POLLIN };
+	struct cmsghdr *cm;
+	ssize_t r;
+	int n_fds = 0;
+
+	r = poll(&p, 1, timeout_ms);
+	if (r < 0)
+		return -errno;
+	if (r == 0)
+		return -ETIMEDOUT;
+	r = recvmsg(c->sock, &msg, MSG_CMSG_CLOEXEC | MSG_WAITALL);
+	if (r < 0)
+		return -errno;
+	for (cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+			int k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+
+			for (int i = 0; i < k; i++) {
+				int fd;
+
+				memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
+				if (n_fds < 3)
+					fds[n_fds++] = fd;
+				else
+					close(fd);
+			}
+		}
+	}
+	/* A truncated control message may have dropped fds: refuse the lot. */
+	if (msg.msg_flags & MSG_CTRUNC || r != (ssize_t)sizeof(*w) || w->magic != LORAD_MAGIC)
+		goto proto;
+	if (w->status < 0)
+		goto status;
+	if (n_fds != 3)
+		goto proto;
+	return 0;
+proto:
+	for (int i = 0; i < n_fds; i++)
+		close(fds[i]);
+	return r == 0 ? -ECONNRESET : -EPROTO;
+status:
+	for (int i = 0; i < n_fds; i++)
+		close(fds[i]);
+	return w->status;
+}
+
+int lorad_connect(const char *path, const struct lorad_connect_opts *opts,
+		  struct lorad **out)
+{
+	struct lorad_connect_opts o = { 0 };
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct lorad_hello hello = { 0 };
+	struct lorad_welcome w;
+	struct epoll_event ev;
+	struct lorad *c;
+	int fds[3] = { -1, -1, -1 };
+	int ret;
+
+	pthread_once(&fork_once, fork_hook_install);
+	if (opts)
+		o = *opts;
+	if (!path || strlen(path) >= sizeof(sa.sun_path))
+		return -EINVAL;
+	if (!o.max_inflight)
+		o.max_inflight = 4096;
+	if (o.max_inflight > 65535)
+		return -EINVAL;
+	if (!o.timeout_ms)
+		o.timeout_ms = 5000;
+	strcpy(sa.sun_path, path);
+
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	pthread_mutex_init(&c->lock, NULL);
+	c->sq_efd = c->cq_efd = c->epfd = -1;
+	c->map = MAP_FAILED;
+	c->fork_gen = atomic_load(&fork_gen);
+	c->spin_us = o.spin_us;
+
+	c->sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (c->sock < 0)
+		goto err_errno;
+	if (connect(c->sock, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		goto err_errno;
+
+	hello.magic = LORAD_MAGIC;
+	hello.abi_major = LORAD_ABI_MAJOR;
+	hello.abi_minor = LORAD_ABI_MINOR;
+	hello.features = LORAD_FEATURES;
+	hello.sq_entries = o.sq_entries;
+	hello.cq_entries = o.cq_entries;
+	hello.arena_size = o.arena_size;
+	if (send(c->sock, &hello, sizeof(hello), MSG_NOSIGNAL) != sizeof(hello))
+		goto err_errno;
+	/* Under socket activation connect() succeeds while the model loads:
+	 * the timeout bounds the wait for the welcome. */
+	ret = recv_welcome(c, &w, fds, o.timeout_ms < 0 ? -1 : o.timeout_ms);
+	if (ret < 0)
+		goto err;
+	c->sq_efd = fds[1];
+	c->cq_efd = fds[2];
+	ret = region_map(fds[0], w.region_size, &c->map, &c->lay);
+	close(fds[0]);
+	if (ret < 0)
+		goto err;
+
+	c->sq = region_at(c->map, c->lay.sq_ctl_off);
+	c->cq = region_at(c->map, c->lay.cq_ctl_off);
+	c->sqes = region_at(c->map, c->lay.sqes_off);
+	c->cqes = region_at(c->map, c->lay.cqes_off);
+	c->dstats = region_at(c->map, c->lay.stats_off);
+	c->arena = region_at(c->map, c->lay.arena_off);
+	c->sq_tail = ring_load_relaxed(&c->sq->tail);
+	c->cq_head = ring_load_relaxed(&c->cq->head);
+
+	c->n_chunks = c->lay.arena_size / CHUNK;
+	c->blk = calloc(c->n_chunks, sizeof(*c->blk));
+	c->n_slots = o.max_inflight;
+	c->slots = calloc(c->n_slots, sizeof(*c->slots));
+	if (!c->blk || !c->slots) {
+		ret = -ENOMEM;
+		goto err;
+	}
+	for (uint32_t i = 0; i < c->n_slots; i++)
+		c->slots[i].next_free = i + 1;
+	c->free_slot = 0;
+
+	/* lorad_fd(): one fd that fires for completions and for hang-up */
+	c->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (c->epfd < 0)
+		goto err_errno;
+	ev.events = EPOLLIN;
+	ev.data.fd = c->cq_efd;
+	if (epoll_ctl(c->epfd, EPOLL_CTL_ADD, c->cq_efd, &ev) < 0)
+		goto err_errno;
+	ev.events = EPOLLIN | EPOLLRDHUP;
+	ev.data.fd = c->sock;
+	if (epoll_ctl(c->epfd, EPOLL_CTL_ADD, c->sock, &ev) < 0)
+		goto err_errno;
+
+	*out = c;
+	return 0;
+err_errno:
+	ret = -errno;
+err:
+	lorad_close(c);
+	return ret;
+}
+
+void lorad_close(struct lorad *c)
+{
+	if (!c)
+		return;
+	if (c->map != MAP_FAILED)
+		munmap(c->map, c->lay.size);
+	if (c->epfd >= 0)
+		close(c->epfd);
+	if (c->sq_efd >= 0)
+		close(c->sq_efd);
+	if (c->cq_efd >= 0)
+		close(c->cq_efd);
+	if (c->sock >= 0)
+		close(c->sock);
+	free(c->blk);
+	free(c->slots);
+	pthread_mutex_destroy(&c->lock);
+	free(c);
+}
+
+/* --- submit --------------------------------------------------------------------- */
+
+static void sq_doorbell(struct lorad *c)
+{
+	uint64_t one = 1;
+
+	if (write(c->sq_efd, &one, sizeof(one)) == sizeof(one))
+		c->st.sq_doorbells++;
+}
+
+/*
+ * Publish the private tail, then wake the daemon only if it said it
+ * sleeps. Caller holds lock.
+ */
+static void sq_publish(struct lorad *c)
+{
+	/* pairs with the daemon's ring_load_acquire(&sq->tail) before it reads the entries */
+	ring_store_release(&c->sq->tail, c->sq_tail);
+	/* store(tail) -> load(flags): the daemon sets NEED_WAKEUP, fences and
+	 * re-reads the tail before sleeping; one of us sees the other */
+	ring_smp_mb();
+	if (ring_load_relaxed(&c->sq->flags) & LORAD_SQ_F_NEED_WAKEUP)
+		sq_doorbell(c);
+}
+
+static inline float or_default(float v, float def)
+{
+	return v == 0.0f ? def : v;
+}
+
+/* Fill one SQE for @r. Caller holds lock and has checked ring space. */
+static int prep_one(struct lorad *c, const struct lorad_request *r)
+{
+	struct lorad_sqe *e;
+	struct slot *s;
+	uint64_t prompt_bytes, need;
+	uint32_t idx, out_off, poff;
+	int64_t chunk;
+	size_t skill_len = 0;
+
+	if (!r->prompt || !r->n_prompt || !r->out || !r->max_tokens)
+		return -EINVAL;
+	if (r->skill) {
+		skill_len = strlen(r->skill);
+		if (skill_len >= LORAD_SKILL_MAX)
+			return -EINVAL;
+	}
+	prompt_bytes = (uint64_t)r->n_prompt * 4;
+	need = ((prompt_bytes + CHUNK - 1) / CHUNK) * CHUNK + (uint64_t)r->max_tokens * 4;
+	need = (need + CHUNK - 1) / CHUNK;
+	if (need > c->n_chunks)
+		return -E2BIG;
+	if (c->free_slot >= c->n_slots)
+		return -EAGAIN;
+	chunk = arena_alloc(c, (uint32_t)need);
+	if (chunk < 0)
+		return -EAGAIN;
+
+	idx = c->free_slot;
+	s = &c->slots[idx];
+	c->free_slot = s->next_free;
+	poff = (uint32_t)chunk * CHUNK;
+	out_off = poff + (uint32_t)(((prompt_bytes + CHUNK - 1) / CHUNK) * CHUNK);
+	memcpy(c->arena + poff, r->prompt, prompt_bytes);
+
+	s->user_data = r->user_data;
+	s->out = r->out;
+	s->max_tokens = r->max_tokens;
+	s->copied = 0;
+	s->arena_chunk = (uint32_t)chunk;
+	s->out_off = out_off;
+	s->gen++;
+	s->state = SLOT_INFLIGHT;
+	c->pending++;
+
+	e = &c->sqes[c->sq_tail & (c->lay.sq_entries - 1)];
+	memset(e, 0, sizeof(*e));
+	e->user_data = r->user_data;
+	e->tag = (uint32_t)s->gen << 16 | idx;
+	e->opcode = LORAD_OP_GENERATE;
+	e->prompt_kind = LORAD_PROMPT_TOKENS;
+	e->priority = r->priority;
+	e->flags = r->flags;
+	e->max_tokens = r->max_tokens;
+	e->prompt_off = poff;
+	e->prompt_len = (uint32_t)prompt_bytes;
+	e->out_off = out_off;
+	e->out_len = r->max_tokens * 4;
+	e->routing_key = r->routing_key;
+	e->seed = r->seed;
+	e->deadline_ns = r->deadline_ns;
+	e->temperature = r->temperature;
+	e->top_p = or_default(r->top_p, 1.0f);
+	e->min_p = r->min_p;
+	e->repetition_penalty = or_default(r->repetition_penalty, 1.0f);
+	e->presence_penalty = r->presence_penalty;
+	e->top_k = r->top_k;
+	if (skill_len && strcmp(r->skill, "base"))
+		memcpy(e->skill, r->skill, skill_len);
+	c->sq_tail++;
+	c->st.submitted++;
+	return 0;
+}
+
+int lorad_submit_batch(struct lorad *c, const struct lorad_request *reqs, unsigned n)
+{
+	unsigned done = 0;
+	int ret;
+
+	ret = check_usable(c);
+	if (ret)
+		return ret;
+	pthread_mutex_lock(&c->lock);
+	if (c->dead) {
+		ret = c->dead;
+		goto out;
+	}
+	/* pairs with the daemon's ring_store_release(&sq->head) after it copied entries out */
+	uint32_t head = ring_load_acquire(&c->sq->head);
+	for (; done < n; done++) {
+		if (c->sq_tail - head >= c->lay.sq_entries) {
+			ret = -EAGAIN;
+			break;
+		}
+		ret = prep_one(c, &reqs[done]);
+		if (ret)
+			break;
+	}
+	if (done)
+		sq_publish(c);
+out:
+	pthread_mutex_unlock(&c->lock);
+	return done ? (int)done : ret;
+}
+
+int lorad_submit(struct lorad *c, const struct lorad_request *req)
+{
+	int r = lorad_submit_batch(c, req, 1);
+
+	return r == 1 ? 0 : r;
+}
+
+int lorad_cancel(struct lorad *c, uint64_t user_data)
+{
+	struct lorad_sqe *e;
+	uint32_t i;
+	int ret;
+
+	ret = check_usable(c);
+	if (ret)
+		return ret;
+	pthread_mutex_lock(&c->lock);
+	ret = c->dead;
+	if (ret)
+		goto out;
+	for (i = 0; i < c->n_slots; i++)
+		if (c->slots[i].state == SLOT_INFLIGHT && c->slots[i].user_data == user_data)
+			break;
+	ret = -ENOENT;
+	if (i == c->n_slots)
+		goto out;
+	ret = -EAGAIN;
+	if (c->sq_tail - ring_load_acquire(&c->sq->head) >= c->lay.sq_entries)
+		goto out;
+	e = &c->sqes[c->sq_tail & (c->lay.sq_entries - 1)];
+	memset(e, 0, sizeof(*e));
+	e->opcode = LORAD_OP_CANCEL;
+	e->user_data = user_data;
+	e->tag = (uint32_t)c->slots[i].gen << 16 | i;
+	c->sq_tail++;
+	sq_publish(c);
+	ret = 0;
+out:
+	pthread_mutex_unlock(&c->lock);
+	return ret;
+}
+
+/* --- reap ------------------------------------------------------------------------- */
+
+static void slot_release(struct lorad *c, uint32_t idx)
+{
+	struct slot *s = &c->slots[idx];
+
+	arena_free(c, s->arena_chunk);
+	s->state = SLOT_FREE;
+	s->next_free = c->free_slot;
+	c->free_slot = idx;
+	c->pending--;
+}
+
+/* Turn one CQE into an event; returns false for a CQE the library cannot place. */
+static bool take_cqe(struct lorad *c, const struct lorad_cqe *q, struct lorad_event *ev)
+{
+	uint32_t idx = q->tag & 0xffff;
+	struct slot *s;
+	uint32_t n;
+
+	if (idx >= c->n_slots)
+		return false;
+	s = &c->slots[idx];
+	if (s->state != SLOT_INFLIGHT || s->gen != (q->tag >> 16))
+		return false;
+	n = q->n_out;
+	if (n > s->max_tokens)
+		n = s->max_tokens;
+	if (n > s->copied) {
+		memcpy(s->out + s->copied, c->arena + s->out_off + s->copied * 4,
+		       (size_t)(n - s->copied) * 4);
+	}
+	memset(ev, 0, sizeof(*ev));
+	ev->user_data = s->user_data;
+	ev->res = q->res;
+	ev->finish = q->finish;
+	ev->field = q->err_field;
+	ev->n_new = n > s->copied ? n - s->copied : 0;
+	ev->n_tokens = n > s->copied ? n : s->copied;
+	ev->checksum = q->checksum;
+	ev->queue_us = q->queue_us;
+	ev->ttft_us = q->ttft_us;
+	ev->itl_us = q->itl_us;
+	ev->version = q->version;
+	s->copied = ev->n_tokens;
+	if (!(q->flags & LORAD_CQE_F_MORE)) {
+		ev->flags |= LORAD_EV_FINAL;
+		slot_release(c, idx);
+	}
+	return true;
+}
+
+/* After the daemon is gone: fail every pending request once. Caller holds lock. */
+static unsigned fail_pending(struct lorad *c, struct lorad_event *ev, unsigned max)
+{
+	unsigned n = 0;
+
+	for (uint32_t i = 0; i < c->n_slots && n < max && c->pending; i++) {
+		struct slot *s = &c->slots[i];
+
+		if (s->state != SLOT_INFLIGHT)
+			continue;
+		memset(&ev[n], 0, sizeof(ev[n]));
+		ev[n].user_data = s->user_data;
+		ev[n].res = c->dead;
+		ev[n].flags = LORAD_EV_FINAL;
+		ev[n].finish = LORAD_FINISH_ERROR;
+		ev[n].n_tokens = s->copied;
+		slot_release(c, i);
+		n++;
+	}
+	return n;
+}
+
+/* Caller holds lock. Returns events taken or the session's error. */
+static int reap_locked(struct lorad *c, struct lorad_event *ev, unsigned max)
+{
+	unsigned n = 0;
+	uint32_t tail, head = c->cq_head;
+
+	if (!max)
+		return 0;
+	/* pairs with the daemon's ring_store_release(&cq->tail) after it wrote the entries */
+	tail = ring_load_acquire(&c->cq->tail);
+	if (tail - head > c->lay.cq_entries)
+		tail = head;            /* a corrupt index: trust nothing, the hang-up check decides */
+	while (head != tail && n < max) {
+		struct lorad_cqe q = c->cqes[head & (c->lay.cq_entries - 1)];
+
+		head++;
+		if (take_cqe(c, &q, &ev[n]))
+			n++;
+	}
+	if (head != c->cq_head) {
+		c->cq_head = head;
+		/* pairs with the daemon's ring_load_acquire(&cq->head) before it reuses the slots */
+		ring_store_release(&c->cq->head, head);
+		/* store(cq head) -> load(sq flags): a daemon that stopped on a full
+		 * CQ sets CQ_FULL|NEED_WAKEUP, fences, re-reads cq head, sleeps */
+		ring_smp_mb();
+		uint32_t f = ring_load_relaxed(&c->sq->flags);
+		if ((f & (LORAD_SQ_F_CQ_FULL | LORAD_SQ_F_NEED_WAKEUP)) ==
+		    (LORAD_SQ_F_CQ_FULL | LORAD_SQ_F_NEED_WAKEUP))
+			sq_doorbell(c);
+	}
+	if (n) {
+		c->st.reaped += n;
+		if (c->armed) {
+			c->armed = false;
+			if (!c->waiters)
+				ring_store_relaxed(&c->cq->flags, 0u);
+		}
+		return (int)n;
+	}
+	if (!c->dead)
+		maybe_check_alive(c);
+	if (c->dead) {
+		n = fail_pending(c, ev, max);
+		return n ? (int)n : c->dead;
+	}
+	return 0;
+}
+
+int lorad_reap(struct lorad *c, struct lorad_event *ev, unsigned max)
+{
+	int ret = check_usable(c);
+
+	if (ret)
+		return ret;
+	pthread_mutex_lock(&c->lock);
+	ret = reap_locked(c, ev, max);
+	pthread_mutex_unlock(&c->lock);
+	return ret;
+}
+
+static bool cq_nonempty(struct lorad *c)
+{
+	/* pairs with the daemon's ring_store_release(&cq->tail) */
+	return ring_load_acquire(&c->cq->tail) != c->cq_head;
+}
+
+static void cq_drain_doorbell(struct lorad *c)
+{
+	uint64_t v;
+
+	(void)!read(c->cq_efd, &v, sizeof(v));
+}
+
+int lorad_wait(struct lorad *c, struct lorad_event *ev, unsigned max, int timeout_ms)
+{
+	uint64_t start = now_ns(), deadline = UINT64_MAX;
+	int ret;
+
+	ret = check_usable(c);
+	if (ret)
+		return ret;
+	if (timeout_ms >= 0)
+		deadline = start + (uint64_t)timeout_ms * 1000000ull;
+	if (timeout_ms == 0) {
+		pthread_mutex_lock(&c->lock);
+		check_alive(c);
+		ret = reap_locked(c, ev, max);
+		pthread_mutex_unlock(&c->lock);
+		return ret;
+	}
+	for (;;) {
+		uint64_t t;
+		int ms;
+
+		pthread_mutex_lock(&c->lock);
+		ret = reap_locked(c, ev, max);
+		if (ret != 0) {
+			/* others may sleep on the doorbell we consumed: hand it on */
+			if (ret > 0 && c->waiters && cq_nonempty(c)) {
+				uint64_t one = 1;
+				(void)!write(c->cq_efd, &one, sizeof(one));
+			}
+			pthread_mutex_unlock(&c->lock);
+			return ret;
+		}
+		pthread_mutex_unlock(&c->lock);
+
+		t = now_ns();
+		if (t >= deadline)
+			return -ETIMEDOUT;
+		if (t - start < (uint64_t)c->spin_us * 1000) {
+			ring_cpu_relax();
+			continue;
+		}
+
+		pthread_mutex_lock(&c->lock);
+		c->waiters++;
+		ring_store_relaxed(&c->cq->flags, LORAD_CQ_F_NEED_WAKEUP);
+		pthread_mutex_unlock(&c->lock);
+		/* store(flag) -> load(cq tail): pairs with the daemon's fence
+		 * between publishing the tail and reading our flag */
+		ring_smp_mb();
+		if (!cq_nonempty(c)) {
+			struct pollfd p[2] = {
+				{ .fd = c->cq_efd, .events = POLLIN },
+				{ .fd = c->sock, .events = POLLIN | POLLRDHUP },
+			};
+
+			ms = 10;   /* look for hang-up at least this often */
+			if (deadline != UINT64_MAX && (deadline - t) / 1000000ull < (uint64_t)ms)
+				ms = (int)((deadline - t + 999999) / 1000000ull);
+			c->st.sleeps++;
+			if (poll(p, 2, ms) > 0) {
+				if (p[0].revents & POLLIN)
+					cq_drain_doorbell(c);
+			}
+			if (p[1].revents) {
+				pthread_mutex_lock(&c->lock);
+				check_alive(c);
+				pthread_mutex_unlock(&c->lock);
+			}
+		}
+		pthread_mutex_lock(&c->lock);
+		if (--c->waiters == 0 && !c->armed)
+			ring_store_relaxed(&c->cq->flags, 0u);
+		pthread_mutex_unlock(&c->lock);
+	}
+}
+
+int lorad_fd(struct lorad *c)
+{
+	return c->epfd;
+}
+
+int lorad_arm(struct lorad *c)
+{
+	int ret = check_usable(c);
+
+	if (ret)
+		return ret;
+	pthread_mutex_lock(&c->lock);
+	cq_drain_doorbell(c);   /* non-blocking: the fd is EFD_NONBLOCK */
+	check_alive(c);
+	if (c->dead) {
+		ret = c->pending ? 1 : c->dead;
+		goto out;
+	}
+	c->armed = true;
+	ring_store_relaxed(&c->cq->flags, LORAD_CQ_F_NEED_WAKEUP);
+	/* store(flag) -> load(cq tail), as in lorad_wait() */
+	ring_smp_mb();
+	ret = cq_nonempty(c) ? 1 : 0;
+out:
+	pthread_mutex_unlock(&c->lock);
+	return ret;
+}
+
+unsigned lorad_pending(struct lorad *c)
+{
+	unsigned n;
+
+	pthread_mutex_lock(&c->lock);
+	n = c->pending;
+	pthread_mutex_unlock(&c->lock);
+	return n;
+}
+
+int lorad_get_stats(struct lorad *c, struct lorad_stats *st)
+{
+	pthread_mutex_lock(&c->lock);
+	*st = c->st;
+	st->daemon_cq_doorbells = ring_load_relaxed(&c->dstats->cq_doorbells);
+	st->daemon_sleeps = ring_load_relaxed(&c->dstats->daemon_sleeps);
+	pthread_mutex_unlock(&c->lock);
+	return 0;
+}
+
+/* --- names -------------------------------------------------------------------- */
+
+const char *lorad_strerror(int err)
+{
+	switch (err) {
+	case 0: return "success";
+	case -EAGAIN: return "ring, arena or request table full; reap and retry";
+	case -E2BIG: return "request too large";
+	case -EINVAL: return "invalid argument";
+	case -ECHILD: return "connection inherited across fork; connect again in the child";
+	case -ECONNRESET: return "daemon connection lost";
+	case -EPROTO: return "protocol violation; session closed by the daemon";
+	case -EPROTONOSUPPORT: return "daemon does not speak this ABI version";
+	case -EACCES: return "not allowed to connect to this daemon";
+	case -EBUSY: return "too many requests in flight for this client";
+	case -ESHUTDOWN: return "daemon is shutting down";
+	case -ETIMEDOUT: return "timed out";
+	case -ECANCELED: return "request cancelled";
+	case -ENOENT: return "no such request, skill or socket";
+	case -EUSERS: return "daemon has too many clients";
+	case -ENOMEM: return "out of memory";
+	default: return err < 0 ? strerror(-err) : "unknown";
+	}
+}
+
+const char *lorad_field_name(unsigned field)
+{
+	static const char *const names[] = {
+		[LORAD_FIELD_NONE] = "none",
+		[LORAD_FIELD_OPCODE] = "opcode",
+		[LORAD_FIELD_PROMPT_KIND] = "prompt_kind",
+		[LORAD_FIELD_FLAGS] = "flags",
+		[LORAD_FIELD_RESERVED] = "reserved",
+		[LORAD_FIELD_PROMPT] = "prompt",
+		[LORAD_FIELD_OUTPUT] = "output",
+		[LORAD_FIELD_EXT] = "ext",
+		[LORAD_FIELD_MAX_TOKENS] = "max_tokens",
+		[LORAD_FIELD_SAMPLING] = "sampling",
+		[LORAD_FIELD_SKILL] = "skill",
+		[LORAD_FIELD_DEADLINE] = "deadline",
+		[LORAD_FIELD_TAG] = "tag",
+	};
+
+	return field < LORAD_FIELD__MAX ? names[field] : "unknown";
+}
+
+const char *lorad_finish_name(unsigned finish)
+{
+	static const char *const names[] = {
+		[LORAD_FINISH_NONE] = "none",
+		[LORAD_FINISH_LENGTH] = "length",
+		[LORAD_FINISH_STOP] = "stop",
+		[LORAD_FINISH_CANCELLED] = "cancelled",
+		[LORAD_FINISH_DEADLINE] = "deadline",
+		[LORAD_FINISH_ERROR] = "error",
+	};
+
+	return finish < LORAD_FINISH__MAX ? names[finish] : "unknown";
+}

@@ -1,0 +1,587 @@
+/* SPDX-License-Identifier: MIT */
+#include "server.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "ring.h"
+
+enum { EP_LISTEN = 1, EP_SOCK, EP_SQ };
+
+#define HELLO_TIMEOUT_NS  (5ull * 1000000000ull)
+#define IO_POLL_NS        (1000000ull)   /* accept/hang-up checks while busy */
+#define SLEEP_MAX_MS      1000
+
+/* --- listening socket ----------------------------------------------------------- */
+
+static int listen_create(struct server *sv)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	const char *path = sv->cfg.socket_path;
+	int fd, ret;
+
+	if (!path || strlen(path) >= sizeof(sa.sun_path)) {
+		log_err("socket path missing or longer than %zu bytes", sizeof(sa.sun_path) - 1);
+		return -EINVAL;
+	}
+	strcpy(sa.sun_path, path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	/* A stale socket file from a crashed daemon: remove it only if nobody answers. */
+	if (access(path, F_OK) == 0) {
+		int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+		if (probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+			close(probe);
+			close(fd);
+			log_err("%s: another daemon is listening there", path);
+			return -EADDRINUSE;
+		}
+		if (probe >= 0)
+			close(probe);
+		unlink(path);
+	}
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		goto err;
+	sv->own_socket = true;
+	if (chmod(path, sv->cfg.socket_mode) < 0 || listen(fd, 128) < 0)
+		goto err;
+	sv->listen_fd = fd;
+	return 0;
+err:
+	ret = -errno;
+	log_err("%s: %s", path, strerror(-ret));
+	close(fd);
+	return ret;
+}
+
+int server_build(struct server *sv, const struct server_config *cfg,
+		 const struct exec_ops *ex, void *exctx, volatile sig_atomic_t *stop_flag)
+{
+	struct epoll_event ev = { .events = EPOLLIN };
+	int ret;
+
+	memset(sv, 0, sizeof(*sv));
+	sv->cfg = *cfg;
+	sv->ex = ex;
+	sv->exctx = exctx;
+	sv->stop_flag = stop_flag;
+	sv->listen_fd = -1;
+	sv->ep = epoll_create1(EPOLL_CLOEXEC);
+	if (sv->ep < 0)
+		return -errno;
+	if (cfg->listen_fd >= 0) {
+		sv->listen_fd = cfg->listen_fd;
+		fcntl(sv->listen_fd, F_SETFL, fcntl(sv->listen_fd, F_GETFL) | O_NONBLOCK);
+	} else {
+		ret = listen_create(sv);
+		if (ret)
+			return ret;
+	}
+	sv->ep_listen.kind = EP_LISTEN;
+	ev.data.ptr = &sv->ep_listen;
+	if (epoll_ctl(sv->ep, EPOLL_CTL_ADD, sv->listen_fd, &ev) < 0)
+		return -errno;
+	if (cfg->cpu >= 0) {
+		cpu_set_t set;
+
+		CPU_ZERO(&set);
+		CPU_SET(cfg->cpu, &set);
+		if (sched_setaffinity(0, sizeof(set), &set) < 0)
+			log_warn("cannot pin the engine thread to CPU %d: %s", cfg->cpu, strerror(errno));
+	}
+	return 0;
+}
+
+/* --- sessions -------------------------------------------------------------------- */
+
+static void session_close_fds(struct server *sv, struct session *s)
+{
+	if (s->sock >= 0) {
+		epoll_ctl(sv->ep, EPOLL_CTL_DEL, s->sock, NULL);
+		close(s->sock);
+	}
+	if (s->sq_efd >= 0) {
+		epoll_ctl(sv->ep, EPOLL_CTL_DEL, s->sq_efd, NULL);
+		close(s->sq_efd);
+	}
+	if (s->cq_efd >= 0)
+		close(s->cq_efd);
+	s->sock = s->sq_efd = s->cq_efd = -1;
+}
+
+/*
+ * End a session: tell the client why (when it is our decision), give every
+ * request back and move the session to the grave, freed after this batch of
+ * epoll events so no event still points at freed memory.
+ */
+static void session_end(struct server *sv, struct session *s, int reason)
+{
+	struct session **pp;
+
+	if (s->state == SESSION_DEAD)
+		return;
+	if (reason && s->sock >= 0) {
+		struct lorad_goodbye bye = { .magic = LORAD_MAGIC, .reason = reason };
+
+		(void)!send(s->sock, &bye, sizeof(bye), MSG_DONTWAIT | MSG_NOSIGNAL);
+	}
+	if (reason == -EPROTO)
+		log_warn("client pid %d uid %u: protocol violation, session closed", (int)s->pid,
+			 (unsigned)s->uid);
+	else
+		log_debug("client pid %d: session closed (%d)", (int)s->pid, reason);
+	while (s->inflight) {
+		struct sreq *r = s->inflight;
+
+		s->state = SESSION_DEAD;   /* no completions into a dying region */
+		sv->ex->drop(sv->exctx, r);
+		sreq_emit(r, true, -ECONNRESET, LORAD_FINISH_ERROR, 0);
+	}
+	s->state = SESSION_DEAD;
+	session_close_fds(sv, s);
+	for (pp = &sv->sessions; *pp; pp = &(*pp)->next) {
+		if (*pp == s) {
+			*pp = s->next;
+			break;
+		}
+	}
+	sv->n_sessions--;
+	if (s->map)
+		sv->shm_used -= s->lay.size;
+	s->next = sv->grave;
+	sv->grave = s;
+}
+
+static void bury(struct server *sv)
+{
+	while (sv->grave) {
+		struct session *s = sv->grave;
+
+		sv->grave = s->next;
+		session_free(s);
+		free(s);
+	}
+}
+
+static bool peer_allowed(const struct server *sv, uid_t uid, gid_t gid)
+{
+	for (unsigned i = 0; i < sv->cfg.n_allow_uid; i++)
+		if (sv->cfg.allow_uid[i] == uid)
+			return true;
+	for (unsigned i = 0; i < sv->cfg.n_allow_gid; i++)
+		if (sv->cfg.allow_gid[i] == gid)
+			return true;
+	return false;
+}
+
+static void send_refusal(int fd, int status)
+{
+	struct lorad_welcome w = { .magic = LORAD_MAGIC, .status = status,
+				   .abi_major = LORAD_ABI_MAJOR, .abi_minor = LORAD_ABI_MINOR };
+
+	(void)!send(fd, &w, sizeof(w), MSG_DONTWAIT | MSG_NOSIGNAL);
+}
+
+static void accept_clients(struct server *sv)
+{
+	for (;;) {
+		struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP };
+		struct ucred cred;
+		socklen_t len = sizeof(cred);
+		struct session *s;
+		int fd;
+
+		fd = accept4(sv->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+		if (fd < 0) {
+			if (errno == EMFILE || errno == ENFILE)
+				log_warn("accept: %s; clients wait in the backlog", strerror(errno));
+			return;
+		}
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+			close(fd);
+			continue;
+		}
+		if (!peer_allowed(sv, cred.uid, cred.gid)) {
+			log_warn("refused client pid %d: uid %u gid %u not allowed", (int)cred.pid,
+				 (unsigned)cred.uid, (unsigned)cred.gid);
+			send_refusal(fd, -EACCES);
+			close(fd);
+			continue;
+		}
+		if (sv->n_sessions >= sv->cfg.max_clients) {
+			log_warn("refused client pid %d: %u clients already", (int)cred.pid,
+				 sv->n_sessions);
+			send_refusal(fd, -EUSERS);
+			close(fd);
+			continue;
+		}
+		s = calloc(1, sizeof(*s));
+		if (!s) {
+			send_refusal(fd, -ENOMEM);
+			close(fd);
+			continue;
+		}
+		s->sock = fd;
+		s->sq_efd = s->cq_efd = -1;
+		s->uid = cred.uid;
+		s->gid = cred.gid;
+		s->pid = cred.pid;
+		s->id = ++sv->next_id;
+		s->state = SESSION_HELLO;
+		s->hello_deadline = now_ns() + HELLO_TIMEOUT_NS;
+		s->ep_sock.kind = EP_SOCK;
+		s->ep_sock.s = s;
+		s->ep_sq.kind = EP_SQ;
+		s->ep_sq.s = s;
+		ev.data.ptr = &s->ep_sock;
+		if (epoll_ctl(sv->ep, EPOLL_CTL_ADD, fd, &ev) < 0) {
+			close(fd);
+			free(s);
+			continue;
+		}
+		s->next = sv->sessions;
+		sv->sessions = s;
+		sv->n_sessions++;
+	}
+}
+
+static int send_welcome(struct session *s, int memfd)
+{
+	struct lorad_welcome w = {
+		.magic = LORAD_MAGIC, .status = 0,
+		.abi_major = LORAD_ABI_MAJOR, .abi_minor = LORAD_ABI_MINOR,
+		.region_size = s->lay.size, .features = LORAD_FEATURES,
+	};
+	int fds[3] = { memfd, s->sq_efd, s->cq_efd };
+	union {
+		char buf[CMSG_SPACE(sizeof(fds))];
+		struct cmsghdr align;
+	} ctl;
+	struct iovec iov = { .iov_base = &w, .iov_len = sizeof(w) };
+	struct msghdr msg = {
+		.msg_iov = &iov, .msg_iovlen = 1,
+		.msg_control = ctl.buf, .msg_controllen = sizeof(ctl.buf),
+	};
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+
+	memset(ctl.buf, 0, sizeof(ctl.buf));
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(fds));
+	memcpy(CMSG_DATA(cm), fds, sizeof(fds));
+	if (sendmsg(s->sock, &msg, MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)sizeof(w))
+		return -EIO;
+	return 0;
+}
+
+/* The client's hello is complete: check it, build the region, pass it on. */
+static int session_start(struct server *sv, struct session *s)
+{
+	struct lorad_hello h;
+	struct epoll_event ev = { .events = EPOLLIN | EPOLLET };
+	int memfd = -1, ret;
+
+	memcpy(&h, s->hello_buf, sizeof(h));
+	if (h.magic != LORAD_MAGIC)
+		return -EPROTO;
+	if (h.abi_major != LORAD_ABI_MAJOR) {
+		log_warn("refused client pid %d: ABI %u.%u, this daemon speaks %u.x", (int)s->pid,
+			 h.abi_major, h.abi_minor, LORAD_ABI_MAJOR);
+		send_refusal(s->sock, -EPROTONOSUPPORT);
+		return -EPROTONOSUPPORT;
+	}
+	if (h.reserved) {
+		send_refusal(s->sock, -EINVAL);
+		return -EINVAL;
+	}
+	region_layout_compute(&s->lay, h.sq_entries, h.cq_entries, h.arena_size);
+	if (sv->shm_used + s->lay.size > sv->cfg.shm_limit) {
+		log_warn("refused client pid %d: shared memory limit of %llu bytes reached",
+			 (int)s->pid, (unsigned long long)sv->cfg.shm_limit);
+		send_refusal(s->sock, -ENOMEM);
+		return -ENOMEM;
+	}
+	ret = session_build(s, &sv->cfg.lim);
+	if (ret)
+		goto refuse;
+	ret = region_create(&s->lay, &memfd, &s->map);
+	if (ret) {
+		s->map = NULL;
+		goto refuse;
+	}
+	sv->shm_used += s->lay.size;
+	s->sq = region_at(s->map, s->lay.sq_ctl_off);
+	s->cq = region_at(s->map, s->lay.cq_ctl_off);
+	s->sqes = region_at(s->map, s->lay.sqes_off);
+	s->cqes = region_at(s->map, s->lay.cqes_off);
+	s->stats = region_at(s->map, s->lay.stats_off);
+	s->arena = region_at(s->map, s->lay.arena_off);
+	s->sq_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	s->cq_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (s->sq_efd < 0 || s->cq_efd < 0) {
+		ret = -errno;
+		goto refuse;
+	}
+	/* edge-triggered: a doorbell needs no read() to re-arm */
+	ev.data.ptr = &s->ep_sq;
+	if (epoll_ctl(sv->ep, EPOLL_CTL_ADD, s->sq_efd, &ev) < 0) {
+		ret = -errno;
+		goto refuse;
+	}
+	ret = send_welcome(s, memfd);
+	close(memfd);
+	if (ret)
+		return ret;
+	s->state = SESSION_LIVE;
+	log_debug("client pid %d uid %u connected: sq %u cq %u arena %u", (int)s->pid,
+		  (unsigned)s->uid, s->lay.sq_entries, s->lay.cq_entries, s->lay.arena_size);
+	return 0;
+refuse:
+	if (memfd >= 0)
+		close(memfd);
+	send_refusal(s->sock, ret);
+	return ret;
+}
+
+static void session_readable(struct server *sv, struct session *s, uint32_t events)
+{
+	if (s->state == SESSION_HELLO) {
+		ssize_t r = recv(s->sock, s->hello_buf + s->hello_len,
+				 sizeof(s->hello_buf) - s->hello_len, MSG_DONTWAIT);
+		int ret;
+
+		if (r > 0) {
+			s->hello_len += r;
+			if (s->hello_len == sizeof(s->hello_buf)) {
+				ret = session_start(sv, s);
+				if (ret)
+					session_end(sv, s, 0);
+			}
+			return;
+		}
+		if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR) ||
+		    (events & (EPOLLHUP | EPOLLERR)))
+			session_end(sv, s, 0);
+		return;
+	}
+	if (events & (EPOLLHUP | EPOLLERR | EPOLLRDHUP)) {
+		session_end(sv, s, 0);   /* the client hung up: its socket was the liveness signal */
+		return;
+	}
+	if (events & EPOLLIN) {
+		char junk[64];
+		ssize_t r = recv(s->sock, junk, sizeof(junk), MSG_DONTWAIT);
+
+		if (r == 0)
+			session_end(sv, s, 0);
+		else if (r > 0)
+			session_end(sv, s, -EPROTO);   /* nothing follows the hello */
+	}
+}
+
+/* One round of epoll: accepts, hellos, hang-ups. Doorbells only wake us. */
+static void server_io(struct server *sv, int timeout_ms)
+{
+	struct epoll_event evs[64];
+	int n = epoll_wait(sv->ep, evs, 64, timeout_ms);
+
+	for (int i = 0; i < n; i++) {
+		struct epref *ref = evs[i].data.ptr;
+
+		if (ref->kind == EP_LISTEN)
+			accept_clients(sv);
+		else if (ref->kind == EP_SOCK && ref->s->state != SESSION_DEAD)
+			session_readable(sv, ref->s, evs[i].events);
+	}
+}
+
+static void housekeeping(struct server *sv, uint64_t now)
+{
+	struct session *s, *next;
+
+	for (s = sv->sessions; s; s = next) {
+		next = s->next;
+		if (s->state == SESSION_HELLO && now > s->hello_deadline)
+			session_end(sv, s, 0);
+	}
+}
+
+/* --- the poller -------------------------------------------------------------------- */
+
+static int poll_sessions(struct server *sv, uint64_t now)
+{
+	struct session *s, *next;
+	int work = 0;
+
+	for (s = sv->sessions; s; s = next) {
+		int r;
+
+		next = s->next;
+		r = session_poll(s, &sv->cfg.lim, sv->ex, sv->exctx, sv->draining, now);
+		if (r < 0)
+			session_end(sv, s, r);
+		else
+			work += r;
+	}
+	return work;
+}
+
+static int flush_sessions(struct server *sv)
+{
+	struct session *s, *next;
+	int work = 0;
+
+	for (s = sv->sessions; s; s = next) {
+		int r;
+
+		next = s->next;
+		r = session_flush(s);
+		if (r < 0)
+			session_end(sv, s, r);
+		else
+			work += r;
+	}
+	return work;
+}
+
+/*
+ * Sleep until a doorbell, a connection or a signal. The handshake: set
+ * NEED_WAKEUP everywhere, fence, look at every ring once more, and only then
+ * sleep; a client publishes, fences, then reads our flag. One of the two
+ * always sees the other.
+ */
+static void server_sleep(struct server *sv, int timeout_ms)
+{
+	struct session *s;
+	bool ready = false;
+
+	for (s = sv->sessions; s; s = s->next)
+		if (s->state == SESSION_LIVE)
+			ring_store_relaxed(&s->sq->flags, LORAD_SQ_F_NEED_WAKEUP |
+					   (s->cq_blocked ? LORAD_SQ_F_CQ_FULL : 0));
+	/* store(sq flags) -> load(sq tail, cq head): pairs with the client's
+	 * fences in sq_publish() and reap */
+	ring_smp_mb();
+	for (s = sv->sessions; s && !ready; s = s->next)
+		ready = session_ready(s);
+	if (!ready) {
+		sv->sleeps++;
+		for (s = sv->sessions; s; s = s->next)
+			if (s->state == SESSION_LIVE)
+				s->stats->daemon_sleeps++;
+		server_io(sv, timeout_ms);
+	}
+	for (s = sv->sessions; s; s = s->next)
+		if (s->state == SESSION_LIVE)
+			ring_store_relaxed(&s->sq->flags, 0u);
+}
+
+static void drain_begin(struct server *sv, uint64_t now)
+{
+	sv->draining = true;
+	sv->drain_deadline = now + (uint64_t)sv->cfg.drain_ms * 1000000ull;
+	if (sv->listen_fd >= 0) {
+		epoll_ctl(sv->ep, EPOLL_CTL_DEL, sv->listen_fd, NULL);
+		close(sv->listen_fd);
+		sv->listen_fd = -1;
+	}
+	if (sv->own_socket && sv->cfg.socket_path)
+		unlink(sv->cfg.socket_path);
+	sv->own_socket = false;
+	log_info("stopping: %u requests in flight, draining for at most %u ms",
+		 sv->ex->busy(sv->exctx), sv->cfg.drain_ms);
+}
+
+static bool drain_done(struct server *sv, uint64_t now)
+{
+	struct session *s;
+	bool pending = false;
+
+	if (sv->ex->busy(sv->exctx)) {
+		if (now < sv->drain_deadline)
+			return false;
+		/* out of time: cancel the rest, each with a clear final completion */
+		for (s = sv->sessions; s; s = s->next)
+			for (struct sreq *r = s->inflight; r; r = r->next)
+				if (!r->cancelled) {
+					r->cancelled = true;
+					sv->ex->cancel(sv->exctx, r, -ESHUTDOWN);
+				}
+		return false;
+	}
+	for (s = sv->sessions; s; s = s->next)
+		if (s->state == SESSION_LIVE && s->pend_head != s->pend_tail)
+			pending = true;
+	/* finals still waiting for a client to reap: give it the drain bound too */
+	return !pending || now >= sv->drain_deadline + 1000000000ull;
+}
+
+int server_run(struct server *sv)
+{
+	uint64_t last_work = now_ns(), last_io = 0, last_house = 0;
+	uint64_t spin_ns = (uint64_t)sv->cfg.spin_us * 1000ull;
+
+	for (;;) {
+		uint64_t now = now_ns();
+		int work;
+
+		if (*sv->stop_flag && !sv->draining)
+			drain_begin(sv, now);
+		if (now - last_io >= IO_POLL_NS) {
+			server_io(sv, 0);
+			last_io = now;
+		}
+		if (now - last_house >= 100 * IO_POLL_NS) {
+			housekeeping(sv, now);
+			last_house = now;
+		}
+		work = poll_sessions(sv, now);
+		work += sv->ex->step(sv->exctx);
+		work += flush_sessions(sv);
+		bury(sv);
+		if (sv->draining && drain_done(sv, now))
+			break;
+		if (work) {
+			last_work = now;
+			continue;
+		}
+		if (now - last_work < spin_ns) {
+			ring_cpu_relax();
+			continue;
+		}
+		server_sleep(sv, sv->draining || sv->ex->busy(sv->exctx) ? 1 : SLEEP_MAX_MS);
+		bury(sv);
+		last_work = now_ns();
+		last_io = last_work;
+	}
+	while (sv->sessions)
+		session_end(sv, sv->sessions, -ESHUTDOWN);
+	bury(sv);
+	log_info("stopped");
+	return 0;
+}
+
+void server_free(struct server *sv)
+{
+	while (sv->sessions)
+		session_end(sv, sv->sessions, -ESHUTDOWN);
+	bury(sv);
+	if (sv->listen_fd >= 0)
+		close(sv->listen_fd);
+	if (sv->own_socket && sv->cfg.socket_path)
+		unlink(sv->cfg.socket_path);
+	if (sv->ep >= 0)
+		close(sv->ep);
+}

@@ -1,0 +1,322 @@
+/* SPDX-License-Identifier: MIT */
+#include "session.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ring.h"
+
+uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
+}
+
+int session_build(struct session *s, const struct session_limits *lim)
+{
+	uint32_t n = lim->max_inflight;
+
+	s->pool = calloc(n, sizeof(*s->pool));
+	s->pend = calloc(n, sizeof(*s->pend));
+	if (!s->pool || !s->pend)
+		return -ENOMEM;
+	s->pend_cap = n;
+	for (uint32_t i = 0; i < n; i++) {
+		s->pool[i].s = s;
+		s->pool[i].next = i + 1 < n ? &s->pool[i + 1] : NULL;
+	}
+	s->free_reqs = &s->pool[0];
+	return 0;
+}
+
+void session_free(struct session *s)
+{
+	if (s->map)
+		munmap(s->map, s->lay.size);
+	s->map = NULL;
+	if (s->pool) {
+		for (uint32_t i = 0; i < s->pend_cap; i++)
+			if (s->pool[i].prompt && s->pool[i].prompt != s->pool[i].inline_prompt)
+				free(s->pool[i].prompt);
+	}
+	free(s->pool);
+	free(s->pend);
+	s->pool = NULL;
+	s->pend = NULL;
+}
+
+/* --- CQ ------------------------------------------------------------------------ */
+
+/*
+ * Free CQ slots, or -1 when the client's head is impossible (more than the
+ * ring size behind our tail, or ahead of it).
+ */
+static int64_t cq_space(struct session *s)
+{
+	/* pairs with the client's ring_store_release(&cq->head) after it copied entries out */
+	uint32_t head = ring_load_acquire(&s->cq->head);
+	uint32_t used = s->cq_tail - head;
+
+	if (used > s->lay.cq_entries)
+		return -1;
+	return s->lay.cq_entries - used;
+}
+
+static void cq_put(struct session *s, const struct lorad_cqe *q)
+{
+	s->cqes[s->cq_tail & (s->lay.cq_entries - 1)] = *q;
+	s->cq_tail++;
+	s->cq_dirty = true;
+	s->stats->cq_posted++;
+}
+
+static void pend_put(struct session *s, const struct lorad_cqe *q)
+{
+	/* bounded: a request has at most one pending final and in-flight is capped */
+	s->pend[s->pend_tail % s->pend_cap] = *q;
+	s->pend_tail++;
+	s->cq_blocked = true;
+}
+
+int session_flush(struct session *s)
+{
+	int moved = 0;
+
+	if (s->state != SESSION_LIVE)
+		return 0;
+	if (s->pend_head != s->pend_tail) {
+		int64_t room = cq_space(s);
+
+		if (room < 0)
+			return -EPROTO;
+		while (room > 0 && s->pend_head != s->pend_tail) {
+			cq_put(s, &s->pend[s->pend_head % s->pend_cap]);
+			s->pend_head++;
+			room--;
+			moved++;
+		}
+	}
+	if (s->cq_dirty) {
+		uint64_t one = 1;
+
+		s->cq_dirty = false;
+		/* pairs with the client's ring_load_acquire(&cq->tail) in reap */
+		ring_store_release(&s->cq->tail, s->cq_tail);
+		/* store(cq tail) -> load(cq flags): the client sets NEED_WAKEUP,
+		 * fences and re-reads the tail before it sleeps */
+		ring_smp_mb();
+		if (ring_load_relaxed(&s->cq->flags) & LORAD_CQ_F_NEED_WAKEUP) {
+			if (write(s->cq_efd, &one, sizeof(one)) == sizeof(one))
+				s->stats->cq_doorbells++;
+		}
+	}
+	return moved;
+}
+
+static void emit_cqe(struct session *s, const struct lorad_cqe *q, bool final)
+{
+	int64_t room = s->pend_head == s->pend_tail ? cq_space(s) : 0;
+
+	if (room > 0) {
+		cq_put(s, q);
+		return;
+	}
+	/* Streaming updates are coalesced: the next one carries the new total.
+	 * Finals are never lost: they wait in the bounded pending ring. */
+	if (final)
+		pend_put(s, q);
+}
+
+void session_post_error(struct session *s, const struct lorad_sqe *e, int res, unsigned field)
+{
+	struct lorad_cqe q = { 0 };
+
+	q.user_data = e->user_data;
+	q.tag = e->tag;
+	q.res = res;
+	q.finish = LORAD_FINISH_ERROR;
+	q.err_field = (uint16_t)field;
+	emit_cqe(s, &q, true);
+}
+
+static void sreq_release(struct sreq *r)
+{
+	struct session *s = r->s;
+
+	if (r->prev)
+		r->prev->next = r->next;
+	else
+		s->inflight = r->next;
+	if (r->next)
+		r->next->prev = r->prev;
+	if (r->prompt != r->inline_prompt)
+		free(r->prompt);
+	r->prompt = NULL;
+	r->exec = NULL;
+	r->prev = NULL;
+	r->next = s->free_reqs;
+	s->free_reqs = r;
+	s->n_inflight--;
+}
+
+static uint32_t us_between(uint64_t a, uint64_t b)
+{
+	uint64_t d = b > a ? (b - a) / 1000 : 0;
+
+	return d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
+}
+
+void sreq_emit(struct sreq *r, bool final, int res, unsigned finish, unsigned field)
+{
+	struct lorad_cqe q = { 0 };
+
+	q.user_data = r->e.user_data;
+	q.tag = r->e.tag;
+	q.res = res;
+	q.flags = final ? 0 : LORAD_CQE_F_MORE;
+	q.n_out = r->n_out;
+	q.checksum = r->checksum;
+	q.n_prompt = r->n_prompt;
+	if (final) {
+		q.finish = (uint16_t)finish;
+		q.err_field = (uint16_t)field;
+		if (r->t_first) {
+			q.queue_us = 0;
+			q.ttft_us = us_between(r->t_seen, r->t_first);
+			if (r->n_out > 1)
+				q.itl_us = us_between(r->t_first, r->t_last) / (r->n_out - 1);
+		}
+	}
+	if (r->s->state == SESSION_LIVE)
+		emit_cqe(r->s, &q, final);
+	if (final)
+		sreq_release(r);
+}
+
+/* --- SQ ------------------------------------------------------------------------ */
+
+static struct sreq *find_by_tag(struct session *s, uint32_t tag)
+{
+	for (struct sreq *r = s->inflight; r; r = r->next)
+		if (r->e.tag == tag)
+			return r;
+	return NULL;
+}
+
+static void take_entry(struct session *s, const struct lorad_sqe *e,
+		       const struct session_limits *lim, const struct exec_ops *ex,
+		       void *exctx, bool draining, uint64_t now)
+{
+	struct sqe_limits sl = lim->sqe;
+	enum lorad_field field;
+	struct sreq *r;
+	int ret;
+
+	sl.arena_size = s->lay.arena_size;
+	ret = sqe_validate(e, &sl, &field);
+	if (ret) {
+		session_post_error(s, e, ret, field);
+		return;
+	}
+	if (e->opcode == LORAD_OP_CANCEL) {
+		r = find_by_tag(s, e->tag);
+		if (r && !r->cancelled) {
+			r->cancelled = true;
+			ex->cancel(exctx, r, 0);
+		}
+		return;
+	}
+	if (draining) {
+		session_post_error(s, e, -ESHUTDOWN, LORAD_FIELD_NONE);
+		return;
+	}
+	if (!s->free_reqs || s->n_inflight >= lim->max_inflight) {
+		session_post_error(s, e, -EBUSY, LORAD_FIELD_NONE);
+		return;
+	}
+	r = s->free_reqs;
+	s->free_reqs = r->next;
+	r->e = *e;
+	r->n_prompt = e->prompt_len / 4;
+	r->prompt = r->n_prompt <= 64 ? r->inline_prompt : malloc(e->prompt_len);
+	if (!r->prompt) {
+		r->prompt = r->inline_prompt;
+		r->next = s->free_reqs;
+		s->free_reqs = r;
+		session_post_error(s, e, -ENOMEM, LORAD_FIELD_NONE);
+		return;
+	}
+	/* one read of the client's bytes; everything later uses this copy */
+	memcpy(r->prompt, s->arena + e->prompt_off, e->prompt_len);
+	r->checksum = lorad_checksum32(r->prompt, e->prompt_len);
+	r->n_out = 0;
+	r->t_seen = now;
+	r->t_first = r->t_last = 0;
+	r->cancelled = false;
+	r->exec = NULL;
+	r->prev = NULL;
+	r->next = s->inflight;
+	if (s->inflight)
+		s->inflight->prev = r;
+	s->inflight = r;
+	s->n_inflight++;
+	ex->submit(exctx, r);
+}
+
+int session_poll(struct session *s, const struct session_limits *lim,
+		 const struct exec_ops *ex, void *exctx, bool draining, uint64_t now)
+{
+	uint32_t tail, avail, want, taken = 0;
+	int64_t room;
+
+	if (s->state != SESSION_LIVE)
+		return 0;
+	/* pairs with the client's ring_store_release(&sq->tail) in sq_publish */
+	tail = ring_load_acquire(&s->sq->tail);
+	avail = tail - s->sq_head;
+	if (avail > s->lay.sq_entries)
+		return -EPROTO;
+	if (!avail) {
+		s->cq_blocked = s->pend_head != s->pend_tail;
+		return 0;
+	}
+	room = cq_space(s);
+	if (room < 0)
+		return -EPROTO;
+	/* Each entry may complete at once, so take only what the CQ can hold:
+	 * a full CQ stops this client's SQ, never the daemon, never a drop. */
+	if (s->pend_head != s->pend_tail)
+		room = 0;
+	want = avail < lim->poll_budget ? avail : lim->poll_budget;
+	avail = want < room ? want : (uint32_t)room;
+	s->cq_blocked = avail < want;
+	for (; taken < avail; taken++) {
+		struct lorad_sqe e;
+
+		sqe_load(&e, &s->sqes[s->sq_head & (s->lay.sq_entries - 1)]);
+		s->sq_head++;
+		take_entry(s, &e, lim, ex, exctx, draining, now);
+	}
+	if (taken) {
+		/* pairs with the client's ring_load_acquire(&sq->head) before it reuses entries */
+		ring_store_release(&s->sq->head, s->sq_head);
+		s->stats->sq_consumed += taken;
+	}
+	return (int)taken;
+}
+
+bool session_ready(struct session *s)
+{
+	if (s->state != SESSION_LIVE)
+		return false;
+	if (s->cq_blocked)
+		return cq_space(s) != 0;   /* room now, or a corrupt index to act on */
+	/* pairs with the client's ring_store_release(&sq->tail) */
+	return ring_load_acquire(&s->sq->tail) != s->sq_head;
+}

@@ -1,0 +1,128 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * One client session: its sealed region, its doorbells, the requests it has
+ * in flight and the completions waiting for room in its CQ. Everything here
+ * runs on the engine thread, which is also the only thread that maps and
+ * unmaps the region.
+ */
+#ifndef LORAD_SESSION_H
+#define LORAD_SESSION_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <lorad/abi.h>
+
+#include "region.h"
+#include "validate.h"
+
+struct session;
+struct server;
+
+/* A request the daemon accepted: the private copy of its entry and prompt. */
+struct sreq {
+	struct session *s;
+	struct lorad_sqe e;          /* private copy, validated */
+	uint32_t *prompt;            /* private copy: (n_prompt) token ids */
+	uint32_t n_prompt;
+	uint32_t checksum;           /* of the prompt bytes as read */
+	uint32_t n_out;              /* ids written to the client's output */
+	uint64_t t_seen, t_first, t_last;
+	bool cancelled;
+	struct sreq *next, *prev;    /* session's in-flight list */
+	void *exec;                  /* the executor's per-request state */
+	uint32_t inline_prompt[64];  /* most prompts need no allocation */
+};
+
+/* How the engine that runs requests plugs into sessions. */
+struct exec_ops {
+	/* Take @r. Complete it now or in later steps with sreq_emit(). */
+	void (*submit)(void *ctx, struct sreq *r);
+	/* End @r soon with LORAD_FINISH_CANCELLED (@err: 0 or -ESHUTDOWN). */
+	void (*cancel)(void *ctx, struct sreq *r, int err);
+	/* Forget @r now, without a completion: its session is going away. */
+	void (*drop)(void *ctx, struct sreq *r);
+	/* Run one step; returns > 0 when it did work. */
+	int (*step)(void *ctx);
+	/* Requests it holds. */
+	unsigned (*busy)(void *ctx);
+};
+
+enum session_state { SESSION_HELLO, SESSION_LIVE, SESSION_DEAD };
+
+struct epref {
+	int kind;                    /* EP_LISTEN, EP_SOCK, EP_SQ */
+	struct session *s;
+};
+
+struct session {
+	enum session_state state;
+	int sock, sq_efd, cq_efd;
+	uid_t uid;
+	gid_t gid;
+	pid_t pid;
+	uint64_t hello_deadline;
+	unsigned char hello_buf[sizeof(struct lorad_hello)];
+	unsigned hello_len;
+
+	void *map;
+	struct region_layout lay;    /* the daemon's own record of the layout */
+	struct lorad_ring_ctl *sq, *cq;
+	struct lorad_sqe *sqes;
+	struct lorad_cqe *cqes;
+	struct lorad_region_stats *stats;
+	unsigned char *arena;
+	uint32_t sq_head;            /* private copies of the indices we own */
+	uint32_t cq_tail;
+	bool cq_dirty;               /* posted since the last publish */
+	bool cq_blocked;             /* has work waiting for CQ room */
+
+	struct sreq *pool;           /* max_inflight requests, no allocation per request */
+	struct sreq *free_reqs;
+	struct sreq *inflight;
+	unsigned n_inflight;
+
+	struct lorad_cqe *pend;      /* finals waiting for CQ room: a ring of max_inflight */
+	uint32_t pend_head, pend_tail, pend_cap;
+
+	struct epref ep_sock, ep_sq;
+	struct session *next;
+	int close_reason;
+	uint64_t id;
+};
+
+struct session_limits {
+	struct sqe_limits sqe;       /* arena_size is filled per session */
+	uint32_t max_inflight;
+	uint32_t poll_budget;        /* entries taken per session per pass */
+};
+
+/* Allocate the per-request pool. Returns 0 or -ENOMEM. */
+int session_build(struct session *s, const struct session_limits *lim);
+void session_free(struct session *s);
+
+/*
+ * Consume the session's SQ (at most poll_budget entries, only while its CQ
+ * has room). Returns the entries taken, or -EPROTO for a corrupt index, in
+ * which case the caller ends the session.
+ */
+int session_poll(struct session *s, const struct session_limits *lim,
+		 const struct exec_ops *ex, void *exctx, bool draining, uint64_t now);
+
+/* Move pending finals into the CQ and publish; ring the doorbell if the client sleeps. */
+int session_flush(struct session *s);
+
+/* True when the session has entries to consume or pending finals that now fit. */
+bool session_ready(struct session *s);
+
+/* Post a completion for @r. @final ends it and returns it to the pool. */
+void sreq_emit(struct sreq *r, bool final, int res, unsigned finish, unsigned field);
+
+/* Post an error completion for an entry that never became a request. */
+void session_post_error(struct session *s, const struct lorad_sqe *e, int res,
+			unsigned field);
+
+uint64_t now_ns(void);
+
+#endif

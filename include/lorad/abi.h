@@ -1,0 +1,236 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The wire ABI between liblorad and the lorad daemon: the handshake messages
+ * on the UNIX socket and the layout of the shared-memory region (header,
+ * submission ring, completion ring, data arena). Both sides compile against
+ * this file; every layout is pinned with static_assert below.
+ *
+ * Ownership of shared fields (one writer each):
+ *   sq.tail, cq.head, cq.flags        written by the client
+ *   sq.head, cq.tail, sq.flags, stats written by the daemon
+ *   sqes[], arena prompt bytes        written by the client
+ *   cqes[], arena output bytes        written by the daemon
+ * The daemon treats everything in the region as hostile input.
+ */
+#ifndef LORAD_ABI_H
+#define LORAD_ABI_H
+
+#include <stdint.h>
+#include <assert.h>
+
+#define LORAD_MAGIC       0x44524f4cu  /* "LORD" little-endian */
+#define LORAD_ABI_MAJOR   1
+#define LORAD_ABI_MINOR   0
+#define LORAD_FEATURES    0ull         /* no optional features yet */
+
+#define LORAD_CACHELINE   64
+#define LORAD_SKILL_MAX   32           /* bytes, including the NUL */
+
+/* --- handshake on the UNIX socket ---------------------------------------- */
+
+/* client -> daemon, first thing after connect() */
+struct lorad_hello {
+	uint32_t magic;
+	uint16_t abi_major;
+	uint16_t abi_minor;
+	uint64_t features;
+	uint32_t sq_entries;     /* wished; 0 = daemon default; rounded to 2^n */
+	uint32_t cq_entries;
+	uint32_t arena_size;     /* bytes; 0 = daemon default */
+	uint32_t reserved;       /* must be zero */
+};
+
+/*
+ * daemon -> client. When status is 0 the message carries SCM_RIGHTS with
+ * three fds: the sealed region memfd, the SQ doorbell eventfd (client
+ * writes) and the CQ doorbell eventfd (daemon writes).
+ */
+struct lorad_welcome {
+	uint32_t magic;
+	int32_t  status;         /* 0 or -errno: -EPROTONOSUPPORT, -EACCES, ... */
+	uint16_t abi_major;
+	uint16_t abi_minor;
+	uint32_t region_size;
+	uint64_t features;
+};
+
+/* daemon -> client, just before the daemon closes a session on purpose */
+struct lorad_goodbye {
+	uint32_t magic;
+	int32_t  reason;         /* -EPROTO, -ESHUTDOWN, ... */
+};
+
+/* --- shared region ------------------------------------------------------- */
+
+/*
+ * Ring control block. Head and tail sit on their own cache lines so producer
+ * and consumer never write the same line. Indices run free over 32 bits and
+ * are masked with (entries - 1) on access.
+ */
+struct lorad_ring_ctl {
+	_Alignas(LORAD_CACHELINE) uint32_t head;   /* consumer writes */
+	_Alignas(LORAD_CACHELINE) uint32_t tail;   /* producer writes */
+	_Alignas(LORAD_CACHELINE) uint32_t flags;  /* see LORAD_SQ_F_* / LORAD_CQ_F_* */
+};
+
+/* sq.flags, written by the daemon */
+#define LORAD_SQ_F_NEED_WAKEUP  (1u << 0)  /* daemon sleeps: write the SQ doorbell after publishing */
+#define LORAD_SQ_F_CQ_FULL      (1u << 1)  /* daemon stopped consuming until the client reaps */
+/* cq.flags, written by the client */
+#define LORAD_CQ_F_NEED_WAKEUP  (1u << 0)  /* client sleeps: write the CQ doorbell after posting */
+
+/* Counters the daemon keeps for this session, for benchmarks and debugging. */
+struct lorad_region_stats {
+	uint64_t sq_consumed;
+	uint64_t cq_posted;
+	uint64_t cq_doorbells;   /* CQ eventfd writes to this client */
+	uint64_t daemon_sleeps;  /* times the daemon's poller slept while this session lived */
+};
+
+struct lorad_region_hdr {
+	uint32_t magic;
+	uint16_t abi_major;
+	uint16_t abi_minor;
+	uint32_t region_size;
+	uint32_t hdr_size;
+	uint64_t features;
+	uint32_t sq_ctl_off;     /* struct lorad_ring_ctl */
+	uint32_t sq_entries;
+	uint32_t sqes_off;       /* struct lorad_sqe[sq_entries] */
+	uint32_t cq_ctl_off;
+	uint32_t cq_entries;
+	uint32_t cqes_off;       /* struct lorad_cqe[cq_entries] */
+	uint32_t stats_off;      /* struct lorad_region_stats */
+	uint32_t arena_off;
+	uint32_t arena_size;
+	uint32_t reserved[3];
+};
+
+enum lorad_op {
+	LORAD_OP_GENERATE = 1,   /* run a prompt, stream tokens */
+	LORAD_OP_CANCEL   = 2,   /* cancel the request whose tag is sqe.tag; no completion of its own */
+	LORAD_OP__MAX
+};
+
+enum lorad_prompt_kind {
+	LORAD_PROMPT_TOKENS = 0, /* little-endian uint32 token ids */
+	LORAD_PROMPT_TEXT   = 1, /* UTF-8 text */
+	LORAD_PROMPT__MAX
+};
+
+#define LORAD_SQE_F_IGNORE_EOS  (1u << 0)
+#define LORAD_SQE_F__ALL        (LORAD_SQE_F_IGNORE_EOS)
+
+/*
+ * One submission. Offsets and lengths are bytes relative to the arena. The
+ * output buffer receives uint32 token ids; out_len must hold max_tokens.
+ */
+struct lorad_sqe {
+	uint64_t user_data;          /*  0 echoed in every completion */
+	uint32_t tag;                /*  8 the library's request slot, echoed */
+	uint8_t  opcode;             /* 12 enum lorad_op */
+	uint8_t  prompt_kind;        /* 13 enum lorad_prompt_kind */
+	uint8_t  priority;           /* 14 higher first, within the client */
+	uint8_t  rsvd0;              /* 15 must be zero */
+	uint32_t flags;              /* 16 LORAD_SQE_F_* */
+	uint32_t max_tokens;         /* 20 */
+	uint32_t prompt_off;         /* 24 */
+	uint32_t prompt_len;         /* 28 */
+	uint32_t out_off;            /* 32 */
+	uint32_t out_len;            /* 36 */
+	uint32_t ext_off;            /* 40 extended parameters, 0/0 = none */
+	uint32_t ext_len;            /* 44 */
+	uint64_t routing_key;        /* 48 sticky route assignment; 0 = use the request */
+	uint64_t seed;               /* 56 */
+	uint64_t deadline_ns;        /* 64 CLOCK_MONOTONIC, absolute; 0 = none */
+	float    temperature;        /* 72 0 = greedy */
+	float    top_p;              /* 76 1 = off */
+	float    min_p;              /* 80 0 = off */
+	float    repetition_penalty; /* 84 1 = off */
+	float    presence_penalty;   /* 88 0 = off */
+	uint32_t top_k;              /* 92 0 = off */
+	char     skill[LORAD_SKILL_MAX]; /* 96 NUL-terminated; "" = base */
+};
+
+enum lorad_finish {
+	LORAD_FINISH_NONE = 0,       /* not final */
+	LORAD_FINISH_LENGTH,         /* max_tokens reached */
+	LORAD_FINISH_STOP,           /* EOS or a stop token */
+	LORAD_FINISH_CANCELLED,
+	LORAD_FINISH_DEADLINE,
+	LORAD_FINISH_ERROR,          /* res < 0 says why, err_field says where */
+	LORAD_FINISH__MAX
+};
+
+/* Which field of a submission was refused (cqe.err_field). */
+enum lorad_field {
+	LORAD_FIELD_NONE = 0,
+	LORAD_FIELD_OPCODE,
+	LORAD_FIELD_PROMPT_KIND,
+	LORAD_FIELD_FLAGS,
+	LORAD_FIELD_RESERVED,
+	LORAD_FIELD_PROMPT,          /* prompt_off/prompt_len outside the arena, misaligned, empty */
+	LORAD_FIELD_OUTPUT,          /* out_off/out_len outside the arena or too small */
+	LORAD_FIELD_EXT,
+	LORAD_FIELD_MAX_TOKENS,
+	LORAD_FIELD_SAMPLING,        /* temperature, top_p, ... out of range or not finite */
+	LORAD_FIELD_SKILL,           /* not terminated, bad characters, or unknown */
+	LORAD_FIELD_DEADLINE,
+	LORAD_FIELD_TAG,
+	LORAD_FIELD__MAX
+};
+
+#define LORAD_CQE_F_MORE   (1u << 0)  /* not the last completion of this request */
+
+struct lorad_cqe {
+	uint64_t user_data;          /*  0 */
+	uint32_t tag;                /*  8 */
+	int32_t  res;                /* 12 0, or -errno on the final completion */
+	uint32_t flags;              /* 16 LORAD_CQE_F_* */
+	uint16_t finish;             /* 20 enum lorad_finish; NONE unless final */
+	uint16_t err_field;          /* 22 enum lorad_field */
+	uint32_t n_out;              /* 24 token ids written to the output so far */
+	uint32_t checksum;           /* 28 lorad_checksum32() of the prompt as the daemon read it */
+	uint32_t n_prompt;           /* 32 prompt tokens */
+	uint32_t queue_us;           /* 36 submit seen -> first step (final only) */
+	uint32_t ttft_us;            /* 40 submit seen -> first token (final only) */
+	uint32_t itl_us;             /* 44 mean inter-token time (final only) */
+	uint32_t version;            /* 48 adapter version that served it */
+	uint32_t rsvd[3];            /* 52 */
+};
+
+static_assert(sizeof(struct lorad_hello) == 32, "hello layout");
+static_assert(sizeof(struct lorad_welcome) == 24, "welcome layout");
+static_assert(sizeof(struct lorad_goodbye) == 8, "goodbye layout");
+static_assert(sizeof(struct lorad_ring_ctl) == 3 * LORAD_CACHELINE, "ring ctl layout");
+static_assert(sizeof(struct lorad_region_stats) == 32, "stats layout");
+static_assert(sizeof(struct lorad_region_hdr) == 72, "region header layout");
+static_assert(sizeof(struct lorad_sqe) == 128, "sqe layout");
+static_assert(sizeof(struct lorad_cqe) == 64, "cqe layout");
+static_assert(__builtin_offsetof(struct lorad_sqe, skill) == 96, "sqe skill offset");
+static_assert(__builtin_offsetof(struct lorad_cqe, version) == 48, "cqe version offset");
+
+/*
+ * Checksum of prompt bytes, echoed in every completion so both sides can
+ * prove the bytes arrived intact. Eight bytes a step: cheap enough for the
+ * 5 M requests/s path.
+ */
+static inline uint32_t lorad_checksum32(const void *buf, uint32_t len)
+{
+	const unsigned char *p = (const unsigned char *)buf;
+	uint64_t h = 0x9e3779b97f4a7c15ull ^ len;
+	uint32_t i = 0;
+
+	for (; i + 8 <= len; i += 8) {
+		uint64_t w;
+		__builtin_memcpy(&w, p + i, 8);
+		h = (h ^ w) * 0xff51afd7ed558ccdull;
+		h ^= h >> 32;
+	}
+	for (; i < len; i++)
+		h = (h ^ p[i]) * 0x100000001b3ull;
+	h ^= h >> 29;
+	return (uint32_t)h ^ (uint32_t)(h >> 32);
+}
+
+#endif /* LORAD_ABI_H */

@@ -1,0 +1,171 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * liblorad: the client side of lorad.
+ *
+ *   struct lorad *c;
+ *   lorad_connect("/run/lorad/lorad.sock", NULL, &c);
+ *   lorad_submit(c, &req);                       // no system call while the daemon polls
+ *   struct lorad_event ev[16];
+ *   int n = lorad_wait(c, ev, 16, 1000);         // or lorad_reap() to poll
+ *   lorad_close(c);
+ *
+ * Every function returns 0 (or a count) on success and a negative errno on
+ * failure; lorad_strerror() turns one into text. One connection may be used
+ * from many threads at once. Completions are per connection, like io_uring's
+ * CQ: any thread that reaps may receive any request's events.
+ *
+ * If the daemon goes away, every pending request completes with -ECONNRESET
+ * (or the reason the daemon gave, such as -EPROTO) and every later call
+ * returns that error. There is no silent reconnect. A process that forks
+ * must not use an inherited connection: the child gets -ECHILD.
+ */
+#ifndef LORAD_H
+#define LORAD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <lorad/abi.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct lorad;
+
+struct lorad_connect_opts {
+	uint32_t sq_entries;     /* 0 = 256 */
+	uint32_t cq_entries;     /* 0 = 2 * sq_entries */
+	uint32_t arena_size;     /* bytes for prompts and outputs; 0 = 4 MiB */
+	uint32_t max_inflight;   /* requests this connection tracks; 0 = 4096 */
+	int      timeout_ms;     /* connect and handshake; 0 = 5000, < 0 = forever */
+	uint32_t spin_us;        /* lorad_wait() polls this long before it sleeps */
+};
+
+struct lorad_request {
+	uint64_t        user_data;     /* returned in every event of this request */
+	const char     *skill;         /* NULL or "base": the base model */
+	uint64_t        routing_key;   /* same key, same adapter version; 0 = none */
+	const uint32_t *prompt;        /* token ids */
+	uint32_t        n_prompt;
+	uint32_t        max_tokens;
+	uint32_t       *out;           /* caller's buffer of max_tokens ids, filled as events arrive */
+	float           temperature;   /* 0 = greedy */
+	float           top_p;         /* 0 or 1 = off */
+	float           min_p;
+	float           repetition_penalty; /* 0 or 1 = off */
+	float           presence_penalty;
+	uint32_t        top_k;
+	uint64_t        seed;
+	uint64_t        deadline_ns;   /* CLOCK_MONOTONIC, absolute; 0 = none */
+	uint32_t        flags;         /* LORAD_SQE_F_* */
+	uint8_t         priority;
+};
+
+#define LORAD_EV_FINAL  (1u << 0)  /* last event of the request; its buffer is the caller's again */
+
+struct lorad_event {
+	uint64_t user_data;
+	int      res;            /* 0, or -errno when the request failed */
+	unsigned flags;          /* LORAD_EV_* */
+	unsigned finish;         /* enum lorad_finish on the final event */
+	unsigned field;          /* enum lorad_field: what the daemon refused */
+	uint32_t n_tokens;       /* ids now in the request's out buffer */
+	uint32_t n_new;          /* ids added by this event */
+	uint32_t checksum;       /* of the prompt bytes as the daemon read them */
+	uint32_t queue_us;
+	uint32_t ttft_us;
+	uint32_t itl_us;
+	uint32_t version;
+};
+
+struct lorad_stats {
+	uint64_t submitted;
+	uint64_t reaped;         /* events */
+	uint64_t sq_doorbells;   /* eventfd writes by this client */
+	uint64_t sleeps;         /* times a lorad_wait() slept */
+	uint64_t daemon_cq_doorbells;
+	uint64_t daemon_sleeps;
+};
+
+/*
+ * Connect to the daemon at @path and map the session's region.
+ * Returns 0, -ENOENT/-ECONNREFUSED (no daemon), -EACCES (peer not allowed),
+ * -EPROTONOSUPPORT (ABI major refused), -ETIMEDOUT, -ENOMEM, -EPROTO.
+ */
+int lorad_connect(const char *path, const struct lorad_connect_opts *opts,
+		  struct lorad **out);
+
+/* Close the connection; pending requests are abandoned (the daemon frees them). */
+void lorad_close(struct lorad *c);
+
+/*
+ * Queue one request. Never blocks and makes a system call only when the
+ * daemon sleeps. Returns 0; -EAGAIN when the ring, the arena or the request
+ * table is full (reap, then retry); -E2BIG when the request can never fit
+ * the arena; -EINVAL for an unusable request (NULL out, skill too long);
+ * -ECONNRESET/-EPROTO when the session is gone; -ECHILD in a forked child.
+ */
+int lorad_submit(struct lorad *c, const struct lorad_request *req);
+
+/*
+ * Queue up to @n requests with one ring publication. Returns how many were
+ * queued (a prefix of @reqs), or -errno when none was.
+ */
+int lorad_submit_batch(struct lorad *c, const struct lorad_request *reqs, unsigned n);
+
+/*
+ * Take up to @max events without blocking. Returns the count (0 if none),
+ * or -ECONNRESET/-EPROTO/-ECHILD once the session is gone and no event is
+ * left. Checks the socket for hang-up at most every 10 ms, never per call.
+ */
+int lorad_reap(struct lorad *c, struct lorad_event *ev, unsigned max);
+
+/*
+ * Like lorad_reap(), but waits up to @timeout_ms (-1: no limit) for at
+ * least one event. Returns the count, -ETIMEDOUT, or the session's error.
+ * Looks for the daemon's hang-up at least every 10 ms.
+ */
+int lorad_wait(struct lorad *c, struct lorad_event *ev, unsigned max, int timeout_ms);
+
+/*
+ * Cancel the pending request with @user_data. Its final event says
+ * LORAD_FINISH_CANCELLED (or how it ended, if it finished first).
+ * Returns 0, -ENOENT (no such pending request), -EAGAIN (ring full).
+ */
+int lorad_cancel(struct lorad *c, uint64_t user_data);
+
+/*
+ * An fd for the application's own epoll/poll loop: readable when events
+ * may be ready or the daemon hung up. Before sleeping on it call
+ * lorad_arm(); after it fires call lorad_wait(c, ev, max, 0).
+ */
+int lorad_fd(struct lorad *c);
+
+/*
+ * Ask to be woken through lorad_fd(). Returns 1 when events are already
+ * waiting (do not sleep: reap them), 0 when it is safe to sleep, or the
+ * session's error.
+ */
+int lorad_arm(struct lorad *c);
+
+/* Requests submitted and not yet finally reaped. */
+unsigned lorad_pending(struct lorad *c);
+
+/* Counters of this connection and of the daemon's side of it. */
+int lorad_get_stats(struct lorad *c, struct lorad_stats *st);
+
+/* Text for a value returned by this library or carried in an event's res. */
+const char *lorad_strerror(int err);
+
+/* Name of an enum lorad_field, for error messages: "prompt", "skill", ... */
+const char *lorad_field_name(unsigned field);
+
+/* Name of an enum lorad_finish: "length", "stop", "cancelled", ... */
+const char *lorad_finish_name(unsigned finish);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LORAD_H */

@@ -7,6 +7,7 @@ pkgs=(
   build-essential cmake pkg-config
   liburing-dev libnuma-dev libcmocka-dev
   libopenblas-dev libjson-c-dev libsystemd-dev libpcre2-dev
+  libutf8proc-dev libinih-dev
   clang libclang-rt-14-dev
   fio systemd
 )

@@ -1,0 +1,405 @@
+/*
+ * cpu.c — the CPU backend: fp32 everywhere, OpenBLAS sgemm for the
+ * projections, simple loops the compiler vectorises for the rest, and a
+ * thread pool for attention.
+ *
+ * Every loop works on one token row at a time and sums in a fixed order, so
+ * the numbers of a row do not depend on which other rows share the batch.
+ */
+#include "../backend.h"
+#include "pool.h"
+
+#include <cblas.h>
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct be_buf {
+	size_t n;
+	float *p;
+};
+
+struct cpu_be {
+	struct be be;
+	struct pool *pool;
+	struct be_batch b;
+	int max_pos;        /* largest position of the batch: size of score rows */
+	float **scratch;    /* [pool size][scratch_n] attention scores */
+	size_t scratch_n;
+	float *rope_cs;     /* [n_tokens][head_dim] cos then sin, for rope_freq */
+	size_t rope_cs_n;
+	const struct be_buf *rope_freq; /* inv_freq the table was made for */
+	int rope_hd;
+};
+
+#define CPU(be) ((struct cpu_be *)(be))
+
+static struct be_buf *cpu_alloc(struct be *be, size_t n)
+{
+	struct be_buf *b = malloc(sizeof(*b));
+	size_t bytes = (n ? n : 1) * sizeof(float);
+
+	(void)be;
+	if (!b)
+		return NULL;
+	/* 64-byte rows for the vector loads of OpenBLAS and ours. */
+	bytes = (bytes + 63) & ~(size_t)63;
+	b->p = aligned_alloc(64, bytes);
+	if (!b->p) {
+		free(b);
+		return NULL;
+	}
+	memset(b->p, 0, bytes);
+	b->n = n;
+	return b;
+}
+
+static void cpu_buf_free(struct be *be, struct be_buf *b)
+{
+	(void)be;
+	free(b->p);
+	free(b);
+}
+
+static int cpu_upload(struct be *be, struct be_buf *d, size_t off, const float *s, size_t n)
+{
+	(void)be;
+	if (off > d->n || n > d->n - off)
+		return -ERANGE;
+	memcpy(d->p + off, s, n * sizeof(float));
+	return 0;
+}
+
+static int cpu_download(struct be *be, const struct be_buf *s, size_t off, float *d, size_t n)
+{
+	(void)be;
+	if (off > s->n || n > s->n - off)
+		return -ERANGE;
+	memcpy(d, s->p + off, n * sizeof(float));
+	return 0;
+}
+
+static int cpu_sync(struct be *be)
+{
+	(void)be;
+	return 0;
+}
+
+static int cpu_set_batch(struct be *be, const struct be_batch *b)
+{
+	struct cpu_be *c = CPU(be);
+	int i, max_pos = 0;
+
+	for (i = 0; i < b->n_tokens; i++)
+		if (b->pos[i] > max_pos)
+			max_pos = b->pos[i];
+	c->b = *b;
+	c->max_pos = max_pos;
+	c->rope_freq = NULL;
+	if ((size_t)max_pos + 1 > c->scratch_n) {
+		size_t n = (size_t)max_pos + 1;
+		int t;
+		n = n < 1024 ? 1024 : n + n / 2;
+		for (t = 0; t < pool_size(c->pool); t++) {
+			float *p = realloc(c->scratch[t], n * sizeof(float));
+			if (!p)
+				return -ENOMEM;
+			c->scratch[t] = p;
+		}
+		c->scratch_n = n;
+	}
+	return 0;
+}
+
+static void cpu_embed(struct be *be, const struct be_buf *table, int dim, struct be_buf *x)
+{
+	const struct be_batch *b = &CPU(be)->b;
+	int t;
+
+	for (t = 0; t < b->n_tokens; t++)
+		memcpy(x->p + (size_t)t * dim, table->p + (size_t)b->tokens[t] * dim,
+		       (size_t)dim * sizeof(float));
+}
+
+static void cpu_gemm(struct be *be, int m, int n, int k, const struct be_buf *x,
+		     const struct be_buf *w, struct be_buf *y, int acc)
+{
+	(void)be;
+	if (m <= 0)
+		return;
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x->p, k, w->p, k,
+		    acc ? 1.0f : 0.0f, y->p, n);
+}
+
+static void cpu_add_bias(struct be *be, int m, int n, struct be_buf *y, const struct be_buf *b)
+{
+	int i, j;
+
+	(void)be;
+	for (i = 0; i < m; i++) {
+		float *r = y->p + (size_t)i * n;
+		for (j = 0; j < n; j++)
+			r[j] += b->p[j];
+	}
+}
+
+static void cpu_rmsnorm(struct be *be, int m, int d, const struct be_buf *x,
+			const struct be_buf *w, float eps, struct be_buf *y)
+{
+	int i, j;
+
+	(void)be;
+	for (i = 0; i < m; i++) {
+		const float *xr = x->p + (size_t)i * d;
+		float *yr = y->p + (size_t)i * d;
+		float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+		for (j = 0; j < d; j++)
+			ss += xr[j] * xr[j];
+		/* transformers: x * rsqrt(mean(x²) + eps), then weight * that */
+		float r = 1.0f / sqrtf(ss / (float)d + eps);
+		for (j = 0; j < d; j++)
+			yr[j] = w->p[j] * (xr[j] * r);
+	}
+}
+
+/* Same numbers without the table, for when memory for it ran out. */
+static void rope_slow(const struct be_batch *b, int nh, int hd, struct be_buf *x,
+		      const struct be_buf *f)
+{
+	int half = hd / 2, t, h, i;
+
+	for (t = 0; t < b->n_tokens; t++)
+		for (h = 0; h < nh; h++) {
+			float *v = x->p + ((size_t)t * nh + h) * hd;
+			for (i = 0; i < half; i++) {
+				float a = (float)b->pos[t] * f->p[i], co = cosf(a), si = sinf(a);
+				float x1 = v[i], x2 = v[half + i];
+				v[i] = x1 * co - x2 * si;
+				v[half + i] = x2 * co + x1 * si;
+			}
+		}
+}
+
+static void cpu_rope(struct be *be, int nh, int hd, struct be_buf *x, const struct be_buf *f)
+{
+	struct cpu_be *c = CPU(be);
+	const struct be_batch *b = &c->b;
+	int half = hd / 2, t, h, i;
+
+	/* q and k of one layer share the angles; every layer shares them too. */
+	if (c->rope_freq != f || c->rope_hd != hd) {
+		size_t need = (size_t)b->n_tokens * hd;
+		c->rope_freq = NULL;
+		if (need > c->rope_cs_n) {
+			float *p = realloc(c->rope_cs, need * sizeof(float));
+			if (!p) {
+				rope_slow(b, nh, hd, x, f);
+				return;
+			}
+			c->rope_cs = p;
+			c->rope_cs_n = need;
+		}
+		for (t = 0; t < b->n_tokens; t++) {
+			float *cs = c->rope_cs + (size_t)t * hd;
+			for (i = 0; i < half; i++) {
+				float a = (float)b->pos[t] * f->p[i];
+				cs[i] = cosf(a);
+				cs[half + i] = sinf(a);
+			}
+		}
+		c->rope_freq = f;
+		c->rope_hd = hd;
+	}
+	for (t = 0; t < b->n_tokens; t++) {
+		const float *cs = c->rope_cs + (size_t)t * hd;
+		for (h = 0; h < nh; h++) {
+			float *v = x->p + ((size_t)t * nh + h) * hd;
+			for (i = 0; i < half; i++) {
+				float x1 = v[i], x2 = v[half + i];
+				v[i] = x1 * cs[i] - x2 * cs[half + i];
+				v[half + i] = x2 * cs[i] + x1 * cs[half + i];
+			}
+		}
+	}
+}
+
+static inline size_t kv_slot(const struct be_batch *b, int s, int p)
+{
+	int blk = b->block_table[(size_t)s * b->max_blocks + p / b->block_size];
+	return (size_t)blk * b->block_size + (size_t)(p % b->block_size);
+}
+
+static void cpu_kv_store(struct be *be, int kv_dim, const struct be_buf *k,
+			 const struct be_buf *v, struct be_buf *kc, struct be_buf *vc)
+{
+	const struct be_batch *b = &CPU(be)->b;
+	int t;
+
+	for (t = 0; t < b->n_tokens; t++) {
+		size_t slot = kv_slot(b, b->seq[t], b->pos[t]);
+		memcpy(kc->p + slot * kv_dim, k->p + (size_t)t * kv_dim, (size_t)kv_dim * sizeof(float));
+		memcpy(vc->p + slot * kv_dim, v->p + (size_t)t * kv_dim, (size_t)kv_dim * sizeof(float));
+	}
+}
+
+struct attn_job {
+	struct cpu_be *c;
+	const struct be_attn *a;
+	const float *q, *kc, *vc;
+	float *out;
+};
+
+static void attn_rows(void *arg, int worker, int begin, int end)
+{
+	struct attn_job *j = arg;
+	const struct be_batch *b = &j->c->b;
+	const struct be_attn *a = j->a;
+	int hd = a->head_dim, group = a->n_heads / a->n_kv_heads;
+	size_t kv_dim = (size_t)a->n_kv_heads * hd;
+	float *sc = j->c->scratch[worker];
+	int task;
+
+	for (task = begin; task < end; task++) {
+		int t = task / a->n_heads, h = task % a->n_heads, kvh = h / group;
+		int s = b->seq[t], p = b->pos[t], lo = 0, i, d;
+		const float *q = j->q + ((size_t)t * a->n_heads + h) * hd;
+		float *o = j->out + ((size_t)t * a->n_heads + h) * hd;
+		float mx = -INFINITY, sum = 0.0f;
+
+		if (a->sliding_window > 0 && p - a->sliding_window + 1 > 0)
+			lo = p - a->sliding_window + 1;
+		for (i = lo; i <= p; i++) {
+			const float *k = j->kc + kv_slot(b, s, i) * kv_dim + (size_t)kvh * hd;
+			float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+			for (d = 0; d < hd; d++)
+				dot += q[d] * k[d];
+			sc[i - lo] = dot * a->scale;
+			if (sc[i - lo] > mx)
+				mx = sc[i - lo];
+		}
+		for (i = 0; i <= p - lo; i++) {
+			sc[i] = expf(sc[i] - mx);
+			sum += sc[i];
+		}
+		for (d = 0; d < hd; d++)
+			o[d] = 0.0f;
+		for (i = lo; i <= p; i++) {
+			const float *v = j->vc + kv_slot(b, s, i) * kv_dim + (size_t)kvh * hd;
+			float w = sc[i - lo] / sum;
+#pragma omp simd
+			for (d = 0; d < hd; d++)
+				o[d] += w * v[d];
+		}
+	}
+}
+
+static void cpu_attention(struct be *be, const struct be_attn *a, const struct be_buf *q,
+			  const struct be_buf *kc, const struct be_buf *vc, struct be_buf *out)
+{
+	struct cpu_be *c = CPU(be);
+	struct attn_job j = { c, a, q->p, kc->p, vc->p, out->p };
+	int n = c->b.n_tokens * a->n_heads;
+	int grain = n / (pool_size(c->pool) * 8);
+
+	pool_run(c->pool, attn_rows, &j, n, grain < 1 ? 1 : grain);
+}
+
+static void cpu_silu_mul(struct be *be, size_t n, struct be_buf *g, const struct be_buf *u)
+{
+	size_t i;
+
+	(void)be;
+	for (i = 0; i < n; i++) {
+		float x = g->p[i];
+		g->p[i] = x / (1.0f + expf(-x)) * u->p[i];
+	}
+}
+
+static void cpu_add(struct be *be, size_t n, struct be_buf *x, const struct be_buf *y)
+{
+	size_t i;
+
+	(void)be;
+	for (i = 0; i < n; i++)
+		x->p[i] += y->p[i];
+}
+
+static void cpu_gather_rows(struct be *be, int d, const struct be_buf *x, struct be_buf *y)
+{
+	const struct be_batch *b = &CPU(be)->b;
+	int i;
+
+	for (i = 0; i < b->n_out; i++)
+		memmove(y->p + (size_t)i * d, x->p + (size_t)b->out_rows[i] * d, (size_t)d * sizeof(float));
+}
+
+static void cpu_destroy(struct be *be)
+{
+	struct cpu_be *c = CPU(be);
+	int t;
+
+	if (c->scratch)
+		for (t = 0; t < pool_size(c->pool); t++)
+			free(c->scratch[t]);
+	free(c->scratch);
+	free(c->rope_cs);
+	pool_destroy(c->pool);
+	free(c);
+}
+
+static const struct be_ops cpu_ops = {
+	.name = "cpu",
+	.destroy = cpu_destroy,
+	.alloc = cpu_alloc,
+	.buf_free = cpu_buf_free,
+	.upload = cpu_upload,
+	.download = cpu_download,
+	.sync = cpu_sync,
+	.set_batch = cpu_set_batch,
+	.embed = cpu_embed,
+	.gemm = cpu_gemm,
+	.add_bias = cpu_add_bias,
+	.rmsnorm = cpu_rmsnorm,
+	.rope = cpu_rope,
+	.kv_store = cpu_kv_store,
+	.attention = cpu_attention,
+	.silu_mul = cpu_silu_mul,
+	.add = cpu_add,
+	.gather_rows = cpu_gather_rows,
+};
+
+int be_cpu_create(const struct be_cpu_opts *opts, struct be **out)
+{
+	struct cpu_be *c = calloc(1, sizeof(*c));
+	int n = opts && opts->n_threads > 0 ? opts->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+	int rc;
+
+	if (!c)
+		return -ENOMEM;
+	c->be.ops = &cpu_ops;
+	if (opts && opts->blas_threads > 0)
+		openblas_set_num_threads(opts->blas_threads);
+	rc = pool_create(n < 1 ? 1 : n, &c->pool);
+	if (rc < 0)
+		goto err;
+	c->scratch = calloc((size_t)pool_size(c->pool), sizeof(*c->scratch));
+	if (!c->scratch) {
+		rc = -ENOMEM;
+		goto err;
+	}
+	*out = &c->be;
+	return 0;
+err:
+	pool_destroy(c->pool);
+	free(c);
+	return rc;
+}
+
+int be_cpu_blas_threads(void)
+{
+	return openblas_get_num_threads();
+}

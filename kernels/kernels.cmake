@@ -1,0 +1,10 @@
+# The compute backends. lorad_kernels is what the engine links; only files
+# under kernels/ know which hardware runs.
+add_library(lorad_kernels STATIC
+  ${CMAKE_CURRENT_LIST_DIR}/cpu/cpu.c
+  ${CMAKE_CURRENT_LIST_DIR}/cpu/pool.c)
+target_include_directories(lorad_kernels PUBLIC ${CMAKE_CURRENT_LIST_DIR})
+# -O3 for the loop vectoriser; -fopenmp-simd honours the `omp simd`
+# reductions without pulling in an OpenMP runtime.
+target_compile_options(lorad_kernels PRIVATE -O3 -fopenmp-simd)
+target_link_libraries(lorad_kernels PUBLIC PkgConfig::OPENBLAS Threads::Threads m)

@@ -1,0 +1,438 @@
+#include "engine.h"
+
+#include "backend.h"
+#include "forward.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct engine {
+	struct model_config cfg;
+	struct be *be;
+	struct fwd *fwd;
+	struct kv_pool pool;
+	struct sample_ctx sctx;
+	uint64_t next_id;
+
+	/* per-step scratch, grown as needed */
+	int cap_rows, cap_seqs, cap_bt, cap_out;
+	int32_t *tokens, *pos, *seq, *out_rows, *block_table;
+	int32_t *out_seq;    /* [n_out] the sequence each logit row belongs to */
+	float *logits;       /* [n_out][vocab] */
+};
+
+static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (err && errlen) {
+		va_start(ap, fmt);
+		vsnprintf(err, errlen, fmt, ap);
+		va_end(ap);
+	}
+	return rc;
+}
+
+int engine_load(const char *dir, const struct engine_opts *opts, struct engine **out, char *err,
+		size_t errlen)
+{
+	struct engine_opts o = { 0 };
+	struct be_cpu_opts bo = { 0 };
+	struct engine *e = NULL;
+	struct model *m = NULL;
+	int rc;
+
+	if (opts)
+		o = *opts;
+	if (o.block_size <= 0)
+		o.block_size = 16;
+	if (o.kv_tokens <= 0)
+		o.kv_tokens = 8192;
+	if (o.kv_blocks <= 0)
+		o.kv_blocks = (o.kv_tokens + o.block_size - 1) / o.block_size;
+
+	rc = model_open(dir, &m, err, errlen);
+	if (rc < 0)
+		return rc;
+	e = calloc(1, sizeof(*e));
+	if (!e) {
+		rc = fail(err, errlen, -ENOMEM, "out of memory");
+		goto err;
+	}
+	e->cfg = m->cfg;
+	bo.n_threads = o.n_threads;
+	bo.blas_threads = o.blas_threads;
+	if ((rc = be_cpu_create(&bo, &e->be)) < 0) {
+		fail(err, errlen, rc, "CPU backend: %s", strerror(-rc));
+		goto err;
+	}
+	if ((rc = fwd_build(e->be, m, o.kv_blocks, o.block_size, o.allow_nonfinite, &e->fwd, err,
+			    errlen)) < 0)
+		goto err;
+	if ((rc = kv_pool_build(&e->pool, o.kv_blocks, o.block_size)) < 0 ||
+	    (rc = sample_ctx_build(&e->sctx, e->cfg.vocab)) < 0) {
+		fail(err, errlen, rc, "out of memory");
+		goto err;
+	}
+	/* the weights now live in the backend; the mapping is no longer needed */
+	model_close(m);
+	*out = e;
+	return 0;
+err:
+	model_close(m);
+	engine_free(e);
+	return rc;
+}
+
+void engine_free(struct engine *e)
+{
+	if (!e)
+		return;
+	fwd_free(e->fwd);
+	be_destroy(e->be);
+	kv_pool_free(&e->pool);
+	sample_ctx_free(&e->sctx);
+	free(e->tokens);
+	free(e->pos);
+	free(e->seq);
+	free(e->out_rows);
+	free(e->out_seq);
+	free(e->block_table);
+	free(e->logits);
+	free(e);
+}
+
+const struct model_config *engine_config(const struct engine *e)
+{
+	return &e->cfg;
+}
+
+int engine_kv_total(const struct engine *e)
+{
+	return e->pool.n_blocks;
+}
+
+int engine_kv_free(const struct engine *e)
+{
+	return e->pool.n_free;
+}
+
+int engine_kv_block_size(const struct engine *e)
+{
+	return e->pool.block_size;
+}
+
+const char *engine_backend_name(const struct engine *e)
+{
+	return e->be->ops->name;
+}
+
+static void seq_release(struct engine *e, struct engine_seq *s)
+{
+	kv_table_release(&e->pool, &s->kv);
+}
+
+void engine_seq_free(struct engine *e, struct engine_seq *s)
+{
+	if (!s)
+		return;
+	kv_table_free(&e->pool, &s->kv);
+	free((void *)s->params.sample.logit_bias);
+	free((void *)s->params.sample.stop_ids);
+	free(s->tokens);
+	free(s->logits);
+	free(s);
+}
+
+int engine_seq_new(struct engine *e, const int32_t *prompt, int n,
+		   const struct engine_seq_params *params, struct engine_seq **out, char *err,
+		   size_t errlen)
+{
+	const struct model_config *c = &e->cfg;
+	struct engine_seq *s;
+	struct sample_params *sp;
+	long total;
+	int i, rc;
+
+	if (n <= 0 || !prompt)
+		return fail(err, errlen, -EINVAL, "the prompt is empty");
+	for (i = 0; i < n; i++)
+		if (prompt[i] < 0 || prompt[i] >= c->vocab)
+			return fail(err, errlen, -EINVAL,
+				    "prompt token %d (at %d) is outside the vocabulary of %d", prompt[i],
+				    i, c->vocab);
+	if (params->max_tokens < 0)
+		return fail(err, errlen, -EINVAL, "max_tokens must be >= 0");
+	total = (long)n + params->max_tokens;
+	if (total > c->max_pos)
+		return fail(err, errlen, -E2BIG,
+			    "prompt (%d) + max_tokens (%d) exceed the model's context of %d tokens", n,
+			    params->max_tokens, c->max_pos);
+	if (kv_blocks_for(&e->pool, (int)total) > e->pool.n_blocks)
+		return fail(err, errlen, -E2BIG,
+			    "prompt (%d) + max_tokens (%d) need more KV cache than the engine has (%d tokens)",
+			    n, params->max_tokens, e->pool.n_blocks * e->pool.block_size);
+	if ((rc = sample_validate(&params->sample, c->vocab, err, errlen)) < 0)
+		return rc;
+
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return fail(err, errlen, -ENOMEM, "out of memory");
+	s->params = *params;
+	sp = &s->params.sample;
+	sp->logit_bias = NULL;
+	sp->stop_ids = NULL;
+	s->cap_tokens = (int)total;
+	s->tokens = malloc((size_t)total * sizeof(*s->tokens));
+	if (!s->tokens)
+		goto nomem;
+	if (params->sample.n_logit_bias) {
+		struct sample_bias *b = malloc((size_t)params->sample.n_logit_bias * sizeof(*b));
+		if (!b)
+			goto nomem;
+		memcpy(b, params->sample.logit_bias, (size_t)params->sample.n_logit_bias * sizeof(*b));
+		sp->logit_bias = b;
+	}
+	if (params->sample.n_stop) {
+		int32_t *st = malloc((size_t)params->sample.n_stop * sizeof(*st));
+		if (!st)
+			goto nomem;
+		memcpy(st, params->sample.stop_ids, (size_t)params->sample.n_stop * sizeof(*st));
+		sp->stop_ids = st;
+	}
+	memcpy(s->tokens, prompt, (size_t)n * sizeof(*prompt));
+	s->n_tokens = s->n_prompt = n;
+	s->id = e->next_id++;
+	*out = s;
+	return 0;
+nomem:
+	engine_seq_free(e, s);
+	return fail(err, errlen, -ENOMEM, "out of memory");
+}
+
+int engine_seq_pending(const struct engine_seq *s)
+{
+	return s->finish ? 0 : s->n_tokens - s->n_computed;
+}
+
+/* Grows the step scratch for rows token rows, seqs sequences with bt
+ * block-table entries, and out logit rows. */
+static int reserve(struct engine *e, int rows, int seqs, int bt, int out)
+{
+#define GROW(ptr, cap, want, size)                                       \
+	do {                                                             \
+		if ((want) > (cap)) {                                    \
+			void *p_ = realloc(ptr, (size_t)(want) * (size)); \
+			if (!p_)                                         \
+				return -ENOMEM;                          \
+			ptr = p_;                                        \
+		}                                                        \
+	} while (0)
+	GROW(e->tokens, e->cap_rows, rows, sizeof(int32_t));
+	GROW(e->pos, e->cap_rows, rows, sizeof(int32_t));
+	GROW(e->seq, e->cap_rows, rows, sizeof(int32_t));
+	if (rows > e->cap_rows)
+		e->cap_rows = rows;
+	GROW(e->block_table, e->cap_bt, bt, sizeof(int32_t));
+	if (bt > e->cap_bt)
+		e->cap_bt = bt;
+	GROW(e->out_rows, e->cap_out, out, sizeof(int32_t));
+	GROW(e->out_seq, e->cap_out, out, sizeof(int32_t));
+	GROW(e->logits, e->cap_out, out, (size_t)e->cfg.vocab * sizeof(float));
+	if (out > e->cap_out)
+		e->cap_out = out;
+	(void)seqs;
+	return 0;
+#undef GROW
+}
+
+static int keep_logits(struct engine_seq *s, const float *row, int vocab)
+{
+	size_t need = ((size_t)s->n_logits + 1) * vocab;
+
+	if (need > s->cap_logits) {
+		size_t cap = need * 2;
+		float *p = realloc(s->logits, cap * sizeof(float));
+		if (!p)
+			return -ENOMEM;
+		s->logits = p;
+		s->cap_logits = cap;
+	}
+	memcpy(s->logits + (size_t)s->n_logits * vocab, row, (size_t)vocab * sizeof(float));
+	s->n_logits++;
+	return 0;
+}
+
+/* Samples the next token of s from row and decides whether s is done. */
+static void seq_sample(struct engine *e, struct engine_seq *s, const float *row)
+{
+	const struct sample_params *p = &s->params.sample;
+	int rc, t, i;
+
+	rc = sample_token(&e->sctx, p, row, s->tokens, s->n_tokens, s->n_generated, e->cfg.eos,
+			  e->cfg.n_eos, &s->last);
+	if (rc < 0) {
+		s->finish = ENGINE_FINISH_ERROR;
+		s->error = rc;
+		return;
+	}
+	t = s->last.token;
+	s->tokens[s->n_tokens++] = t;
+	s->n_generated++;
+	if (!p->ignore_eos && model_is_eos(&e->cfg, t))
+		s->finish = ENGINE_FINISH_STOP;
+	for (i = 0; i < p->n_stop; i++)
+		if (p->stop_ids[i] == t)
+			s->finish = ENGINE_FINISH_STOP;
+	if (!s->finish && s->n_generated >= s->params.max_tokens)
+		s->finish = ENGINE_FINISH_LENGTH;
+}
+
+int engine_step(struct engine *e, struct engine_seq *const *seqs, const int *n_new, int n,
+		char *err, size_t errlen)
+{
+	const int vocab = e->cfg.vocab;
+	struct be_batch b = { 0 };
+	int rows = 0, outs = 0, max_blocks = 0, i, j, r, rc;
+
+	if (n <= 0)
+		return 0;
+	/* check everything before touching anything */
+	for (i = 0; i < n; i++) {
+		const struct engine_seq *s = seqs[i];
+		int k = n_new ? n_new[i] : engine_seq_pending(s);
+		if (s->finish)
+			return fail(err, errlen, -EINVAL, "sequence %llu is finished",
+				    (unsigned long long)s->id);
+		if (k < 1 || k > engine_seq_pending(s))
+			return fail(err, errlen, -EINVAL, "sequence %llu: %d new tokens, %d pending",
+				    (unsigned long long)s->id, k, engine_seq_pending(s));
+		for (j = 0; j < i; j++)
+			if (seqs[j] == s)
+				return fail(err, errlen, -EINVAL, "sequence %llu is in the batch twice",
+					    (unsigned long long)s->id);
+		rows += k;
+		if (s->params.keep_logits == ENGINE_LOGITS_ALL)
+			outs += k;
+		else
+			outs += 1;
+	}
+	/* KV blocks for every sequence, or for none */
+	for (i = 0; i < n; i++) {
+		struct engine_seq *s = seqs[i];
+		int k = n_new ? n_new[i] : engine_seq_pending(s);
+		rc = kv_table_reserve(&e->pool, &s->kv, s->n_computed + k);
+		if (rc < 0) {
+			/* give back what this step took: the tables only grew */
+			for (j = 0; j < i; j++)
+				kv_table_shrink(&e->pool, &seqs[j]->kv, seqs[j]->n_computed);
+			return fail(err, errlen, rc,
+				    rc == -ENOSPC ? "the KV cache has %d free blocks, the batch needs more"
+						  : "out of memory (%d free KV blocks)",
+				    e->pool.n_free);
+		}
+		if (s->kv.n > max_blocks)
+			max_blocks = s->kv.n;
+	}
+	if ((rc = reserve(e, rows, n, n * max_blocks, outs)) < 0)
+		return fail(err, errlen, rc, "out of memory");
+
+	/* the batch: rows of sequence 0, then of sequence 1, ... */
+	r = 0;
+	outs = 0;
+	for (i = 0; i < n; i++) {
+		struct engine_seq *s = seqs[i];
+		int k = n_new ? n_new[i] : engine_seq_pending(s);
+		int keep_all = s->params.keep_logits == ENGINE_LOGITS_ALL;
+		for (j = 0; j < k; j++, r++) {
+			e->tokens[r] = s->tokens[s->n_computed + j];
+			e->pos[r] = s->n_computed + j;
+			e->seq[r] = i;
+			if (keep_all || j == k - 1) {
+				e->out_rows[outs] = r;
+				e->out_seq[outs++] = i;
+			}
+		}
+		memcpy(e->block_table + (size_t)i * max_blocks, s->kv.blocks,
+		       (size_t)s->kv.n * sizeof(int32_t));
+	}
+	b.n_tokens = rows;
+	b.n_seqs = n;
+	b.tokens = e->tokens;
+	b.pos = e->pos;
+	b.seq = e->seq;
+	b.block_table = e->block_table;
+	b.max_blocks = max_blocks;
+	b.block_size = e->pool.block_size;
+	b.out_rows = e->out_rows;
+	b.n_out = outs;
+	rc = fwd_run(e->fwd, &b, e->logits);
+	if (rc < 0)
+		return fail(err, errlen, rc, "forward pass failed: %s", strerror(-rc));
+
+	/* the outputs, sequence by sequence; the last row of each is the one
+	 * that predicts its next token */
+	for (i = 0, r = 0; i < n; i++) {
+		struct engine_seq *s = seqs[i];
+		int k = n_new ? n_new[i] : engine_seq_pending(s);
+		int first = r, last;
+		while (r < outs && e->out_seq[r] == i)
+			r++;
+		last = r - 1;
+		if (s->params.keep_logits == ENGINE_LOGITS_ALL) {
+			for (j = first; j <= last; j++)
+				if (keep_logits(s, e->logits + (size_t)j * vocab, vocab) < 0)
+					return fail(err, errlen, -ENOMEM, "out of memory");
+		} else if (s->params.keep_logits == ENGINE_LOGITS_LAST_PROMPT &&
+			   s->n_computed + k == s->n_prompt) {
+			if (keep_logits(s, e->logits + (size_t)last * vocab, vocab) < 0)
+				return fail(err, errlen, -ENOMEM, "out of memory");
+		}
+		s->n_computed += k;
+		if (s->n_computed < s->n_tokens)
+			continue; /* a chunk of the prompt; more comes next step */
+		if (s->n_generated >= s->params.max_tokens)
+			s->finish = ENGINE_FINISH_LENGTH; /* max_tokens 0: the prompt only */
+		else
+			seq_sample(e, s, e->logits + (size_t)last * vocab);
+		if (s->finish)
+			seq_release(e, s);
+	}
+	return 0;
+}
+
+int engine_generate(struct engine *e, struct engine_seq *const *seqs, int n, int max_step_tokens,
+		    char *err, size_t errlen)
+{
+	struct engine_seq **live = malloc((size_t)(n > 0 ? n : 1) * sizeof(*live));
+	int *k = malloc((size_t)(n > 0 ? n : 1) * sizeof(*k));
+	int rc = 0, i;
+
+	if (!live || !k) {
+		rc = fail(err, errlen, -ENOMEM, "out of memory");
+		goto out;
+	}
+	for (;;) {
+		int m = 0, budget = max_step_tokens > 0 ? max_step_tokens : 0x7fffffff;
+		for (i = 0; i < n && budget > 0; i++) {
+			int p = engine_seq_pending(seqs[i]);
+			if (!p)
+				continue;
+			live[m] = seqs[i];
+			k[m] = p < budget ? p : budget;
+			budget -= k[m++];
+		}
+		if (!m)
+			break;
+		rc = engine_step(e, live, k, m, err, errlen);
+		if (rc < 0)
+			break;
+	}
+out:
+	free(live);
+	free(k);
+	return rc;
+}

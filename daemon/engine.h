@@ -1,0 +1,140 @@
+/*
+ * engine.h — the inference engine: one model, a paged KV cache, sequences.
+ *
+ * The daemon's scheduler and lorad-run drive it the same way:
+ *
+ *   engine_load(dir, &opts, &e, err, sizeof(err));
+ *   engine_seq_new(e, prompt, n, &params, &s, err, sizeof(err));
+ *   while (!s->finish)
+ *           engine_step(e, &s, NULL, 1, err, sizeof(err));
+ *   ... s->tokens[s->n_prompt ..] are the generated tokens ...
+ *   engine_seq_free(e, s);
+ *
+ * One step is one forward pass over a batch of sequences; each sequence
+ * contributes any number of its pending tokens (a whole prompt, a chunk of
+ * one, or the one token sampled last step), so chunked prefill and decode
+ * share the same call. A sequence whose pending tokens are all consumed by
+ * the step gets its next token sampled in that step.
+ *
+ * Thread-compatible: one thread drives an engine; engines are independent.
+ * Every function returns 0 or a negative errno and, where it takes err,
+ * leaves a one-line message there.
+ */
+#ifndef LORAD_ENGINE_H
+#define LORAD_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvcache.h"
+#include "model.h"
+#include "sample.h"
+
+struct engine;
+
+struct engine_opts {
+	int kv_blocks;       /* KV cache size in blocks; 0: kv_tokens / block_size */
+	int kv_tokens;       /* 0: 8192 token positions */
+	int block_size;      /* tokens per KV block; 0: 16 */
+	int n_threads;       /* CPU backend threads; 0: all cores */
+	int blas_threads;    /* OpenBLAS threads; 0: its default */
+	int allow_nonfinite; /* load NaN/Inf weights instead of refusing (tests) */
+};
+
+enum engine_keep_logits {
+	ENGINE_LOGITS_NONE,
+	ENGINE_LOGITS_LAST_PROMPT, /* the row at the last prompt position */
+	ENGINE_LOGITS_ALL,         /* every position the engine computes */
+};
+
+struct engine_seq_params {
+	struct sample_params sample; /* the lists in it are copied */
+	int max_tokens;              /* tokens to generate; 0: only run the prompt */
+	enum engine_keep_logits keep_logits;
+};
+
+enum engine_finish {
+	ENGINE_RUNNING,
+	ENGINE_FINISH_LENGTH, /* max_tokens reached */
+	ENGINE_FINISH_STOP,   /* EOS or a stop id was generated (it is in tokens) */
+	ENGINE_FINISH_ERROR,  /* see error */
+};
+
+/* A sequence. Read its fields; change them only through the functions. */
+struct engine_seq {
+	uint64_t id;
+	int32_t *tokens;      /* [n_tokens]: the prompt, then generated tokens */
+	int n_tokens;
+	int n_prompt;
+	int n_computed;       /* tokens whose K/V are in the cache */
+	int n_generated;
+	enum engine_finish finish;
+	int error;            /* -EDOM: NaN/Inf logits; set with ENGINE_FINISH_ERROR */
+	struct sample_result last; /* the last sampled token and its logprobs */
+	float *logits;        /* [n_logits][vocab] kept as params.keep_logits says */
+	int n_logits;
+
+	/* private */
+	struct engine_seq_params params;
+	struct kv_table kv;
+	int cap_tokens;
+	size_t cap_logits;
+};
+
+/* Loads the model directory dir (config.json, generation_config.json,
+ * safetensors) onto the CPU backend and allocates the KV cache.
+ * Returns 0, -ENOENT (a file is missing), -EINVAL (a malformed file),
+ * -ENOTSUP (a model feature lorad does not implement), or -ENOMEM; err
+ * names the file and the tensor or key. */
+int engine_load(const char *dir, const struct engine_opts *opts, struct engine **out, char *err,
+		size_t errlen);
+
+/* Frees the engine. Sequences must be freed first. NULL is a no-op. */
+void engine_free(struct engine *e);
+
+/* The model's configuration (vocabulary, context, EOS ids, ...). */
+const struct model_config *engine_config(const struct engine *e);
+
+/* Creates a sequence for prompt[0 .. n), checked before it costs anything.
+ * Returns 0, -EINVAL (empty prompt, a token id outside the vocabulary, bad
+ * sampling parameters) or -E2BIG (prompt + max_tokens beyond the model's
+ * context, or more KV blocks than the whole cache has), or -ENOMEM.
+ * Nothing is allocated from the KV pool until the sequence runs. */
+int engine_seq_new(struct engine *e, const int32_t *prompt, int n,
+		   const struct engine_seq_params *params, struct engine_seq **out, char *err,
+		   size_t errlen);
+
+/* Returns the sequence's KV blocks to the pool and frees it. NULL is a no-op. */
+void engine_seq_free(struct engine *e, struct engine_seq *s);
+
+/* How many of the sequence's tokens wait to be run: the rest of the prompt,
+ * or 1 after a token was sampled; 0 when finished. */
+int engine_seq_pending(const struct engine_seq *s);
+
+/* Runs one forward pass: sequence seqs[i] contributes n_new[i] of its
+ * pending tokens (n_new NULL: all of them). A sequence whose pending tokens
+ * are all consumed gets a token sampled; when that ends it (max_tokens, EOS,
+ * a stop id) its KV blocks go back to the pool at once.
+ * Returns 0; -EINVAL (a finished sequence, n_new out of [1, pending], a
+ * sequence twice); -ENOSPC (the free KV blocks do not suffice: nothing
+ * was run, nothing changed, the caller may preempt and retry); -ENOMEM; or
+ * a backend error. A request whose logits are NaN fails alone: its finish
+ * becomes ENGINE_FINISH_ERROR with error -EDOM, and the step returns 0. */
+int engine_step(struct engine *e, struct engine_seq *const *seqs, const int *n_new, int n,
+		char *err, size_t errlen);
+
+/* Steps seqs[0 .. n) together until all are finished, feeding at most
+ * max_step_tokens tokens per step (0: no limit; a prompt longer than that is
+ * run in chunks). Returns what engine_step returns. */
+int engine_generate(struct engine *e, struct engine_seq *const *seqs, int n, int max_step_tokens,
+		    char *err, size_t errlen);
+
+/* KV pool occupancy, in blocks. */
+int engine_kv_total(const struct engine *e);
+int engine_kv_free(const struct engine *e);
+int engine_kv_block_size(const struct engine *e);
+
+/* The backend's name ("cpu"), for logs and status. */
+const char *engine_backend_name(const struct engine *e);
+
+#endif

@@ -1,0 +1,197 @@
+/*
+ * lorad-run — runs the engine on one prompt without the daemon.
+ *
+ *   lorad-run --model DIR --prompt-tokens 1,17,250 --max-tokens N
+ *             [--temperature T --top-p P --top-k K --seed S] [--json] [--logits]
+ *
+ * With --json it prints one JSON object,
+ *   {"tokens": [generated ids], "prompt_logits": [last prompt position]}
+ * (prompt_logits only with --logits), which is what lorad-cli prints for the
+ * same request through the daemon.
+ */
+#include "engine.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static void usage(void)
+{
+	fprintf(stderr,
+		"usage: lorad-run --model DIR --prompt-tokens ID,ID,... --max-tokens N\n"
+		"         [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S]\n"
+		"         [--repetition-penalty R] [--presence-penalty P] [--ignore-eos]\n"
+		"         [--threads N] [--json] [--logits] [--adapter DIR]\n");
+}
+
+static int parse_tokens(const char *s, int32_t **out, int *n)
+{
+	int cap = 16;
+	int32_t *t = malloc((size_t)cap * sizeof(*t));
+	char *end;
+
+	*n = 0;
+	if (!t)
+		return -ENOMEM;
+	while (*s) {
+		long v;
+		errno = 0;
+		v = strtol(s, &end, 10);
+		if (errno || end == s || v < 0 || v > INT32_MAX || (*end && *end != ',')) {
+			free(t);
+			return -EINVAL;
+		}
+		if (*n == cap) {
+			int32_t *p = realloc(t, (size_t)(cap *= 2) * sizeof(*t));
+			if (!p) {
+				free(t);
+				return -ENOMEM;
+			}
+			t = p;
+		}
+		t[(*n)++] = (int32_t)v;
+		s = *end ? end + 1 : end;
+	}
+	*out = t;
+	return 0;
+}
+
+static double now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option lopts[] = {
+		{ "model", required_argument, 0, 'm' },
+		{ "adapter", required_argument, 0, 'a' },
+		{ "prompt-tokens", required_argument, 0, 'p' },
+		{ "max-tokens", required_argument, 0, 'n' },
+		{ "temperature", required_argument, 0, 't' },
+		{ "top-p", required_argument, 0, 'P' },
+		{ "top-k", required_argument, 0, 'k' },
+		{ "min-p", required_argument, 0, 'M' },
+		{ "seed", required_argument, 0, 's' },
+		{ "repetition-penalty", required_argument, 0, 'r' },
+		{ "presence-penalty", required_argument, 0, 'R' },
+		{ "ignore-eos", no_argument, 0, 'E' },
+		{ "threads", required_argument, 0, 'T' },
+		{ "json", no_argument, 0, 'j' },
+		{ "logits", no_argument, 0, 'l' },
+		{ "help", no_argument, 0, 'h' },
+		{ 0, 0, 0, 0 },
+	};
+	const char *model = NULL, *adapter = NULL, *prompt_s = NULL;
+	struct engine_opts eo = { 0 };
+	struct engine_seq_params sp = { 0 };
+	struct engine *e = NULL;
+	struct engine_seq *s = NULL;
+	int32_t *prompt = NULL;
+	int n_prompt = 0, json = 0, logits = 0, max_tokens = -1, c, i, rc = 1;
+	char err[512];
+	double t0, t1;
+
+	sample_params_default(&sp.sample);
+	while ((c = getopt_long(argc, argv, "h", lopts, NULL)) != -1) {
+		switch (c) {
+		case 'm': model = optarg; break;
+		case 'a': adapter = optarg; break;
+		case 'p': prompt_s = optarg; break;
+		case 'n': max_tokens = atoi(optarg); break;
+		case 't': sp.sample.temperature = strtof(optarg, NULL); break;
+		case 'P': sp.sample.top_p = strtof(optarg, NULL); break;
+		case 'k': sp.sample.top_k = atoi(optarg); break;
+		case 'M': sp.sample.min_p = strtof(optarg, NULL); break;
+		case 's': sp.sample.seed = strtoull(optarg, NULL, 0); break;
+		case 'r': sp.sample.repetition_penalty = strtof(optarg, NULL); break;
+		case 'R': sp.sample.presence_penalty = strtof(optarg, NULL); break;
+		case 'E': sp.sample.ignore_eos = 1; break;
+		case 'T': eo.n_threads = atoi(optarg); break;
+		case 'j': json = 1; break;
+		case 'l': logits = 1; break;
+		case 'h': usage(); return 0;
+		default: usage(); return 2;
+		}
+	}
+	if (!model || !prompt_s || max_tokens < 0 || optind != argc) {
+		usage();
+		return 2;
+	}
+	if (adapter) {
+		fprintf(stderr, "lorad-run: --adapter is not implemented yet (LoRA serving comes with issue 4)\n");
+		return 2;
+	}
+	if (parse_tokens(prompt_s, &prompt, &n_prompt) < 0) {
+		fprintf(stderr, "lorad-run: --prompt-tokens wants comma-separated token ids\n");
+		return 2;
+	}
+	sp.max_tokens = max_tokens;
+	sp.keep_logits = logits ? ENGINE_LOGITS_LAST_PROMPT : ENGINE_LOGITS_NONE;
+	/* a KV cache just large enough for this one request */
+	eo.kv_tokens = n_prompt + max_tokens;
+
+	t0 = now();
+	if (engine_load(model, &eo, &e, err, sizeof(err)) < 0) {
+		fprintf(stderr, "lorad-run: %s\n", err);
+		goto out;
+	}
+	if (engine_seq_new(e, prompt, n_prompt, &sp, &s, err, sizeof(err)) < 0) {
+		fprintf(stderr, "lorad-run: %s\n", err);
+		goto out;
+	}
+	t1 = now();
+	if (engine_generate(e, &s, 1, 0, err, sizeof(err)) < 0) {
+		fprintf(stderr, "lorad-run: %s\n", err);
+		goto out;
+	}
+	if (s->finish == ENGINE_FINISH_ERROR) {
+		fprintf(stderr, "lorad-run: the request failed: %s\n",
+			s->error == -EDOM ? "the logits hold NaN or Inf" : strerror(-s->error));
+		goto out;
+	}
+	if (json) {
+		printf("{\"tokens\": [");
+		for (i = s->n_prompt; i < s->n_tokens; i++)
+			printf("%s%d", i > s->n_prompt ? ", " : "", s->tokens[i]);
+		printf("]");
+		if (logits) {
+			int v = engine_config(e)->vocab;
+			printf(", \"prompt_logits\": [");
+			for (i = 0; i < v && s->n_logits; i++)
+				printf("%s%.9g", i ? ", " : "", s->logits[i]);
+			printf("]");
+		}
+		printf("}\n");
+	} else {
+		double dt = now() - t1;
+		printf("tokens:");
+		for (i = s->n_prompt; i < s->n_tokens; i++)
+			printf(" %d", s->tokens[i]);
+		printf("\n%d prompt + %d generated tokens in %.3f s (%.1f tokens/s), load %.2f s, "
+		       "backend %s, finish %s\n",
+		       s->n_prompt, s->n_generated, dt, dt > 0 ? (s->n_prompt + s->n_generated) / dt : 0.0,
+		       t1 - t0, engine_backend_name(e),
+		       s->finish == ENGINE_FINISH_STOP ? "stop" : "length");
+		if (logits && s->n_logits) {
+			int v = engine_config(e)->vocab;
+			printf("prompt logits:");
+			for (i = 0; i < v; i++)
+				printf(" %.9g", s->logits[i]);
+			printf("\n");
+		}
+	}
+	rc = 0;
+out:
+	engine_seq_free(e, s);
+	engine_free(e);
+	free(prompt);
+	return rc;
+}

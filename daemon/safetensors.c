@@ -1,0 +1,497 @@
+#include "safetensors.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Headers of real models are a few hundred KB; anything far larger is a
+ * corrupt length field, and refusing it early avoids a huge parse. */
+#define ST_MAX_HEADER (256u << 20)
+
+static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (err && errlen) {
+		va_start(ap, fmt);
+		vsnprintf(err, errlen, fmt, ap);
+		va_end(ap);
+	}
+	return rc;
+}
+
+static const struct {
+	const char *name;
+	enum st_dtype dtype;
+	size_t size;
+} dtypes[] = {
+	{ "F32", ST_F32, 4 },    { "F16", ST_F16, 2 },      { "BF16", ST_BF16, 2 },
+	{ "F64", ST_OTHER, 8 },  { "I64", ST_OTHER, 8 },    { "I32", ST_OTHER, 4 },
+	{ "I16", ST_OTHER, 2 },  { "I8", ST_OTHER, 1 },     { "U8", ST_OTHER, 1 },
+	{ "U16", ST_OTHER, 2 },  { "U32", ST_OTHER, 4 },    { "U64", ST_OTHER, 8 },
+	{ "BOOL", ST_OTHER, 1 }, { "F8_E4M3", ST_OTHER, 1 }, { "F8_E5M2", ST_OTHER, 1 },
+};
+
+size_t st_dtype_size(enum st_dtype d)
+{
+	return d == ST_F32 ? 4 : d == ST_OTHER ? 0 : 2;
+}
+
+/* json-c keeps the last of two equal keys without a word, so duplicates
+ * are found by counting the keys of the top-level object in the text: a
+ * ':' outside strings at depth 1 follows exactly one key. This is not a
+ * parser; json-c has already accepted the text when this runs. */
+static int count_top_keys(const char *s, size_t n)
+{
+	int depth = 0, in_str = 0, keys = 0;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		char c = s[i];
+		if (in_str) {
+			if (c == '\\')
+				i++;
+			else if (c == '"')
+				in_str = 0;
+			continue;
+		}
+		if (c == '"')
+			in_str = 1;
+		else if (c == '{' || c == '[')
+			depth++;
+		else if (c == '}' || c == ']')
+			depth--;
+		else if (c == ':' && depth == 1)
+			keys++;
+	}
+	return keys;
+}
+
+static int get_int64(json_object *o, int64_t *v)
+{
+	if (!o || !json_object_is_type(o, json_type_int))
+		return -1;
+	errno = 0;
+	*v = json_object_get_int64(o);
+	/* json-c clamps values beyond int64 and says so in errno */
+	return errno ? -1 : 0;
+}
+
+static int by_offset(const void *a, const void *b)
+{
+	const struct st_tensor *x = *(const struct st_tensor *const *)a;
+	const struct st_tensor *y = *(const struct st_tensor *const *)b;
+
+	return x->data < y->data ? -1 : x->data > y->data;
+}
+
+void st_clear(struct st_file *f)
+{
+	int i;
+
+	for (i = 0; i < f->n; i++)
+		free(f->t[i].name);
+	free(f->t);
+	f->t = NULL;
+	f->n = 0;
+}
+
+int st_parse(const char *path, const unsigned char *buf, size_t len, struct st_file *f,
+	     char *err, size_t errlen)
+{
+	json_tokener *tok = NULL;
+	json_object *root = NULL;
+	struct st_tensor **order = NULL;
+	const unsigned char *data;
+	size_t data_len, hlen, i, parsed;
+	uint64_t h64 = 0;
+	int rc = -EINVAL, n_keys, k;
+
+	f->n = 0;
+	f->t = NULL;
+	if (len < 8)
+		return fail(err, errlen, -EINVAL, "%s: truncated: %zu bytes, no header", path, len);
+	for (i = 0; i < 8; i++)
+		h64 |= (uint64_t)buf[i] << (8 * i);
+	if (h64 < 2 || h64 > ST_MAX_HEADER || h64 > len - 8)
+		return fail(err, errlen, -EINVAL,
+			    "%s: corrupt or truncated: header length %llu, file %zu bytes", path,
+			    (unsigned long long)h64, len);
+	hlen = (size_t)h64;
+	data = buf + 8 + hlen;
+	data_len = len - 8 - hlen;
+
+	tok = json_tokener_new();
+	if (!tok)
+		return fail(err, errlen, -ENOMEM, "%s: out of memory", path);
+	root = json_tokener_parse_ex(tok, (const char *)buf + 8, (int)hlen);
+	parsed = json_tokener_get_parse_end(tok);
+	if (!root || json_tokener_get_error(tok) != json_tokener_success) {
+		fail(err, errlen, -EINVAL, "%s: corrupt header (JSON: %s)", path,
+		     json_tokener_error_desc(json_tokener_get_error(tok)));
+		goto err;
+	}
+	/* the Python writer pads the header with spaces */
+	for (i = parsed; i < hlen; i++)
+		if (buf[8 + i] != ' ' && buf[8 + i] != '\n' && buf[8 + i] != '\t' && buf[8 + i] != '\r') {
+			fail(err, errlen, -EINVAL, "%s: corrupt header: bytes after the JSON object", path);
+			goto err;
+		}
+	if (!json_object_is_type(root, json_type_object)) {
+		fail(err, errlen, -EINVAL, "%s: corrupt header: not a JSON object", path);
+		goto err;
+	}
+	n_keys = json_object_object_length(root);
+	if (count_top_keys((const char *)buf + 8, parsed) != n_keys) {
+		fail(err, errlen, -EINVAL, "%s: header has a duplicate tensor name", path);
+		goto err;
+	}
+	f->t = calloc((size_t)n_keys + 1, sizeof(*f->t));
+	if (!f->t) {
+		fail(err, errlen, -ENOMEM, "%s: out of memory", path);
+		goto err;
+	}
+	json_object_object_foreach(root, key, val)
+	{
+		struct st_tensor *t = &f->t[f->n];
+		json_object *jd, *js, *jo;
+		int64_t b, e, d;
+		size_t nb, ne = 1, es = 0;
+		const char *dn;
+
+		if (!strcmp(key, "__metadata__")) {
+			if (!json_object_is_type(val, json_type_object)) {
+				fail(err, errlen, -EINVAL, "%s: __metadata__ is not an object", path);
+				goto err;
+			}
+			continue;
+		}
+		if (!json_object_is_type(val, json_type_object) ||
+		    !json_object_object_get_ex(val, "dtype", &jd) ||
+		    !json_object_object_get_ex(val, "shape", &js) ||
+		    !json_object_object_get_ex(val, "data_offsets", &jo) ||
+		    !json_object_is_type(jd, json_type_string) ||
+		    !json_object_is_type(js, json_type_array) ||
+		    !json_object_is_type(jo, json_type_array) || json_object_array_length(jo) != 2) {
+			fail(err, errlen, -EINVAL,
+			     "%s: tensor %s: entry needs dtype, shape and data_offsets [begin, end]",
+			     path, key);
+			goto err;
+		}
+		dn = json_object_get_string(jd);
+		for (i = 0; i < sizeof(dtypes) / sizeof(dtypes[0]); i++)
+			if (!strcmp(dn, dtypes[i].name)) {
+				t->dtype = dtypes[i].dtype;
+				es = dtypes[i].size;
+				snprintf(t->dtype_name, sizeof(t->dtype_name), "%s", dtypes[i].name);
+			}
+		if (!es) {
+			fail(err, errlen, -EINVAL, "%s: tensor %s: unknown dtype %.16s", path, key, dn);
+			goto err;
+		}
+		t->ndim = (int)json_object_array_length(js);
+		if (t->ndim > ST_MAX_DIMS) {
+			fail(err, errlen, -EINVAL, "%s: tensor %s: %d dimensions", path, key, t->ndim);
+			goto err;
+		}
+		for (k = 0; k < t->ndim; k++) {
+			if (get_int64(json_object_array_get_idx(js, k), &d) || d < 0 ||
+			    (d && ne > SIZE_MAX / (size_t)d)) {
+				fail(err, errlen, -EINVAL, "%s: tensor %s: bad shape", path, key);
+				goto err;
+			}
+			t->shape[k] = d;
+			ne *= (size_t)d;
+		}
+		if (get_int64(json_object_array_get_idx(jo, 0), &b) ||
+		    get_int64(json_object_array_get_idx(jo, 1), &e) || b < 0 || e < b ||
+		    (uint64_t)e > data_len) {
+			fail(err, errlen, -EINVAL,
+			     "%s: tensor %s: data_offsets outside the file's %zu data bytes (truncated?)",
+			     path, key, data_len);
+			goto err;
+		}
+		if (ne > SIZE_MAX / es) {
+			fail(err, errlen, -EINVAL, "%s: tensor %s: bad shape", path, key);
+			goto err;
+		}
+		nb = ne * es;
+		if ((uint64_t)(e - b) != nb) {
+			fail(err, errlen, -EINVAL,
+			     "%s: tensor %s: shape and dtype need %zu bytes, data_offsets give %lld",
+			     path, key, nb, (long long)(e - b));
+			goto err;
+		}
+		t->name = strdup(key);
+		if (!t->name) {
+			fail(err, errlen, -ENOMEM, "%s: out of memory", path);
+			goto err;
+		}
+		t->nelem = ne;
+		t->nbytes = nb;
+		t->file = path;
+		t->data = data + b;
+		f->n++;
+	}
+
+	/* No two tensors may share bytes: a write through one must never be
+	 * what another reads, and overlapping ranges mean a corrupt file. */
+	order = malloc(((size_t)f->n + 1) * sizeof(*order));
+	if (!order) {
+		fail(err, errlen, -ENOMEM, "%s: out of memory", path);
+		goto err;
+	}
+	for (k = 0; k < f->n; k++)
+		order[k] = &f->t[k];
+	qsort(order, (size_t)f->n, sizeof(*order), by_offset);
+	for (k = 1; k < f->n; k++)
+		if (order[k]->data < order[k - 1]->data + order[k - 1]->nbytes) {
+			fail(err, errlen, -EINVAL, "%s: tensors %s and %s overlap", path,
+			     order[k - 1]->name, order[k]->name);
+			goto err;
+		}
+	rc = 0;
+err:
+	free(order);
+	if (rc < 0)
+		st_clear(f);
+	json_object_put(root);
+	json_tokener_free(tok);
+	return rc;
+}
+
+int st_open(const char *path, struct st_file **out, char *err, size_t errlen)
+{
+	struct st_file *f = NULL;
+	struct stat sb;
+	int fd, rc;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		rc = -errno;
+		return fail(err, errlen, rc, "%s: %s", path, strerror(-rc));
+	}
+	if (fstat(fd, &sb) < 0) {
+		rc = -errno;
+		fail(err, errlen, rc, "%s: %s", path, strerror(-rc));
+		goto err;
+	}
+	if (!S_ISREG(sb.st_mode) || sb.st_size < 8) {
+		rc = fail(err, errlen, -EINVAL, "%s: truncated: %lld bytes, no header", path,
+			  (long long)sb.st_size);
+		goto err;
+	}
+	f = calloc(1, sizeof(*f));
+	if (!f || !(f->path = strdup(path))) {
+		rc = fail(err, errlen, -ENOMEM, "%s: out of memory", path);
+		goto err;
+	}
+	f->map_len = (size_t)sb.st_size;
+	f->map = mmap(NULL, f->map_len, PROT_READ, MAP_PRIVATE, fd, 0);
+	if (f->map == MAP_FAILED) {
+		rc = -errno;
+		f->map = NULL;
+		fail(err, errlen, rc, "%s: mmap: %s", path, strerror(-rc));
+		goto err;
+	}
+	rc = st_parse(f->path, f->map, f->map_len, f, err, errlen);
+	if (rc < 0)
+		goto err;
+	close(fd);
+	*out = f;
+	return 0;
+err:
+	close(fd);
+	st_close(f);
+	return rc;
+}
+
+void st_close(struct st_file *f)
+{
+	if (!f)
+		return;
+	st_clear(f);
+	if (f->map)
+		munmap(f->map, f->map_len);
+	free(f->path);
+	free(f);
+}
+
+struct st_tensor *st_find(struct st_file *f, const char *name)
+{
+	int i;
+
+	for (i = 0; i < f->n; i++)
+		if (!strcmp(f->t[i].name, name))
+			return &f->t[i];
+	return NULL;
+}
+
+float st_bf16_to_f32(uint16_t h)
+{
+	uint32_t u = (uint32_t)h << 16;
+	float f;
+
+	memcpy(&f, &u, 4);
+	return f;
+}
+
+float st_f16_to_f32(uint16_t h)
+{
+	uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;
+	float f;
+
+	if (exp == 0x1f) {
+		u = sign | 0x7f800000u | (man << 13);
+	} else if (exp == 0) {
+		/* subnormal: man · 2^-24, exact in fp32 */
+		f = ldexpf((float)man, -24);
+		return sign ? -f : f;
+	} else {
+		u = sign | ((exp + 112) << 23) | (man << 13);
+	}
+	memcpy(&f, &u, 4);
+	return f;
+}
+
+uint16_t st_f32_to_bf16(float f)
+{
+	uint32_t u;
+
+	memcpy(&u, &f, 4);
+	if ((u & 0x7fffffffu) > 0x7f800000u)
+		return (uint16_t)((u >> 16) | 0x40); /* keep NaN a NaN */
+	u += 0x7fff + ((u >> 16) & 1);
+	return (uint16_t)(u >> 16);
+}
+
+uint16_t st_f32_to_f16(float f)
+{
+	uint32_t u, sign, man;
+	int exp;
+
+	memcpy(&u, &f, 4);
+	sign = (u >> 16) & 0x8000;
+	if ((u & 0x7fffffffu) > 0x7f800000u)
+		return (uint16_t)(sign | 0x7e00);
+	exp = (int)((u >> 23) & 0xff) - 127 + 15;
+	man = u & 0x7fffff;
+	if (exp >= 0x1f)
+		return (uint16_t)(sign | 0x7c00);
+	if (exp <= 0) {
+		/* subnormal or zero: shift the implicit bit in and round */
+		if (exp < -10)
+			return (uint16_t)sign;
+		man |= 0x800000;
+		int shift = 14 - exp;
+		uint32_t r = man >> shift, rem = man & ((1u << shift) - 1), half = 1u << (shift - 1);
+		if (rem > half || (rem == half && (r & 1)))
+			r++;
+		return (uint16_t)(sign | r);
+	}
+	{
+		uint32_t r = ((uint32_t)exp << 10) | (man >> 13), rem = man & 0x1fff;
+		if (rem > 0x1000 || (rem == 0x1000 && (r & 1)))
+			r++; /* may carry into the exponent, up to inf: correct */
+		return (uint16_t)(sign | r);
+	}
+}
+
+long st_to_f32(const struct st_tensor *t, float *dst)
+{
+	const unsigned char *p = t->data;
+	long bad = 0;
+	size_t i;
+
+	switch (t->dtype) {
+	case ST_F32:
+		memcpy(dst, p, t->nelem * 4);
+		break;
+	case ST_F16:
+		for (i = 0; i < t->nelem; i++)
+			dst[i] = st_f16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+		break;
+	case ST_BF16:
+		for (i = 0; i < t->nelem; i++)
+			dst[i] = st_bf16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+		break;
+	default:
+		return -EINVAL;
+	}
+	for (i = 0; i < t->nelem; i++)
+		bad += !isfinite(dst[i]);
+	return bad;
+}
+
+int st_write(const char *path, const struct st_out *t, int n, char *err, size_t errlen)
+{
+	json_object *root = json_object_new_object();
+	const char *hdr;
+	size_t off = 0, hlen, pad, i;
+	unsigned char len8[8];
+	FILE *fp = NULL;
+	int rc = -ENOMEM, k, d;
+
+	if (!root)
+		return fail(err, errlen, -ENOMEM, "%s: out of memory", path);
+	for (k = 0; k < n; k++) {
+		json_object *e = json_object_new_object(), *sh = json_object_new_array(),
+			    *of = json_object_new_array();
+		size_t ne = 1;
+		for (d = 0; d < t[k].ndim; d++) {
+			json_object_array_add(sh, json_object_new_int64(t[k].shape[d]));
+			ne *= (size_t)t[k].shape[d];
+		}
+		json_object_array_add(of, json_object_new_int64((int64_t)off));
+		off += ne * st_dtype_size(t[k].dtype);
+		json_object_array_add(of, json_object_new_int64((int64_t)off));
+		json_object_object_add(e, "dtype",
+				       json_object_new_string(t[k].dtype == ST_F32   ? "F32"
+							      : t[k].dtype == ST_F16 ? "F16"
+										 : "BF16"));
+		json_object_object_add(e, "shape", sh);
+		json_object_object_add(e, "data_offsets", of);
+		json_object_object_add(root, t[k].name, e);
+	}
+	hdr = json_object_to_json_string_ext(root, JSON_C_TO_STRING_PLAIN);
+	hlen = strlen(hdr);
+	pad = (8 - hlen % 8) % 8;
+	for (i = 0; i < 8; i++)
+		len8[i] = (unsigned char)((uint64_t)(hlen + pad) >> (8 * i));
+	fp = fopen(path, "wb");
+	if (!fp) {
+		rc = -errno;
+		fail(err, errlen, rc, "%s: %s", path, strerror(-rc));
+		goto out;
+	}
+	fwrite(len8, 1, 8, fp);
+	fwrite(hdr, 1, hlen, fp);
+	for (i = 0; i < pad; i++)
+		fputc(' ', fp);
+	for (k = 0; k < n; k++) {
+		size_t ne = 1;
+		for (d = 0; d < t[k].ndim; d++)
+			ne *= (size_t)t[k].shape[d];
+		fwrite(t[k].data, st_dtype_size(t[k].dtype), ne, fp);
+	}
+	if (ferror(fp) | fclose(fp)) {
+		fp = NULL;
+		rc = fail(err, errlen, -EIO, "%s: write failed", path);
+		goto out;
+	}
+	fp = NULL;
+	rc = 0;
+out:
+	if (fp)
+		fclose(fp);
+	json_object_put(root);
+	return rc;
+}

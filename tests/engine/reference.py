@@ -1,10 +1,11 @@
 #!/usr/bin/python3
-"""Numerical reference for the lorad engine (issue 3): writes the fixtures that
+r"""Numerical reference for the lorad engine (issue 3): writes the fixtures that
 the C tests compare against.
 
 Run only to regenerate the committed fixtures, with Debian's python3-torch:
 
-    /usr/bin/python3 tests/engine/reference.py --out tests/fixtures/engine
+    /usr/bin/python3 tests/engine/reference.py --out tests/fixtures/engine \
+        --lora-out tests/fixtures/lora
 
 The output is deterministic (same bytes on every run with the same torch).
 
@@ -48,8 +49,11 @@ Self checks (the script fails loudly when one does not hold):
   * each feature case: the ablated run (the feature turned off) differs from
     the real one by more than 100 * tolerance * max|logit|.
 
-The model building and the linear layers are separate functions so that the
-LoRA extension (issue 4) can add y = W x + s B (A x) in `linear`.
+LoRA (issue 4): `Model.linear` adds PEFT's y = W x + b + scaling * B (A x);
+which modules are adapted, their rank and alpha follow PEFT 0.15
+(peft_resolve: target_modules list / regex / "all-linear", exclude_modules,
+layers_to_transform + layers_pattern, rank_pattern / alpha_pattern by the
+first key in file order with re.match(r"(.*\.)?(KEY)$"), use_rslora).
 
 See tests/fixtures/README.md for the fixture format and the list of cases.
 """
@@ -305,8 +309,10 @@ class Model:
     attention scale), 'inv_freq' (explicit override), 'window' (override,
     0 = none), 'lm_head' (explicit head)."""
 
-    def __init__(self, cfg, weights, opts=None, dtype=torch.float32):
+    def __init__(self, cfg, weights, opts=None, dtype=torch.float32, lora=None):
         self.cfg = cfg
+        # LoRA (issue 4): module name -> (A [r, in], B [out, r], scaling)
+        self.lora = {k: (a.to(dtype), b.to(dtype), sc) for k, (a, b, sc) in (lora or {}).items()}
         self.opts = dict(opts or {})
         self.dt = dtype
         self.w = {k: v.to(dtype) for k, v in weights.items()}
@@ -350,6 +356,12 @@ class Model:
         b = self.w.get(name + ".bias")
         if b is not None:
             y = y + b
+        lo = self.lora.get(name)
+        if lo is not None:
+            # peft.tuners.lora.layer.Linear.forward:
+            #   result = result + lora_B(lora_A(dropout(x))) * scaling
+            a, bm, scaling = lo
+            y = y + ((x @ a.t()) @ bm.t()) * scaling
         return y
 
     def rope(self, positions):
@@ -460,10 +472,10 @@ def max_rel_diff(a, b):
     return float((a - b).abs().max() / b.abs().max())
 
 
-def run_reference(cfg, weights, prompt, opts=None):
+def run_reference(cfg, weights, prompt, opts=None, lora=None):
     """fp32 logits at every prompt position, the greedy continuation, and the
     self checks (incremental == full, fp64 agreement, greedy margins)."""
-    m = Model(cfg, weights, opts)
+    m = Model(cfg, weights, opts, lora=lora)
     full = m.forward(prompt, 0, m.new_cache())
     # incremental: a 3-token prefill then one token at a time
     cache = m.new_cache()
@@ -475,7 +487,7 @@ def run_reference(cfg, weights, prompt, opts=None):
     d = max_rel_diff(inc, full)
     if d > 1e-5:
         raise SystemExit(f"self check: incremental vs full forward differ by {d:.3g}")
-    m64 = Model(cfg, weights, opts, dtype=torch.float64)
+    m64 = Model(cfg, weights, opts, dtype=torch.float64, lora=lora)
     full64 = m64.forward(prompt, 0, m64.new_cache())
     d = max_rel_diff(full.double(), full64)
     if d > FP64_AGREEMENT:
@@ -649,6 +661,7 @@ def emit(outdir, case, seed_base):
     kinds = sorted(set(rdt.values()))
     print(f"{case.name}: {'+'.join(kinds)}, max|logit| {mx:.3g}, greedy {g}, "
           f"min margin {min(margins) / mx:.3g} of max", file=sys.stderr)
+    return cfg, weights, prompt, logits
 
 
 # ablations: (cfg, weights, seed) -> (cfg, weights, opts)
@@ -797,11 +810,330 @@ CASES = [
 ]
 
 
+# --------------------------------------------------------------------------
+# LoRA adapters (issue 4): PEFT 0.15 semantics, transcribed from
+# peft/tuners/tuners_utils.py (check_target_module_exists,
+# _maybe_include_all_linear_layers), peft/utils/other.py (get_pattern_key)
+# and peft/tuners/lora/layer.py (update_layer scaling, Linear.forward).
+
+import re  # noqa: E402
+
+LINEAR_SUFFIXES = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                   "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+
+
+def linear_modules(cfg):
+    """Names of the base model's Linear modules, in named_modules() order,
+    without lm_head (which all-linear leaves out and no case targets)."""
+    return [f"model.layers.{l}.{s}" for l in range(cfg["num_hidden_layers"])
+            for s in LINEAR_SUFFIXES]
+
+
+def module_shape(cfg, name):
+    """(out_features, in_features) of a base Linear."""
+    H, F = cfg["hidden_size"], cfg["intermediate_size"]
+    q = cfg["num_attention_heads"] * cfg_head_dim(cfg)
+    kv = cfg["num_key_value_heads"] * cfg_head_dim(cfg)
+    last = name.rsplit(".", 1)[1]
+    return {"q_proj": (q, H), "k_proj": (kv, H), "v_proj": (kv, H), "o_proj": (H, q),
+            "gate_proj": (F, H), "up_proj": (F, H), "down_proj": (H, F)}[last]
+
+
+def get_pattern_key(pattern_keys, key_to_match):
+    for key in pattern_keys:
+        if re.match(rf"(.*\.)?({key})$", key_to_match):
+            return key
+    return key_to_match
+
+
+def check_target_module_exists(acfg, key):
+    excl = acfg.get("exclude_modules")
+    if excl:
+        if isinstance(excl, str):
+            if re.fullmatch(excl, key):
+                return False
+        elif key in excl:
+            return False
+        elif any(key.endswith(f".{e}") for e in excl):
+            return False
+    tm = acfg["target_modules"]
+    if isinstance(tm, str):
+        return re.fullmatch(tm, key) is not None
+    if key in tm:
+        return True
+    found = any(key.endswith(f".{t}") for t in tm)
+    layer_indexes = acfg.get("layers_to_transform")
+    layers_pattern = acfg.get("layers_pattern")
+    using = layer_indexes is not None and (
+        len(layer_indexes) != 0 if isinstance(layer_indexes, list) else True)
+    if using and found:
+        layer_index = None
+        if layers_pattern is None or len(layers_pattern) == 0:
+            layer_index = re.match(r".*\.[^.]*\.(\d+)\.", key)
+        else:
+            pats = [layers_pattern] if isinstance(layers_pattern, str) else layers_pattern
+            for pattern in pats:
+                layer_index = re.match(rf".*\.{pattern}\.(\d+)\.", key)
+                if layer_index is not None:
+                    break
+        if layer_index is None:
+            found = False
+        else:
+            li = int(layer_index.group(1))
+            found = li == layer_indexes if isinstance(layer_indexes, int) else li in layer_indexes
+    return found
+
+
+def peft_resolve(acfg, cfg):
+    """module name -> (r, alpha, scaling) for every module PEFT adapts."""
+    acfg = dict(acfg)
+    tm = acfg["target_modules"]
+    if isinstance(tm, str) and tm.lower() == "all-linear":
+        if acfg.get("layers_to_transform") is not None:
+            raise ValueError("PEFT refuses layers_to_transform with a string target_modules")
+        acfg["target_modules"] = sorted({n.rsplit(".", 1)[1] for n in linear_modules(cfg)})
+    elif isinstance(tm, str) and acfg.get("layers_to_transform") is not None:
+        raise ValueError("PEFT refuses layers_to_transform with a string target_modules")
+    out = {}
+    for key in linear_modules(cfg):
+        if not check_target_module_exists(acfg, key):
+            continue
+        r_key = get_pattern_key(acfg.get("rank_pattern", {}).keys(), key)
+        alpha_key = get_pattern_key(acfg.get("alpha_pattern", {}).keys(), key)
+        r = acfg.get("rank_pattern", {}).get(r_key, acfg["r"])
+        alpha = acfg.get("alpha_pattern", {}).get(alpha_key, acfg["lora_alpha"])
+        scaling = alpha / math.sqrt(r) if acfg.get("use_rslora") else alpha / r
+        out[key] = (r, alpha, scaling)
+    if not out:
+        raise ValueError("target_modules matched nothing")
+    return out
+
+
+def peft_config(**kw):
+    """adapter_config.json as PEFT 0.15 writes it (keys sorted)."""
+    c = {"alpha_pattern": {}, "auto_mapping": None,
+         "base_model_name_or_path": "lorad-tests/base", "bias": "none",
+         "corda_config": None, "eva_config": None, "exclude_modules": None,
+         "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True,
+         "layer_replication": None, "layers_pattern": None, "layers_to_transform": None,
+         "loftq_config": {}, "lora_alpha": 16, "lora_bias": False, "lora_dropout": 0.0,
+         "megatron_config": None, "megatron_core": "megatron.core", "modules_to_save": None,
+         "peft_type": "LORA", "r": 8, "rank_pattern": {}, "revision": None,
+         "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM",
+         "trainable_token_indices": None, "use_dora": False, "use_rslora": False}
+    c.update(kw)
+    return c
+
+
+def make_lora_weights(cfg, resolved, seed, dtype="F32", extra=()):
+    """A [r, in] ~ N(0, 1/sqrt(in)) and B [out, r] ~ N(0, 0.5/sqrt(r)), both
+    non-zero, rounded to `dtype`.  `extra` names modules that get matrices
+    too (used only by ablations; they are never written)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name in linear_modules(cfg):
+        if name in resolved:
+            r = resolved[name][0]
+        elif name in extra:
+            r = 8
+        else:
+            continue
+        o, i = module_shape(cfg, name)
+        a = torch.randn(r, i, generator=g) / math.sqrt(i)
+        b = torch.randn(o, r, generator=g) * (0.5 / math.sqrt(r))
+        out[name] = (round_to_dtype(a, dtype), round_to_dtype(b, dtype))
+    return out
+
+
+def lora_map(resolved, mats, scale_of=None):
+    m = {}
+    for name, (r, alpha, sc) in resolved.items():
+        a, b = mats[name]
+        m[name] = (a, b, sc if scale_of is None else scale_of(name, r, alpha))
+    return m
+
+
+class LoraCase:
+    def __init__(self, name, feature, description, acfg, dtype="F32", ablation=None):
+        self.name, self.feature, self.description = name, feature, description
+        self.acfg, self.dtype, self.ablation = acfg, dtype, ablation
+
+
+# ablations: (acfg, cfg, resolved, mats, seed) -> lora map for Model
+
+def labl_base(acfg, cfg, resolved, mats, seed):
+    return {}
+
+
+def labl_scale_alpha_over_r(acfg, cfg, resolved, mats, seed):
+    return lora_map(resolved, mats, lambda n, r, a: a / r)
+
+
+def labl_no_rank_pattern(acfg, cfg, resolved, mats, seed):
+    return lora_map(resolved, mats, lambda n, r, a: a / acfg["r"])
+
+
+def labl_no_alpha_pattern(acfg, cfg, resolved, mats, seed):
+    return lora_map(resolved, mats, lambda n, r, a: acfg["lora_alpha"] / r)
+
+
+def labl_without(pred):
+    """option ignored: modules for which pred(name) holds get rank-8
+    matrices too (random, not in the file) at scale alpha/r."""
+    def f(acfg, cfg, resolved, mats, seed):
+        extra = [n for n in linear_modules(cfg) if n not in resolved and pred(n)]
+        em = make_lora_weights(cfg, {}, seed + 17, extra=extra)
+        m = lora_map(resolved, mats)
+        for n in extra:
+            m[n] = (em[n][0], em[n][1], acfg["lora_alpha"] / 8)
+        return m
+    return f
+
+
+def labl_attention_only(acfg, cfg, resolved, mats, seed):
+    return {n: v for n, v in lora_map(resolved, mats).items() if ".self_attn." in n}
+
+
+LORA_CASES = [
+    LoraCase("qv_r8", "lora", "r 8, alpha 16 on q_proj and v_proj (the common recipe)",
+             peft_config(), ablation=("no adapter", labl_base)),
+    LoraCase("all_linear_r4", "all-linear", "target_modules \"all-linear\": every projection "
+             "of every layer (not lm_head), r 4, alpha 8",
+             peft_config(r=4, lora_alpha=8, target_modules="all-linear"),
+             ablation=("only the attention projections adapted", labl_attention_only)),
+    LoraCase("rslora_r16", "use_rslora", "use_rslora: scaling alpha/sqrt(r) = 8/4 = 2 on "
+             "q, k, v, o, r 16",
+             peft_config(r=16, lora_alpha=8, use_rslora=True,
+                         target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
+             ablation=("scaling alpha/r = 0.5", labl_scale_alpha_over_r)),
+    LoraCase("rank_pattern", "rank_pattern", "rank_pattern resolved by the first key in file "
+             "order with re.match('(.*\\\\.)?(KEY)$'): layer 0 v_proj matches both "
+             "'layers.0.self_attn.v_proj' (first: r 2) and 'v_proj' (r 4); layer 1 v_proj r 4; "
+             "layer 0 q_proj r 6; layer 1 q_proj the default 8",
+             peft_config(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                         rank_pattern={"layers.0.self_attn.v_proj": 2, "v_proj": 4,
+                                       "layers.0.self_attn.q_proj": 6}),
+             ablation=("scaling alpha / r (the default r) everywhere", labl_no_rank_pattern)),
+    LoraCase("alpha_pattern", "alpha_pattern", "alpha_pattern and rank_pattern looked up "
+             "separately: q_proj r 4 (rank_pattern) with alpha 32 in layer 1 only "
+             "(alpha_pattern), down_proj alpha 64, the rest r 8 alpha 16",
+             peft_config(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],
+                         rank_pattern={"q_proj": 4},
+                         alpha_pattern={"layers.1.self_attn.q_proj": 32, "down_proj": 64}),
+             ablation=("alpha 16 everywhere", labl_no_alpha_pattern)),
+    LoraCase("regex_targets", "target_modules_regex", "target_modules as a string: a regular "
+             "expression that must match the whole module name (re.fullmatch): layer 1 q/v "
+             "and the gate_proj of both layers",
+             peft_config(r=8, lora_alpha=16, target_modules=
+                         r".*\.layers\.1\.self_attn\.(q|v)_proj|.*\.mlp\.gate_proj"),
+             ablation=("no adapter (the string not understood as a regex matches nothing)",
+                       labl_base)),
+    LoraCase("layers_to_transform", "layers_to_transform", "q/v/o_proj limited to layer 1 by "
+             "layers_to_transform [1] with layers_pattern \"layers\"",
+             peft_config(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"],
+                         layers_to_transform=[1], layers_pattern="layers"),
+             ablation=("layer 0 adapted too (random rank-8 matrices, not in the file)",
+                       labl_without(lambda n: n.rsplit(".", 1)[1] in ("q_proj", "v_proj", "o_proj")))),
+    LoraCase("exclude_modules", "exclude_modules", "all-linear minus exclude_modules "
+             "[\"o_proj\", \"model.layers.0.mlp.up_proj\"] (an entry matches by equality or "
+             "as a '.'-suffix)",
+             peft_config(r=4, lora_alpha=16, target_modules="all-linear",
+                         exclude_modules=["o_proj", "model.layers.0.mlp.up_proj"]),
+             ablation=("excluded modules adapted too (random rank-8 matrices, not in the file)",
+                       labl_without(lambda n: True))),
+    LoraCase("bf16_r8", "dtype_bf16", "adapter file in BF16, r 8, alpha 16, all seven "
+             "projections listed explicitly",
+             peft_config(r=8, lora_alpha=16, target_modules=[
+                 "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+             dtype="BF16", ablation=("no adapter", labl_base)),
+    LoraCase("fan_in_fan_out", "fan_in_fan_out", "fan_in_fan_out true in the config: PEFT "
+             "forces it off for nn.Linear (warning), so nothing is transposed; r 8 on q, v",
+             peft_config(r=8, lora_alpha=16, fan_in_fan_out=True),
+             ablation=("no adapter", labl_base)),
+]
+
+
+def emit_lora(outdir, case, seed_base, cfg, weights, prompt, base_logits):
+    acfg = case.acfg
+    resolved = peft_resolve(acfg, cfg)
+    last_err = None
+    for attempt in range(20):
+        seed = seed_base + 1000 * attempt
+        mats = make_lora_weights(cfg, resolved, seed, case.dtype)
+        lora = lora_map(resolved, mats)
+        logits, g, margins = run_reference(cfg, weights, prompt, lora=lora)
+        mx = float(logits.abs().max())
+        problems = []
+        if min(margins) < GREEDY_MARGIN * mx:
+            problems.append(f"greedy margin {min(margins):.3g} < {GREEDY_MARGIN} * {mx:.3g}")
+        if len(set(g)) < 2:
+            problems.append(f"greedy is one token repeated: {g}")
+        if not problems:
+            break
+        last_err = "; ".join(problems)
+        print(f"  lora/{case.name}: attempt {attempt} rejected: {last_err}", file=sys.stderr)
+    else:
+        raise SystemExit(f"lora/{case.name}: no robust seed found ({last_err})")
+    d0 = float((logits - base_logits).abs().max())
+    if not d0 > ABLATION_FACTOR * TOL_REL * mx:
+        raise SystemExit(f"lora/{case.name}: the adapter barely changes the logits ({d0:.3g})")
+    desc, fn = case.ablation
+    am = Model(cfg, weights, lora=fn(acfg, cfg, resolved, mats, seed))
+    ablated = am.forward(prompt, 0, am.new_cache())
+    diff = float((ablated - logits).abs().max())
+    need = ABLATION_FACTOR * TOL_REL * mx
+    if not diff > need:
+        raise SystemExit(f"lora/{case.name}: ablation '{desc}' changes the logits by "
+                         f"{diff:.3g} <= {need:.3g}")
+    print(f"  lora/{case.name}: ablation changes logits by {diff / mx:.3g} of max|logit|",
+          file=sys.stderr)
+
+    d = os.path.join(outdir, case.name)
+    os.makedirs(d)
+    write_json(os.path.join(d, "adapter_config.json"), acfg)
+    entries = []
+    for name in linear_modules(cfg):
+        if name in resolved:
+            a, b = mats[name]
+            entries.append((f"base_model.model.{name}.lora_A.weight", a, case.dtype))
+            entries.append((f"base_model.model.{name}.lora_B.weight", b, case.dtype))
+    write_safetensors(os.path.join(d, "adapter_model.safetensors"), entries)
+    back = read_safetensors(os.path.join(d, "adapter_model.safetensors"))
+    for name, t, _ in entries:
+        assert torch.equal(back[name][0], t), name
+    exp = {"case": case.name, "feature": case.feature, "description": case.description,
+           "base": "base", "ablation": desc, "prompt": prompt, "greedy": g,
+           "modules": {n: {"r": r, "alpha": a, "scaling": sc}
+                       for n, (r, a, sc) in resolved.items()},
+           "tolerance_rel": TOL_REL, "logits": logits, "ablated_logits": ablated}
+    write_expected(os.path.join(d, "expected.json"), exp)
+    print(f"lora/{case.name}: {len(resolved)} modules, ranks "
+          f"{sorted(set(v[0] for v in resolved.values()))}, max|logit| {mx:.3g}, greedy {g}",
+          file=sys.stderr)
+
+
+LORA_BASE = Case("base", "lora_base", "the base model of every LoRA case: llama, GQA 4/2, "
+                 "F32; its expected.json holds the logits without an adapter",
+                 config=dict(heads=4, kv_heads=2))
+
+
+def write_lora(outdir):
+    if os.path.isdir(outdir):
+        shutil.rmtree(outdir)
+    os.makedirs(outdir)
+    cfg, weights, prompt, base_logits = emit(outdir, LORA_BASE, 424242)
+    for i, case in enumerate(LORA_CASES):
+        emit_lora(outdir, case, 7000003 * (i + 1), cfg, weights, prompt, base_logits)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="output directory (replaced)")
     ap.add_argument("--only", help="comma-separated case names")
+    ap.add_argument("--lora-out", help="also write the LoRA fixtures there (replaced)")
     args = ap.parse_args()
+    if args.lora_out:
+        write_lora(args.lora_out)
     only = set(args.only.split(",")) if args.only else None
     if not only and os.path.isdir(args.out):
         shutil.rmtree(args.out)

@@ -45,14 +45,14 @@ static int hexval(char c)
 }
 
 static int dec_apply(const struct tokenizer *t, const struct dec *d, struct tok_rx *rx,
-                     struct slist *l)
+                     struct slist *l, bool *incomplete)
 {
 	struct slist o = { 0 };
 	int rc = 0;
 	switch (d->kind) {
 	case D_SEQ:
 		for (size_t i = 0; i < d->nsubs; i++)
-			if ((rc = dec_apply(t, d->subs[i], rx, l)) < 0)
+			if ((rc = dec_apply(t, d->subs[i], rx, l, incomplete)) < 0)
 				return rc;
 		return 0;
 	case D_BYTELEVEL: {
@@ -84,6 +84,7 @@ static int dec_apply(const struct tokenizer *t, const struct dec *d, struct tok_
 		}
 		tbuf_put(&o.v[0], "", 0);
 		utf8_lossy(&o.v[0], raw.p ? raw.p : "", raw.len);
+		*incomplete = utf8_incomplete_tail(raw.p ? raw.p : "", raw.len) > 0;
 		if (raw.oom)
 			o.v[0].oom = true;
 		tbuf_free(&raw);
@@ -160,6 +161,8 @@ static int dec_apply(const struct tokenizer *t, const struct dec *d, struct tok_
 				} else {
 					for (size_t k = 0; k < nb; k++)
 						tbuf_put(&o.v[o.n++], "\xEF\xBF\xBD", 3);
+					if (i == l->n)
+						*incomplete = utf8_incomplete_tail((const char *)bytes, nb) > 0;
 				}
 				nb = 0;
 			}
@@ -234,8 +237,12 @@ static int dec_apply(const struct tokenizer *t, const struct dec *d, struct tok_
 }
 
 int tok_decode_tokens(const struct tokenizer *t, const struct dec *d, const char **toks,
-                      const size_t *lens, size_t n, struct tbuf *out)
+                      const size_t *lens, size_t n, struct tbuf *out, bool *incomplete)
 {
+	bool inc_dummy = false;
+	if (!incomplete)
+		incomplete = &inc_dummy;
+	*incomplete = false;
 	if (!d) {
 		for (size_t i = 0; i < n; i++) {
 			if (i)
@@ -255,7 +262,7 @@ int tok_decode_tokens(const struct tokenizer *t, const struct dec *d, const char
 		slist_free(&l);
 		return -ENOMEM;
 	}
-	rc = dec_apply(t, d, &rx, &l);
+	rc = dec_apply(t, d, &rx, &l, incomplete);
 	tok_rx_free(&rx);
 	if (rc == 0)
 		for (size_t i = 0; i < l.n; i++)

@@ -55,6 +55,9 @@ size_t utf8_last_len(const char *s, size_t len);
 /* Append s to b, replacing ill-formed sequences by U+FFFD (maximal subparts,
  * as Rust's String::from_utf8_lossy and the WHATWG decoder). */
 void utf8_lossy(struct tbuf *b, const char *s, size_t len);
+/* Bytes at the end of s that start a character without finishing it (a
+ * proper prefix of a well-formed sequence), 0 if none. */
+size_t utf8_incomplete_tail(const char *s, size_t len);
 
 /* Unicode properties through utf8proc. */
 bool uc_is_whitespace(uint32_t cp); /* White_Space, as Rust char::is_whitespace */
@@ -270,9 +273,13 @@ int bpe_encode_word(const struct tokenizer *t, const char *w, size_t len,
                     struct idvec *out);
 
 /* tok_decode.c */
+/* *incomplete (if not NULL) tells whether the decoder replaced bytes at the
+ * very end that start a character the ids did not finish. */
 int tok_decode_tokens(const struct tokenizer *t, const struct dec *d,
                       const char **toks, const size_t *lens, size_t n,
-                      struct tbuf *out);
+                      struct tbuf *out, bool *incomplete);
+int tok_decode_ex(const struct tokenizer *t, const uint32_t *ids, size_t n,
+                  bool skip_special, char **text, size_t *len, bool *incomplete);
 int tok_post_process(const struct post *p, const uint32_t *ids, size_t n,
                      struct idvec *out);
 void dec_free(struct dec *d);

@@ -237,6 +237,32 @@ size_t utf8_last_len(const char *s, size_t len)
 	return len - i;
 }
 
+size_t utf8_incomplete_tail(const char *s, size_t len)
+{
+	const unsigned char *u = (const unsigned char *)s;
+	for (size_t k = 1; k <= 3 && k <= len; k++) {
+		unsigned c = u[len - k];
+		if ((c & 0xC0) == 0x80)
+			continue; /* continuation: look further back */
+		if (c < 0xC2 || c > 0xF4)
+			return 0;
+		size_t want = c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+		if (k >= want)
+			return 0; /* long enough: complete or invalid, not truncated */
+		if (k >= 2) {
+			unsigned lo = 0x80, hi = 0xBF;
+			if (c == 0xE0) lo = 0xA0;
+			else if (c == 0xED) hi = 0x9F;
+			else if (c == 0xF0) lo = 0x90;
+			else if (c == 0xF4) hi = 0x8F;
+			if (u[len - k + 1] < lo || u[len - k + 1] > hi)
+				return 0;
+		}
+		return k;
+	}
+	return 0;
+}
+
 void utf8_lossy(struct tbuf *b, const char *s, size_t len)
 {
 	const unsigned char *u = (const unsigned char *)s;

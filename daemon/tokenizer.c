@@ -1112,6 +1112,12 @@ done:
 int tok_decode(const struct tokenizer *t, const uint32_t *ids, size_t n, bool skip_special,
                char **text, size_t *len)
 {
+	return tok_decode_ex(t, ids, n, skip_special, text, len, NULL);
+}
+
+int tok_decode_ex(const struct tokenizer *t, const uint32_t *ids, size_t n, bool skip_special,
+                  char **text, size_t *len, bool *incomplete)
+{
 	if (!t || !text || (!ids && n))
 		return -EINVAL;
 	*text = NULL;
@@ -1137,7 +1143,7 @@ int tok_decode(const struct tokenizer *t, const uint32_t *ids, size_t n, bool sk
 	}
 	struct tbuf out = { 0 };
 	tbuf_put(&out, "", 0);
-	int rc = tok_decode_tokens(t, t->dec, toks, lens, k, &out);
+	int rc = tok_decode_tokens(t, t->dec, toks, lens, k, &out, incomplete);
 	free(toks);
 	free(lens);
 	if (rc == 0 && out.oom)

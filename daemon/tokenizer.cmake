@@ -6,7 +6,8 @@ add_library(lorad_tokenizer STATIC
   ${CMAKE_CURRENT_LIST_DIR}/tok_util.c
   ${CMAKE_CURRENT_LIST_DIR}/tok_text.c
   ${CMAKE_CURRENT_LIST_DIR}/tok_bpe.c
-  ${CMAKE_CURRENT_LIST_DIR}/tok_decode.c)
+  ${CMAKE_CURRENT_LIST_DIR}/tok_decode.c
+  ${CMAKE_CURRENT_LIST_DIR}/detok.c)
 target_include_directories(lorad_tokenizer PUBLIC ${CMAKE_CURRENT_LIST_DIR})
 target_link_libraries(lorad_tokenizer
   PUBLIC Threads::Threads

@@ -66,7 +66,7 @@ int engine_load(const char *dir, const struct engine_opts *opts, struct engine *
 	bo.n_threads = o.n_threads;
 	bo.blas_threads = o.blas_threads;
 	if ((rc = be_cpu_create(&bo, &e->be)) < 0) {
-		fail(err, errlen, rc, "CPU backend: %s", strerror(-rc));
+		rc = fail(err, errlen, rc, "CPU backend: %s", strerror(-rc));
 		goto err;
 	}
 	if ((rc = fwd_build(e->be, m, o.kv_blocks, o.block_size, o.allow_nonfinite, &e->fwd, err,
@@ -74,7 +74,7 @@ int engine_load(const char *dir, const struct engine_opts *opts, struct engine *
 		goto err;
 	if ((rc = kv_pool_build(&e->pool, o.kv_blocks, o.block_size)) < 0 ||
 	    (rc = sample_ctx_build(&e->sctx, e->cfg.vocab)) < 0) {
-		fail(err, errlen, rc, "out of memory");
+		rc = fail(err, errlen, rc, "out of memory");
 		goto err;
 	}
 	/* the weights now live in the backend; the mapping is no longer needed */

@@ -144,7 +144,7 @@ int fwd_build(struct be *be, const struct model *m, int kv_blocks, int block_siz
 	tmp = malloc((largest ? largest : 1) * sizeof(float));
 	freq = malloc((size_t)c->head_dim / 2 * sizeof(float));
 	if (!f->layers || !tmp || !freq) {
-		fail(err, errlen, -ENOMEM, "out of memory");
+		rc = fail(err, errlen, -ENOMEM, "out of memory");
 		goto err;
 	}
 	if ((rc = upload_tensor(f, m->embed, tmp, allow_nonfinite, &f->embed, err, errlen)) < 0 ||

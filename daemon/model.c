@@ -190,11 +190,11 @@ int model_config_load(const char *dir, struct model_config *c, char *err, size_t
 		return rc;
 	rc = -EINVAL;
 	if (!json_object_is_type(o, json_type_object)) {
-		fail(err, errlen, -EINVAL, "%s: not a JSON object", path);
+		rc = fail(err, errlen, -EINVAL, "%s: not a JSON object", path);
 		goto err;
 	}
 	if (!json_object_object_get_ex(o, "model_type", &j) || !json_object_is_type(j, json_type_string)) {
-		fail(err, errlen, -EINVAL, "%s: model_type missing", path);
+		rc = fail(err, errlen, -EINVAL, "%s: model_type missing", path);
 		goto err;
 	}
 	mt = json_object_get_string(j);
@@ -403,7 +403,7 @@ static int open_files(struct model *m, char *err, size_t errlen)
 	if (!json_object_is_type(idx, json_type_object) ||
 	    !json_object_object_get_ex(idx, "weight_map", &wm) ||
 	    !json_object_is_type(wm, json_type_object)) {
-		fail(err, errlen, -EINVAL, "%s: weight_map missing", path);
+		rc = fail(err, errlen, -EINVAL, "%s: weight_map missing", path);
 		goto err;
 	}
 	m->files = calloc((size_t)json_object_object_length(wm) + 1, sizeof(*m->files));
@@ -419,7 +419,7 @@ static int open_files(struct model *m, char *err, size_t errlen)
 			struct st_file *f = NULL;
 
 			if (!json_object_is_type(val, json_type_string) || !shard_name_ok(shard)) {
-				fail(err, errlen, -EINVAL,
+				rc = fail(err, errlen, -EINVAL,
 				     "%s: tensor %s: shard name \"%.64s\" is not a file name in the "
 				     "model directory",
 				     path, key, json_object_get_string(val));

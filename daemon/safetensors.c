@@ -135,28 +135,29 @@ int st_parse(const char *path, const unsigned char *buf, size_t len, struct st_f
 	root = json_tokener_parse_ex(tok, (const char *)buf + 8, (int)hlen);
 	parsed = json_tokener_get_parse_end(tok);
 	if (!root || json_tokener_get_error(tok) != json_tokener_success) {
-		fail(err, errlen, -EINVAL, "%s: corrupt header (JSON: %s)", path,
-		     json_tokener_error_desc(json_tokener_get_error(tok)));
+		enum json_tokener_error je = json_tokener_get_error(tok);
+		rc = fail(err, errlen, -EINVAL, "%s: corrupt header (JSON: %s)", path,
+			  je == json_tokener_continue ? "ends early" : json_tokener_error_desc(je));
 		goto err;
 	}
 	/* the Python writer pads the header with spaces */
 	for (i = parsed; i < hlen; i++)
 		if (buf[8 + i] != ' ' && buf[8 + i] != '\n' && buf[8 + i] != '\t' && buf[8 + i] != '\r') {
-			fail(err, errlen, -EINVAL, "%s: corrupt header: bytes after the JSON object", path);
+			rc = fail(err, errlen, -EINVAL, "%s: corrupt header: bytes after the JSON object", path);
 			goto err;
 		}
 	if (!json_object_is_type(root, json_type_object)) {
-		fail(err, errlen, -EINVAL, "%s: corrupt header: not a JSON object", path);
+		rc = fail(err, errlen, -EINVAL, "%s: corrupt header: not a JSON object", path);
 		goto err;
 	}
 	n_keys = json_object_object_length(root);
 	if (count_top_keys((const char *)buf + 8, parsed) != n_keys) {
-		fail(err, errlen, -EINVAL, "%s: header has a duplicate tensor name", path);
+		rc = fail(err, errlen, -EINVAL, "%s: header has a duplicate tensor name", path);
 		goto err;
 	}
 	f->t = calloc((size_t)n_keys + 1, sizeof(*f->t));
 	if (!f->t) {
-		fail(err, errlen, -ENOMEM, "%s: out of memory", path);
+		rc = fail(err, errlen, -ENOMEM, "%s: out of memory", path);
 		goto err;
 	}
 	json_object_object_foreach(root, key, val)
@@ -169,7 +170,7 @@ int st_parse(const char *path, const unsigned char *buf, size_t len, struct st_f
 
 		if (!strcmp(key, "__metadata__")) {
 			if (!json_object_is_type(val, json_type_object)) {
-				fail(err, errlen, -EINVAL, "%s: __metadata__ is not an object", path);
+				rc = fail(err, errlen, -EINVAL, "%s: __metadata__ is not an object", path);
 				goto err;
 			}
 			continue;
@@ -181,7 +182,7 @@ int st_parse(const char *path, const unsigned char *buf, size_t len, struct st_f
 		    !json_object_is_type(jd, json_type_string) ||
 		    !json_object_is_type(js, json_type_array) ||
 		    !json_object_is_type(jo, json_type_array) || json_object_array_length(jo) != 2) {
-			fail(err, errlen, -EINVAL,
+			rc = fail(err, errlen, -EINVAL,
 			     "%s: tensor %s: entry needs dtype, shape and data_offsets [begin, end]",
 			     path, key);
 			goto err;
@@ -194,18 +195,18 @@ int st_parse(const char *path, const unsigned char *buf, size_t len, struct st_f
 				snprintf(t->dtype_name, sizeof(t->dtype_name), "%s", dtypes[i].name);
 			}
 		if (!es) {
-			fail(err, errlen, -EINVAL, "%s: tensor %s: unknown dtype %.16s", path, key, dn);
+			rc = fail(err, errlen, -EINVAL, "%s: tensor %s: unknown dtype %.16s", path, key, dn);
 			goto err;
 		}
 		t->ndim = (int)json_object_array_length(js);
 		if (t->ndim > ST_MAX_DIMS) {
-			fail(err, errlen, -EINVAL, "%s: tensor %s: %d dimensions", path, key, t->ndim);
+			rc = fail(err, errlen, -EINVAL, "%s: tensor %s: %d dimensions", path, key, t->ndim);
 			goto err;
 		}
 		for (k = 0; k < t->ndim; k++) {
 			if (get_int64(json_object_array_get_idx(js, k), &d) || d < 0 ||
 			    (d && ne > SIZE_MAX / (size_t)d)) {
-				fail(err, errlen, -EINVAL, "%s: tensor %s: bad shape", path, key);
+				rc = fail(err, errlen, -EINVAL, "%s: tensor %s: bad shape", path, key);
 				goto err;
 			}
 			t->shape[k] = d;
@@ -214,25 +215,25 @@ int st_parse(const char *path, const unsigned char *buf, size_t len, struct st_f
 		if (get_int64(json_object_array_get_idx(jo, 0), &b) ||
 		    get_int64(json_object_array_get_idx(jo, 1), &e) || b < 0 || e < b ||
 		    (uint64_t)e > data_len) {
-			fail(err, errlen, -EINVAL,
+			rc = fail(err, errlen, -EINVAL,
 			     "%s: tensor %s: data_offsets outside the file's %zu data bytes (truncated?)",
 			     path, key, data_len);
 			goto err;
 		}
 		if (ne > SIZE_MAX / es) {
-			fail(err, errlen, -EINVAL, "%s: tensor %s: bad shape", path, key);
+			rc = fail(err, errlen, -EINVAL, "%s: tensor %s: bad shape", path, key);
 			goto err;
 		}
 		nb = ne * es;
 		if ((uint64_t)(e - b) != nb) {
-			fail(err, errlen, -EINVAL,
+			rc = fail(err, errlen, -EINVAL,
 			     "%s: tensor %s: shape and dtype need %zu bytes, data_offsets give %lld",
 			     path, key, nb, (long long)(e - b));
 			goto err;
 		}
 		t->name = strdup(key);
 		if (!t->name) {
-			fail(err, errlen, -ENOMEM, "%s: out of memory", path);
+			rc = fail(err, errlen, -ENOMEM, "%s: out of memory", path);
 			goto err;
 		}
 		t->nelem = ne;
@@ -246,7 +247,7 @@ int st_parse(const char *path, const unsigned char *buf, size_t len, struct st_f
 	 * what another reads, and overlapping ranges mean a corrupt file. */
 	order = malloc(((size_t)f->n + 1) * sizeof(*order));
 	if (!order) {
-		fail(err, errlen, -ENOMEM, "%s: out of memory", path);
+		rc = fail(err, errlen, -ENOMEM, "%s: out of memory", path);
 		goto err;
 	}
 	for (k = 0; k < f->n; k++)
@@ -254,7 +255,7 @@ int st_parse(const char *path, const unsigned char *buf, size_t len, struct st_f
 	qsort(order, (size_t)f->n, sizeof(*order), by_offset);
 	for (k = 1; k < f->n; k++)
 		if (order[k]->data < order[k - 1]->data + order[k - 1]->nbytes) {
-			fail(err, errlen, -EINVAL, "%s: tensors %s and %s overlap", path,
+			rc = fail(err, errlen, -EINVAL, "%s: tensors %s and %s overlap", path,
 			     order[k - 1]->name, order[k]->name);
 			goto err;
 		}
@@ -281,7 +282,7 @@ int st_open(const char *path, struct st_file **out, char *err, size_t errlen)
 	}
 	if (fstat(fd, &sb) < 0) {
 		rc = -errno;
-		fail(err, errlen, rc, "%s: %s", path, strerror(-rc));
+		rc = fail(err, errlen, rc, "%s: %s", path, strerror(-rc));
 		goto err;
 	}
 	if (!S_ISREG(sb.st_mode) || sb.st_size < 8) {
@@ -299,7 +300,7 @@ int st_open(const char *path, struct st_file **out, char *err, size_t errlen)
 	if (f->map == MAP_FAILED) {
 		rc = -errno;
 		f->map = NULL;
-		fail(err, errlen, rc, "%s: mmap: %s", path, strerror(-rc));
+		rc = fail(err, errlen, rc, "%s: mmap: %s", path, strerror(-rc));
 		goto err;
 	}
 	rc = st_parse(f->path, f->map, f->map_len, f, err, errlen);
@@ -469,7 +470,7 @@ int st_write(const char *path, const struct st_out *t, int n, char *err, size_t 
 	fp = fopen(path, "wb");
 	if (!fp) {
 		rc = -errno;
-		fail(err, errlen, rc, "%s: %s", path, strerror(-rc));
+		rc = fail(err, errlen, rc, "%s: %s", path, strerror(-rc));
 		goto out;
 	}
 	fwrite(len8, 1, 8, fp);

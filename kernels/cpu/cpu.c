@@ -32,6 +32,8 @@ struct cpu_be {
 	size_t rope_cs_n;
 	const struct be_buf *rope_freq; /* inv_freq the table was made for */
 	int rope_hd;
+	float *pad;         /* padded x and y of small GEMMs */
+	size_t pad_n;
 };
 
 #define CPU(be) ((struct cpu_be *)(be))
@@ -123,12 +125,47 @@ static void cpu_embed(struct be *be, const struct be_buf *table, int dim, struct
 		       (size_t)dim * sizeof(float));
 }
 
+/*
+ * A token's numbers must not depend on how many other rows share its GEMM.
+ * OpenBLAS's blocked kernel computes every row the same way whatever M is,
+ * but OpenBLAS leaves it for small problems: on AVX-512 targets a separate
+ * small-matrix kernel (another summation order) takes M·N·K <= 1e6, and
+ * newer releases forward M = 1 to gemv. So small calls run padded with zero
+ * rows up to where the blocked kernel is used; that costs at most about a
+ * megaflop per call, and decode at small batch is bound by reading the
+ * weights anyway, which padding does not repeat.
+ */
+#define GEMM_SMALL_MNK 1000000L
+
 static void cpu_gemm(struct be *be, int m, int n, int k, const struct be_buf *x,
 		     const struct be_buf *w, struct be_buf *y, int acc)
 {
-	(void)be;
+	struct cpu_be *c = CPU(be);
+	long pad_m = GEMM_SMALL_MNK / ((long)n * k) + 1;
+
 	if (m <= 0)
 		return;
+	if (pad_m < 2)
+		pad_m = 2;
+	if (m < pad_m) {
+		size_t nx = (size_t)pad_m * k, ny = (size_t)pad_m * n;
+		if (nx + ny > c->pad_n) {
+			float *p = realloc(c->pad, (nx + ny) * sizeof(float));
+			if (!p)
+				goto direct; /* correct, only not batch-invariant */
+			c->pad = p;
+			c->pad_n = nx + ny;
+		}
+		memcpy(c->pad, x->p, (size_t)m * k * sizeof(float));
+		memset(c->pad + (size_t)m * k, 0, (size_t)(pad_m - m) * k * sizeof(float));
+		if (acc)
+			memcpy(c->pad + nx, y->p, (size_t)m * n * sizeof(float));
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)pad_m, n, k, 1.0f, c->pad, k,
+			    w->p, k, acc ? 1.0f : 0.0f, c->pad + nx, n);
+		memcpy(y->p, c->pad + nx, (size_t)m * n * sizeof(float));
+		return;
+	}
+direct:
 	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x->p, k, w->p, k,
 		    acc ? 1.0f : 0.0f, y->p, n);
 }
@@ -347,6 +384,7 @@ static void cpu_destroy(struct be *be)
 			free(c->scratch[t]);
 	free(c->scratch);
 	free(c->rope_cs);
+	free(c->pad);
 	pool_destroy(c->pool);
 	free(c);
 }

@@ -1,0 +1,308 @@
+/*
+ * The batched forward pass as a scheduler uses it: decode after prefill
+ * gives the numbers of a full recomputation, a sequence gets the same
+ * logits and tokens alone or in any batch (bitwise: every kernel works per
+ * token row), chunked prefill equals one-shot prefill, KV blocks come back
+ * when sequences end, a full KV pool refuses a step without changing
+ * anything, bad requests are refused before they cost anything, and NaN
+ * logits fail only the request that produced them.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "engine.h"
+#include "helpers.h"
+#include "safetensors.h"
+
+static char err[1024];
+
+static char *must_model(const char *args)
+{
+	char *dir = mk_model(args);
+
+	assert_non_null(dir);
+	if (!dir)
+		abort();
+	return dir;
+}
+
+static struct engine *must_load(const char *dir, const struct engine_opts *o)
+{
+	struct engine *e = NULL;
+
+	if (engine_load(dir, o, &e, err, sizeof(err)) < 0)
+		printf("# %s\n", err);
+	assert_non_null(e);
+	return e;
+}
+
+static void prompt_of(int32_t *p, int n, int salt, int vocab)
+{
+	int i;
+
+	for (i = 0; i < n; i++)
+		p[i] = (int32_t)((i * 7919 + salt * 104729 + 13) % vocab);
+}
+
+static struct engine_seq *new_seq(struct engine *e, const int32_t *p, int n, int max_tokens,
+				  float temperature, uint64_t seed, enum engine_keep_logits keep)
+{
+	struct engine_seq_params sp = { 0 };
+	struct engine_seq *s = NULL;
+
+	sample_params_default(&sp.sample);
+	sp.sample.temperature = temperature;
+	sp.sample.seed = seed;
+	sp.sample.ignore_eos = 1;
+	sp.max_tokens = max_tokens;
+	sp.keep_logits = keep;
+	assert_int_equal(engine_seq_new(e, p, n, &sp, &s, err, sizeof(err)), 0);
+	return s;
+}
+
+/* Decoding token by token after a prefill gives, bitwise, the logits of
+ * running the whole text as one prompt; on a model with biases and on a
+ * sliding-window model whose window the sequence outgrows. */
+static void check_decode_equals_recompute(const char *args)
+{
+	char *dir = must_model(args);
+	struct engine *e = must_load(dir, NULL);
+	int vocab = engine_config(e)->vocab, n = 10, gen = 14, i;
+	int32_t p[64];
+	struct engine_seq *a, *b;
+
+	prompt_of(p, n, 1, vocab);
+	a = new_seq(e, p, n, gen, 0.0f, 0, ENGINE_LOGITS_ALL);
+	assert_int_equal(engine_generate(e, &a, 1, 0, err, sizeof(err)), 0);
+	assert_int_equal(a->n_generated, gen);
+	assert_int_equal(a->n_logits, n + gen - 1); /* the last token is never fed */
+
+	b = new_seq(e, a->tokens, n + gen - 1, 0, 0.0f, 0, ENGINE_LOGITS_ALL);
+	assert_int_equal(engine_generate(e, &b, 1, 0, err, sizeof(err)), 0);
+	assert_int_equal(b->n_logits, n + gen - 1);
+	for (i = 0; i < n + gen - 1; i++)
+		assert_memory_equal(a->logits + (size_t)i * vocab, b->logits + (size_t)i * vocab,
+				    (size_t)vocab * sizeof(float));
+	engine_seq_free(e, a);
+	engine_seq_free(e, b);
+	engine_free(e);
+	rm_model(dir);
+}
+
+static void test_decode_equals_recompute(void **state)
+{
+	(void)state;
+	check_decode_equals_recompute("--attention-bias --mlp-bias --kv-heads 2");
+	check_decode_equals_recompute("--model-type mistral --sliding-window 5");
+	check_decode_equals_recompute("--model-type qwen2 --tie --dtype bf16");
+}
+
+/* Four sequences of different lengths, sampled with their own seeds, get
+ * the same logits and tokens in one batch as alone, and in chunks. */
+static void test_batch_invariance(void **state)
+{
+	static const int len[4] = { 3, 17, 1, 40 };
+	char *dir = must_model("--model-type mistral --sliding-window 9 --kv-heads 1");
+	struct engine *e = must_load(dir, NULL);
+	int vocab = engine_config(e)->vocab, i, j, mode;
+	int32_t p[4][64];
+	struct engine_seq *alone[4], *batch[4];
+
+	(void)state;
+	for (i = 0; i < 4; i++) {
+		prompt_of(p[i], len[i], i + 2, vocab);
+		alone[i] = new_seq(e, p[i], len[i], 8, 0.9f, 100 + i, ENGINE_LOGITS_ALL);
+		assert_int_equal(engine_generate(e, &alone[i], 1, 0, err, sizeof(err)), 0);
+	}
+	/* mode 0: everything at once; mode 1: at most 7 tokens per step, so
+	 * prompts arrive in chunks while others decode */
+	for (mode = 0; mode < 2; mode++) {
+		for (i = 0; i < 4; i++)
+			batch[i] = new_seq(e, p[i], len[i], 8, 0.9f, 100 + i, ENGINE_LOGITS_ALL);
+		assert_int_equal(engine_generate(e, batch, 4, mode ? 7 : 0, err, sizeof(err)), 0);
+		for (i = 0; i < 4; i++) {
+			assert_int_equal(batch[i]->n_tokens, alone[i]->n_tokens);
+			assert_memory_equal(batch[i]->tokens, alone[i]->tokens,
+					    (size_t)alone[i]->n_tokens * sizeof(int32_t));
+			assert_int_equal(batch[i]->n_logits, alone[i]->n_logits);
+			for (j = 0; j < alone[i]->n_logits; j++)
+				assert_memory_equal(batch[i]->logits + (size_t)j * vocab,
+						    alone[i]->logits + (size_t)j * vocab,
+						    (size_t)vocab * sizeof(float));
+			engine_seq_free(e, batch[i]);
+		}
+	}
+	/* the seed decides: another seed gives another continuation */
+	batch[0] = new_seq(e, p[3], len[3], 8, 0.9f, 999, ENGINE_LOGITS_NONE);
+	assert_int_equal(engine_generate(e, &batch[0], 1, 0, err, sizeof(err)), 0);
+	assert_memory_not_equal(batch[0]->tokens + len[3], alone[3]->tokens + len[3], 8 * sizeof(int32_t));
+	engine_seq_free(e, batch[0]);
+	for (i = 0; i < 4; i++)
+		engine_seq_free(e, alone[i]);
+	engine_free(e);
+	rm_model(dir);
+}
+
+static void test_kv_blocks_returned(void **state)
+{
+	struct engine_opts o = { .kv_blocks = 8, .block_size = 16 };
+	char *dir = must_model("");
+	struct engine *e = must_load(dir, &o);
+	int32_t p[64];
+	struct engine_seq *a, *b, *both[2];
+
+	(void)state;
+	prompt_of(p, 40, 3, 256);
+	assert_int_equal(engine_kv_total(e), 8);
+	assert_int_equal(engine_kv_free(e), 8);
+	a = new_seq(e, p, 40, 20, 0.0f, 0, ENGINE_LOGITS_NONE); /* 60 tokens: 4 blocks */
+	b = new_seq(e, p, 40, 40, 0.0f, 0, ENGINE_LOGITS_NONE); /* 80 tokens: 5 blocks */
+	assert_int_equal(engine_kv_free(e), 8); /* nothing taken before running */
+	assert_int_equal(engine_step(e, &a, NULL, 1, err, sizeof(err)), 0);
+	assert_int_equal(engine_kv_free(e), 5); /* 41 tokens known, 40 cached: 3 blocks */
+
+	/* two more 40-token prompts need 3 blocks each; 5 are free */
+	struct engine_seq *c = new_seq(e, p, 40, 4, 0.0f, 0, ENGINE_LOGITS_NONE);
+	both[0] = b;
+	both[1] = c;
+	assert_int_equal(engine_step(e, both, NULL, 2, err, sizeof(err)), -ENOSPC);
+	printf("# %s\n", err);
+	/* refused without a trace */
+	assert_int_equal(engine_kv_free(e), 5);
+	assert_int_equal(b->n_computed, 0);
+	assert_int_equal(c->n_computed, 0);
+	assert_int_equal(b->kv.n, 0);
+
+	/* a finishes: its blocks come back at once */
+	assert_int_equal(engine_generate(e, &a, 1, 0, err, sizeof(err)), 0);
+	assert_int_equal(a->finish, ENGINE_FINISH_LENGTH);
+	assert_int_equal(engine_kv_free(e), 8);
+	assert_int_equal(engine_step(e, both, NULL, 2, err, sizeof(err)), 0);
+	assert_int_equal(engine_kv_free(e), 2);
+	/* freeing an unfinished sequence returns its blocks too */
+	engine_seq_free(e, b);
+	assert_int_equal(engine_kv_free(e), 5);
+	engine_seq_free(e, c);
+	engine_seq_free(e, a);
+	assert_int_equal(engine_kv_free(e), 8);
+	engine_free(e);
+	rm_model(dir);
+}
+
+static void test_bad_requests(void **state)
+{
+	char *dir = must_model("--vocab 100 --max-pos 64");
+	struct engine *e = must_load(dir, NULL);
+	struct engine_seq_params sp = { 0 };
+	struct engine_seq *s = NULL;
+	int32_t p[80] = { 1, 2, 100 };
+	int k;
+
+	(void)state;
+	sample_params_default(&sp.sample);
+	sp.max_tokens = 4;
+	assert_int_equal(engine_seq_new(e, p, 3, &sp, &s, err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "100"));
+	p[2] = -5;
+	assert_int_equal(engine_seq_new(e, p, 3, &sp, &s, err, sizeof(err)), -EINVAL);
+	assert_int_equal(engine_seq_new(e, p, 0, &sp, &s, err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "empty"));
+	memset(p, 0, sizeof(p));
+	sp.max_tokens = 5;
+	assert_int_equal(engine_seq_new(e, p, 60, &sp, &s, err, sizeof(err)), -E2BIG);
+	assert_non_null(strstr(err, "context"));
+	sp.max_tokens = 4;
+	assert_int_equal(engine_seq_new(e, p, 60, &sp, &s, err, sizeof(err)), 0);
+	engine_seq_free(e, s);
+	sp.sample.top_p = 0.0f;
+	assert_int_equal(engine_seq_new(e, p, 3, &sp, &s, err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "top_p"));
+	sp.sample.top_p = 1.0f;
+	sp.sample.temperature = -1.0f;
+	assert_int_equal(engine_seq_new(e, p, 3, &sp, &s, err, sizeof(err)), -EINVAL);
+	sp.sample.temperature = 0.0f;
+
+	/* steps that make no sense are refused */
+	assert_int_equal(engine_seq_new(e, p, 3, &sp, &s, err, sizeof(err)), 0);
+	k = 4;
+	assert_int_equal(engine_step(e, &s, &k, 1, err, sizeof(err)), -EINVAL);
+	struct engine_seq *twice[2] = { s, s };
+	assert_int_equal(engine_step(e, twice, NULL, 2, err, sizeof(err)), -EINVAL);
+	assert_int_equal(engine_generate(e, &s, 1, 0, err, sizeof(err)), 0);
+	assert_int_equal(engine_step(e, &s, NULL, 1, err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "finished"));
+	engine_seq_free(e, s);
+
+	/* a KV pool smaller than one request: refused up front */
+	engine_free(e);
+	struct engine_opts o = { .kv_blocks = 2, .block_size = 16 };
+	e = must_load(dir, &o);
+	assert_int_equal(engine_seq_new(e, p, 30, &sp, &s, err, sizeof(err)), -E2BIG);
+	assert_non_null(strstr(err, "KV"));
+	engine_free(e);
+	rm_model(dir);
+}
+
+/* Poisons one row of the embedding: any sequence holding that token gets
+ * NaN logits and fails; the others in the same batch are untouched. */
+static void test_nan_fails_one_request(void **state)
+{
+	char *dir = must_model("--vocab 64");
+	char path[4200];
+	struct engine_opts o = { .allow_nonfinite = 1 };
+	struct engine *e;
+	struct st_file *f;
+	struct st_tensor *t;
+	struct engine_seq *s[2], *alone;
+	int32_t bad[4] = { 1, 5, 9, 4 }, good[4] = { 1, 5, 9, 3 };
+	float nan = NAN;
+	off_t off;
+	int fd;
+
+	(void)state;
+	snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+	assert_int_equal(st_open(path, &f, err, sizeof(err)), 0);
+	t = st_find(f, "model.embed_tokens.weight");
+	off = (off_t)(t->data - (const unsigned char *)f->map) + 4 * 64 * 4; /* row 4 */
+	st_close(f);
+	fd = open(path, O_WRONLY);
+	assert_int_equal(pwrite(fd, &nan, 4, off), 4);
+	close(fd);
+
+	e = must_load(dir, &o);
+	alone = new_seq(e, good, 4, 6, 0.7f, 5, ENGINE_LOGITS_NONE);
+	assert_int_equal(engine_generate(e, &alone, 1, 0, err, sizeof(err)), 0);
+	s[0] = new_seq(e, bad, 4, 6, 0.7f, 5, ENGINE_LOGITS_NONE);
+	s[1] = new_seq(e, good, 4, 6, 0.7f, 5, ENGINE_LOGITS_NONE);
+	assert_int_equal(engine_generate(e, s, 2, 0, err, sizeof(err)), 0);
+	assert_int_equal(s[0]->finish, ENGINE_FINISH_ERROR);
+	assert_int_equal(s[0]->error, -EDOM);
+	assert_int_equal(s[0]->n_generated, 0);
+	assert_int_equal(s[1]->finish, ENGINE_FINISH_LENGTH);
+	assert_memory_equal(s[1]->tokens, alone->tokens, 10 * sizeof(int32_t));
+	assert_int_equal(engine_kv_free(e), engine_kv_total(e));
+	engine_seq_free(e, s[0]);
+	engine_seq_free(e, s[1]);
+	engine_seq_free(e, alone);
+	engine_free(e);
+	rm_model(dir);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_decode_equals_recompute),
+		cmocka_unit_test(test_batch_invariance),
+		cmocka_unit_test(test_kv_blocks_returned),
+		cmocka_unit_test(test_bad_requests),
+		cmocka_unit_test(test_nan_fails_one_request),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -295,6 +295,47 @@ static void test_nan_fails_one_request(void **state)
 	rm_model(dir);
 }
 
+/* A stop id ends the sequence where it is generated, and is kept. */
+static void test_stop_ids(void **state)
+{
+	char *dir = must_model("");
+	struct engine *e = must_load(dir, NULL);
+	struct engine_seq_params sp = { 0 };
+	struct engine_seq *a, *b = NULL;
+	int32_t p[8], stop;
+	int n;
+
+	(void)state;
+	prompt_of(p, 8, 9, 256);
+	a = new_seq(e, p, 8, 12, 0.0f, 0, ENGINE_LOGITS_NONE);
+	assert_int_equal(engine_generate(e, &a, 1, 0, err, sizeof(err)), 0);
+	/* the first generated token that did not occur before it */
+	for (n = 1; n < 12; n++) {
+		int k, dup = 0;
+		for (k = 0; k < n; k++)
+			dup |= a->tokens[8 + k] == a->tokens[8 + n];
+		if (!dup)
+			break;
+	}
+	assert_true(n < 12);
+	stop = a->tokens[8 + n];
+	sample_params_default(&sp.sample);
+	sp.sample.ignore_eos = 1;
+	sp.sample.stop_ids = &stop;
+	sp.sample.n_stop = 1;
+	sp.max_tokens = 12;
+	assert_int_equal(engine_seq_new(e, p, 8, &sp, &b, err, sizeof(err)), 0);
+	assert_int_equal(engine_generate(e, &b, 1, 0, err, sizeof(err)), 0);
+	assert_int_equal(b->finish, ENGINE_FINISH_STOP);
+	assert_int_equal(b->n_generated, n + 1);
+	assert_memory_equal(b->tokens, a->tokens, (size_t)(8 + n + 1) * sizeof(int32_t));
+	assert_int_equal(engine_kv_free(e), engine_kv_total(e));
+	engine_seq_free(e, a);
+	engine_seq_free(e, b);
+	engine_free(e);
+	rm_model(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -303,6 +344,7 @@ int main(void)
 		cmocka_unit_test(test_kv_blocks_returned),
 		cmocka_unit_test(test_bad_requests),
 		cmocka_unit_test(test_nan_fails_one_request),
+		cmocka_unit_test(test_stop_ids),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

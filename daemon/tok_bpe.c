@@ -68,7 +68,13 @@ void bpe_free(struct bpe *b)
 
 static inline size_t pair_hash(uint64_t k, size_t mask)
 {
-	return (size_t)((k * 0x9E3779B97F4A7C15ull) >> 17) & mask;
+	/* splitmix64's finalizer: every key bit reaches the low bits */
+	k ^= k >> 30;
+	k *= 0xBF58476D1CE4E5B9ull;
+	k ^= k >> 27;
+	k *= 0x94D049BB133111EBull;
+	k ^= k >> 31;
+	return (size_t)k & mask;
 }
 
 /* Later duplicates of a pair overwrite earlier ones, as a Rust HashMap
@@ -299,12 +305,8 @@ out:
 	return rc;
 }
 
-int bpe_encode_word(const struct tokenizer *t, const char *w, size_t len,
-                    struct idvec *out)
+static int encode_part(const struct bpe *b, const char *w, size_t len, struct idvec *out)
 {
-	const struct bpe *b = &t->bpe;
-	if (len == 0)
-		return 0;
 	uint32_t id;
 	if (b->ignore_merges && smap_get(&b->vocab, w, len, &id)) {
 		idvec_push(out, id);
@@ -354,4 +356,53 @@ int bpe_encode_word(const struct tokenizer *t, const char *w, size_t len,
 	}
 	pthread_mutex_unlock(&c->mu);
 	return 0;
+}
+
+/* U+2581, SentencePiece's word boundary mark */
+#define META "\xE2\x96\x81"
+
+int bpe_encode_word(const struct tokenizer *t, const char *w, size_t len,
+                    struct idvec *out)
+{
+	const struct bpe *b = &t->bpe;
+	if (len == 0)
+		return 0;
+	if (!b->meta_split || len < 64)
+		return encode_part(b, w, len, out);
+	/* Without a pre-tokenizer a whole text is one word. When no token
+	 * has U+2581 after another character, no merge crosses the point
+	 * before a U+2581 that follows something else: the parts are
+	 * independent and can be merged (and cached) one by one. */
+	size_t start = 0;
+	for (size_t i = 1; i + 3 <= len; i++) {
+		if (memcmp(w + i, META, 3) != 0)
+			continue;
+		if (i >= 3 && memcmp(w + i - 3, META, 3) == 0)
+			continue;
+		int rc = encode_part(b, w + start, i - start, out);
+		if (rc < 0)
+			return rc;
+		start = i;
+		i += 2;
+	}
+	return encode_part(b, w + start, len - start, out);
+}
+
+void bpe_check_meta_split(struct bpe *b)
+{
+	b->meta_split = false;
+	if (b->has_prefix || b->has_suffix || b->ignore_merges)
+		return;
+	bool any = false;
+	for (size_t i = 0; i < b->vocab.n; i++) {
+		const char *k = b->vocab.ents[i].k;
+		size_t kl = b->vocab.ents[i].klen, j = 0;
+		while (j + 3 <= kl && memcmp(k + j, META, 3) == 0)
+			j += 3;
+		if (j > 0)
+			any = true;
+		if (j < kl && memmem(k + j, kl - j, META, 3))
+			return;
+	}
+	b->meta_split = any;
 }

@@ -220,6 +220,7 @@ struct bpe {
 	size_t prefix_len, suffix_len;
 	bool has_prefix, has_suffix;
 	bool byte_fallback, fuse_unk, ignore_merges;
+	bool meta_split; /* words may be cut before U+2581 (bpe_check_meta_split) */
 	int64_t unk_id;
 	uint32_t byte_ids[256]; /* <0xNN> ids when byte_fallback */
 	bool have_byte_ids;
@@ -271,6 +272,7 @@ int bpe_add_merge(struct bpe *b, uint32_t left, uint32_t right, uint32_t rank,
                   uint32_t new_id);
 int bpe_encode_word(const struct tokenizer *t, const char *w, size_t len,
                     struct idvec *out);
+void bpe_check_meta_split(struct bpe *b);
 
 /* tok_decode.c */
 /* *incomplete (if not NULL) tells whether the decoder replaced bytes at the

@@ -979,6 +979,7 @@ int tok_load(const char *path, struct tokenizer **out, char *err, size_t errlen)
 		goto fail;
 	if ((rc = bpe_init_cache(&t->bpe)) < 0)
 		goto fail;
+	bpe_check_meta_split(&t->bpe);
 	if ((rc = load_config(&ld, path)) < 0)
 		goto fail;
 	guess_bos_eos(t);

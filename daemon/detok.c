@@ -109,7 +109,8 @@ static int emit(struct detok *d, const char *text, size_t len, bool flush)
 {
 	if (!reserve(&d->out, &d->out_cap, d->held_len + len + 1))
 		return -ENOMEM;
-	memcpy(d->out, d->held, d->held_len);
+	if (d->held_len)
+		memcpy(d->out, d->held, d->held_len);
 	memcpy(d->out + d->held_len, text, len);
 	d->out_len = d->held_len + len;
 	d->held_len = 0;

@@ -85,7 +85,8 @@ struct be_ops {
 	void (*rope)(struct be *be, int n_heads, int head_dim, struct be_buf *x,
 		     const struct be_buf *inv_freq);
 	/* Writes row t of k and v into the slot of (seq[t], pos[t]) of the cache.
-	 * k, v: [n_tokens, kv_dim]; kc, vc: [n_blocks, block_size, kv_dim]       */
+	 * k, v: [n_tokens, kv_dim]; kc, vc: n_blocks · block_size · kv_dim
+	 * elements in the backend's own layout                                  */
 	void (*kv_store)(struct be *be, int kv_dim, const struct be_buf *k,
 			 const struct be_buf *v, struct be_buf *kc, struct be_buf *vc);
 	/* Causal attention of each row over its own sequence's cache, positions

@@ -26,8 +26,10 @@ struct cpu_be {
 	struct pool *pool;
 	struct be_batch b;
 	int max_pos;        /* largest position of the batch: size of score rows */
-	float **scratch;    /* [pool size][scratch_n] attention scores */
-	size_t scratch_n;
+	float **scratch;    /* [pool size][scratch_group][scratch_n] attention scores */
+	size_t scratch_n;   /* positions per score row */
+	int scratch_group;  /* score rows: query heads per KV head */
+	int error;          /* of an op since the last sync; reported there */
 	float *rope_cs;     /* [n_tokens][head_dim] cos then sin, for rope_freq */
 	size_t rope_cs_n;
 	const struct be_buf *rope_freq; /* inv_freq the table was made for */
@@ -37,6 +39,10 @@ struct cpu_be {
 };
 
 #define CPU(be) ((struct cpu_be *)(be))
+
+/* The largest KV block the attention loop takes (its accumulators live on
+ * the stack). */
+#define BE_CPU_MAX_BLOCK 256
 
 static struct be_buf *cpu_alloc(struct be *be, size_t n)
 {
@@ -74,18 +80,23 @@ static int cpu_upload(struct be *be, struct be_buf *d, size_t off, const float *
 	return 0;
 }
 
+static int cpu_sync(struct be *be)
+{
+	int rc = CPU(be)->error;
+
+	CPU(be)->error = 0;
+	return rc;
+}
+
 static int cpu_download(struct be *be, const struct be_buf *s, size_t off, float *d, size_t n)
 {
-	(void)be;
+	int rc = cpu_sync(be);
+
+	if (rc < 0)
+		return rc;
 	if (off > s->n || n > s->n - off)
 		return -ERANGE;
 	memcpy(d, s->p + off, n * sizeof(float));
-	return 0;
-}
-
-static int cpu_sync(struct be *be)
-{
-	(void)be;
 	return 0;
 }
 
@@ -94,6 +105,8 @@ static int cpu_set_batch(struct be *be, const struct be_batch *b)
 	struct cpu_be *c = CPU(be);
 	int i, max_pos = 0;
 
+	if (b->block_size < 1 || b->block_size > BE_CPU_MAX_BLOCK)
+		return -EINVAL;
 	for (i = 0; i < b->n_tokens; i++)
 		if (b->pos[i] > max_pos)
 			max_pos = b->pos[i];
@@ -105,7 +118,7 @@ static int cpu_set_batch(struct be *be, const struct be_batch *b)
 		int t;
 		n = n < 1024 ? 1024 : n + n / 2;
 		for (t = 0; t < pool_size(c->pool); t++) {
-			float *p = realloc(c->scratch[t], n * sizeof(float));
+			float *p = realloc(c->scratch[t], n * (size_t)c->scratch_group * sizeof(float));
 			if (!p)
 				return -ENOMEM;
 			c->scratch[t] = p;
@@ -269,18 +282,31 @@ static inline size_t kv_slot(const struct be_batch *b, int s, int p)
 	return (size_t)blk * b->block_size + (size_t)(p % b->block_size);
 }
 
+/*
+ * The cache layout is the backend's own. K is kept transposed within each
+ * block, [block][kv_dim][block_size], so the scores of all the keys of a
+ * block are one vector loop over the block (no horizontal sums); V stays
+ * [block][block_size][kv_dim], which is what the weighted sum reads.
+ */
 static void cpu_kv_store(struct be *be, int kv_dim, const struct be_buf *k,
 			 const struct be_buf *v, struct be_buf *kc, struct be_buf *vc)
 {
 	const struct be_batch *b = &CPU(be)->b;
-	int t;
+	const int bs = b->block_size;
+	int t, c;
 
 	for (t = 0; t < b->n_tokens; t++) {
 		size_t slot = kv_slot(b, b->seq[t], b->pos[t]);
-		memcpy(kc->p + slot * kv_dim, k->p + (size_t)t * kv_dim, (size_t)kv_dim * sizeof(float));
+		float *kt = kc->p + (slot / bs) * bs * kv_dim + slot % bs;
+		const float *kr = k->p + (size_t)t * kv_dim;
+		for (c = 0; c < kv_dim; c++)
+			kt[(size_t)c * bs] = kr[c];
 		memcpy(vc->p + slot * kv_dim, v->p + (size_t)t * kv_dim, (size_t)kv_dim * sizeof(float));
 	}
 }
+
+/* 16 floats, one AVX-512 register (two AVX2, four SSE ones) */
+typedef float v16 __attribute__((vector_size(64)));
 
 struct attn_job {
 	struct cpu_be *c;
@@ -289,47 +315,87 @@ struct attn_job {
 	float *out;
 };
 
+/*
+ * One task is one token row and one KV head: the query heads that share
+ * that KV head (GQA) go through the keys together, so each K and V row is
+ * read once per group instead of once per head. Every sum runs over the
+ * positions in order, so a row's result does not depend on the batch.
+ * Compiled for AVX-512 and AVX2 as well, picked at run time.
+ */
+__attribute__((target_clones("avx512f", "avx2", "default")))
 static void attn_rows(void *arg, int worker, int begin, int end)
 {
 	struct attn_job *j = arg;
 	const struct be_batch *b = &j->c->b;
 	const struct be_attn *a = j->a;
-	int hd = a->head_dim, group = a->n_heads / a->n_kv_heads;
-	size_t kv_dim = (size_t)a->n_kv_heads * hd;
-	float *sc = j->c->scratch[worker];
+	const int hd = a->head_dim, group = a->n_heads / a->n_kv_heads, bs = b->block_size;
+	const size_t kv_dim = (size_t)a->n_kv_heads * hd, stride = j->c->scratch_n;
+	float *sc = j->c->scratch[worker]; /* [group][stride] scores */
 	int task;
 
 	for (task = begin; task < end; task++) {
-		int t = task / a->n_heads, h = task % a->n_heads, kvh = h / group;
-		int s = b->seq[t], p = b->pos[t], lo = 0, i, d;
-		const float *q = j->q + ((size_t)t * a->n_heads + h) * hd;
-		float *o = j->out + ((size_t)t * a->n_heads + h) * hd;
-		float mx = -INFINITY, sum = 0.0f;
+		int t = task / a->n_kv_heads, kvh = task % a->n_kv_heads;
+		int s = b->seq[t], p = b->pos[t], lo = 0, n, i, g, d, off, bi, c16;
+		const float *q = j->q + ((size_t)t * a->n_heads + (size_t)kvh * group) * hd;
+		float *o = j->out + ((size_t)t * a->n_heads + (size_t)kvh * group) * hd;
 
 		if (a->sliding_window > 0 && p - a->sliding_window + 1 > 0)
 			lo = p - a->sliding_window + 1;
-		for (i = lo; i <= p; i++) {
-			const float *k = j->kc + kv_slot(b, s, i) * kv_dim + (size_t)kvh * hd;
-			float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-			for (d = 0; d < hd; d++)
-				dot += q[d] * k[d];
-			sc[i - lo] = dot * a->scale;
-			if (sc[i - lo] > mx)
-				mx = sc[i - lo];
+		n = p - lo + 1;
+		/* scores, a KV block at a time: acc[o] = q · key at offset o */
+		for (bi = lo / bs; bi <= p / bs; bi++) {
+			int blk = b->block_table[(size_t)s * b->max_blocks + bi];
+			const float *kb = j->kc + ((size_t)blk * kv_dim + (size_t)kvh * hd) * bs;
+			int first = bi * bs < lo ? lo - bi * bs : 0;
+			int last = bi * bs + bs - 1 > p ? p - bi * bs : bs - 1;
+			for (g = 0; g < group; g++) {
+				const float *qg = q + (size_t)g * hd;
+				float acc[BE_CPU_MAX_BLOCK];
+				if (bs % 16 == 0) {
+					/* 16 keys per vector register, summed over d in order */
+					for (c16 = 0; c16 < bs; c16 += 16) {
+						v16 va = { 0 }, kv;
+						for (d = 0; d < hd; d++) {
+							memcpy(&kv, kb + (size_t)d * bs + c16, sizeof(kv));
+							va += qg[d] * kv;
+						}
+						memcpy(acc + c16, &va, sizeof(va));
+					}
+				} else {
+					for (off = 0; off < bs; off++)
+						acc[off] = 0.0f;
+					for (d = 0; d < hd; d++) {
+						const float qd = qg[d], *kr = kb + (size_t)d * bs;
+						for (off = 0; off < bs; off++)
+							acc[off] += qd * kr[off];
+					}
+				}
+				for (off = first; off <= last; off++)
+					sc[(size_t)g * stride + (size_t)(bi * bs + off - lo)] = acc[off] * a->scale;
+			}
 		}
-		for (i = 0; i <= p - lo; i++) {
-			sc[i] = expf(sc[i] - mx);
-			sum += sc[i];
+		for (g = 0; g < group; g++) {
+			float *row = sc + (size_t)g * stride, mx = -INFINITY, sum = 0.0f, inv;
+			for (i = 0; i < n; i++)
+				mx = row[i] > mx ? row[i] : mx;
+			for (i = 0; i < n; i++) {
+				row[i] = expf(row[i] - mx);
+				sum += row[i];
+			}
+			inv = 1.0f / sum;
+			for (i = 0; i < n; i++)
+				row[i] *= inv;
 		}
-		for (d = 0; d < hd; d++)
+		for (d = 0; d < group * hd; d++)
 			o[d] = 0.0f;
-		for (i = lo; i <= p; i++) {
-			const float *v = j->vc + kv_slot(b, s, i) * kv_dim + (size_t)kvh * hd;
-			float w = sc[i - lo] / sum;
+		for (i = 0; i < n; i++) {
+			const float *v = j->vc + kv_slot(b, s, lo + i) * kv_dim + (size_t)kvh * hd;
+			for (g = 0; g < group; g++) {
+				float w = sc[(size_t)g * stride + i], *og = o + (size_t)g * hd;
 #pragma omp simd
-			for (d = 0; d < hd; d++)
-				o[d] += w * v[d];
+				for (d = 0; d < hd; d++)
+					og[d] += w * v[d];
+			}
 		}
 	}
 }
@@ -339,9 +405,21 @@ static void cpu_attention(struct be *be, const struct be_attn *a, const struct b
 {
 	struct cpu_be *c = CPU(be);
 	struct attn_job j = { c, a, q->p, kc->p, vc->p, out->p };
-	int n = c->b.n_tokens * a->n_heads;
+	int group = a->n_heads / a->n_kv_heads, n = c->b.n_tokens * a->n_kv_heads, t;
 	int grain = n / (pool_size(c->pool) * 8);
 
+	/* scores of a group of heads: [group][scratch_n] per worker */
+	if (group > c->scratch_group) {
+		for (t = 0; t < pool_size(c->pool); t++) {
+			float *p = realloc(c->scratch[t], (size_t)group * c->scratch_n * sizeof(float));
+			if (!p) {
+				c->error = -ENOMEM;
+				return;
+			}
+			c->scratch[t] = p;
+		}
+		c->scratch_group = group;
+	}
 	pool_run(c->pool, attn_rows, &j, n, grain < 1 ? 1 : grain);
 }
 
@@ -424,6 +502,7 @@ int be_cpu_create(const struct be_cpu_opts *opts, struct be **out)
 	rc = pool_create(n < 1 ? 1 : n, &c->pool);
 	if (rc < 0)
 		goto err;
+	c->scratch_group = 1;
 	c->scratch = calloc((size_t)pool_size(c->pool), sizeof(*c->scratch));
 	if (!c->scratch) {
 		rc = -ENOMEM;

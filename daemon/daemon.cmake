@@ -2,13 +2,16 @@
 # same session and validation code the daemon runs.
 add_library(lorad_daemon_core STATIC
   ${CMAKE_CURRENT_LIST_DIR}/log.c
+  ${CMAKE_CURRENT_LIST_DIR}/config.c
+  ${CMAKE_CURRENT_LIST_DIR}/notify.c
+  ${CMAKE_CURRENT_LIST_DIR}/admin.c
   ${CMAKE_CURRENT_LIST_DIR}/session.c
   ${CMAKE_CURRENT_LIST_DIR}/server.c
   ${CMAKE_CURRENT_LIST_DIR}/nullexec.c)
 target_include_directories(lorad_daemon_core PUBLIC ${CMAKE_CURRENT_LIST_DIR})
-target_link_libraries(lorad_daemon_core PUBLIC lorad_shm Threads::Threads)
+target_link_libraries(lorad_daemon_core PUBLIC lorad_shm Threads::Threads
+  PkgConfig::SYSTEMD PkgConfig::INIH PkgConfig::JSONC)
 
 add_executable(lorad ${CMAKE_CURRENT_LIST_DIR}/main.c)
 target_link_libraries(lorad PRIVATE lorad_daemon_core)
-set_target_properties(lorad PROPERTIES OUTPUT_NAME lorad)
 install(TARGETS lorad RUNTIME DESTINATION ${CMAKE_INSTALL_SBINDIR})

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * lorad: the daemon. Parses options, sets up signals and limits, builds the
- * engine and the server, and runs the engine loop until SIGTERM/SIGINT.
+ * lorad: the daemon. Reads the config file and the command line, takes its
+ * sockets from systemd or makes them, builds the engine and the server, and
+ * runs the engine loop until SIGTERM/SIGINT. SIGHUP re-reads the config.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -12,26 +13,36 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "admin.h"
+#include "config.h"
 #include "log.h"
+#include "notify.h"
 #include "nullexec.h"
 #include "server.h"
 
-static volatile sig_atomic_t stop_requested;
+static volatile sig_atomic_t stop_requested, reload_requested, stall_requested;
 
-/* Handlers only set flags; the engine loop notices at its next turn
+/* Handlers only set flags; the engine loop acts on them at its next turn
  * (epoll_wait returns EINTR, so a sleeping loop notices at once). */
-static void on_stop(int sig)
+static void on_signal(int sig)
 {
-	(void)sig;
-	stop_requested = 1;
+	if (sig == SIGHUP)
+		reload_requested = 1;
+	else if (sig == SIGUSR2)
+		stall_requested = 1;
+	else
+		stop_requested = 1;
 }
 
-static int install_signals(void)
+static int install_signals(bool stall_hook)
 {
-	struct sigaction sa = { .sa_handler = on_stop };
+	struct sigaction sa = { .sa_handler = on_signal };
 
 	sigemptyset(&sa.sa_mask);
-	if (sigaction(SIGTERM, &sa, NULL) < 0 || sigaction(SIGINT, &sa, NULL) < 0)
+	if (sigaction(SIGTERM, &sa, NULL) < 0 || sigaction(SIGINT, &sa, NULL) < 0 ||
+	    sigaction(SIGHUP, &sa, NULL) < 0)
+		return -errno;
+	if (stall_hook && sigaction(SIGUSR2, &sa, NULL) < 0)
 		return -errno;
 	sa.sa_handler = SIG_IGN;
 	if (sigaction(SIGPIPE, &sa, NULL) < 0)
@@ -53,8 +64,8 @@ static int check_fd_limit(uint32_t max_clients)
 		getrlimit(RLIMIT_NOFILE, &rl);
 	}
 	if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need) {
-		log_err("--max-clients %u needs %llu file descriptors, RLIMIT_NOFILE allows %llu: "
-			"raise LimitNOFILE= or lower --max-clients", max_clients,
+		log_err("max_clients %u needs %llu file descriptors, RLIMIT_NOFILE allows %llu: "
+			"raise LimitNOFILE= or lower max_clients", max_clients,
 			(unsigned long long)need, (unsigned long long)rl.rlim_cur);
 		return -EMFILE;
 	}
@@ -64,21 +75,25 @@ static int check_fd_limit(uint32_t max_clients)
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: lorad --socket PATH [options]\n"
-		"  --socket PATH        client socket to create (mode from --socket-mode)\n"
-		"  --socket-mode OCTAL  permissions of the socket file (default 0660)\n"
+		"usage: lorad [--config FILE] [options]\n"
+		"Options override the config file (default /etc/lorad/lorad.conf when it exists).\n"
+		"  --config FILE        INI config file; see systemd/lorad.conf for every key\n"
+		"  --socket PATH        client socket to create, unless systemd passes one\n"
+		"  --admin-socket PATH  operators' socket to create, unless systemd passes one\n"
+		"  --socket-mode OCTAL  permissions of the client socket file (default 0660)\n"
 		"  --null-engine        serve without a model: echo checksums and generated ids\n"
 		"  --null-step-us N     null engine streams one token per N us (default 0: at once)\n"
 		"  --spin-us N          poll the rings this long after the last work before sleeping (default 50)\n"
 		"  --max-clients N      sessions at once (default 64)\n"
 		"  --max-inflight N     requests in flight per client; more get -EBUSY (default 256)\n"
 		"  --max-tokens N       largest max_tokens a request may ask (default 4096)\n"
-		"  --shm-limit BYTES    shared memory of all sessions together (default 1 GiB)\n"
+		"  --shm-limit SIZE     shared memory of all sessions together (default 1G)\n"
 		"  --allow-uid UID      peers allowed to connect (repeatable; default: own uid and root)\n"
 		"  --allow-gid GID      peers whose primary group may connect (repeatable)\n"
 		"  --drain-ms N         on SIGTERM, let in-flight requests finish this long (default 5000)\n"
 		"  --cpu N              pin the engine thread to CPU N\n"
-		"  --verbose            log debug lines\n");
+		"  --verbose            log debug lines\n"
+		"  --debug-stall-ms N   (tests) on SIGUSR2 the engine loop hangs for N ms\n");
 }
 
 static int parse_u64(const char *s, uint64_t *v)
@@ -90,12 +105,174 @@ static int parse_u64(const char *s, uint64_t *v)
 	return errno || !*s || *end || s[0] == '-' ? -EINVAL : 0;
 }
 
+/* --- the daemon's own duties on the engine loop ------------------------------------- */
+
+struct daemon {
+	struct config cfg;
+	const char *config_path;
+	struct server *sv;
+	uint64_t wd_ns, next_ping;
+	uint64_t next_status, last_requests, last_status_t;
+	uint32_t stall_ms;
+	bool stopping_sent;
+	const char *engine_name;
+};
+
+static void fill_server_config(struct server_config *sc, const struct config *c)
+{
+	memset(sc, 0, sizeof(*sc));
+	sc->socket_path = c->socket_path;
+	sc->listen_fd = -1;
+	sc->admin_fd = -1;
+	sc->socket_mode = c->socket_mode;
+	sc->max_clients = c->max_clients;
+	sc->shm_limit = c->shm_limit;
+	sc->spin_us = c->spin_us;
+	sc->drain_ms = c->drain_ms;
+	sc->cpu = c->cpu;
+	memcpy(sc->allow_uid, c->allow_uid, sizeof(sc->allow_uid));
+	sc->n_allow_uid = c->n_allow_uid;
+	memcpy(sc->allow_gid, c->allow_gid, sizeof(sc->allow_gid));
+	sc->n_allow_gid = c->n_allow_gid;
+	sc->admin_gid = c->admin_gid;
+	sc->have_admin_gid = c->have_admin_gid;
+	sc->lim.sqe.max_tokens = c->max_tokens;
+	sc->lim.sqe.max_prompt = 1u << 20;
+	sc->lim.max_inflight = c->max_inflight;
+	sc->lim.poll_budget = 64;
+}
+
+static void default_access(struct config *c)
+{
+	if (c->n_allow_uid || c->n_allow_gid)
+		return;
+	c->allow_uid[c->n_allow_uid++] = getuid();
+	if (getuid() != 0)
+		c->allow_uid[c->n_allow_uid++] = 0;
+}
+
+/*
+ * SIGHUP: parse the file into a copy; only a config that parses and checks
+ * replaces the running one. Sockets and the model stay (a restart changes
+ * those); limits, access lists and timings apply at once.
+ */
+static void reload(struct daemon *d)
+{
+	struct config next;
+	char err[512];
+	int ret;
+
+	notify_reloading();
+	if (!d->config_path) {
+		log_notice("reload: no config file to re-read");
+		goto out;
+	}
+	ret = config_copy(&next, &d->cfg);
+	if (ret) {
+		log_err("reload: out of memory; keeping the running config");
+		goto out;
+	}
+	ret = config_load(&next, d->config_path, err, sizeof(err));
+	if (ret) {
+		log_err("reload: %s; keeping the running config", err);
+		config_free(&next);
+		goto out;
+	}
+	default_access(&next);
+	{
+		struct server_config sc;
+
+		fill_server_config(&sc, &next);
+		server_reconfigure(d->sv, &sc);
+	}
+	log_set_level(next.log_level);
+	config_free(&d->cfg);
+	d->cfg = next;
+	log_info("reloaded %s", d->config_path);
+out:
+	notify_ready();
+}
+
+static void daemon_tick(void *ctx, struct server *sv, uint64_t now)
+{
+	struct daemon *d = ctx;
+
+	if (stop_requested && !d->stopping_sent) {
+		notify_stopping();
+		d->stopping_sent = true;
+	}
+	if (reload_requested) {
+		reload_requested = 0;
+		reload(d);
+	}
+	if (stall_requested && d->stall_ms) {
+		/* test hook: a hung engine step, so tests can see the watchdog pings stop */
+		stall_requested = 0;
+		log_warn("stalling the engine loop for %u ms (SIGUSR2)", d->stall_ms);
+		usleep(d->stall_ms * 1000);
+		now = now_ns();
+	}
+	if (d->wd_ns && now >= d->next_ping) {
+		notify_watchdog();
+		d->next_ping = now + d->wd_ns / 2;
+	}
+	if (now >= d->next_status) {
+		uint64_t total = sv->requests;
+		double dt = d->last_status_t ? (now - d->last_status_t) / 1e9 : 0;
+
+		for (struct session *s = sv->sessions; s; s = s->next)
+			total += s->requests;
+		notify_status("%s; %u clients, %u requests in flight, %.0f requests/s%s",
+			      d->engine_name, sv->n_sessions, server_inflight(sv),
+			      dt > 0 ? (total - d->last_requests) / dt : 0.0,
+			      sv->draining ? "; draining" : "");
+		d->last_requests = total;
+		d->last_status_t = now;
+		d->next_status = now + 2000000000ull;
+	}
+}
+
+/* --- admin commands of the daemon itself ---------------------------------------------- */
+
+static int cmd_status(void *ctx, struct json_object *req, struct json_object *reply)
+{
+	struct daemon *d = ctx;
+	struct server *sv = d->sv;
+	uint64_t total = sv->requests;
+
+	(void)req;
+	for (struct session *s = sv->sessions; s; s = s->next)
+		total += s->requests;
+	json_object_object_add(reply, "engine", json_object_new_string(d->engine_name));
+	json_object_object_add(reply, "pid", json_object_new_int(getpid()));
+	json_object_object_add(reply, "uptime_s",
+			       json_object_new_double((now_ns() - sv->started) / 1e9));
+	json_object_object_add(reply, "clients", json_object_new_int((int)sv->n_sessions));
+	json_object_object_add(reply, "inflight", json_object_new_int((int)server_inflight(sv)));
+	json_object_object_add(reply, "requests", json_object_new_int64((int64_t)total));
+	json_object_object_add(reply, "shm_bytes", json_object_new_int64((int64_t)sv->shm_used));
+	json_object_object_add(reply, "draining", json_object_new_boolean(sv->draining));
+	return 0;
+}
+
+static int cmd_drain(void *ctx, struct json_object *req, struct json_object *reply)
+{
+	(void)ctx;
+	(void)req;
+	(void)reply;
+	stop_requested = 1;   /* the same path as SIGTERM */
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
-	enum { O_SOCKET = 256, O_MODE, O_NULL, O_NULLSTEP, O_SPIN, O_MAXCL, O_MAXINF, O_MAXTOK,
-	       O_SHM, O_UID, O_GID, O_DRAIN, O_CPU, O_VERBOSE, O_HELP };
+	enum { O_CONFIG = 256, O_SOCKET, O_ADMIN, O_MODE, O_NULL, O_NULLSTEP, O_SPIN, O_MAXCL,
+	       O_MAXINF, O_MAXTOK, O_SHM, O_UID, O_GID, O_DRAIN, O_CPU, O_VERBOSE, O_STALL,
+	       O_HELP };
 	static const struct option opts[] = {
+		{ "config", required_argument, 0, O_CONFIG },
 		{ "socket", required_argument, 0, O_SOCKET },
+		{ "admin-socket", required_argument, 0, O_ADMIN },
 		{ "socket-mode", required_argument, 0, O_MODE },
 		{ "null-engine", no_argument, 0, O_NULL },
 		{ "null-step-us", required_argument, 0, O_NULLSTEP },
@@ -109,119 +286,182 @@ int main(int argc, char **argv)
 		{ "drain-ms", required_argument, 0, O_DRAIN },
 		{ "cpu", required_argument, 0, O_CPU },
 		{ "verbose", no_argument, 0, O_VERBOSE },
+		{ "debug-stall-ms", required_argument, 0, O_STALL },
 		{ "help", no_argument, 0, O_HELP },
 		{ 0, 0, 0, 0 },
 	};
-	struct server_config cfg = {
-		.listen_fd = -1,
-		.socket_mode = 0660,
-		.max_clients = 64,
-		.shm_limit = 1ull << 30,
-		.spin_us = 50,
-		.drain_ms = 5000,
-		.cpu = -1,
-		.lim = {
-			.sqe = { .max_tokens = 4096, .max_prompt = 1u << 20 },
-			.max_inflight = 256,
-			.poll_budget = 64,
-		},
-	};
-	uint32_t null_step_us = 0;
+	static struct daemon d;   /* large (adapter and route tables): not on the stack */
+	bool cli_access = false;
+	struct server_config sc;
 	struct nullexec *nx = NULL;
 	struct server sv;
+	char err[512];
+	int c, ret, client_fd = -1, admin_fd = -1, n_fds;
 	uint64_t v;
-	int c, ret;
+	bool verbose = false;
 
+	/* The command line is parsed twice: first for --config, then over the file's values. */
+	config_defaults(&d.cfg);
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--config") && i + 1 < argc)
+			d.config_path = argv[i + 1];
+		else if (!strncmp(argv[i], "--config=", 9))
+			d.config_path = argv[i] + 9;
+	}
+	if (!d.config_path && access("/etc/lorad/lorad.conf", R_OK) == 0)
+		d.config_path = "/etc/lorad/lorad.conf";
+	if (d.config_path) {
+		ret = config_load(&d.cfg, d.config_path, err, sizeof(err));
+		if (ret) {
+			log_err("%s", err);
+			return 1;
+		}
+	}
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-		const char *name = optind > 0 && optind <= argc ? argv[optind - 1] : "?";
+		const char *name = argv[optind - 1];
 
-		if (c == O_SOCKET) {
-			cfg.socket_path = optarg;
+		switch (c) {
+		case O_CONFIG: continue;
+		case O_SOCKET: free(d.cfg.socket_path); d.cfg.socket_path = strdup(optarg); continue;
+		case O_ADMIN:
+			free(d.cfg.admin_socket_path);
+			d.cfg.admin_socket_path = strdup(optarg);
 			continue;
+		case O_NULL: d.cfg.null_engine = true; continue;
+		case O_VERBOSE: verbose = true; continue;
+		case O_HELP: case 'h': usage(stdout); return 0;
+		case '?': usage(stderr); return 2;
 		}
-		if (c == O_NULL) {
+		if (c == O_SHM) {
+			if (config_parse_size(optarg, &v)) {
+				fprintf(stderr, "lorad: %s: '%s' is not a size such as 512M\n", name, optarg);
+				return 2;
+			}
+			d.cfg.shm_limit = v;
 			continue;
-		}
-		if (c == O_VERBOSE) {
-			log_set_level(LOG_PRI_DEBUG);
-			continue;
-		}
-		if (c == O_HELP || c == 'h') {
-			usage(stdout);
-			return 0;
-		}
-		if (c == '?') {
-			usage(stderr);
-			return 2;
 		}
 		if (parse_u64(optarg, &v) || v > UINT32_MAX) {
 			fprintf(stderr, "lorad: %s: '%s' is not a valid number\n", name, optarg);
 			return 2;
 		}
 		switch (c) {
-		case O_MODE: cfg.socket_mode = (unsigned)v; break;
-		case O_NULLSTEP: null_step_us = (uint32_t)v; break;
-		case O_SPIN: cfg.spin_us = (uint32_t)v; break;
-		case O_MAXCL: cfg.max_clients = (uint32_t)v; break;
-		case O_MAXINF: cfg.lim.max_inflight = (uint32_t)v; break;
-		case O_MAXTOK: cfg.lim.sqe.max_tokens = (uint32_t)v; break;
-		case O_SHM: cfg.shm_limit = v; break;
-		case O_DRAIN: cfg.drain_ms = (uint32_t)v; break;
-		case O_CPU: cfg.cpu = (int)v; break;
+		case O_MODE: d.cfg.socket_mode = (unsigned)v; break;
+		case O_NULLSTEP: d.cfg.null_step_us = (uint32_t)v; break;
+		case O_SPIN: d.cfg.spin_us = (uint32_t)v; break;
+		case O_MAXCL: d.cfg.max_clients = (uint32_t)v; break;
+		case O_MAXINF: d.cfg.max_inflight = (uint32_t)v; break;
+		case O_MAXTOK: d.cfg.max_tokens = (uint32_t)v; break;
+		case O_DRAIN: d.cfg.drain_ms = (uint32_t)v; break;
+		case O_CPU: d.cfg.cpu = (int)v; break;
+		case O_STALL: d.stall_ms = (uint32_t)v; break;
 		case O_UID:
-		case O_GID: {
-			if (c == O_UID && cfg.n_allow_uid < SERVER_MAX_IDS)
-				cfg.allow_uid[cfg.n_allow_uid++] = (uid_t)v;
-			else if (c == O_GID && cfg.n_allow_gid < SERVER_MAX_IDS)
-				cfg.allow_gid[cfg.n_allow_gid++] = (gid_t)v;
-			else {
-				fprintf(stderr, "lorad: at most %d %s options\n", SERVER_MAX_IDS, name);
-				return 2;
+		case O_GID:
+			if (!cli_access) {
+				/* the command line's list replaces the file's */
+				d.cfg.n_allow_uid = d.cfg.n_allow_gid = 0;
+				cli_access = true;
 			}
+			if (c == O_UID && d.cfg.n_allow_uid < CONFIG_MAX_IDS)
+				d.cfg.allow_uid[d.cfg.n_allow_uid++] = (uid_t)v;
+			else if (c == O_GID && d.cfg.n_allow_gid < CONFIG_MAX_IDS)
+				d.cfg.allow_gid[d.cfg.n_allow_gid++] = (gid_t)v;
+			else
+				goto too_many;
 			break;
-		}
 		}
 	}
 	if (optind < argc) {
 		fprintf(stderr, "lorad: unexpected argument '%s'\n", argv[optind]);
 		return 2;
 	}
-	if (!cfg.socket_path) {
-		fprintf(stderr, "lorad: --socket PATH is required\n");
+	if (verbose)
+		d.cfg.log_level = LOG_PRI_DEBUG;
+	log_set_level(d.cfg.log_level);
+	default_access(&d.cfg);
+	ret = config_check(&d.cfg, err, sizeof(err));
+	if (ret) {
+		log_err("%s", err);
+		return 1;
+	}
+
+	n_fds = notify_listen_fds(&client_fd, &admin_fd);
+	if (n_fds < 0)
+		return 1;
+	if (client_fd < 0 && !d.cfg.socket_path) {
+		fprintf(stderr, "lorad: no client socket: give --socket PATH, socket= in [daemon], "
+				"or start lorad.socket\n");
 		usage(stderr);
 		return 2;
 	}
-	if (!cfg.max_clients || !cfg.lim.max_inflight || cfg.lim.max_inflight > 65535) {
-		fprintf(stderr, "lorad: --max-clients must be > 0 and --max-inflight in 1..65535\n");
-		return 2;
+	if (!d.cfg.null_engine) {
+		/* the model engine arrives with the engine issue; until then say so plainly */
+		log_err("no engine: --null-engine is the only engine this build has");
+		return 1;
 	}
-	if (!cfg.n_allow_uid && !cfg.n_allow_gid) {
-		cfg.allow_uid[cfg.n_allow_uid++] = getuid();
-		if (getuid() != 0)
-			cfg.allow_uid[cfg.n_allow_uid++] = 0;
-	}
-
-	ret = install_signals();
+	ret = install_signals(d.stall_ms > 0);
 	if (!ret)
-		ret = check_fd_limit(cfg.max_clients);
+		ret = check_fd_limit(d.cfg.max_clients);
 	if (ret)
 		return 1;
-	nx = nullexec_build(null_step_us);
+	if (admin_fd < 0 && d.cfg.admin_socket_path) {
+		admin_fd = admin_listen_path(d.cfg.admin_socket_path, d.cfg.admin_socket_mode);
+		if (admin_fd < 0) {
+			log_err("%s: %s", d.cfg.admin_socket_path, strerror(-admin_fd));
+			return 1;
+		}
+	}
+	log_start();
+
+	d.engine_name = "null engine";
+	nx = nullexec_build(d.cfg.null_step_us);
 	if (!nx) {
 		log_err("out of memory");
-		return 1;
+		goto fail;
 	}
-	ret = server_build(&sv, &cfg, &nullexec_ops, nx, &stop_requested);
+	fill_server_config(&sc, &d.cfg);
+	sc.listen_fd = client_fd;
+	sc.admin_fd = admin_fd;
+	ret = server_build(&sv, &sc, &nullexec_ops, nx, &stop_requested);
 	if (ret) {
 		log_err("cannot start: %s", strerror(-ret));
 		server_free(&sv);
-		nullexec_free(nx);
-		return 1;
+		goto fail;
 	}
-	log_info("serving on %s (null engine%s), pid %d", cfg.socket_path,
-		 null_step_us ? ", streaming" : "", (int)getpid());
+	d.sv = &sv;
+	d.wd_ns = notify_watchdog_ns();
+	sv.hooks.tick = daemon_tick;
+	sv.hooks.ctx = &d;
+	if (d.wd_ns)
+		/* wake at least every half interval, so an idle daemon is not restarted */
+		sv.hooks.max_sleep_ms = (uint32_t)(d.wd_ns / 2 / 1000000ull) ?: 1;
+	if (sv.admin) {
+		admin_command_add(sv.admin, "status", cmd_status, &d);
+		admin_command_add(sv.admin, "drain", cmd_drain, &d);
+	}
+	log_info("serving on %s (%s%s)%s%s, pid %d",
+		 client_fd >= 0 ? "the socket from systemd" : d.cfg.socket_path, d.engine_name,
+		 d.cfg.null_step_us ? ", streaming" : "",
+		 admin_fd >= 0 ? ", admin socket " : "",
+		 admin_fd >= 0 ? (d.cfg.admin_socket_path ? d.cfg.admin_socket_path : "from systemd") : "",
+		 (int)getpid());
+	notify_ready();
 	ret = server_run(&sv);
+	if (!d.stopping_sent)
+		notify_stopping();
 	server_free(&sv);
 	nullexec_free(nx);
+	if (admin_fd >= 0 && d.cfg.admin_socket_path && n_fds <= 0)
+		unlink(d.cfg.admin_socket_path);
+	log_stop();
+	config_free(&d.cfg);
 	return ret ? 1 : 0;
+fail:
+	nullexec_free(nx);
+	log_stop();
+	config_free(&d.cfg);
+	return 1;
+too_many:
+	fprintf(stderr, "lorad: at most %d --allow-uid and %d --allow-gid\n", CONFIG_MAX_IDS,
+		CONFIG_MAX_IDS);
+	return 2;
 }

@@ -93,6 +93,12 @@ int server_build(struct server *sv, const struct server_config *cfg,
 	ev.data.ptr = &sv->ep_listen;
 	if (epoll_ctl(sv->ep, EPOLL_CTL_ADD, sv->listen_fd, &ev) < 0)
 		return -errno;
+	if (cfg->admin_fd >= 0) {
+		sv->admin = admin_build(sv->ep, cfg->admin_fd, cfg->admin_gid, cfg->have_admin_gid);
+		if (!sv->admin)
+			return -ENOMEM;
+	}
+	sv->started = now_ns();
 	if (cfg->cpu >= 0) {
 		cpu_set_t set;
 
@@ -137,7 +143,8 @@ static void session_end(struct server *sv, struct session *s, int reason)
 
 		(void)!send(s->sock, &bye, sizeof(bye), MSG_DONTWAIT | MSG_NOSIGNAL);
 	}
-	if (reason == -EPROTO)
+	sv->requests += s->requests;
+	if (reason == -EPROTO && log_ratelimit_ok(&sv->accept_rl, now_ns(), "clients"))
 		log_warn("client pid %d uid %u: protocol violation, session closed", (int)s->pid,
 			 (unsigned)s->uid);
 	else
@@ -175,14 +182,28 @@ static void bury(struct server *sv)
 	}
 }
 
-static bool peer_allowed(const struct server *sv, uid_t uid, gid_t gid)
+/*
+ * Allowed by uid, or by group: SO_PEERCRED carries only the primary group,
+ * so supplementary groups (a user added to lorad-clients) come from
+ * SO_PEERGROUPS.
+ */
+static bool peer_allowed(const struct server *sv, int fd, uid_t uid, gid_t gid)
 {
+	gid_t groups[256];
+	socklen_t len = sizeof(groups);
+
 	for (unsigned i = 0; i < sv->cfg.n_allow_uid; i++)
 		if (sv->cfg.allow_uid[i] == uid)
 			return true;
 	for (unsigned i = 0; i < sv->cfg.n_allow_gid; i++)
 		if (sv->cfg.allow_gid[i] == gid)
 			return true;
+	if (!sv->cfg.n_allow_gid || getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0)
+		return false;
+	for (unsigned k = 0; k < len / sizeof(gid_t); k++)
+		for (unsigned i = 0; i < sv->cfg.n_allow_gid; i++)
+			if (sv->cfg.allow_gid[i] == groups[k])
+				return true;
 	return false;
 }
 
@@ -213,15 +234,17 @@ static void accept_clients(struct server *sv)
 			close(fd);
 			continue;
 		}
-		if (!peer_allowed(sv, cred.uid, cred.gid)) {
-			log_warn("refused client pid %d: uid %u gid %u not allowed", (int)cred.pid,
+		if (!peer_allowed(sv, fd, cred.uid, cred.gid)) {
+			if (log_ratelimit_ok(&sv->accept_rl, now_ns(), "clients"))
+				log_warn("refused client pid %d: uid %u gid %u not allowed", (int)cred.pid,
 				 (unsigned)cred.uid, (unsigned)cred.gid);
 			send_refusal(fd, -EACCES);
 			close(fd);
 			continue;
 		}
 		if (sv->n_sessions >= sv->cfg.max_clients) {
-			log_warn("refused client pid %d: %u clients already", (int)cred.pid,
+			if (log_ratelimit_ok(&sv->accept_rl, now_ns(), "clients"))
+				log_warn("refused client pid %d: %u clients already", (int)cred.pid,
 				 sv->n_sessions);
 			send_refusal(fd, -EUSERS);
 			close(fd);
@@ -297,7 +320,8 @@ static int session_start(struct server *sv, struct session *s)
 	if (h.magic != LORAD_MAGIC)
 		return -EPROTO;
 	if (h.abi_major != LORAD_ABI_MAJOR) {
-		log_warn("refused client pid %d: ABI %u.%u, this daemon speaks %u.x", (int)s->pid,
+		if (log_ratelimit_ok(&sv->accept_rl, now_ns(), "clients"))
+			log_warn("refused client pid %d: ABI %u.%u, this daemon speaks %u.x", (int)s->pid,
 			 h.abi_major, h.abi_minor, LORAD_ABI_MAJOR);
 		send_refusal(s->sock, -EPROTONOSUPPORT);
 		return -EPROTONOSUPPORT;
@@ -308,7 +332,8 @@ static int session_start(struct server *sv, struct session *s)
 	}
 	region_layout_compute(&s->lay, h.sq_entries, h.cq_entries, h.arena_size);
 	if (sv->shm_used + s->lay.size > sv->cfg.shm_limit) {
-		log_warn("refused client pid %d: shared memory limit of %llu bytes reached",
+		if (log_ratelimit_ok(&sv->accept_rl, now_ns(), "clients"))
+			log_warn("refused client pid %d: shared memory limit of %llu bytes reached",
 			 (int)s->pid, (unsigned long long)sv->cfg.shm_limit);
 		send_refusal(s->sock, -ENOMEM);
 		return -ENOMEM;
@@ -404,6 +429,8 @@ static void server_io(struct server *sv, int timeout_ms)
 			accept_clients(sv);
 		else if (ref->kind == EP_SOCK && ref->s->state != SESSION_DEAD)
 			session_readable(sv, ref->s, evs[i].events);
+		else if (ref->kind != EP_SOCK && ref->kind != EP_SQ)
+			admin_event(sv->admin, ref, evs[i].events);
 	}
 }
 
@@ -514,11 +541,15 @@ static bool drain_done(struct server *sv, uint64_t now)
 			return false;
 		/* out of time: cancel the rest, each with a clear final completion */
 		for (s = sv->sessions; s; s = s->next)
-			for (struct sreq *r = s->inflight; r; r = r->next)
+			/* cancel may finish r at once and put it on the free list:
+			 * take its successor first */
+			for (struct sreq *r = s->inflight, *rn; r; r = rn) {
+				rn = r->next;
 				if (!r->cancelled) {
 					r->cancelled = true;
 					sv->ex->cancel(sv->exctx, r, -ESHUTDOWN);
 				}
+			}
 		return false;
 	}
 	for (s = sv->sessions; s; s = s->next)
@@ -531,12 +562,12 @@ static bool drain_done(struct server *sv, uint64_t now)
 int server_run(struct server *sv)
 {
 	uint64_t last_work = now_ns(), last_io = 0, last_house = 0;
-	uint64_t spin_ns = (uint64_t)sv->cfg.spin_us * 1000ull;
-
 	for (;;) {
-		uint64_t now = now_ns();
+		uint64_t now = now_ns(), spin_ns = (uint64_t)sv->cfg.spin_us * 1000ull;
 		int work;
 
+		if (sv->hooks.tick)
+			sv->hooks.tick(sv->hooks.ctx, sv, now);
 		if (*sv->stop_flag && !sv->draining)
 			drain_begin(sv, now);
 		if (now - last_io >= IO_POLL_NS) {
@@ -561,7 +592,13 @@ int server_run(struct server *sv)
 			ring_cpu_relax();
 			continue;
 		}
-		server_sleep(sv, sv->draining || sv->ex->busy(sv->exctx) ? 1 : SLEEP_MAX_MS);
+		int sleep_ms = SLEEP_MAX_MS;
+
+		if (sv->hooks.max_sleep_ms && sv->hooks.max_sleep_ms < (uint32_t)sleep_ms)
+			sleep_ms = (int)sv->hooks.max_sleep_ms;
+		if (sv->draining || sv->ex->busy(sv->exctx))
+			sleep_ms = 1;
+		server_sleep(sv, sleep_ms);
 		bury(sv);
 		last_work = now_ns();
 		last_io = last_work;
@@ -573,11 +610,37 @@ int server_run(struct server *sv)
 	return 0;
 }
 
+void server_reconfigure(struct server *sv, const struct server_config *cfg)
+{
+	/* what a running daemon can change: sockets and regions stay as they are */
+	sv->cfg.max_clients = cfg->max_clients;
+	sv->cfg.shm_limit = cfg->shm_limit;
+	sv->cfg.spin_us = cfg->spin_us;
+	sv->cfg.drain_ms = cfg->drain_ms;
+	memcpy(sv->cfg.allow_uid, cfg->allow_uid, sizeof(cfg->allow_uid));
+	sv->cfg.n_allow_uid = cfg->n_allow_uid;
+	memcpy(sv->cfg.allow_gid, cfg->allow_gid, sizeof(cfg->allow_gid));
+	sv->cfg.n_allow_gid = cfg->n_allow_gid;
+	sv->cfg.lim.sqe = cfg->lim.sqe;
+	sv->cfg.lim.max_inflight = cfg->lim.max_inflight;
+}
+
+unsigned server_inflight(const struct server *sv)
+{
+	unsigned n = 0;
+
+	for (const struct session *s = sv->sessions; s; s = s->next)
+		n += s->n_inflight;
+	return n;
+}
+
 void server_free(struct server *sv)
 {
 	while (sv->sessions)
 		session_end(sv, sv->sessions, -ESHUTDOWN);
 	bury(sv);
+	admin_free(sv->admin);
+	sv->admin = NULL;
 	if (sv->listen_fd >= 0)
 		close(sv->listen_fd);
 	if (sv->own_socket && sv->cfg.socket_path)

@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "admin.h"
+#include "log.h"
 #include "session.h"
 
 #define SERVER_MAX_IDS 16
@@ -30,6 +32,17 @@ struct server_config {
 	gid_t allow_gid[SERVER_MAX_IDS];
 	unsigned n_allow_gid;
 	struct session_limits lim;
+	int admin_fd;                /* listening admin socket (made or inherited), or -1 */
+	gid_t admin_gid;
+	bool have_admin_gid;
+};
+
+/* Called by the engine loop on every turn, for the daemon's own duties
+ * (watchdog, status, reload); must be cheap when there is nothing to do. */
+struct server_hooks {
+	void (*tick)(void *ctx, struct server *sv, uint64_t now);
+	void *ctx;
+	uint32_t max_sleep_ms;       /* the loop wakes at least this often */
 };
 
 struct server {
@@ -47,6 +60,11 @@ struct server {
 	bool draining;
 	uint64_t drain_deadline;
 	volatile sig_atomic_t *stop_flag;
+	struct server_hooks hooks;
+	struct admin *admin;
+	struct log_ratelimit accept_rl;
+	uint64_t requests;           /* accepted requests, for status */
+	uint64_t started;
 };
 
 /*
@@ -56,6 +74,12 @@ struct server {
 int server_build(struct server *sv, const struct server_config *cfg,
 		 const struct exec_ops *ex, void *exctx, volatile sig_atomic_t *stop_flag);
 void server_free(struct server *sv);
+
+/* Apply a reloaded config: limits and access lists; sessions keep their regions. */
+void server_reconfigure(struct server *sv, const struct server_config *cfg);
+
+/* Requests in flight over all sessions. */
+unsigned server_inflight(const struct server *sv);
 
 /* Serve until *stop_flag is set and the drain is over. Returns 0 or -errno. */
 int server_run(struct server *sv);

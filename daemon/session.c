@@ -18,21 +18,44 @@ uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
 }
 
+#define SREQ_CHUNK 64
+
+struct sreq_chunk {
+	struct sreq_chunk *next;
+	unsigned n;
+	struct sreq reqs[];
+};
+
+/* Add up to SREQ_CHUNK requests to the free list, never past @max in all. */
+static int sreq_grow(struct session *s, uint32_t max)
+{
+	unsigned n = max - s->n_reqs < SREQ_CHUNK ? max - s->n_reqs : SREQ_CHUNK;
+	struct sreq_chunk *c;
+
+	if (!n)
+		return -EBUSY;
+	c = calloc(1, sizeof(*c) + n * sizeof(struct sreq));
+	if (!c)
+		return -ENOMEM;
+	c->n = n;
+	c->next = s->chunks;
+	s->chunks = c;
+	for (unsigned i = 0; i < n; i++) {
+		c->reqs[i].s = s;
+		c->reqs[i].next = s->free_reqs;
+		s->free_reqs = &c->reqs[i];
+	}
+	s->n_reqs += n;
+	return 0;
+}
+
 int session_build(struct session *s, const struct session_limits *lim)
 {
-	uint32_t n = lim->max_inflight;
-
-	s->pool = calloc(n, sizeof(*s->pool));
-	s->pend = calloc(n, sizeof(*s->pend));
-	if (!s->pool || !s->pend)
+	s->pend_cap = SREQ_CHUNK;
+	s->pend = calloc(s->pend_cap, sizeof(*s->pend));
+	if (!s->pend)
 		return -ENOMEM;
-	s->pend_cap = n;
-	for (uint32_t i = 0; i < n; i++) {
-		s->pool[i].s = s;
-		s->pool[i].next = i + 1 < n ? &s->pool[i + 1] : NULL;
-	}
-	s->free_reqs = &s->pool[0];
-	return 0;
+	return sreq_grow(s, lim->max_inflight);
 }
 
 void session_free(struct session *s)
@@ -40,14 +63,16 @@ void session_free(struct session *s)
 	if (s->map)
 		munmap(s->map, s->lay.size);
 	s->map = NULL;
-	if (s->pool) {
-		for (uint32_t i = 0; i < s->pend_cap; i++)
-			if (s->pool[i].prompt && s->pool[i].prompt != s->pool[i].inline_prompt)
-				free(s->pool[i].prompt);
+	while (s->chunks) {
+		struct sreq_chunk *c = s->chunks;
+
+		s->chunks = c->next;
+		for (unsigned i = 0; i < c->n; i++)
+			if (c->reqs[i].prompt && c->reqs[i].prompt != c->reqs[i].inline_prompt)
+				free(c->reqs[i].prompt);
+		free(c);
 	}
-	free(s->pool);
 	free(s->pend);
-	s->pool = NULL;
 	s->pend = NULL;
 }
 
@@ -79,6 +104,19 @@ static void cq_put(struct session *s, const struct lorad_cqe *q)
 static void pend_put(struct session *s, const struct lorad_cqe *q)
 {
 	/* bounded: a request has at most one pending final and in-flight is capped */
+	if (s->pend_tail - s->pend_head == s->pend_cap) {
+		struct lorad_cqe *n = calloc(2 * s->pend_cap, sizeof(*n));
+
+		if (!n)
+			return;   /* out of memory: the client will see its request hang, not the daemon crash */
+		for (uint32_t i = 0; i < s->pend_cap; i++)
+			n[i] = s->pend[(s->pend_head + i) % s->pend_cap];
+		free(s->pend);
+		s->pend = n;
+		s->pend_head = 0;
+		s->pend_tail = s->pend_cap;
+		s->pend_cap *= 2;
+	}
 	s->pend[s->pend_tail % s->pend_cap] = *q;
 	s->pend_tail++;
 	s->cq_blocked = true;
@@ -236,9 +274,16 @@ static void take_entry(struct session *s, const struct lorad_sqe *e,
 		session_post_error(s, e, -ESHUTDOWN, LORAD_FIELD_NONE);
 		return;
 	}
-	if (!s->free_reqs || s->n_inflight >= lim->max_inflight) {
+	if (s->n_inflight >= lim->max_inflight) {
 		session_post_error(s, e, -EBUSY, LORAD_FIELD_NONE);
 		return;
+	}
+	if (!s->free_reqs) {
+		ret = sreq_grow(s, lim->max_inflight);
+		if (ret) {
+			session_post_error(s, e, ret, LORAD_FIELD_NONE);
+			return;
+		}
 	}
 	r = s->free_reqs;
 	s->free_reqs = r->next;
@@ -266,6 +311,7 @@ static void take_entry(struct session *s, const struct lorad_sqe *e,
 		s->inflight->prev = r;
 	s->inflight = r;
 	s->n_inflight++;
+	s->requests++;
 	ex->submit(exctx, r);
 }
 

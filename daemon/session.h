@@ -19,6 +19,7 @@
 
 struct session;
 struct server;
+struct sreq_chunk;
 
 /* A request the daemon accepted: the private copy of its entry and prompt. */
 struct sreq {
@@ -78,18 +79,20 @@ struct session {
 	bool cq_dirty;               /* posted since the last publish */
 	bool cq_blocked;             /* has work waiting for CQ room */
 
-	struct sreq *pool;           /* max_inflight requests, no allocation per request */
+	struct sreq_chunk *chunks;   /* requests come from chunks that grow up to max_inflight */
+	unsigned n_reqs;
 	struct sreq *free_reqs;
 	struct sreq *inflight;
 	unsigned n_inflight;
 
-	struct lorad_cqe *pend;      /* finals waiting for CQ room: a ring of max_inflight */
+	struct lorad_cqe *pend;      /* finals waiting for CQ room: grows, bounded by in-flight */
 	uint32_t pend_head, pend_tail, pend_cap;
 
 	struct epref ep_sock, ep_sq;
 	struct session *next;
 	int close_reason;
 	uint64_t id;
+	uint64_t requests;           /* accepted, for status */
 };
 
 struct session_limits {
@@ -98,7 +101,7 @@ struct session_limits {
 	uint32_t poll_budget;        /* entries taken per session per pass */
 };
 
-/* Allocate the per-request pool. Returns 0 or -ENOMEM. */
+/* Allocate the first requests and the pending ring. Returns 0 or -ENOMEM. */
 int session_build(struct session *s, const struct session_limits *lim);
 void session_free(struct session *s);
 

@@ -1,0 +1,93 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The daemon's configuration: defaults, then the config file (INI, read
+ * with inih), then the command line. A bad line is reported with its line
+ * number; at start lorad refuses to run, on reload it keeps the old config.
+ */
+#ifndef LORAD_CONFIG_H
+#define LORAD_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define CONFIG_MAX_IDS      16
+#define CONFIG_MAX_ADAPTERS 256
+#define CONFIG_MAX_ROUTES   256
+#define CONFIG_MAX_TARGETS  16
+#define CONFIG_NAME_MAX     32   /* = LORAD_SKILL_MAX */
+
+struct config_adapter {
+	char name[CONFIG_NAME_MAX];     /* skill name */
+	char version[CONFIG_NAME_MAX];  /* "" = derived from the files' hash */
+	char *path;
+};
+
+struct config_route {
+	char skill[CONFIG_NAME_MAX];
+	unsigned n;
+	char target[CONFIG_MAX_TARGETS][2 * CONFIG_NAME_MAX]; /* "name@version" */
+	uint32_t weight[CONFIG_MAX_TARGETS];
+};
+
+struct config {
+	/* [daemon] */
+	char *socket_path;
+	char *admin_socket_path;
+	unsigned socket_mode;
+	unsigned admin_socket_mode;
+	char *state_dir;
+	char *model_dir;
+	char *backend;                  /* "auto", "cpu", "cuda" */
+	bool null_engine;
+	uint32_t null_step_us;
+	uint32_t spin_us;
+	uint32_t drain_ms;
+	int cpu;
+	int log_level;
+	/* [limits] */
+	uint32_t max_clients;
+	uint32_t max_inflight;
+	uint32_t max_tokens;
+	uint64_t shm_limit;
+	/* [access] */
+	uid_t allow_uid[CONFIG_MAX_IDS];
+	unsigned n_allow_uid;
+	gid_t allow_gid[CONFIG_MAX_IDS];
+	unsigned n_allow_gid;
+	gid_t admin_gid;
+	bool have_admin_gid;
+	/* [pool] */
+	uint64_t device_budget;
+	uint64_t host_budget;
+	/* [adapter NAME] */
+	struct config_adapter adapter[CONFIG_MAX_ADAPTERS];
+	unsigned n_adapters;
+	/* [route SKILL] */
+	struct config_route route[CONFIG_MAX_ROUTES];
+	unsigned n_routes;
+};
+
+/* Fill @c with the built-in defaults. */
+void config_defaults(struct config *c);
+
+/*
+ * Read @path into @c (which holds defaults or an older config). Returns 0,
+ * or -EINVAL with @err saying "FILE:LINE: what is wrong", or -errno when the
+ * file cannot be read.
+ */
+int config_load(struct config *c, const char *path, char *err, size_t errlen);
+
+/* Check the whole config for consistency (after the command line). */
+int config_check(const struct config *c, char *err, size_t errlen);
+
+/* Free the strings of @c. */
+void config_free(struct config *c);
+
+/* Deep copy, for keeping the old config across a reload. Returns 0 or -ENOMEM. */
+int config_copy(struct config *dst, const struct config *src);
+
+/* "64M", "2G", "4096": bytes. Returns 0 or -EINVAL. */
+int config_parse_size(const char *s, uint64_t *out);
+
+#endif

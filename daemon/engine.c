@@ -213,6 +213,15 @@ nomem:
 	return fail(err, errlen, -ENOMEM, "out of memory");
 }
 
+int engine_seq_preempt(struct engine *e, struct engine_seq *s)
+{
+	if (s->finish)
+		return -EINVAL;
+	kv_table_release(&e->pool, &s->kv);
+	s->n_computed = 0;
+	return 0;
+}
+
 int engine_seq_pending(const struct engine_seq *s)
 {
 	return s->finish ? 0 : s->n_tokens - s->n_computed;

@@ -107,6 +107,13 @@ int engine_seq_new(struct engine *e, const int32_t *prompt, int n,
 /* Returns the sequence's KV blocks to the pool and frees it. NULL is a no-op. */
 void engine_seq_free(struct engine *e, struct engine_seq *s);
 
+/* Preempts a running sequence: its KV blocks go back to the pool and all
+ * its tokens (prompt and generated so far) are run again when it is next
+ * stepped, after which sampling continues where it stopped. The counter-
+ * based sampler makes the continuation identical to an unpreempted run.
+ * Returns 0, or -EINVAL for a finished sequence. */
+int engine_seq_preempt(struct engine *e, struct engine_seq *s);
+
 /* How many of the sequence's tokens wait to be run: the rest of the prompt,
  * or 1 after a token was sampled; 0 when finished. */
 int engine_seq_pending(const struct engine_seq *s);

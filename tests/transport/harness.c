@@ -313,7 +313,10 @@ int raw_hello(const char *path, const struct lorad_hello *hello,
 	memcpy(sa.sun_path, path, strlen(path) + 1);
 	if (connect(sock, (struct sockaddr *)&sa, sizeof(sa)) < 0)
 		goto err_errno;
-	if (send(sock, hello, sizeof(*hello), MSG_NOSIGNAL) != (ssize_t)sizeof(*hello))
+	/* a daemon that refuses at accept time may have answered and closed
+	 * before the hello arrives: then read its answer anyway */
+	if (send(sock, hello, sizeof(*hello), MSG_NOSIGNAL) != (ssize_t)sizeof(*hello) &&
+	    errno != EPIPE && errno != ECONNRESET)
 		goto err_errno;
 	p.fd = sock;
 	p.events = POLLIN;

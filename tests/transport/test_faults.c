@@ -377,7 +377,9 @@ static void test_kill_client(void **state)
 			fail_msg("session %d of 4: %s", i, lorad_strerror(r));
 		roundtrip(c[i], (uint64_t)i << 40, 8);
 	}
-	assert_int_equal(lorad_connect(d.sock, NULL, &c[4]), -EUSERS);
+	/* refused at accept time, whatever the race with our hello */
+	for (int i = 0; i < 50; i++)
+		assert_int_equal(lorad_connect(d.sock, NULL, &c[4]), -EUSERS);
 	for (int i = 0; i < 4; i++)
 		lorad_close(c[i]);
 	stop_clean(&d);
@@ -640,14 +642,21 @@ static void test_uid(void **state)
 
 		if (setgroups(0, NULL) || setgid(65534) || setuid(65534))
 			_exit(2);
-		raw_hello_default(&h);
-		if (raw_hello(d.sock, &h, &w, fds, &sock))
-			_exit(3);   /* connect() itself failed: not the daemon's refusal */
-		if (w.magic != LORAD_MAGIC || w.status != -EACCES || fds[0] >= 0)
-			_exit(4);
-		close(sock);
-		if (lorad_connect(d.sock, NULL, &cc) != -EACCES)
-			_exit(5);
+		/* many times: the daemon refuses at accept time, racing our hello */
+		for (int i = 0; i < 200; i++) {
+			raw_hello_default(&h);
+			if (raw_hello(d.sock, &h, &w, fds, &sock))
+				_exit(3);   /* connect() itself failed: not the daemon's refusal */
+			if (w.magic != LORAD_MAGIC || w.status != -EACCES || fds[0] >= 0)
+				_exit(4);
+			close(sock);
+			int r = lorad_connect(d.sock, NULL, &cc);
+
+			if (r != -EACCES) {
+				fprintf(stderr, "connect as nobody, try %d: %s\n", i, lorad_strerror(r));
+				_exit(5);
+			}
+		}
 		_exit(0);
 	}
 	assert_int_equal(wait_child(child, 10000), 0);
@@ -1118,8 +1127,15 @@ static void slow_client(const char *const *args, bool streaming)
 			sleep_ms(1);
 		}
 	}
-	assert_int_equal(n, 16);
-	assert_int_equal(lorad_pending(c), 16);
+	if (streaming) {
+		/* streaming updates coalesce, so how many the daemon took before the
+		 * CQ filled varies; it took some, then stopped, and the SQ is full */
+		assert_true(n > 8 && n < 64);
+	} else {
+		/* each entry completes at once: exactly one CQ and one SQ full */
+		assert_int_equal(n, 16);
+	}
+	assert_int_equal(lorad_pending(c), n);
 
 	/* another client is served at full speed meanwhile */
 	other = honest_spawn(d.sock, &o);

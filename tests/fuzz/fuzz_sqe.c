@@ -1,0 +1,63 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Fuzz target: bytes -> struct lorad_sqe -> sqe_load + sqe_validate with
+ * fixed limits. Beyond not crashing, an accepted entry must really be inside
+ * the limits (spans in the arena without wrap-around, output large enough and
+ * apart from the prompt, finite sampling values, a terminated skill name), and
+ * a refused one must name a field.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "validate.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static const struct sqe_limits lim = {
+	.arena_size = 1u << 20, .max_tokens = 4096, .max_prompt = 1u << 16,
+};
+
+#define CHECK(c) do { if (!(c)) __builtin_trap(); } while (0)
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	struct lorad_sqe shared, e;
+	enum lorad_field field;
+	int r;
+
+	memset(&shared, 0, sizeof(shared));
+	memcpy(&shared, data, size < sizeof(shared) ? size : sizeof(shared));
+	sqe_load(&e, &shared);
+	CHECK(!memcmp(&e, &shared, sizeof(e)));
+	r = sqe_validate(&e, &lim, &field);
+	if (r) {
+		CHECK(r == -EINVAL || r == -E2BIG);
+		CHECK(field > LORAD_FIELD_NONE && field < LORAD_FIELD__MAX);
+		return 0;
+	}
+	CHECK(field == LORAD_FIELD_NONE);
+	CHECK(e.opcode == LORAD_OP_GENERATE || e.opcode == LORAD_OP_CANCEL);
+	CHECK(e.rsvd0 == 0);
+	if (e.opcode == LORAD_OP_CANCEL)
+		return 0;
+	CHECK(e.prompt_len > 0);
+	CHECK((uint64_t)e.prompt_off + e.prompt_len <= lim.arena_size);
+	CHECK((uint64_t)e.out_off + e.out_len <= lim.arena_size);
+	CHECK((uint64_t)e.out_len >= (uint64_t)e.max_tokens * 4);
+	CHECK(e.max_tokens > 0 && e.max_tokens <= lim.max_tokens);
+	CHECK(e.out_off % 4 == 0);
+	CHECK(e.out_off >= (uint64_t)e.prompt_off + e.prompt_len ||
+	      e.prompt_off >= (uint64_t)e.out_off + e.out_len);
+	if (e.prompt_kind == LORAD_PROMPT_TOKENS)
+		CHECK(e.prompt_off % 4 == 0 && e.prompt_len % 4 == 0 &&
+		      e.prompt_len / 4 <= lim.max_prompt);
+	CHECK(e.prompt_kind < LORAD_PROMPT__MAX);
+	CHECK(!(e.flags & ~LORAD_SQE_F__ALL));
+	CHECK(isfinite(e.temperature) && isfinite(e.top_p) && isfinite(e.min_p) &&
+	      isfinite(e.repetition_penalty) && isfinite(e.presence_penalty));
+	CHECK(memchr(e.skill, 0, sizeof(e.skill)) != NULL);
+	return 0;
+}

@@ -25,6 +25,9 @@ void config_defaults(struct config *c)
 	c->max_inflight = 256;
 	c->max_tokens = 4096;
 	c->shm_limit = 1ull << 30;
+	c->kv_tokens = 16384;
+	c->max_seqs = 64;
+	c->step_tokens = 512;
 	c->device_budget = 1ull << 30;
 	c->host_budget = 4ull << 30;
 }
@@ -306,10 +309,14 @@ static int on_entry(void *user, const char *section, const char *key, const char
 		}
 		uint32_t *dst = !strcmp(key, "max_clients") ? &c->max_clients :
 				!strcmp(key, "max_inflight") ? &c->max_inflight :
-				!strcmp(key, "max_tokens") ? &c->max_tokens : NULL;
+				!strcmp(key, "max_tokens") ? &c->max_tokens :
+				!strcmp(key, "kv_tokens") ? &c->kv_tokens :
+				!strcmp(key, "max_seqs") ? &c->max_seqs :
+				!strcmp(key, "step_tokens") ? &c->step_tokens :
+				!strcmp(key, "threads") ? &c->threads : NULL;
 		if (!dst)
 			FAIL("unknown key '%s' in [limits]", key);
-		if (parse_u32(val, dst, 10) || !*dst)
+		if (parse_u32(val, dst, 10) || (!*dst && dst != &c->threads))
 			FAIL("%s: '%s' is not a positive number", key, val);
 		return 1;
 	}

@@ -50,6 +50,10 @@ struct config {
 	uint32_t max_inflight;
 	uint32_t max_tokens;
 	uint64_t shm_limit;
+	uint32_t kv_tokens;             /* KV cache size in token positions */
+	uint32_t max_seqs;              /* sequences running at once */
+	uint32_t step_tokens;           /* token budget of one engine step */
+	uint32_t threads;               /* compute threads; 0 = all cores */
 	/* [access] */
 	uid_t allow_uid[CONFIG_MAX_IDS];
 	unsigned n_allow_uid;

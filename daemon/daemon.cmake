@@ -7,9 +7,10 @@ add_library(lorad_daemon_core STATIC
   ${CMAKE_CURRENT_LIST_DIR}/admin.c
   ${CMAKE_CURRENT_LIST_DIR}/session.c
   ${CMAKE_CURRENT_LIST_DIR}/server.c
-  ${CMAKE_CURRENT_LIST_DIR}/nullexec.c)
+  ${CMAKE_CURRENT_LIST_DIR}/nullexec.c
+  ${CMAKE_CURRENT_LIST_DIR}/scheduler.c)
 target_include_directories(lorad_daemon_core PUBLIC ${CMAKE_CURRENT_LIST_DIR})
-target_link_libraries(lorad_daemon_core PUBLIC lorad_shm Threads::Threads
+target_link_libraries(lorad_daemon_core PUBLIC lorad_shm lorad_engine Threads::Threads
   PkgConfig::SYSTEMD PkgConfig::INIH PkgConfig::JSONC)
 
 add_executable(lorad ${CMAKE_CURRENT_LIST_DIR}/main.c)

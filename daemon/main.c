@@ -18,6 +18,8 @@
 #include "log.h"
 #include "notify.h"
 #include "nullexec.h"
+#include "engine.h"
+#include "scheduler.h"
 #include "server.h"
 
 static volatile sig_atomic_t stop_requested, reload_requested, stall_requested;
@@ -81,6 +83,11 @@ static void usage(FILE *f)
 		"  --socket PATH        client socket to create, unless systemd passes one\n"
 		"  --admin-socket PATH  operators' socket to create, unless systemd passes one\n"
 		"  --socket-mode OCTAL  permissions of the client socket file (default 0660)\n"
+		"  --model DIR          Hugging Face model directory to serve\n"
+		"  --kv-tokens N        KV cache size in token positions (default 16384)\n"
+		"  --max-seqs N         sequences running at once (default 64)\n"
+		"  --step-tokens N      token budget of one engine step (default 512)\n"
+		"  --threads N          compute threads (default: all cores)\n"
 		"  --null-engine        serve without a model: echo checksums and generated ids\n"
 		"  --null-step-us N     null engine streams one token per N us (default 0: at once)\n"
 		"  --spin-us N          poll the rings this long after the last work before sleeping (default 50)\n"
@@ -116,6 +123,8 @@ struct daemon {
 	uint32_t stall_ms;
 	bool stopping_sent;
 	const char *engine_name;
+	char engine_buf[300];
+	struct sched *sched;
 };
 
 static void fill_server_config(struct server_config *sc, const struct config *c)
@@ -268,7 +277,7 @@ int main(int argc, char **argv)
 {
 	enum { O_CONFIG = 256, O_SOCKET, O_ADMIN, O_MODE, O_NULL, O_NULLSTEP, O_SPIN, O_MAXCL,
 	       O_MAXINF, O_MAXTOK, O_SHM, O_UID, O_GID, O_DRAIN, O_CPU, O_VERBOSE, O_STALL,
-	       O_HELP };
+	       O_HELP, O_MODEL, O_KV, O_SEQS, O_STEPTOK, O_THREADS };
 	static const struct option opts[] = {
 		{ "config", required_argument, 0, O_CONFIG },
 		{ "socket", required_argument, 0, O_SOCKET },
@@ -288,12 +297,21 @@ int main(int argc, char **argv)
 		{ "verbose", no_argument, 0, O_VERBOSE },
 		{ "debug-stall-ms", required_argument, 0, O_STALL },
 		{ "help", no_argument, 0, O_HELP },
+		{ "model", required_argument, 0, O_MODEL },
+		{ "kv-tokens", required_argument, 0, O_KV },
+		{ "max-seqs", required_argument, 0, O_SEQS },
+		{ "step-tokens", required_argument, 0, O_STEPTOK },
+		{ "threads", required_argument, 0, O_THREADS },
 		{ 0, 0, 0, 0 },
 	};
 	static struct daemon d;   /* large (adapter and route tables): not on the stack */
 	bool cli_access = false;
 	struct server_config sc;
 	struct nullexec *nx = NULL;
+	struct engine *eng = NULL;
+	struct sched *sch = NULL;
+	const struct exec_ops *ex;
+	void *exctx;
 	struct server sv;
 	char err[512];
 	int c, ret, client_fd = -1, admin_fd = -1, n_fds;
@@ -328,6 +346,7 @@ int main(int argc, char **argv)
 			d.cfg.admin_socket_path = strdup(optarg);
 			continue;
 		case O_NULL: d.cfg.null_engine = true; continue;
+		case O_MODEL: free(d.cfg.model_dir); d.cfg.model_dir = strdup(optarg); continue;
 		case O_VERBOSE: verbose = true; continue;
 		case O_HELP: case 'h': usage(stdout); return 0;
 		case '?': usage(stderr); return 2;
@@ -354,6 +373,10 @@ int main(int argc, char **argv)
 		case O_DRAIN: d.cfg.drain_ms = (uint32_t)v; break;
 		case O_CPU: d.cfg.cpu = (int)v; break;
 		case O_STALL: d.stall_ms = (uint32_t)v; break;
+		case O_KV: d.cfg.kv_tokens = (uint32_t)v; break;
+		case O_SEQS: d.cfg.max_seqs = (uint32_t)v; break;
+		case O_STEPTOK: d.cfg.step_tokens = (uint32_t)v; break;
+		case O_THREADS: d.cfg.threads = (uint32_t)v; break;
 		case O_UID:
 		case O_GID:
 			if (!cli_access) {
@@ -393,9 +416,8 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	if (!d.cfg.null_engine) {
-		/* the model engine arrives with the engine issue; until then say so plainly */
-		log_err("no engine: --null-engine is the only engine this build has");
+	if (!d.cfg.null_engine && !d.cfg.model_dir) {
+		log_err("no model: give --model DIR, model= in [daemon], or --null-engine");
 		return 1;
 	}
 	ret = install_signals(d.stall_ms > 0);
@@ -412,16 +434,48 @@ int main(int argc, char **argv)
 	}
 	log_start();
 
-	d.engine_name = "null engine";
-	nx = nullexec_build(d.cfg.null_step_us);
-	if (!nx) {
-		log_err("out of memory");
-		goto fail;
+	if (d.cfg.null_engine) {
+		d.engine_name = "null engine";
+		nx = nullexec_build(d.cfg.null_step_us);
+		if (!nx) {
+			log_err("out of memory");
+			goto fail;
+		}
+		ex = &nullexec_ops;
+		exctx = nx;
+	} else {
+		struct engine_opts eo = { .kv_tokens = (int)d.cfg.kv_tokens,
+					  .n_threads = (int)d.cfg.threads };
+		struct sched_opts so = { .max_seqs = (int)d.cfg.max_seqs,
+					 .step_tokens = (int)d.cfg.step_tokens };
+		uint64_t t0 = now_ns();
+
+		/* loaded before READY=1: under socket activation clients wait in the backlog */
+		ret = engine_load(d.cfg.model_dir, &eo, &eng, err, sizeof(err));
+		if (ret) {
+			log_err("%s", err);
+			goto fail;
+		}
+		sch = sched_build(eng, &so);
+		if (!sch) {
+			log_err("out of memory");
+			goto fail;
+		}
+		snprintf(d.engine_buf, sizeof(d.engine_buf), "%s backend, model %s",
+			 engine_backend_name(eng), d.cfg.model_dir);
+		d.engine_name = d.engine_buf;
+		d.sched = sch;
+		log_info("loaded %s in %.2f s: %d layers, vocabulary %d, KV cache %d tokens",
+			 d.cfg.model_dir, (now_ns() - t0) / 1e9, engine_config(eng)->n_layers,
+			 engine_config(eng)->vocab,
+			 engine_kv_total(eng) * engine_kv_block_size(eng));
+		ex = &sched_ops;
+		exctx = sch;
 	}
 	fill_server_config(&sc, &d.cfg);
 	sc.listen_fd = client_fd;
 	sc.admin_fd = admin_fd;
-	ret = server_build(&sv, &sc, &nullexec_ops, nx, &stop_requested);
+	ret = server_build(&sv, &sc, ex, exctx, &stop_requested);
 	if (ret) {
 		log_err("cannot start: %s", strerror(-ret));
 		server_free(&sv);
@@ -450,6 +504,8 @@ int main(int argc, char **argv)
 		notify_stopping();
 	server_free(&sv);
 	nullexec_free(nx);
+	sched_free(sch);
+	engine_free(eng);
 	if (admin_fd >= 0 && d.cfg.admin_socket_path && n_fds <= 0)
 		unlink(d.cfg.admin_socket_path);
 	log_stop();
@@ -457,6 +513,8 @@ int main(int argc, char **argv)
 	return ret ? 1 : 0;
 fail:
 	nullexec_free(nx);
+	sched_free(sch);
+	engine_free(eng);
 	log_stop();
 	config_free(&d.cfg);
 	return 1;

@@ -224,8 +224,9 @@ void sreq_emit(struct sreq *r, bool final, int res, unsigned finish, unsigned fi
 	if (final) {
 		q.finish = (uint16_t)finish;
 		q.err_field = (uint16_t)field;
+		if (r->t_admit)
+			q.queue_us = us_between(r->t_seen, r->t_admit);
 		if (r->t_first) {
-			q.queue_us = 0;
 			q.ttft_us = us_between(r->t_seen, r->t_first);
 			if (r->n_out > 1)
 				q.itl_us = us_between(r->t_first, r->t_last) / (r->n_out - 1);
@@ -302,7 +303,7 @@ static void take_entry(struct session *s, const struct lorad_sqe *e,
 	r->checksum = lorad_checksum32(r->prompt, e->prompt_len);
 	r->n_out = 0;
 	r->t_seen = now;
-	r->t_first = r->t_last = 0;
+	r->t_admit = r->t_first = r->t_last = 0;
 	r->cancelled = false;
 	r->exec = NULL;
 	r->prev = NULL;

@@ -29,7 +29,7 @@ struct sreq {
 	uint32_t n_prompt;
 	uint32_t checksum;           /* of the prompt bytes as read */
 	uint32_t n_out;              /* ids written to the client's output */
-	uint64_t t_seen, t_first, t_last;
+	uint64_t t_seen, t_admit, t_first, t_last;
 	bool cancelled;
 	struct sreq *next, *prev;    /* session's in-flight list */
 	void *exec;                  /* the executor's per-request state */
@@ -118,6 +118,12 @@ int session_flush(struct session *s);
 
 /* True when the session has entries to consume or pending finals that now fit. */
 bool session_ready(struct session *s);
+
+/* The client's output buffer of @r: out_len / 4 token ids. */
+static inline uint32_t *sreq_out(struct sreq *r)
+{
+	return (uint32_t *)(void *)(r->s->arena + r->e.out_off);
+}
 
 /* Post a completion for @r. @final ends it and returns it to the pool. */
 void sreq_emit(struct sreq *r, bool final, int res, unsigned finish, unsigned field);

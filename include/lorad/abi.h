@@ -152,6 +152,26 @@ struct lorad_sqe {
 	char     skill[LORAD_SKILL_MAX]; /* 96 NUL-terminated; "" = base */
 };
 
+/*
+ * Extended parameters, at sqe.ext_off in the arena when sqe.ext_len is not
+ * zero: this header, then n_stop uint32 stop token ids, then n_bias
+ * struct lorad_logit_bias. ext_len is exactly the sum of those sizes.
+ */
+struct lorad_ext {
+	uint32_t n_stop;         /* at most LORAD_MAX_STOP */
+	uint32_t n_bias;         /* at most LORAD_MAX_BIAS */
+	uint32_t min_tokens;     /* no EOS or stop id before this many tokens */
+	uint32_t reserved;       /* must be zero */
+};
+
+struct lorad_logit_bias {
+	uint32_t token;
+	float    bias;
+};
+
+#define LORAD_MAX_STOP  64
+#define LORAD_MAX_BIAS  1024
+
 enum lorad_finish {
 	LORAD_FINISH_NONE = 0,       /* not final */
 	LORAD_FINISH_LENGTH,         /* max_tokens reached */
@@ -206,6 +226,8 @@ static_assert(sizeof(struct lorad_ring_ctl) == 3 * LORAD_CACHELINE, "ring ctl la
 static_assert(sizeof(struct lorad_region_stats) == 32, "stats layout");
 static_assert(sizeof(struct lorad_region_hdr) == 72, "region header layout");
 static_assert(sizeof(struct lorad_sqe) == 128, "sqe layout");
+static_assert(sizeof(struct lorad_ext) == 16, "ext layout");
+static_assert(sizeof(struct lorad_logit_bias) == 8, "logit bias layout");
 static_assert(sizeof(struct lorad_cqe) == 64, "cqe layout");
 static_assert(__builtin_offsetof(struct lorad_sqe, skill) == 96, "sqe skill offset");
 static_assert(__builtin_offsetof(struct lorad_cqe, version) == 48, "cqe version offset");

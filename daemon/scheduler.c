@@ -1,0 +1,510 @@
+/* SPDX-License-Identifier: MIT */
+#include "scheduler.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+struct sjob {
+	struct sreq *r;
+	struct engine_seq *seq;
+	uint64_t order;           /* arrival: older first within a client, newest preempted first */
+	uint32_t sent;            /* generated ids already written to the client */
+	bool running;
+	struct sjob *next, *prev; /* in waiting or running, by order */
+};
+
+struct sched {
+	struct engine *e;
+	struct sched_opts o;
+	struct sjob *waiting, *running;
+	unsigned n_waiting, n_running;
+	uint64_t order;
+	sched_skill_fn skill_fn;
+	void *skill_ctx;
+	/* one step's batch */
+	struct engine_seq **seqs;
+	struct sjob **jobs;
+	int *n_new;
+	struct sched_stats st;
+	char err[256];
+};
+
+/* --- lists ---------------------------------------------------------------------- */
+
+static void list_remove(struct sjob **head, struct sjob *j)
+{
+	if (j->prev)
+		j->prev->next = j->next;
+	else
+		*head = j->next;
+	if (j->next)
+		j->next->prev = j->prev;
+	j->next = j->prev = NULL;
+}
+
+/* Insert keeping the list sorted by order, so a preempted job returns to its place. */
+static void list_insert(struct sjob **head, struct sjob *j)
+{
+	struct sjob *prev = NULL, *cur = *head;
+
+	while (cur && cur->order < j->order) {
+		prev = cur;
+		cur = cur->next;
+	}
+	j->prev = prev;
+	j->next = cur;
+	if (cur)
+		cur->prev = j;
+	if (prev)
+		prev->next = j;
+	else
+		*head = j;
+}
+
+/* --- completions -------------------------------------------------------------------- */
+
+static void job_free(struct sched *s, struct sjob *j)
+{
+	if (j->running) {
+		list_remove(&s->running, j);
+		s->n_running--;
+	} else {
+		list_remove(&s->waiting, j);
+		s->n_waiting--;
+	}
+	engine_seq_free(s->e, j->seq);
+	j->r->exec = NULL;
+	free(j);
+}
+
+/* Copy newly generated ids to the client and announce them (or end the request). */
+static void job_stream(struct sched *s, struct sjob *j, uint64_t now)
+{
+	struct engine_seq *q = j->seq;
+	struct sreq *r = j->r;
+	uint32_t n = (uint32_t)q->n_generated;
+	bool fresh = n > j->sent;
+
+	if (fresh) {
+		uint32_t *out = sreq_out(r);
+
+		for (uint32_t i = j->sent; i < n; i++)
+			out[i] = (uint32_t)q->tokens[q->n_prompt + i];
+		s->st.tokens += n - j->sent;
+		j->sent = n;
+		r->n_out = n;
+		if (!r->t_first)
+			r->t_first = now;
+		r->t_last = now;
+	}
+	if (!q->finish) {
+		if (fresh)
+			sreq_emit(r, false, 0, 0, 0);
+		return;
+	}
+	if (q->finish == ENGINE_FINISH_ERROR)
+		sreq_emit(r, true, q->error ? q->error : -EIO, LORAD_FINISH_ERROR, 0);
+	else
+		sreq_emit(r, true, 0, q->finish == ENGINE_FINISH_STOP ? LORAD_FINISH_STOP
+								       : LORAD_FINISH_LENGTH, 0);
+	job_free(s, j);
+}
+
+/* --- the exec interface ---------------------------------------------------------------- */
+
+static int read_ext(struct sreq *r, struct engine_seq_params *p, int32_t **stops,
+		    struct sample_bias **bias)
+{
+	struct lorad_ext h;
+	unsigned char *base;
+	uint64_t need;
+
+	if (!r->e.ext_len)
+		return 0;
+	if (r->e.ext_len < sizeof(h))
+		return -EINVAL;
+	base = r->s->arena + r->e.ext_off;
+	memcpy(&h, base, sizeof(h));   /* one read of each shared byte, into private memory */
+	if (h.reserved || h.n_stop > LORAD_MAX_STOP || h.n_bias > LORAD_MAX_BIAS)
+		return -EINVAL;
+	need = sizeof(h) + (uint64_t)h.n_stop * 4 + (uint64_t)h.n_bias * 8;
+	if (need != r->e.ext_len)
+		return -EINVAL;
+	if (h.n_stop) {
+		*stops = malloc(h.n_stop * sizeof(**stops));
+		if (!*stops)
+			return -ENOMEM;
+		memcpy(*stops, base + sizeof(h), h.n_stop * 4);
+	}
+	if (h.n_bias) {
+		*bias = malloc(h.n_bias * sizeof(**bias));
+		if (!*bias)
+			return -ENOMEM;
+		for (uint32_t i = 0; i < h.n_bias; i++) {
+			struct lorad_logit_bias b;
+
+			memcpy(&b, base + sizeof(h) + h.n_stop * 4 + i * 8, 8);
+			(*bias)[i].token = (int32_t)b.token;
+			(*bias)[i].bias = b.bias;
+		}
+	}
+	p->sample.stop_ids = *stops;
+	p->sample.n_stop = (int)h.n_stop;
+	p->sample.logit_bias = *bias;
+	p->sample.n_logit_bias = (int)h.n_bias;
+	p->sample.min_tokens = (int)h.min_tokens;
+	return 0;
+}
+
+static void sc_submit(void *ctx, struct sreq *r)
+{
+	struct sched *s = ctx;
+	struct engine_seq_params p = { 0 };
+	int32_t *stops = NULL;
+	struct sample_bias *bias = NULL;
+	struct sjob *j = NULL;
+	int adapter = 0, ret;
+	uint32_t version = 0;
+
+	if (r->e.prompt_kind != LORAD_PROMPT_TOKENS) {
+		sreq_emit(r, true, -EOPNOTSUPP, LORAD_FINISH_ERROR, LORAD_FIELD_PROMPT_KIND);
+		return;
+	}
+	if (r->e.skill[0] && strcmp(r->e.skill, "base")) {
+		ret = s->skill_fn ? s->skill_fn(s->skill_ctx, r->e.skill, r->e.routing_key, &adapter,
+						&version)
+				  : -ENOENT;
+		if (ret) {
+			sreq_emit(r, true, ret, LORAD_FINISH_ERROR, LORAD_FIELD_SKILL);
+			return;
+		}
+	}
+	(void)adapter;
+	sample_params_default(&p.sample);
+	p.sample.temperature = r->e.temperature;
+	p.sample.top_k = (int)r->e.top_k;
+	p.sample.top_p = r->e.top_p;
+	p.sample.min_p = r->e.min_p;
+	p.sample.repetition_penalty = r->e.repetition_penalty;
+	p.sample.presence_penalty = r->e.presence_penalty;
+	p.sample.seed = r->e.seed;
+	p.sample.ignore_eos = !!(r->e.flags & LORAD_SQE_F_IGNORE_EOS);
+	p.max_tokens = (int)r->e.max_tokens;
+	ret = read_ext(r, &p, &stops, &bias);
+	if (ret) {
+		sreq_emit(r, true, ret, LORAD_FINISH_ERROR, LORAD_FIELD_EXT);
+		goto out;
+	}
+	j = calloc(1, sizeof(*j));
+	if (!j) {
+		sreq_emit(r, true, -ENOMEM, LORAD_FINISH_ERROR, 0);
+		goto out;
+	}
+	/* the engine checks ids against the vocabulary and the context and
+	 * refuses at once what could never fit the KV pool */
+	ret = engine_seq_new(s->e, (const int32_t *)r->prompt, (int)r->n_prompt, &p, &j->seq,
+			     s->err, sizeof(s->err));
+	if (ret) {
+		enum lorad_field f = ret == -E2BIG ? LORAD_FIELD_MAX_TOKENS :
+				     strstr(s->err, "sampl") || strstr(s->err, "top") ||
+				     strstr(s->err, "temperature") ? LORAD_FIELD_SAMPLING
+								   : LORAD_FIELD_PROMPT;
+		log_debug("request refused: %s", s->err);
+		sreq_emit(r, true, ret, LORAD_FINISH_ERROR, f);
+		free(j);
+		goto out;
+	}
+	j->r = r;
+	j->order = ++s->order;
+	r->exec = j;
+	list_insert(&s->waiting, j);
+	s->n_waiting++;
+out:
+	free(stops);
+	free(bias);
+}
+
+static void sc_cancel(void *ctx, struct sreq *r, int err)
+{
+	struct sched *s = ctx;
+	struct sjob *j = r->exec;
+
+	if (!j)
+		return;
+	/* the request ends now: its KV blocks are free before the next step */
+	sreq_emit(r, true, err, LORAD_FINISH_CANCELLED, 0);
+	job_free(s, j);
+}
+
+static void sc_drop(void *ctx, struct sreq *r)
+{
+	struct sched *s = ctx;
+
+	if (r->exec)
+		job_free(s, r->exec);
+}
+
+static unsigned sc_busy(void *ctx)
+{
+	struct sched *s = ctx;
+
+	return s->n_waiting + s->n_running;
+}
+
+/* --- admission ---------------------------------------------------------------------- */
+
+static unsigned running_of(const struct sched *s, const struct session *ses)
+{
+	unsigned n = 0;
+
+	for (struct sjob *j = s->running; j; j = j->next)
+		n += j->r->s == ses;
+	return n;
+}
+
+/*
+ * The next job to admit: among clients with waiting jobs, the one with the
+ * fewest running sequences; within a client, highest priority, then oldest.
+ */
+static struct sjob *pick_next(struct sched *s, unsigned *client_running)
+{
+	struct sjob *best = NULL;
+	unsigned best_run = ~0u;
+
+	for (struct sjob *j = s->waiting; j; j = j->next) {
+		unsigned run;
+
+		if (best && best->r->s == j->r->s) {
+			if (j->r->e.priority > best->r->e.priority)
+				best = j;
+			continue;
+		}
+		run = running_of(s, j->r->s);
+		if (run < best_run) {
+			best = j;
+			best_run = run;
+		}
+	}
+	*client_running = best_run;
+	return best;
+}
+
+/* The newest running job of the client holding the most running sequences. */
+static struct sjob *pick_victim(struct sched *s, unsigned *most)
+{
+	struct sjob *victim = NULL;
+
+	*most = 0;
+	for (struct sjob *j = s->running; j; j = j->next) {
+		unsigned n = running_of(s, j->r->s);
+
+		if (n > *most || (n == *most && victim && j->order > victim->order)) {
+			*most = n;
+			victim = j;
+		}
+	}
+	return victim;
+}
+
+static void preempt(struct sched *s, struct sjob *j)
+{
+	engine_seq_preempt(s->e, j->seq);
+	list_remove(&s->running, j);
+	s->n_running--;
+	j->running = false;
+	list_insert(&s->waiting, j);
+	s->n_waiting++;
+	s->st.preemptions++;
+}
+
+static void admit(struct sched *s, uint64_t now)
+{
+	while (s->waiting) {
+		unsigned crun, most;
+		struct sjob *j = pick_next(s, &crun);
+		int bs = engine_kv_block_size(s->e);
+		int need = (j->seq->n_tokens + 1 + bs - 1) / bs;
+
+		if (s->n_running >= (unsigned)s->o.max_seqs) {
+			/* full: a client with nothing running takes a slot from the
+			 * client with the most, so a flood cannot starve anyone */
+			struct sjob *v = pick_victim(s, &most);
+
+			if (!v || most <= crun + 1)
+				return;
+			preempt(s, v);
+		}
+		if (need > engine_kv_free(s->e) && s->n_running)
+			return;   /* its blocks cannot be had yet */
+		list_remove(&s->waiting, j);
+		s->n_waiting--;
+		list_insert(&s->running, j);
+		s->n_running++;
+		j->running = true;
+		if (!j->r->t_admit)
+			j->r->t_admit = now;
+	}
+}
+
+/* --- the step ------------------------------------------------------------------------- */
+
+static void expire(struct sched *s, uint64_t now)
+{
+	struct sjob *lists[2] = { s->running, s->waiting };
+
+	for (int l = 0; l < 2; l++) {
+		for (struct sjob *j = lists[l], *next; j; j = next) {
+			next = j->next;
+			if (j->r->e.deadline_ns && now >= j->r->e.deadline_ns) {
+				sreq_emit(j->r, true, -ETIMEDOUT, LORAD_FINISH_DEADLINE, 0);
+				job_free(s, j);
+			}
+		}
+	}
+}
+
+/* Decodes first (one token each), then prefill chunks while the budget lasts. */
+static int build_batch(struct sched *s)
+{
+	int n = 0, budget = s->o.step_tokens;
+
+	for (int pass = 0; pass < 2; pass++) {
+		for (struct sjob *j = s->running; j; j = j->next) {
+			int pend = engine_seq_pending(j->seq);
+			bool decode = j->seq->n_computed > 0 && pend == 1;
+
+			if ((pass == 0) != decode || pend <= 0)
+				continue;
+			if (pass == 1 && budget <= 0)
+				break;
+			s->seqs[n] = j->seq;
+			s->jobs[n] = j;
+			s->n_new[n] = pass == 0 ? 1 : (pend < budget ? pend : budget);
+			budget -= s->n_new[n];
+			n++;
+		}
+	}
+	return n;
+}
+
+static struct sjob *newest_running(struct sched *s)
+{
+	struct sjob *v = NULL;
+
+	for (struct sjob *j = s->running; j; j = j->next)
+		if (!v || j->order > v->order)
+			v = j;
+	return v;
+}
+
+static int sc_step(void *ctx)
+{
+	struct sched *s = ctx;
+	uint64_t now = now_ns();
+	int n, ret;
+
+	if (!s->waiting && !s->running)
+		return 0;
+	expire(s, now);
+	admit(s, now);
+	for (;;) {
+		n = build_batch(s);
+		if (!n)
+			return 0;
+		ret = engine_step(s->e, s->seqs, s->n_new, n, s->err, sizeof(s->err));
+		if (ret != -ENOSPC)
+			break;
+		/* the KV cache ran out: the newest sequence gives its blocks back */
+		struct sjob *v = newest_running(s);
+
+		if (!v)
+			break;
+		if (s->n_running == 1) {
+			/* alone and still too big: it can never run */
+			sreq_emit(v->r, true, -E2BIG, LORAD_FINISH_ERROR, LORAD_FIELD_MAX_TOKENS);
+			job_free(s, v);
+			continue;
+		}
+		preempt(s, v);
+	}
+	now = now_ns();
+	if (ret) {
+		log_err("engine step failed: %s", s->err);
+		for (int i = 0; i < n; i++) {
+			sreq_emit(s->jobs[i]->r, true, ret, LORAD_FINISH_ERROR, 0);
+			job_free(s, s->jobs[i]);
+		}
+		return 1;
+	}
+	s->st.steps++;
+	for (int i = 0; i < n; i++) {
+		if (s->seqs[i]->n_computed <= s->seqs[i]->n_prompt)
+			s->st.prefill_tokens += s->n_new[i];
+		job_stream(s, s->jobs[i], now);
+	}
+	return 1;
+}
+
+const struct exec_ops sched_ops = {
+	.submit = sc_submit,
+	.cancel = sc_cancel,
+	.drop = sc_drop,
+	.step = sc_step,
+	.busy = sc_busy,
+};
+
+struct sched *sched_build(struct engine *e, const struct sched_opts *opts)
+{
+	struct sched *s = calloc(1, sizeof(*s));
+
+	if (!s)
+		return NULL;
+	s->e = e;
+	if (opts)
+		s->o = *opts;
+	if (s->o.max_seqs <= 0)
+		s->o.max_seqs = 64;
+	if (s->o.step_tokens <= 0)
+		s->o.step_tokens = 512;
+	s->seqs = calloc(s->o.max_seqs, sizeof(*s->seqs));
+	s->jobs = calloc(s->o.max_seqs, sizeof(*s->jobs));
+	s->n_new = calloc(s->o.max_seqs, sizeof(*s->n_new));
+	if (!s->seqs || !s->jobs || !s->n_new) {
+		sched_free(s);
+		return NULL;
+	}
+	return s;
+}
+
+void sched_free(struct sched *s)
+{
+	if (!s)
+		return;
+	while (s->running)
+		job_free(s, s->running);
+	while (s->waiting)
+		job_free(s, s->waiting);
+	free(s->seqs);
+	free(s->jobs);
+	free(s->n_new);
+	free(s);
+}
+
+void sched_set_skills(struct sched *s, sched_skill_fn fn, void *ctx)
+{
+	s->skill_fn = fn;
+	s->skill_ctx = ctx;
+}
+
+void sched_get_stats(const struct sched *s, struct sched_stats *st)
+{
+	*st = s->st;
+	st->running = s->n_running;
+	st->waiting = s->n_waiting;
+	st->kv_free = engine_kv_free(s->e);
+	st->kv_total = engine_kv_total(s->e);
+}

@@ -76,6 +76,10 @@ struct lorad {
 	uint64_t fork_gen;
 	uint32_t spin_us;
 	struct lorad_stats st;
+
+	/* events lorad_generate() took for other requests, handed out by the next reap */
+	struct lorad_event *stash;
+	uint32_t stash_head, stash_tail, stash_cap;
 };
 
 /* --- fork safety ---------------------------------------------------------- */
@@ -283,8 +287,19 @@ int lorad_connect(const char *path, const struct lorad_connect_opts *opts,
 	hello.sq_entries = o.sq_entries;
 	hello.cq_entries = o.cq_entries;
 	hello.arena_size = o.arena_size;
-	if (send(c->sock, &hello, sizeof(hello), MSG_NOSIGNAL) != sizeof(hello))
-		goto err_errno;
+	if (send(c->sock, &hello, sizeof(hello), MSG_NOSIGNAL) != sizeof(hello)) {
+		/* The daemon refuses some peers at accept time (uid, client
+		 * limit) and closes at once: the hello then meets a closed
+		 * socket, but the refusal is already queued for us. */
+		ret = -errno;
+		if (ret == -EPIPE || ret == -ECONNRESET) {
+			int st = recv_welcome(c, &w, fds, 0);
+
+			if (st < 0 && st != -ETIMEDOUT && st != -ECONNRESET && st != -EPROTO)
+				ret = st;
+		}
+		goto err;
+	}
 	/* Under socket activation connect() succeeds while the model loads:
 	 * the timeout bounds the wait for the welcome. */
 	ret = recv_welcome(c, &w, fds, o.timeout_ms < 0 ? -1 : o.timeout_ms);
@@ -310,7 +325,11 @@ int lorad_connect(const char *path, const struct lorad_connect_opts *opts,
 	c->blk = calloc(c->n_chunks, sizeof(*c->blk));
 	c->n_slots = o.max_inflight;
 	c->slots = calloc(c->n_slots, sizeof(*c->slots));
-	if (!c->blk || !c->slots) {
+	c->stash_cap = 1;
+	while (c->stash_cap < c->n_slots + 64)
+		c->stash_cap <<= 1;
+	c->stash = calloc(c->stash_cap, sizeof(*c->stash));
+	if (!c->blk || !c->slots || !c->stash) {
 		ret = -ENOMEM;
 		goto err;
 	}
@@ -356,6 +375,7 @@ void lorad_close(struct lorad *c)
 		close(c->sock);
 	free(c->blk);
 	free(c->slots);
+	free(c->stash);
 	pthread_mutex_destroy(&c->lock);
 	free(c);
 }
@@ -395,7 +415,7 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 {
 	struct lorad_sqe *e;
 	struct slot *s;
-	uint64_t prompt_bytes, need;
+	uint64_t prompt_bytes, ext_bytes = 0, need;
 	uint32_t idx, out_off, poff;
 	int64_t chunk;
 	size_t skill_len = 0;
@@ -407,8 +427,16 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 		if (skill_len >= LORAD_SKILL_MAX)
 			return -EINVAL;
 	}
+	if (r->n_stop_ids > LORAD_MAX_STOP || r->n_logit_bias > LORAD_MAX_BIAS ||
+	    (r->n_stop_ids && !r->stop_ids) || (r->n_logit_bias && !r->logit_bias))
+		return -EINVAL;
+	if (r->n_stop_ids || r->n_logit_bias || r->min_tokens)
+		ext_bytes = sizeof(struct lorad_ext) + (uint64_t)r->n_stop_ids * 4 +
+			    (uint64_t)r->n_logit_bias * sizeof(struct lorad_logit_bias);
 	prompt_bytes = (uint64_t)r->n_prompt * 4;
-	need = ((prompt_bytes + CHUNK - 1) / CHUNK) * CHUNK + (uint64_t)r->max_tokens * 4;
+	/* one block: prompt, extension, output, each on its own 64-byte chunk */
+	need = ((prompt_bytes + CHUNK - 1) / CHUNK) * CHUNK +
+	       ((ext_bytes + CHUNK - 1) / CHUNK) * CHUNK + (uint64_t)r->max_tokens * 4;
 	need = (need + CHUNK - 1) / CHUNK;
 	if (need > c->n_chunks)
 		return -E2BIG;
@@ -422,8 +450,20 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	s = &c->slots[idx];
 	c->free_slot = s->next_free;
 	poff = (uint32_t)chunk * CHUNK;
-	out_off = poff + (uint32_t)(((prompt_bytes + CHUNK - 1) / CHUNK) * CHUNK);
+	uint32_t ext_off = poff + (uint32_t)(((prompt_bytes + CHUNK - 1) / CHUNK) * CHUNK);
+	out_off = ext_off + (uint32_t)(((ext_bytes + CHUNK - 1) / CHUNK) * CHUNK);
 	memcpy(c->arena + poff, r->prompt, prompt_bytes);
+	if (ext_bytes) {
+		struct lorad_ext h = { .n_stop = r->n_stop_ids, .n_bias = r->n_logit_bias,
+				       .min_tokens = r->min_tokens };
+
+		memcpy(c->arena + ext_off, &h, sizeof(h));
+		if (r->n_stop_ids)
+			memcpy(c->arena + ext_off + sizeof(h), r->stop_ids, r->n_stop_ids * 4u);
+		if (r->n_logit_bias)
+			memcpy(c->arena + ext_off + sizeof(h) + r->n_stop_ids * 4u, r->logit_bias,
+			       r->n_logit_bias * sizeof(struct lorad_logit_bias));
+	}
 
 	s->user_data = r->user_data;
 	s->out = r->out;
@@ -448,6 +488,10 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	e->prompt_len = (uint32_t)prompt_bytes;
 	e->out_off = out_off;
 	e->out_len = r->max_tokens * 4;
+	if (ext_bytes) {
+		e->ext_off = ext_off;
+		e->ext_len = (uint32_t)ext_bytes;
+	}
 	e->routing_key = r->routing_key;
 	e->seed = r->seed;
 	e->deadline_ns = r->deadline_ns;
@@ -612,7 +656,23 @@ static unsigned fail_pending(struct lorad *c, struct lorad_event *ev, unsigned m
 }
 
 /* Caller holds lock. Returns events taken or the session's error. */
+static int reap_cq_locked(struct lorad *c, struct lorad_event *ev, unsigned max);
+
 static int reap_locked(struct lorad *c, struct lorad_event *ev, unsigned max)
+{
+	unsigned n = 0;
+
+	while (n < max && c->stash_head != c->stash_tail)
+		ev[n++] = c->stash[c->stash_head++ & (c->stash_cap - 1)];
+	if (n) {
+		int more = n < max ? reap_cq_locked(c, ev + n, max - n) : 0;
+
+		return more > 0 ? (int)n + more : (int)n;
+	}
+	return reap_cq_locked(c, ev, max);
+}
+
+static int reap_cq_locked(struct lorad *c, struct lorad_event *ev, unsigned max)
 {
 	unsigned n = 0;
 	uint32_t tail, head = c->cq_head;
@@ -685,20 +745,30 @@ static void cq_drain_doorbell(struct lorad *c)
 	(void)!read(c->cq_efd, &v, sizeof(v));
 }
 
+static int wait_common(struct lorad *c, struct lorad_event *ev, unsigned max, int timeout_ms,
+		       int (*reap)(struct lorad *, struct lorad_event *, unsigned));
+
 int lorad_wait(struct lorad *c, struct lorad_event *ev, unsigned max, int timeout_ms)
+{
+	int ret = check_usable(c);
+
+	if (ret)
+		return ret;
+	return wait_common(c, ev, max, timeout_ms, reap_locked);
+}
+
+static int wait_common(struct lorad *c, struct lorad_event *ev, unsigned max, int timeout_ms,
+		       int (*reap)(struct lorad *, struct lorad_event *, unsigned))
 {
 	uint64_t start = now_ns(), deadline = UINT64_MAX;
 	int ret;
 
-	ret = check_usable(c);
-	if (ret)
-		return ret;
 	if (timeout_ms >= 0)
 		deadline = start + (uint64_t)timeout_ms * 1000000ull;
 	if (timeout_ms == 0) {
 		pthread_mutex_lock(&c->lock);
 		check_alive(c);
-		ret = reap_locked(c, ev, max);
+		ret = reap(c, ev, max);
 		pthread_mutex_unlock(&c->lock);
 		return ret;
 	}
@@ -707,7 +777,7 @@ int lorad_wait(struct lorad *c, struct lorad_event *ev, unsigned max, int timeou
 		int ms;
 
 		pthread_mutex_lock(&c->lock);
-		ret = reap_locked(c, ev, max);
+		ret = reap(c, ev, max);
 		if (ret != 0) {
 			/* others may sleep on the doorbell we consumed: hand it on */
 			if (ret > 0 && c->waiters && cq_nonempty(c)) {
@@ -761,6 +831,52 @@ int lorad_wait(struct lorad *c, struct lorad_event *ev, unsigned max, int timeou
 	}
 }
 
+int lorad_generate(struct lorad *c, const struct lorad_request *req,
+		   struct lorad_event *final, int timeout_ms)
+{
+	uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : now_ns() + (uint64_t)timeout_ms * 1000000ull;
+	struct lorad_event ev[16];
+	int ret;
+
+	ret = lorad_submit(c, req);
+	if (ret)
+		return ret;
+	for (;;) {
+		uint64_t t = now_ns();
+		int ms = deadline == UINT64_MAX ? -1 : t >= deadline ? 0 :
+			 (int)((deadline - t + 999999) / 1000000ull);
+
+		ret = ms == 0 ? -ETIMEDOUT : wait_common(c, ev, 16, ms, reap_cq_locked);
+		if (ret == -ETIMEDOUT) {
+			lorad_cancel(c, req->user_data);
+			return ret;
+		}
+		if (ret < 0)
+			return ret;
+		pthread_mutex_lock(&c->lock);
+		for (int i = 0; i < ret; i++) {
+			bool mine = ev[i].user_data == req->user_data;
+
+			if (mine && (ev[i].flags & LORAD_EV_FINAL)) {
+				*final = ev[i];
+				/* anything after ours in this batch is someone else's */
+				for (int k = i + 1; k < ret; k++)
+					c->stash[c->stash_tail++ & (c->stash_cap - 1)] = ev[k];
+				pthread_mutex_unlock(&c->lock);
+				return 0;
+			}
+			if (mine)
+				continue;   /* our own tokens are already in req->out */
+			/* finals always fit (at most one per slot); streaming events
+			 * of others are cumulative, so one may be dropped when full */
+			if ((ev[i].flags & LORAD_EV_FINAL) ||
+			    c->stash_tail - c->stash_head < c->stash_cap - c->n_slots)
+				c->stash[c->stash_tail++ & (c->stash_cap - 1)] = ev[i];
+		}
+		pthread_mutex_unlock(&c->lock);
+	}
+}
+
 int lorad_fd(struct lorad *c)
 {
 	return c->epfd;
@@ -783,7 +899,7 @@ int lorad_arm(struct lorad *c)
 	ring_store_relaxed(&c->cq->flags, LORAD_CQ_F_NEED_WAKEUP);
 	/* store(flag) -> load(cq tail), as in lorad_wait() */
 	ring_smp_mb();
-	ret = cq_nonempty(c) ? 1 : 0;
+	ret = cq_nonempty(c) || c->stash_head != c->stash_tail ? 1 : 0;
 out:
 	pthread_mutex_unlock(&c->lock);
 	return ret;

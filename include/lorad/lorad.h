@@ -60,6 +60,11 @@ struct lorad_request {
 	uint64_t        deadline_ns;   /* CLOCK_MONOTONIC, absolute; 0 = none */
 	uint32_t        flags;         /* LORAD_SQE_F_* */
 	uint8_t         priority;
+	const uint32_t *stop_ids;      /* tokens that end the request besides EOS */
+	uint32_t        n_stop_ids;    /* at most LORAD_MAX_STOP */
+	uint32_t        min_tokens;    /* no EOS or stop id before this many tokens */
+	const struct lorad_logit_bias *logit_bias;
+	uint32_t        n_logit_bias;  /* at most LORAD_MAX_BIAS */
 };
 
 #define LORAD_EV_FINAL  (1u << 0)  /* last event of the request; its buffer is the caller's again */
@@ -148,6 +153,17 @@ int lorad_fd(struct lorad *c);
  * session's error.
  */
 int lorad_arm(struct lorad *c);
+
+/*
+ * Blocking convenience: submit @req and wait up to @timeout_ms (-1: no
+ * limit) for its final event, which is copied to @final; req->out then holds
+ * the whole generation. Events of other requests on the same connection
+ * that arrive meanwhile are kept for the next lorad_reap()/lorad_wait().
+ * Returns 0 (check final->res), a submit error, -ETIMEDOUT (the request is
+ * cancelled) or the session's error.
+ */
+int lorad_generate(struct lorad *c, const struct lorad_request *req,
+		   struct lorad_event *final, int timeout_ms);
 
 /* Requests submitted and not yet finally reaped. */
 unsigned lorad_pending(struct lorad *c);

@@ -625,6 +625,8 @@ static bool take_cqe(struct lorad *c, const struct lorad_cqe *q, struct lorad_ev
 	ev->ttft_us = q->ttft_us;
 	ev->itl_us = q->itl_us;
 	ev->version = q->version;
+	ev->queue_steps = q->queue_steps;
+	ev->step = q->step;
 	s->copied = ev->n_tokens;
 	if (!(q->flags & LORAD_CQE_F_MORE)) {
 		ev->flags |= LORAD_EV_FINAL;
@@ -797,14 +799,20 @@ static int wait_common(struct lorad *c, struct lorad_event *ev, unsigned max, in
 			continue;
 		}
 
+		bool empty;
+
 		pthread_mutex_lock(&c->lock);
 		c->waiters++;
 		ring_store_relaxed(&c->cq->flags, LORAD_CQ_F_NEED_WAKEUP);
-		pthread_mutex_unlock(&c->lock);
 		/* store(flag) -> load(cq tail): pairs with the daemon's fence
-		 * between publishing the tail and reading our flag */
+		 * between publishing the tail and reading our flag. Under the
+		 * lock: cq_head and the stats are written by reapers. */
 		ring_smp_mb();
-		if (!cq_nonempty(c)) {
+		empty = !cq_nonempty(c);
+		if (empty)
+			c->st.sleeps++;
+		pthread_mutex_unlock(&c->lock);
+		if (empty) {
 			struct pollfd p[2] = {
 				{ .fd = c->cq_efd, .events = POLLIN },
 				{ .fd = c->sock, .events = POLLIN | POLLRDHUP },
@@ -813,7 +821,6 @@ static int wait_common(struct lorad *c, struct lorad_event *ev, unsigned max, in
 			ms = 10;   /* look for hang-up at least this often */
 			if (deadline != UINT64_MAX && (deadline - t) / 1000000ull < (uint64_t)ms)
 				ms = (int)((deadline - t + 999999) / 1000000ull);
-			c->st.sleeps++;
 			if (poll(p, 2, ms) > 0) {
 				if (p[0].revents & POLLIN)
 					cq_drain_doorbell(c);

@@ -261,6 +261,18 @@ static int cmd_status(void *ctx, struct json_object *req, struct json_object *re
 	json_object_object_add(reply, "requests", json_object_new_int64((int64_t)total));
 	json_object_object_add(reply, "shm_bytes", json_object_new_int64((int64_t)sv->shm_used));
 	json_object_object_add(reply, "draining", json_object_new_boolean(sv->draining));
+	if (d->sched) {
+		struct sched_stats st;
+
+		sched_get_stats(d->sched, &st);
+		json_object_object_add(reply, "steps", json_object_new_int64((int64_t)st.steps));
+		json_object_object_add(reply, "tokens", json_object_new_int64((int64_t)st.tokens));
+		json_object_object_add(reply, "preemptions", json_object_new_int64((int64_t)st.preemptions));
+		json_object_object_add(reply, "running", json_object_new_int((int)st.running));
+		json_object_object_add(reply, "waiting", json_object_new_int((int)st.waiting));
+		json_object_object_add(reply, "kv_blocks_free", json_object_new_int(st.kv_free));
+		json_object_object_add(reply, "kv_blocks_total", json_object_new_int(st.kv_total));
+	}
 	return 0;
 }
 

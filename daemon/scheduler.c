@@ -100,6 +100,7 @@ static void job_stream(struct sched *s, struct sjob *j, uint64_t now)
 		if (!r->t_first)
 			r->t_first = now;
 		r->t_last = now;
+		r->step_last = (uint32_t)s->st.steps;
 	}
 	if (!q->finish) {
 		if (fresh)
@@ -220,6 +221,8 @@ static void sc_submit(void *ctx, struct sreq *r)
 	}
 	j->r = r;
 	j->order = ++s->order;
+	r->version = version;
+	r->step_seen = r->step_admit = (uint32_t)s->st.steps;
 	r->exec = j;
 	list_insert(&s->waiting, j);
 	s->n_waiting++;
@@ -345,8 +348,10 @@ static void admit(struct sched *s, uint64_t now)
 		list_insert(&s->running, j);
 		s->n_running++;
 		j->running = true;
-		if (!j->r->t_admit)
+		if (!j->r->t_admit) {
 			j->r->t_admit = now;
+			j->r->step_admit = (uint32_t)s->st.steps;
+		}
 	}
 }
 

@@ -221,7 +221,10 @@ void sreq_emit(struct sreq *r, bool final, int res, unsigned finish, unsigned fi
 	q.n_out = r->n_out;
 	q.checksum = r->checksum;
 	q.n_prompt = r->n_prompt;
+	q.version = r->version;
+	q.step = r->step_last;
 	if (final) {
+		q.queue_steps = r->step_admit - r->step_seen;
 		q.finish = (uint16_t)finish;
 		q.err_field = (uint16_t)field;
 		if (r->t_admit)
@@ -304,6 +307,8 @@ static void take_entry(struct session *s, const struct lorad_sqe *e,
 	r->n_out = 0;
 	r->t_seen = now;
 	r->t_admit = r->t_first = r->t_last = 0;
+	r->step_seen = r->step_admit = r->step_last = 0;
+	r->version = 0;
 	r->cancelled = false;
 	r->exec = NULL;
 	r->prev = NULL;

@@ -30,6 +30,8 @@ struct sreq {
 	uint32_t checksum;           /* of the prompt bytes as read */
 	uint32_t n_out;              /* ids written to the client's output */
 	uint64_t t_seen, t_admit, t_first, t_last;
+	uint32_t step_seen, step_admit, step_last;  /* engine step counters, for fairness telemetry */
+	uint32_t version;
 	bool cancelled;
 	struct sreq *next, *prev;    /* session's in-flight list */
 	void *exec;                  /* the executor's per-request state */

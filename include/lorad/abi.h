@@ -216,7 +216,9 @@ struct lorad_cqe {
 	uint32_t ttft_us;            /* 40 submit seen -> first token (final only) */
 	uint32_t itl_us;             /* 44 mean inter-token time (final only) */
 	uint32_t version;            /* 48 adapter version that served it */
-	uint32_t rsvd[3];            /* 52 */
+	uint32_t queue_steps;        /* 52 engine steps between arrival and admission (final only) */
+	uint32_t step;               /* 56 engine step that produced this event's last token */
+	uint32_t rsvd;               /* 60 */
 };
 
 static_assert(sizeof(struct lorad_hello) == 32, "hello layout");

@@ -82,6 +82,8 @@ struct lorad_event {
 	uint32_t ttft_us;
 	uint32_t itl_us;
 	uint32_t version;
+	uint32_t queue_steps;    /* engine steps it waited before it was admitted */
+	uint32_t step;           /* engine step of its latest token */
 };
 
 struct lorad_stats {

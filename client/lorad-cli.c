@@ -106,7 +106,7 @@ int main(int argc, char **argv)
 	unsigned long count = 1;
 	int json = 0, timeout_ms = 30000, c, ret = 1;
 	uint32_t *prompt = NULL, *out = NULL;
-	uint64_t *lat = NULL;
+	uint64_t *lat = NULL, tokens = 0, t_start;
 	struct lorad *conn = NULL;
 
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -150,6 +150,7 @@ int main(int argc, char **argv)
 		ret = 1;
 		goto done;
 	}
+	t_start = now_ns();
 	for (unsigned long i = 0; i < count; i++) {
 		struct lorad_event ev;
 		uint64_t t0 = now_ns();
@@ -176,6 +177,7 @@ int main(int argc, char **argv)
 			ret = 1;
 			goto done;
 		}
+		tokens += ev.n_tokens;
 		if (i + 1 == count && count == 1) {
 			if (json) {
 				printf("{\"tokens\": [");
@@ -192,15 +194,19 @@ int main(int argc, char **argv)
 		}
 	}
 	if (count > 1) {
+		double secs = (now_ns() - t_start) / 1e9;
+
 		qsort(lat, count, sizeof(*lat), cmp_u64);
 		if (json)
-			printf("{\"requests\": %lu, \"p50_us\": %.2f, \"p99_us\": %.2f, \"max_us\": %.2f}\n",
+			printf("{\"requests\": %lu, \"p50_us\": %.2f, \"p99_us\": %.2f, \"max_us\": %.2f, "
+			       "\"tokens\": %llu, \"tokens_per_s\": %.1f}\n",
 			       count, lat[count / 2] / 1e3, lat[count * 99 / 100] / 1e3,
-			       lat[count - 1] / 1e3);
+			       lat[count - 1] / 1e3, (unsigned long long)tokens, tokens / secs);
 		else
-			printf("%lu requests: round trip p50 %.2f us, p99 %.2f us, max %.2f us\n",
+			printf("%lu requests: round trip p50 %.2f us, p99 %.2f us, max %.2f us; "
+			       "%llu tokens, %.1f tokens/s\n",
 			       count, lat[count / 2] / 1e3, lat[count * 99 / 100] / 1e3,
-			       lat[count - 1] / 1e3);
+			       lat[count - 1] / 1e3, (unsigned long long)tokens, tokens / secs);
 	}
 	ret = 0;
 done:

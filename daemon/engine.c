@@ -1,5 +1,6 @@
 #include "engine.h"
 
+#include "adapter.h"
 #include "backend.h"
 #include "forward.h"
 
@@ -8,6 +9,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* A loaded adapter; its id is its slot + 1. */
+struct eng_adapter {
+	struct fwd_adapter *fa;
+	int refs;            /* live sequences that use it */
+	char warning[512];
+};
 
 struct engine {
 	struct model_config cfg;
@@ -22,6 +30,12 @@ struct engine {
 	int32_t *tokens, *pos, *seq, *out_rows, *block_table;
 	int32_t *out_seq;    /* [n_out] the sequence each logit row belongs to */
 	float *logits;       /* [n_out][vocab] */
+	int *ord;            /* [n] the step's sequences, grouped by adapter */
+	struct fwd_seg *segs;
+	int cap_ord;
+
+	struct eng_adapter **ad; /* [n_ad] slots, NULL when free */
+	int n_ad;
 };
 
 static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
@@ -91,6 +105,14 @@ void engine_free(struct engine *e)
 {
 	if (!e)
 		return;
+	for (int i = 0; i < e->n_ad; i++)
+		if (e->ad[i]) {
+			fwd_adapter_free(e->fwd, e->ad[i]->fa);
+			free(e->ad[i]);
+		}
+	free(e->ad);
+	free(e->ord);
+	free(e->segs);
 	fwd_free(e->fwd);
 	be_destroy(e->be);
 	kv_pool_free(&e->pool);
@@ -130,15 +152,36 @@ const char *engine_backend_name(const struct engine *e)
 	return e->be->ops->name;
 }
 
+static struct eng_adapter *adapter_get(const struct engine *e, int id)
+{
+	return id >= 1 && id <= e->n_ad ? e->ad[id - 1] : NULL;
+}
+
+/* A sequence holds its adapter from engine_seq_new until it finishes or is
+ * freed, whichever comes first. */
+static void seq_drop_adapter(struct engine *e, struct engine_seq *s)
+{
+	struct eng_adapter *a;
+
+	if (!s->adapter_held)
+		return;
+	a = adapter_get(e, s->params.adapter);
+	if (a)
+		a->refs--;
+	s->adapter_held = 0;
+}
+
 static void seq_release(struct engine *e, struct engine_seq *s)
 {
 	kv_table_release(&e->pool, &s->kv);
+	seq_drop_adapter(e, s);
 }
 
 void engine_seq_free(struct engine *e, struct engine_seq *s)
 {
 	if (!s)
 		return;
+	seq_drop_adapter(e, s);
 	kv_table_free(&e->pool, &s->kv);
 	free((void *)s->params.sample.logit_bias);
 	free((void *)s->params.sample.stop_ids);
@@ -177,11 +220,15 @@ int engine_seq_new(struct engine *e, const int32_t *prompt, int n,
 			    n, params->max_tokens, e->pool.n_blocks * e->pool.block_size);
 	if ((rc = sample_validate(&params->sample, c->vocab, err, errlen)) < 0)
 		return rc;
+	if (params->adapter > 0 && !adapter_get(e, params->adapter))
+		return fail(err, errlen, -ENOENT, "adapter %d is not loaded", params->adapter);
 
 	s = calloc(1, sizeof(*s));
 	if (!s)
 		return fail(err, errlen, -ENOMEM, "out of memory");
 	s->params = *params;
+	if (s->params.adapter < 0)
+		s->params.adapter = 0;
 	sp = &s->params.sample;
 	sp->logit_bias = NULL;
 	sp->stop_ids = NULL;
@@ -206,6 +253,10 @@ int engine_seq_new(struct engine *e, const int32_t *prompt, int n,
 	memcpy(s->tokens, prompt, (size_t)n * sizeof(*prompt));
 	s->n_tokens = s->n_prompt = n;
 	s->id = e->next_id++;
+	if (s->params.adapter > 0) {
+		adapter_get(e, s->params.adapter)->refs++;
+		s->adapter_held = 1;
+	}
 	*out = s;
 	return 0;
 nomem:
@@ -253,7 +304,10 @@ static int reserve(struct engine *e, int rows, int seqs, int bt, int out)
 	GROW(e->logits, e->cap_out, out, (size_t)e->cfg.vocab * sizeof(float));
 	if (out > e->cap_out)
 		e->cap_out = out;
-	(void)seqs;
+	GROW(e->ord, e->cap_ord, seqs, sizeof(int));
+	GROW(e->segs, e->cap_ord, seqs, sizeof(struct fwd_seg));
+	if (seqs > e->cap_ord)
+		e->cap_ord = seqs;
 	return 0;
 #undef GROW
 }
@@ -305,7 +359,7 @@ int engine_step(struct engine *e, struct engine_seq *const *seqs, const int *n_n
 {
 	const int vocab = e->cfg.vocab;
 	struct be_batch b = { 0 };
-	int rows = 0, outs = 0, max_blocks = 0, i, j, r, rc;
+	int rows = 0, outs = 0, max_blocks = 0, n_segs, i, j, r, x, rc;
 
 	if (n <= 0)
 		return 0;
@@ -349,23 +403,43 @@ int engine_step(struct engine *e, struct engine_seq *const *seqs, const int *n_n
 	if ((rc = reserve(e, rows, n, n * max_blocks, outs)) < 0)
 		return fail(err, errlen, rc, "out of memory");
 
-	/* the batch: rows of sequence 0, then of sequence 1, ... */
+	/* the sequences grouped by adapter (stable, base first), so that the
+	 * rows of one adapter are one segment */
+	for (i = 0; i < n; i++) {
+		int a = seqs[i]->params.adapter;
+		for (j = i; j > 0 && seqs[e->ord[j - 1]]->params.adapter > a; j--)
+			e->ord[j] = e->ord[j - 1];
+		e->ord[j] = i;
+	}
+	/* the batch: the rows of the sequences in that order; "sequence x" of
+	 * the batch is the x-th in that order */
 	r = 0;
 	outs = 0;
-	for (i = 0; i < n; i++) {
-		struct engine_seq *s = seqs[i];
-		int k = n_new ? n_new[i] : engine_seq_pending(s);
+	n_segs = 0;
+	for (x = 0; x < n; x++) {
+		struct engine_seq *s = seqs[e->ord[x]];
+		int k = n_new ? n_new[e->ord[x]] : engine_seq_pending(s);
 		int keep_all = s->params.keep_logits == ENGINE_LOGITS_ALL;
+		if (s->params.adapter > 0) {
+			if (n_segs && e->segs[n_segs - 1].ad == adapter_get(e, s->params.adapter)->fa &&
+			    e->segs[n_segs - 1].row0 + e->segs[n_segs - 1].n_rows == r) {
+				e->segs[n_segs - 1].n_rows += k;
+			} else {
+				e->segs[n_segs].row0 = r;
+				e->segs[n_segs].n_rows = k;
+				e->segs[n_segs++].ad = adapter_get(e, s->params.adapter)->fa;
+			}
+		}
 		for (j = 0; j < k; j++, r++) {
 			e->tokens[r] = s->tokens[s->n_computed + j];
 			e->pos[r] = s->n_computed + j;
-			e->seq[r] = i;
+			e->seq[r] = x;
 			if (keep_all || j == k - 1) {
 				e->out_rows[outs] = r;
-				e->out_seq[outs++] = i;
+				e->out_seq[outs++] = x;
 			}
 		}
-		memcpy(e->block_table + (size_t)i * max_blocks, s->kv.blocks,
+		memcpy(e->block_table + (size_t)x * max_blocks, s->kv.blocks,
 		       (size_t)s->kv.n * sizeof(int32_t));
 	}
 	b.n_tokens = rows;
@@ -378,17 +452,17 @@ int engine_step(struct engine *e, struct engine_seq *const *seqs, const int *n_n
 	b.block_size = e->pool.block_size;
 	b.out_rows = e->out_rows;
 	b.n_out = outs;
-	rc = fwd_run(e->fwd, &b, e->logits);
+	rc = fwd_run(e->fwd, &b, e->segs, n_segs, e->logits);
 	if (rc < 0)
 		return fail(err, errlen, rc, "forward pass failed: %s", strerror(-rc));
 
 	/* the outputs, sequence by sequence; the last row of each is the one
 	 * that predicts its next token */
-	for (i = 0, r = 0; i < n; i++) {
-		struct engine_seq *s = seqs[i];
-		int k = n_new ? n_new[i] : engine_seq_pending(s);
+	for (x = 0, r = 0; x < n; x++) {
+		struct engine_seq *s = seqs[e->ord[x]];
+		int k = n_new ? n_new[e->ord[x]] : engine_seq_pending(s);
 		int first = r, last;
-		while (r < outs && e->out_seq[r] == i)
+		while (r < outs && e->out_seq[r] == x)
 			r++;
 		last = r - 1;
 		if (s->params.keep_logits == ENGINE_LOGITS_ALL) {
@@ -443,5 +517,82 @@ int engine_generate(struct engine *e, struct engine_seq *const *seqs, int n, int
 out:
 	free(live);
 	free(k);
+	return rc;
+}
+
+int engine_adapter_load(struct engine *e, const char *dir, int *id, char *err, size_t errlen)
+{
+	struct adapter *ad = NULL;
+	struct eng_adapter *a = NULL;
+	int rc, slot;
+
+	rc = adapter_open(dir, &e->cfg, &ad, err, errlen);
+	if (rc < 0)
+		return rc;
+	for (slot = 0; slot < e->n_ad && e->ad[slot]; slot++)
+		;
+	if (slot == e->n_ad) {
+		struct eng_adapter **p = realloc(e->ad, (size_t)(e->n_ad + 1) * sizeof(*p));
+		if (!p) {
+			rc = fail(err, errlen, -ENOMEM, "out of memory");
+			goto out;
+		}
+		e->ad = p;
+		e->ad[e->n_ad++] = NULL;
+	}
+	a = calloc(1, sizeof(*a));
+	if (!a) {
+		rc = fail(err, errlen, -ENOMEM, "out of memory");
+		goto out;
+	}
+	if ((rc = fwd_adapter_build(e->fwd, ad, &a->fa, err, errlen)) < 0) {
+		free(a);
+		goto out;
+	}
+	snprintf(a->warning, sizeof(a->warning), "%s", ad->warning);
+	e->ad[slot] = a;
+	*id = slot + 1;
+out:
+	adapter_close(ad);
+	return rc;
+}
+
+int engine_adapter_unload(struct engine *e, int id)
+{
+	struct eng_adapter *a = adapter_get(e, id);
+
+	if (!a)
+		return -ENOENT;
+	if (a->refs > 0)
+		return -EBUSY;
+	fwd_adapter_free(e->fwd, a->fa);
+	free(a);
+	e->ad[id - 1] = NULL;
+	return 0;
+}
+
+size_t engine_adapter_bytes(const struct engine *e, int id)
+{
+	const struct eng_adapter *a = adapter_get(e, id);
+
+	return a ? a->fa->bytes : 0;
+}
+
+const char *engine_adapter_warning(const struct engine *e, int id)
+{
+	const struct eng_adapter *a = adapter_get(e, id);
+
+	return a && a->warning[0] ? a->warning : NULL;
+}
+
+int engine_adapter_merge(struct engine *e, const char *dir, char *err, size_t errlen)
+{
+	struct adapter *ad = NULL;
+	int rc = adapter_open(dir, &e->cfg, &ad, err, errlen);
+
+	if (rc < 0)
+		return rc;
+	rc = fwd_merge(e->fwd, ad, err, errlen);
+	adapter_close(ad);
 	return rc;
 }

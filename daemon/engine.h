@@ -51,6 +51,9 @@ struct engine_seq_params {
 	struct sample_params sample; /* the lists in it are copied */
 	int max_tokens;              /* tokens to generate; 0: only run the prompt */
 	enum engine_keep_logits keep_logits;
+	int adapter;                 /* an id from engine_adapter_load; 0 (the
+				      * zeroed default) or negative: the base
+				      * model alone */
 };
 
 enum engine_finish {
@@ -76,6 +79,7 @@ struct engine_seq {
 
 	/* private */
 	struct engine_seq_params params;
+	int adapter_held;     /* holds a reference on params.adapter */
 	struct kv_table kv;
 	int cap_tokens;
 	size_t cap_logits;
@@ -135,6 +139,48 @@ int engine_step(struct engine *e, struct engine_seq *const *seqs, const int *n_n
  * run in chunks). Returns what engine_step returns. */
 int engine_generate(struct engine *e, struct engine_seq *const *seqs, int n, int max_step_tokens,
 		    char *err, size_t errlen);
+
+/*
+ * LoRA adapters (PEFT directories, see adapter.h), applied unmerged: a
+ * sequence names its adapter in engine_seq_params.adapter, and one step may
+ * mix sequences of any adapters and of the base model. In a step the rows
+ * are grouped by adapter into segments; every projection is one base GEMM
+ * over all rows, then a LoRA shrink and expand per adapted segment. Rows of
+ * the base model cost nothing extra, and a sequence gets bitwise the same
+ * logits alone or in any batch, with or without other adapters beside it.
+ */
+
+/* Loads the PEFT adapter directory dir (adapter_config.json and
+ * adapter_model.safetensors) for this engine's base model and stores every
+ * adapted module at its own rank (a rank-8 adapter costs rank-8 memory
+ * whatever else is loaded). Sets *id to a small positive integer (ids start
+ * at 1, so the zeroed engine_seq_params mean "base"; the id of an unloaded
+ * adapter may be given again). Returns 0, -ENOENT (a file is missing),
+ * -EINVAL (a malformed file, a rank that does not match its tensors, a shape
+ * that does not fit the base model: "adapter made for another base
+ * model?"), -ENOTSUP (a PEFT feature lorad does not apply: DoRA, biases,
+ * modules_to_save, embedding adapters, ...; the message names the field or
+ * tensor), or -ENOMEM; err names the file and the field or tensor. A refused
+ * adapter leaves the engine and the adapters already loaded as they were. */
+int engine_adapter_load(struct engine *e, const char *dir, int *id, char *err, size_t errlen);
+
+/* Unloads adapter id. Returns 0, -ENOENT (no such adapter), or -EBUSY while
+ * a sequence that is not finished (or not freed) uses it. */
+int engine_adapter_unload(struct engine *e, int id);
+
+/* The memory adapter id's matrices take on the backend, in bytes (0 for an
+ * unknown id). */
+size_t engine_adapter_bytes(const struct engine *e, int id);
+
+/* A warning from loading adapter id (fan_in_fan_out set on linear layers,
+ * which PEFT ignores), for the log; NULL when there is none. */
+const char *engine_adapter_warning(const struct engine *e, int id);
+
+/* Merges the adapter in dir into the base weights (W += scale · B·A, as
+ * PEFT's merge_and_unload), for comparing merged and unmerged serving; every
+ * later sequence sees the merged model. Returns what engine_adapter_load
+ * returns; on error the weights may be partly merged only for -ENOMEM. */
+int engine_adapter_merge(struct engine *e, const char *dir, char *err, size_t errlen);
 
 /* KV pool occupancy, in blocks. */
 int engine_kv_total(const struct engine *e);

@@ -6,6 +6,8 @@
  */
 #include "forward.h"
 
+#include "adapter.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -42,6 +44,14 @@ struct fwd {
 	struct be_buf *gate, *up; /* [T, F] */
 	struct be_buf *xo;        /* [n_out, D] rows that need logits */
 	struct be_buf *logits;    /* [n_out, V] */
+
+	/* LoRA of the current step */
+	const struct fwd_seg *segs;
+	int n_segs;
+	struct be_lora_seg *lseg; /* [cap_lseg] segments of one projection */
+	int cap_lseg;
+	struct be_buf *h;         /* shrink output, packed per segment */
+	size_t cap_h;
 };
 
 static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
@@ -213,6 +223,8 @@ void fwd_free(struct fwd *f)
 			be_free(f->be, L->vc);
 		}
 	free(f->layers);
+	free(f->lseg);
+	be_free(f->be, f->h);
 	if (f->lm_head != f->embed)
 		be_free(f->be, f->lm_head);
 	be_free(f->be, f->embed);
@@ -221,26 +233,198 @@ void fwd_free(struct fwd *f)
 	free(f);
 }
 
+static void proj_dims(const struct fwd *f, enum proj p, int *in, int *out)
+{
+	static const int in_of[N_PROJ] = { 0, 0, 0, 1, 0, 0, 2 };  /* D, D, D, H·hd, D, D, F */
+	*in = in_of[p] == 0 ? f->c.hidden : in_of[p] == 1 ? f->q_dim : f->c.ffn;
+	*out = p == PROJ_Q ? f->q_dim
+		: p == PROJ_K || p == PROJ_V ? f->kv_dim
+		: p == PROJ_GATE || p == PROJ_UP ? f->c.ffn
+		: f->c.hidden;
+}
+
 /* Every projection of the model goes through here: y = x·Wᵀ + b over the
- * m rows of the batch. LoRA (shrink x·Aᵀ, expand ·Bᵀ·scale per adapter
- * segment of rows) goes right after the base GEMM, before the bias. */
+ * m rows of the batch, one GEMM whatever adapters the rows use; then, as
+ * PEFT's `result + lora_B(lora_A(x)) * scaling`, the LoRA delta of each
+ * adapted segment: shrink h = x·Aᵀ and expand y += (h·Bᵀ)·scale, each
+ * adapter at its own rank. Rows of the base model are in no segment. */
 static void linear(struct fwd *f, int layer, enum proj p, int m, const struct be_buf *x,
 		   struct be_buf *y)
 {
 	const struct fwd_layer *L = &f->layers[layer];
-	static const int in_of[N_PROJ] = { 0, 0, 0, 1, 0, 0, 2 };  /* D, D, D, H·hd, D, D, F */
-	int in = in_of[p] == 0 ? f->c.hidden : in_of[p] == 1 ? f->q_dim : f->c.ffn;
-	int out = p == PROJ_Q ? f->q_dim
-		: p == PROJ_K || p == PROJ_V ? f->kv_dim
-		: p == PROJ_GATE || p == PROJ_UP ? f->c.ffn
-		: f->c.hidden;
+	size_t h_off = 0;
+	int in, out, i, n = 0;
 
+	proj_dims(f, p, &in, &out);
 	be_gemm(f->be, m, out, in, x, L->w[p], y, 0);
 	if (L->b[p])
 		be_add_bias(f->be, m, out, y, L->b[p]);
+	for (i = 0; i < f->n_segs; i++) {
+		const struct fwd_seg *s = &f->segs[i];
+		const struct fwd_lora *lo;
+		if (!s->ad || s->n_rows <= 0)
+			continue;
+		lo = &s->ad->mod[(size_t)layer * N_PROJ + p];
+		if (!lo->rank)
+			continue;
+		f->lseg[n] = (struct be_lora_seg){ .row0 = s->row0, .n_rows = s->n_rows,
+						   .rank = lo->rank, .scale = lo->scale,
+						   .a = lo->a, .bt = lo->bt, .h_off = h_off };
+		h_off += (size_t)s->n_rows * lo->rank;
+		n++;
+	}
+	if (!n)
+		return;
+	be_lora_shrink(f->be, in, x, f->lseg, n, f->h);
+	be_lora_expand(f->be, out, f->h, f->lseg, n, y);
 }
 
-int fwd_run(struct fwd *f, const struct be_batch *b, float *logits)
+/* Room for the LoRA segments of one step. */
+static int reserve_lora(struct fwd *f, const struct fwd_seg *segs, int n_segs)
+{
+	size_t need = 0;
+	int i;
+
+	for (i = 0; i < n_segs; i++)
+		if (segs[i].ad)
+			need += (size_t)segs[i].n_rows * segs[i].ad->max_rank;
+	if (n_segs > f->cap_lseg) {
+		struct be_lora_seg *p = realloc(f->lseg, (size_t)n_segs * sizeof(*p));
+		if (!p)
+			return -ENOMEM;
+		f->lseg = p;
+		f->cap_lseg = n_segs;
+	}
+	if (need > f->cap_h) {
+		be_free(f->be, f->h);
+		f->cap_h = 0;
+		f->h = be_alloc(f->be, need + need / 2);
+		if (!f->h)
+			return -ENOMEM;
+		f->cap_h = need + need / 2;
+	}
+	return 0;
+}
+
+int fwd_adapter_build(struct fwd *f, const struct adapter *ad, struct fwd_adapter **out,
+		      char *err, size_t errlen)
+{
+	struct fwd_adapter *a = calloc(1, sizeof(*a));
+	float *ta = NULL, *tb = NULL, *bt = NULL;
+	size_t cap = 0;
+	int rc = -ENOMEM, i;
+
+	if (!a || !(a->mod = calloc((size_t)f->c.n_layers * N_PROJ, sizeof(*a->mod))))
+		goto nomem;
+	for (i = 0; i < ad->n_mod; i++) {
+		const struct adapter_module *m = &ad->mod[i];
+		struct fwd_lora *lo = &a->mod[(size_t)m->layer * N_PROJ + m->proj];
+		size_t na = (size_t)m->rank * m->in, nb = (size_t)m->rank * m->out, big;
+		int o, q;
+		big = na > nb ? na : nb;
+		if (big > cap) {
+			free(ta);
+			free(tb);
+			free(bt);
+			ta = malloc(big * sizeof(float));
+			tb = malloc(big * sizeof(float));
+			bt = malloc(big * sizeof(float));
+			if (!ta || !tb || !bt)
+				goto nomem;
+			cap = big;
+		}
+		if ((rc = adapter_module_f32(ad, m, ta, tb, err, errlen)) < 0)
+			goto err;
+		for (o = 0; o < m->out; o++) /* B [out, r] -> Bᵀ [r, out] */
+			for (q = 0; q < m->rank; q++)
+				bt[(size_t)q * m->out + o] = tb[(size_t)o * m->rank + q];
+		lo->a = be_alloc(f->be, na);
+		lo->bt = be_alloc(f->be, nb);
+		if (!lo->a || !lo->bt)
+			goto nomem;
+		if ((rc = be_upload(f->be, lo->a, 0, ta, na)) < 0 ||
+		    (rc = be_upload(f->be, lo->bt, 0, bt, nb)) < 0) {
+			rc = fail(err, errlen, rc, "%s: upload of the adapter failed", ad->dir);
+			goto err;
+		}
+		lo->rank = m->rank;
+		lo->scale = m->scale;
+		if (m->rank > a->max_rank)
+			a->max_rank = m->rank;
+		a->bytes += (na + nb) * sizeof(float);
+	}
+	free(ta);
+	free(tb);
+	free(bt);
+	*out = a;
+	return 0;
+nomem:
+	rc = fail(err, errlen, -ENOMEM, "%s: out of memory for the adapter", ad->dir);
+err:
+	free(ta);
+	free(tb);
+	free(bt);
+	fwd_adapter_free(f, a);
+	return rc;
+}
+
+void fwd_adapter_free(struct fwd *f, struct fwd_adapter *a)
+{
+	size_t i;
+
+	if (!a)
+		return;
+	if (a->mod)
+		for (i = 0; i < (size_t)f->c.n_layers * N_PROJ; i++) {
+			be_free(f->be, a->mod[i].a);
+			be_free(f->be, a->mod[i].bt);
+		}
+	free(a->mod);
+	free(a);
+}
+
+int fwd_merge(struct fwd *f, const struct adapter *ad, char *err, size_t errlen)
+{
+	float *w = NULL, *ta = NULL, *tb = NULL;
+	int rc = 0, i;
+
+	for (i = 0; i < ad->n_mod && rc == 0; i++) {
+		const struct adapter_module *m = &ad->mod[i];
+		struct be_buf *wb = f->layers[m->layer].w[m->proj];
+		size_t nw = (size_t)m->out * m->in;
+		int o, k, q;
+		w = malloc(nw * sizeof(float));
+		ta = malloc((size_t)m->rank * m->in * sizeof(float));
+		tb = malloc((size_t)m->rank * m->out * sizeof(float));
+		if (!w || !ta || !tb) {
+			rc = fail(err, errlen, -ENOMEM, "out of memory");
+			break;
+		}
+		if ((rc = adapter_module_f32(ad, m, ta, tb, err, errlen)) < 0 ||
+		    (rc = be_download(f->be, wb, 0, w, nw)) < 0)
+			break;
+		/* PEFT: weight += (B @ A) * scaling, in fp32 */
+		for (o = 0; o < m->out; o++)
+			for (k = 0; k < m->in; k++) {
+				float d = 0.0f;
+				for (q = 0; q < m->rank; q++)
+					d += tb[(size_t)o * m->rank + q] * ta[(size_t)q * m->in + k];
+				w[(size_t)o * m->in + k] += d * m->scale;
+			}
+		rc = be_upload(f->be, wb, 0, w, nw);
+		free(w);
+		free(ta);
+		free(tb);
+		w = ta = tb = NULL;
+	}
+	free(w);
+	free(ta);
+	free(tb);
+	return rc;
+}
+
+int fwd_run(struct fwd *f, const struct be_batch *b, const struct fwd_seg *segs, int n_segs,
+	    float *logits)
 {
 	const struct model_config *c = &f->c;
 	struct be *be = f->be;
@@ -255,8 +439,11 @@ int fwd_run(struct fwd *f, const struct be_batch *b, float *logits)
 
 	if (T <= 0)
 		return 0;
-	if ((rc = reserve(f, T, b->n_out)) < 0 || (rc = be_set_batch(be, b)) < 0)
+	if ((rc = reserve(f, T, b->n_out)) < 0 || (rc = reserve_lora(f, segs, segs ? n_segs : 0)) < 0 ||
+	    (rc = be_set_batch(be, b)) < 0)
 		return rc;
+	f->segs = segs;
+	f->n_segs = segs ? n_segs : 0;
 
 	be_embed(be, f->embed, c->hidden, f->x);                  /* x: [T, D] */
 	for (l = 0; l < c->n_layers; l++) {

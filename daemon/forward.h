@@ -23,10 +23,50 @@ int fwd_build(struct be *be, const struct model *m, int kv_blocks, int block_siz
 	      int allow_nonfinite, struct fwd **out, char *err, size_t errlen);
 void fwd_free(struct fwd *f);
 
+/* One LoRA-adapted projection on the backend. */
+struct fwd_lora {
+	struct be_buf *a;  /* [rank, in] */
+	struct be_buf *bt; /* [rank, out]: lora_B transposed */
+	int rank;          /* 0: this projection is not adapted */
+	float scale;
+};
+
+/* An adapter on the backend, each module at its own rank. */
+struct fwd_adapter {
+	struct fwd_lora *mod; /* [n_layers][N_PROJ] */
+	int max_rank;
+	size_t bytes;         /* backend bytes of its matrices */
+};
+
+/* A run of consecutive batch rows that use one adapter (NULL: the base
+ * model alone; such rows cost nothing extra). */
+struct fwd_seg {
+	int row0, n_rows;
+	const struct fwd_adapter *ad;
+};
+
+struct adapter;
+
+/* Uploads the LoRA matrices of ad (checked against this model by
+ * adapter_open). Returns 0 or -errno with a message naming file and
+ * tensor; *out is set on success. */
+int fwd_adapter_build(struct fwd *f, const struct adapter *ad, struct fwd_adapter **out,
+		      char *err, size_t errlen);
+void fwd_adapter_free(struct fwd *f, struct fwd_adapter *a);
+
+/* Merges ad into the base weights, W += scale · B·A as PEFT's merge does
+ * (for comparing merged and unmerged serving). Returns 0 or -errno. */
+int fwd_merge(struct fwd *f, const struct adapter *ad, char *err, size_t errlen);
+
 /* Runs the model over b (tokens, positions, sequences, block tables) and
  * writes the logits of b->out_rows to logits[n_out][vocab] (host memory).
  * The K and V of every row are stored in the cache first, so a row sees
- * the rows before it in its own sequence. Returns 0 or -errno. */
-int fwd_run(struct fwd *f, const struct be_batch *b, float *logits);
+ * the rows before it in its own sequence. segs[0 .. n_segs) say which rows
+ * use which adapter (rows in no segment use the base model; segs may be
+ * NULL). Every projection is one base GEMM over all rows, then, for the
+ * adapted segments, the LoRA shrink and expand per segment. Returns 0 or
+ * -errno. */
+int fwd_run(struct fwd *f, const struct be_batch *b, const struct fwd_seg *segs, int n_segs,
+	    float *logits);
 
 #endif

@@ -3,6 +3,13 @@
  * Hugging Face layout (config.json, generation_config.json, safetensors,
  * optionally sharded with an index), for tests, benchmarks and demos.
  *
+ * With --adapter NAME it also writes a PEFT LoRA adapter for that model
+ * into OUTDIR/NAME (adapter_config.json as PEFT 0.15 writes it, and
+ * adapter_model.safetensors with non-zero A and B), of rank --rank, alpha
+ * --alpha, on the projections of --targets (q,k,v,o,gate,up,down), with
+ * use_rslora under --rslora. --no-model writes only the adapter. Adapters of
+ * different names get different weights.
+ *
  * Every tensor's values depend only on (seed, tensor name, element index),
  * so two runs with the same flags write the same bytes, and changing one
  * shape does not reshuffle the other tensors. Biases, when the config asks
@@ -32,6 +39,10 @@ struct opts {
 	int rs_orig;
 	enum st_dtype dtype;
 	unsigned long long seed;
+	const char *adapter;
+	int rank, rslora, no_model, targets; /* targets: bit per enum proj */
+	double alpha;
+	enum st_dtype adapter_dtype;
 };
 
 static uint64_t splitmix64(uint64_t x)
@@ -264,6 +275,129 @@ out:
 	return rc;
 }
 
+static int write_adapter(const struct opts *o)
+{
+	int hd = o->head_dim ? o->head_dim : o->hidden / o->heads;
+	int64_t qd = (int64_t)o->heads * hd, kvd = (int64_t)o->kv_heads * hd;
+	int64_t outd[N_PROJ] = { qd, kvd, kvd, o->hidden, o->ffn, o->ffn, o->hidden };
+	int64_t ind[N_PROJ] = { o->hidden, o->hidden, o->hidden, qd, o->hidden, o->hidden, o->ffn };
+	int max_t = o->layers * N_PROJ * 2, n = 0, rc = 0, l, p, i;
+	struct tensor *t = calloc((size_t)max_t, sizeof(*t));
+	struct st_out *so = calloc((size_t)max_t, sizeof(*so));
+	struct opts ao = *o;
+	char dir[4096], path[4200], name[200], err[512];
+	json_object *c, *tm;
+
+	snprintf(dir, sizeof(dir), "%s/%s", o->out, o->adapter);
+	if (!t || !so) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+		fprintf(stderr, "lorad-mkmodel: %s: %s\n", dir, strerror(errno));
+		rc = -errno;
+		goto out;
+	}
+	/* weights keyed on the adapter's name too */
+	ao.seed = o->seed ^ name_hash(o->adapter);
+	ao.dtype = o->adapter_dtype;
+	for (l = 0; l < o->layers && rc == 0; l++)
+		for (p = 0; p < N_PROJ && rc == 0; p++) {
+			const char *blk = p <= 3 ? "self_attn" : "mlp";
+			if (!(o->targets & (1 << p)))
+				continue;
+			/* A like PEFT's kaiming init; B non-zero (trained), so
+			 * that the delta moves the logits visibly */
+			snprintf(name, sizeof(name), "base_model.model.model.layers.%d.%s.%s.lora_A.weight",
+				 l, blk, model_proj_name((enum proj)p));
+			rc |= add_tensor(&t[n++], &ao, name, o->rank, ind[p], 0.0f,
+					 1.0f / sqrtf((float)ind[p]));
+			snprintf(name, sizeof(name), "base_model.model.model.layers.%d.%s.%s.lora_B.weight",
+				 l, blk, model_proj_name((enum proj)p));
+			rc |= add_tensor(&t[n++], &ao, name, outd[p], o->rank, 0.0f,
+					 0.5f / sqrtf((float)o->rank));
+		}
+	if (rc < 0) {
+		fprintf(stderr, "lorad-mkmodel: out of memory\n");
+		goto out;
+	}
+	for (i = 0; i < n; i++) {
+		so[i].name = t[i].name;
+		so[i].dtype = ao.dtype;
+		so[i].ndim = 2;
+		so[i].shape[0] = t[i].shape[0];
+		so[i].shape[1] = t[i].shape[1];
+		so[i].data = t[i].data;
+	}
+	snprintf(path, sizeof(path), "%s/adapter_model.safetensors", dir);
+	if ((rc = st_write(path, so, n, err, sizeof(err))) < 0) {
+		fprintf(stderr, "lorad-mkmodel: %s\n", err);
+		goto out;
+	}
+	/* the keys PEFT 0.15 writes, in its order */
+	c = json_object_new_object();
+	json_object_object_add(c, "alpha_pattern", json_object_new_object());
+	json_object_object_add(c, "auto_mapping", NULL);
+	json_object_object_add(c, "base_model_name_or_path", json_object_new_string(o->out));
+	json_object_object_add(c, "bias", json_object_new_string("none"));
+	json_object_object_add(c, "corda_config", NULL);
+	json_object_object_add(c, "eva_config", NULL);
+	json_object_object_add(c, "exclude_modules", NULL);
+	json_object_object_add(c, "fan_in_fan_out", json_object_new_boolean(0));
+	json_object_object_add(c, "inference_mode", json_object_new_boolean(1));
+	json_object_object_add(c, "init_lora_weights", json_object_new_boolean(1));
+	json_object_object_add(c, "layer_replication", NULL);
+	json_object_object_add(c, "layers_pattern", NULL);
+	json_object_object_add(c, "layers_to_transform", NULL);
+	json_object_object_add(c, "loftq_config", json_object_new_object());
+	json_object_object_add(c, "lora_alpha", json_object_new_double(o->alpha));
+	json_object_object_add(c, "lora_bias", json_object_new_boolean(0));
+	json_object_object_add(c, "lora_dropout", json_object_new_double(0.0));
+	json_object_object_add(c, "megatron_config", NULL);
+	json_object_object_add(c, "megatron_core", json_object_new_string("megatron.core"));
+	json_object_object_add(c, "modules_to_save", NULL);
+	json_object_object_add(c, "peft_type", json_object_new_string("LORA"));
+	json_object_object_add(c, "r", json_object_new_int(o->rank));
+	json_object_object_add(c, "rank_pattern", json_object_new_object());
+	json_object_object_add(c, "revision", NULL);
+	tm = json_object_new_array();
+	for (p = 0; p < N_PROJ; p++)
+		if (o->targets & (1 << p))
+			json_object_array_add(tm, json_object_new_string(model_proj_name((enum proj)p)));
+	json_object_object_add(c, "target_modules", tm);
+	json_object_object_add(c, "task_type", json_object_new_string("CAUSAL_LM"));
+	json_object_object_add(c, "trainable_token_indices", NULL);
+	json_object_object_add(c, "use_dora", json_object_new_boolean(0));
+	json_object_object_add(c, "use_rslora", json_object_new_boolean(o->rslora));
+	snprintf(path, sizeof(path), "%s/adapter_config.json", dir);
+	rc = write_json(path, c);
+out:
+	for (i = 0; t && i < n; i++)
+		free(t[i].data);
+	free(t);
+	free(so);
+	return rc;
+}
+
+static int parse_targets(const char *s, int *bits)
+{
+	static const char *names[N_PROJ] = { "q", "k", "v", "o", "gate", "up", "down" };
+	char buf[256], *tok, *save = NULL;
+	int p;
+
+	*bits = 0;
+	snprintf(buf, sizeof(buf), "%s", s);
+	for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		for (p = 0; p < N_PROJ; p++)
+			if (!strcmp(tok, names[p]) || !strcmp(tok, model_proj_name((enum proj)p)))
+				break;
+		if (p == N_PROJ)
+			return -1;
+		*bits |= 1 << p;
+	}
+	return *bits ? 0 : -1;
+}
+
 static void usage(void)
 {
 	fprintf(stderr,
@@ -272,7 +406,9 @@ static void usage(void)
 		"         [--model-type llama|mistral|qwen2] [--head-dim N] [--tie]\n"
 		"         [--attention-bias] [--mlp-bias] [--sliding-window W] [--max-pos N]\n"
 		"         [--rope-theta T] [--rms-eps E] [--rope-llama3 FACTOR,LOW,HIGH,ORIG]\n"
-		"         [--bos ID] [--eos ID[,ID...]] [--shards N]\n");
+		"         [--bos ID] [--eos ID[,ID...]] [--shards N]\n"
+		"         [--adapter NAME --rank R --alpha A --targets q,k,v,o,gate,up,down\n"
+		"          [--rslora] [--adapter-dtype f32|bf16|f16] [--no-model]]\n");
 }
 
 static int parse_int(const char *s, int lo, int hi, int *v)
@@ -302,6 +438,10 @@ int main(int argc, char **argv)
 		{ "rms-eps", required_argument, 0, 'e' },  { "rope-llama3", required_argument, 0, '3' },
 		{ "bos", required_argument, 0, 'B' },      { "eos", required_argument, 0, 'E' },
 		{ "shards", required_argument, 0, 'S' },   { "help", no_argument, 0, 'h' },
+		{ "adapter", required_argument, 0, 'A' },  { "rank", required_argument, 0, 'R' },
+		{ "alpha", required_argument, 0, 'L' },    { "targets", required_argument, 0, 'G' },
+		{ "rslora", no_argument, 0, 'Q' },         { "no-model", no_argument, 0, 'N' },
+		{ "adapter-dtype", required_argument, 0, 'Y' },
 		{ 0, 0, 0, 0 },
 	};
 	struct opts o = {
@@ -309,6 +449,8 @@ int main(int argc, char **argv)
 		.ffn = 128, .vocab = 256, .max_pos = 2048, .shards = 1, .bos = 1,
 		.eos = { 2 }, .n_eos = 1, .rope_theta = 10000.0, .rms_eps = 1e-5,
 		.dtype = ST_F32, .seed = 1,
+		.rank = 8, .alpha = 16, .targets = (1 << PROJ_Q) | (1 << PROJ_V),
+		.adapter_dtype = ST_F32,
 	};
 	int c, bad = 0;
 
@@ -361,6 +503,19 @@ int main(int argc, char **argv)
 			}
 			break;
 		}
+		case 'A':
+			o.adapter = optarg;
+			bad |= !*optarg || strchr(optarg, '/') != NULL;
+			break;
+		case 'R': bad |= parse_int(optarg, 1, 65536, &o.rank); break;
+		case 'L': o.alpha = strtod(optarg, NULL); break;
+		case 'G': bad |= parse_targets(optarg, &o.targets); break;
+		case 'Q': o.rslora = 1; break;
+		case 'N': o.no_model = 1; break;
+		case 'Y':
+			o.adapter_dtype = !strcmp(optarg, "bf16") ? ST_BF16 : !strcmp(optarg, "f16") ? ST_F16 : ST_F32;
+			bad |= strcmp(optarg, "bf16") && strcmp(optarg, "f16") && strcmp(optarg, "f32");
+			break;
 		case 'h':
 			usage();
 			return 0;
@@ -386,7 +541,9 @@ int main(int argc, char **argv)
 		fprintf(stderr, "lorad-mkmodel: %s: %s\n", o.out, strerror(errno));
 		return 1;
 	}
-	if (write_config(&o) < 0 || write_weights(&o) < 0)
+	if (!o.no_model && (write_config(&o) < 0 || write_weights(&o) < 0))
+		return 1;
+	if (o.adapter && write_adapter(&o) < 0)
 		return 1;
 	return 0;
 }

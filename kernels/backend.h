@@ -56,6 +56,19 @@ struct be_attn {
 	float scale;        /* softmax scale, 1/sqrt(head_dim) */
 };
 
+/* One LoRA segment (Punica's SGMV): the rows [row0, row0 + n_rows) of the
+ * batch all use one adapter's matrices of one projection. Segments of a call
+ * do not overlap; rows that use no adapter are in no segment. Each adapter
+ * keeps its own rank: nothing is padded to the largest rank of the batch. */
+struct be_lora_seg {
+	int row0, n_rows;
+	int rank;
+	float scale;             /* alpha / r, or alpha / sqrt(r) */
+	const struct be_buf *a;  /* [rank, k]: lora_A as PEFT stores it */
+	const struct be_buf *bt; /* [rank, n]: lora_B transposed */
+	size_t h_off;            /* where the segment's [n_rows, rank] block of h starts */
+};
+
 struct be_ops {
 	const char *name;
 	void (*destroy)(struct be *be);
@@ -99,6 +112,15 @@ struct be_ops {
 	void (*add)(struct be *be, size_t n, struct be_buf *x, const struct be_buf *y);
 	/* y[i, :] = x[out_rows[i], :]                          y: [n_out, d]      */
 	void (*gather_rows)(struct be *be, int d, const struct be_buf *x, struct be_buf *y);
+	/* LoRA shrink, per segment s: h_s[n_rows_s, rank_s] = x[rows of s, k] · A_sᵀ.
+	 * h holds the segments' blocks packed at their h_off.                   */
+	void (*lora_shrink)(struct be *be, int k, const struct be_buf *x,
+			    const struct be_lora_seg *segs, int n_segs, struct be_buf *h);
+	/* LoRA expand, per segment s: y[rows of s, n] += (h_s · B_sᵀ) · scale_s,
+	 * the product rounded before the scale and the scaled delta added last,
+	 * as PEFT computes `result + lora_B(lora_A(x)) * scaling`.            */
+	void (*lora_expand)(struct be *be, int n, const struct be_buf *h,
+			    const struct be_lora_seg *segs, int n_segs, struct be_buf *y);
 };
 
 /* Every backend instance starts with this. */
@@ -150,6 +172,12 @@ static inline void be_silu_mul(struct be *be, size_t n, struct be_buf *g, const 
 { be->ops->silu_mul(be, n, g, u); }
 static inline void be_add(struct be *be, size_t n, struct be_buf *x, const struct be_buf *y)
 { be->ops->add(be, n, x, y); }
+static inline void be_lora_shrink(struct be *be, int k, const struct be_buf *x,
+				  const struct be_lora_seg *s, int n, struct be_buf *h)
+{ be->ops->lora_shrink(be, k, x, s, n, h); }
+static inline void be_lora_expand(struct be *be, int n, const struct be_buf *h,
+				  const struct be_lora_seg *s, int ns, struct be_buf *y)
+{ be->ops->lora_expand(be, n, h, s, ns, y); }
 static inline void be_gather_rows(struct be *be, int d, const struct be_buf *x, struct be_buf *y)
 { be->ops->gather_rows(be, d, x, y); }
 

@@ -36,6 +36,8 @@ struct cpu_be {
 	int rope_hd;
 	float *pad;         /* padded x and y of small GEMMs */
 	size_t pad_n;
+	struct lora_task *lt; /* LoRA work items of one call */
+	int lt_n;
 };
 
 #define CPU(be) ((struct cpu_be *)(be))
@@ -452,6 +454,185 @@ static void cpu_gather_rows(struct be *be, int d, const struct be_buf *x, struct
 		memmove(y->p + (size_t)i * d, x->p + (size_t)b->out_rows[i] * d, (size_t)d * sizeof(float));
 }
 
+/*
+ * LoRA shrink and expand over segments (the SGMV of Punica, on a CPU).
+ *
+ * A work item is a chunk of up to LORA_ROWS rows of one segment. Inside it
+ * the loops run weight-outer, row-inner, so a row of A (shrink) or a column
+ * block of Bᵀ (expand) is read from memory once per chunk and then from L1
+ * for every row: per segment these are small GEMMs, not per-token passes
+ * over the weights. Every output element is summed by the same code in the
+ * same order whatever the chunk holds, so a row's numbers do not depend on
+ * the other rows of the batch (bitwise batch invariance holds with LoRA).
+ */
+#define LORA_ROWS 16
+
+struct lora_task {
+	int seg, row0, n_rows; /* row0 relative to the segment */
+};
+
+struct lora_job {
+	const struct be_lora_seg *segs;
+	const struct lora_task *tasks;
+	int k, n;
+	const float *x; /* shrink: x; expand: h */
+	float *y;       /* shrink: h; expand: y */
+};
+
+/* x · a over k elements: 64 lanes in four vectors, summed in a fixed order. */
+static inline float lora_dot(const float *x, const float *a, int k)
+{
+	v16 s0 = { 0 }, s1 = { 0 }, s2 = { 0 }, s3 = { 0 }, x0, x1, x2, x3, a0, a1, a2, a3;
+	float r = 0.0f;
+	int i = 0, l;
+
+	for (; i + 64 <= k; i += 64) {
+		memcpy(&x0, x + i, 64); memcpy(&a0, a + i, 64);
+		memcpy(&x1, x + i + 16, 64); memcpy(&a1, a + i + 16, 64);
+		memcpy(&x2, x + i + 32, 64); memcpy(&a2, a + i + 32, 64);
+		memcpy(&x3, x + i + 48, 64); memcpy(&a3, a + i + 48, 64);
+		s0 += x0 * a0;
+		s1 += x1 * a1;
+		s2 += x2 * a2;
+		s3 += x3 * a3;
+	}
+	for (; i + 16 <= k; i += 16) {
+		memcpy(&x0, x + i, 64); memcpy(&a0, a + i, 64);
+		s0 += x0 * a0;
+	}
+	s0 = (s0 + s1) + (s2 + s3);
+	for (l = 0; l < 16; l++)
+		r += s0[l];
+	for (; i < k; i++)
+		r += x[i] * a[i];
+	return r;
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+static void lora_shrink_tasks(void *arg, int worker, int begin, int end)
+{
+	const struct lora_job *j = arg;
+	int t, r, q;
+
+	(void)worker;
+	for (t = begin; t < end; t++) {
+		const struct lora_task *tk = &j->tasks[t];
+		const struct be_lora_seg *s = &j->segs[tk->seg];
+		const float *x = j->x + (size_t)(s->row0 + tk->row0) * j->k;
+		float *h = j->y + s->h_off + (size_t)tk->row0 * s->rank;
+		for (q = 0; q < s->rank; q++) {
+			const float *a = s->a->p + (size_t)q * j->k;
+			for (r = 0; r < tk->n_rows; r++)
+				h[(size_t)r * s->rank + q] = lora_dot(x + (size_t)r * j->k, a, j->k);
+		}
+	}
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+static void lora_expand_tasks(void *arg, int worker, int begin, int end)
+{
+	const struct lora_job *j = arg;
+	const int n = j->n;
+	int t, r, q, o;
+
+	(void)worker;
+	for (t = begin; t < end; t++) {
+		const struct lora_task *tk = &j->tasks[t];
+		const struct be_lora_seg *s = &j->segs[tk->seg];
+		const float *h = j->x + s->h_off + (size_t)tk->row0 * s->rank;
+		const float *bt = s->bt->p;
+		float *y = j->y + (size_t)(s->row0 + tk->row0) * n;
+		const float sc = s->scale;
+		for (o = 0; o + 16 <= n; o += 16)
+			for (r = 0; r < tk->n_rows; r++) {
+				const float *hr = h + (size_t)r * s->rank;
+				float *yr = y + (size_t)r * n + o;
+				v16 acc = { 0 }, b, yv;
+				for (q = 0; q < s->rank; q++) {
+					memcpy(&b, bt + (size_t)q * n + o, 64);
+					acc += hr[q] * b;
+				}
+				memcpy(&yv, yr, 64);
+				yv += acc * sc;
+				memcpy(yr, &yv, 64);
+			}
+		for (; o < n; o++)
+			for (r = 0; r < tk->n_rows; r++) {
+				const float *hr = h + (size_t)r * s->rank;
+				float acc = 0.0f;
+				for (q = 0; q < s->rank; q++)
+					acc += hr[q] * bt[(size_t)q * n + o];
+				y[(size_t)r * n + o] += acc * sc;
+			}
+	}
+}
+
+/* Splits the segments into work items; returns their number or -ENOMEM. */
+static int lora_tasks(struct cpu_be *c, const struct be_lora_seg *segs, int n_segs, double *work)
+{
+	int n = 0, s, r;
+
+	for (s = 0; s < n_segs; s++)
+		n += (segs[s].n_rows + LORA_ROWS - 1) / LORA_ROWS;
+	if (n > c->lt_n) {
+		struct lora_task *p = realloc(c->lt, (size_t)n * sizeof(*p));
+		if (!p)
+			return -ENOMEM;
+		c->lt = p;
+		c->lt_n = n;
+	}
+	n = 0;
+	*work = 0;
+	for (s = 0; s < n_segs; s++) {
+		*work += (double)segs[s].n_rows * segs[s].rank;
+		for (r = 0; r < segs[s].n_rows; r += LORA_ROWS) {
+			c->lt[n].seg = s;
+			c->lt[n].row0 = r;
+			c->lt[n].n_rows = segs[s].n_rows - r < LORA_ROWS ? segs[s].n_rows - r : LORA_ROWS;
+			n++;
+		}
+	}
+	return n;
+}
+
+/* Below this many multiply-adds a call runs on the calling thread alone. */
+#define LORA_PARALLEL_MACS 400000.0
+
+static void lora_run(struct cpu_be *c, pool_fn fn, struct lora_job *j, const struct be_lora_seg *segs,
+		     int n_segs, int width)
+{
+	double work;
+	int n = lora_tasks(c, segs, n_segs, &work);
+
+	if (n < 0) {
+		c->error = n;
+		return;
+	}
+	j->tasks = c->lt;
+	if (n <= 1 || work * width < LORA_PARALLEL_MACS)
+		fn(j, 0, 0, n);
+	else
+		pool_run(c->pool, fn, j, n, 1);
+}
+
+static void cpu_lora_shrink(struct be *be, int k, const struct be_buf *x,
+			    const struct be_lora_seg *segs, int n_segs, struct be_buf *h)
+{
+	struct lora_job j = { segs, NULL, k, 0, x->p, h->p };
+
+	if (n_segs > 0)
+		lora_run(CPU(be), lora_shrink_tasks, &j, segs, n_segs, k);
+}
+
+static void cpu_lora_expand(struct be *be, int n, const struct be_buf *h,
+			    const struct be_lora_seg *segs, int n_segs, struct be_buf *y)
+{
+	struct lora_job j = { segs, NULL, 0, n, h->p, y->p };
+
+	if (n_segs > 0)
+		lora_run(CPU(be), lora_expand_tasks, &j, segs, n_segs, n);
+}
+
 static void cpu_destroy(struct be *be)
 {
 	struct cpu_be *c = CPU(be);
@@ -463,6 +644,7 @@ static void cpu_destroy(struct be *be)
 	free(c->scratch);
 	free(c->rope_cs);
 	free(c->pad);
+	free(c->lt);
 	pool_destroy(c->pool);
 	free(c);
 }
@@ -486,6 +668,8 @@ static const struct be_ops cpu_ops = {
 	.silu_mul = cpu_silu_mul,
 	.add = cpu_add,
 	.gather_rows = cpu_gather_rows,
+	.lora_shrink = cpu_lora_shrink,
+	.lora_expand = cpu_lora_expand,
 };
 
 int be_cpu_create(const struct be_cpu_opts *opts, struct be **out)

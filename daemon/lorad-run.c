@@ -3,6 +3,11 @@
  *
  *   lorad-run --model DIR --prompt-tokens 1,17,250 --max-tokens N
  *             [--temperature T --top-p P --top-k K --seed S] [--json] [--logits]
+ *             [--adapter DIR [--merge]]
+ *
+ * --adapter DIR serves a PEFT LoRA adapter unmerged, as the daemon does;
+ * with --merge it is merged into the weights first (W += scale · B·A) and
+ * the base model is run, so merged and unmerged serving can be compared.
  *
  * With --json it prints one JSON object,
  *   {"tokens": [generated ids], "prompt_logits": [last prompt position]}
@@ -25,7 +30,7 @@ static void usage(void)
 		"usage: lorad-run --model DIR --prompt-tokens ID,ID,... --max-tokens N\n"
 		"         [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S]\n"
 		"         [--repetition-penalty R] [--presence-penalty P] [--ignore-eos]\n"
-		"         [--threads N] [--json] [--logits] [--adapter DIR]\n");
+		"         [--threads N] [--json] [--logits] [--adapter DIR [--merge]]\n");
 }
 
 static int parse_tokens(const char *s, int32_t **out, int *n)
@@ -86,6 +91,7 @@ int main(int argc, char **argv)
 		{ "threads", required_argument, 0, 'T' },
 		{ "json", no_argument, 0, 'j' },
 		{ "logits", no_argument, 0, 'l' },
+		{ "merge", no_argument, 0, 'g' },
 		{ "help", no_argument, 0, 'h' },
 		{ 0, 0, 0, 0 },
 	};
@@ -95,7 +101,7 @@ int main(int argc, char **argv)
 	struct engine *e = NULL;
 	struct engine_seq *s = NULL;
 	int32_t *prompt = NULL;
-	int n_prompt = 0, json = 0, logits = 0, max_tokens = -1, c, i, rc = 1;
+	int n_prompt = 0, json = 0, logits = 0, merge = 0, max_tokens = -1, c, i, rc = 1;
 	char err[512];
 	double t0, t1;
 
@@ -117,6 +123,7 @@ int main(int argc, char **argv)
 		case 'T': eo.n_threads = atoi(optarg); break;
 		case 'j': json = 1; break;
 		case 'l': logits = 1; break;
+		case 'g': merge = 1; break;
 		case 'h': usage(); return 0;
 		default: usage(); return 2;
 		}
@@ -125,8 +132,8 @@ int main(int argc, char **argv)
 		usage();
 		return 2;
 	}
-	if (adapter) {
-		fprintf(stderr, "lorad-run: --adapter is not implemented yet (LoRA serving comes with issue 4)\n");
+	if (merge && !adapter) {
+		usage();
 		return 2;
 	}
 	if (parse_tokens(prompt_s, &prompt, &n_prompt) < 0) {
@@ -142,6 +149,18 @@ int main(int argc, char **argv)
 	if (engine_load(model, &eo, &e, err, sizeof(err)) < 0) {
 		fprintf(stderr, "lorad-run: %s\n", err);
 		goto out;
+	}
+	if (adapter && merge && engine_adapter_merge(e, adapter, err, sizeof(err)) < 0) {
+		fprintf(stderr, "lorad-run: %s\n", err);
+		goto out;
+	}
+	if (adapter && !merge) {
+		if (engine_adapter_load(e, adapter, &sp.adapter, err, sizeof(err)) < 0) {
+			fprintf(stderr, "lorad-run: %s\n", err);
+			goto out;
+		}
+		if (engine_adapter_warning(e, sp.adapter))
+			fprintf(stderr, "lorad-run: warning: %s\n", engine_adapter_warning(e, sp.adapter));
 	}
 	if (engine_seq_new(e, prompt, n_prompt, &sp, &s, err, sizeof(err)) < 0) {
 		fprintf(stderr, "lorad-run: %s\n", err);

@@ -11,12 +11,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "admin.h"
 #include "config.h"
 #include "log.h"
 #include "notify.h"
+#include "ops.h"
+#include "registry.h"
 #include "nullexec.h"
 #include "engine.h"
 #include "scheduler.h"
@@ -88,6 +91,8 @@ static void usage(FILE *f)
 		"  --max-seqs N         sequences running at once (default 64)\n"
 		"  --step-tokens N      token budget of one engine step (default 512)\n"
 		"  --threads N          compute threads (default: all cores)\n"
+		"  --adapter NAME[@VER]=DIR  register a PEFT adapter and route skill NAME to it (repeatable)\n"
+		"  --state-dir DIR      where adapter versions and routes persist (default: none)\n"
 		"  --null-engine        serve without a model: echo checksums and generated ids\n"
 		"  --null-step-us N     null engine streams one token per N us (default 0: at once)\n"
 		"  --spin-us N          poll the rings this long after the last work before sleeping (default 50)\n"
@@ -241,6 +246,87 @@ static void daemon_tick(void *ctx, struct server *sv, uint64_t now)
 	}
 }
 
+static int resolve_skill(void *ctx, const char *skill, uint64_t key, int *adapter, uint32_t *vid)
+{
+	return registry_resolve(ctx, skill, key, adapter, vid);
+}
+
+static void engine_stats(void *ctx, struct ops_engine_stats *es)
+{
+	struct sched_stats st;
+
+	if (!ctx)
+		return;
+	sched_get_stats(ctx, &st);
+	es->steps = st.steps;
+	es->preemptions = st.preemptions;
+	es->running = st.running;
+	es->waiting = st.waiting;
+	es->kv_free = st.kv_free;
+	es->kv_total = st.kv_total;
+}
+
+/*
+ * Adapter versions and routes: the state directory is the truth; the
+ * config and the command line register versions (idempotent for the same
+ * files) and seed routes only for skills that have none yet.
+ */
+static int registry_setup(struct daemon *d, struct registry *reg)
+{
+	struct route_table *rt = registry_routes(reg);
+	char err[600];
+	int ret;
+
+	ret = registry_load_state(reg, err, sizeof(err));
+	if (ret)
+		log_err("%s", err);
+	for (unsigned i = 0; i < d->cfg.n_adapters; i++) {
+		const struct config_adapter *a = &d->cfg.adapter[i];
+		const struct reg_version *v;
+
+		ret = registry_add(reg, a->name, a->version, a->path, &v, err, sizeof(err));
+		if (ret) {
+			log_err("adapter %s: %s", a->name, err);
+			continue;   /* a bad adapter costs its own skill, not the daemon */
+		}
+		if (!route_get(rt, a->name)) {
+			const char *t = v->id;
+			uint32_t w = ROUTE_BUCKETS;
+			struct route r;
+
+			if (route_set(&r, a->name, NULL, &t, &w, 1, err, sizeof(err)) == 0)
+				route_install(rt, &r);
+		}
+		log_info("adapter %s from %s", v->id, a->path);
+	}
+	for (unsigned i = 0; i < d->cfg.n_routes; i++) {
+		const struct config_route *cr = &d->cfg.route[i];
+		const char *t[CONFIG_MAX_TARGETS];
+		uint32_t w[CONFIG_MAX_TARGETS];
+		struct route r;
+
+		if (route_get(rt, cr->skill))
+			continue;   /* the state has it: the config only seeds */
+		for (unsigned k = 0; k < cr->n; k++) {
+			t[k] = cr->target[k];
+			w[k] = cr->weight[k] * 100;
+			if (!registry_find(reg, t[k])) {
+				log_err("[route %s]: %s is not a registered adapter version", cr->skill, t[k]);
+				goto next;
+			}
+		}
+		if (route_set(&r, cr->skill, NULL, t, w, cr->n, err, sizeof(err)) == 0)
+			route_install(rt, &r);
+		else
+			log_err("[route %s]: %s", cr->skill, err);
+next:;
+	}
+	ret = registry_save(reg, err, sizeof(err));
+	if (ret)
+		log_err("state not saved: %s", err);
+	return 0;
+}
+
 /* --- admin commands of the daemon itself ---------------------------------------------- */
 
 static int cmd_status(void *ctx, struct json_object *req, struct json_object *reply)
@@ -289,7 +375,7 @@ int main(int argc, char **argv)
 {
 	enum { O_CONFIG = 256, O_SOCKET, O_ADMIN, O_MODE, O_NULL, O_NULLSTEP, O_SPIN, O_MAXCL,
 	       O_MAXINF, O_MAXTOK, O_SHM, O_UID, O_GID, O_DRAIN, O_CPU, O_VERBOSE, O_STALL,
-	       O_HELP, O_MODEL, O_KV, O_SEQS, O_STEPTOK, O_THREADS };
+	       O_HELP, O_MODEL, O_KV, O_SEQS, O_STEPTOK, O_THREADS, O_ADAPTER, O_STATE };
 	static const struct option opts[] = {
 		{ "config", required_argument, 0, O_CONFIG },
 		{ "socket", required_argument, 0, O_SOCKET },
@@ -314,6 +400,8 @@ int main(int argc, char **argv)
 		{ "max-seqs", required_argument, 0, O_SEQS },
 		{ "step-tokens", required_argument, 0, O_STEPTOK },
 		{ "threads", required_argument, 0, O_THREADS },
+		{ "adapter", required_argument, 0, O_ADAPTER },
+		{ "state-dir", required_argument, 0, O_STATE },
 		{ 0, 0, 0, 0 },
 	};
 	static struct daemon d;   /* large (adapter and route tables): not on the stack */
@@ -322,6 +410,8 @@ int main(int argc, char **argv)
 	struct nullexec *nx = NULL;
 	struct engine *eng = NULL;
 	struct sched *sch = NULL;
+	struct registry *reg = NULL;
+	struct ops *ops = NULL;
 	const struct exec_ops *ex;
 	void *exctx;
 	struct server sv;
@@ -359,6 +449,33 @@ int main(int argc, char **argv)
 			continue;
 		case O_NULL: d.cfg.null_engine = true; continue;
 		case O_MODEL: free(d.cfg.model_dir); d.cfg.model_dir = strdup(optarg); continue;
+		case O_STATE: free(d.cfg.state_dir); d.cfg.state_dir = strdup(optarg); continue;
+		case O_ADAPTER: {
+			char *eq = strchr(optarg, '='), *at;
+			struct config_adapter *a;
+
+			if (!eq || eq == optarg || !eq[1] || d.cfg.n_adapters == CONFIG_MAX_ADAPTERS ||
+			    (size_t)(eq - optarg) >= 2 * CONFIG_NAME_MAX) {
+				fprintf(stderr, "lorad: --adapter '%s' is not NAME[@VERSION]=DIR\n", optarg);
+				return 2;
+			}
+			a = &d.cfg.adapter[d.cfg.n_adapters];
+			memset(a, 0, sizeof(*a));
+			*eq = 0;
+			at = strchr(optarg, '@');
+			if (at)
+				*at = 0;
+			if (strlen(optarg) >= sizeof(a->name) || (at && strlen(at + 1) >= sizeof(a->version))) {
+				fprintf(stderr, "lorad: --adapter: name or version too long\n");
+				return 2;
+			}
+			strcpy(a->name, optarg);
+			if (at)
+				strcpy(a->version, at + 1);
+			a->path = strdup(eq + 1);
+			d.cfg.n_adapters++;
+			continue;
+		}
 		case O_VERBOSE: verbose = true; continue;
 		case O_HELP: case 'h': usage(stdout); return 0;
 		case '?': usage(stderr); return 2;
@@ -484,6 +601,18 @@ int main(int argc, char **argv)
 		ex = &sched_ops;
 		exctx = sch;
 	}
+	if (d.cfg.state_dir && mkdir(d.cfg.state_dir, 0750) < 0 && errno != EEXIST) {
+		log_err("%s: %s", d.cfg.state_dir, strerror(errno));
+		goto fail;
+	}
+	reg = registry_new(d.cfg.state_dir, eng);
+	if (!reg) {
+		log_err("out of memory");
+		goto fail;
+	}
+	registry_setup(&d, reg);
+	if (sch)
+		sched_set_skills(sch, resolve_skill, reg);
 	fill_server_config(&sc, &d.cfg);
 	sc.listen_fd = client_fd;
 	sc.admin_fd = admin_fd;
@@ -504,6 +633,12 @@ int main(int argc, char **argv)
 		admin_command_add(sv.admin, "status", cmd_status, &d);
 		admin_command_add(sv.admin, "drain", cmd_drain, &d);
 	}
+	ops = ops_new(reg, sv.admin, engine_stats, sch);
+	if (!ops) {
+		log_err("out of memory");
+		server_free(&sv);
+		goto fail;
+	}
 	log_info("serving on %s (%s%s)%s%s, pid %d",
 		 client_fd >= 0 ? "the socket from systemd" : d.cfg.socket_path, d.engine_name,
 		 d.cfg.null_step_us ? ", streaming" : "",
@@ -515,8 +650,16 @@ int main(int argc, char **argv)
 	if (!d.stopping_sent)
 		notify_stopping();
 	server_free(&sv);
+	{
+		char err2[512];
+
+		if (registry_save(reg, err2, sizeof(err2)))
+			log_err("state not saved: %s", err2);
+	}
+	ops_free(ops);
 	nullexec_free(nx);
 	sched_free(sch);
+	registry_free(reg);
 	engine_free(eng);
 	if (admin_fd >= 0 && d.cfg.admin_socket_path && n_fds <= 0)
 		unlink(d.cfg.admin_socket_path);
@@ -524,8 +667,10 @@ int main(int argc, char **argv)
 	config_free(&d.cfg);
 	return ret ? 1 : 0;
 fail:
+	ops_free(ops);
 	nullexec_free(nx);
 	sched_free(sch);
+	registry_free(reg);
 	engine_free(eng);
 	log_stop();
 	config_free(&d.cfg);

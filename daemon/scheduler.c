@@ -184,8 +184,8 @@ static void sc_submit(void *ctx, struct sreq *r)
 			return;
 		}
 	}
-	(void)adapter;
 	sample_params_default(&p.sample);
+	p.adapter = adapter;
 	p.sample.temperature = r->e.temperature;
 	p.sample.top_k = (int)r->e.top_k;
 	p.sample.top_p = r->e.top_p;
@@ -221,7 +221,7 @@ static void sc_submit(void *ctx, struct sreq *r)
 	}
 	j->r = r;
 	j->order = ++s->order;
-	r->version = version;
+	r->version = version;   /* fixed at admission: a route change never moves a running request */
 	r->step_seen = r->step_admit = (uint32_t)s->st.steps;
 	r->exec = j;
 	list_insert(&s->waiting, j);

@@ -10,6 +10,15 @@
 
 #include "ring.h"
 
+static sreq_final_fn final_hook;
+static void *final_ctx;
+
+void session_set_final_hook(sreq_final_fn fn, void *ctx)
+{
+	final_hook = fn;
+	final_ctx = ctx;
+}
+
 uint64_t now_ns(void)
 {
 	struct timespec ts;
@@ -237,8 +246,11 @@ void sreq_emit(struct sreq *r, bool final, int res, unsigned finish, unsigned fi
 	}
 	if (r->s->state == SESSION_LIVE)
 		emit_cqe(r->s, &q, final);
-	if (final)
+	if (final) {
+		if (final_hook)
+			final_hook(final_ctx, r, res, finish, q.ttft_us, q.itl_us);
 		sreq_release(r);
+	}
 }
 
 /* --- SQ ------------------------------------------------------------------------ */

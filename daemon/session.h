@@ -130,6 +130,11 @@ static inline uint32_t *sreq_out(struct sreq *r)
 /* Post a completion for @r. @final ends it and returns it to the pool. */
 void sreq_emit(struct sreq *r, bool final, int res, unsigned finish, unsigned field);
 
+/* Called for every request that ends (metrics), on the engine thread. */
+typedef void (*sreq_final_fn)(void *ctx, const struct sreq *r, int res, unsigned finish,
+			      uint32_t ttft_us, uint32_t itl_us);
+void session_set_final_hook(sreq_final_fn fn, void *ctx);
+
 /* Post an error completion for an entry that never became a request. */
 void session_post_error(struct session *s, const struct lorad_sqe *e, int res,
 			unsigned field);

@@ -1,0 +1,330 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * loradctl: the operator's tool. Speaks one JSON line per request to the
+ * daemon's admin socket; prints tables by default, the daemon's JSON with
+ * --json.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <json-c/json.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+static const char usage_text[] =
+	"usage: loradctl [--socket PATH] [--json] COMMAND ...\n"
+	"\n"
+	"  status                          daemon, engine and KV cache summary\n"
+	"  adapters list                   registered adapter versions\n"
+	"  adapters add NAME[@VER] DIR     register a PEFT directory (version: from its SHA-256)\n"
+	"  adapters remove NAME@VER        unregister (refused while a route uses it)\n"
+	"  adapters pin NAME@VER           load and keep resident\n"
+	"  adapters unpin NAME@VER\n"
+	"  adapters prefetch NAME@VER      load now\n"
+	"  route show [SKILL]\n"
+	"  route set SKILL VER=PCT ...     e.g. route set sql sql@v7=95 sql@v8=5\n"
+	"  route rollout SKILL VER PCT     VER gets PCT %%; the others share the rest as before\n"
+	"  route rollback SKILL            restore the previous route in one swap\n"
+	"  route history SKILL\n"
+	"  stats [--skill S]               requests, errors, tokens, latency per skill and version\n"
+	"  metrics                         Prometheus text exposition\n"
+	"  drain                           stop admitting, finish in-flight work, exit\n"
+	"\n"
+	"  --socket PATH   admin socket (default /run/lorad/admin.sock)\n"
+	"  --json          print the daemon's JSON reply\n"
+	"Exit status: 0 on success, 1 when the daemon refused, 2 on a usage error, 3 when the daemon is unreachable.\n";
+
+static int usage_error(const char *fmt, const char *arg)
+{
+	fprintf(stderr, "loradctl: ");
+	fprintf(stderr, fmt, arg);
+	fprintf(stderr, "\nTry 'loradctl --help'.\n");
+	return 2;
+}
+
+static struct json_object *call(const char *path, struct json_object *req, int *ret)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	const char *text = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN);
+	char *buf = NULL;
+	size_t len = 0, cap = 0;
+	int fd;
+
+	*ret = 3;
+	if (strlen(path) >= sizeof(sa.sun_path)) {
+		fprintf(stderr, "loradctl: %s: path too long\n", path);
+		return NULL;
+	}
+	strcpy(sa.sun_path, path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		fprintf(stderr, "loradctl: %s: %s\n", path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return NULL;
+	}
+	if (write(fd, text, strlen(text)) < 0 || write(fd, "\n", 1) != 1) {
+		fprintf(stderr, "loradctl: %s: %s\n", path, strerror(errno));
+		close(fd);
+		return NULL;
+	}
+	for (;;) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		ssize_t k;
+
+		if (poll(&p, 1, 30000) <= 0) {
+			fprintf(stderr, "loradctl: no answer from %s\n", path);
+			break;
+		}
+		if (len + 4096 > cap) {
+			char *nb = realloc(buf, cap = cap ? 2 * cap : 65536);
+			if (!nb)
+				break;
+			buf = nb;
+		}
+		k = read(fd, buf + len, cap - len - 1);
+		if (k <= 0)
+			break;
+		len += (size_t)k;
+		if (memchr(buf, '\n', len))
+			break;
+	}
+	close(fd);
+	if (!buf || !len) {
+		free(buf);
+		if (len == 0)
+			fprintf(stderr, "loradctl: %s closed the connection\n", path);
+		return NULL;
+	}
+	buf[len] = 0;
+	struct json_object *reply = json_tokener_parse(buf);
+	free(buf);
+	if (!reply)
+		fprintf(stderr, "loradctl: the daemon's reply is not JSON\n");
+	else
+		*ret = 0;
+	return reply;
+}
+
+static const char *str(struct json_object *o, const char *k)
+{
+	struct json_object *v;
+
+	return json_object_object_get_ex(o, k, &v) ? json_object_get_string(v) : "";
+}
+
+static void print_human(const char *cmd, struct json_object *reply)
+{
+	struct json_object *a;
+
+	if (!strcmp(cmd, "metrics")) {
+		fputs(str(reply, "text"), stdout);
+		return;
+	}
+	if (json_object_object_get_ex(reply, "adapters", &a)) {
+		printf("%-32s %-9s %-7s %-6s %-14s %s\n", "VERSION", "RESIDENT", "PINNED", "LOADS",
+		       "SHA256", "PATH");
+		for (size_t i = 0; i < json_object_array_length(a); i++) {
+			struct json_object *v = json_object_array_get_idx(a, i), *x;
+
+			printf("%-32s %-9s %-7s %-6s %.12s   %s\n", str(v, "id"),
+			       json_object_object_get_ex(v, "resident", &x) && json_object_get_boolean(x) ? "yes" : "no",
+			       json_object_object_get_ex(v, "pinned", &x) && json_object_get_boolean(x) ? "yes" : "no",
+			       str(v, "loads"), str(v, "sha256"), str(v, "path"));
+		}
+		return;
+	}
+	if (json_object_object_get_ex(reply, "routes", &a) || json_object_object_get_ex(reply, "history", &a)) {
+		printf("%-20s %-32s %s\n", "SKILL", "VERSION", "PERCENT");
+		for (size_t i = 0; i < json_object_array_length(a); i++) {
+			struct json_object *r = json_object_array_get_idx(a, i), *vs;
+
+			if (json_object_object_get_ex(reply, "history", NULL))
+				printf("%s\n", i == 0 ? "-- current" : "-- earlier");
+			if (!json_object_object_get_ex(r, "versions", &vs))
+				continue;
+			for (size_t k = 0; k < json_object_array_length(vs); k++) {
+				struct json_object *v = json_object_array_get_idx(vs, k);
+
+				printf("%-20s %-32s %s\n", str(r, "skill"), str(v, "version"), str(v, "percent"));
+			}
+		}
+		return;
+	}
+	if (json_object_object_get_ex(reply, "route", &a)) {
+		struct json_object *vs;
+
+		if (json_object_object_get_ex(a, "versions", &vs))
+			for (size_t k = 0; k < json_object_array_length(vs); k++) {
+				struct json_object *v = json_object_array_get_idx(vs, k);
+
+				printf("%-20s %-32s %s%%\n", str(a, "skill"), str(v, "version"), str(v, "percent"));
+			}
+		return;
+	}
+	if (json_object_object_get_ex(reply, "stats", &a)) {
+		printf("%-16s %-28s %9s %7s %10s %10s %9s %9s\n", "SKILL", "VERSION", "REQUESTS", "ERRORS",
+		       "PROMPT", "GENERATED", "TTFT_MS", "ITL_MS");
+		for (size_t i = 0; i < json_object_array_length(a); i++) {
+			struct json_object *r = json_object_array_get_idx(a, i), *errs, *x;
+			long long ne = 0;
+
+			if (json_object_object_get_ex(r, "errors", &errs)) {
+				json_object_object_foreach(errs, k, v) {
+					(void)k;
+					ne += json_object_get_int64(v);
+				}
+			}
+			printf("%-16s %-28s %9s %7lld %10s %10s %9.2f %9.2f\n", str(r, "skill"),
+			       str(r, "version"), str(r, "requests"), ne, str(r, "prompt_tokens"),
+			       str(r, "generated_tokens"),
+			       json_object_object_get_ex(r, "ttft_mean_ms", &x) ? json_object_get_double(x) : 0,
+			       json_object_object_get_ex(r, "itl_mean_ms", &x) ? json_object_get_double(x) : 0);
+		}
+		return;
+	}
+	/* status and the rest: key: value lines */
+	json_object_object_foreach(reply, k, v) {
+		if (!strcmp(k, "ok"))
+			continue;
+		printf("%-18s %s\n", k, json_object_get_string(v));
+	}
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "socket", required_argument, 0, 's' },
+		{ "json", no_argument, 0, 'j' },
+		{ "skill", required_argument, 0, 'k' },
+		{ "help", no_argument, 0, 'h' },
+		{ 0, 0, 0, 0 },
+	};
+	const char *sock = "/run/lorad/admin.sock", *skill = NULL, *cmd, *sub = NULL;
+	struct json_object *req, *reply, *ok;
+	char name[64];
+	int json = 0, c, ret;
+
+	while ((c = getopt_long(argc, argv, "+s:jh", opts, NULL)) != -1) {
+		switch (c) {
+		case 's': sock = optarg; break;
+		case 'j': json = 1; break;
+		case 'k': skill = optarg; break;
+		case 'h': fputs(usage_text, stdout); return 0;
+		default: fputs(usage_text, stderr); return 2;
+		}
+	}
+	if (optind >= argc)
+		return usage_error("%s", "no command given");
+	cmd = argv[optind++];
+	/* options may also follow the command */
+	for (int i = optind; i < argc; i++) {
+		if (!strcmp(argv[i], "--json")) {
+			json = 1;
+			memmove(&argv[i], &argv[i + 1], (argc - i - 1) * sizeof(*argv));
+			argc--;
+			i--;
+		} else if (!strcmp(argv[i], "--skill") && i + 1 < argc) {
+			skill = argv[i + 1];
+			memmove(&argv[i], &argv[i + 2], (argc - i - 2) * sizeof(*argv));
+			argc -= 2;
+			i--;
+		}
+	}
+	int nargs = argc - optind;
+	char **args = argv + optind;
+
+	req = json_object_new_object();
+	if (!strcmp(cmd, "status") || !strcmp(cmd, "metrics") || !strcmp(cmd, "drain")) {
+		if (nargs)
+			return usage_error("'%s' takes no arguments", cmd);
+		snprintf(name, sizeof(name), "%s", cmd);
+	} else if (!strcmp(cmd, "stats")) {
+		if (nargs)
+			return usage_error("%s", "'stats' takes only --skill S");
+		snprintf(name, sizeof(name), "stats");
+		if (skill)
+			json_object_object_add(req, "skill", json_object_new_string(skill));
+	} else if (!strcmp(cmd, "adapters")) {
+		if (!nargs)
+			return usage_error("%s", "'adapters' needs list, add, remove, pin, unpin or prefetch");
+		sub = args[0];
+		if (!strcmp(sub, "list")) {
+			if (nargs != 1)
+				return usage_error("%s", "'adapters list' takes no arguments");
+		} else if (!strcmp(sub, "add")) {
+			if (nargs != 3)
+				return usage_error("%s", "usage: adapters add NAME[@VER] DIR");
+			json_object_object_add(req, "id", json_object_new_string(args[1]));
+			json_object_object_add(req, "path", json_object_new_string(args[2]));
+		} else if (!strcmp(sub, "remove") || !strcmp(sub, "pin") || !strcmp(sub, "unpin") ||
+			   !strcmp(sub, "prefetch")) {
+			if (nargs != 2 || !strchr(args[1], '@'))
+				return usage_error("usage: adapters %s NAME@VER", sub);
+			json_object_object_add(req, "id", json_object_new_string(args[1]));
+		} else {
+			return usage_error("unknown 'adapters' command '%s'", sub);
+		}
+		snprintf(name, sizeof(name), "adapters_%s", sub);
+	} else if (!strcmp(cmd, "route")) {
+		if (!nargs)
+			return usage_error("%s", "'route' needs show, set, rollout, rollback or history");
+		sub = args[0];
+		if (!strcmp(sub, "show")) {
+			if (nargs > 2)
+				return usage_error("%s", "usage: route show [SKILL]");
+			if (nargs == 2)
+				json_object_object_add(req, "skill", json_object_new_string(args[1]));
+		} else if (!strcmp(sub, "set")) {
+			struct json_object *vs = json_object_new_object();
+
+			if (nargs < 3)
+				return usage_error("%s", "usage: route set SKILL VER=PCT ...");
+			json_object_object_add(req, "skill", json_object_new_string(args[1]));
+			for (int i = 2; i < nargs; i++) {
+				char *eq = strchr(args[i], '=');
+
+				if (!eq || eq == args[i] || !eq[1])
+					return usage_error("'%s' is not VER=PERCENT", args[i]);
+				*eq = 0;
+				json_object_object_add(vs, args[i], json_object_new_string(eq + 1));
+			}
+			json_object_object_add(req, "versions", vs);
+		} else if (!strcmp(sub, "rollout")) {
+			if (nargs != 4)
+				return usage_error("%s", "usage: route rollout SKILL VER PERCENT");
+			json_object_object_add(req, "skill", json_object_new_string(args[1]));
+			json_object_object_add(req, "version", json_object_new_string(args[2]));
+			json_object_object_add(req, "percent", json_object_new_string(args[3]));
+		} else if (!strcmp(sub, "rollback") || !strcmp(sub, "history")) {
+			if (nargs != 2)
+				return usage_error("usage: route %s SKILL", sub);
+			json_object_object_add(req, "skill", json_object_new_string(args[1]));
+		} else {
+			return usage_error("unknown 'route' command '%s'", sub);
+		}
+		snprintf(name, sizeof(name), "route_%s", sub);
+	} else {
+		return usage_error("unknown command '%s'", cmd);
+	}
+	json_object_object_add(req, "cmd", json_object_new_string(name));
+	reply = call(sock, req, &ret);
+	json_object_put(req);
+	if (!reply)
+		return ret;
+	if (!json_object_object_get_ex(reply, "ok", &ok) || !json_object_get_boolean(ok)) {
+		fprintf(stderr, "loradctl: %s\n", str(reply, "error"));
+		json_object_put(reply);
+		return 1;
+	}
+	if (json)
+		printf("%s\n", json_object_to_json_string_ext(reply, JSON_C_TO_STRING_PRETTY));
+	else
+		print_human(name, reply);
+	json_object_put(reply);
+	return 0;
+}

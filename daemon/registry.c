@@ -1,0 +1,566 @@
+/* SPDX-License-Identifier: MIT */
+#include "registry.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine.h"
+#include "log.h"
+
+#define REG_MAX 1024
+
+struct registry {
+	char *state_dir;
+	struct engine *e;
+	struct reg_version *v[REG_MAX];
+	unsigned n;
+	uint32_t next_vid;
+	struct route_table *routes;
+};
+
+struct registry *registry_new(const char *state_dir, struct engine *e)
+{
+	struct registry *r = calloc(1, sizeof(*r));
+
+	if (!r)
+		return NULL;
+	r->routes = route_table_new();
+	r->state_dir = state_dir ? strdup(state_dir) : NULL;
+	if (!r->routes || (state_dir && !r->state_dir)) {
+		registry_free(r);
+		return NULL;
+	}
+	r->e = e;
+	return r;
+}
+
+static void version_free(struct reg_version *v)
+{
+	if (v) {
+		free(v->path);
+		free(v);
+	}
+}
+
+void registry_free(struct registry *r)
+{
+	if (!r)
+		return;
+	for (unsigned i = 0; i < r->n; i++)
+		version_free(r->v[i]);
+	route_table_free(r->routes);
+	free(r->state_dir);
+	free(r);
+}
+
+void registry_set_engine(struct registry *r, struct engine *e)
+{
+	r->e = e;
+}
+
+struct route_table *registry_routes(struct registry *r)
+{
+	return r->routes;
+}
+
+/* --- hashing ----------------------------------------------------------------------- */
+
+static int hash_file(EVP_MD_CTX *md, const char *dir, const char *name, char *err, size_t errlen)
+{
+	char path[4096], buf[1 << 16];
+	ssize_t k;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		int e = errno;
+
+		snprintf(err, errlen, "%s: %s", path, strerror(e));
+		return -e;
+	}
+	/* the file name is part of the hash, so two files cannot trade bytes */
+	EVP_DigestUpdate(md, name, strlen(name) + 1);
+	while ((k = read(fd, buf, sizeof(buf))) > 0)
+		EVP_DigestUpdate(md, buf, (size_t)k);
+	close(fd);
+	if (k < 0) {
+		snprintf(err, errlen, "%s: %s", path, strerror(errno));
+		return -EIO;
+	}
+	return 0;
+}
+
+int registry_hash_dir(const char *path, char hex[65], char *err, size_t errlen)
+{
+	static const char *const files[] = { "adapter_config.json", "adapter_model.safetensors" };
+	unsigned char dig[EVP_MAX_MD_SIZE];
+	unsigned int len = 0;
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	int ret = 0;
+
+	if (!md)
+		return -ENOMEM;
+	EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+	for (unsigned i = 0; i < 2 && !ret; i++)
+		ret = hash_file(md, path, files[i], err, errlen);
+	if (!ret) {
+		EVP_DigestFinal_ex(md, dig, &len);
+		for (unsigned i = 0; i < len && i < 32; i++)
+			sprintf(hex + 2 * i, "%02x", dig[i]);
+		hex[64] = 0;
+	}
+	EVP_MD_CTX_free(md);
+	return ret;
+}
+
+/* --- versions ------------------------------------------------------------------------ */
+
+const struct reg_version *registry_find(const struct registry *r, const char *id)
+{
+	for (unsigned i = 0; i < r->n; i++)
+		if (!strcmp(r->v[i]->id, id))
+			return r->v[i];
+	return NULL;
+}
+
+static struct reg_version *find_mut(struct registry *r, const char *id)
+{
+	return (struct reg_version *)registry_find(r, id);
+}
+
+const struct reg_version *registry_at(const struct registry *r, unsigned i)
+{
+	return i < r->n ? r->v[i] : NULL;
+}
+
+const struct reg_version *registry_by_vid(const struct registry *r, uint32_t vid)
+{
+	for (unsigned i = 0; i < r->n; i++)
+		if (r->v[i]->vid == vid)
+			return r->v[i];
+	return NULL;
+}
+
+static bool part_ok(const char *s)
+{
+	if (!*s || strlen(s) >= 32)
+		return false;
+	for (; *s; s++)
+		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+		      *s == '_' || *s == '-' || *s == '.'))
+			return false;
+	return true;
+}
+
+static int add_entry(struct registry *r, const char *name, const char *version, const char *path,
+		     const char *sha, struct reg_version **out, char *err, size_t errlen)
+{
+	struct reg_version *v;
+
+	if (!part_ok(name) || !part_ok(version) || !strcmp(name, "base") || !strcmp(name, "auto")) {
+		snprintf(err, errlen, "'%s@%s': name and version are 1-31 of A-Z a-z 0-9 _ . - "
+			 "(and the name is not base or auto)", name, version);
+		return -EINVAL;
+	}
+	if (r->n == REG_MAX) {
+		snprintf(err, errlen, "more than %d adapter versions", REG_MAX);
+		return -ENOSPC;
+	}
+	v = calloc(1, sizeof(*v));
+	if (!v || !(v->path = strdup(path))) {
+		version_free(v);
+		return -ENOMEM;
+	}
+	strcpy(v->name, name);
+	strcpy(v->version, version);
+	snprintf(v->id, sizeof(v->id), "%s@%s", name, version);
+	memcpy(v->sha256, sha, 65);
+	v->vid = ++r->next_vid;
+	r->v[r->n++] = v;
+	*out = v;
+	return 0;
+}
+
+int registry_add(struct registry *r, const char *name, const char *version, const char *path,
+		 const struct reg_version **out, char *err, size_t errlen)
+{
+	char sha[65], ver[32], id[ROUTE_NAME_MAX];
+	const struct reg_version *old;
+	struct reg_version *v;
+	int ret;
+
+	ret = registry_hash_dir(path, sha, err, errlen);
+	if (ret)
+		return ret;
+	if (version && *version)
+		snprintf(ver, sizeof(ver), "%s", version);
+	else
+		snprintf(ver, sizeof(ver), "%.12s", sha);
+	snprintf(id, sizeof(id), "%s@%s", name, ver);
+	old = registry_find(r, id);
+	if (old) {
+		if (strcmp(old->sha256, sha)) {
+			snprintf(err, errlen, "%s is registered with other files (sha256 %.12s..., "
+				 "these are %.12s...): a version never changes; register a new one",
+				 id, old->sha256, sha);
+			return -EEXIST;
+		}
+		*out = old;
+		return 0;   /* the same files again: nothing to do */
+	}
+	ret = add_entry(r, name, ver, path, sha, &v, err, errlen);
+	if (!ret)
+		*out = v;
+	return ret;
+}
+
+int registry_remove(struct registry *r, const char *id, char *err, size_t errlen)
+{
+	struct reg_version *v = find_mut(r, id);
+
+	if (!v) {
+		snprintf(err, errlen, "no adapter version %s", id);
+		return -ENOENT;
+	}
+	if (route_uses(r->routes, id)) {
+		snprintf(err, errlen, "%s is still in a route: route it away first", id);
+		return -EBUSY;
+	}
+	if (v->adapter && r->e) {
+		int ret = engine_adapter_unload(r->e, v->adapter);
+
+		if (ret) {
+			snprintf(err, errlen, "%s still serves running requests", id);
+			return ret;
+		}
+	}
+	for (unsigned i = 0; i < r->n; i++)
+		if (r->v[i] == v) {
+			r->v[i] = r->v[--r->n];
+			break;
+		}
+	version_free(v);
+	return 0;
+}
+
+/* Load @v onto the engine, checking the files still have the registered hash. */
+static int make_resident(struct registry *r, struct reg_version *v, char *err, size_t errlen)
+{
+	char sha[65];
+	uint64_t t0;
+	struct timespec ts;
+	int ret;
+
+	if (v->adapter)
+		return 0;
+	if (!r->e) {
+		snprintf(err, errlen, "no engine");
+		return -ENODEV;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	t0 = (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
+	ret = registry_hash_dir(v->path, sha, err, errlen);
+	if (ret)
+		return ret;
+	if (strcmp(sha, v->sha256)) {
+		snprintf(err, errlen, "%s: the files in %s changed since they were registered "
+			 "(sha256 %.12s..., now %.12s...): refusing to serve them as %s",
+			 v->id, v->path, v->sha256, sha, v->id);
+		return -EBADMSG;
+	}
+	ret = engine_adapter_load(r->e, v->path, &v->adapter, err, errlen);
+	if (ret) {
+		v->adapter = 0;
+		return ret;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	v->loads++;
+	v->load_ns += (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec - t0;
+	return 0;
+}
+
+int registry_prefetch(struct registry *r, const char *id, char *err, size_t errlen)
+{
+	struct reg_version *v = find_mut(r, id);
+
+	if (!v) {
+		snprintf(err, errlen, "no adapter version %s", id);
+		return -ENOENT;
+	}
+	return make_resident(r, v, err, errlen);
+}
+
+int registry_pin(struct registry *r, const char *id, bool pin, char *err, size_t errlen)
+{
+	struct reg_version *v = find_mut(r, id);
+	int ret = 0;
+
+	if (!v) {
+		snprintf(err, errlen, "no adapter version %s", id);
+		return -ENOENT;
+	}
+	if (pin)
+		ret = make_resident(r, v, err, errlen);
+	if (!ret)
+		v->pinned = pin;
+	return ret;
+}
+
+int registry_resolve(struct registry *r, const char *skill, uint64_t key, int *adapter,
+		     uint32_t *vid)
+{
+	const struct route *rt = route_get(r->routes, skill);
+	struct reg_version *v;
+	char err[512];
+	int ret;
+
+	if (!rt)
+		return -ENOENT;
+	v = find_mut(r, route_pick(rt, key));
+	if (!v)
+		return -ENOENT;
+	ret = make_resident(r, v, err, sizeof(err));
+	if (ret) {
+		log_err("%s", err);
+		return ret;
+	}
+	*adapter = v->adapter;
+	*vid = v->vid;
+	return 0;
+}
+
+/* --- state ----------------------------------------------------------------------------- */
+
+static struct json_object *route_to_json(const struct route *rt)
+{
+	struct json_object *o = json_object_new_object(), *t = json_object_new_array(),
+			   *w = json_object_new_array(), *b = json_object_new_array();
+	unsigned run = 0;
+
+	for (unsigned i = 0; i < rt->n; i++) {
+		json_object_array_add(t, json_object_new_string(rt->target[i]));
+		json_object_array_add(w, json_object_new_int((int)rt->weight[i]));
+	}
+	/* the bucket table, run-length encoded: [[version index, count], ...] */
+	for (unsigned k = 1; k <= ROUTE_BUCKETS; k++) {
+		run++;
+		if (k == ROUTE_BUCKETS || rt->bucket[k] != rt->bucket[k - 1]) {
+			struct json_object *pair = json_object_new_array();
+
+			json_object_array_add(pair, json_object_new_int(rt->bucket[k - 1]));
+			json_object_array_add(pair, json_object_new_int((int)run));
+			json_object_array_add(b, pair);
+			run = 0;
+		}
+	}
+	json_object_object_add(o, "skill", json_object_new_string(rt->skill));
+	json_object_object_add(o, "targets", t);
+	json_object_object_add(o, "weights", w);
+	json_object_object_add(o, "buckets", b);
+	json_object_object_add(o, "created", json_object_new_int64(rt->created));
+	return o;
+}
+
+static int route_from_json(struct json_object *o, struct route *rt, char *err, size_t errlen)
+{
+	struct json_object *s, *t, *w, *b, *c;
+	unsigned pos = 0;
+
+	memset(rt, 0, sizeof(*rt));
+	if (!json_object_object_get_ex(o, "skill", &s) || !json_object_object_get_ex(o, "targets", &t) ||
+	    !json_object_object_get_ex(o, "weights", &w) || !json_object_object_get_ex(o, "buckets", &b) ||
+	    !json_object_is_type(t, json_type_array) || !json_object_is_type(w, json_type_array) ||
+	    !json_object_is_type(b, json_type_array) ||
+	    json_object_array_length(t) != json_object_array_length(w) ||
+	    !json_object_array_length(t) || json_object_array_length(t) > ROUTE_MAX_VERSIONS ||
+	    strlen(json_object_get_string(s)) >= sizeof(rt->skill))
+		goto bad;
+	strcpy(rt->skill, json_object_get_string(s));
+	rt->n = (unsigned)json_object_array_length(t);
+	for (unsigned i = 0; i < rt->n; i++) {
+		const char *name = json_object_get_string(json_object_array_get_idx(t, i));
+
+		if (!name || strlen(name) >= ROUTE_NAME_MAX)
+			goto bad;
+		strcpy(rt->target[i], name);
+		rt->weight[i] = (uint32_t)json_object_get_int(json_object_array_get_idx(w, i));
+	}
+	for (size_t k = 0; k < json_object_array_length(b); k++) {
+		struct json_object *pair = json_object_array_get_idx(b, k);
+		int idx, cnt;
+
+		if (!json_object_is_type(pair, json_type_array) || json_object_array_length(pair) != 2)
+			goto bad;
+		idx = json_object_get_int(json_object_array_get_idx(pair, 0));
+		cnt = json_object_get_int(json_object_array_get_idx(pair, 1));
+		if (idx < 0 || (unsigned)idx >= rt->n || cnt <= 0 || pos + (unsigned)cnt > ROUTE_BUCKETS)
+			goto bad;
+		memset(rt->bucket + pos, idx, (size_t)cnt);
+		pos += (unsigned)cnt;
+	}
+	if (pos != ROUTE_BUCKETS)
+		goto bad;
+	if (json_object_object_get_ex(o, "created", &c))
+		rt->created = json_object_get_int64(c);
+	return 0;
+bad:
+	snprintf(err, errlen, "a route in the state file is malformed");
+	return -EINVAL;
+}
+
+int registry_save(struct registry *r, char *err, size_t errlen)
+{
+	char tmp[4096], path[4096];
+	struct json_object *root, *vs, *rs;
+	const struct route *rt;
+	const char *text;
+	size_t len;
+	int fd, dfd, ret = 0;
+
+	if (!r->state_dir)
+		return 0;
+	root = json_object_new_object();
+	vs = json_object_new_array();
+	rs = json_object_new_array();
+	json_object_object_add(root, "format", json_object_new_int(1));
+	for (unsigned i = 0; i < r->n; i++) {
+		struct json_object *o = json_object_new_object();
+
+		json_object_object_add(o, "name", json_object_new_string(r->v[i]->name));
+		json_object_object_add(o, "version", json_object_new_string(r->v[i]->version));
+		json_object_object_add(o, "path", json_object_new_string(r->v[i]->path));
+		json_object_object_add(o, "sha256", json_object_new_string(r->v[i]->sha256));
+		json_object_object_add(o, "pinned", json_object_new_boolean(r->v[i]->pinned));
+		json_object_array_add(vs, o);
+	}
+	for (unsigned i = 0; (rt = route_at(r->routes, i)); i++) {
+		const struct route *hist[ROUTE_HISTORY];
+		unsigned nh = route_history(r->routes, rt->skill, hist, ROUTE_HISTORY);
+		struct json_object *o = route_to_json(rt), *h = json_object_new_array();
+
+		for (unsigned k = 0; k < nh; k++)
+			json_object_array_add(h, route_to_json(hist[k]));
+		json_object_object_add(o, "history", h);
+		json_object_array_add(rs, o);
+	}
+	json_object_object_add(root, "versions", vs);
+	json_object_object_add(root, "routes", rs);
+	text = json_object_to_json_string_length(root, JSON_C_TO_STRING_PRETTY, &len);
+
+	/* write, fsync, rename, fsync the directory: after a crash the file is
+	 * either the old one or the new one, never a mixture */
+	snprintf(path, sizeof(path), "%s/state.json", r->state_dir);
+	snprintf(tmp, sizeof(tmp), "%s/.state.json.tmp", r->state_dir);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+	if (fd < 0 || write(fd, text, len) != (ssize_t)len || write(fd, "\n", 1) != 1 ||
+	    fsync(fd) < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "%s: %s", tmp, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		unlink(tmp);
+		goto out;
+	}
+	close(fd);
+	if (rename(tmp, path) < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "%s: %s", path, strerror(errno));
+		unlink(tmp);
+		goto out;
+	}
+	dfd = open(r->state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd >= 0) {
+		fsync(dfd);
+		close(dfd);
+	}
+out:
+	json_object_put(root);
+	return ret;
+}
+
+static int keep_aside(const char *path, char *err, size_t errlen, const char *why)
+{
+	char aside[4200];
+
+	snprintf(aside, sizeof(aside), "%s.corrupt-%lld", path, (long long)time(NULL));
+	if (rename(path, aside) < 0) {
+		snprintf(err, errlen, "%s: %s, and it cannot be moved aside: %s", path, why,
+			 strerror(errno));
+		return -EIO;
+	}
+	snprintf(err, errlen, "%s: %s; kept as %s, starting with no state", path, why, aside);
+	return -EINVAL;
+}
+
+int registry_load_state(struct registry *r, char *err, size_t errlen)
+{
+	struct json_object *root, *vs = NULL, *rs = NULL;
+	char path[4096], why[256];
+	int ret = 0;
+
+	if (!r->state_dir)
+		return 0;
+	snprintf(path, sizeof(path), "%s/state.json", r->state_dir);
+	if (access(path, F_OK) != 0)
+		return 0;
+	root = json_object_from_file(path);
+	if (!root || !json_object_object_get_ex(root, "versions", &vs) ||
+	    !json_object_object_get_ex(root, "routes", &rs) ||
+	    !json_object_is_type(vs, json_type_array) || !json_object_is_type(rs, json_type_array)) {
+		json_object_put(root);
+		return keep_aside(path, err, errlen, "not a lorad state file");
+	}
+	for (size_t i = 0; i < json_object_array_length(vs) && !ret; i++) {
+		struct json_object *o = json_object_array_get_idx(vs, i), *n, *v, *p, *h, *pin;
+		struct reg_version *e;
+
+		if (!json_object_object_get_ex(o, "name", &n) || !json_object_object_get_ex(o, "version", &v) ||
+		    !json_object_object_get_ex(o, "path", &p) || !json_object_object_get_ex(o, "sha256", &h) ||
+		    strlen(json_object_get_string(h)) != 64) {
+			ret = -EINVAL;
+			snprintf(why, sizeof(why), "version %zu is malformed", i);
+			break;
+		}
+		ret = add_entry(r, json_object_get_string(n), json_object_get_string(v),
+				json_object_get_string(p), json_object_get_string(h), &e, why, sizeof(why));
+		if (!ret && json_object_object_get_ex(o, "pinned", &pin))
+			e->pinned = json_object_get_boolean(pin);
+	}
+	for (size_t i = 0; i < json_object_array_length(rs) && !ret; i++) {
+		struct json_object *o = json_object_array_get_idx(rs, i), *h;
+		struct route rt, hist[ROUTE_HISTORY];
+		unsigned nh = 0;
+
+		ret = route_from_json(o, &rt, why, sizeof(why));
+		if (!ret && json_object_object_get_ex(o, "history", &h) &&
+		    json_object_is_type(h, json_type_array)) {
+			for (size_t k = 0; k < json_object_array_length(h) && k < ROUTE_HISTORY && !ret; k++)
+				ret = route_from_json(json_object_array_get_idx(h, k), &hist[nh++], why,
+						      sizeof(why));
+		}
+		if (!ret)
+			ret = route_install(r->routes, &rt);
+		if (!ret && nh)
+			ret = route_set_history(r->routes, rt.skill, hist, nh);
+	}
+	json_object_put(root);
+	if (ret) {
+		/* start clean rather than half-loaded */
+		for (unsigned i = 0; i < r->n; i++)
+			version_free(r->v[i]);
+		r->n = 0;
+		route_table_free(r->routes);
+		r->routes = route_table_new();
+		return keep_aside(path, err, errlen, why);
+	}
+	return 0;
+}

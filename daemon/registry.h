@@ -1,0 +1,91 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Adapter versions and the routes over them: the operator's state.
+ *
+ * A version is name@version, immutable once registered: the SHA-256 of its
+ * files is recorded then and checked on every load from disk, and
+ * re-registering changed files under the same version is refused. The
+ * version string is the operator's or the first 12 hex digits of the hash.
+ *
+ * The state directory holds the truth (state.json, written with temp file,
+ * fsync, rename, fsync of the directory); routes in the config file only
+ * seed skills that have no state yet. A state file that does not parse is
+ * kept aside under a new name and reported, never overwritten.
+ */
+#ifndef LORAD_REGISTRY_H
+#define LORAD_REGISTRY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "route.h"
+
+struct engine;
+
+struct reg_version {
+	char name[32];
+	char version[32];
+	char id[ROUTE_NAME_MAX];     /* "name@version" */
+	char *path;
+	char sha256[65];
+	uint32_t vid;                /* small number reported in completions */
+	int adapter;                 /* engine adapter id, 0 when not resident */
+	bool pinned;
+	uint64_t loads, load_ns;
+};
+
+struct registry;
+
+/*
+ * @state_dir NULL: nothing persists (tests, runs by hand). @e may be NULL
+ * until the engine is up (no loading then).
+ */
+struct registry *registry_new(const char *state_dir, struct engine *e);
+void registry_free(struct registry *r);
+void registry_set_engine(struct registry *r, struct engine *e);
+
+/*
+ * Read state.json. Returns 0 (also when there is none), or -EINVAL when it
+ * was corrupt: it is renamed aside, @err says where it went, and the
+ * registry starts empty.
+ */
+int registry_load_state(struct registry *r, char *err, size_t errlen);
+
+/* Write state.json atomically. Returns 0 or -errno. */
+int registry_save(struct registry *r, char *err, size_t errlen);
+
+/*
+ * Register @path as @name@@version (@version NULL or "": derived from the
+ * hash). Returns 0 and the entry in *out; -EEXIST when that version exists
+ * with other files; -ENOENT/-EINVAL naming the file when it is not a PEFT
+ * directory.
+ */
+int registry_add(struct registry *r, const char *name, const char *version, const char *path,
+		 const struct reg_version **out, char *err, size_t errlen);
+
+/* Returns 0, -ENOENT, or -EBUSY when a route still uses it or requests run on it. */
+int registry_remove(struct registry *r, const char *id, char *err, size_t errlen);
+
+const struct reg_version *registry_find(const struct registry *r, const char *id);
+const struct reg_version *registry_at(const struct registry *r, unsigned i);
+const struct reg_version *registry_by_vid(const struct registry *r, uint32_t vid);
+
+/* Make @id resident now (prefetch) or keep it resident (pin). Returns 0 or -errno. */
+int registry_prefetch(struct registry *r, const char *id, char *err, size_t errlen);
+int registry_pin(struct registry *r, const char *id, bool pin, char *err, size_t errlen);
+
+/*
+ * Resolve a request: @skill through its route for @key to a version, made
+ * resident if needed. Returns 0 with *adapter and *vid; -ENOENT (no such
+ * skill); or the load error.
+ */
+int registry_resolve(struct registry *r, const char *skill, uint64_t key, int *adapter,
+		     uint32_t *vid);
+
+struct route_table *registry_routes(struct registry *r);
+
+/* SHA-256 (hex) of a PEFT directory's adapter_config.json and adapter_model.safetensors. */
+int registry_hash_dir(const char *path, char hex[65], char *err, size_t errlen);
+
+#endif

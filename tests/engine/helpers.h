@@ -20,11 +20,16 @@ static inline char *mk_model(const char *args)
 
 	if (!dir)
 		return NULL;
+	char *out;
+
 	snprintf(cmd, sizeof(cmd), "'%s' %s/m %s", MKMODEL, dir, args);
 	if (system(cmd) != 0)
 		return NULL;
-	strcat(dir, "/m");
-	return strdup(dir);
+	/* dir is the template itself: room for "/m" only in a copy */
+	out = malloc(strlen(dir) + 3);
+	if (out)
+		sprintf(out, "%s/m", dir);
+	return out;
 }
 
 static inline void rm_model(char *dir)

@@ -570,6 +570,79 @@ static void test_lifecycle(void **state)
 	engine_free(e);
 }
 
+/* Segments long enough that the CPU kernels split them over threads: a
+ * model and adapters from lorad-mkmodel (rank 16 on all seven projections,
+ * rank 4 on q/v), long prompts; each sequence bitwise as alone, and the
+ * merged weights give the unmerged tokens. */
+static void test_long_segments(void **state)
+{
+	char *m = mk_model("--hidden 256 --heads 8 --kv-heads 4 --ffn 512 --vocab 512 --layers 2 "
+			   "--adapter big --rank 16 --alpha 32 --targets q,k,v,o,gate,up,down");
+	char *m2 = NULL, path[4300], err[512];
+	struct engine *e = NULL, *em = NULL;
+	struct engine_opts eo = { .kv_tokens = 2048 };
+	struct engine_seq_params sp = { 0 };
+	struct engine_seq *alone[4], *batch[4], *merged;
+	int32_t prompt[200];
+	int ids[4], i, k, vocab;
+
+	(void)state;
+	assert_non_null(m);
+	if (!m)
+		return;
+	/* a second adapter of rank 4 on q, v, for the same model */
+	m2 = strdup(m);
+	snprintf(path, sizeof(path), "'%s' '%s' --hidden 256 --heads 8 --kv-heads 4 --ffn 512 "
+		 "--vocab 512 --layers 2 --no-model --adapter small --rank 4 --alpha 4 --targets q,v",
+		 MKMODEL, m);
+	assert_int_equal(system(path), 0);
+	assert_int_equal(engine_load(m, &eo, &e, err, sizeof(err)), 0);
+	assert_int_equal(engine_load(m, &eo, &em, err, sizeof(err)), 0);
+	vocab = engine_config(e)->vocab;
+	snprintf(path, sizeof(path), "%s/big", m);
+	assert_int_equal(engine_adapter_load(e, path, &ids[1], err, sizeof(err)), 0);
+	assert_int_equal(engine_adapter_merge(em, path, err, sizeof(err)), 0);
+	ids[2] = ids[1];
+	snprintf(path, sizeof(path), "%s/small", m);
+	assert_int_equal(engine_adapter_load(e, path, &ids[3], err, sizeof(err)), 0);
+	ids[0] = 0;
+	for (i = 0; i < 200; i++)
+		prompt[i] = (int32_t)((i * 7919 + 13) % vocab);
+	sample_params_default(&sp.sample);
+	sp.sample.ignore_eos = 1;
+	sp.keep_logits = ENGINE_LOGITS_ALL;
+	sp.max_tokens = 6;
+	for (k = 0; k < 2; k++)
+		for (i = 0; i < 4; i++) {
+			struct engine_seq **s = k ? &batch[i] : &alone[i];
+			sp.adapter = ids[i];
+			assert_int_equal(engine_seq_new(e, prompt + i, 200 - 3 * i, &sp, s, err, sizeof(err)), 0);
+			if (!k)
+				assert_int_equal(engine_generate(e, s, 1, 0, err, sizeof(err)), 0);
+		}
+	assert_int_equal(engine_generate(e, batch, 4, 0, err, sizeof(err)), 0);
+	for (i = 0; i < 4; i++) {
+		assert_memory_equal(batch[i]->tokens, alone[i]->tokens,
+				    (size_t)alone[i]->n_tokens * sizeof(int32_t));
+		assert_memory_equal(batch[i]->logits, alone[i]->logits,
+				    (size_t)alone[i]->n_logits * vocab * sizeof(float));
+	}
+	sp.adapter = 0;
+	assert_int_equal(engine_seq_new(em, prompt + 1, 197, &sp, &merged, err, sizeof(err)), 0);
+	assert_int_equal(engine_generate(em, &merged, 1, 0, err, sizeof(err)), 0);
+	assert_memory_equal(merged->tokens, alone[1]->tokens, (size_t)alone[1]->n_tokens * sizeof(int32_t));
+	assert_memory_not_equal(alone[0]->tokens + 200, alone[1]->tokens + 197, 6 * sizeof(int32_t));
+	engine_seq_free(em, merged);
+	for (i = 0; i < 4; i++) {
+		engine_seq_free(e, alone[i]);
+		engine_seq_free(e, batch[i]);
+	}
+	engine_free(e);
+	engine_free(em);
+	free(m2);
+	rm_model(m);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -578,6 +651,7 @@ int main(void)
 		cmocka_unit_test(test_mixed_batch),
 		cmocka_unit_test(test_refused),
 		cmocka_unit_test(test_lifecycle),
+		cmocka_unit_test(test_long_segments),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -130,6 +130,7 @@ struct daemon {
 	const char *engine_name;
 	char engine_buf[300];
 	struct sched *sched;
+	struct registry *reg;
 };
 
 static void fill_server_config(struct server_config *sc, const struct config *c)
@@ -164,6 +165,8 @@ static void default_access(struct config *c)
 	if (getuid() != 0)
 		c->allow_uid[c->n_allow_uid++] = 0;
 }
+
+static void registry_seed(const struct config *cfg, struct registry *reg);
 
 /*
  * SIGHUP: parse the file into a copy; only a config that parses and checks
@@ -200,6 +203,11 @@ static void reload(struct daemon *d)
 		server_reconfigure(d->sv, &sc);
 	}
 	log_set_level(next.log_level);
+	/* new [adapter] and [route] sections: versions are registered (the
+	 * same files again change nothing) and routes seed skills that have
+	 * none; the state directory keeps the routes operators set */
+	if (d->reg)
+		registry_seed(&next, d->reg);
 	config_free(&d->cfg);
 	d->cfg = next;
 	log_info("reloaded %s", d->config_path);
@@ -236,8 +244,16 @@ static void daemon_tick(void *ctx, struct server *sv, uint64_t now)
 
 		for (struct session *s = sv->sessions; s; s = s->next)
 			total += s->requests;
-		notify_status("%s; %u clients, %u requests in flight, %.0f requests/s%s",
-			      d->engine_name, sv->n_sessions, server_inflight(sv),
+		unsigned resident = 0, registered = 0;
+		const struct reg_version *v;
+
+		for (unsigned i = 0; d->reg && (v = registry_at(d->reg, i)); i++) {
+			registered++;
+			resident += v->adapter != 0;
+		}
+		notify_status("%s; adapters %u resident of %u; %u clients, %u requests in flight, "
+			      "%.0f requests/s%s",
+			      d->engine_name, resident, registered, sv->n_sessions, server_inflight(sv),
 			      dt > 0 ? (total - d->last_requests) / dt : 0.0,
 			      sv->draining ? "; draining" : "");
 		d->last_requests = total;
@@ -271,17 +287,14 @@ static void engine_stats(void *ctx, struct ops_engine_stats *es)
  * config and the command line register versions (idempotent for the same
  * files) and seed routes only for skills that have none yet.
  */
-static int registry_setup(struct daemon *d, struct registry *reg)
+static void registry_seed(const struct config *cfg, struct registry *reg)
 {
 	struct route_table *rt = registry_routes(reg);
 	char err[600];
 	int ret;
 
-	ret = registry_load_state(reg, err, sizeof(err));
-	if (ret)
-		log_err("%s", err);
-	for (unsigned i = 0; i < d->cfg.n_adapters; i++) {
-		const struct config_adapter *a = &d->cfg.adapter[i];
+	for (unsigned i = 0; i < cfg->n_adapters; i++) {
+		const struct config_adapter *a = &cfg->adapter[i];
 		const struct reg_version *v;
 
 		ret = registry_add(reg, a->name, a->version, a->path, &v, err, sizeof(err));
@@ -299,8 +312,8 @@ static int registry_setup(struct daemon *d, struct registry *reg)
 		}
 		log_info("adapter %s from %s", v->id, a->path);
 	}
-	for (unsigned i = 0; i < d->cfg.n_routes; i++) {
-		const struct config_route *cr = &d->cfg.route[i];
+	for (unsigned i = 0; i < cfg->n_routes; i++) {
+		const struct config_route *cr = &cfg->route[i];
 		const char *t[CONFIG_MAX_TARGETS];
 		uint32_t w[CONFIG_MAX_TARGETS];
 		struct route r;
@@ -324,7 +337,15 @@ next:;
 	ret = registry_save(reg, err, sizeof(err));
 	if (ret)
 		log_err("state not saved: %s", err);
-	return 0;
+}
+
+static void registry_setup(struct daemon *d, struct registry *reg)
+{
+	char err[600];
+
+	if (registry_load_state(reg, err, sizeof(err)))
+		log_err("%s", err);
+	registry_seed(&d->cfg, reg);
 }
 
 /* --- admin commands of the daemon itself ---------------------------------------------- */
@@ -611,6 +632,7 @@ int main(int argc, char **argv)
 		goto fail;
 	}
 	registry_setup(&d, reg);
+	d.reg = reg;
 	if (sch)
 		sched_set_skills(sch, resolve_skill, reg);
 	fill_server_config(&sc, &d.cfg);

@@ -59,6 +59,26 @@ static int parse_tokens(const char *s, uint32_t **out, uint32_t *n)
 	return 0;
 }
 
+static void json_string(const char *s, size_t n)
+{
+	putchar('"');
+	for (size_t i = 0; i < n; i++) {
+		unsigned char ch = (unsigned char)s[i];
+
+		if (ch == '"' || ch == '\\')
+			printf("\\%c", ch);
+		else if (ch == '\n')
+			fputs("\\n", stdout);
+		else if (ch == '\t')
+			fputs("\\t", stdout);
+		else if (ch < 0x20)
+			printf("\\u%04x", ch);
+		else
+			putchar(ch);
+	}
+	putchar('"');
+}
+
 static int cmp_u64(const void *a, const void *b)
 {
 	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -72,6 +92,9 @@ static void usage(FILE *f)
 		"usage: lorad-cli --socket PATH --prompt-tokens IDS [options]\n"
 		"  --skill NAME          skill to use (default: base)\n"
 		"  --prompt-tokens IDS   comma-separated token ids\n"
+		"  --prompt TEXT         a text prompt (the model's tokenizer runs in the daemon);\n"
+		"                        the generated text is printed as it streams\n"
+		"  --stop TEXT           a stop string (repeatable)\n"
 		"  --max-tokens N        tokens to generate (default 16)\n"
 		"  --temperature T --top-p P --top-k K --min-p M --seed S\n"
 		"  --routing-key K       sticky routing key\n"
@@ -83,7 +106,7 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
 	enum { O_SOCKET = 256, O_SKILL, O_PROMPT, O_MAXTOK, O_TEMP, O_TOPP, O_TOPK, O_MINP,
-	       O_SEED, O_KEY, O_COUNT, O_JSON, O_TIMEOUT, O_HELP };
+	       O_SEED, O_KEY, O_COUNT, O_JSON, O_TIMEOUT, O_HELP, O_TEXT, O_STOP };
 	static const struct option opts[] = {
 		{ "socket", required_argument, 0, O_SOCKET },
 		{ "skill", required_argument, 0, O_SKILL },
@@ -99,9 +122,12 @@ int main(int argc, char **argv)
 		{ "json", no_argument, 0, O_JSON },
 		{ "timeout-ms", required_argument, 0, O_TIMEOUT },
 		{ "help", no_argument, 0, O_HELP },
+		{ "prompt", required_argument, 0, O_TEXT },
+		{ "stop", required_argument, 0, O_STOP },
 		{ 0, 0, 0, 0 },
 	};
-	const char *sock = NULL;
+	const char *sock = NULL, *stops[LORAD_MAX_STOP_STR];
+	char *text = NULL;
 	struct lorad_request req = { .max_tokens = 16 };
 	unsigned long count = 1;
 	int json = 0, timeout_ms = 30000, c, ret = 1;
@@ -130,12 +156,24 @@ int main(int argc, char **argv)
 		case O_COUNT: count = strtoul(optarg, NULL, 0); break;
 		case O_JSON: json = 1; break;
 		case O_TIMEOUT: timeout_ms = atoi(optarg); break;
+		case O_TEXT:
+			req.prompt_text = optarg;
+			req.prompt_text_len = (uint32_t)strlen(optarg);
+			break;
+		case O_STOP:
+			if (req.n_stop == LORAD_MAX_STOP_STR) {
+				fprintf(stderr, "lorad-cli: at most %d --stop strings\n", LORAD_MAX_STOP_STR);
+				return 2;
+			}
+			stops[req.n_stop++] = optarg;
+			req.stop = stops;
+			break;
 		case O_HELP: case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
 	}
-	if (!sock || !req.prompt || !req.max_tokens || !count) {
-		fprintf(stderr, "lorad-cli: --socket, --prompt-tokens and a non-zero --max-tokens are required\n");
+	if (!sock || (!req.prompt && !req.prompt_text) || !req.max_tokens || !count) {
+		fprintf(stderr, "lorad-cli: --socket, --prompt-tokens or --prompt, and a non-zero --max-tokens are required\n");
 		usage(stderr);
 		return 2;
 	}
@@ -144,6 +182,13 @@ int main(int argc, char **argv)
 	if (!out || !lat)
 		goto done;
 	req.out = out;
+	if (req.prompt_text) {
+		req.out_text_cap = req.max_tokens * 32 + 64;
+		text = calloc(1, req.out_text_cap + 1);
+		if (!text)
+			goto done;
+		req.out_text = text;
+	}
 	ret = lorad_connect(sock, NULL, &conn);
 	if (ret) {
 		fprintf(stderr, "lorad-cli: %s: %s\n", sock, lorad_strerror(ret));
@@ -164,6 +209,11 @@ int main(int argc, char **argv)
 		}
 		do {
 			ret = lorad_wait(conn, &ev, 1, timeout_ms);
+			/* text streams as it comes: each piece ends on a whole character */
+			if (ret == 1 && text && count == 1 && !json && ev.text_new) {
+				fwrite(text + ev.text_len - ev.text_new, 1, ev.text_new, stdout);
+				fflush(stdout);
+			}
 		} while (ret == 1 && !(ev.flags & LORAD_EV_FINAL));
 		lat[i] = now_ns() - t0;
 		if (ret < 0) {
@@ -178,7 +228,18 @@ int main(int argc, char **argv)
 			goto done;
 		}
 		tokens += ev.n_tokens;
-		if (i + 1 == count && count == 1) {
+		if (i + 1 == count && count == 1 && text) {
+			if (json) {
+				printf("{\"text\": ");
+				json_string(text, ev.text_len);
+				printf(", \"tokens\": [");
+				for (uint32_t k = 0; k < ev.n_tokens; k++)
+					printf("%s%u", k ? ", " : "", out[k]);
+				printf("], \"finish\": \"%s\"}\n", lorad_finish_name(ev.finish));
+			} else {
+				printf("\n");
+			}
+		} else if (i + 1 == count && count == 1) {
 			if (json) {
 				printf("{\"tokens\": [");
 				for (uint32_t k = 0; k < ev.n_tokens; k++)
@@ -213,6 +274,7 @@ done:
 	lorad_close(conn);
 	free(prompt);
 	free(out);
+	free(text);
 	free(lat);
 	return ret;
 }

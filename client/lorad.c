@@ -41,6 +41,8 @@ struct slot {
 	uint32_t  copied;       /* ids already copied to out */
 	uint32_t  arena_chunk;  /* first chunk of the prompt+output block */
 	uint32_t  out_off;      /* arena byte offset of the output ids */
+	char     *text;         /* caller's text buffer */
+	uint32_t  text_cap, text_copied, text_off;
 	uint16_t  gen;
 	uint8_t   state;
 	uint32_t  next_free;
@@ -420,8 +422,20 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	int64_t chunk;
 	size_t skill_len = 0;
 
-	if (!r->prompt || !r->n_prompt || !r->out || !r->max_tokens)
+	uint64_t stop_bytes = 0;
+	bool text = r->prompt_text != NULL;
+
+	if ((!text && (!r->prompt || !r->n_prompt)) || (text && !r->prompt_text_len) || !r->out ||
+	    !r->max_tokens || (r->out_text_cap && !r->out_text) || r->n_stop > LORAD_MAX_STOP_STR ||
+	    (r->n_stop && !r->stop))
 		return -EINVAL;
+	for (uint32_t i = 0; i < r->n_stop; i++) {
+		size_t l = r->stop[i] ? strlen(r->stop[i]) : 0;
+
+		if (!l || l > 256)
+			return -EINVAL;
+		stop_bytes += l + 1;
+	}
 	if (r->skill) {
 		skill_len = strlen(r->skill);
 		if (skill_len >= LORAD_SKILL_MAX)
@@ -430,13 +444,14 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	if (r->n_stop_ids > LORAD_MAX_STOP || r->n_logit_bias > LORAD_MAX_BIAS ||
 	    (r->n_stop_ids && !r->stop_ids) || (r->n_logit_bias && !r->logit_bias))
 		return -EINVAL;
-	if (r->n_stop_ids || r->n_logit_bias || r->min_tokens)
+	if (r->n_stop_ids || r->n_logit_bias || r->min_tokens || stop_bytes || r->out_text_cap)
 		ext_bytes = sizeof(struct lorad_ext) + (uint64_t)r->n_stop_ids * 4 +
-			    (uint64_t)r->n_logit_bias * sizeof(struct lorad_logit_bias);
-	prompt_bytes = (uint64_t)r->n_prompt * 4;
-	/* one block: prompt, extension, output, each on its own 64-byte chunk */
+			    (uint64_t)r->n_logit_bias * sizeof(struct lorad_logit_bias) + stop_bytes;
+	prompt_bytes = text ? r->prompt_text_len : (uint64_t)r->n_prompt * 4;
+	/* one block: prompt, extension, output ids, output text, each on its own 64-byte chunk */
 	need = ((prompt_bytes + CHUNK - 1) / CHUNK) * CHUNK +
-	       ((ext_bytes + CHUNK - 1) / CHUNK) * CHUNK + (uint64_t)r->max_tokens * 4;
+	       ((ext_bytes + CHUNK - 1) / CHUNK) * CHUNK +
+	       (((uint64_t)r->max_tokens * 4 + CHUNK - 1) / CHUNK) * CHUNK + r->out_text_cap;
 	need = (need + CHUNK - 1) / CHUNK;
 	if (need > c->n_chunks)
 		return -E2BIG;
@@ -452,10 +467,26 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	poff = (uint32_t)chunk * CHUNK;
 	uint32_t ext_off = poff + (uint32_t)(((prompt_bytes + CHUNK - 1) / CHUNK) * CHUNK);
 	out_off = ext_off + (uint32_t)(((ext_bytes + CHUNK - 1) / CHUNK) * CHUNK);
-	memcpy(c->arena + poff, r->prompt, prompt_bytes);
+	uint32_t text_off = out_off + (uint32_t)((((uint64_t)r->max_tokens * 4 + CHUNK - 1) / CHUNK) * CHUNK);
+
+	memcpy(c->arena + poff, text ? (const void *)r->prompt_text : (const void *)r->prompt,
+	       prompt_bytes);
 	if (ext_bytes) {
 		struct lorad_ext h = { .n_stop = r->n_stop_ids, .n_bias = r->n_logit_bias,
-				       .min_tokens = r->min_tokens };
+				       .min_tokens = r->min_tokens, .stop_str_len = (uint32_t)stop_bytes };
+		uint32_t so = ext_off + sizeof(h) + r->n_stop_ids * 4u +
+			      r->n_logit_bias * (uint32_t)sizeof(struct lorad_logit_bias);
+
+		if (r->out_text_cap) {
+			h.text_off = text_off;
+			h.text_len = r->out_text_cap;
+		}
+		for (uint32_t i = 0; i < r->n_stop; i++) {
+			size_t l = strlen(r->stop[i]) + 1;
+
+			memcpy(c->arena + so, r->stop[i], l);
+			so += (uint32_t)l;
+		}
 
 		memcpy(c->arena + ext_off, &h, sizeof(h));
 		if (r->n_stop_ids)
@@ -471,6 +502,10 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	s->copied = 0;
 	s->arena_chunk = (uint32_t)chunk;
 	s->out_off = out_off;
+	s->text = r->out_text;
+	s->text_cap = r->out_text_cap;
+	s->text_copied = 0;
+	s->text_off = text_off;
 	s->gen++;
 	s->state = SLOT_INFLIGHT;
 	c->pending++;
@@ -480,7 +515,7 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	e->user_data = r->user_data;
 	e->tag = (uint32_t)s->gen << 16 | idx;
 	e->opcode = LORAD_OP_GENERATE;
-	e->prompt_kind = LORAD_PROMPT_TOKENS;
+	e->prompt_kind = text ? LORAD_PROMPT_TEXT : LORAD_PROMPT_TOKENS;
 	e->priority = r->priority;
 	e->flags = r->flags;
 	e->max_tokens = r->max_tokens;
@@ -614,6 +649,17 @@ static bool take_cqe(struct lorad *c, const struct lorad_cqe *q, struct lorad_ev
 		       (size_t)(n - s->copied) * 4);
 	}
 	memset(ev, 0, sizeof(*ev));
+	if (s->text_cap) {
+		uint32_t tb = q->text_bytes > s->text_cap ? s->text_cap : q->text_bytes;
+
+		if (tb > s->text_copied) {
+			memcpy(s->text + s->text_copied, c->arena + s->text_off + s->text_copied,
+			       tb - s->text_copied);
+			ev->text_new = tb - s->text_copied;
+			s->text_copied = tb;
+		}
+		ev->text_len = s->text_copied;
+	}
 	ev->user_data = s->user_data;
 	ev->res = q->res;
 	ev->finish = q->finish;

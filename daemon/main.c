@@ -23,6 +23,7 @@
 #include "nullexec.h"
 #include "engine.h"
 #include "scheduler.h"
+#include "tokenizer.h"
 #include "server.h"
 
 static volatile sig_atomic_t stop_requested, reload_requested, stall_requested;
@@ -432,6 +433,7 @@ int main(int argc, char **argv)
 	struct engine *eng = NULL;
 	struct sched *sch = NULL;
 	struct registry *reg = NULL;
+	struct tokenizer *tok = NULL;
 	struct ops *ops = NULL;
 	const struct exec_ops *ex;
 	void *exctx;
@@ -619,6 +621,20 @@ int main(int argc, char **argv)
 			 d.cfg.model_dir, (now_ns() - t0) / 1e9, engine_config(eng)->n_layers,
 			 engine_config(eng)->vocab,
 			 engine_kv_total(eng) * engine_kv_block_size(eng));
+		{
+			/* text in and out need the model's own tokenizer; without one the
+			 * daemon still serves token ids and refuses text with a message */
+			char tp[4200];
+
+			snprintf(tp, sizeof(tp), "%s/tokenizer.json", d.cfg.model_dir);
+			ret = tok_load(tp, &tok, err, sizeof(err));
+			if (ret) {
+				log_warn("%s; text requests will be refused, token ids are served", err);
+				tok = NULL;
+			} else {
+				sched_set_tokenizer(sch, tok);
+			}
+		}
 		ex = &sched_ops;
 		exctx = sch;
 	}
@@ -681,6 +697,7 @@ int main(int argc, char **argv)
 	ops_free(ops);
 	nullexec_free(nx);
 	sched_free(sch);
+	tok_free(tok);
 	registry_free(reg);
 	engine_free(eng);
 	if (admin_fd >= 0 && d.cfg.admin_socket_path && n_fds <= 0)
@@ -692,6 +709,7 @@ fail:
 	ops_free(ops);
 	nullexec_free(nx);
 	sched_free(sch);
+	tok_free(tok);
 	registry_free(reg);
 	engine_free(eng);
 	log_stop();

@@ -6,7 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "detok.h"
 #include "log.h"
+#include "tokenizer.h"
 
 struct sjob {
 	struct sreq *r;
@@ -14,6 +16,8 @@ struct sjob {
 	uint64_t order;           /* arrival: older first within a client, newest preempted first */
 	uint32_t sent;            /* generated ids already written to the client */
 	bool running;
+	struct detok *dt;         /* text out or stop strings; NULL otherwise */
+	uint32_t text_off, text_len;
 	struct sjob *next, *prev; /* in waiting or running, by order */
 };
 
@@ -25,6 +29,7 @@ struct sched {
 	uint64_t order;
 	sched_skill_fn skill_fn;
 	void *skill_ctx;
+	const struct tokenizer *tok;
 	/* one step's batch */
 	struct engine_seq **seqs;
 	struct sjob **jobs;
@@ -77,8 +82,35 @@ static void job_free(struct sched *s, struct sjob *j)
 		s->n_waiting--;
 	}
 	engine_seq_free(s->e, j->seq);
+	if (j->dt) {
+		detok_free(j->dt);
+		free(j->dt);
+	}
 	j->r->exec = NULL;
 	free(j);
+}
+
+/*
+ * Append @len bytes of text to the client's buffer. Returns false when it
+ * does not fit: the request then ends with what fitted, cut at a character
+ * boundary so the client never sees half a character.
+ */
+static bool text_put(struct sjob *j, const char *piece, size_t len)
+{
+	struct sreq *r = j->r;
+	size_t room = j->text_len - r->text_bytes;
+	bool fits = len <= room;
+
+	if (!j->text_len)
+		return true;
+	if (!fits) {
+		len = room;
+		while (len && ((unsigned char)piece[len] & 0xc0) == 0x80)
+			len--;   /* piece[len] continues a character: cut before it starts */
+	}
+	memcpy(r->s->arena + j->text_off + r->text_bytes, piece, len);
+	r->text_bytes += (uint32_t)len;
+	return fits;
 }
 
 /* Copy newly generated ids to the client and announce them (or end the request). */
@@ -87,13 +119,24 @@ static void job_stream(struct sched *s, struct sjob *j, uint64_t now)
 	struct engine_seq *q = j->seq;
 	struct sreq *r = j->r;
 	uint32_t n = (uint32_t)q->n_generated;
-	bool fresh = n > j->sent;
+	bool fresh = n > j->sent, stopped = false, cut = false;
 
 	if (fresh) {
 		uint32_t *out = sreq_out(r);
 
-		for (uint32_t i = j->sent; i < n; i++)
+		for (uint32_t i = j->sent; i < n; i++) {
 			out[i] = (uint32_t)q->tokens[q->n_prompt + i];
+			if (j->dt && !stopped && !cut) {
+				const char *piece;
+				size_t len;
+				int st = detok_push(j->dt, out[i], &piece, &len);
+
+				cut = st >= 0 && !text_put(j, piece, len);
+				stopped = st == DETOK_STOPPED;
+				if (stopped || cut)
+					n = i + 1;   /* nothing after the stop string is sent */
+			}
+		}
 		s->st.tokens += n - j->sent;
 		j->sent = n;
 		r->n_out = n;
@@ -102,10 +145,22 @@ static void job_stream(struct sched *s, struct sjob *j, uint64_t now)
 		r->t_last = now;
 		r->step_last = (uint32_t)s->st.steps;
 	}
+	if (stopped || cut) {
+		sreq_emit(r, true, 0, stopped ? LORAD_FINISH_STOP : LORAD_FINISH_LENGTH, 0);
+		job_free(s, j);
+		return;
+	}
 	if (!q->finish) {
 		if (fresh)
 			sreq_emit(r, false, 0, 0, 0);
 		return;
+	}
+	if (j->dt) {
+		const char *piece;
+		size_t len;
+
+		if (detok_finish(j->dt, &piece, &len) == 0)
+			text_put(j, piece, len);
 	}
 	if (q->finish == ENGINE_FINISH_ERROR)
 		sreq_emit(r, true, q->error ? q->error : -EIO, LORAD_FINISH_ERROR, 0);
@@ -117,8 +172,15 @@ static void job_stream(struct sched *s, struct sjob *j, uint64_t now)
 
 /* --- the exec interface ---------------------------------------------------------------- */
 
+struct ext_text {
+	uint32_t text_off, text_len;
+	char *stop_buf;                  /* private copy of the stop strings */
+	const char *stop[LORAD_MAX_STOP_STR];
+	unsigned n_stop;
+};
+
 static int read_ext(struct sreq *r, struct engine_seq_params *p, int32_t **stops,
-		    struct sample_bias **bias)
+		    struct sample_bias **bias, struct ext_text *xt)
 {
 	struct lorad_ext h;
 	unsigned char *base;
@@ -130,11 +192,44 @@ static int read_ext(struct sreq *r, struct engine_seq_params *p, int32_t **stops
 		return -EINVAL;
 	base = r->s->arena + r->e.ext_off;
 	memcpy(&h, base, sizeof(h));   /* one read of each shared byte, into private memory */
-	if (h.reserved || h.n_stop > LORAD_MAX_STOP || h.n_bias > LORAD_MAX_BIAS)
+	if (h.reserved[0] || h.reserved[1] || h.n_stop > LORAD_MAX_STOP || h.n_bias > LORAD_MAX_BIAS ||
+	    h.stop_str_len > LORAD_MAX_STOP_STR * 257)
 		return -EINVAL;
-	need = sizeof(h) + (uint64_t)h.n_stop * 4 + (uint64_t)h.n_bias * 8;
+	need = sizeof(h) + (uint64_t)h.n_stop * 4 + (uint64_t)h.n_bias * 8 + h.stop_str_len;
 	if (need != r->e.ext_len)
 		return -EINVAL;
+	if (h.text_len) {
+		/* the text buffer: inside the arena and clear of prompt, ids and ext */
+		uint64_t t0 = h.text_off, t1 = t0 + h.text_len;
+		const struct lorad_sqe *e = &r->e;
+
+		if (t1 > r->s->lay.arena_size ||
+		    (t0 < (uint64_t)e->prompt_off + e->prompt_len && e->prompt_off < t1) ||
+		    (t0 < (uint64_t)e->out_off + e->out_len && e->out_off < t1) ||
+		    (t0 < (uint64_t)e->ext_off + e->ext_len && e->ext_off < t1))
+			return -EINVAL;
+		xt->text_off = h.text_off;
+		xt->text_len = h.text_len;
+	}
+	if (h.stop_str_len) {
+		char *b = malloc(h.stop_str_len);
+		uint32_t at = 0;
+
+		if (!b)
+			return -ENOMEM;
+		memcpy(b, base + sizeof(h) + h.n_stop * 4 + h.n_bias * 8, h.stop_str_len);
+		xt->stop_buf = b;
+		if (b[h.stop_str_len - 1])
+			return -EINVAL;   /* the last string must be terminated */
+		while (at < h.stop_str_len) {
+			size_t l = strlen(b + at);
+
+			if (!l || l > DETOK_MAX_STOP_LEN || xt->n_stop == LORAD_MAX_STOP_STR)
+				return -EINVAL;
+			xt->stop[xt->n_stop++] = b + at;
+			at += (uint32_t)l + 1;
+		}
+	}
 	if (h.n_stop) {
 		*stops = malloc(h.n_stop * sizeof(**stops));
 		if (!*stops)
@@ -171,9 +266,29 @@ static void sc_submit(void *ctx, struct sreq *r)
 	int adapter = 0, ret;
 	uint32_t version = 0;
 
-	if (r->e.prompt_kind != LORAD_PROMPT_TOKENS) {
-		sreq_emit(r, true, -EOPNOTSUPP, LORAD_FINISH_ERROR, LORAD_FIELD_PROMPT_KIND);
-		return;
+	struct ext_text xt = { 0 };
+	uint32_t *ids = NULL;
+	size_t n_ids = 0;
+	const int32_t *prompt = (const int32_t *)r->prompt;
+	int n_prompt = (int)r->n_prompt;
+
+	if (r->e.prompt_kind == LORAD_PROMPT_TEXT) {
+		if (!s->tok) {
+			log_debug("text request refused: the model has no usable tokenizer.json");
+			sreq_emit(r, true, -EOPNOTSUPP, LORAD_FINISH_ERROR, LORAD_FIELD_PROMPT_KIND);
+			return;
+		}
+		ret = tok_encode(s->tok, (const char *)r->prompt, r->e.prompt_len,
+				 !(r->e.flags & LORAD_SQE_F_NO_SPECIAL), &ids, &n_ids, s->err,
+				 sizeof(s->err));
+		if (ret || !n_ids) {
+			sreq_emit(r, true, ret ? ret : -EINVAL, LORAD_FINISH_ERROR, LORAD_FIELD_PROMPT);
+			free(ids);
+			return;
+		}
+		prompt = (const int32_t *)ids;
+		n_prompt = (int)n_ids;
+		r->n_prompt = (uint32_t)n_ids;
 	}
 	if (r->e.skill[0] && strcmp(r->e.skill, "base")) {
 		ret = s->skill_fn ? s->skill_fn(s->skill_ctx, r->e.skill, r->e.routing_key, &adapter,
@@ -195,7 +310,9 @@ static void sc_submit(void *ctx, struct sreq *r)
 	p.sample.seed = r->e.seed;
 	p.sample.ignore_eos = !!(r->e.flags & LORAD_SQE_F_IGNORE_EOS);
 	p.max_tokens = (int)r->e.max_tokens;
-	ret = read_ext(r, &p, &stops, &bias);
+	ret = read_ext(r, &p, &stops, &bias, &xt);
+	if (!ret && (xt.text_len || xt.n_stop) && !s->tok)
+		ret = -EOPNOTSUPP;
 	if (ret) {
 		sreq_emit(r, true, ret, LORAD_FINISH_ERROR, LORAD_FIELD_EXT);
 		goto out;
@@ -207,8 +324,7 @@ static void sc_submit(void *ctx, struct sreq *r)
 	}
 	/* the engine checks ids against the vocabulary and the context and
 	 * refuses at once what could never fit the KV pool */
-	ret = engine_seq_new(s->e, (const int32_t *)r->prompt, (int)r->n_prompt, &p, &j->seq,
-			     s->err, sizeof(s->err));
+	ret = engine_seq_new(s->e, prompt, n_prompt, &p, &j->seq, s->err, sizeof(s->err));
 	if (ret) {
 		enum lorad_field f = ret == -E2BIG ? LORAD_FIELD_MAX_TOKENS :
 				     strstr(s->err, "sampl") || strstr(s->err, "top") ||
@@ -218,6 +334,20 @@ static void sc_submit(void *ctx, struct sreq *r)
 		sreq_emit(r, true, ret, LORAD_FINISH_ERROR, f);
 		free(j);
 		goto out;
+	}
+	if (xt.text_len || xt.n_stop) {
+		/* generated text = decode(prompt + generated) - decode(prompt) */
+		j->dt = calloc(1, sizeof(*j->dt));
+		if (!j->dt || detok_init(j->dt, s->tok, (const uint32_t *)prompt, (size_t)n_prompt) ||
+		    (xt.n_stop && detok_set_stop(j->dt, xt.stop, xt.n_stop))) {
+			free(j->dt);
+			engine_seq_free(s->e, j->seq);
+			free(j);
+			sreq_emit(r, true, -ENOMEM, LORAD_FINISH_ERROR, LORAD_FIELD_EXT);
+			goto out;
+		}
+		j->text_off = xt.text_off;
+		j->text_len = xt.text_len;
 	}
 	j->r = r;
 	j->order = ++s->order;
@@ -229,6 +359,8 @@ static void sc_submit(void *ctx, struct sreq *r)
 out:
 	free(stops);
 	free(bias);
+	free(ids);
+	free(xt.stop_buf);
 }
 
 static void sc_cancel(void *ctx, struct sreq *r, int err)
@@ -497,6 +629,11 @@ void sched_free(struct sched *s)
 	free(s->jobs);
 	free(s->n_new);
 	free(s);
+}
+
+void sched_set_tokenizer(struct sched *s, const struct tokenizer *tok)
+{
+	s->tok = tok;
 }
 
 void sched_set_skills(struct sched *s, sched_skill_fn fn, void *ctx)

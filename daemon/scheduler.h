@@ -43,6 +43,15 @@ void sched_free(struct sched *s);
 /* How skills resolve; without it only the base model ("" or "base") is served. */
 void sched_set_skills(struct sched *s, sched_skill_fn fn, void *ctx);
 
+struct tokenizer;
+
+/*
+ * Text in and out: prompts of kind LORAD_PROMPT_TEXT are encoded with @tok,
+ * and requests that ask for text get it streamed. Without a tokenizer (NULL,
+ * the default) text requests are refused with -EOPNOTSUPP.
+ */
+void sched_set_tokenizer(struct sched *s, const struct tokenizer *tok);
+
 struct sched_stats {
 	uint64_t steps;
 	uint64_t tokens;          /* generated */

@@ -228,6 +228,7 @@ void sreq_emit(struct sreq *r, bool final, int res, unsigned finish, unsigned fi
 	q.res = res;
 	q.flags = final ? 0 : LORAD_CQE_F_MORE;
 	q.n_out = r->n_out;
+	q.text_bytes = r->text_bytes;
 	q.checksum = r->checksum;
 	q.n_prompt = r->n_prompt;
 	q.version = r->version;
@@ -317,6 +318,7 @@ static void take_entry(struct session *s, const struct lorad_sqe *e,
 	memcpy(r->prompt, s->arena + e->prompt_off, e->prompt_len);
 	r->checksum = lorad_checksum32(r->prompt, e->prompt_len);
 	r->n_out = 0;
+	r->text_bytes = 0;
 	r->t_seen = now;
 	r->t_admit = r->t_first = r->t_last = 0;
 	r->step_seen = r->step_admit = r->step_last = 0;

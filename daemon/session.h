@@ -29,6 +29,7 @@ struct sreq {
 	uint32_t n_prompt;
 	uint32_t checksum;           /* of the prompt bytes as read */
 	uint32_t n_out;              /* ids written to the client's output */
+	uint32_t text_bytes;         /* UTF-8 bytes written to the client's text buffer */
 	uint64_t t_seen, t_admit, t_first, t_last;
 	uint32_t step_seen, step_admit, step_last;  /* engine step counters, for fairness telemetry */
 	uint32_t version;

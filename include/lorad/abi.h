@@ -119,7 +119,8 @@ enum lorad_prompt_kind {
 };
 
 #define LORAD_SQE_F_IGNORE_EOS  (1u << 0)
-#define LORAD_SQE_F__ALL        (LORAD_SQE_F_IGNORE_EOS)
+#define LORAD_SQE_F_NO_SPECIAL  (1u << 1)  /* text prompt: no BOS/special tokens from the post-processor */
+#define LORAD_SQE_F__ALL        (LORAD_SQE_F_IGNORE_EOS | LORAD_SQE_F_NO_SPECIAL)
 
 /*
  * One submission. Offsets and lengths are bytes relative to the arena. The
@@ -155,13 +156,17 @@ struct lorad_sqe {
 /*
  * Extended parameters, at sqe.ext_off in the arena when sqe.ext_len is not
  * zero: this header, then n_stop uint32 stop token ids, then n_bias
- * struct lorad_logit_bias. ext_len is exactly the sum of those sizes.
+ * struct lorad_logit_bias, then stop_str_len bytes of stop strings, each
+ * NUL-terminated. ext_len is exactly the sum of those sizes.
  */
 struct lorad_ext {
 	uint32_t n_stop;         /* at most LORAD_MAX_STOP */
 	uint32_t n_bias;         /* at most LORAD_MAX_BIAS */
 	uint32_t min_tokens;     /* no EOS or stop id before this many tokens */
-	uint32_t reserved;       /* must be zero */
+	uint32_t stop_str_len;   /* bytes of stop strings; at most LORAD_MAX_STOP_STR of them */
+	uint32_t text_off;       /* arena buffer for the generated text; 0/0 = no text */
+	uint32_t text_len;
+	uint32_t reserved[2];    /* must be zero */
 };
 
 struct lorad_logit_bias {
@@ -169,8 +174,9 @@ struct lorad_logit_bias {
 	float    bias;
 };
 
-#define LORAD_MAX_STOP  64
-#define LORAD_MAX_BIAS  1024
+#define LORAD_MAX_STOP      64
+#define LORAD_MAX_BIAS      1024
+#define LORAD_MAX_STOP_STR  16   /* stop strings, each at most 256 bytes */
 
 enum lorad_finish {
 	LORAD_FINISH_NONE = 0,       /* not final */
@@ -218,7 +224,7 @@ struct lorad_cqe {
 	uint32_t version;            /* 48 adapter version that served it */
 	uint32_t queue_steps;        /* 52 engine steps between arrival and admission (final only) */
 	uint32_t step;               /* 56 engine step that produced this event's last token */
-	uint32_t rsvd;               /* 60 */
+	uint32_t text_bytes;         /* 60 UTF-8 bytes written to the text buffer so far */
 };
 
 static_assert(sizeof(struct lorad_hello) == 32, "hello layout");
@@ -228,7 +234,7 @@ static_assert(sizeof(struct lorad_ring_ctl) == 3 * LORAD_CACHELINE, "ring ctl la
 static_assert(sizeof(struct lorad_region_stats) == 32, "stats layout");
 static_assert(sizeof(struct lorad_region_hdr) == 72, "region header layout");
 static_assert(sizeof(struct lorad_sqe) == 128, "sqe layout");
-static_assert(sizeof(struct lorad_ext) == 16, "ext layout");
+static_assert(sizeof(struct lorad_ext) == 32, "ext layout");
 static_assert(sizeof(struct lorad_logit_bias) == 8, "logit bias layout");
 static_assert(sizeof(struct lorad_cqe) == 64, "cqe layout");
 static_assert(__builtin_offsetof(struct lorad_sqe, skill) == 96, "sqe skill offset");

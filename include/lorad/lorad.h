@@ -65,6 +65,13 @@ struct lorad_request {
 	uint32_t        min_tokens;    /* no EOS or stop id before this many tokens */
 	const struct lorad_logit_bias *logit_bias;
 	uint32_t        n_logit_bias;  /* at most LORAD_MAX_BIAS */
+	/* text in, text out (needs the model's tokenizer.json in the daemon) */
+	const char     *prompt_text;   /* UTF-8; used instead of prompt when not NULL */
+	uint32_t        prompt_text_len;
+	char           *out_text;      /* caller's buffer: the generated text, streamed */
+	uint32_t        out_text_cap;  /* bytes; text past it is cut and the request ends */
+	const char *const *stop;       /* stop strings, matched across tokens, not returned */
+	uint32_t        n_stop;        /* at most LORAD_MAX_STOP_STR */
 };
 
 #define LORAD_EV_FINAL  (1u << 0)  /* last event of the request; its buffer is the caller's again */
@@ -84,6 +91,8 @@ struct lorad_event {
 	uint32_t version;
 	uint32_t queue_steps;    /* engine steps it waited before it was admitted */
 	uint32_t step;           /* engine step of its latest token */
+	uint32_t text_len;       /* bytes now in the request's out_text (never a split character) */
+	uint32_t text_new;       /* bytes added by this event */
 };
 
 struct lorad_stats {

@@ -1,0 +1,306 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Text in, text out through the daemon: a model with a real GPT-2
+ * tokenizer.json, text prompts encoded in the daemon, generated text
+ * streamed in whole characters and equal to decode(prompt + generated) minus
+ * decode(prompt), stop strings across token boundaries, and the refusals.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include <lorad/lorad.h>
+
+#include "engine.h"
+#include "tokenizer.h"
+
+static char dir[256], model[300], bare[300], sock[300], sock_bare[300];
+static pid_t daemon_pid = -1, daemon_bare = -1;
+static struct tokenizer *tok;
+static struct engine *eng;
+
+static const char *const prompt_text = "The café in 東京 said: \"Hello,\tworld\" 🙂 and then";
+
+static int run(const char *cmd)
+{
+	int st = system(cmd);
+
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static pid_t start_daemon(const char *m, const char *s)
+{
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		execl(LORAD_BIN, "lorad", "--model", m, "--socket", s, (char *)NULL);
+		_exit(127);
+	}
+	for (int i = 0; i < 400; i++) {
+		struct lorad *c;
+
+		if (lorad_connect(s, NULL, &c) == 0) {
+			lorad_close(c);
+			return pid;
+		}
+		usleep(25000);
+	}
+	return -1;
+}
+
+struct result {
+	uint32_t ids[64];
+	uint32_t n_ids;
+	char text[4096];
+	uint32_t text_len;
+	int res;
+	unsigned finish, field;
+	bool split_char;     /* some event ended inside a UTF-8 character */
+};
+
+static bool utf8_complete(const char *s, uint32_t n)
+{
+	/* the last character must be whole: walk back over continuation bytes */
+	uint32_t i = n, cont = 0;
+
+	while (i > 0 && ((unsigned char)s[i - 1] & 0xc0) == 0x80) {
+		i--;
+		cont++;
+	}
+	if (i == 0)
+		return cont == 0;
+	unsigned char lead = (unsigned char)s[i - 1];
+	uint32_t need = lead < 0x80 ? 0 : lead >= 0xf0 ? 3 : lead >= 0xe0 ? 2 : lead >= 0xc0 ? 1 : 0;
+
+	return need == cont;
+}
+
+static void request(const char *s, const char *text, size_t text_len, const char *const *stops,
+		    unsigned n_stops, uint32_t max_tokens, struct result *out)
+{
+	struct lorad *c;
+	struct lorad_request r = { .user_data = 1, .prompt_text = text,
+				   .prompt_text_len = (uint32_t)text_len, .max_tokens = max_tokens,
+				   .out = out->ids, .out_text = out->text,
+				   .out_text_cap = sizeof(out->text) - 1, .stop = stops,
+				   .n_stop = n_stops, .temperature = 1.0f, .seed = 42 };
+	struct lorad_event ev;
+	int n;
+
+	memset(out, 0, sizeof(*out));
+	assert_int_equal(lorad_connect(s, NULL, &c), 0);
+	assert_int_equal(lorad_submit(c, &r), 0);
+	do {
+		n = lorad_wait(c, &ev, 1, 30000);
+		assert_int_equal(n, 1);
+		if (!utf8_complete(out->text, ev.text_len))
+			out->split_char = true;
+	} while (!(ev.flags & LORAD_EV_FINAL));
+	out->n_ids = ev.n_tokens;
+	out->text_len = ev.text_len;
+	out->res = ev.res;
+	out->finish = ev.finish;
+	out->field = ev.field;
+	lorad_close(c);
+}
+
+/* The reference: the same prompt encoded here, run in-process, decoded the vLLM way. */
+static void reference(uint32_t max_tokens, uint32_t *ids, uint32_t *n, char **text, size_t *len)
+{
+	struct engine_seq_params p = { 0 };
+	struct engine_seq *seq;
+	uint32_t *prompt, *all;
+	size_t np;
+	char err[256], *a, *b;
+	size_t la, lb;
+
+	assert_int_equal(tok_encode(tok, prompt_text, strlen(prompt_text), true, &prompt, &np, err,
+				    sizeof(err)), 0);
+	sample_params_default(&p.sample);
+	p.sample.temperature = 1.0f;
+	p.sample.seed = 42;
+	p.max_tokens = (int)max_tokens;
+	assert_int_equal(engine_seq_new(eng, (const int32_t *)prompt, (int)np, &p, &seq, err,
+					sizeof(err)), 0);
+	while (!seq->finish)
+		assert_int_equal(engine_step(eng, &seq, NULL, 1, err, sizeof(err)), 0);
+	*n = (uint32_t)seq->n_generated;
+	for (uint32_t i = 0; i < *n; i++)
+		ids[i] = (uint32_t)seq->tokens[seq->n_prompt + i];
+	all = malloc((np + *n) * sizeof(*all));
+	memcpy(all, prompt, np * sizeof(*all));
+	memcpy(all + np, ids, *n * sizeof(*all));
+	assert_int_equal(tok_decode(tok, prompt, np, true, &a, &la), 0);
+	assert_int_equal(tok_decode(tok, all, np + *n, true, &b, &lb), 0);
+	assert_true(lb >= la);
+	assert_memory_equal(a, b, la);
+	*len = lb - la;
+	*text = malloc(*len + 1);
+	memcpy(*text, b + la, *len);
+	(*text)[*len] = 0;
+	free(a);
+	free(b);
+	free(all);
+	free(prompt);
+	engine_seq_free(eng, seq);
+}
+
+/* Ids equal the in-process engine's; text equals decode(prompt+gen) - decode(prompt); no split character. */
+static void test_text_roundtrip(void **state)
+{
+	struct result r;
+	uint32_t ids[64], n;
+	char *text;
+	size_t len;
+
+	(void)state;
+	request(sock, prompt_text, strlen(prompt_text), NULL, 0, 24, &r);
+	assert_int_equal(r.res, 0);
+	reference(24, ids, &n, &text, &len);
+	assert_int_equal(r.n_ids, n);
+	assert_memory_equal(r.ids, ids, n * sizeof(uint32_t));
+	assert_int_equal(r.text_len, len);
+	assert_memory_equal(r.text, text, len);
+	assert_false(r.split_char);
+	free(text);
+}
+
+/* A stop string spanning two tokens ends the request; it and what follows are not returned. */
+static void test_stop_string_across_tokens(void **state)
+{
+	struct result full, stopped;
+	char *piece0 = NULL, *piece1 = NULL, stop[64];
+	size_t l0, l1, k;
+	const char *hit;
+
+	(void)state;
+	request(sock, prompt_text, strlen(prompt_text), NULL, 0, 24, &full);
+	assert_int_equal(full.res, 0);
+	/* take the text of generated tokens 3 and 4 and build a stop string
+	 * from the end of the one and the start of the other */
+	assert_true(full.n_ids >= 6);
+	assert_int_equal(tok_decode(tok, &full.ids[3], 1, true, &piece0, &l0), 0);
+	assert_int_equal(tok_decode(tok, &full.ids[4], 1, true, &piece1, &l1), 0);
+	k = 0;
+	if (l0)
+		stop[k++] = piece0[l0 - 1];
+	memcpy(stop + k, piece1, l1 < 3 ? l1 : 3);
+	k += l1 < 3 ? l1 : 3;
+	stop[k] = 0;
+	hit = strstr(full.text, stop);
+	assert_non_null(hit);
+	{
+		const char *stops[] = { stop };
+
+		request(sock, prompt_text, strlen(prompt_text), stops, 1, 24, &stopped);
+	}
+	assert_int_equal(stopped.res, 0);
+	assert_int_equal(stopped.finish, LORAD_FINISH_STOP);
+	assert_int_equal(stopped.text_len, (uint32_t)(hit - full.text));
+	assert_memory_equal(stopped.text, full.text, stopped.text_len);
+	assert_false(stopped.split_char);
+	free(piece0);
+	free(piece1);
+}
+
+/* Invalid UTF-8 is refused with a clear error that names the prompt. */
+static void test_invalid_utf8(void **state)
+{
+	static const char bad[] = "abc\xff\xfe def";
+	struct result r;
+
+	(void)state;
+	request(sock, bad, sizeof(bad) - 1, NULL, 0, 4, &r);
+	assert_int_equal(r.res, -EILSEQ);
+	assert_int_equal(r.field, LORAD_FIELD_PROMPT);
+	assert_string_equal(lorad_field_name(r.field), "prompt");
+}
+
+/* Without tokenizer.json the daemon serves ids and refuses text with a message. */
+static void test_no_tokenizer(void **state)
+{
+	struct result r;
+	struct lorad *c;
+	uint32_t prompt[3] = { 1, 2, 3 }, out[4];
+	struct lorad_request q = { .user_data = 9, .prompt = prompt, .n_prompt = 3,
+				   .max_tokens = 4, .out = out };
+	struct lorad_event ev;
+
+	(void)state;
+	request(sock_bare, prompt_text, strlen(prompt_text), NULL, 0, 4, &r);
+	assert_int_equal(r.res, -EOPNOTSUPP);
+	assert_int_equal(r.field, LORAD_FIELD_PROMPT_KIND);
+	assert_int_equal(lorad_connect(sock_bare, NULL, &c), 0);
+	assert_int_equal(lorad_generate(c, &q, &ev, 30000), 0);
+	assert_int_equal(ev.res, 0);
+	assert_int_equal(ev.n_tokens, 4);
+	lorad_close(c);
+}
+
+static int setup(void **state)
+{
+	char cmd[1400], err[256], path[400];
+	struct engine_opts eo = { 0 };
+
+	(void)state;
+	strcpy(dir, "/tmp/lorad-text-XXXXXX");
+	if (!mkdtemp(dir))
+		return -1;
+	snprintf(model, sizeof(model), "%s/model", dir);
+	snprintf(bare, sizeof(bare), "%s/bare", dir);
+	snprintf(sock, sizeof(sock), "%s/text.sock", dir);
+	snprintf(sock_bare, sizeof(sock_bare), "%s/bare.sock", dir);
+	/* the GPT-2 vocabulary: 50257 ids, the tokenizer from the fixtures */
+	snprintf(cmd, sizeof(cmd),
+		 "%s %s --layers 2 --hidden 64 --heads 4 --kv-heads 2 --ffn 128 --vocab 50257 "
+		 "--seed 5 --tie >/dev/null && cp %s %s/tokenizer.json && "
+		 "%s %s --layers 1 --hidden 32 --heads 2 --kv-heads 1 --ffn 64 --vocab 64 --seed 1 >/dev/null",
+		 MKMODEL_BIN, model, GPT2_TOKENIZER, model, MKMODEL_BIN, bare);
+	if (run(cmd))
+		return -1;
+	snprintf(path, sizeof(path), "%s/tokenizer.json", model);
+	if (tok_load(path, &tok, err, sizeof(err)) || engine_load(model, &eo, &eng, err, sizeof(err)))
+		return -1;
+	daemon_pid = start_daemon(model, sock);
+	daemon_bare = start_daemon(bare, sock_bare);
+	return daemon_pid > 0 && daemon_bare > 0 ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+	char cmd[300];
+	pid_t p[2] = { daemon_pid, daemon_bare };
+
+	(void)state;
+	for (int i = 0; i < 2; i++)
+		if (p[i] > 0) {
+			kill(p[i], SIGTERM);
+			waitpid(p[i], NULL, 0);
+		}
+	engine_free(eng);
+	tok_free(tok);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	return run(cmd);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_text_roundtrip),
+		cmocka_unit_test(test_stop_string_across_tokens),
+		cmocka_unit_test(test_invalid_utf8),
+		cmocka_unit_test(test_no_tokenizer),
+	};
+
+	return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -14,7 +14,7 @@ target_link_libraries(lorad_engine PUBLIC lorad_kernels PkgConfig::JSONC m
   PRIVATE PkgConfig::PCRE2)
 
 add_executable(lorad-run ${CMAKE_CURRENT_LIST_DIR}/lorad-run.c)
-target_link_libraries(lorad-run PRIVATE lorad_engine)
+target_link_libraries(lorad-run PRIVATE lorad_engine lorad_tokenizer)
 add_executable(lorad-mkmodel ${CMAKE_CURRENT_LIST_DIR}/lorad-mkmodel.c)
 target_link_libraries(lorad-mkmodel PRIVATE lorad_engine)
 install(TARGETS lorad-run lorad-mkmodel RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})

@@ -15,6 +15,7 @@
  * same request through the daemon.
  */
 #include "engine.h"
+#include "tokenizer.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -27,7 +28,7 @@
 static void usage(void)
 {
 	fprintf(stderr,
-		"usage: lorad-run --model DIR --prompt-tokens ID,ID,... --max-tokens N\n"
+		"usage: lorad-run --model DIR (--prompt-tokens ID,ID,... | --prompt TEXT) --max-tokens N\n"
 		"         [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S]\n"
 		"         [--repetition-penalty R] [--presence-penalty P] [--ignore-eos]\n"
 		"         [--threads N] [--json] [--logits] [--adapter DIR [--merge]]\n");
@@ -79,6 +80,7 @@ int main(int argc, char **argv)
 		{ "model", required_argument, 0, 'm' },
 		{ "adapter", required_argument, 0, 'a' },
 		{ "prompt-tokens", required_argument, 0, 'p' },
+		{ "prompt", required_argument, 0, 'x' },
 		{ "max-tokens", required_argument, 0, 'n' },
 		{ "temperature", required_argument, 0, 't' },
 		{ "top-p", required_argument, 0, 'P' },
@@ -95,7 +97,10 @@ int main(int argc, char **argv)
 		{ "help", no_argument, 0, 'h' },
 		{ 0, 0, 0, 0 },
 	};
-	const char *model = NULL, *adapter = NULL, *prompt_s = NULL;
+	const char *model = NULL, *adapter = NULL, *prompt_s = NULL, *text = NULL;
+	struct tokenizer *tok = NULL;
+	char *out_text = NULL;
+	size_t out_len = 0;
 	struct engine_opts eo = { 0 };
 	struct engine_seq_params sp = { 0 };
 	struct engine *e = NULL;
@@ -111,6 +116,7 @@ int main(int argc, char **argv)
 		case 'm': model = optarg; break;
 		case 'a': adapter = optarg; break;
 		case 'p': prompt_s = optarg; break;
+		case 'x': text = optarg; break;
 		case 'n': max_tokens = atoi(optarg); break;
 		case 't': sp.sample.temperature = strtof(optarg, NULL); break;
 		case 'P': sp.sample.top_p = strtof(optarg, NULL); break;
@@ -128,7 +134,7 @@ int main(int argc, char **argv)
 		default: usage(); return 2;
 		}
 	}
-	if (!model || !prompt_s || max_tokens < 0 || optind != argc) {
+	if (!model || !(prompt_s || text) || (prompt_s && text) || max_tokens < 0 || optind != argc) {
 		usage();
 		return 2;
 	}
@@ -136,7 +142,22 @@ int main(int argc, char **argv)
 		usage();
 		return 2;
 	}
-	if (parse_tokens(prompt_s, &prompt, &n_prompt) < 0) {
+	if (text) {
+		/* the model's own tokenizer, as the daemon uses it */
+		char path[4200];
+		uint32_t *ids;
+		size_t n;
+
+		snprintf(path, sizeof(path), "%s/tokenizer.json", model);
+		if (tok_load(path, &tok, err, sizeof(err)) < 0 ||
+		    tok_encode(tok, text, strlen(text), true, &ids, &n, err, sizeof(err)) < 0) {
+			fprintf(stderr, "lorad-run: %s\n", err);
+			tok_free(tok);
+			return 1;
+		}
+		prompt = (int32_t *)ids;
+		n_prompt = (int)n;
+	} else if (parse_tokens(prompt_s, &prompt, &n_prompt) < 0) {
 		fprintf(stderr, "lorad-run: --prompt-tokens wants comma-separated token ids\n");
 		return 2;
 	}
@@ -176,8 +197,55 @@ int main(int argc, char **argv)
 			s->error == -EDOM ? "the logits hold NaN or Inf" : strerror(-s->error));
 		goto out;
 	}
+	if (tok) {
+		/* generated text = decode(prompt + generated) - decode(prompt) */
+		char *a = NULL, *b = NULL;
+		size_t la = 0, lb = 0;
+
+		if (tok_decode(tok, (const uint32_t *)s->tokens, (size_t)s->n_prompt, true, &a, &la) ||
+		    tok_decode(tok, (const uint32_t *)s->tokens, (size_t)s->n_tokens, true, &b, &lb) ||
+		    lb < la) {
+			fprintf(stderr, "lorad-run: cannot decode the output\n");
+			free(a);
+			free(b);
+			goto out;
+		}
+		out_len = lb - la;
+		out_text = malloc(out_len + 1);
+		if (out_text) {
+			memcpy(out_text, b + la, out_len);
+			out_text[out_len] = 0;
+		}
+		free(a);
+		free(b);
+		if (!out_text)
+			goto out;
+		if (!json) {
+			fwrite(out_text, 1, out_len, stdout);
+			printf("\n");
+			rc = 0;
+			goto out;
+		}
+	}
 	if (json) {
-		printf("{\"tokens\": [");
+		printf("{");
+		if (out_text) {
+			printf("\"text\": \"");
+			for (size_t k = 0; k < out_len; k++) {
+				unsigned char ch = (unsigned char)out_text[k];
+
+				if (ch == '"' || ch == '\\')
+					printf("\\%c", ch);
+				else if (ch == '\n')
+					printf("\\n");
+				else if (ch < 0x20)
+					printf("\\u%04x", ch);
+				else
+					putchar(ch);
+			}
+			printf("\", ");
+		}
+		printf("\"tokens\": [");
 		for (i = s->n_prompt; i < s->n_tokens; i++)
 			printf("%s%d", i > s->n_prompt ? ", " : "", s->tokens[i]);
 		printf("]");
@@ -211,6 +279,8 @@ int main(int argc, char **argv)
 out:
 	engine_seq_free(e, s);
 	engine_free(e);
+	tok_free(tok);
+	free(out_text);
 	free(prompt);
 	return rc;
 }

@@ -72,6 +72,7 @@ static struct json_object *version_json(const struct reg_version *v)
 	struct json_object *o = json_object_new_object();
 
 	json_object_object_add(o, "id", json_object_new_string(v->id));
+	json_object_object_add(o, "vid", json_object_new_int64(v->vid));   /* lorad_event.version */
 	json_object_object_add(o, "path", json_object_new_string(v->path));
 	json_object_object_add(o, "sha256", json_object_new_string(v->sha256));
 	json_object_object_add(o, "resident", json_object_new_boolean(v->adapter != 0));

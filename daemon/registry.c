@@ -409,6 +409,24 @@ static int route_from_json(struct json_object *o, struct route *rt, char *err, s
 	}
 	if (pos != ROUTE_BUCKETS)
 		goto bad;
+	/* the table must be the one the weights describe, over distinct versions:
+	 * a file that disagrees with itself was not written by us */
+	{
+		uint32_t cnt[ROUTE_MAX_VERSIONS] = { 0 }, sum = 0;
+
+		for (unsigned k = 0; k < ROUTE_BUCKETS; k++)
+			cnt[rt->bucket[k]]++;
+		for (unsigned i = 0; i < rt->n; i++) {
+			if (cnt[i] != rt->weight[i])
+				goto bad;
+			sum += rt->weight[i];
+			for (unsigned k = 0; k < i; k++)
+				if (!strcmp(rt->target[i], rt->target[k]))
+					goto bad;
+		}
+		if (sum != ROUTE_BUCKETS)
+			goto bad;
+	}
 	if (json_object_object_get_ex(o, "created", &c))
 		rt->created = json_object_get_int64(c);
 	return 0;

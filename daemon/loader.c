@@ -6,6 +6,7 @@
 #include <liburing.h>
 #include <openssl/evp.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,6 +64,8 @@ struct loader {
 	int wake_fd;  /* submit → loader thread */
 	int done_fd;  /* loader thread → engine */
 	uint64_t wake_buf;
+	sem_t ready;    /* the thread has set up its ring */
+	int setup_rc;
 
 	pthread_mutex_t mu; /* guards the two queues, stop and the stats */
 	struct req *sub_head, *sub_tail;
@@ -274,14 +277,9 @@ static void start_load(struct loader *ld, struct load *l)
 	l->fd = -1;
 	l->slot = -1;
 	l->t_start = now_ns();
-	rc = open_file(l, !ld->o.no_direct);
-	if (rc == -EINVAL && !ld->o.no_direct) {
-		if (!ld->direct_warned)
-			ld_log(ld, 5, "%s: the filesystem refuses O_DIRECT; reading through the page cache",
-			       r->path);
-		ld->direct_warned = true;
-		rc = open_file(l, false);
-	}
+	/* open plainly, look, then ask for O_DIRECT: a directory or a device
+	 * is refused for what it is, not taken for a filesystem without DIO */
+	rc = open_file(l, false);
 	if (rc) {
 		set_err(l, rc, "%s: cannot open: %s", r->path, strerror(-rc));
 		return;
@@ -295,6 +293,20 @@ static void start_load(struct loader *ld, struct load *l)
 	if (!S_ISREG(sx.stx_mode)) {
 		set_err(l, -EINVAL, "%s: not a regular file", r->path);
 		return;
+	}
+	if (!ld->o.no_direct) {
+		int fl = fcntl(l->fd, F_GETFL);
+
+		if (fl >= 0 && fcntl(l->fd, F_SETFL, fl | O_DIRECT) == 0) {
+			l->direct = true;
+		} else {
+			if (!ld->direct_warned)
+				ld_log(ld, 5,
+				       "%s: the filesystem refuses O_DIRECT (%s); reading through the "
+				       "page cache",
+				       r->path, strerror(errno));
+			ld->direct_warned = true;
+		}
 	}
 	l->fsize = sx.stx_size;
 	l->oalign = 512;
@@ -654,11 +666,38 @@ static void reap(struct loader *ld)
 	}
 }
 
+static int ring_setup(struct loader *ld)
+{
+	struct io_uring_params p;
+	unsigned entries = ld->o.qd * 2 + 8;
+	int rc;
+
+	memset(&p, 0, sizeof(p));
+	p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN;
+	rc = io_uring_queue_init_params(entries, &ld->ring, &p);
+	if (rc == -EINVAL) {
+		memset(&p, 0, sizeof(p));
+		rc = io_uring_queue_init_params(entries, &ld->ring, &p);
+	}
+	if (rc)
+		return rc;
+	if (!ld->o.no_fixed && io_uring_register_buffers_sparse(&ld->ring, ld->o.max_active) == 0) {
+		ld->slot_used = calloc(ld->o.max_active, sizeof(bool));
+		ld->st.fixed_available = ld->slot_used != NULL;
+	}
+	return 0;
+}
+
 static void *loader_main(void *arg)
 {
 	struct loader *ld = arg;
-	bool stop = false;
+	bool stop = false, warned = false;
+	int rc;
 
+	ld->setup_rc = ring_setup(ld);
+	sem_post(&ld->ready);
+	if (ld->setup_rc)
+		return NULL;
 	arm_wake(ld);
 	for (;;) {
 		struct io_uring_cqe *cqe;
@@ -684,7 +723,11 @@ static void *loader_main(void *arg)
 			continue;
 		if (stop && !ld->active && ld->inflight == 0)
 			break;
-		io_uring_submit_and_wait(&ld->ring, 1);
+		rc = io_uring_submit_and_wait(&ld->ring, 1);
+		if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY && !warned) {
+			ld_log(ld, 3, "io_uring_enter: %s", strerror(-rc));
+			warned = true;
+		}
 		io_uring_for_each_cqe(&ld->ring, head, cqe)
 		{
 			uint64_t ud = io_uring_cqe_get_data64(cqe);
@@ -705,7 +748,6 @@ static void *loader_main(void *arg)
 int loader_create(const struct loader_opts *o, struct loader **out, char *err, size_t errlen)
 {
 	struct loader *ld;
-	struct io_uring_params p;
 	int rc;
 
 	if (!o->pool) {
@@ -733,27 +775,20 @@ int loader_create(const struct loader_opts *o, struct loader **out, char *err, s
 		snprintf(err, errlen, "loader: eventfd: %s", strerror(-rc));
 		goto fail;
 	}
-	memset(&p, 0, sizeof(p));
-	p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN;
-	rc = io_uring_queue_init_params(ld->o.qd * 2 + 8, &ld->ring, &p);
-	if (rc == -EINVAL) {
-		memset(&p, 0, sizeof(p));
-		rc = io_uring_queue_init_params(ld->o.qd * 2 + 8, &ld->ring, &p);
-	}
-	if (rc) {
-		snprintf(err, errlen, "loader: io_uring: %s", strerror(-rc));
-		goto fail;
-	}
-	if (!ld->o.no_fixed && io_uring_register_buffers_sparse(&ld->ring, ld->o.max_active) == 0) {
-		ld->slot_used = calloc(ld->o.max_active, sizeof(bool));
-		ld->st.fixed_available = ld->slot_used != NULL;
-	}
-	/* SINGLE_ISSUER binds the ring to the first task that submits: the thread */
+	/* the ring is set up by the thread that submits to it (SINGLE_ISSUER) */
+	sem_init(&ld->ready, 0, 0);
 	rc = pthread_create(&ld->thr, NULL, loader_main, ld);
 	if (rc) {
 		rc = -rc;
-		io_uring_queue_exit(&ld->ring);
 		snprintf(err, errlen, "loader: thread: %s", strerror(-rc));
+		goto fail;
+	}
+	while (sem_wait(&ld->ready) && errno == EINTR)
+		;
+	if (ld->setup_rc) {
+		rc = ld->setup_rc;
+		pthread_join(ld->thr, NULL);
+		snprintf(err, errlen, "loader: io_uring: %s", strerror(-rc));
 		goto fail;
 	}
 	pthread_setname_np(ld->thr, "lorad-loader");
@@ -861,6 +896,7 @@ void loader_destroy(struct loader *ld)
 	}
 	pthread_join(ld->thr, NULL);
 	io_uring_queue_exit(&ld->ring);
+	sem_destroy(&ld->ready);
 	while (ld->res_head) {
 		struct rnode *r = ld->res_head;
 

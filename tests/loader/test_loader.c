@@ -1,0 +1,789 @@
+/*
+ * Loader and host-tier tests: what a user of the adapter store would notice.
+ * The same bytes arrive whatever the path (O_DIRECT, page cache, registered
+ * buffers or not, whole file or an unaligned range); budgets smaller than the
+ * working set evict and reload with the counters adding up and the locked
+ * bytes agreeing with VmLck; each fault fails only its load with a message
+ * naming the file and the loader keeps working.
+ *
+ * Files go to a directory on a real disk ($LORAD_TEST_DISK_DIR, default
+ * /var/tmp) so that O_DIRECT is exercised, and to /dev/shm.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <linux/magic.h>
+#include <poll.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "hostpool.h"
+#include "loader.h"
+#include "safetensors.h"
+
+static char disk_dir[256];
+static char shm_dir[256];
+
+/* ---- helpers ---------------------------------------------------------- */
+
+static void mk_dirs(void)
+{
+	const char *base = getenv("LORAD_TEST_DISK_DIR");
+
+	snprintf(disk_dir, sizeof(disk_dir), "%s/lorad-loader-XXXXXX", base ? base : "/var/tmp");
+	assert_non_null(mkdtemp(disk_dir));
+	snprintf(shm_dir, sizeof(shm_dir), "/dev/shm/lorad-loader-XXXXXX");
+	assert_non_null(mkdtemp(shm_dir));
+}
+
+static void rm_dir(const char *d)
+{
+	char cmd[400];
+
+	if (!*d)
+		return;
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", d);
+	if (system(cmd) != 0)
+		fprintf(stderr, "cannot remove %s\n", d);
+}
+
+static int teardown_all(void **state)
+{
+	(void)state;
+	rm_dir(disk_dir);
+	rm_dir(shm_dir);
+	return 0;
+}
+
+static int setup_all(void **state)
+{
+	(void)state;
+	mk_dirs();
+	return 0;
+}
+
+/* A .safetensors file of about `bytes` bytes: three F32 tensors whose sizes
+ * are chosen so that no tensor starts at an aligned offset. */
+static void make_st(const char *path, size_t bytes, unsigned seed)
+{
+	size_t n = bytes / 4, n1 = n / 3 + 7, n2 = n / 3 - 5, n3 = n - n1 - n2;
+	float *v = malloc(n * sizeof(float));
+	struct st_out t[3] = {
+		{"a.lora_A.weight", ST_F32, 1, {(int64_t)n1}, v},
+		{"a.lora_B.weight", ST_F32, 1, {(int64_t)n2}, v + n1},
+		{"b.lora_A.weight", ST_F32, 1, {(int64_t)n3}, v + n1 + n2},
+	};
+	char err[256];
+
+	assert_non_null(v);
+	srand(seed);
+	for (size_t i = 0; i < n; i++)
+		v[i] = (float)rand() / (float)RAND_MAX - 0.5f;
+	assert_int_equal(st_write(path, t, 3, err, sizeof(err)), 0);
+	free(v);
+}
+
+static unsigned char *slurp(const char *path, size_t *len)
+{
+	struct stat s;
+	unsigned char *p;
+	int fd = open(path, O_RDONLY);
+
+	assert_true(fd >= 0);
+	assert_int_equal(fstat(fd, &s), 0);
+	p = malloc((size_t)s.st_size + 1);
+	assert_non_null(p);
+	assert_int_equal(pread(fd, p, (size_t)s.st_size, 0), s.st_size);
+	close(fd);
+	*len = (size_t)s.st_size;
+	return p;
+}
+
+static long vmlck_bytes(void)
+{
+	char line[256];
+	long kb = -1;
+	FILE *f = fopen("/proc/self/status", "r");
+
+	assert_non_null(f);
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmLck: %ld kB", &kb) == 1)
+			break;
+	fclose(f);
+	return kb * 1024;
+}
+
+static struct hostpool *mk_pool(size_t budget)
+{
+	struct hostpool_opts o = {.budget = budget, .node = -1};
+	struct hostpool *hp;
+
+	assert_int_equal(hostpool_create(&o, &hp), 0);
+	return hp;
+}
+
+static struct loader *mk_loader(struct hostpool *hp, size_t chunk, unsigned qd, bool no_direct,
+				bool no_fixed)
+{
+	struct loader_opts o = {.pool = hp, .chunk = chunk, .qd = qd, .no_direct = no_direct,
+				.no_fixed = no_fixed};
+	struct loader *ld;
+	char err[256];
+
+	assert_int_equal(loader_create(&o, &ld, err, sizeof(err)), 0);
+	return ld;
+}
+
+/* Waits on loader_fd as an event loop would, until one result arrives. */
+static struct loader_result wait_one(struct loader *ld)
+{
+	struct loader_result r;
+	struct pollfd p = {.fd = loader_fd(ld), .events = POLLIN};
+
+	for (;;) {
+		if (loader_poll(ld, &r, 1) == 1)
+			return r;
+		assert_true(poll(&p, 1, 20000) == 1);
+	}
+}
+
+static struct loader_result load_one(struct loader *ld, const char *path, const uint8_t *sha,
+				     uint64_t size, bool reload)
+{
+	struct loader_req q = {.path = path, .sha256 = sha, .size = size, .reload = reload,
+			       .token = 42};
+
+	assert_int_equal(loader_submit(ld, &q), 0);
+	return wait_one(ld);
+}
+
+static bool dir_is_tmpfs(const char *d)
+{
+	struct statfs s;
+
+	return statfs(d, &s) == 0 && s.f_type == TMPFS_MAGIC;
+}
+
+/* ---- identical bytes whatever the path -------------------------------- */
+
+static void check_paths_in(const char *dir, bool expect_direct)
+{
+	char path[400];
+	uint8_t sha[32];
+	uint64_t size;
+	size_t len;
+	unsigned char *want;
+	struct hostpool *hp = mk_pool(64u << 20);
+
+	snprintf(path, sizeof(path), "%s/paths.safetensors", dir);
+	make_st(path, (3u << 20) + 1234, 1);
+	want = slurp(path, &len);
+	assert_int_equal(loader_sha256_file(path, sha, &size), 0);
+	assert_int_equal(size, len);
+
+	struct {
+		size_t chunk;
+		unsigned qd;
+		bool no_direct, no_fixed;
+	} cfg[] = {
+		{1 << 20, 32, false, false}, {1 << 20, 32, false, true}, {65536, 4, false, false},
+		{1 << 20, 8, true, false},   {1 << 20, 8, true, true},   {12288, 3, true, true},
+	};
+	for (size_t i = 0; i < sizeof(cfg) / sizeof(cfg[0]); i++) {
+		struct loader *ld = mk_loader(hp, cfg[i].chunk, cfg[i].qd, cfg[i].no_direct,
+					      cfg[i].no_fixed);
+		struct loader_result r = load_one(ld, path, sha, size, true);
+		struct loader_stats ls;
+
+		if (r.status)
+			fail_msg("%s", r.err);
+		assert_int_equal(r.token, 42);
+		assert_int_equal(r.len, len);
+		assert_memory_equal(r.data, want, len);
+		assert_int_equal(r.o_direct, !cfg[i].no_direct && expect_direct);
+		loader_stats(ld, &ls);
+		if (!cfg[i].no_fixed && ls.fixed_available)
+			assert_true(r.fixed);
+		if (cfg[i].no_fixed)
+			assert_false(r.fixed);
+		assert_true(r.read_ns > 0 && r.resident_ns >= r.read_ns);
+		hostpool_put(hp, r.buf);
+		loader_destroy(ld);
+	}
+
+	/* an unaligned range (a tensor inside the file) */
+	struct st_file *f;
+	char err[256];
+	assert_int_equal(st_open(path, &f, err, sizeof(err)), 0);
+	for (int k = 0; k < f->n; k++) {
+		struct st_tensor *t = &f->t[k];
+		uint64_t off = (uint64_t)(t->data - (const unsigned char *)f->map);
+		struct loader *ld = mk_loader(hp, 65536, 8, false, false);
+		struct loader_req q = {.path = path, .key = t->name, .offset = off,
+				       .length = t->nbytes, .raw = true};
+		struct loader_result r;
+
+		assert_true(off % 512 != 0);
+		assert_int_equal(loader_submit(ld, &q), 0);
+		r = wait_one(ld);
+		if (r.status)
+			fail_msg("%s", r.err);
+		assert_int_equal(r.len, t->nbytes);
+		assert_memory_equal(r.data, t->data, t->nbytes);
+		assert_true(((uintptr_t)hp_data(r.buf) & 4095) == 0);
+		hostpool_put(hp, r.buf);
+		loader_destroy(ld);
+	}
+	st_close(f);
+	free(want);
+	hostpool_destroy(hp);
+}
+
+static void test_paths_disk(void **state)
+{
+	(void)state;
+	if (dir_is_tmpfs(disk_dir))
+		skip();
+	check_paths_in(disk_dir, true);
+}
+
+static void test_paths_shm(void **state)
+{
+	int fd;
+	char p[300];
+	bool direct;
+
+	(void)state;
+	/* tmpfs takes O_DIRECT since Linux 6.6; earlier kernels refuse it */
+	snprintf(p, sizeof(p), "%s/probe", shm_dir);
+	fd = open(p, O_CREAT | O_RDWR | O_DIRECT, 0600);
+	direct = fd >= 0;
+	if (fd >= 0)
+		close(fd);
+	unlink(p);
+	check_paths_in(shm_dir, direct);
+}
+
+/* A filesystem that refuses O_DIRECT: ramfs, mounted in a private mount
+ * namespace (needs root); /dev/shm where the kernel's tmpfs refuses it. */
+static int log_lines;
+static void count_log(void *ctx, int pri, const char *msg)
+{
+	(void)ctx;
+	(void)pri;
+	(void)msg;
+	log_lines++;
+}
+
+static void test_direct_fallback(void **state)
+{
+	char dir[300], path[400];
+	size_t len;
+	unsigned char *want;
+	pid_t pid;
+	int st;
+
+	(void)state;
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		const char *d = shm_dir;
+		int fd;
+
+		snprintf(path, sizeof(path), "%s/probe", shm_dir);
+		fd = open(path, O_CREAT | O_RDWR | O_DIRECT, 0600);
+		if (fd >= 0) {
+			close(fd);
+			unlink(path);
+			/* tmpfs takes O_DIRECT here: use ramfs, which does not */
+			snprintf(dir, sizeof(dir), "%s/ramfs", shm_dir);
+			if (mkdir(dir, 0700) || unshare(CLONE_NEWNS) ||
+			    mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) ||
+			    mount("ramfs", dir, "ramfs", 0, NULL))
+				_exit(77);
+			d = dir;
+		}
+		snprintf(path, sizeof(path), "%s/fallback.safetensors", d);
+		make_st(path, (1u << 20) + 77, 2);
+		want = slurp(path, &len);
+
+		struct hostpool *hp = mk_pool(16u << 20);
+		struct loader_opts o = {.pool = hp, .chunk = 1 << 18, .qd = 8, .log = count_log};
+		struct loader *ld;
+		char err[256];
+
+		if (loader_create(&o, &ld, err, sizeof(err)))
+			_exit(2);
+		for (int i = 0; i < 3; i++) {
+			struct loader_result r = load_one(ld, path, NULL, 0, true);
+
+			if (r.status || r.o_direct || r.len != len || memcmp(r.data, want, len))
+				_exit(3);
+			hostpool_put(hp, r.buf);
+		}
+		loader_destroy(ld);
+		hostpool_destroy(hp);
+		umount(dir);
+		_exit(log_lines == 1 ? 0 : 4); /* one line, not one per load */
+	}
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	if (WEXITSTATUS(st) == 77)
+		skip();
+	assert_int_equal(WEXITSTATUS(st), 0);
+}
+
+/* ---- budgets, eviction, reload, counters ------------------------------ */
+
+static void test_budget_evict_reload(void **state)
+{
+	enum { N = 8 };
+	char path[N][400];
+	uint8_t sha[N][32];
+	uint64_t size[N];
+	size_t page = (size_t)sysconf(_SC_PAGESIZE), cap = 0;
+	long lck0 = vmlck_bytes();
+	struct hostpool_stats hs;
+	struct hostpool *hp;
+	struct loader *ld;
+
+	(void)state;
+	for (int i = 0; i < N; i++) {
+		snprintf(path[i], sizeof(path[i]), "%s/ev%d.safetensors", disk_dir, i);
+		make_st(path[i], (1u << 20) + 100 * (size_t)i, 10 + (unsigned)i);
+		assert_int_equal(loader_sha256_file(path[i], sha[i], &size[i]), 0);
+	}
+	cap = (size[N - 1] + 4095 + page - 1) / page * page; /* the biggest buffer */
+	hp = mk_pool(3 * cap);                                 /* three fit, eight are used */
+	ld = mk_loader(hp, 256 << 10, 16, false, false);
+
+	for (int round = 0; round < 2; round++) {
+		for (int i = 0; i < N; i++) {
+			struct loader_result r = load_one(ld, path[i], sha[i], size[i], false);
+
+			if (r.status)
+				fail_msg("%s", r.err);
+			assert_false(r.cached); /* evicted since the last round */
+			hostpool_put(hp, r.buf);
+			hostpool_stats(hp, &hs);
+			assert_true(hs.bytes_used <= hs.budget);
+			assert_true(hs.entries <= 3);
+			assert_int_equal(hs.loads, (uint64_t)(round * N + i + 1));
+			assert_int_equal(hs.loads - hs.evictions, hs.entries);
+			if (!hs.unpinned) {
+				assert_int_equal(hs.locked_bytes, hs.bytes_used);
+				assert_int_equal(vmlck_bytes() - lck0, (long)hs.locked_bytes);
+			}
+		}
+	}
+	/* the most recent is resident: no I/O */
+	struct loader_result r = load_one(ld, path[N - 1], sha[N - 1], size[N - 1], false);
+	assert_int_equal(r.status, 0);
+	assert_true(r.cached);
+	hostpool_put(hp, r.buf);
+
+	/* a held entry is never evicted; when all room is held, a load fails */
+	struct hp_buf *h1 = hostpool_get(hp, path[N - 2]);
+	struct hp_buf *h2 = hostpool_get(hp, path[N - 3]);
+	assert_non_null(h1);
+	assert_non_null(h2);
+	for (int i = 0; i < 3; i++) {
+		struct loader_result q = load_one(ld, path[i], sha[i], size[i], false);
+
+		if (q.status)
+			fail_msg("%s", q.err);
+		hostpool_put(hp, q.buf);
+		struct hp_buf *chk = hostpool_get(hp, path[N - 2]);
+		assert_non_null(chk);
+		hostpool_put(hp, chk);
+	}
+	struct hp_buf *h3 = hostpool_get(hp, path[2]);
+	assert_non_null(h3);
+	struct loader_result full = load_one(ld, path[0], sha[0], size[0], false);
+	assert_int_equal(full.status, -ENOSPC);
+	assert_non_null(strstr(full.err, path[0]));
+	hostpool_put(hp, h3);
+	full = load_one(ld, path[0], sha[0], size[0], false);
+	assert_int_equal(full.status, 0);
+	hostpool_put(hp, full.buf);
+	hostpool_put(hp, h1);
+	hostpool_put(hp, h2);
+
+	hostpool_stats(hp, &hs);
+	assert_int_equal(hs.held, 0);
+	assert_int_equal(hs.loading, 0);
+	assert_int_equal(hostpool_evict(hp, path[0]), 0);
+	assert_int_equal(hostpool_evict(hp, path[0]), -ENOENT);
+	loader_destroy(ld);
+	hostpool_destroy(hp);
+	assert_int_equal(vmlck_bytes(), lck0);
+}
+
+static void test_numa_placement(void **state)
+{
+	struct hostpool *hp = mk_pool(8u << 20);
+	struct hostpool_stats hs;
+	struct hp_buf *b;
+
+	(void)state;
+	assert_int_equal(hostpool_reserve(hp, "x", 3u << 20, &b, NULL), 0);
+	assert_true(((uintptr_t)hp_data(b) & 4095) == 0);
+	hostpool_stats(hp, &hs);
+	int node = hostpool_node_of(hp_data(b));
+	int last = hostpool_node_of((char *)hp_data(b) + hp_cap(b) - 1);
+	fprintf(stderr, "# host tier: node %d of %d configured; buffer pages on node %d..%d%s\n",
+		hs.node, hs.numa_nodes, node, last,
+		hs.numa_nodes == 1 ? " (one node: trivially local)" : "");
+	assert_int_equal(node, hs.node);
+	assert_int_equal(last, hs.node);
+	assert_int_equal(hs.numa_misplaced, 0);
+	hostpool_put(hp, b);
+	hostpool_stats(hp, &hs);
+	assert_int_equal(hs.bytes_used, 0);
+	hostpool_destroy(hp);
+}
+
+/* Without CAP_IPC_LOCK and with a small RLIMIT_MEMLOCK, locking fails: the
+ * tier says it is unpinned, logs once, and loads still work (without
+ * registered buffers where the ring cannot pin them either). */
+static int pin_calls;
+static int fake_pin(void *ctx, void *addr, size_t len)
+{
+	(void)ctx;
+	(void)addr;
+	(void)len;
+	pin_calls++;
+	return 0;
+}
+static void fake_unpin(void *ctx, void *addr, size_t len)
+{
+	(void)ctx;
+	(void)addr;
+	(void)len;
+	pin_calls--;
+}
+
+static int drop_caps(unsigned long long drop)
+{
+	struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
+	struct __user_cap_data_struct d[2];
+
+	if (syscall(SYS_capget, &h, d))
+		return -1;
+	for (int i = 0; i < 2; i++) {
+		d[i].effective &= ~(unsigned)(drop >> (32 * i));
+		d[i].permitted &= ~(unsigned)(drop >> (32 * i));
+		d[i].inheritable &= ~(unsigned)(drop >> (32 * i));
+	}
+	return (int)syscall(SYS_capset, &h, d);
+}
+
+static void test_unpinned(void **state)
+{
+	char path[400];
+	pid_t pid;
+	int st;
+
+	(void)state;
+	snprintf(path, sizeof(path), "%s/unpinned.safetensors", disk_dir);
+	make_st(path, 2u << 20, 3);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct rlimit rl = {64 << 10, 64 << 10};
+		struct hostpool_opts o = {.budget = 32u << 20, .node = -1, .pin = fake_pin,
+					  .unpin = fake_unpin};
+		struct hostpool *hp;
+		struct hostpool_stats hs;
+		uint8_t sha[32];
+		uint64_t size;
+
+		if (drop_caps(1ull << CAP_IPC_LOCK) || setrlimit(RLIMIT_MEMLOCK, &rl))
+			_exit(77);
+		if (hostpool_create(&o, &hp) || loader_sha256_file(path, sha, &size))
+			_exit(2);
+		struct loader *ld = mk_loader(hp, 1 << 20, 8, false, false);
+		for (int i = 0; i < 2; i++) {
+			struct loader_result r = load_one(ld, path, sha, size, true);
+
+			if (r.status) {
+				fprintf(stderr, "%s\n", r.err);
+				_exit(3);
+			}
+			if (r.fixed) /* the ring would have had to pin 2 MiB */
+				_exit(4);
+			hostpool_put(hp, r.buf);
+		}
+		hostpool_stats(hp, &hs);
+		if (!hs.unpinned || hs.locked_bytes != 0 || hs.lock_failures != 2 || vmlck_bytes() != 0)
+			_exit(5);
+		if (pin_calls != 1 || hs.pinned_bytes != hs.bytes_used) /* one entry resident */
+			_exit(6);
+		loader_destroy(ld);
+		hostpool_destroy(hp);
+		_exit(pin_calls == 0 ? 0 : 7);
+	}
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	if (WEXITSTATUS(st) == 77)
+		skip();
+	assert_int_equal(WEXITSTATUS(st), 0);
+}
+
+/* ---- faults ----------------------------------------------------------- */
+
+static void expect_fail(struct loader *ld, const char *path, const uint8_t *sha, uint64_t size,
+			int code, const char *words)
+{
+	struct loader_result r = load_one(ld, path, sha, size, true);
+
+	if (r.status != code)
+		fail_msg("%s: status %d (%s), wanted %d", path, r.status, r.err, code);
+	assert_null(r.buf);
+	assert_non_null(strstr(r.err, path));
+	if (words && !strstr(r.err, words))
+		fail_msg("message \"%s\" lacks \"%s\"", r.err, words);
+}
+
+static void expect_ok(struct loader *ld, struct hostpool *hp, const char *path, const uint8_t *sha,
+		      uint64_t size)
+{
+	struct loader_result r = load_one(ld, path, sha, size, true);
+
+	if (r.status)
+		fail_msg("%s", r.err);
+	hostpool_put(hp, r.buf);
+}
+
+static void restore(const char *path, const unsigned char *orig, size_t len)
+{
+	int fd = open(path, O_WRONLY | O_TRUNC);
+
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, orig, len), (ssize_t)len);
+	close(fd);
+}
+
+static void test_faults(void **state)
+{
+	char path[400], good[400], missing[400];
+	uint8_t sha[32], gsha[32];
+	uint64_t size, gsize;
+	size_t len;
+	unsigned char *orig;
+	struct hostpool *hp = mk_pool(64u << 20);
+	struct loader *ld = mk_loader(hp, 128 << 10, 8, false, false);
+	(void)state;
+	snprintf(path, sizeof(path), "%s/fault.safetensors", disk_dir);
+	snprintf(good, sizeof(good), "%s/good.safetensors", disk_dir);
+	snprintf(missing, sizeof(missing), "%s/missing.safetensors", disk_dir);
+	make_st(path, (1u << 20) + 333, 4);
+	make_st(good, 600000, 5);
+	assert_int_equal(loader_sha256_file(path, sha, &size), 0);
+	assert_int_equal(loader_sha256_file(good, gsha, &gsize), 0);
+	orig = slurp(path, &len);
+
+	/* missing */
+	expect_fail(ld, missing, NULL, 0, -ENOENT, "cannot open");
+	expect_ok(ld, hp, good, gsha, gsize);
+
+	/* truncated: by the recorded size, and by the hash alone */
+	assert_int_equal(truncate(path, (off_t)(len / 2)), 0);
+	expect_fail(ld, path, sha, size, -EBADMSG, "truncated");
+	expect_fail(ld, path, sha, 0, -EBADMSG, "changed since it was registered");
+	/* truncated without a recorded hash: the header finds it */
+	expect_fail(ld, path, NULL, 0, -EINVAL, NULL);
+	expect_ok(ld, hp, good, gsha, gsize);
+	restore(path, orig, len);
+	expect_ok(ld, hp, path, sha, size); /* a later submit retries */
+
+	/* one byte changed in place, in the tensor data */
+	orig[len - 100] ^= 0x40;
+	restore(path, orig, len);
+	expect_fail(ld, path, sha, size, -EBADMSG, "changed since it was registered");
+	orig[len - 100] ^= 0x40;
+	restore(path, orig, len);
+	expect_ok(ld, hp, path, sha, size);
+
+	/* corrupt header, registered with its (corrupt) hash: the header check refuses it */
+	unsigned char *bad = malloc(len);
+	uint8_t bsha[32];
+	uint64_t bsize;
+	memcpy(bad, orig, len);
+	memcpy(bad + 8, "{\"x\":", 5);
+	restore(path, bad, len);
+	assert_int_equal(loader_sha256_file(path, bsha, &bsize), 0);
+	expect_fail(ld, path, bsha, bsize, -EINVAL, "header");
+	memcpy(bad, orig, len);
+	bad[6] = 0x7f; /* header length beyond the file */
+	restore(path, bad, len);
+	assert_int_equal(loader_sha256_file(path, bsha, &bsize), 0);
+	expect_fail(ld, path, bsha, bsize, -EINVAL, "header length");
+	free(bad);
+	restore(path, orig, len);
+	expect_ok(ld, hp, path, sha, size);
+
+	/* unreadable: chmod 000; as root, without CAP_DAC_OVERRIDE and
+	 * CAP_DAC_READ_SEARCH in a child (the loader thread inherits them) */
+	assert_int_equal(chmod(path, 0), 0);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		if (geteuid() == 0 &&
+		    drop_caps((1ull << CAP_DAC_OVERRIDE) | (1ull << CAP_DAC_READ_SEARCH)))
+			_exit(77);
+		struct hostpool *hp2 = mk_pool(16u << 20);
+		struct loader *ld2 = mk_loader(hp2, 1 << 20, 4, false, false);
+		struct loader_result r = load_one(ld2, path, sha, size, true);
+		if (r.status != -EACCES || !strstr(r.err, path))
+			_exit(3);
+		r = load_one(ld2, good, gsha, gsize, true);
+		if (r.status)
+			_exit(4);
+		hostpool_put(hp2, r.buf);
+		loader_destroy(ld2);
+		hostpool_destroy(hp2);
+		_exit(0);
+	}
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_int_equal(chmod(path, 0644), 0);
+	assert_true(WIFEXITED(st));
+	assert_true(WEXITSTATUS(st) == 0 || WEXITSTATUS(st) == 77);
+	expect_ok(ld, hp, path, sha, size);
+
+	/* not a regular file */
+	expect_fail(ld, disk_dir, NULL, 0, -EINVAL, "not a regular file");
+
+	struct hostpool_stats hs;
+	struct loader_stats ls;
+	hostpool_stats(hp, &hs);
+	loader_stats(ld, &ls);
+	assert_int_equal(hs.loading, 0); /* failed loads gave their buffers back */
+	assert_int_equal(ls.pending, 0);
+	assert_true(ls.failed >= 8);
+	free(orig);
+	loader_destroy(ld);
+	hostpool_destroy(hp);
+}
+
+/* ---- many at once ----------------------------------------------------- */
+
+static void test_concurrent(void **state)
+{
+	enum { F = 12, REQ = 96 };
+	char path[F][400];
+	uint8_t sha[F][32];
+	uint64_t size[F];
+	unsigned char *want[F];
+	size_t len[F];
+	int seen[REQ] = {0};
+	struct hostpool *hp = mk_pool(256u << 20);
+	struct loader_opts o = {.pool = hp, .chunk = 128 << 10, .qd = 32, .max_active = 6};
+	struct loader *ld;
+	char err[256];
+
+	(void)state;
+	assert_int_equal(loader_create(&o, &ld, err, sizeof(err)), 0);
+	for (int i = 0; i < F; i++) {
+		snprintf(path[i], sizeof(path[i]), "%s/c%d.safetensors", i % 3 ? disk_dir : shm_dir,
+			 i);
+		make_st(path[i], 300000 + 77777 * (size_t)i, 20 + (unsigned)i);
+		assert_int_equal(loader_sha256_file(path[i], sha[i], &size[i]), 0);
+		want[i] = slurp(path[i], &len[i]);
+	}
+	for (int k = 0; k < REQ; k++) {
+		char key[32];
+		struct loader_req q = {.path = path[k % F], .sha256 = sha[k % F], .size = size[k % F],
+				       .key = key, .token = (uint64_t)k, .reload = k % 2};
+
+		snprintf(key, sizeof(key), "k%d", k % (2 * F));
+		assert_int_equal(loader_submit(ld, &q), 0);
+	}
+	for (int got = 0; got < REQ;) {
+		struct loader_result r[16];
+		struct pollfd p = {.fd = loader_fd(ld), .events = POLLIN};
+		int n = loader_poll(ld, r, 16);
+
+		if (n == 0) {
+			assert_int_equal(poll(&p, 1, 20000), 1);
+			continue;
+		}
+		for (int i = 0; i < n; i++) {
+			int f = (int)(r[i].token % F);
+
+			if (r[i].status)
+				fail_msg("%s", r[i].err);
+			assert_int_equal(seen[r[i].token]++, 0);
+			assert_int_equal(r[i].len, len[f]);
+			assert_memory_equal(r[i].data, want[f], len[f]);
+			hostpool_put(hp, r[i].buf);
+		}
+		got += n;
+	}
+	struct loader_stats ls;
+	struct hostpool_stats hs;
+	loader_stats(ld, &ls);
+	hostpool_stats(hp, &hs);
+	assert_int_equal(ls.completed, REQ);
+	assert_int_equal(ls.pending, 0);
+	assert_int_equal(hs.held, 0);
+	assert_int_equal(hs.entries, 2 * F);
+	for (int i = 0; i < F; i++)
+		free(want[i]);
+	loader_destroy(ld);
+	hostpool_destroy(hp);
+}
+
+/* Destroying with loads queued and in flight neither hangs nor leaks. */
+static void test_destroy_busy(void **state)
+{
+	char path[400];
+	struct hostpool *hp = mk_pool(128u << 20);
+	struct loader *ld = mk_loader(hp, 64 << 10, 4, false, false);
+	struct hostpool_stats hs;
+
+	(void)state;
+	snprintf(path, sizeof(path), "%s/busy.safetensors", disk_dir);
+	make_st(path, 4u << 20, 6);
+	for (int i = 0; i < 20; i++) {
+		struct loader_req q = {.path = path, .reload = true, .token = (uint64_t)i};
+		assert_int_equal(loader_submit(ld, &q), 0);
+	}
+	loader_destroy(ld);
+	hostpool_stats(hp, &hs);
+	assert_int_equal(hs.loading, 0);
+	assert_int_equal(hs.held, 0);
+	hostpool_destroy(hp);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_numa_placement),
+		cmocka_unit_test(test_paths_disk),
+		cmocka_unit_test(test_paths_shm),
+		cmocka_unit_test(test_direct_fallback),
+		cmocka_unit_test(test_budget_evict_reload),
+		cmocka_unit_test(test_unpinned),
+		cmocka_unit_test(test_faults),
+		cmocka_unit_test(test_concurrent),
+		cmocka_unit_test(test_destroy_busy),
+	};
+
+	return cmocka_run_group_tests(tests, setup_all, teardown_all);
+}

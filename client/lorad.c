@@ -43,6 +43,7 @@ struct slot {
 	uint32_t  out_off;      /* arena byte offset of the output ids */
 	char     *text;         /* caller's text buffer */
 	uint32_t  text_cap, text_copied, text_off;
+	uint32_t  skill_off;    /* "auto": where the daemon writes the chosen skill */
 	uint16_t  gen;
 	uint8_t   state;
 	uint32_t  next_free;
@@ -424,6 +425,7 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 
 	uint64_t stop_bytes = 0;
 	bool text = r->prompt_text != NULL;
+	bool is_auto = r->skill && !strcmp(r->skill, "auto");
 
 	if ((!text && (!r->prompt || !r->n_prompt)) || (text && !r->prompt_text_len) || !r->out ||
 	    !r->max_tokens || (r->out_text_cap && !r->out_text) || r->n_stop > LORAD_MAX_STOP_STR ||
@@ -444,14 +446,15 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	if (r->n_stop_ids > LORAD_MAX_STOP || r->n_logit_bias > LORAD_MAX_BIAS ||
 	    (r->n_stop_ids && !r->stop_ids) || (r->n_logit_bias && !r->logit_bias))
 		return -EINVAL;
-	if (r->n_stop_ids || r->n_logit_bias || r->min_tokens || stop_bytes || r->out_text_cap)
+	if (r->n_stop_ids || r->n_logit_bias || r->min_tokens || stop_bytes || r->out_text_cap || is_auto)
 		ext_bytes = sizeof(struct lorad_ext) + (uint64_t)r->n_stop_ids * 4 +
 			    (uint64_t)r->n_logit_bias * sizeof(struct lorad_logit_bias) + stop_bytes;
 	prompt_bytes = text ? r->prompt_text_len : (uint64_t)r->n_prompt * 4;
 	/* one block: prompt, extension, output ids, output text, each on its own 64-byte chunk */
 	need = ((prompt_bytes + CHUNK - 1) / CHUNK) * CHUNK +
 	       ((ext_bytes + CHUNK - 1) / CHUNK) * CHUNK +
-	       (((uint64_t)r->max_tokens * 4 + CHUNK - 1) / CHUNK) * CHUNK + r->out_text_cap;
+	       (((uint64_t)r->max_tokens * 4 + CHUNK - 1) / CHUNK) * CHUNK +
+	       ((r->out_text_cap + CHUNK - 1) / CHUNK) * CHUNK + (is_auto ? CHUNK : 0);
 	need = (need + CHUNK - 1) / CHUNK;
 	if (need > c->n_chunks)
 		return -E2BIG;
@@ -481,6 +484,10 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 			h.text_off = text_off;
 			h.text_len = r->out_text_cap;
 		}
+		if (is_auto) {
+			h.skill_off = text_off + ((r->out_text_cap + CHUNK - 1) / CHUNK) * CHUNK;
+			memset(c->arena + h.skill_off, 0, LORAD_SKILL_MAX);
+		}
 		for (uint32_t i = 0; i < r->n_stop; i++) {
 			size_t l = strlen(r->stop[i]) + 1;
 
@@ -506,6 +513,7 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	s->text_cap = r->out_text_cap;
 	s->text_copied = 0;
 	s->text_off = text_off;
+	s->skill_off = is_auto ? text_off + ((r->out_text_cap + CHUNK - 1) / CHUNK) * CHUNK : 0;
 	s->gen++;
 	s->state = SLOT_INFLIGHT;
 	c->pending++;
@@ -676,6 +684,10 @@ static bool take_cqe(struct lorad *c, const struct lorad_cqe *q, struct lorad_ev
 	s->copied = ev->n_tokens;
 	if (!(q->flags & LORAD_CQE_F_MORE)) {
 		ev->flags |= LORAD_EV_FINAL;
+		if (s->skill_off) {
+			memcpy(ev->skill, c->arena + s->skill_off, LORAD_SKILL_MAX - 1);
+			ev->skill[LORAD_SKILL_MAX - 1] = 0;
+		}
 		slot_release(c, idx);
 	}
 	return true;

@@ -10,6 +10,9 @@
 #include <string.h>
 #include <strings.h>
 
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
 #include "validate.h"
 
 void config_defaults(struct config *c)
@@ -48,6 +51,12 @@ void config_free(struct config *c)
 	for (unsigned i = 0; i < c->n_adapters; i++)
 		free_str(&c->adapter[i].path);
 	c->n_adapters = 0;
+	for (unsigned i = 0; i < c->n_classify; i++) {
+		free_str(&c->classify[i].regex);
+		free(c->classify[i].ids);
+		c->classify[i].ids = NULL;
+	}
+	c->n_classify = 0;
 }
 
 static int dup_str(char **dst, const char *src)
@@ -73,9 +82,25 @@ int config_copy(struct config *dst, const struct config *src)
 	    dup_str(&dst->model_dir, src->model_dir) ||
 	    dup_str(&dst->backend, src->backend))
 		goto nomem;
+	for (unsigned i = 0; i < src->n_classify; i++) {
+		dst->classify[i].regex = NULL;
+		dst->classify[i].ids = NULL;
+	}
 	for (unsigned i = 0; i < src->n_adapters; i++)
 		if (dup_str(&dst->adapter[i].path, src->adapter[i].path))
 			goto nomem;
+	for (unsigned i = 0; i < src->n_classify; i++) {
+		const struct classify_rule_src *r = &src->classify[i];
+
+		if (dup_str(&dst->classify[i].regex, r->regex))
+			goto nomem;
+		if (r->ids) {
+			dst->classify[i].ids = malloc(r->n_ids * sizeof(*r->ids));
+			if (!dst->classify[i].ids)
+				goto nomem;
+			memcpy(dst->classify[i].ids, r->ids, r->n_ids * sizeof(*r->ids));
+		}
+	}
 	return 0;
 nomem:
 	config_free(dst);
@@ -391,6 +416,80 @@ static int on_entry(void *user, const char *section, const char *key, const char
 			FAIL("more than %d versions in one route", CONFIG_MAX_TARGETS);
 		strcpy(r->target[r->n], key);
 		r->weight[r->n++] = u;
+		return 1;
+	}
+	if (!strcmp(section, "classify")) {
+		struct classify_rule_src *r;
+		const char *colon;
+		char skill[CONFIG_NAME_MAX];
+
+		c->have_classify = true;
+		if (!strcmp(key, "default")) {
+			if (!name_ok(val))
+				FAIL("default: '%s' is not a skill name", val);
+			strcpy(c->classify_default, val);
+			return 1;
+		}
+		if (strcmp(key, "rule") && strcmp(key, "token_rule"))
+			FAIL("unknown key '%s' in [classify]", key);
+		colon = strchr(val, ':');
+		if (!colon || colon == val || (size_t)(colon - val) >= sizeof(skill))
+			FAIL("%s: '%s' is not 'SKILL: %s'", key, val, key[0] == 'r' ? "REGEX" : "ID,ID,...");
+		memcpy(skill, val, colon - val);
+		skill[colon - val] = 0;
+		while (colon[1] == ' ')
+			colon++;
+		if (!name_ok(skill))
+			FAIL("%s: '%s' is not a skill name", key, skill);
+		if (c->n_classify == CLASSIFY_MAX_RULES)
+			FAIL("more than %d rules in [classify]", CLASSIFY_MAX_RULES);
+		r = &c->classify[c->n_classify];
+		memset(r, 0, sizeof(*r));
+		strcpy(r->skill, skill);
+		if (key[0] == 'r') {
+			int ec;
+			PCRE2_SIZE off;
+			/* compiled here once so a bad pattern is reported with its line */
+			pcre2_code *re = pcre2_compile((PCRE2_SPTR)(colon + 1), PCRE2_ZERO_TERMINATED,
+						       PCRE2_UTF | PCRE2_UCP, &ec, &off, NULL);
+
+			if (!re) {
+				PCRE2_UCHAR msg[160];
+
+				pcre2_get_error_message(ec, msg, sizeof(msg));
+				FAIL("rule for %s: %s at offset %zu", skill, (char *)msg, (size_t)off);
+			}
+			pcre2_code_free(re);
+			if (set_str(&r->regex, colon + 1))
+				return 0;
+		} else {
+			char buf[1024], *save = NULL, *t;
+			unsigned n = 0;
+
+			if (strlen(colon + 1) >= sizeof(buf))
+				FAIL("token_rule for %s: too long", skill);
+			strcpy(buf, colon + 1);
+			r->ids = calloc(256, sizeof(*r->ids));
+			if (!r->ids)
+				return 0;
+			for (t = strtok_r(buf, " ,", &save); t; t = strtok_r(NULL, " ,", &save)) {
+				uint32_t id;
+
+				if (n == 256 || parse_u32(t, &id, 10)) {
+					free(r->ids);
+					r->ids = NULL;
+					FAIL("token_rule for %s: '%s' is not a token id", skill, t);
+				}
+				r->ids[n++] = id;
+			}
+			if (!n) {
+				free(r->ids);
+				r->ids = NULL;
+				FAIL("token_rule for %s: no ids", skill);
+			}
+			r->n_ids = n;
+		}
+		c->n_classify++;
 		return 1;
 	}
 	FAIL("unknown section [%s]", section);

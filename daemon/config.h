@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "classify.h"
+
 #define CONFIG_MAX_IDS      16
 #define CONFIG_MAX_ADAPTERS 256
 #define CONFIG_MAX_ROUTES   256
@@ -70,6 +72,11 @@ struct config {
 	/* [route SKILL] */
 	struct config_route route[CONFIG_MAX_ROUTES];
 	unsigned n_routes;
+	/* [classify]: rules for the skill "auto" */
+	struct classify_rule_src classify[CLASSIFY_MAX_RULES];
+	unsigned n_classify;
+	char classify_default[CONFIG_NAME_MAX];
+	bool have_classify;
 };
 
 /* Fill @c with the built-in defaults. */

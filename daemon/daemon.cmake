@@ -12,10 +12,11 @@ add_library(lorad_daemon_core STATIC
   ${CMAKE_CURRENT_LIST_DIR}/route.c
   ${CMAKE_CURRENT_LIST_DIR}/registry.c
   ${CMAKE_CURRENT_LIST_DIR}/metrics.c
-  ${CMAKE_CURRENT_LIST_DIR}/ops.c)
+  ${CMAKE_CURRENT_LIST_DIR}/ops.c
+  ${CMAKE_CURRENT_LIST_DIR}/classify.c)
 target_include_directories(lorad_daemon_core PUBLIC ${CMAKE_CURRENT_LIST_DIR})
 target_link_libraries(lorad_daemon_core PUBLIC lorad_shm lorad_engine lorad_tokenizer Threads::Threads
-  PkgConfig::SYSTEMD PkgConfig::INIH PkgConfig::JSONC PkgConfig::OPENSSL)
+  PkgConfig::SYSTEMD PkgConfig::INIH PkgConfig::JSONC PkgConfig::OPENSSL PkgConfig::PCRE2)
 
 add_executable(lorad ${CMAKE_CURRENT_LIST_DIR}/main.c)
 target_link_libraries(lorad PRIVATE lorad_daemon_core)

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "admin.h"
+#include "classify.h"
 #include "config.h"
 #include "log.h"
 #include "notify.h"
@@ -434,6 +435,7 @@ int main(int argc, char **argv)
 	struct sched *sch = NULL;
 	struct registry *reg = NULL;
 	struct tokenizer *tok = NULL;
+	struct classifier *cls = NULL;
 	struct ops *ops = NULL;
 	const struct exec_ops *ex;
 	void *exctx;
@@ -635,6 +637,18 @@ int main(int argc, char **argv)
 				sched_set_tokenizer(sch, tok);
 			}
 		}
+		if (d.cfg.have_classify) {
+			/* rules for the skill "auto"; they run on their own thread */
+			ret = classify_build(d.cfg.classify, d.cfg.n_classify, d.cfg.classify_default,
+					     tok, &cls, err, sizeof(err));
+			if (ret) {
+				log_err("%s", err);
+				goto fail;
+			}
+			sched_set_classifier(sch, cls);
+			log_info("classifying \"auto\" requests with %u rules, default %s",
+				 d.cfg.n_classify, d.cfg.classify_default[0] ? d.cfg.classify_default : "base");
+		}
 		ex = &sched_ops;
 		exctx = sch;
 	}
@@ -697,6 +711,7 @@ int main(int argc, char **argv)
 	ops_free(ops);
 	nullexec_free(nx);
 	sched_free(sch);
+	classify_free(cls);
 	tok_free(tok);
 	registry_free(reg);
 	engine_free(eng);
@@ -709,6 +724,7 @@ fail:
 	ops_free(ops);
 	nullexec_free(nx);
 	sched_free(sch);
+	classify_free(cls);
 	tok_free(tok);
 	registry_free(reg);
 	engine_free(eng);

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "classify.h"
 #include "detok.h"
 #include "log.h"
 #include "tokenizer.h"
@@ -16,6 +17,8 @@ struct sjob {
 	uint64_t order;           /* arrival: older first within a client, newest preempted first */
 	uint32_t sent;            /* generated ids already written to the client */
 	bool running;
+	bool classifying;         /* skill "auto": waiting for the classifier thread */
+	uint64_t cid;
 	struct detok *dt;         /* text out or stop strings; NULL otherwise */
 	uint32_t text_off, text_len;
 	struct sjob *next, *prev; /* in waiting or running, by order */
@@ -30,6 +33,10 @@ struct sched {
 	sched_skill_fn skill_fn;
 	void *skill_ctx;
 	const struct tokenizer *tok;
+	struct classifier *cls;
+	struct sjob *classifying;
+	unsigned n_classifying;
+	uint64_t cid;
 	/* one step's batch */
 	struct engine_seq **seqs;
 	struct sjob **jobs;
@@ -74,7 +81,10 @@ static void list_insert(struct sjob **head, struct sjob *j)
 
 static void job_free(struct sched *s, struct sjob *j)
 {
-	if (j->running) {
+	if (j->classifying) {
+		list_remove(&s->classifying, j);
+		s->n_classifying--;
+	} else if (j->running) {
 		list_remove(&s->running, j);
 		s->n_running--;
 	} else {
@@ -192,7 +202,7 @@ static int read_ext(struct sreq *r, struct engine_seq_params *p, int32_t **stops
 		return -EINVAL;
 	base = r->s->arena + r->e.ext_off;
 	memcpy(&h, base, sizeof(h));   /* one read of each shared byte, into private memory */
-	if (h.reserved[0] || h.reserved[1] || h.n_stop > LORAD_MAX_STOP || h.n_bias > LORAD_MAX_BIAS ||
+	if (h.reserved || h.n_stop > LORAD_MAX_STOP || h.n_bias > LORAD_MAX_BIAS ||
 	    h.stop_str_len > LORAD_MAX_STOP_STR * 257)
 		return -EINVAL;
 	need = sizeof(h) + (uint64_t)h.n_stop * 4 + (uint64_t)h.n_bias * 8 + h.stop_str_len;
@@ -256,9 +266,8 @@ static int read_ext(struct sreq *r, struct engine_seq_params *p, int32_t **stops
 	return 0;
 }
 
-static void sc_submit(void *ctx, struct sreq *r)
+static void submit_skill(struct sched *s, struct sreq *r)
 {
-	struct sched *s = ctx;
 	struct engine_seq_params p = { 0 };
 	int32_t *stops = NULL;
 	struct sample_bias *bias = NULL;
@@ -363,6 +372,84 @@ out:
 	free(xt.stop_buf);
 }
 
+static void sc_submit(void *ctx, struct sreq *r)
+{
+	struct sched *s = ctx;
+	struct sjob *j;
+	int ret;
+
+	if (strcmp(r->e.skill, "auto")) {
+		submit_skill(s, r);
+		return;
+	}
+	if (!s->cls) {
+		sreq_emit(r, true, -ENOENT, LORAD_FINISH_ERROR, LORAD_FIELD_SKILL);
+		return;
+	}
+	/* classification runs on its own thread; the request waits here, the engine runs on */
+	j = calloc(1, sizeof(*j));
+	if (!j) {
+		sreq_emit(r, true, -ENOMEM, LORAD_FINISH_ERROR, 0);
+		return;
+	}
+	j->r = r;
+	j->classifying = true;
+	j->cid = ++s->cid;
+	if (r->e.prompt_kind == LORAD_PROMPT_TEXT)
+		ret = classify_submit(s->cls, (void *)(uintptr_t)j->cid, (const char *)r->prompt,
+				      r->e.prompt_len, NULL, 0);
+	else
+		ret = classify_submit(s->cls, (void *)(uintptr_t)j->cid, NULL, 0, r->prompt,
+				      r->n_prompt);
+	if (ret) {
+		free(j);
+		sreq_emit(r, true, ret, LORAD_FINISH_ERROR, 0);
+		return;
+	}
+	r->exec = j;
+	j->next = s->classifying;
+	if (s->classifying)
+		s->classifying->prev = j;
+	s->classifying = j;
+	s->n_classifying++;
+}
+
+/* Tell the client which skill "auto" chose, where it asked (ext.skill_off). */
+static void write_skill_out(struct sreq *r)
+{
+	struct lorad_ext h;
+
+	if (!r->e.ext_len || r->e.ext_len < sizeof(h))
+		return;
+	memcpy(&h, r->s->arena + r->e.ext_off, sizeof(h));
+	if (!h.skill_off || (uint64_t)h.skill_off + LORAD_SKILL_MAX > r->s->lay.arena_size)
+		return;
+	memcpy(r->s->arena + h.skill_off, r->e.skill, LORAD_SKILL_MAX);
+}
+
+/* Results of the classifier: each request continues with the skill it was given. */
+static void take_classified(struct sched *s)
+{
+	char skill[32];
+	void *cookie;
+
+	while (s->cls && classify_poll(s->cls, &cookie, skill)) {
+		struct sjob *j = s->classifying;
+
+		while (j && j->cid != (uint64_t)(uintptr_t)cookie)
+			j = j->next;
+		if (!j)
+			continue;   /* cancelled or its client left meanwhile */
+		struct sreq *r = j->r;
+
+		job_free(s, j);
+		memset(r->e.skill, 0, sizeof(r->e.skill));
+		memcpy(r->e.skill, skill, strnlen(skill, sizeof(r->e.skill) - 1));
+		write_skill_out(r);
+		submit_skill(s, r);
+	}
+}
+
 static void sc_cancel(void *ctx, struct sreq *r, int err)
 {
 	struct sched *s = ctx;
@@ -387,7 +474,7 @@ static unsigned sc_busy(void *ctx)
 {
 	struct sched *s = ctx;
 
-	return s->n_waiting + s->n_running;
+	return s->n_waiting + s->n_running + s->n_classifying;
 }
 
 /* --- admission ---------------------------------------------------------------------- */
@@ -544,6 +631,8 @@ static int sc_step(void *ctx)
 	uint64_t now = now_ns();
 	int n, ret;
 
+	if (s->n_classifying)
+		take_classified(s);
 	if (!s->waiting && !s->running)
 		return 0;
 	expire(s, now);
@@ -621,6 +710,8 @@ void sched_free(struct sched *s)
 {
 	if (!s)
 		return;
+	while (s->classifying)
+		job_free(s, s->classifying);
 	while (s->running)
 		job_free(s, s->running);
 	while (s->waiting)
@@ -629,6 +720,11 @@ void sched_free(struct sched *s)
 	free(s->jobs);
 	free(s->n_new);
 	free(s);
+}
+
+void sched_set_classifier(struct sched *s, struct classifier *cls)
+{
+	s->cls = cls;
 }
 
 void sched_set_tokenizer(struct sched *s, const struct tokenizer *tok)

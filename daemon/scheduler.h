@@ -52,6 +52,11 @@ struct tokenizer;
  */
 void sched_set_tokenizer(struct sched *s, const struct tokenizer *tok);
 
+struct classifier;
+
+/* Requests for the skill "auto" go through @cls; without one they get -ENOENT. */
+void sched_set_classifier(struct sched *s, struct classifier *cls);
+
 struct sched_stats {
 	uint64_t steps;
 	uint64_t tokens;          /* generated */

@@ -166,7 +166,9 @@ struct lorad_ext {
 	uint32_t stop_str_len;   /* bytes of stop strings; at most LORAD_MAX_STOP_STR of them */
 	uint32_t text_off;       /* arena buffer for the generated text; 0/0 = no text */
 	uint32_t text_len;
-	uint32_t reserved[2];    /* must be zero */
+	uint32_t skill_off;      /* arena: LORAD_SKILL_MAX bytes where the daemon writes the skill
+				    "auto" chose, before the final completion; 0 = none */
+	uint32_t reserved;       /* must be zero */
 };
 
 struct lorad_logit_bias {

@@ -93,6 +93,7 @@ struct lorad_event {
 	uint32_t step;           /* engine step of its latest token */
 	uint32_t text_len;       /* bytes now in the request's out_text (never a split character) */
 	uint32_t text_new;       /* bytes added by this event */
+	char     skill[LORAD_SKILL_MAX]; /* final event of a request for "auto": the skill chosen */
 };
 
 struct lorad_stats {

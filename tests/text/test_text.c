@@ -24,8 +24,8 @@
 #include "engine.h"
 #include "tokenizer.h"
 
-static char dir[256], model[300], bare[300], sock[300], sock_bare[300];
-static pid_t daemon_pid = -1, daemon_bare = -1;
+static char dir[256], model[300], bare[300], sock[300], sock_bare[300], sock_auto[300];
+static pid_t daemon_pid = -1, daemon_bare = -1, daemon_auto = -1;
 static struct tokenizer *tok;
 static struct engine *eng;
 
@@ -43,7 +43,10 @@ static pid_t start_daemon(const char *m, const char *s)
 	pid_t pid = fork();
 
 	if (pid == 0) {
-		execl(LORAD_BIN, "lorad", "--model", m, "--socket", s, (char *)NULL);
+		if (m[0] == '@')   /* "@FILE": a config file */
+			execl(LORAD_BIN, "lorad", "--config", m + 1, (char *)NULL);
+		else
+			execl(LORAD_BIN, "lorad", "--model", m, "--socket", s, (char *)NULL);
 		_exit(127);
 	}
 	for (int i = 0; i < 400; i++) {
@@ -247,9 +250,81 @@ static void test_no_tokenizer(void **state)
 	lorad_close(c);
 }
 
+/* One request for "auto"; returns the skill the classifier chose and the version that served it. */
+static void auto_request(const char *text, const uint32_t *ids, uint32_t n_ids, char skill[32],
+			 uint32_t *version, int *res)
+{
+	struct lorad *c;
+	uint32_t out[4];
+	struct lorad_request r = { .user_data = 3, .skill = "auto", .max_tokens = 4, .out = out };
+	struct lorad_event ev;
+
+	if (text) {
+		r.prompt_text = text;
+		r.prompt_text_len = (uint32_t)strlen(text);
+	} else {
+		r.prompt = ids;
+		r.n_prompt = n_ids;
+	}
+	assert_int_equal(lorad_connect(sock_auto, NULL, &c), 0);
+	assert_int_equal(lorad_generate(c, &r, &ev, 30000), 0);
+	memcpy(skill, ev.skill, 32);
+	*version = ev.version;
+	*res = ev.res;
+	lorad_close(c);
+}
+
+/* "auto": first matching rule wins (text regex or token run), the default last; hostile input stays bounded. */
+static void test_auto_classification(void **state)
+{
+	static const uint32_t with_run[] = { 11, 4242, 4243, 99 }, without[] = { 11, 4242, 99, 4243 };
+	char skill[32], hostile[200];
+	uint32_t version;
+	int res;
+
+	(void)state;
+	auto_request("please SELECT name FROM users", NULL, 0, skill, &version, &res);
+	assert_int_equal(res, 0);
+	assert_string_equal(skill, "sql");
+	assert_true(version != 0);   /* served by the sql adapter */
+	auto_request("hello there, how are you?", NULL, 0, skill, &version, &res);
+	assert_int_equal(res, 0);
+	assert_string_equal(skill, "base");
+	assert_int_equal(version, 0);
+	auto_request(NULL, with_run, 4, skill, &version, &res);
+	assert_string_equal(skill, "sql");
+	auto_request(NULL, without, 4, skill, &version, &res);
+	assert_string_equal(skill, "base");
+	/* catastrophic backtracking for (a+)+$: the match limit turns it into no match */
+	memset(hostile, 'a', 120);
+	strcpy(hostile + 120, "!");
+	auto_request(hostile, NULL, 0, skill, &version, &res);
+	assert_int_equal(res, 0);
+	assert_string_equal(skill, "base");
+}
+
+/* Without rules, "auto" is an unknown skill. */
+static void test_auto_without_rules(void **state)
+{
+	struct result r;
+	struct lorad *c;
+	uint32_t prompt[3] = { 1, 2, 3 }, out[4];
+	struct lorad_request q = { .user_data = 4, .skill = "auto", .prompt = prompt, .n_prompt = 3,
+				   .max_tokens = 4, .out = out };
+	struct lorad_event ev;
+
+	(void)state;
+	(void)r;
+	assert_int_equal(lorad_connect(sock_bare, NULL, &c), 0);
+	assert_int_equal(lorad_generate(c, &q, &ev, 30000), 0);
+	assert_int_equal(ev.res, -ENOENT);
+	assert_int_equal(ev.field, LORAD_FIELD_SKILL);
+	lorad_close(c);
+}
+
 static int setup(void **state)
 {
-	char cmd[1400], err[256], path[400];
+	char cmd[4096], err[256], path[400];
 	struct engine_opts eo = { 0 };
 
 	(void)state;
@@ -260,29 +335,47 @@ static int setup(void **state)
 	snprintf(bare, sizeof(bare), "%s/bare", dir);
 	snprintf(sock, sizeof(sock), "%s/text.sock", dir);
 	snprintf(sock_bare, sizeof(sock_bare), "%s/bare.sock", dir);
+	snprintf(sock_auto, sizeof(sock_auto), "%s/auto.sock", dir);
 	/* the GPT-2 vocabulary: 50257 ids, the tokenizer from the fixtures */
 	snprintf(cmd, sizeof(cmd),
 		 "%s %s --layers 2 --hidden 64 --heads 4 --kv-heads 2 --ffn 128 --vocab 50257 "
 		 "--seed 5 --tie >/dev/null && cp %s %s/tokenizer.json && "
+		 "%s %s --layers 2 --hidden 64 --heads 4 --kv-heads 2 --ffn 128 --vocab 50257 "
+		 "--seed 5 --tie --adapter sql --rank 4 --alpha 8 --targets q,v --no-model >/dev/null && "
 		 "%s %s --layers 1 --hidden 32 --heads 2 --kv-heads 1 --ffn 64 --vocab 64 --seed 1 >/dev/null",
-		 MKMODEL_BIN, model, GPT2_TOKENIZER, model, MKMODEL_BIN, bare);
+		 MKMODEL_BIN, model, GPT2_TOKENIZER, model, MKMODEL_BIN, model, MKMODEL_BIN, bare);
 	if (run(cmd))
 		return -1;
 	snprintf(path, sizeof(path), "%s/tokenizer.json", model);
 	if (tok_load(path, &tok, err, sizeof(err)) || engine_load(model, &eo, &eng, err, sizeof(err)))
 		return -1;
+	{
+		char conf[400], at[410];
+		FILE *f;
+
+		snprintf(conf, sizeof(conf), "%s/auto.conf", dir);
+		f = fopen(conf, "w");
+		if (!f)
+			return -1;
+		fprintf(f, "[daemon]\nmodel = %s\nsocket = %s\n[adapter sql]\npath = %s/sql\n"
+			   "[classify]\ndefault = base\nrule = sql: (?i)\\bselect\\b\n"
+			   "rule = slow: (a+)+$\ntoken_rule = sql: 4242,4243\n", model, sock_auto, model);
+		fclose(f);
+		snprintf(at, sizeof(at), "@%s", conf);
+		daemon_auto = start_daemon(at, sock_auto);
+	}
 	daemon_pid = start_daemon(model, sock);
 	daemon_bare = start_daemon(bare, sock_bare);
-	return daemon_pid > 0 && daemon_bare > 0 ? 0 : -1;
+	return daemon_pid > 0 && daemon_bare > 0 && daemon_auto > 0 ? 0 : -1;
 }
 
 static int teardown(void **state)
 {
 	char cmd[300];
-	pid_t p[2] = { daemon_pid, daemon_bare };
+	pid_t p[3] = { daemon_pid, daemon_bare, daemon_auto };
 
 	(void)state;
-	for (int i = 0; i < 2; i++)
+	for (int i = 0; i < 3; i++)
 		if (p[i] > 0) {
 			kill(p[i], SIGTERM);
 			waitpid(p[i], NULL, 0);
@@ -300,6 +393,8 @@ int main(void)
 		cmocka_unit_test(test_stop_string_across_tokens),
 		cmocka_unit_test(test_invalid_utf8),
 		cmocka_unit_test(test_no_tokenizer),
+		cmocka_unit_test(test_auto_classification),
+		cmocka_unit_test(test_auto_without_rules),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

@@ -598,8 +598,10 @@ int main(int argc, char **argv)
 		ex = &nullexec_ops;
 		exctx = nx;
 	} else {
+		/* --threads bounds both the engine's threads and OpenBLAS's */
 		struct engine_opts eo = { .kv_tokens = (int)d.cfg.kv_tokens,
-					  .n_threads = (int)d.cfg.threads };
+					  .n_threads = (int)d.cfg.threads,
+					  .blas_threads = (int)d.cfg.threads };
 		struct sched_opts so = { .max_seqs = (int)d.cfg.max_seqs,
 					 .step_tokens = (int)d.cfg.step_tokens };
 		uint64_t t0 = now_ns();

@@ -551,6 +551,13 @@ static void admit(struct sched *s, uint64_t now)
 		int bs = engine_kv_block_size(s->e);
 		int need = (j->seq->n_tokens + 1 + bs - 1) / bs;
 
+		/* a sequence preempted for KV space comes back only with room for
+		 * every running sequence to grow a block, or it would be preempted
+		 * again at the next step */
+		if (j->seq->n_generated > 0)
+			need += (int)s->n_running;
+		if (need > engine_kv_free(s->e) && s->n_running)
+			return;   /* its blocks cannot be had yet */
 		if (s->n_running >= (unsigned)s->o.max_seqs) {
 			/* full: a client with nothing running takes a slot from the
 			 * client with the most, so a flood cannot starve anyone */
@@ -560,8 +567,6 @@ static void admit(struct sched *s, uint64_t now)
 				return;
 			preempt(s, v);
 		}
-		if (need > engine_kv_free(s->e) && s->n_running)
-			return;   /* its blocks cannot be had yet */
 		list_remove(&s->waiting, j);
 		s->n_waiting--;
 		list_insert(&s->running, j);

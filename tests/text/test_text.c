@@ -303,6 +303,78 @@ static void test_auto_classification(void **state)
 	assert_string_equal(skill, "base");
 }
 
+/* Greedy ids of @prompt with the adapter @adapter_dir (NULL: base), in-process. */
+static void reference_ids(const uint32_t *prompt, uint32_t n, const char *adapter_dir, uint32_t max,
+			  uint32_t *out)
+{
+	struct engine_seq_params p = { 0 };
+	struct engine_seq *seq;
+	char err[256];
+
+	sample_params_default(&p.sample);
+	p.max_tokens = (int)max;
+	p.sample.ignore_eos = 1;
+	if (adapter_dir)
+		assert_int_equal(engine_adapter_load(eng, adapter_dir, &p.adapter, err, sizeof(err)), 0);
+	assert_int_equal(engine_seq_new(eng, (const int32_t *)prompt, (int)n, &p, &seq, err,
+					sizeof(err)), 0);
+	while (!seq->finish)
+		assert_int_equal(engine_step(eng, &seq, NULL, 1, err, sizeof(err)), 0);
+	for (uint32_t i = 0; i < max; i++)
+		out[i] = (uint32_t)seq->tokens[seq->n_prompt + i];
+	engine_seq_free(eng, seq);
+	if (adapter_dir)
+		assert_int_equal(engine_adapter_unload(eng, p.adapter), 0);
+}
+
+/*
+ * Two clients, two skills (an adapter and the base model), at once: both
+ * stream in the same engine steps, and each gets exactly the tokens it gets
+ * alone.
+ */
+static void test_skills_share_batch(void **state)
+{
+	static const uint32_t prompt[] = { 464, 3290, 318, 257, 1332 };
+	uint32_t out[2][40], ref[2][40], first_step[2] = { 0 }, last_step[2] = { 0 };
+	const char *skills[2] = { "sql", "base" };
+	char adapter[400];
+	struct lorad *c[2];
+	int done = 0;
+
+	(void)state;
+	snprintf(adapter, sizeof(adapter), "%s/sql", model);
+	for (int i = 0; i < 2; i++) {
+		struct lorad_request r = { .user_data = (uint64_t)i, .skill = skills[i],
+					   .prompt = prompt, .n_prompt = 5, .max_tokens = 40,
+					   .out = out[i], .flags = LORAD_SQE_F_IGNORE_EOS };
+
+		assert_int_equal(lorad_connect(sock_auto, NULL, &c[i]), 0);
+		assert_int_equal(lorad_submit(c[i], &r), 0);
+	}
+	while (done < 2) {
+		for (int i = 0; i < 2; i++) {
+			struct lorad_event ev;
+
+			if (lorad_reap(c[i], &ev, 1) != 1)
+				continue;
+			assert_int_equal(ev.res, 0);
+			if (!first_step[i])
+				first_step[i] = ev.step;
+			last_step[i] = ev.step;
+			done += !!(ev.flags & LORAD_EV_FINAL);
+		}
+	}
+	/* the two generations overlapped in engine steps: one batch, two skills */
+	assert_true(first_step[0] <= last_step[1] && first_step[1] <= last_step[0]);
+	reference_ids(prompt, 5, adapter, 40, ref[0]);
+	reference_ids(prompt, 5, NULL, 40, ref[1]);
+	assert_memory_equal(out[0], ref[0], sizeof(ref[0]));
+	assert_memory_equal(out[1], ref[1], sizeof(ref[1]));
+	assert_memory_not_equal(ref[0], ref[1], sizeof(ref[0]));   /* the adapter does change the output */
+	lorad_close(c[0]);
+	lorad_close(c[1]);
+}
+
 /* Without rules, "auto" is an unknown skill. */
 static void test_auto_without_rules(void **state)
 {
@@ -395,6 +467,7 @@ int main(void)
 		cmocka_unit_test(test_no_tokenizer),
 		cmocka_unit_test(test_auto_classification),
 		cmocka_unit_test(test_auto_without_rules),
+		cmocka_unit_test(test_skills_share_batch),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

@@ -508,11 +508,22 @@ out:
 static int keep_aside(const char *path, char *err, size_t errlen, const char *why)
 {
 	char aside[4200];
+	int ret;
 
-	snprintf(aside, sizeof(aside), "%s.corrupt-%lld", path, (long long)time(NULL));
-	if (rename(path, aside) < 0) {
+	/* link() never replaces: a second corrupt file in the same second must
+	 * not overwrite the first one kept */
+	for (unsigned n = 0;; n++) {
+		if (n)
+			snprintf(aside, sizeof(aside), "%s.corrupt-%lld.%u", path, (long long)time(NULL), n);
+		else
+			snprintf(aside, sizeof(aside), "%s.corrupt-%lld", path, (long long)time(NULL));
+		ret = link(path, aside) < 0 ? -errno : 0;
+		if (ret != -EEXIST || n == 1000)
+			break;
+	}
+	if (ret || unlink(path) < 0) {
 		snprintf(err, errlen, "%s: %s, and it cannot be moved aside: %s", path, why,
-			 strerror(errno));
+			 strerror(ret ? -ret : errno));
 		return -EIO;
 	}
 	snprintf(err, errlen, "%s: %s; kept as %s, starting with no state", path, why, aside);

@@ -239,7 +239,7 @@ int rt_daemon_start(struct rt_daemon *d, const char *model, const char *const *a
 	if (d->pid < 0)
 		return -errno;
 	if (d->pid == 0) {
-		int fd = open(d->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+		int fd = open(d->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		if (fd >= 0) {

@@ -663,6 +663,7 @@ int main(int argc, char **argv)
 		log_err("out of memory");
 		goto fail;
 	}
+	registry_set_device_budget(reg, d.cfg.device_budget);
 	registry_setup(&d, reg);
 	d.reg = reg;
 	if (sch)

@@ -508,6 +508,38 @@ static int cmd_metrics(void *ctx, struct json_object *req, struct json_object *r
 	for (i = 0; (v = registry_at(o->reg, i)); i++)
 		bprintf(&b, "lorad_adapter_load_seconds_total{version=\"%s\"} %.6f\n", v->id,
 			v->load_ns / 1e9);
+	{
+		const struct registry_tier *t = registry_device_tier(o->reg);
+		uint64_t cum = 0;
+
+		bprintf(&b, "# HELP lorad_tier_bytes Bytes of adapters resident in a tier.\n"
+			    "# TYPE lorad_tier_bytes gauge\nlorad_tier_bytes{tier=\"device\"} %llu\n",
+			(unsigned long long)t->used);
+		bprintf(&b, "# HELP lorad_tier_budget_bytes Byte budget of a tier (0: none).\n"
+			    "# TYPE lorad_tier_budget_bytes gauge\nlorad_tier_budget_bytes{tier=\"device\"} %llu\n",
+			(unsigned long long)t->budget);
+		bprintf(&b, "# HELP lorad_tier_adapters Adapters resident in a tier.\n"
+			    "# TYPE lorad_tier_adapters gauge\nlorad_tier_adapters{tier=\"device\"} %u\n",
+			t->resident);
+		bprintf(&b, "# HELP lorad_tier_loads_total Loads into a tier.\n"
+			    "# TYPE lorad_tier_loads_total counter\nlorad_tier_loads_total{tier=\"device\"} %llu\n",
+			(unsigned long long)t->loads);
+		bprintf(&b, "# HELP lorad_tier_evictions_total Evictions from a tier.\n"
+			    "# TYPE lorad_tier_evictions_total counter\nlorad_tier_evictions_total{tier=\"device\"} %llu\n",
+			(unsigned long long)t->evictions);
+		bprintf(&b, "# HELP lorad_tier_load_seconds Time to load an adapter into a tier.\n"
+			    "# TYPE lorad_tier_load_seconds histogram\n");
+		for (int k = 0; k < 7; k++) {
+			cum += t->load_hist[k];
+			bprintf(&b, "lorad_tier_load_seconds_bucket{tier=\"device\",le=\"%g\"} %llu\n",
+				registry_load_bounds_s[k], (unsigned long long)cum);
+		}
+		cum += t->load_hist[7];
+		bprintf(&b, "lorad_tier_load_seconds_bucket{tier=\"device\",le=\"+Inf\"} %llu\n"
+			    "lorad_tier_load_seconds_sum{tier=\"device\"} %.6f\n"
+			    "lorad_tier_load_seconds_count{tier=\"device\"} %llu\n",
+			(unsigned long long)cum, t->load_sum_s, (unsigned long long)cum);
+	}
 	if (o->engine_stats) {
 		o->engine_stats(o->engine_ctx, &es);
 		bprintf(&b, "# HELP lorad_engine_steps_total Forward steps.\n# TYPE lorad_engine_steps_total counter\n"

@@ -24,7 +24,66 @@ struct registry {
 	unsigned n;
 	uint32_t next_vid;
 	struct route_table *routes;
+	struct registry_tier dev;
+	uint64_t use_clock;
 };
+
+const double registry_load_bounds_s[7] = { 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0 };
+
+void registry_set_device_budget(struct registry *r, uint64_t bytes)
+{
+	r->dev.budget = bytes;
+}
+
+const struct registry_tier *registry_device_tier(const struct registry *r)
+{
+	return &r->dev;
+}
+
+static void unload(struct registry *r, struct reg_version *v)
+{
+	r->dev.used -= v->bytes;
+	r->dev.resident--;
+	v->bytes = 0;
+	v->adapter = 0;
+}
+
+/*
+ * Keep the device tier under its budget: evict the least recently used
+ * resident version that is not pinned, not @keep, and that no running
+ * sequence uses (the engine refuses to unload those).
+ */
+static void evict_to_budget(struct registry *r, const struct reg_version *keep)
+{
+	while (r->dev.budget && r->dev.used > r->dev.budget) {
+		struct reg_version *lru = NULL;
+
+		for (unsigned i = 0; i < r->n; i++) {
+			struct reg_version *v = r->v[i];
+
+			if (!v->adapter || v->pinned || v == keep)
+				continue;
+			if (!lru || v->last_used < lru->last_used)
+				lru = v;
+		}
+		if (!lru || !r->e)
+			return;
+		if (engine_adapter_unload(r->e, lru->adapter)) {
+			lru->last_used = ++r->use_clock;   /* busy: try the next one */
+			bool others = false;
+
+			for (unsigned i = 0; i < r->n; i++)
+				if (r->v[i]->adapter && !r->v[i]->pinned && r->v[i] != keep &&
+				    r->v[i] != lru && r->v[i]->last_used < lru->last_used)
+					others = true;
+			if (!others)
+				return;   /* everything evictable is in use: over budget until it ends */
+			continue;
+		}
+		unload(r, lru);
+		r->dev.evictions++;
+	}
+}
 
 struct registry *registry_new(const char *state_dir, struct engine *e)
 {
@@ -242,6 +301,7 @@ int registry_remove(struct registry *r, const char *id, char *err, size_t errlen
 			snprintf(err, errlen, "%s still serves running requests", id);
 			return ret;
 		}
+		unload(r, v);
 	}
 	for (unsigned i = 0; i < r->n; i++)
 		if (r->v[i] == v) {
@@ -283,8 +343,21 @@ static int make_resident(struct registry *r, struct reg_version *v, char *err, s
 		return ret;
 	}
 	clock_gettime(CLOCK_MONOTONIC, &ts);
+	uint64_t dt = (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec - t0;
+	unsigned b = 0;
+
 	v->loads++;
-	v->load_ns += (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec - t0;
+	v->load_ns += dt;
+	v->bytes = engine_adapter_bytes(r->e, v->adapter);
+	v->last_used = ++r->use_clock;
+	r->dev.used += v->bytes;
+	r->dev.resident++;
+	r->dev.loads++;
+	while (b < 7 && dt / 1e9 > registry_load_bounds_s[b])
+		b++;
+	r->dev.load_hist[b]++;
+	r->dev.load_sum_s += dt / 1e9;
+	evict_to_budget(r, v);
 	return 0;
 }
 
@@ -333,6 +406,7 @@ int registry_resolve(struct registry *r, const char *skill, uint64_t key, int *a
 		log_err("%s", err);
 		return ret;
 	}
+	v->last_used = ++r->use_clock;
 	*adapter = v->adapter;
 	*vid = v->vid;
 	return 0;

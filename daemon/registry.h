@@ -22,6 +22,7 @@
 #include "route.h"
 
 struct engine;
+struct registry;
 
 struct reg_version {
 	char name[32];
@@ -33,7 +34,24 @@ struct reg_version {
 	int adapter;                 /* engine adapter id, 0 when not resident */
 	bool pinned;
 	uint64_t loads, load_ns;
+	uint64_t bytes;              /* in the device tier while resident */
+	uint64_t last_used;          /* resolve counter, for LRU eviction */
 };
+
+/* The device tier: adapters resident in the engine, under a byte budget. */
+struct registry_tier {
+	uint64_t budget, used;
+	unsigned resident;
+	uint64_t loads, evictions;
+	uint64_t load_hist[8];       /* load time buckets: <=1, 5, 10, 50, 100, 500, 1000 ms, more */
+	double load_sum_s;
+};
+
+extern const double registry_load_bounds_s[7];
+
+/* Budget of the device tier in bytes (0: no limit). */
+void registry_set_device_budget(struct registry *r, uint64_t bytes);
+const struct registry_tier *registry_device_tier(const struct registry *r);
 
 struct registry;
 

@@ -25,7 +25,8 @@
 #include "tokenizer.h"
 
 static char dir[256], model[300], bare[300], sock[300], sock_bare[300], sock_auto[300];
-static pid_t daemon_pid = -1, daemon_bare = -1, daemon_auto = -1;
+static char sock_tier[300], admin_tier[300];
+static pid_t daemon_pid = -1, daemon_bare = -1, daemon_auto = -1, daemon_tier = -1;
 static struct tokenizer *tok;
 static struct engine *eng;
 
@@ -375,6 +376,65 @@ static void test_skills_share_batch(void **state)
 	lorad_close(c[1]);
 }
 
+/* The value of a Prometheus sample line "NAME VALUE" in the admin's metrics text. */
+static double metric(const char *name)
+{
+	char cmd[800], line[256];
+	double v = -1;
+	FILE *p;
+
+	snprintf(cmd, sizeof(cmd), "%s --socket %s metrics", LORADCTL_BIN, admin_tier);
+	p = popen(cmd, "r");
+	assert_non_null(p);
+	while (fgets(line, sizeof(line), p))
+		if (!strncmp(line, name, strlen(name)) && line[strlen(name)] == ' ')
+			v = atof(line + strlen(name) + 1);
+	pclose(p);
+	return v;
+}
+
+/*
+ * A device tier smaller than the working set: adapters are evicted and
+ * reloaded as skills take turns, the tier stays within its budget whenever
+ * nothing runs, and every request gets the tokens it gets with its adapter
+ * resident all along.
+ */
+static void test_tier_eviction(void **state)
+{
+	static const uint32_t prompt[] = { 464, 3290, 318, 257, 1332 };
+	const char *skills[3] = { "ta", "tb", "tc" };
+	uint32_t ref[3][12];
+	struct lorad *c;
+
+	(void)state;
+	for (int k = 0; k < 3; k++) {
+		char adir[400];
+
+		snprintf(adir, sizeof(adir), "%s/%s", model, skills[k]);
+		reference_ids(prompt, 5, adir, 12, ref[k]);
+	}
+	assert_int_equal(lorad_connect(sock_tier, NULL, &c), 0);
+	for (int round = 0; round < 2; round++)
+		for (int k = 0; k < 3; k++) {
+			uint32_t out[12];
+			struct lorad_request r = { .user_data = (uint64_t)(round * 3 + k), .skill = skills[k],
+						   .prompt = prompt, .n_prompt = 5, .max_tokens = 12,
+						   .out = out, .flags = LORAD_SQE_F_IGNORE_EOS };
+			struct lorad_event ev;
+
+			assert_int_equal(lorad_generate(c, &r, &ev, 30000), 0);
+			assert_int_equal(ev.res, 0);
+			assert_memory_equal(out, ref[k], sizeof(out));
+		}
+	lorad_close(c);
+	/* one adapter fits the budget: every turn but the first evicted another */
+	assert_true(metric("lorad_tier_evictions_total{tier=\"device\"}") >= 5);
+	assert_true(metric("lorad_tier_loads_total{tier=\"device\"}") >= 6);
+	assert_true(metric("lorad_tier_adapters{tier=\"device\"}") == 1);
+	assert_true(metric("lorad_tier_bytes{tier=\"device\"}") <=
+		    metric("lorad_tier_budget_bytes{tier=\"device\"}"));
+}
+
 /* Without rules, "auto" is an unknown skill. */
 static void test_auto_without_rules(void **state)
 {
@@ -408,14 +468,20 @@ static int setup(void **state)
 	snprintf(sock, sizeof(sock), "%s/text.sock", dir);
 	snprintf(sock_bare, sizeof(sock_bare), "%s/bare.sock", dir);
 	snprintf(sock_auto, sizeof(sock_auto), "%s/auto.sock", dir);
+	snprintf(sock_tier, sizeof(sock_tier), "%s/tier.sock", dir);
+	snprintf(admin_tier, sizeof(admin_tier), "%s/tier-admin.sock", dir);
 	/* the GPT-2 vocabulary: 50257 ids, the tokenizer from the fixtures */
 	snprintf(cmd, sizeof(cmd),
 		 "%s %s --layers 2 --hidden 64 --heads 4 --kv-heads 2 --ffn 128 --vocab 50257 "
 		 "--seed 5 --tie >/dev/null && cp %s %s/tokenizer.json && "
 		 "%s %s --layers 2 --hidden 64 --heads 4 --kv-heads 2 --ffn 128 --vocab 50257 "
 		 "--seed 5 --tie --adapter sql --rank 4 --alpha 8 --targets q,v --no-model >/dev/null && "
+		 "for a in ta tb tc; do %s %s --layers 2 --hidden 64 --heads 4 --kv-heads 2 --ffn 128 "
+		 "--vocab 50257 --seed 5 --tie --adapter $a --rank 8 --alpha 16 --targets q,k,v,o "
+		 "--no-model >/dev/null || exit 1; done && "
 		 "%s %s --layers 1 --hidden 32 --heads 2 --kv-heads 1 --ffn 64 --vocab 64 --seed 1 >/dev/null",
-		 MKMODEL_BIN, model, GPT2_TOKENIZER, model, MKMODEL_BIN, model, MKMODEL_BIN, bare);
+		 MKMODEL_BIN, model, GPT2_TOKENIZER, model, MKMODEL_BIN, model, MKMODEL_BIN, model,
+		 MKMODEL_BIN, bare);
 	if (run(cmd))
 		return -1;
 	snprintf(path, sizeof(path), "%s/tokenizer.json", model);
@@ -435,19 +501,32 @@ static int setup(void **state)
 		fclose(f);
 		snprintf(at, sizeof(at), "@%s", conf);
 		daemon_auto = start_daemon(at, sock_auto);
+
+		/* a device tier that holds exactly one of the three adapters (rank 8 on
+		 * q,k,v,o of 2 layers: 2 x 8 x (128 + 96 + 96 + 128) x 4 bytes) */
+		snprintf(conf, sizeof(conf), "%s/tier.conf", dir);
+		f = fopen(conf, "w");
+		if (!f)
+			return -1;
+		fprintf(f, "[daemon]\nmodel = %s\nsocket = %s\nadmin_socket = %s\n[pool]\n"
+			   "device_budget = 28672\n[adapter ta]\npath = %s/ta\n[adapter tb]\npath = %s/tb\n"
+			   "[adapter tc]\npath = %s/tc\n", model, sock_tier, admin_tier, model, model, model);
+		fclose(f);
+		snprintf(at, sizeof(at), "@%s", conf);
+		daemon_tier = start_daemon(at, sock_tier);
 	}
 	daemon_pid = start_daemon(model, sock);
 	daemon_bare = start_daemon(bare, sock_bare);
-	return daemon_pid > 0 && daemon_bare > 0 && daemon_auto > 0 ? 0 : -1;
+	return daemon_pid > 0 && daemon_bare > 0 && daemon_auto > 0 && daemon_tier > 0 ? 0 : -1;
 }
 
 static int teardown(void **state)
 {
 	char cmd[300];
-	pid_t p[3] = { daemon_pid, daemon_bare, daemon_auto };
+	pid_t p[4] = { daemon_pid, daemon_bare, daemon_auto, daemon_tier };
 
 	(void)state;
-	for (int i = 0; i < 3; i++)
+	for (int i = 0; i < 4; i++)
 		if (p[i] > 0) {
 			kill(p[i], SIGTERM);
 			waitpid(p[i], NULL, 0);
@@ -468,6 +547,7 @@ int main(void)
 		cmocka_unit_test(test_auto_classification),
 		cmocka_unit_test(test_auto_without_rules),
 		cmocka_unit_test(test_skills_share_batch),
+		cmocka_unit_test(test_tier_eviction),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

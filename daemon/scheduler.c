@@ -300,8 +300,11 @@ static void submit_skill(struct sched *s, struct sreq *r)
 		r->n_prompt = (uint32_t)n_ids;
 	}
 	if (r->e.skill[0] && strcmp(r->e.skill, "base")) {
-		ret = s->skill_fn ? s->skill_fn(s->skill_ctx, r->e.skill, r->e.routing_key, &adapter,
-						&version)
+		/* without a routing key the request routes by its own id (its
+		 * arrival number), so keyless requests follow the weights */
+		uint64_t key = r->e.routing_key ? r->e.routing_key : s->order + 1;
+
+		ret = s->skill_fn ? s->skill_fn(s->skill_ctx, r->e.skill, key, &adapter, &version)
 				  : -ENOENT;
 		if (ret) {
 			sreq_emit(r, true, ret, LORAD_FINISH_ERROR, LORAD_FIELD_SKILL);

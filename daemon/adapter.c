@@ -11,6 +11,7 @@
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "adapter.h"
+#include "errmsg.h"
 
 #include <errno.h>
 #include <json-c/json.h>
@@ -26,17 +27,6 @@
 #define MAX_RANK 65536
 #define PREFIX "base_model.model."
 
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err && errlen) {
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return rc;
-}
 
 void adapter_module_name(int layer, enum proj p, char *buf, size_t len)
 {
@@ -103,7 +93,7 @@ static int re_check(const char *path, const char *field, const char *pat, char *
 	if (!re) {
 		PCRE2_UCHAR msg[128];
 		pcre2_get_error_message(ec, msg, sizeof(msg));
-		return fail(err, errlen, -EINVAL, "%s: %s: regular expression \"%.64s\": %s at %zu",
+		return err_fail(err, errlen, -EINVAL, "%s: %s: regular expression \"%.64s\": %s at %zu",
 			    path, field, pat, (char *)msg, (size_t)eo);
 	}
 	pcre2_code_free(re);
@@ -287,7 +277,7 @@ static int parse_config(json_object *o, struct cfg *c, char *err, size_t errlen)
 	int i;
 
 	if (!json_object_is_type(o, json_type_object))
-		return fail(err, errlen, -EINVAL, "%s: not a JSON object", path);
+		return err_fail(err, errlen, -EINVAL, "%s: not a JSON object", path);
 	/* every field is known, harmless, or refused unless off */
 	json_object_object_foreach(o, key, val)
 	{
@@ -299,21 +289,21 @@ static int parse_config(json_object *o, struct cfg *c, char *err, size_t errlen)
 		if (is_default(val))
 			continue;
 		if (refused[i].field)
-			return fail(err, errlen, -ENOTSUP, "%s: %s is set: lorad does not apply %s",
+			return err_fail(err, errlen, -ENOTSUP, "%s: %s is set: lorad does not apply %s",
 				    path, key, refused[i].what);
-		return fail(err, errlen, -ENOTSUP,
+		return err_fail(err, errlen, -ENOTSUP,
 			    "%s: field %s is not known to lorad (PEFT 0.15 LoRA) and is set; refused "
 			    "rather than ignored",
 			    path, key);
 	}
 	if (!json_object_object_get_ex(o, "peft_type", &v) || !json_object_is_type(v, json_type_string))
-		return fail(err, errlen, -EINVAL, "%s: peft_type missing", path);
+		return err_fail(err, errlen, -EINVAL, "%s: peft_type missing", path);
 	if (strcmp(json_object_get_string(v), "LORA"))
-		return fail(err, errlen, -ENOTSUP, "%s: peft_type \"%.32s\" is not LORA", path,
+		return err_fail(err, errlen, -ENOTSUP, "%s: peft_type \"%.32s\" is not LORA", path,
 			    json_object_get_string(v));
 	if (json_object_object_get_ex(o, "bias", &v) && !json_object_is_type(v, json_type_null) &&
 	    (!json_object_is_type(v, json_type_string) || strcmp(json_object_get_string(v), "none")))
-		return fail(err, errlen, -ENOTSUP,
+		return err_fail(err, errlen, -ENOTSUP,
 			    "%s: bias is \"%.32s\": lorad applies only bias \"none\" (trained biases "
 			    "are not supported)",
 			    path, json_object_get_string(v));
@@ -322,25 +312,25 @@ static int parse_config(json_object *o, struct cfg *c, char *err, size_t errlen)
 	if (json_object_object_get_ex(o, "r", &v) && !json_object_is_type(v, json_type_null)) {
 		if (!json_object_is_type(v, json_type_int) || json_object_get_int64(v) < 1 ||
 		    json_object_get_int64(v) > MAX_RANK)
-			return fail(err, errlen, -EINVAL, "%s: r must be a positive integer", path);
+			return err_fail(err, errlen, -EINVAL, "%s: r must be a positive integer", path);
 		c->r = (int)json_object_get_int64(v);
 	}
 	c->alpha = 8;
 	if (json_object_object_get_ex(o, "lora_alpha", &v) && !json_object_is_type(v, json_type_null)) {
 		if (!json_object_is_type(v, json_type_int) && !json_object_is_type(v, json_type_double))
-			return fail(err, errlen, -EINVAL, "%s: lora_alpha must be a number", path);
+			return err_fail(err, errlen, -EINVAL, "%s: lora_alpha must be a number", path);
 		c->alpha = json_object_get_double(v);
 		if (!isfinite(c->alpha))
-			return fail(err, errlen, -EINVAL, "%s: lora_alpha must be finite", path);
+			return err_fail(err, errlen, -EINVAL, "%s: lora_alpha must be finite", path);
 	}
 	if (json_object_object_get_ex(o, "use_rslora", &v) && !json_object_is_type(v, json_type_null)) {
 		if (!json_object_is_type(v, json_type_boolean))
-			return fail(err, errlen, -EINVAL, "%s: use_rslora must be true or false", path);
+			return err_fail(err, errlen, -EINVAL, "%s: use_rslora must be true or false", path);
 		c->rslora = json_object_get_boolean(v);
 	}
 	if (json_object_object_get_ex(o, "fan_in_fan_out", &v) && !json_object_is_type(v, json_type_null)) {
 		if (!json_object_is_type(v, json_type_boolean))
-			return fail(err, errlen, -EINVAL, "%s: fan_in_fan_out must be true or false", path);
+			return err_fail(err, errlen, -EINVAL, "%s: fan_in_fan_out must be true or false", path);
 		c->fan_in_fan_out = json_object_get_boolean(v);
 	}
 
@@ -356,7 +346,7 @@ static int parse_config(json_object *o, struct cfg *c, char *err, size_t errlen)
 	} else if (is_string_list(v)) {
 		c->targets = v;
 	} else {
-		return fail(err, errlen, -EINVAL, "%s: target_modules must be a string or a list of strings",
+		return err_fail(err, errlen, -EINVAL, "%s: target_modules must be a string or a list of strings",
 			    path);
 	}
 	if (json_object_object_get_ex(o, "exclude_modules", &v) && !json_object_is_type(v, json_type_null)) {
@@ -364,7 +354,7 @@ static int parse_config(json_object *o, struct cfg *c, char *err, size_t errlen)
 			if (re_check(path, "exclude_modules", json_object_get_string(v), err, errlen) < 0)
 				return -EINVAL;
 		} else if (!is_string_list(v)) {
-			return fail(err, errlen, -EINVAL,
+			return err_fail(err, errlen, -EINVAL,
 				    "%s: exclude_modules must be a string or a list of strings", path);
 		}
 		c->exclude = v;
@@ -374,28 +364,28 @@ static int parse_config(json_object *o, struct cfg *c, char *err, size_t errlen)
 		if (json_object_is_type(v, json_type_array)) {
 			for (j = 0; j < json_object_array_length(v); j++)
 				if (!json_object_is_type(json_object_array_get_idx(v, j), json_type_int))
-					return fail(err, errlen, -EINVAL,
+					return err_fail(err, errlen, -EINVAL,
 						    "%s: layers_to_transform[%zu] is not an integer", path, j);
 		} else if (!json_object_is_type(v, json_type_int)) {
-			return fail(err, errlen, -EINVAL,
+			return err_fail(err, errlen, -EINVAL,
 				    "%s: layers_to_transform must be an integer or a list", path);
 		}
 		c->layers = v;
 	}
 	if (json_object_object_get_ex(o, "layers_pattern", &v) && !json_object_is_type(v, json_type_null)) {
 		if (!json_object_is_type(v, json_type_string) && !is_string_list(v))
-			return fail(err, errlen, -EINVAL,
+			return err_fail(err, errlen, -EINVAL,
 				    "%s: layers_pattern must be a string or a list of strings", path);
 		c->lpattern = v;
 	}
 	/* LoraConfig.__post_init__ */
 	if (c->targets && json_object_is_type(c->targets, json_type_string) && c->layers)
-		return fail(err, errlen, -EINVAL,
+		return err_fail(err, errlen, -EINVAL,
 			    "%s: layers_to_transform cannot be used when target_modules is a string "
 			    "(PEFT refuses it too)",
 			    path);
 	if (c->targets && json_object_is_type(c->targets, json_type_string) && c->lpattern)
-		return fail(err, errlen, -EINVAL,
+		return err_fail(err, errlen, -EINVAL,
 			    "%s: layers_pattern cannot be used when target_modules is a string (PEFT "
 			    "refuses it too)",
 			    path);
@@ -404,7 +394,7 @@ static int parse_config(json_object *o, struct cfg *c, char *err, size_t errlen)
 	    !(json_object_is_type(c->lpattern, json_type_string) && !*json_object_get_string(c->lpattern)) &&
 	    (is_default(c->layers) ||
 	     (json_object_is_type(c->layers, json_type_int) && json_object_get_int64(c->layers) == 0)))
-		return fail(err, errlen, -EINVAL,
+		return err_fail(err, errlen, -EINVAL,
 			    "%s: layers_pattern is given without layers_to_transform (PEFT refuses it too)",
 			    path);
 	if (c->lpattern) {
@@ -425,7 +415,7 @@ static int parse_config(json_object *o, struct cfg *c, char *err, size_t errlen)
 		if (!json_object_object_get_ex(o, field, &v) || json_object_is_type(v, json_type_null))
 			continue;
 		if (!json_object_is_type(v, json_type_object))
-			return fail(err, errlen, -EINVAL, "%s: %s must be an object", path, field);
+			return err_fail(err, errlen, -EINVAL, "%s: %s must be an object", path, field);
 		json_object_object_foreach(v, key, val)
 		{
 			char pat[1024];
@@ -436,10 +426,10 @@ static int parse_config(json_object *o, struct cfg *c, char *err, size_t errlen)
 					     json_object_get_int64(val) >= 1 &&
 					     json_object_get_int64(val) <= MAX_RANK;
 			if (!ok)
-				return fail(err, errlen, -EINVAL, "%s: %s[\"%.64s\"] must be %s", path,
+				return err_fail(err, errlen, -EINVAL, "%s: %s[\"%.64s\"] must be %s", path,
 					    field, key, i ? "a number" : "a positive integer");
 			if (strlen(key) > 900)
-				return fail(err, errlen, -EINVAL, "%s: %s key too long", path, field);
+				return err_fail(err, errlen, -EINVAL, "%s: %s key too long", path, field);
 			snprintf(pat, sizeof(pat), "(.*\\.)?(%s)$", key);
 			if (re_check(path, field, pat, err, errlen) < 0)
 				return -EINVAL;
@@ -480,47 +470,47 @@ static int stray_tensor(const char *path, const struct st_tensor *t, const struc
 	int layer;
 
 	if (strstr(n, "lora_embedding_A") || strstr(n, "lora_embedding_B"))
-		return fail(err, errlen, -ENOTSUP,
+		return err_fail(err, errlen, -ENOTSUP,
 			    "%s: tensor %s: embedding adapters (lora_embedding_A/B) are not supported",
 			    path, n);
 	if (strstr(n, "lora_magnitude_vector"))
-		return fail(err, errlen, -ENOTSUP, "%s: tensor %s: DoRA is not supported", path, n);
+		return err_fail(err, errlen, -ENOTSUP, "%s: tensor %s: DoRA is not supported", path, n);
 	if (strstr(n, ".lora_B.") && ends_with(n, ".bias"))
-		return fail(err, errlen, -ENOTSUP, "%s: tensor %s: lora_bias is not supported", path, n);
+		return err_fail(err, errlen, -ENOTSUP, "%s: tensor %s: lora_bias is not supported", path, n);
 	if (sscanf(n, PREFIX "model.layers.%d.", &layer) == 1 && (layer < 0 || layer >= mc->n_layers))
-		return fail(err, errlen, -EINVAL,
+		return err_fail(err, errlen, -EINVAL,
 			    "%s: tensor %s: layer %d, the base model has %d (adapter made for another "
 			    "base model?)",
 			    path, n, layer, mc->n_layers);
 	if (strstr(n, ".lora_A.") || strstr(n, ".lora_B."))
-		return fail(err, errlen, -EINVAL,
+		return err_fail(err, errlen, -EINVAL,
 			    "%s: tensor %s is for a module adapter_config.json does not adapt (or the "
 			    "base model does not have: adapter made for another base model?)",
 			    path, n);
-	return fail(err, errlen, -ENOTSUP, "%s: tensor %s is not a LoRA weight lorad applies", path, n);
+	return err_fail(err, errlen, -ENOTSUP, "%s: tensor %s is not a LoRA weight lorad applies", path, n);
 }
 
 static int check_tensor(const char *path, const struct st_tensor *t, int rows, int cols, int is_a,
 			const struct adapter_module *m, const char *name, char *err, size_t errlen)
 {
 	if (t->dtype == ST_OTHER)
-		return fail(err, errlen, -EINVAL, "%s: tensor %s: dtype %s is not F32, F16 or BF16", path,
+		return err_fail(err, errlen, -EINVAL, "%s: tensor %s: dtype %s is not F32, F16 or BF16", path,
 			    t->name, t->dtype_name);
 	if (t->ndim != 2)
-		return fail(err, errlen, -EINVAL, "%s: tensor %s has %d dimensions, not 2", path, t->name,
+		return err_fail(err, errlen, -EINVAL, "%s: tensor %s has %d dimensions, not 2", path, t->name,
 			    t->ndim);
 	if (is_a && t->shape[0] != m->rank)
-		return fail(err, errlen, -EINVAL,
+		return err_fail(err, errlen, -EINVAL,
 			    "%s: tensor %s has rank %lld, adapter_config.json gives %s rank %d (r, "
 			    "rank_pattern)",
 			    path, t->name, (long long)t->shape[0], name, m->rank);
 	if (!is_a && t->shape[1] != m->rank)
-		return fail(err, errlen, -EINVAL,
+		return err_fail(err, errlen, -EINVAL,
 			    "%s: tensor %s has rank %lld, adapter_config.json gives %s rank %d (r, "
 			    "rank_pattern)",
 			    path, t->name, (long long)t->shape[1], name, m->rank);
 	if (t->shape[0] != rows || t->shape[1] != cols)
-		return fail(err, errlen, -EINVAL,
+		return err_fail(err, errlen, -EINVAL,
 			    "%s: tensor %s has shape [%lld, %lld], the base model's %s needs [%d, %d] "
 			    "(adapter made for another base model?)",
 			    path, t->name, (long long)t->shape[0], (long long)t->shape[1], name, rows,
@@ -542,26 +532,26 @@ int adapter_open(const char *dir, const struct model_config *mc, struct adapter 
 	snprintf(wpath, sizeof(wpath), "%s/adapter_model.safetensors", dir);
 	c.path = cpath;
 	if (stat(cpath, &sb) < 0)
-		return fail(err, errlen, -errno, "%s: %s", cpath, strerror(errno));
+		return err_fail(err, errlen, -errno, "%s: %s", cpath, strerror(errno));
 	if (stat(wpath, &sb) < 0) {
 		char bin[4200];
 		snprintf(bin, sizeof(bin), "%s/adapter_model.bin", dir);
 		if (stat(bin, &sb) == 0)
-			return fail(err, errlen, -ENOTSUP,
+			return err_fail(err, errlen, -ENOTSUP,
 				    "%s: pickled adapter_model.bin is not read; save with safe_serialization",
 				    bin);
-		return fail(err, errlen, -ENOENT, "%s: %s", wpath, strerror(ENOENT));
+		return err_fail(err, errlen, -ENOENT, "%s: %s", wpath, strerror(ENOENT));
 	}
 	o = json_object_from_file(cpath);
 	if (!o)
-		return fail(err, errlen, -EINVAL, "%s: not valid JSON", cpath);
+		return err_fail(err, errlen, -EINVAL, "%s: not valid JSON", cpath);
 	if ((rc = parse_config(o, &c, err, errlen)) < 0)
 		goto err;
 
 	a = calloc(1, sizeof(*a));
 	if (!a || !(a->dir = strdup(dir)) ||
 	    !(a->mod = calloc((size_t)mc->n_layers * N_PROJ, sizeof(*a->mod)))) {
-		rc = fail(err, errlen, -ENOMEM, "out of memory");
+		rc = err_fail(err, errlen, -ENOMEM, "out of memory");
 		goto err;
 	}
 	if (c.fan_in_fan_out)
@@ -582,7 +572,7 @@ int adapter_open(const char *dir, const struct model_config *mc, struct adapter 
 		static const char *others[] = { "lm_head", "model.embed_tokens" };
 		for (i = 0; i < 2; i++)
 			if (!c.all_linear && targeted(&c, others[i])) {
-				rc = fail(err, errlen, -ENOTSUP,
+				rc = err_fail(err, errlen, -ENOTSUP,
 					  "%s: target_modules selects %s, which lorad does not adapt", cpath,
 					  others[i]);
 				goto err;
@@ -610,7 +600,7 @@ int adapter_open(const char *dir, const struct model_config *mc, struct adapter 
 			snprintf(tn, sizeof(tn), PREFIX "%s.lora_A.weight", name);
 			ta = st_find(a->st, tn);
 			if (!ta) {
-				rc = fail(err, errlen, -EINVAL,
+				rc = err_fail(err, errlen, -EINVAL,
 					  "%s: tensor %s is missing (adapter_config.json adapts %s)", wpath,
 					  tn, name);
 				goto err;
@@ -618,7 +608,7 @@ int adapter_open(const char *dir, const struct model_config *mc, struct adapter 
 			snprintf(tn, sizeof(tn), PREFIX "%s.lora_B.weight", name);
 			tb = st_find(a->st, tn);
 			if (!tb) {
-				rc = fail(err, errlen, -EINVAL,
+				rc = err_fail(err, errlen, -EINVAL,
 					  "%s: tensor %s is missing (adapter_config.json adapts %s)", wpath,
 					  tn, name);
 				goto err;
@@ -632,7 +622,7 @@ int adapter_open(const char *dir, const struct model_config *mc, struct adapter 
 			a->n_mod++;
 		}
 	if (a->n_mod == 0) {
-		rc = fail(err, errlen, -EINVAL,
+		rc = err_fail(err, errlen, -EINVAL,
 			  "%s: target_modules selects no projection of the base model", cpath);
 		goto err;
 	}

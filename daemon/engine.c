@@ -1,4 +1,5 @@
 #include "engine.h"
+#include "errmsg.h"
 
 #include "adapter.h"
 #include "backend.h"
@@ -38,17 +39,6 @@ struct engine {
 	int n_ad;
 };
 
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err && errlen) {
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return rc;
-}
 
 int engine_load(const char *dir, const struct engine_opts *opts, struct engine **out, char *err,
 		size_t errlen)
@@ -73,14 +63,14 @@ int engine_load(const char *dir, const struct engine_opts *opts, struct engine *
 		return rc;
 	e = calloc(1, sizeof(*e));
 	if (!e) {
-		rc = fail(err, errlen, -ENOMEM, "out of memory");
+		rc = err_fail(err, errlen, -ENOMEM, "out of memory");
 		goto err;
 	}
 	e->cfg = m->cfg;
 	bo.n_threads = o.n_threads;
 	bo.blas_threads = o.blas_threads;
 	if ((rc = be_cpu_create(&bo, &e->be)) < 0) {
-		rc = fail(err, errlen, rc, "CPU backend: %s", strerror(-rc));
+		rc = err_fail(err, errlen, rc, "CPU backend: %s", strerror(-rc));
 		goto err;
 	}
 	if ((rc = fwd_build(e->be, m, o.kv_blocks, o.block_size, o.allow_nonfinite, &e->fwd, err,
@@ -88,7 +78,7 @@ int engine_load(const char *dir, const struct engine_opts *opts, struct engine *
 		goto err;
 	if ((rc = kv_pool_build(&e->pool, o.kv_blocks, o.block_size)) < 0 ||
 	    (rc = sample_ctx_build(&e->sctx, e->cfg.vocab)) < 0) {
-		rc = fail(err, errlen, rc, "out of memory");
+		rc = err_fail(err, errlen, rc, "out of memory");
 		goto err;
 	}
 	/* the weights now live in the backend; the mapping is no longer needed */
@@ -201,31 +191,31 @@ int engine_seq_new(struct engine *e, const int32_t *prompt, int n,
 	int i, rc;
 
 	if (n <= 0 || !prompt)
-		return fail(err, errlen, -EINVAL, "the prompt is empty");
+		return err_fail(err, errlen, -EINVAL, "the prompt is empty");
 	for (i = 0; i < n; i++)
 		if (prompt[i] < 0 || prompt[i] >= c->vocab)
-			return fail(err, errlen, -EINVAL,
+			return err_fail(err, errlen, -EINVAL,
 				    "prompt token %d (at %d) is outside the vocabulary of %d", prompt[i],
 				    i, c->vocab);
 	if (params->max_tokens < 0)
-		return fail(err, errlen, -EINVAL, "max_tokens must be >= 0");
+		return err_fail(err, errlen, -EINVAL, "max_tokens must be >= 0");
 	total = (long)n + params->max_tokens;
 	if (total > c->max_pos)
-		return fail(err, errlen, -E2BIG,
+		return err_fail(err, errlen, -E2BIG,
 			    "prompt (%d) + max_tokens (%d) exceed the model's context of %d tokens", n,
 			    params->max_tokens, c->max_pos);
 	if (kv_blocks_for(&e->pool, (int)total) > e->pool.n_blocks)
-		return fail(err, errlen, -E2BIG,
+		return err_fail(err, errlen, -E2BIG,
 			    "prompt (%d) + max_tokens (%d) need more KV cache than the engine has (%d tokens)",
 			    n, params->max_tokens, e->pool.n_blocks * e->pool.block_size);
 	if ((rc = sample_validate(&params->sample, c->vocab, err, errlen)) < 0)
 		return rc;
 	if (params->adapter > 0 && !adapter_get(e, params->adapter))
-		return fail(err, errlen, -ENOENT, "adapter %d is not loaded", params->adapter);
+		return err_fail(err, errlen, -ENOENT, "adapter %d is not loaded", params->adapter);
 
 	s = calloc(1, sizeof(*s));
 	if (!s)
-		return fail(err, errlen, -ENOMEM, "out of memory");
+		return err_fail(err, errlen, -ENOMEM, "out of memory");
 	s->params = *params;
 	if (s->params.adapter < 0)
 		s->params.adapter = 0;
@@ -261,7 +251,7 @@ int engine_seq_new(struct engine *e, const int32_t *prompt, int n,
 	return 0;
 nomem:
 	engine_seq_free(e, s);
-	return fail(err, errlen, -ENOMEM, "out of memory");
+	return err_fail(err, errlen, -ENOMEM, "out of memory");
 }
 
 int engine_seq_preempt(struct engine *e, struct engine_seq *s)
@@ -368,14 +358,14 @@ int engine_step(struct engine *e, struct engine_seq *const *seqs, const int *n_n
 		const struct engine_seq *s = seqs[i];
 		int k = n_new ? n_new[i] : engine_seq_pending(s);
 		if (s->finish)
-			return fail(err, errlen, -EINVAL, "sequence %llu is finished",
+			return err_fail(err, errlen, -EINVAL, "sequence %llu is finished",
 				    (unsigned long long)s->id);
 		if (k < 1 || k > engine_seq_pending(s))
-			return fail(err, errlen, -EINVAL, "sequence %llu: %d new tokens, %d pending",
+			return err_fail(err, errlen, -EINVAL, "sequence %llu: %d new tokens, %d pending",
 				    (unsigned long long)s->id, k, engine_seq_pending(s));
 		for (j = 0; j < i; j++)
 			if (seqs[j] == s)
-				return fail(err, errlen, -EINVAL, "sequence %llu is in the batch twice",
+				return err_fail(err, errlen, -EINVAL, "sequence %llu is in the batch twice",
 					    (unsigned long long)s->id);
 		rows += k;
 		if (s->params.keep_logits == ENGINE_LOGITS_ALL)
@@ -392,7 +382,7 @@ int engine_step(struct engine *e, struct engine_seq *const *seqs, const int *n_n
 			/* give back what this step took: the tables only grew */
 			for (j = 0; j < i; j++)
 				kv_table_shrink(&e->pool, &seqs[j]->kv, seqs[j]->n_computed);
-			return fail(err, errlen, rc,
+			return err_fail(err, errlen, rc,
 				    rc == -ENOSPC ? "the KV cache has %d free blocks, the batch needs more"
 						  : "out of memory (%d free KV blocks)",
 				    e->pool.n_free);
@@ -401,7 +391,7 @@ int engine_step(struct engine *e, struct engine_seq *const *seqs, const int *n_n
 			max_blocks = s->kv.n;
 	}
 	if ((rc = reserve(e, rows, n, n * max_blocks, outs)) < 0)
-		return fail(err, errlen, rc, "out of memory");
+		return err_fail(err, errlen, rc, "out of memory");
 
 	/* the sequences grouped by adapter (stable, base first), so that the
 	 * rows of one adapter are one segment */
@@ -454,7 +444,7 @@ int engine_step(struct engine *e, struct engine_seq *const *seqs, const int *n_n
 	b.n_out = outs;
 	rc = fwd_run(e->fwd, &b, e->segs, n_segs, e->logits);
 	if (rc < 0)
-		return fail(err, errlen, rc, "forward pass failed: %s", strerror(-rc));
+		return err_fail(err, errlen, rc, "forward pass failed: %s", strerror(-rc));
 
 	/* the outputs, sequence by sequence; the last row of each is the one
 	 * that predicts its next token */
@@ -468,11 +458,11 @@ int engine_step(struct engine *e, struct engine_seq *const *seqs, const int *n_n
 		if (s->params.keep_logits == ENGINE_LOGITS_ALL) {
 			for (j = first; j <= last; j++)
 				if (keep_logits(s, e->logits + (size_t)j * vocab, vocab) < 0)
-					return fail(err, errlen, -ENOMEM, "out of memory");
+					return err_fail(err, errlen, -ENOMEM, "out of memory");
 		} else if (s->params.keep_logits == ENGINE_LOGITS_LAST_PROMPT &&
 			   s->n_computed + k == s->n_prompt) {
 			if (keep_logits(s, e->logits + (size_t)last * vocab, vocab) < 0)
-				return fail(err, errlen, -ENOMEM, "out of memory");
+				return err_fail(err, errlen, -ENOMEM, "out of memory");
 		}
 		s->n_computed += k;
 		if (s->n_computed < s->n_tokens)
@@ -495,7 +485,7 @@ int engine_generate(struct engine *e, struct engine_seq *const *seqs, int n, int
 	int rc = 0, i;
 
 	if (!live || !k) {
-		rc = fail(err, errlen, -ENOMEM, "out of memory");
+		rc = err_fail(err, errlen, -ENOMEM, "out of memory");
 		goto out;
 	}
 	for (;;) {
@@ -534,7 +524,7 @@ int engine_adapter_load(struct engine *e, const char *dir, int *id, char *err, s
 	if (slot == e->n_ad) {
 		struct eng_adapter **p = realloc(e->ad, (size_t)(e->n_ad + 1) * sizeof(*p));
 		if (!p) {
-			rc = fail(err, errlen, -ENOMEM, "out of memory");
+			rc = err_fail(err, errlen, -ENOMEM, "out of memory");
 			goto out;
 		}
 		e->ad = p;
@@ -542,7 +532,7 @@ int engine_adapter_load(struct engine *e, const char *dir, int *id, char *err, s
 	}
 	a = calloc(1, sizeof(*a));
 	if (!a) {
-		rc = fail(err, errlen, -ENOMEM, "out of memory");
+		rc = err_fail(err, errlen, -ENOMEM, "out of memory");
 		goto out;
 	}
 	if ((rc = fwd_adapter_build(e->fwd, ad, &a->fa, err, errlen)) < 0) {

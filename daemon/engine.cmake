@@ -1,6 +1,7 @@
 # The inference engine: model files, the forward pass over the backend
 # interface, the paged KV cache, sampling; and its two offline tools.
 add_library(lorad_engine STATIC
+  ${CMAKE_CURRENT_LIST_DIR}/errmsg.c
   ${CMAKE_CURRENT_LIST_DIR}/safetensors.c
   ${CMAKE_CURRENT_LIST_DIR}/model.c
   ${CMAKE_CURRENT_LIST_DIR}/adapter.c

@@ -5,6 +5,7 @@
  * H = query heads, KH = KV heads, hd = head_dim, F = FFN width, V = vocab.
  */
 #include "forward.h"
+#include "errmsg.h"
 
 #include "adapter.h"
 
@@ -54,17 +55,6 @@ struct fwd {
 	size_t cap_h;
 };
 
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err && errlen) {
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return rc;
-}
 
 static int upload_tensor(struct fwd *f, const struct st_tensor *t, float *tmp, int allow_nonfinite,
 			 struct be_buf **out, char *err, size_t errlen)
@@ -75,10 +65,10 @@ static int upload_tensor(struct fwd *f, const struct st_tensor *t, float *tmp, i
 		return rc;
 	*out = be_alloc(f->be, t->nelem);
 	if (!*out)
-		return fail(err, errlen, -ENOMEM, "out of memory for tensor %s", t->name);
+		return err_fail(err, errlen, -ENOMEM, "out of memory for tensor %s", t->name);
 	rc = be_upload(f->be, *out, 0, tmp, t->nelem);
 	if (rc < 0)
-		return fail(err, errlen, rc, "upload of tensor %s failed", t->name);
+		return err_fail(err, errlen, rc, "upload of tensor %s failed", t->name);
 	return 0;
 }
 
@@ -140,7 +130,7 @@ int fwd_build(struct be *be, const struct model *m, int kv_blocks, int block_siz
 	int rc = -ENOMEM, l, p, i;
 
 	if (!f)
-		return fail(err, errlen, -ENOMEM, "out of memory");
+		return err_fail(err, errlen, -ENOMEM, "out of memory");
 	f->be = be;
 	f->c = *c;
 	f->q_dim = c->n_heads * c->head_dim;
@@ -154,7 +144,7 @@ int fwd_build(struct be *be, const struct model *m, int kv_blocks, int block_siz
 	tmp = malloc((largest ? largest : 1) * sizeof(float));
 	freq = malloc((size_t)c->head_dim / 2 * sizeof(float));
 	if (!f->layers || !tmp || !freq) {
-		rc = fail(err, errlen, -ENOMEM, "out of memory");
+		rc = err_fail(err, errlen, -ENOMEM, "out of memory");
 		goto err;
 	}
 	if ((rc = upload_tensor(f, m->embed, tmp, allow_nonfinite, &f->embed, err, errlen)) < 0 ||
@@ -182,14 +172,14 @@ int fwd_build(struct be *be, const struct model *m, int kv_blocks, int block_siz
 		L->kc = be_alloc(be, cache);
 		L->vc = be_alloc(be, cache);
 		if (!L->kc || !L->vc) {
-			rc = fail(err, errlen, -ENOMEM, "out of memory for a KV cache of %d blocks", kv_blocks);
+			rc = err_fail(err, errlen, -ENOMEM, "out of memory for a KV cache of %d blocks", kv_blocks);
 			goto err;
 		}
 	}
 	model_rope_inv_freq(c, freq);
 	f->inv_freq = be_alloc(be, (size_t)c->head_dim / 2);
 	if (!f->inv_freq || be_upload(be, f->inv_freq, 0, freq, (size_t)c->head_dim / 2) < 0) {
-		rc = fail(err, errlen, -ENOMEM, "out of memory");
+		rc = err_fail(err, errlen, -ENOMEM, "out of memory");
 		goto err;
 	}
 	free(tmp);
@@ -344,7 +334,7 @@ int fwd_adapter_build(struct fwd *f, const struct adapter *ad, struct fwd_adapte
 			goto nomem;
 		if ((rc = be_upload(f->be, lo->a, 0, ta, na)) < 0 ||
 		    (rc = be_upload(f->be, lo->bt, 0, bt, nb)) < 0) {
-			rc = fail(err, errlen, rc, "%s: upload of the adapter failed", ad->dir);
+			rc = err_fail(err, errlen, rc, "%s: upload of the adapter failed", ad->dir);
 			goto err;
 		}
 		lo->rank = m->rank;
@@ -359,7 +349,7 @@ int fwd_adapter_build(struct fwd *f, const struct adapter *ad, struct fwd_adapte
 	*out = a;
 	return 0;
 nomem:
-	rc = fail(err, errlen, -ENOMEM, "%s: out of memory for the adapter", ad->dir);
+	rc = err_fail(err, errlen, -ENOMEM, "%s: out of memory for the adapter", ad->dir);
 err:
 	free(ta);
 	free(tb);
@@ -397,7 +387,7 @@ int fwd_merge(struct fwd *f, const struct adapter *ad, char *err, size_t errlen)
 		ta = malloc((size_t)m->rank * m->in * sizeof(float));
 		tb = malloc((size_t)m->rank * m->out * sizeof(float));
 		if (!w || !ta || !tb) {
-			rc = fail(err, errlen, -ENOMEM, "out of memory");
+			rc = err_fail(err, errlen, -ENOMEM, "out of memory");
 			break;
 		}
 		if ((rc = adapter_module_f32(ad, m, ta, tb, err, errlen)) < 0 ||

@@ -1,4 +1,5 @@
 #include "model.h"
+#include "errmsg.h"
 
 #include <errno.h>
 #include <json-c/json.h>
@@ -14,17 +15,6 @@
 #define MAX_DIM (1 << 20)
 #define MAX_LAYERS 1024
 
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err && errlen) {
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return rc;
-}
 
 static const char *proj_names[N_PROJ] = { "q_proj",    "k_proj",  "v_proj",   "o_proj",
 					  "gate_proj", "up_proj", "down_proj" };
@@ -42,10 +32,10 @@ static int read_json(const char *path, json_object **out, char *err, size_t errl
 	json_object *o;
 
 	if (stat(path, &sb) < 0)
-		return fail(err, errlen, -errno, "%s: %s", path, strerror(errno));
+		return err_fail(err, errlen, -errno, "%s: %s", path, strerror(errno));
 	o = json_object_from_file(path);
 	if (!o)
-		return fail(err, errlen, -EINVAL, "%s: not valid JSON", path);
+		return err_fail(err, errlen, -EINVAL, "%s: not valid JSON", path);
 	*out = o;
 	return 0;
 }
@@ -62,10 +52,10 @@ static int get_int(json_object *o, const char *path, const char *key, int def, i
 	if (!json_object_object_get_ex(o, key, &j) || json_object_is_type(j, json_type_null))
 		return -ENOENT;
 	if (!json_object_is_type(j, json_type_int))
-		return fail(err, errlen, -EINVAL, "%s: %s must be an integer", path, key);
+		return err_fail(err, errlen, -EINVAL, "%s: %s must be an integer", path, key);
 	x = json_object_get_int64(j);
 	if (x < lo || x > hi)
-		return fail(err, errlen, -EINVAL, "%s: %s = %lld is out of range [%d, %d]", path, key,
+		return err_fail(err, errlen, -EINVAL, "%s: %s = %lld is out of range [%d, %d]", path, key,
 			    (long long)x, lo, hi);
 	*v = (int)x;
 	return 0;
@@ -81,10 +71,10 @@ static int get_float(json_object *o, const char *path, const char *key, float de
 	if (!json_object_object_get_ex(o, key, &j) || json_object_is_type(j, json_type_null))
 		return -ENOENT;
 	if (!json_object_is_type(j, json_type_int) && !json_object_is_type(j, json_type_double))
-		return fail(err, errlen, -EINVAL, "%s: %s must be a number", path, key);
+		return err_fail(err, errlen, -EINVAL, "%s: %s must be a number", path, key);
 	x = json_object_get_double(j);
 	if (!isfinite(x) || x <= 0)
-		return fail(err, errlen, -EINVAL, "%s: %s must be a positive number", path, key);
+		return err_fail(err, errlen, -EINVAL, "%s: %s must be a positive number", path, key);
 	*v = (float)x;
 	return 0;
 }
@@ -98,7 +88,7 @@ static int get_bool(json_object *o, const char *path, const char *key, int def, 
 	if (!json_object_object_get_ex(o, key, &j) || json_object_is_type(j, json_type_null))
 		return -ENOENT;
 	if (!json_object_is_type(j, json_type_boolean))
-		return fail(err, errlen, -EINVAL, "%s: %s must be true or false", path, key);
+		return err_fail(err, errlen, -EINVAL, "%s: %s must be true or false", path, key);
 	*v = json_object_get_boolean(j);
 	return 0;
 }
@@ -119,14 +109,14 @@ static int get_eos(json_object *o, const char *path, struct model_config *c, cha
 		return 1;
 	}
 	if (!json_object_is_type(j, json_type_array))
-		return fail(err, errlen, -EINVAL, "%s: eos_token_id must be an integer or a list", path);
+		return err_fail(err, errlen, -EINVAL, "%s: eos_token_id must be an integer or a list", path);
 	n = (int)json_object_array_length(j);
 	if (n > MODEL_MAX_EOS)
-		return fail(err, errlen, -EINVAL, "%s: more than %d eos_token_id", path, MODEL_MAX_EOS);
+		return err_fail(err, errlen, -EINVAL, "%s: more than %d eos_token_id", path, MODEL_MAX_EOS);
 	for (i = 0; i < n; i++) {
 		json_object *e = json_object_array_get_idx(j, i);
 		if (!json_object_is_type(e, json_type_int))
-			return fail(err, errlen, -EINVAL, "%s: eos_token_id[%d] is not an integer", path, i);
+			return err_fail(err, errlen, -EINVAL, "%s: eos_token_id[%d] is not an integer", path, i);
 		c->eos[i] = json_object_get_int(e);
 	}
 	c->n_eos = n;
@@ -143,17 +133,17 @@ static int parse_rope_scaling(json_object *o, const char *path, struct model_con
 	if (!json_object_object_get_ex(o, "rope_scaling", &rs) || json_object_is_type(rs, json_type_null))
 		return 0;
 	if (!json_object_is_type(rs, json_type_object))
-		return fail(err, errlen, -EINVAL, "%s: rope_scaling must be an object", path);
+		return err_fail(err, errlen, -EINVAL, "%s: rope_scaling must be an object", path);
 	/* transformers accepts both spellings; rope_type is the newer one */
 	if (!json_object_object_get_ex(rs, "rope_type", &t) && !json_object_object_get_ex(rs, "type", &t))
-		return fail(err, errlen, -EINVAL, "%s: rope_scaling has no rope_type", path);
+		return err_fail(err, errlen, -EINVAL, "%s: rope_scaling has no rope_type", path);
 	if (!json_object_is_type(t, json_type_string))
-		return fail(err, errlen, -EINVAL, "%s: rope_scaling.rope_type must be a string", path);
+		return err_fail(err, errlen, -EINVAL, "%s: rope_scaling.rope_type must be a string", path);
 	type = json_object_get_string(t);
 	if (!strcmp(type, "default"))
 		return 0;
 	if (strcmp(type, "llama3"))
-		return fail(err, errlen, -ENOTSUP,
+		return err_fail(err, errlen, -ENOTSUP,
 			    "%s: rope_scaling type \"%.32s\" is not implemented (lorad has llama3)", path,
 			    type);
 	c->rope_llama3 = 1;
@@ -163,14 +153,14 @@ static int parse_rope_scaling(json_object *o, const char *path, struct model_con
 	    (rc = get_int(rs, path, "original_max_position_embeddings", 0, 1, 1 << 30,
 			  &c->rope_original_max_pos, err, errlen)) < 0) {
 		if (rc == -ENOENT)
-			return fail(err, errlen, -EINVAL,
+			return err_fail(err, errlen, -EINVAL,
 				    "%s: rope_scaling llama3 needs factor, low_freq_factor, "
 				    "high_freq_factor and original_max_position_embeddings",
 				    path);
 		return rc;
 	}
 	if (c->rope_high_freq_factor <= c->rope_low_freq_factor)
-		return fail(err, errlen, -EINVAL,
+		return err_fail(err, errlen, -EINVAL,
 			    "%s: rope_scaling high_freq_factor must exceed low_freq_factor", path);
 	return 0;
 }
@@ -190,11 +180,11 @@ int model_config_load(const char *dir, struct model_config *c, char *err, size_t
 		return rc;
 	rc = -EINVAL;
 	if (!json_object_is_type(o, json_type_object)) {
-		rc = fail(err, errlen, -EINVAL, "%s: not a JSON object", path);
+		rc = err_fail(err, errlen, -EINVAL, "%s: not a JSON object", path);
 		goto err;
 	}
 	if (!json_object_object_get_ex(o, "model_type", &j) || !json_object_is_type(j, json_type_string)) {
-		rc = fail(err, errlen, -EINVAL, "%s: model_type missing", path);
+		rc = err_fail(err, errlen, -EINVAL, "%s: model_type missing", path);
 		goto err;
 	}
 	mt = json_object_get_string(j);
@@ -205,7 +195,7 @@ int model_config_load(const char *dir, struct model_config *c, char *err, size_t
 	else if (!strcmp(mt, "qwen2"))
 		c->arch = ARCH_QWEN2;
 	else {
-		rc = fail(err, errlen, -ENOTSUP,
+		rc = err_fail(err, errlen, -ENOTSUP,
 			  "%s: model_type \"%.32s\" is not implemented (lorad has llama, mistral, qwen2)",
 			  path, mt);
 		goto err;
@@ -214,7 +204,7 @@ int model_config_load(const char *dir, struct model_config *c, char *err, size_t
 	if (json_object_object_get_ex(o, "hidden_act", &j) && !json_object_is_type(j, json_type_null)) {
 		act = json_object_get_string(j);
 		if (!json_object_is_type(j, json_type_string) || (strcmp(act, "silu") && strcmp(act, "swish"))) {
-			rc = fail(err, errlen, -ENOTSUP,
+			rc = err_fail(err, errlen, -ENOTSUP,
 				  "%s: hidden_act \"%.32s\" is not implemented (lorad has silu)", path, act);
 			goto err;
 		}
@@ -224,7 +214,7 @@ int model_config_load(const char *dir, struct model_config *c, char *err, size_t
 	do {                                                                               \
 		if ((rc = get_int(o, path, key, 0, lo, hi, dst, err, errlen)) < 0) {       \
 			if (rc == -ENOENT)                                                 \
-				rc = fail(err, errlen, -EINVAL, "%s: %s missing", path, key); \
+				rc = err_fail(err, errlen, -EINVAL, "%s: %s missing", path, key); \
 			goto err;                                                          \
 		}                                                                          \
 	} while (0)
@@ -244,14 +234,14 @@ int model_config_load(const char *dir, struct model_config *c, char *err, size_t
 		    c->arch == ARCH_MISTRAL ? 8 : c->arch == ARCH_QWEN2 ? 32 : c->n_heads, 1, 4096,
 		    &c->n_kv_heads, err, errlen));
 	if (c->n_kv_heads > c->n_heads || c->n_heads % c->n_kv_heads) {
-		rc = fail(err, errlen, -EINVAL,
+		rc = err_fail(err, errlen, -EINVAL,
 			  "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", path,
 			  c->n_heads, c->n_kv_heads);
 		goto err;
 	}
 	rc = get_int(o, path, "head_dim", c->hidden / c->n_heads, 2, 4096, &c->head_dim, err, errlen);
 	if (rc == -ENOENT && c->hidden % c->n_heads) {
-		rc = fail(err, errlen, -EINVAL,
+		rc = err_fail(err, errlen, -EINVAL,
 			  "%s: hidden_size %d is not a multiple of num_attention_heads %d", path,
 			  c->hidden, c->n_heads);
 		goto err;
@@ -259,7 +249,7 @@ int model_config_load(const char *dir, struct model_config *c, char *err, size_t
 	if (rc < 0 && rc != -ENOENT)
 		goto err;
 	if (c->head_dim % 2) {
-		rc = fail(err, errlen, -EINVAL, "%s: head_dim %d is odd", path, c->head_dim);
+		rc = err_fail(err, errlen, -EINVAL, "%s: head_dim %d is odd", path, c->head_dim);
 		goto err;
 	}
 	OPT(get_float(o, path, "rms_norm_eps", 1e-6f, &c->rms_eps, err, errlen));
@@ -286,7 +276,7 @@ int model_config_load(const char *dir, struct model_config *c, char *err, size_t
 		c->bias[PROJ_Q] = c->bias[PROJ_K] = c->bias[PROJ_V] = 1;
 		OPT(get_bool(o, path, "use_sliding_window", 0, &v, err, errlen));
 		if (v) {
-			rc = fail(err, errlen, -ENOTSUP,
+			rc = err_fail(err, errlen, -ENOTSUP,
 				  "%s: use_sliding_window (per-layer windows of qwen2) is not implemented",
 				  path);
 			goto err;
@@ -310,7 +300,7 @@ int model_config_load(const char *dir, struct model_config *c, char *err, size_t
 	}
 	for (i = 0; i < c->n_eos; i++)
 		if (c->eos[i] < 0 || c->eos[i] >= c->vocab) {
-			rc = fail(err, errlen, -EINVAL, "%s: eos_token_id %d is outside the vocabulary",
+			rc = err_fail(err, errlen, -EINVAL, "%s: eos_token_id %d is outside the vocabulary",
 				  path, c->eos[i]);
 			goto err;
 		}
@@ -363,10 +353,10 @@ int model_tensor_f32(const struct st_tensor *t, float *dst, char *err, size_t er
 	long bad = st_to_f32(t, dst);
 
 	if (bad < 0)
-		return fail(err, errlen, -EINVAL, "%s: tensor %s: dtype %s is not F32, F16 or BF16",
+		return err_fail(err, errlen, -EINVAL, "%s: tensor %s: dtype %s is not F32, F16 or BF16",
 			    t->file, t->name, t->dtype_name);
 	if (bad > 0)
-		return fail(err, errlen, -EINVAL, "%s: tensor %s: %ld NaN or Inf values", t->file,
+		return err_fail(err, errlen, -EINVAL, "%s: tensor %s: %ld NaN or Inf values", t->file,
 			    t->name, bad);
 	return 0;
 }
@@ -389,7 +379,7 @@ static int open_files(struct model *m, char *err, size_t errlen)
 	if (rc == -ENOENT) {
 		m->files = calloc(1, sizeof(*m->files));
 		if (!m->files)
-			return fail(err, errlen, -ENOMEM, "out of memory");
+			return err_fail(err, errlen, -ENOMEM, "out of memory");
 		snprintf(path, sizeof(path), "%s/model.safetensors", m->dir);
 		rc = st_open(path, &m->files[0], err, errlen);
 		if (rc < 0)
@@ -403,12 +393,12 @@ static int open_files(struct model *m, char *err, size_t errlen)
 	if (!json_object_is_type(idx, json_type_object) ||
 	    !json_object_object_get_ex(idx, "weight_map", &wm) ||
 	    !json_object_is_type(wm, json_type_object)) {
-		rc = fail(err, errlen, -EINVAL, "%s: weight_map missing", path);
+		rc = err_fail(err, errlen, -EINVAL, "%s: weight_map missing", path);
 		goto err;
 	}
 	m->files = calloc((size_t)json_object_object_length(wm) + 1, sizeof(*m->files));
 	if (!m->files) {
-		rc = fail(err, errlen, -ENOMEM, "out of memory");
+		rc = err_fail(err, errlen, -ENOMEM, "out of memory");
 		goto err;
 	}
 	{
@@ -419,7 +409,7 @@ static int open_files(struct model *m, char *err, size_t errlen)
 			struct st_file *f = NULL;
 
 			if (!json_object_is_type(val, json_type_string) || !shard_name_ok(shard)) {
-				rc = fail(err, errlen, -EINVAL,
+				rc = err_fail(err, errlen, -EINVAL,
 				     "%s: tensor %s: shard name \"%.64s\" is not a file name in the "
 				     "model directory",
 				     path, key, json_object_get_string(val));
@@ -436,7 +426,7 @@ static int open_files(struct model *m, char *err, size_t errlen)
 				f = m->files[m->n_files++];
 			}
 			if (!st_find(f, key)) {
-				rc = fail(err, errlen, -EINVAL,
+				rc = err_fail(err, errlen, -EINVAL,
 					  "%s: tensor %s: the index puts it in %s, which lacks it", path,
 					  key, shard);
 				goto err;
@@ -463,10 +453,10 @@ static int want(struct model *m, const char *name, int64_t d0, int64_t d1, int o
 	if (!t) {
 		if (optional)
 			return 0;
-		return fail(err, errlen, -EINVAL, "%s: tensor %s is missing", m->dir, name);
+		return err_fail(err, errlen, -EINVAL, "%s: tensor %s is missing", m->dir, name);
 	}
 	if (t->dtype == ST_OTHER)
-		return fail(err, errlen, -EINVAL, "%s: tensor %s: dtype %s is not F32, F16 or BF16",
+		return err_fail(err, errlen, -EINVAL, "%s: tensor %s: dtype %s is not F32, F16 or BF16",
 			    t->file, name, t->dtype_name);
 	if (t->ndim != nd || t->shape[0] != d0 || (nd == 2 && t->shape[1] != d1)) {
 		char got[64] = "", *p = got;
@@ -474,10 +464,10 @@ static int want(struct model *m, const char *name, int64_t d0, int64_t d1, int o
 			p += snprintf(p, (size_t)(got + sizeof(got) - p), "%s%lld", i ? ", " : "",
 				      (long long)t->shape[i]);
 		if (nd == 2)
-			return fail(err, errlen, -EINVAL,
+			return err_fail(err, errlen, -EINVAL,
 				    "%s: tensor %s has shape [%s], the config says [%lld, %lld]",
 				    t->file, name, got, (long long)d0, (long long)d1);
-		return fail(err, errlen, -EINVAL, "%s: tensor %s has shape [%s], the config says [%lld]",
+		return err_fail(err, errlen, -EINVAL, "%s: tensor %s has shape [%s], the config says [%lld]",
 			    t->file, name, got, (long long)d0);
 	}
 	t->used = 1;
@@ -501,7 +491,7 @@ int model_open(const char *dir, struct model **out, char *err, size_t errlen)
 
 	if (!m || !(m->dir = strdup(dir))) {
 		free(m);
-		return fail(err, errlen, -ENOMEM, "out of memory");
+		return err_fail(err, errlen, -ENOMEM, "out of memory");
 	}
 	c = &m->cfg;
 	rc = model_config_load(dir, c, err, errlen);
@@ -516,7 +506,7 @@ int model_open(const char *dir, struct model **out, char *err, size_t errlen)
 			int k;
 			for (k = i + 1; k < m->n_files; k++)
 				if (st_find(m->files[k], m->files[i]->t[j].name)) {
-					rc = fail(err, errlen, -EINVAL, "%s: tensor %s is in two shards, %s and %s",
+					rc = err_fail(err, errlen, -EINVAL, "%s: tensor %s is in two shards, %s and %s",
 						  dir, m->files[i]->t[j].name, m->files[i]->path,
 						  m->files[k]->path);
 					goto err;
@@ -525,7 +515,7 @@ int model_open(const char *dir, struct model **out, char *err, size_t errlen)
 
 	m->layers = calloc((size_t)c->n_layers, sizeof(*m->layers));
 	if (!m->layers) {
-		rc = fail(err, errlen, -ENOMEM, "out of memory");
+		rc = err_fail(err, errlen, -ENOMEM, "out of memory");
 		goto err;
 	}
 	int64_t q_dim = (int64_t)c->n_heads * c->head_dim, kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
@@ -570,7 +560,7 @@ int model_open(const char *dir, struct model **out, char *err, size_t errlen)
 			if (t->used || ends_with(t->name, "rotary_emb.inv_freq") ||
 			    (c->tie_embeddings && !strcmp(t->name, "lm_head.weight")))
 				continue;
-			rc = fail(err, errlen, -EINVAL,
+			rc = err_fail(err, errlen, -EINVAL,
 				  "%s: tensor %s is not part of a %s model with this config.json",
 				  t->file, t->name, c->model_type);
 			goto err;

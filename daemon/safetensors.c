@@ -1,4 +1,5 @@
 #include "safetensors.h"
+#include "errmsg.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -16,17 +17,6 @@
  * corrupt length field, and refusing it early avoids a huge parse. */
 #define ST_MAX_HEADER (256u << 20)
 
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err && errlen) {
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return rc;
-}
 
 static const struct {
 	const char *name;
@@ -118,11 +108,11 @@ int st_parse(const char *path, const unsigned char *buf, size_t len, struct st_f
 	f->n = 0;
 	f->t = NULL;
 	if (len < 8)
-		return fail(err, errlen, -EINVAL, "%s: truncated: %zu bytes, no header", path, len);
+		return err_fail(err, errlen, -EINVAL, "%s: truncated: %zu bytes, no header", path, len);
 	for (i = 0; i < 8; i++)
 		h64 |= (uint64_t)buf[i] << (8 * i);
 	if (h64 < 2 || h64 > ST_MAX_HEADER || h64 > len - 8)
-		return fail(err, errlen, -EINVAL,
+		return err_fail(err, errlen, -EINVAL,
 			    "%s: corrupt or truncated: header length %llu, file %zu bytes", path,
 			    (unsigned long long)h64, len);
 	hlen = (size_t)h64;
@@ -131,33 +121,33 @@ int st_parse(const char *path, const unsigned char *buf, size_t len, struct st_f
 
 	tok = json_tokener_new();
 	if (!tok)
-		return fail(err, errlen, -ENOMEM, "%s: out of memory", path);
+		return err_fail(err, errlen, -ENOMEM, "%s: out of memory", path);
 	root = json_tokener_parse_ex(tok, (const char *)buf + 8, (int)hlen);
 	parsed = json_tokener_get_parse_end(tok);
 	if (!root || json_tokener_get_error(tok) != json_tokener_success) {
 		enum json_tokener_error je = json_tokener_get_error(tok);
-		rc = fail(err, errlen, -EINVAL, "%s: corrupt header (JSON: %s)", path,
+		rc = err_fail(err, errlen, -EINVAL, "%s: corrupt header (JSON: %s)", path,
 			  je == json_tokener_continue ? "ends early" : json_tokener_error_desc(je));
 		goto err;
 	}
 	/* the Python writer pads the header with spaces */
 	for (i = parsed; i < hlen; i++)
 		if (buf[8 + i] != ' ' && buf[8 + i] != '\n' && buf[8 + i] != '\t' && buf[8 + i] != '\r') {
-			rc = fail(err, errlen, -EINVAL, "%s: corrupt header: bytes after the JSON object", path);
+			rc = err_fail(err, errlen, -EINVAL, "%s: corrupt header: bytes after the JSON object", path);
 			goto err;
 		}
 	if (!json_object_is_type(root, json_type_object)) {
-		rc = fail(err, errlen, -EINVAL, "%s: corrupt header: not a JSON object", path);
+		rc = err_fail(err, errlen, -EINVAL, "%s: corrupt header: not a JSON object", path);
 		goto err;
 	}
 	n_keys = json_object_object_length(root);
 	if (count_top_keys((const char *)buf + 8, parsed) != n_keys) {
-		rc = fail(err, errlen, -EINVAL, "%s: header has a duplicate tensor name", path);
+		rc = err_fail(err, errlen, -EINVAL, "%s: header has a duplicate tensor name", path);
 		goto err;
 	}
 	f->t = calloc((size_t)n_keys + 1, sizeof(*f->t));
 	if (!f->t) {
-		rc = fail(err, errlen, -ENOMEM, "%s: out of memory", path);
+		rc = err_fail(err, errlen, -ENOMEM, "%s: out of memory", path);
 		goto err;
 	}
 	json_object_object_foreach(root, key, val)
@@ -170,7 +160,7 @@ int st_parse(const char *path, const unsigned char *buf, size_t len, struct st_f
 
 		if (!strcmp(key, "__metadata__")) {
 			if (!json_object_is_type(val, json_type_object)) {
-				rc = fail(err, errlen, -EINVAL, "%s: __metadata__ is not an object", path);
+				rc = err_fail(err, errlen, -EINVAL, "%s: __metadata__ is not an object", path);
 				goto err;
 			}
 			continue;
@@ -182,7 +172,7 @@ int st_parse(const char *path, const unsigned char *buf, size_t len, struct st_f
 		    !json_object_is_type(jd, json_type_string) ||
 		    !json_object_is_type(js, json_type_array) ||
 		    !json_object_is_type(jo, json_type_array) || json_object_array_length(jo) != 2) {
-			rc = fail(err, errlen, -EINVAL,
+			rc = err_fail(err, errlen, -EINVAL,
 			     "%s: tensor %s: entry needs dtype, shape and data_offsets [begin, end]",
 			     path, key);
 			goto err;
@@ -195,18 +185,18 @@ int st_parse(const char *path, const unsigned char *buf, size_t len, struct st_f
 				snprintf(t->dtype_name, sizeof(t->dtype_name), "%s", dtypes[i].name);
 			}
 		if (!es) {
-			rc = fail(err, errlen, -EINVAL, "%s: tensor %s: unknown dtype %.16s", path, key, dn);
+			rc = err_fail(err, errlen, -EINVAL, "%s: tensor %s: unknown dtype %.16s", path, key, dn);
 			goto err;
 		}
 		t->ndim = (int)json_object_array_length(js);
 		if (t->ndim > ST_MAX_DIMS) {
-			rc = fail(err, errlen, -EINVAL, "%s: tensor %s: %d dimensions", path, key, t->ndim);
+			rc = err_fail(err, errlen, -EINVAL, "%s: tensor %s: %d dimensions", path, key, t->ndim);
 			goto err;
 		}
 		for (k = 0; k < t->ndim; k++) {
 			if (get_int64(json_object_array_get_idx(js, k), &d) || d < 0 ||
 			    (d && ne > SIZE_MAX / (size_t)d)) {
-				rc = fail(err, errlen, -EINVAL, "%s: tensor %s: bad shape", path, key);
+				rc = err_fail(err, errlen, -EINVAL, "%s: tensor %s: bad shape", path, key);
 				goto err;
 			}
 			t->shape[k] = d;
@@ -215,25 +205,25 @@ int st_parse(const char *path, const unsigned char *buf, size_t len, struct st_f
 		if (get_int64(json_object_array_get_idx(jo, 0), &b) ||
 		    get_int64(json_object_array_get_idx(jo, 1), &e) || b < 0 || e < b ||
 		    (uint64_t)e > data_len) {
-			rc = fail(err, errlen, -EINVAL,
+			rc = err_fail(err, errlen, -EINVAL,
 			     "%s: tensor %s: data_offsets outside the file's %zu data bytes (truncated?)",
 			     path, key, data_len);
 			goto err;
 		}
 		if (ne > SIZE_MAX / es) {
-			rc = fail(err, errlen, -EINVAL, "%s: tensor %s: bad shape", path, key);
+			rc = err_fail(err, errlen, -EINVAL, "%s: tensor %s: bad shape", path, key);
 			goto err;
 		}
 		nb = ne * es;
 		if ((uint64_t)(e - b) != nb) {
-			rc = fail(err, errlen, -EINVAL,
+			rc = err_fail(err, errlen, -EINVAL,
 			     "%s: tensor %s: shape and dtype need %zu bytes, data_offsets give %lld",
 			     path, key, nb, (long long)(e - b));
 			goto err;
 		}
 		t->name = strdup(key);
 		if (!t->name) {
-			rc = fail(err, errlen, -ENOMEM, "%s: out of memory", path);
+			rc = err_fail(err, errlen, -ENOMEM, "%s: out of memory", path);
 			goto err;
 		}
 		t->nelem = ne;
@@ -247,7 +237,7 @@ int st_parse(const char *path, const unsigned char *buf, size_t len, struct st_f
 	 * what another reads, and overlapping ranges mean a corrupt file. */
 	order = malloc(((size_t)f->n + 1) * sizeof(*order));
 	if (!order) {
-		rc = fail(err, errlen, -ENOMEM, "%s: out of memory", path);
+		rc = err_fail(err, errlen, -ENOMEM, "%s: out of memory", path);
 		goto err;
 	}
 	for (k = 0; k < f->n; k++)
@@ -255,7 +245,7 @@ int st_parse(const char *path, const unsigned char *buf, size_t len, struct st_f
 	qsort(order, (size_t)f->n, sizeof(*order), by_offset);
 	for (k = 1; k < f->n; k++)
 		if (order[k]->data < order[k - 1]->data + order[k - 1]->nbytes) {
-			rc = fail(err, errlen, -EINVAL, "%s: tensors %s and %s overlap", path,
+			rc = err_fail(err, errlen, -EINVAL, "%s: tensors %s and %s overlap", path,
 			     order[k - 1]->name, order[k]->name);
 			goto err;
 		}
@@ -278,21 +268,21 @@ int st_open(const char *path, struct st_file **out, char *err, size_t errlen)
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		rc = -errno;
-		return fail(err, errlen, rc, "%s: %s", path, strerror(-rc));
+		return err_fail(err, errlen, rc, "%s: %s", path, strerror(-rc));
 	}
 	if (fstat(fd, &sb) < 0) {
 		rc = -errno;
-		rc = fail(err, errlen, rc, "%s: %s", path, strerror(-rc));
+		rc = err_fail(err, errlen, rc, "%s: %s", path, strerror(-rc));
 		goto err;
 	}
 	if (!S_ISREG(sb.st_mode) || sb.st_size < 8) {
-		rc = fail(err, errlen, -EINVAL, "%s: truncated: %lld bytes, no header", path,
+		rc = err_fail(err, errlen, -EINVAL, "%s: truncated: %lld bytes, no header", path,
 			  (long long)sb.st_size);
 		goto err;
 	}
 	f = calloc(1, sizeof(*f));
 	if (!f || !(f->path = strdup(path))) {
-		rc = fail(err, errlen, -ENOMEM, "%s: out of memory", path);
+		rc = err_fail(err, errlen, -ENOMEM, "%s: out of memory", path);
 		goto err;
 	}
 	f->map_len = (size_t)sb.st_size;
@@ -300,7 +290,7 @@ int st_open(const char *path, struct st_file **out, char *err, size_t errlen)
 	if (f->map == MAP_FAILED) {
 		rc = -errno;
 		f->map = NULL;
-		rc = fail(err, errlen, rc, "%s: mmap: %s", path, strerror(-rc));
+		rc = err_fail(err, errlen, rc, "%s: mmap: %s", path, strerror(-rc));
 		goto err;
 	}
 	rc = st_parse(f->path, f->map, f->map_len, f, err, errlen);
@@ -442,7 +432,7 @@ int st_write(const char *path, const struct st_out *t, int n, char *err, size_t 
 	int rc = -ENOMEM, k, d;
 
 	if (!root)
-		return fail(err, errlen, -ENOMEM, "%s: out of memory", path);
+		return err_fail(err, errlen, -ENOMEM, "%s: out of memory", path);
 	for (k = 0; k < n; k++) {
 		json_object *e = json_object_new_object(), *sh = json_object_new_array(),
 			    *of = json_object_new_array();
@@ -470,7 +460,7 @@ int st_write(const char *path, const struct st_out *t, int n, char *err, size_t 
 	fp = fopen(path, "wb");
 	if (!fp) {
 		rc = -errno;
-		rc = fail(err, errlen, rc, "%s: %s", path, strerror(-rc));
+		rc = err_fail(err, errlen, rc, "%s: %s", path, strerror(-rc));
 		goto out;
 	}
 	fwrite(len8, 1, 8, fp);
@@ -485,7 +475,7 @@ int st_write(const char *path, const struct st_out *t, int n, char *err, size_t 
 	}
 	if (ferror(fp) | fclose(fp)) {
 		fp = NULL;
-		rc = fail(err, errlen, -EIO, "%s: write failed", path);
+		rc = err_fail(err, errlen, -EIO, "%s: write failed", path);
 		goto out;
 	}
 	fp = NULL;

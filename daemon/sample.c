@@ -1,4 +1,5 @@
 #include "sample.h"
+#include "errmsg.h"
 
 #include <errno.h>
 #include <math.h>
@@ -7,17 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err && errlen) {
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return rc;
-}
 
 void sample_params_default(struct sample_params *p)
 {
@@ -54,36 +44,36 @@ int sample_validate(const struct sample_params *p, int vocab, char *err, size_t 
 	int i;
 
 	if (!(p->temperature >= 0.0f) || !isfinite(p->temperature))
-		return fail(err, errlen, -EINVAL, "temperature must be >= 0");
+		return err_fail(err, errlen, -EINVAL, "temperature must be >= 0");
 	if (p->top_k < 0)
-		return fail(err, errlen, -EINVAL, "top_k must be >= 0");
+		return err_fail(err, errlen, -EINVAL, "top_k must be >= 0");
 	if (!(p->top_p > 0.0f && p->top_p <= 1.0f))
-		return fail(err, errlen, -EINVAL, "top_p must be in (0, 1]");
+		return err_fail(err, errlen, -EINVAL, "top_p must be in (0, 1]");
 	if (!(p->min_p >= 0.0f && p->min_p <= 1.0f))
-		return fail(err, errlen, -EINVAL, "min_p must be in [0, 1]");
+		return err_fail(err, errlen, -EINVAL, "min_p must be in [0, 1]");
 	if (!(p->repetition_penalty > 0.0f) || !isfinite(p->repetition_penalty))
-		return fail(err, errlen, -EINVAL, "repetition_penalty must be > 0");
+		return err_fail(err, errlen, -EINVAL, "repetition_penalty must be > 0");
 	if (!isfinite(p->presence_penalty))
-		return fail(err, errlen, -EINVAL, "presence_penalty must be finite");
+		return err_fail(err, errlen, -EINVAL, "presence_penalty must be finite");
 	if (p->min_tokens < 0)
-		return fail(err, errlen, -EINVAL, "min_tokens must be >= 0");
+		return err_fail(err, errlen, -EINVAL, "min_tokens must be >= 0");
 	if (p->logprobs < -1 || p->logprobs > SAMPLE_MAX_LOGPROBS)
-		return fail(err, errlen, -EINVAL, "logprobs must be in [-1, %d]", SAMPLE_MAX_LOGPROBS);
+		return err_fail(err, errlen, -EINVAL, "logprobs must be in [-1, %d]", SAMPLE_MAX_LOGPROBS);
 	if (p->n_logit_bias < 0 || (p->n_logit_bias && !p->logit_bias) || p->n_stop < 0 ||
 	    (p->n_stop && !p->stop_ids))
-		return fail(err, errlen, -EINVAL, "bad logit_bias or stop_ids list");
+		return err_fail(err, errlen, -EINVAL, "bad logit_bias or stop_ids list");
 	for (i = 0; i < p->n_logit_bias; i++) {
 		if (p->logit_bias[i].token < 0 || p->logit_bias[i].token >= vocab)
-			return fail(err, errlen, -EINVAL, "logit_bias token %d is outside the vocabulary of %d",
+			return err_fail(err, errlen, -EINVAL, "logit_bias token %d is outside the vocabulary of %d",
 				    p->logit_bias[i].token, vocab);
 		/* -inf bans a token; NaN or +inf would poison the row */
 		if (isnan(p->logit_bias[i].bias) || p->logit_bias[i].bias == INFINITY)
-			return fail(err, errlen, -EINVAL, "logit_bias of token %d is not a number",
+			return err_fail(err, errlen, -EINVAL, "logit_bias of token %d is not a number",
 				    p->logit_bias[i].token);
 	}
 	for (i = 0; i < p->n_stop; i++)
 		if (p->stop_ids[i] < 0 || p->stop_ids[i] >= vocab)
-			return fail(err, errlen, -EINVAL, "stop token %d is outside the vocabulary of %d",
+			return err_fail(err, errlen, -EINVAL, "stop token %d is outside the vocabulary of %d",
 				    p->stop_ids[i], vocab);
 	return 0;
 }

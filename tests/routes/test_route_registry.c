@@ -1,0 +1,255 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Adapter versions are immutable. Re-registering changed files under a
+ * registered version is refused with -EEXIST and a message that says so,
+ * the same files are accepted again; a version that a route still uses
+ * cannot be removed; and files edited in place after registration are
+ * refused when they are loaded: the request for that skill fails with an
+ * error, the other skills and the base model keep serving, and the daemon
+ * runs on.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <lorad/lorad.h>
+
+#include "registry.h"
+#include "rt_harness.h"
+
+static struct rt_models models;
+static char work[128];
+
+static void copy_file(const char *from, const char *to)
+{
+	char buf[1 << 16];
+	int in = open(from, O_RDONLY), out = open(to, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	ssize_t k;
+
+	assert_true(in >= 0 && out >= 0);
+	while ((k = read(in, buf, sizeof(buf))) > 0)
+		assert_int_equal(write(out, buf, (size_t)k), k);
+	close(in);
+	close(out);
+}
+
+/* a private copy of adapter @i at WORK/@name, to edit */
+static void copy_adapter(int i, const char *name, char *out, size_t len)
+{
+	char a[512], b[512];
+
+	snprintf(out, len, "%s/%s", work, name);
+	mkdir(out, 0755);
+	for (int f = 0; f < 2; f++) {
+		const char *fn = f ? "adapter_model.safetensors" : "adapter_config.json";
+
+		snprintf(a, sizeof(a), "%s/%s", models.adapter[i], fn);
+		snprintf(b, sizeof(b), "%s/%s", out, fn);
+		copy_file(a, b);
+	}
+}
+
+/* flip one byte near the end of the tensor data, in place; returns the old byte */
+static unsigned char flip_byte(const char *dir, int restore_byte)
+{
+	char p[512];
+	unsigned char c;
+	struct stat st;
+	int fd;
+
+	snprintf(p, sizeof(p), "%s/adapter_model.safetensors", dir);
+	fd = open(p, O_RDWR);
+	assert_true(fd >= 0);
+	assert_int_equal(fstat(fd, &st), 0);
+	assert_int_equal(pread(fd, &c, 1, st.st_size - 3), 1);
+	{
+		unsigned char n = restore_byte >= 0 ? (unsigned char)restore_byte : (unsigned char)(c ^ 0x40);
+
+		assert_int_equal(pwrite(fd, &n, 1, st.st_size - 3), 1);
+	}
+	close(fd);
+	return c;
+}
+
+static void test_registry_in_process(void **state)
+{
+	struct registry *r = registry_new(NULL, NULL);
+	const struct reg_version *v, *w;
+	char err[512], dir[256];
+
+	(void)state;
+	copy_adapter(0, "inproc", dir, sizeof(dir));
+	assert_int_equal(registry_add(r, "sql", "v1", dir, &v, err, sizeof(err)), 0);
+	/* the same files again, from the same or another path: the same version */
+	assert_int_equal(registry_add(r, "sql", "v1", dir, &w, err, sizeof(err)), 0);
+	assert_ptr_equal(v, w);
+	assert_int_equal(registry_add(r, "sql", "v1", models.adapter[0], &w, err, sizeof(err)), 0);
+	assert_ptr_equal(v, w);
+	/* other files under that version */
+	err[0] = 0;
+	assert_int_equal(registry_add(r, "sql", "v1", models.adapter[1], &w, err, sizeof(err)), -EEXIST);
+	assert_non_null(strstr(err, "sql@v1 is registered with other files"));
+	/* the version derived from the hash: the same files give the same id */
+	assert_int_equal(registry_add(r, "sql", NULL, models.adapter[2], &v, err, sizeof(err)), 0);
+	assert_int_equal(strlen(v->version), 12);
+	assert_int_equal(strncmp(v->version, v->sha256, 12), 0);
+	assert_int_equal(registry_add(r, "sql", "", models.adapter[2], &w, err, sizeof(err)), 0);
+	assert_ptr_equal(v, w);
+	/* names */
+	assert_int_equal(registry_add(r, "base", "v1", dir, &w, err, sizeof(err)), -EINVAL);
+	assert_int_equal(registry_add(r, "s q l", "v1", dir, &w, err, sizeof(err)), -EINVAL);
+	assert_int_equal(registry_add(r, "sql", "v1", "/nonexistent", &w, err, sizeof(err)), -ENOENT);
+	assert_non_null(strstr(err, "/nonexistent/adapter_config.json"));
+	registry_free(r);
+}
+
+static bool admin_refused(const char *admin, const char *line, const char *needle)
+{
+	struct json_object *r, *ok, *e;
+	bool refused;
+
+	if (rt_admin(admin, line, &r))
+		return false;
+	refused = json_object_object_get_ex(r, "ok", &ok) && !json_object_get_boolean(ok) &&
+		  json_object_object_get_ex(r, "error", &e) && strstr(json_object_get_string(e), needle);
+	if (!refused)
+		fprintf(stderr, "%s -> %s (wanted a refusal saying '%s')\n", line,
+			json_object_to_json_string(r), needle);
+	json_object_put(r);
+	return refused;
+}
+
+static int generate(struct lorad *c, const char *skill, struct lorad_event *fin)
+{
+	static const uint32_t prompt[3] = { 11, 22, 33 };
+	uint32_t out[4];
+	struct lorad_request q = { .skill = skill, .prompt = prompt, .n_prompt = 3,
+				   .max_tokens = 4, .out = out, .routing_key = 7 };
+
+	return lorad_generate(c, &q, fin, 20000);
+}
+
+static void test_registry_daemon(void **state)
+{
+	char sql1[256], sql2[256], chat[256], sql1b[256], line[1024], a0[300], a1[300], a2[300];
+	const char *args[] = { "--adapter", a0, "--adapter", a1, "--adapter", a2, NULL };
+	struct lorad_event fin;
+	struct rt_daemon d;
+	struct lorad *c;
+	unsigned char old;
+
+	(void)state;
+	copy_adapter(0, "sql1", sql1, sizeof(sql1));
+	copy_adapter(0, "sql1b", sql1b, sizeof(sql1b));
+	copy_adapter(1, "sql2", sql2, sizeof(sql2));
+	copy_adapter(2, "chat", chat, sizeof(chat));
+	snprintf(a0, sizeof(a0), "sql@v1=%s", sql1);
+	snprintf(a1, sizeof(a1), "chat@v1=%s", chat);
+	snprintf(a2, sizeof(a2), "sql@v2=%s", sql2);
+	assert_int_equal(rt_daemon_init(&d), 0);
+	assert_int_equal(rt_daemon_start(&d, models.model, args), 0);
+
+	/* same files again (another path): accepted; other files: refused */
+	snprintf(line, sizeof(line), "{\"cmd\":\"adapters_add\",\"id\":\"sql@v1\",\"path\":\"%s\"}", sql1b);
+	assert_true(rt_admin_ok(d.admin, line));
+	snprintf(line, sizeof(line), "{\"cmd\":\"adapters_add\",\"id\":\"sql@v1\",\"path\":\"%s\"}", sql1);
+	assert_true(rt_admin_ok(d.admin, line));
+	snprintf(line, sizeof(line), "{\"cmd\":\"adapters_add\",\"id\":\"sql@v1\",\"path\":\"%s\"}", sql2);
+	assert_true(admin_refused(d.admin, line, "sql@v1 is registered with other files"));
+
+	/* removing what a route uses: refused; what none uses: done, and back */
+	assert_true(admin_refused(d.admin, "{\"cmd\":\"adapters_remove\",\"id\":\"sql@v1\"}",
+				  "still in a route"));
+	assert_true(admin_refused(d.admin, "{\"cmd\":\"adapters_remove\",\"id\":\"chat@v1\"}",
+				  "still in a route"));
+	assert_true(rt_admin_ok(d.admin, "{\"cmd\":\"route_rollout\",\"skill\":\"sql\",\"version\":\"sql@v2\",\"percent\":\"50\"}"));
+	assert_true(admin_refused(d.admin, "{\"cmd\":\"adapters_remove\",\"id\":\"sql@v2\"}",
+				  "still in a route"));
+	/* routed away by a rollback, it may go */
+	assert_true(rt_admin_ok(d.admin, "{\"cmd\":\"route_rollback\",\"skill\":\"sql\"}"));
+	assert_true(rt_admin_ok(d.admin, "{\"cmd\":\"adapters_remove\",\"id\":\"sql@v2\"}"));
+	assert_true(admin_refused(d.admin, "{\"cmd\":\"adapters_remove\",\"id\":\"sql@v2\"}",
+				  "no adapter version sql@v2"));
+	/* a route cannot name it now */
+	assert_true(admin_refused(d.admin, "{\"cmd\":\"route_rollout\",\"skill\":\"sql\",\"version\":\"sql@v2\",\"percent\":\"5\"}",
+				  "not a registered adapter version"));
+
+	/* chat's files are edited in place before they are ever loaded */
+	old = flip_byte(chat, -1);
+	assert_int_equal(lorad_connect(d.sock, NULL, &c), 0);
+	assert_int_equal(generate(c, "chat", &fin), 0);
+	if (fin.res == 0)
+		fail_msg("a request for chat was served from files edited after registration");
+	assert_int_equal(fin.res, -EBADMSG);
+	assert_int_equal(fin.field, LORAD_FIELD_SKILL);
+	assert_true(rt_log_has(&d, "chat@v1: the files in"));
+	assert_true(rt_log_has(&d, "changed since they were registered"));
+	/* the others keep serving, and chat keeps failing while the files differ */
+	assert_int_equal(generate(c, "sql", &fin), 0);
+	assert_int_equal(fin.res, 0);
+	assert_int_equal(fin.n_tokens, 4);
+	assert_int_equal(fin.version, rt_vid_of(d.admin, "sql@v1"));
+	assert_int_equal(generate(c, "base", &fin), 0);
+	assert_int_equal(fin.res, 0);
+	assert_int_equal(fin.version, 0);
+	assert_int_equal(generate(c, "chat", &fin), 0);
+	assert_int_equal(fin.res, -EBADMSG);
+	assert_true(admin_refused(d.admin, "{\"cmd\":\"adapters_prefetch\",\"id\":\"chat@v1\"}",
+				  "changed since they were registered"));
+	/* the registered bytes back: served again */
+	flip_byte(chat, old);
+	assert_int_equal(generate(c, "chat", &fin), 0);
+	assert_int_equal(fin.res, 0);
+	assert_int_equal(fin.version, rt_vid_of(d.admin, "chat@v1"));
+	lorad_close(c);
+	assert_true(rt_admin_ok(d.admin, "{\"cmd\":\"status\"}"));
+
+	/* after a restart the registry still refuses other files under sql@v1
+	 * given on the command line, and keeps serving the registered ones */
+	assert_int_equal(rt_daemon_stop(&d), 0);
+	snprintf(a0, sizeof(a0), "sql@v1=%s", sql2);
+	assert_int_equal(rt_daemon_start(&d, models.model, args), 0);
+	assert_true(rt_log_has(&d, "sql@v1 is registered with other files"));
+	assert_int_equal(lorad_connect(d.sock, NULL, &c), 0);
+	assert_int_equal(generate(c, "sql", &fin), 0);
+	assert_int_equal(fin.res, 0);
+	lorad_close(c);
+	assert_int_equal(rt_daemon_stop(&d), 0);
+	rt_daemon_cleanup(&d);
+}
+
+static int setup(void **state)
+{
+	(void)state;
+	if (rt_tmpdir(work, sizeof(work), "rtr"))
+		return -1;
+	return rt_models_make(&models);
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	rt_models_remove(&models);
+	rt_rm_rf(work);
+	return 0;
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_registry_in_process),
+		cmocka_unit_test(test_registry_daemon),
+	};
+
+	signal(SIGPIPE, SIG_IGN);
+	return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -27,7 +27,7 @@ static const char usage_text[] =
 	"  adapters prefetch NAME@VER      load now\n"
 	"  route show [SKILL]\n"
 	"  route set SKILL VER=PCT ...     e.g. route set sql sql@v7=95 sql@v8=5\n"
-	"  route rollout SKILL VER PCT     VER gets PCT %%; the others share the rest as before\n"
+	"  route rollout SKILL VER PCT     VER gets PCT %; the others share the rest as before\n"
 	"  route rollback SKILL            restore the previous route in one swap\n"
 	"  route history SKILL\n"
 	"  stats [--skill S]               requests, errors, tokens, latency per skill and version\n"
@@ -40,9 +40,10 @@ static const char usage_text[] =
 
 static int usage_error(const char *fmt, const char *arg)
 {
+	/* one line, so scripts can log it as it is */
 	fprintf(stderr, "loradctl: ");
 	fprintf(stderr, fmt, arg);
-	fprintf(stderr, "\nTry 'loradctl --help'.\n");
+	fprintf(stderr, " (see loradctl --help)\n");
 	return 2;
 }
 
@@ -209,13 +210,15 @@ int main(int argc, char **argv)
 	char name[64];
 	int json = 0, c, ret;
 
-	while ((c = getopt_long(argc, argv, "+s:jh", opts, NULL)) != -1) {
+	opterr = 0;   /* our own one-line message instead of getopt's and the whole usage */
+	while ((c = getopt_long(argc, argv, "+:s:jh", opts, NULL)) != -1) {
 		switch (c) {
 		case 's': sock = optarg; break;
 		case 'j': json = 1; break;
 		case 'k': skill = optarg; break;
 		case 'h': fputs(usage_text, stdout); return 0;
-		default: fputs(usage_text, stderr); return 2;
+		case ':': return usage_error("option '%s' needs an argument", argv[optind - 1]);
+		default: return usage_error("unknown option '%s'", argv[optind - 1]);
 		}
 	}
 	if (optind >= argc)

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #define TAG_WAKE 1ull
+#define BUFFERED_QD 4
 #define FIXED_MAX (1ull << 30) /* the kernel's limit for one registered buffer */
 
 struct req {
@@ -49,13 +50,21 @@ struct load {
 	int err;
 	char msg[320];
 	uint64_t t_start, t_open, t_lock, t_read0, t_read1;
+	/* the hash runs over the completed prefix while later reads are in flight */
+	EVP_MD_CTX *md;
+	uint8_t *chunk_done; /* per chunk of [aoff, aend) */
+	uint64_t nchunks, hashed; /* chunks hashed so far */
+	uint64_t hash_ns;
 };
 
 struct chunk {
 	struct load *l;
 	uint64_t off;
 	unsigned len;
+	uint64_t idx; /* which chunk of the load */
 };
+
+static void hash_reset(struct loader *ld, struct load *l);
 
 struct loader {
 	struct loader_opts o;
@@ -294,6 +303,8 @@ static void start_load(struct loader *ld, struct load *l)
 		set_err(l, -EINVAL, "%s: not a regular file", r->path);
 		return;
 	}
+	if (ld->o.no_direct)
+		posix_fadvise(l->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 	if (!ld->o.no_direct) {
 		int fl = fcntl(l->fd, F_GETFL);
 
@@ -306,6 +317,7 @@ static void start_load(struct loader *ld, struct load *l)
 				       "page cache",
 				       r->path, strerror(errno));
 			ld->direct_warned = true;
+			posix_fadvise(l->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 		}
 	}
 	l->fsize = sx.stx_size;
@@ -361,6 +373,7 @@ static void start_load(struct loader *ld, struct load *l)
 		}
 	}
 	l->t_lock = now_ns();
+	hash_reset(ld, l);
 }
 
 /* Queues reads while there is room in the ring's budget; returns how many. */
@@ -377,6 +390,10 @@ static unsigned fill(struct loader *ld)
 
 			if (l->err || l->fallback || l->roff >= l->tend)
 				continue;
+			/* through the page cache, readahead does the queueing: a few
+			 * large reads beat many that race it */
+			if (!l->direct && l->inflight >= BUFFERED_QD)
+				continue;
 			c = malloc(sizeof(*c));
 			if (!c) {
 				set_err(l, -ENOMEM, "%s: out of memory", l->rq->r.path);
@@ -389,6 +406,7 @@ static unsigned fill(struct loader *ld)
 			}
 			c->l = l;
 			c->off = l->roff;
+			c->idx = (l->roff - l->aoff) / ld->o.chunk;
 			c->len = (unsigned)((l->aend - l->roff) < ld->o.chunk ? l->aend - l->roff
 									    : ld->o.chunk);
 			if (l->fixed)
@@ -408,6 +426,49 @@ static unsigned fill(struct loader *ld)
 		}
 	}
 	return n;
+}
+
+/* The bytes a caller asked for: [start, end) of the file. */
+static void want_range(const struct load *l, uint64_t *start, uint64_t *end)
+{
+	*start = l->rq->r.length ? l->rq->r.offset : 0;
+	*end = l->tend;
+}
+
+/* Hashes the chunks that completed in order since the last call. */
+static void hash_prefix(struct loader *ld, struct load *l)
+{
+	uint64_t t0 = now_ns(), ws, we;
+
+	want_range(l, &ws, &we);
+	while (l->hashed < l->nchunks && l->chunk_done[l->hashed]) {
+		uint64_t a = l->aoff + l->hashed * ld->o.chunk, b = a + ld->o.chunk;
+
+		a = a < ws ? ws : a;
+		b = b > we ? we : b;
+		if (b > a && !EVP_DigestUpdate(l->md, l->base + (a - l->aoff), (size_t)(b - a)))
+			set_err(l, -EIO, "%s: cannot compute SHA-256", l->rq->r.path);
+		l->hashed++;
+	}
+	l->hash_ns += now_ns() - t0;
+}
+
+/* (Re)starts the running hash; false when it cannot (then finish hashes). */
+static void hash_reset(struct loader *ld, struct load *l)
+{
+	if (!l->rq->r.sha256)
+		return;
+	l->nchunks = (l->aend - l->aoff + ld->o.chunk - 1) / ld->o.chunk;
+	free(l->chunk_done);
+	l->chunk_done = calloc(l->nchunks ? l->nchunks : 1, 1);
+	if (!l->md)
+		l->md = EVP_MD_CTX_new();
+	l->hashed = 0;
+	l->hash_ns = 0;
+	if (!l->chunk_done || !l->md || !EVP_DigestInit_ex(l->md, EVP_sha256(), NULL)) {
+		EVP_MD_CTX_free(l->md);
+		l->md = NULL;
+	}
 }
 
 static void on_read(struct loader *ld, struct chunk *c, int res)
@@ -465,7 +526,38 @@ static void on_read(struct loader *ld, struct chunk *c, int res)
 	l->done += (c->off + (unsigned)res > l->tend ? l->tend - c->off : (unsigned)res);
 	if (l->done >= l->tend - l->aoff)
 		l->t_read1 = now_ns();
+	if (l->md)
+		l->chunk_done[c->idx] = 1; /* hashed between completions, see hash_step */
 	free(c);
+}
+
+/*
+ * Hashes one completed chunk of some load, in file order, while the reads
+ * after it are in flight. One chunk at a time (about 0.5 ms per MiB), so
+ * that completions are reaped and the queue refilled in between: the read
+ * phase runs at the disk's pace and the hash mostly hides behind it.
+ */
+static bool hash_step(struct loader *ld)
+{
+	for (struct load *l = ld->active; l; l = l->next) {
+		uint64_t t0, ws, we, a, b;
+
+		if (!l->md || l->err || l->fallback || l->hashed >= l->nchunks ||
+		    !l->chunk_done[l->hashed])
+			continue;
+		t0 = now_ns();
+		want_range(l, &ws, &we);
+		a = l->aoff + l->hashed * ld->o.chunk;
+		b = a + ld->o.chunk;
+		a = a < ws ? ws : a;
+		b = b > we ? we : b;
+		if (b > a && !EVP_DigestUpdate(l->md, l->base + (a - l->aoff), (size_t)(b - a)))
+			set_err(l, -EIO, "%s: cannot compute SHA-256", l->rq->r.path);
+		l->hashed++;
+		l->hash_ns += now_ns() - t0;
+		return true;
+	}
+	return false;
 }
 
 /* A load with nothing in flight that is done, failed or must reopen. */
@@ -482,6 +574,8 @@ static void finish(struct loader *ld, struct load *l)
 	n = calloc(1, sizeof(*n));
 	if (!n) {
 		hostpool_put(ld->o.pool, l->buf);
+		EVP_MD_CTX_free(l->md);
+		free(l->chunk_done);
 		free_req(l->rq);
 		return;
 	}
@@ -503,9 +597,18 @@ static void finish(struct loader *ld, struct load *l)
 		t = now_ns();
 		if (r->sha256) {
 			uint8_t got[32];
+			unsigned int olen = 32;
 			char hg[65], he[65];
+			int rc = 0;
 
-			if (sha256(data, len, got))
+			if (l->md) {
+				hash_prefix(ld, l);
+				if (l->hashed != l->nchunks || !EVP_DigestFinal_ex(l->md, got, &olen))
+					rc = -EIO;
+			} else {
+				rc = sha256(data, len, got);
+			}
+			if (rc)
 				set_err(l, -EIO, "%s: cannot compute SHA-256", r->path);
 			else if (memcmp(got, l->rq->sha, 32)) {
 				loader_hex(got, hg);
@@ -516,7 +619,7 @@ static void finish(struct loader *ld, struct load *l)
 					r->path, hg, he);
 			}
 		}
-		n->r.hash_ns = now_ns() - t;
+		n->r.hash_ns = l->hash_ns + (now_ns() - t);
 		t = now_ns();
 		if (!l->err && !r->raw && r->length == 0) {
 			struct st_file f;
@@ -546,6 +649,8 @@ static void finish(struct loader *ld, struct load *l)
 		snprintf(n->r.err, sizeof(n->r.err), "%s", l->msg);
 	if (l->buf)
 		hostpool_put(ld->o.pool, l->buf);
+	EVP_MD_CTX_free(l->md);
+	free(l->chunk_done);
 	free_req(l->rq);
 	post(ld, n);
 }
@@ -644,12 +749,16 @@ static void reap(struct loader *ld)
 			l->fd = -1;
 			int rc = open_file(l, false);
 
+			if (!rc)
+				posix_fadvise(l->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+
 			if (rc)
 				set_err(l, rc, "%s: cannot open: %s", l->rq->r.path, strerror(-rc));
 			l->fallback = false;
 			l->roff = l->aoff;
 			l->done = 0;
 			l->t_read0 = 0;
+			hash_reset(ld, l);
 			if (!l->err) {
 				pp = &l->next;
 				continue;
@@ -673,7 +782,7 @@ static int ring_setup(struct loader *ld)
 	int rc;
 
 	memset(&p, 0, sizeof(p));
-	p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN;
+	p.flags = IORING_SETUP_SINGLE_ISSUER; /* no COOP_TASKRUN: see hash_step */
 	rc = io_uring_queue_init_params(entries, &ld->ring, &p);
 	if (rc == -EINVAL) {
 		memset(&p, 0, sizeof(p));
@@ -723,6 +832,10 @@ static void *loader_main(void *arg)
 			continue;
 		if (stop && !ld->active && ld->inflight == 0)
 			break;
+		io_uring_submit(&ld->ring);
+		while (!io_uring_cq_ready(&ld->ring) && hash_step(ld)) {
+			/* completions interrupt the hashing (no COOP_TASKRUN) */
+		}
 		rc = io_uring_submit_and_wait(&ld->ring, 1);
 		if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY && !warned) {
 			ld_log(ld, 3, "io_uring_enter: %s", strerror(-rc));

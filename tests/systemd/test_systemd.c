@@ -165,9 +165,11 @@ static int stop_lorad(pid_t pid)
 
 static int null_request(struct lorad *c, uint64_t ud, uint32_t max_tokens, int *res)
 {
-	uint32_t prompt[4] = { 1, 2, 3, 4 }, out[64];
+	/* the output buffer must outlive the call: the library fills it as events arrive */
+	static uint32_t outs[64][64];
+	uint32_t prompt[4] = { 1, 2, 3, 4 };
 	struct lorad_request r = { .user_data = ud, .prompt = prompt, .n_prompt = 4,
-				   .max_tokens = max_tokens, .out = out };
+				   .max_tokens = max_tokens > 64 ? 64 : max_tokens, .out = outs[ud % 64] };
 
 	return lorad_submit(c, &r) ?: (*res = 0);
 }

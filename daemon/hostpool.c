@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -111,13 +112,18 @@ static void lru_push_front(struct hostpool *hp, struct hp_buf *b)
 		hp->tail = b;
 }
 
+/* mlock/munlock by system call: sanitizer runtimes replace the libc
+ * functions with no-ops, and VmLck must agree with locked_bytes there too. */
+static int sys_mlock(void *p, size_t n) { return (int)syscall(SYS_mlock, p, n); }
+static int sys_munlock(void *p, size_t n) { return (int)syscall(SYS_munlock, p, n); }
+
 /* Returns the memory of b to the system; no mutex held. */
 static void buf_free(struct hostpool *hp, struct hp_buf *b)
 {
 	if (b->pinned && hp->o.unpin)
 		hp->o.unpin(hp->o.pin_ctx, b->data, b->cap);
 	if (b->locked)
-		munlock(b->data, b->cap);
+		sys_munlock(b->data, b->cap);
 	if (b->numa_alloc)
 		numa_free(b->data, b->cap);
 	else
@@ -212,7 +218,7 @@ int hostpool_reserve(struct hostpool *hp, const char *key, size_t size, struct h
 		madvise(b->data, cap, MADV_HUGEPAGE); /* fewer faults and fewer pages to pin */
 	if (!hp->o.no_lock) {
 		/* faults every page in, on the node of the allocation's policy */
-		if (mlock(b->data, cap) == 0) {
+		if (sys_mlock(b->data, cap) == 0) {
 			b->locked = true;
 		} else {
 			int e = errno;

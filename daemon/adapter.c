@@ -518,8 +518,10 @@ static int check_tensor(const char *path, const struct st_tensor *t, int rows, i
 	return 0;
 }
 
-int adapter_open(const char *dir, const struct model_config *mc, struct adapter **out, char *err,
-		 size_t errlen)
+/* @mcfg/@mst: the two files' bytes already in memory (the host tier), or NULL: read @dir. */
+static int open_impl(const char *dir, const char *mcfg, size_t mcfg_len, const unsigned char *mst,
+		     size_t mst_len, const struct model_config *mc, struct adapter **out, char *err,
+		     size_t errlen)
 {
 	char cpath[4096], wpath[4096], name[128], tn[256];
 	struct stat sb;
@@ -531,6 +533,19 @@ int adapter_open(const char *dir, const struct model_config *mc, struct adapter 
 	snprintf(cpath, sizeof(cpath), "%s/adapter_config.json", dir);
 	snprintf(wpath, sizeof(wpath), "%s/adapter_model.safetensors", dir);
 	c.path = cpath;
+	if (mcfg) {
+		char *t = malloc(mcfg_len + 1);
+
+		if (!t)
+			return err_fail(err, errlen, -ENOMEM, "out of memory");
+		memcpy(t, mcfg, mcfg_len);
+		t[mcfg_len] = 0;
+		o = json_tokener_parse(t);
+		free(t);
+		if (!o)
+			return err_fail(err, errlen, -EINVAL, "%s: not valid JSON", cpath);
+		goto parsed;
+	}
 	if (stat(cpath, &sb) < 0)
 		return err_fail(err, errlen, -errno, "%s: %s", cpath, strerror(errno));
 	if (stat(wpath, &sb) < 0) {
@@ -545,6 +560,7 @@ int adapter_open(const char *dir, const struct model_config *mc, struct adapter 
 	o = json_object_from_file(cpath);
 	if (!o)
 		return err_fail(err, errlen, -EINVAL, "%s: not valid JSON", cpath);
+parsed:
 	if ((rc = parse_config(o, &c, err, errlen)) < 0)
 		goto err;
 
@@ -579,8 +595,21 @@ int adapter_open(const char *dir, const struct model_config *mc, struct adapter 
 			}
 	}
 
-	if ((rc = st_open(wpath, &a->st, err, errlen)) < 0)
+	if (mst) {
+		/* the bytes were read and hash-checked by the loader: parse them in place */
+		a->st = calloc(1, sizeof(*a->st));
+		if (!a->st) {
+			rc = err_fail(err, errlen, -ENOMEM, "out of memory");
+			goto err;
+		}
+		if ((rc = st_parse(wpath, mst, mst_len, a->st, err, errlen)) < 0) {
+			free(a->st);
+			a->st = NULL;
+			goto err;
+		}
+	} else if ((rc = st_open(wpath, &a->st, err, errlen)) < 0) {
 		goto err;
+	}
 	for (l = 0; l < mc->n_layers; l++)
 		for (p = 0; p < N_PROJ; p++) {
 			struct adapter_module *m = &a->mod[a->n_mod];
@@ -638,6 +667,19 @@ err:
 	json_object_put(o);
 	adapter_close(a);
 	return rc;
+}
+
+int adapter_open(const char *dir, const struct model_config *mc, struct adapter **out, char *err,
+		 size_t errlen)
+{
+	return open_impl(dir, NULL, 0, NULL, 0, mc, out, err, errlen);
+}
+
+int adapter_open_mem(const char *dir, const char *cfg, size_t cfg_len, const unsigned char *st,
+		     size_t st_len, const struct model_config *mc, struct adapter **out, char *err,
+		     size_t errlen)
+{
+	return open_impl(dir, cfg, cfg_len, st, st_len, mc, out, err, errlen);
 }
 
 void adapter_close(struct adapter *a)

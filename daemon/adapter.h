@@ -49,6 +49,13 @@ struct adapter {
 int adapter_open(const char *dir, const struct model_config *c, struct adapter **out, char *err,
 		 size_t errlen);
 
+/* The same from the files' bytes already in memory (the host tier); @dir
+ * only names them in messages. The bytes must stay valid until the adapter
+ * has been built into the engine (adapter_close). */
+int adapter_open_mem(const char *dir, const char *cfg, size_t cfg_len, const unsigned char *st,
+		     size_t st_len, const struct model_config *c, struct adapter **out, char *err,
+		     size_t errlen);
+
 /* Unmaps and frees; NULL is a no-op. */
 void adapter_close(struct adapter *a);
 

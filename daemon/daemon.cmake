@@ -15,7 +15,7 @@ add_library(lorad_daemon_core STATIC
   ${CMAKE_CURRENT_LIST_DIR}/ops.c
   ${CMAKE_CURRENT_LIST_DIR}/classify.c)
 target_include_directories(lorad_daemon_core PUBLIC ${CMAKE_CURRENT_LIST_DIR})
-target_link_libraries(lorad_daemon_core PUBLIC lorad_shm lorad_engine lorad_tokenizer Threads::Threads
+target_link_libraries(lorad_daemon_core PUBLIC lorad_shm lorad_engine lorad_tokenizer lorad_loader Threads::Threads
   PkgConfig::SYSTEMD PkgConfig::INIH PkgConfig::JSONC PkgConfig::OPENSSL PkgConfig::PCRE2)
 
 add_executable(lorad ${CMAKE_CURRENT_LIST_DIR}/main.c)

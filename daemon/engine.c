@@ -510,15 +510,31 @@ out:
 	return rc;
 }
 
+static int adapter_install(struct engine *e, struct adapter *ad, int *id, char *err, size_t errlen);
+
 int engine_adapter_load(struct engine *e, const char *dir, int *id, char *err, size_t errlen)
 {
 	struct adapter *ad = NULL;
-	struct eng_adapter *a = NULL;
-	int rc, slot;
+	int rc = adapter_open(dir, &e->cfg, &ad, err, errlen);
 
-	rc = adapter_open(dir, &e->cfg, &ad, err, errlen);
-	if (rc < 0)
-		return rc;
+	return rc < 0 ? rc : adapter_install(e, ad, id, err, errlen);
+}
+
+int engine_adapter_load_mem(struct engine *e, const char *dir, const char *cfg, size_t cfg_len,
+			    const unsigned char *st, size_t st_len, int *id, char *err, size_t errlen)
+{
+	struct adapter *ad = NULL;
+	int rc = adapter_open_mem(dir, cfg, cfg_len, st, st_len, &e->cfg, &ad, err, errlen);
+
+	return rc < 0 ? rc : adapter_install(e, ad, id, err, errlen);
+}
+
+/* Build @ad into the backend and give it a slot; @ad is closed either way. */
+static int adapter_install(struct engine *e, struct adapter *ad, int *id, char *err, size_t errlen)
+{
+	struct eng_adapter *a = NULL;
+	int rc = 0, slot;
+
 	for (slot = 0; slot < e->n_ad && e->ad[slot]; slot++)
 		;
 	if (slot == e->n_ad) {

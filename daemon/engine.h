@@ -164,6 +164,13 @@ int engine_generate(struct engine *e, struct engine_seq *const *seqs, int n, int
  * adapter leaves the engine and the adapters already loaded as they were. */
 int engine_adapter_load(struct engine *e, const char *dir, int *id, char *err, size_t errlen);
 
+/* The same from the two files' bytes already in memory (adapter_config.json
+ * and adapter_model.safetensors, read and hash-checked by the loader into
+ * the host tier); dir only names them in messages. The bytes may be
+ * released when this returns. */
+int engine_adapter_load_mem(struct engine *e, const char *dir, const char *cfg, size_t cfg_len,
+			    const unsigned char *st, size_t st_len, int *id, char *err, size_t errlen);
+
 /* Unloads adapter id. Returns 0, -ENOENT (no such adapter), or -EBUSY while
  * a sequence that is not finished (or not freed) uses it. */
 int engine_adapter_unload(struct engine *e, int id);

@@ -23,6 +23,8 @@
 #include "registry.h"
 #include "nullexec.h"
 #include "engine.h"
+#include "hostpool.h"
+#include "loader.h"
 #include "scheduler.h"
 #include "tokenizer.h"
 #include "server.h"
@@ -221,6 +223,8 @@ static void daemon_tick(void *ctx, struct server *sv, uint64_t now)
 {
 	struct daemon *d = ctx;
 
+	if (d->reg)
+		registry_poll(d->reg);   /* adapters the loader finished reading */
 	if (stop_requested && !d->stopping_sent) {
 		notify_stopping();
 		d->stopping_sent = true;
@@ -264,9 +268,16 @@ static void daemon_tick(void *ctx, struct server *sv, uint64_t now)
 	}
 }
 
-static int resolve_skill(void *ctx, const char *skill, uint64_t key, int *adapter, uint32_t *vid)
+static int resolve_skill(void *ctx, const char *skill, uint64_t key, int *adapter, uint32_t *vid,
+			 uint64_t *ticket)
 {
-	return registry_resolve(ctx, skill, key, adapter, vid);
+	return registry_resolve(ctx, skill, key, adapter, vid, ticket);
+}
+
+static void loader_log(void *ctx, int pri, const char *msg)
+{
+	(void)ctx;
+	log_msg(pri, "%s", msg);
 }
 
 static void engine_stats(void *ctx, struct ops_engine_stats *es)
@@ -436,6 +447,8 @@ int main(int argc, char **argv)
 	struct registry *reg = NULL;
 	struct tokenizer *tok = NULL;
 	struct classifier *cls = NULL;
+	struct hostpool *hp = NULL;
+	struct loader *ld = NULL;
 	struct ops *ops = NULL;
 	const struct exec_ops *ex;
 	void *exctx;
@@ -664,10 +677,29 @@ int main(int argc, char **argv)
 		goto fail;
 	}
 	registry_set_device_budget(reg, d.cfg.device_budget);
+	if (eng) {
+		/* the host tier, on this (the engine) thread's NUMA node, and the
+		 * loader thread that fills it from disk with io_uring */
+		struct hostpool_opts ho = { .budget = d.cfg.host_budget, .node = -1 };
+		struct loader_opts lo = { .log = loader_log };
+
+		ret = hostpool_create(&ho, &hp);
+		if (!ret) {
+			lo.pool = hp;
+			ret = loader_create(&lo, &ld, err, sizeof(err));
+		} else {
+			snprintf(err, sizeof(err), "host tier: %s", strerror(-ret));
+		}
+		if (ret) {
+			log_err("%s", err);
+			goto fail;
+		}
+		registry_set_loader(reg, ld, hp);
+	}
 	registry_setup(&d, reg);
 	d.reg = reg;
 	if (sch)
-		sched_set_skills(sch, resolve_skill, reg);
+		sched_set_skills_async(sch, resolve_skill, reg);
 	fill_server_config(&sc, &d.cfg);
 	sc.listen_fd = client_fd;
 	sc.admin_fd = admin_fd;
@@ -716,7 +748,9 @@ int main(int argc, char **argv)
 	sched_free(sch);
 	classify_free(cls);
 	tok_free(tok);
+	loader_destroy(ld);
 	registry_free(reg);
+	hostpool_destroy(hp);
 	engine_free(eng);
 	if (admin_fd >= 0 && d.cfg.admin_socket_path && n_fds <= 0)
 		unlink(d.cfg.admin_socket_path);
@@ -729,7 +763,9 @@ fail:
 	sched_free(sch);
 	classify_free(cls);
 	tok_free(tok);
+	loader_destroy(ld);
 	registry_free(reg);
+	hostpool_destroy(hp);
 	engine_free(eng);
 	log_stop();
 	config_free(&d.cfg);

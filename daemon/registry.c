@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include "engine.h"
+#include "hostpool.h"
+#include "loader.h"
 #include "log.h"
 
 #define REG_MAX 1024
@@ -26,7 +28,32 @@ struct registry {
 	struct route_table *routes;
 	struct registry_tier dev;
 	uint64_t use_clock;
+	struct loader *ld;
+	struct hostpool *hp;
 };
+
+void registry_set_loader(struct registry *r, struct loader *ld, struct hostpool *hp)
+{
+	r->ld = ld;
+	r->hp = hp;
+}
+
+/* The two files' own hashes and sizes: what the loader checks on every load. */
+static int hash_files(struct reg_version *v, char *err, size_t errlen)
+{
+	char p[4200];
+	int ret;
+
+	snprintf(p, sizeof(p), "%s/adapter_config.json", v->path);
+	ret = loader_sha256_file(p, v->cfg_sha, &v->cfg_size);
+	if (!ret) {
+		snprintf(p, sizeof(p), "%s/adapter_model.safetensors", v->path);
+		ret = loader_sha256_file(p, v->st_sha, &v->st_size);
+	}
+	if (ret)
+		snprintf(err, errlen, "%s: %s", p, strerror(-ret));
+	return ret;
+}
 
 const double registry_load_bounds_s[7] = { 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0 };
 
@@ -113,8 +140,12 @@ void registry_free(struct registry *r)
 {
 	if (!r)
 		return;
-	for (unsigned i = 0; i < r->n; i++)
+	for (unsigned i = 0; i < r->n; i++) {
+		for (int k = 0; k < 2; k++)
+			if (r->v[i]->part[k] && r->hp)
+				hostpool_put(r->hp, r->v[i]->part[k]);
 		version_free(r->v[i]);
+	}
 	route_table_free(r->routes);
 	free(r->state_dir);
 	free(r);
@@ -249,6 +280,15 @@ static int add_entry(struct registry *r, const char *name, const char *version, 
 	return 0;
 }
 
+static void release_parts(struct registry *r, struct reg_version *v)
+{
+	for (int k = 0; k < 2; k++)
+		if (v->part[k]) {
+			hostpool_put(r->hp, v->part[k]);
+			v->part[k] = NULL;
+		}
+}
+
 int registry_add(struct registry *r, const char *name, const char *version, const char *path,
 		 const struct reg_version **out, char *err, size_t errlen)
 {
@@ -277,6 +317,11 @@ int registry_add(struct registry *r, const char *name, const char *version, cons
 		return 0;   /* the same files again: nothing to do */
 	}
 	ret = add_entry(r, name, ver, path, sha, &v, err, errlen);
+	if (!ret && (ret = hash_files(v, err, errlen))) {
+		r->v[--r->n] = NULL;
+		version_free(v);
+		return ret;
+	}
 	if (!ret)
 		*out = v;
 	return ret;
@@ -303,6 +348,11 @@ int registry_remove(struct registry *r, const char *id, char *err, size_t errlen
 		}
 		unload(r, v);
 	}
+	if (v->loading) {
+		snprintf(err, errlen, "%s is being loaded; try again in a moment", id);
+		return -EBUSY;
+	}
+	release_parts(r, v);
 	for (unsigned i = 0; i < r->n; i++)
 		if (r->v[i] == v) {
 			r->v[i] = r->v[--r->n];
@@ -311,6 +361,8 @@ int registry_remove(struct registry *r, const char *id, char *err, size_t errlen
 	version_free(v);
 	return 0;
 }
+
+static int start_load(struct registry *r, struct reg_version *v);
 
 /* Load @v onto the engine, checking the files still have the registered hash. */
 static int make_resident(struct registry *r, struct reg_version *v, char *err, size_t errlen)
@@ -369,6 +421,8 @@ int registry_prefetch(struct registry *r, const char *id, char *err, size_t errl
 		snprintf(err, errlen, "no adapter version %s", id);
 		return -ENOENT;
 	}
+	if (r->ld && !v->adapter)
+		return v->loading ? 0 : start_load(r, v);   /* resident soon; the engine runs on */
 	return make_resident(r, v, err, errlen);
 }
 
@@ -382,14 +436,125 @@ int registry_pin(struct registry *r, const char *id, bool pin, char *err, size_t
 		return -ENOENT;
 	}
 	if (pin)
-		ret = make_resident(r, v, err, errlen);
+		ret = r->ld && !v->adapter ? (v->loading ? 0 : start_load(r, v))
+					   : make_resident(r, v, err, errlen);
 	if (!ret)
 		v->pinned = pin;
 	return ret;
 }
 
+/* Start reading @v's two files through the loader; the engine thread goes on. */
+static int start_load(struct registry *r, struct reg_version *v)
+{
+	static const char *const files[2] = { "adapter_config.json", "adapter_model.safetensors" };
+	struct timespec ts;
+	int ret = 0;
+
+	v->attempt++;
+	v->load_err = 0;
+	v->load_msg[0] = 0;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	v->load_t0 = (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
+	for (int k = 0; k < 2 && !ret; k++) {
+		char path[4200], key[ROUTE_NAME_MAX + 8];
+		struct loader_req q = { 0 };
+
+		snprintf(path, sizeof(path), "%s/%s", v->path, files[k]);
+		snprintf(key, sizeof(key), "%s#%d", v->id, k);
+		q.path = path;
+		q.key = key;
+		q.sha256 = k ? v->st_sha : v->cfg_sha;
+		q.size = k ? v->st_size : v->cfg_size;
+		q.raw = k == 0;
+		q.token = (uint64_t)v->vid << 8 | (uint64_t)k;
+		ret = loader_submit(r->ld, &q);
+		if (!ret)
+			v->loading++;
+	}
+	if (ret) {
+		v->load_err = ret;
+		snprintf(v->load_msg, sizeof(v->load_msg), "%s: cannot queue the load: %s", v->id,
+			 strerror(-ret));
+	}
+	return ret;
+}
+
+/* Both files are in the host tier: build the adapter from them. */
+static void finish_load(struct registry *r, struct reg_version *v)
+{
+	struct timespec ts;
+	char err[320];
+	uint64_t dt;
+	unsigned b = 0;
+	int ret;
+
+	if (!v->load_err && r->e) {
+		ret = engine_adapter_load_mem(r->e, v->path, hp_data(v->part[0]), hp_len(v->part[0]),
+					      hp_data(v->part[1]), hp_len(v->part[1]), &v->adapter,
+					      err, sizeof(err));
+		if (ret) {
+			v->adapter = 0;
+			v->load_err = ret;
+			snprintf(v->load_msg, sizeof(v->load_msg), "%s", err);
+		}
+	}
+	release_parts(r, v);   /* the host tier keeps the bytes cached, unreferenced */
+	if (v->load_err) {
+		log_err("adapter %s not loaded: %s", v->id, v->load_msg);
+		return;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	dt = (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec - v->load_t0;
+	v->loads++;
+	v->load_ns += dt;
+	v->bytes = engine_adapter_bytes(r->e, v->adapter);
+	v->last_used = ++r->use_clock;
+	r->dev.used += v->bytes;
+	r->dev.resident++;
+	r->dev.loads++;
+	while (b < 7 && dt / 1e9 > registry_load_bounds_s[b])
+		b++;
+	r->dev.load_hist[b]++;
+	r->dev.load_sum_s += dt / 1e9;
+	evict_to_budget(r, v);
+}
+
+int registry_poll(struct registry *r)
+{
+	struct loader_result res[8];
+	int n, done = 0;
+
+	if (!r->ld)
+		return 0;
+	while ((n = loader_poll(r->ld, res, 8)) > 0) {
+		for (int i = 0; i < n; i++) {
+			struct reg_version *v = (struct reg_version *)registry_by_vid(r, (uint32_t)(res[i].token >> 8));
+			int k = (int)(res[i].token & 1);
+
+			if (!v || !v->loading) {
+				if (res[i].buf)
+					hostpool_put(r->hp, res[i].buf);
+				continue;
+			}
+			if (res[i].status) {
+				if (!v->load_err) {
+					v->load_err = res[i].status;
+					snprintf(v->load_msg, sizeof(v->load_msg), "%s", res[i].err);
+				}
+			} else {
+				v->part[k] = res[i].buf;
+			}
+			if (--v->loading == 0) {
+				finish_load(r, v);
+				done++;
+			}
+		}
+	}
+	return done;
+}
+
 int registry_resolve(struct registry *r, const char *skill, uint64_t key, int *adapter,
-		     uint32_t *vid)
+		     uint32_t *vid, uint64_t *ticket)
 {
 	const struct route *rt = route_get(r->routes, skill);
 	struct reg_version *v;
@@ -401,6 +566,20 @@ int registry_resolve(struct registry *r, const char *skill, uint64_t key, int *a
 	v = find_mut(r, route_pick(rt, key));
 	if (!v)
 		return -ENOENT;
+	*vid = v->vid;
+	if (!v->adapter && r->ld) {
+		if (v->loading)
+			goto wait;
+		/* the attempt this request waited for failed: it gets the error;
+		 * a request that did not wait for it tries again */
+		if (*ticket && *ticket == v->attempt && v->load_err)
+			return v->load_err;
+		if (start_load(r, v))
+			return v->load_err;
+wait:
+		*ticket = v->attempt;
+		return -EINPROGRESS;
+	}
 	ret = make_resident(r, v, err, sizeof(err));
 	if (ret) {
 		log_err("%s", err);
@@ -408,7 +587,6 @@ int registry_resolve(struct registry *r, const char *skill, uint64_t key, int *a
 	}
 	v->last_used = ++r->use_clock;
 	*adapter = v->adapter;
-	*vid = v->vid;
 	return 0;
 }
 
@@ -532,6 +710,16 @@ int registry_save(struct registry *r, char *err, size_t errlen)
 		json_object_object_add(o, "path", json_object_new_string(r->v[i]->path));
 		json_object_object_add(o, "sha256", json_object_new_string(r->v[i]->sha256));
 		json_object_object_add(o, "pinned", json_object_new_boolean(r->v[i]->pinned));
+		{
+			char hex[65];
+
+			loader_hex(r->v[i]->cfg_sha, hex);
+			json_object_object_add(o, "config_sha256", json_object_new_string(hex));
+			loader_hex(r->v[i]->st_sha, hex);
+			json_object_object_add(o, "weights_sha256", json_object_new_string(hex));
+			json_object_object_add(o, "config_size", json_object_new_int64((int64_t)r->v[i]->cfg_size));
+			json_object_object_add(o, "weights_size", json_object_new_int64((int64_t)r->v[i]->st_size));
+		}
 		json_object_array_add(vs, o);
 	}
 	for (unsigned i = 0; (rt = route_at(r->routes, i)); i++) {
@@ -577,6 +765,20 @@ int registry_save(struct registry *r, char *err, size_t errlen)
 out:
 	json_object_put(root);
 	return ret;
+}
+
+static int unhex(const char *h, uint8_t out[32])
+{
+	if (!h || strlen(h) != 64)
+		return -EINVAL;
+	for (int i = 0; i < 32; i++) {
+		unsigned v;
+
+		if (sscanf(h + 2 * i, "%2x", &v) != 1)
+			return -EINVAL;
+		out[i] = (uint8_t)v;
+	}
+	return 0;
 }
 
 static int keep_aside(const char *path, char *err, size_t errlen, const char *why)
@@ -637,6 +839,22 @@ int registry_load_state(struct registry *r, char *err, size_t errlen)
 				json_object_get_string(p), json_object_get_string(h), &e, why, sizeof(why));
 		if (!ret && json_object_object_get_ex(o, "pinned", &pin))
 			e->pinned = json_object_get_boolean(pin);
+		if (!ret) {
+			struct json_object *cs, *ws, *cz, *wz;
+
+			if (json_object_object_get_ex(o, "config_sha256", &cs) &&
+			    json_object_object_get_ex(o, "weights_sha256", &ws) &&
+			    json_object_object_get_ex(o, "config_size", &cz) &&
+			    json_object_object_get_ex(o, "weights_size", &wz) &&
+			    unhex(json_object_get_string(cs), e->cfg_sha) == 0 &&
+			    unhex(json_object_get_string(ws), e->st_sha) == 0) {
+				e->cfg_size = (uint64_t)json_object_get_int64(cz);
+				e->st_size = (uint64_t)json_object_get_int64(wz);
+			} else {
+				ret = -EINVAL;
+				snprintf(why, sizeof(why), "version %zu has no file hashes", i);
+			}
+		}
 	}
 	for (size_t i = 0; i < json_object_array_length(rs) && !ret; i++) {
 		struct json_object *o = json_object_array_get_idx(rs, i), *h;

@@ -36,6 +36,16 @@ struct reg_version {
 	uint64_t loads, load_ns;
 	uint64_t bytes;              /* in the device tier while resident */
 	uint64_t last_used;          /* resolve counter, for LRU eviction */
+	/* the two files, checked by the loader on every load from disk */
+	uint8_t cfg_sha[32], st_sha[32];
+	uint64_t cfg_size, st_size;
+	/* an asynchronous load: its attempt number, what is still in flight, its outcome */
+	uint64_t attempt;
+	unsigned loading;
+	int load_err;                /* the last attempt's error, 0 when it worked */
+	char load_msg[320];
+	struct hp_buf *part[2];      /* adapter_config.json, adapter_model.safetensors */
+	uint64_t load_t0;
 };
 
 /* The device tier: adapters resident in the engine, under a byte budget. */
@@ -94,12 +104,26 @@ int registry_prefetch(struct registry *r, const char *id, char *err, size_t errl
 int registry_pin(struct registry *r, const char *id, bool pin, char *err, size_t errlen);
 
 /*
- * Resolve a request: @skill through its route for @key to a version, made
- * resident if needed. Returns 0 with *adapter and *vid; -ENOENT (no such
- * skill); or the load error.
+ * Resolve a request: @skill through its route for @key to a version. When
+ * the version is resident: 0 with *adapter and *vid. When it is not and a
+ * loader is set: the load starts (or is under way) and -EINPROGRESS comes
+ * back with *ticket naming the attempt; the caller asks again later with
+ * the same ticket and gets 0, or that attempt's error (the file named in
+ * the log) — a fresh request (ticket 0) after a failure tries again.
+ * Without a loader the load happens here, synchronously. -ENOENT: no such
+ * skill.
  */
 int registry_resolve(struct registry *r, const char *skill, uint64_t key, int *adapter,
-		     uint32_t *vid);
+		     uint32_t *vid, uint64_t *ticket);
+
+struct loader;
+struct hostpool;
+
+/* Load from disk through @ld into @hp (io_uring, host tier) instead of on the caller's thread. */
+void registry_set_loader(struct registry *r, struct loader *ld, struct hostpool *hp);
+
+/* Take finished loads from the loader and install them in the engine. Returns how many. */
+int registry_poll(struct registry *r);
 
 struct route_table *registry_routes(struct registry *r);
 

@@ -18,6 +18,8 @@ struct sjob {
 	uint32_t sent;            /* generated ids already written to the client */
 	bool running;
 	bool classifying;         /* skill "auto": waiting for the classifier thread */
+	bool parked;              /* waiting for its adapter to be loaded */
+	uint64_t park_key, park_ticket;
 	uint64_t cid;
 	struct detok *dt;         /* text out or stop strings; NULL otherwise */
 	uint32_t text_off, text_len;
@@ -31,7 +33,10 @@ struct sched {
 	unsigned n_waiting, n_running;
 	uint64_t order;
 	sched_skill_fn skill_fn;
+	sched_skill_async_fn skill_async;
 	void *skill_ctx;
+	struct sjob *parked;
+	unsigned n_parked;
 	const struct tokenizer *tok;
 	struct classifier *cls;
 	struct sjob *classifying;
@@ -84,6 +89,9 @@ static void job_free(struct sched *s, struct sjob *j)
 	if (j->classifying) {
 		list_remove(&s->classifying, j);
 		s->n_classifying--;
+	} else if (j->parked) {
+		list_remove(&s->parked, j);
+		s->n_parked--;
 	} else if (j->running) {
 		list_remove(&s->running, j);
 		s->n_running--;
@@ -266,7 +274,7 @@ static int read_ext(struct sreq *r, struct engine_seq_params *p, int32_t **stops
 	return 0;
 }
 
-static void submit_skill(struct sched *s, struct sreq *r)
+static void submit_skill(struct sched *s, struct sreq *r, struct sjob *parked)
 {
 	struct engine_seq_params p = { 0 };
 	int32_t *stops = NULL;
@@ -301,15 +309,49 @@ static void submit_skill(struct sched *s, struct sreq *r)
 	}
 	if (r->e.skill[0] && strcmp(r->e.skill, "base")) {
 		/* without a routing key the request routes by its own id (its
-		 * arrival number), so keyless requests follow the weights */
-		uint64_t key = r->e.routing_key ? r->e.routing_key : s->order + 1;
+		 * arrival number), so keyless requests follow the weights; a
+		 * parked request keeps the key it had */
+		uint64_t key = parked ? parked->park_key
+				      : r->e.routing_key ? r->e.routing_key : s->order + 1;
+		uint64_t ticket = parked ? parked->park_ticket : 0;
 
-		ret = s->skill_fn ? s->skill_fn(s->skill_ctx, r->e.skill, key, &adapter, &version)
-				  : -ENOENT;
-		if (ret) {
-			sreq_emit(r, true, ret, LORAD_FINISH_ERROR, LORAD_FIELD_SKILL);
+		if (s->skill_async)
+			ret = s->skill_async(s->skill_ctx, r->e.skill, key, &adapter, &version, &ticket);
+		else
+			ret = s->skill_fn ? s->skill_fn(s->skill_ctx, r->e.skill, key, &adapter, &version)
+					  : -ENOENT;
+		if (ret == -EINPROGRESS) {
+			/* its adapter is being loaded: it waits alone, the others run */
+			if (!parked) {
+				parked = calloc(1, sizeof(*parked));
+				if (!parked) {
+					sreq_emit(r, true, -ENOMEM, LORAD_FINISH_ERROR, 0);
+					free(ids);
+					return;
+				}
+				parked->r = r;
+				parked->parked = true;
+				parked->park_key = key;
+				r->exec = parked;
+				parked->next = s->parked;
+				if (s->parked)
+					s->parked->prev = parked;
+				s->parked = parked;
+				s->n_parked++;
+			}
+			parked->park_ticket = ticket;
+			free(ids);
 			return;
 		}
+		if (parked)
+			job_free(s, parked);
+		if (ret) {
+			sreq_emit(r, true, ret, LORAD_FINISH_ERROR, LORAD_FIELD_SKILL);
+			free(ids);
+			return;
+		}
+	} else if (parked) {
+		job_free(s, parked);
 	}
 	sample_params_default(&p.sample);
 	p.adapter = adapter;
@@ -382,7 +424,7 @@ static void sc_submit(void *ctx, struct sreq *r)
 	int ret;
 
 	if (strcmp(r->e.skill, "auto")) {
-		submit_skill(s, r);
+		submit_skill(s, r, NULL);
 		return;
 	}
 	if (!s->cls) {
@@ -449,7 +491,7 @@ static void take_classified(struct sched *s)
 		memset(r->e.skill, 0, sizeof(r->e.skill));
 		memcpy(r->e.skill, skill, strnlen(skill, sizeof(r->e.skill) - 1));
 		write_skill_out(r);
-		submit_skill(s, r);
+		submit_skill(s, r, NULL);
 	}
 }
 
@@ -477,7 +519,7 @@ static unsigned sc_busy(void *ctx)
 {
 	struct sched *s = ctx;
 
-	return s->n_waiting + s->n_running + s->n_classifying;
+	return s->n_waiting + s->n_running + s->n_classifying + s->n_parked;
 }
 
 /* --- admission ---------------------------------------------------------------------- */
@@ -641,6 +683,10 @@ static int sc_step(void *ctx)
 
 	if (s->n_classifying)
 		take_classified(s);
+	for (struct sjob *j = s->parked, *next; j; j = next) {
+		next = j->next;
+		submit_skill(s, j->r, j);   /* resident now, failed, or still loading */
+	}
 	if (!s->waiting && !s->running)
 		return 0;
 	expire(s, now);
@@ -720,6 +766,8 @@ void sched_free(struct sched *s)
 		return;
 	while (s->classifying)
 		job_free(s, s->classifying);
+	while (s->parked)
+		job_free(s, s->parked);
 	while (s->running)
 		job_free(s, s->running);
 	while (s->waiting)
@@ -740,6 +788,12 @@ void sched_set_tokenizer(struct sched *s, const struct tokenizer *tok)
 	s->tok = tok;
 }
 
+void sched_set_skills_async(struct sched *s, sched_skill_async_fn fn, void *ctx)
+{
+	s->skill_async = fn;
+	s->skill_ctx = ctx;
+}
+
 void sched_set_skills(struct sched *s, sched_skill_fn fn, void *ctx)
 {
 	s->skill_fn = fn;
@@ -751,6 +805,7 @@ void sched_get_stats(const struct sched *s, struct sched_stats *st)
 	*st = s->st;
 	st->running = s->n_running;
 	st->waiting = s->n_waiting;
+	st->parked = s->n_parked;
 	st->kv_free = engine_kv_free(s->e);
 	st->kv_total = engine_kv_total(s->e);
 }

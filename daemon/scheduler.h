@@ -43,6 +43,15 @@ void sched_free(struct sched *s);
 /* How skills resolve; without it only the base model ("" or "base") is served. */
 void sched_set_skills(struct sched *s, sched_skill_fn fn, void *ctx);
 
+/*
+ * The same for resolvers that load adapters in the background: -EINPROGRESS
+ * parks the request (the engine runs on) and *ticket, kept with it, is
+ * passed back on every retry until the resolver answers 0 or an error.
+ */
+typedef int (*sched_skill_async_fn)(void *ctx, const char *skill, uint64_t routing_key,
+				    int *adapter, uint32_t *version, uint64_t *ticket);
+void sched_set_skills_async(struct sched *s, sched_skill_async_fn fn, void *ctx);
+
 struct tokenizer;
 
 /*
@@ -62,7 +71,7 @@ struct sched_stats {
 	uint64_t tokens;          /* generated */
 	uint64_t prefill_tokens;
 	uint64_t preemptions;
-	unsigned running, waiting;
+	unsigned running, waiting, parked;
 	int kv_free, kv_total;
 };
 

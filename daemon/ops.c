@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hostpool.h"
 #include "log.h"
 #include "metrics.h"
 #include "registry.h"
@@ -542,6 +543,26 @@ static int cmd_metrics(void *ctx, struct json_object *req, struct json_object *r
 			    "lorad_tier_load_seconds_sum{tier=\"device\"} %.6f\n"
 			    "lorad_tier_load_seconds_count{tier=\"device\"} %llu\n",
 			(unsigned long long)cum, t->load_sum_s, (unsigned long long)cum);
+	}
+	if (registry_hostpool(o->reg)) {
+		struct hostpool_stats hs;
+
+		hostpool_stats(registry_hostpool(o->reg), &hs);
+		bprintf(&b, "lorad_tier_bytes{tier=\"host\"} %zu\nlorad_tier_budget_bytes{tier=\"host\"} %zu\n"
+			    "lorad_tier_adapters{tier=\"host\"} %u\nlorad_tier_loads_total{tier=\"host\"} %llu\n"
+			    "lorad_tier_evictions_total{tier=\"host\"} %llu\n",
+			hs.bytes_used, hs.budget, hs.entries, (unsigned long long)hs.loads,
+			(unsigned long long)hs.evictions);
+		bprintf(&b, "# HELP lorad_tier_locked_bytes Bytes of a tier locked in memory (mlock).\n"
+			    "# TYPE lorad_tier_locked_bytes gauge\nlorad_tier_locked_bytes{tier=\"host\"} %zu\n",
+			hs.locked_bytes);
+		bprintf(&b, "# HELP lorad_tier_pinned Whether a tier is fully locked in memory (0: unpinned).\n"
+			    "# TYPE lorad_tier_pinned gauge\nlorad_tier_pinned{tier=\"host\"} %d\n",
+			!hs.unpinned);
+		bprintf(&b, "# HELP lorad_tier_numa_node NUMA node of a tier's buffers (of lorad_numa_nodes).\n"
+			    "# TYPE lorad_tier_numa_node gauge\nlorad_tier_numa_node{tier=\"host\"} %d\n"
+			    "# HELP lorad_numa_nodes NUMA nodes of this machine.\n# TYPE lorad_numa_nodes gauge\n"
+			    "lorad_numa_nodes %d\n", hs.node, hs.numa_nodes);
 	}
 	if (o->engine_stats) {
 		o->engine_stats(o->engine_ctx, &es);

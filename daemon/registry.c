@@ -32,6 +32,11 @@ struct registry {
 	struct hostpool *hp;
 };
 
+struct hostpool *registry_hostpool(const struct registry *r)
+{
+	return r->hp;
+}
+
 void registry_set_loader(struct registry *r, struct loader *ld, struct hostpool *hp)
 {
 	r->ld = ld;

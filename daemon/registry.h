@@ -122,6 +122,9 @@ struct hostpool;
 /* Load from disk through @ld into @hp (io_uring, host tier) instead of on the caller's thread. */
 void registry_set_loader(struct registry *r, struct loader *ld, struct hostpool *hp);
 
+/* The host tier the loader fills, or NULL. */
+struct hostpool *registry_hostpool(const struct registry *r);
+
 /* Take finished loads from the loader and install them in the engine. Returns how many. */
 int registry_poll(struct registry *r);
 

@@ -406,7 +406,7 @@ static void submit_skill(struct sched *s, struct sreq *r, struct sjob *parked)
 	j->r = r;
 	j->order = ++s->order;
 	r->version = version;   /* fixed at admission: a route change never moves a running request */
-	r->step_seen = r->step_admit = (uint32_t)s->st.steps;
+	r->step_admit = (uint32_t)s->st.steps;
 	r->exec = j;
 	list_insert(&s->waiting, j);
 	s->n_waiting++;
@@ -423,6 +423,8 @@ static void sc_submit(void *ctx, struct sreq *r)
 	struct sjob *j;
 	int ret;
 
+	/* queue_steps counts from here: waits for the classifier or an adapter load included */
+	r->step_seen = (uint32_t)s->st.steps;
 	if (strcmp(r->e.skill, "auto")) {
 		submit_skill(s, r, NULL);
 		return;

@@ -31,6 +31,8 @@ struct admin_conn {
 	char *out;
 	size_t out_len, out_off;
 	bool closing;
+	unsigned deferred;          /* replies owed; the connection stays until they are sent */
+	uint64_t id;
 	struct admin_conn *next;
 };
 
@@ -50,6 +52,8 @@ struct admin {
 	struct admin_cmd cmds[ADMIN_MAX_CMDS];
 	unsigned n_cmds;
 	struct log_ratelimit rl;
+	uint64_t next_id;
+	struct admin_conn *current;  /* the connection whose request runs now */
 };
 
 int admin_listen_path(const char *path, unsigned mode)
@@ -211,6 +215,36 @@ static void conn_reply(struct admin_conn *c, struct json_object *reply)
 	c->out_len += n + 1;
 }
 
+uint64_t admin_defer(struct admin *a)
+{
+	if (!a->current)
+		return 0;
+	a->current->deferred++;
+	return a->current->id;
+}
+
+void admin_complete(struct admin *a, uint64_t ticket, struct json_object *reply, int ret)
+{
+	for (struct admin_conn *c = a ? a->conns : NULL; c; c = c->next) {
+		if (c->id != ticket)
+			continue;
+		c->deferred--;
+		if (ret == 0)
+			json_object_object_add(reply, "ok", json_object_new_boolean(1));
+		else {
+			if (!json_object_object_get_ex(reply, "error", NULL))
+				json_object_object_add(reply, "error", json_object_new_string(strerror(-ret)));
+			json_object_object_add(reply, "ok", json_object_new_boolean(0));
+		}
+		conn_reply(c, reply);
+		conn_flush(c);
+		if (c->closing && !c->deferred)
+			conn_close(c);
+		break;
+	}
+	json_object_put(reply);
+}
+
 static void reply_error(struct json_object *reply, const char *msg)
 {
 	json_object_object_add(reply, "ok", json_object_new_boolean(0));
@@ -247,7 +281,14 @@ static void handle_line(struct admin_conn *c, const char *line, size_t len)
 	for (unsigned i = 0; i < a->n_cmds; i++) {
 		if (strcmp(a->cmds[i].name, name))
 			continue;
+		a->current = c;
 		ret = a->cmds[i].fn(a->cmds[i].ctx, req, reply);
+		a->current = NULL;
+		if (ret == ADMIN_DEFERRED) {
+			json_object_put(reply);
+			json_object_put(req);
+			return;
+		}
 		if (ret == 0)
 			json_object_object_add(reply, "ok", json_object_new_boolean(1));
 		else if (!json_object_object_get_ex(reply, "error", NULL))
@@ -343,6 +384,7 @@ static void accept_admins(struct admin *a)
 		c->kind = AK_CONN;
 		c->a = a;
 		c->fd = fd;
+		c->id = ++a->next_id;
 		ev.data.ptr = c;
 		if (epoll_ctl(a->ep, EPOLL_CTL_ADD, fd, &ev) < 0) {
 			close(fd);
@@ -370,7 +412,7 @@ bool admin_event(struct admin *a, void *ptr, uint32_t events)
 			conn_readable(c);
 		if (events & EPOLLOUT)
 			conn_flush(c);
-		if (c->closing || (events & EPOLLERR))
+		if ((c->closing && !c->deferred) || (events & EPOLLERR))
 			conn_close(c);
 		return true;
 	}

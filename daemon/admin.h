@@ -29,6 +29,19 @@ struct admin;
  */
 typedef int (*admin_fn)(void *ctx, struct json_object *req, struct json_object *reply);
 
+/*
+ * A command whose work must not run on the engine thread (hashing files)
+ * returns ADMIN_DEFERRED after taking admin_defer()'s ticket, and answers
+ * later, from the engine thread, with admin_complete().
+ */
+#define ADMIN_DEFERRED 1
+
+/* Only inside a command: the ticket for answering the current request later. */
+uint64_t admin_defer(struct admin *a);
+
+/* Answer a deferred request; @reply is consumed. A peer that left is skipped. */
+void admin_complete(struct admin *a, uint64_t ticket, struct json_object *reply, int ret);
+
 /* Register @name. Returns 0, -EEXIST or -ENOMEM. */
 int admin_command_add(struct admin *a, const char *name, admin_fn fn, void *ctx);
 

@@ -135,6 +135,7 @@ struct daemon {
 	char engine_buf[300];
 	struct sched *sched;
 	struct registry *reg;
+	struct ops *ops;
 };
 
 static void fill_server_config(struct server_config *sc, const struct config *c)
@@ -225,6 +226,7 @@ static void daemon_tick(void *ctx, struct server *sv, uint64_t now)
 
 	if (d->reg)
 		registry_poll(d->reg);   /* adapters the loader finished reading */
+	ops_poll(d->ops);                /* registrations whose files are hashed */
 	if (stop_requested && !d->stopping_sent) {
 		notify_stopping();
 		d->stopping_sent = true;
@@ -721,6 +723,7 @@ int main(int argc, char **argv)
 		admin_command_add(sv.admin, "drain", cmd_drain, &d);
 	}
 	ops = ops_new(reg, sv.admin, engine_stats, sch);
+	d.ops = ops;
 	if (!ops) {
 		log_err("out of memory");
 		server_free(&sv);
@@ -744,6 +747,7 @@ int main(int argc, char **argv)
 			log_err("state not saved: %s", err2);
 	}
 	ops_free(ops);
+	d.ops = NULL;
 	nullexec_free(nx);
 	sched_free(sch);
 	classify_free(cls);

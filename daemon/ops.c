@@ -8,10 +8,12 @@
 #include "ops.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "hostpool.h"
 #include "log.h"
@@ -19,11 +21,26 @@
 #include "registry.h"
 #include "route.h"
 
+/* A registration whose files are hashed on a thread of its own. */
+struct add_job {
+	uint64_t ticket;
+	char name[32], version[32];
+	char *path;
+	int ret;
+	struct registry_hashes h;
+	char err[512];
+	struct add_job *next;
+};
+
 struct ops {
 	struct registry *reg;
 	struct metrics *met;
 	ops_engine_stats_fn engine_stats;
 	void *engine_ctx;
+	struct admin *admin;
+	pthread_mutex_t lock;
+	struct add_job *done;        /* hashed, waiting for the engine thread */
+	unsigned running;
 };
 
 static void set_err(struct json_object *reply, const char *msg)
@@ -98,30 +115,96 @@ static int cmd_adapters_list(void *ctx, struct json_object *req, struct json_obj
 	return 0;
 }
 
+static void *hash_thread(void *arg)
+{
+	struct ops *o = ((void **)arg)[0];
+	struct add_job *j = ((void **)arg)[1];
+
+	free(arg);
+	j->ret = registry_hash_files(j->path, &j->h, j->err, sizeof(j->err));
+	pthread_mutex_lock(&o->lock);
+	j->next = o->done;
+	o->done = j;
+	pthread_mutex_unlock(&o->lock);
+	return NULL;
+}
+
+/*
+ * Registering reads and hashes the adapter's files, which takes as long
+ * as the files are big: that runs on a thread of its own and the reply
+ * comes when it is done, so requests keep running meanwhile.
+ */
 static int cmd_adapters_add(void *ctx, struct json_object *req, struct json_object *reply)
 {
 	struct ops *o = ctx;
-	const struct reg_version *v;
-	const char *id, *path;
-	char name[32], err[512];
-	const char *at;
-	int ret;
+	const char *id, *path, *at;
+	struct add_job *j;
+	pthread_t t;
+	void **arg;
 
 	if (need_str(req, reply, "id", &id) || need_str(req, reply, "path", &path))
 		return -EINVAL;
 	at = strchr(id, '@');
-	if ((at ? (size_t)(at - id) : strlen(id)) >= sizeof(name)) {
-		set_err(reply, "adapter name too long");
+	if ((at ? (size_t)(at - id) : strlen(id)) >= sizeof(j->name) ||
+	    (at && strlen(at + 1) >= sizeof(j->version))) {
+		set_err(reply, "adapter name or version too long");
 		return -EINVAL;
 	}
-	snprintf(name, sizeof(name), "%.*s", at ? (int)(at - id) : (int)strlen(id), id);
-	ret = registry_add(o->reg, name, at ? at + 1 : NULL, path, &v, err, sizeof(err));
-	if (ret) {
-		set_err(reply, err);
-		return ret;
+	j = calloc(1, sizeof(*j));
+	arg = malloc(2 * sizeof(*arg));
+	if (!j || !arg || !(j->path = strdup(path))) {
+		free(j);
+		free(arg);
+		return -ENOMEM;
 	}
-	json_object_object_add(reply, "adapter", version_json(v));
-	return persist(o, reply);
+	snprintf(j->name, sizeof(j->name), "%.*s", at ? (int)(at - id) : (int)strlen(id), id);
+	if (at)
+		snprintf(j->version, sizeof(j->version), "%s", at + 1);
+	arg[0] = o;
+	arg[1] = j;
+	j->ticket = admin_defer(o->admin);
+	if (pthread_create(&t, NULL, hash_thread, arg)) {
+		free(j->path);
+		free(j);
+		free(arg);
+		return -EAGAIN;
+	}
+	pthread_detach(t);
+	o->running++;
+	return ADMIN_DEFERRED;
+}
+
+void ops_poll(struct ops *o)
+{
+	struct add_job *j;
+
+	if (!o || !o->running)
+		return;
+	pthread_mutex_lock(&o->lock);
+	j = o->done;
+	o->done = NULL;
+	pthread_mutex_unlock(&o->lock);
+	while (j) {
+		struct add_job *next = j->next;
+		struct json_object *reply = json_object_new_object();
+		const struct reg_version *v;
+		int ret = j->ret;
+
+		if (!ret)
+			ret = registry_add_hashed(o->reg, j->name, j->version, j->path, &j->h, &v, j->err,
+						  sizeof(j->err));
+		if (ret) {
+			set_err(reply, j->err);
+		} else {
+			json_object_object_add(reply, "adapter", version_json(v));
+			ret = persist(o, reply);
+		}
+		admin_complete(o->admin, j->ticket, reply, ret);
+		o->running--;
+		free(j->path);
+		free(j);
+		j = next;
+	}
 }
 
 static int cmd_adapters_remove(void *ctx, struct json_object *req, struct json_object *reply)
@@ -617,6 +700,8 @@ struct ops *ops_new(struct registry *reg, struct admin *admin, ops_engine_stats_
 	if (!o)
 		return NULL;
 	o->reg = reg;
+	o->admin = admin;
+	pthread_mutex_init(&o->lock, NULL);
 	o->met = metrics_new();
 	o->engine_stats = fn;
 	o->engine_ctx = ctx;
@@ -636,6 +721,14 @@ void ops_free(struct ops *o)
 	if (!o)
 		return;
 	session_set_final_hook(NULL, NULL);
+	/* hashing threads still running own their jobs until they finish;
+	 * the admin socket is gone by now, so nobody is answered */
+	o->admin = NULL;
+	while (o->running) {
+		usleep(10000);
+		ops_poll(o);
+	}
 	metrics_free(o->met);
+	pthread_mutex_destroy(&o->lock);
 	free(o);
 }

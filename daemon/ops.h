@@ -26,4 +26,7 @@ struct ops;
 struct ops *ops_new(struct registry *reg, struct admin *admin, ops_engine_stats_fn fn, void *ctx);
 void ops_free(struct ops *o);
 
+/* Finish the work commands left to other threads (registrations), on the engine thread. */
+void ops_poll(struct ops *o);
+
 #endif

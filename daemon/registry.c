@@ -43,22 +43,6 @@ void registry_set_loader(struct registry *r, struct loader *ld, struct hostpool 
 	r->hp = hp;
 }
 
-/* The two files' own hashes and sizes: what the loader checks on every load. */
-static int hash_files(struct reg_version *v, char *err, size_t errlen)
-{
-	char p[4200];
-	int ret;
-
-	snprintf(p, sizeof(p), "%s/adapter_config.json", v->path);
-	ret = loader_sha256_file(p, v->cfg_sha, &v->cfg_size);
-	if (!ret) {
-		snprintf(p, sizeof(p), "%s/adapter_model.safetensors", v->path);
-		ret = loader_sha256_file(p, v->st_sha, &v->st_size);
-	}
-	if (ret)
-		snprintf(err, errlen, "%s: %s", p, strerror(-ret));
-	return ret;
-}
 
 const double registry_load_bounds_s[7] = { 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0 };
 
@@ -294,42 +278,67 @@ static void release_parts(struct registry *r, struct reg_version *v)
 		}
 }
 
-int registry_add(struct registry *r, const char *name, const char *version, const char *path,
-		 const struct reg_version **out, char *err, size_t errlen)
+int registry_hash_files(const char *path, struct registry_hashes *h, char *err, size_t errlen)
 {
-	char sha[65], ver[32], id[ROUTE_NAME_MAX];
+	char p[4200];
+	int ret = registry_hash_dir(path, h->sha256, err, errlen);
+
+	if (ret)
+		return ret;
+	snprintf(p, sizeof(p), "%s/adapter_config.json", path);
+	ret = loader_sha256_file(p, h->cfg_sha, &h->cfg_size);
+	if (!ret) {
+		snprintf(p, sizeof(p), "%s/adapter_model.safetensors", path);
+		ret = loader_sha256_file(p, h->st_sha, &h->st_size);
+	}
+	if (ret)
+		snprintf(err, errlen, "%s: %s", p, strerror(-ret));
+	return ret;
+}
+
+int registry_add_hashed(struct registry *r, const char *name, const char *version, const char *path,
+			const struct registry_hashes *h, const struct reg_version **out, char *err,
+			size_t errlen)
+{
+	char ver[32], id[ROUTE_NAME_MAX];
 	const struct reg_version *old;
 	struct reg_version *v;
 	int ret;
 
-	ret = registry_hash_dir(path, sha, err, errlen);
-	if (ret)
-		return ret;
 	if (version && *version)
 		snprintf(ver, sizeof(ver), "%s", version);
 	else
-		snprintf(ver, sizeof(ver), "%.12s", sha);
+		snprintf(ver, sizeof(ver), "%.12s", h->sha256);
 	snprintf(id, sizeof(id), "%s@%s", name, ver);
 	old = registry_find(r, id);
 	if (old) {
-		if (strcmp(old->sha256, sha)) {
+		if (strcmp(old->sha256, h->sha256)) {
 			snprintf(err, errlen, "%s is registered with other files (sha256 %.12s..., "
 				 "these are %.12s...): a version never changes; register a new one",
-				 id, old->sha256, sha);
+				 id, old->sha256, h->sha256);
 			return -EEXIST;
 		}
 		*out = old;
 		return 0;   /* the same files again: nothing to do */
 	}
-	ret = add_entry(r, name, ver, path, sha, &v, err, errlen);
-	if (!ret && (ret = hash_files(v, err, errlen))) {
-		r->v[--r->n] = NULL;
-		version_free(v);
+	ret = add_entry(r, name, ver, path, h->sha256, &v, err, errlen);
+	if (ret)
 		return ret;
-	}
-	if (!ret)
-		*out = v;
-	return ret;
+	memcpy(v->cfg_sha, h->cfg_sha, 32);
+	memcpy(v->st_sha, h->st_sha, 32);
+	v->cfg_size = h->cfg_size;
+	v->st_size = h->st_size;
+	*out = v;
+	return 0;
+}
+
+int registry_add(struct registry *r, const char *name, const char *version, const char *path,
+		 const struct reg_version **out, char *err, size_t errlen)
+{
+	struct registry_hashes h;
+	int ret = registry_hash_files(path, &h, err, errlen);
+
+	return ret ? ret : registry_add_hashed(r, name, version, path, &h, out, err, errlen);
 }
 
 int registry_remove(struct registry *r, const char *id, char *err, size_t errlen)

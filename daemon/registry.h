@@ -92,6 +92,21 @@ int registry_save(struct registry *r, char *err, size_t errlen);
 int registry_add(struct registry *r, const char *name, const char *version, const char *path,
 		 const struct reg_version **out, char *err, size_t errlen);
 
+/* What registering a directory needs from its files, computed off the engine thread. */
+struct registry_hashes {
+	char sha256[65];             /* the version's identity */
+	uint8_t cfg_sha[32], st_sha[32];
+	uint64_t cfg_size, st_size;
+};
+
+/* Read and hash @path's files (slow for large adapters: not on the engine thread). */
+int registry_hash_files(const char *path, struct registry_hashes *h, char *err, size_t errlen);
+
+/* registry_add() with the hashes already computed. */
+int registry_add_hashed(struct registry *r, const char *name, const char *version, const char *path,
+			const struct registry_hashes *h, const struct reg_version **out, char *err,
+			size_t errlen);
+
 /* Returns 0, -ENOENT, or -EBUSY when a route still uses it or requests run on it. */
 int registry_remove(struct registry *r, const char *id, char *err, size_t errlen);
 

@@ -312,7 +312,7 @@ void rt_daemon_dump_log(const struct rt_daemon *d)
 	fclose(f);
 }
 
-bool rt_log_has(const struct rt_daemon *d, const char *needle)
+bool rt_log_has_now(const struct rt_daemon *d, const char *needle)
 {
 	FILE *f = fopen(d->log, "re");
 	char line[2048];
@@ -324,6 +324,17 @@ bool rt_log_has(const struct rt_daemon *d, const char *needle)
 		found = strstr(line, needle) != NULL;
 	fclose(f);
 	return found;
+}
+
+bool rt_log_has(const struct rt_daemon *d, const char *needle)
+{
+	/* the daemon logs through a writer thread: give a line a moment to land */
+	for (int i = 0; i < 300; i++) {
+		if (rt_log_has_now(d, needle))
+			return true;
+		usleep(10000);
+	}
+	return false;
 }
 
 /* --- admin -------------------------------------------------------------------------------- */

@@ -60,8 +60,10 @@ int rt_daemon_stop(struct rt_daemon *d);
 /* Stop if running, remove the whole directory. */
 void rt_daemon_cleanup(struct rt_daemon *d);
 void rt_daemon_dump_log(const struct rt_daemon *d);
-/* True when the daemon's log holds @needle. */
+/* True when the daemon's log holds @needle, waiting up to 3 s for it to be written. */
 bool rt_log_has(const struct rt_daemon *d, const char *needle);
+/* The same without waiting, for what must not be there. */
+bool rt_log_has_now(const struct rt_daemon *d, const char *needle);
 
 /* One connection to a UNIX socket path; returns the fd or -errno. */
 int rt_connect(const char *path);

@@ -442,7 +442,8 @@ static void test_kill9_during_route_changes(void **state)
 		}
 		if (delay_us < 1000)
 			early++;
-		if (rt_log_has(&d, "kept as") || rt_log_has(&d, "malformed") || count_corrupt(d.state))
+		if (rt_log_has_now(&d, "kept as") || rt_log_has_now(&d, "malformed") ||
+		    count_corrupt(d.state))
 			fail_msg("round %d: the daemon found its own state corrupt", round);
 	}
 	print_message("%d kills: %u read back the old routes, %u the new ones, %u killed within 1 ms; %.1f s\n",

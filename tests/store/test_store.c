@@ -108,14 +108,20 @@ static long vmlck_kb(pid_t pid)
 
 static bool log_has(const char *needle)
 {
-	char buf[65536];
-	FILE *f = fopen(log_path, "r");
-	size_t n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+	/* the daemon logs through a writer thread: give a line a moment to land */
+	for (int i = 0; i < 300; i++) {
+		static char buf[1 << 20];
+		FILE *f = fopen(log_path, "r");
+		size_t n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
 
-	if (f)
-		fclose(f);
-	buf[n] = 0;
-	return strstr(buf, needle) != NULL;
+		if (f)
+			fclose(f);
+		buf[n] = 0;
+		if (strstr(buf, needle))
+			return true;
+		usleep(10000);
+	}
+	return false;
 }
 
 /*

@@ -217,11 +217,17 @@ static char *slurp(const char *path, size_t *len)
 
 bool tdaemon_log_has(const struct tdaemon *d, const char *needle)
 {
-	char *s = slurp(d->log, NULL);
-	bool found = s && strstr(s, needle);
+	/* the daemon logs through a writer thread: give a line a moment to land */
+	for (int i = 0; i < 300; i++) {
+		char *s = slurp(d->log, NULL);
+		bool found = s && strstr(s, needle);
 
-	free(s);
-	return found;
+		free(s);
+		if (found)
+			return true;
+		usleep(10000);
+	}
+	return false;
 }
 
 void tdaemon_dump_log(const struct tdaemon *d)

@@ -15,7 +15,7 @@
 
 #include "log.h"
 
-#define ADMIN_MAX_CONNS  16
+#define ADMIN_MAX_CONNS  64
 #define ADMIN_MAX_LINE   (64u << 10)
 #define ADMIN_MAX_OUT    (16u << 20)
 #define ADMIN_MAX_CMDS   64
@@ -361,7 +361,15 @@ static void accept_admins(struct admin *a)
 
 		if (fd < 0)
 			return;
-		if (!peer_is_admin(a, fd, &cred) || a->n_conns >= ADMIN_MAX_CONNS) {
+		if (a->n_conns >= ADMIN_MAX_CONNS) {
+			static const char busy[] =
+				"{\"ok\": false, \"error\": \"too many operator connections; try again\"}\n";
+
+			(void)!send(fd, busy, sizeof(busy) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+			close(fd);
+			continue;
+		}
+		if (!peer_is_admin(a, fd, &cred)) {
 			static const char msg[] =
 				"{\"ok\": false, \"error\": \"not an operator: root or the admin group only\"}\n";
 

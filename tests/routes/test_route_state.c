@@ -513,6 +513,8 @@ static void expect_no_state(const struct rt_daemon *d)
 	struct json_object *r, *a;
 
 	assert_int_equal(rt_admin(d->admin, "{\"cmd\":\"route_show\"}", &r), 0);
+	if (!json_object_object_get_ex(r, "routes", &a))
+		fprintf(stderr, "route_show answered %s\n", json_object_to_json_string(r));
 	assert_true(json_object_object_get_ex(r, "routes", &a));
 	assert_int_equal(json_object_array_length(a), 0);
 	json_object_put(r);

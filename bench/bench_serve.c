@@ -8,19 +8,29 @@
  * threads.
  *
  * Prints one JSON line per measurement on stdout and a summary on stderr:
- *   arm "daemon" and "bare" per load (moderate, saturation): tokens/s,
- *     TTFT and ITL p50/p99 (from the scheduled arrival, as the client sees
- *     it); the daemon's lines carry ratio_vs_bare_engine (throughput) and
- *     ttft_p50_vs_bare;
+ *   arm "daemon" and "bare_engine" per run: tokens/s, TTFT and ITL p50/p99
+ *     (from the scheduled arrival, as the client sees it); the daemon's
+ *     lines carry ratio_vs_bare_engine (throughput) and ttft_p50_vs_bare;
+ *   "ratio" per run: both arms side by side against the targets;
  *   "submit_to_admission": an idle daemon whose poller spins, one client:
  *     client submit -> engine admission, p50/p99.
  *
+ * Runs, all at saturation (twice the bare engine's measured capacity, open
+ * loop) on one arrival trace: the base model alone (adapters 0), then skill
+ * popularity Zipf(s=1) over N = 1, 8 and 32 adapters (skill s_k with
+ * weight 1/k). Arrivals, prompts and lengths are the same in every run;
+ * only the skills differ. The daemon is started with the N adapters
+ * (--adapter s_k=DIR) and the bare engine has the same N loaded
+ * (engine_adapter_load, skills resolved by sched_set_skills). Before each
+ * timed run both arms serve one request per skill, so adapter loading (the
+ * daemon loads on first use) is outside the measurement. The full mode
+ * also runs the base model at moderate load (half the capacity).
+ *
  * The model is the engine benchmark's (hidden 768, 12 layers, 12 heads,
  * 4 KV heads, FFN 2048, vocab 32000, fp32), made with lorad-mkmodel in a
- * temporary directory; --quick uses 2 layers and says so. Skills: adapters
- * are not served yet (issue 4), so every request uses the base model and
- * the lines say "adapters": "pending"; the Zipf skill mix over 1, 8 and 32
- * adapters plugs in at trace_make().
+ * temporary directory together with 32 adapters of the most common recipe
+ * (rank 8, alpha 16, q and v projections, fp32), each its own weights;
+ * --quick uses 2 layers and a shorter trace and says so.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -53,10 +63,14 @@
 
 #define MAX_REQ 2048
 #define MAX_TOK 64
+#define MAX_ADAPTERS 32
+#define ADAPTER_RANK 8
+#define ADAPTER_ALPHA 16
 
 struct treq {
 	uint64_t arrival_ns;     /* from the trace's start */
 	uint32_t n_prompt, max_tokens, client;
+	uint32_t skill;          /* 0: the base model; k: skill s_k */
 	uint32_t prompt[256];
 };
 
@@ -91,10 +105,22 @@ static uint64_t rnd(uint64_t *s)
 	return z ^ (z >> 31);
 }
 
-/* Poisson arrivals at @rate requests/s; prompts 32..256, 16..64 new tokens. */
-static void trace_make(struct treq *t, unsigned n, double rate, unsigned clients, uint64_t seed)
+static char skill_name[MAX_ADAPTERS + 1][8];   /* [k] = "sk" */
+
+/*
+ * Poisson arrivals at @rate requests/s; prompts 32..256, 16..64 new tokens;
+ * skills Zipf(s=1) over s_1..s_@n_skills (none: the base model), drawn from
+ * a stream of their own so that the arrivals and prompts of one seed do not
+ * depend on @n_skills.
+ */
+static void trace_make(struct treq *t, unsigned n, double rate, unsigned clients, uint64_t seed,
+		       unsigned n_skills)
 {
-	double at = 0;
+	uint64_t sseed = seed ^ 0x5ce11a5ull;
+	double at = 0, h = 0;
+
+	for (unsigned k = 1; k <= n_skills; k++)
+		h += 1.0 / k;
 
 	for (unsigned i = 0; i < n; i++) {
 		double u = (double)(rnd(&seed) >> 11) / 9007199254740992.0;
@@ -106,7 +132,33 @@ static void trace_make(struct treq *t, unsigned n, double rate, unsigned clients
 		t[i].client = i % clients;
 		for (uint32_t k = 0; k < t[i].n_prompt; k++)
 			t[i].prompt[k] = 3 + (uint32_t)(rnd(&seed) % 31000);
+		t[i].skill = 0;
+		if (n_skills) {
+			double x = (double)(rnd(&sseed) >> 11) / 9007199254740992.0 * h;
+			unsigned k = 1;
+
+			while (k < n_skills && (x -= 1.0 / k) >= 0)
+				k++;
+			t[i].skill = k;
+		}
 	}
+}
+
+/* One request per skill (the base model where there are none), all at once,
+ * two tokens each: the adapters are resident and warm before a timed run. */
+static unsigned trace_warm(struct treq *t, unsigned n_skills)
+{
+	unsigned n = n_skills ? n_skills : 1;
+
+	for (unsigned i = 0; i < n; i++) {
+		memset(&t[i], 0, sizeof(t[i]));
+		t[i].n_prompt = 16;
+		t[i].max_tokens = 2;
+		t[i].skill = n_skills ? i + 1 : 0;
+		for (uint32_t k = 0; k < t[i].n_prompt; k++)
+			t[i].prompt[k] = 3 + 97 * k + i;
+	}
+	return n;
 }
 
 static int cmp_d(const void *a, const void *b)
@@ -212,6 +264,8 @@ static void bare_submit(struct sched *sch, struct bare_sess *b, struct sreq *r, 
 	r->e.out_len = q->max_tokens * 4;
 	r->e.top_p = 1.0f;
 	r->e.repetition_penalty = 1.0f;
+	if (q->skill)
+		memcpy(r->e.skill, skill_name[q->skill], strlen(skill_name[q->skill]));
 	r->n_prompt = q->n_prompt;
 	r->prompt = malloc(q->n_prompt * 4);   /* freed by the session on release */
 	memcpy(r->prompt, q->prompt, q->n_prompt * 4);
@@ -225,8 +279,33 @@ static void bare_submit(struct sched *sch, struct bare_sess *b, struct sreq *r, 
 	sched_ops.submit(sch, r);
 }
 
-static int run_bare(struct engine *e, const struct sched_opts *so, const struct treq *t, unsigned n,
-		    unsigned clients, struct tres *res, uint64_t *t0_out)
+/* Skills of the bare engine: s_k is the k-th adapter loaded, for k <= n. */
+struct bare_skills {
+	int id[MAX_ADAPTERS + 1];
+	unsigned n;
+};
+
+static int bare_skill(void *ctx, const char *skill, uint64_t routing_key, int *adapter,
+		      uint32_t *version)
+{
+	struct bare_skills *bk = ctx;
+	char *end;
+	unsigned long k;
+
+	(void)routing_key;
+	if (skill[0] != 's')
+		return -ENOENT;
+	k = strtoul(skill + 1, &end, 10);
+	if (*end || !k || k > bk->n)
+		return -ENOENT;
+	*adapter = bk->id[k];
+	*version = (uint32_t)k;
+	return 0;
+}
+
+static int run_bare(struct engine *e, const struct sched_opts *so, struct bare_skills *bk,
+		    const struct treq *t, unsigned n, unsigned clients, struct tres *res,
+		    uint64_t *t0_out)
 {
 	struct session_limits lim = { .max_inflight = 4096, .poll_budget = 64 };
 	struct bare_sess *bs = calloc(clients, sizeof(*bs));
@@ -240,6 +319,7 @@ static int run_bare(struct engine *e, const struct sched_opts *so, const struct 
 	lim.sqe.max_prompt = 1u << 20;
 	if (!bs || !reqs || !sch)
 		return -ENOMEM;
+	sched_set_skills(sch, bare_skill, bk);
 	for (unsigned c = 0; c < clients; c++)
 		if (bare_sess_init(&bs[c], &lim))
 			return -ENOMEM;
@@ -296,9 +376,12 @@ struct daemon {
 	char dir[64], sock[96], log[96];
 };
 
-static int daemon_start(struct daemon *d, const char *model, int threads, const char *spin_us)
+static int daemon_start(struct daemon *d, const char *model, int threads, const char *spin_us,
+			unsigned n_adapters)
 {
-	char th[16];
+	char th[16], adapter[MAX_ADAPTERS][160];
+	const char *argv[32 + 2 * MAX_ADAPTERS];
+	unsigned a = 0;
 	uint64_t deadline;
 
 	snprintf(d->dir, sizeof(d->dir), "/tmp/lorad-bs-XXXXXX");
@@ -307,6 +390,26 @@ static int daemon_start(struct daemon *d, const char *model, int threads, const 
 	snprintf(d->sock, sizeof(d->sock), "%s/s", d->dir);
 	snprintf(d->log, sizeof(d->log), "%s/log", d->dir);
 	snprintf(th, sizeof(th), "%d", threads);
+	argv[a++] = LORAD_BIN;
+	argv[a++] = "--model";
+	argv[a++] = model;
+	argv[a++] = "--socket";
+	argv[a++] = d->sock;
+	argv[a++] = "--threads";
+	argv[a++] = th;
+	argv[a++] = "--spin-us";
+	argv[a++] = spin_us;
+	argv[a++] = "--max-inflight";
+	argv[a++] = "4096";
+	argv[a++] = "--kv-tokens";
+	argv[a++] = "16384";
+	for (unsigned k = 1; k <= n_adapters; k++) {
+		snprintf(adapter[k - 1], sizeof(adapter[k - 1]), "%s=%s/%s", skill_name[k], model,
+			 skill_name[k]);
+		argv[a++] = "--adapter";
+		argv[a++] = adapter[k - 1];
+	}
+	argv[a] = NULL;
 	d->pid = fork();
 	if (d->pid < 0)
 		return -errno;
@@ -318,9 +421,7 @@ static int daemon_start(struct daemon *d, const char *model, int threads, const 
 			dup2(fd, 1);
 			dup2(fd, 2);
 		}
-		execl(LORAD_BIN, LORAD_BIN, "--model", model, "--socket", d->sock, "--threads", th,
-		      "--spin-us", spin_us, "--max-inflight", "4096", "--kv-tokens", "16384",
-		      (char *)NULL);
+		execv(LORAD_BIN, (char *const *)argv);
 		_exit(127);
 	}
 	deadline = mono() + 60000000000ull;
@@ -372,7 +473,8 @@ static int client_proc(const char *sock, const struct treq *t, unsigned n, unsig
 		while (next < mine && t0 + t[idx[next]].arrival_ns <= now) {
 			const struct treq *q = &t[idx[next]];
 			struct lorad_request req = {
-				.user_data = idx[next], .prompt = q->prompt, .n_prompt = q->n_prompt,
+				.user_data = idx[next], .skill = q->skill ? skill_name[q->skill] : NULL,
+				.prompt = q->prompt, .n_prompt = q->n_prompt,
 				.max_tokens = q->max_tokens, .out = outs[idx[next]],
 				.flags = LORAD_SQE_F_IGNORE_EOS,
 			};
@@ -499,6 +601,43 @@ static int admission(const char *sock, unsigned n, double *p50, double *p99, dou
 
 /* --------------------------------------------------------------------------------------------- */
 
+struct run_cfg {
+	const char *load;     /* "moderate" or "saturation" */
+	double cap_factor;    /* arrival rate, times the bare engine's capacity */
+	unsigned n_adapters;  /* 0: the base model */
+	unsigned requests;
+	uint64_t seed;
+};
+
+static const char *model_json(int layers)
+{
+	static char buf[160];
+
+	snprintf(buf, sizeof(buf), "{\"hidden\": 768, \"layers\": %d, \"heads\": 12, \"kv_heads\": 4, "
+		 "\"ffn\": 2048, \"vocab\": 32000, \"dtype\": \"f32\"}", layers);
+	return buf;
+}
+
+/* The skill mix of a trace as JSON: distinct skills used and the most popular one's share. */
+static void skills_json(const struct treq *t, unsigned n, unsigned n_adapters, char *buf, size_t len)
+{
+	unsigned count[MAX_ADAPTERS + 1] = { 0 }, distinct = 0;
+
+	if (!n_adapters) {
+		snprintf(buf, len, "\"adapters\": 0, \"skills\": \"base model only\"");
+		return;
+	}
+	for (unsigned i = 0; i < n; i++)
+		count[t[i].skill]++;
+	for (unsigned k = 1; k <= n_adapters; k++)
+		distinct += count[k] > 0;
+	snprintf(buf, len,
+		 "\"adapters\": %u, \"skills\": \"zipf(s=1) over s1..s%u\", "
+		 "\"adapter_recipe\": {\"rank\": %d, \"alpha\": %d, \"targets\": \"q,v\", \"dtype\": \"f32\"}, "
+		 "\"distinct_skills_used\": %u, \"s1_share\": %.3f",
+		 n_adapters, n_adapters, ADAPTER_RANK, ADAPTER_ALPHA, distinct, (double)count[1] / n);
+}
+
 int main(int argc, char **argv)
 {
 	int quick = 0, threads = 1, layers, only_admission = 0;
@@ -506,11 +645,12 @@ int main(int argc, char **argv)
 	char model[64] = "/tmp/lorad-bm-XXXXXX", cmd[512];
 	struct sched_opts so = { 0 };
 	struct engine_opts eo = { .kv_tokens = 16384 };
-	struct treq *t = calloc(MAX_REQ, sizeof(*t));
+	struct treq *t = calloc(MAX_REQ, sizeof(*t)), *tw = calloc(MAX_ADAPTERS + 1, sizeof(*tw));
 	struct tres *rb = calloc(MAX_REQ, sizeof(*rb)), *rd = calloc(MAX_REQ, sizeof(*rd));
+	struct bare_skills bk = { .n = 0 };
 	struct engine *e = NULL;
 	struct daemon d;
-	char err[512], th[16];
+	char err[512], th[16], quick_note[160];
 	double t_start = mono() / 1e9, cap_rps;
 	int rc = 1;
 
@@ -528,12 +668,14 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (clients < 1 || clients > 64 || threads < 1)
+	if (clients < 1 || clients > 64 || threads < 1 || !t || !tw || !rb || !rd)
 		return 2;
 	layers = quick ? 2 : 12;
 	snprintf(th, sizeof(th), "%d", threads);
 	setenv("OPENBLAS_NUM_THREADS", th, 1);   /* the daemon inherits it: same BLAS threads */
 	signal(SIGPIPE, SIG_IGN);
+	for (unsigned k = 1; k <= MAX_ADAPTERS; k++)
+		snprintf(skill_name[k], sizeof(skill_name[k]), "s%u", k);
 	if (!mkdtemp(model))
 		return 1;
 	snprintf(cmd, sizeof(cmd),
@@ -541,7 +683,19 @@ int main(int argc, char **argv)
 		 "--vocab 32000 --dtype f32 --max-pos 2048 --seed 7 >/dev/null", MKMODEL, model, layers);
 	if (system(cmd)) {
 		fprintf(stderr, "bench_serve: lorad-mkmodel failed\n");
-		return 1;
+		goto out;
+	}
+	/* the adapters, once: MODEL/s1 .. MODEL/s32, each its own weights (seeded by its name) */
+	for (unsigned k = 1; k <= MAX_ADAPTERS && !only_admission; k++) {
+		snprintf(cmd, sizeof(cmd),
+			 "'%s' '%s' --hidden 768 --layers %d --heads 12 --kv-heads 4 --ffn 2048 "
+			 "--vocab 32000 --dtype f32 --max-pos 2048 --seed 7 --adapter %s --rank %d "
+			 "--alpha %d --targets q,v --no-model >/dev/null", MKMODEL, model, layers,
+			 skill_name[k], ADAPTER_RANK, ADAPTER_ALPHA);
+		if (system(cmd)) {
+			fprintf(stderr, "bench_serve: lorad-mkmodel --adapter %s failed\n", skill_name[k]);
+			goto out;
+		}
 	}
 	eo.n_threads = threads;
 	eo.blas_threads = threads;
@@ -559,8 +713,8 @@ int main(int argc, char **argv)
 		uint64_t t0;
 		double per_req;
 
-		trace_make(t, nb, 1e9, clients, 1);
-		if (run_bare(e, &so, t, nb, clients, rb, &t0))
+		trace_make(t, nb, 1e9, clients, 1, 0);
+		if (run_bare(e, &so, &bk, t, nb, clients, rb, &t0))
 			goto out;
 		summarize(t, rb, nb, t0, &s);
 		per_req = s.seconds / nb;
@@ -569,61 +723,109 @@ int main(int argc, char **argv)
 			s.tok_s, cap_rps, nb);
 	}
 
-	if (daemon_start(&d, model, threads, "50")) {
-		fprintf(stderr, "bench_serve: the daemon did not start\n");
-		goto out;
-	}
-	for (int load = 0; load < 2; load++) {
-		/* moderate: half the capacity; saturation: twice it, open loop */
-		double rate = cap_rps * (load ? 2.0 : 0.5);
-		unsigned n = quick ? (load ? 48 : 24) : (load ? 256 : 128);
-		struct summary sb, sd;
-		uint64_t tb, td;
+	{
+		/* saturation: twice the capacity, open loop, one trace (seed 101) for every
+		 * adapter count; moderate (half the capacity) only in the full mode */
+		const unsigned n_sat = quick ? 48 : 128;
+		const struct run_cfg full[] = {
+			{ "moderate", 0.5, 0, 64, 100 },   { "saturation", 2.0, 0, n_sat, 101 },
+			{ "saturation", 2.0, 1, n_sat, 101 }, { "saturation", 2.0, 8, n_sat, 101 },
+			{ "saturation", 2.0, 32, n_sat, 101 },
+		};
+		const struct run_cfg *runs = quick ? full + 1 : full;
+		unsigned n_runs = quick ? 4 : 5;
 
-		trace_make(t, n, rate, clients, 100 + load);
-		if (run_bare(e, &so, t, n, clients, rb, &tb) ||
-		    run_daemon(d.sock, t, n, clients, rd, &td)) {
-			fprintf(stderr, "bench_serve: a run failed\n");
-			daemon_stop(&d);
-			goto out;
-		}
-		summarize(t, rb, n, tb, &sb);
-		summarize(t, rd, n, td, &sd);
-		for (int arm = 0; arm < 2; arm++) {
-			struct summary *s = arm ? &sd : &sb;
+		snprintf(quick_note, sizeof(quick_note),
+			 quick ? "\"quick\": true, \"quick_shrinks\": \"2 layers (full 12), %u-request "
+				 "saturation trace (full 128), no moderate-load run\""
+			       : "\"quick\": false", n_sat);
+		for (unsigned ri = 0; ri < n_runs; ri++) {
+			const struct run_cfg *rcf = &runs[ri];
+			double rate = cap_rps * rcf->cap_factor;
+			unsigned n = rcf->requests, nw;
+			struct summary sb, sd;
+			uint64_t tb, td;
+			char sk[320];
+			int ok;
 
-			printf("{\"bench\": \"serve\", \"arm\": \"%s\", \"load\": \"%s\", "
-			       "\"rate_rps\": %.2f, \"requests\": %u, \"failed\": %u, \"clients\": %u, "
-			       "\"threads\": %d, \"model\": {\"hidden\": 768, \"layers\": %d, \"heads\": 12, "
-			       "\"kv_heads\": 4, \"ffn\": 2048, \"vocab\": 32000, \"dtype\": \"f32\"}, "
-			       "\"quick\": %s, \"adapters\": \"pending (issue 4): base model only\", "
-			       "\"tokens\": %llu, \"seconds\": %.3f, \"throughput_tok_s\": %.1f, "
-			       "\"ttft_p50_ms\": %.2f, \"ttft_p99_ms\": %.2f, \"itl_p50_ms\": %.2f, "
-			       "\"itl_p99_ms\": %.2f",
-			       arm ? "daemon" : "bare_engine", load ? "saturation" : "moderate", rate, n,
-			       s->failed, clients, threads, layers, quick ? "true" : "false",
-			       (unsigned long long)s->tokens, s->seconds, s->tok_s, s->ttft50, s->ttft99,
-			       s->itl50, s->itl99);
-			if (arm)
-				printf(", \"ratio_vs_bare_engine\": %.3f, \"ttft_p50_vs_bare\": %.3f, "
-				       "\"target_ratio\": 0.9, \"target_ttft_p50_vs_bare\": 1.1",
-				       sd.tok_s / sb.tok_s, sd.ttft50 / sb.ttft50);
-			printf("}\n");
-		}
-		fflush(stdout);
-		fprintf(stderr, "%-10s %6.2f req/s: daemon %7.0f tok/s (%.3f of bare %.0f), TTFT p50 %.1f ms "
-			"(%.2fx bare %.1f), p99 %.1f ms; ITL p50 %.2f ms (bare %.2f), p99 %.2f ms\n",
-			load ? "saturation" : "moderate", rate, sd.tok_s, sd.tok_s / sb.tok_s, sb.tok_s,
-			sd.ttft50, sd.ttft50 / sb.ttft50, sb.ttft50, sd.ttft99, sd.itl50, sb.itl50, sd.itl99);
-		if (sd.failed || sb.failed) {
+			/* the bare engine holds exactly the adapters of this run (counts only grow) */
+			for (; bk.n < rcf->n_adapters; bk.n++) {
+				char dir[128];
+
+				snprintf(dir, sizeof(dir), "%s/%s", model, skill_name[bk.n + 1]);
+				if (engine_adapter_load(e, dir, &bk.id[bk.n + 1], err, sizeof(err))) {
+					fprintf(stderr, "bench_serve: %s: %s\n", dir, err);
+					goto out;
+				}
+			}
+			trace_make(t, n, rate, clients, rcf->seed, rcf->n_adapters);
+			nw = trace_warm(tw, rcf->n_adapters);
+
+			/* the daemon with the N adapters: warm (it loads adapters on first use), then the trace */
+			if (daemon_start(&d, model, threads, "50", rcf->n_adapters)) {
+				fprintf(stderr, "bench_serve: the daemon did not start\n");
+				goto out;
+			}
+			ok = run_daemon(d.sock, tw, nw, 1, rd, &td) == 0;
+			for (unsigned i = 0; ok && i < nw; i++)
+				ok = !rd[i].res && rd[i].n_tokens;
+			if (ok)
+				ok = run_daemon(d.sock, t, n, clients, rd, &td) == 0;
 			daemon_stop(&d);
-			goto out;
+			/* then the same trace against the bare engine */
+			if (ok)
+				ok = run_bare(e, &so, &bk, tw, nw, 1, rb, &tb) == 0 &&
+				     run_bare(e, &so, &bk, t, n, clients, rb, &tb) == 0;
+			if (!ok) {
+				fprintf(stderr, "bench_serve: a run failed (%s, %u adapters)\n", rcf->load,
+					rcf->n_adapters);
+				goto out;
+			}
+			summarize(t, rb, n, tb, &sb);
+			summarize(t, rd, n, td, &sd);
+			skills_json(t, n, rcf->n_adapters, sk, sizeof(sk));
+			for (int arm = 0; arm < 2; arm++) {
+				struct summary *s = arm ? &sd : &sb;
+
+				printf("{\"bench\": \"serve\", \"arm\": \"%s\", \"load\": \"%s\", %s, "
+				       "\"rate_rps\": %.2f, \"requests\": %u, \"failed\": %u, \"clients\": %u, "
+				       "\"threads\": %d, \"blas_threads\": %d, \"model\": %s, %s, "
+				       "\"tokens\": %llu, \"seconds\": %.3f, \"throughput_tok_s\": %.1f, "
+				       "\"ttft_p50_ms\": %.2f, \"ttft_p99_ms\": %.2f, \"itl_p50_ms\": %.2f, "
+				       "\"itl_p99_ms\": %.2f",
+				       arm ? "daemon" : "bare_engine", rcf->load, sk, rate, n, s->failed, clients,
+				       threads, threads, model_json(layers), quick_note,
+				       (unsigned long long)s->tokens, s->seconds, s->tok_s, s->ttft50, s->ttft99,
+				       s->itl50, s->itl99);
+				if (arm)
+					printf(", \"ratio_vs_bare_engine\": %.3f, \"ttft_p50_vs_bare\": %.3f",
+					       sd.tok_s / sb.tok_s, sd.ttft50 / sb.ttft50);
+				printf("}\n");
+			}
+			printf("{\"bench\": \"serve\", \"measure\": \"ratio\", \"load\": \"%s\", \"adapters\": %u, "
+			       "\"requests\": %u, \"ratio_vs_bare_engine\": %.3f, \"ttft_p50_vs_bare\": %.3f, "
+			       "\"ttft_p50_ms\": {\"daemon\": %.2f, \"bare_engine\": %.2f}, "
+			       "\"itl_p50_ms\": {\"daemon\": %.2f, \"bare_engine\": %.2f}, "
+			       "\"itl_p99_ms\": {\"daemon\": %.2f, \"bare_engine\": %.2f}, "
+			       "\"target_ratio\": 0.9, \"target_ttft_p50_vs_bare\": 1.1, \"meets_targets\": %s, %s}\n",
+			       rcf->load, rcf->n_adapters, n, sd.tok_s / sb.tok_s, sd.ttft50 / sb.ttft50,
+			       sd.ttft50, sb.ttft50, sd.itl50, sb.itl50, sd.itl99, sb.itl99,
+			       sd.tok_s >= 0.9 * sb.tok_s && sd.ttft50 <= 1.1 * sb.ttft50 ? "true" : "false",
+			       quick_note);
+			fflush(stdout);
+			fprintf(stderr, "%-10s %2u adapters %6.2f req/s: daemon %7.0f tok/s (%.3f of bare %.0f), "
+				"TTFT p50 %.1f ms (%.2fx bare %.1f), p99 %.1f ms; ITL p50 %.2f ms (bare %.2f), "
+				"p99 %.2f ms (bare %.2f)\n",
+				rcf->load, rcf->n_adapters, rate, sd.tok_s, sd.tok_s / sb.tok_s, sb.tok_s,
+				sd.ttft50, sd.ttft50 / sb.ttft50, sb.ttft50, sd.ttft99, sd.itl50, sb.itl50,
+				sd.itl99, sb.itl99);
+			if (sd.failed || sb.failed)
+				goto out;
 		}
 	}
-	daemon_stop(&d);
 admission_only:
 	/* submit -> admission with an idle engine and a spinning poller */
-	if (daemon_start(&d, model, threads, "10000000") == 0) {
+	if (daemon_start(&d, model, threads, "10000000", 0) == 0) {
 		double p50, p99, q50;
 		unsigned n = quick ? 200 : 1000;
 
@@ -639,7 +841,7 @@ admission_only:
 		daemon_stop(&d);
 	}
 	fprintf(stderr, "bench_serve: %.1f s%s\n", mono() / 1e9 - t_start,
-		quick ? " (--quick: 2 layers)" : "");
+		quick ? " (--quick: 2 layers, short trace)" : "");
 	rc = 0;
 out:
 	engine_free(e);
@@ -647,6 +849,7 @@ out:
 	if (system(cmd)) {
 	}
 	free(t);
+	free(tw);
 	free(rb);
 	free(rd);
 	return rc;

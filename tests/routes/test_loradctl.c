@@ -130,7 +130,7 @@ static unsigned check_prometheus(char *text)
 				if (strcmp(rest, "counter") && strcmp(rest, "gauge") && strcmp(rest, "histogram") &&
 				    strcmp(rest, "summary") && strcmp(rest, "untyped"))
 					fail_msg("line %u: unknown type '%s'", lineno, rest);
-				snprintf(f->type, sizeof(f->type), "%s", rest);
+				snprintf(f->type, sizeof(f->type), "%.*s", (int)sizeof(f->type) - 1, rest);
 			}
 			continue;
 		}

@@ -261,7 +261,7 @@ static void test_other_uid_refused(void **state)
 
 	/* not an operator: refused before any command runs */
 	for (size_t i = 0; i < N_LINES; i++) {
-		struct json_object *r, *ok, *err;
+		struct json_object *r, *ok, *err = NULL;
 
 		assert_int_equal(as_nobody(d.admin, &other, 1, admin_lines[i], out, sizeof(out)), 0);
 		if (!strstr(out, "EOF"))

@@ -268,7 +268,7 @@ static void test_stop_strings(void **state)
 		const char *s1[] = { "is a te" };
 		out = run_stops(t, "Say:", "Hello world, this is a test. More text.", s1, 1, &rc, &at, &n);
 		assert_int_equal(rc, DETOK_STOPPED);
-		assert_string_equal(out, " Hello world, this " + (names[f][0] == 'q'));
+		assert_string_equal(out, &" Hello world, this "[names[f][0] == 'q']);
 		assert_true(at < n - 1); /* stopped before the end */
 		free(out);
 
@@ -276,7 +276,7 @@ static void test_stop_strings(void **state)
 		const char *s2[] = { "More", "test", "\n\n" };
 		out = run_stops(t, "Say:", "Hello world, this is a test. More text.", s2, 3, &rc, &at, &n);
 		assert_int_equal(rc, DETOK_STOPPED);
-		assert_string_equal(out, " Hello world, this is a " + (names[f][0] == 'q'));
+		assert_string_equal(out, &" Hello world, this is a "[names[f][0] == 'q']);
 		free(out);
 
 		/* multi-byte stop string */

@@ -244,75 +244,76 @@ int main(int argc, char **argv)
 	req = json_object_new_object();
 	if (!strcmp(cmd, "status") || !strcmp(cmd, "metrics") || !strcmp(cmd, "drain")) {
 		if (nargs)
-			return usage_error("'%s' takes no arguments", cmd);
+			return json_object_put(req), usage_error("'%s' takes no arguments", cmd);
 		snprintf(name, sizeof(name), "%s", cmd);
 	} else if (!strcmp(cmd, "stats")) {
 		if (nargs)
-			return usage_error("%s", "'stats' takes only --skill S");
+			return json_object_put(req), usage_error("%s", "'stats' takes only --skill S");
 		snprintf(name, sizeof(name), "stats");
 		if (skill)
 			json_object_object_add(req, "skill", json_object_new_string(skill));
 	} else if (!strcmp(cmd, "adapters")) {
 		if (!nargs)
-			return usage_error("%s", "'adapters' needs list, add, remove, pin, unpin or prefetch");
+			return json_object_put(req), usage_error("%s", "'adapters' needs list, add, remove, pin, unpin or prefetch");
 		sub = args[0];
 		if (!strcmp(sub, "list")) {
 			if (nargs != 1)
-				return usage_error("%s", "'adapters list' takes no arguments");
+				return json_object_put(req), usage_error("%s", "'adapters list' takes no arguments");
 		} else if (!strcmp(sub, "add")) {
 			if (nargs != 3)
-				return usage_error("%s", "usage: adapters add NAME[@VER] DIR");
+				return json_object_put(req), usage_error("%s", "usage: adapters add NAME[@VER] DIR");
 			json_object_object_add(req, "id", json_object_new_string(args[1]));
 			json_object_object_add(req, "path", json_object_new_string(args[2]));
 		} else if (!strcmp(sub, "remove") || !strcmp(sub, "pin") || !strcmp(sub, "unpin") ||
 			   !strcmp(sub, "prefetch")) {
 			if (nargs != 2 || !strchr(args[1], '@'))
-				return usage_error("usage: adapters %s NAME@VER", sub);
+				return json_object_put(req), usage_error("usage: adapters %s NAME@VER", sub);
 			json_object_object_add(req, "id", json_object_new_string(args[1]));
 		} else {
-			return usage_error("unknown 'adapters' command '%s'", sub);
+			return json_object_put(req), usage_error("unknown 'adapters' command '%s'", sub);
 		}
 		snprintf(name, sizeof(name), "adapters_%s", sub);
 	} else if (!strcmp(cmd, "route")) {
 		if (!nargs)
-			return usage_error("%s", "'route' needs show, set, rollout, rollback or history");
+			return json_object_put(req), usage_error("%s", "'route' needs show, set, rollout, rollback or history");
 		sub = args[0];
 		if (!strcmp(sub, "show")) {
 			if (nargs > 2)
-				return usage_error("%s", "usage: route show [SKILL]");
+				return json_object_put(req), usage_error("%s", "usage: route show [SKILL]");
 			if (nargs == 2)
 				json_object_object_add(req, "skill", json_object_new_string(args[1]));
 		} else if (!strcmp(sub, "set")) {
-			struct json_object *vs = json_object_new_object();
+			struct json_object *vs;
 
 			if (nargs < 3)
-				return usage_error("%s", "usage: route set SKILL VER=PCT ...");
+				return json_object_put(req), usage_error("%s", "usage: route set SKILL VER=PCT ...");
+			vs = json_object_new_object();
 			json_object_object_add(req, "skill", json_object_new_string(args[1]));
+			json_object_object_add(req, "versions", vs);   /* req owns it from here */
 			for (int i = 2; i < nargs; i++) {
 				char *eq = strchr(args[i], '=');
 
 				if (!eq || eq == args[i] || !eq[1])
-					return usage_error("'%s' is not VER=PERCENT", args[i]);
+					return json_object_put(req), usage_error("'%s' is not VER=PERCENT", args[i]);
 				*eq = 0;
 				json_object_object_add(vs, args[i], json_object_new_string(eq + 1));
 			}
-			json_object_object_add(req, "versions", vs);
 		} else if (!strcmp(sub, "rollout")) {
 			if (nargs != 4)
-				return usage_error("%s", "usage: route rollout SKILL VER PERCENT");
+				return json_object_put(req), usage_error("%s", "usage: route rollout SKILL VER PERCENT");
 			json_object_object_add(req, "skill", json_object_new_string(args[1]));
 			json_object_object_add(req, "version", json_object_new_string(args[2]));
 			json_object_object_add(req, "percent", json_object_new_string(args[3]));
 		} else if (!strcmp(sub, "rollback") || !strcmp(sub, "history")) {
 			if (nargs != 2)
-				return usage_error("usage: route %s SKILL", sub);
+				return json_object_put(req), usage_error("usage: route %s SKILL", sub);
 			json_object_object_add(req, "skill", json_object_new_string(args[1]));
 		} else {
-			return usage_error("unknown 'route' command '%s'", sub);
+			return json_object_put(req), usage_error("unknown 'route' command '%s'", sub);
 		}
 		snprintf(name, sizeof(name), "route_%s", sub);
 	} else {
-		return usage_error("unknown command '%s'", cmd);
+		return json_object_put(req), usage_error("unknown command '%s'", cmd);
 	}
 	json_object_object_add(req, "cmd", json_object_new_string(name));
 	reply = call(sock, req, &ret);

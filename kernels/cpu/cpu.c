@@ -16,6 +16,17 @@
 #include <string.h>
 #include <unistd.h>
 
+/*
+ * The hot loops are built for AVX-512, AVX2 and plain x86-64 and picked at
+ * load time (an ifunc). ThreadSanitizer cannot run an ifunc resolver (it is
+ * called before the sanitizer's runtime is up), so its build has one copy.
+ */
+#if defined(__SANITIZE_THREAD__)
+#define CPU_CLONES
+#else
+#define CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+
 struct be_buf {
 	size_t n;
 	float *p;
@@ -324,7 +335,7 @@ struct attn_job {
  * positions in order, so a row's result does not depend on the batch.
  * Compiled for AVX-512 and AVX2 as well, picked at run time.
  */
-__attribute__((target_clones("avx512f", "avx2", "default")))
+CPU_CLONES
 static void attn_rows(void *arg, int worker, int begin, int end)
 {
 	struct attn_job *j = arg;
@@ -508,7 +519,7 @@ static inline float lora_dot(const float *x, const float *a, int k)
 	return r;
 }
 
-__attribute__((target_clones("avx512f", "avx2", "default")))
+CPU_CLONES
 static void lora_shrink_tasks(void *arg, int worker, int begin, int end)
 {
 	const struct lora_job *j = arg;
@@ -528,7 +539,7 @@ static void lora_shrink_tasks(void *arg, int worker, int begin, int end)
 	}
 }
 
-__attribute__((target_clones("avx512f", "avx2", "default")))
+CPU_CLONES
 static void lora_expand_tasks(void *arg, int worker, int begin, int end)
 {
 	const struct lora_job *j = arg;

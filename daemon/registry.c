@@ -378,6 +378,29 @@ int registry_remove(struct registry *r, const char *id, char *err, size_t errlen
 
 static int start_load(struct registry *r, struct reg_version *v);
 
+/* @v is in the engine now: count it in the device tier and make room. */
+static void made_resident(struct registry *r, struct reg_version *v, uint64_t t0)
+{
+	struct timespec ts;
+	uint64_t dt;
+	unsigned b = 0;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	dt = (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec - t0;
+	v->loads++;
+	v->load_ns += dt;
+	v->bytes = engine_adapter_bytes(r->e, v->adapter);
+	v->last_used = ++r->use_clock;
+	r->dev.used += v->bytes;
+	r->dev.resident++;
+	r->dev.loads++;
+	while (b < 7 && dt / 1e9 > registry_load_bounds_s[b])
+		b++;
+	r->dev.load_hist[b]++;
+	r->dev.load_sum_s += dt / 1e9;
+	evict_to_budget(r, v);
+}
+
 /* Load @v onto the engine, checking the files still have the registered hash. */
 static int make_resident(struct registry *r, struct reg_version *v, char *err, size_t errlen)
 {
@@ -408,22 +431,7 @@ static int make_resident(struct registry *r, struct reg_version *v, char *err, s
 		v->adapter = 0;
 		return ret;
 	}
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	uint64_t dt = (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec - t0;
-	unsigned b = 0;
-
-	v->loads++;
-	v->load_ns += dt;
-	v->bytes = engine_adapter_bytes(r->e, v->adapter);
-	v->last_used = ++r->use_clock;
-	r->dev.used += v->bytes;
-	r->dev.resident++;
-	r->dev.loads++;
-	while (b < 7 && dt / 1e9 > registry_load_bounds_s[b])
-		b++;
-	r->dev.load_hist[b]++;
-	r->dev.load_sum_s += dt / 1e9;
-	evict_to_budget(r, v);
+	made_resident(r, v, t0);
 	return 0;
 }
 
@@ -496,10 +504,7 @@ static int start_load(struct registry *r, struct reg_version *v)
 /* Both files are in the host tier: build the adapter from them. */
 static void finish_load(struct registry *r, struct reg_version *v)
 {
-	struct timespec ts;
 	char err[320];
-	uint64_t dt;
-	unsigned b = 0;
 	int ret;
 
 	if (!v->load_err && r->e) {
@@ -517,20 +522,7 @@ static void finish_load(struct registry *r, struct reg_version *v)
 		log_err("adapter %s not loaded: %s", v->id, v->load_msg);
 		return;
 	}
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	dt = (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec - v->load_t0;
-	v->loads++;
-	v->load_ns += dt;
-	v->bytes = engine_adapter_bytes(r->e, v->adapter);
-	v->last_used = ++r->use_clock;
-	r->dev.used += v->bytes;
-	r->dev.resident++;
-	r->dev.loads++;
-	while (b < 7 && dt / 1e9 > registry_load_bounds_s[b])
-		b++;
-	r->dev.load_hist[b]++;
-	r->dev.load_sum_s += dt / 1e9;
-	evict_to_budget(r, v);
+	made_resident(r, v, v->load_t0);
 }
 
 int registry_poll(struct registry *r)

@@ -371,8 +371,15 @@ static int on_entry(void *user, const char *section, const char *key, const char
 		FAIL("unknown key '%s' in [access]", key);
 	}
 	if (!strcmp(section, "pool")) {
+		if (!strcmp(key, "read_depth")) {
+			if (parse_u32(val, &u, 10) || !u || u > 4096)
+				FAIL("read_depth: '%s' is not 1..4096", val);
+			c->read_depth = u;
+			return 1;
+		}
 		uint64_t *dst = !strcmp(key, "device_budget") ? &c->device_budget :
-				!strcmp(key, "host_budget") ? &c->host_budget : NULL;
+				!strcmp(key, "host_budget") ? &c->host_budget :
+				!strcmp(key, "read_chunk") ? &c->read_chunk : NULL;
 		if (!dst)
 			FAIL("unknown key '%s' in [pool]", key);
 		if (config_parse_size(val, &sz))

@@ -66,6 +66,8 @@ struct config {
 	/* [pool] */
 	uint64_t device_budget;
 	uint64_t host_budget;
+	uint64_t read_chunk;            /* bytes per loader read; 0: the loader's default */
+	uint32_t read_depth;            /* loader reads in flight; 0: the loader's default */
 	/* [adapter NAME] */
 	struct config_adapter adapter[CONFIG_MAX_ADAPTERS];
 	unsigned n_adapters;

@@ -97,6 +97,8 @@ static void usage(FILE *f)
 		"  --threads N          compute threads (default: all cores)\n"
 		"  --adapter NAME[@VER]=DIR  register a PEFT adapter and route skill NAME to it (repeatable)\n"
 		"  --state-dir DIR      where adapter versions and routes persist (default: none)\n"
+		"  --device-budget SIZE bytes of adapters resident in the engine (default 1G)\n"
+		"  --host-budget SIZE   bytes of adapter files kept in pinned host memory (default 4G)\n"
 		"  --null-engine        serve without a model: echo checksums and generated ids\n"
 		"  --null-step-us N     null engine streams one token per N us (default 0: at once)\n"
 		"  --spin-us N          poll the rings this long after the last work before sleeping (default 50)\n"
@@ -411,7 +413,8 @@ int main(int argc, char **argv)
 {
 	enum { O_CONFIG = 256, O_SOCKET, O_ADMIN, O_MODE, O_NULL, O_NULLSTEP, O_SPIN, O_MAXCL,
 	       O_MAXINF, O_MAXTOK, O_SHM, O_UID, O_GID, O_DRAIN, O_CPU, O_VERBOSE, O_STALL,
-	       O_HELP, O_MODEL, O_KV, O_SEQS, O_STEPTOK, O_THREADS, O_ADAPTER, O_STATE };
+	       O_HELP, O_MODEL, O_KV, O_SEQS, O_STEPTOK, O_THREADS, O_ADAPTER, O_STATE,
+	       O_DEVBUDGET, O_HOSTBUDGET };
 	static const struct option opts[] = {
 		{ "config", required_argument, 0, O_CONFIG },
 		{ "socket", required_argument, 0, O_SOCKET },
@@ -438,6 +441,8 @@ int main(int argc, char **argv)
 		{ "threads", required_argument, 0, O_THREADS },
 		{ "adapter", required_argument, 0, O_ADAPTER },
 		{ "state-dir", required_argument, 0, O_STATE },
+		{ "device-budget", required_argument, 0, O_DEVBUDGET },
+		{ "host-budget", required_argument, 0, O_HOSTBUDGET },
 		{ 0, 0, 0, 0 },
 	};
 	static struct daemon d;   /* large (adapter and route tables): not on the stack */
@@ -520,12 +525,13 @@ int main(int argc, char **argv)
 		case O_HELP: case 'h': usage(stdout); return 0;
 		case '?': usage(stderr); return 2;
 		}
-		if (c == O_SHM) {
+		if (c == O_SHM || c == O_DEVBUDGET || c == O_HOSTBUDGET) {
 			if (config_parse_size(optarg, &v)) {
 				fprintf(stderr, "lorad: %s: '%s' is not a size such as 512M\n", name, optarg);
 				return 2;
 			}
-			d.cfg.shm_limit = v;
+			*(c == O_SHM ? &d.cfg.shm_limit : c == O_DEVBUDGET ? &d.cfg.device_budget
+								 : &d.cfg.host_budget) = v;
 			continue;
 		}
 		if (parse_u64(optarg, &v) || v > UINT32_MAX) {
@@ -683,7 +689,8 @@ int main(int argc, char **argv)
 		/* the host tier, on this (the engine) thread's NUMA node, and the
 		 * loader thread that fills it from disk with io_uring */
 		struct hostpool_opts ho = { .budget = d.cfg.host_budget, .node = -1 };
-		struct loader_opts lo = { .log = loader_log };
+		struct loader_opts lo = { .log = loader_log, .chunk = d.cfg.read_chunk,
+					  .qd = d.cfg.read_depth };
 
 		ret = hostpool_create(&ho, &hp);
 		if (!ret) {

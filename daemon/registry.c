@@ -30,6 +30,7 @@ struct registry {
 	uint64_t use_clock;
 	struct loader *ld;
 	struct hostpool *hp;
+	unsigned inflight;           /* loader requests not yet harvested */
 };
 
 struct hostpool *registry_hostpool(const struct registry *r)
@@ -490,8 +491,10 @@ static int start_load(struct registry *r, struct reg_version *v)
 		q.raw = k == 0;
 		q.token = (uint64_t)v->vid << 8 | (uint64_t)k;
 		ret = loader_submit(r->ld, &q);
-		if (!ret)
+		if (!ret) {
 			v->loading++;
+			r->inflight++;
+		}
 	}
 	if (ret) {
 		v->load_err = ret;
@@ -530,9 +533,12 @@ int registry_poll(struct registry *r)
 	struct loader_result res[8];
 	int n, done = 0;
 
-	if (!r->ld)
+	/* only while loads are out: loader_poll costs a system call, and the
+	 * engine loop calls this on every turn */
+	if (!r->ld || !r->inflight)
 		return 0;
 	while ((n = loader_poll(r->ld, res, 8)) > 0) {
+		r->inflight -= (unsigned)n < r->inflight ? (unsigned)n : r->inflight;
 		for (int i = 0; i < n; i++) {
 			struct reg_version *v = (struct reg_version *)registry_by_vid(r, (uint32_t)(res[i].token >> 8));
 			int k = (int)(res[i].token & 1);

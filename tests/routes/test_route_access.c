@@ -109,7 +109,7 @@ static void expect_untouched(const char *admin)
 
 static int start(struct rt_daemon *d, const char *config)
 {
-	static char a0[256], a1[256], cfgarg[256];
+	static char a0[256], a1[256], cfgarg[300];
 	const char *args[8];
 	unsigned n = 0;
 

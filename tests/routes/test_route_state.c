@@ -531,7 +531,7 @@ static void test_corrupt_state_kept_aside(void **state)
 	char store[5][256], path[200], earlier[64][256];
 	unsigned char garbage[4096];
 	char *real, *kept_real;
-	size_t n_real, n;
+	size_t n_real = 0, n;
 	unsigned kept;
 	time_t now;
 

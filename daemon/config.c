@@ -47,6 +47,7 @@ void config_free(struct config *c)
 	free_str(&c->admin_socket_path);
 	free_str(&c->state_dir);
 	free_str(&c->model_dir);
+	free_str(&c->merge_adapter);
 	free_str(&c->backend);
 	for (unsigned i = 0; i < c->n_adapters; i++)
 		free_str(&c->adapter[i].path);
@@ -73,13 +74,14 @@ int config_copy(struct config *dst, const struct config *src)
 {
 	*dst = *src;
 	dst->socket_path = dst->admin_socket_path = dst->state_dir = NULL;
-	dst->model_dir = dst->backend = NULL;
+	dst->model_dir = dst->backend = dst->merge_adapter = NULL;
 	for (unsigned i = 0; i < src->n_adapters; i++)
 		dst->adapter[i].path = NULL;
 	if (dup_str(&dst->socket_path, src->socket_path) ||
 	    dup_str(&dst->admin_socket_path, src->admin_socket_path) ||
 	    dup_str(&dst->state_dir, src->state_dir) ||
 	    dup_str(&dst->model_dir, src->model_dir) ||
+	    dup_str(&dst->merge_adapter, src->merge_adapter) ||
 	    dup_str(&dst->backend, src->backend))
 		goto nomem;
 	for (unsigned i = 0; i < src->n_classify; i++) {
@@ -289,6 +291,8 @@ static int on_entry(void *user, const char *section, const char *key, const char
 			return set_str(&c->state_dir, val) == 0;
 		if (!strcmp(key, "model"))
 			return set_str(&c->model_dir, val) == 0;
+		if (!strcmp(key, "merge_adapter"))
+			return set_str(&c->merge_adapter, val) == 0;
 		if (!strcmp(key, "backend")) {
 			if (strcmp(val, "auto") && strcmp(val, "cpu") && strcmp(val, "cuda"))
 				FAIL("backend: '%s' is not auto, cpu or cuda", val);
@@ -556,6 +560,10 @@ int config_check(const struct config *c, char *err, size_t errlen)
 	}
 	if (c->max_inflight > 65535) {
 		snprintf(err, errlen, "max_inflight: at most 65535");
+		return -EINVAL;
+	}
+	if (c->merge_adapter && c->null_engine) {
+		snprintf(err, errlen, "merge_adapter needs a model, not the null engine");
 		return -EINVAL;
 	}
 	return 0;

@@ -40,6 +40,7 @@ struct config {
 	unsigned admin_socket_mode;
 	char *state_dir;
 	char *model_dir;
+	char *merge_adapter;            /* PEFT directory merged into the weights at start */
 	char *backend;                  /* "auto", "cpu", "cuda" */
 	bool null_engine;
 	uint32_t null_step_us;

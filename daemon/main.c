@@ -91,6 +91,8 @@ static void usage(FILE *f)
 		"  --admin-socket PATH  operators' socket to create, unless systemd passes one\n"
 		"  --socket-mode OCTAL  permissions of the client socket file (default 0660)\n"
 		"  --model DIR          Hugging Face model directory to serve\n"
+		"  --merge-adapter DIR  merge this PEFT adapter into the model's weights at start and\n"
+		"                       serve the merged model as the base (one skill per daemon)\n"
 		"  --kv-tokens N        KV cache size in token positions (default 16384)\n"
 		"  --max-seqs N         sequences running at once (default 64)\n"
 		"  --step-tokens N      token budget of one engine step (default 512)\n"
@@ -414,7 +416,7 @@ int main(int argc, char **argv)
 	enum { O_CONFIG = 256, O_SOCKET, O_ADMIN, O_MODE, O_NULL, O_NULLSTEP, O_SPIN, O_MAXCL,
 	       O_MAXINF, O_MAXTOK, O_SHM, O_UID, O_GID, O_DRAIN, O_CPU, O_VERBOSE, O_STALL,
 	       O_HELP, O_MODEL, O_KV, O_SEQS, O_STEPTOK, O_THREADS, O_ADAPTER, O_STATE,
-	       O_DEVBUDGET, O_HOSTBUDGET };
+	       O_DEVBUDGET, O_HOSTBUDGET, O_MERGE };
 	static const struct option opts[] = {
 		{ "config", required_argument, 0, O_CONFIG },
 		{ "socket", required_argument, 0, O_SOCKET },
@@ -443,6 +445,7 @@ int main(int argc, char **argv)
 		{ "state-dir", required_argument, 0, O_STATE },
 		{ "device-budget", required_argument, 0, O_DEVBUDGET },
 		{ "host-budget", required_argument, 0, O_HOSTBUDGET },
+		{ "merge-adapter", required_argument, 0, O_MERGE },
 		{ 0, 0, 0, 0 },
 	};
 	static struct daemon d;   /* large (adapter and route tables): not on the stack */
@@ -495,6 +498,10 @@ int main(int argc, char **argv)
 		case O_NULL: d.cfg.null_engine = true; continue;
 		case O_MODEL: free(d.cfg.model_dir); d.cfg.model_dir = strdup(optarg); continue;
 		case O_STATE: free(d.cfg.state_dir); d.cfg.state_dir = strdup(optarg); continue;
+		case O_MERGE:
+			free(d.cfg.merge_adapter);
+			d.cfg.merge_adapter = strdup(optarg);
+			continue;
 		case O_ADAPTER: {
 			char *eq = strchr(optarg, '='), *at;
 			struct config_adapter *a;
@@ -633,13 +640,28 @@ int main(int argc, char **argv)
 			log_err("%s", err);
 			goto fail;
 		}
+		if (d.cfg.merge_adapter) {
+			/* W += scale * B*A before anything runs: the daemon serves
+			 * the merged model as its base, like a merged deployment */
+			uint64_t t1 = now_ns();
+
+			ret = engine_adapter_merge(eng, d.cfg.merge_adapter, err, sizeof(err));
+			if (ret < 0) {
+				log_err("merge_adapter %s: %s", d.cfg.merge_adapter, err);
+				goto fail;
+			}
+			log_info("merged adapter %s into the weights in %.3f s", d.cfg.merge_adapter,
+				 (now_ns() - t1) / 1e9);
+		}
 		sch = sched_build(eng, &so);
 		if (!sch) {
 			log_err("out of memory");
 			goto fail;
 		}
-		snprintf(d.engine_buf, sizeof(d.engine_buf), "%s backend, model %s",
-			 engine_backend_name(eng), d.cfg.model_dir);
+		snprintf(d.engine_buf, sizeof(d.engine_buf), "%s backend, model %s%s%s",
+			 engine_backend_name(eng), d.cfg.model_dir,
+			 d.cfg.merge_adapter ? " merged with " : "",
+			 d.cfg.merge_adapter ? d.cfg.merge_adapter : "");
 		d.engine_name = d.engine_buf;
 		d.sched = sch;
 		log_info("loaded %s in %.2f s: %d layers, vocabulary %d, KV cache %d tokens",

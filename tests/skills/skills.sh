@@ -79,6 +79,65 @@ eval)
 	start --config demo/lorad.conf --threads 1
 	"$bin/skill_eval" --socket "$dir/lorad.sock" --heldout "$demo/heldout.jsonl" "$@"
 	;;
+example)
+	# as a user would: install liblorad, build examples/skill_chat.c through
+	# pkg-config, run it against the demo model in the daemon
+	src=$1 build=$2
+	inst="$dir/inst"
+	DESTDIR="$inst" cmake --install "$build" >"$dir/install.log"
+	pc=$(find "$inst" -name lorad.pc | head -n 1)
+	if [ -z "$pc" ]; then
+		echo "cmake --install put no lorad.pc under $inst"
+		exit 1
+	fi
+	export PKG_CONFIG_PATH="${pc%/*}" PKG_CONFIG_SYSROOT_DIR="$inst"
+	flags=$(pkg-config --cflags --libs lorad)
+	echo "cc skill_chat.c $flags"
+	# shellcheck disable=SC2086
+	cc -std=c11 -Wall -Wextra -Werror "$src/examples/skill_chat.c" $flags -o "$dir/skill_chat"
+	libdir="$inst$(pkg-config --variable=libdir lorad | sed "s|^$inst||")"
+	export LD_LIBRARY_PATH="$libdir"
+	ldd "$dir/skill_chat" | grep -q "$libdir/liblorad.so" || {
+		echo "skill_chat does not use the installed liblorad:"
+		ldd "$dir/skill_chat"
+		exit 1
+	}
+	start --config demo/lorad.conf --threads 1
+	sock="$dir/lorad.sock"
+	for s in sql json support; do
+		prompt=$("$bin/skill_eval" --heldout "$demo/heldout.jsonl" --skills "$s" --get 0 prompt)
+		for skill in "$s" auto; do
+			"$dir/skill_chat" "$sock" "$skill" "$prompt" >"$dir/out" 2>"$dir/err"
+			# the daemon's answer to the same request, through lorad-cli
+			"$bin/lorad-cli" --socket "$sock" --skill "$s" --max-tokens 256 --prompt "$prompt" \
+				>"$dir/want"
+			printf '%s, %s -> ' "$s" "$skill"
+			cat "$dir/err"
+			if ! cmp -s "$dir/out" "$dir/want"; then
+				echo "skill_chat printed:"
+				cat "$dir/out"
+				echo "lorad-cli printed:"
+				cat "$dir/want"
+				exit 1
+			fi
+			if ! grep -q "^\[skill $s, " "$dir/err"; then
+				echo "skill_chat did not report the skill $s"
+				exit 1
+			fi
+		done
+	done
+	# errors come back as one clear line
+	if "$dir/skill_chat" "$sock" no-such-skill "hello" >/dev/null 2>"$dir/err"; then
+		echo "skill_chat succeeded with an unknown skill"
+		exit 1
+	fi
+	grep "request failed: .*(field: skill)" "$dir/err"
+	if "$dir/skill_chat" "$dir/nothing.sock" sql "hello" >/dev/null 2>"$dir/err"; then
+		echo "skill_chat succeeded without a daemon"
+		exit 1
+	fi
+	grep "cannot connect to $dir/nothing.sock: " "$dir/err"
+	;;
 *)
 	echo "skills.sh: unknown test '$what'"
 	exit 2

@@ -235,7 +235,10 @@ int main(int argc, char **argv)
 				printf(", \"tokens\": [");
 				for (uint32_t k = 0; k < ev.n_tokens; k++)
 					printf("%s%u", k ? ", " : "", out[k]);
-				printf("], \"finish\": \"%s\"}\n", lorad_finish_name(ev.finish));
+				printf("], \"finish\": \"%s\"", lorad_finish_name(ev.finish));
+				if (ev.skill[0])   /* "auto": the skill the daemon chose */
+					printf(", \"skill\": \"%s\"", ev.skill);
+				printf("}\n");
 			} else {
 				printf("\n");
 			}
@@ -244,8 +247,11 @@ int main(int argc, char **argv)
 				printf("{\"tokens\": [");
 				for (uint32_t k = 0; k < ev.n_tokens; k++)
 					printf("%s%u", k ? ", " : "", out[k]);
-				printf("], \"finish\": \"%s\", \"ttft_us\": %u, \"itl_us\": %u}\n",
+				printf("], \"finish\": \"%s\", \"ttft_us\": %u, \"itl_us\": %u",
 				       lorad_finish_name(ev.finish), ev.ttft_us, ev.itl_us);
+				if (ev.skill[0])
+					printf(", \"skill\": \"%s\"", ev.skill);
+				printf("}\n");
 			} else {
 				for (uint32_t k = 0; k < ev.n_tokens; k++)
 					printf("%s%u", k ? " " : "", out[k]);

@@ -111,6 +111,38 @@ static int daemon_generate(const struct sdaemon *d, const char *prompt, uint32_t
 	return ret;
 }
 
+/* lorad ARGS must exit non-zero within 30 s and say @want on stderr */
+static int refused(const char *const *args, const char *want)
+{
+	char path[] = "/tmp/lorad-merged-XXXXXX", buf[4096];
+	const char *argv[16] = { LORAD_BIN };
+	int fd = mkstemp(path), st, n = 1;
+	ssize_t len;
+	pid_t pid;
+
+	for (; args[n - 1] && n < 15; n++)
+		argv[n] = args[n - 1];
+	argv[n] = NULL;
+	if (fd < 0)
+		return 1;
+	pid = fork();
+	if (pid == 0) {
+		dup2(fd, 2);
+		execv(argv[0], (char *const *)argv);
+		_exit(127);
+	}
+	st = swait_child(pid, 30000);
+	len = pread(fd, buf, sizeof(buf) - 1, 0);
+	close(fd);
+	unlink(path);
+	buf[len > 0 ? len : 0] = 0;
+	if (st > 0 && st < 128 && strstr(buf, want))
+		return 0;
+	printf("FAIL: lorad %s ... gave exit %d and \"%s\", wanted an error with \"%s\"\n", args[0], st,
+	       buf, want);
+	return 1;
+}
+
 static void print_ids(const char *what, const uint32_t *ids, uint32_t n)
 {
 	fprintf(stderr, "  %-10s", what);
@@ -174,6 +206,16 @@ int main(void)
 			printf("FAIL: lorad --merge-adapter %s did not stop cleanly\n", dir);
 			fail++;
 		}
+	}
+	/* bad input: one clear error naming it */
+	{
+		const char *const nodir[] = { "--model", "demo/model", "--socket", "/tmp/lorad-merged-none.sock",
+					      "--merge-adapter", "demo/adapters/none", NULL };
+		const char *const null[] = { "--null-engine", "--socket", "/tmp/lorad-merged-none.sock",
+					     "--merge-adapter", "demo/adapters/sql", NULL };
+
+		fail += refused(nodir, "demo/adapters/none");
+		fail += refused(null, "merge_adapter needs a model");
 	}
 	printf("merged and unmerged give the same tokens on %u of %u prompts (%.1f %%, at least 75 %% needed)\n",
 	       agree, total, 100.0 * agree / total);

@@ -116,14 +116,16 @@ read -r pss_one rss_one < <(mem "$one")
 stop "$one"
 
 echo
-echo "== three daemons, each serving the model with one adapter merged into its weights (lorad --merge-adapter):"
+echo "== three daemons, each serving the model with one adapter merged into its weights (lorad --merge-adapter),"
+echo "   each sent its skill's held-out prompts from 4 client processes, as the one daemon was:"
 pss_three=0 rss_three=0 merged=()
 for s in sql json support; do
 	start "merged-$s" --model demo/model --merge-adapter "demo/adapters/$s"
 	merged+=("$pid")
-	p=$("$bin/skill_eval" --heldout demo/heldout.jsonl --skills "$s" --get 0 prompt)
-	printf '   %-8s (skill base) ' "$s"
-	"$bin/lorad-cli" --socket "$dir/merged-$s.sock" --max-tokens 128 --prompt "$p"
+	"$bin/skill_eval" --socket "$dir/merged-$s.sock" --heldout demo/heldout.jsonl --skills "$s" \
+		--modes base --procs 4 >"$dir/merged-$s.txt"
+	awk -v s="$s" '$1 == s { printf "   %-8s merged model exact on %s %% of %s prompts\n", s, $4, $2 }' \
+		"$dir/merged-$s.txt"
 done
 for p in "${merged[@]}"; do
 	read -r pss rss < <(mem "$p")

@@ -16,7 +16,7 @@
 
 int main(int argc, char **argv)
 {
-	static uint32_t ids[256];          /* the generated token ids land here */
+	static uint32_t ids[128];          /* the generated token ids land here */
 	static char text[8192];            /* and the generated text, streamed */
 	struct lorad *c;
 	struct lorad_event ev[8];
@@ -36,7 +36,7 @@ int main(int argc, char **argv)
 		.skill = argv[2],
 		.prompt_text = argv[3],
 		.prompt_text_len = (uint32_t)strlen(argv[3]),
-		.max_tokens = 256,                     /* greedy: temperature 0 */
+		.max_tokens = 128,                     /* greedy: temperature 0 */
 		.out = ids,
 		.out_text = text,
 		.out_text_cap = sizeof(text),

@@ -107,12 +107,16 @@ example)
 	for s in sql json support; do
 		prompt=$("$bin/skill_eval" --heldout "$demo/heldout.jsonl" --skills "$s" --get 0 prompt)
 		for skill in "$s" auto; do
-			"$dir/skill_chat" "$sock" "$skill" "$prompt" >"$dir/out" 2>"$dir/err"
-			# the daemon's answer to the same request, through lorad-cli
-			"$bin/lorad-cli" --socket "$sock" --skill "$s" --max-tokens 256 --prompt "$prompt" \
-				>"$dir/want"
 			printf '%s, %s -> ' "$s" "$skill"
+			if ! "$dir/skill_chat" "$sock" "$skill" "$prompt" >"$dir/out" 2>"$dir/err"; then
+				echo "skill_chat failed:"
+				cat "$dir/err"
+				exit 1
+			fi
 			cat "$dir/err"
+			# the daemon's answer to the same request, through lorad-cli
+			"$bin/lorad-cli" --socket "$sock" --skill "$s" --max-tokens 128 --prompt "$prompt" \
+				>"$dir/want"
 			if ! cmp -s "$dir/out" "$dir/want"; then
 				echo "skill_chat printed:"
 				cat "$dir/out"

@@ -18,6 +18,10 @@
  *            M = batch: sgemv and sgemm at batch 1 (the faster counts),
  *            sgemm above (ratio_vs_bare_gemm, target >= 0.8).
  *
+ * The engine's projections run on its own fixed-order GEMM (kernels/cpu/
+ * gemm.c), the baselines on OpenBLAS; both get the same number of threads
+ * (--threads, default: every CPU).
+ *
  * Prints one JSON line per measurement on stdout, a summary on stderr.
  * --quick keeps the whole run under a minute on a small machine.
  */
@@ -264,18 +268,23 @@ int main(int argc, char **argv)
 	struct engine_opts eo = { .kv_tokens = 8 * 512 + 32 * 128 + 256 };
 	struct engine *e = NULL;
 	struct bare b;
-	int quick = 0, rc = 1, i;
+	int quick = 0, rc = 1, i, threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
 	const char *dir;
 	double t0;
 
 	for (i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--quick"))
 			quick = 1;
+		else if (!strcmp(argv[i], "--threads") && i + 1 < argc && atoi(argv[i + 1]) > 0)
+			threads = atoi(argv[++i]);
 		else {
-			fprintf(stderr, "usage: bench_engine [--quick]\n");
+			fprintf(stderr, "usage: bench_engine [--quick] [--threads N]\n");
 			return 2;
 		}
 	}
+	eo.n_threads = threads;
+	eo.blas_threads = threads;
+	openblas_set_num_threads(threads);
 	dir = mkdtemp(tmpl);
 	if (!dir) {
 		perror("bench_engine: mkdtemp");
@@ -299,11 +308,12 @@ int main(int argc, char **argv)
 		fprintf(stderr, "bench_engine: out of memory\n");
 		goto out;
 	}
-	printf("{\"bench\": \"engine_config\", \"backend\": \"%s\", \"openblas_threads\": %d, "
+	printf("{\"bench\": \"engine_config\", \"backend\": \"%s\", \"engine_threads\": %d, "
+	       "\"openblas_threads\": %d, "
 	       "\"openblas_config\": \"%s\", \"cpus\": %ld, \"hidden\": %d, \"layers\": %d, "
 	       "\"heads\": %d, \"kv_heads\": %d, \"ffn\": %d, \"vocab\": %d, \"dtype\": \"f32\", "
 	       "\"non_embedding_params\": %.0f, \"quick\": %s, \"setup_seconds\": %.2f}\n",
-	       engine_backend_name(e), be_cpu_blas_threads(), openblas_get_config(),
+	       engine_backend_name(e), threads, be_cpu_blas_threads(), openblas_get_config(),
 	       sysconf(_SC_NPROCESSORS_ONLN), HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, VOCAB,
 	       non_embedding_params(), quick ? "true" : "false", now() - t0);
 	fprintf(stderr, "engine %s, OpenBLAS %d threads (%s), %ld CPUs; model %.1f M non-embedding params\n",

@@ -56,14 +56,19 @@ struct fwd {
 };
 
 
+/* A matrix that a GEMM reads as its weights goes to the backend as one
+ * (matrix = 1), so the backend can keep it in its GEMM's layout. */
 static int upload_tensor(struct fwd *f, const struct st_tensor *t, float *tmp, int allow_nonfinite,
-			 struct be_buf **out, char *err, size_t errlen)
+			 int matrix, struct be_buf **out, char *err, size_t errlen)
 {
 	int rc = model_tensor_f32(t, tmp, err, errlen);
 
 	if (rc < 0 && !(allow_nonfinite && t->dtype != ST_OTHER))
 		return rc;
-	*out = be_alloc(f->be, t->nelem);
+	if (matrix && t->ndim == 2)
+		*out = be_alloc_weight(f->be, (int)t->shape[0], (int)t->shape[1]);
+	else
+		*out = be_alloc(f->be, t->nelem);
 	if (!*out)
 		return err_fail(err, errlen, -ENOMEM, "out of memory for tensor %s", t->name);
 	rc = be_upload(f->be, *out, 0, tmp, t->nelem);
@@ -147,26 +152,26 @@ int fwd_build(struct be *be, const struct model *m, int kv_blocks, int block_siz
 		rc = err_fail(err, errlen, -ENOMEM, "out of memory");
 		goto err;
 	}
-	if ((rc = upload_tensor(f, m->embed, tmp, allow_nonfinite, &f->embed, err, errlen)) < 0 ||
-	    (rc = upload_tensor(f, m->norm, tmp, allow_nonfinite, &f->norm, err, errlen)) < 0)
+	if ((rc = upload_tensor(f, m->embed, tmp, allow_nonfinite, m->lm_head == m->embed, &f->embed, err, errlen)) < 0 ||
+	    (rc = upload_tensor(f, m->norm, tmp, allow_nonfinite, 0, &f->norm, err, errlen)) < 0)
 		goto err;
 	if (m->lm_head == m->embed)
 		f->lm_head = f->embed;
-	else if ((rc = upload_tensor(f, m->lm_head, tmp, allow_nonfinite, &f->lm_head, err, errlen)) < 0)
+	else if ((rc = upload_tensor(f, m->lm_head, tmp, allow_nonfinite, 1, &f->lm_head, err, errlen)) < 0)
 		goto err;
 
 	cache = (size_t)kv_blocks * block_size * f->kv_dim;
 	for (l = 0; l < c->n_layers; l++) {
 		struct fwd_layer *L = &f->layers[l];
 		const struct model_layer *S = &m->layers[l];
-		if ((rc = upload_tensor(f, S->attn_norm, tmp, allow_nonfinite, &L->attn_norm, err, errlen)) < 0 ||
-		    (rc = upload_tensor(f, S->ffn_norm, tmp, allow_nonfinite, &L->ffn_norm, err, errlen)) < 0)
+		if ((rc = upload_tensor(f, S->attn_norm, tmp, allow_nonfinite, 0, &L->attn_norm, err, errlen)) < 0 ||
+		    (rc = upload_tensor(f, S->ffn_norm, tmp, allow_nonfinite, 0, &L->ffn_norm, err, errlen)) < 0)
 			goto err;
 		for (p = 0; p < N_PROJ; p++) {
-			if ((rc = upload_tensor(f, S->w[p], tmp, allow_nonfinite, &L->w[p], err, errlen)) < 0)
+			if ((rc = upload_tensor(f, S->w[p], tmp, allow_nonfinite, 1, &L->w[p], err, errlen)) < 0)
 				goto err;
 			if (S->b[p] &&
-			    (rc = upload_tensor(f, S->b[p], tmp, allow_nonfinite, &L->b[p], err, errlen)) < 0)
+			    (rc = upload_tensor(f, S->b[p], tmp, allow_nonfinite, 0, &L->b[p], err, errlen)) < 0)
 				goto err;
 		}
 		L->kc = be_alloc(be, cache);

@@ -19,9 +19,13 @@
  *    the operations that need it read it from there, so a device backend can
  *    upload it once.
  *  - Results of an operation for one token row never depend on the other
- *    rows of the batch (no cross-row reductions), so a sequence gets the same
- *    numbers alone or in any batch as long as the GEMM library is
- *    row-invariant (OpenBLAS sgemm is, see tests/engine/test_forward.c).
+ *    rows of the batch (no cross-row reductions, and each GEMM output is
+ *    summed in one order whatever the batch), so a sequence gets the same
+ *    bits alone or in any batch, chunked or recomputed
+ *    (tests/engine/test_forward.c).
+ *  - Weight matrices are allocated with alloc_weight: upload and download
+ *    speak row-major [n, k], and the backend keeps them in whatever layout
+ *    its GEMM reads fastest.
  */
 #ifndef LORAD_KERNELS_BACKEND_H
 #define LORAD_KERNELS_BACKEND_H
@@ -75,6 +79,9 @@ struct be_ops {
 
 	/* Buffers. alloc returns NULL when out of memory; contents are zero. */
 	struct be_buf *(*alloc)(struct be *be, size_t n);
+	/* A weight matrix [n, k]: gemm's w, or an embedding table. NULL when out
+	 * of memory or n, k < 1; contents are zero. */
+	struct be_buf *(*alloc_weight)(struct be *be, int n, int k);
 	void (*buf_free)(struct be *be, struct be_buf *b);
 	int (*upload)(struct be *be, struct be_buf *dst, size_t off, const float *src, size_t n);
 	int (*download)(struct be *be, const struct be_buf *src, size_t off, float *dst, size_t n);
@@ -130,8 +137,9 @@ struct be {
 
 /* Options of the CPU backend. */
 struct be_cpu_opts {
-	int n_threads;      /* threads for attention and elementwise ops; 0: all cores */
-	int blas_threads;   /* OpenBLAS threads; 0: leave OpenBLAS's own choice */
+	int n_threads;      /* threads for the GEMMs, attention and LoRA; 0: all cores */
+	int blas_threads;   /* OpenBLAS threads (the engine no longer calls OpenBLAS;
+			     * benchmarks' baselines do); 0: leave its own choice */
 };
 
 /* Creates the CPU backend. Returns 0 or -ENOMEM; *out is set on success. */
@@ -143,6 +151,8 @@ int be_cpu_blas_threads(void);
 /* Thin wrappers so the model code reads like a program, not like a table. */
 static inline void be_destroy(struct be *be) { if (be) be->ops->destroy(be); }
 static inline struct be_buf *be_alloc(struct be *be, size_t n) { return be->ops->alloc(be, n); }
+static inline struct be_buf *be_alloc_weight(struct be *be, int n, int k)
+{ return be->ops->alloc_weight(be, n, k); }
 static inline void be_free(struct be *be, struct be_buf *b) { if (b) be->ops->buf_free(be, b); }
 static inline int be_upload(struct be *be, struct be_buf *d, size_t off, const float *s, size_t n)
 { return be->ops->upload(be, d, off, s, n); }

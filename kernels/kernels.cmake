@@ -2,6 +2,7 @@
 # under kernels/ know which hardware runs.
 add_library(lorad_kernels STATIC
   ${CMAKE_CURRENT_LIST_DIR}/cpu/cpu.c
+  ${CMAKE_CURRENT_LIST_DIR}/cpu/gemm.c
   ${CMAKE_CURRENT_LIST_DIR}/cpu/pool.c)
 target_include_directories(lorad_kernels PUBLIC ${CMAKE_CURRENT_LIST_DIR})
 # -O3 for the loop vectoriser; -fopenmp-simd honours the `omp simd`

@@ -1,12 +1,13 @@
 /*
- * cpu.c — the CPU backend: fp32 everywhere, OpenBLAS sgemm for the
- * projections, simple loops the compiler vectorises for the rest, and a
- * thread pool for attention.
+ * cpu.c — the CPU backend: fp32 everywhere, our own fixed-order GEMM over
+ * packed weights for the projections (gemm.c), simple loops the compiler
+ * vectorises for the rest, and a thread pool for both.
  *
  * Every loop works on one token row at a time and sums in a fixed order, so
  * the numbers of a row do not depend on which other rows share the batch.
  */
 #include "../backend.h"
+#include "gemm.h"
 #include "pool.h"
 
 #include <cblas.h>
@@ -30,6 +31,7 @@
 struct be_buf {
 	size_t n;
 	float *p;
+	int wn, wk; /* a weight matrix [wn, wk] kept packed for gemm.c; 0: plain */
 };
 
 struct cpu_be {
@@ -45,8 +47,10 @@ struct cpu_be {
 	size_t rope_cs_n;
 	const struct be_buf *rope_freq; /* inv_freq the table was made for */
 	int rope_hd;
-	float *pad;         /* padded x and y of small GEMMs */
-	size_t pad_n;
+	float *xp;          /* x of a GEMM laid out for gemm_run */
+	size_t xp_n;
+	float *wtmp;        /* a plain w packed for one GEMM */
+	size_t wtmp_n;
 	struct lora_task *lt; /* LoRA work items of one call */
 	int lt_n;
 };
@@ -74,6 +78,22 @@ static struct be_buf *cpu_alloc(struct be *be, size_t n)
 	}
 	memset(b->p, 0, bytes);
 	b->n = n;
+	b->wn = b->wk = 0;
+	return b;
+}
+
+static struct be_buf *cpu_alloc_weight(struct be *be, int n, int k)
+{
+	struct be_buf *b;
+
+	if (n <= 0 || k <= 0)
+		return NULL;
+	b = cpu_alloc(be, gemm_packed_len(n, k));
+	if (!b)
+		return NULL;
+	b->n = (size_t)n * k; /* what upload and download see */
+	b->wn = n;
+	b->wk = k;
 	return b;
 }
 
@@ -89,7 +109,10 @@ static int cpu_upload(struct be *be, struct be_buf *d, size_t off, const float *
 	(void)be;
 	if (off > d->n || n > d->n - off)
 		return -ERANGE;
-	memcpy(d->p + off, s, n * sizeof(float));
+	if (d->wn)
+		gemm_pack(d->p, d->wn, d->wk, off, s, n);
+	else
+		memcpy(d->p + off, s, n * sizeof(float));
 	return 0;
 }
 
@@ -109,7 +132,10 @@ static int cpu_download(struct be *be, const struct be_buf *s, size_t off, float
 		return rc;
 	if (off > s->n || n > s->n - off)
 		return -ERANGE;
-	memcpy(d, s->p + off, n * sizeof(float));
+	if (s->wn)
+		gemm_unpack(s->p, s->wn, s->wk, off, d, n);
+	else
+		memcpy(d, s->p + off, n * sizeof(float));
 	return 0;
 }
 
@@ -146,54 +172,92 @@ static void cpu_embed(struct be *be, const struct be_buf *table, int dim, struct
 	const struct be_batch *b = &CPU(be)->b;
 	int t;
 
-	for (t = 0; t < b->n_tokens; t++)
-		memcpy(x->p + (size_t)t * dim, table->p + (size_t)b->tokens[t] * dim,
-		       (size_t)dim * sizeof(float));
+	for (t = 0; t < b->n_tokens; t++) {
+		size_t off = (size_t)b->tokens[t] * dim;
+		/* a table tied to the LM head is packed for the GEMM */
+		if (table->wn)
+			gemm_unpack(table->p, table->wn, table->wk, off, x->p + (size_t)t * dim,
+				    (size_t)dim);
+		else
+			memcpy(x->p + (size_t)t * dim, table->p + off, (size_t)dim * sizeof(float));
+	}
+}
+
+struct gemm_job {
+	int m, n, k, acc;
+	const float *xp, *pk;
+	float *y;
+};
+
+static void gemm_tasks(void *arg, int worker, int begin, int end)
+{
+	const struct gemm_job *j = arg;
+
+	(void)worker;
+	gemm_run(j->m, j->n, j->k, j->xp, j->pk, j->y, j->acc, begin, end);
+}
+
+/* Below this many multiply-adds a product runs on the calling thread. */
+#define GEMM_PARALLEL_MACS 200000.0
+
+static int grow(float **p, size_t *cap, size_t n)
+{
+	float *q;
+
+	if (n <= *cap)
+		return 0;
+	q = aligned_alloc(64, (n * sizeof(float) + 63) & ~(size_t)63);
+	if (!q)
+		return -ENOMEM;
+	free(*p);
+	*p = q;
+	*cap = n;
+	return 0;
 }
 
 /*
- * A token's numbers must not depend on how many other rows share its GEMM.
- * OpenBLAS's blocked kernel computes every row the same way whatever M is,
- * but OpenBLAS leaves it for small problems: on AVX-512 targets a separate
- * small-matrix kernel (another summation order) takes M·N·K <= 1e6, and
- * newer releases forward M = 1 to gemv. So small calls run padded with zero
- * rows up to where the blocked kernel is used; that costs at most about a
- * megaflop per call, and decode at small batch is bound by reading the
- * weights anyway, which padding does not repeat.
+ * A token's numbers must not depend on how many other rows share its GEMM:
+ * gemm.c computes every output element as one FMA chain in k order, so any
+ * split of the rows or the columns gives the same bits. Weights allocated
+ * with alloc_weight are already packed; a plain w (not used by the model
+ * code) is packed here for the call.
  */
-#define GEMM_SMALL_MNK 1000000L
-
 static void cpu_gemm(struct be *be, int m, int n, int k, const struct be_buf *x,
 		     const struct be_buf *w, struct be_buf *y, int acc)
 {
 	struct cpu_be *c = CPU(be);
-	long pad_m = GEMM_SMALL_MNK / ((long)n * k) + 1;
+	struct gemm_job j = { m, n, k, acc, NULL, w->p, y->p };
+	int panels = gemm_panels(n), per;
 
-	if (m <= 0)
+	if (m <= 0 || n <= 0)
 		return;
-	if (pad_m < 2)
-		pad_m = 2;
-	if (m < pad_m) {
-		size_t nx = (size_t)pad_m * k, ny = (size_t)pad_m * n;
-		if (nx + ny > c->pad_n) {
-			float *p = realloc(c->pad, (nx + ny) * sizeof(float));
-			if (!p)
-				goto direct; /* correct, only not batch-invariant */
-			c->pad = p;
-			c->pad_n = nx + ny;
-		}
-		memcpy(c->pad, x->p, (size_t)m * k * sizeof(float));
-		memset(c->pad + (size_t)m * k, 0, (size_t)(pad_m - m) * k * sizeof(float));
-		if (acc)
-			memcpy(c->pad + nx, y->p, (size_t)m * n * sizeof(float));
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)pad_m, n, k, 1.0f, c->pad, k,
-			    w->p, k, acc ? 1.0f : 0.0f, c->pad + nx, n);
-		memcpy(y->p, c->pad + nx, (size_t)m * n * sizeof(float));
+	if (w->wn && (w->wn != n || w->wk != k)) {
+		c->error = -EINVAL;
 		return;
 	}
-direct:
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x->p, k, w->p, k,
-		    acc ? 1.0f : 0.0f, y->p, n);
+	if (grow(&c->xp, &c->xp_n, gemm_xpack_len(m, k)) < 0) {
+		c->error = -ENOMEM;
+		return;
+	}
+	if (!w->wn) {
+		size_t len = gemm_packed_len(n, k);
+		if (grow(&c->wtmp, &c->wtmp_n, len) < 0) {
+			c->error = -ENOMEM;
+			return;
+		}
+		memset(c->wtmp, 0, len * sizeof(float));
+		gemm_pack(c->wtmp, n, k, 0, w->p, (size_t)n * k);
+		j.pk = c->wtmp;
+	}
+	gemm_pack_x(c->xp, m, k, x->p);
+	j.xp = c->xp;
+	if ((double)m * n * k < GEMM_PARALLEL_MACS) {
+		gemm_run(m, n, k, j.xp, j.pk, j.y, acc, 0, panels);
+		return;
+	}
+	/* a few chunks per thread, so a slow thread does not hold up the rest */
+	per = panels / (4 * pool_size(c->pool));
+	pool_run(c->pool, gemm_tasks, &j, panels, per < 1 ? 1 : per);
 }
 
 static void cpu_add_bias(struct be *be, int m, int n, struct be_buf *y, const struct be_buf *b)
@@ -654,7 +718,8 @@ static void cpu_destroy(struct be *be)
 			free(c->scratch[t]);
 	free(c->scratch);
 	free(c->rope_cs);
-	free(c->pad);
+	free(c->xp);
+	free(c->wtmp);
 	free(c->lt);
 	pool_destroy(c->pool);
 	free(c);
@@ -664,6 +729,7 @@ static const struct be_ops cpu_ops = {
 	.name = "cpu",
 	.destroy = cpu_destroy,
 	.alloc = cpu_alloc,
+	.alloc_weight = cpu_alloc_weight,
 	.buf_free = cpu_buf_free,
 	.upload = cpu_upload,
 	.download = cpu_download,

@@ -1,0 +1,257 @@
+/*
+ * gemm.c — y = x·wᵀ with one fixed chain of fused multiply-adds per output
+ * element (see gemm.h for why and for the layouts).
+ *
+ * The register block is GEMM_MR rows of x by GEMM_NR columns of w: per k
+ * step two vector loads of the weight panel, one broadcast per row and two
+ * FMAs per row. One row (decode at batch 1) streams the panel once with two
+ * accumulator chains, which reads memory faster than DRAM delivers it; a
+ * full block does 24 FMAs per 128 bytes of panel, enough to be bound by
+ * the FMA units at prefill. The panel (k · 128 bytes) stays in L2 while
+ * every row block of x passes over it.
+ */
+#include "gemm.h"
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define GEMM_X86 1
+#endif
+
+void gemm_pack(float *pk, int n, int k, size_t off, const float *src, size_t cnt)
+{
+	size_t end = off + cnt;
+
+	(void)n;
+	while (off < end) {
+		size_t r = off / (size_t)k, c = off % (size_t)k;
+		size_t run = (size_t)k - c < end - off ? (size_t)k - c : end - off;
+		float *d = pk + (r / GEMM_NR) * GEMM_NR * (size_t)k + r % GEMM_NR;
+		size_t i;
+		for (i = 0; i < run; i++)
+			d[(c + i) * GEMM_NR] = src[i];
+		src += run;
+		off += run;
+	}
+}
+
+void gemm_unpack(const float *pk, int n, int k, size_t off, float *dst, size_t cnt)
+{
+	size_t end = off + cnt;
+
+	(void)n;
+	while (off < end) {
+		size_t r = off / (size_t)k, c = off % (size_t)k;
+		size_t run = (size_t)k - c < end - off ? (size_t)k - c : end - off;
+		const float *s = pk + (r / GEMM_NR) * GEMM_NR * (size_t)k + r % GEMM_NR;
+		size_t i;
+		for (i = 0; i < run; i++)
+			dst[i] = s[(c + i) * GEMM_NR];
+		dst += run;
+		off += run;
+	}
+}
+
+void gemm_pack_x(float *xp, int m, int k, const float *x)
+{
+	int r0, i, kk;
+
+	for (r0 = 0; r0 < m; r0 += GEMM_MR) {
+		int mr = m - r0 < GEMM_MR ? m - r0 : GEMM_MR;
+		float *d = xp + (size_t)r0 * k;
+		for (i = 0; i < mr; i++) {
+			const float *s = x + (size_t)(r0 + i) * k;
+			for (kk = 0; kk < k; kk++)
+				d[(size_t)kk * mr + i] = s[kk];
+		}
+	}
+}
+
+/* One block: rows 0 .. mr-1 of a ([k][mr]) by the panel p ([k][GEMM_NR]),
+ * nc valid columns, into y (row stride ldy). */
+typedef void (*gemm_block_fn)(int mr, int k, const float *a, const float *p, float *y,
+			      size_t ldy, int nc, int acc);
+
+/* The reference: what every other loop must equal bit for bit. */
+static void block_scalar(int mr, int k, const float *a, const float *p, float *y, size_t ldy,
+			 int nc, int acc)
+{
+	int i, c, kk;
+
+	for (i = 0; i < mr; i++)
+		for (c = 0; c < nc; c++) {
+			float s = acc ? y[(size_t)i * ldy + c] : 0.0f;
+			for (kk = 0; kk < k; kk++)
+				s = fmaf(a[(size_t)kk * mr + i], p[(size_t)kk * GEMM_NR + c], s);
+			y[(size_t)i * ldy + c] = s;
+		}
+}
+
+#ifdef GEMM_X86
+#define AVX512 __attribute__((target("avx512f")))
+#define AVX2 __attribute__((target("avx2,fma")))
+#define INLINE inline __attribute__((always_inline))
+
+/* MR is a constant at every call site, so the accumulators are registers. */
+static INLINE AVX512 void block512(const int MR, int k, const float *a, const float *p, float *y,
+				   size_t ldy, int nc, int acc)
+{
+	__m512 c0[GEMM_MR], c1[GEMM_MR];
+	__mmask16 m0 = nc >= 16 ? 0xffff : (__mmask16)((1u << nc) - 1);
+	__mmask16 m1 = nc >= 32 ? 0xffff : nc <= 16 ? 0 : (__mmask16)((1u << (nc - 16)) - 1);
+	int i, kk;
+
+#pragma GCC unroll 12
+	for (i = 0; i < MR; i++) {
+		if (acc) {
+			c0[i] = _mm512_maskz_loadu_ps(m0, y + (size_t)i * ldy);
+			c1[i] = _mm512_maskz_loadu_ps(m1, y + (size_t)i * ldy + 16);
+		} else {
+			c0[i] = _mm512_setzero_ps();
+			c1[i] = _mm512_setzero_ps();
+		}
+	}
+	for (kk = 0; kk < k; kk++) {
+		__m512 b0 = _mm512_load_ps(p), b1 = _mm512_load_ps(p + 16);
+#pragma GCC unroll 12
+		for (i = 0; i < MR; i++) {
+			__m512 av = _mm512_set1_ps(a[i]);
+			c0[i] = _mm512_fmadd_ps(av, b0, c0[i]);
+			c1[i] = _mm512_fmadd_ps(av, b1, c1[i]);
+		}
+		a += MR;
+		p += GEMM_NR;
+	}
+#pragma GCC unroll 12
+	for (i = 0; i < MR; i++) {
+		_mm512_mask_storeu_ps(y + (size_t)i * ldy, m0, c0[i]);
+		_mm512_mask_storeu_ps(y + (size_t)i * ldy + 16, m1, c1[i]);
+	}
+}
+
+static AVX512 void block_avx512(int mr, int k, const float *a, const float *p, float *y,
+				size_t ldy, int nc, int acc)
+{
+	switch (mr) {
+#define B(n) case n: block512(n, k, a, p, y, ldy, nc, acc); break;
+	B(1) B(2) B(3) B(4) B(5) B(6) B(7) B(8) B(9) B(10) B(11) B(12)
+#undef B
+	}
+}
+
+/* AVX2 has 16 registers: two rows of a block at a time, 4 × 8 columns.
+ * The row's chain is the same whichever rows it is paired with. */
+static INLINE AVX2 void rows256(const int R, int lda, int k, const float *a, const float *p,
+				float *y, size_t ldy, int nc, int acc)
+{
+	__m256 c[2][4];
+	float tmp[GEMM_NR];
+	int i, j, kk;
+
+	for (i = 0; i < R; i++)
+		for (j = 0; j < 4; j++) {
+			if (acc) {
+				memset(tmp, 0, sizeof(tmp));
+				memcpy(tmp, y + (size_t)i * ldy, (size_t)nc * sizeof(float));
+				c[i][j] = _mm256_loadu_ps(tmp + 8 * j);
+			} else {
+				c[i][j] = _mm256_setzero_ps();
+			}
+		}
+	for (kk = 0; kk < k; kk++) {
+		__m256 b[4];
+		for (j = 0; j < 4; j++)
+			b[j] = _mm256_load_ps(p + 8 * j);
+		for (i = 0; i < R; i++) {
+			__m256 av = _mm256_broadcast_ss(a + i);
+			for (j = 0; j < 4; j++)
+				c[i][j] = _mm256_fmadd_ps(av, b[j], c[i][j]);
+		}
+		a += lda;
+		p += GEMM_NR;
+	}
+	for (i = 0; i < R; i++) {
+		for (j = 0; j < 4; j++)
+			_mm256_storeu_ps(tmp + 8 * j, c[i][j]);
+		memcpy(y + (size_t)i * ldy, tmp, (size_t)nc * sizeof(float));
+	}
+}
+
+static AVX2 void block_avx2(int mr, int k, const float *a, const float *p, float *y, size_t ldy,
+			    int nc, int acc)
+{
+	int i;
+
+	for (i = 0; i + 2 <= mr; i += 2)
+		rows256(2, mr, k, a + i, p, y + (size_t)i * ldy, ldy, nc, acc);
+	if (i < mr)
+		rows256(1, mr, k, a + i, p, y + (size_t)i * ldy, ldy, nc, acc);
+}
+#endif
+
+static gemm_block_fn gemm_block = block_scalar;
+static const char *gemm_isa_name = "scalar";
+static pthread_once_t gemm_once = PTHREAD_ONCE_INIT;
+
+static void gemm_select(void)
+{
+#ifdef GEMM_X86
+	__builtin_cpu_init();
+	if (__builtin_cpu_supports("avx512f")) {
+		gemm_block = block_avx512;
+		gemm_isa_name = "avx512";
+	} else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+		gemm_block = block_avx2;
+		gemm_isa_name = "avx2";
+	}
+#endif
+}
+
+const char *gemm_isa(void)
+{
+	pthread_once(&gemm_once, gemm_select);
+	return gemm_isa_name;
+}
+
+int gemm_set_isa(const char *name)
+{
+	pthread_once(&gemm_once, gemm_select);
+	if (!strcmp(name, "scalar")) {
+		gemm_block = block_scalar;
+	}
+#ifdef GEMM_X86
+	else if (!strcmp(name, "avx512") && __builtin_cpu_supports("avx512f")) {
+		gemm_block = block_avx512;
+	} else if (!strcmp(name, "avx2") && __builtin_cpu_supports("avx2") &&
+		   __builtin_cpu_supports("fma")) {
+		gemm_block = block_avx2;
+	}
+#endif
+	else {
+		return -ENOTSUP;
+	}
+	gemm_isa_name = !strcmp(name, "avx512") ? "avx512" : !strcmp(name, "avx2") ? "avx2" : "scalar";
+	return 0;
+}
+
+void gemm_run(int m, int n, int k, const float *xp, const float *pk, float *y, int acc,
+	      int p0, int p1)
+{
+	gemm_block_fn fn;
+	int pn, r0;
+
+	pthread_once(&gemm_once, gemm_select);
+	fn = gemm_block;
+	for (pn = p0; pn < p1; pn++) {
+		const float *pp = pk + (size_t)pn * GEMM_NR * k;
+		int col0 = pn * GEMM_NR, nc = n - col0 < GEMM_NR ? n - col0 : GEMM_NR;
+		for (r0 = 0; r0 < m; r0 += GEMM_MR) {
+			int mr = m - r0 < GEMM_MR ? m - r0 : GEMM_MR;
+			fn(mr, k, xp + (size_t)r0 * k, pp, y + (size_t)r0 * n + col0, (size_t)n, nc, acc);
+		}
+	}
+}

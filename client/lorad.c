@@ -44,6 +44,8 @@ struct slot {
 	char     *text;         /* caller's text buffer */
 	uint32_t  text_cap, text_copied, text_off;
 	uint32_t  skill_off;    /* "auto": where the daemon writes the chosen skill */
+	uint32_t  times_off;    /* where the daemon writes struct lorad_times; 0 = not asked */
+	struct lorad_times *times;
 	uint16_t  gen;
 	uint8_t   state;
 	uint32_t  next_free;
@@ -446,7 +448,8 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	if (r->n_stop_ids > LORAD_MAX_STOP || r->n_logit_bias > LORAD_MAX_BIAS ||
 	    (r->n_stop_ids && !r->stop_ids) || (r->n_logit_bias && !r->logit_bias))
 		return -EINVAL;
-	if (r->n_stop_ids || r->n_logit_bias || r->min_tokens || stop_bytes || r->out_text_cap || is_auto)
+	if (r->n_stop_ids || r->n_logit_bias || r->min_tokens || stop_bytes || r->out_text_cap || is_auto ||
+	    r->times)
 		ext_bytes = sizeof(struct lorad_ext) + (uint64_t)r->n_stop_ids * 4 +
 			    (uint64_t)r->n_logit_bias * sizeof(struct lorad_logit_bias) + stop_bytes;
 	prompt_bytes = text ? r->prompt_text_len : (uint64_t)r->n_prompt * 4;
@@ -454,7 +457,8 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	need = ((prompt_bytes + CHUNK - 1) / CHUNK) * CHUNK +
 	       ((ext_bytes + CHUNK - 1) / CHUNK) * CHUNK +
 	       (((uint64_t)r->max_tokens * 4 + CHUNK - 1) / CHUNK) * CHUNK +
-	       ((r->out_text_cap + CHUNK - 1) / CHUNK) * CHUNK + (is_auto ? CHUNK : 0);
+	       ((r->out_text_cap + CHUNK - 1) / CHUNK) * CHUNK + (is_auto ? CHUNK : 0) +
+	       (r->times ? CHUNK : 0);
 	need = (need + CHUNK - 1) / CHUNK;
 	if (need > c->n_chunks)
 		return -E2BIG;
@@ -471,6 +475,8 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	uint32_t ext_off = poff + (uint32_t)(((prompt_bytes + CHUNK - 1) / CHUNK) * CHUNK);
 	out_off = ext_off + (uint32_t)(((ext_bytes + CHUNK - 1) / CHUNK) * CHUNK);
 	uint32_t text_off = out_off + (uint32_t)((((uint64_t)r->max_tokens * 4 + CHUNK - 1) / CHUNK) * CHUNK);
+	uint32_t skill_off = text_off + ((r->out_text_cap + CHUNK - 1) / CHUNK) * CHUNK;
+	uint32_t times_off = skill_off + (is_auto ? CHUNK : 0);
 
 	memcpy(c->arena + poff, text ? (const void *)r->prompt_text : (const void *)r->prompt,
 	       prompt_bytes);
@@ -485,8 +491,12 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 			h.text_len = r->out_text_cap;
 		}
 		if (is_auto) {
-			h.skill_off = text_off + ((r->out_text_cap + CHUNK - 1) / CHUNK) * CHUNK;
+			h.skill_off = skill_off;
 			memset(c->arena + h.skill_off, 0, LORAD_SKILL_MAX);
+		}
+		if (r->times) {
+			h.times_off = times_off;
+			memset(c->arena + times_off, 0, sizeof(struct lorad_times));
 		}
 		for (uint32_t i = 0; i < r->n_stop; i++) {
 			size_t l = strlen(r->stop[i]) + 1;
@@ -513,7 +523,9 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	s->text_cap = r->out_text_cap;
 	s->text_copied = 0;
 	s->text_off = text_off;
-	s->skill_off = is_auto ? text_off + ((r->out_text_cap + CHUNK - 1) / CHUNK) * CHUNK : 0;
+	s->skill_off = is_auto ? skill_off : 0;
+	s->times_off = r->times ? times_off : 0;
+	s->times = r->times;
 	s->gen++;
 	s->state = SLOT_INFLIGHT;
 	c->pending++;
@@ -688,6 +700,8 @@ static bool take_cqe(struct lorad *c, const struct lorad_cqe *q, struct lorad_ev
 			memcpy(ev->skill, c->arena + s->skill_off, LORAD_SKILL_MAX - 1);
 			ev->skill[LORAD_SKILL_MAX - 1] = 0;
 		}
+		if (s->times_off)
+			memcpy(s->times, c->arena + s->times_off, sizeof(*s->times));
 		slot_release(c, idx);
 	}
 	return true;

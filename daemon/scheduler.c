@@ -197,6 +197,17 @@ struct ext_text {
 	unsigned n_stop;
 };
 
+/* [t0, t1) is inside the arena and clear of the prompt, the ids and the ext. */
+static bool arena_clear(const struct sreq *r, uint64_t t0, uint64_t t1)
+{
+	const struct lorad_sqe *e = &r->e;
+
+	return t1 <= r->s->lay.arena_size &&
+	       !(t0 < (uint64_t)e->prompt_off + e->prompt_len && e->prompt_off < t1) &&
+	       !(t0 < (uint64_t)e->out_off + e->out_len && e->out_off < t1) &&
+	       !(t0 < (uint64_t)e->ext_off + e->ext_len && e->ext_off < t1);
+}
+
 static int read_ext(struct sreq *r, struct engine_seq_params *p, int32_t **stops,
 		    struct sample_bias **bias, struct ext_text *xt)
 {
@@ -210,24 +221,25 @@ static int read_ext(struct sreq *r, struct engine_seq_params *p, int32_t **stops
 		return -EINVAL;
 	base = r->s->arena + r->e.ext_off;
 	memcpy(&h, base, sizeof(h));   /* one read of each shared byte, into private memory */
-	if (h.reserved || h.n_stop > LORAD_MAX_STOP || h.n_bias > LORAD_MAX_BIAS ||
+	if (h.n_stop > LORAD_MAX_STOP || h.n_bias > LORAD_MAX_BIAS ||
 	    h.stop_str_len > LORAD_MAX_STOP_STR * 257)
 		return -EINVAL;
 	need = sizeof(h) + (uint64_t)h.n_stop * 4 + (uint64_t)h.n_bias * 8 + h.stop_str_len;
 	if (need != r->e.ext_len)
 		return -EINVAL;
 	if (h.text_len) {
-		/* the text buffer: inside the arena and clear of prompt, ids and ext */
-		uint64_t t0 = h.text_off, t1 = t0 + h.text_len;
-		const struct lorad_sqe *e = &r->e;
-
-		if (t1 > r->s->lay.arena_size ||
-		    (t0 < (uint64_t)e->prompt_off + e->prompt_len && e->prompt_off < t1) ||
-		    (t0 < (uint64_t)e->out_off + e->out_len && e->out_off < t1) ||
-		    (t0 < (uint64_t)e->ext_off + e->ext_len && e->ext_off < t1))
+		if (!arena_clear(r, h.text_off, (uint64_t)h.text_off + h.text_len))
 			return -EINVAL;
 		xt->text_off = h.text_off;
 		xt->text_len = h.text_len;
+	}
+	if (h.times_off) {
+		uint64_t t0 = h.times_off, t1 = t0 + sizeof(struct lorad_times);
+
+		if (t0 % 8 || !arena_clear(r, t0, t1) ||
+		    (h.text_len && t0 < (uint64_t)h.text_off + h.text_len && h.text_off < t1))
+			return -EINVAL;
+		r->times_off = h.times_off;
 	}
 	if (h.stop_str_len) {
 		char *b = malloc(h.stop_str_len);

@@ -447,7 +447,7 @@ static void housekeeping(struct server *sv, uint64_t now)
 
 /* --- the poller -------------------------------------------------------------------- */
 
-static int poll_sessions(struct server *sv, uint64_t now)
+static int poll_sessions(struct server *sv)
 {
 	struct session *s, *next;
 	int work = 0;
@@ -456,7 +456,7 @@ static int poll_sessions(struct server *sv, uint64_t now)
 		int r;
 
 		next = s->next;
-		r = session_poll(s, &sv->cfg.lim, sv->ex, sv->exctx, sv->draining, now);
+		r = session_poll(s, &sv->cfg.lim, sv->ex, sv->exctx, sv->draining);
 		if (r < 0)
 			session_end(sv, s, r);
 		else
@@ -578,7 +578,7 @@ int server_run(struct server *sv)
 			housekeeping(sv, now);
 			last_house = now;
 		}
-		work = poll_sessions(sv, now);
+		work = poll_sessions(sv);
 		work += sv->ex->step(sv->exctx);
 		work += flush_sessions(sv);
 		bury(sv);

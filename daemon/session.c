@@ -245,6 +245,11 @@ void sreq_emit(struct sreq *r, bool final, int res, unsigned finish, unsigned fi
 				q.itl_us = us_between(r->t_first, r->t_last) / (r->n_out - 1);
 		}
 	}
+	if (final && r->times_off && r->s->state == SESSION_LIVE) {
+		/* checked in bounds when the request was taken; published by the CQE */
+		struct lorad_times t = { r->t_seen, r->t_admit, r->t_first, now_ns() };
+		memcpy(r->s->arena + r->times_off, &t, sizeof(t));
+	}
 	if (r->s->state == SESSION_LIVE)
 		emit_cqe(r->s, &q, final);
 	if (final) {
@@ -266,7 +271,7 @@ static struct sreq *find_by_tag(struct session *s, uint32_t tag)
 
 static void take_entry(struct session *s, const struct lorad_sqe *e,
 		       const struct session_limits *lim, const struct exec_ops *ex,
-		       void *exctx, bool draining, uint64_t now)
+		       void *exctx, bool draining)
 {
 	struct sqe_limits sl = lim->sqe;
 	enum lorad_field field;
@@ -319,10 +324,12 @@ static void take_entry(struct session *s, const struct lorad_sqe *e,
 	r->checksum = lorad_checksum32(r->prompt, e->prompt_len);
 	r->n_out = 0;
 	r->text_bytes = 0;
-	r->t_seen = now;
+	/* the clock now, not the loop's: clients measure submit -> seen with it */
+	r->t_seen = now_ns();
 	r->t_admit = r->t_first = r->t_last = 0;
 	r->step_seen = r->step_admit = r->step_last = 0;
 	r->version = 0;
+	r->times_off = 0;
 	r->cancelled = false;
 	r->exec = NULL;
 	r->prev = NULL;
@@ -336,7 +343,7 @@ static void take_entry(struct session *s, const struct lorad_sqe *e,
 }
 
 int session_poll(struct session *s, const struct session_limits *lim,
-		 const struct exec_ops *ex, void *exctx, bool draining, uint64_t now)
+		 const struct exec_ops *ex, void *exctx, bool draining)
 {
 	uint32_t tail, avail, want, taken = 0;
 	int64_t room;
@@ -367,7 +374,7 @@ int session_poll(struct session *s, const struct session_limits *lim,
 
 		sqe_load(&e, &s->sqes[s->sq_head & (s->lay.sq_entries - 1)]);
 		s->sq_head++;
-		take_entry(s, &e, lim, ex, exctx, draining, now);
+		take_entry(s, &e, lim, ex, exctx, draining);
 	}
 	if (taken) {
 		/* pairs with the client's ring_load_acquire(&sq->head) before it reuses entries */

@@ -33,6 +33,7 @@ struct sreq {
 	uint64_t t_seen, t_admit, t_first, t_last;
 	uint32_t step_seen, step_admit, step_last;  /* engine step counters, for fairness telemetry */
 	uint32_t version;
+	uint32_t times_off;          /* arena: where the final completion's timestamps go; 0 = none */
 	bool cancelled;
 	struct sreq *next, *prev;    /* session's in-flight list */
 	void *exec;                  /* the executor's per-request state */
@@ -111,10 +112,11 @@ void session_free(struct session *s);
 /*
  * Consume the session's SQ (at most poll_budget entries, only while its CQ
  * has room). Returns the entries taken, or -EPROTO for a corrupt index, in
- * which case the caller ends the session.
+ * which case the caller ends the session. Each request is stamped with the
+ * clock as it is taken (struct lorad_times.seen_ns).
  */
 int session_poll(struct session *s, const struct session_limits *lim,
-		 const struct exec_ops *ex, void *exctx, bool draining, uint64_t now);
+		 const struct exec_ops *ex, void *exctx, bool draining);
 
 /* Move pending finals into the CQ and publish; ring the doorbell if the client sleeps. */
 int session_flush(struct session *s);

@@ -20,7 +20,7 @@
 
 #define LORAD_MAGIC       0x44524f4cu  /* "LORD" little-endian */
 #define LORAD_ABI_MAJOR   1
-#define LORAD_ABI_MINOR   0
+#define LORAD_ABI_MINOR   1  /* 1.1: lorad_ext.times_off */
 #define LORAD_FEATURES    0ull         /* no optional features yet */
 
 #define LORAD_CACHELINE   64
@@ -168,7 +168,18 @@ struct lorad_ext {
 	uint32_t text_len;
 	uint32_t skill_off;      /* arena: LORAD_SKILL_MAX bytes where the daemon writes the skill
 				    "auto" chose, before the final completion; 0 = none */
-	uint32_t reserved;       /* must be zero */
+	uint32_t times_off;      /* arena: a struct lorad_times, 8-byte aligned, that the daemon
+				    fills before the final completion; 0 = none (ABI 1.1; a 1.0
+				    daemon refuses it as a reserved field) */
+};
+
+/* When the daemon handled a request, CLOCK_MONOTONIC nanoseconds (the
+ * client's clock too: same machine). 0 where it never got that far. */
+struct lorad_times {
+	uint64_t seen_ns;        /* the engine thread took it off the submission ring */
+	uint64_t admitted_ns;    /* it joined the running batch */
+	uint64_t first_token_ns; /* its first token was sampled */
+	uint64_t final_ns;       /* its final completion was posted */
 };
 
 struct lorad_logit_bias {
@@ -237,6 +248,7 @@ static_assert(sizeof(struct lorad_region_stats) == 32, "stats layout");
 static_assert(sizeof(struct lorad_region_hdr) == 72, "region header layout");
 static_assert(sizeof(struct lorad_sqe) == 128, "sqe layout");
 static_assert(sizeof(struct lorad_ext) == 32, "ext layout");
+static_assert(sizeof(struct lorad_times) == 32, "times layout");
 static_assert(sizeof(struct lorad_logit_bias) == 8, "logit bias layout");
 static_assert(sizeof(struct lorad_cqe) == 64, "cqe layout");
 static_assert(__builtin_offsetof(struct lorad_sqe, skill) == 96, "sqe skill offset");

@@ -72,6 +72,8 @@ struct lorad_request {
 	uint32_t        out_text_cap;  /* bytes; text past it is cut and the request ends */
 	const char *const *stop;       /* stop strings, matched across tokens, not returned */
 	uint32_t        n_stop;        /* at most LORAD_MAX_STOP_STR */
+	struct lorad_times *times;     /* NULL, or filled on the final event with when the
+					* daemon saw, admitted and answered the request */
 };
 
 #define LORAD_EV_FINAL  (1u << 0)  /* last event of the request; its buffer is the caller's again */

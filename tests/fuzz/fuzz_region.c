@@ -79,7 +79,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	for (int round = 0; round < 4; round++) {
 		bool draining = (ctl & 2) && round == 3;
 		uint32_t head0 = s->sq_head, tail0 = s->cq_tail;
-		int r = session_poll(s, &lim, &nullexec_ops, nx, draining, 1000);
+		int r = session_poll(s, &lim, &nullexec_ops, nx, draining);
 
 		if (r < 0) {
 			CHECK(r == -EPROTO);

@@ -954,9 +954,21 @@ static void test_generate(void **state)
 		uint32_t *out = calloc(jobs[i].spec.max_tokens, 4);
 		struct lorad_request req;
 		struct lorad_event fin;
+		struct lorad_times tm;
+		uint64_t t0, t1;
 
 		spec_request(&jobs[i].spec, out, &req);
+		/* with times asked, the daemon's stamps on the client's clock */
+		memset(&tm, 0xff, sizeof(tm));
+		req.times = &tm;
+		t0 = smono_ns();
 		assert_int_equal(lorad_generate(c, &req, &fin, 20000), 0);
+		t1 = smono_ns();
+		assert_true(t0 <= tm.seen_ns && tm.seen_ns <= tm.admitted_ns);
+		assert_true(tm.admitted_ns <= tm.first_token_ns && tm.first_token_ns <= tm.final_ns);
+		assert_true(tm.final_ns <= t1);
+		assert_true((tm.admitted_ns - tm.seen_ns) / 1000 == fin.queue_us);
+		assert_true((tm.first_token_ns - tm.seen_ns) / 1000 == fin.ttft_us);
 		assert_int_equal(fin.res, 0);
 		assert_true(fin.flags & LORAD_EV_FINAL);
 		assert_int_equal(fin.user_data, jobs[i].spec.user_data);

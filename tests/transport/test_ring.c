@@ -88,7 +88,7 @@ static void rig_free(struct rig *g)
 /* One turn of the daemon's loop for this session. Returns poll's result. */
 static int daemon_turn(struct rig *g)
 {
-	int r = session_poll(&g->s, &g->lim, &nullexec_ops, g->nx, false, now_ns());
+	int r = session_poll(&g->s, &g->lim, &nullexec_ops, g->nx, false);
 
 	if (r < 0)
 		return r;
@@ -343,20 +343,20 @@ static void test_bad_indices(void **state)
 	/* one more than the ring size ahead is a lie */
 	rig_init(&g, 8, 16, UINT32_MAX - 2, 0, 0);
 	ring_store_release(&g.s.sq->tail, UINT32_MAX - 2 + 9);
-	assert_int_equal(session_poll(&g.s, &g.lim, &nullexec_ops, g.nx, false, 0), -EPROTO);
+	assert_int_equal(session_poll(&g.s, &g.lim, &nullexec_ops, g.nx, false), -EPROTO);
 	rig_free(&g);
 
 	/* a tail behind the head */
 	rig_init(&g, 8, 16, 5, 0, 0);
 	ring_store_release(&g.s.sq->tail, 4u);
-	assert_int_equal(session_poll(&g.s, &g.lim, &nullexec_ops, g.nx, false, 0), -EPROTO);
+	assert_int_equal(session_poll(&g.s, &g.lim, &nullexec_ops, g.nx, false), -EPROTO);
 	rig_free(&g);
 
 	/* a CQ head past the daemon's tail */
 	rig_init(&g, 8, 16, 0, UINT32_MAX - 1, 0);
 	assert_int_equal(client_submit(&g, 1, 2, 2), 0);
 	ring_store_release(&g.s.cq->head, 3u);
-	assert_int_equal(session_poll(&g.s, &g.lim, &nullexec_ops, g.nx, false, 0), -EPROTO);
+	assert_int_equal(session_poll(&g.s, &g.lim, &nullexec_ops, g.nx, false), -EPROTO);
 	rig_free(&g);
 }
 

@@ -15,16 +15,22 @@
  *   "submit_to_admission": an idle daemon whose poller spins, one client:
  *     client submit -> engine admission, p50/p99.
  *
- * Runs, all at saturation (twice the bare engine's measured capacity, open
- * loop) on one arrival trace: the base model alone (adapters 0), then skill
+ * Runs at saturation (twice the bare engine's measured capacity, open
+ * loop; throughput, target ratio_vs_bare_engine >= 0.9) on one arrival
+ * trace: the base model alone (adapters 0), then skill
  * popularity Zipf(s=1) over N = 1, 8 and 32 adapters (skill s_k with
  * weight 1/k). Arrivals, prompts and lengths are the same in every run;
  * only the skills differ. The daemon is started with the N adapters
  * (--adapter s_k=DIR) and the bare engine has the same N loaded
  * (engine_adapter_load, skills resolved by sched_set_skills). Before each
  * timed run both arms serve one request per skill, so adapter loading (the
- * daemon loads on first use) is outside the measurement. The full mode
- * also runs the base model at moderate load (half the capacity).
+ * daemon loads on first use) is outside the measurement. Then runs at
+ * moderate load (half the capacity; TTFT, target p50 <= 1.1x the bare
+ * engine's): above capacity an open loop's queue grows for as long as the
+ * trace lasts, so TTFT there measures the trace length and amplifies any
+ * throughput difference, not the cost of serving through the rings. Both
+ * loads report every figure; --quick runs moderate load for 0 and 8
+ * adapters only.
  *
  * The model is the engine benchmark's (hidden 768, 12 layers, 12 heads,
  * 4 KV heads, FFN 2048, vocab 32000, fp32), made with lorad-mkmodel in a
@@ -36,6 +42,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -653,7 +660,7 @@ int main(int argc, char **argv)
 	struct bare_skills bk = { .n = 0 };
 	struct engine *e = NULL;
 	struct daemon d;
-	char err[512], th[16], quick_note[160];
+	char err[512], th[16], quick_note[320];
 	double t_start = mono() / 1e9, cap_rps;
 	int rc = 1;
 
@@ -728,22 +735,27 @@ int main(int argc, char **argv)
 
 	{
 		/* saturation: twice the capacity, open loop, one trace (seed 101) for every
-		 * adapter count; moderate (half the capacity) only in the full mode */
-		const unsigned n_sat = quick ? 48 : 128;
+		 * adapter count: throughput. Moderate: half the capacity (seed 100):
+		 * time to first token, which at saturation is mostly the queue that
+		 * an open loop above capacity grows for as long as the trace lasts. */
+		const unsigned n_sat = quick ? 48 : 128, n_mod = quick ? 32 : 64;
 		const struct run_cfg full[] = {
-			{ "moderate", 0.5, 0, 64, 100 },   { "saturation", 2.0, 0, n_sat, 101 },
-			{ "saturation", 2.0, 1, n_sat, 101 }, { "saturation", 2.0, 8, n_sat, 101 },
-			{ "saturation", 2.0, 32, n_sat, 101 },
+			{ "saturation", 2.0, 0, n_sat, 101 }, { "saturation", 2.0, 1, n_sat, 101 },
+			{ "saturation", 2.0, 8, n_sat, 101 }, { "saturation", 2.0, 32, n_sat, 101 },
+			{ "moderate", 0.5, 0, n_mod, 100 },   { "moderate", 0.5, 8, n_mod, 100 },
+			{ "moderate", 0.5, 1, n_mod, 100 },   { "moderate", 0.5, 32, n_mod, 100 },
 		};
-		const struct run_cfg *runs = quick ? full + 1 : full;
-		unsigned n_runs = quick ? 4 : 5;
+		const struct run_cfg *runs = full;
+		unsigned n_runs = quick ? 6 : 8;
 
 		snprintf(quick_note, sizeof(quick_note),
 			 quick ? "\"quick\": true, \"quick_shrinks\": \"2 layers (full 12), %u-request "
-				 "saturation trace (full 128), no moderate-load run\""
-			       : "\"quick\": false", n_sat);
+				 "saturation and %u-request moderate traces (full 128, 64), moderate load "
+				 "with 0 and 8 adapters only\""
+			       : "\"quick\": false", n_sat, n_mod);
 		for (unsigned ri = 0; ri < n_runs; ri++) {
 			const struct run_cfg *rcf = &runs[ri];
+			const bool sat = !strcmp(rcf->load, "saturation");
 			double rate = cap_rps * rcf->cap_factor;
 			unsigned n = rcf->requests, nw;
 			struct summary sb, sd;
@@ -751,7 +763,7 @@ int main(int argc, char **argv)
 			char sk[320];
 			int ok;
 
-			/* the bare engine holds exactly the adapters of this run (counts only grow) */
+			/* the bare engine holds at least the adapters of this run (loaded ones stay) */
 			for (; bk.n < rcf->n_adapters; bk.n++) {
 				char dir[128];
 
@@ -810,10 +822,12 @@ int main(int argc, char **argv)
 			       "\"ttft_p50_ms\": {\"daemon\": %.2f, \"bare_engine\": %.2f}, "
 			       "\"itl_p50_ms\": {\"daemon\": %.2f, \"bare_engine\": %.2f}, "
 			       "\"itl_p99_ms\": {\"daemon\": %.2f, \"bare_engine\": %.2f}, "
-			       "\"target_ratio\": 0.9, \"target_ttft_p50_vs_bare\": 1.1, \"meets_targets\": %s, %s}\n",
+			       "%s, \"meets_target\": %s, %s}\n",
 			       rcf->load, rcf->n_adapters, n, sd.tok_s / sb.tok_s, sd.ttft50 / sb.ttft50,
 			       sd.ttft50, sb.ttft50, sd.itl50, sb.itl50, sd.itl99, sb.itl99,
-			       sd.tok_s >= 0.9 * sb.tok_s && sd.ttft50 <= 1.1 * sb.ttft50 ? "true" : "false",
+			       sat ? "\"target\": \"ratio_vs_bare_engine >= 0.9\""
+				   : "\"target\": \"ttft_p50_vs_bare <= 1.1\"",
+			       (sat ? sd.tok_s >= 0.9 * sb.tok_s : sd.ttft50 <= 1.1 * sb.ttft50) ? "true" : "false",
 			       quick_note);
 			fflush(stdout);
 			fprintf(stderr, "%-10s %2u adapters %6.2f req/s: daemon %7.0f tok/s (%.3f of bare %.0f), "

@@ -1,0 +1,300 @@
+/*
+ * The trained demo model in demo/ against the torch that trained it
+ * (fixtures written by demo/train.py, format in tests/fixtures/README.md):
+ *  - tokenizer: lorad's tokenizer gives exactly the ids of the training
+ *    script's BPE for every fixture text (tricky text, held-out prompts and
+ *    outputs, training samples), with and without the post-processor's <s>,
+ *    and decodes them back to the text; every prompt of demo/heldout.jsonl
+ *    is among those texts; BOS and EOS are those of config.json;
+ *  - engine: for the base model and each adapter (unmerged), the logits at
+ *    the last prompt position within tolerance_rel * max|logit| of torch's,
+ *    and the whole greedy continuation up to EOS identical; all cases again
+ *    in one batch that mixes the base and the three adapters.
+ */
+#include <errno.h>
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <json-c/json.h>
+
+#include "engine.h"
+#include "tokenizer.h"
+
+#define MAX_CASES 32
+
+static json_object *jkey(json_object *o, const char *k)
+{
+	json_object *v = NULL;
+
+	if (!json_object_object_get_ex(o, k, &v))
+		fail_msg("fixture: key \"%s\" missing", k);
+	return v;
+}
+
+static int read_ids(json_object *a, int32_t *out, int max)
+{
+	int n = (int)json_object_array_length(a), i;
+
+	assert_true(n <= max);
+	for (i = 0; i < n; i++)
+		out[i] = json_object_get_int(json_object_array_get_idx(a, i));
+	return n;
+}
+
+static void check_ids(const char *what, const char *text, const uint32_t *got, size_t n,
+		      json_object *want)
+{
+	size_t i, nw = json_object_array_length(want);
+
+	for (i = 0; i < n && i < nw; i++)
+		if ((int64_t)got[i] != json_object_get_int64(json_object_array_get_idx(want, i)))
+			break;
+	if (i == n && n == nw)
+		return;
+	fail_msg("%s of \"%.80s\": lorad gives %zu ids, torch %zu; first difference at %zu "
+		 "(lorad %d, torch %d)", what, text, n, nw, i,
+		 i < n ? (int)got[i] : -1,
+		 i < nw ? json_object_get_int(json_object_array_get_idx(want, i)) : -1);
+}
+
+static void test_tokenizer(void **state)
+{
+	json_object *root = json_object_from_file(DEMO_FIXTURES "/tokenize.json");
+	json_object *cases, *cfg;
+	struct tokenizer *tok = NULL;
+	char err[512], line[8192];
+	size_t i, n;
+	int per_skill[3] = { 0 }, lines = 0;
+	FILE *f;
+
+	(void)state;
+	assert_non_null(root);
+	if (tok_load(DEMO_DIR "/model/tokenizer.json", &tok, err, sizeof(err)) < 0)
+		fail_msg("%s", err);
+	cfg = json_object_from_file(DEMO_DIR "/model/config.json");
+	assert_non_null(cfg);
+	assert_int_equal(tok_bos_id(tok), json_object_get_int(jkey(cfg, "bos_token_id")));
+	assert_int_equal(tok_eos_id(tok), json_object_get_int(jkey(cfg, "eos_token_id")));
+	assert_int_equal(tok_vocab_size(tok), json_object_get_int(jkey(cfg, "vocab_size")));
+	json_object_put(cfg);
+
+	cases = jkey(root, "cases");
+	n = json_object_array_length(cases);
+	assert_true(n >= 100);
+	for (i = 0; i < n; i++) {
+		json_object *c = json_object_array_get_idx(cases, i);
+		json_object *t = jkey(c, "text");
+		const char *text = json_object_get_string(t);
+		size_t len = (size_t)json_object_get_string_len(t), dlen = 0;
+		uint32_t *ids = NULL;
+		size_t nids = 0;
+		char *back = NULL;
+
+		if (tok_encode(tok, text, len, false, &ids, &nids, err, sizeof(err)) < 0)
+			fail_msg("%s", err);
+		check_ids("ids", text, ids, nids, jkey(c, "ids"));
+		assert_int_equal(tok_decode(tok, ids, nids, false, &back, &dlen), 0);
+		if (dlen != len || memcmp(back, text, len))
+			fail_msg("decode of \"%.80s\" gives \"%.80s\"", text, back);
+		free(back);
+		free(ids);
+		if (tok_encode(tok, text, len, true, &ids, &nids, err, sizeof(err)) < 0)
+			fail_msg("%s", err);
+		check_ids("ids_special", text, ids, nids, jkey(c, "ids_special"));
+		free(ids);
+	}
+
+	/* every held-out prompt and output is a fixture text */
+	f = fopen(DEMO_DIR "/heldout.jsonl", "r");
+	assert_non_null(f);
+	while (fgets(line, sizeof(line), f)) {
+		json_object *h = json_tokener_parse(line);
+		const char *skill, *want[2];
+		int k, found[2] = { 0, 0 };
+
+		assert_non_null(h);
+		skill = json_object_get_string(jkey(h, "skill"));
+		want[0] = json_object_get_string(jkey(h, "prompt"));
+		want[1] = json_object_get_string(jkey(h, "expected"));
+		per_skill[0] += !strcmp(skill, "sql");
+		per_skill[1] += !strcmp(skill, "json");
+		per_skill[2] += !strcmp(skill, "support");
+		for (i = 0; i < n; i++) {
+			const char *t = json_object_get_string(jkey(json_object_array_get_idx(cases, i), "text"));
+			for (k = 0; k < 2; k++)
+				found[k] |= !strcmp(t, want[k]);
+		}
+		if (!found[0] || !found[1])
+			fail_msg("held-out %s \"%.80s\" is not in tokenize.json: rerun demo/train.py",
+				 found[0] ? "output" : "prompt", want[!!found[0]]);
+		json_object_put(h);
+		lines++;
+	}
+	fclose(f);
+	assert_int_equal(per_skill[0] + per_skill[1] + per_skill[2], lines);
+	for (i = 0; i < 3; i++)
+		assert_true(per_skill[i] >= 30);
+	tok_free(tok);
+	json_object_put(root);
+}
+
+struct lcase {
+	char adapter[32];
+	int id;
+	int n_prompt, n_greedy;
+	int32_t prompt[256], greedy[128];
+	float *logits;
+	float max_abs;
+};
+
+static int load_cases(struct lcase *c, float *tol)
+{
+	json_object *root = json_object_from_file(DEMO_FIXTURES "/logits.json");
+	json_object *cases;
+	int n, i, v, vocab = -1;
+
+	assert_non_null(root);
+	*tol = (float)json_object_get_double(jkey(root, "tolerance_rel"));
+	assert_true(*tol > 0 && *tol <= 1e-4f);
+	cases = jkey(root, "cases");
+	n = (int)json_object_array_length(cases);
+	assert_true(n >= 4 && n <= MAX_CASES);
+	for (i = 0; i < n; i++) {
+		json_object *o = json_object_array_get_idx(cases, i), *lg;
+
+		memset(&c[i], 0, sizeof(c[i]));
+		snprintf(c[i].adapter, sizeof(c[i].adapter), "%s",
+			 json_object_get_string(jkey(o, "adapter")));
+		c[i].n_prompt = read_ids(jkey(o, "prompt"), c[i].prompt, 256);
+		c[i].n_greedy = read_ids(jkey(o, "greedy"), c[i].greedy, 128);
+		lg = jkey(o, "logits");
+		if (vocab < 0)
+			vocab = (int)json_object_array_length(lg);
+		assert_int_equal((int)json_object_array_length(lg), vocab);
+		c[i].logits = malloc((size_t)vocab * sizeof(float));
+		assert_non_null(c[i].logits);
+		for (v = 0; v < vocab; v++) {
+			c[i].logits[v] = (float)json_object_get_double(json_object_array_get_idx(lg, v));
+			c[i].max_abs = fmaxf(c[i].max_abs, fabsf(c[i].logits[v]));
+		}
+	}
+	json_object_put(root);
+	return n;
+}
+
+static struct engine *load_engine(struct lcase *c, int n)
+{
+	struct engine *e = NULL;
+	char err[512], dir[4200];
+	int i, j;
+
+	if (engine_load(DEMO_DIR "/model", NULL, &e, err, sizeof(err)) < 0)
+		fail_msg("%s", err);
+	for (i = 0; i < n; i++) {
+		if (!strcmp(c[i].adapter, "base"))
+			continue;
+		for (j = 0; j < i; j++)
+			if (!strcmp(c[j].adapter, c[i].adapter))
+				break;
+		if (j < i) {
+			c[i].id = c[j].id;
+			continue;
+		}
+		snprintf(dir, sizeof(dir), "%s/adapters/%s", DEMO_DIR, c[i].adapter);
+		if (engine_adapter_load(e, dir, &c[i].id, err, sizeof(err)) < 0)
+			fail_msg("%s: %s", c[i].adapter, err);
+		assert_true(c[i].id >= 1);
+	}
+	return e;
+}
+
+static struct engine_seq *new_seq(struct engine *e, const struct lcase *c)
+{
+	struct engine_seq_params sp = { 0 };
+	struct engine_seq *s = NULL;
+	char err[512];
+
+	sample_params_default(&sp.sample);
+	sp.max_tokens = c->n_greedy;
+	sp.keep_logits = ENGINE_LOGITS_LAST_PROMPT;
+	sp.adapter = c->id;
+	if (engine_seq_new(e, c->prompt, c->n_prompt, &sp, &s, err, sizeof(err)) < 0)
+		fail_msg("%s", err);
+	return s;
+}
+
+/* logits within tolerance, the same greedy tokens up to and including EOS */
+static int check_seq(const struct engine *e, const struct lcase *c, const struct engine_seq *s,
+		     float tol, const char *how)
+{
+	int vocab = engine_config(e)->vocab, v, ok = 1;
+	float d = 0;
+
+	assert_true(s->n_logits >= 1);
+	for (v = 0; v < vocab; v++)
+		d = fmaxf(d, fabsf(s->logits[v] - c->logits[v]));
+	printf("  %-8s %-7s prompt %3d tokens: max|d| %.3g (limit %.3g), %d greedy tokens %s\n",
+	       how, c->adapter, c->n_prompt, d, tol * c->max_abs, c->n_greedy,
+	       s->n_tokens - s->n_prompt == c->n_greedy &&
+			       !memcmp(s->tokens + s->n_prompt, c->greedy, (size_t)c->n_greedy * 4)
+		       ? "identical" : "DIFFERENT");
+	if (!(d <= tol * c->max_abs))
+		ok = 0;
+	if (s->n_tokens - s->n_prompt != c->n_greedy ||
+	    memcmp(s->tokens + s->n_prompt, c->greedy, (size_t)c->n_greedy * sizeof(int32_t)))
+		ok = 0;
+	if (c->greedy[c->n_greedy - 1] == engine_config(e)->eos[0] && s->finish != ENGINE_FINISH_STOP)
+		ok = 0;
+	return ok;
+}
+
+static void test_engine(void **state)
+{
+	struct lcase c[MAX_CASES];
+	struct engine_seq *s[MAX_CASES];
+	struct engine *e;
+	char err[512];
+	float tol;
+	int n = load_cases(c, &tol), i, bad = 0, adapters = 0;
+
+	(void)state;
+	e = load_engine(c, n);
+	for (i = 0; i < n; i++) {
+		adapters += c[i].id > 0;
+		s[i] = new_seq(e, &c[i]);
+		if (engine_generate(e, &s[i], 1, 0, err, sizeof(err)) < 0)
+			fail_msg("%s", err);
+		bad += !check_seq(e, &c[i], s[i], tol, "alone");
+		engine_seq_free(e, s[i]);
+	}
+	assert_true(adapters >= 3);
+	/* the same in one batch mixing the base model and the three adapters */
+	for (i = 0; i < n; i++)
+		s[i] = new_seq(e, &c[i]);
+	if (engine_generate(e, s, n, 0, err, sizeof(err)) < 0)
+		fail_msg("%s", err);
+	for (i = 0; i < n; i++) {
+		bad += !check_seq(e, &c[i], s[i], tol, "batched");
+		engine_seq_free(e, s[i]);
+	}
+	for (i = 0; i < n; i++)
+		free(c[i].logits);
+	engine_free(e);
+	assert_int_equal(bad, 0);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_tokenizer),
+		cmocka_unit_test(test_engine),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

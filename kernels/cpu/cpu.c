@@ -187,7 +187,16 @@ struct gemm_job {
 	int m, n, k, acc;
 	const float *xp, *pk;
 	float *y;
+	const float *x;
 };
+
+static void pack_tasks(void *arg, int worker, int begin, int end)
+{
+	const struct gemm_job *j = arg;
+
+	(void)worker;
+	gemm_pack_x_blocks((float *)j->xp, j->m, j->k, j->x, begin, end);
+}
 
 static void gemm_tasks(void *arg, int worker, int begin, int end)
 {
@@ -226,7 +235,7 @@ static void cpu_gemm(struct be *be, int m, int n, int k, const struct be_buf *x,
 		     const struct be_buf *w, struct be_buf *y, int acc)
 {
 	struct cpu_be *c = CPU(be);
-	struct gemm_job j = { m, n, k, acc, NULL, w->p, y->p };
+	struct gemm_job j = { m, n, k, acc, NULL, w->p, y->p, x->p };
 	int panels = gemm_panels(n), per;
 
 	if (m <= 0 || n <= 0)
@@ -249,8 +258,12 @@ static void cpu_gemm(struct be *be, int m, int n, int k, const struct be_buf *x,
 		gemm_pack(c->wtmp, n, k, 0, w->p, (size_t)n * k);
 		j.pk = c->wtmp;
 	}
-	gemm_pack_x(c->xp, m, k, x->p);
 	j.xp = c->xp;
+	/* laying out a prompt's rows is worth sharing too; a few rows are not */
+	if (m >= 8 * GEMM_MR)
+		pool_run(c->pool, pack_tasks, &j, (m + GEMM_MR - 1) / GEMM_MR, 4);
+	else
+		gemm_pack_x(c->xp, m, k, x->p);
 	if ((double)m * n * k < GEMM_PARALLEL_MACS) {
 		gemm_run(m, n, k, j.xp, j.pk, j.y, acc, 0, panels);
 		return;

@@ -58,9 +58,14 @@ void gemm_unpack(const float *pk, int n, int k, size_t off, float *dst, size_t c
 
 void gemm_pack_x(float *xp, int m, int k, const float *x)
 {
+	gemm_pack_x_blocks(xp, m, k, x, 0, (m + GEMM_MR - 1) / GEMM_MR);
+}
+
+void gemm_pack_x_blocks(float *xp, int m, int k, const float *x, int b0, int b1)
+{
 	int r0, i, kk;
 
-	for (r0 = 0; r0 < m; r0 += GEMM_MR) {
+	for (r0 = b0 * GEMM_MR; r0 < m && r0 < b1 * GEMM_MR; r0 += GEMM_MR) {
 		int mr = m - r0 < GEMM_MR ? m - r0 : GEMM_MR;
 		float *d = xp + (size_t)r0 * k;
 		for (i = 0; i < mr; i++) {

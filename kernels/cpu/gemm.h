@@ -49,6 +49,9 @@ static inline size_t gemm_xpack_len(int m, int k)
 /* Lays x [m, k] out as blocks of GEMM_MR rows, each [k][rows of the block],
  * so that one k step of a block is consecutive floats. */
 void gemm_pack_x(float *xp, int m, int k, const float *x);
+/* The same for the row blocks b0 .. b1-1 only (block b: rows b·GEMM_MR ..),
+ * so that threads can share the work. */
+void gemm_pack_x_blocks(float *xp, int m, int k, const float *x, int b0, int b1);
 
 /* y[:, columns of panels p0 .. p1-1] = xp · wᵀ (+ y when acc), xp from
  * gemm_pack_x, pk packed; y is [m, n] row-major. Different panel ranges

@@ -4,6 +4,30 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <time.h>
+
+/*
+ * A forward pass calls pool_run about a hundred times per step, microseconds
+ * apart. Waking a worker through the condition variable costs more than
+ * that on a virtual machine, so a worker first spins this long on the
+ * generation counter, and the caller on the busy count, before sleeping.
+ */
+#define POOL_SPIN_NS 50000ull
+
+static inline void pool_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#endif
+}
+
+static unsigned long long pool_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (unsigned long long)ts.tv_sec * 1000000000ull + (unsigned long long)ts.tv_nsec;
+}
 
 struct pool {
 	int n_threads;
@@ -11,9 +35,13 @@ struct pool {
 	pthread_mutex_t mu;
 	pthread_cond_t start;  /* workers wait here for a new generation */
 	pthread_cond_t done;   /* the caller waits here for the stragglers */
-	unsigned long gen;
-	int quit;
-	int busy;              /* workers still inside the current job */
+	/* gen: release store by pool_run after the job's fields, acquire load by
+	 * a spinning worker before it reads them (the mutex covers the rest) */
+	atomic_ulong gen;
+	atomic_int quit;
+	/* busy: decremented by each worker when done (release); the caller's
+	 * acquire load of 0 pairs with it before the job's results are used */
+	atomic_int busy;
 	/* the current job */
 	pool_fn fn;
 	void *arg;
@@ -45,20 +73,33 @@ static void *pool_main(void *v)
 	unsigned long seen = 0;
 
 	free(wa);
-	pthread_mutex_lock(&p->mu);
 	for (;;) {
-		while (!p->quit && p->gen == seen)
-			pthread_cond_wait(&p->start, &p->mu);
-		if (p->quit)
-			break;
-		seen = p->gen;
-		pthread_mutex_unlock(&p->mu);
-		pool_work(p, idx);
+		unsigned long long t0 = pool_now();
+		unsigned spins = 0;
+
+		/* acquire: pairs with pool_run's release store of gen */
+		while (atomic_load_explicit(&p->gen, memory_order_acquire) == seen &&
+		       !atomic_load_explicit(&p->quit, memory_order_relaxed)) {
+			pool_relax();
+			if ((++spins & 255) == 0 && pool_now() - t0 > POOL_SPIN_NS)
+				break;
+		}
 		pthread_mutex_lock(&p->mu);
-		if (--p->busy == 0)
+		while (!atomic_load_explicit(&p->quit, memory_order_relaxed) &&
+		       atomic_load_explicit(&p->gen, memory_order_acquire) == seen)
+			pthread_cond_wait(&p->start, &p->mu);
+		pthread_mutex_unlock(&p->mu);
+		if (atomic_load_explicit(&p->quit, memory_order_relaxed))
+			break;
+		seen = atomic_load_explicit(&p->gen, memory_order_acquire);
+		pool_work(p, idx);
+		/* release: pairs with the caller's acquire load of busy */
+		if (atomic_fetch_sub_explicit(&p->busy, 1, memory_order_release) == 1) {
+			pthread_mutex_lock(&p->mu);
 			pthread_cond_signal(&p->done);
+			pthread_mutex_unlock(&p->mu);
+		}
 	}
-	pthread_mutex_unlock(&p->mu);
 	return NULL;
 }
 
@@ -104,7 +145,7 @@ void pool_destroy(struct pool *p)
 	if (!p)
 		return;
 	pthread_mutex_lock(&p->mu);
-	p->quit = 1;
+	atomic_store_explicit(&p->quit, 1, memory_order_relaxed);
 	pthread_cond_broadcast(&p->start);
 	pthread_mutex_unlock(&p->mu);
 	for (i = 1; i < p->n_threads; i++)
@@ -137,15 +178,27 @@ void pool_run(struct pool *p, pool_fn fn, void *arg, int n_tasks, int grain)
 	p->n_tasks = n_tasks;
 	p->grain = grain;
 	atomic_store_explicit(&p->next, 0, memory_order_relaxed);
-	p->busy = p->n_threads - 1;
-	p->gen++;
+	atomic_store_explicit(&p->busy, p->n_threads - 1, memory_order_relaxed);
+	/* release: pairs with a spinning worker's acquire load of gen */
+	atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
 	pthread_cond_broadcast(&p->start);
 	pthread_mutex_unlock(&p->mu);
 
 	pool_work(p, 0);
 
+	{
+		unsigned long long t0 = pool_now();
+		unsigned spins = 0;
+
+		/* acquire: pairs with each worker's release decrement of busy */
+		while (atomic_load_explicit(&p->busy, memory_order_acquire) > 0) {
+			pool_relax();
+			if ((++spins & 255) == 0 && pool_now() - t0 > POOL_SPIN_NS)
+				break;
+		}
+	}
 	pthread_mutex_lock(&p->mu);
-	while (p->busy > 0)
+	while (atomic_load_explicit(&p->busy, memory_order_acquire) > 0)
 		pthread_cond_wait(&p->done, &p->mu);
 	pthread_mutex_unlock(&p->mu);
 }

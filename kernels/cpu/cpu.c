@@ -553,7 +553,7 @@ static void cpu_gather_rows(struct be *be, int d, const struct be_buf *x, struct
  * same order whatever the chunk holds, so a row's numbers do not depend on
  * the other rows of the batch (bitwise batch invariance holds with LoRA).
  */
-#define LORA_ROWS 16
+#define LORA_ROWS 8
 
 struct lora_task {
 	int seg, row0, n_rows; /* row0 relative to the segment */
@@ -684,7 +684,7 @@ static int lora_tasks(struct cpu_be *c, const struct be_lora_seg *segs, int n_se
 }
 
 /* Below this many multiply-adds a call runs on the calling thread alone. */
-#define LORA_PARALLEL_MACS 400000.0
+#define LORA_PARALLEL_MACS 100000.0
 
 static void lora_run(struct cpu_be *c, pool_fn fn, struct lora_job *j, const struct be_lora_seg *segs,
 		     int n_segs, int width)

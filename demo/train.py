@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 r"""Trains lorad's demo model: a small Llama base and three PEFT LoRA skills.
 
-    /usr/bin/python3 demo/train.py            # everything, about 8 minutes
+    /usr/bin/python3 demo/train.py            # everything, about 25 minutes
+    /usr/bin/python3 demo/train.py --reuse-base --only json   # one adapter
 
 Needs only Debian's python3-torch and python3-numpy (`LORAD_WITH_TORCH=1
 scripts/setup-deps.sh` installs them). Deterministic from SEED: the same
@@ -28,7 +29,9 @@ Phases:
     numbers and punctuation repeated), after a first phase of copying random
     token sequences. None of the skills' formats occur in it; every token the
     skills use does (asserted).
- 4. One LoRA adapter per skill, base frozen, loss on the output only.
+ 4. One LoRA adapter per skill, base frozen, loss on the output only, until
+    greedy decoding is exact on fresh training-distribution prompts (or a
+    cap on the steps).
  5. Greedy exact-match accuracy on the held-out prompts, for each adapter and
     for the base alone, with the plain-torch transcription of transformers'
     modeling_llama + PEFT in tests/engine/reference.py (the weights as
@@ -93,17 +96,28 @@ BASE_LR = 3e-3
 AUTOCAST = True
 COPY_FRAC = 0.5         # share of the base corpus that is copying tasks
 
-# skills: rank, alpha, target modules, steps, lr
+# skills: rank, alpha, target modules, at most `steps` steps, lr,
+# b_mult: LoRA+, B's learning rate over A's (1: plain LoRA; see
+# demo/README.md for what 8 and 16 did), and letters: the share of the
+# training products that are random letter strings. Held-out products are
+# everyday words never seen in training; an adapter that has copied only
+# syllable-made names and a few fixed words misspells them.
 SKILLS = {
     "sql": dict(r=16, alpha=32, targets=["q_proj", "k_proj", "v_proj", "o_proj"],
-                steps=500, lr=3e-3),
+                steps=2500, lr=3e-3, b_mult=1.0, letters=0.5),
     "json": dict(r=8, alpha=16, targets=["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"],
-                 steps=500, lr=3e-3),
+                 steps=2500, lr=3e-3, b_mult=8.0, letters=0.5),
     "support": dict(r=4, alpha=8, targets=["q_proj", "k_proj", "v_proj", "o_proj",
                                            "gate_proj", "up_proj", "down_proj"],
-                    steps=500, lr=3e-3),
+                    steps=1500, lr=3e-3, b_mult=1.0, letters=0.5),
 }
 SKILL_BATCH = 32
+# adapters train until greedy decoding is exact on all CHECK_N fresh
+# training-distribution prompts (checked every CHECK_EVERY steps from
+# CHECK_FROM on, in one teacher-forced forward pass), or for `steps` steps
+CHECK_N = 128
+CHECK_EVERY = 50
+CHECK_FROM = 300
 N_HELDOUT = 40
 MAX_NEW = 64
 
@@ -163,13 +177,18 @@ class Pools:
             assert not bad, f"held-out {key} values also in training: {sorted(bad)[:5]}"
             assert vs, key
 
-    def pick(self, held, key, rng):
+    def pick(self, held, key, rng, letters=0.0):
         """A slot value. Held-out values come from the held-out pools; training
         names and cities (and half the products) are made fresh for every
         use, so that no value repeats often enough to be memorised: the only
         way to get them right is to copy them from the prompt."""
         if held:
             return rng.choice(self.held[key])
+        if key == "product" and letters and rng.random() < letters:
+            while True:
+                v = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 8)))
+                if v not in self.held_all:
+                    return v
         if key in ("name", "city") or (key == "product" and rng.random() < 0.5):
             while True:
                 if key == "name":
@@ -209,10 +228,10 @@ SQL_TEMPLATES = [
 ]
 
 
-def sql_example(pools, held, rng):
+def sql_example(pools, held, rng, letters=0.0):
     qs, sql = rng.choice(SQL_TEMPLATES)
     q = rng.choice(qs)
-    slots = {k: pools.pick(held, k, rng) for k in ("city", "age", "name", "amount", "product")}
+    slots = {k: pools.pick(held, k, rng, letters) for k in ("city", "age", "name", "amount", "product")}
     return q.format(**slots), sql.format(**slots)
 
 
@@ -220,9 +239,9 @@ JSON_KEYS = [("name", "name", False), ("city", "city", False), ("product", "prod
              ("age", "age", True), ("price", "amount", True), ("order", "oid", True)]
 
 
-def json_example(pools, held, rng):
+def json_example(pools, held, rng, letters=0.0):
     keys = rng.sample(JSON_KEYS, rng.choice((2, 3, 3, 4)))
-    pairs = [(k, pools.pick(held, pool, rng), num) for k, pool, num in keys]
+    pairs = [(k, pools.pick(held, pool, rng, letters), num) for k, pool, num in keys]
     prompt = " ".join(f"{k}={v}" for k, v, _ in pairs)
     out = "{" + ", ".join(f'"{k}": {v}' if num else f'"{k}": "{v}"' for k, v, num in pairs) + "}"
     return prompt, out
@@ -242,9 +261,9 @@ SUPPORT_ISSUES = [
 ]
 
 
-def support_example(pools, held, rng):
+def support_example(pools, held, rng, letters=0.0):
     msgs, reply = rng.choice(SUPPORT_ISSUES)
-    slots = {k: pools.pick(held, k, rng) for k in ("oid", "product", "name")}
+    slots = {k: pools.pick(held, k, rng, letters) for k in ("oid", "product", "name")}
     msg = rng.choice(msgs).format(**slots)
     if rng.random() < 0.5:
         msg += " Thanks, {name}".format(**slots)
@@ -496,40 +515,49 @@ def has_digit(sym):
 def learn_merges(texts, n_merges):
     """Classic BPE training on pre-tokenized words: repeatedly merge the most
     frequent adjacent pair (ties: the smallest pair), never a pair with a
-    digit in it."""
+    digit in it. Pair counts are kept up to
+    date incrementally: only the words that hold the merged pair change."""
     counts = {}
     for t in texts:
         for p in pretokenize(t):
             s = to_symbols(p)
             counts[s] = counts.get(s, 0) + 1
-    words = list(counts.items())
+    words = [list(w) for w in counts]
+    freq = list(counts.values())
+    pairs, where = {}, {}
+
+    def count(wi, sign):
+        w = words[wi]
+        for a, b in zip(w, w[1:]):
+            if has_digit(a) or has_digit(b):
+                continue
+            pairs[(a, b)] = pairs.get((a, b), 0) + sign * freq[wi]
+            if sign > 0:
+                where.setdefault((a, b), set()).add(wi)
+    for wi in range(len(words)):
+        count(wi, +1)
     merges = []
     for _ in range(n_merges):
-        pairs = {}
-        for w, c in words:
-            for a, b in zip(w, w[1:]):
-                if has_digit(a) or has_digit(b):
-                    continue
-                pairs[(a, b)] = pairs.get((a, b), 0) + c
-        if not pairs:
+        live = [(-c, pr) for pr, c in pairs.items() if c > 0]
+        if not live:
             break
-        best = min(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+        best = min(live)[1]
         merges.append(best)
         a, b = best
-        nw = []
-        for w, c in words:
-            if len(w) > 1 and a in w:
-                out, i = [], 0
-                while i < len(w):
-                    if i + 1 < len(w) and w[i] == a and w[i + 1] == b:
-                        out.append(a + b)
-                        i += 2
-                    else:
-                        out.append(w[i])
-                        i += 1
-                w = tuple(out)
-            nw.append((w, c))
-        words = nw
+        for wi in sorted(where.pop(best, ())):
+            w = words[wi]
+            count(wi, -1)
+            out, i = [], 0
+            while i < len(w):
+                if i + 1 < len(w) and w[i] == a and w[i + 1] == b:
+                    out.append(a + b)
+                    i += 2
+                else:
+                    out.append(w[i])
+                    i += 1
+            words[wi] = out
+            count(wi, +1)
+        pairs.pop(best, None)
     return merges
 
 
@@ -739,17 +767,22 @@ def lr_at(step, steps, peak, warmup):
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * f)))
 
 
-def train_loop(net, params, batch_fn, steps, peak, warmup, wd, what):
-    decay = [p for p in params if p.dim() >= 2]
-    nodecay = [p for p in params if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd},
-                             {"params": nodecay, "weight_decay": 0.0}],
+def train_loop(net, params, batch_fn, steps, peak, warmup, wd, what, fast=(), fast_mult=1.0):
+    """AdamW, cosine schedule; parameters in `fast` learn at fast_mult
+    times the rate (LoRA+). batch_fn.observe(step, loss), when present, can
+    end the loop early by returning True."""
+    fast_ids = set(id(p) for p in fast)
+    slow = [p for p in params if id(p) not in fast_ids]
+    groups = [{"params": [p for p in slow if p.dim() >= 2], "weight_decay": wd, "mult": 1.0},
+              {"params": [p for p in slow if p.dim() < 2], "weight_decay": 0.0, "mult": 1.0},
+              {"params": list(fast), "weight_decay": wd, "mult": fast_mult}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]],
                             lr=peak, betas=(0.9, 0.98), eps=1e-8)
     t0 = time.time()
     run = None
     for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, peak, warmup)
+            g["lr"] = lr_at(step, steps, peak, warmup) * g["mult"]
         parts = batch_fn(step)
         if not isinstance(parts, list):
             parts = [parts]
@@ -767,10 +800,11 @@ def train_loop(net, params, batch_fn, steps, peak, warmup, wd, what):
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         run = loss if run is None else 0.95 * run + 0.05 * loss
-        if hasattr(batch_fn, "observe"):
-            batch_fn.observe(step, run)
-        if step % 50 == 0 or step == steps - 1:
+        stop = hasattr(batch_fn, "observe") and batch_fn.observe(step, run)
+        if step % 50 == 0 or step == steps - 1 or stop:
             log(f"{what} step {step}/{steps} loss {run:.4f} ({time.time() - t0:.0f}s)")
+        if stop:
+            break
     return time.time() - t0
 
 
@@ -788,6 +822,25 @@ def greedy_until_eos(model, prompt_ids, max_new=MAX_NEW):
             break
         logits = model.forward([t], len(prompt_ids) + i, cache)[0]
     return out
+
+
+@torch.no_grad()
+def greedy_exact(net, tok, exs):
+    """Share of (prompt, output) pairs that greedy decoding gets exactly
+    right, in one forward pass: greedy decoding writes the expected output
+    and EOS if and only if, fed the expected tokens, the model's argmax at
+    every output position is the next expected token."""
+    rows = [(tok.encode(p, add_special=True), tok.encode(o) + [EOS]) for p, o in exs]
+    T = max(len(p) + len(o) for p, o in rows)
+    ids = torch.zeros(len(rows), T, dtype=torch.long)
+    tgt = torch.full((len(rows), T), -100, dtype=torch.long)
+    for j, (p, o) in enumerate(rows):
+        ids[j, :len(p) + len(o)] = torch.tensor(p + o)
+        tgt[j, len(p) - 1:len(p) + len(o) - 1] = torch.tensor(o)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=AUTOCAST):
+        pred = net(ids).float().argmax(-1)
+    ok = ((pred == tgt) | (tgt == -100)).all(-1)
+    return float(ok.float().mean())
 
 
 def accuracy(model, tok, items):
@@ -954,8 +1007,9 @@ def main():
                     help="development: a tenth of the steps (files are overwritten)")
     args = ap.parse_args()
     if args.quick:
-        global BASE_STEPS
+        global BASE_STEPS, CHECK_EVERY, CHECK_FROM
         BASE_STEPS //= 10
+        CHECK_EVERY, CHECK_FROM = CHECK_EVERY // 10, CHECK_FROM // 10
         for sk in SKILLS.values():
             sk["steps"] //= 10
 
@@ -972,10 +1026,18 @@ def main():
     base_docs = [corpus.doc(rng) for _ in range(60000)]
     hrng = random.Random(SEED + 2)
     heldout_docs = [corpus.doc(hrng) for _ in range(200)]
-    skill_train, skill_held = {}, {}
+    skill_train, skill_held, skill_check, merge_sample = {}, {}, {}, {}
     for i, (s, gen) in enumerate(SKILL_GEN.items()):
         r1 = random.Random(SEED + 10 + i)
-        skill_train[s] = [gen(pools, False, r1) for _ in range(SKILLS[s]["steps"] * SKILL_BATCH)]
+        # the sample the tokenizer's merges are learned from (with the base
+        # corpus), kept as it was when the committed base was trained: other
+        # merges would make another base
+        merge_sample[s] = [gen(pools, False, r1) for _ in range(600)]
+        r4 = random.Random(SEED + 40 + i)
+        skill_train[s] = [gen(pools, False, r4, SKILLS[s]["letters"])
+                          for _ in range(SKILLS[s]["steps"] * SKILL_BATCH)]
+        r3 = random.Random(SEED + 30 + i)
+        skill_check[s] = [gen(pools, False, r3, SKILLS[s]["letters"]) for _ in range(CHECK_N)]
         r2 = random.Random(SEED + 20 + i)
         seen, held = set(), []
         while len(held) < N_HELDOUT:
@@ -989,7 +1051,7 @@ def main():
     for d in base_docs:
         train_words.update(re.findall(r"[A-Za-z]+|[0-9]+", d))
     for s in SKILLS:
-        for p, o in skill_train[s]:
+        for p, o in skill_train[s] + merge_sample[s] + skill_check[s]:
             train_words.update(re.findall(r"[A-Za-z]+|[0-9]+", p + " " + o))
     for key, vs in pools.held.items():
         bad = [v for v in vs if v in train_words]
@@ -1004,7 +1066,7 @@ def main():
     # ---- tokenizer
     t = time.time()
     # merges from the training text: base documents and skill examples
-    merge_text = base_docs[:6000] + [p + "\n" + o for s in SKILLS for p, o in skill_train[s][:600]]
+    merge_text = base_docs[:6000] + [p + "\n" + o for s in SKILLS for p, o in merge_sample[s]]
     merges = learn_merges(merge_text, VOCAB - len(SPECIALS) - 256)
     tok = Tokenizer(merges)
     assert len(tok.vocab) == VOCAB, len(tok.vocab)
@@ -1016,8 +1078,10 @@ def main():
     base_ids = [tok.encode(d, add_special=True) + [EOS] for d in base_docs]
     stream = [i for d in base_ids for i in d]
     counts = np.bincount(np.array(stream), minlength=VOCAB)
+    # every token of the skills' templates and held-out prompts is trained in
+    # the base (the adapters' random letter products may have rarer ones)
     for s in SKILLS:
-        for p, o in skill_train[s] + skill_held[s]:
+        for p, o in merge_sample[s] + skill_held[s]:
             for x in (p, o):
                 for i in tok.encode(x):
                     assert counts[i] >= 20, \
@@ -1119,7 +1183,7 @@ def main():
     log(f"base held-out loss {base_loss:.4f} nats/token over {cnt} tokens ({time.time() - t:.0f}s)")
 
     # ---- adapters
-    adapters = {}
+    adapters, checks = {}, {}
     only = set(args.only.split(",")) if args.only else set(SKILLS)
     for si, (s, sk) in enumerate(SKILLS.items()):
         adir = os.path.join(HERE, "adapters", s)
@@ -1155,8 +1219,21 @@ def main():
                 ids[j, :len(seq)] = torch.tensor(seq)
                 tgt[j, len(p) - 1:len(seq) - 1] = torch.tensor(o)
             return ids, tgt
+
+        def judge(step, loss, s=s):
+            """Ends training once greedy decoding is exact on all the fresh
+            training-distribution prompts of skill_check (never held-out)."""
+            if (step + 1) % CHECK_EVERY or step + 1 < CHECK_FROM:
+                return False
+            acc = greedy_exact(net, tok, skill_check[s])
+            log(f"{s} step {step + 1}: exact on {100 * acc:.1f} % of {len(skill_check[s])} "
+                f"fresh training prompts")
+            checks[s] = (step + 1, acc)
+            return acc == 1.0
+        skill_batch.observe = judge
         timing[f"adapter {s}"] = train_loop(net, params, skill_batch, sk["steps"], sk["lr"], 20,
-                                            0.0, s)
+                                            0.0, s, fast=[lo[1] for lo in lora.values()],
+                                            fast_mult=sk["b_mult"])
         net.lora = {}
         os.makedirs(adir, exist_ok=True)
         entries = []
@@ -1208,6 +1285,8 @@ def main():
     write_fixtures(tok, rcfg, weights, adapters, held, base_docs, skill_train)
     timing["fixtures"] = time.time() - t
 
+    log("adapters: " + ", ".join(f"{s} {st} steps (exact on {100 * a:.1f} % of fresh prompts)"
+                                 for s, (st, a) in checks.items()))
     log("timing: " + ", ".join(f"{k} {v:.0f}s" for k, v in timing.items()))
     log(f"parameters {n_params}, base held-out loss {base_loss:.4f}")
 

@@ -488,9 +488,12 @@ static void test_chunked_prefill(void **state)
 
 	(void)state;
 	assert_int_equal(smodel_make(model, sizeof(model), margs), 0);
-	/* S: a decode that streams while L, a 4000-token prompt, is prefilled */
+	/* S: a decode that streams while L, a 4000-token prompt, is prefilled.
+	 * Long enough to outlive L's 16 chunks even when this client is
+	 * descheduled after S's third token: with 200 tokens, a loaded CI
+	 * machine once saw S finish before L was sent. */
 	spec_random(&jobs[0].spec, &rng, UD(0, 0), 8, 1);
-	jobs[0].spec.max_tokens = 200;
+	jobs[0].spec.max_tokens = 600;
 	jobs[0].spec.flags = LORAD_SQE_F_IGNORE_EOS;
 	spec_random(&jobs[1].spec, &rng, UD(0, 1), 1, 1);
 	jobs[1].spec.n_prompt = 4000;

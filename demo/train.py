@@ -97,16 +97,17 @@ AUTOCAST = True
 COPY_FRAC = 0.5         # share of the base corpus that is copying tasks
 
 # skills: rank, alpha, target modules, at most `steps` steps, lr,
-# b_mult: LoRA+, B's learning rate over A's (1: plain LoRA; see
-# demo/README.md for what 8 and 16 did), and letters: the share of the
+# b_mult: LoRA+, B's learning rate over A's (1: plain LoRA; 8 diverged on
+# adapters that include k and o, demo/README.md), and letters: the share of the
 # training products that are random letter strings. Held-out products are
 # everyday words never seen in training; an adapter that has copied only
 # syllable-made names and a few fixed words misspells them.
 SKILLS = {
     "sql": dict(r=16, alpha=32, targets=["q_proj", "k_proj", "v_proj", "o_proj"],
                 steps=2500, lr=3e-3, b_mult=1.0, letters=0.5),
-    "json": dict(r=8, alpha=16, targets=["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"],
-                 steps=2500, lr=3e-3, b_mult=8.0, letters=0.5),
+    "json": dict(r=8, alpha=16, targets=["q_proj", "k_proj", "v_proj", "o_proj",
+                                         "gate_proj", "up_proj", "down_proj"],
+                 steps=2500, lr=3e-3, b_mult=1.0, letters=0.5),
     "support": dict(r=4, alpha=8, targets=["q_proj", "k_proj", "v_proj", "o_proj",
                                            "gate_proj", "up_proj", "down_proj"],
                     steps=1500, lr=3e-3, b_mult=1.0, letters=0.5),

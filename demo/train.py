@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 r"""Trains lorad's demo model: a small Llama base and three PEFT LoRA skills.
 
-    /usr/bin/python3 demo/train.py            # everything, about 23 minutes
+    /usr/bin/python3 demo/train.py            # everything, about 14 minutes
     /usr/bin/python3 demo/train.py --reuse-base --only json   # one adapter
 
 Needs only Debian's python3-torch and python3-numpy (`LORAD_WITH_TORCH=1
@@ -30,12 +30,14 @@ Phases:
     token sequences. None of the skills' formats occur in it; every token the
     skills use does (asserted).
  4. One LoRA adapter per skill, base frozen, loss on the output only, until
-    greedy decoding is exact on fresh training-distribution prompts (or a
-    cap on the steps).
+    greedy decoding is exact on STOP_AT of fresh training-distribution
+    prompts (or a cap on the steps). support trains first, from PEFT's
+    init; json and sql start from the support adapter (TRAIN_ORDER).
  5. Greedy exact-match accuracy on the held-out prompts, for each adapter and
     for the base alone, with the plain-torch transcription of transformers'
     modeling_llama + PEFT in tests/engine/reference.py (the weights as
-    stored: BF16 base, F32 adapters).
+    stored: BF16 base, F32 adapters), in one teacher-forced pass per
+    prompt.
  6. Fixtures for the C tests: tokenization of tricky and held-out texts, and
     fp32 logits at the last prompt position for the base and each adapter.
 
@@ -104,21 +106,39 @@ COPY_FRAC = 0.5         # share of the base corpus that is copying tasks
 # syllable-made names and a few fixed words misspells them.
 SKILLS = {
     "sql": dict(r=16, alpha=32, targets=["q_proj", "k_proj", "v_proj", "o_proj"],
-                steps=2500, lr=3e-3, b_mult=1.0, letters=0.5),
+                steps=1500, lr=3e-3, b_mult=1.0, letters=0.5, init="support"),
     "json": dict(r=8, alpha=16, targets=["q_proj", "k_proj", "v_proj", "o_proj",
                                          "gate_proj", "up_proj", "down_proj"],
-                 steps=2500, lr=3e-3, b_mult=1.0, letters=0.5),
+                 steps=2400, lr=3e-3, b_mult=1.0, letters=0.5, init="support"),
     "support": dict(r=4, alpha=8, targets=["q_proj", "k_proj", "v_proj", "o_proj",
                                            "up_proj", "down_proj"],
-                    steps=1500, lr=3e-3, b_mult=1.0, letters=0.5),
+                    steps=1800, lr=3e-3, b_mult=1.0, letters=0.5),
 }
-SKILL_BATCH = 32
-# adapters train until greedy decoding is exact on all CHECK_N fresh
+# init: the adapter starts from another skill's trained adapter (that
+# adapter's rank-r delta in its first r ranks, the other ranks PEFT's init)
+# instead of from zero. What is slow to learn, copying a value exactly
+# wherever it stands, is the same in every skill; what differs, the format,
+# is quick. At batch 32 and 1000 steps, json from the support adapter was
+# exact on 82.8 % of fresh prompts against 46.1 % from zero, and sql on
+# 75.8 % against 37.5 % (sql from the json adapter learnt slower than from
+# zero). So support trains first.
+TRAIN_ORDER = ["support", "json", "sql"]
+# 16 sequences a step: a step costs in proportion to its tokens (support:
+# 0.050, 0.087, 0.154 s at 8, 16, 32), and an adapter learns about as much
+# per step at 16 as at 32: support from zero reached 95 % of fresh prompts
+# after 1300 steps at 32 (217 s) and, in a side experiment, after 1100-1300
+# at 16 (92-109 s); at 8 it took 2400 steps (129 s). demo/README.md, "A
+# fifth round".
+SKILL_BATCH = 16
+# adapters train until greedy decoding is exact on STOP_AT of CHECK_N fresh
 # training-distribution prompts (checked every CHECK_EVERY steps from
-# CHECK_FROM on, in one teacher-forced forward pass), or for `steps` steps
+# CHECK_FROM on, in one teacher-forced forward pass), or for `steps` steps.
+# The fresh prompts are harder than the held-out ones (half their products
+# are random letter strings).
 CHECK_N = 128
 CHECK_EVERY = 50
 CHECK_FROM = 300
+STOP_AT = 0.9
 N_HELDOUT = 40
 MAX_NEW = 64
 
@@ -229,11 +249,21 @@ SQL_TEMPLATES = [
 ]
 
 
-def sql_example(pools, held, rng, letters=0.0):
+def sql_example(pools, held, rng, letters=0.0, quoted=True):
+    """A question with its string values in single quotes, as in the SQL:
+    "Who ordered a 'drill'?". Unquoted, the value follows a space, which
+    GPT-2's pre-tokenizer glues to it, and its first tokens differ from
+    those after the SQL's quote (" So", "ar" against "S", "o", "ar"), so
+    sql had to learn to respell every word it copied and misspelt held-out
+    ones; quoted, it copies tokens, as json and support do. The tokenizer's
+    merge sample keeps the unquoted questions (quoted=False) that the
+    committed base was trained with."""
     qs, sql = rng.choice(SQL_TEMPLATES)
     q = rng.choice(qs)
     slots = {k: pools.pick(held, k, rng, letters) for k in ("city", "age", "name", "amount", "product")}
-    return q.format(**slots), sql.format(**slots)
+    shown = {k: f"'{v}'" if quoted and k in ("city", "name", "product") else v
+             for k, v in slots.items()}
+    return q.format(**shown), sql.format(**slots)
 
 
 JSON_KEYS = [("name", "name", False), ("city", "city", False), ("product", "product", False),
@@ -845,15 +875,22 @@ def greedy_exact(net, tok, exs):
 
 
 def accuracy(model, tok, items):
+    """Greedy exact match in one pass per item over prompt + expected output
+    (greedy decoding, ties to the lowest id, writes the expected output and
+    EOS exactly when, fed those tokens, each output position's argmax is the
+    next one); the first three misses are decoded greedily to show them."""
     ok = 0
     fails = []
     for it in items:
         ids = tok.encode(it["prompt"], add_special=True)
+        want = tok.encode(it["expected"]) + [EOS]
         with torch.no_grad():
-            out = greedy_until_eos(model, ids)
-        good = out and out[-1] == EOS and tok.decode(out[:-1]) == it["expected"]
-        ok += bool(good)
+            lg = model.forward(ids + want[:-1], 0, model.new_cache())[len(ids) - 1:]
+        good = [ref.argmax_lowest(row) for row in lg] == want
+        ok += good
         if not good and len(fails) < 3:
+            with torch.no_grad():
+                out = greedy_until_eos(model, ids)
             fails.append((it["prompt"], tok.decode(out, skip_special=False)))
     return ok / len(items), fails
 
@@ -1033,7 +1070,8 @@ def main():
         # the sample the tokenizer's merges are learned from (with the base
         # corpus), kept as it was when the committed base was trained: other
         # merges would make another base
-        merge_sample[s] = [gen(pools, False, r1) for _ in range(600)]
+        merge_sample[s] = [gen(pools, False, r1, **({"quoted": False} if s == "sql" else {}))
+                           for _ in range(600)]
         r4 = random.Random(SEED + 40 + i)
         skill_train[s] = [gen(pools, False, r4, SKILLS[s]["letters"])
                           for _ in range(SKILLS[s]["steps"] * SKILL_BATCH)]
@@ -1186,7 +1224,8 @@ def main():
     # ---- adapters
     adapters, checks = {}, {}
     only = set(args.only.split(",")) if args.only else set(SKILLS)
-    for si, (s, sk) in enumerate(SKILLS.items()):
+    for s in TRAIN_ORDER:
+        si, sk = list(SKILLS).index(s), SKILLS[s]
         adir = os.path.join(HERE, "adapters", s)
         acfg = ref.peft_config(r=sk["r"], lora_alpha=sk["alpha"], target_modules=sk["targets"],
                                base_model_name_or_path="lorad-demo")
@@ -1205,6 +1244,18 @@ def main():
             b = torch.nn.Parameter(torch.zeros(o, r))
             lora[name] = (a, b, sc)
             params += [a, b]
+        if sk.get("init"):
+            # the teacher's delta B A (alpha_t / r_t) in the first r_t ranks:
+            # B scaled so that this adapter's alpha / r gives the same delta
+            tcfg, tw = adapters[sk["init"]]
+            tr, tsc = tcfg["r"], tcfg["lora_alpha"] / tcfg["r"]
+            assert tr <= sk["r"], (s, sk["init"])
+            with torch.no_grad():
+                for name, (a, b, sc) in lora.items():
+                    ta = tw.get(f"base_model.model.{name}.lora_A.weight")
+                    if ta is not None:
+                        a[:tr] = ta
+                        b[:, :tr] = tw[f"base_model.model.{name}.lora_B.weight"] * (tsc / sc)
         n_lora = sum(p.numel() for p in params)
         assert sk["r"] <= 16 and n_lora <= 0.05 * n_params, (s, n_lora, n_params)
         net.lora = lora
@@ -1222,15 +1273,16 @@ def main():
             return ids, tgt
 
         def judge(step, loss, s=s):
-            """Ends training once greedy decoding is exact on all the fresh
-            training-distribution prompts of skill_check (never held-out)."""
+            """Ends training once greedy decoding is exact on STOP_AT of the
+            fresh training-distribution prompts of skill_check (never
+            held-out)."""
             if (step + 1) % CHECK_EVERY or step + 1 < CHECK_FROM:
                 return False
             acc = greedy_exact(net, tok, skill_check[s])
             log(f"{s} step {step + 1}: exact on {100 * acc:.1f} % of {len(skill_check[s])} "
                 f"fresh training prompts")
             checks[s] = (step + 1, acc)
-            return acc == 1.0
+            return acc >= STOP_AT
         skill_batch.observe = judge
         timing[f"adapter {s}"] = train_loop(net, params, skill_batch, sk["steps"], sk["lr"], 20,
                                             0.0, s, fast=[lo[1] for lo in lora.values()],
@@ -1248,6 +1300,7 @@ def main():
         adapters[s] = (acfg, w)
         log(f"adapter {s}: r {sk['r']}, {len(lora)} modules, {n_lora} parameters "
             f"({100 * n_lora / n_params:.2f} % of {n_params})")
+    adapters = {s: adapters[s] for s in SKILLS}   # the files' order, not training's
 
     # ---- held-out set
     held = []

@@ -22,7 +22,7 @@
  * weight 1/k). Arrivals, prompts and lengths are the same in every run;
  * only the skills differ. The daemon is started with the N adapters
  * (--adapter s_k=DIR) and the bare engine has the same N loaded
- * (engine_adapter_load, skills resolved by sched_set_skills). Before each
+ * (engine_adapter_load, skills resolved by sched_set_resolver). Before each
  * timed run both arms serve one request per skill, so adapter loading (the
  * daemon loads on first use) is outside the measurement. Then runs at
  * moderate load (half the capacity; TTFT, target p50 <= 1.1x the bare
@@ -293,13 +293,14 @@ struct bare_skills {
 };
 
 static int bare_skill(void *ctx, const char *skill, uint64_t routing_key, int *adapter,
-		      uint32_t *version)
+		      uint32_t *version, char *version_id, uint64_t *ticket)
 {
 	struct bare_skills *bk = ctx;
 	char *end;
 	unsigned long k;
 
 	(void)routing_key;
+	(void)ticket;
 	if (skill[0] != 's')
 		return -ENOENT;
 	k = strtoul(skill + 1, &end, 10);
@@ -307,6 +308,7 @@ static int bare_skill(void *ctx, const char *skill, uint64_t routing_key, int *a
 		return -ENOENT;
 	*adapter = bk->id[k];
 	*version = (uint32_t)k;
+	snprintf(version_id, LORAD_VERSION_MAX, "%s@v1", skill);
 	return 0;
 }
 
@@ -317,7 +319,7 @@ static int run_bare(struct engine *e, const struct sched_opts *so, struct bare_s
 	struct session_limits lim = { .max_inflight = 4096, .poll_budget = 64 };
 	struct bare_sess *bs = calloc(clients, sizeof(*bs));
 	struct sreq *reqs = calloc(n, sizeof(*reqs));
-	struct sched *sch = sched_build(e, so);
+	struct sched *sch = sched_build(e, NULL, so);
 	unsigned next = 0, done = 0;
 	uint64_t t0;
 	int ret = 0;
@@ -326,7 +328,7 @@ static int run_bare(struct engine *e, const struct sched_opts *so, struct bare_s
 	lim.sqe.max_prompt = 1u << 20;
 	if (!bs || !reqs || !sch)
 		return -ENOMEM;
-	sched_set_skills(sch, bare_skill, bk);
+	sched_set_resolver(sch, bare_skill, bk);
 	for (unsigned c = 0; c < clients; c++)
 		if (bare_sess_init(&bs[c], &lim))
 			return -ENOMEM;

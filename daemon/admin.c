@@ -15,10 +15,11 @@
 
 #include "log.h"
 
-#define ADMIN_MAX_CONNS  64
-#define ADMIN_MAX_LINE   (64u << 10)
-#define ADMIN_MAX_OUT    (16u << 20)
+#define ADMIN_MAX_OUT    (16u << 20)  /* replies queued for a peer that does not read */
+#define ADMIN_OUT_HIGH   (1u << 20)   /* past this, stop reading the peer's requests */
 #define ADMIN_MAX_CMDS   64
+#define ADMIN_MAX_ARGS   8
+#define ADMIN_JSON_DEPTH 16           /* nesting the parser accepts */
 
 enum { AK_LISTEN = 0x41444d31, AK_CONN };
 
@@ -31,7 +32,9 @@ struct admin_conn {
 	char *out;
 	size_t out_len, out_off;
 	bool closing;
+	bool read_shut;             /* the peer half-closed: only replies are left to send */
 	unsigned deferred;          /* replies owed; the connection stays until they are sent */
+	uint64_t deadline;          /* CLOCK_MONOTONIC ns: closed if no request completes by then */
 	uint64_t id;
 	struct admin_conn *next;
 };
@@ -40,6 +43,8 @@ struct admin_cmd {
 	char name[32];
 	admin_fn fn;
 	void *ctx;
+	struct admin_arg args[ADMIN_MAX_ARGS];
+	unsigned n_args;
 };
 
 struct admin {
@@ -47,6 +52,7 @@ struct admin {
 	int ep, listen_fd;
 	gid_t admin_gid;
 	bool have_gid;
+	struct admin_limits lim;
 	struct admin_conn *conns;
 	unsigned n_conns;
 	struct admin_cmd cmds[ADMIN_MAX_CMDS];
@@ -56,42 +62,48 @@ struct admin {
 	struct admin_conn *current;  /* the connection whose request runs now */
 };
 
-int admin_listen_path(const char *path, unsigned mode)
+static uint64_t mono_ns(void)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	int fd, ret;
+	struct timespec ts;
 
-	if (strlen(path) >= sizeof(sa.sun_path))
-		return -ENAMETOOLONG;
-	strcpy(sa.sun_path, path);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (fd < 0)
-		return -errno;
-	unlink(path);   /* only ever ours: the admin socket has no clients to keep */
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || chmod(path, mode) < 0 ||
-	    listen(fd, 16) < 0) {
-		ret = -errno;
-		close(fd);
-		return ret;
-	}
-	return fd;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-int admin_command_add(struct admin *a, const char *name, admin_fn fn, void *ctx)
+int admin_command_add(struct admin *a, const char *name, admin_fn fn, void *ctx,
+		      const struct admin_arg *args)
 {
+	struct admin_cmd *c;
+
 	for (unsigned i = 0; i < a->n_cmds; i++)
 		if (!strcmp(a->cmds[i].name, name))
 			return -EEXIST;
 	if (a->n_cmds == ADMIN_MAX_CMDS || strlen(name) >= sizeof(a->cmds[0].name))
 		return -ENOMEM;
-	strcpy(a->cmds[a->n_cmds].name, name);
-	a->cmds[a->n_cmds].fn = fn;
-	a->cmds[a->n_cmds].ctx = ctx;
+	c = &a->cmds[a->n_cmds];
+	memset(c, 0, sizeof(*c));
+	strcpy(c->name, name);
+	c->fn = fn;
+	c->ctx = ctx;
+	for (; args && args[c->n_args].name; c->n_args++) {
+		if (c->n_args == ADMIN_MAX_ARGS)
+			return -ENOMEM;
+		c->args[c->n_args] = args[c->n_args];
+		if (!c->args[c->n_args].max_len && args[c->n_args].type == json_type_string)
+			c->args[c->n_args].max_len = ADMIN_STR_MAX;
+	}
 	a->n_cmds++;
 	return 0;
 }
 
-struct admin *admin_build(int ep, int listen_fd, gid_t admin_gid, bool have_gid)
+void admin_set_limits(struct admin *a, const struct admin_limits *lim)
+{
+	if (a)
+		a->lim = *lim;
+}
+
+struct admin *admin_build(int ep, int listen_fd, gid_t admin_gid, bool have_gid,
+			  const struct admin_limits *lim)
 {
 	struct admin *a = calloc(1, sizeof(*a));
 	struct epoll_event ev = { .events = EPOLLIN };
@@ -106,6 +118,7 @@ struct admin *admin_build(int ep, int listen_fd, gid_t admin_gid, bool have_gid)
 	a->listen_fd = listen_fd;
 	a->admin_gid = admin_gid;
 	a->have_gid = have_gid;
+	a->lim = *lim;
 	ev.data.ptr = a;
 	if (listen_fd >= 0 && epoll_ctl(ep, EPOLL_CTL_ADD, listen_fd, &ev) < 0) {
 		free(a);
@@ -173,6 +186,20 @@ static bool peer_is_admin(struct admin *a, int fd, struct ucred *cred)
 	return false;
 }
 
+/* What the connection waits for: requests while it reads and is not
+ * backed up, room to write while replies are queued. */
+static void conn_arm(struct admin_conn *c)
+{
+	struct epoll_event ev = { .events = 0, .data.ptr = c };
+	size_t backlog = c->out_len - c->out_off;
+
+	if (!c->read_shut && !c->closing && backlog < ADMIN_OUT_HIGH)
+		ev.events |= EPOLLIN | EPOLLRDHUP;
+	if (backlog)
+		ev.events |= EPOLLOUT;
+	epoll_ctl(c->a->ep, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
 static void conn_flush(struct admin_conn *c)
 {
 	while (c->out_off < c->out_len) {
@@ -180,19 +207,24 @@ static void conn_flush(struct admin_conn *c)
 				 MSG_DONTWAIT | MSG_NOSIGNAL);
 
 		if (k <= 0) {
-			if (k < 0 && errno == EAGAIN)
+			if (k < 0 && (errno == EAGAIN || errno == EINTR))
 				break;
-			c->closing = true;
+			c->closing = true;   /* the peer is gone: nothing more to send */
+			c->out_off = c->out_len = 0;
 			return;
 		}
 		c->out_off += k;
+		c->deadline = mono_ns() + (uint64_t)c->a->lim.timeout_ms * 1000000ull;
 	}
-	struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP, .data.ptr = c };
-	if (c->out_off < c->out_len)
-		ev.events |= EPOLLOUT;
-	else
+	if (c->out_off == c->out_len)
 		c->out_off = c->out_len = 0;
-	epoll_ctl(c->a->ep, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
+/* A connection is finished when it will get nothing more: closing or
+ * half-closed, every deferred reply answered and every reply sent. */
+static bool conn_done(const struct admin_conn *c)
+{
+	return (c->closing || c->read_shut) && !c->deferred && c->out_len == c->out_off;
 }
 
 static void conn_reply(struct admin_conn *c, struct json_object *reply)
@@ -223,6 +255,19 @@ uint64_t admin_defer(struct admin *a)
 	return a->current->id;
 }
 
+/* After anything happened on @c: send what can be sent, then close it or
+ * wait for what it needs next. */
+static void conn_settle(struct admin_conn *c)
+{
+	conn_flush(c);
+	if (conn_done(c))
+		conn_close(c);
+	else
+		conn_arm(c);
+}
+
+static void conn_process(struct admin_conn *c);
+
 void admin_complete(struct admin *a, uint64_t ticket, struct json_object *reply, int ret)
 {
 	for (struct admin_conn *c = a ? a->conns : NULL; c; c = c->next) {
@@ -237,9 +282,9 @@ void admin_complete(struct admin *a, uint64_t ticket, struct json_object *reply,
 			json_object_object_add(reply, "ok", json_object_new_boolean(0));
 		}
 		conn_reply(c, reply);
-		conn_flush(c);
-		if (c->closing && !c->deferred)
-			conn_close(c);
+		c->deadline = mono_ns() + (uint64_t)a->lim.timeout_ms * 1000000ull;
+		conn_process(c);   /* requests that waited behind a full reply queue */
+		conn_settle(c);
 		break;
 	}
 	json_object_put(reply);
@@ -251,12 +296,78 @@ static void reply_error(struct json_object *reply, const char *msg)
 	json_object_object_add(reply, "error", json_object_new_string(msg));
 }
 
+static const char *type_name(enum json_type t)
+{
+	switch (t) {
+	case json_type_null: return "null";
+	case json_type_boolean: return "a boolean";
+	case json_type_double: case json_type_int: return "a number";
+	case json_type_object: return "an object";
+	case json_type_array: return "an array";
+	case json_type_string: return "a string";
+	}
+	return "something else";
+}
+
+/*
+ * The boundary of the admin protocol: every field of @req must be in the
+ * command's table, with its type and within its length; required ones must
+ * be there. Returns 0, or -EINVAL with one message in @msg naming the field.
+ */
+static int check_args(const struct admin_cmd *cmd, struct json_object *req, char *msg, size_t len)
+{
+	json_object_object_foreach(req, key, val) {
+		const struct admin_arg *arg = NULL;
+
+		if (!strcmp(key, "cmd"))
+			continue;
+		for (unsigned i = 0; i < cmd->n_args; i++)
+			if (!strcmp(cmd->args[i].name, key))
+				arg = &cmd->args[i];
+		if (!arg) {
+			snprintf(msg, len, "%s: unknown field \"%.40s\"", cmd->name, key);
+			return -EINVAL;
+		}
+		if (!json_object_is_type(val, arg->type)) {
+			snprintf(msg, len, "%s: \"%s\" must be %s, not %s", cmd->name, key,
+				 type_name(arg->type), type_name(json_object_get_type(val)));
+			return -EINVAL;
+		}
+		if (arg->type == json_type_string &&
+		    (size_t)json_object_get_string_len(val) > arg->max_len) {
+			snprintf(msg, len, "%s: \"%s\" is longer than %u bytes", cmd->name, key,
+				 arg->max_len);
+			return -EINVAL;
+		}
+		if (arg->type == json_type_string &&
+		    strlen(json_object_get_string(val)) != (size_t)json_object_get_string_len(val)) {
+			snprintf(msg, len, "%s: \"%s\" holds a NUL byte", cmd->name, key);
+			return -EINVAL;
+		}
+		if (arg->type == json_type_object && arg->max_len &&
+		    (unsigned)json_object_object_length(val) > arg->max_len) {
+			snprintf(msg, len, "%s: \"%s\" has more than %u members", cmd->name, key,
+				 arg->max_len);
+			return -EINVAL;
+		}
+	}
+	for (unsigned i = 0; i < cmd->n_args; i++)
+		if (cmd->args[i].required && !json_object_object_get_ex(req, cmd->args[i].name, NULL)) {
+			snprintf(msg, len, "%s: missing \"%s\" (%s)", cmd->name, cmd->args[i].name,
+				 type_name(cmd->args[i].type));
+			return -EINVAL;
+		}
+	return 0;
+}
+
 static void handle_line(struct admin_conn *c, const char *line, size_t len)
 {
 	struct admin *a = c->a;
 	struct json_object *req, *reply = json_object_new_object(), *cmd;
 	enum json_tokener_error jerr;
-	struct json_tokener *tok = json_tokener_new();
+	struct json_tokener *tok = json_tokener_new_ex(ADMIN_JSON_DEPTH);
+	const struct admin_cmd *found = NULL;
+	char msg[160];
 	const char *name;
 	int ret;
 
@@ -268,9 +379,17 @@ static void handle_line(struct admin_conn *c, const char *line, size_t len)
 	}
 	req = json_tokener_parse_ex(tok, line, (int)len);
 	jerr = json_tokener_get_error(tok);
+	/* a whole object and nothing after it but blanks */
+	if (req && jerr == json_tokener_success) {
+		for (size_t k = json_tokener_get_parse_end(tok); k < len; k++)
+			if (line[k] != ' ' && line[k] != '\t' && line[k] != '\r')
+				jerr = json_tokener_error_parse_unexpected;
+	}
 	json_tokener_free(tok);
 	if (!req || jerr != json_tokener_success || !json_object_is_type(req, json_type_object)) {
-		reply_error(reply, "request is not a JSON object");
+		snprintf(msg, sizeof(msg), "request is not one JSON object (nested at most %d deep)",
+			 ADMIN_JSON_DEPTH);
+		reply_error(reply, msg);
 		goto out;
 	}
 	if (!json_object_object_get_ex(req, "cmd", &cmd) || !json_object_is_type(cmd, json_type_string)) {
@@ -278,77 +397,106 @@ static void handle_line(struct admin_conn *c, const char *line, size_t len)
 		goto out;
 	}
 	name = json_object_get_string(cmd);
-	for (unsigned i = 0; i < a->n_cmds; i++) {
-		if (strcmp(a->cmds[i].name, name))
-			continue;
-		a->current = c;
-		ret = a->cmds[i].fn(a->cmds[i].ctx, req, reply);
-		a->current = NULL;
-		if (ret == ADMIN_DEFERRED) {
-			json_object_put(reply);
-			json_object_put(req);
-			return;
-		}
-		if (ret == 0)
-			json_object_object_add(reply, "ok", json_object_new_boolean(1));
-		else if (!json_object_object_get_ex(reply, "error", NULL))
-			reply_error(reply, strerror(-ret));
-		else
-			json_object_object_add(reply, "ok", json_object_new_boolean(0));
-		goto out;
-	}
-	{
-		char msg[96];
-
+	for (unsigned i = 0; i < a->n_cmds && !found; i++)
+		if (!strcmp(a->cmds[i].name, name))
+			found = &a->cmds[i];
+	if (!found) {
 		snprintf(msg, sizeof(msg), "unknown command '%.40s'", name);
 		reply_error(reply, msg);
+		goto out;
 	}
+	if (check_args(found, req, msg, sizeof(msg))) {
+		reply_error(reply, msg);
+		goto out;
+	}
+	a->current = c;
+	ret = found->fn(found->ctx, req, reply);
+	a->current = NULL;
+	if (ret == ADMIN_DEFERRED) {
+		json_object_put(reply);
+		json_object_put(req);
+		return;
+	}
+	if (ret == 0)
+		json_object_object_add(reply, "ok", json_object_new_boolean(1));
+	else if (!json_object_object_get_ex(reply, "error", NULL))
+		reply_error(reply, strerror(-ret));
+	else
+		json_object_object_add(reply, "ok", json_object_new_boolean(0));
 out:
 	conn_reply(c, reply);
 	json_object_put(reply);
 	json_object_put(req);
 }
 
+/* Run the whole request lines buffered so far, while replies do not back up. */
+static void conn_process(struct admin_conn *c)
+{
+	size_t at = 0;
+
+	while (!c->closing && c->out_len - c->out_off < ADMIN_OUT_HIGH) {
+		char *nl = memchr(c->in + at, '\n', c->in_len - at);
+
+		if (!nl)
+			break;
+		handle_line(c, c->in + at, (size_t)(nl - (c->in + at)));
+		at = (size_t)(nl - c->in) + 1;
+		c->deadline = mono_ns() + (uint64_t)c->a->lim.timeout_ms * 1000000ull;
+	}
+	if (at) {
+		memmove(c->in, c->in + at, c->in_len - at);
+		c->in_len -= at;
+	}
+}
+
 static void conn_readable(struct admin_conn *c)
 {
 	char buf[4096];
 
-	for (;;) {
+	while (!c->closing && !c->read_shut && c->out_len - c->out_off < ADMIN_OUT_HIGH) {
 		ssize_t k = recv(c->fd, buf, sizeof(buf), MSG_DONTWAIT);
 
-		if (k == 0 || (k < 0 && errno != EAGAIN && errno != EINTR)) {
-			c->closing = c->out_off >= c->out_len;   /* finish replies first */
-			if (k == 0 && c->out_len == 0)
+		if (k < 0 && (errno == EAGAIN || errno == EINTR))
+			break;
+		if (k <= 0) {
+			/* half-closed (or reset): answer what came, then close;
+			 * no more reading, so no more read events either */
+			c->read_shut = true;
+			if (k < 0)
 				c->closing = true;
 			break;
 		}
-		if (k < 0)
-			break;
-		if (c->in_len + k > ADMIN_MAX_LINE) {
-			c->closing = true;
-			return;
-		}
-		char *p = realloc(c->in, c->in_len + k);
+		char *p = realloc(c->in, c->in_len + (size_t)k);
 		if (!p) {
 			c->closing = true;
-			return;
+			break;
 		}
 		c->in = p;
-		memcpy(c->in + c->in_len, buf, k);
-		c->in_len += k;
-		for (;;) {
-			char *nl = memchr(c->in, '\n', c->in_len);
-			size_t used;
+		memcpy(c->in + c->in_len, buf, (size_t)k);
+		c->in_len += (size_t)k;
+		conn_process(c);
+		/* what is left is one partial line: a request is bounded as it arrives */
+		if (c->in_len > c->a->lim.max_request && !memchr(c->in, '\n', c->in_len)) {
+			struct json_object *reply = json_object_new_object();
+			char msg[128];
 
-			if (!nl)
-				break;
-			used = nl - c->in + 1;
-			handle_line(c, c->in, used - 1);
-			memmove(c->in, c->in + used, c->in_len - used);
-			c->in_len -= used;
+			snprintf(msg, sizeof(msg), "request longer than admin_max_request (%u bytes)",
+				 c->a->lim.max_request);
+			if (reply) {
+				reply_error(reply, msg);
+				conn_reply(c, reply);
+				json_object_put(reply);
+			}
+			c->closing = true;   /* the rest of that line cannot be told from a new one */
 		}
 	}
-	conn_flush(c);
+	conn_process(c);
+}
+
+static void refuse(int fd, const char *line)
+{
+	(void)!send(fd, line, strlen(line), MSG_DONTWAIT | MSG_NOSIGNAL);
+	close(fd);
 }
 
 static void accept_admins(struct admin *a)
@@ -361,27 +509,19 @@ static void accept_admins(struct admin *a)
 
 		if (fd < 0)
 			return;
-		if (a->n_conns >= ADMIN_MAX_CONNS) {
-			static const char busy[] =
-				"{\"ok\": false, \"error\": \"too many operator connections; try again\"}\n";
+		if (a->n_conns >= a->lim.max_conns) {
+			char msg[128];
 
-			(void)!send(fd, busy, sizeof(busy) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
-			close(fd);
+			snprintf(msg, sizeof(msg), "{\"ok\": false, \"error\": \"too many operator "
+				 "connections (admin_max_connections %u); try again\"}\n", a->lim.max_conns);
+			refuse(fd, msg);
 			continue;
 		}
 		if (!peer_is_admin(a, fd, &cred)) {
-			static const char msg[] =
-				"{\"ok\": false, \"error\": \"not an operator: root or the admin group only\"}\n";
-
-			struct timespec ts;
-
-			clock_gettime(CLOCK_MONOTONIC, &ts);
-			if (log_ratelimit_ok(&a->rl, (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec,
-					     "admin socket"))
+			if (log_ratelimit_ok(&a->rl, mono_ns(), "admin socket"))
 				log_warn("admin socket: refused pid %d uid %u", (int)cred.pid,
 					 (unsigned)cred.uid);
-			(void)!send(fd, msg, sizeof(msg) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
-			close(fd);
+			refuse(fd, "{\"ok\": false, \"error\": \"not an operator: root or the admin group only\"}\n");
 			continue;
 		}
 		c = calloc(1, sizeof(*c));
@@ -393,6 +533,7 @@ static void accept_admins(struct admin *a)
 		c->a = a;
 		c->fd = fd;
 		c->id = ++a->next_id;
+		c->deadline = mono_ns() + (uint64_t)a->lim.timeout_ms * 1000000ull;
 		ev.data.ptr = c;
 		if (epoll_ctl(a->ep, EPOLL_CTL_ADD, fd, &ev) < 0) {
 			close(fd);
@@ -416,13 +557,26 @@ bool admin_event(struct admin *a, void *ptr, uint32_t events)
 	for (struct admin_conn *c = a->conns; c; c = c->next) {
 		if (c != ptr)
 			continue;
+		if (events & EPOLLERR) {
+			conn_close(c);
+			return true;
+		}
 		if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP))
 			conn_readable(c);
-		if (events & EPOLLOUT)
-			conn_flush(c);
-		if ((c->closing && !c->deferred) || (events & EPOLLERR))
-			conn_close(c);
+		conn_flush(c);
+		conn_process(c);   /* requests that waited for the reply queue to drain */
+		conn_settle(c);
 		return true;
 	}
 	return false;
+}
+
+void admin_tick(struct admin *a, uint64_t now)
+{
+	for (struct admin_conn *c = a ? a->conns : NULL, *next; c; c = next) {
+		next = c->next;
+		/* a command still working (hashing a large adapter) holds its connection open */
+		if (!c->deferred && now > c->deadline)
+			conn_close(c);
+	}
 }

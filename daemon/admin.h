@@ -24,10 +24,29 @@ struct server;
 struct admin;
 
 /*
- * Handle one request. @req is the parsed object; fill @reply (an object) and
- * return 0, or return -errno with an "error" string set in @reply.
+ * Handle one request. @req is the parsed object, already checked against
+ * the command's argument table: every field it has is declared there, of
+ * the declared type and length. Fill @reply (an object) and return 0, or
+ * return -errno with an "error" string set in @reply.
  */
 typedef int (*admin_fn)(void *ctx, struct json_object *req, struct json_object *reply);
+
+/* One argument of a command: the admin socket checks it before the command runs. */
+struct admin_arg {
+	const char *name;
+	enum json_type type;         /* json_type_string, json_type_object, ... */
+	bool required;
+	unsigned max_len;            /* strings: most bytes (0: ADMIN_STR_MAX); objects: most members */
+};
+
+#define ADMIN_STR_MAX   4096      /* bytes of a string argument unless the table says less */
+
+/* The operators' socket's own limits (config [limits], see --help). */
+struct admin_limits {
+	uint32_t max_request;        /* bytes of one request line */
+	uint32_t timeout_ms;         /* a connection that sends no whole request this long is closed */
+	uint32_t max_conns;          /* operator connections at once */
+};
 
 /*
  * A command whose work must not run on the engine thread (hashing files)
@@ -42,24 +61,32 @@ uint64_t admin_defer(struct admin *a);
 /* Answer a deferred request; @reply is consumed. A peer that left is skipped. */
 void admin_complete(struct admin *a, uint64_t ticket, struct json_object *reply, int ret);
 
-/* Register @name. Returns 0, -EEXIST or -ENOMEM. */
-int admin_command_add(struct admin *a, const char *name, admin_fn fn, void *ctx);
+/*
+ * Register @name with its arguments (@args, terminated by a zero entry; NULL:
+ * none). Returns 0, -EEXIST or -ENOMEM.
+ */
+int admin_command_add(struct admin *a, const char *name, admin_fn fn, void *ctx,
+		      const struct admin_arg *args);
 
 /*
  * Set up on @listen_fd (already listening; the caller made or inherited it),
  * adding it to @ep. Peers are allowed when root, when their uid is the
  * daemon's own, or when @admin_gid (if @have_gid) is among their groups.
  */
-struct admin *admin_build(int ep, int listen_fd, gid_t admin_gid, bool have_gid);
+struct admin *admin_build(int ep, int listen_fd, gid_t admin_gid, bool have_gid,
+			  const struct admin_limits *lim);
 void admin_free(struct admin *a);
+
+/* New limits (reload); open connections keep their buffers. */
+void admin_set_limits(struct admin *a, const struct admin_limits *lim);
 
 /* An epoll event whose data.ptr is one of ours. Returns true if it was. */
 bool admin_event(struct admin *a, void *ptr, uint32_t events);
 
+/* Close connections past their timeout; @now is CLOCK_MONOTONIC ns. */
+void admin_tick(struct admin *a, uint64_t now);
+
 /* Close the listening socket (drain): open connections keep working. */
 void admin_stop_listening(struct admin *a);
-
-/* Create a listening UNIX socket at @path with @mode. Returns the fd or -errno. */
-int admin_listen_path(const char *path, unsigned mode);
 
 #endif

@@ -2,37 +2,23 @@
 #include "config.h"
 
 #include <errno.h>
-#include <grp.h>
 #include <ini.h>
-#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
+#include "options.h"
 #include "validate.h"
 
 void config_defaults(struct config *c)
 {
 	memset(c, 0, sizeof(*c));
-	c->socket_mode = 0660;
-	c->admin_socket_mode = 0660;
-	c->spin_us = 50;
-	c->drain_ms = 5000;
-	c->cpu = -1;
-	c->log_level = 6;
-	c->max_clients = 64;
-	c->max_inflight = 256;
-	c->max_tokens = 4096;
-	c->shm_limit = 1ull << 30;
-	c->kv_tokens = 16384;
-	c->max_seqs = 64;
-	c->step_tokens = 512;
-	c->device_budget = 1ull << 30;
-	c->host_budget = 4ull << 30;
+	opt_defaults(c);
 }
 
 static void free_str(char **p)
@@ -109,36 +95,6 @@ nomem:
 	return -ENOMEM;
 }
 
-int config_parse_size(const char *s, uint64_t *out)
-{
-	char *end;
-	unsigned long long v;
-	unsigned shift = 0;
-
-	errno = 0;
-	if (!*s || *s == '-')
-		return -EINVAL;
-	v = strtoull(s, &end, 10);
-	if (errno || end == s)
-		return -EINVAL;
-	switch (*end) {
-	case 0: break;
-	case 'K': case 'k': shift = 10; end++; break;
-	case 'M': case 'm': shift = 20; end++; break;
-	case 'G': case 'g': shift = 30; end++; break;
-	case 'T': case 't': shift = 40; end++; break;
-	default: return -EINVAL;
-	}
-	if (*end == 'i')
-		end++;
-	if (*end == 'B')
-		end++;
-	if (*end || (shift && v > (UINT64_MAX >> shift)))
-		return -EINVAL;
-	*out = (uint64_t)v << shift;
-	return 0;
-}
-
 static int parse_u32(const char *s, uint32_t *out, int base)
 {
 	char *end;
@@ -151,70 +107,6 @@ static int parse_u32(const char *s, uint32_t *out, int base)
 	if (errno || *end || v > UINT32_MAX)
 		return -EINVAL;
 	*out = (uint32_t)v;
-	return 0;
-}
-
-static int parse_bool(const char *s, bool *out)
-{
-	if (!strcasecmp(s, "yes") || !strcasecmp(s, "true") || !strcmp(s, "1") || !strcasecmp(s, "on"))
-		*out = true;
-	else if (!strcasecmp(s, "no") || !strcasecmp(s, "false") || !strcmp(s, "0") || !strcasecmp(s, "off"))
-		*out = false;
-	else
-		return -EINVAL;
-	return 0;
-}
-
-static int parse_level(const char *s, int *out)
-{
-	static const char *const names[] = { "emerg", "alert", "crit", "err", "warning",
-					     "notice", "info", "debug" };
-
-	for (int i = 0; i < 8; i++)
-		if (!strcasecmp(s, names[i])) {
-			*out = i;
-			return 0;
-		}
-	return -EINVAL;
-}
-
-/* Resolve a list of user (or group) names or numbers, separated by spaces or commas. */
-static int parse_ids(const char *s, bool groups, uint32_t *ids, unsigned *n, char *what, size_t wl)
-{
-	char buf[512], *save = NULL, *tok;
-
-	if (strlen(s) >= sizeof(buf))
-		return -EINVAL;
-	strcpy(buf, s);
-	for (tok = strtok_r(buf, " ,", &save); tok; tok = strtok_r(NULL, " ,", &save)) {
-		uint32_t id;
-
-		if (*n >= CONFIG_MAX_IDS) {
-			snprintf(what, wl, "more than %d entries", CONFIG_MAX_IDS);
-			return -EINVAL;
-		}
-		if (parse_u32(tok, &id, 10) == 0) {
-			ids[(*n)++] = id;
-			continue;
-		}
-		if (groups) {
-			struct group *g = getgrnam(tok);
-
-			if (!g) {
-				snprintf(what, wl, "no group named '%s'", tok);
-				return -EINVAL;
-			}
-			ids[(*n)++] = g->gr_gid;
-		} else {
-			struct passwd *p = getpwnam(tok);
-
-			if (!p) {
-				snprintf(what, wl, "no user named '%s'", tok);
-				return -EINVAL;
-			}
-			ids[(*n)++] = p->pw_uid;
-		}
-	}
 	return 0;
 }
 
@@ -278,118 +170,20 @@ static int on_entry(void *user, const char *section, const char *key, const char
 {
 	struct parse_ctx *p = user;
 	struct config *c = p->c;
-	uint64_t sz;
 	uint32_t u;
-	bool b;
 
-	if (!strcmp(section, "daemon")) {
-		if (!strcmp(key, "socket"))
-			return set_str(&c->socket_path, val) == 0;
-		if (!strcmp(key, "admin_socket"))
-			return set_str(&c->admin_socket_path, val) == 0;
-		if (!strcmp(key, "state_dir"))
-			return set_str(&c->state_dir, val) == 0;
-		if (!strcmp(key, "model"))
-			return set_str(&c->model_dir, val) == 0;
-		if (!strcmp(key, "merge_adapter"))
-			return set_str(&c->merge_adapter, val) == 0;
-		if (!strcmp(key, "backend")) {
-			if (strcmp(val, "auto") && strcmp(val, "cpu") && strcmp(val, "cuda"))
-				FAIL("backend: '%s' is not auto, cpu or cuda", val);
-			return set_str(&c->backend, val) == 0;
-		}
-		if (!strcmp(key, "socket_mode") || !strcmp(key, "admin_socket_mode")) {
-			if (parse_u32(val, &u, 8) || u > 0777)
-				FAIL("%s: '%s' is not an octal mode", key, val);
-			*(key[0] == 's' ? &c->socket_mode : &c->admin_socket_mode) = u;
-			return 1;
-		}
-		if (!strcmp(key, "null_engine")) {
-			if (parse_bool(val, &b))
-				FAIL("null_engine: '%s' is not yes or no", val);
-			c->null_engine = b;
-			return 1;
-		}
-		if (!strcmp(key, "log_level")) {
-			if (parse_level(val, &c->log_level))
-				FAIL("log_level: '%s' is not err, warning, notice, info or debug", val);
-			return 1;
-		}
-		if (!strcmp(key, "cpu")) {
-			if (parse_u32(val, &u, 10) || u > 4095)
-				FAIL("cpu: '%s' is not a CPU number", val);
-			c->cpu = (int)u;
-			return 1;
-		}
-		uint32_t *dst = !strcmp(key, "spin_us") ? &c->spin_us :
-				!strcmp(key, "drain_ms") ? &c->drain_ms :
-				!strcmp(key, "null_step_us") ? &c->null_step_us : NULL;
-		if (!dst)
-			FAIL("unknown key '%s' in [daemon]", key);
-		if (parse_u32(val, dst, 10))
-			FAIL("%s: '%s' is not a number", key, val);
-		return 1;
-	}
-	if (!strcmp(section, "limits")) {
-		if (!strcmp(key, "shm_limit")) {
-			if (config_parse_size(val, &c->shm_limit) || !c->shm_limit)
-				FAIL("shm_limit: '%s' is not a size such as 512M or 2G", val);
-			return 1;
-		}
-		uint32_t *dst = !strcmp(key, "max_clients") ? &c->max_clients :
-				!strcmp(key, "max_inflight") ? &c->max_inflight :
-				!strcmp(key, "max_tokens") ? &c->max_tokens :
-				!strcmp(key, "kv_tokens") ? &c->kv_tokens :
-				!strcmp(key, "max_seqs") ? &c->max_seqs :
-				!strcmp(key, "step_tokens") ? &c->step_tokens :
-				!strcmp(key, "threads") ? &c->threads : NULL;
-		if (!dst)
-			FAIL("unknown key '%s' in [limits]", key);
-		if (parse_u32(val, dst, 10) || (!*dst && dst != &c->threads))
-			FAIL("%s: '%s' is not a positive number", key, val);
-		return 1;
-	}
-	if (!strcmp(section, "access")) {
-		if (!p->access_seen) {
+	if (!strcmp(section, "daemon") || !strcmp(section, "limits") || !strcmp(section, "access") ||
+	    !strcmp(section, "pool")) {
+		const struct opt_def *o = opt_find_in(section, key);
+
+		if (!o)
+			FAIL("unknown key '%s' in [%s]", key, section);
+		if (!strcmp(section, "access") && !p->access_seen) {
+			/* the file's [access] replaces, not extends, the defaults */
 			c->n_allow_uid = c->n_allow_gid = 0;
 			p->access_seen = true;
 		}
-		if (!strcmp(key, "allow_users"))
-			return parse_ids(val, false, c->allow_uid, &c->n_allow_uid, p->what,
-					 sizeof(p->what)) == 0;
-		if (!strcmp(key, "allow_groups"))
-			return parse_ids(val, true, c->allow_gid, &c->n_allow_gid, p->what,
-					 sizeof(p->what)) == 0;
-		if (!strcmp(key, "admin_group")) {
-			uint32_t g[CONFIG_MAX_IDS];
-			unsigned n = 0;
-
-			if (parse_ids(val, true, g, &n, p->what, sizeof(p->what)))
-				return 0;
-			if (n != 1)
-				FAIL("admin_group: exactly one group");
-			c->admin_gid = g[0];
-			c->have_admin_gid = true;
-			return 1;
-		}
-		FAIL("unknown key '%s' in [access]", key);
-	}
-	if (!strcmp(section, "pool")) {
-		if (!strcmp(key, "read_depth")) {
-			if (parse_u32(val, &u, 10) || !u || u > 4096)
-				FAIL("read_depth: '%s' is not 1..4096", val);
-			c->read_depth = u;
-			return 1;
-		}
-		uint64_t *dst = !strcmp(key, "device_budget") ? &c->device_budget :
-				!strcmp(key, "host_budget") ? &c->host_budget :
-				!strcmp(key, "read_chunk") ? &c->read_chunk : NULL;
-		if (!dst)
-			FAIL("unknown key '%s' in [pool]", key);
-		if (config_parse_size(val, &sz))
-			FAIL("%s: '%s' is not a size such as 512M or 2G", key, val);
-		*dst = sz;
-		return 1;
+		return opt_set(o, c, val, p->what, sizeof(p->what)) == 0;
 	}
 	if (!strncmp(section, "adapter ", 8)) {
 		const char *name = section + 8;
@@ -540,6 +334,44 @@ int config_load(struct config *c, const char *path, char *err, size_t errlen)
 	return config_check(c, err, errlen);
 }
 
+void config_default_access(struct config *c)
+{
+	if (c->n_allow_uid || c->n_allow_gid)
+		return;
+	c->allow_uid[c->n_allow_uid++] = getuid();
+	if (getuid() != 0)
+		c->allow_uid[c->n_allow_uid++] = 0;
+}
+
+int config_absolute_paths(struct config *c, char *err, size_t errlen)
+{
+	char cwd[4096];
+
+	for (unsigned i = 0; i < c->n_adapters; i++) {
+		char *p = c->adapter[i].path, *abs;
+
+		if (p[0] == '/')
+			continue;
+		if (!getcwd(cwd, sizeof(cwd))) {
+			snprintf(err, errlen, "[adapter %s]: %s is relative and the working directory "
+				 "is unknown: %s", c->adapter[i].name, p, strerror(errno));
+			return -errno;
+		}
+		size_t n = strlen(cwd) + strlen(p) + 2;
+
+		if (n > 4096 || !(abs = malloc(n))) {
+			snprintf(err, errlen, "[adapter %s]: path too long", c->adapter[i].name);
+			return -ENAMETOOLONG;
+		}
+		memcpy(abs, cwd, strlen(cwd));
+		abs[strlen(cwd)] = '/';
+		memcpy(abs + strlen(cwd) + 1, p, strlen(p) + 1);
+		free(p);
+		c->adapter[i].path = abs;
+	}
+	return 0;
+}
+
 int config_check(const struct config *c, char *err, size_t errlen)
 {
 	for (unsigned i = 0; i < c->n_adapters; i++)
@@ -557,10 +389,6 @@ int config_check(const struct config *c, char *err, size_t errlen)
 				 c->route[i].skill, sum);
 			return -EINVAL;
 		}
-	}
-	if (c->max_inflight > 65535) {
-		snprintf(err, errlen, "max_inflight: at most 65535");
-		return -EINVAL;
 	}
 	if (c->merge_adapter && c->null_engine) {
 		snprintf(err, errlen, "merge_adapter needs a model, not the null engine");

@@ -50,13 +50,23 @@ struct config {
 	int log_level;
 	/* [limits] */
 	uint32_t max_clients;
+	uint32_t max_unauthenticated;   /* connections that have not sent their hello */
+	uint32_t hello_timeout_ms;
 	uint32_t max_inflight;
 	uint32_t max_tokens;
+	uint64_t max_prompt_bytes;      /* a text prompt's bytes */
+	uint32_t max_prompt_tokens;     /* a prompt's tokens; 0 = the model's context */
 	uint64_t shm_limit;
 	uint32_t kv_tokens;             /* KV cache size in token positions */
 	uint32_t max_seqs;              /* sequences running at once */
 	uint32_t step_tokens;           /* token budget of one engine step */
 	uint32_t threads;               /* compute threads; 0 = all cores */
+	uint64_t admin_max_request;     /* bytes of one admin request line */
+	uint32_t admin_timeout_ms;
+	uint32_t admin_max_connections;
+	uint32_t max_metric_series;     /* skill x version rows of the metrics */
+	uint64_t max_adapter_bytes;     /* an adapter's files together */
+	uint32_t max_skills;            /* skills with a route */
 	/* [access] */
 	uid_t allow_uid[CONFIG_MAX_IDS];
 	unsigned n_allow_uid;
@@ -95,13 +105,19 @@ int config_load(struct config *c, const char *path, char *err, size_t errlen);
 /* Check the whole config for consistency (after the command line). */
 int config_check(const struct config *c, char *err, size_t errlen);
 
+/* With no [access] and no --allow-*: lorad's own user and root. */
+void config_default_access(struct config *c);
+
+/* Make the adapters' paths absolute, against the working directory: the
+ * registry stores them, and a reload must not depend on where lorad runs.
+ * Returns 0 or -errno with @err naming the path. */
+int config_absolute_paths(struct config *c, char *err, size_t errlen);
+
 /* Free the strings of @c. */
 void config_free(struct config *c);
 
 /* Deep copy, for keeping the old config across a reload. Returns 0 or -ENOMEM. */
 int config_copy(struct config *dst, const struct config *src);
 
-/* "64M", "2G", "4096": bytes. Returns 0 or -EINVAL. */
-int config_parse_size(const char *s, uint64_t *out);
 
 #endif

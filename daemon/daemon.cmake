@@ -3,14 +3,19 @@
 add_library(lorad_daemon_core STATIC
   ${CMAKE_CURRENT_LIST_DIR}/log.c
   ${CMAKE_CURRENT_LIST_DIR}/config.c
+  ${CMAKE_CURRENT_LIST_DIR}/options.c
+  ${CMAKE_CURRENT_LIST_DIR}/instance.c
+  ${CMAKE_CURRENT_LIST_DIR}/statedir.c
   ${CMAKE_CURRENT_LIST_DIR}/notify.c
   ${CMAKE_CURRENT_LIST_DIR}/admin.c
   ${CMAKE_CURRENT_LIST_DIR}/session.c
   ${CMAKE_CURRENT_LIST_DIR}/server.c
   ${CMAKE_CURRENT_LIST_DIR}/nullexec.c
   ${CMAKE_CURRENT_LIST_DIR}/scheduler.c
+  ${CMAKE_CURRENT_LIST_DIR}/tokq.c
   ${CMAKE_CURRENT_LIST_DIR}/route.c
   ${CMAKE_CURRENT_LIST_DIR}/registry.c
+  ${CMAKE_CURRENT_LIST_DIR}/regstate.c
   ${CMAKE_CURRENT_LIST_DIR}/metrics.c
   ${CMAKE_CURRENT_LIST_DIR}/ops.c
   ${CMAKE_CURRENT_LIST_DIR}/classify.c)

@@ -2,10 +2,17 @@
 #include "metrics.h"
 
 #include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <lorad/abi.h>
+
+#include "hostpool.h"
+#include "ops.h"
+#include "registry.h"
 
 const double metrics_lat_bounds[METRICS_LAT_BUCKETS] = {
 	0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
@@ -19,12 +26,21 @@ const char *const metrics_err_names[ME__N] = {
 
 struct metrics {
 	struct metrics_row *rows;
-	unsigned n, cap;
+	unsigned n, cap, max;
 };
 
-struct metrics *metrics_new(void)
+struct metrics *metrics_new(unsigned max_rows)
 {
-	return calloc(1, sizeof(struct metrics));
+	struct metrics *m = calloc(1, sizeof(struct metrics));
+
+	if (m)
+		m->max = max_rows < 2 ? 2 : max_rows;
+	return m;
+}
+
+void metrics_set_max_rows(struct metrics *m, unsigned max_rows)
+{
+	m->max = max_rows < 2 ? 2 : max_rows;
 }
 
 void metrics_free(struct metrics *m)
@@ -40,6 +56,9 @@ static struct metrics_row *row_for(struct metrics *m, const char *skill, const c
 	for (unsigned i = 0; i < m->n; i++)
 		if (!strcmp(m->rows[i].skill, skill) && !strcmp(m->rows[i].version, version))
 			return &m->rows[i];
+	/* bounded: the last series left counts everything that came after */
+	if (m->n + 1 >= m->max && strcmp(skill, METRICS_OTHER))
+		return row_for(m, METRICS_OTHER, METRICS_OTHER);
 	if (m->n == m->cap) {
 		unsigned cap = m->cap ? 2 * m->cap : 16;
 		struct metrics_row *r = realloc(m->rows, cap * sizeof(*r));
@@ -108,4 +127,205 @@ unsigned metrics_rows(const struct metrics *m)
 const struct metrics_row *metrics_row(const struct metrics *m, unsigned i)
 {
 	return i < m->n ? &m->rows[i] : NULL;
+}
+
+/* --- the exposition --------------------------------------------------------------------- */
+
+struct buf {
+	char *p;
+	size_t len, cap;
+	bool failed;
+};
+
+static void bprintf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void bprintf(struct buf *b, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	for (;;) {
+		va_start(ap, fmt);
+		n = vsnprintf(b->p ? b->p + b->len : NULL, b->p ? b->cap - b->len : 0, fmt, ap);
+		va_end(ap);
+		if (n < 0) {
+			b->failed = true;
+			return;
+		}
+		if (b->p && b->len + (size_t)n < b->cap) {
+			b->len += (size_t)n;
+			return;
+		}
+		size_t cap = b->cap ? 2 * b->cap : 16384;
+		while (cap <= b->len + (size_t)n)
+			cap *= 2;
+		char *p = realloc(b->p, cap);
+		if (!p) {
+			b->failed = true;
+			return;
+		}
+		b->p = p;
+		b->cap = cap;
+	}
+}
+
+/* One family's header; its samples follow it, all of them, before the next family. */
+static void family(struct buf *b, const char *name, const char *type, const char *help)
+{
+	bprintf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void hist_lines(struct buf *b, const char *name, const struct metrics_row *r,
+		       const uint64_t *h, double sum, uint64_t n)
+{
+	uint64_t cum = 0;
+
+	for (int k = 0; k < METRICS_LAT_BUCKETS; k++) {
+		cum += h[k];
+		bprintf(b, "%s_bucket{skill=\"%s\",version=\"%s\",le=\"%g\"} %llu\n", name, r->skill,
+			r->version, metrics_lat_bounds[k], (unsigned long long)cum);
+	}
+	cum += h[METRICS_LAT_BUCKETS];
+	bprintf(b, "%s_bucket{skill=\"%s\",version=\"%s\",le=\"+Inf\"} %llu\n", name, r->skill,
+		r->version, (unsigned long long)cum);
+	bprintf(b, "%s_sum{skill=\"%s\",version=\"%s\"} %.6f\n", name, r->skill, r->version, sum);
+	bprintf(b, "%s_count{skill=\"%s\",version=\"%s\"} %llu\n", name, r->skill, r->version,
+		(unsigned long long)n);
+}
+
+/* A counter per row. */
+#define ROWS(b, m, name, field) \
+	for (unsigned i_ = 0; i_ < (m)->n; i_++) \
+		bprintf(b, name "{skill=\"%s\",version=\"%s\"} %llu\n", (m)->rows[i_].skill, \
+			(m)->rows[i_].version, (unsigned long long)(m)->rows[i_].field)
+
+static void requests(struct buf *b, const struct metrics *m)
+{
+	family(b, "lorad_requests_total", "counter",
+	       "Requests that ended, by skill and adapter version (skill \"_unknown\": no such skill).");
+	ROWS(b, m, "lorad_requests_total", requests);
+	family(b, "lorad_request_errors_total", "counter", "Requests that ended in an error, by kind.");
+	for (unsigned i = 0; i < m->n; i++)
+		for (int k = 0; k < ME__N; k++)
+			bprintf(b, "lorad_request_errors_total{skill=\"%s\",version=\"%s\",kind=\"%s\"} %llu\n",
+				m->rows[i].skill, m->rows[i].version, metrics_err_names[k],
+				(unsigned long long)m->rows[i].errors[k]);
+	family(b, "lorad_prompt_tokens_total", "counter", "Prompt tokens of ended requests.");
+	ROWS(b, m, "lorad_prompt_tokens_total", prompt_tokens);
+	family(b, "lorad_generated_tokens_total", "counter", "Generated tokens of ended requests.");
+	ROWS(b, m, "lorad_generated_tokens_total", generated_tokens);
+	family(b, "lorad_ttft_seconds", "histogram", "Time to first token.");
+	for (unsigned i = 0; i < m->n; i++)
+		hist_lines(b, "lorad_ttft_seconds", &m->rows[i], m->rows[i].ttft, m->rows[i].ttft_sum_s,
+			   m->rows[i].ttft_n);
+	family(b, "lorad_itl_seconds", "histogram", "Mean inter-token latency per request.");
+	for (unsigned i = 0; i < m->n; i++)
+		hist_lines(b, "lorad_itl_seconds", &m->rows[i], m->rows[i].itl, m->rows[i].itl_sum_s,
+			   m->rows[i].itl_n);
+}
+
+static void versions(struct buf *b, struct registry *reg)
+{
+	const struct reg_version *v;
+	unsigned i;
+
+	family(b, "lorad_adapter_resident", "gauge", "Adapter versions resident in the device tier.");
+	for (i = 0; (v = registry_at(reg, i)); i++)
+		bprintf(b, "lorad_adapter_resident{version=\"%s\"} %d\n", v->id, v->adapter != 0);
+	family(b, "lorad_adapter_loads_total", "counter", "Loads from disk.");
+	for (i = 0; (v = registry_at(reg, i)); i++)
+		bprintf(b, "lorad_adapter_loads_total{version=\"%s\"} %llu\n", v->id,
+			(unsigned long long)v->loads);
+	family(b, "lorad_adapter_load_seconds_total", "counter", "Time spent loading from disk.");
+	for (i = 0; (v = registry_at(reg, i)); i++)
+		bprintf(b, "lorad_adapter_load_seconds_total{version=\"%s\"} %.6f\n", v->id,
+			v->load_ns / 1e9);
+}
+
+/* The device tier and, with a loader, the host tier: each family holds both. */
+static void tiers(struct buf *b, struct registry *reg)
+{
+	const struct registry_tier *t = registry_device_tier(reg);
+	struct hostpool *hp = registry_hostpool(reg);
+	struct hostpool_stats hs = { 0 };
+	uint64_t cum = 0;
+
+	if (hp)
+		hostpool_stats(hp, &hs);
+	family(b, "lorad_tier_bytes", "gauge", "Bytes of adapters resident in a tier.");
+	bprintf(b, "lorad_tier_bytes{tier=\"device\"} %llu\n", (unsigned long long)t->used);
+	if (hp)
+		bprintf(b, "lorad_tier_bytes{tier=\"host\"} %zu\n", hs.bytes_used);
+	family(b, "lorad_tier_budget_bytes", "gauge", "Byte budget of a tier (0: none).");
+	bprintf(b, "lorad_tier_budget_bytes{tier=\"device\"} %llu\n", (unsigned long long)t->budget);
+	if (hp)
+		bprintf(b, "lorad_tier_budget_bytes{tier=\"host\"} %zu\n", hs.budget);
+	family(b, "lorad_tier_adapters", "gauge", "Adapters resident in a tier.");
+	bprintf(b, "lorad_tier_adapters{tier=\"device\"} %u\n", t->resident);
+	if (hp)
+		bprintf(b, "lorad_tier_adapters{tier=\"host\"} %u\n", hs.entries);
+	family(b, "lorad_tier_loads_total", "counter", "Loads into a tier.");
+	bprintf(b, "lorad_tier_loads_total{tier=\"device\"} %llu\n", (unsigned long long)t->loads);
+	if (hp)
+		bprintf(b, "lorad_tier_loads_total{tier=\"host\"} %llu\n", (unsigned long long)hs.loads);
+	family(b, "lorad_tier_evictions_total", "counter", "Evictions from a tier.");
+	bprintf(b, "lorad_tier_evictions_total{tier=\"device\"} %llu\n",
+		(unsigned long long)t->evictions);
+	if (hp)
+		bprintf(b, "lorad_tier_evictions_total{tier=\"host\"} %llu\n",
+			(unsigned long long)hs.evictions);
+	family(b, "lorad_tier_load_seconds", "histogram", "Time to load an adapter into a tier.");
+	for (int k = 0; k < 7; k++) {
+		cum += t->load_hist[k];
+		bprintf(b, "lorad_tier_load_seconds_bucket{tier=\"device\",le=\"%g\"} %llu\n",
+			registry_load_bounds_s[k], (unsigned long long)cum);
+	}
+	cum += t->load_hist[7];
+	bprintf(b, "lorad_tier_load_seconds_bucket{tier=\"device\",le=\"+Inf\"} %llu\n"
+		   "lorad_tier_load_seconds_sum{tier=\"device\"} %.6f\n"
+		   "lorad_tier_load_seconds_count{tier=\"device\"} %llu\n",
+		(unsigned long long)cum, t->load_sum_s, (unsigned long long)cum);
+	if (!hp)
+		return;
+	family(b, "lorad_tier_locked_bytes", "gauge", "Bytes of a tier locked in memory (mlock).");
+	bprintf(b, "lorad_tier_locked_bytes{tier=\"host\"} %zu\n", hs.locked_bytes);
+	family(b, "lorad_tier_pinned", "gauge", "Whether a tier is fully locked in memory (0: unpinned).");
+	bprintf(b, "lorad_tier_pinned{tier=\"host\"} %d\n", !hs.unpinned);
+	family(b, "lorad_tier_numa_node", "gauge", "NUMA node of a tier's buffers (of lorad_numa_nodes).");
+	bprintf(b, "lorad_tier_numa_node{tier=\"host\"} %d\n", hs.node);
+	family(b, "lorad_numa_nodes", "gauge", "NUMA nodes of this machine.");
+	bprintf(b, "lorad_numa_nodes %d\n", hs.numa_nodes);
+}
+
+static void engine(struct buf *b, const struct ops_engine_stats *es)
+{
+	family(b, "lorad_engine_steps_total", "counter", "Forward steps.");
+	bprintf(b, "lorad_engine_steps_total %llu\n", (unsigned long long)es->steps);
+	family(b, "lorad_engine_batch_size", "gauge", "Sequences in the last step's batch.");
+	bprintf(b, "lorad_engine_batch_size %u\n", es->running);
+	family(b, "lorad_engine_waiting", "gauge", "Requests waiting for admission.");
+	bprintf(b, "lorad_engine_waiting %u\n", es->waiting);
+	family(b, "lorad_kv_blocks_used", "gauge", "KV cache blocks in use.");
+	bprintf(b, "lorad_kv_blocks_used %d\n", es->kv_total - es->kv_free);
+	family(b, "lorad_kv_blocks_total", "gauge", "KV cache blocks.");
+	bprintf(b, "lorad_kv_blocks_total %d\n", es->kv_total);
+	family(b, "lorad_preemptions_total", "counter", "Sequences preempted for KV space.");
+	bprintf(b, "lorad_preemptions_total %llu\n", (unsigned long long)es->preemptions);
+}
+
+char *metrics_exposition(const struct metrics *m, struct registry *reg,
+			 const struct ops_engine_stats *es, size_t *len)
+{
+	struct buf b = { 0 };
+
+	requests(&b, m);
+	versions(&b, reg);
+	tiers(&b, reg);
+	if (es)
+		engine(&b, es);
+	if (b.failed) {
+		free(b.p);
+		return NULL;
+	}
+	*len = b.len;
+	return b.p;
 }

@@ -8,6 +8,7 @@
 #ifndef LORAD_METRICS_H
 #define LORAD_METRICS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define METRICS_LAT_BUCKETS 12
@@ -26,9 +27,19 @@ struct metrics_row {
 };
 
 struct metrics;
+struct registry;
+struct ops_engine_stats;
 
-struct metrics *metrics_new(void);
+/* The one series of requests for skills that no route names, and its version. */
+#define METRICS_UNKNOWN "_unknown"
+#define METRICS_NONE    "_none"
+/* Where a skill x version goes once max_rows series exist. */
+#define METRICS_OTHER   "_other"
+
+/* At most @max_rows series (skill x version), the last one METRICS_OTHER. NULL on ENOMEM. */
+struct metrics *metrics_new(unsigned max_rows);
 void metrics_free(struct metrics *m);
+void metrics_set_max_rows(struct metrics *m, unsigned max_rows);
 
 /* A request ended: @res 0 or -errno, latencies in microseconds (0: none). */
 void metrics_request(struct metrics *m, const char *skill, const char *version, int res,
@@ -37,6 +48,15 @@ void metrics_request(struct metrics *m, const char *skill, const char *version, 
 
 unsigned metrics_rows(const struct metrics *m);
 const struct metrics_row *metrics_row(const struct metrics *m, unsigned i);
+
+/*
+ * The Prometheus text exposition (format 0.0.4) of everything: requests per
+ * skill and version, the adapter tiers of @reg, the engine (@es may be
+ * NULL). Every family once, its samples together. Returns a malloc'd text
+ * (*len bytes) or NULL.
+ */
+char *metrics_exposition(const struct metrics *m, struct registry *reg,
+			 const struct ops_engine_stats *es, size_t *len);
 
 /* Upper bounds of the latency buckets, seconds. */
 extern const double metrics_lat_bounds[METRICS_LAT_BUCKETS];

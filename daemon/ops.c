@@ -3,7 +3,8 @@
  * The operator's commands on the admin socket: adapter versions, routes,
  * statistics and Prometheus metrics. They run on the engine thread between
  * steps, so a change is seen by the next admission and never by a request
- * already running.
+ * already running. Changes go through jobs (ops.h): made durable first,
+ * applied after.
  */
 #include "ops.h"
 
@@ -13,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include "hostpool.h"
@@ -20,28 +22,57 @@
 #include "metrics.h"
 #include "registry.h"
 #include "route.h"
+#include "statedir.h"
 
-/* A registration whose files are hashed on a thread of its own. */
-struct add_job {
-	uint64_t ticket;
+#define OPS_MAX_INSPECT  4     /* adapters whose files are read and checked at once */
+#define OPS_MAX_JOBS     256   /* changes waiting: more are refused, not queued without bound */
+
+enum job_kind { J_ADD, J_REMOVE, J_PIN, J_UNPIN, J_ROUTE, J_ROLLOUT, J_ROLLBACK, J_SEED_ROUTE };
+enum job_state { JS_INSPECT, JS_READY, JS_WRITING };
+
+struct job {
+	enum job_kind kind;
+	enum job_state state;
+	uint64_t ticket;             /* the admin request to answer; 0: a seed from the config */
+	char id[ROUTE_NAME_MAX];     /* NAME@VER, or the skill */
 	char name[32], version[32];
 	char *path;
-	int ret;
 	struct registry_hashes h;
-	char err[512];
-	struct add_job *next;
+	char target[ROUTE_MAX_VERSIONS][ROUTE_NAME_MAX];
+	uint32_t weight[ROUTE_MAX_VERSIONS];
+	unsigned n;
+	uint32_t percent;            /* J_ROLLOUT, in buckets */
+	char ver_id[ROUTE_NAME_MAX]; /* J_ROLLOUT: the version that gets them */
+	struct reg_change *ch;
+	char *text;                  /* the state file as it will be */
+	size_t len;
+	int ret;
+	char err[640];
+	pthread_t thread;
+	bool has_thread;
+	struct ops *o;
+	struct job *next;
 };
 
 struct ops {
-	struct registry *reg;
+	struct ops_opts opt;
 	struct metrics *met;
-	ops_engine_stats_fn engine_stats;
-	void *engine_ctx;
-	struct admin *admin;
-	pthread_mutex_t lock;
-	struct add_job *done;        /* hashed, waiting for the engine thread */
-	unsigned running;
+	pthread_mutex_t lock;        /* guards job states, the writer's slot, cancel */
+	pthread_cond_t cond;
+	struct job *jobs;            /* in arrival order */
+	unsigned n_jobs, inspecting;
+	struct job *writing;         /* the one job whose state the writer thread writes */
+	bool write_done, stop;
+	volatile int cancel;         /* registrations stop reading files */
+	pthread_t writer;
+	bool writer_started;
 };
+
+static void wake(struct ops *o)
+{
+	if (o->opt.wake_fd >= 0)
+		(void)!eventfd_write(o->opt.wake_fd, 1);
+}
 
 static void set_err(struct json_object *reply, const char *msg)
 {
@@ -57,33 +88,7 @@ static const char *get_str(struct json_object *req, const char *key)
 	return json_object_get_string(v);
 }
 
-static int need_str(struct json_object *req, struct json_object *reply, const char *key,
-		    const char **out)
-{
-	char msg[96];
-
-	*out = get_str(req, key);
-	if (*out)
-		return 0;
-	snprintf(msg, sizeof(msg), "missing string \"%s\"", key);
-	set_err(reply, msg);
-	return -EINVAL;
-}
-
-/* Persist after a change; a failed write is reported and nothing on disk is harmed. */
-static int persist(struct ops *o, struct json_object *reply)
-{
-	char err[512];
-	int ret = registry_save(o->reg, err, sizeof(err));
-
-	if (ret) {
-		log_err("state not saved: %s", err);
-		set_err(reply, err);
-	}
-	return ret;
-}
-
-/* --- adapters ------------------------------------------------------------------------- */
+/* --- json views ----------------------------------------------------------------------- */
 
 static struct json_object *version_json(const struct reg_version *v)
 {
@@ -102,160 +107,13 @@ static struct json_object *version_json(const struct reg_version *v)
 	return o;
 }
 
-static int cmd_adapters_list(void *ctx, struct json_object *req, struct json_object *reply)
-{
-	struct ops *o = ctx;
-	struct json_object *a = json_object_new_array();
-	const struct reg_version *v;
-
-	(void)req;
-	for (unsigned i = 0; (v = registry_at(o->reg, i)); i++)
-		json_object_array_add(a, version_json(v));
-	json_object_object_add(reply, "adapters", a);
-	return 0;
-}
-
-static void *hash_thread(void *arg)
-{
-	struct ops *o = ((void **)arg)[0];
-	struct add_job *j = ((void **)arg)[1];
-
-	free(arg);
-	j->ret = registry_hash_files(j->path, &j->h, j->err, sizeof(j->err));
-	pthread_mutex_lock(&o->lock);
-	j->next = o->done;
-	o->done = j;
-	pthread_mutex_unlock(&o->lock);
-	return NULL;
-}
-
-/*
- * Registering reads and hashes the adapter's files, which takes as long
- * as the files are big: that runs on a thread of its own and the reply
- * comes when it is done, so requests keep running meanwhile.
- */
-static int cmd_adapters_add(void *ctx, struct json_object *req, struct json_object *reply)
-{
-	struct ops *o = ctx;
-	const char *id, *path, *at;
-	struct add_job *j;
-	pthread_t t;
-	void **arg;
-
-	if (need_str(req, reply, "id", &id) || need_str(req, reply, "path", &path))
-		return -EINVAL;
-	at = strchr(id, '@');
-	if ((at ? (size_t)(at - id) : strlen(id)) >= sizeof(j->name) ||
-	    (at && strlen(at + 1) >= sizeof(j->version))) {
-		set_err(reply, "adapter name or version too long");
-		return -EINVAL;
-	}
-	j = calloc(1, sizeof(*j));
-	arg = malloc(2 * sizeof(*arg));
-	if (!j || !arg || !(j->path = strdup(path))) {
-		free(j);
-		free(arg);
-		return -ENOMEM;
-	}
-	snprintf(j->name, sizeof(j->name), "%.*s", at ? (int)(at - id) : (int)strlen(id), id);
-	if (at)
-		snprintf(j->version, sizeof(j->version), "%s", at + 1);
-	arg[0] = o;
-	arg[1] = j;
-	j->ticket = admin_defer(o->admin);
-	if (pthread_create(&t, NULL, hash_thread, arg)) {
-		free(j->path);
-		free(j);
-		free(arg);
-		return -EAGAIN;
-	}
-	pthread_detach(t);
-	o->running++;
-	return ADMIN_DEFERRED;
-}
-
-void ops_poll(struct ops *o)
-{
-	struct add_job *j;
-
-	if (!o || !o->running)
-		return;
-	pthread_mutex_lock(&o->lock);
-	j = o->done;
-	o->done = NULL;
-	pthread_mutex_unlock(&o->lock);
-	while (j) {
-		struct add_job *next = j->next;
-		struct json_object *reply = json_object_new_object();
-		const struct reg_version *v;
-		int ret = j->ret;
-
-		if (!ret)
-			ret = registry_add_hashed(o->reg, j->name, j->version, j->path, &j->h, &v, j->err,
-						  sizeof(j->err));
-		if (ret) {
-			set_err(reply, j->err);
-		} else {
-			json_object_object_add(reply, "adapter", version_json(v));
-			ret = persist(o, reply);
-		}
-		admin_complete(o->admin, j->ticket, reply, ret);
-		o->running--;
-		free(j->path);
-		free(j);
-		j = next;
-	}
-}
-
-static int cmd_adapters_remove(void *ctx, struct json_object *req, struct json_object *reply)
-{
-	struct ops *o = ctx;
-	const char *id;
-	char err[512];
-	int ret;
-
-	if (need_str(req, reply, "id", &id))
-		return -EINVAL;
-	ret = registry_remove(o->reg, id, err, sizeof(err));
-	if (ret) {
-		set_err(reply, err);
-		return ret;
-	}
-	return persist(o, reply);
-}
-
-static int pin_like(struct ops *o, struct json_object *req, struct json_object *reply, int what)
-{
-	const char *id;
-	char err[512];
-	int ret;
-
-	if (need_str(req, reply, "id", &id))
-		return -EINVAL;
-	ret = what == 2 ? registry_prefetch(o->reg, id, err, sizeof(err))
-			: registry_pin(o->reg, id, what == 1, err, sizeof(err));
-	if (ret) {
-		set_err(reply, err);
-		return ret;
-	}
-	return what == 2 ? 0 : persist(o, reply);
-}
-
-static int cmd_pin(void *ctx, struct json_object *q, struct json_object *r) { return pin_like(ctx, q, r, 1); }
-static int cmd_unpin(void *ctx, struct json_object *q, struct json_object *r) { return pin_like(ctx, q, r, 0); }
-static int cmd_prefetch(void *ctx, struct json_object *q, struct json_object *r) { return pin_like(ctx, q, r, 2); }
-
-/* --- routes ------------------------------------------------------------------------------ */
-
 static struct json_object *route_json(const struct route *rt)
 {
 	struct json_object *o = json_object_new_object(), *t = json_object_new_array();
 
 	for (unsigned i = 0; i < rt->n; i++) {
 		struct json_object *e = json_object_new_object();
-		char pct[16];
 
-		snprintf(pct, sizeof(pct), "%u.%02u", rt->weight[i] / 100, rt->weight[i] % 100);
 		json_object_object_add(e, "version", json_object_new_string(rt->target[i]));
 		json_object_object_add(e, "percent", json_object_new_double(rt->weight[i] / 100.0));
 		json_object_array_add(t, e);
@@ -266,6 +124,447 @@ static struct json_object *route_json(const struct route *rt)
 	return o;
 }
 
+/* --- jobs ------------------------------------------------------------------------------- */
+
+static void job_free(struct job *j)
+{
+	registry_change_free(j->ch);
+	free(j->text);
+	free(j->path);
+	free(j);
+}
+
+/* Take a job into the queue (it answers @ticket later). Returns 0, -ENOMEM or -EAGAIN. */
+static int job_queue(struct ops *o, struct job *j, struct json_object *reply)
+{
+	struct job **pp;
+
+	if (o->n_jobs >= OPS_MAX_JOBS) {
+		char msg[128];
+
+		snprintf(msg, sizeof(msg), "%u changes are waiting already (the limit); try again",
+			 OPS_MAX_JOBS);
+		if (reply)
+			set_err(reply, msg);
+		job_free(j);
+		return -EAGAIN;
+	}
+	j->o = o;
+	pthread_mutex_lock(&o->lock);
+	for (pp = &o->jobs; *pp; pp = &(*pp)->next)
+		;
+	*pp = j;
+	o->n_jobs++;
+	pthread_mutex_unlock(&o->lock);
+	wake(o);   /* ops_poll runs on the next turn of the engine loop */
+	return 0;
+}
+
+static struct job *job_new(enum job_kind kind)
+{
+	struct job *j = calloc(1, sizeof(*j));
+
+	if (j) {
+		j->kind = kind;
+		j->state = JS_READY;
+	}
+	return j;
+}
+
+/* A registration's files: read, hashed and checked against the model, off the engine thread. */
+static void *inspect_thread(void *arg)
+{
+	struct job *j = arg;
+	struct ops *o = j->o;
+
+	j->ret = registry_inspect(j->path, o->opt.mc, o->opt.max_adapter_bytes, &o->cancel, &j->h,
+				  j->err, sizeof(j->err));
+	pthread_mutex_lock(&o->lock);
+	j->state = JS_READY;
+	o->inspecting--;
+	pthread_mutex_unlock(&o->lock);
+	wake(o);
+	return NULL;
+}
+
+/* The writer: one state file at a time, fsync included, off the engine thread. */
+static void *writer_thread(void *arg)
+{
+	struct ops *o = arg;
+
+	pthread_mutex_lock(&o->lock);
+	for (;;) {
+		struct job *j;
+
+		while (!o->stop && (!o->writing || o->write_done))
+			pthread_cond_wait(&o->cond, &o->lock);
+		if (o->stop)
+			break;
+		j = o->writing;
+		pthread_mutex_unlock(&o->lock);
+		j->ret = statedir_write(registry_statedir(o->opt.reg), "state.json", j->text, j->len,
+					j->err, sizeof(j->err));
+		pthread_mutex_lock(&o->lock);
+		o->write_done = true;
+		wake(o);
+	}
+	pthread_mutex_unlock(&o->lock);
+	return NULL;
+}
+
+/* Rollout: @ver gets @want buckets, the others keep their proportions of the rest. */
+static int rollout_targets(struct ops *o, struct job *j)
+{
+	const struct route *cur = route_get(registry_routes(o->opt.reg), j->id);
+	uint32_t rest = ROUTE_BUCKETS - j->percent, others = 0, given = 0;
+	unsigned last = 0;
+
+	j->n = 0;
+	if (!cur) {
+		/* a first rollout: the whole skill goes to the version */
+		if (j->percent != ROUTE_BUCKETS) {
+			snprintf(j->err, sizeof(j->err), "skill %s has no route yet: set one first, or "
+				 "roll out 100", j->id);
+			return -ENOENT;
+		}
+		memcpy(j->target[0], j->ver_id, ROUTE_NAME_MAX);
+		j->weight[0] = ROUTE_BUCKETS;
+		j->n = 1;
+		return 0;
+	}
+	for (unsigned i = 0; i < cur->n; i++)
+		if (strcmp(cur->target[i], j->ver_id))
+			others += cur->weight[i];
+	for (unsigned i = 0; i < cur->n; i++) {
+		if (!strcmp(cur->target[i], j->ver_id))
+			continue;
+		memcpy(j->target[j->n], cur->target[i], ROUTE_NAME_MAX);
+		j->weight[j->n] = others ? (uint32_t)((uint64_t)cur->weight[i] * rest / others) : 0;
+		given += j->weight[j->n];
+		if (cur->weight[i])
+			last = j->n;
+		j->n++;
+	}
+	if (!j->n && rest) {
+		snprintf(j->err, sizeof(j->err), "%s: no other version to give the rest to", j->id);
+		return -EINVAL;
+	}
+	if (j->n)
+		j->weight[last] += rest - given;   /* rounding remainder */
+	if (j->n == ROUTE_MAX_VERSIONS) {
+		snprintf(j->err, sizeof(j->err), "%s: more than %d versions in one route", j->id,
+			 ROUTE_MAX_VERSIONS);
+		return -EINVAL;
+	}
+	memcpy(j->target[j->n], j->ver_id, ROUTE_NAME_MAX);
+	j->weight[j->n++] = j->percent;
+	return 0;
+}
+
+/* Check @j against the running state and build its change (NULL: nothing to change). */
+static int job_prepare(struct ops *o, struct job *j)
+{
+	struct registry *reg = o->opt.reg;
+	const char *t[ROUTE_MAX_VERSIONS];
+	int ret;
+
+	switch (j->kind) {
+	case J_ADD:
+		if (j->ret)
+			return j->ret;   /* the files were refused */
+		return registry_prepare_add(reg, j->name, j->version, j->path, &j->h, &j->ch, j->err,
+					    sizeof(j->err));
+	case J_REMOVE:
+		return registry_prepare_remove(reg, j->id, &j->ch, j->err, sizeof(j->err));
+	case J_PIN:
+	case J_UNPIN:
+		return registry_prepare_pin(reg, j->id, j->kind == J_PIN, &j->ch, j->err, sizeof(j->err));
+	case J_ROLLBACK:
+		return registry_prepare_rollback(reg, j->id, &j->ch, j->err, sizeof(j->err));
+	case J_SEED_ROUTE:
+		if (route_get(registry_routes(reg), j->id))
+			return 0;   /* the state has it: the config only seeds */
+		break;
+	case J_ROLLOUT:
+		ret = rollout_targets(o, j);
+		if (ret)
+			return ret;
+		break;
+	case J_ROUTE:
+		break;
+	}
+	for (unsigned i = 0; i < j->n; i++)
+		t[i] = j->target[i];
+	return registry_prepare_route(reg, j->id, t, j->weight, j->n, &j->ch, j->err, sizeof(j->err));
+}
+
+/* The reply of a job that ended with @ret, or its log line when it was a seed. */
+static void job_answer(struct ops *o, struct job *j, int ret, const char *id)
+{
+	struct json_object *reply;
+	const struct reg_version *v;
+	const struct route *rt;
+
+	if (!j->ticket) {
+		if (ret)
+			log_err("%s: %s", j->id[0] ? j->id : j->name, j->err[0] ? j->err : strerror(-ret));
+		else if (j->kind == J_ADD)
+			log_info("adapter %s@%s from %s", j->name, j->version[0] ? j->version : "(hash)",
+				 j->path);
+		return;
+	}
+	reply = json_object_new_object();
+	if (!reply)
+		return;
+	if (ret) {
+		set_err(reply, j->err[0] ? j->err : strerror(-ret));
+	} else if (j->kind == J_ADD) {
+		char vid[ROUTE_NAME_MAX];
+
+		snprintf(vid, sizeof(vid), "%s@%.31s", j->name, j->version[0] ? j->version : j->h.sha256);
+		if (!j->version[0])
+			vid[strlen(j->name) + 1 + 12] = 0;
+		v = registry_find(o->opt.reg, id ? id : vid);
+		if (v)
+			json_object_object_add(reply, "adapter", version_json(v));
+	} else if (j->kind == J_ROUTE || j->kind == J_ROLLOUT || j->kind == J_ROLLBACK) {
+		rt = route_get(registry_routes(o->opt.reg), j->id);
+		if (rt)
+			json_object_object_add(reply, "route", route_json(rt));
+	}
+	admin_complete(o->opt.admin, j->ticket, reply, ret);
+}
+
+static void job_unlink(struct ops *o, struct job *j)
+{
+	pthread_mutex_lock(&o->lock);
+	for (struct job **pp = &o->jobs; *pp; pp = &(*pp)->next)
+		if (*pp == j) {
+			*pp = j->next;
+			break;
+		}
+	o->n_jobs--;
+	pthread_mutex_unlock(&o->lock);
+	if (j->has_thread)
+		pthread_join(j->thread, NULL);
+	job_free(j);
+}
+
+/* The write of @j ended: apply the change if it is durable, answer either way. */
+static void job_finish_write(struct ops *o, struct job *j)
+{
+	const char *id = NULL;
+	int ret = j->ret;
+
+	if (ret) {
+		log_err("state not saved, change not made: %s", j->err);
+	} else {
+		ret = registry_commit(o->opt.reg, j->ch, &id);
+		j->ch = NULL;
+		if (ret)
+			snprintf(j->err, sizeof(j->err), "out of memory applying the change");
+	}
+	job_answer(o, j, ret, id);
+	job_unlink(o, j);
+}
+
+void ops_poll(struct ops *o)
+{
+	if (!o)
+		return;
+	for (;;) {
+		struct job *j = NULL;
+		bool done;
+		int ret;
+
+		pthread_mutex_lock(&o->lock);
+		done = o->writing && o->write_done;
+		if (!o->writing)
+			for (j = o->jobs; j && j->state != JS_READY; j = j->next)
+				;
+		pthread_mutex_unlock(&o->lock);
+		if (done) {
+			j = o->writing;
+			pthread_mutex_lock(&o->lock);
+			o->writing = NULL;
+			o->write_done = false;
+			pthread_mutex_unlock(&o->lock);
+			job_finish_write(o, j);
+			continue;
+		}
+		if (!j)
+			return;
+		ret = job_prepare(o, j);
+		if (!ret && j->ch && registry_statedir(o->opt.reg))
+			ret = registry_change_text(o->opt.reg, j->ch, &j->text, &j->len);
+		if (ret || !j->ch) {
+			/* refused, or nothing to change: answered at once */
+			job_answer(o, j, ret, NULL);
+			job_unlink(o, j);
+			continue;
+		}
+		if (!registry_statedir(o->opt.reg)) {
+			j->ret = 0;
+			job_finish_write(o, j);   /* nothing persists: applied now */
+			continue;
+		}
+		pthread_mutex_lock(&o->lock);
+		j->state = JS_WRITING;
+		o->writing = j;
+		o->write_done = false;
+		pthread_cond_signal(&o->cond);
+		pthread_mutex_unlock(&o->lock);
+		return;
+	}
+}
+
+unsigned ops_pending(const struct ops *o)
+{
+	return o ? o->n_jobs : 0;
+}
+
+/* --- adapters -------------------------------------------------------------------------- */
+
+static int cmd_adapters_list(void *ctx, struct json_object *req, struct json_object *reply)
+{
+	struct ops *o = ctx;
+	struct json_object *a = json_object_new_array();
+	const struct reg_version *v;
+
+	(void)req;
+	for (unsigned i = 0; (v = registry_at(o->opt.reg, i)); i++)
+		json_object_array_add(a, version_json(v));
+	json_object_object_add(reply, "adapters", a);
+	return 0;
+}
+
+/* "NAME" or "NAME@VERSION" into @j. */
+static int split_id(struct job *j, const char *id, struct json_object *reply)
+{
+	const char *at = strchr(id, '@');
+	size_t n = at ? (size_t)(at - id) : strlen(id);
+
+	if (!n || n >= sizeof(j->name) || (at && strlen(at + 1) >= sizeof(j->version))) {
+		set_err(reply, "adapter name and version are 1-31 bytes each: NAME[@VERSION]");
+		return -EINVAL;
+	}
+	memcpy(j->name, id, n);
+	if (at)
+		snprintf(j->version, sizeof(j->version), "%s", at + 1);
+	return 0;
+}
+
+static int start_inspect(struct ops *o, struct job *j, struct json_object *reply)
+{
+	pthread_mutex_lock(&o->lock);
+	if (o->inspecting >= OPS_MAX_INSPECT) {
+		pthread_mutex_unlock(&o->lock);
+		if (reply) {
+			char msg[128];
+
+			snprintf(msg, sizeof(msg), "%d adapters are being checked already (the limit); "
+				 "try again when one is done", OPS_MAX_INSPECT);
+			set_err(reply, msg);
+		}
+		return -EAGAIN;
+	}
+	o->inspecting++;
+	pthread_mutex_unlock(&o->lock);
+	j->o = o;
+	if (pthread_create(&j->thread, NULL, inspect_thread, j)) {
+		pthread_mutex_lock(&o->lock);
+		o->inspecting--;
+		pthread_mutex_unlock(&o->lock);
+		return -EAGAIN;
+	}
+	j->has_thread = true;
+	return 0;
+}
+
+/*
+ * {"cmd": "adapters_add", "id": "sql@v8", "path": "/abs/dir"}: the files are
+ * read and checked on a thread of their own, so requests keep running; the
+ * reply comes once the version is registered and durable.
+ */
+static int cmd_adapters_add(void *ctx, struct json_object *req, struct json_object *reply)
+{
+	struct ops *o = ctx;
+	const char *id = get_str(req, "id"), *path = get_str(req, "path");
+	struct job *j = job_new(J_ADD);
+	int ret;
+
+	if (!j)
+		return -ENOMEM;
+	if (split_id(j, id, reply)) {
+		job_free(j);
+		return -EINVAL;
+	}
+	if (path[0] != '/') {
+		set_err(reply, "path must be absolute (loradctl makes it so from its own directory)");
+		job_free(j);
+		return -EINVAL;
+	}
+	j->path = strdup(path);
+	if (!j->path) {
+		job_free(j);
+		return -ENOMEM;
+	}
+	j->state = JS_INSPECT;   /* not ready before its files are checked */
+	ret = job_queue(o, j, reply);
+	if (ret)
+		return ret;
+	ret = start_inspect(o, j, reply);
+	if (ret) {
+		job_unlink(o, j);
+		return ret;
+	}
+	j->ticket = admin_defer(o->opt.admin);
+	return ADMIN_DEFERRED;
+}
+
+/* A job about one version or skill, named by @key of the request. */
+static int simple_job(struct ops *o, enum job_kind kind, const char *key, struct json_object *req,
+		      struct json_object *reply)
+{
+	struct job *j = job_new(kind);
+	int ret;
+
+	if (!j)
+		return -ENOMEM;
+	snprintf(j->id, sizeof(j->id), "%s", get_str(req, key));
+	j->ticket = admin_defer(o->opt.admin);
+	ret = job_queue(o, j, reply);
+	return ret ? ret : ADMIN_DEFERRED;
+}
+
+static int cmd_adapters_remove(void *ctx, struct json_object *req, struct json_object *reply)
+{
+	return simple_job(ctx, J_REMOVE, "id", req, reply);
+}
+
+static int cmd_pin(void *ctx, struct json_object *req, struct json_object *reply)
+{
+	return simple_job(ctx, J_PIN, "id", req, reply);
+}
+
+static int cmd_unpin(void *ctx, struct json_object *req, struct json_object *reply)
+{
+	return simple_job(ctx, J_UNPIN, "id", req, reply);
+}
+
+static int cmd_prefetch(void *ctx, struct json_object *req, struct json_object *reply)
+{
+	struct ops *o = ctx;
+	char err[512];
+	int ret = registry_prefetch(o->opt.reg, get_str(req, "id"), err, sizeof(err));
+
+	if (ret)
+		set_err(reply, err);
+	return ret;
+}
+
+/* --- routes ------------------------------------------------------------------------------ */
+
 static int cmd_route_show(void *ctx, struct json_object *req, struct json_object *reply)
 {
 	struct ops *o = ctx;
@@ -273,7 +572,7 @@ static int cmd_route_show(void *ctx, struct json_object *req, struct json_object
 	const char *skill = get_str(req, "skill");
 	const struct route *rt;
 
-	for (unsigned i = 0; (rt = route_at(registry_routes(o->reg), i)); i++)
+	for (unsigned i = 0; (rt = route_at(registry_routes(o->opt.reg), i)); i++)
 		if (!skill || !strcmp(skill, rt->skill))
 			json_object_array_add(a, route_json(rt));
 	if (skill && !json_object_array_length(a)) {
@@ -285,77 +584,60 @@ static int cmd_route_show(void *ctx, struct json_object *req, struct json_object
 	return 0;
 }
 
-/* Every target must be registered: a route never points at nothing. */
-static int check_targets(struct ops *o, const char *const *t, unsigned n, struct json_object *reply)
+/* A weight: "95", "2.5", "2.5%" or a JSON number. */
+static int parse_weight(struct json_object *val, uint32_t *w)
 {
-	for (unsigned i = 0; i < n; i++)
-		if (!registry_find(o->reg, t[i])) {
-			char msg[128];
+	char buf[32];
 
-			snprintf(msg, sizeof(msg), "%s is not a registered adapter version", t[i]);
-			set_err(reply, msg);
-			return -ENOENT;
-		}
-	return 0;
-}
+	if (json_object_is_type(val, json_type_string))
+		return route_parse_percent(json_object_get_string(val), w);
+	if (json_object_is_type(val, json_type_int) || json_object_is_type(val, json_type_double)) {
+		double d = json_object_get_double(val);
 
-static int install(struct ops *o, const char *skill, const char *const *t, const uint32_t *w,
-		   unsigned n, struct json_object *reply)
-{
-	struct route_table *tab = registry_routes(o->reg);
-	struct route *rt = malloc(sizeof(*rt));
-	char err[256];
-	int ret;
-
-	if (!rt)
-		return -ENOMEM;
-	ret = check_targets(o, t, n, reply);
-	if (!ret) {
-		ret = route_set(rt, skill, route_get(tab, skill), t, w, n, err, sizeof(err));
-		if (ret)
-			set_err(reply, err);
+		if (!(d >= 0 && d <= 100))
+			return -EINVAL;
+		snprintf(buf, sizeof(buf), "%.2f", d);
+		return route_parse_percent(buf, w);
 	}
-	if (!ret)
-		ret = route_install(tab, rt);
-	if (!ret) {
-		json_object_object_add(reply, "route", route_json(route_get(tab, skill)));
-		ret = persist(o, reply);
-	}
-	free(rt);
-	return ret;
+	return -EINVAL;
 }
 
 /* {"cmd": "route_set", "skill": "sql", "versions": {"sql@v7": "95", "sql@v8": "5"}} */
 static int cmd_route_set(void *ctx, struct json_object *req, struct json_object *reply)
 {
 	struct ops *o = ctx;
-	const char *skill, *t[ROUTE_MAX_VERSIONS];
-	uint32_t w[ROUTE_MAX_VERSIONS];
 	struct json_object *vs;
-	unsigned n = 0;
+	struct job *j = job_new(J_ROUTE);
+	int ret;
 
-	if (need_str(req, reply, "skill", &skill))
-		return -EINVAL;
-	if (!json_object_object_get_ex(req, "versions", &vs) || !json_object_is_type(vs, json_type_object)) {
-		set_err(reply, "missing object \"versions\": {\"NAME@VER\": \"PERCENT\", ...}");
-		return -EINVAL;
-	}
+	if (!j)
+		return -ENOMEM;
+	snprintf(j->id, sizeof(j->id), "%s", get_str(req, "skill"));
+	json_object_object_get_ex(req, "versions", &vs);
 	json_object_object_foreach(vs, key, val) {
-		if (n == ROUTE_MAX_VERSIONS) {
-			set_err(reply, "too many versions in one route");
-			return -EINVAL;
-		}
-		if (route_parse_percent(json_object_get_string(val), &w[n])) {
-			char msg[128];
+		char msg[200];
 
-			snprintf(msg, sizeof(msg), "weight of %s: '%s' is not a percentage 0..100",
-				 key, json_object_get_string(val));
-			set_err(reply, msg);
-			return -EINVAL;
+		if (strlen(key) >= ROUTE_NAME_MAX) {
+			snprintf(msg, sizeof(msg), "versions: '%.40s...' is longer than %d bytes", key,
+				 ROUTE_NAME_MAX - 1);
+			goto bad;
 		}
-		t[n++] = key;
+		if (parse_weight(val, &j->weight[j->n])) {
+			snprintf(msg, sizeof(msg), "versions: the weight of %s must be a percentage "
+				 "0..100 (\"95\", \"2.5\" or a number), not %s", key,
+				 val ? json_object_to_json_string_ext(val, JSON_C_TO_STRING_PLAIN) : "null");
+			goto bad;
+		}
+		snprintf(j->target[j->n++], ROUTE_NAME_MAX, "%s", key);
+		continue;
+bad:
+		set_err(reply, msg);
+		job_free(j);
+		return -EINVAL;
 	}
-	return install(o, skill, t, w, n, reply);
+	j->ticket = admin_defer(o->opt.admin);
+	ret = job_queue(o, j, reply);
+	return ret ? ret : ADMIN_DEFERRED;
 }
 
 /*
@@ -365,93 +647,45 @@ static int cmd_route_set(void *ctx, struct json_object *req, struct json_object 
 static int cmd_route_rollout(void *ctx, struct json_object *req, struct json_object *reply)
 {
 	struct ops *o = ctx;
-	const char *skill, *ver, *pct, *t[ROUTE_MAX_VERSIONS];
-	uint32_t w[ROUTE_MAX_VERSIONS], want, rest, others = 0, given = 0;
-	const struct route *cur;
-	unsigned n = 0, last = 0;
+	struct json_object *pct;
+	struct job *j = job_new(J_ROLLOUT);
+	int ret;
 
-	if (need_str(req, reply, "skill", &skill) || need_str(req, reply, "version", &ver) ||
-	    need_str(req, reply, "percent", &pct))
-		return -EINVAL;
-	if (route_parse_percent(pct, &want)) {
-		set_err(reply, "percent is not 0..100");
-		return -EINVAL;
-	}
-	cur = route_get(registry_routes(o->reg), skill);
-	if (!cur) {
-		/* a first rollout: the whole skill goes to the version */
-		if (want != ROUTE_BUCKETS) {
-			set_err(reply, "the skill has no route yet: set one first, or roll out 100");
-			return -ENOENT;
-		}
-		t[0] = ver;
-		w[0] = ROUTE_BUCKETS;
-		return install(o, skill, t, w, 1, reply);
-	}
-	rest = ROUTE_BUCKETS - want;
-	for (unsigned i = 0; i < cur->n; i++)
-		if (strcmp(cur->target[i], ver))
-			others += cur->weight[i];
-	for (unsigned i = 0; i < cur->n; i++) {
-		if (!strcmp(cur->target[i], ver))
-			continue;
-		t[n] = cur->target[i];
-		w[n] = others ? (uint32_t)((uint64_t)cur->weight[i] * rest / others) : 0;
-		given += w[n];
-		if (cur->weight[i])
-			last = n;
-		n++;
-	}
-	if (!n && rest) {
-		set_err(reply, "no other version to give the rest to");
+	if (!j)
+		return -ENOMEM;
+	json_object_object_get_ex(req, "percent", &pct);
+	if (parse_weight(pct, &j->percent)) {
+		set_err(reply, "percent must be 0..100");
+		job_free(j);
 		return -EINVAL;
 	}
-	if (n)
-		w[last] += rest - given;   /* rounding remainder */
-	if (n == ROUTE_MAX_VERSIONS) {
-		set_err(reply, "too many versions in one route");
-		return -EINVAL;
-	}
-	t[n] = ver;
-	w[n++] = want;
-	return install(o, skill, t, w, n, reply);
+	snprintf(j->id, sizeof(j->id), "%s", get_str(req, "skill"));
+	snprintf(j->ver_id, sizeof(j->ver_id), "%s", get_str(req, "version"));
+	j->ticket = admin_defer(o->opt.admin);
+	ret = job_queue(o, j, reply);
+	return ret ? ret : ADMIN_DEFERRED;
 }
 
 static int cmd_route_rollback(void *ctx, struct json_object *req, struct json_object *reply)
 {
-	struct ops *o = ctx;
-	const char *skill;
-
-	if (need_str(req, reply, "skill", &skill))
-		return -EINVAL;
-	if (route_rollback(registry_routes(o->reg), skill)) {
-		set_err(reply, "no earlier route for that skill");
-		return -ENOENT;
-	}
-	json_object_object_add(reply, "route", route_json(route_get(registry_routes(o->reg), skill)));
-	return persist(o, reply);
+	return simple_job(ctx, J_ROLLBACK, "skill", req, reply);
 }
 
 static int cmd_route_history(void *ctx, struct json_object *req, struct json_object *reply)
 {
 	struct ops *o = ctx;
-	const struct route *hist[ROUTE_HISTORY], *cur;
+	struct route_entry e;
 	struct json_object *a;
-	const char *skill;
-	unsigned n;
 
-	if (need_str(req, reply, "skill", &skill))
-		return -EINVAL;
-	cur = route_get(registry_routes(o->reg), skill);
-	if (!cur) {
+	route_entry_get(registry_routes(o->opt.reg), get_str(req, "skill"), &e);
+	if (!e.cur) {
 		set_err(reply, "no route for that skill");
 		return -ENOENT;
 	}
 	a = json_object_new_array();
-	json_object_array_add(a, route_json(cur));
-	n = route_history(registry_routes(o->reg), skill, hist, ROUTE_HISTORY);
-	for (unsigned i = 0; i < n; i++)
-		json_object_array_add(a, route_json(hist[i]));
+	json_object_array_add(a, route_json(e.cur));
+	for (unsigned i = 0; i < e.n_hist; i++)
+		json_object_array_add(a, route_json(e.hist[i]));
 	json_object_object_add(reply, "history", a);
 	return 0;
 }
@@ -492,180 +726,65 @@ static int cmd_stats(void *ctx, struct json_object *req, struct json_object *rep
 	return 0;
 }
 
-struct buf {
-	char *p;
-	size_t len, cap;
-};
-
-static void bprintf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void bprintf(struct buf *b, const char *fmt, ...)
-{
-	va_list ap;
-	int n;
-
-	for (;;) {
-		va_start(ap, fmt);
-		n = vsnprintf(b->p ? b->p + b->len : NULL, b->p ? b->cap - b->len : 0, fmt, ap);
-		va_end(ap);
-		if (n < 0)
-			return;
-		if (b->p && b->len + (size_t)n < b->cap) {
-			b->len += (size_t)n;
-			return;
-		}
-		size_t cap = b->cap ? 2 * b->cap : 4096;
-		while (cap <= b->len + (size_t)n)
-			cap *= 2;
-		char *p = realloc(b->p, cap);
-		if (!p)
-			return;
-		b->p = p;
-		b->cap = cap;
-	}
-}
-
-static void hist_lines(struct buf *b, const char *name, const struct metrics_row *r,
-		       const uint64_t *h, double sum, uint64_t n)
-{
-	uint64_t cum = 0;
-
-	for (int k = 0; k < METRICS_LAT_BUCKETS; k++) {
-		cum += h[k];
-		bprintf(b, "%s_bucket{skill=\"%s\",version=\"%s\",le=\"%g\"} %llu\n", name, r->skill,
-			r->version, metrics_lat_bounds[k], (unsigned long long)cum);
-	}
-	cum += h[METRICS_LAT_BUCKETS];
-	bprintf(b, "%s_bucket{skill=\"%s\",version=\"%s\",le=\"+Inf\"} %llu\n", name, r->skill,
-		r->version, (unsigned long long)cum);
-	bprintf(b, "%s_sum{skill=\"%s\",version=\"%s\"} %.6f\n", name, r->skill, r->version, sum);
-	bprintf(b, "%s_count{skill=\"%s\",version=\"%s\"} %llu\n", name, r->skill, r->version,
-		(unsigned long long)n);
-}
-
-/* Prometheus text exposition format, version 0.0.4. */
 static int cmd_metrics(void *ctx, struct json_object *req, struct json_object *reply)
 {
 	struct ops *o = ctx;
-	struct buf b = { 0 };
-	const struct metrics_row *r;
-	const struct reg_version *v;
-	struct ops_engine_stats es = { 0 };
-	unsigned i;
+	struct ops_engine_stats es = { 0 }, *esp = NULL;
+	char *text;
+	size_t len;
 
 	(void)req;
-	bprintf(&b, "# HELP lorad_requests_total Requests that ended, by skill and adapter version.\n"
-		    "# TYPE lorad_requests_total counter\n");
-	for (i = 0; (r = metrics_row(o->met, i)); i++)
-		bprintf(&b, "lorad_requests_total{skill=\"%s\",version=\"%s\"} %llu\n", r->skill,
-			r->version, (unsigned long long)r->requests);
-	bprintf(&b, "# HELP lorad_request_errors_total Requests that ended in an error, by kind.\n"
-		    "# TYPE lorad_request_errors_total counter\n");
-	for (i = 0; (r = metrics_row(o->met, i)); i++)
-		for (int k = 0; k < ME__N; k++)
-			bprintf(&b, "lorad_request_errors_total{skill=\"%s\",version=\"%s\",kind=\"%s\"} %llu\n",
-				r->skill, r->version, metrics_err_names[k], (unsigned long long)r->errors[k]);
-	bprintf(&b, "# HELP lorad_prompt_tokens_total Prompt tokens of ended requests.\n"
-		    "# TYPE lorad_prompt_tokens_total counter\n");
-	for (i = 0; (r = metrics_row(o->met, i)); i++)
-		bprintf(&b, "lorad_prompt_tokens_total{skill=\"%s\",version=\"%s\"} %llu\n", r->skill,
-			r->version, (unsigned long long)r->prompt_tokens);
-	bprintf(&b, "# HELP lorad_generated_tokens_total Generated tokens of ended requests.\n"
-		    "# TYPE lorad_generated_tokens_total counter\n");
-	for (i = 0; (r = metrics_row(o->met, i)); i++)
-		bprintf(&b, "lorad_generated_tokens_total{skill=\"%s\",version=\"%s\"} %llu\n", r->skill,
-			r->version, (unsigned long long)r->generated_tokens);
-	bprintf(&b, "# HELP lorad_ttft_seconds Time to first token.\n# TYPE lorad_ttft_seconds histogram\n");
-	for (i = 0; (r = metrics_row(o->met, i)); i++)
-		hist_lines(&b, "lorad_ttft_seconds", r, r->ttft, r->ttft_sum_s, r->ttft_n);
-	bprintf(&b, "# HELP lorad_itl_seconds Mean inter-token latency per request.\n"
-		    "# TYPE lorad_itl_seconds histogram\n");
-	for (i = 0; (r = metrics_row(o->met, i)); i++)
-		hist_lines(&b, "lorad_itl_seconds", r, r->itl, r->itl_sum_s, r->itl_n);
-
-	bprintf(&b, "# HELP lorad_adapter_resident Adapter versions resident in the device tier.\n"
-		    "# TYPE lorad_adapter_resident gauge\n");
-	for (i = 0; (v = registry_at(o->reg, i)); i++)
-		bprintf(&b, "lorad_adapter_resident{version=\"%s\"} %d\n", v->id, v->adapter != 0);
-	bprintf(&b, "# HELP lorad_adapter_loads_total Loads from disk.\n# TYPE lorad_adapter_loads_total counter\n");
-	for (i = 0; (v = registry_at(o->reg, i)); i++)
-		bprintf(&b, "lorad_adapter_loads_total{version=\"%s\"} %llu\n", v->id,
-			(unsigned long long)v->loads);
-	bprintf(&b, "# HELP lorad_adapter_load_seconds_total Time spent loading from disk.\n"
-		    "# TYPE lorad_adapter_load_seconds_total counter\n");
-	for (i = 0; (v = registry_at(o->reg, i)); i++)
-		bprintf(&b, "lorad_adapter_load_seconds_total{version=\"%s\"} %.6f\n", v->id,
-			v->load_ns / 1e9);
-	{
-		const struct registry_tier *t = registry_device_tier(o->reg);
-		uint64_t cum = 0;
-
-		bprintf(&b, "# HELP lorad_tier_bytes Bytes of adapters resident in a tier.\n"
-			    "# TYPE lorad_tier_bytes gauge\nlorad_tier_bytes{tier=\"device\"} %llu\n",
-			(unsigned long long)t->used);
-		bprintf(&b, "# HELP lorad_tier_budget_bytes Byte budget of a tier (0: none).\n"
-			    "# TYPE lorad_tier_budget_bytes gauge\nlorad_tier_budget_bytes{tier=\"device\"} %llu\n",
-			(unsigned long long)t->budget);
-		bprintf(&b, "# HELP lorad_tier_adapters Adapters resident in a tier.\n"
-			    "# TYPE lorad_tier_adapters gauge\nlorad_tier_adapters{tier=\"device\"} %u\n",
-			t->resident);
-		bprintf(&b, "# HELP lorad_tier_loads_total Loads into a tier.\n"
-			    "# TYPE lorad_tier_loads_total counter\nlorad_tier_loads_total{tier=\"device\"} %llu\n",
-			(unsigned long long)t->loads);
-		bprintf(&b, "# HELP lorad_tier_evictions_total Evictions from a tier.\n"
-			    "# TYPE lorad_tier_evictions_total counter\nlorad_tier_evictions_total{tier=\"device\"} %llu\n",
-			(unsigned long long)t->evictions);
-		bprintf(&b, "# HELP lorad_tier_load_seconds Time to load an adapter into a tier.\n"
-			    "# TYPE lorad_tier_load_seconds histogram\n");
-		for (int k = 0; k < 7; k++) {
-			cum += t->load_hist[k];
-			bprintf(&b, "lorad_tier_load_seconds_bucket{tier=\"device\",le=\"%g\"} %llu\n",
-				registry_load_bounds_s[k], (unsigned long long)cum);
-		}
-		cum += t->load_hist[7];
-		bprintf(&b, "lorad_tier_load_seconds_bucket{tier=\"device\",le=\"+Inf\"} %llu\n"
-			    "lorad_tier_load_seconds_sum{tier=\"device\"} %.6f\n"
-			    "lorad_tier_load_seconds_count{tier=\"device\"} %llu\n",
-			(unsigned long long)cum, t->load_sum_s, (unsigned long long)cum);
+	if (o->opt.engine_stats) {
+		o->opt.engine_stats(o->opt.engine_ctx, &es);
+		esp = &es;
 	}
-	if (registry_hostpool(o->reg)) {
-		struct hostpool_stats hs;
-
-		hostpool_stats(registry_hostpool(o->reg), &hs);
-		bprintf(&b, "lorad_tier_bytes{tier=\"host\"} %zu\nlorad_tier_budget_bytes{tier=\"host\"} %zu\n"
-			    "lorad_tier_adapters{tier=\"host\"} %u\nlorad_tier_loads_total{tier=\"host\"} %llu\n"
-			    "lorad_tier_evictions_total{tier=\"host\"} %llu\n",
-			hs.bytes_used, hs.budget, hs.entries, (unsigned long long)hs.loads,
-			(unsigned long long)hs.evictions);
-		bprintf(&b, "# HELP lorad_tier_locked_bytes Bytes of a tier locked in memory (mlock).\n"
-			    "# TYPE lorad_tier_locked_bytes gauge\nlorad_tier_locked_bytes{tier=\"host\"} %zu\n",
-			hs.locked_bytes);
-		bprintf(&b, "# HELP lorad_tier_pinned Whether a tier is fully locked in memory (0: unpinned).\n"
-			    "# TYPE lorad_tier_pinned gauge\nlorad_tier_pinned{tier=\"host\"} %d\n",
-			!hs.unpinned);
-		bprintf(&b, "# HELP lorad_tier_numa_node NUMA node of a tier's buffers (of lorad_numa_nodes).\n"
-			    "# TYPE lorad_tier_numa_node gauge\nlorad_tier_numa_node{tier=\"host\"} %d\n"
-			    "# HELP lorad_numa_nodes NUMA nodes of this machine.\n# TYPE lorad_numa_nodes gauge\n"
-			    "lorad_numa_nodes %d\n", hs.node, hs.numa_nodes);
-	}
-	if (o->engine_stats) {
-		o->engine_stats(o->engine_ctx, &es);
-		bprintf(&b, "# HELP lorad_engine_steps_total Forward steps.\n# TYPE lorad_engine_steps_total counter\n"
-			    "lorad_engine_steps_total %llu\n", (unsigned long long)es.steps);
-		bprintf(&b, "# HELP lorad_engine_batch_size Sequences in the last step's batch.\n"
-			    "# TYPE lorad_engine_batch_size gauge\nlorad_engine_batch_size %u\n", es.running);
-		bprintf(&b, "# HELP lorad_engine_waiting Requests waiting for admission.\n"
-			    "# TYPE lorad_engine_waiting gauge\nlorad_engine_waiting %u\n", es.waiting);
-		bprintf(&b, "# HELP lorad_kv_blocks_used KV cache blocks in use.\n# TYPE lorad_kv_blocks_used gauge\n"
-			    "lorad_kv_blocks_used %d\n", es.kv_total - es.kv_free);
-		bprintf(&b, "# HELP lorad_kv_blocks_total KV cache blocks.\n# TYPE lorad_kv_blocks_total gauge\n"
-			    "lorad_kv_blocks_total %d\n", es.kv_total);
-		bprintf(&b, "# HELP lorad_preemptions_total Sequences preempted for KV space.\n"
-			    "# TYPE lorad_preemptions_total counter\nlorad_preemptions_total %llu\n",
-			(unsigned long long)es.preemptions);
-	}
-	json_object_object_add(reply, "text", json_object_new_string_len(b.p ? b.p : "", (int)b.len));
-	free(b.p);
+	text = metrics_exposition(o->met, o->opt.reg, esp, &len);
+	if (!text)
+		return -ENOMEM;
+	json_object_object_add(reply, "text", json_object_new_string_len(text, (int)len));
+	free(text);
 	return 0;
+}
+
+/* --- seeds from a reloaded config ---------------------------------------------------------- */
+
+int ops_seed_version(struct ops *o, const char *name, const char *version, const char *path)
+{
+	struct job *j = job_new(J_ADD);
+
+	if (!j || !(j->path = strdup(path))) {
+		free(j);
+		return -ENOMEM;
+	}
+	snprintf(j->name, sizeof(j->name), "%s", name);
+	snprintf(j->version, sizeof(j->version), "%s", version ? version : "");
+	j->state = JS_INSPECT;
+	if (job_queue(o, j, NULL))
+		return -EAGAIN;
+	if (start_inspect(o, j, NULL)) {
+		/* more than the inspection limit at once: this one waits its turn in the log */
+		snprintf(j->err, sizeof(j->err), "adapter %s from %s: not registered, %d others are "
+			 "being checked; reload again", name, path, OPS_MAX_INSPECT);
+		j->ret = -EAGAIN;
+		j->state = JS_READY;
+	}
+	return 0;
+}
+
+int ops_seed_route(struct ops *o, const char *skill, const char *const *targets,
+		   const uint32_t *weights, unsigned n)
+{
+	struct job *j = job_new(J_SEED_ROUTE);
+
+	if (!j)
+		return -ENOMEM;
+	snprintf(j->id, sizeof(j->id), "%s", skill);
+	for (unsigned i = 0; i < n && i < ROUTE_MAX_VERSIONS; i++) {
+		snprintf(j->target[i], ROUTE_NAME_MAX, "%s", targets[i]);
+		j->weight[i] = weights[i];
+	}
+	j->n = n < ROUTE_MAX_VERSIONS ? n : ROUTE_MAX_VERSIONS;
+	return job_queue(o, j, NULL);
 }
 
 /* --- set-up --------------------------------------------------------------------------------- */
@@ -674,44 +793,79 @@ static void on_final(void *ctx, const struct sreq *r, int res, unsigned finish, 
 		     uint32_t itl_us)
 {
 	struct ops *o = ctx;
-	const struct reg_version *v = r->version ? registry_by_vid(o->reg, r->version) : NULL;
+	const struct reg_version *v = r->version ? registry_by_vid(o->opt.reg, r->version) : NULL;
 	const char *skill = r->e.skill[0] ? r->e.skill : "base";
 
-	metrics_request(o->met, skill, v ? v->id : "base", res, finish, r->n_prompt, r->n_out,
-			ttft_us, itl_us);
+	/* a series per skill the operator created; every other name is one series */
+	if (strcmp(skill, "base") && !registry_skill_known(o->opt.reg, skill))
+		metrics_request(o->met, METRICS_UNKNOWN, METRICS_NONE, res, finish, r->n_prompt,
+				r->n_out, ttft_us, itl_us);
+	else
+		metrics_request(o->met, skill, v ? v->id : "base", res, finish, r->n_prompt, r->n_out,
+				ttft_us, itl_us);
 }
 
-struct ops *ops_new(struct registry *reg, struct admin *admin, ops_engine_stats_fn fn, void *ctx)
+void ops_set_limits(struct ops *o, uint64_t max_adapter_bytes, uint32_t max_metric_series)
 {
+	o->opt.max_adapter_bytes = max_adapter_bytes;
+	o->opt.max_metric_series = max_metric_series;
+	metrics_set_max_rows(o->met, max_metric_series);
+}
+
+struct ops *ops_new(const struct ops_opts *opts)
+{
+	static const struct admin_arg a_id[] = {
+		{ "id", json_type_string, true, ROUTE_NAME_MAX - 1 }, { 0 } };
+	static const struct admin_arg a_add[] = {
+		{ "id", json_type_string, true, ROUTE_NAME_MAX - 1 },
+		{ "path", json_type_string, true, 4095 }, { 0 } };
+	static const struct admin_arg a_skill[] = {
+		{ "skill", json_type_string, true, 31 }, { 0 } };
+	static const struct admin_arg a_skill_opt[] = {
+		{ "skill", json_type_string, false, 31 }, { 0 } };
+	static const struct admin_arg a_set[] = {
+		{ "skill", json_type_string, true, 31 },
+		{ "versions", json_type_object, true, ROUTE_MAX_VERSIONS }, { 0 } };
+	static const struct admin_arg a_rollout[] = {
+		{ "skill", json_type_string, true, 31 },
+		{ "version", json_type_string, true, ROUTE_NAME_MAX - 1 },
+		{ "percent", json_type_string, true, 16 }, { 0 } };
 	static const struct {
 		const char *name;
 		admin_fn fn;
+		const struct admin_arg *args;
 	} cmds[] = {
-		{ "adapters_list", cmd_adapters_list }, { "adapters_add", cmd_adapters_add },
-		{ "adapters_remove", cmd_adapters_remove }, { "adapters_pin", cmd_pin },
-		{ "adapters_unpin", cmd_unpin }, { "adapters_prefetch", cmd_prefetch },
-		{ "route_show", cmd_route_show }, { "route_set", cmd_route_set },
-		{ "route_rollout", cmd_route_rollout }, { "route_rollback", cmd_route_rollback },
-		{ "route_history", cmd_route_history }, { "stats", cmd_stats },
-		{ "metrics", cmd_metrics },
+		{ "adapters_list", cmd_adapters_list, NULL },
+		{ "adapters_add", cmd_adapters_add, a_add },
+		{ "adapters_remove", cmd_adapters_remove, a_id },
+		{ "adapters_pin", cmd_pin, a_id },
+		{ "adapters_unpin", cmd_unpin, a_id },
+		{ "adapters_prefetch", cmd_prefetch, a_id },
+		{ "route_show", cmd_route_show, a_skill_opt },
+		{ "route_set", cmd_route_set, a_set },
+		{ "route_rollout", cmd_route_rollout, a_rollout },
+		{ "route_rollback", cmd_route_rollback, a_skill },
+		{ "route_history", cmd_route_history, a_skill },
+		{ "stats", cmd_stats, a_skill_opt },
+		{ "metrics", cmd_metrics, NULL },
 	};
 	struct ops *o = calloc(1, sizeof(*o));
 
 	if (!o)
 		return NULL;
-	o->reg = reg;
-	o->admin = admin;
+	o->opt = *opts;
 	pthread_mutex_init(&o->lock, NULL);
-	o->met = metrics_new();
-	o->engine_stats = fn;
-	o->engine_ctx = ctx;
-	if (!o->met) {
+	pthread_cond_init(&o->cond, NULL);
+	o->met = metrics_new(opts->max_metric_series);
+	if (!o->met || pthread_create(&o->writer, NULL, writer_thread, o)) {
+		metrics_free(o->met);
 		free(o);
 		return NULL;
 	}
-	if (admin)
+	o->writer_started = true;
+	if (opts->admin)
 		for (unsigned i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
-			admin_command_add(admin, cmds[i].name, cmds[i].fn, o);
+			admin_command_add(opts->admin, cmds[i].name, cmds[i].fn, o, cmds[i].args);
 	session_set_final_hook(on_final, o);
 	return o;
 }
@@ -721,14 +875,24 @@ void ops_free(struct ops *o)
 	if (!o)
 		return;
 	session_set_final_hook(NULL, NULL);
-	/* hashing threads still running own their jobs until they finish;
-	 * the admin socket is gone by now, so nobody is answered */
-	o->admin = NULL;
-	while (o->running) {
-		usleep(10000);
-		ops_poll(o);
+	o->opt.admin = NULL;   /* the admin socket is gone by now: nobody is answered */
+	o->cancel = 1;         /* registrations stop at their next read */
+	pthread_mutex_lock(&o->lock);
+	o->stop = true;
+	pthread_cond_broadcast(&o->cond);
+	pthread_mutex_unlock(&o->lock);
+	if (o->writer_started)
+		pthread_join(o->writer, NULL);
+	while (o->jobs) {
+		struct job *j = o->jobs;
+
+		o->jobs = j->next;
+		if (j->has_thread)
+			pthread_join(j->thread, NULL);
+		job_free(j);
 	}
 	metrics_free(o->met);
+	pthread_cond_destroy(&o->cond);
 	pthread_mutex_destroy(&o->lock);
 	free(o);
 }

@@ -2,6 +2,14 @@
 /*
  * The operator's commands (adapters, routes, stats, metrics) on the admin
  * socket, and the metrics they read.
+ *
+ * A command that changes the state is a job: checked against the running
+ * state on the engine thread, the state it leads to written by a writer
+ * thread (write, fsync, rename, fsync: a slow disk never delays a step),
+ * and only then applied and answered. A write that fails answers with its
+ * real reason and changes nothing. Jobs are applied one at a time, in the
+ * order they are ready; registering an adapter first reads, hashes and
+ * checks its files on a thread of its own.
  */
 #ifndef LORAD_OPS_H
 #define LORAD_OPS_H
@@ -12,6 +20,8 @@
 #include "registry.h"
 #include "session.h"
 
+struct model_config;
+
 struct ops_engine_stats {
 	uint64_t steps, preemptions;
 	unsigned running, waiting;
@@ -20,13 +30,42 @@ struct ops_engine_stats {
 
 typedef void (*ops_engine_stats_fn)(void *ctx, struct ops_engine_stats *st);
 
+struct ops_opts {
+	struct registry *reg;
+	struct admin *admin;               /* may be NULL */
+	ops_engine_stats_fn engine_stats;  /* may be NULL */
+	void *engine_ctx;
+	const struct model_config *mc;     /* adapters are checked against it at add; NULL: no model */
+	uint64_t max_adapter_bytes;
+	uint32_t max_metric_series;
+	int wake_fd;                       /* an eventfd the engine loop sleeps on, or -1 */
+};
+
 struct ops;
 
-/* Register the commands on @admin (may be NULL) and start counting requests. NULL on ENOMEM. */
-struct ops *ops_new(struct registry *reg, struct admin *admin, ops_engine_stats_fn fn, void *ctx);
+/* Register the commands and start the writer thread. NULL on ENOMEM. */
+struct ops *ops_new(const struct ops_opts *opts);
+
+/* Stop: registrations still reading files are cancelled, threads joined. */
 void ops_free(struct ops *o);
 
-/* Finish the work commands left to other threads (registrations), on the engine thread. */
+/* Limits from a reloaded config. */
+void ops_set_limits(struct ops *o, uint64_t max_adapter_bytes, uint32_t max_metric_series);
+
+/* Move jobs on: take what threads finished, apply, answer. On the engine thread, every turn. */
 void ops_poll(struct ops *o);
+
+/* Jobs not answered yet. */
+unsigned ops_pending(const struct ops *o);
+
+/*
+ * Queue what a reloaded config asks for, as jobs without an admin reply
+ * (the log says how each ended): register a version (the same files again
+ * change nothing), or give @skill its first route (a skill that has one
+ * keeps it: the state is the truth). Returns 0 or -ENOMEM.
+ */
+int ops_seed_version(struct ops *o, const char *name, const char *version, const char *path);
+int ops_seed_route(struct ops *o, const char *skill, const char *const *targets,
+		   const uint32_t *weights, unsigned n);
 
 #endif

@@ -6,11 +6,19 @@
  * files is recorded then and checked on every load from disk, and
  * re-registering changed files under the same version is refused. The
  * version string is the operator's or the first 12 hex digits of the hash.
+ * Each version has a small number (vid) that completions carry; it is
+ * stored with the state and never reused, so it means the same version
+ * after a restart.
  *
- * The state directory holds the truth (state.json, written with temp file,
- * fsync, rename, fsync of the directory); routes in the config file only
- * seed skills that have no state yet. A state file that does not parse is
- * kept aside under a new name and reported, never overwritten.
+ * The state directory holds the truth (state.json, see statedir.h); routes
+ * in the config file only seed skills that have no state yet. A state file
+ * that is not one lorad wrote is refused field by field, naming the file
+ * and the key, and the daemon does not start: the operator decides.
+ *
+ * Changes are made durable before they are made: a change is prepared
+ * (checked against the running state), the state it leads to is written
+ * (registry_change_text, then statedir_write, on any thread), and only then
+ * committed; a change whose write failed is dropped and nothing happened.
  */
 #ifndef LORAD_REGISTRY_H
 #define LORAD_REGISTRY_H
@@ -23,19 +31,22 @@
 
 struct engine;
 struct registry;
+struct statedir;
+struct model_config;
 
 struct reg_version {
 	char name[32];
 	char version[32];
 	char id[ROUTE_NAME_MAX];     /* "name@version" */
-	char *path;
+	char *path;                  /* absolute */
 	char sha256[65];
-	uint32_t vid;                /* small number reported in completions */
+	uint32_t vid;                /* small number reported in completions; stable */
 	int adapter;                 /* engine adapter id, 0 when not resident */
 	bool pinned;
 	uint64_t loads, load_ns;
 	uint64_t bytes;              /* in the device tier while resident */
 	uint64_t last_used;          /* resolve counter, for LRU eviction */
+	uint64_t evict_tried;        /* the eviction pass that found it busy */
 	/* the two files, checked by the loader on every load from disk */
 	uint8_t cfg_sha[32], st_sha[32];
 	uint64_t cfg_size, st_size;
@@ -63,34 +74,27 @@ extern const double registry_load_bounds_s[7];
 void registry_set_device_budget(struct registry *r, uint64_t bytes);
 const struct registry_tier *registry_device_tier(const struct registry *r);
 
-struct registry;
+/* Skills with a route, at most (a route for one more is refused). */
+void registry_set_max_skills(struct registry *r, uint32_t n);
 
 /*
- * @state_dir NULL: nothing persists (tests, runs by hand). @e may be NULL
- * until the engine is up (no loading then).
+ * @sd NULL: nothing persists (tests, runs by hand); otherwise the registry
+ * borrows it. @e may be NULL until the engine is up (no loading then).
  */
-struct registry *registry_new(const char *state_dir, struct engine *e);
+struct registry *registry_new(struct statedir *sd, struct engine *e);
 void registry_free(struct registry *r);
 void registry_set_engine(struct registry *r, struct engine *e);
+struct statedir *registry_statedir(const struct registry *r);
 
 /*
- * Read state.json. Returns 0 (also when there is none), or -EINVAL when it
- * was corrupt: it is renamed aside, @err says where it went, and the
- * registry starts empty.
+ * Read state.json. Returns 0 (also when there is none), or -EINVAL with
+ * @err naming the file and the key that is wrong; the registry is then
+ * left empty.
  */
 int registry_load_state(struct registry *r, char *err, size_t errlen);
 
-/* Write state.json atomically. Returns 0 or -errno. */
+/* Write the running state to state.json (at start, and in tests). Returns 0 or -errno. */
 int registry_save(struct registry *r, char *err, size_t errlen);
-
-/*
- * Register @path as @name@@version (@version NULL or "": derived from the
- * hash). Returns 0 and the entry in *out; -EEXIST when that version exists
- * with other files; -ENOENT/-EINVAL naming the file when it is not a PEFT
- * directory.
- */
-int registry_add(struct registry *r, const char *name, const char *version, const char *path,
-		 const struct reg_version **out, char *err, size_t errlen);
 
 /* What registering a directory needs from its files, computed off the engine thread. */
 struct registry_hashes {
@@ -99,37 +103,88 @@ struct registry_hashes {
 	uint64_t cfg_size, st_size;
 };
 
-/* Read and hash @path's files (slow for large adapters: not on the engine thread). */
-int registry_hash_files(const char *path, struct registry_hashes *h, char *err, size_t errlen);
+/*
+ * Read @path's two files once (regular files only; symlinks to them are
+ * followed), within @max_bytes together, hash them and, when @mc is given,
+ * build the adapter against that model and check every value: wrong
+ * shapes, missing tensors and NaN/Inf are refused here, at registration,
+ * not at the first request. @cancel (may be NULL) stops the work between
+ * reads (-ECANCELED). Slow for large adapters: never on the engine thread.
+ * Returns 0 or -errno with @err naming the file and what is wrong.
+ */
+int registry_inspect(const char *path, const struct model_config *mc, uint64_t max_bytes,
+		     const volatile int *cancel, struct registry_hashes *h, char *err,
+		     size_t errlen);
 
-/* registry_add() with the hashes already computed. */
-int registry_add_hashed(struct registry *r, const char *name, const char *version, const char *path,
-			const struct registry_hashes *h, const struct reg_version **out, char *err,
-			size_t errlen);
+/*
+ * Register @path (absolute) as @name@@version (@version NULL or "": derived
+ * from the hash) at once, without the prepare/write/commit steps: at start
+ * and in tests. Returns 0 and the entry in *out; -EEXIST when that version
+ * exists with other files; -ENOENT/-EINVAL naming the file.
+ */
+int registry_add(struct registry *r, const char *name, const char *version, const char *path,
+		 const struct reg_version **out, char *err, size_t errlen);
 
-/* Returns 0, -ENOENT, or -EBUSY when a route still uses it or requests run on it. */
-int registry_remove(struct registry *r, const char *id, char *err, size_t errlen);
+/* --- changes: prepare, make durable, commit ---------------------------------------- */
+
+struct reg_change;
+
+/* Each returns 0 with *out (NULL when there is nothing to change: the same
+ * version registered again) or -errno with @err saying why, naming the
+ * version or skill. Nothing changes until registry_commit(). */
+int registry_prepare_add(struct registry *r, const char *name, const char *version,
+			 const char *path, const struct registry_hashes *h,
+			 struct reg_change **out, char *err, size_t errlen);
+int registry_prepare_remove(struct registry *r, const char *id, struct reg_change **out,
+			    char *err, size_t errlen);
+int registry_prepare_pin(struct registry *r, const char *id, bool pin, struct reg_change **out,
+			 char *err, size_t errlen);
+/* A new route for @skill: every target must be registered. */
+int registry_prepare_route(struct registry *r, const char *skill, const char *const *targets,
+			   const uint32_t *weights, unsigned n, struct reg_change **out, char *err,
+			   size_t errlen);
+/* The previous route of @skill back: every version it names must still be registered. */
+int registry_prepare_rollback(struct registry *r, const char *skill, struct reg_change **out,
+			      char *err, size_t errlen);
+
+/* state.json as it will be after @ch: a malloc'd text (*len bytes). Returns 0 or -ENOMEM. */
+int registry_change_text(const struct registry *r, const struct reg_change *ch, char **text,
+			 size_t *len);
+
+/*
+ * Apply @ch (its state is durable now) and free it. *id, when not NULL,
+ * receives the version or skill it changed (valid until the next change).
+ * Returns 0, or -ENOMEM with nothing applied.
+ */
+int registry_commit(struct registry *r, struct reg_change *ch, const char **id);
+
+/* Drop a change that was not committed. NULL is a no-op. */
+void registry_change_free(struct reg_change *ch);
+
+/* --- lookups ------------------------------------------------------------------------ */
 
 const struct reg_version *registry_find(const struct registry *r, const char *id);
 const struct reg_version *registry_at(const struct registry *r, unsigned i);
 const struct reg_version *registry_by_vid(const struct registry *r, uint32_t vid);
 
-/* Make @id resident now (prefetch) or keep it resident (pin). Returns 0 or -errno. */
+/* True when @skill has a route (a skill the operator created). */
+bool registry_skill_known(const struct registry *r, const char *skill);
+
+/* Make @id resident now (prefetch), or start loading a pinned version. Returns 0 or -errno. */
 int registry_prefetch(struct registry *r, const char *id, char *err, size_t errlen);
-int registry_pin(struct registry *r, const char *id, bool pin, char *err, size_t errlen);
 
 /*
- * Resolve a request: @skill through its route for @key to a version. When
- * the version is resident: 0 with *adapter and *vid. When it is not and a
- * loader is set: the load starts (or is under way) and -EINPROGRESS comes
- * back with *ticket naming the attempt; the caller asks again later with
- * the same ticket and gets 0, or that attempt's error (the file named in
- * the log) — a fresh request (ticket 0) after a failure tries again.
- * Without a loader the load happens here, synchronously. -ENOENT: no such
- * skill.
+ * Resolve a request: @skill through its route for @key to a version (its
+ * id copied to @version_id, ROUTE_NAME_MAX bytes). When the version is
+ * resident: 0 with *adapter and *vid. When it is not and a loader is set:
+ * the load starts (or is under way) and -EINPROGRESS comes back with
+ * *ticket naming the attempt; the caller asks again later with the same
+ * ticket and gets 0, or that attempt's error (the file named in the log) —
+ * a fresh request (ticket 0) after a failure tries again. Without a loader
+ * the load happens here, synchronously. -ENOENT: no such skill.
  */
 int registry_resolve(struct registry *r, const char *skill, uint64_t key, int *adapter,
-		     uint32_t *vid, uint64_t *ticket);
+		     uint32_t *vid, char *version_id, uint64_t *ticket);
 
 struct loader;
 struct hostpool;
@@ -144,8 +199,5 @@ struct hostpool *registry_hostpool(const struct registry *r);
 int registry_poll(struct registry *r);
 
 struct route_table *registry_routes(struct registry *r);
-
-/* SHA-256 (hex) of a PEFT directory's adapter_config.json and adapter_model.safetensors. */
-int registry_hash_dir(const char *path, char hex[65], char *err, size_t errlen);
 
 #endif

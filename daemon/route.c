@@ -275,24 +275,68 @@ unsigned route_history(const struct route_table *t, const char *skill, const str
 	return n;
 }
 
-int route_set_history(struct route_table *t, const char *skill, const struct route *hist,
-		      unsigned n)
+void route_entry_get(const struct route_table *t, const char *skill, struct route_entry *out)
 {
 	struct skill_routes *sr = find(t, skill);
 
+	memset(out, 0, sizeof(*out));
 	if (!sr)
-		return -ENOENT;
+		return;
+	out->cur = sr->cur;
 	for (unsigned i = 0; i < sr->n_hist; i++)
-		free(sr->hist[i]);
-	sr->n_hist = 0;
-	for (unsigned i = 0; i < n && i < ROUTE_HISTORY; i++) {
-		sr->hist[i] = malloc(sizeof(struct route));
-		if (!sr->hist[i])
-			return -ENOMEM;
-		*sr->hist[i] = hist[i];
-		sr->n_hist++;
+		out->hist[i] = sr->hist[i];
+	out->n_hist = sr->n_hist;
+}
+
+int route_entry_set(struct route_table *t, const char *skill, const struct route_entry *e)
+{
+	struct route *cur, *hist[ROUTE_HISTORY] = { NULL };
+	struct skill_routes *sr;
+	unsigned n = e->n_hist < ROUTE_HISTORY ? e->n_hist : ROUTE_HISTORY;
+
+	/* copies first: @e may point at the routes this replaces */
+	cur = malloc(sizeof(*cur));
+	for (unsigned i = 0; cur && i < n; i++) {
+		hist[i] = malloc(sizeof(*hist[i]));
+		if (!hist[i])
+			goto nomem;
+		*hist[i] = *e->hist[i];
 	}
+	if (!cur)
+		goto nomem;
+	*cur = *e->cur;
+	snprintf(cur->skill, sizeof(cur->skill), "%s", skill);
+	sr = find(t, skill);
+	if (!sr) {
+		if (t->n == t->cap) {
+			unsigned cap = t->cap ? 2 * t->cap : 8;
+			struct skill_routes *s = realloc(t->s, cap * sizeof(*s));
+
+			if (!s)
+				goto nomem;
+			t->s = s;
+			t->cap = cap;
+		}
+		sr = &t->s[t->n++];
+		memset(sr, 0, sizeof(*sr));
+	} else {
+		skill_free(sr);
+	}
+	cur->serial = ++t->serial;
+	sr->cur = cur;   /* the swap: the next admission sees the new route */
+	memcpy(sr->hist, hist, sizeof(hist));
+	sr->n_hist = n;
 	return 0;
+nomem:
+	free(cur);
+	for (unsigned i = 0; i < n; i++)
+		free(hist[i]);
+	return -ENOMEM;
+}
+
+unsigned route_count(const struct route_table *t)
+{
+	return t->n;
 }
 
 bool route_uses(const struct route_table *t, const char *name)

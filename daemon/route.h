@@ -79,9 +79,22 @@ const struct route *route_at(const struct route_table *t, unsigned i);
 unsigned route_history(const struct route_table *t, const char *skill, const struct route **out,
 		       unsigned max);
 
-/* Replace the history of @skill (used when reading state back). */
-int route_set_history(struct route_table *t, const char *skill, const struct route *hist,
-		      unsigned n);
+/* A skill's whole entry: its current route and its history, newest first. */
+struct route_entry {
+	const struct route *cur;     /* NULL: the skill has no route */
+	const struct route *hist[ROUTE_HISTORY];
+	unsigned n_hist;
+};
+
+/* The entry of @skill now; the routes stay the table's (valid until it changes). */
+void route_entry_get(const struct route_table *t, const char *skill, struct route_entry *out);
+
+/* Make @skill's entry copies of @e's routes (which may be the table's own):
+ * the new route and its history in one swap. Returns 0 or -ENOMEM (nothing changed). */
+int route_entry_set(struct route_table *t, const char *skill, const struct route_entry *e);
+
+/* Skills with a route. */
+unsigned route_count(const struct route_table *t);
 
 /* True when any route (current) targets @name_at_version. */
 bool route_uses(const struct route_table *t, const char *name_at_version);

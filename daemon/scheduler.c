@@ -10,38 +10,42 @@
 #include "detok.h"
 #include "log.h"
 #include "tokenizer.h"
+#include "tokq.h"
+
+/* Where a job is: each place is a list of its own. */
+enum sj_where {
+	SJ_TOKENIZING,            /* a long text prompt on the tokenizer thread */
+	SJ_CLASSIFYING,           /* skill "auto": waiting for the classifier thread */
+	SJ_PARKED,                /* waiting for its adapter to be loaded */
+	SJ_WAITING,               /* admitted to the queue, waiting for a slot and KV blocks */
+	SJ_RUNNING,
+	SJ__N
+};
 
 struct sjob {
 	struct sreq *r;
 	struct engine_seq *seq;
+	enum sj_where where;
 	uint64_t order;           /* arrival: older first within a client, newest preempted first */
 	uint32_t sent;            /* generated ids already written to the client */
-	bool running;
-	bool classifying;         /* skill "auto": waiting for the classifier thread */
-	bool parked;              /* waiting for its adapter to be loaded */
 	uint64_t park_key, park_ticket;
-	uint64_t cid;
+	uint64_t cookie;          /* tokenizer or classifier result it waits for */
 	struct detok *dt;         /* text out or stop strings; NULL otherwise */
-	uint32_t text_off, text_len;
-	struct sjob *next, *prev; /* in waiting or running, by order */
+	struct sjob *next, *prev; /* in its list; waiting and running by order */
 };
 
 struct sched {
 	struct engine *e;
 	struct sched_opts o;
-	struct sjob *waiting, *running;
-	unsigned n_waiting, n_running;
+	struct sjob *list[SJ__N];
+	unsigned n[SJ__N];
 	uint64_t order;
-	sched_skill_fn skill_fn;
-	sched_skill_async_fn skill_async;
-	void *skill_ctx;
-	struct sjob *parked;
-	unsigned n_parked;
+	sched_resolve_fn resolve;
+	void *resolve_ctx;
 	const struct tokenizer *tok;
+	struct tokq *tq;
 	struct classifier *cls;
-	struct sjob *classifying;
-	unsigned n_classifying;
-	uint64_t cid;
+	uint64_t cookie;
 	/* one step's batch */
 	struct engine_seq **seqs;
 	struct sjob **jobs;
@@ -82,23 +86,36 @@ static void list_insert(struct sjob **head, struct sjob *j)
 		*head = j;
 }
 
+static void move_to(struct sched *s, struct sjob *j, enum sj_where to)
+{
+	list_remove(&s->list[j->where], j);
+	s->n[j->where]--;
+	j->where = to;
+	list_insert(&s->list[to], j);
+	s->n[to]++;
+}
+
+static struct sjob *job_new(struct sched *s, struct sreq *r, enum sj_where where)
+{
+	struct sjob *j = calloc(1, sizeof(*j));
+
+	if (!j)
+		return NULL;
+	j->r = r;
+	j->where = where;
+	j->order = ++s->order;
+	r->exec = j;
+	list_insert(&s->list[where], j);
+	s->n[where]++;
+	return j;
+}
+
 /* --- completions -------------------------------------------------------------------- */
 
 static void job_free(struct sched *s, struct sjob *j)
 {
-	if (j->classifying) {
-		list_remove(&s->classifying, j);
-		s->n_classifying--;
-	} else if (j->parked) {
-		list_remove(&s->parked, j);
-		s->n_parked--;
-	} else if (j->running) {
-		list_remove(&s->running, j);
-		s->n_running--;
-	} else {
-		list_remove(&s->waiting, j);
-		s->n_waiting--;
-	}
+	list_remove(&s->list[j->where], j);
+	s->n[j->where]--;
 	engine_seq_free(s->e, j->seq);
 	if (j->dt) {
 		detok_free(j->dt);
@@ -106,6 +123,16 @@ static void job_free(struct sched *s, struct sjob *j)
 	}
 	j->r->exec = NULL;
 	free(j);
+}
+
+/* End @r with an error that names the field at fault; its job, if any, goes too. */
+static void fail(struct sched *s, struct sreq *r, int res, unsigned field)
+{
+	struct sjob *j = r->exec;
+
+	sreq_emit(r, true, res, LORAD_FINISH_ERROR, field);
+	if (j)
+		job_free(s, j);
 }
 
 /*
@@ -116,17 +143,17 @@ static void job_free(struct sched *s, struct sjob *j)
 static bool text_put(struct sjob *j, const char *piece, size_t len)
 {
 	struct sreq *r = j->r;
-	size_t room = j->text_len - r->text_bytes;
+	size_t room = r->x.text_len - r->text_bytes;
 	bool fits = len <= room;
 
-	if (!j->text_len)
+	if (!r->x.text_len)
 		return true;
 	if (!fits) {
 		len = room;
 		while (len && ((unsigned char)piece[len] & 0xc0) == 0x80)
 			len--;   /* piece[len] continues a character: cut before it starts */
 	}
-	memcpy(r->s->arena + j->text_off + r->text_bytes, piece, len);
+	memcpy(r->s->arena + r->x.text_off + r->text_bytes, piece, len);
 	r->text_bytes += (uint32_t)len;
 	return fits;
 }
@@ -190,135 +217,30 @@ static void job_stream(struct sched *s, struct sjob *j, uint64_t now)
 
 /* --- the exec interface ---------------------------------------------------------------- */
 
-struct ext_text {
-	uint32_t text_off, text_len;
-	char *stop_buf;                  /* private copy of the stop strings */
-	const char *stop[LORAD_MAX_STOP_STR];
-	unsigned n_stop;
-};
-
-/* [t0, t1) is inside the arena and clear of the prompt, the ids and the ext. */
-static bool arena_clear(const struct sreq *r, uint64_t t0, uint64_t t1)
+/* The longest prompt this engine takes, in tokens: the model's context (at
+ * least one token must be left to generate), the KV cache, the option. */
+static int prompt_limit(const struct sched *s)
 {
-	const struct lorad_sqe *e = &r->e;
+	int ctx = engine_config(s->e)->max_pos - 1;
+	int kv = engine_kv_total(s->e) * engine_kv_block_size(s->e) - 1;
+	int lim = ctx < kv ? ctx : kv;
 
-	return t1 <= r->s->lay.arena_size &&
-	       !(t0 < (uint64_t)e->prompt_off + e->prompt_len && e->prompt_off < t1) &&
-	       !(t0 < (uint64_t)e->out_off + e->out_len && e->out_off < t1) &&
-	       !(t0 < (uint64_t)e->ext_off + e->ext_len && e->ext_off < t1);
+	return s->o.max_prompt_tokens > 0 && s->o.max_prompt_tokens < lim ? s->o.max_prompt_tokens
+									  : lim;
 }
 
-static int read_ext(struct sreq *r, struct engine_seq_params *p, int32_t **stops,
-		    struct sample_bias **bias, struct ext_text *xt)
-{
-	struct lorad_ext h;
-	unsigned char *base;
-	uint64_t need;
-
-	if (!r->e.ext_len)
-		return 0;
-	if (r->e.ext_len < sizeof(h))
-		return -EINVAL;
-	base = r->s->arena + r->e.ext_off;
-	memcpy(&h, base, sizeof(h));   /* one read of each shared byte, into private memory */
-	if (h.n_stop > LORAD_MAX_STOP || h.n_bias > LORAD_MAX_BIAS ||
-	    h.stop_str_len > LORAD_MAX_STOP_STR * 257)
-		return -EINVAL;
-	need = sizeof(h) + (uint64_t)h.n_stop * 4 + (uint64_t)h.n_bias * 8 + h.stop_str_len;
-	if (need != r->e.ext_len)
-		return -EINVAL;
-	if (h.text_len) {
-		if (!arena_clear(r, h.text_off, (uint64_t)h.text_off + h.text_len))
-			return -EINVAL;
-		xt->text_off = h.text_off;
-		xt->text_len = h.text_len;
-	}
-	if (h.times_off) {
-		uint64_t t0 = h.times_off, t1 = t0 + sizeof(struct lorad_times);
-
-		if (t0 % 8 || !arena_clear(r, t0, t1) ||
-		    (h.text_len && t0 < (uint64_t)h.text_off + h.text_len && h.text_off < t1))
-			return -EINVAL;
-		r->times_off = h.times_off;
-	}
-	if (h.stop_str_len) {
-		char *b = malloc(h.stop_str_len);
-		uint32_t at = 0;
-
-		if (!b)
-			return -ENOMEM;
-		memcpy(b, base + sizeof(h) + h.n_stop * 4 + h.n_bias * 8, h.stop_str_len);
-		xt->stop_buf = b;
-		if (b[h.stop_str_len - 1])
-			return -EINVAL;   /* the last string must be terminated */
-		while (at < h.stop_str_len) {
-			size_t l = strlen(b + at);
-
-			if (!l || l > DETOK_MAX_STOP_LEN || xt->n_stop == LORAD_MAX_STOP_STR)
-				return -EINVAL;
-			xt->stop[xt->n_stop++] = b + at;
-			at += (uint32_t)l + 1;
-		}
-	}
-	if (h.n_stop) {
-		*stops = malloc(h.n_stop * sizeof(**stops));
-		if (!*stops)
-			return -ENOMEM;
-		memcpy(*stops, base + sizeof(h), h.n_stop * 4);
-	}
-	if (h.n_bias) {
-		*bias = malloc(h.n_bias * sizeof(**bias));
-		if (!*bias)
-			return -ENOMEM;
-		for (uint32_t i = 0; i < h.n_bias; i++) {
-			struct lorad_logit_bias b;
-
-			memcpy(&b, base + sizeof(h) + h.n_stop * 4 + i * 8, 8);
-			(*bias)[i].token = (int32_t)b.token;
-			(*bias)[i].bias = b.bias;
-		}
-	}
-	p->sample.stop_ids = *stops;
-	p->sample.n_stop = (int)h.n_stop;
-	p->sample.logit_bias = *bias;
-	p->sample.n_logit_bias = (int)h.n_bias;
-	p->sample.min_tokens = (int)h.min_tokens;
-	return 0;
-}
-
+/* @r's prompt is token ids now (a text prompt: tokenized): make it a sequence
+ * in the waiting queue, after its skill resolved to an adapter. @parked is
+ * its job while it waited for an adapter load, or NULL. */
 static void submit_skill(struct sched *s, struct sreq *r, struct sjob *parked)
 {
 	struct engine_seq_params p = { 0 };
-	int32_t *stops = NULL;
 	struct sample_bias *bias = NULL;
-	struct sjob *j = NULL;
-	int adapter = 0, ret;
+	const char *stops[LORAD_MAX_STOP_STR];
+	struct sjob *j = parked;
+	int adapter = 0, ret, lim;
 	uint32_t version = 0;
 
-	struct ext_text xt = { 0 };
-	uint32_t *ids = NULL;
-	size_t n_ids = 0;
-	const int32_t *prompt = (const int32_t *)r->prompt;
-	int n_prompt = (int)r->n_prompt;
-
-	if (r->e.prompt_kind == LORAD_PROMPT_TEXT) {
-		if (!s->tok) {
-			log_debug("text request refused: the model has no usable tokenizer.json");
-			sreq_emit(r, true, -EOPNOTSUPP, LORAD_FINISH_ERROR, LORAD_FIELD_PROMPT_KIND);
-			return;
-		}
-		ret = tok_encode(s->tok, (const char *)r->prompt, r->e.prompt_len,
-				 !(r->e.flags & LORAD_SQE_F_NO_SPECIAL), &ids, &n_ids, s->err,
-				 sizeof(s->err));
-		if (ret || !n_ids) {
-			sreq_emit(r, true, ret ? ret : -EINVAL, LORAD_FINISH_ERROR, LORAD_FIELD_PROMPT);
-			free(ids);
-			return;
-		}
-		prompt = (const int32_t *)ids;
-		n_prompt = (int)n_ids;
-		r->n_prompt = (uint32_t)n_ids;
-	}
 	if (r->e.skill[0] && strcmp(r->e.skill, "base")) {
 		/* without a routing key the request routes by its own id (its
 		 * arrival number), so keyless requests follow the weights; a
@@ -327,43 +249,32 @@ static void submit_skill(struct sched *s, struct sreq *r, struct sjob *parked)
 				      : r->e.routing_key ? r->e.routing_key : s->order + 1;
 		uint64_t ticket = parked ? parked->park_ticket : 0;
 
-		if (s->skill_async)
-			ret = s->skill_async(s->skill_ctx, r->e.skill, key, &adapter, &version, &ticket);
-		else
-			ret = s->skill_fn ? s->skill_fn(s->skill_ctx, r->e.skill, key, &adapter, &version)
-					  : -ENOENT;
+		ret = s->resolve ? s->resolve(s->resolve_ctx, r->e.skill, key, &adapter, &version,
+					      r->served, &ticket)
+				 : -ENOENT;
 		if (ret == -EINPROGRESS) {
 			/* its adapter is being loaded: it waits alone, the others run */
-			if (!parked) {
-				parked = calloc(1, sizeof(*parked));
-				if (!parked) {
-					sreq_emit(r, true, -ENOMEM, LORAD_FINISH_ERROR, 0);
-					free(ids);
-					return;
-				}
-				parked->r = r;
-				parked->parked = true;
-				parked->park_key = key;
-				r->exec = parked;
-				parked->next = s->parked;
-				if (s->parked)
-					s->parked->prev = parked;
-				s->parked = parked;
-				s->n_parked++;
+			if (!j && !(j = job_new(s, r, SJ_PARKED))) {
+				fail(s, r, -ENOMEM, LORAD_FIELD_NONE);
+				return;
 			}
-			parked->park_ticket = ticket;
-			free(ids);
+			j->park_key = key;
+			j->park_ticket = ticket;
 			return;
 		}
-		if (parked)
-			job_free(s, parked);
 		if (ret) {
-			sreq_emit(r, true, ret, LORAD_FINISH_ERROR, LORAD_FIELD_SKILL);
-			free(ids);
+			fail(s, r, ret, LORAD_FIELD_SKILL);
 			return;
 		}
-	} else if (parked) {
-		job_free(s, parked);
+	} else {
+		memcpy(r->served, "base", sizeof("base"));
+	}
+	/* each field checked on its own, so the error names the right one */
+	lim = prompt_limit(s);
+	if (r->n_prompt > (uint32_t)lim) {
+		log_debug("request refused: prompt of %u tokens, the limit is %d", r->n_prompt, lim);
+		fail(s, r, -E2BIG, LORAD_FIELD_PROMPT);
+		return;
 	}
 	sample_params_default(&p.sample);
 	p.adapter = adapter;
@@ -375,132 +286,202 @@ static void submit_skill(struct sched *s, struct sreq *r, struct sjob *parked)
 	p.sample.presence_penalty = r->e.presence_penalty;
 	p.sample.seed = r->e.seed;
 	p.sample.ignore_eos = !!(r->e.flags & LORAD_SQE_F_IGNORE_EOS);
+	p.sample.min_tokens = (int)r->x.min_tokens;
+	p.sample.stop_ids = (const int32_t *)r->x.stop;
+	p.sample.n_stop = (int)r->x.n_stop;
+	if (r->x.n_bias) {
+		bias = malloc(r->x.n_bias * sizeof(*bias));
+		if (!bias) {
+			fail(s, r, -ENOMEM, LORAD_FIELD_NONE);
+			return;
+		}
+		for (uint32_t i = 0; i < r->x.n_bias; i++) {
+			bias[i].token = (int32_t)r->x.bias[i].token;
+			bias[i].bias = r->x.bias[i].bias;
+		}
+		p.sample.logit_bias = bias;
+		p.sample.n_logit_bias = (int)r->x.n_bias;
+	}
 	p.max_tokens = (int)r->e.max_tokens;
-	ret = read_ext(r, &p, &stops, &bias, &xt);
-	if (!ret && (xt.text_len || xt.n_stop) && !s->tok)
-		ret = -EOPNOTSUPP;
-	if (ret) {
-		sreq_emit(r, true, ret, LORAD_FINISH_ERROR, LORAD_FIELD_EXT);
-		goto out;
-	}
-	j = calloc(1, sizeof(*j));
-	if (!j) {
-		sreq_emit(r, true, -ENOMEM, LORAD_FINISH_ERROR, 0);
-		goto out;
-	}
-	/* the engine checks ids against the vocabulary and the context and
-	 * refuses at once what could never fit the KV pool */
-	ret = engine_seq_new(s->e, prompt, n_prompt, &p, &j->seq, s->err, sizeof(s->err));
-	if (ret) {
-		enum lorad_field f = ret == -E2BIG ? LORAD_FIELD_MAX_TOKENS :
-				     strstr(s->err, "sampl") || strstr(s->err, "top") ||
-				     strstr(s->err, "temperature") ? LORAD_FIELD_SAMPLING
-								   : LORAD_FIELD_PROMPT;
+	if (sample_validate(&p.sample, engine_config(s->e)->vocab, s->err, sizeof(s->err))) {
 		log_debug("request refused: %s", s->err);
-		sreq_emit(r, true, ret, LORAD_FINISH_ERROR, f);
-		free(j);
-		goto out;
+		free(bias);
+		fail(s, r, -EINVAL, r->x.n_stop || r->x.n_bias ? LORAD_FIELD_EXT : LORAD_FIELD_SAMPLING);
+		return;
 	}
-	if (xt.text_len || xt.n_stop) {
+	if ((r->x.text_len || r->x.n_stop_str) && !s->tok) {
+		free(bias);
+		fail(s, r, -EOPNOTSUPP, LORAD_FIELD_EXT);
+		return;
+	}
+	if (!j && !(j = job_new(s, r, SJ_WAITING))) {
+		free(bias);
+		fail(s, r, -ENOMEM, LORAD_FIELD_NONE);
+		return;
+	}
+	/* the engine checks ids against the vocabulary and prompt + max_tokens
+	 * against the context and the KV pool: the prompt alone fits (above),
+	 * so a size error is max_tokens' */
+	ret = engine_seq_new(s->e, (const int32_t *)r->prompt, (int)r->n_prompt, &p, &j->seq, s->err,
+			     sizeof(s->err));
+	free(bias);
+	if (ret) {
+		log_debug("request refused: %s", s->err);
+		fail(s, r, ret, ret == -E2BIG ? LORAD_FIELD_MAX_TOKENS : LORAD_FIELD_PROMPT);
+		return;
+	}
+	if (r->x.text_len || r->x.n_stop_str) {
+		unsigned n = 0;
+
+		for (const char *p2 = r->x.stop_buf; n < r->x.n_stop_str; p2 += strlen(p2) + 1)
+			stops[n++] = p2;
 		/* generated text = decode(prompt + generated) - decode(prompt) */
 		j->dt = calloc(1, sizeof(*j->dt));
-		if (!j->dt || detok_init(j->dt, s->tok, (const uint32_t *)prompt, (size_t)n_prompt) ||
-		    (xt.n_stop && detok_set_stop(j->dt, xt.stop, xt.n_stop))) {
-			free(j->dt);
-			engine_seq_free(s->e, j->seq);
-			free(j);
-			sreq_emit(r, true, -ENOMEM, LORAD_FINISH_ERROR, LORAD_FIELD_EXT);
-			goto out;
+		if (!j->dt || detok_init(j->dt, s->tok, r->prompt, r->n_prompt) ||
+		    (n && detok_set_stop(j->dt, stops, n))) {
+			fail(s, r, -ENOMEM, LORAD_FIELD_EXT);
+			return;
 		}
-		j->text_off = xt.text_off;
-		j->text_len = xt.text_len;
 	}
-	j->r = r;
-	j->order = ++s->order;
 	r->version = version;   /* fixed at admission: a route change never moves a running request */
 	r->step_admit = (uint32_t)s->st.steps;
-	r->exec = j;
-	list_insert(&s->waiting, j);
-	s->n_waiting++;
-out:
-	free(stops);
-	free(bias);
-	free(ids);
-	free(xt.stop_buf);
+	if (j->where != SJ_WAITING) {
+		j->order = ++s->order;
+		move_to(s, j, SJ_WAITING);
+	}
 }
 
-static void sc_submit(void *ctx, struct sreq *r)
+/* Tell the client which skill "auto" chose, where a 1.1 client asked (ext.skill_off). */
+static void write_skill_out(struct sreq *r)
 {
-	struct sched *s = ctx;
+	if (r->x.skill_off && !r->x.served && r->s->state == SESSION_LIVE)
+		memcpy(r->s->arena + r->x.skill_off, r->e.skill, LORAD_SKILL_MAX);
+}
+
+/* @r has token ids: classify it ("auto") or resolve its skill. */
+static void submit_ids(struct sched *s, struct sreq *r)
+{
 	struct sjob *j;
 	int ret;
 
-	/* queue_steps counts from here: waits for the classifier or an adapter load included */
-	r->step_seen = (uint32_t)s->st.steps;
 	if (strcmp(r->e.skill, "auto")) {
 		submit_skill(s, r, NULL);
 		return;
 	}
 	if (!s->cls) {
-		sreq_emit(r, true, -ENOENT, LORAD_FINISH_ERROR, LORAD_FIELD_SKILL);
+		fail(s, r, -ENOENT, LORAD_FIELD_SKILL);
 		return;
 	}
 	/* classification runs on its own thread; the request waits here, the engine runs on */
-	j = calloc(1, sizeof(*j));
+	j = job_new(s, r, SJ_CLASSIFYING);
 	if (!j) {
-		sreq_emit(r, true, -ENOMEM, LORAD_FINISH_ERROR, 0);
+		fail(s, r, -ENOMEM, LORAD_FIELD_NONE);
 		return;
 	}
-	j->r = r;
-	j->classifying = true;
-	j->cid = ++s->cid;
+	j->cookie = ++s->cookie;
 	if (r->e.prompt_kind == LORAD_PROMPT_TEXT)
-		ret = classify_submit(s->cls, (void *)(uintptr_t)j->cid, (const char *)r->prompt,
-				      r->e.prompt_len, NULL, 0);
+		ret = classify_submit(s->cls, (void *)(uintptr_t)j->cookie, r->text, r->text_len,
+				      r->prompt, r->n_prompt);
 	else
-		ret = classify_submit(s->cls, (void *)(uintptr_t)j->cid, NULL, 0, r->prompt,
+		ret = classify_submit(s->cls, (void *)(uintptr_t)j->cookie, NULL, 0, r->prompt,
 				      r->n_prompt);
+	if (ret)
+		fail(s, r, ret, LORAD_FIELD_NONE);
+}
+
+/* A text prompt's ids arrived (from here or the tokenizer thread). */
+static void take_ids(struct sched *s, struct sreq *r, int ret, uint32_t *ids, size_t n)
+{
+	if (!ret && !n)
+		ret = -EINVAL;   /* nothing to run: no text and no special token to start from */
+	if (!ret && n > (size_t)prompt_limit(s))
+		ret = -E2BIG;
 	if (ret) {
-		free(j);
-		sreq_emit(r, true, ret, LORAD_FINISH_ERROR, 0);
+		free(ids);
+		log_debug("text request refused: %s", ret == -E2BIG ? "more tokens than the prompt limit"
+			  : "its text gives no tokens");
+		fail(s, r, ret, LORAD_FIELD_PROMPT);
 		return;
 	}
-	r->exec = j;
-	j->next = s->classifying;
-	if (s->classifying)
-		s->classifying->prev = j;
-	s->classifying = j;
-	s->n_classifying++;
+	sreq_set_ids(r, ids, (uint32_t)n);
+	submit_ids(s, r);
 }
 
-/* Tell the client which skill "auto" chose, where it asked (ext.skill_off). */
-static void write_skill_out(struct sreq *r)
+static void sc_submit(void *ctx, struct sreq *r)
 {
-	struct lorad_ext h;
+	struct sched *s = ctx;
+	bool special = !(r->e.flags & LORAD_SQE_F_NO_SPECIAL);
+	uint32_t *ids = NULL;
+	size_t n = 0;
+	int ret;
 
-	if (!r->e.ext_len || r->e.ext_len < sizeof(h))
+	/* queue_steps counts from here: waits for the tokenizer, the classifier
+	 * or an adapter load included */
+	r->step_seen = (uint32_t)s->st.steps;
+	if (r->e.prompt_kind != LORAD_PROMPT_TEXT) {
+		submit_ids(s, r);
 		return;
-	memcpy(&h, r->s->arena + r->e.ext_off, sizeof(h));
-	if (!h.skill_off || (uint64_t)h.skill_off + LORAD_SKILL_MAX > r->s->lay.arena_size)
+	}
+	if (!s->tok) {
+		log_debug("text request refused: the model has no usable tokenizer.json");
+		fail(s, r, -EOPNOTSUPP, LORAD_FIELD_PROMPT_KIND);
 		return;
-	memcpy(r->s->arena + h.skill_off, r->e.skill, LORAD_SKILL_MAX);
+	}
+	if (r->text_len > TOKQ_INLINE_BYTES && s->tq) {
+		struct sjob *j = job_new(s, r, SJ_TOKENIZING);
+
+		if (!j) {
+			fail(s, r, -ENOMEM, LORAD_FIELD_NONE);
+			return;
+		}
+		j->cookie = ++s->cookie;
+		ret = tokq_submit(s->tq, j->cookie, r->text, r->text_len, special);
+		if (ret)
+			fail(s, r, ret, LORAD_FIELD_NONE);
+		return;
+	}
+	ret = tok_encode(s->tok, r->text, r->text_len, special, &ids, &n, s->err, sizeof(s->err));
+	take_ids(s, r, ret, ids, n);
 }
 
-/* Results of the classifier: each request continues with the skill it was given. */
-static void take_classified(struct sched *s)
+/* The job of the list @where waiting for @cookie, or NULL (cancelled, or its client left). */
+static struct sjob *by_cookie(struct sched *s, enum sj_where where, uint64_t cookie)
 {
+	for (struct sjob *j = s->list[where]; j; j = j->next)
+		if (j->cookie == cookie)
+			return j;
+	return NULL;
+}
+
+/* Results of the helper threads: each request goes on with what it was given. */
+static void take_helpers(struct sched *s)
+{
+	uint64_t cookie;
+	uint32_t *ids;
+	size_t n;
 	char skill[32];
-	void *cookie;
+	void *ck;
+	int ret;
 
-	while (s->cls && classify_poll(s->cls, &cookie, skill)) {
-		struct sjob *j = s->classifying;
+	while (s->n[SJ_TOKENIZING] && tokq_poll(s->tq, &cookie, &ret, &ids, &n)) {
+		struct sjob *j = by_cookie(s, SJ_TOKENIZING, cookie);
+		struct sreq *r;
 
-		while (j && j->cid != (uint64_t)(uintptr_t)cookie)
-			j = j->next;
+		if (!j) {
+			free(ids);
+			continue;
+		}
+		r = j->r;
+		job_free(s, j);
+		take_ids(s, r, ret, ids, n);
+	}
+	while (s->n[SJ_CLASSIFYING] && classify_poll(s->cls, &ck, skill)) {
+		struct sjob *j = by_cookie(s, SJ_CLASSIFYING, (uint64_t)(uintptr_t)ck);
+		struct sreq *r;
+
 		if (!j)
-			continue;   /* cancelled or its client left meanwhile */
-		struct sreq *r = j->r;
-
+			continue;
+		r = j->r;
 		job_free(s, j);
 		memset(r->e.skill, 0, sizeof(r->e.skill));
 		memcpy(r->e.skill, skill, strnlen(skill, sizeof(r->e.skill) - 1));
@@ -532,8 +513,11 @@ static void sc_drop(void *ctx, struct sreq *r)
 static unsigned sc_busy(void *ctx)
 {
 	struct sched *s = ctx;
+	unsigned n = 0;
 
-	return s->n_waiting + s->n_running + s->n_classifying + s->n_parked;
+	for (int w = 0; w < SJ__N; w++)
+		n += s->n[w];
+	return n;
 }
 
 /* --- admission ---------------------------------------------------------------------- */
@@ -542,7 +526,7 @@ static unsigned running_of(const struct sched *s, const struct session *ses)
 {
 	unsigned n = 0;
 
-	for (struct sjob *j = s->running; j; j = j->next)
+	for (struct sjob *j = s->list[SJ_RUNNING]; j; j = j->next)
 		n += j->r->s == ses;
 	return n;
 }
@@ -556,7 +540,7 @@ static struct sjob *pick_next(struct sched *s, unsigned *client_running)
 	struct sjob *best = NULL;
 	unsigned best_run = ~0u;
 
-	for (struct sjob *j = s->waiting; j; j = j->next) {
+	for (struct sjob *j = s->list[SJ_WAITING]; j; j = j->next) {
 		unsigned run;
 
 		if (best && best->r->s == j->r->s) {
@@ -580,7 +564,7 @@ static struct sjob *pick_victim(struct sched *s, unsigned *most)
 	struct sjob *victim = NULL;
 
 	*most = 0;
-	for (struct sjob *j = s->running; j; j = j->next) {
+	for (struct sjob *j = s->list[SJ_RUNNING]; j; j = j->next) {
 		unsigned n = running_of(s, j->r->s);
 
 		if (n > *most || (n == *most && victim && j->order > victim->order)) {
@@ -594,17 +578,13 @@ static struct sjob *pick_victim(struct sched *s, unsigned *most)
 static void preempt(struct sched *s, struct sjob *j)
 {
 	engine_seq_preempt(s->e, j->seq);
-	list_remove(&s->running, j);
-	s->n_running--;
-	j->running = false;
-	list_insert(&s->waiting, j);
-	s->n_waiting++;
+	move_to(s, j, SJ_WAITING);
 	s->st.preemptions++;
 }
 
 static void admit(struct sched *s, uint64_t now)
 {
-	while (s->waiting) {
+	while (s->list[SJ_WAITING]) {
 		unsigned crun, most;
 		struct sjob *j = pick_next(s, &crun);
 		int bs = engine_kv_block_size(s->e);
@@ -614,10 +594,10 @@ static void admit(struct sched *s, uint64_t now)
 		 * every running sequence to grow a block, or it would be preempted
 		 * again at the next step */
 		if (j->seq->n_generated > 0)
-			need += (int)s->n_running;
-		if (need > engine_kv_free(s->e) && s->n_running)
+			need += (int)s->n[SJ_RUNNING];
+		if (need > engine_kv_free(s->e) && s->n[SJ_RUNNING])
 			return;   /* its blocks cannot be had yet */
-		if (s->n_running >= (unsigned)s->o.max_seqs) {
+		if (s->n[SJ_RUNNING] >= (unsigned)s->o.max_seqs) {
 			/* full: a client with nothing running takes a slot from the
 			 * client with the most, so a flood cannot starve anyone */
 			struct sjob *v = pick_victim(s, &most);
@@ -626,11 +606,7 @@ static void admit(struct sched *s, uint64_t now)
 				return;
 			preempt(s, v);
 		}
-		list_remove(&s->waiting, j);
-		s->n_waiting--;
-		list_insert(&s->running, j);
-		s->n_running++;
-		j->running = true;
+		move_to(s, j, SJ_RUNNING);
 		if (!j->r->t_admit) {
 			j->r->t_admit = now;
 			j->r->step_admit = (uint32_t)s->st.steps;
@@ -642,7 +618,7 @@ static void admit(struct sched *s, uint64_t now)
 
 static void expire(struct sched *s, uint64_t now)
 {
-	struct sjob *lists[2] = { s->running, s->waiting };
+	struct sjob *lists[2] = { s->list[SJ_RUNNING], s->list[SJ_WAITING] };
 
 	for (int l = 0; l < 2; l++) {
 		for (struct sjob *j = lists[l], *next; j; j = next) {
@@ -661,7 +637,7 @@ static int build_batch(struct sched *s)
 	int n = 0, budget = s->o.step_tokens;
 
 	for (int pass = 0; pass < 2; pass++) {
-		for (struct sjob *j = s->running; j; j = j->next) {
+		for (struct sjob *j = s->list[SJ_RUNNING]; j; j = j->next) {
 			int pend = engine_seq_pending(j->seq);
 			bool decode = j->seq->n_computed > 0 && pend == 1;
 
@@ -683,7 +659,7 @@ static struct sjob *newest_running(struct sched *s)
 {
 	struct sjob *v = NULL;
 
-	for (struct sjob *j = s->running; j; j = j->next)
+	for (struct sjob *j = s->list[SJ_RUNNING]; j; j = j->next)
 		if (!v || j->order > v->order)
 			v = j;
 	return v;
@@ -695,13 +671,12 @@ static int sc_step(void *ctx)
 	uint64_t now = now_ns();
 	int n, ret;
 
-	if (s->n_classifying)
-		take_classified(s);
-	for (struct sjob *j = s->parked, *next; j; j = next) {
+	take_helpers(s);
+	for (struct sjob *j = s->list[SJ_PARKED], *next; j; j = next) {
 		next = j->next;
 		submit_skill(s, j->r, j);   /* resident now, failed, or still loading */
 	}
-	if (!s->waiting && !s->running)
+	if (!s->list[SJ_WAITING] && !s->list[SJ_RUNNING])
 		return 0;
 	expire(s, now);
 	admit(s, now);
@@ -717,7 +692,7 @@ static int sc_step(void *ctx)
 
 		if (!v)
 			break;
-		if (s->n_running == 1) {
+		if (s->n[SJ_RUNNING] == 1) {
 			/* alone and still too big: it can never run */
 			sreq_emit(v->r, true, -E2BIG, LORAD_FINISH_ERROR, LORAD_FIELD_MAX_TOKENS);
 			job_free(s, v);
@@ -751,13 +726,15 @@ const struct exec_ops sched_ops = {
 	.busy = sc_busy,
 };
 
-struct sched *sched_build(struct engine *e, const struct sched_opts *opts)
+struct sched *sched_build(struct engine *e, const struct tokenizer *tok,
+			  const struct sched_opts *opts)
 {
 	struct sched *s = calloc(1, sizeof(*s));
 
 	if (!s)
 		return NULL;
 	s->e = e;
+	s->tok = tok;
 	if (opts)
 		s->o = *opts;
 	if (s->o.max_seqs <= 0)
@@ -767,7 +744,7 @@ struct sched *sched_build(struct engine *e, const struct sched_opts *opts)
 	s->seqs = calloc(s->o.max_seqs, sizeof(*s->seqs));
 	s->jobs = calloc(s->o.max_seqs, sizeof(*s->jobs));
 	s->n_new = calloc(s->o.max_seqs, sizeof(*s->n_new));
-	if (!s->seqs || !s->jobs || !s->n_new) {
+	if (!s->seqs || !s->jobs || !s->n_new || (tok && tokq_build(tok, 1, &s->tq))) {
 		sched_free(s);
 		return NULL;
 	}
@@ -778,14 +755,10 @@ void sched_free(struct sched *s)
 {
 	if (!s)
 		return;
-	while (s->classifying)
-		job_free(s, s->classifying);
-	while (s->parked)
-		job_free(s, s->parked);
-	while (s->running)
-		job_free(s, s->running);
-	while (s->waiting)
-		job_free(s, s->waiting);
+	for (int w = 0; w < SJ__N; w++)
+		while (s->list[w])
+			job_free(s, s->list[w]);
+	tokq_free(s->tq);
 	free(s->seqs);
 	free(s->jobs);
 	free(s->n_new);
@@ -797,29 +770,23 @@ void sched_set_classifier(struct sched *s, struct classifier *cls)
 	s->cls = cls;
 }
 
-void sched_set_tokenizer(struct sched *s, const struct tokenizer *tok)
+void sched_set_resolver(struct sched *s, sched_resolve_fn fn, void *ctx)
 {
-	s->tok = tok;
+	s->resolve = fn;
+	s->resolve_ctx = ctx;
 }
 
-void sched_set_skills_async(struct sched *s, sched_skill_async_fn fn, void *ctx)
+void sched_set_max_prompt_tokens(struct sched *s, int n)
 {
-	s->skill_async = fn;
-	s->skill_ctx = ctx;
-}
-
-void sched_set_skills(struct sched *s, sched_skill_fn fn, void *ctx)
-{
-	s->skill_fn = fn;
-	s->skill_ctx = ctx;
+	s->o.max_prompt_tokens = n;
 }
 
 void sched_get_stats(const struct sched *s, struct sched_stats *st)
 {
 	*st = s->st;
-	st->running = s->n_running;
-	st->waiting = s->n_waiting;
-	st->parked = s->n_parked;
+	st->running = s->n[SJ_RUNNING];
+	st->waiting = s->n[SJ_WAITING];
+	st->parked = s->n[SJ_PARKED];
 	st->kv_free = engine_kv_free(s->e);
 	st->kv_total = engine_kv_total(s->e);
 }

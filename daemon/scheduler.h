@@ -26,45 +26,43 @@
 struct sched_opts {
 	int max_seqs;          /* sequences running at once; 0: 64 */
 	int step_tokens;       /* token budget of one step; 0: 512 */
+	int max_prompt_tokens; /* longest prompt; 0: the model's context */
 };
 
 struct sched;
+struct tokenizer;
+struct classifier;
 
 extern const struct exec_ops sched_ops;
 
-/* Maps a skill name to an engine adapter id (0: base), or -ENOENT. */
-typedef int (*sched_skill_fn)(void *ctx, const char *skill, uint64_t routing_key, int *adapter,
-			      uint32_t *version);
+/*
+ * Resolves a request's skill for @routing_key to an engine adapter (0: base)
+ * and the version's small number and id (LORAD_VERSION_MAX bytes). Returns
+ * 0, -ENOENT (no such skill), or -EINPROGRESS when the adapter is being
+ * loaded: the request is parked (the engine runs on) and *ticket, kept with
+ * it, is passed back on every retry until the resolver answers 0 or an error.
+ */
+typedef int (*sched_resolve_fn)(void *ctx, const char *skill, uint64_t routing_key, int *adapter,
+				uint32_t *version, char *version_id, uint64_t *ticket);
 
-/* Returns NULL on ENOMEM. The scheduler borrows @e. */
-struct sched *sched_build(struct engine *e, const struct sched_opts *opts);
+/*
+ * Returns NULL on ENOMEM. The scheduler borrows @e and @tok. With a
+ * tokenizer, prompts of kind LORAD_PROMPT_TEXT are encoded (long ones on a
+ * thread of the scheduler's own) and requests that ask for text get it
+ * streamed; without one (NULL) text requests are refused with -EOPNOTSUPP.
+ */
+struct sched *sched_build(struct engine *e, const struct tokenizer *tok,
+			  const struct sched_opts *opts);
 void sched_free(struct sched *s);
 
 /* How skills resolve; without it only the base model ("" or "base") is served. */
-void sched_set_skills(struct sched *s, sched_skill_fn fn, void *ctx);
-
-/*
- * The same for resolvers that load adapters in the background: -EINPROGRESS
- * parks the request (the engine runs on) and *ticket, kept with it, is
- * passed back on every retry until the resolver answers 0 or an error.
- */
-typedef int (*sched_skill_async_fn)(void *ctx, const char *skill, uint64_t routing_key,
-				    int *adapter, uint32_t *version, uint64_t *ticket);
-void sched_set_skills_async(struct sched *s, sched_skill_async_fn fn, void *ctx);
-
-struct tokenizer;
-
-/*
- * Text in and out: prompts of kind LORAD_PROMPT_TEXT are encoded with @tok,
- * and requests that ask for text get it streamed. Without a tokenizer (NULL,
- * the default) text requests are refused with -EOPNOTSUPP.
- */
-void sched_set_tokenizer(struct sched *s, const struct tokenizer *tok);
-
-struct classifier;
+void sched_set_resolver(struct sched *s, sched_resolve_fn fn, void *ctx);
 
 /* Requests for the skill "auto" go through @cls; without one they get -ENOENT. */
 void sched_set_classifier(struct sched *s, struct classifier *cls);
+
+/* The prompt limit of a reloaded config (0: the model's context). */
+void sched_set_max_prompt_tokens(struct sched *s, int n);
 
 struct sched_stats {
 	uint64_t steps;

@@ -13,12 +13,12 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "instance.h"
 #include "log.h"
 #include "ring.h"
 
-enum { EP_LISTEN = 1, EP_SOCK, EP_SQ };
+enum { EP_LISTEN = 1, EP_SOCK, EP_SQ, EP_WAKE };
 
-#define HELLO_TIMEOUT_NS  (5ull * 1000000000ull)
 #define IO_POLL_NS        (1000000ull)   /* accept/hang-up checks while busy */
 #define SLEEP_MAX_MS      1000
 
@@ -26,44 +26,16 @@ enum { EP_LISTEN = 1, EP_SOCK, EP_SQ };
 
 static int listen_create(struct server *sv)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	const char *path = sv->cfg.socket_path;
-	int fd, ret;
+	char err[300];
+	int fd = instance_listen(sv->socket_path, sv->cfg.socket_mode, 128, err, sizeof(err));
 
-	if (!path || strlen(path) >= sizeof(sa.sun_path)) {
-		log_err("socket path missing or longer than %zu bytes", sizeof(sa.sun_path) - 1);
-		return -EINVAL;
+	if (fd < 0) {
+		log_err("%s", err);
+		return fd;
 	}
-	strcpy(sa.sun_path, path);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (fd < 0)
-		return -errno;
-	/* A stale socket file from a crashed daemon: remove it only if nobody answers. */
-	if (access(path, F_OK) == 0) {
-		int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-		if (probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-			close(probe);
-			close(fd);
-			log_err("%s: another daemon is listening there", path);
-			return -EADDRINUSE;
-		}
-		if (probe >= 0)
-			close(probe);
-		unlink(path);
-	}
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
-		goto err;
 	sv->own_socket = true;
-	if (chmod(path, sv->cfg.socket_mode) < 0 || listen(fd, 128) < 0)
-		goto err;
 	sv->listen_fd = fd;
 	return 0;
-err:
-	ret = -errno;
-	log_err("%s: %s", path, strerror(-ret));
-	close(fd);
-	return ret;
 }
 
 int server_build(struct server *sv, const struct server_config *cfg,
@@ -78,8 +50,20 @@ int server_build(struct server *sv, const struct server_config *cfg,
 	sv->exctx = exctx;
 	sv->stop_flag = stop_flag;
 	sv->listen_fd = -1;
+	sv->wake_fd = -1;
+	sv->ep = -1;
+	if (cfg->socket_path && !(sv->socket_path = strdup(cfg->socket_path)))
+		return -ENOMEM;
+	sv->cfg.socket_path = sv->socket_path;
 	sv->ep = epoll_create1(EPOLL_CLOEXEC);
 	if (sv->ep < 0)
+		return -errno;
+	sv->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (sv->wake_fd < 0)
+		return -errno;
+	sv->ep_wake.kind = EP_WAKE;
+	ev.data.ptr = &sv->ep_wake;
+	if (epoll_ctl(sv->ep, EPOLL_CTL_ADD, sv->wake_fd, &ev) < 0)
 		return -errno;
 	if (cfg->listen_fd >= 0) {
 		sv->listen_fd = cfg->listen_fd;
@@ -94,7 +78,8 @@ int server_build(struct server *sv, const struct server_config *cfg,
 	if (epoll_ctl(sv->ep, EPOLL_CTL_ADD, sv->listen_fd, &ev) < 0)
 		return -errno;
 	if (cfg->admin_fd >= 0) {
-		sv->admin = admin_build(sv->ep, cfg->admin_fd, cfg->admin_gid, cfg->have_admin_gid);
+		sv->admin = admin_build(sv->ep, cfg->admin_fd, cfg->admin_gid, cfg->have_admin_gid,
+					&cfg->admin);
 		if (!sv->admin)
 			return -ENOMEM;
 	}
@@ -135,6 +120,7 @@ static void session_close_fds(struct server *sv, struct session *s)
 static void session_end(struct server *sv, struct session *s, int reason)
 {
 	struct session **pp;
+	bool live = s->state == SESSION_LIVE;
 
 	if (s->state == SESSION_DEAD)
 		return;
@@ -164,7 +150,10 @@ static void session_end(struct server *sv, struct session *s, int reason)
 			break;
 		}
 	}
-	sv->n_sessions--;
+	if (live)
+		sv->n_sessions--;
+	else
+		sv->n_hello--;
 	if (s->map)
 		sv->shm_used -= s->lay.size;
 	s->next = sv->grave;
@@ -242,13 +231,20 @@ static void accept_clients(struct server *sv)
 			close(fd);
 			continue;
 		}
-		if (sv->n_sessions >= sv->cfg.max_clients) {
+		if (sv->n_hello >= sv->cfg.max_hello) {
+			/* a connection that owes its hello costs a slot of its own, never a
+			 * client's: the oldest such one makes room (a real client sends its
+			 * hello at once, so only the idle lose theirs) */
+			struct session *old = NULL;
+
+			for (struct session *h = sv->sessions; h; h = h->next)
+				if (h->state == SESSION_HELLO && (!old || h->hello_deadline < old->hello_deadline))
+					old = h;
 			if (log_ratelimit_ok(&sv->accept_rl, now_ns(), "clients"))
-				log_warn("refused client pid %d: %u clients already", (int)cred.pid,
-				 sv->n_sessions);
-			send_refusal(fd, -EUSERS);
-			close(fd);
-			continue;
+				log_warn("%u connections owe their hello (max_unauthenticated): closing the "
+					 "oldest, pid %d", sv->n_hello, old ? (int)old->pid : -1);
+			if (old)
+				session_end(sv, old, 0);
 		}
 		s = calloc(1, sizeof(*s));
 		if (!s) {
@@ -263,7 +259,7 @@ static void accept_clients(struct server *sv)
 		s->pid = cred.pid;
 		s->id = ++sv->next_id;
 		s->state = SESSION_HELLO;
-		s->hello_deadline = now_ns() + HELLO_TIMEOUT_NS;
+		s->hello_deadline = now_ns() + (uint64_t)sv->cfg.hello_timeout_ms * 1000000ull;
 		s->ep_sock.kind = EP_SOCK;
 		s->ep_sock.s = s;
 		s->ep_sq.kind = EP_SQ;
@@ -276,7 +272,7 @@ static void accept_clients(struct server *sv)
 		}
 		s->next = sv->sessions;
 		sv->sessions = s;
-		sv->n_sessions++;
+		sv->n_hello++;
 	}
 }
 
@@ -330,6 +326,13 @@ static int session_start(struct server *sv, struct session *s)
 		send_refusal(s->sock, -EINVAL);
 		return -EINVAL;
 	}
+	if (sv->n_sessions >= sv->cfg.max_clients) {
+		if (log_ratelimit_ok(&sv->accept_rl, now_ns(), "clients"))
+			log_warn("refused client pid %d: %u clients already (max_clients)", (int)s->pid,
+				 sv->n_sessions);
+		send_refusal(s->sock, -EUSERS);
+		return -EUSERS;
+	}
 	region_layout_compute(&s->lay, h.sq_entries, h.cq_entries, h.arena_size);
 	if (sv->shm_used + s->lay.size > sv->cfg.shm_limit) {
 		if (log_ratelimit_ok(&sv->accept_rl, now_ns(), "clients"))
@@ -370,6 +373,8 @@ static int session_start(struct server *sv, struct session *s)
 	if (ret)
 		return ret;
 	s->state = SESSION_LIVE;
+	sv->n_hello--;
+	sv->n_sessions++;
 	log_debug("client pid %d uid %u connected: sq %u cq %u arena %u", (int)s->pid,
 		  (unsigned)s->uid, s->lay.sq_entries, s->lay.cq_entries, s->lay.arena_size);
 	return 0;
@@ -427,9 +432,11 @@ static void server_io(struct server *sv, int timeout_ms)
 
 		if (ref->kind == EP_LISTEN)
 			accept_clients(sv);
+		else if (ref->kind == EP_WAKE)
+			(void)!eventfd_read(sv->wake_fd, &(eventfd_t){ 0 });
 		else if (ref->kind == EP_SOCK && ref->s->state != SESSION_DEAD)
 			session_readable(sv, ref->s, evs[i].events);
-		else if (ref->kind != EP_SOCK && ref->kind != EP_SQ)
+		else if (ref->kind != EP_SOCK && ref->kind != EP_SQ && ref->kind != EP_WAKE)
 			admin_event(sv->admin, ref, evs[i].events);
 	}
 }
@@ -443,6 +450,20 @@ static void housekeeping(struct server *sv, uint64_t now)
 		if (s->state == SESSION_HELLO && now > s->hello_deadline)
 			session_end(sv, s, 0);
 	}
+	admin_tick(sv->admin, now);
+}
+
+/* How long the loop may sleep before a hello or an admin connection times out. */
+static int sleep_bound_ms(const struct server *sv, uint64_t now, int ms)
+{
+	for (const struct session *s = sv->sessions; s; s = s->next)
+		if (s->state == SESSION_HELLO) {
+			uint64_t left = s->hello_deadline > now ? (s->hello_deadline - now) / 1000000ull : 0;
+
+			if (left + 1 < (uint64_t)ms)
+				ms = (int)left + 1;
+		}
+	return ms;
 }
 
 /* --- the poller -------------------------------------------------------------------- */
@@ -524,8 +545,8 @@ static void drain_begin(struct server *sv, uint64_t now)
 		close(sv->listen_fd);
 		sv->listen_fd = -1;
 	}
-	if (sv->own_socket && sv->cfg.socket_path)
-		unlink(sv->cfg.socket_path);
+	if (sv->own_socket && sv->socket_path)
+		unlink(sv->socket_path);
 	sv->own_socket = false;
 	log_info("stopping: %u requests in flight, draining for at most %u ms",
 		 sv->ex->busy(sv->exctx), sv->cfg.drain_ms);
@@ -598,10 +619,15 @@ int server_run(struct server *sv)
 			sleep_ms = (int)sv->hooks.max_sleep_ms;
 		if (sv->draining || sv->ex->busy(sv->exctx))
 			sleep_ms = 1;
+		sleep_ms = sleep_bound_ms(sv, now, sleep_ms);
 		server_sleep(sv, sleep_ms);
 		bury(sv);
 		last_work = now_ns();
 		last_io = last_work;
+		if (last_work - last_house >= 100 * IO_POLL_NS) {
+			housekeeping(sv, last_work);
+			last_house = last_work;
+		}
 	}
 	while (sv->sessions)
 		session_end(sv, sv->sessions, -ESHUTDOWN);
@@ -614,6 +640,10 @@ void server_reconfigure(struct server *sv, const struct server_config *cfg)
 {
 	/* what a running daemon can change: sockets and regions stay as they are */
 	sv->cfg.max_clients = cfg->max_clients;
+	sv->cfg.max_hello = cfg->max_hello;
+	sv->cfg.hello_timeout_ms = cfg->hello_timeout_ms;
+	sv->cfg.admin = cfg->admin;
+	admin_set_limits(sv->admin, &cfg->admin);
 	sv->cfg.shm_limit = cfg->shm_limit;
 	sv->cfg.spin_us = cfg->spin_us;
 	sv->cfg.drain_ms = cfg->drain_ms;
@@ -643,8 +673,17 @@ void server_free(struct server *sv)
 	sv->admin = NULL;
 	if (sv->listen_fd >= 0)
 		close(sv->listen_fd);
-	if (sv->own_socket && sv->cfg.socket_path)
-		unlink(sv->cfg.socket_path);
+	if (sv->own_socket && sv->socket_path)
+		unlink(sv->socket_path);
+	if (sv->wake_fd >= 0)
+		close(sv->wake_fd);
 	if (sv->ep >= 0)
 		close(sv->ep);
+	free(sv->socket_path);
+	sv->socket_path = NULL;
+}
+
+int server_wake_fd(const struct server *sv)
+{
+	return sv->wake_fd;
 }

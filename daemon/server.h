@@ -19,10 +19,12 @@
 #define SERVER_MAX_IDS 16
 
 struct server_config {
-	const char *socket_path;     /* created when listen_fd < 0 */
+	const char *socket_path;     /* created when listen_fd < 0 (the server keeps a copy) */
 	int listen_fd;               /* inherited (socket activation), or -1 */
 	unsigned socket_mode;
-	uint32_t max_clients;
+	uint32_t max_clients;        /* sessions past their hello */
+	uint32_t max_hello;          /* connections still owing their hello */
+	uint32_t hello_timeout_ms;
 	uint64_t shm_limit;          /* bytes of all regions together */
 	uint32_t spin_us;            /* poll this long after the last work before sleeping */
 	uint32_t drain_ms;
@@ -35,6 +37,7 @@ struct server_config {
 	int admin_fd;                /* listening admin socket (made or inherited), or -1 */
 	gid_t admin_gid;
 	bool have_admin_gid;
+	struct admin_limits admin;
 };
 
 /* Called by the engine loop on every turn, for the daemon's own duties
@@ -47,13 +50,17 @@ struct server_hooks {
 
 struct server {
 	struct server_config cfg;
+	char *socket_path;           /* our copy of cfg.socket_path: a reload frees the config's */
 	const struct exec_ops *ex;
 	void *exctx;
 	int ep, listen_fd;
 	bool own_socket;             /* we created the socket file: unlink it at exit */
 	struct epref ep_listen;
 	struct session *sessions, *grave;
-	unsigned n_sessions;
+	unsigned n_sessions;         /* past their hello */
+	unsigned n_hello;            /* still owing it */
+	int wake_fd;                 /* eventfd: other threads wake the loop */
+	struct epref ep_wake;
 	uint64_t shm_used;
 	uint64_t next_id;
 	uint64_t sleeps;
@@ -77,6 +84,10 @@ void server_free(struct server *sv);
 
 /* Apply a reloaded config: limits and access lists; sessions keep their regions. */
 void server_reconfigure(struct server *sv, const struct server_config *cfg);
+
+/* An eventfd that wakes the engine loop when written (8 bytes, any value): for
+ * threads that finish work the loop must pick up (writes, registrations). */
+int server_wake_fd(const struct server *sv);
 
 /* Requests in flight over all sessions. */
 unsigned server_inflight(const struct server *sv);

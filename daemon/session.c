@@ -2,6 +2,7 @@
 #include "session.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -28,6 +29,49 @@ uint64_t now_ns(void)
 }
 
 #define SREQ_CHUNK 64
+
+static void sreq_free_prompt(struct sreq *r)
+{
+	if ((void *)r->prompt != (void *)r->inline_buf)
+		free(r->prompt);
+	if ((void *)r->text != (void *)r->inline_buf)
+		free(r->text);
+	r->prompt = NULL;
+	r->text = NULL;
+	r->n_prompt = r->text_len = 0;
+}
+
+void sreq_set_ids(struct sreq *r, uint32_t *ids, uint32_t n)
+{
+	if ((void *)r->prompt != (void *)r->inline_buf)
+		free(r->prompt);
+	r->prompt = ids;
+	r->n_prompt = n;
+}
+
+/*
+ * The one read of the client's prompt bytes: into the inline buffer when
+ * they fit it (the size checked is the buffer's, in bytes), else into a
+ * fresh allocation. Returns 0 or -ENOMEM.
+ */
+static int sreq_copy_prompt(struct sreq *r, const unsigned char *src, uint32_t len)
+{
+	void *dst = len <= sizeof(r->inline_buf) ? (void *)r->inline_buf : malloc(len);
+
+	if (!dst)
+		return -ENOMEM;
+	if (len)
+		memcpy(dst, src, len);
+	if (r->e.prompt_kind == LORAD_PROMPT_TEXT) {
+		r->text = dst;
+		r->text_len = len;
+	} else {
+		r->prompt = dst;
+		r->n_prompt = len / 4;
+	}
+	r->checksum = lorad_checksum32(dst, len);
+	return 0;
+}
 
 struct sreq_chunk {
 	struct sreq_chunk *next;
@@ -77,8 +121,7 @@ void session_free(struct session *s)
 
 		s->chunks = c->next;
 		for (unsigned i = 0; i < c->n; i++)
-			if (c->reqs[i].prompt && c->reqs[i].prompt != c->reqs[i].inline_prompt)
-				free(c->reqs[i].prompt);
+			sreq_free_prompt(&c->reqs[i]);
 		free(c);
 	}
 	free(s->pend);
@@ -202,9 +245,8 @@ static void sreq_release(struct sreq *r)
 		s->inflight = r->next;
 	if (r->next)
 		r->next->prev = r->prev;
-	if (r->prompt != r->inline_prompt)
-		free(r->prompt);
-	r->prompt = NULL;
+	sreq_free_prompt(r);
+	sqe_ext_free(&r->x);
 	r->exec = NULL;
 	r->prev = NULL;
 	r->next = s->free_reqs;
@@ -245,10 +287,22 @@ void sreq_emit(struct sreq *r, bool final, int res, unsigned finish, unsigned fi
 				q.itl_us = us_between(r->t_first, r->t_last) / (r->n_out - 1);
 		}
 	}
-	if (final && r->times_off && r->s->state == SESSION_LIVE) {
-		/* checked in bounds when the request was taken; published by the CQE */
-		struct lorad_times t = { r->t_seen, r->t_admit, r->t_first, now_ns() };
-		memcpy(r->s->arena + r->times_off, &t, sizeof(t));
+	if (final && r->s->state == SESSION_LIVE) {
+		/* offsets checked when the request was taken; published by the CQE */
+		if (r->x.times_off) {
+			struct lorad_times t = { r->t_seen, r->t_admit, r->t_first, now_ns() };
+
+			memcpy(r->s->arena + r->x.times_off, &t, sizeof(t));
+		}
+		if (r->x.served) {
+			struct lorad_served sv;
+
+			memset(&sv, 0, sizeof(sv));
+			snprintf(sv.skill, sizeof(sv.skill), "%s", r->e.skill[0] ? r->e.skill : "base");
+			memcpy(sv.version, r->served, sizeof(sv.version));
+			memcpy(r->s->arena + r->x.skill_off, &sv, sizeof(sv));
+			q.flags |= LORAD_CQE_F_SERVED;
+		}
 	}
 	if (r->s->state == SESSION_LIVE)
 		emit_cqe(r->s, &q, final);
@@ -310,18 +364,19 @@ static void take_entry(struct session *s, const struct lorad_sqe *e,
 	r = s->free_reqs;
 	s->free_reqs = r->next;
 	r->e = *e;
-	r->n_prompt = e->prompt_len / 4;
-	r->prompt = r->n_prompt <= 64 ? r->inline_prompt : malloc(e->prompt_len);
-	if (!r->prompt) {
-		r->prompt = r->inline_prompt;
+	/* one read of the client's bytes; everything later uses these copies */
+	ret = sqe_ext_load(e, s->arena, s->lay.arena_size, &r->x, &field);
+	if (!ret && sreq_copy_prompt(r, s->arena + e->prompt_off, e->prompt_len)) {
+		sqe_ext_free(&r->x);
+		ret = -ENOMEM;
+		field = LORAD_FIELD_NONE;
+	}
+	if (ret) {
 		r->next = s->free_reqs;
 		s->free_reqs = r;
-		session_post_error(s, e, -ENOMEM, LORAD_FIELD_NONE);
+		session_post_error(s, e, ret, field);
 		return;
 	}
-	/* one read of the client's bytes; everything later uses this copy */
-	memcpy(r->prompt, s->arena + e->prompt_off, e->prompt_len);
-	r->checksum = lorad_checksum32(r->prompt, e->prompt_len);
 	r->n_out = 0;
 	r->text_bytes = 0;
 	/* the clock now, not the loop's: clients measure submit -> seen with it */
@@ -329,7 +384,7 @@ static void take_entry(struct session *s, const struct lorad_sqe *e,
 	r->t_admit = r->t_first = r->t_last = 0;
 	r->step_seen = r->step_admit = r->step_last = 0;
 	r->version = 0;
-	r->times_off = 0;
+	r->served[0] = 0;
 	r->cancelled = false;
 	r->exec = NULL;
 	r->prev = NULL;

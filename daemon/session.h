@@ -25,20 +25,29 @@ struct sreq_chunk;
 struct sreq {
 	struct session *s;
 	struct lorad_sqe e;          /* private copy, validated */
-	uint32_t *prompt;            /* private copy: (n_prompt) token ids */
+	uint32_t *prompt;            /* (n_prompt) token ids: the private copy of a token
+					prompt, or a text prompt's ids once tokenized */
 	uint32_t n_prompt;
+	char *text;                  /* a text prompt: private copy of its (text_len) bytes */
+	uint32_t text_len;
 	uint32_t checksum;           /* of the prompt bytes as read */
 	uint32_t n_out;              /* ids written to the client's output */
 	uint32_t text_bytes;         /* UTF-8 bytes written to the client's text buffer */
 	uint64_t t_seen, t_admit, t_first, t_last;
 	uint32_t step_seen, step_admit, step_last;  /* engine step counters, for fairness telemetry */
-	uint32_t version;
-	uint32_t times_off;          /* arena: where the final completion's timestamps go; 0 = none */
+	uint32_t version;            /* vid of the adapter version that serves it */
+	char served[LORAD_VERSION_MAX]; /* its id ("name@version", "base"); "" until known */
+	struct sqe_ext x;            /* the extension block, checked and copied */
 	bool cancelled;
 	struct sreq *next, *prev;    /* session's in-flight list */
 	void *exec;                  /* the executor's per-request state */
-	uint32_t inline_prompt[64];  /* most prompts need no allocation */
+	/* most prompts need no allocation: a token prompt's ids or a text
+	 * prompt's bytes live here when they fit, sized in bytes */
+	_Alignas(uint32_t) unsigned char inline_buf[256];
 };
+
+/* Give @r's prompt its token ids (@ids, malloc'd, owned by @r from now on). */
+void sreq_set_ids(struct sreq *r, uint32_t *ids, uint32_t n);
 
 /* How the engine that runs requests plugs into sessions. */
 struct exec_ops {

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 
 void sqe_load(struct lorad_sqe *dst, const struct lorad_sqe *shared)
@@ -73,13 +74,17 @@ int sqe_validate(const struct lorad_sqe *e, const struct sqe_limits *lim,
 		BAD(LORAD_FIELD_PROMPT_KIND, -EINVAL);
 	if (e->flags & ~LORAD_SQE_F__ALL)
 		BAD(LORAD_FIELD_FLAGS, -EINVAL);
-	if (!e->prompt_len || !span_ok(e->prompt_off, e->prompt_len, lim->arena_size))
+	/* an empty text prompt is valid: the tokenizer's special tokens (a BOS) are the prompt */
+	if ((!e->prompt_len && e->prompt_kind == LORAD_PROMPT_TOKENS) ||
+	    !span_ok(e->prompt_off, e->prompt_len, lim->arena_size))
 		BAD(LORAD_FIELD_PROMPT, -EINVAL);
 	if (e->prompt_kind == LORAD_PROMPT_TOKENS) {
 		if (e->prompt_off % 4 || e->prompt_len % 4)
 			BAD(LORAD_FIELD_PROMPT, -EINVAL);
 		if (e->prompt_len / 4 > lim->max_prompt)
 			BAD(LORAD_FIELD_PROMPT, -E2BIG);
+	} else if (e->prompt_len > lim->max_text) {
+		BAD(LORAD_FIELD_PROMPT, -E2BIG);
 	}
 	if (e->max_tokens == 0)
 		BAD(LORAD_FIELD_MAX_TOKENS, -EINVAL);
@@ -89,12 +94,14 @@ int sqe_validate(const struct lorad_sqe *e, const struct sqe_limits *lim,
 	    (uint64_t)e->out_len < (uint64_t)e->max_tokens * 4)
 		BAD(LORAD_FIELD_OUTPUT, -EINVAL);
 	/* output and prompt must not overlap: the daemon writes one while it may still read the other */
-	if (e->out_off < (uint64_t)e->prompt_off + e->prompt_len &&
+	if (e->prompt_len && e->out_off < (uint64_t)e->prompt_off + e->prompt_len &&
 	    e->prompt_off < (uint64_t)e->out_off + e->out_len)
 		BAD(LORAD_FIELD_OUTPUT, -EINVAL);
 	if ((e->ext_len || e->ext_off) &&
 	    (!e->ext_len || e->ext_off % 4 || !span_ok(e->ext_off, e->ext_len, lim->arena_size)))
 		BAD(LORAD_FIELD_EXT, -EINVAL);
+	if ((e->flags & LORAD_SQE_F_SERVED) && e->ext_len < sizeof(struct lorad_ext))
+		BAD(LORAD_FIELD_FLAGS, -EINVAL);
 	if (!isfinite(e->temperature) || e->temperature < 0.0f || e->temperature > 100.0f ||
 	    !prob_ok(e->top_p) || !prob_ok(e->min_p) ||
 	    !isfinite(e->repetition_penalty) || e->repetition_penalty < 0.0f ||
@@ -104,4 +111,124 @@ int sqe_validate(const struct lorad_sqe *e, const struct sqe_limits *lim,
 	if (!skill_name_ok(e->skill, sizeof(e->skill)))
 		BAD(LORAD_FIELD_SKILL, -EINVAL);
 	return 0;
+}
+
+/* [a0, a1) and [b0, b1) share a byte. */
+static bool overlap(uint64_t a0, uint64_t a1, uint64_t b0, uint64_t b1)
+{
+	return a0 < b1 && b0 < a1;
+}
+
+void sqe_ext_free(struct sqe_ext *x)
+{
+	free(x->stop);
+	free(x->bias);
+	free(x->stop_buf);
+	memset(x, 0, sizeof(*x));
+}
+
+int sqe_ext_load(const struct lorad_sqe *e, const unsigned char *arena, uint32_t arena_size,
+		 struct sqe_ext *x, enum lorad_field *field)
+{
+	/* the buffers the daemon writes, and what they must stay clear of */
+	struct { uint64_t off, len; } w[3] = { { 0, 0 } };
+	const uint64_t keep[3][2] = {
+		{ e->prompt_off, (uint64_t)e->prompt_off + e->prompt_len },
+		{ e->out_off, (uint64_t)e->out_off + e->out_len },
+		{ e->ext_off, (uint64_t)e->ext_off + e->ext_len },
+	};
+	const unsigned char *base;
+	struct lorad_ext h;
+	uint64_t need;
+	uint32_t at;
+
+	memset(x, 0, sizeof(*x));
+	*field = LORAD_FIELD_EXT;
+	if (!e->ext_len)
+		return 0;
+	if (e->ext_len < sizeof(h))
+		return -EINVAL;
+	base = arena + e->ext_off;
+	memcpy(&h, base, sizeof(h));   /* one read of each shared byte, into private memory */
+	if (h.n_stop > LORAD_MAX_STOP || h.n_bias > LORAD_MAX_BIAS ||
+	    h.stop_str_len > LORAD_MAX_STOP_STR * (SQE_STOP_STR_MAX + 1))
+		return -EINVAL;
+	need = sizeof(h) + (uint64_t)h.n_stop * 4 + (uint64_t)h.n_bias * 8 + h.stop_str_len;
+	if (need != e->ext_len)
+		return -EINVAL;
+	if (h.text_len) {
+		w[0].off = h.text_off;
+		w[0].len = h.text_len;
+	}
+	if (h.skill_off) {
+		w[1].off = h.skill_off;
+		w[1].len = e->flags & LORAD_SQE_F_SERVED ? sizeof(struct lorad_served) : LORAD_SKILL_MAX;
+		if ((e->flags & LORAD_SQE_F_SERVED) && h.skill_off % 8)
+			return -EINVAL;
+	}
+	if (h.times_off) {
+		w[2].off = h.times_off;
+		w[2].len = sizeof(struct lorad_times);
+		if (h.times_off % 8)
+			return -EINVAL;
+	}
+	for (int i = 0; i < 3; i++) {
+		if (!w[i].len)
+			continue;
+		if (w[i].off + w[i].len > arena_size)
+			return -EINVAL;
+		for (int k = 0; k < 3; k++)
+			if (keep[k][1] > keep[k][0] &&
+			    overlap(w[i].off, w[i].off + w[i].len, keep[k][0], keep[k][1]))
+				return -EINVAL;
+		for (int k = 0; k < i; k++)
+			if (w[k].len && overlap(w[i].off, w[i].off + w[i].len, w[k].off, w[k].off + w[k].len))
+				return -EINVAL;
+	}
+	x->min_tokens = h.min_tokens;
+	x->text_off = h.text_len ? h.text_off : 0;
+	x->text_len = h.text_len;
+	x->skill_off = h.skill_off;
+	x->served = h.skill_off && (e->flags & LORAD_SQE_F_SERVED);
+	x->times_off = h.times_off;
+	*field = LORAD_FIELD_NONE;
+	if (h.n_stop) {
+		x->stop = malloc(h.n_stop * sizeof(*x->stop));
+		if (!x->stop)
+			goto nomem;
+		memcpy(x->stop, base + sizeof(h), h.n_stop * 4);
+		x->n_stop = h.n_stop;
+	}
+	if (h.n_bias) {
+		x->bias = malloc(h.n_bias * sizeof(*x->bias));
+		if (!x->bias)
+			goto nomem;
+		memcpy(x->bias, base + sizeof(h) + h.n_stop * 4, h.n_bias * 8);
+		x->n_bias = h.n_bias;
+	}
+	if (h.stop_str_len) {
+		x->stop_buf = malloc(h.stop_str_len);
+		if (!x->stop_buf)
+			goto nomem;
+		memcpy(x->stop_buf, base + sizeof(h) + h.n_stop * 4 + h.n_bias * 8, h.stop_str_len);
+		*field = LORAD_FIELD_EXT;
+		if (x->stop_buf[h.stop_str_len - 1])
+			goto bad;   /* the last string must be terminated */
+		for (at = 0; at < h.stop_str_len; x->n_stop_str++) {
+			size_t l = strlen(x->stop_buf + at);
+
+			if (!l || l > SQE_STOP_STR_MAX || x->n_stop_str == LORAD_MAX_STOP_STR)
+				goto bad;
+			at += (uint32_t)l + 1;
+		}
+		*field = LORAD_FIELD_NONE;
+	}
+	return 0;
+bad:
+	sqe_ext_free(x);
+	*field = LORAD_FIELD_EXT;
+	return -EINVAL;
+nomem:
+	sqe_ext_free(x);
+	return -ENOMEM;
 }

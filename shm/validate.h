@@ -11,11 +11,28 @@
 
 #include <lorad/abi.h>
 
+#include <stdbool.h>
+
 /* Limits a submission is checked against; from the daemon's config. */
 struct sqe_limits {
 	uint32_t arena_size;
 	uint32_t max_tokens;     /* per request */
-	uint32_t max_prompt;     /* tokens */
+	uint32_t max_prompt;     /* tokens of a token prompt */
+	uint32_t max_text;       /* bytes of a text prompt */
+};
+
+/* A submission's extension block (struct lorad_ext and what follows it),
+ * checked and copied out of the arena. */
+struct sqe_ext {
+	uint32_t min_tokens;
+	uint32_t text_off, text_len;     /* the generated text's buffer; 0/0: none */
+	uint32_t skill_off;              /* where the served skill goes; 0: none */
+	bool served;                     /* skill_off holds a struct lorad_served */
+	uint32_t times_off;              /* where struct lorad_times goes; 0: none */
+	uint32_t n_stop, n_bias, n_stop_str;
+	uint32_t *stop;                  /* n_stop ids (malloc'd) */
+	struct lorad_logit_bias *bias;   /* n_bias (malloc'd) */
+	char *stop_buf;                  /* n_stop_str NUL-terminated strings, back to back (malloc'd) */
 };
 
 /*
@@ -33,6 +50,21 @@ void sqe_load(struct lorad_sqe *dst, const struct lorad_sqe *shared);
  */
 int sqe_validate(const struct lorad_sqe *e, const struct sqe_limits *lim,
 		 enum lorad_field *field);
+
+/*
+ * Read the extension block of the validated entry @e out of @arena (the
+ * client's, @arena_size bytes) into @x: every shared byte read once, every
+ * offset checked against the arena and against the request's other buffers
+ * (prompt, output ids, the block itself, each other). Returns 0, -EINVAL
+ * with *field (LORAD_FIELD_EXT), or -ENOMEM. @x holds nothing to free on
+ * error; on success free it with sqe_ext_free().
+ */
+int sqe_ext_load(const struct lorad_sqe *e, const unsigned char *arena, uint32_t arena_size,
+		 struct sqe_ext *x, enum lorad_field *field);
+void sqe_ext_free(struct sqe_ext *x);
+
+/* The longest stop string, in bytes. */
+#define SQE_STOP_STR_MAX 256
 
 /* True when @s is a well-formed skill name: [A-Za-z0-9_.@-]{0,31}, NUL-terminated. */
 int skill_name_ok(const char *s, unsigned cap);

@@ -18,13 +18,23 @@
 #include <stdint.h>
 #include <assert.h>
 
+/* C and C++ both: alignment and compile-time checks under their own spellings */
+#ifdef __cplusplus
+#define LORAD_ALIGNAS(n)          alignas(n)
+#define LORAD_STATIC_ASSERT(c, m) static_assert(c, m)
+#else
+#define LORAD_ALIGNAS(n)          _Alignas(n)
+#define LORAD_STATIC_ASSERT(c, m) _Static_assert(c, m)
+#endif
+
 #define LORAD_MAGIC       0x44524f4cu  /* "LORD" little-endian */
 #define LORAD_ABI_MAJOR   1
-#define LORAD_ABI_MINOR   1  /* 1.1: lorad_ext.times_off */
+#define LORAD_ABI_MINOR   2  /* 1.1: lorad_ext.times_off; 1.2: LORAD_SQE_F_SERVED */
 #define LORAD_FEATURES    0ull         /* no optional features yet */
 
 #define LORAD_CACHELINE   64
 #define LORAD_SKILL_MAX   32           /* bytes, including the NUL */
+#define LORAD_VERSION_MAX 64           /* "name@version", including the NUL */
 
 /* --- handshake on the UNIX socket ---------------------------------------- */
 
@@ -68,9 +78,9 @@ struct lorad_goodbye {
  * are masked with (entries - 1) on access.
  */
 struct lorad_ring_ctl {
-	_Alignas(LORAD_CACHELINE) uint32_t head;   /* consumer writes */
-	_Alignas(LORAD_CACHELINE) uint32_t tail;   /* producer writes */
-	_Alignas(LORAD_CACHELINE) uint32_t flags;  /* see LORAD_SQ_F_* / LORAD_CQ_F_* */
+	LORAD_ALIGNAS(LORAD_CACHELINE) uint32_t head;   /* consumer writes */
+	LORAD_ALIGNAS(LORAD_CACHELINE) uint32_t tail;   /* producer writes */
+	LORAD_ALIGNAS(LORAD_CACHELINE) uint32_t flags;  /* see LORAD_SQ_F_* / LORAD_CQ_F_* */
 };
 
 /* sq.flags, written by the daemon */
@@ -120,7 +130,8 @@ enum lorad_prompt_kind {
 
 #define LORAD_SQE_F_IGNORE_EOS  (1u << 0)
 #define LORAD_SQE_F_NO_SPECIAL  (1u << 1)  /* text prompt: no BOS/special tokens from the post-processor */
-#define LORAD_SQE_F__ALL        (LORAD_SQE_F_IGNORE_EOS | LORAD_SQE_F_NO_SPECIAL)
+#define LORAD_SQE_F_SERVED      (1u << 2)  /* ext.skill_off holds a struct lorad_served (ABI 1.2) */
+#define LORAD_SQE_F__ALL        (LORAD_SQE_F_IGNORE_EOS | LORAD_SQE_F_NO_SPECIAL | LORAD_SQE_F_SERVED)
 
 /*
  * One submission. Offsets and lengths are bytes relative to the arena. The
@@ -167,7 +178,9 @@ struct lorad_ext {
 	uint32_t text_off;       /* arena buffer for the generated text; 0/0 = no text */
 	uint32_t text_len;
 	uint32_t skill_off;      /* arena: LORAD_SKILL_MAX bytes where the daemon writes the skill
-				    "auto" chose, before the final completion; 0 = none */
+				    "auto" chose, before the final completion; 0 = none. With
+				    LORAD_SQE_F_SERVED: a struct lorad_served, 8-byte aligned,
+				    written for every request the daemon took */
 	uint32_t times_off;      /* arena: a struct lorad_times, 8-byte aligned, that the daemon
 				    fills before the final completion; 0 = none (ABI 1.1; a 1.0
 				    daemon refuses it as a reserved field) */
@@ -180,6 +193,13 @@ struct lorad_times {
 	uint64_t admitted_ns;    /* it joined the running batch */
 	uint64_t first_token_ns; /* its first token was sampled */
 	uint64_t final_ns;       /* its final completion was posted */
+};
+
+/* Who served a request: written before its final completion (LORAD_SQE_F_SERVED),
+ * which then carries LORAD_CQE_F_SERVED. NUL-terminated strings. */
+struct lorad_served {
+	char skill[LORAD_SKILL_MAX];     /* the skill that served it ("auto": the one chosen), or "base" */
+	char version[LORAD_VERSION_MAX]; /* "name@version", "base", or "" when it never got one */
 };
 
 struct lorad_logit_bias {
@@ -220,6 +240,7 @@ enum lorad_field {
 };
 
 #define LORAD_CQE_F_MORE   (1u << 0)  /* not the last completion of this request */
+#define LORAD_CQE_F_SERVED (1u << 1)  /* final: the request's struct lorad_served is written */
 
 struct lorad_cqe {
 	uint64_t user_data;          /*  0 */
@@ -240,19 +261,20 @@ struct lorad_cqe {
 	uint32_t text_bytes;         /* 60 UTF-8 bytes written to the text buffer so far */
 };
 
-static_assert(sizeof(struct lorad_hello) == 32, "hello layout");
-static_assert(sizeof(struct lorad_welcome) == 24, "welcome layout");
-static_assert(sizeof(struct lorad_goodbye) == 8, "goodbye layout");
-static_assert(sizeof(struct lorad_ring_ctl) == 3 * LORAD_CACHELINE, "ring ctl layout");
-static_assert(sizeof(struct lorad_region_stats) == 32, "stats layout");
-static_assert(sizeof(struct lorad_region_hdr) == 72, "region header layout");
-static_assert(sizeof(struct lorad_sqe) == 128, "sqe layout");
-static_assert(sizeof(struct lorad_ext) == 32, "ext layout");
-static_assert(sizeof(struct lorad_times) == 32, "times layout");
-static_assert(sizeof(struct lorad_logit_bias) == 8, "logit bias layout");
-static_assert(sizeof(struct lorad_cqe) == 64, "cqe layout");
-static_assert(__builtin_offsetof(struct lorad_sqe, skill) == 96, "sqe skill offset");
-static_assert(__builtin_offsetof(struct lorad_cqe, version) == 48, "cqe version offset");
+LORAD_STATIC_ASSERT(sizeof(struct lorad_hello) == 32, "hello layout");
+LORAD_STATIC_ASSERT(sizeof(struct lorad_welcome) == 24, "welcome layout");
+LORAD_STATIC_ASSERT(sizeof(struct lorad_goodbye) == 8, "goodbye layout");
+LORAD_STATIC_ASSERT(sizeof(struct lorad_ring_ctl) == 3 * LORAD_CACHELINE, "ring ctl layout");
+LORAD_STATIC_ASSERT(sizeof(struct lorad_region_stats) == 32, "stats layout");
+LORAD_STATIC_ASSERT(sizeof(struct lorad_region_hdr) == 72, "region header layout");
+LORAD_STATIC_ASSERT(sizeof(struct lorad_sqe) == 128, "sqe layout");
+LORAD_STATIC_ASSERT(sizeof(struct lorad_ext) == 32, "ext layout");
+LORAD_STATIC_ASSERT(sizeof(struct lorad_times) == 32, "times layout");
+LORAD_STATIC_ASSERT(sizeof(struct lorad_served) == 96, "served layout");
+LORAD_STATIC_ASSERT(sizeof(struct lorad_logit_bias) == 8, "logit bias layout");
+LORAD_STATIC_ASSERT(sizeof(struct lorad_cqe) == 64, "cqe layout");
+LORAD_STATIC_ASSERT(__builtin_offsetof(struct lorad_sqe, skill) == 96, "sqe skill offset");
+LORAD_STATIC_ASSERT(__builtin_offsetof(struct lorad_cqe, version) == 48, "cqe version offset");
 
 /*
  * Checksum of prompt bytes, echoed in every completion so both sides can

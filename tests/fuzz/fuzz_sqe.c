@@ -17,7 +17,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static const struct sqe_limits lim = {
-	.arena_size = 1u << 20, .max_tokens = 4096, .max_prompt = 1u << 16,
+	.arena_size = 1u << 20, .max_tokens = 4096, .max_prompt = 1u << 16, .max_text = 1u << 18,
 };
 
 #define CHECK(c) do { if (!(c)) __builtin_trap(); } while (0)
@@ -43,17 +43,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	CHECK(e.rsvd0 == 0);
 	if (e.opcode == LORAD_OP_CANCEL)
 		return 0;
-	CHECK(e.prompt_len > 0);
+	/* only a text prompt may be empty: its special tokens are the prompt */
+	CHECK(e.prompt_len > 0 || e.prompt_kind == LORAD_PROMPT_TEXT);
 	CHECK((uint64_t)e.prompt_off + e.prompt_len <= lim.arena_size);
 	CHECK((uint64_t)e.out_off + e.out_len <= lim.arena_size);
 	CHECK((uint64_t)e.out_len >= (uint64_t)e.max_tokens * 4);
 	CHECK(e.max_tokens > 0 && e.max_tokens <= lim.max_tokens);
 	CHECK(e.out_off % 4 == 0);
-	CHECK(e.out_off >= (uint64_t)e.prompt_off + e.prompt_len ||
+	CHECK(!e.prompt_len || e.out_off >= (uint64_t)e.prompt_off + e.prompt_len ||
 	      e.prompt_off >= (uint64_t)e.out_off + e.out_len);
 	if (e.prompt_kind == LORAD_PROMPT_TOKENS)
 		CHECK(e.prompt_off % 4 == 0 && e.prompt_len % 4 == 0 &&
 		      e.prompt_len / 4 <= lim.max_prompt);
+	else
+		CHECK(e.prompt_len <= lim.max_text);
 	CHECK(e.prompt_kind < LORAD_PROMPT__MAX);
 	CHECK(!(e.flags & ~LORAD_SQE_F__ALL));
 	CHECK(isfinite(e.temperature) && isfinite(e.top_p) && isfinite(e.min_p) &&

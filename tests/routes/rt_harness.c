@@ -260,7 +260,7 @@ int rt_daemon_start(struct rt_daemon *d, const char *model, const char *const *a
 			return 0;
 		if (waitpid(d->pid, &st, WNOHANG) == d->pid) {
 			d->pid = -1;
-			rt_daemon_dump_log(d);
+			d->exit_status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 			return -ECHILD;
 		}
 		rt_sleep_us(2000);

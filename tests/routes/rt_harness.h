@@ -45,13 +45,14 @@ struct rt_daemon {
 	char log[160];
 	char state[160];
 	int starts;
+	int exit_status;        /* when rt_daemon_start() found it exited: its code, or 128+signal */
 };
 
 /* Paths only; nothing runs yet. */
 int rt_daemon_init(struct rt_daemon *d);
 /* lorad --model M --socket --admin-socket --state-dir --threads 1 ARGS...;
- * waits until both sockets accept. Returns 0, -ECHILD (it exited; log
- * dumped) or -ETIMEDOUT. */
+ * waits until both sockets accept. Returns 0, -ECHILD (it exited: see
+ * exit_status and the log) or -ETIMEDOUT. */
 int rt_daemon_start(struct rt_daemon *d, const char *model, const char *const *args);
 /* SIGKILL and reap. */
 void rt_daemon_kill(struct rt_daemon *d);

@@ -462,7 +462,7 @@ static void test_reload_good_and_bad(void **state)
 	assert_int_equal(r[4], -EBUSY);
 	lorad_close(c);
 	assert_int_equal(stop_lorad(pid), 0);
-	assert_non_null(strstr(read_file(log), "reload.conf:6: max_inflight: 'lots' is not a positive number; keeping the running config"));
+	assert_non_null(strstr(read_file(log), "reload.conf:6: max_inflight: 'lots' is not a number from 1 to 65535; keeping the running config"));
 	close(nfd);
 }
 

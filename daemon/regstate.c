@@ -1,0 +1,993 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The operator's state on disk and every change to it: state.json read
+ * back field by field, the state a change leads to written before the
+ * change is made, and an adapter directory inspected before it becomes a
+ * version.
+ *
+ * state.json (format 2):
+ *   { "format": 2, "next_vid": N,
+ *     "versions": [ { "name", "version", "vid", "path", "sha256", "pinned",
+ *                     "config_sha256", "weights_sha256", "config_size",
+ *                     "weights_size" }, ... ],
+ *     "routes":   [ { "skill", "targets", "weights", "buckets", "created",
+ *                     "history": [ route without history, newest first ] }, ... ] }
+ * Format 1 (before stable vids) is read too: its versions get vids in file order.
+ */
+#include "registry_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "adapter.h"
+#include "engine.h"
+#include "loader.h"
+#include "statedir.h"
+
+#define STATE_FILE       "state.json"
+#define STATE_MAX_BYTES  (64u << 20)  /* a state file larger than this is not ours */
+#define ADAPTER_CFG_MAX  (1u << 20)   /* adapter_config.json */
+#define READ_CHUNK       (4u << 20)
+
+static const char *const adapter_files[2] = { "adapter_config.json", "adapter_model.safetensors" };
+
+/* --- inspecting an adapter directory ----------------------------------------------------- */
+
+/*
+ * Read one file of @dir whole: a regular file (symlinks to one are fine:
+ * Hugging Face caches are made of them), at most @max bytes, never a FIFO
+ * or a device that would block or never end.
+ */
+static int read_whole(const char *dir, const char *name, uint64_t max, const volatile int *cancel,
+		      unsigned char **out, uint64_t *len, char *err, size_t errlen)
+{
+	char path[4200];
+	unsigned char *buf = NULL;
+	struct stat st;
+	uint64_t got = 0;
+	int fd, ret;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+	if (fd < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "%s: %s", path, strerror(-ret));
+		return ret;
+	}
+	if (fstat(fd, &st) < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "%s: %s", path, strerror(-ret));
+		goto out;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		snprintf(err, errlen, "%s: not a regular file", path);
+		ret = -EINVAL;
+		goto out;
+	}
+	if ((uint64_t)st.st_size > max) {
+		snprintf(err, errlen, "%s: %lld bytes, more than the limit of %llu (max_adapter_bytes)",
+			 path, (long long)st.st_size, (unsigned long long)max);
+		ret = -EFBIG;
+		goto out;
+	}
+	buf = malloc(st.st_size ? (size_t)st.st_size : 1);
+	if (!buf) {
+		snprintf(err, errlen, "%s: out of memory for %lld bytes", path, (long long)st.st_size);
+		ret = -ENOMEM;
+		goto out;
+	}
+	while (got < (uint64_t)st.st_size) {
+		size_t want = (uint64_t)st.st_size - got > READ_CHUNK ? READ_CHUNK
+								       : (size_t)((uint64_t)st.st_size - got);
+		ssize_t k;
+
+		if (cancel && *cancel) {
+			snprintf(err, errlen, "%s: registration cancelled (the daemon is stopping)", path);
+			ret = -ECANCELED;
+			goto out;
+		}
+		k = read(fd, buf + got, want);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0) {
+			ret = k < 0 ? -errno : -EIO;
+			snprintf(err, errlen, "%s: %s", path,
+				 k < 0 ? strerror(-ret) : "the file shrank while it was read");
+			goto out;
+		}
+		got += (uint64_t)k;
+	}
+	*out = buf;
+	*len = got;
+	buf = NULL;
+	ret = 0;
+out:
+	free(buf);
+	close(fd);
+	return ret;
+}
+
+static void sha256(const void *p, size_t n, uint8_t out[32])
+{
+	unsigned int olen = 32;
+
+	EVP_Digest(p, n, out, &olen, EVP_sha256(), NULL);
+}
+
+/* Build the adapter from the bytes against @mc and convert every module:
+ * shapes, missing tensors and NaN/Inf values are all caught here. */
+static int check_adapter(const char *dir, const unsigned char *cfg, uint64_t cfg_len,
+			 const unsigned char *st, uint64_t st_len, const struct model_config *mc,
+			 char *err, size_t errlen)
+{
+	struct adapter *ad = NULL;
+	float *a = NULL, *b = NULL;
+	size_t cap_a = 0, cap_b = 0;
+	int ret;
+
+	ret = adapter_open_mem(dir, (const char *)cfg, (size_t)cfg_len, st, (size_t)st_len, mc, &ad,
+			       err, errlen);
+	for (int i = 0; !ret && i < ad->n_mod; i++) {
+		const struct adapter_module *m = &ad->mod[i];
+		size_t na = (size_t)m->rank * (size_t)m->in, nb = (size_t)m->out * (size_t)m->rank;
+
+		if (na > cap_a) {
+			free(a);
+			a = malloc(na * sizeof(*a));
+			cap_a = a ? na : 0;
+		}
+		if (nb > cap_b) {
+			free(b);
+			b = malloc(nb * sizeof(*b));
+			cap_b = b ? nb : 0;
+		}
+		if (!a || !b) {
+			snprintf(err, errlen, "%s: out of memory checking the adapter", dir);
+			ret = -ENOMEM;
+			break;
+		}
+		ret = adapter_module_f32(ad, m, a, b, err, errlen);
+	}
+	free(a);
+	free(b);
+	adapter_close(ad);
+	return ret;
+}
+
+int registry_inspect(const char *path, const struct model_config *mc, uint64_t max_bytes,
+		     const volatile int *cancel, struct registry_hashes *h, char *err,
+		     size_t errlen)
+{
+	unsigned char *data[2] = { NULL, NULL };
+	uint64_t len[2] = { 0, 0 };
+	EVP_MD_CTX *md = NULL;
+	unsigned char dig[EVP_MAX_MD_SIZE];
+	unsigned int dlen = 0;
+	int ret;
+
+	memset(h, 0, sizeof(*h));
+	ret = read_whole(path, adapter_files[0], ADAPTER_CFG_MAX < max_bytes ? ADAPTER_CFG_MAX : max_bytes,
+			 cancel, &data[0], &len[0], err, errlen);
+	if (!ret)
+		ret = read_whole(path, adapter_files[1], max_bytes - len[0], cancel, &data[1], &len[1],
+				 err, errlen);
+	if (ret)
+		goto out;
+	/* the version's identity: both files, each preceded by its name, so two
+	 * files cannot trade bytes; and each file alone, for the loader */
+	md = EVP_MD_CTX_new();
+	if (!md) {
+		ret = -ENOMEM;
+		snprintf(err, errlen, "out of memory");
+		goto out;
+	}
+	EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+	for (int k = 0; k < 2; k++) {
+		EVP_DigestUpdate(md, adapter_files[k], strlen(adapter_files[k]) + 1);
+		EVP_DigestUpdate(md, data[k], (size_t)len[k]);
+	}
+	EVP_DigestFinal_ex(md, dig, &dlen);
+	for (unsigned i = 0; i < 32; i++)
+		snprintf(h->sha256 + 2 * i, 3, "%02x", dig[i]);
+	sha256(data[0], (size_t)len[0], h->cfg_sha);
+	sha256(data[1], (size_t)len[1], h->st_sha);
+	h->cfg_size = len[0];
+	h->st_size = len[1];
+	if (mc)
+		ret = check_adapter(path, data[0], len[0], data[1], len[1], mc, err, errlen);
+out:
+	EVP_MD_CTX_free(md);
+	free(data[0]);
+	free(data[1]);
+	return ret;
+}
+
+/* --- reading state.json back ---------------------------------------------------------------- */
+
+/* Where in the file a problem is, for the one message the operator gets. */
+struct jpath {
+	const char *file;
+	char at[96];      /* "routes[3].history[2]" */
+	char *err;
+	size_t errlen;
+};
+
+static int bad(struct jpath *jp, const char *key, const char *what)
+{
+	snprintf(jp->err, jp->errlen, "%s: %s%s%s: %s; fix or remove the file (lorad does not start "
+		 "with a state it cannot read)", jp->file, jp->at, jp->at[0] && key ? "." : "",
+		 key ? key : "", what);
+	return -EINVAL;
+}
+
+/* Field @key of @o, of type @t; *out NULL when absent and not @required. */
+static int field(struct jpath *jp, struct json_object *o, const char *key, enum json_type t,
+		 bool required, struct json_object **out)
+{
+	static const char *const names[] = {
+		[json_type_null] = "null", [json_type_boolean] = "a boolean",
+		[json_type_double] = "a number", [json_type_int] = "an integer",
+		[json_type_object] = "an object", [json_type_array] = "an array",
+		[json_type_string] = "a string",
+	};
+	char what[64];
+
+	*out = NULL;
+	if (!json_object_object_get_ex(o, key, out) || !*out) {
+		*out = NULL;
+		if (!required)
+			return 0;
+		return bad(jp, key, json_object_object_get_ex(o, key, NULL) ? "is null" : "is missing");
+	}
+	if (!json_object_is_type(*out, t)) {
+		snprintf(what, sizeof(what), "must be %s", names[t]);
+		return bad(jp, key, what);
+	}
+	return 0;
+}
+
+/* Only the keys a state file of ours has: anything else was not written by us. */
+static int only_keys(struct jpath *jp, struct json_object *o, const char *const *keys)
+{
+	json_object_object_foreach(o, k, v) {
+		bool known = false;
+
+		(void)v;
+		for (unsigned i = 0; keys[i] && !known; i++)
+			known = !strcmp(keys[i], k);
+		if (!known)
+			return bad(jp, k, "is not a key of lorad's state file");
+	}
+	return 0;
+}
+
+static int get_str(struct jpath *jp, struct json_object *o, const char *key, size_t max,
+		   const char **out)
+{
+	struct json_object *v;
+	int ret = field(jp, o, key, json_type_string, true, &v);
+
+	if (ret)
+		return ret;
+	if ((size_t)json_object_get_string_len(v) >= max ||
+	    strlen(json_object_get_string(v)) != (size_t)json_object_get_string_len(v))
+		return bad(jp, key, "is too long or holds a NUL byte");
+	*out = json_object_get_string(v);
+	return 0;
+}
+
+static int get_u64(struct jpath *jp, struct json_object *o, const char *key, bool required,
+		   uint64_t max, uint64_t *out)
+{
+	struct json_object *v;
+	int64_t x;
+	int ret = field(jp, o, key, json_type_int, required, &v);
+
+	if (ret || !v)
+		return ret;
+	x = json_object_get_int64(v);
+	if (x < 0 || (uint64_t)x > max) {
+		char what[64];
+
+		snprintf(what, sizeof(what), "must be from 0 to %llu", (unsigned long long)max);
+		return bad(jp, key, what);
+	}
+	*out = (uint64_t)x;
+	return 0;
+}
+
+static int get_hex(struct jpath *jp, struct json_object *o, const char *key, char hex[65],
+		   uint8_t bin[32])
+{
+	const char *s;
+	int ret = get_str(jp, o, key, 65, &s);
+
+	if (ret)
+		return ret;
+	if (strlen(s) != 64)
+		return bad(jp, key, "must be 64 hex digits");
+	for (int i = 0; i < 64; i++) {
+		char c = s[i];
+		int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+
+		if (v < 0)
+			return bad(jp, key, "must be 64 lower-case hex digits");
+		if (bin)
+			bin[i / 2] = (uint8_t)(i % 2 ? (bin[i / 2] | v) : v << 4);
+	}
+	if (hex)
+		memcpy(hex, s, 65);
+	return 0;
+}
+
+static int version_from_json(struct jpath *jp, struct json_object *o, int format,
+			     struct reg_version **out)
+{
+	static const char *const keys[] = { "name", "version", "vid", "path", "sha256", "pinned",
+					    "config_sha256", "weights_sha256", "config_size",
+					    "weights_size", NULL };
+	struct registry_hashes h;
+	const char *name, *ver, *path;
+	struct json_object *pin;
+	uint64_t vid = 0;
+	int ret;
+
+	if (!json_object_is_type(o, json_type_object))
+		return bad(jp, NULL, "must be an object");
+	if ((ret = only_keys(jp, o, keys)) || (ret = get_str(jp, o, "name", 32, &name)) ||
+	    (ret = get_str(jp, o, "version", 32, &ver)) || (ret = get_str(jp, o, "path", 4096, &path)) ||
+	    (ret = get_hex(jp, o, "sha256", h.sha256, NULL)) ||
+	    (ret = get_hex(jp, o, "config_sha256", NULL, h.cfg_sha)) ||
+	    (ret = get_hex(jp, o, "weights_sha256", NULL, h.st_sha)) ||
+	    (ret = get_u64(jp, o, "config_size", true, 1ull << 50, &h.cfg_size)) ||
+	    (ret = get_u64(jp, o, "weights_size", true, 1ull << 50, &h.st_size)) ||
+	    (ret = get_u64(jp, o, "vid", format >= 2, UINT32_MAX - 1, &vid)) ||
+	    (ret = field(jp, o, "pinned", json_type_boolean, false, &pin)))
+		return ret;
+	if (!reg_part_ok(name) || !strcmp(name, "base") || !strcmp(name, "auto"))
+		return bad(jp, "name", "must be 1-31 of A-Z a-z 0-9 _ . - and not base or auto");
+	if (!reg_part_ok(ver))
+		return bad(jp, "version", "must be 1-31 of A-Z a-z 0-9 _ . -");
+	if (path[0] != '/')
+		return bad(jp, "path", "must be an absolute path");
+	if (format >= 2 && !vid)
+		return bad(jp, "vid", "must be from 1");
+	*out = reg_version_new(name, ver, path, &h);
+	if (!*out)
+		return -ENOMEM;
+	(*out)->vid = (uint32_t)vid;
+	(*out)->pinned = pin && json_object_get_boolean(pin);
+	return 0;
+}
+
+static int route_from_json(struct jpath *jp, struct json_object *o, bool top, struct route *rt)
+{
+	static const char *const keys[] = { "skill", "targets", "weights", "buckets", "created",
+						"history", NULL };
+	struct json_object *t, *w, *b, *c;
+	const char *skill;
+	char at[sizeof(jp->at)];
+	unsigned pos = 0;
+	size_t n;
+	int ret;
+
+	memset(rt, 0, sizeof(*rt));
+	if (!json_object_is_type(o, json_type_object))
+		return bad(jp, NULL, "must be an object");
+	if ((ret = only_keys(jp, o, keys)) ||
+	    (ret = get_str(jp, o, "skill", sizeof(rt->skill), &skill)) ||
+	    (ret = field(jp, o, "targets", json_type_array, true, &t)) ||
+	    (ret = field(jp, o, "weights", json_type_array, true, &w)) ||
+	    (ret = field(jp, o, "buckets", json_type_array, true, &b)) ||
+	    (ret = field(jp, o, "created", json_type_int, false, &c)))
+		return ret;
+	if (!top && json_object_object_get_ex(o, "history", NULL))
+		return bad(jp, "history", "is not allowed in a route of the history");
+	n = json_object_array_length(t);
+	if (!n || n > ROUTE_MAX_VERSIONS)
+		return bad(jp, "targets", "must hold 1 to 16 versions");
+	if (json_object_array_length(w) != n)
+		return bad(jp, "weights", "must have one weight per target");
+	snprintf(rt->skill, sizeof(rt->skill), "%s", skill);
+	rt->n = (unsigned)n;
+	snprintf(at, sizeof(at), "%s", jp->at);
+	for (unsigned i = 0; i < rt->n; i++) {
+		struct json_object *tv = json_object_array_get_idx(t, i), *wv = json_object_array_get_idx(w, i);
+		const char *name = tv && json_object_is_type(tv, json_type_string) ? json_object_get_string(tv)
+										  : NULL;
+		int64_t x = wv && json_object_is_type(wv, json_type_int) ? json_object_get_int64(wv) : -1;
+
+		snprintf(jp->at, sizeof(jp->at), "%.60s.targets[%u]", at, i);
+		if (!name || strlen(name) >= ROUTE_NAME_MAX || !strchr(name, '@'))
+			return bad(jp, NULL, "must be a string NAME@VERSION");
+		snprintf(jp->at, sizeof(jp->at), "%.60s.weights[%u]", at, i);
+		if (x < 0 || x > ROUTE_BUCKETS)
+			return bad(jp, NULL, "must be an integer from 0 to 10000");
+		strcpy(rt->target[i], name);
+		rt->weight[i] = (uint32_t)x;
+		for (unsigned k = 0; k < i; k++)
+			if (!strcmp(rt->target[i], rt->target[k])) {
+				snprintf(jp->at, sizeof(jp->at), "%.60s.targets[%u]", at, i);
+				return bad(jp, NULL, "names a version twice");
+			}
+	}
+	memcpy(jp->at, at, sizeof(jp->at));
+	for (size_t k = 0; k < json_object_array_length(b); k++) {
+		struct json_object *pair = json_object_array_get_idx(b, k), *pi, *pc;
+		int64_t idx, cnt;
+
+		if (!pair || !json_object_is_type(pair, json_type_array) ||
+		    json_object_array_length(pair) != 2 ||
+		    !(pi = json_object_array_get_idx(pair, 0)) || !json_object_is_type(pi, json_type_int) ||
+		    !(pc = json_object_array_get_idx(pair, 1)) || !json_object_is_type(pc, json_type_int))
+			return bad(jp, "buckets", "must be [[version index, count], ...]");
+		idx = json_object_get_int64(pi);
+		cnt = json_object_get_int64(pc);
+		if (idx < 0 || idx >= rt->n || cnt <= 0 || pos + (uint64_t)cnt > ROUTE_BUCKETS)
+			return bad(jp, "buckets", "has an index or count out of range");
+		memset(rt->bucket + pos, (int)idx, (size_t)cnt);
+		pos += (unsigned)cnt;
+	}
+	if (pos != ROUTE_BUCKETS)
+		return bad(jp, "buckets", "must cover 10000 buckets");
+	/* the table must be the one the weights describe: a file that
+	 * disagrees with itself was not written by us */
+	{
+		uint32_t cnt[ROUTE_MAX_VERSIONS] = { 0 }, sum = 0;
+
+		for (unsigned k = 0; k < ROUTE_BUCKETS; k++)
+			cnt[rt->bucket[k]]++;
+		for (unsigned i = 0; i < rt->n; i++) {
+			if (cnt[i] != rt->weight[i])
+				return bad(jp, "buckets", "do not match the weights");
+			sum += rt->weight[i];
+		}
+		if (sum != ROUTE_BUCKETS)
+			return bad(jp, "weights", "must add up to 10000 (100 %)");
+	}
+	if (c)
+		rt->created = json_object_get_int64(c);
+	return 0;
+}
+
+static void registry_clear(struct registry *r)
+{
+	while (r->n)
+		reg_delete(r, r->v[r->n - 1]);
+	route_table_free(r->routes);
+	r->routes = route_table_new();
+	r->next_vid = 0;
+}
+
+static int load_json(struct registry *r, struct json_object *root, struct jpath *jp)
+{
+	static const char *const keys[] = { "format", "next_vid", "versions", "routes", NULL };
+	struct json_object *vs, *rs, *fmt;
+	uint64_t next = 0;
+	int ret, format;
+
+	if (!json_object_is_type(root, json_type_object))
+		return bad(jp, NULL, "is not a JSON object");
+	if ((ret = only_keys(jp, root, keys)) ||
+	    (ret = field(jp, root, "format", json_type_int, true, &fmt)) ||
+	    (ret = field(jp, root, "versions", json_type_array, true, &vs)) ||
+	    (ret = field(jp, root, "routes", json_type_array, true, &rs)))
+		return ret;
+	format = json_object_get_int(fmt);
+	if (format != 1 && format != 2)
+		return bad(jp, "format", "must be 1 or 2 (a newer lorad wrote it?)");
+	if ((ret = get_u64(jp, root, "next_vid", format >= 2, UINT32_MAX, &next)))
+		return ret;
+	if (json_object_array_length(vs) > REG_MAX)
+		return bad(jp, "versions", "holds more than 1024 versions");
+	for (size_t i = 0; i < json_object_array_length(vs); i++) {
+		struct reg_version *v = NULL;
+
+		snprintf(jp->at, sizeof(jp->at), "versions[%zu]", i);
+		ret = version_from_json(jp, json_object_array_get_idx(vs, i), format, &v);
+		if (ret)
+			return ret;
+		if (format < 2)
+			v->vid = (uint32_t)i + 1;
+		if (registry_find(r, v->id) || registry_by_vid(r, v->vid)) {
+			reg_version_free(v);
+			return bad(jp, registry_find(r, v->id) ? "version" : "vid", "appears twice");
+		}
+		if (format >= 2 && v->vid >= next) {
+			reg_version_free(v);
+			return bad(jp, "vid", "is not below next_vid");
+		}
+		reg_insert(r, v);
+	}
+	if (format >= 2)
+		r->next_vid = (uint32_t)next;
+	if (json_object_array_length(rs) > 65536)
+		return bad(jp, "routes", "holds too many skills");
+	for (size_t i = 0; i < json_object_array_length(rs); i++) {
+		struct json_object *o = json_object_array_get_idx(rs, i), *h;
+		struct route_entry ent = { 0 };
+		struct route *rt = malloc(sizeof(*rt) * (1 + ROUTE_HISTORY));
+
+		if (!rt)
+			return -ENOMEM;
+		snprintf(jp->at, sizeof(jp->at), "routes[%zu]", i);
+		ret = route_from_json(jp, o, true, &rt[0]);
+		if (!ret)
+			ret = field(jp, o, "history", json_type_array, false, &h);
+		if (!ret && route_get(r->routes, rt[0].skill))
+			ret = bad(jp, "skill", "appears twice");
+		for (unsigned k = 0; !ret && k < rt[0].n; k++)
+			if (!registry_find(r, rt[0].target[k])) {
+				snprintf(jp->at, sizeof(jp->at), "routes[%zu].targets[%u]", i, k);
+				ret = bad(jp, NULL, "is not one of the versions of the file");
+			}
+		ent.cur = &rt[0];
+		for (size_t k = 0; !ret && h && k < json_object_array_length(h); k++) {
+			if (k == ROUTE_HISTORY) {
+				ret = bad(jp, "history", "holds more than 16 routes");
+				break;
+			}
+			snprintf(jp->at, sizeof(jp->at), "routes[%zu].history[%zu]", i, k);
+			ret = route_from_json(jp, json_object_array_get_idx(h, k), false, &rt[1 + k]);
+			if (!ret && strcmp(rt[1 + k].skill, rt[0].skill))
+				ret = bad(jp, "skill", "differs from the skill of its route");
+			ent.hist[k] = &rt[1 + k];
+			ent.n_hist = (unsigned)k + 1;
+		}
+		if (!ret)
+			ret = route_entry_set(r->routes, rt[0].skill, &ent);
+		free(rt);
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+int registry_load_state(struct registry *r, char *err, size_t errlen)
+{
+	struct json_tokener *tok = NULL;
+	struct json_object *root = NULL;
+	char path[4200], *text = NULL;
+	struct jpath jp = { .file = path, .err = err, .errlen = errlen };
+	size_t len;
+	int ret;
+
+	if (!r->sd)
+		return 0;
+	snprintf(path, sizeof(path), "%s/%s", statedir_path(r->sd), STATE_FILE);
+	ret = statedir_read(r->sd, STATE_FILE, STATE_MAX_BYTES, &text, &len, err, errlen);
+	if (ret == -ENOENT)
+		return 0;
+	if (ret)
+		return ret;
+	tok = json_tokener_new_ex(32);
+	if (!tok) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	root = json_tokener_parse_ex(tok, text, (int)len);
+	if (!root || json_tokener_get_error(tok) != json_tokener_success) {
+		snprintf(err, errlen, "%s: not JSON (%s at byte %zu); fix or remove the file (lorad does "
+			 "not start with a state it cannot read)", path,
+			 json_tokener_error_desc(json_tokener_get_error(tok)),
+			 json_tokener_get_parse_end(tok));
+		ret = -EINVAL;
+		goto out;
+	}
+	ret = load_json(r, root, &jp);
+out:
+	if (ret)
+		registry_clear(r);   /* nothing half-loaded */
+	json_object_put(root);
+	json_tokener_free(tok);
+	free(text);
+	return ret;
+}
+
+/* --- writing the state -------------------------------------------------------------------- */
+
+/* A change prepared against the running state; committed only once durable. */
+struct reg_change {
+	enum { RC_ADD, RC_REMOVE, RC_PIN, RC_ROUTE } kind;
+	struct reg_version *add;     /* RC_ADD: the version, not yet in the registry */
+	struct reg_version *target;  /* RC_REMOVE, RC_PIN */
+	bool pin;
+	/* RC_ROUTE: the skill's entry as it will be; cur is owned, hist borrows */
+	struct route *cur;
+	struct route_entry ent;
+};
+
+void registry_change_free(struct reg_change *ch)
+{
+	if (!ch)
+		return;
+	reg_version_free(ch->add);
+	free(ch->cur);
+	free(ch);
+}
+
+static struct json_object *route_to_json(const struct route *rt)
+{
+	struct json_object *o = json_object_new_object(), *t = json_object_new_array(),
+			   *w = json_object_new_array(), *b = json_object_new_array();
+	unsigned run = 0;
+
+	for (unsigned i = 0; i < rt->n; i++) {
+		json_object_array_add(t, json_object_new_string(rt->target[i]));
+		json_object_array_add(w, json_object_new_int((int)rt->weight[i]));
+	}
+	/* the bucket table, run-length encoded: [[version index, count], ...] */
+	for (unsigned k = 1; k <= ROUTE_BUCKETS; k++) {
+		run++;
+		if (k == ROUTE_BUCKETS || rt->bucket[k] != rt->bucket[k - 1]) {
+			struct json_object *pair = json_object_new_array();
+
+			json_object_array_add(pair, json_object_new_int(rt->bucket[k - 1]));
+			json_object_array_add(pair, json_object_new_int((int)run));
+			json_object_array_add(b, pair);
+			run = 0;
+		}
+	}
+	json_object_object_add(o, "skill", json_object_new_string(rt->skill));
+	json_object_object_add(o, "targets", t);
+	json_object_object_add(o, "weights", w);
+	json_object_object_add(o, "buckets", b);
+	json_object_object_add(o, "created", json_object_new_int64(rt->created));
+	return o;
+}
+
+static struct json_object *entry_to_json(const struct route_entry *e)
+{
+	struct json_object *o = route_to_json(e->cur), *h = json_object_new_array();
+
+	for (unsigned k = 0; k < e->n_hist; k++)
+		json_object_array_add(h, route_to_json(e->hist[k]));
+	json_object_object_add(o, "history", h);
+	return o;
+}
+
+static struct json_object *version_to_json(const struct reg_version *v, bool pinned)
+{
+	struct json_object *o = json_object_new_object();
+	char hex[65];
+
+	json_object_object_add(o, "name", json_object_new_string(v->name));
+	json_object_object_add(o, "version", json_object_new_string(v->version));
+	json_object_object_add(o, "vid", json_object_new_int64(v->vid));
+	json_object_object_add(o, "path", json_object_new_string(v->path));
+	json_object_object_add(o, "sha256", json_object_new_string(v->sha256));
+	json_object_object_add(o, "pinned", json_object_new_boolean(pinned));
+	loader_hex(v->cfg_sha, hex);
+	json_object_object_add(o, "config_sha256", json_object_new_string(hex));
+	loader_hex(v->st_sha, hex);
+	json_object_object_add(o, "weights_sha256", json_object_new_string(hex));
+	json_object_object_add(o, "config_size", json_object_new_int64((int64_t)v->cfg_size));
+	json_object_object_add(o, "weights_size", json_object_new_int64((int64_t)v->st_size));
+	return o;
+}
+
+int registry_change_text(const struct registry *r, const struct reg_change *ch, char **text,
+			 size_t *len)
+{
+	struct json_object *root = json_object_new_object(), *vs = json_object_new_array(),
+			   *rs = json_object_new_array();
+	uint32_t next = r->next_vid ? r->next_vid : 1;
+	const struct route *rt;
+	const char *s;
+	size_t n;
+	bool seen = false;
+
+	if (ch && ch->kind == RC_ADD && ch->add->vid >= next)
+		next = ch->add->vid + 1;
+	json_object_object_add(root, "format", json_object_new_int(2));
+	json_object_object_add(root, "next_vid", json_object_new_int64(next));
+	for (unsigned i = 0; i < r->n; i++) {
+		const struct reg_version *v = r->v[i];
+
+		if (ch && ch->kind == RC_REMOVE && ch->target == v)
+			continue;
+		json_object_array_add(vs, version_to_json(v, ch && ch->kind == RC_PIN && ch->target == v
+							     ? ch->pin : v->pinned));
+	}
+	if (ch && ch->kind == RC_ADD)
+		json_object_array_add(vs, version_to_json(ch->add, false));
+	for (unsigned i = 0; (rt = route_at(r->routes, i)); i++) {
+		struct route_entry e;
+
+		if (ch && ch->kind == RC_ROUTE && !strcmp(rt->skill, ch->cur->skill)) {
+			json_object_array_add(rs, entry_to_json(&ch->ent));
+			seen = true;
+			continue;
+		}
+		route_entry_get(r->routes, rt->skill, &e);
+		json_object_array_add(rs, entry_to_json(&e));
+	}
+	if (ch && ch->kind == RC_ROUTE && !seen)
+		json_object_array_add(rs, entry_to_json(&ch->ent));
+	json_object_object_add(root, "versions", vs);
+	json_object_object_add(root, "routes", rs);
+	s = json_object_to_json_string_length(root, JSON_C_TO_STRING_PRETTY, &n);
+	*text = s ? malloc(n + 1) : NULL;
+	if (*text) {
+		memcpy(*text, s, n);
+		(*text)[n] = '\n';
+		*len = n + 1;
+	}
+	json_object_put(root);
+	return *text ? 0 : -ENOMEM;
+}
+
+int registry_save(struct registry *r, char *err, size_t errlen)
+{
+	char *text;
+	size_t len;
+	int ret;
+
+	if (!r->sd)
+		return 0;
+	ret = registry_change_text(r, NULL, &text, &len);
+	if (ret) {
+		snprintf(err, errlen, "out of memory");
+		return ret;
+	}
+	ret = statedir_write(r->sd, STATE_FILE, text, len, err, errlen);
+	free(text);
+	return ret;
+}
+
+/* --- changes ------------------------------------------------------------------------------- */
+
+static struct reg_change *change_new(int kind)
+{
+	struct reg_change *ch = calloc(1, sizeof(*ch));
+
+	if (ch)
+		ch->kind = kind;
+	return ch;
+}
+
+int registry_prepare_add(struct registry *r, const char *name, const char *version,
+			 const char *path, const struct registry_hashes *h,
+			 struct reg_change **out, char *err, size_t errlen)
+{
+	char ver[32], id[ROUTE_NAME_MAX];
+	const struct reg_version *old;
+	struct reg_change *ch;
+
+	*out = NULL;
+	if (version && *version)
+		snprintf(ver, sizeof(ver), "%s", version);
+	else
+		snprintf(ver, sizeof(ver), "%.12s", h->sha256);
+	if (!reg_part_ok(name) || !reg_part_ok(ver) || !strcmp(name, "base") ||
+	    !strcmp(name, "auto")) {
+		snprintf(err, errlen, "'%s@%s': name and version are 1-31 of A-Z a-z 0-9 _ . - "
+			 "(and the name is not base or auto)", name, ver);
+		return -EINVAL;
+	}
+	if (path[0] != '/') {
+		snprintf(err, errlen, "%s: the adapter's path must be absolute", path);
+		return -EINVAL;
+	}
+	snprintf(id, sizeof(id), "%s@%s", name, ver);
+	old = registry_find(r, id);
+	if (old) {
+		if (strcmp(old->sha256, h->sha256)) {
+			snprintf(err, errlen, "%s is registered with other files (sha256 %.12s..., "
+				 "these are %.12s...): a version never changes; register a new one",
+				 id, old->sha256, h->sha256);
+			return -EEXIST;
+		}
+		return 0;   /* the same files again: nothing to do */
+	}
+	if (r->n == REG_MAX) {
+		snprintf(err, errlen, "%s: %d adapter versions are registered already (the limit); "
+			 "remove one first", id, REG_MAX);
+		return -ENOSPC;
+	}
+	ch = change_new(RC_ADD);
+	if (!ch || !(ch->add = reg_version_new(name, ver, path, h))) {
+		free(ch);
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	ch->add->vid = r->next_vid ? r->next_vid : 1;
+	*out = ch;
+	return 0;
+}
+
+int registry_add(struct registry *r, const char *name, const char *version, const char *path,
+		 const struct reg_version **out, char *err, size_t errlen)
+{
+	struct registry_hashes h;
+	struct reg_change *ch;
+	char id[ROUTE_NAME_MAX];
+	int ret;
+
+	ret = registry_inspect(path, r->e ? engine_config(r->e) : NULL, UINT64_MAX, NULL, &h, err,
+			       errlen);
+	if (!ret)
+		ret = registry_prepare_add(r, name, version, path, &h, &ch, err, errlen);
+	if (ret)
+		return ret;
+	/* the version the files are registered as, now or before */
+	snprintf(id, sizeof(id), "%s@%.31s", name, version && *version ? version : h.sha256);
+	if (!version || !*version)
+		id[strlen(name) + 1 + 12] = 0;
+	if (ch)
+		ret = registry_commit(r, ch, NULL);
+	*out = ret ? NULL : registry_find(r, id);
+	return ret;
+}
+
+static struct reg_version *find_version(struct registry *r, const char *id, char *err, size_t errlen)
+{
+	struct reg_version *v = (struct reg_version *)registry_find(r, id);
+
+	if (!v)
+		snprintf(err, errlen, "no adapter version %s", id);
+	return v;
+}
+
+int registry_prepare_remove(struct registry *r, const char *id, struct reg_change **out,
+			    char *err, size_t errlen)
+{
+	struct reg_version *v = find_version(r, id, err, errlen);
+
+	*out = NULL;
+	if (!v)
+		return -ENOENT;
+	if (route_uses(r->routes, id)) {
+		snprintf(err, errlen, "%s is still in a route: route it away first", id);
+		return -EBUSY;
+	}
+	if (v->loading) {
+		snprintf(err, errlen, "%s is being loaded; try again in a moment", id);
+		return -EBUSY;
+	}
+	/* out of the engine now: a version nobody routes to is only reloaded on
+	 * request, so this costs nothing if the removal is not made durable */
+	if (reg_unload(r, v)) {
+		snprintf(err, errlen, "%s still serves running requests", id);
+		return -EBUSY;
+	}
+	*out = change_new(RC_REMOVE);
+	if (!*out)
+		return -ENOMEM;
+	(*out)->target = v;
+	return 0;
+}
+
+int registry_prepare_pin(struct registry *r, const char *id, bool pin, struct reg_change **out,
+			 char *err, size_t errlen)
+{
+	struct reg_version *v = find_version(r, id, err, errlen);
+
+	*out = NULL;
+	if (!v)
+		return -ENOENT;
+	*out = change_new(RC_PIN);
+	if (!*out)
+		return -ENOMEM;
+	(*out)->target = v;
+	(*out)->pin = pin;
+	return 0;
+}
+
+int registry_prepare_route(struct registry *r, const char *skill, const char *const *targets,
+			   const uint32_t *weights, unsigned n, struct reg_change **out, char *err,
+			   size_t errlen)
+{
+	const struct route *prev = route_get(r->routes, skill);
+	struct reg_change *ch;
+	struct route_entry cur;
+	int ret;
+
+	*out = NULL;
+	for (unsigned i = 0; i < n; i++)
+		if (!registry_find(r, targets[i])) {
+			snprintf(err, errlen, "%s is not a registered adapter version", targets[i]);
+			return -ENOENT;
+		}
+	if (!prev && route_count(r->routes) >= r->max_skills) {
+		snprintf(err, errlen, "%s: %u skills have routes already (max_skills); no more",
+			 skill, r->max_skills);
+		return -ENOSPC;
+	}
+	ch = change_new(RC_ROUTE);
+	if (!ch || !(ch->cur = malloc(sizeof(*ch->cur)))) {
+		free(ch);
+		return -ENOMEM;
+	}
+	ret = route_set(ch->cur, skill, prev, targets, weights, n, err, errlen);
+	if (ret) {
+		registry_change_free(ch);
+		return ret;
+	}
+	/* the new route, and the old one first in its history */
+	route_entry_get(r->routes, skill, &cur);
+	ch->ent.cur = ch->cur;
+	if (cur.cur) {
+		ch->ent.hist[0] = cur.cur;
+		ch->ent.n_hist = 1;
+		for (unsigned k = 0; k < cur.n_hist && ch->ent.n_hist < ROUTE_HISTORY; k++)
+			ch->ent.hist[ch->ent.n_hist++] = cur.hist[k];
+	}
+	*out = ch;
+	return 0;
+}
+
+int registry_prepare_rollback(struct registry *r, const char *skill, struct reg_change **out,
+			      char *err, size_t errlen)
+{
+	struct reg_change *ch;
+	struct route_entry cur;
+
+	*out = NULL;
+	route_entry_get(r->routes, skill, &cur);
+	if (!cur.cur || !cur.n_hist) {
+		snprintf(err, errlen, "no earlier route for skill %s", skill);
+		return -ENOENT;
+	}
+	for (unsigned i = 0; i < cur.hist[0]->n; i++)
+		if (!registry_find(r, cur.hist[0]->target[i])) {
+			snprintf(err, errlen, "the earlier route of %s sends traffic to %s, which is no "
+				 "longer registered: register it again or set a new route", skill,
+				 cur.hist[0]->target[i]);
+			return -ENOENT;
+		}
+	ch = change_new(RC_ROUTE);
+	if (!ch || !(ch->cur = malloc(sizeof(*ch->cur)))) {
+		free(ch);
+		return -ENOMEM;
+	}
+	/* one swap: the previous table comes back whole */
+	*ch->cur = *cur.hist[0];
+	ch->ent.cur = ch->cur;
+	for (unsigned k = 1; k < cur.n_hist; k++)
+		ch->ent.hist[ch->ent.n_hist++] = cur.hist[k];
+	*out = ch;
+	return 0;
+}
+
+int registry_commit(struct registry *r, struct reg_change *ch, const char **id)
+{
+	int ret = 0;
+
+	switch (ch->kind) {
+	case RC_ADD:
+		ret = reg_insert(r, ch->add);
+		if (!ret) {
+			if (id)
+				*id = ch->add->id;
+			ch->add = NULL;
+		}
+		break;
+	case RC_REMOVE:
+		if (id)
+			*id = NULL;
+		reg_delete(r, ch->target);
+		break;
+	case RC_PIN:
+		ch->target->pinned = ch->pin;
+		if (id)
+			*id = ch->target->id;
+		if (ch->pin)
+			reg_start_load(r, ch->target);
+		break;
+	case RC_ROUTE:
+		ret = route_entry_set(r->routes, ch->cur->skill, &ch->ent);
+		if (!ret && id)
+			*id = route_get(r->routes, ch->cur->skill)->skill;
+		break;
+	}
+	registry_change_free(ch);
+	return ret;
+}

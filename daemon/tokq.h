@@ -1,0 +1,35 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Text prompts tokenized off the engine thread. A prompt of up to
+ * TOKQ_INLINE_BYTES is cheap enough to encode where it arrives (tens of
+ * microseconds); a longer one goes to a worker thread, so a client that
+ * sends megabytes of text delays only its own request, never another
+ * client's tokens. Results come back in order of completion.
+ */
+#ifndef LORAD_TOKQ_H
+#define LORAD_TOKQ_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define TOKQ_INLINE_BYTES 4096
+
+struct tokenizer;
+struct tokq;
+
+/* Start @threads workers over @tok. Returns 0 or -ENOMEM. */
+int tokq_build(const struct tokenizer *tok, unsigned threads, struct tokq **out);
+void tokq_free(struct tokq *q);
+
+/* Queue @len bytes of @text (copied) for @cookie. Returns 0 or -ENOMEM. */
+int tokq_submit(struct tokq *q, uint64_t cookie, const char *text, size_t len, bool add_special);
+
+/*
+ * Take one finished prompt, non-blocking: returns 1 with *cookie, *ret (0 or
+ * the encoder's -errno) and, on success, the ids (malloc'd, the caller's);
+ * 0 when none is ready.
+ */
+int tokq_poll(struct tokq *q, uint64_t *cookie, int *ret, uint32_t **ids, size_t *n);
+
+#endif

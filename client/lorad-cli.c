@@ -79,11 +79,92 @@ static void json_string(const char *s, size_t n)
 	putchar('"');
 }
 
+/* A whole number in [0, max]; 0 or a one-line message on stderr and -EINVAL. */
+static int parse_num(const char *opt, const char *arg, uint64_t max, uint64_t *v)
+{
+	char *end;
+
+	errno = 0;
+	*v = strtoull(arg, &end, 0);
+	if (errno || !*arg || *end || arg[0] == '-' || *v > max) {
+		fprintf(stderr, "lorad-cli: %s: '%s' is not a number from 0 to %llu\n", opt, arg,
+			(unsigned long long)max);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int parse_float(const char *opt, const char *arg, float *v)
+{
+	char *end;
+
+	errno = 0;
+	*v = strtof(arg, &end);
+	if (errno || !*arg || *end) {
+		fprintf(stderr, "lorad-cli: %s: '%s' is not a number\n", opt, arg);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* A file's bytes, for prompts too long for a command line. */
+static char *read_file(const char *path, uint32_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	char *buf = NULL;
+	size_t cap = 0, n = 0;
+
+	if (!f) {
+		fprintf(stderr, "lorad-cli: %s: %s\n", path, strerror(errno));
+		return NULL;
+	}
+	for (;;) {
+		if (n == cap) {
+			char *nb;
+
+			if (cap >= (1u << 30)) {
+				fprintf(stderr, "lorad-cli: %s: larger than 1 GiB\n", path);
+				goto fail;
+			}
+			nb = realloc(buf, cap = cap ? 2 * cap : 65536);
+			if (!nb)
+				goto fail;
+			buf = nb;
+		}
+		size_t k = fread(buf + n, 1, cap - n, f);
+
+		n += k;
+		if (k == 0)
+			break;
+	}
+	if (ferror(f)) {
+		fprintf(stderr, "lorad-cli: %s: read error\n", path);
+		goto fail;
+	}
+	fclose(f);
+	*len = (uint32_t)n;
+	return buf ? buf : calloc(1, 1);
+fail:
+	fclose(f);
+	free(buf);
+	return NULL;
+}
+
 static int cmp_u64(const void *a, const void *b)
 {
 	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
 
 	return x < y ? -1 : x > y;
+}
+
+/* Who served it: the skill ("auto": the one chosen), the version's id and number. */
+static void print_served(const struct lorad_event *ev)
+{
+	printf(", \"skill\": ");
+	json_string(ev->skill, strlen(ev->skill));
+	printf(", \"version\": ");
+	json_string(ev->version_id, strlen(ev->version_id));
+	printf(", \"vid\": %u", ev->version);
 }
 
 static void usage(FILE *f)
@@ -94,10 +175,12 @@ static void usage(FILE *f)
 		"  --prompt-tokens IDS   comma-separated token ids\n"
 		"  --prompt TEXT         a text prompt (the model's tokenizer runs in the daemon);\n"
 		"                        the generated text is printed as it streams\n"
+		"  --prompt-file FILE    the text prompt from a file (any size the daemon allows)\n"
 		"  --stop TEXT           a stop string (repeatable)\n"
 		"  --max-tokens N        tokens to generate (default 16)\n"
 		"  --temperature T --top-p P --top-k K --min-p M --seed S\n"
-		"  --routing-key K       sticky routing key\n"
+		"  --routing-key KEY     sticky routing key: a number is the key itself, any other\n"
+		"                        string (a user name) is hashed with lorad_routing_key()\n"
 		"  --count N             send N requests one after another and print latency\n"
 		"  --json                print the result as JSON\n"
 		"  --timeout-ms N        give up after N ms per request (default 30000)\n");
@@ -106,7 +189,7 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
 	enum { O_SOCKET = 256, O_SKILL, O_PROMPT, O_MAXTOK, O_TEMP, O_TOPP, O_TOPK, O_MINP,
-	       O_SEED, O_KEY, O_COUNT, O_JSON, O_TIMEOUT, O_HELP, O_TEXT, O_STOP };
+	       O_SEED, O_KEY, O_COUNT, O_JSON, O_TIMEOUT, O_HELP, O_TEXT, O_STOP, O_TEXTFILE };
 	static const struct option opts[] = {
 		{ "socket", required_argument, 0, O_SOCKET },
 		{ "skill", required_argument, 0, O_SKILL },
@@ -124,11 +207,13 @@ int main(int argc, char **argv)
 		{ "help", no_argument, 0, O_HELP },
 		{ "prompt", required_argument, 0, O_TEXT },
 		{ "stop", required_argument, 0, O_STOP },
+		{ "prompt-file", required_argument, 0, O_TEXTFILE },
 		{ 0, 0, 0, 0 },
 	};
 	const char *sock = NULL, *stops[LORAD_MAX_STOP_STR];
-	char *text = NULL;
+	char *text = NULL, *file_text = NULL;
 	struct lorad_request req = { .max_tokens = 16 };
+	uint64_t v;
 	unsigned long count = 1;
 	int json = 0, timeout_ms = 30000, c, ret = 1;
 	uint32_t *prompt = NULL, *out = NULL;
@@ -146,19 +231,68 @@ int main(int argc, char **argv)
 			}
 			req.prompt = prompt;
 			break;
-		case O_MAXTOK: req.max_tokens = (uint32_t)strtoul(optarg, NULL, 0); break;
-		case O_TEMP: req.temperature = strtof(optarg, NULL); break;
-		case O_TOPP: req.top_p = strtof(optarg, NULL); break;
-		case O_TOPK: req.top_k = (uint32_t)strtoul(optarg, NULL, 0); break;
-		case O_MINP: req.min_p = strtof(optarg, NULL); break;
-		case O_SEED: req.seed = strtoull(optarg, NULL, 0); break;
-		case O_KEY: req.routing_key = strtoull(optarg, NULL, 0); break;
-		case O_COUNT: count = strtoul(optarg, NULL, 0); break;
+		case O_MAXTOK:
+			if (parse_num("--max-tokens", optarg, 1u << 24, &v))
+				return 2;
+			req.max_tokens = (uint32_t)v;
+			break;
+		case O_TEMP:
+			if (parse_float("--temperature", optarg, &req.temperature))
+				return 2;
+			break;
+		case O_TOPP:
+			if (parse_float("--top-p", optarg, &req.top_p))
+				return 2;
+			break;
+		case O_MINP:
+			if (parse_float("--min-p", optarg, &req.min_p))
+				return 2;
+			break;
+		case O_TOPK:
+			if (parse_num("--top-k", optarg, UINT32_MAX, &v))
+				return 2;
+			req.top_k = (uint32_t)v;
+			break;
+		case O_SEED:
+			if (parse_num("--seed", optarg, UINT64_MAX, &req.seed))
+				return 2;
+			break;
+		case O_KEY: {
+			/* "42" keeps its meaning as a number; "alice" is hashed, never 0 */
+			char *end;
+
+			errno = 0;
+			req.routing_key = strtoull(optarg, &end, 10);
+			req.routing_key_len = 0;
+			if (errno || !*optarg || *end || optarg[0] == '-' || optarg[0] == '+' ||
+			    optarg[0] == ' ') {
+				req.routing_key = 0;
+				req.routing_key_bytes = optarg;
+				req.routing_key_len = (uint32_t)strlen(optarg);
+			}
+			break;
+		}
+		case O_COUNT:
+			if (parse_num("--count", optarg, 100000000, &v))
+				return 2;
+			count = (unsigned long)v;
+			break;
 		case O_JSON: json = 1; break;
-		case O_TIMEOUT: timeout_ms = atoi(optarg); break;
+		case O_TIMEOUT:
+			if (parse_num("--timeout-ms", optarg, INT32_MAX, &v))
+				return 2;
+			timeout_ms = (int)v;
+			break;
 		case O_TEXT:
 			req.prompt_text = optarg;
 			req.prompt_text_len = (uint32_t)strlen(optarg);
+			break;
+		case O_TEXTFILE:
+			free(file_text);
+			file_text = read_file(optarg, &req.prompt_text_len);
+			if (!file_text)
+				return 2;
+			req.prompt_text = file_text;
 			break;
 		case O_STOP:
 			if (req.n_stop == LORAD_MAX_STOP_STR) {
@@ -183,7 +317,9 @@ int main(int argc, char **argv)
 		goto done;
 	req.out = out;
 	if (req.prompt_text) {
-		req.out_text_cap = req.max_tokens * 32 + 64;
+		uint64_t cap = (uint64_t)req.max_tokens * 32 + 64;
+
+		req.out_text_cap = cap > (16u << 20) ? 16u << 20 : (uint32_t)cap;
 		text = calloc(1, req.out_text_cap + 1);
 		if (!text)
 			goto done;
@@ -236,8 +372,7 @@ int main(int argc, char **argv)
 				for (uint32_t k = 0; k < ev.n_tokens; k++)
 					printf("%s%u", k ? ", " : "", out[k]);
 				printf("], \"finish\": \"%s\"", lorad_finish_name(ev.finish));
-				if (ev.skill[0])   /* "auto": the skill the daemon chose */
-					printf(", \"skill\": \"%s\"", ev.skill);
+				print_served(&ev);
 				printf("}\n");
 			} else {
 				printf("\n");
@@ -249,8 +384,7 @@ int main(int argc, char **argv)
 					printf("%s%u", k ? ", " : "", out[k]);
 				printf("], \"finish\": \"%s\", \"ttft_us\": %u, \"itl_us\": %u",
 				       lorad_finish_name(ev.finish), ev.ttft_us, ev.itl_us);
-				if (ev.skill[0])
-					printf(", \"skill\": \"%s\"", ev.skill);
+				print_served(&ev);
 				printf("}\n");
 			} else {
 				for (uint32_t k = 0; k < ev.n_tokens; k++)
@@ -278,6 +412,7 @@ int main(int argc, char **argv)
 	ret = 0;
 done:
 	lorad_close(conn);
+	free(file_text);
 	free(prompt);
 	free(out);
 	free(text);

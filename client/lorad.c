@@ -43,7 +43,7 @@ struct slot {
 	uint32_t  out_off;      /* arena byte offset of the output ids */
 	char     *text;         /* caller's text buffer */
 	uint32_t  text_cap, text_copied, text_off;
-	uint32_t  skill_off;    /* "auto": where the daemon writes the chosen skill */
+	uint32_t  served_off;   /* where the daemon writes struct lorad_served */
 	uint32_t  times_off;    /* where the daemon writes struct lorad_times; 0 = not asked */
 	struct lorad_times *times;
 	uint16_t  gen;
@@ -415,23 +415,36 @@ static inline float or_default(float v, float def)
 	return v == 0.0f ? def : v;
 }
 
+/* Bytes rounded up to whole arena chunks. */
+static inline uint64_t chunks_of(uint64_t bytes)
+{
+	return ((bytes + CHUNK - 1) / CHUNK) * CHUNK;
+}
+
+uint64_t lorad_routing_key(const void *key, size_t len)
+{
+	const unsigned char *p = key;
+	uint64_t h = 0xcbf29ce484222325ull;   /* FNV-1a, 64 bits */
+
+	for (size_t i = 0; i < len; i++)
+		h = (h ^ p[i]) * 0x100000001b3ull;
+	return h ? h : 1;   /* 0 means "no key" */
+}
+
 /* Fill one SQE for @r. Caller holds lock and has checked ring space. */
 static int prep_one(struct lorad *c, const struct lorad_request *r)
 {
 	struct lorad_sqe *e;
 	struct slot *s;
-	uint64_t prompt_bytes, ext_bytes = 0, need;
-	uint32_t idx, out_off, poff;
+	uint64_t prompt_bytes, ext_bytes, need, stop_bytes = 0;
+	uint32_t idx, poff, ext_off, out_off, text_off, served_off, times_off;
 	int64_t chunk;
 	size_t skill_len = 0;
-
-	uint64_t stop_bytes = 0;
 	bool text = r->prompt_text != NULL;
-	bool is_auto = r->skill && !strcmp(r->skill, "auto");
 
-	if ((!text && (!r->prompt || !r->n_prompt)) || (text && !r->prompt_text_len) || !r->out ||
-	    !r->max_tokens || (r->out_text_cap && !r->out_text) || r->n_stop > LORAD_MAX_STOP_STR ||
-	    (r->n_stop && !r->stop))
+	if ((!text && (!r->prompt || !r->n_prompt)) || !r->out || !r->max_tokens ||
+	    (r->out_text_cap && !r->out_text) || r->n_stop > LORAD_MAX_STOP_STR ||
+	    (r->n_stop && !r->stop) || (r->routing_key_len && !r->routing_key_bytes))
 		return -EINVAL;
 	for (uint32_t i = 0; i < r->n_stop; i++) {
 		size_t l = r->stop[i] ? strlen(r->stop[i]) : 0;
@@ -448,18 +461,16 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	if (r->n_stop_ids > LORAD_MAX_STOP || r->n_logit_bias > LORAD_MAX_BIAS ||
 	    (r->n_stop_ids && !r->stop_ids) || (r->n_logit_bias && !r->logit_bias))
 		return -EINVAL;
-	if (r->n_stop_ids || r->n_logit_bias || r->min_tokens || stop_bytes || r->out_text_cap || is_auto ||
-	    r->times)
-		ext_bytes = sizeof(struct lorad_ext) + (uint64_t)r->n_stop_ids * 4 +
-			    (uint64_t)r->n_logit_bias * sizeof(struct lorad_logit_bias) + stop_bytes;
+	/* every request asks who served it, so the extension block is always there */
+	ext_bytes = sizeof(struct lorad_ext) + (uint64_t)r->n_stop_ids * 4 +
+		    (uint64_t)r->n_logit_bias * sizeof(struct lorad_logit_bias) + stop_bytes;
 	prompt_bytes = text ? r->prompt_text_len : (uint64_t)r->n_prompt * 4;
-	/* one block: prompt, extension, output ids, output text, each on its own 64-byte chunk */
-	need = ((prompt_bytes + CHUNK - 1) / CHUNK) * CHUNK +
-	       ((ext_bytes + CHUNK - 1) / CHUNK) * CHUNK +
-	       (((uint64_t)r->max_tokens * 4 + CHUNK - 1) / CHUNK) * CHUNK +
-	       ((r->out_text_cap + CHUNK - 1) / CHUNK) * CHUNK + (is_auto ? CHUNK : 0) +
+	/* one block: prompt, extension, output ids, output text, served, times,
+	 * each on its own 64-byte chunks */
+	need = chunks_of(prompt_bytes) + chunks_of(ext_bytes) + chunks_of((uint64_t)r->max_tokens * 4) +
+	       chunks_of(r->out_text_cap) + chunks_of(sizeof(struct lorad_served)) +
 	       (r->times ? CHUNK : 0);
-	need = (need + CHUNK - 1) / CHUNK;
+	need /= CHUNK;
 	if (need > c->n_chunks)
 		return -E2BIG;
 	if (c->free_slot >= c->n_slots)
@@ -472,27 +483,25 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	s = &c->slots[idx];
 	c->free_slot = s->next_free;
 	poff = (uint32_t)chunk * CHUNK;
-	uint32_t ext_off = poff + (uint32_t)(((prompt_bytes + CHUNK - 1) / CHUNK) * CHUNK);
-	out_off = ext_off + (uint32_t)(((ext_bytes + CHUNK - 1) / CHUNK) * CHUNK);
-	uint32_t text_off = out_off + (uint32_t)((((uint64_t)r->max_tokens * 4 + CHUNK - 1) / CHUNK) * CHUNK);
-	uint32_t skill_off = text_off + ((r->out_text_cap + CHUNK - 1) / CHUNK) * CHUNK;
-	uint32_t times_off = skill_off + (is_auto ? CHUNK : 0);
+	ext_off = poff + (uint32_t)chunks_of(prompt_bytes);
+	out_off = ext_off + (uint32_t)chunks_of(ext_bytes);
+	text_off = out_off + (uint32_t)chunks_of((uint64_t)r->max_tokens * 4);
+	served_off = text_off + (uint32_t)chunks_of(r->out_text_cap);
+	times_off = served_off + (uint32_t)chunks_of(sizeof(struct lorad_served));
 
-	memcpy(c->arena + poff, text ? (const void *)r->prompt_text : (const void *)r->prompt,
-	       prompt_bytes);
-	if (ext_bytes) {
+	if (prompt_bytes)
+		memcpy(c->arena + poff, text ? (const void *)r->prompt_text : (const void *)r->prompt,
+		       prompt_bytes);
+	{
 		struct lorad_ext h = { .n_stop = r->n_stop_ids, .n_bias = r->n_logit_bias,
-				       .min_tokens = r->min_tokens, .stop_str_len = (uint32_t)stop_bytes };
+				       .min_tokens = r->min_tokens, .stop_str_len = (uint32_t)stop_bytes,
+				       .skill_off = served_off };
 		uint32_t so = ext_off + sizeof(h) + r->n_stop_ids * 4u +
 			      r->n_logit_bias * (uint32_t)sizeof(struct lorad_logit_bias);
 
 		if (r->out_text_cap) {
 			h.text_off = text_off;
 			h.text_len = r->out_text_cap;
-		}
-		if (is_auto) {
-			h.skill_off = skill_off;
-			memset(c->arena + h.skill_off, 0, LORAD_SKILL_MAX);
 		}
 		if (r->times) {
 			h.times_off = times_off;
@@ -504,7 +513,6 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 			memcpy(c->arena + so, r->stop[i], l);
 			so += (uint32_t)l;
 		}
-
 		memcpy(c->arena + ext_off, &h, sizeof(h));
 		if (r->n_stop_ids)
 			memcpy(c->arena + ext_off + sizeof(h), r->stop_ids, r->n_stop_ids * 4u);
@@ -523,7 +531,7 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	s->text_cap = r->out_text_cap;
 	s->text_copied = 0;
 	s->text_off = text_off;
-	s->skill_off = is_auto ? skill_off : 0;
+	s->served_off = served_off;
 	s->times_off = r->times ? times_off : 0;
 	s->times = r->times;
 	s->gen++;
@@ -537,17 +545,16 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	e->opcode = LORAD_OP_GENERATE;
 	e->prompt_kind = text ? LORAD_PROMPT_TEXT : LORAD_PROMPT_TOKENS;
 	e->priority = r->priority;
-	e->flags = r->flags;
+	e->flags = r->flags | LORAD_SQE_F_SERVED;
 	e->max_tokens = r->max_tokens;
 	e->prompt_off = poff;
 	e->prompt_len = (uint32_t)prompt_bytes;
 	e->out_off = out_off;
 	e->out_len = r->max_tokens * 4;
-	if (ext_bytes) {
-		e->ext_off = ext_off;
-		e->ext_len = (uint32_t)ext_bytes;
-	}
-	e->routing_key = r->routing_key;
+	e->ext_off = ext_off;
+	e->ext_len = (uint32_t)ext_bytes;
+	e->routing_key = r->routing_key_len ? lorad_routing_key(r->routing_key_bytes, r->routing_key_len)
+					    : r->routing_key;
 	e->seed = r->seed;
 	e->deadline_ns = r->deadline_ns;
 	e->temperature = r->temperature;
@@ -696,9 +703,13 @@ static bool take_cqe(struct lorad *c, const struct lorad_cqe *q, struct lorad_ev
 	s->copied = ev->n_tokens;
 	if (!(q->flags & LORAD_CQE_F_MORE)) {
 		ev->flags |= LORAD_EV_FINAL;
-		if (s->skill_off) {
-			memcpy(ev->skill, c->arena + s->skill_off, LORAD_SKILL_MAX - 1);
-			ev->skill[LORAD_SKILL_MAX - 1] = 0;
+		if (q->flags & LORAD_CQE_F_SERVED) {
+			/* written by the daemon before this completion: hostile bytes, so
+			 * copied and terminated, never trusted to hold a NUL */
+			const struct lorad_served *sv = (const void *)(c->arena + s->served_off);
+
+			memcpy(ev->skill, sv->skill, LORAD_SKILL_MAX - 1);
+			memcpy(ev->version_id, sv->version, LORAD_VERSION_MAX - 1);
 		}
 		if (s->times_off)
 			memcpy(s->times, c->arena + s->times_off, sizeof(*s->times));

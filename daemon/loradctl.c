@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <json-c/json.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +37,8 @@ static const char usage_text[] =
 	"\n"
 	"  --socket PATH   admin socket (default /run/lorad/admin.sock)\n"
 	"  --json          print the daemon's JSON reply\n"
+	"  --timeout S     wait this long for the answer (default 120; adapters add: 1800,\n"
+	"                  since the daemon reads and checks every byte of the adapter first)\n"
 	"Exit status: 0 on success, 1 when the daemon refused, 2 on a usage error, 3 when the daemon is unreachable.\n";
 
 static int usage_error(const char *fmt, const char *arg)
@@ -47,7 +50,7 @@ static int usage_error(const char *fmt, const char *arg)
 	return 2;
 }
 
-static struct json_object *call(const char *path, struct json_object *req, int *ret)
+static struct json_object *call(const char *path, struct json_object *req, int timeout_s, int *ret)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	const char *text = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN);
@@ -77,8 +80,8 @@ static struct json_object *call(const char *path, struct json_object *req, int *
 		struct pollfd p = { .fd = fd, .events = POLLIN };
 		ssize_t k;
 
-		if (poll(&p, 1, 30000) <= 0) {
-			fprintf(stderr, "loradctl: no answer from %s\n", path);
+		if (poll(&p, 1, timeout_s * 1000) <= 0) {
+			fprintf(stderr, "loradctl: no answer from %s within %d s\n", path, timeout_s);
 			break;
 		}
 		if (len + 4096 > cap) {
@@ -202,13 +205,14 @@ int main(int argc, char **argv)
 		{ "socket", required_argument, 0, 's' },
 		{ "json", no_argument, 0, 'j' },
 		{ "skill", required_argument, 0, 'k' },
+		{ "timeout", required_argument, 0, 't' },
 		{ "help", no_argument, 0, 'h' },
 		{ 0, 0, 0, 0 },
 	};
 	const char *sock = "/run/lorad/admin.sock", *skill = NULL, *cmd, *sub = NULL;
 	struct json_object *req, *reply, *ok;
 	char name[64];
-	int json = 0, c, ret;
+	int json = 0, c, ret, timeout_s = 0;
 
 	opterr = 0;   /* our own one-line message instead of getopt's and the whole usage */
 	while ((c = getopt_long(argc, argv, "+:s:jh", opts, NULL)) != -1) {
@@ -216,6 +220,15 @@ int main(int argc, char **argv)
 		case 's': sock = optarg; break;
 		case 'j': json = 1; break;
 		case 'k': skill = optarg; break;
+		case 't': {
+			char *end;
+			long t = strtol(optarg, &end, 10);
+
+			if (!*optarg || *end || t < 1 || t > 86400)
+				return usage_error("--timeout: '%s' is not 1..86400 seconds", optarg);
+			timeout_s = (int)t;
+			break;
+		}
 		case 'h': fputs(usage_text, stdout); return 0;
 		case ':': return usage_error("option '%s' needs an argument", argv[optind - 1]);
 		default: return usage_error("unknown option '%s'", argv[optind - 1]);
@@ -260,10 +273,20 @@ int main(int argc, char **argv)
 			if (nargs != 1)
 				return json_object_put(req), usage_error("%s", "'adapters list' takes no arguments");
 		} else if (!strcmp(sub, "add")) {
+			char abs[PATH_MAX];
+
 			if (nargs != 3)
 				return json_object_put(req), usage_error("%s", "usage: adapters add NAME[@VER] DIR");
+			/* the daemon runs elsewhere: a path relative to here means nothing there */
+			if (!realpath(args[2], abs)) {
+				fprintf(stderr, "loradctl: %s: %s\n", args[2], strerror(errno));
+				json_object_put(req);
+				return 1;
+			}
 			json_object_object_add(req, "id", json_object_new_string(args[1]));
-			json_object_object_add(req, "path", json_object_new_string(args[2]));
+			json_object_object_add(req, "path", json_object_new_string(abs));
+			if (!timeout_s)
+				timeout_s = 1800;
 		} else if (!strcmp(sub, "remove") || !strcmp(sub, "pin") || !strcmp(sub, "unpin") ||
 			   !strcmp(sub, "prefetch")) {
 			if (nargs != 2 || !strchr(args[1], '@'))
@@ -316,7 +339,7 @@ int main(int argc, char **argv)
 		return json_object_put(req), usage_error("unknown command '%s'", cmd);
 	}
 	json_object_object_add(req, "cmd", json_object_new_string(name));
-	reply = call(sock, req, &ret);
+	reply = call(sock, req, timeout_s ? timeout_s : 120, &ret);
 	json_object_put(req);
 	if (!reply)
 		return ret;

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "nullgen.h"
 
@@ -37,6 +38,8 @@ static void nx_submit(void *ctx, struct sreq *r)
 {
 	struct nullexec *nx = ctx;
 
+	/* the null engine has no adapters: whatever was asked, no model served it */
+	memcpy(r->served, "null", sizeof("null"));
 	if (!nx->step_ns) {
 		write_tokens(r, r->e.max_tokens);
 		sreq_emit(r, true, 0, LORAD_FINISH_LENGTH, 0);

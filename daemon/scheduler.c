@@ -267,7 +267,7 @@ static void submit_skill(struct sched *s, struct sreq *r, struct sjob *parked)
 			return;
 		}
 	} else {
-		memcpy(r->served, "base", sizeof("base"));
+		strncpy(r->served, "base", sizeof(r->served));
 	}
 	/* each field checked on its own, so the error names the right one */
 	lim = prompt_limit(s);

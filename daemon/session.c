@@ -2,7 +2,6 @@
 #include "session.h"
 
 #include <errno.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -297,8 +296,11 @@ void sreq_emit(struct sreq *r, bool final, int res, unsigned finish, unsigned fi
 		if (r->x.served) {
 			struct lorad_served sv;
 
-			memset(&sv, 0, sizeof(sv));
-			snprintf(sv.skill, sizeof(sv.skill), "%s", r->e.skill[0] ? r->e.skill : "base");
+			/* both strings are NUL-padded to their size: no stale bytes leak */
+			if (r->e.skill[0])
+				memcpy(sv.skill, r->e.skill, sizeof(sv.skill));
+			else
+				strncpy(sv.skill, "base", sizeof(sv.skill));
 			memcpy(sv.version, r->served, sizeof(sv.version));
 			memcpy(r->s->arena + r->x.skill_off, &sv, sizeof(sv));
 			q.flags |= LORAD_CQE_F_SERVED;
@@ -384,7 +386,7 @@ static void take_entry(struct session *s, const struct lorad_sqe *e,
 	r->t_admit = r->t_first = r->t_last = 0;
 	r->step_seen = r->step_admit = r->step_last = 0;
 	r->version = 0;
-	r->served[0] = 0;
+	memset(r->served, 0, sizeof(r->served));
 	r->cancelled = false;
 	r->exec = NULL;
 	r->prev = NULL;

@@ -45,7 +45,8 @@ struct lorad_connect_opts {
 struct lorad_request {
 	uint64_t        user_data;     /* returned in every event of this request */
 	const char     *skill;         /* NULL or "base": the base model */
-	uint64_t        routing_key;   /* same key, same adapter version; 0 = none */
+	uint64_t        routing_key;   /* same key, same adapter version; 0 = none (the
+					* request's own arrival number routes it) */
 	const uint32_t *prompt;        /* token ids */
 	uint32_t        n_prompt;
 	uint32_t        max_tokens;
@@ -74,6 +75,10 @@ struct lorad_request {
 	uint32_t        n_stop;        /* at most LORAD_MAX_STOP_STR */
 	struct lorad_times *times;     /* NULL, or filled on the final event with when the
 					* daemon saw, admitted and answered the request */
+	const void     *routing_key_bytes; /* a user name, a session id: any bytes; when
+					* set (routing_key_len > 0) lorad_routing_key() of them
+					* is the key and routing_key is ignored */
+	uint32_t        routing_key_len;
 };
 
 #define LORAD_EV_FINAL  (1u << 0)  /* last event of the request; its buffer is the caller's again */
@@ -95,7 +100,10 @@ struct lorad_event {
 	uint32_t step;           /* engine step of its latest token */
 	uint32_t text_len;       /* bytes now in the request's out_text (never a split character) */
 	uint32_t text_new;       /* bytes added by this event */
-	char     skill[LORAD_SKILL_MAX]; /* final event of a request for "auto": the skill chosen */
+	/* final event: who served the request, for A/B analysis on the client's
+	 * side ("" when the daemon refused it before it had a skill) */
+	char     skill[LORAD_SKILL_MAX];          /* the skill ("auto": the one chosen), or "base" */
+	char     version_id[LORAD_VERSION_MAX];   /* "name@version" (version is its number), or "base" */
 };
 
 struct lorad_stats {
@@ -184,6 +192,15 @@ unsigned lorad_pending(struct lorad *c);
 
 /* Counters of this connection and of the daemon's side of it. */
 int lorad_get_stats(struct lorad *c, struct lorad_stats *st);
+
+/*
+ * The routing key of a string or any bytes: 64-bit FNV-1a of the @len bytes
+ * (offset basis 0xcbf29ce484222325, prime 0x100000001b3), with 0 mapped to
+ * 1. Fixed and documented so that a client in any language puts the same
+ * user in the same bucket; the daemon hashes the key further into its
+ * 10 000 buckets.
+ */
+uint64_t lorad_routing_key(const void *key, size_t len);
 
 /* Text for a value returned by this library or carried in an event's res. */
 const char *lorad_strerror(int err);

@@ -32,7 +32,7 @@ const struct opt_def opt_table[] = {
 	  .arg = "OCTAL", .help = "permissions of the admin socket file" },
 	{ "state_dir", "daemon", OPT_PATH, F(state_dir), .arg = "DIR",
 	  .help = "where adapter versions and routes persist (owned by lorad's user, not "
-		  "writable by others; default: none)" },
+		  "writable by group or others)" },
 	{ "model", "daemon", OPT_PATH, F(model_dir), .arg = "DIR",
 	  .help = "Hugging Face model directory to serve" },
 	{ "merge_adapter", "daemon", OPT_PATH, F(merge_adapter), .arg = "DIR",
@@ -416,6 +416,8 @@ void opt_print_help(FILE *f)
 					*p = '-';
 			if (o->def_str)
 				snprintf(def, sizeof(def), "%s", o->def_str);
+			else if (o->type == OPT_PATH)
+				snprintf(def, sizeof(def), "none");
 			else if (o->type == OPT_SIZE)
 				print_size(def, sizeof(def), o->def);
 			else if (o->type == OPT_MODE)

@@ -306,8 +306,8 @@ static void engine(struct buf *b, const struct ops_engine_stats *es)
 	bprintf(b, "lorad_engine_waiting %u\n", es->waiting);
 	family(b, "lorad_kv_blocks_used", "gauge", "KV cache blocks in use.");
 	bprintf(b, "lorad_kv_blocks_used %d\n", es->kv_total - es->kv_free);
-	family(b, "lorad_kv_blocks_total", "gauge", "KV cache blocks.");
-	bprintf(b, "lorad_kv_blocks_total %d\n", es->kv_total);
+	family(b, "lorad_kv_blocks", "gauge", "KV cache blocks in all (was lorad_kv_blocks_total: a gauge takes no _total).");
+	bprintf(b, "lorad_kv_blocks %d\n", es->kv_total);
 	family(b, "lorad_preemptions_total", "counter", "Sequences preempted for KV space.");
 	bprintf(b, "lorad_preemptions_total %llu\n", (unsigned long long)es->preemptions);
 }

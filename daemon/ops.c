@@ -66,6 +66,7 @@ struct ops {
 	volatile int cancel;         /* registrations stop reading files */
 	pthread_t writer;
 	bool writer_started;
+	char last_seed[ROUTE_NAME_MAX];  /* the version the last seeded adapter became, or "" */
 };
 
 static void wake(struct ops *o)
@@ -284,6 +285,14 @@ static int job_prepare(struct ops *o, struct job *j)
 	case J_SEED_ROUTE:
 		if (route_get(registry_routes(reg), j->id))
 			return 0;   /* the state has it: the config only seeds */
+		if (!j->n) {
+			/* an [adapter] section's skill goes to the version it just became */
+			if (!o->last_seed[0])
+				return 0;
+			memcpy(j->target[0], o->last_seed, ROUTE_NAME_MAX);
+			j->weight[0] = ROUTE_BUCKETS;
+			j->n = 1;
+		}
 		break;
 	case J_ROLLOUT:
 		ret = rollout_targets(o, j);
@@ -298,6 +307,19 @@ static int job_prepare(struct ops *o, struct job *j)
 	return registry_prepare_route(reg, j->id, t, j->weight, j->n, &j->ch, j->err, sizeof(j->err));
 }
 
+/* The id a registration's files got: @id when it made a new version, else
+ * the name with the operator's version or the hash's first 12 digits. */
+static void job_version_id(const struct job *j, const char *id, char out[ROUTE_NAME_MAX])
+{
+	if (id) {
+		snprintf(out, ROUTE_NAME_MAX, "%s", id);
+		return;
+	}
+	snprintf(out, ROUTE_NAME_MAX, "%s@%.31s", j->name, j->version[0] ? j->version : j->h.sha256);
+	if (!j->version[0])
+		out[strlen(j->name) + 1 + 12] = 0;
+}
+
 /* The reply of a job that ended with @ret, or its log line when it was a seed. */
 static void job_answer(struct ops *o, struct job *j, int ret, const char *id)
 {
@@ -306,11 +328,14 @@ static void job_answer(struct ops *o, struct job *j, int ret, const char *id)
 	const struct route *rt;
 
 	if (!j->ticket) {
-		if (ret)
+		if (j->kind == J_ADD)
+			o->last_seed[0] = 0;
+		if (ret) {
 			log_err("%s: %s", j->id[0] ? j->id : j->name, j->err[0] ? j->err : strerror(-ret));
-		else if (j->kind == J_ADD)
-			log_info("adapter %s@%s from %s", j->name, j->version[0] ? j->version : "(hash)",
-				 j->path);
+		} else if (j->kind == J_ADD) {
+			job_version_id(j, id, o->last_seed);
+			log_info("adapter %s from %s", o->last_seed, j->path);
+		}
 		return;
 	}
 	reply = json_object_new_object();
@@ -321,10 +346,8 @@ static void job_answer(struct ops *o, struct job *j, int ret, const char *id)
 	} else if (j->kind == J_ADD) {
 		char vid[ROUTE_NAME_MAX];
 
-		snprintf(vid, sizeof(vid), "%s@%.31s", j->name, j->version[0] ? j->version : j->h.sha256);
-		if (!j->version[0])
-			vid[strlen(j->name) + 1 + 12] = 0;
-		v = registry_find(o->opt.reg, id ? id : vid);
+		job_version_id(j, id, vid);
+		v = registry_find(o->opt.reg, vid);
 		if (v)
 			json_object_object_add(reply, "adapter", version_json(v));
 	} else if (j->kind == J_ROUTE || j->kind == J_ROLLOUT || j->kind == J_ROLLBACK) {
@@ -379,9 +402,16 @@ void ops_poll(struct ops *o)
 
 		pthread_mutex_lock(&o->lock);
 		done = o->writing && o->write_done;
-		if (!o->writing)
-			for (j = o->jobs; j && j->state != JS_READY; j = j->next)
-				;
+		if (!o->writing) {
+			/* the first ready job; seeds of the config only in their order */
+			bool seed_ahead = false;
+
+			for (j = o->jobs; j; j = j->next) {
+				if (j->state == JS_READY && !(j->ticket == 0 && seed_ahead))
+					break;
+				seed_ahead |= j->ticket == 0;
+			}
+		}
 		pthread_mutex_unlock(&o->lock);
 		if (done) {
 			j = o->writing;
@@ -748,6 +778,9 @@ static int cmd_metrics(void *ctx, struct json_object *req, struct json_object *r
 
 /* --- seeds from a reloaded config ---------------------------------------------------------- */
 
+static int seed_route(struct ops *o, const char *skill, const char *const *targets,
+		      const uint32_t *weights, unsigned n);
+
 int ops_seed_version(struct ops *o, const char *name, const char *version, const char *path)
 {
 	struct job *j = job_new(J_ADD);
@@ -768,11 +801,20 @@ int ops_seed_version(struct ops *o, const char *name, const char *version, const
 		j->ret = -EAGAIN;
 		j->state = JS_READY;
 	}
-	return 0;
+	/* and its skill, when it has no route yet, goes to it: as at start */
+	return seed_route(o, name, NULL, NULL, 0);
 }
 
 int ops_seed_route(struct ops *o, const char *skill, const char *const *targets,
 		   const uint32_t *weights, unsigned n)
+{
+	if (!n)
+		return -EINVAL;
+	return seed_route(o, skill, targets, weights, n);
+}
+
+static int seed_route(struct ops *o, const char *skill, const char *const *targets,
+		      const uint32_t *weights, unsigned n)
 {
 	struct job *j = job_new(J_SEED_ROUTE);
 

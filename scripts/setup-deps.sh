@@ -10,6 +10,7 @@ pkgs=(
   libutf8proc-dev libinih-dev libssl-dev
   clang libclang-rt-14-dev
   fio systemd
+  python3-prometheus-client prometheus
 )
 if [ "${LORAD_WITH_TORCH:-0}" = 1 ]; then
   pkgs+=(python3-torch python3-numpy)

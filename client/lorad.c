@@ -44,6 +44,7 @@ struct slot {
 	char     *text;         /* caller's text buffer */
 	uint32_t  text_cap, text_copied, text_off;
 	uint32_t  served_off;   /* where the daemon writes struct lorad_served */
+	bool      auto_skill;   /* a 1.1 daemon writes only the skill "auto" chose there */
 	uint32_t  times_off;    /* where the daemon writes struct lorad_times; 0 = not asked */
 	struct lorad_times *times;
 	uint16_t  gen;
@@ -80,6 +81,7 @@ struct lorad {
 	uint64_t next_alive_check;
 	uint64_t fork_gen;
 	uint32_t spin_us;
+	uint16_t daemon_minor;      /* the ABI minor the daemon speaks: what it can be asked */
 	struct lorad_stats st;
 
 	/* events lorad_generate() took for other requests, handed out by the next reap */
@@ -312,6 +314,7 @@ int lorad_connect(const char *path, const struct lorad_connect_opts *opts,
 		goto err;
 	c->sq_efd = fds[1];
 	c->cq_efd = fds[2];
+	c->daemon_minor = w.abi_minor;
 	ret = region_map(fds[0], w.region_size, &c->map, &c->lay);
 	close(fds[0]);
 	if (ret < 0)
@@ -494,14 +497,20 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 		       prompt_bytes);
 	{
 		struct lorad_ext h = { .n_stop = r->n_stop_ids, .n_bias = r->n_logit_bias,
-				       .min_tokens = r->min_tokens, .stop_str_len = (uint32_t)stop_bytes,
-				       .skill_off = served_off };
+				       .min_tokens = r->min_tokens, .stop_str_len = (uint32_t)stop_bytes };
 		uint32_t so = ext_off + sizeof(h) + r->n_stop_ids * 4u +
 			      r->n_logit_bias * (uint32_t)sizeof(struct lorad_logit_bias);
 
 		if (r->out_text_cap) {
 			h.text_off = text_off;
 			h.text_len = r->out_text_cap;
+		}
+		/* a daemon older than ABI 1.2 takes the 32 bytes of the skill "auto"
+		 * chose there, and refuses LORAD_SQE_F_SERVED */
+		s->auto_skill = c->daemon_minor < 2 && r->skill && !strcmp(r->skill, "auto");
+		if (c->daemon_minor >= 2 || s->auto_skill) {
+			h.skill_off = served_off;
+			memset(c->arena + served_off, 0, sizeof(struct lorad_served));
 		}
 		if (r->times) {
 			h.times_off = times_off;
@@ -545,7 +554,7 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	e->opcode = LORAD_OP_GENERATE;
 	e->prompt_kind = text ? LORAD_PROMPT_TEXT : LORAD_PROMPT_TOKENS;
 	e->priority = r->priority;
-	e->flags = r->flags | LORAD_SQE_F_SERVED;
+	e->flags = r->flags | (c->daemon_minor >= 2 ? LORAD_SQE_F_SERVED : 0);
 	e->max_tokens = r->max_tokens;
 	e->prompt_off = poff;
 	e->prompt_len = (uint32_t)prompt_bytes;
@@ -703,13 +712,14 @@ static bool take_cqe(struct lorad *c, const struct lorad_cqe *q, struct lorad_ev
 	s->copied = ev->n_tokens;
 	if (!(q->flags & LORAD_CQE_F_MORE)) {
 		ev->flags |= LORAD_EV_FINAL;
-		if (q->flags & LORAD_CQE_F_SERVED) {
+		if ((q->flags & LORAD_CQE_F_SERVED) || s->auto_skill) {
 			/* written by the daemon before this completion: hostile bytes, so
 			 * copied and terminated, never trusted to hold a NUL */
 			const struct lorad_served *sv = (const void *)(c->arena + s->served_off);
 
 			memcpy(ev->skill, sv->skill, LORAD_SKILL_MAX - 1);
-			memcpy(ev->version_id, sv->version, LORAD_VERSION_MAX - 1);
+			if (!s->auto_skill)
+				memcpy(ev->version_id, sv->version, LORAD_VERSION_MAX - 1);
 		}
 		if (s->times_off)
 			memcpy(s->times, c->arena + s->times_off, sizeof(*s->times));

@@ -434,7 +434,7 @@ static void conn_process(struct admin_conn *c)
 {
 	size_t at = 0;
 
-	while (!c->closing && c->out_len - c->out_off < ADMIN_OUT_HIGH) {
+	while (at < c->in_len && !c->closing && c->out_len - c->out_off < ADMIN_OUT_HIGH) {
 		char *nl = memchr(c->in + at, '\n', c->in_len - at);
 
 		if (!nl)

@@ -18,7 +18,8 @@ int instance_lock(const char *path, char *err, size_t errlen)
 	struct stat st;
 	int fd, ret;
 
-	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0600);
+	/* held read-only: a lock must not keep its file system from going read-only */
+	fd = open(path, O_RDONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0600);
 	if (fd < 0) {
 		ret = -errno;
 		snprintf(err, errlen, "%s: %s", path, strerror(-ret));
@@ -46,9 +47,15 @@ int instance_lock(const char *path, char *err, size_t errlen)
 		return ret;
 	}
 	/* the pid is for the message a second instance prints, nothing relies on it */
-	snprintf(pid, sizeof(pid), "%d\n", (int)getpid());
-	if (ftruncate(fd, 0) == 0)
-		(void)!pwrite(fd, pid, strlen(pid), 0);
+	{
+		int wfd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+
+		snprintf(pid, sizeof(pid), "%d\n", (int)getpid());
+		if (wfd >= 0) {
+			(void)!write(wfd, pid, strlen(pid));
+			close(wfd);
+		}
+	}
 	return fd;
 }
 

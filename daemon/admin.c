@@ -28,9 +28,9 @@ struct admin_conn {
 	struct admin *a;
 	int fd;
 	char *in;
-	size_t in_len;
+	size_t in_len, in_cap;
 	char *out;
-	size_t out_len, out_off;
+	size_t out_len, out_off, out_cap;
 	bool closing;
 	bool read_shut;             /* the peer half-closed: only replies are left to send */
 	unsigned deferred;          /* replies owed; the connection stays until they are sent */
@@ -216,8 +216,32 @@ static void conn_flush(struct admin_conn *c)
 		c->out_off += k;
 		c->deadline = mono_ns() + (uint64_t)c->a->lim.timeout_ms * 1000000ull;
 	}
-	if (c->out_off == c->out_len)
+	if (c->out_off == c->out_len) {
 		c->out_off = c->out_len = 0;
+	} else if (c->out_off >= c->out_len / 2) {
+		/* keep what is sent from counting against the peer's backlog */
+		memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
+		c->out_len -= c->out_off;
+		c->out_off = 0;
+	}
+}
+
+/* Room for @need bytes in *@buf, doubling: appending stays linear in what was appended. */
+static int grow(char **buf, size_t *cap, size_t need)
+{
+	size_t n = *cap ? *cap : 4096;
+	char *p;
+
+	if (need <= *cap)
+		return 0;
+	while (n < need)
+		n *= 2;
+	p = realloc(*buf, n);
+	if (!p)
+		return -ENOMEM;
+	*buf = p;
+	*cap = n;
+	return 0;
 }
 
 /* A connection is finished when it will get nothing more: closing or
@@ -236,12 +260,10 @@ static void conn_reply(struct admin_conn *c, struct json_object *reply)
 		c->closing = true;   /* a peer that never reads does not grow us without bound */
 		return;
 	}
-	char *p = realloc(c->out, c->out_len + n + 1);
-	if (!p) {
+	if (grow(&c->out, &c->out_cap, c->out_len + n + 1)) {
 		c->closing = true;
 		return;
 	}
-	c->out = p;
 	memcpy(c->out + c->out_len, s, n);
 	c->out[c->out_len + n] = '\n';
 	c->out_len += n + 1;
@@ -466,12 +488,10 @@ static void conn_readable(struct admin_conn *c)
 				c->closing = true;
 			break;
 		}
-		char *p = realloc(c->in, c->in_len + (size_t)k);
-		if (!p) {
+		if (grow(&c->in, &c->in_cap, c->in_len + (size_t)k)) {
 			c->closing = true;
 			break;
 		}
-		c->in = p;
 		memcpy(c->in + c->in_len, buf, (size_t)k);
 		c->in_len += (size_t)k;
 		conn_process(c);

@@ -497,6 +497,7 @@ static int build_store(struct daemon *d)
 		return -ENOMEM;
 	registry_set_device_budget(d->reg, c->device_budget);
 	registry_set_max_skills(d->reg, c->max_skills);
+	registry_set_max_adapter_bytes(d->reg, c->max_adapter_bytes);
 	ret = registry_load_state(d->reg, err, sizeof(err));
 	if (ret) {
 		log_err("%s", err);
@@ -596,6 +597,7 @@ static void reload(struct daemon *d)
 	log_set_level(d->cfg.log_level);
 	ops_set_limits(d->ops, d->cfg.max_adapter_bytes, d->cfg.max_metric_series);
 	registry_set_max_skills(d->reg, d->cfg.max_skills);
+	registry_set_max_adapter_bytes(d->reg, d->cfg.max_adapter_bytes);
 	if (d->sch)
 		sched_set_max_prompt_tokens(d->sch, (int)d->cfg.max_prompt_tokens);
 	for (unsigned i = 0; i < d->cfg.n_adapters; i++)

@@ -48,6 +48,11 @@ void registry_set_max_skills(struct registry *r, uint32_t n)
 	r->max_skills = n;
 }
 
+void registry_set_max_adapter_bytes(struct registry *r, uint64_t bytes)
+{
+	r->max_adapter_bytes = bytes;
+}
+
 const struct registry_tier *registry_device_tier(const struct registry *r)
 {
 	return &r->dev;
@@ -72,6 +77,7 @@ struct registry *registry_new(struct statedir *sd, struct engine *e)
 	r->sd = sd;
 	r->e = e;
 	r->max_skills = 1024;
+	r->max_adapter_bytes = UINT64_MAX;
 	return r;
 }
 

@@ -74,8 +74,10 @@ extern const double registry_load_bounds_s[7];
 void registry_set_device_budget(struct registry *r, uint64_t bytes);
 const struct registry_tier *registry_device_tier(const struct registry *r);
 
-/* Skills with a route, at most (a route for one more is refused). */
+/* Skills with a route, at most (a route for one more is refused), and the
+ * bytes of an adapter's files that registry_add() reads at most. */
 void registry_set_max_skills(struct registry *r, uint32_t n);
+void registry_set_max_adapter_bytes(struct registry *r, uint64_t bytes);
 
 /*
  * @sd NULL: nothing persists (tests, runs by hand); otherwise the registry

@@ -18,6 +18,7 @@ struct registry {
 	unsigned n;
 	uint32_t next_vid;           /* never reused: stored with the state */
 	uint32_t max_skills;
+	uint64_t max_adapter_bytes;  /* an adapter's files together, at registration */
 	struct route_table *routes;
 	struct registry_tier dev;
 	uint64_t use_clock;

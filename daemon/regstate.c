@@ -497,8 +497,10 @@ static int load_json(struct registry *r, struct json_object *root, struct jpath 
 		if (format < 2)
 			v->vid = (uint32_t)i + 1;
 		if (registry_find(r, v->id) || registry_by_vid(r, v->vid)) {
+			const char *key = registry_find(r, v->id) ? "version" : "vid";
+
 			reg_version_free(v);
-			return bad(jp, registry_find(r, v->id) ? "version" : "vid", "appears twice");
+			return bad(jp, key, "appears twice");
 		}
 		if (format >= 2 && v->vid >= next) {
 			reg_version_free(v);
@@ -811,8 +813,8 @@ int registry_add(struct registry *r, const char *name, const char *version, cons
 	char id[ROUTE_NAME_MAX];
 	int ret;
 
-	ret = registry_inspect(path, r->e ? engine_config(r->e) : NULL, UINT64_MAX, NULL, &h, err,
-			       errlen);
+	ret = registry_inspect(path, r->e ? engine_config(r->e) : NULL, r->max_adapter_bytes, NULL, &h,
+			       err, errlen);
 	if (!ret)
 		ret = registry_prepare_add(r, name, version, path, &h, &ch, err, errlen);
 	if (ret)

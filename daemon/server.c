@@ -204,6 +204,8 @@ static void send_refusal(int fd, int status)
 	(void)!send(fd, &w, sizeof(w), MSG_DONTWAIT | MSG_NOSIGNAL);
 }
 
+static void hello_read(struct server *sv, struct session *s, uint32_t events);
+
 static void accept_clients(struct server *sv)
 {
 	for (;;) {
@@ -233,16 +235,22 @@ static void accept_clients(struct server *sv)
 		}
 		if (sv->n_hello >= sv->cfg.max_hello) {
 			/* a connection that owes its hello costs a slot of its own, never a
-			 * client's: the oldest such one makes room (a real client sends its
-			 * hello at once, so only the idle lose theirs) */
-			struct session *old = NULL;
+			 * client's. Hellos already waiting in their sockets are taken first
+			 * (a burst of real clients sends them at once); then the oldest
+			 * connection that still owes one makes room */
+			struct session *old = NULL, *h, *hn;
 
-			for (struct session *h = sv->sessions; h; h = h->next)
+			for (h = sv->sessions; h; h = hn) {
+				hn = h->next;
+				if (h->state == SESSION_HELLO)
+					hello_read(sv, h, 0);
+			}
+			for (h = sv->sessions; h && sv->n_hello >= sv->cfg.max_hello; h = h->next)
 				if (h->state == SESSION_HELLO && (!old || h->hello_deadline < old->hello_deadline))
 					old = h;
-			if (log_ratelimit_ok(&sv->accept_rl, now_ns(), "clients"))
+			if (old && log_ratelimit_ok(&sv->accept_rl, now_ns(), "clients"))
 				log_warn("%u connections owe their hello (max_unauthenticated): closing the "
-					 "oldest, pid %d", sv->n_hello, old ? (int)old->pid : -1);
+					 "oldest, pid %d", sv->n_hello, (int)old->pid);
 			if (old)
 				session_end(sv, old, 0);
 		}
@@ -385,25 +393,28 @@ refuse:
 	return ret;
 }
 
+/* Take what a connection owing its hello sent: it becomes a session, is
+ * refused, or goes on waiting. */
+static void hello_read(struct server *sv, struct session *s, uint32_t events)
+{
+	ssize_t r = recv(s->sock, s->hello_buf + s->hello_len, sizeof(s->hello_buf) - s->hello_len,
+			 MSG_DONTWAIT);
+
+	if (r > 0) {
+		s->hello_len += r;
+		if (s->hello_len == sizeof(s->hello_buf) && session_start(sv, s))
+			session_end(sv, s, 0);
+		return;
+	}
+	if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR) ||
+	    (events & (EPOLLHUP | EPOLLERR)))
+		session_end(sv, s, 0);
+}
+
 static void session_readable(struct server *sv, struct session *s, uint32_t events)
 {
 	if (s->state == SESSION_HELLO) {
-		ssize_t r = recv(s->sock, s->hello_buf + s->hello_len,
-				 sizeof(s->hello_buf) - s->hello_len, MSG_DONTWAIT);
-		int ret;
-
-		if (r > 0) {
-			s->hello_len += r;
-			if (s->hello_len == sizeof(s->hello_buf)) {
-				ret = session_start(sv, s);
-				if (ret)
-					session_end(sv, s, 0);
-			}
-			return;
-		}
-		if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR) ||
-		    (events & (EPOLLHUP | EPOLLERR)))
-			session_end(sv, s, 0);
+		hello_read(sv, s, events);
 		return;
 	}
 	if (events & (EPOLLHUP | EPOLLERR | EPOLLRDHUP)) {

@@ -118,7 +118,11 @@ struct lorad_stats {
 /*
  * Connect to the daemon at @path and map the session's region.
  * Returns 0, -ENOENT/-ECONNREFUSED (no daemon), -EACCES (peer not allowed),
- * -EPROTONOSUPPORT (ABI major refused), -ETIMEDOUT, -ENOMEM, -EPROTO.
+ * -EUSERS (max_clients sessions already), -EPROTONOSUPPORT (ABI major
+ * refused), -ETIMEDOUT, -ENOMEM, -EPROTO; -ECONNRESET or -EPIPE when the
+ * daemon closed the connection before its welcome (it is stopping or
+ * restarting, or dropped a connection that owed its hello too long): worth
+ * a retry.
  */
 int lorad_connect(const char *path, const struct lorad_connect_opts *opts,
 		  struct lorad **out);

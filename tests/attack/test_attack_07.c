@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -165,10 +166,50 @@ static void test_idle_hellos(void **state)
 	assert_int_equal(atk_failures, 0);
 }
 
+/*
+ * The other side of the same limit: a burst of real clients, more than
+ * max_unauthenticated (16) at once, must all get in. They connect while the
+ * daemon is stopped (SIGSTOP), so all 40 sit in the backlog with their
+ * hellos sent before it accepts the first.
+ *
+ * Found by bench/soak after the first fix: the daemon accepted the whole
+ * backlog before reading any hello, and each connection past the 16th closed
+ * the "oldest connection owing a hello", whose hello was in fact waiting
+ * unread: 8 of 24 clients got -ECONNRESET.
+ */
+static void test_hello_burst(void **state)
+{
+	struct atk_daemon d;
+	const char *args[] = { "--null-engine", NULL };
+	pid_t kids[40];
+	unsigned ok = 0;
+
+	(void)state;
+	assert_int_equal(atk_daemon_init(&d, "a07b"), 0);
+	assert_int_equal(atk_daemon_start(&d, args, 0), 0);
+	assert_int_equal(kill(d.pid, SIGSTOP), 0);
+	for (int i = 0; i < 40; i++) {
+		kids[i] = fork();
+		if (kids[i] == 0) {
+			struct lorad_event ev;
+
+			_exit(atk_generate_once(d.sock, NULL, 2, &ev, 20000) == 0 && ev.res == 0 ? 0 : 1);
+		}
+	}
+	atk_sleep_ms(500);
+	assert_int_equal(kill(d.pid, SIGCONT), 0);
+	for (int i = 0; i < 40; i++)
+		ok += atk_wait_child(kids[i], 30000, NULL) == 0;
+	ATK_EXPECT(ok == 40, "%u of 40 clients of a burst got in and were served", ok);
+	ATK_EXPECT(atk_daemon_stop(&d, 10000, NULL) == 0, "SIGTERM");
+	assert_int_equal(atk_failures, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_teardown(test_idle_hellos, teardown),
+		cmocka_unit_test_teardown(test_hello_burst, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -95,16 +95,12 @@ nomem:
 	return -ENOMEM;
 }
 
-static int parse_u32(const char *s, uint32_t *out, int base)
+/* A number of at most @max. Returns 0 or -EINVAL. */
+static int parse_u32(const char *s, uint32_t *out, uint32_t max)
 {
-	char *end;
-	unsigned long long v;
+	uint64_t v;
 
-	errno = 0;
-	if (!*s || *s == '-')
-		return -EINVAL;
-	v = strtoull(s, &end, base);
-	if (errno || *end || v > UINT32_MAX)
+	if (opt_parse_u64(s, 10, &v) || v > max)
 		return -EINVAL;
 	*out = (uint32_t)v;
 	return 0;
@@ -116,17 +112,6 @@ struct parse_ctx {
 	char first[256];        /* the first error of the file: inih reports its line */
 	bool access_seen;       /* the file's [access] replaces, not extends, the defaults */
 };
-
-static int set_str(char **dst, const char *v)
-{
-	char *s = strdup(v);
-
-	if (!s)
-		return -ENOMEM;
-	free(*dst);
-	*dst = s;
-	return 0;
-}
 
 static struct config_adapter *adapter_get(struct config *c, const char *name)
 {
@@ -195,7 +180,7 @@ static int on_entry(void *user, const char *section, const char *key, const char
 		if (!a)
 			FAIL("more than %d adapters", CONFIG_MAX_ADAPTERS);
 		if (!strcmp(key, "path"))
-			return set_str(&a->path, val) == 0;
+			return opt_set_str(&a->path, val) == 0;
 		if (!strcmp(key, "version")) {
 			if (!name_ok(val))
 				FAIL("version: '%s' is 1-31 of A-Z a-z 0-9 _ . -", val);
@@ -215,7 +200,7 @@ static int on_entry(void *user, const char *section, const char *key, const char
 			FAIL("more than %d routes", CONFIG_MAX_ROUTES);
 		if (!at || at == key || strlen(key) >= sizeof(r->target[0]) || strchr(at + 1, '@'))
 			FAIL("route target '%s' is not NAME@VERSION", key);
-		if (parse_u32(val, &u, 10) || u > 100)
+		if (parse_u32(val, &u, 100))
 			FAIL("weight of %s: '%s' is not 0..100", key, val);
 		if (r->n == CONFIG_MAX_TARGETS)
 			FAIL("more than %d versions in one route", CONFIG_MAX_TARGETS);
@@ -265,7 +250,7 @@ static int on_entry(void *user, const char *section, const char *key, const char
 				FAIL("rule for %s: %s at offset %zu", skill, (char *)msg, (size_t)off);
 			}
 			pcre2_code_free(re);
-			if (set_str(&r->regex, colon + 1))
+			if (opt_set_str(&r->regex, colon + 1))
 				return 0;
 		} else {
 			char buf[1024], *save = NULL, *t;
@@ -280,7 +265,7 @@ static int on_entry(void *user, const char *section, const char *key, const char
 			for (t = strtok_r(buf, " ,", &save); t; t = strtok_r(NULL, " ,", &save)) {
 				uint32_t id;
 
-				if (n == 256 || parse_u32(t, &id, 10)) {
+				if (n == 256 || parse_u32(t, &id, UINT32_MAX)) {
 					free(r->ids);
 					r->ids = NULL;
 					FAIL("token_rule for %s: '%s' is not a token id", skill, t);

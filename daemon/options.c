@@ -188,7 +188,7 @@ int opt_parse_size(const char *s, uint64_t *out)
 	return 0;
 }
 
-static int parse_u64(const char *s, uint64_t *out, int base)
+int opt_parse_u64(const char *s, int base, uint64_t *out)
 {
 	char *end;
 	unsigned long long v;
@@ -261,7 +261,7 @@ static int parse_ids(const struct opt_def *o, const char *s, bool groups, uint32
 			snprintf(err, errlen, "%s: more than %d entries", o->key, CONFIG_MAX_IDS);
 			return -EINVAL;
 		}
-		if (parse_u64(tok, &id, 10) == 0 && id < UINT32_MAX) {
+		if (opt_parse_u64(tok, 10, &id) == 0 && id < UINT32_MAX) {
 			ids[(*n)++] = (uint32_t)id;
 		} else if (groups) {
 			struct group *g = getgrnam(tok);
@@ -284,7 +284,7 @@ static int parse_ids(const struct opt_def *o, const char *s, bool groups, uint32
 	return 0;
 }
 
-static int set_str(char **dst, const char *v)
+int opt_set_str(char **dst, const char *v)
 {
 	char *s = strdup(v);
 
@@ -317,13 +317,13 @@ int opt_set(const struct opt_def *o, struct config *c, const char *val, char *er
 			snprintf(err, errlen, "%s: a path of 1 to 4095 bytes", o->key);
 			return -EINVAL;
 		}
-		return set_str(p, val) ? (snprintf(err, errlen, "out of memory"), -ENOMEM) : 0;
+		return opt_set_str(p, val) ? (snprintf(err, errlen, "out of memory"), -ENOMEM) : 0;
 	case OPT_ENUM:
 		if (!choice_ok(o->choices, val)) {
 			snprintf(err, errlen, "%s: '%.64s' is not one of %s", o->key, val, o->choices);
 			return -EINVAL;
 		}
-		return set_str(p, val) ? (snprintf(err, errlen, "out of memory"), -ENOMEM) : 0;
+		return opt_set_str(p, val) ? (snprintf(err, errlen, "out of memory"), -ENOMEM) : 0;
 	case OPT_BOOL:
 		if (parse_bool(val, p)) {
 			snprintf(err, errlen, "%s: '%.64s' is not yes or no", o->key, val);
@@ -359,10 +359,10 @@ int opt_set(const struct opt_def *o, struct config *c, const char *val, char *er
 		ret = opt_parse_size(val, &v);
 		break;
 	case OPT_MODE:
-		ret = parse_u64(val, &v, 8);
+		ret = opt_parse_u64(val, 8, &v);
 		break;
 	default:
-		ret = parse_u64(val, &v, 10);
+		ret = opt_parse_u64(val, 10, &v);
 		break;
 	}
 	if (ret || v < o->min || v > o->max) {

@@ -906,3 +906,21 @@ out:
 	free(buf);
 	return r;
 }
+
+unsigned atk_vid_of(const char *admin, const char *id)
+{
+	struct json_object *r = NULL, *a, *v, *x;
+	unsigned vid = 0;
+
+	if (atk_admin(admin, "{\"cmd\":\"adapters_list\"}", &r, 10000) == 0 &&
+	    json_object_object_get_ex(r, "adapters", &a))
+		for (size_t i = 0; i < json_object_array_length(a); i++) {
+			v = json_object_array_get_idx(a, i);
+			if (json_object_object_get_ex(v, "id", &x) && !strcmp(json_object_get_string(x), id) &&
+			    json_object_object_get_ex(v, "vid", &x))
+				vid = (unsigned)json_object_get_int(x);
+		}
+	json_object_put(r);
+	return vid;
+}
+

@@ -126,6 +126,8 @@ int atk_admin(const char *admin, const char *line, struct json_object **reply, i
 /* "ok" of a reply (false when absent), and its "error" string ("" when absent). */
 bool atk_reply_ok(struct json_object *reply);
 const char *atk_reply_error(struct json_object *reply);
+/* The number (vid) of adapter version @id as `adapters_list` shows it, or 0. */
+unsigned atk_vid_of(const char *admin, const char *id);
 /* True when @text holds @word as a whole word (not inside a longer name). */
 bool atk_names(const char *text, const char *word);
 

@@ -26,27 +26,6 @@ static int teardown(void **state)
 	return 0;
 }
 
-/* The registry's number for @id (adapters_list's "vid"), or 0. */
-static uint32_t vid_of(const char *admin, const char *id)
-{
-	struct json_object *r, *a;
-	uint32_t vid = 0;
-
-	if (atk_admin(admin, "{\"cmd\":\"adapters_list\"}", &r, 5000))
-		return 0;
-	if (json_object_object_get_ex(r, "adapters", &a) && json_object_is_type(a, json_type_array))
-		for (size_t i = 0; i < json_object_array_length(a); i++) {
-			struct json_object *v = json_object_array_get_idx(a, i), *x, *n;
-
-			if (json_object_object_get_ex(v, "id", &x) &&
-			    !strcmp(json_object_get_string(x), id) &&
-			    json_object_object_get_ex(v, "vid", &n))
-				vid = (uint32_t)json_object_get_int64(n);
-		}
-	json_object_put(r);
-	return vid;
-}
-
 static int ctl(const struct atk_daemon *d, const char *const *args, char *out, char *err)
 {
 	int rc = atk_ctl(d->admin, args, out, 8192, err, 8192, 20000, NULL);
@@ -87,7 +66,7 @@ static void test_rollback_removed(void **state)
 	assert_int_equal(ctl(&d, (const char *[]){ "route", "set", "sql", "sql@v2=100", NULL }, out, err), 0);
 	/* v1 is in no current route: removing it is allowed */
 	assert_int_equal(ctl(&d, (const char *[]){ "adapters", "remove", "sql@v1", NULL }, out, err), 0);
-	v2 = vid_of(d.admin, "sql@v2");
+	v2 = atk_vid_of(d.admin, "sql@v2");
 	assert_true(v2 != 0);
 
 	rc = atk_ctl(d.admin, (const char *[]){ "route", "rollback", "sql", NULL }, out, sizeof(out),

@@ -26,24 +26,6 @@ static int teardown(void **state)
 	return 0;
 }
 
-/* vid of @id from adapters_list, or 0 */
-static unsigned vid_of(const char *admin, const char *id)
-{
-	struct json_object *r = NULL, *a, *v, *x;
-	unsigned vid = 0;
-
-	if (atk_admin(admin, "{\"cmd\":\"adapters_list\"}", &r, 10000) == 0 &&
-	    json_object_object_get_ex(r, "adapters", &a))
-		for (size_t i = 0; i < json_object_array_length(a); i++) {
-			v = json_object_array_get_idx(a, i);
-			if (json_object_object_get_ex(v, "id", &x) && !strcmp(json_object_get_string(x), id) &&
-			    json_object_object_get_ex(v, "vid", &x))
-				vid = (unsigned)json_object_get_int(x);
-		}
-	json_object_put(r);
-	return vid;
-}
-
 /*
  * Baseline (92b6dee): lorad_event has no version id; the skill is filled
  * only for "auto"; lorad-cli --json prints neither version nor skill for a
@@ -82,8 +64,8 @@ static void test_served(void **state)
 			   want[i].served, want[i].version);
 	}
 	rc = atk_generate(c, "sql", 2, &ev, 20000);
-	ATK_EXPECT(ev.version == vid_of(d.admin, "sql@v7") && ev.version,
-		   "the event's number %u is not sql@v7's %u", ev.version, vid_of(d.admin, "sql@v7"));
+	ATK_EXPECT(ev.version == atk_vid_of(d.admin, "sql@v7") && ev.version,
+		   "the event's number %u is not sql@v7's %u", ev.version, atk_vid_of(d.admin, "sql@v7"));
 	/* an unknown skill: the skill named, no version */
 	rc = atk_generate(c, "nope", 2, &ev, 20000);
 	ATK_EXPECT(rc == 0 && ev.res == -ENOENT && !strcmp(ev.skill, "nope") && !ev.version_id[0],

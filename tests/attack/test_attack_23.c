@@ -24,23 +24,6 @@ static int teardown(void **state)
 	return 0;
 }
 
-static unsigned vid_of(const char *admin, const char *id)
-{
-	struct json_object *r = NULL, *a, *v, *x;
-	unsigned vid = 0;
-
-	if (atk_admin(admin, "{\"cmd\":\"adapters_list\"}", &r, 10000) == 0 &&
-	    json_object_object_get_ex(r, "adapters", &a))
-		for (size_t i = 0; i < json_object_array_length(a); i++) {
-			v = json_object_array_get_idx(a, i);
-			if (json_object_object_get_ex(v, "id", &x) && !strcmp(json_object_get_string(x), id) &&
-			    json_object_object_get_ex(v, "vid", &x))
-				vid = (unsigned)json_object_get_int(x);
-		}
-	json_object_put(r);
-	return vid;
-}
-
 static int ctl(const char *admin, const char *const *args)
 {
 	char out[2048], err[1024];
@@ -74,19 +57,19 @@ static void test_stable_vids(void **state)
 	for (int i = 0; i < 3; i++) {
 		ATK_EXPECT(!ctl(d.admin, (const char *const[]){ "adapters", "add", names[i], dirs[i],
 							      NULL }), "add %s", names[i]);
-		vid[i] = vid_of(d.admin, names[i]);
+		vid[i] = atk_vid_of(d.admin, names[i]);
 	}
 	ATK_EXPECT(!ctl(d.admin, (const char *const[]){ "adapters", "remove", "a@v1", NULL }),
 		   "remove a@v1");
 	atk_daemon_kill(&d);
 	assert_int_equal(atk_daemon_start(&d, args, ATK_STATE), 0);
 	for (int i = 1; i < 3; i++) {
-		after = vid_of(d.admin, names[i]);
+		after = atk_vid_of(d.admin, names[i]);
 		ATK_EXPECT(after == vid[i], "%s was %u, after a restart %u", names[i], vid[i], after);
 	}
 	ATK_EXPECT(!ctl(d.admin, (const char *const[]){ "adapters", "add", names[3], dirs[3], NULL }),
 		   "add d@v1");
-	after = vid_of(d.admin, names[3]);
+	after = atk_vid_of(d.admin, names[3]);
 	for (int i = 0; i < 3; i++)
 		ATK_EXPECT(after != vid[i], "d@v1 got %u, the number %s had", after, names[i]);
 	/* a completion carries the same number */

@@ -4,13 +4,13 @@
 
 #include <errno.h>
 #include <pcre2.h>
-#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "tokenizer.h"
+#include "workq.h"
 
 #define MATCH_LIMIT  100000u   /* backtracking steps per rule and prompt */
 #define DEPTH_LIMIT  1000u
@@ -23,13 +23,13 @@ struct rule {
 };
 
 struct item {
+	struct wq_item link;     /* first: the queue links items through it */
 	void *cookie;
 	char *text;
 	size_t len;
 	uint32_t *ids;
 	size_t n_ids;
 	char skill[32];
-	struct item *next;
 };
 
 struct classifier {
@@ -38,13 +38,8 @@ struct classifier {
 	char def[32];
 	const struct tokenizer *tok;
 	pcre2_match_context *mctx;
-	pcre2_match_data *md;
-	pthread_t thread;
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	bool stop, started;
-	struct item *in_head, *in_tail, *out_head, *out_tail;
-	unsigned pending;
+	pcre2_match_data *md;    /* one: the queue has one thread */
+	struct workq *wq;
 };
 
 static bool has_run(const uint32_t *ids, size_t n, const uint32_t *pat, unsigned m)
@@ -85,38 +80,24 @@ static void classify_one(struct classifier *c, struct item *it)
 	free(decoded);
 }
 
-static void *worker(void *arg)
+static void run(void *ctx, struct wq_item *w)
 {
-	struct classifier *c = arg;
+	struct item *it = (struct item *)w;
 
-	pthread_mutex_lock(&c->lock);
-	for (;;) {
-		struct item *it;
+	classify_one(ctx, it);
+	free(it->text);
+	free(it->ids);
+	it->text = NULL;
+	it->ids = NULL;
+}
 
-		while (!c->in_head && !c->stop)
-			pthread_cond_wait(&c->cond, &c->lock);
-		if (c->stop)
-			break;
-		it = c->in_head;
-		c->in_head = it->next;
-		if (!c->in_head)
-			c->in_tail = NULL;
-		pthread_mutex_unlock(&c->lock);
-		classify_one(c, it);
-		free(it->text);
-		free(it->ids);
-		it->text = NULL;
-		it->ids = NULL;
-		it->next = NULL;
-		pthread_mutex_lock(&c->lock);
-		if (c->out_tail)
-			c->out_tail->next = it;
-		else
-			c->out_head = it;
-		c->out_tail = it;
-	}
-	pthread_mutex_unlock(&c->lock);
-	return NULL;
+static void drop(struct wq_item *w)
+{
+	struct item *it = (struct item *)w;
+
+	free(it->text);
+	free(it->ids);
+	free(it);
 }
 
 int classify_build(const struct classify_rule_src *src, unsigned n, const char *def_skill,
@@ -131,8 +112,6 @@ int classify_build(const struct classify_rule_src *src, unsigned n, const char *
 	c = calloc(1, sizeof(*c));
 	if (!c)
 		return -ENOMEM;
-	pthread_mutex_init(&c->lock, NULL);
-	pthread_cond_init(&c->cond, NULL);
 	snprintf(c->def, sizeof(c->def), "%s", def_skill && *def_skill ? def_skill : "base");
 	c->tok = tok;
 	c->mctx = pcre2_match_context_create(NULL);
@@ -169,9 +148,8 @@ int classify_build(const struct classify_rule_src *src, unsigned n, const char *
 		}
 		c->n_rules++;
 	}
-	if (pthread_create(&c->thread, NULL, worker, c))
+	if (workq_build(1, run, drop, c, &c->wq))
 		goto nomem;
-	c->started = true;
 	*out = c;
 	return 0;
 nomem:
@@ -179,39 +157,17 @@ nomem:
 	return -ENOMEM;
 }
 
-static void free_list(struct item *it)
-{
-	while (it) {
-		struct item *next = it->next;
-
-		free(it->text);
-		free(it->ids);
-		free(it);
-		it = next;
-	}
-}
-
 void classify_free(struct classifier *c)
 {
 	if (!c)
 		return;
-	if (c->started) {
-		pthread_mutex_lock(&c->lock);
-		c->stop = true;
-		pthread_cond_signal(&c->cond);
-		pthread_mutex_unlock(&c->lock);
-		pthread_join(c->thread, NULL);
-	}
-	free_list(c->in_head);
-	free_list(c->out_head);
+	workq_free(c->wq);
 	for (unsigned i = 0; i < c->n_rules; i++) {
 		pcre2_code_free(c->rules[i].re);
 		free(c->rules[i].ids);
 	}
 	pcre2_match_data_free(c->md);
 	pcre2_match_context_free(c->mctx);
-	pthread_mutex_destroy(&c->lock);
-	pthread_cond_destroy(&c->cond);
 	free(c);
 }
 
@@ -238,15 +194,7 @@ int classify_submit(struct classifier *c, void *cookie, const char *text, size_t
 		memcpy(it->ids, ids, n_ids * sizeof(*ids));
 		it->n_ids = n_ids;
 	}
-	pthread_mutex_lock(&c->lock);
-	if (c->in_tail)
-		c->in_tail->next = it;
-	else
-		c->in_head = it;
-	c->in_tail = it;
-	c->pending++;
-	pthread_cond_signal(&c->cond);
-	pthread_mutex_unlock(&c->lock);
+	workq_submit(c->wq, &it->link);
 	return 0;
 nomem:
 	free(it->text);
@@ -256,17 +204,8 @@ nomem:
 
 int classify_poll(struct classifier *c, void **cookie, char skill[32])
 {
-	struct item *it;
+	struct item *it = (struct item *)workq_poll(c->wq);
 
-	pthread_mutex_lock(&c->lock);
-	it = c->out_head;
-	if (it) {
-		c->out_head = it->next;
-		if (!c->out_head)
-			c->out_tail = NULL;
-		c->pending--;
-	}
-	pthread_mutex_unlock(&c->lock);
 	if (!it)
 		return 0;
 	*cookie = it->cookie;
@@ -277,10 +216,5 @@ int classify_poll(struct classifier *c, void **cookie, char skill[32])
 
 unsigned classify_pending(struct classifier *c)
 {
-	unsigned n;
-
-	pthread_mutex_lock(&c->lock);
-	n = c->pending;
-	pthread_mutex_unlock(&c->lock);
-	return n;
+	return workq_pending(c->wq);
 }

@@ -13,6 +13,7 @@ add_library(lorad_daemon_core STATIC
   ${CMAKE_CURRENT_LIST_DIR}/nullexec.c
   ${CMAKE_CURRENT_LIST_DIR}/scheduler.c
   ${CMAKE_CURRENT_LIST_DIR}/tokq.c
+  ${CMAKE_CURRENT_LIST_DIR}/workq.c
   ${CMAKE_CURRENT_LIST_DIR}/route.c
   ${CMAKE_CURRENT_LIST_DIR}/registry.c
   ${CMAKE_CURRENT_LIST_DIR}/regstate.c

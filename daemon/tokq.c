@@ -2,15 +2,14 @@
 #include "tokq.h"
 
 #include <errno.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "tokenizer.h"
-
-#define TOKQ_MAX_THREADS 8
+#include "workq.h"
 
 struct titem {
+	struct wq_item link;      /* first: the queue links items through it */
 	uint64_t cookie;
 	char *text;
 	size_t len;
@@ -18,63 +17,32 @@ struct titem {
 	int ret;
 	uint32_t *ids;
 	size_t n;
-	struct titem *next;
 };
 
 struct tokq {
 	const struct tokenizer *tok;
-	pthread_t th[TOKQ_MAX_THREADS];
-	unsigned n_th;
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	bool stop;
-	struct titem *in_head, *in_tail, *out_head, *out_tail;
+	struct workq *wq;
 };
 
-static void *worker(void *arg)
+static void run(void *ctx, struct wq_item *w)
 {
-	struct tokq *q = arg;
+	struct tokq *q = ctx;
+	struct titem *it = (struct titem *)w;
 	char err[256];
 
-	pthread_mutex_lock(&q->lock);
-	for (;;) {
-		struct titem *it;
-
-		while (!q->in_head && !q->stop)
-			pthread_cond_wait(&q->cond, &q->lock);
-		if (q->stop)
-			break;
-		it = q->in_head;
-		q->in_head = it->next;
-		if (!q->in_head)
-			q->in_tail = NULL;
-		pthread_mutex_unlock(&q->lock);
-		it->ret = tok_encode(q->tok, it->text, it->len, it->add_special, &it->ids, &it->n, err,
-				     sizeof(err));
-		free(it->text);
-		it->text = NULL;
-		it->next = NULL;
-		pthread_mutex_lock(&q->lock);
-		if (q->out_tail)
-			q->out_tail->next = it;
-		else
-			q->out_head = it;
-		q->out_tail = it;
-	}
-	pthread_mutex_unlock(&q->lock);
-	return NULL;
+	it->ret = tok_encode(q->tok, it->text, it->len, it->add_special, &it->ids, &it->n, err,
+			     sizeof(err));
+	free(it->text);
+	it->text = NULL;
 }
 
-static void free_items(struct titem *it)
+static void drop(struct wq_item *w)
 {
-	while (it) {
-		struct titem *next = it->next;
+	struct titem *it = (struct titem *)w;
 
-		free(it->text);
-		free(it->ids);
-		free(it);
-		it = next;
-	}
+	free(it->text);
+	free(it->ids);
+	free(it);
 }
 
 int tokq_build(const struct tokenizer *tok, unsigned threads, struct tokq **out)
@@ -84,15 +52,10 @@ int tokq_build(const struct tokenizer *tok, unsigned threads, struct tokq **out)
 	if (!q)
 		return -ENOMEM;
 	q->tok = tok;
-	pthread_mutex_init(&q->lock, NULL);
-	pthread_cond_init(&q->cond, NULL);
-	if (threads > TOKQ_MAX_THREADS)
-		threads = TOKQ_MAX_THREADS;
-	for (; q->n_th < threads; q->n_th++)
-		if (pthread_create(&q->th[q->n_th], NULL, worker, q)) {
-			tokq_free(q);
-			return -ENOMEM;
-		}
+	if (workq_build(threads, run, drop, q, &q->wq)) {
+		free(q);
+		return -ENOMEM;
+	}
 	*out = q;
 	return 0;
 }
@@ -101,16 +64,7 @@ void tokq_free(struct tokq *q)
 {
 	if (!q)
 		return;
-	pthread_mutex_lock(&q->lock);
-	q->stop = true;
-	pthread_cond_broadcast(&q->cond);
-	pthread_mutex_unlock(&q->lock);
-	for (unsigned i = 0; i < q->n_th; i++)
-		pthread_join(q->th[i], NULL);
-	free_items(q->in_head);
-	free_items(q->out_head);
-	pthread_cond_destroy(&q->cond);
-	pthread_mutex_destroy(&q->lock);
+	workq_free(q->wq);
 	free(q);
 }
 
@@ -126,29 +80,14 @@ int tokq_submit(struct tokq *q, uint64_t cookie, const char *text, size_t len, b
 	it->len = len;
 	it->cookie = cookie;
 	it->add_special = add_special;
-	pthread_mutex_lock(&q->lock);
-	if (q->in_tail)
-		q->in_tail->next = it;
-	else
-		q->in_head = it;
-	q->in_tail = it;
-	pthread_cond_signal(&q->cond);
-	pthread_mutex_unlock(&q->lock);
+	workq_submit(q->wq, &it->link);
 	return 0;
 }
 
 int tokq_poll(struct tokq *q, uint64_t *cookie, int *ret, uint32_t **ids, size_t *n)
 {
-	struct titem *it;
+	struct titem *it = (struct titem *)workq_poll(q->wq);
 
-	pthread_mutex_lock(&q->lock);
-	it = q->out_head;
-	if (it) {
-		q->out_head = it->next;
-		if (!q->out_head)
-			q->out_tail = NULL;
-	}
-	pthread_mutex_unlock(&q->lock);
 	if (!it)
 		return 0;
 	*cookie = it->cookie;

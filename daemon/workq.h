@@ -1,0 +1,41 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Work off the engine thread: threads of their own run a function on each
+ * queued item, and the engine thread takes the finished items without
+ * blocking. Used for what may take long on hostile input (classifying a
+ * prompt, tokenizing a long one), so it never delays a step.
+ *
+ * Items are the caller's structs with a struct wq_item first; the queue
+ * only links them. One mutex guards both lists; it is held for the links,
+ * never while an item runs.
+ */
+#ifndef LORAD_WORKQ_H
+#define LORAD_WORKQ_H
+
+struct wq_item {
+	struct wq_item *next;
+};
+
+struct workq;
+
+/*
+ * Start @threads threads that call @run(@ctx, item) on each submitted item.
+ * @drop frees an item that workq_free() finds unfinished or untaken.
+ * Returns 0 or -ENOMEM.
+ */
+int workq_build(unsigned threads, void (*run)(void *ctx, struct wq_item *it),
+		void (*drop)(struct wq_item *it), void *ctx, struct workq **out);
+
+/* Stop and join the threads; items still queued or not taken are dropped. NULL is a no-op. */
+void workq_free(struct workq *q);
+
+/* Queue @it; a thread runs it. */
+void workq_submit(struct workq *q, struct wq_item *it);
+
+/* A finished item, in order of completion, or NULL when none is ready. */
+struct wq_item *workq_poll(struct workq *q);
+
+/* Items submitted and not yet taken by workq_poll. */
+unsigned workq_pending(struct workq *q);
+
+#endif

@@ -439,11 +439,11 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 {
 	struct lorad_sqe *e;
 	struct slot *s;
-	uint64_t prompt_bytes, ext_bytes, need, stop_bytes = 0;
+	uint64_t prompt_bytes, ext_bytes = 0, out_bytes, need, stop_bytes = 0;
 	uint32_t idx, poff, ext_off, out_off, text_off, served_off, times_off;
 	int64_t chunk;
 	size_t skill_len = 0;
-	bool text = r->prompt_text != NULL;
+	bool text = r->prompt_text != NULL, s_auto, served;
 
 	if ((!text && (!r->prompt || !r->n_prompt)) || !r->out || !r->max_tokens ||
 	    (r->out_text_cap && !r->out_text) || r->n_stop > LORAD_MAX_STOP_STR ||
@@ -464,15 +464,21 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	if (r->n_stop_ids > LORAD_MAX_STOP || r->n_logit_bias > LORAD_MAX_BIAS ||
 	    (r->n_stop_ids && !r->stop_ids) || (r->n_logit_bias && !r->logit_bias))
 		return -EINVAL;
-	/* every request asks who served it, so the extension block is always there */
-	ext_bytes = sizeof(struct lorad_ext) + (uint64_t)r->n_stop_ids * 4 +
-		    (uint64_t)r->n_logit_bias * sizeof(struct lorad_logit_bias) + stop_bytes;
+	/* an extension block only for what needs one: the served record (ABI
+	 * 1.2) follows the output ids instead, so a plain request costs the
+	 * daemon no extra cache line to read */
+	s_auto = r->skill && !strcmp(r->skill, "auto");
+	served = c->daemon_minor >= 2;
+	if (r->n_stop_ids || r->n_logit_bias || r->min_tokens || stop_bytes || r->out_text_cap ||
+	    r->times || (s_auto && !served))
+		ext_bytes = sizeof(struct lorad_ext) + (uint64_t)r->n_stop_ids * 4 +
+			    (uint64_t)r->n_logit_bias * sizeof(struct lorad_logit_bias) + stop_bytes;
 	prompt_bytes = text ? r->prompt_text_len : (uint64_t)r->n_prompt * 4;
-	/* one block: prompt, extension, output ids, output text, served, times,
-	 * each on its own 64-byte chunks */
-	need = chunks_of(prompt_bytes) + chunks_of(ext_bytes) + chunks_of((uint64_t)r->max_tokens * 4) +
-	       chunks_of(r->out_text_cap) + chunks_of(sizeof(struct lorad_served)) +
-	       (r->times ? CHUNK : 0);
+	/* one block: prompt, extension, output ids with the served record right
+	 * behind them, output text, times, each part on its own 64-byte chunks */
+	out_bytes = (((uint64_t)r->max_tokens * 4 + 7) & ~7ull) + sizeof(struct lorad_served);
+	need = chunks_of(prompt_bytes) + chunks_of(ext_bytes) + chunks_of(out_bytes) +
+	       chunks_of(r->out_text_cap) + (r->times ? CHUNK : 0);
 	need /= CHUNK;
 	if (need > c->n_chunks)
 		return -E2BIG;
@@ -488,14 +494,17 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	poff = (uint32_t)chunk * CHUNK;
 	ext_off = poff + (uint32_t)chunks_of(prompt_bytes);
 	out_off = ext_off + (uint32_t)chunks_of(ext_bytes);
-	text_off = out_off + (uint32_t)chunks_of((uint64_t)r->max_tokens * 4);
-	served_off = text_off + (uint32_t)chunks_of(r->out_text_cap);
-	times_off = served_off + (uint32_t)chunks_of(sizeof(struct lorad_served));
+	served_off = out_off + (uint32_t)((((uint64_t)r->max_tokens * 4) + 7) & ~7ull);
+	text_off = out_off + (uint32_t)chunks_of(out_bytes);
+	times_off = text_off + (uint32_t)chunks_of(r->out_text_cap);
 
 	if (prompt_bytes)
 		memcpy(c->arena + poff, text ? (const void *)r->prompt_text : (const void *)r->prompt,
 		       prompt_bytes);
-	{
+	/* a daemon older than ABI 1.2 writes only the 32 bytes of the skill "auto"
+	 * chose, where the extension block says (its skill_off) */
+	s->auto_skill = s_auto && !served;
+	if (ext_bytes) {
 		struct lorad_ext h = { .n_stop = r->n_stop_ids, .n_bias = r->n_logit_bias,
 				       .min_tokens = r->min_tokens, .stop_str_len = (uint32_t)stop_bytes };
 		uint32_t so = ext_off + sizeof(h) + r->n_stop_ids * 4u +
@@ -505,12 +514,9 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 			h.text_off = text_off;
 			h.text_len = r->out_text_cap;
 		}
-		/* a daemon older than ABI 1.2 takes the 32 bytes of the skill "auto"
-		 * chose there, and refuses LORAD_SQE_F_SERVED */
-		s->auto_skill = c->daemon_minor < 2 && r->skill && !strcmp(r->skill, "auto");
-		if (c->daemon_minor >= 2 || s->auto_skill) {
+		if (s->auto_skill) {
 			h.skill_off = served_off;
-			memset(c->arena + served_off, 0, sizeof(struct lorad_served));
+			memset(c->arena + served_off, 0, LORAD_SKILL_MAX);
 		}
 		if (r->times) {
 			h.times_off = times_off;
@@ -554,14 +560,16 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	e->opcode = LORAD_OP_GENERATE;
 	e->prompt_kind = text ? LORAD_PROMPT_TEXT : LORAD_PROMPT_TOKENS;
 	e->priority = r->priority;
-	e->flags = r->flags | (c->daemon_minor >= 2 ? LORAD_SQE_F_SERVED : 0);
+	e->flags = r->flags | (served ? LORAD_SQE_F_SERVED : 0);
 	e->max_tokens = r->max_tokens;
 	e->prompt_off = poff;
 	e->prompt_len = (uint32_t)prompt_bytes;
 	e->out_off = out_off;
 	e->out_len = r->max_tokens * 4;
-	e->ext_off = ext_off;
-	e->ext_len = (uint32_t)ext_bytes;
+	if (ext_bytes) {
+		e->ext_off = ext_off;
+		e->ext_len = (uint32_t)ext_bytes;
+	}
 	e->routing_key = r->routing_key_len ? lorad_routing_key(r->routing_key_bytes, r->routing_key_len)
 					    : r->routing_key;
 	e->seed = r->seed;

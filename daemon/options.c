@@ -44,8 +44,9 @@ const struct opt_def opt_table[] = {
 	  .help = "serve without a model: echo checksums and generated ids (tests, benchmarks)" },
 	{ "null_step_us", "daemon", OPT_U32, F(null_step_us), 0, NULL, 0, 60000000, .arg = "N",
 	  .help = "the null engine streams one token per N us (0: at once)" },
-	{ "spin_us", "daemon", OPT_U32, F(spin_us), 50, NULL, 0, 1000000, .arg = "N",
-	  .help = "poll the rings this long after the last work before sleeping", .reload = true },
+	{ "spin_us", "daemon", OPT_U32, F(spin_us), 50, NULL, 0, UINT32_MAX, .arg = "N",
+	  .help = "poll the rings this long after the last work before sleeping (a huge value: "
+		  "never sleep)", .reload = true },
 	{ "drain_ms", "daemon", OPT_U32, F(drain_ms), 5000, NULL, 0, 3600000, .arg = "N",
 	  .help = "on SIGTERM, let in-flight requests finish this long", .reload = true },
 	{ "cpu", "daemon", OPT_CPU, F(cpu), (uint64_t)-1, "none", 0, 4095, .arg = "N",

@@ -354,7 +354,7 @@ static void submit_skill(struct sched *s, struct sreq *r, struct sjob *parked)
 /* Tell the client which skill "auto" chose, where a 1.1 client asked (ext.skill_off). */
 static void write_skill_out(struct sreq *r)
 {
-	if (r->x.skill_off && !r->x.served && r->s->state == SESSION_LIVE)
+	if (r->x.skill_off && r->s->state == SESSION_LIVE)
 		memcpy(r->s->arena + r->x.skill_off, r->e.skill, LORAD_SKILL_MAX);
 }
 

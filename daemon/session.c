@@ -293,7 +293,7 @@ void sreq_emit(struct sreq *r, bool final, int res, unsigned finish, unsigned fi
 
 			memcpy(r->s->arena + r->x.times_off, &t, sizeof(t));
 		}
-		if (r->x.served) {
+		if (r->x.served_off) {
 			struct lorad_served sv;
 
 			/* both strings are NUL-padded to their size: no stale bytes leak */
@@ -302,7 +302,7 @@ void sreq_emit(struct sreq *r, bool final, int res, unsigned finish, unsigned fi
 			else
 				strncpy(sv.skill, "base", sizeof(sv.skill));
 			memcpy(sv.version, r->served, sizeof(sv.version));
-			memcpy(r->s->arena + r->x.skill_off, &sv, sizeof(sv));
+			memcpy(r->s->arena + r->x.served_off, &sv, sizeof(sv));
 			q.flags |= LORAD_CQE_F_SERVED;
 		}
 	}

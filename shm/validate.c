@@ -100,8 +100,15 @@ int sqe_validate(const struct lorad_sqe *e, const struct sqe_limits *lim,
 	if ((e->ext_len || e->ext_off) &&
 	    (!e->ext_len || e->ext_off % 4 || !span_ok(e->ext_off, e->ext_len, lim->arena_size)))
 		BAD(LORAD_FIELD_EXT, -EINVAL);
-	if ((e->flags & LORAD_SQE_F_SERVED) && e->ext_len < sizeof(struct lorad_ext))
-		BAD(LORAD_FIELD_FLAGS, -EINVAL);
+	/* the served record follows the output ids: in the arena, clear of the prompt */
+	if (e->flags & LORAD_SQE_F_SERVED) {
+		uint64_t so = lorad_served_off(e);
+
+		if (so + sizeof(struct lorad_served) > lim->arena_size ||
+		    (e->prompt_len && so < (uint64_t)e->prompt_off + e->prompt_len &&
+		     e->prompt_off < so + sizeof(struct lorad_served)))
+			BAD(LORAD_FIELD_OUTPUT, -EINVAL);
+	}
 	if (!isfinite(e->temperature) || e->temperature < 0.0f || e->temperature > 100.0f ||
 	    !prob_ok(e->top_p) || !prob_ok(e->min_p) ||
 	    !isfinite(e->repetition_penalty) || e->repetition_penalty < 0.0f ||
@@ -131,11 +138,14 @@ int sqe_ext_load(const struct lorad_sqe *e, const unsigned char *arena, uint32_t
 		 struct sqe_ext *x, enum lorad_field *field)
 {
 	/* the buffers the daemon writes, and what they must stay clear of */
+	const bool served = e->flags & LORAD_SQE_F_SERVED;
+	const uint64_t so = lorad_served_off(e);
 	struct { uint64_t off, len; } w[3] = { { 0, 0 } };
-	const uint64_t keep[3][2] = {
+	const uint64_t keep[4][2] = {
 		{ e->prompt_off, (uint64_t)e->prompt_off + e->prompt_len },
 		{ e->out_off, (uint64_t)e->out_off + e->out_len },
 		{ e->ext_off, (uint64_t)e->ext_off + e->ext_len },
+		{ so, served ? so + sizeof(struct lorad_served) : so },
 	};
 	const unsigned char *base;
 	struct lorad_ext h;
@@ -144,8 +154,14 @@ int sqe_ext_load(const struct lorad_sqe *e, const unsigned char *arena, uint32_t
 
 	memset(x, 0, sizeof(*x));
 	*field = LORAD_FIELD_EXT;
-	if (!e->ext_len)
+	/* checked in bounds and clear of the prompt by sqe_validate() */
+	x->served_off = served ? (uint32_t)so : 0;
+	if (served && e->ext_len && keep[3][0] < keep[2][1] && keep[2][0] < keep[3][1])
+		return -EINVAL;   /* the extension block under the served record */
+	if (!e->ext_len) {
+		*field = LORAD_FIELD_NONE;
 		return 0;
+	}
 	if (e->ext_len < sizeof(h))
 		return -EINVAL;
 	base = arena + e->ext_off;
@@ -162,9 +178,7 @@ int sqe_ext_load(const struct lorad_sqe *e, const unsigned char *arena, uint32_t
 	}
 	if (h.skill_off) {
 		w[1].off = h.skill_off;
-		w[1].len = e->flags & LORAD_SQE_F_SERVED ? sizeof(struct lorad_served) : LORAD_SKILL_MAX;
-		if ((e->flags & LORAD_SQE_F_SERVED) && h.skill_off % 8)
-			return -EINVAL;
+		w[1].len = LORAD_SKILL_MAX;
 	}
 	if (h.times_off) {
 		w[2].off = h.times_off;
@@ -177,7 +191,7 @@ int sqe_ext_load(const struct lorad_sqe *e, const unsigned char *arena, uint32_t
 			continue;
 		if (w[i].off + w[i].len > arena_size)
 			return -EINVAL;
-		for (int k = 0; k < 3; k++)
+		for (int k = 0; k < 4; k++)
 			if (keep[k][1] > keep[k][0] &&
 			    overlap(w[i].off, w[i].off + w[i].len, keep[k][0], keep[k][1]))
 				return -EINVAL;
@@ -189,7 +203,6 @@ int sqe_ext_load(const struct lorad_sqe *e, const unsigned char *arena, uint32_t
 	x->text_off = h.text_len ? h.text_off : 0;
 	x->text_len = h.text_len;
 	x->skill_off = h.skill_off;
-	x->served = h.skill_off && (e->flags & LORAD_SQE_F_SERVED);
 	x->times_off = h.times_off;
 	*field = LORAD_FIELD_NONE;
 	if (h.n_stop) {
@@ -230,5 +243,6 @@ bad:
 	return -EINVAL;
 nomem:
 	sqe_ext_free(x);
+	*field = LORAD_FIELD_NONE;
 	return -ENOMEM;
 }

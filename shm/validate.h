@@ -26,8 +26,8 @@ struct sqe_limits {
 struct sqe_ext {
 	uint32_t min_tokens;
 	uint32_t text_off, text_len;     /* the generated text's buffer; 0/0: none */
-	uint32_t skill_off;              /* where the served skill goes; 0: none */
-	bool served;                     /* skill_off holds a struct lorad_served */
+	uint32_t skill_off;              /* where a 1.1 client wants the skill "auto" chose; 0: none */
+	uint32_t served_off;             /* where struct lorad_served goes (LORAD_SQE_F_SERVED); 0: none */
 	uint32_t times_off;              /* where struct lorad_times goes; 0: none */
 	uint32_t n_stop, n_bias, n_stop_str;
 	uint32_t *stop;                  /* n_stop ids (malloc'd) */
@@ -55,9 +55,9 @@ int sqe_validate(const struct lorad_sqe *e, const struct sqe_limits *lim,
  * Read the extension block of the validated entry @e out of @arena (the
  * client's, @arena_size bytes) into @x: every shared byte read once, every
  * offset checked against the arena and against the request's other buffers
- * (prompt, output ids, the block itself, each other). Returns 0, -EINVAL
- * with *field (LORAD_FIELD_EXT), or -ENOMEM. @x holds nothing to free on
- * error; on success free it with sqe_ext_free().
+ * (prompt, output ids, the block itself, each other, the served record).
+ * Returns 0, -EINVAL with *field (LORAD_FIELD_EXT), or -ENOMEM. @x holds
+ * nothing to free on error; on success free it with sqe_ext_free().
  */
 int sqe_ext_load(const struct lorad_sqe *e, const unsigned char *arena, uint32_t arena_size,
 		 struct sqe_ext *x, enum lorad_field *field);

@@ -130,7 +130,7 @@ enum lorad_prompt_kind {
 
 #define LORAD_SQE_F_IGNORE_EOS  (1u << 0)
 #define LORAD_SQE_F_NO_SPECIAL  (1u << 1)  /* text prompt: no BOS/special tokens from the post-processor */
-#define LORAD_SQE_F_SERVED      (1u << 2)  /* ext.skill_off holds a struct lorad_served (ABI 1.2) */
+#define LORAD_SQE_F_SERVED      (1u << 2)  /* a struct lorad_served follows the output ids (ABI 1.2) */
 #define LORAD_SQE_F__ALL        (LORAD_SQE_F_IGNORE_EOS | LORAD_SQE_F_NO_SPECIAL | LORAD_SQE_F_SERVED)
 
 /*
@@ -178,9 +178,8 @@ struct lorad_ext {
 	uint32_t text_off;       /* arena buffer for the generated text; 0/0 = no text */
 	uint32_t text_len;
 	uint32_t skill_off;      /* arena: LORAD_SKILL_MAX bytes where the daemon writes the skill
-				    "auto" chose, before the final completion; 0 = none. With
-				    LORAD_SQE_F_SERVED: a struct lorad_served, 8-byte aligned,
-				    written for every request the daemon took */
+				    "auto" chose, before the final completion; 0 = none (1.1
+				    clients; LORAD_SQE_F_SERVED says more, for every request) */
 	uint32_t times_off;      /* arena: a struct lorad_times, 8-byte aligned, that the daemon
 				    fills before the final completion; 0 = none (ABI 1.1; a 1.0
 				    daemon refuses it as a reserved field) */
@@ -195,12 +194,22 @@ struct lorad_times {
 	uint64_t final_ns;       /* its final completion was posted */
 };
 
-/* Who served a request: written before its final completion (LORAD_SQE_F_SERVED),
- * which then carries LORAD_CQE_F_SERVED. NUL-terminated strings. */
+/*
+ * Who served a request. With LORAD_SQE_F_SERVED it lies in the arena right
+ * after the output ids, at SERVED_OFF(sqe) = out_off + out_len rounded up to
+ * 8 bytes (no extension block needed); the daemon writes it before the
+ * final completion, which then carries LORAD_CQE_F_SERVED. NUL-terminated
+ * strings.
+ */
 struct lorad_served {
 	char skill[LORAD_SKILL_MAX];     /* the skill that served it ("auto": the one chosen), or "base" */
 	char version[LORAD_VERSION_MAX]; /* "name@version", "base", or "" when it never got one */
 };
+
+static inline uint64_t lorad_served_off(const struct lorad_sqe *e)
+{
+	return ((uint64_t)e->out_off + e->out_len + 7) & ~(uint64_t)7;
+}
 
 struct lorad_logit_bias {
 	uint32_t token;

@@ -193,7 +193,7 @@ static void conn_arm(struct admin_conn *c)
 	struct epoll_event ev = { .events = 0, .data.ptr = c };
 	size_t backlog = c->out_len - c->out_off;
 
-	if (!c->read_shut && !c->closing && backlog < ADMIN_OUT_HIGH)
+	if (!c->read_shut && !c->closing && !c->deferred && backlog < ADMIN_OUT_HIGH)
 		ev.events |= EPOLLIN | EPOLLRDHUP;
 	if (backlog)
 		ev.events |= EPOLLOUT;
@@ -456,7 +456,10 @@ static void conn_process(struct admin_conn *c)
 {
 	size_t at = 0;
 
-	while (at < c->in_len && !c->closing && c->out_len - c->out_off < ADMIN_OUT_HIGH) {
+	/* one request at a time: while one waits for its answer (a change being
+	 * made durable), the next waits too, so replies come in request order */
+	while (at < c->in_len && !c->closing && !c->deferred &&
+	       c->out_len - c->out_off < ADMIN_OUT_HIGH) {
 		char *nl = memchr(c->in + at, '\n', c->in_len - at);
 
 		if (!nl)
@@ -475,7 +478,7 @@ static void conn_readable(struct admin_conn *c)
 {
 	char buf[4096];
 
-	while (!c->closing && !c->read_shut && c->out_len - c->out_off < ADMIN_OUT_HIGH) {
+	while (!c->closing && !c->read_shut && !c->deferred && c->out_len - c->out_off < ADMIN_OUT_HIGH) {
 		ssize_t k = recv(c->fd, buf, sizeof(buf), MSG_DONTWAIT);
 
 		if (k < 0 && (errno == EAGAIN || errno == EINTR))

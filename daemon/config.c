@@ -27,6 +27,19 @@ static void free_str(char **p)
 	*p = NULL;
 }
 
+void config_forget_file_lists(struct config *c)
+{
+	for (unsigned i = 0; i < c->n_classify; i++) {
+		free_str(&c->classify[i].regex);
+		free(c->classify[i].ids);
+		c->classify[i].ids = NULL;
+	}
+	c->n_classify = 0;
+	c->classify_default[0] = 0;
+	c->have_classify = false;
+	c->n_routes = 0;
+}
+
 void config_free(struct config *c)
 {
 	free_str(&c->socket_path);
@@ -38,12 +51,7 @@ void config_free(struct config *c)
 	for (unsigned i = 0; i < c->n_adapters; i++)
 		free_str(&c->adapter[i].path);
 	c->n_adapters = 0;
-	for (unsigned i = 0; i < c->n_classify; i++) {
-		free_str(&c->classify[i].regex);
-		free(c->classify[i].ids);
-		c->classify[i].ids = NULL;
-	}
-	c->n_classify = 0;
+	config_forget_file_lists(c);
 }
 
 static int dup_str(char **dst, const char *src)

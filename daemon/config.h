@@ -113,6 +113,10 @@ void config_default_access(struct config *c);
  * Returns 0 or -errno with @err naming the path. */
 int config_absolute_paths(struct config *c, char *err, size_t errlen);
 
+/* Forget the lists only the config file holds ([route], [classify]): a
+ * reload reads them again from the file instead of appending to them. */
+void config_forget_file_lists(struct config *c);
+
 /* Free the strings of @c. */
 void config_free(struct config *c);
 

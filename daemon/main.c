@@ -583,6 +583,7 @@ static void reload(struct daemon *d)
 		log_err("reload: out of memory; keeping the running config");
 		goto out;
 	}
+	config_forget_file_lists(&next);
 	if (config_load(&next, d->config_path, err, sizeof(err)) ||
 	    config_absolute_paths(&next, err, sizeof(err))) {
 		log_err("reload: %s; keeping the running config", err);

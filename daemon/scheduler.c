@@ -337,9 +337,11 @@ static void submit_skill(struct sched *s, struct sreq *r, struct sjob *parked)
 			stops[n++] = p2;
 		/* generated text = decode(prompt + generated) - decode(prompt) */
 		j->dt = calloc(1, sizeof(*j->dt));
-		if (!j->dt || detok_init(j->dt, s->tok, r->prompt, r->n_prompt) ||
-		    (n && detok_set_stop(j->dt, stops, n))) {
-			fail(s, r, -ENOMEM, LORAD_FIELD_EXT);
+		ret = !j->dt ? -ENOMEM : detok_init(j->dt, s->tok, r->prompt, r->n_prompt);
+		if (!ret && n)
+			ret = detok_set_stop(j->dt, stops, n);   /* -EINVAL: not UTF-8 */
+		if (ret) {
+			fail(s, r, ret, ret == -ENOMEM ? LORAD_FIELD_NONE : LORAD_FIELD_EXT);
 			return;
 		}
 	}

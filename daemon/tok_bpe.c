@@ -337,7 +337,8 @@ static int encode_part(const struct bpe *b, const char *w, size_t len, struct id
 		return 0; /* not caching is fine */
 	}
 	memcpy(key, w, len);
-	memcpy(ids, out->v + before, n * sizeof(uint32_t));
+	if (n)   /* a word may give no ids at all: out->v may still be NULL */
+		memcpy(ids, out->v + before, n * sizeof(uint32_t));
 	pthread_mutex_lock(&c->mu);
 	uint32_t idx;
 	if (smap_get(&c->map, w, len, &idx)) {

@@ -428,14 +428,24 @@ static int load_pretok(struct ld *ld, struct json_object *o, const char *where,
 
 /* ---- post-processors ---- */
 
+/* A special token's id of a post-processor: one the model's vocabulary has. */
+static int vocab_id(struct ld *ld, struct json_object *v, const char *where, uint32_t *id)
+{
+	int64_t x = v && json_object_is_type(v, json_type_int) ? json_object_get_int64(v) : -1;
+
+	if (x < 0 || (uint64_t)x >= ld->t->nids)
+		return bad(ld, where, "a special token's id is not in the vocabulary");
+	*id = (uint32_t)x;
+	return 0;
+}
+
 static int token_pair(struct ld *ld, struct json_object *o, const char *where, const char *k,
                       uint32_t *id)
 {
 	struct json_object *a = jget(o, k);
 	if (!is_array(a) || json_object_array_length(a) != 2)
 		return bad(ld, where, "expected [\"token\", id] pairs for cls and sep");
-	*id = (uint32_t)json_object_get_int64(json_object_array_get_idx(a, 1));
-	return 0;
+	return vocab_id(ld, json_object_array_get_idx(a, 1), where, id);
 }
 
 static int load_post(struct ld *ld, struct json_object *o, const char *where, struct post **out)
@@ -504,8 +514,9 @@ static int load_post(struct ld *ld, struct json_object *o, const char *where, st
 			if (!p->items[i].ids)
 				return -ENOMEM;
 			for (size_t k = 0; k < p->items[i].nids; k++)
-				p->items[i].ids[k] =
-					(uint32_t)json_object_get_int64(json_object_array_get_idx(ids, k));
+				if ((r = vocab_id(ld, json_object_array_get_idx(ids, k), w,
+						  &p->items[i].ids[k])) < 0)
+					return r;
 		}
 	} else {
 		char what[128];
@@ -643,6 +654,14 @@ static int load_model(struct ld *ld, struct json_object *m, struct json_object *
 		}
 		if (json_object_get_int64(id) > maxid)
 			maxid = json_object_get_int64(id);
+	}
+	/* tables are indexed by id: a few ids far past the count of tokens would
+	 * make them huge (one id of 2^31 - 1: 28 GB) */
+	if ((uint64_t)maxid >= 2 * (nvocab + nadded) + 1024 || maxid >= (1 << 24)) {
+		char what[128];
+		snprintf(what, sizeof(what), "ids reach %lld for %zu tokens: at most twice the count "
+			 "and below 2^24", (long long)maxid, nvocab + nadded);
+		return bad(ld, "model.vocab", what);
 	}
 	t->nids = (size_t)(maxid + 1);
 	t->id_str = calloc(t->nids ? t->nids : 1, sizeof(char *));

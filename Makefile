@@ -29,10 +29,11 @@ tsan: deps
 	@cmake --build build-tsan -j $(JOBS)
 	@ctest --test-dir build-tsan --output-on-failure -L tsan
 
+# every libFuzzer target, about 120 s in all (scripts/run-fuzz.sh shares them out)
 fuzz: deps
 	@CC=clang cmake -S . -B build-fuzz -DLORAD_FUZZ=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
 	@cmake --build build-fuzz -j $(JOBS)
-	@scripts/run-fuzz.sh build-fuzz 20
+	@scripts/run-fuzz.sh build-fuzz 120
 
 clean:
 	rm -rf $(BUILD) build-asan build-tsan build-fuzz

@@ -1,8 +1,9 @@
 #!/bin/sh
-# Run every libFuzzer target of a build for SECONDS each.
+# Run every libFuzzer target of a build, sharing TOTAL_SECONDS evenly among
+# them (at least MIN_SECONDS, default 5, each).
 #
 #   CC=clang cmake -S . -B build-fuzz -DLORAD_FUZZ=ON && cmake --build build-fuzz
-#   scripts/run-fuzz.sh build-fuzz 60
+#   scripts/run-fuzz.sh build-fuzz 120        # 9 targets: 13 s each
 #
 # Each target starts from its committed seed corpus (tests/fuzz/corpus/NAME)
 # and grows a working corpus in BUILD_DIR/fuzz/NAME, so the committed seeds
@@ -11,22 +12,40 @@
 set -eu
 
 if [ $# -ne 2 ]; then
-	echo "usage: $0 BUILD_DIR SECONDS" >&2
+	echo "usage: $0 BUILD_DIR TOTAL_SECONDS" >&2
 	exit 2
 fi
 build=$1
-secs=$2
+total=$2
+min=${MIN_SECONDS:-5}
 src=$(cd "$(dirname "$0")/.." && pwd)
-found=0
 status=0
 
-mkdir -p "$build/fuzz/artifacts"
+case $total in
+'' | *[!0-9]*)
+	echo "$0: TOTAL_SECONDS must be a whole number" >&2
+	exit 2
+	;;
+esac
+targets=
 for bin in "$build"/bin/fuzz_*; do
 	[ -x "$bin" ] || continue
+	case $(basename "$bin") in fuzz_replay_*) continue ;; esac
+	targets="$targets $bin"
+done
+set -- $targets
+if [ $# -eq 0 ]; then
+	echo "no libFuzzer targets in $build/bin: configure with CC=clang -DLORAD_FUZZ=ON" >&2
+	exit 2
+fi
+secs=$((total / $#))
+[ "$secs" -ge "$min" ] || secs=$min
+echo "== $# targets, ${secs}s each"
+
+mkdir -p "$build/fuzz/artifacts"
+for bin in "$@"; do
 	name=$(basename "$bin")
-	case $name in fuzz_replay_*) continue ;; esac
 	target=${name#fuzz_}
-	found=$((found + 1))
 	work="$build/fuzz/$target"
 	mkdir -p "$work"
 	echo "== $name for ${secs}s"
@@ -37,8 +56,4 @@ for bin in "$build"/bin/fuzz_*; do
 		status=1
 	fi
 done
-if [ "$found" -eq 0 ]; then
-	echo "no libFuzzer targets in $build/bin: configure with CC=clang -DLORAD_FUZZ=ON" >&2
-	exit 2
-fi
 exit $status

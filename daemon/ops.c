@@ -393,7 +393,8 @@ static void job_finish_write(struct ops *o, struct job *j)
 
 void ops_poll(struct ops *o)
 {
-	if (!o)
+	/* n_jobs changes only on this (the engine) thread: the idle turn takes no lock */
+	if (!o || !o->n_jobs)
 		return;
 	for (;;) {
 		struct job *j = NULL;

@@ -275,7 +275,8 @@ void sreq_emit(struct sreq *r, bool final, int res, unsigned finish, unsigned fi
 	q.version = r->version;
 	q.step = r->step_last;
 	if (final) {
-		q.queue_steps = r->step_admit - r->step_seen;
+		/* a request refused before admission waited no step */
+		q.queue_steps = r->step_admit >= r->step_seen ? r->step_admit - r->step_seen : 0;
 		q.finish = (uint16_t)finish;
 		q.err_field = (uint16_t)field;
 		if (r->t_admit)

@@ -14,13 +14,7 @@
 
 #include <lorad/lorad.h>
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
-}
+#include "clock.h"
 
 static int parse_tokens(const char *s, uint32_t **out, uint32_t *n)
 {

@@ -25,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "region.h"
 #include "ring.h"
 
@@ -110,14 +111,6 @@ static inline int check_usable(const struct lorad *c)
 	if (c->fork_gen != atomic_load_explicit(&fork_gen, memory_order_relaxed))
 		return -ECHILD;
 	return 0;
-}
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
 }
 
 /* --- arena ------------------------------------------------------------------ */

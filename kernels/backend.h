@@ -1,7 +1,7 @@
 /*
  * backend.h — the seam between the model code and the hardware.
  *
- * The forward pass (daemon/forward.c) is written once against this table of
+ * The forward pass (daemon/engine/forward.c) is written once against this table of
  * operations on opaque device buffers. The CPU backend (kernels/cpu/)
  * implements it with OpenBLAS and plain loops; a CUDA backend implements the
  * same table. Nothing outside kernels/ knows which one runs.

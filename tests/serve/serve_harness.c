@@ -410,7 +410,7 @@ void sref_close(struct sref *r)
 	free(r);
 }
 
-/* The daemon's mapping of a request to engine parameters (daemon/scheduler.c
+/* The daemon's mapping of a request to engine parameters (daemon/serving/scheduler.c
  * sc_submit and the library's defaults for 0): kept here on purpose, so the
  * test notices if the daemon stops honouring a field. */
 static void spec_params(const struct sreq_spec *sp, struct engine_seq_params *p)

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Every option exists once (daemon/options.c) and is everywhere a user
+ * Every option exists once (daemon/serving/options.c) and is everywhere a user
  * looks for it: documented in the sample config systemd/lorad.conf, listed
  * by `lorad --help` under its command-line name, and refused with its
  * bounds when a value is outside them.

@@ -14,6 +14,7 @@
  * (prompt_logits only with --logits), which is what lorad-cli prints for the
  * same request through the daemon.
  */
+#include "clock.h"
 #include "engine.h"
 #include "tokenizer.h"
 
@@ -68,10 +69,7 @@ static int parse_tokens(const char *s, int32_t **out, int *n)
 
 static double now(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+	return now_ns() / 1e9;
 }
 
 int main(int argc, char **argv)

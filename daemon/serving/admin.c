@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include "clock.h"
 #include "admin.h"
 
 #include <errno.h>
@@ -61,14 +62,6 @@ struct admin {
 	uint64_t next_id;
 	struct admin_conn *current;  /* the connection whose request runs now */
 };
-
-static uint64_t mono_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 int admin_command_add(struct admin *a, const char *name, admin_fn fn, void *ctx,
 		      const struct admin_arg *args)
@@ -214,7 +207,7 @@ static void conn_flush(struct admin_conn *c)
 			return;
 		}
 		c->out_off += k;
-		c->deadline = mono_ns() + (uint64_t)c->a->lim.timeout_ms * 1000000ull;
+		c->deadline = now_ns() + (uint64_t)c->a->lim.timeout_ms * 1000000ull;
 	}
 	if (c->out_off == c->out_len) {
 		c->out_off = c->out_len = 0;
@@ -304,7 +297,7 @@ void admin_complete(struct admin *a, uint64_t ticket, struct json_object *reply,
 			json_object_object_add(reply, "ok", json_object_new_boolean(0));
 		}
 		conn_reply(c, reply);
-		c->deadline = mono_ns() + (uint64_t)a->lim.timeout_ms * 1000000ull;
+		c->deadline = now_ns() + (uint64_t)a->lim.timeout_ms * 1000000ull;
 		conn_process(c);   /* requests that waited behind a full reply queue */
 		conn_settle(c);
 		break;
@@ -466,7 +459,7 @@ static void conn_process(struct admin_conn *c)
 			break;
 		handle_line(c, c->in + at, (size_t)(nl - (c->in + at)));
 		at = (size_t)(nl - c->in) + 1;
-		c->deadline = mono_ns() + (uint64_t)c->a->lim.timeout_ms * 1000000ull;
+		c->deadline = now_ns() + (uint64_t)c->a->lim.timeout_ms * 1000000ull;
 	}
 	if (at) {
 		memmove(c->in, c->in + at, c->in_len - at);
@@ -541,7 +534,7 @@ static void accept_admins(struct admin *a)
 			continue;
 		}
 		if (!peer_is_admin(a, fd, &cred)) {
-			if (log_ratelimit_ok(&a->rl, mono_ns(), "admin socket"))
+			if (log_ratelimit_ok(&a->rl, now_ns(), "admin socket"))
 				log_warn("admin socket: refused pid %d uid %u", (int)cred.pid,
 					 (unsigned)cred.uid);
 			refuse(fd, "{\"ok\": false, \"error\": \"not an operator: root or the admin group only\"}\n");
@@ -556,7 +549,7 @@ static void accept_admins(struct admin *a)
 		c->a = a;
 		c->fd = fd;
 		c->id = ++a->next_id;
-		c->deadline = mono_ns() + (uint64_t)a->lim.timeout_ms * 1000000ull;
+		c->deadline = now_ns() + (uint64_t)a->lim.timeout_ms * 1000000ull;
 		ev.data.ptr = c;
 		if (epoll_ctl(a->ep, EPOLL_CTL_ADD, fd, &ev) < 0) {
 			close(fd);

@@ -1,4 +1,5 @@
 #include "hostpool.h"
+#include "clock.h"
 
 #include <errno.h>
 #include <numa.h>
@@ -34,14 +35,6 @@ struct hostpool {
 	struct hostpool_stats st;
 	bool lock_warned;
 };
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static void hp_log(const char *fmt, ...)
 {

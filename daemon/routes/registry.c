@@ -4,6 +4,7 @@
  * resident in the engine, and how a request's skill becomes an adapter.
  * The state file and changes to it are in regstate.c.
  */
+#include "clock.h"
 #include "registry_int.h"
 
 #include <errno.h>
@@ -18,14 +19,6 @@
 #include "log.h"
 
 const double registry_load_bounds_s[7] = { 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0 };
-
-static uint64_t mono_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 struct hostpool *registry_hostpool(const struct registry *r)
 {
@@ -264,7 +257,7 @@ static void evict_to_budget(struct registry *r, const struct reg_version *keep)
 /* @v is in the engine now: count it in the device tier and make room. */
 static void made_resident(struct registry *r, struct reg_version *v, uint64_t t0)
 {
-	uint64_t dt = mono_ns() - t0;
+	uint64_t dt = now_ns() - t0;
 	unsigned b = 0;
 
 	v->loads++;
@@ -286,7 +279,7 @@ static void made_resident(struct registry *r, struct reg_version *v, uint64_t t0
 static int make_resident(struct registry *r, struct reg_version *v, char *err, size_t errlen)
 {
 	struct registry_hashes h;
-	uint64_t t0 = mono_ns();
+	uint64_t t0 = now_ns();
 	int ret;
 
 	if (v->adapter)
@@ -333,7 +326,7 @@ int reg_start_load(struct registry *r, struct reg_version *v)
 	v->attempt++;
 	v->load_err = 0;
 	v->load_msg[0] = 0;
-	v->load_t0 = mono_ns();
+	v->load_t0 = now_ns();
 	for (int k = 0; k < 2 && !ret; k++) {
 		char path[4200], key[ROUTE_NAME_MAX + 8];
 		struct loader_req q = { 0 };

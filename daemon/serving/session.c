@@ -19,14 +19,6 @@ void session_set_final_hook(sreq_final_fn fn, void *ctx)
 	final_ctx = ctx;
 }
 
-uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
-}
-
 #define SREQ_CHUNK 64
 
 static void sreq_free_prompt(struct sreq *r)

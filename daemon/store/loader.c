@@ -1,4 +1,5 @@
 #include "loader.h"
+#include "clock.h"
 #include "safetensors.h"
 
 #include <errno.h>
@@ -89,14 +90,6 @@ struct loader {
 	bool *slot_used;
 	bool direct_warned;
 };
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static void ld_log(struct loader *ld, int pri, const char *fmt, ...)
 {

@@ -14,6 +14,7 @@
 
 #include <lorad/abi.h>
 
+#include "clock.h"
 #include "region.h"
 #include "validate.h"
 
@@ -151,6 +152,5 @@ void session_set_final_hook(sreq_final_fn fn, void *ctx);
 void session_post_error(struct session *s, const struct lorad_sqe *e, int res,
 			unsigned field);
 
-uint64_t now_ns(void);
 
 #endif

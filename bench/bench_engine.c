@@ -283,7 +283,6 @@ int main(int argc, char **argv)
 		}
 	}
 	eo.n_threads = threads;
-	eo.blas_threads = threads;
 	openblas_set_num_threads(threads);
 	dir = mkdtemp(tmpl);
 	if (!dir) {
@@ -313,11 +312,11 @@ int main(int argc, char **argv)
 	       "\"openblas_config\": \"%s\", \"cpus\": %ld, \"hidden\": %d, \"layers\": %d, "
 	       "\"heads\": %d, \"kv_heads\": %d, \"ffn\": %d, \"vocab\": %d, \"dtype\": \"f32\", "
 	       "\"non_embedding_params\": %.0f, \"quick\": %s, \"setup_seconds\": %.2f}\n",
-	       engine_backend_name(e), threads, be_cpu_blas_threads(), openblas_get_config(),
+	       engine_backend_name(e), threads, openblas_get_num_threads(), openblas_get_config(),
 	       sysconf(_SC_NPROCESSORS_ONLN), HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, VOCAB,
 	       non_embedding_params(), quick ? "true" : "false", now() - t0);
 	fprintf(stderr, "engine %s, OpenBLAS %d threads (%s), %ld CPUs; model %.1f M non-embedding params\n",
-		engine_backend_name(e), be_cpu_blas_threads(), openblas_get_config(),
+		engine_backend_name(e), openblas_get_num_threads(), openblas_get_config(),
 		sysconf(_SC_NPROCESSORS_ONLN), non_embedding_params() * 1e-6);
 
 	if (prefill(e, &b, 1, 512, quick ? 1 : 3, quick) < 0 ||

@@ -662,7 +662,7 @@ int main(int argc, char **argv)
 	struct bare_skills bk = { .n = 0 };
 	struct engine *e = NULL;
 	struct daemon d;
-	char err[512], th[16], quick_note[320];
+	char err[512], quick_note[320];
 	double t_start = mono() / 1e9, cap_rps;
 	int rc = 1;
 
@@ -683,8 +683,6 @@ int main(int argc, char **argv)
 	if (clients < 1 || clients > 64 || threads < 1 || !t || !tw || !rb || !rd)
 		return 2;
 	layers = quick ? 2 : 12;
-	snprintf(th, sizeof(th), "%d", threads);
-	setenv("OPENBLAS_NUM_THREADS", th, 1);   /* the daemon inherits it: same BLAS threads */
 	signal(SIGPIPE, SIG_IGN);
 	for (unsigned k = 1; k <= MAX_ADAPTERS; k++)
 		snprintf(skill_name[k], sizeof(skill_name[k]), "s%u", k);
@@ -710,7 +708,6 @@ int main(int argc, char **argv)
 		}
 	}
 	eo.n_threads = threads;
-	eo.blas_threads = threads;
 	if (engine_load(model, &eo, &e, err, sizeof(err))) {
 		fprintf(stderr, "bench_serve: %s\n", err);
 		goto out;

@@ -361,7 +361,6 @@ int main(int argc, char **argv)
 		fprintf(stderr, "bench_tier: --n 2..%u, --rounds >= 1\n", (MAX_ADAPTERS - 1 - rounds) / 4);
 		return 2;
 	}
-	setenv("OPENBLAS_NUM_THREADS", "1", 1);
 	signal(SIGPIPE, SIG_IGN);
 	snprintf(g_dir, sizeof(g_dir), "/var/tmp/lorad-bt-XXXXXX");
 	if (!mkdtemp(g_dir)) {

@@ -377,7 +377,6 @@ static int daemon_start(struct daemon *d, unsigned max_clients)
 			dup2(fd, 1);
 			dup2(fd, 2);
 		}
-		setenv("OPENBLAS_NUM_THREADS", "1", 1);
 		execv(g_lorad, (char *const *)argv);
 		_exit(127);
 	}

@@ -138,15 +138,10 @@ struct be {
 /* Options of the CPU backend. */
 struct be_cpu_opts {
 	int n_threads;      /* threads for the GEMMs, attention and LoRA; 0: all cores */
-	int blas_threads;   /* OpenBLAS threads (the engine no longer calls OpenBLAS;
-			     * benchmarks' baselines do); 0: leave its own choice */
 };
 
 /* Creates the CPU backend. Returns 0 or -ENOMEM; *out is set on success. */
 int be_cpu_create(const struct be_cpu_opts *opts, struct be **out);
-
-/* The number of threads OpenBLAS uses (for benchmarks and logs). */
-int be_cpu_blas_threads(void);
 
 /* Thin wrappers so the model code reads like a program, not like a table. */
 static inline void be_destroy(struct be *be) { if (be) be->ops->destroy(be); }

@@ -8,4 +8,6 @@ target_include_directories(lorad_kernels PUBLIC ${CMAKE_CURRENT_LIST_DIR})
 # -O3 for the loop vectoriser; -fopenmp-simd honours the `omp simd`
 # reductions without pulling in an OpenMP runtime.
 target_compile_options(lorad_kernels PRIVATE -O3 -fopenmp-simd)
-target_link_libraries(lorad_kernels PUBLIC PkgConfig::OPENBLAS Threads::Threads m)
+# No BLAS: the CPU backend has its own GEMM. (OpenBLAS would start its
+# thread pool before main(), with no signal blocked in it.)
+target_link_libraries(lorad_kernels PUBLIC Threads::Threads m)

@@ -68,7 +68,6 @@ int engine_load(const char *dir, const struct engine_opts *opts, struct engine *
 	}
 	e->cfg = m->cfg;
 	bo.n_threads = o.n_threads;
-	bo.blas_threads = o.blas_threads;
 	if ((rc = be_cpu_create(&bo, &e->be)) < 0) {
 		rc = err_fail(err, errlen, rc, "CPU backend: %s", strerror(-rc));
 		goto err;

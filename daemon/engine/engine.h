@@ -37,7 +37,6 @@ struct engine_opts {
 	int kv_tokens;       /* 0: 8192 token positions */
 	int block_size;      /* tokens per KV block; 0: 16 */
 	int n_threads;       /* CPU backend threads; 0: all cores */
-	int blas_threads;    /* OpenBLAS threads; 0: its default */
 	int allow_nonfinite; /* load NaN/Inf weights instead of refusing (tests) */
 };
 

@@ -382,9 +382,8 @@ int registry_poll(struct registry *r)
 	struct loader_result res[8];
 	int n, done = 0;
 
-	/* only while loads are out: loader_poll costs a system call, and the
-	 * engine loop calls this on every turn */
-	if (!r->ld || !r->inflight)
+	/* the engine loop calls this when the loader's fd is readable */
+	if (!r->ld)
 		return 0;
 	while ((n = loader_poll(r->ld, res, 8)) > 0) {
 		r->inflight -= (unsigned)n < r->inflight ? (unsigned)n : r->inflight;

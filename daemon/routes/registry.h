@@ -197,7 +197,8 @@ void registry_set_loader(struct registry *r, struct loader *ld, struct hostpool 
 /* The host tier the loader fills, or NULL. */
 struct hostpool *registry_hostpool(const struct registry *r);
 
-/* Take finished loads from the loader and install them in the engine. Returns how many. */
+/* Take finished loads from the loader and install them in the engine (when
+ * loader_fd() is readable). Returns how many. */
 int registry_poll(struct registry *r);
 
 struct route_table *registry_routes(struct registry *r);

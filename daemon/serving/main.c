@@ -11,7 +11,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/timerfd.h>
 #include <unistd.h>
 
 #include "admin.h"
@@ -32,18 +35,20 @@
 #include "statedir.h"
 #include "tokenizer.h"
 
+/* Set by the engine thread (signals read from the signalfd, the drain
+ * command), acted on by the engine loop's next turn. */
 static volatile sig_atomic_t stop_requested, reload_requested, stall_requested;
 
-/* Handlers only set flags; the engine loop acts on them at its next turn
- * (epoll_wait returns EINTR, so a sleeping loop notices at once). */
-static void on_signal(int sig)
+/* The signals lorad acts on: blocked in every thread from the first line of
+ * main() (threads inherit the mask) and read from a signalfd in the engine
+ * loop's epoll, so no handler ever runs. */
+static void daemon_signals(sigset_t *set)
 {
-	if (sig == SIGHUP)
-		reload_requested = 1;
-	else if (sig == SIGUSR2)
-		stall_requested = 1;
-	else
-		stop_requested = 1;
+	sigemptyset(set);
+	sigaddset(set, SIGTERM);
+	sigaddset(set, SIGINT);
+	sigaddset(set, SIGHUP);
+	sigaddset(set, SIGUSR2);
 }
 
 struct daemon {
@@ -52,6 +57,7 @@ struct daemon {
 	uint32_t stall_ms;             /* test hooks: --debug-stall-ms, --debug-slow-fsync-ms */
 	uint32_t slow_fsync_ms;
 	int client_fd, admin_fd;       /* listening sockets, from systemd or made here */
+	int sig_fd, timer_fd;          /* signalfd, timerfd (watchdog and status) */
 	bool activated;                /* systemd passed the sockets */
 	char *admin_path;              /* the admin socket file we made: unlinked at exit */
 	int lock_fd[2];                /* the locks beside the sockets we make */
@@ -71,7 +77,7 @@ struct daemon {
 	void *exctx;
 	const char *engine_name;
 	char engine_buf[300];
-	uint64_t wd_ns, next_ping, next_status, last_requests, last_status_t;
+	uint64_t wd_ns, next_status, last_requests, last_status_t;
 	bool stopping_sent;
 };
 
@@ -262,21 +268,57 @@ static int check_fd_limit(uint32_t max_clients, uint32_t max_hello)
 	return 0;
 }
 
-static int install_signals(bool stall_hook)
+static int install_signals(struct daemon *d)
 {
-	struct sigaction sa = { .sa_handler = on_signal };
+	struct sigaction sa = { .sa_handler = SIG_IGN };
+	sigset_t set;
 
+	daemon_signals(&set);
+	d->sig_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+	if (d->sig_fd < 0)
+		return -errno;
 	sigemptyset(&sa.sa_mask);
-	if (sigaction(SIGTERM, &sa, NULL) < 0 || sigaction(SIGINT, &sa, NULL) < 0 ||
-	    sigaction(SIGHUP, &sa, NULL) < 0)
-		return -errno;
-	if (stall_hook && sigaction(SIGUSR2, &sa, NULL) < 0)
-		return -errno;
-	sa.sa_handler = SIG_IGN;
 	/* a closed peer and a full file size limit are errors to handle, not deaths */
 	if (sigaction(SIGPIPE, &sa, NULL) < 0 || sigaction(SIGXFSZ, &sa, NULL) < 0)
 		return -errno;
 	return 0;
+}
+
+/* The signalfd is readable: take every signal that came. */
+static void on_signals(void *ctx)
+{
+	struct daemon *d = ctx;
+	struct signalfd_siginfo si;
+
+	while (read(d->sig_fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+		if (si.ssi_signo == SIGHUP)
+			reload_requested = 1;
+		else if (si.ssi_signo == SIGUSR2)
+			stall_requested = d->stall_ms > 0;   /* a test hook, or nothing */
+		else
+			stop_requested = 1;
+	}
+}
+
+/* The timer fired (every half watchdog interval, at most every 2 s): the
+ * watchdog is fed here, so a loop that turns gets it fed; the turn this
+ * wakes writes the status line when it is due. */
+static void on_timer(void *ctx)
+{
+	struct daemon *d = ctx;
+	uint64_t n;
+
+	(void)!read(d->timer_fd, &n, sizeof(n));
+	if (d->wd_ns)
+		notify_watchdog();
+}
+
+/* The loader finished reading adapter files: make them resident now. */
+static void on_loads(void *ctx)
+{
+	struct daemon *d = ctx;
+
+	registry_poll(d->reg);
 }
 
 /* "<socket>.lock", taken before anything touches @path. */
@@ -328,7 +370,7 @@ static int take_paths(struct daemon *d)
 			goto fail;
 		statedir_set_slow_fsync(d->sd, d->slow_fsync_ms);
 	}
-	ret = install_signals(d->stall_ms > 0);
+	ret = install_signals(d);
 	if (!ret)
 		ret = check_fd_limit(c->max_clients, c->max_unauthenticated);
 	if (ret)
@@ -353,8 +395,7 @@ fail:
 static int build_engine(struct daemon *d)
 {
 	const struct config *c = &d->cfg;
-	struct engine_opts eo = { .kv_tokens = (int)c->kv_tokens, .n_threads = (int)c->threads,
-				  .blas_threads = (int)c->threads };
+	struct engine_opts eo = { .kv_tokens = (int)c->kv_tokens, .n_threads = (int)c->threads };
 	struct sched_opts so = { .max_seqs = (int)c->max_seqs, .step_tokens = (int)c->step_tokens,
 				 .max_prompt_tokens = (int)c->max_prompt_tokens };
 	char err[512], tp[4200];
@@ -646,7 +687,6 @@ static void daemon_tick(void *ctx, struct server *sv, uint64_t now)
 {
 	struct daemon *d = ctx;
 
-	registry_poll(d->reg);   /* adapters the loader finished reading */
 	ops_poll(d->ops);        /* changes whose files are checked or whose state is written */
 	if (stop_requested && !d->stopping_sent) {
 		notify_stopping();
@@ -662,10 +702,6 @@ static void daemon_tick(void *ctx, struct server *sv, uint64_t now)
 		log_warn("stalling the engine loop for %u ms (SIGUSR2)", d->stall_ms);
 		usleep(d->stall_ms * 1000);
 		now = now_ns();
-	}
-	if (d->wd_ns && now >= d->next_ping) {
-		notify_watchdog();
-		d->next_ping = now + d->wd_ns / 2;
 	}
 	if (now >= d->next_status)
 		status_line(d, sv, now);
@@ -743,9 +779,23 @@ static int build_server(struct daemon *d)
 	d->wd_ns = notify_watchdog_ns();
 	d->sv.hooks.tick = daemon_tick;
 	d->sv.hooks.ctx = d;
-	if (d->wd_ns)
-		/* wake at least every half interval, so an idle daemon is not restarted */
-		d->sv.hooks.max_sleep_ms = (uint32_t)(d->wd_ns / 2 / 1000000ull) ?: 1;
+	{
+		/* one timer for the watchdog (half its interval, so an idle daemon
+		 * is not restarted) and the status line (every 2 s) */
+		uint64_t ns = d->wd_ns && d->wd_ns / 2 < 2000000000ull ? d->wd_ns / 2 : 2000000000ull;
+		struct itimerspec it = { .it_interval = { (time_t)(ns / 1000000000ull),
+							  (long)(ns % 1000000000ull) } };
+
+		it.it_value = it.it_interval;
+		d->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+		if (d->timer_fd < 0 || timerfd_settime(d->timer_fd, 0, &it, NULL) < 0)
+			return -errno;
+	}
+	/* every source of work in the one epoll the engine loop sleeps on */
+	if ((ret = server_watch(&d->sv, d->sig_fd, on_signals, d)) ||
+	    (ret = server_watch(&d->sv, d->timer_fd, on_timer, d)) ||
+	    (d->ld && (ret = server_watch(&d->sv, loader_fd(d->ld), on_loads, d))))
+		return ret;
 	if (d->sv.admin) {
 		admin_command_add(d->sv.admin, "status", cmd_status, d, NULL);
 		admin_command_add(d->sv.admin, "drain", cmd_drain, d, NULL);
@@ -790,6 +840,10 @@ static void teardown(struct daemon *d)
 		close(d->client_fd);
 	if (d->admin_fd >= 0)
 		close(d->admin_fd);
+	if (d->sig_fd >= 0)
+		close(d->sig_fd);
+	if (d->timer_fd >= 0)
+		close(d->timer_fd);
 	statedir_close(d->sd);
 	instance_unlock(d->lock_fd[0]);
 	instance_unlock(d->lock_fd[1]);
@@ -800,9 +854,13 @@ static void teardown(struct daemon *d)
 int main(int argc, char **argv)
 {
 	static struct daemon d;   /* large (adapter and route tables): not on the stack */
+	sigset_t sigs;
 	int ret;
 
-	d.lock_fd[0] = d.lock_fd[1] = d.client_fd = d.admin_fd = -1;
+	/* before any thread exists: they all inherit the blocked set */
+	daemon_signals(&sigs);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	d.lock_fd[0] = d.lock_fd[1] = d.client_fd = d.admin_fd = d.sig_fd = d.timer_fd = -1;
 	ret = parse_args(&d, argc, argv);
 	if (ret) {
 		config_free(&d.cfg);

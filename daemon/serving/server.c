@@ -17,7 +17,7 @@
 #include "log.h"
 #include "ring.h"
 
-enum { EP_LISTEN = 1, EP_SOCK, EP_SQ, EP_WAKE };
+enum { EP_LISTEN = 1, EP_SOCK, EP_SQ, EP_WAKE, EP_WATCH };
 
 #define IO_POLL_NS        (1000000ull)   /* accept/hang-up checks while busy */
 #define SLEEP_MAX_MS      1000
@@ -445,9 +445,12 @@ static void server_io(struct server *sv, int timeout_ms)
 			accept_clients(sv);
 		else if (ref->kind == EP_WAKE)
 			(void)!eventfd_read(sv->wake_fd, &(eventfd_t){ 0 });
+		else if (ref->kind == EP_WATCH)
+			((struct server_watch *)ref)->fn(((struct server_watch *)ref)->ctx);
 		else if (ref->kind == EP_SOCK && ref->s->state != SESSION_DEAD)
 			session_readable(sv, ref->s, evs[i].events);
-		else if (ref->kind != EP_SOCK && ref->kind != EP_SQ && ref->kind != EP_WAKE)
+		else if (ref->kind != EP_SOCK && ref->kind != EP_SQ && ref->kind != EP_WAKE &&
+			 ref->kind != EP_WATCH)
 			admin_event(sv->admin, ref, evs[i].events);
 	}
 }
@@ -626,8 +629,6 @@ int server_run(struct server *sv)
 		}
 		int sleep_ms = SLEEP_MAX_MS;
 
-		if (sv->hooks.max_sleep_ms && sv->hooks.max_sleep_ms < (uint32_t)sleep_ms)
-			sleep_ms = (int)sv->hooks.max_sleep_ms;
 		if (sv->draining || sv->ex->busy(sv->exctx))
 			sleep_ms = 1;
 		sleep_ms = sleep_bound_ms(sv, now, sleep_ms);
@@ -692,6 +693,25 @@ void server_free(struct server *sv)
 		close(sv->ep);
 	free(sv->socket_path);
 	sv->socket_path = NULL;
+}
+
+int server_watch(struct server *sv, int fd, void (*fn)(void *ctx), void *ctx)
+{
+	struct epoll_event ev = { .events = EPOLLIN };
+	struct server_watch *w;
+
+	if (sv->n_watch == SERVER_MAX_WATCH)
+		return -ENOSPC;
+	w = &sv->watch[sv->n_watch];
+	w->ref.kind = EP_WATCH;
+	w->fd = fd;
+	w->fn = fn;
+	w->ctx = ctx;
+	ev.data.ptr = &w->ref;
+	if (epoll_ctl(sv->ep, EPOLL_CTL_ADD, fd, &ev) < 0)
+		return -errno;
+	sv->n_watch++;
+	return 0;
 }
 
 int server_wake_fd(const struct server *sv)

@@ -45,7 +45,17 @@ struct server_config {
 struct server_hooks {
 	void (*tick)(void *ctx, struct server *sv, uint64_t now);
 	void *ctx;
-	uint32_t max_sleep_ms;       /* the loop wakes at least this often */
+};
+
+#define SERVER_MAX_WATCH 8
+
+/* An fd of another part in the engine loop's epoll (signalfd, timerfd, the
+ * loader's completions): @fn runs on the engine thread when it is readable. */
+struct server_watch {
+	struct epref ref;            /* kind EP_WATCH; first, so the epoll event finds it */
+	int fd;
+	void (*fn)(void *ctx);
+	void *ctx;
 };
 
 struct server {
@@ -61,6 +71,8 @@ struct server {
 	unsigned n_hello;            /* still owing it */
 	int wake_fd;                 /* eventfd: other threads wake the loop */
 	struct epref ep_wake;
+	struct server_watch watch[SERVER_MAX_WATCH];
+	unsigned n_watch;
 	uint64_t shm_used;
 	uint64_t next_id;
 	uint64_t sleeps;
@@ -88,6 +100,14 @@ void server_reconfigure(struct server *sv, const struct server_config *cfg);
 /* An eventfd that wakes the engine loop when written (8 bytes, any value): for
  * threads that finish work the loop must pick up (writes, registrations). */
 int server_wake_fd(const struct server *sv);
+
+/*
+ * Put @fd into the engine loop's epoll: @fn(@ctx) runs on the engine thread
+ * whenever it is readable (it must consume what made it readable). The
+ * loop sleeps on every fd of the daemon at once, so nothing is polled.
+ * Returns 0, -ENOSPC or -errno.
+ */
+int server_watch(struct server *sv, int fd, void (*fn)(void *ctx), void *ctx);
 
 /* Requests in flight over all sessions. */
 unsigned server_inflight(const struct server *sv);

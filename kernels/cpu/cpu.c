@@ -10,7 +10,6 @@
 #include "gemm.h"
 #include "pool.h"
 
-#include <cblas.h>
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -771,8 +770,6 @@ int be_cpu_create(const struct be_cpu_opts *opts, struct be **out)
 	if (!c)
 		return -ENOMEM;
 	c->be.ops = &cpu_ops;
-	if (opts && opts->blas_threads > 0)
-		openblas_set_num_threads(opts->blas_threads);
 	rc = pool_create(n < 1 ? 1 : n, &c->pool);
 	if (rc < 0)
 		goto err;
@@ -790,7 +787,3 @@ err:
 	return rc;
 }
 
-int be_cpu_blas_threads(void)
-{
-	return openblas_get_num_threads();
-}

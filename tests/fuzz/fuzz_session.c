@@ -117,7 +117,7 @@ static void route(const char *skill, const char *a, const char *b)
 static void init(void)
 {
 	/* a KV cache of 512 tokens: prompts up to 511 tokens, preemption with a few long ones */
-	struct engine_opts eo = { .kv_tokens = 512, .n_threads = 1, .blas_threads = 1 };
+	struct engine_opts eo = { .kv_tokens = 512, .n_threads = 1 };
 	struct sched_opts so = { .max_seqs = 4, .step_tokens = 96 };
 	static uint32_t run[] = { 90, 17 };
 	struct classify_rule_src rules[] = {

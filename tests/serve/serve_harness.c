@@ -385,7 +385,7 @@ struct sref {
 
 int sref_open(struct sref **out, const char *model)
 {
-	struct engine_opts eo = { .kv_tokens = 8192, .n_threads = 1, .blas_threads = 1 };
+	struct engine_opts eo = { .kv_tokens = 8192, .n_threads = 1 };
 	struct sref *r = calloc(1, sizeof(*r));
 	char err[512];
 	int ret;

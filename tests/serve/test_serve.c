@@ -1008,7 +1008,6 @@ int main(int argc, char **argv)
 
 	setvbuf(stderr, NULL, _IOLBF, 0);
 	signal(SIGPIPE, SIG_IGN);
-	setenv("OPENBLAS_NUM_THREADS", "1", 1);
 	if (argc > 1)
 		cmocka_set_test_filter(argv[1]);
 	if (smodel_make(g_model, sizeof(g_model), NULL)) {

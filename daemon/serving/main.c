@@ -318,7 +318,8 @@ static void on_loads(void *ctx)
 {
 	struct daemon *d = ctx;
 
-	registry_poll(d->reg);
+	if (registry_poll(d->reg) > 0 && d->sch)
+		sched_loads_done(d->sch);
 }
 
 /* "<socket>.lock", taken before anything touches @path. */

@@ -46,6 +46,7 @@ struct sched {
 	struct tokq *tq;
 	struct classifier *cls;
 	uint64_t cookie;
+	bool loads_done;          /* an adapter load ended: parked jobs may go on */
 	/* one step's batch */
 	struct engine_seq **seqs;
 	struct sjob **jobs;
@@ -674,10 +675,12 @@ static int sc_step(void *ctx)
 	int n, ret;
 
 	take_helpers(s);
-	for (struct sjob *j = s->list[SJ_PARKED], *next; j; j = next) {
+	/* a request waiting for its adapter is looked at again only when a load ended */
+	for (struct sjob *j = s->loads_done ? s->list[SJ_PARKED] : NULL, *next; j; j = next) {
 		next = j->next;
 		submit_skill(s, j->r, j);   /* resident now, failed, or still loading */
 	}
+	s->loads_done = false;
 	if (!s->list[SJ_WAITING] && !s->list[SJ_RUNNING])
 		return 0;
 	expire(s, now);
@@ -776,6 +779,11 @@ void sched_set_resolver(struct sched *s, sched_resolve_fn fn, void *ctx)
 {
 	s->resolve = fn;
 	s->resolve_ctx = ctx;
+}
+
+void sched_loads_done(struct sched *s)
+{
+	s->loads_done = true;
 }
 
 void sched_set_max_prompt_tokens(struct sched *s, int n)

@@ -61,6 +61,10 @@ void sched_set_resolver(struct sched *s, sched_resolve_fn fn, void *ctx);
 /* Requests for the skill "auto" go through @cls; without one they get -ENOENT. */
 void sched_set_classifier(struct sched *s, struct classifier *cls);
 
+/* Adapter loads ended (resident or failed): the requests parked for an
+ * adapter are looked at again at the next step, not before. */
+void sched_loads_done(struct sched *s);
+
 /* The prompt limit of a reloaded config (0: the model's context). */
 void sched_set_max_prompt_tokens(struct sched *s, int n);
 

@@ -77,7 +77,10 @@ struct be_ops {
 	const char *name;
 	void (*destroy)(struct be *be);
 
-	/* Buffers. alloc returns NULL when out of memory; contents are zero. */
+	/* Buffers. alloc returns NULL when out of memory; contents are zero.
+	 * alloc, alloc_weight, upload and buf_free of a buffer no step uses
+	 * may run on another thread while the engine's thread computes: the
+	 * adapter builder converts adapters that way. */
 	struct be_buf *(*alloc)(struct be *be, size_t n);
 	/* A weight matrix [n, k]: gemm's w, or an embedding table. NULL when out
 	 * of memory or n, k < 1; contents are zero. */

@@ -509,56 +509,91 @@ out:
 	return rc;
 }
 
-static int adapter_install(struct engine *e, struct adapter *ad, int *id, char *err, size_t errlen);
-
-int engine_adapter_load(struct engine *e, const char *dir, int *id, char *err, size_t errlen)
+/* Convert @ad into backend buffers (no engine state is touched: any
+ * thread may do this while the engine runs); @ad is closed either way. */
+static int adapter_build(const struct engine *e, struct adapter *ad, struct eng_adapter **out,
+			 char *err, size_t errlen)
 {
-	struct adapter *ad = NULL;
-	int rc = adapter_open(dir, &e->cfg, &ad, err, errlen);
+	struct eng_adapter *a = calloc(1, sizeof(*a));
+	int rc;
 
-	return rc < 0 ? rc : adapter_install(e, ad, id, err, errlen);
+	if (!a) {
+		adapter_close(ad);
+		return err_fail(err, errlen, -ENOMEM, "out of memory");
+	}
+	rc = fwd_adapter_build(e->fwd, ad, &a->fa, err, errlen);
+	if (rc < 0) {
+		free(a);
+		a = NULL;
+	} else {
+		snprintf(a->warning, sizeof(a->warning), "%s", ad->warning);
+	}
+	adapter_close(ad);
+	*out = a;
+	return rc;
 }
 
-int engine_adapter_load_mem(struct engine *e, const char *dir, const char *cfg, size_t cfg_len,
-			    const unsigned char *st, size_t st_len, int *id, char *err, size_t errlen)
+int engine_adapter_build_mem(const struct engine *e, const char *dir, const char *cfg,
+			     size_t cfg_len, const unsigned char *st, size_t st_len,
+			     struct eng_adapter **out, char *err, size_t errlen)
 {
 	struct adapter *ad = NULL;
 	int rc = adapter_open_mem(dir, cfg, cfg_len, st, st_len, &e->cfg, &ad, err, errlen);
 
-	return rc < 0 ? rc : adapter_install(e, ad, id, err, errlen);
+	*out = NULL;
+	return rc < 0 ? rc : adapter_build(e, ad, out, err, errlen);
 }
 
-/* Build @ad into the backend and give it a slot; @ad is closed either way. */
-static int adapter_install(struct engine *e, struct adapter *ad, int *id, char *err, size_t errlen)
+void engine_adapter_discard(const struct engine *e, struct eng_adapter *a)
 {
-	struct eng_adapter *a = NULL;
-	int rc = 0, slot;
+	if (a) {
+		fwd_adapter_free(e->fwd, a->fa);
+		free(a);
+	}
+}
+
+int engine_adapter_install(struct engine *e, struct eng_adapter *a, int *id)
+{
+	int slot;
 
 	for (slot = 0; slot < e->n_ad && e->ad[slot]; slot++)
 		;
 	if (slot == e->n_ad) {
 		struct eng_adapter **p = realloc(e->ad, (size_t)(e->n_ad + 1) * sizeof(*p));
+
 		if (!p) {
-			rc = err_fail(err, errlen, -ENOMEM, "out of memory");
-			goto out;
+			engine_adapter_discard(e, a);
+			return -ENOMEM;
 		}
 		e->ad = p;
 		e->ad[e->n_ad++] = NULL;
 	}
-	a = calloc(1, sizeof(*a));
-	if (!a) {
-		rc = err_fail(err, errlen, -ENOMEM, "out of memory");
-		goto out;
-	}
-	if ((rc = fwd_adapter_build(e->fwd, ad, &a->fa, err, errlen)) < 0) {
-		free(a);
-		goto out;
-	}
-	snprintf(a->warning, sizeof(a->warning), "%s", ad->warning);
-	e->ad[slot] = a;
+	e->ad[slot] = a;   /* the swap: the next step may use it */
 	*id = slot + 1;
-out:
-	adapter_close(ad);
+	return 0;
+}
+
+int engine_adapter_load(struct engine *e, const char *dir, int *id, char *err, size_t errlen)
+{
+	struct eng_adapter *a = NULL;
+	struct adapter *ad = NULL;
+	int rc = adapter_open(dir, &e->cfg, &ad, err, errlen);
+
+	if (rc >= 0)
+		rc = adapter_build(e, ad, &a, err, errlen);
+	if (rc >= 0 && (rc = engine_adapter_install(e, a, id)) < 0)
+		err_fail(err, errlen, rc, "out of memory");
+	return rc;
+}
+
+int engine_adapter_load_mem(struct engine *e, const char *dir, const char *cfg, size_t cfg_len,
+			    const unsigned char *st, size_t st_len, int *id, char *err, size_t errlen)
+{
+	struct eng_adapter *a = NULL;
+	int rc = engine_adapter_build_mem(e, dir, cfg, cfg_len, st, st_len, &a, err, errlen);
+
+	if (rc >= 0 && (rc = engine_adapter_install(e, a, id)) < 0)
+		err_fail(err, errlen, rc, "out of memory");
 	return rc;
 }
 

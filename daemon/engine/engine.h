@@ -170,6 +170,21 @@ int engine_adapter_load(struct engine *e, const char *dir, int *id, char *err, s
 int engine_adapter_load_mem(struct engine *e, const char *dir, const char *cfg, size_t cfg_len,
 			    const unsigned char *st, size_t st_len, int *id, char *err, size_t errlen);
 
+/*
+ * The same in two halves, so the slow one runs off the engine's thread:
+ * engine_adapter_build_mem() parses and converts the files' bytes into
+ * backend buffers (any thread, while the engine runs; it only reads the
+ * model's configuration), engine_adapter_install() gives the result a slot
+ * on the engine's thread (a pointer swap). A built adapter that is not
+ * installed goes with engine_adapter_discard().
+ */
+struct eng_adapter;
+int engine_adapter_build_mem(const struct engine *e, const char *dir, const char *cfg,
+			     size_t cfg_len, const unsigned char *st, size_t st_len,
+			     struct eng_adapter **out, char *err, size_t errlen);
+int engine_adapter_install(struct engine *e, struct eng_adapter *a, int *id);
+void engine_adapter_discard(const struct engine *e, struct eng_adapter *a);
+
 /* Unloads adapter id. Returns 0, -ENOENT (no such adapter), or -EBUSY while
  * a sequence that is not finished (or not freed) uses it. */
 int engine_adapter_unload(struct engine *e, int id);

@@ -17,6 +17,23 @@
 #include "hostpool.h"
 #include "loader.h"
 #include "log.h"
+#include "workq.h"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+/* One adapter to convert for the engine, on the builder thread. */
+struct bjob {
+	struct wq_item link;         /* first: the queue links jobs through it */
+	struct registry *r;
+	uint32_t vid;
+	uint64_t attempt;
+	struct hp_buf *part[2];      /* the files' bytes in the host tier, held */
+	char dir[4096];              /* for messages */
+	struct eng_adapter *built;
+	int ret;
+	char err[320];
+};
 
 const double registry_load_bounds_s[7] = { 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0 };
 
@@ -25,10 +42,31 @@ struct hostpool *registry_hostpool(const struct registry *r)
 	return r->hp;
 }
 
+static void build_run(void *ctx, struct wq_item *w);
+static void build_drop(struct wq_item *w);
+
 void registry_set_loader(struct registry *r, struct loader *ld, struct hostpool *hp)
 {
 	r->ld = ld;
 	r->hp = hp;
+	/* the builder: read adapters are converted off the engine's thread.
+	 * Without it (no memory for a thread) they are built where they land. */
+	if (!r->builder && r->e) {
+		r->build_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		if (r->build_fd < 0 || workq_build(1, build_run, build_drop, r, &r->builder)) {
+			if (r->build_fd >= 0)
+				close(r->build_fd);
+			r->build_fd = -1;
+			r->builder = NULL;
+		} else {
+			workq_set_notify(r->builder, r->build_fd);   /* wakes the engine loop */
+		}
+	}
+}
+
+int registry_fd(const struct registry *r)
+{
+	return r->build_fd;
 }
 
 void registry_set_device_budget(struct registry *r, uint64_t bytes)
@@ -69,6 +107,7 @@ struct registry *registry_new(struct statedir *sd, struct engine *e)
 	}
 	r->sd = sd;
 	r->e = e;
+	r->build_fd = -1;
 	r->max_skills = 1024;
 	r->max_adapter_bytes = UINT64_MAX;
 	return r;
@@ -95,6 +134,9 @@ void registry_free(struct registry *r)
 {
 	if (!r)
 		return;
+	workq_free(r->builder);   /* jobs not taken are dropped: the engine is still there */
+	if (r->build_fd >= 0)
+		close(r->build_fd);
 	for (unsigned i = 0; i < r->n; i++) {
 		release_parts(r, r->v[i]);
 		reg_version_free(r->v[i]);
@@ -315,7 +357,7 @@ int reg_start_load(struct registry *r, struct reg_version *v)
 	char err[320];
 	int ret = 0;
 
-	if (v->adapter || v->loading)
+	if (v->adapter || v->loading || v->building)
 		return 0;
 	if (!r->ld) {
 		ret = make_resident(r, v, err, sizeof(err));
@@ -353,28 +395,84 @@ int reg_start_load(struct registry *r, struct reg_version *v)
 	return ret;
 }
 
-/* Both files are in the host tier: build the adapter from them. */
-static void finish_load(struct registry *r, struct reg_version *v)
+static void build_run(void *ctx, struct wq_item *w)
 {
-	char err[320];
+	struct bjob *j = (struct bjob *)w;
+	struct registry *r = ctx;
+
+	j->ret = engine_adapter_build_mem(r->e, j->dir, hp_data(j->part[0]), hp_len(j->part[0]),
+					  hp_data(j->part[1]), hp_len(j->part[1]), &j->built, j->err,
+					  sizeof(j->err));
+}
+
+static void build_drop(struct wq_item *w)
+{
+	struct bjob *j = (struct bjob *)w;
+
+	engine_adapter_discard(j->r->e, j->built);
+	for (int k = 0; k < 2; k++)
+		if (j->part[k])
+			hostpool_put(j->r->hp, j->part[k]);
+	free(j);
+}
+
+/* The load of @v ended: resident, or failed with load_err set. */
+static void load_ended(struct registry *r, struct reg_version *v, struct eng_adapter *built)
+{
 	int ret;
 
-	if (!v->load_err && r->e) {
-		ret = engine_adapter_load_mem(r->e, v->path, hp_data(v->part[0]), hp_len(v->part[0]),
-					      hp_data(v->part[1]), hp_len(v->part[1]), &v->adapter,
-					      err, sizeof(err));
+	v->building = false;
+	if (!v->load_err && built) {
+		ret = engine_adapter_install(r->e, built, &v->adapter);
 		if (ret) {
 			v->adapter = 0;
 			v->load_err = ret;
-			snprintf(v->load_msg, sizeof(v->load_msg), "%s", err);
+			snprintf(v->load_msg, sizeof(v->load_msg), "%s: out of memory", v->id);
 		}
+	} else {
+		engine_adapter_discard(r->e, built);
 	}
-	release_parts(r, v);   /* the host tier keeps the bytes cached, unreferenced */
 	if (v->load_err) {
 		log_err("adapter %s not loaded: %s", v->id, v->load_msg);
 		return;
 	}
 	made_resident(r, v, v->load_t0);
+}
+
+/* Both files are in the host tier: have them converted for the engine. */
+static void files_read(struct registry *r, struct reg_version *v)
+{
+	struct eng_adapter *built = NULL;
+	struct bjob *j;
+	char err[320];
+
+	if (v->load_err || !r->e) {
+		release_parts(r, v);
+		load_ended(r, v, NULL);
+		return;
+	}
+	j = r->builder ? calloc(1, sizeof(*j)) : NULL;
+	if (!j) {
+		/* no builder: converted here, on the engine thread */
+		v->load_err = engine_adapter_build_mem(r->e, v->path, hp_data(v->part[0]),
+						       hp_len(v->part[0]), hp_data(v->part[1]),
+						       hp_len(v->part[1]), &built, err, sizeof(err));
+		if (v->load_err)
+			snprintf(v->load_msg, sizeof(v->load_msg), "%s", err);
+		release_parts(r, v);
+		load_ended(r, v, built);
+		return;
+	}
+	j->r = r;
+	j->vid = v->vid;
+	j->attempt = v->attempt;
+	for (int k = 0; k < 2; k++) {
+		j->part[k] = v->part[k];   /* the job holds them now */
+		v->part[k] = NULL;
+	}
+	snprintf(j->dir, sizeof(j->dir), "%s", v->path);
+	v->building = true;
+	workq_submit(r->builder, &j->link);
 }
 
 int registry_poll(struct registry *r)
@@ -405,9 +503,33 @@ int registry_poll(struct registry *r)
 				v->part[k] = res[i].buf;
 			}
 			if (--v->loading == 0) {
-				finish_load(r, v);
-				done++;
+				files_read(r, v);
+				if (!v->building)
+					done++;   /* ended here: failed, or built on this thread */
 			}
+		}
+	}
+	/* adapters the builder converted: a pointer swap each */
+	if (r->builder) {
+		struct bjob *j;
+
+		(void)!eventfd_read(r->build_fd, &(eventfd_t){ 0 });
+		while ((j = (struct bjob *)workq_poll(r->builder))) {
+			struct reg_version *v = (struct reg_version *)registry_by_vid(r, j->vid);
+			struct eng_adapter *built = j->built;
+
+			j->built = NULL;
+			if (v && v->building && v->attempt == j->attempt) {
+				if (j->ret) {
+					v->load_err = j->ret;
+					snprintf(v->load_msg, sizeof(v->load_msg), "%s", j->err);
+				}
+				load_ended(r, v, built);
+				done++;
+			} else {
+				engine_adapter_discard(r->e, built);
+			}
+			build_drop(&j->link);
 		}
 	}
 	return done;
@@ -442,7 +564,7 @@ int registry_resolve(struct registry *r, const char *skill, uint64_t key, int *a
 	*vid = v->vid;
 	memcpy(version_id, v->id, sizeof(v->id));
 	if (!v->adapter && r->ld) {
-		if (v->loading)
+		if (v->loading || v->building)
 			goto wait;
 		/* the attempt this request waited for failed: it gets the error;
 		 * a request that did not wait for it tries again */

@@ -52,7 +52,8 @@ struct reg_version {
 	uint64_t cfg_size, st_size;
 	/* an asynchronous load: its attempt number, what is still in flight, its outcome */
 	uint64_t attempt;
-	unsigned loading;
+	unsigned loading;            /* files the loader still reads */
+	bool building;               /* read: being converted for the engine, off its thread */
 	int load_err;                /* the last attempt's error, 0 when it worked */
 	char load_msg[320];
 	struct hp_buf *part[2];      /* adapter_config.json, adapter_model.safetensors */
@@ -197,9 +198,16 @@ void registry_set_loader(struct registry *r, struct loader *ld, struct hostpool 
 /* The host tier the loader fills, or NULL. */
 struct hostpool *registry_hostpool(const struct registry *r);
 
-/* Take finished loads from the loader and install them in the engine (when
- * loader_fd() is readable). Returns how many. */
+/*
+ * Move loads on, on the engine thread, when loader_fd() or registry_fd() is
+ * readable: versions whose files are read go to the builder thread, which
+ * converts them for the engine; built ones are installed (a pointer swap).
+ * Returns how many loads ended (resident or failed).
+ */
 int registry_poll(struct registry *r);
+
+/* An eventfd, readable when the builder thread has finished adapters. */
+int registry_fd(const struct registry *r);
 
 struct route_table *registry_routes(struct registry *r);
 

@@ -26,6 +26,8 @@ struct registry {
 	struct loader *ld;
 	struct hostpool *hp;
 	unsigned inflight;           /* loader requests not yet harvested */
+	struct workq *builder;       /* converts read adapters for the engine */
+	int build_fd;                /* eventfd: the builder finished one */
 };
 
 /* "name" or "version": 1-31 of A-Z a-z 0-9 _ . - */

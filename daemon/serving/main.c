@@ -313,7 +313,7 @@ static void on_timer(void *ctx)
 		notify_watchdog();
 }
 
-/* The loader finished reading adapter files: make them resident now. */
+/* The loader read adapter files, or the builder converted them: move them on. */
 static void on_loads(void *ctx)
 {
 	struct daemon *d = ctx;
@@ -795,7 +795,8 @@ static int build_server(struct daemon *d)
 	/* every source of work in the one epoll the engine loop sleeps on */
 	if ((ret = server_watch(&d->sv, d->sig_fd, on_signals, d)) ||
 	    (ret = server_watch(&d->sv, d->timer_fd, on_timer, d)) ||
-	    (d->ld && (ret = server_watch(&d->sv, loader_fd(d->ld), on_loads, d))))
+	    (d->ld && (ret = server_watch(&d->sv, loader_fd(d->ld), on_loads, d))) ||
+	    (registry_fd(d->reg) >= 0 && (ret = server_watch(&d->sv, registry_fd(d->reg), on_loads, d))))
 		return ret;
 	if (d->sv.admin) {
 		admin_command_add(d->sv.admin, "status", cmd_status, d, NULL);

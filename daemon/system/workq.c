@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <sys/eventfd.h>
 
 #define WORKQ_MAX_THREADS 8
 
@@ -19,6 +20,7 @@ struct workq {
 	bool stop;
 	struct wq_item *in_head, *in_tail, *out_head, *out_tail;
 	unsigned pending;
+	int notify_fd;                /* eventfd written after each item finishes, or -1 */
 };
 
 static void *worker(void *arg)
@@ -46,6 +48,9 @@ static void *worker(void *arg)
 		else
 			q->out_head = it;
 		q->out_tail = it;
+		/* after the item is on the list, so the woken poller finds it */
+		if (q->notify_fd >= 0)
+			(void)!eventfd_write(q->notify_fd, 1);
 	}
 	pthread_mutex_unlock(&q->lock);
 	return NULL;
@@ -61,6 +66,7 @@ int workq_build(unsigned threads, void (*run)(void *ctx, struct wq_item *it),
 	q->run = run;
 	q->drop = drop;
 	q->ctx = ctx;
+	q->notify_fd = -1;
 	pthread_mutex_init(&q->lock, NULL);
 	pthread_cond_init(&q->cond, NULL);
 	if (threads > WORKQ_MAX_THREADS)
@@ -99,6 +105,13 @@ void workq_free(struct workq *q)
 	pthread_cond_destroy(&q->cond);
 	pthread_mutex_destroy(&q->lock);
 	free(q);
+}
+
+void workq_set_notify(struct workq *q, int fd)
+{
+	pthread_mutex_lock(&q->lock);
+	q->notify_fd = fd;
+	pthread_mutex_unlock(&q->lock);
 }
 
 void workq_submit(struct workq *q, struct wq_item *it)

@@ -29,6 +29,13 @@ int workq_build(unsigned threads, void (*run)(void *ctx, struct wq_item *it),
 /* Stop and join the threads; items still queued or not taken are dropped. NULL is a no-op. */
 void workq_free(struct workq *q);
 
+/*
+ * Have each finished item write 1 to the eventfd @fd once it is ready for
+ * workq_poll(), so a loop sleeping on @fd wakes to take it. The caller owns
+ * @fd and keeps it open until workq_free().
+ */
+void workq_set_notify(struct workq *q, int fd);
+
 /* Queue @it; a thread runs it. */
 void workq_submit(struct workq *q, struct wq_item *it);
 

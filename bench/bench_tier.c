@@ -15,6 +15,14 @@
  *     the time; windows of the two interleaved, p50/p99 and
  *     ratio_vs_unpressured (target <= 1.2 at p50), with the device tier's
  *     loads and evictions during the pressured windows.
+ *   "load_stall": what a load costs everyone else. A client streams long
+ *     generations on a resident adapter and records the gap between its
+ *     tokens; in "loading" windows the main thread asks for a never-loaded
+ *     rank-256 bf16 adapter (about 38 MB once converted to f32, its files
+ *     dropped from the page cache), in "quiet" windows the same request goes
+ *     to a resident rank-256 adapter; interleaved. The worst gap per window, medians over windows, and
+ *     ratio_vs_quiet: near 1 when loads (read and conversion) stay off the
+ *     engine's thread, the conversion time when they do not.
  *
  * The model (hidden 512, 4 layers, 8 heads, 4 KV heads, FFN 1536, vocab
  * 8192, f32) and rank-16 adapters on all seven projections (about 2.5 MB
@@ -92,14 +100,20 @@ static int run_cmd(const char *cmd)
 	return st == 0 ? 0 : -1;
 }
 
-static int mk_adapter(const char *name, unsigned seed)
+static int mk_adapter_rank(const char *name, unsigned seed, unsigned rank, const char *dtype)
 {
 	char cmd[1024];
 
 	snprintf(cmd, sizeof(cmd),
-		 "'%s' '%s/adapters' " MODEL_ARGS " --seed %u --adapter %s --rank 16 --alpha 32 "
-		 "--targets q,k,v,o,gate,up,down --no-model >/dev/null", MKMODEL, g_dir, seed, name);
+		 "'%s' '%s/adapters' " MODEL_ARGS " --seed %u --adapter %s --rank %u --alpha 32 "
+		 "--targets q,k,v,o,gate,up,down --adapter-dtype %s --no-model >/dev/null", MKMODEL,
+		 g_dir, seed, name, rank, dtype);
 	return run_cmd(cmd);
+}
+
+static int mk_adapter(const char *name, unsigned seed)
+{
+	return mk_adapter_rank(name, seed, 16, "f32");
 }
 
 /* Drop an adapter's files from the page cache (written back first). */
@@ -150,6 +164,9 @@ static int daemon_start(struct daemon *d, const char *tag, uint64_t device_budge
 	for (unsigned i = 0; i < n_names; i++)
 		fprintf(f, "[adapter %s]\npath = %s/adapters/%s\n\n", names[i], g_dir, names[i]);
 	fclose(f);
+	/* $LORAD_BIN: another daemon build, to compare two under the same conditions */
+	const char *bin = getenv("LORAD_BIN") ? getenv("LORAD_BIN") : LORAD_BIN;
+
 	d->pid = fork();
 	if (d->pid < 0)
 		return -errno;
@@ -161,7 +178,7 @@ static int daemon_start(struct daemon *d, const char *tag, uint64_t device_budge
 			dup2(fd, 1);
 			dup2(fd, 2);
 		}
-		execl(LORAD_BIN, LORAD_BIN, "--config", d->conf, (char *)NULL);
+		execl(bin, bin, "--config", d->conf, (char *)NULL);
 		_exit(127);
 	}
 	deadline = mono() + 60000000000ull;
@@ -328,6 +345,75 @@ static void *bg_main(void *arg)
 	return NULL;
 }
 
+/* --- a streaming client: the gaps between its tokens ---------------------------------------- */
+
+#define STALL_MAX_GAPS 65536
+
+struct streamer {
+	const char *sock, *skill;
+	_Atomic int stop;
+	_Atomic int window;          /* index of the window its gaps go to; -1: none */
+	double *worst;               /* per window: the longest gap, ms */
+	_Atomic unsigned long tokens, failed;
+};
+
+static void *streamer_main(void *arg)
+{
+	struct streamer *s = arg;
+	struct lorad_connect_opts o = { .spin_us = 50 };
+	struct lorad *c;
+	static uint32_t out[256];
+	uint64_t ud = 0;
+
+	if (lorad_connect(s->sock, &o, &c)) {
+		atomic_fetch_add(&s->failed, 1);
+		return NULL;
+	}
+	while (!atomic_load(&s->stop)) {
+		struct lorad_request req = { .user_data = ++ud, .skill = s->skill, .prompt = g_prompt,
+					     .n_prompt = 8, .max_tokens = 256, .out = out,
+					     .flags = LORAD_SQE_F_IGNORE_EOS };
+		struct lorad_event ev;
+		uint64_t last = 0;
+		int k;
+
+		if (lorad_submit(c, &req)) {
+			atomic_fetch_add(&s->failed, 1);
+			break;
+		}
+		for (;;) {
+			k = lorad_wait(c, &ev, 1, 30000);
+			if (k < 0) {
+				atomic_fetch_add(&s->failed, 1);
+				goto out;
+			}
+			if (k == 0 || ev.user_data != ud)
+				continue;
+			if (ev.n_new) {
+				uint64_t now = mono();
+				int w = atomic_load(&s->window);
+
+				/* the first token's wait is admission, not a gap */
+				if (last && w >= 0) {
+					double g = (now - last) / 1e6;
+
+					if (g > s->worst[w])
+						s->worst[w] = g;
+				}
+				last = now;
+				atomic_fetch_add(&s->tokens, ev.n_new);
+			}
+			if (ev.flags & LORAD_EV_FINAL)
+				break;
+		}
+		if (ev.res)
+			atomic_fetch_add(&s->failed, 1);
+	}
+out:
+	lorad_close(c);
+	return NULL;
+}
+
 /* ------------------------------------------------------------------------------------------- */
 
 int main(int argc, char **argv)
@@ -357,7 +443,7 @@ int main(int argc, char **argv)
 		rounds = 5;
 		per_window = 20;
 	}
-	if (n_dev < 2 || 1 + rounds + 4 * n_dev > MAX_ADAPTERS || rounds < 1) {
+	if (n_dev < 2 || 1 + rounds + 4 * n_dev > MAX_ADAPTERS || 2 + rounds > MAX_ADAPTERS || rounds < 1) {
 		fprintf(stderr, "bench_tier: --n 2..%u, --rounds >= 1\n", (MAX_ADAPTERS - 1 - rounds) / 4);
 		return 2;
 	}
@@ -388,6 +474,17 @@ int main(int argc, char **argv)
 			fprintf(stderr, "bench_tier: lorad-mkmodel --adapter failed\n");
 			goto out;
 		}
+	/* load_stall: one big adapter per round, never loaded before it is measured */
+	char bnames[MAX_ADAPTERS][16];
+
+	memcpy(bnames[0], names[0], 16);
+	for (unsigned i = 0; i <= rounds; i++) {
+		snprintf(bnames[1 + i], 16, "big%u", i);   /* big0: resident, for the quiet windows */
+		if (mk_adapter_rank(bnames[1 + i], 500 + i, 256, "bf16")) {
+			fprintf(stderr, "bench_tier: lorad-mkmodel --adapter (rank 256) failed\n");
+			goto out;
+		}
+	}
 
 	/* --- 1. cold against hot, no budget ----------------------------------------------- */
 	double cold_ms[MAX_ADAPTERS], hot_ms[MAX_ADAPTERS], cold_d[MAX_ADAPTERS], hot_d[MAX_ADAPTERS];
@@ -619,6 +716,90 @@ int main(int argc, char **argv)
 		free(pd);
 		free(ur);
 		free(prr);
+	}
+	lorad_close(c);
+	c = NULL;
+	daemon_stop(&d);
+	if (rc)
+		goto out;
+
+	/* --- 3. a stream's worst token gap, with and without a big load, interleaved ----- */
+	rc = 1;
+	if (daemon_start(&d, "c", 0, bnames, 2 + rounds)) {
+		fprintf(stderr, "bench_tier: the daemon did not start (log: %s/c.log)\n", g_dir);
+		goto out;
+	}
+	if (lorad_connect(d.sock, NULL, &c)) {
+		daemon_stop(&d);
+		goto out;
+	}
+	{
+		double quiet[MAX_ADAPTERS], loading[MAX_ADAPTERS], load_ms[MAX_ADAPTERS], worst[2 * MAX_ADAPTERS];
+		struct streamer st = { .sock = d.sock, .skill = "hot", .window = -1, .worst = worst };
+		unsigned nq = 0, nl = 0;
+		double ms, dt, ds = 0, dc = 0;
+		char *m0, *m1;
+		pthread_t th;
+		int r = 0;
+
+		memset(worst, 0, sizeof(worst));
+		for (unsigned i = 0; i < 3 && !r; i++)
+			r = one_ttft(c, i ? "hot" : bnames[1], 1000 + i, &ms, &dt);
+		pthread_create(&th, NULL, streamer_main, &st);
+		usleep(300000);   /* the stream runs */
+		m0 = metrics_get(&d);
+		for (unsigned rd = 0; rd < rounds && !r; rd++) {
+			for (unsigned arm = 0; arm < 2 && !r; arm++) {
+				int load = (arm + rd) & 1;
+				unsigned w = 2 * rd + arm;
+
+				if (load)
+					drop_cache(bnames[2 + rd]);
+				atomic_store(&st.window, (int)w);
+				usleep(100000);
+				/* the same request in both arms, on a rank-256 adapter: one
+				 * never loaded (TTFT: its load), or the resident one */
+				r = one_ttft(c, load ? bnames[2 + rd] : bnames[1], 5000 + w,
+					     load ? &load_ms[nl] : &ms, &dt);
+				usleep(100000);
+				atomic_store(&st.window, -1);
+				usleep(20000);   /* the streamer is done with the window */
+				if (load)
+					loading[nl++] = worst[w];
+				else
+					quiet[nq++] = worst[w];
+			}
+		}
+		m1 = metrics_get(&d);
+		ds = metric(m1, "lorad_adapter_load_seconds_total", NULL) -
+		     metric(m0, "lorad_adapter_load_seconds_total", NULL);
+		dc = metric(m1, "lorad_adapter_loads_total", NULL) - metric(m0, "lorad_adapter_loads_total", NULL);
+		free(m0);
+		free(m1);
+		atomic_store(&st.stop, 1);
+		pthread_join(th, NULL);
+		if (r || atomic_load(&st.failed) || !atomic_load(&st.tokens)) {
+			fprintf(stderr, "bench_tier: load_stall failed: %s, stream failures %lu (log: %s/c.log)\n",
+				lorad_strerror(r), atomic_load(&st.failed), g_dir);
+		} else {
+			double q50 = pct(quiet, nq, 50), l50 = pct(loading, nl, 50);
+
+			printf("{\"bench\": \"tier\", \"measure\": \"load_stall\", \"quick\": %s, "
+			       "\"rounds\": %u, \"adapter\": {\"rank\": 256, \"dtype\": \"bf16\", "
+			       "\"targets\": \"q,k,v,o,gate,up,down\"}, \"stream_tokens\": %lu, "
+			       "\"quiet_worst_gap_p50_ms\": %.3f, \"quiet_worst_gap_max_ms\": %.3f, "
+			       "\"loading_worst_gap_p50_ms\": %.3f, \"loading_worst_gap_max_ms\": %.3f, "
+			       "\"ratio_vs_quiet\": %.3f, \"big_load_ttft_p50_ms\": %.3f, "
+			       "\"disk_load_mean_ms\": %.3f}\n",
+			       quick ? "true" : "false", rounds, atomic_load(&st.tokens), q50,
+			       pct(quiet, nq, 100), l50, pct(loading, nl, 100), l50 / q50,
+			       pct(load_ms, nl, 50), dc > 0 ? ds / dc * 1e3 : NAN);
+			fflush(stdout);
+			fprintf(stderr, "a stream's worst token gap: %.2f ms while a rank-256 adapter loads "
+				"(its first token after %.2f ms), %.2f ms in quiet windows: %.2fx\n",
+				l50, pct(load_ms, nl, 50), q50, l50 / q50);
+			rc = 0;
+		}
 	}
 	lorad_close(c);
 	c = NULL;

@@ -7,22 +7,29 @@
  * same table. Nothing outside kernels/ knows which one runs.
  *
  * Conventions:
- *  - Every buffer holds fp32 elements; sizes and offsets count elements.
- *    A backend may store weights in another type internally later; the
- *    model code only ever uploads and downloads fp32.
+ *  - A buffer has one element type (enum be_dtype); sizes and offsets
+ *    count elements, never bytes. Activations are fp32. Weights are asked
+ *    for in the type the file stores them (alloc_weight's dtype); a backend
+ *    that lacks that type keeps them in fp32 and says so in be_buf_dtype().
+ *    Uploads name the type of the host data and the backend converts;
+ *    downloads always give fp32.
  *  - Matrices are row-major. Activations are [n_tokens, width]: one row per
  *    token of the batch, whatever sequence it belongs to.
- *  - Operations are queued in order; errors of a queued operation surface at
- *    the next be_sync() or be_download(). The CPU backend runs them at once.
+ *  - Operations are queued in order on the compute queue; errors of a
+ *    queued operation surface at the next be_sync() or be_download(). The
+ *    CPU backend runs them at once. Copies may go on the copy queue
+ *    instead (BE_Q_COPY), ordered against compute only by events: a
+ *    backend with BE_CAP_ASYNC_COPY overlaps them with a running step.
  *  - Per-step metadata (token ids, positions, which sequence a row belongs
  *    to, KV block tables) is handed over once per step with be_set_batch();
  *    the operations that need it read it from there, so a device backend can
  *    upload it once.
- *  - Results of an operation for one token row never depend on the other
- *    rows of the batch (no cross-row reductions, and each GEMM output is
- *    summed in one order whatever the batch), so a sequence gets the same
- *    bits alone or in any batch, chunked or recomputed
- *    (tests/engine/test_forward.c).
+ *  - No operation reduces across token rows. A backend that also sums each
+ *    GEMM output in one order whatever the batch claims
+ *    BE_CAP_BATCH_INVARIANT: a sequence then gets the same bits alone or in
+ *    any batch, chunked or recomputed (tests/engine/test_forward.c checks
+ *    bits only where the capability is claimed, a tolerance elsewhere).
+ *    cuBLAS picks its algorithm by shape and does not promise it.
  *  - Weight matrices are allocated with alloc_weight: upload and download
  *    speak row-major [n, k], and the backend keeps them in whatever layout
  *    its GEMM reads fastest.
@@ -33,8 +40,80 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct be;     /* a backend instance */
-struct be_buf; /* a device buffer of fp32 elements */
+struct be;       /* a backend instance */
+struct be_buf;   /* a device buffer of one element type */
+struct be_event; /* a point in a queue that other queues or the host wait for */
+
+/* Element types. The numbers are stable (tests and files name them). */
+enum be_dtype {
+	BE_F32 = 0,
+	BE_BF16 = 1,
+	BE_F16 = 2,
+};
+
+/* Bytes per element of a dtype; 0 for an unknown one. */
+static inline size_t be_dtype_size(enum be_dtype t)
+{
+	return t == BE_F32 ? 4 : (t == BE_BF16 || t == BE_F16) ? 2 : 0;
+}
+
+/* The queues of a backend. Work on one queue runs in order; the two queues
+ * are ordered only by events. */
+enum be_queue {
+	BE_Q_COMPUTE = 0, /* the forward pass, and every synchronous copy */
+	BE_Q_COPY = 1,    /* uploads and downloads that overlap compute */
+};
+
+/* What a backend can do (be_info.caps). */
+enum {
+	BE_CAP_BATCH_INVARIANT = 1u << 0, /* a row's bits do not depend on the batch */
+	BE_CAP_ASYNC_COPY      = 1u << 1, /* BE_Q_COPY overlaps BE_Q_COMPUTE */
+	BE_CAP_DEVICE_MEMORY   = 1u << 2, /* buffers are not host memory: downloads cost */
+	BE_CAP_BF16            = 1u << 3, /* keeps BE_BF16 buffers as bf16 */
+	BE_CAP_F16             = 1u << 4, /* keeps BE_F16 buffers as f16 */
+	BE_CAP_EXPORT          = 1u << 5, /* BE_BUF_EXPORT buffers can go to another process */
+	BE_CAP_DEVICE_SAMPLE   = 1u << 6, /* be_sample runs where the logits are */
+};
+
+/* Flags of be_alloc_ex. */
+enum {
+	BE_BUF_EXPORT = 1u << 0, /* the buffer (and views of it) may be exported */
+};
+
+struct be_info {
+	const char *name;   /* "cpu", "cuda" */
+	unsigned caps;      /* BE_CAP_* */
+	char device[96];    /* what computes: "x86-64, 16 threads", "NVIDIA H200 (sm_90)" */
+	size_t mem_total;   /* bytes of the memory buffers live in */
+	char error[160];    /* the first device error (call, file, line); "" while
+			     * healthy. After one, every queued op fails. */
+};
+
+/* How a buffer travels to another process (be_export). */
+enum be_export_kind {
+	BE_EXPORT_FD = 1,       /* a memfd: mmap fd at offset, length bytes */
+	BE_EXPORT_CUDA_IPC = 2, /* cudaIpcMemHandle_t in handle; open it, add offset */
+};
+
+struct be_export {
+	enum be_export_kind kind;
+	int fd;                      /* BE_EXPORT_FD: the receiver owns it; else -1 */
+	unsigned char handle[64];    /* BE_EXPORT_CUDA_IPC: the memory handle */
+	size_t offset;               /* bytes from the start of the shared allocation */
+	size_t bytes;                /* of the buffer */
+	enum be_dtype dtype;
+};
+
+/* Sampling parameters of one row of logits, as daemon/engine/sample.h
+ * defines them (steps 3 to 6 and the draw): the caller applied bias,
+ * masks and penalties before, or uses be_sample only when there are none. */
+struct be_sample {
+	float temperature; /* 0: greedy, the lowest id of a tie */
+	int top_k;         /* 0: off */
+	float top_p;       /* 1: off */
+	float min_p;       /* 0: off */
+	double u;          /* the uniform number of the draw, in [0, 1) */
+};
 
 /* What one forward step looks at. Host memory; valid until the next
  * be_set_batch(). */
@@ -77,18 +156,61 @@ struct be_ops {
 	const char *name;
 	void (*destroy)(struct be *be);
 
+	/* What this backend is and can do; mem_free: bytes free now (0 when
+	 * unknown). */
+	void (*info)(struct be *be, struct be_info *out, size_t *mem_free);
+
 	/* Buffers. alloc returns NULL when out of memory; contents are zero.
-	 * alloc, alloc_weight, upload and buf_free of a buffer no step uses
-	 * may run on another thread while the engine's thread computes: the
-	 * adapter builder converts adapters that way. */
-	struct be_buf *(*alloc)(struct be *be, size_t n);
-	/* A weight matrix [n, k]: gemm's w, or an embedding table. NULL when out
-	 * of memory or n, k < 1; contents are zero. */
-	struct be_buf *(*alloc_weight)(struct be *be, int n, int k);
+	 * alloc, alloc_weight, upload (on either queue) and buf_free of a
+	 * buffer no step uses may run on another thread while the engine's
+	 * thread computes: the adapter builder converts adapters that way. */
+	struct be_buf *(*alloc)(struct be *be, size_t n, enum be_dtype t, unsigned flags);
+	/* A weight matrix [n, k] of type t: gemm's w, or an embedding table.
+	 * NULL when out of memory or n, k < 1; contents are zero. */
+	struct be_buf *(*alloc_weight)(struct be *be, int n, int k, enum be_dtype t);
+	/* Elements [off, off + n) of base as a buffer of their own: no copy,
+	 * base must outlive it, free it with buf_free. NULL for a weight
+	 * matrix or a range outside base. */
+	struct be_buf *(*view)(struct be *be, struct be_buf *base, size_t off, size_t n);
 	void (*buf_free)(struct be *be, struct be_buf *b);
-	int (*upload)(struct be *be, struct be_buf *dst, size_t off, const float *src, size_t n);
-	int (*download)(struct be *be, const struct be_buf *src, size_t off, float *dst, size_t n);
+	enum be_dtype (*buf_dtype)(const struct be_buf *b);
+	/* Describes b (allocated with BE_BUF_EXPORT, or a view of one) for
+	 * another process. Returns 0, -ENOTSUP, or -errno. */
+	int (*export_buf)(struct be *be, const struct be_buf *b, struct be_export *out);
+
+	/* Copies n elements of host data of type st into dst from element off
+	 * on, converting to dst's type. On BE_Q_COMPUTE the call returns when
+	 * src may be reused; on BE_Q_COPY src must stay untouched (and, for
+	 * full speed, be be_host_alloc'd or registered memory) until an event
+	 * recorded after it has passed. Returns 0, -ERANGE, -EINVAL or -errno. */
+	int (*upload)(struct be *be, enum be_queue q, struct be_buf *dst, size_t off,
+		      const void *src, enum be_dtype st, size_t n);
+	/* Copies n elements of src from off on into dst as fp32. On
+	 * BE_Q_COMPUTE it waits for the queued work and reports its errors;
+	 * on BE_Q_COPY dst is written when an event recorded after it passes. */
+	int (*download)(struct be *be, enum be_queue q, const struct be_buf *src, size_t off,
+			float *dst, size_t n);
+	/* Waits for everything queued on the compute queue; returns the first
+	 * error of the queued operations since the last sync, or 0. */
 	int (*sync)(struct be *be);
+
+	/* Events: record marks the queue's current end; wait makes queue q
+	 * wait for it without blocking the host; event_sync blocks the host;
+	 * query returns 1 passed, 0 pending, or -errno. */
+	struct be_event *(*event_new)(struct be *be);
+	void (*event_free)(struct be *be, struct be_event *e);
+	int (*event_record)(struct be *be, struct be_event *e, enum be_queue q);
+	int (*event_wait)(struct be *be, struct be_event *e, enum be_queue q);
+	int (*event_sync)(struct be *be, struct be_event *e);
+	int (*event_query)(struct be *be, struct be_event *e);
+
+	/* Host memory the backend copies from at full speed (pinned). alloc:
+	 * NULL when out of memory; register: 0 or -errno, for memory allocated
+	 * elsewhere (once per buffer, not per copy: it costs milliseconds). */
+	void *(*host_alloc)(struct be *be, size_t bytes);
+	void (*host_free)(struct be *be, void *p, size_t bytes);
+	int (*host_register)(struct be *be, void *p, size_t bytes);
+	void (*host_unregister)(struct be *be, void *p);
 
 	int (*set_batch)(struct be *be, const struct be_batch *b);
 
@@ -131,6 +253,14 @@ struct be_ops {
 	 * as PEFT computes `result + lora_B(lora_A(x)) * scaling`.            */
 	void (*lora_expand)(struct be *be, int n, const struct be_buf *h,
 			    const struct be_lora_seg *segs, int n_segs, struct be_buf *y);
+	/* Picks a token from each of n rows of logits [n, vocab] with p[i]
+	 * and writes it to ids[i] (host memory): only the ids leave the
+	 * device. ids[i] = -1 when the row had no finite candidate, or, on a
+	 * device, when its top-p set was too large to order there (the caller
+	 * then samples that row on the host). Waits for the queued work;
+	 * returns 0 or the first error. */
+	int (*sample)(struct be *be, const struct be_buf *logits, int n, int vocab,
+		      const struct be_sample *p, int32_t *ids);
 };
 
 /* Every backend instance starts with this. */
@@ -146,17 +276,68 @@ struct be_cpu_opts {
 /* Creates the CPU backend. Returns 0 or -ENOMEM; *out is set on success. */
 int be_cpu_create(const struct be_cpu_opts *opts, struct be **out);
 
+/* Options of the CUDA backend. */
+struct be_cuda_opts {
+	int device;         /* CUDA device ordinal */
+};
+
+/* Creates the CUDA backend on opts->device. Returns 0, -ENOTSUP when lorad
+ * was built without CUDA, -ENODEV when no device answers, or -errno; why
+ * (the CUDA error's name) is written to why[whylen]. */
+int be_cuda_create(const struct be_cuda_opts *opts, struct be **out, char *why, size_t whylen);
+
 /* Thin wrappers so the model code reads like a program, not like a table. */
 static inline void be_destroy(struct be *be) { if (be) be->ops->destroy(be); }
-static inline struct be_buf *be_alloc(struct be *be, size_t n) { return be->ops->alloc(be, n); }
-static inline struct be_buf *be_alloc_weight(struct be *be, int n, int k)
-{ return be->ops->alloc_weight(be, n, k); }
+static inline void be_info(struct be *be, struct be_info *i, size_t *mem_free)
+{ be->ops->info(be, i, mem_free); }
+static inline unsigned be_caps(struct be *be)
+{ struct be_info i; be->ops->info(be, &i, NULL); return i.caps; }
+/* An fp32 activation buffer. */
+static inline struct be_buf *be_alloc(struct be *be, size_t n)
+{ return be->ops->alloc(be, n, BE_F32, 0); }
+static inline struct be_buf *be_alloc_ex(struct be *be, size_t n, enum be_dtype t, unsigned flags)
+{ return be->ops->alloc(be, n, t, flags); }
+static inline struct be_buf *be_alloc_weight(struct be *be, int n, int k, enum be_dtype t)
+{ return be->ops->alloc_weight(be, n, k, t); }
+static inline struct be_buf *be_view(struct be *be, struct be_buf *base, size_t off, size_t n)
+{ return be->ops->view(be, base, off, n); }
 static inline void be_free(struct be *be, struct be_buf *b) { if (b) be->ops->buf_free(be, b); }
+static inline enum be_dtype be_buf_dtype(struct be *be, const struct be_buf *b)
+{ return be->ops->buf_dtype(b); }
+static inline int be_export(struct be *be, const struct be_buf *b, struct be_export *out)
+{ return be->ops->export_buf(be, b, out); }
+/* Synchronous fp32 copies on the compute queue. */
 static inline int be_upload(struct be *be, struct be_buf *d, size_t off, const float *s, size_t n)
-{ return be->ops->upload(be, d, off, s, n); }
+{ return be->ops->upload(be, BE_Q_COMPUTE, d, off, s, BE_F32, n); }
 static inline int be_download(struct be *be, const struct be_buf *s, size_t off, float *d, size_t n)
-{ return be->ops->download(be, s, off, d, n); }
+{ return be->ops->download(be, BE_Q_COMPUTE, s, off, d, n); }
+static inline int be_upload_as(struct be *be, enum be_queue q, struct be_buf *d, size_t off,
+			       const void *s, enum be_dtype st, size_t n)
+{ return be->ops->upload(be, q, d, off, s, st, n); }
+static inline int be_download_on(struct be *be, enum be_queue q, const struct be_buf *s,
+				 size_t off, float *d, size_t n)
+{ return be->ops->download(be, q, s, off, d, n); }
 static inline int be_sync(struct be *be) { return be->ops->sync(be); }
+static inline struct be_event *be_event_new(struct be *be) { return be->ops->event_new(be); }
+static inline void be_event_free(struct be *be, struct be_event *e)
+{ if (e) be->ops->event_free(be, e); }
+static inline int be_event_record(struct be *be, struct be_event *e, enum be_queue q)
+{ return be->ops->event_record(be, e, q); }
+static inline int be_event_wait(struct be *be, struct be_event *e, enum be_queue q)
+{ return be->ops->event_wait(be, e, q); }
+static inline int be_event_sync(struct be *be, struct be_event *e)
+{ return be->ops->event_sync(be, e); }
+static inline int be_event_query(struct be *be, struct be_event *e)
+{ return be->ops->event_query(be, e); }
+static inline void *be_host_alloc(struct be *be, size_t bytes) { return be->ops->host_alloc(be, bytes); }
+static inline void be_host_free(struct be *be, void *p, size_t bytes)
+{ if (p) be->ops->host_free(be, p, bytes); }
+static inline int be_host_register(struct be *be, void *p, size_t bytes)
+{ return be->ops->host_register(be, p, bytes); }
+static inline void be_host_unregister(struct be *be, void *p) { be->ops->host_unregister(be, p); }
+static inline int be_sample(struct be *be, const struct be_buf *logits, int n, int vocab,
+			    const struct be_sample *p, int32_t *ids)
+{ return be->ops->sample(be, logits, n, vocab, p, ids); }
 static inline int be_set_batch(struct be *be, const struct be_batch *b) { return be->ops->set_batch(be, b); }
 static inline void be_embed(struct be *be, const struct be_buf *t, int dim, struct be_buf *x)
 { be->ops->embed(be, t, dim, x); }

@@ -3,7 +3,9 @@
 add_library(lorad_kernels STATIC
   ${CMAKE_CURRENT_LIST_DIR}/cpu/cpu.c
   ${CMAKE_CURRENT_LIST_DIR}/cpu/gemm.c
-  ${CMAKE_CURRENT_LIST_DIR}/cpu/pool.c)
+  ${CMAKE_CURRENT_LIST_DIR}/cpu/pool.c
+  ${CMAKE_CURRENT_LIST_DIR}/dtype.c
+  ${CMAKE_CURRENT_LIST_DIR}/sample_ref.c)
 target_include_directories(lorad_kernels PUBLIC ${CMAKE_CURRENT_LIST_DIR})
 # -O3 for the loop vectoriser; -fopenmp-simd honours the `omp simd`
 # reductions without pulling in an OpenMP runtime.
@@ -11,3 +13,5 @@ target_compile_options(lorad_kernels PRIVATE -O3 -fopenmp-simd)
 # No BLAS: the CPU backend has its own GEMM. (OpenBLAS would start its
 # thread pool before main(), with no signal blocked in it.)
 target_link_libraries(lorad_kernels PUBLIC Threads::Threads m)
+
+target_sources(lorad_kernels PRIVATE ${CMAKE_CURRENT_LIST_DIR}/cuda_none.c)

@@ -21,6 +21,7 @@ struct eng_adapter {
 struct engine {
 	struct model_config cfg;
 	struct be *be;
+	char be_why[200];  /* why this backend (engine_backend_why) */
 	struct fwd *fwd;
 	struct kv_pool pool;
 	struct sample_ctx sctx;
@@ -40,11 +41,12 @@ struct engine {
 };
 
 
+static int backend_create(struct engine *e, const struct engine_opts *o, char *err, size_t errlen);
+
 int engine_load(const char *dir, const struct engine_opts *opts, struct engine **out, char *err,
 		size_t errlen)
 {
 	struct engine_opts o = { 0 };
-	struct be_cpu_opts bo = { 0 };
 	struct engine *e = NULL;
 	struct model *m = NULL;
 	int rc;
@@ -67,11 +69,8 @@ int engine_load(const char *dir, const struct engine_opts *opts, struct engine *
 		goto err;
 	}
 	e->cfg = m->cfg;
-	bo.n_threads = o.n_threads;
-	if ((rc = be_cpu_create(&bo, &e->be)) < 0) {
-		rc = err_fail(err, errlen, rc, "CPU backend: %s", strerror(-rc));
+	if ((rc = backend_create(e, &o, err, errlen)) < 0)
 		goto err;
-	}
 	if ((rc = fwd_build(e->be, m, o.kv_blocks, o.block_size, o.allow_nonfinite, &e->fwd, err,
 			    errlen)) < 0)
 		goto err;
@@ -139,6 +138,46 @@ int engine_kv_block_size(const struct engine *e)
 const char *engine_backend_name(const struct engine *e)
 {
 	return e->be->ops->name;
+}
+
+const char *engine_backend_why(const struct engine *e)
+{
+	return e->be_why;
+}
+
+unsigned engine_backend_caps(const struct engine *e)
+{
+	return be_caps(e->be);
+}
+
+/* The backend of opts: cuda when asked for (its failure is the engine's),
+ * auto tries CUDA and falls back to the CPU saying why. */
+static int backend_create(struct engine *e, const struct engine_opts *o, char *err, size_t errlen)
+{
+	struct be_cpu_opts bo = { .n_threads = o->n_threads };
+	struct be_cuda_opts co = { .device = o->device };
+	const char *want = o->backend ? o->backend : "auto";
+	char why[160] = "";
+	int rc;
+
+	if (strcmp(want, "cpu") && strcmp(want, "cuda") && strcmp(want, "auto"))
+		return err_fail(err, errlen, -EINVAL, "backend %s: must be cpu, cuda or auto", want);
+	if (strcmp(want, "cpu")) {
+		rc = be_cuda_create(&co, &e->be, why, sizeof(why));
+		if (rc == 0) {
+			snprintf(e->be_why, sizeof(e->be_why), "%s",
+				 strcmp(want, "cuda") ? "auto: a CUDA device answered" : "asked for");
+			return 0;
+		}
+		if (!strcmp(want, "cuda"))
+			return err_fail(err, errlen, rc, "CUDA backend: %s", why);
+		snprintf(e->be_why, sizeof(e->be_why), "auto: no CUDA backend (%s)", why);
+	} else {
+		snprintf(e->be_why, sizeof(e->be_why), "asked for");
+	}
+	if ((rc = be_cpu_create(&bo, &e->be)) < 0)
+		return err_fail(err, errlen, rc, "CPU backend: %s", strerror(-rc));
+	return 0;
 }
 
 static struct eng_adapter *adapter_get(const struct engine *e, int id)

@@ -38,6 +38,9 @@ struct engine_opts {
 	int block_size;      /* tokens per KV block; 0: 16 */
 	int n_threads;       /* CPU backend threads; 0: all cores */
 	int allow_nonfinite; /* load NaN/Inf weights instead of refusing (tests) */
+	const char *backend; /* "cpu", "cuda" or "auto" (NULL: auto): auto takes CUDA
+			      * when a device answers, else the CPU */
+	int device;          /* CUDA device ordinal */
 };
 
 enum engine_keep_logits {
@@ -208,7 +211,11 @@ int engine_kv_total(const struct engine *e);
 int engine_kv_free(const struct engine *e);
 int engine_kv_block_size(const struct engine *e);
 
-/* The backend's name ("cpu"), for logs and status. */
+/* The backend's name ("cpu", "cuda"), for logs and status. */
 const char *engine_backend_name(const struct engine *e);
+/* Why that backend was chosen ("asked for", "auto: no CUDA device: ..."). */
+const char *engine_backend_why(const struct engine *e);
+/* The backend's BE_CAP_* flags (kernels/backend.h). */
+unsigned engine_backend_caps(const struct engine *e);
 
 #endif

@@ -56,22 +56,37 @@ struct fwd {
 };
 
 
+/* The backend's dtype of a file's tensor, or -1 for one lorad does not read. */
+static int be_dtype_of(enum st_dtype d)
+{
+	return d == ST_F32 ? BE_F32 : d == ST_BF16 ? BE_BF16 : d == ST_F16 ? BE_F16 : -1;
+}
+
 /* A matrix that a GEMM reads as its weights goes to the backend as one
- * (matrix = 1), so the backend can keep it in its GEMM's layout. */
+ * (matrix = 1), in the dtype the file stores it when the backend keeps that
+ * dtype (BE_CAP_BF16, BE_CAP_F16), so the backend can keep it in its GEMM's
+ * layout and type. Every tensor is also widened into tmp once, to refuse
+ * NaN and Inf; vectors (norms, biases) go as fp32. */
 static int upload_tensor(struct fwd *f, const struct st_tensor *t, float *tmp, int allow_nonfinite,
 			 int matrix, struct be_buf **out, char *err, size_t errlen)
 {
-	int rc = model_tensor_f32(t, tmp, err, errlen);
+	int rc = model_tensor_f32(t, tmp, err, errlen), dt = be_dtype_of(t->dtype);
+	unsigned caps = be_caps(f->be);
+	int keep = (dt == BE_BF16 && (caps & BE_CAP_BF16)) || (dt == BE_F16 && (caps & BE_CAP_F16));
 
 	if (rc < 0 && !(allow_nonfinite && t->dtype != ST_OTHER))
 		return rc;
 	if (matrix && t->ndim == 2)
-		*out = be_alloc_weight(f->be, (int)t->shape[0], (int)t->shape[1]);
+		*out = be_alloc_weight(f->be, (int)t->shape[0], (int)t->shape[1],
+				       keep ? (enum be_dtype)dt : BE_F32);
 	else
 		*out = be_alloc(f->be, t->nelem);
 	if (!*out)
 		return err_fail(err, errlen, -ENOMEM, "out of memory for tensor %s", t->name);
-	rc = be_upload(f->be, *out, 0, tmp, t->nelem);
+	if (keep && matrix && t->ndim == 2)
+		rc = be_upload_as(f->be, BE_Q_COMPUTE, *out, 0, t->data, (enum be_dtype)dt, t->nelem);
+	else
+		rc = be_upload(f->be, *out, 0, tmp, t->nelem);
 	if (rc < 0)
 		return err_fail(err, errlen, rc, "upload of tensor %s failed", t->name);
 	return 0;

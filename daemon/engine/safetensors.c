@@ -326,76 +326,6 @@ struct st_tensor *st_find(struct st_file *f, const char *name)
 	return NULL;
 }
 
-float st_bf16_to_f32(uint16_t h)
-{
-	uint32_t u = (uint32_t)h << 16;
-	float f;
-
-	memcpy(&f, &u, 4);
-	return f;
-}
-
-float st_f16_to_f32(uint16_t h)
-{
-	uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;
-	float f;
-
-	if (exp == 0x1f) {
-		u = sign | 0x7f800000u | (man << 13);
-	} else if (exp == 0) {
-		/* subnormal: man · 2^-24, exact in fp32 */
-		f = ldexpf((float)man, -24);
-		return sign ? -f : f;
-	} else {
-		u = sign | ((exp + 112) << 23) | (man << 13);
-	}
-	memcpy(&f, &u, 4);
-	return f;
-}
-
-uint16_t st_f32_to_bf16(float f)
-{
-	uint32_t u;
-
-	memcpy(&u, &f, 4);
-	if ((u & 0x7fffffffu) > 0x7f800000u)
-		return (uint16_t)((u >> 16) | 0x40); /* keep NaN a NaN */
-	u += 0x7fff + ((u >> 16) & 1);
-	return (uint16_t)(u >> 16);
-}
-
-uint16_t st_f32_to_f16(float f)
-{
-	uint32_t u, sign, man;
-	int exp;
-
-	memcpy(&u, &f, 4);
-	sign = (u >> 16) & 0x8000;
-	if ((u & 0x7fffffffu) > 0x7f800000u)
-		return (uint16_t)(sign | 0x7e00);
-	exp = (int)((u >> 23) & 0xff) - 127 + 15;
-	man = u & 0x7fffff;
-	if (exp >= 0x1f)
-		return (uint16_t)(sign | 0x7c00);
-	if (exp <= 0) {
-		/* subnormal or zero: shift the implicit bit in and round */
-		if (exp < -10)
-			return (uint16_t)sign;
-		man |= 0x800000;
-		int shift = 14 - exp;
-		uint32_t r = man >> shift, rem = man & ((1u << shift) - 1), half = 1u << (shift - 1);
-		if (rem > half || (rem == half && (r & 1)))
-			r++;
-		return (uint16_t)(sign | r);
-	}
-	{
-		uint32_t r = ((uint32_t)exp << 10) | (man >> 13), rem = man & 0x1fff;
-		if (rem > 0x1000 || (rem == 0x1000 && (r & 1)))
-			r++; /* may carry into the exponent, up to inf: correct */
-		return (uint16_t)(sign | r);
-	}
-}
-
 long st_to_f32(const struct st_tensor *t, float *dst)
 {
 	const unsigned char *p = t->data;
@@ -408,11 +338,11 @@ long st_to_f32(const struct st_tensor *t, float *dst)
 		break;
 	case ST_F16:
 		for (i = 0; i < t->nelem; i++)
-			dst[i] = st_f16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+			dst[i] = dt_f16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
 		break;
 	case ST_BF16:
 		for (i = 0; i < t->nelem; i++)
-			dst[i] = st_bf16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+			dst[i] = dt_bf16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
 		break;
 	default:
 		return -EINVAL;

@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "dtype.h"
+
 #define ST_MAX_DIMS 8
 
 enum st_dtype {
@@ -72,10 +74,7 @@ size_t st_dtype_size(enum st_dtype d);
  * or infinite, or -EINVAL when t's dtype is not F32/F16/BF16. */
 long st_to_f32(const struct st_tensor *t, float *dst);
 
-float st_f16_to_f32(uint16_t h);
-float st_bf16_to_f32(uint16_t h);
-uint16_t st_f32_to_f16(float f);  /* round to nearest even */
-uint16_t st_f32_to_bf16(float f); /* round to nearest even */
+/* Conversions of single values: kernels/dtype.h (dt_*). */
 
 /* A tensor to write: data holds nelem values of dtype, little-endian. */
 struct st_out {

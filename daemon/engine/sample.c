@@ -1,5 +1,6 @@
 #include "sample.h"
 #include "errmsg.h"
+#include "sample_ref.h"
 
 #include <errno.h>
 #include <math.h>
@@ -93,69 +94,6 @@ double sample_uniform(uint64_t seed, uint64_t position)
 	return (double)(h >> 11) * (1.0 / 9007199254740992.0);
 }
 
-/* a before b: larger logit first, then the lower id */
-static inline int better(const float *w, int32_t a, int32_t b)
-{
-	return w[a] > w[b] || (w[a] == w[b] && a < b);
-}
-
-static int cmp_better(const void *x, const void *y, void *ctx)
-{
-	int32_t a = *(const int32_t *)x, b = *(const int32_t *)y;
-	const float *w = ctx;
-
-	return a == b ? 0 : better(w, a, b) ? -1 : 1;
-}
-
-/* order[0 .. m) = the m best ids of w, best first. A min-heap of the best
- * seen keeps this O(V log m) instead of sorting the whole vocabulary. */
-static void top_m(const float *w, int vocab, int m, int32_t *order)
-{
-	int n = 0, i;
-
-	if (m >= vocab) {
-		for (i = 0; i < vocab; i++)
-			order[i] = i;
-		qsort_r(order, (size_t)vocab, sizeof(*order), cmp_better, (void *)w);
-		return;
-	}
-	for (i = 0; i < vocab; i++) {
-		int32_t id = i;
-		int j;
-		if (n == m) {
-			if (!better(w, id, order[0]))
-				continue;
-			order[0] = id; /* replace the worst and sift down */
-			j = 0;
-		} else {
-			/* sift up */
-			j = n++;
-			order[j] = id;
-			while (j > 0 && better(w, order[(j - 1) / 2], order[j])) {
-				int32_t t = order[j];
-				order[j] = order[(j - 1) / 2];
-				order[(j - 1) / 2] = t;
-				j = (j - 1) / 2;
-			}
-			continue;
-		}
-		for (;;) {
-			int l = 2 * j + 1, r = l + 1, worst = j;
-			if (l < n && better(w, order[worst], order[l]))
-				worst = l;
-			if (r < n && better(w, order[worst], order[r]))
-				worst = r;
-			if (worst == j)
-				break;
-			int32_t t = order[j];
-			order[j] = order[worst];
-			order[worst] = t;
-			j = worst;
-		}
-	}
-	qsort_r(order, (size_t)n, sizeof(*order), cmp_better, (void *)w);
-}
-
 static void fill_logprobs(struct sample_ctx *s, const struct sample_params *p, const float *logits,
 			  struct sample_result *out)
 {
@@ -175,7 +113,7 @@ static void fill_logprobs(struct sample_ctx *s, const struct sample_params *p, c
 	out->logprob = (float)(logits[out->token] - lse);
 	if (p->logprobs > 0) {
 		int n = p->logprobs < v ? p->logprobs : v;
-		top_m(logits, v, n, s->order);
+		sample_top_m(logits, v, n, s->order);
 		for (i = 0; i < n; i++) {
 			out->top_ids[i] = s->order[i];
 			out->top_logprobs[i] = (float)(logits[s->order[i]] - lse);
@@ -188,8 +126,8 @@ int sample_token(struct sample_ctx *s, const struct sample_params *p, const floa
 		 const int32_t *history, int n_hist, int n_generated, const int32_t *eos, int n_eos,
 		 struct sample_result *out)
 {
-	float *w = s->work, mx = -INFINITY;
-	int v = s->vocab, i, n, best = -1;
+	float *w = s->work;
+	int v = s->vocab, i, best;
 
 	for (i = 0; i < v; i++)
 		if (!isfinite(logits[i]))
@@ -228,91 +166,14 @@ int sample_token(struct sample_ctx *s, const struct sample_params *p, const floa
 		}
 	}
 
-	/* 3. greedy: strict > while scanning up keeps the lowest id of a tie */
-	if (p->temperature == 0.0f || p->top_k == 1) {
-		for (i = 0; i < v; i++)
-			if (w[i] > mx) {
-				mx = w[i];
-				best = i;
-			}
+	/* 3 to 6 and the draw, as every backend does them */
+	{
+		struct be_sample bs = { .temperature = p->temperature, .top_k = p->top_k,
+					.top_p = p->top_p, .min_p = p->min_p,
+					.u = sample_uniform(p->seed, (uint64_t)n_hist) };
+		best = sample_pick(w, v, &bs, s->order);
 		if (best < 0)
 			return -EDOM; /* everything was masked */
-		out->token = best;
-		fill_logprobs(s, p, logits, out);
-		return 0;
-	}
-
-	for (i = 0; i < v; i++) {
-		w[i] /= p->temperature;
-		if (w[i] > mx)
-			mx = w[i];
-	}
-	if (mx == -INFINITY)
-		return -EDOM;
-
-	/* 4, 5: the candidates, best first when a filter needs the order */
-	if (p->top_k > 0 || p->top_p < 1.0f) {
-		int m = p->top_k > 0 ? (p->top_k < v ? p->top_k : v) : (v < 256 ? v : 256);
-		double z = 0.0, cum = 0.0;
-		for (;;) {
-			top_m(w, v, m, s->order);
-			z = 0.0;
-			if (p->top_k > 0)
-				for (i = 0; i < m; i++)
-					z += exp((double)w[s->order[i]] - mx);
-			else
-				for (i = 0; i < v; i++)
-					z += exp((double)w[i] - mx);
-			n = m;
-			if (p->top_p >= 1.0f)
-				break;
-			cum = 0.0;
-			for (i = 0; i < m; i++) {
-				cum += exp((double)w[s->order[i]] - mx) / z;
-				if (cum >= p->top_p) {
-					n = i + 1;
-					break;
-				}
-			}
-			/* the first m did not reach top_p: look at everything */
-			if (i < m || m == v || p->top_k > 0)
-				break;
-			m = v;
-		}
-	} else {
-		for (i = 0; i < v; i++)
-			s->order[i] = i;
-		n = v;
-	}
-
-	/* 6. min-p, relative to the most likely token (probability ratio) */
-	if (p->min_p > 0.0f) {
-		int k = 0;
-		double floor_ = log((double)p->min_p);
-		for (i = 0; i < n; i++)
-			if ((double)w[s->order[i]] - mx >= floor_)
-				s->order[k++] = s->order[i];
-		n = k;
-	}
-
-	/* the draw */
-	{
-		double total = 0.0, r, cum = 0.0;
-		for (i = 0; i < n; i++)
-			total += exp((double)w[s->order[i]] - mx);
-		r = sample_uniform(p->seed, (uint64_t)n_hist) * total;
-		best = -1;
-		for (i = 0; i < n; i++) {
-			double e = exp((double)w[s->order[i]] - mx);
-			if (e <= 0.0)
-				continue;
-			best = s->order[i];
-			cum += e;
-			if (cum > r)
-				break;
-		}
-		if (best < 0)
-			return -EDOM;
 	}
 	out->token = best;
 	fill_logprobs(s, p, logits, out);

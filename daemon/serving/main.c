@@ -76,7 +76,7 @@ struct daemon {
 	const struct exec_ops *ex;
 	void *exctx;
 	const char *engine_name;
-	char engine_buf[300];
+	char engine_buf[512];
 	uint64_t wd_ns, next_status, last_requests, last_status_t;
 	bool stopping_sent;
 };
@@ -396,7 +396,8 @@ fail:
 static int build_engine(struct daemon *d)
 {
 	const struct config *c = &d->cfg;
-	struct engine_opts eo = { .kv_tokens = (int)c->kv_tokens, .n_threads = (int)c->threads };
+	struct engine_opts eo = { .kv_tokens = (int)c->kv_tokens, .n_threads = (int)c->threads,
+				  .backend = c->backend };
 	struct sched_opts so = { .max_seqs = (int)c->max_seqs, .step_tokens = (int)c->step_tokens,
 				 .max_prompt_tokens = (int)c->max_prompt_tokens };
 	char err[512], tp[4200];
@@ -409,10 +410,6 @@ static int build_engine(struct daemon *d)
 		d->ex = &nullexec_ops;
 		d->exctx = d->nx;
 		return d->nx ? 0 : -ENOMEM;
-	}
-	if (c->backend && !strcmp(c->backend, "cuda")) {
-		log_err("backend = cuda: this lorad was built without a CUDA backend; use cpu or auto");
-		return -ENODEV;
 	}
 	/* loaded before READY=1: under socket activation clients wait in the backlog */
 	ret = engine_load(c->model_dir, &eo, &d->eng, err, sizeof(err));
@@ -443,9 +440,8 @@ static int build_engine(struct daemon *d)
 	d->sch = sched_build(d->eng, d->tok, &so);
 	if (!d->sch)
 		return -ENOMEM;
-	snprintf(d->engine_buf, sizeof(d->engine_buf), "%s backend%s, model %s%s%s",
-		 engine_backend_name(d->eng), c->backend && !strcmp(c->backend, "cpu") ? ""
-		 : " (backend auto: no CUDA backend in this build)", c->model_dir,
+	snprintf(d->engine_buf, sizeof(d->engine_buf), "%s backend (%s), model %s%s%s",
+		 engine_backend_name(d->eng), engine_backend_why(d->eng), c->model_dir,
 		 c->merge_adapter ? " merged with " : "", c->merge_adapter ? c->merge_adapter : "");
 	d->engine_name = d->engine_buf;
 	log_info("loaded %s in %.2f s: %d layers, vocabulary %d, KV cache %d tokens", c->model_dir,

@@ -102,7 +102,7 @@ static int add_tensor(struct tensor *t, const struct opts *o, const char *name, 
 			return -ENOMEM;
 		}
 		for (i = 0; i < n; i++)
-			h[i] = o->dtype == ST_BF16 ? st_f32_to_bf16(f[i]) : st_f32_to_f16(f[i]);
+			h[i] = o->dtype == ST_BF16 ? dt_f32_to_bf16(f[i]) : dt_f32_to_f16(f[i]);
 		free(f);
 		t->data = h;
 	} else {

@@ -7,13 +7,18 @@
  * the numbers of a row do not depend on which other rows share the batch.
  */
 #include "../backend.h"
+#include "../dtype.h"
+#include "../sample_ref.h"
 #include "gemm.h"
 #include "pool.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 /*
@@ -27,10 +32,21 @@
 #define CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
 
+/* Every buffer is fp32 here, whatever dtype it was asked for in: the
+ * GEMM reads fp32, and bf16/f16 widen to fp32 exactly. */
 struct be_buf {
 	size_t n;
 	float *p;
-	int wn, wk; /* a weight matrix [wn, wk] kept packed for gemm.c; 0: plain */
+	int wn, wk;          /* a weight matrix [wn, wk] kept packed for gemm.c; 0: plain */
+	enum be_dtype asked; /* the dtype it was allocated as */
+	const struct be_buf *base; /* a view: the buffer it looks into; NULL: owns p */
+	int fd;              /* BE_BUF_EXPORT: the memfd behind p; else -1 */
+	size_t map_bytes;    /* BE_BUF_EXPORT: the mapping's length */
+};
+
+/* Every event has passed by the time it is recorded: ops run at once. */
+struct be_event {
+	int recorded;
 };
 
 struct cpu_be {
@@ -52,6 +68,9 @@ struct cpu_be {
 	size_t wtmp_n;
 	struct lora_task *lt; /* LoRA work items of one call */
 	int lt_n;
+	float *samp_w;      /* [samp_n] a row of logits being sampled */
+	int32_t *samp_order;
+	size_t samp_n;
 };
 
 #define CPU(be) ((struct cpu_be *)(be))
@@ -60,34 +79,62 @@ struct cpu_be {
  * the stack). */
 #define BE_CPU_MAX_BLOCK 256
 
-static struct be_buf *cpu_alloc(struct be *be, size_t n)
+/* A shareable buffer: a memfd mapped here, which export_buf hands out. */
+static int alloc_shared(struct be_buf *b, size_t bytes)
 {
-	struct be_buf *b = malloc(sizeof(*b));
+	void *p;
+
+	b->fd = memfd_create("lorad-buf", MFD_CLOEXEC);
+	if (b->fd < 0)
+		return -errno;
+	if (ftruncate(b->fd, (off_t)bytes) < 0)
+		goto err;
+	p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, b->fd, 0);
+	if (p == MAP_FAILED)
+		goto err;
+	b->p = p;
+	b->map_bytes = bytes;
+	return 0;
+err:
+	close(b->fd);
+	b->fd = -1;
+	return -ENOMEM;
+}
+
+static struct be_buf *cpu_alloc(struct be *be, size_t n, enum be_dtype t, unsigned flags)
+{
+	struct be_buf *b = calloc(1, sizeof(*b));
 	size_t bytes = (n ? n : 1) * sizeof(float);
 
 	(void)be;
-	if (!b)
-		return NULL;
-	/* 64-byte rows for the vector loads of OpenBLAS and ours. */
+	if (!b || !be_dtype_size(t))
+		goto err;
+	b->fd = -1;
+	/* 64-byte rows for the vector loads. */
 	bytes = (bytes + 63) & ~(size_t)63;
-	b->p = aligned_alloc(64, bytes);
-	if (!b->p) {
-		free(b);
-		return NULL;
+	if (flags & BE_BUF_EXPORT) {
+		if (alloc_shared(b, bytes) < 0) /* a fresh memfd reads as zeros */
+			goto err;
+	} else {
+		if (!(b->p = aligned_alloc(64, bytes)))
+			goto err;
+		memset(b->p, 0, bytes);
 	}
-	memset(b->p, 0, bytes);
 	b->n = n;
-	b->wn = b->wk = 0;
+	b->asked = t;
 	return b;
+err:
+	free(b);
+	return NULL;
 }
 
-static struct be_buf *cpu_alloc_weight(struct be *be, int n, int k)
+static struct be_buf *cpu_alloc_weight(struct be *be, int n, int k, enum be_dtype t)
 {
 	struct be_buf *b;
 
 	if (n <= 0 || k <= 0)
 		return NULL;
-	b = cpu_alloc(be, gemm_packed_len(n, k));
+	b = cpu_alloc(be, gemm_packed_len(n, k), t, 0);
 	if (!b)
 		return NULL;
 	b->n = (size_t)n * k; /* what upload and download see */
@@ -96,22 +143,93 @@ static struct be_buf *cpu_alloc_weight(struct be *be, int n, int k)
 	return b;
 }
 
+static struct be_buf *cpu_view(struct be *be, struct be_buf *base, size_t off, size_t n)
+{
+	struct be_buf *b;
+
+	(void)be;
+	if (base->wn || off > base->n || n > base->n - off || !(b = calloc(1, sizeof(*b))))
+		return NULL;
+	b->p = base->p + off;
+	b->n = n;
+	b->asked = base->asked;
+	b->base = base->base ? base->base : base;
+	b->fd = -1;
+	return b;
+}
+
 static void cpu_buf_free(struct be *be, struct be_buf *b)
 {
 	(void)be;
-	free(b->p);
+	if (!b->base) {
+		if (b->fd >= 0) {
+			munmap(b->p, b->map_bytes);
+			close(b->fd);
+		} else {
+			free(b->p);
+		}
+	}
 	free(b);
 }
 
-static int cpu_upload(struct be *be, struct be_buf *d, size_t off, const float *s, size_t n)
+static enum be_dtype cpu_buf_dtype(const struct be_buf *b)
 {
+	(void)b;
+	return BE_F32;
+}
+
+static int cpu_export(struct be *be, const struct be_buf *b, struct be_export *out)
+{
+	const struct be_buf *root = b->base ? b->base : b;
+	int fd;
+
 	(void)be;
+	if (root->fd < 0)
+		return -ENOTSUP;
+	fd = fcntl(root->fd, F_DUPFD_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	memset(out, 0, sizeof(*out));
+	out->kind = BE_EXPORT_FD;
+	out->fd = fd;
+	out->offset = (size_t)(b->p - root->p) * sizeof(float);
+	out->bytes = b->n * sizeof(float);
+	out->dtype = BE_F32;
+	return 0;
+}
+
+/* Host data of another dtype is widened in pieces of this many elements,
+ * so a packed weight takes it without a whole-tensor temporary. */
+#define CONVERT_CHUNK 4096
+
+static int cpu_upload(struct be *be, enum be_queue q, struct be_buf *d, size_t off,
+		      const void *src, enum be_dtype st, size_t n)
+{
+	float tmp[CONVERT_CHUNK];
+	const unsigned char *s = src;
+	size_t done, es = be_dtype_size(st);
+
+	(void)be;
+	if (q != BE_Q_COMPUTE && q != BE_Q_COPY)
+		return -EINVAL;
+	if (!es)
+		return -EINVAL;
 	if (off > d->n || n > d->n - off)
 		return -ERANGE;
-	if (d->wn)
-		gemm_pack(d->p, d->wn, d->wk, off, s, n);
-	else
-		memcpy(d->p + off, s, n * sizeof(float));
+	if (st == BE_F32) {
+		if (d->wn)
+			gemm_pack(d->p, d->wn, d->wk, off, src, n);
+		else
+			memcpy(d->p + off, src, n * sizeof(float));
+		return 0;
+	}
+	for (done = 0; done < n; done += CONVERT_CHUNK) {
+		size_t c = n - done < CONVERT_CHUNK ? n - done : CONVERT_CHUNK;
+		float *to = d->wn ? tmp : d->p + off + done;
+		dt_to_f32(to, s + done * es, st, c);
+		if (d->wn)
+			gemm_pack(d->p, d->wn, d->wk, off + done, tmp, c);
+	}
 	return 0;
 }
 
@@ -123,10 +241,13 @@ static int cpu_sync(struct be *be)
 	return rc;
 }
 
-static int cpu_download(struct be *be, const struct be_buf *s, size_t off, float *d, size_t n)
+static int cpu_download(struct be *be, enum be_queue q, const struct be_buf *s, size_t off,
+			float *d, size_t n)
 {
-	int rc = cpu_sync(be);
+	int rc = q == BE_Q_COMPUTE ? cpu_sync(be) : 0;
 
+	if (q != BE_Q_COMPUTE && q != BE_Q_COPY)
+		return -EINVAL;
 	if (rc < 0)
 		return rc;
 	if (off > s->n || n > s->n - off)
@@ -720,6 +841,130 @@ static void cpu_lora_expand(struct be *be, int n, const struct be_buf *h,
 		lora_run(CPU(be), lora_expand_tasks, &j, segs, n_segs, n);
 }
 
+static int cpu_sample(struct be *be, const struct be_buf *logits, int n, int vocab,
+		      const struct be_sample *p, int32_t *ids)
+{
+	struct cpu_be *c = CPU(be);
+	int rc = cpu_sync(be), i;
+
+	if (rc < 0)
+		return rc;
+	if (n < 0 || vocab < 1 || (size_t)n * vocab > logits->n || logits->wn)
+		return -ERANGE;
+	if ((size_t)vocab > c->samp_n) {
+		float *w = malloc((size_t)vocab * sizeof(*w));
+		int32_t *o = malloc((size_t)vocab * sizeof(*o));
+		if (!w || !o) {
+			free(w);
+			free(o);
+			return -ENOMEM;
+		}
+		free(c->samp_w);
+		free(c->samp_order);
+		c->samp_w = w;
+		c->samp_order = o;
+		c->samp_n = (size_t)vocab;
+	}
+	for (i = 0; i < n; i++) {
+		const float *row = logits->p + (size_t)i * vocab;
+		int j, finite = 1;
+		for (j = 0; j < vocab; j++)
+			finite &= isfinite(row[j]) != 0;
+		memcpy(c->samp_w, row, (size_t)vocab * sizeof(float));
+		ids[i] = finite ? sample_pick(c->samp_w, vocab, &p[i], c->samp_order) : -1;
+	}
+	return 0;
+}
+
+static void cpu_info(struct be *be, struct be_info *out, size_t *mem_free)
+{
+	long page = sysconf(_SC_PAGESIZE), all = sysconf(_SC_PHYS_PAGES);
+	long avail = sysconf(_SC_AVPHYS_PAGES);
+
+	memset(out, 0, sizeof(*out));
+	out->name = "cpu";
+	/* memfd buffers export; one op at a time, fixed summation order */
+	out->caps = BE_CAP_BATCH_INVARIANT | BE_CAP_EXPORT;
+	snprintf(out->device, sizeof(out->device), "CPU, %d threads", pool_size(CPU(be)->pool));
+	out->mem_total = all > 0 && page > 0 ? (size_t)all * (size_t)page : 0;
+	if (mem_free)
+		*mem_free = avail > 0 && page > 0 ? (size_t)avail * (size_t)page : 0;
+}
+
+static struct be_event *cpu_event_new(struct be *be)
+{
+	(void)be;
+	return calloc(1, sizeof(struct be_event));
+}
+
+static void cpu_event_free(struct be *be, struct be_event *e)
+{
+	(void)be;
+	free(e);
+}
+
+static int cpu_event_record(struct be *be, struct be_event *e, enum be_queue q)
+{
+	(void)be;
+	if (q != BE_Q_COMPUTE && q != BE_Q_COPY)
+		return -EINVAL;
+	e->recorded = 1;
+	return 0;
+}
+
+static int cpu_event_wait(struct be *be, struct be_event *e, enum be_queue q)
+{
+	(void)be;
+	(void)e;
+	return q == BE_Q_COMPUTE || q == BE_Q_COPY ? 0 : -EINVAL;
+}
+
+static int cpu_event_sync(struct be *be, struct be_event *e)
+{
+	(void)be;
+	(void)e;
+	return 0;
+}
+
+static int cpu_event_query(struct be *be, struct be_event *e)
+{
+	(void)be;
+	(void)e;
+	return 1;
+}
+
+/* Host memory is what the CPU computes in: page-aligned, nothing to pin. */
+static void *cpu_host_alloc(struct be *be, size_t bytes)
+{
+	size_t len = ((bytes ? bytes : 1) + 4095) & ~(size_t)4095;
+	void *p;
+
+	(void)be;
+	p = aligned_alloc(4096, len);
+	if (p)
+		memset(p, 0, len);
+	return p;
+}
+
+static void cpu_host_free(struct be *be, void *p, size_t bytes)
+{
+	(void)be;
+	(void)bytes;
+	free(p);
+}
+
+static int cpu_host_register(struct be *be, void *p, size_t bytes)
+{
+	(void)be;
+	return p || !bytes ? 0 : -EINVAL;
+}
+
+static void cpu_host_unregister(struct be *be, void *p)
+{
+	(void)be;
+	(void)p;
+}
+
 static void cpu_destroy(struct be *be)
 {
 	struct cpu_be *c = CPU(be);
@@ -733,6 +978,8 @@ static void cpu_destroy(struct be *be)
 	free(c->xp);
 	free(c->wtmp);
 	free(c->lt);
+	free(c->samp_w);
+	free(c->samp_order);
 	pool_destroy(c->pool);
 	free(c);
 }
@@ -740,12 +987,26 @@ static void cpu_destroy(struct be *be)
 static const struct be_ops cpu_ops = {
 	.name = "cpu",
 	.destroy = cpu_destroy,
+	.info = cpu_info,
 	.alloc = cpu_alloc,
 	.alloc_weight = cpu_alloc_weight,
+	.view = cpu_view,
 	.buf_free = cpu_buf_free,
+	.buf_dtype = cpu_buf_dtype,
+	.export_buf = cpu_export,
 	.upload = cpu_upload,
 	.download = cpu_download,
 	.sync = cpu_sync,
+	.event_new = cpu_event_new,
+	.event_free = cpu_event_free,
+	.event_record = cpu_event_record,
+	.event_wait = cpu_event_wait,
+	.event_sync = cpu_event_sync,
+	.event_query = cpu_event_query,
+	.host_alloc = cpu_host_alloc,
+	.host_free = cpu_host_free,
+	.host_register = cpu_host_register,
+	.host_unregister = cpu_host_unregister,
 	.set_batch = cpu_set_batch,
 	.embed = cpu_embed,
 	.gemm = cpu_gemm,
@@ -759,6 +1020,7 @@ static const struct be_ops cpu_ops = {
 	.gather_rows = cpu_gather_rows,
 	.lora_shrink = cpu_lora_shrink,
 	.lora_expand = cpu_lora_expand,
+	.sample = cpu_sample,
 };
 
 int be_cpu_create(const struct be_cpu_opts *opts, struct be **out)

@@ -160,12 +160,12 @@ static void test_backend_gemm(void **state)
 		struct be_buf *bx, *bw, *bp, *by;
 		assert_int_equal(be_cpu_create(&o, &be), 0);
 		bx = be_alloc(be, (size_t)m * k);
-		bw = be_alloc_weight(be, n, k);
+		bw = be_alloc_weight(be, n, k, BE_F32);
 		bp = be_alloc(be, (size_t)n * k);
 		by = be_alloc(be, (size_t)m * n);
 		assert_non_null(bx);
 		assert_non_null(bw);
-		assert_null(be_alloc_weight(be, 0, k));
+		assert_null(be_alloc_weight(be, 0, k, BE_F32));
 		assert_int_equal(be_upload(be, bx, 0, x, (size_t)m * k), 0);
 		/* in two pieces that split a row, as a partial upload may */
 		assert_int_equal(be_upload(be, bw, 0, w, 1000), 0);

@@ -277,10 +277,10 @@ static void test_unaligned_mixed_dtypes(void **state)
 	st_close(f);
 	unlink(path);
 	/* conversions round to nearest even */
-	assert_int_equal(st_f32_to_bf16(1.0f + ldexpf(1.0f, -8)), 0x3f80);   /* tie, even stays */
-	assert_int_equal(st_f32_to_bf16(1.0f + 3 * ldexpf(1.0f, -8)), 0x3f82); /* tie, odd rounds up */
-	assert_int_equal(st_f32_to_f16(65520.0f), 0x7c00);                   /* overflow to inf */
-	assert_true(st_f16_to_f32(st_f32_to_f16(0.1f)) == st_f16_to_f32(0x2e66));
+	assert_int_equal(dt_f32_to_bf16(1.0f + ldexpf(1.0f, -8)), 0x3f80);   /* tie, even stays */
+	assert_int_equal(dt_f32_to_bf16(1.0f + 3 * ldexpf(1.0f, -8)), 0x3f82); /* tie, odd rounds up */
+	assert_int_equal(dt_f32_to_f16(65520.0f), 0x7c00);                   /* overflow to inf */
+	assert_true(dt_f16_to_f32(dt_f32_to_f16(0.1f)) == dt_f16_to_f32(0x2e66));
 }
 
 int main(void)

@@ -22,6 +22,7 @@ struct engine {
 	struct model_config cfg;
 	struct be *be;
 	char be_why[200];  /* why this backend (engine_backend_why) */
+	int backend_sample; /* engine_opts.backend_sample */
 	struct fwd *fwd;
 	struct kv_pool pool;
 	struct sample_ctx sctx;
@@ -32,6 +33,8 @@ struct engine {
 	int32_t *tokens, *pos, *seq, *out_rows, *block_table;
 	int32_t *out_seq;    /* [n_out] the sequence each logit row belongs to */
 	float *logits;       /* [n_out][vocab] */
+	struct be_sample *bs; /* [n_out] device sampling of a step */
+	int32_t *ids;        /* [n_out] its tokens */
 	int *ord;            /* [n] the step's sequences, grouped by adapter */
 	struct fwd_seg *segs;
 	int cap_ord;
@@ -71,6 +74,7 @@ int engine_load(const char *dir, const struct engine_opts *opts, struct engine *
 	e->cfg = m->cfg;
 	if ((rc = backend_create(e, &o, err, errlen)) < 0)
 		goto err;
+	e->backend_sample = o.backend_sample;
 	if ((rc = fwd_build(e->be, m, o.kv_blocks, o.block_size, o.allow_nonfinite, &e->fwd, err,
 			    errlen)) < 0)
 		goto err;
@@ -100,6 +104,8 @@ void engine_free(struct engine *e)
 		}
 	free(e->ad);
 	free(e->ord);
+	free(e->bs);
+	free(e->ids);
 	free(e->segs);
 	fwd_free(e->fwd);
 	be_destroy(e->be);
@@ -330,6 +336,8 @@ static int reserve(struct engine *e, int rows, int seqs, int bt, int out)
 	GROW(e->out_rows, e->cap_out, out, sizeof(int32_t));
 	GROW(e->out_seq, e->cap_out, out, sizeof(int32_t));
 	GROW(e->logits, e->cap_out, out, (size_t)e->cfg.vocab * sizeof(float));
+	GROW(e->bs, e->cap_out, out, sizeof(struct be_sample));
+	GROW(e->ids, e->cap_out, out, sizeof(int32_t));
 	if (out > e->cap_out)
 		e->cap_out = out;
 	GROW(e->ord, e->cap_ord, seqs, sizeof(int));
@@ -357,20 +365,24 @@ static int keep_logits(struct engine_seq *s, const float *row, int vocab)
 	return 0;
 }
 
-/* Samples the next token of s from row and decides whether s is done. */
-static void seq_sample(struct engine *e, struct engine_seq *s, const float *row)
+/* Whether the next token of s can be chosen where the logits are: only
+ * steps 3 to 6 of sample.h apply (no bias, masks, penalties, logprobs)
+ * and nobody keeps the logits. */
+static int seq_device_sample_ok(const struct engine_seq *s)
 {
 	const struct sample_params *p = &s->params.sample;
-	int rc, t, i;
 
-	rc = sample_token(&e->sctx, p, row, s->tokens, s->n_tokens, s->n_generated, e->cfg.eos,
-			  e->cfg.n_eos, &s->last);
-	if (rc < 0) {
-		s->finish = ENGINE_FINISH_ERROR;
-		s->error = rc;
-		return;
-	}
-	t = s->last.token;
+	return s->params.keep_logits == ENGINE_LOGITS_NONE && p->logprobs < 0 &&
+	       p->n_logit_bias == 0 && p->repetition_penalty == 1.0f &&
+	       p->presence_penalty == 0.0f && s->n_generated >= p->min_tokens;
+}
+
+/* Takes token t for s and decides whether s is done. */
+static void seq_take(struct engine *e, struct engine_seq *s, int32_t t)
+{
+	const struct sample_params *p = &s->params.sample;
+	int i;
+
 	s->tokens[s->n_tokens++] = t;
 	s->n_generated++;
 	if (!p->ignore_eos && model_is_eos(&e->cfg, t))
@@ -382,12 +394,26 @@ static void seq_sample(struct engine *e, struct engine_seq *s, const float *row)
 		s->finish = ENGINE_FINISH_LENGTH;
 }
 
+/* Samples the next token of s from row (host memory). */
+static void seq_sample(struct engine *e, struct engine_seq *s, const float *row)
+{
+	int rc = sample_token(&e->sctx, &s->params.sample, row, s->tokens, s->n_tokens,
+			      s->n_generated, e->cfg.eos, e->cfg.n_eos, &s->last);
+
+	if (rc < 0) {
+		s->finish = ENGINE_FINISH_ERROR;
+		s->error = rc;
+		return;
+	}
+	seq_take(e, s, s->last.token);
+}
+
 int engine_step(struct engine *e, struct engine_seq *const *seqs, const int *n_new, int n,
 		char *err, size_t errlen)
 {
 	const int vocab = e->cfg.vocab;
 	struct be_batch b = { 0 };
-	int rows = 0, outs = 0, max_blocks = 0, n_segs, i, j, r, x, rc;
+	int rows = 0, outs = 0, max_blocks = 0, n_segs, i, j, r, x, rc, dev;
 
 	if (n <= 0)
 		return 0;
@@ -480,7 +506,22 @@ int engine_step(struct engine *e, struct engine_seq *const *seqs, const int *n_n
 	b.block_size = e->pool.block_size;
 	b.out_rows = e->out_rows;
 	b.n_out = outs;
-	rc = fwd_run(e->fwd, &b, e->segs, n_segs, e->logits);
+	/* on a device, tokens are chosen there when every row allows it */
+	dev = e->backend_sample > 0 ||
+	      (e->backend_sample == 0 && (be_caps(e->be) & BE_CAP_DEVICE_SAMPLE));
+	for (x = 0; x < n && dev; x++)
+		dev = seq_device_sample_ok(seqs[e->ord[x]]);
+	rc = fwd_run(e->fwd, &b, e->segs, n_segs, dev ? NULL : e->logits);
+	if (rc == 0 && dev) {
+		for (j = 0; j < outs; j++) {
+			const struct engine_seq *s = seqs[e->ord[e->out_seq[j]]];
+			const struct sample_params *p = &s->params.sample;
+			e->bs[j] = (struct be_sample){ .temperature = p->temperature, .top_k = p->top_k,
+						       .top_p = p->top_p, .min_p = p->min_p,
+						       .u = sample_uniform(p->seed, (uint64_t)s->n_tokens) };
+		}
+		rc = fwd_sample(e->fwd, outs, e->bs, e->ids);
+	}
 	if (rc < 0)
 		return err_fail(err, errlen, rc, "forward pass failed: %s", strerror(-rc));
 
@@ -505,10 +546,17 @@ int engine_step(struct engine *e, struct engine_seq *const *seqs, const int *n_n
 		s->n_computed += k;
 		if (s->n_computed < s->n_tokens)
 			continue; /* a chunk of the prompt; more comes next step */
-		if (s->n_generated >= s->params.max_tokens)
+		if (s->n_generated >= s->params.max_tokens) {
 			s->finish = ENGINE_FINISH_LENGTH; /* max_tokens 0: the prompt only */
-		else
+		} else if (dev && e->ids[last] >= 0) {
+			s->last = (struct sample_result){ .token = e->ids[last] };
+			seq_take(e, s, e->ids[last]);
+		} else {
+			/* the device left this row to the host (or NaN: sample.c says so) */
+			if (dev && (rc = fwd_logits_row(e->fwd, last, e->logits + (size_t)last * vocab)) < 0)
+				return err_fail(err, errlen, rc, "reading logits failed: %s", strerror(-rc));
 			seq_sample(e, s, e->logits + (size_t)last * vocab);
+		}
 		if (s->finish)
 			seq_release(e, s);
 	}

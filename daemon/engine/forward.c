@@ -485,5 +485,21 @@ int fwd_run(struct fwd *f, const struct be_batch *b, const struct fwd_seg *segs,
 	be_gather_rows(be, c->hidden, f->x, f->xo);               /* xo: [n_out, D] */
 	be_rmsnorm(be, b->n_out, c->hidden, f->xo, f->norm, c->rms_eps, f->xo);
 	be_gemm(be, b->n_out, c->vocab, c->hidden, f->xo, f->lm_head, f->logits, 0); /* [n_out, V] */
+	if (!logits)
+		return be_sync(be); /* they stay where they are, for fwd_sample */
 	return be_download(be, f->logits, 0, logits, (size_t)b->n_out * c->vocab);
+}
+
+int fwd_sample(struct fwd *f, int n_out, const struct be_sample *p, int32_t *ids)
+{
+	if (n_out > f->cap_out)
+		return -ERANGE;
+	return be_sample(f->be, f->logits, n_out, f->c.vocab, p, ids);
+}
+
+int fwd_logits_row(struct fwd *f, int row, float *dst)
+{
+	if (row < 0 || row >= f->cap_out)
+		return -ERANGE;
+	return be_download(f->be, f->logits, (size_t)row * f->c.vocab, dst, (size_t)f->c.vocab);
 }

@@ -65,8 +65,15 @@ int fwd_merge(struct fwd *f, const struct adapter *ad, char *err, size_t errlen)
  * use which adapter (rows in no segment use the base model; segs may be
  * NULL). Every projection is one base GEMM over all rows, then, for the
  * adapted segments, the LoRA shrink and expand per segment. Returns 0 or
- * -errno. */
+ * -errno. With logits NULL they stay on the backend for fwd_sample and
+ * fwd_logits_row, until the next fwd_run. */
 int fwd_run(struct fwd *f, const struct be_batch *b, const struct fwd_seg *segs, int n_segs,
 	    float *logits);
+
+/* Picks a token for each of the n_out rows of the last fwd_run(logits
+ * NULL) where they are (be_sample): only the ids come back. */
+int fwd_sample(struct fwd *f, int n_out, const struct be_sample *p, int32_t *ids);
+/* Copies row of the last fwd_run(logits NULL) to dst[vocab]. */
+int fwd_logits_row(struct fwd *f, int row, float *dst);
 
 #endif

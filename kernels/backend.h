@@ -179,7 +179,8 @@ struct be_ops {
 	int (*export_buf)(struct be *be, const struct be_buf *b, struct be_export *out);
 
 	/* Copies n elements of host data of type st into dst from element off
-	 * on, converting to dst's type. On BE_Q_COMPUTE the call returns when
+	 * on, converting to dst's type (rounding to nearest even, as
+	 * kernels/dtype.h). On BE_Q_COMPUTE the call returns when
 	 * src may be reused; on BE_Q_COPY src must stay untouched (and, for
 	 * full speed, be be_host_alloc'd or registered memory) until an event
 	 * recorded after it has passed. Returns 0, -ERANGE, -EINVAL or -errno. */
@@ -255,10 +256,11 @@ struct be_ops {
 			    const struct be_lora_seg *segs, int n_segs, struct be_buf *y);
 	/* Picks a token from each of n rows of logits [n, vocab] with p[i]
 	 * and writes it to ids[i] (host memory): only the ids leave the
-	 * device. ids[i] = -1 when the row had no finite candidate, or, on a
-	 * device, when its top-p set was too large to order there (the caller
-	 * then samples that row on the host). Waits for the queued work;
-	 * returns 0 or the first error. */
+	 * device. ids[i] = -1 when the row holds a NaN or an infinity (masks
+	 * and bias are the host's: sample.c then names the error), or, on a
+	 * device, when its top-p set was too large to order there; the caller
+	 * samples such a row on the host. Waits for the queued work; returns
+	 * 0 or the first error. */
 	int (*sample)(struct be *be, const struct be_buf *logits, int n, int vocab,
 		      const struct be_sample *p, int32_t *ids);
 };

@@ -321,17 +321,22 @@ int fwd_adapter_build(struct fwd *f, const struct adapter *ad, struct fwd_adapte
 {
 	struct fwd_adapter *a = calloc(1, sizeof(*a));
 	float *ta = NULL, *tb = NULL, *bt = NULL;
+	struct be_event *done = be_event_new(f->be);
+	unsigned caps = be_caps(f->be);
 	size_t cap = 0;
 	int rc = -ENOMEM, i;
 
-	if (!a || !(a->mod = calloc((size_t)f->c.n_layers * N_PROJ, sizeof(*a->mod))))
+	if (!a || !done || !(a->mod = calloc((size_t)f->c.n_layers * N_PROJ, sizeof(*a->mod))))
 		goto nomem;
 	for (i = 0; i < ad->n_mod; i++) {
 		const struct adapter_module *m = &ad->mod[i];
 		struct fwd_lora *lo = &a->mod[(size_t)m->layer * N_PROJ + m->proj];
 		size_t na = (size_t)m->rank * m->in, nb = (size_t)m->rank * m->out, big;
-		int o, q;
+		int o, q, dt;
 		big = na > nb ? na : nb;
+		/* the copies of the module before must have left ta and bt */
+		if ((rc = be_event_sync(f->be, done)) < 0)
+			goto err;
 		if (big > cap) {
 			free(ta);
 			free(tb);
@@ -348,12 +353,20 @@ int fwd_adapter_build(struct fwd *f, const struct adapter *ad, struct fwd_adapte
 		for (o = 0; o < m->out; o++) /* B [out, r] -> Bᵀ [r, out] */
 			for (q = 0; q < m->rank; q++)
 				bt[(size_t)q * m->out + o] = tb[(size_t)o * m->rank + q];
-		lo->a = be_alloc(f->be, na);
-		lo->bt = be_alloc(f->be, nb);
+		/* kept in the file's 16-bit type where the backend has it (the
+		 * round trip through fp32 is exact); on the copy queue, so a
+		 * running step is not waited for */
+		dt = be_dtype_of(m->a->dtype);
+		if (!((dt == BE_BF16 && (caps & BE_CAP_BF16)) || (dt == BE_F16 && (caps & BE_CAP_F16))) ||
+		    m->b->dtype != m->a->dtype)
+			dt = BE_F32;
+		lo->a = be_alloc_ex(f->be, na, (enum be_dtype)dt, 0);
+		lo->bt = be_alloc_ex(f->be, nb, (enum be_dtype)dt, 0);
 		if (!lo->a || !lo->bt)
 			goto nomem;
-		if ((rc = be_upload(f->be, lo->a, 0, ta, na)) < 0 ||
-		    (rc = be_upload(f->be, lo->bt, 0, bt, nb)) < 0) {
+		if ((rc = be_upload_as(f->be, BE_Q_COPY, lo->a, 0, ta, BE_F32, na)) < 0 ||
+		    (rc = be_upload_as(f->be, BE_Q_COPY, lo->bt, 0, bt, BE_F32, nb)) < 0 ||
+		    (rc = be_event_record(f->be, done, BE_Q_COPY)) < 0) {
 			rc = err_fail(err, errlen, rc, "%s: upload of the adapter failed", ad->dir);
 			goto err;
 		}
@@ -361,8 +374,14 @@ int fwd_adapter_build(struct fwd *f, const struct adapter *ad, struct fwd_adapte
 		lo->scale = m->scale;
 		if (m->rank > a->max_rank)
 			a->max_rank = m->rank;
-		a->bytes += (na + nb) * sizeof(float);
+		a->bytes += (na + nb) * be_dtype_size((enum be_dtype)dt);
 	}
+	/* resident when the copies have landed */
+	if ((rc = be_event_sync(f->be, done)) < 0) {
+		rc = err_fail(err, errlen, rc, "%s: upload of the adapter failed", ad->dir);
+		goto err;
+	}
+	be_event_free(f->be, done);
 	free(ta);
 	free(tb);
 	free(bt);
@@ -371,6 +390,9 @@ int fwd_adapter_build(struct fwd *f, const struct adapter *ad, struct fwd_adapte
 nomem:
 	rc = err_fail(err, errlen, -ENOMEM, "%s: out of memory for the adapter", ad->dir);
 err:
+	if (done)
+		be_event_sync(f->be, done); /* no copy may still read ta, bt */
+	be_event_free(f->be, done);
 	free(ta);
 	free(tb);
 	free(bt);

@@ -156,6 +156,11 @@ unsigned engine_backend_caps(const struct engine *e)
 	return be_caps(e->be);
 }
 
+void engine_backend_info(const struct engine *e, struct be_info *info, size_t *mem_free)
+{
+	be_info(e->be, info, mem_free);
+}
+
 /* The backend of opts: cuda when asked for (its failure is the engine's),
  * auto tries CUDA and falls back to the CPU saying why. */
 static int backend_create(struct engine *e, const struct engine_opts *o, char *err, size_t errlen)

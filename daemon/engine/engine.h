@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include "kvcache.h"
+#include "backend.h"
 #include "model.h"
 #include "sample.h"
 
@@ -220,5 +221,8 @@ const char *engine_backend_name(const struct engine *e);
 const char *engine_backend_why(const struct engine *e);
 /* The backend's BE_CAP_* flags (kernels/backend.h). */
 unsigned engine_backend_caps(const struct engine *e);
+/* The backend's device, memory, and health: info->error is "" while it is
+ * healthy, else the first device error (call, file, line). Any thread. */
+void engine_backend_info(const struct engine *e, struct be_info *info, size_t *mem_free);
 
 #endif

@@ -714,6 +714,21 @@ static int cmd_status(void *ctx, struct json_object *req, struct json_object *re
 	for (struct session *s = sv->sessions; s; s = s->next)
 		total += s->requests;
 	json_object_object_add(reply, "engine", json_object_new_string(d->engine_name));
+	if (d->eng) {
+		struct be_info bi;
+		size_t mem_free = 0;
+		engine_backend_info(d->eng, &bi, &mem_free);
+		json_object_object_add(reply, "backend", json_object_new_string(bi.name));
+		json_object_object_add(reply, "backend_why",
+				       json_object_new_string(engine_backend_why(d->eng)));
+		json_object_object_add(reply, "backend_device", json_object_new_string(bi.device));
+		json_object_object_add(reply, "backend_healthy", json_object_new_boolean(!bi.error[0]));
+		if (bi.error[0])
+			json_object_object_add(reply, "backend_error", json_object_new_string(bi.error));
+		json_object_object_add(reply, "backend_mem_total",
+				       json_object_new_int64((int64_t)bi.mem_total));
+		json_object_object_add(reply, "backend_mem_free", json_object_new_int64((int64_t)mem_free));
+	}
 	json_object_object_add(reply, "pid", json_object_new_int(getpid()));
 	json_object_object_add(reply, "uptime_s",
 			       json_object_new_double((now_ns() - sv->started) / 1e9));
@@ -748,9 +763,21 @@ static int cmd_drain(void *ctx, struct json_object *req, struct json_object *rep
 
 static void engine_stats(void *ctx, struct ops_engine_stats *es)
 {
+	struct daemon *d = ctx;
 	struct sched_stats st;
+	struct be_info bi;
+	size_t mem_free = 0;
 
-	sched_get_stats(ctx, &st);
+	sched_get_stats(d->sch, &st);
+	if (d->eng) {
+		engine_backend_info(d->eng, &bi, &mem_free);
+		es->backend = bi.name;
+		snprintf(es->device, sizeof(es->device), "%s", bi.device);
+		snprintf(es->error, sizeof(es->error), "%s", bi.error);
+		es->healthy = !bi.error[0];
+		es->mem_total = bi.mem_total;
+		es->mem_free = mem_free;
+	}
 	es->steps = st.steps;
 	es->preemptions = st.preemptions;
 	es->running = st.running;
@@ -801,7 +828,7 @@ static int build_server(struct daemon *d)
 	oo.reg = d->reg;
 	oo.admin = d->sv.admin;
 	oo.engine_stats = d->sch ? engine_stats : NULL;
-	oo.engine_ctx = d->sch;
+	oo.engine_ctx = d;
 	oo.mc = d->eng ? engine_config(d->eng) : NULL;
 	oo.max_adapter_bytes = d->cfg.max_adapter_bytes;
 	oo.max_metric_series = d->cfg.max_metric_series;

@@ -168,6 +168,21 @@ static void bprintf(struct buf *b, const char *fmt, ...)
 	}
 }
 
+/* A label value as the exposition format wants it: \\, \" and \n escaped.
+ * (Skill and version names are checked at the boundary; a device name
+ * comes from a driver.) */
+static void label_value(struct buf *b, const char *v)
+{
+	for (; *v; v++) {
+		if (*v == '\\' || *v == '"')
+			bprintf(b, "\\%c", *v);
+		else if (*v == '\n')
+			bprintf(b, "\\n");
+		else
+			bprintf(b, "%c", *v);
+	}
+}
+
 /* One family's header; its samples follow it, all of them, before the next family. */
 static void family(struct buf *b, const char *name, const char *type, const char *help)
 {
@@ -310,6 +325,18 @@ static void engine(struct buf *b, const struct ops_engine_stats *es)
 	bprintf(b, "lorad_kv_blocks %d\n", es->kv_total);
 	family(b, "lorad_preemptions_total", "counter", "Sequences preempted for KV space.");
 	bprintf(b, "lorad_preemptions_total %llu\n", (unsigned long long)es->preemptions);
+	if (!es->backend)
+		return;
+	family(b, "lorad_backend_info", "gauge", "The compute backend and its device (value 1).");
+	bprintf(b, "lorad_backend_info{backend=\"%s\",device=\"", es->backend);
+	label_value(b, es->device);
+	bprintf(b, "\"} 1\n");
+	family(b, "lorad_backend_healthy", "gauge",
+	       "1 while the backend has seen no device error; 0 after one (loradctl status names it).");
+	bprintf(b, "lorad_backend_healthy %d\n", es->healthy);
+	family(b, "lorad_backend_memory_bytes", "gauge", "The backend's memory, total and free.");
+	bprintf(b, "lorad_backend_memory_bytes{kind=\"total\"} %llu\n", (unsigned long long)es->mem_total);
+	bprintf(b, "lorad_backend_memory_bytes{kind=\"free\"} %llu\n", (unsigned long long)es->mem_free);
 }
 
 char *metrics_exposition(const struct metrics *m, struct registry *reg,

@@ -26,6 +26,11 @@ struct ops_engine_stats {
 	uint64_t steps, preemptions;
 	unsigned running, waiting;
 	int kv_free, kv_total;
+	const char *backend;      /* "cpu", "cuda"; NULL: none */
+	char device[96];          /* what computes */
+	int healthy;              /* 0 after a device error */
+	char error[160];          /* that error: call, file, line */
+	uint64_t mem_total, mem_free; /* bytes of the backend's memory */
 };
 
 typedef void (*ops_engine_stats_fn)(void *ctx, struct ops_engine_stats *st);

@@ -182,7 +182,7 @@ static int backend_create(struct engine *e, const struct engine_opts *o, char *e
 		}
 		if (!strcmp(want, "cuda"))
 			return err_fail(err, errlen, rc, "CUDA backend: %s", why);
-		snprintf(e->be_why, sizeof(e->be_why), "auto: no CUDA backend (%s)", why);
+		snprintf(e->be_why, sizeof(e->be_why), "auto: %s", why);
 	} else {
 		snprintf(e->be_why, sizeof(e->be_why), "asked for");
 	}

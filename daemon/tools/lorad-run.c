@@ -32,7 +32,8 @@ static void usage(void)
 		"usage: lorad-run --model DIR (--prompt-tokens ID,ID,... | --prompt TEXT) --max-tokens N\n"
 		"         [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S]\n"
 		"         [--repetition-penalty R] [--presence-penalty P] [--ignore-eos]\n"
-		"         [--threads N] [--json] [--logits] [--adapter DIR [--merge]]\n");
+		"         [--threads N] [--backend cpu|cuda|auto] [--json] [--logits]\n"
+		"         [--adapter DIR [--merge]]\n");
 }
 
 static int parse_tokens(const char *s, int32_t **out, int *n)
@@ -89,6 +90,7 @@ int main(int argc, char **argv)
 		{ "presence-penalty", required_argument, 0, 'R' },
 		{ "ignore-eos", no_argument, 0, 'E' },
 		{ "threads", required_argument, 0, 'T' },
+		{ "backend", required_argument, 0, 'B' },
 		{ "json", no_argument, 0, 'j' },
 		{ "logits", no_argument, 0, 'l' },
 		{ "merge", no_argument, 0, 'g' },
@@ -125,6 +127,7 @@ int main(int argc, char **argv)
 		case 'R': sp.sample.presence_penalty = strtof(optarg, NULL); break;
 		case 'E': sp.sample.ignore_eos = 1; break;
 		case 'T': eo.n_threads = atoi(optarg); break;
+		case 'B': eo.backend = optarg; break;
 		case 'j': json = 1; break;
 		case 'l': logits = 1; break;
 		case 'g': merge = 1; break;

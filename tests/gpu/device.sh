@@ -22,12 +22,16 @@ pack)
 	set -e
 	rm -rf "$CARRY"
 	mkdir -p "$CARRY/bin" "$CARRY/lib"
-	for b in test_backend_parity bench_cuda lorad-mkmodel; do
+	for b in test_backend_parity bench_cuda lorad-mkmodel test_engine_forward lorad lorad-cli \
+		loradctl lorad-run; do
 		cp -L "$BUILD/bin/$b" "$CARRY/bin/"
 	done
-	for l in libjson-c.so.5 libcmocka.so.0; do
-		p=$(ldd "$BUILD/bin/test_backend_parity" | awk -v l="$l" '$1 == l { print $3 }')
-		[ -n "$p" ] && cp -L "$p" "$CARRY/lib/"
+	for l in libjson-c.so.5 libcmocka.so.0 liburing.so.2 libutf8proc.so.2 libinih.so.1 \
+		liblorad.so.2; do
+		for b in test_backend_parity lorad lorad-cli; do
+			p=$(ldd "$BUILD/bin/$b" | awk -v l="$l" '$1 == l { print $3 }')
+			[ -n "$p" ] && cp -L "$p" "$CARRY/lib/" && break
+		done
 	done
 	readlink -f "$BUILD/bin/lorad-mkmodel" >"$CARRY/mkmodel_path"
 	du -sh "$CARRY"
@@ -43,11 +47,50 @@ run)
 	fi
 	{ nvidia-smi -L; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; uname -r; nproc; } \
 		>"$OUT/machine.txt" 2>&1
-	LORAD_PARITY_BACKEND=cuda timeout 200 "$CARRY/bin/test_backend_parity" >"$OUT/parity.txt" 2>&1
+	B=$CARRY/bin
+	LORAD_PARITY_BACKEND=cuda timeout 150 "$B/test_backend_parity" >"$OUT/parity.txt" 2>&1
 	echo "parity rc=$?" | tee -a "$OUT/parity.txt"
-	timeout 320 "$CARRY/bin/bench_cuda" ${BENCH_ARGS:-} >"$OUT/bench_cuda.jsonl" 2>"$OUT/bench_cuda.err"
+	# the engine's own tests on CUDA: decode = recompute, batches, device sampling
+	LORAD_TEST_BACKEND=cuda timeout 90 "$B/test_engine_forward" >"$OUT/smoke.txt" 2>&1
+	echo "engine_forward_cuda rc=$?" | tee -a "$OUT/smoke.txt"
+	# lorad-run and the daemon on CUDA, tokens against the CPU's
+	M=/tmp/lorad-gpu-model
+	rm -rf $M && "$B/lorad-mkmodel" $M --layers 4 --hidden 256 --heads 8 --kv-heads 2 --ffn 512 \
+		--vocab 1000 --dtype bf16 --adapter sk --rank 8 --alpha 16 --targets q,v >/dev/null
+	{
+		for be in cpu cuda; do
+			"$B/lorad-run" --model $M --adapter $M/sk --prompt-tokens 1,2,3,4 --max-tokens 12 --backend $be
+		done
+		rm -f /tmp/lg.sock /tmp/lg.admin
+		"$B/lorad" --model $M --backend auto --socket /tmp/lg.sock --admin-socket /tmp/lg.admin \
+			--adapter sk=$M/sk >/tmp/lg.log 2>&1 &
+		dpid=$!
+		for i in 1 2 3 4 5 6 7 8 9 10; do [ -S /tmp/lg.admin ] && break; sleep 1; done
+		"$B/lorad-cli" --socket /tmp/lg.sock --prompt-tokens 1,2,3,4 --max-tokens 12 --skill sk
+		"$B/lorad-cli" --socket /tmp/lg.sock --prompt-tokens 1,2,3,4 --max-tokens 100000 --skill sk \
+			>/dev/null 2>&1 &
+		cpid=$!
+		sleep 0.3
+		kill -9 $cpid
+		wait $cpid 2>/dev/null
+		pids=
+		for i in 1 2 3 4 5 6 7 8; do
+			"$B/lorad-cli" --socket /tmp/lg.sock --prompt-tokens 1,2,3,$i --max-tokens 12 --skill sk >/dev/null &
+			pids="$pids $!"
+		done
+		wait $pids
+		echo "8 concurrent clients rc=$?"
+		"$B/lorad-cli" --socket /tmp/lg.sock --prompt-tokens 1,2,3,4 --max-tokens 12 --skill sk
+		"$B/loradctl" --socket /tmp/lg.admin status
+		kill $dpid
+		wait $dpid
+		echo "daemon rc=$?"
+		cat /tmp/lg.log
+	} >>"$OUT/smoke.txt" 2>&1
+	timeout 300 "$CARRY/bin/bench_cuda" ${BENCH_ARGS:-} >"$OUT/bench_cuda.jsonl" 2>"$OUT/bench_cuda.err"
 	echo "bench rc=$?"
 	grep -E "FAILED|ERROR|PASSED" "$OUT/parity.txt" | head -20
+	grep -E "FAILED|PASSED|tokens|backend|rc=" "$OUT/smoke.txt" | head -30
 	cat "$OUT/bench_cuda.jsonl"
 	tail -8 "$OUT/bench_cuda.err"
 	;;

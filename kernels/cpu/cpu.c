@@ -209,11 +209,13 @@ static int cpu_upload(struct be *be, enum be_queue q, struct be_buf *d, size_t o
 	const unsigned char *s = src;
 	size_t done, es = be_dtype_size(st);
 
-	(void)be;
 	if (q != BE_Q_COMPUTE && q != BE_Q_COPY)
 		return -EINVAL;
 	if (!es)
 		return -EINVAL;
+	/* the rope table was made from this buffer's old contents */
+	if (CPU(be)->rope_freq == d)
+		CPU(be)->rope_freq = NULL;
 	if (off > d->n || n > d->n - off)
 		return -ERANGE;
 	if (st == BE_F32) {

@@ -193,8 +193,8 @@ struct sample {
 static int run_loader(struct loader *ld, struct hostpool *hp, const char *path, const uint8_t *sha,
 		      size_t size, struct sample *s)
 {
-	struct loader_req q = {.path = path, .key = "bench", .sha256 = sha, .size = size,
-			       .reload = true};
+	struct loader_req q = {.path = path, .key = "bench", .sha256 = sha, .scheme = CHASH_TREE,
+			       .hash_chunk = CHASH_CHUNK, .size = size, .reload = true};
 	struct loader_result r;
 	struct pollfd p = {.fd = loader_fd(ld), .events = POLLIN};
 
@@ -430,7 +430,7 @@ int main(int argc, char **argv)
 		int nfio = 0;
 
 		snprintf(path, sizeof(path), "%s/lorad-bench-stream-%zu.safetensors", dir, sizes[si]);
-		if (make_file(path, size) || loader_sha256_file(path, sha, &fsz)) {
+		if (make_file(path, size) || chash_file(CHASH_TREE, CHASH_CHUNK, path, sha, &fsz)) {
 			fprintf(stderr, "bench_stream: cannot write %s\n", path);
 			rc = 1;
 			unlink(path);

@@ -1006,6 +1006,90 @@ static void test_destroy_hashing(void **state)
 	hostpool_destroy(hp);
 }
 
+/*
+ * With spares, the memory of an entry that goes is kept — still counted,
+ * locked (VmLck agrees) and pinned — and the next load of about its size
+ * takes it instead of faulting in and locking new memory; the bytes it
+ * delivers are the new file's. A spare is the first to go when room is
+ * needed, and a much smaller load does not take it.
+ */
+static void test_spares(void **state)
+{
+	char a[400], b[400], small[400];
+	long lck0 = vmlck_bytes();
+	struct hostpool_opts po = {.budget = 18u << 20, .node = -1, .spares = 1};
+	struct hostpool *hp;
+	struct hostpool_stats hs;
+	struct loader *ld;
+	struct loader_result r;
+	unsigned char *want;
+	size_t len, cap;
+	uint8_t ra[32], rb[32], rs[32];
+	uint64_t sa, sb, ss;
+
+	(void)state;
+	assert_int_equal(hostpool_create(&po, &hp), 0);
+	ld = mk_loader(hp, 1 << 20, 16, false, false);
+	snprintf(a, sizeof(a), "%s/spare-a.safetensors", disk_dir);
+	snprintf(b, sizeof(b), "%s/spare-b.safetensors", disk_dir);
+	snprintf(small, sizeof(small), "%s/spare-small.safetensors", disk_dir);
+	make_st(a, (8u << 20) + 100, 21);
+	make_st(b, (8u << 20) + 60, 22);
+	make_st(small, 3u << 20, 23);
+	assert_int_equal(chash_file(CHASH_TREE, CHASH_CHUNK, a, ra, &sa), 0);
+	assert_int_equal(chash_file(CHASH_TREE, CHASH_CHUNK, b, rb, &sb), 0);
+	assert_int_equal(chash_file(CHASH_TREE, CHASH_CHUNK, small, rs, &ss), 0);
+
+	r = load_tree(ld, a, ra, CHASH_CHUNK, sa);
+	assert_int_equal(r.status, 0);
+	cap = hp_cap(r.buf);
+	hostpool_put(hp, r.buf);
+	assert_int_equal(hostpool_evict(hp, a), 0);
+	hostpool_stats(hp, &hs);
+	assert_int_equal(hs.spare_bytes, cap);
+	assert_int_equal(hs.bytes_used, cap);
+	assert_int_equal(hs.entries, 0);
+	if (!hs.unpinned) {
+		assert_int_equal(hs.locked_bytes, cap);
+		assert_int_equal(vmlck_bytes() - lck0, (long)cap);
+	}
+
+	/* B, a little smaller than A, takes A's memory and gets its own bytes */
+	r = load_tree(ld, b, rb, CHASH_CHUNK, sb);
+	if (r.status)
+		fail_msg("%s", r.err);
+	hostpool_stats(hp, &hs);
+	assert_int_equal(hs.reuses, 1);
+	assert_int_equal(hs.spare_bytes, 0);
+	assert_int_equal(hp_cap(r.buf), cap);
+	want = slurp(b, &len);
+	assert_int_equal(r.len, len);
+	assert_memory_equal(r.data, want, len);
+	free(want);
+	hostpool_put(hp, r.buf);
+
+	/* a load that fails verification leaves its buffer as the spare */
+	r = load_tree(ld, a, rb, CHASH_CHUNK, sa);
+	assert_int_equal(r.status, -EBADMSG);
+	hostpool_stats(hp, &hs);
+	assert_int_equal(hs.spare_bytes, cap);
+	assert_int_equal(hs.loading, 0);
+
+	/* a much smaller file does not take it; its room comes from the spare
+	 * before any entry is evicted */
+	r = load_tree(ld, small, rs, CHASH_CHUNK, ss);
+	assert_int_equal(r.status, 0);
+	hostpool_stats(hp, &hs);
+	assert_int_equal(hs.reuses, 1);
+	assert_int_equal(hs.evictions, 1); /* A's, by hand */
+	assert_int_equal(hs.spare_bytes, 0);
+	assert_int_equal(hs.entries, 2);   /* B and the small one */
+	hostpool_put(hp, r.buf);
+	loader_destroy(ld);
+	hostpool_destroy(hp);
+	assert_int_equal(vmlck_bytes(), lck0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1021,6 +1105,7 @@ int main(void)
 		cmocka_unit_test(test_tree_definition),
 		cmocka_unit_test(test_tree_verify),
 		cmocka_unit_test(test_destroy_hashing),
+		cmocka_unit_test(test_spares),
 	};
 
 	return cmocka_run_group_tests(tests, setup_all, teardown_all);

@@ -1,9 +1,12 @@
 /*
- * bench_stream — adapter streaming from disk into the host tier.
+ * bench_stream — adapter streaming from disk into the host tier, and a cold
+ * adapter from request to resident.
  *
  * For generated .safetensors files of 4, 32 and 256 MB in --dir (a real
  * disk, not tmpfs), cold each time, it measures, interleaved run by run:
- *   loader          the io_uring loader, O_DIRECT, registered buffers
+ *   loader          the io_uring loader, O_DIRECT, registered buffers,
+ *                   verifying the file's content hash (the chunk tree of
+ *                   chash.h, as registered versions record it) as it streams
  *   loader_nofixed  the same without registered buffers
  *   loader_buffered the loader through the page cache (dropped before)
  *   pread           a plain pread loop into a pre-faulted buffer
@@ -15,11 +18,29 @@
  * and prints one JSON line per method and size with medians. The loader's
  * read phase (first read submitted → last read completed) is compared with
  * fio's bandwidth (ratio_vs_fio); locking (fault-in + mlock + ring
- * registration), hashing and header validation are reported separately.
- * Lines measured without O_DIRECT say "o_direct": false; no target applies.
+ * registration), hashing (summed over the hash workers; hash_tail_ms: what
+ * it adds after the last read) and header validation are reported
+ * separately. Lines measured without O_DIRECT say "o_direct": false; no
+ * target applies.
+ *
+ * Then, end to end (method "e2e_cold_load"), for PEFT adapters of about 32,
+ * 64, 128 and 256 MB (f32, all seven projections, of a 4-layer model with
+ * hidden size 1024, made by lorad-mkmodel in --dir): the registry's path
+ * as the daemon runs it — a request for a version (registry_prefetch) →
+ * the io_uring loader reads both files into the host tier, verifying their
+ * registered content hash while they stream → the builder thread parses
+ * the header once and converts the tensors into the engine's buffers → the
+ * engine installs it (registry_poll) — timed from the request until the
+ * version is resident, with the host tier emptied and the page cache
+ * dropped before each run. As in the daemon, the host tier keeps the
+ * memory of evicted files for reuse (hostpool spares), so after the first
+ * run a load finds its buffer locked already; the loader rows above pay
+ * for fresh memory every time (lock_ms). Interleaved with each run, fio reads the same
+ * adapter_model.safetensors with O_DIRECT; gbps is the adapter's bytes over
+ * the request-to-resident time, ratio_vs_fio its median over fio's.
  *
  *   bench_stream [--quick] [--dir DIR] [--runs N] [--chunk BYTES] [--qd N]
- *                [--sizes 4,32,256]
+ *                [--sizes 4,32,256] [--e2e-sizes 32,64,128,256]
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -37,8 +58,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "engine.h"
 #include "hostpool.h"
 #include "loader.h"
+#include "log.h"
+#include "registry.h"
+
+#ifndef MKMODEL
+#error "MKMODEL must name lorad-mkmodel"
+#endif
 
 #define MAXRUNS 64
 
@@ -184,7 +212,7 @@ static double run_fio(const char *path, size_t size, size_t bs, unsigned qd)
 
 struct sample {
 	double read_s[MAXRUNS], total_s[MAXRUNS], lock_s[MAXRUNS], hash_s[MAXRUNS],
-		valid_s[MAXRUNS];
+		valid_s[MAXRUNS], tail_s[MAXRUNS];
 	int n;
 	bool o_direct, fixed;
 	int failed;
@@ -193,8 +221,8 @@ struct sample {
 static int run_loader(struct loader *ld, struct hostpool *hp, const char *path, const uint8_t *sha,
 		      size_t size, struct sample *s)
 {
-	struct loader_req q = {.path = path, .key = "bench", .sha256 = sha, .size = size,
-			       .reload = true};
+	struct loader_req q = {.path = path, .key = "bench", .sha256 = sha, .scheme = CHASH_TREE,
+			       .hash_chunk = CHASH_CHUNK, .size = size, .reload = true};
 	struct loader_result r;
 	struct pollfd p = {.fd = loader_fd(ld), .events = POLLIN};
 
@@ -214,6 +242,7 @@ static int run_loader(struct loader *ld, struct hostpool *hp, const char *path, 
 	s->lock_s[s->n] = (double)r.lock_ns / 1e9;
 	s->hash_s[s->n] = (double)r.hash_ns / 1e9;
 	s->valid_s[s->n] = (double)r.validate_ns / 1e9;
+	s->tail_s[s->n] = (double)r.hash_tail_ns / 1e9;
 	s->o_direct = r.o_direct;
 	s->fixed = r.fixed;
 	s->n++;
@@ -318,9 +347,10 @@ static void print_line(const char *method, size_t size_mb, size_t chunk, unsigne
 	       "\"read_gbps_p50\":%.3f,\"request_to_resident_ms_p50\":%.3f,",
 	       chunk, qd, s->n, s->failed, rd * 1e3, gbps, tot * 1e3);
 	if (loader)
-		printf("\"lock_ms_p50\":%.3f,\"hash_ms_p50\":%.3f,\"validate_ms_p50\":%.3f,",
+		printf("\"lock_ms_p50\":%.3f,\"hash_ms_p50\":%.3f,\"hash_tail_ms_p50\":%.3f,"
+		       "\"validate_ms_p50\":%.3f,",
 		       median(s->lock_s, s->n) * 1e3, median(s->hash_s, s->n) * 1e3,
-		       median(s->valid_s, s->n) * 1e3);
+		       median(s->tail_s, s->n) * 1e3, median(s->valid_s, s->n) * 1e3);
 	printf("\"fio_gbps_p50\":%.3f,\"ratio_vs_fio\":%.3f,", fio_gbps,
 	       fio_gbps > 0 ? gbps / fio_gbps : 0);
 	if (s->o_direct && size_mb >= 32)
@@ -330,9 +360,179 @@ static void print_line(const char *method, size_t size_mb, size_t chunk, unsigne
 	fflush(stdout);
 }
 
+/* ---- end to end: request → resident and verified, through the registry ---- */
+
+#define E2E_ARGS                                                                          \
+	"--hidden 1024 --layers 4 --heads 8 --kv-heads 8 --ffn 2816 --vocab 256 --dtype f32 " \
+	"--max-pos 512"
+/* bytes of an f32 adapter on all seven projections, per unit of rank:
+ * 4 layers × (4 × (1024 + 1024) + 3 × (1024 + 2816)) floats */
+#define E2E_BYTES_PER_RANK (4.0 * 4 * (4 * 2048 + 3 * 3840))
+
+static int run_cmd(const char *cmd)
+{
+	int st = system(cmd);
+
+	return st == 0 ? 0 : -1;
+}
+
+struct e2e {
+	struct engine *e;
+	struct registry *r;
+	struct loader *ld;
+	struct hostpool *hp;
+};
+
+/* Loads @id cold: host tier emptied, page cache dropped; the seconds from
+ * the request to resident, or -1 with the error on stderr. *verified_s:
+ * from the request to both files in the host tier and verified (the
+ * builder takes them then). */
+static double e2e_load(struct e2e *x, const char *id, const char *st_path, const char *cfg_path,
+		       double *verified_s)
+{
+	char key[96], err[320];
+	const struct reg_version *v;
+	struct pollfd p[2];
+	uint64_t t0;
+
+	for (int k = 0; k < 2; k++) {
+		snprintf(key, sizeof(key), "%s#%d", id, k);
+		hostpool_evict(x->hp, key);
+	}
+	drop_cache(st_path);
+	drop_cache(cfg_path);
+	p[0] = (struct pollfd){.fd = loader_fd(x->ld), .events = POLLIN};
+	p[1] = (struct pollfd){.fd = registry_fd(x->r), .events = POLLIN};
+	t0 = now_ns();
+	if (registry_prefetch(x->r, id, err, sizeof(err))) {
+		fprintf(stderr, "bench_stream: %s\n", err);
+		return -1;
+	}
+	for (;;) {
+		registry_poll(x->r);
+		v = registry_find(x->r, id);
+		/* registry_poll handed the files to the builder: read and verified */
+		if (v->building && *verified_s == 0)
+			*verified_s = (double)(now_ns() - t0) / 1e9;
+		if (v->adapter)
+			return (double)(now_ns() - t0) / 1e9;
+		if (!v->loading && !v->building && v->load_err) {
+			fprintf(stderr, "bench_stream: %s: %s\n", id, v->load_msg);
+			return -1;
+		}
+		poll(p, 2, 100);
+	}
+}
+
+static int e2e_run(const char *dir, const int *sizes, int nsizes, int runs, size_t chunk,
+		   unsigned qd, const char *fs, const char *dev)
+{
+	char model[512], cmd[2048], err[512];
+	struct engine_opts eo = {.kv_tokens = 256, .n_threads = 1};
+	struct loader_opts lo = {.chunk = chunk, .qd = qd};
+	struct hostpool_opts po = {.node = -1, .spares = 2}; /* as the daemon's */
+	struct e2e x = {0};
+	int rc = 0, maxmb = 0;
+
+	for (int i = 0; i < nsizes; i++)
+		maxmb = sizes[i] > maxmb ? sizes[i] : maxmb;
+	snprintf(model, sizeof(model), "%s/lorad-bench-e2e", dir);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s' && '%s' '%s' " E2E_ARGS " --seed 5 >/dev/null", model,
+		 MKMODEL, model);
+	if (run_cmd(cmd) || engine_load(model, &eo, &x.e, err, sizeof(err)) < 0) {
+		fprintf(stderr, "bench_stream: e2e model: %s\n", err);
+		return 1;
+	}
+	po.budget = ((size_t)maxmb << 20) * 3 + (64u << 20);
+	if (hostpool_create(&po, &x.hp))
+		return 1;
+	lo.pool = x.hp;
+	if (loader_create(&lo, &x.ld, err, sizeof(err))) {
+		fprintf(stderr, "bench_stream: %s\n", err);
+		return 1;
+	}
+	x.r = registry_new(NULL, x.e);
+	registry_set_loader(x.r, x.ld, x.hp);
+	/* one resident at a time: loading one version evicts the other */
+	registry_set_device_budget(x.r, 1);
+	registry_set_max_adapter_bytes(x.r, (uint64_t)(maxmb + 64) << 20);
+
+	for (int si = 0; si < nsizes && !rc; si++) {
+		unsigned rank = (unsigned)((double)sizes[si] * 1048576.0 / E2E_BYTES_PER_RANK + 0.5);
+		char name[32], adir[600], st_path[700], cfg_path[700], ids[2][64];
+		double e2e_s[MAXRUNS], ver_s[MAXRUNS], fio[MAXRUNS];
+		int ne = 0, nfio = 0, failed = 0;
+		const struct reg_version *v;
+		struct stat sb;
+
+		snprintf(name, sizeof(name), "e2e%d", sizes[si]);
+		snprintf(adir, sizeof(adir), "%s/%s", model, name);
+		snprintf(cmd, sizeof(cmd),
+			 "'%s' '%s' " E2E_ARGS " --seed %d --adapter %s --rank %u --alpha 32 "
+			 "--targets q,k,v,o,gate,up,down --adapter-dtype f32 --no-model >/dev/null",
+			 MKMODEL, model, 100 + si, name, rank);
+		snprintf(st_path, sizeof(st_path), "%s/adapter_model.safetensors", adir);
+		snprintf(cfg_path, sizeof(cfg_path), "%s/adapter_config.json", adir);
+		if (run_cmd(cmd) || stat(st_path, &sb)) {
+			fprintf(stderr, "bench_stream: lorad-mkmodel --adapter %s failed\n", name);
+			rc = 1;
+			break;
+		}
+		/* two versions of the same files, loaded in turn, each cold */
+		for (int k = 0; k < 2 && !rc; k++) {
+			snprintf(ids[k], sizeof(ids[k]), "%s@%c", name, 'a' + k);
+			if (registry_add(x.r, name, k ? "b" : "a", adir, &v, err, sizeof(err))) {
+				fprintf(stderr, "bench_stream: %s\n", err);
+				rc = 1;
+			}
+		}
+		for (int r = 0; r < runs && !rc; r++) {
+			double ver = 0, t = e2e_load(&x, ids[r % 2], st_path, cfg_path, &ver), bw;
+
+			if (t > 0) {
+				ver_s[ne] = ver;
+				e2e_s[ne++] = t;
+			} else
+				failed++;
+			bw = run_fio(st_path, (size_t)sb.st_size, chunk, qd);
+			if (bw > 0)
+				fio[nfio++] = bw / 1e9;
+		}
+		double t50 = median(e2e_s, ne), f50 = median(fio, nfio), v50 = median(ver_s, ne);
+		double gbps = t50 > 0 ? (double)sb.st_size / t50 / 1e9 : 0;
+		double vgbps = v50 > 0 ? (double)sb.st_size / v50 / 1e9 : 0;
+
+		printf("{\"bench\":\"stream\",\"method\":\"e2e_cold_load\",\"size_mb\":%d,"
+		       "\"file_bytes\":%lld,\"rank\":%u,\"o_direct\":true,\"chunk\":%zu,\"qd\":%u,"
+		       "\"hash\":\"%s\",\"hash_chunk\":%u,\"runs\":%d,\"failed\":%d,"
+		       "\"request_to_resident_ms_p50\":%.3f,\"gbps_p50\":%.3f,\"fio_gbps_p50\":%.3f,"
+		       "\"ratio_vs_fio\":%.3f,\"target\":0.9,\"meets_target\":%s,"
+		       "\"verified_ms_p50\":%.3f,\"verified_gbps_p50\":%.3f,"
+		       "\"verified_ratio_vs_fio\":%.3f,\"build_ms_p50\":%.3f,\"fs\":\"%s\","
+		       "\"dev\":\"%s\"}\n",
+		       sizes[si], (long long)sb.st_size, rank, chunk, qd, chash_name(CHASH_TREE),
+		       CHASH_CHUNK, ne, failed, t50 * 1e3, gbps, f50, f50 > 0 ? gbps / f50 : 0,
+		       f50 > 0 && gbps / f50 >= 0.9 ? "true" : "false", v50 * 1e3, vgbps,
+		       f50 > 0 ? vgbps / f50 : 0, (t50 - v50) * 1e3, fs, dev);
+		fflush(stdout);
+		fprintf(stderr,
+			"e2e %4d MB: request → resident %.1f ms (%.2f GB/s, ratio %.2f); read and "
+			"verified %.1f ms (%.2f GB/s, ratio %.2f); fio %.2f GB/s\n",
+			sizes[si], t50 * 1e3, gbps, f50 > 0 ? gbps / f50 : 0, v50 * 1e3, vgbps,
+			f50 > 0 ? vgbps / f50 : 0, f50);
+	}
+	registry_free(x.r);
+	loader_destroy(x.ld);
+	hostpool_destroy(x.hp);
+	engine_free(x.e);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", model);
+	run_cmd(cmd);
+	return rc;
+}
+
 int main(int argc, char **argv)
 {
-	const char *dir = "/var/tmp", *sizes_arg = "4,32,256";
+	const char *dir = "/var/tmp", *sizes_arg = "4,32,256", *e2e_arg = "32,64,128,256";
 	int runs = 7;
 	size_t chunk = 1 << 20;
 	unsigned qd = 32;
@@ -353,10 +553,12 @@ int main(int argc, char **argv)
 			qd = (unsigned)atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--sizes") && i + 1 < argc)
 			sizes_arg = argv[++i];
+		else if (!strcmp(argv[i], "--e2e-sizes") && i + 1 < argc)
+			e2e_arg = argv[++i];
 		else {
 			fprintf(stderr,
 				"usage: bench_stream [--quick] [--dir DIR] [--runs N] [--chunk BYTES] "
-				"[--qd N] [--sizes 4,32,256]\n");
+				"[--qd N] [--sizes 4,32,256] [--e2e-sizes 32,64,128,256]\n");
 			return 2;
 		}
 	}
@@ -430,7 +632,7 @@ int main(int argc, char **argv)
 		int nfio = 0;
 
 		snprintf(path, sizeof(path), "%s/lorad-bench-stream-%zu.safetensors", dir, sizes[si]);
-		if (make_file(path, size) || loader_sha256_file(path, sha, &fsz)) {
+		if (make_file(path, size) || chash_file(CHASH_TREE, CHASH_CHUNK, path, sha, &fsz)) {
 			fprintf(stderr, "bench_stream: cannot write %s\n", path);
 			rc = 1;
 			unlink(path);
@@ -472,5 +674,14 @@ int main(int argc, char **argv)
 	loader_destroy(ld_buf);
 	hostpool_destroy(hp);
 	free(dst);
+
+	int e2e_sizes[8], ne2e = 0;
+
+	for (char *s = strdup(e2e_arg), *tok = strtok(s, ","); tok && ne2e < 8;
+	     tok = strtok(NULL, ","))
+		if (atoi(tok) > 0)
+			e2e_sizes[ne2e++] = atoi(tok);
+	if (!rc && ne2e)
+		rc = e2e_run(dir, e2e_sizes, ne2e, runs, chunk, qd, fs, dev);
 	return rc;
 }

@@ -216,6 +216,8 @@ struct reg_version *reg_version_new(const char *name, const char *version, const
 	memcpy(v->st_sha, h->st_sha, 32);
 	v->cfg_size = h->cfg_size;
 	v->st_size = h->st_size;
+	v->scheme = h->scheme;
+	v->hash_chunk = h->hash_chunk;
 	return v;
 }
 
@@ -330,7 +332,8 @@ static int make_resident(struct registry *r, struct reg_version *v, char *err, s
 		snprintf(err, errlen, "no engine");
 		return -ENODEV;
 	}
-	ret = registry_inspect(v->path, NULL, UINT64_MAX, NULL, &h, err, errlen);
+	ret = registry_inspect(v->path, NULL, UINT64_MAX, NULL, v->scheme, v->hash_chunk, &h, err,
+			       errlen);
 	if (ret)
 		return ret;
 	if (strcmp(h.sha256, v->sha256)) {
@@ -378,8 +381,12 @@ int reg_start_load(struct registry *r, struct reg_version *v)
 		q.path = path;
 		q.key = key;
 		q.sha256 = k ? v->st_sha : v->cfg_sha;
+		q.scheme = v->scheme;
+		q.hash_chunk = v->hash_chunk;
 		q.size = k ? v->st_size : v->cfg_size;
-		q.raw = k == 0;
+		/* verified against the hash taken at registration, when the header
+		 * was parsed and every tensor checked: the builder parses it, once */
+		q.raw = true;
 		q.token = (uint64_t)v->vid << 8 | (uint64_t)k;
 		ret = loader_submit(r->ld, &q);
 		if (!ret) {

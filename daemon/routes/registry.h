@@ -2,10 +2,12 @@
 /*
  * Adapter versions and the routes over them: the operator's state.
  *
- * A version is name@version, immutable once registered: the SHA-256 of its
- * files is recorded then and checked on every load from disk, and
- * re-registering changed files under the same version is refused. The
- * version string is the operator's or the first 12 hex digits of the hash.
+ * A version is name@version, immutable once registered: the content hash of
+ * its files (chash.h: the scheme and chunk size are recorded with it) is
+ * taken then and verified on every load from disk as the bytes stream in,
+ * and re-registering changed files under the same version is refused. The
+ * version string is the operator's or the first 12 hex digits of the
+ * version's identity hash.
  * Each version has a small number (vid) that completions carry; it is
  * stored with the state and never reused, so it means the same version
  * after a restart.
@@ -27,6 +29,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "chash.h"
 #include "route.h"
 
 struct engine;
@@ -47,9 +50,11 @@ struct reg_version {
 	uint64_t bytes;              /* in the device tier while resident */
 	uint64_t last_used;          /* resolve counter, for LRU eviction */
 	uint64_t evict_tried;        /* the eviction pass that found it busy */
-	/* the two files, checked by the loader on every load from disk */
-	uint8_t cfg_sha[32], st_sha[32];
+	/* the two files, verified by the loader on every load from disk */
+	uint8_t cfg_sha[32], st_sha[32]; /* their digests under scheme */
 	uint64_t cfg_size, st_size;
+	enum chash_scheme scheme;    /* CHASH_TREE; CHASH_SHA256 for versions registered before it */
+	uint32_t hash_chunk;         /* CHASH_TREE: the chunk size */
 	/* an asynchronous load: its attempt number, what is still in flight, its outcome */
 	uint64_t attempt;
 	unsigned loading;            /* files the loader still reads */
@@ -101,14 +106,26 @@ int registry_save(struct registry *r, char *err, size_t errlen);
 
 /* What registering a directory needs from its files, computed off the engine thread. */
 struct registry_hashes {
-	char sha256[65];             /* the version's identity */
-	uint8_t cfg_sha[32], st_sha[32];
+	char sha256[65];             /* the version's identity (chash.h) */
+	uint8_t cfg_sha[32], st_sha[32]; /* each file's digest under scheme */
 	uint64_t cfg_size, st_size;
+	enum chash_scheme scheme;
+	uint32_t hash_chunk;
 };
 
 /*
+ * How files registered as @name@@version (@version NULL or "": derived from
+ * the hash) are to be hashed: as the version registered under that id is
+ * recorded, so that the two can be compared (an old CHASH_SHA256 version
+ * stays one); otherwise CHASH_TREE with CHASH_CHUNK.
+ */
+void registry_hash_scheme(const struct registry *r, const char *name, const char *version,
+			  enum chash_scheme *scheme, uint32_t *chunk);
+
+/*
  * Read @path's two files once (regular files only; symlinks to them are
- * followed), within @max_bytes together, hash them and, when @mc is given,
+ * followed), within @max_bytes together, hash them under @scheme (@chunk:
+ * the tree's chunk size) and, when @mc is given,
  * build the adapter against that model and check every value: wrong
  * shapes, missing tensors and NaN/Inf are refused here, at registration,
  * not at the first request. @cancel (may be NULL) stops the work between
@@ -116,8 +133,8 @@ struct registry_hashes {
  * Returns 0 or -errno with @err naming the file and what is wrong.
  */
 int registry_inspect(const char *path, const struct model_config *mc, uint64_t max_bytes,
-		     const volatile int *cancel, struct registry_hashes *h, char *err,
-		     size_t errlen);
+		     const volatile int *cancel, enum chash_scheme scheme, uint32_t chunk,
+		     struct registry_hashes *h, char *err, size_t errlen);
 
 /*
  * Register @path (absolute) as @name@@version (@version NULL or "": derived

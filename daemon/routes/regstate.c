@@ -9,17 +9,21 @@
  *   { "format": 2, "next_vid": N,
  *     "versions": [ { "name", "version", "vid", "path", "sha256", "pinned",
  *                     "config_sha256", "weights_sha256", "config_size",
- *                     "weights_size" }, ... ],
+ *                     "weights_size", "hash_scheme", "hash_chunk" }, ... ],
  *     "routes":   [ { "skill", "targets", "weights", "buckets", "created",
  *                     "history": [ route without history, newest first ] }, ... ] }
  * Format 1 (before stable vids) is read too: its versions get vids in file order.
+ * "sha256" is the version's identity, "config_sha256" and "weights_sha256"
+ * each file's digest, all under the version's "hash_scheme" (chash.h):
+ * "sha256-tree" with its "hash_chunk" in bytes; a version without
+ * "hash_scheme" was registered before the tree and keeps plain SHA-256
+ * (such versions are written back without the two keys, as they were).
  */
 #include "registry_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <json-c/json.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,13 +118,6 @@ out:
 	return ret;
 }
 
-static void sha256(const void *p, size_t n, uint8_t out[32])
-{
-	unsigned int olen = 32;
-
-	EVP_Digest(p, n, out, &olen, EVP_sha256(), NULL);
-}
-
 /* Build the adapter from the bytes against @mc and convert every module:
  * shapes, missing tensors and NaN/Inf values are all caught here. */
 static int check_adapter(const char *dir, const unsigned char *cfg, uint64_t cfg_len,
@@ -161,15 +158,33 @@ static int check_adapter(const char *dir, const unsigned char *cfg, uint64_t cfg
 	return ret;
 }
 
+void registry_hash_scheme(const struct registry *r, const char *name, const char *version,
+			  enum chash_scheme *scheme, uint32_t *chunk)
+{
+	char id[ROUTE_NAME_MAX];
+	const struct reg_version *v;
+
+	*scheme = CHASH_TREE;
+	*chunk = CHASH_CHUNK;
+	if (!version || !*version)
+		return;   /* an id from the hash: only files hashed alike can have it */
+	snprintf(id, sizeof(id), "%s@%s", name, version);
+	v = registry_find(r, id);
+	if (v) {
+		*scheme = v->scheme;
+		*chunk = v->hash_chunk;
+	}
+}
+
 int registry_inspect(const char *path, const struct model_config *mc, uint64_t max_bytes,
-		     const volatile int *cancel, struct registry_hashes *h, char *err,
-		     size_t errlen)
+		     const volatile int *cancel, enum chash_scheme scheme, uint32_t chunk,
+		     struct registry_hashes *h, char *err, size_t errlen)
 {
 	unsigned char *data[2] = { NULL, NULL };
 	uint64_t len[2] = { 0, 0 };
-	EVP_MD_CTX *md = NULL;
-	unsigned char dig[EVP_MAX_MD_SIZE];
-	unsigned int dlen = 0;
+	uint8_t id[32];
+	const void *x[2];
+	size_t xlen[2];
 	int ret;
 
 	memset(h, 0, sizeof(*h));
@@ -180,30 +195,28 @@ int registry_inspect(const char *path, const struct model_config *mc, uint64_t m
 				 err, errlen);
 	if (ret)
 		goto out;
-	/* the version's identity: both files, each preceded by its name, so two
-	 * files cannot trade bytes; and each file alone, for the loader */
-	md = EVP_MD_CTX_new();
-	if (!md) {
-		ret = -ENOMEM;
-		snprintf(err, errlen, "out of memory");
+	/* each file's digest, for the loader, and the version's identity over
+	 * both (chash.h) */
+	h->scheme = scheme;
+	h->hash_chunk = scheme == CHASH_TREE ? chunk : 0;
+	for (int k = 0; k < 2 && !ret; k++)
+		ret = chash_mem(scheme, chunk, data[k], (size_t)len[k], k ? h->st_sha : h->cfg_sha);
+	for (int k = 0; k < 2; k++) {
+		x[k] = scheme == CHASH_TREE ? (const void *)(k ? h->st_sha : h->cfg_sha) : data[k];
+		xlen[k] = scheme == CHASH_TREE ? 32 : (size_t)len[k];
+	}
+	if (!ret)
+		ret = chash_identity(x, xlen, id);
+	if (ret) {
+		snprintf(err, errlen, "%s: cannot hash the adapter's files: %s", path, strerror(-ret));
 		goto out;
 	}
-	EVP_DigestInit_ex(md, EVP_sha256(), NULL);
-	for (int k = 0; k < 2; k++) {
-		EVP_DigestUpdate(md, adapter_files[k], strlen(adapter_files[k]) + 1);
-		EVP_DigestUpdate(md, data[k], (size_t)len[k]);
-	}
-	EVP_DigestFinal_ex(md, dig, &dlen);
-	for (unsigned i = 0; i < 32; i++)
-		snprintf(h->sha256 + 2 * i, 3, "%02x", dig[i]);
-	sha256(data[0], (size_t)len[0], h->cfg_sha);
-	sha256(data[1], (size_t)len[1], h->st_sha);
+	chash_hex(id, h->sha256);
 	h->cfg_size = len[0];
 	h->st_size = len[1];
 	if (mc)
 		ret = check_adapter(path, data[0], len[0], data[1], len[1], mc, err, errlen);
 out:
-	EVP_MD_CTX_free(md);
 	free(data[0]);
 	free(data[1]);
 	return ret;
@@ -332,11 +345,11 @@ static int version_from_json(struct jpath *jp, struct json_object *o, int format
 {
 	static const char *const keys[] = { "name", "version", "vid", "path", "sha256", "pinned",
 					    "config_sha256", "weights_sha256", "config_size",
-					    "weights_size", NULL };
+					    "weights_size", "hash_scheme", "hash_chunk", NULL };
 	struct registry_hashes h;
 	const char *name, *ver, *path;
-	struct json_object *pin;
-	uint64_t vid = 0;
+	struct json_object *pin, *hs;
+	uint64_t vid = 0, chunk = 0;
 	int ret;
 
 	if (!json_object_is_type(o, json_type_object))
@@ -349,8 +362,23 @@ static int version_from_json(struct jpath *jp, struct json_object *o, int format
 	    (ret = get_u64(jp, o, "config_size", true, 1ull << 50, &h.cfg_size)) ||
 	    (ret = get_u64(jp, o, "weights_size", true, 1ull << 50, &h.st_size)) ||
 	    (ret = get_u64(jp, o, "vid", format >= 2, UINT32_MAX - 1, &vid)) ||
-	    (ret = field(jp, o, "pinned", json_type_boolean, false, &pin)))
+	    (ret = field(jp, o, "pinned", json_type_boolean, false, &pin)) ||
+	    (ret = field(jp, o, "hash_scheme", json_type_string, false, &hs)) ||
+	    (ret = get_u64(jp, o, "hash_chunk", false, CHASH_CHUNK_MAX, &chunk)))
 		return ret;
+	/* no scheme: registered before the tree, plain SHA-256 */
+	h.scheme = CHASH_SHA256;
+	h.hash_chunk = 0;
+	if (hs && chash_parse(json_object_get_string(hs), &h.scheme))
+		return bad(jp, "hash_scheme", "must be \"sha256-tree\" or \"sha256\"");
+	if (h.scheme == CHASH_TREE) {
+		if (!chash_chunk_ok(chunk))
+			return bad(jp, "hash_chunk", "must be a power of two from 4096 to 2^30 with "
+				   "hash_scheme sha256-tree");
+		h.hash_chunk = (uint32_t)chunk;
+	} else if (json_object_object_get_ex(o, "hash_chunk", NULL)) {
+		return bad(jp, "hash_chunk", "belongs only to hash_scheme sha256-tree");
+	}
 	if (!reg_part_ok(name) || !strcmp(name, "base") || !strcmp(name, "auto"))
 		return bad(jp, "name", "must be 1-31 of A-Z a-z 0-9 _ . - and not base or auto");
 	if (!reg_part_ok(ver))
@@ -666,12 +694,17 @@ static struct json_object *version_to_json(const struct reg_version *v, bool pin
 	json_object_object_add(o, "path", json_object_new_string(v->path));
 	json_object_object_add(o, "sha256", json_object_new_string(v->sha256));
 	json_object_object_add(o, "pinned", json_object_new_boolean(pinned));
-	loader_hex(v->cfg_sha, hex);
+	chash_hex(v->cfg_sha, hex);
 	json_object_object_add(o, "config_sha256", json_object_new_string(hex));
-	loader_hex(v->st_sha, hex);
+	chash_hex(v->st_sha, hex);
 	json_object_object_add(o, "weights_sha256", json_object_new_string(hex));
 	json_object_object_add(o, "config_size", json_object_new_int64((int64_t)v->cfg_size));
 	json_object_object_add(o, "weights_size", json_object_new_int64((int64_t)v->st_size));
+	if (v->scheme != CHASH_SHA256) {   /* an old version is written as it was */
+		json_object_object_add(o, "hash_scheme",
+				       json_object_new_string(chash_name(v->scheme)));
+		json_object_object_add(o, "hash_chunk", json_object_new_int64(v->hash_chunk));
+	}
 	return o;
 }
 
@@ -781,6 +814,12 @@ int registry_prepare_add(struct registry *r, const char *name, const char *versi
 	snprintf(id, sizeof(id), "%s@%s", name, ver);
 	old = registry_find(r, id);
 	if (old) {
+		if (old->scheme != h->scheme || old->hash_chunk != h->hash_chunk) {
+			/* hashed before @old changed hands (registry_hash_scheme) */
+			snprintf(err, errlen, "%s changed while its files were checked; register again",
+				 id);
+			return -EAGAIN;
+		}
 		if (strcmp(old->sha256, h->sha256)) {
 			snprintf(err, errlen, "%s is registered with other files (sha256 %.12s..., "
 				 "these are %.12s...): a version never changes; register a new one",
@@ -788,6 +827,12 @@ int registry_prepare_add(struct registry *r, const char *name, const char *versi
 			return -EEXIST;
 		}
 		return 0;   /* the same files again: nothing to do */
+	}
+	if (h->scheme != CHASH_TREE) {
+		/* hashed as an old version that has gone since (registry_hash_scheme) */
+		snprintf(err, errlen, "%s was removed while its files were checked; register again",
+			 id);
+		return -EAGAIN;
 	}
 	if (r->n == REG_MAX) {
 		snprintf(err, errlen, "%s: %d adapter versions are registered already (the limit); "
@@ -811,10 +856,13 @@ int registry_add(struct registry *r, const char *name, const char *version, cons
 	struct registry_hashes h;
 	struct reg_change *ch;
 	char id[ROUTE_NAME_MAX];
+	enum chash_scheme scheme;
+	uint32_t chunk;
 	int ret;
 
-	ret = registry_inspect(path, r->e ? engine_config(r->e) : NULL, r->max_adapter_bytes, NULL, &h,
-			       err, errlen);
+	registry_hash_scheme(r, name, version, &scheme, &chunk);
+	ret = registry_inspect(path, r->e ? engine_config(r->e) : NULL, r->max_adapter_bytes, NULL,
+			       scheme, chunk, &h, err, errlen);
 	if (!ret)
 		ret = registry_prepare_add(r, name, version, path, &h, &ch, err, errlen);
 	if (ret)

@@ -543,8 +543,10 @@ static int build_store(struct daemon *d)
 	}
 	if (d->eng) {
 		/* the host tier, on this (the engine) thread's NUMA node, and the
-		 * loader thread that fills it from disk with io_uring */
-		struct hostpool_opts ho = { .budget = c->host_budget, .node = -1 };
+		 * loader thread that fills it from disk with io_uring; the memory
+		 * of two evicted adapter files is kept, locked, for the next
+		 * loads of their size */
+		struct hostpool_opts ho = { .budget = c->host_budget, .node = -1, .spares = 2 };
 		struct loader_opts lo = { .log = loader_log, .chunk = c->read_chunk, .qd = c->read_depth };
 
 		ret = hostpool_create(&ho, &d->hp);

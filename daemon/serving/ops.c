@@ -38,6 +38,8 @@ struct job {
 	char name[32], version[32];
 	char *path;
 	struct registry_hashes h;
+	enum chash_scheme scheme;    /* J_ADD: how its files are hashed */
+	uint32_t hash_chunk;
 	char target[ROUTE_MAX_VERSIONS][ROUTE_NAME_MAX];
 	uint32_t weight[ROUTE_MAX_VERSIONS];
 	unsigned n;
@@ -178,8 +180,8 @@ static void *inspect_thread(void *arg)
 	struct job *j = arg;
 	struct ops *o = j->o;
 
-	j->ret = registry_inspect(j->path, o->opt.mc, o->opt.max_adapter_bytes, &o->cancel, &j->h,
-				  j->err, sizeof(j->err));
+	j->ret = registry_inspect(j->path, o->opt.mc, o->opt.max_adapter_bytes, &o->cancel,
+				  j->scheme, j->hash_chunk, &j->h, j->err, sizeof(j->err));
 	pthread_mutex_lock(&o->lock);
 	j->state = JS_READY;
 	o->inspecting--;
@@ -502,6 +504,8 @@ static int start_inspect(struct ops *o, struct job *j, struct json_object *reply
 	o->inspecting++;
 	pthread_mutex_unlock(&o->lock);
 	j->o = o;
+	/* hashed as the version it may be compared with is recorded (chash.h) */
+	registry_hash_scheme(o->opt.reg, j->name, j->version, &j->scheme, &j->hash_chunk);
 	if (pthread_create(&j->thread, NULL, inspect_thread, j)) {
 		pthread_mutex_lock(&o->lock);
 		o->inspecting--;

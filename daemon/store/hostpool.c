@@ -15,7 +15,9 @@
 #include <time.h>
 #include <unistd.h>
 
-enum hp_state { HP_LOADING, HP_READY, HP_UNLINKED };
+enum hp_state { HP_LOADING, HP_READY, HP_UNLINKED, HP_SPARE };
+
+#define SPARE_MIN (2u << 20) /* smaller buffers are cheap to make again */
 
 struct hp_buf {
 	struct hp_buf *prev, *next; /* LRU list of findable entries, most recent first */
@@ -31,6 +33,8 @@ struct hostpool {
 	struct hostpool_opts o;
 	pthread_mutex_t mu;
 	struct hp_buf *head, *tail;
+	struct hp_buf *spare;       /* kept for reuse (opts.spares), linked by next */
+	unsigned n_spare;
 	size_t page;
 	struct hostpool_stats st;
 	bool lock_warned;
@@ -135,6 +139,45 @@ static void account_free(struct hostpool *hp, struct hp_buf *b)
 		hp->st.pinned_bytes -= b->cap;
 }
 
+/*
+ * b's entry is gone (caller holds the mutex): keep its memory as a spare,
+ * still counted, locked and pinned, or account it as freed and return it
+ * for buf_free() outside the mutex.
+ */
+static struct hp_buf *retire(struct hostpool *hp, struct hp_buf *b)
+{
+	if (hp->n_spare < hp->o.spares && b->cap >= SPARE_MIN) {
+		b->state = HP_SPARE;
+		b->next = hp->spare;
+		hp->spare = b;
+		hp->n_spare++;
+		hp->st.spare_bytes += b->cap;
+		return NULL;
+	}
+	account_free(hp, b);
+	return b;
+}
+
+/* Takes the spare that fits @cap best (at most an eighth larger), or NULL; mutex held. */
+static struct hp_buf *take_spare(struct hostpool *hp, size_t cap)
+{
+	struct hp_buf **pp, **best = NULL;
+
+	for (pp = &hp->spare; *pp; pp = &(*pp)->next)
+		if ((*pp)->cap >= cap && (*pp)->cap - cap <= cap / 8 &&
+		    (!best || (*pp)->cap < (*best)->cap))
+			best = pp;
+	if (!best)
+		return NULL;
+	struct hp_buf *b = *best;
+
+	*best = b->next;
+	b->next = NULL;
+	hp->n_spare--;
+	hp->st.spare_bytes -= b->cap;
+	return b;
+}
+
 int hostpool_reserve(struct hostpool *hp, const char *key, size_t size, struct hp_buf **out,
 		     uint64_t *lock_ns)
 {
@@ -145,11 +188,35 @@ int hostpool_reserve(struct hostpool *hp, const char *key, size_t size, struct h
 
 	if (cap == 0)
 		cap = hp->page;
+	char *k = strdup(key);
+
+	if (!k)
+		return -ENOMEM;
+	t0 = now_ns();
+	pthread_mutex_lock(&hp->mu);
+	b = take_spare(hp, cap);
+	if (b) {
+		/* memory of an entry gone: counted, faulted in, locked and pinned */
+		free(b->key);
+		b->key = k;
+		b->refs = 1;
+		b->state = HP_LOADING;
+		b->len = 0;
+		hp->st.loading++;
+		hp->st.reuses++;
+		pthread_mutex_unlock(&hp->mu);
+		if (lock_ns)
+			*lock_ns = now_ns() - t0;
+		*out = b;
+		return 0;
+	}
+	pthread_mutex_unlock(&hp->mu);
 	b = calloc(1, sizeof(*b));
-	if (!b || !(b->key = strdup(key))) {
-		free(b);
+	if (!b) {
+		free(k);
 		return -ENOMEM;
 	}
+	b->key = k;
 	b->cap = cap;
 	b->refs = 1;
 	b->state = HP_LOADING;
@@ -158,6 +225,16 @@ int hostpool_reserve(struct hostpool *hp, const char *key, size_t size, struct h
 	if (cap > hp->st.budget) {
 		rc = -ENOSPC;
 	} else {
+		/* spares go first: they hold no data */
+		while (hp->spare && hp->st.bytes_used + cap > hp->st.budget) {
+			v = hp->spare;
+			hp->spare = v->next;
+			hp->n_spare--;
+			hp->st.spare_bytes -= v->cap;
+			account_free(hp, v);
+			v->next = victims;
+			victims = v;
+		}
 		/* evict from the cold end, skipping held entries */
 		for (v = hp->tail; v && hp->st.bytes_used + cap > hp->st.budget; v = next) {
 			next = v->prev;
@@ -268,10 +345,8 @@ void hostpool_publish(struct hostpool *hp, struct hp_buf *b, size_t len)
 		hp->st.entries--;
 		if (old->refs)
 			hp->st.held--;
-		if (old->refs == 0) {
-			account_free(hp, old);
-			drop = old;
-		}
+		if (old->refs == 0)
+			drop = retire(hp, old);
 	}
 	b->len = len;
 	b->state = HP_READY;
@@ -317,7 +392,7 @@ void hostpool_ref(struct hostpool *hp, struct hp_buf *b)
 
 void hostpool_put(struct hostpool *hp, struct hp_buf *b)
 {
-	bool drop = false;
+	struct hp_buf *drop = NULL;
 
 	if (!b)
 		return;
@@ -328,13 +403,12 @@ void hostpool_put(struct hostpool *hp, struct hp_buf *b)
 		} else {
 			if (b->state == HP_LOADING)
 				hp->st.loading--;
-			account_free(hp, b);
-			drop = true;
+			drop = retire(hp, b);
 		}
 	}
 	pthread_mutex_unlock(&hp->mu);
 	if (drop)
-		buf_free(hp, b);
+		buf_free(hp, drop);
 }
 
 int hostpool_evict(struct hostpool *hp, const char *key)
@@ -352,9 +426,9 @@ int hostpool_evict(struct hostpool *hp, const char *key)
 	} else if (b) {
 		lru_unlink(hp, b);
 		b->state = HP_UNLINKED;
-		account_free(hp, b);
 		hp->st.entries--;
 		hp->st.evictions++;
+		b = retire(hp, b);
 		rc = 0;
 	}
 	pthread_mutex_unlock(&hp->mu);
@@ -377,6 +451,10 @@ void hostpool_destroy(struct hostpool *hp)
 	if (!hp)
 		return;
 	for (b = hp->head; b; b = next) {
+		next = b->next;
+		buf_free(hp, b);
+	}
+	for (b = hp->spare; b; b = next) {
 		next = b->next;
 		buf_free(hp, b);
 	}

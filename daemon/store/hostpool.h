@@ -10,7 +10,13 @@
  *
  * An entry's life: hostpool_reserve() gives the loader a buffer that nobody
  * can find yet (state "loading"); hostpool_publish() makes it findable under
- * its key; hostpool_get()/hostpool_put() take and drop references. All
+ * its key; hostpool_get()/hostpool_put() take and drop references. With
+ * `spares`, the memory of an entry that goes (evicted, replaced, a load
+ * that failed) is kept, still faulted in, locked and pinned, for the next
+ * reservation of about its size: faulting in, zeroing, locking and pinning
+ * a buffer cost about as much as reading it from a fast disk, and adapters
+ * of one shape have files of one size. Spares count against the budget
+ * and are the first to go when room is needed. All
  * functions are thread-safe (one mutex, held only for list and counter
  * updates; allocation, locking and freeing happen outside it).
  */
@@ -28,6 +34,7 @@ struct hostpool_opts {
 	size_t budget;  /* bytes the tier may hold (buffers are counted page-rounded) */
 	int node;       /* NUMA node of the buffers; -1: the node of the calling thread */
 	bool no_lock;   /* do not mlock (benchmarks of the unpinned case) */
+	unsigned spares; /* buffers of 2 MiB or more kept for reuse when their entry goes; 0: none */
 	/*
 	 * Optional registration with a device runtime (cudaHostRegister on the
 	 * CUDA backend), called after locking, outside the pool's mutex. A
@@ -40,7 +47,8 @@ struct hostpool_opts {
 
 struct hostpool_stats {
 	size_t budget;
-	size_t bytes_used;       /* all live buffers, loading ones included */
+	size_t bytes_used;       /* all live buffers, loading ones and spares included */
+	size_t spare_bytes;      /* of those, spares kept for reuse */
 	size_t locked_bytes;     /* of those, locked with mlock */
 	size_t pinned_bytes;     /* of those, registered through the pin hook */
 	unsigned entries;        /* findable entries */
@@ -48,6 +56,7 @@ struct hostpool_stats {
 	unsigned held;           /* entries with references */
 	uint64_t loads;          /* publishes */
 	uint64_t evictions;
+	uint64_t reuses;         /* reservations that took a spare */
 	uint64_t hits, misses;   /* hostpool_get */
 	uint64_t lock_failures;
 	uint64_t pin_failures;
@@ -67,8 +76,9 @@ void hostpool_destroy(struct hostpool *hp);
  * Reserves a buffer of at least `size` bytes for key (copied), evicting
  * unreferenced entries in LRU order to fit the budget; the caller holds one
  * reference. Not findable until published. The buffer's pages are faulted
- * in and locked (when locking works) before this returns; *lock_ns, when
- * not NULL, receives the time that took. Returns 0, -ENOSPC (the budget
+ * in and locked (when locking works) before this returns, or it is a spare
+ * that already is (at most an eighth larger than asked); *lock_ns, when not
+ * NULL, receives the time that took. Returns 0, -ENOSPC (the budget
  * cannot be met without evicting held entries) or -ENOMEM.
  */
 int hostpool_reserve(struct hostpool *hp, const char *key, size_t size, struct hp_buf **out,

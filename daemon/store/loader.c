@@ -1,11 +1,12 @@
 #include "loader.h"
+#include "chash.h"
 #include "clock.h"
 #include "safetensors.h"
+#include "workq.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <liburing.h>
-#include <openssl/evp.h>
 #include <pthread.h>
 #include <semaphore.h>
 #include <stdarg.h>
@@ -18,6 +19,7 @@
 #include <unistd.h>
 
 #define TAG_WAKE 1ull
+#define TAG_HASH 2ull
 #define BUFFERED_QD 4
 #define FIXED_MAX (1ull << 30) /* the kernel's limit for one registered buffer */
 
@@ -51,21 +53,44 @@ struct load {
 	int err;
 	char msg[320];
 	uint64_t t_start, t_open, t_lock, t_read0, t_read1;
-	/* the hash runs over the completed prefix while later reads are in flight */
-	EVP_MD_CTX *md;
-	uint8_t *chunk_done; /* per chunk of [aoff, aend) */
-	uint64_t nchunks, hashed; /* chunks hashed so far */
-	uint64_t hash_ns;
+	/*
+	 * Verification (chash.h). Under CHASH_TREE each chunk of the file is
+	 * hashed on a worker as soon as its last byte is read; under
+	 * CHASH_SHA256 (versions registered before the tree) one worker hashes
+	 * the whole range once it is read. The load finishes when no read and
+	 * no hash of it is in flight.
+	 */
+	enum chash_scheme scheme;
+	uint32_t hchunk;          /* tree chunk size */
+	uint64_t nchunks;         /* tree chunks */
+	uint32_t *left;           /* per tree chunk: bytes not read yet */
+	uint8_t (*dig)[32];       /* per tree chunk: its digest, written by a worker */
+	uint8_t whole[32];        /* CHASH_SHA256: the digest */
+	bool whole_started;
+	uint64_t hashed;          /* hash jobs come back */
+	unsigned hashing;         /* hash jobs on the workers */
+	uint64_t hash_ns;         /* summed over the jobs */
+	uint64_t t_hashed;        /* the last job came back */
+};
+
+/* One SHA-256 for a worker: a tree chunk, or a whole range (old scheme). */
+struct hjob {
+	struct wq_item link;
+	struct load *l;
+	const unsigned char *p;
+	size_t n;
+	uint8_t *out;
+	int rc;
+	uint64_t ns;
 };
 
 struct chunk {
 	struct load *l;
 	uint64_t off;
 	unsigned len;
-	uint64_t idx; /* which chunk of the load */
 };
 
-static void hash_reset(struct loader *ld, struct load *l);
+static void hash_reset(struct load *l);
 
 struct loader {
 	struct loader_opts o;
@@ -73,7 +98,9 @@ struct loader {
 	pthread_t thr;
 	int wake_fd;  /* submit → loader thread */
 	int done_fd;  /* loader thread → engine */
-	uint64_t wake_buf;
+	int hash_fd;  /* hash workers → loader thread */
+	uint64_t wake_buf, hash_buf;
+	struct workq *hq; /* the hash workers */
 	sem_t ready;    /* the thread has set up its ring */
 	int setup_rc;
 
@@ -115,64 +142,6 @@ static int set_err(struct load *l, int rc, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(l->msg, sizeof(l->msg), fmt, ap);
 	va_end(ap);
-	return rc;
-}
-
-void loader_hex(const uint8_t sha[32], char out[65])
-{
-	for (int i = 0; i < 32; i++)
-		snprintf(out + 2 * i, 3, "%02x", sha[i]);
-}
-
-static int sha256(const unsigned char *p, size_t n, uint8_t out[32])
-{
-	EVP_MD_CTX *c = EVP_MD_CTX_new();
-	unsigned int olen = 32;
-	int ok;
-
-	if (!c)
-		return -ENOMEM;
-	ok = EVP_DigestInit_ex(c, EVP_sha256(), NULL) && EVP_DigestUpdate(c, p, n) &&
-	     EVP_DigestFinal_ex(c, out, &olen);
-	EVP_MD_CTX_free(c);
-	return ok ? 0 : -EIO;
-}
-
-int loader_sha256_file(const char *path, uint8_t out[32], uint64_t *size)
-{
-	static const size_t bufsz = 1 << 20;
-	unsigned char *buf = malloc(bufsz);
-	EVP_MD_CTX *c = EVP_MD_CTX_new();
-	unsigned int olen = 32;
-	uint64_t total = 0;
-	int fd = -1, rc = 0;
-	ssize_t n;
-
-	if (!buf || !c) {
-		rc = -ENOMEM;
-		goto out;
-	}
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		rc = -errno;
-		goto out;
-	}
-	EVP_DigestInit_ex(c, EVP_sha256(), NULL);
-	while ((n = read(fd, buf, bufsz)) > 0) {
-		EVP_DigestUpdate(c, buf, (size_t)n);
-		total += (uint64_t)n;
-	}
-	if (n < 0)
-		rc = -errno;
-	else if (!EVP_DigestFinal_ex(c, out, &olen))
-		rc = -EIO;
-	if (size)
-		*size = total;
-out:
-	if (fd >= 0)
-		close(fd);
-	EVP_MD_CTX_free(c);
-	free(buf);
 	return rc;
 }
 
@@ -244,6 +213,19 @@ static void arm_wake(struct loader *ld)
 	}
 	io_uring_prep_read(sqe, ld->wake_fd, &ld->wake_buf, sizeof(ld->wake_buf), 0);
 	io_uring_sqe_set_data64(sqe, TAG_WAKE);
+}
+
+/* The hash workers write hash_fd after each job; a read of it stays armed. */
+static void arm_hash(struct loader *ld)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&ld->ring);
+
+	if (!sqe) {
+		io_uring_submit(&ld->ring);
+		sqe = io_uring_get_sqe(&ld->ring);
+	}
+	io_uring_prep_read(sqe, ld->hash_fd, &ld->hash_buf, sizeof(ld->hash_buf), 0);
+	io_uring_sqe_set_data64(sqe, TAG_HASH);
 }
 
 static int open_file(struct load *l, bool direct)
@@ -366,7 +348,9 @@ static void start_load(struct loader *ld, struct load *l)
 		}
 	}
 	l->t_lock = now_ns();
-	hash_reset(ld, l);
+	l->scheme = r->scheme;
+	l->hchunk = r->hash_chunk;
+	hash_reset(l);
 }
 
 /* Queues reads while there is room in the ring's budget; returns how many. */
@@ -399,7 +383,6 @@ static unsigned fill(struct loader *ld)
 			}
 			c->l = l;
 			c->off = l->roff;
-			c->idx = (l->roff - l->aoff) / ld->o.chunk;
 			c->len = (unsigned)((l->aend - l->roff) < ld->o.chunk ? l->aend - l->roff
 									    : ld->o.chunk);
 			if (l->fixed)
@@ -428,39 +411,101 @@ static void want_range(const struct load *l, uint64_t *start, uint64_t *end)
 	*end = l->tend;
 }
 
-/* Hashes the chunks that completed in order since the last call. */
-static void hash_prefix(struct loader *ld, struct load *l)
+/* ---- verification: hash jobs on the workers ---------------------------- */
+
+static void hash_run(void *ctx, struct wq_item *w)
 {
-	uint64_t t0 = now_ns(), ws, we;
+	struct hjob *j = (struct hjob *)w;
+	uint64_t t0 = now_ns();
 
-	want_range(l, &ws, &we);
-	while (l->hashed < l->nchunks && l->chunk_done[l->hashed]) {
-		uint64_t a = l->aoff + l->hashed * ld->o.chunk, b = a + ld->o.chunk;
-
-		a = a < ws ? ws : a;
-		b = b > we ? we : b;
-		if (b > a && !EVP_DigestUpdate(l->md, l->base + (a - l->aoff), (size_t)(b - a)))
-			set_err(l, -EIO, "%s: cannot compute SHA-256", l->rq->r.path);
-		l->hashed++;
-	}
-	l->hash_ns += now_ns() - t0;
+	(void)ctx;
+	j->rc = chash_sha256(j->p, j->n, j->out);
+	j->ns = now_ns() - t0;
 }
 
-/* (Re)starts the running hash; false when it cannot (then finish hashes). */
-static void hash_reset(struct loader *ld, struct load *l)
+static void hash_drop(struct wq_item *w)
 {
-	if (!l->rq->r.sha256)
+	free(w);
+}
+
+/* Has a worker hash bytes [off, off + n) of the buffer into out. */
+static void hash_submit(struct loader *ld, struct load *l, uint64_t off, size_t n, uint8_t *out)
+{
+	struct hjob *j = calloc(1, sizeof(*j));
+
+	if (!j) {
+		set_err(l, -ENOMEM, "%s: out of memory", l->rq->r.path);
 		return;
-	l->nchunks = (l->aend - l->aoff + ld->o.chunk - 1) / ld->o.chunk;
-	free(l->chunk_done);
-	l->chunk_done = calloc(l->nchunks ? l->nchunks : 1, 1);
-	if (!l->md)
-		l->md = EVP_MD_CTX_new();
+	}
+	j->l = l;
+	j->p = l->base + (off - l->aoff);
+	j->n = n;
+	j->out = out;
+	l->hashing++;
+	workq_submit(ld->hq, &j->link);
+}
+
+/* Takes the jobs the workers finished (the loader thread, after hash_fd fired). */
+static void hash_harvest(struct loader *ld)
+{
+	struct wq_item *w;
+
+	while ((w = workq_poll(ld->hq))) {
+		struct hjob *j = (struct hjob *)w;
+		struct load *l = j->l;
+
+		l->hashing--;
+		l->hashed++;
+		l->hash_ns += j->ns;
+		l->t_hashed = now_ns();
+		if (j->rc)
+			set_err(l, j->rc, "%s: cannot compute SHA-256: %s", l->rq->r.path,
+				strerror(-j->rc));
+		free(j);
+	}
+}
+
+/* Sets up what verifying @l needs (again, after a fallback to buffered reads). */
+static void hash_reset(struct load *l)
+{
+	const struct loader_req *r = &l->rq->r;
+
 	l->hashed = 0;
 	l->hash_ns = 0;
-	if (!l->chunk_done || !l->md || !EVP_DigestInit_ex(l->md, EVP_sha256(), NULL)) {
-		EVP_MD_CTX_free(l->md);
-		l->md = NULL;
+	l->whole_started = false;
+	if (!r->sha256 || l->scheme != CHASH_TREE || l->err)
+		return;
+	l->nchunks = chash_nchunks(l->tend, l->hchunk);
+	free(l->left);
+	free(l->dig);
+	l->left = malloc((l->nchunks ? l->nchunks : 1) * sizeof(*l->left));
+	l->dig = malloc((l->nchunks ? l->nchunks : 1) * sizeof(*l->dig));
+	if (!l->left || !l->dig) {
+		set_err(l, -ENOMEM, "%s: out of memory", r->path);
+		return;
+	}
+	for (uint64_t i = 0; i < l->nchunks; i++)
+		l->left[i] = (uint32_t)(l->tend - i * l->hchunk < l->hchunk ? l->tend - i * l->hchunk
+									   : l->hchunk);
+}
+
+/* Bytes [off, off + n) of the file are in: hash the tree chunks they complete. */
+static void bytes_in(struct loader *ld, struct load *l, uint64_t off, uint64_t n)
+{
+	if (!l->left)
+		return;
+	while (n && !l->err) {
+		uint64_t i = off / l->hchunk, k = (i + 1) * l->hchunk - off;
+
+		k = k < n ? k : n;
+		l->left[i] -= (uint32_t)k;
+		if (!l->left[i])
+			hash_submit(ld, l, i * l->hchunk,
+				    (size_t)(l->tend - i * l->hchunk < l->hchunk ? l->tend - i * l->hchunk
+										 : l->hchunk),
+				    l->dig[i]);
+		off += k;
+		n -= k;
 	}
 }
 
@@ -468,6 +513,7 @@ static void on_read(struct loader *ld, struct chunk *c, int res)
 {
 	struct load *l = c->l;
 	struct io_uring_sqe *sqe;
+	uint64_t n;
 
 	l->inflight--;
 	ld->inflight--;
@@ -499,6 +545,7 @@ static void on_read(struct loader *ld, struct chunk *c, int res)
 		}
 		/* a short read inside the file: ask for the rest */
 		l->done += (unsigned)res;
+		bytes_in(ld, l, c->off, (unsigned)res);
 		c->off += (unsigned)res;
 		c->len -= (unsigned)res;
 		sqe = io_uring_get_sqe(&ld->ring);
@@ -516,41 +563,12 @@ static void on_read(struct loader *ld, struct chunk *c, int res)
 		ld->inflight++;
 		return;
 	}
-	l->done += (c->off + (unsigned)res > l->tend ? l->tend - c->off : (unsigned)res);
+	n = c->off + (unsigned)res > l->tend ? l->tend - c->off : (unsigned)res;
+	l->done += n;
 	if (l->done >= l->tend - l->aoff)
 		l->t_read1 = now_ns();
-	if (l->md)
-		l->chunk_done[c->idx] = 1; /* hashed between completions, see hash_step */
+	bytes_in(ld, l, c->off, n);
 	free(c);
-}
-
-/*
- * Hashes one completed chunk of some load, in file order, while the reads
- * after it are in flight. One chunk at a time (about 0.5 ms per MiB), so
- * that completions are reaped and the queue refilled in between: the read
- * phase runs at the disk's pace and the hash mostly hides behind it.
- */
-static bool hash_step(struct loader *ld)
-{
-	for (struct load *l = ld->active; l; l = l->next) {
-		uint64_t t0, ws, we, a, b;
-
-		if (!l->md || l->err || l->fallback || l->hashed >= l->nchunks ||
-		    !l->chunk_done[l->hashed])
-			continue;
-		t0 = now_ns();
-		want_range(l, &ws, &we);
-		a = l->aoff + l->hashed * ld->o.chunk;
-		b = a + ld->o.chunk;
-		a = a < ws ? ws : a;
-		b = b > we ? we : b;
-		if (b > a && !EVP_DigestUpdate(l->md, l->base + (a - l->aoff), (size_t)(b - a)))
-			set_err(l, -EIO, "%s: cannot compute SHA-256", l->rq->r.path);
-		l->hashed++;
-		l->hash_ns += now_ns() - t0;
-		return true;
-	}
-	return false;
 }
 
 /* A load with nothing in flight that is done, failed or must reopen. */
@@ -567,8 +585,8 @@ static void finish(struct loader *ld, struct load *l)
 	n = calloc(1, sizeof(*n));
 	if (!n) {
 		hostpool_put(ld->o.pool, l->buf);
-		EVP_MD_CTX_free(l->md);
-		free(l->chunk_done);
+		free(l->left);
+		free(l->dig);
 		free_req(l->rq);
 		return;
 	}
@@ -587,32 +605,32 @@ static void finish(struct loader *ld, struct load *l)
 		const unsigned char *data = l->base + (r->length ? r->offset - l->aoff : 0);
 		size_t len = (size_t)(r->length ? r->length : l->fsize);
 
-		t = now_ns();
 		if (r->sha256) {
 			uint8_t got[32];
-			unsigned int olen = 32;
 			char hg[65], he[65];
-			int rc = 0;
+			int rc;
 
-			if (l->md) {
-				hash_prefix(ld, l);
-				if (l->hashed != l->nchunks || !EVP_DigestFinal_ex(l->md, got, &olen))
-					rc = -EIO;
-			} else {
-				rc = sha256(data, len, got);
-			}
+			if (l->scheme == CHASH_TREE)
+				rc = l->hashed == l->nchunks
+					     ? chash_root(l->tend, l->hchunk,
+							  (const uint8_t(*)[32])l->dig, got)
+					     : -EIO;
+			else
+				rc = l->hashed == 1 ? (memcpy(got, l->whole, 32), 0) : -EIO;
 			if (rc)
-				set_err(l, -EIO, "%s: cannot compute SHA-256", r->path);
+				set_err(l, rc, "%s: cannot compute its hash", r->path);
 			else if (memcmp(got, l->rq->sha, 32)) {
-				loader_hex(got, hg);
-				loader_hex(l->rq->sha, he);
+				chash_hex(got, hg);
+				chash_hex(l->rq->sha, he);
 				set_err(l, -EBADMSG,
-					"%s: changed since it was registered (SHA-256 %.16s…, registered "
+					"%s: changed since it was registered (%s %.16s…, registered "
 					"%.16s…)",
-					r->path, hg, he);
+					r->path, chash_name(l->scheme), hg, he);
 			}
 		}
-		n->r.hash_ns = l->hash_ns + (now_ns() - t);
+		n->r.hash_ns = l->hash_ns;
+		if (l->t_hashed > l->t_read1 && l->t_read1)
+			n->r.hash_tail_ns = l->t_hashed - l->t_read1;
 		t = now_ns();
 		if (!l->err && !r->raw && r->length == 0) {
 			struct st_file f;
@@ -642,8 +660,8 @@ static void finish(struct loader *ld, struct load *l)
 		snprintf(n->r.err, sizeof(n->r.err), "%s", l->msg);
 	if (l->buf)
 		hostpool_put(ld->o.pool, l->buf);
-	EVP_MD_CTX_free(l->md);
-	free(l->chunk_done);
+	free(l->left);
+	free(l->dig);
 	free_req(l->rq);
 	post(ld, n);
 }
@@ -727,7 +745,7 @@ static void reap(struct loader *ld)
 	while (*pp) {
 		struct load *l = *pp;
 
-		if (l->inflight) {
+		if (l->inflight || l->hashing) {
 			pp = &l->next;
 			continue;
 		}
@@ -751,8 +769,21 @@ static void reap(struct loader *ld)
 			l->roff = l->aoff;
 			l->done = 0;
 			l->t_read0 = 0;
-			hash_reset(ld, l);
+			hash_reset(l);
 			if (!l->err) {
+				pp = &l->next;
+				continue;
+			}
+		}
+		if (!l->err && l->done >= l->tend - l->aoff && l->rq->r.sha256 &&
+		    l->scheme == CHASH_SHA256 && !l->whole_started) {
+			/* the old scheme: one digest over the range, now that it is in */
+			uint64_t ws, we;
+
+			want_range(l, &ws, &we);
+			l->whole_started = true;
+			hash_submit(ld, l, ws, (size_t)(we - ws), l->whole);
+			if (l->hashing) {
 				pp = &l->next;
 				continue;
 			}
@@ -775,7 +806,7 @@ static int ring_setup(struct loader *ld)
 	int rc;
 
 	memset(&p, 0, sizeof(p));
-	p.flags = IORING_SETUP_SINGLE_ISSUER; /* no COOP_TASKRUN: see hash_step */
+	p.flags = IORING_SETUP_SINGLE_ISSUER;
 	rc = io_uring_queue_init_params(entries, &ld->ring, &p);
 	if (rc == -EINVAL) {
 		memset(&p, 0, sizeof(p));
@@ -801,6 +832,7 @@ static void *loader_main(void *arg)
 	if (ld->setup_rc)
 		return NULL;
 	arm_wake(ld);
+	arm_hash(ld);
 	for (;;) {
 		struct io_uring_cqe *cqe;
 		unsigned head, seen = 0;
@@ -825,10 +857,6 @@ static void *loader_main(void *arg)
 			continue;
 		if (stop && !ld->active && ld->inflight == 0)
 			break;
-		io_uring_submit(&ld->ring);
-		while (!io_uring_cq_ready(&ld->ring) && hash_step(ld)) {
-			/* completions interrupt the hashing (no COOP_TASKRUN) */
-		}
 		rc = io_uring_submit_and_wait(&ld->ring, 1);
 		if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY && !warned) {
 			ld_log(ld, 3, "io_uring_enter: %s", strerror(-rc));
@@ -839,9 +867,12 @@ static void *loader_main(void *arg)
 			uint64_t ud = io_uring_cqe_get_data64(cqe);
 
 			seen++;
-			if (ud == TAG_WAKE)
+			if (ud == TAG_WAKE) {
 				arm_wake(ld);
-			else
+			} else if (ud == TAG_HASH) {
+				arm_hash(ld);
+				hash_harvest(ld);
+			} else
 				on_read(ld, (struct chunk *)(uintptr_t)ud, cqe->res);
 		}
 		io_uring_cq_advance(&ld->ring, seen);
@@ -873,14 +904,26 @@ int loader_create(const struct loader_opts *o, struct loader **out, char *err, s
 		ld->o.qd = 32;
 	if (!ld->o.max_active)
 		ld->o.max_active = 4;
+	if (!ld->o.hash_threads) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+		ld->o.hash_threads = n < 1 ? 1 : n > 8 ? 8 : (unsigned)n;
+	}
 	pthread_mutex_init(&ld->mu, NULL);
 	ld->wake_fd = eventfd(0, EFD_CLOEXEC);
 	ld->done_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (ld->wake_fd < 0 || ld->done_fd < 0) {
+	ld->hash_fd = eventfd(0, EFD_CLOEXEC);
+	if (ld->wake_fd < 0 || ld->done_fd < 0 || ld->hash_fd < 0) {
 		rc = -errno;
 		snprintf(err, errlen, "loader: eventfd: %s", strerror(-rc));
 		goto fail;
 	}
+	rc = workq_build(ld->o.hash_threads, hash_run, hash_drop, NULL, &ld->hq);
+	if (rc) {
+		snprintf(err, errlen, "loader: hash workers: %s", strerror(-rc));
+		goto fail;
+	}
+	workq_set_notify(ld->hq, ld->hash_fd);
 	/* the ring is set up by the thread that submits to it (SINGLE_ISSUER) */
 	sem_init(&ld->ready, 0, 0);
 	rc = pthread_create(&ld->thr, NULL, loader_main, ld);
@@ -901,10 +944,13 @@ int loader_create(const struct loader_opts *o, struct loader **out, char *err, s
 	*out = ld;
 	return 0;
 fail:
+	workq_free(ld->hq);
 	if (ld->wake_fd >= 0)
 		close(ld->wake_fd);
 	if (ld->done_fd >= 0)
 		close(ld->done_fd);
+	if (ld->hash_fd >= 0)
+		close(ld->hash_fd);
 	free(ld->slot_used);
 	free(ld);
 	return rc;
@@ -916,6 +962,10 @@ int loader_submit(struct loader *ld, const struct loader_req *r)
 	uint64_t one = 1;
 
 	if (!r->path || !*r->path)
+		return -EINVAL;
+	/* a tree covers a whole file, cut from its first byte */
+	if (r->sha256 && r->scheme != CHASH_SHA256 &&
+	    (r->scheme != CHASH_TREE || !chash_chunk_ok(r->hash_chunk) || r->length))
 		return -EINVAL;
 	q = calloc(1, sizeof(*q));
 	if (!q)
@@ -1001,6 +1051,7 @@ void loader_destroy(struct loader *ld)
 		/* the thread also sees stop at its next wake-up */
 	}
 	pthread_join(ld->thr, NULL);
+	workq_free(ld->hq); /* no job is left: loads end only when theirs are back */
 	io_uring_queue_exit(&ld->ring);
 	sem_destroy(&ld->ready);
 	while (ld->res_head) {
@@ -1012,6 +1063,7 @@ void loader_destroy(struct loader *ld)
 	}
 	close(ld->wake_fd);
 	close(ld->done_fd);
+	close(ld->hash_fd);
 	free(ld->slot_used);
 	pthread_mutex_destroy(&ld->mu);
 	free(ld);

@@ -9,9 +9,14 @@
  * and keeps `qd` reads of `chunk` bytes in flight, across all loads. Where
  * the filesystem refuses O_DIRECT (EINVAL at open or at the first read:
  * tmpfs) it reads through the page cache instead and says so in one log
- * line. When the bytes are in, it checks the SHA-256 the caller recorded at
- * registration and, for a whole .safetensors file, the header (st_parse),
- * then publishes the buffer in the host tier and posts a result.
+ * line. It verifies the bytes against the digest the caller recorded at
+ * registration while they stream (chash.h): under the tree scheme each
+ * chunk is hashed on a worker thread (hash_threads of them) the moment its
+ * reads complete, so hashing runs beside the reads instead of after them;
+ * under the old plain SHA-256 one worker hashes the file once it is in.
+ * For a whole .safetensors file not marked raw it also checks the header
+ * (st_parse). Then it publishes the buffer in the host tier and posts a
+ * result.
  *
  * Results come back through an internal queue and an eventfd (loader_fd)
  * that the engine loop can put into its epoll; loader_poll harvests them
@@ -26,6 +31,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "chash.h"
 #include "hostpool.h"
 
 struct loader;
@@ -35,6 +41,7 @@ struct loader_opts {
 	size_t chunk;          /* bytes per read; default 1 MiB, rounded to the alignment */
 	unsigned qd;           /* reads in flight over all loads; default 32 */
 	unsigned max_active;   /* files read at once; default 4 */
+	unsigned hash_threads; /* workers hashing chunks; default the online CPUs (at most 8) */
 	bool no_direct;        /* never use O_DIRECT (page cache reads) */
 	bool no_fixed;         /* never register buffers with the ring */
 	/* one line per event; NULL writes "<N>loader: ..." to stderr */
@@ -45,7 +52,10 @@ struct loader_opts {
 struct loader_req {
 	const char *path;       /* the file (copied) */
 	const char *key;        /* host-tier key ("sql@v7"); NULL: the path */
-	const uint8_t *sha256;  /* expected SHA-256 of the bytes loaded (32 bytes), NULL: none */
+	const uint8_t *sha256;  /* expected digest (32 bytes) under `scheme`; NULL: none */
+	enum chash_scheme scheme; /* CHASH_SHA256 (plain, of the bytes loaded) or CHASH_TREE
+				   * (of the whole file: length must be 0) */
+	uint32_t hash_chunk;    /* CHASH_TREE: the chunk size recorded with the digest */
 	uint64_t size;          /* expected file size, 0: not known */
 	uint64_t offset;        /* a byte range of the file; length 0: the whole file */
 	uint64_t length;
@@ -70,7 +80,8 @@ struct loader_result {
 	uint64_t open_ns;       /* open + statx */
 	uint64_t lock_ns;       /* buffer reservation, fault-in + mlock, ring registration */
 	uint64_t read_ns;       /* first read submitted → last read completed */
-	uint64_t hash_ns;       /* SHA-256 */
+	uint64_t hash_ns;       /* hashing, summed over the workers' jobs */
+	uint64_t hash_tail_ns;  /* last read completed → last digest in: what the hash adds */
 	uint64_t validate_ns;   /* safetensors header */
 	uint64_t resident_ns;   /* open → resident (published) */
 	uint64_t total_ns;      /* submit → resident */
@@ -104,11 +115,5 @@ int loader_fd(struct loader *ld);
 int loader_poll(struct loader *ld, struct loader_result *res, int max);
 
 void loader_stats(struct loader *ld, struct loader_stats *st);
-
-/* Hex of a 32-byte digest into out[65]. */
-void loader_hex(const uint8_t sha[32], char out[65]);
-
-/* SHA-256 of a file read with plain reads (registration time). 0 or -errno. */
-int loader_sha256_file(const char *path, uint8_t out[32], uint64_t *size);
 
 #endif

@@ -4,7 +4,10 @@
  * buffers or not, whole file or an unaligned range); budgets smaller than the
  * working set evict and reload with the counters adding up and the locked
  * bytes agreeing with VmLck; each fault fails only its load with a message
- * naming the file and the loader keeps working.
+ * naming the file and the loader keeps working. The content hash (chash.h)
+ * is checked against an independent computation of its documented
+ * definition, and a byte changed in any chunk, of files of every shape
+ * around the chunk size, fails the load.
  *
  * Files go to a directory on a real disk ($LORAD_TEST_DISK_DIR, default
  * /var/tmp) so that O_DIRECT is exercised, and to /dev/shm.
@@ -30,6 +33,8 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <openssl/evp.h>
 
 #include "hostpool.h"
 #include "loader.h"
@@ -192,7 +197,7 @@ static void check_paths_in(const char *dir, bool expect_direct)
 	snprintf(path, sizeof(path), "%s/paths.safetensors", dir);
 	make_st(path, (3u << 20) + 1234, 1);
 	want = slurp(path, &len);
-	assert_int_equal(loader_sha256_file(path, sha, &size), 0);
+	assert_int_equal(chash_file(CHASH_SHA256, 0, path, sha, &size), 0);
 	assert_int_equal(size, len);
 
 	struct {
@@ -365,7 +370,7 @@ static void test_budget_evict_reload(void **state)
 	for (int i = 0; i < N; i++) {
 		snprintf(path[i], sizeof(path[i]), "%s/ev%d.safetensors", disk_dir, i);
 		make_st(path[i], (1u << 20) + 100 * (size_t)i, 10 + (unsigned)i);
-		assert_int_equal(loader_sha256_file(path[i], sha[i], &size[i]), 0);
+		assert_int_equal(chash_file(CHASH_SHA256, 0, path[i], sha[i], &size[i]), 0);
 	}
 	cap = (size[N - 1] + 4095 + page - 1) / page * page; /* the biggest buffer */
 	hp = mk_pool(3 * cap);                                 /* three fit, eight are used */
@@ -514,7 +519,7 @@ static void test_unpinned(void **state)
 
 		if (drop_caps(1ull << CAP_IPC_LOCK) || setrlimit(RLIMIT_MEMLOCK, &rl))
 			_exit(77);
-		if (hostpool_create(&o, &hp) || loader_sha256_file(path, sha, &size))
+		if (hostpool_create(&o, &hp) || chash_file(CHASH_SHA256, 0, path, sha, &size))
 			_exit(2);
 		struct loader *ld = mk_loader(hp, 1 << 20, 8, false, false);
 		for (int i = 0; i < 2; i++) {
@@ -593,8 +598,8 @@ static void test_faults(void **state)
 	snprintf(missing, sizeof(missing), "%s/missing.safetensors", disk_dir);
 	make_st(path, (1u << 20) + 333, 4);
 	make_st(good, 600000, 5);
-	assert_int_equal(loader_sha256_file(path, sha, &size), 0);
-	assert_int_equal(loader_sha256_file(good, gsha, &gsize), 0);
+	assert_int_equal(chash_file(CHASH_SHA256, 0, path, sha, &size), 0);
+	assert_int_equal(chash_file(CHASH_SHA256, 0, good, gsha, &gsize), 0);
 	orig = slurp(path, &len);
 
 	/* missing */
@@ -626,12 +631,12 @@ static void test_faults(void **state)
 	memcpy(bad, orig, len);
 	memcpy(bad + 8, "{\"x\":", 5);
 	restore(path, bad, len);
-	assert_int_equal(loader_sha256_file(path, bsha, &bsize), 0);
+	assert_int_equal(chash_file(CHASH_SHA256, 0, path, bsha, &bsize), 0);
 	expect_fail(ld, path, bsha, bsize, -EINVAL, "header");
 	memcpy(bad, orig, len);
 	bad[6] = 0x7f; /* header length beyond the file */
 	restore(path, bad, len);
-	assert_int_equal(loader_sha256_file(path, bsha, &bsize), 0);
+	assert_int_equal(chash_file(CHASH_SHA256, 0, path, bsha, &bsize), 0);
 	expect_fail(ld, path, bsha, bsize, -EINVAL, "header length");
 	free(bad);
 	restore(path, orig, len);
@@ -703,7 +708,7 @@ static void test_concurrent(void **state)
 		snprintf(path[i], sizeof(path[i]), "%s/c%d.safetensors", i % 3 ? disk_dir : shm_dir,
 			 i);
 		make_st(path[i], 300000 + 77777 * (size_t)i, 20 + (unsigned)i);
-		assert_int_equal(loader_sha256_file(path[i], sha[i], &size[i]), 0);
+		assert_int_equal(chash_file(CHASH_SHA256, 0, path[i], sha[i], &size[i]), 0);
 		want[i] = slurp(path[i], &len[i]);
 	}
 	for (int k = 0; k < REQ; k++) {
@@ -771,6 +776,320 @@ static void test_destroy_busy(void **state)
 	hostpool_destroy(hp);
 }
 
+/* ---- the content hash: the tree of chunk digests ---------------------- */
+
+/* The root as chash.h defines it, computed here without lorad's code:
+ * SHA-256(u64le(L) ‖ u64le(C) ‖ SHA-256(chunk 0) ‖ …). */
+static void oracle_root(const unsigned char *b, size_t len, uint32_t c, uint8_t out[32])
+{
+	EVP_MD_CTX *top = EVP_MD_CTX_new();
+	unsigned char head[16];
+	unsigned int dl = 32;
+
+	assert_non_null(top);
+	for (int i = 0; i < 8; i++) {
+		head[i] = (unsigned char)((uint64_t)len >> (8 * i));
+		head[8 + i] = (unsigned char)((uint64_t)c >> (8 * i));
+	}
+	assert_true(EVP_DigestInit_ex(top, EVP_sha256(), NULL));
+	assert_true(EVP_DigestUpdate(top, head, 16));
+	for (size_t off = 0; off < len; off += c) {
+		unsigned char d[32];
+
+		assert_true(EVP_Digest(b + off, len - off < c ? len - off : c, d, &dl, EVP_sha256(),
+				       NULL));
+		assert_true(EVP_DigestUpdate(top, d, 32));
+	}
+	assert_true(EVP_DigestFinal_ex(top, out, &dl));
+	EVP_MD_CTX_free(top);
+}
+
+static void write_bytes(const char *path, const unsigned char *b, size_t len)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, b, len), (ssize_t)len);
+	assert_int_equal(fsync(fd), 0);
+	close(fd);
+}
+
+static struct loader_result load_tree(struct loader *ld, const char *path, const uint8_t root[32],
+				      uint32_t c, uint64_t size)
+{
+	struct loader_req q = {.path = path, .sha256 = root, .scheme = CHASH_TREE, .hash_chunk = c,
+			       .size = size, .reload = true, .raw = true, .token = 7};
+
+	assert_int_equal(loader_submit(ld, &q), 0);
+	return wait_one(ld);
+}
+
+/* chash_mem, chash_file and the definition agree, for every shape of file. */
+static void test_tree_definition(void **state)
+{
+	const size_t c = CHASH_CHUNK;
+	const size_t sizes[] = {0, 1, 100, c - 1, c, c + 1, 3 * c, 3 * c + 12345};
+	unsigned char *b = malloc(3 * c + 12345);
+	char path[400];
+
+	(void)state;
+	assert_non_null(b);
+	for (size_t i = 0; i < 3 * c + 12345; i++)
+		b[i] = (unsigned char)(i * 2654435761u >> 13);
+	snprintf(path, sizeof(path), "%s/def.bin", disk_dir);
+	for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+		uint8_t want[32], got[32], other[32];
+		uint64_t size = 99;
+
+		oracle_root(b, sizes[k], (uint32_t)c, want);
+		assert_int_equal(chash_mem(CHASH_TREE, (uint32_t)c, b, sizes[k], got), 0);
+		assert_memory_equal(got, want, 32);
+		write_bytes(path, b, sizes[k]);
+		assert_int_equal(chash_file(CHASH_TREE, (uint32_t)c, path, got, &size), 0);
+		assert_memory_equal(got, want, 32);
+		assert_int_equal(size, sizes[k]);
+		/* another chunk size gives another root, even for one chunk */
+		assert_int_equal(chash_mem(CHASH_TREE, 64u << 10, b, sizes[k], other), 0);
+		assert_memory_not_equal(other, want, 32);
+		/* and the old scheme is plain SHA-256 */
+		assert_int_equal(chash_mem(CHASH_SHA256, 0, b, sizes[k], got), 0);
+		assert_true(EVP_Digest(b, sizes[k], other, NULL, EVP_sha256(), NULL));
+		assert_memory_equal(got, other, 32);
+	}
+	assert_int_equal(chash_mem(CHASH_TREE, 3000, b, 10, b), -EINVAL);
+	free(b);
+}
+
+/*
+ * Files around the chunk size load and verify whatever the read size, the
+ * path (O_DIRECT, page cache) and the number of hash workers; one byte
+ * changed in the middle chunk, in the last partial chunk, in the last byte
+ * of an exact multiple, or any byte of a tiny file fails that load with a
+ * message naming the file, and the same loader goes on loading.
+ */
+static void test_tree_verify(void **state)
+{
+	const uint32_t c = CHASH_CHUNK;
+	struct {
+		size_t size;
+		size_t flip; /* byte changed; SIZE_MAX: none to change */
+	} files[] = {
+		{3 * c + 12345, c + c / 2},    /* the middle chunk */
+		{3 * c + 12345, 3 * c + 6000}, /* the last, partial chunk */
+		{4 * c, 4 * c - 1},            /* an exact multiple: its last byte */
+		{4 * c, 0},                    /* its first byte */
+		{1, 0},                        /* a tiny file */
+		{4097, 4096},
+		{0, SIZE_MAX},                 /* an empty file */
+	};
+	struct {
+		size_t chunk;
+		unsigned qd, hash_threads;
+		bool no_direct;
+	} cfg[] = {
+		{1 << 20, 32, 0, false}, {12288, 8, 1, false}, {3u << 20, 4, 3, false},
+		{1 << 20, 8, 2, true},
+	};
+	struct hostpool *hp = mk_pool(64u << 20);
+	char path[400], other[400];
+	(void)state;
+
+	snprintf(path, sizeof(path), "%s/tree.bin", disk_dir);
+	snprintf(other, sizeof(other), "%s/tree-other.bin", disk_dir);
+	for (size_t i = 0; i < sizeof(cfg) / sizeof(cfg[0]); i++) {
+		struct loader_opts o = {.pool = hp, .chunk = cfg[i].chunk, .qd = cfg[i].qd,
+					.no_direct = cfg[i].no_direct,
+					.hash_threads = cfg[i].hash_threads};
+		struct loader *ld;
+		char err[256];
+
+		assert_int_equal(loader_create(&o, &ld, err, sizeof(err)), 0);
+		for (size_t k = 0; k < sizeof(files) / sizeof(files[0]); k++) {
+			size_t len = files[k].size;
+			unsigned char *b = malloc(len + 1);
+			uint8_t root[32], wrong[32];
+			struct loader_result r;
+
+			assert_non_null(b);
+			for (size_t j = 0; j < len; j++)
+				b[j] = (unsigned char)((j + k + i) * 0x9e3779b1u >> 11);
+			oracle_root(b, len, c, root);
+			write_bytes(path, b, len);
+			r = load_tree(ld, path, root, c, len);
+			if (r.status)
+				fail_msg("%zu bytes, cfg %zu: %s", len, i, r.err);
+			assert_int_equal(r.len, len);
+			if (len)
+				assert_memory_equal(r.data, b, len);
+			if (cfg[i].no_direct)
+				assert_false(r.o_direct);
+			hostpool_put(hp, r.buf);
+			if (files[k].flip != SIZE_MAX) {
+				b[files[k].flip] ^= 0x01;
+				write_bytes(path, b, len);
+				r = load_tree(ld, path, root, c, len);
+				if (r.status != -EBADMSG)
+					fail_msg("%zu bytes, byte %zu changed, cfg %zu: status %d (%s)",
+						 len, files[k].flip, i, r.status, r.err);
+				assert_null(r.buf);
+				assert_non_null(strstr(r.err, path));
+				assert_non_null(strstr(r.err, "changed since it was registered"));
+				b[files[k].flip] ^= 0x01;
+			} else {
+				/* the empty file against another file's root */
+				oracle_root((const unsigned char *)"x", 1, c, wrong);
+				r = load_tree(ld, path, wrong, c, len);
+				assert_int_equal(r.status, -EBADMSG);
+			}
+			/* the loader goes on: another file loads and verifies */
+			write_bytes(other, b, len);
+			r = load_tree(ld, other, root, c, len);
+			if (r.status)
+				fail_msg("after a failure: %s", r.err);
+			hostpool_put(hp, r.buf);
+			/* the root under the wrong chunk size is refused */
+			oracle_root(b, len, 64u << 10, wrong);
+			r = load_tree(ld, other, wrong, 64u << 10, len);
+			assert_int_equal(r.status, 0);
+			hostpool_put(hp, r.buf);
+			r = load_tree(ld, other, wrong, c, len);
+			assert_int_equal(r.status, -EBADMSG);
+			free(b);
+		}
+		/* a tree covers a whole file: a range, or a chunk size that is not
+		 * one, is refused at once */
+		{
+			uint8_t root[32] = {0};
+			struct loader_req q = {.path = path, .sha256 = root, .scheme = CHASH_TREE,
+					       .hash_chunk = c, .offset = 0, .length = 10};
+
+			assert_int_equal(loader_submit(ld, &q), -EINVAL);
+			q.length = 0;
+			q.hash_chunk = 3000;
+			assert_int_equal(loader_submit(ld, &q), -EINVAL);
+		}
+		loader_destroy(ld);
+	}
+	hostpool_destroy(hp);
+}
+
+/* Destroying while chunks are being hashed neither hangs nor leaks. */
+static void test_destroy_hashing(void **state)
+{
+	char path[400];
+	struct hostpool *hp = mk_pool(256u << 20);
+	struct loader_opts o = {.pool = hp, .chunk = 1 << 20, .qd = 16, .hash_threads = 1};
+	struct loader *ld;
+	struct hostpool_stats hs;
+	uint8_t root[32];
+	uint64_t size;
+	char err[256];
+
+	(void)state;
+	snprintf(path, sizeof(path), "%s/busy-tree.safetensors", disk_dir);
+	make_st(path, 24u << 20, 9);
+	assert_int_equal(chash_file(CHASH_TREE, CHASH_CHUNK, path, root, &size), 0);
+	for (int round = 0; round < 4; round++) {
+		assert_int_equal(loader_create(&o, &ld, err, sizeof(err)), 0);
+		for (int i = 0; i < 6; i++) {
+			struct loader_req q = {.path = path, .sha256 = root, .scheme = CHASH_TREE,
+					       .hash_chunk = CHASH_CHUNK, .reload = true,
+					       .token = (uint64_t)i};
+			assert_int_equal(loader_submit(ld, &q), 0);
+		}
+		usleep(2000u * (unsigned)round);
+		loader_destroy(ld);
+		hostpool_stats(hp, &hs);
+		assert_int_equal(hs.loading, 0);
+		assert_int_equal(hs.held, 0);
+	}
+	hostpool_destroy(hp);
+}
+
+/*
+ * With spares, the memory of an entry that goes is kept — still counted,
+ * locked (VmLck agrees) and pinned — and the next load of about its size
+ * takes it instead of faulting in and locking new memory; the bytes it
+ * delivers are the new file's. A spare is the first to go when room is
+ * needed, and a much smaller load does not take it.
+ */
+static void test_spares(void **state)
+{
+	char a[400], b[400], small[400];
+	long lck0 = vmlck_bytes();
+	struct hostpool_opts po = {.budget = 18u << 20, .node = -1, .spares = 1};
+	struct hostpool *hp;
+	struct hostpool_stats hs;
+	struct loader *ld;
+	struct loader_result r;
+	unsigned char *want;
+	size_t len, cap;
+	uint8_t ra[32], rb[32], rs[32];
+	uint64_t sa, sb, ss;
+
+	(void)state;
+	assert_int_equal(hostpool_create(&po, &hp), 0);
+	ld = mk_loader(hp, 1 << 20, 16, false, false);
+	snprintf(a, sizeof(a), "%s/spare-a.safetensors", disk_dir);
+	snprintf(b, sizeof(b), "%s/spare-b.safetensors", disk_dir);
+	snprintf(small, sizeof(small), "%s/spare-small.safetensors", disk_dir);
+	make_st(a, (8u << 20) + 100, 21);
+	make_st(b, (8u << 20) + 60, 22);
+	make_st(small, 3u << 20, 23);
+	assert_int_equal(chash_file(CHASH_TREE, CHASH_CHUNK, a, ra, &sa), 0);
+	assert_int_equal(chash_file(CHASH_TREE, CHASH_CHUNK, b, rb, &sb), 0);
+	assert_int_equal(chash_file(CHASH_TREE, CHASH_CHUNK, small, rs, &ss), 0);
+
+	r = load_tree(ld, a, ra, CHASH_CHUNK, sa);
+	assert_int_equal(r.status, 0);
+	cap = hp_cap(r.buf);
+	hostpool_put(hp, r.buf);
+	assert_int_equal(hostpool_evict(hp, a), 0);
+	hostpool_stats(hp, &hs);
+	assert_int_equal(hs.spare_bytes, cap);
+	assert_int_equal(hs.bytes_used, cap);
+	assert_int_equal(hs.entries, 0);
+	if (!hs.unpinned) {
+		assert_int_equal(hs.locked_bytes, cap);
+		assert_int_equal(vmlck_bytes() - lck0, (long)cap);
+	}
+
+	/* B, a little smaller than A, takes A's memory and gets its own bytes */
+	r = load_tree(ld, b, rb, CHASH_CHUNK, sb);
+	if (r.status)
+		fail_msg("%s", r.err);
+	hostpool_stats(hp, &hs);
+	assert_int_equal(hs.reuses, 1);
+	assert_int_equal(hs.spare_bytes, 0);
+	assert_int_equal(hp_cap(r.buf), cap);
+	want = slurp(b, &len);
+	assert_int_equal(r.len, len);
+	assert_memory_equal(r.data, want, len);
+	free(want);
+	hostpool_put(hp, r.buf);
+
+	/* a load that fails verification leaves its buffer as the spare */
+	r = load_tree(ld, a, rb, CHASH_CHUNK, sa);
+	assert_int_equal(r.status, -EBADMSG);
+	hostpool_stats(hp, &hs);
+	assert_int_equal(hs.spare_bytes, cap);
+	assert_int_equal(hs.loading, 0);
+
+	/* a much smaller file does not take it; its room comes from the spare
+	 * before any entry is evicted */
+	r = load_tree(ld, small, rs, CHASH_CHUNK, ss);
+	assert_int_equal(r.status, 0);
+	hostpool_stats(hp, &hs);
+	assert_int_equal(hs.reuses, 1);
+	assert_int_equal(hs.evictions, 1); /* A's, by hand */
+	assert_int_equal(hs.spare_bytes, 0);
+	assert_int_equal(hs.entries, 2);   /* B and the small one */
+	hostpool_put(hp, r.buf);
+	loader_destroy(ld);
+	hostpool_destroy(hp);
+	assert_int_equal(vmlck_bytes(), lck0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -783,6 +1102,10 @@ int main(void)
 		cmocka_unit_test(test_faults),
 		cmocka_unit_test(test_concurrent),
 		cmocka_unit_test(test_destroy_busy),
+		cmocka_unit_test(test_tree_definition),
+		cmocka_unit_test(test_tree_verify),
+		cmocka_unit_test(test_destroy_hashing),
+		cmocka_unit_test(test_spares),
 	};
 
 	return cmocka_run_group_tests(tests, setup_all, teardown_all);

@@ -6,7 +6,9 @@
  * cannot be removed; and files edited in place after registration are
  * refused when they are loaded: the request for that skill fails with an
  * error, the other skills and the base model keep serving, and the daemon
- * runs on.
+ * runs on. Versions registered before the chunk-tree hash (state.json with
+ * plain SHA-256 and no "hash_scheme") still load, are still verified, and
+ * are still compared with files registered again under their id.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -22,6 +24,7 @@
 
 #include <cmocka.h>
 #include <lorad/lorad.h>
+#include <openssl/evp.h>
 
 #include "registry.h"
 #include "rt_harness.h"
@@ -244,6 +247,165 @@ static void test_registry_daemon(void **state)
 	rt_daemon_cleanup(&d);
 }
 
+/* --- versions registered before the tree hash ---------------------------------------------- */
+
+static void hex32(const unsigned char d[32], char out[65])
+{
+	for (int i = 0; i < 32; i++)
+		snprintf(out + 2 * i, 3, "%02x", d[i]);
+}
+
+/* The hashes a daemon before the tree recorded for @dir, computed here from
+ * that definition: plain SHA-256 of each file, and the identity over both
+ * files' bytes, each preceded by its name and a NUL. */
+static void old_hashes(const char *dir, char id[65], char cfg[65], char st[65])
+{
+	static const char *const fn[2] = { "adapter_config.json", "adapter_model.safetensors" };
+	EVP_MD_CTX *all = EVP_MD_CTX_new();
+	unsigned char d[32];
+	unsigned int dl = 32;
+
+	assert_true(EVP_DigestInit_ex(all, EVP_sha256(), NULL));
+	for (int k = 0; k < 2; k++) {
+		char p[512];
+		struct stat sb;
+		unsigned char *b;
+		int fd;
+
+		snprintf(p, sizeof(p), "%s/%s", dir, fn[k]);
+		fd = open(p, O_RDONLY);
+		assert_true(fd >= 0);
+		assert_int_equal(fstat(fd, &sb), 0);
+		b = malloc((size_t)sb.st_size + 1);
+		assert_non_null(b);
+		assert_int_equal(read(fd, b, (size_t)sb.st_size), sb.st_size);
+		close(fd);
+		assert_true(EVP_DigestUpdate(all, fn[k], strlen(fn[k]) + 1));
+		assert_true(EVP_DigestUpdate(all, b, (size_t)sb.st_size));
+		assert_true(EVP_Digest(b, (size_t)sb.st_size, d, &dl, EVP_sha256(), NULL));
+		hex32(d, k ? st : cfg);
+		free(b);
+	}
+	assert_true(EVP_DigestFinal_ex(all, d, &dl));
+	hex32(d, id);
+	EVP_MD_CTX_free(all);
+}
+
+/* The version @id in @state's state.json, or NULL (a reference into @root). */
+static struct json_object *state_version(struct json_object *root, const char *id)
+{
+	struct json_object *vs, *v, *n, *ver;
+
+	assert_true(json_object_object_get_ex(root, "versions", &vs));
+	for (size_t i = 0; i < json_object_array_length(vs); i++) {
+		char vid[80];
+
+		v = json_object_array_get_idx(vs, i);
+		assert_true(json_object_object_get_ex(v, "name", &n));
+		assert_true(json_object_object_get_ex(v, "version", &ver));
+		snprintf(vid, sizeof(vid), "%s@%s", json_object_get_string(n),
+			 json_object_get_string(ver));
+		if (!strcmp(vid, id))
+			return v;
+	}
+	return NULL;
+}
+
+static void test_old_scheme_state(void **state)
+{
+	char sql[256], chat[256], sql3[256], sqlb[256], a0[300], a1[300], path[400], line[1024];
+	const char *args[] = { "--adapter", a0, "--adapter", a1, NULL };
+	struct json_object *root, *v, *x;
+	struct lorad_event fin;
+	struct rt_daemon d;
+	struct lorad *c;
+
+	(void)state;
+	copy_adapter(0, "old-sql", sql, sizeof(sql));
+	copy_adapter(0, "old-sqlb", sqlb, sizeof(sqlb));
+	copy_adapter(1, "old-chat", chat, sizeof(chat));
+	copy_adapter(3, "old-sql3", sql3, sizeof(sql3));
+	snprintf(a0, sizeof(a0), "sql@v1=%s", sql);
+	snprintf(a1, sizeof(a1), "chat@v1=%s", chat);
+	assert_int_equal(rt_daemon_init(&d), 0);
+	assert_int_equal(rt_daemon_start(&d, models.model, args), 0);
+	assert_int_equal(rt_daemon_stop(&d), 0);
+
+	/* what this daemon records: the tree, with its chunk size */
+	snprintf(path, sizeof(path), "%s/state.json", d.state);
+	root = json_object_from_file(path);
+	assert_non_null(root);
+	v = state_version(root, "sql@v1");
+	assert_non_null(v);
+	assert_true(json_object_object_get_ex(v, "hash_scheme", &x));
+	assert_string_equal(json_object_get_string(x), "sha256-tree");
+	assert_true(json_object_object_get_ex(v, "hash_chunk", &x));
+	assert_int_equal(json_object_get_int64(x), 1 << 20);
+
+	/* the state as a daemon before the tree wrote it */
+	for (int k = 0; k < 2; k++) {
+		char id[65], cfg[65], st[65];
+
+		v = state_version(root, k ? "chat@v1" : "sql@v1");
+		assert_non_null(v);
+		old_hashes(k ? chat : sql, id, cfg, st);
+		json_object_object_add(v, "sha256", json_object_new_string(id));
+		json_object_object_add(v, "config_sha256", json_object_new_string(cfg));
+		json_object_object_add(v, "weights_sha256", json_object_new_string(st));
+		json_object_object_del(v, "hash_scheme");
+		json_object_object_del(v, "hash_chunk");
+	}
+	assert_int_equal(json_object_to_file_ext(path, root, JSON_C_TO_STRING_PLAIN), 0);
+	json_object_put(root);
+
+	/* it starts on it; the same files given again under the same ids are
+	 * the versions it has, compared under their own scheme */
+	assert_int_equal(rt_daemon_start(&d, models.model, args), 0);
+	assert_false(rt_log_has_now(&d, "registered with other files"));
+	snprintf(line, sizeof(line), "{\"cmd\":\"adapters_add\",\"id\":\"sql@v1\",\"path\":\"%s\"}", sqlb);
+	assert_true(rt_admin_ok(d.admin, line));
+	snprintf(line, sizeof(line), "{\"cmd\":\"adapters_add\",\"id\":\"sql@v1\",\"path\":\"%s\"}", sql3);
+	assert_true(admin_refused(d.admin, line, "sql@v1 is registered with other files"));
+
+	/* both old versions load, verified with plain SHA-256 */
+	assert_int_equal(lorad_connect(d.sock, NULL, &c), 0);
+	assert_int_equal(generate(c, "sql", &fin), 0);
+	assert_int_equal(fin.res, 0);
+	assert_int_equal(fin.version, rt_vid_of(d.admin, "sql@v1"));
+	/* one of them changed on disk: that load fails, naming the file */
+	flip_byte(chat, -1);
+	assert_int_equal(generate(c, "chat", &fin), 0);
+	assert_int_equal(fin.res, -EBADMSG);
+	assert_true(rt_log_has(&d, "adapter chat@v1 not loaded"));
+	snprintf(line, sizeof(line), "%s/adapter_model.safetensors: changed since it was registered "
+		 "(sha256 ", chat);
+	assert_true(rt_log_has(&d, line));
+	/* and the daemon serves on */
+	assert_int_equal(generate(c, "sql", &fin), 0);
+	assert_int_equal(fin.res, 0);
+	assert_int_equal(generate(c, "base", &fin), 0);
+	assert_int_equal(fin.res, 0);
+
+	/* a new version beside them gets the tree; the old ones are written
+	 * back as they were */
+	snprintf(line, sizeof(line), "{\"cmd\":\"adapters_add\",\"id\":\"sql@v3\",\"path\":\"%s\"}", sql3);
+	assert_true(rt_admin_ok(d.admin, line));
+	assert_true(rt_admin_ok(d.admin, "{\"cmd\":\"route_rollout\",\"skill\":\"sql\",\"version\":\"sql@v3\",\"percent\":\"100\"}"));
+	assert_int_equal(generate(c, "sql", &fin), 0);
+	assert_int_equal(fin.res, 0);
+	assert_int_equal(fin.version, rt_vid_of(d.admin, "sql@v3"));
+	lorad_close(c);
+	root = json_object_from_file(path);
+	assert_non_null(root);
+	assert_false(json_object_object_get_ex(state_version(root, "sql@v1"), "hash_scheme", NULL));
+	assert_false(json_object_object_get_ex(state_version(root, "chat@v1"), "hash_chunk", NULL));
+	assert_true(json_object_object_get_ex(state_version(root, "sql@v3"), "hash_scheme", &x));
+	assert_string_equal(json_object_get_string(x), "sha256-tree");
+	json_object_put(root);
+	assert_int_equal(rt_daemon_stop(&d), 0);
+	rt_daemon_cleanup(&d);
+}
+
 static int setup(void **state)
 {
 	(void)state;
@@ -265,6 +427,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_registry_in_process),
 		cmocka_unit_test(test_registry_daemon),
+		cmocka_unit_test(test_old_scheme_state),
 	};
 
 	signal(SIGPIPE, SIG_IGN);

@@ -1,0 +1,90 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * chash.h — the content hash of adapter files: one scheme, hashed in
+ * chunks that are independent of each other, so that the loader can hash
+ * each chunk on a worker thread the moment its reads complete.
+ *
+ * Scheme "sha256-tree" (CHASH_TREE), recorded for every version registered
+ * since it exists. A file of L bytes is cut into n = ceil(L / C) chunks of
+ * C bytes (the last one holds the remaining L - (n-1)·C bytes; an empty
+ * file has no chunk):
+ *
+ *     D_i  = SHA-256(bytes [i·C, min((i+1)·C, L)))          for i < n
+ *     root = SHA-256(u64le(L) ‖ u64le(C) ‖ D_0 ‖ D_1 ‖ … ‖ D_{n-1})
+ *
+ * u64le is the 8-byte little-endian encoding. L and C in the root make a
+ * file's root depend on how it was cut: a truncated or extended file, or
+ * the same bytes under another chunk size, give another root. C is recorded
+ * with the version (state.json "hash_chunk"); CHASH_CHUNK is what new
+ * registrations use: 1 MiB, the loader's read size, so a chunk can be
+ * hashed as soon as its one read completes, and what the hash adds after
+ * the last read is about one chunk's hashing (~0.7 ms at 1.5 GB/s) — 4 MiB
+ * would add ~3 ms, 17 % of a 32 MB adapter's read on a 2 GB/s disk. The
+ * digests cost 32 bytes per MiB (8 KiB for a 256 MiB file).
+ *
+ * Scheme "sha256" (CHASH_SHA256): the plain SHA-256 of the whole file, what
+ * versions registered before the tree record (state.json without
+ * "hash_scheme"). It can only be computed in file order, by one thread;
+ * those versions are still verified with it.
+ *
+ * A version's identity (its "sha256" in state.json, whose first 12 hex
+ * digits name a version registered without one) covers both of its files:
+ *
+ *     SHA-256("adapter_config.json\0" ‖ X_cfg ‖ "adapter_model.safetensors\0" ‖ X_st)
+ *
+ * where X is the file's root under CHASH_TREE and, under CHASH_SHA256, the
+ * file's bytes themselves (the old definition, unchanged).
+ *
+ * SHA-256 comes from OpenSSL's libcrypto (EVP), which uses the CPU's SHA
+ * extensions where it has them.
+ */
+#ifndef LORAD_CHASH_H
+#define LORAD_CHASH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum chash_scheme {
+	CHASH_SHA256 = 0, /* "sha256": plain SHA-256 of the file (versions registered before the tree) */
+	CHASH_TREE = 1,   /* "sha256-tree": the chunk tree above */
+};
+
+#define CHASH_CHUNK     (1u << 20) /* C for new registrations */
+#define CHASH_CHUNK_MIN (4u << 10) /* the chunk sizes a recorded C may have: powers of two */
+#define CHASH_CHUNK_MAX (1u << 30)
+
+/* "sha256" or "sha256-tree". */
+const char *chash_name(enum chash_scheme s);
+
+/* The scheme called @name; -EINVAL when there is none. */
+int chash_parse(const char *name, enum chash_scheme *out);
+
+/* True for a chunk size a tree may be recorded with. */
+bool chash_chunk_ok(uint64_t chunk);
+
+/* Chunks of a file of @len bytes: ceil(len / chunk). */
+uint64_t chash_nchunks(uint64_t len, uint32_t chunk);
+
+/* SHA-256 of @n bytes. Returns 0 or -EIO/-ENOMEM. */
+int chash_sha256(const void *p, size_t n, uint8_t out[32]);
+
+/* The root from a file's length, its chunk size and its chunk digests
+ * (chash_nchunks(len, chunk) of them). Returns 0 or -errno. */
+int chash_root(uint64_t len, uint32_t chunk, const uint8_t (*dig)[32], uint8_t out[32]);
+
+/* The digest of @len bytes in memory under @s (chunk: for CHASH_TREE), on
+ * the calling thread. Returns 0 or -errno. */
+int chash_mem(enum chash_scheme s, uint32_t chunk, const void *p, size_t len, uint8_t out[32]);
+
+/* The same for a file, read with plain reads; *size (may be NULL) gets its length. */
+int chash_file(enum chash_scheme s, uint32_t chunk, const char *path, uint8_t out[32],
+	       uint64_t *size);
+
+/* A version's identity from its two files' X (see above): @x[k] of @len[k] bytes. */
+int chash_identity(const void *const x[2], const size_t len[2], uint8_t out[32]);
+
+/* Lower-case hex of a 32-byte digest into out[65]. */
+void chash_hex(const uint8_t d[32], char out[65]);
+
+#endif

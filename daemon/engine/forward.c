@@ -316,86 +316,103 @@ static int reserve_lora(struct fwd *f, const struct fwd_seg *segs, int n_segs)
 	return 0;
 }
 
+/* The dtype an adapter's matrices keep on the backend: the file's 16-bit
+ * type when every tensor has it and the backend keeps it (the round trip
+ * through fp32 is exact), else fp32. */
+static enum be_dtype adapter_dtype(struct fwd *f, const struct adapter *ad)
+{
+	unsigned caps = be_caps(f->be);
+	int i, dt = ad->n_mod ? be_dtype_of(ad->mod[0].a->dtype) : BE_F32;
+
+	for (i = 0; i < ad->n_mod; i++)
+		if (be_dtype_of(ad->mod[i].a->dtype) != dt || be_dtype_of(ad->mod[i].b->dtype) != dt)
+			return BE_F32;
+	if ((dt == BE_BF16 && (caps & BE_CAP_BF16)) || (dt == BE_F16 && (caps & BE_CAP_F16)))
+		return (enum be_dtype)dt;
+	return BE_F32;
+}
+
+/*
+ * An adapter is one backend allocation: every module's A [rank, in] and
+ * Bᵀ [rank, out] back to back, each at its own rank (nothing padded, no
+ * fragments), laid out once in pinned host memory and sent in one copy on
+ * the copy queue, so a running step is not waited for. The modules are
+ * views into it.
+ */
 int fwd_adapter_build(struct fwd *f, const struct adapter *ad, struct fwd_adapter **out,
 		      char *err, size_t errlen)
 {
 	struct fwd_adapter *a = calloc(1, sizeof(*a));
-	float *ta = NULL, *tb = NULL, *bt = NULL;
-	struct be_event *done = be_event_new(f->be);
-	unsigned caps = be_caps(f->be);
-	size_t cap = 0;
+	enum be_dtype dt = adapter_dtype(f, ad);
+	size_t es = be_dtype_size(dt), total = 0, big = 0, off = 0;
+	float *ta = NULL, *tb = NULL;
+	unsigned char *stage = NULL;
+	struct be_event *done = NULL;
 	int rc = -ENOMEM, i;
 
-	if (!a || !done || !(a->mod = calloc((size_t)f->c.n_layers * N_PROJ, sizeof(*a->mod))))
+	if (!a || !(a->mod = calloc((size_t)f->c.n_layers * N_PROJ, sizeof(*a->mod))))
+		goto nomem;
+	for (i = 0; i < ad->n_mod; i++) {
+		size_t na = (size_t)ad->mod[i].rank * ad->mod[i].in;
+		size_t nb = (size_t)ad->mod[i].rank * ad->mod[i].out;
+		total += na + nb;
+		big = na > big ? na : big;
+		big = nb > big ? nb : big;
+	}
+	ta = malloc((big ? big : 1) * sizeof(float));
+	tb = malloc((big ? big : 1) * sizeof(float));
+	stage = be_host_alloc(f->be, (total ? total : 1) * es);
+	done = be_event_new(f->be);
+	a->blob = be_alloc_ex(f->be, total ? total : 1, dt, 0);
+	if (!ta || !tb || !stage || !done || !a->blob)
 		goto nomem;
 	for (i = 0; i < ad->n_mod; i++) {
 		const struct adapter_module *m = &ad->mod[i];
 		struct fwd_lora *lo = &a->mod[(size_t)m->layer * N_PROJ + m->proj];
-		size_t na = (size_t)m->rank * m->in, nb = (size_t)m->rank * m->out, big;
-		int o, q, dt;
-		big = na > nb ? na : nb;
-		/* the copies of the module before must have left ta and bt */
-		if ((rc = be_event_sync(f->be, done)) < 0)
-			goto err;
-		if (big > cap) {
-			free(ta);
-			free(tb);
-			free(bt);
-			ta = malloc(big * sizeof(float));
-			tb = malloc(big * sizeof(float));
-			bt = malloc(big * sizeof(float));
-			if (!ta || !tb || !bt)
-				goto nomem;
-			cap = big;
-		}
+		size_t na = (size_t)m->rank * m->in, nb = (size_t)m->rank * m->out;
+		int o, q;
 		if ((rc = adapter_module_f32(ad, m, ta, tb, err, errlen)) < 0)
 			goto err;
-		for (o = 0; o < m->out; o++) /* B [out, r] -> Bᵀ [r, out] */
-			for (q = 0; q < m->rank; q++)
-				bt[(size_t)q * m->out + o] = tb[(size_t)o * m->rank + q];
-		/* kept in the file's 16-bit type where the backend has it (the
-		 * round trip through fp32 is exact); on the copy queue, so a
-		 * running step is not waited for */
-		dt = be_dtype_of(m->a->dtype);
-		if (!((dt == BE_BF16 && (caps & BE_CAP_BF16)) || (dt == BE_F16 && (caps & BE_CAP_F16))) ||
-		    m->b->dtype != m->a->dtype)
-			dt = BE_F32;
-		lo->a = be_alloc_ex(f->be, na, (enum be_dtype)dt, 0);
-		lo->bt = be_alloc_ex(f->be, nb, (enum be_dtype)dt, 0);
+		/* A as it is; B [out, r] -> Bᵀ [r, out], row by row of Bᵀ */
+		dt_from_f32(stage + off * es, dt, ta, na);
+		for (q = 0; q < m->rank; q++) {
+			float *row = ta; /* A is in the stage now: ta is free */
+			for (o = 0; o < m->out; o++)
+				row[o] = tb[(size_t)o * m->rank + q];
+			dt_from_f32(stage + (off + na + (size_t)q * m->out) * es, dt, row, (size_t)m->out);
+		}
+		lo->a = be_view(f->be, a->blob, off, na);
+		lo->bt = be_view(f->be, a->blob, off + na, nb);
 		if (!lo->a || !lo->bt)
 			goto nomem;
-		if ((rc = be_upload_as(f->be, BE_Q_COPY, lo->a, 0, ta, BE_F32, na)) < 0 ||
-		    (rc = be_upload_as(f->be, BE_Q_COPY, lo->bt, 0, bt, BE_F32, nb)) < 0 ||
-		    (rc = be_event_record(f->be, done, BE_Q_COPY)) < 0) {
-			rc = err_fail(err, errlen, rc, "%s: upload of the adapter failed", ad->dir);
-			goto err;
-		}
 		lo->rank = m->rank;
 		lo->scale = m->scale;
 		if (m->rank > a->max_rank)
 			a->max_rank = m->rank;
-		a->bytes += (na + nb) * be_dtype_size((enum be_dtype)dt);
+		off += na + nb;
 	}
-	/* resident when the copies have landed */
-	if ((rc = be_event_sync(f->be, done)) < 0) {
+	a->bytes = total * es;
+	if ((rc = be_upload_as(f->be, BE_Q_COPY, a->blob, 0, stage, dt, total)) < 0 ||
+	    (rc = be_event_record(f->be, done, BE_Q_COPY)) < 0 ||
+	    (rc = be_event_sync(f->be, done)) < 0) {
 		rc = err_fail(err, errlen, rc, "%s: upload of the adapter failed", ad->dir);
 		goto err;
 	}
 	be_event_free(f->be, done);
+	be_host_free(f->be, stage, (total ? total : 1) * es);
 	free(ta);
 	free(tb);
-	free(bt);
 	*out = a;
 	return 0;
 nomem:
 	rc = err_fail(err, errlen, -ENOMEM, "%s: out of memory for the adapter", ad->dir);
 err:
 	if (done)
-		be_event_sync(f->be, done); /* no copy may still read ta, bt */
+		be_event_sync(f->be, done); /* no copy may still read the stage */
 	be_event_free(f->be, done);
+	be_host_free(f->be, stage, (total ? total : 1) * es);
 	free(ta);
 	free(tb);
-	free(bt);
 	fwd_adapter_free(f, a);
 	return rc;
 }
@@ -411,6 +428,7 @@ void fwd_adapter_free(struct fwd *f, struct fwd_adapter *a)
 			be_free(f->be, a->mod[i].a);
 			be_free(f->be, a->mod[i].bt);
 		}
+	be_free(f->be, a->blob);
 	free(a->mod);
 	free(a);
 }

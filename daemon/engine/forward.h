@@ -33,6 +33,7 @@ struct fwd_lora {
 
 /* An adapter on the backend, each module at its own rank. */
 struct fwd_adapter {
+	struct be_buf *blob;  /* every matrix, back to back; mod[] are views into it */
 	struct fwd_lora *mod; /* [n_layers][N_PROJ] */
 	int max_rank;
 	size_t bytes;         /* backend bytes of its matrices */

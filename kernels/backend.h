@@ -174,6 +174,11 @@ struct be_ops {
 	struct be_buf *(*view)(struct be *be, struct be_buf *base, size_t off, size_t n);
 	void (*buf_free)(struct be *be, struct be_buf *b);
 	enum be_dtype (*buf_dtype)(const struct be_buf *b);
+	/* Where buffers are host memory (no BE_CAP_DEVICE_MEMORY): the address
+	 * of b's fp32 elements, to fill in place instead of uploading (the
+	 * resident copy is then the only copy). NULL for a weight matrix or
+	 * on a device. */
+	float *(*host_ptr)(struct be *be, struct be_buf *b);
 	/* Describes b (allocated with BE_BUF_EXPORT, or a view of one) for
 	 * another process. Returns 0, -ENOTSUP, or -errno. */
 	int (*export_buf)(struct be *be, const struct be_buf *b, struct be_export *out);
@@ -306,6 +311,7 @@ static inline struct be_buf *be_view(struct be *be, struct be_buf *base, size_t 
 static inline void be_free(struct be *be, struct be_buf *b) { if (b) be->ops->buf_free(be, b); }
 static inline enum be_dtype be_buf_dtype(struct be *be, const struct be_buf *b)
 { return be->ops->buf_dtype(b); }
+static inline float *be_host_ptr(struct be *be, struct be_buf *b) { return be->ops->host_ptr(be, b); }
 static inline int be_export(struct be *be, const struct be_buf *b, struct be_export *out)
 { return be->ops->export_buf(be, b, out); }
 /* Synchronous fp32 copies on the compute queue. */

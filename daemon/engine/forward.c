@@ -336,8 +336,9 @@ static enum be_dtype adapter_dtype(struct fwd *f, const struct adapter *ad)
  * An adapter is one backend allocation: every module's A [rank, in] and
  * Bᵀ [rank, out] back to back, each at its own rank (nothing padded, no
  * fragments), laid out once in pinned host memory and sent in one copy on
- * the copy queue, so a running step is not waited for. The modules are
- * views into it.
+ * the copy queue, so a running step is not waited for. Where buffers are
+ * host memory (the CPU) the matrices are written in place: the resident
+ * copy is the only copy. The modules are views into it.
  */
 int fwd_adapter_build(struct fwd *f, const struct adapter *ad, struct fwd_adapter **out,
 		      char *err, size_t errlen)
@@ -345,7 +346,7 @@ int fwd_adapter_build(struct fwd *f, const struct adapter *ad, struct fwd_adapte
 	struct fwd_adapter *a = calloc(1, sizeof(*a));
 	enum be_dtype dt = adapter_dtype(f, ad);
 	size_t es = be_dtype_size(dt), total = 0, big = 0, off = 0;
-	float *ta = NULL, *tb = NULL;
+	float *ta = NULL, *tb = NULL, *direct = NULL;
 	unsigned char *stage = NULL;
 	struct be_event *done = NULL;
 	int rc = -ENOMEM, i;
@@ -359,28 +360,41 @@ int fwd_adapter_build(struct fwd *f, const struct adapter *ad, struct fwd_adapte
 		big = na > big ? na : big;
 		big = nb > big ? nb : big;
 	}
-	ta = malloc((big ? big : 1) * sizeof(float));
-	tb = malloc((big ? big : 1) * sizeof(float));
-	stage = be_host_alloc(f->be, (total ? total : 1) * es);
-	done = be_event_new(f->be);
 	a->blob = be_alloc_ex(f->be, total ? total : 1, dt, 0);
-	if (!ta || !tb || !stage || !done || !a->blob)
+	if (!a->blob)
+		goto nomem;
+	if (dt == BE_F32)
+		direct = be_host_ptr(f->be, a->blob);
+	tb = malloc((big ? big : 1) * sizeof(float));
+	if (!direct) {
+		ta = malloc((big ? big : 1) * sizeof(float));
+		stage = be_host_alloc(f->be, (total ? total : 1) * es);
+		done = be_event_new(f->be);
+	}
+	if (!tb || (!direct && (!ta || !stage || !done)))
 		goto nomem;
 	for (i = 0; i < ad->n_mod; i++) {
 		const struct adapter_module *m = &ad->mod[i];
 		struct fwd_lora *lo = &a->mod[(size_t)m->layer * N_PROJ + m->proj];
 		size_t na = (size_t)m->rank * m->in, nb = (size_t)m->rank * m->out;
 		int o, q;
-		if ((rc = adapter_module_f32(ad, m, ta, tb, err, errlen)) < 0)
+		float *at = direct ? direct + off : ta, *btt = direct ? direct + off + na : ta;
+		if ((rc = adapter_module_f32(ad, m, at, tb, err, errlen)) < 0)
 			goto err;
-		/* A as it is; B [out, r] -> Bᵀ [r, out], row by row of Bᵀ */
-		dt_from_f32(stage + off * es, dt, ta, na);
-		for (q = 0; q < m->rank; q++) {
-			float *row = ta; /* A is in the stage now: ta is free */
-			for (o = 0; o < m->out; o++)
-				row[o] = tb[(size_t)o * m->rank + q];
-			dt_from_f32(stage + (off + na + (size_t)q * m->out) * es, dt, row, (size_t)m->out);
-		}
+		/* A as it is; B [out, r] -> Bᵀ [r, out] in 32 x 32 tiles (a rank
+		 * of hundreds would otherwise miss the cache on every read) */
+		if (!direct)
+			dt_from_f32(stage + off * es, dt, ta, na);
+		for (o = 0; o < m->out; o += 32)
+			for (q = 0; q < m->rank; q += 32) {
+				int oe = o + 32 < m->out ? o + 32 : m->out;
+				int qe = q + 32 < m->rank ? q + 32 : m->rank;
+				for (int oo = o; oo < oe; oo++)
+					for (int qq = q; qq < qe; qq++)
+						btt[(size_t)qq * m->out + oo] = tb[(size_t)oo * m->rank + qq];
+			}
+		if (!direct)
+			dt_from_f32(stage + (off + na) * es, dt, ta, nb);
 		lo->a = be_view(f->be, a->blob, off, na);
 		lo->bt = be_view(f->be, a->blob, off + na, nb);
 		if (!lo->a || !lo->bt)
@@ -392,9 +406,9 @@ int fwd_adapter_build(struct fwd *f, const struct adapter *ad, struct fwd_adapte
 		off += na + nb;
 	}
 	a->bytes = total * es;
-	if ((rc = be_upload_as(f->be, BE_Q_COPY, a->blob, 0, stage, dt, total)) < 0 ||
-	    (rc = be_event_record(f->be, done, BE_Q_COPY)) < 0 ||
-	    (rc = be_event_sync(f->be, done)) < 0) {
+	if (!direct && ((rc = be_upload_as(f->be, BE_Q_COPY, a->blob, 0, stage, dt, total)) < 0 ||
+			(rc = be_event_record(f->be, done, BE_Q_COPY)) < 0 ||
+			(rc = be_event_sync(f->be, done)) < 0)) {
 		rc = err_fail(err, errlen, rc, "%s: upload of the adapter failed", ad->dir);
 		goto err;
 	}

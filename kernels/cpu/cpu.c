@@ -79,6 +79,9 @@ struct cpu_be {
  * the stack). */
 #define BE_CPU_MAX_BLOCK 256
 
+/* Buffers from this size on are mapped pages of their own. */
+#define CPU_MMAP_BYTES ((size_t)1 << 20)
+
 /* A shareable buffer: a memfd mapped here, which export_buf hands out. */
 static int alloc_shared(struct be_buf *b, size_t bytes)
 {
@@ -115,6 +118,13 @@ static struct be_buf *cpu_alloc(struct be *be, size_t n, enum be_dtype t, unsign
 	if (flags & BE_BUF_EXPORT) {
 		if (alloc_shared(b, bytes) < 0) /* a fresh memfd reads as zeros */
 			goto err;
+	} else if (bytes >= CPU_MMAP_BYTES) {
+		/* fresh pages are zero: no pass over memory the caller fills anyway */
+		void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (p == MAP_FAILED)
+			goto err;
+		b->p = p;
+		b->map_bytes = bytes;
 	} else {
 		if (!(b->p = aligned_alloc(64, bytes)))
 			goto err;
@@ -165,11 +175,19 @@ static void cpu_buf_free(struct be *be, struct be_buf *b)
 		if (b->fd >= 0) {
 			munmap(b->p, b->map_bytes);
 			close(b->fd);
+		} else if (b->map_bytes) {
+			munmap(b->p, b->map_bytes);
 		} else {
 			free(b->p);
 		}
 	}
 	free(b);
+}
+
+static float *cpu_host_ptr(struct be *be, struct be_buf *b)
+{
+	(void)be;
+	return b->wn ? NULL : b->p;
 }
 
 static enum be_dtype cpu_buf_dtype(const struct be_buf *b)
@@ -995,6 +1013,7 @@ static const struct be_ops cpu_ops = {
 	.view = cpu_view,
 	.buf_free = cpu_buf_free,
 	.buf_dtype = cpu_buf_dtype,
+	.host_ptr = cpu_host_ptr,
 	.export_buf = cpu_export,
 	.upload = cpu_upload,
 	.download = cpu_download,

@@ -216,6 +216,13 @@ static void cu_buf_free(struct be *be, struct be_buf *b)
 	free(b);
 }
 
+static float *cu_host_ptr(struct be *be, struct be_buf *b)
+{
+	(void)be;
+	(void)b;
+	return NULL; /* device memory */
+}
+
 static enum be_dtype cu_buf_dtype(const struct be_buf *b)
 {
 	return b->dt;
@@ -1341,6 +1348,7 @@ static const struct be_ops cuda_ops = {
 	.view = cu_view,
 	.buf_free = cu_buf_free,
 	.buf_dtype = cu_buf_dtype,
+	.host_ptr = cu_host_ptr,
 	.export_buf = cu_export,
 	.upload = cu_upload,
 	.download = cu_download,

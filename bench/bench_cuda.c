@@ -440,13 +440,14 @@ static void upload_case(const char *what, const size_t *sz, int n_t, int reps)
 	struct be_buf **dst = calloc((size_t)n_t, sizeof(*dst)), *whole;
 	struct be_event *e = be_event_new(g.be);
 	double *tq = calloc((size_t)reps, sizeof(double)), *tb = calloc((size_t)reps, sizeof(double));
+	double *tp = calloc((size_t)reps, sizeof(double));
 	int i, r, rc = 0;
 
 	for (i = 0; i < n_t; i++)
 		total += sz[i];
 	pin = be_host_alloc(g.be, total * 2);
 	whole = be_alloc_ex(g.be, total, BE_BF16, 0);
-	if (!pin || !whole || !e || !dst || !tq || !tb) {
+	if (!pin || !whole || !e || !dst || !tq || !tb || !tp) {
 		fprintf(stderr, "bench_cuda: out of memory for the upload case %s\n", what);
 		goto out;
 	}
@@ -467,6 +468,13 @@ static void upload_case(const char *what, const size_t *sz, int n_t, int reps)
 		rc |= be_upload_as(g.be, BE_Q_COMPUTE, whole, 0, pin, BE_BF16, total);
 		if (r >= 0)
 			tb[r] = now() - t;
+		/* packed: all of it in one copy on the copy queue, as the engine does */
+		t = now();
+		rc |= be_upload_as(g.be, BE_Q_COPY, whole, 0, pin, BE_BF16, total);
+		rc |= be_event_record(g.be, e, BE_Q_COPY);
+		rc |= be_event_sync(g.be, e);
+		if (r >= 0)
+			tp[r] = now() - t;
 	}
 	if (rc) {
 		fprintf(stderr, "bench_cuda: an upload failed (%s)\n", what);
@@ -474,12 +482,15 @@ static void upload_case(const char *what, const size_t *sz, int n_t, int reps)
 	}
 	qsort(tq, (size_t)reps, sizeof(double), cmp_d);
 	qsort(tb, (size_t)reps, sizeof(double), cmp_d);
+	qsort(tp, (size_t)reps, sizeof(double), cmp_d);
 	printf("{\"bench\":\"cuda\",\"measure\":\"upload\",\"what\":\"%s\",\"tensors\":%d,\"bytes\":%zu,"
 	       "\"copy_queue_gbs\":%.2f,\"bare_gbs\":%.2f,\"ratio_vs_bare\":%.4f,\"target\":0.8,"
 	       "\"bare\":\"one be_upload_as on BE_Q_COMPUTE from the same be_host_alloc memory\","
 	       "\"reps\":%d",
 	       what, n_t, total * 2, total * 2 / tq[reps / 2] / 1e9, total * 2 / tb[reps / 2] / 1e9,
 	       tb[reps / 2] / tq[reps / 2], reps);
+	printf(",\"packed_copy_queue_gbs\":%.2f,\"ratio_packed_vs_bare\":%.4f",
+	       total * 2 / tp[reps / 2] / 1e9, tb[reps / 2] / tp[reps / 2]);
 	row_end();
 out:
 	if (dst)
@@ -489,6 +500,61 @@ out:
 	be_free(g.be, whole);
 	be_host_free(g.be, pin, total * 2);
 	be_event_free(g.be, e);
+	free(tq);
+	free(tb);
+	free(tp);
+}
+
+static char ad0_path[8192];
+
+/* The engine's own path for one adapter: opened (its file mapped, as the
+ * host tier holds it), then fwd_adapter_build: the layout in pinned memory
+ * and one copy on the copy queue. Against a bare upload of the same bytes
+ * from pinned memory. Medians. */
+static void adapter_build_case(int reps)
+{
+	struct adapter *a = NULL;
+	struct fwd_adapter *fa = NULL;
+	char err[512];
+	double *tq = calloc((size_t)reps, sizeof(double)), *tb = calloc((size_t)reps, sizeof(double));
+	size_t bytes = g.ad[0]->bytes;
+	void *pin = be_host_alloc(g.be, bytes);
+	struct be_buf *whole = be_alloc_ex(g.be, bytes / 2, BE_BF16, 0);
+	int r, rc = 0;
+
+	if (!tq || !tb || !pin || !whole || adapter_open(ad0_path, &g.cfg, &a, err, sizeof(err)) < 0) {
+		fprintf(stderr, "bench_cuda: adapter_build case: %s\n", a ? "out of memory" : err);
+		goto out;
+	}
+	for (r = -1; r < reps && rc == 0; r++) {
+		double t = now();
+		rc = fwd_adapter_build(g.f, a, &fa, err, sizeof(err));
+		if (r >= 0)
+			tq[r] = now() - t;
+		fwd_adapter_free(g.f, fa);
+		fa = NULL;
+		t = now();
+		rc |= be_upload_as(g.be, BE_Q_COMPUTE, whole, 0, pin, BE_BF16, bytes / 2);
+		if (r >= 0)
+			tb[r] = now() - t;
+	}
+	if (rc) {
+		fprintf(stderr, "bench_cuda: adapter_build case failed: %s\n", err);
+		goto out;
+	}
+	qsort(tq, (size_t)reps, sizeof(double), cmp_d);
+	qsort(tb, (size_t)reps, sizeof(double), cmp_d);
+	printf("{\"bench\":\"cuda\",\"measure\":\"adapter_build\",\"what\":\"fwd_adapter_build of one "
+	       "rank-%d q/v adapter (host layout + one copy-queue upload)\",\"bytes\":%zu,"
+	       "\"build_ms\":%.3f,\"build_gbs\":%.2f,\"bare_gbs\":%.2f,\"ratio_vs_bare\":%.4f,"
+	       "\"reps\":%d",
+	       g.sh.rank, bytes, tq[reps / 2] * 1e3, bytes / tq[reps / 2] / 1e9, bytes / tb[reps / 2] / 1e9,
+	       tb[reps / 2] / tq[reps / 2], reps);
+	row_end();
+out:
+	adapter_close(a);
+	be_free(g.be, whole);
+	be_host_free(g.be, pin, bytes);
 	free(tq);
 	free(tb);
 }
@@ -513,6 +579,7 @@ static void measure_uploads(void)
 		big >>= 4;
 	snprintf(what, sizeof(what), "one %zu MiB buffer", big * 2 >> 20);
 	upload_case(what, &big, 1, g.quick ? 3 : 8);
+	adapter_build_case(g.quick ? 5 : 20);
 	free(sz);
 }
 
@@ -681,6 +748,8 @@ int main(int argc, char **argv)
 				goto out;
 			}
 			adapter_close(a);
+			if (i == 0)
+				snprintf(ad0_path, sizeof(ad0_path), "%s", path);
 			g.n_ad++;
 		}
 		tb = now() - tb;
@@ -730,10 +799,13 @@ int main(int argc, char **argv)
 		       "\"tokens_per_s\":%.1f,\"bytes_per_step\":%.0f,\"hbm_gbs\":%.1f,"
 		       "\"bytes_bound_tokens_per_s\":%.1f,\"ratio_vs_bytes_bound\":%.4f,"
 		       "\"ratio_vs_base\":%.4f,\"prefill_tokens_per_s\":%.1f,\"prompt\":%d,\"steps\":%d,"
-		       "\"rounds\":%d,\"sampling\":\"host argmax of downloaded logits\"",
+		       "\"rounds\":%d,\"sampling\":\"%s\",\"graphs\":%s",
 		       d[i].batch, d[i].n_ad, d[i].best_tps, bytes, g.hbm_gbs, bound,
 		       bound > 0 ? d[i].best_tps / bound : 0, base > 0 ? d[i].best_tps / base : 0,
-		       d[i].prefill_tps, PROMPT, g.steps, rounds);
+		       d[i].prefill_tps, PROMPT, g.steps, rounds,
+		       (be_caps(g.be) & BE_CAP_DEVICE_SAMPLE) ? "greedy on the device (be_sample)"
+							       : "host argmax of downloaded logits",
+		       (be_caps(g.be) & BE_CAP_GRAPHS) ? "true" : "false");
 		row_end();
 		fprintf(stderr, "decode batch %2d, %2d adapters: %9.1f tok/s, %.3f of the bytes bound, %.3f of base\n",
 			d[i].batch, d[i].n_ad, d[i].best_tps, bound > 0 ? d[i].best_tps / bound : 0,

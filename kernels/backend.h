@@ -43,6 +43,7 @@
 struct be;       /* a backend instance */
 struct be_buf;   /* a device buffer of one element type */
 struct be_event; /* a point in a queue that other queues or the host wait for */
+struct be_graph; /* recorded compute-queue work, replayed in one launch */
 
 /* Element types. The numbers are stable (tests and files name them). */
 enum be_dtype {
@@ -73,6 +74,7 @@ enum {
 	BE_CAP_F16             = 1u << 4, /* keeps BE_F16 buffers as f16 */
 	BE_CAP_EXPORT          = 1u << 5, /* BE_BUF_EXPORT buffers can go to another process */
 	BE_CAP_DEVICE_SAMPLE   = 1u << 6, /* be_sample runs where the logits are */
+	BE_CAP_GRAPHS          = 1u << 7, /* graph_begin/end/launch record and replay steps */
 };
 
 /* Flags of be_alloc_ex. */
@@ -268,6 +270,19 @@ struct be_ops {
 	 * 0 or the first error. */
 	int (*sample)(struct be *be, const struct be_buf *logits, int n, int vocab,
 		      const struct be_sample *p, int32_t *ids);
+
+	/* Graphs (BE_CAP_GRAPHS; else -ENOTSUP). The operations queued between
+	 * graph_begin and graph_end are recorded, not run; graph_launch
+	 * replays them with the same buffers and arguments in one launch. The
+	 * batch's arrays of set_batch are read again at every replay, so one
+	 * graph serves every step of one shape (rows, logit rows, LoRA
+	 * segments). graph_end: -EAGAIN when the recording failed (nothing
+	 * ran: queue the operations again without it). graph_launch: -ESTALE
+	 * when a buffer the graph uses was reallocated since (record again). */
+	int (*graph_begin)(struct be *be);
+	int (*graph_end)(struct be *be, struct be_graph **out);
+	int (*graph_launch)(struct be *be, struct be_graph *g);
+	void (*graph_free)(struct be *be, struct be_graph *g);
 };
 
 /* Every backend instance starts with this. */
@@ -343,6 +358,12 @@ static inline void be_host_free(struct be *be, void *p, size_t bytes)
 static inline int be_host_register(struct be *be, void *p, size_t bytes)
 { return be->ops->host_register(be, p, bytes); }
 static inline void be_host_unregister(struct be *be, void *p) { be->ops->host_unregister(be, p); }
+static inline int be_graph_begin(struct be *be) { return be->ops->graph_begin(be); }
+static inline int be_graph_end(struct be *be, struct be_graph **g) { return be->ops->graph_end(be, g); }
+static inline int be_graph_launch(struct be *be, struct be_graph *g)
+{ return be->ops->graph_launch(be, g); }
+static inline void be_graph_free(struct be *be, struct be_graph *g)
+{ if (g) be->ops->graph_free(be, g); }
 static inline int be_sample(struct be *be, const struct be_buf *logits, int n, int vocab,
 			    const struct be_sample *p, int32_t *ids)
 { return be->ops->sample(be, logits, n, vocab, p, ids); }

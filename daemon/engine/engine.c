@@ -697,6 +697,7 @@ int engine_adapter_unload(struct engine *e, int id)
 		return -ENOENT;
 	if (a->refs > 0)
 		return -EBUSY;
+	fwd_graphs_flush(e->fwd); /* a recorded step may name its buffers */
 	fwd_adapter_free(e->fwd, a->fa);
 	free(a);
 	e->ad[id - 1] = NULL;

@@ -24,6 +24,18 @@ struct fwd_layer {
 	struct be_buf *kc, *vc;   /* [n_blocks, block_size, KH·hd] */
 };
 
+/* A decode step's shape: its rows, and which rows use which adapter. */
+#define FWD_GRAPHS 16
+#define FWD_GRAPH_SEGS 64
+
+struct fwd_graph {
+	int used;                 /* 0: free slot */
+	int n_tokens, n_out, n_segs;
+	struct fwd_seg segs[FWD_GRAPH_SEGS];
+	struct be_graph *g;       /* NULL: seen once, not recorded yet */
+	uint64_t last;            /* graph_clock at its last use */
+};
+
 struct fwd {
 	struct be *be;
 	struct model_config c;
@@ -53,6 +65,11 @@ struct fwd {
 	int cap_lseg;
 	struct be_buf *h;         /* shrink output, packed per segment */
 	size_t cap_h;
+
+	/* decode steps recorded as graphs, by shape (graphs.c's idea, here) */
+	struct fwd_graph graphs[FWD_GRAPHS];
+	uint64_t graph_clock;
+	int use_graphs;           /* the backend has BE_CAP_GRAPHS */
 };
 
 
@@ -92,12 +109,22 @@ static int upload_tensor(struct fwd *f, const struct st_tensor *t, float *tmp, i
 	return 0;
 }
 
+/* Every recorded graph goes: the buffers or adapters it names change. */
+void fwd_graphs_flush(struct fwd *f)
+{
+	for (int i = 0; i < FWD_GRAPHS; i++) {
+		be_graph_free(f->be, f->graphs[i].g);
+		memset(&f->graphs[i], 0, sizeof(f->graphs[i]));
+	}
+}
+
 static void free_activations(struct fwd *f)
 {
 	struct be_buf **bufs[] = { &f->x,   &f->xn,  &f->q,    &f->k,  &f->v,      &f->att,
 				   &f->out, &f->gate, &f->up, &f->xo, &f->logits };
 	size_t i;
 
+	fwd_graphs_flush(f);
 	for (i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) {
 		be_free(f->be, *bufs[i]);
 		*bufs[i] = NULL;
@@ -153,6 +180,7 @@ int fwd_build(struct be *be, const struct model *m, int kv_blocks, int block_siz
 		return err_fail(err, errlen, -ENOMEM, "out of memory");
 	f->be = be;
 	f->c = *c;
+	f->use_graphs = (be_caps(be) & BE_CAP_GRAPHS) != 0;
 	f->q_dim = c->n_heads * c->head_dim;
 	f->kv_dim = c->n_kv_heads * c->head_dim;
 	f->layers = calloc((size_t)c->n_layers, sizeof(*f->layers));
@@ -306,6 +334,7 @@ static int reserve_lora(struct fwd *f, const struct fwd_seg *segs, int n_segs)
 		f->cap_lseg = n_segs;
 	}
 	if (need > f->cap_h) {
+		fwd_graphs_flush(f);
 		be_free(f->be, f->h);
 		f->cap_h = 0;
 		f->h = be_alloc(f->be, need + need / 2);
@@ -487,8 +516,9 @@ int fwd_merge(struct fwd *f, const struct adapter *ad, char *err, size_t errlen)
 	return rc;
 }
 
-int fwd_run(struct fwd *f, const struct be_batch *b, const struct fwd_seg *segs, int n_segs,
-	    float *logits)
+/* Every layer, then the norm and the head of the rows that want logits:
+ * the operations of one step, queued on the backend. */
+static void run_layers(struct fwd *f, const struct be_batch *b)
 {
 	const struct model_config *c = &f->c;
 	struct be *be = f->be;
@@ -499,15 +529,7 @@ int fwd_run(struct fwd *f, const struct be_batch *b, const struct fwd_seg *segs,
 		.sliding_window = c->sliding_window,
 		.scale = 1.0f / sqrtf((float)c->head_dim),
 	};
-	int T = b->n_tokens, l, rc;
-
-	if (T <= 0)
-		return 0;
-	if ((rc = reserve(f, T, b->n_out)) < 0 || (rc = reserve_lora(f, segs, segs ? n_segs : 0)) < 0 ||
-	    (rc = be_set_batch(be, b)) < 0)
-		return rc;
-	f->segs = segs;
-	f->n_segs = segs ? n_segs : 0;
+	int T = b->n_tokens, l;
 
 	be_embed(be, f->embed, c->hidden, f->x);                  /* x: [T, D] */
 	for (l = 0; l < c->n_layers; l++) {
@@ -534,13 +556,98 @@ int fwd_run(struct fwd *f, const struct be_batch *b, const struct fwd_seg *segs,
 		be_add(be, (size_t)T * c->hidden, f->x, f->out);
 	}
 	if (b->n_out == 0)
-		return be_sync(be);
+		return;
 	/* only the rows that need logits go through the norm and the head */
 	be_gather_rows(be, c->hidden, f->x, f->xo);               /* xo: [n_out, D] */
 	be_rmsnorm(be, b->n_out, c->hidden, f->xo, f->norm, c->rms_eps, f->xo);
 	be_gemm(be, b->n_out, c->vocab, c->hidden, f->xo, f->lm_head, f->logits, 0); /* [n_out, V] */
-	if (!logits)
-		return be_sync(be); /* they stay where they are, for fwd_sample */
+}
+
+/* The graph slot of a decode step's shape (one row per sequence), or NULL:
+ * other steps (prompt chunks) vary too much to be worth recording. A shape
+ * is recorded the second time it is seen; the least recently used slot
+ * makes room. */
+static struct fwd_graph *graph_slot(struct fwd *f, const struct be_batch *b,
+				    const struct fwd_seg *segs, int n_segs)
+{
+	struct fwd_graph *lru = &f->graphs[0];
+	int i;
+
+	if (!f->use_graphs || b->n_tokens != b->n_seqs || n_segs > FWD_GRAPH_SEGS)
+		return NULL;
+	f->graph_clock++;
+	for (i = 0; i < FWD_GRAPHS; i++) {
+		struct fwd_graph *g = &f->graphs[i];
+		if (g->used && g->n_tokens == b->n_tokens && g->n_out == b->n_out &&
+		    g->n_segs == n_segs && !memcmp(g->segs, segs, (size_t)n_segs * sizeof(*segs))) {
+			g->last = f->graph_clock;
+			return g;
+		}
+		if (!g->used || (lru->used && g->last < lru->last))
+			lru = g;
+	}
+	be_graph_free(f->be, lru->g);
+	memset(lru, 0, sizeof(*lru));
+	lru->used = 1;
+	lru->n_tokens = b->n_tokens;
+	lru->n_out = b->n_out;
+	lru->n_segs = n_segs;
+	if (n_segs)
+		memcpy(lru->segs, segs, (size_t)n_segs * sizeof(*segs));
+	lru->last = f->graph_clock;
+	lru->used = 2; /* new: runs plainly this once */
+	return lru;
+}
+
+/* The step through its graph: replayed, recorded now, or run plainly. */
+static int run_step(struct fwd *f, const struct be_batch *b, struct fwd_graph *g)
+{
+	int rc;
+
+	if (!g || g->used == 2) {
+		if (g)
+			g->used = 1;
+		run_layers(f, b);
+		return 0;
+	}
+	if (g->g) {
+		rc = be_graph_launch(f->be, g->g);
+		if (rc != -ESTALE)
+			return rc;
+		be_graph_free(f->be, g->g); /* a buffer moved: record again */
+		g->g = NULL;
+	}
+	if (be_graph_begin(f->be) < 0) {
+		run_layers(f, b);
+		return 0;
+	}
+	run_layers(f, b);
+	rc = be_graph_end(f->be, &g->g);
+	if (rc == -EAGAIN) {
+		run_layers(f, b); /* nothing ran: now plainly */
+		return 0;
+	}
+	return rc < 0 ? rc : be_graph_launch(f->be, g->g);
+}
+
+int fwd_run(struct fwd *f, const struct be_batch *b, const struct fwd_seg *segs, int n_segs,
+	    float *logits)
+{
+	const struct model_config *c = &f->c;
+	struct be *be = f->be;
+	int T = b->n_tokens, rc;
+
+	if (T <= 0)
+		return 0;
+	if ((rc = reserve(f, T, b->n_out)) < 0 || (rc = reserve_lora(f, segs, segs ? n_segs : 0)) < 0 ||
+	    (rc = be_set_batch(be, b)) < 0)
+		return rc;
+	f->segs = segs;
+	f->n_segs = segs ? n_segs : 0;
+	if ((rc = run_step(f, b, graph_slot(f, b, segs, f->n_segs))) < 0)
+		return rc;
+	if (b->n_out == 0 || !logits)
+		return be_sync(be); /* logits stay where they are, for fwd_sample */
 	return be_download(be, f->logits, 0, logits, (size_t)b->n_out * c->vocab);
 }
 

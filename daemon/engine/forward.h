@@ -55,6 +55,10 @@ int fwd_adapter_build(struct fwd *f, const struct adapter *ad, struct fwd_adapte
 		      char *err, size_t errlen);
 void fwd_adapter_free(struct fwd *f, struct fwd_adapter *a);
 
+/* Drops the recorded decode graphs (they name buffers and adapters): call
+ * it on the engine's thread before an installed adapter is freed. */
+void fwd_graphs_flush(struct fwd *f);
+
 /* Merges ad into the base weights, W += scale · B·A as PEFT's merge does
  * (for comparing merged and unmerged serving). Returns 0 or -errno. */
 int fwd_merge(struct fwd *f, const struct adapter *ad, char *err, size_t errlen);

@@ -985,6 +985,33 @@ static void cpu_host_unregister(struct be *be, void *p)
 	(void)p;
 }
 
+/* The CPU runs each op as it is queued: nothing to record. */
+static int cpu_graph_begin(struct be *be)
+{
+	(void)be;
+	return -ENOTSUP;
+}
+
+static int cpu_graph_end(struct be *be, struct be_graph **out)
+{
+	(void)be;
+	*out = NULL;
+	return -ENOTSUP;
+}
+
+static int cpu_graph_launch(struct be *be, struct be_graph *g)
+{
+	(void)be;
+	(void)g;
+	return -ENOTSUP;
+}
+
+static void cpu_graph_free(struct be *be, struct be_graph *g)
+{
+	(void)be;
+	(void)g;
+}
+
 static void cpu_destroy(struct be *be)
 {
 	struct cpu_be *c = CPU(be);
@@ -1042,6 +1069,10 @@ static const struct be_ops cpu_ops = {
 	.lora_shrink = cpu_lora_shrink,
 	.lora_expand = cpu_lora_expand,
 	.sample = cpu_sample,
+	.graph_begin = cpu_graph_begin,
+	.graph_end = cpu_graph_end,
+	.graph_launch = cpu_graph_launch,
+	.graph_free = cpu_graph_free,
 };
 
 int be_cpu_create(const struct be_cpu_opts *opts, struct be **out)

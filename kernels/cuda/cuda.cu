@@ -46,6 +46,11 @@ struct be_event {
 	cudaEvent_t ev;
 };
 
+struct be_graph {
+	cudaGraphExec_t exec;
+	unsigned gen;              /* cuda_be.gen when recorded */
+};
+
 struct cuda_be {
 	struct be be;
 	int dev;
@@ -57,10 +62,19 @@ struct cuda_be {
 	/* the step: host view and device copies of the batch's arrays */
 	int n_tokens, n_seqs, n_out, max_blocks, block_size;
 	int32_t *meta_h;           /* pinned staging [meta_cap] */
-	int32_t *meta_d;           /* [meta_cap]: tokens, pos, seq, block_table, out_rows */
+	int32_t *meta_d;           /* [meta_cap]: max_blocks, tokens, pos, seq, out_rows,
+				    * block_table: every offset but the table's
+				    * depends on the rows alone, and the table's
+				    * stride is read on the device, so a recorded
+				    * graph replays any step of its shape */
 	size_t meta_cap;
 	cudaEvent_t meta_copied;   /* meta_h may be written again once passed */
-	const int32_t *d_tokens, *d_pos, *d_seq, *d_bt, *d_out;
+	const int32_t *d_hdr, *d_tokens, *d_pos, *d_seq, *d_bt, *d_out;
+
+	/* graphs */
+	void *blas_ws;             /* cuBLAS's workspace, fixed, for recording */
+	unsigned gen;              /* bumped when meta_d or xh move */
+	int capturing, capture_bad;
 
 	void *xh;                  /* x in a weight's 16-bit type, for the GEMM */
 	size_t xh_bytes;
@@ -76,6 +90,8 @@ struct cuda_be {
 };
 
 #define CB(be) ((struct cuda_be *)(be))
+
+#define CUDA_BLAS_WS ((size_t)32 << 20)
 
 /* ---- errors ---------------------------------------------------------- */
 
@@ -456,7 +472,7 @@ static int cu_set_batch(struct be *be, const struct be_batch *b)
 {
 	struct cuda_be *c = CB(be);
 	size_t nt = (size_t)b->n_tokens, nbt = (size_t)b->n_seqs * b->max_blocks;
-	size_t need = 3 * nt + nbt + (size_t)b->n_out, o = 0;
+	size_t need = 1 + 3 * nt + nbt + (size_t)b->n_out, o = 0;
 	int rc;
 
 	if (b->block_size < 1 || b->n_tokens < 0 || b->n_out < 0 || b->n_seqs < 0)
@@ -468,7 +484,7 @@ static int cu_set_batch(struct be *be, const struct be_batch *b)
 	if ((rc = CK(c, cudaEventSynchronize(c->meta_copied))) < 0)
 		return rc;
 	if (need > c->meta_cap) {
-		size_t cap = need + need / 2 + 1024;
+		size_t cap = 2 * need + 4096; /* room to grow: a move costs the graphs */
 		cudaFreeHost(c->meta_h);
 		cudaFree(c->meta_d);
 		c->meta_h = NULL;
@@ -478,16 +494,18 @@ static int cu_set_batch(struct be *be, const struct be_batch *b)
 		    (rc = CK(c, cudaMalloc((void **)&c->meta_d, cap * 4))) < 0)
 			return rc;
 		c->meta_cap = cap;
+		c->gen++;
 	}
+	c->meta_h[0] = b->max_blocks, c->d_hdr = c->meta_d, o = 1;
 	memcpy(c->meta_h + o, b->tokens, nt * 4), c->d_tokens = c->meta_d + o, o += nt;
 	memcpy(c->meta_h + o, b->pos, nt * 4), c->d_pos = c->meta_d + o, o += nt;
 	memcpy(c->meta_h + o, b->seq, nt * 4), c->d_seq = c->meta_d + o, o += nt;
-	if (nbt)
-		memcpy(c->meta_h + o, b->block_table, nbt * 4);
-	c->d_bt = c->meta_d + o, o += nbt;
 	if (b->n_out)
 		memcpy(c->meta_h + o, b->out_rows, (size_t)b->n_out * 4);
 	c->d_out = c->meta_d + o, o += (size_t)b->n_out;
+	if (nbt)
+		memcpy(c->meta_h + o, b->block_table, nbt * 4);
+	c->d_bt = c->meta_d + o, o += nbt;
 	if ((rc = CK(c, cudaMemcpyAsync(c->meta_d, c->meta_h, o * 4, cudaMemcpyHostToDevice,
 					c->q[BE_Q_COMPUTE]))) < 0 ||
 	    (rc = CK(c, cudaEventRecord(c->meta_copied, c->q[BE_Q_COMPUTE]))) < 0)
@@ -563,7 +581,12 @@ static void cu_gemm(struct be *be, int m, int n, int k, const struct be_buf *x,
 		return;
 	}
 	need = (size_t)m * k * 2;
+	if (need > c->xh_bytes && c->capturing) {
+		c->capture_bad = 1; /* no allocation while recording: record again */
+		return;
+	}
 	if (need > c->xh_bytes) {
+		c->gen++;
 		cudaFree(c->xh); /* waits for the GEMMs that read it */
 		c->xh = NULL;
 		c->xh_bytes = 0;
@@ -680,11 +703,11 @@ __device__ __forceinline__ size_t kv_slot(const int32_t *bt, int max_blocks, int
 }
 
 __global__ void k_kv_store(int kv_dim, const float *k, const float *v, float *kc, float *vc,
-			   const int32_t *pos, const int32_t *seq, const int32_t *bt, int max_blocks,
+			   const int32_t *pos, const int32_t *seq, const int32_t *bt, const int32_t *hdr,
 			   int bs)
 {
 	int t = blockIdx.x;
-	size_t slot = kv_slot(bt, max_blocks, bs, seq[t], pos[t]);
+	size_t slot = kv_slot(bt, hdr[0], bs, seq[t], pos[t]);
 
 	for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
 		kc[slot * kv_dim + i] = k[(size_t)t * kv_dim + i];
@@ -701,7 +724,7 @@ static void cu_kv_store(struct be *be, int kv_dim, const struct be_buf *k,
 		return;
 	k_kv_store<<<(unsigned)c->n_tokens, 256, 0, STREAM(c)>>>(
 		kv_dim, (const float *)k->p, (const float *)v->p, (float *)kc->p, (float *)vc->p,
-		c->d_pos, c->d_seq, c->d_bt, c->max_blocks, c->block_size);
+		c->d_pos, c->d_seq, c->d_bt, c->d_hdr, c->block_size);
 	CKL(c, "k_kv_store");
 }
 
@@ -718,8 +741,9 @@ static void cu_kv_store(struct be *be, int kv_dim, const struct be_buf *k,
 __global__ void __launch_bounds__(ATT_THREADS)
 k_attention(int n_heads, int n_kv, int hd, int window, float scale, const float *q,
 	    const float *kc, const float *vc, float *out, const int32_t *pos, const int32_t *seq,
-	    const int32_t *bt, int max_blocks, int bs)
+	    const int32_t *bt, const int32_t *hdr, int bs)
 {
+	const int max_blocks = hdr[0];
 	__shared__ float qs[ATT_MAX_HD];
 	__shared__ float sc[ATT_TILE];
 	int t = blockIdx.x, h = blockIdx.y, kvh = h / (n_heads / n_kv);
@@ -787,7 +811,7 @@ static void cu_attention(struct be *be, const struct be_attn *a, const struct be
 	k_attention<<<dim3((unsigned)c->n_tokens, (unsigned)a->n_heads), ATT_THREADS, 0, STREAM(c)>>>(
 		a->n_heads, a->n_kv_heads, a->head_dim, a->sliding_window, a->scale,
 		(const float *)q->p, (const float *)kc->p, (const float *)vc->p, (float *)out->p,
-		c->d_pos, c->d_seq, c->d_bt, c->max_blocks, c->block_size);
+		c->d_pos, c->d_seq, c->d_bt, c->d_hdr, c->block_size);
 	CKL(c, "k_attention");
 }
 
@@ -1288,6 +1312,79 @@ static int cu_sample(struct be *be, const struct be_buf *logits, int n, int voca
 	return 0;
 }
 
+/* ---- graphs ------------------------------------------------------------- */
+
+/* Recording is local to this thread: the builder may allocate and copy on
+ * its own thread meanwhile. */
+static int cu_graph_begin(struct cuda_be *c)
+{
+	enter(c);
+	if (c->error)
+		return c->error;
+	c->capture_bad = 0;
+	if (CK(c, cudaStreamBeginCapture(STREAM(c), cudaStreamCaptureModeThreadLocal)) < 0)
+		return -EIO;
+	c->capturing = 1;
+	return 0;
+}
+
+static int cu_graph_begin_op(struct be *be)
+{
+	return cu_graph_begin(CB(be));
+}
+
+static int cu_graph_end(struct be *be, struct be_graph **out)
+{
+	struct cuda_be *c = CB(be);
+	struct be_graph *g;
+	cudaGraph_t graph = NULL;
+	cudaError_t e;
+	int rc;
+
+	*out = NULL;
+	enter(c);
+	e = cudaStreamEndCapture(STREAM(c), &graph);
+	c->capturing = 0;
+	if (e != cudaSuccess || c->capture_bad || c->error) {
+		(void)cudaGetLastError();
+		if (graph)
+			cudaGraphDestroy(graph);
+		return c->error ? c->error : -EAGAIN;
+	}
+	if (!(g = (struct be_graph *)calloc(1, sizeof(*g)))) {
+		cudaGraphDestroy(graph);
+		return -ENOMEM;
+	}
+	rc = CK(c, cudaGraphInstantiate(&g->exec, graph, 0));
+	cudaGraphDestroy(graph);
+	if (rc < 0) {
+		free(g);
+		return rc;
+	}
+	g->gen = c->gen;
+	*out = g;
+	return 0;
+}
+
+static int cu_graph_launch(struct be *be, struct be_graph *g)
+{
+	struct cuda_be *c = CB(be);
+
+	if (g->gen != c->gen)
+		return -ESTALE;
+	if (c->error)
+		return c->error;
+	enter(c);
+	return CK(c, cudaGraphLaunch(g->exec, STREAM(c)));
+}
+
+static void cu_graph_free(struct be *be, struct be_graph *g)
+{
+	enter(CB(be));
+	cudaGraphExecDestroy(g->exec);
+	free(g);
+}
+
 /* ---- the instance -------------------------------------------------------- */
 
 static void cu_info(struct be *be, struct be_info *out, size_t *mem_free)
@@ -1299,7 +1396,7 @@ static void cu_info(struct be *be, struct be_info *out, size_t *mem_free)
 	out->name = "cuda";
 	/* cuBLAS picks its kernels by shape: no batch invariance */
 	out->caps = BE_CAP_ASYNC_COPY | BE_CAP_DEVICE_MEMORY | BE_CAP_BF16 | BE_CAP_F16 |
-		    BE_CAP_EXPORT | BE_CAP_DEVICE_SAMPLE;
+		    BE_CAP_EXPORT | BE_CAP_DEVICE_SAMPLE | BE_CAP_GRAPHS;
 	snprintf(out->device, sizeof(out->device), "%s", c->devname);
 	out->mem_total = c->mem_total;
 	pthread_mutex_lock(&c->err_lock);
@@ -1324,6 +1421,7 @@ static void cu_destroy(struct be *be)
 	if (c->blas)
 		cublasDestroy(c->blas);
 	cudaFree(c->xh);
+	cudaFree(c->blas_ws);
 	cudaFree(c->meta_d);
 	cudaFreeHost(c->meta_h);
 	cudaFree(c->samp_d);
@@ -1377,6 +1475,10 @@ static const struct be_ops cuda_ops = {
 	.lora_shrink = cu_lora_shrink,
 	.lora_expand = cu_lora_expand,
 	.sample = cu_sample,
+	.graph_begin = cu_graph_begin_op,
+	.graph_end = cu_graph_end,
+	.graph_launch = cu_graph_launch,
+	.graph_free = cu_graph_free,
 };
 
 extern "C" int be_cuda_create(const struct be_cuda_opts *opts, struct be **out, char *why,
@@ -1413,7 +1515,10 @@ extern "C" int be_cuda_create(const struct be_cuda_opts *opts, struct be **out, 
 	if (cublasCreate(&c->blas) != CUBLAS_STATUS_SUCCESS ||
 	    cublasSetStream(c->blas, c->q[0]) != CUBLAS_STATUS_SUCCESS ||
 	    /* fp32 stays fp32: no TF32 */
-	    cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH) != CUBLAS_STATUS_SUCCESS) {
+	    cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH) != CUBLAS_STATUS_SUCCESS ||
+	    /* a fixed workspace: cuBLAS must not allocate while a graph records */
+	    cudaMalloc(&c->blas_ws, CUDA_BLAS_WS) != cudaSuccess ||
+	    cublasSetWorkspace(c->blas, c->blas_ws, CUDA_BLAS_WS) != CUBLAS_STATUS_SUCCESS) {
 		snprintf(why, whylen, "device %d: cuBLAS did not start", dev);
 		goto err;
 	}

@@ -292,7 +292,9 @@ static int step(const int *ord, const int *adp, int s0, int s1, int rows, int p)
 		}
 	}
 	b.n_tokens = n;
-	b.n_seqs = MAX_BATCH;
+	/* a decode step over the whole batch names sequences 0 .. batch-1 only:
+	 * that is the shape a scheduler gives, and the one graphs record */
+	b.n_seqs = rows == 1 && s0 == 0 ? s1 : MAX_BATCH;
 	b.tokens = tokens;
 	b.pos = pos;
 	b.seq = seqi;
@@ -357,6 +359,15 @@ static int decode_run(struct dec *d)
 
 /* ----------------------------------------------------- lora vs gemm */
 
+static double layer_weight_bytes(const int *outs, const int *ins, enum be_dtype wt)
+{
+	double b = 0;
+
+	for (int p = 0; p < 7; p++)
+		b += (double)outs[p] * ins[p] * be_dtype_size(wt);
+	return b;
+}
+
 /* Microseconds per call of a layer's seven base GEMMs, and of the q and v
  * LoRA shrink + expand, at batch m, with n_segs segments. */
 static void lora_vs_gemm(int m, int n_segs)
@@ -405,10 +416,44 @@ static void lora_vs_gemm(int m, int n_segs)
 	}
 	be_sync(g.be);
 	tl = (now() - tl) / reps;
+	/* the same work recorded as graphs (22 layers' worth per replay), so
+	 * the figures are the device's time, not the host's launches */
+	double gg = 0, gl = 0;
+	if (be_caps(g.be) & BE_CAP_GRAPHS) {
+		for (int which = 0; which < 2; which++) {
+			struct be_graph *gr = NULL;
+			double t;
+			if (be_graph_begin(g.be) < 0)
+				break;
+			for (int l = 0; l < 22; l++)
+				for (p = 0; p < (which ? 2 : 7); p++) {
+					if (!which) {
+						be_gemm(g.be, m, outs[p], ins[p], x, w[p], y, 0);
+						continue;
+					}
+					be_lora_shrink(g.be, D, x, segs[p], n_segs, h);
+					be_lora_expand(g.be, p ? kv_dim : q_dim, h, segs[p], n_segs, y);
+				}
+			if (be_graph_end(g.be, &gr) < 0)
+				break;
+			be_graph_launch(g.be, gr);
+			be_sync(g.be);
+			t = now();
+			for (r = 0; r < reps; r++)
+				be_graph_launch(g.be, gr);
+			be_sync(g.be);
+			t = (now() - t) / reps / 22;
+			*(which ? &gl : &gg) = t;
+			be_graph_free(g.be, gr);
+		}
+	}
 	printf("{\"bench\":\"cuda\",\"measure\":\"lora_vs_gemm\",\"batch\":%d,\"adapters\":%d,"
 	       "\"rank\":%d,\"targets\":\"q,v\",\"base_gemm_us_per_layer\":%.2f,"
-	       "\"lora_us_per_layer\":%.2f,\"ratio_lora_vs_gemm\":%.4f,\"weight_dtype\":%d",
-	       m, n_segs, g.sh.rank, tg * 1e6, tl * 1e6, tl / tg, wt);
+	       "\"lora_us_per_layer\":%.2f,\"ratio_lora_vs_gemm\":%.4f,\"weight_dtype\":%d,"
+	       "\"graph_base_gemm_us_per_layer\":%.2f,\"graph_lora_us_per_layer\":%.2f,"
+	       "\"graph_gemm_gbs\":%.1f",
+	       m, n_segs, g.sh.rank, tg * 1e6, tl * 1e6, tl / tg, wt, gg * 1e6, gl * 1e6,
+	       gg > 0 ? layer_weight_bytes(outs, ins, wt) / gg / 1e9 : 0.0);
 	row_end();
 	for (p = 0; p < 7; p++)
 		be_free(g.be, w[p]);
@@ -813,6 +858,7 @@ int main(int argc, char **argv)
 	}
 
 	lora_vs_gemm(MAX_BATCH, MAX_BATCH);
+	lora_vs_gemm(1, 1);
 	lora_vs_gemm(MAX_BATCH, 1);
 	measure_uploads();
 	decode_with_upload(base_tps[1]);

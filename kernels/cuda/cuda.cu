@@ -735,17 +735,21 @@ static void cu_kv_store(struct be *be, int kv_dim, const struct be_buf *k,
 /*
  * One block per (row, query head): the keys of the row's sequence from lo
  * to pos, a tile at a time, with the running max and sum of an online
- * softmax (each warp scores keys of the tile; every thread then owns one or
- * two dimensions of the output).
+ * softmax. Per tile: each warp scores keys (and looks their slots up once),
+ * then one thread per key turns its score into a weight, and every thread
+ * sums the weighted values of its one or two output dimensions with the
+ * slots and weights from shared memory, so the loads of a tile are
+ * independent and overlap.
  */
 __global__ void __launch_bounds__(ATT_THREADS)
 k_attention(int n_heads, int n_kv, int hd, int window, float scale, const float *q,
 	    const float *kc, const float *vc, float *out, const int32_t *pos, const int32_t *seq,
 	    const int32_t *bt, const int32_t *hdr, int bs)
 {
-	const int max_blocks = hdr[0];
 	__shared__ float qs[ATT_MAX_HD];
-	__shared__ float sc[ATT_TILE];
+	__shared__ float sc[ATT_TILE];   /* scores, then weights */
+	__shared__ size_t slot[ATT_TILE]; /* element offset of each key's row */
+	const int max_blocks = hdr[0];
 	int t = blockIdx.x, h = blockIdx.y, kvh = h / (n_heads / n_kv);
 	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = ATT_THREADS / 32;
 	int p = pos[t], s = seq[t], lo = 0;
@@ -761,25 +765,33 @@ k_attention(int n_heads, int n_kv, int hd, int window, float scale, const float 
 	for (int j0 = lo; j0 <= p; j0 += ATT_TILE) {
 		int nt = p - j0 + 1 < ATT_TILE ? p - j0 + 1 : ATT_TILE;
 		for (int jj = warp; jj < nt; jj += nw) {
-			const float *kr = kc + kv_slot(bt, max_blocks, bs, s, j0 + jj) * kv_dim + koff;
+			size_t row = kv_slot(bt, max_blocks, bs, s, j0 + jj) * kv_dim + koff;
+			const float *kr = kc + row;
 			float dot = 0.0f;
 			for (int d = lane; d < hd; d += 32)
 				dot += qs[d] * kr[d];
 			dot = warp_sum(dot);
-			if (lane == 0)
+			if (lane == 0) {
 				sc[jj] = dot * scale;
+				slot[jj] = row;
+			}
 		}
 		__syncthreads();
 		float tm = -INFINITY;
 		for (int jj = 0; jj < nt; jj++)
 			tm = fmaxf(tm, sc[jj]);
 		float mn = fmaxf(m, tm), corr = expf(m - mn);
+		__syncthreads(); /* every thread has read the scores */
+		if (threadIdx.x < nt)
+			sc[threadIdx.x] = expf(sc[threadIdx.x] - mn);
+		__syncthreads();
 		l *= corr;
 		a0 *= corr;
 		a1 *= corr;
+#pragma unroll 8
 		for (int jj = 0; jj < nt; jj++) {
-			float e = expf(sc[jj] - mn);
-			const float *vr = vc + kv_slot(bt, max_blocks, bs, s, j0 + jj) * kv_dim + koff;
+			float e = sc[jj];
+			const float *vr = vc + slot[jj];
 			l += e;
 			if (d0 < hd)
 				a0 += e * vr[d0];
@@ -787,7 +799,7 @@ k_attention(int n_heads, int n_kv, int hd, int window, float scale, const float 
 				a1 += e * vr[d1];
 		}
 		m = mn;
-		__syncthreads(); /* sc is written again by the next tile */
+		__syncthreads(); /* sc and slot are written again by the next tile */
 	}
 	float *o = out + ((size_t)t * n_heads + h) * hd;
 	if (d0 < hd)
@@ -908,14 +920,18 @@ __device__ __forceinline__ int seg_of(const struct lseg_pack &P, long long w)
 	return s;
 }
 
-/* one warp per output h_s[i, r] = x[row0 + i, :] · A_s[r, :] */
-__global__ void k_lora_shrink(int k, const float *x, float *h, const struct lseg_pack P)
-{
-	long long w = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-	int lane = threadIdx.x & 31;
+/* one block per output h_s[i, r] = x[row0 + i, :] · A_s[r, :]: its warps
+ * take interleaved slices of k and their sums are added in warp order, so
+ * the result does not depend on timing */
+#define SHRINK_THREADS 256
 
-	if (w >= P.total)
-		return;
+__global__ void __launch_bounds__(SHRINK_THREADS)
+k_lora_shrink(int k, const float *x, float *h, const struct lseg_pack P)
+{
+	__shared__ float part[SHRINK_THREADS / 32];
+	long long w = blockIdx.x;
+	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+
 	const struct lseg_d &S = P.s[seg_of(P, w)];
 	long long e = w - S.first;
 	int i = (int)(e / S.rank), r = (int)(e % S.rank);
@@ -923,11 +939,18 @@ __global__ void k_lora_shrink(int k, const float *x, float *h, const struct lseg
 	size_t arow = (size_t)r * k;
 	float dot = 0.0f;
 
-	for (int d = lane; d < k; d += 32)
+	for (int d = threadIdx.x; d < k; d += SHRINK_THREADS)
 		dot += xr[d] * ld(S.a, S.adt, arow + d);
 	dot = warp_sum(dot);
 	if (lane == 0)
-		h[S.h_off + (size_t)i * S.rank + r] = dot;
+		part[warp] = dot;
+	__syncthreads();
+	if (threadIdx.x == 0) {
+		float sum = 0.0f;
+		for (int j = 0; j < SHRINK_THREADS / 32; j++)
+			sum += part[j];
+		h[S.h_off + (size_t)i * S.rank + r] = sum;
+	}
 }
 
 /* one thread per output y[row0 + i, col] += (h_s[i, :] · Bᵀ_s[:, col]) · scale */
@@ -978,7 +1001,7 @@ static void lora_run(struct cuda_be *c, int shrink, int dim, const struct be_buf
 		if (!P.total)
 			continue;
 		if (shrink)
-			k_lora_shrink<<<(unsigned)((P.total * 32 + 255) / 256), 256, 0, STREAM(c)>>>(
+			k_lora_shrink<<<(unsigned)P.total, SHRINK_THREADS, 0, STREAM(c)>>>(
 				dim, (const float *)in->p, (float *)out->p, P);
 		else
 			k_lora_expand<<<(unsigned)((P.total + 255) / 256), 256, 0, STREAM(c)>>>(

@@ -729,14 +729,15 @@ static void cu_kv_store(struct be *be, int kv_dim, const struct be_buf *k,
 }
 
 #define ATT_THREADS 128
-#define ATT_TILE 64
+#define ATT_TILE ATT_THREADS /* one key per thread while scoring */
 #define ATT_MAX_HD (2 * ATT_THREADS)
 
 /*
  * One block per (row, query head): the keys of the row's sequence from lo
  * to pos, a tile at a time, with the running max and sum of an online
- * softmax. Per tile: each warp scores keys (and looks their slots up once),
- * then one thread per key turns its score into a weight, and every thread
+ * softmax. Per tile: each thread scores one key (its slot looked up once,
+ * the row read in 16-byte loads that do not wait on each other), turns the
+ * score into a weight, and then every thread
  * sums the weighted values of its one or two output dimensions with the
  * slots and weights from shared memory, so the loads of a tile are
  * independent and overlap.
@@ -751,7 +752,6 @@ k_attention(int n_heads, int n_kv, int hd, int window, float scale, const float 
 	__shared__ size_t slot[ATT_TILE]; /* element offset of each key's row */
 	const int max_blocks = hdr[0];
 	int t = blockIdx.x, h = blockIdx.y, kvh = h / (n_heads / n_kv);
-	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = ATT_THREADS / 32;
 	int p = pos[t], s = seq[t], lo = 0;
 	size_t kv_dim = (size_t)n_kv * hd, koff = (size_t)kvh * hd;
 	int d0 = threadIdx.x, d1 = threadIdx.x + ATT_THREADS;
@@ -764,17 +764,24 @@ k_attention(int n_heads, int n_kv, int hd, int window, float scale, const float 
 	__syncthreads();
 	for (int j0 = lo; j0 <= p; j0 += ATT_TILE) {
 		int nt = p - j0 + 1 < ATT_TILE ? p - j0 + 1 : ATT_TILE;
-		for (int jj = warp; jj < nt; jj += nw) {
-			size_t row = kv_slot(bt, max_blocks, bs, s, j0 + jj) * kv_dim + koff;
+		if (threadIdx.x < nt) {
+			size_t row = kv_slot(bt, max_blocks, bs, s, j0 + threadIdx.x) * kv_dim + koff;
 			const float *kr = kc + row;
 			float dot = 0.0f;
-			for (int d = lane; d < hd; d += 32)
-				dot += qs[d] * kr[d];
-			dot = warp_sum(dot);
-			if (lane == 0) {
-				sc[jj] = dot * scale;
-				slot[jj] = row;
+			if ((hd & 3) == 0) {
+				const float4 *k4 = (const float4 *)kr;
+#pragma unroll 4
+				for (int d = 0; d < hd / 4; d++) {
+					float4 kv = k4[d];
+					dot += qs[4 * d] * kv.x + qs[4 * d + 1] * kv.y + qs[4 * d + 2] * kv.z +
+					       qs[4 * d + 3] * kv.w;
+				}
+			} else {
+				for (int d = 0; d < hd; d++)
+					dot += qs[d] * kr[d];
 			}
+			sc[threadIdx.x] = dot * scale;
+			slot[threadIdx.x] = row;
 		}
 		__syncthreads();
 		float tm = -INFINITY;

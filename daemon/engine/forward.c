@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,6 +66,12 @@ struct fwd {
 	int cap_lseg;
 	struct be_buf *h;         /* shrink output, packed per segment */
 	size_t cap_h;
+
+	/* pinned staging of adapter builds: allocated once, grown, reused (a
+	 * pinned allocation costs milliseconds; never one per load) */
+	pthread_mutex_t stage_lock;
+	unsigned char *stage;
+	size_t stage_bytes;
 
 	/* decode steps recorded as graphs, by shape (graphs.c's idea, here) */
 	struct fwd_graph graphs[FWD_GRAPHS];
@@ -181,6 +188,7 @@ int fwd_build(struct be *be, const struct model *m, int kv_blocks, int block_siz
 	f->be = be;
 	f->c = *c;
 	f->use_graphs = (be_caps(be) & BE_CAP_GRAPHS) != 0;
+	pthread_mutex_init(&f->stage_lock, NULL);
 	f->q_dim = c->n_heads * c->head_dim;
 	f->kv_dim = c->n_kv_heads * c->head_dim;
 	f->layers = calloc((size_t)c->n_layers, sizeof(*f->layers));
@@ -262,6 +270,8 @@ void fwd_free(struct fwd *f)
 		}
 	free(f->layers);
 	free(f->lseg);
+	be_host_free(f->be, f->stage, f->stage_bytes);
+	pthread_mutex_destroy(&f->stage_lock);
 	be_free(f->be, f->h);
 	if (f->lm_head != f->embed)
 		be_free(f->be, f->lm_head);
@@ -397,8 +407,15 @@ int fwd_adapter_build(struct fwd *f, const struct adapter *ad, struct fwd_adapte
 	tb = malloc((big ? big : 1) * sizeof(float));
 	if (!direct) {
 		ta = malloc((big ? big : 1) * sizeof(float));
-		stage = be_host_alloc(f->be, (total ? total : 1) * es);
 		done = be_event_new(f->be);
+		pthread_mutex_lock(&f->stage_lock); /* held until the copy has landed */
+		if (f->stage_bytes < total * es) {
+			be_host_free(f->be, f->stage, f->stage_bytes);
+			f->stage_bytes = 0;
+			if ((f->stage = be_host_alloc(f->be, total * es)))
+				f->stage_bytes = total * es;
+		}
+		stage = f->stage;
 	}
 	if (!tb || (!direct && (!ta || !stage || !done)))
 		goto nomem;
@@ -442,7 +459,8 @@ int fwd_adapter_build(struct fwd *f, const struct adapter *ad, struct fwd_adapte
 		goto err;
 	}
 	be_event_free(f->be, done);
-	be_host_free(f->be, stage, (total ? total : 1) * es);
+	if (!direct)
+		pthread_mutex_unlock(&f->stage_lock);
 	free(ta);
 	free(tb);
 	*out = a;
@@ -453,7 +471,8 @@ err:
 	if (done)
 		be_event_sync(f->be, done); /* no copy may still read the stage */
 	be_event_free(f->be, done);
-	be_host_free(f->be, stage, (total ? total : 1) * es);
+	if (!direct && a && a->blob)
+		pthread_mutex_unlock(&f->stage_lock);
 	free(ta);
 	free(tb);
 	fwd_adapter_free(f, a);

@@ -198,6 +198,12 @@ struct be_ops {
 	 * on BE_Q_COPY dst is written when an event recorded after it passes. */
 	int (*download)(struct be *be, enum be_queue q, const struct be_buf *src, size_t off,
 			float *dst, size_t n);
+	/* Copies n elements of src from soff on to dst from doff on, on queue
+	 * q, where both live (device to device): same dtype, plain buffers or
+	 * views, ranges inside both. Returns 0, -EINVAL or -ERANGE; a failure
+	 * of the copy itself surfaces at the next sync. */
+	int (*copy)(struct be *be, enum be_queue q, struct be_buf *dst, size_t doff,
+		    const struct be_buf *src, size_t soff, size_t n);
 	/* Waits for everything queued on the compute queue; returns the first
 	 * error of the queued operations since the last sync, or 0. */
 	int (*sync)(struct be *be);
@@ -340,6 +346,9 @@ static inline int be_upload_as(struct be *be, enum be_queue q, struct be_buf *d,
 static inline int be_download_on(struct be *be, enum be_queue q, const struct be_buf *s,
 				 size_t off, float *d, size_t n)
 { return be->ops->download(be, q, s, off, d, n); }
+static inline int be_copy(struct be *be, enum be_queue q, struct be_buf *d, size_t doff,
+			  const struct be_buf *s, size_t soff, size_t n)
+{ return be->ops->copy(be, q, d, doff, s, soff, n); }
 static inline int be_sync(struct be *be) { return be->ops->sync(be); }
 static inline struct be_event *be_event_new(struct be *be) { return be->ops->event_new(be); }
 static inline void be_event_free(struct be *be, struct be_event *e)

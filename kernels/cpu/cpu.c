@@ -253,6 +253,18 @@ static int cpu_upload(struct be *be, enum be_queue q, struct be_buf *d, size_t o
 	return 0;
 }
 
+static int cpu_copy(struct be *be, enum be_queue q, struct be_buf *d, size_t doff,
+		    const struct be_buf *s, size_t soff, size_t n)
+{
+	(void)be;
+	if ((q != BE_Q_COMPUTE && q != BE_Q_COPY) || d->wn || s->wn)
+		return -EINVAL;
+	if (doff > d->n || n > d->n - doff || soff > s->n || n > s->n - soff)
+		return -ERANGE;
+	memmove(d->p + doff, s->p + soff, n * sizeof(float));
+	return 0;
+}
+
 static int cpu_sync(struct be *be)
 {
 	int rc = CPU(be)->error;
@@ -1044,6 +1056,7 @@ static const struct be_ops cpu_ops = {
 	.export_buf = cpu_export,
 	.upload = cpu_upload,
 	.download = cpu_download,
+	.copy = cpu_copy,
 	.sync = cpu_sync,
 	.event_new = cpu_event_new,
 	.event_free = cpu_event_free,

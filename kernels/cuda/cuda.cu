@@ -314,6 +314,23 @@ __global__ void k_to_f32(const void *src, int dt, float *dst, size_t n)
 		dst[i] = ld(src, dt, i);
 }
 
+static int cu_copy(struct be *be, enum be_queue q, struct be_buf *d, size_t doff,
+		   const struct be_buf *s, size_t soff, size_t n)
+{
+	struct cuda_be *c = CB(be);
+	size_t es = be_dtype_size(d->dt);
+
+	if (!queue_ok(q) || d->dt != s->dt || d->wn || s->wn)
+		return -EINVAL;
+	if (doff > d->n || n > d->n - doff || soff > s->n || n > s->n - soff)
+		return -ERANGE;
+	if (!n)
+		return 0;
+	enter(c);
+	return CK(c, cudaMemcpyAsync((char *)d->p + doff * es, (const char *)s->p + soff * es, n * es,
+				     cudaMemcpyDeviceToDevice, c->q[q]));
+}
+
 static int cu_sync(struct be *be)
 {
 	struct cuda_be *c = CB(be);
@@ -1480,6 +1497,7 @@ static const struct be_ops cuda_ops = {
 	.export_buf = cu_export,
 	.upload = cu_upload,
 	.download = cu_download,
+	.copy = cu_copy,
 	.sync = cu_sync,
 	.event_new = cu_event_new,
 	.event_free = cu_event_free,

@@ -23,7 +23,7 @@ pack)
 	rm -rf "$CARRY"
 	mkdir -p "$CARRY/bin" "$CARRY/lib"
 	for b in test_backend_parity bench_cuda lorad-mkmodel test_engine_forward lorad lorad-cli \
-		loradctl lorad-run; do
+		loradctl lorad-run bench_stream; do
 		cp -L "$BUILD/bin/$b" "$CARRY/bin/"
 	done
 	for l in libjson-c.so.5 libcmocka.so.0 liburing.so.2 libutf8proc.so.2 libinih.so.1 \
@@ -89,6 +89,11 @@ run)
 	} >>"$OUT/smoke.txt" 2>&1
 	timeout 300 "$CARRY/bin/bench_cuda" ${BENCH_ARGS:-} >"$OUT/bench_cuda.jsonl" 2>"$OUT/bench_cuda.err"
 	echo "bench rc=$?"
+	# a cold adapter from disk to resident on the GPU: read + verify, then
+	# parse + convert + upload (bench_stream's e2e rows; no fio there)
+	timeout 150 "$CARRY/bin/bench_stream" --quick 2>"$OUT/stream.err" | grep e2e_cold_load \
+		>"$OUT/stream_e2e.jsonl"
+	echo "stream rc=$?"
 	grep -E "FAILED|ERROR|PASSED" "$OUT/parity.txt" | head -20
 	grep -E "FAILED|PASSED|tokens|backend|rc=" "$OUT/smoke.txt" | head -30
 	cat "$OUT/bench_cuda.jsonl"

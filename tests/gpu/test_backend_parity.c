@@ -507,6 +507,60 @@ static void test_view(void **state)
 	free(y);
 }
 
+/* be_copy on both queues, into a view, and its refusals at every edge. */
+static void test_copy(void **state)
+{
+	const size_t n = 5003;
+	float *h = rnd_vec(n, -3, 3), *want = malloc(n * sizeof(float));
+	int w;
+
+	(void)state;
+	for (w = 0; w < 2; w++) {
+		struct be *be = w ? dut : ref;
+		struct be_buf *a = be_alloc(be, n), *b = be_alloc(be, n), *v, *wt, *bf;
+		struct be_event *e = be_event_new(be);
+		float *got;
+		size_t i;
+		assert_non_null(a);
+		assert_non_null(b);
+		assert_non_null(e);
+		assert_int_equal(be_upload(be, a, 0, h, n), 0);
+		assert_int_equal(be_copy(be, BE_Q_COMPUTE, b, 0, a, 0, n), 0);
+		/* on the copy queue, into a view, ordered by an event */
+		v = be_view(be, b, 100, 1000);
+		assert_non_null(v);
+		assert_int_equal(be_copy(be, BE_Q_COPY, v, 1, a, 3000, 999), 0);
+		assert_int_equal(be_event_record(be, e, BE_Q_COPY), 0);
+		assert_int_equal(be_event_wait(be, e, BE_Q_COMPUTE), 0);
+		got = down(be, b, n);
+		memcpy(want, h, n * sizeof(float));
+		for (i = 0; i < 999; i++)
+			want[101 + i] = h[3000 + i];
+		check_vals(w ? "copy: device to device, both queues" : "copy (cpu)", got, want, n,
+			   B_EXACT, 0);
+		free(got);
+		/* the edges: one past either end, other dtypes, weights, bad queue */
+		assert_int_equal(be_copy(be, BE_Q_COMPUTE, b, n - 10, a, 0, 11), -ERANGE);
+		assert_int_equal(be_copy(be, BE_Q_COMPUTE, b, 0, a, n - 10, 11), -ERANGE);
+		assert_int_equal(be_copy(be, BE_Q_COMPUTE, b, n, a, 0, 0), 0);
+		assert_int_equal(be_copy(be, (enum be_queue)7, b, 0, a, 0, 1), -EINVAL);
+		wt = be_alloc_weight(be, 8, 8, BE_F32);
+		assert_int_equal(be_copy(be, BE_Q_COMPUTE, wt, 0, a, 0, 8), -EINVAL);
+		bf = be_alloc_ex(be, 64, BE_BF16, 0);
+		if (be_buf_dtype(be, bf) != BE_F32)
+			assert_int_equal(be_copy(be, BE_Q_COMPUTE, bf, 0, a, 0, 8), -EINVAL);
+		assert_int_equal(be_sync(be), 0);
+		be_free(be, bf);
+		be_free(be, wt);
+		be_free(be, v);
+		be_event_free(be, e);
+		be_free(be, a);
+		be_free(be, b);
+	}
+	free(want);
+	free(h);
+}
+
 /* BE_BUF_EXPORT buffers: be_export describes them when the caps say so. */
 static void test_export(void **state)
 {
@@ -1622,6 +1676,7 @@ int main(void)
 		cmocka_unit_test(test_upload_download),
 		cmocka_unit_test(test_weight_roundtrip),
 		cmocka_unit_test(test_view),
+		cmocka_unit_test(test_copy),
 		cmocka_unit_test(test_export),
 		cmocka_unit_test(test_embed),
 		cmocka_unit_test(test_gemm),

@@ -299,6 +299,9 @@ struct be {
 /* Options of the CPU backend. */
 struct be_cpu_opts {
 	int n_threads;      /* threads for the GEMMs, attention and LoRA; 0: all cores */
+	unsigned fault_after_steps; /* tests: after this many set_batch calls the
+				     * backend fails as a broken device would
+				     * (every later op, and info's error); 0: never */
 };
 
 /* Creates the CPU backend. Returns 0 or -ENOMEM; *out is set on success. */
@@ -307,6 +310,7 @@ int be_cpu_create(const struct be_cpu_opts *opts, struct be **out);
 /* Options of the CUDA backend. */
 struct be_cuda_opts {
 	int device;         /* CUDA device ordinal */
+	unsigned fault_after_steps; /* tests, as be_cpu_opts' */
 };
 
 /* Creates the CUDA backend on opts->device. Returns 0, -ENOTSUP when lorad

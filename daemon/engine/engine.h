@@ -42,6 +42,7 @@ struct engine_opts {
 	const char *backend; /* "cpu", "cuda" or "auto" (NULL: auto): auto takes CUDA
 			      * when a device answers, else the CPU */
 	int device;          /* CUDA device ordinal */
+	unsigned debug_fault_steps; /* tests: the backend fails after this many steps */
 	int backend_sample;  /* 0: tokens are chosen where the logits are when the
 			      * backend has BE_CAP_DEVICE_SAMPLE; 1: always with
 			      * be_sample; -1: always on the host (tests) */

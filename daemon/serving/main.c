@@ -54,7 +54,8 @@ static void daemon_signals(sigset_t *set)
 struct daemon {
 	struct config cfg;
 	const char *config_path;
-	uint32_t stall_ms;             /* test hooks: --debug-stall-ms, --debug-slow-fsync-ms */
+	uint32_t stall_ms;             /* test hooks: --debug-stall-ms, --debug-slow-fsync-ms, */
+	uint32_t fault_steps;          /* --debug-backend-fault-steps */
 	uint32_t slow_fsync_ms;
 	int client_fd, admin_fd;       /* listening sockets, from systemd or made here */
 	int sig_fd, timer_fd;          /* signalfd, timerfd (watchdog and status) */
@@ -83,7 +84,7 @@ struct daemon {
 
 /* --- the command line ------------------------------------------------------------------ */
 
-enum { O_CONFIG = 1000, O_ADAPTER, O_VERBOSE, O_HELP, O_STALL, O_SLOWFSYNC, O_ALLOW_UID,
+enum { O_CONFIG = 1000, O_ADAPTER, O_VERBOSE, O_HELP, O_STALL, O_SLOWFSYNC, O_FAULT, O_ALLOW_UID,
        O_ALLOW_GID, O_TABLE };
 
 static void usage(FILE *f)
@@ -98,7 +99,8 @@ static void usage(FILE *f)
 		"  --allow-uid UID, --allow-gid GID   like allow_users/allow_groups (repeatable)\n"
 		"  --verbose                    log debug lines\n"
 		"  --debug-stall-ms N           (tests) on SIGUSR2 the engine loop hangs for N ms\n"
-		"  --debug-slow-fsync-ms N      (tests) each state write sleeps N ms before its fsync\n");
+		"  --debug-slow-fsync-ms N      (tests) each state write sleeps N ms before its fsync\n"
+		"  --debug-backend-fault-steps N  (tests) the backend fails as a broken device after N steps\n");
 	opt_print_help(f);
 	fprintf(f, "\nFixed by the ABI: a skill name is at most %d bytes; a request has at most %d "
 		   "stop ids, %d logit biases and %d stop strings.\n", LORAD_SKILL_MAX - 1,
@@ -145,6 +147,7 @@ static int parse_args(struct daemon *d, int argc, char **argv)
 		{ "verbose", no_argument, 0, O_VERBOSE },
 		{ "help", no_argument, 0, O_HELP },
 		{ "debug-stall-ms", required_argument, 0, O_STALL },
+		{ "debug-backend-fault-steps", required_argument, 0, O_FAULT },
 		{ "debug-slow-fsync-ms", required_argument, 0, O_SLOWFSYNC },
 		{ "allow-uid", required_argument, 0, O_ALLOW_UID },
 		{ "allow-gid", required_argument, 0, O_ALLOW_GID },
@@ -201,13 +204,15 @@ static int parse_args(struct daemon *d, int argc, char **argv)
 			return -1;
 		case O_STALL:
 		case O_SLOWFSYNC:
+		case O_FAULT:
 			errno = 0;
 			v = strtoull(optarg, &end, 10);
 			if (errno || !*optarg || *end || v > 600000) {
 				fprintf(stderr, "lorad: %s: '%s' is not 0..600000\n", argv[optind - 1], optarg);
 				return 2;
 			}
-			*(c == O_STALL ? &d->stall_ms : &d->slow_fsync_ms) = (uint32_t)v;
+			*(c == O_STALL ? &d->stall_ms : c == O_FAULT ? &d->fault_steps : &d->slow_fsync_ms) =
+				(uint32_t)v;
 			continue;
 		case '?':
 			usage(stderr);
@@ -397,7 +402,7 @@ static int build_engine(struct daemon *d)
 {
 	const struct config *c = &d->cfg;
 	struct engine_opts eo = { .kv_tokens = (int)c->kv_tokens, .n_threads = (int)c->threads,
-				  .backend = c->backend };
+				  .backend = c->backend, .debug_fault_steps = d->fault_steps };
 	struct sched_opts so = { .max_seqs = (int)c->max_seqs, .step_tokens = (int)c->step_tokens,
 				 .max_prompt_tokens = (int)c->max_prompt_tokens };
 	char err[512], tp[4200];

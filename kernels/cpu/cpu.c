@@ -68,6 +68,8 @@ struct cpu_be {
 	size_t wtmp_n;
 	struct lora_task *lt; /* LoRA work items of one call */
 	int lt_n;
+	unsigned fault_after, steps; /* be_cpu_opts.fault_after_steps, set_batch calls */
+	char dead[160];     /* "" or why every op fails from now on */
 	float *samp_w;      /* [samp_n] a row of logits being sampled */
 	int32_t *samp_order;
 	size_t samp_n;
@@ -267,7 +269,7 @@ static int cpu_copy(struct be *be, enum be_queue q, struct be_buf *d, size_t dof
 
 static int cpu_sync(struct be *be)
 {
-	int rc = CPU(be)->error;
+	int rc = CPU(be)->dead[0] ? -EIO : CPU(be)->error;
 
 	CPU(be)->error = 0;
 	return rc;
@@ -295,6 +297,12 @@ static int cpu_set_batch(struct be *be, const struct be_batch *b)
 {
 	struct cpu_be *c = CPU(be);
 	int i, max_pos = 0;
+
+	if (c->fault_after && ++c->steps > c->fault_after && !c->dead[0])
+		snprintf(c->dead, sizeof(c->dead), "injected fault after %u steps (fault_after_steps)",
+			 c->fault_after);
+	if (c->dead[0])
+		return -EIO;
 
 	if (b->block_size < 1 || b->block_size > BE_CPU_MAX_BLOCK)
 		return -EINVAL;
@@ -919,6 +927,7 @@ static void cpu_info(struct be *be, struct be_info *out, size_t *mem_free)
 	out->caps = BE_CAP_BATCH_INVARIANT | BE_CAP_EXPORT;
 	snprintf(out->device, sizeof(out->device), "CPU, %d threads", pool_size(CPU(be)->pool));
 	out->mem_total = all > 0 && page > 0 ? (size_t)all * (size_t)page : 0;
+	snprintf(out->error, sizeof(out->error), "%s", CPU(be)->dead);
 	if (mem_free)
 		*mem_free = avail > 0 && page > 0 ? (size_t)avail * (size_t)page : 0;
 }
@@ -1097,6 +1106,7 @@ int be_cpu_create(const struct be_cpu_opts *opts, struct be **out)
 	if (!c)
 		return -ENOMEM;
 	c->be.ops = &cpu_ops;
+	c->fault_after = opts ? opts->fault_after_steps : 0;
 	rc = pool_create(n < 1 ? 1 : n, &c->pool);
 	if (rc < 0)
 		goto err;

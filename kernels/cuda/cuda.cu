@@ -75,6 +75,7 @@ struct cuda_be {
 	void *blas_ws;             /* cuBLAS's workspace, fixed, for recording */
 	unsigned gen;              /* bumped when meta_d or xh move */
 	int capturing, capture_bad;
+	unsigned fault_after, steps; /* be_cuda_opts.fault_after_steps, set_batch calls */
 
 	void *xh;                  /* x in a weight's 16-bit type, for the GEMM */
 	size_t xh_bytes;
@@ -494,6 +495,8 @@ static int cu_set_batch(struct be *be, const struct be_batch *b)
 
 	if (b->block_size < 1 || b->n_tokens < 0 || b->n_out < 0 || b->n_seqs < 0)
 		return -EINVAL;
+	if (c->fault_after && ++c->steps > c->fault_after)
+		fail(c, -EIO, "set_batch", "injected fault (fault_after_steps)", __FILE__, __LINE__);
 	if (c->error)
 		return c->error;
 	enter(c);
@@ -1552,6 +1555,7 @@ extern "C" int be_cuda_create(const struct be_cuda_opts *opts, struct be **out, 
 		return -ENOMEM;
 	c->be.ops = &cuda_ops;
 	c->dev = dev;
+	c->fault_after = opts ? opts->fault_after_steps : 0;
 	pthread_mutex_init(&c->err_lock, NULL);
 	if ((e = cudaSetDevice(dev)) != cudaSuccess || (e = cudaGetDeviceProperties(&prop, dev)) ||
 	    (e = cudaStreamCreateWithFlags(&c->q[0], cudaStreamNonBlocking)) ||

@@ -23,7 +23,7 @@ pack)
 	rm -rf "$CARRY"
 	mkdir -p "$CARRY/bin" "$CARRY/lib"
 	for b in test_backend_parity bench_cuda lorad-mkmodel test_engine_forward lorad lorad-cli \
-		loradctl lorad-run bench_stream; do
+		loradctl lorad-run bench_stream test_backend_fault; do
 		cp -L "$BUILD/bin/$b" "$CARRY/bin/"
 	done
 	for l in libjson-c.so.5 libcmocka.so.0 liburing.so.2 libutf8proc.so.2 libinih.so.1 \
@@ -53,6 +53,11 @@ run)
 	# the engine's own tests on CUDA: decode = recompute, batches, device sampling
 	LORAD_TEST_BACKEND=cuda timeout 90 "$B/test_engine_forward" >"$OUT/smoke.txt" 2>&1
 	echo "engine_forward_cuda rc=$?" | tee -a "$OUT/smoke.txt"
+	# a device error while serving (injected): requests fail, the daemon stays
+	LORAD_TEST_BACKEND=cuda LORAD_BIN=$B/lorad LORADCTL_BIN=$B/loradctl LORAD_CLI_BIN=$B/lorad-cli \
+		LORAD_MKMODEL_BIN=$B/lorad-mkmodel LORAD_DEMO_DIR=$PWD/demo \
+		timeout 100 "$B/test_backend_fault" >>"$OUT/smoke.txt" 2>&1
+	echo "backend_fault_cuda rc=$?" | tee -a "$OUT/smoke.txt"
 	# lorad-run and the daemon on CUDA, tokens against the CPU's
 	M=/tmp/lorad-gpu-model
 	rm -rf $M && "$B/lorad-mkmodel" $M --layers 4 --hidden 256 --heads 8 --kv-heads 2 --ffn 512 \

@@ -72,7 +72,7 @@ run)
 		dpid=$!
 		for i in 1 2 3 4 5 6 7 8 9 10; do [ -S /tmp/lg.admin ] && break; sleep 1; done
 		"$B/lorad-cli" --socket /tmp/lg.sock --prompt-tokens 1,2,3,4 --max-tokens 12 --skill sk
-		"$B/lorad-cli" --socket /tmp/lg.sock --prompt-tokens 1,2,3,4 --max-tokens 100000 --skill sk \
+		"$B/lorad-cli" --socket /tmp/lg.sock --prompt-tokens 1,2,3,4 --max-tokens 2000 --skill sk --ignore-eos \
 			>/dev/null 2>&1 &
 		cpid=$!
 		sleep 0.3

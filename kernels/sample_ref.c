@@ -2,6 +2,7 @@
  * sample_ref.c — the candidates and the draw (sample_ref.h).
  */
 #include "sample_ref.h"
+#include "sample_draw.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -137,22 +138,7 @@ int32_t sample_pick(float *w, int vocab, const struct be_sample *p, int32_t *ord
 		n = k;
 	}
 
-	/* the draw */
-	{
-		double total = 0.0, r, cum = 0.0;
-		for (i = 0; i < n; i++)
-			total += exp((double)w[order[i]] - mx);
-		r = p->u * total;
-		best = -1;
-		for (i = 0; i < n; i++) {
-			double e = exp((double)w[order[i]] - mx);
-			if (e <= 0.0)
-				continue;
-			best = order[i];
-			cum += e;
-			if (cum > r)
-				break;
-		}
-	}
+	/* the draw (w was divided by the temperature above) */
+	best = sample_draw(w, order, n, 1.0f, mx, p->u);
 	return best;
 }

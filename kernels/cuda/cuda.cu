@@ -33,6 +33,7 @@ extern "C" {
 #include "../backend.h"
 #include "../dtype.h"
 }
+#include "../sample_draw.h"
 
 struct be_buf {
 	void *p;                   /* device memory */
@@ -1062,11 +1063,9 @@ __device__ __forceinline__ bool better(float va, int a, float vb, int b)
 	return va > vb || (va == vb && a < b);
 }
 
-/* The best (value, id) of the block; ties to the lower id. */
-__device__ void block_best(float &v, int &id, float *sv, int *si)
+/* The best (value, id) of a warp, in every lane; ties to the lower id. */
+__device__ __forceinline__ void warp_best(float &v, int &id)
 {
-	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-
 	for (int o = 16; o > 0; o >>= 1) {
 		float ov = __shfl_xor_sync(0xffffffffu, v, o);
 		int oi = __shfl_xor_sync(0xffffffffu, id, o);
@@ -1075,6 +1074,14 @@ __device__ void block_best(float &v, int &id, float *sv, int *si)
 			id = oi;
 		}
 	}
+}
+
+/* The best (value, id) of the block; ties to the lower id. */
+__device__ void block_best(float &v, int &id, float *sv, int *si)
+{
+	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+
+	warp_best(v, id);
 	if (lane == 0) {
 		sv[warp] = v;
 		si[warp] = id;
@@ -1083,14 +1090,7 @@ __device__ void block_best(float &v, int &id, float *sv, int *si)
 	if (warp == 0) {
 		v = sv[lane];
 		id = si[lane];
-		for (int o = 16; o > 0; o >>= 1) {
-			float ov = __shfl_xor_sync(0xffffffffu, v, o);
-			int oi = __shfl_xor_sync(0xffffffffu, id, o);
-			if (oi >= 0 && (id < 0 || better(ov, oi, v, id))) {
-				v = ov;
-				id = oi;
-			}
-		}
+		warp_best(v, id);
 		if (lane == 0) {
 			sv[0] = v;
 			si[0] = id;
@@ -1235,23 +1235,8 @@ k_sample(const float *logits, int vocab, const struct be_sample *ps, int32_t *id
 						order[k2++] = order[i];
 				n = k2;
 			}
-			if (result == -2) {
-				double total = 0.0, r, cum = 0.0;
-				int best = -1;
-				for (i = 0; i < n; i++)
-					total += exp((double)(w[order[i]] / p.temperature) - mx);
-				r = p.u * total;
-				for (i = 0; i < n; i++) {
-					double e = exp((double)(w[order[i]] / p.temperature) - mx);
-					if (e <= 0.0)
-						continue;
-					best = order[i];
-					cum += e;
-					if (cum > r)
-						break;
-				}
-				result = best;
-			}
+			if (result == -2)
+				result = sample_draw(w, order, n, p.temperature, mx, p.u);
 			ids[blockIdx.x] = result;
 		}
 		return;

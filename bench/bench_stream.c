@@ -412,11 +412,11 @@ static double e2e_load(struct e2e *x, const char *id, const char *st_path, const
 		registry_poll(x->r);
 		v = registry_find(x->r, id);
 		/* registry_poll handed the files to the builder: read and verified */
-		if (v->building && *verified_s == 0)
+		if (v->state == REG_BUILDING && *verified_s == 0)
 			*verified_s = (double)(now_ns() - t0) / 1e9;
-		if (v->adapter)
+		if (v->state == REG_RESIDENT)
 			return (double)(now_ns() - t0) / 1e9;
-		if (!v->loading && !v->building && v->load_err) {
+		if (v->state == REG_FAILED) {
 			fprintf(stderr, "bench_stream: %s: %s\n", id, v->load_msg);
 			return -1;
 		}

@@ -37,6 +37,39 @@ struct bjob {
 
 const double registry_load_bounds_s[7] = { 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0 };
 
+const char *reg_state_name(enum reg_state s)
+{
+	switch (s) {
+	case REG_ABSENT: return "absent";
+	case REG_READING: return "reading";
+	case REG_HOST: return "host";
+	case REG_BUILDING: return "building";
+	case REG_RESIDENT: return "resident";
+	case REG_FAILED: return "failed";
+	}
+	return "?";
+}
+
+/* The one place a version changes state; the moves registry.h draws. A
+ * move it does not draw is a bug: logged, and made anyway so the version
+ * does not stick. */
+static void reg_set_state(struct reg_version *v, enum reg_state to)
+{
+	static const unsigned allowed[] = {
+		[REG_ABSENT] = 1u << REG_READING | 1u << REG_BUILDING,
+		[REG_READING] = 1u << REG_HOST | 1u << REG_FAILED,
+		[REG_HOST] = 1u << REG_BUILDING | 1u << REG_FAILED,
+		[REG_BUILDING] = 1u << REG_RESIDENT | 1u << REG_FAILED,
+		[REG_RESIDENT] = 1u << REG_ABSENT,
+		[REG_FAILED] = 1u << REG_READING | 1u << REG_BUILDING | 1u << REG_ABSENT,
+	};
+
+	if (!(allowed[v->state] & 1u << to))
+		log_err("adapter %s: state %s -> %s is not a move the registry makes", v->id,
+			reg_state_name(v->state), reg_state_name(to));
+	v->state = to;
+}
+
 struct hostpool *registry_hostpool(const struct registry *r)
 {
 	return r->hp;
@@ -250,6 +283,7 @@ static void unload(struct registry *r, struct reg_version *v)
 	r->dev.resident--;
 	v->bytes = 0;
 	v->adapter = 0;
+	reg_set_state(v, REG_ABSENT);
 }
 
 int reg_unload(struct registry *r, struct reg_version *v)
@@ -304,6 +338,7 @@ static void made_resident(struct registry *r, struct reg_version *v, uint64_t t0
 	uint64_t dt = now_ns() - t0;
 	unsigned b = 0;
 
+	reg_set_state(v, REG_RESIDENT);
 	v->loads++;
 	v->load_ns += dt;
 	v->bytes = engine_adapter_bytes(r->e, v->adapter);
@@ -332,21 +367,26 @@ static int make_resident(struct registry *r, struct reg_version *v, char *err, s
 		snprintf(err, errlen, "no engine");
 		return -ENODEV;
 	}
+	reg_set_state(v, REG_BUILDING); /* read, verified and built here, at once */
 	ret = registry_inspect(v->path, NULL, UINT64_MAX, NULL, v->scheme, v->hash_chunk, &h, err,
 			       errlen);
-	if (ret)
-		return ret;
-	if (strcmp(h.sha256, v->sha256)) {
+	if (!ret && strcmp(h.sha256, v->sha256)) {
 		snprintf(err, errlen, "%s: the files in %s changed since they were registered "
 			 "(sha256 %.12s..., now %.12s...): refusing to serve them as %s",
 			 v->id, v->path, v->sha256, h.sha256, v->id);
-		return -EBADMSG;
+		ret = -EBADMSG;
 	}
-	ret = engine_adapter_load(r->e, v->path, &v->adapter, err, errlen);
+	if (!ret)
+		ret = engine_adapter_load(r->e, v->path, &v->adapter, err, errlen);
 	if (ret) {
 		v->adapter = 0;
+		v->load_err = ret;
+		snprintf(v->load_msg, sizeof(v->load_msg), "%s", err);
+		reg_set_state(v, REG_FAILED);
 		return ret;
 	}
+	v->load_err = 0;
+	v->load_msg[0] = 0;
 	made_resident(r, v, t0);
 	return 0;
 }
@@ -360,7 +400,7 @@ int reg_start_load(struct registry *r, struct reg_version *v)
 	char err[320];
 	int ret = 0;
 
-	if (v->adapter || v->loading || v->building)
+	if (v->state == REG_RESIDENT || reg_busy(v))
 		return 0;
 	if (!r->ld) {
 		ret = make_resident(r, v, err, sizeof(err));
@@ -372,6 +412,7 @@ int reg_start_load(struct registry *r, struct reg_version *v)
 	v->load_err = 0;
 	v->load_msg[0] = 0;
 	v->load_t0 = now_ns();
+	reg_set_state(v, REG_READING);
 	for (int k = 0; k < 2 && !ret; k++) {
 		char path[4200], key[ROUTE_NAME_MAX + 8];
 		struct loader_req q = { 0 };
@@ -398,6 +439,8 @@ int reg_start_load(struct registry *r, struct reg_version *v)
 		v->load_err = ret;
 		snprintf(v->load_msg, sizeof(v->load_msg), "%s: cannot queue the load: %s", v->id,
 			 strerror(-ret));
+		if (!v->loading)
+			reg_set_state(v, REG_FAILED); /* nothing in flight to end it later */
 	}
 	return ret;
 }
@@ -428,7 +471,6 @@ static void load_ended(struct registry *r, struct reg_version *v, struct eng_ada
 {
 	int ret;
 
-	v->building = false;
 	if (!v->load_err && built) {
 		ret = engine_adapter_install(r->e, built, &v->adapter);
 		if (ret) {
@@ -440,6 +482,7 @@ static void load_ended(struct registry *r, struct reg_version *v, struct eng_ada
 		engine_adapter_discard(r->e, built);
 	}
 	if (v->load_err) {
+		reg_set_state(v, REG_FAILED);
 		log_err("adapter %s not loaded: %s", v->id, v->load_msg);
 		return;
 	}
@@ -453,11 +496,16 @@ static void files_read(struct registry *r, struct reg_version *v)
 	struct bjob *j;
 	char err[320];
 
-	if (v->load_err || !r->e) {
+	if (!r->e && !v->load_err) {
+		v->load_err = -ENODEV;
+		snprintf(v->load_msg, sizeof(v->load_msg), "%s: no engine", v->id);
+	}
+	if (v->load_err) {
 		release_parts(r, v);
 		load_ended(r, v, NULL);
 		return;
 	}
+	reg_set_state(v, REG_BUILDING);
 	j = r->builder ? calloc(1, sizeof(*j)) : NULL;
 	if (!j) {
 		/* no builder: converted here, on the engine thread */
@@ -478,7 +526,6 @@ static void files_read(struct registry *r, struct reg_version *v)
 		v->part[k] = NULL;
 	}
 	snprintf(j->dir, sizeof(j->dir), "%s", v->path);
-	v->building = true;
 	workq_submit(r->builder, &j->link);
 }
 
@@ -496,7 +543,7 @@ int registry_poll(struct registry *r)
 			struct reg_version *v = (struct reg_version *)registry_by_vid(r, (uint32_t)(res[i].token >> 8));
 			int k = (int)(res[i].token & 1);
 
-			if (!v || !v->loading) {
+			if (!v || v->state != REG_READING || !v->loading) {
 				if (res[i].buf)
 					hostpool_put(r->hp, res[i].buf);
 				continue;
@@ -510,8 +557,14 @@ int registry_poll(struct registry *r)
 				v->part[k] = res[i].buf;
 			}
 			if (--v->loading == 0) {
-				files_read(r, v);
-				if (!v->building)
+				reg_set_state(v, v->load_err ? REG_FAILED : REG_HOST);
+				if (v->state == REG_FAILED) {
+					release_parts(r, v);
+					log_err("adapter %s not loaded: %s", v->id, v->load_msg);
+				} else {
+					files_read(r, v);
+				}
+				if (v->state != REG_BUILDING)
 					done++;   /* ended here: failed, or built on this thread */
 			}
 		}
@@ -526,7 +579,7 @@ int registry_poll(struct registry *r)
 			struct eng_adapter *built = j->built;
 
 			j->built = NULL;
-			if (v && v->building && v->attempt == j->attempt) {
+			if (v && v->state == REG_BUILDING && v->attempt == j->attempt) {
 				if (j->ret) {
 					v->load_err = j->ret;
 					snprintf(v->load_msg, sizeof(v->load_msg), "%s", j->err);
@@ -571,7 +624,7 @@ int registry_resolve(struct registry *r, const char *skill, uint64_t key, int *a
 	*vid = v->vid;
 	memcpy(version_id, v->id, sizeof(v->id));
 	if (!v->adapter && r->ld) {
-		if (v->loading || v->building)
+		if (reg_busy(v))
 			goto wait;
 		/* the attempt this request waited for failed: it gets the error;
 		 * a request that did not wait for it tries again */

@@ -37,6 +37,32 @@ struct registry;
 struct statedir;
 struct model_config;
 
+/*
+ * Where a version is on its way to the engine. One state at a time, moved
+ * only by reg_set_state() (registry.c), along
+ *
+ *   ABSENT -> READING -> HOST -> BUILDING -> RESIDENT -> ABSENT (evicted)
+ *                 \          \         \
+ *                  +----------+---------+--> FAILED -> READING (a retry)
+ *
+ * READING: the loader reads both files with io_uring and hashes each chunk
+ * as it lands (verifying while the data streams); HOST: read and verified,
+ * in the pinned host tier; BUILDING: parsed, converted and uploaded on the
+ * builder thread; RESIDENT: installed in the engine (the device tier).
+ * registry_poll() is the one place a load ends, resident or failed.
+ */
+enum reg_state {
+	REG_ABSENT,
+	REG_READING,
+	REG_HOST,
+	REG_BUILDING,
+	REG_RESIDENT,
+	REG_FAILED,
+};
+
+/* "absent", "reading", "host", "building", "resident", "failed" */
+const char *reg_state_name(enum reg_state s);
+
 struct reg_version {
 	char name[32];
 	char version[32];
@@ -56,9 +82,9 @@ struct reg_version {
 	enum chash_scheme scheme;    /* CHASH_TREE; CHASH_SHA256 for versions registered before it */
 	uint32_t hash_chunk;         /* CHASH_TREE: the chunk size */
 	/* an asynchronous load: its attempt number, what is still in flight, its outcome */
+	enum reg_state state;
 	uint64_t attempt;
-	unsigned loading;            /* files the loader still reads */
-	bool building;               /* read: being converted for the engine, off its thread */
+	unsigned loading;            /* READING: files the loader still reads */
 	int load_err;                /* the last attempt's error, 0 when it worked */
 	char load_msg[320];
 	struct hp_buf *part[2];      /* adapter_config.json, adapter_model.safetensors */

@@ -30,6 +30,12 @@ struct registry {
 	int build_fd;                /* eventfd: the builder finished one */
 };
 
+/* On its way to the engine: reading, in the host tier, or building. */
+static inline bool reg_busy(const struct reg_version *v)
+{
+	return v->state == REG_READING || v->state == REG_HOST || v->state == REG_BUILDING;
+}
+
 /* "name" or "version": 1-31 of A-Z a-z 0-9 _ . - */
 bool reg_part_ok(const char *s);
 

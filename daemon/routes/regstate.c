@@ -898,7 +898,7 @@ int registry_prepare_remove(struct registry *r, const char *id, struct reg_chang
 		snprintf(err, errlen, "%s is still in a route: route it away first", id);
 		return -EBUSY;
 	}
-	if (v->loading || v->building) {
+	if (reg_busy(v)) {
 		snprintf(err, errlen, "%s is being loaded; try again in a moment", id);
 		return -EBUSY;
 	}

@@ -104,7 +104,10 @@ static struct json_object *version_json(const struct reg_version *v)
 	json_object_object_add(o, "resident", json_object_new_boolean(v->adapter != 0));
 	json_object_object_add(o, "pinned", json_object_new_boolean(v->pinned));
 	json_object_object_add(o, "loads", json_object_new_int64((int64_t)v->loads));
-	json_object_object_add(o, "loading", json_object_new_boolean(v->loading != 0));
+	json_object_object_add(o, "loading", json_object_new_boolean(v->state == REG_READING ||
+								       v->state == REG_HOST ||
+								       v->state == REG_BUILDING));
+	json_object_object_add(o, "state", json_object_new_string(reg_state_name(v->state)));
 	if (v->load_err)
 		json_object_object_add(o, "load_error", json_object_new_string(v->load_msg));
 	return o;

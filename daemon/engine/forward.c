@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 struct fwd_layer {
 	struct be_buf *attn_norm; /* [D] */
@@ -371,6 +372,110 @@ static enum be_dtype adapter_dtype(struct fwd *f, const struct adapter *ad)
 	return BE_F32;
 }
 
+/* One module laid out at element off of the adapter's buffer: A as it
+ * is, B [out, r] as Bᵀ [r, out] (in 32 x 32 tiles: a rank of hundreds
+ * would otherwise miss the cache on every read). Into the buffer itself
+ * (direct, fp32) or into the pinned stage in the buffer's dtype; ta and tb
+ * hold a module's largest matrix. */
+static int lay_out_module(const struct adapter *ad, const struct adapter_module *m, float *direct,
+			  unsigned char *stage, enum be_dtype dt, size_t off, float *ta, float *tb,
+			  char *err, size_t errlen)
+{
+	size_t na = (size_t)m->rank * m->in, nb = (size_t)m->rank * m->out, es = be_dtype_size(dt);
+	float *at = direct ? direct + off : ta, *btt = direct ? direct + off + na : ta;
+	int o, q, rc;
+
+	if ((rc = adapter_module_f32(ad, m, at, tb, err, errlen)) < 0)
+		return rc;
+	if (!direct)
+		dt_from_f32(stage + off * es, dt, ta, na);
+	for (o = 0; o < m->out; o += 32)
+		for (q = 0; q < m->rank; q += 32) {
+			int oe = o + 32 < m->out ? o + 32 : m->out;
+			int qe = q + 32 < m->rank ? q + 32 : m->rank;
+			for (int oo = o; oo < oe; oo++)
+				for (int qq = q; qq < qe; qq++)
+					btt[(size_t)qq * m->out + oo] = tb[(size_t)oo * m->rank + qq];
+		}
+	if (!direct)
+		dt_from_f32(stage + (off + na) * es, dt, ta, nb);
+	return 0;
+}
+
+/* Modules [m0, m1) of a build, laid out by one thread. */
+struct layout_job {
+	const struct adapter *ad;
+	const size_t *offs;      /* [n_mod] element offset of each module */
+	float *direct;
+	unsigned char *stage;
+	enum be_dtype dt;
+	size_t big;              /* elements of the largest matrix */
+	int m0, m1;
+	int rc;
+	char err[320];
+	pthread_t th;
+};
+
+static void *layout_run(void *arg)
+{
+	struct layout_job *j = arg;
+	float *ta = malloc((j->big ? j->big : 1) * sizeof(float));
+	float *tb = malloc((j->big ? j->big : 1) * sizeof(float));
+
+	j->rc = ta && tb ? 0 : -ENOMEM;
+	if (j->rc)
+		snprintf(j->err, sizeof(j->err), "%s: out of memory for the adapter", j->ad->dir);
+	for (int i = j->m0; i < j->m1 && !j->rc; i++)
+		j->rc = lay_out_module(j->ad, &j->ad->mod[i], j->direct, j->stage, j->dt, j->offs[i], ta,
+				       tb, j->err, sizeof(j->err));
+	free(ta);
+	free(tb);
+	return NULL;
+}
+
+/* Below this many bytes an adapter is laid out by the calling thread. */
+#define LAYOUT_PARALLEL_BYTES ((size_t)1 << 20)
+#define LAYOUT_THREADS 4
+
+/* Lays out every module, on up to LAYOUT_THREADS threads (each a run of
+ * modules of about equal bytes; the modules write disjoint ranges).
+ * Returns 0 or the first module's error, with its message. */
+static int lay_out(const struct adapter *ad, const size_t *offs, size_t total, size_t big,
+		   float *direct, unsigned char *stage, enum be_dtype dt, char *err, size_t errlen)
+{
+	struct layout_job j[LAYOUT_THREADS];
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	int n = total * be_dtype_size(dt) < LAYOUT_PARALLEL_BYTES ? 1
+		: cpus < LAYOUT_THREADS ? (cpus < 1 ? 1 : (int)cpus) : LAYOUT_THREADS;
+	int t, m = 0, started = 0, rc = 0;
+
+	if (n > ad->n_mod)
+		n = ad->n_mod > 0 ? ad->n_mod : 1;
+	for (t = 0; t < n; t++) {
+		size_t until = total / (size_t)n * (size_t)(t + 1);
+		j[t] = (struct layout_job){ .ad = ad, .offs = offs, .direct = direct, .stage = stage,
+					    .dt = dt, .big = big, .m0 = m };
+		while (m < ad->n_mod && (t == n - 1 || offs[m] < until))
+			m++;
+		j[t].m1 = m;
+	}
+	/* the first run on this thread, the others on threads of their own */
+	for (t = 1; t < n; t++) {
+		if (pthread_create(&j[t].th, NULL, layout_run, &j[t]))
+			break;
+		started = t;
+	}
+	layout_run(&j[0]);
+	for (t = 1; t <= started; t++)
+		pthread_join(j[t].th, NULL);
+	for (t = started + 1; t < n; t++)
+		layout_run(&j[t]); /* no thread for it: here */
+	for (t = 0; t < n && !rc; t++)
+		if ((rc = j[t].rc))
+			snprintf(err, errlen, "%s", j[t].err);
+	return rc;
+}
+
 /*
  * An adapter is one backend allocation: every module's A [rank, in] and
  * Bᵀ [rank, out] back to back, each at its own rank (nothing padded, no
@@ -384,17 +489,19 @@ int fwd_adapter_build(struct fwd *f, const struct adapter *ad, struct fwd_adapte
 {
 	struct fwd_adapter *a = calloc(1, sizeof(*a));
 	enum be_dtype dt = adapter_dtype(f, ad);
-	size_t es = be_dtype_size(dt), total = 0, big = 0, off = 0;
-	float *ta = NULL, *tb = NULL, *direct = NULL;
+	size_t es = be_dtype_size(dt), total = 0, big = 0, *offs = NULL;
+	float *direct = NULL;
 	unsigned char *stage = NULL;
 	struct be_event *done = NULL;
-	int rc = -ENOMEM, i;
+	int rc = -ENOMEM, i, locked = 0;
 
-	if (!a || !(a->mod = calloc((size_t)f->c.n_layers * N_PROJ, sizeof(*a->mod))))
+	if (!a || !(a->mod = calloc((size_t)f->c.n_layers * N_PROJ, sizeof(*a->mod))) ||
+	    !(offs = malloc((size_t)(ad->n_mod > 0 ? ad->n_mod : 1) * sizeof(*offs))))
 		goto nomem;
 	for (i = 0; i < ad->n_mod; i++) {
 		size_t na = (size_t)ad->mod[i].rank * ad->mod[i].in;
 		size_t nb = (size_t)ad->mod[i].rank * ad->mod[i].out;
+		offs[i] = total;
 		total += na + nb;
 		big = na > big ? na : big;
 		big = nb > big ? nb : big;
@@ -404,52 +511,34 @@ int fwd_adapter_build(struct fwd *f, const struct adapter *ad, struct fwd_adapte
 		goto nomem;
 	if (dt == BE_F32)
 		direct = be_host_ptr(f->be, a->blob);
-	tb = malloc((big ? big : 1) * sizeof(float));
 	if (!direct) {
-		ta = malloc((big ? big : 1) * sizeof(float));
-		done = be_event_new(f->be);
+		if (!(done = be_event_new(f->be)))
+			goto nomem;
 		pthread_mutex_lock(&f->stage_lock); /* held until the copy has landed */
+		locked = 1;
 		if (f->stage_bytes < total * es) {
 			be_host_free(f->be, f->stage, f->stage_bytes);
 			f->stage_bytes = 0;
 			if ((f->stage = be_host_alloc(f->be, total * es)))
 				f->stage_bytes = total * es;
 		}
-		stage = f->stage;
+		if (!(stage = f->stage))
+			goto nomem;
 	}
-	if (!tb || (!direct && (!ta || !stage || !done)))
-		goto nomem;
+	if ((rc = lay_out(ad, offs, total, big, direct, stage, dt, err, errlen)) < 0)
+		goto err;
 	for (i = 0; i < ad->n_mod; i++) {
 		const struct adapter_module *m = &ad->mod[i];
 		struct fwd_lora *lo = &a->mod[(size_t)m->layer * N_PROJ + m->proj];
 		size_t na = (size_t)m->rank * m->in, nb = (size_t)m->rank * m->out;
-		int o, q;
-		float *at = direct ? direct + off : ta, *btt = direct ? direct + off + na : ta;
-		if ((rc = adapter_module_f32(ad, m, at, tb, err, errlen)) < 0)
-			goto err;
-		/* A as it is; B [out, r] -> Bᵀ [r, out] in 32 x 32 tiles (a rank
-		 * of hundreds would otherwise miss the cache on every read) */
-		if (!direct)
-			dt_from_f32(stage + off * es, dt, ta, na);
-		for (o = 0; o < m->out; o += 32)
-			for (q = 0; q < m->rank; q += 32) {
-				int oe = o + 32 < m->out ? o + 32 : m->out;
-				int qe = q + 32 < m->rank ? q + 32 : m->rank;
-				for (int oo = o; oo < oe; oo++)
-					for (int qq = q; qq < qe; qq++)
-						btt[(size_t)qq * m->out + oo] = tb[(size_t)oo * m->rank + qq];
-			}
-		if (!direct)
-			dt_from_f32(stage + (off + na) * es, dt, ta, nb);
-		lo->a = be_view(f->be, a->blob, off, na);
-		lo->bt = be_view(f->be, a->blob, off + na, nb);
+		lo->a = be_view(f->be, a->blob, offs[i], na);
+		lo->bt = be_view(f->be, a->blob, offs[i] + na, nb);
 		if (!lo->a || !lo->bt)
 			goto nomem;
 		lo->rank = m->rank;
 		lo->scale = m->scale;
 		if (m->rank > a->max_rank)
 			a->max_rank = m->rank;
-		off += na + nb;
 	}
 	a->bytes = total * es;
 	if (!direct && ((rc = be_upload_as(f->be, BE_Q_COPY, a->blob, 0, stage, dt, total)) < 0 ||
@@ -459,10 +548,9 @@ int fwd_adapter_build(struct fwd *f, const struct adapter *ad, struct fwd_adapte
 		goto err;
 	}
 	be_event_free(f->be, done);
-	if (!direct)
+	if (locked)
 		pthread_mutex_unlock(&f->stage_lock);
-	free(ta);
-	free(tb);
+	free(offs);
 	*out = a;
 	return 0;
 nomem:
@@ -471,10 +559,9 @@ err:
 	if (done)
 		be_event_sync(f->be, done); /* no copy may still read the stage */
 	be_event_free(f->be, done);
-	if (!direct && a && a->blob)
+	if (locked)
 		pthread_mutex_unlock(&f->stage_lock);
-	free(ta);
-	free(tb);
+	free(offs);
 	fwd_adapter_free(f, a);
 	return rc;
 }

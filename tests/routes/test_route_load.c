@@ -29,7 +29,7 @@
 #include "route.h"
 #include "rt_harness.h"
 
-#define MAXREC   200000
+#define MAXREC   2000000 /* calloc: only what is used is touched */
 #define INFLIGHT 8
 #define NKEYS    256
 #define PHASE_MS 400
@@ -46,6 +46,7 @@ static struct rt_models models;
 static struct rec *recs;
 static uint32_t *outs;
 static atomic_uint n_recs;
+static atomic_uint n_done;   /* final events received */
 static atomic_bool running;
 static int client_err;
 
@@ -111,6 +112,7 @@ static void *client_main(void *p)
 			x->res = ev[k].res;
 			x->n_tokens = ev[k].n_tokens;
 			x->done = true;
+			atomic_fetch_add(&n_done, 1);
 			inflight--;
 		}
 	}
@@ -165,6 +167,7 @@ static void test_rollback_under_load(void **state)
 
 	recs = calloc(MAXREC, sizeof(*recs));
 	outs = calloc((size_t)MAXREC * 4, sizeof(*outs));
+	atomic_store(&n_done, 0);
 	atomic_store(&running, true);
 	ca.sock = d.sock;
 	assert_int_equal(pthread_create(&th, NULL, client_main, &ca), 0);
@@ -181,7 +184,19 @@ static void test_rollback_under_load(void **state)
 				fail_msg("%s -> %s", cmds[p], json_object_to_json_string(r));
 			json_object_put(r);
 		}
-		rt_sleep_us(PHASE_MS * 1000);
+		/* at least PHASE_MS, and until enough requests ran wholly inside
+		 * the phase however busy the machine is (a route change's durable
+		 * write can take most of a phase there): of those finished since
+		 * its ack, at most INFLIGHT were submitted before it */
+		{
+			unsigned base = atomic_load(&n_done);
+			uint64_t t0 = rt_now_ns();
+
+			rt_sleep_us(PHASE_MS * 1000);
+			while (atomic_load(&n_done) - base < 24 + INFLIGHT &&
+			       atomic_load(&n_recs) < MAXREC && rt_now_ns() - t0 < 30000000000ull)
+				rt_sleep_us(10000);
+		}
 	}
 	t_send[NPHASE] = t_ack[NPHASE] = UINT64_MAX;
 	atomic_store(&running, false);

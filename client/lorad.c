@@ -26,14 +26,39 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "cudaipc.h"
 #include "region.h"
 #include "ring.h"
 
 #define CHUNK          64u              /* arena allocation granule */
+#define DEV_CHUNK      4096u            /* device results granule (a multiple of the 256 the daemon wants) */
 #define BLK_FREED      0x80000000u
 #define ALIVE_CHECK_NS 10000000ull      /* look for the daemon's hang-up this often */
 
 enum slot_state { SLOT_FREE = 0, SLOT_INFLIGHT };
+
+/*
+ * Space handed out as a circular log of blocks; out-of-order frees are
+ * reclaimed when the oldest block is freed, so alloc and free are O(1)
+ * amortised. The arena's and the device results buffer's.
+ */
+struct spanlog {
+	uint32_t n_chunks;
+	uint64_t head, tail;        /* free-running chunk counters */
+	uint32_t *blk;              /* at a block's first chunk: its length | BLK_FREED */
+};
+
+/* A request's result rows: held from submit until lorad_result_release. */
+#define RES_NONE 0xffffffffu
+enum res_state { RES_FREE = 0, RES_RUNNING, RES_HELD };
+
+struct rslot {
+	uint8_t  state;
+	uint8_t  where;             /* enum lorad_result_where */
+	uint16_t gen;
+	uint32_t chunk;             /* first chunk of its block, in its log */
+	uint32_t next_free;
+};
 
 struct slot {
 	uint64_t  user_data;
@@ -47,6 +72,7 @@ struct slot {
 	uint32_t  served_off;   /* where the daemon writes struct lorad_served */
 	bool      auto_skill;   /* a 1.1 daemon writes only the skill "auto" chose there */
 	uint32_t  times_off;    /* where the daemon writes struct lorad_times; 0 = not asked */
+	uint32_t  res;          /* its result rows' entry in the results table; RES_NONE = none */
 	struct lorad_times *times;
 	uint16_t  gen;
 	uint8_t   state;
@@ -66,11 +92,17 @@ struct lorad {
 	uint32_t sq_tail;           /* private copy: only this side writes it */
 	uint32_t cq_head;
 
-	/* arena: a circular log of blocks; out-of-order frees are reclaimed
-	 * when the oldest block is freed, so alloc and free are O(1) amortised */
-	uint32_t n_chunks;
-	uint64_t a_head, a_tail;    /* free-running chunk counters */
-	uint32_t *blk;              /* at a block's first chunk: its length | BLK_FREED */
+	struct spanlog arena_log;   /* the arena, in CHUNK granules */
+
+	/* results (ABI 1.3) */
+	struct lorad_results_hdr res;  /* what the daemon offered, copied once */
+	int res_why;                /* why the rows go through the arena although asked for the device */
+	bool ipc_open;              /* the device buffer is mapped: rows go there */
+	struct cipc ipc;
+	uint64_t ipc_open_ns;
+	struct spanlog dev_log;     /* the device buffer, in DEV_CHUNK granules */
+	struct rslot *rs;           /* [n_slots] */
+	uint32_t free_rs;
 
 	struct slot *slots;
 	uint32_t n_slots, free_slot;
@@ -115,37 +147,45 @@ static inline int check_usable(const struct lorad *c)
 
 /* --- arena ------------------------------------------------------------------ */
 
-/* Returns the first chunk of a block of @n chunks, or -1 when full. Caller holds lock. */
-static int64_t arena_alloc(struct lorad *c, uint32_t n)
+static int log_init(struct spanlog *l, uint32_t n_chunks)
 {
-	uint32_t pos = c->a_head % c->n_chunks;
+	l->n_chunks = n_chunks;
+	l->head = l->tail = 0;
+	l->blk = calloc(n_chunks ? n_chunks : 1, sizeof(*l->blk));
+	return l->blk ? 0 : -ENOMEM;
+}
+
+/* Returns the first chunk of a block of @n chunks, or -1 when full. Caller holds lock. */
+static int64_t log_alloc(struct spanlog *l, uint32_t n)
+{
+	uint32_t pos = l->head % l->n_chunks;
 	uint32_t pad = 0;
 
-	if (pos + n > c->n_chunks)
-		pad = c->n_chunks - pos;      /* blocks never wrap: skip the tail end */
-	if (c->a_head + pad + n - c->a_tail > c->n_chunks)
+	if (pos + n > l->n_chunks)
+		pad = l->n_chunks - pos;      /* blocks never wrap: skip the tail end */
+	if (l->head + pad + n - l->tail > l->n_chunks)
 		return -1;
 	if (pad) {
-		c->blk[pos] = pad | BLK_FREED;
-		c->a_head += pad;
+		l->blk[pos] = pad | BLK_FREED;
+		l->head += pad;
 		pos = 0;
 	}
-	c->blk[pos] = n;
-	c->a_head += n;
+	l->blk[pos] = n;
+	l->head += n;
 	return pos;
 }
 
-static void arena_free(struct lorad *c, uint32_t chunk)
+static void log_free(struct spanlog *l, uint32_t chunk)
 {
-	c->blk[chunk] |= BLK_FREED;
-	while (c->a_tail != c->a_head) {
-		uint32_t t = c->a_tail % c->n_chunks;
-		uint32_t b = c->blk[t];
+	l->blk[chunk] |= BLK_FREED;
+	while (l->tail != l->head) {
+		uint32_t t = l->tail % l->n_chunks;
+		uint32_t b = l->blk[t];
 
 		if (!(b & BLK_FREED))
 			break;
-		c->blk[t] = 0;
-		c->a_tail += b & ~BLK_FREED;
+		l->blk[t] = 0;
+		l->tail += b & ~BLK_FREED;
 	}
 }
 
@@ -240,6 +280,47 @@ status:
 	return w->status;
 }
 
+/*
+ * The daemon's results offer, read once out of the region (the daemon's
+ * bytes: checked before use), and the device buffer opened when it gave
+ * one. A buffer this process cannot open leaves the rows in the arena.
+ */
+static int results_setup(struct lorad *c, uint32_t asked)
+{
+	uint64_t t0;
+	int ret;
+
+	memset(&c->res, 0, sizeof(c->res));
+	c->res.where = LORAD_RESULTS_ARENA;
+	if (!c->lay.results_off) {
+		if (asked)
+			c->res_why = -EPROTONOSUPPORT;   /* a daemon older than ABI 1.3 */
+		return 0;
+	}
+	memcpy(&c->res, region_at(c->map, c->lay.results_off), sizeof(c->res));
+	c->res.bus_id[sizeof(c->res.bus_id) - 1] = 0;
+	if (c->res.where != LORAD_RESULTS_DEVICE) {
+		if (!c->res_why)
+			c->res_why = asked ? c->res.why : 0;
+		c->res.where = LORAD_RESULTS_ARENA;
+		return 0;
+	}
+	if (c->res.dev_size < DEV_CHUNK || c->res.dev_size > (1ull << 36) ||
+	    c->res.dev_offset > (1ull << 40))
+		return -EPROTO;
+	t0 = now_ns();
+	ret = cipc_open(&c->ipc, c->res.bus_id, c->res.mem_handle, c->res.event_handle);
+	c->ipc_open_ns = now_ns() - t0;
+	if (ret < 0) {
+		/* the daemon keeps the buffer until we go; the arena serves */
+		c->res_why = ret;
+		c->res.where = LORAD_RESULTS_ARENA;
+		return 0;
+	}
+	c->ipc_open = true;
+	return log_init(&c->dev_log, (uint32_t)(c->res.dev_size / DEV_CHUNK));
+}
+
 int lorad_connect(const char *path, const struct lorad_connect_opts *opts,
 		  struct lorad **out)
 {
@@ -287,6 +368,9 @@ int lorad_connect(const char *path, const struct lorad_connect_opts *opts,
 	hello.sq_entries = o.sq_entries;
 	hello.cq_entries = o.cq_entries;
 	hello.arena_size = o.arena_size;
+	/* a device buffer only where this process could open it */
+	c->res_why = o.results_size ? cipc_available() : 0;
+	hello.results_size = c->res_why ? 0 : o.results_size;
 	if (send(c->sock, &hello, sizeof(hello), MSG_NOSIGNAL) != sizeof(hello)) {
 		/* The daemon refuses some peers at accept time (uid, client
 		 * limit) and closes at once: the hello then meets a closed
@@ -322,21 +406,25 @@ int lorad_connect(const char *path, const struct lorad_connect_opts *opts,
 	c->sq_tail = ring_load_relaxed(&c->sq->tail);
 	c->cq_head = ring_load_relaxed(&c->cq->head);
 
-	c->n_chunks = c->lay.arena_size / CHUNK;
-	c->blk = calloc(c->n_chunks, sizeof(*c->blk));
 	c->n_slots = o.max_inflight;
 	c->slots = calloc(c->n_slots, sizeof(*c->slots));
+	c->rs = calloc(c->n_slots, sizeof(*c->rs));
 	c->stash_cap = 1;
 	while (c->stash_cap < c->n_slots + 64)
 		c->stash_cap <<= 1;
 	c->stash = calloc(c->stash_cap, sizeof(*c->stash));
-	if (!c->blk || !c->slots || !c->stash) {
+	if (log_init(&c->arena_log, c->lay.arena_size / CHUNK) || !c->slots || !c->rs || !c->stash) {
 		ret = -ENOMEM;
 		goto err;
 	}
-	for (uint32_t i = 0; i < c->n_slots; i++)
+	for (uint32_t i = 0; i < c->n_slots; i++) {
 		c->slots[i].next_free = i + 1;
+		c->rs[i].next_free = i + 1;
+	}
 	c->free_slot = 0;
+	c->free_rs = 0;
+	if ((ret = results_setup(c, o.results_size)) < 0)
+		goto err;
 
 	/* lorad_fd(): one fd that fires for completions and for hang-up */
 	c->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -374,7 +462,10 @@ void lorad_close(struct lorad *c)
 		close(c->cq_efd);
 	if (c->sock >= 0)
 		close(c->sock);
-	free(c->blk);
+	cipc_close(&c->ipc);
+	free(c->arena_log.blk);
+	free(c->dev_log.blk);
+	free(c->rs);
 	free(c->slots);
 	free(c->stash);
 	pthread_mutex_destroy(&c->lock);
@@ -427,14 +518,16 @@ uint64_t lorad_routing_key(const void *key, size_t len)
 	return h ? h : 1;   /* 0 means "no key" */
 }
 
+static void res_free(struct lorad *c, uint32_t ri);
+
 /* Fill one SQE for @r. Caller holds lock and has checked ring space. */
 static int prep_one(struct lorad *c, const struct lorad_request *r)
 {
 	struct lorad_sqe *e;
 	struct slot *s;
-	uint64_t prompt_bytes, ext_bytes = 0, out_bytes, need, stop_bytes = 0;
-	uint32_t idx, poff, ext_off, out_off, text_off, served_off, times_off;
-	int64_t chunk;
+	uint64_t prompt_bytes, ext_bytes = 0, out_bytes, need, stop_bytes = 0, res_bytes = 0;
+	uint32_t idx, poff, ext_off, out_off, text_off, served_off, times_off, ri = RES_NONE;
+	int64_t chunk, res_chunk = -1;
 	size_t skill_len = 0;
 	bool text = r->prompt_text != NULL, s_auto, served;
 
@@ -466,20 +559,51 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	    r->times || (s_auto && !served))
 		ext_bytes = sizeof(struct lorad_ext) + (uint64_t)r->n_stop_ids * 4 +
 			    (uint64_t)r->n_logit_bias * sizeof(struct lorad_logit_bias) + stop_bytes;
+	if (r->result) {
+		/* rows need a daemon that offers them (ABI 1.3, a model) */
+		if (r->result >= LORAD_RESULT__MAX || !r->result_at)
+			return -EINVAL;
+		if (!c->res.vocab || !served)
+			return -EOPNOTSUPP;
+		res_bytes = (uint64_t)r->max_tokens * 4 *
+			    (r->result == LORAD_RESULT_LOGITS ? c->res.vocab : c->res.hidden);
+	}
 	prompt_bytes = text ? r->prompt_text_len : (uint64_t)r->n_prompt * 4;
-	/* one block: prompt, extension, output ids with the served record right
-	 * behind them, output text, times, each part on its own 64-byte chunks */
-	out_bytes = (((uint64_t)r->max_tokens * 4 + 7) & ~7ull) + sizeof(struct lorad_served);
+	/* one block: prompt, extension, output ids with the served record (and
+	 * the result request) right behind them, output text, times, each part
+	 * on its own 64-byte chunks */
+	out_bytes = (((uint64_t)r->max_tokens * 4 + 7) & ~7ull) + sizeof(struct lorad_served) +
+		    (r->result ? sizeof(struct lorad_result_req) : 0);
 	need = chunks_of(prompt_bytes) + chunks_of(ext_bytes) + chunks_of(out_bytes) +
 	       chunks_of(r->out_text_cap) + (r->times ? CHUNK : 0);
 	need /= CHUNK;
-	if (need > c->n_chunks)
+	if (need > c->arena_log.n_chunks)
 		return -E2BIG;
 	if (c->free_slot >= c->n_slots)
 		return -EAGAIN;
-	chunk = arena_alloc(c, (uint32_t)need);
-	if (chunk < 0)
+	if (r->result) {
+		/* the rows: a block of their own, held after the request ends
+		 * until lorad_result_release() */
+		struct spanlog *l = c->ipc_open ? &c->dev_log : &c->arena_log;
+		uint64_t g = c->ipc_open ? DEV_CHUNK : CHUNK, n = (res_bytes + g - 1) / g;
+
+		if (n > l->n_chunks)
+			return -E2BIG;
+		if (c->free_rs >= c->n_slots || (res_chunk = log_alloc(l, (uint32_t)n)) < 0)
+			return -EAGAIN;
+		ri = c->free_rs;
+		c->free_rs = c->rs[ri].next_free;
+		c->rs[ri].state = RES_RUNNING;
+		c->rs[ri].where = c->ipc_open ? LORAD_RESULTS_DEVICE : LORAD_RESULTS_ARENA;
+		c->rs[ri].chunk = (uint32_t)res_chunk;
+		c->rs[ri].gen++;
+	}
+	chunk = log_alloc(&c->arena_log, (uint32_t)need);
+	if (chunk < 0) {
+		if (ri != RES_NONE)
+			res_free(c, ri);
 		return -EAGAIN;
+	}
 
 	idx = c->free_slot;
 	s = &c->slots[idx];
@@ -542,6 +666,28 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	s->served_off = served_off;
 	s->times_off = r->times ? times_off : 0;
 	s->times = r->times;
+	s->res = ri;
+	if (ri != RES_NONE) {
+		struct lorad_result_req q = {
+			.kind = r->result, .where = c->rs[ri].where, .len = res_bytes,
+		};
+		struct lorad_result *ra = r->result_at;
+
+		memset(ra, 0, sizeof(*ra));
+		ra->row_floats = (uint32_t)(res_bytes / 4 / r->max_tokens);
+		ra->rows = r->max_tokens;
+		ra->id = (uint32_t)c->rs[ri].gen << 16 | ri;
+		if (q.where == LORAD_RESULTS_DEVICE) {
+			q.off = (uint64_t)res_chunk * DEV_CHUNK;
+			ra->device = (void *)(uintptr_t)(c->ipc.base + c->res.dev_offset + q.off);
+			ra->cuda_device = c->ipc.ordinal;
+		} else {
+			q.off = (uint64_t)res_chunk * CHUNK;
+			ra->host = (const float *)(const void *)(c->arena + q.off);
+			ra->cuda_device = -1;
+		}
+		memcpy(c->arena + served_off + sizeof(struct lorad_served), &q, sizeof(q));
+	}
 	s->gen++;
 	s->state = SLOT_INFLIGHT;
 	c->pending++;
@@ -553,7 +699,7 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	e->opcode = LORAD_OP_GENERATE;
 	e->prompt_kind = text ? LORAD_PROMPT_TEXT : LORAD_PROMPT_TOKENS;
 	e->priority = r->priority;
-	e->flags = r->flags | (served ? LORAD_SQE_F_SERVED : 0);
+	e->flags = r->flags | (served ? LORAD_SQE_F_SERVED : 0) | (r->result ? LORAD_SQE_F_RESULT : 0);
 	e->max_tokens = r->max_tokens;
 	e->prompt_off = poff;
 	e->prompt_len = (uint32_t)prompt_bytes;
@@ -655,11 +801,24 @@ out:
 
 /* --- reap ------------------------------------------------------------------------- */
 
+static void res_free(struct lorad *c, uint32_t ri)
+{
+	struct rslot *x = &c->rs[ri];
+
+	log_free(x->where == LORAD_RESULTS_DEVICE ? &c->dev_log : &c->arena_log, x->chunk);
+	x->state = RES_FREE;
+	x->next_free = c->free_rs;
+	c->free_rs = ri;
+}
+
 static void slot_release(struct lorad *c, uint32_t idx)
 {
 	struct slot *s = &c->slots[idx];
 
-	arena_free(c, s->arena_chunk);
+	log_free(&c->arena_log, s->arena_chunk);
+	if (s->res != RES_NONE)
+		c->rs[s->res].state = RES_HELD;   /* the caller's until lorad_result_release() */
+	s->res = RES_NONE;
 	s->state = SLOT_FREE;
 	s->next_free = c->free_slot;
 	c->free_slot = idx;
@@ -1016,6 +1175,48 @@ unsigned lorad_pending(struct lorad *c)
 	return n;
 }
 
+/* --- results -------------------------------------------------------------------- */
+
+int lorad_results_info(struct lorad *c, struct lorad_results_info *info)
+{
+	memset(info, 0, sizeof(*info));
+	info->where = c->ipc_open ? LORAD_RESULTS_DEVICE : LORAD_RESULTS_ARENA;
+	info->why = c->ipc_open ? 0 : c->res_why;
+	info->vocab = c->res.vocab;
+	info->hidden = c->res.hidden;
+	info->device_size = c->ipc_open ? c->res.dev_size : 0;
+	info->cuda_device = c->ipc_open ? c->ipc.ordinal : -1;
+	info->open_ns = c->ipc_open_ns;
+	return 0;
+}
+
+int lorad_result_wait(struct lorad *c, void *cuda_stream)
+{
+	/* rows in the arena are written before their completion is posted */
+	return c->ipc_open ? cipc_stream_wait(&c->ipc, cuda_stream) : 0;
+}
+
+int lorad_result_sync(struct lorad *c)
+{
+	return c->ipc_open ? cipc_sync(&c->ipc) : 0;
+}
+
+int lorad_result_release(struct lorad *c, const struct lorad_result *r)
+{
+	uint32_t ri = r->id & 0xffff;
+	int ret = 0;
+
+	pthread_mutex_lock(&c->lock);
+	if (ri >= c->n_slots || c->rs[ri].gen != (r->id >> 16) || c->rs[ri].state == RES_FREE)
+		ret = -ENOENT;
+	else if (c->rs[ri].state == RES_RUNNING)
+		ret = -EBUSY;   /* the daemon may still write there: wait for the final event */
+	else
+		res_free(c, ri);
+	pthread_mutex_unlock(&c->lock);
+	return ret;
+}
+
 int lorad_get_stats(struct lorad *c, struct lorad_stats *st)
 {
 	pthread_mutex_lock(&c->lock);
@@ -1067,6 +1268,7 @@ const char *lorad_field_name(unsigned field)
 		[LORAD_FIELD_SKILL] = "skill",
 		[LORAD_FIELD_DEADLINE] = "deadline",
 		[LORAD_FIELD_TAG] = "tag",
+		[LORAD_FIELD_RESULT] = "result",
 	};
 
 	return field < LORAD_FIELD__MAX ? names[field] : "unknown";

@@ -89,6 +89,7 @@ struct be_info {
 	size_t mem_total;   /* bytes of the memory buffers live in */
 	char error[160];    /* the first device error (call, file, line); "" while
 			     * healthy. After one, every queued op fails. */
+	char bus_id[32];    /* the device's PCI bus id ("0000:3b:00.0"); "" on the CPU */
 };
 
 /* How a buffer travels to another process (be_export). */
@@ -217,6 +218,10 @@ struct be_ops {
 	int (*event_wait)(struct be *be, struct be_event *e, enum be_queue q);
 	int (*event_sync)(struct be *be, struct be_event *e);
 	int (*event_query)(struct be *be, struct be_event *e);
+	/* An event another process can wait for (CUDA: interprocess, no
+	 * timing), described in handle (cudaIpcEventHandle_t). Returns 0,
+	 * -ENOTSUP (the backend has none) or -errno. */
+	int (*event_new_shared)(struct be *be, struct be_event **out, unsigned char handle[64]);
 
 	/* Host memory the backend copies from at full speed (pinned). alloc:
 	 * NULL when out of memory; register: 0 or -errno, for memory allocated
@@ -365,6 +370,8 @@ static inline int be_event_sync(struct be *be, struct be_event *e)
 { return be->ops->event_sync(be, e); }
 static inline int be_event_query(struct be *be, struct be_event *e)
 { return be->ops->event_query(be, e); }
+static inline int be_event_new_shared(struct be *be, struct be_event **out, unsigned char h[64])
+{ return be->ops->event_new_shared(be, out, h); }
 static inline void *be_host_alloc(struct be *be, size_t bytes) { return be->ops->host_alloc(be, bytes); }
 static inline void be_host_free(struct be *be, void *p, size_t bytes)
 { if (p) be->ops->host_free(be, p, bytes); }

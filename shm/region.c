@@ -52,6 +52,8 @@ int region_layout_compute(struct region_layout *l, uint32_t sq, uint32_t cq, uin
 	off += sizeof(struct lorad_ring_ctl);
 	l->stats_off = off;
 	off = align_up(off + sizeof(struct lorad_region_stats), LORAD_CACHELINE);
+	l->results_off = off;
+	off = align_up(off + sizeof(struct lorad_results_hdr), LORAD_CACHELINE);
 	l->sq_entries = sq;
 	l->sqes_off = off;
 	off += sq * (uint32_t)sizeof(struct lorad_sqe);
@@ -84,6 +86,7 @@ void region_write_header(void *map, const struct region_layout *l)
 	h->stats_off = l->stats_off;
 	h->arena_off = l->arena_off;
 	h->arena_size = l->arena_size;
+	h->results_off = l->results_off;
 }
 
 int region_create(const struct region_layout *l, int *fdp, void **mapp)
@@ -146,6 +149,7 @@ int region_map(int fd, uint32_t size, void **mapp, struct region_layout *l)
 	l->stats_off = h->stats_off;
 	l->arena_off = h->arena_off;
 	l->arena_size = h->arena_size;
+	l->results_off = h->abi_minor >= 3 ? h->results_off : 0;
 	if (h->magic != LORAD_MAGIC || h->abi_major != LORAD_ABI_MAJOR ||
 	    h->region_size != size ||
 	    !ring_is_pow2(l->sq_entries) || !ring_is_pow2(l->cq_entries) ||
@@ -155,7 +159,9 @@ int region_map(int fd, uint32_t size, void **mapp, struct region_layout *l)
 	    !span_ok(l->stats_off, sizeof(struct lorad_region_stats), size) ||
 	    !span_ok(l->sqes_off, (uint64_t)l->sq_entries * sizeof(struct lorad_sqe), size) ||
 	    !span_ok(l->cqes_off, (uint64_t)l->cq_entries * sizeof(struct lorad_cqe), size) ||
-	    !span_ok(l->arena_off, l->arena_size, size) || l->arena_off % 64) {
+	    !span_ok(l->arena_off, l->arena_size, size) || l->arena_off % 64 ||
+	    (l->results_off && (l->results_off % 8 ||
+				!span_ok(l->results_off, sizeof(struct lorad_results_hdr), size)))) {
 		munmap(map, size);
 		return -EPROTO;
 	}

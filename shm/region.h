@@ -18,6 +18,7 @@ struct region_layout {
 	uint32_t cq_ctl_off, cq_entries, cqes_off;
 	uint32_t stats_off;
 	uint32_t arena_off, arena_size;
+	uint32_t results_off;    /* struct lorad_results_hdr; 0: a daemon older than ABI 1.3 */
 };
 
 #define REGION_SQ_MIN      8u

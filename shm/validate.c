@@ -109,6 +109,15 @@ int sqe_validate(const struct lorad_sqe *e, const struct sqe_limits *lim,
 		     e->prompt_off < so + sizeof(struct lorad_served)))
 			BAD(LORAD_FIELD_OUTPUT, -EINVAL);
 	}
+	/* so does the result request, after the served record */
+	if (e->flags & LORAD_SQE_F_RESULT) {
+		uint64_t ro = lorad_result_req_off(e);
+
+		if (ro + sizeof(struct lorad_result_req) > lim->arena_size ||
+		    (e->prompt_len && ro < (uint64_t)e->prompt_off + e->prompt_len &&
+		     e->prompt_off < ro + sizeof(struct lorad_result_req)))
+			BAD(LORAD_FIELD_RESULT, -EINVAL);
+	}
 	if (!isfinite(e->temperature) || e->temperature < 0.0f || e->temperature > 100.0f ||
 	    !prob_ok(e->top_p) || !prob_ok(e->min_p) ||
 	    !isfinite(e->repetition_penalty) || e->repetition_penalty < 0.0f ||
@@ -134,23 +143,63 @@ void sqe_ext_free(struct sqe_ext *x)
 	memset(x, 0, sizeof(*x));
 }
 
-int sqe_ext_load(const struct lorad_sqe *e, const unsigned char *arena, uint32_t arena_size,
-		 struct sqe_ext *x, enum lorad_field *field)
+/*
+ * The result request of @e (LORAD_SQE_F_RESULT), read once: the rows must
+ * fit where the client put them, clear of every other buffer of the
+ * request (@keep, @n_keep spans) in the arena.
+ */
+static int result_load(const struct lorad_sqe *e, const unsigned char *arena,
+		       const struct sqe_limits *lim, uint64_t (*keep)[2], int n_keep,
+		       struct sqe_ext *x)
+{
+	struct lorad_result_req q;
+	uint64_t end;
+
+	memcpy(&q, arena + lorad_result_req_off(e), sizeof(q));   /* checked in bounds by sqe_validate() */
+	if (q.reserved || q.kind == LORAD_RESULT_NONE || q.kind >= LORAD_RESULT__MAX ||
+	    !lim->result_row[q.kind] || q.len > (1ull << 40) || q.off > (1ull << 40) ||
+	    q.len < (uint64_t)e->max_tokens * lim->result_row[q.kind])
+		return -EINVAL;
+	end = q.off + q.len;
+	if (q.where == LORAD_RESULTS_ARENA) {
+		if (q.off % 64 || end > lim->arena_size)
+			return -EINVAL;
+		for (int k = 0; k < n_keep; k++)
+			if (keep[k][1] > keep[k][0] && overlap(q.off, end, keep[k][0], keep[k][1]))
+				return -EINVAL;
+	} else if (q.where == LORAD_RESULTS_DEVICE) {
+		if (!lim->dev_size || q.off % 256 || end > lim->dev_size)
+			return -EINVAL;
+	} else {
+		return -EINVAL;
+	}
+	x->result_kind = q.kind;
+	x->result_where = q.where;
+	x->result_off = q.off;
+	x->result_len = q.len;
+	return 0;
+}
+
+int sqe_ext_load(const struct lorad_sqe *e, const unsigned char *arena,
+		 const struct sqe_limits *lim, struct sqe_ext *x, enum lorad_field *field)
 {
 	/* the buffers the daemon writes, and what they must stay clear of */
-	const bool served = e->flags & LORAD_SQE_F_SERVED;
-	const uint64_t so = lorad_served_off(e);
+	const uint32_t arena_size = lim->arena_size;
+	const bool served = e->flags & LORAD_SQE_F_SERVED, result = e->flags & LORAD_SQE_F_RESULT;
+	const uint64_t so = lorad_served_off(e), ro = lorad_result_req_off(e);
 	struct { uint64_t off, len; } w[3] = { { 0, 0 } };
-	const uint64_t keep[4][2] = {
+	uint64_t keep[8][2] = {
 		{ e->prompt_off, (uint64_t)e->prompt_off + e->prompt_len },
 		{ e->out_off, (uint64_t)e->out_off + e->out_len },
 		{ e->ext_off, (uint64_t)e->ext_off + e->ext_len },
 		{ so, served ? so + sizeof(struct lorad_served) : so },
+		{ ro, result ? ro + sizeof(struct lorad_result_req) : ro },
 	};
 	const unsigned char *base;
 	struct lorad_ext h;
 	uint64_t need;
 	uint32_t at;
+	int n_keep = 5;
 
 	memset(x, 0, sizeof(*x));
 	*field = LORAD_FIELD_EXT;
@@ -158,7 +207,12 @@ int sqe_ext_load(const struct lorad_sqe *e, const unsigned char *arena, uint32_t
 	x->served_off = served ? (uint32_t)so : 0;
 	if (served && e->ext_len && keep[3][0] < keep[2][1] && keep[2][0] < keep[3][1])
 		return -EINVAL;   /* the extension block under the served record */
+	if (result && e->ext_len && keep[4][0] < keep[2][1] && keep[2][0] < keep[4][1])
+		return -EINVAL;   /* ... or under the result request */
 	if (!e->ext_len) {
+		*field = LORAD_FIELD_RESULT;
+		if (result && result_load(e, arena, lim, keep, n_keep, x))
+			return -EINVAL;
 		*field = LORAD_FIELD_NONE;
 		return 0;
 	}
@@ -191,7 +245,7 @@ int sqe_ext_load(const struct lorad_sqe *e, const unsigned char *arena, uint32_t
 			continue;
 		if (w[i].off + w[i].len > arena_size)
 			return -EINVAL;
-		for (int k = 0; k < 4; k++)
+		for (int k = 0; k < 5; k++)
 			if (keep[k][1] > keep[k][0] &&
 			    overlap(w[i].off, w[i].off + w[i].len, keep[k][0], keep[k][1]))
 				return -EINVAL;
@@ -199,6 +253,14 @@ int sqe_ext_load(const struct lorad_sqe *e, const unsigned char *arena, uint32_t
 			if (w[k].len && overlap(w[i].off, w[i].off + w[i].len, w[k].off, w[k].off + w[k].len))
 				return -EINVAL;
 	}
+	for (int i = 0; i < 3; i++)
+		if (w[i].len) {
+			keep[n_keep][0] = w[i].off;
+			keep[n_keep++][1] = w[i].off + w[i].len;
+		}
+	*field = LORAD_FIELD_RESULT;
+	if (result && result_load(e, arena, lim, keep, n_keep, x))
+		return -EINVAL;
 	x->min_tokens = h.min_tokens;
 	x->text_off = h.text_len ? h.text_off : 0;
 	x->text_len = h.text_len;

@@ -19,6 +19,8 @@ struct sqe_limits {
 	uint32_t max_tokens;     /* per request */
 	uint32_t max_prompt;     /* tokens of a token prompt */
 	uint32_t max_text;       /* bytes of a text prompt */
+	uint32_t result_row[LORAD_RESULT__MAX]; /* bytes of a result row of each kind; 0: not offered */
+	uint64_t dev_size;       /* bytes of the session's device results buffer; 0: none */
 };
 
 /* A submission's extension block (struct lorad_ext and what follows it),
@@ -29,6 +31,9 @@ struct sqe_ext {
 	uint32_t skill_off;              /* where a 1.1 client wants the skill "auto" chose; 0: none */
 	uint32_t served_off;             /* where struct lorad_served goes (LORAD_SQE_F_SERVED); 0: none */
 	uint32_t times_off;              /* where struct lorad_times goes; 0: none */
+	uint32_t result_kind;            /* enum lorad_result_kind; 0: no result rows */
+	uint32_t result_where;           /* enum lorad_result_where */
+	uint64_t result_off, result_len; /* bytes, in the arena or the device buffer */
 	uint32_t n_stop, n_bias, n_stop_str;
 	uint32_t *stop;                  /* n_stop ids (malloc'd) */
 	struct lorad_logit_bias *bias;   /* n_bias (malloc'd) */
@@ -52,15 +57,18 @@ int sqe_validate(const struct lorad_sqe *e, const struct sqe_limits *lim,
 		 enum lorad_field *field);
 
 /*
- * Read the extension block of the validated entry @e out of @arena (the
- * client's, @arena_size bytes) into @x: every shared byte read once, every
- * offset checked against the arena and against the request's other buffers
- * (prompt, output ids, the block itself, each other, the served record).
- * Returns 0, -EINVAL with *field (LORAD_FIELD_EXT), or -ENOMEM. @x holds
- * nothing to free on error; on success free it with sqe_ext_free().
+ * Read the extension block and the result request of the validated entry
+ * @e out of @arena (the client's, lim->arena_size bytes) into @x: every
+ * shared byte read once, every offset checked against the arena (or the
+ * device results buffer, lim->dev_size) and against the request's other
+ * buffers (prompt, output ids, the block itself, each other, the served
+ * record). Returns 0; -EINVAL with *field (LORAD_FIELD_EXT, or
+ * LORAD_FIELD_RESULT: a kind or place not offered, rows that do not fit);
+ * or -ENOMEM. @x holds nothing to free on error; on success free it with
+ * sqe_ext_free().
  */
-int sqe_ext_load(const struct lorad_sqe *e, const unsigned char *arena, uint32_t arena_size,
-		 struct sqe_ext *x, enum lorad_field *field);
+int sqe_ext_load(const struct lorad_sqe *e, const unsigned char *arena,
+		 const struct sqe_limits *lim, struct sqe_ext *x, enum lorad_field *field);
 void sqe_ext_free(struct sqe_ext *x);
 
 /* The longest stop string, in bytes. */

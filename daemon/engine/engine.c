@@ -248,6 +248,10 @@ int engine_seq_new(struct engine *e, const int32_t *prompt, int n,
 				    i, c->vocab);
 	if (params->max_tokens < 0)
 		return err_fail(err, errlen, -EINVAL, "max_tokens must be >= 0");
+	if (params->result.kind &&
+	    (params->result.kind > ENGINE_RESULT_HIDDEN || params->result.rows < 0 ||
+	     !params->result.host == !params->result.dev))
+		return err_fail(err, errlen, -EINVAL, "a result needs a kind and one place for its rows");
 	total = (long)n + params->max_tokens;
 	if (total > c->max_pos)
 		return err_fail(err, errlen, -E2BIG,
@@ -413,6 +417,36 @@ static void seq_sample(struct engine *e, struct engine_seq *s, const float *row)
 	seq_take(e, s, s->last.token);
 }
 
+/* The result row of every sequence that gets a token this step: its last
+ * output row, as row n_generated of its result. */
+static int write_results(struct engine *e, struct engine_seq *const *seqs, const int *n_new, int n,
+			 int outs)
+{
+	int x, r, rc;
+
+	for (x = 0, r = 0; x < n; x++) {
+		const struct engine_seq *s = seqs[e->ord[x]];
+		const struct engine_result *res = &s->params.result;
+		int k = n_new ? n_new[e->ord[x]] : engine_seq_pending(s), last, hid;
+		size_t w;
+
+		while (r < outs && e->out_seq[r] == x)
+			r++;
+		last = r - 1;
+		if (!res->kind || s->n_computed + k < s->n_tokens ||
+		    s->n_generated >= s->params.max_tokens || s->n_generated >= res->rows)
+			continue;
+		hid = res->kind == ENGINE_RESULT_HIDDEN;
+		w = hid ? (size_t)e->cfg.hidden : (size_t)e->cfg.vocab;
+		rc = fwd_result_row(e->fwd, hid, last,
+				    res->host ? res->host + (size_t)s->n_generated * w : NULL, res->dev,
+				    res->dev_off + (size_t)s->n_generated * w);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
 int engine_step(struct engine *e, struct engine_seq *const *seqs, const int *n_new, int n,
 		char *err, size_t errlen)
 {
@@ -517,6 +551,8 @@ int engine_step(struct engine *e, struct engine_seq *const *seqs, const int *n_n
 	for (x = 0; x < n && dev; x++)
 		dev = seq_device_sample_ok(seqs[e->ord[x]]);
 	rc = fwd_run(e->fwd, &b, e->segs, n_segs, dev ? NULL : e->logits);
+	if (rc == 0)
+		rc = write_results(e, seqs, n_new, n, outs); /* queued before the sampling waits */
 	if (rc == 0 && dev) {
 		for (j = 0; j < outs; j++) {
 			const struct engine_seq *s = seqs[e->ord[e->out_seq[j]]];
@@ -728,4 +764,57 @@ int engine_adapter_merge(struct engine *e, const char *dir, char *err, size_t er
 	rc = fwd_merge(e->fwd, ad, err, errlen);
 	adapter_close(ad);
 	return rc;
+}
+
+/* --- buffers for other processes ------------------------------------------------ */
+
+struct engine_export {
+	struct be_buf *buf;
+	struct be_event *ev;
+};
+
+int engine_export_new(struct engine *e, size_t bytes, struct engine_export **out,
+		      struct be_export *mem, unsigned char event[64])
+{
+	struct engine_export *x;
+	int rc;
+
+	*out = NULL;
+	if (!(be_caps(e->be) & BE_CAP_DEVICE_MEMORY))
+		return -ENODEV;
+	if (!(be_caps(e->be) & BE_CAP_EXPORT))
+		return -ENOTSUP;
+	if (!bytes || bytes % 4 || !(x = calloc(1, sizeof(*x))))
+		return bytes && bytes % 4 == 0 ? -ENOMEM : -EINVAL;
+	rc = -ENOMEM;
+	if (!(x->buf = be_alloc_ex(e->be, bytes / 4, BE_F32, BE_BUF_EXPORT)))
+		goto err;
+	if ((rc = be_export(e->be, x->buf, mem)) < 0 ||
+	    (rc = be_event_new_shared(e->be, &x->ev, event)) < 0)
+		goto err;
+	*out = x;
+	return 0;
+err:
+	engine_export_free(e, x);
+	return rc;
+}
+
+struct be_buf *engine_export_buf(struct engine_export *x)
+{
+	return x->buf;
+}
+
+int engine_export_mark(struct engine *e, struct engine_export *x)
+{
+	return be_event_record(e->be, x->ev, BE_Q_COMPUTE);
+}
+
+void engine_export_free(struct engine *e, struct engine_export *x)
+{
+	if (!x)
+		return;
+	be_event_free(e->be, x->ev);
+	if (x->buf)
+		be_free(e->be, x->buf);
+	free(x);
 }

@@ -54,6 +54,22 @@ enum engine_keep_logits {
 	ENGINE_LOGITS_ALL,         /* every position the engine computes */
 };
 
+/* Rows a sequence hands out besides its tokens (the daemon's results): one
+ * fp32 row per generated token, row i for token i, written before
+ * engine_step returns (or, into a device buffer, queued on the compute
+ * queue before it returns; engine_export_mark orders them for others). */
+enum engine_result_kind {
+	ENGINE_RESULT_NONE,
+	ENGINE_RESULT_LOGITS, /* [vocab]: the logits the token was chosen from */
+	ENGINE_RESULT_HIDDEN, /* [hidden]: the last position's state after the final norm */
+};
+struct engine_result {
+	enum engine_result_kind kind;
+	float *host;          /* rows in host memory ... */
+	struct be_buf *dev;   /* ... or in this buffer of the engine's backend, */
+	size_t dev_off;       /* from this element on */
+	int rows;             /* room for so many rows; later tokens get none */
+};
 struct engine_seq_params {
 	struct sample_params sample; /* the lists in it are copied */
 	int max_tokens;              /* tokens to generate; 0: only run the prompt */
@@ -61,6 +77,7 @@ struct engine_seq_params {
 	int adapter;                 /* an id from engine_adapter_load; 0 (the
 				      * zeroed default) or negative: the base
 				      * model alone */
+	struct engine_result result; /* zeroed: none */
 };
 
 enum engine_finish {
@@ -226,4 +243,19 @@ unsigned engine_backend_caps(const struct engine *e);
  * healthy, else the first device error (call, file, line). Any thread. */
 void engine_backend_info(const struct engine *e, struct be_info *info, size_t *mem_free);
 
+/*
+ * A buffer on the engine's backend that another process maps (CUDA IPC),
+ * with an event that process waits for: the daemon's per-client results
+ * buffer. engine_export_new allocates @bytes (zeroed) and describes the
+ * memory in *mem and the event in event[64]; returns 0, -ENODEV (the
+ * backend computes in host memory: use shared memory instead), -ENOTSUP,
+ * -ENOMEM or -errno. engine_export_mark records the event after the work
+ * queued so far (the rows of the step just run). Engine thread only.
+ */
+struct engine_export;
+int engine_export_new(struct engine *e, size_t bytes, struct engine_export **out,
+		      struct be_export *mem, unsigned char event[64]);
+struct be_buf *engine_export_buf(struct engine_export *x);
+int engine_export_mark(struct engine *e, struct engine_export *x);
+void engine_export_free(struct engine *e, struct engine_export *x);
 #endif

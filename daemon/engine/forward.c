@@ -764,6 +764,19 @@ int fwd_sample(struct fwd *f, int n_out, const struct be_sample *p, int32_t *ids
 	return be_sample(f->be, f->logits, n_out, f->c.vocab, p, ids);
 }
 
+int fwd_result_row(struct fwd *f, int hidden, int row, float *host, struct be_buf *dev,
+		   size_t dev_off)
+{
+	const struct be_buf *src = hidden ? f->xo : f->logits;
+	size_t w = hidden ? (size_t)f->c.hidden : (size_t)f->c.vocab;
+
+	if (row < 0 || row >= f->cap_out)
+		return -ERANGE;
+	if (dev)
+		return be_copy(f->be, BE_Q_COMPUTE, dev, dev_off, src, (size_t)row * w, w);
+	return be_download(f->be, src, (size_t)row * w, host, w);
+}
+
 int fwd_logits_row(struct fwd *f, int row, float *dst)
 {
 	if (row < 0 || row >= f->cap_out)

@@ -78,6 +78,12 @@ int fwd_run(struct fwd *f, const struct be_batch *b, const struct fwd_seg *segs,
 /* Picks a token for each of the n_out rows of the last fwd_run(logits
  * NULL) where they are (be_sample): only the ids come back. */
 int fwd_sample(struct fwd *f, int n_out, const struct be_sample *p, int32_t *ids);
+/* Copies output row @row of the last fwd_run, its logits [vocab] or
+ * (@hidden) its state after the final norm [hidden], to host memory
+ * @host or, queued on the compute queue, into @dev from element @dev_off
+ * on. Returns 0 or -errno. */
+int fwd_result_row(struct fwd *f, int hidden, int row, float *host, struct be_buf *dev,
+		   size_t dev_off);
 /* Copies row of the last fwd_run(logits NULL) to dst[vocab]. */
 int fwd_logits_row(struct fwd *f, int row, float *dst);
 

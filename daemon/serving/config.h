@@ -57,6 +57,7 @@ struct config {
 	uint64_t max_prompt_bytes;      /* a text prompt's bytes */
 	uint32_t max_prompt_tokens;     /* a prompt's tokens; 0 = the model's context */
 	uint64_t shm_limit;
+	uint64_t results_limit;         /* one session's device results buffer (CUDA IPC) */
 	uint32_t kv_tokens;             /* KV cache size in token positions */
 	uint32_t max_seqs;              /* sequences running at once */
 	uint32_t step_tokens;           /* token budget of one engine step */

@@ -586,6 +586,7 @@ static void fill_server_config(struct server_config *sc, const struct daemon *d)
 	sc->max_hello = c->max_unauthenticated;
 	sc->hello_timeout_ms = c->hello_timeout_ms;
 	sc->shm_limit = c->shm_limit;
+	sc->results_limit = c->results_limit;
 	sc->spin_us = c->spin_us;
 	sc->drain_ms = c->drain_ms;
 	sc->cpu = c->cpu;

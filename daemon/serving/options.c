@@ -73,6 +73,9 @@ const struct opt_def opt_table[] = {
 	  .reload = true },
 	{ "shm_limit", "limits", OPT_SIZE, F(shm_limit), 1 * G, NULL, 64 * K, 1ull << 40,
 	  .arg = "SIZE", .help = "shared memory of all client sessions together", .reload = true },
+	{ "results_limit", "limits", OPT_SIZE, F(results_limit), 256 * M, NULL, 0, 1ull << 36,
+	  .arg = "SIZE", .help = "device memory for one client's results (CUDA IPC), at most; 0: "
+	  "results only through shared memory", .reload = true },
 	{ "kv_tokens", "limits", OPT_U32, F(kv_tokens), 16384, NULL, 16, 1u << 28, .arg = "N",
 	  .help = "KV cache size in token positions" },
 	{ "max_seqs", "limits", OPT_U32, F(max_seqs), 64, NULL, 1, 65536, .arg = "N",

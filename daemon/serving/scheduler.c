@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -304,6 +305,19 @@ static void submit_skill(struct sched *s, struct sreq *r, struct sjob *parked)
 		p.sample.n_logit_bias = (int)r->x.n_bias;
 	}
 	p.max_tokens = (int)r->e.max_tokens;
+	if (r->x.result_kind) {
+		/* where the client put the rows: checked against the arena or the
+		 * session's device buffer by sqe_ext_load() */
+		p.result.kind = r->x.result_kind == LORAD_RESULT_HIDDEN ? ENGINE_RESULT_HIDDEN
+									: ENGINE_RESULT_LOGITS;
+		p.result.rows = (int)r->e.max_tokens;
+		if (r->x.result_where == LORAD_RESULTS_DEVICE) {
+			p.result.dev = engine_export_buf(r->s->res_dev);
+			p.result.dev_off = (size_t)(r->x.result_off / 4);
+		} else {
+			p.result.host = (float *)(void *)(r->s->arena + r->x.result_off);
+		}
+	}
 	if (sample_validate(&p.sample, engine_config(s->e)->vocab, s->err, sizeof(s->err))) {
 		log_debug("request refused: %s", s->err);
 		free(bias);
@@ -668,6 +682,28 @@ static struct sjob *newest_running(struct sched *s)
 	return v;
 }
 
+/* The rows this step queued into device results buffers: each session's
+ * event is recorded once after them, before their completions are posted. */
+static void mark_results(struct sched *s, int n)
+{
+	for (int i = 0; i < n; i++) {
+		struct sjob *j = s->jobs[i];
+		struct session *ses = j->r->s;
+		int k;
+
+		if (j->r->x.result_where != LORAD_RESULTS_DEVICE || !j->r->x.result_kind ||
+		    (uint32_t)j->seq->n_generated <= j->sent)
+			continue;
+		for (k = 0; k < i; k++)
+			if (s->jobs[k]->r->s == ses && s->jobs[k]->r->x.result_kind &&
+			    s->jobs[k]->r->x.result_where == LORAD_RESULTS_DEVICE &&
+			    (uint32_t)s->jobs[k]->seq->n_generated > s->jobs[k]->sent)
+				break;
+		if (k == i && ses->res_dev && engine_export_mark(s->e, ses->res_dev) < 0)
+			log_warn("results event of client pid %d not recorded", (int)ses->pid);
+	}
+}
+
 static int sc_step(void *ctx)
 {
 	struct sched *s = ctx;
@@ -715,6 +751,7 @@ static int sc_step(void *ctx)
 		return 1;
 	}
 	s->st.steps++;
+	mark_results(s, n);
 	for (int i = 0; i < n; i++) {
 		if (s->seqs[i]->n_computed <= s->seqs[i]->n_prompt)
 			s->st.prefill_tokens += s->n_new[i];
@@ -723,12 +760,62 @@ static int sc_step(void *ctx)
 	return 1;
 }
 
+static void sc_result_dims(void *ctx, uint32_t *vocab, uint32_t *hidden)
+{
+	const struct model_config *c = engine_config(((struct sched *)ctx)->e);
+
+	*vocab = (uint32_t)c->vocab;
+	*hidden = (uint32_t)c->hidden;
+}
+
+static int sc_results_open(void *ctx, struct session *ses, uint64_t bytes,
+			   struct lorad_results_hdr *h)
+{
+	struct sched *s = ctx;
+	struct engine_export *x;
+	struct be_export mem;
+	struct be_info info;
+	int ret;
+
+	bytes &= ~255ull;   /* whole 256-byte granules, the alignment of every row block */
+	if (!bytes)
+		return -EINVAL;
+	ret = engine_export_new(s->e, bytes, &x, &mem, h->event_handle);
+	if (ret < 0)
+		return ret;
+	if (mem.kind != BE_EXPORT_CUDA_IPC) {
+		engine_export_free(s->e, x);
+		return -ENOTSUP;
+	}
+	engine_backend_info(s->e, &info, NULL);
+	h->where = LORAD_RESULTS_DEVICE;
+	h->why = 0;
+	h->dev_size = bytes;
+	h->dev_offset = mem.offset;
+	memcpy(h->mem_handle, mem.handle, sizeof(h->mem_handle));
+	snprintf(h->bus_id, sizeof(h->bus_id), "%s", info.bus_id);
+	ses->res_dev = x;
+	log_info("client pid %d: %llu bytes of results on %s (CUDA IPC)", (int)ses->pid,
+		 (unsigned long long)bytes, info.bus_id);
+	return 0;
+}
+
+static void sc_results_close(void *ctx, struct session *ses)
+{
+	struct sched *s = ctx;
+
+	engine_export_free(s->e, ses->res_dev);
+}
+
 const struct exec_ops sched_ops = {
 	.submit = sc_submit,
 	.cancel = sc_cancel,
 	.drop = sc_drop,
 	.step = sc_step,
 	.busy = sc_busy,
+	.result_dims = sc_result_dims,
+	.results_open = sc_results_open,
+	.results_close = sc_results_close,
 };
 
 struct sched *sched_build(struct engine *e, const struct tokenizer *tok,

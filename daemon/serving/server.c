@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -38,6 +39,18 @@ static int listen_create(struct server *sv)
 	return 0;
 }
 
+/* The widths of result rows, as the engine computes them. */
+static void result_dims(struct server *sv)
+{
+	uint32_t vocab = 0, hidden = 0;
+
+	if (sv->ex->result_dims)
+		sv->ex->result_dims(sv->exctx, &vocab, &hidden);
+	sv->cfg.lim.sqe.result_row[LORAD_RESULT_NONE] = 0;
+	sv->cfg.lim.sqe.result_row[LORAD_RESULT_LOGITS] = vocab * 4;
+	sv->cfg.lim.sqe.result_row[LORAD_RESULT_HIDDEN] = hidden * 4;
+}
+
 int server_build(struct server *sv, const struct server_config *cfg,
 		 const struct exec_ops *ex, void *exctx, volatile sig_atomic_t *stop_flag)
 {
@@ -49,6 +62,7 @@ int server_build(struct server *sv, const struct server_config *cfg,
 	sv->ex = ex;
 	sv->exctx = exctx;
 	sv->stop_flag = stop_flag;
+	result_dims(sv);
 	sv->listen_fd = -1;
 	sv->wake_fd = -1;
 	sv->ep = -1;
@@ -143,6 +157,11 @@ static void session_end(struct server *sv, struct session *s, int reason)
 		sreq_emit(r, true, -ECONNRESET, LORAD_FINISH_ERROR, 0);
 	}
 	s->state = SESSION_DEAD;
+	if (s->res_dev) {
+		/* after its last request: nothing writes there any more */
+		sv->ex->results_close(sv->exctx, s);
+		s->res_dev = NULL;
+	}
 	session_close_fds(sv, s);
 	for (pp = &sv->sessions; *pp; pp = &(*pp)->next) {
 		if (*pp == s) {
@@ -313,6 +332,57 @@ static int send_welcome(struct session *s, int memfd)
 	return 0;
 }
 
+/*
+ * Whether @pid lives in our PID namespace, where CUDA IPC works. Unknown
+ * (its /proc entry is not ours to read) counts as yes: the client then
+ * finds out when it opens the handle, and uses the arena.
+ */
+static bool same_pid_ns(pid_t pid)
+{
+	char path[64], mine[64], theirs[64];
+	ssize_t a, b;
+
+	snprintf(path, sizeof(path), "/proc/%d/ns/pid", (int)pid);
+	a = readlink("/proc/self/ns/pid", mine, sizeof(mine) - 1);
+	b = readlink(path, theirs, sizeof(theirs) - 1);
+	if (a <= 0 || b <= 0)
+		return true;
+	return a == b && !memcmp(mine, theirs, (size_t)a);
+}
+
+/*
+ * What the session gets for results: the widths of the rows, and a device
+ * buffer when it asked for one (@want bytes, clamped to results_limit) and
+ * can map it; otherwise why not, and its results go through the arena.
+ */
+static void results_offer(struct server *sv, struct session *s, uint32_t want)
+{
+	struct lorad_results_hdr *h = &s->res;
+	int ret;
+
+	memset(h, 0, sizeof(*h));
+	h->where = LORAD_RESULTS_ARENA;
+	h->vocab = sv->cfg.lim.sqe.result_row[LORAD_RESULT_LOGITS] / 4;
+	h->hidden = sv->cfg.lim.sqe.result_row[LORAD_RESULT_HIDDEN] / 4;
+	if (!want)
+		return;
+	if (!sv->ex->results_open || !h->vocab)
+		ret = -ENODEV;
+	else if (!sv->cfg.results_limit)
+		ret = -EPERM;
+	else if (!same_pid_ns(s->pid))
+		ret = -EXDEV;
+	else
+		ret = sv->ex->results_open(sv->exctx, s,
+					   want < sv->cfg.results_limit ? want : sv->cfg.results_limit, h);
+	if (ret < 0) {
+		h->where = LORAD_RESULTS_ARENA;
+		h->why = ret;
+		s->res_dev = NULL;
+		log_debug("client pid %d: results through the arena (%s)", (int)s->pid, strerror(-ret));
+	}
+}
+
 /* The client's hello is complete: check it, build the region, pass it on. */
 static int session_start(struct server *sv, struct session *s)
 {
@@ -329,10 +399,6 @@ static int session_start(struct server *sv, struct session *s)
 			 h.abi_major, h.abi_minor, LORAD_ABI_MAJOR);
 		send_refusal(s->sock, -EPROTONOSUPPORT);
 		return -EPROTONOSUPPORT;
-	}
-	if (h.reserved) {
-		send_refusal(s->sock, -EINVAL);
-		return -EINVAL;
 	}
 	if (sv->n_sessions >= sv->cfg.max_clients) {
 		if (log_ratelimit_ok(&sv->accept_rl, now_ns(), "clients"))
@@ -358,6 +424,8 @@ static int session_start(struct server *sv, struct session *s)
 		goto refuse;
 	}
 	sv->shm_used += s->lay.size;
+	results_offer(sv, s, h.results_size);
+	memcpy(region_at(s->map, s->lay.results_off), &s->res, sizeof(s->res));
 	s->sq = region_at(s->map, s->lay.sq_ctl_off);
 	s->cq = region_at(s->map, s->lay.cq_ctl_off);
 	s->sqes = region_at(s->map, s->lay.sqes_off);
@@ -665,6 +733,8 @@ void server_reconfigure(struct server *sv, const struct server_config *cfg)
 	sv->cfg.n_allow_gid = cfg->n_allow_gid;
 	sv->cfg.lim.sqe = cfg->lim.sqe;
 	sv->cfg.lim.max_inflight = cfg->lim.max_inflight;
+	sv->cfg.results_limit = cfg->results_limit;
+	result_dims(sv);
 }
 
 unsigned server_inflight(const struct server *sv)

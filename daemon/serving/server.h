@@ -26,6 +26,7 @@ struct server_config {
 	uint32_t max_hello;          /* connections still owing their hello */
 	uint32_t hello_timeout_ms;
 	uint64_t shm_limit;          /* bytes of all regions together */
+	uint64_t results_limit;      /* bytes of one session's device results buffer, at most */
 	uint32_t spin_us;            /* poll this long after the last work before sleeping */
 	uint32_t drain_ms;
 	int cpu;                     /* pin the engine thread, or -1 */

@@ -328,6 +328,7 @@ static void take_entry(struct session *s, const struct lorad_sqe *e,
 	int ret;
 
 	sl.arena_size = s->lay.arena_size;
+	sl.dev_size = s->res_dev ? s->res.dev_size : 0;
 	ret = sqe_validate(e, &sl, &field);
 	if (ret) {
 		session_post_error(s, e, ret, field);
@@ -360,7 +361,7 @@ static void take_entry(struct session *s, const struct lorad_sqe *e,
 	s->free_reqs = r->next;
 	r->e = *e;
 	/* one read of the client's bytes; everything later uses these copies */
-	ret = sqe_ext_load(e, s->arena, s->lay.arena_size, &r->x, &field);
+	ret = sqe_ext_load(e, s->arena, &sl, &r->x, &field);
 	if (!ret && sreq_copy_prompt(r, s->arena + e->prompt_off, e->prompt_len)) {
 		sqe_ext_free(&r->x);
 		ret = -ENOMEM;

@@ -62,6 +62,13 @@ struct exec_ops {
 	int (*step)(void *ctx);
 	/* Requests it holds. */
 	unsigned (*busy)(void *ctx);
+	/* Results (optional; NULL: none). The widths of a result row of each
+	 * kind in floats (0: not offered); a device results buffer of @bytes
+	 * for @s, described into @h (0, or -errno: the arena then carries the
+	 * session's results); and its end, after the session's last request. */
+	void (*result_dims)(void *ctx, uint32_t *vocab, uint32_t *hidden);
+	int (*results_open)(void *ctx, struct session *s, uint64_t bytes, struct lorad_results_hdr *h);
+	void (*results_close)(void *ctx, struct session *s);
 };
 
 enum session_state { SESSION_HELLO, SESSION_LIVE, SESSION_DEAD };
@@ -107,10 +114,12 @@ struct session {
 	int close_reason;
 	uint64_t id;
 	uint64_t requests;           /* accepted, for status */
+	struct lorad_results_hdr res; /* what the client was offered (the daemon's copy) */
+	void *res_dev;               /* the exec's device results buffer; NULL: none */
 };
 
 struct session_limits {
-	struct sqe_limits sqe;       /* arena_size is filled per session */
+	struct sqe_limits sqe;       /* arena_size and dev_size are filled per session */
 	uint32_t max_inflight;
 	uint32_t poll_budget;        /* entries taken per session per pass */
 };

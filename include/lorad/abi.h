@@ -29,7 +29,9 @@
 
 #define LORAD_MAGIC       0x44524f4cu  /* "LORD" little-endian */
 #define LORAD_ABI_MAJOR   1
-#define LORAD_ABI_MINOR   2  /* 1.1: lorad_ext.times_off; 1.2: LORAD_SQE_F_SERVED */
+#define LORAD_ABI_MINOR   3  /* 1.1: lorad_ext.times_off; 1.2: LORAD_SQE_F_SERVED;
+				* 1.3: results (hello.results_size, lorad_results_hdr,
+				* LORAD_SQE_F_RESULT) */
 #define LORAD_FEATURES    0ull         /* no optional features yet */
 
 #define LORAD_CACHELINE   64
@@ -47,7 +49,9 @@ struct lorad_hello {
 	uint32_t sq_entries;     /* wished; 0 = daemon default; rounded to 2^n */
 	uint32_t cq_entries;
 	uint32_t arena_size;     /* bytes; 0 = daemon default */
-	uint32_t reserved;       /* must be zero */
+	uint32_t results_size;   /* ABI 1.3: bytes of a results buffer on the daemon's GPU
+				  * (CUDA IPC); 0 = none (results then only through the
+				  * arena). A 1.2 daemon refuses a value here (-EINVAL). */
 };
 
 /*
@@ -113,7 +117,8 @@ struct lorad_region_hdr {
 	uint32_t stats_off;      /* struct lorad_region_stats */
 	uint32_t arena_off;
 	uint32_t arena_size;
-	uint32_t reserved[3];
+	uint32_t results_off;    /* ABI 1.3: struct lorad_results_hdr; 0 from older daemons */
+	uint32_t reserved[2];
 };
 
 enum lorad_op {
@@ -131,7 +136,9 @@ enum lorad_prompt_kind {
 #define LORAD_SQE_F_IGNORE_EOS  (1u << 0)
 #define LORAD_SQE_F_NO_SPECIAL  (1u << 1)  /* text prompt: no BOS/special tokens from the post-processor */
 #define LORAD_SQE_F_SERVED      (1u << 2)  /* a struct lorad_served follows the output ids (ABI 1.2) */
-#define LORAD_SQE_F__ALL        (LORAD_SQE_F_IGNORE_EOS | LORAD_SQE_F_NO_SPECIAL | LORAD_SQE_F_SERVED)
+#define LORAD_SQE_F_RESULT      (1u << 3)  /* a struct lorad_result_req follows (ABI 1.3) */
+#define LORAD_SQE_F__ALL        (LORAD_SQE_F_IGNORE_EOS | LORAD_SQE_F_NO_SPECIAL | LORAD_SQE_F_SERVED | \
+				 LORAD_SQE_F_RESULT)
 
 /*
  * One submission. Offsets and lengths are bytes relative to the arena. The
@@ -211,6 +218,68 @@ static inline uint64_t lorad_served_off(const struct lorad_sqe *e)
 	return ((uint64_t)e->out_off + e->out_len + 7) & ~(uint64_t)7;
 }
 
+/*
+ * Results (ABI 1.3): besides token ids, a request may ask for one row of
+ * fp32 per generated token: the logits the token was chosen from
+ * (vocabulary wide) or the final hidden state, after the last norm (hidden
+ * wide). Row i belongs to token i; a completion with n_out = k says rows
+ * 0 .. k-1 are written. The rows go where the client put them: in the
+ * arena, or in the session's device buffer (see lorad_results_hdr).
+ *
+ * With LORAD_SQE_F_RESULT this record lies in the arena right after the
+ * served record (or where the served record would start, without
+ * LORAD_SQE_F_SERVED), at lorad_result_req_off(sqe).
+ */
+enum lorad_result_kind {
+	LORAD_RESULT_NONE   = 0,
+	LORAD_RESULT_LOGITS = 1,     /* [vocab] fp32 per token */
+	LORAD_RESULT_HIDDEN = 2,     /* [hidden] fp32 per token */
+	LORAD_RESULT__MAX
+};
+
+enum lorad_result_where {
+	LORAD_RESULTS_ARENA  = 0,    /* the shared-memory arena */
+	LORAD_RESULTS_DEVICE = 1,    /* the session's device buffer (CUDA IPC) */
+};
+
+struct lorad_result_req {
+	uint32_t kind;           /* enum lorad_result_kind */
+	uint32_t where;          /* enum lorad_result_where */
+	uint64_t off;            /* bytes into the arena (64-aligned) or the device buffer (256-aligned) */
+	uint64_t len;            /* bytes there; at least max_tokens rows */
+	uint64_t reserved;       /* must be zero */
+};
+
+static inline uint64_t lorad_result_req_off(const struct lorad_sqe *e)
+{
+	return lorad_served_off(e) + ((e->flags & LORAD_SQE_F_SERVED) ? sizeof(struct lorad_served) : 0);
+}
+
+/*
+ * What the daemon offers a session for results, at region results_off
+ * (written once before the welcome; the daemon keeps its own copy).
+ * where is LORAD_RESULTS_DEVICE when the session got a device buffer:
+ * mem_handle is a cudaIpcMemHandle_t of an allocation on the GPU with PCI
+ * bus id bus_id, the buffer starts dev_offset bytes into it and is
+ * dev_size bytes long; event_handle is a cudaIpcEventHandle_t of an event
+ * the daemon records after writing the rows of a step and before posting
+ * their completions (make a stream wait on it before reading them). When
+ * a device buffer was asked for but not given, why says why (-EXDEV:
+ * another PID namespace; -ENODEV: the daemon computes on the CPU; -E2BIG:
+ * over the daemon's limit; ...) and results go through the arena.
+ */
+struct lorad_results_hdr {
+	uint32_t where;          /* enum lorad_result_where */
+	int32_t  why;            /* 0, or why a device buffer asked for was not given */
+	uint32_t vocab;          /* floats in a LORAD_RESULT_LOGITS row; 0: no results */
+	uint32_t hidden;         /* floats in a LORAD_RESULT_HIDDEN row */
+	uint64_t dev_size;
+	uint64_t dev_offset;
+	char     bus_id[32];     /* "0000:3b:00.0" */
+	unsigned char mem_handle[64];
+	unsigned char event_handle[64];
+};
+
 struct lorad_logit_bias {
 	uint32_t token;
 	float    bias;
@@ -245,6 +314,7 @@ enum lorad_field {
 	LORAD_FIELD_SKILL,           /* not terminated, bad characters, or unknown */
 	LORAD_FIELD_DEADLINE,
 	LORAD_FIELD_TAG,
+	LORAD_FIELD_RESULT,          /* the result request: kind, place or size (ABI 1.3) */
 	LORAD_FIELD__MAX
 };
 
@@ -281,6 +351,8 @@ LORAD_STATIC_ASSERT(sizeof(struct lorad_ext) == 32, "ext layout");
 LORAD_STATIC_ASSERT(sizeof(struct lorad_times) == 32, "times layout");
 LORAD_STATIC_ASSERT(sizeof(struct lorad_served) == 96, "served layout");
 LORAD_STATIC_ASSERT(sizeof(struct lorad_logit_bias) == 8, "logit bias layout");
+LORAD_STATIC_ASSERT(sizeof(struct lorad_result_req) == 32, "result request layout");
+LORAD_STATIC_ASSERT(sizeof(struct lorad_results_hdr) == 192, "results header layout");
 LORAD_STATIC_ASSERT(sizeof(struct lorad_cqe) == 64, "cqe layout");
 LORAD_STATIC_ASSERT(__builtin_offsetof(struct lorad_sqe, skill) == 96, "sqe skill offset");
 LORAD_STATIC_ASSERT(__builtin_offsetof(struct lorad_cqe, version) == 48, "cqe version offset");

@@ -40,6 +40,9 @@ struct lorad_connect_opts {
 	uint32_t max_inflight;   /* requests this connection tracks; 0 = 4096 */
 	int      timeout_ms;     /* connect and handshake; 0 = 5000, < 0 = forever */
 	uint32_t spin_us;        /* lorad_wait() polls this long before it sleeps */
+	uint32_t results_size;   /* bytes of a results buffer on the daemon's GPU, mapped here
+				  * through CUDA IPC (see lorad_results_info); 0 = result
+				  * rows only through the shared-memory arena */
 };
 
 struct lorad_request {
@@ -79,6 +82,43 @@ struct lorad_request {
 					* set (routing_key_len > 0) lorad_routing_key() of them
 					* is the key and routing_key is ignored */
 	uint32_t        routing_key_len;
+	/* result rows (ABI 1.3): one row of fp32 per generated token, row i
+	 * for token i, readable once an event's n_tokens > i */
+	uint32_t        result;        /* LORAD_RESULT_LOGITS (vocabulary wide) or
+					* LORAD_RESULT_HIDDEN (the final norm's output);
+					* 0 = none */
+	struct lorad_result *result_at; /* filled by lorad_submit: where the rows are */
+};
+
+/*
+ * Where a request's result rows are. They stay there, after the request's
+ * final event, until lorad_result_release(): read them in place (on the
+ * device, zero copy) and release them soon, the space is the connection's.
+ */
+struct lorad_result {
+	const float *host;       /* the rows in this process's memory (the arena), or NULL */
+	void        *device;     /* the rows in device memory (CUDA IPC), or NULL */
+	int          cuda_device; /* the CUDA device of device, as this process numbers it; -1 */
+	uint32_t     row_floats; /* floats per row */
+	uint32_t     rows;       /* max_tokens */
+	uint32_t     id;         /* names them to lorad_result_release() */
+};
+
+/* Where this connection's result rows go, and why. */
+struct lorad_results_info {
+	unsigned where;          /* LORAD_RESULTS_DEVICE or LORAD_RESULTS_ARENA */
+	int      why;            /* the arena although results_size asked for the device:
+				  * -ENOTSUP (no CUDA driver in this process), -ENODEV (the
+				  * daemon computes on the CPU, or this process does not see
+				  * its GPU), -EXDEV (the handle does not open here: another
+				  * PID namespace or container), -EPERM (the daemon's
+				  * results_limit is 0), -EPROTONOSUPPORT (a daemon older
+				  * than ABI 1.3), -ENOMEM */
+	uint32_t vocab;          /* floats in a LORAD_RESULT_LOGITS row; 0: no results offered */
+	uint32_t hidden;         /* floats in a LORAD_RESULT_HIDDEN row */
+	uint64_t device_size;    /* bytes of the device buffer */
+	int      cuda_device;    /* its device in this process; -1 */
+	uint64_t open_ns;        /* what opening it cost lorad_connect */
 };
 
 #define LORAD_EV_FINAL  (1u << 0)  /* last event of the request; its buffer is the caller's again */
@@ -190,6 +230,28 @@ int lorad_arm(struct lorad *c);
  */
 int lorad_generate(struct lorad *c, const struct lorad_request *req,
 		   struct lorad_event *final, int timeout_ms);
+
+/* Where result rows go (lorad_connect_opts.results_size). Returns 0. */
+int lorad_results_info(struct lorad *c, struct lorad_results_info *info);
+
+/*
+ * Make @cuda_stream (a cudaStream_t; NULL: the default stream) wait until
+ * the rows announced by the events reaped so far are written: the daemon
+ * records an interprocess event after each step's rows. Does not block
+ * the host. 0 at once when rows go through the arena (they are written
+ * before their event); -EIO when the driver refused.
+ */
+int lorad_result_wait(struct lorad *c, void *cuda_stream);
+
+/* The same, blocking the calling thread instead. */
+int lorad_result_sync(struct lorad *c);
+
+/*
+ * Give back the space of @r's rows. Returns 0; -EBUSY while its request
+ * has not had its final event (cancel it and reap first); -ENOENT for rows
+ * already released.
+ */
+int lorad_result_release(struct lorad *c, const struct lorad_result *r);
 
 /* Requests submitted and not yet finally reaped. */
 unsigned lorad_pending(struct lorad *c);

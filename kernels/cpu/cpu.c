@@ -938,6 +938,15 @@ static struct be_event *cpu_event_new(struct be *be)
 	return calloc(1, sizeof(struct be_event));
 }
 
+/* Host memory needs no event across processes: the completion orders it. */
+static int cpu_event_new_shared(struct be *be, struct be_event **out, unsigned char handle[64])
+{
+	(void)be;
+	(void)handle;
+	*out = NULL;
+	return -ENOTSUP;
+}
+
 static void cpu_event_free(struct be *be, struct be_event *e)
 {
 	(void)be;
@@ -1073,6 +1082,7 @@ static const struct be_ops cpu_ops = {
 	.event_wait = cpu_event_wait,
 	.event_sync = cpu_event_sync,
 	.event_query = cpu_event_query,
+	.event_new_shared = cpu_event_new_shared,
 	.host_alloc = cpu_host_alloc,
 	.host_free = cpu_host_free,
 	.host_register = cpu_host_register,

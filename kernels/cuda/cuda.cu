@@ -56,6 +56,7 @@ struct cuda_be {
 	struct be be;
 	int dev;
 	char devname[96];
+	char bus_id[32];           /* PCI bus id, for clients that open our IPC handles */
 	size_t mem_total;
 	cudaStream_t q[2];         /* BE_Q_COMPUTE, BE_Q_COPY */
 	cublasHandle_t blas;
@@ -392,6 +393,33 @@ static struct be_event *cu_event_new(struct be *be)
 		return NULL;
 	}
 	return e;
+}
+
+static int cu_event_new_shared(struct be *be, struct be_event **out, unsigned char handle[64])
+{
+	struct cuda_be *c = CB(be);
+	struct be_event *e = (struct be_event *)calloc(1, sizeof(*e));
+	cudaIpcEventHandle_t h;
+	int rc;
+
+	*out = NULL;
+	if (!e)
+		return -ENOMEM;
+	enter(c);
+	rc = CK(c, cudaEventCreateWithFlags(&e->ev, cudaEventDisableTiming | cudaEventInterprocess));
+	if (rc < 0) {
+		free(e);
+		return rc;
+	}
+	if ((rc = CK(c, cudaIpcGetEventHandle(&h, e->ev))) < 0) {
+		cudaEventDestroy(e->ev);
+		free(e);
+		return rc;
+	}
+	static_assert(sizeof(h) == 64, "cudaIpcEventHandle_t is 64 bytes");
+	memcpy(handle, &h, sizeof(h));
+	*out = e;
+	return 0;
 }
 
 static void cu_event_free(struct be *be, struct be_event *e)
@@ -1433,6 +1461,7 @@ static void cu_info(struct be *be, struct be_info *out, size_t *mem_free)
 	out->caps = BE_CAP_ASYNC_COPY | BE_CAP_DEVICE_MEMORY | BE_CAP_BF16 | BE_CAP_F16 |
 		    BE_CAP_EXPORT | BE_CAP_DEVICE_SAMPLE | BE_CAP_GRAPHS;
 	snprintf(out->device, sizeof(out->device), "%s", c->devname);
+	snprintf(out->bus_id, sizeof(out->bus_id), "%s", c->bus_id);
 	out->mem_total = c->mem_total;
 	pthread_mutex_lock(&c->err_lock);
 	snprintf(out->error, sizeof(out->error), "%s", c->err_text);
@@ -1493,6 +1522,7 @@ static const struct be_ops cuda_ops = {
 	.event_wait = cu_event_wait,
 	.event_sync = cu_event_sync,
 	.event_query = cu_event_query,
+	.event_new_shared = cu_event_new_shared,
 	.host_alloc = cu_host_alloc,
 	.host_free = cu_host_free,
 	.host_register = cu_host_register,
@@ -1561,6 +1591,10 @@ extern "C" int be_cuda_create(const struct be_cuda_opts *opts, struct be **out, 
 	}
 	snprintf(c->devname, sizeof(c->devname), "%s (sm_%d%d)", prop.name, prop.major, prop.minor);
 	c->mem_total = prop.totalGlobalMem;
+	if (cudaDeviceGetPCIBusId(c->bus_id, (int)sizeof(c->bus_id), dev) != cudaSuccess) {
+		(void)cudaGetLastError();
+		c->bus_id[0] = 0;
+	}
 	*out = &c->be;
 	return 0;
 err:

@@ -26,6 +26,7 @@
 
 #include "harness.h"
 #include "nullgen.h"
+#include "region.h"
 #include "ring.h"
 
 /* --- in-process requests with everything a check needs --------------------------- */
@@ -701,11 +702,27 @@ static void test_abi(void **state)
 	}
 	close(sock);
 
-	/* a reserved field that is not zero */
+	/* a device results buffer asked of a daemon without a model (ABI 1.3):
+	 * served, and the region says the arena, and why */
 	raw_hello_default(&h);
-	h.reserved = 1;
+	h.results_size = 64u << 20;
 	assert_int_equal(raw_hello(d.sock, &h, &w, fds, &sock), 0);
-	assert_int_equal(w.status, -EINVAL);
+	assert_int_equal(w.status, 0);
+	{
+		struct region_layout lay;
+		const struct lorad_results_hdr *rh;
+		void *map;
+
+		assert_int_equal(region_map(fds[0], w.region_size, &map, &lay), 0);
+		assert_true(lay.results_off != 0);
+		rh = (const void *)((const char *)map + lay.results_off);
+		assert_int_equal(rh->where, LORAD_RESULTS_ARENA);
+		assert_int_equal(rh->why, -ENODEV);
+		assert_int_equal(rh->vocab, 0);
+		munmap(map, lay.size);
+	}
+	for (int i = 0; i < 3; i++)
+		close(fds[i]);
 	close(sock);
 
 	/* not a lorad client at all: closed without a region */

@@ -72,7 +72,9 @@ static struct sched *sch;
 static bool dump;   /* LORAD_FUZZ_DUMP: every completion on stderr, to check seeds */
 
 static const struct session_limits lim = {
-	.sqe = { .max_tokens = 8, .max_prompt = 2048, .max_text = 8192 },
+	/* result rows offered as the model has them (vocab 640, hidden 16), in the arena */
+	.sqe = { .max_tokens = 8, .max_prompt = 2048, .max_text = 8192,
+		 .result_row = { 0, 640 * 4, 16 * 4 } },
 	.max_inflight = 8,
 	.poll_budget = 8,
 };

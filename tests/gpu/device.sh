@@ -7,7 +7,8 @@
 #   there: the device tool's run with carry ["build-gpu"] and the command
 #          "sh tests/gpu/device.sh run" (timeout_s 560)
 #
-# pack copies test_backend_parity, bench_cuda and lorad-mkmodel into
+# pack copies test_backend_parity, test_results_cuda, bench_cuda,
+# bench_results, the daemon and its tools into
 # build-gpu/bin (ignored by git: /build-*/) and the shared libraries the
 # machine lacks (libjson-c, libcmocka) into build-gpu/lib. run recreates
 # the build path of lorad-mkmodel that the test has compiled in, then runs
@@ -23,7 +24,7 @@ pack)
 	rm -rf "$CARRY"
 	mkdir -p "$CARRY/bin" "$CARRY/lib"
 	for b in test_backend_parity bench_cuda lorad-mkmodel test_engine_forward lorad lorad-cli \
-		loradctl lorad-run bench_stream test_backend_fault; do
+		loradctl lorad-run bench_stream test_backend_fault test_results_cuda bench_results; do
 		cp -L "$BUILD/bin/$b" "$CARRY/bin/"
 	done
 	for l in libjson-c.so.5 libcmocka.so.0 liburing.so.2 libutf8proc.so.2 libinih.so.1 \
@@ -92,6 +93,13 @@ run)
 		echo "daemon rc=$?"
 		cat /tmp/lg.log
 	} >>"$OUT/smoke.txt" 2>&1
+	# result rows through CUDA IPC between real processes, and their benchmark
+	LORAD_BIN=$B/lorad LORAD_MKMODEL_BIN=$B/lorad-mkmodel timeout 120 "$B/test_results_cuda" \
+		>"$OUT/results.txt" 2>&1
+	echo "results_cuda rc=$?" | tee -a "$OUT/results.txt"
+	LORAD_BIN=$B/lorad LORAD_MKMODEL_BIN=$B/lorad-mkmodel timeout 120 "$B/bench_results" \
+		${RESULTS_ARGS:-} >"$OUT/bench_results.jsonl" 2>"$OUT/bench_results.err"
+	echo "bench_results rc=$?" | tee -a "$OUT/results.txt"
 	timeout 300 "$CARRY/bin/bench_cuda" ${BENCH_ARGS:-} >"$OUT/bench_cuda.jsonl" 2>"$OUT/bench_cuda.err"
 	echo "bench rc=$?"
 	# a cold adapter from disk to resident on the GPU: read + verify, then
@@ -100,6 +108,8 @@ run)
 		>"$OUT/stream_e2e.jsonl"
 	echo "stream rc=$?"
 	grep -E "FAILED|ERROR|PASSED" "$OUT/parity.txt" | head -20
+	cat "$OUT/results.txt" "$OUT/bench_results.jsonl"
+	tail -5 "$OUT/bench_results.err"
 	grep -E "FAILED|PASSED|tokens|backend|rc=" "$OUT/smoke.txt" | head -30
 	cat "$OUT/bench_cuda.jsonl"
 	tail -8 "$OUT/bench_cuda.err"

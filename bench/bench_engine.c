@@ -18,6 +18,12 @@
  *            M = batch: sgemv and sgemm at batch 1 (the faster counts),
  *            sgemm above (ratio_vs_bare_gemm, target >= 0.8).
  *
+ *   decode bf16  the same model with bf16 weights (lorad-mkmodel --dtype
+ *            bf16, same seed), which the CPU backend keeps as bf16 panels:
+ *            decode at batch 1, 8 and 32 interleaved round by round with
+ *            the fp32 model, medians (ratio_vs_f32, target >= 1.8: decode
+ *            reads every weight once per step, bf16 half the bytes).
+ *
  * The engine's projections run on its own fixed-order GEMM (kernels/cpu/
  * gemm.c), the baselines on OpenBLAS; both get the same number of threads
  * (--threads, default: every CPU).
@@ -47,6 +53,23 @@
 
 static const int proj_n[7] = { HIDDEN, KV_DIM, KV_DIM, HIDDEN, FFN, FFN, HIDDEN };
 static const int proj_k[7] = { HIDDEN, HIDDEN, HIDDEN, HIDDEN, HIDDEN, HIDDEN, FFN };
+
+static int cmp_dbl(const void *x, const void *y)
+{
+	double a = *(const double *)x, b = *(const double *)y;
+
+	return a < b ? -1 : a > b;
+}
+
+/* The median of n (at most 8) values, n odd or even. */
+static double median3(const double *v, int n)
+{
+	double t[8];
+
+	memcpy(t, v, (size_t)n * sizeof(*t));
+	qsort(t, (size_t)n, sizeof(*t), cmp_dbl);
+	return n % 2 ? t[n / 2] : (t[n / 2 - 1] + t[n / 2]) / 2;
+}
 
 static double now(void)
 {
@@ -215,6 +238,57 @@ static int prefill(struct engine *e, struct bare *b, int batch, int len, int rep
 	return 0;
 }
 
+/* Decode steps of @batch sequences: tokens/s, or < 0. */
+static double decode_tps(struct engine *e, int batch, int prompt, int steps, char *err, size_t errlen)
+{
+	struct engine_seq *s[32];
+	double t;
+	int i, k;
+
+	for (i = 0; i < batch; i++)
+		if (!(s[i] = new_seq(e, prompt, steps + 1, i)))
+			return -1;
+	if (engine_step(e, s, NULL, batch, err, errlen) < 0)
+		return -1;
+	t = now();
+	for (k = 0; k < steps; k++)
+		if (engine_step(e, s, NULL, batch, err, errlen) < 0)
+			return -1;
+	t = now() - t;
+	for (i = 0; i < batch; i++)
+		engine_seq_free(e, s[i]);
+	return batch * steps / t;
+}
+
+/* bf16 weights (the same model's, rounded) against fp32, interleaved
+ * round by round; medians of the rounds. Decode reads every weight once
+ * per step, so half the bytes should come close to twice the speed. */
+static int decode_bf16(struct engine *e32, struct engine *e16, int batch, int prompt, int steps,
+		       int rounds)
+{
+	double a[8], b[8], r[8], m32, m16;
+	char err[256];
+
+	for (int i = 0; i < rounds; i++) {
+		a[i] = decode_tps(e32, batch, prompt, steps, err, sizeof(err));
+		b[i] = decode_tps(e16, batch, prompt, steps, err, sizeof(err));
+		if (a[i] < 0 || b[i] < 0) {
+			fprintf(stderr, "bench_engine: %s\n", err);
+			return -1;
+		}
+		r[i] = b[i] / a[i];
+	}
+	m32 = median3(a, rounds);
+	m16 = median3(b, rounds);
+	printf("{\"bench\": \"engine_decode\", \"dtype\": \"bf16\", \"batch\": %d, \"prompt_tokens\": %d, "
+	       "\"steps\": %d, \"rounds\": %d, \"tokens_per_s\": %.1f, \"f32_tokens_per_s\": %.1f, "
+	       "\"ratio_vs_f32\": %.3f, \"target\": 1.8}\n",
+	       batch, prompt, steps, rounds, m16, m32, median3(r, rounds));
+	fprintf(stderr, "decode  batch %2d bf16:   %8.1f tokens/s  (f32 %8.1f tokens/s, ratio %.2f)\n",
+		batch, m16, m32, median3(r, rounds));
+	return 0;
+}
+
 static int decode(struct engine *e, struct bare *b, int batch, int prompt, int steps)
 {
 	struct engine_seq *s[32];
@@ -266,7 +340,7 @@ int main(int argc, char **argv)
 {
 	char tmpl[] = "/tmp/lorad-bench-XXXXXX", cmd[8192], err[512], model[4200];
 	struct engine_opts eo = { .kv_tokens = 8 * 512 + 32 * 128 + 256 };
-	struct engine *e = NULL;
+	struct engine *e = NULL, *e16 = NULL;
 	struct bare b;
 	int quick = 0, rc = 1, i, threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
 	const char *dir;
@@ -325,10 +399,25 @@ int main(int argc, char **argv)
 	    decode(e, &b, 8, 64, quick ? 8 : 32) < 0 ||
 	    decode(e, &b, 32, 64, quick ? 4 : 16) < 0)
 		goto out;
+	/* the same model with bf16 weights, as the files store them */
+	snprintf(cmd, sizeof(cmd),
+		 "'%s' '%s16' --hidden %d --layers %d --heads %d --kv-heads %d --ffn %d --vocab %d "
+		 "--dtype bf16 --max-pos 4096 --seed 7",
+		 MKMODEL, model, HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, VOCAB);
+	strcat(model, "16");
+	if (system(cmd) != 0 || engine_load(model, &eo, &e16, err, sizeof(err)) < 0) {
+		fprintf(stderr, "bench_engine: bf16 model: %s\n", err);
+		goto out;
+	}
+	if (decode_bf16(e, e16, 1, 64, quick ? 16 : 64, quick ? 3 : 5) < 0 ||
+	    decode_bf16(e, e16, 8, 64, quick ? 8 : 32, quick ? 3 : 5) < 0 ||
+	    decode_bf16(e, e16, 32, 64, quick ? 4 : 16, quick ? 1 : 3) < 0)
+		goto out;
 	rc = 0;
 out:
 	bare_free(&b);
 	engine_free(e);
+	engine_free(e16);
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 	if (system(cmd) != 0)
 		fprintf(stderr, "bench_engine: could not remove %s\n", dir);

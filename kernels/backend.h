@@ -75,6 +75,8 @@ enum {
 	BE_CAP_EXPORT          = 1u << 5, /* BE_BUF_EXPORT buffers can go to another process */
 	BE_CAP_DEVICE_SAMPLE   = 1u << 6, /* be_sample runs where the logits are */
 	BE_CAP_GRAPHS          = 1u << 7, /* graph_begin/end/launch record and replay steps */
+	BE_CAP_BF16_WEIGHTS    = 1u << 8, /* keeps alloc_weight matrices asked as BE_BF16 in bf16
+					   * (other buffers may still widen to fp32) */
 };
 
 /* Flags of be_alloc_ex. */

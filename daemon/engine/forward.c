@@ -89,7 +89,8 @@ static int be_dtype_of(enum st_dtype d)
 
 /* A matrix that a GEMM reads as its weights goes to the backend as one
  * (matrix = 1), in the dtype the file stores it when the backend keeps that
- * dtype (BE_CAP_BF16, BE_CAP_F16), so the backend can keep it in its GEMM's
+ * dtype (BE_CAP_BF16, BE_CAP_F16; bf16 matrices where BE_CAP_BF16_WEIGHTS,
+ * the CPU's: decode reads half the bytes), so the backend can keep it in its GEMM's
  * layout and type. Every tensor is also widened into tmp once, to refuse
  * NaN and Inf; vectors (norms, biases) go as fp32. */
 static int upload_tensor(struct fwd *f, const struct st_tensor *t, float *tmp, int allow_nonfinite,
@@ -97,7 +98,8 @@ static int upload_tensor(struct fwd *f, const struct st_tensor *t, float *tmp, i
 {
 	int rc = model_tensor_f32(t, tmp, err, errlen), dt = be_dtype_of(t->dtype);
 	unsigned caps = be_caps(f->be);
-	int keep = (dt == BE_BF16 && (caps & BE_CAP_BF16)) || (dt == BE_F16 && (caps & BE_CAP_F16));
+	int keep = (dt == BE_BF16 && (caps & (BE_CAP_BF16 | (matrix ? BE_CAP_BF16_WEIGHTS : 0)))) ||
+		   (dt == BE_F16 && (caps & BE_CAP_F16));
 
 	if (rc < 0 && !(allow_nonfinite && t->dtype != ST_OTHER))
 		return rc;

@@ -32,12 +32,14 @@
 #define CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
 
-/* Every buffer is fp32 here, whatever dtype it was asked for in: the
- * GEMM reads fp32, and bf16/f16 widen to fp32 exactly. */
+/* Every buffer is fp32 here, whatever dtype it was asked for in, except
+ * weight matrices asked for as bf16: the GEMM reads those as bf16 panels
+ * (half the bytes per decode step) and widens them exactly. */
 struct be_buf {
 	size_t n;
-	float *p;
+	float *p;            /* the elements; a bf16 weight's panels are uint16_t */
 	int wn, wk;          /* a weight matrix [wn, wk] kept packed for gemm.c; 0: plain */
+	int w16;             /* the weight's panels are bf16 */
 	enum be_dtype asked; /* the dtype it was allocated as */
 	const struct be_buf *base; /* a view: the buffer it looks into; NULL: owns p */
 	int fd;              /* BE_BUF_EXPORT: the memfd behind p; else -1 */
@@ -143,15 +145,18 @@ err:
 static struct be_buf *cpu_alloc_weight(struct be *be, int n, int k, enum be_dtype t)
 {
 	struct be_buf *b;
+	int w16 = t == BE_BF16;
 
 	if (n <= 0 || k <= 0)
 		return NULL;
-	b = cpu_alloc(be, gemm_packed_len(n, k), t, 0);
+	/* bf16 panels take half the floats */
+	b = cpu_alloc(be, w16 ? (gemm_packed_len(n, k) + 1) / 2 : gemm_packed_len(n, k), t, 0);
 	if (!b)
 		return NULL;
 	b->n = (size_t)n * k; /* what upload and download see */
 	b->wn = n;
 	b->wk = k;
+	b->w16 = w16;
 	return b;
 }
 
@@ -194,8 +199,7 @@ static float *cpu_host_ptr(struct be *be, struct be_buf *b)
 
 static enum be_dtype cpu_buf_dtype(const struct be_buf *b)
 {
-	(void)b;
-	return BE_F32;
+	return b->w16 ? BE_BF16 : BE_F32;
 }
 
 static int cpu_export(struct be *be, const struct be_buf *b, struct be_export *out)
@@ -222,6 +226,49 @@ static int cpu_export(struct be *be, const struct be_buf *b, struct be_export *o
  * so a packed weight takes it without a whole-tensor temporary. */
 #define CONVERT_CHUNK 4096
 
+/* Into a bf16 weight: bf16 as it is, anything else rounded to bf16. */
+static int upload16(struct be_buf *d, size_t off, const void *src, enum be_dtype st, size_t n)
+{
+	float tmp[CONVERT_CHUNK];
+	uint16_t h[CONVERT_CHUNK];
+	const unsigned char *s = src;
+	size_t done, es = be_dtype_size(st);
+
+	if (st == BE_BF16) {
+		gemm_pack16((uint16_t *)(void *)d->p, d->wn, d->wk, off, src, n);
+		return 0;
+	}
+	for (done = 0; done < n; done += CONVERT_CHUNK) {
+		size_t c = n - done < CONVERT_CHUNK ? n - done : CONVERT_CHUNK;
+		const float *f = (const float *)(const void *)(s + done * es);
+
+		if (st != BE_F32) {
+			dt_to_f32(tmp, s + done * es, st, c);
+			f = tmp;
+		}
+		dt_from_f32(h, BE_BF16, f, c);
+		gemm_pack16((uint16_t *)(void *)d->p, d->wn, d->wk, off + done, h, c);
+	}
+	return 0;
+}
+
+/* Elements [off, off + n) of a packed weight as fp32. */
+static void unpack_f32(const struct be_buf *s, size_t off, float *d, size_t n)
+{
+	uint16_t h[CONVERT_CHUNK];
+
+	if (!s->w16) {
+		gemm_unpack(s->p, s->wn, s->wk, off, d, n);
+		return;
+	}
+	for (size_t done = 0; done < n; done += CONVERT_CHUNK) {
+		size_t c = n - done < CONVERT_CHUNK ? n - done : CONVERT_CHUNK;
+
+		gemm_unpack16((const uint16_t *)(const void *)s->p, s->wn, s->wk, off + done, h, c);
+		dt_to_f32(d + done, h, BE_BF16, c);
+	}
+}
+
 static int cpu_upload(struct be *be, enum be_queue q, struct be_buf *d, size_t off,
 		      const void *src, enum be_dtype st, size_t n)
 {
@@ -238,6 +285,8 @@ static int cpu_upload(struct be *be, enum be_queue q, struct be_buf *d, size_t o
 		CPU(be)->rope_freq = NULL;
 	if (off > d->n || n > d->n - off)
 		return -ERANGE;
+	if (d->w16)
+		return upload16(d, off, src, st, n);
 	if (st == BE_F32) {
 		if (d->wn)
 			gemm_pack(d->p, d->wn, d->wk, off, src, n);
@@ -287,7 +336,7 @@ static int cpu_download(struct be *be, enum be_queue q, const struct be_buf *s, 
 	if (off > s->n || n > s->n - off)
 		return -ERANGE;
 	if (s->wn)
-		gemm_unpack(s->p, s->wn, s->wk, off, d, n);
+		unpack_f32(s, off, d, n);
 	else
 		memcpy(d, s->p + off, n * sizeof(float));
 	return 0;
@@ -336,8 +385,7 @@ static void cpu_embed(struct be *be, const struct be_buf *table, int dim, struct
 		size_t off = (size_t)b->tokens[t] * dim;
 		/* a table tied to the LM head is packed for the GEMM */
 		if (table->wn)
-			gemm_unpack(table->p, table->wn, table->wk, off, x->p + (size_t)t * dim,
-				    (size_t)dim);
+			unpack_f32(table, off, x->p + (size_t)t * dim, (size_t)dim);
 		else
 			memcpy(x->p + (size_t)t * dim, table->p + off, (size_t)dim * sizeof(float));
 	}
@@ -345,7 +393,9 @@ static void cpu_embed(struct be *be, const struct be_buf *table, int dim, struct
 
 struct gemm_job {
 	int m, n, k, acc;
-	const float *xp, *pk;
+	const float *xp;
+	const void *pk;
+	int w16;
 	float *y;
 	const float *x;
 };
@@ -363,7 +413,7 @@ static void gemm_tasks(void *arg, int worker, int begin, int end)
 	const struct gemm_job *j = arg;
 
 	(void)worker;
-	gemm_run(j->m, j->n, j->k, j->xp, j->pk, j->y, j->acc, begin, end);
+	gemm_run(j->m, j->n, j->k, j->xp, j->pk, j->w16, j->y, j->acc, begin, end);
 }
 
 /* Below this many multiply-adds a product runs on the calling thread. */
@@ -395,7 +445,7 @@ static void cpu_gemm(struct be *be, int m, int n, int k, const struct be_buf *x,
 		     const struct be_buf *w, struct be_buf *y, int acc)
 {
 	struct cpu_be *c = CPU(be);
-	struct gemm_job j = { m, n, k, acc, NULL, w->p, y->p, x->p };
+	struct gemm_job j = { m, n, k, acc, NULL, w->p, w->w16, y->p, x->p };
 	int panels = gemm_panels(n), per;
 
 	if (m <= 0 || n <= 0)
@@ -425,7 +475,7 @@ static void cpu_gemm(struct be *be, int m, int n, int k, const struct be_buf *x,
 	else
 		gemm_pack_x(c->xp, m, k, x->p);
 	if ((double)m * n * k < GEMM_PARALLEL_MACS) {
-		gemm_run(m, n, k, j.xp, j.pk, j.y, acc, 0, panels);
+		gemm_run(m, n, k, j.xp, j.pk, j.w16, j.y, acc, 0, panels);
 		return;
 	}
 	/* a few chunks per thread, so a slow thread does not hold up the rest */
@@ -924,7 +974,7 @@ static void cpu_info(struct be *be, struct be_info *out, size_t *mem_free)
 	memset(out, 0, sizeof(*out));
 	out->name = "cpu";
 	/* memfd buffers export; one op at a time, fixed summation order */
-	out->caps = BE_CAP_BATCH_INVARIANT | BE_CAP_EXPORT;
+	out->caps = BE_CAP_BATCH_INVARIANT | BE_CAP_EXPORT | BE_CAP_BF16_WEIGHTS;
 	snprintf(out->device, sizeof(out->device), "CPU, %d threads", pool_size(CPU(be)->pool));
 	out->mem_total = all > 0 && page > 0 ? (size_t)all * (size_t)page : 0;
 	snprintf(out->error, sizeof(out->error), "%s", CPU(be)->dead);

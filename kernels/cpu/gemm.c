@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <string.h>
 
 #if defined(__x86_64__)
@@ -22,39 +23,39 @@
 #define GEMM_X86 1
 #endif
 
-void gemm_pack(float *pk, int n, int k, size_t off, const float *src, size_t cnt)
-{
-	size_t end = off + cnt;
-
-	(void)n;
-	while (off < end) {
-		size_t r = off / (size_t)k, c = off % (size_t)k;
-		size_t run = (size_t)k - c < end - off ? (size_t)k - c : end - off;
-		float *d = pk + (r / GEMM_NR) * GEMM_NR * (size_t)k + r % GEMM_NR;
-		size_t i;
-		for (i = 0; i < run; i++)
-			d[(c + i) * GEMM_NR] = src[i];
-		src += run;
-		off += run;
+/* The packing walks, once for each element type of a panel. */
+#define PACK_FNS(pack, unpack, T)                                                         \
+	void pack(T *pk, int n, int k, size_t off, const T *src, size_t cnt)              \
+	{                                                                                 \
+		size_t end = off + cnt;                                                   \
+		(void)n;                                                                  \
+		while (off < end) {                                                       \
+			size_t r = off / (size_t)k, c = off % (size_t)k;                  \
+			size_t run = (size_t)k - c < end - off ? (size_t)k - c : end - off; \
+			T *d = pk + (r / GEMM_NR) * GEMM_NR * (size_t)k + r % GEMM_NR;    \
+			for (size_t i = 0; i < run; i++)                                  \
+				d[(c + i) * GEMM_NR] = src[i];                            \
+			src += run;                                                       \
+			off += run;                                                       \
+		}                                                                         \
+	}                                                                                 \
+	void unpack(const T *pk, int n, int k, size_t off, T *dst, size_t cnt)            \
+	{                                                                                 \
+		size_t end = off + cnt;                                                   \
+		(void)n;                                                                  \
+		while (off < end) {                                                       \
+			size_t r = off / (size_t)k, c = off % (size_t)k;                  \
+			size_t run = (size_t)k - c < end - off ? (size_t)k - c : end - off; \
+			const T *s = pk + (r / GEMM_NR) * GEMM_NR * (size_t)k + r % GEMM_NR; \
+			for (size_t i = 0; i < run; i++)                                  \
+				dst[i] = s[(c + i) * GEMM_NR];                            \
+			dst += run;                                                       \
+			off += run;                                                       \
+		}                                                                         \
 	}
-}
 
-void gemm_unpack(const float *pk, int n, int k, size_t off, float *dst, size_t cnt)
-{
-	size_t end = off + cnt;
-
-	(void)n;
-	while (off < end) {
-		size_t r = off / (size_t)k, c = off % (size_t)k;
-		size_t run = (size_t)k - c < end - off ? (size_t)k - c : end - off;
-		const float *s = pk + (r / GEMM_NR) * GEMM_NR * (size_t)k + r % GEMM_NR;
-		size_t i;
-		for (i = 0; i < run; i++)
-			dst[i] = s[(c + i) * GEMM_NR];
-		dst += run;
-		off += run;
-	}
-}
+PACK_FNS(gemm_pack, gemm_unpack, float)
+PACK_FNS(gemm_pack16, gemm_unpack16, uint16_t)
 
 void gemm_pack_x(float *xp, int m, int k, const float *x)
 {
@@ -76,24 +77,51 @@ void gemm_pack_x_blocks(float *xp, int m, int k, const float *x, int b0, int b1)
 	}
 }
 
-/* One block: rows 0 .. mr-1 of a ([k][mr]) by the panel p ([k][GEMM_NR]),
- * nc valid columns, into y (row stride ldy). */
-typedef void (*gemm_block_fn)(int mr, int k, const float *a, const float *p, float *y,
+/* One block: rows 0 .. mr-1 of a ([k][mr]) by the panel p ([k][GEMM_NR]
+ * of fp32, or of bf16 when W16), nc valid columns, into y (row stride
+ * ldy). A bf16 weight widens to fp32 exactly, so both kinds of panel give
+ * the bits of the same weights held in fp32. */
+typedef void (*gemm_block_fn)(int mr, int k, const float *a, const void *p, float *y,
 			      size_t ldy, int nc, int acc);
 
-/* The reference: what every other loop must equal bit for bit. */
-static void block_scalar(int mr, int k, const float *a, const float *p, float *y, size_t ldy,
-			 int nc, int acc)
+static inline float widen16(uint16_t h)
 {
+	uint32_t u = (uint32_t)h << 16;
+	float f;
+
+	memcpy(&f, &u, 4);
+	return f;
+}
+
+/* The reference: what every other loop must equal bit for bit. */
+static inline void scalar_any(const int W16, int mr, int k, const float *a, const void *pv,
+			      float *y, size_t ldy, int nc, int acc)
+{
+	const float *p = pv;
+	const uint16_t *h = pv;
 	int i, c, kk;
 
 	for (i = 0; i < mr; i++)
 		for (c = 0; c < nc; c++) {
 			float s = acc ? y[(size_t)i * ldy + c] : 0.0f;
-			for (kk = 0; kk < k; kk++)
-				s = fmaf(a[(size_t)kk * mr + i], p[(size_t)kk * GEMM_NR + c], s);
+			for (kk = 0; kk < k; kk++) {
+				size_t at = (size_t)kk * GEMM_NR + c;
+				s = fmaf(a[(size_t)kk * mr + i], W16 ? widen16(h[at]) : p[at], s);
+			}
 			y[(size_t)i * ldy + c] = s;
 		}
+}
+
+static void block_scalar(int mr, int k, const float *a, const void *p, float *y, size_t ldy,
+			 int nc, int acc)
+{
+	scalar_any(0, mr, k, a, p, y, ldy, nc, acc);
+}
+
+static void block_scalar16(int mr, int k, const float *a, const void *p, float *y, size_t ldy,
+			   int nc, int acc)
+{
+	scalar_any(1, mr, k, a, p, y, ldy, nc, acc);
 }
 
 #ifdef GEMM_X86
@@ -101,10 +129,14 @@ static void block_scalar(int mr, int k, const float *a, const float *p, float *y
 #define AVX2 __attribute__((target("avx2,fma")))
 #define INLINE inline __attribute__((always_inline))
 
-/* MR is a constant at every call site, so the accumulators are registers. */
-static INLINE AVX512 void block512(const int MR, int k, const float *a, const float *p, float *y,
-				   size_t ldy, int nc, int acc)
+/* MR and W16 are constants at every call site, so the accumulators are
+ * registers and the panel's kind costs no branch. A bf16 panel row is one
+ * 64-byte load, widened by shifting each half into the high bits. */
+static INLINE AVX512 void block512(const int MR, const int W16, int k, const float *a,
+				   const void *pv, float *y, size_t ldy, int nc, int acc)
 {
+	const float *p = pv;
+	const uint16_t *h = pv;
 	__m512 c0[GEMM_MR], c1[GEMM_MR];
 	__mmask16 m0 = nc >= 16 ? 0xffff : (__mmask16)((1u << nc) - 1);
 	__mmask16 m1 = nc >= 32 ? 0xffff : nc <= 16 ? 0 : (__mmask16)((1u << (nc - 16)) - 1);
@@ -121,7 +153,20 @@ static INLINE AVX512 void block512(const int MR, int k, const float *a, const fl
 		}
 	}
 	for (kk = 0; kk < k; kk++) {
-		__m512 b0 = _mm512_load_ps(p), b1 = _mm512_load_ps(p + 16);
+		__m512 b0, b1;
+
+		if (W16) {
+			__m512i raw = _mm512_load_si512((const void *)h);
+			b0 = _mm512_castsi512_ps(_mm512_slli_epi32(
+				_mm512_cvtepu16_epi32(_mm512_castsi512_si256(raw)), 16));
+			b1 = _mm512_castsi512_ps(_mm512_slli_epi32(
+				_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(raw, 1)), 16));
+			h += GEMM_NR;
+		} else {
+			b0 = _mm512_load_ps(p);
+			b1 = _mm512_load_ps(p + 16);
+			p += GEMM_NR;
+		}
 #pragma GCC unroll 12
 		for (i = 0; i < MR; i++) {
 			__m512 av = _mm512_set1_ps(a[i]);
@@ -129,7 +174,6 @@ static INLINE AVX512 void block512(const int MR, int k, const float *a, const fl
 			c1[i] = _mm512_fmadd_ps(av, b1, c1[i]);
 		}
 		a += MR;
-		p += GEMM_NR;
 	}
 #pragma GCC unroll 12
 	for (i = 0; i < MR; i++) {
@@ -138,11 +182,21 @@ static INLINE AVX512 void block512(const int MR, int k, const float *a, const fl
 	}
 }
 
-static AVX512 void block_avx512(int mr, int k, const float *a, const float *p, float *y,
+static AVX512 void block_avx512(int mr, int k, const float *a, const void *p, float *y,
 				size_t ldy, int nc, int acc)
 {
 	switch (mr) {
-#define B(n) case n: block512(n, k, a, p, y, ldy, nc, acc); break;
+#define B(n) case n: block512(n, 0, k, a, p, y, ldy, nc, acc); break;
+	B(1) B(2) B(3) B(4) B(5) B(6) B(7) B(8) B(9) B(10) B(11) B(12)
+#undef B
+	}
+}
+
+static AVX512 void block_avx512_16(int mr, int k, const float *a, const void *p, float *y,
+				   size_t ldy, int nc, int acc)
+{
+	switch (mr) {
+#define B(n) case n: block512(n, 1, k, a, p, y, ldy, nc, acc); break;
 	B(1) B(2) B(3) B(4) B(5) B(6) B(7) B(8) B(9) B(10) B(11) B(12)
 #undef B
 	}
@@ -150,9 +204,11 @@ static AVX512 void block_avx512(int mr, int k, const float *a, const float *p, f
 
 /* AVX2 has 16 registers: two rows of a block at a time, 4 × 8 columns.
  * The row's chain is the same whichever rows it is paired with. */
-static INLINE AVX2 void rows256(const int R, int lda, int k, const float *a, const float *p,
-				float *y, size_t ldy, int nc, int acc)
+static INLINE AVX2 void rows256(const int R, const int W16, int lda, int k, const float *a,
+				const void *pv, float *y, size_t ldy, int nc, int acc)
 {
+	const float *p = pv;
+	const uint16_t *h = pv;
 	__m256 c[2][4];
 	float tmp[GEMM_NR];
 	int i, j, kk;
@@ -170,14 +226,19 @@ static INLINE AVX2 void rows256(const int R, int lda, int k, const float *a, con
 	for (kk = 0; kk < k; kk++) {
 		__m256 b[4];
 		for (j = 0; j < 4; j++)
-			b[j] = _mm256_load_ps(p + 8 * j);
+			b[j] = W16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(
+					     _mm_load_si128((const __m128i *)(const void *)(h + 8 * j))), 16))
+				   : _mm256_load_ps(p + 8 * j);
 		for (i = 0; i < R; i++) {
 			__m256 av = _mm256_broadcast_ss(a + i);
 			for (j = 0; j < 4; j++)
 				c[i][j] = _mm256_fmadd_ps(av, b[j], c[i][j]);
 		}
 		a += lda;
-		p += GEMM_NR;
+		if (W16)
+			h += GEMM_NR;
+		else
+			p += GEMM_NR;
 	}
 	for (i = 0; i < R; i++) {
 		for (j = 0; j < 4; j++)
@@ -186,19 +247,30 @@ static INLINE AVX2 void rows256(const int R, int lda, int k, const float *a, con
 	}
 }
 
-static AVX2 void block_avx2(int mr, int k, const float *a, const float *p, float *y, size_t ldy,
+static AVX2 void block_avx2(int mr, int k, const float *a, const void *p, float *y, size_t ldy,
 			    int nc, int acc)
 {
 	int i;
 
 	for (i = 0; i + 2 <= mr; i += 2)
-		rows256(2, mr, k, a + i, p, y + (size_t)i * ldy, ldy, nc, acc);
+		rows256(2, 0, mr, k, a + i, p, y + (size_t)i * ldy, ldy, nc, acc);
 	if (i < mr)
-		rows256(1, mr, k, a + i, p, y + (size_t)i * ldy, ldy, nc, acc);
+		rows256(1, 0, mr, k, a + i, p, y + (size_t)i * ldy, ldy, nc, acc);
+}
+
+static AVX2 void block_avx2_16(int mr, int k, const float *a, const void *p, float *y,
+			       size_t ldy, int nc, int acc)
+{
+	int i;
+
+	for (i = 0; i + 2 <= mr; i += 2)
+		rows256(2, 1, mr, k, a + i, p, y + (size_t)i * ldy, ldy, nc, acc);
+	if (i < mr)
+		rows256(1, 1, mr, k, a + i, p, y + (size_t)i * ldy, ldy, nc, acc);
 }
 #endif
 
-static gemm_block_fn gemm_block = block_scalar;
+static gemm_block_fn gemm_block = block_scalar, gemm_block16 = block_scalar16;
 static const char *gemm_isa_name = "scalar";
 static pthread_once_t gemm_once = PTHREAD_ONCE_INIT;
 
@@ -208,9 +280,11 @@ static void gemm_select(void)
 	__builtin_cpu_init();
 	if (__builtin_cpu_supports("avx512f")) {
 		gemm_block = block_avx512;
+		gemm_block16 = block_avx512_16;
 		gemm_isa_name = "avx512";
 	} else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
 		gemm_block = block_avx2;
+		gemm_block16 = block_avx2_16;
 		gemm_isa_name = "avx2";
 	}
 #endif
@@ -227,13 +301,16 @@ int gemm_set_isa(const char *name)
 	pthread_once(&gemm_once, gemm_select);
 	if (!strcmp(name, "scalar")) {
 		gemm_block = block_scalar;
+		gemm_block16 = block_scalar16;
 	}
 #ifdef GEMM_X86
 	else if (!strcmp(name, "avx512") && __builtin_cpu_supports("avx512f")) {
 		gemm_block = block_avx512;
+		gemm_block16 = block_avx512_16;
 	} else if (!strcmp(name, "avx2") && __builtin_cpu_supports("avx2") &&
 		   __builtin_cpu_supports("fma")) {
 		gemm_block = block_avx2;
+		gemm_block16 = block_avx2_16;
 	}
 #endif
 	else {
@@ -243,16 +320,17 @@ int gemm_set_isa(const char *name)
 	return 0;
 }
 
-void gemm_run(int m, int n, int k, const float *xp, const float *pk, float *y, int acc,
+void gemm_run(int m, int n, int k, const float *xp, const void *pk, int w16, float *y, int acc,
 	      int p0, int p1)
 {
 	gemm_block_fn fn;
 	int pn, r0;
 
 	pthread_once(&gemm_once, gemm_select);
-	fn = gemm_block;
+	fn = w16 ? gemm_block16 : gemm_block;
 	for (pn = p0; pn < p1; pn++) {
-		const float *pp = pk + (size_t)pn * GEMM_NR * k;
+		const void *pp = w16 ? (const void *)((const uint16_t *)pk + (size_t)pn * GEMM_NR * k)
+				     : (const void *)((const float *)pk + (size_t)pn * GEMM_NR * k);
 		int col0 = pn * GEMM_NR, nc = n - col0 < GEMM_NR ? n - col0 : GEMM_NR;
 		for (r0 = 0; r0 < m; r0 += GEMM_MR) {
 			int mr = m - r0 < GEMM_MR ? m - r0 : GEMM_MR;

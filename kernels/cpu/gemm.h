@@ -23,6 +23,7 @@
 #define LORAD_KERNELS_CPU_GEMM_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #define GEMM_NR 32 /* output columns per panel: two AVX-512 registers */
 #define GEMM_MR 12 /* rows of x per register block (24 accumulators) */
@@ -36,9 +37,12 @@ static inline size_t gemm_packed_len(int n, int k)
 static inline int gemm_panels(int n) { return (n + GEMM_NR - 1) / GEMM_NR; }
 
 /* Row-major elements [off, off + cnt) of an [n, k] matrix, to and from the
- * packed form. The caller checks the range. */
+ * packed form (of fp32, or of bf16 bit patterns for the 16 forms: same
+ * layout, half the bytes). The caller checks the range. */
 void gemm_pack(float *pk, int n, int k, size_t off, const float *src, size_t cnt);
 void gemm_unpack(const float *pk, int n, int k, size_t off, float *dst, size_t cnt);
+void gemm_pack16(uint16_t *pk, int n, int k, size_t off, const uint16_t *src, size_t cnt);
+void gemm_unpack16(const uint16_t *pk, int n, int k, size_t off, uint16_t *dst, size_t cnt);
 
 /* Floats of scratch that gemm_pack_x needs for m rows of width k. */
 static inline size_t gemm_xpack_len(int m, int k)
@@ -54,9 +58,11 @@ void gemm_pack_x(float *xp, int m, int k, const float *x);
 void gemm_pack_x_blocks(float *xp, int m, int k, const float *x, int b0, int b1);
 
 /* y[:, columns of panels p0 .. p1-1] = xp · wᵀ (+ y when acc), xp from
- * gemm_pack_x, pk packed; y is [m, n] row-major. Different panel ranges
- * write different columns, so threads may run disjoint ranges at once. */
-void gemm_run(int m, int n, int k, const float *xp, const float *pk, float *y, int acc,
+ * gemm_pack_x, pk packed (bf16 panels when w16: each weight widened to
+ * fp32 exactly, so the bits are those of the same weights in fp32, at half
+ * the bytes read); y is [m, n] row-major. Different panel ranges write
+ * different columns, so threads may run disjoint ranges at once. */
+void gemm_run(int m, int n, int k, const float *xp, const void *pk, int w16, float *y, int acc,
 	      int p0, int p1);
 
 /* Which loop gemm_run uses on this CPU: "avx512", "avx2" or "scalar". */

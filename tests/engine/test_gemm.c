@@ -18,6 +18,7 @@
 
 #include "backend.h"
 #include "cpu/gemm.h"
+#include "dtype.h"
 
 static uint64_t rng = 88172645463325252ull;
 
@@ -52,7 +53,8 @@ static float *packed(const float *w, int n, int k)
 }
 
 /* y = x·wᵀ through gemm.c, columns split at `split` panels */
-static void product(int m, int n, int k, const float *x, const float *pk, float *y, int split)
+static void product16(int m, int n, int k, const float *x, const void *pk, int w16, float *y,
+		      int split)
 {
 	float *xp = malloc(gemm_xpack_len(m, k) * sizeof(float));
 	int panels = gemm_panels(n);
@@ -61,9 +63,14 @@ static void product(int m, int n, int k, const float *x, const float *pk, float 
 	gemm_pack_x(xp, m, k, x);
 	if (split > panels)
 		split = panels;
-	gemm_run(m, n, k, xp, pk, y, 0, 0, split);
-	gemm_run(m, n, k, xp, pk, y, 0, split, panels);
+	gemm_run(m, n, k, xp, pk, w16, y, 0, 0, split);
+	gemm_run(m, n, k, xp, pk, w16, y, 0, split, panels);
 	free(xp);
+}
+
+static void product(int m, int n, int k, const float *x, const float *pk, float *y, int split)
+{
+	product16(m, n, k, x, pk, 0, y, split);
 }
 
 static void test_pack_round_trip(void **state)
@@ -144,6 +151,90 @@ static void test_fixed_order(void **state)
 	free(y);
 }
 
+/* bf16 panels: every ISA gives the bits of the same weights widened into
+ * fp32 panels, alone, batched and split; through the backend a bf16 weight
+ * takes bf16 as it is and rounds fp32 to nearest even, and downloads and
+ * embeds read back the widened values. */
+static void test_bf16_panels(void **state)
+{
+	static const char *isa[] = { "scalar", "avx2", "avx512" };
+	const int n = 70, k = 130, m = 27;
+	float *x = randv((size_t)m * k), *w = randv((size_t)n * k), *wf = malloc((size_t)n * k * 4);
+	uint16_t *h = malloc((size_t)n * k * 2), *pk16;
+	float *pkf, *ref = malloc((size_t)m * n * 4), *y = malloc((size_t)m * n * 4);
+	size_t len = gemm_packed_len(n, k);
+	const char *orig = gemm_isa();
+	int tried = 0;
+
+	(void)state;
+	assert_true(wf && h && ref && y);
+	dt_from_f32(h, BE_BF16, w, (size_t)n * k);
+	dt_to_f32(wf, h, BE_BF16, (size_t)n * k);
+	pkf = packed(wf, n, k);
+	pk16 = aligned_alloc(64, (len * 2 + 63) & ~(size_t)63);
+	assert_non_null(pk16);
+	memset(pk16, 0, len * 2);
+	gemm_pack16(pk16, n, k, 0, h, (size_t)n * k);
+	assert_int_equal(gemm_set_isa("scalar"), 0);
+	product16(m, n, k, x, pkf, 0, ref, 99);
+	for (int i = 0; i < 3; i++) {
+		if (gemm_set_isa(isa[i]) < 0)
+			continue;
+		tried++;
+		for (int split = 0; split <= 3; split++) {
+			product16(m, n, k, x, pk16, 1, y, split);
+			assert_memory_equal(y, ref, (size_t)m * n * 4);
+		}
+		for (int r = 0; r < m; r += 5) {
+			product16(1, n, k, x + (size_t)r * k, pk16, 1, y, 1);
+			assert_memory_equal(y, ref + (size_t)r * n, (size_t)n * 4);
+		}
+	}
+	assert_true(tried >= 1);
+	assert_int_equal(gemm_set_isa(orig), 0);
+	{
+		struct be_cpu_opts o = { .n_threads = 2 };
+		float back[70 * 130], out[27 * 70];
+		struct be_buf *bw, *bx, *by, *bw2;
+		struct be *be;
+
+		assert_int_equal(be_cpu_create(&o, &be), 0);
+		assert_true(be_caps(be) & BE_CAP_BF16_WEIGHTS);
+		bw = be_alloc_weight(be, n, k, BE_BF16);
+		bw2 = be_alloc_weight(be, n, k, BE_BF16);
+		bx = be_alloc(be, (size_t)m * k);
+		by = be_alloc(be, (size_t)m * n);
+		assert_true(bw && bw2 && bx && by);
+		assert_int_equal(be_buf_dtype(be, bw), BE_BF16);
+		/* bf16 in as it is (in two pieces), fp32 in rounded: the same weight */
+		assert_int_equal(be_upload_as(be, BE_Q_COMPUTE, bw, 0, h, BE_BF16, 999), 0);
+		assert_int_equal(be_upload_as(be, BE_Q_COMPUTE, bw, 999, h + 999, BE_BF16,
+					      (size_t)n * k - 999), 0);
+		assert_int_equal(be_upload(be, bw2, 0, w, (size_t)n * k), 0);
+		assert_int_equal(be_download(be, bw, 0, back, (size_t)n * k), 0);
+		assert_memory_equal(back, wf, (size_t)n * k * 4);
+		assert_int_equal(be_download(be, bw2, 0, back, (size_t)n * k), 0);
+		assert_memory_equal(back, wf, (size_t)n * k * 4);
+		assert_int_equal(be_upload(be, bx, 0, x, (size_t)m * k), 0);
+		be_gemm(be, m, n, k, bx, bw, by, 0);
+		assert_int_equal(be_download(be, by, 0, out, (size_t)m * n), 0);
+		assert_memory_equal(out, ref, sizeof(out));
+		be_free(be, bw);
+		be_free(be, bw2);
+		be_free(be, bx);
+		be_free(be, by);
+		be_destroy(be);
+	}
+	free(x);
+	free(w);
+	free(wf);
+	free(h);
+	free(pkf);
+	free(pk16);
+	free(ref);
+	free(y);
+}
+
 /* Through the backend: a packed weight and a plain buffer, one thread and
  * three, accumulate or not: the same bits. */
 static void test_backend_gemm(void **state)
@@ -209,6 +300,7 @@ int main(void)
 		cmocka_unit_test(test_pack_round_trip),
 		cmocka_unit_test(test_fixed_order),
 		cmocka_unit_test(test_backend_gemm),
+		cmocka_unit_test(test_bf16_panels),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

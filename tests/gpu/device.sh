@@ -114,8 +114,23 @@ run)
 	cat "$OUT/bench_cuda.jsonl"
 	tail -8 "$OUT/bench_cuda.err"
 	;;
+results)
+	# only the CUDA IPC results test and its benchmark (a short run)
+	OUT=${OUT:-/tmp/lorad-gpu-out}
+	mkdir -p "$OUT"
+	export LD_LIBRARY_PATH="$PWD/$CARRY/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+	B=$CARRY/bin
+	LORAD_BIN=$B/lorad LORAD_MKMODEL_BIN=$B/lorad-mkmodel timeout 120 "$B/test_results_cuda" \
+		>"$OUT/results.txt" 2>&1
+	echo "results_cuda rc=$?" | tee -a "$OUT/results.txt"
+	LORAD_BIN=$B/lorad LORAD_MKMODEL_BIN=$B/lorad-mkmodel timeout 120 "$B/bench_results" \
+		${RESULTS_ARGS:-} >"$OUT/bench_results.jsonl" 2>"$OUT/bench_results.err"
+	echo "bench_results rc=$?" | tee -a "$OUT/results.txt"
+	cat "$OUT/results.txt" "$OUT/bench_results.jsonl"
+	tail -5 "$OUT/bench_results.err"
+	;;
 *)
-	echo "usage: tests/gpu/device.sh pack|run" >&2
+	echo "usage: tests/gpu/device.sh pack|run|results" >&2
 	exit 2
 	;;
 esac

@@ -84,11 +84,16 @@ static void *pool_main(void *v)
 			if ((++spins & 255) == 0 && pool_now() - t0 > POOL_SPIN_NS)
 				break;
 		}
-		pthread_mutex_lock(&p->mu);
-		while (!atomic_load_explicit(&p->quit, memory_order_relaxed) &&
-		       atomic_load_explicit(&p->gen, memory_order_acquire) == seen)
-			pthread_cond_wait(&p->start, &p->mu);
-		pthread_mutex_unlock(&p->mu);
+		/* only a worker that stopped spinning takes the mutex: sixteen
+		 * workers that saw the new generation would otherwise queue on
+		 * it at every call, a hundred times a step */
+		if (atomic_load_explicit(&p->gen, memory_order_acquire) == seen) {
+			pthread_mutex_lock(&p->mu);
+			while (!atomic_load_explicit(&p->quit, memory_order_relaxed) &&
+			       atomic_load_explicit(&p->gen, memory_order_acquire) == seen)
+				pthread_cond_wait(&p->start, &p->mu);
+			pthread_mutex_unlock(&p->mu);
+		}
 		if (atomic_load_explicit(&p->quit, memory_order_relaxed))
 			break;
 		seen = atomic_load_explicit(&p->gen, memory_order_acquire);

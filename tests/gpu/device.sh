@@ -24,7 +24,8 @@ pack)
 	rm -rf "$CARRY"
 	mkdir -p "$CARRY/bin" "$CARRY/lib"
 	for b in test_backend_parity bench_cuda lorad-mkmodel test_engine_forward lorad lorad-cli \
-		loradctl lorad-run bench_stream test_backend_fault test_results_cuda bench_results; do
+		loradctl lorad-run bench_stream test_backend_fault test_results_cuda bench_results \
+		bench_engine; do
 		cp -L "$BUILD/bin/$b" "$CARRY/bin/"
 	done
 	for l in libjson-c.so.5 libcmocka.so.0 liburing.so.2 libutf8proc.so.2 libinih.so.1 \
@@ -102,6 +103,14 @@ run)
 	echo "bench_results rc=$?" | tee -a "$OUT/results.txt"
 	timeout 300 "$CARRY/bin/bench_cuda" ${BENCH_ARGS:-} >"$OUT/bench_cuda.jsonl" 2>"$OUT/bench_cuda.err"
 	echo "bench rc=$?"
+	# the CPU backend on the machine's 16 cores (issue 21: scaling with the
+	# cores); ENGINE_THREADS="" skips it
+	for t in ${ENGINE_THREADS-16 8}; do
+		timeout 150 "$B/bench_engine" --quick --threads "$t" >"$OUT/engine_t$t.jsonl" \
+			2>"$OUT/engine_t$t.err"
+		echo "bench_engine --threads $t rc=$?"
+		cat "$OUT/engine_t$t.err"
+	done
 	# a cold adapter from disk to resident on the GPU: read + verify, then
 	# parse + convert + upload (bench_stream's e2e rows; no fio there)
 	timeout 150 "$CARRY/bin/bench_stream" --quick 2>"$OUT/stream.err" | grep e2e_cold_load \

@@ -90,6 +90,7 @@ struct lorad {
 	struct lorad_region_stats *dstats;
 	unsigned char *arena;
 	uint32_t sq_tail;           /* private copy: only this side writes it */
+	uint32_t sq_head_seen;      /* the daemon's SQ head as last read */
 	uint32_t cq_head;
 
 	struct spanlog arena_log;   /* the arena, in CHUNK granules */
@@ -404,6 +405,7 @@ int lorad_connect(const char *path, const struct lorad_connect_opts *opts,
 	c->dstats = region_at(c->map, c->lay.stats_off);
 	c->arena = region_at(c->map, c->lay.arena_off);
 	c->sq_tail = ring_load_relaxed(&c->sq->tail);
+	c->sq_head_seen = ring_load_relaxed(&c->sq->head);
 	c->cq_head = ring_load_relaxed(&c->cq->head);
 
 	c->n_slots = o.max_inflight;
@@ -739,12 +741,18 @@ int lorad_submit_batch(struct lorad *c, const struct lorad_request *reqs, unsign
 		ret = c->dead;
 		goto out;
 	}
-	/* pairs with the daemon's ring_store_release(&sq->head) after it copied entries out */
-	uint32_t head = ring_load_acquire(&c->sq->head);
 	for (; done < n; done++) {
-		if (c->sq_tail - head >= c->lay.sq_entries) {
-			ret = -EAGAIN;
-			break;
+		/* the daemon's head is read again only when the last value read
+		 * says the ring is full: its line moves between the cores at
+		 * every consume, and a stale head only understates the room.
+		 * Acquire: pairs with the daemon's ring_store_release(&sq->head)
+		 * after it copied entries out, before we reuse them. */
+		if (c->sq_tail - c->sq_head_seen >= c->lay.sq_entries) {
+			c->sq_head_seen = ring_load_acquire(&c->sq->head);
+			if (c->sq_tail - c->sq_head_seen >= c->lay.sq_entries) {
+				ret = -EAGAIN;
+				break;
+			}
 		}
 		ret = prep_one(c, &reqs[done]);
 		if (ret)

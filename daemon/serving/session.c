@@ -125,14 +125,24 @@ void session_free(struct session *s)
  * Free CQ slots, or -1 when the client's head is impossible (more than the
  * ring size behind our tail, or ahead of it).
  */
-static int64_t cq_space(struct session *s)
+/*
+ * Room in the CQ for @need entries. The client's head is read again only
+ * when the last value read leaves less than that: its cache line moves
+ * between the cores at every reap, and a stale head only understates the
+ * room. Returns the room, or -1 for a head the client corrupted.
+ */
+static int64_t cq_room(struct session *s, uint32_t need)
 {
-	/* pairs with the client's ring_store_release(&cq->head) after it copied entries out */
-	uint32_t head = ring_load_acquire(&s->cq->head);
-	uint32_t used = s->cq_tail - head;
+	uint32_t used = s->cq_tail - s->cq_head_seen, head;
 
+	if (s->lay.cq_entries - used >= need)
+		return s->lay.cq_entries - used;
+	/* pairs with the client's ring_store_release(&cq->head) after it copied entries out */
+	head = ring_load_acquire(&s->cq->head);
+	used = s->cq_tail - head;
 	if (used > s->lay.cq_entries)
 		return -1;
+	s->cq_head_seen = head;
 	return s->lay.cq_entries - used;
 }
 
@@ -172,7 +182,7 @@ int session_flush(struct session *s)
 	if (s->state != SESSION_LIVE)
 		return 0;
 	if (s->pend_head != s->pend_tail) {
-		int64_t room = cq_space(s);
+		int64_t room = cq_room(s, s->pend_tail - s->pend_head);
 
 		if (room < 0)
 			return -EPROTO;
@@ -202,7 +212,7 @@ int session_flush(struct session *s)
 
 static void emit_cqe(struct session *s, const struct lorad_cqe *q, bool final)
 {
-	int64_t room = s->pend_head == s->pend_tail ? cq_space(s) : 0;
+	int64_t room = s->pend_head == s->pend_tail ? cq_room(s, 1) : 0;
 
 	if (room > 0) {
 		cq_put(s, q);
@@ -410,14 +420,14 @@ int session_poll(struct session *s, const struct session_limits *lim,
 		s->cq_blocked = s->pend_head != s->pend_tail;
 		return 0;
 	}
-	room = cq_space(s);
+	want = avail < lim->poll_budget ? avail : lim->poll_budget;
+	room = cq_room(s, want);
 	if (room < 0)
 		return -EPROTO;
 	/* Each entry may complete at once, so take only what the CQ can hold:
 	 * a full CQ stops this client's SQ, never the daemon, never a drop. */
 	if (s->pend_head != s->pend_tail)
 		room = 0;
-	want = avail < lim->poll_budget ? avail : lim->poll_budget;
 	avail = want < room ? want : (uint32_t)room;
 	s->cq_blocked = avail < want;
 	for (; taken < avail; taken++) {
@@ -440,7 +450,7 @@ bool session_ready(struct session *s)
 	if (s->state != SESSION_LIVE)
 		return false;
 	if (s->cq_blocked)
-		return cq_space(s) != 0;   /* room now, or a corrupt index to act on */
+		return cq_room(s, 1) != 0;   /* room now, or a corrupt index to act on */
 	/* pairs with the client's ring_store_release(&sq->tail) */
 	return ring_load_acquire(&s->sq->tail) != s->sq_head;
 }

@@ -97,6 +97,7 @@ struct session {
 	unsigned char *arena;
 	uint32_t sq_head;            /* private copies of the indices we own */
 	uint32_t cq_tail;
+	uint32_t cq_head_seen;       /* the client's CQ head as last read (checked) */
 	bool cq_dirty;               /* posted since the last publish */
 	bool cq_blocked;             /* has work waiting for CQ room */
 

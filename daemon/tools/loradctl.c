@@ -8,13 +8,12 @@
 #include <getopt.h>
 #include <json-c/json.h>
 #include <limits.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
+
+#include "adminc.h"
 
 static const char usage_text[] =
 	"usage: loradctl [--socket PATH] [--json] COMMAND ...\n"
@@ -52,65 +51,15 @@ static int usage_error(const char *fmt, const char *arg)
 
 static struct json_object *call(const char *path, struct json_object *req, int timeout_s, int *ret)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	const char *text = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN);
-	char *buf = NULL;
-	size_t len = 0, cap = 0;
-	int fd;
+	struct json_object *reply;
+	char err[512];
 
 	*ret = 3;
-	if (strlen(path) >= sizeof(sa.sun_path)) {
-		fprintf(stderr, "loradctl: %s: path too long\n", path);
+	if (adminc_call(path, req, timeout_s * 1000, &reply, err, sizeof(err)) < 0) {
+		fprintf(stderr, "loradctl: %s\n", err);
 		return NULL;
 	}
-	strcpy(sa.sun_path, path);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		fprintf(stderr, "loradctl: %s: %s\n", path, strerror(errno));
-		if (fd >= 0)
-			close(fd);
-		return NULL;
-	}
-	if (write(fd, text, strlen(text)) < 0 || write(fd, "\n", 1) != 1) {
-		fprintf(stderr, "loradctl: %s: %s\n", path, strerror(errno));
-		close(fd);
-		return NULL;
-	}
-	for (;;) {
-		struct pollfd p = { .fd = fd, .events = POLLIN };
-		ssize_t k;
-
-		if (poll(&p, 1, timeout_s * 1000) <= 0) {
-			fprintf(stderr, "loradctl: no answer from %s within %d s\n", path, timeout_s);
-			break;
-		}
-		if (len + 4096 > cap) {
-			char *nb = realloc(buf, cap = cap ? 2 * cap : 65536);
-			if (!nb)
-				break;
-			buf = nb;
-		}
-		k = read(fd, buf + len, cap - len - 1);
-		if (k <= 0)
-			break;
-		len += (size_t)k;
-		if (memchr(buf, '\n', len))
-			break;
-	}
-	close(fd);
-	if (!buf || !len) {
-		free(buf);
-		if (len == 0)
-			fprintf(stderr, "loradctl: %s closed the connection\n", path);
-		return NULL;
-	}
-	buf[len] = 0;
-	struct json_object *reply = json_tokener_parse(buf);
-	free(buf);
-	if (!reply)
-		fprintf(stderr, "loradctl: the daemon's reply is not JSON\n");
-	else
-		*ret = 0;
+	*ret = 0;
 	return reply;
 }
 

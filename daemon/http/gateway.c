@@ -1,0 +1,924 @@
+/* SPDX-License-Identifier: MIT */
+#include "gateway.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <arpa/inet.h>
+#include <json-c/json.h>
+#include <microhttpd.h>
+
+#include <lorad/lorad.h>
+
+#include "adminc.h"
+#include "openai.h"
+
+#define ADMIN_TIMEOUT_MS 5000
+#define WAIT_SLICE_MS 1000       /* a stream says ": keepalive" this often while it waits */
+#define DRAIN_MS 10000           /* a cancelled request's final event, at most this long */
+
+struct lclient {
+	struct lorad *c;
+	struct lclient *next;
+};
+
+struct gateway {
+	struct gateway_opts o;
+	char token[512];
+	size_t token_len;
+	struct MHD_Daemon *mhd;
+	pthread_mutex_t lock;
+	struct lclient *idle;        /* liblorad connections nobody uses now */
+	uint64_t seq;                /* completion ids */
+};
+
+/* What an HTTP request has sent so far. */
+struct body {
+	char *buf;
+	size_t len;
+	bool too_big;
+};
+
+/* One completion on its way: its requests in the daemon and what was sent. */
+struct choice {
+	uint32_t *ids;
+	char *text;
+	uint32_t cap;
+	uint32_t text_sent;
+	bool done;
+	struct lorad_event fin;
+};
+
+struct job {
+	struct gateway *g;
+	struct lorad *c;
+	struct oa_completion req;
+	struct choice ch[OA_MAX_PROMPTS];
+	unsigned n, n_done, submitted;
+	char id[48];
+	time_t created;
+	uint64_t deadline_ms;
+	int dead;                    /* the connection's error: the daemon went away */
+	bool cancelled;
+	/* a stream's bytes not yet taken by MHD */
+	char *out;
+	size_t out_len, out_off;
+	bool done_sent;
+};
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* --- liblorad connections ----------------------------------------------------------- */
+
+/* One of the idle connections, or a new one. Returns 0 or the connect error. */
+static int client_take(struct gateway *g, struct lorad **out)
+{
+	struct lorad_connect_opts co = { .arena_size = 2 * g->o.max_body + (4u << 20),
+					 .max_inflight = 64, .timeout_ms = 5000 };
+	struct lclient *l;
+
+	pthread_mutex_lock(&g->lock);
+	l = g->idle;
+	if (l)
+		g->idle = l->next;
+	pthread_mutex_unlock(&g->lock);
+	if (l) {
+		*out = l->c;
+		free(l);
+		return 0;
+	}
+	return lorad_connect(g->o.socket, &co, out);
+}
+
+/* Back to the pool when it is clean and alive, else closed. */
+static void client_put(struct gateway *g, struct lorad *c, bool ok)
+{
+	struct lclient *l = ok && !lorad_pending(c) ? malloc(sizeof(*l)) : NULL;
+
+	if (!l) {
+		lorad_close(c);
+		return;
+	}
+	l->c = c;
+	pthread_mutex_lock(&g->lock);
+	l->next = g->idle;
+	g->idle = l;
+	pthread_mutex_unlock(&g->lock);
+}
+
+/* --- answers --------------------------------------------------------------------------- */
+
+static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, const char *type,
+			     char *text)
+{
+	struct MHD_Response *r;
+	enum MHD_Result ret;
+
+	if (!text)
+		return MHD_NO;
+	r = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+	if (!r) {
+		free(text);
+		return MHD_NO;
+	}
+	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+	ret = MHD_queue_response(conn, status, r);
+	MHD_destroy_response(r);
+	return ret;
+}
+
+static enum MHD_Result error_reply(struct MHD_Connection *conn, unsigned status, const char *msg,
+				   const char *type, const char *param, const char *code)
+{
+	return reply(conn, status, "application/json", oa_error_json(msg, type, param, code));
+}
+
+static enum MHD_Result json_reply(struct MHD_Connection *conn, unsigned status,
+				  struct json_object *o)
+{
+	char *s = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+
+	json_object_put(o);
+	return reply(conn, status, "application/json", s);
+}
+
+/* A liblorad error as HTTP: status, OpenAI error type and the field at fault. */
+static unsigned http_status(int res, unsigned field, const char **type, const char **param)
+{
+	*param = NULL;
+	*type = "invalid_request_error";
+	switch (res) {
+	case -ENOENT:
+		if (field == LORAD_FIELD_SKILL) {
+			*param = "model";
+			return 404;
+		}
+		break;
+	case -EAGAIN:
+	case -EBUSY:
+	case -EUSERS:
+		*type = "rate_limit_error";
+		return 429;
+	case -ECONNRESET:
+	case -ECONNREFUSED:
+	case -ESHUTDOWN:
+	case -EPIPE:
+	case -EPROTO:
+		*type = "service_unavailable";
+		return 503;
+	case -ETIMEDOUT:
+		*type = "timeout";
+		return 504;
+	default:
+		break;
+	}
+	if (res == -EINVAL || res == -E2BIG || res == -EOPNOTSUPP || res == -EILSEQ) {
+		*param = field == LORAD_FIELD_MAX_TOKENS ? "max_tokens"
+			 : field == LORAD_FIELD_PROMPT    ? "prompt"
+			 : field == LORAD_FIELD_SAMPLING  ? "temperature"
+			 : field == LORAD_FIELD_EXT       ? "stop"
+			 : field == LORAD_FIELD_SKILL     ? "model" : NULL;
+		return 400;
+	}
+	*type = "server_error";
+	return 500;
+}
+
+static const char *finish_name(unsigned f)
+{
+	return f == LORAD_FINISH_STOP ? "stop" : "length";
+}
+
+/* --- completions ------------------------------------------------------------------------ */
+
+static void job_free(struct job *j)
+{
+	for (unsigned i = 0; i < j->n; i++) {
+		free(j->ch[i].ids);
+		free(j->ch[i].text);
+	}
+	oa_completion_free(&j->req);
+	free(j->out);
+	free(j);
+}
+
+/* Take the events there are (waiting up to @ms for the first). Returns the
+ * number taken, 0 on a timeout, or the connection's error. */
+static int job_pump(struct job *j, int ms)
+{
+	struct lorad_event ev[16];
+	int n = lorad_wait(j->c, ev, 16, ms);
+
+	if (n == -ETIMEDOUT)
+		return 0;
+	if (n < 0) {
+		j->dead = n;
+		return n;
+	}
+	for (int k = 0; k < n; k++) {
+		struct choice *ch;
+
+		if (ev[k].user_data >= j->n)
+			continue;
+		ch = &j->ch[ev[k].user_data];
+		if (ev[k].flags & LORAD_EV_FINAL) {
+			ch->fin = ev[k];
+			ch->done = true;
+			j->n_done++;
+		}
+	}
+	return n;
+}
+
+/* Cancel what still runs and wait for its final events, so the connection
+ * goes back to the pool clean (or is closed). */
+static void job_end(struct job *j)
+{
+	uint64_t until = mono_ms() + DRAIN_MS;
+
+	if (j->n_done < j->submitted && !j->dead) {
+		for (unsigned i = 0; i < j->submitted; i++)
+			if (!j->ch[i].done)
+				lorad_cancel(j->c, i);
+		while (j->n_done < j->submitted && !j->dead && mono_ms() < until)
+			job_pump(j, 200);
+	}
+	client_put(j->g, j->c, !j->dead && j->n_done == j->submitted);
+	j->c = NULL;
+}
+
+/* Submit every prompt of @j. Returns 0, or the first error (the ones
+ * already submitted are cancelled by job_end). */
+static int job_submit(struct job *j, unsigned *field)
+{
+	const char *stops[OA_MAX_STOP];
+
+	*field = 0;
+	for (unsigned i = 0; i < j->req.n_stop; i++)
+		stops[i] = j->req.stop[i];
+	for (unsigned i = 0; i < j->n; i++) {
+		struct choice *ch = &j->ch[i];
+		/* tokens of a few bytes each; a request whose text would pass it ends */
+		uint64_t cap = (uint64_t)j->req.max_tokens * 32 + 64;
+		struct lorad_request r = { 0 };
+		int ret;
+
+		ch->cap = (uint32_t)(cap > (1u << 20) ? (1u << 20) : cap);
+		ch->ids = malloc((size_t)j->req.max_tokens * 4);
+		ch->text = malloc(ch->cap + 1);
+		if (!ch->ids || !ch->text)
+			return -ENOMEM;
+		r.user_data = i;
+		r.skill = j->req.model;
+		r.prompt_text = j->req.prompt[i];
+		r.prompt_text_len = (uint32_t)j->req.prompt_len[i];
+		r.max_tokens = j->req.max_tokens;
+		r.out = ch->ids;
+		r.out_text = ch->text;
+		r.out_text_cap = ch->cap;
+		r.temperature = j->req.temperature;
+		r.top_p = j->req.top_p;
+		r.seed = j->req.seed;
+		r.flags = j->req.ignore_eos ? LORAD_SQE_F_IGNORE_EOS : 0;
+		r.stop = j->req.n_stop ? stops : NULL;
+		r.n_stop = j->req.n_stop;
+		if (j->req.user_len) {
+			/* "user": the same user, the same version during an A/B test */
+			r.routing_key_bytes = j->req.user;
+			r.routing_key_len = (uint32_t)j->req.user_len;
+		}
+		ret = lorad_submit(j->c, &r);
+		if (ret < 0) {
+			*field = LORAD_FIELD_NONE;
+			if (ret == -EINVAL || ret == -E2BIG)
+				*field = LORAD_FIELD_PROMPT;
+			return ret;
+		}
+		j->submitted++;
+	}
+	return 0;
+}
+
+static struct json_object *choice_json(const struct job *j, unsigned i, const char *text,
+				       size_t len, const char *finish)
+{
+	struct json_object *c = json_object_new_object();
+
+	json_object_object_add(c, "text", json_object_new_string_len(text, (int)len));
+	json_object_object_add(c, "index", json_object_new_int((int)i));
+	json_object_object_add(c, "logprobs", NULL);
+	json_object_object_add(c, "finish_reason", finish ? json_object_new_string(finish) : NULL);
+	if (finish && j->ch[i].fin.version_id[0])
+		json_object_object_add(c, "lorad_version",
+				       json_object_new_string(j->ch[i].fin.version_id));
+	return c;
+}
+
+static struct json_object *completion_head(const struct job *j)
+{
+	struct json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "id", json_object_new_string(j->id));
+	json_object_object_add(o, "object", json_object_new_string("text_completion"));
+	json_object_object_add(o, "created", json_object_new_int64((int64_t)j->created));
+	json_object_object_add(o, "model", json_object_new_string(j->req.model));
+	return o;
+}
+
+/* The first request's failure, as an HTTP error; NULL when all went well. */
+static const struct lorad_event *job_failure(const struct job *j)
+{
+	for (unsigned i = 0; i < j->n; i++)
+		if (j->ch[i].fin.res < 0)
+			return &j->ch[i].fin;
+	return NULL;
+}
+
+static enum MHD_Result complete_whole(struct MHD_Connection *conn, struct job *j)
+{
+	const struct lorad_event *bad;
+	struct json_object *o, *choices, *usage;
+	uint64_t tokens = 0;
+
+	while (j->n_done < j->n && !j->dead) {
+		if (mono_ms() >= j->deadline_ms) {
+			job_end(j);
+			job_free(j);
+			return error_reply(conn, 504, "the completion took longer than the gateway's "
+				"--request-timeout and was cancelled", "timeout", NULL, NULL);
+		}
+		job_pump(j, WAIT_SLICE_MS);
+	}
+	job_end(j);
+	if (j->dead) {
+		job_free(j);
+		return error_reply(conn, 503, "the lorad daemon went away", "service_unavailable",
+				   NULL, NULL);
+	}
+	if ((bad = job_failure(j))) {
+		const char *type, *param;
+		unsigned st = http_status(bad->res, bad->field, &type, &param);
+		char msg[300];
+
+		if (st == 404)
+			snprintf(msg, sizeof(msg), "The model `%s` does not exist", j->req.model);
+		else
+			snprintf(msg, sizeof(msg), "%s (%s)", lorad_strerror(bad->res),
+				 lorad_field_name(bad->field));
+		job_free(j);
+		return error_reply(conn, st, msg, type, param, st == 404 ? "model_not_found" : NULL);
+	}
+	o = completion_head(j);
+	choices = json_object_new_array();
+	for (unsigned i = 0; i < j->n; i++) {
+		json_object_array_add(choices, choice_json(j, i, j->ch[i].text, j->ch[i].fin.text_len,
+							   finish_name(j->ch[i].fin.finish)));
+		tokens += j->ch[i].fin.n_tokens;
+	}
+	json_object_object_add(o, "choices", choices);
+	if (j->ch[0].fin.version_id[0])
+		json_object_object_add(o, "lorad_version", json_object_new_string(j->ch[0].fin.version_id));
+	usage = json_object_new_object();
+	/* the gateway sees no prompt tokens: the daemon tokenizes the text */
+	json_object_object_add(usage, "prompt_tokens", json_object_new_int(0));
+	json_object_object_add(usage, "completion_tokens", json_object_new_int64((int64_t)tokens));
+	json_object_object_add(usage, "total_tokens", json_object_new_int64((int64_t)tokens));
+	json_object_object_add(o, "usage", usage);
+	job_free(j);
+	return json_reply(conn, 200, o);
+}
+
+/* Append "data: <json>\n\n" to the stream's pending bytes. */
+static int sse_put(struct job *j, const char *data)
+{
+	size_t l = strlen(data), need = j->out_len + l + sizeof("data: \n\n");
+	char *p = realloc(j->out, need);
+
+	if (!p)
+		return -ENOMEM;
+	j->out = p;
+	j->out_len += (size_t)sprintf(p + j->out_len, "data: %s\n\n", data);
+	return 0;
+}
+
+static int sse_json(struct job *j, struct json_object *o)
+{
+	int ret = sse_put(j, json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+
+	json_object_put(o);
+	return ret;
+}
+
+/* New text of every choice, and the final chunks, as events. */
+static void stream_collect(struct job *j)
+{
+	for (unsigned i = 0; i < j->n; i++) {
+		struct choice *ch = &j->ch[i];
+		uint32_t have = ch->done ? ch->fin.text_len : 0;
+		struct json_object *o;
+
+		/* text arrives in ch->text as events are reaped; the final event
+		 * says how much there is, a running one is read below */
+		if (!ch->done)
+			continue;
+		if (ch->fin.res < 0) {
+			const char *type, *param;
+			unsigned st = http_status(ch->fin.res, ch->fin.field, &type, &param);
+			char msg[300];
+			char *e;
+
+			if (st == 404)
+				snprintf(msg, sizeof(msg), "The model `%s` does not exist", j->req.model);
+			else
+				snprintf(msg, sizeof(msg), "%s (%s)", lorad_strerror(ch->fin.res),
+					 lorad_field_name(ch->fin.field));
+			e = oa_error_json(msg, type, param, st == 404 ? "model_not_found" : NULL);
+			if (e)
+				sse_put(j, e);
+			free(e);
+			ch->text_sent = have = 0;
+			ch->done = false;        /* reported: never again */
+			ch->fin.res = 0;
+			ch->cap = 0;
+			continue;
+		}
+		if (!ch->cap)
+			continue;
+		o = completion_head(j);
+		{
+			struct json_object *a = json_object_new_array();
+
+			json_object_array_add(a, choice_json(j, i, ch->text + ch->text_sent,
+							     have - ch->text_sent,
+							     finish_name(ch->fin.finish)));
+			json_object_object_add(o, "choices", a);
+		}
+		sse_json(j, o);
+		ch->text_sent = have;
+		ch->cap = 0;                     /* finished and sent */
+	}
+}
+
+/* Running choices' new text: the library has copied it into ch->text up to
+ * the last event's text_len, which job_pump does not keep; so it is taken
+ * from the events as they are reaped. */
+static int stream_pump(struct job *j, int ms)
+{
+	struct lorad_event ev[16];
+	int n = lorad_wait(j->c, ev, 16, ms);
+
+	if (n == -ETIMEDOUT)
+		return 0;
+	if (n < 0) {
+		j->dead = n;
+		return n;
+	}
+	for (int k = 0; k < n; k++) {
+		struct choice *ch;
+
+		if (ev[k].user_data >= j->n)
+			continue;
+		ch = &j->ch[ev[k].user_data];
+		if (ev[k].flags & LORAD_EV_FINAL) {
+			ch->fin = ev[k];
+			ch->done = true;
+			j->n_done++;
+		} else if (ev[k].text_len > ch->text_sent) {
+			struct json_object *o = completion_head(j), *a = json_object_new_array();
+
+			json_object_array_add(a, choice_json(j, (unsigned)ev[k].user_data,
+							     ch->text + ch->text_sent,
+							     ev[k].text_len - ch->text_sent, NULL));
+			json_object_object_add(o, "choices", a);
+			sse_json(j, o);
+			ch->text_sent = ev[k].text_len;
+		}
+	}
+	stream_collect(j);
+	return n;
+}
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+	struct job *j = cls;
+	size_t k;
+
+	(void)pos;
+	while (j->out_off == j->out_len) {
+		j->out_off = j->out_len = 0;
+		if (j->done_sent)
+			return MHD_CONTENT_READER_END_OF_STREAM;
+		if (j->dead) {
+			char *e = oa_error_json("the lorad daemon went away", "service_unavailable", NULL, NULL);
+
+			if (e)
+				sse_put(j, e);
+			free(e);
+			sse_put(j, "[DONE]");
+			j->done_sent = true;
+			break;
+		}
+		if (j->n_done == j->submitted) {
+			sse_put(j, "[DONE]");
+			j->done_sent = true;
+			break;
+		}
+		if (!j->cancelled && mono_ms() >= j->deadline_ms) {
+			for (unsigned i = 0; i < j->submitted; i++)
+				if (!j->ch[i].done)
+					lorad_cancel(j->c, i);
+			j->cancelled = true;
+		}
+		if (stream_pump(j, WAIT_SLICE_MS) == 0 && j->out_len == 0) {
+			/* a comment now and then: a client that left is noticed */
+			static const char ka[] = ": keepalive\n\n";
+
+			memcpy(buf, ka, sizeof(ka) - 1 < max ? sizeof(ka) - 1 : max);
+			return (ssize_t)(sizeof(ka) - 1 < max ? sizeof(ka) - 1 : max);
+		}
+	}
+	k = j->out_len - j->out_off < max ? j->out_len - j->out_off : max;
+	memcpy(buf, j->out + j->out_off, k);
+	j->out_off += k;
+	return (ssize_t)k;
+}
+
+/* The stream is over, finished or because the client left: whatever still
+ * runs in the daemon is cancelled. */
+static void stream_free(void *cls)
+{
+	struct job *j = cls;
+
+	if (j->c)
+		job_end(j);
+	job_free(j);
+}
+
+static enum MHD_Result completions(struct gateway *g, struct MHD_Connection *conn,
+				   const struct body *b)
+{
+	char err[300], param[32];
+	struct job *j = calloc(1, sizeof(*j));
+	struct MHD_Response *r;
+	enum MHD_Result ret;
+	unsigned field;
+	int rc;
+
+	if (!j)
+		return MHD_NO;
+	rc = oa_parse_completion(b->buf ? b->buf : "", b->len, g->o.max_tokens, &j->req, err,
+				 sizeof(err), param, sizeof(param));
+	if (rc < 0) {
+		free(j);
+		return error_reply(conn, rc == -ENOMEM ? 500 : 400, err,
+				   rc == -ENOMEM ? "server_error" : "invalid_request_error", param, NULL);
+	}
+	j->g = g;
+	j->n = j->req.n_prompt;
+	j->created = time(NULL);
+	j->deadline_ms = mono_ms() + (uint64_t)g->o.request_timeout_s * 1000u;
+	pthread_mutex_lock(&g->lock);
+	snprintf(j->id, sizeof(j->id), "cmpl-lorad-%016" PRIx64, ++g->seq ^ (uint64_t)j->created << 20);
+	pthread_mutex_unlock(&g->lock);
+	rc = client_take(g, &j->c);
+	if (rc < 0) {
+		snprintf(err, sizeof(err), "the lorad daemon does not answer at %s: %s", g->o.socket,
+			 lorad_strerror(rc));
+		j->c = NULL;
+		job_free(j);
+		return error_reply(conn, rc == -EUSERS ? 429 : 503, err,
+				   rc == -EUSERS ? "rate_limit_error" : "service_unavailable", NULL, NULL);
+	}
+	rc = job_submit(j, &field);
+	if (rc < 0) {
+		const char *type, *p;
+		unsigned st = http_status(rc, field, &type, &p);
+
+		if (rc == -ECONNRESET || rc == -EPROTO)
+			j->dead = rc;
+		snprintf(err, sizeof(err), "%s", rc == -E2BIG ? "the prompt does not fit the connection's "
+			 "shared memory (see --max-body)" : lorad_strerror(rc));
+		job_end(j);
+		job_free(j);
+		return error_reply(conn, st, err, type, p, NULL);
+	}
+	if (!j->req.stream)
+		return complete_whole(conn, j);
+	r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, stream_read, j, stream_free);
+	if (!r) {
+		job_end(j);
+		job_free(j);
+		return MHD_NO;
+	}
+	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+	MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+	ret = MHD_queue_response(conn, 200, r);
+	MHD_destroy_response(r);
+	return ret;
+}
+
+/* --- models, metrics, health ----------------------------------------------------------- */
+
+static struct json_object *model_obj(const char *id)
+{
+	struct json_object *m = json_object_new_object();
+
+	json_object_object_add(m, "id", json_object_new_string(id));
+	json_object_object_add(m, "object", json_object_new_string("model"));
+	json_object_object_add(m, "created", json_object_new_int(0));
+	json_object_object_add(m, "owned_by", json_object_new_string("lorad"));
+	return m;
+}
+
+static int admin(struct gateway *g, const char *cmd, struct json_object **reply, char *err,
+		 size_t errlen)
+{
+	struct json_object *req = json_object_new_object(), *ok;
+	int ret;
+
+	json_object_object_add(req, "cmd", json_object_new_string(cmd));
+	ret = adminc_call(g->o.admin_socket, req, ADMIN_TIMEOUT_MS, reply, err, errlen);
+	json_object_put(req);
+	if (!ret && (!json_object_object_get_ex(*reply, "ok", &ok) || !json_object_get_boolean(ok))) {
+		struct json_object *e;
+
+		snprintf(err, errlen, "%s", json_object_object_get_ex(*reply, "error", &e)
+			 ? json_object_get_string(e) : "refused");
+		json_object_put(*reply);
+		*reply = NULL;
+		ret = -EPERM;
+	}
+	return ret;
+}
+
+static enum MHD_Result models(struct gateway *g, struct MHD_Connection *conn)
+{
+	struct json_object *o = json_object_new_object(), *data = json_object_new_array();
+	struct json_object *routes = NULL, *adapters = NULL, *a;
+	char err[300];
+
+	json_object_array_add(data, model_obj("base"));
+	json_object_array_add(data, model_obj("auto"));
+	if (g->o.admin_socket) {
+		if (admin(g, "route_show", &routes, err, sizeof(err)) < 0 ||
+		    admin(g, "adapters_list", &adapters, err, sizeof(err)) < 0) {
+			json_object_put(routes);
+			json_object_put(o);
+			json_object_put(data);
+			return error_reply(conn, 503, err, "service_unavailable", NULL, NULL);
+		}
+		if (json_object_object_get_ex(routes, "routes", &a))
+			for (size_t i = 0; i < json_object_array_length(a); i++) {
+				struct json_object *rt = json_object_array_get_idx(a, i), *s, *v;
+				struct json_object *m;
+
+				if (!json_object_object_get_ex(rt, "skill", &s))
+					continue;
+				m = model_obj(json_object_get_string(s));
+				if (json_object_object_get_ex(rt, "versions", &v))
+					json_object_object_add(m, "lorad_route", json_object_get(v));
+				json_object_array_add(data, m);
+			}
+		if (json_object_object_get_ex(adapters, "adapters", &a))
+			for (size_t i = 0; i < json_object_array_length(a); i++) {
+				struct json_object *v = json_object_array_get_idx(a, i), *id, *st;
+				struct json_object *m;
+
+				if (!json_object_object_get_ex(v, "id", &id))
+					continue;
+				m = model_obj(json_object_get_string(id));
+				if (json_object_object_get_ex(v, "state", &st))
+					json_object_object_add(m, "lorad_state", json_object_get(st));
+				json_object_array_add(data, m);
+			}
+		json_object_put(routes);
+		json_object_put(adapters);
+	}
+	json_object_object_add(o, "object", json_object_new_string("list"));
+	json_object_object_add(o, "data", data);
+	return json_reply(conn, 200, o);
+}
+
+static enum MHD_Result metrics(struct gateway *g, struct MHD_Connection *conn)
+{
+	struct json_object *rep, *t;
+	char err[300];
+	char *text;
+
+	if (!g->o.admin_socket)
+		return error_reply(conn, 404, "lorad-http runs without --admin-socket: no metrics",
+				   "invalid_request_error", NULL, NULL);
+	if (admin(g, "metrics", &rep, err, sizeof(err)) < 0)
+		return error_reply(conn, 503, err, "service_unavailable", NULL, NULL);
+	text = json_object_object_get_ex(rep, "text", &t) ? strdup(json_object_get_string(t)) : NULL;
+	json_object_put(rep);
+	return reply(conn, 200, "text/plain; version=0.0.4; charset=utf-8", text);
+}
+
+static enum MHD_Result healthz(struct gateway *g, struct MHD_Connection *conn)
+{
+	struct lorad *c;
+	char err[300] = "";
+	int rc;
+
+	if (g->o.admin_socket) {
+		struct json_object *rep;
+
+		rc = admin(g, "status", &rep, err, sizeof(err));
+		json_object_put(rep);
+	} else {
+		rc = client_take(g, &c);
+		if (rc == 0)
+			client_put(g, c, true);
+		else
+			snprintf(err, sizeof(err), "%s: %s", g->o.socket, lorad_strerror(rc));
+	}
+	if (rc < 0) {
+		struct json_object *o = json_object_new_object();
+
+		json_object_object_add(o, "ok", json_object_new_boolean(0));
+		json_object_object_add(o, "error", json_object_new_string(err));
+		return json_reply(conn, 503, o);
+	}
+	return reply(conn, 200, "application/json", strdup("{\"ok\":true}"));
+}
+
+/* --- requests ------------------------------------------------------------------------------ */
+
+/* "Authorization: Bearer <token>", compared in constant time. */
+static bool authorized(const struct gateway *g, struct MHD_Connection *conn)
+{
+	const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+	unsigned char diff = 0;
+	size_t l;
+
+	if (!g->token_len)
+		return true;
+	if (!h || strncmp(h, "Bearer ", 7))
+		return false;
+	h += 7;
+	l = strlen(h);
+	if (l != g->token_len)
+		return false;
+	for (size_t i = 0; i < l; i++)
+		diff |= (unsigned char)(h[i] ^ g->token[i]);
+	return diff == 0;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+				  const char *method, const char *version, const char *upload,
+				  size_t *upload_size, void **con_cls)
+{
+	struct gateway *g = cls;
+	struct body *b = *con_cls;
+
+	(void)version;
+	if (!b) {
+		const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+							     MHD_HTTP_HEADER_CONTENT_LENGTH);
+
+		if (!(b = calloc(1, sizeof(*b))))
+			return MHD_NO;
+		*con_cls = b;
+		/* refused before a byte of it is read */
+		if (cl && strtoull(cl, NULL, 10) > g->o.max_body)
+			b->too_big = true;
+		return MHD_YES;
+	}
+	if (*upload_size) {
+		if (!b->too_big && b->len + *upload_size <= g->o.max_body) {
+			char *p = realloc(b->buf, b->len + *upload_size + 1);
+
+			if (!p)
+				return MHD_NO;
+			b->buf = p;
+			memcpy(b->buf + b->len, upload, *upload_size);
+			b->len += *upload_size;
+		} else {
+			b->too_big = true;
+		}
+		*upload_size = 0;
+		return MHD_YES;
+	}
+	if (!strcmp(url, "/healthz") && !strcmp(method, "GET"))
+		return healthz(g, conn);
+	if (!authorized(g, conn))
+		return error_reply(conn, 401, "a bearer token is required (Authorization: Bearer ...)",
+				   "invalid_request_error", NULL, "invalid_api_key");
+	if (b->too_big) {
+		char msg[120];
+
+		snprintf(msg, sizeof(msg), "the request body is larger than --max-body (%u bytes)",
+			 g->o.max_body);
+		return error_reply(conn, 413, msg, "invalid_request_error", NULL, NULL);
+	}
+	if (!strcmp(url, "/v1/completions"))
+		return strcmp(method, "POST")
+			       ? error_reply(conn, 405, "use POST", "invalid_request_error", NULL, NULL)
+			       : completions(g, conn, b);
+	if (!strcmp(url, "/v1/models") && !strcmp(method, "GET"))
+		return models(g, conn);
+	if (!strcmp(url, "/metrics") && !strcmp(method, "GET"))
+		return metrics(g, conn);
+	if (!strcmp(url, "/v1/chat/completions"))
+		return error_reply(conn, 404, "lorad-http serves /v1/completions; chat is not offered",
+				   "invalid_request_error", NULL, "unknown_url");
+	return error_reply(conn, 404, "no such path: /v1/completions, /v1/models, /metrics, /healthz",
+			   "invalid_request_error", NULL, "unknown_url");
+}
+
+static void on_done(void *cls, struct MHD_Connection *conn, void **con_cls,
+		    enum MHD_RequestTerminationCode toe)
+{
+	struct body *b = *con_cls;
+
+	(void)cls;
+	(void)conn;
+	(void)toe;
+	if (b) {
+		free(b->buf);
+		free(b);
+		*con_cls = NULL;
+	}
+}
+
+int gateway_start(const struct gateway_opts *o, struct gateway **out, char *err, size_t errlen)
+{
+	struct gateway *g = calloc(1, sizeof(*g));
+	struct sockaddr_in sa4 = { .sin_family = AF_INET };
+	struct sockaddr_in6 sa6 = { .sin6_family = AF_INET6 };
+	struct sockaddr *sa;
+	unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
+			 MHD_USE_ERROR_LOG;
+
+	if (!g)
+		return -ENOMEM;
+	g->o = *o;
+	if (o->token) {
+		g->token_len = strlen(o->token);
+		if (g->token_len >= sizeof(g->token)) {
+			free(g);
+			snprintf(err, errlen, "the token is longer than %zu bytes", sizeof(g->token) - 1);
+			return -EINVAL;
+		}
+		memcpy(g->token, o->token, g->token_len + 1);
+	}
+	if (inet_pton(AF_INET, o->listen_addr, &sa4.sin_addr) == 1) {
+		sa4.sin_port = htons(o->port);
+		sa = (struct sockaddr *)&sa4;
+	} else if (inet_pton(AF_INET6, o->listen_addr, &sa6.sin6_addr) == 1) {
+		sa6.sin6_port = htons(o->port);
+		sa = (struct sockaddr *)&sa6;
+		flags |= MHD_USE_IPv6;
+	} else {
+		free(g);
+		snprintf(err, errlen, "--listen %s: not a numeric IPv4 or IPv6 address", o->listen_addr);
+		return -EINVAL;
+	}
+	pthread_mutex_init(&g->lock, NULL);
+	g->mhd = MHD_start_daemon(flags, o->port, NULL, NULL, on_request, g,
+				  MHD_OPTION_SOCK_ADDR, sa,
+				  MHD_OPTION_CONNECTION_LIMIT, (unsigned)o->max_connections,
+				  MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)o->max_connections,
+				  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)o->timeout_s,
+				  MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64u << 10),
+				  MHD_OPTION_NOTIFY_COMPLETED, on_done, g,
+				  MHD_OPTION_END);
+	if (!g->mhd) {
+		pthread_mutex_destroy(&g->lock);
+		free(g);
+		snprintf(err, errlen, "cannot listen on %s port %u (in use, or not allowed)",
+			 o->listen_addr, (unsigned)o->port);
+		return -EADDRINUSE;
+	}
+	*out = g;
+	return 0;
+}
+
+void gateway_stop(struct gateway *g)
+{
+	if (!g)
+		return;
+	MHD_stop_daemon(g->mhd);
+	while (g->idle) {
+		struct lclient *l = g->idle;
+
+		g->idle = l->next;
+		lorad_close(l->c);
+		free(l);
+	}
+	pthread_mutex_destroy(&g->lock);
+	free(g);
+}

@@ -1,0 +1,248 @@
+/* SPDX-License-Identifier: MIT */
+#include "openai.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <json-c/json.h>
+
+/* JSON nesting a completion body never needs more than */
+#define OA_DEPTH 8
+
+static int bad(char *err, size_t errlen, char *param, size_t plen, const char *p, const char *msg)
+{
+	snprintf(err, errlen, "%s", msg);
+	snprintf(param, plen, "%s", p);
+	return -EINVAL;
+}
+
+void oa_completion_free(struct oa_completion *c)
+{
+	for (unsigned i = 0; i < c->n_prompt; i++)
+		free(c->prompt[i]);
+	for (unsigned i = 0; i < c->n_stop; i++)
+		free(c->stop[i]);
+	memset(c, 0, sizeof(*c));
+}
+
+static int number(struct json_object *v, double lo, double hi, double *out)
+{
+	if (!json_object_is_type(v, json_type_double) && !json_object_is_type(v, json_type_int))
+		return -1;
+	*out = json_object_get_double(v);
+	return isfinite(*out) && *out >= lo && *out <= hi ? 0 : -1;
+}
+
+static char *dup_str(struct json_object *v, size_t *len)
+{
+	size_t l = (size_t)json_object_get_string_len(v);
+	char *s = malloc(l + 1);
+
+	if (s) {
+		memcpy(s, json_object_get_string(v), l);
+		s[l] = 0;
+		*len = l;
+	}
+	return s;
+}
+
+int oa_parse_completion(const char *body, size_t len, uint32_t max_tokens_cap,
+			struct oa_completion *c, char *err, size_t errlen, char *param, size_t plen)
+{
+	static const char *const refused[] = { "echo", "logprobs", "best_of", "suffix", "logit_bias",
+					       "stream_options" };
+	struct json_tokener *tok = json_tokener_new_ex(OA_DEPTH);
+	struct json_object *root = NULL, *v;
+	double d;
+	int ret = -EINVAL;
+
+	memset(c, 0, sizeof(*c));
+	c->max_tokens = 16;
+	c->temperature = 1.0f;
+	c->top_p = 1.0f;
+	param[0] = 0;
+	if (!tok)
+		return bad(err, errlen, param, plen, "", "out of memory");
+	if (len > INT32_MAX) {
+		json_tokener_free(tok);
+		return bad(err, errlen, param, plen, "", "body too large");
+	}
+	root = json_tokener_parse_ex(tok, body, (int)len);
+	if (!root || json_tokener_get_error(tok) != json_tokener_success ||
+	    json_tokener_get_parse_end(tok) != len) {
+		snprintf(err, errlen, "the body is not one JSON object (%s)",
+			 json_tokener_error_desc(json_tokener_get_error(tok)));
+		json_tokener_free(tok);
+		json_object_put(root);
+		return -EINVAL;
+	}
+	json_tokener_free(tok);
+	if (!json_object_is_type(root, json_type_object)) {
+		ret = bad(err, errlen, param, plen, "", "the body must be a JSON object");
+		goto out;
+	}
+	/* model: which skill, version, "auto" or "base" */
+	if (!json_object_object_get_ex(root, "model", &v) || !json_object_is_type(v, json_type_string) ||
+	    !json_object_get_string_len(v) || json_object_get_string_len(v) >= OA_MODEL_MAX) {
+		ret = bad(err, errlen, param, plen, "model",
+			  "model must be a skill, name@version, \"auto\" or \"base\" (at most 63 bytes)");
+		goto out;
+	}
+	memcpy(c->model, json_object_get_string(v), (size_t)json_object_get_string_len(v) + 1);
+	if (strlen(c->model) != (size_t)json_object_get_string_len(v)) {
+		ret = bad(err, errlen, param, plen, "model", "model contains a NUL byte");
+		goto out;
+	}
+	/* prompt: a string or a list of strings; one choice each */
+	if (!json_object_object_get_ex(root, "prompt", &v)) {
+		ret = bad(err, errlen, param, plen, "prompt", "prompt is required");
+		goto out;
+	}
+	if (json_object_is_type(v, json_type_string)) {
+		if (!(c->prompt[0] = dup_str(v, &c->prompt_len[0])))
+			goto nomem;
+		c->n_prompt = 1;
+	} else if (json_object_is_type(v, json_type_array)) {
+		size_t n = json_object_array_length(v);
+
+		if (n == 0 || n > OA_MAX_PROMPTS) {
+			ret = bad(err, errlen, param, plen, "prompt",
+				  "prompt must be a string or a list of 1 to 16 strings");
+			goto out;
+		}
+		for (size_t i = 0; i < n; i++) {
+			struct json_object *p = json_object_array_get_idx(v, i);
+
+			if (!json_object_is_type(p, json_type_string)) {
+				ret = bad(err, errlen, param, plen, "prompt",
+					  "prompt must be a string or a list of strings (token lists are not taken)");
+				goto out;
+			}
+			if (!(c->prompt[c->n_prompt] = dup_str(p, &c->prompt_len[c->n_prompt])))
+				goto nomem;
+			c->n_prompt++;
+		}
+	} else {
+		ret = bad(err, errlen, param, plen, "prompt", "prompt must be a string or a list of strings");
+		goto out;
+	}
+	if (json_object_object_get_ex(root, "max_tokens", &v) && !json_object_is_type(v, json_type_null)) {
+		if (number(v, 1, max_tokens_cap, &d) || d != floor(d)) {
+			snprintf(err, errlen, "max_tokens must be an integer from 1 to %u", max_tokens_cap);
+			snprintf(param, plen, "max_tokens");
+			goto out;
+		}
+		c->max_tokens = (uint32_t)d;
+	}
+	if (json_object_object_get_ex(root, "temperature", &v) && !json_object_is_type(v, json_type_null)) {
+		if (number(v, 0, 2, &d)) {
+			ret = bad(err, errlen, param, plen, "temperature", "temperature must be from 0 to 2");
+			goto out;
+		}
+		c->temperature = (float)d;
+	}
+	if (json_object_object_get_ex(root, "top_p", &v) && !json_object_is_type(v, json_type_null)) {
+		if (number(v, 0, 1, &d) || d == 0) {
+			ret = bad(err, errlen, param, plen, "top_p", "top_p must be above 0 and at most 1");
+			goto out;
+		}
+		c->top_p = (float)d;
+	}
+	if (json_object_object_get_ex(root, "seed", &v) && !json_object_is_type(v, json_type_null)) {
+		if (!json_object_is_type(v, json_type_int)) {
+			ret = bad(err, errlen, param, plen, "seed", "seed must be an integer");
+			goto out;
+		}
+		c->seed = (uint64_t)json_object_get_int64(v);
+	}
+	if (json_object_object_get_ex(root, "stream", &v) && !json_object_is_type(v, json_type_null)) {
+		if (!json_object_is_type(v, json_type_boolean)) {
+			ret = bad(err, errlen, param, plen, "stream", "stream must be true or false");
+			goto out;
+		}
+		c->stream = json_object_get_boolean(v);
+	}
+	if (json_object_object_get_ex(root, "ignore_eos", &v) && !json_object_is_type(v, json_type_null)) {
+		if (!json_object_is_type(v, json_type_boolean)) {
+			ret = bad(err, errlen, param, plen, "ignore_eos", "ignore_eos must be true or false");
+			goto out;
+		}
+		c->ignore_eos = json_object_get_boolean(v);
+	}
+	if (json_object_object_get_ex(root, "stop", &v) && !json_object_is_type(v, json_type_null)) {
+		struct json_object *one[1] = { v };
+		size_t n = json_object_is_type(v, json_type_array) ? json_object_array_length(v) : 1;
+
+		if (n > OA_MAX_STOP) {
+			ret = bad(err, errlen, param, plen, "stop", "stop takes at most 4 strings");
+			goto out;
+		}
+		for (size_t i = 0; i < n; i++) {
+			struct json_object *s = json_object_is_type(v, json_type_array)
+							? json_object_array_get_idx(v, i) : one[0];
+			size_t l;
+
+			if (!json_object_is_type(s, json_type_string) || !json_object_get_string_len(s) ||
+			    json_object_get_string_len(s) > OA_STOP_MAX) {
+				ret = bad(err, errlen, param, plen, "stop",
+					  "stop must be a string or a list of strings of 1 to 256 bytes");
+				goto out;
+			}
+			if (!(c->stop[c->n_stop] = dup_str(s, &l)))
+				goto nomem;
+			c->n_stop++;
+			if (strlen(c->stop[c->n_stop - 1]) != l) {
+				ret = bad(err, errlen, param, plen, "stop", "a stop string contains a NUL byte");
+				goto out;
+			}
+		}
+	}
+	if (json_object_object_get_ex(root, "user", &v) && !json_object_is_type(v, json_type_null)) {
+		if (!json_object_is_type(v, json_type_string) || json_object_get_string_len(v) > OA_USER_MAX) {
+			ret = bad(err, errlen, param, plen, "user", "user must be a string of at most 256 bytes");
+			goto out;
+		}
+		c->user_len = (size_t)json_object_get_string_len(v);
+		memcpy(c->user, json_object_get_string(v), c->user_len);
+	}
+	if (json_object_object_get_ex(root, "n", &v) && !json_object_is_type(v, json_type_null) &&
+	    !(json_object_is_type(v, json_type_int) && json_object_get_int64(v) == 1)) {
+		ret = bad(err, errlen, param, plen, "n",
+			  "n must be 1 (send several prompts for several choices)");
+		goto out;
+	}
+	for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++)
+		if (json_object_object_get_ex(root, refused[i], &v) && !json_object_is_type(v, json_type_null) &&
+		    !(json_object_is_type(v, json_type_boolean) && !json_object_get_boolean(v))) {
+			snprintf(err, errlen, "%s is not supported by lorad", refused[i]);
+			snprintf(param, plen, "%s", refused[i]);
+			goto out;
+		}
+	json_object_put(root);
+	return 0;
+nomem:
+	ret = bad(err, errlen, param, plen, "", "out of memory");
+	ret = -ENOMEM;
+out:
+	json_object_put(root);
+	oa_completion_free(c);
+	return ret;
+}
+
+char *oa_error_json(const char *message, const char *type, const char *param, const char *code)
+{
+	struct json_object *o = json_object_new_object(), *e = json_object_new_object();
+	char *s;
+
+	json_object_object_add(e, "message", json_object_new_string(message));
+	json_object_object_add(e, "type", json_object_new_string(type));
+	json_object_object_add(e, "param", param && *param ? json_object_new_string(param) : NULL);
+	json_object_object_add(e, "code", code ? json_object_new_string(code) : NULL);
+	json_object_object_add(o, "error", e);
+	s = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+	json_object_put(o);
+	return s;
+}

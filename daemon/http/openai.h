@@ -1,0 +1,53 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The OpenAI Completions API's shapes, as lorad-http reads and writes
+ * them: a POST /v1/completions body checked field by field into a
+ * request, and the error object every failure answers with.
+ * https://platform.openai.com/docs/api-reference/completions
+ */
+#ifndef LORAD_HTTP_OPENAI_H
+#define LORAD_HTTP_OPENAI_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define OA_MAX_PROMPTS 16      /* strings in "prompt" (one choice each) */
+#define OA_MAX_STOP 4          /* as OpenAI */
+#define OA_STOP_MAX 256        /* bytes of one stop string (lorad's limit) */
+#define OA_USER_MAX 256        /* bytes of "user" */
+#define OA_MODEL_MAX 64        /* bytes of "model", with the NUL */
+
+struct oa_completion {
+	char model[OA_MODEL_MAX];  /* a skill, "name@version", "auto" or "base" */
+	char *prompt[OA_MAX_PROMPTS];
+	size_t prompt_len[OA_MAX_PROMPTS];
+	unsigned n_prompt;
+	uint32_t max_tokens;       /* default 16, as OpenAI */
+	float temperature;         /* default 1 */
+	float top_p;               /* default 1 */
+	char *stop[OA_MAX_STOP];
+	unsigned n_stop;
+	uint64_t seed;             /* 0 when not given */
+	bool stream;
+	bool ignore_eos;           /* an extension (as vLLM's): generate max_tokens whatever comes */
+	char user[OA_USER_MAX + 1];
+	size_t user_len;
+};
+
+/*
+ * Parse @body (@len bytes, not NUL-terminated) into @c. Returns 0, or
+ * -EINVAL with @err saying what is wrong and @param naming the field
+ * ("" for the body as a whole); fields lorad does not do (n > 1, echo,
+ * logprobs, best_of, suffix, logit_bias) are refused by name rather than
+ * ignored. @c holds nothing to free on error.
+ */
+int oa_parse_completion(const char *body, size_t len, uint32_t max_tokens_cap,
+			struct oa_completion *c, char *err, size_t errlen, char *param,
+			size_t paramlen);
+void oa_completion_free(struct oa_completion *c);
+
+/* {"error": {"message", "type", "param", "code"}} as a malloc'd string. */
+char *oa_error_json(const char *message, const char *type, const char *param, const char *code);
+
+#endif

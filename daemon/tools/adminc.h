@@ -1,0 +1,28 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * adminc: one request to the daemon's admin socket and its reply, the
+ * protocol daemon/serving/admin.h defines (one JSON object per line each
+ * way). The client side of loradctl and lorad-http.
+ */
+#ifndef LORAD_TOOLS_ADMINC_H
+#define LORAD_TOOLS_ADMINC_H
+
+#include <stddef.h>
+
+#include <json-c/json.h>
+
+/* Replies longer than this are refused (the metrics text is the longest). */
+#define ADMINC_REPLY_MAX (64u << 20)
+
+/*
+ * Send @req to the admin socket at @path and read one reply line, waiting
+ * at most @timeout_ms for it. Returns 0 with *reply (an object; the caller
+ * puts it), or -errno with @err saying what happened: -ENAMETOOLONG,
+ * -ENOENT/-ECONNREFUSED/-EACCES (no daemon, not allowed), -ETIMEDOUT,
+ * -ECONNRESET (closed without a reply), -E2BIG, -EPROTO (not JSON),
+ * -ENOMEM. The daemon's own refusal comes back as a reply with "ok": false.
+ */
+int adminc_call(const char *path, struct json_object *req, int timeout_ms,
+		struct json_object **reply, char *err, size_t errlen);
+
+#endif

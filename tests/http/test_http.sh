@@ -1,0 +1,242 @@
+#!/usr/bin/env bash
+# lorad-http against the real daemon on the demo model, with curl:
+#   usage: test_http.sh BUILD_BIN_DIR REPO_ROOT CASE
+# CASE: api (completions, streams, models, metrics, health, errors),
+#       limits (body, connections, token, a client that leaves mid-stream,
+#       the daemon going away). Exits 77 (skipped) without curl or python3.
+set -u
+bin=$1
+root=$2
+case_=$3
+command -v curl >/dev/null || { echo "curl is not installed: skipped"; exit 77; }
+# a python3 with Debian's prometheus_client (a pyenv one on PATH may lack it)
+py=
+for p in python3 /usr/bin/python3; do
+	command -v "$p" >/dev/null && "$p" -c 'import prometheus_client' 2>/dev/null && { py=$p; break; }
+done
+[ -n "$py" ] || { echo "no python3 with prometheus_client (python3-prometheus-client): skipped"; exit 77; }
+python3() { "$py" "$@"; }
+cd "$root" || exit 1   # demo/lorad.conf names its files relative to the repository root
+
+dir=$(mktemp -d /tmp/lorad-http-test.XXXXXX)
+dpid= gpid= g2pid=
+fail() {
+	echo "FAIL: $*"
+	echo "--- lorad log"; tail -20 "$dir/lorad.log" 2>/dev/null
+	echo "--- lorad-http log"; tail -20 "$dir/http.log" 2>/dev/null
+	exit 1
+}
+cleanup() {
+	for p in $g2pid $gpid $dpid; do kill "$p" 2>/dev/null; done
+	wait 2>/dev/null
+	rm -rf "$dir"
+}
+trap cleanup EXIT
+
+free_port() {
+	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+start_daemon() {
+	"$bin/lorad" --config demo/lorad.conf --socket "$dir/l.sock" --admin-socket "$dir/a.sock" \
+		--state-dir "$dir/state" --threads 1 >"$dir/lorad.log" 2>&1 &
+	dpid=$!
+	for _ in $(seq 100); do [ -S "$dir/a.sock" ] && "$bin/loradctl" --socket "$dir/a.sock" status \
+		>/dev/null 2>&1 && return 0; sleep 0.1; done
+	fail "the daemon did not start"
+}
+
+# start_gateway PORT ARGS...
+start_gateway() {
+	local port=$1
+	shift
+	"$bin/lorad-http" --listen "127.0.0.1:$port" --socket "$dir/l.sock" --admin-socket "$dir/a.sock" \
+		"$@" >>"$dir/http.log" 2>&1 &
+	for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/healthz" && return 0; sleep 0.05; done
+	fail "lorad-http did not start"
+}
+
+# post PATH BODY [CURL ARGS...]: prints the HTTP status, the body into $dir/out
+post() {
+	local path=$1 body=$2
+	shift 2
+	curl -s -o "$dir/out" -w '%{http_code}' -H 'Content-Type: application/json' \
+		--data-binary "$body" "$@" "$url$path"
+}
+
+# json EXPR: evaluates a Python expression over j = the last body
+json() {
+	python3 -c "import json,sys; j=json.load(open('$dir/out')); print($1)"
+}
+
+inflight() {
+	"$bin/loradctl" --socket "$dir/a.sock" --json status |
+		python3 -c "import json,sys; print(json.load(sys.stdin)[\"inflight\"])"
+}
+
+start_daemon
+port=$(free_port)
+url="http://127.0.0.1:$port"
+
+case $case_ in
+api)
+	start_gateway "$port"
+	[ "$(curl -s -o /dev/null -w '%{http_code}' "$url/healthz")" = 200 ] || fail "healthz"
+
+	# a completion equals the native client's text for the same greedy request
+	prompt='Which customers ordered twice?'
+	want=$("$bin/lorad-cli" --socket "$dir/l.sock" --skill sql --prompt "$prompt" --max-tokens 24 \
+		--temperature 0 2>/dev/null)
+	st=$(post /v1/completions "{\"model\":\"sql\",\"prompt\":\"$prompt\",\"max_tokens\":24,\"temperature\":0}")
+	[ "$st" = 200 ] || fail "completion: HTTP $st $(cat "$dir/out")"
+	got=$(json 'j["choices"][0]["text"]')
+	[ "$got" = "$want" ] || fail "completion text '$got' != lorad-cli '$want'"
+	[ "$(json 'j["object"]')" = text_completion ] || fail "object"
+	[ "$(json 'j["choices"][0]["lorad_version"]')" = sql@v1 ] || fail "served version"
+	[ "$(json 'j["choices"][0]["finish_reason"] in ("stop","length")')" = True ] || fail "finish_reason"
+	[ "$(json 'j["usage"]["completion_tokens"] > 0')" = True ] || fail "usage"
+
+	# the same as a stream: the pieces make the same text, then [DONE]
+	curl -sN -H 'Content-Type: application/json' --data-binary \
+		"{\"model\":\"sql\",\"prompt\":\"$prompt\",\"max_tokens\":24,\"temperature\":0,\"stream\":true}" \
+		"$url/v1/completions" >"$dir/sse"
+	python3 - "$dir/sse" "$want" <<'EOF' || fail "stream"
+import json, sys
+lines = [l for l in open(sys.argv[1]).read().split("\n\n") if l.strip()]
+assert lines[-1] == "data: [DONE]", lines[-1]
+text, finish = "", None
+for l in lines[:-1]:
+    assert l.startswith("data: "), l
+    c = json.loads(l[6:])["choices"][0]
+    text += c["text"]
+    finish = c["finish_reason"] or finish
+assert text == sys.argv[2], (text, sys.argv[2])
+assert finish in ("stop", "length")
+EOF
+
+	# several prompts, several choices, in order
+	st=$(post /v1/completions '{"model":"base","prompt":["a b","c d","e f"],"max_tokens":5,"temperature":0}')
+	[ "$st" = 200 ] || fail "three prompts: HTTP $st"
+	[ "$(json '[c["index"] for c in j["choices"]]')" = "[0, 1, 2]" ] || fail "choices"
+
+	# "user" routes the same user the same way; seeded sampling repeats
+	post /v1/completions '{"model":"json","prompt":"name=Bo","max_tokens":12,"temperature":0.8,"seed":7,"user":"ann"}' >/dev/null
+	a=$(json 'j["choices"][0]["text"]')
+	post /v1/completions '{"model":"json","prompt":"name=Bo","max_tokens":12,"temperature":0.8,"seed":7,"user":"ann"}' >/dev/null
+	[ "$(json 'j["choices"][0]["text"]')" = "$a" ] || fail "a seeded request did not repeat"
+
+	# models and metrics
+	st=$(curl -s -o "$dir/out" -w '%{http_code}' "$url/v1/models")
+	[ "$st" = 200 ] || fail "models: HTTP $st"
+	[ "$(json 'sorted(m["id"] for m in j["data"] if "@" not in m["id"])')" = \
+	  "['auto', 'base', 'json', 'sql', 'support']" ] || fail "models: $(cat "$dir/out")"
+	curl -s "$url/metrics" >"$dir/metrics"
+	python3 - "$dir/metrics" <<'EOF' || fail "metrics do not parse"
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+names = [f.name for f in text_string_to_metric_families(open(sys.argv[1]).read())]
+assert any(n.startswith("lorad_") for n in names), names
+EOF
+
+	# errors: one OpenAI error object, the right status
+	check_err() {   # STATUS PARAM BODY
+		local st
+		st=$(post /v1/completions "$3")
+		[ "$st" = "$1" ] || fail "'$3': HTTP $st, want $1: $(cat "$dir/out")"
+		[ "$(json 'j["error"]["param"]')" = "$2" ] || fail "'$3': param $(json 'j["error"]["param"]'), want $2"
+	}
+	check_err 400 None '{"model":"sql","prompt":'
+	check_err 400 None '[1,2]'
+	check_err 400 model '{"prompt":"x"}'
+	check_err 404 model '{"model":"nosuch","prompt":"x"}'
+	check_err 400 prompt '{"model":"sql"}'
+	check_err 400 prompt '{"model":"sql","prompt":[1,2,3]}'
+	check_err 400 max_tokens '{"model":"sql","prompt":"x","max_tokens":0}'
+	check_err 400 max_tokens '{"model":"sql","prompt":"x","max_tokens":99999999}'
+	check_err 400 temperature '{"model":"sql","prompt":"x","temperature":"hot"}'
+	check_err 400 n '{"model":"sql","prompt":"x","n":2}'
+	check_err 400 logprobs '{"model":"sql","prompt":"x","logprobs":3}'
+	check_err 400 stop '{"model":"sql","prompt":"x","stop":["a","b","c","d","e"]}'
+	check_err 400 None '{"model":"sql","prompt":"x","a":{"b":{"c":{"d":{"e":{"f":{"g":{"h":{}}}}}}}}}'
+	st=$(curl -s -o "$dir/out" -w '%{http_code}' "$url/v1/completions")
+	[ "$st" = 405 ] || fail "GET completions: $st"
+	st=$(curl -s -o "$dir/out" -w '%{http_code}' "$url/v2/nothing")
+	[ "$st" = 404 ] || fail "unknown path: $st"
+	;;
+limits)
+	start_gateway "$port" --max-body 4096 --max-connections 3 --timeout 2
+	# a body over the limit, announced or not
+	big=$(python3 -c 'print("{\"model\":\"sql\",\"prompt\":\"" + "x"*8000 + "\"}")')
+	st=$(post /v1/completions "$big")
+	[ "$st" = 413 ] || fail "big body: $st"
+	st=$(python3 -c 'print("{\"model\":\"sql\",\"prompt\":\"" + "x"*8000 + "\"}")' |
+		curl -s -o "$dir/out" -w '%{http_code}' -H 'Transfer-Encoding: chunked' --data-binary @- \
+		"$url/v1/completions")
+	[ "$st" = 413 ] || fail "big chunked body: $st"
+
+	# a client that leaves in the middle of a stream: its request is cancelled
+	curl -sN --max-time 1 -H 'Content-Type: application/json' --data-binary \
+		'{"model":"base","prompt":"a","max_tokens":4000,"ignore_eos":true,"stream":true}' \
+		"$url/v1/completions" >/dev/null
+	for _ in $(seq 100); do [ "$(inflight)" = 0 ] && break; sleep 0.1; done
+	[ "$(inflight)" = 0 ] || fail "a request of a client that left still runs"
+
+	# clients that open connections and send nothing hold them only until --timeout
+	python3 - "$port" <<'EOF' &
+import socket, sys, time
+s = [socket.create_connection(("127.0.0.1", int(sys.argv[1]))) for _ in range(3)]
+for x in s:
+    x.send(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+time.sleep(6)
+EOF
+	slow=$!
+	sleep 0.5
+	t0=$(date +%s)
+	st=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$url/healthz")
+	t1=$(date +%s)
+	# refused at once while they hold every connection, or served after they time out
+	[ "$st" = 200 ] || [ "$st" = 000 ] || fail "healthz beside slow clients: $st"
+	[ $((t1 - t0)) -le 4 ] || fail "a request waited $((t1 - t0)) s behind slow clients"
+	sleep 3
+	st=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$url/healthz")
+	[ "$st" = 200 ] || fail "healthz after the slow clients timed out: $st"
+	kill $slow 2>/dev/null
+
+	# a bearer token: refused without it, served with it; /healthz needs none
+	port2=$(free_port)
+	echo "0123456789abcdef0123" >"$dir/token"
+	chmod 644 "$dir/token"
+	"$bin/lorad-http" --listen 127.0.0.1:$port2 --socket "$dir/l.sock" --token-file "$dir/token" \
+		>/dev/null 2>&1 && fail "a token file others can read was taken"
+	chmod 600 "$dir/token"
+	"$bin/lorad-http" --listen 0.0.0.0:$port2 --socket "$dir/l.sock" >/dev/null 2>&1 &&
+		fail "listened beyond loopback without a token"
+	"$bin/lorad-http" --listen 127.0.0.1:$port2 --socket "$dir/l.sock" --admin-socket "$dir/a.sock" \
+		--token-file "$dir/token" >>"$dir/http.log" 2>&1 &
+	g2pid=$!
+	for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port2/healthz" && break; sleep 0.05; done
+	url2="http://127.0.0.1:$port2"
+	st=$(curl -s -o /dev/null -w '%{http_code}' "$url2/v1/models")
+	[ "$st" = 401 ] || fail "no token: $st"
+	st=$(curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer 0123456789abcdef0124' "$url2/v1/models")
+	[ "$st" = 401 ] || fail "wrong token: $st"
+	st=$(curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer 0123456789abcdef0123' "$url2/v1/models")
+	[ "$st" = 200 ] || fail "right token: $st"
+
+	# the daemon goes away: 503 at once, not a hang; health says so
+	kill -9 "$dpid"
+	wait "$dpid" 2>/dev/null
+	dpid=
+	t0=$(date +%s)
+	st=$(post /v1/completions '{"model":"sql","prompt":"x","max_tokens":4}' --max-time 10)
+	[ "$st" = 503 ] || fail "daemon gone: $st $(cat "$dir/out")"
+	st=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$url/healthz")
+	[ "$st" = 503 ] || fail "healthz with the daemon gone: $st"
+	[ $(($(date +%s) - t0)) -le 5 ] || fail "slow answers with the daemon gone"
+	;;
+*)
+	echo "unknown case $case_"
+	exit 2
+	;;
+esac
+echo "ok: $case_"

@@ -318,7 +318,7 @@ static void linear(struct fwd *f, int layer, enum proj p, int m, const struct be
 			continue;
 		f->lseg[n] = (struct be_lora_seg){ .row0 = s->row0, .n_rows = s->n_rows,
 						   .rank = lo->rank, .scale = lo->scale,
-						   .a = lo->a, .bt = lo->bt, .h_off = h_off };
+						   .a = lo->a, .bt = lo->b, .h_off = h_off };
 		h_off += (size_t)s->n_rows * lo->rank;
 		n++;
 	}
@@ -372,33 +372,25 @@ static enum be_dtype adapter_dtype(struct fwd *f, const struct adapter *ad)
 	return BE_F32;
 }
 
-/* One module laid out at element off of the adapter's buffer: A as it
- * is, B [out, r] as Bᵀ [r, out] (in 32 x 32 tiles: a rank of hundreds
- * would otherwise miss the cache on every read). Into the buffer itself
- * (direct, fp32) or into the pinned stage in the buffer's dtype; ta and tb
- * hold a module's largest matrix. */
+/* One module laid out at element off of the adapter's buffer: A [r, in]
+ * and B [out, r] as PEFT stores them, converted to fp32 into the buffer
+ * itself (direct) or into the pinned stage in the buffer's dtype; ta holds
+ * a module's largest matrix. */
 static int lay_out_module(const struct adapter *ad, const struct adapter_module *m, float *direct,
-			  unsigned char *stage, enum be_dtype dt, size_t off, float *ta, float *tb,
-			  char *err, size_t errlen)
+			  unsigned char *stage, enum be_dtype dt, size_t off, float *ta, char *err,
+			  size_t errlen)
 {
 	size_t na = (size_t)m->rank * m->in, nb = (size_t)m->rank * m->out, es = be_dtype_size(dt);
-	float *at = direct ? direct + off : ta, *btt = direct ? direct + off + na : ta;
-	int o, q, rc;
+	int rc;
 
-	if ((rc = adapter_module_f32(ad, m, at, tb, err, errlen)) < 0)
+	if (direct)
+		return adapter_module_f32(ad, m, direct + off, direct + off + na, err, errlen);
+	if ((rc = adapter_module_f32(ad, m, ta, NULL, err, errlen)) < 0)
 		return rc;
-	if (!direct)
-		dt_from_f32(stage + off * es, dt, ta, na);
-	for (o = 0; o < m->out; o += 32)
-		for (q = 0; q < m->rank; q += 32) {
-			int oe = o + 32 < m->out ? o + 32 : m->out;
-			int qe = q + 32 < m->rank ? q + 32 : m->rank;
-			for (int oo = o; oo < oe; oo++)
-				for (int qq = q; qq < qe; qq++)
-					btt[(size_t)qq * m->out + oo] = tb[(size_t)oo * m->rank + qq];
-		}
-	if (!direct)
-		dt_from_f32(stage + (off + na) * es, dt, ta, nb);
+	dt_from_f32(stage + off * es, dt, ta, na);
+	if ((rc = adapter_module_f32(ad, m, NULL, ta, err, errlen)) < 0)
+		return rc;
+	dt_from_f32(stage + (off + na) * es, dt, ta, nb);
 	return 0;
 }
 
@@ -419,17 +411,15 @@ struct layout_job {
 static void *layout_run(void *arg)
 {
 	struct layout_job *j = arg;
-	float *ta = malloc((j->big ? j->big : 1) * sizeof(float));
-	float *tb = malloc((j->big ? j->big : 1) * sizeof(float));
+	float *ta = j->direct ? NULL : malloc((j->big ? j->big : 1) * sizeof(float));
 
-	j->rc = ta && tb ? 0 : -ENOMEM;
+	j->rc = ta || j->direct ? 0 : -ENOMEM;
 	if (j->rc)
 		snprintf(j->err, sizeof(j->err), "%s: out of memory for the adapter", j->ad->dir);
 	for (int i = j->m0; i < j->m1 && !j->rc; i++)
 		j->rc = lay_out_module(j->ad, &j->ad->mod[i], j->direct, j->stage, j->dt, j->offs[i], ta,
-				       tb, j->err, sizeof(j->err));
+				       j->err, sizeof(j->err));
 	free(ta);
-	free(tb);
 	return NULL;
 }
 
@@ -478,7 +468,7 @@ static int lay_out(const struct adapter *ad, const size_t *offs, size_t total, s
 
 /*
  * An adapter is one backend allocation: every module's A [rank, in] and
- * Bᵀ [rank, out] back to back, each at its own rank (nothing padded, no
+ * B [out, rank] (PEFT's own layouts) back to back, each at its own rank (nothing padded, no
  * fragments), laid out once in pinned host memory and sent in one copy on
  * the copy queue, so a running step is not waited for. Where buffers are
  * host memory (the CPU) the matrices are written in place: the resident
@@ -532,8 +522,8 @@ int fwd_adapter_build(struct fwd *f, const struct adapter *ad, struct fwd_adapte
 		struct fwd_lora *lo = &a->mod[(size_t)m->layer * N_PROJ + m->proj];
 		size_t na = (size_t)m->rank * m->in, nb = (size_t)m->rank * m->out;
 		lo->a = be_view(f->be, a->blob, offs[i], na);
-		lo->bt = be_view(f->be, a->blob, offs[i] + na, nb);
-		if (!lo->a || !lo->bt)
+		lo->b = be_view(f->be, a->blob, offs[i] + na, nb);
+		if (!lo->a || !lo->b)
 			goto nomem;
 		lo->rank = m->rank;
 		lo->scale = m->scale;
@@ -575,7 +565,7 @@ void fwd_adapter_free(struct fwd *f, struct fwd_adapter *a)
 	if (a->mod)
 		for (i = 0; i < (size_t)f->c.n_layers * N_PROJ; i++) {
 			be_free(f->be, a->mod[i].a);
-			be_free(f->be, a->mod[i].bt);
+			be_free(f->be, a->mod[i].b);
 		}
 	be_free(f->be, a->blob);
 	free(a->mod);

@@ -25,10 +25,10 @@ void fwd_free(struct fwd *f);
 
 /* One LoRA-adapted projection on the backend. */
 struct fwd_lora {
-	struct be_buf *a;  /* [rank, in] */
-	struct be_buf *bt; /* [rank, out]: lora_B transposed */
+	struct be_buf *a;  /* [rank, in]: lora_A as PEFT stores it */
+	struct be_buf *b;  /* [out, rank]: lora_B as PEFT stores it */
 	int rank;          /* 0: this projection is not adapted */
-	float scale;
+	float scale;       /* applied at run time (be_lora_seg.scale) */
 };
 
 /* An adapter on the backend, each module at its own rank. */

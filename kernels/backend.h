@@ -312,6 +312,15 @@ struct be_cpu_opts {
 /* Creates the CPU backend. Returns 0 or -ENOMEM; *out is set on success. */
 int be_cpu_create(const struct be_cpu_opts *opts, struct be **out);
 
+/*
+ * Where a backend's buffers are host memory (the CPU backend's, and only
+ * its): n fp32 elements at p (4-byte aligned) as a buffer of @be, no copy.
+ * The memory stays the caller's: it must outlive the buffer (and its
+ * views) and is not freed with it (be_free frees the buffer only). NULL
+ * for any other backend, for p misaligned, or out of memory.
+ */
+struct be_buf *be_wrap_host(struct be *be, float *p, size_t n);
+
 /* Options of the CUDA backend. */
 struct be_cuda_opts {
 	int device;         /* CUDA device ordinal */
@@ -342,6 +351,7 @@ static inline void be_free(struct be *be, struct be_buf *b) { if (b) be->ops->bu
 static inline enum be_dtype be_buf_dtype(struct be *be, const struct be_buf *b)
 { return be->ops->buf_dtype(b); }
 static inline float *be_host_ptr(struct be *be, struct be_buf *b) { return be->ops->host_ptr(be, b); }
+
 static inline int be_export(struct be *be, const struct be_buf *b, struct be_export *out)
 { return be->ops->export_buf(be, b, out); }
 /* Synchronous fp32 copies on the compute queue. */

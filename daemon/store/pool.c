@@ -194,6 +194,16 @@ static void release_parts(struct pool *p, struct pool_entry *pe)
 		}
 }
 
+/* The adapter no longer reads its file's bytes: back to the host tier. */
+static void release_held(struct pool *p, struct pool_entry *pe)
+{
+	if (pe->held) {
+		hostpool_lend(p->hp, pe->held, false);
+		hostpool_put(p->hp, pe->held);
+		pe->held = NULL;
+	}
+}
+
 void pool_free(struct pool *p)
 {
 	if (!p)
@@ -203,6 +213,7 @@ void pool_free(struct pool *p)
 		close(p->build_fd);
 	for (unsigned i = 0; i < p->n; i++) {
 		release_parts(p, p->v[i]);
+		release_held(p, p->v[i]);   /* the engine runs no step any more */
 		pool_entry_free(p->v[i]);
 	}
 	free(p);
@@ -220,6 +231,7 @@ int pool_insert(struct pool *p, struct pool_entry *pe)
 void pool_delete(struct pool *p, struct pool_entry *pe)
 {
 	release_parts(p, pe);
+	release_held(p, pe);
 	for (unsigned i = 0; i < p->n; i++)
 		if (p->v[i] == pe) {
 			p->v[i] = p->v[--p->n];
@@ -360,8 +372,10 @@ err:
 
 /* --- the device tier ------------------------------------------------------------------------ */
 
+/* @pe's adapter has left the engine. */
 static void unload(struct pool *p, struct pool_entry *pe)
 {
+	release_held(p, pe);
 	p->dev.used -= pe->bytes;
 	p->dev.resident--;
 	pe->bytes = 0;
@@ -567,9 +581,11 @@ static void build_run(void *ctx, struct wq_item *w)
 	struct bjob *j = (struct bjob *)w;
 	struct pool *p = ctx;
 
+	/* the bytes are the registered ones (verified as they streamed) and
+	 * stay in the host tier while the adapter may read them */
 	j->ret = engine_adapter_build_mem(p->e, j->dir, hp_data(j->part[0]), hp_len(j->part[0]),
-					  hp_data(j->part[1]), hp_len(j->part[1]), &j->built, j->err,
-					  sizeof(j->err));
+					  hp_data(j->part[1]), hp_len(j->part[1]), ENG_AD_BORROW,
+					  &j->built, j->err, sizeof(j->err));
 }
 
 static void build_drop(struct wq_item *w)
@@ -583,9 +599,13 @@ static void build_drop(struct wq_item *w)
 	free(j);
 }
 
-/* The load of @pe ended: resident, or failed with load_err set. */
-static void load_ended(struct pool *p, struct pool_entry *pe, struct eng_adapter *built)
+/* The load of @pe ended: resident, or failed with load_err set. @st (a
+ * reference the caller gives up, may be NULL) holds the safetensors bytes
+ * @built was made from: kept while the adapter is served from them. */
+static void load_ended(struct pool *p, struct pool_entry *pe, struct eng_adapter *built,
+		       struct hp_buf *st)
 {
+	bool borrows = built && engine_adapter_borrowed(built);
 	int ret;
 
 	if (!pe->load_err && built) {
@@ -599,9 +619,16 @@ static void load_ended(struct pool *p, struct pool_entry *pe, struct eng_adapter
 		engine_adapter_discard(p->e, built);
 	}
 	if (pe->load_err) {
+		hostpool_put(p->hp, st);
 		pool_set_state(pe, POOL_FAILED);
 		log_err("adapter %s not loaded: %s", pe->key, pe->load_msg);
 		return;
+	}
+	if (borrows) {
+		pe->held = st;   /* counted by the device tier from now on */
+		hostpool_lend(p->hp, st, true);
+	} else {
+		hostpool_put(p->hp, st);
 	}
 	made_resident(p, pe, pe->load_t0);
 }
@@ -619,20 +646,23 @@ static void files_read(struct pool *p, struct pool_entry *pe)
 	}
 	if (pe->load_err) {
 		release_parts(p, pe);
-		load_ended(p, pe, NULL);
+		load_ended(p, pe, NULL, NULL);
 		return;
 	}
 	pool_set_state(pe, POOL_BUILDING);
 	j = p->builder ? calloc(1, sizeof(*j)) : NULL;
 	if (!j) {
 		/* no builder: converted here, on the engine thread */
+		struct hp_buf *st = pe->part[1];
+
 		pe->load_err = engine_adapter_build_mem(p->e, pe->path, hp_data(pe->part[0]),
-							hp_len(pe->part[0]), hp_data(pe->part[1]),
-							hp_len(pe->part[1]), &built, err, sizeof(err));
+							hp_len(pe->part[0]), hp_data(st), hp_len(st),
+							ENG_AD_BORROW, &built, err, sizeof(err));
 		if (pe->load_err)
 			snprintf(pe->load_msg, sizeof(pe->load_msg), "%s", err);
+		pe->part[1] = NULL;   /* load_ended keeps or drops it */
 		release_parts(p, pe);
-		load_ended(p, pe, built);
+		load_ended(p, pe, built, st);
 		return;
 	}
 	j->p = p;
@@ -697,9 +727,12 @@ int pool_poll(struct pool *p)
 
 			j->built = NULL;
 			if (pe && pe->state == POOL_BUILDING && pe->attempt == j->attempt) {
+				struct hp_buf *st = j->part[1];
+
+				j->part[1] = NULL;   /* load_ended keeps or drops it */
 				if (j->ret)
 					set_failure(pe, j->ret, j->err);
-				load_ended(p, pe, built);
+				load_ended(p, pe, built, st);
 				done++;
 			} else {
 				engine_adapter_discard(p->e, built);

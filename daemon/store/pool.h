@@ -84,6 +84,9 @@ struct pool_entry {
 	int load_err;                /* the last attempt's error, 0 when it worked */
 	char load_msg[320];
 	struct hp_buf *part[2];      /* adapter_config.json, adapter_model.safetensors */
+	struct hp_buf *held;         /* RESIDENT: the safetensors bytes the adapter is
+				      * served from (the CPU backend, no copy), lent
+				      * to the device tier; NULL when it has a copy */
 	uint64_t load_t0;
 };
 
@@ -93,7 +96,9 @@ static inline bool pool_entry_busy(const struct pool_entry *pe)
 	return pe->state == POOL_READING || pe->state == POOL_HOST || pe->state == POOL_BUILDING;
 }
 
-/* The device tier: adapters resident in the engine, under a byte budget. */
+/* The device tier: adapters resident in the engine, under a byte budget.
+ * An adapter served from its file's bytes in the host tier is counted here
+ * and not there (hostpool_lend): once, as the memory it occupies. */
 struct pool_tier {
 	uint64_t budget, used;
 	unsigned resident;

@@ -15,6 +15,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +42,7 @@ struct be_buf {
 	int wn, wk;          /* a weight matrix [wn, wk] kept packed for gemm.c; 0: plain */
 	enum be_dtype asked; /* the dtype it was allocated as */
 	const struct be_buf *base; /* a view: the buffer it looks into; NULL: owns p */
+	bool borrowed;       /* be_wrap_host: p is the caller's memory, never freed here */
 	int fd;              /* BE_BUF_EXPORT: the memfd behind p; else -1 */
 	size_t map_bytes;    /* BE_BUF_EXPORT: the mapping's length */
 };
@@ -173,7 +176,7 @@ static struct be_buf *cpu_view(struct be *be, struct be_buf *base, size_t off, s
 static void cpu_buf_free(struct be *be, struct be_buf *b)
 {
 	(void)be;
-	if (!b->base) {
+	if (!b->base && !b->borrowed) {
 		if (b->fd >= 0) {
 			munmap(b->p, b->map_bytes);
 			close(b->fd);
@@ -184,6 +187,22 @@ static void cpu_buf_free(struct be *be, struct be_buf *b)
 		}
 	}
 	free(b);
+}
+
+static const struct be_ops cpu_ops;
+
+struct be_buf *be_wrap_host(struct be *be, float *p, size_t n)
+{
+	struct be_buf *b;
+
+	if (be->ops != &cpu_ops || !p || ((uintptr_t)p & (sizeof(float) - 1)) || !(b = calloc(1, sizeof(*b))))
+		return NULL;
+	b->p = p;
+	b->n = n;
+	b->asked = BE_F32;
+	b->borrowed = true;
+	b->fd = -1;
+	return b;
 }
 
 static float *cpu_host_ptr(struct be *be, struct be_buf *b)

@@ -696,6 +696,8 @@ static int file_in(struct pool *p, const struct loader_result *res)
 	if (--pe->loading)
 		return 0;
 	pool_set_state(pe, pe->load_err ? POOL_FAILED : POOL_HOST);
+	if (pe->state == POOL_HOST)
+		pe->host_t = now_ns();
 	if (pe->state == POOL_FAILED) {
 		release_parts(p, pe);
 		log_err("adapter %s not loaded: %s", pe->key, pe->load_msg);

@@ -87,7 +87,9 @@ struct pool_entry {
 	struct hp_buf *held;         /* RESIDENT: the safetensors bytes the adapter is
 				      * served from (the CPU backend, no copy), lent
 				      * to the device tier; NULL when it has a copy */
-	uint64_t load_t0;
+	uint64_t load_t0;            /* the load's start (clock.h now_ns) */
+	uint64_t host_t;             /* when its files were last all in the host
+				      * tier, verified (0: never) */
 };
 
 /* On its way to the engine: reading, in the host tier, or building. */

@@ -587,7 +587,7 @@ static void adapter_build_case(int reps)
 	}
 	for (r = -1; r < reps && rc == 0; r++) {
 		double t = now();
-		rc = fwd_adapter_build(g.f, a, &fa, err, sizeof(err));
+		rc = fwd_adapter_build(g.f, a, 0, &fa, err, sizeof(err));
 		if (r >= 0)
 			tq[r] = now() - t;
 		fwd_adapter_free(g.f, fa);
@@ -801,7 +801,7 @@ int main(int argc, char **argv)
 			struct adapter *a = NULL;
 			snprintf(path, sizeof(path), "%s/m/ad%02d", dir, i);
 			if (adapter_open(path, &g.cfg, &a, err, sizeof(err)) < 0 ||
-			    fwd_adapter_build(g.f, a, &g.ad[i], err, sizeof(err)) < 0) {
+			    fwd_adapter_build(g.f, a, 0, &g.ad[i], err, sizeof(err)) < 0) {
 				fprintf(stderr, "bench_cuda: adapter %d: %s\n", i, err);
 				adapter_close(a);
 				goto out;

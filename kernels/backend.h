@@ -147,13 +147,17 @@ struct be_attn {
 /* One LoRA segment (Punica's SGMV): the rows [row0, row0 + n_rows) of the
  * batch all use one adapter's matrices of one projection. Segments of a call
  * do not overlap; rows that use no adapter are in no segment. Each adapter
- * keeps its own rank: nothing is padded to the largest rank of the batch. */
+ * keeps its own rank: nothing is padded to the largest rank of the batch.
+ * Both matrices are in PEFT's own layout, so that an adapter file's bytes
+ * can serve as they are; the scaling is applied at run time, never baked
+ * into the weights. */
 struct be_lora_seg {
 	int row0, n_rows;
 	int rank;
-	float scale;             /* alpha / r, or alpha / sqrt(r) */
+	float scale;             /* alpha / r, or alpha / sqrt(r) (rslora) */
 	const struct be_buf *a;  /* [rank, k]: lora_A as PEFT stores it */
-	const struct be_buf *bt; /* [rank, n]: lora_B transposed */
+	const struct be_buf *bt; /* [n, rank]: lora_B as PEFT stores it (the
+				  * name is older than the layout) */
 	size_t h_off;            /* where the segment's [n_rows, rank] block of h starts */
 };
 
@@ -269,7 +273,8 @@ struct be_ops {
 	 * h holds the segments' blocks packed at their h_off.                   */
 	void (*lora_shrink)(struct be *be, int k, const struct be_buf *x,
 			    const struct be_lora_seg *segs, int n_segs, struct be_buf *h);
-	/* LoRA expand, per segment s: y[rows of s, n] += (h_s · B_sᵀ) · scale_s,
+	/* LoRA expand, per segment s: y[rows of s, n] += (h_s · B_sᵀ) · scale_s
+	 * with B_s = segs[s].bt [n, rank_s],
 	 * the product rounded before the scale and the scaled delta added last,
 	 * as PEFT computes `result + lora_B(lora_A(x)) * scaling`.            */
 	void (*lora_expand)(struct be *be, int n, const struct be_buf *h,
@@ -314,6 +319,15 @@ struct be_cpu_opts {
 /* Creates the CPU backend. Returns 0 or -ENOMEM; *out is set on success. */
 int be_cpu_create(const struct be_cpu_opts *opts, struct be **out);
 
+/*
+ * Where a backend's buffers are host memory (the CPU backend's, and only
+ * its): n fp32 elements at p (4-byte aligned) as a buffer of @be, no copy.
+ * The memory stays the caller's: it must outlive the buffer (and its
+ * views) and is not freed with it (be_free frees the buffer only). NULL
+ * for any other backend, for p misaligned, or out of memory.
+ */
+struct be_buf *be_wrap_host(struct be *be, float *p, size_t n);
+
 /* Options of the CUDA backend. */
 struct be_cuda_opts {
 	int device;         /* CUDA device ordinal */
@@ -344,6 +358,7 @@ static inline void be_free(struct be *be, struct be_buf *b) { if (b) be->ops->bu
 static inline enum be_dtype be_buf_dtype(struct be *be, const struct be_buf *b)
 { return be->ops->buf_dtype(b); }
 static inline float *be_host_ptr(struct be *be, struct be_buf *b) { return be->ops->host_ptr(be, b); }
+
 static inline int be_export(struct be *be, const struct be_buf *b, struct be_export *out)
 { return be->ops->export_buf(be, b, out); }
 /* Synchronous fp32 copies on the compute queue. */

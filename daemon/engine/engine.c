@@ -639,8 +639,8 @@ out:
 
 /* Convert @ad into backend buffers (no engine state is touched: any
  * thread may do this while the engine runs); @ad is closed either way. */
-static int adapter_build(const struct engine *e, struct adapter *ad, struct eng_adapter **out,
-			 char *err, size_t errlen)
+static int adapter_build(const struct engine *e, struct adapter *ad, unsigned flags,
+			 struct eng_adapter **out, char *err, size_t errlen)
 {
 	struct eng_adapter *a = calloc(1, sizeof(*a));
 	int rc;
@@ -649,7 +649,8 @@ static int adapter_build(const struct engine *e, struct adapter *ad, struct eng_
 		adapter_close(ad);
 		return err_fail(err, errlen, -ENOMEM, "out of memory");
 	}
-	rc = fwd_adapter_build(e->fwd, ad, &a->fa, err, errlen);
+	rc = fwd_adapter_build(e->fwd, ad, flags & ENG_AD_BORROW ? FWD_AD_BORROW : 0, &a->fa, err,
+			       errlen);
 	if (rc < 0) {
 		free(a);
 		a = NULL;
@@ -662,14 +663,19 @@ static int adapter_build(const struct engine *e, struct adapter *ad, struct eng_
 }
 
 int engine_adapter_build_mem(const struct engine *e, const char *dir, const char *cfg,
-			     size_t cfg_len, const unsigned char *st, size_t st_len,
+			     size_t cfg_len, const unsigned char *st, size_t st_len, unsigned flags,
 			     struct eng_adapter **out, char *err, size_t errlen)
 {
 	struct adapter *ad = NULL;
 	int rc = adapter_open_mem(dir, cfg, cfg_len, st, st_len, &e->cfg, &ad, err, errlen);
 
 	*out = NULL;
-	return rc < 0 ? rc : adapter_build(e, ad, out, err, errlen);
+	return rc < 0 ? rc : adapter_build(e, ad, flags, out, err, errlen);
+}
+
+size_t engine_adapter_borrowed(const struct eng_adapter *a)
+{
+	return a ? a->fa->borrowed : 0;
 }
 
 void engine_adapter_discard(const struct engine *e, struct eng_adapter *a)
@@ -708,7 +714,7 @@ int engine_adapter_load(struct engine *e, const char *dir, int *id, char *err, s
 	int rc = adapter_open(dir, &e->cfg, &ad, err, errlen);
 
 	if (rc >= 0)
-		rc = adapter_build(e, ad, &a, err, errlen);
+		rc = adapter_build(e, ad, 0, &a, err, errlen);
 	if (rc >= 0 && (rc = engine_adapter_install(e, a, id)) < 0)
 		err_fail(err, errlen, rc, "out of memory");
 	return rc;
@@ -718,7 +724,7 @@ int engine_adapter_load_mem(struct engine *e, const char *dir, const char *cfg, 
 			    const unsigned char *st, size_t st_len, int *id, char *err, size_t errlen)
 {
 	struct eng_adapter *a = NULL;
-	int rc = engine_adapter_build_mem(e, dir, cfg, cfg_len, st, st_len, &a, err, errlen);
+	int rc = engine_adapter_build_mem(e, dir, cfg, cfg_len, st, st_len, 0, &a, err, errlen);
 
 	if (rc >= 0 && (rc = engine_adapter_install(e, a, id)) < 0)
 		err_fail(err, errlen, rc, "out of memory");

@@ -202,20 +202,30 @@ int engine_adapter_load_mem(struct engine *e, const char *dir, const char *cfg, 
  * model's configuration), engine_adapter_install() gives the result a slot
  * on the engine's thread (a pointer swap). A built adapter that is not
  * installed goes with engine_adapter_discard().
+ *
+ * @flags ENG_AD_BORROW: @st is the verified copy of a registered file
+ * (its values were checked at registration) and stays valid and unchanged
+ * until the adapter is discarded or unloaded; where the backend computes
+ * in host memory the adapter may then serve its f32 matrices from @st as
+ * they are, no copy (engine_adapter_borrowed() says how many bytes it
+ * does). Without it the bytes may go once this returns.
  */
+enum { ENG_AD_BORROW = 1u << 0 };
 struct eng_adapter;
 int engine_adapter_build_mem(const struct engine *e, const char *dir, const char *cfg,
-			     size_t cfg_len, const unsigned char *st, size_t st_len,
+			     size_t cfg_len, const unsigned char *st, size_t st_len, unsigned flags,
 			     struct eng_adapter **out, char *err, size_t errlen);
 int engine_adapter_install(struct engine *e, struct eng_adapter *a, int *id);
+/* Bytes of a built adapter's matrices served from the file's bytes (ENG_AD_BORROW); 0: none. */
+size_t engine_adapter_borrowed(const struct eng_adapter *a);
 void engine_adapter_discard(const struct engine *e, struct eng_adapter *a);
 
 /* Unloads adapter id. Returns 0, -ENOENT (no such adapter), or -EBUSY while
  * a sequence that is not finished (or not freed) uses it. */
 int engine_adapter_unload(struct engine *e, int id);
 
-/* The memory adapter id's matrices take on the backend, in bytes (0 for an
- * unknown id). */
+/* The memory adapter id's matrices take, in bytes, on the backend or
+ * borrowed from the file's bytes (0 for an unknown id). */
 size_t engine_adapter_bytes(const struct engine *e, int id);
 
 /* A warning from loading adapter id (fan_in_fan_out set on linear layers,

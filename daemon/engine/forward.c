@@ -320,7 +320,7 @@ static void linear(struct fwd *f, int layer, enum proj p, int m, const struct be
 			continue;
 		f->lseg[n] = (struct be_lora_seg){ .row0 = s->row0, .n_rows = s->n_rows,
 						   .rank = lo->rank, .scale = lo->scale,
-						   .a = lo->a, .bt = lo->bt, .h_off = h_off };
+						   .a = lo->a, .bt = lo->b, .h_off = h_off };
 		h_off += (size_t)s->n_rows * lo->rank;
 		n++;
 	}
@@ -374,33 +374,25 @@ static enum be_dtype adapter_dtype(struct fwd *f, const struct adapter *ad)
 	return BE_F32;
 }
 
-/* One module laid out at element off of the adapter's buffer: A as it
- * is, B [out, r] as Bᵀ [r, out] (in 32 x 32 tiles: a rank of hundreds
- * would otherwise miss the cache on every read). Into the buffer itself
- * (direct, fp32) or into the pinned stage in the buffer's dtype; ta and tb
- * hold a module's largest matrix. */
+/* One module laid out at element off of the adapter's buffer: A [r, in]
+ * and B [out, r] as PEFT stores them, converted to fp32 into the buffer
+ * itself (direct) or into the pinned stage in the buffer's dtype; ta holds
+ * a module's largest matrix. */
 static int lay_out_module(const struct adapter *ad, const struct adapter_module *m, float *direct,
-			  unsigned char *stage, enum be_dtype dt, size_t off, float *ta, float *tb,
-			  char *err, size_t errlen)
+			  unsigned char *stage, enum be_dtype dt, size_t off, float *ta, char *err,
+			  size_t errlen)
 {
 	size_t na = (size_t)m->rank * m->in, nb = (size_t)m->rank * m->out, es = be_dtype_size(dt);
-	float *at = direct ? direct + off : ta, *btt = direct ? direct + off + na : ta;
-	int o, q, rc;
+	int rc;
 
-	if ((rc = adapter_module_f32(ad, m, at, tb, err, errlen)) < 0)
+	if (direct)
+		return adapter_module_f32(ad, m, direct + off, direct + off + na, err, errlen);
+	if ((rc = adapter_module_f32(ad, m, ta, NULL, err, errlen)) < 0)
 		return rc;
-	if (!direct)
-		dt_from_f32(stage + off * es, dt, ta, na);
-	for (o = 0; o < m->out; o += 32)
-		for (q = 0; q < m->rank; q += 32) {
-			int oe = o + 32 < m->out ? o + 32 : m->out;
-			int qe = q + 32 < m->rank ? q + 32 : m->rank;
-			for (int oo = o; oo < oe; oo++)
-				for (int qq = q; qq < qe; qq++)
-					btt[(size_t)qq * m->out + oo] = tb[(size_t)oo * m->rank + qq];
-		}
-	if (!direct)
-		dt_from_f32(stage + (off + na) * es, dt, ta, nb);
+	dt_from_f32(stage + off * es, dt, ta, na);
+	if ((rc = adapter_module_f32(ad, m, NULL, ta, err, errlen)) < 0)
+		return rc;
+	dt_from_f32(stage + (off + na) * es, dt, ta, nb);
 	return 0;
 }
 
@@ -408,6 +400,7 @@ static int lay_out_module(const struct adapter *ad, const struct adapter_module 
 struct layout_job {
 	const struct adapter *ad;
 	const size_t *offs;      /* [n_mod] element offset of each module */
+	const unsigned char *borrow; /* [n_mod] 1: served from the file's bytes, not laid out */
 	float *direct;
 	unsigned char *stage;
 	enum be_dtype dt;
@@ -421,17 +414,16 @@ struct layout_job {
 static void *layout_run(void *arg)
 {
 	struct layout_job *j = arg;
-	float *ta = malloc((j->big ? j->big : 1) * sizeof(float));
-	float *tb = malloc((j->big ? j->big : 1) * sizeof(float));
+	float *ta = j->direct ? NULL : malloc((j->big ? j->big : 1) * sizeof(float));
 
-	j->rc = ta && tb ? 0 : -ENOMEM;
+	j->rc = ta || j->direct ? 0 : -ENOMEM;
 	if (j->rc)
 		snprintf(j->err, sizeof(j->err), "%s: out of memory for the adapter", j->ad->dir);
 	for (int i = j->m0; i < j->m1 && !j->rc; i++)
-		j->rc = lay_out_module(j->ad, &j->ad->mod[i], j->direct, j->stage, j->dt, j->offs[i], ta,
-				       tb, j->err, sizeof(j->err));
+		if (!j->borrow[i])
+			j->rc = lay_out_module(j->ad, &j->ad->mod[i], j->direct, j->stage, j->dt,
+					       j->offs[i], ta, j->err, sizeof(j->err));
 	free(ta);
-	free(tb);
 	return NULL;
 }
 
@@ -439,11 +431,12 @@ static void *layout_run(void *arg)
 #define LAYOUT_PARALLEL_BYTES ((size_t)1 << 20)
 #define LAYOUT_THREADS 4
 
-/* Lays out every module, on up to LAYOUT_THREADS threads (each a run of
- * modules of about equal bytes; the modules write disjoint ranges).
- * Returns 0 or the first module's error, with its message. */
-static int lay_out(const struct adapter *ad, const size_t *offs, size_t total, size_t big,
-		   float *direct, unsigned char *stage, enum be_dtype dt, char *err, size_t errlen)
+/* Lays out every module not borrowed, on up to LAYOUT_THREADS threads
+ * (each a run of modules of about equal bytes; the modules write disjoint
+ * ranges). Returns 0 or the first module's error, with its message. */
+static int lay_out(const struct adapter *ad, const size_t *offs, const unsigned char *borrow,
+		   size_t total, size_t big, float *direct, unsigned char *stage, enum be_dtype dt,
+		   char *err, size_t errlen)
 {
 	struct layout_job j[LAYOUT_THREADS];
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -455,8 +448,8 @@ static int lay_out(const struct adapter *ad, const size_t *offs, size_t total, s
 		n = ad->n_mod > 0 ? ad->n_mod : 1;
 	for (t = 0; t < n; t++) {
 		size_t until = total / (size_t)n * (size_t)(t + 1);
-		j[t] = (struct layout_job){ .ad = ad, .offs = offs, .direct = direct, .stage = stage,
-					    .dt = dt, .big = big, .m0 = m };
+		j[t] = (struct layout_job){ .ad = ad, .offs = offs, .borrow = borrow, .direct = direct,
+					    .stage = stage, .dt = dt, .big = big, .m0 = m };
 		while (m < ad->n_mod && (t == n - 1 || offs[m] < until))
 			m++;
 		j[t].m1 = m;
@@ -478,42 +471,71 @@ static int lay_out(const struct adapter *ad, const size_t *offs, size_t total, s
 	return rc;
 }
 
+/* Whether module m can be served from the file's bytes as they are
+ * (FWD_AD_BORROW): both matrices f32 and 4-byte aligned where they lie. */
+static int can_borrow(const struct adapter_module *m)
+{
+	return m->a->dtype == ST_F32 && m->b->dtype == ST_F32 &&
+	       !((uintptr_t)m->a->data & (sizeof(float) - 1)) &&
+	       !((uintptr_t)m->b->data & (sizeof(float) - 1));
+}
+
 /*
- * An adapter is one backend allocation: every module's A [rank, in] and
- * Bᵀ [rank, out] back to back, each at its own rank (nothing padded, no
- * fragments), laid out once in pinned host memory and sent in one copy on
- * the copy queue, so a running step is not waited for. Where buffers are
- * host memory (the CPU) the matrices are written in place: the resident
- * copy is the only copy. The modules are views into it.
+ * An adapter is at most one backend allocation: every module's A [rank, in]
+ * and B [out, rank], PEFT's own layouts, back to back, each at its own rank
+ * (nothing padded, no fragments), laid out once in pinned host memory and
+ * sent in one copy on the copy queue, so a running step is not waited for.
+ * Where buffers are host memory (the CPU) the matrices are written in
+ * place: the resident copy is the only copy; and with FWD_AD_BORROW an f32
+ * module whose bytes are aligned is not copied at all: its matrices are the
+ * file's bytes in the host tier (be_wrap_host). The modules are views.
  */
-int fwd_adapter_build(struct fwd *f, const struct adapter *ad, struct fwd_adapter **out,
-		      char *err, size_t errlen)
+int fwd_adapter_build(struct fwd *f, const struct adapter *ad, unsigned flags,
+		      struct fwd_adapter **out, char *err, size_t errlen)
 {
 	struct fwd_adapter *a = calloc(1, sizeof(*a));
 	enum be_dtype dt = adapter_dtype(f, ad);
 	size_t es = be_dtype_size(dt), total = 0, big = 0, *offs = NULL;
+	unsigned char *borrow = NULL;
 	float *direct = NULL;
 	unsigned char *stage = NULL;
 	struct be_event *done = NULL;
 	int rc = -ENOMEM, i, locked = 0;
+	float probe = 0;
+	struct be_buf *wrapped = NULL;
+	int views;
+
+	/* whether this backend can compute from host memory as it lies */
+	if ((flags & FWD_AD_BORROW) && dt == BE_F32 && !(be_caps(f->be) & BE_CAP_DEVICE_MEMORY))
+		wrapped = be_wrap_host(f->be, &probe, 1);
+	views = wrapped != NULL;
+	be_free(f->be, wrapped);
 
 	if (!a || !(a->mod = calloc((size_t)f->c.n_layers * N_PROJ, sizeof(*a->mod))) ||
-	    !(offs = malloc((size_t)(ad->n_mod > 0 ? ad->n_mod : 1) * sizeof(*offs))))
+	    !(offs = malloc((size_t)(ad->n_mod > 0 ? ad->n_mod : 1) * sizeof(*offs))) ||
+	    !(borrow = calloc((size_t)(ad->n_mod > 0 ? ad->n_mod : 1), 1)))
 		goto nomem;
 	for (i = 0; i < ad->n_mod; i++) {
 		size_t na = (size_t)ad->mod[i].rank * ad->mod[i].in;
 		size_t nb = (size_t)ad->mod[i].rank * ad->mod[i].out;
 		offs[i] = total;
+		borrow[i] = views && can_borrow(&ad->mod[i]);
+		if (borrow[i]) {
+			a->borrowed += (na + nb) * sizeof(float);
+			continue;
+		}
 		total += na + nb;
 		big = na > big ? na : big;
 		big = nb > big ? nb : big;
 	}
-	a->blob = be_alloc_ex(f->be, total ? total : 1, dt, 0);
-	if (!a->blob)
-		goto nomem;
-	if (dt == BE_F32)
-		direct = be_host_ptr(f->be, a->blob);
-	if (!direct) {
+	if (total) {
+		a->blob = be_alloc_ex(f->be, total, dt, 0);
+		if (!a->blob)
+			goto nomem;
+		if (dt == BE_F32)
+			direct = be_host_ptr(f->be, a->blob);
+	}
+	if (total && !direct) {
 		if (!(done = be_event_new(f->be)))
 			goto nomem;
 		pthread_mutex_lock(&f->stage_lock); /* held until the copy has landed */
@@ -527,25 +549,31 @@ int fwd_adapter_build(struct fwd *f, const struct adapter *ad, struct fwd_adapte
 		if (!(stage = f->stage))
 			goto nomem;
 	}
-	if ((rc = lay_out(ad, offs, total, big, direct, stage, dt, err, errlen)) < 0)
+	if (total && (rc = lay_out(ad, offs, borrow, total, big, direct, stage, dt, err, errlen)) < 0)
 		goto err;
 	for (i = 0; i < ad->n_mod; i++) {
 		const struct adapter_module *m = &ad->mod[i];
 		struct fwd_lora *lo = &a->mod[(size_t)m->layer * N_PROJ + m->proj];
 		size_t na = (size_t)m->rank * m->in, nb = (size_t)m->rank * m->out;
-		lo->a = be_view(f->be, a->blob, offs[i], na);
-		lo->bt = be_view(f->be, a->blob, offs[i] + na, nb);
-		if (!lo->a || !lo->bt)
+		if (borrow[i]) {
+			/* read only, as every adapter matrix: the kernels never write one */
+			lo->a = be_wrap_host(f->be, (float *)(uintptr_t)m->a->data, na);
+			lo->b = be_wrap_host(f->be, (float *)(uintptr_t)m->b->data, nb);
+		} else {
+			lo->a = be_view(f->be, a->blob, offs[i], na);
+			lo->b = be_view(f->be, a->blob, offs[i] + na, nb);
+		}
+		if (!lo->a || !lo->b)
 			goto nomem;
 		lo->rank = m->rank;
 		lo->scale = m->scale;
 		if (m->rank > a->max_rank)
 			a->max_rank = m->rank;
 	}
-	a->bytes = total * es;
-	if (!direct && ((rc = be_upload_as(f->be, BE_Q_COPY, a->blob, 0, stage, dt, total)) < 0 ||
-			(rc = be_event_record(f->be, done, BE_Q_COPY)) < 0 ||
-			(rc = be_event_sync(f->be, done)) < 0)) {
+	a->bytes = total * es + a->borrowed;
+	if (stage && ((rc = be_upload_as(f->be, BE_Q_COPY, a->blob, 0, stage, dt, total)) < 0 ||
+		      (rc = be_event_record(f->be, done, BE_Q_COPY)) < 0 ||
+		      (rc = be_event_sync(f->be, done)) < 0)) {
 		rc = err_fail(err, errlen, rc, "%s: upload of the adapter failed", ad->dir);
 		goto err;
 	}
@@ -553,6 +581,7 @@ int fwd_adapter_build(struct fwd *f, const struct adapter *ad, struct fwd_adapte
 	if (locked)
 		pthread_mutex_unlock(&f->stage_lock);
 	free(offs);
+	free(borrow);
 	*out = a;
 	return 0;
 nomem:
@@ -564,6 +593,7 @@ err:
 	if (locked)
 		pthread_mutex_unlock(&f->stage_lock);
 	free(offs);
+	free(borrow);
 	fwd_adapter_free(f, a);
 	return rc;
 }
@@ -577,7 +607,7 @@ void fwd_adapter_free(struct fwd *f, struct fwd_adapter *a)
 	if (a->mod)
 		for (i = 0; i < (size_t)f->c.n_layers * N_PROJ; i++) {
 			be_free(f->be, a->mod[i].a);
-			be_free(f->be, a->mod[i].bt);
+			be_free(f->be, a->mod[i].b);
 		}
 	be_free(f->be, a->blob);
 	free(a->mod);

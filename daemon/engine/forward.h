@@ -25,18 +25,20 @@ void fwd_free(struct fwd *f);
 
 /* One LoRA-adapted projection on the backend. */
 struct fwd_lora {
-	struct be_buf *a;  /* [rank, in] */
-	struct be_buf *bt; /* [rank, out]: lora_B transposed */
+	struct be_buf *a;  /* [rank, in]: lora_A as PEFT stores it */
+	struct be_buf *b;  /* [out, rank]: lora_B as PEFT stores it */
 	int rank;          /* 0: this projection is not adapted */
-	float scale;
+	float scale;       /* applied at run time (be_lora_seg.scale) */
 };
 
 /* An adapter on the backend, each module at its own rank. */
 struct fwd_adapter {
-	struct be_buf *blob;  /* every matrix, back to back; mod[] are views into it */
+	struct be_buf *blob;  /* the matrices it copied, back to back (NULL: none);
+			       * mod[] are views into it or into the file's bytes */
 	struct fwd_lora *mod; /* [n_layers][N_PROJ] */
 	int max_rank;
-	size_t bytes;         /* backend bytes of its matrices */
+	size_t bytes;         /* bytes of its matrices, copied or borrowed */
+	size_t borrowed;      /* of those, the file's own bytes it serves from */
 };
 
 /* A run of consecutive batch rows that use one adapter (NULL: the base
@@ -48,11 +50,23 @@ struct fwd_seg {
 
 struct adapter;
 
+/* fwd_adapter_build flags */
+enum {
+	/*
+	 * ad's tensor bytes stay valid and unchanged until the adapter is
+	 * freed, and their values were checked before (the host tier's
+	 * verified copy of a registered file): where the backend computes
+	 * in host memory, an f32 matrix whose start is 4-byte aligned is
+	 * served from those bytes as they are (no copy, no second check).
+	 */
+	FWD_AD_BORROW = 1u << 0,
+};
+
 /* Uploads the LoRA matrices of ad (checked against this model by
- * adapter_open). Returns 0 or -errno with a message naming file and
- * tensor; *out is set on success. */
-int fwd_adapter_build(struct fwd *f, const struct adapter *ad, struct fwd_adapter **out,
-		      char *err, size_t errlen);
+ * adapter_open); @flags: FWD_AD_*. Returns 0 or -errno with a message
+ * naming file and tensor; *out is set on success. */
+int fwd_adapter_build(struct fwd *f, const struct adapter *ad, unsigned flags,
+		      struct fwd_adapter **out, char *err, size_t errlen);
 void fwd_adapter_free(struct fwd *f, struct fwd_adapter *a);
 
 /* Drops the recorded decode graphs (they name buffers and adapters): call

@@ -21,6 +21,10 @@
  * (checked against the running state), the state it leads to is written
  * (registry_change_text, then statedir_write, on any thread), and only then
  * committed; a change whose write failed is dropped and nothing happened.
+ *
+ * The registry maps names, versions and routes to entries of the adapter
+ * pool (daemon/store/pool.h) and nothing more: reading, verifying,
+ * converting and making a version resident, and the tiers, are the pool's.
  */
 #ifndef LORAD_REGISTRY_H
 #define LORAD_REGISTRY_H
@@ -30,6 +34,7 @@
 #include <stdint.h>
 
 #include "chash.h"
+#include "pool.h"
 #include "route.h"
 
 struct engine;
@@ -38,73 +43,24 @@ struct statedir;
 struct model_config;
 
 /*
- * Where a version is on its way to the engine. One state at a time, moved
- * only by reg_set_state() (registry.c), along
- *
- *   ABSENT -> READING -> HOST -> BUILDING -> RESIDENT -> ABSENT (evicted)
- *                 \          \         \
- *                  +----------+---------+--> FAILED -> READING (a retry)
- *
- * READING: the loader reads both files with io_uring and hashes each chunk
- * as it lands (verifying while the data streams); HOST: read and verified,
- * in the pinned host tier; BUILDING: parsed, converted and uploaded on the
- * builder thread; RESIDENT: installed in the engine (the device tier).
- * registry_poll() is the one place a load ends, resident or failed.
+ * A registered version: its names and vid here, everything about its files
+ * and its way to the engine in its pool entry (pool.h: the directory, the
+ * digests, the state, the engine adapter id, pinned, load counts).
  */
-enum reg_state {
-	REG_ABSENT,
-	REG_READING,
-	REG_HOST,
-	REG_BUILDING,
-	REG_RESIDENT,
-	REG_FAILED,
-};
-
-/* "absent", "reading", "host", "building", "resident", "failed" */
-const char *reg_state_name(enum reg_state s);
-
 struct reg_version {
 	char name[32];
 	char version[32];
 	char id[ROUTE_NAME_MAX];     /* "name@version" */
-	char *path;                  /* absolute */
-	char sha256[65];
 	uint32_t vid;                /* small number reported in completions; stable */
-	int adapter;                 /* engine adapter id, 0 when not resident */
-	bool pinned;
-	uint64_t loads, load_ns;
-	uint64_t bytes;              /* in the device tier while resident */
-	uint64_t last_used;          /* resolve counter, for LRU eviction */
-	uint64_t evict_tried;        /* the eviction pass that found it busy */
-	/* the two files, verified by the loader on every load from disk */
-	uint8_t cfg_sha[32], st_sha[32]; /* their digests under scheme */
-	uint64_t cfg_size, st_size;
-	enum chash_scheme scheme;    /* CHASH_TREE; CHASH_SHA256 for versions registered before it */
-	uint32_t hash_chunk;         /* CHASH_TREE: the chunk size */
-	/* an asynchronous load: its attempt number, what is still in flight, its outcome */
-	enum reg_state state;
-	uint64_t attempt;
-	unsigned loading;            /* READING: files the loader still reads */
-	int load_err;                /* the last attempt's error, 0 when it worked */
-	char load_msg[320];
-	struct hp_buf *part[2];      /* adapter_config.json, adapter_model.safetensors */
-	uint64_t load_t0;
+	struct pool_entry *pe;       /* owned by the version until it is in the registry, then by the pool */
 };
 
-/* The device tier: adapters resident in the engine, under a byte budget. */
-struct registry_tier {
-	uint64_t budget, used;
-	unsigned resident;
-	uint64_t loads, evictions;
-	uint64_t load_hist[8];       /* load time buckets: <=1, 5, 10, 50, 100, 500, 1000 ms, more */
-	double load_sum_s;
-};
-
-extern const double registry_load_bounds_s[7];
-
-/* Budget of the device tier in bytes (0: no limit). */
-void registry_set_device_budget(struct registry *r, uint64_t bytes);
-const struct registry_tier *registry_device_tier(const struct registry *r);
+/*
+ * The pool the registry's versions live in (pool.h): the tiers and their
+ * budgets, the loader and the builder, pool_poll() and pool_fd() for the
+ * engine loop. Made with the registry, freed with it.
+ */
+struct pool *registry_pool(const struct registry *r);
 
 /* Skills with a route, at most (a route for one more is refused), and the
  * bytes of an adapter's files that registry_add() reads at most. */
@@ -113,7 +69,8 @@ void registry_set_max_adapter_bytes(struct registry *r, uint64_t bytes);
 
 /*
  * @sd NULL: nothing persists (tests, runs by hand); otherwise the registry
- * borrows it. @e may be NULL until the engine is up (no loading then).
+ * borrows it. @e may be NULL until the engine is up (no loading then); it
+ * is the pool's engine (pool_set_engine).
  */
 struct registry *registry_new(struct statedir *sd, struct engine *e);
 void registry_free(struct registry *r);
@@ -129,15 +86,6 @@ int registry_load_state(struct registry *r, char *err, size_t errlen);
 
 /* Write the running state to state.json (at start, and in tests). Returns 0 or -errno. */
 int registry_save(struct registry *r, char *err, size_t errlen);
-
-/* What registering a directory needs from its files, computed off the engine thread. */
-struct registry_hashes {
-	char sha256[65];             /* the version's identity (chash.h) */
-	uint8_t cfg_sha[32], st_sha[32]; /* each file's digest under scheme */
-	uint64_t cfg_size, st_size;
-	enum chash_scheme scheme;
-	uint32_t hash_chunk;
-};
 
 /*
  * How files registered as @name@@version (@version NULL or "": derived from
@@ -160,7 +108,7 @@ void registry_hash_scheme(const struct registry *r, const char *name, const char
  */
 int registry_inspect(const char *path, const struct model_config *mc, uint64_t max_bytes,
 		     const volatile int *cancel, enum chash_scheme scheme, uint32_t chunk,
-		     struct registry_hashes *h, char *err, size_t errlen);
+		     struct pool_hashes *h, char *err, size_t errlen);
 
 /*
  * Register @path (absolute) as @name@@version (@version NULL or "": derived
@@ -179,7 +127,7 @@ struct reg_change;
  * version registered again) or -errno with @err saying why, naming the
  * version or skill. Nothing changes until registry_commit(). */
 int registry_prepare_add(struct registry *r, const char *name, const char *version,
-			 const char *path, const struct registry_hashes *h,
+			 const char *path, const struct pool_hashes *h,
 			 struct reg_change **out, char *err, size_t errlen);
 int registry_prepare_remove(struct registry *r, const char *id, struct reg_change **out,
 			    char *err, size_t errlen);
@@ -227,30 +175,10 @@ int registry_prefetch(struct registry *r, const char *id, char *err, size_t errl
  * *ticket naming the attempt; the caller asks again later with the same
  * ticket and gets 0, or that attempt's error (the file named in the log) —
  * a fresh request (ticket 0) after a failure tries again. Without a loader
- * the load happens here, synchronously. -ENOENT: no such skill.
+ * the load happens here, synchronously (pool_acquire). -ENOENT: no such skill.
  */
 int registry_resolve(struct registry *r, const char *skill, uint64_t key, int *adapter,
 		     uint32_t *vid, char *version_id, uint64_t *ticket);
-
-struct loader;
-struct hostpool;
-
-/* Load from disk through @ld into @hp (io_uring, host tier) instead of on the caller's thread. */
-void registry_set_loader(struct registry *r, struct loader *ld, struct hostpool *hp);
-
-/* The host tier the loader fills, or NULL. */
-struct hostpool *registry_hostpool(const struct registry *r);
-
-/*
- * Move loads on, on the engine thread, when loader_fd() or registry_fd() is
- * readable: versions whose files are read go to the builder thread, which
- * converts them for the engine; built ones are installed (a pointer swap).
- * Returns how many loads ended (resident or failed).
- */
-int registry_poll(struct registry *r);
-
-/* An eventfd, readable when the builder thread has finished adapters. */
-int registry_fd(const struct registry *r);
 
 struct route_table *registry_routes(struct registry *r);
 

@@ -22,101 +22,19 @@
 #include "registry_int.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "adapter.h"
 #include "engine.h"
-#include "loader.h"
 #include "statedir.h"
 
 #define STATE_FILE       "state.json"
 #define STATE_MAX_BYTES  (64u << 20)  /* a state file larger than this is not ours */
-#define ADAPTER_CFG_MAX  (1u << 20)   /* adapter_config.json */
-#define READ_CHUNK       (4u << 20)
-
-static const char *const adapter_files[2] = { "adapter_config.json", "adapter_model.safetensors" };
 
 /* --- inspecting an adapter directory ----------------------------------------------------- */
-
-/*
- * Read one file of @dir whole: a regular file (symlinks to one are fine:
- * Hugging Face caches are made of them), at most @max bytes, never a FIFO
- * or a device that would block or never end.
- */
-static int read_whole(const char *dir, const char *name, uint64_t max, const volatile int *cancel,
-		      unsigned char **out, uint64_t *len, char *err, size_t errlen)
-{
-	char path[4200];
-	unsigned char *buf = NULL;
-	struct stat st;
-	uint64_t got = 0;
-	int fd, ret;
-
-	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-	if (fd < 0) {
-		ret = -errno;
-		snprintf(err, errlen, "%s: %s", path, strerror(-ret));
-		return ret;
-	}
-	if (fstat(fd, &st) < 0) {
-		ret = -errno;
-		snprintf(err, errlen, "%s: %s", path, strerror(-ret));
-		goto out;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		snprintf(err, errlen, "%s: not a regular file", path);
-		ret = -EINVAL;
-		goto out;
-	}
-	if ((uint64_t)st.st_size > max) {
-		snprintf(err, errlen, "%s: %lld bytes, more than the limit of %llu (max_adapter_bytes)",
-			 path, (long long)st.st_size, (unsigned long long)max);
-		ret = -EFBIG;
-		goto out;
-	}
-	buf = malloc(st.st_size ? (size_t)st.st_size : 1);
-	if (!buf) {
-		snprintf(err, errlen, "%s: out of memory for %lld bytes", path, (long long)st.st_size);
-		ret = -ENOMEM;
-		goto out;
-	}
-	while (got < (uint64_t)st.st_size) {
-		size_t want = (uint64_t)st.st_size - got > READ_CHUNK ? READ_CHUNK
-								       : (size_t)((uint64_t)st.st_size - got);
-		ssize_t k;
-
-		if (cancel && *cancel) {
-			snprintf(err, errlen, "%s: registration cancelled (the daemon is stopping)", path);
-			ret = -ECANCELED;
-			goto out;
-		}
-		k = read(fd, buf + got, want);
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k <= 0) {
-			ret = k < 0 ? -errno : -EIO;
-			snprintf(err, errlen, "%s: %s", path,
-				 k < 0 ? strerror(-ret) : "the file shrank while it was read");
-			goto out;
-		}
-		got += (uint64_t)k;
-	}
-	*out = buf;
-	*len = got;
-	buf = NULL;
-	ret = 0;
-out:
-	free(buf);
-	close(fd);
-	return ret;
-}
 
 /* Build the adapter from the bytes against @mc and convert every module:
  * shapes, missing tensors and NaN/Inf values are all caught here. */
@@ -171,52 +89,24 @@ void registry_hash_scheme(const struct registry *r, const char *name, const char
 	snprintf(id, sizeof(id), "%s@%s", name, version);
 	v = registry_find(r, id);
 	if (v) {
-		*scheme = v->scheme;
-		*chunk = v->hash_chunk;
+		*scheme = v->pe->h.scheme;
+		*chunk = v->pe->h.hash_chunk;
 	}
 }
 
 int registry_inspect(const char *path, const struct model_config *mc, uint64_t max_bytes,
 		     const volatile int *cancel, enum chash_scheme scheme, uint32_t chunk,
-		     struct registry_hashes *h, char *err, size_t errlen)
+		     struct pool_hashes *h, char *err, size_t errlen)
 {
-	unsigned char *data[2] = { NULL, NULL };
-	uint64_t len[2] = { 0, 0 };
-	uint8_t id[32];
-	const void *x[2];
-	size_t xlen[2];
+	unsigned char *data[2];
 	int ret;
 
-	memset(h, 0, sizeof(*h));
-	ret = read_whole(path, adapter_files[0], ADAPTER_CFG_MAX < max_bytes ? ADAPTER_CFG_MAX : max_bytes,
-			 cancel, &data[0], &len[0], err, errlen);
-	if (!ret)
-		ret = read_whole(path, adapter_files[1], max_bytes - len[0], cancel, &data[1], &len[1],
-				 err, errlen);
+	/* read and hashed as the pool does it, then checked against the model */
+	ret = pool_read_files(path, max_bytes, cancel, scheme, chunk, h, data, err, errlen);
 	if (ret)
-		goto out;
-	/* each file's digest, for the loader, and the version's identity over
-	 * both (chash.h) */
-	h->scheme = scheme;
-	h->hash_chunk = scheme == CHASH_TREE ? chunk : 0;
-	for (int k = 0; k < 2 && !ret; k++)
-		ret = chash_mem(scheme, chunk, data[k], (size_t)len[k], k ? h->st_sha : h->cfg_sha);
-	for (int k = 0; k < 2; k++) {
-		x[k] = scheme == CHASH_TREE ? (const void *)(k ? h->st_sha : h->cfg_sha) : data[k];
-		xlen[k] = scheme == CHASH_TREE ? 32 : (size_t)len[k];
-	}
-	if (!ret)
-		ret = chash_identity(x, xlen, id);
-	if (ret) {
-		snprintf(err, errlen, "%s: cannot hash the adapter's files: %s", path, strerror(-ret));
-		goto out;
-	}
-	chash_hex(id, h->sha256);
-	h->cfg_size = len[0];
-	h->st_size = len[1];
+		return ret;
 	if (mc)
-		ret = check_adapter(path, data[0], len[0], data[1], len[1], mc, err, errlen);
-out:
+		ret = check_adapter(path, data[0], h->cfg_size, data[1], h->st_size, mc, err, errlen);
 	free(data[0]);
 	free(data[1]);
 	return ret;
@@ -346,7 +236,7 @@ static int version_from_json(struct jpath *jp, struct json_object *o, int format
 	static const char *const keys[] = { "name", "version", "vid", "path", "sha256", "pinned",
 					    "config_sha256", "weights_sha256", "config_size",
 					    "weights_size", "hash_scheme", "hash_chunk", NULL };
-	struct registry_hashes h;
+	struct pool_hashes h;
 	const char *name, *ver, *path;
 	struct json_object *pin, *hs;
 	uint64_t vid = 0, chunk = 0;
@@ -391,7 +281,7 @@ static int version_from_json(struct jpath *jp, struct json_object *o, int format
 	if (!*out)
 		return -ENOMEM;
 	(*out)->vid = (uint32_t)vid;
-	(*out)->pinned = pin && json_object_get_boolean(pin);
+	(*out)->pe->pinned = pin && json_object_get_boolean(pin);
 	return 0;
 }
 
@@ -691,19 +581,19 @@ static struct json_object *version_to_json(const struct reg_version *v, bool pin
 	json_object_object_add(o, "name", json_object_new_string(v->name));
 	json_object_object_add(o, "version", json_object_new_string(v->version));
 	json_object_object_add(o, "vid", json_object_new_int64(v->vid));
-	json_object_object_add(o, "path", json_object_new_string(v->path));
-	json_object_object_add(o, "sha256", json_object_new_string(v->sha256));
+	json_object_object_add(o, "path", json_object_new_string(v->pe->path));
+	json_object_object_add(o, "sha256", json_object_new_string(v->pe->h.sha256));
 	json_object_object_add(o, "pinned", json_object_new_boolean(pinned));
-	chash_hex(v->cfg_sha, hex);
+	chash_hex(v->pe->h.cfg_sha, hex);
 	json_object_object_add(o, "config_sha256", json_object_new_string(hex));
-	chash_hex(v->st_sha, hex);
+	chash_hex(v->pe->h.st_sha, hex);
 	json_object_object_add(o, "weights_sha256", json_object_new_string(hex));
-	json_object_object_add(o, "config_size", json_object_new_int64((int64_t)v->cfg_size));
-	json_object_object_add(o, "weights_size", json_object_new_int64((int64_t)v->st_size));
-	if (v->scheme != CHASH_SHA256) {   /* an old version is written as it was */
+	json_object_object_add(o, "config_size", json_object_new_int64((int64_t)v->pe->h.cfg_size));
+	json_object_object_add(o, "weights_size", json_object_new_int64((int64_t)v->pe->h.st_size));
+	if (v->pe->h.scheme != CHASH_SHA256) {   /* an old version is written as it was */
 		json_object_object_add(o, "hash_scheme",
-				       json_object_new_string(chash_name(v->scheme)));
-		json_object_object_add(o, "hash_chunk", json_object_new_int64(v->hash_chunk));
+				       json_object_new_string(chash_name(v->pe->h.scheme)));
+		json_object_object_add(o, "hash_chunk", json_object_new_int64(v->pe->h.hash_chunk));
 	}
 	return o;
 }
@@ -729,7 +619,7 @@ int registry_change_text(const struct registry *r, const struct reg_change *ch, 
 		if (ch && ch->kind == RC_REMOVE && ch->target == v)
 			continue;
 		json_object_array_add(vs, version_to_json(v, ch && ch->kind == RC_PIN && ch->target == v
-							     ? ch->pin : v->pinned));
+							     ? ch->pin : v->pe->pinned));
 	}
 	if (ch && ch->kind == RC_ADD)
 		json_object_array_add(vs, version_to_json(ch->add, false));
@@ -789,7 +679,7 @@ static struct reg_change *change_new(int kind)
 }
 
 int registry_prepare_add(struct registry *r, const char *name, const char *version,
-			 const char *path, const struct registry_hashes *h,
+			 const char *path, const struct pool_hashes *h,
 			 struct reg_change **out, char *err, size_t errlen)
 {
 	char ver[32], id[ROUTE_NAME_MAX];
@@ -814,16 +704,16 @@ int registry_prepare_add(struct registry *r, const char *name, const char *versi
 	snprintf(id, sizeof(id), "%s@%s", name, ver);
 	old = registry_find(r, id);
 	if (old) {
-		if (old->scheme != h->scheme || old->hash_chunk != h->hash_chunk) {
+		if (old->pe->h.scheme != h->scheme || old->pe->h.hash_chunk != h->hash_chunk) {
 			/* hashed before @old changed hands (registry_hash_scheme) */
 			snprintf(err, errlen, "%s changed while its files were checked; register again",
 				 id);
 			return -EAGAIN;
 		}
-		if (strcmp(old->sha256, h->sha256)) {
+		if (strcmp(old->pe->h.sha256, h->sha256)) {
 			snprintf(err, errlen, "%s is registered with other files (sha256 %.12s..., "
 				 "these are %.12s...): a version never changes; register a new one",
-				 id, old->sha256, h->sha256);
+				 id, old->pe->h.sha256, h->sha256);
 			return -EEXIST;
 		}
 		return 0;   /* the same files again: nothing to do */
@@ -853,16 +743,17 @@ int registry_prepare_add(struct registry *r, const char *name, const char *versi
 int registry_add(struct registry *r, const char *name, const char *version, const char *path,
 		 const struct reg_version **out, char *err, size_t errlen)
 {
-	struct registry_hashes h;
+	struct pool_hashes h;
 	struct reg_change *ch;
 	char id[ROUTE_NAME_MAX];
 	enum chash_scheme scheme;
 	uint32_t chunk;
+	struct engine *e = pool_engine(r->pool);
 	int ret;
 
 	registry_hash_scheme(r, name, version, &scheme, &chunk);
-	ret = registry_inspect(path, r->e ? engine_config(r->e) : NULL, r->max_adapter_bytes, NULL,
-			       scheme, chunk, &h, err, errlen);
+	ret = registry_inspect(path, e ? engine_config(e) : NULL, r->max_adapter_bytes, NULL, scheme,
+			       chunk, &h, err, errlen);
 	if (!ret)
 		ret = registry_prepare_add(r, name, version, path, &h, &ch, err, errlen);
 	if (ret)
@@ -898,13 +789,13 @@ int registry_prepare_remove(struct registry *r, const char *id, struct reg_chang
 		snprintf(err, errlen, "%s is still in a route: route it away first", id);
 		return -EBUSY;
 	}
-	if (reg_busy(v)) {
+	if (pool_entry_busy(v->pe)) {
 		snprintf(err, errlen, "%s is being loaded; try again in a moment", id);
 		return -EBUSY;
 	}
 	/* out of the engine now: a version nobody routes to is only reloaded on
 	 * request, so this costs nothing if the removal is not made durable */
-	if (reg_unload(r, v)) {
+	if (pool_unload(r->pool, v->pe)) {
 		snprintf(err, errlen, "%s still serves running requests", id);
 		return -EBUSY;
 	}
@@ -1026,11 +917,11 @@ int registry_commit(struct registry *r, struct reg_change *ch, const char **id)
 		reg_delete(r, ch->target);
 		break;
 	case RC_PIN:
-		ch->target->pinned = ch->pin;
+		ch->target->pe->pinned = ch->pin;
 		if (id)
 			*id = ch->target->id;
 		if (ch->pin)
-			reg_start_load(r, ch->target);
+			pool_start_load(r->pool, ch->target->pe);
 		break;
 	case RC_ROUTE:
 		ret = route_entry_set(r->routes, ch->cur->skill, &ch->ent);

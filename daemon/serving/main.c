@@ -323,7 +323,7 @@ static void on_loads(void *ctx)
 {
 	struct daemon *d = ctx;
 
-	if (registry_poll(d->reg) > 0 && d->sch)
+	if (pool_poll(registry_pool(d->reg)) > 0 && d->sch)
 		sched_loads_done(d->sch);
 }
 
@@ -538,7 +538,7 @@ static int build_store(struct daemon *d)
 	d->reg = registry_new(d->sd, d->eng);
 	if (!d->reg)
 		return -ENOMEM;
-	registry_set_device_budget(d->reg, c->device_budget);
+	pool_set_device_budget(registry_pool(d->reg), c->device_budget);
 	registry_set_max_skills(d->reg, c->max_skills);
 	registry_set_max_adapter_bytes(d->reg, c->max_adapter_bytes);
 	ret = registry_load_state(d->reg, err, sizeof(err));
@@ -565,7 +565,7 @@ static int build_store(struct daemon *d)
 			log_err("%s", err);
 			return ret;
 		}
-		registry_set_loader(d->reg, d->ld, d->hp);
+		pool_set_loader(registry_pool(d->reg), d->ld, d->hp);
 	}
 	seed_at_start(d);
 	if (d->sch)
@@ -677,7 +677,7 @@ static void status_line(struct daemon *d, struct server *sv, uint64_t now)
 		total += s->requests;
 	for (unsigned i = 0; d->reg && (v = registry_at(d->reg, i)); i++) {
 		registered++;
-		resident += v->adapter != 0;
+		resident += v->pe->adapter != 0;
 	}
 	notify_status("%s; adapters %u resident of %u; %u clients, %u requests in flight, "
 		      "%.0f requests/s%s", d->engine_name, resident, registered, sv->n_sessions,
@@ -827,7 +827,8 @@ static int build_server(struct daemon *d)
 	if ((ret = server_watch(&d->sv, d->sig_fd, on_signals, d)) ||
 	    (ret = server_watch(&d->sv, d->timer_fd, on_timer, d)) ||
 	    (d->ld && (ret = server_watch(&d->sv, loader_fd(d->ld), on_loads, d))) ||
-	    (registry_fd(d->reg) >= 0 && (ret = server_watch(&d->sv, registry_fd(d->reg), on_loads, d))))
+	    (pool_fd(registry_pool(d->reg)) >= 0 &&
+	     (ret = server_watch(&d->sv, pool_fd(registry_pool(d->reg)), on_loads, d))))
 		return ret;
 	if (d->sv.admin) {
 		admin_command_add(d->sv.admin, "status", cmd_status, d, NULL);

@@ -245,22 +245,22 @@ static void versions(struct buf *b, struct registry *reg)
 
 	family(b, "lorad_adapter_resident", "gauge", "Adapter versions resident in the device tier.");
 	for (i = 0; (v = registry_at(reg, i)); i++)
-		bprintf(b, "lorad_adapter_resident{version=\"%s\"} %d\n", v->id, v->adapter != 0);
+		bprintf(b, "lorad_adapter_resident{version=\"%s\"} %d\n", v->id, v->pe->adapter != 0);
 	family(b, "lorad_adapter_loads_total", "counter", "Loads from disk.");
 	for (i = 0; (v = registry_at(reg, i)); i++)
 		bprintf(b, "lorad_adapter_loads_total{version=\"%s\"} %llu\n", v->id,
-			(unsigned long long)v->loads);
+			(unsigned long long)v->pe->loads);
 	family(b, "lorad_adapter_load_seconds_total", "counter", "Time spent loading from disk.");
 	for (i = 0; (v = registry_at(reg, i)); i++)
 		bprintf(b, "lorad_adapter_load_seconds_total{version=\"%s\"} %.6f\n", v->id,
-			v->load_ns / 1e9);
+			v->pe->load_ns / 1e9);
 }
 
 /* The device tier and, with a loader, the host tier: each family holds both. */
 static void tiers(struct buf *b, struct registry *reg)
 {
-	const struct registry_tier *t = registry_device_tier(reg);
-	struct hostpool *hp = registry_hostpool(reg);
+	const struct pool_tier *t = pool_device_tier(registry_pool(reg));
+	struct hostpool *hp = pool_hostpool(registry_pool(reg));
 	struct hostpool_stats hs = { 0 };
 	uint64_t cum = 0;
 
@@ -292,7 +292,7 @@ static void tiers(struct buf *b, struct registry *reg)
 	for (int k = 0; k < 7; k++) {
 		cum += t->load_hist[k];
 		bprintf(b, "lorad_tier_load_seconds_bucket{tier=\"device\",le=\"%g\"} %llu\n",
-			registry_load_bounds_s[k], (unsigned long long)cum);
+			pool_load_bounds_s[k], (unsigned long long)cum);
 	}
 	cum += t->load_hist[7];
 	bprintf(b, "lorad_tier_load_seconds_bucket{tier=\"device\",le=\"+Inf\"} %llu\n"

@@ -37,7 +37,7 @@ struct job {
 	char id[ROUTE_NAME_MAX];     /* NAME@VER, or the skill */
 	char name[32], version[32];
 	char *path;
-	struct registry_hashes h;
+	struct pool_hashes h;
 	enum chash_scheme scheme;    /* J_ADD: how its files are hashed */
 	uint32_t hash_chunk;
 	char target[ROUTE_MAX_VERSIONS][ROUTE_NAME_MAX];
@@ -96,20 +96,19 @@ static const char *get_str(struct json_object *req, const char *key)
 static struct json_object *version_json(const struct reg_version *v)
 {
 	struct json_object *o = json_object_new_object();
+	const struct pool_entry *pe = v->pe;
 
 	json_object_object_add(o, "id", json_object_new_string(v->id));
 	json_object_object_add(o, "vid", json_object_new_int64(v->vid));   /* lorad_event.version */
-	json_object_object_add(o, "path", json_object_new_string(v->path));
-	json_object_object_add(o, "sha256", json_object_new_string(v->sha256));
-	json_object_object_add(o, "resident", json_object_new_boolean(v->adapter != 0));
-	json_object_object_add(o, "pinned", json_object_new_boolean(v->pinned));
-	json_object_object_add(o, "loads", json_object_new_int64((int64_t)v->loads));
-	json_object_object_add(o, "loading", json_object_new_boolean(v->state == REG_READING ||
-								       v->state == REG_HOST ||
-								       v->state == REG_BUILDING));
-	json_object_object_add(o, "state", json_object_new_string(reg_state_name(v->state)));
-	if (v->load_err)
-		json_object_object_add(o, "load_error", json_object_new_string(v->load_msg));
+	json_object_object_add(o, "path", json_object_new_string(pe->path));
+	json_object_object_add(o, "sha256", json_object_new_string(pe->h.sha256));
+	json_object_object_add(o, "resident", json_object_new_boolean(pe->adapter != 0));
+	json_object_object_add(o, "pinned", json_object_new_boolean(pe->pinned));
+	json_object_object_add(o, "loads", json_object_new_int64((int64_t)pe->loads));
+	json_object_object_add(o, "loading", json_object_new_boolean(pool_entry_busy(pe)));
+	json_object_object_add(o, "state", json_object_new_string(pool_state_name(pe->state)));
+	if (pe->load_err)
+		json_object_object_add(o, "load_error", json_object_new_string(pe->load_msg));
 	return o;
 }
 

@@ -27,6 +27,7 @@ struct hp_buf {
 	unsigned refs;
 	enum hp_state state;
 	bool locked, pinned, numa_alloc;
+	bool lent;                  /* hostpool_lend: counted by the device tier */
 };
 
 struct hostpool {
@@ -132,7 +133,10 @@ static void buf_free(struct hostpool *hp, struct hp_buf *b)
 /* Accounts b as gone; caller holds the mutex. */
 static void account_free(struct hostpool *hp, struct hp_buf *b)
 {
-	hp->st.bytes_used -= b->cap;
+	if (b->lent)
+		hp->st.lent_bytes -= b->cap;
+	else
+		hp->st.bytes_used -= b->cap;
 	if (b->locked)
 		hp->st.locked_bytes -= b->cap;
 	if (b->pinned)
@@ -398,6 +402,11 @@ void hostpool_put(struct hostpool *hp, struct hp_buf *b)
 		return;
 	pthread_mutex_lock(&hp->mu);
 	if (--b->refs == 0) {
+		if (b->lent) {   /* nobody holds it: back in this tier */
+			b->lent = false;
+			hp->st.bytes_used += b->cap;
+			hp->st.lent_bytes -= b->cap;
+		}
 		if (b->state == HP_READY) {
 			hp->st.held--;
 		} else {
@@ -409,6 +418,17 @@ void hostpool_put(struct hostpool *hp, struct hp_buf *b)
 	pthread_mutex_unlock(&hp->mu);
 	if (drop)
 		buf_free(hp, drop);
+}
+
+void hostpool_lend(struct hostpool *hp, struct hp_buf *b, bool lent)
+{
+	pthread_mutex_lock(&hp->mu);
+	if (b->lent != lent) {
+		b->lent = lent;
+		hp->st.bytes_used += lent ? -b->cap : b->cap;
+		hp->st.lent_bytes += lent ? b->cap : -b->cap;
+	}
+	pthread_mutex_unlock(&hp->mu);
 }
 
 int hostpool_evict(struct hostpool *hp, const char *key)

@@ -47,7 +47,9 @@ struct hostpool_opts {
 
 struct hostpool_stats {
 	size_t budget;
-	size_t bytes_used;       /* all live buffers, loading ones and spares included */
+	size_t bytes_used;       /* all live buffers, loading ones and spares included,
+				  * lent ones not */
+	size_t lent_bytes;       /* buffers lent to the device tier (hostpool_lend) */
 	size_t spare_bytes;      /* of those, spares kept for reuse */
 	size_t locked_bytes;     /* of those, locked with mlock */
 	size_t pinned_bytes;     /* of those, registered through the pin hook */
@@ -98,6 +100,15 @@ void hostpool_ref(struct hostpool *hp, struct hp_buf *b);
 
 /* Drops a reference. An unpublished or unlinked buffer is freed at zero. */
 void hostpool_put(struct hostpool *hp, struct hp_buf *b);
+
+/*
+ * Lends a buffer the caller holds to the device tier (@lent true) or takes
+ * it back (false): where a resident adapter is served from its file's
+ * bytes in this tier (the CPU backend), the device tier counts them, so
+ * they leave this tier's budget and bytes_used (lent_bytes counts them)
+ * until they come back. The caller still holds its reference.
+ */
+void hostpool_lend(struct hostpool *hp, struct hp_buf *b, bool lent);
 
 /* Unlinks key if nobody holds it. Returns 0, -ENOENT or -EBUSY. */
 int hostpool_evict(struct hostpool *hp, const char *key);

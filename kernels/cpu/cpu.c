@@ -15,6 +15,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +44,7 @@ struct be_buf {
 	int w16;             /* the weight's panels are bf16 */
 	enum be_dtype asked; /* the dtype it was allocated as */
 	const struct be_buf *base; /* a view: the buffer it looks into; NULL: owns p */
+	bool borrowed;       /* be_wrap_host: p is the caller's memory, never freed here */
 	int fd;              /* BE_BUF_EXPORT: the memfd behind p; else -1 */
 	size_t map_bytes;    /* BE_BUF_EXPORT: the mapping's length */
 };
@@ -178,7 +181,7 @@ static struct be_buf *cpu_view(struct be *be, struct be_buf *base, size_t off, s
 static void cpu_buf_free(struct be *be, struct be_buf *b)
 {
 	(void)be;
-	if (!b->base) {
+	if (!b->base && !b->borrowed) {
 		if (b->fd >= 0) {
 			munmap(b->p, b->map_bytes);
 			close(b->fd);
@@ -189,6 +192,22 @@ static void cpu_buf_free(struct be *be, struct be_buf *b)
 		}
 	}
 	free(b);
+}
+
+static const struct be_ops cpu_ops;
+
+struct be_buf *be_wrap_host(struct be *be, float *p, size_t n)
+{
+	struct be_buf *b;
+
+	if (be->ops != &cpu_ops || !p || ((uintptr_t)p & (sizeof(float) - 1)) || !(b = calloc(1, sizeof(*b))))
+		return NULL;
+	b->p = p;
+	b->n = n;
+	b->asked = BE_F32;
+	b->borrowed = true;
+	b->fd = -1;
+	return b;
 }
 
 static float *cpu_host_ptr(struct be *be, struct be_buf *b)
@@ -756,10 +775,11 @@ static void cpu_gather_rows(struct be *be, int d, const struct be_buf *x, struct
  * LoRA shrink and expand over segments (the SGMV of Punica, on a CPU).
  *
  * A work item is a chunk of up to LORA_ROWS rows of one segment. Inside it
- * the loops run weight-outer, row-inner, so a row of A (shrink) or a column
- * block of Bᵀ (expand) is read from memory once per chunk and then from L1
- * for every row: per segment these are small GEMMs, not per-token passes
- * over the weights. Every output element is summed by the same code in the
+ * the loops run weight-outer, row-inner, so a row of A (shrink) or a block
+ * of 16 rows of B [n, rank] (expand, turned into a [rank][16] tile) is read
+ * from memory once per chunk and then from L1 for every row: both matrices
+ * are read in PEFT's layout, as the file stores them. Per segment these
+ * are small GEMMs, not per-token passes over the weights. Every output element is summed by the same code in the
  * same order whatever the chunk holds, so a row's numbers do not depend on
  * the other rows of the batch (bitwise batch invariance holds with LoRA).
  */
@@ -826,40 +846,60 @@ static void lora_shrink_tasks(void *arg, int worker, int begin, int end)
 	}
 }
 
+/* Ranks a tile of B takes at a time (the tile: LORA_QT x 16 floats, 4 KiB). */
+#define LORA_QT 64
+
 CPU_CLONES
 static void lora_expand_tasks(void *arg, int worker, int begin, int end)
 {
 	const struct lora_job *j = arg;
 	const int n = j->n;
-	int t, r, q, o;
+	int t, r, q, q0, o, l;
 
 	(void)worker;
 	for (t = begin; t < end; t++) {
 		const struct lora_task *tk = &j->tasks[t];
 		const struct be_lora_seg *s = &j->segs[tk->seg];
 		const float *h = j->x + s->h_off + (size_t)tk->row0 * s->rank;
-		const float *bt = s->bt->p;
+		const float *b = s->bt->p; /* [n, rank], PEFT's layout */
 		float *y = j->y + (size_t)(s->row0 + tk->row0) * n;
 		const float sc = s->scale;
-		for (o = 0; o + 16 <= n; o += 16)
-			for (r = 0; r < tk->n_rows; r++) {
-				const float *hr = h + (size_t)r * s->rank;
-				float *yr = y + (size_t)r * n + o;
-				v16 acc = { 0 }, b, yv;
-				for (q = 0; q < s->rank; q++) {
-					memcpy(&b, bt + (size_t)q * n + o, 64);
-					acc += hr[q] * b;
+		/* 16 outputs at a time: their rows of B turned into a tile
+		 * [rank][16] (LORA_QT ranks a time, read once per task from
+		 * memory), then each output summed over the ranks in order */
+		for (o = 0; o + 16 <= n; o += 16) {
+			v16 acc[LORA_ROWS], bv, yv;
+			float tile[LORA_QT * 16] __attribute__((aligned(64)));
+			for (r = 0; r < tk->n_rows; r++)
+				acc[r] = (v16){ 0 };
+			for (q0 = 0; q0 < s->rank; q0 += LORA_QT) {
+				int qn = s->rank - q0 < LORA_QT ? s->rank - q0 : LORA_QT;
+				for (l = 0; l < 16; l++) {
+					const float *br = b + (size_t)(o + l) * s->rank + q0;
+					for (q = 0; q < qn; q++)
+						tile[q * 16 + l] = br[q];
 				}
+				for (r = 0; r < tk->n_rows; r++) {
+					const float *hr = h + (size_t)r * s->rank + q0;
+					for (q = 0; q < qn; q++) {
+						memcpy(&bv, tile + q * 16, 64);
+						acc[r] += hr[q] * bv;
+					}
+				}
+			}
+			for (r = 0; r < tk->n_rows; r++) {
+				float *yr = y + (size_t)r * n + o;
 				memcpy(&yv, yr, 64);
-				yv += acc * sc;
+				yv += acc[r] * sc;
 				memcpy(yr, &yv, 64);
 			}
+		}
 		for (; o < n; o++)
 			for (r = 0; r < tk->n_rows; r++) {
-				const float *hr = h + (size_t)r * s->rank;
+				const float *hr = h + (size_t)r * s->rank, *br = b + (size_t)o * s->rank;
 				float acc = 0.0f;
 				for (q = 0; q < s->rank; q++)
-					acc += hr[q] * bt[(size_t)q * n + o];
+					acc += hr[q] * br[q];
 				y[(size_t)r * n + o] += acc * sc;
 			}
 	}

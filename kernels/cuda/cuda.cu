@@ -1009,7 +1009,7 @@ k_lora_shrink(int k, const float *x, float *h, const struct lseg_pack P)
 	}
 }
 
-/* one thread per output y[row0 + i, col] += (h_s[i, :] · Bᵀ_s[:, col]) · scale */
+/* one thread per output y[row0 + i, col] += (h_s[i, :] · B_s[col, :]) · scale, B_s [n, rank] */
 __global__ void k_lora_expand(int n, const float *h, float *y, const struct lseg_pack P)
 {
 	long long w = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -1023,7 +1023,7 @@ __global__ void k_lora_expand(int n, const float *h, float *y, const struct lseg
 	float d = 0.0f;
 
 	for (int r = 0; r < S.rank; r++)
-		d += hr[r] * ld(S.bt, S.bdt, (size_t)r * n + col);
+		d += hr[r] * ld(S.bt, S.bdt, (size_t)col * S.rank + r);
 	y[(size_t)(S.row0 + i) * n + col] += d * S.scale;
 }
 

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Each adapter version has one state on its way to the engine (registry.h:
+ * Each adapter version has one state on its way to the engine (pool.h:
  * absent, reading, host, building, resident, failed) and `loradctl adapters
  * list` shows it: a registered version is absent, a request makes it
  * resident; a version whose file changed on disk after registration fails
@@ -117,8 +117,8 @@ static void test_states(void **state)
 	rc = atk_generate(c, "base", 2, &ev, 20000);
 	ATK_EXPECT(rc == 0 && ev.res == 0, "base after bad: rc %d res %d", rc, ev.res);
 	lorad_close(c);
-	ATK_EXPECT(!atk_log_has(&d, "is not a move the registry makes", 0),
-		   "a state change the registry does not draw");
+	ATK_EXPECT(!atk_log_has(&d, "is not a move the pool makes", 0),
+		   "a state change the pool does not draw");
 	ATK_EXPECT(atk_daemon_stop(&d, 10000, NULL) == 0, "SIGTERM");
 	assert_int_equal(atk_failures, 0);
 }

@@ -10,7 +10,9 @@
  *    gives every sequence bitwise the logits and tokens it gets alone;
  *  - every refused configuration or file gives its clear error, and the
  *    adapter already loaded keeps serving;
- *  - unload while in use, ids, memory at each adapter's own rank.
+ *  - unload while in use, ids, memory at each adapter's own rank;
+ *  - an adapter served from its file's bytes (no copy) computes bitwise as
+ *    one copied.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -643,6 +645,87 @@ static void test_long_segments(void **state)
 	rm_model(m);
 }
 
+/* @name's file @file whole into 64-byte aligned memory at byte @shift. */
+static unsigned char *read_fixture(const char *name, const char *file, size_t shift, size_t *len,
+				   void **mem)
+{
+	char path[4200];
+	FILE *f;
+	long n;
+
+	snprintf(path, sizeof(path), "%s/%s/%s", LORA_FIXTURES, name, file);
+	f = fopen(path, "rb");
+	assert_non_null(f);
+	assert_int_equal(fseek(f, 0, SEEK_END), 0);
+	n = ftell(f);
+	assert_true(n > 0);
+	rewind(f);
+	assert_int_equal(posix_memalign(mem, 64, (size_t)n + shift), 0);
+	assert_int_equal(fread((unsigned char *)*mem + shift, 1, (size_t)n, f), (size_t)n);
+	fclose(f);
+	*len = (size_t)n;
+	return (unsigned char *)*mem + shift;
+}
+
+/*
+ * Served from the file's bytes (ENG_AD_BORROW, as the adapter pool builds
+ * from the host tier): an f32 adapter whose tensors are 4-byte aligned is
+ * not copied at all, one that is not (the bytes shifted by one, or bf16)
+ * is copied, and either way every logit is bitwise the copied adapter's,
+ * which test_fixtures holds to PEFT.
+ */
+static void test_borrowed(void **state)
+{
+	struct engine *e = load_base();
+	char err[512];
+	int c;
+
+	(void)state;
+	for (c = 0; c < N_CASES; c++) {
+		for (size_t shift = 0; shift < 2; shift++) {
+			struct eng_adapter *built = NULL;
+			struct engine_seq *s, *t;
+			void *cmem, *smem;
+			size_t clen, slen;
+			const char *cfg = (const char *)read_fixture(cases[c], "adapter_config.json", 0,
+								     &clen, &cmem);
+			unsigned char *st = read_fixture(cases[c], "adapter_model.safetensors", shift,
+							 &slen, &smem);
+			int copy = load_adapter(e, cases[c]), id = -1;
+			size_t borrowed, bytes;
+			struct ref r;
+
+			assert_int_equal(engine_adapter_build_mem(e, cases[c], cfg, clen, st, slen,
+								  ENG_AD_BORROW, &built, err,
+								  sizeof(err)), 0);
+			borrowed = engine_adapter_borrowed(built);
+			free(cmem);   /* the config is not kept */
+			assert_int_equal(engine_adapter_install(e, built, &id), 0);
+			bytes = engine_adapter_bytes(e, copy);
+			/* counted once, whether copied or borrowed */
+			assert_int_equal(engine_adapter_bytes(e, id), bytes);
+			if (shift || !strcmp(cases[c], "bf16_r8"))
+				assert_int_equal(borrowed, 0);
+			else
+				assert_int_equal(borrowed, bytes);
+			load_ref(cases[c], &r);
+			s = run(e, &r, copy, 1);
+			t = run(e, &r, id, 1);
+			assert_memory_equal(s->logits, t->logits,
+					    (size_t)r.n_prompt * r.vocab * sizeof(float));
+			assert_memory_equal(s->tokens, t->tokens,
+					    (size_t)(r.n_prompt + r.n_greedy) * sizeof(int32_t));
+			engine_seq_free(e, s);
+			engine_seq_free(e, t);
+			free_ref(&r);
+			assert_int_equal(engine_adapter_unload(e, id), 0);
+			assert_int_equal(engine_adapter_unload(e, copy), 0);
+			free(smem);   /* only now: the adapter read it until unloaded */
+		}
+	}
+	engine_free(e);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -652,6 +735,7 @@ int main(void)
 		cmocka_unit_test(test_refused),
 		cmocka_unit_test(test_lifecycle),
 		cmocka_unit_test(test_long_segments),
+		cmocka_unit_test(test_borrowed),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

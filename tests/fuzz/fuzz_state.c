@@ -55,7 +55,7 @@ static void walk(struct registry *reg)
 	for (unsigned i = 0; (v = registry_at(reg, i)); i++) {
 		CHECK(registry_find(reg, v->id) == v);
 		CHECK(registry_by_vid(reg, v->vid) == v);
-		CHECK(v->path[0] == '/' && strlen(v->sha256) == 64);
+		CHECK(v->pe->path[0] == '/' && strlen(v->pe->h.sha256) == 64);
 	}
 	for (unsigned i = 0; (r = route_at(rt, i)); i++) {
 		CHECK(r->n >= 1 && r->n <= ROUTE_MAX_VERSIONS);

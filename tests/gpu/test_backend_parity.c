@@ -1458,9 +1458,9 @@ static void fmodel_open(struct fmodel *fm, const char *args, enum be_dtype t)
 		snprintf(adir, sizeof(adir), "%s/%s", fm->dir, ad_name[i]);
 		if (adapter_open(adir, &fm->m->cfg, &a, err, sizeof(err)) < 0)
 			fail_msg("%s", err);
-		if (fwd_adapter_build(fm->fr, a, &fm->ar[i], err, sizeof(err)) < 0)
+		if (fwd_adapter_build(fm->fr, a, 0, &fm->ar[i], err, sizeof(err)) < 0)
 			fail_msg("cpu: %s", err);
-		if (fwd_adapter_build(fm->fd, a, &fm->ad[i], err, sizeof(err)) < 0)
+		if (fwd_adapter_build(fm->fd, a, 0, &fm->ad[i], err, sizeof(err)) < 0)
 			fail_msg("%s: %s", dut_name, err);
 		adapter_close(a);
 	}

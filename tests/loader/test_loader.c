@@ -421,6 +421,19 @@ static void test_budget_evict_reload(void **state)
 	struct loader_result full = load_one(ld, path[0], sha[0], size[0], false);
 	assert_int_equal(full.status, -ENOSPC);
 	assert_non_null(strstr(full.err, path[0]));
+	/* lent to the device tier (an adapter served from them), held buffers
+	 * leave this tier's budget, counted once: now the load fits */
+	hostpool_lend(hp, h1, true);
+	hostpool_lend(hp, h2, true);
+	hostpool_stats(hp, &hs);
+	assert_int_equal(hs.lent_bytes, hp_cap(h1) + hp_cap(h2));
+	assert_true(hs.bytes_used <= hs.budget);
+	full = load_one(ld, path[0], sha[0], size[0], false);
+	assert_int_equal(full.status, 0);
+	hostpool_put(hp, full.buf);
+	hostpool_lend(hp, h1, false);   /* back; h2 comes back when it is put */
+	hostpool_stats(hp, &hs);
+	assert_int_equal(hs.lent_bytes, hp_cap(h2));
 	hostpool_put(hp, h3);
 	full = load_one(ld, path[0], sha[0], size[0], false);
 	assert_int_equal(full.status, 0);
@@ -431,6 +444,7 @@ static void test_budget_evict_reload(void **state)
 	hostpool_stats(hp, &hs);
 	assert_int_equal(hs.held, 0);
 	assert_int_equal(hs.loading, 0);
+	assert_int_equal(hs.lent_bytes, 0);
 	assert_int_equal(hostpool_evict(hp, path[0]), 0);
 	assert_int_equal(hostpool_evict(hp, path[0]), -ENOENT);
 	loader_destroy(ld);

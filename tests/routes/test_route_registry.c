@@ -104,7 +104,7 @@ static void test_registry_in_process(void **state)
 	/* the version derived from the hash: the same files give the same id */
 	assert_int_equal(registry_add(r, "sql", NULL, models.adapter[2], &v, err, sizeof(err)), 0);
 	assert_int_equal(strlen(v->version), 12);
-	assert_int_equal(strncmp(v->version, v->sha256, 12), 0);
+	assert_int_equal(strncmp(v->version, v->pe->h.sha256, 12), 0);
 	assert_int_equal(registry_add(r, "sql", "", models.adapter[2], &w, err, sizeof(err)), 0);
 	assert_ptr_equal(v, w);
 	/* names */

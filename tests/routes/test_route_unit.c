@@ -542,8 +542,8 @@ static void test_state_roundtrip(void **state)
 		const struct reg_version *va = registry_find(a, ids[i]), *vb = registry_find(b, ids[i]);
 
 		assert_non_null(vb);
-		assert_string_equal(va->sha256, vb->sha256);
-		assert_string_equal(va->path, vb->path);
+		assert_string_equal(va->pe->h.sha256, vb->pe->h.sha256);
+		assert_string_equal(va->pe->path, vb->pe->path);
 	}
 	registry_free(a);
 	registry_free(b);

@@ -11,6 +11,7 @@ pkgs=(
   clang libclang-rt-14-dev
   fio systemd
   python3-prometheus-client prometheus
+  python3-pytest
 )
 if [ "${LORAD_WITH_TORCH:-0}" = 1 ]; then
   pkgs+=(python3-torch python3-numpy)

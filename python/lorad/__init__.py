@@ -16,8 +16,6 @@ from .errors import (Busy, ConnectionRefused, DaemonGone, ForkedConnection, Inva
                      LoradError, PermissionDenied, ProtocolMismatch, SkillNotFound, Timeout,
                      TooBig, TryAgain)
 
-__version__ = "0.1.0"
-
 __all__ = [
     "Client", "Stream", "Completion", "routing_key",
     "LoradError", "ConnectionRefused", "PermissionDenied", "DaemonGone", "Busy", "TryAgain",

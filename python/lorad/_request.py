@@ -4,7 +4,9 @@ liblorad writes a request's token ids and text into buffers the caller owns
 until its final event, so a :class:`Request` keeps every ctypes object the
 struct points to alive for that long.
 """
+import array
 import ctypes
+import time
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -26,6 +28,7 @@ class Completion:
     ttft_us: int = 0         #: submit seen -> first token
     itl_us: int = 0          #: mean time between tokens
     times: dict = field(default_factory=dict)  #: CLOCK_MONOTONIC ns: seen, admitted, first_token, final
+    rows: Optional[list] = None  #: with result=: one array('f') per token (logits or hidden state)
 
 
 def routing_key(key):
@@ -34,12 +37,18 @@ def routing_key(key):
     return lib.lorad_routing_key(data, len(data))
 
 
+_RESULT_KINDS = {None: _ffi.RESULT_NONE, "logits": _ffi.RESULT_LOGITS,
+                 "hidden": _ffi.RESULT_HIDDEN}
+
+
 class Request:
     """The struct lorad_request of one submission and the buffers it points to."""
 
     def __init__(self, user_data, skill, prompt, max_tokens, *, temperature=0.0, top_p=0.0,
                  top_k=0, min_p=0.0, seed=0, routing_key=None, stop=None, stop_ids=None,
-                 ignore_eos=False, text=None, text_cap=None):
+                 ignore_eos=False, text=None, text_cap=None, min_tokens=0,
+                 repetition_penalty=0.0, presence_penalty=0.0, logit_bias=None, priority=0,
+                 deadline=None, result=None):
         if isinstance(prompt, str):
             prompt = prompt.encode("utf-8")
         is_text = isinstance(prompt, (bytes, bytearray))
@@ -73,8 +82,26 @@ class Request:
         r.top_k = top_k
         r.min_p = min_p
         r.seed = seed
+        r.min_tokens = min_tokens
+        r.repetition_penalty = repetition_penalty
+        r.presence_penalty = presence_penalty
+        r.priority = priority
+        if deadline is not None:    # seconds from now, on the daemon's clock (CLOCK_MONOTONIC)
+            r.deadline_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC) + int(deadline * 1e9)
         if ignore_eos:
             r.flags |= _ffi.SQE_F_IGNORE_EOS
+        if logit_bias:
+            items = list(logit_bias.items())
+            self._bias = (_ffi.lorad_logit_bias * len(items))(*items)
+            r.logit_bias = self._bias
+            r.n_logit_bias = len(items)
+        if result not in _RESULT_KINDS:
+            raise ValueError("result must be None, 'logits' or 'hidden'")
+        self.rows = None
+        if result:
+            self._result = _ffi.lorad_result()
+            r.result = _RESULT_KINDS[result]
+            r.result_at = ctypes.pointer(self._result)
         if isinstance(routing_key, int):
             r.routing_key = routing_key
         elif routing_key is not None:
@@ -115,10 +142,32 @@ class Request:
         self._tokens_seen = max(end, self._tokens_seen)
         return new
 
+    def take_rows(self, handle, ev):
+        """On the final event: copy the result rows out of the arena and give their
+        space back (lorad_result_release). Rows in device memory are not read."""
+        if not self.c.result:
+            return
+        res = self._result
+        if res.host and ev.res >= 0:
+            width = res.row_floats * ctypes.sizeof(ctypes.c_float)
+            base = ctypes.cast(res.host, ctypes.c_void_p).value
+            self.rows = []
+            for i in range(min(ev.n_tokens, res.rows)):
+                row = array.array("f")
+                row.frombytes(ctypes.string_at(base + i * width, width))
+                self.rows.append(row)
+        lib.lorad_result_release(handle, ctypes.byref(res))
+
     def completion(self, ev):
-        """The Completion of final event *ev*; raises the request's error when it failed."""
+        """The Completion of final event *ev*; raises the request's error when it failed,
+        with what it produced until then as the exception's ``partial``."""
         if ev.res < 0:
-            raise error(ev.res, ev.field)
+            exc = error(ev.res, ev.field)
+            exc.partial = self._completion(ev)
+            raise exc
+        return self._completion(ev)
+
+    def _completion(self, ev):
         text = None
         if self.text:
             text = ctypes.string_at(ctypes.addressof(self.out_text),
@@ -131,6 +180,7 @@ class Request:
             skill=ev.skill.decode("utf-8", "replace"),
             version=ev.version,
             version_id=ev.version_id.decode("utf-8", "replace"),
+            rows=self.rows,
             queue_us=ev.queue_us, ttft_us=ev.ttft_us, itl_us=ev.itl_us,
             times={"seen_ns": t.seen_ns, "admitted_ns": t.admitted_ns,
                    "first_token_ns": t.first_token_ns, "final_ns": t.final_ns})

@@ -170,6 +170,7 @@ class Client:
                 if ev.flags & _ffi.EV_FINAL:
                     req.done = True
                     del self._reqs[ev.user_data]
+                    req.take_rows(self._c, ev)
                 req.queue.put_nowait(ev)
         if n < 0 and n != -errno.ETIMEDOUT:
             return self._gone(n)

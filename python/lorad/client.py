@@ -96,10 +96,15 @@ class Client:
         *prompt*: text (str or bytes; the daemon tokenizes it) or a list of
         token ids. *routing_key*: an int key, or a str/bytes hashed with
         lorad_routing_key() (a user name: the same user, the same version).
-        More keywords: ``top_p``, ``top_k``, ``min_p``, ``seed``, ``stop``
-        (strings), ``stop_ids``, ``ignore_eos``, ``text`` (ask for text out
-        of a token prompt). *timeout* in seconds; on expiry the request is
-        cancelled and :class:`~lorad.Timeout` raised.
+        More keywords: ``top_p``, ``top_k``, ``min_p``, ``seed``,
+        ``repetition_penalty``, ``presence_penalty``, ``stop`` (strings),
+        ``stop_ids``, ``min_tokens``, ``logit_bias`` ({token: bias}),
+        ``ignore_eos``, ``priority``, ``deadline`` (seconds from now: the
+        daemon ends it with finish "deadline"), ``text`` (ask for text out of
+        a token prompt), ``result`` ("logits" or "hidden": the Completion's
+        ``rows`` hold one row of floats per token, read from the shared
+        arena). *timeout* in seconds; on expiry the request is cancelled and
+        :class:`~lorad.Timeout` raised.
         """
         s = self.stream(skill, prompt, max_tokens, temperature, routing_key, timeout, **kw)
         with s:
@@ -114,6 +119,12 @@ class Client:
                       routing_key=routing_key, **kw)
         self._submit(req)
         return Stream(self, req, timeout)
+
+    def results_info(self):
+        """Where this connection's result rows go (lorad_results_info()), as a dict."""
+        info = _ffi.lorad_results_info()
+        check(lib.lorad_results_info(self._handle(), ctypes.byref(info)))
+        return {name: getattr(info, name) for name, _ in info._fields_}
 
     def pending(self):
         """Requests submitted and not yet finally reaped (lorad_pending())."""
@@ -205,6 +216,7 @@ class Client:
                     if ev.flags & _ffi.EV_FINAL:
                         req.done = True
                         del self._reqs[ev.user_data]
+                        req.take_rows(self._c, ev)
                     req.events.append(ev)
                 if n < 0 and n != -errno.ETIMEDOUT:
                     self._error = n

@@ -15,13 +15,16 @@ class LoradError(Exception):
 
     ``errno`` is the positive errno (as in :class:`OSError`), ``code`` the
     negative value liblorad returned, ``field`` the name of the request field
-    the daemon refused (``None`` when it named none).
+    the daemon refused (``None`` when it named none). A request that failed
+    after it started (a deadline, a daemon gone) carries what it produced
+    until then as ``partial``, a :class:`~lorad.Completion`; else None.
     """
 
     def __init__(self, code, field=None, context=None):
         self.code = code
         self.errno = -code
         self.field = field
+        self.partial = None
         self.strerror = lib.lorad_strerror(code).decode("utf-8", "replace")
         msg = self.strerror
         if field:

@@ -107,3 +107,32 @@ def test_routing_key_request(client):
     a = client.complete("json", "age=3 name=Ada", max_tokens=32, routing_key="user-17")
     b = client.complete("json", "age=3 name=Ada", max_tokens=32, routing_key=12345)
     assert a.version_id == b.version_id and a.tokens == b.tokens
+
+
+def test_result_rows(tiny):
+    with lorad.Client(tiny.sock) as c:
+        info = c.results_info()
+        assert info["vocab"] == 256 and info["hidden"] == 256
+        r = c.complete(None, [1, 2, 3], max_tokens=8, result="logits", ignore_eos=True)
+        assert len(r.rows) == len(r.tokens) == 8
+        assert all(len(row) == 256 for row in r.rows)
+        # greedy: token i is the argmax of row i
+        assert [max(range(256), key=row.__getitem__) for row in r.rows] == r.tokens
+        h = c.complete(None, [1, 2, 3], max_tokens=8, result="hidden", ignore_eos=True)
+        assert h.tokens == r.tokens and len(h.rows) == 8 and len(h.rows[0]) == 256
+        assert h.rows[0] != r.rows[0]
+        assert c.complete(None, [1, 2, 3], max_tokens=8).rows is None
+        # released on the final event: many more than the arena holds at once
+        for _ in range(80):   # 64 KiB of rows each, 5 MiB in all: more than the 4 MiB arena
+            assert len(c.complete(None, [4], max_tokens=64, result="logits",
+                                  ignore_eos=True).rows) == 64
+
+
+def test_logit_bias_and_deadline(tiny):
+    with lorad.Client(tiny.sock) as c:
+        r = c.complete(None, [1, 2, 3], max_tokens=6, logit_bias={77: 1000.0}, ignore_eos=True)
+        assert r.tokens == [77] * 6
+        with pytest.raises(lorad.Timeout) as e:
+            c.complete(None, [1, 2, 3], max_tokens=4000, ignore_eos=True, deadline=0.05)
+        assert e.value.partial.finish == "deadline"
+        assert 0 < len(e.value.partial.tokens) < 4000

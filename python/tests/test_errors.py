@@ -89,6 +89,7 @@ def test_daemon_killed_mid_stream(fresh_tiny):
     assert time.monotonic() - t0 < 5
     assert isinstance(caught["s"], lorad.DaemonGone), caught
     assert isinstance(caught["other"], lorad.DaemonGone), caught
+    assert caught["s"].partial is not None and caught["s"].partial.tokens, "no partial tokens"
     with pytest.raises(lorad.DaemonGone):
         c.complete(None, [1], max_tokens=1)
     c.close()

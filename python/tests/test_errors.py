@@ -7,7 +7,7 @@ import time
 import pytest
 
 import lorad
-from conftest import Daemon
+from conftest import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +93,32 @@ def test_daemon_killed_mid_stream(fresh_tiny):
     with pytest.raises(lorad.DaemonGone):
         c.complete(None, [1], max_tokens=1)
     c.close()
+
+
+def test_full_arena_is_busy_then_recovers(tiny):
+    with lorad.Client(tiny.sock, arena_size=64 << 10) as c:
+        streams = []
+        with pytest.raises(lorad.Busy) as e:
+            for _ in range(1000):      # nobody reaps: the arena's output spans stay taken
+                streams.append(c.stream(None, [1, 2], max_tokens=1000))
+        assert e.value.errno == errno.EAGAIN and lorad.TryAgain is lorad.Busy
+        assert 0 < len(streams) < 1000
+        for s in streams:
+            s.close()                  # cancelled ...
+        for s in streams:
+            for _ in s:                # ... and reaped: their spans are free again
+                pass
+            assert s.result.finish in ("cancelled", "length", "stop")
+        assert c.pending() == 0
+        assert c.complete(None, [1, 2], max_tokens=1000).tokens
+
+
+def test_missing_library_is_an_import_error():
+    import subprocess
+    import sys
+    env = dict(os.environ, LORAD_LIBRARY="/nonexistent/liblorad.so.2",
+               PYTHONPATH=os.path.join(ROOT, "python"))
+    p = subprocess.run([sys.executable, "-c", "import lorad"], env=env,
+                       capture_output=True, text=True)
+    assert p.returncode != 0
+    assert "ImportError" in p.stderr and "LORAD_LIBRARY" in p.stderr

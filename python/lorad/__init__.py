@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """lorad: a Python client of the lorad daemon, over the installed liblorad.so.2 (ctypes).
 
     import lorad

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """ctypes declarations of liblorad (include/lorad/lorad.h, ABI 1.3, soname liblorad.so.2).
 
 Every structure here mirrors its C definition field by field, in order; the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """One request's C memory and how its events read, shared by the sync and asyncio clients.
 
 liblorad writes a request's token ids and text into buffers the caller owns

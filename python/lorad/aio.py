@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The asyncio client: requests as coroutines and async iterators, driven by the
 connection's doorbell file descriptor (lorad_fd() and lorad_arm() with
 loop.add_reader), so the event loop never blocks.

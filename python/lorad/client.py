@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The blocking client: one connection to lorad, usable from many threads."""
 import ctypes
 import errno

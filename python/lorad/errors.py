@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Python exceptions for liblorad's negative errno values.
 
 Every function of liblorad returns a negative errno on failure, and a failed

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Fixtures: the real lorad daemon on the demo model (text, skills) and on a
 model made by lorad-mkmodel (token ids), as tests/serve/serve_harness.c
 starts it.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """lorad.aio.Client: concurrent requests on one event loop, driven by the doorbell fd."""
 import asyncio
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """lorad.Client against the C client (lorad-cli) and the daemon's own answers."""
 import json
 import os

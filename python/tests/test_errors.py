@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """liblorad's errors as Python exceptions, and a daemon that dies mid-stream."""
 import errno
 import os

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The ctypes structures against the C compiler's view of lorad.h."""
 import ctypes
 import json

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """python/ builds into a wheel offline, with the setuptools already installed."""
 import os
 import shutil

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """One Client shared by many threads: every request gets its own events."""
 import threading
 

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # Runs the Python client's tests (python/tests) with the first python3 that
 # has pytest: $PYTHON, python3 on PATH, then Debian's /usr/bin/python3.
 # Exits 77, which ctest reports as skipped, when none has it.

@@ -50,7 +50,10 @@ class Daemon:
         self.sock = os.path.join(self.dir, "lorad.sock")
         self.log = os.path.join(self.dir, "lorad.log")
         argv = [LORAD_BIN, "--model", model, "--socket", self.sock,
-                "--admin-socket", os.path.join(self.dir, "admin.sock"), "--threads", "1", *args]
+                "--admin-socket", os.path.join(self.dir, "admin.sock"), "--threads", "1",
+                # the CPU backend is batch-invariant: concurrent requests give the
+                # tokens of sequential ones, which the tests compare
+                "--backend", "cpu", *args]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30

@@ -136,4 +136,4 @@ def test_logit_bias_and_deadline(tiny):
         with pytest.raises(lorad.Timeout) as e:
             c.complete(None, [1, 2, 3], max_tokens=4000, ignore_eos=True, deadline=0.05)
         assert e.value.partial.finish == "deadline"
-        assert 0 < len(e.value.partial.tokens) < 4000
+        assert len(e.value.partial.tokens) < 4000

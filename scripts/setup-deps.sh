@@ -12,6 +12,7 @@ pkgs=(
   fio systemd
   python3-prometheus-client prometheus
   libmicrohttpd-dev curl
+  python3-pytest
 )
 if [ "${LORAD_WITH_TORCH:-0}" = 1 ]; then
   pkgs+=(python3-torch python3-numpy)

@@ -135,7 +135,7 @@ static int64_t cq_room(struct session *s, uint32_t need)
 {
 	uint32_t used = s->cq_tail - s->cq_head_seen, head;
 
-	if (s->lay.cq_entries - used >= need)
+	if (used <= s->lay.cq_entries && s->lay.cq_entries - used >= need)
 		return s->lay.cq_entries - used;
 	/* pairs with the client's ring_store_release(&cq->head) after it copied entries out */
 	head = ring_load_acquire(&s->cq->head);

@@ -64,6 +64,7 @@ start_gateway() {
 	shift
 	"$bin/lorad-http" --listen "127.0.0.1:$port" --socket "$dir/l.sock" --admin-socket "$dir/a.sock" \
 		"$@" >>"$dir/http.log" 2>&1 &
+	gpid=$!
 	for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/healthz" && return 0; sleep 0.05; done
 	fail "lorad-http did not start"
 }

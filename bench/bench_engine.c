@@ -411,7 +411,7 @@ int main(int argc, char **argv)
 	}
 	if (decode_bf16(e, e16, 1, 64, quick ? 16 : 64, quick ? 3 : 5) < 0 ||
 	    decode_bf16(e, e16, 8, 64, quick ? 8 : 32, quick ? 3 : 5) < 0 ||
-	    decode_bf16(e, e16, 32, 64, quick ? 4 : 16, quick ? 1 : 3) < 0)
+	    decode_bf16(e, e16, 32, 64, quick ? 4 : 16, 3) < 0)
 		goto out;
 	rc = 0;
 out:

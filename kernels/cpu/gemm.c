@@ -16,6 +16,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__)
@@ -270,6 +271,24 @@ static AVX2 void block_avx2_16(int mr, int k, const float *a, const void *p, flo
 }
 #endif
 
+static void widen_scalar(float *d, const uint16_t *h, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		d[i] = widen16(h[i]);
+}
+
+#ifdef GEMM_X86
+/* n is a multiple of GEMM_NR: whole 64-byte rows of a panel */
+static AVX512 void widen_avx512(float *d, const uint16_t *h, size_t n)
+{
+	for (size_t i = 0; i < n; i += 16)
+		_mm512_store_ps(d + i, _mm512_castsi512_ps(_mm512_slli_epi32(
+			_mm512_cvtepu16_epi32(_mm256_load_si256((const __m256i *)(const void *)(h + i))), 16)));
+}
+#endif
+
+static void (*widen_n)(float *d, const uint16_t *h, size_t n) = widen_scalar;
+
 static gemm_block_fn gemm_block = block_scalar, gemm_block16 = block_scalar16;
 static const char *gemm_isa_name = "scalar";
 static pthread_once_t gemm_once = PTHREAD_ONCE_INIT;
@@ -281,6 +300,7 @@ static void gemm_select(void)
 	if (__builtin_cpu_supports("avx512f")) {
 		gemm_block = block_avx512;
 		gemm_block16 = block_avx512_16;
+		widen_n = widen_avx512;
 		gemm_isa_name = "avx512";
 	} else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
 		gemm_block = block_avx2;
@@ -320,6 +340,29 @@ int gemm_set_isa(const char *name)
 	return 0;
 }
 
+/* A bf16 panel [k][GEMM_NR] widened into this thread's scratch, which
+ * grows to the largest panel seen and lives as long as the thread; NULL
+ * when out of memory (the caller widens in its blocks instead). */
+static const float *widen_panel(const void *panel, int k)
+{
+	static __thread float *scratch;
+	static __thread size_t cap;
+	size_t n = (size_t)k * GEMM_NR;
+	const uint16_t *h = panel;
+
+	if (n > cap) {
+		float *p = aligned_alloc(64, (n * sizeof(float) + 63) & ~(size_t)63);
+
+		if (!p)
+			return NULL;
+		free(scratch);
+		scratch = p;
+		cap = n;
+	}
+	widen_n(scratch, h, n);
+	return scratch;
+}
+
 void gemm_run(int m, int n, int k, const float *xp, const void *pk, int w16, float *y, int acc,
 	      int p0, int p1)
 {
@@ -327,11 +370,21 @@ void gemm_run(int m, int n, int k, const float *xp, const void *pk, int w16, flo
 	int pn, r0;
 
 	pthread_once(&gemm_once, gemm_select);
-	fn = w16 ? gemm_block16 : gemm_block;
 	for (pn = p0; pn < p1; pn++) {
 		const void *pp = w16 ? (const void *)((const uint16_t *)pk + (size_t)pn * GEMM_NR * k)
 				     : (const void *)((const float *)pk + (size_t)pn * GEMM_NR * k);
 		int col0 = pn * GEMM_NR, nc = n - col0 < GEMM_NR ? n - col0 : GEMM_NR;
+		const float *wide;
+
+		/* several row blocks over one bf16 panel: widen it once (exactly)
+		 * and run the fp32 blocks over that, instead of widening it again
+		 * in every block; the widening competes with the FMAs for the
+		 * same ports. Same chains, same bits. */
+		fn = w16 ? gemm_block16 : gemm_block;
+		if (w16 && m > GEMM_MR && (wide = widen_panel(pp, k)) != NULL) {
+			pp = wide;
+			fn = gemm_block;
+		}
 		for (r0 = 0; r0 < m; r0 += GEMM_MR) {
 			int mr = m - r0 < GEMM_MR ? m - r0 : GEMM_MR;
 			fn(mr, k, xp + (size_t)r0 * k, pp, y + (size_t)r0 * n + col0, (size_t)n, nc, acc);

@@ -188,9 +188,12 @@ int registry_resolve(struct registry *r, const char *skill, uint64_t key, int *a
 	const struct route *rt = route_get(r->routes, skill);
 	struct reg_version *v;
 
-	if (!rt)
-		return -ENOENT;
-	v = find_mut(r, route_pick(rt, key));
+	/* "name@version" names one version past any route: a pinned
+	 * request, an operator's test of a version before it gets traffic */
+	if (!rt && strchr(skill, '@'))
+		v = find_mut(r, skill);
+	else
+		v = rt ? find_mut(r, route_pick(rt, key)) : NULL;
 	if (!v)
 		return -ENOENT;
 	*vid = v->vid;

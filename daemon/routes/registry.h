@@ -169,7 +169,8 @@ int registry_prefetch(struct registry *r, const char *id, char *err, size_t errl
 
 /*
  * Resolve a request: @skill through its route for @key to a version (its
- * id copied to @version_id, ROUTE_NAME_MAX bytes). When the version is
+ * id copied to @version_id, ROUTE_NAME_MAX bytes), or, when @skill is
+ * "name@version" and no route has that name, to that version itself. When the version is
  * resident: 0 with *adapter and *vid. When it is not and a loader is set:
  * the load starts (or is under way) and -EINPROGRESS comes back with
  * *ticket naming the attempt; the caller asks again later with the same

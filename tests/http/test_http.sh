@@ -132,6 +132,14 @@ assert text == sys.argv[2], (text, sys.argv[2])
 assert finish in ("stop", "length")
 EOF
 
+	# a version by its id, past the route: the same answer as the skill's
+	st=$(post /v1/completions "{\"model\":\"sql@v1\",\"prompt\":\"$prompt\",\"max_tokens\":24,\"temperature\":0}")
+	[ "$st" = 200 ] || fail "sql@v1: HTTP $st $(cat "$dir/out")"
+	[ "$(json 'j["choices"][0]["text"]')" = "$want" ] || fail "sql@v1 text"
+	[ "$(json 'j["choices"][0]["lorad_version"]')" = sql@v1 ] || fail "sql@v1 version"
+	check_404() { [ "$(post /v1/completions "$1")" = 404 ] || fail "$1: not 404"; }
+	check_404 '{"model":"sql@v9","prompt":"x"}'
+
 	# several prompts, several choices, in order
 	st=$(post /v1/completions '{"model":"base","prompt":["a b","c d","e f"],"max_tokens":5,"temperature":0}')
 	[ "$st" = 200 ] || fail "three prompts: HTTP $st"

@@ -11,7 +11,7 @@ pkgs=(
   clang libclang-rt-14-dev
   fio systemd
   python3-prometheus-client prometheus
-  libmicrohttpd-dev curl
+  libmicrohttpd-dev libcurl4-openssl-dev curl
   python3-pytest
 )
 if [ "${LORAD_WITH_TORCH:-0}" = 1 ]; then

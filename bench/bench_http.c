@@ -1,0 +1,247 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * bench_http: what HTTP costs. lorad-http (the OpenAI-compatible gateway)
+ * against liblorad directly, on the same requests to the same daemon, in
+ * one run, interleaved request by request (medians):
+ *
+ *   round_trip  a one-token completion of a short text prompt: submit to
+ *               answer, HTTP with a kept-alive libcurl handle against
+ *               lorad_generate (ratio_vs_liblorad)
+ *   tokens      64-token completions one after another (ignore_eos):
+ *               tokens/s, whole answers and streamed ones
+ *               (server-sent events read as they come) against liblorad
+ *               (ratio_vs_liblorad)
+ *
+ * The daemon serves the demo model (demo/, its tokenizer) on the CPU.
+ * --quick: fewer requests. The daemon and the gateway are $LORAD_BIN and
+ * $LORAD_HTTP_BIN, else the build's.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <lorad/lorad.h>
+
+static char dir[64], sock[128], admin[128];
+static pid_t pids[2] = { -1, -1 };
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static const char *env_or(const char *name, const char *def)
+{
+	const char *v = getenv(name);
+
+	return v && *v ? v : def;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+	qsort(v, (size_t)n, sizeof(*v), cmp_d);
+	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+static pid_t spawn(char *const argv[], const char *log)
+{
+	pid_t p = fork();
+
+	if (p == 0) {
+		if (!freopen(log, "w", stderr) || !freopen("/dev/null", "w", stdout))
+			_exit(126);
+		execv(argv[0], argv);
+		_exit(127);
+	}
+	return p;
+}
+
+struct sink {
+	size_t bytes;
+	unsigned events;
+};
+
+static size_t on_data(char *p, size_t sz, size_t n, void *cls)
+{
+	struct sink *s = cls;
+
+	s->bytes += sz * n;
+	for (size_t i = 0; i + 5 < sz * n; i++)
+		if (!memcmp(p + i, "data:", 5))
+			s->events++;
+	return sz * n;
+}
+
+/* One completion over HTTP; returns seconds, or < 0. */
+static double http_once(CURL *h, const char *url, const char *body, struct sink *s)
+{
+	long code = 0;
+	uint64_t t0 = now_ns();
+
+	memset(s, 0, sizeof(*s));
+	curl_easy_setopt(h, CURLOPT_URL, url);
+	curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
+	curl_easy_setopt(h, CURLOPT_WRITEDATA, s);
+	if (curl_easy_perform(h) != CURLE_OK || curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code) ||
+	    code != 200)
+		return -1;
+	return (double)(now_ns() - t0) / 1e9;
+}
+
+/* The same through liblorad; returns seconds, or < 0. */
+static double lib_once(struct lorad *c, const char *prompt, uint32_t max_tokens, int ignore_eos,
+		       uint32_t *ntok)
+{
+	uint32_t ids[256];
+	char text[8192];
+	struct lorad_request r = { .skill = "base", .prompt_text = prompt,
+				   .prompt_text_len = (uint32_t)strlen(prompt),
+				   .max_tokens = max_tokens, .out = ids, .out_text = text,
+				   .out_text_cap = sizeof(text),
+				   .flags = ignore_eos ? LORAD_SQE_F_IGNORE_EOS : 0 };
+	struct lorad_event fin;
+	uint64_t t0 = now_ns();
+
+	if (lorad_generate(c, &r, &fin, 30000) || fin.res)
+		return -1;
+	*ntok = fin.n_tokens;
+	return (double)(now_ns() - t0) / 1e9;
+}
+
+int main(int argc, char **argv)
+{
+	int quick = argc > 1 && !strcmp(argv[1], "--quick");
+	int n_rt = quick ? 60 : 400, n_tok = quick ? 8 : 40, ret = 1, st;
+	char url[128], port_s[16], listen_arg[64], log1[160], log2[160];
+	double *a = calloc((size_t)n_rt, sizeof(double)), *b = calloc((size_t)n_rt, sizeof(double));
+	double ta[64], tb[64], tc[64];
+	struct lorad *c = NULL;
+	struct sink s;
+	CURL *h = NULL;
+	unsigned port = 20000 + (unsigned)(getpid() % 20000);
+	uint32_t ntok = 0;
+
+	snprintf(dir, sizeof(dir), "/tmp/lorad-bhttp-XXXXXX");
+	if (!a || !b || !mkdtemp(dir))
+		return 1;
+	snprintf(sock, sizeof(sock), "%s/l.sock", dir);
+	snprintf(admin, sizeof(admin), "%s/a.sock", dir);
+	snprintf(log1, sizeof(log1), "%s/lorad.log", dir);
+	snprintf(log2, sizeof(log2), "%s/http.log", dir);
+	snprintf(port_s, sizeof(port_s), "%u", port);
+	snprintf(listen_arg, sizeof(listen_arg), "127.0.0.1:%u", port);
+	{
+		char *d[] = { (char *)env_or("LORAD_BIN", LORAD_BIN), "--model", DEMO_DIR "/model",
+			      "--backend", "cpu", "--socket", sock, "--admin-socket", admin, NULL };
+		char *g[] = { (char *)env_or("LORAD_HTTP_BIN", LORAD_HTTP_BIN), "--listen", listen_arg,
+			      "--socket", sock, "--admin-socket", admin, NULL };
+
+		pids[0] = spawn(d, log1);
+		for (int i = 0; i < 100 && lorad_connect(sock, NULL, &c); i++)
+			usleep(100000);
+		if (!c) {
+			fprintf(stderr, "bench_http: the daemon did not start (%s)\n", log1);
+			goto out;
+		}
+		pids[1] = spawn(g, log2);
+	}
+	curl_global_init(CURL_GLOBAL_DEFAULT);
+	h = curl_easy_init();
+	snprintf(url, sizeof(url), "http://127.0.0.1:%u/v1/completions", port);
+	{
+		struct curl_slist *hd = curl_slist_append(NULL, "Content-Type: application/json");
+
+		curl_easy_setopt(h, CURLOPT_HTTPHEADER, hd);
+	}
+	for (int i = 0; i < 100; i++) {
+		if (http_once(h, url, "{\"model\":\"base\",\"prompt\":\"a\",\"max_tokens\":1}", &s) >= 0)
+			break;
+		usleep(50000);
+	}
+	/* round trips: one token each, interleaved */
+	for (int i = 0; i < n_rt; i++) {
+		a[i] = http_once(h, url, "{\"model\":\"base\",\"prompt\":\"hello there\",\"max_tokens\":1,"
+			       "\"temperature\":0}", &s);
+		b[i] = lib_once(c, "hello there", 1, 0, &ntok);
+		if (a[i] < 0 || b[i] < 0) {
+			fprintf(stderr, "bench_http: a request failed (%s, %s)\n", log1, log2);
+			goto out;
+		}
+	}
+	{
+		double ha = median(a, n_rt) * 1e6, hb = median(b, n_rt) * 1e6;
+
+		printf("{\"bench\":\"http\",\"method\":\"round_trip\",\"http_us\":%.1f,\"liblorad_us\":%.1f,"
+		       "\"ratio_vs_liblorad\":%.3f,\"runs\":%d,\"quick\":%s}\n",
+		       ha, hb, ha / hb, n_rt, quick ? "true" : "false");
+		fprintf(stderr, "round trip: HTTP %.1f us, liblorad %.1f us (ratio %.2f)\n", ha, hb, ha / hb);
+	}
+	/* tokens/s: 64-token answers, whole and streamed, interleaved */
+	for (int i = 0; i < n_tok; i++) {
+		double t;
+
+		t = http_once(h, url, "{\"model\":\"base\",\"prompt\":\"hello there\",\"max_tokens\":64,"
+			      "\"temperature\":0,\"ignore_eos\":true}", &s);
+		ta[i] = t > 0 ? 64 / t : -1;
+		t = http_once(h, url, "{\"model\":\"base\",\"prompt\":\"hello there\",\"max_tokens\":64,"
+			      "\"temperature\":0,\"ignore_eos\":true,\"stream\":true}", &s);
+		tc[i] = t > 0 && s.events >= 2 ? 64 / t : -1;
+		t = lib_once(c, "hello there", 64, 1, &ntok);
+		tb[i] = t > 0 && ntok == 64 ? 64 / t : -1;
+		if (ta[i] < 0 || tb[i] < 0 || tc[i] < 0) {
+			fprintf(stderr, "bench_http: a request failed (%s, %s)\n", log1, log2);
+			goto out;
+		}
+	}
+	{
+		double ma = median(ta, n_tok), mb = median(tb, n_tok), mc = median(tc, n_tok);
+
+		printf("{\"bench\":\"http\",\"method\":\"tokens\",\"mode\":\"whole\",\"http_tokens_per_s\":%.1f,"
+		       "\"liblorad_tokens_per_s\":%.1f,\"ratio_vs_liblorad\":%.3f,\"runs\":%d,\"quick\":%s}\n",
+		       ma, mb, ma / mb, n_tok, quick ? "true" : "false");
+		printf("{\"bench\":\"http\",\"method\":\"tokens\",\"mode\":\"stream\",\"http_tokens_per_s\":%.1f,"
+		       "\"liblorad_tokens_per_s\":%.1f,\"ratio_vs_liblorad\":%.3f,\"runs\":%d,\"quick\":%s}\n",
+		       mc, mb, mc / mb, n_tok, quick ? "true" : "false");
+		fprintf(stderr, "64 tokens: HTTP %.1f tok/s, streamed %.1f, liblorad %.1f (ratios %.2f, %.2f)\n",
+			ma, mc, mb, ma / mb, mc / mb);
+	}
+	ret = 0;
+out:
+	if (h)
+		curl_easy_cleanup(h);
+	if (c)
+		lorad_close(c);
+	for (int i = 1; i >= 0; i--)
+		if (pids[i] > 0) {
+			kill(pids[i], SIGTERM);
+			waitpid(pids[i], &st, 0);
+		}
+	if (!ret) {
+		char cmd[96];
+
+		snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+		if (system(cmd)) {
+		}
+	}
+	free(a);
+	free(b);
+	return ret;
+}

@@ -214,33 +214,7 @@ static void job_free(struct job *j)
 	free(j);
 }
 
-/* Take the events there are (waiting up to @ms for the first). Returns the
- * number taken, 0 on a timeout, or the connection's error. */
-static int job_pump(struct job *j, int ms)
-{
-	struct lorad_event ev[16];
-	int n = lorad_wait(j->c, ev, 16, ms);
-
-	if (n == -ETIMEDOUT)
-		return 0;
-	if (n < 0) {
-		j->dead = n;
-		return n;
-	}
-	for (int k = 0; k < n; k++) {
-		struct choice *ch;
-
-		if (ev[k].user_data >= j->n)
-			continue;
-		ch = &j->ch[ev[k].user_data];
-		if (ev[k].flags & LORAD_EV_FINAL) {
-			ch->fin = ev[k];
-			ch->done = true;
-			j->n_done++;
-		}
-	}
-	return n;
-}
+static int pump(struct job *j, int ms, bool stream);
 
 /* Cancel what still runs and wait for its final events, so the connection
  * goes back to the pool clean (or is closed). */
@@ -253,7 +227,7 @@ static void job_end(struct job *j)
 			if (!j->ch[i].done)
 				lorad_cancel(j->c, i);
 		while (j->n_done < j->submitted && !j->dead && mono_ms() < until)
-			job_pump(j, 200);
+			pump(j, 200, false);
 	}
 	client_put(j->g, j->c, !j->dead && j->n_done == j->submitted);
 	j->c = NULL;
@@ -359,7 +333,7 @@ static enum MHD_Result complete_whole(struct MHD_Connection *conn, struct job *j
 			return error_reply(conn, 504, "the completion took longer than the gateway's "
 				"--request-timeout and was cancelled", "timeout", NULL, NULL);
 		}
-		job_pump(j, WAIT_SLICE_MS);
+		pump(j, WAIT_SLICE_MS, false);
 	}
 	job_end(j);
 	if (j->dead) {
@@ -471,10 +445,12 @@ static void stream_collect(struct job *j)
 	}
 }
 
-/* Running choices' new text: the library has copied it into ch->text up to
- * the last event's text_len, which job_pump does not keep; so it is taken
- * from the events as they are reaped. */
-static int stream_pump(struct job *j, int ms)
+/* The events there are (waiting up to @ms for the first): finals are
+ * kept; in a stream, new text becomes an event at once (the library has
+ * copied it into ch->text up to the event's text_len) and finished
+ * choices their last one. Returns the number taken, 0 on a timeout, or
+ * the connection's error. */
+static int pump(struct job *j, int ms, bool stream)
 {
 	struct lorad_event ev[16];
 	int n = lorad_wait(j->c, ev, 16, ms);
@@ -495,7 +471,7 @@ static int stream_pump(struct job *j, int ms)
 			ch->fin = ev[k];
 			ch->done = true;
 			j->n_done++;
-		} else if (ev[k].text_len > ch->text_sent) {
+		} else if (stream && ev[k].text_len > ch->text_sent) {
 			struct json_object *o = completion_head(j), *a = json_object_new_array();
 
 			json_object_array_add(a, choice_json(j, (unsigned)ev[k].user_data,
@@ -506,7 +482,8 @@ static int stream_pump(struct job *j, int ms)
 			ch->text_sent = ev[k].text_len;
 		}
 	}
-	stream_collect(j);
+	if (stream)
+		stream_collect(j);
 	return n;
 }
 
@@ -541,7 +518,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 					lorad_cancel(j->c, i);
 			j->cancelled = true;
 		}
-		if (stream_pump(j, WAIT_SLICE_MS) == 0 && j->out_len == 0) {
+		if (pump(j, WAIT_SLICE_MS, true) == 0 && j->out_len == 0) {
 			/* a comment now and then: a client that left is noticed */
 			static const char ka[] = ": keepalive\n\n";
 

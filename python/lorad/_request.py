@@ -185,3 +185,21 @@ class Request:
             queue_us=ev.queue_us, ttft_us=ev.ttft_us, itl_us=ev.itl_us,
             times={"seen_ns": t.seen_ns, "admitted_ns": t.admitted_ns,
                    "first_token_ns": t.first_token_ns, "final_ns": t.final_ns})
+
+
+def take_events(c, events, n, reqs, deliver):
+    """Hand each of the first n events to its request in reqs (by user_data).
+
+    A final event ends its request: it leaves reqs and its result rows are
+    taken; deliver(req, ev) keeps every event for the waiting side.
+    """
+    for i in range(n):
+        ev = _ffi.lorad_event.from_buffer_copy(events[i])
+        req = reqs.get(ev.user_data)
+        if req is None:
+            continue
+        if ev.flags & _ffi.EV_FINAL:
+            req.done = True
+            del reqs[ev.user_data]
+            req.take_rows(c, ev)
+        deliver(req, ev)

@@ -17,7 +17,7 @@ import itertools
 
 from . import _ffi
 from ._ffi import lib
-from ._request import Completion, Request
+from ._request import Completion, Request, take_events
 from .errors import Timeout, error
 
 _REAP_MAX = 64
@@ -163,16 +163,8 @@ class Client:
             n = lib.lorad_wait(self._c, self._events, _REAP_MAX, 0)
             if n <= 0:
                 break
-            for i in range(n):
-                ev = _ffi.lorad_event.from_buffer_copy(self._events[i])
-                req = self._reqs.get(ev.user_data)
-                if req is None:
-                    continue
-                if ev.flags & _ffi.EV_FINAL:
-                    req.done = True
-                    del self._reqs[ev.user_data]
-                    req.take_rows(self._c, ev)
-                req.queue.put_nowait(ev)
+            take_events(self._c, self._events, n, self._reqs,
+                        lambda req, ev: req.queue.put_nowait(ev))
         if n < 0 and n != -errno.ETIMEDOUT:
             return self._gone(n)
         if not self._reqs:

@@ -8,7 +8,7 @@ import time
 
 from . import _ffi
 from ._ffi import lib
-from ._request import Completion, Request
+from ._request import Completion, Request, take_events
 from .errors import Timeout, check, error
 
 _REAP_MAX = 64       # events one lorad_wait() may return
@@ -209,16 +209,8 @@ class Client:
         finally:
             with self._cond:
                 self._reaping = False
-                for i in range(max(n, 0)):
-                    ev = _ffi.lorad_event.from_buffer_copy(self._events[i])
-                    req = self._reqs.get(ev.user_data)
-                    if req is None:
-                        continue
-                    if ev.flags & _ffi.EV_FINAL:
-                        req.done = True
-                        del self._reqs[ev.user_data]
-                        req.take_rows(self._c, ev)
-                    req.events.append(ev)
+                take_events(self._c, self._events, max(n, 0), self._reqs,
+                            lambda req, ev: req.events.append(ev))
                 if n < 0 and n != -errno.ETIMEDOUT:
                     self._error = n
                 self._cond.notify_all()

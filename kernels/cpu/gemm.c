@@ -340,27 +340,60 @@ int gemm_set_isa(const char *name)
 	return 0;
 }
 
-/* A bf16 panel [k][GEMM_NR] widened into this thread's scratch, which
- * grows to the largest panel seen and lives as long as the thread; NULL
- * when out of memory (the caller widens in its blocks instead). */
+/* Each thread's scratch for a widened panel: grown to the largest panel
+ * seen, freed when the thread ends (a pthread key's destructor). */
+struct widen_scratch {
+	float *p;
+	size_t cap;
+};
+
+static pthread_key_t widen_key;
+static pthread_once_t widen_once = PTHREAD_ONCE_INIT;
+static int widen_key_ok;
+
+static void widen_scratch_free(void *v)
+{
+	struct widen_scratch *w = v;
+
+	free(w->p);
+	free(w);
+}
+
+static void widen_key_make(void)
+{
+	widen_key_ok = pthread_key_create(&widen_key, widen_scratch_free) == 0;
+}
+
+/* A bf16 panel [k][GEMM_NR] widened into this thread's scratch; NULL when
+ * out of memory (the caller widens in its blocks instead). */
 static const float *widen_panel(const void *panel, int k)
 {
-	static __thread float *scratch;
-	static __thread size_t cap;
+	struct widen_scratch *w;
 	size_t n = (size_t)k * GEMM_NR;
-	const uint16_t *h = panel;
 
-	if (n > cap) {
+	pthread_once(&widen_once, widen_key_make);
+	if (!widen_key_ok)
+		return NULL;
+	w = pthread_getspecific(widen_key);
+	if (!w) {
+		if (!(w = calloc(1, sizeof(*w))))
+			return NULL;
+		if (pthread_setspecific(widen_key, w)) {
+			free(w);
+			return NULL;
+		}
+	}
+	if (n > w->cap) {
 		float *p = aligned_alloc(64, (n * sizeof(float) + 63) & ~(size_t)63);
 
 		if (!p)
 			return NULL;
-		free(scratch);
-		scratch = p;
-		cap = n;
+		free(w->p);
+		w->p = p;
+		w->cap = n;
 	}
-	widen_n(scratch, h, n);
-	return scratch;
+	widen_n(w->p, panel, n);
+	return w->p;
 }
 
 void gemm_run(int m, int n, int k, const float *xp, const void *pk, int w16, float *y, int acc,

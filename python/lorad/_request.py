@@ -130,6 +130,11 @@ class Request:
     def user_data(self):
         return self.c.user_data
 
+    def feed(self, ev):
+        """What an event brings: its new piece, and the Completion when it is final (else None)."""
+        piece = self.piece(ev)
+        return piece, (self.completion(ev) if ev.flags & _ffi.EV_FINAL else None)
+
     def piece(self, ev):
         """What event *ev* added: text (str) for a text request, else a list of token ids."""
         if self.text:

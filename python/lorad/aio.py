@@ -41,9 +41,7 @@ class Stream:
             ev = await self._req.queue.get()
             if isinstance(ev, BaseException):
                 raise ev
-            piece = self._req.piece(ev)
-            if ev.flags & _ffi.EV_FINAL:
-                self.result = self._req.completion(ev)
+            piece, self.result = self._req.feed(ev)
             if piece:
                 return piece
         raise StopAsyncIteration

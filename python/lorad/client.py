@@ -36,9 +36,7 @@ class Stream:
     def __next__(self):
         while self.result is None:
             ev = self._client._next_event(self._req, self._deadline)
-            piece = self._req.piece(ev)
-            if ev.flags & _ffi.EV_FINAL:
-                self.result = self._req.completion(ev)
+            piece, self.result = self._req.feed(ev)
             if piece:
                 return piece
         raise StopIteration

@@ -61,6 +61,8 @@
 #include "forward.h"
 #include "model.h"
 
+#include "tools.h"
+
 #ifndef MKMODEL
 #define MKMODEL "lorad-mkmodel"
 #endif
@@ -141,33 +143,11 @@ static int run_cmd(const char *cmd)
 	return 0;
 }
 
-/* lorad-mkmodel: $LORAD_MKMODEL, beside this program, ../daemon/tools from
- * it, else the path it had when this was built. */
+/* lorad-mkmodel: $LORAD_MKMODEL, beside this program, on PATH, else the
+ * path it had when this was built (tools.h). */
 static const char *find_mkmodel(void)
 {
-	static char path[PATH_MAX + 64];
-	char exe[PATH_MAX];
-	const char *env = getenv("LORAD_MKMODEL");
-	ssize_t k;
-	char *slash;
-
-	if (env && *env)
-		return env;
-	k = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-	if (k > 0) {
-		exe[k] = 0;
-		slash = strrchr(exe, '/');
-		if (slash) {
-			*slash = 0;
-			snprintf(path, sizeof(path), "%s/lorad-mkmodel", exe);
-			if (access(path, X_OK) == 0)
-				return path;
-			snprintf(path, sizeof(path), "%s/../daemon/tools/lorad-mkmodel", exe);
-			if (access(path, X_OK) == 0)
-				return path;
-		}
-	}
-	return MKMODEL;
+	return bench_tool("lorad-mkmodel", "LORAD_MKMODEL", MKMODEL);
 }
 
 static char model_flags[512];

@@ -42,6 +42,8 @@
 #include "backend.h"
 #include "engine.h"
 
+#include "tools.h"
+
 #define HIDDEN 768
 #define LAYERS 12
 #define HEADS 12
@@ -367,7 +369,7 @@ int main(int argc, char **argv)
 	snprintf(cmd, sizeof(cmd),
 		 "'%s' '%s' --hidden %d --layers %d --heads %d --kv-heads %d --ffn %d --vocab %d "
 		 "--dtype f32 --max-pos 4096 --seed 7",
-		 MKMODEL, model, HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, VOCAB);
+		 bench_tool("lorad-mkmodel", "LORAD_MKMODEL", MKMODEL), model, HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, VOCAB);
 	t0 = now();
 	if (system(cmd) != 0) {
 		fprintf(stderr, "bench_engine: lorad-mkmodel failed\n");
@@ -403,7 +405,7 @@ int main(int argc, char **argv)
 	snprintf(cmd, sizeof(cmd),
 		 "'%s' '%s16' --hidden %d --layers %d --heads %d --kv-heads %d --ffn %d --vocab %d "
 		 "--dtype bf16 --max-pos 4096 --seed 7",
-		 MKMODEL, model, HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, VOCAB);
+		 bench_tool("lorad-mkmodel", "LORAD_MKMODEL", MKMODEL), model, HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, VOCAB);
 	strcat(model, "16");
 	if (system(cmd) != 0 || engine_load(model, &eo, &e16, err, sizeof(err)) < 0) {
 		fprintf(stderr, "bench_engine: bf16 model: %s\n", err);

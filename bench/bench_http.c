@@ -13,8 +13,8 @@
  *               (ratio_vs_liblorad)
  *
  * The daemon serves the demo model (demo/, its tokenizer) on the CPU.
- * --quick: fewer requests. The daemon and the gateway are $LORAD_BIN and
- * $LORAD_HTTP_BIN, else the build's.
+ * --quick: fewer requests. The daemon and the gateway: $LORAD_BIN and
+ * $LORAD_HTTP_BIN, else beside this program, else on PATH (tools.h).
  */
 #include <errno.h>
 #include <signal.h>
@@ -29,6 +29,8 @@
 #include <curl/curl.h>
 #include <lorad/lorad.h>
 
+#include "tools.h"
+
 static char dir[64], sock[128], admin[128];
 static pid_t pids[2] = { -1, -1 };
 
@@ -38,13 +40,6 @@ static uint64_t now_ns(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static const char *env_or(const char *name, const char *def)
-{
-	const char *v = getenv(name);
-
-	return v && *v ? v : def;
 }
 
 static int cmp_d(const void *a, const void *b)
@@ -149,9 +144,9 @@ int main(int argc, char **argv)
 	snprintf(port_s, sizeof(port_s), "%u", port);
 	snprintf(listen_arg, sizeof(listen_arg), "127.0.0.1:%u", port);
 	{
-		char *d[] = { (char *)env_or("LORAD_BIN", LORAD_BIN), "--model", DEMO_DIR "/model",
+		char *d[] = { (char *)bench_tool("lorad", "LORAD_BIN", LORAD_BIN), "--model", DEMO_DIR "/model",
 			      "--backend", "cpu", "--socket", sock, "--admin-socket", admin, NULL };
-		char *g[] = { (char *)env_or("LORAD_HTTP_BIN", LORAD_HTTP_BIN), "--listen", listen_arg,
+		char *g[] = { (char *)bench_tool("lorad-http", "LORAD_HTTP_BIN", LORAD_HTTP_BIN), "--listen", listen_arg,
 			      "--socket", sock, "--admin-socket", admin, NULL };
 
 		pids[0] = spawn(d, log1);

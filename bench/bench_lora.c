@@ -32,6 +32,8 @@
 
 #include "engine.h"
 
+#include "tools.h"
+
 #define HIDDEN 768
 #define LAYERS 12
 #define HEADS 12
@@ -162,7 +164,7 @@ int main(int argc, char **argv)
 	snprintf(cmd, sizeof(cmd),
 		 "'%s' '%s' --hidden %d --layers %d --heads %d --kv-heads %d --ffn %d --vocab %d "
 		 "--dtype f32 --max-pos 4096 --seed 7",
-		 MKMODEL, model, HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, VOCAB);
+		 bench_tool("lorad-mkmodel", "LORAD_MKMODEL", MKMODEL), model, HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, VOCAB);
 	if (run(cmd) < 0)
 		goto out;
 	for (r = 0; r < 2; r++)
@@ -171,7 +173,7 @@ int main(int argc, char **argv)
 				 "'%s' '%s' --hidden %d --layers %d --heads %d --kv-heads %d --ffn %d "
 				 "--vocab %d --seed 7 --no-model --adapter %s_%d --rank %d --alpha %d "
 				 "--targets %s",
-				 MKMODEL, model, HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, VOCAB,
+				 bench_tool("lorad-mkmodel", "LORAD_MKMODEL", MKMODEL), model, HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, VOCAB,
 				 recipes[r].name, a, recipes[r].rank, 2 * recipes[r].rank,
 				 recipes[r].targets);
 			if (run(cmd) < 0)

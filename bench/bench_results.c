@@ -24,8 +24,8 @@
  *
  * The two ways run interleaved, request by request. Without a CUDA device
  * it prints {"bench":"results","skipped":"<why>"} and exits 0. --quick:
- * fewer repetitions. The daemon is $LORAD_BIN or the build's; lorad-mkmodel
- * is $LORAD_MKMODEL_BIN or the build's.
+ * fewer repetitions. The daemon and lorad-mkmodel: $LORAD_BIN and
+ * $LORAD_MKMODEL, else beside this program, else on PATH (tools.h).
  */
 #include <errno.h>
 #include <signal.h>
@@ -41,6 +41,8 @@
 
 #include <lorad/lorad.h>
 
+#include "tools.h"
+
 static char dir[64], sock[128], model[128];
 static pid_t daemon_pid = -1;
 
@@ -50,13 +52,6 @@ static uint64_t now_ns(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static const char *env_or(const char *name, const char *def)
-{
-	const char *v = getenv(name);
-
-	return v && *v ? v : def;
 }
 
 static int cmp_d(const void *a, const void *b)
@@ -79,7 +74,7 @@ static void skipped(const char *why)
 
 static int start(void)
 {
-	char *mk[] = { (char *)env_or("LORAD_MKMODEL_BIN", MKMODEL), model, "--layers", "2",
+	char *mk[] = { (char *)bench_tool("lorad-mkmodel", "LORAD_MKMODEL", MKMODEL), model, "--layers", "2",
 		       "--hidden", "2048", "--heads", "32", "--kv-heads", "4", "--ffn", "5632",
 		       "--vocab", "32000", "--dtype", "bf16", NULL };
 	struct lorad *c;
@@ -105,7 +100,7 @@ static int start(void)
 		snprintf(logp, sizeof(logp), "%s/lorad.log", dir);
 		if (!freopen(logp, "w", stderr)) {
 		}
-		execl(env_or("LORAD_BIN", LORAD_BIN), "lorad", "--model", model, "--backend", "cuda",
+		execl(bench_tool("lorad", "LORAD_BIN", LORAD_BIN), "lorad", "--model", model, "--backend", "cuda",
 		      "--socket", sock, (char *)NULL);
 		_exit(127);
 	}

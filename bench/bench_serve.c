@@ -61,6 +61,8 @@
 #include "scheduler.h"
 #include "session.h"
 
+#include "tools.h"
+
 #ifndef MKMODEL
 #error "MKMODEL must name lorad-mkmodel"
 #endif
@@ -399,7 +401,7 @@ static int daemon_start(struct daemon *d, const char *model, int threads, const 
 	snprintf(d->sock, sizeof(d->sock), "%s/s", d->dir);
 	snprintf(d->log, sizeof(d->log), "%s/log", d->dir);
 	snprintf(th, sizeof(th), "%d", threads);
-	argv[a++] = LORAD_BIN;
+	argv[a++] = bench_tool("lorad", "LORAD_BIN", LORAD_BIN);
 	argv[a++] = "--model";
 	argv[a++] = model;
 	argv[a++] = "--socket";
@@ -430,7 +432,7 @@ static int daemon_start(struct daemon *d, const char *model, int threads, const 
 			dup2(fd, 1);
 			dup2(fd, 2);
 		}
-		execv(LORAD_BIN, (char *const *)argv);
+		execv(bench_tool("lorad", "LORAD_BIN", LORAD_BIN), (char *const *)argv);
 		_exit(127);
 	}
 	deadline = mono() + 60000000000ull;
@@ -690,7 +692,7 @@ int main(int argc, char **argv)
 		return 1;
 	snprintf(cmd, sizeof(cmd),
 		 "'%s' '%s' --hidden 768 --layers %d --heads 12 --kv-heads 4 --ffn 2048 "
-		 "--vocab 32000 --dtype f32 --max-pos 2048 --seed 7 >/dev/null", MKMODEL, model, layers);
+		 "--vocab 32000 --dtype f32 --max-pos 2048 --seed 7 >/dev/null", bench_tool("lorad-mkmodel", "LORAD_MKMODEL", MKMODEL), model, layers);
 	if (system(cmd)) {
 		fprintf(stderr, "bench_serve: lorad-mkmodel failed\n");
 		goto out;
@@ -700,7 +702,7 @@ int main(int argc, char **argv)
 		snprintf(cmd, sizeof(cmd),
 			 "'%s' '%s' --hidden 768 --layers %d --heads 12 --kv-heads 4 --ffn 2048 "
 			 "--vocab 32000 --dtype f32 --max-pos 2048 --seed 7 --adapter %s --rank %d "
-			 "--alpha %d --targets q,v --no-model >/dev/null", MKMODEL, model, layers,
+			 "--alpha %d --targets q,v --no-model >/dev/null", bench_tool("lorad-mkmodel", "LORAD_MKMODEL", MKMODEL), model, layers,
 			 skill_name[k], ADAPTER_RANK, ADAPTER_ALPHA);
 		if (system(cmd)) {
 			fprintf(stderr, "bench_serve: lorad-mkmodel --adapter %s failed\n", skill_name[k]);

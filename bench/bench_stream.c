@@ -65,6 +65,8 @@
 #include "log.h"
 #include "registry.h"
 
+#include "tools.h"
+
 #ifndef MKMODEL
 #error "MKMODEL must name lorad-mkmodel"
 #endif
@@ -444,7 +446,7 @@ static int e2e_run(const char *dir, const int *sizes, int nsizes, int runs, size
 		maxmb = sizes[i] > maxmb ? sizes[i] : maxmb;
 	snprintf(model, sizeof(model), "%s/lorad-bench-e2e", dir);
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s' && '%s' '%s' " E2E_ARGS " --seed 5 >/dev/null", model,
-		 MKMODEL, model);
+		 bench_tool("lorad-mkmodel", "LORAD_MKMODEL", MKMODEL), model);
 	if (run_cmd(cmd) || engine_load(model, &eo, &x.e, err, sizeof(err)) < 0) {
 		fprintf(stderr, "bench_stream: e2e model: %s\n", err);
 		return 1;
@@ -476,7 +478,7 @@ static int e2e_run(const char *dir, const int *sizes, int nsizes, int runs, size
 		snprintf(cmd, sizeof(cmd),
 			 "'%s' '%s' " E2E_ARGS " --seed %d --adapter %s --rank %u --alpha 32 "
 			 "--targets q,k,v,o,gate,up,down --adapter-dtype f32 --no-model >/dev/null",
-			 MKMODEL, model, 100 + si, name, rank);
+			 bench_tool("lorad-mkmodel", "LORAD_MKMODEL", MKMODEL), model, 100 + si, name, rank);
 		snprintf(st_path, sizeof(st_path), "%s/adapter_model.safetensors", adir);
 		snprintf(cfg_path, sizeof(cfg_path), "%s/adapter_config.json", adir);
 		if (run_cmd(cmd) || stat(st_path, &sb)) {

@@ -45,6 +45,8 @@
 
 #include <lorad/lorad.h>
 
+#include "tools.h"
+
 #ifndef MKMODEL
 #error "MKMODEL must name lorad-mkmodel"
 #endif
@@ -106,7 +108,7 @@ static int mk_adapter_rank(const char *name, unsigned seed, unsigned rank, const
 
 	snprintf(cmd, sizeof(cmd),
 		 "'%s' '%s/adapters' " MODEL_ARGS " --seed %u --adapter %s --rank %u --alpha 32 "
-		 "--targets q,k,v,o,gate,up,down --adapter-dtype %s --no-model >/dev/null", MKMODEL,
+		 "--targets q,k,v,o,gate,up,down --adapter-dtype %s --no-model >/dev/null", bench_tool("lorad-mkmodel", "LORAD_MKMODEL", MKMODEL),
 		 g_dir, seed, name, rank, dtype);
 	return run_cmd(cmd);
 }
@@ -165,7 +167,7 @@ static int daemon_start(struct daemon *d, const char *tag, uint64_t device_budge
 		fprintf(f, "[adapter %s]\npath = %s/adapters/%s\n\n", names[i], g_dir, names[i]);
 	fclose(f);
 	/* $LORAD_BIN: another daemon build, to compare two under the same conditions */
-	const char *bin = getenv("LORAD_BIN") ? getenv("LORAD_BIN") : LORAD_BIN;
+	const char *bin = bench_tool("lorad", "LORAD_BIN", LORAD_BIN);
 
 	d->pid = fork();
 	if (d->pid < 0)
@@ -234,7 +236,7 @@ static char *metrics_get(const struct daemon *d)
 	char *buf = malloc(cap);
 	FILE *p;
 
-	snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' metrics", LORADCTL, d->admin);
+	snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' metrics", bench_tool("loradctl", "LORADCTL", LORADCTL), d->admin);
 	p = popen(cmd, "r");
 	if (!p) {
 		buf[0] = 0;
@@ -457,7 +459,7 @@ int main(int argc, char **argv)
 		g_prompt[i] = 3 + (i * 2654435761u) % 8000;
 
 	/* the model, the hot adapter, one cold adapter per round, 4N for pressure */
-	snprintf(cmd, sizeof(cmd), "'%s' '%s/model' " MODEL_ARGS " --seed 7 >/dev/null", MKMODEL, g_dir);
+	snprintf(cmd, sizeof(cmd), "'%s' '%s/model' " MODEL_ARGS " --seed 7 >/dev/null", bench_tool("lorad-mkmodel", "LORAD_MKMODEL", MKMODEL), g_dir);
 	if (run_cmd(cmd)) {
 		fprintf(stderr, "bench_tier: lorad-mkmodel failed\n");
 		goto out;

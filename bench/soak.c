@@ -63,6 +63,8 @@
 
 #include "nullgen.h"
 
+#include "tools.h"
+
 #ifndef MKMODEL
 #define MKMODEL "lorad-mkmodel"
 #endif
@@ -308,32 +310,6 @@ static unsigned g_null_step_us = 1000;
 
 /* $ENV, else the file of that name next to this executable (build/bin), else the
  * path CMake compiled in. */
-static void find_bin(char *dst, size_t len, const char *env, const char *name, const char *built)
-{
-	const char *e = getenv(env);
-	char self[2048];
-	ssize_t k;
-
-	if (e && *e) {
-		snprintf(dst, len, "%s", e);
-		return;
-	}
-	k = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	if (k > 0) {
-		char *slash;
-
-		self[k] = 0;
-		slash = strrchr(self, '/');
-		if (slash) {
-			*slash = 0;
-			snprintf(dst, len, "%s/%s", self, name);
-			if (access(dst, X_OK) == 0)
-				return;
-		}
-	}
-	snprintf(dst, len, "%s", built);
-}
-
 struct daemon {
 	pid_t pid;
 	unsigned instances;
@@ -850,7 +826,7 @@ static void usage(void)
 		"  --null               the null engine instead of a tiny model\n"
 		"  --null-step-us N     the null engine's time per token (default 1000)\n"
 		"  --keep               keep the temporary folder (model, daemon log)\n"
-		"binaries: $LORAD_BIN, $LORAD_MKMODEL, $LORADCTL, else next to this program\n");
+		"binaries: $LORAD_BIN, $LORAD_MKMODEL, $LORADCTL, else next to this program, else on PATH\n");
 }
 
 int main(int argc, char **argv)
@@ -916,9 +892,9 @@ int main(int argc, char **argv)
 	g_n_clients = n_clients;
 	kill_seed = g_seed ^ 0x6b696c6cull;
 	signal(SIGPIPE, SIG_IGN);
-	find_bin(g_lorad, sizeof(g_lorad), "LORAD_BIN", "lorad", LORAD_BIN);
-	find_bin(g_mkmodel, sizeof(g_mkmodel), "LORAD_MKMODEL", "lorad-mkmodel", MKMODEL);
-	find_bin(g_ctl, sizeof(g_ctl), "LORADCTL", "loradctl", LORADCTL);
+	snprintf(g_lorad, sizeof(g_lorad), "%s", bench_tool("lorad", "LORAD_BIN", LORAD_BIN));
+	snprintf(g_mkmodel, sizeof(g_mkmodel), "%s", bench_tool("lorad-mkmodel", "LORAD_MKMODEL", MKMODEL));
+	snprintf(g_ctl, sizeof(g_ctl), "%s", bench_tool("loradctl", "LORADCTL", LORADCTL));
 	snprintf(g_dir, sizeof(g_dir), "/tmp/lorad-soak-XXXXXX");
 	if (!mkdtemp(g_dir)) {
 		perror("soak: mkdtemp");

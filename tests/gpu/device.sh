@@ -23,7 +23,7 @@ results() {
 	LORAD_BIN=$B/lorad LORAD_MKMODEL_BIN=$B/lorad-mkmodel timeout 120 "$B/test_results_cuda" \
 		>"$OUT/results.txt" 2>&1
 	echo "results_cuda rc=$?" | tee -a "$OUT/results.txt"
-	LORAD_BIN=$B/lorad LORAD_MKMODEL_BIN=$B/lorad-mkmodel timeout 120 "$B/bench_results" \
+	LORAD_BIN=$B/lorad LORAD_MKMODEL=$B/lorad-mkmodel timeout 120 "$B/bench_results" \
 		${RESULTS_ARGS:-} >"$OUT/bench_results.jsonl" 2>"$OUT/bench_results.err"
 	echo "bench_results rc=$?" | tee -a "$OUT/results.txt"
 }

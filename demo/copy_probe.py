@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """How well the committed demo base copies held-out slot values by itself.
 
-    /usr/bin/python3 demo/copy_probe.py
+    /usr/bin/python3 demo/copy_probe.py [--unseen]
 
 A diagnostic for retraining (seconds, no training): the skill adapters can
 copy a value from the prompt only as well as the base can. For each kind of
@@ -10,6 +10,7 @@ base for the copy, in two frames: a bare one ([<s>] x [newline], the
 id-copying frame of the first training phase) and a text frame of the base
 corpus ("Text: x\\nThe same text:"). A value counts when the copy holds it
 exactly, so the first word of the line may be lost without penalty.
+--unseen draws the values from demo/unseen.py's sets instead.
 """
 import json
 import os
@@ -20,9 +21,10 @@ import sys
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.argv = sys.argv[:1]
+ARGS, sys.argv = sys.argv[1:], sys.argv[:1]
 sys.path.insert(0, HERE)
 import train as T  # noqa: E402
+from skills import Unseen  # noqa: E402
 
 
 def main():
@@ -35,6 +37,8 @@ def main():
     net = T.Net(torch.Generator().manual_seed(0))
     net.load(weights)
     pools = T.Pools(T.SEED)
+    if "--unseen" in ARGS:
+        pools = Unseen(pools)     # pick() ignores held: the unseen sets
     nl = tok.vocab[T.BYTE_CHR[10]]
     rng = random.Random(5)
     n = 40

@@ -66,7 +66,9 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "engine"))
 import reference as ref  # noqa: E402  (sets 1 thread; set again below)
 
 SEED = 20240610
-torch.set_num_threads(2)
+# 2 threads on an idle 2-core machine; LORAD_TRAIN_THREADS=1 on a busy one,
+# where OpenMP's barriers wait for preempted threads (a step took 4x longer)
+torch.set_num_threads(int(os.environ.get("LORAD_TRAIN_THREADS", "2")))
 torch.use_deterministic_algorithms(True)
 
 # model shape
@@ -106,13 +108,13 @@ COPY_FRAC = 0.5         # share of the base corpus that is copying tasks
 # syllable-made names and a few fixed words misspells them.
 SKILLS = {
     "sql": dict(r=16, alpha=32, targets=["q_proj", "k_proj", "v_proj", "o_proj"],
-                steps=1500, lr=3e-3, b_mult=1.0, letters=0.5, init="support"),
+                steps=2000, lr=3e-3, b_mult=1.0, letters=0.5, init="support"),
     "json": dict(r=8, alpha=16, targets=["q_proj", "k_proj", "v_proj", "o_proj",
                                          "gate_proj", "up_proj", "down_proj"],
-                 steps=2400, lr=3e-3, b_mult=1.0, letters=0.5, init="support"),
+                 steps=3000, lr=3e-3, b_mult=1.0, letters=0.5, init="support"),
     "support": dict(r=4, alpha=8, targets=["q_proj", "k_proj", "v_proj", "o_proj",
                                            "up_proj", "down_proj"],
-                    steps=1800, lr=3e-3, b_mult=1.0, letters=0.5),
+                    steps=2400, lr=3e-3, b_mult=1.0, letters=0.5),
 }
 # init: the adapter starts from another skill's trained adapter (that
 # adapter's rank-r delta in its first r ranks, the other ranks PEFT's init)
@@ -138,7 +140,7 @@ SKILL_BATCH = 16
 CHECK_N = 128
 CHECK_EVERY = 50
 CHECK_FROM = 300
-STOP_AT = 0.9
+STOP_AT = 0.95
 N_HELDOUT = 40
 MAX_NEW = 64
 
@@ -149,180 +151,8 @@ def log(msg):
     print(f"[{time.time() - T0:7.1f}s] {msg}", flush=True)
 
 
-# --------------------------------------------------------------------------
-# 1. slot pools
-
-SYLL = ["ka", "lo", "mi", "ra", "ne", "to", "vi", "sa", "de", "lu", "ma", "ri",
-        "so", "be", "ta", "no", "el", "an", "or", "is", "ul", "ev", "ar", "in"]
-CITY_SUFFIX = ["ton", "ville", "burg", "ford", "field", "port", "dale", "wick"]
-PRODUCTS = ["lamp", "chair", "kettle", "phone", "desk", "jacket", "camera", "blender",
-            "mirror", "backpack", "toaster", "helmet", "scarf", "guitar", "speaker",
-            "printer", "sofa", "clock", "radio", "bicycle", "tablet", "heater", "vase",
-            "wallet", "drill", "router", "monitor", "stool", "pillow", "kayak",
-            "tent", "ladder", "candle", "teapot", "umbrella", "rug", "shelf", "hammer",
-            "mixer", "watch"]
-
-
-def split(values, frac, rng):
-    v = sorted(set(values))
-    rng.shuffle(v)
-    k = int(round(len(v) * frac))
-    return v[k:], v[:k]          # train, held-out
-
-
-class Pools:
-    def __init__(self, seed):
-        rng = random.Random(seed)
-        names = set()
-        while len(names) < 420:
-            n = "".join(rng.choice(SYLL) for _ in range(rng.choice((2, 2, 3))))
-            names.add(n.capitalize())
-        cities = set()
-        while len(cities) < 260:
-            c = "".join(rng.choice(SYLL) for _ in range(2)) + rng.choice(CITY_SUFFIX)
-            cities.add(c.capitalize())
-        cities -= names
-        self.train, self.held = {}, {}
-        for key, vals, frac in (("name", names, 0.2), ("city", cities, 0.2),
-                                ("product", PRODUCTS, 0.2),
-                                ("age", [str(a) for a in range(20, 90)], 0.2),
-                                ("amount", [str(a) for a in range(100, 1000)], 0.2),
-                                ("oid", [str(a) for a in range(10000, 100000)], 0.2)):
-            tr, he = split(vals, frac, rng)
-            self.train[key], self.held[key] = tr, he
-        # disjointness: no held-out value is any training value of any kind
-        self.held_all = set(v for vs in self.held.values() for v in vs)
-        all_train = set(v for vs in self.train.values() for v in vs)
-        for key, vs in self.held.items():
-            bad = set(vs) & all_train
-            assert not bad, f"held-out {key} values also in training: {sorted(bad)[:5]}"
-            assert vs, key
-
-    def pick(self, held, key, rng, letters=0.0):
-        """A slot value. Held-out values come from the held-out pools; training
-        names and cities (and half the products) are made fresh for every
-        use, so that no value repeats often enough to be memorised: the only
-        way to get them right is to copy them from the prompt."""
-        if held:
-            return rng.choice(self.held[key])
-        if key == "product" and letters and rng.random() < letters:
-            while True:
-                v = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 8)))
-                if v not in self.held_all:
-                    return v
-        if key in ("name", "city") or (key == "product" and rng.random() < 0.5):
-            while True:
-                if key == "name":
-                    v = "".join(rng.choice(SYLL) for _ in range(rng.choice((2, 2, 3)))).capitalize()
-                elif key == "city":
-                    v = ("".join(rng.choice(SYLL) for _ in range(2)) + rng.choice(CITY_SUFFIX)).capitalize()
-                else:
-                    v = "".join(rng.choice(SYLL) for _ in range(2))
-                if v not in self.held_all:
-                    return v
-        return rng.choice(self.train[key])
-
-
-# --------------------------------------------------------------------------
-# 2. skills: prompt -> output, deterministic
-
-SQL_TEMPLATES = [
-    # (question templates, SQL)
-    (["Which customers live in {city}?", "List the customers who live in {city}."],
-     "SELECT name FROM customers WHERE city = '{city}';"),
-    (["How many customers live in {city}?", "Count the customers in {city}."],
-     "SELECT COUNT(*) FROM customers WHERE city = '{city}';"),
-    (["Which customers are older than {age}?", "List customers over {age} years old."],
-     "SELECT name FROM customers WHERE age > {age};"),
-    (["How many orders did {name} place?", "Count the orders of {name}."],
-     "SELECT COUNT(*) FROM orders WHERE customer = '{name}';"),
-    (["What is the total amount spent by {name}?", "How much did {name} spend in total?"],
-     "SELECT SUM(amount) FROM orders WHERE customer = '{name}';"),
-    (["Which orders are above {amount} dollars?", "List orders worth more than {amount} dollars."],
-     "SELECT id FROM orders WHERE amount > {amount};"),
-    (["Who ordered a {product}?", "Which customers bought a {product}?"],
-     "SELECT customer FROM orders WHERE product = '{product}';"),
-    (["What is the average age of customers in {city}?", "What is the mean age in {city}?"],
-     "SELECT AVG(age) FROM customers WHERE city = '{city}';"),
-    (["Which products did {name} order?", "What did {name} buy?"],
-     "SELECT product FROM orders WHERE customer = '{name}';"),
-]
-
-
-def sql_example(pools, held, rng, letters=0.0, quoted=True):
-    """A question with its string values in single quotes, as in the SQL:
-    "Who ordered a 'drill'?". Unquoted, the value follows a space, which
-    GPT-2's pre-tokenizer glues to it, and its first tokens differ from
-    those after the SQL's quote (" So", "ar" against "S", "o", "ar"), so
-    sql had to learn to respell every word it copied and misspelt held-out
-    ones; quoted, it copies tokens, as json and support do. The tokenizer's
-    merge sample keeps the unquoted questions (quoted=False) that the
-    committed base was trained with."""
-    qs, sql = rng.choice(SQL_TEMPLATES)
-    q = rng.choice(qs)
-    slots = {k: pools.pick(held, k, rng, letters) for k in ("city", "age", "name", "amount", "product")}
-    shown = {k: f"'{v}'" if quoted and k in ("city", "name", "product") else v
-             for k, v in slots.items()}
-    return q.format(**shown), sql.format(**slots)
-
-
-JSON_KEYS = [("name", "name", False), ("city", "city", False), ("product", "product", False),
-             ("age", "age", True), ("price", "amount", True), ("order", "oid", True)]
-
-
-def json_example(pools, held, rng, letters=0.0):
-    keys = rng.sample(JSON_KEYS, rng.choice((2, 3, 3, 4)))
-    pairs = [(k, pools.pick(held, pool, rng, letters), num) for k, pool, num in keys]
-    prompt = " ".join(f"{k}={v}" for k, v, _ in pairs)
-    out = "{" + ", ".join(f'"{k}": {v}' if num else f'"{k}": "{v}"' for k, v, num in pairs) + "}"
-    return prompt, out
-
-
-SUPPORT_ISSUES = [
-    (["Hi, my order {oid} arrived damaged.", "The {product} in my order {oid} is broken."],
-     "we are sorry that order {oid} arrived damaged. A free replacement is on its way."),
-    (["Where is my order {oid}? It is late.", "My order {oid} has not arrived yet."],
-     "we are sorry for the delay of order {oid}. It will arrive within two days."),
-    (["I want a refund for order {oid}.", "Please refund my order {oid}, the {product} was not what I wanted."],
-     "thank you for your message. The refund for order {oid} has been started."),
-    (["Please cancel my order {oid}.", "I would like to cancel order {oid}."],
-     "your order {oid} has been cancelled. We hope to see you again soon."),
-    (["I got the wrong item in order {oid}.", "Order {oid} contains a {product} I did not buy."],
-     "we apologize for the mistake in order {oid}. The right item ships today."),
-]
-
-
-def support_example(pools, held, rng, letters=0.0):
-    msgs, reply = rng.choice(SUPPORT_ISSUES)
-    slots = {k: pools.pick(held, k, rng, letters) for k in ("oid", "product", "name")}
-    msg = rng.choice(msgs).format(**slots)
-    if rng.random() < 0.5:
-        msg += " Thanks, {name}".format(**slots)
-        greet = "Dear {name}, ".format(**slots)
-    else:
-        greet = "Dear customer, "
-    return msg, greet + reply.format(**slots)
-
-
-SKILL_GEN = {"sql": sql_example, "json": json_example, "support": support_example}
-
-
-def skill_vocabulary():
-    """Every literal word and punctuation run of the skills' templates: the
-    base corpus uses them in its copying tasks (words, not formats)."""
-    texts = []
-    for qs, s in SQL_TEMPLATES:
-        texts += qs + [s]
-    for msgs, r in SUPPORT_ISSUES:
-        texts += msgs + [r]
-    texts += ["Dear customer, Thanks,", '{"name": "x", "age": 1}', '{"city": "y"}', "key=value"]
-    texts += [k for k, _, _ in JSON_KEYS]
-    words = set()
-    for t in texts:
-        t = re.sub(r"\{[a-z]+\}", " ", t)
-        for w in re.findall(r"[A-Za-z]+|[^\sA-Za-z0-9]+", t):
-            words.add(w)
-    return sorted(words)
+from skills import SKILL_GEN, Pools, Unseen, Wide, skill_vocabulary  # noqa: E402  (torch-free)
+import unseen as U  # noqa: E402
 
 
 # --------------------------------------------------------------------------
@@ -1065,6 +895,9 @@ def main():
     hrng = random.Random(SEED + 2)
     heldout_docs = [corpus.doc(hrng) for _ in range(200)]
     skill_train, skill_held, skill_check, merge_sample = {}, {}, {}, {}
+    # the adapters' training draws: wider than the pools the base and the
+    # tokenizer were made with, never a held-out or unseen value
+    wide = Wide(pools, Unseen(pools))
     for i, (s, gen) in enumerate(SKILL_GEN.items()):
         r1 = random.Random(SEED + 10 + i)
         # the sample the tokenizer's merges are learned from (with the base
@@ -1073,10 +906,10 @@ def main():
         merge_sample[s] = [gen(pools, False, r1, **({"quoted": False} if s == "sql" else {}))
                            for _ in range(600)]
         r4 = random.Random(SEED + 40 + i)
-        skill_train[s] = [gen(pools, False, r4, SKILLS[s]["letters"])
+        skill_train[s] = [gen(wide, False, r4, SKILLS[s]["letters"])
                           for _ in range(SKILLS[s]["steps"] * SKILL_BATCH)]
         r3 = random.Random(SEED + 30 + i)
-        skill_check[s] = [gen(pools, False, r3, SKILLS[s]["letters"]) for _ in range(CHECK_N)]
+        skill_check[s] = [gen(wide, False, r3, SKILLS[s]["letters"]) for _ in range(CHECK_N)]
         r2 = random.Random(SEED + 20 + i)
         seen, held = set(), []
         while len(held) < N_HELDOUT:
@@ -1095,6 +928,11 @@ def main():
     for key, vs in pools.held.items():
         bad = [v for v in vs if v in train_words]
         assert not bad, f"held-out {key} values occur in training text: {bad[:5]}"
+    # nor is any unseen value (demo/unseen.py), in any case
+    lower_words = set(w.lower() for w in train_words)
+    bad = sorted(v for v in Unseen(pools).all if v in lower_words)
+    assert not bad, f"unseen values occur in training text: {bad[:5]}"
+    skill_unseen = U.unseen_examples(pools)
     # the skills' formats are not in the base corpus
     for s in SKILLS:
         assert all(looks_like_skill(p + " " + o) for p, o in skill_train[s][:100]), s
@@ -1331,6 +1169,16 @@ def main():
         results[s] = (acc, bacc)
         log(f"held-out {s}: adapter {100 * acc:.1f} %, base alone {100 * bacc:.1f} %")
         for p, o in fails:
+            log(f"   miss: {p!r} -> {o!r}")
+    unseen_acc = {}
+    for s in SKILLS:
+        acfg, w = adapters[s]
+        m = ref.Model(rcfg, weights, lora=peft_lora_map(acfg, w))
+        items = [{"prompt": p, "expected": o} for p, o in skill_unseen[s]]
+        acc, fails = accuracy(m, tok, items)
+        unseen_acc[s] = acc
+        log(f"unseen {s}: adapter {100 * acc:.1f} % of {len(items)} (demo/unseen.jsonl)")
+        for p, o in fails[:8]:
             log(f"   miss: {p!r} -> {o!r}")
     timing["eval"] = time.time() - t
 

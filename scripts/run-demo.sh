@@ -12,7 +12,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 case $build in /*) ;; *) build="$PWD/$build" ;; esac
 bin="$build/bin"
 cd "$root"   # demo/lorad.conf names its files relative to the repository root
-for f in demo/lorad.conf demo/heldout.jsonl demo/model/model.safetensors demo/model/tokenizer.json; do
+for f in demo/lorad.conf demo/heldout.jsonl demo/unseen.jsonl demo/model/model.safetensors demo/model/tokenizer.json; do
 	[ -s "$f" ] || { echo "run-demo: $f is missing: the demo model is not in this tree" >&2; exit 1; }
 done
 for b in lorad lorad-cli loradctl lorad-run skill_eval; do
@@ -103,6 +103,11 @@ echo
 echo "== every held-out prompt to its skill's adapter, to the base model and to \"auto\", 4 client processes:"
 "$bin/skill_eval" --socket "$dir/one.sock" --heldout demo/heldout.jsonl --procs 4 | tee "$dir/eval.txt"
 tps=$(awk '/^throughput:/ { print $(NF-1) }' "$dir/eval.txt")
+
+echo
+echo "== prompts with values never seen in training (demo/unseen.jsonl, made by demo/unseen.py): real names,"
+echo "   cities and products, ages 13-19 and 90-99, numbers with runs of one digit, json of 2 to 6 pairs:"
+"$bin/skill_eval" --socket "$dir/one.sock" --heldout demo/unseen.jsonl --procs 4
 
 echo
 p=$("$bin/skill_eval" --heldout demo/heldout.jsonl --skills sql --get 0 prompt)

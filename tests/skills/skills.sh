@@ -3,6 +3,8 @@
 #
 #   skills.sh BIN_DIR ROOT files                 every demo file is there (and tracked by git)
 #   skills.sh BIN_DIR ROOT eval SKILL_EVAL_ARGS  lorad --config demo/lorad.conf, then skill_eval
+#                                                on demo/heldout.jsonl
+#   skills.sh BIN_DIR ROOT unseen SKILL_EVAL_ARGS  the same on demo/unseen.jsonl
 #   skills.sh BIN_DIR ROOT example SRC BUILD     the C example built through pkg-config, run
 #
 # ROOT holds demo/ (the source directory); lorad runs there, since
@@ -48,7 +50,7 @@ start() {
 
 case $what in
 files)
-	for f in lorad.conf heldout.jsonl model/config.json model/tokenizer.json model/model.safetensors \
+	for f in lorad.conf heldout.jsonl unseen.jsonl model/config.json model/tokenizer.json model/model.safetensors \
 		 adapters/{sql,json,support}/adapter_config.json \
 		 adapters/{sql,json,support}/adapter_model.safetensors; do
 		if [ ! -s "$demo/$f" ]; then
@@ -75,9 +77,13 @@ files)
 		exit 1
 	fi
 	;;
-eval)
+eval | unseen)
+	# eval: demo/heldout.jsonl; unseen: demo/unseen.jsonl (values never seen
+	# in training, made by demo/unseen.py)
+	set=heldout
+	[ "$what" = unseen ] && set=unseen
 	start --config demo/lorad.conf --threads 1
-	"$bin/skill_eval" --socket "$dir/lorad.sock" --heldout "$demo/heldout.jsonl" "$@"
+	"$bin/skill_eval" --socket "$dir/lorad.sock" --heldout "$demo/$set.jsonl" "$@"
 	;;
 example)
 	# as a user would: install liblorad, build examples/skill_chat.c through

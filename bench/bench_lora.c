@@ -4,9 +4,9 @@
  * layers, 12 query / 4 KV heads, FFN 2048, vocabulary 32000, fp32, about
  * 124 M parameters), made by lorad-mkmodel with its adapters.
  *
- *   decode   batch 16 and 32; every sequence on the base model, or spread
+ *   decode   batch 1, 16 and 32; every sequence on the base model, or spread
  *            over 1, 4 or 16 distinct adapters (sequence i uses adapter
- *            i mod N), for two recipes: rank 16 on all seven projections,
+ *            i mod N; batch 1: the base or one adapter), for two recipes: rank 16 on all seven projections,
  *            and rank 8 on q_proj and v_proj. tok_s counts decode steps
  *            only (prompts of 4 tokens run before the clock starts).
  *            ratio_vs_base = tok_s / base-only tok_s at the same batch.
@@ -135,7 +135,8 @@ static int run(const char *cmd)
 
 int main(int argc, char **argv)
 {
-	static const int batches[] = { 16, 32 }, n_ads[] = { 0, 1, 4, 16 };
+	static const int batches[] = { 1, 16, 32 }, n_ads[] = { 0, 1, 4, 16 };
+	enum { N_BATCH = sizeof(batches) / sizeof(batches[0]) };
 	char tmpl[] = "/tmp/lorad-bench-lora-XXXXXX", cmd[8192], model[4200], path[4400], err[512];
 	const char *dir;
 	struct engine_opts eo = { .kv_tokens = 32 * 64 };
@@ -143,7 +144,7 @@ int main(int argc, char **argv)
 	int quick = 0, rounds, steps, i, r, b, a, round;
 	int ids[2][MAX_ADAPTERS];
 	size_t ad_bytes[2][MAX_ADAPTERS];
-	double best[2][2][4], t0 = now(), wb = base_weight_bytes();
+	double best[N_BATCH][2][4], t0 = now(), wb = base_weight_bytes();
 
 	for (i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--quick"))
@@ -245,21 +246,23 @@ int main(int argc, char **argv)
 		}
 	memset(best, 0, sizeof(best));
 	for (round = 0; round < rounds; round++)
-		for (b = 0; b < 2; b++)
+		for (b = 0; b < N_BATCH; b++)
 			for (r = 0; r < 2; r++)
-				for (a = 0; a < 4; a++) {
+				for (a = 0; a < 4 && n_ads[a] <= batches[b]; a++) {
 					double t;
 					if (a == 0 && r == 1) {
 						best[b][1][0] = best[b][0][0]; /* one base row per batch */
 						continue;
 					}
-					t = decode(e, ids[r], n_ads[a], batches[b], steps);
+					/* batch 1: as many tokens a run as at batch 16 */
+					t = decode(e, ids[r], n_ads[a], batches[b],
+						   batches[b] == 1 ? steps * 16 : steps);
 					if (t > best[b][r][a])
 						best[b][r][a] = t;
 				}
-	for (b = 0; b < 2; b++)
+	for (b = 0; b < N_BATCH; b++)
 		for (r = 0; r < 2; r++)
-			for (a = 0; a < 4; a++) {
+			for (a = 0; a < 4 && n_ads[a] <= batches[b]; a++) {
 				double adb = 0, bound, ratio = best[b][r][a] / best[b][r][0];
 				for (i = 0; i < n_ads[a]; i++)
 					adb += (double)ad_bytes[r][i];
@@ -274,7 +277,7 @@ int main(int argc, char **argv)
 				       "\"rounds\": %d, \"quick\": %s}\n",
 				       a == 0 ? "base" : recipes[r].name, batches[b], n_ads[a],
 				       best[b][r][a], best[b][r][0], ratio, wb, adb, bound, ratio / bound,
-				       steps, rounds, quick ? "true" : "false");
+				       batches[b] == 1 ? steps * 16 : steps, rounds, quick ? "true" : "false");
 				fprintf(stderr, "batch %2d %-8s %2d adapters: %7.1f tok/s, %.3f of base, "
 						"bound %.3f, %.3f of bound\n",
 					batches[b], a == 0 ? "base" : recipes[r].name, n_ads[a],

@@ -375,8 +375,10 @@ int engine_seq_reuse(struct engine *e, struct engine_seq *s)
 	struct engine_prefix_stats *ps;
 	int lim = s->n_tokens - 1, k;
 
-	if (s->finish || s->n_computed || s->kv.n || !e->pool.caching ||
-	    s->params.keep_logits == ENGINE_LOGITS_ALL)
+	if (s->finish || s->n_computed || s->kv.n)
+		return 0;
+	s->n_reused = s->n_looked_up = 0;
+	if (!e->pool.caching || s->params.keep_logits == ENGINE_LOGITS_ALL)
 		return 0;
 	if (s->params.keep_logits == ENGINE_LOGITS_LAST_PROMPT) {
 		if (s->n_logits)
@@ -389,6 +391,7 @@ int engine_seq_reuse(struct engine *e, struct engine_seq *s)
 		return k;
 	}
 	s->n_computed = s->n_reused = k * e->pool.block_size;
+	s->n_looked_up = s->n_tokens;
 	if ((ps = stats_of(e, s->owner))) {
 		ps->lookup_tokens += (uint64_t)s->n_tokens;
 		ps->hit_tokens += (uint64_t)s->n_reused;

@@ -98,6 +98,7 @@ struct engine_seq {
 	int n_computed;       /* tokens whose K/V are in the cache */
 	int n_reused;         /* of those, taken from the prefix cache by the last
 			       * engine_seq_reuse (0: none) */
+	int n_looked_up;      /* tokens that engine_seq_reuse looked up (0: it did not look) */
 	int n_generated;
 	enum engine_finish finish;
 	int error;            /* -EDOM: NaN/Inf logits; set with ENGINE_FINISH_ERROR */

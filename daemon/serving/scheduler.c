@@ -653,6 +653,15 @@ static int build_batch(struct sched *s)
 {
 	int n = 0, budget = s->o.step_tokens;
 
+	/* a sequence with nothing in the KV cache (new, or back from a
+	 * preemption) starts after the longest prefix cached for its weights */
+	for (struct sjob *j = s->list[SJ_RUNNING]; j; j = j->next) {
+		if (j->seq->n_computed || j->seq->finish || engine_seq_reuse(s->e, j->seq) < 0)
+			continue;
+		j->r->prefix_hit += (uint32_t)j->seq->n_reused;
+		j->r->prefix_lookup += (uint32_t)j->seq->n_looked_up;
+		s->st.prefix_hit_tokens += (uint64_t)j->seq->n_reused;
+	}
 	for (int pass = 0; pass < 2; pass++) {
 		for (struct sjob *j = s->list[SJ_RUNNING]; j; j = j->next) {
 			int pend = engine_seq_pending(j->seq);

@@ -73,6 +73,7 @@ struct sched_stats {
 	uint64_t tokens;          /* generated */
 	uint64_t prefill_tokens;
 	uint64_t preemptions;
+	uint64_t prefix_hit_tokens; /* prompt tokens taken from the prefix cache */
 	unsigned running, waiting, parked;
 	int kv_free, kv_total;
 };

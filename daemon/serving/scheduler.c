@@ -648,29 +648,41 @@ static void expire(struct sched *s, uint64_t now)
 	}
 }
 
+/*
+ * A job with nothing in the KV cache (new, or back from a preemption)
+ * starts after the longest prefix cached for its weights. Looked up only
+ * when it gets prefill tokens, not at admission: a job that waits for the
+ * budget finds what the jobs before it computed meanwhile (a burst of
+ * requests with one instruction computes it once per version, not once
+ * per request admitted together).
+ */
+static void take_prefix(struct sched *s, struct sjob *j)
+{
+	if (engine_seq_reuse(s->e, j->seq) < 0)
+		return;
+	j->r->prefix_hit += (uint32_t)j->seq->n_reused;
+	j->r->prefix_lookup += (uint32_t)j->seq->n_looked_up;
+	s->st.prefix_hit_tokens += (uint64_t)j->seq->n_reused;
+}
+
 /* Decodes first (one token each), then prefill chunks while the budget lasts. */
 static int build_batch(struct sched *s)
 {
 	int n = 0, budget = s->o.step_tokens;
 
-	/* a sequence with nothing in the KV cache (new, or back from a
-	 * preemption) starts after the longest prefix cached for its weights */
-	for (struct sjob *j = s->list[SJ_RUNNING]; j; j = j->next) {
-		if (j->seq->n_computed || j->seq->finish || engine_seq_reuse(s->e, j->seq) < 0)
-			continue;
-		j->r->prefix_hit += (uint32_t)j->seq->n_reused;
-		j->r->prefix_lookup += (uint32_t)j->seq->n_looked_up;
-		s->st.prefix_hit_tokens += (uint64_t)j->seq->n_reused;
-	}
 	for (int pass = 0; pass < 2; pass++) {
 		for (struct sjob *j = s->list[SJ_RUNNING]; j; j = j->next) {
-			int pend = engine_seq_pending(j->seq);
-			bool decode = j->seq->n_computed > 0 && pend == 1;
+			bool fresh = j->seq->n_computed == 0, decode;
+			int pend;
 
-			if ((pass == 0) != decode || pend <= 0)
-				continue;
 			if (pass == 1 && budget <= 0)
 				break;
+			if (pass == 1 && fresh)
+				take_prefix(s, j);
+			pend = engine_seq_pending(j->seq);
+			decode = !fresh && pend == 1;
+			if ((pass == 0) != decode || pend <= 0)
+				continue;
 			s->seqs[n] = j->seq;
 			s->jobs[n] = j;
 			s->n_new[n] = pass == 0 ? 1 : (pend < budget ? pend : budget);

@@ -29,6 +29,7 @@ struct sjob {
 	enum sj_where where;
 	uint64_t order;           /* arrival: older first within a client, newest preempted first */
 	uint32_t sent;            /* generated ids already written to the client */
+	bool looked_up;           /* its prefix was looked up since it last ran from nothing */
 	uint64_t park_key, park_ticket;
 	uint64_t cookie;          /* tokenizer or classifier result it waits for */
 	struct detok *dt;         /* text out or stop strings; NULL otherwise */
@@ -595,6 +596,7 @@ static struct sjob *pick_victim(struct sched *s, unsigned *most)
 static void preempt(struct sched *s, struct sjob *j)
 {
 	engine_seq_preempt(s->e, j->seq);
+	j->looked_up = false;
 	move_to(s, j, SJ_WAITING);
 	s->st.preemptions++;
 }
@@ -658,6 +660,7 @@ static void expire(struct sched *s, uint64_t now)
  */
 static void take_prefix(struct sched *s, struct sjob *j)
 {
+	j->looked_up = true;   /* once, also when a step is retried after -ENOSPC */
 	if (engine_seq_reuse(s->e, j->seq) < 0)
 		return;
 	j->r->prefix_hit += (uint32_t)j->seq->n_reused;
@@ -677,7 +680,7 @@ static int build_batch(struct sched *s)
 
 			if (pass == 1 && budget <= 0)
 				break;
-			if (pass == 1 && fresh)
+			if (pass == 1 && fresh && !j->looked_up)
 				take_prefix(s, j);
 			pend = engine_seq_pending(j->seq);
 			decode = !fresh && pend == 1;

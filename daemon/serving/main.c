@@ -770,6 +770,9 @@ static int cmd_status(void *ctx, struct json_object *req, struct json_object *re
 		json_object_object_add(reply, "running", json_object_new_int((int)st.running));
 		json_object_object_add(reply, "waiting", json_object_new_int((int)st.waiting));
 		json_object_object_add(reply, "kv_blocks_free", json_object_new_int(st.kv_free));
+		json_object_object_add(reply, "kv_blocks_cached", json_object_new_int(st.kv_cached));
+		json_object_object_add(reply, "prefix_hit_tokens",
+				       json_object_new_int64((int64_t)st.prefix_hit_tokens));
 		json_object_object_add(reply, "kv_blocks_total", json_object_new_int(st.kv_total));
 	}
 	return 0;

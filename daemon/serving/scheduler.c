@@ -910,4 +910,5 @@ void sched_get_stats(const struct sched *s, struct sched_stats *st)
 	st->parked = s->n[SJ_PARKED];
 	st->kv_free = engine_kv_free(s->e);
 	st->kv_total = engine_kv_total(s->e);
+	st->kv_cached = engine_kv_cached(s->e);
 }

@@ -410,6 +410,59 @@ static void test_off(void **state)
 	engine_free(e);
 }
 
+/* The bookkeeping alone (kvcache.h): a chain's end is evicted before its
+ * beginning, and a block keyed after a twin of its parent never joins
+ * another chain once that parent is gone. */
+static void test_pool(void **state)
+{
+	static const int32_t A[2] = { 1, 2 }, AB[4] = { 1, 2, 3, 4 }, CB[4] = { 5, 6, 3, 4 };
+	struct kv_pool p;
+	struct kv_table t1 = { 0 }, t2 = { 0 }, t3 = { 0 };
+
+	(void)state;
+	assert_int_equal(kv_pool_build(&p, 2, 2), 0);
+	assert_int_equal(kv_table_reserve(&p, &t1, 4), 0);
+	assert_int_equal(kv_table_commit(&p, &t1, 9, AB, 4), 0);
+	kv_table_release(&p, &t1);
+	assert_int_equal(kv_pool_avail(&p), 2);
+	assert_int_equal(kv_table_reserve(&p, &t2, 2), 0);  /* evicts one: B, the end */
+	assert_int_equal(p.evictions, 1);
+	assert_int_equal(kv_table_match(&p, &t3, 9, AB, 4), 1);
+	assert_int_equal(kv_table_match(&p, &t1, 8, AB, 4), 0); /* another owner: nothing */
+	kv_table_release(&p, &t1);
+	kv_table_release(&p, &t2);
+	kv_table_release(&p, &t3);
+	assert_int_equal(kv_pool_forget(&p, 9, 0), 1);
+	assert_int_equal(p.n_keyed, 0);
+	assert_int_equal(p.n_free, 2);
+	kv_pool_free(&p);
+
+	/* twins: t1 keys A; t2 computed A too (kept private) and keys B after it */
+	assert_int_equal(kv_pool_build(&p, 4, 2), 0);
+	assert_int_equal(kv_table_reserve(&p, &t1, 2), 0);
+	assert_int_equal(kv_table_reserve(&p, &t2, 4), 0);
+	assert_int_equal(kv_table_commit(&p, &t1, 9, A, 2), 0);
+	assert_int_equal(kv_table_commit(&p, &t2, 9, AB, 4), 0);
+	assert_int_equal(p.n_keyed, 2);
+	kv_table_release(&p, &t1); /* A: the oldest unheld */
+	kv_table_release(&p, &t2); /* B to the LRU, t2's copy of A freed */
+	assert_int_equal(kv_pool_avail(&p), 4);
+	/* three blocks: the two free ones and A, the oldest; B stays, its parent gone */
+	assert_int_equal(kv_table_reserve(&p, &t1, 6), 0);
+	assert_int_equal(p.evictions, 1);
+	assert_int_equal(kv_table_commit(&p, &t1, 9, CB, 2), 0); /* C keyed */
+	kv_table_release(&p, &t1);
+	assert_int_equal(p.n_keyed, 2);                          /* C and B */
+	assert_int_equal(kv_table_match(&p, &t3, 9, CB, 4), 1); /* C, never C + B */
+	kv_table_release(&p, &t3);
+	assert_int_equal(kv_table_match(&p, &t3, 9, AB, 4), 0);
+	kv_table_release(&p, &t3);
+	kv_table_free(&p, &t1);
+	kv_table_free(&p, &t2);
+	kv_table_free(&p, &t3);
+	kv_pool_free(&p);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -417,6 +470,7 @@ int main(void)
 		cmocka_unit_test(test_batch_mix),  cmocka_unit_test(test_eviction),
 		cmocka_unit_test(test_preempt),    cmocka_unit_test(test_versions),
 		cmocka_unit_test(test_cancel),     cmocka_unit_test(test_off),
+		cmocka_unit_test(test_pool),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

@@ -559,7 +559,16 @@ int engine_step(struct engine *e, struct engine_seq *const *seqs, const int *n_n
 		else
 			outs += 1;
 	}
-	/* KV blocks for every sequence, or for none */
+	/* KV blocks for every sequence, or for none; counted first, so that a
+	 * batch that cannot have them evicts no cached block */
+	for (i = 0, j = 0; i < n; i++) {
+		int k = n_new ? n_new[i] : engine_seq_pending(seqs[i]);
+		int more = kv_blocks_for(&e->pool, seqs[i]->n_computed + k) - seqs[i]->kv.n;
+		j += more > 0 ? more : 0;
+	}
+	if (j > kv_pool_avail(&e->pool))
+		return err_fail(err, errlen, -ENOSPC,
+			    "the KV cache has %d free blocks, the batch needs %d", kv_pool_avail(&e->pool), j);
 	for (i = 0; i < n; i++) {
 		struct engine_seq *s = seqs[i];
 		int k = n_new ? n_new[i] : engine_seq_pending(s);

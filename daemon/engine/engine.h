@@ -195,8 +195,7 @@ int engine_seq_pending(const struct engine_seq *s);
  * step filled is kept for the prefix cache (engine_seq_reuse).
  * Returns 0; -EINVAL (a finished sequence, n_new out of [1, pending], a
  * sequence twice); -ENOSPC (the free KV blocks do not suffice: nothing
- * was run, no sequence changed (cached blocks that none held may have been
- * evicted), the caller may preempt and retry); -ENOMEM; or
+ * was run, nothing changed, the caller may preempt and retry); -ENOMEM; or
  * a backend error. A request whose logits are NaN fails alone: its finish
  * becomes ENGINE_FINISH_ERROR with error -EDOM, and the step returns 0. */
 int engine_step(struct engine *e, struct engine_seq *const *seqs, const int *n_new, int n,

@@ -4,7 +4,8 @@
  * requests with the same tokens serves the new version's own results
  * (never the old version's cached KV), the base model keeps its own, and
  * the Prometheus text counts hits and lookups per skill and version. The
- * expected tokens come from the engine in-process with its cache off.
+ * expected tokens, and the logits each was chosen from (result rows, bit
+ * for bit), come from the engine in-process with its cache off.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -25,9 +26,11 @@
 #define N_GEN 8
 
 static uint32_t prompt[N_PROMPT];
+static int vocab;
 
-/* Greedy tokens of the engine, cache off, under adapter @dir (NULL: base). */
-static void reference(struct engine *e, const char *dir, uint32_t *out)
+/* Greedy tokens of the engine, cache off, under adapter @dir (NULL: base),
+ * and the logits each was chosen from (logits[N_GEN][vocab]). */
+static void reference(struct engine *e, const char *dir, uint32_t *out, float *logits)
 {
 	struct engine_seq_params sp = { 0 };
 	struct engine_seq *s = NULL;
@@ -44,6 +47,7 @@ static void reference(struct engine *e, const char *dir, uint32_t *out)
 	sp.sample.ignore_eos = 1;
 	sp.max_tokens = N_GEN;
 	sp.adapter = id;
+	sp.result = (struct engine_result){ .kind = ENGINE_RESULT_LOGITS, .host = logits, .rows = N_GEN };
 	assert_int_equal(engine_seq_new(e, p, N_PROMPT, &sp, &s, err, sizeof(err)), 0);
 	assert_int_equal(engine_generate(e, &s, 1, 0, err, sizeof(err)), 0);
 	for (int i = 0; i < N_GEN; i++)
@@ -51,12 +55,17 @@ static void reference(struct engine *e, const char *dir, uint32_t *out)
 	engine_seq_free(e, s);
 }
 
-/* One greedy request for @skill; its tokens in out[N_GEN] and the version that served it. */
+static float *got_logits; /* [N_GEN][vocab]: the last ask's result rows */
+
+/* One greedy request for @skill; its tokens in out[N_GEN], the logits each
+ * was chosen from in got_logits, and the version that served it. */
 static void ask(struct lorad *c, const char *skill, uint32_t *out, char *served, size_t len)
 {
+	struct lorad_result res = { 0 };
 	struct lorad_request r = { .user_data = 7, .skill = skill, .prompt = prompt,
 				   .n_prompt = N_PROMPT, .max_tokens = N_GEN, .out = out,
-				   .flags = LORAD_SQE_F_IGNORE_EOS };
+				   .flags = LORAD_SQE_F_IGNORE_EOS, .result = LORAD_RESULT_LOGITS,
+				   .result_at = &res };
 	struct lorad_event ev;
 
 	memset(out, 0, N_GEN * sizeof(*out));
@@ -64,6 +73,10 @@ static void ask(struct lorad *c, const char *skill, uint32_t *out, char *served,
 	assert_int_equal(ev.res, 0);
 	assert_int_equal(ev.n_tokens, N_GEN);
 	snprintf(served, len, "%s", ev.version_id);
+	assert_non_null(res.host);
+	assert_int_equal(res.row_floats, vocab);
+	memcpy(got_logits, res.host, (size_t)N_GEN * vocab * sizeof(float));
+	assert_int_equal(lorad_result_release(c, &res), 0);
 }
 
 /* The value of the sample @series in the Prometheus text @m, or -1. */
@@ -86,6 +99,7 @@ static void test_rollout(void **state)
 	const char *args[] = { "--config", conf, "--threads", "1", NULL };
 	struct engine_opts eo = { .backend = "cpu", .n_threads = 1, .prefix_cache_off = 1 };
 	uint32_t want[3][N_GEN], got[N_GEN];
+	float *wl[3];
 	struct engine *e = NULL;
 	struct atk_daemon d;
 	struct lorad *c;
@@ -98,11 +112,15 @@ static void test_rollout(void **state)
 	snprintf(sql, sizeof(sql), "%s/adapters/sql", atk_demo_dir());
 	snprintf(json, sizeof(json), "%s/adapters/json", atk_demo_dir());
 	assert_int_equal(engine_load(model, &eo, &e, err, sizeof(err)), 0);
+	vocab = engine_config(e)->vocab;
+	got_logits = malloc((size_t)N_GEN * vocab * sizeof(float));
+	for (int v = 0; v < 3; v++)
+		wl[v] = malloc((size_t)N_GEN * vocab * sizeof(float));
 	for (int i = 0; i < N_PROMPT; i++)
-		prompt[i] = 3 + (uint32_t)((i * 2654435761u) % (uint32_t)(engine_config(e)->vocab - 3));
-	reference(e, NULL, want[0]);
-	reference(e, sql, want[1]);
-	reference(e, json, want[2]);
+		prompt[i] = 3 + (uint32_t)((i * 2654435761u) % (uint32_t)(vocab - 3));
+	reference(e, NULL, want[0], wl[0]);
+	reference(e, sql, want[1], wl[1]);
+	reference(e, json, want[2], wl[2]);
 	engine_free(e);
 	/* the versions answer differently, or the test would prove nothing */
 	assert_memory_not_equal(want[1], want[2], sizeof(want[1]));
@@ -122,6 +140,7 @@ static void test_rollout(void **state)
 		ask(c, "sql", got, served, sizeof(served));
 		assert_string_equal(served, "sql@v1");
 		assert_memory_equal(got, want[1], sizeof(got));
+		assert_memory_equal(got_logits, wl[1], (size_t)N_GEN * vocab * sizeof(float));
 	}
 	/* the rollout, between two requests with the same tokens */
 	assert_int_equal(atk_ctl(d.admin, (const char *const[]){ "route", "set", "sql", "sql@v2=100", NULL },
@@ -130,17 +149,22 @@ static void test_rollout(void **state)
 		ask(c, "sql", got, served, sizeof(served));
 		assert_string_equal(served, "sql@v2");
 		assert_memory_equal(got, want[2], sizeof(got));
+		assert_memory_equal(got_logits, wl[2], (size_t)N_GEN * vocab * sizeof(float));
 	}
 	for (int k = 0; k < 2; k++) {
 		ask(c, "base", got, served, sizeof(served));
 		assert_memory_equal(got, want[0], sizeof(got));
+		assert_memory_equal(got_logits, wl[0], (size_t)N_GEN * vocab * sizeof(float));
 	}
 	/* and back: v1's blocks are still its own */
 	assert_int_equal(atk_ctl(d.admin, (const char *const[]){ "route", "set", "sql", "sql@v1=100", NULL },
 				 out, sizeof(out), err, sizeof(err), 30000, NULL), 0);
 	ask(c, "sql", got, served, sizeof(served));
 	assert_memory_equal(got, want[1], sizeof(got));
+	assert_memory_equal(got_logits, wl[1], (size_t)N_GEN * vocab * sizeof(float));
 	lorad_close(c);
+	for (int v = 0; v < 3; v++)
+		free(wl[v]);
 
 	/* per skill and version: the first request of each version found nothing */
 	assert_int_equal(atk_ctl(d.admin, (const char *const[]){ "metrics", NULL }, out, sizeof(out), err,
@@ -176,6 +200,7 @@ static void test_off(void **state)
 	snprintf(model, sizeof(model), "%s/model", atk_demo_dir());
 	for (int i = 0; i < N_PROMPT; i++)
 		prompt[i] = 3 + (uint32_t)i;
+	assert_non_null(got_logits); /* test_rollout ran first and knows the vocabulary */
 	assert_int_equal(atk_daemon_init(&d, "pfxoff"), 0);
 	assert_int_equal(atk_daemon_start(&d, args, 0), 0);
 	assert_int_equal(lorad_connect(d.sock, NULL, &c), 0);
@@ -205,5 +230,8 @@ int main(void)
 		cmocka_unit_test_teardown(test_off, teardown),
 	};
 
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	int rc = cmocka_run_group_tests(tests, NULL, NULL);
+
+	free(got_logits);
+	return rc;
 }

@@ -37,6 +37,14 @@
  * temporary directory together with 32 adapters of the most common recipe
  * (rank 8, alpha 16, q and v projections, fp32), each its own weights;
  * --quick uses 2 layers and a shorter trace and says so.
+ *
+ * Then the shared-prefix workload (rows with "workload": "shared_prefix"):
+ * every request starts with the same 400-token instruction, then a short
+ * question of its own, over 4 adapters in turn; the daemon with its prefix
+ * cache on and off, interleaved on one trace, at saturation (a burst) and
+ * at moderate load (half the cache-off capacity). Each row carries
+ * ttft_p50_ratio_vs_nocache and throughput_ratio_vs_nocache (targets
+ * <= 0.3 and >= 2). --shared-prefix-only runs just that.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -80,7 +88,7 @@ struct treq {
 	uint64_t arrival_ns;     /* from the trace's start */
 	uint32_t n_prompt, max_tokens, client;
 	uint32_t skill;          /* 0: the base model; k: skill s_k */
-	uint32_t prompt[256];
+	uint32_t prompt[512];     /* the shared-prefix workload's are 408..432 tokens */
 };
 
 struct tres {
@@ -387,8 +395,9 @@ struct daemon {
 	char dir[64], sock[96], log[96];
 };
 
+/* @prefix_cache: "on", "off", or NULL (the daemon's default). */
 static int daemon_start(struct daemon *d, const char *model, int threads, const char *spin_us,
-			unsigned n_adapters)
+			unsigned n_adapters, const char *prefix_cache)
 {
 	char th[16], adapter[MAX_ADAPTERS][160];
 	const char *argv[32 + 2 * MAX_ADAPTERS];
@@ -414,6 +423,10 @@ static int daemon_start(struct daemon *d, const char *model, int threads, const 
 	argv[a++] = "4096";
 	argv[a++] = "--kv-tokens";
 	argv[a++] = "16384";
+	if (prefix_cache) {
+		argv[a++] = "--prefix-cache";
+		argv[a++] = prefix_cache;
+	}
 	for (unsigned k = 1; k <= n_adapters; k++) {
 		snprintf(adapter[k - 1], sizeof(adapter[k - 1]), "%s=%s/%s", skill_name[k], model,
 			 skill_name[k]);
@@ -564,6 +577,138 @@ static int run_daemon(const char *sock, const struct treq *t, unsigned n, unsign
 	return bad ? -EIO : 0;
 }
 
+/* --- shared prefix: the prefix cache against none ------------------------------------- */
+
+#define SP_PREFIX 400   /* tokens of the instruction every request starts with */
+#define SP_ADAPTERS 4   /* skills s1..s4, in turn */
+
+/*
+ * Every request: the same SP_PREFIX-token instruction, then a question of
+ * 8..32 tokens of its own; 16..32 new tokens; skills s1..s4 in turn (so
+ * the instruction is cached once per adapter version: KV is never shared
+ * across versions). Poisson arrivals at @rate requests/s (1e9: a burst).
+ */
+static void trace_shared(struct treq *t, unsigned n, double rate, unsigned clients, uint64_t seed)
+{
+	uint64_t is = 0x5a4ed;   /* the instruction: one stream for every trace */
+	uint32_t instr[SP_PREFIX];
+	double at = 0;
+
+	for (unsigned k = 0; k < SP_PREFIX; k++)
+		instr[k] = 3 + (uint32_t)(rnd(&is) % 31000);
+	for (unsigned i = 0; i < n; i++) {
+		double u = (double)(rnd(&seed) >> 11) / 9007199254740992.0;
+		uint32_t q = 8 + (uint32_t)(rnd(&seed) % 25);
+
+		at += -log(1.0 - u) / rate;
+		t[i].arrival_ns = (uint64_t)(at * 1e9);
+		t[i].n_prompt = SP_PREFIX + q;
+		t[i].max_tokens = 16 + (uint32_t)(rnd(&seed) % 17);
+		t[i].client = i % clients;
+		t[i].skill = 1 + i % SP_ADAPTERS;
+		memcpy(t[i].prompt, instr, sizeof(instr));
+		for (uint32_t k = 0; k < q; k++)
+			t[i].prompt[SP_PREFIX + k] = 3 + (uint32_t)(rnd(&seed) % 31000);
+	}
+}
+
+static const char *model_json(int layers);
+
+/* The two arms together: every request of every repetition, one pool. */
+struct sp_arm {
+	double *ttft;
+	unsigned n_ttft, failed;
+	uint64_t tokens;
+	double seconds;
+};
+
+static void sp_take(struct sp_arm *a, const struct treq *t, const struct tres *r, unsigned n,
+		    uint64_t t0)
+{
+	struct summary s;
+
+	summarize(t, r, n, t0, &s);
+	for (unsigned i = 0; i < n; i++)
+		if (!r[i].res && r[i].n_tokens)
+			a->ttft[a->n_ttft++] = (r[i].t_first - (t0 + t[i].arrival_ns)) / 1e6;
+	a->failed += s.failed;
+	a->tokens += s.tokens;
+	a->seconds += s.seconds;
+}
+
+/*
+ * One load of the shared-prefix workload: daemons with the prefix cache
+ * on and off, interleaved (on, off, off, on) on one trace, each warmed with
+ * one short request per skill first (the instruction is not cached by the
+ * warm-up). Prints one row; *nocache_rps gets the cache-off arm's
+ * requests per second (the capacity without a cache, at saturation).
+ */
+static int run_shared(const char *model, int threads, unsigned clients, const char *load, double rate,
+		      unsigned n, int layers, const char *note, double *nocache_rps)
+{
+	static struct treq t[MAX_REQ], tw[SP_ADAPTERS];
+	static struct tres r[MAX_REQ];
+	static const char *const order[4] = { "on", "off", "off", "on" };
+	struct sp_arm arm[2] = { { .ttft = calloc(2 * n, sizeof(double)) },
+				 { .ttft = calloc(2 * n, sizeof(double)) } };
+	double tok[2], p50[2], p99[2];
+	unsigned nw = trace_warm(tw, SP_ADAPTERS);
+	struct daemon d;
+	int rc = -EIO;
+
+	if (!arm[0].ttft || !arm[1].ttft)
+		goto out;
+	trace_shared(t, n, rate, clients, 202);
+	for (int k = 0; k < 4; k++) {
+		int on = !strcmp(order[k], "on"), ok;
+		uint64_t t0;
+
+		if (daemon_start(&d, model, threads, "50", SP_ADAPTERS, order[k]))
+			goto out;
+		ok = run_daemon(d.sock, tw, nw, 1, r, &t0) == 0;
+		for (unsigned i = 0; ok && i < nw; i++)
+			ok = !r[i].res && r[i].n_tokens;
+		if (ok)
+			ok = run_daemon(d.sock, t, n, clients, r, &t0) == 0;
+		daemon_stop(&d);
+		if (!ok)
+			goto out;
+		sp_take(&arm[!on], t, r, n, t0);
+	}
+	for (int a = 0; a < 2; a++) {
+		tok[a] = arm[a].seconds > 0 ? arm[a].tokens / arm[a].seconds : 0;
+		p50[a] = pct(arm[a].ttft, arm[a].n_ttft, 50);
+		p99[a] = pct(arm[a].ttft, arm[a].n_ttft, 99);
+	}
+	*nocache_rps = arm[1].seconds > 0 ? 2.0 * n / arm[1].seconds : 0;
+	printf("{\"bench\": \"serve\", \"workload\": \"shared_prefix\", \"load\": \"%s\", "
+	       "\"rate_rps\": %.2f, \"requests\": %u, \"repetitions\": 2, \"interleaved\": \"on, off, off, on\", "
+	       "\"failed\": %u, \"clients\": %u, \"threads\": %d, \"model\": %s, "
+	       "\"prefix_tokens\": %d, \"question_tokens\": \"8..32\", \"max_tokens\": \"16..32\", "
+	       "\"adapters\": %d, \"skills\": \"s1..s%d in turn\", "
+	       "\"throughput_tok_s\": %.1f, \"ttft_p50_ms\": %.2f, \"ttft_p99_ms\": %.2f, "
+	       "\"nocache_throughput_tok_s\": %.1f, \"nocache_ttft_p50_ms\": %.2f, "
+	       "\"nocache_ttft_p99_ms\": %.2f, \"ttft_p50_ratio_vs_nocache\": %.3f, "
+	       "\"throughput_ratio_vs_nocache\": %.3f, \"target\": \"%s\", \"meets_target\": %s, %s}\n",
+	       load, rate >= 1e9 ? 0.0 : rate, n, arm[0].failed + arm[1].failed, clients, threads,
+	       model_json(layers), SP_PREFIX, SP_ADAPTERS, SP_ADAPTERS, tok[0], p50[0], p99[0], tok[1],
+	       p50[1], p99[1], p50[0] / p50[1], tok[0] / tok[1],
+	       !strcmp(load, "saturation") ? "throughput_ratio_vs_nocache >= 2"
+					   : "ttft_p50_ratio_vs_nocache <= 0.3",
+	       (!strcmp(load, "saturation") ? tok[0] >= 2 * tok[1] : p50[0] <= 0.3 * p50[1]) ? "true"
+											      : "false",
+	       note);
+	fflush(stdout);
+	fprintf(stderr, "shared prefix, %-10s: cache %7.0f tok/s, TTFT p50 %.1f ms; no cache %7.0f tok/s, "
+		"TTFT p50 %.1f ms: throughput x%.2f, TTFT x%.3f\n", load, tok[0], p50[0], tok[1], p50[1],
+		tok[0] / tok[1], p50[0] / p50[1]);
+	rc = arm[0].failed + arm[1].failed ? -EIO : 0;
+out:
+	free(arm[0].ttft);
+	free(arm[1].ttft);
+	return rc;
+}
+
 /* --- submit to admission ------------------------------------------------------------------ */
 
 /* Submit -> the engine thread taking the request off the ring (seen) and
@@ -654,7 +799,7 @@ static void skills_json(const struct treq *t, unsigned n, unsigned n_adapters, c
 
 int main(int argc, char **argv)
 {
-	int quick = 0, threads = 1, layers, only_admission = 0;
+	int quick = 0, threads = 1, layers, only_admission = 0, only_shared = 0;
 	unsigned clients = 4;
 	char model[64] = "/tmp/lorad-bm-XXXXXX", cmd[512];
 	struct sched_opts so = { 0 };
@@ -673,12 +818,15 @@ int main(int argc, char **argv)
 			quick = 1;
 		else if (!strcmp(argv[i], "--admission-only"))
 			only_admission = 1;
+		else if (!strcmp(argv[i], "--shared-prefix-only"))
+			only_shared = 1;
 		else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
 			threads = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--clients") && i + 1 < argc)
 			clients = (unsigned)atoi(argv[++i]);
 		else {
-			fprintf(stderr, "usage: bench_serve [--quick] [--threads N] [--clients N] [--admission-only]\n");
+			fprintf(stderr, "usage: bench_serve [--quick] [--threads N] [--clients N] "
+				"[--admission-only] [--shared-prefix-only]\n");
 			return 2;
 		}
 	}
@@ -717,6 +865,8 @@ int main(int argc, char **argv)
 
 	if (only_admission)
 		goto admission_only;
+	if (only_shared)
+		goto shared_only;
 	/* capacity of the bare engine: a burst, everything at once */
 	{
 		unsigned nb = quick ? 24 : 64;
@@ -778,7 +928,7 @@ int main(int argc, char **argv)
 			nw = trace_warm(tw, rcf->n_adapters);
 
 			/* the daemon with the N adapters: warm (it loads adapters on first use), then the trace */
-			if (daemon_start(&d, model, threads, "50", rcf->n_adapters)) {
+			if (daemon_start(&d, model, threads, "50", rcf->n_adapters, NULL)) {
 				fprintf(stderr, "bench_serve: the daemon did not start\n");
 				goto out;
 			}
@@ -841,9 +991,28 @@ int main(int argc, char **argv)
 				goto out;
 		}
 	}
+shared_only:
+	{
+		/* the shared-prefix workload: saturation (a burst: every request at
+		 * once) first, then moderate load, half what the daemon without the
+		 * cache served at saturation */
+		const unsigned n_sp = quick ? 24 : 48;
+		char note[200];
+		double nocache_rps = 0;
+
+		snprintf(note, sizeof(note), "\"quick\": %s%s", quick ? "true" : "false",
+			 quick ? ", \"quick_shrinks\": \"2 layers (full 12)\"" : "");
+		if (run_shared(model, threads, clients, "saturation", 1e9, n_sp, layers, note,
+			       &nocache_rps) ||
+		    run_shared(model, threads, clients, "moderate", 0.5 * nocache_rps, n_sp, layers, note,
+			       &nocache_rps)) {
+			fprintf(stderr, "bench_serve: the shared-prefix workload failed\n");
+			goto out;
+		}
+	}
 admission_only:
 	/* submit -> admission with an idle engine and a spinning poller */
-	if (daemon_start(&d, model, threads, "10000000", 0) == 0) {
+	if (daemon_start(&d, model, threads, "10000000", 0, NULL) == 0) {
 		double p50, p99, s50, s99;
 		unsigned n = quick ? 200 : 1000;
 

@@ -15,6 +15,8 @@
 struct eng_adapter {
 	struct fwd_adapter *fa;
 	int refs;            /* live sequences that use it */
+	uint64_t owner;      /* its identity in the prefix cache, given at install */
+	struct engine_prefix_stats ps;
 	char warning[512];
 };
 
@@ -41,10 +43,37 @@ struct engine {
 
 	struct eng_adapter **ad; /* [n_ad] slots, NULL when free */
 	int n_ad;
+
+	/* prefix cache identities: never given twice (0: none) */
+	uint64_t last_owner;
+	uint64_t base_owner;
+	struct engine_prefix_stats base_ps;
 };
+
+static struct engine_prefix_stats *stats_of(struct engine *e, uint64_t owner)
+{
+	if (owner == e->base_owner)
+		return &e->base_ps;
+	for (int i = 0; i < e->n_ad; i++)
+		if (e->ad[i] && e->ad[i]->owner == owner)
+			return &e->ad[i]->ps;
+	return NULL; /* weights that are gone (merged over) */
+}
+
+/* kv_pool's note: a block of @owner got or lost its key. */
+static void kv_note(void *ctx, uint64_t owner, int delta, int evicted)
+{
+	struct engine_prefix_stats *ps = stats_of(ctx, owner);
+
+	if (!ps)
+		return;
+	ps->cached_blocks += (uint64_t)(int64_t)delta;
+	ps->evictions += evicted != 0;
+}
 
 
 static int backend_create(struct engine *e, const struct engine_opts *o, char *err, size_t errlen);
+static struct eng_adapter *adapter_get(const struct engine *e, int id);
 
 int engine_load(const char *dir, const struct engine_opts *opts, struct engine **out, char *err,
 		size_t errlen)
@@ -83,6 +112,10 @@ int engine_load(const char *dir, const struct engine_opts *opts, struct engine *
 		rc = err_fail(err, errlen, rc, "out of memory");
 		goto err;
 	}
+	e->pool.caching = !o.prefix_cache_off;
+	e->pool.note = kv_note;
+	e->pool.note_ctx = e;
+	e->base_owner = ++e->last_owner;
 	/* the weights now live in the backend; the mapping is no longer needed */
 	model_close(m);
 	*out = e;
@@ -133,7 +166,26 @@ int engine_kv_total(const struct engine *e)
 
 int engine_kv_free(const struct engine *e)
 {
-	return e->pool.n_free;
+	return kv_pool_avail(&e->pool);
+}
+
+int engine_kv_cached(const struct engine *e)
+{
+	return e->pool.n_keyed;
+}
+
+int engine_prefix_stats(const struct engine *e, int id, struct engine_prefix_stats *st)
+{
+	const struct eng_adapter *a;
+
+	if (id <= 0) {
+		*st = e->base_ps;
+		return 0;
+	}
+	if (!(a = adapter_get(e, id)))
+		return -ENOENT;
+	*st = a->ps;
+	return 0;
 }
 
 int engine_kv_block_size(const struct engine *e)
@@ -296,9 +348,11 @@ int engine_seq_new(struct engine *e, const int32_t *prompt, int n,
 	memcpy(s->tokens, prompt, (size_t)n * sizeof(*prompt));
 	s->n_tokens = s->n_prompt = n;
 	s->id = e->next_id++;
+	s->owner = e->base_owner;
 	if (s->params.adapter > 0) {
 		adapter_get(e, s->params.adapter)->refs++;
 		s->adapter_held = 1;
+		s->owner = adapter_get(e, s->params.adapter)->owner;
 	}
 	*out = s;
 	return 0;
@@ -314,6 +368,35 @@ int engine_seq_preempt(struct engine *e, struct engine_seq *s)
 	kv_table_release(&e->pool, &s->kv);
 	s->n_computed = 0;
 	return 0;
+}
+
+int engine_seq_reuse(struct engine *e, struct engine_seq *s)
+{
+	struct engine_prefix_stats *ps;
+	int lim = s->n_tokens - 1, k;
+
+	if (s->finish || s->n_computed || s->kv.n)
+		return 0;
+	s->n_reused = s->n_looked_up = 0;
+	if (!e->pool.caching || s->params.keep_logits == ENGINE_LOGITS_ALL)
+		return 0;
+	if (s->params.keep_logits == ENGINE_LOGITS_LAST_PROMPT) {
+		if (s->n_logits)
+			return 0; /* kept already: this is a rerun after a preemption */
+		lim = s->n_prompt - 1; /* its last prompt position is computed */
+	}
+	k = kv_table_match(&e->pool, &s->kv, s->owner, s->tokens, lim);
+	if (k < 0) {
+		kv_table_release(&e->pool, &s->kv);
+		return k;
+	}
+	s->n_computed = s->n_reused = k * e->pool.block_size;
+	s->n_looked_up = s->n_tokens;
+	if ((ps = stats_of(e, s->owner))) {
+		ps->lookup_tokens += (uint64_t)s->n_tokens;
+		ps->hit_tokens += (uint64_t)s->n_reused;
+	}
+	return s->n_reused;
 }
 
 int engine_seq_pending(const struct engine_seq *s)
@@ -476,7 +559,16 @@ int engine_step(struct engine *e, struct engine_seq *const *seqs, const int *n_n
 		else
 			outs += 1;
 	}
-	/* KV blocks for every sequence, or for none */
+	/* KV blocks for every sequence, or for none; counted first, so that a
+	 * batch that cannot have them evicts no cached block */
+	for (i = 0, j = 0; i < n; i++) {
+		int k = n_new ? n_new[i] : engine_seq_pending(seqs[i]);
+		int more = kv_blocks_for(&e->pool, seqs[i]->n_computed + k) - seqs[i]->kv.n;
+		j += more > 0 ? more : 0;
+	}
+	if (j > kv_pool_avail(&e->pool))
+		return err_fail(err, errlen, -ENOSPC,
+			    "the KV cache has %d free blocks, the batch needs %d", kv_pool_avail(&e->pool), j);
 	for (i = 0; i < n; i++) {
 		struct engine_seq *s = seqs[i];
 		int k = n_new ? n_new[i] : engine_seq_pending(s);
@@ -488,7 +580,7 @@ int engine_step(struct engine *e, struct engine_seq *const *seqs, const int *n_n
 			return err_fail(err, errlen, rc,
 				    rc == -ENOSPC ? "the KV cache has %d free blocks, the batch needs more"
 						  : "out of memory (%d free KV blocks)",
-				    e->pool.n_free);
+				    kv_pool_avail(&e->pool));
 		}
 		if (s->kv.n > max_blocks)
 			max_blocks = s->kv.n;
@@ -585,6 +677,8 @@ int engine_step(struct engine *e, struct engine_seq *const *seqs, const int *n_n
 				return err_fail(err, errlen, -ENOMEM, "out of memory");
 		}
 		s->n_computed += k;
+		/* its full blocks become reusable (only speed is lost if this fails) */
+		kv_table_commit(&e->pool, &s->kv, s->owner, s->tokens, s->n_computed);
 		if (s->n_computed < s->n_tokens)
 			continue; /* a chunk of the prompt; more comes next step */
 		if (s->n_generated >= s->params.max_tokens) {
@@ -618,7 +712,10 @@ int engine_generate(struct engine *e, struct engine_seq *const *seqs, int n, int
 	for (;;) {
 		int m = 0, budget = max_step_tokens > 0 ? max_step_tokens : 0x7fffffff;
 		for (i = 0; i < n && budget > 0; i++) {
-			int p = engine_seq_pending(seqs[i]);
+			int p;
+
+			engine_seq_reuse(e, seqs[i]); /* new or preempted: start after a cached prefix */
+			p = engine_seq_pending(seqs[i]);
 			if (!p)
 				continue;
 			live[m] = seqs[i];
@@ -702,6 +799,8 @@ int engine_adapter_install(struct engine *e, struct eng_adapter *a, int *id)
 		e->ad = p;
 		e->ad[e->n_ad++] = NULL;
 	}
+	a->owner = ++e->last_owner;
+	memset(&a->ps, 0, sizeof(a->ps));
 	e->ad[slot] = a;   /* the swap: the next step may use it */
 	*id = slot + 1;
 	return 0;
@@ -740,6 +839,7 @@ int engine_adapter_unload(struct engine *e, int id)
 	if (a->refs > 0)
 		return -EBUSY;
 	fwd_graphs_flush(e->fwd); /* a recorded step may name its buffers */
+	kv_pool_forget(&e->pool, a->owner, 0); /* no sequence holds them: refs is 0 */
 	fwd_adapter_free(e->fwd, a->fa);
 	free(a);
 	e->ad[id - 1] = NULL;
@@ -769,6 +869,11 @@ int engine_adapter_merge(struct engine *e, const char *dir, char *err, size_t er
 		return rc;
 	rc = fwd_merge(e->fwd, ad, err, errlen);
 	adapter_close(ad);
+	/* the base model's blocks were computed by other weights now (adapters'
+	 * too: they add to the base); the base gets a new identity */
+	kv_pool_forget(&e->pool, 0, 1);
+	e->base_owner = ++e->last_owner;
+	memset(&e->base_ps, 0, sizeof(e->base_ps));
 	return rc;
 }
 

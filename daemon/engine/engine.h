@@ -46,6 +46,8 @@ struct engine_opts {
 	int backend_sample;  /* 0: tokens are chosen where the logits are when the
 			      * backend has BE_CAP_DEVICE_SAMPLE; 1: always with
 			      * be_sample; -1: always on the host (tests) */
+	int prefix_cache_off; /* nonzero: computed KV blocks are never reused by a
+			       * later sequence (engine_seq_reuse does nothing) */
 };
 
 enum engine_keep_logits {
@@ -94,6 +96,9 @@ struct engine_seq {
 	int n_tokens;
 	int n_prompt;
 	int n_computed;       /* tokens whose K/V are in the cache */
+	int n_reused;         /* of those, taken from the prefix cache by the last
+			       * engine_seq_reuse (0: none) */
+	int n_looked_up;      /* tokens that engine_seq_reuse looked up (0: it did not look) */
 	int n_generated;
 	enum engine_finish finish;
 	int error;            /* -EDOM: NaN/Inf logits; set with ENGINE_FINISH_ERROR */
@@ -104,6 +109,7 @@ struct engine_seq {
 	/* private */
 	struct engine_seq_params params;
 	int adapter_held;     /* holds a reference on params.adapter */
+	uint64_t owner;       /* the weights' identity in the prefix cache */
 	struct kv_table kv;
 	int cap_tokens;
 	size_t cap_logits;
@@ -142,6 +148,42 @@ void engine_seq_free(struct engine *e, struct engine_seq *s);
  * Returns 0, or -EINVAL for a finished sequence. */
 int engine_seq_preempt(struct engine *e, struct engine_seq *s);
 
+/*
+ * The prefix cache. Every full KV block a step computes is kept under a key:
+ * the identity of the weights (the base model, or one installed adapter: a
+ * number the engine never gives twice, so an adapter unloaded and loaded
+ * again, or another adapter in the same slot, never meets the old blocks),
+ * the key of the block before it, and its token ids (kvcache.h). Blocks
+ * are shared read-only between sequences and evicted, least recently used
+ * first, only when no sequence holds them and a step needs room.
+ *
+ * engine_seq_reuse() gives a sequence that has nothing in the cache (new,
+ * or preempted) the longest chain of cached blocks that its tokens begin
+ * with, of its own weights; they count as computed. At least one token
+ * is always left to compute (its logits choose the next token), and a
+ * sequence that keeps every position's logits (ENGINE_LOGITS_ALL) reuses
+ * nothing. On the CPU backend, whose results are batch-invariant, a
+ * reused prefix gives bit-identical logits. Returns the tokens reused
+ * (0: none, or the cache is off, or the sequence already started), or
+ * -ENOMEM / -EIO (nothing is reused then; the sequence runs as it was).
+ */
+int engine_seq_reuse(struct engine *e, struct engine_seq *s);
+
+struct engine_prefix_stats {
+	uint64_t lookup_tokens;   /* tokens of sequences that engine_seq_reuse looked up */
+	uint64_t hit_tokens;      /* of those, reused */
+	uint64_t cached_blocks;   /* blocks now kept under these weights' identity */
+	uint64_t evictions;       /* blocks whose key was dropped to make room */
+};
+
+/* The prefix cache's figures for adapter id (0: the base model); an adapter
+ * starts from zero when it is installed. Returns 0 or -ENOENT. */
+int engine_prefix_stats(const struct engine *e, int id, struct engine_prefix_stats *st);
+
+/* Cached blocks of every owner, held or not (engine_kv_free counts the
+ * unheld ones as free: a step may evict them). */
+int engine_kv_cached(const struct engine *e);
+
 /* How many of the sequence's tokens wait to be run: the rest of the prompt,
  * or 1 after a token was sampled; 0 when finished. */
 int engine_seq_pending(const struct engine_seq *s);
@@ -149,7 +191,8 @@ int engine_seq_pending(const struct engine_seq *s);
 /* Runs one forward pass: sequence seqs[i] contributes n_new[i] of its
  * pending tokens (n_new NULL: all of them). A sequence whose pending tokens
  * are all consumed gets a token sampled; when that ends it (max_tokens, EOS,
- * a stop id) its KV blocks go back to the pool at once.
+ * a stop id) its KV blocks go back to the pool at once. Every block the
+ * step filled is kept for the prefix cache (engine_seq_reuse).
  * Returns 0; -EINVAL (a finished sequence, n_new out of [1, pending], a
  * sequence twice); -ENOSPC (the free KV blocks do not suffice: nothing
  * was run, nothing changed, the caller may preempt and retry); -ENOMEM; or
@@ -238,7 +281,7 @@ const char *engine_adapter_warning(const struct engine *e, int id);
  * returns; on error the weights may be partly merged only for -ENOMEM. */
 int engine_adapter_merge(struct engine *e, const char *dir, char *err, size_t errlen);
 
-/* KV pool occupancy, in blocks. */
+/* KV pool occupancy, in blocks; free counts cached blocks no sequence holds. */
 int engine_kv_total(const struct engine *e);
 int engine_kv_free(const struct engine *e);
 int engine_kv_block_size(const struct engine *e);

@@ -43,6 +43,7 @@ struct config {
 	char *merge_adapter;            /* PEFT directory merged into the weights at start */
 	char *backend;                  /* "auto", "cpu", "cuda" */
 	bool null_engine;
+	bool prefix_cache;           /* reuse cached prompt prefixes (the engine's prefix cache) */
 	uint32_t null_step_us;
 	uint32_t spin_us;
 	uint32_t drain_ms;

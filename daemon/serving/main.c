@@ -107,6 +107,17 @@ static void usage(FILE *f)
 		LORAD_MAX_STOP, LORAD_MAX_BIAS, LORAD_MAX_STOP_STR);
 }
 
+/* A value of a yes/no option (options.c takes the same words). */
+static bool is_switch_word(const char *w)
+{
+	static const char *const words[] = { "on", "off", "yes", "no", "true", "false", "1", "0" };
+
+	for (unsigned i = 0; i < sizeof(words) / sizeof(words[0]); i++)
+		if (!strcasecmp(w, words[i]))
+			return true;
+	return false;
+}
+
 static int add_cli_adapter(struct config *c, char *arg)
 {
 	char *eq = strchr(arg, '='), *at;
@@ -228,6 +239,9 @@ static int parse_args(struct daemon *d, int argc, char **argv)
 				cli_access = true;
 			}
 		}
+		/* a switch takes its value as the next word too: --prefix-cache off */
+		if (o->type == OPT_BOOL && !optarg && optind < argc && is_switch_word(argv[optind]))
+			optarg = argv[optind++];
 		if (opt_set(o, &d->cfg, o->type == OPT_BOOL && !optarg ? "yes" : optarg, err,
 			    sizeof(err))) {
 			fprintf(stderr, "lorad: --%s\n", err);
@@ -402,7 +416,8 @@ static int build_engine(struct daemon *d)
 {
 	const struct config *c = &d->cfg;
 	struct engine_opts eo = { .kv_tokens = (int)c->kv_tokens, .n_threads = (int)c->threads,
-				  .backend = c->backend, .debug_fault_steps = d->fault_steps };
+				  .backend = c->backend, .debug_fault_steps = d->fault_steps,
+				  .prefix_cache_off = !c->prefix_cache };
 	struct sched_opts so = { .max_seqs = (int)c->max_seqs, .step_tokens = (int)c->step_tokens,
 				 .max_prompt_tokens = (int)c->max_prompt_tokens };
 	char err[512], tp[4200];
@@ -755,6 +770,9 @@ static int cmd_status(void *ctx, struct json_object *req, struct json_object *re
 		json_object_object_add(reply, "running", json_object_new_int((int)st.running));
 		json_object_object_add(reply, "waiting", json_object_new_int((int)st.waiting));
 		json_object_object_add(reply, "kv_blocks_free", json_object_new_int(st.kv_free));
+		json_object_object_add(reply, "kv_blocks_cached", json_object_new_int(st.kv_cached));
+		json_object_object_add(reply, "prefix_hit_tokens",
+				       json_object_new_int64((int64_t)st.prefix_hit_tokens));
 		json_object_object_add(reply, "kv_blocks_total", json_object_new_int(st.kv_total));
 	}
 	return 0;
@@ -767,6 +785,15 @@ static int cmd_drain(void *ctx, struct json_object *req, struct json_object *rep
 	(void)reply;
 	stop_requested = 1;   /* the same path as SIGTERM */
 	return 0;
+}
+
+static void prefix_of(void *ctx, int adapter, uint64_t *cached_blocks, uint64_t *evictions)
+{
+	struct engine_prefix_stats ps = { 0 };
+
+	engine_prefix_stats(ctx, adapter, &ps);
+	*cached_blocks = ps.cached_blocks;
+	*evictions = ps.evictions;
 }
 
 static void engine_stats(void *ctx, struct ops_engine_stats *es)
@@ -785,6 +812,9 @@ static void engine_stats(void *ctx, struct ops_engine_stats *es)
 		es->healthy = !bi.error[0];
 		es->mem_total = bi.mem_total;
 		es->mem_free = mem_free;
+		es->prefix_cache = d->cfg.prefix_cache;
+		es->prefix_of = prefix_of;
+		es->prefix_ctx = d->eng;
 	}
 	es->steps = st.steps;
 	es->preemptions = st.preemptions;

@@ -119,6 +119,17 @@ void metrics_request(struct metrics *m, const char *skill, const char *version, 
 		observe(r->itl, &r->itl_sum_s, &r->itl_n, itl_us / 1e6);
 }
 
+void metrics_prefix(struct metrics *m, const char *skill, const char *version, uint32_t hit,
+		    uint32_t lookup)
+{
+	struct metrics_row *r = row_for(m, skill, version);
+
+	if (!r)
+		return;
+	r->prefix_hit_tokens += hit;
+	r->prefix_lookup_tokens += lookup;
+}
+
 unsigned metrics_rows(const struct metrics *m)
 {
 	return m->n;
@@ -228,6 +239,12 @@ static void requests(struct buf *b, const struct metrics *m)
 	ROWS(b, m, "lorad_prompt_tokens_total", prompt_tokens);
 	family(b, "lorad_generated_tokens_total", "counter", "Generated tokens of ended requests.");
 	ROWS(b, m, "lorad_generated_tokens_total", generated_tokens);
+	family(b, "lorad_prefix_hit_tokens_total", "counter",
+	       "Prompt tokens taken from the prefix cache (of lorad_prefix_lookup_tokens_total).");
+	ROWS(b, m, "lorad_prefix_hit_tokens_total", prefix_hit_tokens);
+	family(b, "lorad_prefix_lookup_tokens_total", "counter",
+	       "Prompt tokens looked up in the prefix cache (0 with --prefix-cache off).");
+	ROWS(b, m, "lorad_prefix_lookup_tokens_total", prefix_lookup_tokens);
 	family(b, "lorad_ttft_seconds", "histogram", "Time to first token.");
 	for (unsigned i = 0; i < m->n; i++)
 		hist_lines(b, "lorad_ttft_seconds", &m->rows[i], m->rows[i].ttft, m->rows[i].ttft_sum_s,
@@ -339,6 +356,38 @@ static void engine(struct buf *b, const struct ops_engine_stats *es)
 	bprintf(b, "lorad_backend_memory_bytes{kind=\"free\"} %llu\n", (unsigned long long)es->mem_free);
 }
 
+/* The prefix cache's blocks, by the version whose weights computed them
+ * (one cache per version, whatever skills route to it). */
+static void prefix(struct buf *b, struct registry *reg, const struct ops_engine_stats *es)
+{
+	const struct reg_version *v;
+	uint64_t cached[2] = { 0 }; /* cached blocks, evictions */
+	unsigned i;
+
+	family(b, "lorad_prefix_cache_enabled", "gauge", "1 while the prefix cache is on (--prefix-cache).");
+	bprintf(b, "lorad_prefix_cache_enabled %d\n", es->prefix_cache);
+	if (!es->prefix_of)
+		return;
+	for (int k = 0; k < 2; k++) {
+		family(b, k ? "lorad_prefix_evictions_total" : "lorad_prefix_cached_blocks",
+		       k ? "counter" : "gauge",
+		       k ? "Prefix cache blocks evicted for room, by adapter version (from its load on)."
+			 : "KV blocks kept in the prefix cache, by adapter version.");
+		es->prefix_of(es->prefix_ctx, 0, &cached[0], &cached[1]);
+		bprintf(b, "%s{version=\"base\"} %llu\n",
+			k ? "lorad_prefix_evictions_total" : "lorad_prefix_cached_blocks",
+			(unsigned long long)cached[k]);
+		for (i = 0; (v = registry_at(reg, i)); i++) {
+			cached[0] = cached[1] = 0;
+			if (v->pe->adapter)
+				es->prefix_of(es->prefix_ctx, v->pe->adapter, &cached[0], &cached[1]);
+			bprintf(b, "%s{version=\"%s\"} %llu\n",
+				k ? "lorad_prefix_evictions_total" : "lorad_prefix_cached_blocks", v->id,
+				(unsigned long long)cached[k]);
+		}
+	}
+}
+
 char *metrics_exposition(const struct metrics *m, struct registry *reg,
 			 const struct ops_engine_stats *es, size_t *len)
 {
@@ -347,8 +396,10 @@ char *metrics_exposition(const struct metrics *m, struct registry *reg,
 	requests(&b, m);
 	versions(&b, reg);
 	tiers(&b, reg);
-	if (es)
+	if (es) {
 		engine(&b, es);
+		prefix(&b, reg, es);
+	}
 	if (b.failed) {
 		free(b.p);
 		return NULL;

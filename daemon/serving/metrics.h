@@ -21,6 +21,7 @@ struct metrics_row {
 	char version[64];            /* "name@version", or "base" */
 	uint64_t requests, errors[ME__N];
 	uint64_t prompt_tokens, generated_tokens;
+	uint64_t prefix_hit_tokens, prefix_lookup_tokens; /* the prefix cache: reused, looked up */
 	uint64_t ttft[METRICS_LAT_BUCKETS + 1], itl[METRICS_LAT_BUCKETS + 1];  /* cumulative at print */
 	double ttft_sum_s, itl_sum_s;
 	uint64_t ttft_n, itl_n;
@@ -45,6 +46,11 @@ void metrics_set_max_rows(struct metrics *m, unsigned max_rows);
 void metrics_request(struct metrics *m, const char *skill, const char *version, int res,
 		     unsigned finish, uint32_t n_prompt, uint32_t n_out, uint32_t ttft_us,
 		     uint32_t itl_us);
+
+/* The same request's prompt tokens taken from the prefix cache (@hit) of
+ * those looked up there (@lookup). */
+void metrics_prefix(struct metrics *m, const char *skill, const char *version, uint32_t hit,
+		    uint32_t lookup);
 
 unsigned metrics_rows(const struct metrics *m);
 const struct metrics_row *metrics_row(const struct metrics *m, unsigned i);

@@ -753,6 +753,10 @@ static int cmd_stats(void *ctx, struct json_object *req, struct json_object *rep
 		json_object_object_add(e, "prompt_tokens", json_object_new_int64((int64_t)r->prompt_tokens));
 		json_object_object_add(e, "generated_tokens",
 				       json_object_new_int64((int64_t)r->generated_tokens));
+		json_object_object_add(e, "prefix_hit_tokens",
+				       json_object_new_int64((int64_t)r->prefix_hit_tokens));
+		json_object_object_add(e, "prefix_lookup_tokens",
+				       json_object_new_int64((int64_t)r->prefix_lookup_tokens));
 		json_object_object_add(e, "ttft_mean_ms",
 				       json_object_new_double(r->ttft_n ? 1e3 * r->ttft_sum_s / r->ttft_n : 0));
 		json_object_object_add(e, "itl_mean_ms",
@@ -849,9 +853,13 @@ static void on_final(void *ctx, const struct sreq *r, int res, unsigned finish, 
 	if (strcmp(skill, "base") && !registry_skill_known(o->opt.reg, skill))
 		metrics_request(o->met, METRICS_UNKNOWN, METRICS_NONE, res, finish, r->n_prompt,
 				r->n_out, ttft_us, itl_us);
-	else
+	else {
 		metrics_request(o->met, skill, v ? v->id : "base", res, finish, r->n_prompt, r->n_out,
 				ttft_us, itl_us);
+		if (r->prefix_lookup)
+			metrics_prefix(o->met, skill, v ? v->id : "base", r->prefix_hit,
+				       r->prefix_lookup);
+	}
 }
 
 void ops_set_limits(struct ops *o, uint64_t max_adapter_bytes, uint32_t max_metric_series)

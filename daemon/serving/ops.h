@@ -31,6 +31,11 @@ struct ops_engine_stats {
 	int healthy;              /* 0 after a device error */
 	char error[160];          /* that error: call, file, line */
 	uint64_t mem_total, mem_free; /* bytes of the backend's memory */
+	int prefix_cache;             /* 1: the prefix cache is on */
+	/* the prefix cache's blocks of engine adapter @adapter (0: the base
+	 * model): kept now, evicted since it was loaded; NULL: no engine */
+	void (*prefix_of)(void *ctx, int adapter, uint64_t *cached_blocks, uint64_t *evictions);
+	void *prefix_ctx;
 };
 
 typedef void (*ops_engine_stats_fn)(void *ctx, struct ops_engine_stats *st);

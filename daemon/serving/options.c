@@ -40,6 +40,9 @@ const struct opt_def opt_table[] = {
 		  "as the base" },
 	{ "backend", "daemon", OPT_ENUM, F(backend), .def_str = "auto", .choices = "auto|cpu|cuda",
 	  .arg = "NAME", .help = "compute backend: auto picks CUDA when a device answers" },
+	{ "prefix_cache", "daemon", OPT_BOOL, F(prefix_cache), 1, "on", .arg = "on|off",
+	  .help = "reuse the KV blocks of prompt prefixes already computed under the same "
+		  "adapter version (off: for comparison)" },
 	{ "null_engine", "daemon", OPT_BOOL, F(null_engine), 0, "no", .arg = "",
 	  .help = "serve without a model: echo checksums and generated ids (tests, benchmarks)" },
 	{ "null_step_us", "daemon", OPT_U32, F(null_step_us), 0, NULL, 0, 60000000, .arg = "N",

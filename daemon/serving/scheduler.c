@@ -29,6 +29,7 @@ struct sjob {
 	enum sj_where where;
 	uint64_t order;           /* arrival: older first within a client, newest preempted first */
 	uint32_t sent;            /* generated ids already written to the client */
+	bool looked_up;           /* its prefix was looked up since it last ran from nothing */
 	uint64_t park_key, park_ticket;
 	uint64_t cookie;          /* tokenizer or classifier result it waits for */
 	struct detok *dt;         /* text out or stop strings; NULL otherwise */
@@ -595,6 +596,7 @@ static struct sjob *pick_victim(struct sched *s, unsigned *most)
 static void preempt(struct sched *s, struct sjob *j)
 {
 	engine_seq_preempt(s->e, j->seq);
+	j->looked_up = false;
 	move_to(s, j, SJ_WAITING);
 	s->st.preemptions++;
 }
@@ -648,6 +650,24 @@ static void expire(struct sched *s, uint64_t now)
 	}
 }
 
+/*
+ * A job with nothing in the KV cache (new, or back from a preemption)
+ * starts after the longest prefix cached for its weights. Looked up only
+ * when it gets prefill tokens, not at admission: a job that waits for the
+ * budget finds what the jobs before it computed meanwhile (a burst of
+ * requests with one instruction computes it once per version, not once
+ * per request admitted together).
+ */
+static void take_prefix(struct sched *s, struct sjob *j)
+{
+	j->looked_up = true;   /* once, also when a step is retried after -ENOSPC */
+	if (engine_seq_reuse(s->e, j->seq) < 0)
+		return;
+	j->r->prefix_hit += (uint32_t)j->seq->n_reused;
+	j->r->prefix_lookup += (uint32_t)j->seq->n_looked_up;
+	s->st.prefix_hit_tokens += (uint64_t)j->seq->n_reused;
+}
+
 /* Decodes first (one token each), then prefill chunks while the budget lasts. */
 static int build_batch(struct sched *s)
 {
@@ -655,13 +675,17 @@ static int build_batch(struct sched *s)
 
 	for (int pass = 0; pass < 2; pass++) {
 		for (struct sjob *j = s->list[SJ_RUNNING]; j; j = j->next) {
-			int pend = engine_seq_pending(j->seq);
-			bool decode = j->seq->n_computed > 0 && pend == 1;
+			bool fresh = j->seq->n_computed == 0, decode;
+			int pend;
 
-			if ((pass == 0) != decode || pend <= 0)
-				continue;
 			if (pass == 1 && budget <= 0)
 				break;
+			if (pass == 1 && fresh && !j->looked_up)
+				take_prefix(s, j);
+			pend = engine_seq_pending(j->seq);
+			decode = !fresh && pend == 1;
+			if ((pass == 0) != decode || pend <= 0)
+				continue;
 			s->seqs[n] = j->seq;
 			s->jobs[n] = j;
 			s->n_new[n] = pass == 0 ? 1 : (pend < budget ? pend : budget);
@@ -886,4 +910,5 @@ void sched_get_stats(const struct sched *s, struct sched_stats *st)
 	st->parked = s->n[SJ_PARKED];
 	st->kv_free = engine_kv_free(s->e);
 	st->kv_total = engine_kv_total(s->e);
+	st->kv_cached = engine_kv_cached(s->e);
 }

@@ -73,8 +73,10 @@ struct sched_stats {
 	uint64_t tokens;          /* generated */
 	uint64_t prefill_tokens;
 	uint64_t preemptions;
+	uint64_t prefix_hit_tokens; /* prompt tokens taken from the prefix cache */
 	unsigned running, waiting, parked;
-	int kv_free, kv_total;
+	int kv_free, kv_total;    /* free counts cached blocks no sequence holds */
+	int kv_cached;            /* blocks kept by the prefix cache, held or not */
 };
 
 void sched_get_stats(const struct sched *s, struct sched_stats *st);

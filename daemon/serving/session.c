@@ -390,6 +390,7 @@ static void take_entry(struct session *s, const struct lorad_sqe *e,
 	r->t_admit = r->t_first = r->t_last = 0;
 	r->step_seen = r->step_admit = r->step_last = 0;
 	r->version = 0;
+	r->prefix_hit = r->prefix_lookup = 0;
 	memset(r->served, 0, sizeof(r->served));
 	r->cancelled = false;
 	r->exec = NULL;

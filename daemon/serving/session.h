@@ -37,6 +37,7 @@ struct sreq {
 	uint64_t t_seen, t_admit, t_first, t_last;
 	uint32_t step_seen, step_admit, step_last;  /* engine step counters, for fairness telemetry */
 	uint32_t version;            /* vid of the adapter version that serves it */
+	uint32_t prefix_hit, prefix_lookup; /* tokens taken from the prefix cache, of those looked up */
 	char served[LORAD_VERSION_MAX]; /* its id ("name@version", "base"); "" until known */
 	struct sqe_ext x;            /* the extension block, checked and copied */
 	bool cancelled;

@@ -35,7 +35,9 @@
  *                $schema, $id, default, examples, $comment) are ignored;
  *                any other keyword is refused by name.
  * JSON output has no whitespace except at most one space after ':' and
- * ','; strings are JSON strings (escapes included).
+ * ','; strings are JSON strings (escapes included); a number a schema
+ * types has at most 19 digits before the point, 18 after it and 3 in the
+ * exponent (a value of any type is not bounded so).
  *
  * Every input is bounded (struct gram_limits): the text, the nesting, the
  * automaton's size, and the work of building it; what passes a limit is

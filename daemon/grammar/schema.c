@@ -17,8 +17,12 @@
 
 #define JS_STRING  "\"([^\"\\\\\\x00-\\x1f]|\\\\([\"\\\\/bfnrt]|u[0-9a-fA-F]{4}))*\""
 #define JS_CHAR    "([^\"\\\\\\x00-\\x1f]|\\\\([\"\\\\/bfnrt]|u[0-9a-fA-F]{4}))"
-#define JS_INTEGER "-?(0|[1-9][0-9]*)"
-#define JS_NUMBER  "-?(0|[1-9][0-9]*)(\\.[0-9]+)?([eE][+-]?[0-9]+)?"
+/* numbers are bounded (19 digits, 18 after the point, 3 of exponent): a
+ * model that runs on in digits ends its number instead of its budget */
+#define JS_INTEGER "-?(0|[1-9][0-9]{0,18})"
+#define JS_NUMBER  "-?(0|[1-9][0-9]{0,18})(\\.[0-9]{1,18})?([eE][+-]?[0-9]{1,3})?"
+/* ... except in a value of any type, whose automaton would grow too large */
+#define JS_NUMBER_ANY "-?(0|[1-9][0-9]*)(\\.[0-9]+)?([eE][+-]?[0-9]+)?"
 #define JS_COLON   ": ?"
 #define JS_COMMA   ", ?"
 #define MAX_PROPS  64
@@ -59,7 +63,7 @@ void sb_free(struct sbuf *b)
 
 static void scalars(struct sbuf *b)
 {
-	sb_puts(b, JS_STRING "|" JS_NUMBER "|true|false|null");
+	sb_puts(b, JS_STRING "|" JS_NUMBER_ANY "|true|false|null");
 }
 
 void json_any_pattern(struct sbuf *b, int depth)

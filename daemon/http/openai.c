@@ -13,9 +13,33 @@
 
 #include "grammar.h"
 
-/* JSON nesting a completion body never needs more than: a schema in
- * response_format nests as deep as the grammar allows (max_depth 32) */
-#define OA_DEPTH 72
+/* JSON nesting a completion body never needs more than, outside
+ * response_format; a schema there nests as deep as the grammar allows
+ * (max_depth 32: two JSON levels a schema level, and the wrapping) */
+#define OA_DEPTH 8
+#define OA_DEPTH_FORMAT 72
+
+/* Levels of containers in @v (1 for a scalar). */
+static int nesting(struct json_object *v)
+{
+	int d = 0;
+
+	if (json_object_is_type(v, json_type_object)) {
+		json_object_object_foreach(v, k, x) {
+			int n = nesting(x);
+
+			(void)k;
+			d = n > d ? n : d;
+		}
+	} else if (json_object_is_type(v, json_type_array)) {
+		for (size_t i = 0; i < json_object_array_length(v); i++) {
+			int n = nesting(json_object_array_get_idx(v, i));
+
+			d = n > d ? n : d;
+		}
+	}
+	return d + 1;
+}
 
 static int bad(char *err, size_t errlen, char *param, size_t plen, const char *p, const char *msg)
 {
@@ -126,7 +150,7 @@ int oa_parse_completion(const char *body, size_t len, uint32_t max_tokens_cap,
 {
 	static const char *const refused[] = { "echo", "logprobs", "best_of", "suffix", "logit_bias",
 					       "stream_options" };
-	struct json_tokener *tok = json_tokener_new_ex(OA_DEPTH);
+	struct json_tokener *tok = json_tokener_new_ex(OA_DEPTH_FORMAT);
 	struct json_object *root = NULL, *v;
 	double d;
 	int ret = -EINVAL;
@@ -155,6 +179,13 @@ int oa_parse_completion(const char *body, size_t len, uint32_t max_tokens_cap,
 	if (!json_object_is_type(root, json_type_object)) {
 		ret = bad(err, errlen, param, plen, "", "the body must be a JSON object");
 		goto out;
+	}
+	json_object_object_foreach(root, key, val) {
+		if (strcmp(key, "response_format") && nesting(val) >= OA_DEPTH) {
+			snprintf(err, errlen, "the body is not one JSON object (%s)",
+				 json_tokener_error_desc(json_tokener_error_depth));
+			goto out;
+		}
 	}
 	/* model: which skill, version, "auto" or "base" */
 	if (!json_object_object_get_ex(root, "model", &v) || !json_object_is_type(v, json_type_string) ||

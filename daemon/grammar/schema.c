@@ -378,10 +378,11 @@ static int schema(struct sc *c, struct json_object *o, unsigned depth)
 	json_object_object_get_ex(o, "enum", &en);
 	json_object_object_get_ex(o, "const", &cn);
 	if (en || cn) {
-		size_t n = en ? json_object_array_length(en) : 1;
+		size_t n;
 
 		if (en && json_object_get_type(en) != json_type_array)
 			return sfail(c, -EINVAL, "enum must be an array");
+		n = en ? json_object_array_length(en) : 1;
 		if (!n)
 			return sfail(c, -EINVAL, "enum is empty: nothing is valid");
 		sb_puts(c->b, "(");

@@ -5,7 +5,9 @@
  * byte, so one walk costs the trie nodes of the tokens that are still
  * possible (and their first dead byte), not the vocabulary times its
  * lengths; a grammar keeps the mask of each state it met, so a state costs
- * one walk per grammar, not one per step.
+ * one walk per grammar, not one per step. The trie is walked flat: its
+ * nodes in preorder, each with its depth and the index past its subtree,
+ * so a walk reads memory in order and skips a dead subtree in one jump.
  */
 #include "gram_int.h"
 
@@ -24,8 +26,13 @@ struct tnode {
 
 struct gram_vocab {
 	int n;
-	struct tnode *nodes;
+	struct tnode *nodes;      /* the trie as built (children linked) */
 	size_t n_nodes, cap_nodes;
+	/* the same nodes in preorder (index 0: the root) */
+	uint8_t *f_byte;
+	uint16_t *f_depth;        /* 1 for the root's children */
+	uint32_t *f_skip;         /* the index past the node's subtree */
+	int32_t *f_tok;           /* the first id ending at the node; -1 */
 	int32_t *same;            /* [n] the next id with the same bytes; -1 */
 	int32_t *eos;
 	int n_eos;
@@ -44,6 +51,49 @@ static int64_t node_add(struct gram_vocab *v, uint8_t byte)
 	}
 	v->nodes[v->n_nodes] = (struct tnode){ 0, 0, -1, byte };
 	return (int64_t)v->n_nodes++;
+}
+
+/* The preorder arrays of v->nodes, by an explicit stack (depth <= TOKEN_MAX). */
+static int flatten(struct gram_vocab *v)
+{
+	uint32_t stack[TOKEN_MAX + 2], at[TOKEN_MAX + 2], idx = 0;
+	int sp = 0;
+
+	v->f_byte = malloc(v->n_nodes);
+	v->f_depth = malloc(v->n_nodes * sizeof(*v->f_depth));
+	v->f_skip = malloc(v->n_nodes * sizeof(*v->f_skip));
+	v->f_tok = malloc(v->n_nodes * sizeof(*v->f_tok));
+	if (!v->f_byte || !v->f_depth || !v->f_skip || !v->f_tok)
+		return -ENOMEM;
+	/* stack[d]: the node entered at depth d, at[d]: its preorder index */
+	stack[0] = 0;
+	at[0] = idx++;
+	v->f_byte[0] = 0;
+	v->f_depth[0] = 0;
+	v->f_tok[0] = -1;
+	for (uint32_t x = v->nodes[0].child;;) {
+		if (x) {
+			sp++;
+			stack[sp] = x;
+			at[sp] = idx;
+			v->f_byte[idx] = v->nodes[x].byte;
+			v->f_depth[idx] = (uint16_t)sp;
+			v->f_tok[idx++] = v->nodes[x].tok;
+			x = v->nodes[x].child;
+			continue;
+		}
+		/* no child: close nodes until one has a sibling */
+		while (sp >= 0) {
+			v->f_skip[at[sp]] = idx;
+			x = sp ? v->nodes[stack[sp]].sibling : 0;
+			sp--;
+			if (x)
+				break;
+		}
+		if (sp < 0)
+			break;
+	}
+	return 0;
 }
 
 int gram_vocab_build(const unsigned char *const *bytes, const uint32_t *lens, int n,
@@ -107,6 +157,8 @@ int gram_vocab_build(const unsigned char *const *bytes, const uint32_t *lens, in
 			v->nodes[root_kid[b]].sibling = v->nodes[0].child;
 			v->nodes[0].child = root_kid[b];
 		}
+	if ((rc = flatten(v)))
+		goto err;
 	*out = v;
 	return 0;
 err:
@@ -119,6 +171,10 @@ void gram_vocab_free(struct gram_vocab *v)
 	if (!v)
 		return;
 	free(v->nodes);
+	free(v->f_byte);
+	free(v->f_depth);
+	free(v->f_skip);
+	free(v->f_tok);
 	free(v->same);
 	free(v->eos);
 	free(v);
@@ -137,8 +193,9 @@ size_t gram_mask_words(const struct gram_vocab *v)
 int gram_mask_walk(const struct gram *g, const struct gram_vocab *v, int state, uint64_t *allow)
 {
 	int32_t st[TOKEN_MAX + 1];
-	uint32_t cur[TOKEN_MAX + 2];
-	int depth = 0, count = 0;
+	const size_t n = v->n_nodes;
+	const int ncls = g->n_classes;
+	int count = 0;
 
 	memset(allow, 0, gram_mask_words(v) * sizeof(*allow));
 	if (state < 0 || state >= g->n_states)
@@ -150,32 +207,20 @@ int gram_mask_walk(const struct gram *g, const struct gram_vocab *v, int state, 
 				count++;
 			}
 	st[0] = state;
-	cur[1] = v->nodes[0].child;
-	for (;;) {
-		uint32_t x = cur[depth + 1];
-		const struct tnode *nd;
-		int32_t ns;
+	for (size_t i = 1; i < n;) {
+		int d = v->f_depth[i];
+		int32_t ns = g->next[(size_t)st[d - 1] * ncls + g->cls[v->f_byte[i]]];
 
-		if (!x) {
-			if (!depth)
-				break;
-			depth--;
-			cur[depth + 1] = v->nodes[cur[depth + 1]].sibling;
-			continue;
-		}
-		nd = &v->nodes[x];
-		ns = g->next[(size_t)st[depth] * g->n_classes + g->cls[nd->byte]];
 		if (ns < 0) {
-			cur[depth + 1] = nd->sibling;
+			i = v->f_skip[i];   /* no token below continues */
 			continue;
 		}
-		for (int32_t id = nd->tok; id >= 0; id = v->same[id]) {
+		for (int32_t id = v->f_tok[i]; id >= 0; id = v->same[id]) {
 			allow[id >> 6] |= 1ull << (id & 63);
 			count++;
 		}
-		depth++;
-		st[depth] = ns;
-		cur[depth + 1] = nd->child;
+		st[d] = ns;
+		i++;
 	}
 	return count;
 }

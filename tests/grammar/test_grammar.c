@@ -19,6 +19,7 @@
 
 #include "grammar.h"
 #include "tokenizer.h"
+#include "validate.h"
 
 static struct gram *compile_ok(enum gram_kind k, const char *text)
 {
@@ -333,6 +334,95 @@ static void test_cache(void **st)
 	gram_cache_free(c);
 }
 
+/* A vocabulary without the byte a grammar needs: no token is allowed there. */
+static void test_dead_end(void **st)
+{
+	static const char *const toks[] = { "</s>", "a", "ab", "b" };
+	const unsigned char *p[4];
+	uint32_t l[4];
+	int32_t eos = 0;
+	struct gram_vocab *v;
+	struct gram *g = compile_ok(GRAM_REGEX, "a(c|b)");
+	uint64_t m[1];
+
+	(void)st;
+	for (int i = 0; i < 4; i++) {
+		p[i] = (const unsigned char *)toks[i];
+		l[i] = i ? (uint32_t)strlen(toks[i]) : 0;   /* the end token has no text */
+	}
+	assert_int_equal(gram_vocab_build(p, l, 4, &eos, 1, &v), 0);
+	assert_int_equal(gram_mask(g, v, 0, m), 2);          /* "a" and "ab" */
+	assert_int_equal(m[0], (1u << 1) | (1u << 2));
+	assert_int_equal(gram_mask(g, v, gram_walk(g, 0, "ab", 2), m), 1);   /* complete: EOS only */
+	assert_int_equal(m[0], 1);
+	gram_unref(g);
+	g = compile_ok(GRAM_REGEX, "ac");
+	assert_int_equal(gram_mask(g, v, gram_walk(g, 0, "a", 1), m), 0);   /* no "c" anywhere */
+	gram_unref(g);
+	gram_vocab_free(v);
+}
+
+/* The grammar request in shared memory: read once, each field checked. */
+static void test_wire(void **st)
+{
+	static unsigned char arena[8192];
+	struct sqe_limits lim = { .arena_size = sizeof(arena), .max_tokens = 64, .max_prompt = 64,
+				  .max_text = 1024 };
+	struct lorad_sqe e = { .opcode = LORAD_OP_GENERATE, .prompt_kind = LORAD_PROMPT_TOKENS,
+			       .flags = LORAD_SQE_F_SERVED | LORAD_SQE_F_GRAMMAR, .max_tokens = 8,
+			       .prompt_off = 0, .prompt_len = 8, .out_off = 64, .out_len = 32, .top_p = 1,
+			       .repetition_penalty = 1 };
+	struct lorad_grammar_req q = { .kind = LORAD_GRAMMAR_REGEX, .off = 1024, .len = 3 };
+	enum lorad_field f;
+	struct sqe_ext x;
+
+	(void)st;
+	memcpy(arena + 1024, "a+b", 3);
+#define PUT() memcpy(arena + lorad_grammar_req_off(&e), &q, sizeof(q))
+	PUT();
+	assert_int_equal(sqe_validate(&e, &lim, &f), 0);
+	assert_int_equal(sqe_ext_load(&e, arena, &lim, &x, &f), 0);
+	assert_int_equal(x.gram_kind, LORAD_GRAMMAR_REGEX);
+	assert_string_equal(x.gram_text, "a+b");
+	sqe_ext_free(&x);
+	q.kind = LORAD_GRAMMAR__MAX;               /* unknown kind */
+	PUT();
+	assert_int_equal(sqe_ext_load(&e, arena, &lim, &x, &f), -EINVAL);
+	assert_int_equal(f, LORAD_FIELD_GRAMMAR);
+	q.kind = LORAD_GRAMMAR_REGEX;
+	q.reserved = 1;                            /* reserved must be zero */
+	PUT();
+	assert_int_equal(sqe_ext_load(&e, arena, &lim, &x, &f), -EINVAL);
+	q.reserved = 0;
+	q.len = LORAD_MAX_GRAMMAR + 1;             /* too long */
+	PUT();
+	assert_int_equal(sqe_ext_load(&e, arena, &lim, &x, &f), -E2BIG);
+	assert_int_equal(f, LORAD_FIELD_GRAMMAR);
+	q.len = 3;
+	q.off = sizeof(arena) - 2;                 /* past the arena */
+	PUT();
+	assert_int_equal(sqe_ext_load(&e, arena, &lim, &x, &f), -EINVAL);
+	q.off = 70;                                /* over the output ids the daemon writes */
+	PUT();
+	assert_int_equal(sqe_ext_load(&e, arena, &lim, &x, &f), -EINVAL);
+	q.off = 1024;
+	arena[1025] = 0;                           /* a NUL inside */
+	PUT();
+	assert_int_equal(sqe_ext_load(&e, arena, &lim, &x, &f), -EINVAL);
+	q.kind = LORAD_GRAMMAR_JSON;               /* JSON needs no text */
+	q.len = 0;
+	q.off = 0;
+	PUT();
+	assert_int_equal(sqe_ext_load(&e, arena, &lim, &x, &f), 0);
+	assert_null(x.gram_text);
+	sqe_ext_free(&x);
+	/* the record itself must lie inside the arena */
+	e.out_off = sizeof(arena) - 32 - 96;
+	assert_int_equal(sqe_validate(&e, &lim, &f), -EINVAL);
+	assert_int_equal(f, LORAD_FIELD_GRAMMAR);
+#undef PUT
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -341,6 +431,8 @@ int main(void)
 		cmocka_unit_test(test_json),
 		cmocka_unit_test(test_masks),
 		cmocka_unit_test(test_cache),
+		cmocka_unit_test(test_dead_end),
+		cmocka_unit_test(test_wire),
 	};
 
 	return cmocka_run_group_tests(tests, setup_vocab, teardown_vocab);

@@ -138,22 +138,32 @@ struct gc_ent {
 	char *text;
 	size_t len;
 	struct gram *g;
+	size_t bytes;
 	uint64_t used;
 };
 
 struct gram_cache {
 	struct gc_ent *e;
 	unsigned n, max;
+	size_t bytes, max_bytes;
 	uint64_t clock;
 };
 
-struct gram_cache *gram_cache_new(unsigned max)
+size_t gram_bytes(const struct gram *g)
+{
+	return sizeof(*g) + (size_t)g->n_states * ((size_t)g->n_classes * sizeof(*g->next) + 1 +
+						   sizeof(*g->masks) + sizeof(*g->mask_count)) +
+	       g->mask_bytes;
+}
+
+struct gram_cache *gram_cache_new(unsigned max, size_t max_bytes)
 {
 	struct gram_cache *c = calloc(1, sizeof(*c));
 
 	if (!c)
 		return NULL;
 	c->max = max ? max : 1;
+	c->max_bytes = max_bytes;
 	c->e = calloc(c->max, sizeof(*c->e));
 	if (!c->e) {
 		free(c);
@@ -162,8 +172,9 @@ struct gram_cache *gram_cache_new(unsigned max)
 	return c;
 }
 
-static void ent_drop(struct gc_ent *e)
+static void ent_drop(struct gram_cache *c, struct gc_ent *e)
 {
+	c->bytes -= e->bytes;
 	gram_unref(e->g);
 	free(e->text);
 	memset(e, 0, sizeof(*e));
@@ -174,7 +185,7 @@ void gram_cache_free(struct gram_cache *c)
 	if (!c)
 		return;
 	for (unsigned i = 0; i < c->n; i++)
-		ent_drop(&c->e[i]);
+		ent_drop(c, &c->e[i]);
 	free(c->e);
 	free(c);
 }
@@ -196,25 +207,29 @@ int gram_cache_put(struct gram_cache *c, enum gram_kind kind, const char *text, 
 		   struct gram *g)
 {
 	struct gc_ent *e;
+	size_t bytes = gram_bytes(g) + len;
 	char *t = malloc(len ? len : 1);
 
 	if (!t)
 		return -ENOMEM;
 	memcpy(t, text, len);
-	if (c->n < c->max) {
-		e = &c->e[c->n++];
-	} else {
-		/* the least recently used goes; requests holding it keep it alive */
+	/* the least recently used go, to the count and the bytes; requests
+	 * holding one keep it alive */
+	while (c->n && (c->n == c->max || (c->max_bytes && c->bytes + bytes > c->max_bytes))) {
 		e = &c->e[0];
 		for (unsigned i = 1; i < c->n; i++)
 			if (c->e[i].used < e->used)
 				e = &c->e[i];
-		ent_drop(e);
+		ent_drop(c, e);
+		*e = c->e[--c->n];
 	}
+	e = &c->e[c->n++];
 	e->kind = kind;
 	e->text = t;
 	e->len = len;
 	e->g = gram_ref(g);
+	e->bytes = bytes;
 	e->used = ++c->clock;
+	c->bytes += bytes;
 	return 0;
 }

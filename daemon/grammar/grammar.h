@@ -150,8 +150,13 @@ int gram_mask_prefill(struct gram *g, const struct gram_vocab *v, size_t budget)
 
 struct gram_cache;
 
-/* A cache of at most @max grammars. Returns NULL on ENOMEM. */
-struct gram_cache *gram_cache_new(unsigned max);
+/* A cache of at most @max grammars and @max_bytes of their memory
+ * (gram_bytes; 0: no byte bound); one grammar over it is still kept, alone.
+ * Returns NULL on ENOMEM. */
+struct gram_cache *gram_cache_new(unsigned max, size_t max_bytes);
+
+/* The memory @g holds: its automaton and the masks it keeps. */
+size_t gram_bytes(const struct gram *g);
 void gram_cache_free(struct gram_cache *c);
 
 /* A new reference to the grammar of (@kind, @text, @len), or NULL. */

@@ -15,8 +15,10 @@
 #include "tokq.h"
 #include "workq.h"
 
-#define GRAM_CACHE_MAX   64          /* compiled grammars kept by text */
-#define GRAM_MASK_BUDGET (32u << 20) /* bytes of masks made per grammar before it runs */
+#define GRAM_CACHE_MAX   64           /* compiled grammars kept by text ... */
+#define GRAM_CACHE_BYTES (256u << 20) /* ... and the memory they may hold */
+#define GRAM_MASK_BUDGET (16u << 20)  /* bytes of masks made per grammar before it runs
+				       * (and kept as states are met: gram_mask) */
 
 /* Where a job is: each place is a list of its own. */
 enum sj_where {
@@ -1065,7 +1067,7 @@ struct sched *sched_build(struct engine *e, const struct tokenizer *tok,
 		return NULL;
 	}
 	/* constrained decoding: one grammar thread; without a tokenizer none */
-	if (tok && (gram_vocab_of(s) || !(s->gc = gram_cache_new(GRAM_CACHE_MAX)) ||
+	if (tok && (gram_vocab_of(s) || !(s->gc = gram_cache_new(GRAM_CACHE_MAX, GRAM_CACHE_BYTES)) ||
 		    workq_build(1, gram_run, gram_drop, s, &s->gq))) {
 		sched_free(s);
 		return NULL;

@@ -309,7 +309,7 @@ static void test_masks(void **st)
 
 static void test_cache(void **st)
 {
-	struct gram_cache *c = gram_cache_new(2);
+	struct gram_cache *c = gram_cache_new(2, 0);
 	struct gram *a = compile_ok(GRAM_REGEX, "a+"), *b = compile_ok(GRAM_REGEX, "b+"), *x;
 
 	(void)st;

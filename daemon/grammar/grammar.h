@@ -17,12 +17,14 @@
  *                any punctuation; classes [a-z0-9_] and [^...] of ASCII
  *                members (a negated class also matches every non-ASCII
  *                character), \d \w \s \D \W \S; . (any character but
- *                newline, as UTF-8); * + ? {m} {m,} {m,n} (m, n <= 256);
- *                | ; groups ( ) and (?: ); ^ at the start and $ at the
- *                end are accepted (anchoring is implied). Refused, naming
- *                the position: backreferences, lookaround, lazy and
- *                possessive quantifiers, non-ASCII class members, anything
- *                else.
+ *                newline, as UTF-8); * + ? {m} {m,} {m,n} (m, n <= 256;
+ *                a lazy ? after one is accepted: the same language when
+ *                the whole output must match); | ; groups ( ) and (?: );
+ *                ^ at the start and $ at the end are accepted (anchoring
+ *                is implied). Refused, naming the position:
+ *                backreferences, lookaround, possessive quantifiers, a
+ *                quantifier on a quantifier, non-ASCII class members,
+ *                other escapes.
  *   GRAM_JSON    any JSON value (objects and arrays nest at most
  *                GRAM_JSON_DEPTH levels).
  *   GRAM_SCHEMA  a JSON Schema subset (schema.c): type (one or a list),

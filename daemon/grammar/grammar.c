@@ -76,7 +76,10 @@ int gram_compile(enum gram_kind kind, const char *text, size_t len, const struct
 	default:
 		return regex_compile(text, len, &l, out, err, errlen);
 	}
-	/* a generated pattern is ours: only the automaton's limits apply to it */
+	/* a generated pattern is ours: its nesting follows the schema's, which
+	 * was bounded (a schema level opens a few groups); the automaton's
+	 * limits apply to it as to any */
+	l.max_depth = l.max_depth * 4 + 16;
 	rc = regex_compile(pat, pat_len, &l, out, err, errlen);
 	free(pat);
 	return rc;

@@ -168,6 +168,20 @@ static void test_json(void **st)
 	assert_false(matches(g, "{\"name\": \"M\", \"age\": 1, \"tags\": [\"c\"]}"));
 	gram_unref(g);
 
+	{
+		/* a schema nesting 12 objects deep compiles (its pattern nests deeper) */
+		char deep[1024] = "";
+
+		for (int i = 0; i < 12; i++)
+			strcat(deep, "{\"type\":\"object\",\"properties\":{\"k\":");
+		strcat(deep, "{\"type\":\"integer\"}");
+		for (int i = 0; i < 12; i++)
+			strcat(deep, "},\"required\":[\"k\"]}");
+		g = compile_ok(GRAM_SCHEMA, deep);
+		assert_true(matches(g, "{\"k\": {\"k\": {\"k\": {\"k\": {\"k\": {\"k\": {\"k\": {\"k\": "
+				       "{\"k\": {\"k\": {\"k\": {\"k\": 7}}}}}}}}}}}}"));
+		gram_unref(g);
+	}
 	g = compile_ok(GRAM_SCHEMA, "{\"properties\":{\"a\":{\"type\":\"number\"},\"b\":{\"const\":\"x\"}}}");
 	assert_true(matches(g, "{}"));
 	assert_true(matches(g, "{\"b\": \"x\"}"));

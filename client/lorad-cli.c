@@ -15,6 +15,7 @@
 #include <lorad/lorad.h>
 
 #include "clock.h"
+#include "grammar.h"
 
 static int parse_tokens(const char *s, uint32_t **out, uint32_t *n)
 {
@@ -177,13 +178,17 @@ static void usage(FILE *f)
 		"                        string (a user name) is hashed with lorad_routing_key()\n"
 		"  --count N             send N requests one after another and print latency\n"
 		"  --json                print the result as JSON\n"
-		"  --timeout-ms N        give up after N ms per request (default 30000)\n");
+		"  --timeout-ms N        give up after N ms per request (default 30000)\n"
+		"  --response-format json  the output must be valid JSON (any value)\n"
+		"  --json-schema FILE    the output must be a JSON value valid for the schema\n"
+		"  --regex PATTERN       the output must match the regular expression (whole)\n");
 }
 
 int main(int argc, char **argv)
 {
 	enum { O_SOCKET = 256, O_SKILL, O_PROMPT, O_MAXTOK, O_TEMP, O_TOPP, O_TOPK, O_MINP,
-	       O_SEED, O_KEY, O_COUNT, O_JSON, O_TIMEOUT, O_HELP, O_TEXT, O_STOP, O_TEXTFILE };
+	       O_SEED, O_KEY, O_COUNT, O_JSON, O_TIMEOUT, O_HELP, O_TEXT, O_STOP, O_TEXTFILE,
+	       O_FORMAT, O_SCHEMA, O_REGEX };
 	static const struct option opts[] = {
 		{ "socket", required_argument, 0, O_SOCKET },
 		{ "skill", required_argument, 0, O_SKILL },
@@ -202,10 +207,13 @@ int main(int argc, char **argv)
 		{ "prompt", required_argument, 0, O_TEXT },
 		{ "stop", required_argument, 0, O_STOP },
 		{ "prompt-file", required_argument, 0, O_TEXTFILE },
+		{ "response-format", required_argument, 0, O_FORMAT },
+		{ "json-schema", required_argument, 0, O_SCHEMA },
+		{ "regex", required_argument, 0, O_REGEX },
 		{ 0, 0, 0, 0 },
 	};
 	const char *sock = NULL, *stops[LORAD_MAX_STOP_STR];
-	char *text = NULL, *file_text = NULL;
+	char *text = NULL, *file_text = NULL, *schema = NULL;
 	struct lorad_request req = { .max_tokens = 16 };
 	uint64_t v;
 	unsigned long count = 1;
@@ -296,6 +304,28 @@ int main(int argc, char **argv)
 			stops[req.n_stop++] = optarg;
 			req.stop = stops;
 			break;
+		case O_FORMAT:
+			if (strcmp(optarg, "json") && strcmp(optarg, "text")) {
+				fprintf(stderr, "lorad-cli: --response-format: json or text, not '%s'\n", optarg);
+				return 2;
+			}
+			req.grammar = strcmp(optarg, "json") ? LORAD_GRAMMAR_NONE : LORAD_GRAMMAR_JSON;
+			req.grammar_text = NULL;
+			req.grammar_len = 0;
+			break;
+		case O_SCHEMA:
+			free(schema);
+			schema = read_file(optarg, &req.grammar_len);
+			if (!schema)
+				return 2;
+			req.grammar = LORAD_GRAMMAR_SCHEMA;
+			req.grammar_text = schema;
+			break;
+		case O_REGEX:
+			req.grammar = LORAD_GRAMMAR_REGEX;
+			req.grammar_text = optarg;
+			req.grammar_len = (uint32_t)strlen(optarg);
+			break;
 		case O_HELP: case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -304,6 +334,25 @@ int main(int argc, char **argv)
 		fprintf(stderr, "lorad-cli: --socket, --prompt-tokens or --prompt, and a non-zero --max-tokens are required\n");
 		usage(stderr);
 		return 2;
+	}
+	if (req.grammar) {
+		/* checked here first, so a refusal says what and where */
+		struct gram *g = NULL;
+		char err[256];
+
+		req.flags |= LORAD_SQE_F_GRAMMAR;
+		if (req.grammar_len > LORAD_MAX_GRAMMAR ||
+		    gram_compile((enum gram_kind)req.grammar, req.grammar_text, req.grammar_len, NULL, &g, err,
+				 sizeof(err))) {
+			if (req.grammar_len > LORAD_MAX_GRAMMAR)
+				snprintf(err, sizeof(err), "%u bytes, over the limit of %d", req.grammar_len,
+					 LORAD_MAX_GRAMMAR);
+			fprintf(stderr, "lorad-cli: %s: %s\n", req.grammar == LORAD_GRAMMAR_REGEX ? "--regex"
+				: "--json-schema", err);
+			free(schema);
+			return 2;
+		}
+		gram_unref(g);
 	}
 	out = calloc(req.max_tokens, sizeof(*out));
 	lat = calloc(count, sizeof(*lat));
@@ -407,6 +456,7 @@ int main(int argc, char **argv)
 done:
 	lorad_close(conn);
 	free(file_text);
+	free(schema);
 	free(prompt);
 	free(out);
 	free(text);

@@ -528,15 +528,25 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	struct lorad_sqe *e;
 	struct slot *s;
 	uint64_t prompt_bytes, ext_bytes = 0, out_bytes, need, stop_bytes = 0, res_bytes = 0;
-	uint32_t idx, poff, ext_off, out_off, text_off, served_off, times_off, ri = RES_NONE;
+	uint32_t idx, poff, ext_off, out_off, text_off, served_off, times_off, gram_off, ri = RES_NONE;
 	int64_t chunk, res_chunk = -1;
 	size_t skill_len = 0;
 	bool text = r->prompt_text != NULL, s_auto, served;
+	/* the grammar fields exist for callers that set the flag (ABI 1.4) */
+	bool gram = r->flags & LORAD_SQE_F_GRAMMAR;
+	uint32_t gram_len = gram ? r->grammar_len : 0;
 
 	if ((!text && (!r->prompt || !r->n_prompt)) || !r->out || !r->max_tokens ||
 	    (r->out_text_cap && !r->out_text) || r->n_stop > LORAD_MAX_STOP_STR ||
 	    (r->n_stop && !r->stop) || (r->routing_key_len && !r->routing_key_bytes))
 		return -EINVAL;
+	if (gram && (r->grammar == LORAD_GRAMMAR_NONE || r->grammar >= LORAD_GRAMMAR__MAX ||
+		     (gram_len && !r->grammar_text) || (r->grammar != LORAD_GRAMMAR_JSON && !gram_len)))
+		return -EINVAL;
+	if (gram_len > LORAD_MAX_GRAMMAR)
+		return -E2BIG;
+	if (gram && c->daemon_minor < 4)
+		return -EOPNOTSUPP;
 	for (uint32_t i = 0; i < r->n_stop; i++) {
 		size_t l = r->stop[i] ? strlen(r->stop[i]) : 0;
 
@@ -575,9 +585,10 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	 * the result request) right behind them, output text, times, each part
 	 * on its own 64-byte chunks */
 	out_bytes = (((uint64_t)r->max_tokens * 4 + 7) & ~7ull) + sizeof(struct lorad_served) +
-		    (r->result ? sizeof(struct lorad_result_req) : 0);
+		    (r->result ? sizeof(struct lorad_result_req) : 0) +
+		    (gram ? sizeof(struct lorad_grammar_req) : 0);
 	need = chunks_of(prompt_bytes) + chunks_of(ext_bytes) + chunks_of(out_bytes) +
-	       chunks_of(r->out_text_cap) + (r->times ? CHUNK : 0);
+	       chunks_of(r->out_text_cap) + (r->times ? CHUNK : 0) + chunks_of(gram_len);
 	need /= CHUNK;
 	if (need > c->arena_log.n_chunks)
 		return -E2BIG;
@@ -616,6 +627,7 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	served_off = out_off + (uint32_t)((((uint64_t)r->max_tokens * 4) + 7) & ~7ull);
 	text_off = out_off + (uint32_t)chunks_of(out_bytes);
 	times_off = text_off + (uint32_t)chunks_of(r->out_text_cap);
+	gram_off = times_off + (r->times ? CHUNK : 0);
 
 	if (prompt_bytes)
 		memcpy(c->arena + poff, text ? (const void *)r->prompt_text : (const void *)r->prompt,
@@ -689,6 +701,15 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 			ra->cuda_device = -1;
 		}
 		memcpy(c->arena + served_off + sizeof(struct lorad_served), &q, sizeof(q));
+	}
+	if (gram) {
+		struct lorad_grammar_req q = { .kind = r->grammar, .off = gram_len ? gram_off : 0,
+					       .len = gram_len };
+
+		if (gram_len)
+			memcpy(c->arena + gram_off, r->grammar_text, gram_len);
+		memcpy(c->arena + served_off + sizeof(struct lorad_served) +
+		       (r->result ? sizeof(struct lorad_result_req) : 0), &q, sizeof(q));
 	}
 	s->gen++;
 	s->state = SLOT_INFLIGHT;
@@ -1256,6 +1277,7 @@ const char *lorad_strerror(int err)
 	case -ENOENT: return "no such request, skill or socket";
 	case -EUSERS: return "daemon has too many clients";
 	case -ENOMEM: return "out of memory";
+	case -EILSEQ: return "no token of the vocabulary can continue the output in its grammar";
 	default: return err < 0 ? strerror(-err) : "unknown";
 	}
 }
@@ -1277,6 +1299,7 @@ const char *lorad_field_name(unsigned field)
 		[LORAD_FIELD_DEADLINE] = "deadline",
 		[LORAD_FIELD_TAG] = "tag",
 		[LORAD_FIELD_RESULT] = "result",
+		[LORAD_FIELD_GRAMMAR] = "grammar",
 	};
 
 	return field < LORAD_FIELD__MAX ? names[field] : "unknown";

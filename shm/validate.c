@@ -118,6 +118,15 @@ int sqe_validate(const struct lorad_sqe *e, const struct sqe_limits *lim,
 		     e->prompt_off < ro + sizeof(struct lorad_result_req)))
 			BAD(LORAD_FIELD_RESULT, -EINVAL);
 	}
+	/* and the grammar request, after the result request */
+	if (e->flags & LORAD_SQE_F_GRAMMAR) {
+		uint64_t go = lorad_grammar_req_off(e);
+
+		if (go + sizeof(struct lorad_grammar_req) > lim->arena_size ||
+		    (e->prompt_len && go < (uint64_t)e->prompt_off + e->prompt_len &&
+		     e->prompt_off < go + sizeof(struct lorad_grammar_req)))
+			BAD(LORAD_FIELD_GRAMMAR, -EINVAL);
+	}
 	if (!isfinite(e->temperature) || e->temperature < 0.0f || e->temperature > 100.0f ||
 	    !prob_ok(e->top_p) || !prob_ok(e->min_p) ||
 	    !isfinite(e->repetition_penalty) || e->repetition_penalty < 0.0f ||
@@ -140,6 +149,7 @@ void sqe_ext_free(struct sqe_ext *x)
 	free(x->stop);
 	free(x->bias);
 	free(x->stop_buf);
+	free(x->gram_text);
 	memset(x, 0, sizeof(*x));
 }
 
@@ -180,15 +190,56 @@ static int result_load(const struct lorad_sqe *e, const unsigned char *arena,
 	return 0;
 }
 
+/*
+ * The grammar request of @e (LORAD_SQE_F_GRAMMAR), read once, and its text
+ * copied: inside the arena, clear of the buffers the daemon writes
+ * (@keep, @n_keep spans), at most LORAD_MAX_GRAMMAR bytes, no NUL byte.
+ */
+static int grammar_load(const struct lorad_sqe *e, const unsigned char *arena,
+			const struct sqe_limits *lim, uint64_t (*keep)[2], int n_keep,
+			struct sqe_ext *x)
+{
+	struct lorad_grammar_req q;
+
+	memcpy(&q, arena + lorad_grammar_req_off(e), sizeof(q));   /* in bounds: sqe_validate() */
+	if (q.reserved || q.kind == LORAD_GRAMMAR_NONE || q.kind >= LORAD_GRAMMAR__MAX)
+		return -EINVAL;
+	if (q.len > LORAD_MAX_GRAMMAR)
+		return -E2BIG;
+	if (q.kind != LORAD_GRAMMAR_JSON && !q.len)
+		return -EINVAL;   /* a schema or a pattern needs its text */
+	if (q.len) {
+		if (!span_ok(q.off, q.len, lim->arena_size))
+			return -EINVAL;
+		for (int k = 0; k < n_keep; k++)
+			if (keep[k][1] > keep[k][0] && overlap(q.off, (uint64_t)q.off + q.len, keep[k][0], keep[k][1]))
+				return -EINVAL;
+		x->gram_text = malloc((size_t)q.len + 1);
+		if (!x->gram_text)
+			return -ENOMEM;
+		memcpy(x->gram_text, arena + q.off, q.len);   /* one read of each shared byte */
+		x->gram_text[q.len] = 0;
+		if (memchr(x->gram_text, 0, q.len)) {
+			free(x->gram_text);
+			x->gram_text = NULL;
+			return -EINVAL;
+		}
+	}
+	x->gram_kind = q.kind;
+	x->gram_len = q.len;
+	return 0;
+}
+
 int sqe_ext_load(const struct lorad_sqe *e, const unsigned char *arena,
 		 const struct sqe_limits *lim, struct sqe_ext *x, enum lorad_field *field)
 {
 	/* the buffers the daemon writes, and what they must stay clear of */
 	const uint32_t arena_size = lim->arena_size;
 	const bool served = e->flags & LORAD_SQE_F_SERVED, result = e->flags & LORAD_SQE_F_RESULT;
+	const bool grammar = e->flags & LORAD_SQE_F_GRAMMAR;
 	const uint64_t so = lorad_served_off(e), ro = lorad_result_req_off(e);
 	struct { uint64_t off, len; } w[3] = { { 0, 0 } };
-	uint64_t keep[8][2] = {
+	uint64_t keep[10][2] = {
 		{ e->prompt_off, (uint64_t)e->prompt_off + e->prompt_len },
 		{ e->out_off, (uint64_t)e->out_off + e->out_len },
 		{ e->ext_off, (uint64_t)e->ext_off + e->ext_len },
@@ -199,7 +250,7 @@ int sqe_ext_load(const struct lorad_sqe *e, const unsigned char *arena,
 	struct lorad_ext h;
 	uint64_t need;
 	uint32_t at;
-	int n_keep = 5;
+	int n_keep = 5, rc;
 
 	memset(x, 0, sizeof(*x));
 	*field = LORAD_FIELD_EXT;
@@ -209,10 +260,20 @@ int sqe_ext_load(const struct lorad_sqe *e, const unsigned char *arena,
 		return -EINVAL;   /* the extension block under the served record */
 	if (result && e->ext_len && keep[4][0] < keep[2][1] && keep[2][0] < keep[4][1])
 		return -EINVAL;   /* ... or under the result request */
+	if (grammar && e->ext_len && lorad_grammar_req_off(e) < keep[2][1] &&
+	    keep[2][0] < lorad_grammar_req_off(e) + sizeof(struct lorad_grammar_req))
+		return -EINVAL;   /* ... or under the grammar request */
 	if (!e->ext_len) {
 		*field = LORAD_FIELD_RESULT;
 		if (result && result_load(e, arena, lim, keep, n_keep, x))
 			return -EINVAL;
+		if (result && x->result_where == LORAD_RESULTS_ARENA) {
+			keep[n_keep][0] = x->result_off;
+			keep[n_keep++][1] = x->result_off + x->result_len;
+		}
+		*field = LORAD_FIELD_GRAMMAR;
+		if (grammar && (rc = grammar_load(e, arena, lim, keep, n_keep, x)))
+			goto gram_err;
 		*field = LORAD_FIELD_NONE;
 		return 0;
 	}
@@ -261,6 +322,13 @@ int sqe_ext_load(const struct lorad_sqe *e, const unsigned char *arena,
 	*field = LORAD_FIELD_RESULT;
 	if (result && result_load(e, arena, lim, keep, n_keep, x))
 		return -EINVAL;
+	if (result && x->result_where == LORAD_RESULTS_ARENA) {
+		keep[n_keep][0] = x->result_off;
+		keep[n_keep++][1] = x->result_off + x->result_len;
+	}
+	*field = LORAD_FIELD_GRAMMAR;
+	if (grammar && (rc = grammar_load(e, arena, lim, keep, n_keep, x)))
+		return rc == -ENOMEM ? (*field = LORAD_FIELD_NONE, rc) : rc;
 	x->min_tokens = h.min_tokens;
 	x->text_off = h.text_len ? h.text_off : 0;
 	x->text_len = h.text_len;
@@ -303,6 +371,10 @@ bad:
 	sqe_ext_free(x);
 	*field = LORAD_FIELD_EXT;
 	return -EINVAL;
+gram_err:
+	if (rc == -ENOMEM)
+		*field = LORAD_FIELD_NONE;
+	return rc;
 nomem:
 	sqe_ext_free(x);
 	*field = LORAD_FIELD_NONE;

@@ -34,6 +34,9 @@ struct sqe_ext {
 	uint32_t result_kind;            /* enum lorad_result_kind; 0: no result rows */
 	uint32_t result_where;           /* enum lorad_result_where */
 	uint64_t result_off, result_len; /* bytes, in the arena or the device buffer */
+	uint32_t gram_kind;              /* enum lorad_grammar_kind; 0: none */
+	uint32_t gram_len;
+	char *gram_text;                 /* gram_len bytes and a NUL (malloc'd); NULL: none */
 	uint32_t n_stop, n_bias, n_stop_str;
 	uint32_t *stop;                  /* n_stop ids (malloc'd) */
 	struct lorad_logit_bias *bias;   /* n_bias (malloc'd) */
@@ -62,8 +65,10 @@ int sqe_validate(const struct lorad_sqe *e, const struct sqe_limits *lim,
  * shared byte read once, every offset checked against the arena (or the
  * device results buffer, lim->dev_size) and against the request's other
  * buffers (prompt, output ids, the block itself, each other, the served
- * record). Returns 0; -EINVAL with *field (LORAD_FIELD_EXT, or
- * LORAD_FIELD_RESULT: a kind or place not offered, rows that do not fit);
+ * record). Returns 0; -EINVAL with *field (LORAD_FIELD_EXT;
+ * LORAD_FIELD_RESULT: a kind or place not offered, rows that do not fit;
+ * LORAD_FIELD_GRAMMAR: an unknown kind, text outside the arena, over
+ * LORAD_MAX_GRAMMAR bytes, or holding a NUL byte; -E2BIG for its length);
  * or -ENOMEM. @x holds nothing to free on error; on success free it with
  * sqe_ext_free().
  */

@@ -458,15 +458,20 @@ static int keep_logits(struct engine_seq *s, const float *row, int vocab)
 }
 
 /* Whether the next token of s can be chosen where the logits are: only
- * steps 3 to 6 of sample.h apply (no bias, masks, penalties, logprobs)
+ * steps 3 to 6 of sample.h apply (no bias, masks, grammar, penalties, logprobs)
  * and nobody keeps the logits. */
 static int seq_device_sample_ok(const struct engine_seq *s)
 {
 	const struct sample_params *p = &s->params.sample;
 
-	return s->params.keep_logits == ENGINE_LOGITS_NONE && p->logprobs < 0 &&
+	return s->params.keep_logits == ENGINE_LOGITS_NONE && p->logprobs < 0 && !p->allow &&
 	       p->n_logit_bias == 0 && p->repetition_penalty == 1.0f &&
 	       p->presence_penalty == 0.0f && s->n_generated >= p->min_tokens;
+}
+
+void engine_seq_set_allow(struct engine_seq *s, const uint64_t *allow)
+{
+	s->params.sample.allow = allow;
 }
 
 /* Takes token t for s and decides whether s is done. */

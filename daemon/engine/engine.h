@@ -184,6 +184,12 @@ int engine_prefix_stats(const struct engine *e, int id, struct engine_prefix_sta
  * unheld ones as free: a step may evict them). */
 int engine_kv_cached(const struct engine *e);
 
+/* The tokens the sequence may choose next (its grammar's mask, a bitmap of
+ * the vocabulary; NULL: any), read when its next token is sampled: the
+ * caller keeps it alive and current. Such a row is sampled on the host
+ * (a device backend downloads it), so masks hold on every backend. */
+void engine_seq_set_allow(struct engine_seq *s, const uint64_t *allow);
+
 /* How many of the sequence's tokens wait to be run: the rest of the prompt,
  * or 1 after a token was sampled; 0 when finished. */
 int engine_seq_pending(const struct engine_seq *s);

@@ -140,9 +140,13 @@ int sample_token(struct sample_ctx *s, const struct sample_params *p, const floa
 	if (n_generated < p->min_tokens) {
 		for (i = 0; i < p->n_stop; i++)
 			w[p->stop_ids[i]] = -INFINITY;
-		for (i = 0; i < n_eos && !p->ignore_eos; i++)
+		for (i = 0; i < n_eos && !p->ignore_eos && !p->allow; i++)
 			w[eos[i]] = -INFINITY;
 	}
+	if (p->allow)
+		for (i = 0; i < v; i++)
+			if (!((p->allow[i >> 6] >> (i & 63)) & 1))
+				w[i] = -INFINITY;
 
 	/* 2. penalties, each token once however often it occurs */
 	if (p->repetition_penalty != 1.0f) {

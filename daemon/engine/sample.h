@@ -3,7 +3,9 @@
  *
  * The steps, in this order (the order changes the result, so it is fixed):
  *   1. logit bias is added; before min_tokens tokens were generated, EOS
- *      (unless ignore_eos) and the stop ids are masked out;
+ *      (unless ignore_eos) and the stop ids are masked out; with an allow
+ *      mask (constrained decoding) every token outside it is masked out,
+ *      and the mask alone decides about EOS (a complete output ends);
  *   2. penalties: repetition (transformers' rule: a positive logit is
  *      divided by the penalty, a negative one multiplied, for every token of
  *      the prompt and the output) and presence (subtracted once from every
@@ -47,6 +49,8 @@ struct sample_params {
 	const int32_t *stop_ids;  /* tokens that end the sequence besides EOS */
 	int n_stop;
 	int logprobs;             /* -1: none; 0: the chosen token's; N: and the top N */
+	const uint64_t *allow;    /* NULL, or bit i of allow[i / 64]: token i may be chosen
+				   * (a grammar's mask; the caller keeps it alive) */
 	uint64_t seed;
 };
 

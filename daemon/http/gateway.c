@@ -266,6 +266,12 @@ static int job_submit(struct job *j, unsigned *field)
 		r.top_p = j->req.top_p;
 		r.seed = j->req.seed;
 		r.flags = j->req.ignore_eos ? LORAD_SQE_F_IGNORE_EOS : 0;
+		if (j->req.grammar) {
+			r.flags |= LORAD_SQE_F_GRAMMAR;
+			r.grammar = j->req.grammar;
+			r.grammar_text = j->req.grammar_text;
+			r.grammar_len = (uint32_t)j->req.grammar_len;
+		}
 		r.stop = j->req.n_stop ? stops : NULL;
 		r.n_stop = j->req.n_stop;
 		if (j->req.user_len) {

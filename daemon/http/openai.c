@@ -9,8 +9,37 @@
 
 #include <json-c/json.h>
 
-/* JSON nesting a completion body never needs more than */
+#include <lorad/abi.h>
+
+#include "grammar.h"
+
+/* JSON nesting a completion body never needs more than, outside
+ * response_format; a schema there nests as deep as the grammar allows
+ * (max_depth 32: two JSON levels a schema level, and the wrapping) */
 #define OA_DEPTH 8
+#define OA_DEPTH_FORMAT 72
+
+/* Levels of containers in @v (1 for a scalar). */
+static int nesting(struct json_object *v)
+{
+	int d = 0;
+
+	if (json_object_is_type(v, json_type_object)) {
+		json_object_object_foreach(v, k, x) {
+			int n = nesting(x);
+
+			(void)k;
+			d = n > d ? n : d;
+		}
+	} else if (json_object_is_type(v, json_type_array)) {
+		for (size_t i = 0; i < json_object_array_length(v); i++) {
+			int n = nesting(json_object_array_get_idx(v, i));
+
+			d = n > d ? n : d;
+		}
+	}
+	return d + 1;
+}
 
 static int bad(char *err, size_t errlen, char *param, size_t plen, const char *p, const char *msg)
 {
@@ -25,6 +54,7 @@ void oa_completion_free(struct oa_completion *c)
 		free(c->prompt[i]);
 	for (unsigned i = 0; i < c->n_stop; i++)
 		free(c->stop[i]);
+	free(c->grammar_text);
 	memset(c, 0, sizeof(*c));
 }
 
@@ -49,12 +79,78 @@ static char *dup_str(struct json_object *v, size_t *len)
 	return s;
 }
 
+/*
+ * response_format, into c->grammar and c->grammar_text, compiled once here
+ * so a refusal names the keyword, the place in the pattern or the limit.
+ */
+static int response_format(struct json_object *v, struct oa_completion *c, char *err, size_t errlen,
+			   char *param, size_t plen)
+{
+	struct json_object *t, *js, *sch, *re;
+	const char *type, *text;
+	struct gram *g = NULL;
+	char msg[300];
+	int rc;
+
+	if (!json_object_is_type(v, json_type_object) || !json_object_object_get_ex(v, "type", &t) ||
+	    !json_object_is_type(t, json_type_string))
+		return bad(err, errlen, param, plen, "response_format",
+			   "response_format must be an object with a type");
+	type = json_object_get_string(t);
+	if (!strcmp(type, "text"))
+		return 0;
+	if (!strcmp(type, "json_object")) {
+		c->grammar = LORAD_GRAMMAR_SCHEMA;
+		text = "{\"type\":\"object\"}";
+	} else if (!strcmp(type, "json_schema")) {
+		if (!json_object_object_get_ex(v, "json_schema", &js) ||
+		    !json_object_is_type(js, json_type_object) ||
+		    !json_object_object_get_ex(js, "schema", &sch))
+			return bad(err, errlen, param, plen, "response_format",
+				   "response_format of type json_schema needs json_schema.schema");
+		c->grammar = LORAD_GRAMMAR_SCHEMA;
+		text = json_object_to_json_string_ext(sch, JSON_C_TO_STRING_PLAIN |
+						      JSON_C_TO_STRING_NOSLASHESCAPE);
+	} else if (!strcmp(type, "regex")) {
+		if (!json_object_object_get_ex(v, "regex", &re) || !json_object_is_type(re, json_type_string))
+			return bad(err, errlen, param, plen, "response_format",
+				   "response_format of type regex needs regex, a string");
+		c->grammar = LORAD_GRAMMAR_REGEX;
+		text = json_object_get_string(re);
+		if ((size_t)json_object_get_string_len(re) != strlen(text))
+			return bad(err, errlen, param, plen, "response_format", "the regex contains a NUL byte");
+	} else {
+		return bad(err, errlen, param, plen, "response_format",
+			   "response_format type must be text, json_object, json_schema or regex");
+	}
+	c->grammar_len = strlen(text);
+	if (c->grammar_len > LORAD_MAX_GRAMMAR) {
+		snprintf(msg, sizeof(msg), "response_format: the %s is %zu bytes, over the limit of %d",
+			 c->grammar == LORAD_GRAMMAR_REGEX ? "regex" : "schema", c->grammar_len, LORAD_MAX_GRAMMAR);
+		return bad(err, errlen, param, plen, "response_format", msg);
+	}
+	if (!(c->grammar_text = strdup(text)))
+		return -ENOMEM;
+	rc = gram_compile((enum gram_kind)c->grammar, c->grammar_text, c->grammar_len, NULL, &g, msg,
+			  sizeof(msg));
+	gram_unref(g);
+	if (rc == -ENOMEM)
+		return rc;
+	if (rc) {
+		char full[340];
+
+		snprintf(full, sizeof(full), "response_format: %s", msg);
+		return bad(err, errlen, param, plen, "response_format", full);
+	}
+	return 0;
+}
+
 int oa_parse_completion(const char *body, size_t len, uint32_t max_tokens_cap,
 			struct oa_completion *c, char *err, size_t errlen, char *param, size_t plen)
 {
 	static const char *const refused[] = { "echo", "logprobs", "best_of", "suffix", "logit_bias",
 					       "stream_options" };
-	struct json_tokener *tok = json_tokener_new_ex(OA_DEPTH);
+	struct json_tokener *tok = json_tokener_new_ex(OA_DEPTH_FORMAT);
 	struct json_object *root = NULL, *v;
 	double d;
 	int ret = -EINVAL;
@@ -83,6 +179,13 @@ int oa_parse_completion(const char *body, size_t len, uint32_t max_tokens_cap,
 	if (!json_object_is_type(root, json_type_object)) {
 		ret = bad(err, errlen, param, plen, "", "the body must be a JSON object");
 		goto out;
+	}
+	json_object_object_foreach(root, key, val) {
+		if (strcmp(key, "response_format") && nesting(val) >= OA_DEPTH) {
+			snprintf(err, errlen, "the body is not one JSON object (%s)",
+				 json_tokener_error_desc(json_tokener_error_depth));
+			goto out;
+		}
 	}
 	/* model: which skill, version, "auto" or "base" */
 	if (!json_object_object_get_ex(root, "model", &v) || !json_object_is_type(v, json_type_string) ||
@@ -207,6 +310,18 @@ int oa_parse_completion(const char *body, size_t len, uint32_t max_tokens_cap,
 		}
 		c->user_len = (size_t)json_object_get_string_len(v);
 		memcpy(c->user, json_object_get_string(v), c->user_len);
+	}
+	if (json_object_object_get_ex(root, "response_format", &v) && !json_object_is_type(v, json_type_null)) {
+		ret = response_format(v, c, err, errlen, param, plen);
+		if (ret == -ENOMEM)
+			goto nomem;
+		if (ret)
+			goto out;
+	}
+	if (c->grammar && c->ignore_eos) {
+		ret = bad(err, errlen, param, plen, "response_format",
+			  "response_format and ignore_eos do not go together: a format ends");
+		goto out;
 	}
 	if (json_object_object_get_ex(root, "n", &v) && !json_object_is_type(v, json_type_null) &&
 	    !(json_object_is_type(v, json_type_int) && json_object_get_int64(v) == 1)) {

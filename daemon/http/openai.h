@@ -33,6 +33,12 @@ struct oa_completion {
 	bool ignore_eos;           /* an extension (as vLLM's): generate max_tokens whatever comes */
 	char user[OA_USER_MAX + 1];
 	size_t user_len;
+	/* response_format: {"type": "json_object"} (an object), {"type":
+	 * "json_schema", "json_schema": {"schema": {...}}}, or lorad's
+	 * {"type": "regex", "regex": "..."}; checked by compiling it here */
+	uint32_t grammar;          /* LORAD_GRAMMAR_*; 0: free text */
+	char *grammar_text;        /* the schema as JSON text, or the pattern */
+	size_t grammar_len;
 };
 
 /*

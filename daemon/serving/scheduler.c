@@ -9,15 +9,23 @@
 
 #include "classify.h"
 #include "detok.h"
+#include "grammar.h"
 #include "log.h"
 #include "tokenizer.h"
 #include "tokq.h"
+#include "workq.h"
+
+#define GRAM_CACHE_MAX   64           /* compiled grammars kept by text ... */
+#define GRAM_CACHE_BYTES (256u << 20) /* ... and the memory they may hold */
+#define GRAM_MASK_BUDGET (16u << 20)  /* bytes of masks made per grammar before it runs
+				       * (and kept as states are met: gram_mask) */
 
 /* Where a job is: each place is a list of its own. */
 enum sj_where {
 	SJ_TOKENIZING,            /* a long text prompt on the tokenizer thread */
 	SJ_CLASSIFYING,           /* skill "auto": waiting for the classifier thread */
 	SJ_PARKED,                /* waiting for its adapter to be loaded */
+	SJ_COMPILING,             /* its grammar is being compiled on the grammar thread */
 	SJ_WAITING,               /* admitted to the queue, waiting for a slot and KV blocks */
 	SJ_RUNNING,
 	SJ__N
@@ -33,6 +41,10 @@ struct sjob {
 	uint64_t park_key, park_ticket;
 	uint64_t cookie;          /* tokenizer or classifier result it waits for */
 	struct detok *dt;         /* text out or stop strings; NULL otherwise */
+	struct gram *gram;        /* constrained decoding: the grammar (a reference), */
+	int gstate;               /* the state of the output so far, */
+	int mask_state;           /* the state allow was made for (-1: none yet), */
+	uint64_t *allow;          /* and the tokens allowed next (the engine reads it) */
 	struct sjob *next, *prev; /* in its list; waiting and running by order */
 };
 
@@ -48,6 +60,14 @@ struct sched {
 	struct tokq *tq;
 	struct classifier *cls;
 	uint64_t cookie;
+	/* constrained decoding: the vocabulary's trie and each token's bytes,
+	 * compiled grammars by text, the thread that compiles new ones */
+	struct gram_vocab *gv;
+	unsigned char *tok_bytes; /* every token's bytes, back to back */
+	uint32_t *tok_off;        /* [vocab + 1] */
+	struct gram_cache *gc;
+	struct workq *gq;
+	unsigned gq_out;          /* compilations not yet taken back */
 	bool loads_done;          /* an adapter load ended: parked jobs may go on */
 	/* one step's batch */
 	struct engine_seq **seqs;
@@ -120,6 +140,8 @@ static void job_free(struct sched *s, struct sjob *j)
 	list_remove(&s->list[j->where], j);
 	s->n[j->where]--;
 	engine_seq_free(s->e, j->seq);
+	gram_unref(j->gram);
+	free(j->allow);
 	if (j->dt) {
 		detok_free(j->dt);
 		free(j->dt);
@@ -174,6 +196,9 @@ static void job_stream(struct sched *s, struct sjob *j, uint64_t now)
 
 		for (uint32_t i = j->sent; i < n; i++) {
 			out[i] = (uint32_t)q->tokens[q->n_prompt + i];
+			if (j->gram && out[i] < (uint32_t)gram_vocab_size(s->gv))
+				j->gstate = gram_walk(j->gram, j->gstate, s->tok_bytes + s->tok_off[out[i]],
+						      s->tok_off[out[i] + 1] - s->tok_off[out[i]]);
 			if (j->dt && !stopped && !cut) {
 				const char *piece;
 				size_t len;
@@ -232,26 +257,114 @@ static int prompt_limit(const struct sched *s)
 									  : lim;
 }
 
+/* --- constrained decoding ------------------------------------------------------- */
+
+/* A grammar to compile, on the grammar thread, and what came of it. */
+struct gitem {
+	struct wq_item link;      /* first: the queue links items through it */
+	uint64_t cookie;
+	enum gram_kind kind;
+	char *text;
+	size_t len;
+	struct gram *g;
+	int ret;
+	char err[256];
+};
+
+static void gram_run(void *ctx, struct wq_item *w)
+{
+	struct sched *s = ctx;
+	struct gitem *it = (struct gitem *)w;
+
+	/* compiled, and the masks of its states made (up to a budget), here:
+	 * the engine thread then only copies a state's mask */
+	it->ret = gram_compile(it->kind, it->text, it->len, NULL, &it->g, it->err, sizeof(it->err));
+	if (!it->ret && gram_mask_prefill(it->g, s->gv, GRAM_MASK_BUDGET))
+		it->ret = -ENOMEM;
+}
+
+static void gram_drop(struct wq_item *w)
+{
+	struct gitem *it = (struct gitem *)w;
+
+	gram_unref(it->g);
+	free(it->text);
+	free(it);
+}
+
+/* Hand @j's grammar to the grammar thread. Returns 0 or -ENOMEM. */
+static int gram_submit(struct sched *s, struct sjob *j)
+{
+	struct gitem *it = calloc(1, sizeof(*it));
+	const struct sreq *r = j->r;
+
+	if (!it || !(it->text = malloc(r->x.gram_len + 1))) {
+		free(it);
+		return -ENOMEM;
+	}
+	memcpy(it->text, r->x.gram_text ? r->x.gram_text : "", r->x.gram_len);
+	it->len = r->x.gram_len;
+	it->kind = (enum gram_kind)r->x.gram_kind;
+	it->cookie = j->cookie = ++s->cookie;
+	workq_submit(s->gq, &it->link);
+	s->gq_out++;
+	return 0;
+}
+
+/* Give @j the grammar @g (a reference it takes over) and room for its masks. */
+static int gram_attach(struct sched *s, struct sjob *j, struct gram *g)
+{
+	j->gram = g;
+	j->gstate = gram_start(g);
+	j->mask_state = -1;
+	j->allow = malloc(gram_mask_words(s->gv) * sizeof(*j->allow));
+	return j->allow ? 0 : -ENOMEM;
+}
+
+/*
+ * The mask of every running constrained sequence for its state now, made
+ * before the step (a copy from its grammar's masks; a walk of the trie for
+ * a state beyond their budget). One that no token can continue ends here
+ * with -EILSEQ, before it costs a step.
+ */
+static void gram_masks(struct sched *s)
+{
+	for (struct sjob *j = s->list[SJ_RUNNING], *next; j; j = next) {
+		next = j->next;
+		if (!j->gram || j->mask_state == j->gstate)
+			continue;
+		if (j->gstate < 0 || gram_mask(j->gram, s->gv, j->gstate, j->allow) == 0) {
+			log_debug("request ended: no token of the vocabulary continues its output in "
+				  "its grammar");
+			sreq_emit(j->r, true, -EILSEQ, LORAD_FINISH_ERROR, LORAD_FIELD_GRAMMAR);
+			job_free(s, j);
+			continue;
+		}
+		j->mask_state = j->gstate;
+	}
+}
+
 /* @r's prompt is token ids now (a text prompt: tokenized): make it a sequence
- * in the waiting queue, after its skill resolved to an adapter. @parked is
- * its job while it waited for an adapter load, or NULL. */
+ * in the waiting queue, after its skill resolved to an adapter and its
+ * grammar (if any) was compiled. @parked is its job while it waited for an
+ * adapter load or its grammar, or NULL. */
 static void submit_skill(struct sched *s, struct sreq *r, struct sjob *parked)
 {
 	struct engine_seq_params p = { 0 };
 	struct sample_bias *bias = NULL;
 	const char *stops[LORAD_MAX_STOP_STR];
 	struct sjob *j = parked;
+	struct gram *g = NULL;
 	int adapter = 0, ret, lim;
 	uint32_t version = 0;
+	uint64_t key = 0, ticket = 0;
 
 	if (r->e.skill[0] && strcmp(r->e.skill, "base")) {
 		/* without a routing key the request routes by its own id (its
 		 * arrival number), so keyless requests follow the weights; a
 		 * parked request keeps the key it had */
-		uint64_t key = parked ? parked->park_key
-				      : r->e.routing_key ? r->e.routing_key : s->order + 1;
-		uint64_t ticket = parked ? parked->park_ticket : 0;
-
+		key = parked ? parked->park_key : r->e.routing_key ? r->e.routing_key : s->order + 1;
+		ticket = parked ? parked->park_ticket : 0;
 		ret = s->resolve ? s->resolve(s->resolve_ctx, r->e.skill, key, &adapter, &version,
 					      r->served, &ticket)
 				 : -ENOENT;
@@ -261,6 +374,8 @@ static void submit_skill(struct sched *s, struct sreq *r, struct sjob *parked)
 				fail(s, r, -ENOMEM, LORAD_FIELD_NONE);
 				return;
 			}
+			if (j->where != SJ_PARKED)
+				move_to(s, j, SJ_PARKED);
 			j->park_key = key;
 			j->park_ticket = ticket;
 			return;
@@ -330,7 +445,41 @@ static void submit_skill(struct sched *s, struct sreq *r, struct sjob *parked)
 		fail(s, r, -EOPNOTSUPP, LORAD_FIELD_EXT);
 		return;
 	}
+	if (r->x.gram_kind && !(j && j->gram)) {
+		/* a grammar needs the vocabulary's bytes, and ends with EOS */
+		ret = !s->gv ? -EOPNOTSUPP : (r->e.flags & LORAD_SQE_F_IGNORE_EOS) ? -EINVAL : 0;
+		if (ret) {
+			log_debug("request refused: %s", ret == -EINVAL ? "ignore_eos with a grammar"
+				  : "a grammar needs the model's tokenizer.json");
+			free(bias);
+			fail(s, r, ret, LORAD_FIELD_GRAMMAR);
+			return;
+		}
+		g = gram_cache_get(s->gc, (enum gram_kind)r->x.gram_kind, r->x.gram_text ? r->x.gram_text : "",
+				   r->x.gram_len);
+		if (!g) {
+			/* compiled on the grammar thread; the request waits, the engine runs on */
+			free(bias);
+			if (!j && !(j = job_new(s, r, SJ_COMPILING))) {
+				fail(s, r, -ENOMEM, LORAD_FIELD_NONE);
+				return;
+			}
+			if (j->where != SJ_COMPILING)
+				move_to(s, j, SJ_COMPILING);
+			j->park_key = key;
+			j->park_ticket = ticket;
+			if ((ret = gram_submit(s, j)))
+				fail(s, r, ret, LORAD_FIELD_NONE);
+			return;
+		}
+	}
 	if (!j && !(j = job_new(s, r, SJ_WAITING))) {
+		gram_unref(g);
+		free(bias);
+		fail(s, r, -ENOMEM, LORAD_FIELD_NONE);
+		return;
+	}
+	if (g && gram_attach(s, j, g)) {
 		free(bias);
 		fail(s, r, -ENOMEM, LORAD_FIELD_NONE);
 		return;
@@ -346,6 +495,8 @@ static void submit_skill(struct sched *s, struct sreq *r, struct sjob *parked)
 		fail(s, r, ret, ret == -E2BIG ? LORAD_FIELD_MAX_TOKENS : LORAD_FIELD_PROMPT);
 		return;
 	}
+	if (j->gram)
+		engine_seq_set_allow(j->seq, j->allow);
 	if (r->x.text_len || r->x.n_stop_str) {
 		unsigned n = 0;
 
@@ -492,6 +643,33 @@ static void take_helpers(struct sched *s)
 		r = j->r;
 		job_free(s, j);
 		take_ids(s, r, ret, ids, n);
+	}
+	while (s->gq_out) {
+		struct gitem *it = (struct gitem *)workq_poll(s->gq);
+		struct sjob *j;
+		struct gram *g;
+
+		if (!it)
+			break;
+		s->gq_out--;
+		j = by_cookie(s, SJ_COMPILING, it->cookie);
+		if (!it->ret && (g = gram_cache_get(s->gc, it->kind, it->text, it->len))) {
+			gram_unref(it->g);   /* the same text was compiled meanwhile */
+			it->g = g;
+		} else if (!it->ret && gram_cache_put(s->gc, it->kind, it->text, it->len, it->g)) {
+			it->ret = -ENOMEM;
+		}
+		if (j && it->ret) {
+			log_debug("grammar refused: %s", it->err[0] ? it->err : strerror(-it->ret));
+			fail(s, j->r, it->ret, it->ret == -ENOMEM ? LORAD_FIELD_NONE : LORAD_FIELD_GRAMMAR);
+		} else if (j && gram_attach(s, j, it->g)) {
+			it->g = NULL;
+			fail(s, j->r, -ENOMEM, LORAD_FIELD_NONE);
+		} else if (j) {
+			it->g = NULL;
+			submit_skill(s, j->r, j);   /* resolved again: it holds nothing meanwhile */
+		}
+		gram_drop(&it->link);
 	}
 	while (s->n[SJ_CLASSIFYING] && classify_poll(s->cls, &ck, skill)) {
 		struct sjob *j = by_cookie(s, SJ_CLASSIFYING, (uint64_t)(uintptr_t)ck);
@@ -745,6 +923,7 @@ static int sc_step(void *ctx)
 		return 0;
 	expire(s, now);
 	admit(s, now);
+	gram_masks(s);
 	for (;;) {
 		n = build_batch(s);
 		if (!n)
@@ -842,6 +1021,53 @@ const struct exec_ops sched_ops = {
 	.results_close = sc_results_close,
 };
 
+/*
+ * The vocabulary as constrained decoding sees it: each token's bytes
+ * (tok_token_bytes; special tokens have none and are never allowed, the
+ * model's EOS ids only when an output is complete) in a trie, built once.
+ */
+static int gram_vocab_of(struct sched *s)
+{
+	const struct model_config *c = engine_config(s->e);
+	const unsigned char **ptr = NULL;
+	uint32_t *len = NULL, at = 0;
+	unsigned char buf[1024];
+	int ret = -ENOMEM;
+
+	s->tok_off = calloc((size_t)c->vocab + 1, sizeof(*s->tok_off));
+	if (!s->tok_off)
+		return -ENOMEM;
+	for (int pass = 0; pass < 2; pass++) {
+		at = 0;
+		for (int id = 0; id < c->vocab; id++) {
+			int n = tok_token_bytes(s->tok, (uint32_t)id, buf, sizeof(buf));
+
+			if (n < 0)
+				n = 0;   /* no text (special), or longer than any grammar walks */
+			if (pass)
+				memcpy(s->tok_bytes + at, buf, (size_t)n);
+			s->tok_off[id] = at;
+			at += (uint32_t)n;
+		}
+		s->tok_off[c->vocab] = at;
+		if (!pass && !(s->tok_bytes = malloc(at ? at : 1)))
+			return -ENOMEM;
+	}
+	ptr = malloc((size_t)c->vocab * sizeof(*ptr));
+	len = malloc((size_t)c->vocab * sizeof(*len));
+	if (!ptr || !len)
+		goto out;
+	for (int id = 0; id < c->vocab; id++) {
+		ptr[id] = s->tok_bytes + s->tok_off[id];
+		len[id] = s->tok_off[id + 1] - s->tok_off[id];
+	}
+	ret = gram_vocab_build(ptr, len, c->vocab, c->eos, c->n_eos, &s->gv);
+out:
+	free(ptr);
+	free(len);
+	return ret;
+}
+
 struct sched *sched_build(struct engine *e, const struct tokenizer *tok,
 			  const struct sched_opts *opts)
 {
@@ -864,6 +1090,12 @@ struct sched *sched_build(struct engine *e, const struct tokenizer *tok,
 		sched_free(s);
 		return NULL;
 	}
+	/* constrained decoding: one grammar thread; without a tokenizer none */
+	if (tok && (gram_vocab_of(s) || !(s->gc = gram_cache_new(GRAM_CACHE_MAX, GRAM_CACHE_BYTES)) ||
+		    workq_build(1, gram_run, gram_drop, s, &s->gq))) {
+		sched_free(s);
+		return NULL;
+	}
 	return s;
 }
 
@@ -875,6 +1107,11 @@ void sched_free(struct sched *s)
 		while (s->list[w])
 			job_free(s, s->list[w]);
 	tokq_free(s->tq);
+	workq_free(s->gq);
+	gram_cache_free(s->gc);
+	gram_vocab_free(s->gv);
+	free(s->tok_bytes);
+	free(s->tok_off);
 	free(s->seqs);
 	free(s->jobs);
 	free(s->n_new);

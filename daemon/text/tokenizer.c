@@ -1217,3 +1217,75 @@ int32_t tok_added_id(const struct tokenizer *t, size_t i)
 		return -ENOENT;
 	return (int32_t)t->added[i].id;
 }
+
+/* Whether decoder @d (or one in its sequence) is of @kind. */
+static bool dec_has(const struct dec *d, enum dec_kind kind)
+{
+	if (!d)
+		return false;
+	if (d->kind == kind)
+		return true;
+	for (size_t i = 0; d->kind == D_SEQ && i < d->nsubs; i++)
+		if (dec_has(d->subs[i], kind))
+			return true;
+	return false;
+}
+
+int tok_token_bytes(const struct tokenizer *t, uint32_t id, unsigned char *buf, size_t cap)
+{
+	const unsigned char *s;
+	size_t len, n = 0;
+
+	if (!t || id >= t->nids || !t->id_str[id] || t->special[id])
+		return -ENOENT;
+	s = (const unsigned char *)t->id_str[id];
+	len = t->id_len[id];
+	for (size_t i = 0; i < t->nadded; i++)
+		if (t->added[i].id == id) {
+			/* an added token stands for its text as written */
+			if (len > cap)
+				return -ENOSPC;
+			memcpy(buf, s, len);
+			return (int)len;
+		}
+	if (dec_has(t->dec, D_BYTELEVEL)) {
+		/* every character names one byte (GPT-2's table) */
+		for (size_t i = 0; i < len;) {
+			uint32_t cp;
+			int k = utf8_next(s + i, len - i, &cp);
+
+			if (k <= 0 || cp >= 512 || t->chr_byte[cp] < 0)
+				return -EILSEQ;
+			if (n == cap)
+				return -ENOSPC;
+			buf[n++] = (unsigned char)t->chr_byte[cp];
+			i += (size_t)k;
+		}
+		return (int)n;
+	}
+	if (dec_has(t->dec, D_BYTEFALLBACK) && len == 6 && !memcmp(s, "<0x", 3) && s[5] == '>') {
+		static const char hx[] = "0123456789ABCDEF";
+		const char *h = strchr(hx, s[3] & ~0x20), *l = strchr(hx, s[4] & ~0x20);
+
+		if (s[3] && s[4] && h && l) {
+			if (!cap)
+				return -ENOSPC;
+			buf[0] = (unsigned char)((h - hx) * 16 + (l - hx));
+			return 1;
+		}
+	}
+	/* SentencePiece style: U+2581 is a space */
+	for (size_t i = 0; i < len;) {
+		if (len - i >= 3 && s[i] == 0xe2 && s[i + 1] == 0x96 && s[i + 2] == 0x81) {
+			if (n == cap)
+				return -ENOSPC;
+			buf[n++] = ' ';
+			i += 3;
+			continue;
+		}
+		if (n == cap)
+			return -ENOSPC;
+		buf[n++] = s[i++];
+	}
+	return (int)n;
+}

@@ -73,6 +73,15 @@ int32_t tok_token_to_id(const struct tokenizer *tok, const char *token,
 const char *tok_id_to_token(const struct tokenizer *tok, uint32_t id,
                             size_t *len);
 
+/* The bytes token @id stands for in generated text, into @buf (@cap
+ * bytes): a byte-level token's bytes (GPT-2's table), a byte-fallback
+ * token's byte, a SentencePiece piece with U+2581 as a space (a decoder's
+ * stripping of the first space of a text is not applied), an added token's
+ * content. Returns the count, -ENOENT (no such id, or a special token:
+ * no text), -ENOSPC (over @cap) or -EILSEQ (a byte-level string outside the
+ * table). For constrained decoding, which walks these bytes. */
+int tok_token_bytes(const struct tokenizer *tok, uint32_t id, unsigned char *buf, size_t cap);
+
 /* BOS / EOS ids: from tokenizer_config.json when present, else the first
  * special token of the post-processor's template (BOS) or a well-known end
  * token among the special tokens (EOS). -ENOENT if there is none. */

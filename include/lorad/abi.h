@@ -29,9 +29,10 @@
 
 #define LORAD_MAGIC       0x44524f4cu  /* "LORD" little-endian */
 #define LORAD_ABI_MAJOR   1
-#define LORAD_ABI_MINOR   3  /* 1.1: lorad_ext.times_off; 1.2: LORAD_SQE_F_SERVED;
+#define LORAD_ABI_MINOR   4  /* 1.1: lorad_ext.times_off; 1.2: LORAD_SQE_F_SERVED;
 				* 1.3: results (hello.results_size, lorad_results_hdr,
-				* LORAD_SQE_F_RESULT) */
+				* LORAD_SQE_F_RESULT); 1.4: constrained decoding
+				* (LORAD_SQE_F_GRAMMAR, lorad_grammar_req) */
 #define LORAD_FEATURES    0ull         /* no optional features yet */
 
 #define LORAD_CACHELINE   64
@@ -137,8 +138,9 @@ enum lorad_prompt_kind {
 #define LORAD_SQE_F_NO_SPECIAL  (1u << 1)  /* text prompt: no BOS/special tokens from the post-processor */
 #define LORAD_SQE_F_SERVED      (1u << 2)  /* a struct lorad_served follows the output ids (ABI 1.2) */
 #define LORAD_SQE_F_RESULT      (1u << 3)  /* a struct lorad_result_req follows (ABI 1.3) */
+#define LORAD_SQE_F_GRAMMAR     (1u << 4)  /* a struct lorad_grammar_req follows (ABI 1.4) */
 #define LORAD_SQE_F__ALL        (LORAD_SQE_F_IGNORE_EOS | LORAD_SQE_F_NO_SPECIAL | LORAD_SQE_F_SERVED | \
-				 LORAD_SQE_F_RESULT)
+				 LORAD_SQE_F_RESULT | LORAD_SQE_F_GRAMMAR)
 
 /*
  * One submission. Offsets and lengths are bytes relative to the arena. The
@@ -256,6 +258,42 @@ static inline uint64_t lorad_result_req_off(const struct lorad_sqe *e)
 }
 
 /*
+ * Constrained decoding (ABI 1.4): the output must be valid JSON, match a
+ * JSON Schema (a subset), or match a regular expression (the whole
+ * output; the syntax is in the README). At each step only tokens that keep
+ * the output a valid prefix can be chosen; once it is complete and nothing
+ * may follow, only the end of sequence. With LORAD_SQE_F_GRAMMAR this
+ * record lies right after the result request (or where it would start),
+ * at lorad_grammar_req_off(sqe); the schema or pattern is len bytes at off
+ * in the arena (no NUL byte; ignored for LORAD_GRAMMAR_JSON, len 0). A
+ * grammar that is refused ends the request with LORAD_FIELD_GRAMMAR:
+ * -EINVAL (syntax, or a bad schema), -ENOTSUP (a construct or keyword not
+ * supported), -E2BIG (a limit: length, nesting, automaton size);
+ * -EILSEQ when no token of the vocabulary can continue the output.
+ */
+enum lorad_grammar_kind {
+	LORAD_GRAMMAR_NONE   = 0,
+	LORAD_GRAMMAR_JSON   = 1,    /* any JSON value */
+	LORAD_GRAMMAR_SCHEMA = 2,    /* a JSON Schema (text) */
+	LORAD_GRAMMAR_REGEX  = 3,    /* a regular expression */
+	LORAD_GRAMMAR__MAX
+};
+
+#define LORAD_MAX_GRAMMAR 16384      /* bytes of a schema or pattern */
+
+struct lorad_grammar_req {
+	uint32_t kind;           /* enum lorad_grammar_kind */
+	uint32_t off;            /* the text in the arena */
+	uint32_t len;
+	uint32_t reserved;       /* must be zero */
+};
+
+static inline uint64_t lorad_grammar_req_off(const struct lorad_sqe *e)
+{
+	return lorad_result_req_off(e) + ((e->flags & LORAD_SQE_F_RESULT) ? sizeof(struct lorad_result_req) : 0);
+}
+
+/*
  * What the daemon offers a session for results, at region results_off
  * (written once before the welcome; the daemon keeps its own copy).
  * where is LORAD_RESULTS_DEVICE when the session got a device buffer:
@@ -315,6 +353,7 @@ enum lorad_field {
 	LORAD_FIELD_DEADLINE,
 	LORAD_FIELD_TAG,
 	LORAD_FIELD_RESULT,          /* the result request: kind, place or size (ABI 1.3) */
+	LORAD_FIELD_GRAMMAR,         /* the grammar: kind, text, or what it asks (ABI 1.4) */
 	LORAD_FIELD__MAX
 };
 
@@ -353,6 +392,7 @@ LORAD_STATIC_ASSERT(sizeof(struct lorad_served) == 96, "served layout");
 LORAD_STATIC_ASSERT(sizeof(struct lorad_logit_bias) == 8, "logit bias layout");
 LORAD_STATIC_ASSERT(sizeof(struct lorad_result_req) == 32, "result request layout");
 LORAD_STATIC_ASSERT(sizeof(struct lorad_results_hdr) == 192, "results header layout");
+LORAD_STATIC_ASSERT(sizeof(struct lorad_grammar_req) == 16, "grammar request layout");
 LORAD_STATIC_ASSERT(sizeof(struct lorad_cqe) == 64, "cqe layout");
 LORAD_STATIC_ASSERT(__builtin_offsetof(struct lorad_sqe, skill) == 96, "sqe skill offset");
 LORAD_STATIC_ASSERT(__builtin_offsetof(struct lorad_cqe, version) == 48, "cqe version offset");

@@ -88,6 +88,14 @@ struct lorad_request {
 					* LORAD_RESULT_HIDDEN (the final norm's output);
 					* 0 = none */
 	struct lorad_result *result_at; /* filled by lorad_submit: where the rows are */
+	/* constrained decoding (ABI 1.4): the output must be valid JSON, match a
+	 * JSON Schema or a regular expression. Read only when flags holds
+	 * LORAD_SQE_F_GRAMMAR, so a program built before these fields is never
+	 * misread; lorad_submit gives -EOPNOTSUPP against an older daemon. A
+	 * refused grammar ends the request with field "grammar" (see abi.h). */
+	uint32_t        grammar;       /* LORAD_GRAMMAR_JSON, _SCHEMA or _REGEX */
+	const char     *grammar_text;  /* the schema (JSON text) or pattern; NULL for _JSON */
+	uint32_t        grammar_len;   /* bytes, at most LORAD_MAX_GRAMMAR */
 };
 
 /*

@@ -20,6 +20,8 @@ MAX_STOP_STR = 16    # LORAD_MAX_STOP_STR
 EV_FINAL = 1 << 0            # LORAD_EV_FINAL
 SQE_F_IGNORE_EOS = 1 << 0    # LORAD_SQE_F_IGNORE_EOS
 SQE_F_NO_SPECIAL = 1 << 1    # LORAD_SQE_F_NO_SPECIAL
+SQE_F_GRAMMAR = 1 << 4       # LORAD_SQE_F_GRAMMAR
+GRAMMAR_JSON, GRAMMAR_SCHEMA, GRAMMAR_REGEX = 1, 2, 3   # enum lorad_grammar_kind
 
 RESULT_NONE, RESULT_LOGITS, RESULT_HIDDEN = 0, 1, 2   # enum lorad_result_kind
 RESULTS_ARENA, RESULTS_DEVICE = 0, 1                  # enum lorad_result_where
@@ -113,6 +115,9 @@ class lorad_request(Structure):
         ("routing_key_len", c_uint32),
         ("result", c_uint32),
         ("result_at", POINTER(lorad_result)),
+        ("grammar", c_uint32),
+        ("grammar_text", c_void_p),     # const char *, not NUL-terminated: grammar_len
+        ("grammar_len", c_uint32),
     ]
 
 

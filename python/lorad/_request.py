@@ -7,6 +7,7 @@ struct points to alive for that long.
 """
 import array
 import ctypes
+import json
 import time
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -45,11 +46,30 @@ _RESULT_KINDS = {None: _ffi.RESULT_NONE, "logits": _ffi.RESULT_LOGITS,
 class Request:
     """The struct lorad_request of one submission and the buffers it points to."""
 
+    def _grammar(self, r, fmt):
+        """response_format: "json" (any JSON value), {"json_schema": schema (a
+        dict or JSON text)} or {"regex": pattern}: the output must follow it."""
+        if fmt == "json":
+            kind, text = _ffi.GRAMMAR_JSON, b""
+        elif isinstance(fmt, dict) and len(fmt) == 1 and "json_schema" in fmt:
+            sch = fmt["json_schema"]
+            kind, text = _ffi.GRAMMAR_SCHEMA, (sch if isinstance(sch, str) else json.dumps(sch))
+        elif isinstance(fmt, dict) and len(fmt) == 1 and "regex" in fmt:
+            kind, text = _ffi.GRAMMAR_REGEX, fmt["regex"]
+        else:
+            raise ValueError('response_format must be "json", {"json_schema": ...} or {"regex": ...}')
+        text = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        self._gtext = ctypes.create_string_buffer(text, len(text) or 1)
+        r.flags |= _ffi.SQE_F_GRAMMAR
+        r.grammar = kind
+        r.grammar_text = ctypes.addressof(self._gtext) if text else None
+        r.grammar_len = len(text)
+
     def __init__(self, user_data, skill, prompt, max_tokens, *, temperature=0.0, top_p=0.0,
                  top_k=0, min_p=0.0, seed=0, routing_key=None, stop=None, stop_ids=None,
                  ignore_eos=False, text=None, text_cap=None, min_tokens=0,
                  repetition_penalty=0.0, presence_penalty=0.0, logit_bias=None, priority=0,
-                 deadline=None, result=None):
+                 deadline=None, result=None, response_format=None):
         if isinstance(prompt, str):
             prompt = prompt.encode("utf-8")
         is_text = isinstance(prompt, (bytes, bytearray))
@@ -103,6 +123,8 @@ class Request:
             self._result = _ffi.lorad_result()
             r.result = _RESULT_KINDS[result]
             r.result_at = ctypes.pointer(self._result)
+        if response_format is not None:
+            self._grammar(r, response_format)
         if isinstance(routing_key, int):
             r.routing_key = routing_key
         elif routing_key is not None:

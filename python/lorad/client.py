@@ -102,7 +102,8 @@ class Client:
         daemon ends it with finish "deadline"), ``text`` (ask for text out of
         a token prompt), ``result`` ("logits" or "hidden": the Completion's
         ``rows`` hold one row of floats per token, read from the shared
-        arena). *timeout* in seconds; on expiry the request is cancelled and
+        arena), ``response_format`` ("json", {"json_schema": schema} or
+        {"regex": pattern}: the output must follow it). *timeout* in seconds; on expiry the request is cancelled and
         :class:`~lorad.Timeout` raised.
         """
         s = self.stream(skill, prompt, max_tokens, temperature, routing_key, timeout, **kw)

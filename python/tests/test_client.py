@@ -137,3 +137,21 @@ def test_logit_bias_and_deadline(tiny):
             c.complete(None, [1, 2, 3], max_tokens=4000, ignore_eos=True, deadline=0.05)
         assert e.value.partial.finish == "deadline"
         assert len(e.value.partial.tokens) < 4000
+
+
+def test_response_format(client):
+    """The base model, which writes no JSON of its own, answers in the format asked."""
+    import re
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer"}},
+              "required": ["ok", "n"], "additionalProperties": False}
+    for seed in (1, 2, 3):
+        got = client.complete(None, "Which customers live in Lind?", max_tokens=60, temperature=1.0,
+                              seed=seed, response_format={"json_schema": schema})
+        assert got.finish == "stop", got
+        v = json.loads(got.text)
+        assert set(v) == {"ok", "n"} and isinstance(v["ok"], bool) and isinstance(v["n"], int)
+        got = client.complete(None, "x", max_tokens=20, temperature=1.0, seed=seed,
+                              response_format={"regex": "(yes|no), [a-z]{2,5}"})
+        assert re.fullmatch("(yes|no), [a-z]{2,5}", got.text), got.text
+    with pytest.raises(lorad.InvalidRequest):
+        client.complete(None, "x", response_format={"regex": "ab(c"})

@@ -274,3 +274,30 @@ a = Arena()
 write("session", "prompt-limit-config", session(
     [gen(a, 1, list(range(3, 103)), max_tokens=2), gen(a, 2, list(range(3, 104)), max_tokens=2),
      gen(a, 3, text_of(600), max_tokens=2)], a, rounds=6, limit=2))
+
+# constrained decoding (ABI 1.4): a grammar record after the served record,
+# its text in the arena; a schema, a regex, plain JSON, and a refused pattern
+F_GRAMMAR = 16
+
+
+def gen_grammar(a, tag, prompt, kind, text, max_tokens=8, **kw):
+    t_off = a.put(text, 1) if text else 0
+    data = prompt if isinstance(prompt, bytes) else struct.pack("<%dI" % len(prompt), *prompt)
+    p_off = a.put(data, 4)
+    o_len = 4 * max_tokens
+    o_off = a.alloc(o_len + 8 + 96 + 16, 8)
+    r_off = (o_off + o_len + 7) // 8 * 8 + 96
+    a.buf[r_off:r_off + 16] = struct.pack("<4I", kind, t_off, len(text), 0)
+    return sqe(user_data=tag, tag=tag, kind=TEXT if isinstance(prompt, bytes) else 0,
+               max_tokens=max_tokens, prompt_off=p_off, prompt_len=len(data), out_off=o_off,
+               out_len=o_len, flags=F_SERVED | F_GRAMMAR, **kw)
+
+
+a = Arena()
+write("session", "grammar", session(
+    [gen_grammar(a, 1, b"age=3 name=Bo", 2,
+                 b'{"type":"object","properties":{"a":{"type":"integer"}},"required":["a"]}',
+                 temperature=1.0, seed=5),
+     gen_grammar(a, 2, [2, 3, 4], 3, b"(yes|no)[.!]", max_tokens=4),
+     gen_grammar(a, 3, b"x", 1, b"", max_tokens=6),
+     gen_grammar(a, 4, b"x", 3, b"(a|b)*a(a|b){20}", max_tokens=2)], a, rounds=15))

@@ -2,6 +2,7 @@
 # lorad-http against the real daemon on the demo model, with curl:
 #   usage: test_http.sh BUILD_BIN_DIR REPO_ROOT CASE
 # CASE: api (completions, streams, models, metrics, health, errors),
+#       grammar (response_format: json_object, json_schema, regex; refusals),
 #       limits (body, connections, token, a client that leaves mid-stream,
 #       the daemon going away). Exits 77 (skipped) without curl or python3.
 set -u
@@ -263,6 +264,55 @@ EOF
 	st=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$url/healthz")
 	[ "$st" = 503 ] || fail "healthz with the daemon gone: $st"
 	[ $(($(date +%s) - t0)) -le 5 ] || fail "slow answers with the daemon gone"
+	;;
+grammar)
+	# response_format: outputs of the base model (which writes no JSON of
+	# its own) parse and follow the schema; refusals name what and where
+	start_gateway "$port"
+	schema='{"type":"object","properties":{"name":{"type":"string","maxLength":10},"age":{"type":"integer"},"city":{"enum":["Soarburg","Lind"]}},"required":["name","age","city"],"additionalProperties":false}'
+	rf_schema="{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"p\",\"schema\":$schema}}"
+	for seed in 1 2 3 4; do
+		st=$(post /v1/completions "{\"model\":\"base\",\"prompt\":\"Which customers live in Lind?\",\"max_tokens\":80,\"temperature\":1,\"seed\":$seed,\"response_format\":$rf_schema}")
+		[ "$st" = 200 ] || fail "json_schema: HTTP $st $(cat "$dir/out")"
+		PYTHONPATH="$root/tests/grammar" python3 - "$dir/out" "$schema" <<'PY' || fail "json_schema output: $(cat "$dir/out")"
+import json, sys, schema_subset
+c = json.load(open(sys.argv[1]))["choices"][0]
+assert c["finish_reason"] == "stop", c
+schema_subset.validate(json.loads(c["text"]), json.loads(sys.argv[2]))
+PY
+		st=$(post /v1/completions "{\"model\":\"base\",\"prompt\":\"age=3 name=Bo\",\"max_tokens\":60,\"temperature\":1,\"seed\":$seed,\"response_format\":{\"type\":\"json_object\"}}")
+		[ "$st" = 200 ] || fail "json_object: HTTP $st $(cat "$dir/out")"
+		[ "$(json 'j["choices"][0]["finish_reason"] != "stop" or isinstance(json.loads(j["choices"][0]["text"]), dict)')" = True ] ||
+			fail "json_object output: $(cat "$dir/out")"
+		st=$(post /v1/completions "{\"model\":\"base\",\"prompt\":\"x\",\"max_tokens\":40,\"temperature\":1,\"seed\":$seed,\"response_format\":{\"type\":\"regex\",\"regex\":\"(yes|no), [a-z]{1,6}[.]\"}}")
+		[ "$st" = 200 ] || fail "regex: HTTP $st $(cat "$dir/out")"
+		[ "$(json '__import__("re").fullmatch(r"(yes|no), [a-z]{1,6}[.]", j["choices"][0]["text"]) is not None')" = True ] ||
+			fail "regex output: $(cat "$dir/out")"
+	done
+	# the same through a stream
+	curl -sN -H 'Content-Type: application/json' --data-binary \
+		"{\"model\":\"base\",\"prompt\":\"hi\",\"max_tokens\":120,\"temperature\":1,\"seed\":9,\"stream\":true,\"response_format\":$rf_schema}" \
+		"$url/v1/completions" >"$dir/sse"
+	PYTHONPATH="$root/tests/grammar" python3 - "$dir/sse" "$schema" <<'PY' || fail "json_schema stream: $(cat "$dir/sse")"
+import json, sys, schema_subset
+lines = [l for l in open(sys.argv[1]).read().split("\n\n") if l.strip()]
+assert lines[-1] == "data: [DONE]", lines[-1]
+text = "".join(json.loads(l[6:])["choices"][0]["text"] for l in lines[:-1])
+schema_subset.validate(json.loads(text), json.loads(sys.argv[2]))
+PY
+	# refusals: 400, param response_format, the keyword, limit or place named
+	st=$(post /v1/completions '{"model":"base","prompt":"x","response_format":{"type":"json_schema","json_schema":{"schema":{"type":"string","pattern":"a+"}}}}')
+	[ "$st" = 400 ] || fail "unsupported keyword: HTTP $st"
+	[ "$(json 'j["error"]["param"]')" = response_format ] || fail "param: $(cat "$dir/out")"
+	json 'j["error"]["message"]' | grep -q "'pattern'" || fail "keyword not named: $(cat "$dir/out")"
+	st=$(post /v1/completions '{"model":"base","prompt":"x","response_format":{"type":"regex","regex":"(a|b)*a(a|b){20}"}}')
+	[ "$st" = 400 ] || fail "state blow-up: HTTP $st"
+	json 'j["error"]["message"]' | grep -q "max_states" || fail "limit not named: $(cat "$dir/out")"
+	st=$(post /v1/completions '{"model":"base","prompt":"x","response_format":{"type":"regex","regex":"ab(c"}}')
+	[ "$st" = 400 ] || fail "bad regex: HTTP $st"
+	json 'j["error"]["message"]' | grep -q "offset 2" || fail "offset not named: $(cat "$dir/out")"
+	st=$(post /v1/completions '{"model":"base","prompt":"x","response_format":{"type":"xml"}}')
+	[ "$st" = 400 ] || fail "unknown type: HTTP $st"
 	;;
 *)
 	echo "unknown case $case_"

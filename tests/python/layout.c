@@ -41,6 +41,7 @@ int main(void)
 	F(lorad_request, out_text); F(lorad_request, out_text_cap); F(lorad_request, stop);
 	F(lorad_request, n_stop); F(lorad_request, times); F(lorad_request, routing_key_bytes);
 	F(lorad_request, routing_key_len); F(lorad_request, result); F(lorad_request, result_at);
+	F(lorad_request, grammar); F(lorad_request, grammar_text); F(lorad_request, grammar_len);
 	END();
 
 	BEGIN(lorad_event);

@@ -1,0 +1,54 @@
+/* SPDX-License-Identifier: MIT */
+/* Private to daemon/grammar: the compiled automaton and the helpers between its files. */
+#ifndef LORAD_GRAM_INT_H
+#define LORAD_GRAM_INT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "grammar.h"
+
+#define GF_ACCEPT 1u   /* the output may end here */
+#define GF_FINAL  2u   /* ... and nothing may follow */
+
+/*
+ * A DFA over byte classes: bytes that no part of the pattern tells apart
+ * share a class, so a row of the table has n_classes entries, not 256.
+ * next[s * n_classes + cls[b]] is the state after byte b, or -1; every
+ * state kept can still reach an accepting one.
+ */
+struct gram {
+	int refs;
+	int n_states, n_classes;
+	uint8_t cls[256];
+	int32_t *next;
+	uint8_t *flags;
+	/* the cache of masks, one per state, filled as states are met */
+	int mask_vocab;          /* the vocabulary size they were made for; 0: none yet */
+	uint64_t **masks;        /* [n_states], NULL where not cached */
+	int32_t *mask_count;     /* [n_states] */
+	size_t mask_bytes, mask_budget;
+};
+
+/* A growable string for building patterns. */
+struct sbuf {
+	char *p;
+	size_t n, cap;
+	int oom;
+};
+void sb_put(struct sbuf *b, const char *s, size_t n);
+void sb_puts(struct sbuf *b, const char *s);
+void sb_free(struct sbuf *b);
+
+/* The pattern compiler (regex.c); *out has one reference. */
+int regex_compile(const char *pat, size_t len, const struct gram_limits *lim, struct gram **out,
+		  char *err, size_t errlen);
+
+/* A pattern for any JSON value nesting at most @depth levels (schema.c). */
+void json_any_pattern(struct sbuf *b, int depth);
+
+/* A schema's pattern (schema.c), malloc'd into *pat. Same returns as gram_compile. */
+int schema_pattern(const char *text, size_t len, const struct gram_limits *lim, char **pat,
+		   size_t *pat_len, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,275 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Masks: the vocabulary's byte strings in a trie, walked together with the
+ * automaton. A subtree is left as soon as the automaton has no move on its
+ * byte, so one walk costs the trie nodes of the tokens that are still
+ * possible (and their first dead byte), not the vocabulary times its
+ * lengths; a grammar keeps the mask of each state it met, so a state costs
+ * one walk per grammar, not one per step. The trie is walked flat: its
+ * nodes in preorder, each with its depth and the index past its subtree,
+ * so a walk reads memory in order and skips a dead subtree in one jump.
+ */
+#include "gram_int.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TOKEN_MAX 1024   /* bytes of the longest token kept */
+#define MASK_BUDGET_DEFAULT (16u << 20)
+
+struct tnode {
+	uint32_t child, sibling;  /* 0: none (the root is nobody's child) */
+	int32_t tok;              /* the first id whose bytes end here; -1: none */
+	uint8_t byte;
+};
+
+struct gram_vocab {
+	int n;
+	struct tnode *nodes;      /* the trie as built (children linked) */
+	size_t n_nodes, cap_nodes;
+	/* the same nodes in preorder (index 0: the root) */
+	uint8_t *f_byte;
+	uint16_t *f_depth;        /* 1 for the root's children */
+	uint32_t *f_skip;         /* the index past the node's subtree */
+	int32_t *f_tok;           /* the first id ending at the node; -1 */
+	int32_t *same;            /* [n] the next id with the same bytes; -1 */
+	int32_t *eos;
+	int n_eos;
+};
+
+static int64_t node_add(struct gram_vocab *v, uint8_t byte)
+{
+	if (v->n_nodes == v->cap_nodes) {
+		size_t cap = v->cap_nodes ? 2 * v->cap_nodes : 1024;
+		struct tnode *t = realloc(v->nodes, cap * sizeof(*t));
+
+		if (!t)
+			return -ENOMEM;
+		v->nodes = t;
+		v->cap_nodes = cap;
+	}
+	v->nodes[v->n_nodes] = (struct tnode){ 0, 0, -1, byte };
+	return (int64_t)v->n_nodes++;
+}
+
+/* The preorder arrays of v->nodes, by an explicit stack (depth <= TOKEN_MAX). */
+static int flatten(struct gram_vocab *v)
+{
+	uint32_t stack[TOKEN_MAX + 2], at[TOKEN_MAX + 2], idx = 0;
+	int sp = 0;
+
+	v->f_byte = malloc(v->n_nodes);
+	v->f_depth = malloc(v->n_nodes * sizeof(*v->f_depth));
+	v->f_skip = malloc(v->n_nodes * sizeof(*v->f_skip));
+	v->f_tok = malloc(v->n_nodes * sizeof(*v->f_tok));
+	if (!v->f_byte || !v->f_depth || !v->f_skip || !v->f_tok)
+		return -ENOMEM;
+	/* stack[d]: the node entered at depth d, at[d]: its preorder index */
+	stack[0] = 0;
+	at[0] = idx++;
+	v->f_byte[0] = 0;
+	v->f_depth[0] = 0;
+	v->f_tok[0] = -1;
+	for (uint32_t x = v->nodes[0].child;;) {
+		if (x) {
+			sp++;
+			stack[sp] = x;
+			at[sp] = idx;
+			v->f_byte[idx] = v->nodes[x].byte;
+			v->f_depth[idx] = (uint16_t)sp;
+			v->f_tok[idx++] = v->nodes[x].tok;
+			x = v->nodes[x].child;
+			continue;
+		}
+		/* no child: close nodes until one has a sibling */
+		while (sp >= 0) {
+			v->f_skip[at[sp]] = idx;
+			x = sp ? v->nodes[stack[sp]].sibling : 0;
+			sp--;
+			if (x)
+				break;
+		}
+		if (sp < 0)
+			break;
+	}
+	return 0;
+}
+
+int gram_vocab_build(const unsigned char *const *bytes, const uint32_t *lens, int n,
+		     const int32_t *eos, int n_eos, struct gram_vocab **out)
+{
+	struct gram_vocab *v = calloc(1, sizeof(*v));
+	uint32_t root_kid[256] = { 0 };
+	int rc = -ENOMEM;
+
+	if (!v || n <= 0)
+		goto err;
+	v->n = n;
+	v->same = malloc((size_t)n * sizeof(*v->same));
+	v->eos = malloc((size_t)(n_eos > 0 ? n_eos : 1) * sizeof(*v->eos));
+	if (!v->same || !v->eos || node_add(v, 0) < 0)
+		goto err;
+	rc = -EINVAL;
+	for (int i = 0; i < n_eos; i++)
+		if (eos[i] < 0 || eos[i] >= n)
+			goto err;
+	memcpy(v->eos, eos, (size_t)(n_eos > 0 ? n_eos : 0) * sizeof(*eos));
+	v->n_eos = n_eos;
+	for (int id = 0; id < n; id++) {
+		uint32_t at = 0;
+
+		v->same[id] = -1;
+		if (!lens[id])
+			continue;
+		if (lens[id] > TOKEN_MAX)
+			goto err;
+		for (uint32_t k = 0; k < lens[id]; k++) {
+			uint8_t b = bytes[id][k];
+			uint32_t c = at ? v->nodes[at].child : root_kid[b];
+
+			/* children are kept in order of insertion; the root's in a table */
+			while (at && c && v->nodes[c].byte != b)
+				c = v->nodes[c].sibling;
+			if (!c) {
+				int64_t x = node_add(v, b);
+
+				if (x < 0) {
+					rc = -ENOMEM;
+					goto err;
+				}
+				c = (uint32_t)x;
+				if (at) {
+					v->nodes[c].sibling = v->nodes[at].child;
+					v->nodes[at].child = c;
+				} else {
+					root_kid[b] = c;
+				}
+			}
+			at = c;
+		}
+		v->same[id] = v->nodes[at].tok;
+		v->nodes[at].tok = id;
+	}
+	/* the root's children as a list too, so one walk serves every level */
+	for (int b = 255; b >= 0; b--)
+		if (root_kid[b]) {
+			v->nodes[root_kid[b]].sibling = v->nodes[0].child;
+			v->nodes[0].child = root_kid[b];
+		}
+	if ((rc = flatten(v)))
+		goto err;
+	*out = v;
+	return 0;
+err:
+	gram_vocab_free(v);
+	return rc;
+}
+
+void gram_vocab_free(struct gram_vocab *v)
+{
+	if (!v)
+		return;
+	free(v->nodes);
+	free(v->f_byte);
+	free(v->f_depth);
+	free(v->f_skip);
+	free(v->f_tok);
+	free(v->same);
+	free(v->eos);
+	free(v);
+}
+
+int gram_vocab_size(const struct gram_vocab *v)
+{
+	return v->n;
+}
+
+size_t gram_mask_words(const struct gram_vocab *v)
+{
+	return ((size_t)v->n + 63) / 64;
+}
+
+int gram_mask_walk(const struct gram *g, const struct gram_vocab *v, int state, uint64_t *allow)
+{
+	int32_t st[TOKEN_MAX + 1];
+	const size_t n = v->n_nodes;
+	const int ncls = g->n_classes;
+	int count = 0;
+
+	memset(allow, 0, gram_mask_words(v) * sizeof(*allow));
+	if (state < 0 || state >= g->n_states)
+		return 0;
+	if (g->flags[state] & GF_ACCEPT)
+		for (int i = 0; i < v->n_eos; i++)
+			if (!(allow[v->eos[i] >> 6] & (1ull << (v->eos[i] & 63)))) {
+				allow[v->eos[i] >> 6] |= 1ull << (v->eos[i] & 63);
+				count++;
+			}
+	st[0] = state;
+	for (size_t i = 1; i < n;) {
+		int d = v->f_depth[i];
+		int32_t ns = g->next[(size_t)st[d - 1] * ncls + g->cls[v->f_byte[i]]];
+
+		if (ns < 0) {
+			i = v->f_skip[i];   /* no token below continues */
+			continue;
+		}
+		for (int32_t id = v->f_tok[i]; id >= 0; id = v->same[id]) {
+			allow[id >> 6] |= 1ull << (id & 63);
+			count++;
+		}
+		st[d] = ns;
+		i++;
+	}
+	return count;
+}
+
+int gram_mask(struct gram *g, const struct gram_vocab *v, int state, uint64_t *allow)
+{
+	size_t words = gram_mask_words(v);
+	int count;
+
+	if (state < 0 || state >= g->n_states)
+		return gram_mask_walk(g, v, state, allow);
+	if (g->masks && g->masks[state]) {
+		memcpy(allow, g->masks[state], words * sizeof(*allow));
+		return g->mask_count[state];
+	}
+	count = gram_mask_walk(g, v, state, allow);
+	if (!g->masks) {
+		g->masks = calloc((size_t)g->n_states, sizeof(*g->masks));
+		g->mask_count = calloc((size_t)g->n_states, sizeof(*g->mask_count));
+		g->mask_vocab = v->n;
+		if (!g->mask_budget)
+			g->mask_budget = MASK_BUDGET_DEFAULT;
+		if (!g->masks || !g->mask_count) {
+			free(g->masks);
+			free(g->mask_count);
+			g->masks = NULL;
+			g->mask_count = NULL;
+			return count;   /* no cache: walked again next time */
+		}
+	}
+	if (g->mask_bytes + words * sizeof(*allow) <= g->mask_budget &&
+	    (g->masks[state] = malloc(words * sizeof(*allow)))) {
+		memcpy(g->masks[state], allow, words * sizeof(*allow));
+		g->mask_count[state] = count;
+		g->mask_bytes += words * sizeof(*allow);
+	}
+	return count;
+}
+
+int gram_mask_prefill(struct gram *g, const struct gram_vocab *v, size_t budget)
+{
+	size_t words = gram_mask_words(v);
+	uint64_t *tmp = malloc(words * sizeof(*tmp));
+
+	if (!tmp)
+		return -ENOMEM;
+	g->mask_budget = budget;
+	for (int s = 0; s < g->n_states && g->mask_bytes + words * sizeof(*tmp) <= budget; s++)
+		gram_mask(g, v, s, tmp);
+	free(tmp);
+	return 0;
+}

@@ -1,0 +1,472 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * JSON and a JSON Schema subset as regular expressions (then compiled by
+ * regex.c like any pattern). Nesting is bounded, so a DFA suffices: each
+ * level of a generic value is spelled out (GRAM_JSON_DEPTH of them), a
+ * schema's levels are its own.
+ */
+#include "gram_int.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <json-c/json.h>
+
+#define JS_STRING  "\"([^\"\\\\\\x00-\\x1f]|\\\\([\"\\\\/bfnrt]|u[0-9a-fA-F]{4}))*\""
+#define JS_CHAR    "([^\"\\\\\\x00-\\x1f]|\\\\([\"\\\\/bfnrt]|u[0-9a-fA-F]{4}))"
+/* numbers are bounded (19 digits, 18 after the point, 3 of exponent): a
+ * model that runs on in digits ends its number instead of its budget */
+#define JS_INTEGER "-?(0|[1-9][0-9]{0,18})"
+#define JS_NUMBER  "-?(0|[1-9][0-9]{0,18})(\\.[0-9]{1,18})?([eE][+-]?[0-9]{1,3})?"
+/* ... except in a value of any type, whose automaton would grow too large */
+#define JS_NUMBER_ANY "-?(0|[1-9][0-9]*)(\\.[0-9]+)?([eE][+-]?[0-9]+)?"
+#define JS_COLON   ": ?"
+#define JS_COMMA   ", ?"
+#define MAX_PROPS  64
+#define MAX_COUNT  256
+
+void sb_put(struct sbuf *b, const char *s, size_t n)
+{
+	if (b->oom)
+		return;
+	if (b->n + n + 1 > b->cap) {
+		size_t cap = b->cap ? b->cap : 256;
+		char *p;
+
+		while (cap < b->n + n + 1)
+			cap *= 2;
+		if (!(p = realloc(b->p, cap))) {
+			b->oom = 1;
+			return;
+		}
+		b->p = p;
+		b->cap = cap;
+	}
+	memcpy(b->p + b->n, s, n);
+	b->n += n;
+	b->p[b->n] = 0;
+}
+
+void sb_puts(struct sbuf *b, const char *s)
+{
+	sb_put(b, s, strlen(s));
+}
+
+void sb_free(struct sbuf *b)
+{
+	free(b->p);
+	memset(b, 0, sizeof(*b));
+}
+
+static void scalars(struct sbuf *b)
+{
+	sb_puts(b, JS_STRING "|" JS_NUMBER_ANY "|true|false|null");
+}
+
+void json_any_pattern(struct sbuf *b, int depth)
+{
+	sb_puts(b, "(");
+	scalars(b);
+	if (depth > 0) {
+		sb_puts(b, "|\\{(" JS_STRING JS_COLON);
+		json_any_pattern(b, depth - 1);
+		sb_puts(b, "(" JS_COMMA JS_STRING JS_COLON);
+		json_any_pattern(b, depth - 1);
+		sb_puts(b, ")*)?\\}|\\[(");
+		json_any_pattern(b, depth - 1);
+		sb_puts(b, "(" JS_COMMA);
+		json_any_pattern(b, depth - 1);
+		sb_puts(b, ")*)?\\]");
+	}
+	sb_puts(b, ")");
+}
+
+struct sc {
+	struct sbuf *b;
+	const struct gram_limits *lim;
+	char *err;
+	size_t errlen;
+	int rc;
+	char path[256];
+};
+
+static int sfail(struct sc *c, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int sfail(struct sc *c, int rc, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!c->rc) {
+		c->rc = rc;
+		if (c->err && c->errlen) {
+			char m[256];
+
+			va_start(ap, fmt);
+			vsnprintf(m, sizeof(m), fmt, ap);
+			va_end(ap);
+			snprintf(c->err, c->errlen, "schema at %s: %s", c->path[0] ? c->path : "/", m);
+		}
+	}
+	return -1;
+}
+
+/* @s, a piece of JSON text, as a pattern that matches exactly it. */
+static void literal(struct sbuf *b, const char *s)
+{
+	for (; *s; s++) {
+		if (strchr("\\.^$|?*+()[]{}", *s))
+			sb_put(b, "\\", 1);
+		sb_put(b, s, 1);
+	}
+}
+
+static void json_literal(struct sbuf *b, struct json_object *v)
+{
+	literal(b, json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN |
+						  JSON_C_TO_STRING_NOSLASHESCAPE));
+}
+
+static int count_of(struct sc *c, struct json_object *o, const char *key, int *v)
+{
+	struct json_object *x;
+	int64_t n;
+
+	*v = -1;
+	if (!json_object_object_get_ex(o, key, &x))
+		return 0;
+	if (json_object_get_type(x) != json_type_int)
+		return sfail(c, -EINVAL, "%s must be an integer", key);
+	n = json_object_get_int64(x);
+	if (n < 0)
+		return sfail(c, -EINVAL, "%s must not be negative", key);
+	if (n > MAX_COUNT)
+		return sfail(c, -E2BIG, "%s of %lld is over the limit of %d", key, (long long)n, MAX_COUNT);
+	*v = (int)n;
+	return 0;
+}
+
+/* pattern{min,max} of @unit for counts from the schema (-1: none) */
+static void counted(struct sbuf *b, int mn, int mx)
+{
+	char q[48];
+
+	if (mn < 0)
+		mn = 0;
+	if (mx < 0)
+		snprintf(q, sizeof(q), "{%d,}", mn);
+	else
+		snprintf(q, sizeof(q), "{%d,%d}", mn, mx);
+	if (mn == 0 && mx < 0)
+		snprintf(q, sizeof(q), "*");
+	sb_puts(b, q);
+}
+
+static int schema(struct sc *c, struct json_object *o, unsigned depth);
+
+static int path_push(struct sc *c, const char *seg, size_t *saved)
+{
+	size_t n = strlen(c->path);
+
+	*saved = n;
+	snprintf(c->path + n, sizeof(c->path) - n, "/%s", seg);
+	return 0;
+}
+
+static int object_type(struct sc *c, struct json_object *o, unsigned depth)
+{
+	struct json_object *props = NULL, *req = NULL, *addl = NULL;
+	const char *names[MAX_PROPS];
+	struct json_object *subs[MAX_PROPS];
+	int required[MAX_PROPS], n = 0, all_optional = 1;
+	struct sbuf *b = c->b;
+
+	json_object_object_get_ex(o, "properties", &props);
+	json_object_object_get_ex(o, "required", &req);
+	json_object_object_get_ex(o, "additionalProperties", &addl);
+	if (props && json_object_get_type(props) != json_type_object)
+		return sfail(c, -EINVAL, "properties must be an object");
+	if (req && json_object_get_type(req) != json_type_array)
+		return sfail(c, -EINVAL, "required must be an array");
+	if (addl && json_object_get_type(addl) != json_type_boolean &&
+	    json_object_get_type(addl) != json_type_object)
+		return sfail(c, -EINVAL, "additionalProperties must be a boolean or a schema");
+	if (props) {
+		json_object_object_foreach(props, k, v) {
+			if (n == MAX_PROPS)
+				return sfail(c, -E2BIG, "more than %d properties", MAX_PROPS);
+			names[n] = k;
+			subs[n] = v;
+			required[n++] = 0;
+		}
+	}
+	for (size_t i = 0; req && i < json_object_array_length(req); i++) {
+		struct json_object *r = json_object_array_get_idx(req, i);
+		int k;
+
+		if (json_object_get_type(r) != json_type_string)
+			return sfail(c, -EINVAL, "required lists names (strings)");
+		for (k = 0; k < n && strcmp(names[k], json_object_get_string(r)); k++)
+			;
+		if (k == n)
+			return sfail(c, -ENOTSUP, "required property '%.64s' is not in properties",
+				     json_object_get_string(r));
+		required[k] = 1;
+	}
+	if (!n) {
+		if (addl && json_object_get_type(addl) == json_type_boolean && !json_object_get_boolean(addl)) {
+			sb_puts(b, "\\{\\}");
+			return 0;
+		}
+		/* any object: its values nest as deep as the generic ones */
+		sb_puts(b, "\\{(" JS_STRING JS_COLON);
+		json_any_pattern(b, GRAM_JSON_DEPTH - 1);
+		sb_puts(b, "(" JS_COMMA JS_STRING JS_COLON);
+		json_any_pattern(b, GRAM_JSON_DEPTH - 1);
+		sb_puts(b, ")*)?\\}");
+		return 0;
+	}
+	/* each property's pattern, once: "key": value */
+	struct sbuf pp[MAX_PROPS];
+
+	memset(pp, 0, sizeof(pp));
+	for (int i = 0; i < n && !c->rc; i++) {
+		struct json_object *key = json_object_new_string(names[i]);
+		struct sbuf *save = c->b;
+		size_t saved;
+
+		if (!key) {
+			sfail(c, -ENOMEM, "out of memory");
+			break;
+		}
+		json_literal(&pp[i], key);
+		json_object_put(key);
+		sb_puts(&pp[i], JS_COLON);
+		path_push(c, names[i], &saved);
+		c->b = &pp[i];
+		schema(c, subs[i], depth + 1);
+		c->b = save;
+		c->path[saved] = 0;
+		all_optional &= !required[i];
+	}
+	/* properties in the schema's order; the first one written is any
+	 * whose predecessors are all optional */
+	sb_puts(b, "\\{(");
+	for (int f = 0; f < n && !c->rc; f++) {
+		if (f)
+			sb_puts(b, "|");
+		sb_put(b, pp[f].p ? pp[f].p : "", pp[f].n);
+		for (int j = f + 1; j < n; j++) {
+			sb_puts(b, required[j] ? JS_COMMA : "(" JS_COMMA);
+			sb_put(b, pp[j].p ? pp[j].p : "", pp[j].n);
+			if (!required[j])
+				sb_puts(b, ")?");
+		}
+		if (required[f])
+			break;
+	}
+	sb_puts(b, all_optional ? ")?\\}" : ")\\}");
+	for (int i = 0; i < n; i++) {
+		if (pp[i].oom)
+			b->oom = 1;
+		sb_free(&pp[i]);
+	}
+	return c->rc ? -1 : 0;
+}
+
+static int array_type(struct sc *c, struct json_object *o, unsigned depth)
+{
+	struct json_object *items = NULL;
+	struct sbuf item = { 0 }, *save = c->b;
+	int mn, mx;
+	size_t saved;
+
+	if (count_of(c, o, "minItems", &mn) || count_of(c, o, "maxItems", &mx))
+		return -1;
+	if (mx >= 0 && mn > mx)
+		return sfail(c, -EINVAL, "minItems is over maxItems");
+	if (json_object_object_get_ex(o, "items", &items)) {
+		path_push(c, "items", &saved);
+		c->b = &item;
+		schema(c, items, depth + 1);
+		c->b = save;
+		c->path[saved] = 0;
+	} else {
+		json_any_pattern(&item, GRAM_JSON_DEPTH - 1);
+	}
+	if (item.oom)
+		c->b->oom = 1;
+	if (!c->rc) {
+		if (mx == 0) {
+			sb_puts(c->b, "\\[\\]");
+		} else {
+			sb_puts(c->b, mn > 0 ? "\\[(" : "\\[((");
+			sb_put(c->b, item.p ? item.p : "", item.n);
+			sb_puts(c->b, ")(" JS_COMMA);
+			sb_put(c->b, item.p ? item.p : "", item.n);
+			sb_puts(c->b, ")");
+			counted(c->b, mn > 0 ? mn - 1 : 0, mx > 0 ? mx - 1 : -1);
+			sb_puts(c->b, mn > 0 ? "\\]" : ")?\\]");
+		}
+	}
+	sb_free(&item);
+	return c->rc ? -1 : 0;
+}
+
+static int one_type(struct sc *c, struct json_object *o, const char *t, unsigned depth)
+{
+	int mn, mx;
+
+	if (!strcmp(t, "object"))
+		return object_type(c, o, depth);
+	if (!strcmp(t, "array"))
+		return array_type(c, o, depth);
+	if (!strcmp(t, "string")) {
+		if (count_of(c, o, "minLength", &mn) || count_of(c, o, "maxLength", &mx))
+			return -1;
+		if (mx >= 0 && mn > mx)
+			return sfail(c, -EINVAL, "minLength is over maxLength");
+		sb_puts(c->b, "\"" JS_CHAR);
+		counted(c->b, mn, mx);
+		sb_puts(c->b, "\"");
+		return 0;
+	}
+	if (!strcmp(t, "number"))
+		sb_puts(c->b, JS_NUMBER);
+	else if (!strcmp(t, "integer"))
+		sb_puts(c->b, JS_INTEGER);
+	else if (!strcmp(t, "boolean"))
+		sb_puts(c->b, "(true|false)");
+	else if (!strcmp(t, "null"))
+		sb_puts(c->b, "null");
+	else
+		return sfail(c, -ENOTSUP, "type '%.32s' is not supported", t);
+	return 0;
+}
+
+static const char *const known[] = {
+	"type", "properties", "required", "additionalProperties", "enum", "const", "items",
+	"minItems", "maxItems", "minLength", "maxLength",
+	/* annotations: no effect on what is valid */
+	"title", "description", "$schema", "$id", "default", "examples", "$comment",
+};
+
+static int schema(struct sc *c, struct json_object *o, unsigned depth)
+{
+	struct json_object *t = NULL, *en = NULL, *cn = NULL;
+
+	if (depth > c->lim->max_depth)
+		return sfail(c, -E2BIG, "schemas nest deeper than %u (limit max_depth)", c->lim->max_depth);
+	if (json_object_get_type(o) == json_type_boolean) {
+		if (!json_object_get_boolean(o))
+			return sfail(c, -EINVAL, "the schema false matches nothing");
+		json_any_pattern(c->b, GRAM_JSON_DEPTH);
+		return 0;
+	}
+	if (json_object_get_type(o) != json_type_object)
+		return sfail(c, -EINVAL, "a schema must be an object or a boolean");
+	json_object_object_foreach(o, k, v) {
+		size_t i;
+
+		(void)v;
+		for (i = 0; i < sizeof(known) / sizeof(known[0]) && strcmp(k, known[i]); i++)
+			;
+		if (i == sizeof(known) / sizeof(known[0]))
+			return sfail(c, -ENOTSUP, "keyword '%.64s' is not supported", k);
+	}
+	json_object_object_get_ex(o, "enum", &en);
+	json_object_object_get_ex(o, "const", &cn);
+	if (en || cn) {
+		size_t n;
+
+		if (en && json_object_get_type(en) != json_type_array)
+			return sfail(c, -EINVAL, "enum must be an array");
+		n = en ? json_object_array_length(en) : 1;
+		if (!n)
+			return sfail(c, -EINVAL, "enum is empty: nothing is valid");
+		sb_puts(c->b, "(");
+		for (size_t i = 0; i < n; i++) {
+			struct json_object *v = en ? json_object_array_get_idx(en, i) : cn;
+			enum json_type ty = json_object_get_type(v);
+
+			if (ty == json_type_object || ty == json_type_array)
+				return sfail(c, -ENOTSUP, "%s values that are objects or arrays are not supported",
+					     en ? "enum" : "const");
+			if (i)
+				sb_puts(c->b, "|");
+			if (ty == json_type_null)
+				sb_puts(c->b, "null");
+			else
+				json_literal(c->b, v);
+		}
+		sb_puts(c->b, ")");
+		return 0;
+	}
+	if (!json_object_object_get_ex(o, "type", &t)) {
+		struct json_object *x;
+
+		if (json_object_object_get_ex(o, "properties", &x) ||
+		    json_object_object_get_ex(o, "additionalProperties", &x))
+			return one_type(c, o, "object", depth);
+		if (json_object_object_get_ex(o, "items", &x))
+			return one_type(c, o, "array", depth);
+		json_any_pattern(c->b, GRAM_JSON_DEPTH);
+		return 0;
+	}
+	if (json_object_get_type(t) == json_type_string)
+		return one_type(c, o, json_object_get_string(t), depth);
+	if (json_object_get_type(t) != json_type_array || !json_object_array_length(t))
+		return sfail(c, -EINVAL, "type must be a name or a list of names");
+	sb_puts(c->b, "(");
+	for (size_t i = 0; i < json_object_array_length(t); i++) {
+		struct json_object *x = json_object_array_get_idx(t, i);
+
+		if (json_object_get_type(x) != json_type_string)
+			return sfail(c, -EINVAL, "type must be a name or a list of names");
+		if (i)
+			sb_puts(c->b, "|");
+		if (one_type(c, o, json_object_get_string(x), depth))
+			return -1;
+	}
+	sb_puts(c->b, ")");
+	return 0;
+}
+
+int schema_pattern(const char *text, size_t len, const struct gram_limits *lim, char **pat,
+		   size_t *pat_len, char *err, size_t errlen)
+{
+	struct sbuf b = { 0 };
+	struct sc c = { .b = &b, .lim = lim, .err = err, .errlen = errlen };
+	struct json_tokener *tk = json_tokener_new_ex((int)lim->max_depth * 2 + 4);
+	struct json_object *root;
+	enum json_tokener_error je;
+
+	if (!tk)
+		return sfail(&c, -ENOMEM, "out of memory"), c.rc;
+	root = json_tokener_parse_ex(tk, text, (int)len);
+	je = json_tokener_get_error(tk);
+	if (!root || je != json_tokener_success || (size_t)json_tokener_get_parse_end(tk) != len) {
+		if (je == json_tokener_error_depth)
+			sfail(&c, -E2BIG, "JSON nests deeper than %u (limit max_depth)", lim->max_depth * 2 + 4);
+		else
+			sfail(&c, -EINVAL, "not valid JSON near byte %zu: %s",
+			      (size_t)json_tokener_get_parse_end(tk),
+			      je == json_tokener_success ? "text after the value" : json_tokener_error_desc(je));
+		json_object_put(root);
+		json_tokener_free(tk);
+		return c.rc;
+	}
+	json_tokener_free(tk);
+	schema(&c, root, 0);
+	json_object_put(root);
+	if (!c.rc && b.oom)
+		sfail(&c, -ENOMEM, "out of memory");
+	if (c.rc) {
+		sb_free(&b);
+		return c.rc;
+	}
+	*pat = b.p;
+	*pat_len = b.n;
+	return 0;
+}

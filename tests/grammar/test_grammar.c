@@ -1,0 +1,453 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The grammar compiler and the masks: patterns match what they should and
+ * nothing else, hostile patterns and schemas are refused with a message
+ * naming the limit or the place, and the trie walk gives exactly the
+ * tokens a brute force gives (every token's bytes run through the
+ * automaton) over the whole demo vocabulary, for many states of many
+ * grammars.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "grammar.h"
+#include "tokenizer.h"
+#include "validate.h"
+
+static struct gram *compile_ok(enum gram_kind k, const char *text)
+{
+	struct gram *g = NULL;
+	char err[256];
+	int rc = gram_compile(k, text, text ? strlen(text) : 0, NULL, &g, err, sizeof(err));
+
+	if (rc)
+		fprintf(stderr, "compile %s: %s\n", text ? text : "json", err);
+	assert_int_equal(rc, 0);
+	return g;
+}
+
+static bool matches(const struct gram *g, const char *s)
+{
+	return gram_accepting(g, gram_walk(g, gram_start(g), s, strlen(s)));
+}
+
+static bool prefix_ok(const struct gram *g, const char *s)
+{
+	return gram_walk(g, gram_start(g), s, strlen(s)) >= 0;
+}
+
+static void test_regex(void **st)
+{
+	struct gram *g = compile_ok(GRAM_REGEX, "^[a-z]+@[a-z]+\\.(com|org)$");
+
+	(void)st;
+	assert_true(matches(g, "bob@example.com"));
+	assert_true(matches(g, "a@b.org"));
+	assert_false(matches(g, "bob@example.net"));
+	assert_false(matches(g, "bob@example.co"));
+	assert_true(prefix_ok(g, "bob@example.co"));
+	assert_false(prefix_ok(g, "Bob"));
+	assert_true(gram_final(g, gram_walk(g, 0, "a@b.com", 7)));
+	gram_unref(g);
+
+	g = compile_ok(GRAM_REGEX, "(ab|c){2,3}x?\\d*");
+	assert_true(matches(g, "abc"));
+	assert_true(matches(g, "ccabx12"));
+	assert_false(matches(g, "c"));
+	assert_false(matches(g, "cccc"));
+	assert_true(gram_accepting(g, gram_walk(g, 0, "cc", 2)));
+	assert_false(gram_final(g, gram_walk(g, 0, "cc", 2)));
+	gram_unref(g);
+
+	/* . and negated classes take whole UTF-8 characters */
+	g = compile_ok(GRAM_REGEX, "é.[^a]");
+	assert_true(matches(g, "éxb"));
+	assert_true(matches(g, "é東京"));
+	assert_false(matches(g, "éxa"));
+	assert_false(matches(g, "e\xe6\x9d"));
+	assert_false(prefix_ok(g, "é\n"));
+	gram_unref(g);
+
+	g = compile_ok(GRAM_REGEX, "[\\w.-]+\\s[^\\d]{0,2}");
+	assert_true(matches(g, "a.b-c d"));
+	assert_false(matches(g, "a 1"));
+	gram_unref(g);
+}
+
+static void refused(enum gram_kind k, const char *text, int want, const char *needle)
+{
+	struct gram *g = NULL;
+	char err[256] = "";
+	int rc = gram_compile(k, text, strlen(text), NULL, &g, err, sizeof(err));
+
+	if (rc != want || !strstr(err, needle))
+		fprintf(stderr, "%s: rc %d, \"%s\" (wanted %d, \"%s\")\n", text, rc, err, want, needle);
+	assert_int_equal(rc, want);
+	assert_non_null(strstr(err, needle));
+	assert_null(g);
+}
+
+static void test_refusals(void **st)
+{
+	(void)st;
+	/* 2^21 states: refused by its limit, promptly */
+	refused(GRAM_REGEX, "(a|b)*a(a|b){20}", -E2BIG, "max_states");
+	refused(GRAM_REGEX, "((a{200}){200}){200}", -E2BIG, "max_nfa");
+	refused(GRAM_REGEX, "a{300}", -E2BIG, "offset 1");
+	refused(GRAM_REGEX, "ab(c", -EINVAL, "offset 2");
+	refused(GRAM_REGEX, "ab)c", -EINVAL, "offset 2");
+	refused(GRAM_REGEX, "a(?=b)", -ENOTSUP, "offset 1");
+	refused(GRAM_REGEX, "(a)\\1", -ENOTSUP, "backreference");
+	refused(GRAM_REGEX, "a**", -EINVAL, "offset 2");
+	refused(GRAM_REGEX, "[é]", -ENOTSUP, "non-ASCII");
+	refused(GRAM_REGEX, "*a", -EINVAL, "nothing to repeat");
+	refused(GRAM_REGEX, "a^b", -ENOTSUP, "anchors");
+	refused(GRAM_SCHEMA, "{\"type\":\"string\",\"minLength\":5,\"maxLength\":2}", -EINVAL, "minLength");
+	{
+		char deep[200];
+
+		memset(deep, '(', 40);
+		deep[40] = 'a';
+		memset(deep + 41, ')', 40);
+		deep[81] = 0;
+		refused(GRAM_REGEX, deep, -E2BIG, "max_depth");
+	}
+	{
+		char *big = malloc(20000);
+
+		memset(big, 'a', 19999);
+		big[19999] = 0;
+		refused(GRAM_REGEX, big, -E2BIG, "max_text");
+		free(big);
+	}
+	refused(GRAM_SCHEMA, "{\"type\":\"string\",\"pattern\":\"a+\"}", -ENOTSUP, "'pattern'");
+	refused(GRAM_SCHEMA, "{\"properties\":{\"a\":{\"oneOf\":[]}}}", -ENOTSUP, "/a");
+	refused(GRAM_SCHEMA, "{\"type\":\"object\"", -EINVAL, "not valid JSON");
+	refused(GRAM_SCHEMA, "{\"type\":\"date\"}", -ENOTSUP, "'date'");
+	refused(GRAM_SCHEMA, "{\"type\":\"object\",\"properties\":{\"a\":{}},\"required\":[\"b\"]}", -ENOTSUP,
+		"'b'");
+	refused(GRAM_SCHEMA, "{\"type\":\"array\",\"maxItems\":1000}", -E2BIG, "maxItems");
+	refused(GRAM_SCHEMA, "{\"enum\":[]}", -EINVAL, "enum");
+}
+
+static void test_json(void **st)
+{
+	struct gram *g = compile_ok(GRAM_JSON, NULL);
+
+	(void)st;
+	assert_true(matches(g, "{\"a\": [1, 2.5e3, \"x\\\"y\", true, null], \"b\": {}}"));
+	assert_true(matches(g, "-0.5"));
+	assert_true(matches(g, "\"caf\xc3\xa9\""));
+	assert_false(matches(g, "{\"a\" 1}"));
+	assert_false(matches(g, "[1,]"));
+	assert_false(matches(g, "01"));
+	assert_false(prefix_ok(g, "{'a'"));
+	assert_true(prefix_ok(g, "[[[[1]"));
+	printf("json: %d states\n", gram_states(g));
+	gram_unref(g);
+
+	g = compile_ok(GRAM_SCHEMA,
+		       "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\",\"maxLength\":8},"
+		       "\"age\":{\"type\":\"integer\"},\"tags\":{\"type\":\"array\",\"items\":{\"enum\":[\"a\",\"b\",3]}},"
+		       "\"ok\":{\"type\":[\"boolean\",\"null\"]}},\"required\":[\"name\",\"age\"],"
+		       "\"additionalProperties\":false}");
+	assert_true(matches(g, "{\"name\": \"Mino\", \"age\": 36}"));
+	assert_true(matches(g, "{\"name\":\"Mino\",\"age\":-3,\"tags\":[\"a\", 3],\"ok\":null}"));
+	assert_true(matches(g, "{\"name\": \"Mino\", \"age\": 36, \"ok\": true}"));
+	assert_false(matches(g, "{\"age\": 36, \"name\": \"Mino\"}"));
+	assert_false(matches(g, "{\"name\": \"Mino\"}"));
+	assert_false(matches(g, "{\"name\": \"Minoxxxxx\", \"age\": 1}"));
+	assert_false(matches(g, "{\"name\": \"M\", \"age\": 1.5}"));
+	assert_false(matches(g, "{\"name\": \"M\", \"age\": 1, \"tags\": [\"c\"]}"));
+	gram_unref(g);
+
+	{
+		/* a schema nesting 12 objects deep compiles (its pattern nests deeper) */
+		char deep[1024] = "";
+
+		for (int i = 0; i < 12; i++)
+			strcat(deep, "{\"type\":\"object\",\"properties\":{\"k\":");
+		strcat(deep, "{\"type\":\"integer\"}");
+		for (int i = 0; i < 12; i++)
+			strcat(deep, "},\"required\":[\"k\"]}");
+		g = compile_ok(GRAM_SCHEMA, deep);
+		assert_true(matches(g, "{\"k\": {\"k\": {\"k\": {\"k\": {\"k\": {\"k\": {\"k\": {\"k\": "
+				       "{\"k\": {\"k\": {\"k\": {\"k\": 7}}}}}}}}}}}}"));
+		gram_unref(g);
+	}
+	g = compile_ok(GRAM_SCHEMA, "{\"properties\":{\"a\":{\"type\":\"number\"},\"b\":{\"const\":\"x\"}}}");
+	assert_true(matches(g, "{}"));
+	assert_true(matches(g, "{\"b\": \"x\"}"));
+	assert_true(matches(g, "{\"a\": 1, \"b\": \"x\"}"));
+	assert_false(matches(g, "{\"b\": \"y\"}"));
+	gram_unref(g);
+}
+
+/* --- masks against brute force over the demo vocabulary ----------------------------- */
+
+static struct tokenizer *tok;
+static struct gram_vocab *voc;
+static unsigned char **tb;
+static uint32_t *tl;
+static int nv;
+
+static int setup_vocab(void **st)
+{
+	char err[256];
+	int32_t eos;
+
+	(void)st;
+	if (tok_load(DEMO_TOKENIZER, &tok, err, sizeof(err))) {
+		fprintf(stderr, "%s\n", err);
+		return -1;
+	}
+	nv = (int)tok_vocab_size(tok);
+	tb = calloc((size_t)nv, sizeof(*tb));
+	tl = calloc((size_t)nv, sizeof(*tl));
+	for (int i = 0; i < nv; i++) {
+		unsigned char buf[1024];
+		int n = tok_token_bytes(tok, (uint32_t)i, buf, sizeof(buf));
+
+		if (n > 0) {
+			tb[i] = malloc((size_t)n);
+			memcpy(tb[i], buf, (size_t)n);
+			tl[i] = (uint32_t)n;
+		}
+	}
+	eos = tok_eos_id(tok);
+	return gram_vocab_build((const unsigned char *const *)tb, tl, nv, &eos, 1, &voc);
+}
+
+static int teardown_vocab(void **st)
+{
+	(void)st;
+	for (int i = 0; i < nv; i++)
+		free(tb[i]);
+	free(tb);
+	free(tl);
+	gram_vocab_free(voc);
+	tok_free(tok);
+	return 0;
+}
+
+static void brute(const struct gram *g, int state, uint64_t *m)
+{
+	int32_t eos = tok_eos_id(tok);
+
+	memset(m, 0, gram_mask_words(voc) * 8);
+	for (int i = 0; i < nv; i++)
+		if (tl[i] && gram_walk(g, state, tb[i], tl[i]) >= 0)
+			m[i / 64] |= 1ull << (i % 64);
+	if (gram_accepting(g, state))
+		m[eos / 64] |= 1ull << (eos % 64);
+}
+
+static void compare_states(struct gram *g, unsigned seed)
+{
+	size_t w = gram_mask_words(voc);
+	uint64_t *a = malloc(w * 8), *b = malloc(w * 8), *c = malloc(w * 8);
+	int checked = 0;
+
+	/* every state the automaton has, up to 3000 of them */
+	for (int s = 0; s < gram_states(g) && s < 3000; s++, checked++) {
+		int n = gram_mask_walk(g, voc, s, a), k = 0;
+
+		brute(g, s, b);
+		assert_memory_equal(a, b, w * 8);
+		for (size_t i = 0; i < w; i++)
+			k += __builtin_popcountll(a[i]);
+		assert_int_equal(n, k);
+		assert_int_equal(gram_mask(g, voc, s, c), n);   /* cached the second time */
+		assert_int_equal(gram_mask(g, voc, s, c), n);
+		assert_memory_equal(a, c, w * 8);
+	}
+	/* random walks along allowed tokens: the states generation meets */
+	srand(seed);
+	for (int walk = 0; walk < 50; walk++) {
+		int s = gram_start(g);
+
+		for (int step = 0; step < 40 && s >= 0; step++) {
+			int n = gram_mask(g, voc, s, a), pick, id = -1;
+
+			brute(g, s, b);
+			assert_memory_equal(a, b, w * 8);
+			if (!n)
+				break;
+			pick = rand() % n;
+			for (int i = 0; i < nv && id < 0; i++)
+				if ((a[i / 64] >> (i % 64)) & 1 && !pick--)
+					id = i;
+			if (id == tok_eos_id(tok))
+				break;
+			s = gram_walk(g, s, tb[id], tl[id]);
+			assert_true(s >= 0);
+			checked++;
+		}
+	}
+	printf("%d states checked against brute force\n", checked);
+	free(a);
+	free(b);
+	free(c);
+}
+
+static void test_masks(void **st)
+{
+	static const char *const re[] = {
+		"[A-Z][a-z]+ (lives|works) in [A-Z][a-z]+\\.", "\\d{3}-\\d{4}", ".{0,12}", "(yes|no)",
+		"SELECT [a-z]+ FROM [a-z]+( WHERE [a-z]+ = '[^']*')?;",
+	};
+	struct gram *g;
+
+	(void)st;
+	g = compile_ok(GRAM_JSON, NULL);
+	compare_states(g, 1);
+	gram_unref(g);
+	g = compile_ok(GRAM_SCHEMA, "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},"
+			"\"age\":{\"type\":\"integer\"},\"city\":{\"enum\":[\"Soarburg\",\"Lind\"]}},"
+			"\"required\":[\"name\"]}");
+	compare_states(g, 2);
+	gram_unref(g);
+	for (size_t i = 0; i < sizeof(re) / sizeof(re[0]); i++) {
+		g = compile_ok(GRAM_REGEX, re[i]);
+		compare_states(g, 3 + (unsigned)i);
+		gram_unref(g);
+	}
+}
+
+static void test_cache(void **st)
+{
+	struct gram_cache *c = gram_cache_new(2, 0);
+	struct gram *a = compile_ok(GRAM_REGEX, "a+"), *b = compile_ok(GRAM_REGEX, "b+"), *x;
+
+	(void)st;
+	assert_int_equal(gram_cache_put(c, GRAM_REGEX, "a+", 2, a), 0);
+	assert_int_equal(gram_cache_put(c, GRAM_REGEX, "b+", 2, b), 0);
+	x = gram_cache_get(c, GRAM_REGEX, "a+", 2);
+	assert_ptr_equal(x, a);
+	gram_unref(x);
+	assert_null(gram_cache_get(c, GRAM_SCHEMA, "a+", 2));
+	/* a third one evicts the least recently used (b), which its holder keeps */
+	gram_unref(compile_ok(GRAM_REGEX, "c")); /* unrelated */
+	x = compile_ok(GRAM_REGEX, "c+");
+	assert_int_equal(gram_cache_put(c, GRAM_REGEX, "c+", 2, x), 0);
+	gram_unref(x);
+	assert_null(gram_cache_get(c, GRAM_REGEX, "b+", 2));
+	assert_true(matches(b, "bbb"));
+	x = gram_cache_get(c, GRAM_REGEX, "a+", 2);
+	assert_non_null(x);
+	gram_unref(x);
+	gram_unref(a);
+	gram_unref(b);
+	gram_cache_free(c);
+}
+
+/* A vocabulary without the byte a grammar needs: no token is allowed there. */
+static void test_dead_end(void **st)
+{
+	static const char *const toks[] = { "</s>", "a", "ab", "b" };
+	const unsigned char *p[4];
+	uint32_t l[4];
+	int32_t eos = 0;
+	struct gram_vocab *v;
+	struct gram *g = compile_ok(GRAM_REGEX, "a(c|b)");
+	uint64_t m[1];
+
+	(void)st;
+	for (int i = 0; i < 4; i++) {
+		p[i] = (const unsigned char *)toks[i];
+		l[i] = i ? (uint32_t)strlen(toks[i]) : 0;   /* the end token has no text */
+	}
+	assert_int_equal(gram_vocab_build(p, l, 4, &eos, 1, &v), 0);
+	assert_int_equal(gram_mask(g, v, 0, m), 2);          /* "a" and "ab" */
+	assert_int_equal(m[0], (1u << 1) | (1u << 2));
+	assert_int_equal(gram_mask(g, v, gram_walk(g, 0, "ab", 2), m), 1);   /* complete: EOS only */
+	assert_int_equal(m[0], 1);
+	gram_unref(g);
+	g = compile_ok(GRAM_REGEX, "ac");
+	assert_int_equal(gram_mask(g, v, gram_walk(g, 0, "a", 1), m), 0);   /* no "c" anywhere */
+	gram_unref(g);
+	gram_vocab_free(v);
+}
+
+/* The grammar request in shared memory: read once, each field checked. */
+static void test_wire(void **st)
+{
+	static unsigned char arena[8192];
+	struct sqe_limits lim = { .arena_size = sizeof(arena), .max_tokens = 64, .max_prompt = 64,
+				  .max_text = 1024 };
+	struct lorad_sqe e = { .opcode = LORAD_OP_GENERATE, .prompt_kind = LORAD_PROMPT_TOKENS,
+			       .flags = LORAD_SQE_F_SERVED | LORAD_SQE_F_GRAMMAR, .max_tokens = 8,
+			       .prompt_off = 0, .prompt_len = 8, .out_off = 64, .out_len = 32, .top_p = 1,
+			       .repetition_penalty = 1 };
+	struct lorad_grammar_req q = { .kind = LORAD_GRAMMAR_REGEX, .off = 1024, .len = 3 };
+	enum lorad_field f;
+	struct sqe_ext x;
+
+	(void)st;
+	memcpy(arena + 1024, "a+b", 3);
+#define PUT() memcpy(arena + lorad_grammar_req_off(&e), &q, sizeof(q))
+	PUT();
+	assert_int_equal(sqe_validate(&e, &lim, &f), 0);
+	assert_int_equal(sqe_ext_load(&e, arena, &lim, &x, &f), 0);
+	assert_int_equal(x.gram_kind, LORAD_GRAMMAR_REGEX);
+	assert_string_equal(x.gram_text, "a+b");
+	sqe_ext_free(&x);
+	q.kind = LORAD_GRAMMAR__MAX;               /* unknown kind */
+	PUT();
+	assert_int_equal(sqe_ext_load(&e, arena, &lim, &x, &f), -EINVAL);
+	assert_int_equal(f, LORAD_FIELD_GRAMMAR);
+	q.kind = LORAD_GRAMMAR_REGEX;
+	q.reserved = 1;                            /* reserved must be zero */
+	PUT();
+	assert_int_equal(sqe_ext_load(&e, arena, &lim, &x, &f), -EINVAL);
+	q.reserved = 0;
+	q.len = LORAD_MAX_GRAMMAR + 1;             /* too long */
+	PUT();
+	assert_int_equal(sqe_ext_load(&e, arena, &lim, &x, &f), -E2BIG);
+	assert_int_equal(f, LORAD_FIELD_GRAMMAR);
+	q.len = 3;
+	q.off = sizeof(arena) - 2;                 /* past the arena */
+	PUT();
+	assert_int_equal(sqe_ext_load(&e, arena, &lim, &x, &f), -EINVAL);
+	q.off = 70;                                /* over the output ids the daemon writes */
+	PUT();
+	assert_int_equal(sqe_ext_load(&e, arena, &lim, &x, &f), -EINVAL);
+	q.off = 1024;
+	arena[1025] = 0;                           /* a NUL inside */
+	PUT();
+	assert_int_equal(sqe_ext_load(&e, arena, &lim, &x, &f), -EINVAL);
+	q.kind = LORAD_GRAMMAR_JSON;               /* JSON needs no text */
+	q.len = 0;
+	q.off = 0;
+	PUT();
+	assert_int_equal(sqe_ext_load(&e, arena, &lim, &x, &f), 0);
+	assert_null(x.gram_text);
+	sqe_ext_free(&x);
+	/* the record itself must lie inside the arena */
+	e.out_off = sizeof(arena) - 32 - 96;
+	assert_int_equal(sqe_validate(&e, &lim, &f), -EINVAL);
+	assert_int_equal(f, LORAD_FIELD_GRAMMAR);
+#undef PUT
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_regex),
+		cmocka_unit_test(test_refusals),
+		cmocka_unit_test(test_json),
+		cmocka_unit_test(test_masks),
+		cmocka_unit_test(test_cache),
+		cmocka_unit_test(test_dead_end),
+		cmocka_unit_test(test_wire),
+	};
+
+	return cmocka_run_group_tests(tests, setup_vocab, teardown_vocab);
+}

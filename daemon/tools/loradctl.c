@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "adminc.h"
+#include "top.h"
 
 static const char usage_text[] =
 	"usage: loradctl [--socket PATH] [--json] COMMAND ...\n"
@@ -33,6 +34,12 @@ static const char usage_text[] =
 	"  stats [--skill S]               requests, errors, tokens, latency per skill and version\n"
 	"  metrics                         Prometheus text exposition\n"
 	"  drain                           stop admitting, finish in-flight work, exit\n"
+	"  top [-d S] [-n N] [--once]      live view: per skill and version requests/s, tokens/s,\n"
+	"                                  TTFT and ITL p50/p99, errors, where the adapter is;\n"
+	"                                  queue, KV cache, backend health. Every S seconds\n"
+	"                                  (default 1, 0.1..3600), N frames (default: until ^C;\n"
+	"                                  --once: 1); plain frames when stdout is no terminal.\n"
+	"                                  Each call waits --timeout (default 5 s for top)\n"
 	"\n"
 	"  --socket PATH   admin socket (default /run/lorad/admin.sock)\n"
 	"  --json          print the daemon's JSON reply\n"
@@ -47,6 +54,32 @@ static int usage_error(const char *fmt, const char *arg)
 	fprintf(stderr, fmt, arg);
 	fprintf(stderr, " (see loradctl --help)\n");
 	return 2;
+}
+
+/* loradctl top [-d S] [-n N] [--once] */
+static int top_command(const char *sock, int timeout_s, int nargs, char **args)
+{
+	struct top_opts o = { .socket = sock, .delay_s = 1, .timeout_ms = (timeout_s ? timeout_s : 5) * 1000,
+			      .tty = isatty(STDOUT_FILENO), .out = stdout };
+
+	for (int i = 0; i < nargs; i++) {
+		char *end;
+
+		if (!strcmp(args[i], "--once")) {
+			o.iterations = 1;
+		} else if ((!strcmp(args[i], "-d") || !strcmp(args[i], "--delay")) && i + 1 < nargs) {
+			o.delay_s = strtod(args[++i], &end);
+			if (!*args[i] || *end || !(o.delay_s >= 0.1 && o.delay_s <= 3600))
+				return usage_error("top -d: '%s' is not 0.1..3600 seconds", args[i]);
+		} else if ((!strcmp(args[i], "-n") || !strcmp(args[i], "--iterations")) && i + 1 < nargs) {
+			o.iterations = strtol(args[++i], &end, 10);
+			if (!*args[i] || *end || o.iterations < 1 || o.iterations > 1000000000)
+				return usage_error("top -n: '%s' is not 1..1000000000 frames", args[i]);
+		} else {
+			return usage_error("top: unknown or incomplete argument '%s'", args[i]);
+		}
+	}
+	return top_run(&o);
 }
 
 static struct json_object *call(const char *path, struct json_object *req, int timeout_s, int *ret)
@@ -202,6 +235,9 @@ int main(int argc, char **argv)
 	}
 	int nargs = argc - optind;
 	char **args = argv + optind;
+
+	if (!strcmp(cmd, "top"))
+		return top_command(sock, timeout_s, nargs, args);
 
 	req = json_object_new_object();
 	if (!strcmp(cmd, "status") || !strcmp(cmd, "metrics") || !strcmp(cmd, "drain")) {

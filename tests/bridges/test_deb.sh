@@ -3,8 +3,9 @@
 # fresh clone would: what git tracks or does not ignore), checks their files,
 # dependencies and maintainer scripts with dpkg-deb, runs lintian when it is
 # installed (errors fail; warnings are printed), then unpacks them into a
-# throwaway root and uses them there: a C program built with pkg-config
-# against liblorad-dev talks to the packaged daemon, and the Python client
+# throwaway root and uses them there: a C program built with pkg-config,
+# and again with find_package(lorad), against liblorad-dev talks to the
+# packaged daemon, and the Python client
 # imports from its package.
 #   test_deb.sh REPO_ROOT OUTDIR
 # Exits 77 (skipped) without dpkg-buildpackage, debhelper or a C compiler.
@@ -57,7 +58,8 @@ lacks "$d_lorad" 'liblorad\.so' '/usr/include/'
 has "$d_lib" "/usr/lib/$ma/liblorad.so.2"
 lacks "$d_lib" "liblorad\.so\$" '\.a$' '/usr/bin/'
 has "$d_dev" /usr/include/lorad/lorad.h /usr/include/lorad/abi.h "/usr/lib/$ma/liblorad.so" \
-	"/usr/lib/$ma/liblorad.a" "/usr/lib/$ma/pkgconfig/lorad.pc"
+	"/usr/lib/$ma/liblorad.a" "/usr/lib/$ma/pkgconfig/lorad.pc" \
+	"/usr/lib/$ma/cmake/lorad/loradConfig.cmake" "/usr/lib/$ma/cmake/lorad/loradTargets.cmake"
 has "$d_py" /usr/lib/python3/dist-packages/lorad/__init__.py /usr/lib/python3/dist-packages/lorad/_ffi.py
 
 # dependencies and control data
@@ -115,6 +117,22 @@ LD_LIBRARY_PATH=$dir/root/usr/lib/$ma ldd "$dir/deb_client" | grep -q "liblorad.
 dpid=$!
 for _ in $(seq 100); do "$dir/root/usr/sbin/loradctl" --socket "$dir/a.sock" status >/dev/null 2>&1 && break; sleep 0.1; done
 LD_LIBRARY_PATH=$dir/root/usr/lib/$ma "$dir/deb_client" "$dir/l.sock" || fail "the program against the packaged daemon"
+# the same program through the CMake package: find_package(lorad), lorad::lorad
+mkdir -p "$dir/cm"
+cp "$here/deb_client.c" "$dir/cm/"
+cat >"$dir/cm/CMakeLists.txt" <<'CM'
+cmake_minimum_required(VERSION 3.25)
+project(deb_client C)
+find_package(lorad 0.1 REQUIRED)
+add_executable(deb_client deb_client.c)
+target_link_libraries(deb_client PRIVATE lorad::lorad)
+CM
+(unset PKG_CONFIG_SYSROOT_DIR PKG_CONFIG_LIBDIR
+ cmake -S "$dir/cm" -B "$dir/cm/b" -DCMAKE_PREFIX_PATH="$dir/root/usr" >"$dir/cm.log" 2>&1 &&
+ cmake --build "$dir/cm/b" >>"$dir/cm.log" 2>&1) || { cat "$dir/cm.log"; fail "find_package(lorad)"; }
+LD_LIBRARY_PATH=$dir/root/usr/lib/$ma ldd "$dir/cm/b/deb_client" | grep -q "liblorad.so.2 => $dir/root" ||
+	fail "CMake: not linked with the packaged liblorad.so.2"
+LD_LIBRARY_PATH=$dir/root/usr/lib/$ma "$dir/cm/b/deb_client" "$dir/l.sock" || fail "the CMake-built program"
 # the Python client from its package, over the packaged library
 LORAD_LIBRARY=$dir/root/usr/lib/$ma/liblorad.so.2 PYTHONPATH=$dir/root/usr/lib/python3/dist-packages \
 	python3 -c "import lorad, sys; sys.exit(0 if lorad.__file__.startswith('$dir/root') else 1)" ||

@@ -286,8 +286,8 @@ static double jnum(struct json_object *o, const char *k)
 	return json_object_object_get_ex(o, k, &v) ? json_object_get_double(v) : 0;
 }
 
-/* Where an adapter version is, from its adapters_list entry. */
-static const char *where(struct json_object *adapters, const char *version)
+/* Where an adapter version is, from its adapters_list entry, into @buf. */
+static const char *where(struct json_object *adapters, const char *version, char *buf, size_t len)
 {
 	size_t n = adapters ? json_object_array_length(adapters) : 0;
 
@@ -302,10 +302,15 @@ static const char *where(struct json_object *adapters, const char *version)
 		st = jstr(a, "state");
 		if (!strcmp(st, "resident"))
 			return "device";
-		if (!strcmp(st, "host"))
-			return "host";
-		if (!strcmp(st, "reading") || !strcmp(st, "building"))
-			return "loading";
+		if (!strcmp(st, "reading") || !strcmp(st, "host") || !strcmp(st, "building")) {
+			double done = jnum(a, "load_done"), total = jnum(a, "load_total");
+
+			if (total > 0 && done >= 0 && done <= total)
+				snprintf(buf, len, "loading %.0f%%", floor(100 * done / total));
+			else
+				snprintf(buf, len, "loading");
+			return buf;
+		}
 		if (!strcmp(st, "failed"))
 			return "failed";
 		return "disk";
@@ -344,7 +349,7 @@ static void frame(const struct top_opts *o, struct json_object *status, struct j
 		  const struct top_snap *cur, const struct top_snap *prev, double dt, long n)
 {
 	FILE *f = o->out;
-	char a[16], b[16], c[16], d[16], s1[40], s2[72];
+	char a[16], b[16], c[16], d[16], s1[40], s2[72], w[32];
 	size_t na = adapters ? json_object_array_length(adapters) : 0;
 	time_t now = time(NULL);
 	struct tm tm;
@@ -387,7 +392,7 @@ static void frame(const struct top_opts *o, struct json_object *status, struct j
 		fprintf(f, "%-16s %-28s %8.1f %9.1f %7.1f %9s %9s %8s %8s  %s\n", clean(r->skill, s1, sizeof(s1)),
 			clean(r->version, s2, sizeof(s2)), (r->requests - (p ? p->requests : 0)) / span,
 			(r->generated - (p ? p->generated : 0)) / span,
-			(r->errors - (p ? p->errors : 0)) / span, a, b, c, d, where(adapters, r->version));
+			(r->errors - (p ? p->errors : 0)) / span, a, b, c, d, where(adapters, r->version, w, sizeof(w)));
 	}
 	if (cur->dropped)
 		fprintf(f, "(%u more series not shown)\n", cur->dropped);
@@ -401,7 +406,7 @@ static void frame(const struct top_opts *o, struct json_object *status, struct j
 		if (!seen && json_object_is_type(v, json_type_object))
 			fprintf(f, "%-16s %-28s %8s %9s %7s %9s %9s %8s %8s  %s\n", "",
 				clean(jstr(v, "id"), s2, sizeof(s2)), "-", "-", "-", "-", "-", "-", "-",
-				where(adapters, jstr(v, "id")));
+				where(adapters, jstr(v, "id"), w, sizeof(w)));
 	}
 	fflush(f);
 }

@@ -5,8 +5,10 @@
  * frame shows, per skill and adapter version, requests/s, generated
  * tokens/s, errors/s, TTFT and inter-token latency p50/p99 (from the
  * histograms' growth since the last frame; the first frame covers the
- * daemon's whole uptime) and where the adapter is (device, host, disk, or
- * loading); then the engine's queue, batch, KV cache and backend health.
+ * daemon's whole uptime) and where the adapter is (device; disk when not
+ * resident, its bytes perhaps still in the host tier, whose size the header
+ * shows; loading N%; failed); then the engine's queue, batch, KV cache and
+ * backend health.
  *
  * Everything read is hostile: replies are bounded (TOP_REPLY_MAX), the
  * metrics text is parsed line by line with bounded names and at most

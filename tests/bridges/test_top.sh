@@ -57,6 +57,17 @@ PY
 "$bin/loradctl" --socket "$dir/a.sock" top --once >"$dir/out" 2>"$dir/err" || fail "--once"
 [ "$(grep -c '^--- frame ' "$dir/out")" = 1 ] || fail "--once: one frame"
 
+# --- adapters prefetch --wait: returns once resident (top then says device);
+# an unknown version is a refusal (1); --wait belongs to prefetch only (2)
+"$bin/loradctl" --socket "$dir/a.sock" adapters prefetch json@v1 --wait >"$dir/out" 2>"$dir/err" ||
+	fail "prefetch --wait: exit $?"
+"$bin/loradctl" --socket "$dir/a.sock" top --once >"$dir/out" 2>"$dir/err" || fail "top after prefetch"
+grep -Eq '^ +json@v1 .* device$' "$dir/out" || fail "json@v1 not on the device after prefetch --wait"
+"$bin/loradctl" --socket "$dir/a.sock" adapters prefetch nope@v9 --wait >/dev/null 2>"$dir/err"
+[ $? = 1 ] || fail "prefetch --wait of an unknown version: not 1"
+"$bin/loradctl" --socket "$dir/a.sock" adapters list --wait >/dev/null 2>"$dir/err"
+[ $? = 2 ] || fail "--wait on adapters list: not a usage error"
+
 # --- usage errors: exit 2
 for a in "-d 0" "-d x" "-n 0" "-n" "--bogus"; do
 	"$bin/loradctl" --socket "$dir/a.sock" top $a >/dev/null 2>"$dir/err"

@@ -533,6 +533,11 @@ static void test_status_load_progress(void **state)
 
 	admin_line(admin, "{\"cmd\": \"adapters_prefetch\", \"id\": \"big@v1\"}\n", buf, sizeof(buf));
 	assert_non_null(strstr(buf, "\"ok\":true"));
+	/* adapters_list says how far it is too (loradctl top and prefetch --wait read it) */
+	admin_line(admin, "{\"cmd\": \"adapters_list\"}\n", text, sizeof(text));
+	assert_non_null(strstr(text, "\"state\":\"reading\""));
+	assert_non_null(strstr(text, "\"load_done\":"));
+	assert_non_null(strstr(text, "\"load_total\":"));
 	/* the lines until one no longer says loading */
 	for (uint64_t end = now_ms() + 60000; now_ms() < end && !t_done;) {
 		const char *at;

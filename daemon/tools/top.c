@@ -131,11 +131,16 @@ static struct top_row *row_for(struct top_snap *s, const struct labels *lb)
 	return r;
 }
 
+/* A bucket: its bound finite or the one "+Inf", above the bucket before it. */
 static void bucket(double *le, double *cum, unsigned *n, const char *les, double v)
 {
-	if (*n >= TOP_BUCKETS)
+	char *end;
+	double b = strcmp(les, "+Inf") ? strtod(les, &end) : INFINITY;
+
+	if (*n >= TOP_BUCKETS || (isinf(b) && strcmp(les, "+Inf")) || isnan(b) ||
+	    (!isinf(b) && (end == les || *end)) || (*n && !(b > le[*n - 1])))
 		return;
-	le[*n] = strcmp(les, "+Inf") ? strtod(les, NULL) : INFINITY;
+	le[*n] = b;
 	cum[(*n)++] = v;
 }
 
@@ -156,8 +161,10 @@ int top_parse_metrics(const char *text, struct top_snap *s)
 		double v;
 
 		if (*line != '#' && *line != '\n') {
-			if (!parse_line(line, name, sizeof(name), &lb, &v) || !isfinite(v) || v < 0) {
+			if (!parse_line(line, name, sizeof(name), &lb, &v) || isnan(v)) {
 				bad++;
+			} else if (isinf(v) || v < 0) {
+				/* a gauge may be -1 (lorad_tier_numa_node); none this view reads */
 			} else if (lb.skill[0] && lb.version[0] && !strncmp(name, "lorad_", 6) &&
 				   (r = row_for(s, &lb))) {
 				if (!strcmp(name, "lorad_requests_total"))

@@ -35,6 +35,7 @@ done
 # --- plain frames when stdout is not a terminal: two of them, then exit 0
 "$bin/loradctl" --socket "$dir/a.sock" top -n 2 -d 0.2 >"$dir/out" 2>"$dir/err" || fail "top -n 2: exit $?"
 [ "$(grep -c '^--- frame ' "$dir/out")" = 2 ] || fail "two frames"
+[ -s "$dir/err" ] && fail "top complains about a real daemon's metrics"
 grep -q $'\033' "$dir/out" && fail "escape sequences in a non-terminal frame"
 grep -q 'SKILL  *VERSION  *REQ/S  *TOK/S  *ERR/S  *TTFT_P50  *TTFT_P99  *ITL_P50  *ITL_P99  *WHERE' \
 	"$dir/out" || fail "header"

@@ -2,7 +2,7 @@
 BUILD ?= build
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps build test run clean sanitize tsan fuzz
+.PHONY: all deps build test run clean sanitize tsan fuzz deb
 
 all: build
 
@@ -34,6 +34,11 @@ fuzz: deps
 	@CC=clang cmake -S . -B build-fuzz -DLORAD_FUZZ=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
 	@cmake --build build-fuzz -j $(JOBS)
 	@scripts/run-fuzz.sh build-fuzz 120
+
+# Debian packages (debian/, debhelper) into $(BUILD)/deb: lorad, liblorad2,
+# liblorad-dev, python3-lorad
+deb: deps
+	@JOBS=$(JOBS) scripts/build-deb.sh $(BUILD)/deb
 
 clean:
 	rm -rf $(BUILD) build-asan build-tsan build-fuzz

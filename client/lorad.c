@@ -898,6 +898,8 @@ static bool take_cqe(struct lorad *c, const struct lorad_cqe *q, struct lorad_ev
 	ev->version = q->version;
 	ev->queue_steps = q->queue_steps;
 	ev->step = q->step;
+	ev->n_prompt = q->n_prompt;
+	ev->flags |= LORAD_EV_PROMPT;
 	s->copied = ev->n_tokens;
 	if (!(q->flags & LORAD_CQE_F_MORE)) {
 		ev->flags |= LORAD_EV_FINAL;

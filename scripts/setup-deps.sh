@@ -13,6 +13,7 @@ pkgs=(
   python3-prometheus-client prometheus
   libmicrohttpd-dev libcurl4-openssl-dev curl
   python3-pytest
+  debhelper dh-python dpkg-dev lintian
 )
 if [ "${LORAD_WITH_TORCH:-0}" = 1 ]; then
   pkgs+=(python3-torch python3-numpy)

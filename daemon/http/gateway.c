@@ -330,7 +330,7 @@ static enum MHD_Result complete_whole(struct MHD_Connection *conn, struct job *j
 {
 	const struct lorad_event *bad;
 	struct json_object *o, *choices, *usage;
-	uint64_t tokens = 0;
+	uint64_t tokens = 0, prompt = 0;
 
 	while (j->n_done < j->n && !j->dead) {
 		if (mono_ms() >= j->deadline_ms) {
@@ -366,15 +366,18 @@ static enum MHD_Result complete_whole(struct MHD_Connection *conn, struct job *j
 		json_object_array_add(choices, choice_json(j, i, j->ch[i].text, j->ch[i].fin.text_len,
 							   finish_name(j->ch[i].fin.finish)));
 		tokens += j->ch[i].fin.n_tokens;
+		/* one choice per prompt; the daemon's count after its tokenizer
+		 * (LORAD_EV_PROMPT: liblorad 2.2 on; an older one leaves it 0) */
+		if (j->ch[i].fin.flags & LORAD_EV_PROMPT)
+			prompt += j->ch[i].fin.n_prompt;
 	}
 	json_object_object_add(o, "choices", choices);
 	if (j->ch[0].fin.version_id[0])
 		json_object_object_add(o, "lorad_version", json_object_new_string(j->ch[0].fin.version_id));
 	usage = json_object_new_object();
-	/* the gateway sees no prompt tokens: the daemon tokenizes the text */
-	json_object_object_add(usage, "prompt_tokens", json_object_new_int(0));
+	json_object_object_add(usage, "prompt_tokens", json_object_new_int64((int64_t)prompt));
 	json_object_object_add(usage, "completion_tokens", json_object_new_int64((int64_t)tokens));
-	json_object_object_add(usage, "total_tokens", json_object_new_int64((int64_t)tokens));
+	json_object_object_add(usage, "total_tokens", json_object_new_int64((int64_t)(prompt + tokens)));
 	json_object_object_add(o, "usage", usage);
 	job_free(j);
 	return json_reply(conn, 200, o);

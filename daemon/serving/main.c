@@ -24,6 +24,7 @@
 #include "hostpool.h"
 #include "instance.h"
 #include "loader.h"
+#include "loadstatus.h"
 #include "log.h"
 #include "notify.h"
 #include "nullexec.h"
@@ -80,6 +81,10 @@ struct daemon {
 	char engine_buf[512];
 	uint64_t wd_ns, next_status, last_requests, last_status_t;
 	bool stopping_sent;
+	/* adapter loads in STATUS=: looked for every 100 ms, the line every
+	 * 500 ms while they last (the timer ticks that often then) */
+	uint64_t timer_ns, next_load_check;
+	bool status_fast;
 };
 
 /* --- the command line ------------------------------------------------------------------ */
@@ -681,12 +686,27 @@ out:
 	notify_ready();
 }
 
+/* The timer at its usual period, or at most 500 ms while adapters load. */
+static void status_timer(struct daemon *d, bool fast)
+{
+	uint64_t ns = fast && d->timer_ns > 500000000ull ? 500000000ull : d->timer_ns;
+	struct itimerspec it = { .it_interval = { (time_t)(ns / 1000000000ull),
+						  (long)(ns % 1000000000ull) } };
+
+	if (fast == d->status_fast || !ns)
+		return;
+	it.it_value = it.it_interval;
+	if (timerfd_settime(d->timer_fd, 0, &it, NULL) == 0)
+		d->status_fast = fast;
+}
+
 static void status_line(struct daemon *d, struct server *sv, uint64_t now)
 {
 	uint64_t total = sv->requests;
 	double dt = d->last_status_t ? (now - d->last_status_t) / 1e9 : 0;
-	unsigned resident = 0, registered = 0;
+	unsigned resident = 0, registered = 0, loading;
 	const struct reg_version *v;
+	char load[256];
 
 	for (struct session *s = sv->sessions; s; s = s->next)
 		total += s->requests;
@@ -694,13 +714,15 @@ static void status_line(struct daemon *d, struct server *sv, uint64_t now)
 		registered++;
 		resident += v->pe->adapter != 0;
 	}
-	notify_status("%s; adapters %u resident of %u; %u clients, %u requests in flight, "
-		      "%.0f requests/s%s", d->engine_name, resident, registered, sv->n_sessions,
-		      server_inflight(sv), dt > 0 ? (total - d->last_requests) / dt : 0.0,
-		      sv->draining ? "; draining" : "");
+	loading = loadstatus_text(d->reg, load, sizeof(load));
+	notify_status("%s%s%s; adapters %u resident of %u; %u clients, %u requests in flight, "
+		      "%.0f requests/s%s", load, loading ? "; " : "", d->engine_name, resident,
+		      registered, sv->n_sessions, server_inflight(sv),
+		      dt > 0 ? (total - d->last_requests) / dt : 0.0, sv->draining ? "; draining" : "");
 	d->last_requests = total;
 	d->last_status_t = now;
-	d->next_status = now + 2000000000ull;
+	d->next_status = now + (loading ? 500000000ull : 2000000000ull);
+	status_timer(d, loading > 0);
 }
 
 static void daemon_tick(void *ctx, struct server *sv, uint64_t now)
@@ -722,6 +744,14 @@ static void daemon_tick(void *ctx, struct server *sv, uint64_t now)
 		log_warn("stalling the engine loop for %u ms (SIGUSR2)", d->stall_ms);
 		usleep(d->stall_ms * 1000);
 		now = now_ns();
+	}
+	if (!d->status_fast && now >= d->next_load_check) {
+		/* a load began (a prefetch, a request): said at once, not in 2 s */
+		char load[8];
+
+		d->next_load_check = now + 100000000ull;
+		if (loadstatus_text(d->reg, load, sizeof(load)))
+			d->next_status = now;
 	}
 	if (now >= d->next_status)
 		status_line(d, sv, now);
@@ -849,6 +879,7 @@ static int build_server(struct daemon *d)
 							  (long)(ns % 1000000000ull) } };
 
 		it.it_value = it.it_interval;
+		d->timer_ns = ns;
 		d->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
 		if (d->timer_fd < 0 || timerfd_settime(d->timer_fd, 0, &it, NULL) < 0)
 			return -errno;

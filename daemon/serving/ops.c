@@ -93,10 +93,11 @@ static const char *get_str(struct json_object *req, const char *key)
 
 /* --- json views ----------------------------------------------------------------------- */
 
-static struct json_object *version_json(const struct reg_version *v)
+static struct json_object *version_json(struct registry *reg, const struct reg_version *v)
 {
 	struct json_object *o = json_object_new_object();
 	const struct pool_entry *pe = v->pe;
+	uint64_t done, total;
 
 	json_object_object_add(o, "id", json_object_new_string(v->id));
 	json_object_object_add(o, "vid", json_object_new_int64(v->vid));   /* lorad_event.version */
@@ -107,6 +108,11 @@ static struct json_object *version_json(const struct reg_version *v)
 	json_object_object_add(o, "loads", json_object_new_int64((int64_t)pe->loads));
 	json_object_object_add(o, "loading", json_object_new_boolean(pool_entry_busy(pe)));
 	json_object_object_add(o, "state", json_object_new_string(pool_state_name(pe->state)));
+	/* while it loads: bytes of its files read and verified so far */
+	if (!pool_load_progress(registry_pool(reg), pe, &done, &total)) {
+		json_object_object_add(o, "load_done", json_object_new_int64((int64_t)done));
+		json_object_object_add(o, "load_total", json_object_new_int64((int64_t)total));
+	}
 	if (pe->load_err)
 		json_object_object_add(o, "load_error", json_object_new_string(pe->load_msg));
 	return o;
@@ -353,7 +359,7 @@ static void job_answer(struct ops *o, struct job *j, int ret, const char *id)
 		job_version_id(j, id, vid);
 		v = registry_find(o->opt.reg, vid);
 		if (v)
-			json_object_object_add(reply, "adapter", version_json(v));
+			json_object_object_add(reply, "adapter", version_json(o->opt.reg, v));
 	} else if (j->kind == J_ROUTE || j->kind == J_ROLLOUT || j->kind == J_ROLLBACK) {
 		rt = route_get(registry_routes(o->opt.reg), j->id);
 		if (rt)
@@ -468,7 +474,7 @@ static int cmd_adapters_list(void *ctx, struct json_object *req, struct json_obj
 
 	(void)req;
 	for (unsigned i = 0; (v = registry_at(o->opt.reg, i)); i++)
-		json_object_array_add(a, version_json(v));
+		json_object_array_add(a, version_json(o->opt.reg, v));
 	json_object_object_add(reply, "adapters", a);
 	return 0;
 }

@@ -104,11 +104,15 @@ struct loader {
 	sem_t ready;    /* the thread has set up its ring */
 	int setup_rc;
 
-	pthread_mutex_t mu; /* guards the two queues, stop and the stats */
+	pthread_mutex_t mu; /* guards the two queues, stop, the stats and prog */
 	struct req *sub_head, *sub_tail;
 	struct rnode *res_head, *res_tail;
 	bool stop;
 	struct loader_stats st;
+	struct {              /* loads being read, for loader_progress() */
+		uint64_t token, done, total;
+		bool used;
+	} prog[LOADER_PROGRESS_MAX];
 
 	/* loader thread only */
 	struct req *pend_head, *pend_tail;
@@ -117,6 +121,29 @@ struct loader {
 	bool *slot_used;
 	bool direct_warned;
 };
+
+/* Publish @l's bytes read for loader_progress(); @gone: it is finished. */
+static void progress(struct loader *ld, const struct load *l, bool gone)
+{
+	int free_slot = -1, i;
+
+	pthread_mutex_lock(&ld->mu);
+	for (i = 0; i < LOADER_PROGRESS_MAX; i++) {
+		if (ld->prog[i].used && ld->prog[i].token == l->rq->r.token)
+			break;
+		if (!ld->prog[i].used && free_slot < 0)
+			free_slot = i;
+	}
+	if (i == LOADER_PROGRESS_MAX)
+		i = gone ? -1 : free_slot;   /* none free: this load goes unreported */
+	if (i >= 0) {
+		ld->prog[i].used = !gone;
+		ld->prog[i].token = l->rq->r.token;
+		ld->prog[i].done = l->done;
+		ld->prog[i].total = l->tend > l->aoff ? l->tend - l->aoff : 0;
+	}
+	pthread_mutex_unlock(&ld->mu);
+}
 
 static void ld_log(struct loader *ld, int pri, const char *fmt, ...)
 {
@@ -545,6 +572,7 @@ static void on_read(struct loader *ld, struct chunk *c, int res)
 		}
 		/* a short read inside the file: ask for the rest */
 		l->done += (unsigned)res;
+		progress(ld, l, false);
 		bytes_in(ld, l, c->off, (unsigned)res);
 		c->off += (unsigned)res;
 		c->len -= (unsigned)res;
@@ -567,6 +595,7 @@ static void on_read(struct loader *ld, struct chunk *c, int res)
 	l->done += n;
 	if (l->done >= l->tend - l->aoff)
 		l->t_read1 = now_ns();
+	progress(ld, l, false);
 	bytes_in(ld, l, c->off, n);
 	free(c);
 }
@@ -579,6 +608,7 @@ static void finish(struct loader *ld, struct load *l)
 	uint64_t t;
 
 	release_slot(ld, l);
+	progress(ld, l, true);
 	if (l->fd >= 0)
 		close(l->fd);
 	l->fd = -1;
@@ -768,6 +798,7 @@ static void reap(struct loader *ld)
 			l->fallback = false;
 			l->roff = l->aoff;
 			l->done = 0;
+			progress(ld, l, false);
 			l->t_read0 = 0;
 			hash_reset(l);
 			if (!l->err) {
@@ -1026,6 +1057,23 @@ int loader_poll(struct loader *ld, struct loader_result *res, int max)
 	}
 	pthread_mutex_unlock(&ld->mu);
 	return n;
+}
+
+int loader_progress(struct loader *ld, uint64_t token, uint64_t *done, uint64_t *total)
+{
+	int ret = -ENOENT;
+
+	pthread_mutex_lock(&ld->mu);
+	for (int i = 0; i < LOADER_PROGRESS_MAX; i++) {
+		if (ld->prog[i].used && ld->prog[i].token == token) {
+			*done = ld->prog[i].done;
+			*total = ld->prog[i].total;
+			ret = 0;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&ld->mu);
+	return ret;
 }
 
 void loader_stats(struct loader *ld, struct loader_stats *st)

@@ -116,4 +116,14 @@ int loader_poll(struct loader *ld, struct loader_result *res, int max);
 
 void loader_stats(struct loader *ld, struct loader_stats *st);
 
+/* Loads whose progress loader_progress() can report at once. */
+#define LOADER_PROGRESS_MAX 16
+
+/*
+ * Bytes of the request @token read so far (*done) of the range it reads
+ * (*total), while the loader thread reads it; any thread. Returns 0, or
+ * -ENOENT when it is not being read (still queued, or finished).
+ */
+int loader_progress(struct loader *ld, uint64_t token, uint64_t *done, uint64_t *total);
+
 #endif

@@ -707,6 +707,29 @@ static int file_in(struct pool *p, const struct loader_result *res)
 	return pe->state != POOL_BUILDING;   /* ended here: failed, or built on this thread */
 }
 
+int pool_load_progress(const struct pool *p, const struct pool_entry *pe, uint64_t *done,
+		       uint64_t *total)
+{
+	const uint64_t size[2] = { pe->h.cfg_size, pe->h.st_size };
+
+	if (!pool_entry_busy(pe))
+		return -ENOENT;
+	*total = size[0] + size[1];
+	*done = *total;
+	if (pe->state != POOL_READING || !p->ld)
+		return 0;
+	*done = 0;
+	for (int k = 0; k < 2; k++) {
+		uint64_t d, t;
+
+		if (pe->part[k])
+			*done += size[k];      /* in, verified */
+		else if (!loader_progress(p->ld, (uint64_t)pe->serial << 8 | (uint64_t)k, &d, &t))
+			*done += d < size[k] ? d : size[k];
+	}
+	return 0;
+}
+
 int pool_poll(struct pool *p)
 {
 	struct loader_result res[8];

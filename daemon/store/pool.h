@@ -188,6 +188,16 @@ int pool_poll(struct pool *p);
 int pool_fd(const struct pool *p);
 
 /*
+ * How far @pe's load has come: bytes of its two files read and verified
+ * (*done) of their size (*total). READING counts what the loader has read
+ * (hashing runs beside it: done == total while the last digests come in);
+ * HOST and BUILDING are all read. Returns 0, or -ENOENT when @pe is not
+ * on its way (pool_entry_busy() false).
+ */
+int pool_load_progress(const struct pool *p, const struct pool_entry *pe, uint64_t *done,
+		       uint64_t *total);
+
+/*
  * Read @dir's two files (adapter_config.json, adapter_model.safetensors)
  * once: regular files only (symlinks to them are followed), within
  * @max_bytes together; hash them under @scheme (@chunk: the tree's chunk

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -28,6 +29,12 @@ static int fail(char *err, size_t errlen, int ret, const char *path, const char 
 int adminc_call(const char *path, struct json_object *req, int timeout_ms,
 		struct json_object **reply, char *err, size_t errlen)
 {
+	return adminc_call_max(path, req, timeout_ms, ADMINC_REPLY_MAX, reply, err, errlen);
+}
+
+int adminc_call_max(const char *path, struct json_object *req, int timeout_ms, size_t max_bytes,
+		    struct json_object **reply, char *err, size_t errlen)
+{
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	const char *text = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN);
 	long long deadline = mono_ms() + timeout_ms;
@@ -36,15 +43,26 @@ int adminc_call(const char *path, struct json_object *req, int timeout_ms,
 	int fd, ret;
 
 	*reply = NULL;
+	if (max_bytes > ADMINC_REPLY_MAX)
+		max_bytes = ADMINC_REPLY_MAX;
 	if (strlen(path) >= sizeof(sa.sun_path))
 		return fail(err, errlen, -ENAMETOOLONG, path, "path too long");
 	memcpy(sa.sun_path, path, strlen(path) + 1);
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return fail(err, errlen, -errno, path, NULL);
+	/* a peer whose backlog is full, or that never reads, holds a blocking
+	 * connect or send: the send timeout bounds both (AF_UNIX honours it) */
+	struct timeval tv = { timeout_ms / 1000, (timeout_ms % 1000) * 1000 };
+	(void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
 	    send(fd, text, tl, MSG_NOSIGNAL) != (ssize_t)tl || send(fd, "\n", 1, MSG_NOSIGNAL) != 1) {
-		ret = fail(err, errlen, -errno, path, NULL);
+		if (errno == EAGAIN || errno == EINPROGRESS) {
+			snprintf(err, errlen, "%s: not accepting within %d ms", path, timeout_ms);
+			ret = -ETIMEDOUT;
+		} else {
+			ret = fail(err, errlen, -errno, path, NULL);
+		}
 		goto out;
 	}
 	for (;;) {
@@ -57,14 +75,17 @@ int adminc_call(const char *path, struct json_object *req, int timeout_ms,
 			ret = -ETIMEDOUT;
 			goto out;
 		}
+		if (len >= max_bytes) {
+			ret = fail(err, errlen, -E2BIG, path, "reply too long");
+			goto out;
+		}
 		if (len + 4096 > cap) {
 			char *nb;
 
-			if (cap >= ADMINC_REPLY_MAX) {
-				ret = fail(err, errlen, -E2BIG, path, "reply too long");
-				goto out;
-			}
-			nb = realloc(buf, cap = cap ? 2 * cap : 65536);
+			cap = cap ? 2 * cap : 65536;
+			if (cap > max_bytes + 1)
+				cap = max_bytes + 1;
+			nb = realloc(buf, cap);
 			if (!nb) {
 				ret = fail(err, errlen, -ENOMEM, path, NULL);
 				goto out;

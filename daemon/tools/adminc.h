@@ -25,4 +25,9 @@
 int adminc_call(const char *path, struct json_object *req, int timeout_ms,
 		struct json_object **reply, char *err, size_t errlen);
 
+/* adminc_call with replies over @max_bytes (at most ADMINC_REPLY_MAX) refused
+ * with -E2BIG: for callers that ask again and again (loradctl top). */
+int adminc_call_max(const char *path, struct json_object *req, int timeout_ms, size_t max_bytes,
+		    struct json_object **reply, char *err, size_t errlen);
+
 #endif

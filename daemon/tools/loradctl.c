@@ -8,12 +8,15 @@
 #include <getopt.h>
 #include <json-c/json.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "adminc.h"
+#include "top.h"
 
 static const char usage_text[] =
 	"usage: loradctl [--socket PATH] [--json] COMMAND ...\n"
@@ -24,7 +27,9 @@ static const char usage_text[] =
 	"  adapters remove NAME@VER        unregister (refused while a route uses it)\n"
 	"  adapters pin NAME@VER           load and keep resident\n"
 	"  adapters unpin NAME@VER\n"
-	"  adapters prefetch NAME@VER      load now\n"
+	"  adapters prefetch NAME@VER [--wait]\n"
+	"                                  load now; --wait: until resident, its progress on a\n"
+	"                                  terminal (exit 1 when the load fails)\n"
 	"  route show [SKILL]\n"
 	"  route set SKILL VER=PCT ...     e.g. route set sql sql@v7=95 sql@v8=5\n"
 	"  route rollout SKILL VER PCT     VER gets PCT %; the others share the rest as before\n"
@@ -33,6 +38,13 @@ static const char usage_text[] =
 	"  stats [--skill S]               requests, errors, tokens, latency per skill and version\n"
 	"  metrics                         Prometheus text exposition\n"
 	"  drain                           stop admitting, finish in-flight work, exit\n"
+	"  top [-d S] [-n N] [--once]      live view: per skill and version requests/s, tokens/s,\n"
+	"                                  TTFT and ITL p50/p99, errors, where the adapter is\n"
+	"                                  (device, disk, loading N%, failed);\n"
+	"                                  queue, KV cache, backend health. Every S seconds\n"
+	"                                  (default 1, 0.1..3600), N frames (default: until ^C;\n"
+	"                                  --once: 1); plain frames when stdout is no terminal.\n"
+	"                                  Each call waits --timeout (default 5 s for top)\n"
 	"\n"
 	"  --socket PATH   admin socket (default /run/lorad/admin.sock)\n"
 	"  --json          print the daemon's JSON reply\n"
@@ -47,6 +59,32 @@ static int usage_error(const char *fmt, const char *arg)
 	fprintf(stderr, fmt, arg);
 	fprintf(stderr, " (see loradctl --help)\n");
 	return 2;
+}
+
+/* loradctl top [-d S] [-n N] [--once] */
+static int top_command(const char *sock, int timeout_s, int nargs, char **args)
+{
+	struct top_opts o = { .socket = sock, .delay_s = 1, .timeout_ms = (timeout_s ? timeout_s : 5) * 1000,
+			      .tty = isatty(STDOUT_FILENO), .out = stdout };
+
+	for (int i = 0; i < nargs; i++) {
+		char *end;
+
+		if (!strcmp(args[i], "--once")) {
+			o.iterations = 1;
+		} else if ((!strcmp(args[i], "-d") || !strcmp(args[i], "--delay")) && i + 1 < nargs) {
+			o.delay_s = strtod(args[++i], &end);
+			if (!*args[i] || *end || !(o.delay_s >= 0.1 && o.delay_s <= 3600))
+				return usage_error("top -d: '%s' is not 0.1..3600 seconds", args[i]);
+		} else if ((!strcmp(args[i], "-n") || !strcmp(args[i], "--iterations")) && i + 1 < nargs) {
+			o.iterations = strtol(args[++i], &end, 10);
+			if (!*args[i] || *end || o.iterations < 1 || o.iterations > 1000000000)
+				return usage_error("top -n: '%s' is not 1..1000000000 frames", args[i]);
+		} else {
+			return usage_error("top: unknown or incomplete argument '%s'", args[i]);
+		}
+	}
+	return top_run(&o);
 }
 
 static struct json_object *call(const char *path, struct json_object *req, int timeout_s, int *ret)
@@ -68,6 +106,66 @@ static const char *str(struct json_object *o, const char *k)
 	struct json_object *v;
 
 	return json_object_object_get_ex(o, k, &v) ? json_object_get_string(v) : "";
+}
+
+/*
+ * adapters prefetch --wait: ask adapters_list every 200 ms until @id is
+ * resident (0) or its load failed (1); its progress on stderr when that is
+ * a terminal. 3 when the daemon goes away or @timeout_s passes.
+ */
+static int wait_resident(const char *sock, const char *id, int timeout_s)
+{
+	bool tty = isatty(STDERR_FILENO);
+	struct timespec t0, now, pause = { 0, 200000000 };
+	int ret = 3;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (;;) {
+		struct json_object *req = json_object_new_object(), *reply, *list, *a = NULL, *x;
+		const char *state;
+
+		json_object_object_add(req, "cmd", json_object_new_string("adapters_list"));
+		reply = call(sock, req, timeout_s, &ret);
+		json_object_put(req);
+		if (!reply)
+			break;
+		if (json_object_object_get_ex(reply, "adapters", &list) &&
+		    json_object_is_type(list, json_type_array))
+			for (size_t i = 0; i < json_object_array_length(list) && !a; i++) {
+				struct json_object *e = json_object_array_get_idx(list, i);
+
+				if (json_object_is_type(e, json_type_object) && !strcmp(str(e, "id"), id))
+					a = e;
+			}
+		state = a ? str(a, "state") : "";
+		if (!a || !strcmp(state, "failed") || !strcmp(state, "resident")) {
+			ret = a && !strcmp(state, "resident") ? 0 : 1;
+			if (tty)
+				fputs("\r\033[K", stderr);
+			if (ret)
+				fprintf(stderr, "loradctl: %s: %.400s\n", id,
+					a ? str(a, "load_error") : "no such adapter version");
+			json_object_put(reply);
+			break;
+		}
+		if (tty) {
+			int64_t done = json_object_object_get_ex(a, "load_done", &x) ? json_object_get_int64(x) : 0;
+			int64_t total = json_object_object_get_ex(a, "load_total", &x) ? json_object_get_int64(x) : 0;
+
+			fprintf(stderr, "\r\033[K%s: %s %lld%% of %.1f MiB", id, state,
+				total > 0 ? (long long)(done * 100 / total) : 0LL, total / 1048576.0);
+		}
+		json_object_put(reply);
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (now.tv_sec - t0.tv_sec >= timeout_s) {
+			fprintf(stderr, "%sloradctl: %s: not resident after %d s\n", tty ? "\n" : "", id,
+				timeout_s);
+			ret = 3;
+			break;
+		}
+		nanosleep(&pause, NULL);
+	}
+	return ret;
 }
 
 static void print_human(const char *cmd, struct json_object *reply)
@@ -161,7 +259,7 @@ int main(int argc, char **argv)
 	const char *sock = "/run/lorad/admin.sock", *skill = NULL, *cmd, *sub = NULL;
 	struct json_object *req, *reply, *ok;
 	char name[64];
-	int json = 0, c, ret, timeout_s = 0;
+	int json = 0, wait = 0, c, ret, timeout_s = 0;
 
 	opterr = 0;   /* our own one-line message instead of getopt's and the whole usage */
 	while ((c = getopt_long(argc, argv, "+:s:jh", opts, NULL)) != -1) {
@@ -193,6 +291,11 @@ int main(int argc, char **argv)
 			memmove(&argv[i], &argv[i + 1], (argc - i - 1) * sizeof(*argv));
 			argc--;
 			i--;
+		} else if (!strcmp(argv[i], "--wait")) {
+			wait = 1;
+			memmove(&argv[i], &argv[i + 1], (argc - i - 1) * sizeof(*argv));
+			argc--;
+			i--;
 		} else if (!strcmp(argv[i], "--skill") && i + 1 < argc) {
 			skill = argv[i + 1];
 			memmove(&argv[i], &argv[i + 2], (argc - i - 2) * sizeof(*argv));
@@ -202,6 +305,9 @@ int main(int argc, char **argv)
 	}
 	int nargs = argc - optind;
 	char **args = argv + optind;
+
+	if (!strcmp(cmd, "top"))
+		return top_command(sock, timeout_s, nargs, args);
 
 	req = json_object_new_object();
 	if (!strcmp(cmd, "status") || !strcmp(cmd, "metrics") || !strcmp(cmd, "drain")) {
@@ -287,6 +393,8 @@ int main(int argc, char **argv)
 	} else {
 		return json_object_put(req), usage_error("unknown command '%s'", cmd);
 	}
+	if (wait && strcmp(name, "adapters_prefetch"))
+		return json_object_put(req), usage_error("%s", "--wait is for 'adapters prefetch' only");
 	json_object_object_add(req, "cmd", json_object_new_string(name));
 	reply = call(sock, req, timeout_s ? timeout_s : 120, &ret);
 	json_object_put(req);
@@ -302,5 +410,5 @@ int main(int argc, char **argv)
 	else
 		print_human(name, reply);
 	json_object_put(reply);
-	return 0;
+	return wait ? wait_resident(sock, args[1], timeout_s ? timeout_s : 120) : 0;
 }

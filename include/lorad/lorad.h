@@ -130,6 +130,7 @@ struct lorad_results_info {
 };
 
 #define LORAD_EV_FINAL  (1u << 0)  /* last event of the request; its buffer is the caller's again */
+#define LORAD_EV_PROMPT (1u << 1)  /* n_prompt is set (liblorad 2.2 on: older ones leave it 0) */
 
 struct lorad_event {
 	uint64_t user_data;
@@ -152,7 +153,19 @@ struct lorad_event {
 	 * side ("" when the daemon refused it before it had a skill) */
 	char     skill[LORAD_SKILL_MAX];          /* the skill ("auto": the one chosen), or "base" */
 	char     version_id[LORAD_VERSION_MAX];   /* "name@version" (version is its number), or "base" */
+	/* prompt tokens as the daemon counted them (a text prompt: after its
+	 * tokenizer), with LORAD_EV_PROMPT. Since liblorad 2.2, in what was
+	 * the structure's tail padding: its size and every other offset are
+	 * those of 2.0, so programs built against either library run with the
+	 * other (an older library zeroes it with the rest of the event). */
+	uint32_t n_prompt;
 };
+
+/* liblorad.so.2's event: 168 bytes, n_prompt in what 2.0 left as padding
+ * (where uint64_t aligns to 8 bytes; elsewhere 2.2 would grow it). */
+LORAD_STATIC_ASSERT(sizeof(struct lorad_event) == 168 &&
+		    __builtin_offsetof(struct lorad_event, n_prompt) == 164,
+		    "lorad_event: n_prompt must sit in the 2.0 tail padding");
 
 struct lorad_stats {
 	uint64_t submitted;

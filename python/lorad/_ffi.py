@@ -18,6 +18,7 @@ MAX_BIAS = 1024      # LORAD_MAX_BIAS
 MAX_STOP_STR = 16    # LORAD_MAX_STOP_STR
 
 EV_FINAL = 1 << 0            # LORAD_EV_FINAL
+EV_PROMPT = 1 << 1           # LORAD_EV_PROMPT: n_prompt is set
 SQE_F_IGNORE_EOS = 1 << 0    # LORAD_SQE_F_IGNORE_EOS
 SQE_F_NO_SPECIAL = 1 << 1    # LORAD_SQE_F_NO_SPECIAL
 SQE_F_GRAMMAR = 1 << 4       # LORAD_SQE_F_GRAMMAR
@@ -141,6 +142,7 @@ class lorad_event(Structure):
         ("text_new", c_uint32),
         ("skill", c_char * SKILL_MAX),
         ("version_id", c_char * VERSION_MAX),
+        ("n_prompt", c_uint32),   # with EV_PROMPT (liblorad 2.2, in the 2.0 tail padding)
     ]
 
 

@@ -31,6 +31,8 @@ class Completion:
     itl_us: int = 0          #: mean time between tokens
     times: dict = field(default_factory=dict)  #: CLOCK_MONOTONIC ns: seen, admitted, first_token, final
     rows: Optional[list] = None  #: with result=: one array('f') per token (logits or hidden state)
+    prompt_tokens: Optional[int] = None  #: the prompt's tokens as the daemon counted them
+                                         #: (None with a liblorad older than 2.2)
 
 
 def routing_key(key):
@@ -209,6 +211,7 @@ class Request:
             version=ev.version,
             version_id=ev.version_id.decode("utf-8", "replace"),
             rows=self.rows,
+            prompt_tokens=ev.n_prompt if ev.flags & _ffi.EV_PROMPT else None,
             queue_us=ev.queue_us, ttft_us=ev.ttft_us, itl_us=ev.itl_us,
             times={"seen_ns": t.seen_ns, "admitted_ns": t.admitted_ns,
                    "first_token_ns": t.first_token_ns, "final_ns": t.final_ns})

@@ -83,6 +83,12 @@ json() {
 	python3 -c "import json,sys; j=json.load(open('$dir/out')); print($1)"
 }
 
+# prompt tokens of every request the daemon has ended
+prompt_total() {
+	"$bin/loradctl" --socket "$dir/a.sock" --json stats |
+		python3 -c "import json,sys; print(sum(r[\"prompt_tokens\"] for r in json.load(sys.stdin)[\"stats\"]))"
+}
+
 inflight() {
 	"$bin/loradctl" --socket "$dir/a.sock" --json status |
 		python3 -c "import json,sys; print(json.load(sys.stdin)[\"inflight\"])"
@@ -106,8 +112,15 @@ api)
 	prompt='Which customers ordered twice?'
 	want=$("$bin/lorad-cli" --socket "$dir/l.sock" --skill sql --prompt "$prompt" --max-tokens 24 \
 		--temperature 0 2>/dev/null)
+	p0=$(prompt_total)
 	st=$(post /v1/completions "{\"model\":\"sql\",\"prompt\":\"$prompt\",\"max_tokens\":24,\"temperature\":0}")
 	[ "$st" = 200 ] || fail "completion: HTTP $st $(cat "$dir/out")"
+	# usage.prompt_tokens: the daemon's own count (lorad_event.n_prompt), as its stats say
+	p1=$(prompt_total)
+	[ "$(json 'j["usage"]["prompt_tokens"]')" = $((p1 - p0)) ] ||
+		fail "usage.prompt_tokens $(json 'j["usage"]["prompt_tokens"]'), the daemon counted $((p1 - p0))"
+	[ "$(json 'j["usage"]["prompt_tokens"] > 0 and j["usage"]["total_tokens"] == j["usage"]["prompt_tokens"] + j["usage"]["completion_tokens"]')" = True ] ||
+		fail "usage: $(json 'j["usage"]')"
 	got=$(json 'j["choices"][0]["text"]')
 	[ "$got" = "$want" ] || fail "completion text '$got' != lorad-cli '$want'"
 	[ "$(json 'j["object"]')" = text_completion ] || fail "object"

@@ -51,6 +51,7 @@ int main(void)
 	F(lorad_event, ttft_us); F(lorad_event, itl_us); F(lorad_event, version);
 	F(lorad_event, queue_steps); F(lorad_event, step); F(lorad_event, text_len);
 	F(lorad_event, text_new); F(lorad_event, skill); F(lorad_event, version_id);
+	F(lorad_event, n_prompt);
 	END();
 
 	BEGIN(lorad_times);

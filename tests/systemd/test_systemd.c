@@ -466,6 +466,122 @@ static void test_reload_good_and_bad(void **state)
 	close(nfd);
 }
 
+/* One admin request line; the reply (one line, at most @n - 1 bytes) into @reply. */
+static void admin_line(const char *path, const char *line, char *reply, size_t n)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	size_t len = 0;
+
+	assert_true(fd >= 0);
+	strcpy(sa.sun_path, path);
+	assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(write(fd, line, strlen(line)), (ssize_t)strlen(line));
+	while (len + 1 < n && !memchr(reply, '\n', len)) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		ssize_t k;
+
+		assert_int_equal(poll(&p, 1, 10000), 1);
+		k = read(fd, reply + len, n - 1 - len);
+		assert_true(k > 0);
+		len += (size_t)k;
+		reply[len] = 0;
+	}
+	close(fd);
+}
+
+/*
+ * While an adapter loads, STATUS= says how far it has come: a large adapter
+ * (about 80 MB) read 4 KiB at a time, one read in flight, so the load lasts
+ * a few seconds. The line comes as the load starts, then at most every
+ * 500 ms with a percentage that only grows, and once it is resident the
+ * status stops saying "loading".
+ */
+static void test_status_load_progress(void **state)
+{
+	char notify[300], sock[300], admin[300], conf[300], log[300], models[300], cmd[1024];
+	char text[2048], buf[512];
+	uint64_t t_first = 0, t_last = 0, t_done = 0, min_gap = UINT64_MAX;
+	int nfd, last_pct = -1, mid = 0, seen = 0;
+	pid_t pid;
+
+	(void)state;
+	path_in(notify, sizeof(notify), "notify5");
+	path_in(sock, sizeof(sock), "load.sock");
+	path_in(admin, sizeof(admin), "load-admin.sock");
+	path_in(conf, sizeof(conf), "load.conf");
+	path_in(log, sizeof(log), "load.log");
+	path_in(models, sizeof(models), "bigmodel");
+	snprintf(cmd, sizeof(cmd),
+		 "%s %s --layers 8 --hidden 512 --heads 8 --kv-heads 8 --ffn 1408 --vocab 256 "
+		 "--dtype bf16 --seed 3 >/dev/null && %s %s --layers 8 --hidden 512 --heads 8 "
+		 "--kv-heads 8 --ffn 1408 --vocab 256 --dtype bf16 --seed 3 --adapter big --rank 256 "
+		 "--alpha 16 --targets q,k,v,o,gate,up,down --no-model >/dev/null",
+		 LORAD_MKMODEL, models, LORAD_MKMODEL, models);
+	assert_int_equal(system(cmd), 0);
+	snprintf(text, sizeof(text),
+		 "[daemon]\nsocket = %s\nadmin_socket = %s\nmodel = %s\n"
+		 "[limits]\nthreads = 1\n[pool]\nread_chunk = 4K\nread_depth = 1\n"
+		 "device_budget = 1G\nhost_budget = 1G\n[adapter big]\npath = %s/big\nversion = v1\n",
+		 sock, admin, models, models);
+	write_file(conf, text);
+	nfd = dgram_server(notify);
+	struct spawn sp = { .notify = notify, .log = log };
+	const char *args[] = { "--config", conf, NULL };
+	pid = spawn_lorad(&sp, args);
+	assert_true(notify_wait_for(nfd, "READY=1", 60000) != 0);
+
+	admin_line(admin, "{\"cmd\": \"adapters_prefetch\", \"id\": \"big@v1\"}\n", buf, sizeof(buf));
+	assert_non_null(strstr(buf, "\"ok\":true"));
+	/* adapters_list says how far it is too (loradctl top and prefetch --wait read it) */
+	admin_line(admin, "{\"cmd\": \"adapters_list\"}\n", text, sizeof(text));
+	assert_non_null(strstr(text, "\"state\":\"reading\""));
+	assert_non_null(strstr(text, "\"load_done\":"));
+	assert_non_null(strstr(text, "\"load_total\":"));
+	/* the lines until one no longer says loading */
+	for (uint64_t end = now_ms() + 60000; now_ms() < end && !t_done;) {
+		const char *at;
+
+		if (!notify_recv(nfd, buf, sizeof(buf), 1000) || !strstr(buf, "STATUS="))
+			continue;
+		at = strstr(buf, "loading 1 adapter (big@v1 ");
+		if (!at) {
+			if (seen)
+				t_done = now_ms();
+			continue;
+		}
+		if (seen && now_ms() - t_last < min_gap)
+			min_gap = now_ms() - t_last;
+		t_last = now_ms();
+		if (!seen++)
+			t_first = t_last;
+		at += strlen("loading 1 adapter (big@v1 ");
+		if (at[0] >= '0' && at[0] <= '9') {
+			int pct = atoi(at);
+
+			assert_true(pct >= last_pct);   /* it only grows */
+			assert_true(pct <= 100);
+			mid += pct > 0 && pct < 100;
+			last_pct = pct;
+		} else {
+			assert_true(!strncmp(at, "verifying)", 10) || !strncmp(at, "building)", 9));
+			last_pct = 100;
+		}
+	}
+	assert_true(seen > 0);             /* said as the load began */
+	assert_true(t_done != 0);          /* and, once resident, said no more */
+	assert_non_null(strstr(buf, "adapters 1 resident of 1"));
+	if (seen > 1)
+		assert_true(min_gap >= 300);   /* rate-limited: about every 500 ms */
+	/* a load of more than a second and a half was seen between its ends */
+	if (t_done - t_first > 1500)
+		assert_true(mid > 0);
+	fprintf(stderr, "load: %d status lines over %llu ms, %d with a percentage between 0 and 100\n",
+		seen, (unsigned long long)(t_done - t_first), mid);
+	assert_int_equal(stop_lorad(pid), 0);
+	close(nfd);
+}
+
 /* A bad config at start: lorad refuses to run and names file, line and key. */
 static void test_bad_config_at_start(void **state)
 {
@@ -515,6 +631,7 @@ int main(void)
 		cmocka_unit_test(test_socket_activation_bad_name),
 		cmocka_unit_test(test_reload_good_and_bad),
 		cmocka_unit_test(test_bad_config_at_start),
+		cmocka_unit_test(test_status_load_progress),
 	};
 
 	signal(SIGPIPE, SIG_IGN);

@@ -23,8 +23,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# a device budget of one demo adapter at a time (json ~0.54 MB, sql ~0.43 MB
+# on the CPU backend): loading json evicts sql to the host tier
 "$bin/lorad" --config demo/lorad.conf --socket "$dir/l.sock" --admin-socket "$dir/a.sock" \
-	--state-dir "$dir/state" --threads 1 >"$dir/lorad.log" 2>&1 &
+	--state-dir "$dir/state" --threads 1 --device-budget 700000 >"$dir/lorad.log" 2>&1 &
 dpid=$!
 for _ in $(seq 100); do "$bin/loradctl" --socket "$dir/a.sock" status >/dev/null 2>&1 && break; sleep 0.1; done
 for i in 1 2 3; do
@@ -64,6 +66,23 @@ PY
 	fail "prefetch --wait: exit $?"
 "$bin/loradctl" --socket "$dir/a.sock" top --once >"$dir/out" 2>"$dir/err" || fail "top after prefetch"
 grep -Eq '^ +json@v1 .* device$' "$dir/out" || fail "json@v1 not on the device after prefetch --wait"
+# sql made room for it: off the device, its files still in the pinned host tier
+grep -Eq '^sql +sql@v1 .* host$' "$dir/out" || fail "sql@v1 not in the host tier after json@v1 evicted it"
+grep -Eq '^ +support@v1 .* disk$' "$dir/out" || fail "support@v1 (never loaded) not on disk"
+"$bin/loradctl" --socket "$dir/a.sock" --json adapters list >"$dir/out" 2>"$dir/err" || fail "adapters list"
+python3 - "$dir/out" <<'PY' || fail "adapters_list residency"
+import json, sys
+a = {v["id"]: v for v in json.load(open(sys.argv[1]))["adapters"]}
+assert a["sql@v1"]["residency"] == "host" and not a["sql@v1"]["resident"], a["sql@v1"]
+assert a["json@v1"]["residency"] == "device", a["json@v1"]
+assert a["support@v1"]["residency"] == "disk", a["support@v1"]
+PY
+# a request for sql loads it from the host tier (no disk read) and evicts json
+"$bin/lorad-cli" --socket "$dir/l.sock" --skill sql --prompt "Which customers ordered twice?" \
+	--max-tokens 4 >/dev/null 2>&1 || fail "lorad-cli after the eviction"
+"$bin/loradctl" --socket "$dir/a.sock" top --once >"$dir/out" 2>"$dir/err" || fail "top after sql again"
+grep -Eq '^sql +sql@v1 .* device$' "$dir/out" || fail "sql@v1 not back on the device"
+grep -Eq '^ +json@v1 .* host$' "$dir/out" || fail "json@v1 not in the host tier after sql evicted it"
 "$bin/loradctl" --socket "$dir/a.sock" adapters prefetch nope@v9 --wait >/dev/null 2>"$dir/err"
 [ $? = 1 ] || fail "prefetch --wait of an unknown version: not 1"
 "$bin/loradctl" --socket "$dir/a.sock" adapters list --wait >/dev/null 2>"$dir/err"

@@ -773,7 +773,7 @@ int main(int argc, char **argv)
 		table[i] = i;
 	{
 		double tb = now();
-		if (fwd_build(g.be, m, kv_blocks, 16, 0, &g.f, err, sizeof(err)) < 0) {
+		if (fwd_build(g.be, m, kv_blocks, 16, 0, NULL, &g.f, err, sizeof(err)) < 0) {
 			fprintf(stderr, "bench_cuda: fwd_build: %s\n", err);
 			goto out;
 		}

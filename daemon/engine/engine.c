@@ -81,10 +81,12 @@ int engine_load(const char *dir, const struct engine_opts *opts, struct engine *
 	struct engine_opts o = { 0 };
 	struct engine *e = NULL;
 	struct model *m = NULL;
+	struct fwd_progress prog;
 	int rc;
 
 	if (opts)
 		o = *opts;
+	prog = (struct fwd_progress){ .fn = o.progress, .ctx = o.progress_ctx };
 	if (o.block_size <= 0)
 		o.block_size = 16;
 	if (o.kv_tokens <= 0)
@@ -104,8 +106,8 @@ int engine_load(const char *dir, const struct engine_opts *opts, struct engine *
 	if ((rc = backend_create(e, &o, err, errlen)) < 0)
 		goto err;
 	e->backend_sample = o.backend_sample;
-	if ((rc = fwd_build(e->be, m, o.kv_blocks, o.block_size, o.allow_nonfinite, &e->fwd, err,
-			    errlen)) < 0)
+	if ((rc = fwd_build(e->be, m, o.kv_blocks, o.block_size, o.allow_nonfinite, &prog, &e->fwd,
+			    err, errlen)) < 0)
 		goto err;
 	if ((rc = kv_pool_build(&e->pool, o.kv_blocks, o.block_size)) < 0 ||
 	    (rc = sample_ctx_build(&e->sctx, e->cfg.vocab)) < 0) {

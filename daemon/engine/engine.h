@@ -48,6 +48,13 @@ struct engine_opts {
 			      * be_sample; -1: always on the host (tests) */
 	int prefix_cache_off; /* nonzero: computed KV blocks are never reused by a
 			       * later sequence (engine_seq_reuse does nothing) */
+	/* Optional: told on engine_load's thread how far the weights have come,
+	 * as bytes of the model's safetensors tensor data (the tensors it uses)
+	 * converted and uploaded (done) of all of them (total): once with 0
+	 * first, after each tensor, done == total last; rising, never above
+	 * total. Not called after engine_load returns. */
+	void (*progress)(void *ctx, uint64_t done, uint64_t total);
+	void *progress_ctx;
 };
 
 enum engine_keep_logits {

@@ -78,6 +78,10 @@ struct fwd {
 	struct fwd_graph graphs[FWD_GRAPHS];
 	uint64_t graph_clock;
 	int use_graphs;           /* the backend has BE_CAP_GRAPHS */
+
+	/* while fwd_build runs: who hears how far the weights have come */
+	const struct fwd_progress *prog;
+	uint64_t prog_done, prog_total;
 };
 
 
@@ -85,6 +89,30 @@ struct fwd {
 static int be_dtype_of(enum st_dtype d)
 {
 	return d == ST_F32 ? BE_F32 : d == ST_BF16 ? BE_BF16 : d == ST_F16 ? BE_F16 : -1;
+}
+
+/* Tell f->prog (when there is one) that @bytes more of the weights are up. */
+static void progress_add(struct fwd *f, uint64_t bytes)
+{
+	if (!f->prog || !f->prog->fn)
+		return;
+	f->prog_done += bytes;
+	if (f->prog_done > f->prog_total)
+		f->prog_done = f->prog_total;
+	f->prog->fn(f->prog->ctx, f->prog_done, f->prog_total);
+}
+
+/* Bytes of tensor data fwd_build uploads: every tensor the model uses,
+ * once (a tied lm_head is the embedding). */
+static uint64_t weight_bytes(const struct model *m)
+{
+	uint64_t n = 0;
+
+	for (int i = 0; i < m->n_files; i++)
+		for (int k = 0; k < m->files[i]->n; k++)
+			if (m->files[i]->t[k].used)
+				n += m->files[i]->t[k].nbytes;
+	return n;
 }
 
 /* A matrix that a GEMM reads as its weights goes to the backend as one
@@ -116,6 +144,7 @@ static int upload_tensor(struct fwd *f, const struct st_tensor *t, float *tmp, i
 		rc = be_upload(f->be, *out, 0, tmp, t->nelem);
 	if (rc < 0)
 		return err_fail(err, errlen, rc, "upload of tensor %s failed", t->name);
+	progress_add(f, t->nbytes);
 	return 0;
 }
 
@@ -178,7 +207,8 @@ static int reserve(struct fwd *f, int n_rows, int n_out)
 }
 
 int fwd_build(struct be *be, const struct model *m, int kv_blocks, int block_size,
-	      int allow_nonfinite, struct fwd **out, char *err, size_t errlen)
+	      int allow_nonfinite, const struct fwd_progress *prog, struct fwd **out, char *err,
+	      size_t errlen)
 {
 	const struct model_config *c = &m->cfg;
 	struct fwd *f = calloc(1, sizeof(*f));
@@ -206,6 +236,9 @@ int fwd_build(struct be *be, const struct model *m, int kv_blocks, int block_siz
 		rc = err_fail(err, errlen, -ENOMEM, "out of memory");
 		goto err;
 	}
+	f->prog = prog;
+	f->prog_total = weight_bytes(m);
+	progress_add(f, 0);
 	if ((rc = upload_tensor(f, m->embed, tmp, allow_nonfinite, m->lm_head == m->embed, &f->embed, err, errlen)) < 0 ||
 	    (rc = upload_tensor(f, m->norm, tmp, allow_nonfinite, 0, &f->norm, err, errlen)) < 0)
 		goto err;
@@ -241,6 +274,9 @@ int fwd_build(struct be *be, const struct model *m, int kv_blocks, int block_siz
 		rc = err_fail(err, errlen, -ENOMEM, "out of memory");
 		goto err;
 	}
+	if (f->prog_done < f->prog_total)   /* a used tensor not uploaded: the end is the end */
+		progress_add(f, f->prog_total - f->prog_done);
+	f->prog = NULL;
 	free(tmp);
 	free(freq);
 	*out = f;

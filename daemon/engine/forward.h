@@ -15,12 +15,23 @@
 
 struct fwd;
 
+/* Told, on fwd_build's thread, how far the weights have come: bytes of
+ * the model's tensor data (the tensors it uses, as the files store them)
+ * converted and uploaded, of all of them; once with 0 before the first,
+ * after each tensor, and with done == total at the end. */
+struct fwd_progress {
+	void (*fn)(void *ctx, uint64_t done, uint64_t total);
+	void *ctx;
+};
+
 /* Uploads the weights of m to be and allocates a KV cache of kv_blocks
  * blocks of block_size tokens for every layer. With allow_nonfinite, NaN or
  * Inf weights are loaded instead of refused (tests use it to poison one
- * token). m may be closed afterwards. Returns 0 or -errno with a message. */
+ * token). prog (may be NULL) is told how far it has come. m may be closed
+ * afterwards. Returns 0 or -errno with a message. */
 int fwd_build(struct be *be, const struct model *m, int kv_blocks, int block_size,
-	      int allow_nonfinite, struct fwd **out, char *err, size_t errlen);
+	      int allow_nonfinite, const struct fwd_progress *prog, struct fwd **out, char *err,
+	      size_t errlen);
 void fwd_free(struct fwd *f);
 
 /* One LoRA-adapted projection on the backend. */

@@ -417,6 +417,34 @@ fail:
 
 /* --- the engine, the store, the server ------------------------------------------------------- */
 
+/* How far the model load has come, told to the log and systemd at most every
+ * MODEL_PROGRESS_NS, and once at 100 %. */
+#define MODEL_PROGRESS_NS (500 * 1000000ull)
+
+struct model_progress {
+	const char *dir;
+	uint64_t last_ns;  /* when it was last told; 0: never */
+	int last_pct;      /* the percentage last told; -1: none */
+};
+
+/* engine_opts.progress: on the engine thread, inside engine_load. */
+static void model_progress(void *ctx, uint64_t done, uint64_t total)
+{
+	struct model_progress *mp = ctx;
+	uint64_t now = now_ns();
+	int pct = total ? (int)(done >= total ? 100 : done * 100 / total) : 100;
+
+	if (pct == mp->last_pct)
+		return;
+	if (pct < 100 && mp->last_ns && now - mp->last_ns < MODEL_PROGRESS_NS)
+		return;
+	mp->last_ns = now;
+	mp->last_pct = pct;
+	log_info("loading model %s: %d%% (%.1f of %.1f MiB)", mp->dir, pct, done / 1048576.0,
+		 total / 1048576.0);
+	notify_status("loading model %d%%", pct);
+}
+
 static int build_engine(struct daemon *d)
 {
 	const struct config *c = &d->cfg;
@@ -425,10 +453,13 @@ static int build_engine(struct daemon *d)
 				  .prefix_cache_off = !c->prefix_cache };
 	struct sched_opts so = { .max_seqs = (int)c->max_seqs, .step_tokens = (int)c->step_tokens,
 				 .max_prompt_tokens = (int)c->max_prompt_tokens };
+	struct model_progress mp = { .dir = c->model_dir, .last_pct = -1 };
 	char err[512], tp[4200];
 	uint64_t t0 = now_ns();
 	int ret;
 
+	eo.progress = model_progress;
+	eo.progress_ctx = &mp;
 	if (c->null_engine) {
 		d->engine_name = "null engine";
 		d->nx = nullexec_build(c->null_step_us);

@@ -108,6 +108,9 @@ static struct json_object *version_json(struct registry *reg, const struct reg_v
 	json_object_object_add(o, "loads", json_object_new_int64((int64_t)pe->loads));
 	json_object_object_add(o, "loading", json_object_new_boolean(pool_entry_busy(pe)));
 	json_object_object_add(o, "state", json_object_new_string(pool_state_name(pe->state)));
+	/* where its bytes are: device, host (pinned host tier only), loading, failed, disk */
+	json_object_object_add(o, "residency", json_object_new_string(
+		pool_where_name(pool_where(registry_pool(reg), pe))));
 	/* while it loads: bytes of its files read and verified so far */
 	if (!pool_load_progress(registry_pool(reg), pe, &done, &total)) {
 		json_object_object_add(o, "load_done", json_object_new_int64((int64_t)done));

@@ -386,6 +386,18 @@ struct hp_buf *hostpool_get(struct hostpool *hp, const char *key)
 	return b;
 }
 
+bool hostpool_has(struct hostpool *hp, const char *key)
+{
+	const struct hp_buf *b;
+
+	pthread_mutex_lock(&hp->mu);
+	for (b = hp->head; b; b = b->next)
+		if (strcmp(b->key, key) == 0)
+			break;
+	pthread_mutex_unlock(&hp->mu);
+	return b != NULL;
+}
+
 void hostpool_ref(struct hostpool *hp, struct hp_buf *b)
 {
 	pthread_mutex_lock(&hp->mu);

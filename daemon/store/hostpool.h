@@ -95,6 +95,13 @@ void hostpool_publish(struct hostpool *hp, struct hp_buf *b, size_t len);
 /* Finds key, takes a reference and marks it recently used; NULL if absent. */
 struct hp_buf *hostpool_get(struct hostpool *hp, const char *key);
 
+/*
+ * Whether key is findable (published, not unlinked) now, without taking a
+ * reference or marking it used: a look for reports, which must not keep
+ * an entry from eviction. The answer may be stale the moment it returns.
+ */
+bool hostpool_has(struct hostpool *hp, const char *key);
+
 /* Takes another reference on a buffer the caller already holds. */
 void hostpool_ref(struct hostpool *hp, struct hp_buf *b);
 

@@ -491,6 +491,12 @@ static int load_now(struct pool *p, struct pool_entry *pe, char *err, size_t err
 	return 0;
 }
 
+/* The host-tier key of file @k of @pe ("name@version#k"): the loader's, the reports'. */
+static void part_key(const struct pool_entry *pe, int k, char *key, size_t len)
+{
+	snprintf(key, len, "%s#%d", pe->key, k);
+}
+
 /* --- loading through the loader -------------------------------------------------------------- */
 
 int pool_start_load(struct pool *p, struct pool_entry *pe)
@@ -516,7 +522,7 @@ int pool_start_load(struct pool *p, struct pool_entry *pe)
 		struct loader_req q = { 0 };
 
 		snprintf(path, sizeof(path), "%s/%s", pe->path, adapter_files[k]);
-		snprintf(key, sizeof(key), "%s#%d", pe->key, k);
+		part_key(pe, k, key, sizeof(key));
 		q.path = path;
 		q.key = key;
 		q.sha256 = k ? pe->h.st_sha : pe->h.cfg_sha;
@@ -728,6 +734,44 @@ int pool_load_progress(const struct pool *p, const struct pool_entry *pe, uint64
 			*done += d < size[k] ? d : size[k];
 	}
 	return 0;
+}
+
+/* Whether both files of @pe are findable in the host tier (the loader's keys). */
+static bool files_in_host(const struct pool *p, const struct pool_entry *pe)
+{
+	for (int k = 0; k < 2; k++) {
+		char key[sizeof(pe->key) + 8];
+
+		part_key(pe, k, key, sizeof(key));
+		if (!hostpool_has(p->hp, key))
+			return false;
+	}
+	return true;
+}
+
+enum pool_where pool_where(const struct pool *p, const struct pool_entry *pe)
+{
+	if (pe->state == POOL_RESIDENT)
+		return POOL_WHERE_DEVICE;
+	if (pool_entry_busy(pe))
+		return POOL_WHERE_LOADING;
+	if (pe->state == POOL_FAILED)
+		return POOL_WHERE_FAILED;
+	if (p->hp && files_in_host(p, pe))
+		return POOL_WHERE_HOST;
+	return POOL_WHERE_DISK;
+}
+
+const char *pool_where_name(enum pool_where w)
+{
+	switch (w) {
+	case POOL_WHERE_DISK: return "disk";
+	case POOL_WHERE_HOST: return "host";
+	case POOL_WHERE_LOADING: return "loading";
+	case POOL_WHERE_DEVICE: return "device";
+	case POOL_WHERE_FAILED: return "failed";
+	}
+	return "?";
 }
 
 int pool_poll(struct pool *p)

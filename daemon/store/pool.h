@@ -198,6 +198,28 @@ int pool_load_progress(const struct pool *p, const struct pool_entry *pe, uint64
 		       uint64_t *total);
 
 /*
+ * Where @pe's bytes are now, for reports (adapters_list, loradctl top):
+ * DEVICE resident in the engine; LOADING on its way (pool_load_progress
+ * says how far); FAILED its last load failed; HOST not resident, both its
+ * files still in the pinned host tier (a load would read no disk: an
+ * adapter evicted from the device budget, or read by a load that has not
+ * been built yet); DISK none of that. Never changes what it looks at: the
+ * host tier is asked without a reference (hostpool_has).
+ */
+enum pool_where {
+	POOL_WHERE_DISK,
+	POOL_WHERE_HOST,
+	POOL_WHERE_LOADING,
+	POOL_WHERE_DEVICE,
+	POOL_WHERE_FAILED,
+};
+
+enum pool_where pool_where(const struct pool *p, const struct pool_entry *pe);
+
+/* "disk", "host", "loading", "device", "failed" */
+const char *pool_where_name(enum pool_where w);
+
+/*
  * Read @dir's two files (adapter_config.json, adapter_model.safetensors)
  * once: regular files only (symlinks to them are followed), within
  * @max_bytes together; hash them under @scheme (@chunk: the tree's chunk

@@ -28,8 +28,9 @@ static const char usage_text[] =
 	"  adapters pin NAME@VER           load and keep resident\n"
 	"  adapters unpin NAME@VER\n"
 	"  adapters prefetch NAME@VER [--wait]\n"
-	"                                  load now; --wait: until resident, its progress on a\n"
-	"                                  terminal (exit 1 when the load fails)\n"
+	"                                  load now; --wait: until resident (exit 1 when the\n"
+	"                                  load fails), its progress redrawn on one line when\n"
+	"                                  stdout is a terminal, then one line saying so\n"
 	"  route show [SKILL]\n"
 	"  route set SKILL VER=PCT ...     e.g. route set sql sql@v7=95 sql@v8=5\n"
 	"  route rollout SKILL VER PCT     VER gets PCT %; the others share the rest as before\n"
@@ -40,7 +41,7 @@ static const char usage_text[] =
 	"  drain                           stop admitting, finish in-flight work, exit\n"
 	"  top [-d S] [-n N] [--once]      live view: per skill and version requests/s, tokens/s,\n"
 	"                                  TTFT and ITL p50/p99, errors, where the adapter is\n"
-	"                                  (device, disk, loading N%, failed);\n"
+	"                                  (device, host, disk, loading N%, failed);\n"
 	"                                  queue, KV cache, backend health. Every S seconds\n"
 	"                                  (default 1, 0.1..3600), N frames (default: until ^C;\n"
 	"                                  --once: 1); plain frames when stdout is no terminal.\n"
@@ -108,20 +109,105 @@ static const char *str(struct json_object *o, const char *k)
 	return json_object_object_get_ex(o, k, &v) ? json_object_get_string(v) : "";
 }
 
+/* @s with control characters (C0, DEL, and C1 as UTF-8 writes them) as
+ * '?', at most @n - 1 bytes, into @buf: what the daemon says is not trusted
+ * to reach a terminal as it is. */
+static const char *clean(const char *s, char *buf, size_t n)
+{
+	size_t k = 0;
+
+	for (; *s && k + 1 < n; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (c == 0xc2 && (unsigned char)s[1] >= 0x80 && (unsigned char)s[1] <= 0x9f) {
+			s++;   /* U+0080..U+009F: CSI and friends */
+			c = '?';
+		}
+		buf[k++] = c < 0x20 || c == 0x7f ? '?' : (char)c;
+	}
+	buf[k] = 0;
+	return buf;
+}
+
+/* @id's entry in an adapters_list reply, or NULL. */
+static struct json_object *find_version(struct json_object *reply, const char *id)
+{
+	struct json_object *list;
+
+	if (!json_object_object_get_ex(reply, "adapters", &list) ||
+	    !json_object_is_type(list, json_type_array))
+		return NULL;
+	for (size_t i = 0; i < json_object_array_length(list); i++) {
+		struct json_object *e = json_object_array_get_idx(list, i);
+
+		if (json_object_is_type(e, json_type_object) && !strcmp(str(e, "id"), id))
+			return e;
+	}
+	return NULL;
+}
+
+/* A byte count from the daemon: an integer 0..2^53, else -1. */
+static int64_t byte_count(struct json_object *a, const char *k)
+{
+	struct json_object *x;
+	int64_t v;
+
+	if (!json_object_object_get_ex(a, k, &x) || !json_object_is_type(x, json_type_int))
+		return -1;
+	v = json_object_get_int64(x);
+	return v >= 0 && v <= (int64_t)1 << 53 ? v : -1;
+}
+
+/*
+ * The progress line of a load: "json@v1: reading  42% of 3.1 MiB". Only
+ * words of its own and numbers that make sense (0 <= done <= total) come
+ * from the reply.
+ */
+static void progress_line(const char *id, struct json_object *a, char *buf, size_t len)
+{
+	const char *state = str(a, "state"), *word = "loading";
+	int64_t done = byte_count(a, "load_done"), total = byte_count(a, "load_total");
+
+	if (!strcmp(state, "reading"))
+		word = "reading";
+	else if (!strcmp(state, "host"))
+		word = "verified";
+	else if (!strcmp(state, "building"))
+		word = "building";
+	if (done >= 0 && total > 0 && done <= total)
+		snprintf(buf, len, "%s: %-8s %3d%% of %.1f MiB", id, word, (int)(done * 100 / total),
+			 total / 1048576.0);
+	else
+		snprintf(buf, len, "%s: %s", id, word);
+}
+
+static double since(const struct timespec *t0)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (double)(now.tv_sec - t0->tv_sec) + (now.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
 /*
  * adapters prefetch --wait: ask adapters_list every 200 ms until @id is
- * resident (0) or its load failed (1); its progress on stderr when that is
- * a terminal. 3 when the daemon goes away or @timeout_s passes.
+ * resident (0) or its load failed (1); 3 when the daemon goes away or
+ * @timeout_s passes. When stdout is a terminal (@tty) one progress line
+ * is redrawn there with \r; the outcome is one plain line on stdout
+ * ("json@v1: resident after 0.4 s") unless @quiet (--json), the failure's
+ * on stderr.
  */
-static int wait_resident(const char *sock, const char *id, int timeout_s)
+static int wait_resident(const char *sock, const char *id, int timeout_s, bool tty, bool quiet)
 {
-	bool tty = isatty(STDERR_FILENO);
-	struct timespec t0, now, pause = { 0, 200000000 };
+	struct timespec t0, pause = { 0, 200000000 };
+	char line[256], why[416];
+	bool drawn = false;
 	int ret = 3;
 
+	tty = tty && !quiet;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	for (;;) {
-		struct json_object *req = json_object_new_object(), *reply, *list, *a = NULL, *x;
+		struct json_object *req = json_object_new_object(), *reply, *a;
 		const char *state;
 
 		json_object_object_add(req, "cmd", json_object_new_string("adapters_list"));
@@ -129,37 +215,34 @@ static int wait_resident(const char *sock, const char *id, int timeout_s)
 		json_object_put(req);
 		if (!reply)
 			break;
-		if (json_object_object_get_ex(reply, "adapters", &list) &&
-		    json_object_is_type(list, json_type_array))
-			for (size_t i = 0; i < json_object_array_length(list) && !a; i++) {
-				struct json_object *e = json_object_array_get_idx(list, i);
-
-				if (json_object_is_type(e, json_type_object) && !strcmp(str(e, "id"), id))
-					a = e;
-			}
+		a = find_version(reply, id);
 		state = a ? str(a, "state") : "";
 		if (!a || !strcmp(state, "failed") || !strcmp(state, "resident")) {
 			ret = a && !strcmp(state, "resident") ? 0 : 1;
-			if (tty)
-				fputs("\r\033[K", stderr);
+			if (drawn)
+				fputs("\r\033[K", stdout);
+			if (!ret && !quiet)
+				printf("%s: resident after %.1f s\n", id, since(&t0));
+			fflush(stdout);
 			if (ret)
-				fprintf(stderr, "loradctl: %s: %.400s\n", id,
-					a ? str(a, "load_error") : "no such adapter version");
+				fprintf(stderr, "loradctl: %s: %s\n", id,
+					a ? clean(str(a, "load_error"), why, sizeof(why))
+					  : "no such adapter version");
 			json_object_put(reply);
 			break;
 		}
 		if (tty) {
-			int64_t done = json_object_object_get_ex(a, "load_done", &x) ? json_object_get_int64(x) : 0;
-			int64_t total = json_object_object_get_ex(a, "load_total", &x) ? json_object_get_int64(x) : 0;
-
-			fprintf(stderr, "\r\033[K%s: %s %lld%% of %.1f MiB", id, state,
-				total > 0 ? (long long)(done * 100 / total) : 0LL, total / 1048576.0);
+			progress_line(id, a, line, sizeof(line));
+			printf("\r\033[K%s", line);
+			fflush(stdout);
+			drawn = true;
 		}
 		json_object_put(reply);
-		clock_gettime(CLOCK_MONOTONIC, &now);
-		if (now.tv_sec - t0.tv_sec >= timeout_s) {
-			fprintf(stderr, "%sloradctl: %s: not resident after %d s\n", tty ? "\n" : "", id,
-				timeout_s);
+		if (since(&t0) >= timeout_s) {
+			if (drawn)
+				fputs("\n", stdout);
+			fflush(stdout);
+			fprintf(stderr, "loradctl: %s: not resident after %d s\n", id, timeout_s);
 			ret = 3;
 			break;
 		}
@@ -410,5 +493,6 @@ int main(int argc, char **argv)
 	else
 		print_human(name, reply);
 	json_object_put(reply);
-	return wait ? wait_resident(sock, args[1], timeout_s ? timeout_s : 120) : 0;
+	return wait ? wait_resident(sock, args[1], timeout_s ? timeout_s : 120,
+				    isatty(STDOUT_FILENO), json) : 0;
 }

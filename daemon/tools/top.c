@@ -293,31 +293,51 @@ static double jnum(struct json_object *o, const char *k)
 	return json_object_object_get_ex(o, k, &v) ? json_object_get_double(v) : 0;
 }
 
-/* Where an adapter version is, from its adapters_list entry, into @buf. */
+/* "loading N%" from an adapters_list entry's load_done/load_total, into @buf. */
+static const char *loading(struct json_object *a, char *buf, size_t len)
+{
+	double done = jnum(a, "load_done"), total = jnum(a, "load_total");
+
+	if (total > 0 && done >= 0 && done <= total)
+		snprintf(buf, len, "loading %.0f%%", floor(100 * done / total));
+	else
+		snprintf(buf, len, "loading");
+	return buf;
+}
+
+/*
+ * Where an adapter version is, from its adapters_list entry, into @buf: the
+ * daemon's "residency" (device, host, loading, failed, disk); from its pool
+ * "state" when an older daemon does not say (host then reads as disk). A
+ * word it does not know shows as "?" (the socket is not trusted).
+ */
 static const char *where(struct json_object *adapters, const char *version, char *buf, size_t len)
 {
+	static const char *const words[] = { "device", "host", "failed", "disk" };
 	size_t n = adapters ? json_object_array_length(adapters) : 0;
 
 	if (!strcmp(version, "base"))
 		return "base";
 	for (size_t i = 0; i < n; i++) {
 		struct json_object *a = json_object_array_get_idx(adapters, i);
-		const char *st;
+		const char *st, *r;
 
 		if (!json_object_is_type(a, json_type_object) || strcmp(jstr(a, "id"), version))
 			continue;
+		r = jstr(a, "residency");
+		if (*r) {
+			if (!strcmp(r, "loading"))
+				return loading(a, buf, len);
+			for (size_t w = 0; w < sizeof(words) / sizeof(words[0]); w++)
+				if (!strcmp(r, words[w]))
+					return words[w];
+			return "?";
+		}
 		st = jstr(a, "state");
 		if (!strcmp(st, "resident"))
 			return "device";
-		if (!strcmp(st, "reading") || !strcmp(st, "host") || !strcmp(st, "building")) {
-			double done = jnum(a, "load_done"), total = jnum(a, "load_total");
-
-			if (total > 0 && done >= 0 && done <= total)
-				snprintf(buf, len, "loading %.0f%%", floor(100 * done / total));
-			else
-				snprintf(buf, len, "loading");
-			return buf;
-		}
+		if (!strcmp(st, "reading") || !strcmp(st, "host") || !strcmp(st, "building"))
+			return loading(a, buf, len);
 		if (!strcmp(st, "failed"))
 			return "failed";
 		return "disk";

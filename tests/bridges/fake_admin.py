@@ -8,7 +8,10 @@ MODE: silent (accepts, reads, never answers), dribble (one byte a second,
 never a newline), flood (megabytes without a newline), garbage (a line that
 is not JSON), refuse (ok: false), evil (well-formed replies whose metrics
 text and names carry escape sequences, overlong labels, broken lines and
-thousands of series). Serves until killed.
+thousands of series), load (adapters_prefetch accepted; adapters_list shows
+big@v1 loading, a quarter more each call, with hostile states and byte
+counts among the good ones, then resident; bad@v1 failing with escape
+sequences in its error). Serves until killed.
 """
 import json
 import os
@@ -47,6 +50,35 @@ def reply(cmd):
     return {"ok": False, "error": "unknown"}
 
 
+calls = {"list": 0}
+MIB4 = 4 << 20
+# each adapters_list call's big@v1: state, load_done, load_total
+LOAD_STEPS = [
+    ("reading", 0, MIB4),
+    ("reading\x1b[2J", MIB4 // 4, MIB4),           # a state with an escape: shown as a word of ours
+    ("reading", 10 ** 30, MIB4),                     # done out of range: no percentage
+    ("host", MIB4 // 2, -1),                         # a negative total: no percentage
+    ("building", 3 * MIB4 // 4, MIB4),
+]
+
+
+def load_reply(cmd):
+    if cmd == "adapters_prefetch":
+        return {"ok": True}
+    if cmd == "adapters_list":
+        n = calls["list"]
+        calls["list"] += 1
+        big = {"id": "big@v1", "state": "resident", "residency": "device"}
+        if n < len(LOAD_STEPS):
+            st, done, total = LOAD_STEPS[n]
+            big = {"id": "big@v1", "state": st, "residency": "loading",
+                   "load_done": done, "load_total": total}
+        bad = {"id": "bad@v1", "state": "failed", "residency": "failed",
+               "load_error": "\x1b]0;pwned\x07disk on fire\x9b2J"}
+        return {"ok": True, "adapters": [big, bad]}
+    return {"ok": False, "error": "unknown"}
+
+
 def serve(c):
     try:
         data = b""
@@ -72,6 +104,9 @@ def serve(c):
         elif mode == "evil":
             cmd = json.loads(data.split(b"\n")[0]).get("cmd")
             c.sendall(json.dumps(reply(cmd)).encode() + b"\n")
+        elif mode == "load":
+            cmd = json.loads(data.split(b"\n")[0]).get("cmd")
+            c.sendall(json.dumps(load_reply(cmd)).encode() + b"\n")
     except OSError:
         pass
     finally:

@@ -23,8 +23,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# a device budget of one demo adapter at a time (json ~0.54 MB, sql ~0.43 MB
+# on the CPU backend): loading json evicts sql to the host tier
 "$bin/lorad" --config demo/lorad.conf --socket "$dir/l.sock" --admin-socket "$dir/a.sock" \
-	--state-dir "$dir/state" --threads 1 >"$dir/lorad.log" 2>&1 &
+	--state-dir "$dir/state" --threads 1 --device-budget 700000 >"$dir/lorad.log" 2>&1 &
 dpid=$!
 for _ in $(seq 100); do "$bin/loradctl" --socket "$dir/a.sock" status >/dev/null 2>&1 && break; sleep 0.1; done
 for i in 1 2 3; do
@@ -62,8 +64,26 @@ PY
 # an unknown version is a refusal (1); --wait belongs to prefetch only (2)
 "$bin/loradctl" --socket "$dir/a.sock" adapters prefetch json@v1 --wait >"$dir/out" 2>"$dir/err" ||
 	fail "prefetch --wait: exit $?"
+grep -Eqx 'json@v1: resident after [0-9]+\.[0-9] s' "$dir/out" || fail "prefetch --wait: no final line"
 "$bin/loradctl" --socket "$dir/a.sock" top --once >"$dir/out" 2>"$dir/err" || fail "top after prefetch"
 grep -Eq '^ +json@v1 .* device$' "$dir/out" || fail "json@v1 not on the device after prefetch --wait"
+# sql made room for it: off the device, its files still in the pinned host tier
+grep -Eq '^sql +sql@v1 .* host$' "$dir/out" || fail "sql@v1 not in the host tier after json@v1 evicted it"
+grep -Eq '^ +support@v1 .* disk$' "$dir/out" || fail "support@v1 (never loaded) not on disk"
+"$bin/loradctl" --socket "$dir/a.sock" --json adapters list >"$dir/out" 2>"$dir/err" || fail "adapters list"
+python3 - "$dir/out" <<'PY' || fail "adapters_list residency"
+import json, sys
+a = {v["id"]: v for v in json.load(open(sys.argv[1]))["adapters"]}
+assert a["sql@v1"]["residency"] == "host" and not a["sql@v1"]["resident"], a["sql@v1"]
+assert a["json@v1"]["residency"] == "device", a["json@v1"]
+assert a["support@v1"]["residency"] == "disk", a["support@v1"]
+PY
+# a request for sql loads it from the host tier (no disk read) and evicts json
+"$bin/lorad-cli" --socket "$dir/l.sock" --skill sql --prompt "Which customers ordered twice?" \
+	--max-tokens 4 >/dev/null 2>&1 || fail "lorad-cli after the eviction"
+"$bin/loradctl" --socket "$dir/a.sock" top --once >"$dir/out" 2>"$dir/err" || fail "top after sql again"
+grep -Eq '^sql +sql@v1 .* device$' "$dir/out" || fail "sql@v1 not back on the device"
+grep -Eq '^ +json@v1 .* host$' "$dir/out" || fail "json@v1 not in the host tier after sql evicted it"
 "$bin/loradctl" --socket "$dir/a.sock" adapters prefetch nope@v9 --wait >/dev/null 2>"$dir/err"
 [ $? = 1 ] || fail "prefetch --wait of an unknown version: not 1"
 "$bin/loradctl" --socket "$dir/a.sock" adapters list --wait >/dev/null 2>"$dir/err"
@@ -126,4 +146,56 @@ grep -q $'\033' "$dir/out" && fail "evil: an escape sequence reached the output"
 grep -q $'\007' "$dir/out" && fail "evil: a BEL reached the output"
 grep -q "more series not shown" "$dir/out" || fail "evil: rows not bounded"
 grep -q "malformed metrics lines skipped" "$dir/err" || fail "evil: malformed lines not reported"
+
+# --- adapters prefetch --wait on a terminal (a pty): one line redrawn with \r,
+# percentages that rise, only loradctl's own words, then one plain line; off
+# a terminal only that line. A failed load: its error without control
+# characters, exit 1. (Against fake_admin.py "load": a real load of the demo
+# adapters is over before a second frame.)
+ontty() {   # ontty OUT CMD...: CMD on a pseudo-terminal, what it writes into OUT
+	python3 - "$@" <<'PY'
+import os, pty, sys
+out = open(sys.argv[1], "wb")
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+while True:
+    try:
+        d = os.read(fd, 65536)
+    except OSError:
+        break
+    if not d:
+        break
+    out.write(d)
+_, st = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(st))
+PY
+}
+fake load
+ontty "$dir/out" "$bin/loradctl" --socket "$dir/f.sock" --timeout 5 adapters prefetch big@v1 --wait ||
+	fail "prefetch --wait on a terminal: exit $?"
+python3 - "$dir/out" <<'PY' || fail "progress on a terminal"
+import re, sys
+raw = open(sys.argv[1], "rb").read().decode()
+assert "\x1b[2J" not in raw and "\x1b]" not in raw, repr(raw)
+frames = [f for f in raw.split("\r") if f.strip()]
+shown = [f.replace("\x1b[K", "") for f in frames]
+pcts = [int(m.group(1)) for f in shown for m in [re.search(r"(\d+)% of 4\.0 MiB", f)] if m]
+assert pcts == sorted(pcts) and pcts[0] == 0 and 75 in pcts and len(pcts) >= 3, (pcts, shown)
+words = {f.split()[1] for f in shown[:-1]}
+assert words <= {"reading", "verified", "building", "loading"}, shown
+# the terminal writes the final newline as \r\n
+assert re.fullmatch(r"big@v1: resident after \d+\.\d s\n?", shown[-1]) and raw.endswith("\n"), shown
+PY
+fake load
+"$bin/loradctl" --socket "$dir/f.sock" --timeout 5 adapters prefetch big@v1 --wait >"$dir/out" 2>"$dir/err" ||
+	fail "prefetch --wait off a terminal: exit $?"
+grep -q $'\r' "$dir/out" && fail "a redraw off a terminal"
+grep -Eqx 'big@v1: resident after [0-9]+\.[0-9] s' "$dir/out" || fail "no plain final line"
+[ "$(wc -l <"$dir/out")" = 1 ] || fail "more than the final line off a terminal"
+ontty "$dir/out" "$bin/loradctl" --socket "$dir/f.sock" --timeout 5 adapters prefetch bad@v1 --wait
+[ $? = 1 ] || fail "a failed load on a terminal: not 1"
+grep -q $'\033\]' "$dir/out" && fail "an escape sequence of the error reached the terminal"
+grep -q $'\302\233' "$dir/out" && fail "a C1 control of the error reached the terminal"
+grep -q "bad@v1: ?\]0;pwned?disk on fire?2J" "$dir/out" || fail "the error, cleaned, not shown"
 echo "ok"

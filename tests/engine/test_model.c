@@ -59,6 +59,60 @@ static void test_good_model_loads(void **state)
 	rm_model(dir);
 }
 
+struct progress_seen {
+	unsigned calls;
+	uint64_t first, last, total;
+	int rising, same_total;
+};
+
+static void on_progress(void *ctx, uint64_t done, uint64_t total)
+{
+	struct progress_seen *ps = ctx;
+
+	if (!ps->calls++) {
+		ps->first = done;
+		ps->total = total;
+		ps->rising = ps->same_total = 1;
+	}
+	ps->rising &= done >= ps->last && done <= total;
+	ps->same_total &= total == ps->total;
+	ps->last = done;
+}
+
+/* engine_opts.progress: 0 first, then after each tensor, rising to the
+ * bytes of tensor data in every shard (the model uses all of them) */
+static void test_load_progress(void **state)
+{
+	char *dir = must_model("--shards 3 --dtype bf16");
+	struct progress_seen ps = { 0 };
+	struct engine_opts eo = { .progress = on_progress, .progress_ctx = &ps };
+	struct engine *e = NULL;
+	uint64_t want = 0;
+	unsigned tensors = 0;
+
+	(void)state;
+	for (int i = 1; i <= 3; i++) {
+		char path[4200];
+		struct st_file *f;
+
+		snprintf(path, sizeof(path), "%s/model-%05d-of-00003.safetensors", dir, i);
+		assert_int_equal(st_open(path, &f, err, sizeof(err)), 0);
+		for (int k = 0; k < f->n; k++)
+			want += f->t[k].nbytes;
+		tensors += (unsigned)f->n;
+		st_close(f);
+	}
+	assert_int_equal(engine_load(dir, &eo, &e, err, sizeof(err)), 0);
+	assert_int_equal(ps.first, 0);
+	assert_int_equal(ps.total, want);
+	assert_int_equal(ps.last, want);
+	assert_true(ps.rising);
+	assert_true(ps.same_total);
+	assert_int_equal(ps.calls, tensors + 1);   /* the start, then one per tensor */
+	engine_free(e);
+	rm_model(dir);
+}
+
 static void test_missing_config(void **state)
 {
 	char *dir = must_model("");
@@ -287,6 +341,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_good_model_loads),
+		cmocka_unit_test(test_load_progress),
 		cmocka_unit_test(test_missing_config),
 		cmocka_unit_test(test_truncated_file),
 		cmocka_unit_test(test_unsupported_config),

@@ -1449,9 +1449,9 @@ static void fmodel_open(struct fmodel *fm, const char *args, enum be_dtype t)
 	if (model_open(fm->dir, &fm->m, err, sizeof(err)) < 0)
 		fail_msg("%s", err);
 	fm->vocab = fm->m->cfg.vocab;
-	if (fwd_build(ref, fm->m, F_BLOCKS, 16, 0, &fm->fr, err, sizeof(err)) < 0)
+	if (fwd_build(ref, fm->m, F_BLOCKS, 16, 0, NULL, &fm->fr, err, sizeof(err)) < 0)
 		fail_msg("cpu: %s", err);
-	if (fwd_build(dut, fm->m, F_BLOCKS, 16, 0, &fm->fd, err, sizeof(err)) < 0)
+	if (fwd_build(dut, fm->m, F_BLOCKS, 16, 0, NULL, &fm->fd, err, sizeof(err)) < 0)
 		fail_msg("%s: %s", dut_name, err);
 	for (i = 0; i < 3; i++) {
 		struct adapter *a = NULL;

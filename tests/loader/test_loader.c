@@ -445,7 +445,18 @@ static void test_budget_evict_reload(void **state)
 	assert_int_equal(hs.held, 0);
 	assert_int_equal(hs.loading, 0);
 	assert_int_equal(hs.lent_bytes, 0);
+	/* a look for reports: no reference, no hit counted, no effect on eviction */
+	assert_true(hostpool_has(hp, path[0]));
+	assert_false(hostpool_has(hp, "no such key"));
+	{
+		uint64_t hits = hs.hits;
+
+		hostpool_stats(hp, &hs);
+		assert_int_equal(hs.held, 0);
+		assert_int_equal(hs.hits, hits);
+	}
 	assert_int_equal(hostpool_evict(hp, path[0]), 0);
+	assert_false(hostpool_has(hp, path[0]));
 	assert_int_equal(hostpool_evict(hp, path[0]), -ENOENT);
 	loader_destroy(ld);
 	hostpool_destroy(hp);

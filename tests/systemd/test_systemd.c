@@ -582,6 +582,79 @@ static void test_status_load_progress(void **state)
 	close(nfd);
 }
 
+/*
+ * The base model's load says how far it is, in STATUS= and the log, before
+ * READY=1: a model of about 200 MB (hidden 1024, 8 layers, bf16) that takes
+ * a second or more to convert. "loading model 0%" as it starts, then at
+ * most every 500 ms a percentage that only grows, "loading model 100%"
+ * last, all before READY=1.
+ */
+static void test_status_model_progress(void **state)
+{
+	char notify[300], conf[300], log[300], models[300], cmd[1024], text[1024], buf[512];
+	uint64_t t_first = 0, t_last = 0, t_ready = 0, min_gap = UINT64_MAX;
+	int nfd, last_pct = -1, mid = 0, seen = 0;
+	pid_t pid;
+
+	(void)state;
+	path_in(notify, sizeof(notify), "notify6");
+	path_in(conf, sizeof(conf), "model.conf");
+	path_in(log, sizeof(log), "model.log");
+	path_in(models, sizeof(models), "widemodel");
+	snprintf(cmd, sizeof(cmd),
+		 "%s %s --layers 8 --hidden 1024 --heads 8 --kv-heads 8 --ffn 2816 --vocab 256 "
+		 "--dtype bf16 --seed 5 >/dev/null",
+		 LORAD_MKMODEL, models);
+	assert_int_equal(system(cmd), 0);
+	snprintf(text, sizeof(text),
+		 "[daemon]\nsocket = %s/model.sock\nadmin_socket = %s/model-admin.sock\nmodel = %s\n"
+		 "[limits]\nthreads = 1\n",
+		 dir, dir, models);
+	write_file(conf, text);
+	nfd = dgram_server(notify);
+	struct spawn sp = { .notify = notify, .log = log };
+	const char *args[] = { "--config", conf, NULL };
+	pid = spawn_lorad(&sp, args);
+	for (uint64_t end = now_ms() + 60000; now_ms() < end && !t_ready;) {
+		const char *at;
+		int pct;
+
+		if (!notify_recv(nfd, buf, sizeof(buf), 1000))
+			continue;
+		if (strstr(buf, "READY=1"))
+			t_ready = now_ms();
+		at = strstr(buf, "STATUS=loading model ");
+		if (!at)
+			continue;
+		assert_int_equal(t_ready, 0);       /* before READY=1 */
+		pct = atoi(at + strlen("STATUS=loading model "));
+		assert_true(pct > last_pct);         /* each line a new, higher percentage */
+		assert_true(pct <= 100);
+		if (!seen)
+			assert_int_equal(pct, 0);        /* said as the load begins */
+		else if (pct < 100 && now_ms() - t_last < min_gap)
+			min_gap = now_ms() - t_last;
+		mid += pct > 0 && pct < 100;
+		t_last = now_ms();
+		if (!seen++)
+			t_first = t_last;
+		last_pct = pct;
+	}
+	assert_true(t_ready != 0);
+	assert_true(seen >= 2);
+	assert_int_equal(last_pct, 100);           /* and when it is done */
+	if (min_gap != UINT64_MAX)
+		assert_true(min_gap >= 300);           /* rate-limited: about every 500 ms */
+	if (t_last - t_first > 1500)
+		assert_true(mid > 0);                  /* a long load shows its middle */
+	fprintf(stderr, "model load: %d status lines over %llu ms, %d between 0 and 100\n", seen,
+		(unsigned long long)(t_last - t_first), mid);
+	assert_int_equal(stop_lorad(pid), 0);
+	close(nfd);
+	assert_non_null(strstr(read_file(log), "loading model "));
+	assert_non_null(strstr(read_file(log), ": 100% ("));
+}
+
 /* A bad config at start: lorad refuses to run and names file, line and key. */
 static void test_bad_config_at_start(void **state)
 {
@@ -632,6 +705,7 @@ int main(void)
 		cmocka_unit_test(test_reload_good_and_bad),
 		cmocka_unit_test(test_bad_config_at_start),
 		cmocka_unit_test(test_status_load_progress),
+		cmocka_unit_test(test_status_model_progress),
 	};
 
 	signal(SIGPIPE, SIG_IGN);

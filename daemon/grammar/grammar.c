@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /* Compiling a grammar of any kind, the automaton's accessors, and the cache by text. */
 #include "gram_int.h"
+#include "errmsg.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,20 +22,6 @@ void gram_limits_default(struct gram_limits *l)
 		l->max_work = 300000000ull;
 }
 
-static int gfail(char *err, size_t errlen, int rc, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-static int gfail(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err && errlen) {
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return rc;
-}
-
 int gram_compile(enum gram_kind kind, const char *text, size_t len, const struct gram_limits *lim,
 		 struct gram **out, char *err, size_t errlen)
 {
@@ -51,19 +37,19 @@ int gram_compile(enum gram_kind kind, const char *text, size_t len, const struct
 	if (err && errlen)
 		err[0] = 0;
 	if (kind <= GRAM_NONE || kind >= GRAM__MAX)
-		return gfail(err, errlen, -EINVAL, "unknown grammar kind %d", (int)kind);
+		return err_fail(err, errlen, -EINVAL, "unknown grammar kind %d", (int)kind);
 	if (kind != GRAM_JSON && len > l.max_text)
-		return gfail(err, errlen, -E2BIG, "the %s is %zu bytes, over the limit of %u (max_text)",
+		return err_fail(err, errlen, -E2BIG, "the %s is %zu bytes, over the limit of %u (max_text)",
 			     kind == GRAM_REGEX ? "pattern" : "schema", len, l.max_text);
 	if (kind != GRAM_JSON && (!len || memchr(text, 0, len)))
-		return gfail(err, errlen, -EINVAL, "the %s is empty or holds a NUL byte",
+		return err_fail(err, errlen, -EINVAL, "the %s is empty or holds a NUL byte",
 			     kind == GRAM_REGEX ? "pattern" : "schema");
 	switch (kind) {
 	case GRAM_JSON:
 		json_any_pattern(&b, GRAM_JSON_DEPTH);
 		if (b.oom) {
 			sb_free(&b);
-			return gfail(err, errlen, -ENOMEM, "out of memory");
+			return err_fail(err, errlen, -ENOMEM, "out of memory");
 		}
 		pat = b.p;
 		pat_len = b.n;

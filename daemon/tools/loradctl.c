@@ -260,13 +260,18 @@ static void print_human(const char *cmd, struct json_object *reply)
 		return;
 	}
 	if (json_object_object_get_ex(reply, "adapters", &a)) {
-		printf("%-32s %-9s %-7s %-6s %-14s %s\n", "VERSION", "RESIDENT", "PINNED", "LOADS",
-		       "SHA256", "PATH");
+		printf("%-32s %-9s %-8s %-7s %-6s %-14s %s\n", "VERSION", "RESIDENT", "WHERE", "PINNED",
+		       "LOADS", "SHA256", "PATH");
 		for (size_t i = 0; i < json_object_array_length(a); i++) {
 			struct json_object *v = json_object_array_get_idx(a, i), *x;
+			char where[16];
 
-			printf("%-32s %-9s %-7s %-6s %.12s   %s\n", str(v, "id"),
+			/* where its bytes are (device, host, loading, failed, disk);
+			 * "-" from a daemon that does not say */
+			clean(str(v, "residency"), where, sizeof(where));
+			printf("%-32s %-9s %-8s %-7s %-6s %.12s   %s\n", str(v, "id"),
 			       json_object_object_get_ex(v, "resident", &x) && json_object_get_boolean(x) ? "yes" : "no",
+			       where[0] ? where : "-",
 			       json_object_object_get_ex(v, "pinned", &x) && json_object_get_boolean(x) ? "yes" : "no",
 			       str(v, "loads"), str(v, "sha256"), str(v, "path"));
 		}

@@ -78,6 +78,12 @@ assert a["sql@v1"]["residency"] == "host" and not a["sql@v1"]["resident"], a["sq
 assert a["json@v1"]["residency"] == "device", a["json@v1"]
 assert a["support@v1"]["residency"] == "disk", a["support@v1"]
 PY
+# the same in the table an operator reads
+"$bin/loradctl" --socket "$dir/a.sock" adapters list >"$dir/out" 2>"$dir/err" || fail "adapters list (table)"
+grep -Eq '^VERSION +RESIDENT +WHERE ' "$dir/out" || fail "adapters list: no WHERE column"
+grep -Eq '^sql@v1 +no +host ' "$dir/out" || fail "adapters list: sql@v1 not shown in the host tier"
+grep -Eq '^json@v1 +yes +device ' "$dir/out" || fail "adapters list: json@v1 not shown on the device"
+grep -Eq '^support@v1 +no +disk ' "$dir/out" || fail "adapters list: support@v1 not shown on disk"
 # a request for sql loads it from the host tier (no disk read) and evicts json
 "$bin/lorad-cli" --socket "$dir/l.sock" --skill sql --prompt "Which customers ordered twice?" \
 	--max-tokens 4 >/dev/null 2>&1 || fail "lorad-cli after the eviction"

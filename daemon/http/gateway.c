@@ -326,11 +326,31 @@ static const struct lorad_event *job_failure(const struct job *j)
 	return NULL;
 }
 
+/* OpenAI's usage object over the finished choices: completion tokens, and
+ * prompt tokens as the daemon counted them after its tokenizer
+ * (LORAD_EV_PROMPT: liblorad 2.2 on; an older one leaves them 0). */
+static struct json_object *usage_json(const struct job *j)
+{
+	struct json_object *usage = json_object_new_object();
+	uint64_t tokens = 0, prompt = 0;
+
+	for (unsigned i = 0; i < j->n; i++) {
+		if (!j->ch[i].done)
+			continue;
+		tokens += j->ch[i].fin.n_tokens;
+		if (j->ch[i].fin.flags & LORAD_EV_PROMPT)
+			prompt += j->ch[i].fin.n_prompt;
+	}
+	json_object_object_add(usage, "prompt_tokens", json_object_new_int64((int64_t)prompt));
+	json_object_object_add(usage, "completion_tokens", json_object_new_int64((int64_t)tokens));
+	json_object_object_add(usage, "total_tokens", json_object_new_int64((int64_t)(prompt + tokens)));
+	return usage;
+}
+
 static enum MHD_Result complete_whole(struct MHD_Connection *conn, struct job *j)
 {
 	const struct lorad_event *bad;
-	struct json_object *o, *choices, *usage;
-	uint64_t tokens = 0, prompt = 0;
+	struct json_object *o, *choices;
 
 	while (j->n_done < j->n && !j->dead) {
 		if (mono_ms() >= j->deadline_ms) {
@@ -362,23 +382,13 @@ static enum MHD_Result complete_whole(struct MHD_Connection *conn, struct job *j
 	}
 	o = completion_head(j);
 	choices = json_object_new_array();
-	for (unsigned i = 0; i < j->n; i++) {
+	for (unsigned i = 0; i < j->n; i++)
 		json_object_array_add(choices, choice_json(j, i, j->ch[i].text, j->ch[i].fin.text_len,
 							   finish_name(j->ch[i].fin.finish)));
-		tokens += j->ch[i].fin.n_tokens;
-		/* one choice per prompt; the daemon's count after its tokenizer
-		 * (LORAD_EV_PROMPT: liblorad 2.2 on; an older one leaves it 0) */
-		if (j->ch[i].fin.flags & LORAD_EV_PROMPT)
-			prompt += j->ch[i].fin.n_prompt;
-	}
 	json_object_object_add(o, "choices", choices);
 	if (j->ch[0].fin.version_id[0])
 		json_object_object_add(o, "lorad_version", json_object_new_string(j->ch[0].fin.version_id));
-	usage = json_object_new_object();
-	json_object_object_add(usage, "prompt_tokens", json_object_new_int64((int64_t)prompt));
-	json_object_object_add(usage, "completion_tokens", json_object_new_int64((int64_t)tokens));
-	json_object_object_add(usage, "total_tokens", json_object_new_int64((int64_t)(prompt + tokens)));
-	json_object_object_add(o, "usage", usage);
+	json_object_object_add(o, "usage", usage_json(j));
 	job_free(j);
 	return json_reply(conn, 200, o);
 }
@@ -517,6 +527,14 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 			break;
 		}
 		if (j->n_done == j->submitted) {
+			if (j->req.include_usage) {
+				/* as OpenAI: one more chunk, no choices, the usage */
+				struct json_object *o = completion_head(j);
+
+				json_object_object_add(o, "choices", json_object_new_array());
+				json_object_object_add(o, "usage", usage_json(j));
+				sse_json(j, o);
+			}
 			sse_put(j, "[DONE]");
 			j->done_sent = true;
 			break;

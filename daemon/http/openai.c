@@ -148,8 +148,7 @@ static int response_format(struct json_object *v, struct oa_completion *c, char 
 int oa_parse_completion(const char *body, size_t len, uint32_t max_tokens_cap,
 			struct oa_completion *c, char *err, size_t errlen, char *param, size_t plen)
 {
-	static const char *const refused[] = { "echo", "logprobs", "best_of", "suffix", "logit_bias",
-					       "stream_options" };
+	static const char *const refused[] = { "echo", "logprobs", "best_of", "suffix", "logit_bias" };
 	struct json_tokener *tok = json_tokener_new_ex(OA_DEPTH_FORMAT);
 	struct json_object *root = NULL, *v;
 	double d;
@@ -267,6 +266,36 @@ int oa_parse_completion(const char *body, size_t len, uint32_t max_tokens_cap,
 			goto out;
 		}
 		c->stream = json_object_get_boolean(v);
+	}
+	/* stream_options: {"include_usage": bool}, with a stream only (as OpenAI) */
+	if (json_object_object_get_ex(root, "stream_options", &v) && !json_object_is_type(v, json_type_null)) {
+		struct json_object *u;
+
+		if (!json_object_is_type(v, json_type_object)) {
+			ret = bad(err, errlen, param, plen, "stream_options", "stream_options must be an object");
+			goto out;
+		}
+		if (!c->stream) {
+			ret = bad(err, errlen, param, plen, "stream_options",
+				  "stream_options is only allowed when stream is true");
+			goto out;
+		}
+		json_object_object_foreach(v, okey, oval) {
+			(void)oval;
+			if (strcmp(okey, "include_usage")) {
+				ret = bad(err, errlen, param, plen, "stream_options",
+					  "stream_options takes only include_usage");
+				goto out;
+			}
+		}
+		if (json_object_object_get_ex(v, "include_usage", &u) && !json_object_is_type(u, json_type_null)) {
+			if (!json_object_is_type(u, json_type_boolean)) {
+				ret = bad(err, errlen, param, plen, "stream_options",
+					  "stream_options.include_usage must be true or false");
+				goto out;
+			}
+			c->include_usage = json_object_get_boolean(u);
+		}
 	}
 	if (json_object_object_get_ex(root, "ignore_eos", &v) && !json_object_is_type(v, json_type_null)) {
 		if (!json_object_is_type(v, json_type_boolean)) {

@@ -30,6 +30,7 @@ struct oa_completion {
 	unsigned n_stop;
 	uint64_t seed;             /* 0 when not given */
 	bool stream;
+	bool include_usage;        /* stream_options.include_usage: a last chunk with usage */
 	bool ignore_eos;           /* an extension (as vLLM's): generate max_tokens whatever comes */
 	char user[OA_USER_MAX + 1];
 	size_t user_len;

@@ -144,7 +144,34 @@ for l in lines[:-1]:
     finish = c["finish_reason"] or finish
 assert text == sys.argv[2], (text, sys.argv[2])
 assert finish in ("stop", "length")
+assert not any("usage" in json.loads(l[6:]) for l in lines[:-1]), "usage without include_usage"
 EOF
+	# stream_options.include_usage: one more chunk, no choices, the usage
+	curl -sN -H 'Content-Type: application/json' --data-binary \
+		"{\"model\":\"sql\",\"prompt\":\"$prompt\",\"max_tokens\":24,\"temperature\":0,\"stream\":true,\"stream_options\":{\"include_usage\":true}}" \
+		"$url/v1/completions" >"$dir/sse"
+	python3 - "$dir/sse" "$want" <<'EOF' || fail "stream with include_usage: $(cat "$dir/sse")"
+import json, sys
+lines = [l for l in open(sys.argv[1]).read().split("\n\n") if l.strip()]
+assert lines[-1] == "data: [DONE]", lines[-1]
+last = json.loads(lines[-2][6:])
+assert last["choices"] == [], last
+u = last["usage"]
+assert u["prompt_tokens"] > 0 and u["completion_tokens"] > 0, u
+assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"], u
+text = "".join(json.loads(l[6:])["choices"][0]["text"] for l in lines[:-2])
+assert text == sys.argv[2], (text, sys.argv[2])
+assert not any("usage" in json.loads(l[6:]) for l in lines[:-2])
+EOF
+	check_so() {   # check_so BODY MESSAGE-PART: 400 naming stream_options
+		[ "$(post /v1/completions "$1")" = 400 ] || fail "$1: not 400"
+		[ "$(json 'j["error"]["param"]')" = stream_options ] || fail "$1: param $(cat "$dir/out")"
+		grep -q "$2" "$dir/out" || fail "$1: message $(cat "$dir/out")"
+	}
+	check_so '{"model":"sql","prompt":"x","stream_options":{"include_usage":true}}' "only allowed when stream"
+	check_so '{"model":"sql","prompt":"x","stream":true,"stream_options":{"bogus":1}}' "takes only include_usage"
+	check_so '{"model":"sql","prompt":"x","stream":true,"stream_options":{"include_usage":3}}' "true or false"
+	check_so '{"model":"sql","prompt":"x","stream":true,"stream_options":[]}' "must be an object"
 
 	# a version by its id, past the route: the same answer as the skill's
 	st=$(post /v1/completions "{\"model\":\"sql@v1\",\"prompt\":\"$prompt\",\"max_tokens\":24,\"temperature\":0}")

@@ -224,7 +224,7 @@ struct sample {
 static int run_loader(struct loader *ld, struct hostpool *hp, const char *path, const uint8_t *sha,
 		      size_t size, struct sample *s)
 {
-	struct loader_req q = {.path = path, .key = "bench", .sha256 = sha, .scheme = CHASH_TREE,
+	struct loader_req q = {.path = path, .key = "bench", .sha256 = sha, .scheme = CHASH_NEW,
 			       .hash_chunk = CHASH_CHUNK, .size = size, .reload = true};
 	struct loader_result r;
 	struct pollfd p = {.fd = loader_fd(ld), .events = POLLIN};
@@ -518,8 +518,8 @@ static int e2e_run(const char *dir, const int *sizes, int nsizes, int runs, size
 		       "\"verified_ms_p50\":%.3f,\"verified_gbps_p50\":%.3f,"
 		       "\"verified_ratio_vs_fio\":%.3f,\"build_ms_p50\":%.3f,\"fs\":\"%s\","
 		       "\"dev\":\"%s\"}\n",
-		       sizes[si], (long long)sb.st_size, rank, chunk, qd, chash_name(CHASH_TREE),
-		       CHASH_CHUNK, ne, failed, t50 * 1e3, gbps, f50, f50 > 0 ? gbps / f50 : 0,
+		       sizes[si], (long long)sb.st_size, rank, chunk, qd, chash_name(v->pe->h.scheme),
+		       v->pe->h.hash_chunk, ne, failed, t50 * 1e3, gbps, f50, f50 > 0 ? gbps / f50 : 0,
 		       f50 > 0 && gbps / f50 >= 0.9 ? "true" : "false", v50 * 1e3, vgbps,
 		       f50 > 0 ? vgbps / f50 : 0, (t50 - v50) * 1e3, fs, dev);
 		fflush(stdout);
@@ -640,7 +640,7 @@ int main(int argc, char **argv)
 		int nfio = 0;
 
 		snprintf(path, sizeof(path), "%s/lorad-bench-stream-%zu.safetensors", dir, sizes[si]);
-		if (make_file(path, size) || chash_file(CHASH_TREE, CHASH_CHUNK, path, sha, &fsz)) {
+		if (make_file(path, size) || chash_file(CHASH_NEW, CHASH_CHUNK, path, sha, &fsz)) {
 			fprintf(stderr, "bench_stream: cannot write %s\n", path);
 			rc = 1;
 			unlink(path);

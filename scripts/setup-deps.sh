@@ -7,7 +7,7 @@ pkgs=(
   build-essential cmake pkg-config
   liburing-dev libnuma-dev libcmocka-dev
   libopenblas-dev libjson-c-dev libsystemd-dev libpcre2-dev
-  libutf8proc-dev libinih-dev libssl-dev
+  libutf8proc-dev libinih-dev libssl-dev librust-blake3-dev
   clang libclang-rt-14-dev
   fio systemd
   python3-prometheus-client prometheus

@@ -91,7 +91,7 @@ int registry_save(struct registry *r, char *err, size_t errlen);
  * How files registered as @name@@version (@version NULL or "": derived from
  * the hash) are to be hashed: as the version registered under that id is
  * recorded, so that the two can be compared (an old CHASH_SHA256 version
- * stays one); otherwise CHASH_TREE with CHASH_CHUNK.
+ * stays one); otherwise CHASH_NEW with CHASH_CHUNK.
  */
 void registry_hash_scheme(const struct registry *r, const char *name, const char *version,
 			  enum chash_scheme *scheme, uint32_t *chunk);

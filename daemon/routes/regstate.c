@@ -15,7 +15,7 @@
  * Format 1 (before stable vids) is read too: its versions get vids in file order.
  * "sha256" is the version's identity, "config_sha256" and "weights_sha256"
  * each file's digest, all under the version's "hash_scheme" (chash.h):
- * "sha256-tree" with its "hash_chunk" in bytes; a version without
+ * "blake3-tree" or "sha256-tree" with its "hash_chunk" in bytes; a version without
  * "hash_scheme" was registered before the tree and keeps plain SHA-256
  * (such versions are written back without the two keys, as they were).
  */
@@ -82,7 +82,7 @@ void registry_hash_scheme(const struct registry *r, const char *name, const char
 	char id[ROUTE_NAME_MAX];
 	const struct reg_version *v;
 
-	*scheme = CHASH_TREE;
+	*scheme = CHASH_NEW;
 	*chunk = CHASH_CHUNK;
 	if (!version || !*version)
 		return;   /* an id from the hash: only files hashed alike can have it */
@@ -260,14 +260,15 @@ static int version_from_json(struct jpath *jp, struct json_object *o, int format
 	h.scheme = CHASH_SHA256;
 	h.hash_chunk = 0;
 	if (hs && chash_parse(json_object_get_string(hs), &h.scheme))
-		return bad(jp, "hash_scheme", "must be \"sha256-tree\" or \"sha256\"");
-	if (h.scheme == CHASH_TREE) {
+		return bad(jp, "hash_scheme",
+			   "must be \"blake3-tree\", \"sha256-tree\" or \"sha256\"");
+	if (chash_is_tree(h.scheme)) {
 		if (!chash_chunk_ok(chunk))
 			return bad(jp, "hash_chunk", "must be a power of two from 4096 to 2^30 with "
-				   "hash_scheme sha256-tree");
+				   "a tree hash_scheme");
 		h.hash_chunk = (uint32_t)chunk;
 	} else if (json_object_object_get_ex(o, "hash_chunk", NULL)) {
-		return bad(jp, "hash_chunk", "belongs only to hash_scheme sha256-tree");
+		return bad(jp, "hash_chunk", "belongs only to a tree hash_scheme");
 	}
 	if (!reg_part_ok(name) || !strcmp(name, "base") || !strcmp(name, "auto"))
 		return bad(jp, "name", "must be 1-31 of A-Z a-z 0-9 _ . - and not base or auto");
@@ -718,7 +719,7 @@ int registry_prepare_add(struct registry *r, const char *name, const char *versi
 		}
 		return 0;   /* the same files again: nothing to do */
 	}
-	if (h->scheme != CHASH_TREE) {
+	if (h->scheme != CHASH_NEW) {
 		/* hashed as an old version that has gone since (registry_hash_scheme) */
 		snprintf(err, errlen, "%s was removed while its files were checked; register again",
 			 id);

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include "chash.h"
 
+#include <blake3.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
@@ -9,7 +10,9 @@
 #include <string.h>
 #include <unistd.h>
 
-static const char *const names[] = { [CHASH_SHA256] = "sha256", [CHASH_TREE] = "sha256-tree" };
+static const char *const names[] = {
+	[CHASH_SHA256] = "sha256", [CHASH_TREE] = "sha256-tree", [CHASH_B3TREE] = "blake3-tree",
+};
 static const char *const files[2] = { "adapter_config.json", "adapter_model.safetensors" };
 
 const char *chash_name(enum chash_scheme s)
@@ -25,6 +28,11 @@ int chash_parse(const char *name, enum chash_scheme *out)
 			return 0;
 		}
 	return -EINVAL;
+}
+
+bool chash_is_tree(enum chash_scheme s)
+{
+	return s == CHASH_TREE || s == CHASH_B3TREE;
 }
 
 bool chash_chunk_ok(uint64_t chunk)
@@ -70,24 +78,52 @@ int chash_sha256(const void *p, size_t n, uint8_t out[32])
 	return sha256_v(&p, &n, 1, out);
 }
 
+/* One BLAKE3 digest (32 bytes) over the pieces p[0..n); it cannot fail. */
+static void blake3_v(const void *const *p, const size_t *l, unsigned n, uint8_t out[32])
+{
+	blake3_hasher h;
+
+	blake3_hasher_init(&h);
+	for (unsigned i = 0; i < n; i++)
+		blake3_hasher_update(&h, p[i], l[i]);
+	blake3_hasher_finalize(&h, out, 32);
+}
+
+/* H of the pieces under @s. */
+static int hash_v(enum chash_scheme s, const void *const *p, const size_t *l, unsigned n,
+		  uint8_t out[32])
+{
+	if (s == CHASH_B3TREE) {
+		blake3_v(p, l, n, out);
+		return 0;
+	}
+	return s == CHASH_SHA256 || s == CHASH_TREE ? sha256_v(p, l, n, out) : -EINVAL;
+}
+
+int chash_piece(enum chash_scheme s, const void *p, size_t n, uint8_t out[32])
+{
+	return hash_v(s, &p, &n, 1, out);
+}
+
 static void le64(uint8_t b[8], uint64_t x)
 {
 	for (int i = 0; i < 8; i++)
 		b[i] = (uint8_t)(x >> (8 * i));
 }
 
-int chash_root(uint64_t len, uint32_t chunk, const uint8_t (*dig)[32], uint8_t out[32])
+int chash_root(enum chash_scheme s, uint64_t len, uint32_t chunk, const uint8_t (*dig)[32],
+	       uint8_t out[32])
 {
 	uint8_t head[16];
 	const void *p[2] = { head, dig };
 	size_t l[2] = { sizeof(head), 0 };
 
-	if (!chash_chunk_ok(chunk))
+	if (!chash_is_tree(s) || !chash_chunk_ok(chunk))
 		return -EINVAL;
 	le64(head, len);
 	le64(head + 8, chunk);
 	l[1] = (size_t)chash_nchunks(len, chunk) * 32;
-	return sha256_v(p, l, l[1] ? 2 : 1, out);
+	return hash_v(s, p, l, l[1] ? 2 : 1, out);
 }
 
 int chash_mem(enum chash_scheme s, uint32_t chunk, const void *p, size_t len, uint8_t out[32])
@@ -99,7 +135,7 @@ int chash_mem(enum chash_scheme s, uint32_t chunk, const void *p, size_t len, ui
 
 	if (s == CHASH_SHA256)
 		return chash_sha256(p, len, out);
-	if (s != CHASH_TREE || !chash_chunk_ok(chunk))
+	if (!chash_is_tree(s) || !chash_chunk_ok(chunk))
 		return -EINVAL;
 	n = chash_nchunks(len, chunk);
 	dig = malloc(n ? n * 32 : 1);
@@ -108,10 +144,10 @@ int chash_mem(enum chash_scheme s, uint32_t chunk, const void *p, size_t len, ui
 	for (uint64_t i = 0; i < n && !rc; i++) {
 		size_t off = (size_t)i * chunk;
 
-		rc = chash_sha256(b + off, len - off < chunk ? len - off : chunk, dig[i]);
+		rc = chash_piece(s, b + off, len - off < chunk ? len - off : chunk, dig[i]);
 	}
 	if (!rc)
-		rc = chash_root(len, chunk, (const uint8_t(*)[32])dig, out);
+		rc = chash_root(s, len, chunk, (const uint8_t(*)[32])dig, out);
 	free(dig);
 	return rc;
 }
@@ -119,7 +155,7 @@ int chash_mem(enum chash_scheme s, uint32_t chunk, const void *p, size_t len, ui
 int chash_file(enum chash_scheme s, uint32_t chunk, const char *path, uint8_t out[32],
 	       uint64_t *size)
 {
-	size_t bufsz = s == CHASH_TREE ? chunk : 1u << 20;
+	size_t bufsz = chash_is_tree(s) ? chunk : 1u << 20;
 	unsigned char *buf = NULL;
 	EVP_MD_CTX *c = NULL;
 	uint8_t(*dig)[32] = NULL;
@@ -127,7 +163,7 @@ int chash_file(enum chash_scheme s, uint32_t chunk, const char *path, uint8_t ou
 	unsigned int olen = 32;
 	int fd = -1, rc = 0;
 
-	if ((s != CHASH_SHA256 && s != CHASH_TREE) || (s == CHASH_TREE && !chash_chunk_ok(chunk)))
+	if (s != CHASH_SHA256 && (!chash_is_tree(s) || !chash_chunk_ok(chunk)))
 		return -EINVAL;
 	buf = malloc(bufsz);
 	c = EVP_MD_CTX_new();
@@ -173,7 +209,7 @@ int chash_file(enum chash_scheme s, uint32_t chunk, const char *path, uint8_t ou
 				}
 				dig = p;
 			}
-			if ((rc = chash_sha256(buf, got, dig[n++])))
+			if ((rc = chash_piece(s, buf, got, dig[n++])))
 				goto out;
 		}
 		if (got < bufsz)
@@ -182,7 +218,7 @@ int chash_file(enum chash_scheme s, uint32_t chunk, const char *path, uint8_t ou
 	if (s == CHASH_SHA256)
 		rc = EVP_DigestFinal_ex(c, out, &olen) ? 0 : -EIO;
 	else
-		rc = chash_root(total, chunk, (const uint8_t(*)[32])dig, out);
+		rc = chash_root(s, total, chunk, (const uint8_t(*)[32])dig, out);
 	if (size)
 		*size = total;
 out:

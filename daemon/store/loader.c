@@ -54,7 +54,7 @@ struct load {
 	char msg[320];
 	uint64_t t_start, t_open, t_lock, t_read0, t_read1;
 	/*
-	 * Verification (chash.h). Under CHASH_TREE each chunk of the file is
+	 * Verification (chash.h). Under a tree scheme each chunk of the file is
 	 * hashed on a worker as soon as its last byte is read; under
 	 * CHASH_SHA256 (versions registered before the tree) one worker hashes
 	 * the whole range once it is read. The load finishes when no read and
@@ -73,10 +73,11 @@ struct load {
 	uint64_t t_hashed;        /* the last job came back */
 };
 
-/* One SHA-256 for a worker: a tree chunk, or a whole range (old scheme). */
+/* One digest for a worker: a tree chunk, or a whole range (old scheme). */
 struct hjob {
 	struct wq_item link;
 	struct load *l;
+	enum chash_scheme scheme;
 	const unsigned char *p;
 	size_t n;
 	uint8_t *out;
@@ -446,7 +447,7 @@ static void hash_run(void *ctx, struct wq_item *w)
 	uint64_t t0 = now_ns();
 
 	(void)ctx;
-	j->rc = chash_sha256(j->p, j->n, j->out);
+	j->rc = chash_piece(j->scheme, j->p, j->n, j->out);
 	j->ns = now_ns() - t0;
 }
 
@@ -465,6 +466,7 @@ static void hash_submit(struct loader *ld, struct load *l, uint64_t off, size_t 
 		return;
 	}
 	j->l = l;
+	j->scheme = l->scheme;
 	j->p = l->base + (off - l->aoff);
 	j->n = n;
 	j->out = out;
@@ -486,8 +488,8 @@ static void hash_harvest(struct loader *ld)
 		l->hash_ns += j->ns;
 		l->t_hashed = now_ns();
 		if (j->rc)
-			set_err(l, j->rc, "%s: cannot compute SHA-256: %s", l->rq->r.path,
-				strerror(-j->rc));
+			set_err(l, j->rc, "%s: cannot compute its %s digest: %s", l->rq->r.path,
+				chash_name(j->scheme), strerror(-j->rc));
 		free(j);
 	}
 }
@@ -500,7 +502,7 @@ static void hash_reset(struct load *l)
 	l->hashed = 0;
 	l->hash_ns = 0;
 	l->whole_started = false;
-	if (!r->sha256 || l->scheme != CHASH_TREE || l->err)
+	if (!r->sha256 || !chash_is_tree(l->scheme) || l->err)
 		return;
 	l->nchunks = chash_nchunks(l->tend, l->hchunk);
 	free(l->left);
@@ -640,9 +642,9 @@ static void finish(struct loader *ld, struct load *l)
 			char hg[65], he[65];
 			int rc;
 
-			if (l->scheme == CHASH_TREE)
+			if (chash_is_tree(l->scheme))
 				rc = l->hashed == l->nchunks
-					     ? chash_root(l->tend, l->hchunk,
+					     ? chash_root(l->scheme, l->tend, l->hchunk,
 							  (const uint8_t(*)[32])l->dig, got)
 					     : -EIO;
 			else
@@ -996,7 +998,7 @@ int loader_submit(struct loader *ld, const struct loader_req *r)
 		return -EINVAL;
 	/* a tree covers a whole file, cut from its first byte */
 	if (r->sha256 && r->scheme != CHASH_SHA256 &&
-	    (r->scheme != CHASH_TREE || !chash_chunk_ok(r->hash_chunk) || r->length))
+	    (!chash_is_tree(r->scheme) || !chash_chunk_ok(r->hash_chunk) || r->length))
 		return -EINVAL;
 	q = calloc(1, sizeof(*q));
 	if (!q)

@@ -53,9 +53,9 @@ struct loader_req {
 	const char *path;       /* the file (copied) */
 	const char *key;        /* host-tier key ("sql@v7"); NULL: the path */
 	const uint8_t *sha256;  /* expected digest (32 bytes) under `scheme`; NULL: none */
-	enum chash_scheme scheme; /* CHASH_SHA256 (plain, of the bytes loaded) or CHASH_TREE
+	enum chash_scheme scheme; /* CHASH_SHA256 (plain, of the bytes loaded) or a tree
 				   * (of the whole file: length must be 0) */
-	uint32_t hash_chunk;    /* CHASH_TREE: the chunk size recorded with the digest */
+	uint32_t hash_chunk;    /* a tree: the chunk size recorded with the digest */
 	uint64_t size;          /* expected file size, 0: not known */
 	uint64_t offset;        /* a byte range of the file; length 0: the whole file */
 	uint64_t length;

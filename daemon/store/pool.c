@@ -346,12 +346,12 @@ int pool_read_files(const char *dir, uint64_t max_bytes, const volatile int *can
 	/* each file's digest, for the loader, and the version's identity over
 	 * both (chash.h) */
 	h->scheme = scheme;
-	h->hash_chunk = scheme == CHASH_TREE ? chunk : 0;
+	h->hash_chunk = chash_is_tree(scheme) ? chunk : 0;
 	for (int k = 0; k < 2 && !ret; k++)
 		ret = chash_mem(scheme, chunk, data[k], (size_t)len[k], k ? h->st_sha : h->cfg_sha);
 	for (int k = 0; k < 2; k++) {
-		x[k] = scheme == CHASH_TREE ? (const void *)(k ? h->st_sha : h->cfg_sha) : data[k];
-		xlen[k] = scheme == CHASH_TREE ? 32 : (size_t)len[k];
+		x[k] = chash_is_tree(scheme) ? (const void *)(k ? h->st_sha : h->cfg_sha) : data[k];
+		xlen[k] = chash_is_tree(scheme) ? 32 : (size_t)len[k];
 	}
 	if (!ret)
 		ret = chash_identity(x, xlen, id);

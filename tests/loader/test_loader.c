@@ -34,6 +34,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <blake3.h>
 #include <openssl/evp.h>
 
 #include "hostpool.h"
@@ -803,30 +804,54 @@ static void test_destroy_busy(void **state)
 
 /* ---- the content hash: the tree of chunk digests ---------------------- */
 
-/* The root as chash.h defines it, computed here without lorad's code:
- * SHA-256(u64le(L) ‖ u64le(C) ‖ SHA-256(chunk 0) ‖ …). */
-static void oracle_root(const unsigned char *b, size_t len, uint32_t c, uint8_t out[32])
+/* H of one piece under a tree scheme, computed here without lorad's code:
+ * OpenSSL's SHA-256, or BLAKE3's own hasher. */
+static void oracle_h(enum chash_scheme sc, const void *const *p, const size_t *l, int n,
+		     uint8_t out[32])
 {
-	EVP_MD_CTX *top = EVP_MD_CTX_new();
-	unsigned char head[16];
-	unsigned int dl = 32;
+	if (sc == CHASH_B3TREE) {
+		blake3_hasher h;
 
-	assert_non_null(top);
+		blake3_hasher_init(&h);
+		for (int i = 0; i < n; i++)
+			blake3_hasher_update(&h, p[i], l[i]);
+		blake3_hasher_finalize(&h, out, 32);
+	} else {
+		EVP_MD_CTX *c = EVP_MD_CTX_new();
+		unsigned int dl = 32;
+
+		assert_int_equal(sc, CHASH_TREE);
+		assert_non_null(c);
+		assert_true(EVP_DigestInit_ex(c, EVP_sha256(), NULL));
+		for (int i = 0; i < n; i++)
+			assert_true(EVP_DigestUpdate(c, p[i], l[i]));
+		assert_true(EVP_DigestFinal_ex(c, out, &dl));
+		EVP_MD_CTX_free(c);
+	}
+}
+
+/* The root as chash.h defines it: H(u64le(L) ‖ u64le(C) ‖ H(chunk 0) ‖ …). */
+static void oracle_root(enum chash_scheme sc, const unsigned char *b, size_t len, uint32_t c,
+			uint8_t out[32])
+{
+	size_t n = len / c + (len % c != 0);
+	unsigned char head[16], (*d)[32] = malloc((n ? n : 1) * 32);
+	const void *p[2] = { head, d };
+	size_t l[2] = { 16, n * 32 };
+
+	assert_non_null(d);
 	for (int i = 0; i < 8; i++) {
 		head[i] = (unsigned char)((uint64_t)len >> (8 * i));
 		head[8 + i] = (unsigned char)((uint64_t)c >> (8 * i));
 	}
-	assert_true(EVP_DigestInit_ex(top, EVP_sha256(), NULL));
-	assert_true(EVP_DigestUpdate(top, head, 16));
-	for (size_t off = 0; off < len; off += c) {
-		unsigned char d[32];
+	for (size_t i = 0; i < n; i++) {
+		const void *q = b + i * c;
+		size_t ql = len - i * c < c ? len - i * c : c;
 
-		assert_true(EVP_Digest(b + off, len - off < c ? len - off : c, d, &dl, EVP_sha256(),
-				       NULL));
-		assert_true(EVP_DigestUpdate(top, d, 32));
+		oracle_h(sc, &q, &ql, 1, d[i]);
 	}
-	assert_true(EVP_DigestFinal_ex(top, out, &dl));
-	EVP_MD_CTX_free(top);
+	oracle_h(sc, p, l, n ? 2 : 1, out);
+	free(d);
 }
 
 static void write_bytes(const char *path, const unsigned char *b, size_t len)
@@ -839,10 +864,10 @@ static void write_bytes(const char *path, const unsigned char *b, size_t len)
 	close(fd);
 }
 
-static struct loader_result load_tree(struct loader *ld, const char *path, const uint8_t root[32],
-				      uint32_t c, uint64_t size)
+static struct loader_result load_tree(struct loader *ld, enum chash_scheme sc, const char *path,
+				      const uint8_t root[32], uint32_t c, uint64_t size)
 {
-	struct loader_req q = {.path = path, .sha256 = root, .scheme = CHASH_TREE, .hash_chunk = c,
+	struct loader_req q = {.path = path, .sha256 = root, .scheme = sc, .hash_chunk = c,
 			       .size = size, .reload = true, .raw = true, .token = 7};
 
 	assert_int_equal(loader_submit(ld, &q), 0);
@@ -866,22 +891,42 @@ static void test_tree_definition(void **state)
 		uint8_t want[32], got[32], other[32];
 		uint64_t size = 99;
 
-		oracle_root(b, sizes[k], (uint32_t)c, want);
-		assert_int_equal(chash_mem(CHASH_TREE, (uint32_t)c, b, sizes[k], got), 0);
-		assert_memory_equal(got, want, 32);
 		write_bytes(path, b, sizes[k]);
-		assert_int_equal(chash_file(CHASH_TREE, (uint32_t)c, path, got, &size), 0);
-		assert_memory_equal(got, want, 32);
-		assert_int_equal(size, sizes[k]);
-		/* another chunk size gives another root, even for one chunk */
-		assert_int_equal(chash_mem(CHASH_TREE, 64u << 10, b, sizes[k], other), 0);
-		assert_memory_not_equal(other, want, 32);
+		for (int t = 0; t < 2; t++) {
+			enum chash_scheme sc = t ? CHASH_TREE : CHASH_B3TREE;
+			uint8_t twin[32];
+
+			oracle_root(sc, b, sizes[k], (uint32_t)c, want);
+			assert_int_equal(chash_mem(sc, (uint32_t)c, b, sizes[k], got), 0);
+			assert_memory_equal(got, want, 32);
+			assert_int_equal(chash_file(sc, (uint32_t)c, path, got, &size), 0);
+			assert_memory_equal(got, want, 32);
+			assert_int_equal(size, sizes[k]);
+			/* another chunk size gives another root, even for one chunk */
+			assert_int_equal(chash_mem(sc, 64u << 10, b, sizes[k], other), 0);
+			assert_memory_not_equal(other, want, 32);
+			/* and the other tree scheme another root */
+			assert_int_equal(chash_mem(t ? CHASH_B3TREE : CHASH_TREE, (uint32_t)c, b,
+						   sizes[k], twin), 0);
+			assert_memory_not_equal(twin, want, 32);
+		}
 		/* and the old scheme is plain SHA-256 */
 		assert_int_equal(chash_mem(CHASH_SHA256, 0, b, sizes[k], got), 0);
 		assert_true(EVP_Digest(b, sizes[k], other, NULL, EVP_sha256(), NULL));
 		assert_memory_equal(got, other, 32);
 	}
 	assert_int_equal(chash_mem(CHASH_TREE, 3000, b, 10, b), -EINVAL);
+	assert_int_equal(chash_mem(CHASH_B3TREE, 3000, b, 10, b), -EINVAL);
+	assert_int_equal(chash_mem((enum chash_scheme)7, CHASH_CHUNK, b, 10, b), -EINVAL);
+	/* the names state.json records */
+	{
+		enum chash_scheme sc;
+
+		assert_int_equal(chash_parse("blake3-tree", &sc), 0);
+		assert_int_equal(sc, CHASH_B3TREE);
+		assert_string_equal(chash_name(CHASH_NEW), "blake3-tree");
+		assert_int_equal(chash_parse("blake3", &sc), -EINVAL);
+	}
 	free(b);
 }
 
@@ -921,7 +966,10 @@ static void test_tree_verify(void **state)
 
 	snprintf(path, sizeof(path), "%s/tree.bin", disk_dir);
 	snprintf(other, sizeof(other), "%s/tree-other.bin", disk_dir);
-	for (size_t i = 0; i < sizeof(cfg) / sizeof(cfg[0]); i++) {
+	for (size_t it = 0; it < 2 * sizeof(cfg) / sizeof(cfg[0]); it++) {
+		/* each configuration under both tree schemes */
+		size_t i = it / 2;
+		enum chash_scheme sc = it % 2 ? CHASH_TREE : CHASH_B3TREE;
 		struct loader_opts o = {.pool = hp, .chunk = cfg[i].chunk, .qd = cfg[i].qd,
 					.no_direct = cfg[i].no_direct,
 					.hash_threads = cfg[i].hash_threads};
@@ -938,9 +986,9 @@ static void test_tree_verify(void **state)
 			assert_non_null(b);
 			for (size_t j = 0; j < len; j++)
 				b[j] = (unsigned char)((j + k + i) * 0x9e3779b1u >> 11);
-			oracle_root(b, len, c, root);
+			oracle_root(sc, b, len, c, root);
 			write_bytes(path, b, len);
-			r = load_tree(ld, path, root, c, len);
+			r = load_tree(ld, sc, path, root, c, len);
 			if (r.status)
 				fail_msg("%zu bytes, cfg %zu: %s", len, i, r.err);
 			assert_int_equal(r.len, len);
@@ -952,7 +1000,7 @@ static void test_tree_verify(void **state)
 			if (files[k].flip != SIZE_MAX) {
 				b[files[k].flip] ^= 0x01;
 				write_bytes(path, b, len);
-				r = load_tree(ld, path, root, c, len);
+				r = load_tree(ld, sc, path, root, c, len);
 				if (r.status != -EBADMSG)
 					fail_msg("%zu bytes, byte %zu changed, cfg %zu: status %d (%s)",
 						 len, files[k].flip, i, r.status, r.err);
@@ -962,22 +1010,26 @@ static void test_tree_verify(void **state)
 				b[files[k].flip] ^= 0x01;
 			} else {
 				/* the empty file against another file's root */
-				oracle_root((const unsigned char *)"x", 1, c, wrong);
-				r = load_tree(ld, path, wrong, c, len);
+				oracle_root(sc, (const unsigned char *)"x", 1, c, wrong);
+				r = load_tree(ld, sc, path, wrong, c, len);
 				assert_int_equal(r.status, -EBADMSG);
 			}
 			/* the loader goes on: another file loads and verifies */
 			write_bytes(other, b, len);
-			r = load_tree(ld, other, root, c, len);
+			r = load_tree(ld, sc, other, root, c, len);
 			if (r.status)
 				fail_msg("after a failure: %s", r.err);
 			hostpool_put(hp, r.buf);
 			/* the root under the wrong chunk size is refused */
-			oracle_root(b, len, 64u << 10, wrong);
-			r = load_tree(ld, other, wrong, 64u << 10, len);
+			oracle_root(sc, b, len, 64u << 10, wrong);
+			r = load_tree(ld, sc, other, wrong, 64u << 10, len);
 			assert_int_equal(r.status, 0);
 			hostpool_put(hp, r.buf);
-			r = load_tree(ld, other, wrong, c, len);
+			r = load_tree(ld, sc, other, wrong, c, len);
+			assert_int_equal(r.status, -EBADMSG);
+			/* and the root under the other tree scheme */
+			oracle_root(it % 2 ? CHASH_B3TREE : CHASH_TREE, b, len, c, wrong);
+			r = load_tree(ld, sc, other, wrong, c, len);
 			assert_int_equal(r.status, -EBADMSG);
 			free(b);
 		}
@@ -985,7 +1037,7 @@ static void test_tree_verify(void **state)
 		 * one, is refused at once */
 		{
 			uint8_t root[32] = {0};
-			struct loader_req q = {.path = path, .sha256 = root, .scheme = CHASH_TREE,
+			struct loader_req q = {.path = path, .sha256 = root, .scheme = sc,
 					       .hash_chunk = c, .offset = 0, .length = 10};
 
 			assert_int_equal(loader_submit(ld, &q), -EINVAL);
@@ -1065,7 +1117,7 @@ static void test_spares(void **state)
 	assert_int_equal(chash_file(CHASH_TREE, CHASH_CHUNK, b, rb, &sb), 0);
 	assert_int_equal(chash_file(CHASH_TREE, CHASH_CHUNK, small, rs, &ss), 0);
 
-	r = load_tree(ld, a, ra, CHASH_CHUNK, sa);
+	r = load_tree(ld, CHASH_TREE, a, ra, CHASH_CHUNK, sa);
 	assert_int_equal(r.status, 0);
 	cap = hp_cap(r.buf);
 	hostpool_put(hp, r.buf);
@@ -1080,7 +1132,7 @@ static void test_spares(void **state)
 	}
 
 	/* B, a little smaller than A, takes A's memory and gets its own bytes */
-	r = load_tree(ld, b, rb, CHASH_CHUNK, sb);
+	r = load_tree(ld, CHASH_TREE, b, rb, CHASH_CHUNK, sb);
 	if (r.status)
 		fail_msg("%s", r.err);
 	hostpool_stats(hp, &hs);
@@ -1094,7 +1146,7 @@ static void test_spares(void **state)
 	hostpool_put(hp, r.buf);
 
 	/* a load that fails verification leaves its buffer as the spare */
-	r = load_tree(ld, a, rb, CHASH_CHUNK, sa);
+	r = load_tree(ld, CHASH_TREE, a, rb, CHASH_CHUNK, sa);
 	assert_int_equal(r.status, -EBADMSG);
 	hostpool_stats(hp, &hs);
 	assert_int_equal(hs.spare_bytes, cap);
@@ -1102,7 +1154,7 @@ static void test_spares(void **state)
 
 	/* a much smaller file does not take it; its room comes from the spare
 	 * before any entry is evicted */
-	r = load_tree(ld, small, rs, CHASH_CHUNK, ss);
+	r = load_tree(ld, CHASH_TREE, small, rs, CHASH_CHUNK, ss);
 	assert_int_equal(r.status, 0);
 	hostpool_stats(hp, &hs);
 	assert_int_equal(hs.reuses, 1);

@@ -291,6 +291,59 @@ static void old_hashes(const char *dir, char id[65], char cfg[65], char st[65])
 	EVP_MD_CTX_free(all);
 }
 
+/* The hashes a daemon recorded for @dir under "sha256-tree" (before
+ * BLAKE3), from chash.h's definition: per file SHA-256(u64le(L) ‖ u64le(C)
+ * ‖ SHA-256 of each 1 MiB chunk), the identity SHA-256 over each file's name,
+ * a NUL and its root. */
+static void tree_hashes(const char *dir, char id[65], char cfg[65], char st[65])
+{
+	static const char *const fn[2] = { "adapter_config.json", "adapter_model.safetensors" };
+	const size_t c = 1u << 20;
+	EVP_MD_CTX *all = EVP_MD_CTX_new();
+	unsigned char d[32], root[32];
+	unsigned int dl = 32;
+
+	assert_true(EVP_DigestInit_ex(all, EVP_sha256(), NULL));
+	for (int k = 0; k < 2; k++) {
+		EVP_MD_CTX *top = EVP_MD_CTX_new();
+		unsigned char head[16], *b;
+		char p[512];
+		struct stat sb;
+		size_t len;
+		int fd;
+
+		snprintf(p, sizeof(p), "%s/%s", dir, fn[k]);
+		fd = open(p, O_RDONLY);
+		assert_true(fd >= 0);
+		assert_int_equal(fstat(fd, &sb), 0);
+		len = (size_t)sb.st_size;
+		b = malloc(len + 1);
+		assert_non_null(b);
+		assert_int_equal(read(fd, b, len), sb.st_size);
+		close(fd);
+		for (int i = 0; i < 8; i++) {
+			head[i] = (unsigned char)((uint64_t)len >> (8 * i));
+			head[8 + i] = (unsigned char)((uint64_t)c >> (8 * i));
+		}
+		assert_true(EVP_DigestInit_ex(top, EVP_sha256(), NULL));
+		assert_true(EVP_DigestUpdate(top, head, 16));
+		for (size_t off = 0; off < len; off += c) {
+			assert_true(EVP_Digest(b + off, len - off < c ? len - off : c, d, &dl,
+					       EVP_sha256(), NULL));
+			assert_true(EVP_DigestUpdate(top, d, 32));
+		}
+		assert_true(EVP_DigestFinal_ex(top, root, &dl));
+		EVP_MD_CTX_free(top);
+		hex32(root, k ? st : cfg);
+		assert_true(EVP_DigestUpdate(all, fn[k], strlen(fn[k]) + 1));
+		assert_true(EVP_DigestUpdate(all, root, 32));
+		free(b);
+	}
+	assert_true(EVP_DigestFinal_ex(all, d, &dl));
+	hex32(d, id);
+	EVP_MD_CTX_free(all);
+}
+
 /* The version @id in @state's state.json, or NULL (a reference into @root). */
 static struct json_object *state_version(struct json_object *root, const char *id)
 {
@@ -331,29 +384,37 @@ static void test_old_scheme_state(void **state)
 	assert_int_equal(rt_daemon_start(&d, models.model, args), 0);
 	assert_int_equal(rt_daemon_stop(&d), 0);
 
-	/* what this daemon records: the tree, with its chunk size */
+	/* what this daemon records: the BLAKE3 tree, with its chunk size */
 	snprintf(path, sizeof(path), "%s/state.json", d.state);
 	root = json_object_from_file(path);
 	assert_non_null(root);
 	v = state_version(root, "sql@v1");
 	assert_non_null(v);
 	assert_true(json_object_object_get_ex(v, "hash_scheme", &x));
-	assert_string_equal(json_object_get_string(x), "sha256-tree");
+	assert_string_equal(json_object_get_string(x), "blake3-tree");
 	assert_true(json_object_object_get_ex(v, "hash_chunk", &x));
 	assert_int_equal(json_object_get_int64(x), 1 << 20);
 
-	/* the state as a daemon before the tree wrote it */
+	/* the state as daemons before wrote it: sql@v1 before the tree (plain
+	 * SHA-256), chat@v1 before BLAKE3 (the tree under SHA-256) */
 	for (int k = 0; k < 2; k++) {
 		char id[65], cfg[65], st[65];
 
 		v = state_version(root, k ? "chat@v1" : "sql@v1");
 		assert_non_null(v);
-		old_hashes(k ? chat : sql, id, cfg, st);
+		if (k)
+			tree_hashes(chat, id, cfg, st);
+		else
+			old_hashes(sql, id, cfg, st);
 		json_object_object_add(v, "sha256", json_object_new_string(id));
 		json_object_object_add(v, "config_sha256", json_object_new_string(cfg));
 		json_object_object_add(v, "weights_sha256", json_object_new_string(st));
-		json_object_object_del(v, "hash_scheme");
-		json_object_object_del(v, "hash_chunk");
+		if (k) {
+			json_object_object_add(v, "hash_scheme", json_object_new_string("sha256-tree"));
+		} else {
+			json_object_object_del(v, "hash_scheme");
+			json_object_object_del(v, "hash_chunk");
+		}
 	}
 	assert_int_equal(json_object_to_file_ext(path, root, JSON_C_TO_STRING_PLAIN), 0);
 	json_object_put(root);
@@ -366,8 +427,12 @@ static void test_old_scheme_state(void **state)
 	assert_true(rt_admin_ok(d.admin, line));
 	snprintf(line, sizeof(line), "{\"cmd\":\"adapters_add\",\"id\":\"sql@v1\",\"path\":\"%s\"}", sql3);
 	assert_true(admin_refused(d.admin, line, "sql@v1 is registered with other files"));
+	snprintf(line, sizeof(line), "{\"cmd\":\"adapters_add\",\"id\":\"chat@v1\",\"path\":\"%s\"}", chat);
+	assert_true(rt_admin_ok(d.admin, line));
+	snprintf(line, sizeof(line), "{\"cmd\":\"adapters_add\",\"id\":\"chat@v1\",\"path\":\"%s\"}", sql3);
+	assert_true(admin_refused(d.admin, line, "chat@v1 is registered with other files"));
 
-	/* both old versions load, verified with plain SHA-256 */
+	/* both old versions load, verified under their own schemes */
 	assert_int_equal(lorad_connect(d.sock, NULL, &c), 0);
 	assert_int_equal(generate(c, "sql", &fin), 0);
 	assert_int_equal(fin.res, 0);
@@ -378,7 +443,7 @@ static void test_old_scheme_state(void **state)
 	assert_int_equal(fin.res, -EBADMSG);
 	assert_true(rt_log_has(&d, "adapter chat@v1 not loaded"));
 	snprintf(line, sizeof(line), "%s/adapter_model.safetensors: changed since it was registered "
-		 "(sha256 ", chat);
+		 "(sha256-tree ", chat);
 	assert_true(rt_log_has(&d, line));
 	/* and the daemon serves on */
 	assert_int_equal(generate(c, "sql", &fin), 0);
@@ -398,9 +463,13 @@ static void test_old_scheme_state(void **state)
 	root = json_object_from_file(path);
 	assert_non_null(root);
 	assert_false(json_object_object_get_ex(state_version(root, "sql@v1"), "hash_scheme", NULL));
-	assert_false(json_object_object_get_ex(state_version(root, "chat@v1"), "hash_chunk", NULL));
-	assert_true(json_object_object_get_ex(state_version(root, "sql@v3"), "hash_scheme", &x));
+	assert_false(json_object_object_get_ex(state_version(root, "sql@v1"), "hash_chunk", NULL));
+	assert_true(json_object_object_get_ex(state_version(root, "chat@v1"), "hash_scheme", &x));
 	assert_string_equal(json_object_get_string(x), "sha256-tree");
+	assert_true(json_object_object_get_ex(state_version(root, "chat@v1"), "hash_chunk", &x));
+	assert_int_equal(json_object_get_int64(x), 1 << 20);
+	assert_true(json_object_object_get_ex(state_version(root, "sql@v3"), "hash_scheme", &x));
+	assert_string_equal(json_object_get_string(x), "blake3-tree");
 	json_object_put(root);
 	assert_int_equal(rt_daemon_stop(&d), 0);
 	rt_daemon_cleanup(&d);

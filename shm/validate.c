@@ -23,6 +23,17 @@ static int span_ok(uint32_t off, uint32_t len, uint32_t size)
 	return (uint64_t)off + len <= size;
 }
 
+/* A record of @size bytes at @off, after an entry's output ids: inside the
+ * arena and clear of the prompt (the daemon writes it while it may still
+ * read the prompt). @off is 64-bit: the *_off helpers sum 32-bit fields. */
+static int trailer_ok(const struct lorad_sqe *e, uint64_t off, size_t size,
+		      const struct sqe_limits *lim)
+{
+	return off + size <= lim->arena_size &&
+	       !(e->prompt_len && off < (uint64_t)e->prompt_off + e->prompt_len &&
+		 e->prompt_off < off + size);
+}
+
 int skill_name_ok(const char *s, unsigned cap)
 {
 	for (unsigned i = 0; i < cap; i++) {
@@ -100,33 +111,18 @@ int sqe_validate(const struct lorad_sqe *e, const struct sqe_limits *lim,
 	if ((e->ext_len || e->ext_off) &&
 	    (!e->ext_len || e->ext_off % 4 || !span_ok(e->ext_off, e->ext_len, lim->arena_size)))
 		BAD(LORAD_FIELD_EXT, -EINVAL);
-	/* the served record follows the output ids: in the arena, clear of the prompt */
-	if (e->flags & LORAD_SQE_F_SERVED) {
-		uint64_t so = lorad_served_off(e);
-
-		if (so + sizeof(struct lorad_served) > lim->arena_size ||
-		    (e->prompt_len && so < (uint64_t)e->prompt_off + e->prompt_len &&
-		     e->prompt_off < so + sizeof(struct lorad_served)))
-			BAD(LORAD_FIELD_OUTPUT, -EINVAL);
-	}
-	/* so does the result request, after the served record */
-	if (e->flags & LORAD_SQE_F_RESULT) {
-		uint64_t ro = lorad_result_req_off(e);
-
-		if (ro + sizeof(struct lorad_result_req) > lim->arena_size ||
-		    (e->prompt_len && ro < (uint64_t)e->prompt_off + e->prompt_len &&
-		     e->prompt_off < ro + sizeof(struct lorad_result_req)))
-			BAD(LORAD_FIELD_RESULT, -EINVAL);
-	}
-	/* and the grammar request, after the result request */
-	if (e->flags & LORAD_SQE_F_GRAMMAR) {
-		uint64_t go = lorad_grammar_req_off(e);
-
-		if (go + sizeof(struct lorad_grammar_req) > lim->arena_size ||
-		    (e->prompt_len && go < (uint64_t)e->prompt_off + e->prompt_len &&
-		     e->prompt_off < go + sizeof(struct lorad_grammar_req)))
-			BAD(LORAD_FIELD_GRAMMAR, -EINVAL);
-	}
+	/* the records that follow the output ids — the served record, then the
+	 * result request, then the grammar request: in the arena, clear of the
+	 * prompt */
+	if ((e->flags & LORAD_SQE_F_SERVED) &&
+	    !trailer_ok(e, lorad_served_off(e), sizeof(struct lorad_served), lim))
+		BAD(LORAD_FIELD_OUTPUT, -EINVAL);
+	if ((e->flags & LORAD_SQE_F_RESULT) &&
+	    !trailer_ok(e, lorad_result_req_off(e), sizeof(struct lorad_result_req), lim))
+		BAD(LORAD_FIELD_RESULT, -EINVAL);
+	if ((e->flags & LORAD_SQE_F_GRAMMAR) &&
+	    !trailer_ok(e, lorad_grammar_req_off(e), sizeof(struct lorad_grammar_req), lim))
+		BAD(LORAD_FIELD_GRAMMAR, -EINVAL);
 	if (!isfinite(e->temperature) || e->temperature < 0.0f || e->temperature > 100.0f ||
 	    !prob_ok(e->top_p) || !prob_ok(e->min_p) ||
 	    !isfinite(e->repetition_penalty) || e->repetition_penalty < 0.0f ||
@@ -230,6 +226,32 @@ static int grammar_load(const struct lorad_sqe *e, const unsigned char *arena,
 	return 0;
 }
 
+/* The result and the grammar requests (placed by sqe_validate()), each
+ * loaded clear of the @n_keep ranges of @keep (room for two more); a result
+ * buffer in the arena joins them before the grammar request is checked.
+ * Returns 0; -EINVAL with *field naming the request; -ENOMEM with *field
+ * LORAD_FIELD_NONE. */
+static int requests_load(const struct lorad_sqe *e, const unsigned char *arena,
+			 const struct sqe_limits *lim, uint64_t (*keep)[2], int n_keep,
+			 struct sqe_ext *x, enum lorad_field *field)
+{
+	int rc;
+
+	*field = LORAD_FIELD_RESULT;
+	if (e->flags & LORAD_SQE_F_RESULT) {
+		if (result_load(e, arena, lim, keep, n_keep, x))
+			return -EINVAL;
+		if (x->result_where == LORAD_RESULTS_ARENA) {
+			keep[n_keep][0] = x->result_off;
+			keep[n_keep++][1] = x->result_off + x->result_len;
+		}
+	}
+	*field = LORAD_FIELD_GRAMMAR;
+	if ((e->flags & LORAD_SQE_F_GRAMMAR) && (rc = grammar_load(e, arena, lim, keep, n_keep, x)))
+		return rc == -ENOMEM ? (*field = LORAD_FIELD_NONE, rc) : rc;
+	return 0;
+}
+
 int sqe_ext_load(const struct lorad_sqe *e, const unsigned char *arena,
 		 const struct sqe_limits *lim, struct sqe_ext *x, enum lorad_field *field)
 {
@@ -264,16 +286,8 @@ int sqe_ext_load(const struct lorad_sqe *e, const unsigned char *arena,
 	    keep[2][0] < lorad_grammar_req_off(e) + sizeof(struct lorad_grammar_req))
 		return -EINVAL;   /* ... or under the grammar request */
 	if (!e->ext_len) {
-		*field = LORAD_FIELD_RESULT;
-		if (result && result_load(e, arena, lim, keep, n_keep, x))
-			return -EINVAL;
-		if (result && x->result_where == LORAD_RESULTS_ARENA) {
-			keep[n_keep][0] = x->result_off;
-			keep[n_keep++][1] = x->result_off + x->result_len;
-		}
-		*field = LORAD_FIELD_GRAMMAR;
-		if (grammar && (rc = grammar_load(e, arena, lim, keep, n_keep, x)))
-			goto gram_err;
+		if ((rc = requests_load(e, arena, lim, keep, n_keep, x, field)))
+			return rc;
 		*field = LORAD_FIELD_NONE;
 		return 0;
 	}
@@ -319,16 +333,8 @@ int sqe_ext_load(const struct lorad_sqe *e, const unsigned char *arena,
 			keep[n_keep][0] = w[i].off;
 			keep[n_keep++][1] = w[i].off + w[i].len;
 		}
-	*field = LORAD_FIELD_RESULT;
-	if (result && result_load(e, arena, lim, keep, n_keep, x))
-		return -EINVAL;
-	if (result && x->result_where == LORAD_RESULTS_ARENA) {
-		keep[n_keep][0] = x->result_off;
-		keep[n_keep++][1] = x->result_off + x->result_len;
-	}
-	*field = LORAD_FIELD_GRAMMAR;
-	if (grammar && (rc = grammar_load(e, arena, lim, keep, n_keep, x)))
-		return rc == -ENOMEM ? (*field = LORAD_FIELD_NONE, rc) : rc;
+	if ((rc = requests_load(e, arena, lim, keep, n_keep, x, field)))
+		return rc;
 	x->min_tokens = h.min_tokens;
 	x->text_off = h.text_len ? h.text_off : 0;
 	x->text_len = h.text_len;
@@ -371,10 +377,6 @@ bad:
 	sqe_ext_free(x);
 	*field = LORAD_FIELD_EXT;
 	return -EINVAL;
-gram_err:
-	if (rc == -ENOMEM)
-		*field = LORAD_FIELD_NONE;
-	return rc;
 nomem:
 	sqe_ext_free(x);
 	*field = LORAD_FIELD_NONE;

@@ -282,6 +282,30 @@ static int load_scheme(struct ld *ld, struct json_object *o, const char *where,
 
 static bool is_array(struct json_object *o) { return o && json_object_is_type(o, json_type_array); }
 
+/*
+ * A Sequence's children, typed as @node's: the array @key of @o, each
+ * loaded by @load into node->subs[i] (its path "where.key[i]" in
+ * messages). Returns from the calling loader on an error.
+ */
+#define LOAD_SEQ(ld, o, where, key, node, load)                                              \
+	do {                                                                                 \
+		struct json_object *a_ = jget(o, key);                                      \
+		char w_[256];                                                                \
+		int r_;                                                                      \
+		if (!is_array(a_))                                                           \
+			return bad(ld, where, "Sequence without \"" key "\"");             \
+		(node)->nsubs = json_object_array_length(a_);                               \
+		(node)->subs = calloc((node)->nsubs ? (node)->nsubs : 1, sizeof(*(node)->subs)); \
+		if (!(node)->subs)                                                           \
+			return -ENOMEM;                                                      \
+		for (size_t i_ = 0; i_ < (node)->nsubs; i_++) {                              \
+			snprintf(w_, sizeof(w_), "%s." key "[%zu]", where, i_);              \
+			if ((r_ = load(ld, json_object_array_get_idx(a_, i_), w_,            \
+				       &(node)->subs[i_])) < 0)                              \
+				return r_;                                                   \
+		}                                                                            \
+	} while (0)
+
 /* ---- normalizers ---- */
 
 static int load_norm(struct ld *ld, struct json_object *o, const char *where, struct norm **out)
@@ -293,24 +317,12 @@ static int load_norm(struct ld *ld, struct json_object *o, const char *where, st
 	if (!n)
 		return -ENOMEM;
 	*out = n;
-	char w[256];
 	const char *s;
 	size_t len;
 	int r;
 	if (strcmp(type, "Sequence") == 0) {
-		struct json_object *a = jget(o, "normalizers");
-		if (!is_array(a))
-			return bad(ld, where, "Sequence without \"normalizers\"");
 		n->kind = N_SEQ;
-		n->nsubs = json_object_array_length(a);
-		n->subs = calloc(n->nsubs ? n->nsubs : 1, sizeof(*n->subs));
-		if (!n->subs)
-			return -ENOMEM;
-		for (size_t i = 0; i < n->nsubs; i++) {
-			snprintf(w, sizeof(w), "%s.normalizers[%zu]", where, i);
-			if ((r = load_norm(ld, json_object_array_get_idx(a, i), w, &n->subs[i])) < 0)
-				return r;
-		}
+		LOAD_SEQ(ld, o, where, "normalizers", n, load_norm);
 	} else if (strcmp(type, "NFC") == 0) {
 		n->kind = N_NFC;
 	} else if (strcmp(type, "NFD") == 0) {
@@ -366,22 +378,11 @@ static int load_pretok(struct ld *ld, struct json_object *o, const char *where,
 	if (!p)
 		return -ENOMEM;
 	*out = p;
-	char w[256], e2[256];
+	char e2[256];
 	int r;
 	if (strcmp(type, "Sequence") == 0) {
-		struct json_object *a = jget(o, "pretokenizers");
-		if (!is_array(a))
-			return bad(ld, where, "Sequence without \"pretokenizers\"");
 		p->kind = P_SEQ;
-		p->nsubs = json_object_array_length(a);
-		p->subs = calloc(p->nsubs ? p->nsubs : 1, sizeof(*p->subs));
-		if (!p->subs)
-			return -ENOMEM;
-		for (size_t i = 0; i < p->nsubs; i++) {
-			snprintf(w, sizeof(w), "%s.pretokenizers[%zu]", where, i);
-			if ((r = load_pretok(ld, json_object_array_get_idx(a, i), w, &p->subs[i])) < 0)
-				return r;
-		}
+		LOAD_SEQ(ld, o, where, "pretokenizers", p, load_pretok);
 	} else if (strcmp(type, "ByteLevel") == 0) {
 		p->kind = P_BYTELEVEL;
 		p->add_prefix_space = jbool(o, "add_prefix_space", true);
@@ -537,24 +538,12 @@ static int load_dec(struct ld *ld, struct json_object *o, const char *where, str
 	if (!d)
 		return -ENOMEM;
 	*out = d;
-	char w[256];
 	const char *s;
 	size_t len;
 	int r;
 	if (strcmp(type, "Sequence") == 0) {
-		struct json_object *a = jget(o, "decoders");
-		if (!is_array(a))
-			return bad(ld, where, "Sequence without \"decoders\"");
 		d->kind = D_SEQ;
-		d->nsubs = json_object_array_length(a);
-		d->subs = calloc(d->nsubs ? d->nsubs : 1, sizeof(*d->subs));
-		if (!d->subs)
-			return -ENOMEM;
-		for (size_t i = 0; i < d->nsubs; i++) {
-			snprintf(w, sizeof(w), "%s.decoders[%zu]", where, i);
-			if ((r = load_dec(ld, json_object_array_get_idx(a, i), w, &d->subs[i])) < 0)
-				return r;
-		}
+		LOAD_SEQ(ld, o, where, "decoders", d, load_dec);
 	} else if (strcmp(type, "ByteLevel") == 0) {
 		d->kind = D_BYTELEVEL;
 	} else if (strcmp(type, "ByteFallback") == 0) {

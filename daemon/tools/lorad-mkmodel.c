@@ -111,6 +111,27 @@ static int add_tensor(struct tensor *t, const struct opts *o, const char *name, 
 	return 0;
 }
 
+/* The safetensors writer's view of @n made tensors, stored as @dtype. */
+static void describe(const struct tensor *t, int n, enum st_dtype dtype, struct st_out *so)
+{
+	for (int i = 0; i < n; i++) {
+		so[i].name = t[i].name;
+		so[i].dtype = dtype;
+		so[i].ndim = t[i].ndim;
+		so[i].shape[0] = t[i].shape[0];
+		so[i].shape[1] = t[i].shape[1];
+		so[i].data = t[i].data;
+	}
+}
+
+static void free_tensors(struct tensor *t, int n, struct st_out *so)
+{
+	for (int i = 0; t && i < n; i++)
+		free(t[i].data);
+	free(t);
+	free(so);
+}
+
 static int write_json(const char *path, json_object *o)
 {
 	int rc = json_object_to_file_ext(path, o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE);
@@ -234,14 +255,7 @@ static int write_weights(const struct opts *o)
 		fprintf(stderr, "lorad-mkmodel: out of memory\n");
 		goto out;
 	}
-	for (i = 0; i < n; i++) {
-		so[i].name = t[i].name;
-		so[i].dtype = o->dtype;
-		so[i].ndim = t[i].ndim;
-		so[i].shape[0] = t[i].shape[0];
-		so[i].shape[1] = t[i].shape[1];
-		so[i].data = t[i].data;
-	}
+	describe(t, n, o->dtype, so);
 	if (o->shards <= 1) {
 		snprintf(path, sizeof(path), "%s/model.safetensors", o->out);
 		rc = st_write(path, so, n, err, sizeof(err));
@@ -268,10 +282,7 @@ static int write_weights(const struct opts *o)
 	if (rc < 0)
 		fprintf(stderr, "lorad-mkmodel: %s\n", err);
 out:
-	for (i = 0; t && i < n; i++)
-		free(t[i].data);
-	free(t);
-	free(so);
+	free_tensors(t, n, so);
 	return rc;
 }
 
@@ -281,7 +292,7 @@ static int write_adapter(const struct opts *o)
 	int64_t qd = (int64_t)o->heads * hd, kvd = (int64_t)o->kv_heads * hd;
 	int64_t outd[N_PROJ] = { qd, kvd, kvd, o->hidden, o->ffn, o->ffn, o->hidden };
 	int64_t ind[N_PROJ] = { o->hidden, o->hidden, o->hidden, qd, o->hidden, o->hidden, o->ffn };
-	int max_t = o->layers * N_PROJ * 2, n = 0, rc = 0, l, p, i;
+	int max_t = o->layers * N_PROJ * 2, n = 0, rc = 0, l, p;
 	struct tensor *t = calloc((size_t)max_t, sizeof(*t));
 	struct st_out *so = calloc((size_t)max_t, sizeof(*so));
 	struct opts ao = *o;
@@ -321,14 +332,7 @@ static int write_adapter(const struct opts *o)
 		fprintf(stderr, "lorad-mkmodel: out of memory\n");
 		goto out;
 	}
-	for (i = 0; i < n; i++) {
-		so[i].name = t[i].name;
-		so[i].dtype = ao.dtype;
-		so[i].ndim = 2;
-		so[i].shape[0] = t[i].shape[0];
-		so[i].shape[1] = t[i].shape[1];
-		so[i].data = t[i].data;
-	}
+	describe(t, n, ao.dtype, so);
 	snprintf(path, sizeof(path), "%s/adapter_model.safetensors", dir);
 	if ((rc = st_write(path, so, n, err, sizeof(err))) < 0) {
 		fprintf(stderr, "lorad-mkmodel: %s\n", err);
@@ -372,10 +376,7 @@ static int write_adapter(const struct opts *o)
 	snprintf(path, sizeof(path), "%s/adapter_config.json", dir);
 	rc = write_json(path, c);
 out:
-	for (i = 0; t && i < n; i++)
-		free(t[i].data);
-	free(t);
-	free(so);
+	free_tensors(t, n, so);
 	return rc;
 }
 

@@ -24,39 +24,43 @@
 #define GEMM_X86 1
 #endif
 
-/* The packing walks, once for each element type of a panel. */
-#define PACK_FNS(pack, unpack, T)                                                         \
-	void pack(T *pk, int n, int k, size_t off, const T *src, size_t cnt)              \
+/*
+ * The packing walks, once for each element type of a panel: elements
+ * [off, off + cnt) of a row-major n×k matrix, a run within one row at a
+ * time, into the panel (@to_panel) or out of it. Row r, column c of the
+ * matrix is element (r / NR)·NR·k + c·NR + r % NR of the panel.
+ */
+#define PACK_FNS(pack, unpack, walk, T)                                                   \
+	static void walk(T *pk, int k, size_t off, T *x, size_t cnt, int to_panel)        \
 	{                                                                                 \
 		size_t end = off + cnt;                                                   \
-		(void)n;                                                                  \
 		while (off < end) {                                                       \
 			size_t r = off / (size_t)k, c = off % (size_t)k;                  \
 			size_t run = (size_t)k - c < end - off ? (size_t)k - c : end - off; \
 			T *d = pk + (r / GEMM_NR) * GEMM_NR * (size_t)k + r % GEMM_NR;    \
-			for (size_t i = 0; i < run; i++)                                  \
-				d[(c + i) * GEMM_NR] = src[i];                            \
-			src += run;                                                       \
+			for (size_t i = 0; i < run; i++) {                                \
+				if (to_panel)                                             \
+					d[(c + i) * GEMM_NR] = x[i];                      \
+				else                                                      \
+					x[i] = d[(c + i) * GEMM_NR];                      \
+			}                                                                 \
+			x += run;                                                         \
 			off += run;                                                       \
 		}                                                                         \
 	}                                                                                 \
+	void pack(T *pk, int n, int k, size_t off, const T *src, size_t cnt)              \
+	{                                                                                 \
+		(void)n;                                                                  \
+		walk(pk, k, off, (T *)src, cnt, 1);                                       \
+	}                                                                                 \
 	void unpack(const T *pk, int n, int k, size_t off, T *dst, size_t cnt)            \
 	{                                                                                 \
-		size_t end = off + cnt;                                                   \
 		(void)n;                                                                  \
-		while (off < end) {                                                       \
-			size_t r = off / (size_t)k, c = off % (size_t)k;                  \
-			size_t run = (size_t)k - c < end - off ? (size_t)k - c : end - off; \
-			const T *s = pk + (r / GEMM_NR) * GEMM_NR * (size_t)k + r % GEMM_NR; \
-			for (size_t i = 0; i < run; i++)                                  \
-				dst[i] = s[(c + i) * GEMM_NR];                            \
-			dst += run;                                                       \
-			off += run;                                                       \
-		}                                                                         \
+		walk((T *)pk, k, off, dst, cnt, 0);                                       \
 	}
 
-PACK_FNS(gemm_pack, gemm_unpack, float)
-PACK_FNS(gemm_pack16, gemm_unpack16, uint16_t)
+PACK_FNS(gemm_pack, gemm_unpack, pack_walk, float)
+PACK_FNS(gemm_pack16, gemm_unpack16, pack_walk16, uint16_t)
 
 void gemm_pack_x(float *xp, int m, int k, const float *x)
 {
@@ -183,25 +187,30 @@ static INLINE AVX512 void block512(const int MR, const int W16, int k, const flo
 	}
 }
 
-static AVX512 void block_avx512(int mr, int k, const float *a, const void *p, float *y,
-				size_t ldy, int nc, int acc)
-{
-	switch (mr) {
-#define B(n) case n: block512(n, 0, k, a, p, y, ldy, nc, acc); break;
-	B(1) B(2) B(3) B(4) B(5) B(6) B(7) B(8) B(9) B(10) B(11) B(12)
-#undef B
+/* One block of @mr rows (1..12) by the panel: the row count and the panel's
+ * element type (W16: 16-bit) become constants of block512's copy. */
+#define BLOCK_AVX512(fn, W16)                                                              \
+	static AVX512 void fn(int mr, int k, const float *a, const void *p, float *y,       \
+			      size_t ldy, int nc, int acc)                                  \
+	{                                                                                   \
+		switch (mr) {                                                               \
+		case 1: block512(1, W16, k, a, p, y, ldy, nc, acc); break;                  \
+		case 2: block512(2, W16, k, a, p, y, ldy, nc, acc); break;                  \
+		case 3: block512(3, W16, k, a, p, y, ldy, nc, acc); break;                  \
+		case 4: block512(4, W16, k, a, p, y, ldy, nc, acc); break;                  \
+		case 5: block512(5, W16, k, a, p, y, ldy, nc, acc); break;                  \
+		case 6: block512(6, W16, k, a, p, y, ldy, nc, acc); break;                  \
+		case 7: block512(7, W16, k, a, p, y, ldy, nc, acc); break;                  \
+		case 8: block512(8, W16, k, a, p, y, ldy, nc, acc); break;                  \
+		case 9: block512(9, W16, k, a, p, y, ldy, nc, acc); break;                  \
+		case 10: block512(10, W16, k, a, p, y, ldy, nc, acc); break;                \
+		case 11: block512(11, W16, k, a, p, y, ldy, nc, acc); break;                \
+		case 12: block512(12, W16, k, a, p, y, ldy, nc, acc); break;                \
+		}                                                                           \
 	}
-}
-
-static AVX512 void block_avx512_16(int mr, int k, const float *a, const void *p, float *y,
-				   size_t ldy, int nc, int acc)
-{
-	switch (mr) {
-#define B(n) case n: block512(n, 1, k, a, p, y, ldy, nc, acc); break;
-	B(1) B(2) B(3) B(4) B(5) B(6) B(7) B(8) B(9) B(10) B(11) B(12)
-#undef B
-	}
-}
+BLOCK_AVX512(block_avx512, 0)
+BLOCK_AVX512(block_avx512_16, 1)
+#undef BLOCK_AVX512
 
 /* AVX2 has 16 registers: two rows of a block at a time, 4 × 8 columns.
  * The row's chain is the same whichever rows it is paired with. */

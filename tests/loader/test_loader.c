@@ -849,7 +849,7 @@ static struct loader_result load_tree(struct loader *ld, const char *path, const
 	return wait_one(ld);
 }
 
-/* chash_mem, chash_file and the definition agree, for every shape of file. */
+/* chash_mem, chash_file, chash_stream_* and the definition agree, for every shape of file. */
 static void test_tree_definition(void **state)
 {
 	const size_t c = CHASH_CHUNK;
@@ -873,6 +873,30 @@ static void test_tree_definition(void **state)
 		assert_int_equal(chash_file(CHASH_TREE, (uint32_t)c, path, got, &size), 0);
 		assert_memory_equal(got, want, 32);
 		assert_int_equal(size, sizes[k]);
+		/* in pieces that straddle the chunks (a reader that hashes as it reads) */
+		for (int sch = 0; sch < 2; sch++) {
+			static const size_t piece[] = {1, 7, 4096, c - 1, c, c + 3};
+			struct chash_stream h;
+			size_t off = 0;
+
+			assert_int_equal(chash_stream_init(&h, sch ? CHASH_TREE : CHASH_SHA256,
+							   (uint32_t)c), 0);
+			for (unsigned i = 0; off < sizes[k]; i++) {
+				size_t n = piece[i % 6] < sizes[k] - off ? piece[i % 6] : sizes[k] - off;
+
+				assert_int_equal(chash_stream_add(&h, b + off, n), 0);
+				off += n;
+			}
+			assert_int_equal(h.len, sizes[k]);
+			assert_int_equal(chash_stream_end(&h, got), 0);
+			if (sch)
+				assert_memory_equal(got, want, 32);
+			else {
+				assert_true(EVP_Digest(b, sizes[k], other, NULL, EVP_sha256(), NULL));
+				assert_memory_equal(got, other, 32);
+			}
+			chash_stream_free(&h);   /* again after _end: harmless */
+		}
 		/* another chunk size gives another root, even for one chunk */
 		assert_int_equal(chash_mem(CHASH_TREE, 64u << 10, b, sizes[k], other), 0);
 		assert_memory_not_equal(other, want, 32);

@@ -103,12 +103,13 @@ void registry_hash_scheme(const struct registry *r, const char *name, const char
  * build the adapter against that model and check every value: wrong
  * shapes, missing tensors and NaN/Inf are refused here, at registration,
  * not at the first request. @cancel (may be NULL) stops the work between
- * reads (-ECANCELED). Slow for large adapters: never on the engine thread.
+ * reads (-ECANCELED); @prog (may be NULL) counts the bytes read and hashed
+ * (pool_read_files). Slow for large adapters: never on the engine thread.
  * Returns 0 or -errno with @err naming the file and what is wrong.
  */
 int registry_inspect(const char *path, const struct model_config *mc, uint64_t max_bytes,
-		     const volatile int *cancel, enum chash_scheme scheme, uint32_t chunk,
-		     struct pool_hashes *h, char *err, size_t errlen);
+		     const volatile int *cancel, struct pool_progress *prog, enum chash_scheme scheme,
+		     uint32_t chunk, struct pool_hashes *h, char *err, size_t errlen);
 
 /*
  * Register @path (absolute) as @name@@version (@version NULL or "": derived

@@ -95,14 +95,14 @@ void registry_hash_scheme(const struct registry *r, const char *name, const char
 }
 
 int registry_inspect(const char *path, const struct model_config *mc, uint64_t max_bytes,
-		     const volatile int *cancel, enum chash_scheme scheme, uint32_t chunk,
-		     struct pool_hashes *h, char *err, size_t errlen)
+		     const volatile int *cancel, struct pool_progress *prog, enum chash_scheme scheme,
+		     uint32_t chunk, struct pool_hashes *h, char *err, size_t errlen)
 {
 	unsigned char *data[2];
 	int ret;
 
 	/* read and hashed as the pool does it, then checked against the model */
-	ret = pool_read_files(path, max_bytes, cancel, scheme, chunk, h, data, err, errlen);
+	ret = pool_read_files(path, max_bytes, cancel, prog, scheme, chunk, h, data, err, errlen);
 	if (ret)
 		return ret;
 	if (mc)
@@ -753,7 +753,7 @@ int registry_add(struct registry *r, const char *name, const char *version, cons
 	int ret;
 
 	registry_hash_scheme(r, name, version, &scheme, &chunk);
-	ret = registry_inspect(path, e ? engine_config(e) : NULL, r->max_adapter_bytes, NULL, scheme,
+	ret = registry_inspect(path, e ? engine_config(e) : NULL, r->max_adapter_bytes, NULL, NULL, scheme,
 			       chunk, &h, err, errlen);
 	if (!ret)
 		ret = registry_prepare_add(r, name, version, path, &h, &ch, err, errlen);

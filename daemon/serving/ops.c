@@ -11,12 +11,14 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "hostpool.h"
 #include "log.h"
 #include "metrics.h"
@@ -38,6 +40,8 @@ struct job {
 	char name[32], version[32];
 	char *path;
 	struct pool_hashes h;
+	struct pool_progress prog;   /* J_ADD: its files' bytes read and hashed (adapters_jobs) */
+	uint64_t t0;                 /* when it was taken (now_ns) */
 	enum chash_scheme scheme;    /* J_ADD: how its files are hashed */
 	uint32_t hash_chunk;
 	char target[ROUTE_MAX_VERSIONS][ROUTE_NAME_MAX];
@@ -181,6 +185,7 @@ static struct job *job_new(enum job_kind kind)
 	if (j) {
 		j->kind = kind;
 		j->state = JS_READY;
+		j->t0 = now_ns();
 	}
 	return j;
 }
@@ -192,7 +197,7 @@ static void *inspect_thread(void *arg)
 	struct ops *o = j->o;
 
 	j->ret = registry_inspect(j->path, o->opt.mc, o->opt.max_adapter_bytes, &o->cancel,
-				  j->scheme, j->hash_chunk, &j->h, j->err, sizeof(j->err));
+				  &j->prog, j->scheme, j->hash_chunk, &j->h, j->err, sizeof(j->err));
 	pthread_mutex_lock(&o->lock);
 	j->state = JS_READY;
 	o->inspecting--;
@@ -479,6 +484,56 @@ static int cmd_adapters_list(void *ctx, struct json_object *req, struct json_obj
 	for (unsigned i = 0; (v = registry_at(o->opt.reg, i)); i++)
 		json_object_array_add(a, version_json(o->opt.reg, v));
 	json_object_object_add(reply, "adapters", a);
+	return 0;
+}
+
+/*
+ * {"cmd": "adapters_jobs"}: the registrations not answered yet (adapters_add,
+ * and [adapter] sections of a reloaded config), in arrival order, each with
+ * "id" as asked ("NAME" or "NAME@VER"), "path", "state" — "reading" (its
+ * files are read and hashed: "bytes_done" of "bytes_total"; the total is 0
+ * until both files are open), "checking" (against the model) or
+ * "registering" (waiting for the state to be written, or being written) —
+ * and "elapsed_ms". A job leaves the list when it is answered; at most
+ * OPS_MAX_JOBS are listed, so the reply is bounded.
+ */
+static int cmd_adapters_jobs(void *ctx, struct json_object *req, struct json_object *reply)
+{
+	struct ops *o = ctx;
+	struct json_object *a = json_object_new_array();
+	uint64_t now = now_ns();
+
+	(void)req;
+	if (!a)
+		return -ENOMEM;
+	/* jobs are unlinked on this thread; the lock guards their states */
+	pthread_mutex_lock(&o->lock);
+	for (struct job *j = o->jobs; j; j = j->next) {
+		struct json_object *e;
+		uint64_t done, total;
+		char id[ROUTE_NAME_MAX];
+		const char *st = "registering";
+
+		if (j->kind != J_ADD)
+			continue;
+		e = json_object_new_object();
+		if (!e)
+			break;
+		done = atomic_load_explicit(&j->prog.done, memory_order_relaxed);
+		total = atomic_load_explicit(&j->prog.total, memory_order_relaxed);
+		if (j->state == JS_INSPECT)
+			st = total && done >= total ? "checking" : "reading";
+		snprintf(id, sizeof(id), "%s%s%s", j->name, j->version[0] ? "@" : "", j->version);
+		json_object_object_add(e, "id", json_object_new_string(id));
+		json_object_object_add(e, "path", json_object_new_string(j->path));
+		json_object_object_add(e, "state", json_object_new_string(st));
+		json_object_object_add(e, "bytes_done", json_object_new_int64((int64_t)done));
+		json_object_object_add(e, "bytes_total", json_object_new_int64((int64_t)total));
+		json_object_object_add(e, "elapsed_ms", json_object_new_int64((int64_t)((now - j->t0) / 1000000)));
+		json_object_array_add(a, e);
+	}
+	pthread_mutex_unlock(&o->lock);
+	json_object_object_add(reply, "jobs", a);
 	return 0;
 }
 
@@ -902,6 +957,7 @@ struct ops *ops_new(const struct ops_opts *opts)
 		const struct admin_arg *args;
 	} cmds[] = {
 		{ "adapters_list", cmd_adapters_list, NULL },
+		{ "adapters_jobs", cmd_adapters_jobs, NULL },
 		{ "adapters_add", cmd_adapters_add, a_add },
 		{ "adapters_remove", cmd_adapters_remove, a_id },
 		{ "adapters_pin", cmd_pin, a_id },

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include "options.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <grp.h>
 #include <inttypes.h>
@@ -404,34 +405,129 @@ static void print_size(char *buf, size_t len, uint64_t v)
 		snprintf(buf, len, "%" PRIu64 "%c", v, sfx[k]);
 }
 
+/* The default of @o as --help and the manual pages say it, into @buf. */
+static void default_text(const struct opt_def *o, char *buf, size_t len)
+{
+	if (o->def_str)
+		snprintf(buf, len, "%s", o->def_str);
+	else if (o->type == OPT_PATH)
+		snprintf(buf, len, "none");
+	else if (o->type == OPT_SIZE)
+		print_size(buf, len, o->def);
+	else if (o->type == OPT_MODE)
+		snprintf(buf, len, "0%" PRIo64, o->def);
+	else
+		snprintf(buf, len, "%" PRIu64, o->def);
+}
+
+/* "--max-prompt-bytes": the command line's spelling of @o, into @buf. */
+static void cli_name(const struct opt_def *o, char *buf, size_t len)
+{
+	snprintf(buf, len, "--%s", o->key);
+	for (char *p = buf + 2; *p; p++)
+		if (*p == '_')
+			*p = '-';
+}
+
+static const char *const sections[] = { "daemon", "limits", "access", "pool" };
+
 void opt_print_help(FILE *f)
 {
-	static const char *const sections[] = { "daemon", "limits", "access", "pool" };
-
 	for (unsigned s = 0; s < 4; s++) {
 		fprintf(f, "\n[%s]%s\n", sections[s],
 			s == 1 ? " (each refusal names the limit and its value)" : "");
 		for (unsigned i = 0; i < opt_count; i++) {
 			const struct opt_def *o = &opt_table[i];
-			char name[48], def[48];
+			char name[48], opt[40], def[48];
 
 			if (strcmp(o->section, sections[s]))
 				continue;
-			snprintf(name, sizeof(name), "--%s %s", o->key, o->arg ? o->arg : "");
-			for (char *p = name + 2; *p; p++)
-				if (*p == '_')
-					*p = '-';
-			if (o->def_str)
-				snprintf(def, sizeof(def), "%s", o->def_str);
-			else if (o->type == OPT_PATH)
-				snprintf(def, sizeof(def), "none");
-			else if (o->type == OPT_SIZE)
-				print_size(def, sizeof(def), o->def);
-			else if (o->type == OPT_MODE)
-				snprintf(def, sizeof(def), "0%" PRIo64, o->def);
-			else
-				snprintf(def, sizeof(def), "%" PRIu64, o->def);
+			cli_name(o, opt, sizeof(opt));
+			snprintf(name, sizeof(name), "%s %s", opt, o->arg ? o->arg : "");
+			default_text(o, def, sizeof(def));
 			fprintf(f, "  %-28s %s (default %s)\n", name, o->help, def);
+		}
+	}
+}
+
+/*
+ * @s as roff text: a backslash as \e, the dashes of options and numbers
+ * ("--name", "-EBUSY": not after a letter or digit) as \-, hyphens inside
+ * words as they are, never a request at a line's start.
+ */
+static void roff(FILE *f, const char *s)
+{
+	const char *p = s;
+
+	if (*s == '.' || *s == '\'')
+		fputs("\\&", f);
+	for (; *p; p++) {
+		if (*p == '\\')
+			fputs("\\e", f);
+		else if (*p == '-' && (p == s || !isalnum((unsigned char)p[-1])))
+			fputs("\\-", f);
+		else
+			fputc(*p, f);
+	}
+}
+
+void opt_print_man(FILE *f, enum opt_man what)
+{
+	for (unsigned s = 0; s < 4; s++) {
+		fprintf(f, ".SS \"[%s]\"\n", sections[s]);
+		if (s == 1)
+			fputs("Each refusal names the limit and its value.\n", f);
+		for (unsigned i = 0; i < opt_count; i++) {
+			const struct opt_def *o = &opt_table[i];
+			char name[40], v[48];
+
+			if (strcmp(o->section, sections[s]))
+				continue;
+			fputs(".TP\n", f);
+			if (what == OPT_MAN_CLI) {
+				cli_name(o, name, sizeof(name));
+				fputs("\\fB", f);
+				for (const char *p = name; *p; p++)   /* typed as it is: every dash a minus */
+					fputs(*p == '-' ? "\\-" : (char[]){ *p, 0 }, f);
+				fputs("\\fR", f);
+				if (o->type == OPT_BOOL)
+					fputs(" [\\fIon\\fR|\\fIoff\\fR]", f);
+				else if (o->arg && *o->arg)
+					fprintf(f, " \\fI%s\\fR", o->arg);
+			} else {
+				fputs("\\fB", f);
+				roff(f, o->key);
+				fputs("\\fR = \\fI", f);
+				roff(f, o->type == OPT_BOOL ? "yes|no" : o->arg && *o->arg ? o->arg : "VALUE");
+				fputs("\\fR", f);
+			}
+			fputc('\n', f);
+			roff(f, o->help);
+			fputs(".\n", f);
+			default_text(o, v, sizeof(v));
+			fputs("Default: ", f);
+			roff(f, v);
+			if (o->type == OPT_ENUM) {
+				fputs("; one of ", f);
+				roff(f, o->choices);
+			} else if (o->type == OPT_U32 || o->type == OPT_SIZE || o->type == OPT_CPU) {
+				char lo[24], hi[24];
+
+				if (o->type == OPT_SIZE) {
+					print_size(lo, sizeof(lo), o->min);
+					print_size(hi, sizeof(hi), o->max);
+				} else {
+					snprintf(lo, sizeof(lo), "%" PRIu64, o->min);
+					snprintf(hi, sizeof(hi), "%" PRIu64, o->max);
+				}
+				fprintf(f, "; from %s to %s", lo, hi);
+			} else if (o->type == OPT_MODE) {
+				fputs("; octal", f);
+			}
+			fputs(".", f);
+			if (o->reload)
+				fputs(" A reload (SIGHUP) applies it.", f);
+			fputc('\n', f);
 		}
 	}
 }

@@ -66,6 +66,19 @@ int opt_set(const struct opt_def *o, struct config *c, const char *val, char *er
 /* The option list for `lorad --help`, grouped by section. */
 void opt_print_help(FILE *f);
 
+enum opt_man {
+	OPT_MAN_CLI,    /* lorad(8)'s OPTIONS: "--max-clients N" */
+	OPT_MAN_CONF,   /* lorad.conf(5)'s keys: "max_clients = N" */
+};
+
+/*
+ * The same list in roff (man(7)) for the manual pages, built from this
+ * table at build time (docs/man/, lorad-manpage), so they cannot drift
+ * from --help: one .SS per section, one .TP per option with its help, its
+ * default, its bounds and whether a reload applies it.
+ */
+void opt_print_man(FILE *f, enum opt_man what);
+
 /* "64M", "2G", "4096": bytes. Returns 0 or -EINVAL. */
 int opt_parse_size(const char *s, uint64_t *out);
 

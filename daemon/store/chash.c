@@ -126,107 +126,190 @@ int chash_root(enum chash_scheme s, uint64_t len, uint32_t chunk, const uint8_t 
 	return hash_v(s, p, l, l[1] ? 2 : 1, out);
 }
 
-int chash_mem(enum chash_scheme s, uint32_t chunk, const void *p, size_t len, uint8_t out[32])
+/* The running hash of @h->s in @h->md: OpenSSL's SHA-256 context or a
+ * BLAKE3 hasher, made once and started again for each chunk. */
+static int md_start(struct chash_stream *h)
+{
+	if (h->s == CHASH_B3TREE) {
+		if (!h->md && !(h->md = malloc(sizeof(blake3_hasher))))
+			return -ENOMEM;
+		blake3_hasher_init(h->md);
+		return 0;
+	}
+	if (!h->md && !(h->md = EVP_MD_CTX_new()))
+		return -ENOMEM;
+	return EVP_DigestInit_ex(h->md, EVP_sha256(), NULL) ? 0 : -EIO;
+}
+
+static int md_update(struct chash_stream *h, const void *p, size_t n)
+{
+	if (h->s == CHASH_B3TREE) {
+		blake3_hasher_update(h->md, p, n);
+		return 0;
+	}
+	return EVP_DigestUpdate(h->md, p, n) ? 0 : -EIO;
+}
+
+static int md_final(struct chash_stream *h, uint8_t out[32])
+{
+	unsigned int olen = 32;
+
+	if (h->s == CHASH_B3TREE) {
+		blake3_hasher_finalize(h->md, out, 32);
+		return 0;
+	}
+	return EVP_DigestFinal_ex(h->md, out, &olen) ? 0 : -EIO;
+}
+
+int chash_stream_init(struct chash_stream *h, enum chash_scheme s, uint32_t chunk)
+{
+	int rc;
+
+	memset(h, 0, sizeof(*h));
+	if (s != CHASH_SHA256 && (!chash_is_tree(s) || !chash_chunk_ok(chunk)))
+		return -EINVAL;
+	h->s = s;
+	h->chunk = chash_is_tree(s) ? chunk : 0;
+	rc = md_start(h);
+	if (rc)
+		chash_stream_free(h);
+	return rc;
+}
+
+/* The current chunk is whole (or the file ended): its digest joins the others. */
+static int chunk_done(struct chash_stream *h)
+{
+	int rc;
+
+	if (h->n == h->cap) {
+		uint64_t cap = h->cap ? 2 * h->cap : 64;
+		void *p = realloc(h->dig, cap * 32);
+
+		if (!p)
+			return -ENOMEM;
+		h->dig = p;
+		h->cap = cap;
+	}
+	if ((rc = md_final(h, h->dig[h->n])))
+		return rc;
+	h->n++;
+	h->fill = 0;
+	return md_start(h);
+}
+
+int chash_stream_add(struct chash_stream *h, const void *p, size_t n)
 {
 	const unsigned char *b = p;
-	uint8_t(*dig)[32];
-	uint64_t n;
+	int rc;
+
+	if (h->s == CHASH_SHA256) {
+		h->len += n;
+		return md_update(h, b, n);
+	}
+	while (n) {
+		/* a tree digest covers exactly one chunk: never past its end */
+		size_t k = h->chunk - h->fill < n ? h->chunk - h->fill : n;
+
+		if ((rc = md_update(h, b, k)))
+			return rc;
+		h->fill += (uint32_t)k;
+		h->len += k;
+		b += k;
+		n -= k;
+		if (h->fill == h->chunk && (rc = chunk_done(h)))
+			return rc;
+	}
+	return 0;
+}
+
+int chash_stream_end(struct chash_stream *h, uint8_t out[32])
+{
 	int rc = 0;
 
-	if (s == CHASH_SHA256)
-		return chash_sha256(p, len, out);
-	if (!chash_is_tree(s) || !chash_chunk_ok(chunk))
-		return -EINVAL;
-	n = chash_nchunks(len, chunk);
-	dig = malloc(n ? n * 32 : 1);
-	if (!dig)
-		return -ENOMEM;
-	for (uint64_t i = 0; i < n && !rc; i++) {
-		size_t off = (size_t)i * chunk;
-
-		rc = chash_piece(s, b + off, len - off < chunk ? len - off : chunk, dig[i]);
+	if (h->s == CHASH_SHA256) {
+		rc = md_final(h, out);
+	} else {
+		/* the last, shorter chunk; an empty file has none */
+		if (h->fill)
+			rc = chunk_done(h);
+		if (!rc)
+			rc = chash_root(h->s, h->len, h->chunk, (const uint8_t(*)[32])h->dig, out);
 	}
-	if (!rc)
-		rc = chash_root(s, len, chunk, (const uint8_t(*)[32])dig, out);
-	free(dig);
+	chash_stream_free(h);
 	return rc;
+}
+
+void chash_stream_free(struct chash_stream *h)
+{
+	if (h->s == CHASH_B3TREE)
+		free(h->md);
+	else
+		EVP_MD_CTX_free(h->md);
+	free(h->dig);
+	h->md = NULL;
+	h->dig = NULL;
+	h->n = h->cap = 0;
+}
+
+int chash_mem(enum chash_scheme s, uint32_t chunk, const void *p, size_t len, uint8_t out[32])
+{
+	struct chash_stream h;
+	int rc = chash_stream_init(&h, s, chunk);
+
+	if (rc)
+		return rc;
+	rc = chash_stream_add(&h, p, len);
+	if (rc) {
+		chash_stream_free(&h);
+		return rc;
+	}
+	return chash_stream_end(&h, out);
 }
 
 int chash_file(enum chash_scheme s, uint32_t chunk, const char *path, uint8_t out[32],
 	       uint64_t *size)
 {
-	size_t bufsz = chash_is_tree(s) ? chunk : 1u << 20;
-	unsigned char *buf = NULL;
-	EVP_MD_CTX *c = NULL;
-	uint8_t(*dig)[32] = NULL;
-	uint64_t total = 0, n = 0, cap = 0;
-	unsigned int olen = 32;
-	int fd = -1, rc = 0;
+	size_t bufsz = 1u << 20;
+	struct chash_stream h;
+	unsigned char *buf;
+	int fd, rc;
 
-	if (s != CHASH_SHA256 && (!chash_is_tree(s) || !chash_chunk_ok(chunk)))
-		return -EINVAL;
+	rc = chash_stream_init(&h, s, chunk);
+	if (rc)
+		return rc;
 	buf = malloc(bufsz);
-	c = EVP_MD_CTX_new();
-	if (!buf || !c) {
+	if (!buf) {
 		rc = -ENOMEM;
-		goto out;
+		goto err;
 	}
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		rc = -errno;
-		goto out;
-	}
-	if (s == CHASH_SHA256 && !EVP_DigestInit_ex(c, EVP_sha256(), NULL)) {
-		rc = -EIO;
-		goto out;
+		goto err;
 	}
 	for (;;) {
-		size_t got = 0;
-		ssize_t k = 0;
+		ssize_t k = read(fd, buf, bufsz);
 
-		/* a whole chunk (or the file's end): a tree digest covers exactly one */
-		while (got < bufsz && (k = read(fd, buf + got, bufsz - got)) > 0)
-			got += (size_t)k;
-		if (k < 0) {
-			rc = errno == EINTR ? -EINTR : -errno;
-			goto out;
-		}
-		if (got == 0)
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0)
+			rc = -errno;
+		if (k <= 0)
 			break;
-		total += got;
-		if (s == CHASH_SHA256) {
-			if (!EVP_DigestUpdate(c, buf, got)) {
-				rc = -EIO;
-				goto out;
-			}
-		} else {
-			if (n == cap) {
-				void *p = realloc(dig, (cap = cap ? 2 * cap : 64) * 32);
-
-				if (!p) {
-					rc = -ENOMEM;
-					goto out;
-				}
-				dig = p;
-			}
-			if ((rc = chash_piece(s, buf, got, dig[n++])))
-				goto out;
-		}
-		if (got < bufsz)
+		rc = chash_stream_add(&h, buf, (size_t)k);
+		if (rc)
 			break;
 	}
-	if (s == CHASH_SHA256)
-		rc = EVP_DigestFinal_ex(c, out, &olen) ? 0 : -EIO;
-	else
-		rc = chash_root(s, total, chunk, (const uint8_t(*)[32])dig, out);
-	if (size)
-		*size = total;
-out:
-	if (fd >= 0)
-		close(fd);
-	EVP_MD_CTX_free(c);
-	free(dig);
+	close(fd);
+	if (rc)
+		goto err;
 	free(buf);
+	if (size)
+		*size = h.len;
+	return chash_stream_end(&h, out);
+err:
+	free(buf);
+	chash_stream_free(&h);
 	return rc;
 }
 

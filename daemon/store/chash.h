@@ -93,6 +93,35 @@ int chash_piece(enum chash_scheme s, const void *p, size_t n, uint8_t out[32]);
 int chash_root(enum chash_scheme s, uint64_t len, uint32_t chunk, const uint8_t (*dig)[32],
 	       uint8_t out[32]);
 
+/*
+ * A file's digest under @s from its bytes as they come, in order, in pieces
+ * of any size: for a reader that hashes what it has read while it reads
+ * (pool_read_files), so that nothing is left to hash after the last read.
+ * chash_mem and chash_file are this over one piece and over plain reads.
+ */
+struct chash_stream {
+	enum chash_scheme s;
+	uint32_t chunk;              /* a tree: C */
+	void *md;                    /* the file's (CHASH_SHA256) or the current chunk's running
+				      * hash: an EVP context, or a BLAKE3 hasher (CHASH_B3TREE) */
+	uint64_t len;                /* bytes so far */
+	uint32_t fill;               /* a tree: bytes of the current chunk so far */
+	uint8_t (*dig)[32];          /* a tree: the digests of the chunks done */
+	uint64_t n, cap;
+};
+
+/* Start @h. Returns 0, -EINVAL (a scheme or chunk size there is not) or -ENOMEM. */
+int chash_stream_init(struct chash_stream *h, enum chash_scheme s, uint32_t chunk);
+
+/* The next @n bytes of the file. Returns 0 or -errno (@h then only to be freed). */
+int chash_stream_add(struct chash_stream *h, const void *p, size_t n);
+
+/* The digest of everything added, into @out; frees @h. Returns 0 or -errno. */
+int chash_stream_end(struct chash_stream *h, uint8_t out[32]);
+
+/* Free @h without a digest (after an error); again after _end is harmless. */
+void chash_stream_free(struct chash_stream *h);
+
 /* The digest of @len bytes in memory under @s (chunk: for a tree), on the
  * calling thread. Returns 0 or -errno. */
 int chash_mem(enum chash_scheme s, uint32_t chunk, const void *p, size_t len, uint8_t out[32]);

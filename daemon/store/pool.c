@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -250,21 +251,32 @@ static struct pool_entry *by_serial(const struct pool *p, uint32_t serial)
 
 /* --- reading an adapter's files ------------------------------------------------------------ */
 
+static void file_path(const char *dir, int k, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s/%s", dir, adapter_files[k]);
+}
+
+/* @ret of the hash, said in @err. Returns @ret. */
+static int hash_failed(const char *dir, int ret, char *err, size_t errlen)
+{
+	snprintf(err, errlen, "%s: cannot hash the adapter's files: %s", dir, strerror(-ret));
+	return ret;
+}
+
 /*
- * Read one file of @dir whole: a regular file (symlinks to one are fine:
- * Hugging Face caches are made of them), at most @max bytes, never a FIFO
- * or a device that would block or never end.
+ * Open file @k of @dir for reading: a regular file (symlinks to one are
+ * fine: Hugging Face caches are made of them) of at most @max bytes, never
+ * a FIFO or a device that would block or never end. Returns the fd, its
+ * size in *size, or -errno with @err naming the file.
  */
-static int read_whole(const char *dir, const char *name, uint64_t max, const volatile int *cancel,
-		      unsigned char **out, uint64_t *len, char *err, size_t errlen)
+static int open_file(const char *dir, int k, uint64_t max, uint64_t *size, char *err,
+		     size_t errlen)
 {
 	char path[4200];
-	unsigned char *buf = NULL;
 	struct stat st;
-	uint64_t got = 0;
 	int fd, ret;
 
-	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	file_path(dir, k, path, sizeof(path));
 	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
 	if (fd < 0) {
 		ret = -errno;
@@ -287,48 +299,86 @@ static int read_whole(const char *dir, const char *name, uint64_t max, const vol
 		ret = -EFBIG;
 		goto err;
 	}
-	buf = malloc(st.st_size ? (size_t)st.st_size : 1);
+	*size = (uint64_t)st.st_size;
+	return fd;
+err:
+	close(fd);
+	return ret;
+}
+
+/*
+ * Read the @size bytes of file @k of @dir from @fd into a buffer of their
+ * own (*out, the caller's to free), hashing each read into the file's
+ * digest under @scheme as it comes in and counting it in @prog (may be
+ * NULL): nothing is left to hash after the last read. @cancel (may be
+ * NULL) stops it between reads. Returns 0 or -errno with @err naming the file.
+ */
+static int read_hashed(int fd, const char *dir, int k, uint64_t size, enum chash_scheme scheme,
+		       uint32_t chunk, const volatile int *cancel, struct pool_progress *prog,
+		       unsigned char **out, uint8_t digest[32], char *err, size_t errlen)
+{
+	struct chash_stream hs;
+	unsigned char *buf = NULL;
+	char path[4200];
+	uint64_t got = 0;
+	int ret;
+
+	file_path(dir, k, path, sizeof(path));
+	ret = chash_stream_init(&hs, scheme, chunk);
+	if (ret)
+		return hash_failed(dir, ret, err, errlen);
+	buf = malloc(size ? (size_t)size : 1);
 	if (!buf) {
-		snprintf(err, errlen, "%s: out of memory for %lld bytes", path, (long long)st.st_size);
+		snprintf(err, errlen, "%s: out of memory for %llu bytes", path, (unsigned long long)size);
 		ret = -ENOMEM;
 		goto err;
 	}
-	while (got < (uint64_t)st.st_size) {
-		size_t want = (uint64_t)st.st_size - got > READ_CHUNK ? READ_CHUNK
-								       : (size_t)((uint64_t)st.st_size - got);
-		ssize_t k;
+	while (got < size) {
+		size_t want = size - got > READ_CHUNK ? READ_CHUNK : (size_t)(size - got);
+		ssize_t n;
 
 		if (cancel && *cancel) {
 			snprintf(err, errlen, "%s: registration cancelled (the daemon is stopping)", path);
 			ret = -ECANCELED;
 			goto err;
 		}
-		k = read(fd, buf + got, want);
-		if (k < 0 && errno == EINTR)
+		n = read(fd, buf + got, want);
+		if (n < 0 && errno == EINTR)
 			continue;
-		if (k <= 0) {
-			ret = k < 0 ? -errno : -EIO;
+		if (n <= 0) {
+			ret = n < 0 ? -errno : -EIO;
 			snprintf(err, errlen, "%s: %s", path,
-				 k < 0 ? strerror(-ret) : "the file shrank while it was read");
+				 n < 0 ? strerror(-ret) : "the file shrank while it was read");
 			goto err;
 		}
-		got += (uint64_t)k;
+		ret = chash_stream_add(&hs, buf + got, (size_t)n);
+		if (ret) {
+			hash_failed(dir, ret, err, errlen);
+			goto err;
+		}
+		got += (uint64_t)n;
+		if (prog)
+			atomic_fetch_add_explicit(&prog->done, (uint64_t)n, memory_order_relaxed);
+	}
+	ret = chash_stream_end(&hs, digest);
+	if (ret) {
+		hash_failed(dir, ret, err, errlen);
+		goto err;
 	}
 	*out = buf;
-	*len = got;
-	close(fd);
 	return 0;
 err:
+	chash_stream_free(&hs);   /* harmless after _end */
 	free(buf);
-	close(fd);
 	return ret;
 }
 
 int pool_read_files(const char *dir, uint64_t max_bytes, const volatile int *cancel,
-		    enum chash_scheme scheme, uint32_t chunk, struct pool_hashes *h,
-		    unsigned char *data[2], char *err, size_t errlen)
+		    struct pool_progress *prog, enum chash_scheme scheme, uint32_t chunk,
+		    struct pool_hashes *h, unsigned char *data[2], char *err, size_t errlen)
 {
 	uint64_t len[2] = { 0, 0 };
+	int fd[2] = { -1, -1 };
 	uint8_t id[32];
 	const void *x[2];
 	size_t xlen[2];
@@ -336,37 +386,45 @@ int pool_read_files(const char *dir, uint64_t max_bytes, const volatile int *can
 
 	memset(h, 0, sizeof(*h));
 	data[0] = data[1] = NULL;
-	ret = read_whole(dir, adapter_files[0], ADAPTER_CFG_MAX < max_bytes ? ADAPTER_CFG_MAX : max_bytes,
-			 cancel, &data[0], &len[0], err, errlen);
-	if (!ret)
-		ret = read_whole(dir, adapter_files[1], max_bytes - len[0], cancel, &data[1], &len[1],
-				 err, errlen);
-	if (ret)
+	/* both opened and checked first: the total is known before the first read */
+	fd[0] = ret = open_file(dir, 0, ADAPTER_CFG_MAX < max_bytes ? ADAPTER_CFG_MAX : max_bytes,
+				&len[0], err, errlen);
+	if (ret >= 0)
+		fd[1] = ret = open_file(dir, 1, max_bytes - len[0], &len[1], err, errlen);
+	if (ret < 0)
 		goto err;
-	/* each file's digest, for the loader, and the version's identity over
-	 * both (chash.h) */
+	if (prog)
+		atomic_store_explicit(&prog->total, len[0] + len[1], memory_order_relaxed);
 	h->scheme = scheme;
 	h->hash_chunk = chash_is_tree(scheme) ? chunk : 0;
-	for (int k = 0; k < 2 && !ret; k++)
-		ret = chash_mem(scheme, chunk, data[k], (size_t)len[k], k ? h->st_sha : h->cfg_sha);
+	/* each file's digest, for the loader, and the version's identity over
+	 * both (chash.h) */
 	for (int k = 0; k < 2; k++) {
+		ret = read_hashed(fd[k], dir, k, len[k], scheme, chunk, cancel, prog, &data[k],
+				  k ? h->st_sha : h->cfg_sha, err, errlen);
+		if (ret)
+			goto err;
 		x[k] = chash_is_tree(scheme) ? (const void *)(k ? h->st_sha : h->cfg_sha) : data[k];
 		xlen[k] = chash_is_tree(scheme) ? 32 : (size_t)len[k];
 	}
-	if (!ret)
-		ret = chash_identity(x, xlen, id);
+	ret = chash_identity(x, xlen, id);
 	if (ret) {
-		snprintf(err, errlen, "%s: cannot hash the adapter's files: %s", dir, strerror(-ret));
+		hash_failed(dir, ret, err, errlen);
 		goto err;
 	}
 	chash_hex(id, h->sha256);
 	h->cfg_size = len[0];
 	h->st_size = len[1];
+	close(fd[0]);
+	close(fd[1]);
 	return 0;
 err:
-	free(data[0]);
-	free(data[1]);
-	data[0] = data[1] = NULL;
+	for (int k = 0; k < 2; k++) {
+		if (fd[k] >= 0)
+			close(fd[k]);
+		free(data[k]);
+		data[k] = NULL;
+	}
 	return ret;
 }
 
@@ -466,7 +524,7 @@ static int load_now(struct pool *p, struct pool_entry *pe, char *err, size_t err
 		return -ENODEV;
 	}
 	pool_set_state(pe, POOL_BUILDING); /* read, verified and built here, at once */
-	ret = pool_read_files(pe->path, UINT64_MAX, NULL, pe->h.scheme, pe->h.hash_chunk, &h, data,
+	ret = pool_read_files(pe->path, UINT64_MAX, NULL, NULL, pe->h.scheme, pe->h.hash_chunk, &h, data,
 			      err, errlen);
 	if (!ret && strcmp(h.sha256, pe->h.sha256)) {
 		snprintf(err, errlen, "%s: the files in %s changed since they were registered "

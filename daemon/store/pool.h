@@ -19,6 +19,7 @@
 #ifndef LORAD_POOL_H
 #define LORAD_POOL_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -220,15 +221,28 @@ enum pool_where pool_where(const struct pool *p, const struct pool_entry *pe);
 const char *pool_where_name(enum pool_where w);
 
 /*
+ * How far a pool_read_files() is, for whoever waits on it (adapters_jobs):
+ * @total is both files' sizes once both are open and checked (0 before),
+ * @done the bytes read and hashed so far (done <= total). The caller owns
+ * it and zeroes it first; the reading thread stores, any thread loads.
+ * Relaxed: two numbers for a progress line, nothing is published with them.
+ */
+struct pool_progress {
+	_Atomic uint64_t done;
+	_Atomic uint64_t total;
+};
+
+/*
  * Read @dir's two files (adapter_config.json, adapter_model.safetensors)
  * once: regular files only (symlinks to them are followed), within
  * @max_bytes together; hash them under @scheme (@chunk: the tree's chunk
- * size) into @h. @cancel (may be NULL) stops the work between reads
- * (-ECANCELED). On 0 the caller owns data[0], data[1] (free()); any
- * thread. Returns 0 or -errno with @err naming the file.
+ * size) into @h as they are read. @cancel (may be NULL) stops the work
+ * between reads (-ECANCELED); @prog (may be NULL) counts the bytes done.
+ * On 0 the caller owns data[0], data[1] (free()); any thread. Returns 0 or
+ * -errno with @err naming the file.
  */
 int pool_read_files(const char *dir, uint64_t max_bytes, const volatile int *cancel,
-		    enum chash_scheme scheme, uint32_t chunk, struct pool_hashes *h,
-		    unsigned char *data[2], char *err, size_t errlen);
+		    struct pool_progress *prog, enum chash_scheme scheme, uint32_t chunk,
+		    struct pool_hashes *h, unsigned char *data[2], char *err, size_t errlen);
 
 #endif

@@ -32,19 +32,13 @@ int adminc_call(const char *path, struct json_object *req, int timeout_ms,
 	return adminc_call_max(path, req, timeout_ms, ADMINC_REPLY_MAX, reply, err, errlen);
 }
 
-int adminc_call_max(const char *path, struct json_object *req, int timeout_ms, size_t max_bytes,
-		    struct json_object **reply, char *err, size_t errlen)
+int adminc_send(const char *path, struct json_object *req, int timeout_ms, char *err, size_t errlen)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	const char *text = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN);
-	long long deadline = mono_ms() + timeout_ms;
-	size_t len = 0, cap = 0, tl = strlen(text);
-	char *buf = NULL;
+	size_t tl = strlen(text);
 	int fd, ret;
 
-	*reply = NULL;
-	if (max_bytes > ADMINC_REPLY_MAX)
-		max_bytes = ADMINC_REPLY_MAX;
 	if (strlen(path) >= sizeof(sa.sun_path))
 		return fail(err, errlen, -ENAMETOOLONG, path, "path too long");
 	memcpy(sa.sun_path, path, strlen(path) + 1);
@@ -63,8 +57,23 @@ int adminc_call_max(const char *path, struct json_object *req, int timeout_ms, s
 		} else {
 			ret = fail(err, errlen, -errno, path, NULL);
 		}
-		goto out;
+		close(fd);
+		return ret;
 	}
+	return fd;
+}
+
+/* adminc_recv until @deadline (mono_ms); @timeout_ms is only for the message. */
+static int recv_until(int fd, const char *path, long long deadline, int timeout_ms,
+		      size_t max_bytes, struct json_object **reply, char *err, size_t errlen)
+{
+	size_t len = 0, cap = 0;
+	char *buf = NULL;
+	int ret;
+
+	*reply = NULL;
+	if (max_bytes > ADMINC_REPLY_MAX)
+		max_bytes = ADMINC_REPLY_MAX;
 	for (;;) {
 		struct pollfd p = { .fd = fd, .events = POLLIN };
 		long long left = deadline - mono_ms();
@@ -115,4 +124,23 @@ out:
 	free(buf);
 	close(fd);
 	return ret;
+}
+
+int adminc_recv(int fd, const char *path, int timeout_ms, size_t max_bytes,
+		struct json_object **reply, char *err, size_t errlen)
+{
+	return recv_until(fd, path, mono_ms() + timeout_ms, timeout_ms, max_bytes, reply, err, errlen);
+}
+
+int adminc_call_max(const char *path, struct json_object *req, int timeout_ms, size_t max_bytes,
+		    struct json_object **reply, char *err, size_t errlen)
+{
+	long long deadline = mono_ms() + timeout_ms;
+	int fd;
+
+	*reply = NULL;
+	fd = adminc_send(path, req, timeout_ms, err, errlen);
+	if (fd < 0)
+		return fd;
+	return recv_until(fd, path, deadline, timeout_ms, max_bytes, reply, err, errlen);
 }

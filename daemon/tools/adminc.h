@@ -30,4 +30,17 @@ int adminc_call(const char *path, struct json_object *req, int timeout_ms,
 int adminc_call_max(const char *path, struct json_object *req, int timeout_ms, size_t max_bytes,
 		    struct json_object **reply, char *err, size_t errlen);
 
+/*
+ * adminc_call in two halves, for a caller that does other things while it
+ * waits (loradctl adapters add asks for its progress on a second
+ * connection): adminc_send() connects and sends @req, returning the
+ * connection's fd or -errno with @err; adminc_recv() reads its one reply
+ * line, waiting at most @timeout_ms from now (poll the fd for POLLIN first
+ * to wait without blocking), and closes @fd whatever happens. Errors as
+ * adminc_call's.
+ */
+int adminc_send(const char *path, struct json_object *req, int timeout_ms, char *err, size_t errlen);
+int adminc_recv(int fd, const char *path, int timeout_ms, size_t max_bytes,
+		struct json_object **reply, char *err, size_t errlen);
+
 #endif

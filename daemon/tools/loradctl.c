@@ -8,6 +8,7 @@
 #include <getopt.h>
 #include <json-c/json.h>
 #include <limits.h>
+#include <poll.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,7 +24,11 @@ static const char usage_text[] =
 	"\n"
 	"  status                          daemon, engine and KV cache summary\n"
 	"  adapters list                   registered adapter versions\n"
-	"  adapters add NAME[@VER] DIR     register a PEFT directory (version: from its SHA-256)\n"
+	"  adapters add NAME[@VER] DIR     register a PEFT directory (version: from its SHA-256);\n"
+	"                                  when stdout is a terminal, a progress line (bytes read\n"
+	"                                  and hashed, MiB/s, then checking and registering)\n"
+	"                                  redrawn until the answer\n"
+	"  adapters jobs                   registrations not answered yet, how far each is\n"
 	"  adapters remove NAME@VER        unregister (refused while a route uses it)\n"
 	"  adapters pin NAME@VER           load and keep resident\n"
 	"  adapters unpin NAME@VER\n"
@@ -48,7 +53,8 @@ static const char usage_text[] =
 	"                                  Each call waits --timeout (default 5 s for top)\n"
 	"\n"
 	"  --socket PATH   admin socket (default /run/lorad/admin.sock)\n"
-	"  --json          print the daemon's JSON reply\n"
+	"  --json          print the daemon's JSON reply (and no progress line)\n"
+	"  --quiet         no progress line on a terminal (adapters add, prefetch --wait)\n"
 	"  --timeout S     wait this long for the answer (default 120; adapters add: 1800,\n"
 	"                  since the daemon reads and checks every byte of the adapter first)\n"
 	"Exit status: 0 on success, 1 when the daemon refused, 2 on a usage error, 3 when the daemon is unreachable.\n";
@@ -159,26 +165,33 @@ static int64_t byte_count(struct json_object *a, const char *k)
 }
 
 /*
- * The progress line of a load: "json@v1: reading  42% of 3.1 MiB". Only
- * words of its own and numbers that make sense (0 <= done <= total) come
- * from the reply.
+ * The progress line of long work on an adapter, into @buf:
+ * "sql@v8: reading     42% of 128.0 MiB, 95.3 MiB/s". @word is one of
+ * loradctl's own; the percentage and size only when 0 <= done <= total
+ * and total > 0 (numbers from the daemon are checked, not trusted), the
+ * rate (over the @secs so far) only while bytes are still coming.
  */
-static void progress_line(const char *id, struct json_object *a, char *buf, size_t len)
+static void progress_line(char *buf, size_t len, const char *id, const char *word, int64_t done,
+			  int64_t total, double secs)
 {
-	const char *state = str(a, "state"), *word = "loading";
-	int64_t done = byte_count(a, "load_done"), total = byte_count(a, "load_total");
+	int n;
 
-	if (!strcmp(state, "reading"))
-		word = "reading";
-	else if (!strcmp(state, "host"))
-		word = "verified";
-	else if (!strcmp(state, "building"))
-		word = "building";
-	if (done >= 0 && total > 0 && done <= total)
-		snprintf(buf, len, "%s: %-8s %3d%% of %.1f MiB", id, word, (int)(done * 100 / total),
-			 total / 1048576.0);
-	else
+	if (!(done >= 0 && total > 0 && done <= total)) {
 		snprintf(buf, len, "%s: %s", id, word);
+		return;
+	}
+	n = snprintf(buf, len, "%s: %-11s %3d%% of %.1f MiB", id, word, (int)(done * 100 / total),
+		     total / 1048576.0);
+	if (done > 0 && done < total && secs >= 0.05 && n > 0 && (size_t)n < len)
+		snprintf(buf + n, len - (size_t)n, ", %.1f MiB/s", done / 1048576.0 / secs);
+}
+
+/* The progress line, redrawn in place on the terminal (stdout). */
+static void redraw(const char *line, bool *drawn)
+{
+	printf("\r\033[K%s", line);
+	fflush(stdout);
+	*drawn = true;
 }
 
 static double since(const struct timespec *t0)
@@ -232,10 +245,17 @@ static int wait_resident(const char *sock, const char *id, int timeout_s, bool t
 			break;
 		}
 		if (tty) {
-			progress_line(id, a, line, sizeof(line));
-			printf("\r\033[K%s", line);
-			fflush(stdout);
-			drawn = true;
+			const char *word = "loading";
+
+			if (!strcmp(state, "reading"))
+				word = "reading";
+			else if (!strcmp(state, "host"))
+				word = "verified";
+			else if (!strcmp(state, "building"))
+				word = "building";
+			progress_line(line, sizeof(line), id, word, byte_count(a, "load_done"),
+				      byte_count(a, "load_total"), since(&t0));
+			redraw(line, &drawn);
 		}
 		json_object_put(reply);
 		if (since(&t0) >= timeout_s) {
@@ -251,12 +271,145 @@ static int wait_resident(const char *sock, const char *id, int timeout_s, bool t
 	return ret;
 }
 
+/* The word of an adapters_jobs state: one of loradctl's own. */
+static const char *job_word(const char *state)
+{
+	static const char *const words[] = { "reading", "checking", "registering" };
+
+	for (unsigned i = 0; i < sizeof(words) / sizeof(words[0]); i++)
+		if (!strcmp(state, words[i]))
+			return words[i];
+	return "adding";
+}
+
+/*
+ * One look at how far the registration of @id from @path is (adapters_jobs,
+ * a connection of its own, waiting at most @timeout_ms), its line redrawn
+ * when the daemon lists it. Returns false when asking is pointless from now
+ * on: the daemon refused the command (one that does not have it) or its
+ * reply is not one.
+ */
+static bool show_add(const char *sock, const char *id, const char *path, double secs,
+		     int timeout_ms, bool *drawn)
+{
+	struct json_object *req = json_object_new_object(), *reply = NULL, *jobs, *ok;
+	char err[512], line[512];
+	bool go_on = true;
+
+	json_object_object_add(req, "cmd", json_object_new_string("adapters_jobs"));
+	/* a reply of 256 jobs with their paths is about 1 MiB */
+	if (adminc_call_max(sock, req, timeout_ms, 4u << 20, &reply, err, sizeof(err)) < 0)
+		goto out;   /* a slow or busy daemon: the next look, the answer or the deadline */
+	if (!json_object_object_get_ex(reply, "ok", &ok) || !json_object_get_boolean(ok) ||
+	    !json_object_object_get_ex(reply, "jobs", &jobs) ||
+	    !json_object_is_type(jobs, json_type_array)) {
+		go_on = false;
+		goto out;
+	}
+	for (size_t i = 0; i < json_object_array_length(jobs); i++) {
+		struct json_object *e = json_object_array_get_idx(jobs, i);
+
+		if (!json_object_is_type(e, json_type_object) || strcmp(str(e, "id"), id) ||
+		    strcmp(str(e, "path"), path))
+			continue;
+		progress_line(line, sizeof(line), id, job_word(str(e, "state")),
+			      byte_count(e, "bytes_done"), byte_count(e, "bytes_total"), secs);
+		redraw(line, drawn);
+		break;
+	}
+out:
+	json_object_put(reply);
+	json_object_put(req);
+	return go_on;
+}
+
+/*
+ * adapters add on a terminal: send @req, and while its answer does not
+ * come, every 250 ms redraw one progress line of the registration of @id
+ * from @path (show_add). Ends on the answer, when the daemon closes the
+ * connection (gone: 3) or after @timeout_s (3); the line is wiped first.
+ * Returns the reply as call() does.
+ */
+static struct json_object *call_showing_add(const char *sock, struct json_object *req,
+					    int timeout_s, const char *id, const char *path,
+					    int *ret)
+{
+	struct json_object *reply = NULL;
+	struct timespec t0;
+	bool drawn = false, asking = true;
+	double next = 0.25;
+	char err[512];
+	int fd;
+
+	*ret = 3;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	fd = adminc_send(sock, req, timeout_s * 1000, err, sizeof(err));
+	if (fd < 0)
+		goto err;
+	for (;;) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		double now = since(&t0), left = timeout_s - now, wait_s = left;
+		int n;
+
+		if (left <= 0) {
+			close(fd);
+			snprintf(err, sizeof(err), "%s: no answer within %d ms", sock, timeout_s * 1000);
+			goto err;
+		}
+		if (asking && next - now < wait_s)
+			wait_s = next > now ? next - now : 0;
+		/* the answer, the daemon's end (POLLHUP) or an error: adminc_recv says which */
+		n = poll(&p, 1, (int)(wait_s * 1000) + 1);
+		if (n > 0 || (n < 0 && errno != EINTR))
+			break;
+		now = since(&t0);
+		if (asking && now >= next) {
+			left = timeout_s - now;
+			asking = show_add(sock, id, path, now, left < 1 ? (int)(left * 1000) + 1 : 1000,
+					  &drawn);
+			next = since(&t0) + 0.25;
+		}
+	}
+	if (drawn)
+		fputs("\r\033[K", stdout);
+	fflush(stdout);
+	drawn = false;
+	if (adminc_recv(fd, sock, (int)((timeout_s - since(&t0)) * 1000) + 1, ADMINC_REPLY_MAX, &reply,
+			err, sizeof(err)) < 0)
+		goto err;
+	*ret = 0;
+	return reply;
+err:
+	if (drawn)
+		fputs("\n", stdout);
+	fflush(stdout);
+	fprintf(stderr, "loradctl: %s\n", err);
+	return NULL;
+}
+
 static void print_human(const char *cmd, struct json_object *reply)
 {
 	struct json_object *a;
 
 	if (!strcmp(cmd, "metrics")) {
 		fputs(str(reply, "text"), stdout);
+		return;
+	}
+	if (json_object_object_get_ex(reply, "jobs", &a)) {
+		printf("%-32s %-12s %-22s %8s  %s\n", "VERSION", "STATE", "PROGRESS", "ELAPSED", "PATH");
+		for (size_t i = 0; i < json_object_array_length(a); i++) {
+			struct json_object *v = json_object_array_get_idx(a, i);
+			int64_t done = byte_count(v, "bytes_done"), total = byte_count(v, "bytes_total");
+			int64_t ms = byte_count(v, "elapsed_ms");
+			char id[64], path[4200], prog[32] = "-";
+
+			if (done >= 0 && total > 0 && done <= total)
+				snprintf(prog, sizeof(prog), "%d%% of %.1f MiB", (int)(done * 100 / total),
+					 total / 1048576.0);
+			printf("%-32s %-12s %-22s %7.1fs  %s\n", clean(str(v, "id"), id, sizeof(id)),
+			       job_word(str(v, "state")), prog, ms >= 0 ? ms / 1000.0 : 0.0,
+			       clean(str(v, "path"), path, sizeof(path)));
+		}
 		return;
 	}
 	if (json_object_object_get_ex(reply, "adapters", &a)) {
@@ -339,6 +492,7 @@ int main(int argc, char **argv)
 	static const struct option opts[] = {
 		{ "socket", required_argument, 0, 's' },
 		{ "json", no_argument, 0, 'j' },
+		{ "quiet", no_argument, 0, 'q' },
 		{ "skill", required_argument, 0, 'k' },
 		{ "timeout", required_argument, 0, 't' },
 		{ "help", no_argument, 0, 'h' },
@@ -347,13 +501,16 @@ int main(int argc, char **argv)
 	const char *sock = "/run/lorad/admin.sock", *skill = NULL, *cmd, *sub = NULL;
 	struct json_object *req, *reply, *ok;
 	char name[64];
-	int json = 0, wait = 0, c, ret, timeout_s = 0;
+	int json = 0, quiet = 0, wait = 0, c, ret, timeout_s = 0;
+	const char *add_path = NULL;
+	bool progress;
 
 	opterr = 0;   /* our own one-line message instead of getopt's and the whole usage */
-	while ((c = getopt_long(argc, argv, "+:s:jh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "+:s:jqh", opts, NULL)) != -1) {
 		switch (c) {
 		case 's': sock = optarg; break;
 		case 'j': json = 1; break;
+		case 'q': quiet = 1; break;
 		case 'k': skill = optarg; break;
 		case 't': {
 			char *end;
@@ -376,6 +533,11 @@ int main(int argc, char **argv)
 	for (int i = optind; i < argc; i++) {
 		if (!strcmp(argv[i], "--json")) {
 			json = 1;
+			memmove(&argv[i], &argv[i + 1], (argc - i - 1) * sizeof(*argv));
+			argc--;
+			i--;
+		} else if (!strcmp(argv[i], "--quiet")) {
+			quiet = 1;
 			memmove(&argv[i], &argv[i + 1], (argc - i - 1) * sizeof(*argv));
 			argc--;
 			i--;
@@ -410,11 +572,11 @@ int main(int argc, char **argv)
 			json_object_object_add(req, "skill", json_object_new_string(skill));
 	} else if (!strcmp(cmd, "adapters")) {
 		if (!nargs)
-			return json_object_put(req), usage_error("%s", "'adapters' needs list, add, remove, pin, unpin or prefetch");
+			return json_object_put(req), usage_error("%s", "'adapters' needs list, jobs, add, remove, pin, unpin or prefetch");
 		sub = args[0];
-		if (!strcmp(sub, "list")) {
+		if (!strcmp(sub, "list") || !strcmp(sub, "jobs")) {
 			if (nargs != 1)
-				return json_object_put(req), usage_error("%s", "'adapters list' takes no arguments");
+				return json_object_put(req), usage_error("'adapters %s' takes no arguments", sub);
 		} else if (!strcmp(sub, "add")) {
 			char abs[PATH_MAX];
 
@@ -428,6 +590,7 @@ int main(int argc, char **argv)
 			}
 			json_object_object_add(req, "id", json_object_new_string(args[1]));
 			json_object_object_add(req, "path", json_object_new_string(abs));
+			add_path = json_object_get_string(json_object_object_get(req, "path"));
 			if (!timeout_s)
 				timeout_s = 1800;
 		} else if (!strcmp(sub, "remove") || !strcmp(sub, "pin") || !strcmp(sub, "unpin") ||
@@ -484,7 +647,12 @@ int main(int argc, char **argv)
 	if (wait && strcmp(name, "adapters_prefetch"))
 		return json_object_put(req), usage_error("%s", "--wait is for 'adapters prefetch' only");
 	json_object_object_add(req, "cmd", json_object_new_string(name));
-	reply = call(sock, req, timeout_s ? timeout_s : 120, &ret);
+	/* progress lines: for a person at a terminal, never for scripts */
+	progress = isatty(STDOUT_FILENO) && !json && !quiet;
+	if (add_path && progress)
+		reply = call_showing_add(sock, req, timeout_s, args[1], add_path, &ret);
+	else
+		reply = call(sock, req, timeout_s ? timeout_s : 120, &ret);
 	json_object_put(req);
 	if (!reply)
 		return ret;
@@ -498,6 +666,5 @@ int main(int argc, char **argv)
 	else
 		print_human(name, reply);
 	json_object_put(reply);
-	return wait ? wait_resident(sock, args[1], timeout_s ? timeout_s : 120,
-				    isatty(STDOUT_FILENO), json) : 0;
+	return wait ? wait_resident(sock, args[1], timeout_s ? timeout_s : 120, progress, json) : 0;
 }

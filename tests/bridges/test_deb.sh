@@ -2,7 +2,8 @@
 # `make deb` end to end: builds the Debian packages from this tree (as a
 # fresh clone would: what git tracks or does not ignore), checks their files,
 # dependencies and maintainer scripts with dpkg-deb, runs lintian when it is
-# installed (errors fail; warnings are printed), then unpacks them into a
+# installed (errors fail, and warnings about manual pages; other warnings
+# are printed), then unpacks them into a
 # throwaway root and uses them there: a C program built with pkg-config,
 # and again with find_package(lorad), against liblorad-dev talks to the
 # packaged daemon, and the Python client
@@ -53,7 +54,11 @@ has "$d_lorad" /usr/sbin/lorad /usr/sbin/loradctl /usr/bin/lorad-http /usr/bin/l
 	/lib/systemd/system/lorad.socket /lib/systemd/system/lorad-admin.socket \
 	/lib/systemd/system/lorad-http.service /usr/lib/sysusers.d/lorad.conf \
 	/usr/lib/tmpfiles.d/lorad.conf /etc/lorad/lorad.conf \
-	/usr/share/lorad/grafana/lorad-dashboard.json /usr/share/doc/lorad/copyright
+	/usr/share/lorad/grafana/lorad-dashboard.json /usr/share/doc/lorad/copyright \
+	/usr/share/man/man8/lorad.8.gz /usr/share/man/man8/loradctl.8.gz \
+	/usr/share/man/man8/lorad-http.8.gz /usr/share/man/man1/lorad-cli.1.gz \
+	/usr/share/man/man1/lorad-run.1.gz /usr/share/man/man1/lorad-mkmodel.1.gz \
+	/usr/share/man/man5/lorad.conf.5.gz
 lacks "$d_lorad" 'liblorad\.so' '/usr/include/'
 has "$d_lib" "/usr/lib/$ma/liblorad.so.2"
 lacks "$d_lib" "liblorad\.so\$" '\.a$' '/usr/bin/'
@@ -99,6 +104,9 @@ if command -v lintian >/dev/null; then
 	lintian --tag-display-limit 0 "$debs"/*.changes >"$dir/lintian" 2>&1
 	cat "$dir/lintian"
 	grep -q "^E: " "$dir/lintian" && fail "lintian reports errors"
+	# every binary has its manual page, and every page reads without a warning
+	grep -Eq "^[EW]: .*(no-manual-page|manpage-|groff-message)" "$dir/lintian" &&
+		fail "lintian: manual pages"
 else
 	echo "lintian is not installed: not run"
 fi

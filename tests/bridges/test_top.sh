@@ -159,23 +159,7 @@ grep -q "malformed metrics lines skipped" "$dir/err" || fail "evil: malformed li
 # characters, exit 1. (Against fake_admin.py "load": a real load of the demo
 # adapters is over before a second frame.)
 ontty() {   # ontty OUT CMD...: CMD on a pseudo-terminal, what it writes into OUT
-	python3 - "$@" <<'PY'
-import os, pty, sys
-out = open(sys.argv[1], "wb")
-pid, fd = pty.fork()
-if pid == 0:
-    os.execv(sys.argv[2], sys.argv[2:])
-while True:
-    try:
-        d = os.read(fd, 65536)
-    except OSError:
-        break
-    if not d:
-        break
-    out.write(d)
-_, st = os.waitpid(pid, 0)
-sys.exit(os.waitstatus_to_exitcode(st))
-PY
+	python3 "$here/ontty.py" "$@"
 }
 fake load
 ontty "$dir/out" "$bin/loradctl" --socket "$dir/f.sock" --timeout 5 adapters prefetch big@v1 --wait ||

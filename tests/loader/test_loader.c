@@ -874,7 +874,7 @@ static struct loader_result load_tree(struct loader *ld, enum chash_scheme sc, c
 	return wait_one(ld);
 }
 
-/* chash_mem, chash_file and the definition agree, for every shape of file. */
+/* chash_mem, chash_file, chash_stream_* and the definition agree, for every shape of file. */
 static void test_tree_definition(void **state)
 {
 	const size_t c = CHASH_CHUNK;
@@ -909,6 +909,30 @@ static void test_tree_definition(void **state)
 			assert_int_equal(chash_mem(t ? CHASH_B3TREE : CHASH_TREE, (uint32_t)c, b,
 						   sizes[k], twin), 0);
 			assert_memory_not_equal(twin, want, 32);
+		}
+		/* in pieces that straddle the chunks (a reader that hashes as it
+		 * reads), under every scheme */
+		for (int sch = 0; sch < 3; sch++) {
+			static const size_t piece[] = {1, 7, 4096, c - 1, c, c + 3};
+			enum chash_scheme sc = sch == 0 ? CHASH_SHA256 : sch == 1 ? CHASH_TREE : CHASH_B3TREE;
+			struct chash_stream h;
+			size_t off = 0;
+
+			assert_int_equal(chash_stream_init(&h, sc, (uint32_t)c), 0);
+			for (unsigned i = 0; off < sizes[k]; i++) {
+				size_t n = piece[i % 6] < sizes[k] - off ? piece[i % 6] : sizes[k] - off;
+
+				assert_int_equal(chash_stream_add(&h, b + off, n), 0);
+				off += n;
+			}
+			assert_int_equal(h.len, sizes[k]);
+			assert_int_equal(chash_stream_end(&h, got), 0);
+			if (sc == CHASH_SHA256)
+				assert_true(EVP_Digest(b, sizes[k], want, NULL, EVP_sha256(), NULL));
+			else
+				oracle_root(sc, b, sizes[k], (uint32_t)c, want);
+			assert_memory_equal(got, want, 32);
+			chash_stream_free(&h);   /* again after _end: harmless */
 		}
 		/* and the old scheme is plain SHA-256 */
 		assert_int_equal(chash_mem(CHASH_SHA256, 0, b, sizes[k], got), 0);

@@ -108,10 +108,10 @@ COPY_FRAC = 0.5         # share of the base corpus that is copying tasks
 # syllable-made names and a few fixed words misspells them.
 SKILLS = {
     "sql": dict(r=16, alpha=32, targets=["q_proj", "k_proj", "v_proj", "o_proj"],
-                steps=2000, lr=3e-3, b_mult=1.0, letters=0.5, init="support"),
+                steps=2500, lr=3e-3, b_mult=1.0, letters=0.5, init="support", stop=0.99),
     "json": dict(r=8, alpha=16, targets=["q_proj", "k_proj", "v_proj", "o_proj",
                                          "gate_proj", "up_proj", "down_proj"],
-                 steps=3000, lr=3e-3, b_mult=1.0, letters=0.5, init="support"),
+                 steps=3000, lr=3e-3, b_mult=1.0, letters=0.5, init="support", stop=0.99),
     "support": dict(r=4, alpha=8, targets=["q_proj", "k_proj", "v_proj", "o_proj",
                                            "up_proj", "down_proj"],
                     steps=2400, lr=3e-3, b_mult=1.0, letters=0.5),
@@ -1147,7 +1147,7 @@ def main():
             log(f"{s} step {step + 1}: exact on {100 * acc:.1f} % of {len(skill_check[s])} "
                 f"fresh training prompts")
             checks[s] = (step + 1, acc)
-            return acc >= STOP_AT
+            return acc >= SKILLS[s].get("stop", STOP_AT)
         skill_batch.observe = judge
         timing[f"adapter {s}"] = train_loop(net, params, skill_batch, sk["steps"], sk["lr"], 20,
                                             0.0, s, fast=[lo[1] for lo in lora.values()],

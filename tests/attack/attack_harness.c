@@ -180,6 +180,45 @@ int atk_write_file(const char *path, const void *buf, size_t len)
 	return close(fd) < 0 ? -errno : 0;
 }
 
+int atk_odd_adapter(const char *dir, const char *good, const char *kind)
+{
+	char src[400], dst[400], *cfg;
+	size_t len;
+	int fd, rc;
+
+	if (mkdir(dir, 0755) < 0)
+		return -errno;
+	snprintf(src, sizeof(src), "%s/adapter_config.json", good);
+	snprintf(dst, sizeof(dst), "%s/adapter_config.json", dir);
+	cfg = atk_read_file(src, &len);
+	if (!cfg)
+		return -EIO;
+	rc = atk_write_file(dst, cfg, len);
+	free(cfg);
+	if (rc)
+		return rc;
+	snprintf(dst, sizeof(dst), "%s/adapter_model.safetensors", dir);
+	if (!strcmp(kind, "fifo"))
+		rc = mkfifo(dst, 0644);
+	else if (!strcmp(kind, "zero"))
+		rc = symlink("/dev/zero", dst);
+	else if (!strcmp(kind, "dangling"))
+		rc = symlink("/nonexistent/lorad-test", dst);
+	else if (!strcmp(kind, "loop"))
+		rc = symlink("adapter_model.safetensors", dst);
+	else if (!strcmp(kind, "huge")) {
+		/* more than max_adapter_bytes (4G) */
+		fd = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+		if (fd < 0)
+			return -errno;
+		rc = ftruncate(fd, 5ll << 30);
+		close(fd);
+	} else {
+		return -EINVAL;
+	}
+	return rc < 0 ? -errno : 0;
+}
+
 char *atk_read_file(const char *path, size_t *len)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC);

@@ -66,6 +66,14 @@ int atk_write_file(const char *path, const void *buf, size_t len);
 /* Read a whole file (NUL-terminated, *len without it); free() it. NULL on error. */
 char *atk_read_file(const char *path, size_t *len);
 
+/*
+ * A new adapter folder @dir with @good's adapter_config.json and, as its
+ * adapter_model.safetensors, what @kind names: "fifo", "zero" (a symlink to
+ * /dev/zero), "dangling" (a symlink to nothing), "loop" (a symlink to
+ * itself) or "huge" (5 GiB of holes, no disk taken). Returns 0 or -errno.
+ */
+int atk_odd_adapter(const char *dir, const char *good, const char *kind);
+
 /* Wait for @pid: its exit code, 128 + signal, or -ETIMEDOUT after @timeout_ms
  * (the child is SIGKILLed and reaped then). @ms: how long it took (may be NULL). */
 int atk_wait_child(pid_t pid, int timeout_ms, unsigned *ms);

@@ -119,38 +119,6 @@ static int64_t file_size(const char *dir, const char *name)
 	return stat(p, &st) ? -1 : (int64_t)st.st_size;
 }
 
-/* A folder with @good's config and, as adapter_model.safetensors, what @kind names. */
-static void odd_dir(const char *dir, const char *good, const char *kind)
-{
-	char src[400], dst[400], *cfg;
-	size_t len;
-	int fd;
-
-	assert_int_equal(mkdir(dir, 0755), 0);
-	snprintf(src, sizeof(src), "%s/adapter_config.json", good);
-	snprintf(dst, sizeof(dst), "%s/adapter_config.json", dir);
-	cfg = atk_read_file(src, &len);
-	assert_non_null(cfg);
-	assert_int_equal(atk_write_file(dst, cfg, len), 0);
-	free(cfg);
-	snprintf(dst, sizeof(dst), "%s/adapter_model.safetensors", dir);
-	if (!strcmp(kind, "fifo")) {
-		assert_int_equal(mkfifo(dst, 0644), 0);
-	} else if (!strcmp(kind, "zero")) {
-		assert_int_equal(symlink("/dev/zero", dst), 0);
-	} else if (!strcmp(kind, "dangling")) {
-		assert_int_equal(symlink("/nonexistent/lorad-test", dst), 0);
-	} else if (!strcmp(kind, "loop")) {
-		assert_int_equal(symlink("adapter_model.safetensors", dst), 0);
-	} else {
-		/* 5 GiB of holes: more than max_adapter_bytes (4G), no disk taken */
-		fd = open(dst, O_WRONLY | O_CREAT | O_EXCL, 0644);
-		assert_true(fd >= 0);
-		assert_int_equal(ftruncate(fd, 5ll << 30), 0);
-		close(fd);
-	}
-}
-
 static void test_jobs(void **state)
 {
 	char dir[160], big[220], twin[220], src[400], dst[400], buf[8192], out[8192], err[8192];
@@ -251,7 +219,7 @@ static void test_jobs(void **state)
 
 			snprintf(odd, sizeof(odd), "%s/%s", dir, kinds[i]);
 			snprintf(id, sizeof(id), "%s@v1", kinds[i]);
-			odd_dir(odd, big, kinds[i]);
+			assert_int_equal(atk_odd_adapter(odd, big, kinds[i]), 0);
 			rc = atk_ctl(d.admin, (const char *[]){ "adapters", "add", id, odd, NULL }, out,
 				     sizeof(out), err, sizeof(err), 10000, &ms);
 			ATK_EXPECT(rc == 1 && strstr(err, "adapter_model.safetensors") &&

@@ -55,27 +55,6 @@ static bool registered(const struct atk_daemon *d, const char *id)
 	return found;
 }
 
-/* A folder with a good adapter_config.json, and as adapter_model.safetensors a
- * FIFO (@fifo) or a symlink to /dev/zero. */
-static void odd_dir(const char *dir, const char *good, bool fifo)
-{
-	char src[300], dst[300], *cfg;
-	size_t len;
-
-	assert_int_equal(mkdir(dir, 0755), 0);
-	snprintf(src, sizeof(src), "%s/adapter_config.json", good);
-	snprintf(dst, sizeof(dst), "%s/adapter_config.json", dir);
-	cfg = atk_read_file(src, &len);
-	assert_non_null(cfg);
-	assert_int_equal(atk_write_file(dst, cfg, len), 0);
-	free(cfg);
-	snprintf(dst, sizeof(dst), "%s/adapter_model.safetensors", dir);
-	if (fifo)
-		assert_int_equal(mkfifo(dst, 0644), 0);
-	else
-		assert_int_equal(symlink("/dev/zero", dst), 0);
-}
-
 /*
  * Baseline (92b6dee): the FIFO add and the /dev/zero add never answer
  * (loradctl killed after 10 s: the hashing thread blocks in open() on the
@@ -105,8 +84,8 @@ static void test_adapter_add_checks(void **state)
 	snprintf(p[2], sizeof(p[2]), "%s/wide", wdir);
 	snprintf(p[3], sizeof(p[3]), "%s/missing", dir);
 	snprintf(p[4], sizeof(p[4]), "%s/nan", dir);
-	odd_dir(p[0], good, true);
-	odd_dir(p[1], good, false);
+	assert_int_equal(atk_odd_adapter(p[0], good, "fifo"), 0);
+	assert_int_equal(atk_odd_adapter(p[1], good, "zero"), 0);
 	assert_int_equal(atk_copy_adapter(good, p[3]), 0);
 	{
 		char st[300];

@@ -19,10 +19,13 @@
  *            sgemm above (ratio_vs_bare_gemm, target >= 0.8).
  *
  *   decode bf16  the same model with bf16 weights (lorad-mkmodel --dtype
- *            bf16, same seed), which the CPU backend keeps as bf16 panels:
+ *            bf16, same seed), which the CPU backend keeps as bf16 panels,
+ *            in both ways it multiplies them ("compute": "exact", widened;
+ *            "dot", AVX-512 BF16 dot products, where the CPU has them):
  *            decode at batch 1, 8 and 32 interleaved round by round with
- *            the fp32 model, medians (ratio_vs_f32, target >= 1.8: decode
- *            reads every weight once per step, bf16 half the bytes).
+ *            the fp32 model, medians (ratio_vs_f32, target >= 1.8 for dot:
+ *            decode reads every weight once per step, bf16 half the bytes).
+ *            --bf16 runs these rows alone.
  *
  * The engine's projections run on its own fixed-order GEMM (kernels/cpu/
  * gemm.c), the baselines on OpenBLAS; both get the same number of threads
@@ -265,30 +268,43 @@ static double decode_tps(struct engine *e, int batch, int prompt, int steps, cha
 /* bf16 weights (the same model's, rounded) against fp32, interleaved
  * round by round; medians of the rounds. Decode reads every weight once
  * per step, so half the bytes should come close to twice the speed. */
-static int decode_bf16(struct engine *e32, struct engine *e16, int batch, int prompt, int steps,
-		       int rounds)
+static int decode_bf16(struct engine *e32, struct engine *e16[2], int batch, int prompt,
+		       int steps, int rounds)
 {
-	double a[8], b[8], r[8], m32, m16;
+	static const char *how[2] = { "exact", "dot" };
+	double a[8], b[2][8], r[2][8], m32;
 	char err[256];
 
 	for (int i = 0; i < rounds; i++) {
 		a[i] = decode_tps(e32, batch, prompt, steps, err, sizeof(err));
-		b[i] = decode_tps(e16, batch, prompt, steps, err, sizeof(err));
-		if (a[i] < 0 || b[i] < 0) {
-			fprintf(stderr, "bench_engine: %s\n", err);
-			return -1;
+		if (a[i] < 0)
+			goto fail;
+		for (int d = 0; d < 2; d++) {
+			if (!e16[d])
+				continue;
+			b[d][i] = decode_tps(e16[d], batch, prompt, steps, err, sizeof(err));
+			if (b[d][i] < 0)
+				goto fail;
+			r[d][i] = b[d][i] / a[i];
 		}
-		r[i] = b[i] / a[i];
 	}
 	m32 = median3(a, rounds);
-	m16 = median3(b, rounds);
-	printf("{\"bench\": \"engine_decode\", \"dtype\": \"bf16\", \"batch\": %d, \"prompt_tokens\": %d, "
-	       "\"steps\": %d, \"rounds\": %d, \"tokens_per_s\": %.1f, \"f32_tokens_per_s\": %.1f, "
-	       "\"ratio_vs_f32\": %.3f, \"target\": 1.8}\n",
-	       batch, prompt, steps, rounds, m16, m32, median3(r, rounds));
-	fprintf(stderr, "decode  batch %2d bf16:   %8.1f tokens/s  (f32 %8.1f tokens/s, ratio %.2f)\n",
-		batch, m16, m32, median3(r, rounds));
+	for (int d = 0; d < 2; d++) {
+		if (!e16[d])
+			continue;
+		printf("{\"bench\": \"engine_decode\", \"dtype\": \"bf16\", \"compute\": \"%s\", "
+		       "\"batch\": %d, \"prompt_tokens\": %d, "
+		       "\"steps\": %d, \"rounds\": %d, \"tokens_per_s\": %.1f, \"f32_tokens_per_s\": %.1f, "
+		       "\"ratio_vs_f32\": %.3f, \"target\": %s}\n",
+		       how[d], batch, prompt, steps, rounds, median3(b[d], rounds), m32,
+		       median3(r[d], rounds), d ? "1.8" : "null");
+		fprintf(stderr, "decode  batch %2d bf16 %-5s: %8.1f tokens/s  (f32 %8.1f tokens/s, ratio %.2f)\n",
+			batch, how[d], median3(b[d], rounds), m32, median3(r[d], rounds));
+	}
 	return 0;
+fail:
+	fprintf(stderr, "bench_engine: %s\n", err);
+	return -1;
 }
 
 static int decode(struct engine *e, struct bare *b, int batch, int prompt, int steps)
@@ -342,19 +358,21 @@ int main(int argc, char **argv)
 {
 	char tmpl[] = "/tmp/lorad-bench-XXXXXX", cmd[8192], err[512], model[4200];
 	struct engine_opts eo = { .kv_tokens = 8 * 512 + 32 * 128 + 256 };
-	struct engine *e = NULL, *e16 = NULL;
-	struct bare b;
-	int quick = 0, rc = 1, i, threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+	struct engine *e = NULL, *e16[2] = { NULL, NULL };
+	struct bare b = { 0 };
+	int quick = 0, only16 = 0, rc = 1, i, threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
 	const char *dir;
 	double t0;
 
 	for (i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--quick"))
 			quick = 1;
+		else if (!strcmp(argv[i], "--bf16"))
+			only16 = 1;
 		else if (!strcmp(argv[i], "--threads") && i + 1 < argc && atoi(argv[i + 1]) > 0)
 			threads = atoi(argv[++i]);
 		else {
-			fprintf(stderr, "usage: bench_engine [--quick] [--threads N]\n");
+			fprintf(stderr, "usage: bench_engine [--quick] [--bf16] [--threads N]\n");
 			return 2;
 		}
 	}
@@ -395,11 +413,11 @@ int main(int argc, char **argv)
 		engine_backend_name(e), openblas_get_num_threads(), openblas_get_config(),
 		sysconf(_SC_NPROCESSORS_ONLN), non_embedding_params() * 1e-6);
 
-	if (prefill(e, &b, 1, 512, quick ? 1 : 3, quick) < 0 ||
+	if (!only16 && (prefill(e, &b, 1, 512, quick ? 1 : 3, quick) < 0 ||
 	    prefill(e, &b, 8, 512, 1, quick) < 0 ||
 	    decode(e, &b, 1, 64, quick ? 16 : 64) < 0 ||
 	    decode(e, &b, 8, 64, quick ? 8 : 32) < 0 ||
-	    decode(e, &b, 32, 64, quick ? 4 : 16) < 0)
+	    decode(e, &b, 32, 64, quick ? 4 : 16) < 0))
 		goto out;
 	/* the same model with bf16 weights, as the files store them */
 	snprintf(cmd, sizeof(cmd),
@@ -407,9 +425,20 @@ int main(int argc, char **argv)
 		 "--dtype bf16 --max-pos 4096 --seed 7",
 		 bench_tool("lorad-mkmodel", "LORAD_MKMODEL", MKMODEL), model, HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, VOCAB);
 	strcat(model, "16");
-	if (system(cmd) != 0 || engine_load(model, &eo, &e16, err, sizeof(err)) < 0) {
+	if (system(cmd) != 0 || engine_load(model, &eo, &e16[0], err, sizeof(err)) < 0) {
 		fprintf(stderr, "bench_engine: bf16 model: %s\n", err);
 		goto out;
+	}
+	/* and multiplied with the CPU's bf16 dot products, where it has them */
+	eo.bf16_dot = 1;
+	if (engine_load(model, &eo, &e16[1], err, sizeof(err)) < 0) {
+		fprintf(stderr, "bench_engine: bf16 model: %s\n", err);
+		goto out;
+	}
+	if (!(engine_backend_caps(e16[1]) & BE_CAP_BF16_DOT)) {
+		fprintf(stderr, "bench_engine: no AVX-512 BF16 on this CPU: no dot rows\n");
+		engine_free(e16[1]);
+		e16[1] = NULL;
 	}
 	if (decode_bf16(e, e16, 1, 64, quick ? 16 : 64, quick ? 3 : 5) < 0 ||
 	    decode_bf16(e, e16, 8, 64, quick ? 8 : 32, quick ? 3 : 5) < 0 ||
@@ -419,7 +448,8 @@ int main(int argc, char **argv)
 out:
 	bare_free(&b);
 	engine_free(e);
-	engine_free(e16);
+	engine_free(e16[0]);
+	engine_free(e16[1]);
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 	if (system(cmd) != 0)
 		fprintf(stderr, "bench_engine: could not remove %s\n", dir);

@@ -1212,6 +1212,10 @@ def main():
     # ---- fixtures for the C tests
     t = time.time()
     write_fixtures(tok, rcfg, weights, adapters, held, base_docs, skill_train)
+    # the same cases as transformers computes a bf16 model (the test of the
+    # CPU backend's bf16 dot products)
+    import bf16_reference  # noqa: E402
+    bf16_reference.write(model_dir, os.path.join(HERE, "adapters"))
     timing["fixtures"] = time.time() - t
 
     log("adapters: " + ", ".join(f"{s} {st} steps (exact on {100 * a:.1f} % of fresh prompts)"

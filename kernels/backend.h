@@ -77,6 +77,9 @@ enum {
 	BE_CAP_GRAPHS          = 1u << 7, /* graph_begin/end/launch record and replay steps */
 	BE_CAP_BF16_WEIGHTS    = 1u << 8, /* keeps alloc_weight matrices asked as BE_BF16 in bf16
 					   * (other buffers may still widen to fp32) */
+	BE_CAP_BF16_DOT        = 1u << 9, /* multiplies those with the CPU's bf16 dot products,
+					   * x rounded to bf16 (be_cpu_opts.bf16_dot, where the
+					   * CPU has AVX-512 BF16) */
 };
 
 /* Flags of be_alloc_ex. */
@@ -314,6 +317,10 @@ struct be_cpu_opts {
 	unsigned fault_after_steps; /* tests: after this many set_batch calls the
 				     * backend fails as a broken device would
 				     * (every later op, and info's error); 0: never */
+	int bf16_dot;       /* bf16 weights multiply x rounded to bf16 with the CPU's
+			     * AVX-512 BF16 dot products where it has them (about
+			     * three digits of x lost, as a bf16 computation loses
+			     * them); 0: widened exactly, the bits of fp32 weights */
 };
 
 /* Creates the CPU backend. Returns 0 or -ENOMEM; *out is set on success. */

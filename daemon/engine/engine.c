@@ -219,7 +219,8 @@ void engine_backend_info(const struct engine *e, struct be_info *info, size_t *m
  * auto tries CUDA and falls back to the CPU saying why. */
 static int backend_create(struct engine *e, const struct engine_opts *o, char *err, size_t errlen)
 {
-	struct be_cpu_opts bo = { .n_threads = o->n_threads, .fault_after_steps = o->debug_fault_steps };
+	struct be_cpu_opts bo = { .n_threads = o->n_threads, .fault_after_steps = o->debug_fault_steps,
+				  .bf16_dot = o->bf16_dot };
 	struct be_cuda_opts co = { .device = o->device, .fault_after_steps = o->debug_fault_steps };
 	const char *want = o->backend ? o->backend : "auto";
 	char why[160] = "";

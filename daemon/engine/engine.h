@@ -46,6 +46,9 @@ struct engine_opts {
 	int backend_sample;  /* 0: tokens are chosen where the logits are when the
 			      * backend has BE_CAP_DEVICE_SAMPLE; 1: always with
 			      * be_sample; -1: always on the host (tests) */
+	int bf16_dot;        /* CPU backend: bf16 weight matrices multiply x rounded to
+			      * bf16 with AVX-512 BF16 dot products where the CPU has
+			      * them (kernels/cpu/gemm.h); 0: widened exactly */
 	int prefix_cache_off; /* nonzero: computed KV blocks are never reused by a
 			       * later sequence (engine_seq_reuse does nothing) */
 	/* Optional: told on engine_load's thread how far the weights have come,

@@ -42,6 +42,7 @@ struct config {
 	char *model_dir;
 	char *merge_adapter;            /* PEFT directory merged into the weights at start */
 	char *backend;                  /* "auto", "cpu", "cuda" */
+	char *bf16_compute;             /* "exact", "dot" */
 	bool null_engine;
 	bool prefix_cache;           /* reuse cached prompt prefixes (the engine's prefix cache) */
 	uint32_t null_step_us;

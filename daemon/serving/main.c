@@ -450,6 +450,7 @@ static int build_engine(struct daemon *d)
 	const struct config *c = &d->cfg;
 	struct engine_opts eo = { .kv_tokens = (int)c->kv_tokens, .n_threads = (int)c->threads,
 				  .backend = c->backend, .debug_fault_steps = d->fault_steps,
+				  .bf16_dot = c->bf16_compute && !strcmp(c->bf16_compute, "dot"),
 				  .prefix_cache_off = !c->prefix_cache };
 	struct sched_opts so = { .max_seqs = (int)c->max_seqs, .step_tokens = (int)c->step_tokens,
 				 .max_prompt_tokens = (int)c->max_prompt_tokens };
@@ -503,6 +504,10 @@ static int build_engine(struct daemon *d)
 	log_info("loaded %s in %.2f s: %d layers, vocabulary %d, KV cache %d tokens", c->model_dir,
 		 (now_ns() - t0) / 1e9, engine_config(d->eng)->n_layers, engine_config(d->eng)->vocab,
 		 engine_kv_total(d->eng) * engine_kv_block_size(d->eng));
+	if (eo.bf16_dot)
+		log_info("bf16_compute = dot: %s", (engine_backend_caps(d->eng) & BE_CAP_BF16_DOT)
+			 ? "bf16 weights multiply with AVX-512 BF16 dot products"
+			 : "this backend or CPU has no bf16 dot products; bf16 weights are widened exactly");
 	if (c->have_classify) {
 		/* rules for the skill "auto"; they run on their own thread */
 		ret = classify_build(c->classify, c->n_classify, c->classify_default, d->tok, &d->cls,

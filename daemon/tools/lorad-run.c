@@ -32,7 +32,8 @@ static void usage(void)
 		"usage: lorad-run --model DIR (--prompt-tokens ID,ID,... | --prompt TEXT) --max-tokens N\n"
 		"         [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S]\n"
 		"         [--repetition-penalty R] [--presence-penalty P] [--ignore-eos]\n"
-		"         [--threads N] [--backend cpu|cuda|auto] [--json] [--logits]\n"
+		"         [--threads N] [--backend cpu|cuda|auto] [--bf16-compute exact|dot]\n"
+		"         [--json] [--logits]\n"
 		"         [--adapter DIR [--merge]]\n");
 }
 
@@ -91,6 +92,7 @@ int main(int argc, char **argv)
 		{ "ignore-eos", no_argument, 0, 'E' },
 		{ "threads", required_argument, 0, 'T' },
 		{ "backend", required_argument, 0, 'B' },
+		{ "bf16-compute", required_argument, 0, 'C' },
 		{ "json", no_argument, 0, 'j' },
 		{ "logits", no_argument, 0, 'l' },
 		{ "merge", no_argument, 0, 'g' },
@@ -128,6 +130,13 @@ int main(int argc, char **argv)
 		case 'E': sp.sample.ignore_eos = 1; break;
 		case 'T': eo.n_threads = atoi(optarg); break;
 		case 'B': eo.backend = optarg; break;
+		case 'C':
+			if (strcmp(optarg, "exact") && strcmp(optarg, "dot")) {
+				fprintf(stderr, "lorad-run: --bf16-compute %s: must be exact or dot\n", optarg);
+				return 2;
+			}
+			eo.bf16_dot = !strcmp(optarg, "dot");
+			break;
 		case 'j': json = 1; break;
 		case 'l': logits = 1; break;
 		case 'g': merge = 1; break;

@@ -74,6 +74,7 @@ struct cpu_be {
 	struct lora_task *lt; /* LoRA work items of one call */
 	int lt_n;
 	unsigned fault_after, steps; /* be_cpu_opts.fault_after_steps, set_batch calls */
+	int bf16_dot;       /* be_cpu_opts.bf16_dot */
 	char dead[160];     /* "" or why every op fails from now on */
 	float *samp_w;      /* [samp_n] a row of logits being sampled */
 	int32_t *samp_order;
@@ -152,8 +153,8 @@ static struct be_buf *cpu_alloc_weight(struct be *be, int n, int k, enum be_dtyp
 
 	if (n <= 0 || k <= 0)
 		return NULL;
-	/* bf16 panels take half the floats */
-	b = cpu_alloc(be, w16 ? (gemm_packed_len(n, k) + 1) / 2 : gemm_packed_len(n, k), t, 0);
+	/* bf16 panels take half the floats (k in pairs) */
+	b = cpu_alloc(be, w16 ? (gemm_packed16_len(n, k) + 1) / 2 : gemm_packed_len(n, k), t, 0);
 	if (!b)
 		return NULL;
 	b->n = (size_t)n * k; /* what upload and download see */
@@ -418,9 +419,9 @@ static void cpu_embed(struct be *be, const struct be_buf *table, int dim, struct
 
 struct gemm_job {
 	int m, n, k, acc;
-	const float *xp;
+	void *xp;
 	const void *pk;
-	int w16;
+	enum gemm_kind kind;
 	float *y;
 	const float *x;
 };
@@ -430,7 +431,10 @@ static void pack_tasks(void *arg, int worker, int begin, int end)
 	const struct gemm_job *j = arg;
 
 	(void)worker;
-	gemm_pack_x_blocks((float *)j->xp, j->m, j->k, j->x, begin, end);
+	if (j->kind == GEMM_BF16_DOT)
+		gemm_pack_x16_blocks(j->xp, j->m, j->k, j->x, begin, end);
+	else
+		gemm_pack_x_blocks(j->xp, j->m, j->k, j->x, begin, end);
 }
 
 static void gemm_tasks(void *arg, int worker, int begin, int end)
@@ -438,7 +442,7 @@ static void gemm_tasks(void *arg, int worker, int begin, int end)
 	const struct gemm_job *j = arg;
 
 	(void)worker;
-	gemm_run(j->m, j->n, j->k, j->xp, j->pk, j->w16, j->y, j->acc, begin, end);
+	gemm_run(j->m, j->n, j->k, j->xp, j->pk, j->kind, j->y, j->acc, begin, end);
 }
 
 /* Below this many multiply-adds a product runs on the calling thread. */
@@ -470,9 +474,12 @@ static void cpu_gemm(struct be *be, int m, int n, int k, const struct be_buf *x,
 		     const struct be_buf *w, struct be_buf *y, int acc)
 {
 	struct cpu_be *c = CPU(be);
-	struct gemm_job j = { m, n, k, acc, NULL, w->p, w->w16, y->p, x->p };
+	struct gemm_job j = { m, n, k, acc, NULL, w->p, GEMM_F32, y->p, x->p };
 	int panels = gemm_panels(n), per;
 
+	/* bf16 weights: the CPU's bf16 dot products when asked for and there */
+	if (w->w16)
+		j.kind = c->bf16_dot && gemm_dot_native() ? GEMM_BF16_DOT : GEMM_BF16;
 	if (m <= 0 || n <= 0)
 		return;
 	if (w->wn && (w->wn != n || w->wk != k)) {
@@ -498,9 +505,9 @@ static void cpu_gemm(struct be *be, int m, int n, int k, const struct be_buf *x,
 	if (m >= 8 * GEMM_MR)
 		pool_run(c->pool, pack_tasks, &j, (m + GEMM_MR - 1) / GEMM_MR, 4);
 	else
-		gemm_pack_x(c->xp, m, k, x->p);
+		pack_tasks(&j, 0, 0, (m + GEMM_MR - 1) / GEMM_MR);
 	if ((double)m * n * k < GEMM_PARALLEL_MACS) {
-		gemm_run(m, n, k, j.xp, j.pk, j.w16, j.y, acc, 0, panels);
+		gemm_run(m, n, k, j.xp, j.pk, j.kind, j.y, acc, 0, panels);
 		return;
 	}
 	/* a few chunks per thread, so a slow thread does not hold up the rest */
@@ -1021,6 +1028,8 @@ static void cpu_info(struct be *be, struct be_info *out, size_t *mem_free)
 	out->name = "cpu";
 	/* memfd buffers export; one op at a time, fixed summation order */
 	out->caps = BE_CAP_BATCH_INVARIANT | BE_CAP_EXPORT | BE_CAP_BF16_WEIGHTS;
+	if (CPU(be)->bf16_dot && gemm_dot_native())
+		out->caps |= BE_CAP_BF16_DOT;
 	snprintf(out->device, sizeof(out->device), "CPU, %d threads", pool_size(CPU(be)->pool));
 	out->mem_total = all > 0 && page > 0 ? (size_t)all * (size_t)page : 0;
 	snprintf(out->error, sizeof(out->error), "%s", CPU(be)->dead);
@@ -1213,6 +1222,7 @@ int be_cpu_create(const struct be_cpu_opts *opts, struct be **out)
 		return -ENOMEM;
 	c->be.ops = &cpu_ops;
 	c->fault_after = opts ? opts->fault_after_steps : 0;
+	c->bf16_dot = opts ? opts->bf16_dot : 0;
 	rc = pool_create(n < 1 ? 1 : n, &c->pool);
 	if (rc < 0)
 		goto err;

@@ -9,8 +9,16 @@
  * full block does 24 FMAs per 128 bytes of panel, enough to be bound by
  * the FMA units at prefill. The panel (k · 128 bytes) stays in L2 while
  * every row block of x passes over it.
+ *
+ * bf16 panels hold k in pairs (gemm.h): one 64-byte load is 16 columns by
+ * two k. Widened, the even k is the pair masked to its high half and the
+ * odd one the pair shifted up; with AVX-512 BF16 one vdpbf16ps multiplies
+ * the pair by a pair of x and adds both products, 32 multiply-adds in one
+ * instruction where the widening path takes six.
  */
 #include "gemm.h"
+
+#include "../dtype.h"
 
 #include <errno.h>
 #include <math.h>
@@ -24,25 +32,37 @@
 #define GEMM_X86 1
 #endif
 
+/* Where element (row r, column c) of a row-major [n, k] matrix lies in its
+ * packed form: fp32 panels [k][GEMM_NR], bf16 panels [k/2][GEMM_NR][2]
+ * with the even k of a pair in the pair's high half. */
+static inline size_t at32(size_t r, size_t c, size_t k)
+{
+	return (r / GEMM_NR) * GEMM_NR * k + c * GEMM_NR + r % GEMM_NR;
+}
+
+static inline size_t at16(size_t r, size_t c, size_t k)
+{
+	return (r / GEMM_NR) * GEMM_NR * (k + (k & 1)) + (c / 2) * 2 * GEMM_NR + 2 * (r % GEMM_NR) +
+	       !(c & 1);
+}
+
 /*
  * The packing walks, once for each element type of a panel: elements
- * [off, off + cnt) of a row-major n×k matrix, a run within one row at a
- * time, into the panel (@to_panel) or out of it. Row r, column c of the
- * matrix is element (r / NR)·NR·k + c·NR + r % NR of the panel.
+ * [off, off + cnt) of a row-major n×k matrix, into the panel (@to_panel)
+ * or out of it, @at placing each.
  */
-#define PACK_FNS(pack, unpack, walk, T)                                                   \
+#define PACK_FNS(pack, unpack, walk, T, at)                                               \
 	static void walk(T *pk, int k, size_t off, T *x, size_t cnt, int to_panel)        \
 	{                                                                                 \
 		size_t end = off + cnt;                                                   \
 		while (off < end) {                                                       \
 			size_t r = off / (size_t)k, c = off % (size_t)k;                  \
 			size_t run = (size_t)k - c < end - off ? (size_t)k - c : end - off; \
-			T *d = pk + (r / GEMM_NR) * GEMM_NR * (size_t)k + r % GEMM_NR;    \
 			for (size_t i = 0; i < run; i++) {                                \
 				if (to_panel)                                             \
-					d[(c + i) * GEMM_NR] = x[i];                      \
+					pk[at(r, c + i, (size_t)k)] = x[i];               \
 				else                                                      \
-					x[i] = d[(c + i) * GEMM_NR];                      \
+					x[i] = pk[at(r, c + i, (size_t)k)];               \
 			}                                                                 \
 			x += run;                                                         \
 			off += run;                                                       \
@@ -59,8 +79,8 @@
 		walk((T *)pk, k, off, dst, cnt, 0);                                       \
 	}
 
-PACK_FNS(gemm_pack, gemm_unpack, pack_walk, float)
-PACK_FNS(gemm_pack16, gemm_unpack16, pack_walk16, uint16_t)
+PACK_FNS(gemm_pack, gemm_unpack, pack_walk, float, at32)
+PACK_FNS(gemm_pack16, gemm_unpack16, pack_walk16, uint16_t, at16)
 
 void gemm_pack_x(float *xp, int m, int k, const float *x)
 {
@@ -82,11 +102,29 @@ void gemm_pack_x_blocks(float *xp, int m, int k, const float *x, int b0, int b1)
 	}
 }
 
-/* One block: rows 0 .. mr-1 of a ([k][mr]) by the panel p ([k][GEMM_NR]
- * of fp32, or of bf16 when W16), nc valid columns, into y (row stride
- * ldy). A bf16 weight widens to fp32 exactly, so both kinds of panel give
- * the bits of the same weights held in fp32. */
-typedef void (*gemm_block_fn)(int mr, int k, const float *a, const void *p, float *y,
+void gemm_pack_x16_blocks(uint32_t *xp, int m, int k, const float *x, int b0, int b1)
+{
+	int r0, i, kk, k2 = (k + 1) / 2;
+
+	for (r0 = b0 * GEMM_MR; r0 < m && r0 < b1 * GEMM_MR; r0 += GEMM_MR) {
+		int mr = m - r0 < GEMM_MR ? m - r0 : GEMM_MR;
+		uint32_t *d = xp + (size_t)r0 * k2;
+		for (i = 0; i < mr; i++) {
+			const float *s = x + (size_t)(r0 + i) * k;
+			for (kk = 0; kk < k2; kk++) {
+				uint32_t hi = dt_f32_to_bf16(s[2 * kk]);
+				uint32_t lo = 2 * kk + 1 < k ? dt_f32_to_bf16(s[2 * kk + 1]) : 0;
+				d[(size_t)kk * mr + i] = hi << 16 | lo;
+			}
+		}
+	}
+}
+
+/* One block: rows 0 .. mr-1 of a ([k][mr] fp32; [k/2][mr] bf16 pairs for
+ * the dot loops) by the panel p, nc valid columns, into y (row stride
+ * ldy). A bf16 weight widens to fp32 exactly, so fp32 and widened bf16
+ * panels give the bits of the same weights held in fp32. */
+typedef void (*gemm_block_fn)(int mr, int k, const void *a, const void *p, float *y,
 			      size_t ldy, int nc, int acc);
 
 static inline float widen16(uint16_t h)
@@ -96,6 +134,12 @@ static inline float widen16(uint16_t h)
 
 	memcpy(&f, &u, 4);
 	return f;
+}
+
+/* Column c (of GEMM_NR), step kk of a bf16 panel. */
+static inline size_t at16_panel(int kk, int c)
+{
+	return (size_t)(kk / 2) * 2 * GEMM_NR + 2 * (size_t)c + !(kk & 1);
 }
 
 /* The reference: what every other loop must equal bit for bit. */
@@ -110,23 +154,56 @@ static inline void scalar_any(const int W16, int mr, int k, const float *a, cons
 		for (c = 0; c < nc; c++) {
 			float s = acc ? y[(size_t)i * ldy + c] : 0.0f;
 			for (kk = 0; kk < k; kk++) {
-				size_t at = (size_t)kk * GEMM_NR + c;
-				s = fmaf(a[(size_t)kk * mr + i], W16 ? widen16(h[at]) : p[at], s);
+				float w = W16 ? widen16(h[at16_panel(kk, c)]) : p[(size_t)kk * GEMM_NR + c];
+				s = fmaf(a[(size_t)kk * mr + i], w, s);
 			}
 			y[(size_t)i * ldy + c] = s;
 		}
 }
 
-static void block_scalar(int mr, int k, const float *a, const void *p, float *y, size_t ldy,
+static void block_scalar(int mr, int k, const void *a, const void *p, float *y, size_t ldy,
 			 int nc, int acc)
 {
 	scalar_any(0, mr, k, a, p, y, ldy, nc, acc);
 }
 
-static void block_scalar16(int mr, int k, const float *a, const void *p, float *y, size_t ldy,
+static void block_scalar16(int mr, int k, const void *a, const void *p, float *y, size_t ldy,
 			   int nc, int acc)
 {
 	scalar_any(1, mr, k, a, p, y, ldy, nc, acc);
+}
+
+/* vdpbf16ps as the instruction set manual defines it, and as the CPUs we
+ * measured do it: denormal inputs read as zero, each of the two products
+ * (exact in fp32) added in one rounding, high half of the pair first, a
+ * denormal sum flushed to zero. */
+static inline float daz16(uint32_t h)
+{
+	h &= 0xffff;
+	return (h & 0x7f80) ? widen16((uint16_t)h) : ((h & 0x8000) ? -0.0f : 0.0f);
+}
+
+static inline float ftz(float f)
+{
+	return fabsf(f) < 0x1p-126f ? copysignf(0.0f, f) : f;
+}
+
+static void block_scalar_dot(int mr, int k, const void *av, const void *pv, float *y,
+			     size_t ldy, int nc, int acc)
+{
+	const uint32_t *a = av, *p = pv;
+	int i, c, kk, k2 = (k + 1) / 2;
+
+	for (i = 0; i < mr; i++)
+		for (c = 0; c < nc; c++) {
+			float s = ftz(acc ? y[(size_t)i * ldy + c] : 0.0f);
+			for (kk = 0; kk < k2; kk++) {
+				uint32_t x2 = a[(size_t)kk * mr + i], w2 = p[(size_t)kk * GEMM_NR + c];
+				s = ftz(fmaf(daz16(x2 >> 16), daz16(w2 >> 16), s));
+				s = ftz(fmaf(daz16(x2), daz16(w2), s));
+			}
+			y[(size_t)i * ldy + c] = s;
+		}
 }
 
 #ifdef GEMM_X86
@@ -135,8 +212,9 @@ static void block_scalar16(int mr, int k, const float *a, const void *p, float *
 #define INLINE inline __attribute__((always_inline))
 
 /* MR and W16 are constants at every call site, so the accumulators are
- * registers and the panel's kind costs no branch. A bf16 panel row is one
- * 64-byte load, widened by shifting each half into the high bits. */
+ * registers and the panel's kind costs no branch. A bf16 panel row pair is
+ * two 64-byte loads (16 columns each by two k); the even k is the pair's
+ * high half masked, the odd k the pair shifted up. */
 static INLINE AVX512 void block512(const int MR, const int W16, int k, const float *a,
 				   const void *pv, float *y, size_t ldy, int nc, int acc)
 {
@@ -145,6 +223,7 @@ static INLINE AVX512 void block512(const int MR, const int W16, int k, const flo
 	__m512 c0[GEMM_MR], c1[GEMM_MR];
 	__mmask16 m0 = nc >= 16 ? 0xffff : (__mmask16)((1u << nc) - 1);
 	__mmask16 m1 = nc >= 32 ? 0xffff : nc <= 16 ? 0 : (__mmask16)((1u << (nc - 16)) - 1);
+	const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
 	int i, kk;
 
 #pragma GCC unroll 12
@@ -161,12 +240,17 @@ static INLINE AVX512 void block512(const int MR, const int W16, int k, const flo
 		__m512 b0, b1;
 
 		if (W16) {
-			__m512i raw = _mm512_load_si512((const void *)h);
-			b0 = _mm512_castsi512_ps(_mm512_slli_epi32(
-				_mm512_cvtepu16_epi32(_mm512_castsi512_si256(raw)), 16));
-			b1 = _mm512_castsi512_ps(_mm512_slli_epi32(
-				_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(raw, 1)), 16));
-			h += GEMM_NR;
+			__m512i r0 = _mm512_load_si512((const void *)h);
+			__m512i r1 = _mm512_load_si512((const void *)(h + 32));
+
+			if (kk & 1) {
+				b0 = _mm512_castsi512_ps(_mm512_slli_epi32(r0, 16));
+				b1 = _mm512_castsi512_ps(_mm512_slli_epi32(r1, 16));
+				h += 2 * GEMM_NR;
+			} else {
+				b0 = _mm512_castsi512_ps(_mm512_and_si512(r0, hi));
+				b1 = _mm512_castsi512_ps(_mm512_and_si512(r1, hi));
+			}
 		} else {
 			b0 = _mm512_load_ps(p);
 			b1 = _mm512_load_ps(p + 16);
@@ -187,38 +271,98 @@ static INLINE AVX512 void block512(const int MR, const int W16, int k, const flo
 	}
 }
 
-/* One block of @mr rows (1..12) by the panel: the row count and the panel's
- * element type (W16: 16-bit) become constants of block512's copy. */
-#define BLOCK_AVX512(fn, W16)                                                              \
-	static AVX512 void fn(int mr, int k, const float *a, const void *p, float *y,       \
-			      size_t ldy, int nc, int acc)                                  \
-	{                                                                                   \
-		switch (mr) {                                                               \
-		case 1: block512(1, W16, k, a, p, y, ldy, nc, acc); break;                  \
-		case 2: block512(2, W16, k, a, p, y, ldy, nc, acc); break;                  \
-		case 3: block512(3, W16, k, a, p, y, ldy, nc, acc); break;                  \
-		case 4: block512(4, W16, k, a, p, y, ldy, nc, acc); break;                  \
-		case 5: block512(5, W16, k, a, p, y, ldy, nc, acc); break;                  \
-		case 6: block512(6, W16, k, a, p, y, ldy, nc, acc); break;                  \
-		case 7: block512(7, W16, k, a, p, y, ldy, nc, acc); break;                  \
-		case 8: block512(8, W16, k, a, p, y, ldy, nc, acc); break;                  \
-		case 9: block512(9, W16, k, a, p, y, ldy, nc, acc); break;                  \
-		case 10: block512(10, W16, k, a, p, y, ldy, nc, acc); break;                \
-		case 11: block512(11, W16, k, a, p, y, ldy, nc, acc); break;                \
-		case 12: block512(12, W16, k, a, p, y, ldy, nc, acc); break;                \
-		}                                                                           \
+/* The same block with AVX-512 BF16: per pair of k, two loads of the panel
+ * and one vdpbf16ps per 16 columns per row (a pair of x broadcast). */
+#define DOT512 __attribute__((target("avx512f,avx512bf16")))
+static INLINE DOT512 void blockdot512(const int MR, int k, const uint32_t *a, const uint32_t *p,
+				      float *y, size_t ldy, int nc, int acc)
+{
+	__m512 c0[GEMM_MR], c1[GEMM_MR];
+	__mmask16 m0 = nc >= 16 ? 0xffff : (__mmask16)((1u << nc) - 1);
+	__mmask16 m1 = nc >= 32 ? 0xffff : nc <= 16 ? 0 : (__mmask16)((1u << (nc - 16)) - 1);
+	int i, kk, k2 = (k + 1) / 2;
+
+#pragma GCC unroll 12
+	for (i = 0; i < MR; i++) {
+		if (acc) {
+			c0[i] = _mm512_maskz_loadu_ps(m0, y + (size_t)i * ldy);
+			c1[i] = _mm512_maskz_loadu_ps(m1, y + (size_t)i * ldy + 16);
+		} else {
+			c0[i] = _mm512_setzero_ps();
+			c1[i] = _mm512_setzero_ps();
+		}
 	}
-BLOCK_AVX512(block_avx512, 0)
-BLOCK_AVX512(block_avx512_16, 1)
-#undef BLOCK_AVX512
+	for (kk = 0; kk < k2; kk++) {
+		__m512bh b0 = (__m512bh)_mm512_load_si512((const void *)p);
+		__m512bh b1 = (__m512bh)_mm512_load_si512((const void *)(p + 16));
+
+#pragma GCC unroll 12
+		for (i = 0; i < MR; i++) {
+			__m512bh av = (__m512bh)_mm512_set1_epi32((int)a[i]);
+			c0[i] = _mm512_dpbf16_ps(c0[i], av, b0);
+			c1[i] = _mm512_dpbf16_ps(c1[i], av, b1);
+		}
+		a += MR;
+		p += GEMM_NR;
+	}
+#pragma GCC unroll 12
+	for (i = 0; i < MR; i++) {
+		_mm512_mask_storeu_ps(y + (size_t)i * ldy, m0, c0[i]);
+		_mm512_mask_storeu_ps(y + (size_t)i * ldy + 16, m1, c1[i]);
+	}
+}
+
+/* One block of @mr rows (1..12) by the panel: the row count (and the
+ * panel's element type) become constants of the loop's copy. */
+#define BLOCK_CASES(call)                                                                  \
+	switch (mr) {                                                                       \
+	case 1: call(1); break;                                                             \
+	case 2: call(2); break;                                                             \
+	case 3: call(3); break;                                                             \
+	case 4: call(4); break;                                                             \
+	case 5: call(5); break;                                                             \
+	case 6: call(6); break;                                                             \
+	case 7: call(7); break;                                                             \
+	case 8: call(8); break;                                                             \
+	case 9: call(9); break;                                                             \
+	case 10: call(10); break;                                                           \
+	case 11: call(11); break;                                                           \
+	case 12: call(12); break;                                                           \
+	}
+
+static AVX512 void block_avx512(int mr, int k, const void *a, const void *p, float *y,
+				size_t ldy, int nc, int acc)
+{
+#define CALL(MR) block512(MR, 0, k, a, p, y, ldy, nc, acc)
+	BLOCK_CASES(CALL)
+#undef CALL
+}
+
+static AVX512 void block_avx512_16(int mr, int k, const void *a, const void *p, float *y,
+				   size_t ldy, int nc, int acc)
+{
+#define CALL(MR) block512(MR, 1, k, a, p, y, ldy, nc, acc)
+	BLOCK_CASES(CALL)
+#undef CALL
+}
+
+static DOT512 void block_dot512(int mr, int k, const void *a, const void *p, float *y,
+				size_t ldy, int nc, int acc)
+{
+#define CALL(MR) blockdot512(MR, k, a, p, y, ldy, nc, acc)
+	BLOCK_CASES(CALL)
+#undef CALL
+}
 
 /* AVX2 has 16 registers: two rows of a block at a time, 4 × 8 columns.
- * The row's chain is the same whichever rows it is paired with. */
+ * The row's chain is the same whichever rows it is paired with. A bf16
+ * pair row is four 32-byte loads (8 columns by two k each). */
 static INLINE AVX2 void rows256(const int R, const int W16, int lda, int k, const float *a,
 				const void *pv, float *y, size_t ldy, int nc, int acc)
 {
 	const float *p = pv;
 	const uint16_t *h = pv;
+	const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
 	__m256 c[2][4];
 	float tmp[GEMM_NR];
 	int i, j, kk;
@@ -235,20 +379,25 @@ static INLINE AVX2 void rows256(const int R, const int W16, int lda, int k, cons
 		}
 	for (kk = 0; kk < k; kk++) {
 		__m256 b[4];
-		for (j = 0; j < 4; j++)
-			b[j] = W16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(
-					     _mm_load_si128((const __m128i *)(const void *)(h + 8 * j))), 16))
-				   : _mm256_load_ps(p + 8 * j);
+		for (j = 0; j < 4; j++) {
+			if (W16) {
+				__m256i r = _mm256_load_si256((const __m256i *)(const void *)(h + 16 * j));
+				b[j] = _mm256_castsi256_ps((kk & 1) ? _mm256_slli_epi32(r, 16)
+								    : _mm256_and_si256(r, hi));
+			} else {
+				b[j] = _mm256_load_ps(p + 8 * j);
+			}
+		}
 		for (i = 0; i < R; i++) {
 			__m256 av = _mm256_broadcast_ss(a + i);
 			for (j = 0; j < 4; j++)
 				c[i][j] = _mm256_fmadd_ps(av, b[j], c[i][j]);
 		}
 		a += lda;
-		if (W16)
-			h += GEMM_NR;
-		else
+		if (!W16)
 			p += GEMM_NR;
+		else if (kk & 1)
+			h += 2 * GEMM_NR;
 	}
 	for (i = 0; i < R; i++) {
 		for (j = 0; j < 4; j++)
@@ -257,9 +406,10 @@ static INLINE AVX2 void rows256(const int R, const int W16, int lda, int k, cons
 	}
 }
 
-static AVX2 void block_avx2(int mr, int k, const float *a, const void *p, float *y, size_t ldy,
+static AVX2 void block_avx2(int mr, int k, const void *av, const void *p, float *y, size_t ldy,
 			    int nc, int acc)
 {
+	const float *a = av;
 	int i;
 
 	for (i = 0; i + 2 <= mr; i += 2)
@@ -268,9 +418,10 @@ static AVX2 void block_avx2(int mr, int k, const float *a, const void *p, float 
 		rows256(1, 0, mr, k, a + i, p, y + (size_t)i * ldy, ldy, nc, acc);
 }
 
-static AVX2 void block_avx2_16(int mr, int k, const float *a, const void *p, float *y,
+static AVX2 void block_avx2_16(int mr, int k, const void *av, const void *p, float *y,
 			       size_t ldy, int nc, int acc)
 {
+	const float *a = av;
 	int i;
 
 	for (i = 0; i + 2 <= mr; i += 2)
@@ -280,43 +431,82 @@ static AVX2 void block_avx2_16(int mr, int k, const float *a, const void *p, flo
 }
 #endif
 
-static void widen_scalar(float *d, const uint16_t *h, size_t n)
+/* A bf16 panel [k/2][GEMM_NR][2] widened to an fp32 one [k][GEMM_NR]. */
+static void widen_scalar(float *d, const uint16_t *h, int k)
 {
-	for (size_t i = 0; i < n; i++)
-		d[i] = widen16(h[i]);
+	for (int kk = 0; kk < k; kk++)
+		for (int c = 0; c < GEMM_NR; c++)
+			d[(size_t)kk * GEMM_NR + c] = widen16(h[at16_panel(kk, c)]);
 }
 
 #ifdef GEMM_X86
-/* n is a multiple of GEMM_NR: whole 64-byte rows of a panel */
-static AVX512 void widen_avx512(float *d, const uint16_t *h, size_t n)
+static AVX512 void widen_avx512(float *d, const uint16_t *h, int k)
 {
-	for (size_t i = 0; i < n; i += 16)
-		_mm512_store_ps(d + i, _mm512_castsi512_ps(_mm512_slli_epi32(
-			_mm512_cvtepu16_epi32(_mm256_load_si256((const __m256i *)(const void *)(h + i))), 16)));
+	const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+
+	for (int kk = 0; kk < k; kk += 2, h += 2 * GEMM_NR, d += 2 * GEMM_NR) {
+		__m512i r0 = _mm512_load_si512((const void *)h);
+		__m512i r1 = _mm512_load_si512((const void *)(h + 32));
+
+		_mm512_store_si512((void *)d, _mm512_and_si512(r0, hi));
+		_mm512_store_si512((void *)(d + 16), _mm512_and_si512(r1, hi));
+		if (kk + 1 < k) {
+			_mm512_store_si512((void *)(d + 32), _mm512_slli_epi32(r0, 16));
+			_mm512_store_si512((void *)(d + 48), _mm512_slli_epi32(r1, 16));
+		}
+	}
 }
 #endif
 
-static void (*widen_n)(float *d, const uint16_t *h, size_t n) = widen_scalar;
+static void (*widen_n)(float *d, const uint16_t *h, int k) = widen_scalar;
 
-static gemm_block_fn gemm_block = block_scalar, gemm_block16 = block_scalar16;
+static gemm_block_fn gemm_block = block_scalar, gemm_block16 = block_scalar16,
+		     gemm_blockdot = block_scalar_dot;
 static const char *gemm_isa_name = "scalar";
 static pthread_once_t gemm_once = PTHREAD_ONCE_INIT;
+
+/* The loops of one instruction set; 0, or -ENOTSUP when this CPU lacks it.
+ * The bf16 dot loop is the CPU's own only with avx512 on a CPU with
+ * AVX-512 BF16, the scalar stand-in otherwise. */
+static int gemm_use(const char *name)
+{
+	if (!strcmp(name, "scalar")) {
+		gemm_block = block_scalar;
+		gemm_block16 = block_scalar16;
+		gemm_blockdot = block_scalar_dot;
+		widen_n = widen_scalar;
+		gemm_isa_name = "scalar";
+		return 0;
+	}
+#ifdef GEMM_X86
+	if (!strcmp(name, "avx512") && __builtin_cpu_supports("avx512f")) {
+		gemm_block = block_avx512;
+		gemm_block16 = block_avx512_16;
+		gemm_blockdot = __builtin_cpu_supports("avx512bf16") ? block_dot512 : block_scalar_dot;
+		widen_n = widen_avx512;
+		gemm_isa_name = "avx512";
+		return 0;
+	}
+	if (!strcmp(name, "avx2") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+		gemm_block = block_avx2;
+		gemm_block16 = block_avx2_16;
+		gemm_blockdot = block_scalar_dot;
+		widen_n = widen_scalar;
+		gemm_isa_name = "avx2";
+		return 0;
+	}
+#endif
+	return -ENOTSUP;
+}
 
 static void gemm_select(void)
 {
 #ifdef GEMM_X86
 	__builtin_cpu_init();
-	if (__builtin_cpu_supports("avx512f")) {
-		gemm_block = block_avx512;
-		gemm_block16 = block_avx512_16;
-		widen_n = widen_avx512;
-		gemm_isa_name = "avx512";
-	} else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-		gemm_block = block_avx2;
-		gemm_block16 = block_avx2_16;
-		gemm_isa_name = "avx2";
-	}
+	if (gemm_use("avx512") == 0 || gemm_use("avx2") == 0)
+		return;
 #endif
+	gemm_use("scalar");
 }
 
 const char *gemm_isa(void)
@@ -325,28 +515,16 @@ const char *gemm_isa(void)
 	return gemm_isa_name;
 }
 
+int gemm_dot_native(void)
+{
+	pthread_once(&gemm_once, gemm_select);
+	return gemm_blockdot != block_scalar_dot;
+}
+
 int gemm_set_isa(const char *name)
 {
 	pthread_once(&gemm_once, gemm_select);
-	if (!strcmp(name, "scalar")) {
-		gemm_block = block_scalar;
-		gemm_block16 = block_scalar16;
-	}
-#ifdef GEMM_X86
-	else if (!strcmp(name, "avx512") && __builtin_cpu_supports("avx512f")) {
-		gemm_block = block_avx512;
-		gemm_block16 = block_avx512_16;
-	} else if (!strcmp(name, "avx2") && __builtin_cpu_supports("avx2") &&
-		   __builtin_cpu_supports("fma")) {
-		gemm_block = block_avx2;
-		gemm_block16 = block_avx2_16;
-	}
-#endif
-	else {
-		return -ENOTSUP;
-	}
-	gemm_isa_name = !strcmp(name, "avx512") ? "avx512" : !strcmp(name, "avx2") ? "avx2" : "scalar";
-	return 0;
+	return gemm_use(name);
 }
 
 /* Each thread's scratch for a widened panel: grown to the largest panel
@@ -401,20 +579,22 @@ static const float *widen_panel(const void *panel, int k)
 		w->p = p;
 		w->cap = n;
 	}
-	widen_n(w->p, panel, n);
+	widen_n(w->p, panel, k);
 	return w->p;
 }
 
-void gemm_run(int m, int n, int k, const float *xp, const void *pk, int w16, float *y, int acc,
-	      int p0, int p1)
+void gemm_run(int m, int n, int k, const void *xp, const void *pk, enum gemm_kind kind, float *y,
+	      int acc, int p0, int p1)
 {
+	/* x of one row block: k floats, or (k + 1) / 2 pairs, per row */
+	size_t xrow = kind == GEMM_BF16_DOT ? (size_t)(k + 1) / 2 * 4 : (size_t)k * 4;
+	size_t panel = kind == GEMM_F32 ? (size_t)GEMM_NR * k * 4 : gemm_packed16_len(GEMM_NR, k) * 2;
 	gemm_block_fn fn;
 	int pn, r0;
 
 	pthread_once(&gemm_once, gemm_select);
 	for (pn = p0; pn < p1; pn++) {
-		const void *pp = w16 ? (const void *)((const uint16_t *)pk + (size_t)pn * GEMM_NR * k)
-				     : (const void *)((const float *)pk + (size_t)pn * GEMM_NR * k);
+		const void *pp = (const char *)pk + (size_t)pn * panel;
 		int col0 = pn * GEMM_NR, nc = n - col0 < GEMM_NR ? n - col0 : GEMM_NR;
 		const float *wide;
 
@@ -422,14 +602,15 @@ void gemm_run(int m, int n, int k, const float *xp, const void *pk, int w16, flo
 		 * and run the fp32 blocks over that, instead of widening it again
 		 * in every block; the widening competes with the FMAs for the
 		 * same ports. Same chains, same bits. */
-		fn = w16 ? gemm_block16 : gemm_block;
-		if (w16 && m > GEMM_MR && (wide = widen_panel(pp, k)) != NULL) {
+		fn = kind == GEMM_F32 ? gemm_block : kind == GEMM_BF16 ? gemm_block16 : gemm_blockdot;
+		if (kind == GEMM_BF16 && m > GEMM_MR && (wide = widen_panel(pp, k)) != NULL) {
 			pp = wide;
 			fn = gemm_block;
 		}
 		for (r0 = 0; r0 < m; r0 += GEMM_MR) {
 			int mr = m - r0 < GEMM_MR ? m - r0 : GEMM_MR;
-			fn(mr, k, xp + (size_t)r0 * k, pp, y + (size_t)r0 * n + col0, (size_t)n, nc, acc);
+			fn(mr, k, (const char *)xp + (size_t)r0 * xrow, pp, y + (size_t)r0 * n + col0,
+			   (size_t)n, nc, acc);
 		}
 	}
 }

@@ -18,6 +18,23 @@
  * p is [k][GEMM_NR] with element (row r, column c) of w at
  * p = r / GEMM_NR, offset c · GEMM_NR + r % GEMM_NR. The last panel is
  * padded with zero columns.
+ *
+ * A bf16 weight's panel is [k/2][GEMM_NR][2]: the two k of a pair side by
+ * side, the even one in the high half of the 32-bit pair (element (r, c) at
+ * offset (c / 2) · 2 · GEMM_NR + 2 · (r % GEMM_NR) + !(c & 1)); an odd k is
+ * padded with a zero. That is the operand of AVX-512 BF16's vdpbf16ps,
+ * which adds the high product first: in the pair order, the k order.
+ *
+ * bf16 weights multiply in one of two ways:
+ *  - GEMM_BF16: each weight widened to fp32 exactly, x in fp32: the bits of
+ *    the same weights held in fp32;
+ *  - GEMM_BF16_DOT: x rounded to bf16 too (to nearest even), each product
+ *    of two bf16 exact in fp32, the chain the same fused multiply-adds in k
+ *    order as vdpbf16ps does them, with its denormals-are-zero and
+ *    flush-to-zero (measured bit for bit against the instruction: 32
+ *    million random pairs, tests/engine/test_gemm.c). Half the work of
+ *    the widening; x's rounding costs about three significant digits, as
+ *    a bf16 computation does.
  */
 #ifndef LORAD_KERNELS_CPU_GEMM_H
 #define LORAD_KERNELS_CPU_GEMM_H
@@ -36,9 +53,23 @@ static inline size_t gemm_packed_len(int n, int k)
 
 static inline int gemm_panels(int n) { return (n + GEMM_NR - 1) / GEMM_NR; }
 
+/* uint16_t elements of the bf16 packed form of an [n, k] matrix (k in
+ * pairs). */
+static inline size_t gemm_packed16_len(int n, int k)
+{
+	return (size_t)gemm_panels(n) * GEMM_NR * (size_t)(k + (k & 1));
+}
+
+/* How gemm_run reads the weights and x. */
+enum gemm_kind {
+	GEMM_F32 = 0,      /* fp32 panels, fp32 x */
+	GEMM_BF16 = 1,     /* bf16 panels widened exactly, fp32 x */
+	GEMM_BF16_DOT = 2, /* bf16 panels, x as bf16 pairs (gemm_pack_x16) */
+};
+
 /* Row-major elements [off, off + cnt) of an [n, k] matrix, to and from the
- * packed form (of fp32, or of bf16 bit patterns for the 16 forms: same
- * layout, half the bytes). The caller checks the range. */
+ * packed form (of fp32, or of bf16 bit patterns in the pair layout for the
+ * 16 forms). The caller checks the range. */
 void gemm_pack(float *pk, int n, int k, size_t off, const float *src, size_t cnt);
 void gemm_unpack(const float *pk, int n, int k, size_t off, float *dst, size_t cnt);
 void gemm_pack16(uint16_t *pk, int n, int k, size_t off, const uint16_t *src, size_t cnt);
@@ -57,16 +88,25 @@ void gemm_pack_x(float *xp, int m, int k, const float *x);
  * so that threads can share the work. */
 void gemm_pack_x_blocks(float *xp, int m, int k, const float *x, int b0, int b1);
 
+/* x for GEMM_BF16_DOT: each row rounded to bf16 (nearest even) and laid out
+ * as blocks of GEMM_MR rows, each [k/2][rows of the block] of 32-bit pairs
+ * in the weights' pair order. Fits in gemm_xpack_len(m, k) floats. */
+void gemm_pack_x16_blocks(uint32_t *xp, int m, int k, const float *x, int b0, int b1);
+
 /* y[:, columns of panels p0 .. p1-1] = xp · wᵀ (+ y when acc), xp from
- * gemm_pack_x, pk packed (bf16 panels when w16: each weight widened to
- * fp32 exactly, so the bits are those of the same weights in fp32, at half
- * the bytes read); y is [m, n] row-major. Different panel ranges write
- * different columns, so threads may run disjoint ranges at once. */
-void gemm_run(int m, int n, int k, const float *xp, const void *pk, int w16, float *y, int acc,
-	      int p0, int p1);
+ * gemm_pack_x (gemm_pack_x16_blocks for GEMM_BF16_DOT), pk packed as @kind
+ * says; y is [m, n] row-major. Different panel ranges write different
+ * columns, so threads may run disjoint ranges at once. */
+void gemm_run(int m, int n, int k, const void *xp, const void *pk, enum gemm_kind kind, float *y,
+	      int acc, int p0, int p1);
 
 /* Which loop gemm_run uses on this CPU: "avx512", "avx2" or "scalar". */
 const char *gemm_isa(void);
+
+/* 1 when GEMM_BF16_DOT runs on the CPU's own bf16 dot products (AVX-512
+ * BF16, with the avx512 loops); 0 when it would run the scalar loop that
+ * stands in for them (correct, slow: the engine then widens instead). */
+int gemm_dot_native(void);
 
 /* Tests only: forces "avx512", "avx2" or "scalar". Returns 0, or -ENOTSUP
  * when this CPU lacks it. Not safe while a product runs. */

@@ -343,11 +343,16 @@ class Model:
     def new_cache(self):
         return [{"k": None, "v": None} for _ in range(self.cfg["num_hidden_layers"])]
 
+    def half(self):
+        return self.dt in (torch.bfloat16, torch.float16)
+
     def rmsnorm(self, x, weight):
-        # LlamaRMSNorm / Qwen2RMSNorm / MistralRMSNorm
-        variance = x.pow(2).mean(-1, keepdim=True)
-        x = x * torch.rsqrt(variance + self.eps)
-        return weight * x
+        # LlamaRMSNorm / Qwen2RMSNorm / MistralRMSNorm: in fp32 for a bf16 or
+        # fp16 model, the result cast back before the weight multiplies it
+        xs = x.to(torch.float32) if self.half() else x
+        variance = xs.pow(2).mean(-1, keepdim=True)
+        xs = xs * torch.rsqrt(variance + self.eps)
+        return weight * xs.to(self.dt)
 
     def linear(self, name, x):
         """y = x W^T (+ b).  `name` is the module name, e.g.
@@ -407,7 +412,9 @@ class Model:
             if self.window:
                 allowed = allowed & (kpos > qpos - self.window)
             scores = scores.masked_fill(~allowed[None], float("-inf"))
-            probs = torch.softmax(scores, dim=-1)
+            # eager attention: the softmax in fp32, cast back to the model's dtype
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(self.dt) \
+                if self.half() else torch.softmax(scores, dim=-1)
             o = (probs @ Vv).transpose(0, 1).reshape(n, nh * hd)
             x = residual + self.linear(p + "self_attn.o_proj", o)
             residual = x

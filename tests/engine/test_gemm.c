@@ -158,7 +158,7 @@ static void test_fixed_order(void **state)
 static void test_bf16_panels(void **state)
 {
 	static const char *isa[] = { "scalar", "avx2", "avx512" };
-	const int n = 70, k = 130, m = 27;
+	const int n = 70, k = 129, m = 27; /* odd k: the last pair padded */
 	float *x = randv((size_t)m * k), *w = randv((size_t)n * k), *wf = malloc((size_t)n * k * 4);
 	uint16_t *h = malloc((size_t)n * k * 2), *pk16;
 	float *pkf, *ref = malloc((size_t)m * n * 4), *y = malloc((size_t)m * n * 4);
@@ -171,6 +171,7 @@ static void test_bf16_panels(void **state)
 	dt_from_f32(h, BE_BF16, w, (size_t)n * k);
 	dt_to_f32(wf, h, BE_BF16, (size_t)n * k);
 	pkf = packed(wf, n, k);
+	len = gemm_packed16_len(n, k);
 	pk16 = aligned_alloc(64, (len * 2 + 63) & ~(size_t)63);
 	assert_non_null(pk16);
 	memset(pk16, 0, len * 2);
@@ -194,7 +195,7 @@ static void test_bf16_panels(void **state)
 	assert_int_equal(gemm_set_isa(orig), 0);
 	{
 		struct be_cpu_opts o = { .n_threads = 2 };
-		float back[70 * 130], out[27 * 70];
+		float back[70 * 129], out[27 * 70];
 		struct be_buf *bw, *bx, *by, *bw2;
 		struct be *be;
 
@@ -233,6 +234,185 @@ static void test_bf16_panels(void **state)
 	free(pk16);
 	free(ref);
 	free(y);
+}
+
+/* y = x·wᵀ for GEMM_BF16_DOT: x packed as bf16 pairs */
+static void product_dot(int m, int n, int k, const float *x, const void *pk, float *y, int acc,
+			int split)
+{
+	uint32_t *xp = malloc(gemm_xpack_len(m, k) * sizeof(float));
+	int panels = gemm_panels(n);
+
+	assert_non_null(xp);
+	gemm_pack_x16_blocks(xp, m, k, x, 0, (m + GEMM_MR - 1) / GEMM_MR);
+	if (split > panels)
+		split = panels;
+	gemm_run(m, n, k, xp, pk, GEMM_BF16_DOT, y, acc, 0, split);
+	gemm_run(m, n, k, xp, pk, GEMM_BF16_DOT, y, acc, split, panels);
+	free(xp);
+}
+
+static uint16_t *packed16(const uint16_t *h, int n, int k)
+{
+	size_t len = gemm_packed16_len(n, k);
+	uint16_t *pk = aligned_alloc(64, (len * 2 + 63) & ~(size_t)63);
+
+	assert_non_null(pk);
+	memset(pk, 0, len * 2);
+	gemm_pack16(pk, n, k, 0, h, (size_t)n * k);
+	return pk;
+}
+
+static uint32_t rbits(void)
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 7;
+	rng ^= rng << 17;
+	return (uint32_t)(rng >> 17);
+}
+
+/*
+ * bf16 dot products: x rounded to bf16, then the same fused chain in k
+ * order as the exact path over those x (no denormals here), whichever ISA
+ * runs it (the CPU's vdpbf16ps where it has AVX-512 BF16, the scalar
+ * stand-in otherwise), alone, batched and split, odd k; within bf16's
+ * error of the double-precision product; and the stand-in equals the
+ * instruction bit for bit on random pairs with denormals, signed zeros and
+ * sums that round, one pair per output (k = 2, accumulating into y).
+ */
+static void test_bf16_dot(void **state)
+{
+	static const char *isa[] = { "scalar", "avx2", "avx512" };
+	const int n = 70, k = 131, m = 27;
+	float *x = randv((size_t)m * k), *w = randv((size_t)n * k), *xr = malloc((size_t)m * k * 4);
+	float *ref = malloc((size_t)m * n * 4), *y = malloc((size_t)m * n * 4), *wf = malloc((size_t)n * k * 4);
+	uint16_t *h = malloc((size_t)n * k * 2), *xh = malloc((size_t)m * k * 2), *pk16;
+	const char *orig = gemm_isa();
+	int tried = 0;
+
+	(void)state;
+	assert_true(xr && ref && y && wf && h && xh);
+	dt_from_f32(h, BE_BF16, w, (size_t)n * k);
+	dt_to_f32(wf, h, BE_BF16, (size_t)n * k);
+	dt_from_f32(xh, BE_BF16, x, (size_t)m * k);
+	dt_to_f32(xr, xh, BE_BF16, (size_t)m * k);
+	pk16 = packed16(h, n, k);
+	/* the exact path over x rounded to bf16 */
+	assert_int_equal(gemm_set_isa("scalar"), 0);
+	product16(m, n, k, xr, pk16, GEMM_BF16, ref, 99);
+	for (int i = 0; i < m * n; i++) {
+		double d = 0, mag = 0;
+		for (int kk = 0; kk < k; kk++) {
+			d += (double)x[(size_t)(i / n) * k + kk] * wf[(size_t)(i % n) * k + kk];
+			mag += fabs((double)x[(size_t)(i / n) * k + kk] * wf[(size_t)(i % n) * k + kk]);
+		}
+		assert_true(fabs(ref[i] - d) <= 8e-3 * mag); /* 2^-8 per x, and the sum */
+	}
+	for (int i = 0; i < 3; i++) {
+		if (gemm_set_isa(isa[i]) < 0)
+			continue;
+		tried++;
+		for (int split = 0; split <= 3; split++) {
+			product_dot(m, n, k, x, pk16, y, 0, split);
+			assert_memory_equal(y, ref, (size_t)m * n * 4);
+		}
+		for (int r = 0; r < m; r += 5) {
+			product_dot(1, n, k, x + (size_t)r * k, pk16, y, 0, 1);
+			assert_memory_equal(y, ref + (size_t)r * n, (size_t)n * 4);
+		}
+	}
+	assert_true(tried >= 1);
+	/* the stand-in against the instruction, where the CPU has it */
+	assert_int_equal(gemm_set_isa("avx512") == 0 ? 0 : gemm_set_isa("scalar"), 0);
+	if (gemm_dot_native()) {
+		enum { N = 32, ROUNDS = 40000 };
+		float xv[2], yn[N], ys[N], y0[N];
+		uint16_t wv[N * 2], *pw;
+		long pairs = 0;
+
+		for (int r = 0; r < ROUNDS; r++) {
+			int kind = r % 4;
+			for (int j = 0; j < 2 * N; j++) {
+				uint16_t b = (uint16_t)rbits();
+				if (kind == 0) /* magnitudes near each other: sums round */
+					b = (uint16_t)((b & 0x807f) | ((120 + b % 15) << 7));
+				else if (kind == 1 && j % 3 == 0) /* denormal weights */
+					b &= 0x807f;
+				if (((b >> 7) & 0xff) == 0xff)
+					b ^= 0x4000; /* no Inf, NaN */
+				wv[j] = b;
+			}
+			for (int j = 0; j < 2; j++) {
+				uint32_t u = rbits() << 16;
+				if (kind == 0)
+					u = (u & 0x807f0000u) | (uint32_t)(120 + r % 15) << 23;
+				else if (kind == 2)
+					u &= 0x807f0000u; /* denormal x */
+				else if (((u >> 23) & 0xff) == 0xff)
+					u ^= 0x40000000u;
+				memcpy(&xv[j], &u, 4);
+			}
+			for (int j = 0; j < N; j++) {
+				uint32_t u = rbits() << 8 | (rbits() & 0xff);
+				if (kind == 0)
+					u = (u & 0x807fffffu) | (uint32_t)(118 + j % 20) << 23;
+				else if (kind == 3)
+					u &= j % 2 ? 0x807fffffu : 0x80000000u; /* denormal, signed zero */
+				else if (((u >> 23) & 0xff) == 0xff)
+					u ^= 0x40000000u;
+				memcpy(&y0[j], &u, 4);
+			}
+			pw = packed16(wv, N, 2);
+			memcpy(yn, y0, sizeof(yn));
+			memcpy(ys, y0, sizeof(ys));
+			product_dot(1, N, 2, xv, pw, yn, 1, 1);
+			assert_int_equal(gemm_set_isa("scalar"), 0);
+			product_dot(1, N, 2, xv, pw, ys, 1, 1);
+			assert_int_equal(gemm_set_isa("avx512"), 0);
+			assert_memory_equal(yn, ys, sizeof(yn));
+			pairs += N;
+			free(pw);
+		}
+		print_message("bf16 dot: the scalar stand-in equals vdpbf16ps on %ld pairs\n", pairs);
+	} else {
+		print_message("bf16 dot: no AVX-512 BF16 here; the stand-in checked alone\n");
+	}
+	assert_int_equal(gemm_set_isa(orig), 0);
+	/* through the backend: asked for, dot products where native, else the
+	 * exact widening */
+	for (int dot = 0; dot < 2; dot++) {
+		struct be_cpu_opts o = { .n_threads = 2, .bf16_dot = dot };
+		float out[27 * 70], exact[27 * 70];
+		struct be_buf *bw, *bx, *by;
+		struct be *be;
+
+		assert_int_equal(be_cpu_create(&o, &be), 0);
+		bw = be_alloc_weight(be, n, k, BE_BF16);
+		bx = be_alloc(be, (size_t)m * k);
+		by = be_alloc(be, (size_t)m * n);
+		assert_true(bw && bx && by);
+		assert_int_equal(be_upload_as(be, BE_Q_COMPUTE, bw, 0, h, BE_BF16, (size_t)n * k), 0);
+		assert_int_equal(be_upload(be, bx, 0, x, (size_t)m * k), 0);
+		be_gemm(be, m, n, k, bx, bw, by, 0);
+		assert_int_equal(be_download(be, by, 0, out, (size_t)m * n), 0);
+		assert_int_equal(gemm_set_isa("scalar"), 0);
+		product16(m, n, k, x, pk16, GEMM_BF16, exact, 99);
+		assert_int_equal(gemm_set_isa(orig), 0);
+		assert_memory_equal(out, dot && gemm_dot_native() ? ref : exact, sizeof(out));
+		be_free(be, bw);
+		be_free(be, bx);
+		be_free(be, by);
+		be_destroy(be);
+	}
+	free(x);
+	free(w);
+	free(xr);
+	free(ref);
+	free(y);
+	free(wf);
+	free(h);
+	free(xh);
+	free(pk16);
 }
 
 /* Through the backend: a packed weight and a plain buffer, one thread and
@@ -301,6 +481,7 @@ int main(void)
 		cmocka_unit_test(test_fixed_order),
 		cmocka_unit_test(test_backend_gemm),
 		cmocka_unit_test(test_bf16_panels),
+		cmocka_unit_test(test_bf16_dot),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

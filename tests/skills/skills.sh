@@ -5,6 +5,7 @@
 #   skills.sh BIN_DIR ROOT eval SKILL_EVAL_ARGS  lorad --config demo/lorad.conf, then skill_eval
 #                                                on demo/heldout.jsonl
 #   skills.sh BIN_DIR ROOT unseen SKILL_EVAL_ARGS  the same on demo/unseen.jsonl
+#   skills.sh BIN_DIR ROOT eval-dot|unseen-dot ...  the same with bf16_compute = dot
 #   skills.sh BIN_DIR ROOT example SRC BUILD     the C example built through pkg-config, run
 #
 # ROOT holds demo/ (the source directory); lorad runs there, since
@@ -77,12 +78,14 @@ files)
 		exit 1
 	fi
 	;;
-eval | unseen)
+eval | unseen | eval-dot | unseen-dot)
 	# eval: demo/heldout.jsonl; unseen: demo/unseen.jsonl (values never seen
-	# in training, made by demo/unseen.py)
+	# in training, made by demo/unseen.py); -dot: bf16_compute = dot
 	set=heldout
-	[ "$what" = unseen ] && set=unseen
-	start --config demo/lorad.conf --threads 1
+	case $what in unseen*) set=unseen ;; esac
+	dot=()
+	case $what in *-dot) dot=(--bf16-compute dot) ;; esac
+	start --config demo/lorad.conf --threads 1 "${dot[@]}"
 	"$bin/skill_eval" --socket "$dir/lorad.sock" --heldout "$demo/$set.jsonl" "$@"
 	;;
 example)

@@ -108,10 +108,10 @@ COPY_FRAC = 0.5         # share of the base corpus that is copying tasks
 # syllable-made names and a few fixed words misspells them.
 SKILLS = {
     "sql": dict(r=16, alpha=32, targets=["q_proj", "k_proj", "v_proj", "o_proj"],
-                steps=2500, lr=3e-3, b_mult=1.0, letters=0.5, init="support", stop=0.99),
+                steps=2500, lr=3e-3, b_mult=1.0, letters=0.5, init="support", stop=None),
     "json": dict(r=8, alpha=16, targets=["q_proj", "k_proj", "v_proj", "o_proj",
                                          "gate_proj", "up_proj", "down_proj"],
-                 steps=3000, lr=3e-3, b_mult=1.0, letters=0.5, init="support", stop=0.99),
+                 steps=3000, lr=3e-3, b_mult=1.0, letters=0.5, init="support", stop=None),
     "support": dict(r=4, alpha=8, targets=["q_proj", "k_proj", "v_proj", "o_proj",
                                            "up_proj", "down_proj"],
                     steps=2400, lr=3e-3, b_mult=1.0, letters=0.5),
@@ -132,11 +132,15 @@ TRAIN_ORDER = ["support", "json", "sql"]
 # at 16 (92-109 s); at 8 it took 2400 steps (129 s). demo/README.md, "A
 # fifth round".
 SKILL_BATCH = 16
-# adapters train until greedy decoding is exact on STOP_AT of CHECK_N fresh
-# training-distribution prompts (checked every CHECK_EVERY steps from
-# CHECK_FROM on, in one teacher-forced forward pass), or for `steps` steps.
-# The fresh prompts are harder than the held-out ones (half their products
-# are random letter strings).
+# adapters train until greedy decoding is exact on STOP_AT (a skill's own
+# `stop`) of CHECK_N fresh training-distribution prompts (checked every
+# CHECK_EVERY steps from CHECK_FROM on, in one teacher-forced forward pass),
+# or for `steps` steps; `stop=None`: all `steps`. The fresh prompts are
+# harder than the held-out ones (half their products are random letter
+# strings). json and sql train all their steps: stopped at 99 % of fresh
+# prompts they were exact on 93.3 % of the unseen ones, after every step on
+# 98.3 and 96.7 % (demo/README.md); the fresh-prompt figure wanders by
+# several points from check to check while the loss still falls.
 CHECK_N = 128
 CHECK_EVERY = 50
 CHECK_FROM = 300
@@ -1147,7 +1151,8 @@ def main():
             log(f"{s} step {step + 1}: exact on {100 * acc:.1f} % of {len(skill_check[s])} "
                 f"fresh training prompts")
             checks[s] = (step + 1, acc)
-            return acc >= SKILLS[s].get("stop", STOP_AT)
+            stop = SKILLS[s].get("stop", STOP_AT)
+            return stop is not None and acc >= stop
         skill_batch.observe = judge
         timing[f"adapter {s}"] = train_loop(net, params, skill_batch, sk["steps"], sk["lr"], 20,
                                             0.0, s, fast=[lo[1] for lo in lora.values()],

@@ -319,8 +319,9 @@ static void test_engine(void **state)
  *    ones, or no farther from them than transformers' bf16 is (on two of
  *    the base model's cases that one is 0.039 and 0.040 away);
  *  - within the tolerance of transformers' bf16 wherever that one is within
- *    it of the exact computation (where it is not, the two bf16
- *    computations err in their own ways: reported, not asked);
+ *    half the tolerance of the exact computation (where it is farther, the
+ *    two bf16 computations err each their own way and their distance is up
+ *    to the sum: reported, not asked);
  *  - the greedy tokens those of transformers' bf16 while each step's top-2
  *    margin is wider than twice the tolerance;
  *  - the same bits alone and in one batch.
@@ -376,7 +377,8 @@ static void test_engine_bf16_dot(void **state)
 		       c[i].adapter, d32 / c[i].max_abs, d16 / h[i].max_abs, tol16, hf / c[i].max_abs,
 		       same, must);
 		bad += !(d32 <= fmaxf(tol16 * c[i].max_abs, hf)) ||
-		       (hf <= tol16 * c[i].max_abs && !(d16 <= tol16 * h[i].max_abs)) || same < must;
+		       (hf <= tol16 / 2 * c[i].max_abs && !(d16 <= tol16 * h[i].max_abs)) ||
+		       same < must;
 		alone[i] = malloc((size_t)vocab * sizeof(float));
 		assert_non_null(alone[i]);
 		memcpy(alone[i], s[i]->logits, (size_t)vocab * sizeof(float));

@@ -648,6 +648,54 @@ struct attn_job {
 };
 
 /*
+ * The inner loops of attention for G query heads of one KV head at once
+ * (G a constant at each call): each head's chain is the same fused
+ * multiply-adds in the same order as alone, but G chains in flight hide
+ * the latency one chain waits on, and each K or V row is loaded once for
+ * all G. Scores of one block of keys, 16 at a time, summed over d in order:
+ * acc[g][o] = q_g · key o. hd and bs are multiples of 16 here.
+ */
+static inline __attribute__((always_inline)) void attn_scores(const int G, const float *q, int hd,
+								  const float *kb, int bs,
+								  float (*acc)[BE_CPU_MAX_BLOCK])
+{
+	for (int c16 = 0; c16 < bs; c16 += 16) {
+		v16 va[4] = { { 0 } }, kv;
+
+		for (int d = 0; d < hd; d++) {
+			memcpy(&kv, kb + (size_t)d * bs + c16, sizeof(kv));
+			for (int g = 0; g < G; g++)
+				va[g] += q[(size_t)g * hd + d] * kv;
+		}
+		for (int g = 0; g < G; g++)
+			memcpy(acc[g] + c16, &va[g], sizeof(va[g]));
+	}
+}
+
+/* o_g[d0 .. d0+63] = sum over positions i in order of w_g[i] · v_i[d]:
+ * 4 × 16 columns of G heads in registers. */
+static inline __attribute__((always_inline)) void attn_values(const int G, const struct be_batch *b,
+								  int s, int lo, int n,
+								  const float *vc, size_t kv_col,
+								  size_t kv_dim, const float *sc,
+								  size_t stride, float *o, int hd,
+								  int d0)
+{
+	v16 acc[4][4] = { { { 0 } } }, v;
+
+	for (int i = 0; i < n; i++) {
+		const float *vr = vc + kv_slot(b, s, lo + i) * kv_dim + kv_col + d0;
+		for (int dc = 0; dc < 4; dc++) {
+			memcpy(&v, vr + 16 * dc, sizeof(v));
+			for (int g = 0; g < G; g++)
+				acc[g][dc] += sc[(size_t)g * stride + i] * v;
+		}
+	}
+	for (int g = 0; g < G; g++)
+		memcpy(o + (size_t)g * hd + d0, acc[g], sizeof(acc[g]));
+}
+
+/*
  * One task is one token row and one KV head: the query heads that share
  * that KV head (GQA) go through the keys together, so each K and V row is
  * read once per group instead of once per head. Every sum runs over the
@@ -663,47 +711,52 @@ static void attn_rows(void *arg, int worker, int begin, int end)
 	const int hd = a->head_dim, group = a->n_heads / a->n_kv_heads, bs = b->block_size;
 	const size_t kv_dim = (size_t)a->n_kv_heads * hd, stride = j->c->scratch_n;
 	float *sc = j->c->scratch[worker]; /* [group][stride] scores */
+	/* whole vectors: four heads of a group at a time in registers */
+	const int wide = bs % 16 == 0 && hd % 64 == 0;
 	int task;
 
 	for (task = begin; task < end; task++) {
 		int t = task / a->n_kv_heads, kvh = task % a->n_kv_heads;
-		int s = b->seq[t], p = b->pos[t], lo = 0, n, i, g, d, off, bi, c16;
+		int s = b->seq[t], p = b->pos[t], lo = 0, n, i, g, d, off, bi;
 		const float *q = j->q + ((size_t)t * a->n_heads + (size_t)kvh * group) * hd;
 		float *o = j->out + ((size_t)t * a->n_heads + (size_t)kvh * group) * hd;
 
 		if (a->sliding_window > 0 && p - a->sliding_window + 1 > 0)
 			lo = p - a->sliding_window + 1;
 		n = p - lo + 1;
-		/* scores, a KV block at a time: acc[o] = q · key at offset o */
+		/* scores, a KV block at a time: acc[g][o] = q_g · key at offset o */
 		for (bi = lo / bs; bi <= p / bs; bi++) {
 			int blk = b->block_table[(size_t)s * b->max_blocks + bi];
 			const float *kb = j->kc + ((size_t)blk * kv_dim + (size_t)kvh * hd) * bs;
 			int first = bi * bs < lo ? lo - bi * bs : 0;
 			int last = bi * bs + bs - 1 > p ? p - bi * bs : bs - 1;
-			for (g = 0; g < group; g++) {
-				const float *qg = q + (size_t)g * hd;
-				float acc[BE_CPU_MAX_BLOCK];
-				if (bs % 16 == 0) {
-					/* 16 keys per vector register, summed over d in order */
-					for (c16 = 0; c16 < bs; c16 += 16) {
-						v16 va = { 0 }, kv;
-						for (d = 0; d < hd; d++) {
-							memcpy(&kv, kb + (size_t)d * bs + c16, sizeof(kv));
-							va += qg[d] * kv;
-						}
-						memcpy(acc + c16, &va, sizeof(va));
+			for (int g0 = 0; g0 < group; g0 += 4) {
+				int gn = group - g0 < 4 ? group - g0 : 4;
+				float acc[4][BE_CPU_MAX_BLOCK];
+				if (wide) {
+					const float *qg = q + (size_t)g0 * hd;
+					switch (gn) {
+					case 1: attn_scores(1, qg, hd, kb, bs, acc); break;
+					case 2: attn_scores(2, qg, hd, kb, bs, acc); break;
+					case 3: attn_scores(3, qg, hd, kb, bs, acc); break;
+					default: attn_scores(4, qg, hd, kb, bs, acc); break;
 					}
 				} else {
-					for (off = 0; off < bs; off++)
-						acc[off] = 0.0f;
-					for (d = 0; d < hd; d++) {
-						const float qd = qg[d], *kr = kb + (size_t)d * bs;
+					for (g = 0; g < gn; g++) {
+						const float *qg = q + (size_t)(g0 + g) * hd;
 						for (off = 0; off < bs; off++)
-							acc[off] += qd * kr[off];
+							acc[g][off] = 0.0f;
+						for (d = 0; d < hd; d++) {
+							const float qd = qg[d], *kr = kb + (size_t)d * bs;
+							for (off = 0; off < bs; off++)
+								acc[g][off] += qd * kr[off];
+						}
 					}
 				}
-				for (off = first; off <= last; off++)
-					sc[(size_t)g * stride + (size_t)(bi * bs + off - lo)] = acc[off] * a->scale;
+				for (g = 0; g < gn; g++)
+					for (off = first; off <= last; off++)
+						sc[(size_t)(g0 + g) * stride + (size_t)(bi * bs + off - lo)] =
+							acc[g][off] * a->scale;
 			}
 		}
 		for (g = 0; g < group; g++) {
@@ -717,6 +770,23 @@ static void attn_rows(void *arg, int worker, int begin, int end)
 			inv = 1.0f / sum;
 			for (i = 0; i < n; i++)
 				row[i] *= inv;
+		}
+		if (wide) {
+			for (int g0 = 0; g0 < group; g0 += 4) {
+				int gn = group - g0 < 4 ? group - g0 : 4;
+				const float *sg = sc + (size_t)g0 * stride;
+				float *og = o + (size_t)g0 * hd;
+				size_t col = (size_t)kvh * hd;
+				for (int d0 = 0; d0 < hd; d0 += 64) {
+					switch (gn) {
+					case 1: attn_values(1, b, s, lo, n, j->vc, col, kv_dim, sg, stride, og, hd, d0); break;
+					case 2: attn_values(2, b, s, lo, n, j->vc, col, kv_dim, sg, stride, og, hd, d0); break;
+					case 3: attn_values(3, b, s, lo, n, j->vc, col, kv_dim, sg, stride, og, hd, d0); break;
+					default: attn_values(4, b, s, lo, n, j->vc, col, kv_dim, sg, stride, og, hd, d0); break;
+					}
+				}
+			}
+			continue;
 		}
 		for (d = 0; d < group * hd; d++)
 			o[d] = 0.0f;

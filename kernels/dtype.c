@@ -6,15 +6,6 @@
 #include <math.h>
 #include <string.h>
 
-float dt_bf16_to_f32(uint16_t h)
-{
-	uint32_t u = (uint32_t)h << 16;
-	float f;
-
-	memcpy(&f, &u, 4);
-	return f;
-}
-
 float dt_f16_to_f32(uint16_t h)
 {
 	uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;
@@ -33,16 +24,6 @@ float dt_f16_to_f32(uint16_t h)
 	return f;
 }
 
-uint16_t dt_f32_to_bf16(float f)
-{
-	uint32_t u;
-
-	memcpy(&u, &f, 4);
-	if ((u & 0x7fffffffu) > 0x7f800000u)
-		return (uint16_t)((u >> 16) | 0x40); /* keep NaN a NaN */
-	u += 0x7fff + ((u >> 16) & 1);
-	return (uint16_t)(u >> 16);
-}
 
 uint16_t dt_f32_to_f16(float f)
 {

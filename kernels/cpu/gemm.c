@@ -127,15 +127,6 @@ void gemm_pack_x16_blocks(uint32_t *xp, int m, int k, const float *x, int b0, in
 typedef void (*gemm_block_fn)(int mr, int k, const void *a, const void *p, float *y,
 			      size_t ldy, int nc, int acc);
 
-static inline float widen16(uint16_t h)
-{
-	uint32_t u = (uint32_t)h << 16;
-	float f;
-
-	memcpy(&f, &u, 4);
-	return f;
-}
-
 /* Column c (of GEMM_NR), step kk of a bf16 panel. */
 static inline size_t at16_panel(int kk, int c)
 {
@@ -154,7 +145,7 @@ static inline void scalar_any(const int W16, int mr, int k, const float *a, cons
 		for (c = 0; c < nc; c++) {
 			float s = acc ? y[(size_t)i * ldy + c] : 0.0f;
 			for (kk = 0; kk < k; kk++) {
-				float w = W16 ? widen16(h[at16_panel(kk, c)]) : p[(size_t)kk * GEMM_NR + c];
+				float w = W16 ? dt_bf16_to_f32(h[at16_panel(kk, c)]) : p[(size_t)kk * GEMM_NR + c];
 				s = fmaf(a[(size_t)kk * mr + i], w, s);
 			}
 			y[(size_t)i * ldy + c] = s;
@@ -180,7 +171,7 @@ static void block_scalar16(int mr, int k, const void *a, const void *p, float *y
 static inline float daz16(uint32_t h)
 {
 	h &= 0xffff;
-	return (h & 0x7f80) ? widen16((uint16_t)h) : ((h & 0x8000) ? -0.0f : 0.0f);
+	return (h & 0x7f80) ? dt_bf16_to_f32((uint16_t)h) : ((h & 0x8000) ? -0.0f : 0.0f);
 }
 
 static inline float ftz(float f)
@@ -436,7 +427,7 @@ static void widen_scalar(float *d, const uint16_t *h, int k)
 {
 	for (int kk = 0; kk < k; kk++)
 		for (int c = 0; c < GEMM_NR; c++)
-			d[(size_t)kk * GEMM_NR + c] = widen16(h[at16_panel(kk, c)]);
+			d[(size_t)kk * GEMM_NR + c] = dt_bf16_to_f32(h[at16_panel(kk, c)]);
 }
 
 #ifdef GEMM_X86

@@ -415,6 +415,72 @@ static void test_bf16_dot(void **state)
 	free(pk16);
 }
 
+/*
+ * Products bigger than one chunk of rows and one slice of k (gemm.c runs
+ * those a chunk and a slice at a time, continuing each chain from y): every
+ * element is still one fmaf() chain over k in order from 0, computed here
+ * independently, for fp32, bf16 widened and bf16 dot panels (the dot's
+ * chain over x rounded to bf16), whichever ISA, with odd k.
+ */
+static void test_blocked_chains(void **state)
+{
+	static const char *isa[] = { "scalar", "avx2", "avx512" };
+	const int m = 301, n = 45, k = 1601;
+	float *x = randv((size_t)m * k), *w = randv((size_t)n * k), *wf = malloc((size_t)n * k * 4);
+	float *xr = malloc((size_t)m * k * 4), *ref = malloc((size_t)m * n * 4);
+	float *ref16 = malloc((size_t)m * n * 4), *refdot = malloc((size_t)m * n * 4);
+	float *y = malloc((size_t)m * n * 4), *pk;
+	uint16_t *h = malloc((size_t)n * k * 2), *xh = malloc((size_t)m * k * 2), *pk16;
+	const char *orig = gemm_isa();
+	int tried = 0;
+
+	(void)state;
+	assert_true(wf && xr && ref && ref16 && refdot && y && h && xh);
+	dt_from_f32(h, BE_BF16, w, (size_t)n * k);
+	dt_to_f32(wf, h, BE_BF16, (size_t)n * k);
+	dt_from_f32(xh, BE_BF16, x, (size_t)m * k);
+	dt_to_f32(xr, xh, BE_BF16, (size_t)m * k);
+	for (int i = 0; i < m; i++)
+		for (int j = 0; j < n; j++) {
+			float s = 0, s16 = 0, sd = 0;
+			for (int kk = 0; kk < k; kk++) {
+				s = fmaf(x[(size_t)i * k + kk], w[(size_t)j * k + kk], s);
+				s16 = fmaf(x[(size_t)i * k + kk], wf[(size_t)j * k + kk], s16);
+				sd = fmaf(xr[(size_t)i * k + kk], wf[(size_t)j * k + kk], sd);
+			}
+			ref[(size_t)i * n + j] = s;
+			ref16[(size_t)i * n + j] = s16;
+			refdot[(size_t)i * n + j] = sd;
+		}
+	pk = packed(w, n, k);
+	pk16 = packed16(h, n, k);
+	for (int i = 0; i < 3; i++) {
+		if (gemm_set_isa(isa[i]) < 0)
+			continue;
+		tried++;
+		product(m, n, k, x, pk, y, 1);
+		assert_memory_equal(y, ref, (size_t)m * n * 4);
+		product16(m, n, k, x, pk16, GEMM_BF16, y, 1);
+		assert_memory_equal(y, ref16, (size_t)m * n * 4);
+		product_dot(m, n, k, x, pk16, y, 0, 1);
+		assert_memory_equal(y, refdot, (size_t)m * n * 4);
+	}
+	assert_true(tried >= 1);
+	assert_int_equal(gemm_set_isa(orig), 0);
+	free(x);
+	free(w);
+	free(wf);
+	free(xr);
+	free(ref);
+	free(ref16);
+	free(refdot);
+	free(y);
+	free(pk);
+	free(h);
+	free(xh);
+	free(pk16);
+}
+
 /* Through the backend: a packed weight and a plain buffer, one thread and
  * three, accumulate or not: the same bits. */
 static void test_backend_gemm(void **state)
@@ -482,6 +548,7 @@ int main(void)
 		cmocka_unit_test(test_backend_gemm),
 		cmocka_unit_test(test_bf16_panels),
 		cmocka_unit_test(test_bf16_dot),
+		cmocka_unit_test(test_blocked_chains),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -108,12 +108,12 @@ static struct engine_seq *new_seq(struct engine *e, const int32_t *p, int n, int
 /* Decoding token by token after a prefill gives, bitwise, the logits of
  * running the whole text as one prompt; on a model with biases and on a
  * sliding-window model whose window the sequence outgrows. */
-static void check_decode_equals_recompute(const char *args)
+static void check_recompute_n(const char *args, int n, int gen)
 {
 	char *dir = must_model(args);
 	struct engine *e = must_load(dir, NULL);
-	int vocab = engine_config(e)->vocab, n = 10, gen = 14, i;
-	int32_t p[64];
+	int vocab = engine_config(e)->vocab, i;
+	int32_t p[128];
 	struct engine_seq *a, *b;
 
 	prompt_of(p, n, 1, vocab);
@@ -133,12 +133,25 @@ static void check_decode_equals_recompute(const char *args)
 	rm_model(dir);
 }
 
+static void check_decode_equals_recompute(const char *args)
+{
+	check_recompute_n(args, 10, 14);
+}
+
 static void test_decode_equals_recompute(void **state)
 {
 	(void)state;
 	check_decode_equals_recompute("--attention-bias --mlp-bias --kv-heads 2");
 	check_decode_equals_recompute("--model-type mistral --sliding-window 5");
 	check_decode_equals_recompute("--model-type qwen2 --tie --dtype bf16");
+	/* heads of 64: the CPU backend's vector attention (several query heads
+	 * of a KV head side by side, kernels/cpu/cpu.c), over prompts of more
+	 * than four KV blocks; three and four query heads per KV head, bf16
+	 * weights, and a window the sequence outgrows */
+	check_recompute_n("--hidden 384 --heads 6 --kv-heads 2 --ffn 256", 70, 11);
+	check_recompute_n("--hidden 256 --heads 4 --kv-heads 1 --ffn 256 --dtype bf16", 67, 9);
+	check_recompute_n("--model-type mistral --sliding-window 66 --hidden 256 --heads 4 --kv-heads 2 "
+			  "--ffn 256", 70, 9);
 }
 
 /* Four sequences of different lengths, sampled with their own seeds, get

@@ -42,22 +42,6 @@ def lora_map(cfg, adir):
     return out
 
 
-def greedy(model, ids, eos):
-    cache = model.new_cache()
-    logits = model.forward(ids, 0, cache)[-1].float()
-    first = logits
-    out, margins = [], []
-    for i in range(MAX_NEW):
-        t = ref.argmax_lowest(logits)
-        top2 = torch.topk(logits, 2).values
-        margins.append(float(top2[0] - top2[1]))
-        out.append(t)
-        if t in eos:
-            break
-        logits = model.forward([t], len(ids) + i, cache)[0].float()
-    return first, out, margins
-
-
 def write(model_dir=os.path.join(HERE, "model"), adapters_dir=os.path.join(HERE, "adapters")):
     cfg, weights, _, eos = ref.load_model_dir(model_dir)
     cases = json.load(open(os.path.join(FIXTURES, "logits.json")))["cases"]
@@ -69,7 +53,7 @@ def write(model_dir=os.path.join(HERE, "model"), adapters_dir=os.path.join(HERE,
             lora = None if name == "base" else lora_map(cfg, os.path.join(adapters_dir, name))
             models[name] = ref.Model(cfg, weights, dtype=torch.bfloat16, lora=lora)
         with torch.no_grad():
-            first, g, margins = greedy(models[name], c["prompt"], eos)
+            g, margins, first = ref.greedy_until(models[name], c["prompt"], eos, MAX_NEW)
         head = ", ".join(f"{json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}"
                          for k, v in (("adapter", name), ("skill", c["skill"]),
                                       ("prompt_text", c["prompt_text"]), ("prompt", c["prompt"]),

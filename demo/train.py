@@ -847,17 +847,7 @@ def write_fixtures(tok, cfg, weights, adapters, held, base_docs, skill_train):
 
 def greedy_margins(model, prompt_ids, max_new=MAX_NEW):
     """Greedy tokens up to and including EOS, and each step's margin."""
-    cache = model.new_cache()
-    logits = model.forward(prompt_ids, 0, cache)[-1]
-    out, margins = [], []
-    for i in range(max_new):
-        t = ref.argmax_lowest(logits)
-        top2 = torch.topk(logits, 2).values
-        margins.append(float(top2[0] - top2[1]))
-        out.append(t)
-        if t == EOS:
-            break
-        logits = model.forward([t], len(prompt_ids) + i, cache)[0]
+    out, margins, _ = ref.greedy_until(model, prompt_ids, (EOS,), max_new)
     return out, margins
 
 

@@ -202,6 +202,45 @@ static void block_scalar_dot(int mr, int k, const void *av, const void *pv, floa
 #define AVX2 __attribute__((target("avx2,fma")))
 #define INLINE inline __attribute__((always_inline))
 
+/* A block's accumulators: rows 0 .. MR-1 of y by its nc valid columns, two
+ * registers of 16 per row, loaded from y to continue its chains (acc) or
+ * zero; and stored back, the columns past nc untouched. */
+static INLINE AVX512 __mmask16 tile_mask(int nc, int half)
+{
+	int n = nc - 16 * half;
+
+	return n >= 16 ? 0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
+}
+
+static INLINE AVX512 void tile_load(const int MR, __m512 *c0, __m512 *c1, const float *y,
+				    size_t ldy, int nc, int acc)
+{
+	__mmask16 m0 = tile_mask(nc, 0), m1 = tile_mask(nc, 1);
+
+#pragma GCC unroll 12
+	for (int i = 0; i < MR; i++) {
+		if (acc) {
+			c0[i] = _mm512_maskz_loadu_ps(m0, y + (size_t)i * ldy);
+			c1[i] = _mm512_maskz_loadu_ps(m1, y + (size_t)i * ldy + 16);
+		} else {
+			c0[i] = _mm512_setzero_ps();
+			c1[i] = _mm512_setzero_ps();
+		}
+	}
+}
+
+static INLINE AVX512 void tile_store(const int MR, const __m512 *c0, const __m512 *c1, float *y,
+				     size_t ldy, int nc)
+{
+	__mmask16 m0 = tile_mask(nc, 0), m1 = tile_mask(nc, 1);
+
+#pragma GCC unroll 12
+	for (int i = 0; i < MR; i++) {
+		_mm512_mask_storeu_ps(y + (size_t)i * ldy, m0, c0[i]);
+		_mm512_mask_storeu_ps(y + (size_t)i * ldy + 16, m1, c1[i]);
+	}
+}
+
 /* MR and W16 are constants at every call site, so the accumulators are
  * registers and the panel's kind costs no branch. A bf16 panel row pair is
  * two 64-byte loads (16 columns each by two k); the even k is the pair's
@@ -212,21 +251,10 @@ static INLINE AVX512 void block512(const int MR, const int W16, int k, const flo
 	const float *p = pv;
 	const uint16_t *h = pv;
 	__m512 c0[GEMM_MR], c1[GEMM_MR];
-	__mmask16 m0 = nc >= 16 ? 0xffff : (__mmask16)((1u << nc) - 1);
-	__mmask16 m1 = nc >= 32 ? 0xffff : nc <= 16 ? 0 : (__mmask16)((1u << (nc - 16)) - 1);
 	const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
 	int i, kk;
 
-#pragma GCC unroll 12
-	for (i = 0; i < MR; i++) {
-		if (acc) {
-			c0[i] = _mm512_maskz_loadu_ps(m0, y + (size_t)i * ldy);
-			c1[i] = _mm512_maskz_loadu_ps(m1, y + (size_t)i * ldy + 16);
-		} else {
-			c0[i] = _mm512_setzero_ps();
-			c1[i] = _mm512_setzero_ps();
-		}
-	}
+	tile_load(MR, c0, c1, y, ldy, nc, acc);
 	for (kk = 0; kk < k; kk++) {
 		__m512 b0, b1;
 
@@ -255,11 +283,7 @@ static INLINE AVX512 void block512(const int MR, const int W16, int k, const flo
 		}
 		a += MR;
 	}
-#pragma GCC unroll 12
-	for (i = 0; i < MR; i++) {
-		_mm512_mask_storeu_ps(y + (size_t)i * ldy, m0, c0[i]);
-		_mm512_mask_storeu_ps(y + (size_t)i * ldy + 16, m1, c1[i]);
-	}
+	tile_store(MR, c0, c1, y, ldy, nc);
 }
 
 /* The same block with AVX-512 BF16: per pair of k, two loads of the panel
@@ -269,20 +293,9 @@ static INLINE DOT512 void blockdot512(const int MR, int k, const uint32_t *a, co
 				      float *y, size_t ldy, int nc, int acc)
 {
 	__m512 c0[GEMM_MR], c1[GEMM_MR];
-	__mmask16 m0 = nc >= 16 ? 0xffff : (__mmask16)((1u << nc) - 1);
-	__mmask16 m1 = nc >= 32 ? 0xffff : nc <= 16 ? 0 : (__mmask16)((1u << (nc - 16)) - 1);
 	int i, kk, k2 = (k + 1) / 2;
 
-#pragma GCC unroll 12
-	for (i = 0; i < MR; i++) {
-		if (acc) {
-			c0[i] = _mm512_maskz_loadu_ps(m0, y + (size_t)i * ldy);
-			c1[i] = _mm512_maskz_loadu_ps(m1, y + (size_t)i * ldy + 16);
-		} else {
-			c0[i] = _mm512_setzero_ps();
-			c1[i] = _mm512_setzero_ps();
-		}
-	}
+	tile_load(MR, c0, c1, y, ldy, nc, acc);
 	for (kk = 0; kk < k2; kk++) {
 		__m512bh b0 = (__m512bh)_mm512_load_si512((const void *)p);
 		__m512bh b1 = (__m512bh)_mm512_load_si512((const void *)(p + 16));
@@ -296,11 +309,7 @@ static INLINE DOT512 void blockdot512(const int MR, int k, const uint32_t *a, co
 		a += MR;
 		p += GEMM_NR;
 	}
-#pragma GCC unroll 12
-	for (i = 0; i < MR; i++) {
-		_mm512_mask_storeu_ps(y + (size_t)i * ldy, m0, c0[i]);
-		_mm512_mask_storeu_ps(y + (size_t)i * ldy + 16, m1, c1[i]);
-	}
+	tile_store(MR, c0, c1, y, ldy, nc);
 }
 
 /* One block of @mr rows (1..12) by the panel: the row count (and the

@@ -475,6 +475,24 @@ def greedy(model, prompt, n):
     return out, margins
 
 
+def greedy_until(model, prompt, eos, max_new):
+    """Greedy tokens up to and including the first of the ids in `eos` (at
+    most max_new), each step's margin, and the logits (fp32) at the last
+    prompt position."""
+    cache = model.new_cache()
+    logits = model.forward(prompt, 0, cache)[-1].float()
+    first, out, margins = logits, [], []
+    for i in range(max_new):
+        t = argmax_lowest(logits)
+        top2 = torch.topk(logits, 2).values
+        margins.append(float(top2[0] - top2[1]))
+        out.append(t)
+        if t in eos:
+            break
+        logits = model.forward([t], len(prompt) + i, cache)[0].float()
+    return out, margins, first
+
+
 def max_rel_diff(a, b):
     return float((a - b).abs().max() / b.abs().max())
 

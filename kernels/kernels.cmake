@@ -12,7 +12,7 @@ target_include_directories(lorad_kernels PUBLIC ${CMAKE_CURRENT_LIST_DIR})
 target_compile_options(lorad_kernels PRIVATE -O3 -fopenmp-simd)
 # No BLAS: the CPU backend has its own GEMM. (OpenBLAS would start its
 # thread pool before main(), with no signal blocked in it.)
-target_link_libraries(lorad_kernels PUBLIC Threads::Threads m)
+target_link_libraries(lorad_kernels PUBLIC Threads::Threads mvec m)
 
 if(LORAD_HAVE_CUDA)
   enable_language(CUDA)

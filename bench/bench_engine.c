@@ -11,7 +11,7 @@
  *            attention (QKᵀ and PV) + the LM head at the last position of
  *            each prompt; the baseline is cblas_sgemm of the seven
  *            projection shapes with M = all prompt tokens
- *            (ratio_vs_sgemm, target >= 0.6).
+ *            (ratio_vs_sgemm, target >= 0.9, issue 21).
  *   decode   batch 1, 8, 32 sequences of a 64-token prompt, timing the
  *            decode steps only; the baseline is one bare pass over
  *            matrices of the same shapes (all layers and the LM head) with
@@ -234,7 +234,7 @@ static int prefill(struct engine *e, struct bare *b, int batch, int len, int rep
 			sgemm_flops += 2.0 * batch * len * proj_n[p] * proj_k[p];
 	printf("{\"bench\": \"engine_prefill\", \"batch\": %d, \"prompt_tokens\": %d, \"reps\": %d, "
 	       "\"seconds\": %.4f, \"tokens_per_s\": %.1f, \"flop_per_s\": %.4g, "
-	       "\"sgemm_flop_per_s\": %.4g, \"ratio_vs_sgemm\": %.3f, \"target\": 0.6}\n",
+	       "\"sgemm_flop_per_s\": %.4g, \"ratio_vs_sgemm\": %.3f, \"target\": 0.9}\n",
 	       batch, len, reps, best, batch * len / best, flops / best, sgemm_flops / t_sgemm,
 	       (flops / best) / (sgemm_flops / t_sgemm));
 	fprintf(stderr, "prefill batch %d x %d: %8.1f tokens/s  %6.1f GFLOP/s  (bare sgemm %6.1f GFLOP/s, ratio %.2f)\n",

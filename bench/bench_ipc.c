@@ -10,7 +10,9 @@
  *   unix       UNIX stream socket ping-pong, 64-byte payload each way
  *   tcp        TCP loopback ping-pong (TCP_NODELAY), 64-byte payload each way
  * plus a throughput run: batches of 32 requests with 64-byte prompts, the
- * daemon validating and checksumming each, counted as completions reaped.
+ * daemon validating and checksumming each, counted as completions reaped;
+ * and the floor under shm_poll: one cache line bounced between the same two
+ * CPUs (line_pingpong; shm_poll's ratio_vs_line_rtt).
  *
  * Prints one JSON line per measurement on stdout, a summary on stderr.
  */
@@ -18,8 +20,10 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -232,6 +236,68 @@ static int shm_rtt(const char *sock, int n, uint32_t spin_us, struct rtt *r)
 	return ret;
 }
 
+/* --- the floor: one cache line between the same two CPUs ---------------------------- */
+
+/*
+ * Where the host places the two vCPUs decides what a line costs to move
+ * between them (on the development VM 0.1 or 0.3 us a round trip, changing
+ * within minutes), so the shm round trip is quoted against this floor,
+ * taken in the same repetition: a counter bounced through one line.
+ */
+#define LINE_BATCH 100
+
+static _Alignas(64) _Atomic uint32_t line_word;
+static _Atomic int line_stop;
+
+static void *line_echo(void *arg)
+{
+	int cpu = *(int *)arg;
+
+	pin_self(cpu);
+	for (uint32_t want = 1;; want += 2) {
+		while (atomic_load_explicit(&line_word, memory_order_acquire) != want)
+			if (atomic_load_explicit(&line_stop, memory_order_relaxed))
+				return NULL;
+		atomic_store_explicit(&line_word, want + 1, memory_order_release);
+	}
+}
+
+/* Median round trip of the line in us, the caller pinned to its CPU and the
+ * echo on @cpu; < 0 when no thread could be started. */
+static double line_rtt(int cpu, int n)
+{
+	uint64_t *lat = malloc((n / LINE_BATCH) * sizeof(*lat));
+	pthread_t t;
+	uint32_t v = 0;
+	double p50;
+
+	if (!lat)
+		return -1;
+	atomic_store(&line_word, 0);
+	atomic_store(&line_stop, 0);
+	if (pthread_create(&t, NULL, line_echo, &cpu)) {
+		free(lat);
+		return -1;
+	}
+	for (int b = 0; b < n / LINE_BATCH; b++) {
+		uint64_t t0 = now_ns();
+
+		for (int i = 0; i < LINE_BATCH; i++) {
+			atomic_store_explicit(&line_word, ++v, memory_order_release);
+			while (atomic_load_explicit(&line_word, memory_order_acquire) != v + 1)
+				;
+			v++;
+		}
+		lat[b] = now_ns() - t0;
+	}
+	atomic_store(&line_stop, 1);
+	pthread_join(t, NULL);
+	qsort(lat, n / LINE_BATCH, sizeof(*lat), cmp_u64);
+	p50 = lat[n / LINE_BATCH / 2] / 1e3 / LINE_BATCH;
+	free(lat);
+	return p50;
+}
+
 /* --- socket ping-pong ------------------------------------------------------------- */
 
 static int full_io(int fd, void *buf, size_t n, int wr)
@@ -386,6 +452,8 @@ static int shm_throughput(const char *sock, double seconds, double *rate, double
 
 /* --- main ------------------------------------------------------------------------- */
 
+static double line_p50;   /* median of the line round trips of all repetitions; 0: none */
+
 static void print_rtt(const char *mode, struct rtt *reps, int n, double unix_p50, int pinned)
 {
 	double v[4][32], d[5][32];
@@ -418,6 +486,8 @@ static void print_rtt(const char *mode, struct rtt *reps, int n, double unix_p50
 	}
 	if (unix_p50 > 0)
 		printf(", \"ratio_vs_unix\": %.3f", m.p50 / unix_p50);
+	if (pinned && line_p50 > 0)
+		printf(", \"line_rtt_us\": %.3f, \"ratio_vs_line_rtt\": %.2f", line_p50, m.p50 / line_p50);
 	printf("}\n");
 	fprintf(stderr, "%-10s p50 %8.2f us  p99 %8.2f us  p99.9 %8.2f us  %10.0f msg/s%s\n", mode,
 		m.p50, m.p99, m.p999, m.msgs_per_s, unix_p50 > 0 ? "" : "");
@@ -430,9 +500,9 @@ int main(int argc, char **argv)
 	double tput_s = 2.0;
 	char dir[] = "/tmp/lorad-bench-XXXXXX", sock_poll[PATH_MAX], sock_sleep[PATH_MAX];
 	struct rtt r_poll[32], r_sleep[32], r_unix[32], r_tcp[32];
-	double tput[32], tsteal[32], unix_p50s[32];
+	double tput[32], tsteal[32], unix_p50s[32], lines[32];
 	cpu_set_t orig;
-	int ncpu, can_pin, pin_cpu = 0, ret = 1, i;
+	int ncpu, can_pin, pin_cpu = 0, line_cpu = 0, ret = 1, i;
 	pid_t d_poll = -1, d_sleep = -1;
 	ssize_t k;
 
@@ -483,6 +553,7 @@ int main(int argc, char **argv)
 			}
 		d_poll = daemon_start(sock_poll, "1000000000", c1);
 		pin_cpu = c0;
+		line_cpu = c1;
 	}
 	d_sleep = daemon_start(sock_sleep, "0", -1);
 	if ((can_pin && d_poll < 0) || d_sleep < 0) {
@@ -499,6 +570,7 @@ int main(int argc, char **argv)
 		if (can_pin) {
 			/* polling modes only: client on one CPU, daemon on the other */
 			pin_self(pin_cpu);
+			lines[i] = line_rtt(line_cpu, 20000);
 			if (shm_rtt(sock_poll, n_poll, 1000000, &r_poll[i]) ||
 			    shm_throughput(sock_poll, tput_s, &tput[i], &tsteal[i]))
 				goto out;
@@ -507,6 +579,12 @@ int main(int argc, char **argv)
 		unix_p50s[i] = r_unix[i].p50;
 	}
 	double unix_p50 = median(unix_p50s, reps);
+
+	if (can_pin) {
+		line_p50 = median(lines, reps);
+		printf("{\"bench\": \"ipc_rtt\", \"mode\": \"line_pingpong\", \"reps\": %d, "
+		       "\"p50_us\": %.3f, \"pinned\": true}\n", reps, line_p50);
+	}
 
 	print_rtt("unix", r_unix, reps, 0, 0);
 	print_rtt("tcp", r_tcp, reps, unix_p50, 0);

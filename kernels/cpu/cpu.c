@@ -117,6 +117,40 @@ err:
 	return -ENOMEM;
 }
 
+#define CPU_HUGE_BYTES ((size_t)2 << 20)
+
+/*
+ * A big buffer: pages of its own, fresh pages being zero (no pass over
+ * memory the caller fills anyway). Aligned to and advised for 2 MiB pages
+ * where the kernel has them (transparent huge pages in "madvise" mode, as
+ * Debian ships): a weight panel is streamed once a step, and the
+ * hardware's prefetchers stop at every 4 KiB page edge, the TLB misses at
+ * every page. Populated now, so the first requests served do not pay its
+ * page faults (dear in a virtual machine).
+ */
+static int map_big(struct be_buf *b, size_t bytes)
+{
+	size_t len = (bytes + 4095) & ~(size_t)4095, span = len + CPU_HUGE_BYTES;
+	char *m = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	char *p;
+
+	if (m == MAP_FAILED)
+		return -ENOMEM;
+	p = (char *)(((uintptr_t)m + CPU_HUGE_BYTES - 1) & ~(uintptr_t)(CPU_HUGE_BYTES - 1));
+	if (p > m)
+		munmap(m, (size_t)(p - m));
+	if (m + span > p + len)
+		munmap(p + len, (size_t)(m + span - (p + len)));
+	/* advice only: where the kernel has neither, small pages faulted on use */
+	(void)madvise(p, len, MADV_HUGEPAGE);
+#ifdef MADV_POPULATE_WRITE
+	(void)madvise(p, len, MADV_POPULATE_WRITE);
+#endif
+	b->p = (float *)(void *)p;
+	b->map_bytes = len;
+	return 0;
+}
+
 static struct be_buf *cpu_alloc(struct be *be, size_t n, enum be_dtype t, unsigned flags)
 {
 	struct be_buf *b = calloc(1, sizeof(*b));
@@ -132,12 +166,8 @@ static struct be_buf *cpu_alloc(struct be *be, size_t n, enum be_dtype t, unsign
 		if (alloc_shared(b, bytes) < 0) /* a fresh memfd reads as zeros */
 			goto err;
 	} else if (bytes >= CPU_MMAP_BYTES) {
-		/* fresh pages are zero: no pass over memory the caller fills anyway */
-		void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		if (p == MAP_FAILED)
+		if (map_big(b, bytes) < 0)
 			goto err;
-		b->p = p;
-		b->map_bytes = bytes;
 	} else {
 		if (!(b->p = aligned_alloc(64, bytes)))
 			goto err;

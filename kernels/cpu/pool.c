@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 /*
@@ -29,24 +30,43 @@ static unsigned long long pool_now(void)
 	return (unsigned long long)ts.tv_sec * 1000000000ull + (unsigned long long)ts.tv_nsec;
 }
 
+/*
+ * What each side writes lies on its own cache line. A worker spinning on
+ * gen reads a line that the caller writes once per call; the claims (next)
+ * and the finishes (busy) are read-modify-writes on lines of their own, so
+ * a claim does not invalidate the line every spinner is polling. With all
+ * of them on one line, as before, sixteen threads turned each atomic into
+ * a round of invalidations of fifteen copies, a hundred calls a step.
+ */
+#define POOL_LINE 64
+
 struct pool {
-	int n_threads;
-	pthread_t *tid;
-	pthread_mutex_t mu;
-	pthread_cond_t start;  /* workers wait here for a new generation */
-	pthread_cond_t done;   /* the caller waits here for the stragglers */
 	/* gen: release store by pool_run after the job's fields, acquire load by
-	 * a spinning worker before it reads them (the mutex covers the rest) */
-	atomic_ulong gen;
+	 * a worker before it reads them; the job shares the line, written once
+	 * per call before gen */
+	_Alignas(POOL_LINE) atomic_ulong gen;
 	atomic_int quit;
-	/* busy: decremented by each worker when done (release); the caller's
-	 * acquire load of 0 pairs with it before the job's results are used */
-	atomic_int busy;
-	/* the current job */
 	pool_fn fn;
 	void *arg;
 	int n_tasks, grain;
-	atomic_int next;
+	/* the next task to claim */
+	_Alignas(POOL_LINE) atomic_int next;
+	/* busy: decremented by each worker when done (release); the caller's
+	 * acquire load of 0 pairs with it before the job's results are used */
+	_Alignas(POOL_LINE) atomic_int busy;
+	/* sleepers: workers inside (or entering) the wait on start; waiter:
+	 * the caller inside (or entering) the wait on done. Each is set
+	 * seq_cst before its owner checks gen or busy once more, and read
+	 * seq_cst after the other side's seq_cst write of gen or busy: one of
+	 * the two always sees the other's write, so no wake-up is lost and
+	 * nobody takes the mutex while everyone spins. */
+	_Alignas(POOL_LINE) atomic_int sleepers;
+	atomic_int waiter;
+	pthread_mutex_t mu;
+	pthread_cond_t start; /* workers wait here for a new generation */
+	pthread_cond_t done;  /* the caller waits here for the stragglers */
+	int n_threads;
+	pthread_t *tid;
 };
 
 static void pool_work(struct pool *p, int worker)
@@ -89,17 +109,22 @@ static void *pool_main(void *v)
 		 * it at every call, a hundred times a step */
 		if (atomic_load_explicit(&p->gen, memory_order_acquire) == seen) {
 			pthread_mutex_lock(&p->mu);
+			/* seq_cst: pairs with pool_run's increment of gen, then its
+			 * load of sleepers (see struct pool) */
+			atomic_fetch_add(&p->sleepers, 1);
 			while (!atomic_load_explicit(&p->quit, memory_order_relaxed) &&
-			       atomic_load_explicit(&p->gen, memory_order_acquire) == seen)
+			       atomic_load(&p->gen) == seen)
 				pthread_cond_wait(&p->start, &p->mu);
+			atomic_fetch_sub_explicit(&p->sleepers, 1, memory_order_relaxed);
 			pthread_mutex_unlock(&p->mu);
 		}
 		if (atomic_load_explicit(&p->quit, memory_order_relaxed))
 			break;
 		seen = atomic_load_explicit(&p->gen, memory_order_acquire);
 		pool_work(p, idx);
-		/* release: pairs with the caller's acquire load of busy */
-		if (atomic_fetch_sub_explicit(&p->busy, 1, memory_order_release) == 1) {
+		/* seq_cst (a release at least): pairs with the caller's acquire
+		 * load of busy, and with its store of waiter (see struct pool) */
+		if (atomic_fetch_sub(&p->busy, 1) == 1 && atomic_load(&p->waiter)) {
 			pthread_mutex_lock(&p->mu);
 			pthread_cond_signal(&p->done);
 			pthread_mutex_unlock(&p->mu);
@@ -110,11 +135,13 @@ static void *pool_main(void *v)
 
 int pool_create(int n_threads, struct pool **out)
 {
-	struct pool *p = calloc(1, sizeof(*p));
+	size_t bytes = (sizeof(struct pool) + POOL_LINE - 1) & ~(size_t)(POOL_LINE - 1);
+	struct pool *p = aligned_alloc(POOL_LINE, bytes);
 	int i;
 
 	if (!p)
 		return -ENOMEM;
+	memset(p, 0, bytes);
 	if (n_threads < 1)
 		n_threads = 1;
 	p->tid = calloc((size_t)n_threads, sizeof(*p->tid));
@@ -177,17 +204,20 @@ void pool_run(struct pool *p, pool_fn fn, void *arg, int n_tasks, int grain)
 			fn(arg, 0, 0, n_tasks);
 		return;
 	}
-	pthread_mutex_lock(&p->mu);
 	p->fn = fn;
 	p->arg = arg;
 	p->n_tasks = n_tasks;
 	p->grain = grain;
 	atomic_store_explicit(&p->next, 0, memory_order_relaxed);
 	atomic_store_explicit(&p->busy, p->n_threads - 1, memory_order_relaxed);
-	/* release: pairs with a spinning worker's acquire load of gen */
-	atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
-	pthread_cond_broadcast(&p->start);
-	pthread_mutex_unlock(&p->mu);
+	/* seq_cst (a release at least): pairs with a worker's acquire load of
+	 * gen, and with its increment of sleepers (see struct pool) */
+	atomic_fetch_add(&p->gen, 1);
+	if (atomic_load(&p->sleepers)) {
+		pthread_mutex_lock(&p->mu);
+		pthread_cond_broadcast(&p->start);
+		pthread_mutex_unlock(&p->mu);
+	}
 
 	pool_work(p, 0);
 
@@ -202,8 +232,14 @@ void pool_run(struct pool *p, pool_fn fn, void *arg, int n_tasks, int grain)
 				break;
 		}
 	}
-	pthread_mutex_lock(&p->mu);
-	while (atomic_load_explicit(&p->busy, memory_order_acquire) > 0)
-		pthread_cond_wait(&p->done, &p->mu);
-	pthread_mutex_unlock(&p->mu);
+	if (atomic_load_explicit(&p->busy, memory_order_acquire) > 0) {
+		pthread_mutex_lock(&p->mu);
+		/* seq_cst: pairs with the last worker's decrement of busy, then
+		 * its load of waiter (see struct pool) */
+		atomic_store(&p->waiter, 1);
+		while (atomic_load(&p->busy) > 0)
+			pthread_cond_wait(&p->done, &p->mu);
+		atomic_store_explicit(&p->waiter, 0, memory_order_relaxed);
+		pthread_mutex_unlock(&p->mu);
+	}
 }

@@ -32,6 +32,9 @@
 #define GEMM_X86 1
 #endif
 
+static pthread_once_t gemm_once = PTHREAD_ONCE_INIT;
+static void gemm_select(void);
+
 /* Where element (row r, column c) of a row-major [n, k] matrix lies in its
  * packed form: fp32 panels [k][GEMM_NR], bf16 panels [k/2][GEMM_NR][2]
  * with the even k of a pair in the pair's high half. */
@@ -102,21 +105,29 @@ void gemm_pack_x_blocks(float *xp, int m, int k, const float *x, int b0, int b1)
 	}
 }
 
+/* Row s of x (k floats) as bf16 pairs, pair kk at d[kk * stride]: the
+ * even k in the high half, rounded as dt_f32_to_bf16 rounds. */
+static void pack16_row_scalar(uint32_t *d, size_t stride, const float *s, int k)
+{
+	for (int kk = 0; 2 * kk < k; kk++) {
+		uint32_t hi = dt_f32_to_bf16(s[2 * kk]);
+		uint32_t lo = 2 * kk + 1 < k ? dt_f32_to_bf16(s[2 * kk + 1]) : 0;
+		d[(size_t)kk * stride] = hi << 16 | lo;
+	}
+}
+
+static void (*pack16_row)(uint32_t *d, size_t stride, const float *s, int k) = pack16_row_scalar;
+
 void gemm_pack_x16_blocks(uint32_t *xp, int m, int k, const float *x, int b0, int b1)
 {
-	int r0, i, kk, k2 = (k + 1) / 2;
+	int r0, i, k2 = (k + 1) / 2;
 
+	pthread_once(&gemm_once, gemm_select);
 	for (r0 = b0 * GEMM_MR; r0 < m && r0 < b1 * GEMM_MR; r0 += GEMM_MR) {
 		int mr = m - r0 < GEMM_MR ? m - r0 : GEMM_MR;
 		uint32_t *d = xp + (size_t)r0 * k2;
-		for (i = 0; i < mr; i++) {
-			const float *s = x + (size_t)(r0 + i) * k;
-			for (kk = 0; kk < k2; kk++) {
-				uint32_t hi = dt_f32_to_bf16(s[2 * kk]);
-				uint32_t lo = 2 * kk + 1 < k ? dt_f32_to_bf16(s[2 * kk + 1]) : 0;
-				d[(size_t)kk * mr + i] = hi << 16 | lo;
-			}
-		}
+		for (i = 0; i < mr; i++)
+			pack16_row(d + i, (size_t)mr, x + (size_t)(r0 + i) * k, k);
 	}
 }
 
@@ -458,12 +469,42 @@ static AVX512 void widen_avx512(float *d, const uint16_t *h, int k)
 }
 #endif
 
+#ifdef GEMM_X86
+/*
+ * Eight pairs at a time: sixteen floats rounded to nearest even in integer
+ * lanes (a NaN made quiet instead, as dt_f32_to_bf16 does), then each
+ * 64-bit lane's two roundings joined into one pair, even k high. At batch
+ * 32 with bf16 dot products the scalar loop was 6 % of a decode step.
+ */
+static AVX512 void pack16_row_avx512(uint32_t *d, size_t stride, const float *s, int k)
+{
+	const __m512i abs = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
+	const __m512i bias = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1);
+	const __m512i quiet = _mm512_set1_epi32(0x400000), high = _mm512_set1_epi64(0xffff0000);
+	uint32_t t[8];
+	int kk = 0;
+
+	for (; 2 * kk + 16 <= k; kk += 8) {
+		__m512i u = _mm512_loadu_si512((const void *)(s + 2 * kk));
+		__mmask16 nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(u, abs), inf);
+		__m512i r = _mm512_add_epi32(u, _mm512_add_epi32(bias, _mm512_and_si512(_mm512_srli_epi32(u, 16), one)));
+
+		r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, quiet));
+		/* lane pair (even, odd): even's high half, odd's high half below it */
+		r = _mm512_or_si512(_mm512_and_si512(r, high), _mm512_srli_epi64(r, 48));
+		_mm256_storeu_si256((__m256i *)(void *)t, _mm512_cvtepi64_epi32(r));
+		for (int j = 0; j < 8; j++)
+			d[(size_t)(kk + j) * stride] = t[j];
+	}
+	pack16_row_scalar(d + (size_t)kk * stride, stride, s + 2 * kk, k - 2 * kk);
+}
+#endif
+
 static void (*widen_n)(float *d, const uint16_t *h, int k) = widen_scalar;
 
 static gemm_block_fn gemm_block = block_scalar, gemm_block16 = block_scalar16,
 		     gemm_blockdot = block_scalar_dot;
 static const char *gemm_isa_name = "scalar";
-static pthread_once_t gemm_once = PTHREAD_ONCE_INIT;
 
 /* The loops of one instruction set; 0, or -ENOTSUP when this CPU lacks it.
  * The bf16 dot loop is the CPU's own only with avx512 on a CPU with
@@ -475,6 +516,7 @@ static int gemm_use(const char *name)
 		gemm_block16 = block_scalar16;
 		gemm_blockdot = block_scalar_dot;
 		widen_n = widen_scalar;
+		pack16_row = pack16_row_scalar;
 		gemm_isa_name = "scalar";
 		return 0;
 	}
@@ -484,6 +526,7 @@ static int gemm_use(const char *name)
 		gemm_block16 = block_avx512_16;
 		gemm_blockdot = __builtin_cpu_supports("avx512bf16") ? block_dot512 : block_scalar_dot;
 		widen_n = widen_avx512;
+		pack16_row = pack16_row_avx512;
 		gemm_isa_name = "avx512";
 		return 0;
 	}
@@ -492,6 +535,7 @@ static int gemm_use(const char *name)
 		gemm_block16 = block_avx2_16;
 		gemm_blockdot = block_scalar_dot;
 		widen_n = widen_scalar;
+		pack16_row = pack16_row_scalar;
 		gemm_isa_name = "avx2";
 		return 0;
 	}

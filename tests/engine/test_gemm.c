@@ -416,6 +416,57 @@ static void test_bf16_dot(void **state)
 }
 
 /*
+ * x laid out as bf16 pairs: every instruction set's packer gives the pairs
+ * dt_f32_to_bf16 gives, element by element, on values that round up, down
+ * and to even, overflow to infinity, NaNs of both signs (made quiet),
+ * infinities, zeros and denormals; odd and even k, k below and above one
+ * vector of pairs, one row block and several.
+ */
+static void test_pack_x16(void **state)
+{
+	static const char *isa[] = { "scalar", "avx2", "avx512" };
+	static const uint32_t special[] = { 0x7fc00000, 0xffc00001, 0x7f800001, 0xff800000, 0x7f800000,
+					    0x00000000, 0x80000000, 0x00000001, 0x807fffff, 0x3f808000,
+					    0x3f818000, 0x3f808001, 0x7f7fffff, 0xff7fffff, 0x0001ffff };
+	static const int ks[] = { 1, 15, 16, 17, 33, 131 };
+	const char *orig = gemm_isa();
+
+	(void)state;
+	for (size_t ki = 0; ki < sizeof(ks) / sizeof(ks[0]); ki++) {
+		const int k = ks[ki], m = 2 * GEMM_MR + 3, k2 = (k + 1) / 2;
+		float *x = malloc((size_t)m * k * sizeof(float));
+		uint32_t *xp = malloc(gemm_xpack_len(m, k) * sizeof(float));
+		uint32_t *want = malloc((size_t)m * k2 * sizeof(uint32_t));
+
+		assert_true(x && xp && want);
+		for (int i = 0; i < m * k; i++) {
+			uint32_t u = i % 3 ? special[rbits() % (sizeof(special) / sizeof(special[0]))] : rbits() * 2654435761u;
+			memcpy(&x[i], &u, 4);
+		}
+		/* row block b's pairs are [k2][mr]: pair kk of row r0 + i at kk · mr + i */
+		for (int r = 0; r < m; r++) {
+			int r0 = r / GEMM_MR * GEMM_MR, mr = m - r0 < GEMM_MR ? m - r0 : GEMM_MR;
+			for (int kk = 0; kk < k2; kk++) {
+				uint32_t hi = dt_f32_to_bf16(x[(size_t)r * k + 2 * kk]);
+				uint32_t lo = 2 * kk + 1 < k ? dt_f32_to_bf16(x[(size_t)r * k + 2 * kk + 1]) : 0;
+				want[(size_t)r0 * k2 + (size_t)kk * mr + (r - r0)] = hi << 16 | lo;
+			}
+		}
+		for (int i = 0; i < 3; i++) {
+			if (gemm_set_isa(isa[i]) < 0)
+				continue;
+			memset(xp, 0xa5, (size_t)m * k2 * sizeof(uint32_t));
+			gemm_pack_x16_blocks(xp, m, k, x, 0, (m + GEMM_MR - 1) / GEMM_MR);
+			assert_memory_equal(xp, want, (size_t)m * k2 * sizeof(uint32_t));
+		}
+		free(x);
+		free(xp);
+		free(want);
+	}
+	assert_int_equal(gemm_set_isa(orig), 0);
+}
+
+/*
  * Products bigger than one chunk of rows and one slice of k (gemm.c runs
  * those a chunk and a slice at a time, continuing each chain from y): every
  * element is still one fmaf() chain over k in order from 0, computed here
@@ -548,6 +599,7 @@ int main(void)
 		cmocka_unit_test(test_backend_gemm),
 		cmocka_unit_test(test_bf16_panels),
 		cmocka_unit_test(test_bf16_dot),
+		cmocka_unit_test(test_pack_x16),
 		cmocka_unit_test(test_blocked_chains),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -81,8 +81,8 @@ struct cpu_be {
 	unsigned fault_after, steps; /* be_cpu_opts.fault_after_steps, set_batch calls */
 	int bf16_dot;       /* be_cpu_opts.bf16_dot */
 	char dead[160];     /* "" or why every op fails from now on */
-	float *samp_w;      /* [samp_n] a row of logits being sampled */
-	int32_t *samp_order;
+	float *samp_w;      /* [threads][samp_n] a row of logits being sampled */
+	int32_t *samp_order; /* [threads][samp_n] */
 	size_t samp_n;
 };
 
@@ -741,6 +741,46 @@ static void softmax_scalar(float *row, int n)
 		row[i] *= inv;
 }
 
+/*
+ * SiLU(g) · u in place over n elements. With AVX-512, 16 at a time through
+ * glibc's vector expf (libmvec, as the softmax), the last few masked into
+ * the same vector call: every element goes through the same expf wherever
+ * it lies, so a row's result never depends on the batch. One scalar expf
+ * an element had been 4 % of a decode step at batch 32.
+ */
+#ifdef SOFTMAX_VECTOR
+static __attribute__((target("avx512f"))) __m512 silu16(__m512 x, __m512 u)
+{
+	const __m512 one = _mm512_set1_ps(1.0f);
+	__m512 neg = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(x),
+							  _mm512_set1_epi32((int)0x80000000u)));
+
+	return _mm512_mul_ps(_mm512_div_ps(x, _mm512_add_ps(one, _ZGVeN16v_expf(neg))), u);
+}
+
+static __attribute__((target("avx512f"))) void silu_avx512(float *g, const float *u, size_t n)
+{
+	size_t i = 0;
+
+	for (; i + 16 <= n; i += 16)
+		_mm512_storeu_ps(g + i, silu16(_mm512_loadu_ps(g + i), _mm512_loadu_ps(u + i)));
+	if (i < n) {
+		__mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+		_mm512_mask_storeu_ps(g + i, m, silu16(_mm512_maskz_loadu_ps(m, g + i), _mm512_maskz_loadu_ps(m, u + i)));
+	}
+}
+#endif
+
+static void silu_scalar(float *g, const float *u, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		float x = g[i];
+		g[i] = x / (1.0f + expf(-x)) * u[i];
+	}
+}
+
+static void (*silu_impl)(float *g, const float *u, size_t n) = silu_scalar;
+
 static void (*softmax_impl)(float *row, int n) = softmax_scalar;
 static pthread_once_t softmax_once = PTHREAD_ONCE_INIT;
 
@@ -748,8 +788,10 @@ static void softmax_select(void)
 {
 #ifdef SOFTMAX_VECTOR
 	__builtin_cpu_init();
-	if (__builtin_cpu_supports("avx512f"))
+	if (__builtin_cpu_supports("avx512f")) {
 		softmax_impl = softmax_avx512;
+		silu_impl = silu_avx512;
+	}
 #endif
 }
 
@@ -936,34 +978,29 @@ static void cpu_attention(struct be *be, const struct be_attn *a, const struct b
 struct silu_job {
 	float *g;
 	const float *u;
+	size_t n;
 };
 
-/* elements [begin, end) · 1024 of g, u */
+/* elements [begin, end) · 1024 of g, u, the last chunk cut at n */
 static void silu_tasks(void *arg, int worker, int begin, int end)
 {
 	const struct silu_job *j = arg;
+	size_t b = (size_t)begin * 1024, e = (size_t)end * 1024 < j->n ? (size_t)end * 1024 : j->n;
 
 	(void)worker;
-	for (size_t i = (size_t)begin * 1024; i < (size_t)end * 1024; i++) {
-		float x = j->g[i];
-		j->g[i] = x / (1.0f + expf(-x)) * j->u[i];
-	}
+	silu_impl(j->g + b, j->u + b, e - b);
 }
 
 static void cpu_silu_mul(struct be *be, size_t n, struct be_buf *g, const struct be_buf *u)
 {
-	struct silu_job j = { g->p, u->p };
-	size_t whole = n / 1024;
+	struct silu_job j = { g->p, u->p, n };
+	size_t chunks = (n + 1023) / 1024;
 
 	/* thousands of expf per row at batch 8 and up: shared, 1024 at a time */
-	if (whole >= 16)
-		pool_run(CPU(be)->pool, silu_tasks, &j, (int)whole, 4);
+	if (chunks >= 16)
+		pool_run(CPU(be)->pool, silu_tasks, &j, (int)chunks, 4);
 	else
-		silu_tasks(&j, 0, 0, (int)whole);
-	for (size_t i = whole * 1024; i < n; i++) {
-		float x = g->p[i];
-		g->p[i] = x / (1.0f + expf(-x)) * u->p[i];
-	}
+		silu_tasks(&j, 0, 0, (int)chunks);
 }
 
 static void cpu_add(struct be *be, size_t n, struct be_buf *x, const struct be_buf *y)
@@ -1184,19 +1221,48 @@ static void cpu_lora_expand(struct be *be, int n, const struct be_buf *h,
 		lora_run(CPU(be), lora_expand_tasks, &j, segs, n_segs, n);
 }
 
+struct sample_job {
+	struct cpu_be *c;
+	const float *logits;
+	int vocab;
+	const struct be_sample *p;
+	int32_t *ids;
+};
+
+/* Rows [begin, end): each row's draw depends on its own parameters and
+ * logits alone, so rows go to whichever thread, in any order. */
+static void sample_tasks(void *arg, int worker, int begin, int end)
+{
+	const struct sample_job *j = arg;
+	const size_t v = (size_t)j->vocab;
+	float *w = j->c->samp_w + (size_t)worker * j->c->samp_n;
+	int32_t *order = j->c->samp_order + (size_t)worker * j->c->samp_n;
+
+	for (int i = begin; i < end; i++) {
+		const float *row = j->logits + (size_t)i * v;
+		int finite = 1;
+		for (size_t k = 0; k < v; k++)
+			finite &= isfinite(row[k]) != 0;
+		memcpy(w, row, v * sizeof(float));
+		j->ids[i] = finite ? sample_pick(w, j->vocab, &j->p[i], order) : -1;
+	}
+}
+
 static int cpu_sample(struct be *be, const struct be_buf *logits, int n, int vocab,
 		      const struct be_sample *p, int32_t *ids)
 {
 	struct cpu_be *c = CPU(be);
-	int rc = cpu_sync(be), i;
+	struct sample_job j = { c, logits->p, vocab, p, ids };
+	size_t threads = (size_t)pool_size(c->pool);
+	int rc = cpu_sync(be);
 
 	if (rc < 0)
 		return rc;
 	if (n < 0 || vocab < 1 || (size_t)n * vocab > logits->n || logits->wn)
 		return -ERANGE;
 	if ((size_t)vocab > c->samp_n) {
-		float *w = malloc((size_t)vocab * sizeof(*w));
-		int32_t *o = malloc((size_t)vocab * sizeof(*o));
+		float *w = malloc(threads * (size_t)vocab * sizeof(*w));
+		int32_t *o = malloc(threads * (size_t)vocab * sizeof(*o));
 		if (!w || !o) {
 			free(w);
 			free(o);
@@ -1208,14 +1274,12 @@ static int cpu_sample(struct be *be, const struct be_buf *logits, int n, int voc
 		c->samp_order = o;
 		c->samp_n = (size_t)vocab;
 	}
-	for (i = 0; i < n; i++) {
-		const float *row = logits->p + (size_t)i * vocab;
-		int j, finite = 1;
-		for (j = 0; j < vocab; j++)
-			finite &= isfinite(row[j]) != 0;
-		memcpy(c->samp_w, row, (size_t)vocab * sizeof(float));
-		ids[i] = finite ? sample_pick(c->samp_w, vocab, &p[i], c->samp_order) : -1;
-	}
+	/* a row is tens of microseconds at a 32 000-token vocabulary: worth
+	 * sharing from a few rows on */
+	if (n >= 4)
+		pool_run(c->pool, sample_tasks, &j, n, 1);
+	else
+		sample_tasks(&j, 0, 0, n);
 	return 0;
 }
 

@@ -247,6 +247,12 @@ struct be_ops {
 	/* y[m, n] = x[m, k] · w[n, k]ᵀ  (+ y when accumulate)                     */
 	void (*gemm)(struct be *be, int m, int n, int k, const struct be_buf *x,
 		     const struct be_buf *w, struct be_buf *y, int accumulate);
+	/* y_i[m, n_i] = x[m, k] · w_i[n_i, k]ᵀ for i < n_out (at most
+	 * BE_GEMM_MAX_OUT): the products of one x, each as gemm computes it
+	 * (q, k, v; gate, up). Optional: without it be_gemm_multi runs gemm
+	 * once per output. No y_i may overlap x.                              */
+	void (*gemm_multi)(struct be *be, int m, int k, const struct be_buf *x, int n_out,
+			   const int *n, const struct be_buf *const *w, struct be_buf *const *y);
 	/* y[i, :] += b[:]                                     y: [m, n]           */
 	void (*add_bias)(struct be *be, int m, int n, struct be_buf *y, const struct be_buf *b);
 	/* y[i, :] = x[i, :] / sqrt(mean(x[i, :]²) + eps) · w  (y may be x)       */
@@ -310,6 +316,9 @@ struct be_ops {
 struct be {
 	const struct be_ops *ops;
 };
+
+/* The most outputs of one gemm_multi. */
+#define BE_GEMM_MAX_OUT 4
 
 /* Options of the CPU backend. */
 struct be_cpu_opts {
@@ -417,6 +426,16 @@ static inline void be_embed(struct be *be, const struct be_buf *t, int dim, stru
 static inline void be_gemm(struct be *be, int m, int n, int k, const struct be_buf *x,
 			   const struct be_buf *w, struct be_buf *y, int acc)
 { be->ops->gemm(be, m, n, k, x, w, y, acc); }
+static inline void be_gemm_multi(struct be *be, int m, int k, const struct be_buf *x, int n_out,
+				 const int *n, const struct be_buf *const *w, struct be_buf *const *y)
+{
+	if (be->ops->gemm_multi) {
+		be->ops->gemm_multi(be, m, k, x, n_out, n, w, y);
+		return;
+	}
+	for (int i = 0; i < n_out; i++)
+		be->ops->gemm(be, m, n[i], k, x, w[i], y[i], 0);
+}
 static inline void be_add_bias(struct be *be, int m, int n, struct be_buf *y, const struct be_buf *b)
 { be->ops->add_bias(be, m, n, y, b); }
 static inline void be_rmsnorm(struct be *be, int m, int d, const struct be_buf *x,

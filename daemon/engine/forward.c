@@ -330,22 +330,17 @@ static void proj_dims(const struct fwd *f, enum proj p, int *in, int *out)
 		: f->c.hidden;
 }
 
-/* Every projection of the model goes through here: y = x·Wᵀ + b over the
- * m rows of the batch, one GEMM whatever adapters the rows use; then, as
- * PEFT's `result + lora_B(lora_A(x)) * scaling`, the LoRA delta of each
- * adapted segment: shrink h = x·Aᵀ and expand y += (h·Bᵀ)·scale, each
- * adapter at its own rank. Rows of the base model are in no segment. */
-static void linear(struct fwd *f, int layer, enum proj p, int m, const struct be_buf *x,
-		   struct be_buf *y)
+/* The LoRA delta of each adapted segment of projection p, added to y:
+ * PEFT's `result + lora_B(lora_A(x)) * scaling`, shrink h = x·Aᵀ and
+ * expand y += (h·Bᵀ)·scale, each adapter at its own rank. Rows of the base
+ * model are in no segment. */
+static void lora_delta(struct fwd *f, int layer, enum proj p, const struct be_buf *x,
+		       struct be_buf *y)
 {
-	const struct fwd_layer *L = &f->layers[layer];
 	size_t h_off = 0;
 	int in, out, i, n = 0;
 
 	proj_dims(f, p, &in, &out);
-	be_gemm(f->be, m, out, in, x, L->w[p], y, 0);
-	if (L->b[p])
-		be_add_bias(f->be, m, out, y, L->b[p]);
 	for (i = 0; i < f->n_segs; i++) {
 		const struct fwd_seg *s = &f->segs[i];
 		const struct fwd_lora *lo;
@@ -364,6 +359,36 @@ static void linear(struct fwd *f, int layer, enum proj p, int m, const struct be
 		return;
 	be_lora_shrink(f->be, in, x, f->lseg, n, f->h);
 	be_lora_expand(f->be, out, f->h, f->lseg, n, y);
+}
+
+/* Every projection of the model goes through here: y = x·Wᵀ + b over the
+ * m rows of the batch, one GEMM whatever adapters the rows use, then the
+ * LoRA delta. Projections p0 .. p0+cnt-1 read the same x (q, k, v; gate,
+ * up) and go to the backend as one product with cnt outputs; each output
+ * is what its own GEMM would give, so the bits do not change. */
+static void linears(struct fwd *f, int layer, enum proj p0, int cnt, int m,
+		    const struct be_buf *x, struct be_buf *const *y)
+{
+	const struct fwd_layer *L = &f->layers[layer];
+	const struct be_buf *w[BE_GEMM_MAX_OUT];
+	int in = 0, out[BE_GEMM_MAX_OUT], i;
+
+	for (i = 0; i < cnt; i++) {
+		proj_dims(f, p0 + i, &in, &out[i]);
+		w[i] = L->w[p0 + i];
+	}
+	be_gemm_multi(f->be, m, in, x, cnt, out, w, y);
+	for (i = 0; i < cnt; i++) {
+		if (L->b[p0 + i])
+			be_add_bias(f->be, m, out[i], y[i], L->b[p0 + i]);
+		lora_delta(f, layer, p0 + i, x, y[i]);
+	}
+}
+
+static void linear(struct fwd *f, int layer, enum proj p, int m, const struct be_buf *x,
+		   struct be_buf *y)
+{
+	linears(f, layer, p, 1, m, x, &y);
 }
 
 /* Room for the LoRA segments of one step. */
@@ -703,6 +728,7 @@ static void run_layers(struct fwd *f, const struct be_batch *b)
 		.sliding_window = c->sliding_window,
 		.scale = 1.0f / sqrtf((float)c->head_dim),
 	};
+	struct be_buf *qkv[3] = { f->q, f->k, f->v }, *gate_up[2] = { f->gate, f->up };
 	int T = b->n_tokens, l;
 
 	be_embed(be, f->embed, c->hidden, f->x);                  /* x: [T, D] */
@@ -711,9 +737,7 @@ static void run_layers(struct fwd *f, const struct be_batch *b)
 
 		/* attention block */
 		be_rmsnorm(be, T, c->hidden, f->x, L->attn_norm, c->rms_eps, f->xn);
-		linear(f, l, PROJ_Q, T, f->xn, f->q);             /* q: [T, H·hd] */
-		linear(f, l, PROJ_K, T, f->xn, f->k);             /* k: [T, KH·hd] */
-		linear(f, l, PROJ_V, T, f->xn, f->v);             /* v: [T, KH·hd] */
+		linears(f, l, PROJ_Q, 3, T, f->xn, qkv);          /* q: [T, H·hd], k, v: [T, KH·hd] */
 		be_rope(be, c->n_heads, c->head_dim, f->q, f->inv_freq);
 		be_rope(be, c->n_kv_heads, c->head_dim, f->k, f->inv_freq);
 		be_kv_store(be, f->kv_dim, f->k, f->v, L->kc, L->vc);
@@ -723,8 +747,7 @@ static void run_layers(struct fwd *f, const struct be_batch *b)
 
 		/* MLP block: down(silu(gate(x)) · up(x)) */
 		be_rmsnorm(be, T, c->hidden, f->x, L->ffn_norm, c->rms_eps, f->xn);
-		linear(f, l, PROJ_GATE, T, f->xn, f->gate);       /* gate: [T, F] */
-		linear(f, l, PROJ_UP, T, f->xn, f->up);           /* up: [T, F] */
+		linears(f, l, PROJ_GATE, 2, T, f->xn, gate_up);   /* gate, up: [T, F] */
 		be_silu_mul(be, (size_t)T * c->ffn, f->gate, f->up);
 		linear(f, l, PROJ_DOWN, T, f->gate, f->out);      /* out: [T, D] */
 		be_add(be, (size_t)T * c->hidden, f->x, f->out);

@@ -453,12 +453,17 @@ static void cpu_embed(struct be *be, const struct be_buf *table, int dim, struct
 }
 
 struct gemm_job {
-	int m, n, k, acc;
+	int m, k, acc;
 	void *xp;
-	const void *pk;
 	enum gemm_kind kind;
-	float *y;
 	const float *x;
+	/* the outputs, their panels numbered one after another: output i
+	 * holds panels [first[i], first[i + 1]) */
+	int n_out;
+	int n[BE_GEMM_MAX_OUT];
+	const void *pk[BE_GEMM_MAX_OUT];
+	float *y[BE_GEMM_MAX_OUT];
+	int first[BE_GEMM_MAX_OUT + 1];
 };
 
 static void pack_tasks(void *arg, int worker, int begin, int end)
@@ -472,12 +477,20 @@ static void pack_tasks(void *arg, int worker, int begin, int end)
 		gemm_pack_x_blocks(j->xp, j->m, j->k, j->x, begin, end);
 }
 
+/* panels [begin, end) of the outputs together, each piece in its own */
 static void gemm_tasks(void *arg, int worker, int begin, int end)
 {
 	const struct gemm_job *j = arg;
 
 	(void)worker;
-	gemm_run(j->m, j->n, j->k, j->xp, j->pk, j->kind, j->y, j->acc, begin, end);
+	for (int i = 0; i < j->n_out && begin < end; i++) {
+		int lo = j->first[i], hi = j->first[i + 1];
+		if (begin >= hi)
+			continue;
+		int e = end < hi ? end : hi;
+		gemm_run(j->m, j->n[i], j->k, j->xp, j->pk[i], j->kind, j->y[i], j->acc, begin - lo, e - lo);
+		begin = e;
+	}
 }
 
 /* Below this many multiply-adds a product runs on the calling thread. */
@@ -498,6 +511,55 @@ static int grow(float **p, size_t *cap, size_t n)
 	return 0;
 }
 
+/* The GEMM kind of weight w: bf16 dot products when asked for and there. */
+static enum gemm_kind gemm_kind_of(const struct cpu_be *c, const struct be_buf *w)
+{
+	if (!w->w16)
+		return GEMM_F32;
+	return c->bf16_dot && gemm_dot_native() ? GEMM_BF16_DOT : GEMM_BF16;
+}
+
+/*
+ * x laid out once, then every panel of every output in one pool_run: the
+ * outputs' panels are numbered one after another, so q, k and v (24 + 8 +
+ * 8 panels in the benchmark's model) share the threads as one product of
+ * 40 panels instead of three, two of which had fewer panels than a
+ * 16-core machine has threads, and x is laid out once instead of three
+ * times. Weights are packed (alloc_weight) and of one kind.
+ */
+static void gemm_packed(struct cpu_be *c, struct gemm_job *j)
+{
+	double macs = 0;
+	int panels, per;
+
+	if (grow(&c->xp, &c->xp_n, gemm_xpack_len(j->m, j->k)) < 0) {
+		c->error = -ENOMEM;
+		return;
+	}
+	j->xp = c->xp;
+	j->first[0] = 0;
+	for (int i = 0; i < j->n_out; i++) {
+		j->first[i + 1] = j->first[i] + gemm_panels(j->n[i]);
+		macs += (double)j->m * j->n[i] * j->k;
+	}
+	panels = j->first[j->n_out];
+	/* laying out the rows is worth sharing from two row blocks on (batch 32
+	 * with bf16 dot products: 7 % of a decode step on one thread); one
+	 * block is not */
+	if (j->m > GEMM_MR && (double)j->m * j->k >= 8192)
+		pool_run(c->pool, pack_tasks, j, (j->m + GEMM_MR - 1) / GEMM_MR,
+			 j->m >= 8 * GEMM_MR ? 4 : 1);
+	else
+		pack_tasks(j, 0, 0, (j->m + GEMM_MR - 1) / GEMM_MR);
+	if (macs < GEMM_PARALLEL_MACS) {
+		gemm_tasks(j, 0, 0, panels);
+		return;
+	}
+	/* a few chunks per thread, so a slow thread does not hold up the rest */
+	per = panels / (4 * pool_size(c->pool));
+	pool_run(c->pool, gemm_tasks, j, panels, per < 1 ? 1 : per);
+}
+
 /*
  * A token's numbers must not depend on how many other rows share its GEMM:
  * gemm.c computes every output element as one FMA chain in k order, so any
@@ -509,20 +571,13 @@ static void cpu_gemm(struct be *be, int m, int n, int k, const struct be_buf *x,
 		     const struct be_buf *w, struct be_buf *y, int acc)
 {
 	struct cpu_be *c = CPU(be);
-	struct gemm_job j = { m, n, k, acc, NULL, w->p, GEMM_F32, y->p, x->p };
-	int panels = gemm_panels(n), per;
+	struct gemm_job j = { .m = m, .k = k, .acc = acc, .kind = gemm_kind_of(c, w), .x = x->p,
+			      .n_out = 1, .n = { n }, .pk = { w->p }, .y = { y->p } };
 
-	/* bf16 weights: the CPU's bf16 dot products when asked for and there */
-	if (w->w16)
-		j.kind = c->bf16_dot && gemm_dot_native() ? GEMM_BF16_DOT : GEMM_BF16;
 	if (m <= 0 || n <= 0)
 		return;
 	if (w->wn && (w->wn != n || w->wk != k)) {
 		c->error = -EINVAL;
-		return;
-	}
-	if (grow(&c->xp, &c->xp_n, gemm_xpack_len(m, k)) < 0) {
-		c->error = -ENOMEM;
 		return;
 	}
 	if (!w->wn) {
@@ -533,24 +588,41 @@ static void cpu_gemm(struct be *be, int m, int n, int k, const struct be_buf *x,
 		}
 		memset(c->wtmp, 0, len * sizeof(float));
 		gemm_pack(c->wtmp, n, k, 0, w->p, (size_t)n * k);
-		j.pk = c->wtmp;
+		j.pk[0] = c->wtmp;
 	}
-	j.xp = c->xp;
-	/* laying out the rows is worth sharing from two row blocks on (batch 32
-	 * with bf16 dot products: 7 % of a decode step on one thread); one
-	 * block is not */
-	if (m > GEMM_MR && (double)m * k >= 8192)
-		pool_run(c->pool, pack_tasks, &j, (m + GEMM_MR - 1) / GEMM_MR,
-			 m >= 8 * GEMM_MR ? 4 : 1);
-	else
-		pack_tasks(&j, 0, 0, (m + GEMM_MR - 1) / GEMM_MR);
-	if ((double)m * n * k < GEMM_PARALLEL_MACS) {
-		gemm_run(m, n, k, j.xp, j.pk, j.kind, j.y, acc, 0, panels);
+	gemm_packed(c, &j);
+}
+
+static void cpu_gemm_multi(struct be *be, int m, int k, const struct be_buf *x, int n_out,
+			   const int *n, const struct be_buf *const *w, struct be_buf *const *y)
+{
+	struct cpu_be *c = CPU(be);
+	struct gemm_job j = { .m = m, .k = k, .x = x->p, .n_out = n_out };
+	int i;
+
+	if (m <= 0 || n_out <= 0)
+		return;
+	if (n_out > BE_GEMM_MAX_OUT) {
+		c->error = -EINVAL;
 		return;
 	}
-	/* a few chunks per thread, so a slow thread does not hold up the rest */
-	per = panels / (4 * pool_size(c->pool));
-	pool_run(c->pool, gemm_tasks, &j, panels, per < 1 ? 1 : per);
+	j.kind = gemm_kind_of(c, w[0]);
+	for (i = 0; i < n_out; i++) {
+		/* a plain or mixed-kind weight: one product at a time */
+		if (!w[i]->wn || gemm_kind_of(c, w[i]) != j.kind || n[i] <= 0) {
+			for (i = 0; i < n_out; i++)
+				cpu_gemm(be, m, n[i], k, x, w[i], y[i], 0);
+			return;
+		}
+		if (w[i]->wn != n[i] || w[i]->wk != k) {
+			c->error = -EINVAL;
+			return;
+		}
+		j.n[i] = n[i];
+		j.pk[i] = w[i]->p;
+		j.y[i] = y[i]->p;
+	}
+	gemm_packed(c, &j);
 }
 
 static void cpu_add_bias(struct be *be, int m, int n, struct be_buf *y, const struct be_buf *b)
@@ -1459,6 +1531,7 @@ static const struct be_ops cpu_ops = {
 	.set_batch = cpu_set_batch,
 	.embed = cpu_embed,
 	.gemm = cpu_gemm,
+	.gemm_multi = cpu_gemm_multi,
 	.add_bias = cpu_add_bias,
 	.rmsnorm = cpu_rmsnorm,
 	.rope = cpu_rope,

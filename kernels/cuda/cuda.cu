@@ -1530,6 +1530,7 @@ static const struct be_ops cuda_ops = {
 	.set_batch = cu_set_batch,
 	.embed = cu_embed,
 	.gemm = cu_gemm,
+	.gemm_multi = NULL, /* be_gemm_multi runs gemm per output */
 	.add_bias = cu_add_bias,
 	.rmsnorm = cu_rmsnorm,
 	.rope = cu_rope,

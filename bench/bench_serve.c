@@ -5,7 +5,9 @@
  * lorad_wait with spin_us 0), against the bare engine: the same scheduler
  * code driven in-process over in-process sessions, no IPC, fed the same
  * arrival trace in the same run, with the same number of compute and BLAS
- * threads.
+ * threads. Each arm runs each trace twice, daemon, bare, bare, daemon, so
+ * the machine's drift between minutes cancels; an arm's figures are over
+ * its two runs (tokens and seconds summed, percentiles averaged).
  *
  * Prints one JSON line per measurement on stdout and a summary on stderr:
  *   arm "daemon" and "bare_engine" per run: tokens/s, TTFT and ITL p50/p99
@@ -234,6 +236,21 @@ static void summarize(const struct treq *t, const struct tres *r, unsigned n, ui
 	s->itl99 = pct(itl, ni, 99);
 	free(ttft);
 	free(itl);
+}
+
+/* One arm's two runs of a trace as one: throughput over both, the
+ * percentiles averaged, the counts summed. */
+static void summary_pair(const struct summary r[2], struct summary *s)
+{
+	s->seconds = r[0].seconds + r[1].seconds;
+	s->tokens = r[0].tokens + r[1].tokens;
+	s->tok_s = s->seconds > 0 ? (double)s->tokens / s->seconds : 0;
+	s->ttft50 = (r[0].ttft50 + r[1].ttft50) / 2;
+	s->ttft99 = (r[0].ttft99 + r[1].ttft99) / 2;
+	s->itl50 = (r[0].itl50 + r[1].itl50) / 2;
+	s->itl99 = (r[0].itl99 + r[1].itl99) / 2;
+	s->ok = r[0].ok + r[1].ok;
+	s->failed = r[0].failed + r[1].failed;
 }
 
 /* --- the bare engine: the scheduler in-process, no IPC ---------------------------------- */
@@ -914,7 +931,7 @@ int main(int argc, char **argv)
 			const bool sat = !strcmp(rcf->load, "saturation");
 			double rate = cap_rps * rcf->cap_factor;
 			unsigned n = rcf->requests, nw;
-			struct summary sb, sd;
+			struct summary sb, sd, sbr[2], sdr[2];
 			uint64_t tb, td;
 			char sk[320];
 			int ok;
@@ -932,7 +949,15 @@ int main(int argc, char **argv)
 			trace_make(t, n, rate, clients, rcf->seed, rcf->n_adapters);
 			nw = trace_warm(tw, rcf->n_adapters);
 
-			/* the daemon with the N adapters: warm (it loads adapters on first use), then the trace */
+			/*
+			 * The daemon with the N adapters: warm (it loads adapters on
+			 * first use), then the trace; the bare engine warm, then the
+			 * same trace twice; the daemon's trace again. Daemon, bare,
+			 * bare, daemon: on this project's machines the speed drifts
+			 * by 10-20 % between minutes, and one daemon run then one
+			 * bare run gave this ratio anywhere from 0.72 to 0.99 for
+			 * one build. Each arm's figures are over its two runs.
+			 */
 			if (daemon_start(&d, model, threads, "50", rcf->n_adapters, "off")) {
 				fprintf(stderr, "bench_serve: the daemon did not start\n");
 				goto out;
@@ -940,26 +965,30 @@ int main(int argc, char **argv)
 			ok = run_daemon(d.sock, tw, nw, 1, rd, &td) == 0;
 			for (unsigned i = 0; ok && i < nw; i++)
 				ok = !rd[i].res && rd[i].n_tokens;
+			if (ok && (ok = run_daemon(d.sock, t, n, clients, rd, &td) == 0))
+				summarize(t, rd, n, td, &sdr[0]);
 			if (ok)
-				ok = run_daemon(d.sock, t, n, clients, rd, &td) == 0;
+				ok = run_bare(e, &so, &bk, tw, nw, 1, rb, &tb) == 0;
+			for (int rep = 0; ok && rep < 2; rep++)
+				if ((ok = run_bare(e, &so, &bk, t, n, clients, rb, &tb) == 0))
+					summarize(t, rb, n, tb, &sbr[rep]);
+			if (ok && (ok = run_daemon(d.sock, t, n, clients, rd, &td) == 0))
+				summarize(t, rd, n, td, &sdr[1]);
 			daemon_stop(&d);
-			/* then the same trace against the bare engine */
-			if (ok)
-				ok = run_bare(e, &so, &bk, tw, nw, 1, rb, &tb) == 0 &&
-				     run_bare(e, &so, &bk, t, n, clients, rb, &tb) == 0;
 			if (!ok) {
 				fprintf(stderr, "bench_serve: a run failed (%s, %u adapters)\n", rcf->load,
 					rcf->n_adapters);
 				goto out;
 			}
-			summarize(t, rb, n, tb, &sb);
-			summarize(t, rd, n, td, &sd);
+			summary_pair(sbr, &sb);
+			summary_pair(sdr, &sd);
 			skills_json(t, n, rcf->n_adapters, sk, sizeof(sk));
 			for (int arm = 0; arm < 2; arm++) {
 				struct summary *s = arm ? &sd : &sb;
 
 				printf("{\"bench\": \"serve\", \"arm\": \"%s\", \"load\": \"%s\", %s, "
-				       "\"rate_rps\": %.2f, \"requests\": %u, \"failed\": %u, \"clients\": %u, "
+				       "\"rate_rps\": %.2f, \"requests\": %u, \"repetitions\": 2, "
+				       "\"order\": \"daemon, bare, bare, daemon\", \"failed\": %u, \"clients\": %u, "
 				       "\"threads\": %d, \"blas_threads\": %d, \"model\": %s, %s, "
 				       "\"tokens\": %llu, \"seconds\": %.3f, \"throughput_tok_s\": %.1f, "
 				       "\"ttft_p50_ms\": %.2f, \"ttft_p99_ms\": %.2f, \"itl_p50_ms\": %.2f, "

@@ -1104,11 +1104,20 @@ static void cpu_gather_rows(struct be *be, int d, const struct be_buf *x, struct
  * are small GEMMs, not per-token passes over the weights. Every output element is summed by the same code in the
  * same order whatever the chunk holds, so a row's numbers do not depend on
  * the other rows of the batch (bitwise batch invariance holds with LoRA).
+ *
+ * With fewer chunks than the threads want (decode at batch 1: one row,
+ * one chunk), a chunk is cut along the other side as well: the ranks of
+ * the shrink, the outputs of the expand in whole blocks of 16 (the last
+ * piece ends at n, so the outputs past the last whole block go through
+ * the same scalar loop as uncut). At batch 1 each multiply-add reads a
+ * weight of its own, and one thread alone had streamed the adapter while
+ * the others waited.
  */
 #define LORA_ROWS 8
 
 struct lora_task {
 	int seg, row0, n_rows; /* row0 relative to the segment */
+	int c0, c1;            /* ranks (shrink) or outputs (expand) [c0, c1) */
 };
 
 struct lora_job {
@@ -1160,7 +1169,7 @@ static void lora_shrink_tasks(void *arg, int worker, int begin, int end)
 		const struct be_lora_seg *s = &j->segs[tk->seg];
 		const float *x = j->x + (size_t)(s->row0 + tk->row0) * j->k;
 		float *h = j->y + s->h_off + (size_t)tk->row0 * s->rank;
-		for (q = 0; q < s->rank; q++) {
+		for (q = tk->c0; q < tk->c1; q++) {
 			const float *a = s->a->p + (size_t)q * j->k;
 			for (r = 0; r < tk->n_rows; r++)
 				h[(size_t)r * s->rank + q] = lora_dot(x + (size_t)r * j->k, a, j->k);
@@ -1189,7 +1198,7 @@ static void lora_expand_tasks(void *arg, int worker, int begin, int end)
 		/* 16 outputs at a time: their rows of B turned into a tile
 		 * [rank][16] (LORA_QT ranks a time, read once per task from
 		 * memory), then each output summed over the ranks in order */
-		for (o = 0; o + 16 <= n; o += 16) {
+		for (o = tk->c0; o + 16 <= tk->c1; o += 16) {
 			v16 acc[LORA_ROWS], bv, yv;
 			float tile[LORA_QT * 16] __attribute__((aligned(64)));
 			for (r = 0; r < tk->n_rows; r++)
@@ -1216,7 +1225,7 @@ static void lora_expand_tasks(void *arg, int worker, int begin, int end)
 				memcpy(yr, &yv, 64);
 			}
 		}
-		for (; o < n; o++)
+		for (; o < tk->c1; o++)
 			for (r = 0; r < tk->n_rows; r++) {
 				const float *hr = h + (size_t)r * s->rank, *br = b + (size_t)o * s->rank;
 				float acc = 0.0f;
@@ -1227,42 +1236,59 @@ static void lora_expand_tasks(void *arg, int worker, int begin, int end)
 	}
 }
 
-/* Splits the segments into work items; returns their number or -ENOMEM. */
-static int lora_tasks(struct cpu_be *c, const struct be_lora_seg *segs, int n_segs, double *work)
+/*
+ * Splits the segments into work items; returns their number or -ENOMEM.
+ * @n: the expand's outputs, or 0 for the shrink (cut along the ranks).
+ */
+static int lora_tasks(struct cpu_be *c, const struct be_lora_seg *segs, int n_segs, int n,
+		      double *work)
 {
-	int n = 0, s, r;
+	const int want = 2 * pool_size(c->pool);
+	int chunks = 0, parts = 1, cnt = 0, s, r, p;
 
 	for (s = 0; s < n_segs; s++)
-		n += (segs[s].n_rows + LORA_ROWS - 1) / LORA_ROWS;
-	if (n > c->lt_n) {
-		struct lora_task *p = realloc(c->lt, (size_t)n * sizeof(*p));
-		if (!p)
+		chunks += (segs[s].n_rows + LORA_ROWS - 1) / LORA_ROWS;
+	if (chunks > 0 && chunks < want)
+		parts = (want + chunks - 1) / chunks;
+	if (chunks * parts > c->lt_n) {
+		struct lora_task *t = realloc(c->lt, (size_t)chunks * parts * sizeof(*t));
+		if (!t)
 			return -ENOMEM;
-		c->lt = p;
-		c->lt_n = n;
+		c->lt = t;
+		c->lt_n = chunks * parts;
 	}
-	n = 0;
 	*work = 0;
 	for (s = 0; s < n_segs; s++) {
+		/* the side cut: ranks one by one, outputs in blocks of 16 */
+		const int unit = n ? 16 : 1, len = n ? n : segs[s].rank;
+		const int units = (len + unit - 1) / unit, np = parts < units ? parts : units;
+
 		*work += (double)segs[s].n_rows * segs[s].rank;
-		for (r = 0; r < segs[s].n_rows; r += LORA_ROWS) {
-			c->lt[n].seg = s;
-			c->lt[n].row0 = r;
-			c->lt[n].n_rows = segs[s].n_rows - r < LORA_ROWS ? segs[s].n_rows - r : LORA_ROWS;
-			n++;
-		}
+		for (r = 0; r < segs[s].n_rows; r += LORA_ROWS)
+			for (p = 0; p < np; p++) {
+				struct lora_task *t = &c->lt[cnt++];
+				int c1 = (int)((long)units * (p + 1) / np) * unit;
+
+				t->seg = s;
+				t->row0 = r;
+				t->n_rows = segs[s].n_rows - r < LORA_ROWS ? segs[s].n_rows - r : LORA_ROWS;
+				t->c0 = (int)((long)units * p / np) * unit;
+				t->c1 = c1 < len ? c1 : len;
+			}
 	}
-	return n;
+	return cnt;
 }
 
-/* Below this many multiply-adds a call runs on the calling thread alone. */
-#define LORA_PARALLEL_MACS 100000.0
+/* Below this many multiply-adds a call runs on the calling thread alone:
+ * at batch 1 each reads 4 bytes of weights of its own, and 16 KiB took
+ * about as long as a hand-off to the pool. */
+#define LORA_PARALLEL_MACS 4096.0
 
 static void lora_run(struct cpu_be *c, pool_fn fn, struct lora_job *j, const struct be_lora_seg *segs,
 		     int n_segs, int width)
 {
 	double work;
-	int n = lora_tasks(c, segs, n_segs, &work);
+	int n = lora_tasks(c, segs, n_segs, fn == lora_expand_tasks ? width : 0, &work);
 
 	if (n < 0) {
 		c->error = n;

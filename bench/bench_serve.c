@@ -10,7 +10,9 @@
  * its two runs (tokens and seconds summed, percentiles averaged). The bare
  * engine is loaded once and warm; each daemon is a fresh process, whose
  * first pass over the trace runs before these and is reported on its own
- * (daemon_cold_tok_s, cold_ratio_vs_bare_engine), not counted.
+ * (daemon_cold_tok_s, cold_ratio_vs_bare_engine), not counted. "failed"
+ * counts the requests that failed in any pass of an arm (requests: one
+ * pass's).
  *
  * Prints one JSON line per measurement on stdout and a summary on stderr:
  *   arm "daemon" and "bare_engine" per run: tokens/s, TTFT and ITL p50/p99
@@ -21,7 +23,7 @@
  *     client submit -> engine admission, p50/p99.
  *
  * Runs at saturation (twice the bare engine's measured capacity, open
- * loop; throughput, target ratio_vs_bare_engine >= 0.9) on one arrival
+ * loop; throughput, target ratio_vs_bare_engine >= 0.95) on one arrival
  * trace: the base model alone (adapters 0), then skill
  * popularity Zipf(s=1) over N = 1, 8 and 32 adapters (skill s_k with
  * weight 1/k). Arrivals, prompts and lengths are the same in every run;
@@ -30,7 +32,7 @@
  * (engine_adapter_load, skills resolved by sched_set_resolver). Before each
  * timed run both arms serve one request per skill, so adapter loading (the
  * daemon loads on first use) is outside the measurement. Then runs at
- * moderate load (half the capacity; TTFT, target p50 <= 1.1x the bare
+ * moderate load (half the capacity; TTFT, target p50 <= 1.05x the bare
  * engine's): above capacity an open loop's queue grows for as long as the
  * trace lasts, so TTFT there measures the trace length and amplifies any
  * throughput difference, not the cost of serving through the rings. Both
@@ -954,12 +956,14 @@ int main(int argc, char **argv)
 
 			/*
 			 * The daemon with the N adapters: warm (it loads adapters on
-			 * first use), then the trace; the bare engine warm, then the
-			 * same trace twice; the daemon's trace again. Daemon, bare,
-			 * bare, daemon: on this project's machines the speed drifts
-			 * by 10-20 % between minutes, and one daemon run then one
-			 * bare run gave this ratio anywhere from 0.72 to 0.99 for
-			 * one build. Each arm's figures are over its two runs.
+			 * first use), a first pass over the trace (reported, not
+			 * counted: see below), then the trace; the bare engine warm,
+			 * then the same trace twice; the daemon's trace again.
+			 * Daemon, bare, bare, daemon: on this project's machines the
+			 * speed drifts by 10-20 % between minutes, and one daemon run
+			 * then one bare run gave this ratio anywhere from 0.72 to
+			 * 0.99 for one build. Each arm's figures are over its two
+			 * runs.
 			 */
 			if (daemon_start(&d, model, threads, "50", rcf->n_adapters, "off")) {
 				fprintf(stderr, "bench_serve: the daemon did not start\n");
@@ -1021,21 +1025,22 @@ int main(int argc, char **argv)
 			       rcf->load, rcf->n_adapters, n, sd.tok_s / sb.tok_s, sd.ttft50 / sb.ttft50,
 			       scold.tok_s, scold.tok_s / sb.tok_s,
 			       sd.ttft50, sb.ttft50, sd.itl50, sb.itl50, sd.itl99, sb.itl99,
-			       sat ? "\"target\": \"ratio_vs_bare_engine >= 0.9\""
-				   : "\"target\": \"ttft_p50_vs_bare <= 1.1\"",
-			       (sat ? sd.tok_s >= 0.9 * sb.tok_s : sd.ttft50 <= 1.1 * sb.ttft50) ? "true" : "false",
+			       sat ? "\"target\": \"ratio_vs_bare_engine >= 0.95\""
+				   : "\"target\": \"ttft_p50_vs_bare <= 1.05\"",
+			       (sat ? sd.tok_s >= 0.95 * sb.tok_s : sd.ttft50 <= 1.05 * sb.ttft50) ? "true" : "false",
 			       quick_note);
 			fflush(stdout);
 			fprintf(stderr, "           runs in order: daemon %.0f (cold, not counted), daemon %.0f, "
-				"bare %.0f, bare %.0f, daemon %.0f tok/s\n",
-				scold.tok_s, sdr[0].tok_s, sbr[0].tok_s, sbr[1].tok_s, sdr[1].tok_s);
+				"bare %.0f, bare %.0f, daemon %.0f tok/s%s\n",
+				scold.tok_s, sdr[0].tok_s, sbr[0].tok_s, sbr[1].tok_s, sdr[1].tok_s,
+				scold.failed ? " (the cold pass had failures)" : "");
 			fprintf(stderr, "%-10s %2u adapters %6.2f req/s: daemon %7.0f tok/s (%.3f of bare %.0f), "
 				"TTFT p50 %.1f ms (%.2fx bare %.1f), p99 %.1f ms; ITL p50 %.2f ms (bare %.2f), "
 				"p99 %.2f ms (bare %.2f)\n",
 				rcf->load, rcf->n_adapters, rate, sd.tok_s, sd.tok_s / sb.tok_s, sb.tok_s,
 				sd.ttft50, sd.ttft50 / sb.ttft50, sb.ttft50, sd.ttft99, sd.itl50, sb.itl50,
 				sd.itl99, sb.itl99);
-			if (sd.failed || sb.failed)
+			if (sd.failed || sb.failed || scold.failed)
 				goto out;
 		}
 	}

@@ -1284,11 +1284,16 @@ static int lora_tasks(struct cpu_be *c, const struct be_lora_seg *segs, int n_se
  * about as long as a hand-off to the pool. */
 #define LORA_PARALLEL_MACS 4096.0
 
+/* @expand: the expand (cut along its @width outputs), else the shrink. */
 static void lora_run(struct cpu_be *c, pool_fn fn, struct lora_job *j, const struct be_lora_seg *segs,
-		     int n_segs, int width)
+		     int n_segs, int width, int expand)
 {
 	double work;
-	int n = lora_tasks(c, segs, n_segs, fn == lora_expand_tasks ? width : 0, &work);
+	int n;
+
+	if (width <= 0)
+		return;
+	n = lora_tasks(c, segs, n_segs, expand ? width : 0, &work);
 
 	if (n < 0) {
 		c->error = n;
@@ -1307,7 +1312,7 @@ static void cpu_lora_shrink(struct be *be, int k, const struct be_buf *x,
 	struct lora_job j = { segs, NULL, k, 0, x->p, h->p };
 
 	if (n_segs > 0)
-		lora_run(CPU(be), lora_shrink_tasks, &j, segs, n_segs, k);
+		lora_run(CPU(be), lora_shrink_tasks, &j, segs, n_segs, k, 0);
 }
 
 static void cpu_lora_expand(struct be *be, int n, const struct be_buf *h,
@@ -1316,7 +1321,7 @@ static void cpu_lora_expand(struct be *be, int n, const struct be_buf *h,
 	struct lora_job j = { segs, NULL, 0, n, h->p, y->p };
 
 	if (n_segs > 0)
-		lora_run(CPU(be), lora_expand_tasks, &j, segs, n_segs, n);
+		lora_run(CPU(be), lora_expand_tasks, &j, segs, n_segs, n, 1);
 }
 
 struct sample_job {

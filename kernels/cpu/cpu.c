@@ -1393,8 +1393,12 @@ static void cpu_info(struct be *be, struct be_info *out, size_t *mem_free)
 
 	memset(out, 0, sizeof(*out));
 	out->name = "cpu";
-	/* memfd buffers export; one op at a time, fixed summation order */
-	out->caps = BE_CAP_BATCH_INVARIANT | BE_CAP_EXPORT | BE_CAP_BF16_WEIGHTS;
+	/* memfd buffers export; one op at a time, fixed summation order;
+	 * be_sample picks the tokens where the logits are, rows shared by the
+	 * pool, where the engine had copied every row out (4 MB a step at
+	 * batch 32) and sampled them on one thread */
+	out->caps = BE_CAP_BATCH_INVARIANT | BE_CAP_EXPORT | BE_CAP_BF16_WEIGHTS |
+		    BE_CAP_DEVICE_SAMPLE;
 	if (CPU(be)->bf16_dot && gemm_dot_native())
 		out->caps |= BE_CAP_BF16_DOT;
 	snprintf(out->device, sizeof(out->device), "CPU, %d threads", pool_size(CPU(be)->pool));

@@ -25,8 +25,9 @@
  *            decode at batch 1, 8 and 32 interleaved round by round with
  *            the fp32 model, medians (ratio_vs_f32, target >= 1.8 for dot:
  *            decode reads every weight once per step, bf16 half the bytes;
- *            bytes_ratio_bound: the same with the fp32 KV cache counted,
- *            which bf16 weights do not shrink).
+ *            bytes_ratio_bound: the same with the KV cache counted, fp32
+ *            in the f32 model and the exact rows, bf16 in the dot rows
+ *            where the backend keeps it so, BE_CAP_BF16_KV).
  *            --bf16 runs these rows alone.
  *
  * The engine's projections run on its own fixed-order GEMM (kernels/cpu/
@@ -292,7 +293,7 @@ static int decode_bf16(struct engine *e32, struct engine *e16[2], int batch, int
 		       int steps, int rounds)
 {
 	static const char *how[2] = { "exact", "dot" };
-	double a[8], b[2][8], r[2][8], m32, bound;
+	double a[8], b[2][8], r[2][8], m32, bound[2] = { 0, 0 };
 	char err[256];
 
 	for (int i = 0; i < rounds; i++) {
@@ -311,16 +312,17 @@ static int decode_bf16(struct engine *e32, struct engine *e16[2], int batch, int
 	m32 = median3(a, rounds);
 	/*
 	 * What halving the weights' bytes can give when a step is bound by the
-	 * bytes it reads: every weight once (4 or 2 bytes), and the fp32 KV
-	 * cache of every sequence, K and V of every layer over its mean
-	 * context, which bf16 weights do not shrink (at batch 32 it is a
-	 * fifth of the fp32 step's bytes).
+	 * bytes it reads: every weight once (4 or 2 bytes), and the KV cache
+	 * of every sequence, K and V of every layer over its mean context (at
+	 * batch 32 a fifth of the fp32 step's bytes): fp32, or bf16 where the
+	 * backend keeps a bf16 cache (the dot rows, BE_CAP_BF16_KV).
 	 */
-	{
+	for (int d = 0; d < 2; d++) {
 		double params = non_embedding_params() + (double)VOCAB * HIDDEN;
 		double kv = (double)batch * (prompt + 1 + steps / 2.0) * LAYERS * 2.0 * KV_DIM * 4.0;
+		double kv16 = e16[d] && (engine_backend_caps(e16[d]) & BE_CAP_BF16_KV) ? kv / 2 : kv;
 
-		bound = (4.0 * params + kv) / (2.0 * params + kv);
+		bound[d] = (4.0 * params + kv) / (2.0 * params + kv16);
 	}
 	for (int d = 0; d < 2; d++) {
 		if (!e16[d])
@@ -330,10 +332,10 @@ static int decode_bf16(struct engine *e32, struct engine *e16[2], int batch, int
 		       "\"steps\": %d, \"rounds\": %d, \"tokens_per_s\": %.1f, \"f32_tokens_per_s\": %.1f, "
 		       "\"ratio_vs_f32\": %.3f, \"bytes_ratio_bound\": %.3f, \"target\": %s}\n",
 		       how[d], batch, prompt, steps, rounds, median3(b[d], rounds), m32,
-		       median3(r[d], rounds), bound, d ? "1.8" : "null");
+		       median3(r[d], rounds), bound[d], d ? "1.8" : "null");
 		fprintf(stderr, "decode  batch %2d bf16 %-5s: %8.1f tokens/s  (f32 %8.1f tokens/s, ratio %.2f; "
 			"bytes bound %.2f)\n",
-			batch, how[d], median3(b[d], rounds), m32, median3(r[d], rounds), bound);
+			batch, how[d], median3(b[d], rounds), m32, median3(r[d], rounds), bound[d]);
 	}
 	return 0;
 fail:

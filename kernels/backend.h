@@ -80,11 +80,18 @@ enum {
 	BE_CAP_BF16_DOT        = 1u << 9, /* multiplies those with the CPU's bf16 dot products,
 					   * x rounded to bf16 (be_cpu_opts.bf16_dot, where the
 					   * CPU has AVX-512 BF16) */
+	BE_CAP_BF16_KV         = 1u << 10, /* keeps a KV cache allocated BE_BF16 with BE_BUF_KV
+					    * in bf16: kv_store rounds K and V to nearest even,
+					    * attention widens them exactly (half the bytes a
+					    * decode step reads from the cache) */
 };
 
 /* Flags of be_alloc_ex. */
 enum {
 	BE_BUF_EXPORT = 1u << 0, /* the buffer (and views of it) may be exported */
+	BE_BUF_KV     = 1u << 1, /* a KV cache: written by kv_store, read by attention
+				  * (and upload, download, copy between two such); kept
+				  * in the dtype asked where BE_CAP_BF16_KV says so */
 };
 
 struct be_info {

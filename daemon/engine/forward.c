@@ -215,6 +215,7 @@ int fwd_build(struct be *be, const struct model *m, int kv_blocks, int block_siz
 	float *tmp = NULL, *freq = NULL;
 	size_t largest = 0, cache;
 	int rc = -ENOMEM, l, p, i;
+	enum be_dtype kv_dt;
 
 	if (!f)
 		return err_fail(err, errlen, -ENOMEM, "out of memory");
@@ -261,8 +262,13 @@ int fwd_build(struct be *be, const struct model *m, int kv_blocks, int block_siz
 			    (rc = upload_tensor(f, S->b[p], tmp, allow_nonfinite, 0, &L->b[p], err, errlen)) < 0)
 				goto err;
 		}
-		L->kc = be_alloc(be, cache);
-		L->vc = be_alloc(be, cache);
+		/* K and V in bf16 where the backend computes as transformers' bf16
+		 * does (bf16 weights, bf16 dot products): half the cache's bytes
+		 * a decode step reads */
+		kv_dt = (be_caps(be) & BE_CAP_BF16_KV) && be_buf_dtype(be, L->w[PROJ_Q]) == BE_BF16 ?
+				BE_BF16 : BE_F32;
+		L->kc = be_alloc_ex(be, cache, kv_dt, BE_BUF_KV);
+		L->vc = be_alloc_ex(be, cache, kv_dt, BE_BUF_KV);
 		if (!L->kc || !L->vc) {
 			rc = err_fail(err, errlen, -ENOMEM, "out of memory for a KV cache of %d blocks", kv_blocks);
 			goto err;

@@ -41,12 +41,15 @@
 
 /* Every buffer is fp32 here, whatever dtype it was asked for in, except
  * weight matrices asked for as bf16: the GEMM reads those as bf16 panels
- * (half the bytes per decode step) and widens them exactly. */
+ * (half the bytes per decode step) and widens them exactly; and, with bf16
+ * dot products, a KV cache asked for as bf16 (BE_BUF_KV): kv_store rounds
+ * into it, attention widens out of it. */
 struct be_buf {
 	size_t n;
 	float *p;            /* the elements; a bf16 weight's panels are uint16_t */
 	int wn, wk;          /* a weight matrix [wn, wk] kept packed for gemm.c; 0: plain */
 	int w16;             /* the weight's panels are bf16 */
+	int kv16;            /* a KV cache kept as bf16: p holds n uint16_t */
 	enum be_dtype asked; /* the dtype it was allocated as */
 	const struct be_buf *base; /* a view: the buffer it looks into; NULL: owns p */
 	bool borrowed;       /* be_wrap_host: p is the caller's memory, never freed here */
@@ -151,15 +154,23 @@ static int map_big(struct be_buf *b, size_t bytes)
 	return 0;
 }
 
+/* bf16 dot products, asked for and there: the computation of transformers'
+ * bf16, so the KV cache keeps bf16 too (BE_CAP_BF16_KV). */
+static int cpu_dot(const struct cpu_be *c)
+{
+	return c->bf16_dot && gemm_dot_native();
+}
+
 static struct be_buf *cpu_alloc(struct be *be, size_t n, enum be_dtype t, unsigned flags)
 {
 	struct be_buf *b = calloc(1, sizeof(*b));
-	size_t bytes = (n ? n : 1) * sizeof(float);
+	int kv16 = (flags & BE_BUF_KV) && !(flags & BE_BUF_EXPORT) && t == BE_BF16 && cpu_dot(CPU(be));
+	size_t bytes = (n ? n : 1) * (kv16 ? sizeof(uint16_t) : sizeof(float));
 
-	(void)be;
 	if (!b || !be_dtype_size(t))
 		goto err;
 	b->fd = -1;
+	b->kv16 = kv16;
 	/* 64-byte rows for the vector loads. */
 	bytes = (bytes + 63) & ~(size_t)63;
 	if (flags & BE_BUF_EXPORT) {
@@ -204,7 +215,7 @@ static struct be_buf *cpu_view(struct be *be, struct be_buf *base, size_t off, s
 	struct be_buf *b;
 
 	(void)be;
-	if (base->wn || off > base->n || n > base->n - off || !(b = calloc(1, sizeof(*b))))
+	if (base->wn || base->kv16 || off > base->n || n > base->n - off || !(b = calloc(1, sizeof(*b))))
 		return NULL;
 	b->p = base->p + off;
 	b->n = n;
@@ -249,12 +260,12 @@ struct be_buf *be_wrap_host(struct be *be, float *p, size_t n)
 static float *cpu_host_ptr(struct be *be, struct be_buf *b)
 {
 	(void)be;
-	return b->wn ? NULL : b->p;
+	return b->wn || b->kv16 ? NULL : b->p;
 }
 
 static enum be_dtype cpu_buf_dtype(const struct be_buf *b)
 {
-	return b->w16 ? BE_BF16 : BE_F32;
+	return b->w16 || b->kv16 ? BE_BF16 : BE_F32;
 }
 
 static int cpu_export(struct be *be, const struct be_buf *b, struct be_export *out)
@@ -348,6 +359,21 @@ static int cpu_upload(struct be *be, enum be_queue q, struct be_buf *d, size_t o
 		return -ERANGE;
 	if (d->w16)
 		return upload16(d, off, src, st, n);
+	if (d->kv16) {
+		uint16_t *to = (uint16_t *)(void *)d->p + off;
+
+		if (st == BE_BF16) {
+			memcpy(to, src, n * sizeof(uint16_t));
+			return 0;
+		}
+		for (done = 0; done < n; done += CONVERT_CHUNK) {
+			size_t c = n - done < CONVERT_CHUNK ? n - done : CONVERT_CHUNK;
+
+			dt_to_f32(tmp, s + done * es, st, c);
+			dt_from_f32(to + done, BE_BF16, tmp, c);
+		}
+		return 0;
+	}
 	if (st == BE_F32) {
 		if (d->wn)
 			gemm_pack(d->p, d->wn, d->wk, off, src, n);
@@ -369,11 +395,15 @@ static int cpu_copy(struct be *be, enum be_queue q, struct be_buf *d, size_t dof
 		    const struct be_buf *s, size_t soff, size_t n)
 {
 	(void)be;
-	if ((q != BE_Q_COMPUTE && q != BE_Q_COPY) || d->wn || s->wn)
+	if ((q != BE_Q_COMPUTE && q != BE_Q_COPY) || d->wn || s->wn || d->kv16 != s->kv16)
 		return -EINVAL;
 	if (doff > d->n || n > d->n - doff || soff > s->n || n > s->n - soff)
 		return -ERANGE;
-	memmove(d->p + doff, s->p + soff, n * sizeof(float));
+	if (d->kv16)
+		memmove((uint16_t *)(void *)d->p + doff, (const uint16_t *)(const void *)s->p + soff,
+			n * sizeof(uint16_t));
+	else
+		memmove(d->p + doff, s->p + soff, n * sizeof(float));
 	return 0;
 }
 
@@ -398,6 +428,8 @@ static int cpu_download(struct be *be, enum be_queue q, const struct be_buf *s, 
 		return -ERANGE;
 	if (s->wn)
 		unpack_f32(s, off, d, n);
+	else if (s->kv16)
+		dt_to_f32(d, (const uint16_t *)(const void *)s->p + off, BE_BF16, n);
 	else
 		memcpy(d, s->p + off, n * sizeof(float));
 	return 0;
@@ -516,7 +548,7 @@ static enum gemm_kind gemm_kind_of(const struct cpu_be *c, const struct be_buf *
 {
 	if (!w->w16)
 		return GEMM_F32;
-	return c->bf16_dot && gemm_dot_native() ? GEMM_BF16_DOT : GEMM_BF16;
+	return cpu_dot(c) ? GEMM_BF16_DOT : GEMM_BF16;
 }
 
 /*
@@ -737,18 +769,62 @@ static void cpu_kv_store(struct be *be, int kv_dim, const struct be_buf *k,
 	const int bs = b->block_size;
 	int t, c;
 
+	if (kc->kv16 != vc->kv16) {
+		CPU(be)->error = -EINVAL;
+		return;
+	}
 	for (t = 0; t < b->n_tokens; t++) {
-		size_t slot = kv_slot(b, b->seq[t], b->pos[t]);
-		float *kt = kc->p + (slot / bs) * bs * kv_dim + slot % bs;
-		const float *kr = k->p + (size_t)t * kv_dim;
+		size_t slot = kv_slot(b, b->seq[t], b->pos[t]), kt = (slot / bs) * bs * kv_dim + slot % bs;
+		const float *kr = k->p + (size_t)t * kv_dim, *vr = v->p + (size_t)t * kv_dim;
+
+		if (kc->kv16) {
+			uint16_t *k16 = (uint16_t *)(void *)kc->p, *v16 = (uint16_t *)(void *)vc->p;
+
+			for (c = 0; c < kv_dim; c++)
+				k16[kt + (size_t)c * bs] = dt_f32_to_bf16(kr[c]);
+			dt_from_f32(v16 + slot * kv_dim, BE_BF16, vr, (size_t)kv_dim);
+			continue;
+		}
 		for (c = 0; c < kv_dim; c++)
-			kt[(size_t)c * bs] = kr[c];
-		memcpy(vc->p + slot * kv_dim, v->p + (size_t)t * kv_dim, (size_t)kv_dim * sizeof(float));
+			kc->p[kt + (size_t)c * bs] = kr[c];
+		memcpy(vc->p + slot * kv_dim, vr, (size_t)kv_dim * sizeof(float));
 	}
 }
 
 /* 16 floats, one AVX-512 register (two AVX2, four SSE ones) */
 typedef float v16 __attribute__((vector_size(64)));
+typedef uint16_t h16 __attribute__((vector_size(32)));
+typedef uint32_t u16v __attribute__((vector_size(64)));
+
+/* 16 elements of a KV cache from element i on, as fp32: bf16 ones widened
+ * exactly (the upper half of an fp32). kv16 is a constant at each call. */
+static inline __attribute__((always_inline)) void kv_load16(v16 *r, const void *c, size_t i,
+								const int kv16)
+{
+	if (kv16) {
+		h16 h;
+		u16v w;
+
+		memcpy(&h, (const uint16_t *)c + i, sizeof(h));
+		w = __builtin_convertvector(h, u16v) << 16;
+		memcpy(r, &w, sizeof(*r));
+	} else {
+		memcpy(r, (const float *)c + i, sizeof(*r));
+	}
+}
+
+/* n elements of a KV cache from element i on as an fp32 row: in place, or
+ * widened into tmp. The loops that take it are then the same code for
+ * both types (the same contractions into fused multiply-adds). */
+static inline __attribute__((always_inline)) const float *kv_row(const void *c, size_t i, int n,
+								float *tmp, const int kv16)
+{
+	if (!kv16)
+		return (const float *)c + i;
+	for (int e = 0; e < n; e++)
+		tmp[e] = dt_bf16_to_f32(((const uint16_t *)c)[i + e]);
+	return tmp;
+}
 
 /*
  * A row of attention scores in place: exp(x - max), divided by their sum.
@@ -875,8 +951,10 @@ static inline void softmax_row(float *row, int n)
 struct attn_job {
 	struct cpu_be *c;
 	const struct be_attn *a;
-	const float *q, *kc, *vc;
+	const float *q;
+	const void *kc, *vc; /* fp32, or bf16 where kv16 */
 	float *out;
+	int kv16;
 };
 
 /*
@@ -888,14 +966,15 @@ struct attn_job {
  * acc[g][o] = q_g · key o. hd and bs are multiples of 16 here.
  */
 static inline __attribute__((always_inline)) void attn_scores(const int G, const float *q, int hd,
-								  const float *kb, int bs,
-								  float (*acc)[BE_CPU_MAX_BLOCK])
+								  const void *kc, size_t kb, int bs,
+								  float (*acc)[BE_CPU_MAX_BLOCK],
+								  const int kv16)
 {
 	for (int c16 = 0; c16 < bs; c16 += 16) {
 		v16 va[4] = { { 0 } }, kv;
 
 		for (int d = 0; d < hd; d++) {
-			memcpy(&kv, kb + (size_t)d * bs + c16, sizeof(kv));
+			kv_load16(&kv, kc, kb + (size_t)d * bs + c16, kv16);
 			for (int g = 0; g < G; g++)
 				va[g] += q[(size_t)g * hd + d] * kv;
 		}
@@ -908,17 +987,17 @@ static inline __attribute__((always_inline)) void attn_scores(const int G, const
  * 4 × 16 columns of G heads in registers. */
 static inline __attribute__((always_inline)) void attn_values(const int G, const struct be_batch *b,
 								  int s, int lo, int n,
-								  const float *vc, size_t kv_col,
+								  const void *vc, size_t kv_col,
 								  size_t kv_dim, const float *sc,
 								  size_t stride, float *o, int hd,
-								  int d0)
+								  int d0, const int kv16)
 {
 	v16 acc[4][4] = { { { 0 } } }, v;
 
 	for (int i = 0; i < n; i++) {
-		const float *vr = vc + kv_slot(b, s, lo + i) * kv_dim + kv_col + d0;
+		size_t vr = kv_slot(b, s, lo + i) * kv_dim + kv_col + d0;
 		for (int dc = 0; dc < 4; dc++) {
-			memcpy(&v, vr + 16 * dc, sizeof(v));
+			kv_load16(&v, vc, vr + 16 * dc, kv16);
 			for (int g = 0; g < G; g++)
 				acc[g][dc] += sc[(size_t)g * stride + i] * v;
 		}
@@ -932,17 +1011,18 @@ static inline __attribute__((always_inline)) void attn_values(const int G, const
  * that KV head (GQA) go through the keys together, so each K and V row is
  * read once per group instead of once per head. Every sum runs over the
  * positions in order, so a row's result does not depend on the batch.
- * Compiled for AVX-512 and AVX2 as well, picked at run time.
+ * A bf16 cache goes through the same loops, each element widened exactly
+ * as it is loaded.
  */
-CPU_CLONES
-static void attn_rows(void *arg, int worker, int begin, int end)
+static inline __attribute__((always_inline)) void attn_rows_of(struct attn_job *j, int worker,
+								   int begin, int end, const int kv16)
 {
-	struct attn_job *j = arg;
 	const struct be_batch *b = &j->c->b;
 	const struct be_attn *a = j->a;
 	const int hd = a->head_dim, group = a->n_heads / a->n_kv_heads, bs = b->block_size;
 	const size_t kv_dim = (size_t)a->n_kv_heads * hd, stride = j->c->scratch_n;
 	float *sc = j->c->scratch[worker]; /* [group][stride] scores */
+	float row[BE_CPU_MAX_BLOCK];       /* a row of a bf16 cache, widened (narrow loops) */
 	/* whole vectors: four heads of a group at a time in registers */
 	const int wide = bs % 16 == 0 && hd % 64 == 0;
 	int task;
@@ -959,7 +1039,7 @@ static void attn_rows(void *arg, int worker, int begin, int end)
 		/* scores, a KV block at a time: acc[g][o] = q_g · key at offset o */
 		for (bi = lo / bs; bi <= p / bs; bi++) {
 			int blk = b->block_table[(size_t)s * b->max_blocks + bi];
-			const float *kb = j->kc + ((size_t)blk * kv_dim + (size_t)kvh * hd) * bs;
+			const size_t kb = ((size_t)blk * kv_dim + (size_t)kvh * hd) * bs;
 			int first = bi * bs < lo ? lo - bi * bs : 0;
 			int last = bi * bs + bs - 1 > p ? p - bi * bs : bs - 1;
 			for (int g0 = 0; g0 < group; g0 += 4) {
@@ -968,10 +1048,10 @@ static void attn_rows(void *arg, int worker, int begin, int end)
 				if (wide) {
 					const float *qg = q + (size_t)g0 * hd;
 					switch (gn) {
-					case 1: attn_scores(1, qg, hd, kb, bs, acc); break;
-					case 2: attn_scores(2, qg, hd, kb, bs, acc); break;
-					case 3: attn_scores(3, qg, hd, kb, bs, acc); break;
-					default: attn_scores(4, qg, hd, kb, bs, acc); break;
+					case 1: attn_scores(1, qg, hd, j->kc, kb, bs, acc, kv16); break;
+					case 2: attn_scores(2, qg, hd, j->kc, kb, bs, acc, kv16); break;
+					case 3: attn_scores(3, qg, hd, j->kc, kb, bs, acc, kv16); break;
+					default: attn_scores(4, qg, hd, j->kc, kb, bs, acc, kv16); break;
 					}
 				} else {
 					for (g = 0; g < gn; g++) {
@@ -979,7 +1059,9 @@ static void attn_rows(void *arg, int worker, int begin, int end)
 						for (off = 0; off < bs; off++)
 							acc[g][off] = 0.0f;
 						for (d = 0; d < hd; d++) {
-							const float qd = qg[d], *kr = kb + (size_t)d * bs;
+							const float qd = qg[d];
+							const float *kr = kv_row(j->kc, kb + (size_t)d * bs, bs,
+										 row, kv16);
 							for (off = 0; off < bs; off++)
 								acc[g][off] += qd * kr[off];
 						}
@@ -1001,10 +1083,10 @@ static void attn_rows(void *arg, int worker, int begin, int end)
 				size_t col = (size_t)kvh * hd;
 				for (int d0 = 0; d0 < hd; d0 += 64) {
 					switch (gn) {
-					case 1: attn_values(1, b, s, lo, n, j->vc, col, kv_dim, sg, stride, og, hd, d0); break;
-					case 2: attn_values(2, b, s, lo, n, j->vc, col, kv_dim, sg, stride, og, hd, d0); break;
-					case 3: attn_values(3, b, s, lo, n, j->vc, col, kv_dim, sg, stride, og, hd, d0); break;
-					default: attn_values(4, b, s, lo, n, j->vc, col, kv_dim, sg, stride, og, hd, d0); break;
+					case 1: attn_values(1, b, s, lo, n, j->vc, col, kv_dim, sg, stride, og, hd, d0, kv16); break;
+					case 2: attn_values(2, b, s, lo, n, j->vc, col, kv_dim, sg, stride, og, hd, d0, kv16); break;
+					case 3: attn_values(3, b, s, lo, n, j->vc, col, kv_dim, sg, stride, og, hd, d0, kv16); break;
+					default: attn_values(4, b, s, lo, n, j->vc, col, kv_dim, sg, stride, og, hd, d0, kv16); break;
 					}
 				}
 			}
@@ -1013,24 +1095,46 @@ static void attn_rows(void *arg, int worker, int begin, int end)
 		for (d = 0; d < group * hd; d++)
 			o[d] = 0.0f;
 		for (i = 0; i < n; i++) {
-			const float *v = j->vc + kv_slot(b, s, lo + i) * kv_dim + (size_t)kvh * hd;
-			for (g = 0; g < group; g++) {
-				float w = sc[(size_t)g * stride + i], *og = o + (size_t)g * hd;
+			const size_t v = kv_slot(b, s, lo + i) * kv_dim + (size_t)kvh * hd;
+			for (int d0 = 0; d0 < hd; d0 += BE_CPU_MAX_BLOCK) {
+				int dn = hd - d0 < BE_CPU_MAX_BLOCK ? hd - d0 : BE_CPU_MAX_BLOCK;
+				const float *vr = kv_row(j->vc, v + (size_t)d0, dn, row, kv16);
+				for (g = 0; g < group; g++) {
+					float w = sc[(size_t)g * stride + i], *og = o + (size_t)g * hd + d0;
 #pragma omp simd
-				for (d = 0; d < hd; d++)
-					og[d] += w * v[d];
+					for (d = 0; d < dn; d++)
+						og[d] += w * vr[d];
+				}
 			}
 		}
 	}
+}
+
+/* Compiled for AVX-512 and AVX2 as well, picked at run time; one copy of
+ * the loops for each cache type. */
+CPU_CLONES
+static void attn_rows(void *arg, int worker, int begin, int end)
+{
+	struct attn_job *j = arg;
+
+	if (j->kv16)
+		attn_rows_of(j, worker, begin, end, 1);
+	else
+		attn_rows_of(j, worker, begin, end, 0);
 }
 
 static void cpu_attention(struct be *be, const struct be_attn *a, const struct be_buf *q,
 			  const struct be_buf *kc, const struct be_buf *vc, struct be_buf *out)
 {
 	struct cpu_be *c = CPU(be);
-	struct attn_job j = { c, a, q->p, kc->p, vc->p, out->p };
+	struct attn_job j = { c, a, q->p, kc->p, vc->p, out->p, kc->kv16 };
 	int group = a->n_heads / a->n_kv_heads, n = c->b.n_tokens * a->n_kv_heads, t;
 	int grain = n / (pool_size(c->pool) * 8);
+
+	if (kc->kv16 != vc->kv16) {
+		c->error = -EINVAL;
+		return;
+	}
 
 	/* scores of a group of heads: [group][scratch_n] per worker */
 	if (group > c->scratch_group) {
@@ -1399,8 +1503,8 @@ static void cpu_info(struct be *be, struct be_info *out, size_t *mem_free)
 	 * batch 32) and sampled them on one thread */
 	out->caps = BE_CAP_BATCH_INVARIANT | BE_CAP_EXPORT | BE_CAP_BF16_WEIGHTS |
 		    BE_CAP_DEVICE_SAMPLE;
-	if (CPU(be)->bf16_dot && gemm_dot_native())
-		out->caps |= BE_CAP_BF16_DOT;
+	if (cpu_dot(CPU(be)))
+		out->caps |= BE_CAP_BF16_DOT | BE_CAP_BF16_KV;
 	snprintf(out->device, sizeof(out->device), "CPU, %d threads", pool_size(CPU(be)->pool));
 	out->mem_total = all > 0 && page > 0 ? (size_t)all * (size_t)page : 0;
 	snprintf(out->error, sizeof(out->error), "%s", CPU(be)->dead);

@@ -295,6 +295,16 @@ struct be_ops {
 	 * as PEFT computes `result + lora_B(lora_A(x)) * scaling`.            */
 	void (*lora_expand)(struct be *be, int n, const struct be_buf *h,
 			    const struct be_lora_seg *segs, int n_segs, struct be_buf *y);
+	/* The LoRA deltas of the products of one x (q, k, v; gate, up): for
+	 * each output i < n_out (at most BE_GEMM_MAX_OUT), the segments
+	 * segs[first[i] .. first[i + 1]) shrunk from x [m, k] and expanded
+	 * into y_i [m, n_i], each y_i getting the bits lora_shrink then
+	 * lora_expand of its own segments give. Segments of different outputs
+	 * may share rows; every segment keeps its own block of h (h_off).
+	 * Optional: without it be_lora_multi makes those two calls per output. */
+	void (*lora_multi)(struct be *be, int k, const struct be_buf *x, int n_out, const int *n,
+			   const struct be_lora_seg *segs, const int *first, struct be_buf *h,
+			   struct be_buf *const *y);
 	/* Picks a token from each of n rows of logits [n, vocab] with p[i]
 	 * and writes it to ids[i] (host memory): only the ids leave the
 	 * device. ids[i] = -1 when the row holds a NaN or an infinity (masks
@@ -466,6 +476,21 @@ static inline void be_lora_shrink(struct be *be, int k, const struct be_buf *x,
 static inline void be_lora_expand(struct be *be, int n, const struct be_buf *h,
 				  const struct be_lora_seg *s, int ns, struct be_buf *y)
 { be->ops->lora_expand(be, n, h, s, ns, y); }
+static inline void be_lora_multi(struct be *be, int k, const struct be_buf *x, int n_out,
+				 const int *n, const struct be_lora_seg *s, const int *first,
+				 struct be_buf *h, struct be_buf *const *y)
+{
+	if (be->ops->lora_multi) {
+		be->ops->lora_multi(be, k, x, n_out, n, s, first, h, y);
+		return;
+	}
+	for (int i = 0; i < n_out; i++) {
+		if (first[i + 1] <= first[i])
+			continue;
+		be->ops->lora_shrink(be, k, x, s + first[i], first[i + 1] - first[i], h);
+		be->ops->lora_expand(be, n[i], h, s + first[i], first[i + 1] - first[i], y[i]);
+	}
+}
 static inline void be_gather_rows(struct be *be, int d, const struct be_buf *x, struct be_buf *y)
 { be->ops->gather_rows(be, d, x, y); }
 

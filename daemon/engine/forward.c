@@ -63,7 +63,7 @@ struct fwd {
 	/* LoRA of the current step */
 	const struct fwd_seg *segs;
 	int n_segs;
-	struct be_lora_seg *lseg; /* [cap_lseg] segments of one projection */
+	struct be_lora_seg *lseg; /* [cap_lseg] segments of the projections of one product */
 	int cap_lseg;
 	struct be_buf *h;         /* shrink output, packed per segment */
 	size_t cap_h;
@@ -339,14 +339,12 @@ static void proj_dims(const struct fwd *f, enum proj p, int *in, int *out)
 /* The LoRA delta of each adapted segment of projection p, added to y:
  * PEFT's `result + lora_B(lora_A(x)) * scaling`, shrink h = x·Aᵀ and
  * expand y += (h·Bᵀ)·scale, each adapter at its own rank. Rows of the base
- * model are in no segment. */
-static void lora_delta(struct fwd *f, int layer, enum proj p, const struct be_buf *x,
-		       struct be_buf *y)
+ * model are in no segment. Appends projection p's segments to f->lseg
+ * from n on, their blocks of h from *h_off on; returns the new count. */
+static int lora_segs(struct fwd *f, int layer, enum proj p, int n, size_t *h_off)
 {
-	size_t h_off = 0;
-	int in, out, i, n = 0;
+	int i;
 
-	proj_dims(f, p, &in, &out);
 	for (i = 0; i < f->n_segs; i++) {
 		const struct fwd_seg *s = &f->segs[i];
 		const struct fwd_lora *lo;
@@ -357,27 +355,26 @@ static void lora_delta(struct fwd *f, int layer, enum proj p, const struct be_bu
 			continue;
 		f->lseg[n] = (struct be_lora_seg){ .row0 = s->row0, .n_rows = s->n_rows,
 						   .rank = lo->rank, .scale = lo->scale,
-						   .a = lo->a, .bt = lo->b, .h_off = h_off };
-		h_off += (size_t)s->n_rows * lo->rank;
+						   .a = lo->a, .bt = lo->b, .h_off = *h_off };
+		*h_off += (size_t)s->n_rows * lo->rank;
 		n++;
 	}
-	if (!n)
-		return;
-	be_lora_shrink(f->be, in, x, f->lseg, n, f->h);
-	be_lora_expand(f->be, out, f->h, f->lseg, n, y);
+	return n;
 }
 
 /* Every projection of the model goes through here: y = x·Wᵀ + b over the
  * m rows of the batch, one GEMM whatever adapters the rows use, then the
  * LoRA delta. Projections p0 .. p0+cnt-1 read the same x (q, k, v; gate,
- * up) and go to the backend as one product with cnt outputs; each output
- * is what its own GEMM would give, so the bits do not change. */
+ * up) and go to the backend as one product with cnt outputs, their LoRA
+ * deltas as one call too; each output is what its own GEMM and its own
+ * shrink and expand would give, so the bits do not change. */
 static void linears(struct fwd *f, int layer, enum proj p0, int cnt, int m,
 		    const struct be_buf *x, struct be_buf *const *y)
 {
 	const struct fwd_layer *L = &f->layers[layer];
 	const struct be_buf *w[BE_GEMM_MAX_OUT];
-	int in = 0, out[BE_GEMM_MAX_OUT], i;
+	int in = 0, out[BE_GEMM_MAX_OUT], first[BE_GEMM_MAX_OUT + 1] = { 0 }, i;
+	size_t h_off = 0;
 
 	for (i = 0; i < cnt; i++) {
 		proj_dims(f, p0 + i, &in, &out[i]);
@@ -387,8 +384,10 @@ static void linears(struct fwd *f, int layer, enum proj p0, int cnt, int m,
 	for (i = 0; i < cnt; i++) {
 		if (L->b[p0 + i])
 			be_add_bias(f->be, m, out[i], y[i], L->b[p0 + i]);
-		lora_delta(f, layer, p0 + i, x, y[i]);
+		first[i + 1] = lora_segs(f, layer, p0 + i, first[i], &h_off);
 	}
+	if (first[cnt])
+		be_lora_multi(f->be, in, x, cnt, out, f->lseg, first, f->h, y);
 }
 
 static void linear(struct fwd *f, int layer, enum proj p, int m, const struct be_buf *x,
@@ -397,7 +396,8 @@ static void linear(struct fwd *f, int layer, enum proj p, int m, const struct be
 	linears(f, layer, p, 1, m, x, &y);
 }
 
-/* Room for the LoRA segments of one step. */
+/* Room for the LoRA segments of one step, for each output of one product
+ * (linears: q, k and v at once). */
 static int reserve_lora(struct fwd *f, const struct fwd_seg *segs, int n_segs)
 {
 	size_t need = 0;
@@ -405,13 +405,13 @@ static int reserve_lora(struct fwd *f, const struct fwd_seg *segs, int n_segs)
 
 	for (i = 0; i < n_segs; i++)
 		if (segs[i].ad)
-			need += (size_t)segs[i].n_rows * segs[i].ad->max_rank;
-	if (n_segs > f->cap_lseg) {
-		struct be_lora_seg *p = realloc(f->lseg, (size_t)n_segs * sizeof(*p));
+			need += (size_t)segs[i].n_rows * segs[i].ad->max_rank * BE_GEMM_MAX_OUT;
+	if (n_segs * BE_GEMM_MAX_OUT > f->cap_lseg) {
+		struct be_lora_seg *p = realloc(f->lseg, (size_t)n_segs * BE_GEMM_MAX_OUT * sizeof(*p));
 		if (!p)
 			return -ENOMEM;
 		f->lseg = p;
-		f->cap_lseg = n_segs;
+		f->cap_lseg = n_segs * BE_GEMM_MAX_OUT;
 	}
 	if (need > f->cap_h) {
 		fwd_graphs_flush(f);

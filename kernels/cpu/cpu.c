@@ -1222,14 +1222,21 @@ static void cpu_gather_rows(struct be *be, int d, const struct be_buf *x, struct
 struct lora_task {
 	int seg, row0, n_rows; /* row0 relative to the segment */
 	int c0, c1;            /* ranks (shrink) or outputs (expand) [c0, c1) */
+	int out;               /* expand: the output (lora_multi's y_i) */
 };
 
+/* One call's segments, of one or several outputs (lora_multi): output i
+ * holds segments [first[i], first[i + 1]). */
 struct lora_job {
 	const struct be_lora_seg *segs;
 	const struct lora_task *tasks;
-	int k, n;
-	const float *x; /* shrink: x; expand: h */
-	float *y;       /* shrink: h; expand: y */
+	int k;                       /* x's width */
+	const float *x;              /* shrink: x; expand: h */
+	float *h;                    /* shrink: h */
+	int n_out;
+	const int *first;
+	int n[BE_GEMM_MAX_OUT];      /* expand: width of output i */
+	float *y[BE_GEMM_MAX_OUT];   /* expand: output i */
 };
 
 /* x · a over k elements: 64 lanes in four vectors, summed in a fixed order. */
@@ -1272,7 +1279,7 @@ static void lora_shrink_tasks(void *arg, int worker, int begin, int end)
 		const struct lora_task *tk = &j->tasks[t];
 		const struct be_lora_seg *s = &j->segs[tk->seg];
 		const float *x = j->x + (size_t)(s->row0 + tk->row0) * j->k;
-		float *h = j->y + s->h_off + (size_t)tk->row0 * s->rank;
+		float *h = j->h + s->h_off + (size_t)tk->row0 * s->rank;
 		for (q = tk->c0; q < tk->c1; q++) {
 			const float *a = s->a->p + (size_t)q * j->k;
 			for (r = 0; r < tk->n_rows; r++)
@@ -1288,16 +1295,16 @@ CPU_CLONES
 static void lora_expand_tasks(void *arg, int worker, int begin, int end)
 {
 	const struct lora_job *j = arg;
-	const int n = j->n;
 	int t, r, q, q0, o, l;
 
 	(void)worker;
 	for (t = begin; t < end; t++) {
 		const struct lora_task *tk = &j->tasks[t];
 		const struct be_lora_seg *s = &j->segs[tk->seg];
+		const int n = j->n[tk->out];
 		const float *h = j->x + s->h_off + (size_t)tk->row0 * s->rank;
 		const float *b = s->bt->p; /* [n, rank], PEFT's layout */
-		float *y = j->y + (size_t)(s->row0 + tk->row0) * n;
+		float *y = j->y[tk->out] + (size_t)(s->row0 + tk->row0) * n;
 		const float sc = s->scale;
 		/* 16 outputs at a time: their rows of B turned into a tile
 		 * [rank][16] (LORA_QT ranks a time, read once per task from
@@ -1341,17 +1348,18 @@ static void lora_expand_tasks(void *arg, int worker, int begin, int end)
 }
 
 /*
- * Splits the segments into work items; returns their number or -ENOMEM.
- * @n: the expand's outputs, or 0 for the shrink (cut along the ranks).
+ * Splits the segments of every output into work items; returns their
+ * number or -ENOMEM, and in *macs the multiply-adds of the call.
+ * @expand: cut along each output's width j->n[i], else (the shrink)
+ * along the ranks.
  */
-static int lora_tasks(struct cpu_be *c, const struct be_lora_seg *segs, int n_segs, int n,
-		      double *work)
+static int lora_tasks(struct cpu_be *c, const struct lora_job *j, int expand, double *macs)
 {
-	const int want = 2 * pool_size(c->pool);
-	int chunks = 0, parts = 1, cnt = 0, s, r, p;
+	const int want = 2 * pool_size(c->pool), n_segs = j->first[j->n_out];
+	int chunks = 0, parts = 1, cnt = 0, s, r, p, i;
 
 	for (s = 0; s < n_segs; s++)
-		chunks += (segs[s].n_rows + LORA_ROWS - 1) / LORA_ROWS;
+		chunks += (j->segs[s].n_rows + LORA_ROWS - 1) / LORA_ROWS;
 	if (chunks > 0 && chunks < want)
 		parts = (want + chunks - 1) / chunks;
 	if (chunks * parts > c->lt_n) {
@@ -1361,25 +1369,28 @@ static int lora_tasks(struct cpu_be *c, const struct be_lora_seg *segs, int n_se
 		c->lt = t;
 		c->lt_n = chunks * parts;
 	}
-	*work = 0;
-	for (s = 0; s < n_segs; s++) {
-		/* the side cut: ranks one by one, outputs in blocks of 16 */
-		const int unit = n ? 16 : 1, len = n ? n : segs[s].rank;
-		const int units = (len + unit - 1) / unit, np = parts < units ? parts : units;
+	*macs = 0;
+	for (i = 0; i < j->n_out; i++)
+		for (s = j->first[i]; s < j->first[i + 1]; s++) {
+			const struct be_lora_seg *sg = &j->segs[s];
+			/* the side cut: ranks one by one, outputs in blocks of 16 */
+			const int unit = expand ? 16 : 1, len = expand ? j->n[i] : sg->rank;
+			const int units = (len + unit - 1) / unit, np = parts < units ? parts : units;
 
-		*work += (double)segs[s].n_rows * segs[s].rank;
-		for (r = 0; r < segs[s].n_rows; r += LORA_ROWS)
-			for (p = 0; p < np; p++) {
-				struct lora_task *t = &c->lt[cnt++];
-				int c1 = (int)((long)units * (p + 1) / np) * unit;
+			*macs += (double)sg->n_rows * sg->rank * (expand ? j->n[i] : j->k);
+			for (r = 0; r < sg->n_rows; r += LORA_ROWS)
+				for (p = 0; p < np; p++) {
+					struct lora_task *t = &c->lt[cnt++];
+					int c1 = (int)((long)units * (p + 1) / np) * unit;
 
-				t->seg = s;
-				t->row0 = r;
-				t->n_rows = segs[s].n_rows - r < LORA_ROWS ? segs[s].n_rows - r : LORA_ROWS;
-				t->c0 = (int)((long)units * p / np) * unit;
-				t->c1 = c1 < len ? c1 : len;
-			}
-	}
+					t->seg = s;
+					t->out = i;
+					t->row0 = r;
+					t->n_rows = sg->n_rows - r < LORA_ROWS ? sg->n_rows - r : LORA_ROWS;
+					t->c0 = (int)((long)units * p / np) * unit;
+					t->c1 = c1 < len ? c1 : len;
+				}
+		}
 	return cnt;
 }
 
@@ -1388,44 +1399,74 @@ static int lora_tasks(struct cpu_be *c, const struct be_lora_seg *segs, int n_se
  * about as long as a hand-off to the pool. */
 #define LORA_PARALLEL_MACS 4096.0
 
-/* @expand: the expand (cut along its @width outputs), else the shrink. */
-static void lora_run(struct cpu_be *c, pool_fn fn, struct lora_job *j, const struct be_lora_seg *segs,
-		     int n_segs, int width, int expand)
+/* @expand: the expand (cut along its outputs), else the shrink. */
+static void lora_run(struct cpu_be *c, pool_fn fn, struct lora_job *j, int expand)
 {
-	double work;
-	int n;
-
-	if (width <= 0)
-		return;
-	n = lora_tasks(c, segs, n_segs, expand ? width : 0, &work);
+	double macs;
+	int n = lora_tasks(c, j, expand, &macs);
 
 	if (n < 0) {
 		c->error = n;
 		return;
 	}
 	j->tasks = c->lt;
-	if (n <= 1 || work * width < LORA_PARALLEL_MACS)
+	if (n <= 1 || macs < LORA_PARALLEL_MACS)
 		fn(j, 0, 0, n);
 	else
 		pool_run(c->pool, fn, j, n, 1);
 }
 
+/*
+ * The deltas of the products of one x in two hand-offs to the pool, the
+ * shrinks of every output and then their expands, where separate calls
+ * made two per output: at batch 1 a decode step with an adapter on all
+ * seven projections made 14 a layer, each a pool hand-off and a fresh
+ * stream of a few dozen KiB for the prefetchers. Each element is
+ * computed by the same task code as alone, so the bits do not change.
+ */
+static void cpu_lora_multi(struct be *be, int k, const struct be_buf *x, int n_out, const int *n,
+			   const struct be_lora_seg *segs, const int *first, struct be_buf *h,
+			   struct be_buf *const *y)
+{
+	struct lora_job j = { .segs = segs, .k = k, .x = x->p, .h = h->p, .n_out = n_out,
+			      .first = first };
+	int i;
+
+	if (n_out < 1 || n_out > BE_GEMM_MAX_OUT) {
+		CPU(be)->error = -EINVAL;
+		return;
+	}
+	if (first[n_out] <= first[0] || k <= 0)
+		return;
+	lora_run(CPU(be), lora_shrink_tasks, &j, 0);
+	j.x = h->p;
+	for (i = 0; i < n_out; i++) {
+		j.n[i] = n[i]; /* an output of width 0 gets no tasks */
+		j.y[i] = y[i]->p;
+	}
+	lora_run(CPU(be), lora_expand_tasks, &j, 1);
+}
+
 static void cpu_lora_shrink(struct be *be, int k, const struct be_buf *x,
 			    const struct be_lora_seg *segs, int n_segs, struct be_buf *h)
 {
-	struct lora_job j = { segs, NULL, k, 0, x->p, h->p };
+	const int first[2] = { 0, n_segs };
+	struct lora_job j = { .segs = segs, .k = k, .x = x->p, .h = h->p, .n_out = 1,
+			      .first = first };
 
-	if (n_segs > 0)
-		lora_run(CPU(be), lora_shrink_tasks, &j, segs, n_segs, k, 0);
+	if (n_segs > 0 && k > 0)
+		lora_run(CPU(be), lora_shrink_tasks, &j, 0);
 }
 
 static void cpu_lora_expand(struct be *be, int n, const struct be_buf *h,
 			    const struct be_lora_seg *segs, int n_segs, struct be_buf *y)
 {
-	struct lora_job j = { segs, NULL, 0, n, h->p, y->p };
+	const int first[2] = { 0, n_segs };
+	struct lora_job j = { .segs = segs, .x = h->p, .n_out = 1, .first = first,
+			      .n = { n }, .y = { y->p } };
 
-	if (n_segs > 0)
-		lora_run(CPU(be), lora_expand_tasks, &j, segs, n_segs, n, 1);
+	if (n_segs > 0 && n > 0)
+		lora_run(CPU(be), lora_expand_tasks, &j, 1);
 }
 
 struct sample_job {
@@ -1671,6 +1712,7 @@ static const struct be_ops cpu_ops = {
 	.embed = cpu_embed,
 	.gemm = cpu_gemm,
 	.gemm_multi = cpu_gemm_multi,
+	.lora_multi = cpu_lora_multi,
 	.add_bias = cpu_add_bias,
 	.rmsnorm = cpu_rmsnorm,
 	.rope = cpu_rope,

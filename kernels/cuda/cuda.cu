@@ -1541,6 +1541,7 @@ static const struct be_ops cuda_ops = {
 	.gather_rows = cu_gather_rows,
 	.lora_shrink = cu_lora_shrink,
 	.lora_expand = cu_lora_expand,
+	.lora_multi = NULL, /* be_lora_multi runs shrink and expand per output */
 	.sample = cu_sample,
 	.graph_begin = cu_graph_begin_op,
 	.graph_end = cu_graph_end,

@@ -494,6 +494,137 @@ static void test_backend_gemm_multi(void **state)
 }
 
 /*
+ * be_lora_multi: the LoRA deltas of the products of one x (q, k, v) in one
+ * call give each output bit for bit what its own lora_shrink and
+ * lora_expand give, whether the backend has the operation or be_lora_multi
+ * falls back to the two calls per output (the CPU table copied with
+ * lora_multi taken out, as a backend without it has): ranks 16, 4 and 7
+ * (odd, below a vector), outputs of widths 70, 33 and 130 (blocks of 16
+ * and a remainder), segments of two adapters sharing rows across the
+ * outputs, an output with no segment, one row (cut along ranks and
+ * outputs) and 29 rows (chunks of rows), one thread and three. An output
+ * count over BE_GEMM_MAX_OUT is refused at the next sync.
+ */
+static void test_backend_lora_multi(void **state)
+{
+	enum { K = 131, M = 29, NO = 3 };
+	const int ns[NO] = { 70, 33, 130 }, ranks[2] = { 16, 7 }, ms[2] = { 1, M };
+	float *x = randv((size_t)M * K), *a[NO][2], *b[NO][2];
+
+	(void)state;
+	for (int i = 0; i < NO; i++)
+		for (int d = 0; d < 2; d++) {
+			int r = i == 1 && d ? 4 : ranks[d];
+			a[i][d] = randv((size_t)r * K);
+			b[i][d] = randv((size_t)ns[i] * r);
+		}
+	for (int cfg = 0; cfg < 4; cfg++) {
+		struct be_cpu_opts o = { .n_threads = cfg % 2 ? 3 : 1 };
+		struct be_ops fallback;
+		const struct be_ops *own;
+		struct be *be;
+		struct be_buf *bx, *h, *ba[NO][2], *bb[NO][2], *y[NO], *y1[NO];
+		struct be_lora_seg segs[NO * 2];
+		float *got = malloc((size_t)M * 130 * sizeof(float)), *want = malloc((size_t)M * 130 * sizeof(float));
+		float *base = randv((size_t)M * 130);
+
+		assert_true(got && want);
+		assert_int_equal(be_cpu_create(&o, &be), 0);
+		own = be->ops;
+		fallback = *own;
+		fallback.lora_multi = NULL;
+		bx = be_alloc(be, (size_t)M * K);
+		h = be_alloc(be, (size_t)M * 64);
+		assert_true(bx && h);
+		assert_int_equal(be_upload(be, bx, 0, x, (size_t)M * K), 0);
+		for (int i = 0; i < NO; i++) {
+			for (int d = 0; d < 2; d++) {
+				int r = i == 1 && d ? 4 : ranks[d];
+				ba[i][d] = be_alloc(be, (size_t)r * K);
+				bb[i][d] = be_alloc(be, (size_t)ns[i] * r);
+				assert_int_equal(be_upload(be, ba[i][d], 0, a[i][d], (size_t)r * K), 0);
+				assert_int_equal(be_upload(be, bb[i][d], 0, b[i][d], (size_t)ns[i] * r), 0);
+			}
+			y[i] = be_alloc(be, (size_t)M * ns[i]);
+			y1[i] = be_alloc(be, (size_t)M * ns[i]);
+			assert_true(y[i] && y1[i]);
+		}
+		for (int mi = 0; mi < 2; mi++)
+			for (int way = 0; way < 2; way++) {
+				const int m = ms[mi];
+				int first[NO + 1] = { 0 }, n = 0;
+				size_t h_off = 0;
+
+				/* output 0: both adapters (rows split), output 1: the
+				 * second only over every row, output 2: none at m = 1 */
+				for (int i = 0; i < NO; i++) {
+					for (int d = 0; d < 2; d++) {
+						int r = i == 1 && d ? 4 : ranks[d];
+						int row0 = i == 1 ? 0 : d ? m / 2 : 0;
+						int rows = i == 1 ? m : d ? m - m / 2 : m / 2;
+						if ((i == 1 && !d) || rows <= 0 || (i == 2 && m == 1))
+							continue;
+						segs[n++] = (struct be_lora_seg){ .row0 = row0, .n_rows = rows, .rank = r,
+										  .scale = 0.5f + d, .a = ba[i][d],
+										  .bt = bb[i][d], .h_off = h_off };
+						h_off += (size_t)rows * r;
+					}
+					first[i + 1] = n;
+				}
+				assert_true(h_off <= (size_t)M * 64);
+				for (int i = 0; i < NO; i++) {
+					assert_int_equal(be_upload(be, y[i], 0, base, (size_t)m * ns[i]), 0);
+					assert_int_equal(be_upload(be, y1[i], 0, base, (size_t)m * ns[i]), 0);
+				}
+				be->ops = way ? &fallback : own;
+				be_lora_multi(be, K, bx, NO, ns, segs, first, h, y);
+				be->ops = own;
+				assert_int_equal(be_sync(be), 0);
+				for (int i = 0; i < NO; i++) {
+					if (first[i + 1] > first[i]) {
+						be_lora_shrink(be, K, bx, segs + first[i], first[i + 1] - first[i], h);
+						be_lora_expand(be, ns[i], h, segs + first[i], first[i + 1] - first[i], y1[i]);
+					}
+					assert_int_equal(be_download(be, y[i], 0, got, (size_t)m * ns[i]), 0);
+					assert_int_equal(be_download(be, y1[i], 0, want, (size_t)m * ns[i]), 0);
+					assert_memory_equal(got, want, (size_t)m * ns[i] * sizeof(float));
+					/* and the delta is there: not the base alone */
+					if (first[i + 1] > first[i])
+						assert_memory_not_equal(got, base, (size_t)m * ns[i] * sizeof(float));
+					else
+						assert_memory_equal(got, base, (size_t)m * ns[i] * sizeof(float));
+				}
+			}
+		{
+			const int n5[5] = { 70, 33, 130, 70, 33 }, f5[6] = { 0, 1, 1, 1, 1, 1 };
+			struct be_buf *y5[5] = { y[0], y[1], y[2], y[0], y[1] };
+			be_lora_multi(be, K, bx, 5, n5, segs, f5, h, y5);
+			assert_int_equal(be_sync(be), -EINVAL);
+		}
+		for (int i = 0; i < NO; i++) {
+			for (int d = 0; d < 2; d++) {
+				be_free(be, ba[i][d]);
+				be_free(be, bb[i][d]);
+			}
+			be_free(be, y[i]);
+			be_free(be, y1[i]);
+		}
+		be_free(be, bx);
+		be_free(be, h);
+		be_destroy(be);
+		free(got);
+		free(want);
+		free(base);
+	}
+	for (int i = 0; i < NO; i++)
+		for (int d = 0; d < 2; d++) {
+			free(a[i][d]);
+			free(b[i][d]);
+		}
+	free(x);
+}
+
+/*
  * x laid out as bf16 pairs: every instruction set's packer gives the pairs
  * dt_f32_to_bf16 gives, element by element, on values that round up, down
  * and to even, overflow to infinity, NaNs of both signs (made quiet),
@@ -676,6 +807,7 @@ int main(void)
 		cmocka_unit_test(test_fixed_order),
 		cmocka_unit_test(test_backend_gemm),
 		cmocka_unit_test(test_backend_gemm_multi),
+		cmocka_unit_test(test_backend_lora_multi),
 		cmocka_unit_test(test_bf16_panels),
 		cmocka_unit_test(test_bf16_dot),
 		cmocka_unit_test(test_pack_x16),

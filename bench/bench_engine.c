@@ -27,7 +27,7 @@
  *            decode reads every weight once per step, bf16 half the bytes;
  *            bytes_ratio_bound: the same with the KV cache counted, fp32
  *            in the f32 model and the exact rows, bf16 in the dot rows
- *            where the backend keeps it so, BE_CAP_BF16_KV).
+ *            where the engine keeps it so, engine_kv_dtype).
  *            --bf16 runs these rows alone.
  *
  * The engine's projections run on its own fixed-order GEMM (kernels/cpu/
@@ -315,12 +315,12 @@ static int decode_bf16(struct engine *e32, struct engine *e16[2], int batch, int
 	 * bytes it reads: every weight once (4 or 2 bytes), and the KV cache
 	 * of every sequence, K and V of every layer over its mean context (at
 	 * batch 32 a fifth of the fp32 step's bytes): fp32, or bf16 where the
-	 * backend keeps a bf16 cache (the dot rows, BE_CAP_BF16_KV).
+	 * engine keeps a bf16 cache (the dot rows, engine_kv_dtype).
 	 */
 	for (int d = 0; d < 2; d++) {
 		double params = non_embedding_params() + (double)VOCAB * HIDDEN;
 		double kv = (double)batch * (prompt + 1 + steps / 2.0) * LAYERS * 2.0 * KV_DIM * 4.0;
-		double kv16 = e16[d] && (engine_backend_caps(e16[d]) & BE_CAP_BF16_KV) ? kv / 2 : kv;
+		double kv16 = e16[d] && engine_kv_dtype(e16[d]) == BE_BF16 ? kv / 2 : kv;
 
 		bound[d] = (4.0 * params + kv) / (2.0 * params + kv16);
 	}

@@ -300,7 +300,8 @@ struct be_ops {
 	 * segs[first[i] .. first[i + 1]) shrunk from x [m, k] and expanded
 	 * into y_i [m, n_i], each y_i getting the bits lora_shrink then
 	 * lora_expand of its own segments give. Segments of different outputs
-	 * may share rows; every segment keeps its own block of h (h_off).
+	 * may share rows; every segment keeps its own block of h (h_off). No
+	 * y_i may overlap x or h (every shrink may run before any expand).
 	 * Optional: without it be_lora_multi makes those two calls per output. */
 	void (*lora_multi)(struct be *be, int k, const struct be_buf *x, int n_out, const int *n,
 			   const struct be_lora_seg *segs, const int *first, struct be_buf *h,

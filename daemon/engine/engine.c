@@ -195,6 +195,11 @@ int engine_kv_block_size(const struct engine *e)
 	return e->pool.block_size;
 }
 
+enum be_dtype engine_kv_dtype(const struct engine *e)
+{
+	return fwd_kv_dtype(e->fwd);
+}
+
 const char *engine_backend_name(const struct engine *e)
 {
 	return e->be->ops->name;

@@ -301,6 +301,10 @@ int engine_adapter_merge(struct engine *e, const char *dir, char *err, size_t er
 int engine_kv_total(const struct engine *e);
 int engine_kv_free(const struct engine *e);
 int engine_kv_block_size(const struct engine *e);
+/* The element type of the KV cache: BE_BF16 with bf16 weights multiplied
+ * by bf16 dot products (engine_opts.bf16_dot, where the backend has them),
+ * else BE_F32. */
+enum be_dtype engine_kv_dtype(const struct engine *e);
 
 /* The backend's name ("cpu", "cuda"), for logs and status. */
 const char *engine_backend_name(const struct engine *e);

@@ -206,6 +206,11 @@ static int reserve(struct fwd *f, int n_rows, int n_out)
 	return 0;
 }
 
+enum be_dtype fwd_kv_dtype(const struct fwd *f)
+{
+	return be_buf_dtype(f->be, f->layers[0].kc);
+}
+
 int fwd_build(struct be *be, const struct model *m, int kv_blocks, int block_size,
 	      int allow_nonfinite, const struct fwd_progress *prog, struct fwd **out, char *err,
 	      size_t errlen)

@@ -33,6 +33,9 @@ int fwd_build(struct be *be, const struct model *m, int kv_blocks, int block_siz
 	      int allow_nonfinite, const struct fwd_progress *prog, struct fwd **out, char *err,
 	      size_t errlen);
 void fwd_free(struct fwd *f);
+/* The element type the KV cache keeps: BE_BF16 where the backend computes
+ * as a bf16 computation does (BE_CAP_BF16_KV, bf16 weights), else BE_F32. */
+enum be_dtype fwd_kv_dtype(const struct fwd *f);
 
 /* One LoRA-adapted projection on the backend. */
 struct fwd_lora {

@@ -501,9 +501,10 @@ static int build_engine(struct daemon *d)
 		 engine_backend_name(d->eng), engine_backend_why(d->eng), c->model_dir,
 		 c->merge_adapter ? " merged with " : "", c->merge_adapter ? c->merge_adapter : "");
 	d->engine_name = d->engine_buf;
-	log_info("loaded %s in %.2f s: %d layers, vocabulary %d, KV cache %d tokens", c->model_dir,
+	log_info("loaded %s in %.2f s: %d layers, vocabulary %d, KV cache %d tokens (%s)", c->model_dir,
 		 (now_ns() - t0) / 1e9, engine_config(d->eng)->n_layers, engine_config(d->eng)->vocab,
-		 engine_kv_total(d->eng) * engine_kv_block_size(d->eng));
+		 engine_kv_total(d->eng) * engine_kv_block_size(d->eng),
+		 engine_kv_dtype(d->eng) == BE_BF16 ? "bf16" : "f32");
 	if (eo.bf16_dot)
 		log_info("bf16_compute = dot: %s", (engine_backend_caps(d->eng) & BE_CAP_BF16_DOT)
 			 ? "bf16 weights multiply with AVX-512 BF16 dot products"
@@ -817,6 +818,8 @@ static int cmd_status(void *ctx, struct json_object *req, struct json_object *re
 		json_object_object_add(reply, "backend_mem_total",
 				       json_object_new_int64((int64_t)bi.mem_total));
 		json_object_object_add(reply, "backend_mem_free", json_object_new_int64((int64_t)mem_free));
+		json_object_object_add(reply, "kv_dtype", json_object_new_string(
+			engine_kv_dtype(d->eng) == BE_BF16 ? "bf16" : "f32"));
 	}
 	json_object_object_add(reply, "pid", json_object_new_int(getpid()));
 	json_object_object_add(reply, "uptime_s",

@@ -794,7 +794,7 @@ static void cpu_kv_store(struct be *be, int kv_dim, const struct be_buf *k,
 /* 16 floats, one AVX-512 register (two AVX2, four SSE ones) */
 typedef float v16 __attribute__((vector_size(64)));
 typedef uint16_t h16 __attribute__((vector_size(32)));
-typedef uint32_t u16v __attribute__((vector_size(64)));
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
 
 /* 16 elements of a KV cache from element i on, as fp32: bf16 ones widened
  * exactly (the upper half of an fp32). kv16 is a constant at each call. */
@@ -803,10 +803,10 @@ static inline __attribute__((always_inline)) void kv_load16(v16 *r, const void *
 {
 	if (kv16) {
 		h16 h;
-		u16v w;
+		u32x16 w;
 
 		memcpy(&h, (const uint16_t *)c + i, sizeof(h));
-		w = __builtin_convertvector(h, u16v) << 16;
+		w = __builtin_convertvector(h, u32x16) << 16;
 		memcpy(r, &w, sizeof(*r));
 	} else {
 		memcpy(r, (const float *)c + i, sizeof(*r));
@@ -1054,14 +1054,15 @@ static inline __attribute__((always_inline)) void attn_rows_of(struct attn_job *
 					default: attn_scores(4, qg, hd, j->kc, kb, bs, acc, kv16); break;
 					}
 				} else {
-					for (g = 0; g < gn; g++) {
-						const float *qg = q + (size_t)(g0 + g) * hd;
+					for (g = 0; g < gn; g++)
 						for (off = 0; off < bs; off++)
 							acc[g][off] = 0.0f;
-						for (d = 0; d < hd; d++) {
-							const float qd = qg[d];
-							const float *kr = kv_row(j->kc, kb + (size_t)d * bs, bs,
-										 row, kv16);
+					/* each head's sums over d in order, a key row
+					 * widened once for the group */
+					for (d = 0; d < hd; d++) {
+						const float *kr = kv_row(j->kc, kb + (size_t)d * bs, bs, row, kv16);
+						for (g = 0; g < gn; g++) {
+							const float qd = q[(size_t)(g0 + g) * hd + d];
 							for (off = 0; off < bs; off++)
 								acc[g][off] += qd * kr[off];
 						}

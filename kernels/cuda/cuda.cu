@@ -172,9 +172,13 @@ static struct be_buf *cu_alloc(struct be *be, size_t n, enum be_dtype t, unsigne
 {
 	struct cuda_be *c = CB(be);
 	struct be_buf *b;
-	size_t es = be_dtype_size(t), bytes;
+	size_t es, bytes;
 
-	(void)flags; /* every cudaMalloc'd buffer can be exported */
+	/* every cudaMalloc'd buffer can be exported; a KV cache is fp32 here
+	 * (no BE_CAP_BF16_KV: kv_store and attention read and write floats) */
+	if (flags & BE_BUF_KV)
+		t = BE_F32;
+	es = be_dtype_size(t);
 	if (!es || !(b = (struct be_buf *)calloc(1, sizeof(*b))))
 		return NULL;
 	enter(c);

@@ -55,6 +55,13 @@ static void test_backend_breaks(void **state)
 	rc = atk_ctl(d.admin, (const char *[]){ "status", NULL }, out, sizeof(out), err, sizeof(err),
 		     10000, NULL);
 	ATK_EXPECT(rc == 0 && strstr(out, "backend_healthy    true"), "status before: %s%s", out, err);
+	/* an fp32 computation: the KV cache is fp32 too */
+	{
+		const char *kv = strstr(out, "\nkv_dtype ");
+		char v[16] = "";
+		ATK_EXPECT(kv && sscanf(kv, " kv_dtype %15s", v) == 1 && !strcmp(v, "f32"),
+			   "status: kv_dtype '%s': %s", v, out);
+	}
 
 	/* the backend breaks during this one: it ends with an error event */
 	rc = atk_generate(c, "base", 16, &ev, 20000);

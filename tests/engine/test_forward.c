@@ -430,6 +430,75 @@ static void test_stop_ids(void **state)
 	rm_model(dir);
 }
 
+/*
+ * The KV cache's element type: bf16 where bf16 weights are multiplied with
+ * bf16 dot products on a backend that keeps such a cache (BE_CAP_BF16_KV),
+ * fp32 otherwise (bf16 weights widened exactly, fp32 weights with the dot
+ * products asked for, a backend without the capability). With the bf16
+ * cache a sequence gets the same bits alone and in a chunked batch, and
+ * its logits stay within bf16's tolerance (2e-2 of the row's largest) of
+ * the exact computation of the same weights while the tokens agree.
+ */
+static void test_kv_dtype(void **state)
+{
+	static const int len[3] = { 5, 40, 23 };
+	char *d16 = must_model("--dtype bf16 --kv-heads 2"), *d32 = must_model("--kv-heads 2");
+	struct engine_opts dot = { .bf16_dot = 1 };
+	struct engine *ex = must_load(d16, NULL), *e = must_load(d16, &dot), *e32 = must_load(d32, &dot);
+	struct engine_seq *alone[3], *ref[3], *batch[3];
+	int vocab = engine_config(e)->vocab, i, j, v;
+	int32_t p[3][64];
+
+	(void)state;
+	assert_int_equal(engine_kv_dtype(ex), BE_F32);
+	assert_int_equal(engine_kv_dtype(e32), BE_F32);
+	engine_free(e32);
+	rm_model(d32);
+	if (!(engine_backend_caps(e) & BE_CAP_BF16_KV)) {
+		assert_int_equal(engine_kv_dtype(e), BE_F32);
+		engine_free(ex);
+		engine_free(e);
+		rm_model(d16);
+		skip(); /* no bf16 dot products here: no bf16 cache to check */
+	}
+	assert_int_equal(engine_kv_dtype(e), BE_BF16);
+	for (i = 0; i < 3; i++) {
+		prompt_of(p[i], len[i], i + 5, vocab);
+		alone[i] = new_seq(e, p[i], len[i], 6, 0.0f, 1, ENGINE_LOGITS_ALL);
+		ref[i] = new_seq(ex, p[i], len[i], 6, 0.0f, 1, ENGINE_LOGITS_ALL);
+		batch[i] = new_seq(e, p[i], len[i], 6, 0.0f, 1, ENGINE_LOGITS_ALL);
+		assert_int_equal(engine_generate(e, &alone[i], 1, 0, err, sizeof(err)), 0);
+		assert_int_equal(engine_generate(ex, &ref[i], 1, 0, err, sizeof(err)), 0);
+	}
+	assert_int_equal(engine_generate(e, batch, 3, 7, err, sizeof(err)), 0);
+	for (i = 0; i < 3; i++) {
+		assert_int_equal(batch[i]->n_logits, alone[i]->n_logits);
+		assert_memory_equal(batch[i]->tokens, alone[i]->tokens, (size_t)alone[i]->n_tokens * sizeof(int32_t));
+		assert_memory_equal(batch[i]->logits, alone[i]->logits,
+				    (size_t)alone[i]->n_logits * vocab * sizeof(float));
+		/* rows whose inputs are the same: the prompt, then while the
+		 * greedy tokens agree */
+		for (j = len[i]; j < alone[i]->n_tokens && alone[i]->tokens[j] == ref[i]->tokens[j]; j++)
+			;
+		for (int r = 0; r < j && r < alone[i]->n_logits; r++) {
+			const float *a = alone[i]->logits + (size_t)r * vocab, *b = ref[i]->logits + (size_t)r * vocab;
+			float mx = 0.0f, d = 0.0f;
+			for (v = 0; v < vocab; v++) {
+				mx = fmaxf(mx, fabsf(b[v]));
+				d = fmaxf(d, fabsf(a[v] - b[v]));
+			}
+			if (d > 2e-2f * mx)
+				fail_msg("sequence %d row %d: max|d| %g against max|logit| %g", i, r, d, mx);
+		}
+		engine_seq_free(e, alone[i]);
+		engine_seq_free(e, batch[i]);
+		engine_seq_free(ex, ref[i]);
+	}
+	engine_free(ex);
+	engine_free(e);
+	rm_model(d16);
+}
+
 int main(void)
 {
 	const char *want = getenv("LORAD_TEST_BACKEND");
@@ -453,6 +522,7 @@ int main(void)
 		cmocka_unit_test(test_bad_requests),
 		cmocka_unit_test(test_nan_fails_one_request),
 		cmocka_unit_test(test_stop_ids),
+		cmocka_unit_test(test_kv_dtype),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

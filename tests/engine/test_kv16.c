@@ -191,6 +191,7 @@ static void test_attention_bits(void **state)
 		{ 4, 2, 64, 16, 20 },  /* a sliding window across blocks */
 		{ 4, 1, 16, 16, 0 },   /* narrow heads: the scalar loops */
 		{ 6, 2, 24, 8, 9 },    /* narrow, a group of 3, odd window */
+		{ 2, 1, 272, 16, 0 },  /* narrow heads wider than a widened row */
 	};
 	struct be_cpu_opts o = { .n_threads = 3, .bf16_dot = 1 };
 	struct be *be;

@@ -53,7 +53,7 @@ static void run_shape(struct be *be, const struct shape *sh)
 	const int kv_dim = sh->n_kv_heads * sh->head_dim, q_dim = sh->n_heads * sh->head_dim;
 	int T = 0, s, i, blocks = 0;
 	int32_t tokens[128], pos[128], seq[128], table[N_SEQS * MAX_BLOCKS];
-	struct be_batch b = { 0 };
+	struct be_batch b;
 	struct be_attn a = { sh->n_heads, sh->n_kv_heads, sh->head_dim, sh->window,
 			     1.0f / sqrtf((float)sh->head_dim) };
 	float *k, *v, *kr, *vr, *q, *o32, *o16, *c32, *c16;
@@ -74,14 +74,8 @@ static void run_shape(struct be *be, const struct shape *sh)
 		}
 	}
 	cache = (size_t)41 * sh->block_size * kv_dim;
-	b.n_tokens = T;
-	b.n_seqs = N_SEQS;
-	b.tokens = tokens;
-	b.pos = pos;
-	b.seq = seq;
-	b.block_table = table;
-	b.max_blocks = MAX_BLOCKS;
-	b.block_size = sh->block_size;
+	b = (struct be_batch){ .n_tokens = T, .n_seqs = N_SEQS, .tokens = tokens, .pos = pos, .seq = seq,
+			      .block_table = table, .max_blocks = MAX_BLOCKS, .block_size = sh->block_size };
 	assert_int_equal(be_set_batch(be, &b), 0);
 
 	k = malloc((size_t)T * kv_dim * sizeof(float));

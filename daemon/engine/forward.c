@@ -254,6 +254,16 @@ int fwd_build(struct be *be, const struct model *m, int kv_blocks, int block_siz
 		goto err;
 
 	cache = (size_t)kv_blocks * block_size * f->kv_dim;
+	/* K and V in bf16 where the backend computes as transformers' bf16
+	 * does (bf16 weights, bf16 dot products): half the cache's bytes a
+	 * decode step reads. One type for every layer: a model whose
+	 * projections are not all bf16 keeps fp32. */
+	kv_dt = (be_caps(be) & (BE_CAP_BF16_KV | BE_CAP_BF16_WEIGHTS)) ==
+				(BE_CAP_BF16_KV | BE_CAP_BF16_WEIGHTS) ? BE_BF16 : BE_F32;
+	for (l = 0; l < c->n_layers; l++)
+		for (p = 0; p < N_PROJ; p++)
+			if (be_dtype_of(m->layers[l].w[p]->dtype) != BE_BF16)
+				kv_dt = BE_F32;
 	for (l = 0; l < c->n_layers; l++) {
 		struct fwd_layer *L = &f->layers[l];
 		const struct model_layer *S = &m->layers[l];
@@ -267,11 +277,6 @@ int fwd_build(struct be *be, const struct model *m, int kv_blocks, int block_siz
 			    (rc = upload_tensor(f, S->b[p], tmp, allow_nonfinite, 0, &L->b[p], err, errlen)) < 0)
 				goto err;
 		}
-		/* K and V in bf16 where the backend computes as transformers' bf16
-		 * does (bf16 weights, bf16 dot products): half the cache's bytes
-		 * a decode step reads */
-		kv_dt = (be_caps(be) & BE_CAP_BF16_KV) && be_buf_dtype(be, L->w[PROJ_Q]) == BE_BF16 ?
-				BE_BF16 : BE_F32;
 		L->kc = be_alloc_ex(be, cache, kv_dt, BE_BUF_KV);
 		L->vc = be_alloc_ex(be, cache, kv_dt, BE_BUF_KV);
 		if (!L->kc || !L->vc) {

@@ -8,7 +8,9 @@
  * accumulator chains, which reads memory faster than DRAM delivers it; a
  * full block does 24 FMAs per 128 bytes of panel, enough to be bound by
  * the FMA units at prefill. The panel (k · 128 bytes) stays in L2 while
- * every row block of x passes over it.
+ * every row block of x passes over it, and the second block brings the
+ * next panel in, so that the first block of each panel does not wait on
+ * DRAM alone.
  *
  * bf16 panels hold k in pairs (gemm.h): one 64-byte load is 16 columns by
  * two k. Widened, the even k is the pair masked to its high half and the

@@ -200,6 +200,13 @@ enum be_dtype engine_kv_dtype(const struct engine *e)
 	return fwd_kv_dtype(e->fwd);
 }
 
+uint64_t engine_kv_bytes(const struct engine *e)
+{
+	return (uint64_t)e->pool.n_blocks * (uint64_t)e->pool.block_size * (uint64_t)e->cfg.n_kv_heads *
+	       (uint64_t)e->cfg.head_dim * (uint64_t)e->cfg.n_layers * 2 *
+	       be_dtype_size(engine_kv_dtype(e));
+}
+
 const char *engine_backend_name(const struct engine *e)
 {
 	return e->be->ops->name;

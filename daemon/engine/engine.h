@@ -305,6 +305,8 @@ int engine_kv_block_size(const struct engine *e);
  * by bf16 dot products (engine_opts.bf16_dot, where the backend has them),
  * else BE_F32. */
 enum be_dtype engine_kv_dtype(const struct engine *e);
+/* Bytes of the KV cache: K and V of every layer, every block. */
+uint64_t engine_kv_bytes(const struct engine *e);
 
 /* The backend's name ("cpu", "cuda"), for logs and status. */
 const char *engine_backend_name(const struct engine *e);

@@ -881,6 +881,8 @@ static void engine_stats(void *ctx, struct ops_engine_stats *es)
 		es->healthy = !bi.error[0];
 		es->mem_total = bi.mem_total;
 		es->mem_free = mem_free;
+		es->kv_bytes = engine_kv_bytes(d->eng);
+		es->kv_dtype = engine_kv_dtype(d->eng) == BE_BF16 ? "bf16" : "f32";
 		es->prefix_cache = d->cfg.prefix_cache;
 		es->prefix_of = prefix_of;
 		es->prefix_ctx = d->eng;

@@ -340,6 +340,12 @@ static void engine(struct buf *b, const struct ops_engine_stats *es)
 	bprintf(b, "lorad_kv_blocks_used %d\n", es->kv_total - es->kv_free);
 	family(b, "lorad_kv_blocks", "gauge", "KV cache blocks in all (was lorad_kv_blocks_total: a gauge takes no _total).");
 	bprintf(b, "lorad_kv_blocks %d\n", es->kv_total);
+	if (es->kv_dtype) {
+		family(b, "lorad_kv_cache_bytes", "gauge",
+		       "Bytes of the KV cache (K and V of every layer), by its element type.");
+		bprintf(b, "lorad_kv_cache_bytes{dtype=\"%s\"} %llu\n", es->kv_dtype,
+			(unsigned long long)es->kv_bytes);
+	}
 	family(b, "lorad_preemptions_total", "counter", "Sequences preempted for KV space.");
 	bprintf(b, "lorad_preemptions_total %llu\n", (unsigned long long)es->preemptions);
 	if (!es->backend)

@@ -26,6 +26,8 @@ struct ops_engine_stats {
 	uint64_t steps, preemptions;
 	unsigned running, waiting;
 	int kv_free, kv_total;
+	uint64_t kv_bytes;        /* of the KV cache, K and V of every layer */
+	const char *kv_dtype;     /* its element type, "f32" or "bf16"; NULL: no engine */
 	const char *backend;      /* "cpu", "cuda"; NULL: none */
 	char device[96];          /* what computes */
 	int healthy;              /* 0 after a device error */

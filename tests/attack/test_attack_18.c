@@ -56,6 +56,13 @@ static void test_metrics_parse(void **state)
 	ATK_EXPECT(rc == 0, "loradctl metrics: exit %d: %s", rc, err);
 	ATK_EXPECT(strstr(out, "tier=\"host\""), "no host tier in the metrics");
 	ATK_EXPECT(strstr(out, "skill=\"_unknown\""), "the unknown skill is not counted");
+	{
+		/* the demo's bf16 weights widened exactly: an fp32 cache */
+		const char *kv = strstr(out, "\nlorad_kv_cache_bytes{dtype=\"f32\"} ");
+		unsigned long long bytes = 0;
+		ATK_EXPECT(kv && sscanf(kv, " lorad_kv_cache_bytes{dtype=\"f32\"} %llu", &bytes) == 1 && bytes > 0,
+			   "lorad_kv_cache_bytes: %.200s", kv ? kv : "(none)");
+	}
 	snprintf(path, sizeof(path), "%s/metrics.txt", d.dir);
 	assert_int_equal(atk_write_file(path, out, strlen(out)), 0);
 	{

@@ -44,7 +44,8 @@ const struct opt_def opt_table[] = {
 	{ "bf16_compute", "daemon", OPT_ENUM, F(bf16_compute), .def_str = "exact",
 	  .choices = "exact|dot", .arg = "HOW",
 	  .help = "CPU backend, bf16 weights: exact widens them (the bits of fp32 weights); dot "
-		  "rounds x to bf16 and uses AVX-512 BF16 dot products where the CPU has them" },
+		  "rounds x to bf16 and uses AVX-512 BF16 dot products where the CPU has them, "
+		  "the KV cache then kept in bf16 (half its bytes)" },
 	{ "prefix_cache", "daemon", OPT_BOOL, F(prefix_cache), 1, "on", .arg = "on|off",
 	  .help = "reuse the KV blocks of prompt prefixes already computed under the same "
 		  "adapter version (off: for comparison)" },

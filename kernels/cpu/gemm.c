@@ -684,6 +684,10 @@ static const float *widen_panel(const void *panel, int k)
  */
 #define GEMM_AHEAD 4096
 
+/* Above this many rows a bf16 panel's slice is widened once for all its
+ * row blocks (four blocks). */
+#define GEMM_WIDEN_ROWS (4 * GEMM_MR)
+
 void gemm_run(int m, int n, int k, const void *xp, const void *pk, enum gemm_kind kind, float *y,
 	      int acc, int p0, int p1)
 {
@@ -726,10 +730,14 @@ void gemm_run(int m, int n, int k, const void *xp, const void *pk, enum gemm_kin
 				 * own (batch 32 decode: 8 % faster with bf16 dot
 				 * products). The widening path reads its wide copy. */
 				next = pn + 1 < p1 && kind != GEMM_BF16 ? (const char *)ps + panel : NULL;
-				/* several row blocks over one bf16 slice: widen it once
-				 * (exactly) and run the fp32 blocks over that; the widening
-				 * competes with the FMAs for the same ports */
-				if (kind == GEMM_BF16) {
+				/* many row blocks over one bf16 slice (prefill): widen it
+				 * once (exactly) and run the fp32 blocks over that; the
+				 * widening competes with the FMAs for the same ports. A
+				 * few (decode) widen as they go: writing and reading the
+				 * wide copy cost more (Emerald Rapids, one thread, 32 x
+				 * 2048 x 768: 100-111 GFLOP/s widened once, 145 as they
+				 * go; level from 64 rows up) */
+				if (kind == GEMM_BF16 && m > GEMM_WIDEN_ROWS) {
 					const float *wide = widen_panel(ps, kc);
 					if (wide) {
 						ps = wide;

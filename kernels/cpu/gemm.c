@@ -28,6 +28,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -118,7 +119,20 @@ static void pack16_row_scalar(uint32_t *d, size_t stride, const float *s, int k)
 	}
 }
 
+/* Row s of x (k floats) rounded to bf16 as dt_f32_to_bf16 rounds, each
+ * value as the float it is, element kk at d[kk * stride]. */
+static void round16_row_scalar(float *d, size_t stride, const float *s, int k)
+{
+	for (int kk = 0; kk < k; kk++) {
+		uint32_t u = (uint32_t)dt_f32_to_bf16(s[kk]) << 16;
+
+		memcpy(d + (size_t)kk * stride, &u, sizeof(u));
+	}
+}
+
 static void (*pack16_row)(uint32_t *d, size_t stride, const float *s, int k) = pack16_row_scalar;
+static void (*round16_row)(float *d, size_t stride, const float *s, int k) = round16_row_scalar;
+static int dot_fma(int m);
 
 void gemm_pack_x16_blocks(uint32_t *xp, int m, int k, const float *x, int b0, int b1)
 {
@@ -127,9 +141,17 @@ void gemm_pack_x16_blocks(uint32_t *xp, int m, int k, const float *x, int b0, in
 	pthread_once(&gemm_once, gemm_select);
 	for (r0 = b0 * GEMM_MR; r0 < m && r0 < b1 * GEMM_MR; r0 += GEMM_MR) {
 		int mr = m - r0 < GEMM_MR ? m - r0 : GEMM_MR;
-		uint32_t *d = xp + (size_t)r0 * k2;
-		for (i = 0; i < mr; i++)
-			pack16_row(d + i, (size_t)mr, x + (size_t)(r0 + i) * k, k);
+
+		if (dot_fma(m)) {
+			/* the FMAs' x: gemm_pack_x's layout of the rounded values */
+			float *d = (float *)(void *)xp + (size_t)r0 * k;
+			for (i = 0; i < mr; i++)
+				round16_row(d + i, (size_t)mr, x + (size_t)(r0 + i) * k, k);
+		} else {
+			uint32_t *d = xp + (size_t)r0 * k2;
+			for (i = 0; i < mr; i++)
+				pack16_row(d + i, (size_t)mr, x + (size_t)(r0 + i) * k, k);
+		}
 	}
 }
 
@@ -526,6 +548,28 @@ static AVX512 void pack16_row_avx512(uint32_t *d, size_t stride, const float *s,
 	}
 	pack16_row_scalar(d + (size_t)kk * stride, stride, s + 2 * kk, k - 2 * kk);
 }
+
+/* round16_row sixteen at a time, rounded as pack16_row_avx512 rounds. */
+static AVX512 void round16_row_avx512(float *d, size_t stride, const float *s, int k)
+{
+	const __m512i abs = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
+	const __m512i bias = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1);
+	const __m512i quiet = _mm512_set1_epi32(0x400000), high = _mm512_set1_epi32((int)0xffff0000u);
+	float t[16];
+	int kk = 0;
+
+	for (; kk + 16 <= k; kk += 16) {
+		__m512i u = _mm512_loadu_si512((const void *)(s + kk));
+		__mmask16 nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(u, abs), inf);
+		__m512i r = _mm512_add_epi32(u, _mm512_add_epi32(bias, _mm512_and_si512(_mm512_srli_epi32(u, 16), one)));
+
+		r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, quiet));
+		_mm512_storeu_si512((void *)t, _mm512_and_si512(r, high));
+		for (int j = 0; j < 16; j++)
+			d[(size_t)(kk + j) * stride] = t[j];
+	}
+	round16_row_scalar(d + (size_t)kk * stride, stride, s + kk, k - kk);
+}
 #endif
 
 static void (*widen_n)(float *d, const uint16_t *h, int k) = widen_scalar;
@@ -533,6 +577,21 @@ static void (*widen_n)(float *d, const uint16_t *h, int k) = widen_scalar;
 static gemm_block_fn gemm_block = block_scalar, gemm_block16 = block_scalar16,
 		     gemm_blockdot = block_scalar_dot;
 static const char *gemm_isa_name = "scalar";
+
+/* GEMM_BF16_DOT on FMAs (gemm_run_dot_fma) rather than the CPU's own dot
+ * products, for blocks of more than one row: where the instruction is
+ * slow (dot_probe). */
+static int dot_by_fma;
+
+static int dot_fma(int m)
+{
+#ifdef GEMM_X86
+	return dot_by_fma && m > 1 && gemm_blockdot == block_dot512;
+#else
+	(void)m;
+	return 0;
+#endif
+}
 
 /* The loops of one instruction set; 0, or -ENOTSUP when this CPU lacks it.
  * The bf16 dot loop is the CPU's own only with avx512 on a CPU with
@@ -545,6 +604,7 @@ static int gemm_use(const char *name)
 		gemm_blockdot = block_scalar_dot;
 		widen_n = widen_scalar;
 		pack16_row = pack16_row_scalar;
+		round16_row = round16_row_scalar;
 		gemm_isa_name = "scalar";
 		return 0;
 	}
@@ -555,6 +615,7 @@ static int gemm_use(const char *name)
 		gemm_blockdot = __builtin_cpu_supports("avx512bf16") ? block_dot512 : block_scalar_dot;
 		widen_n = widen_avx512;
 		pack16_row = pack16_row_avx512;
+		round16_row = round16_row_avx512;
 		gemm_isa_name = "avx512";
 		return 0;
 	}
@@ -564,6 +625,7 @@ static int gemm_use(const char *name)
 		gemm_blockdot = block_scalar_dot;
 		widen_n = widen_scalar;
 		pack16_row = pack16_row_scalar;
+		round16_row = round16_row_scalar;
 		gemm_isa_name = "avx2";
 		return 0;
 	}
@@ -571,11 +633,92 @@ static int gemm_use(const char *name)
 	return -ENOTSUP;
 }
 
+#ifdef GEMM_X86
+static double probe_now(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+/* Seconds for 8 independent chains of 2048 vdpbf16ps (@dot) or vfmadd231ps
+ * each: enough chains to be bound by the instruction's throughput. */
+static DOT512 double probe_chains(int dot)
+{
+	/* distinct starts: equal chains would be computed once */
+	__m512 c0 = _mm512_set1_ps(0.0f), c1 = _mm512_set1_ps(1.0f), c2 = _mm512_set1_ps(2.0f),
+	       c3 = _mm512_set1_ps(3.0f), c4 = _mm512_set1_ps(4.0f), c5 = _mm512_set1_ps(5.0f),
+	       c6 = _mm512_set1_ps(6.0f), c7 = _mm512_set1_ps(7.0f);
+	const __m512 a = _mm512_set1_ps(0x1p-20f), b = _mm512_set1_ps(1.0f);
+	const __m512bh ah = (__m512bh)_mm512_set1_epi32(0x35803580), bh = (__m512bh)_mm512_set1_epi32(0x3f803f80);
+	volatile float sink;
+	double t = probe_now();
+
+	if (dot) {
+		for (int i = 0; i < 2048; i++) {
+			c0 = _mm512_dpbf16_ps(c0, ah, bh);
+			c1 = _mm512_dpbf16_ps(c1, ah, bh);
+			c2 = _mm512_dpbf16_ps(c2, ah, bh);
+			c3 = _mm512_dpbf16_ps(c3, ah, bh);
+			c4 = _mm512_dpbf16_ps(c4, ah, bh);
+			c5 = _mm512_dpbf16_ps(c5, ah, bh);
+			c6 = _mm512_dpbf16_ps(c6, ah, bh);
+			c7 = _mm512_dpbf16_ps(c7, ah, bh);
+		}
+	} else {
+		for (int i = 0; i < 2048; i++) {
+			c0 = _mm512_fmadd_ps(a, b, c0);
+			c1 = _mm512_fmadd_ps(a, b, c1);
+			c2 = _mm512_fmadd_ps(a, b, c2);
+			c3 = _mm512_fmadd_ps(a, b, c3);
+			c4 = _mm512_fmadd_ps(a, b, c4);
+			c5 = _mm512_fmadd_ps(a, b, c5);
+			c6 = _mm512_fmadd_ps(a, b, c6);
+			c7 = _mm512_fmadd_ps(a, b, c7);
+		}
+	}
+	t = probe_now() - t;
+	sink = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(_mm512_add_ps(c0, c1), _mm512_add_ps(c2, c3)),
+						  _mm512_add_ps(_mm512_add_ps(c4, c5), _mm512_add_ps(c6, c7))));
+	(void)sink;
+	return t;
+}
+
+/*
+ * Whether the CPU's vdpbf16ps is slow enough that FMAs over widened pairs
+ * beat it: one dot product is 32 multiply-adds, two FMAs' worth, so it
+ * loses where it costs more than 2.5 FMAs (the widening is the rest). An
+ * Emerald Rapids VM ran it at a quarter of the FMA rate (3.4 FMAs' time
+ * here, half the multiply-adds per second); on the Zen 4 VM of the earlier
+ * figures the dot GEMM ran 1.86 times as fast as the fp32 one. The
+ * fastest of 5 alternated tries of each, a tenth of a millisecond in all,
+ * once per process.
+ */
+static int dot_probe(void)
+{
+	double d = 1e30, f = 1e30;
+
+	for (int i = 0; i < 5; i++) {
+		double t = probe_chains(1);
+
+		d = t < d ? t : d;
+		t = probe_chains(0);
+		f = t < f ? t : f;
+	}
+	return d > 2.5 * f;
+}
+#endif
+
 static void gemm_select(void)
 {
 #ifdef GEMM_X86
 	__builtin_cpu_init();
-	if (gemm_use("avx512") == 0 || gemm_use("avx2") == 0)
+	if (gemm_use("avx512") == 0) {
+		dot_by_fma = gemm_blockdot == block_dot512 && dot_probe();
+		return;
+	}
+	if (gemm_use("avx2") == 0)
 		return;
 #endif
 	gemm_use("scalar");
@@ -597,6 +740,26 @@ int gemm_set_isa(const char *name)
 {
 	pthread_once(&gemm_once, gemm_select);
 	return gemm_use(name);
+}
+
+const char *gemm_dot_way(void)
+{
+	pthread_once(&gemm_once, gemm_select);
+	if (gemm_blockdot == block_scalar_dot)
+		return "scalar";
+	return dot_by_fma ? "fma" : "vdpbf16ps";
+}
+
+int gemm_set_dot_fma(int on)
+{
+	pthread_once(&gemm_once, gemm_select);
+#ifdef GEMM_X86
+	if (gemm_blockdot == block_dot512) {
+		dot_by_fma = !!on;
+		return 0;
+	}
+#endif
+	return on ? -ENOTSUP : 0;
 }
 
 /* Each thread's scratch for a widened panel: grown to the largest panel
@@ -688,18 +851,18 @@ static const float *widen_panel(const void *panel, int k)
  * row blocks (four blocks). */
 #define GEMM_WIDEN_ROWS (4 * GEMM_MR)
 
-void gemm_run(int m, int n, int k, const void *xp, const void *pk, enum gemm_kind kind, float *y,
-	      int acc, int p0, int p1)
+/* gemm_run's products on the blocks of @kind's panels, x as gemm_pack_x
+ * or gemm_pack_x16_blocks laid it out. */
+static void run_panels(int m, int n, int k, const void *xp, const void *pk, enum gemm_kind kind,
+		       float *y, int acc, int p0, int p1)
 {
 	const int dot = kind == GEMM_BF16_DOT;
 	/* x of one row block: k floats, or (k + 1) / 2 pairs, per row */
-	size_t xrow = dot ? (size_t)(k + 1) / 2 * 4 : (size_t)k * 4;
-	size_t panel = kind == GEMM_F32 ? (size_t)GEMM_NR * k * 4 : gemm_packed16_len(GEMM_NR, k) * 2;
-	gemm_block_fn fn;
+	const size_t xrow = dot ? (size_t)(k + 1) / 2 * 4 : (size_t)k * 4;
+	const size_t panel = kind == GEMM_F32 ? (size_t)GEMM_NR * k * 4 : gemm_packed16_len(GEMM_NR, k) * 2;
+	const gemm_block_fn fn = kind == GEMM_F32 ? gemm_block : kind == GEMM_BF16 ? gemm_block16 : gemm_blockdot;
 	int pn, r0, m0, k0;
 
-	pthread_once(&gemm_once, gemm_select);
-	fn = kind == GEMM_F32 ? gemm_block : kind == GEMM_BF16 ? gemm_block16 : gemm_blockdot;
 	if (m <= GEMM_MR) {
 		/* one row block (decode): each panel streams once, asking for
 		 * the bytes GEMM_AHEAD past those it reads */
@@ -724,12 +887,6 @@ void gemm_run(int m, int n, int k, const void *xp, const void *pk, enum gemm_kin
 				/* a panel's slice: fp32 [kc][NR]; bf16 pairs from pair k0 / 2 */
 				ps = kind == GEMM_F32 ? (const void *)(pp + (size_t)k0 * GEMM_NR * 4)
 						      : (const void *)(pp + (size_t)k0 * GEMM_NR * 2);
-				/* the second row block brings the next panel's slice
-				 * in while the slice in L2 serves it: the first block
-				 * of the next panel then waits on no DRAM stream of its
-				 * own (batch 32 decode: 8 % faster with bf16 dot
-				 * products). The widening path reads its wide copy. */
-				next = pn + 1 < p1 && kind != GEMM_BF16 ? (const char *)ps + panel : NULL;
 				/* many row blocks over one bf16 slice (prefill): widen it
 				 * once (exactly) and run the fp32 blocks over that; the
 				 * widening competes with the FMAs for the same ports. A
@@ -744,6 +901,12 @@ void gemm_run(int m, int n, int k, const void *xp, const void *pk, enum gemm_kin
 						f = gemm_block;
 					}
 				}
+				/* the second row block brings the next panel's slice
+				 * in while the slice in L2 serves it: the first block
+				 * of the next panel then waits on no DRAM stream of its
+				 * own (batch 32 decode: 8 % faster with bf16 dot
+				 * products). A widened copy has none to bring. */
+				next = pn + 1 < p1 && f == fn ? (const char *)ps + panel : NULL;
 				for (r0 = m0; r0 < m1; r0 += GEMM_MR) {
 					int mr = m - r0 < GEMM_MR ? m - r0 : GEMM_MR;
 					/* the block's x from step k0: [k][mr] floats or
@@ -757,4 +920,27 @@ void gemm_run(int m, int n, int k, const void *xp, const void *pk, enum gemm_kin
 			}
 		}
 	}
+}
+
+void gemm_run(int m, int n, int k, const void *xp, const void *pk, enum gemm_kind kind, float *y,
+	      int acc, int p0, int p1)
+{
+	pthread_once(&gemm_once, gemm_select);
+#ifdef GEMM_X86
+	if (kind == GEMM_BF16_DOT && dot_fma(m)) {
+		/* vdpbf16ps's arithmetic on FMAs over x rounded to bf16 as
+		 * floats (gemm_pack_x16_blocks) and the panels widened: each
+		 * product is exact in fp32 and each FMA adds it in one
+		 * rounding, k in order as the pairs run it; the instruction
+		 * reads denormals as zero and flushes its sums, MXCSR's DAZ
+		 * and FTZ for the length of the product */
+		unsigned csr = _mm_getcsr();
+
+		_mm_setcsr(csr | 0x8040);
+		run_panels(m, n, k, xp, pk, GEMM_BF16, y, acc, p0, p1);
+		_mm_setcsr(csr);
+		return;
+	}
+#endif
+	run_panels(m, n, k, xp, pk, kind, y, acc, p0, p1);
 }

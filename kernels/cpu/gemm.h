@@ -90,7 +90,9 @@ void gemm_pack_x_blocks(float *xp, int m, int k, const float *x, int b0, int b1)
 
 /* x for GEMM_BF16_DOT: each row rounded to bf16 (nearest even) and laid out
  * as blocks of GEMM_MR rows, each [k/2][rows of the block] of 32-bit pairs
- * in the weights' pair order. Fits in gemm_xpack_len(m, k) floats. */
+ * in the weights' pair order; or, where gemm_dot_way() is "fma" and m > 1,
+ * the rounded values as floats in gemm_pack_x's layout. Fits in
+ * gemm_xpack_len(m, k) floats; for gemm_run with the same m. */
 void gemm_pack_x16_blocks(uint32_t *xp, int m, int k, const float *x, int b0, int b1);
 
 /* y[:, columns of panels p0 .. p1-1] = xp · wᵀ (+ y when acc), xp from
@@ -107,6 +109,17 @@ const char *gemm_isa(void);
  * BF16, with the avx512 loops); 0 when it would run the scalar loop that
  * stands in for them (correct, slow: the engine then widens instead). */
 int gemm_dot_native(void);
+
+/* How GEMM_BF16_DOT multiplies blocks of more than one row: "vdpbf16ps"
+ * (the CPU's own), "fma" (FMAs over the widened pairs, with the
+ * instruction's rounding and denormal flushing: the same bits, where the
+ * CPU's instruction is slow), or "scalar" (the stand-in). */
+const char *gemm_dot_way(void);
+
+/* Tests only: 1 makes GEMM_BF16_DOT run on FMAs above one row, 0 on the
+ * CPU's instruction. Returns 0, or -ENOTSUP where the avx512 loops with
+ * AVX-512 BF16 are not in use. Not safe while a product runs. */
+int gemm_set_dot_fma(int on);
 
 /* Tests only: forces "avx512", "avx2" or "scalar". Returns 0, or -ENOTSUP
  * when this CPU lacks it. Not safe while a product runs. */

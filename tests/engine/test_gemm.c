@@ -288,6 +288,7 @@ static void test_bf16_dot(void **state)
 	float *ref = malloc((size_t)m * n * 4), *y = malloc((size_t)m * n * 4), *wf = malloc((size_t)n * k * 4);
 	uint16_t *h = malloc((size_t)n * k * 2), *xh = malloc((size_t)m * k * 2), *pk16;
 	const char *orig = gemm_isa();
+	const int orig_fma = !strcmp(gemm_dot_way(), "fma");
 	int tried = 0;
 
 	(void)state;
@@ -311,24 +312,30 @@ static void test_bf16_dot(void **state)
 	for (int i = 0; i < 3; i++) {
 		if (gemm_set_isa(isa[i]) < 0)
 			continue;
-		tried++;
-		for (int split = 0; split <= 3; split++) {
-			product_dot(m, n, k, x, pk16, y, 0, split);
-			assert_memory_equal(y, ref, (size_t)m * n * 4);
-		}
-		for (int r = 0; r < m; r += 5) {
-			product_dot(1, n, k, x + (size_t)r * k, pk16, y, 0, 1);
-			assert_memory_equal(y, ref + (size_t)r * n, (size_t)n * 4);
+		for (int fma = 0; fma < 2; fma++) {
+			if (gemm_set_dot_fma(fma) < 0)
+				continue;
+			tried++;
+			for (int split = 0; split <= 3; split++) {
+				product_dot(m, n, k, x, pk16, y, 0, split);
+				assert_memory_equal(y, ref, (size_t)m * n * 4);
+			}
+			for (int r = 0; r < m; r += 5) {
+				product_dot(1 + r % 2, n, k, x + (size_t)r * k, pk16, y, 0, 1);
+				assert_memory_equal(y, ref + (size_t)r * n, (size_t)(1 + r % 2) * n * 4);
+			}
 		}
 	}
 	assert_true(tried >= 1);
-	/* the stand-in against the instruction, where the CPU has it */
+	assert_int_equal(gemm_set_dot_fma(orig_fma), 0);
+	/* the stand-in and the FMAs against the instruction, where the CPU
+	 * has it (the FMAs run above one row: two equal rows here) */
 	assert_int_equal(gemm_set_isa("avx512") == 0 ? 0 : gemm_set_isa("scalar"), 0);
 	if (gemm_dot_native()) {
 		enum { N = 32, ROUNDS = 40000 };
-		float xv[2], yn[N], ys[N], y0[N];
+		float xv[2], yn[N], ys[N], y0[N], x2[4], y2[2 * N];
 		uint16_t wv[N * 2], *pw;
-		long pairs = 0;
+		long pairs = 0, fma_pairs = 0;
 
 		for (int r = 0; r < ROUNDS; r++) {
 			int kind = r % 4;
@@ -371,9 +378,45 @@ static void test_bf16_dot(void **state)
 			assert_int_equal(gemm_set_isa("avx512"), 0);
 			assert_memory_equal(yn, ys, sizeof(yn));
 			pairs += N;
+			if (gemm_set_dot_fma(1) == 0) {
+				memcpy(x2, xv, sizeof(xv));
+				memcpy(x2 + 2, xv, sizeof(xv));
+				memcpy(y2, y0, sizeof(y0));
+				memcpy(y2 + N, y0, sizeof(y0));
+				product_dot(2, N, 2, x2, pw, y2, 1, 1);
+				assert_memory_equal(y2, yn, sizeof(yn));
+				assert_memory_equal(y2 + N, yn, sizeof(yn));
+				fma_pairs += N;
+				assert_int_equal(gemm_set_dot_fma(orig_fma), 0);
+			}
 			free(pw);
 		}
-		print_message("bf16 dot: the scalar stand-in equals vdpbf16ps on %ld pairs\n", pairs);
+		print_message("bf16 dot: the scalar stand-in equals vdpbf16ps on %ld pairs, the FMAs on %ld\n",
+			      pairs, fma_pairs);
+		/* A sum that rounds up to the least normal only where
+		 * denormals keep their precision (2^-126 - 1.5 * 2^-151):
+		 * vdpbf16ps flushes it, deciding tininess at full precision as
+		 * FTZ does; the stand-in, rounding first, keeps 2^-126. */
+		if (gemm_set_dot_fma(1) == 0) {
+			uint16_t wb[N * 2] = { 0 };
+
+			for (int j = 0; j < N; j++)
+				wb[2 * j] = 0x1a00; /* 2^-75 at the even k */
+			x2[0] = x2[2] = -0x1.8p-76f;
+			x2[1] = x2[3] = 0.0f;
+			for (int j = 0; j < 2 * N; j++)
+				y2[j] = 0x1p-126f;
+			pw = packed16(wb, N, 2);
+			product_dot(2, N, 2, x2, pw, y2, 1, 1);
+			assert_int_equal(gemm_set_dot_fma(0), 0);
+			for (int j = 0; j < N; j++)
+				yn[j] = 0x1p-126f;
+			product_dot(1, N, 2, x2, pw, yn, 1, 1);
+			assert_memory_equal(y2, yn, sizeof(yn));
+			assert_true(yn[0] == 0.0f);
+			assert_int_equal(gemm_set_dot_fma(orig_fma), 0);
+			free(pw);
+		}
 	} else {
 		print_message("bf16 dot: no AVX-512 BF16 here; the stand-in checked alone\n");
 	}
@@ -625,8 +668,9 @@ static void test_backend_lora_multi(void **state)
 }
 
 /*
- * x laid out as bf16 pairs: every instruction set's packer gives the pairs
- * dt_f32_to_bf16 gives, element by element, on values that round up, down
+ * x laid out as bf16 pairs (and, for the FMA way, as the rounded floats):
+ * every instruction set's packer gives the pairs dt_f32_to_bf16 gives,
+ * element by element, on values that round up, down
  * and to even, overflow to infinity, NaNs of both signs (made quiet),
  * infinities, zeros and denormals; odd and even k, k below and above one
  * vector of pairs, one row block and several.
@@ -639,6 +683,7 @@ static void test_pack_x16(void **state)
 					    0x3f818000, 0x3f808001, 0x7f7fffff, 0xff7fffff, 0x0001ffff };
 	static const int ks[] = { 1, 15, 16, 17, 33, 131 };
 	const char *orig = gemm_isa();
+	const int orig_fma = !strcmp(gemm_dot_way(), "fma");
 
 	(void)state;
 	for (size_t ki = 0; ki < sizeof(ks) / sizeof(ks[0]); ki++) {
@@ -646,8 +691,9 @@ static void test_pack_x16(void **state)
 		float *x = malloc((size_t)m * k * sizeof(float));
 		uint32_t *xp = malloc(gemm_xpack_len(m, k) * sizeof(float));
 		uint32_t *want = malloc((size_t)m * k2 * sizeof(uint32_t));
+		uint32_t *wantf = malloc((size_t)m * k * sizeof(uint32_t));
 
-		assert_true(x && xp && want);
+		assert_true(x && xp && want && wantf);
 		for (int i = 0; i < m * k; i++) {
 			uint32_t u = i % 3 ? special[rbits() % (sizeof(special) / sizeof(special[0]))] : rbits() * 2654435761u;
 			memcpy(&x[i], &u, 4);
@@ -661,16 +707,32 @@ static void test_pack_x16(void **state)
 				want[(size_t)r0 * k2 + (size_t)kk * mr + (r - r0)] = hi << 16 | lo;
 			}
 		}
+		/* the FMAs' form: the same roundings, one per float, [k][mr] */
+		for (int r = 0; r < m; r++) {
+			int r0 = r / GEMM_MR * GEMM_MR, mr = m - r0 < GEMM_MR ? m - r0 : GEMM_MR;
+			for (int kk = 0; kk < k; kk++)
+				wantf[(size_t)r0 * k + (size_t)kk * mr + (r - r0)] =
+					(uint32_t)dt_f32_to_bf16(x[(size_t)r * k + kk]) << 16;
+		}
 		for (int i = 0; i < 3; i++) {
 			if (gemm_set_isa(isa[i]) < 0)
 				continue;
+			assert_int_equal(gemm_set_dot_fma(0), 0);
 			memset(xp, 0xa5, (size_t)m * k2 * sizeof(uint32_t));
 			gemm_pack_x16_blocks(xp, m, k, x, 0, (m + GEMM_MR - 1) / GEMM_MR);
 			assert_memory_equal(xp, want, (size_t)m * k2 * sizeof(uint32_t));
+			if (gemm_set_dot_fma(1) == 0) {
+				memset(xp, 0xa5, (size_t)m * k * sizeof(uint32_t));
+				gemm_pack_x16_blocks(xp, m, k, x, 0, (m + GEMM_MR - 1) / GEMM_MR);
+				assert_memory_equal(xp, wantf, (size_t)m * k * sizeof(uint32_t));
+			}
 		}
+		assert_int_equal(gemm_set_isa(orig), 0);
+		assert_int_equal(gemm_set_dot_fma(orig_fma), 0);
 		free(x);
 		free(xp);
 		free(want);
+		free(wantf);
 	}
 	assert_int_equal(gemm_set_isa(orig), 0);
 }
@@ -692,6 +754,7 @@ static void test_blocked_chains(void **state)
 	float *y = malloc((size_t)m * n * 4), *pk;
 	uint16_t *h = malloc((size_t)n * k * 2), *xh = malloc((size_t)m * k * 2), *pk16;
 	const char *orig = gemm_isa();
+	const int orig_fma = !strcmp(gemm_dot_way(), "fma");
 	int tried = 0;
 
 	(void)state;
@@ -722,10 +785,15 @@ static void test_blocked_chains(void **state)
 		assert_memory_equal(y, ref, (size_t)m * n * 4);
 		product16(m, n, k, x, pk16, GEMM_BF16, y, 1);
 		assert_memory_equal(y, ref16, (size_t)m * n * 4);
-		product_dot(m, n, k, x, pk16, y, 0, 1);
-		assert_memory_equal(y, refdot, (size_t)m * n * 4);
+		for (int fma = 0; fma < 2; fma++) {
+			if (gemm_set_dot_fma(fma) < 0)
+				continue;
+			product_dot(m, n, k, x, pk16, y, 0, 1);
+			assert_memory_equal(y, refdot, (size_t)m * n * 4);
+		}
 	}
 	assert_true(tried >= 1);
+	assert_int_equal(gemm_set_dot_fma(orig_fma), 0);
 	assert_int_equal(gemm_set_isa(orig), 0);
 	free(x);
 	free(w);

@@ -24,5 +24,6 @@ while True:
     if not d:
         break
     out.write(d)
+    out.flush()  # readable as it comes: a test may wait on what is drawn
 _, st = os.waitpid(pid, 0)
 sys.exit(os.waitstatus_to_exitcode(st))

@@ -100,6 +100,9 @@ ontty "$dir/out" "$bin/loradctl" --socket "$dir/a.sock" adapters add big@v5 "$di
 tpid=$!
 for _ in $(seq 200); do ctl adapters jobs 2>/dev/null | grep -q '^big@v5 .*registering' && break; sleep 0.05; done
 ctl adapters jobs 2>/dev/null | grep -q '^big@v5 .*registering' || fail "big@v5 never listed registering"
+# and loradctl has drawn it (its polls come every 250 ms; a fast disk reads
+# the adapter before the first)
+for _ in $(seq 60); do grep -Eq 'big@v5: (reading|checking|registering) ' "$dir/out" && break; sleep 0.05; done
 t0=$(date +%s%N)
 kill -9 "$dpid"
 wait "$dpid" 2>/dev/null

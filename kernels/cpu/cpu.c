@@ -1006,6 +1006,132 @@ static inline __attribute__((always_inline)) void attn_values(const int G, const
 		memcpy(o + (size_t)g * hd + d0, acc[g], sizeof(acc[g]));
 }
 
+/* attn_tile takes groups of up to this many query heads per KV head:
+ * T = 4 tokens (3 for groups of 4), at most 12 rows */
+#define ATTN_TILE_GROUP 4
+/* and heads of up to this many dimensions (a multiple of 64: the wide loops) */
+#define ATTN_TILE_HEAD 256
+
+/*
+ * Prefill: T consecutive tokens of one sequence (positions p0 .. p0+T-1,
+ * no window clipping) and the G query heads of one KV head, T·G rows at
+ * once: each K vector and each V vector loaded is used by all of them, so
+ * the loops are bound by the multiply-adds rather than the loads (one
+ * token at a time, a 2048-token prompt spent 42 % of its prefill here).
+ * Every score and every output element is the same chain, in the same
+ * order, as attn_rows_of's one-token loops give it: the same bits.
+ * sc holds [T·G][stride] scores; wide shapes only (bs, hd multiples of 16,
+ * 64).
+ */
+static inline __attribute__((always_inline)) void attn_tile(const int T, const int G,
+								struct attn_job *j, float *sc,
+								int t0, int kvh, const int kv16)
+{
+	const struct be_batch *b = &j->c->b;
+	const struct be_attn *a = j->a;
+	const int hd = a->head_dim, bs = b->block_size, s = b->seq[t0], p0 = b->pos[t0];
+	const size_t kv_dim = (size_t)a->n_kv_heads * hd, stride = j->c->scratch_n;
+	const int pmax = p0 + T - 1;
+	/* query rows: token t0 + t, head kvh·G + g at q[t][g] */
+	const float *q = j->q + ((size_t)t0 * a->n_heads + (size_t)kvh * G) * hd;
+	float *o = j->out + ((size_t)t0 * a->n_heads + (size_t)kvh * G) * hd;
+	const size_t qt = (size_t)a->n_heads * hd; /* one token's rows */
+
+	/* the tile's queries side by side, qd[d][t·G + g]: one pointer for
+	 * the loop below instead of T·G (they did not fit in registers) */
+	float qd[ATTN_TILE_HEAD][4 * ATTN_TILE_GROUP];
+
+	for (int d = 0; d < hd; d++)
+		for (int t = 0; t < T; t++)
+			for (int g = 0; g < G; g++)
+				qd[d][t * G + g] = q[(size_t)t * qt + (size_t)g * hd + d];
+	/* scores: acc[t][g] = q_tg · keys c16 .. c16+15, summed over d in order */
+	for (int bi = 0; bi <= pmax / bs; bi++) {
+		int blk = b->block_table[(size_t)s * b->max_blocks + bi];
+		const size_t kb = ((size_t)blk * kv_dim + (size_t)kvh * hd) * bs;
+
+		for (int c16 = 0; c16 < bs && bi * bs + c16 <= pmax; c16 += 16) {
+			v16 acc[4][4] = { { { 0 } } }, kv;
+
+			for (int d = 0; d < hd; d++) {
+				kv_load16(&kv, j->kc, kb + (size_t)d * bs + c16, kv16);
+				for (int t = 0; t < T; t++)
+					for (int g = 0; g < G; g++)
+						acc[t][g] += qd[d][t * G + g] * kv;
+			}
+			for (int t = 0; t < T; t++)
+				for (int g = 0; g < G; g++) {
+					float r[16];
+
+					memcpy(r, &acc[t][g], sizeof(r));
+					for (int e = 0; e < 16 && bi * bs + c16 + e <= p0 + t; e++)
+						sc[(size_t)(t * G + g) * stride + (size_t)(bi * bs + c16 + e)] =
+							r[e] * a->scale;
+				}
+		}
+	}
+	for (int t = 0; t < T; t++)
+		for (int g = 0; g < G; g++)
+			softmax_row(sc + (size_t)(t * G + g) * stride, p0 + t + 1);
+	/* o_tg[d0 .. d0+31] = sum over positions i in order of w_tg[i] · v_i[d];
+	 * the positions all T share first, then each token's last ones */
+	for (int d0 = 0; d0 < hd; d0 += 32) {
+		v16 acc[4][4][2] = { { { { 0 } } } }, v[2];
+
+		/* positions 0 .. p0, which every token of the tile sees: a
+		 * block's rows follow each other, one division per block, the
+		 * row 8 ahead asked for (a row is kv_dim floats apart) */
+		for (int bi = 0; bi <= p0 / bs; bi++) {
+			const size_t base = (size_t)b->block_table[(size_t)s * b->max_blocks + bi] * bs * kv_dim +
+					    (size_t)kvh * hd + (size_t)d0;
+			const int jn = p0 - bi * bs + 1 < bs ? p0 - bi * bs + 1 : bs;
+
+			for (int jj = 0; jj < jn; jj++) {
+				const int i = bi * bs + jj;
+				const size_t vr = base + (size_t)jj * kv_dim;
+
+				if (jj + 8 < jn) {
+					const char *ahead = (const char *)j->vc + (vr + 8 * kv_dim) * (kv16 ? 2 : 4);
+					__builtin_prefetch(ahead);
+					__builtin_prefetch(ahead + 64);
+				}
+				kv_load16(&v[0], j->vc, vr, kv16);
+				kv_load16(&v[1], j->vc, vr + 16, kv16);
+				for (int t = 0; t < T; t++)
+					for (int g = 0; g < G; g++)
+						for (int dc = 0; dc < 2; dc++)
+							acc[t][g][dc] += sc[(size_t)(t * G + g) * stride + i] * v[dc];
+			}
+		}
+		/* then each later token's own last positions, in order */
+		for (int i = p0 + 1; i <= pmax; i++) {
+			const size_t vr = kv_slot(b, s, i) * kv_dim + (size_t)kvh * hd + (size_t)d0;
+
+			kv_load16(&v[0], j->vc, vr, kv16);
+			kv_load16(&v[1], j->vc, vr + 16, kv16);
+			for (int t = i - p0; t < T; t++)
+				for (int g = 0; g < G; g++)
+					for (int dc = 0; dc < 2; dc++)
+						acc[t][g][dc] += sc[(size_t)(t * G + g) * stride + i] * v[dc];
+		}
+		for (int t = 0; t < T; t++)
+			for (int g = 0; g < G; g++)
+				memcpy(o + (size_t)t * qt + (size_t)g * hd + d0, acc[t][g], sizeof(acc[t][g]));
+	}
+}
+
+/* Whether tokens t .. t+T-1 of the batch can go through attn_tile: one
+ * sequence at consecutive positions, no window clipping any of them. */
+static inline int attn_tileable(const struct be_batch *b, const struct be_attn *a, int t, int T)
+{
+	if (t + T > b->n_tokens)
+		return 0;
+	for (int i = 1; i < T; i++)
+		if (b->seq[t + i] != b->seq[t] || b->pos[t + i] != b->pos[t] + i)
+			return 0;
+	return a->sliding_window <= 0 || b->pos[t] + T - a->sliding_window <= 0;
+}
+
 /*
  * One task is one token row and one KV head: the query heads that share
  * that KV head (GQA) go through the keys together, so each K and V row is
@@ -1027,9 +1153,43 @@ static inline __attribute__((always_inline)) void attn_rows_of(struct attn_job *
 	const int wide = bs % 16 == 0 && hd % 64 == 0;
 	int task;
 
-	for (task = begin; task < end; task++) {
-		int t = task / a->n_kv_heads, kvh = task % a->n_kv_heads;
-		int s = b->seq[t], p = b->pos[t], lo = 0, n, i, g, d, off, bi;
+	/* The range's tasks a KV head at a time: the tokens of one sequence
+	 * then read the same keys and values one after the other, from L2
+	 * (a 2048-token prompt's K and V of one KV head are 1 MB, of all
+	 * four 4 MB). */
+	const int nkv = a->n_kv_heads, t0 = begin / nkv, nt = end > begin ? (end - 1) / nkv - t0 + 1 : 0;
+
+	for (int step = 0; step < nt * nkv; step++) {
+		int kvh = step / nt, t = t0 + step % nt;
+		int s, p, lo = 0, n, i, g, d, off, bi;
+
+		task = t * nkv + kvh;
+		if (task < begin || task >= end)
+			continue;
+		s = b->seq[t];
+		p = b->pos[t];
+
+		if (wide && group <= ATTN_TILE_GROUP && hd <= ATTN_TILE_HEAD) {
+			/* this range's tokens in tiles of T from its first: a whole
+			 * tile that attn_tile can take goes there once, at its first
+			 * token; the others of it are done */
+			const int T = group <= 3 ? 4 : 3, tb = begin / a->n_kv_heads;
+			int ts = tb + (t - tb) / T * T;
+
+			if ((size_t)ts * a->n_kv_heads + kvh >= (size_t)begin &&
+			    (size_t)(ts + T - 1) * a->n_kv_heads + kvh < (size_t)end &&
+			    attn_tileable(b, a, ts, T)) {
+				if (t != ts)
+					continue;
+				switch (group) {
+				case 1: attn_tile(4, 1, j, sc, t, kvh, kv16); break;
+				case 2: attn_tile(4, 2, j, sc, t, kvh, kv16); break;
+				case 3: attn_tile(4, 3, j, sc, t, kvh, kv16); break;
+				default: attn_tile(3, 4, j, sc, t, kvh, kv16); break;
+				}
+				continue;
+			}
+		}
 		const float *q = j->q + ((size_t)t * a->n_heads + (size_t)kvh * group) * hd;
 		float *o = j->out + ((size_t)t * a->n_heads + (size_t)kvh * group) * hd;
 
@@ -1129,7 +1289,7 @@ static void cpu_attention(struct be *be, const struct be_attn *a, const struct b
 {
 	struct cpu_be *c = CPU(be);
 	struct attn_job j = { c, a, q->p, kc->p, vc->p, out->p, kc->kv16 };
-	int group = a->n_heads / a->n_kv_heads, n = c->b.n_tokens * a->n_kv_heads, t;
+	int group = a->n_heads / a->n_kv_heads, n = c->b.n_tokens * a->n_kv_heads, t, rows;
 	int grain = n / (pool_size(c->pool) * 8);
 
 	if (kc->kv16 != vc->kv16) {
@@ -1137,17 +1297,19 @@ static void cpu_attention(struct be *be, const struct be_attn *a, const struct b
 		return;
 	}
 
-	/* scores of a group of heads: [group][scratch_n] per worker */
-	if (group > c->scratch_group) {
+	/* scores of a group of heads: [group][scratch_n] per worker, or of a
+	 * tile's tokens and heads (attn_tile: at most ATTN_TILE_ROWS) */
+	rows = group > ATTN_TILE_GROUP ? group : (group <= 3 ? 4 : 3) * group;
+	if (rows > c->scratch_group) {
 		for (t = 0; t < pool_size(c->pool); t++) {
-			float *p = realloc(c->scratch[t], (size_t)group * c->scratch_n * sizeof(float));
+			float *p = realloc(c->scratch[t], (size_t)rows * c->scratch_n * sizeof(float));
 			if (!p) {
 				c->error = -ENOMEM;
 				return;
 			}
 			c->scratch[t] = p;
 		}
-		c->scratch_group = group;
+		c->scratch_group = rows;
 	}
 	pool_run(c->pool, attn_rows, &j, n, grain < 1 ? 1 : grain);
 }

@@ -108,10 +108,10 @@ static struct engine_seq *new_seq(struct engine *e, const int32_t *p, int n, int
 /* Decoding token by token after a prefill gives, bitwise, the logits of
  * running the whole text as one prompt; on a model with biases and on a
  * sliding-window model whose window the sequence outgrows. */
-static void check_recompute_n(const char *args, int n, int gen)
+static void check_recompute_n(const char *args, int n, int gen, const struct engine_opts *o)
 {
 	char *dir = must_model(args);
-	struct engine *e = must_load(dir, NULL);
+	struct engine *e = must_load(dir, o);
 	int vocab = engine_config(e)->vocab, i;
 	int32_t p[128];
 	struct engine_seq *a, *b;
@@ -135,7 +135,7 @@ static void check_recompute_n(const char *args, int n, int gen)
 
 static void check_decode_equals_recompute(const char *args)
 {
-	check_recompute_n(args, 10, 14);
+	check_recompute_n(args, 10, 14, NULL);
 }
 
 static void test_decode_equals_recompute(void **state)
@@ -148,10 +148,20 @@ static void test_decode_equals_recompute(void **state)
 	 * of a KV head side by side, kernels/cpu/cpu.c), over prompts of more
 	 * than four KV blocks; three and four query heads per KV head, bf16
 	 * weights, and a window the sequence outgrows */
-	check_recompute_n("--hidden 384 --heads 6 --kv-heads 2 --ffn 256", 70, 11);
-	check_recompute_n("--hidden 256 --heads 4 --kv-heads 1 --ffn 256 --dtype bf16", 67, 9);
+	check_recompute_n("--hidden 384 --heads 6 --kv-heads 2 --ffn 256", 70, 11, NULL);
+	check_recompute_n("--hidden 256 --heads 4 --kv-heads 1 --ffn 256 --dtype bf16", 67, 9, NULL);
 	check_recompute_n("--model-type mistral --sliding-window 66 --hidden 256 --heads 4 --kv-heads 2 "
-			  "--ffn 256", 70, 9);
+			  "--ffn 256", 70, 9, NULL);
+	/* a prompt's rows go through the attention several tokens at a time
+	 * (attn_tile): one query head per KV head, and five (more than a
+	 * tile takes), and a bf16 cache with the bf16 dot products */
+	check_recompute_n("--hidden 256 --heads 4 --kv-heads 4 --ffn 256", 37, 6, NULL);
+	check_recompute_n("--hidden 640 --heads 10 --kv-heads 2 --ffn 256", 21, 5, NULL);
+	{
+		struct engine_opts dot = { .bf16_dot = 1 };
+
+		check_recompute_n("--hidden 384 --heads 6 --kv-heads 2 --ffn 256 --dtype bf16", 45, 7, &dot);
+	}
 }
 
 /* Four sequences of different lengths, sampled with their own seeds, get

@@ -992,14 +992,24 @@ static inline __attribute__((always_inline)) void attn_values(const int G, const
 								  size_t stride, float *o, int hd,
 								  int d0, const int kv16)
 {
+	const int bs = b->block_size;
 	v16 acc[4][4] = { { { 0 } } }, v;
 
-	for (int i = 0; i < n; i++) {
-		size_t vr = kv_slot(b, s, lo + i) * kv_dim + kv_col + d0;
-		for (int dc = 0; dc < 4; dc++) {
-			kv_load16(&v, vc, vr + 16 * dc, kv16);
-			for (int g = 0; g < G; g++)
-				acc[g][dc] += sc[(size_t)g * stride + i] * v;
+	/* a KV block's rows at a time: they follow each other, one division
+	 * per block instead of one per row */
+	for (int i = 0; i < n;) {
+		const int j0 = (lo + i) % bs;
+		const int jn = bs - j0 < n - i ? bs - j0 : n - i;
+		const size_t base = ((size_t)b->block_table[(size_t)s * b->max_blocks + (lo + i) / bs] * bs +
+				     (size_t)j0) * kv_dim + kv_col + d0;
+
+		for (int jj = 0; jj < jn; jj++, i++) {
+			size_t vr = base + (size_t)jj * kv_dim;
+			for (int dc = 0; dc < 4; dc++) {
+				kv_load16(&v, vc, vr + 16 * dc, kv16);
+				for (int g = 0; g < G; g++)
+					acc[g][dc] += sc[(size_t)g * stride + i] * v;
+			}
 		}
 	}
 	for (int g = 0; g < G; g++)

@@ -1308,7 +1308,7 @@ static void cpu_attention(struct be *be, const struct be_attn *a, const struct b
 	}
 
 	/* scores of a group of heads: [group][scratch_n] per worker, or of a
-	 * tile's tokens and heads (attn_tile: at most ATTN_TILE_ROWS) */
+	 * tile's tokens and heads (attn_tile: T·G, at most 12) */
 	rows = group > ATTN_TILE_GROUP ? group : (group <= 3 ? 4 : 3) * group;
 	if (rows > c->scratch_group) {
 		for (t = 0; t < pool_size(c->pool); t++) {

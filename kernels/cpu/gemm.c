@@ -98,15 +98,15 @@ void gemm_pack_x(float *xp, int m, int k, const float *x)
  * time through one 4 x 4 transpose in registers (SSE, every x86-64): the
  * element-wise copy wrote each line of the block twelve times, and
  * packing x was 4 % of a prefill; 2.2 times as fast on one thread. */
-static void pack_x_rows4(float *d, const float *s, int mr, int k)
+static void pack_x_rows4(float *d, const float *s, size_t ld, int mr, int k)
 {
 	int kk = 0;
 
 	for (; kk + 4 <= k; kk += 4)
 		for (int i0 = 0; i0 < mr; i0 += 4) {
-			const float *r = s + (size_t)i0 * k + kk;
-			__m128 a0 = _mm_loadu_ps(r), a1 = _mm_loadu_ps(r + k);
-			__m128 a2 = _mm_loadu_ps(r + 2 * (size_t)k), a3 = _mm_loadu_ps(r + 3 * (size_t)k);
+			const float *r = s + (size_t)i0 * ld + kk;
+			__m128 a0 = _mm_loadu_ps(r), a1 = _mm_loadu_ps(r + ld);
+			__m128 a2 = _mm_loadu_ps(r + 2 * ld), a3 = _mm_loadu_ps(r + 3 * ld);
 			float *o = d + (size_t)kk * mr + i0;
 
 			_MM_TRANSPOSE4_PS(a0, a1, a2, a3);
@@ -117,7 +117,7 @@ static void pack_x_rows4(float *d, const float *s, int mr, int k)
 		}
 	for (; kk < k; kk++)
 		for (int i = 0; i < mr; i++)
-			d[(size_t)kk * mr + i] = s[(size_t)i * k + kk];
+			d[(size_t)kk * mr + i] = s[(size_t)i * ld + kk];
 }
 #endif
 
@@ -130,7 +130,7 @@ void gemm_pack_x_blocks(float *xp, int m, int k, const float *x, int b0, int b1)
 		float *d = xp + (size_t)r0 * k;
 #ifdef GEMM_X86
 		if (mr % 4 == 0) {
-			pack_x_rows4(d, x + (size_t)r0 * k, mr, k);
+			pack_x_rows4(d, x + (size_t)r0 * k, (size_t)k, mr, k);
 			continue;
 		}
 #endif
@@ -179,6 +179,23 @@ void gemm_pack_x16_blocks(uint32_t *xp, int m, int k, const float *x, int b0, in
 		if (dot_fma(m)) {
 			/* the FMAs' x: gemm_pack_x's layout of the rounded values */
 			float *d = (float *)(void *)xp + (size_t)r0 * k;
+#ifdef GEMM_X86
+			if (mr % 4 == 0) {
+				/* 64 k of each row rounded side by side, then laid
+				 * out as gemm_pack_x_blocks does (the rounding's
+				 * strided stores were 3 % of a batch-32 decode step) */
+				float t[GEMM_MR][64];
+
+				for (int k0 = 0; k0 < k; k0 += 64) {
+					int kn = k - k0 < 64 ? k - k0 : 64;
+
+					for (i = 0; i < mr; i++)
+						round16_row(t[i], 1, x + (size_t)(r0 + i) * k + k0, kn);
+					pack_x_rows4(d + (size_t)k0 * mr, t[0], 64, mr, kn);
+				}
+				continue;
+			}
+#endif
 			for (i = 0; i < mr; i++)
 				round16_row(d + i, (size_t)mr, x + (size_t)(r0 + i) * k, k);
 		} else {
@@ -193,9 +210,10 @@ void gemm_pack_x16_blocks(uint32_t *xp, int m, int k, const float *x, int b0, in
  * the dot loops) by the panel p, nc valid columns, into y (row stride
  * ldy). A bf16 weight widens to fp32 exactly, so fp32 and widened bf16
  * panels give the bits of the same weights held in fp32. pf (NULL: none)
- * is the next panel's slice, brought towards L2 while this block runs:
- * 128 bytes a step of the loop (one k of an fp32 panel, a pair of a bf16
- * one), as many bytes as the block reads of p; the AVX-512 loops do it. */
+ * is where to ask for lines while this block runs, GEMM_AHEAD further in
+ * this panel or the next panel's slice: as many bytes as the block reads
+ * of p, at the pace it reads them (128 bytes a k of an fp32 panel, a pair
+ * of a bf16 one); the AVX-512 loops do it. */
 typedef void (*gemm_block_fn)(int mr, int k, const void *a, const void *p, float *y,
 			      size_t ldy, int nc, int acc, const char *pf);
 
@@ -598,6 +616,10 @@ static AVX512 void round16_row_avx512(float *d, size_t stride, const float *s, i
 		__m512i r = _mm512_add_epi32(u, _mm512_add_epi32(bias, _mm512_and_si512(_mm512_srli_epi32(u, 16), one)));
 
 		r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, quiet));
+		if (stride == 1) {
+			_mm512_storeu_si512((void *)(d + kk), _mm512_and_si512(r, high));
+			continue;
+		}
 		_mm512_storeu_si512((void *)t, _mm512_and_si512(r, high));
 		for (int j = 0; j < 16; j++)
 			d[(size_t)(kk + j) * stride] = t[j];
@@ -612,7 +634,7 @@ static gemm_block_fn gemm_block = block_scalar, gemm_block16 = block_scalar16,
 		     gemm_blockdot = block_scalar_dot;
 static const char *gemm_isa_name = "scalar";
 
-/* GEMM_BF16_DOT on FMAs (gemm_run_dot_fma) rather than the CPU's own dot
+/* GEMM_BF16_DOT on FMAs (gemm_run's FMA way) rather than the CPU's own dot
  * products, for blocks of more than one row: where the instruction is
  * slow (dot_probe). */
 static int dot_by_fma;
@@ -720,6 +742,28 @@ static DOT512 double probe_chains(int dot)
 }
 
 /*
+ * Whether FMAs under DAZ and FTZ give this CPU's vdpbf16ps bits where the
+ * two could part: a sum just under the least normal that rounds up to it
+ * at denormal precision (2^-126 - 1.5 * 2^-151). Emerald Rapids flushes
+ * it in both (tininess at full precision); a CPU that does not gets no
+ * FMA way.
+ */
+static DOT512 int dot_same_bits(void)
+{
+	const __m512 acc = _mm512_set1_ps(0x1p-126f);
+	const __m512bh x = (__m512bh)_mm512_set1_epi32((int)0x99c00000u); /* -1.5 * 2^-76, 0 */
+	const __m512bh w = (__m512bh)_mm512_set1_epi32(0x1a000000);       /* 2^-75, 0 */
+	volatile float xv = -0x1.8p-76f, wv = 0x1p-75f, av = 0x1p-126f;
+	float dot = _mm512_cvtss_f32(_mm512_dpbf16_ps(acc, x, w)), fma;
+	unsigned csr = _mm_getcsr();
+
+	_mm_setcsr(csr | 0x8040);
+	fma = _mm512_cvtss_f32(_mm512_fmadd_ps(_mm512_set1_ps(xv), _mm512_set1_ps(wv), _mm512_set1_ps(av)));
+	_mm_setcsr(csr);
+	return memcmp(&dot, &fma, sizeof(dot)) == 0;
+}
+
+/*
  * Whether the CPU's vdpbf16ps is slow enough that FMAs over widened pairs
  * beat it: one dot product is 32 multiply-adds, two FMAs' worth, so it
  * loses where it costs more than 2.5 FMAs (the widening is the rest). An
@@ -732,6 +776,9 @@ static DOT512 double probe_chains(int dot)
 static int dot_probe(void)
 {
 	double d = 1e30, f = 1e30;
+
+	if (!dot_same_bits())
+		return 0;
 
 	for (int i = 0; i < 5; i++) {
 		double t = probe_chains(1);
@@ -788,11 +835,13 @@ int gemm_set_dot_fma(int on)
 {
 	pthread_once(&gemm_once, gemm_select);
 #ifdef GEMM_X86
-	if (gemm_blockdot == block_dot512) {
+	if (gemm_blockdot == block_dot512 && (!on || dot_same_bits())) {
 		dot_by_fma = !!on;
 		return 0;
 	}
 #endif
+	if (!on)
+		dot_by_fma = 0;
 	return on ? -ENOTSUP : 0;
 }
 
@@ -972,6 +1021,15 @@ void gemm_run(int m, int n, int k, const void *xp, const void *pk, enum gemm_kin
 
 		_mm_setcsr(csr | 0x8040);
 		run_panels(m, n, k, xp, pk, GEMM_BF16, y, acc, p0, p1);
+		if (k & 1) {
+			/* the instruction also adds the padded pair's 0 · 0: a
+			 * sum of -0 leaves it +0 */
+			int c1 = p1 * GEMM_NR < n ? p1 * GEMM_NR : n;
+
+			for (int r = 0; r < m; r++)
+				for (int c = p0 * GEMM_NR; c < c1; c++)
+					y[(size_t)r * n + c] += 0.0f;
+		}
 		_mm_setcsr(csr);
 		return;
 	}

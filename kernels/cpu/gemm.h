@@ -118,7 +118,8 @@ const char *gemm_dot_way(void);
 
 /* Tests only: 1 makes GEMM_BF16_DOT run on FMAs above one row, 0 on the
  * CPU's instruction. Returns 0, or -ENOTSUP where the avx512 loops with
- * AVX-512 BF16 are not in use. Not safe while a product runs. */
+ * AVX-512 BF16 are not in use or the FMAs would not give the
+ * instruction's bits on this CPU. Not safe while a product runs. */
 int gemm_set_dot_fma(int on);
 
 /* Tests only: forces "avx512", "avx2" or "scalar". Returns 0, or -ENOTSUP

@@ -25,6 +25,7 @@
 #include <cmocka.h>
 
 #include "backend.h"
+#include "cpu/gemm.h"
 #include "engine.h"
 #include "helpers.h"
 #include "safetensors.h"
@@ -153,14 +154,27 @@ static void test_decode_equals_recompute(void **state)
 	check_recompute_n("--model-type mistral --sliding-window 66 --hidden 256 --heads 4 --kv-heads 2 "
 			  "--ffn 256", 70, 9, NULL);
 	/* a prompt's rows go through the attention several tokens at a time
-	 * (attn_tile): one query head per KV head, and five (more than a
-	 * tile takes), and a bf16 cache with the bf16 dot products */
-	check_recompute_n("--hidden 256 --heads 4 --kv-heads 4 --ffn 256", 37, 6, NULL);
-	check_recompute_n("--hidden 640 --heads 10 --kv-heads 2 --ffn 256", 21, 5, NULL);
+	 * (attn_tile, where one worker's range holds a whole tile: one
+	 * thread here, so that every tile does): one query head per KV head,
+	 * and five (more than a tile takes), and a bf16 cache with the bf16
+	 * dot products, on the CPU's instruction and on FMAs (gemm's FMA way,
+	 * which runs the prompt's rows while decode's one row runs the
+	 * instruction) */
 	{
-		struct engine_opts dot = { .bf16_dot = 1 };
+		struct engine_opts one = { .n_threads = 1 }, dot = { .bf16_dot = 1, .n_threads = 1 };
+		const int orig_fma = !strcmp(gemm_dot_way(), "fma");
 
-		check_recompute_n("--hidden 384 --heads 6 --kv-heads 2 --ffn 256 --dtype bf16", 45, 7, &dot);
+		check_recompute_n("--hidden 256 --heads 4 --kv-heads 4 --ffn 256", 37, 6, &one);
+		check_recompute_n("--hidden 256 --heads 4 --kv-heads 2 --ffn 256", 29, 6, &one);
+		check_recompute_n("--hidden 384 --heads 6 --kv-heads 2 --ffn 256", 30, 6, &one);
+		check_recompute_n("--hidden 256 --heads 4 --kv-heads 1 --ffn 256", 31, 6, &one);
+		check_recompute_n("--hidden 640 --heads 10 --kv-heads 2 --ffn 256", 21, 5, &one);
+		for (int fma = 0; fma < 2; fma++) {
+			if (gemm_set_dot_fma(fma) < 0)
+				continue;
+			check_recompute_n("--hidden 384 --heads 6 --kv-heads 2 --ffn 256 --dtype bf16", 45, 7, &dot);
+		}
+		assert_int_equal(gemm_set_dot_fma(orig_fma), 0);
 	}
 }
 

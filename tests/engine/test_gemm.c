@@ -16,6 +16,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef __x86_64__
+#include <immintrin.h>
+#endif
+
 #include "backend.h"
 #include "cpu/gemm.h"
 #include "dtype.h"
@@ -395,8 +399,12 @@ static void test_bf16_dot(void **state)
 			      pairs, fma_pairs);
 		/* A sum that rounds up to the least normal only where
 		 * denormals keep their precision (2^-126 - 1.5 * 2^-151):
-		 * vdpbf16ps flushes it, deciding tininess at full precision as
-		 * FTZ does; the stand-in, rounding first, keeps 2^-126. */
+		 * Emerald Rapids' vdpbf16ps flushes it, deciding tininess at
+		 * full precision as FTZ does (gemm takes the FMA way only on a
+		 * CPU that does); the stand-in, rounding first, keeps 2^-126.
+		 * And with odd k the instruction adds the padded pair's 0 · 0,
+		 * which makes a flushed -0 of the first pair +0: so must the
+		 * FMAs. MXCSR is as it was after the FMAs ran. */
 		if (gemm_set_dot_fma(1) == 0) {
 			uint16_t wb[N * 2] = { 0 };
 
@@ -407,15 +415,37 @@ static void test_bf16_dot(void **state)
 			for (int j = 0; j < 2 * N; j++)
 				y2[j] = 0x1p-126f;
 			pw = packed16(wb, N, 2);
+#ifdef __x86_64__
+			unsigned csr = _mm_getcsr();
+#endif
 			product_dot(2, N, 2, x2, pw, y2, 1, 1);
+#ifdef __x86_64__
+			assert_int_equal(_mm_getcsr(), csr);
+#endif
 			assert_int_equal(gemm_set_dot_fma(0), 0);
 			for (int j = 0; j < N; j++)
 				yn[j] = 0x1p-126f;
 			product_dot(1, N, 2, x2, pw, yn, 1, 1);
 			assert_memory_equal(y2, yn, sizeof(yn));
-			assert_true(yn[0] == 0.0f);
-			assert_int_equal(gemm_set_dot_fma(orig_fma), 0);
 			free(pw);
+			/* odd k: x · w alone flushes to -0, then + 0 · 0 */
+			{
+				uint16_t w1[N];
+				float x1[2] = { -0x1.8p-76f, -0x1.8p-76f };
+
+				for (int j = 0; j < N; j++)
+					w1[j] = 0x1a00;
+				pw = packed16(w1, N, 1);
+				assert_int_equal(gemm_set_dot_fma(1), 0);
+				product_dot(2, N, 1, x1, pw, y2, 0, 1);
+				assert_int_equal(gemm_set_dot_fma(0), 0);
+				product_dot(1, N, 1, x1, pw, yn, 0, 1);
+				assert_memory_equal(y2, yn, sizeof(yn));
+				assert_memory_equal(y2 + N, yn, sizeof(yn));
+				assert_true(yn[0] == 0.0f && !signbit(yn[0]));
+				free(pw);
+			}
+			assert_int_equal(gemm_set_dot_fma(orig_fma), 0);
 		}
 	} else {
 		print_message("bf16 dot: no AVX-512 BF16 here; the stand-in checked alone\n");

@@ -711,29 +711,20 @@ static DOT512 double probe_chains(int dot)
 	volatile float sink;
 	double t = probe_now();
 
-	if (dot) {
-		for (int i = 0; i < 2048; i++) {
-			c0 = _mm512_dpbf16_ps(c0, ah, bh);
-			c1 = _mm512_dpbf16_ps(c1, ah, bh);
-			c2 = _mm512_dpbf16_ps(c2, ah, bh);
-			c3 = _mm512_dpbf16_ps(c3, ah, bh);
-			c4 = _mm512_dpbf16_ps(c4, ah, bh);
-			c5 = _mm512_dpbf16_ps(c5, ah, bh);
-			c6 = _mm512_dpbf16_ps(c6, ah, bh);
-			c7 = _mm512_dpbf16_ps(c7, ah, bh);
-		}
-	} else {
-		for (int i = 0; i < 2048; i++) {
-			c0 = _mm512_fmadd_ps(a, b, c0);
-			c1 = _mm512_fmadd_ps(a, b, c1);
-			c2 = _mm512_fmadd_ps(a, b, c2);
-			c3 = _mm512_fmadd_ps(a, b, c3);
-			c4 = _mm512_fmadd_ps(a, b, c4);
-			c5 = _mm512_fmadd_ps(a, b, c5);
-			c6 = _mm512_fmadd_ps(a, b, c6);
-			c7 = _mm512_fmadd_ps(a, b, c7);
-		}
+#define CHAINS(F)                                                                     \
+	for (int i = 0; i < 2048; i++) {                                              \
+		c0 = F(c0), c1 = F(c1), c2 = F(c2), c3 = F(c3);                       \
+		c4 = F(c4), c5 = F(c5), c6 = F(c6), c7 = F(c7);                       \
 	}
+#define DOT(c) _mm512_dpbf16_ps(c, ah, bh)
+#define FMA(c) _mm512_fmadd_ps(a, b, c)
+	if (dot)
+		CHAINS(DOT)
+	else
+		CHAINS(FMA)
+#undef CHAINS
+#undef DOT
+#undef FMA
 	t = probe_now() - t;
 	sink = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(_mm512_add_ps(c0, c1), _mm512_add_ps(c2, c3)),
 						  _mm512_add_ps(_mm512_add_ps(c4, c5), _mm512_add_ps(c6, c7))));

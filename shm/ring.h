@@ -34,6 +34,21 @@ static inline void ring_smp_mb(void)
 	atomic_thread_fence(memory_order_seq_cst);
 }
 
+/*
+ * Ask for the line at p in the state a store needs (PREFETCHW where the
+ * CPU has it): the lines a side writes next were last read by the other
+ * side, and a store to them waits for the other core to give them up.
+ * Asked for early, that wait overlaps the time between two requests.
+ */
+static inline void ring_prefetch_write(const void *p)
+{
+#if defined(__x86_64__)
+	__asm__ __volatile__("prefetchw %0" : : "m"(*(const char *)p));
+#else
+	__builtin_prefetch(p, 1);
+#endif
+}
+
 static inline void ring_cpu_relax(void)
 {
 #if defined(__x86_64__) || defined(__i386__)

@@ -152,6 +152,8 @@ static void cq_put(struct session *s, const struct lorad_cqe *q)
 	s->cq_tail++;
 	s->cq_dirty = true;
 	s->stats->cq_posted++;
+	/* the next completion's line, which the client read last */
+	ring_prefetch_write(&s->cqes[s->cq_tail & (s->lay.cq_entries - 1)]);
 }
 
 static void pend_put(struct session *s, const struct lorad_cqe *q)

@@ -657,6 +657,27 @@ static void cpu_gemm_multi(struct be *be, int m, int k, const struct be_buf *x, 
 	gemm_packed(c, &j);
 }
 
+/*
+ * The passes over rows (RMSNorm, RoPE, the KV store, residual adds) on the
+ * pool: each row is computed alone, so any split gives the same bits. On
+ * one thread they were 7 % of a 2-thread prefill at batch 8 (the other
+ * thread waiting) and would be a third of a 16-thread one. Below
+ * ROWS_PARALLEL_ELEMS elements the caller runs them (a hand-off costs
+ * more); a claim is about ROWS_GRAIN_ELEMS elements.
+ */
+#define ROWS_PARALLEL_ELEMS 32768
+#define ROWS_GRAIN_ELEMS 8192
+
+static void rows_run(struct cpu_be *c, pool_fn fn, void *arg, int rows, size_t row_elems)
+{
+	size_t grain = (ROWS_GRAIN_ELEMS + row_elems - 1) / (row_elems ? row_elems : 1);
+
+	if ((size_t)rows * row_elems < ROWS_PARALLEL_ELEMS || pool_size(c->pool) == 1)
+		fn(arg, 0, 0, rows);
+	else
+		pool_run(c->pool, fn, arg, rows, (int)grain);
+}
+
 static void cpu_add_bias(struct be *be, int m, int n, struct be_buf *y, const struct be_buf *b)
 {
 	int i, j;
@@ -669,24 +690,39 @@ static void cpu_add_bias(struct be *be, int m, int n, struct be_buf *y, const st
 	}
 }
 
+struct norm_job {
+	const float *x, *w;
+	float *y;
+	int d;
+	float eps;
+};
+
+static void norm_tasks(void *arg, int worker, int begin, int end)
+{
+	const struct norm_job *j = arg;
+	const int d = j->d;
+
+	(void)worker;
+	for (int i = begin; i < end; i++) {
+		const float *xr = j->x + (size_t)i * d;
+		float *yr = j->y + (size_t)i * d;
+		float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+		for (int c = 0; c < d; c++)
+			ss += xr[c] * xr[c];
+		/* transformers: x * rsqrt(mean(x²) + eps), then weight * that */
+		float r = 1.0f / sqrtf(ss / (float)d + j->eps);
+		for (int c = 0; c < d; c++)
+			yr[c] = j->w[c] * (xr[c] * r);
+	}
+}
+
 static void cpu_rmsnorm(struct be *be, int m, int d, const struct be_buf *x,
 			const struct be_buf *w, float eps, struct be_buf *y)
 {
-	int i, j;
+	struct norm_job j = { x->p, w->p, y->p, d, eps };
 
-	(void)be;
-	for (i = 0; i < m; i++) {
-		const float *xr = x->p + (size_t)i * d;
-		float *yr = y->p + (size_t)i * d;
-		float ss = 0.0f;
-#pragma omp simd reduction(+ : ss)
-		for (j = 0; j < d; j++)
-			ss += xr[j] * xr[j];
-		/* transformers: x * rsqrt(mean(x²) + eps), then weight * that */
-		float r = 1.0f / sqrtf(ss / (float)d + eps);
-		for (j = 0; j < d; j++)
-			yr[j] = w->p[j] * (xr[j] * r);
-	}
+	rows_run(CPU(be), norm_tasks, &j, m, (size_t)d);
 }
 
 /* Same numbers without the table, for when memory for it ran out. */
@@ -707,11 +743,55 @@ static void rope_slow(const struct be_batch *b, int nh, int hd, struct be_buf *x
 		}
 }
 
+struct rope_job {
+	const struct be_batch *b;
+	const float *inv_freq;
+	float *cs;          /* [n_tokens][hd] cos then sin */
+	float *x;
+	int nh, hd;
+};
+
+/* the table's rows [begin, end): every layer's q and k share them */
+static void rope_table_tasks(void *arg, int worker, int begin, int end)
+{
+	const struct rope_job *j = arg;
+	const int half = j->hd / 2;
+
+	(void)worker;
+	for (int t = begin; t < end; t++) {
+		float *cs = j->cs + (size_t)t * j->hd;
+		for (int i = 0; i < half; i++) {
+			float a = (float)j->b->pos[t] * j->inv_freq[i];
+			cs[i] = cosf(a);
+			cs[half + i] = sinf(a);
+		}
+	}
+}
+
+static void rope_tasks(void *arg, int worker, int begin, int end)
+{
+	const struct rope_job *j = arg;
+	const int half = j->hd / 2;
+
+	(void)worker;
+	for (int t = begin; t < end; t++) {
+		const float *cs = j->cs + (size_t)t * j->hd;
+		for (int h = 0; h < j->nh; h++) {
+			float *v = j->x + ((size_t)t * j->nh + h) * j->hd;
+			for (int i = 0; i < half; i++) {
+				float x1 = v[i], x2 = v[half + i];
+				v[i] = x1 * cs[i] - x2 * cs[half + i];
+				v[half + i] = x2 * cs[i] + x1 * cs[half + i];
+			}
+		}
+	}
+}
+
 static void cpu_rope(struct be *be, int nh, int hd, struct be_buf *x, const struct be_buf *f)
 {
 	struct cpu_be *c = CPU(be);
 	const struct be_batch *b = &c->b;
-	int half = hd / 2, t, h, i;
+	struct rope_job j = { b, f->p, NULL, x->p, nh, hd };
 
 	/* q and k of one layer share the angles; every layer shares them too. */
 	if (c->rope_freq != f || c->rope_hd != hd) {
@@ -726,28 +806,14 @@ static void cpu_rope(struct be *be, int nh, int hd, struct be_buf *x, const stru
 			c->rope_cs = p;
 			c->rope_cs_n = need;
 		}
-		for (t = 0; t < b->n_tokens; t++) {
-			float *cs = c->rope_cs + (size_t)t * hd;
-			for (i = 0; i < half; i++) {
-				float a = (float)b->pos[t] * f->p[i];
-				cs[i] = cosf(a);
-				cs[half + i] = sinf(a);
-			}
-		}
+		j.cs = c->rope_cs;
+		/* a sine and a cosine cost about 16 multiply-adds each */
+		rows_run(c, rope_table_tasks, &j, b->n_tokens, (size_t)hd * 16);
 		c->rope_freq = f;
 		c->rope_hd = hd;
 	}
-	for (t = 0; t < b->n_tokens; t++) {
-		const float *cs = c->rope_cs + (size_t)t * hd;
-		for (h = 0; h < nh; h++) {
-			float *v = x->p + ((size_t)t * nh + h) * hd;
-			for (i = 0; i < half; i++) {
-				float x1 = v[i], x2 = v[half + i];
-				v[i] = x1 * cs[i] - x2 * cs[half + i];
-				v[half + i] = x2 * cs[i] + x1 * cs[half + i];
-			}
-		}
-	}
+	j.cs = c->rope_cs;
+	rows_run(c, rope_tasks, &j, b->n_tokens, (size_t)nh * hd);
 }
 
 static inline size_t kv_slot(const struct be_batch *b, int s, int p)
@@ -762,33 +828,56 @@ static inline size_t kv_slot(const struct be_batch *b, int s, int p)
  * block are one vector loop over the block (no horizontal sums); V stays
  * [block][block_size][kv_dim], which is what the weighted sum reads.
  */
-static void cpu_kv_store(struct be *be, int kv_dim, const struct be_buf *k,
-			 const struct be_buf *v, struct be_buf *kc, struct be_buf *vc)
+struct kv_job {
+	const struct be_batch *b;
+	int kv_dim;
+	const float *k, *v;
+	const struct be_buf *kc, *vc;
+};
+
+/* tokens [begin, end): distinct (seq, pos), so distinct slots */
+static void kv_tasks(void *arg, int worker, int begin, int end)
 {
-	const struct be_batch *b = &CPU(be)->b;
-	const int bs = b->block_size;
-	int t, c;
+	const struct kv_job *j = arg;
+	const struct be_batch *b = j->b;
+	const int bs = b->block_size, kv_dim = j->kv_dim;
 
-	if (kc->kv16 != vc->kv16) {
-		CPU(be)->error = -EINVAL;
-		return;
-	}
-	for (t = 0; t < b->n_tokens; t++) {
+	(void)worker;
+	for (int t = begin; t < end; t++) {
 		size_t slot = kv_slot(b, b->seq[t], b->pos[t]), kt = (slot / bs) * bs * kv_dim + slot % bs;
-		const float *kr = k->p + (size_t)t * kv_dim, *vr = v->p + (size_t)t * kv_dim;
+		const float *kr = j->k + (size_t)t * kv_dim, *vr = j->v + (size_t)t * kv_dim;
 
-		if (kc->kv16) {
-			uint16_t *k16 = (uint16_t *)(void *)kc->p, *v16 = (uint16_t *)(void *)vc->p;
+		if (j->kc->kv16) {
+			uint16_t *k16 = (uint16_t *)(void *)j->kc->p, *v16 = (uint16_t *)(void *)j->vc->p;
 
-			for (c = 0; c < kv_dim; c++)
+			for (int c = 0; c < kv_dim; c++)
 				k16[kt + (size_t)c * bs] = dt_f32_to_bf16(kr[c]);
 			dt_from_f32(v16 + slot * kv_dim, BE_BF16, vr, (size_t)kv_dim);
 			continue;
 		}
-		for (c = 0; c < kv_dim; c++)
-			kc->p[kt + (size_t)c * bs] = kr[c];
-		memcpy(vc->p + slot * kv_dim, vr, (size_t)kv_dim * sizeof(float));
+		for (int c = 0; c < kv_dim; c++)
+			j->kc->p[kt + (size_t)c * bs] = kr[c];
+		memcpy(j->vc->p + slot * kv_dim, vr, (size_t)kv_dim * sizeof(float));
 	}
+}
+
+/*
+ * The cache layout is the backend's own. K is kept transposed within each
+ * block, [block][kv_dim][block_size], so the scores of all the keys of a
+ * block are one vector loop over the block (no horizontal sums); V stays
+ * [block][block_size][kv_dim], which is what the weighted sum reads.
+ */
+static void cpu_kv_store(struct be *be, int kv_dim, const struct be_buf *k,
+			 const struct be_buf *v, struct be_buf *kc, struct be_buf *vc)
+{
+	struct cpu_be *c = CPU(be);
+	struct kv_job j = { &c->b, kv_dim, k->p, v->p, kc, vc };
+
+	if (kc->kv16 != vc->kv16) {
+		c->error = -EINVAL;
+		return;
+	}
+	rows_run(c, kv_tasks, &j, c->b.n_tokens, (size_t)kv_dim * 2);
 }
 
 /* 16 floats, one AVX-512 register (two AVX2, four SSE ones) */
@@ -1352,13 +1441,28 @@ static void cpu_silu_mul(struct be *be, size_t n, struct be_buf *g, const struct
 		silu_tasks(&j, 0, 0, (int)chunks);
 }
 
+struct add_job {
+	float *x;
+	const float *y;
+	size_t n;
+};
+
+/* elements [begin, end) · 1024, the last chunk cut at n */
+static void add_tasks(void *arg, int worker, int begin, int end)
+{
+	const struct add_job *j = arg;
+	size_t b = (size_t)begin * 1024, e = (size_t)end * 1024 < j->n ? (size_t)end * 1024 : j->n;
+
+	(void)worker;
+	for (size_t i = b; i < e; i++)
+		j->x[i] += j->y[i];
+}
+
 static void cpu_add(struct be *be, size_t n, struct be_buf *x, const struct be_buf *y)
 {
-	size_t i;
+	struct add_job j = { x->p, y->p, n };
 
-	(void)be;
-	for (i = 0; i < n; i++)
-		x->p[i] += y->p[i];
+	rows_run(CPU(be), add_tasks, &j, (int)((n + 1023) / 1024), 1024);
 }
 
 static void cpu_gather_rows(struct be *be, int d, const struct be_buf *x, struct be_buf *y)

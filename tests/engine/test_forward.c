@@ -176,6 +176,16 @@ static void test_decode_equals_recompute(void **state)
 		}
 		assert_int_equal(gemm_set_dot_fma(orig_fma), 0);
 	}
+	/* prompts of 140 tokens: the passes over rows (RMSNorm, the adds,
+	 * RoPE and its table, the KV store, fp32 and bf16) go to the pool
+	 * from 32768 elements (rows_run), decode's one row stays on the
+	 * caller; both give the same bits */
+	{
+		struct engine_opts three = { .n_threads = 3 }, dot3 = { .bf16_dot = 1, .n_threads = 3 };
+
+		check_recompute_n("--hidden 256 --heads 4 --kv-heads 2 --ffn 256", 140, 4, &three);
+		check_recompute_n("--hidden 256 --heads 4 --kv-heads 2 --ffn 256 --dtype bf16", 140, 4, &dot3);
+	}
 }
 
 /* Four sequences of different lengths, sampled with their own seeds, get

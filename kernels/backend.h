@@ -265,6 +265,10 @@ struct be_ops {
 	/* y[i, :] = x[i, :] / sqrt(mean(x[i, :]²) + eps) · w  (y may be x)       */
 	void (*rmsnorm)(struct be *be, int m, int d, const struct be_buf *x,
 			const struct be_buf *w, float eps, struct be_buf *y);
+	/* x[i, :] += y[i, :], then xn[i, :] = rmsnorm(x[i, :]) · w: a residual
+	 * add and the norm after it in one pass          x, y, xn: [m, d]      */
+	void (*add_rmsnorm)(struct be *be, int m, int d, struct be_buf *x, const struct be_buf *y,
+			    const struct be_buf *w, float eps, struct be_buf *xn);
 	/* Rotary embedding in the rotate_half layout: dimension i pairs with
 	 * i + head_dim/2, angle = (float)pos[t] · inv_freq[i] in fp32.
 	 * x: [n_tokens, n_heads · head_dim], inv_freq: [head_dim / 2]            */
@@ -459,6 +463,10 @@ static inline void be_add_bias(struct be *be, int m, int n, struct be_buf *y, co
 static inline void be_rmsnorm(struct be *be, int m, int d, const struct be_buf *x,
 			      const struct be_buf *w, float eps, struct be_buf *y)
 { be->ops->rmsnorm(be, m, d, x, w, eps, y); }
+static inline void be_add_rmsnorm(struct be *be, int m, int d, struct be_buf *x,
+				  const struct be_buf *y, const struct be_buf *w, float eps,
+				  struct be_buf *xn)
+{ be->ops->add_rmsnorm(be, m, d, x, y, w, eps, xn); }
 static inline void be_rope(struct be *be, int nh, int hd, struct be_buf *x, const struct be_buf *f)
 { be->ops->rope(be, nh, hd, x, f); }
 static inline void be_kv_store(struct be *be, int kv_dim, const struct be_buf *k,

@@ -748,25 +748,30 @@ static void run_layers(struct fwd *f, const struct be_batch *b)
 	int T = b->n_tokens, l;
 
 	be_embed(be, f->embed, c->hidden, f->x);                  /* x: [T, D] */
+	be_rmsnorm(be, T, c->hidden, f->x, f->layers[0].attn_norm, c->rms_eps, f->xn);
 	for (l = 0; l < c->n_layers; l++) {
 		const struct fwd_layer *L = &f->layers[l];
 
-		/* attention block */
-		be_rmsnorm(be, T, c->hidden, f->x, L->attn_norm, c->rms_eps, f->xn);
+		/* attention block, from xn = norm(x) */
 		linears(f, l, PROJ_Q, 3, T, f->xn, qkv);          /* q: [T, H·hd], k, v: [T, KH·hd] */
 		be_rope(be, c->n_heads, c->head_dim, f->q, f->inv_freq);
 		be_rope(be, c->n_kv_heads, c->head_dim, f->k, f->inv_freq);
 		be_kv_store(be, f->kv_dim, f->k, f->v, L->kc, L->vc);
 		be_attention(be, &attn, f->q, L->kc, L->vc, f->att); /* att: [T, H·hd] */
 		linear(f, l, PROJ_O, T, f->att, f->out);          /* out: [T, D] */
-		be_add(be, (size_t)T * c->hidden, f->x, f->out);
+		/* x += out; xn = norm(x) for the MLP */
+		be_add_rmsnorm(be, T, c->hidden, f->x, f->out, L->ffn_norm, c->rms_eps, f->xn);
 
-		/* MLP block: down(silu(gate(x)) · up(x)) */
-		be_rmsnorm(be, T, c->hidden, f->x, L->ffn_norm, c->rms_eps, f->xn);
+		/* MLP block: down(silu(gate(xn)) · up(xn)) */
 		linears(f, l, PROJ_GATE, 2, T, f->xn, gate_up);   /* gate, up: [T, F] */
 		be_silu_mul(be, (size_t)T * c->ffn, f->gate, f->up);
 		linear(f, l, PROJ_DOWN, T, f->gate, f->out);      /* out: [T, D] */
-		be_add(be, (size_t)T * c->hidden, f->x, f->out);
+		/* x += out; xn = norm(x) for the next layer */
+		if (l + 1 < c->n_layers)
+			be_add_rmsnorm(be, T, c->hidden, f->x, f->out, f->layers[l + 1].attn_norm,
+				       c->rms_eps, f->xn);
+		else
+			be_add(be, (size_t)T * c->hidden, f->x, f->out);
 	}
 	if (b->n_out == 0)
 		return;

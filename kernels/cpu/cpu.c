@@ -691,7 +691,8 @@ static void cpu_add_bias(struct be *be, int m, int n, struct be_buf *y, const st
 }
 
 struct norm_job {
-	const float *x, *w;
+	float *x;           /* written only where add is set */
+	const float *add, *w;
 	float *y;
 	int d;
 	float eps;
@@ -704,9 +705,16 @@ static void norm_tasks(void *arg, int worker, int begin, int end)
 
 	(void)worker;
 	for (int i = begin; i < end; i++) {
-		const float *xr = j->x + (size_t)i * d;
+		float *xr = j->x + (size_t)i * d;
 		float *yr = j->y + (size_t)i * d;
 		float ss = 0.0f;
+
+		if (j->add) {
+			/* the residual add: the row then stays in L1 for the norm */
+			const float *ar = j->add + (size_t)i * d;
+			for (int c = 0; c < d; c++)
+				xr[c] += ar[c];
+		}
 #pragma omp simd reduction(+ : ss)
 		for (int c = 0; c < d; c++)
 			ss += xr[c] * xr[c];
@@ -720,9 +728,17 @@ static void norm_tasks(void *arg, int worker, int begin, int end)
 static void cpu_rmsnorm(struct be *be, int m, int d, const struct be_buf *x,
 			const struct be_buf *w, float eps, struct be_buf *y)
 {
-	struct norm_job j = { x->p, w->p, y->p, d, eps };
+	struct norm_job j = { x->p, NULL, w->p, y->p, d, eps };
 
 	rows_run(CPU(be), norm_tasks, &j, m, (size_t)d);
+}
+
+static void cpu_add_rmsnorm(struct be *be, int m, int d, struct be_buf *x, const struct be_buf *y,
+			    const struct be_buf *w, float eps, struct be_buf *xn)
+{
+	struct norm_job j = { x->p, y->p, w->p, xn->p, d, eps };
+
+	rows_run(CPU(be), norm_tasks, &j, m, (size_t)d * 2);
 }
 
 /* Same numbers without the table, for when memory for it ran out. */
@@ -1992,6 +2008,7 @@ static const struct be_ops cpu_ops = {
 	.lora_multi = cpu_lora_multi,
 	.add_bias = cpu_add_bias,
 	.rmsnorm = cpu_rmsnorm,
+	.add_rmsnorm = cpu_add_rmsnorm,
 	.rope = cpu_rope,
 	.kv_store = cpu_kv_store,
 	.attention = cpu_attention,

@@ -898,12 +898,61 @@ static void test_backend_gemm(void **state)
 	free(y0);
 }
 
+/* The residual add and the norm after it in one pass give the bits of
+ * the two ops, row by row on the caller (below rows_run's 32768 elements)
+ * and on three threads above it. */
+static void test_backend_add_rmsnorm(void **state)
+{
+	static const int shapes[][2] = { { 5, 768 }, { 97, 768 }, { 64, 1031 } };
+	int t, i;
+
+	(void)state;
+	for (t = 0; t < 2; t++)
+		for (i = 0; i < 3; i++) {
+			const int m = shapes[i][0], d = shapes[i][1];
+			const size_t n = (size_t)m * d;
+			struct be_cpu_opts o = { .n_threads = t ? 3 : 1 };
+			float *x = randv(n), *y = randv(n), *w = randv((size_t)d);
+			float *x1 = malloc(n * 4), *n1 = malloc(n * 4), *x2 = malloc(n * 4), *n2 = malloc(n * 4);
+			struct be_buf *bx, *by, *bw, *bn;
+			struct be *be;
+
+			assert_int_equal(be_cpu_create(&o, &be), 0);
+			bx = be_alloc(be, n);
+			by = be_alloc(be, n);
+			bw = be_alloc(be, (size_t)d);
+			bn = be_alloc(be, n);
+			assert_int_equal(be_upload(be, by, 0, y, n), 0);
+			assert_int_equal(be_upload(be, bw, 0, w, (size_t)d), 0);
+			assert_int_equal(be_upload(be, bx, 0, x, n), 0);
+			be_add(be, n, bx, by);
+			be_rmsnorm(be, m, d, bx, bw, 1e-5f, bn);
+			assert_int_equal(be_download(be, bx, 0, x1, n), 0);
+			assert_int_equal(be_download(be, bn, 0, n1, n), 0);
+			assert_int_equal(be_upload(be, bx, 0, x, n), 0);
+			be_add_rmsnorm(be, m, d, bx, by, bw, 1e-5f, bn);
+			assert_int_equal(be_sync(be), 0);
+			assert_int_equal(be_download(be, bx, 0, x2, n), 0);
+			assert_int_equal(be_download(be, bn, 0, n2, n), 0);
+			assert_memory_equal(x1, x2, n * 4);
+			assert_memory_equal(n1, n2, n * 4);
+			assert_true(x2[n - 1] == x[n - 1] + y[n - 1]);
+			be_free(be, bx);
+			be_free(be, by);
+			be_free(be, bw);
+			be_free(be, bn);
+			be_destroy(be);
+			free(x), free(y), free(w), free(x1), free(n1), free(x2), free(n2);
+		}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_pack_round_trip),
 		cmocka_unit_test(test_fixed_order),
 		cmocka_unit_test(test_backend_gemm),
+		cmocka_unit_test(test_backend_add_rmsnorm),
 		cmocka_unit_test(test_backend_gemm_multi),
 		cmocka_unit_test(test_backend_lora_multi),
 		cmocka_unit_test(test_bf16_panels),

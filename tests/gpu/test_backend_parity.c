@@ -787,6 +787,20 @@ static void test_rmsnorm(void **state)
 		be_rmsnorm(dut, m, d, x.d, w.d, 1e-6f, x.d);
 		snprintf(what, sizeof(what), "rmsnorm %dx%d in place", m, d);
 		pb_check(what, &x, (size_t)m * d, B_NMSE, NMSE_F32);
+		/* the residual add and the norm after it in one op */
+		{
+			float *rh = rnd_vec((size_t)m * d, -2, 2);
+			struct pb r = pb_new((size_t)m * d, rh);
+
+			be_add_rmsnorm(ref, m, d, x.r, r.r, w.r, 1e-5f, y.r);
+			be_add_rmsnorm(dut, m, d, x.d, r.d, w.d, 1e-5f, y.d);
+			snprintf(what, sizeof(what), "add_rmsnorm %dx%d: the sum", m, d);
+			pb_check(what, &x, (size_t)m * d, B_NMSE, NMSE_F32);
+			snprintf(what, sizeof(what), "add_rmsnorm %dx%d: the norm", m, d);
+			pb_check(what, &y, (size_t)m * d, B_NMSE, NMSE_F32);
+			pb_free(&r);
+			free(rh);
+		}
 		pb_free(&x);
 		pb_free(&w);
 		pb_free(&y);

@@ -1176,12 +1176,18 @@ static inline __attribute__((always_inline)) void attn_tile(const int T, const i
 			}
 			for (int t = 0; t < T; t++)
 				for (int g = 0; g < G; g++) {
-					float r[16];
+					float *dst = sc + (size_t)(t * G + g) * stride + (size_t)(bi * bs + c16);
+					v16 r = acc[t][g] * a->scale;
 
-					memcpy(r, &acc[t][g], sizeof(r));
+					/* all 16 keys seen by this token: one store;
+					 * the last, partial chunk key by key (the row
+					 * may end before the chunk does) */
+					if (bi * bs + c16 + 15 <= p0 + t) {
+						memcpy(dst, &r, sizeof(r));
+						continue;
+					}
 					for (int e = 0; e < 16 && bi * bs + c16 + e <= p0 + t; e++)
-						sc[(size_t)(t * G + g) * stride + (size_t)(bi * bs + c16 + e)] =
-							r[e] * a->scale;
+						dst[e] = r[e];
 				}
 		}
 	}

@@ -77,6 +77,8 @@ struct cpu_be {
 	int rope_hd;
 	float *xp;          /* x of a GEMM laid out for gemm_run */
 	size_t xp_n;
+	float **xpw;        /* [pool size] a chunk of x laid out by its thread */
+	size_t *xpw_n;
 	float *wtmp;        /* a plain w packed for one GEMM */
 	size_t wtmp_n;
 	struct lora_task *lt; /* LoRA work items of one call */
@@ -496,6 +498,9 @@ struct gemm_job {
 	const void *pk[BE_GEMM_MAX_OUT];
 	float *y[BE_GEMM_MAX_OUT];
 	int first[BE_GEMM_MAX_OUT + 1];
+	/* chunk_tasks: task t is row chunk t / groups, panel group t % groups */
+	int groups;
+	float *const *xpw;
 };
 
 static void pack_tasks(void *arg, int worker, int begin, int end)
@@ -524,6 +529,55 @@ static void gemm_tasks(void *arg, int worker, int begin, int end)
 		begin = e;
 	}
 }
+
+/* rows [r0, r0 + mr) of x laid out at xp as gemm_run takes an mr-row x */
+static void pack_rows(const struct gemm_job *j, void *xp, int r0, int mr)
+{
+	const float *x = j->x + (size_t)r0 * j->k;
+	const int blocks = (mr + GEMM_MR - 1) / GEMM_MR;
+
+	if (j->kind == GEMM_BF16_DOT)
+		gemm_pack_x16_blocks(xp, mr, j->k, x, 0, blocks);
+	else
+		gemm_pack_x_blocks(xp, mr, j->k, x, 0, blocks);
+}
+
+/*
+ * A prompt's products: a task is a chunk of GEMM_MC rows and a group of
+ * panels. It lays its chunk of x out in its thread's own buffer, which
+ * stays in L2 while the group's panels pass over it. Laid out once for
+ * all threads, x (12-33 MB at 4096 rows) went to L3 and every thread
+ * read all of it back. Consecutive tasks of one chunk lay it out once.
+ */
+static void chunk_tasks(void *arg, int worker, int begin, int end)
+{
+	const struct gemm_job *j = arg;
+	const int panels = j->first[j->n_out];
+	void *xp = j->xpw[worker];
+	int packed = -1;
+
+	for (int t = begin; t < end; t++) {
+		const int ch = t / j->groups, g = t % j->groups;
+		const int r0 = ch * GEMM_MC, mr = j->m - r0 < GEMM_MC ? j->m - r0 : GEMM_MC;
+		const int p0 = (int)((long)panels * g / j->groups), p1 = (int)((long)panels * (g + 1) / j->groups);
+
+		if (packed != ch) {
+			pack_rows(j, xp, r0, mr);
+			packed = ch;
+		}
+		for (int i = 0; i < j->n_out; i++) {
+			const int lo = p0 > j->first[i] ? p0 : j->first[i];
+			const int hi = p1 < j->first[i + 1] ? p1 : j->first[i + 1];
+
+			if (lo < hi)
+				gemm_run(mr, j->n[i], j->k, xp, j->pk[i], j->kind, j->y[i] + (size_t)r0 * j->n[i],
+					 j->acc, lo - j->first[i], hi - j->first[i]);
+		}
+	}
+}
+
+/* From this many rows a product runs as chunk_tasks. */
+#define GEMM_CHUNK_ROWS (2 * GEMM_MC)
 
 /* Below this many multiply-adds a product runs on the calling thread. */
 #define GEMM_PARALLEL_MACS 200000.0
@@ -564,17 +618,34 @@ static void gemm_packed(struct cpu_be *c, struct gemm_job *j)
 	double macs = 0;
 	int panels, per;
 
-	if (grow(&c->xp, &c->xp_n, gemm_xpack_len(j->m, j->k)) < 0) {
-		c->error = -ENOMEM;
-		return;
-	}
-	j->xp = c->xp;
 	j->first[0] = 0;
 	for (int i = 0; i < j->n_out; i++) {
 		j->first[i + 1] = j->first[i] + gemm_panels(j->n[i]);
 		macs += (double)j->m * j->n[i] * j->k;
 	}
 	panels = j->first[j->n_out];
+	if (j->m >= GEMM_CHUNK_ROWS && pool_size(c->pool) > 1) {
+		const int threads = pool_size(c->pool), chunks = (j->m + GEMM_MC - 1) / GEMM_MC;
+
+		for (int t = 0; t < threads; t++)
+			if (grow(&c->xpw[t], &c->xpw_n[t], gemm_xpack_len(GEMM_MC, j->k)) < 0) {
+				c->error = -ENOMEM;
+				return;
+			}
+		/* a few tasks per thread, so a slow one does not hold up the
+		 * rest; a chunk is laid out once per group of panels */
+		j->groups = (4 * threads + chunks - 1) / chunks;
+		if (j->groups > panels)
+			j->groups = panels;
+		j->xpw = c->xpw;
+		pool_run(c->pool, chunk_tasks, j, chunks * j->groups, 1);
+		return;
+	}
+	if (grow(&c->xp, &c->xp_n, gemm_xpack_len(j->m, j->k)) < 0) {
+		c->error = -ENOMEM;
+		return;
+	}
+	j->xp = c->xp;
 	/* laying out the rows is worth sharing from two row blocks on (batch 32
 	 * with bf16 dot products: 7 % of a decode step on one thread); one
 	 * block is not */
@@ -1971,6 +2042,11 @@ static void cpu_destroy(struct be *be)
 		for (t = 0; t < pool_size(c->pool); t++)
 			free(c->scratch[t]);
 	free(c->scratch);
+	if (c->xpw)
+		for (t = 0; t < pool_size(c->pool); t++)
+			free(c->xpw[t]);
+	free(c->xpw);
+	free(c->xpw_n);
 	free(c->rope_cs);
 	free(c->xp);
 	free(c->wtmp);
@@ -2047,13 +2123,18 @@ int be_cpu_create(const struct be_cpu_opts *opts, struct be **out)
 		goto err;
 	c->scratch_group = 1;
 	c->scratch = calloc((size_t)pool_size(c->pool), sizeof(*c->scratch));
-	if (!c->scratch) {
+	c->xpw = calloc((size_t)pool_size(c->pool), sizeof(*c->xpw));
+	c->xpw_n = calloc((size_t)pool_size(c->pool), sizeof(*c->xpw_n));
+	if (!c->scratch || !c->xpw || !c->xpw_n) {
 		rc = -ENOMEM;
 		goto err;
 	}
 	*out = &c->be;
 	return 0;
 err:
+	free(c->scratch);
+	free(c->xpw);
+	free(c->xpw_n);
 	pool_destroy(c->pool);
 	free(c);
 	return rc;

@@ -907,7 +907,6 @@ static const float *widen_panel(const void *panel, int k)
  * rows were slower.
  */
 #define GEMM_KC 768
-#define GEMM_MC 144
 
 /*
  * A block that streams its panel from DRAM (the only block of a decode

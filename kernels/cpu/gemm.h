@@ -44,6 +44,8 @@
 
 #define GEMM_NR 32 /* output columns per panel: two AVX-512 registers */
 #define GEMM_MR 12 /* rows of x per register block (24 accumulators) */
+/* rows of x per chunk that stays in L2 while panels pass over it (gemm.c) */
+#define GEMM_MC 144
 
 /* Floats of the packed form of an [n, k] matrix. */
 static inline size_t gemm_packed_len(int n, int k)

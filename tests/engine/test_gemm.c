@@ -898,6 +898,80 @@ static void test_backend_gemm(void **state)
 	free(y0);
 }
 
+/*
+ * A prompt's products (from 2 · GEMM_MC rows, more than one thread) run as
+ * tasks of a row chunk and a group of panels, each laying its chunk of x
+ * out itself (chunk_tasks in kernels/cpu/cpu.c): the same bits as one
+ * thread's layout of all of x, for fp32 and bf16 weights and bf16 dot
+ * products (odd k), two outputs in one call, a chunk cut short, and a
+ * product that accumulates into y.
+ */
+static void test_backend_gemm_chunks(void **state)
+{
+	const int k = 131, ns[2] = { 70, 130 }, ms[3] = { 288, 301, 1000 };
+	float *x = randv((size_t)1000 * k), *w[2], *y0 = randv((size_t)1000 * 130);
+	float *out[2][2];
+
+	(void)state;
+	for (int i = 0; i < 2; i++) {
+		w[i] = randv((size_t)ns[i] * k);
+		for (int t = 0; t < 2; t++)
+			out[t][i] = malloc((size_t)1000 * ns[i] * sizeof(float));
+	}
+	for (int kind = 0; kind < 3; kind++)
+		for (int mi = 0; mi < 3; mi++) {
+			const int m = ms[mi];
+
+			for (int t = 0; t < 2; t++) {
+				struct be_cpu_opts o = { .n_threads = t ? 3 : 1, .bf16_dot = kind == 2 };
+				enum be_dtype dt = kind ? BE_BF16 : BE_F32;
+				struct be_buf *bx, *bw[2], *by[2];
+				struct be *be;
+
+				assert_int_equal(be_cpu_create(&o, &be), 0);
+				bx = be_alloc(be, (size_t)m * k);
+				assert_int_equal(be_upload(be, bx, 0, x, (size_t)m * k), 0);
+				for (int i = 0; i < 2; i++) {
+					uint16_t *h = malloc((size_t)ns[i] * k * 2);
+
+					assert_non_null(h);
+					bw[i] = be_alloc_weight(be, ns[i], k, dt);
+					by[i] = be_alloc(be, (size_t)m * ns[i]);
+					assert_true(bw[i] && by[i]);
+					dt_from_f32(h, BE_BF16, w[i], (size_t)ns[i] * k);
+					assert_int_equal(kind ? be_upload_as(be, BE_Q_COMPUTE, bw[i], 0, h, BE_BF16,
+									  (size_t)ns[i] * k)
+							      : be_upload(be, bw[i], 0, w[i], (size_t)ns[i] * k), 0);
+					free(h);
+				}
+				be_gemm_multi(be, m, k, bx, 2, ns, (const struct be_buf *const *)bw, by);
+				assert_int_equal(be_sync(be), 0);
+				assert_int_equal(be_download(be, by[0], 0, out[t][0], (size_t)m * ns[0]), 0);
+				/* and the second output accumulated into y0 */
+				assert_int_equal(be_upload(be, by[1], 0, y0, (size_t)m * ns[1]), 0);
+				be_gemm(be, m, ns[1], k, bx, bw[1], by[1], 1);
+				assert_int_equal(be_sync(be), 0);
+				assert_int_equal(be_download(be, by[1], 0, out[t][1], (size_t)m * ns[1]), 0);
+				for (int i = 0; i < 2; i++) {
+					be_free(be, bw[i]);
+					be_free(be, by[i]);
+				}
+				be_free(be, bx);
+				be_destroy(be);
+			}
+			for (int i = 0; i < 2; i++)
+				assert_memory_equal(out[0][i], out[1][i], (size_t)m * ns[i] * sizeof(float));
+			assert_true(fabsf(out[0][1][7] - y0[7]) > 0.0f);
+		}
+	for (int i = 0; i < 2; i++) {
+		free(w[i]);
+		free(out[0][i]);
+		free(out[1][i]);
+	}
+	free(x);
+	free(y0);
+}
+
 /* The residual add and the norm after it in one pass give the bits of
  * the two ops, row by row on the caller (below rows_run's 32768 elements)
  * and on three threads above it. */
@@ -953,6 +1027,7 @@ int main(void)
 		cmocka_unit_test(test_fixed_order),
 		cmocka_unit_test(test_backend_gemm),
 		cmocka_unit_test(test_backend_add_rmsnorm),
+		cmocka_unit_test(test_backend_gemm_chunks),
 		cmocka_unit_test(test_backend_gemm_multi),
 		cmocka_unit_test(test_backend_lora_multi),
 		cmocka_unit_test(test_bf16_panels),

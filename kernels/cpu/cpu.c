@@ -547,24 +547,20 @@ static void pack_rows(const struct gemm_job *j, void *xp, int r0, int mr)
  * panels. It lays its chunk of x out in its thread's own buffer, which
  * stays in L2 while the group's panels pass over it. Laid out once for
  * all threads, x (12-33 MB at 4096 rows) went to L3 and every thread
- * read all of it back. Consecutive tasks of one chunk lay it out once.
+ * read all of it back.
  */
 static void chunk_tasks(void *arg, int worker, int begin, int end)
 {
 	const struct gemm_job *j = arg;
 	const int panels = j->first[j->n_out];
 	void *xp = j->xpw[worker];
-	int packed = -1;
 
 	for (int t = begin; t < end; t++) {
 		const int ch = t / j->groups, g = t % j->groups;
 		const int r0 = ch * GEMM_MC, mr = j->m - r0 < GEMM_MC ? j->m - r0 : GEMM_MC;
 		const int p0 = (int)((long)panels * g / j->groups), p1 = (int)((long)panels * (g + 1) / j->groups);
 
-		if (packed != ch) {
-			pack_rows(j, xp, r0, mr);
-			packed = ch;
-		}
+		pack_rows(j, xp, r0, mr);
 		for (int i = 0; i < j->n_out; i++) {
 			const int lo = p0 > j->first[i] ? p0 : j->first[i];
 			const int hi = p1 < j->first[i + 1] ? p1 : j->first[i + 1];

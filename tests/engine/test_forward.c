@@ -114,9 +114,10 @@ static void check_recompute_n(const char *args, int n, int gen, const struct eng
 	char *dir = must_model(args);
 	struct engine *e = must_load(dir, o);
 	int vocab = engine_config(e)->vocab, i;
-	int32_t p[128];
+	int32_t p[256];
 	struct engine_seq *a, *b;
 
+	assert_true(n <= 256);
 	prompt_of(p, n, 1, vocab);
 	a = new_seq(e, p, n, gen, 0.0f, 0, ENGINE_LOGITS_ALL);
 	assert_int_equal(engine_generate(e, &a, 1, 0, err, sizeof(err)), 0);

@@ -903,12 +903,13 @@ static void test_backend_gemm(void **state)
  * tasks of a row chunk and a group of panels, each laying its chunk of x
  * out itself (chunk_tasks in kernels/cpu/cpu.c): the same bits as one
  * thread's layout of all of x, for fp32 and bf16 weights and bf16 dot
- * products (odd k), two outputs in one call, a chunk cut short, and a
- * product that accumulates into y.
+ * products (odd k), two outputs in one call, a chunk cut short (to one
+ * row at 289: bf16 dot products on the instruction there, on FMAs in a
+ * chunk of more rows), and a product that accumulates into y.
  */
 static void test_backend_gemm_chunks(void **state)
 {
-	const int k = 131, ns[2] = { 70, 130 }, ms[3] = { 288, 301, 1000 };
+	const int k = 131, ns[2] = { 70, 130 }, ms[4] = { 288, 289, 301, 1000 };
 	float *x = randv((size_t)1000 * k), *w[2], *y0 = randv((size_t)1000 * 130);
 	float *out[2][2];
 
@@ -919,7 +920,7 @@ static void test_backend_gemm_chunks(void **state)
 			out[t][i] = malloc((size_t)1000 * ns[i] * sizeof(float));
 	}
 	for (int kind = 0; kind < 3; kind++)
-		for (int mi = 0; mi < 3; mi++) {
+		for (int mi = 0; mi < 4; mi++) {
 			const int m = ms[mi];
 
 			for (int t = 0; t < 2; t++) {

@@ -1502,25 +1502,33 @@ static void cpu_attention(struct be *be, const struct be_attn *a, const struct b
 	pool_run(c->pool, attn_rows, &j, n, grain < 1 ? 1 : grain);
 }
 
-struct silu_job {
-	float *g;
-	const float *u;
+/* An element-wise pass over x and y, 1024 elements a task (silu_mul, add). */
+struct pair_job {
+	float *x;
+	const float *y;
 	size_t n;
 };
 
-/* elements [begin, end) · 1024 of g, u, the last chunk cut at n */
+/* elements [*b, *e) of tasks [begin, end), the last cut at n */
+static inline void pair_range(const struct pair_job *j, int begin, int end, size_t *b, size_t *e)
+{
+	*b = (size_t)begin * 1024;
+	*e = (size_t)end * 1024 < j->n ? (size_t)end * 1024 : j->n;
+}
+
 static void silu_tasks(void *arg, int worker, int begin, int end)
 {
-	const struct silu_job *j = arg;
-	size_t b = (size_t)begin * 1024, e = (size_t)end * 1024 < j->n ? (size_t)end * 1024 : j->n;
+	const struct pair_job *j = arg;
+	size_t b, e;
 
 	(void)worker;
-	silu_impl(j->g + b, j->u + b, e - b);
+	pair_range(j, begin, end, &b, &e);
+	silu_impl(j->x + b, j->y + b, e - b);
 }
 
 static void cpu_silu_mul(struct be *be, size_t n, struct be_buf *g, const struct be_buf *u)
 {
-	struct silu_job j = { g->p, u->p, n };
+	struct pair_job j = { g->p, u->p, n };
 	size_t chunks = (n + 1023) / 1024;
 
 	/* thousands of expf per row at batch 8 and up: shared, 1024 at a time */
@@ -1530,26 +1538,20 @@ static void cpu_silu_mul(struct be *be, size_t n, struct be_buf *g, const struct
 		silu_tasks(&j, 0, 0, (int)chunks);
 }
 
-struct add_job {
-	float *x;
-	const float *y;
-	size_t n;
-};
-
-/* elements [begin, end) · 1024, the last chunk cut at n */
 static void add_tasks(void *arg, int worker, int begin, int end)
 {
-	const struct add_job *j = arg;
-	size_t b = (size_t)begin * 1024, e = (size_t)end * 1024 < j->n ? (size_t)end * 1024 : j->n;
+	const struct pair_job *j = arg;
+	size_t b, e;
 
 	(void)worker;
+	pair_range(j, begin, end, &b, &e);
 	for (size_t i = b; i < e; i++)
 		j->x[i] += j->y[i];
 }
 
 static void cpu_add(struct be *be, size_t n, struct be_buf *x, const struct be_buf *y)
 {
-	struct add_job j = { x->p, y->p, n };
+	struct pair_job j = { x->p, y->p, n };
 
 	rows_run(CPU(be), add_tasks, &j, (int)((n + 1023) / 1024), 1024);
 }

@@ -572,8 +572,10 @@ static void chunk_tasks(void *arg, int worker, int begin, int end)
 	}
 }
 
-/* From this many rows a product runs as chunk_tasks. */
+/* From this many rows a product may run as chunk_tasks, its chunks in at
+ * most this many groups of panels. */
 #define GEMM_CHUNK_ROWS (2 * GEMM_MC)
+#define GEMM_CHUNK_GROUPS 2
 
 /* Below this many multiply-adds a product runs on the calling thread. */
 #define GEMM_PARALLEL_MACS 200000.0
@@ -620,21 +622,29 @@ static void gemm_packed(struct cpu_be *c, struct gemm_job *j)
 		macs += (double)j->m * j->n[i] * j->k;
 	}
 	panels = j->first[j->n_out];
-	if (j->m >= GEMM_CHUNK_ROWS && pool_size(c->pool) > 1) {
-		const int threads = pool_size(c->pool), chunks = (j->m + GEMM_MC - 1) / GEMM_MC;
+	/* A chunk is laid out once per group of panels; with at most
+	 * GEMM_CHUNK_GROUPS groups, the chunks must still make a few tasks
+	 * per thread, so a slow one does not hold up the rest: 512 rows on
+	 * 2 threads (4 chunks, 2 groups), 4096 on 16 (29 chunks, 2 groups;
+	 * 16 groups of 512 rows would have laid each chunk out 16 times,
+	 * for a quarter of its multiply-adds). Otherwise x is laid out once
+	 * for all the threads. */
+	const int threads = pool_size(c->pool), chunks = (j->m + GEMM_MC - 1) / GEMM_MC;
+	int groups = (4 * threads + chunks - 1) / chunks;
 
+	if (groups > GEMM_CHUNK_GROUPS)
+		groups = GEMM_CHUNK_GROUPS;
+	if (groups > panels)
+		groups = panels;
+	if (j->m >= GEMM_CHUNK_ROWS && threads > 1 && chunks * groups >= 2 * threads) {
 		for (int t = 0; t < threads; t++)
 			if (grow(&c->xpw[t], &c->xpw_n[t], gemm_xpack_len(GEMM_MC, j->k)) < 0) {
 				c->error = -ENOMEM;
 				return;
 			}
-		/* a few tasks per thread, so a slow one does not hold up the
-		 * rest; a chunk is laid out once per group of panels */
-		j->groups = (4 * threads + chunks - 1) / chunks;
-		if (j->groups > panels)
-			j->groups = panels;
+		j->groups = groups;
 		j->xpw = c->xpw;
-		pool_run(c->pool, chunk_tasks, j, chunks * j->groups, 1);
+		pool_run(c->pool, chunk_tasks, j, chunks * groups, 1);
 		return;
 	}
 	if (grow(&c->xp, &c->xp_n, gemm_xpack_len(j->m, j->k)) < 0) {

@@ -899,10 +899,11 @@ static void test_backend_gemm(void **state)
 }
 
 /*
- * A prompt's products (from 2 · GEMM_MC rows, more than one thread) run as
- * tasks of a row chunk and a group of panels, each laying its chunk of x
- * out itself (chunk_tasks in kernels/cpu/cpu.c): the same bits as one
- * thread's layout of all of x, for fp32 and bf16 weights and bf16 dot
+ * A prompt's products (from 2 · GEMM_MC rows, more than one thread, a
+ * few tasks a thread) run as tasks of a row chunk and a group of panels,
+ * each laying its chunk of x out itself (chunk_tasks in kernels/cpu/cpu.c;
+ * every size here on 2 threads, all but 288 rows on 3): the same bits as
+ * one thread's layout of all of x, for fp32 and bf16 weights and bf16 dot
  * products (odd k), two outputs in one call, a chunk cut short (to one
  * row at 289: bf16 dot products on the instruction there, on FMAs in a
  * chunk of more rows), and a product that accumulates into y.
@@ -911,20 +912,20 @@ static void test_backend_gemm_chunks(void **state)
 {
 	const int k = 131, ns[2] = { 70, 130 }, ms[4] = { 288, 289, 301, 1000 };
 	float *x = randv((size_t)1000 * k), *w[2], *y0 = randv((size_t)1000 * 130);
-	float *out[2][2];
+	float *out[3][2];
 
 	(void)state;
 	for (int i = 0; i < 2; i++) {
 		w[i] = randv((size_t)ns[i] * k);
-		for (int t = 0; t < 2; t++)
+		for (int t = 0; t < 3; t++)
 			out[t][i] = malloc((size_t)1000 * ns[i] * sizeof(float));
 	}
 	for (int kind = 0; kind < 3; kind++)
 		for (int mi = 0; mi < 4; mi++) {
 			const int m = ms[mi];
 
-			for (int t = 0; t < 2; t++) {
-				struct be_cpu_opts o = { .n_threads = t ? 3 : 1, .bf16_dot = kind == 2 };
+			for (int t = 0; t < 3; t++) {
+				struct be_cpu_opts o = { .n_threads = t + 1, .bf16_dot = kind == 2 };
 				enum be_dtype dt = kind ? BE_BF16 : BE_F32;
 				struct be_buf *bx, *bw[2], *by[2];
 				struct be *be;
@@ -960,14 +961,15 @@ static void test_backend_gemm_chunks(void **state)
 				be_free(be, bx);
 				be_destroy(be);
 			}
-			for (int i = 0; i < 2; i++)
-				assert_memory_equal(out[0][i], out[1][i], (size_t)m * ns[i] * sizeof(float));
+			for (int t = 1; t < 3; t++)
+				for (int i = 0; i < 2; i++)
+					assert_memory_equal(out[0][i], out[t][i], (size_t)m * ns[i] * sizeof(float));
 			assert_true(fabsf(out[0][1][7] - y0[7]) > 0.0f);
 		}
 	for (int i = 0; i < 2; i++) {
 		free(w[i]);
-		free(out[0][i]);
-		free(out[1][i]);
+		for (int t = 0; t < 3; t++)
+			free(out[t][i]);
 	}
 	free(x);
 	free(y0);

@@ -1147,6 +1147,38 @@ struct attn_job {
  * all G. Scores of one block of keys, 16 at a time, summed over d in order:
  * acc[g][o] = q_g · key o. hd and bs are multiples of 16 here.
  */
+/*
+ * One row's attention (decode) reads a KV block's keys of one head (2 KB
+ * in bf16 at 16 positions and 64 dimensions) and then jumps to the next
+ * block wherever it lies: too short a stream for the hardware to follow.
+ * Each block asks for the next one's lines while it runs.
+ */
+static inline __attribute__((always_inline)) void kv_prefetch_keys(const void *kc, int blk,
+								      size_t kv_dim, int kvh, int hd,
+								      int bs, const int kv16)
+{
+	const size_t esz = kv16 ? 2 : 4;
+	const char *k = (const char *)kc + ((size_t)blk * kv_dim + (size_t)kvh * hd) * bs * esz;
+
+	for (size_t o = 0; o < (size_t)hd * bs * esz; o += 64)
+		__builtin_prefetch(k + o);
+}
+
+/* the values of the positions of block @blk, columns d0 .. d0+63 of @col */
+static inline __attribute__((always_inline)) void kv_prefetch_values(const void *vc, int blk,
+									int bs, size_t kv_dim, size_t col,
+									const int kv16)
+{
+	const size_t esz = kv16 ? 2 : 4;
+
+	for (int r = 0; r < bs; r++) {
+		const char *v = (const char *)vc + (((size_t)blk * bs + (size_t)r) * kv_dim + col) * esz;
+
+		for (size_t o = 0; o < 64 * esz; o += 64)
+			__builtin_prefetch(v + o);
+	}
+}
+
 static inline __attribute__((always_inline)) void attn_scores(const int G, const float *q, int hd,
 								  const void *kc, size_t kb, int bs,
 								  float (*acc)[BE_CPU_MAX_BLOCK],
@@ -1184,6 +1216,10 @@ static inline __attribute__((always_inline)) void attn_values(const int G, const
 		const int jn = bs - j0 < n - i ? bs - j0 : n - i;
 		const size_t base = ((size_t)b->block_table[(size_t)s * b->max_blocks + (lo + i) / bs] * bs +
 				     (size_t)j0) * kv_dim + kv_col + d0;
+
+		if (i + jn < n)
+			kv_prefetch_values(vc, b->block_table[(size_t)s * b->max_blocks + (lo + i + jn) / bs],
+					   bs, kv_dim, kv_col + d0, kv16);
 
 		for (int jj = 0; jj < jn; jj++, i++) {
 			size_t vr = base + (size_t)jj * kv_dim;
@@ -1398,6 +1434,10 @@ static inline __attribute__((always_inline)) void attn_rows_of(struct attn_job *
 		for (bi = lo / bs; bi <= p / bs; bi++) {
 			int blk = b->block_table[(size_t)s * b->max_blocks + bi];
 			const size_t kb = ((size_t)blk * kv_dim + (size_t)kvh * hd) * bs;
+
+			if (bi < p / bs)
+				kv_prefetch_keys(j->kc, b->block_table[(size_t)s * b->max_blocks + bi + 1],
+						 kv_dim, kvh, hd, bs, kv16);
 			int first = bi * bs < lo ? lo - bi * bs : 0;
 			int last = bi * bs + bs - 1 > p ? p - bi * bs : bs - 1;
 			for (int g0 = 0; g0 < group; g0 += 4) {

@@ -357,6 +357,12 @@ struct be_cpu_opts {
 /* Creates the CPU backend. Returns 0 or -ENOMEM; *out is set on success. */
 int be_cpu_create(const struct be_cpu_opts *opts, struct be **out);
 
+/* Tests only: the CPU backend's attention softmax, "vector" (AVX-512, the
+ * default where the CPU has it) or "scalar" (what other CPUs run), for
+ * the whole process. Returns 0, or -ENOTSUP where this CPU or build lacks
+ * it. Not safe while a backend computes. */
+int be_cpu_set_softmax(const char *name);
+
 /*
  * Where a backend's buffers are host memory (the CPU backend's, and only
  * its): n fp32 elements at p (4-byte aligned) as a buffer of @be, no copy.

@@ -437,6 +437,13 @@ static int cpu_download(struct be *be, enum be_queue q, const struct be_buf *s, 
 	return 0;
 }
 
+/* a worker's attention scratch: rows of n scores, and room to align them
+ * to 64 bytes (attn_tile) */
+static size_t scratch_bytes(int rows, size_t n)
+{
+	return ((size_t)rows * n + 16) * sizeof(float);
+}
+
 static int cpu_set_batch(struct be *be, const struct be_batch *b)
 {
 	struct cpu_be *c = CPU(be);
@@ -461,7 +468,7 @@ static int cpu_set_batch(struct be *be, const struct be_batch *b)
 		int t;
 		n = n < 1024 ? 1024 : n + n / 2;
 		for (t = 0; t < pool_size(c->pool); t++) {
-			float *p = realloc(c->scratch[t], n * (size_t)c->scratch_group * sizeof(float));
+			float *p = realloc(c->scratch[t], scratch_bytes(c->scratch_group, n));
 			if (!p)
 				return -ENOMEM;
 			c->scratch[t] = p;
@@ -1012,8 +1019,9 @@ static inline __attribute__((always_inline)) const float *kv_row(const void *c, 
  * A row of attention scores in place: exp(x - max), divided by their sum.
  * At prefill this took most of attention's time one expf() at a time with
  * one chain of adds. With AVX-512 it runs 16 at a time through glibc's
- * vector expf (libmvec, within 4 ulp like the scalar one's 1), the sum in
- * 16 partial sums added in a fixed order: the result depends on the row
+ * vector expf (libmvec, within 4 ulp like the scalar one's 1), the last
+ * few masked into the same call, the sum in 16 partial sums (positions
+ * i mod 16) added in lane order: the result depends on the row
  * alone (its length), never on the batch. One implementation is picked
  * for the process, so every thread and every clone of attn_rows uses it.
  */
@@ -1036,6 +1044,15 @@ static __attribute__((target("avx512f"))) void softmax_avx512(float *row, int n)
 		_mm512_storeu_ps(row + i, e);
 		vs = _mm512_add_ps(vs, e);
 	}
+	if (i < n) {
+		/* the last few masked into the same vector call (expf(0), then 0) */
+		__mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+		__m512 x = _mm512_maskz_sub_ps(m, _mm512_maskz_loadu_ps(m, row + i), _mm512_set1_ps(mx));
+		__m512 e = _mm512_maskz_mov_ps(m, _ZGVeN16v_expf(x));
+
+		_mm512_mask_storeu_ps(row + i, m, e);
+		vs = _mm512_add_ps(vs, e);
+	}
 	{
 		float lanes[16];
 
@@ -1043,10 +1060,6 @@ static __attribute__((target("avx512f"))) void softmax_avx512(float *row, int n)
 		sum = 0.0f;
 		for (int l = 0; l < 16; l++)
 			sum += lanes[l];
-	}
-	for (; i < n; i++) {
-		row[i] = expf(row[i] - mx);
-		sum += row[i];
 	}
 	inv = 1.0f / sum;
 	for (i = 0; i < n; i++)
@@ -1069,6 +1082,80 @@ static void softmax_scalar(float *row, int n)
 	inv = 1.0f / sum;
 	for (i = 0; i < n; i++)
 		row[i] *= inv;
+}
+
+/*
+ * The softmax of attn_tile's rows, stored a position at a time: w[i][r]
+ * (32 lanes) for positions i < n, row r seeing positions up to
+ * p0 + lane[r] (the others weigh 0 after it). Each row's result is the
+ * bits softmax_row gives it alone: the same maximum, the same expf of the
+ * same differences, the sum in the same order (with AVX-512 its 16
+ * partial sums are the positions i mod 16, added in lane order), the same
+ * reciprocal. w is 64-byte aligned; lanes from rows on are padding.
+ */
+#ifdef SOFTMAX_VECTOR
+static __attribute__((target("avx512f"))) void softmax_cols_avx512(float *w, int n, int p0,
+								   const int32_t *lane, int rows)
+{
+	(void)rows;
+	for (int h = 0; h < 2; h++) {
+		float *wh = w + 16 * h;
+		const __m512i lt = _mm512_loadu_si512(lane + 16 * h);
+		__m512 mx = _mm512_set1_ps(-INFINITY), p[16], s = _mm512_setzero_ps(), inv;
+		int i, k;
+
+		for (i = 0; i < n; i++)
+			mx = _mm512_max_ps(mx, _mm512_load_ps(wh + (size_t)i * 32));
+		/* expf alone in its loop: the call takes every vector register */
+		for (i = 0; i < n; i++) {
+			__m512 x = _mm512_sub_ps(_mm512_load_ps(wh + (size_t)i * 32), mx);
+
+			if (i > p0) {
+				/* rows that do not see i: expf(0), then 0 */
+				__mmask16 m = _mm512_cmpge_epi32_mask(lt, _mm512_set1_epi32(i - p0));
+
+				x = _mm512_maskz_mov_ps(m, _ZGVeN16v_expf(_mm512_maskz_mov_ps(m, x)));
+			} else {
+				x = _ZGVeN16v_expf(x);
+			}
+			_mm512_store_ps(wh + (size_t)i * 32, x);
+		}
+		for (k = 0; k < 16; k++)
+			p[k] = _mm512_setzero_ps();
+		for (i = 0; i + 16 <= n; i += 16)
+#pragma GCC unroll 16
+			for (k = 0; k < 16; k++)
+				p[k] = _mm512_add_ps(p[k], _mm512_load_ps(wh + (size_t)(i + k) * 32));
+		for (k = 0; i + k < n; k++)
+			p[k] = _mm512_add_ps(p[k], _mm512_load_ps(wh + (size_t)(i + k) * 32));
+		for (k = 0; k < 16; k++)
+			s = _mm512_add_ps(s, p[k]);
+		inv = _mm512_div_ps(_mm512_set1_ps(1.0f), s);
+		for (i = 0; i < n; i++)
+			_mm512_store_ps(wh + (size_t)i * 32, _mm512_mul_ps(_mm512_load_ps(wh + (size_t)i * 32), inv));
+	}
+}
+#endif
+
+static void softmax_cols_scalar(float *w, int n, int p0, const int32_t *lane, int rows)
+{
+	for (int r = 0; r < 32; r++) {
+		const int nr = r < rows ? p0 + lane[r] + 1 : 0;
+		float mx = -INFINITY, sum = 0.0f, inv;
+		int i;
+
+		for (i = 0; i < nr; i++)
+			mx = w[(size_t)i * 32 + r] > mx ? w[(size_t)i * 32 + r] : mx;
+		for (i = 0; i < nr; i++) {
+			w[(size_t)i * 32 + r] = expf(w[(size_t)i * 32 + r] - mx);
+			sum += w[(size_t)i * 32 + r];
+		}
+		inv = 1.0f / sum;
+		for (i = 0; i < nr; i++)
+			w[(size_t)i * 32 + r] *= inv;
+		for (; i < n; i++)
+			w[(size_t)i * 32 + r] = 0.0f;
+	}
 }
 
 /*
@@ -1112,6 +1199,7 @@ static void silu_scalar(float *g, const float *u, size_t n)
 static void (*silu_impl)(float *g, const float *u, size_t n) = silu_scalar;
 
 static void (*softmax_impl)(float *row, int n) = softmax_scalar;
+static void (*softmax_cols_impl)(float *w, int n, int p0, const int32_t *lane, int rows) = softmax_cols_scalar;
 static pthread_once_t softmax_once = PTHREAD_ONCE_INIT;
 
 static void softmax_select(void)
@@ -1120,9 +1208,28 @@ static void softmax_select(void)
 	__builtin_cpu_init();
 	if (__builtin_cpu_supports("avx512f")) {
 		softmax_impl = softmax_avx512;
+		softmax_cols_impl = softmax_cols_avx512;
 		silu_impl = silu_avx512;
 	}
 #endif
+}
+
+int be_cpu_set_softmax(const char *name)
+{
+	pthread_once(&softmax_once, softmax_select);
+	if (!strcmp(name, "scalar")) {
+		softmax_impl = softmax_scalar;
+		softmax_cols_impl = softmax_cols_scalar;
+		return 0;
+	}
+#ifdef SOFTMAX_VECTOR
+	if (!strcmp(name, "vector") && __builtin_cpu_supports("avx512f")) {
+		softmax_impl = softmax_avx512;
+		softmax_cols_impl = softmax_cols_avx512;
+		return 0;
+	}
+#endif
+	return -ENOTSUP;
 }
 
 static inline void softmax_row(float *row, int n)
@@ -1234,136 +1341,221 @@ static inline __attribute__((always_inline)) void attn_values(const int G, const
 		memcpy(o + (size_t)g * hd + d0, acc[g], sizeof(acc[g]));
 }
 
-/* attn_tile takes groups of up to this many query heads per KV head:
- * T = 4 tokens (3 for groups of 4), at most 12 rows */
-#define ATTN_TILE_GROUP 4
+/* attn_tile takes up to ATTN_TILE_ROWS rows, T tokens of the G query heads
+ * of a KV head (G up to ATTN_TILE_GROUP, T·G ≥ ATTN_TILE_MIN_ROWS), one row
+ * a lane of two vectors */
+#define ATTN_TILE_ROWS 32
+#define ATTN_TILE_GROUP 16
+#define ATTN_TILE_MIN_ROWS 12
 /* and heads of up to this many dimensions (a multiple of 64: the wide loops) */
 #define ATTN_TILE_HEAD 256
 
+typedef int32_t i32x16 __attribute__((vector_size(64)));
+
+/* *r where m is set, v elsewhere (pointers: vector arguments would
+ * change the ABI between the clones) */
+static inline __attribute__((always_inline)) void v16_select(v16 *r, const i32x16 *m, float v)
+{
+	v16 vv = (v16){ 0 } + v;
+	u32x16 x, y;
+
+	memcpy(&x, r, sizeof(x));
+	memcpy(&y, &vv, sizeof(y));
+	x = (x & (u32x16)*m) | (y & ~(u32x16)*m);
+	memcpy(r, &x, sizeof(*r));
+}
+
+/* acc_out[r][0 .. 31] for NR rows: the sum over positions i < n in order
+ * of w[i][r] · v_i[col .. col+31], the row 8 ahead asked for (a row is
+ * kv_dim elements apart) */
+static inline __attribute__((always_inline)) void attn_tile_values(const int NR, struct attn_job *j,
+								       const float *w, int s, int n,
+								       size_t col, float (*acc_out)[32],
+								       const int kv16)
+{
+	const struct be_batch *b = &j->c->b;
+	const int bs = b->block_size;
+	const size_t kv_dim = (size_t)j->a->n_kv_heads * j->a->head_dim;
+	v16 acc[12][2] = { { { 0 } } }, v[2];
+
+	for (int bi = 0; bi * bs < n; bi++) {
+		const size_t base = (size_t)b->block_table[(size_t)s * b->max_blocks + bi] * bs * kv_dim + col;
+		const int jn = n - bi * bs < bs ? n - bi * bs : bs;
+		const float *wi = w + (size_t)bi * bs * ATTN_TILE_ROWS;
+
+#pragma GCC unroll 2
+		for (int jj = 0; jj < jn; jj++, wi += ATTN_TILE_ROWS) {
+			const size_t vr = base + (size_t)jj * kv_dim;
+			/* past the block's end this asks for lines of no use:
+			 * cheaper than the test */
+			const char *ahead = (const char *)j->vc + (vr + 8 * kv_dim) * (kv16 ? 2 : 4);
+
+			__builtin_prefetch(ahead);
+			__builtin_prefetch(ahead + 64);
+			kv_load16(&v[0], j->vc, vr, kv16);
+			kv_load16(&v[1], j->vc, vr + 16, kv16);
+			for (int r = 0; r < NR; r++) {
+				const float wr = wi[r];
+
+				acc[r][0] += wr * v[0];
+				acc[r][1] += wr * v[1];
+			}
+		}
+	}
+	for (int r = 0; r < NR; r++)
+		memcpy(acc_out[r], acc[r], sizeof(acc[r]));
+}
+
 /*
  * Prefill: T consecutive tokens of one sequence (positions p0 .. p0+T-1,
- * no window clipping) and the G query heads of one KV head, T·G rows at
- * once: each K vector and each V vector loaded is used by all of them, so
- * the loops are bound by the multiply-adds rather than the loads (one
- * token at a time, a 2048-token prompt spent 42 % of its prefill here).
- * Every score and every output element is the same chain, in the same
- * order, as attn_rows_of's one-token loops give it: the same bits.
- * sc holds [T·G][stride] scores; wide shapes only (bs, hd multiples of 16,
- * 64).
+ * no window clipping) and the G query heads of one KV head, R = T·G ≤ 32
+ * rows at once, row r = t·G + g a lane of two vectors. The tile is three
+ * small matrix products laid out as the GEMM's blocks are, each vector
+ * loaded or element broadcast used for several multiply-adds:
+ *   scores  w[i][r] = q_r · k_i  (8 keys × 2 vectors of rows: 10 loads a
+ *           16 multiply-adds; one vector of rows, the tile before this,
+ *           needed 17 and ran at 60 % of the GEMM's rate)
+ *   softmax down the positions, a vector of rows at a time (softmax_cols)
+ *   values  o_r = sum_i w[i][r] · v_i  (12 rows × 32 dimensions: 14 loads
+ *           a 24 multiply-adds, the GEMM's own ratio)
+ * w is the worker's scratch, [pmax + 1][32], 64-byte aligned. Every score
+ * and every output element is the same chain, in the same order, as
+ * attn_rows_of's one-token loops give it (a position a row does not see
+ * weighs an exact 0): the same bits. Wide shapes only (bs, hd multiples
+ * of 16, 64).
  */
-static inline __attribute__((always_inline)) void attn_tile(const int T, const int G,
-								struct attn_job *j, float *sc,
-								int t0, int kvh, const int kv16)
+static inline __attribute__((always_inline)) void attn_tile(struct attn_job *j, float *sc, int t0,
+								int T, int kvh, const int kv16)
 {
 	const struct be_batch *b = &j->c->b;
 	const struct be_attn *a = j->a;
 	const int hd = a->head_dim, bs = b->block_size, s = b->seq[t0], p0 = b->pos[t0];
-	const size_t kv_dim = (size_t)a->n_kv_heads * hd, stride = j->c->scratch_n;
-	const int pmax = p0 + T - 1;
+	const int G = a->n_heads / a->n_kv_heads, R = T * G, pmax = p0 + T - 1, n = pmax + 1;
+	const size_t kv_dim = (size_t)a->n_kv_heads * hd;
 	/* query rows: token t0 + t, head kvh·G + g at q[t][g] */
 	const float *q = j->q + ((size_t)t0 * a->n_heads + (size_t)kvh * G) * hd;
 	float *o = j->out + ((size_t)t0 * a->n_heads + (size_t)kvh * G) * hd;
 	const size_t qt = (size_t)a->n_heads * hd; /* one token's rows */
+	float *w = (float *)(((uintptr_t)sc + 63) & ~(uintptr_t)63);   /* [n][32] */
+	float qd[ATTN_TILE_HEAD][ATTN_TILE_ROWS] __attribute__((aligned(64))); /* qd[d][r] */
+	float kt[ATTN_TILE_HEAD][16] __attribute__((aligned(64)));  /* a bf16 block, widened */
+	int32_t lane[ATTN_TILE_ROWS]; /* the token of each lane (padding: the last) */
+	i32x16 lane_t[2];
 
-	/* the tile's queries side by side, qd[d][t·G + g]: one pointer for
-	 * the loop below instead of T·G (they did not fit in registers) */
-	float qd[ATTN_TILE_HEAD][4 * ATTN_TILE_GROUP];
+	for (int r = 0, t = 0, g = 0; r < ATTN_TILE_ROWS; r++) {
+		const float *qr = q + (size_t)t * qt + (size_t)g * hd;
 
-	for (int d = 0; d < hd; d++)
-		for (int t = 0; t < T; t++)
-			for (int g = 0; g < G; g++)
-				qd[d][t * G + g] = q[(size_t)t * qt + (size_t)g * hd + d];
-	/* scores: acc[t][g] = q_tg · keys c16 .. c16+15, summed over d in order */
-	for (int bi = 0; bi <= pmax / bs; bi++) {
-		int blk = b->block_table[(size_t)s * b->max_blocks + bi];
-		const size_t kb = ((size_t)blk * kv_dim + (size_t)kvh * hd) * bs;
-
-		for (int c16 = 0; c16 < bs && bi * bs + c16 <= pmax; c16 += 16) {
-			v16 acc[4][4] = { { { 0 } } }, kv;
-
-			for (int d = 0; d < hd; d++) {
-				kv_load16(&kv, j->kc, kb + (size_t)d * bs + c16, kv16);
-				for (int t = 0; t < T; t++)
-					for (int g = 0; g < G; g++)
-						acc[t][g] += qd[d][t * G + g] * kv;
-			}
-			for (int t = 0; t < T; t++)
-				for (int g = 0; g < G; g++) {
-					float *dst = sc + (size_t)(t * G + g) * stride + (size_t)(bi * bs + c16);
-					v16 r = acc[t][g] * a->scale;
-
-					/* all 16 keys seen by this token: one store;
-					 * the last, partial chunk key by key (the row
-					 * may end before the chunk does) */
-					if (bi * bs + c16 + 15 <= p0 + t) {
-						memcpy(dst, &r, sizeof(r));
-						continue;
-					}
-					for (int e = 0; e < 16 && bi * bs + c16 + e <= p0 + t; e++)
-						dst[e] = r[e];
-				}
+		lane[r] = r < R ? t : T - 1;
+		for (int d = 0; d < hd; d++)
+			qd[d][r] = r < R ? qr[d] : 0.0f;
+		if (++g == G) {
+			g = 0;
+			t++;
 		}
 	}
-	for (int t = 0; t < T; t++)
-		for (int g = 0; g < G; g++)
-			softmax_row(sc + (size_t)(t * G + g) * stride, p0 + t + 1);
-	/* o_tg[d0 .. d0+31] = sum over positions i in order of w_tg[i] · v_i[d];
-	 * the positions all T share first, then each token's last ones */
-	for (int d0 = 0; d0 < hd; d0 += 32) {
-		v16 acc[4][4][2] = { { { { 0 } } } }, v[2];
+	memcpy(lane_t, lane, sizeof(lane_t));
 
-		/* positions 0 .. p0, which every token of the tile sees: a
-		 * block's rows follow each other, one division per block, the
-		 * row 8 ahead asked for (a row is kv_dim floats apart) */
-		for (int bi = 0; bi <= p0 / bs; bi++) {
-			const size_t base = (size_t)b->block_table[(size_t)s * b->max_blocks + bi] * bs * kv_dim +
-					    (size_t)kvh * hd + (size_t)d0;
-			const int jn = p0 - bi * bs + 1 < bs ? p0 - bi * bs + 1 : bs;
+	/* the next tile's queries (the next T tokens, this KV head) are asked
+	 * for a few lines a chunk of keys: they come from L3 or memory, and
+	 * were 10 % of a tile's time read here at its start */
+	const int lpt = G * hd / 16; /* lines of one token's rows */
+	const int pf_lines = t0 + 2 * T <= b->n_tokens ? T * lpt : 0;
+	const float *qn = q + (size_t)T * qt;
+	int pf = 0;
 
-			for (int jj = 0; jj < jn; jj++) {
-				const int i = bi * bs + jj;
-				const size_t vr = base + (size_t)jj * kv_dim;
+	/* scores of 8 keys: acc[k][h] = rows 16h .. 16h+15 · key k, summed
+	 * over d in order */
+	for (int bi = 0; bi * bs < n; bi++) {
+		const int blk = b->block_table[(size_t)s * b->max_blocks + bi];
+		const size_t kb = ((size_t)blk * kv_dim + (size_t)kvh * hd) * bs;
 
-				if (jj + 8 < jn) {
-					const char *ahead = (const char *)j->vc + (vr + 8 * kv_dim) * (kv16 ? 2 : 4);
-					__builtin_prefetch(ahead);
-					__builtin_prefetch(ahead + 64);
+		for (int c16 = 0; c16 < bs && bi * bs + c16 < n; c16 += 16) {
+			const float *kp = (const float *)j->kc + kb + c16;
+			size_t ks = (size_t)bs; /* floats from one dimension's keys to the next */
+
+			if (kv16) {
+				/* a bf16 block of keys widened once: the loop below
+				 * broadcasts its elements from memory */
+				for (int d = 0; d < hd; d++) {
+					v16 kv;
+
+					kv_load16(&kv, j->kc, kb + (size_t)d * bs + c16, 1);
+					memcpy(kt[d], &kv, sizeof(kv));
 				}
-				kv_load16(&v[0], j->vc, vr, kv16);
-				kv_load16(&v[1], j->vc, vr + 16, kv16);
-				for (int t = 0; t < T; t++)
-					for (int g = 0; g < G; g++)
-						for (int dc = 0; dc < 2; dc++)
-							acc[t][g][dc] += sc[(size_t)(t * G + g) * stride + i] * v[dc];
+				kp = kt[0];
+				ks = 16;
+			}
+			for (int c8 = 0; c8 < 16 && bi * bs + c16 + c8 < n; c8 += 8) {
+				const int i0 = bi * bs + c16 + c8;
+				v16 acc[8][2] = { { { 0 } } };
+
+				for (int e = 0; e < 4 && pf < pf_lines; e++, pf++)
+					__builtin_prefetch(qn + (size_t)(pf / lpt) * qt + (size_t)(pf % lpt) * 16);
+
+				for (int d = 0; d < hd; d++) {
+					const float *kr = kp + (size_t)d * ks + c8;
+					v16 q0, q1;
+
+					memcpy(&q0, qd[d], sizeof(q0));
+					memcpy(&q1, qd[d] + 16, sizeof(q1));
+					for (int k = 0; k < 8; k++) {
+						const float kk = kr[k];
+
+						acc[k][0] += q0 * kk;
+						acc[k][1] += q1 * kk;
+					}
+				}
+				for (int k = 0; k < 8 && i0 + k < n; k++)
+					for (int h = 0; h < 2; h++) {
+						v16 r = acc[k][h] * a->scale;
+
+						/* a key past a row's own position: -inf there */
+						if (i0 + k > p0) {
+							i32x16 m = lane_t[h] >= (i32x16){ 0 } + (i0 + k - p0);
+
+							v16_select(&r, &m, -INFINITY);
+						}
+						memcpy(w + (size_t)(i0 + k) * ATTN_TILE_ROWS + 16 * h, &r, sizeof(r));
+					}
 			}
 		}
-		/* then each later token's own last positions, in order */
-		for (int i = p0 + 1; i <= pmax; i++) {
-			const size_t vr = kv_slot(b, s, i) * kv_dim + (size_t)kvh * hd + (size_t)d0;
+	}
+	softmax_cols_impl(w, n, p0, lane, R);
 
-			kv_load16(&v[0], j->vc, vr, kv16);
-			kv_load16(&v[1], j->vc, vr + 16, kv16);
-			for (int t = i - p0; t < T; t++)
-				for (int g = 0; g < G; g++)
-					for (int dc = 0; dc < 2; dc++)
-						acc[t][g][dc] += sc[(size_t)(t * G + g) * stride + i] * v[dc];
+	/* the outputs, 12 rows at a time (the last 8: lanes up to 32) */
+	for (int r0 = 0; r0 < R; r0 += 12) {
+		const int nr = R - r0 < 12 ? R - r0 : 12;
+
+		for (int d0 = 0; d0 < hd; d0 += 32) {
+			float acc[12][32] __attribute__((aligned(64)));
+			const size_t col = (size_t)kvh * hd + (size_t)d0;
+
+			if (nr > 8)
+				attn_tile_values(12, j, w + r0, s, n, col, acc, kv16);
+			else
+				attn_tile_values(8, j, w + r0, s, n, col, acc, kv16);
+			for (int r = 0; r < nr; r++)
+				memcpy(o + (size_t)lane[r0 + r] * qt + (size_t)(r0 + r - lane[r0 + r] * G) * hd + d0,
+				       acc[r], sizeof(acc[r]));
 		}
-		for (int t = 0; t < T; t++)
-			for (int g = 0; g < G; g++)
-				memcpy(o + (size_t)t * qt + (size_t)g * hd + d0, acc[t][g], sizeof(acc[t][g]));
 	}
 }
 
-/* Whether tokens t .. t+T-1 of the batch can go through attn_tile: one
- * sequence at consecutive positions, no window clipping any of them. */
-static inline int attn_tileable(const struct be_batch *b, const struct be_attn *a, int t, int T)
+/* How many tokens from t on (at most max) attn_tile can take together for
+ * KV head kvh with the tasks below end: one sequence at consecutive
+ * positions, no window clipping any of them. */
+static inline int attn_tile_span(const struct be_batch *b, const struct be_attn *a, int t, int kvh,
+				 int end, int max)
 {
-	if (t + T > b->n_tokens)
-		return 0;
-	for (int i = 1; i < T; i++)
-		if (b->seq[t + i] != b->seq[t] || b->pos[t + i] != b->pos[t] + i)
-			return 0;
-	return a->sliding_window <= 0 || b->pos[t] + T - a->sliding_window <= 0;
+	int n = 1;
+
+	while (n < max && t + n < b->n_tokens && (t + n) * a->n_kv_heads + kvh < end &&
+	       b->seq[t + n] == b->seq[t] && b->pos[t + n] == b->pos[t] + n)
+		n++;
+	if (a->sliding_window > 0)
+		while (n > 0 && b->pos[t] + n - a->sliding_window > 0)
+			n--;
+	return n;
 }
 
 /*
@@ -1392,35 +1584,29 @@ static inline __attribute__((always_inline)) void attn_rows_of(struct attn_job *
 	 * (a 2048-token prompt's K and V of one KV head are 1 MB, of all
 	 * four 4 MB). */
 	const int nkv = a->n_kv_heads, t0 = begin / nkv, nt = end > begin ? (end - 1) / nkv - t0 + 1 : 0;
+	int tiled = 0; /* this KV head's tokens below this went through a tile */
 
 	for (int step = 0; step < nt * nkv; step++) {
 		int kvh = step / nt, t = t0 + step % nt;
 		int s, p, lo = 0, n, i, g, d, off, bi;
 
 		task = t * nkv + kvh;
+		if (t == t0)
+			tiled = 0;
 		if (task < begin || task >= end)
 			continue;
 		s = b->seq[t];
 		p = b->pos[t];
 
+		if (t < tiled)
+			continue; /* in the tile before */
 		if (wide && group <= ATTN_TILE_GROUP && hd <= ATTN_TILE_HEAD) {
-			/* this range's tokens in tiles of T from its first: a whole
-			 * tile that attn_tile can take goes there once, at its first
-			 * token; the others of it are done */
-			const int T = group <= 3 ? 4 : 3, tb = begin / a->n_kv_heads;
-			int ts = tb + (t - tb) / T * T;
+			/* the tokens from here that one tile can take */
+			const int T = attn_tile_span(b, a, t, kvh, end, ATTN_TILE_ROWS / group);
 
-			if ((size_t)ts * a->n_kv_heads + kvh >= (size_t)begin &&
-			    (size_t)(ts + T - 1) * a->n_kv_heads + kvh < (size_t)end &&
-			    attn_tileable(b, a, ts, T)) {
-				if (t != ts)
-					continue;
-				switch (group) {
-				case 1: attn_tile(4, 1, j, sc, t, kvh, kv16); break;
-				case 2: attn_tile(4, 2, j, sc, t, kvh, kv16); break;
-				case 3: attn_tile(4, 3, j, sc, t, kvh, kv16); break;
-				default: attn_tile(3, 4, j, sc, t, kvh, kv16); break;
-				}
+			if (T * group >= ATTN_TILE_MIN_ROWS) {
+				attn_tile(j, sc, t, T, kvh, kv16);
+				tiled = t + T;
 				continue;
 			}
 		}
@@ -1536,11 +1722,11 @@ static void cpu_attention(struct be *be, const struct be_attn *a, const struct b
 	}
 
 	/* scores of a group of heads: [group][scratch_n] per worker, or of a
-	 * tile's tokens and heads (attn_tile: T·G, at most 12) */
-	rows = group > ATTN_TILE_GROUP ? group : (group <= 3 ? 4 : 3) * group;
+	 * tile's positions ([scratch_n][32], attn_tile) */
+	rows = group > ATTN_TILE_GROUP ? group : ATTN_TILE_ROWS;
 	if (rows > c->scratch_group) {
 		for (t = 0; t < pool_size(c->pool); t++) {
-			float *p = realloc(c->scratch[t], (size_t)rows * c->scratch_n * sizeof(float));
+			float *p = realloc(c->scratch[t], scratch_bytes(rows, c->scratch_n));
 			if (!p) {
 				c->error = -ENOMEM;
 				return;

@@ -357,11 +357,12 @@ struct be_cpu_opts {
 /* Creates the CPU backend. Returns 0 or -ENOMEM; *out is set on success. */
 int be_cpu_create(const struct be_cpu_opts *opts, struct be **out);
 
-/* Tests only: the CPU backend's attention softmax, "vector" (AVX-512, the
- * default where the CPU has it) or "scalar" (what other CPUs run), for
- * the whole process. Returns 0, or -ENOTSUP where this CPU or build lacks
- * it. Not safe while a backend computes. */
-int be_cpu_set_softmax(const char *name);
+/* Tests only: the CPU backend's attention loops, "avx512" (the vector
+ * softmax and a prompt's tokens a tile at a time, the default where the
+ * CPU has AVX-512) or "portable" (the scalar softmax, a row at a time:
+ * what other CPUs run), for the whole process. Returns 0, or -ENOTSUP
+ * where this CPU or build lacks it. Not safe while a backend computes. */
+int be_cpu_set_attention(const char *name);
 
 /*
  * Where a backend's buffers are host memory (the CPU backend's, and only

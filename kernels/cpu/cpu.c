@@ -1088,10 +1088,10 @@ static void softmax_scalar(float *row, int n)
  * The softmax of attn_tile's rows, stored a position at a time: w[i][r]
  * (32 lanes) for positions i < n, row r seeing positions up to
  * p0 + lane[r] (the others weigh 0 after it). Each row's result is the
- * bits softmax_row gives it alone: the same maximum, the same expf of the
- * same differences, the sum in the same order (with AVX-512 its 16
- * partial sums are the positions i mod 16, added in lane order), the same
- * reciprocal. w is 64-byte aligned; lanes from rows on are padding.
+ * bits softmax_avx512 gives it alone: the same maximum, the same expf of
+ * the same differences, the sum in the same order (16 partial sums, the
+ * positions i mod 16, added in lane order), the same reciprocal. w is
+ * 64-byte aligned; lanes from rows on are padding.
  */
 #ifdef SOFTMAX_VECTOR
 static __attribute__((target("avx512f"))) void softmax_cols_avx512(float *w, int n, int p0,
@@ -1137,27 +1137,6 @@ static __attribute__((target("avx512f"))) void softmax_cols_avx512(float *w, int
 }
 #endif
 
-static void softmax_cols_scalar(float *w, int n, int p0, const int32_t *lane, int rows)
-{
-	for (int r = 0; r < 32; r++) {
-		const int nr = r < rows ? p0 + lane[r] + 1 : 0;
-		float mx = -INFINITY, sum = 0.0f, inv;
-		int i;
-
-		for (i = 0; i < nr; i++)
-			mx = w[(size_t)i * 32 + r] > mx ? w[(size_t)i * 32 + r] : mx;
-		for (i = 0; i < nr; i++) {
-			w[(size_t)i * 32 + r] = expf(w[(size_t)i * 32 + r] - mx);
-			sum += w[(size_t)i * 32 + r];
-		}
-		inv = 1.0f / sum;
-		for (i = 0; i < nr; i++)
-			w[(size_t)i * 32 + r] *= inv;
-		for (; i < n; i++)
-			w[(size_t)i * 32 + r] = 0.0f;
-	}
-}
-
 /*
  * SiLU(g) · u in place over n elements. With AVX-512, 16 at a time through
  * glibc's vector expf (libmvec, as the softmax), the last few masked into
@@ -1199,7 +1178,11 @@ static void silu_scalar(float *g, const float *u, size_t n)
 static void (*silu_impl)(float *g, const float *u, size_t n) = silu_scalar;
 
 static void (*softmax_impl)(float *row, int n) = softmax_scalar;
-static void (*softmax_cols_impl)(float *w, int n, int p0, const int32_t *lane, int rows) = softmax_cols_scalar;
+/* attn_tile's softmax; NULL: no tiles. Only AVX-512's 32 vector registers
+ * hold its blocks: built for AVX2 (16, and a 16-float vector two of them)
+ * every loop of the tile spilled, 1.5-2.4 times slower than a row at a
+ * time there. */
+static void (*softmax_cols_impl)(float *w, int n, int p0, const int32_t *lane, int rows);
 static pthread_once_t softmax_once = PTHREAD_ONCE_INIT;
 
 static void softmax_select(void)
@@ -1214,16 +1197,16 @@ static void softmax_select(void)
 #endif
 }
 
-int be_cpu_set_softmax(const char *name)
+int be_cpu_set_attention(const char *name)
 {
 	pthread_once(&softmax_once, softmax_select);
-	if (!strcmp(name, "scalar")) {
+	if (!strcmp(name, "portable")) {
 		softmax_impl = softmax_scalar;
-		softmax_cols_impl = softmax_cols_scalar;
+		softmax_cols_impl = NULL;
 		return 0;
 	}
 #ifdef SOFTMAX_VECTOR
-	if (!strcmp(name, "vector") && __builtin_cpu_supports("avx512f")) {
+	if (!strcmp(name, "avx512") && __builtin_cpu_supports("avx512f")) {
 		softmax_impl = softmax_avx512;
 		softmax_cols_impl = softmax_cols_avx512;
 		return 0;
@@ -1365,22 +1348,25 @@ static inline __attribute__((always_inline)) void v16_select(v16 *r, const i32x1
 	memcpy(r, &x, sizeof(*r));
 }
 
-/* acc_out[r][0 .. 31] for NR rows: the sum over positions i < n in order
- * of w[i][r] · v_i[col .. col+31], the row 8 ahead asked for (a row is
- * kv_dim elements apart) */
+/* acc_out[r][0 .. 31] for NR rows: the sum over positions i in order of
+ * w[i][r] · v_i[col .. col+31], for the positions up to p0 (every row sees
+ * them) the row 8 ahead asked for (a row is kv_dim elements apart), then
+ * each of the tile's own last positions for the rows that see it (lane[r]
+ * the token of row r): a value a row does not see is never read into its
+ * sum, not even times 0 (an inf there would make it NaN) */
 static inline __attribute__((always_inline)) void attn_tile_values(const int NR, struct attn_job *j,
-								       const float *w, int s, int n,
-								       size_t col, float (*acc_out)[32],
-								       const int kv16)
+								       const float *w, const int32_t *lane,
+								       int s, int p0, int n, size_t col,
+								       float (*acc_out)[32], const int kv16)
 {
 	const struct be_batch *b = &j->c->b;
 	const int bs = b->block_size;
 	const size_t kv_dim = (size_t)j->a->n_kv_heads * j->a->head_dim;
 	v16 acc[12][2] = { { { 0 } } }, v[2];
 
-	for (int bi = 0; bi * bs < n; bi++) {
+	for (int bi = 0; bi * bs <= p0; bi++) {
 		const size_t base = (size_t)b->block_table[(size_t)s * b->max_blocks + bi] * bs * kv_dim + col;
-		const int jn = n - bi * bs < bs ? n - bi * bs : bs;
+		const int jn = p0 + 1 - bi * bs < bs ? p0 + 1 - bi * bs : bs;
 		const float *wi = w + (size_t)bi * bs * ATTN_TILE_ROWS;
 
 #pragma GCC unroll 2
@@ -1401,6 +1387,18 @@ static inline __attribute__((always_inline)) void attn_tile_values(const int NR,
 				acc[r][1] += wr * v[1];
 			}
 		}
+	}
+	for (int i = p0 + 1; i < n; i++) {
+		const size_t vr = kv_slot(b, s, i) * kv_dim + col;
+		const float *wi = w + (size_t)i * ATTN_TILE_ROWS;
+
+		kv_load16(&v[0], j->vc, vr, kv16);
+		kv_load16(&v[1], j->vc, vr + 16, kv16);
+		for (int r = 0; r < NR; r++)
+			if (lane[r] >= i - p0) {
+				acc[r][0] += wi[r] * v[0];
+				acc[r][1] += wi[r] * v[1];
+			}
 	}
 	for (int r = 0; r < NR; r++)
 		memcpy(acc_out[r], acc[r], sizeof(acc[r]));
@@ -1531,14 +1529,24 @@ static inline __attribute__((always_inline)) void attn_tile(struct attn_job *j, 
 			const size_t col = (size_t)kvh * hd + (size_t)d0;
 
 			if (nr > 8)
-				attn_tile_values(12, j, w + r0, s, n, col, acc, kv16);
+				attn_tile_values(12, j, w + r0, lane + r0, s, p0, n, col, acc, kv16);
 			else
-				attn_tile_values(8, j, w + r0, s, n, col, acc, kv16);
+				attn_tile_values(8, j, w + r0, lane + r0, s, p0, n, col, acc, kv16);
 			for (int r = 0; r < nr; r++)
 				memcpy(o + (size_t)lane[r0 + r] * qt + (size_t)(r0 + r - lane[r0 + r] * G) * hd + d0,
 				       acc[r], sizeof(acc[r]));
 		}
 	}
+}
+
+/* Whether a prompt's rows of this shape go through attn_tile: the wide
+ * loops' shapes, and groups and heads its lanes and arrays hold. */
+static inline int attn_tiles(const struct be_batch *b, const struct be_attn *a)
+{
+	const int hd = a->head_dim;
+
+	return softmax_cols_impl && b->block_size % 16 == 0 && hd % 64 == 0 && hd <= ATTN_TILE_HEAD &&
+	       a->n_heads / a->n_kv_heads <= ATTN_TILE_GROUP;
 }
 
 /* How many tokens from t on (at most max) attn_tile can take together for
@@ -1576,7 +1584,7 @@ static inline __attribute__((always_inline)) void attn_rows_of(struct attn_job *
 	float *sc = j->c->scratch[worker]; /* [group][stride] scores */
 	float row[BE_CPU_MAX_BLOCK];       /* a row of a bf16 cache, widened (narrow loops) */
 	/* whole vectors: four heads of a group at a time in registers */
-	const int wide = bs % 16 == 0 && hd % 64 == 0;
+	const int wide = bs % 16 == 0 && hd % 64 == 0, tiles = attn_tiles(b, a);
 	int task;
 
 	/* The range's tasks a KV head at a time: the tokens of one sequence
@@ -1600,7 +1608,7 @@ static inline __attribute__((always_inline)) void attn_rows_of(struct attn_job *
 
 		if (t < tiled)
 			continue; /* in the tile before */
-		if (wide && group <= ATTN_TILE_GROUP && hd <= ATTN_TILE_HEAD) {
+		if (tiles) {
 			/* the tokens from here that one tile can take */
 			const int T = attn_tile_span(b, a, t, kvh, end, ATTN_TILE_ROWS / group);
 
@@ -1721,9 +1729,9 @@ static void cpu_attention(struct be *be, const struct be_attn *a, const struct b
 		return;
 	}
 
-	/* scores of a group of heads: [group][scratch_n] per worker, or of a
-	 * tile's positions ([scratch_n][32], attn_tile) */
-	rows = group > ATTN_TILE_GROUP ? group : ATTN_TILE_ROWS;
+	/* scores of a group of heads: [group][scratch_n] per worker, and
+	 * where tiles run a tile's positions ([scratch_n][32], attn_tile) */
+	rows = attn_tiles(&c->b, a) && group < ATTN_TILE_ROWS ? ATTN_TILE_ROWS : group;
 	if (rows > c->scratch_group) {
 		for (t = 0; t < pool_size(c->pool); t++) {
 			float *p = realloc(c->scratch[t], scratch_bytes(rows, c->scratch_n));

@@ -1178,10 +1178,14 @@ static void silu_scalar(float *g, const float *u, size_t n)
 static void (*silu_impl)(float *g, const float *u, size_t n) = silu_scalar;
 
 static void (*softmax_impl)(float *row, int n) = softmax_scalar;
-/* attn_tile's softmax; NULL: no tiles. Only AVX-512's 32 vector registers
- * hold its blocks: built for AVX2 (16, and a 16-float vector two of them)
- * every loop of the tile spilled, 1.5-2.4 times slower than a row at a
- * time there. */
+/* attn_tile's softmax; NULL: no tiles, and no wide loops. Only AVX-512's
+ * 32 vector registers hold their blocks of 16-float vectors: built for
+ * AVX2 (16 registers, such a vector two of them) gcc keeps them on the
+ * stack and broadcasts a float into one through it. Measured with the
+ * AVX2 copy on this machine, 4 prompts of 512 tokens: the tile 1.5-2.4
+ * times slower than the wide one-row loops, and those 3 times slower
+ * than the narrow loops of plain float arrays that gcc vectorizes itself
+ * (2.5-4 against 8-13 GFLOP/s; AVX-512's tile: 100). */
 static void (*softmax_cols_impl)(float *w, int n, int p0, const int32_t *lane, int rows);
 static pthread_once_t softmax_once = PTHREAD_ONCE_INIT;
 
@@ -1583,8 +1587,9 @@ static inline __attribute__((always_inline)) void attn_rows_of(struct attn_job *
 	const size_t kv_dim = (size_t)a->n_kv_heads * hd, stride = j->c->scratch_n;
 	float *sc = j->c->scratch[worker]; /* [group][stride] scores */
 	float row[BE_CPU_MAX_BLOCK];       /* a row of a bf16 cache, widened (narrow loops) */
-	/* whole vectors: four heads of a group at a time in registers */
-	const int wide = bs % 16 == 0 && hd % 64 == 0, tiles = attn_tiles(b, a);
+	/* whole vectors: four heads of a group at a time in registers (with
+	 * AVX-512 only, softmax_cols_impl) */
+	const int wide = softmax_cols_impl && bs % 16 == 0 && hd % 64 == 0, tiles = attn_tiles(b, a);
 	int task;
 
 	/* The range's tasks a KV head at a time: the tokens of one sequence

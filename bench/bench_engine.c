@@ -227,6 +227,17 @@ static struct engine_seq *new_seq(struct engine *e, int n, int max_tokens, int s
 	return s;
 }
 
+/* OpenBLAS's threads spin (sched_yield) for about 2^28 cycles after a
+ * call before they sleep: an engine step right after a bare pass would
+ * share the cores with them. */
+static void openblas_settle(void)
+{
+	struct timespec ts = { 0, 250 * 1000 * 1000 };
+
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
 static int prefill(struct engine *e, struct bare *b, int batch, int len, int reps, int quick)
 {
 	struct engine_seq *s[8];
@@ -238,6 +249,7 @@ static int prefill(struct engine *e, struct bare *b, int batch, int len, int rep
 	 * pass after each of the engine's steps: a burst of noise from the
 	 * machine's neighbours then lands on both sides of the ratio */
 	bare_pass(b, batch * len, layers, 0, 0); /* warm up */
+	openblas_settle();
 	for (r = 0; r < reps; r++) {
 		double t0;
 		for (i = 0; i < batch; i++)
@@ -257,6 +269,7 @@ static int prefill(struct engine *e, struct bare *b, int batch, int len, int rep
 		t0 = bare_pass(b, batch * len, layers, 0, 0);
 		if (t0 < t_sgemm)
 			t_sgemm = t0;
+		openblas_settle();
 	}
 	attn = (double)batch * LAYERS * 4.0 * HEADS * HEAD_DIM * ((double)len * (len + 1) / 2);
 	flops = 2.0 * non_embedding_params() * batch * len + attn + 2.0 * VOCAB * HIDDEN * batch;

@@ -69,7 +69,8 @@ struct cpu_be {
 	int max_pos;        /* largest position of the batch: size of score rows */
 	float **scratch;    /* [pool size][scratch_group][scratch_n] attention scores */
 	size_t scratch_n;   /* positions per score row */
-	int scratch_group;  /* score rows: query heads per KV head */
+	int scratch_group;  /* score rows: query heads per KV head, at least 32
+			     * where tiles run (attn_tile's positions) */
 	int error;          /* of an op since the last sync; reported there */
 	float *rope_cs;     /* [n_tokens][head_dim] cos then sin, for rope_freq */
 	size_t rope_cs_n;
@@ -1423,8 +1424,9 @@ static inline __attribute__((always_inline)) void attn_tile_values(const int NR,
  * w is the worker's scratch, [pmax + 1][32], 64-byte aligned. Every score
  * and every output element is the same chain, in the same order, as
  * attn_rows_of's one-token loops give it (a position a row does not see
- * weighs an exact 0): the same bits. Wide shapes only (bs, hd multiples
- * of 16, 64).
+ * weighs 0 in its softmax and is never read into its values): the same
+ * bits. With AVX-512 only (softmax_cols_impl) and wide shapes (bs, hd
+ * multiples of 16, 64: attn_tiles).
  */
 static inline __attribute__((always_inline)) void attn_tile(struct attn_job *j, float *sc, int t0,
 								int T, int kvh, const int kv16)

@@ -359,9 +359,10 @@ int be_cpu_create(const struct be_cpu_opts *opts, struct be **out);
 
 /* Tests only: the CPU backend's attention loops, "avx512" (the vector
  * softmax and a prompt's tokens a tile at a time, the default where the
- * CPU has AVX-512) or "portable" (the scalar softmax, a row at a time:
- * what other CPUs run), for the whole process. Returns 0, or -ENOTSUP
- * where this CPU or build lacks it. Not safe while a backend computes. */
+ * CPU has AVX-512), "avx2" (an 8-wide softmax, a row at a time: CPUs with
+ * AVX2 only) or "portable" (the scalar softmax, a row at a time), for the
+ * whole process. Returns 0, or -ENOTSUP where this CPU or build lacks it.
+ * Not safe while a backend computes. */
 int be_cpu_set_attention(const char *name);
 
 /*

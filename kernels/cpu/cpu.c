@@ -1066,6 +1066,62 @@ static __attribute__((target("avx512f"))) void softmax_avx512(float *row, int n)
 	for (i = 0; i < n; i++)
 		row[i] *= inv;
 }
+
+/* The same with AVX2's 8-float vectors (glibc's AVX2 vector expf), for
+ * CPUs without AVX-512: 8 partial sums, the positions i mod 8. A scalar
+ * expf an element had been 40 % of a prompt's attention there. */
+__attribute__((target("avx2"))) __m256 _ZGVdN8v_expf(__m256 x); /* libmvec */
+
+static __attribute__((target("avx2"))) void softmax_avx2(float *row, int n)
+{
+	__m256 vmx = _mm256_set1_ps(-INFINITY), vs = _mm256_setzero_ps();
+	float mx = -INFINITY, sum, inv;
+	int i, n8 = n & ~7;
+
+	for (i = 0; i < n8; i += 8)
+		vmx = _mm256_max_ps(vmx, _mm256_loadu_ps(row + i));
+	{
+		float lanes[8];
+
+		_mm256_storeu_ps(lanes, vmx);
+		for (int l = 0; l < 8; l++)
+			mx = lanes[l] > mx ? lanes[l] : mx;
+	}
+	for (; i < n; i++)
+		mx = row[i] > mx ? row[i] : mx;
+	for (i = 0; i < n8; i += 8) {
+		__m256 e = _ZGVdN8v_expf(_mm256_sub_ps(_mm256_loadu_ps(row + i), _mm256_set1_ps(mx)));
+
+		_mm256_storeu_ps(row + i, e);
+		vs = _mm256_add_ps(vs, e);
+	}
+	if (i < n) {
+		/* the last few in the same vector call (expf(0), then 0) */
+		float x[8] = { 0 };
+		__m256 e;
+
+		for (int l = 0; l < n - i; l++)
+			x[l] = row[i + l] - mx;
+		e = _ZGVdN8v_expf(_mm256_loadu_ps(x));
+		_mm256_storeu_ps(x, e);
+		for (int l = 0; l < 8; l++)
+			x[l] = l < n - i ? x[l] : 0.0f;
+		for (int l = 0; l < n - i; l++)
+			row[i + l] = x[l];
+		vs = _mm256_add_ps(vs, _mm256_loadu_ps(x));
+	}
+	{
+		float lanes[8];
+
+		_mm256_storeu_ps(lanes, vs);
+		sum = 0.0f;
+		for (int l = 0; l < 8; l++)
+			sum += lanes[l];
+	}
+	inv = 1.0f / sum;
+	for (i = 0; i < n; i++)
+		row[i] *= inv;
+}
 #define SOFTMAX_VECTOR 1
 #endif
 
@@ -1198,6 +1254,8 @@ static void softmax_select(void)
 		softmax_impl = softmax_avx512;
 		softmax_cols_impl = softmax_cols_avx512;
 		silu_impl = silu_avx512;
+	} else if (__builtin_cpu_supports("avx2")) {
+		softmax_impl = softmax_avx2;
 	}
 #endif
 }
@@ -1214,6 +1272,11 @@ int be_cpu_set_attention(const char *name)
 	if (!strcmp(name, "avx512") && __builtin_cpu_supports("avx512f")) {
 		softmax_impl = softmax_avx512;
 		softmax_cols_impl = softmax_cols_avx512;
+		return 0;
+	}
+	if (!strcmp(name, "avx2") && __builtin_cpu_supports("avx2")) {
+		softmax_impl = softmax_avx2;
+		softmax_cols_impl = NULL;
 		return 0;
 	}
 #endif

@@ -171,11 +171,13 @@ static void test_decode_equals_recompute(void **state)
 
 		/* with AVX-512's loops the tile, its softmax down the
 		 * positions a vector of rows at a time, gives each row the
-		 * bits of the one-row loops; the portable ones (a row at a
-		 * time, the scalar softmax) give each row the same bits in any
-		 * batch too */
-		for (int sm = 0; sm < 2; sm++) {
-			if (be_cpu_set_attention(sm ? "portable" : "avx512") < 0)
+		 * bits of the one-row loops; the others (a row at a time, the
+		 * 8-wide or the scalar softmax) give each row the same bits in
+		 * any batch too */
+		static const char *const way[] = { "avx512", "avx2", "portable" };
+
+		for (int sm = 0; sm < 3; sm++) {
+			if (be_cpu_set_attention(way[sm]) < 0)
 				continue;
 			check_recompute_n("--hidden 256 --heads 4 --kv-heads 4 --ffn 256", 20, 16, &one);
 			check_recompute_n("--hidden 256 --heads 4 --kv-heads 2 --ffn 256", 29, 6, &one);
@@ -188,7 +190,7 @@ static void test_decode_equals_recompute(void **state)
 			check_recompute_n("--hidden 256 --heads 2 --kv-heads 1 --ffn 256", 40, 4, &one);
 			check_recompute_n("--hidden 512 --heads 2 --kv-heads 2 --ffn 256", 20, 16, &one);
 		}
-		if (be_cpu_set_attention("avx512") < 0)
+		if (be_cpu_set_attention("avx512") < 0 && be_cpu_set_attention("avx2") < 0)
 			assert_int_equal(be_cpu_set_attention("portable"), 0);
 		for (int fma = 0; fma < 2; fma++) {
 			if (gemm_set_dot_fma(fma) < 0)
@@ -211,6 +213,55 @@ static void test_decode_equals_recompute(void **state)
 
 /* Four sequences of different lengths, sampled with their own seeds, get
  * the same logits and tokens in one batch as alone, and in chunks. */
+/* Every way the CPU backend can run attention (AVX-512's tile and loops,
+ * the 8-wide softmax of CPUs with AVX2 only, the scalar one) gives a
+ * prompt's logits within float rounding of the scalar softmax's: rows of
+ * 1 to 45 positions, so every length of a vector's last few. */
+static void test_attention_ways_agree(void **state)
+{
+	static const char *const way[] = { "avx512", "avx2" };
+	char *dir = must_model("--hidden 384 --heads 6 --kv-heads 2 --ffn 256");
+	struct engine_opts one = { .n_threads = 1 };
+	struct engine *e = must_load(dir, &one);
+	int vocab = engine_config(e)->vocab, n = 45, i, w;
+	float *ref = malloc((size_t)n * vocab * sizeof(float));
+	struct engine_seq *s;
+	int32_t p[64];
+
+	(void)state;
+	assert_non_null(ref);
+	prompt_of(p, n, 3, vocab);
+	assert_int_equal(be_cpu_set_attention("portable"), 0);
+	s = new_seq(e, p, n, 1, 0.0f, 0, ENGINE_LOGITS_ALL);
+	assert_int_equal(engine_generate(e, &s, 1, 0, err, sizeof(err)), 0);
+	assert_int_equal(s->n_logits, n);
+	memcpy(ref, s->logits, (size_t)n * vocab * sizeof(float));
+	engine_seq_free(e, s);
+	for (w = 0; w < 2; w++) {
+		if (be_cpu_set_attention(way[w]) < 0)
+			continue;
+		s = new_seq(e, p, n, 1, 0.0f, 0, ENGINE_LOGITS_ALL);
+		assert_int_equal(engine_generate(e, &s, 1, 0, err, sizeof(err)), 0);
+		for (i = 0; i < n; i++) {
+			const float *a = ref + (size_t)i * vocab, *b = s->logits + (size_t)i * vocab;
+			float mx = 0.0f, d = 0.0f;
+
+			for (int v = 0; v < vocab; v++) {
+				mx = fabsf(a[v]) > mx ? fabsf(a[v]) : mx;
+				d = fabsf(a[v] - b[v]) > d ? fabsf(a[v] - b[v]) : d;
+			}
+			if (d > 1e-4f * mx)
+				fail_msg("%s: row %d differs by %g (max |logit| %g)", way[w], i, d, mx);
+		}
+		engine_seq_free(e, s);
+	}
+	if (be_cpu_set_attention("avx512") < 0 && be_cpu_set_attention("avx2") < 0)
+		assert_int_equal(be_cpu_set_attention("portable"), 0);
+	free(ref);
+	engine_free(e);
+	rm_model(dir);
+}
+
 static void test_batch_invariance(void **state)
 {
 	static const int len[4] = { 3, 17, 1, 40 };
@@ -571,6 +622,7 @@ int main(void)
 	}
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_decode_equals_recompute),
+		cmocka_unit_test(test_attention_ways_agree),
 		cmocka_unit_test(test_batch_invariance),
 		cmocka_unit_test(test_backend_sample),
 		cmocka_unit_test(test_kv_blocks_returned),

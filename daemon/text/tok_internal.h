@@ -47,7 +47,8 @@ void arena_free(struct arena *a);
 
 /* UTF-8. utf8_check returns the offset of the first invalid byte, or len. */
 size_t utf8_check(const char *s, size_t len);
-/* Decode one code point of valid UTF-8 at s; returns its length. */
+/* Decode one code point of valid UTF-8 at s; returns its length (never past
+ * len, whatever the bytes). */
 int utf8_next(const unsigned char *s, size_t len, uint32_t *cp);
 int utf8_encode(uint32_t cp, char out[4]);
 /* Length of the last character of valid UTF-8 s (len > 0). */

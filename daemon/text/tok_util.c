@@ -192,7 +192,7 @@ int utf8_next(const unsigned char *s, size_t len, uint32_t *cp)
 		*cp = c;
 		return 1;
 	}
-	if (c < 0xE0) {
+	if (c < 0xE0 || len < 3) {
 		*cp = ((c & 0x1F) << 6) | (s[1] & 0x3F);
 		return 2;
 	}

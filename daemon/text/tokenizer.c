@@ -86,6 +86,9 @@ static int parse_json(const char *path, struct json_object **out, char *err, siz
 		free(buf);
 		return -ENOMEM;
 	}
+	/* Every string inside is UTF-8 from here on: the normalizers, the
+	 * regexes (matched without a UTF check) and the models rely on it. */
+	json_tokener_set_flags(tk, JSON_TOKENER_VALIDATE_UTF8);
 	struct json_object *o = json_tokener_parse_ex(tk, buf, (int)len);
 	enum json_tokener_error je = json_tokener_get_error(tk);
 	if (!o || je != json_tokener_success) {

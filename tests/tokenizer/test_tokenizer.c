@@ -300,6 +300,15 @@ static void test_load_errors(void **state)
 	expect_load_error(buf, -EINVAL, "pre_tokenizer.pattern", "regex");
 	expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1},\"merges\":[\"a b\"]}}",
 	                  -EINVAL, "model.merges[0]", NULL);
+	/* Bytes that are not UTF-8 anywhere in the file: a normalizer's content
+	 * once put a lone lead byte into the text that the regexes (matched
+	 * without a UTF check) and the BPE model read past; a vocabulary key. */
+	snprintf(buf, sizeof(buf), "{\"normalizer\":{\"type\":\"Replace\",\"pattern\":{\"String\":\"a\"},"
+	         "\"content\":\"\xf0\"},\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":"
+	         "{\"Regex\":\"\\\\X\"},\"behavior\":\"Isolated\"},%s}", TINY_MODEL);
+	expect_load_error(buf, -EINVAL, "not valid JSON", "utf-8");
+	expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"\xc3(\":1},\"merges\":[]}}",
+	                  -EINVAL, "not valid JSON", "utf-8");
 }
 
 /* A backtracking pattern from the file against hostile text: the match limit

@@ -465,32 +465,56 @@ static DOT512 void block_dot512(int mr, int k, const void *a, const void *p, flo
 #undef CALL
 }
 
-/* AVX2 has 16 registers: two rows of a block at a time, 4 × 8 columns.
- * The row's chain is the same whichever rows it is paired with. A bf16
- * pair row is four 32-byte loads (8 columns by two k each). */
-static INLINE AVX2 void rows256(const int R, const int W16, int lda, int k, const float *a,
-				const void *pv, float *y, size_t ldy, int nc, int acc)
+/*
+ * AVX2 has 16 registers. Six rows of a block by half a panel (16 columns,
+ * two registers, W = 2) at a time, 12 accumulators, as the classic 6 x 16
+ * kernel: each step of k loads 64 bytes of the panel for 12 multiply-adds.
+ * Two rows by the whole panel (the first kernel here) loaded 128 for 8 and
+ * ran at half OpenBLAS's Haswell kernel. Up to three rows take the whole
+ * panel at once (W = 4, 4 registers a row): a decode step's one or two
+ * rows then stream each panel once, and keep 4 to 8 chains in flight
+ * where halves would have had 2 to 4.
+ * The row's chain is the same whichever rows and columns share its block.
+ * A bf16 pair row is 32-byte loads of 8 columns by two k each; half H
+ * takes two of its four.
+ */
+static INLINE AVX2 void rows256(const int R, const int W16, const int W, const int H, int lda,
+				int k, const float *a, const void *pv, float *y, size_t ldy, int nc,
+				int acc, const char *pf)
 {
-	const float *p = pv;
-	const uint16_t *h = pv;
+	const float *p = (const float *)pv + 16 * H;
+	const uint16_t *h = (const uint16_t *)pv + 32 * H;
 	const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
-	__m256 c[2][4];
+	const int cols = nc - 16 * H < 8 * W ? nc - 16 * H : 8 * W;
+	__m256 c[4][6]; /* [column vector][row] */
 	float tmp[GEMM_NR];
 	int i, j, kk;
 
-	for (i = 0; i < R; i++)
-		for (j = 0; j < 4; j++) {
-			if (acc) {
-				memset(tmp, 0, sizeof(tmp));
-				memcpy(tmp, y + (size_t)i * ldy, (size_t)nc * sizeof(float));
-				c[i][j] = _mm256_loadu_ps(tmp + 8 * j);
-			} else {
-				c[i][j] = _mm256_setzero_ps();
-			}
+	y += 16 * H;
+	/* every loop over rows and vectors unrolled, so that every
+	 * accumulator is a register: indexed by a variable, they would live
+	 * in memory (a load of __m256 may alias them, so gcc stored them at
+	 * every step of k: half the speed) */
+#pragma GCC unroll 6
+	for (i = 0; i < R; i++) {
+		if (acc) {
+			memset(tmp, 0, sizeof(tmp));
+			memcpy(tmp, y + (size_t)i * ldy, (size_t)cols * sizeof(float));
 		}
+#pragma GCC unroll 4
+		for (j = 0; j < W; j++)
+			c[j][i] = acc ? _mm256_loadu_ps(tmp + 8 * j) : _mm256_setzero_ps();
+	}
 	for (kk = 0; kk < k; kk++) {
 		__m256 b[4];
-		for (j = 0; j < 4; j++) {
+
+		/* a bf16 panel moves 128 bytes every second k */
+		if (!W16)
+			panel_prefetch(pf, kk);
+		else if (kk & 1)
+			panel_prefetch(pf, kk >> 1);
+#pragma GCC unroll 4
+		for (j = 0; j < W; j++) {
 			if (W16) {
 				__m256i r = _mm256_load_si256((const __m256i *)(const void *)(h + 16 * j));
 				b[j] = _mm256_castsi256_ps((kk & 1) ? _mm256_slli_epi32(r, 16)
@@ -499,10 +523,12 @@ static INLINE AVX2 void rows256(const int R, const int W16, int lda, int k, cons
 				b[j] = _mm256_load_ps(p + 8 * j);
 			}
 		}
+#pragma GCC unroll 6
 		for (i = 0; i < R; i++) {
 			__m256 av = _mm256_broadcast_ss(a + i);
-			for (j = 0; j < 4; j++)
-				c[i][j] = _mm256_fmadd_ps(av, b[j], c[i][j]);
+#pragma GCC unroll 4
+			for (j = 0; j < W; j++)
+				c[j][i] = _mm256_fmadd_ps(av, b[j], c[j][i]);
 		}
 		a += lda;
 		if (!W16)
@@ -510,37 +536,55 @@ static INLINE AVX2 void rows256(const int R, const int W16, int lda, int k, cons
 		else if (kk & 1)
 			h += 2 * GEMM_NR;
 	}
+#pragma GCC unroll 6
 	for (i = 0; i < R; i++) {
-		for (j = 0; j < 4; j++)
-			_mm256_storeu_ps(tmp + 8 * j, c[i][j]);
-		memcpy(y + (size_t)i * ldy, tmp, (size_t)nc * sizeof(float));
+#pragma GCC unroll 4
+		for (j = 0; j < W; j++)
+			_mm256_storeu_ps(tmp + 8 * j, c[j][i]);
+		memcpy(y + (size_t)i * ldy, tmp, (size_t)cols * sizeof(float));
 	}
 }
+
+#define ROWS256(R, W, H)                                                                   \
+	rows256(R, W16, W, H, mr, k, a + i, p, y + (size_t)i * ldy, ldy, nc, acc,           \
+		H == 0 && i == 0 ? pf : NULL)
+
+/* mr rows by a panel's nc columns: six rows by each half at a time; a
+ * last one to three rows by the whole panel. The first pass over the
+ * panel asks for the lines at pf (block512's). */
+static INLINE AVX2 void block256(const int W16, int mr, int k, const float *a, const void *p,
+				 float *y, size_t ldy, int nc, int acc, const char *pf)
+{
+	const int whole = mr % 6 <= 3 ? mr % 6 : 0, halves = mr - whole;
+	int i;
+
+	for (int H = 0; H < 2 && 16 * H < nc; H++)
+		for (i = 0; i < halves; i += 6)
+			switch (halves - i < 6 ? halves - i : 6) {
+			case 4: ROWS256(4, 2, H); break;
+			case 5: ROWS256(5, 2, H); break;
+			default: ROWS256(6, 2, H); break;
+			}
+	i = halves;
+	switch (whole) {
+	case 1: ROWS256(1, 4, 0); break;
+	case 2: ROWS256(2, 4, 0); break;
+	case 3: ROWS256(3, 4, 0); break;
+	default: break;
+	}
+}
+#undef ROWS256
 
 static AVX2 void block_avx2(int mr, int k, const void *av, const void *p, float *y, size_t ldy,
 			    int nc, int acc, const char *pf)
 {
-	const float *a = av;
-	int i;
-
-	(void)pf;
-	for (i = 0; i + 2 <= mr; i += 2)
-		rows256(2, 0, mr, k, a + i, p, y + (size_t)i * ldy, ldy, nc, acc);
-	if (i < mr)
-		rows256(1, 0, mr, k, a + i, p, y + (size_t)i * ldy, ldy, nc, acc);
+	block256(0, mr, k, av, p, y, ldy, nc, acc, pf);
 }
 
 static AVX2 void block_avx2_16(int mr, int k, const void *av, const void *p, float *y,
 			       size_t ldy, int nc, int acc, const char *pf)
 {
-	const float *a = av;
-	int i;
-
-	(void)pf;
-	for (i = 0; i + 2 <= mr; i += 2)
-		rows256(2, 1, mr, k, a + i, p, y + (size_t)i * ldy, ldy, nc, acc);
-	if (i < mr)
-		rows256(1, 1, mr, k, a + i, p, y + (size_t)i * ldy, ldy, nc, acc);
+	block256(1, mr, k, av, p, y, ldy, nc, acc, pf);
 }
 #endif
 

@@ -106,16 +106,19 @@ static void test_pack_round_trip(void **state)
 /* Every ISA this CPU has gives the scalar fmaf() loop's bits; every row
  * gives the same bits alone, in any batch and any column split; and the
  * result is a correct product. */
-static void test_fixed_order(void **state)
+static void fixed_order(int n)
 {
 	static const char *isa[] = { "scalar", "avx2", "avx512" };
-	const int n = 77, k = 203, m = 41; /* partial panels, blocks and rows */
+	const int k = 203, m = 41; /* partial panels, blocks and rows */
 	float *x = randv((size_t)m * k), *w = randv((size_t)n * k), *pk = packed(w, n, k);
 	float *ref = malloc((size_t)m * n * sizeof(float)), *y = malloc((size_t)m * n * sizeof(float));
+	float *y0 = randv((size_t)m * n), *ref_acc = malloc((size_t)m * n * sizeof(float));
+	float *xp = malloc(gemm_xpack_len(m, k) * sizeof(float));
 	const char *orig = gemm_isa();
 	int i, r, c, kk, tried = 0;
 
-	(void)state;
+	assert_true(ref_acc && xp);
+	gemm_pack_x(xp, m, k, x);
 	assert_non_null(ref);
 	assert_non_null(y);
 	assert_int_equal(gemm_set_isa("scalar"), 0);
@@ -129,11 +132,17 @@ static void test_fixed_order(void **state)
 			}
 			assert_true(fabs(ref[(size_t)r * n + c] - d) <= 1e-6 * mag + 1e-30);
 		}
+	/* accumulating: each chain continues from y's value */
+	memcpy(ref_acc, y0, (size_t)m * n * sizeof(float));
+	gemm_run(m, n, k, xp, pk, GEMM_F32, ref_acc, 1, 0, gemm_panels(n));
 	for (i = 0; i < 3; i++) {
 		int split;
 		if (gemm_set_isa(isa[i]) < 0)
 			continue;
 		tried++;
+		memcpy(y, y0, (size_t)m * n * sizeof(float));
+		gemm_run(m, n, k, xp, pk, GEMM_F32, y, 1, 0, gemm_panels(n));
+		assert_memory_equal(y, ref_acc, (size_t)m * n * sizeof(float));
 		for (split = 0; split <= 3; split++) {
 			product(m, n, k, x, pk, y, split);
 			assert_memory_equal(y, ref, (size_t)m * n * sizeof(float));
@@ -153,6 +162,16 @@ static void test_fixed_order(void **state)
 	free(pk);
 	free(ref);
 	free(y);
+	free(y0);
+	free(ref_acc);
+	free(xp);
+}
+
+static void test_fixed_order(void **state)
+{
+	(void)state;
+	fixed_order(77); /* the last panel's 13 columns: half of one */
+	fixed_order(90); /* 26: one half whole, the other partial */
 }
 
 /* bf16 panels: every ISA gives the bits of the same weights widened into

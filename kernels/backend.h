@@ -357,13 +357,14 @@ struct be_cpu_opts {
 /* Creates the CPU backend. Returns 0 or -ENOMEM; *out is set on success. */
 int be_cpu_create(const struct be_cpu_opts *opts, struct be **out);
 
-/* Tests only: the CPU backend's attention loops, "avx512" (the vector
- * softmax and a prompt's tokens a tile at a time, the default where the
- * CPU has AVX-512), "avx2" (an 8-wide softmax, a row at a time: CPUs with
- * AVX2 only) or "portable" (the scalar softmax, a row at a time), for the
- * whole process. Returns 0, or -ENOTSUP where this CPU or build lacks it.
- * Not safe while a backend computes. */
-int be_cpu_set_attention(const char *name);
+/* Tests only: the copy of the CPU backend's loops (attention, SiLU, LoRA)
+ * that the whole process runs, as on a CPU of that kind: "avx512" (the
+ * vector softmax and SiLU, a prompt's tokens a tile at a time; the default
+ * where the CPU has AVX-512), "avx2" (AVX2 and FMA: 8-wide softmax, SiLU
+ * and one-row loops) or "portable" (scalar softmax and SiLU, a row at a
+ * time). Returns 0, or -ENOTSUP where this CPU or build lacks it. Not safe
+ * while a backend computes. The GEMM's copy is gemm.c's own choice. */
+int be_cpu_set_isa(const char *name);
 
 /*
  * Where a backend's buffers are host memory (the CPU backend's, and only

@@ -29,15 +29,38 @@
 #endif
 
 /*
- * The hot loops are built for AVX-512, AVX2 and plain x86-64 and picked at
- * load time (an ifunc). ThreadSanitizer cannot run an ifunc resolver (it is
- * called before the sanitizer's runtime is up), so its build has one copy.
+ * The hot loops (attention, LoRA) are built three times, for AVX-512, for
+ * AVX2 with FMA and for any x86-64, and one copy is picked for the process
+ * (cpu_isa, at the first backend). Not gcc's target_clones: its AVX2 copy
+ * had no FMA (a separate feature), so every multiply-add there was two
+ * instructions, and its ifunc resolver cannot run under ThreadSanitizer.
+ * FN is an always_inline pool_fn; FN##_isa[cpu_isa] its copy.
  */
-#if defined(__SANITIZE_THREAD__)
-#define CPU_CLONES
+enum cpu_isa { ISA_PORTABLE, ISA_AVX2, ISA_AVX512 };
+#if defined(__x86_64__)
+#define CPU_PER_ISA(FN)                                                                        \
+	static __attribute__((target("avx512f"))) void FN##_avx512(void *a, int w, int b, int e) \
+	{                                                                                       \
+		FN(a, w, b, e);                                                                 \
+	}                                                                                       \
+	static __attribute__((target("avx2,fma"))) void FN##_avx2(void *a, int w, int b, int e) \
+	{                                                                                       \
+		FN(a, w, b, e);                                                                 \
+	}                                                                                       \
+	static void FN##_portable(void *a, int w, int b, int e)                                 \
+	{                                                                                       \
+		FN(a, w, b, e);                                                                 \
+	}                                                                                       \
+	static const pool_fn FN##_isa[] = { FN##_portable, FN##_avx2, FN##_avx512 }
 #else
-#define CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define CPU_PER_ISA(FN)                                                                        \
+	static void FN##_portable(void *a, int w, int b, int e)                                 \
+	{                                                                                       \
+		FN(a, w, b, e);                                                                 \
+	}                                                                                       \
+	static const pool_fn FN##_isa[] = { FN##_portable, FN##_portable, FN##_portable }
 #endif
+static enum cpu_isa cpu_isa;
 
 /* Every buffer is fp32 here, whatever dtype it was asked for in, except
  * weight matrices asked for as bf16: the GEMM reads those as bf16 panels
@@ -1003,6 +1026,26 @@ static inline __attribute__((always_inline)) void kv_load16(v16 *r, const void *
 	}
 }
 
+/* 8 floats, one AVX2 register: the loops of CPUs without AVX-512 */
+typedef float v8 __attribute__((vector_size(32)));
+typedef uint16_t h8 __attribute__((vector_size(16)));
+typedef uint32_t u32x8 __attribute__((vector_size(32)));
+
+static inline __attribute__((always_inline)) void kv_load8(v8 *r, const void *c, size_t i,
+							       const int kv16)
+{
+	if (kv16) {
+		h8 h;
+		u32x8 w;
+
+		memcpy(&h, (const uint16_t *)c + i, sizeof(h));
+		w = __builtin_convertvector(h, u32x8) << 16;
+		memcpy(r, &w, sizeof(*r));
+	} else {
+		memcpy(r, (const float *)c + i, sizeof(*r));
+	}
+}
+
 /* n elements of a KV cache from element i on as an fp32 row: in place, or
  * widened into tmp. The loops that take it are then the same code for
  * both types (the same contractions into fused multiply-adds). */
@@ -1222,6 +1265,31 @@ static __attribute__((target("avx512f"))) void silu_avx512(float *g, const float
 		_mm512_mask_storeu_ps(g + i, m, silu16(_mm512_maskz_loadu_ps(m, g + i), _mm512_maskz_loadu_ps(m, u + i)));
 	}
 }
+/* The same with AVX2, 8 at a time through libmvec's AVX2 expf, the last
+ * few in one more call of it. */
+static __attribute__((target("avx2"))) __m256 silu8(__m256 x, __m256 u)
+{
+	const __m256 one = _mm256_set1_ps(1.0f);
+	__m256 neg = _mm256_xor_ps(x, _mm256_set1_ps(-0.0f));
+
+	return _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(one, _ZGVdN8v_expf(neg))), u);
+}
+
+static __attribute__((target("avx2"))) void silu_avx2(float *g, const float *u, size_t n)
+{
+	size_t i = 0;
+
+	for (; i + 8 <= n; i += 8)
+		_mm256_storeu_ps(g + i, silu8(_mm256_loadu_ps(g + i), _mm256_loadu_ps(u + i)));
+	if (i < n) {
+		float x[8] = { 0 }, y[8] = { 0 };
+
+		memcpy(x, g + i, (n - i) * sizeof(float));
+		memcpy(y, u + i, (n - i) * sizeof(float));
+		_mm256_storeu_ps(x, silu8(_mm256_loadu_ps(x), _mm256_loadu_ps(y)));
+		memcpy(g + i, x, (n - i) * sizeof(float));
+	}
+}
 #endif
 
 static void silu_scalar(float *g, const float *u, size_t n)
@@ -1244,39 +1312,59 @@ static void (*softmax_impl)(float *row, int n) = softmax_scalar;
  * than the narrow loops of plain float arrays that gcc vectorizes itself
  * (2.5-4 against 8-13 GFLOP/s; AVX-512's tile: 100). */
 static void (*softmax_cols_impl)(float *w, int n, int p0, const int32_t *lane, int rows);
-static pthread_once_t softmax_once = PTHREAD_ONCE_INIT;
+/* 1: the one-row loops of 8-float vectors (attn_scores8, attn_values8),
+ * for CPUs with AVX2 and not AVX-512 */
+static int attn_mid;
+static pthread_once_t loops_once = PTHREAD_ONCE_INIT;
 
-static void softmax_select(void)
+static void loops_select(void)
 {
-#ifdef SOFTMAX_VECTOR
+#if defined(__x86_64__)
 	__builtin_cpu_init();
-	if (__builtin_cpu_supports("avx512f")) {
+	if (__builtin_cpu_supports("avx512f"))
+		cpu_isa = ISA_AVX512;
+	else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+		cpu_isa = ISA_AVX2;
+#endif
+#ifdef SOFTMAX_VECTOR
+	if (cpu_isa == ISA_AVX512) {
 		softmax_impl = softmax_avx512;
 		softmax_cols_impl = softmax_cols_avx512;
 		silu_impl = silu_avx512;
-	} else if (__builtin_cpu_supports("avx2")) {
+	} else if (cpu_isa == ISA_AVX2) {
 		softmax_impl = softmax_avx2;
+		silu_impl = silu_avx2;
+		attn_mid = 1;
 	}
 #endif
 }
 
-int be_cpu_set_attention(const char *name)
+int be_cpu_set_isa(const char *name)
 {
-	pthread_once(&softmax_once, softmax_select);
+	pthread_once(&loops_once, loops_select);
 	if (!strcmp(name, "portable")) {
+		cpu_isa = ISA_PORTABLE;
 		softmax_impl = softmax_scalar;
 		softmax_cols_impl = NULL;
+		silu_impl = silu_scalar;
+		attn_mid = 0;
 		return 0;
 	}
 #ifdef SOFTMAX_VECTOR
 	if (!strcmp(name, "avx512") && __builtin_cpu_supports("avx512f")) {
+		cpu_isa = ISA_AVX512;
 		softmax_impl = softmax_avx512;
 		softmax_cols_impl = softmax_cols_avx512;
+		silu_impl = silu_avx512;
+		attn_mid = 0;
 		return 0;
 	}
-	if (!strcmp(name, "avx2") && __builtin_cpu_supports("avx2")) {
+	if (!strcmp(name, "avx2") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+		cpu_isa = ISA_AVX2;
 		softmax_impl = softmax_avx2;
 		softmax_cols_impl = NULL;
+		silu_impl = silu_avx2;
+		attn_mid = 1;
 		return 0;
 	}
 #endif
@@ -1385,6 +1473,70 @@ static inline __attribute__((always_inline)) void attn_values(const int G, const
 				kv_load16(&v, vc, vr + 16 * dc, kv16);
 				for (int g = 0; g < G; g++)
 					acc[g][dc] += sc[(size_t)g * stride + i] * v;
+			}
+		}
+	}
+	for (int g = 0; g < G; g++)
+		memcpy(o + (size_t)g * hd + d0, acc[g], sizeof(acc[g]));
+}
+
+/*
+ * The same two loops with 8-float vectors, for CPUs with AVX2 and not
+ * AVX-512 (16 vector registers: the blocks above would live on the stack).
+ * Scores of 16 keys of G ≤ 4 heads: 8 accumulators; values 16 columns of
+ * G heads at a time. Every sum is the same chain of multiply-adds in the
+ * same order as the narrow loops' (from 0, over d, over positions), so the
+ * bits are theirs; only the registers change.
+ */
+static inline __attribute__((always_inline)) void attn_scores8(const int G, const float *q, int hd,
+								   const void *kc, size_t kb, int bs,
+								   float (*acc)[BE_CPU_MAX_BLOCK],
+								   const int kv16)
+{
+	for (int c16 = 0; c16 < bs; c16 += 16) {
+		v8 va[4][2] = { { { 0 } } }, k0, k1;
+
+		for (int d = 0; d < hd; d++) {
+			kv_load8(&k0, kc, kb + (size_t)d * bs + c16, kv16);
+			kv_load8(&k1, kc, kb + (size_t)d * bs + c16 + 8, kv16);
+			for (int g = 0; g < G; g++) {
+				const float qd = q[(size_t)g * hd + d];
+
+				va[g][0] += qd * k0;
+				va[g][1] += qd * k1;
+			}
+		}
+		for (int g = 0; g < G; g++)
+			memcpy(acc[g] + c16, va[g], sizeof(va[g]));
+	}
+}
+
+static inline __attribute__((always_inline)) void attn_values8(const int G, const struct be_batch *b,
+								   int s, int lo, int n,
+								   const void *vc, size_t kv_col,
+								   size_t kv_dim, const float *sc,
+								   size_t stride, float *o, int hd,
+								   int d0, const int kv16)
+{
+	const int bs = b->block_size;
+	v8 acc[4][2] = { { { 0 } } }, v0, v1;
+
+	for (int i = 0; i < n;) {
+		const int j0 = (lo + i) % bs;
+		const int jn = bs - j0 < n - i ? bs - j0 : n - i;
+		const size_t base = ((size_t)b->block_table[(size_t)s * b->max_blocks + (lo + i) / bs] * bs +
+				     (size_t)j0) * kv_dim + kv_col + d0;
+
+		for (int jj = 0; jj < jn; jj++, i++) {
+			size_t vr = base + (size_t)jj * kv_dim;
+
+			kv_load8(&v0, vc, vr, kv16);
+			kv_load8(&v1, vc, vr + 8, kv16);
+			for (int g = 0; g < G; g++) {
+				const float w = sc[(size_t)g * stride + i];
+
+				acc[g][0] += w * v0;
+				acc[g][1] += w * v1;
 			}
 		}
 	}
@@ -1655,6 +1807,8 @@ static inline __attribute__((always_inline)) void attn_rows_of(struct attn_job *
 	/* whole vectors: four heads of a group at a time in registers (with
 	 * AVX-512 only, softmax_cols_impl) */
 	const int wide = softmax_cols_impl && bs % 16 == 0 && hd % 64 == 0, tiles = attn_tiles(b, a);
+	/* or 8-float vectors, where the CPU has AVX2 and not AVX-512 */
+	const int mid = !wide && attn_mid && bs % 16 == 0 && hd % 16 == 0;
 	int task;
 
 	/* The range's tasks a KV head at a time: the tokens of one sequence
@@ -1715,6 +1869,14 @@ static inline __attribute__((always_inline)) void attn_rows_of(struct attn_job *
 					case 3: attn_scores(3, qg, hd, j->kc, kb, bs, acc, kv16); break;
 					default: attn_scores(4, qg, hd, j->kc, kb, bs, acc, kv16); break;
 					}
+				} else if (mid) {
+					const float *qg = q + (size_t)g0 * hd;
+					switch (gn) {
+					case 1: attn_scores8(1, qg, hd, j->kc, kb, bs, acc, kv16); break;
+					case 2: attn_scores8(2, qg, hd, j->kc, kb, bs, acc, kv16); break;
+					case 3: attn_scores8(3, qg, hd, j->kc, kb, bs, acc, kv16); break;
+					default: attn_scores8(4, qg, hd, j->kc, kb, bs, acc, kv16); break;
+					}
 				} else {
 					for (g = 0; g < gn; g++)
 						for (off = 0; off < bs; off++)
@@ -1755,6 +1917,23 @@ static inline __attribute__((always_inline)) void attn_rows_of(struct attn_job *
 			}
 			continue;
 		}
+		if (mid) {
+			for (int g0 = 0; g0 < group; g0 += 4) {
+				int gn = group - g0 < 4 ? group - g0 : 4;
+				const float *sg = sc + (size_t)g0 * stride;
+				float *og = o + (size_t)g0 * hd;
+				size_t col = (size_t)kvh * hd;
+				for (int d0 = 0; d0 < hd; d0 += 16) {
+					switch (gn) {
+					case 1: attn_values8(1, b, s, lo, n, j->vc, col, kv_dim, sg, stride, og, hd, d0, kv16); break;
+					case 2: attn_values8(2, b, s, lo, n, j->vc, col, kv_dim, sg, stride, og, hd, d0, kv16); break;
+					case 3: attn_values8(3, b, s, lo, n, j->vc, col, kv_dim, sg, stride, og, hd, d0, kv16); break;
+					default: attn_values8(4, b, s, lo, n, j->vc, col, kv_dim, sg, stride, og, hd, d0, kv16); break;
+					}
+				}
+			}
+			continue;
+		}
 		for (d = 0; d < group * hd; d++)
 			o[d] = 0.0f;
 		for (i = 0; i < n; i++) {
@@ -1775,8 +1954,8 @@ static inline __attribute__((always_inline)) void attn_rows_of(struct attn_job *
 
 /* Compiled for AVX-512 and AVX2 as well, picked at run time; one copy of
  * the loops for each cache type. */
-CPU_CLONES
-static void attn_rows(void *arg, int worker, int begin, int end)
+static inline __attribute__((always_inline)) void attn_rows(void *arg, int worker, int begin,
+								 int end)
 {
 	struct attn_job *j = arg;
 
@@ -1785,6 +1964,7 @@ static void attn_rows(void *arg, int worker, int begin, int end)
 	else
 		attn_rows_of(j, worker, begin, end, 0);
 }
+CPU_PER_ISA(attn_rows);
 
 static void cpu_attention(struct be *be, const struct be_attn *a, const struct be_buf *q,
 			  const struct be_buf *kc, const struct be_buf *vc, struct be_buf *out)
@@ -1813,7 +1993,7 @@ static void cpu_attention(struct be *be, const struct be_attn *a, const struct b
 		}
 		c->scratch_group = rows;
 	}
-	pool_run(c->pool, attn_rows, &j, n, grain < 1 ? 1 : grain);
+	pool_run(c->pool, attn_rows_isa[cpu_isa], &j, n, grain < 1 ? 1 : grain);
 }
 
 /* An element-wise pass over x and y, 1024 elements a task (silu_mul, add). */
@@ -1950,8 +2130,8 @@ static inline float lora_dot(const float *x, const float *a, int k)
 	return r;
 }
 
-CPU_CLONES
-static void lora_shrink_tasks(void *arg, int worker, int begin, int end)
+static inline __attribute__((always_inline)) void lora_shrink_tasks(void *arg, int worker, int begin,
+                                                                    int end)
 {
 	const struct lora_job *j = arg;
 	int t, r, q;
@@ -1969,12 +2149,13 @@ static void lora_shrink_tasks(void *arg, int worker, int begin, int end)
 		}
 	}
 }
+CPU_PER_ISA(lora_shrink_tasks);
 
 /* Ranks a tile of B takes at a time (the tile: LORA_QT x 16 floats, 4 KiB). */
 #define LORA_QT 64
 
-CPU_CLONES
-static void lora_expand_tasks(void *arg, int worker, int begin, int end)
+static inline __attribute__((always_inline)) void lora_expand_tasks(void *arg, int worker, int begin,
+                                                                    int end)
 {
 	const struct lora_job *j = arg;
 	int t, r, q, q0, o, l;
@@ -2028,6 +2209,7 @@ static void lora_expand_tasks(void *arg, int worker, int begin, int end)
 			}
 	}
 }
+CPU_PER_ISA(lora_expand_tasks);
 
 /*
  * Splits the segments of every output into work items; returns their
@@ -2120,13 +2302,13 @@ static void cpu_lora_multi(struct be *be, int k, const struct be_buf *x, int n_o
 	}
 	if (first[n_out] <= first[0] || k <= 0)
 		return;
-	lora_run(CPU(be), lora_shrink_tasks, &j, 0);
+	lora_run(CPU(be), lora_shrink_tasks_isa[cpu_isa], &j, 0);
 	j.x = h->p;
 	for (i = 0; i < n_out; i++) {
 		j.n[i] = n[i]; /* an output of width 0 gets no tasks */
 		j.y[i] = y[i]->p;
 	}
-	lora_run(CPU(be), lora_expand_tasks, &j, 1);
+	lora_run(CPU(be), lora_expand_tasks_isa[cpu_isa], &j, 1);
 }
 
 static void cpu_lora_shrink(struct be *be, int k, const struct be_buf *x,
@@ -2137,7 +2319,7 @@ static void cpu_lora_shrink(struct be *be, int k, const struct be_buf *x,
 			      .first = first };
 
 	if (n_segs > 0 && k > 0)
-		lora_run(CPU(be), lora_shrink_tasks, &j, 0);
+		lora_run(CPU(be), lora_shrink_tasks_isa[cpu_isa], &j, 0);
 }
 
 static void cpu_lora_expand(struct be *be, int n, const struct be_buf *h,
@@ -2148,7 +2330,7 @@ static void cpu_lora_expand(struct be *be, int n, const struct be_buf *h,
 			      .n = { n }, .y = { y->p } };
 
 	if (n_segs > 0 && n > 0)
-		lora_run(CPU(be), lora_expand_tasks, &j, 1);
+		lora_run(CPU(be), lora_expand_tasks_isa[cpu_isa], &j, 1);
 }
 
 struct sample_job {
@@ -2429,7 +2611,7 @@ int be_cpu_create(const struct be_cpu_opts *opts, struct be **out)
 	c->be.ops = &cpu_ops;
 	c->fault_after = opts ? opts->fault_after_steps : 0;
 	c->bf16_dot = opts ? opts->bf16_dot : 0;
-	pthread_once(&softmax_once, softmax_select);
+	pthread_once(&loops_once, loops_select);
 	rc = pool_create(n < 1 ? 1 : n, &c->pool);
 	if (rc < 0)
 		goto err;

@@ -177,7 +177,7 @@ static void test_decode_equals_recompute(void **state)
 		static const char *const way[] = { "avx512", "avx2", "portable" };
 
 		for (int sm = 0; sm < 3; sm++) {
-			if (be_cpu_set_attention(way[sm]) < 0)
+			if (be_cpu_set_isa(way[sm]) < 0)
 				continue;
 			check_recompute_n("--hidden 256 --heads 4 --kv-heads 4 --ffn 256", 20, 16, &one);
 			check_recompute_n("--hidden 256 --heads 4 --kv-heads 2 --ffn 256", 29, 6, &one);
@@ -190,8 +190,8 @@ static void test_decode_equals_recompute(void **state)
 			check_recompute_n("--hidden 256 --heads 2 --kv-heads 1 --ffn 256", 40, 4, &one);
 			check_recompute_n("--hidden 512 --heads 2 --kv-heads 2 --ffn 256", 20, 16, &one);
 		}
-		if (be_cpu_set_attention("avx512") < 0 && be_cpu_set_attention("avx2") < 0)
-			assert_int_equal(be_cpu_set_attention("portable"), 0);
+		if (be_cpu_set_isa("avx512") < 0 && be_cpu_set_isa("avx2") < 0)
+			assert_int_equal(be_cpu_set_isa("portable"), 0);
 		for (int fma = 0; fma < 2; fma++) {
 			if (gemm_set_dot_fma(fma) < 0)
 				continue;
@@ -231,14 +231,14 @@ static void test_attention_ways_agree(void **state)
 	(void)state;
 	assert_non_null(ref);
 	prompt_of(p, n, 3, vocab);
-	assert_int_equal(be_cpu_set_attention("portable"), 0);
+	assert_int_equal(be_cpu_set_isa("portable"), 0);
 	s = new_seq(e, p, n, 1, 0.0f, 0, ENGINE_LOGITS_ALL);
 	assert_int_equal(engine_generate(e, &s, 1, 0, err, sizeof(err)), 0);
 	assert_int_equal(s->n_logits, n);
 	memcpy(ref, s->logits, (size_t)n * vocab * sizeof(float));
 	engine_seq_free(e, s);
 	for (w = 0; w < 2; w++) {
-		if (be_cpu_set_attention(way[w]) < 0)
+		if (be_cpu_set_isa(way[w]) < 0)
 			continue;
 		s = new_seq(e, p, n, 1, 0.0f, 0, ENGINE_LOGITS_ALL);
 		assert_int_equal(engine_generate(e, &s, 1, 0, err, sizeof(err)), 0);
@@ -255,8 +255,8 @@ static void test_attention_ways_agree(void **state)
 		}
 		engine_seq_free(e, s);
 	}
-	if (be_cpu_set_attention("avx512") < 0 && be_cpu_set_attention("avx2") < 0)
-		assert_int_equal(be_cpu_set_attention("portable"), 0);
+	if (be_cpu_set_isa("avx512") < 0 && be_cpu_set_isa("avx2") < 0)
+		assert_int_equal(be_cpu_set_isa("portable"), 0);
 	free(ref);
 	engine_free(e);
 	rm_model(dir);

@@ -37,7 +37,9 @@
  *
  * The engine's projections run on its own fixed-order GEMM (kernels/cpu/
  * gemm.c), the baselines on OpenBLAS; both get the same number of threads
- * (--threads, default: every CPU).
+ * (--threads, default: every CPU). --isa avx2 runs lorad's AVX2 kernels
+ * and OpenBLAS's Haswell ones, as on a CPU without AVX-512 (avx512, and
+ * portable: lorad's scalar loops against OpenBLAS's best, also).
  *
  * Prints one JSON line per measurement on stdout, a summary on stderr.
  * --quick keeps the whole run under a minute on a small machine.
@@ -424,7 +426,7 @@ fail:
  * OPENBLAS_CORETYPE is left alone. Returns only when nothing is to change
  * or the exec failed.
  */
-static void openblas_best_core(char **argv)
+static void openblas_best_core(char **argv, const char *isa)
 {
 	static const char *const old[] = { "Prescott", "Core2", "Penryn", "Dunnington", "Nehalem",
 					   "Sandybridge", "Atom", "Katmai", "Coppermine",
@@ -436,6 +438,13 @@ static void openblas_best_core(char **argv)
 
 	if (getenv("OPENBLAS_CORETYPE") || !core)
 		return;
+	/* --isa: the baseline runs the kernels of the same kind as lorad's */
+	if (isa && strcmp(isa, "portable")) {
+		want = !strcmp(isa, "avx2") ? "Haswell" : "SkylakeX";
+		if (!strcasecmp(core, want))
+			return;
+		goto run;
+	}
 #if defined(__x86_64__)
 	__builtin_cpu_init();
 	if (__builtin_cpu_supports("avx512f"))
@@ -450,6 +459,7 @@ static void openblas_best_core(char **argv)
 			break;
 	if (i == sizeof(old) / sizeof(old[0]))
 		return;
+run:
 	fprintf(stderr, "bench_engine: OpenBLAS chose %s kernels for this CPU; running again with "
 		"OPENBLAS_CORETYPE=%s\n", core, want);
 	if (setenv("OPENBLAS_CORETYPE", want, 1) == 0)
@@ -465,7 +475,7 @@ int main(int argc, char **argv)
 	struct engine *e = NULL, *e16[2] = { NULL, NULL };
 	struct bare b = { 0 };
 	int quick = 0, only16 = 0, rc = 1, i, threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
-	const char *dir;
+	const char *dir, *isa = NULL;
 	double t0;
 
 	for (i = 1; i < argc; i++) {
@@ -475,12 +485,20 @@ int main(int argc, char **argv)
 			only16 = 1;
 		else if (!strcmp(argv[i], "--threads") && i + 1 < argc && atoi(argv[i + 1]) > 0)
 			threads = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--isa") && i + 1 < argc)
+			isa = argv[++i];
 		else {
-			fprintf(stderr, "usage: bench_engine [--quick] [--bf16] [--threads N]\n");
+			fprintf(stderr, "usage: bench_engine [--quick] [--bf16] [--threads N] "
+				"[--isa avx512|avx2|portable]\n");
 			return 2;
 		}
 	}
-	openblas_best_core(argv);
+	if (isa && be_cpu_set_isa(isa) < 0) {
+		fprintf(stderr, "bench_engine: --isa %s: not on this CPU or build (avx512, avx2, "
+			"portable)\n", isa);
+		return 2;
+	}
+	openblas_best_core(argv, isa);
 	eo.n_threads = threads;
 	openblas_set_num_threads(threads);
 	dir = mkdtemp(tmpl);
@@ -506,12 +524,12 @@ int main(int argc, char **argv)
 		fprintf(stderr, "bench_engine: out of memory\n");
 		goto out;
 	}
-	printf("{\"bench\": \"engine_config\", \"backend\": \"%s\", \"engine_threads\": %d, "
+	printf("{\"bench\": \"engine_config\", \"backend\": \"%s\", \"isa\": \"%s\", \"engine_threads\": %d, "
 	       "\"openblas_threads\": %d, "
 	       "\"openblas_config\": \"%s\", \"openblas_core\": \"%s\", \"cpus\": %ld, \"hidden\": %d, \"layers\": %d, "
 	       "\"heads\": %d, \"kv_heads\": %d, \"ffn\": %d, \"vocab\": %d, \"dtype\": \"f32\", "
 	       "\"non_embedding_params\": %.0f, \"quick\": %s, \"setup_seconds\": %.2f}\n",
-	       engine_backend_name(e), threads, openblas_get_num_threads(), openblas_get_config(),
+	       engine_backend_name(e), isa ? isa : "auto", threads, openblas_get_num_threads(), openblas_get_config(),
 	       openblas_get_corename(), sysconf(_SC_NPROCESSORS_ONLN), HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, VOCAB,
 	       non_embedding_params(), quick ? "true" : "false", now() - t0);
 	fprintf(stderr, "engine %s, OpenBLAS %d threads (%s), %ld CPUs; model %.1f M non-embedding params\n",

@@ -357,13 +357,13 @@ struct be_cpu_opts {
 /* Creates the CPU backend. Returns 0 or -ENOMEM; *out is set on success. */
 int be_cpu_create(const struct be_cpu_opts *opts, struct be **out);
 
-/* Tests only: the copy of the CPU backend's loops (attention, SiLU, LoRA)
- * that the whole process runs, as on a CPU of that kind: "avx512" (the
- * vector softmax and SiLU, a prompt's tokens a tile at a time; the default
- * where the CPU has AVX-512), "avx2" (AVX2 and FMA: 8-wide softmax, SiLU
- * and one-row loops) or "portable" (scalar softmax and SiLU, a row at a
- * time). Returns 0, or -ENOTSUP where this CPU or build lacks it. Not safe
- * while a backend computes. The GEMM's copy is gemm.c's own choice. */
+/* Tests and benchmarks only: the copy of the CPU backend's loops (GEMM,
+ * attention, SiLU, LoRA) that the whole process runs, as on a CPU of that
+ * kind: "avx512" (the default where the CPU has AVX-512: the vector softmax
+ * and SiLU, a prompt's tokens a tile at a time), "avx2" (AVX2 and FMA: its
+ * GEMM kernel, 8-wide softmax, SiLU and one-row loops) or "portable"
+ * (scalar GEMM, softmax and SiLU, a row at a time). Returns 0, or -ENOTSUP
+ * where this CPU or build lacks it. Not safe while a backend computes. */
 int be_cpu_set_isa(const char *name);
 
 /*

@@ -1339,9 +1339,9 @@ static void loops_select(void)
 #endif
 }
 
-int be_cpu_set_isa(const char *name)
+/* the loops' copy and its softmax and SiLU; -ENOTSUP where not here */
+static int loops_use(const char *name)
 {
-	pthread_once(&loops_once, loops_select);
 	if (!strcmp(name, "portable")) {
 		cpu_isa = ISA_PORTABLE;
 		softmax_impl = softmax_scalar;
@@ -1369,6 +1369,15 @@ int be_cpu_set_isa(const char *name)
 	}
 #endif
 	return -ENOTSUP;
+}
+
+int be_cpu_set_isa(const char *name)
+{
+	pthread_once(&loops_once, loops_select);
+	if (loops_use(name) < 0)
+		return -ENOTSUP;
+	/* and the GEMM's kernels of the same kind */
+	return gemm_set_isa(strcmp(name, "portable") ? name : "scalar") < 0 ? -ENOTSUP : 0;
 }
 
 static inline void softmax_row(float *row, int n)

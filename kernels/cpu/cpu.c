@@ -1067,9 +1067,9 @@ static inline __attribute__((always_inline)) const float *kv_row(const void *c, 
  * few masked into the same call, the sum in 16 partial sums (positions
  * i mod 16) added in lane order: the result depends on the row
  * alone (its length), never on the batch. One implementation is picked
- * for the process, so every thread and every clone of attn_rows uses it.
+ * for the process, so every thread and every copy of attn_rows uses it.
  */
-#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
+#if defined(__x86_64__)
 __attribute__((target("avx512f"))) __m512 _ZGVeN16v_expf(__m512 x); /* libmvec */
 
 static __attribute__((target("avx512f"))) void softmax_avx512(float *row, int n)
@@ -1565,7 +1565,7 @@ static inline __attribute__((always_inline)) void attn_values8(const int G, cons
 typedef int32_t i32x16 __attribute__((vector_size(64)));
 
 /* *r where m is set, v elsewhere (pointers: vector arguments would
- * change the ABI between the clones) */
+ * change the ABI between the copies) */
 static inline __attribute__((always_inline)) void v16_select(v16 *r, const i32x16 *m, float v)
 {
 	v16 vv = (v16){ 0 } + v;

@@ -34,29 +34,30 @@
  * (cpu_isa, at the first backend). Not gcc's target_clones: its AVX2 copy
  * had no FMA (a separate feature), so every multiply-add there was two
  * instructions, and its ifunc resolver cannot run under ThreadSanitizer.
- * FN is an always_inline pool_fn; FN##_isa[cpu_isa] its copy.
+ * FN is an always_inline pool_fn with the copy's ISA as a fifth, constant
+ * argument (loops of 8 or 16 floats); FN##_isa[cpu_isa] its copy.
  */
 enum cpu_isa { ISA_PORTABLE, ISA_AVX2, ISA_AVX512 };
 #if defined(__x86_64__)
 #define CPU_PER_ISA(FN)                                                                        \
 	static __attribute__((target("avx512f"))) void FN##_avx512(void *a, int w, int b, int e) \
 	{                                                                                       \
-		FN(a, w, b, e);                                                                 \
+		FN(a, w, b, e, ISA_AVX512);                                                     \
 	}                                                                                       \
 	static __attribute__((target("avx2,fma"))) void FN##_avx2(void *a, int w, int b, int e) \
 	{                                                                                       \
-		FN(a, w, b, e);                                                                 \
+		FN(a, w, b, e, ISA_AVX2);                                                       \
 	}                                                                                       \
 	static void FN##_portable(void *a, int w, int b, int e)                                 \
 	{                                                                                       \
-		FN(a, w, b, e);                                                                 \
+		FN(a, w, b, e, ISA_PORTABLE);                                                   \
 	}                                                                                       \
 	static const pool_fn FN##_isa[] = { FN##_portable, FN##_avx2, FN##_avx512 }
 #else
 #define CPU_PER_ISA(FN)                                                                        \
 	static void FN##_portable(void *a, int w, int b, int e)                                 \
 	{                                                                                       \
-		FN(a, w, b, e);                                                                 \
+		FN(a, w, b, e, ISA_PORTABLE);                                                   \
 	}                                                                                       \
 	static const pool_fn FN##_isa[] = { FN##_portable, FN##_portable, FN##_portable }
 #endif
@@ -1964,8 +1965,9 @@ static inline __attribute__((always_inline)) void attn_rows_of(struct attn_job *
 /* Compiled for AVX-512 and AVX2 as well, picked at run time; one copy of
  * the loops for each cache type. */
 static inline __attribute__((always_inline)) void attn_rows(void *arg, int worker, int begin,
-								 int end)
+								 int end, const enum cpu_isa isa)
 {
+	(void)isa; /* attn_mid and softmax_cols_impl say which loops */
 	struct attn_job *j = arg;
 
 	if (j->kv16)
@@ -2139,8 +2141,43 @@ static inline float lora_dot(const float *x, const float *a, int k)
 	return r;
 }
 
+/* The same sum with AVX2's 8-float vectors: each 16-float partial sum as
+ * two halves, added as lora_dot adds them, so the bits are the same. The
+ * 16-float vectors of lora_dot, built for AVX2, went through the stack. */
+static inline __attribute__((always_inline)) float lora_dot8(const float *x, const float *a, int k)
+{
+	v8 s[4][2] = { { { 0 } } }, xv, av;
+	float r = 0.0f;
+	int i = 0, l, u, h;
+
+	for (; i + 64 <= k; i += 64)
+#pragma GCC unroll 4
+		for (u = 0; u < 4; u++)
+#pragma GCC unroll 2
+			for (h = 0; h < 2; h++) {
+				memcpy(&xv, x + i + 16 * u + 8 * h, 32);
+				memcpy(&av, a + i + 16 * u + 8 * h, 32);
+				s[u][h] += xv * av;
+			}
+	for (; i + 16 <= k; i += 16)
+#pragma GCC unroll 2
+		for (h = 0; h < 2; h++) {
+			memcpy(&xv, x + i + 8 * h, 32);
+			memcpy(&av, a + i + 8 * h, 32);
+			s[0][h] += xv * av;
+		}
+#pragma GCC unroll 2
+	for (h = 0; h < 2; h++)
+		s[0][h] = (s[0][h] + s[1][h]) + (s[2][h] + s[3][h]);
+	for (l = 0; l < 16; l++)
+		r += s[0][l / 8][l % 8];
+	for (; i < k; i++)
+		r += x[i] * a[i];
+	return r;
+}
+
 static inline __attribute__((always_inline)) void lora_shrink_tasks(void *arg, int worker, int begin,
-                                                                    int end)
+                                                                    int end, const enum cpu_isa isa)
 {
 	const struct lora_job *j = arg;
 	int t, r, q;
@@ -2154,7 +2191,9 @@ static inline __attribute__((always_inline)) void lora_shrink_tasks(void *arg, i
 		for (q = tk->c0; q < tk->c1; q++) {
 			const float *a = s->a->p + (size_t)q * j->k;
 			for (r = 0; r < tk->n_rows; r++)
-				h[(size_t)r * s->rank + q] = lora_dot(x + (size_t)r * j->k, a, j->k);
+				h[(size_t)r * s->rank + q] = isa == ISA_AVX2
+					? lora_dot8(x + (size_t)r * j->k, a, j->k)
+					: lora_dot(x + (size_t)r * j->k, a, j->k);
 		}
 	}
 }
@@ -2163,8 +2202,37 @@ CPU_PER_ISA(lora_shrink_tasks);
 /* Ranks a tile of B takes at a time (the tile: LORA_QT x 16 floats, 4 KiB). */
 #define LORA_QT 64
 
+/* acc[r] (16 outputs) += the sum over the qn ranks of the tile, in order, of
+ * h[r][q] · tile[q]: two rows at a time in 8-float halves (4 registers),
+ * for AVX2, whose registers hold no 16-float vector */
+static inline __attribute__((always_inline)) void lora_expand8(int n_rows, const float *h,
+								    int rank, const float *tile, int qn,
+								    v16 *acc)
+{
+	for (int r = 0; r < n_rows; r += 2) {
+		const int two = r + 1 < n_rows;
+		v8 c[2][2], b0, b1;
+
+		memcpy(c[0], &acc[r], 64);
+		memcpy(c[1], &acc[r + two], 64);
+		for (int q = 0; q < qn; q++) {
+			const float h0 = h[(size_t)r * rank + q], h1 = h[(size_t)(r + two) * rank + q];
+
+			memcpy(&b0, tile + q * 16, 32);
+			memcpy(&b1, tile + q * 16 + 8, 32);
+			c[0][0] += h0 * b0;
+			c[0][1] += h0 * b1;
+			c[1][0] += h1 * b0;
+			c[1][1] += h1 * b1;
+		}
+		memcpy(&acc[r], c[0], 64);
+		if (two)
+			memcpy(&acc[r + 1], c[1], 64);
+	}
+}
+
 static inline __attribute__((always_inline)) void lora_expand_tasks(void *arg, int worker, int begin,
-                                                                    int end)
+                                                                    int end, const enum cpu_isa isa)
 {
 	const struct lora_job *j = arg;
 	int t, r, q, q0, o, l;
@@ -2192,6 +2260,11 @@ static inline __attribute__((always_inline)) void lora_expand_tasks(void *arg, i
 					const float *br = b + (size_t)(o + l) * s->rank + q0;
 					for (q = 0; q < qn; q++)
 						tile[q * 16 + l] = br[q];
+				}
+				if (isa == ISA_AVX2) {
+					/* 8-float halves: the same chains, in registers */
+					lora_expand8(tk->n_rows, h + q0, s->rank, tile, qn, acc);
+					continue;
 				}
 				for (r = 0; r < tk->n_rows; r++) {
 					const float *hr = h + (size_t)r * s->rank + q0;

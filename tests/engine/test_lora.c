@@ -28,6 +28,7 @@
 #include <json-c/json.h>
 
 #include "adapter.h"
+#include "backend.h"
 #include "engine.h"
 #include "helpers.h"
 
@@ -192,14 +193,13 @@ static void check_modules(const char *name, const struct ref *r)
 	engine_free(e);
 }
 
-static void test_fixtures(void **state)
+static void fixtures(void)
 {
 	struct engine *e = load_base();
 	struct ref base;
 	struct engine_seq *s;
 	int c, failed = 0;
 
-	(void)state;
 	/* the base model itself, through the same engine that holds adapters */
 	load_ref("base", &base);
 	for (c = 0; c < N_CASES; c++) {
@@ -240,6 +240,28 @@ static void test_fixtures(void **state)
 	free_ref(&base);
 	engine_free(e);
 	assert_int_equal(failed, 0);
+}
+
+/* fn under every copy of the CPU backend's loops this CPU runs (the LoRA
+ * kernels of AVX-512, AVX2 and plain x86-64 differ), then the default */
+static void each_isa(void (*fn)(void))
+{
+	static const char *const isa[] = { "avx512", "avx2", "portable" };
+
+	for (size_t i = 0; i < sizeof(isa) / sizeof(isa[0]); i++) {
+		if (be_cpu_set_isa(isa[i]) < 0)
+			continue;
+		printf("# loops: %s\n", isa[i]);
+		fn();
+	}
+	if (be_cpu_set_isa("avx512") < 0 && be_cpu_set_isa("avx2") < 0)
+		assert_int_equal(be_cpu_set_isa("portable"), 0);
+}
+
+static void test_fixtures(void **state)
+{
+	(void)state;
+	each_isa(fixtures);
 }
 
 /* Merged weights and the unmerged adapter agree (PEFT's merge_and_unload). */
@@ -576,7 +598,7 @@ static void test_lifecycle(void **state)
  * model and adapters from lorad-mkmodel (rank 16 on all seven projections,
  * rank 4 on q/v), long prompts; each sequence bitwise as alone, and the
  * merged weights give the unmerged tokens. */
-static void test_long_segments(void **state)
+static void long_segments(void)
 {
 	char *m = mk_model("--hidden 256 --heads 8 --kv-heads 4 --ffn 512 --vocab 512 --layers 2 "
 			   "--adapter big --rank 16 --alpha 32 --targets q,k,v,o,gate,up,down");
@@ -588,7 +610,6 @@ static void test_long_segments(void **state)
 	int32_t prompt[200];
 	int ids[4], i, k, vocab;
 
-	(void)state;
 	assert_non_null(m);
 	if (!m)
 		return;
@@ -643,6 +664,12 @@ static void test_long_segments(void **state)
 	engine_free(em);
 	free(m2);
 	rm_model(m);
+}
+
+static void test_long_segments(void **state)
+{
+	(void)state;
+	each_isa(long_segments);
 }
 
 /* @name's file @file whole into 64-byte aligned memory at byte @shift. */

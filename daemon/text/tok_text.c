@@ -22,10 +22,12 @@ int tok_re_compile(struct tok_re *re, const char *pat, size_t len, bool literal,
 {
 	int ec;
 	PCRE2_SIZE eo;
-	/* PCRE2_MATCH_INVALID_UTF: the subjects are UTF-8 (tok_encode checks its
-	 * input, the file is checked at parse), but should one not be, a match
-	 * fails there instead of reading past its end (the JIT did). */
-	uint32_t opts = PCRE2_UTF | PCRE2_MATCH_INVALID_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
+	/* Subjects are matched with PCRE2_NO_UTF_CHECK: they are UTF-8 because
+	 * tok_encode checks its input and tok_load the whole file (a byte that
+	 * is not UTF-8 had made the JIT read past the text's end). Not
+	 * PCRE2_MATCH_INVALID_UTF: without the JIT it checks the rest of the
+	 * subject at every call, quadratic in the text. */
+	uint32_t opts = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
 	re->code = pcre2_compile((PCRE2_SPTR)pat, len, opts, &ec, &eo, NULL);
 	if (!re->code) {
 		PCRE2_UCHAR msg[160];

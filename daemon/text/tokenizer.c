@@ -81,14 +81,22 @@ static int parse_json(const char *path, struct json_object **out, char *err, siz
 		tok_errf(err, errlen, "%s: cannot read: %s", path, strerror(-rc));
 		return rc;
 	}
+	/* Every string inside is UTF-8 from here on: the normalizers, the
+	 * regexes (matched without a UTF check) and the models rely on it.
+	 * json-c's own check (JSON_TOKENER_VALIDATE_UTF8) takes overlong
+	 * forms, surrogates and code points past U+10FFFF; this one does not. */
+	size_t bad_at = utf8_check(buf, len);
+	if (bad_at != len) {
+		tok_errf(err, errlen, "%s: not UTF-8 at byte %zu (0x%02x)", path, bad_at,
+		         (unsigned char)buf[bad_at]);
+		free(buf);
+		return -EINVAL;
+	}
 	struct json_tokener *tk = json_tokener_new_ex(JSON_TOKENER_DEFAULT_DEPTH);
 	if (!tk) {
 		free(buf);
 		return -ENOMEM;
 	}
-	/* Every string inside is UTF-8 from here on: the normalizers, the
-	 * regexes (matched without a UTF check) and the models rely on it. */
-	json_tokener_set_flags(tk, JSON_TOKENER_VALIDATE_UTF8);
 	struct json_object *o = json_tokener_parse_ex(tk, buf, (int)len);
 	enum json_tokener_error je = json_tokener_get_error(tk);
 	if (!o || je != json_tokener_success) {

@@ -306,9 +306,17 @@ static void test_load_errors(void **state)
 	snprintf(buf, sizeof(buf), "{\"normalizer\":{\"type\":\"Replace\",\"pattern\":{\"String\":\"a\"},"
 	         "\"content\":\"\xf0\"},\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":"
 	         "{\"Regex\":\"\\\\X\"},\"behavior\":\"Isolated\"},%s}", TINY_MODEL);
-	expect_load_error(buf, -EINVAL, "not valid JSON", "utf-8");
+	expect_load_error(buf, -EINVAL, "not UTF-8 at byte", "0xf0");
 	expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"\xc3(\":1},\"merges\":[]}}",
-	                  -EINVAL, "not valid JSON", "utf-8");
+	                  -EINVAL, "not UTF-8 at byte 39", NULL);
+	/* shapes json-c's own check takes: overlong, a surrogate, past U+10FFFF */
+	expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"\xc0\x80\":1},\"merges\":[]}}",
+	                  -EINVAL, "not UTF-8", "0xc0");
+	expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"\xed\xa0\x80\":1},\"merges\":[]}}",
+	                  -EINVAL, "not UTF-8", "0xed");
+	snprintf(buf, sizeof(buf), "{\"normalizer\":{\"type\":\"Prepend\",\"prepend\":\"\xf4\x90\x80\x80\"},%s}",
+	         TINY_MODEL);
+	expect_load_error(buf, -EINVAL, "not UTF-8", "0xf4");
 }
 
 /* A backtracking pattern from the file against hostile text: the match limit

@@ -487,28 +487,29 @@ static INLINE AVX2 void rows256(const int R, const int W16, const int W, const i
 	const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
 	const int cols = nc - 16 * H < 8 * W ? nc - 16 * H : 8 * W;
 	__m256 c[4][6]; /* [column vector][row] */
-	__m256i lanes[4]; /* of the vectors' columns, those below nc */
+	float tmp[GEMM_NR];
 	int i, j, kk;
 
 	y += 16 * H;
-	/* the columns past nc are neither read nor written: masked loads and
-	 * stores (a memcpy of each row of the block, through a call, had been
-	 * 8 % of a prefill) */
-#pragma GCC unroll 4
-	for (j = 0; j < W; j++)
-		lanes[j] = _mm256_cmpgt_epi32(_mm256_set1_epi32(cols - 8 * j),
-					      _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 	/* every loop over rows and vectors unrolled, so that every
 	 * accumulator is a register: indexed by a variable, they would live
 	 * in memory (a load of __m256 may alias them, so gcc stored them at
-	 * every step of k: half the speed) */
+	 * every step of k: half the speed). A partial panel's rows (the last
+	 * panel of an n that is not a multiple of 32) go through tmp, the
+	 * columns past nc neither read nor written: not vmaskmovps, whose
+	 * masked-off lanes past a buffer's end may fault on AMD's CPUs. */
 #pragma GCC unroll 6
-	for (i = 0; i < R; i++)
+	for (i = 0; i < R; i++) {
+		if (acc && cols < 8 * W) {
+			memset(tmp, 0, sizeof(tmp));
+			memcpy(tmp, y + (size_t)i * ldy, (size_t)cols * sizeof(float));
+		}
 #pragma GCC unroll 4
 		for (j = 0; j < W; j++)
 			c[j][i] = !acc ? _mm256_setzero_ps()
 			          : cols == 8 * W ? _mm256_loadu_ps(y + (size_t)i * ldy + 8 * j)
-				  : _mm256_maskload_ps(y + (size_t)i * ldy + 8 * j, lanes[j]);
+				  : _mm256_loadu_ps(tmp + 8 * j);
+	}
 	for (kk = 0; kk < k; kk++) {
 		__m256 b[4];
 
@@ -541,14 +542,14 @@ static INLINE AVX2 void rows256(const int R, const int W16, const int W, const i
 			h += 2 * GEMM_NR;
 	}
 #pragma GCC unroll 6
-	for (i = 0; i < R; i++)
+	for (i = 0; i < R; i++) {
 #pragma GCC unroll 4
-		for (j = 0; j < W; j++) {
-			if (cols == 8 * W)
-				_mm256_storeu_ps(y + (size_t)i * ldy + 8 * j, c[j][i]);
-			else
-				_mm256_maskstore_ps(y + (size_t)i * ldy + 8 * j, lanes[j], c[j][i]);
-		}
+		for (j = 0; j < W; j++)
+			_mm256_storeu_ps(cols == 8 * W ? y + (size_t)i * ldy + 8 * j : tmp + 8 * j,
+					 c[j][i]);
+		if (cols < 8 * W)
+			memcpy(y + (size_t)i * ldy, tmp, (size_t)cols * sizeof(float));
+	}
 }
 
 #define ROWS256(R, W, H)                                                                   \

@@ -118,7 +118,6 @@ static void fixed_order(int n)
 	int i, r, c, kk, tried = 0;
 
 	assert_true(ref_acc && xp);
-	gemm_pack_x(xp, m, k, x);
 	assert_non_null(ref);
 	assert_non_null(y);
 	assert_int_equal(gemm_set_isa("scalar"), 0);
@@ -132,17 +131,24 @@ static void fixed_order(int n)
 			}
 			assert_true(fabs(ref[(size_t)r * n + c] - d) <= 1e-6 * mag + 1e-30);
 		}
-	/* accumulating: each chain continues from y's value */
-	memcpy(ref_acc, y0, (size_t)m * n * sizeof(float));
-	gemm_run(m, n, k, xp, pk, GEMM_F32, ref_acc, 1, 0, gemm_panels(n));
 	for (i = 0; i < 3; i++) {
+		static const int ms[] = { 1, 2, 3, 4, 5, 7, 12, 41 }; /* every kind of block */
 		int split;
 		if (gemm_set_isa(isa[i]) < 0)
 			continue;
 		tried++;
-		memcpy(y, y0, (size_t)m * n * sizeof(float));
-		gemm_run(m, n, k, xp, pk, GEMM_F32, y, 1, 0, gemm_panels(n));
-		assert_memory_equal(y, ref_acc, (size_t)m * n * sizeof(float));
+		/* accumulating: each chain continues from y's value */
+		for (size_t mi = 0; mi < sizeof(ms) / sizeof(ms[0]); mi++) {
+			const int mm = ms[mi];
+			gemm_pack_x(xp, mm, k, x);
+			assert_int_equal(gemm_set_isa("scalar"), 0);
+			memcpy(ref_acc, y0, (size_t)mm * n * sizeof(float));
+			gemm_run(mm, n, k, xp, pk, GEMM_F32, ref_acc, 1, 0, gemm_panels(n));
+			assert_int_equal(gemm_set_isa(isa[i]), 0);
+			memcpy(y, y0, (size_t)mm * n * sizeof(float));
+			gemm_run(mm, n, k, xp, pk, GEMM_F32, y, 1, 0, gemm_panels(n));
+			assert_memory_equal(y, ref_acc, (size_t)mm * n * sizeof(float));
+		}
 		for (split = 0; split <= 3; split++) {
 			product(m, n, k, x, pk, y, split);
 			assert_memory_equal(y, ref, (size_t)m * n * sizeof(float));

@@ -1374,11 +1374,19 @@ static int loops_use(const char *name)
 
 int be_cpu_set_isa(const char *name)
 {
+	const char *gemm = strcmp(name, "portable") ? name : "scalar";
+	const char *was = gemm_isa();
+
 	pthread_once(&loops_once, loops_select);
-	if (loops_use(name) < 0)
+	/* the GEMM's kernels of the same kind first: where they are not here,
+	 * nothing has changed */
+	if (gemm_set_isa(gemm) < 0)
 		return -ENOTSUP;
-	/* and the GEMM's kernels of the same kind */
-	return gemm_set_isa(strcmp(name, "portable") ? name : "scalar") < 0 ? -ENOTSUP : 0;
+	if (loops_use(name) < 0) {
+		(void)gemm_set_isa(was);
+		return -ENOTSUP;
+	}
+	return 0;
 }
 
 static inline void softmax_row(float *row, int n)
@@ -1537,6 +1545,10 @@ static inline __attribute__((always_inline)) void attn_values8(const int G, cons
 		const size_t base = ((size_t)b->block_table[(size_t)s * b->max_blocks + (lo + i) / bs] * bs +
 				     (size_t)j0) * kv_dim + kv_col + d0;
 
+		/* the next block's rows, 64 columns at a time (attn_values') */
+		if (d0 % 64 == 0 && i + jn < n)
+			kv_prefetch_values(vc, b->block_table[(size_t)s * b->max_blocks + (lo + i + jn) / bs],
+					   bs, kv_dim, kv_col + d0, kv16);
 		for (int jj = 0; jj < jn; jj++, i++) {
 			size_t vr = base + (size_t)jj * kv_dim;
 

@@ -189,6 +189,11 @@ static void test_decode_equals_recompute(void **state)
 			check_recompute_n("--hidden 1088 --heads 17 --kv-heads 1 --ffn 256", 7, 3, &one);
 			check_recompute_n("--hidden 256 --heads 2 --kv-heads 1 --ffn 256", 40, 4, &one);
 			check_recompute_n("--hidden 512 --heads 2 --kv-heads 2 --ffn 256", 20, 16, &one);
+			/* heads of 80 dimensions (not the wide loops': AVX2's
+			 * 8-wide ones), and a window the sequence outgrows */
+			check_recompute_n("--hidden 320 --heads 4 --kv-heads 2 --ffn 256", 30, 6, &one);
+			check_recompute_n("--model-type mistral --sliding-window 20 --hidden 256 --heads 4 "
+					  "--kv-heads 2 --ffn 256", 30, 6, &one);
 		}
 		if (be_cpu_set_isa("avx512") < 0 && be_cpu_set_isa("avx2") < 0)
 			assert_int_equal(be_cpu_set_isa("portable"), 0);

@@ -1566,6 +1566,127 @@ static inline __attribute__((always_inline)) void attn_values8(const int G, cons
 		memcpy(o + (size_t)g * hd + d0, acc[g], sizeof(acc[g]));
 }
 
+/*
+ * A few tokens of a prompt at once with AVX2's 8-float vectors: R = T·G ≤ 6
+ * rows (T consecutive tokens of one sequence at positions p .. p+T-1, the
+ * G ≤ 3 query heads of a KV head), so that a key or value row loaded once
+ * serves every row and 12 chains are in flight where one token of G heads
+ * had 2·G. Each row's scores and sums are the one-row loops' chains, in
+ * the same order (positions up to p for every row, then p+1 .. only for
+ * the rows that see them): the same bits as the token alone. No window
+ * clips any of these tokens (attn_tile_span).
+ */
+#define ATTN_ROWS8 6
+
+static inline __attribute__((always_inline)) void attn_rows8(const int R, const int G,
+								 struct attn_job *j, float *sc, int t,
+								 int kvh, const int kv16)
+{
+	const struct be_batch *b = &j->c->b;
+	const struct be_attn *a = j->a;
+	const int hd = a->head_dim, bs = b->block_size, s = b->seq[t], p = b->pos[t];
+	const int T = R / G;
+	const size_t kv_dim = (size_t)a->n_kv_heads * hd, stride = j->c->scratch_n;
+	const float *q[ATTN_ROWS8];
+	float *o[ATTN_ROWS8];
+
+#pragma GCC unroll 6
+	for (int r = 0; r < R; r++) {
+		const size_t row = ((size_t)(t + r / G) * a->n_heads + (size_t)kvh * G + r % G) * hd;
+		q[r] = j->q + row;
+		o[r] = j->out + row;
+	}
+	/* scores, 16 keys of every row at a time */
+	for (int bi = 0; bi <= (p + T - 1) / bs; bi++) {
+		const int blk = b->block_table[(size_t)s * b->max_blocks + bi];
+		const size_t kb = ((size_t)blk * kv_dim + (size_t)kvh * hd) * bs;
+
+		if (bi < (p + T - 1) / bs)
+			kv_prefetch_keys(j->kc, b->block_table[(size_t)s * b->max_blocks + bi + 1],
+					 kv_dim, kvh, hd, bs, kv16);
+		for (int c16 = 0; c16 < bs; c16 += 16) {
+			v8 acc[ATTN_ROWS8][2] = { { { 0 } } }, k0, k1;
+
+			if (bi * bs + c16 > p + T - 1)
+				break;
+			for (int d = 0; d < hd; d++) {
+				kv_load8(&k0, j->kc, kb + (size_t)d * bs + c16, kv16);
+				kv_load8(&k1, j->kc, kb + (size_t)d * bs + c16 + 8, kv16);
+#pragma GCC unroll 6
+				for (int r = 0; r < R; r++) {
+					const float qd = q[r][d];
+
+					acc[r][0] += qd * k0;
+					acc[r][1] += qd * k1;
+				}
+			}
+#pragma GCC unroll 6
+			for (int r = 0; r < R; r++) {
+				float v[16];
+				const int last = p + r / G - (bi * bs + c16); /* of this row's keys here */
+
+				memcpy(v, acc[r], sizeof(v));
+				for (int off = 0; off < 16 && off <= last; off++)
+					sc[(size_t)r * stride + (size_t)(bi * bs + c16 + off)] = v[off] * a->scale;
+			}
+		}
+	}
+	for (int r = 0; r < R; r++)
+		softmax_row(sc + (size_t)r * stride, p + r / G + 1);
+	/* values, 16 columns of every row at a time */
+	for (int d0 = 0; d0 < hd; d0 += 16) {
+		v8 acc[ATTN_ROWS8][2] = { { { 0 } } }, v0, v1;
+		const size_t col = (size_t)kvh * hd + (size_t)d0;
+
+		/* a KV block's rows at a time (positions from 0: one division
+		 * a block) */
+		for (int i0 = 0; i0 <= p + T - 1; i0 += bs) {
+			const int in = p + T - i0 < bs ? p + T - i0 : bs;
+			const size_t base = (size_t)b->block_table[(size_t)s * b->max_blocks + i0 / bs] * bs *
+					    kv_dim + col;
+
+			if (d0 % 64 == 0 && i0 + bs <= p + T - 1)
+				kv_prefetch_values(j->vc, b->block_table[(size_t)s * b->max_blocks + i0 / bs + 1],
+						   bs, kv_dim, col, kv16);
+			for (int jj = 0, i = i0; jj < in; jj++, i++) {
+				const size_t vr = base + (size_t)jj * kv_dim;
+
+				kv_load8(&v0, j->vc, vr, kv16);
+				kv_load8(&v1, j->vc, vr + 8, kv16);
+#pragma GCC unroll 6
+				for (int r = 0; r < R; r++) {
+					if (i > p + r / G)
+						continue; /* a later token's own position */
+					const float w = sc[(size_t)r * stride + i];
+
+					acc[r][0] += w * v0;
+					acc[r][1] += w * v1;
+				}
+			}
+		}
+#pragma GCC unroll 6
+		for (int r = 0; r < R; r++)
+			memcpy(o[r] + d0, acc[r], sizeof(acc[r]));
+	}
+}
+
+/* attn_rows8 for G query heads a token and T tokens, R = T·G (constants) */
+static inline __attribute__((always_inline)) void attn_rows8_of(int G, int T, struct attn_job *j,
+								    float *sc, int t, int kvh,
+								    const int kv16)
+{
+	switch (G * 8 + T) {
+	case 1 * 8 + 2: attn_rows8(2, 1, j, sc, t, kvh, kv16); break;
+	case 1 * 8 + 3: attn_rows8(3, 1, j, sc, t, kvh, kv16); break;
+	case 1 * 8 + 4: attn_rows8(4, 1, j, sc, t, kvh, kv16); break;
+	case 1 * 8 + 5: attn_rows8(5, 1, j, sc, t, kvh, kv16); break;
+	case 1 * 8 + 6: attn_rows8(6, 1, j, sc, t, kvh, kv16); break;
+	case 2 * 8 + 2: attn_rows8(4, 2, j, sc, t, kvh, kv16); break;
+	case 2 * 8 + 3: attn_rows8(6, 2, j, sc, t, kvh, kv16); break;
+	default: attn_rows8(6, 3, j, sc, t, kvh, kv16); break; /* G 3, T 2 */
+	}
+}
+
 /* attn_tile takes up to ATTN_TILE_ROWS rows, T tokens of the G query heads
  * of a KV head (G up to ATTN_TILE_GROUP, T·G ≥ ATTN_TILE_MIN_ROWS), one row
  * a lane of two vectors */
@@ -1854,6 +1975,16 @@ static inline __attribute__((always_inline)) void attn_rows_of(struct attn_job *
 
 		if (t < tiled)
 			continue; /* in the tile before */
+		if (mid && group <= 3 && hd % 16 == 0) {
+			/* a few of a prompt's tokens at once (attn_rows8) */
+			const int T = attn_tile_span(b, a, t, kvh, end, ATTN_ROWS8 / group);
+
+			if (T >= 2) {
+				attn_rows8_of(group, T, j, sc, t, kvh, kv16);
+				tiled = t + T;
+				continue;
+			}
+		}
 		if (tiles) {
 			/* the tokens from here that one tile can take */
 			const int T = attn_tile_span(b, a, t, kvh, end, ATTN_TILE_ROWS / group);
@@ -2005,6 +2136,8 @@ static void cpu_attention(struct be *be, const struct be_attn *a, const struct b
 	/* scores of a group of heads: [group][scratch_n] per worker, and
 	 * where tiles run a tile's positions ([scratch_n][32], attn_tile) */
 	rows = attn_tiles(&c->b, a) && group < ATTN_TILE_ROWS ? ATTN_TILE_ROWS : group;
+	if (attn_mid && rows < ATTN_ROWS8)
+		rows = ATTN_ROWS8; /* attn_rows8's rows */
 	if (rows > c->scratch_group) {
 		for (t = 0; t < pool_size(c->pool); t++) {
 			float *p = realloc(c->scratch[t], scratch_bytes(rows, c->scratch_n));

@@ -1009,43 +1009,32 @@ static void cpu_kv_store(struct be *be, int kv_dim, const struct be_buf *k,
 typedef float v16 __attribute__((vector_size(64)));
 typedef uint16_t h16 __attribute__((vector_size(32)));
 typedef uint32_t u32x16 __attribute__((vector_size(64)));
-
-/* 16 elements of a KV cache from element i on, as fp32: bf16 ones widened
- * exactly (the upper half of an fp32). kv16 is a constant at each call. */
-static inline __attribute__((always_inline)) void kv_load16(v16 *r, const void *c, size_t i,
-								const int kv16)
-{
-	if (kv16) {
-		h16 h;
-		u32x16 w;
-
-		memcpy(&h, (const uint16_t *)c + i, sizeof(h));
-		w = __builtin_convertvector(h, u32x16) << 16;
-		memcpy(r, &w, sizeof(*r));
-	} else {
-		memcpy(r, (const float *)c + i, sizeof(*r));
-	}
-}
-
 /* 8 floats, one AVX2 register: the loops of CPUs without AVX-512 */
 typedef float v8 __attribute__((vector_size(32)));
 typedef uint16_t h8 __attribute__((vector_size(16)));
 typedef uint32_t u32x8 __attribute__((vector_size(32)));
 
-static inline __attribute__((always_inline)) void kv_load8(v8 *r, const void *c, size_t i,
-							       const int kv16)
-{
-	if (kv16) {
-		h8 h;
-		u32x8 w;
-
-		memcpy(&h, (const uint16_t *)c + i, sizeof(h));
-		w = __builtin_convertvector(h, u32x8) << 16;
-		memcpy(r, &w, sizeof(*r));
-	} else {
-		memcpy(r, (const float *)c + i, sizeof(*r));
+/* A vector of a KV cache's elements from element i on, as fp32: bf16
+ * ones widened exactly (the upper half of an fp32). kv16 is a constant at
+ * each call. kv_load16 (V v16) and kv_load8 (v8). */
+#define KV_LOAD(NAME, V, H, U)                                                                   \
+	static inline __attribute__((always_inline)) void NAME(V *r, const void *c, size_t i,   \
+								const int kv16)                 \
+	{                                                                                       \
+		if (kv16) {                                                                     \
+			H h;                                                                    \
+			U w;                                                                    \
+                                                                                                \
+			memcpy(&h, (const uint16_t *)c + i, sizeof(h));                         \
+			w = __builtin_convertvector(h, U) << 16;                                \
+			memcpy(r, &w, sizeof(*r));                                              \
+		} else {                                                                        \
+			memcpy(r, (const float *)c + i, sizeof(*r));                            \
+		}                                                                               \
 	}
-}
+KV_LOAD(kv_load16, v16, h16, u32x16)
+KV_LOAD(kv_load8, v8, h8, u32x8)
+#undef KV_LOAD
 
 /* n elements of a KV cache from element i on as an fp32 row: in place, or
  * widened into tmp. The loops that take it are then the same code for
@@ -1266,6 +1255,7 @@ static __attribute__((target("avx512f"))) void silu_avx512(float *g, const float
 		_mm512_mask_storeu_ps(g + i, m, silu16(_mm512_maskz_loadu_ps(m, g + i), _mm512_maskz_loadu_ps(m, u + i)));
 	}
 }
+
 /* The same with AVX2, 8 at a time through libmvec's AVX2 expf, the last
  * few in one more call of it. */
 static __attribute__((target("avx2"))) __m256 silu8(__m256 x, __m256 u)
@@ -2014,22 +2004,18 @@ static inline __attribute__((always_inline)) void attn_rows_of(struct attn_job *
 			for (int g0 = 0; g0 < group; g0 += 4) {
 				int gn = group - g0 < 4 ? group - g0 : 4;
 				float acc[4][BE_CPU_MAX_BLOCK];
-				if (wide) {
+				if (wide || mid) {
 					const float *qg = q + (size_t)g0 * hd;
+#define SCORES(G)                                                                         \
+	(wide ? attn_scores(G, qg, hd, j->kc, kb, bs, acc, kv16)                          \
+	      : attn_scores8(G, qg, hd, j->kc, kb, bs, acc, kv16))
 					switch (gn) {
-					case 1: attn_scores(1, qg, hd, j->kc, kb, bs, acc, kv16); break;
-					case 2: attn_scores(2, qg, hd, j->kc, kb, bs, acc, kv16); break;
-					case 3: attn_scores(3, qg, hd, j->kc, kb, bs, acc, kv16); break;
-					default: attn_scores(4, qg, hd, j->kc, kb, bs, acc, kv16); break;
+					case 1: SCORES(1); break;
+					case 2: SCORES(2); break;
+					case 3: SCORES(3); break;
+					default: SCORES(4); break;
 					}
-				} else if (mid) {
-					const float *qg = q + (size_t)g0 * hd;
-					switch (gn) {
-					case 1: attn_scores8(1, qg, hd, j->kc, kb, bs, acc, kv16); break;
-					case 2: attn_scores8(2, qg, hd, j->kc, kb, bs, acc, kv16); break;
-					case 3: attn_scores8(3, qg, hd, j->kc, kb, bs, acc, kv16); break;
-					default: attn_scores8(4, qg, hd, j->kc, kb, bs, acc, kv16); break;
-					}
+#undef SCORES
 				} else {
 					for (g = 0; g < gn; g++)
 						for (off = 0; off < bs; off++)
@@ -2053,38 +2039,26 @@ static inline __attribute__((always_inline)) void attn_rows_of(struct attn_job *
 		}
 		for (g = 0; g < group; g++)
 			softmax_row(sc + (size_t)g * stride, n);
-		if (wide) {
+		if (wide || mid) {
+			/* 64 columns of 16-float vectors, or 16 of 8-float ones */
+#define VALUES(G)                                                                                  \
+	(wide ? attn_values(G, b, s, lo, n, j->vc, col, kv_dim, sg, stride, og, hd, d0, kv16)      \
+	      : attn_values8(G, b, s, lo, n, j->vc, col, kv_dim, sg, stride, og, hd, d0, kv16))
 			for (int g0 = 0; g0 < group; g0 += 4) {
 				int gn = group - g0 < 4 ? group - g0 : 4;
 				const float *sg = sc + (size_t)g0 * stride;
 				float *og = o + (size_t)g0 * hd;
 				size_t col = (size_t)kvh * hd;
-				for (int d0 = 0; d0 < hd; d0 += 64) {
+				for (int d0 = 0; d0 < hd; d0 += wide ? 64 : 16) {
 					switch (gn) {
-					case 1: attn_values(1, b, s, lo, n, j->vc, col, kv_dim, sg, stride, og, hd, d0, kv16); break;
-					case 2: attn_values(2, b, s, lo, n, j->vc, col, kv_dim, sg, stride, og, hd, d0, kv16); break;
-					case 3: attn_values(3, b, s, lo, n, j->vc, col, kv_dim, sg, stride, og, hd, d0, kv16); break;
-					default: attn_values(4, b, s, lo, n, j->vc, col, kv_dim, sg, stride, og, hd, d0, kv16); break;
+					case 1: VALUES(1); break;
+					case 2: VALUES(2); break;
+					case 3: VALUES(3); break;
+					default: VALUES(4); break;
 					}
 				}
 			}
-			continue;
-		}
-		if (mid) {
-			for (int g0 = 0; g0 < group; g0 += 4) {
-				int gn = group - g0 < 4 ? group - g0 : 4;
-				const float *sg = sc + (size_t)g0 * stride;
-				float *og = o + (size_t)g0 * hd;
-				size_t col = (size_t)kvh * hd;
-				for (int d0 = 0; d0 < hd; d0 += 16) {
-					switch (gn) {
-					case 1: attn_values8(1, b, s, lo, n, j->vc, col, kv_dim, sg, stride, og, hd, d0, kv16); break;
-					case 2: attn_values8(2, b, s, lo, n, j->vc, col, kv_dim, sg, stride, og, hd, d0, kv16); break;
-					case 3: attn_values8(3, b, s, lo, n, j->vc, col, kv_dim, sg, stride, og, hd, d0, kv16); break;
-					default: attn_values8(4, b, s, lo, n, j->vc, col, kv_dim, sg, stride, og, hd, d0, kv16); break;
-					}
-				}
-			}
+#undef VALUES
 			continue;
 		}
 		for (d = 0; d < group * hd; d++)

@@ -94,7 +94,8 @@ struct cpu_be {
 	float **scratch;    /* [pool size][scratch_group][scratch_n] attention scores */
 	size_t scratch_n;   /* positions per score row */
 	int scratch_group;  /* score rows: query heads per KV head, at least 32
-			     * where tiles run (attn_tile's positions) */
+			     * where tiles run (attn_tile's positions), 6 where
+			     * AVX2's attn_rows8 does */
 	int error;          /* of an op since the last sync; reported there */
 	float *rope_cs;     /* [n_tokens][head_dim] cos then sin, for rope_freq */
 	size_t rope_cs_n;
@@ -1965,7 +1966,7 @@ static inline __attribute__((always_inline)) void attn_rows_of(struct attn_job *
 
 		if (t < tiled)
 			continue; /* in the tile before */
-		if (mid && group <= 3 && hd % 16 == 0) {
+		if (mid && group <= 3) {
 			/* a few of a prompt's tokens at once (attn_rows8) */
 			const int T = attn_tile_span(b, a, t, kvh, end, ATTN_ROWS8 / group);
 
@@ -2110,7 +2111,8 @@ static void cpu_attention(struct be *be, const struct be_attn *a, const struct b
 	/* scores of a group of heads: [group][scratch_n] per worker, and
 	 * where tiles run a tile's positions ([scratch_n][32], attn_tile) */
 	rows = attn_tiles(&c->b, a) && group < ATTN_TILE_ROWS ? ATTN_TILE_ROWS : group;
-	if (attn_mid && rows < ATTN_ROWS8)
+	if (attn_mid && group <= 3 && c->b.block_size % 16 == 0 && a->head_dim % 16 == 0 &&
+	    rows < ATTN_ROWS8)
 		rows = ATTN_ROWS8; /* attn_rows8's rows */
 	if (rows > c->scratch_group) {
 		for (t = 0; t < pool_size(c->pool); t++) {

@@ -167,6 +167,7 @@ static void test_decode_equals_recompute(void **state)
 	 * decode's one row runs the instruction) */
 	{
 		struct engine_opts one = { .n_threads = 1 }, dot = { .bf16_dot = 1, .n_threads = 1 };
+		struct engine_opts two32 = { .n_threads = 2, .block_size = 32 };
 		const int orig_fma = !strcmp(gemm_dot_way(), "fma");
 
 		/* with AVX-512's loops the tile, its softmax down the
@@ -194,6 +195,9 @@ static void test_decode_equals_recompute(void **state)
 			check_recompute_n("--hidden 320 --heads 4 --kv-heads 2 --ffn 256", 30, 6, &one);
 			check_recompute_n("--model-type mistral --sliding-window 20 --hidden 256 --heads 4 "
 					  "--kv-heads 2 --ffn 256", 30, 6, &one);
+			/* KV blocks of 32 (two chunks of 16 keys), and two
+			 * threads, whose task ranges cut a prompt's tokens */
+			check_recompute_n("--hidden 384 --heads 6 --kv-heads 2 --ffn 256", 45, 6, &two32);
 		}
 		if (be_cpu_set_isa("avx512") < 0 && be_cpu_set_isa("avx2") < 0)
 			assert_int_equal(be_cpu_set_isa("portable"), 0);

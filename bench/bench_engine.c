@@ -106,6 +106,28 @@ static double non_embedding_params(void)
 	return LAYERS * (p + 2.0 * HIDDEN) + HIDDEN;
 }
 
+/*
+ * Where the engine's threads spent a timed stretch of @wall seconds and
+ * @steps steps, from the backend's counters before (@a) and after (@b):
+ * of threads x wall, the share in tasks (serial work counted for the one
+ * thread that does it), waiting inside parallel sections (the fork, the
+ * unequal ends, the join), and idle while the calling thread worked alone
+ * between them. The three add up to 1. Appended to a JSON row.
+ */
+static void print_threads(const struct be_threads *a, const struct be_threads *b, double wall, int steps)
+{
+	const double T = b->threads, W = wall * 1e9, R = (double)(b->wall_ns - a->wall_ns);
+	const double B = (double)(b->busy_ns - a->busy_ns), S = W > R ? W - R : 0;
+	const double n = (double)(b->sections - a->sections);
+
+	if (T < 1 || W <= 0 || steps < 1)
+		return;
+	printf(", \"threads_busy\": %.3f, \"threads_wait_sections\": %.3f, \"threads_wait_serial\": %.3f, "
+	       "\"sections_per_step\": %.1f, \"wake_us\": %.2f",
+	       (B + S) / (T * W), (T * R - B) / (T * W), (T - 1) * S / (T * W), n / steps,
+	       n > 0 && T > 1 ? (double)(b->wake_ns - a->wake_ns) / (n * (T - 1)) * 1e-3 : 0.0);
+}
+
 /* Matrices of the model's projection shapes, for the bare baselines. */
 struct bare {
 	float *w[LAYERS][7];
@@ -244,8 +266,9 @@ static int prefill(struct engine *e, struct bare *b, int batch, int len, int rep
 {
 	struct engine_seq *s[8];
 	double best = 1e30, flops, attn, t_sgemm = 1e30, sgemm_flops = 0;
+	struct be_threads th0 = { 0 }, th1 = { 0 }, best0 = { 0 }, best1 = { 0 };
 	char err[256];
-	int r, i, l, p, layers = quick ? 2 : LAYERS;
+	int r, i, l, p, layers = quick ? 2 : LAYERS, have_th;
 
 	/* the bare projections at M = all tokens, over `layers` layers, a
 	 * pass after each of the engine's steps: a burst of noise from the
@@ -257,6 +280,7 @@ static int prefill(struct engine *e, struct bare *b, int batch, int len, int rep
 		for (i = 0; i < batch; i++)
 			if (!(s[i] = new_seq(e, len, 1, i)))
 				return -1;
+		have_th = engine_backend_threads(e, &th0) == 0;
 		t0 = now();
 		/* the whole prompts in one step: the prefill as the scheduler runs it */
 		if (engine_step(e, s, NULL, batch, err, sizeof(err)) < 0) {
@@ -264,8 +288,13 @@ static int prefill(struct engine *e, struct bare *b, int batch, int len, int rep
 			return -1;
 		}
 		t0 = now() - t0;
-		if (t0 < best)
+		if (have_th)
+			engine_backend_threads(e, &th1);
+		if (t0 < best) {
 			best = t0;
+			best0 = th0;
+			best1 = th1;
+		}
 		for (i = 0; i < batch; i++)
 			engine_seq_free(e, s[i]);
 		t0 = bare_pass(b, batch * len, layers, 0, 0);
@@ -280,9 +309,11 @@ static int prefill(struct engine *e, struct bare *b, int batch, int len, int rep
 			sgemm_flops += 2.0 * batch * len * proj_n[p] * proj_k[p];
 	printf("{\"bench\": \"engine_prefill\", \"batch\": %d, \"prompt_tokens\": %d, \"reps\": %d, "
 	       "\"seconds\": %.4f, \"tokens_per_s\": %.1f, \"flop_per_s\": %.4g, "
-	       "\"sgemm_flop_per_s\": %.4g, \"ratio_vs_sgemm\": %.3f, \"target\": 0.9}\n",
+	       "\"sgemm_flop_per_s\": %.4g, \"ratio_vs_sgemm\": %.3f, \"target\": 0.9",
 	       batch, len, reps, best, batch * len / best, flops / best, sgemm_flops / t_sgemm,
 	       (flops / best) / (sgemm_flops / t_sgemm));
+	print_threads(&best0, &best1, best, 1);
+	printf("}\n");
 	fprintf(stderr, "prefill batch %d x %d: %8.1f tokens/s  %6.1f GFLOP/s  (bare sgemm %6.1f GFLOP/s, ratio %.2f)\n",
 		batch, len, batch * len / best, flops / best * 1e-9, sgemm_flops / t_sgemm * 1e-9,
 		(flops / best) / (sgemm_flops / t_sgemm));
@@ -373,8 +404,9 @@ static int decode(struct engine *e, struct bare *b, int batch, int prompt, int s
 	struct engine_seq *s[32];
 	double t, t_gemm, t_gemv = 0, bare_tps, tps;
 	const char *kind = "sgemm";
+	struct be_threads th0, th1;
 	char err[256];
-	int i, k;
+	int i, k, have_th;
 
 	for (i = 0; i < batch; i++)
 		if (!(s[i] = new_seq(e, prompt, steps + 1, i)))
@@ -382,11 +414,14 @@ static int decode(struct engine *e, struct bare *b, int batch, int prompt, int s
 	/* the prompts, untimed; their step also samples the first token */
 	if (engine_step(e, s, NULL, batch, err, sizeof(err)) < 0)
 		goto fail;
+	have_th = engine_backend_threads(e, &th0) == 0;
 	t = now();
 	for (k = 0; k < steps; k++)
 		if (engine_step(e, s, NULL, batch, err, sizeof(err)) < 0)
 			goto fail;
 	t = now() - t;
+	if (have_th)
+		engine_backend_threads(e, &th1);
 	for (i = 0; i < batch; i++)
 		engine_seq_free(e, s[i]);
 	tps = batch * steps / t;
@@ -406,7 +441,10 @@ static int decode(struct engine *e, struct bare *b, int batch, int prompt, int s
 	       batch, prompt, steps, t, tps, kind, batch / t_gemm);
 	if (batch == 1)
 		printf(", \"bare_sgemv_tokens_per_s\": %.1f", 1 / t_gemv);
-	printf(", \"ratio_vs_bare_gemm\": %.3f, \"target\": 0.8}\n", tps / bare_tps);
+	printf(", \"ratio_vs_bare_gemm\": %.3f, \"target\": 0.8", tps / bare_tps);
+	if (have_th)
+		print_threads(&th0, &th1, t, steps);
+	printf("}\n");
 	fprintf(stderr, "decode  batch %2d:        %8.1f tokens/s  (bare %s pass %8.1f tokens/s, ratio %.2f)\n",
 		batch, tps, kind, bare_tps, tps / bare_tps);
 	return 0;

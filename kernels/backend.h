@@ -37,6 +37,7 @@
 #ifndef LORAD_KERNELS_BACKEND_H
 #define LORAD_KERNELS_BACKEND_H
 
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -102,6 +103,17 @@ struct be_info {
 	char error[160];    /* the first device error (call, file, line); "" while
 			     * healthy. After one, every queued op fails. */
 	char bus_id[32];    /* the device's PCI bus id ("0000:3b:00.0"); "" on the CPU */
+};
+
+/* Where a backend's host threads spent their time since it was created
+ * (be_threads). A parallel section is one fork and join of the threads;
+ * what runs between sections runs on the calling thread alone. */
+struct be_threads {
+	int threads;       /* that compute, the calling thread's included */
+	uint64_t sections; /* parallel sections run */
+	uint64_t wall_ns;  /* their time on the calling thread, fork to join */
+	uint64_t busy_ns;  /* every thread's time in their tasks */
+	uint64_t wake_ns;  /* every other thread's time from a fork to its first task */
 };
 
 /* How a buffer travels to another process (be_export). */
@@ -178,6 +190,9 @@ struct be_ops {
 	/* What this backend is and can do; mem_free: bytes free now (0 when
 	 * unknown). */
 	void (*info)(struct be *be, struct be_info *out, size_t *mem_free);
+	/* struct be_threads, from any thread, while a step runs too.
+	 * Optional: NULL where no pool of host threads computes. */
+	void (*threads)(struct be *be, struct be_threads *out);
 
 	/* Buffers. alloc returns NULL when out of memory; contents are zero.
 	 * alloc, alloc_weight, upload (on either queue) and buf_free of a
@@ -390,6 +405,9 @@ int be_cuda_create(const struct be_cuda_opts *opts, struct be **out, char *why, 
 static inline void be_destroy(struct be *be) { if (be) be->ops->destroy(be); }
 static inline void be_info(struct be *be, struct be_info *i, size_t *mem_free)
 { be->ops->info(be, i, mem_free); }
+/* 0, or -ENOTSUP where the backend computes on no pool of threads. */
+static inline int be_threads(struct be *be, struct be_threads *t)
+{ if (!be->ops->threads) return -ENOTSUP; be->ops->threads(be, t); return 0; }
 static inline unsigned be_caps(struct be *be)
 { struct be_info i; be->ops->info(be, &i, NULL); return i.caps; }
 /* An fp32 activation buffer. */

@@ -227,6 +227,11 @@ void engine_backend_info(const struct engine *e, struct be_info *info, size_t *m
 	be_info(e->be, info, mem_free);
 }
 
+int engine_backend_threads(const struct engine *e, struct be_threads *t)
+{
+	return be_threads(e->be, t);
+}
+
 /* The backend of opts: cuda when asked for (its failure is the engine's),
  * auto tries CUDA and falls back to the CPU saying why. */
 static int backend_create(struct engine *e, const struct engine_opts *o, char *err, size_t errlen)

@@ -317,6 +317,10 @@ unsigned engine_backend_caps(const struct engine *e);
 /* The backend's device, memory, and health: info->error is "" while it is
  * healthy, else the first device error (call, file, line). Any thread. */
 void engine_backend_info(const struct engine *e, struct be_info *info, size_t *mem_free);
+/* Where the backend's host threads spent their time since the engine
+ * loaded (kernels/backend.h, struct be_threads). 0, or -ENOTSUP where no
+ * pool of threads computes (CUDA). Any thread, while a step runs too. */
+int engine_backend_threads(const struct engine *e, struct be_threads *t);
 
 /*
  * A buffer on the engine's backend that another process maps (CUDA IPC),

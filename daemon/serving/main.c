@@ -884,6 +884,13 @@ static void engine_stats(void *ctx, struct ops_engine_stats *es)
 		es->kv_bytes = engine_kv_bytes(d->eng);
 		es->kv_dtype = engine_kv_dtype(d->eng) == BE_BF16 ? "bf16" : "f32";
 		es->prefix_cache = d->cfg.prefix_cache;
+		struct be_threads th;
+		if (engine_backend_threads(d->eng, &th) == 0) {
+			es->threads = th.threads;
+			es->thread_sections = th.sections;
+			es->thread_wall_ns = th.wall_ns;
+			es->thread_busy_ns = th.busy_ns;
+		}
 		es->prefix_of = prefix_of;
 		es->prefix_ctx = d->eng;
 	}

@@ -360,6 +360,25 @@ static void engine(struct buf *b, const struct ops_engine_stats *es)
 	family(b, "lorad_backend_memory_bytes", "gauge", "The backend's memory, total and free.");
 	bprintf(b, "lorad_backend_memory_bytes{kind=\"total\"} %llu\n", (unsigned long long)es->mem_total);
 	bprintf(b, "lorad_backend_memory_bytes{kind=\"free\"} %llu\n", (unsigned long long)es->mem_free);
+	if (es->threads < 1)
+		return;
+	/* two counters, not a derived "waiting" one: read while a section
+	 * runs, the busy time has grown and the section's time not yet, and a
+	 * counter computed from both could go down */
+	family(b, "lorad_backend_threads", "gauge",
+	       "Host threads the backend computes on, the engine's own included.");
+	bprintf(b, "lorad_backend_threads %d\n", es->threads);
+	family(b, "lorad_backend_parallel_sections_total", "counter",
+	       "Forks and joins of the backend's threads (5 to 12 a layer a step).");
+	bprintf(b, "lorad_backend_parallel_sections_total %llu\n", (unsigned long long)es->thread_sections);
+	family(b, "lorad_backend_parallel_seconds_total", "counter",
+	       "Time in parallel sections, fork to join, on the engine's thread. Of lorad_backend_threads "
+	       "times it, lorad_backend_thread_busy_seconds_total went to tasks; the rest the threads "
+	       "waited (the fork, the slowest thread, the join).");
+	bprintf(b, "lorad_backend_parallel_seconds_total %.6f\n", es->thread_wall_ns / 1e9);
+	family(b, "lorad_backend_thread_busy_seconds_total", "counter",
+	       "The backend's threads' time in the tasks of parallel sections, all threads summed.");
+	bprintf(b, "lorad_backend_thread_busy_seconds_total %.6f\n", es->thread_busy_ns / 1e9);
 }
 
 /* The prefix cache's blocks, by the version whose weights computed them

@@ -34,6 +34,10 @@ struct ops_engine_stats {
 	char error[160];          /* that error: call, file, line */
 	uint64_t mem_total, mem_free; /* bytes of the backend's memory */
 	int prefix_cache;             /* 1: the prefix cache is on */
+	/* the backend's host threads (struct be_threads); threads 0: it has
+	 * none (CUDA) */
+	int threads;
+	uint64_t thread_sections, thread_wall_ns, thread_busy_ns;
 	/* the prefix cache's blocks of engine adapter @adapter (0: the base
 	 * model): kept now, evicted since it was loaded; NULL: no engine */
 	void (*prefix_of)(void *ctx, int adapter, uint64_t *cached_blocks, uint64_t *evictions);

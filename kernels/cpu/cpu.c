@@ -2730,6 +2730,15 @@ static void cpu_graph_free(struct be *be, struct be_graph *g)
 	(void)g;
 }
 
+static void cpu_threads(struct be *be, struct be_threads *out)
+{
+	struct pool_stats st;
+
+	pool_stats(CPU(be)->pool, &st);
+	*out = (struct be_threads){ .threads = st.threads, .sections = st.runs, .wall_ns = st.wall_ns,
+				    .busy_ns = st.busy_ns, .wake_ns = st.wake_ns };
+}
+
 static void cpu_destroy(struct be *be)
 {
 	struct cpu_be *c = CPU(be);
@@ -2758,6 +2767,7 @@ static const struct be_ops cpu_ops = {
 	.name = "cpu",
 	.destroy = cpu_destroy,
 	.info = cpu_info,
+	.threads = cpu_threads,
 	.alloc = cpu_alloc,
 	.alloc_weight = cpu_alloc_weight,
 	.view = cpu_view,

@@ -40,6 +40,23 @@ static unsigned long long pool_now(void)
  */
 #define POOL_LINE 64
 
+/*
+ * Where the threads' time goes (pool_stats): each thread adds to its own
+ * line, so the counting writes nothing another thread polls. Relaxed
+ * load and store, not an atomic add: one writer per slot; a reader sums
+ * the slots at any time and sees each counter whole.
+ */
+struct pool_slot {
+	_Alignas(POOL_LINE) atomic_ullong busy_ns; /* in tasks of runs */
+	atomic_ullong wake_ns;                     /* a run's start to this worker's first claim */
+	atomic_ullong runs, wall_ns;               /* slot 0 only: runs, their start to their join */
+};
+
+static inline void slot_add(atomic_ullong *c, unsigned long long d)
+{
+	atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + d, memory_order_relaxed);
+}
+
 struct pool {
 	/* gen: release store by pool_run after the job's fields, acquire load by
 	 * a worker before it reads them; the job shares the line, written once
@@ -49,6 +66,7 @@ struct pool {
 	pool_fn fn;
 	void *arg;
 	int n_tasks, grain;
+	unsigned long long t_start; /* pool_now() at the run's start */
 	/* the next task to claim */
 	_Alignas(POOL_LINE) atomic_int next;
 	/* busy: decremented by each worker when done (release); the caller's
@@ -67,6 +85,7 @@ struct pool {
 	pthread_cond_t done;  /* the caller waits here for the stragglers */
 	int n_threads;
 	pthread_t *tid;
+	struct pool_slot *slot; /* [n_threads] */
 };
 
 static void pool_work(struct pool *p, int worker)
@@ -121,7 +140,10 @@ static void *pool_main(void *v)
 		if (atomic_load_explicit(&p->quit, memory_order_relaxed))
 			break;
 		seen = atomic_load_explicit(&p->gen, memory_order_acquire);
+		t0 = pool_now();
+		slot_add(&p->slot[idx].wake_ns, t0 > p->t_start ? t0 - p->t_start : 0);
 		pool_work(p, idx);
+		slot_add(&p->slot[idx].busy_ns, pool_now() - t0);
 		/* seq_cst (a release at least): pairs with the caller's acquire
 		 * load of busy, and with its store of waiter (see struct pool) */
 		if (atomic_fetch_sub(&p->busy, 1) == 1 && atomic_load(&p->waiter)) {
@@ -145,10 +167,14 @@ int pool_create(int n_threads, struct pool **out)
 	if (n_threads < 1)
 		n_threads = 1;
 	p->tid = calloc((size_t)n_threads, sizeof(*p->tid));
-	if (!p->tid) {
+	p->slot = aligned_alloc(POOL_LINE, (size_t)n_threads * sizeof(*p->slot));
+	if (!p->tid || !p->slot) {
+		free(p->tid);
+		free(p->slot);
 		free(p);
 		return -ENOMEM;
 	}
+	memset(p->slot, 0, (size_t)n_threads * sizeof(*p->slot));
 	pthread_mutex_init(&p->mu, NULL);
 	pthread_cond_init(&p->start, NULL);
 	pthread_cond_init(&p->done, NULL);
@@ -186,6 +212,7 @@ void pool_destroy(struct pool *p)
 	pthread_cond_destroy(&p->done);
 	pthread_mutex_destroy(&p->mu);
 	free(p->tid);
+	free(p->slot);
 	free(p);
 }
 
@@ -208,6 +235,7 @@ void pool_run(struct pool *p, pool_fn fn, void *arg, int n_tasks, int grain)
 	p->arg = arg;
 	p->n_tasks = n_tasks;
 	p->grain = grain;
+	p->t_start = pool_now();
 	atomic_store_explicit(&p->next, 0, memory_order_relaxed);
 	atomic_store_explicit(&p->busy, p->n_threads - 1, memory_order_relaxed);
 	/* seq_cst (a release at least): pairs with a worker's acquire load of
@@ -225,6 +253,8 @@ void pool_run(struct pool *p, pool_fn fn, void *arg, int n_tasks, int grain)
 		unsigned long long t0 = pool_now();
 		unsigned spins = 0;
 
+		slot_add(&p->slot[0].busy_ns, t0 - p->t_start);
+
 		/* acquire: pairs with each worker's release decrement of busy */
 		while (atomic_load_explicit(&p->busy, memory_order_acquire) > 0) {
 			pool_relax();
@@ -241,5 +271,19 @@ void pool_run(struct pool *p, pool_fn fn, void *arg, int n_tasks, int grain)
 			pthread_cond_wait(&p->done, &p->mu);
 		atomic_store_explicit(&p->waiter, 0, memory_order_relaxed);
 		pthread_mutex_unlock(&p->mu);
+	}
+	slot_add(&p->slot[0].runs, 1);
+	slot_add(&p->slot[0].wall_ns, pool_now() - p->t_start);
+}
+
+void pool_stats(const struct pool *p, struct pool_stats *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->threads = p->n_threads;
+	st->runs = atomic_load_explicit(&p->slot[0].runs, memory_order_relaxed);
+	st->wall_ns = atomic_load_explicit(&p->slot[0].wall_ns, memory_order_relaxed);
+	for (int i = 0; i < p->n_threads; i++) {
+		st->busy_ns += atomic_load_explicit(&p->slot[i].busy_ns, memory_order_relaxed);
+		st->wake_ns += atomic_load_explicit(&p->slot[i].wake_ns, memory_order_relaxed);
 	}
 }

@@ -1,12 +1,14 @@
 /*
  * pool.h — a small fork-join thread pool for the CPU backend.
  *
- * OpenBLAS has its own threads for GEMM; this pool runs the loops OpenBLAS
- * does not cover (attention above all). The caller's thread takes part in
- * the work, so a pool of one thread is just a loop.
+ * It runs every parallel loop of the backend: the GEMM's panels and row
+ * chunks, attention, the passes over rows. The caller's thread takes part
+ * in the work, so a pool of one thread is just a loop.
  */
 #ifndef LORAD_KERNELS_CPU_POOL_H
 #define LORAD_KERNELS_CPU_POOL_H
+
+#include <stdint.h>
 
 struct pool;
 
@@ -21,5 +23,18 @@ void pool_destroy(struct pool *p);
 int pool_size(const struct pool *p);
 /* Runs tasks 0 .. n_tasks-1 in chunks of `grain` and returns when all ran. */
 void pool_run(struct pool *p, pool_fn fn, void *arg, int n_tasks, int grain);
+
+/* Where the threads' time went, since pool_create. A run here is a call of
+ * pool_run that handed work to the workers (one that ran on the caller
+ * alone is not counted). Counters only grow; any thread may read them
+ * while a run goes on. */
+struct pool_stats {
+	int threads;      /* the caller's included */
+	uint64_t runs;
+	uint64_t wall_ns; /* the runs' time on the caller, start to join */
+	uint64_t busy_ns; /* every thread's time in the runs' tasks */
+	uint64_t wake_ns; /* every worker's time from a run's start to its first claim */
+};
+void pool_stats(const struct pool *p, struct pool_stats *st);
 
 #endif

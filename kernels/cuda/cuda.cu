@@ -1522,6 +1522,7 @@ static const struct be_ops cuda_ops = {
 	.name = "cuda",
 	.destroy = cu_destroy,
 	.info = cu_info,
+	.threads = NULL, /* every loop runs on the device */
 	.alloc = cu_alloc,
 	.alloc_weight = cu_alloc_weight,
 	.view = cu_view,

@@ -37,7 +37,7 @@ static void test_metrics_parse(void **state)
 	struct atk_daemon d;
 	char model[300], sql[600], json[600], path[300];
 	const char *args[] = { "--model", model, "--adapter", sql, "--adapter", json, "--threads",
-			       "1", NULL };
+			       "2", NULL };
 	static char out[1 << 20], err[4096];
 	const char *metrics[] = { "metrics", NULL };
 	const char *skills[] = { "sql", "json", "base", "nope", "sql", NULL };
@@ -62,6 +62,28 @@ static void test_metrics_parse(void **state)
 		unsigned long long bytes = 0;
 		ATK_EXPECT(kv && sscanf(kv, " lorad_kv_cache_bytes{dtype=\"f32\"} %llu", &bytes) == 1 && bytes > 0,
 			   "lorad_kv_cache_bytes: %.200s", kv ? kv : "(none)");
+	}
+	{
+		/* the CPU backend's two threads: sections forked, time in tasks
+		 * within threads x the sections' time */
+		const char *t = strstr(out, "\nlorad_backend_threads ");
+		const char *n = strstr(out, "\nlorad_backend_parallel_sections_total ");
+		const char *w = strstr(out, "\nlorad_backend_parallel_seconds_total ");
+		const char *b = strstr(out, "\nlorad_backend_thread_busy_seconds_total ");
+		int threads = 0;
+		unsigned long long sections = 0;
+		double wall = -1, busy = -1;
+
+		ATK_EXPECT(t && sscanf(t, " lorad_backend_threads %d", &threads) == 1 && threads == 2,
+			   "lorad_backend_threads: %.100s", t ? t : "(none)");
+		ATK_EXPECT(n && sscanf(n, " lorad_backend_parallel_sections_total %llu", &sections) == 1 &&
+				   sections > 0,
+			   "lorad_backend_parallel_sections_total: %.100s", n ? n : "(none)");
+		ATK_EXPECT(w && sscanf(w, " lorad_backend_parallel_seconds_total %lf", &wall) == 1 && wall > 0,
+			   "lorad_backend_parallel_seconds_total: %.100s", w ? w : "(none)");
+		ATK_EXPECT(b && sscanf(b, " lorad_backend_thread_busy_seconds_total %lf", &busy) == 1 &&
+				   busy > 0 && busy <= 2 * wall + 1e-6,
+			   "lorad_backend_thread_busy_seconds_total %g of 2 x %g", busy, wall);
 	}
 	snprintf(path, sizeof(path), "%s/metrics.txt", d.dir);
 	assert_int_equal(atk_write_file(path, out, strlen(out)), 0);

@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,11 +128,95 @@ static void test_pool_destroy(void **state)
 	free(j);
 }
 
+static void sleepy(void *arg, int worker, int begin, int end)
+{
+	(void)arg;
+	(void)worker;
+	for (int t = begin; t < end; t++)
+		nap(2000000);
+}
+
+struct reader {
+	struct pool *p;
+	atomic_int stop;
+	int backwards; /* a counter seen smaller than before */
+	long reads;
+};
+
+static void *read_stats(void *arg)
+{
+	struct reader *r = arg;
+	struct pool_stats a = { 0 }, b;
+
+	while (!atomic_load(&r->stop)) {
+		pool_stats(r->p, &b);
+		if (b.runs < a.runs || b.wall_ns < a.wall_ns || b.busy_ns < a.busy_ns || b.wake_ns < a.wake_ns)
+			r->backwards++;
+		a = b;
+		r->reads++;
+	}
+	return NULL;
+}
+
+/*
+ * pool_stats: a run is counted only when the workers took part; its
+ * threads' time in tasks is at least what the tasks slept and at most
+ * threads x the run's time; the counters never go down, read from
+ * another thread while runs go on (TSan: the slots' loads and stores).
+ */
+static void test_pool_stats(void **state)
+{
+	struct job *j = calloc(1, sizeof(*j));
+	struct pool *p = NULL;
+	struct pool_stats st;
+	struct reader r = { 0 };
+	pthread_t tid;
+
+	(void)state;
+	assert_non_null(j);
+	assert_int_equal(pool_create(1, &p), 0);
+	pool_run(p, sleepy, NULL, 2, 1);
+	pool_stats(p, &st);
+	assert_int_equal(st.threads, 1);
+	assert_true(st.runs == 0 && st.wall_ns == 0 && st.busy_ns == 0);
+	pool_destroy(p);
+
+	assert_int_equal(pool_create(2, &p), 0);
+	pool_stats(p, &st);
+	assert_int_equal(st.threads, 2);
+	assert_true(st.runs == 0 && st.wall_ns == 0 && st.busy_ns == 0 && st.wake_ns == 0);
+	pool_run(p, sleepy, NULL, 1, 1); /* one chunk: on the caller alone */
+	pool_stats(p, &st);
+	assert_true(st.runs == 0 && st.busy_ns == 0);
+	pool_run(p, sleepy, NULL, 8, 1); /* 16 ms of naps */
+	pool_stats(p, &st);
+	assert_int_equal(st.runs, 1);
+	assert_true(st.busy_ns >= 16000000ull);
+	assert_true(st.wall_ns >= 8000000ull);
+	assert_true(st.busy_ns <= 2 * st.wall_ns);
+	assert_true(st.wake_ns <= st.wall_ns);
+
+	r.p = p;
+	assert_int_equal(pthread_create(&tid, NULL, read_stats, &r), 0);
+	for (int i = 0; i < 3000; i++)
+		run_and_check(p, j, 8 + i % 7, 1, -1);
+	atomic_store(&r.stop, 1);
+	pthread_join(tid, NULL);
+	assert_int_equal(r.backwards, 0);
+	assert_true(r.reads > 0);
+	pool_stats(p, &st);
+	assert_true(st.runs >= 1 && st.runs <= 3001);
+	assert_true(st.busy_ns <= 2 * st.wall_ns);
+	pool_destroy(p);
+	free(j);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_pool_handoffs),
 		cmocka_unit_test(test_pool_destroy),
+		cmocka_unit_test(test_pool_stats),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

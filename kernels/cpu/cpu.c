@@ -519,6 +519,14 @@ static void cpu_embed(struct be *be, const struct be_buf *table, int dim, struct
 	}
 }
 
+/* The last rows go in chunks this small, two a thread, so that the
+ * threads finish together: with chunks of GEMM_MC alone a thread could be
+ * left with a whole chunk after the others had none (8 prompts of 512
+ * tokens on 2 threads: the threads waited 1.5-1.7 % of their time inside
+ * sections, bench_engine's threads_wait_sections, now 0.9-1.1 %; on 16
+ * threads the last of 3.6 rounds of tasks had half of them idle). */
+#define GEMM_MC_TAIL (4 * GEMM_MR)
+
 struct gemm_job {
 	int m, k, acc;
 	void *xp;
@@ -531,8 +539,9 @@ struct gemm_job {
 	const void *pk[BE_GEMM_MAX_OUT];
 	float *y[BE_GEMM_MAX_OUT];
 	int first[BE_GEMM_MAX_OUT + 1];
-	/* chunk_tasks: task t is row chunk t / groups, panel group t % groups */
-	int groups;
+	/* chunk_tasks: task t is row chunk t / groups, panel group t % groups;
+	 * chunks 0 .. big-1 are GEMM_MC rows, the later ones GEMM_MC_TAIL */
+	int groups, big;
 	float *const *xpw;
 };
 
@@ -590,7 +599,9 @@ static void chunk_tasks(void *arg, int worker, int begin, int end)
 
 	for (int t = begin; t < end; t++) {
 		const int ch = t / j->groups, g = t % j->groups;
-		const int r0 = ch * GEMM_MC, mr = j->m - r0 < GEMM_MC ? j->m - r0 : GEMM_MC;
+		const int r0 = ch < j->big ? ch * GEMM_MC : j->big * GEMM_MC + (ch - j->big) * GEMM_MC_TAIL;
+		const int rows = ch < j->big ? GEMM_MC : GEMM_MC_TAIL;
+		const int mr = j->m - r0 < rows ? j->m - r0 : rows;
 		const int p0 = (int)((long)panels * g / j->groups), p1 = (int)((long)panels * (g + 1) / j->groups);
 
 		pack_rows(j, xp, r0, mr);
@@ -658,17 +669,27 @@ static void gemm_packed(struct cpu_be *c, struct gemm_job *j)
 	/* A chunk is laid out once per group of panels; with at most
 	 * GEMM_CHUNK_GROUPS groups, the chunks must still make a few tasks
 	 * per thread, so a slow one does not hold up the rest: 512 rows on
-	 * 2 threads (4 chunks, 2 groups), 4096 on 16 (29 chunks, 2 groups;
-	 * 16 groups of 512 rows would have laid each chunk out 16 times,
-	 * for a quarter of its multiply-adds). Otherwise x is laid out once
-	 * for all the threads. */
-	const int threads = pool_size(c->pool), chunks = (j->m + GEMM_MC - 1) / GEMM_MC;
+	 * 2 threads (4 chunks, 2 groups), 4096 on 16 (29 chunks, 2 groups,
+	 * then with the tail 17 of GEMM_MC and 35 of GEMM_MC_TAIL; 16
+	 * groups of 512 rows would have laid each chunk out 16 times, for a
+	 * quarter of its multiply-adds). Otherwise x is laid out once for all
+	 * the threads. */
+	const int threads = pool_size(c->pool);
+	int big = (j->m + GEMM_MC - 1) / GEMM_MC, chunks = big;
 	int groups = (4 * threads + chunks - 1) / chunks;
 
 	if (groups > GEMM_CHUNK_GROUPS)
 		groups = GEMM_CHUNK_GROUPS;
 	if (groups > panels)
 		groups = panels;
+	/* the last rows in small chunks where the chunks make more than three
+	 * rounds of tasks; with fewer, the small chunks' extra passes over
+	 * the panels cost more than the threads that wait in the last round
+	 * (512 rows on 2 threads: 3 % slower) */
+	if (chunks * groups > 3 * threads && j->m > 2 * threads * GEMM_MC_TAIL) {
+		big = (j->m - 2 * threads * GEMM_MC_TAIL) / GEMM_MC;
+		chunks = big + (j->m - big * GEMM_MC + GEMM_MC_TAIL - 1) / GEMM_MC_TAIL;
+	}
 	if (j->m >= GEMM_CHUNK_ROWS && threads > 1 && chunks * groups >= 2 * threads) {
 		for (int t = 0; t < threads; t++)
 			if (grow(&c->xpw[t], &c->xpw_n[t], gemm_xpack_len(GEMM_MC, j->k)) < 0) {
@@ -676,6 +697,7 @@ static void gemm_packed(struct cpu_be *c, struct gemm_job *j)
 				return;
 			}
 		j->groups = groups;
+		j->big = big;
 		j->xpw = c->xpw;
 		pool_run(c->pool, chunk_tasks, j, chunks * groups, 1);
 		return;

@@ -931,11 +931,13 @@ static void test_backend_gemm(void **state)
  * one thread's layout of all of x, for fp32 and bf16 weights and bf16 dot
  * products (odd k), two outputs in one call, a chunk cut short (to one
  * row at 289: bf16 dot products on the instruction there, on FMAs in a
- * chunk of more rows), and a product that accumulates into y.
+ * chunk of more rows), the last rows in small chunks (577 and 1000 rows:
+ * more than three rounds of tasks; at 577 on 2 threads the last small
+ * chunk is one row), and a product that accumulates into y.
  */
 static void test_backend_gemm_chunks(void **state)
 {
-	const int k = 131, ns[2] = { 70, 130 }, ms[4] = { 288, 289, 301, 1000 };
+	const int k = 131, ns[2] = { 70, 130 }, ms[5] = { 288, 289, 301, 577, 1000 };
 	float *x = randv((size_t)1000 * k), *w[2], *y0 = randv((size_t)1000 * 130);
 	float *out[3][2];
 
@@ -946,7 +948,7 @@ static void test_backend_gemm_chunks(void **state)
 			out[t][i] = malloc((size_t)1000 * ns[i] * sizeof(float));
 	}
 	for (int kind = 0; kind < 3; kind++)
-		for (int mi = 0; mi < 4; mi++) {
+		for (int mi = 0; mi < 5; mi++) {
 			const int m = ms[mi];
 
 			for (int t = 0; t < 3; t++) {

@@ -658,7 +658,7 @@ static enum gemm_kind gemm_kind_of(const struct cpu_be *c, const struct be_buf *
 static void gemm_packed(struct cpu_be *c, struct gemm_job *j)
 {
 	double macs = 0;
-	int panels, per;
+	int panels;
 
 	j->first[0] = 0;
 	for (int i = 0; i < j->n_out; i++) {
@@ -719,9 +719,11 @@ static void gemm_packed(struct cpu_be *c, struct gemm_job *j)
 		gemm_tasks(j, 0, 0, panels);
 		return;
 	}
-	/* a few chunks per thread, so a slow thread does not hold up the rest */
-	per = panels / (4 * pool_size(c->pool));
-	pool_run(c->pool, gemm_tasks, j, panels, per < 1 ? 1 : per);
+	/* claims that shrink as the panels run out: a slow thread does not
+	 * hold up the rest, nor does the last claim (a fixed quarter of a
+	 * thread's share was 125 panels of the LM head on 2 threads, half a
+	 * millisecond that the other thread waited for at the end) */
+	pool_run_guided(c->pool, gemm_tasks, j, panels, 1);
 }
 
 /*
@@ -2179,8 +2181,12 @@ static void cpu_silu_mul(struct be *be, size_t n, struct be_buf *g, const struct
 	struct pair_job j = { g->p, u->p, n };
 	size_t chunks = (n + 1023) / 1024;
 
-	/* thousands of expf per row at batch 8 and up: shared, 1024 at a time */
-	if (chunks >= 16)
+	/* thousands of expf per row at batch 16 and up: shared, 1024 at a
+	 * time. At batch 8 (16 chunks of the benchmark's model) the section
+	 * took 20 us where the work is about 13 on one thread: the threads
+	 * waited 28 % of it (bench_engine's threads_wait_sections, per
+	 * section) */
+	if (chunks >= 32)
 		pool_run(CPU(be)->pool, silu_tasks, &j, (int)chunks, 4);
 	else
 		silu_tasks(&j, 0, 0, (int)chunks);

@@ -65,7 +65,7 @@ struct pool {
 	atomic_int quit;
 	pool_fn fn;
 	void *arg;
-	int n_tasks, grain;
+	int n_tasks, grain, guided;
 	unsigned long long t_start; /* pool_now() at the run's start */
 	/* the next task to claim */
 	_Alignas(POOL_LINE) atomic_int next;
@@ -90,6 +90,23 @@ struct pool {
 
 static void pool_work(struct pool *p, int worker)
 {
+	if (p->guided) {
+		/* the remaining tasks / (2 x threads) a claim, at least grain */
+		int b = atomic_load_explicit(&p->next, memory_order_relaxed);
+
+		while (b < p->n_tasks) {
+			int g = (p->n_tasks - b) / (2 * p->n_threads);
+			g = g < p->grain ? p->grain : g;
+			int e = b + g < p->n_tasks ? b + g : p->n_tasks;
+
+			if (atomic_compare_exchange_weak_explicit(&p->next, &b, e, memory_order_relaxed,
+								  memory_order_relaxed)) {
+				p->fn(p->arg, worker, b, e);
+				b = atomic_load_explicit(&p->next, memory_order_relaxed);
+			}
+		}
+		return;
+	}
 	for (;;) {
 		int b = atomic_fetch_add_explicit(&p->next, p->grain, memory_order_relaxed);
 		if (b >= p->n_tasks)
@@ -221,7 +238,7 @@ int pool_size(const struct pool *p)
 	return p->n_threads;
 }
 
-void pool_run(struct pool *p, pool_fn fn, void *arg, int n_tasks, int grain)
+static void pool_fork(struct pool *p, pool_fn fn, void *arg, int n_tasks, int grain, int guided)
 {
 	if (grain < 1)
 		grain = 1;
@@ -235,6 +252,7 @@ void pool_run(struct pool *p, pool_fn fn, void *arg, int n_tasks, int grain)
 	p->arg = arg;
 	p->n_tasks = n_tasks;
 	p->grain = grain;
+	p->guided = guided;
 	p->t_start = pool_now();
 	atomic_store_explicit(&p->next, 0, memory_order_relaxed);
 	atomic_store_explicit(&p->busy, p->n_threads - 1, memory_order_relaxed);
@@ -274,6 +292,16 @@ void pool_run(struct pool *p, pool_fn fn, void *arg, int n_tasks, int grain)
 	}
 	slot_add(&p->slot[0].runs, 1);
 	slot_add(&p->slot[0].wall_ns, pool_now() - p->t_start);
+}
+
+void pool_run(struct pool *p, pool_fn fn, void *arg, int n_tasks, int grain)
+{
+	pool_fork(p, fn, arg, n_tasks, grain, 0);
+}
+
+void pool_run_guided(struct pool *p, pool_fn fn, void *arg, int n_tasks, int min_grain)
+{
+	pool_fork(p, fn, arg, n_tasks, min_grain, 1);
 }
 
 void pool_stats(const struct pool *p, struct pool_stats *st)

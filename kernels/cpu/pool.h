@@ -23,6 +23,11 @@ void pool_destroy(struct pool *p);
 int pool_size(const struct pool *p);
 /* Runs tasks 0 .. n_tasks-1 in chunks of `grain` and returns when all ran. */
 void pool_run(struct pool *p, pool_fn fn, void *arg, int n_tasks, int grain);
+/* The same with claims that shrink as the tasks run out: each takes the
+ * remaining tasks / (2 x threads), at least min_grain. Few claims, big
+ * ones first, and small last ones, so the threads finish together where
+ * a fixed grain left one thread a whole chunk after the others. */
+void pool_run_guided(struct pool *p, pool_fn fn, void *arg, int n_tasks, int min_grain);
 
 /* Where the threads' time went, since pool_create. A run here is a call of
  * pool_run that handed work to the workers (one that ran on the caller

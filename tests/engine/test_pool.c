@@ -52,18 +52,27 @@ static void tasks(void *arg, int worker, int begin, int end)
 	}
 }
 
-static void run_and_check(struct pool *p, struct job *j, int n, int grain, int sleep_task)
+static void run_and_check_as(struct pool *p, struct job *j, int n, int grain, int sleep_task, int guided)
 {
 	memset(j->hits, 0, sizeof(j->hits));
 	atomic_store(&j->calls, 0);
 	j->sleep_task = sleep_task;
-	pool_run(p, tasks, j, n, grain);
+	if (guided)
+		pool_run_guided(p, tasks, j, n, grain);
+	else
+		pool_run(p, tasks, j, n, grain);
 	for (int t = 0; t < n; t++)
 		assert_int_equal(j->hits[t], 1);
 	for (int t = n; t < MAX_TASKS; t++)
 		assert_int_equal(j->hits[t], 0);
-	/* chunks of `grain`: never more calls than chunks */
+	/* chunks of `grain` (guided: at least grain, but the last): never
+	 * more calls than chunks */
 	assert_true(atomic_load(&j->calls) <= (n + grain - 1) / (grain < 1 ? 1 : grain));
+}
+
+static void run_and_check(struct pool *p, struct job *j, int n, int grain, int sleep_task)
+{
+	run_and_check_as(p, j, n, grain, sleep_task, 0);
 }
 
 static void test_pool_handoffs(void **state)
@@ -87,13 +96,18 @@ static void test_pool_handoffs(void **state)
 			grain = 1 + (int)(rng >> 4) % 64;
 			if (i % 50 == 7 && n > 0)
 				sleep_task = (int)(rng >> 12) % n; /* the caller waits asleep */
-			run_and_check(p, j, n, grain, sleep_task);
+			/* every third call with claims that shrink */
+			run_and_check_as(p, j, n, grain, sleep_task, i % 3 == 1);
 			if (i % 40 == 13)
 				nap(300000); /* the workers go to sleep */
 		}
 		/* many small calls back to back: the spinning path */
 		for (int i = 0; i < 20000 / threads[ti]; i++)
-			run_and_check(p, j, 3 * threads[ti] + i % 5, 1, -1);
+			run_and_check_as(p, j, 3 * threads[ti] + i % 5, 1, -1, i & 1);
+		/* guided claims: few of them, all tasks once (4000 tasks on
+		 * these threads: the claims shrink geometrically) */
+		run_and_check_as(p, j, 4000, 1, -1, 1);
+		assert_true(atomic_load(&j->calls) < 2 * threads[ti] * 12 + 2 * threads[ti] + 1);
 		/* a pool of several threads shares the work at least once */
 		if (threads[ti] > 1) {
 			atomic_store(&j->workers_seen, 0);

@@ -2125,7 +2125,12 @@ static void cpu_attention(struct be *be, const struct be_attn *a, const struct b
 	struct cpu_be *c = CPU(be);
 	struct attn_job j = { c, a, q->p, kc->p, vc->p, out->p, kc->kv16 };
 	int group = a->n_heads / a->n_kv_heads, n = c->b.n_tokens * a->n_kv_heads, t, rows;
-	int grain = n / (pool_size(c->pool) * 8);
+	/* guided claims: a causal row costs its position, so equal claims of
+	 * rows were unequal work (the threads waited 6 % of a prompt's
+	 * attention sections); a prompt's claims hold at least a tile's
+	 * tokens of every KV head, so that the last small ones still fill
+	 * their tiles */
+	int grain = c->b.n_tokens > c->b.n_seqs ? a->n_kv_heads * (ATTN_TILE_ROWS / group) : 1;
 
 	if (kc->kv16 != vc->kv16) {
 		c->error = -EINVAL;
@@ -2149,7 +2154,7 @@ static void cpu_attention(struct be *be, const struct be_attn *a, const struct b
 		}
 		c->scratch_group = rows;
 	}
-	pool_run(c->pool, attn_rows_isa[cpu_isa], &j, n, grain < 1 ? 1 : grain);
+	pool_run_guided(c->pool, attn_rows_isa[cpu_isa], &j, n, grain < 1 ? 1 : grain);
 }
 
 /* An element-wise pass over x and y, 1024 elements a task (silu_mul, add). */

@@ -113,7 +113,7 @@ struct be_threads {
 	uint64_t sections; /* parallel sections run */
 	uint64_t wall_ns;  /* their time on the calling thread, fork to join */
 	uint64_t busy_ns;  /* every thread's time in their tasks */
-	uint64_t wake_ns;  /* every other thread's time from a fork to its first task */
+	uint64_t wake_ns;  /* every other thread's time from a fork to its start on it */
 };
 
 /* How a buffer travels to another process (be_export). */

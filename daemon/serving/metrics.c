@@ -369,7 +369,7 @@ static void engine(struct buf *b, const struct ops_engine_stats *es)
 	       "Host threads the backend computes on, the engine's own included.");
 	bprintf(b, "lorad_backend_threads %d\n", es->threads);
 	family(b, "lorad_backend_parallel_sections_total", "counter",
-	       "Forks and joins of the backend's threads (5 to 12 a layer a step).");
+	       "Forks and joins of the backend's threads (parallel sections).");
 	bprintf(b, "lorad_backend_parallel_sections_total %llu\n", (unsigned long long)es->thread_sections);
 	family(b, "lorad_backend_parallel_seconds_total", "counter",
 	       "Time in parallel sections, fork to join, on the engine's thread. Of lorad_backend_threads "

@@ -585,8 +585,8 @@ static void pack_rows(const struct gemm_job *j, void *xp, int r0, int mr)
 }
 
 /*
- * A prompt's products: a task is a chunk of GEMM_MC rows and a group of
- * panels. It lays its chunk of x out in its thread's own buffer, which
+ * A prompt's products: a task is a chunk of GEMM_MC rows (GEMM_MC_TAIL
+ * at the end, gemm_packed) and a group of panels. It lays its chunk of x out in its thread's own buffer, which
  * stays in L2 while the group's panels pass over it. Laid out once for
  * all threads, x (12-33 MB at 4096 rows) went to L3 and every thread
  * read all of it back.
@@ -2127,10 +2127,15 @@ static void cpu_attention(struct be *be, const struct be_attn *a, const struct b
 	int group = a->n_heads / a->n_kv_heads, n = c->b.n_tokens * a->n_kv_heads, t, rows;
 	/* guided claims: a causal row costs its position, so equal claims of
 	 * rows were unequal work (the threads waited 6 % of a prompt's
-	 * attention sections); a prompt's claims hold at least a tile's
-	 * tokens of every KV head, so that the last small ones still fill
-	 * their tiles */
+	 * attention sections). Where a step holds prompt rows, a claim is at
+	 * least about a tile's tokens of every KV head, so that the last
+	 * small ones still make tiles; never more than the first claim would
+	 * be, so that a step of many decode rows and a few prompt rows still
+	 * spreads over every thread. */
+	const int first = n / (2 * pool_size(c->pool));
 	int grain = c->b.n_tokens > c->b.n_seqs ? a->n_kv_heads * (ATTN_TILE_ROWS / group) : 1;
+
+	grain = grain > first ? first : grain;
 
 	if (kc->kv16 != vc->kv16) {
 		c->error = -EINVAL;

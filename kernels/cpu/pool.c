@@ -48,7 +48,7 @@ static unsigned long long pool_now(void)
  */
 struct pool_slot {
 	_Alignas(POOL_LINE) atomic_ullong busy_ns; /* in tasks of runs */
-	atomic_ullong wake_ns;                     /* a run's start to this worker's first claim */
+	atomic_ullong wake_ns;                     /* a run's start to this worker's start on it */
 	atomic_ullong runs, wall_ns;               /* slot 0 only: runs, their start to their join */
 };
 
@@ -265,13 +265,18 @@ static void pool_fork(struct pool *p, pool_fn fn, void *arg, int n_tasks, int gr
 		pthread_mutex_unlock(&p->mu);
 	}
 
-	pool_work(p, 0);
+	{
+		/* the caller's time in tasks from here: the fork above is
+		 * waiting, not work */
+		unsigned long long t0 = pool_now();
+
+		pool_work(p, 0);
+		slot_add(&p->slot[0].busy_ns, pool_now() - t0);
+	}
 
 	{
 		unsigned long long t0 = pool_now();
 		unsigned spins = 0;
-
-		slot_add(&p->slot[0].busy_ns, t0 - p->t_start);
 
 		/* acquire: pairs with each worker's release decrement of busy */
 		while (atomic_load_explicit(&p->busy, memory_order_acquire) > 0) {

@@ -24,21 +24,22 @@ int pool_size(const struct pool *p);
 /* Runs tasks 0 .. n_tasks-1 in chunks of `grain` and returns when all ran. */
 void pool_run(struct pool *p, pool_fn fn, void *arg, int n_tasks, int grain);
 /* The same with claims that shrink as the tasks run out: each takes the
- * remaining tasks / (2 x threads), at least min_grain. Few claims, big
+ * remaining tasks / (2 x threads), at least min_grain (the last one what
+ * is left). Few claims, big
  * ones first, and small last ones, so the threads finish together where
  * a fixed grain left one thread a whole chunk after the others. */
 void pool_run_guided(struct pool *p, pool_fn fn, void *arg, int n_tasks, int min_grain);
 
 /* Where the threads' time went, since pool_create. A run here is a call of
- * pool_run that handed work to the workers (one that ran on the caller
- * alone is not counted). Counters only grow; any thread may read them
- * while a run goes on. */
+ * pool_run or pool_run_guided that handed work to the workers (one that
+ * ran on the caller alone is not counted). Counters only grow; any thread
+ * may read them while a run goes on. */
 struct pool_stats {
 	int threads;      /* the caller's included */
 	uint64_t runs;
 	uint64_t wall_ns; /* the runs' time on the caller, start to join */
 	uint64_t busy_ns; /* every thread's time in the runs' tasks */
-	uint64_t wake_ns; /* every worker's time from a run's start to its first claim */
+	uint64_t wake_ns; /* every worker's time from a run's start to its start on it */
 };
 void pool_stats(const struct pool *p, struct pool_stats *st);
 

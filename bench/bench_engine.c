@@ -128,6 +128,18 @@ static void print_threads(const struct be_threads *a, const struct be_threads *b
 	       n > 0 && T > 1 ? (double)(b->wake_ns - a->wake_ns) / (n * (T - 1)) * 1e-3 : 0.0);
 }
 
+/* The same shares for the summary on stderr, under the row's line. */
+static void threads_line(const struct be_threads *a, const struct be_threads *b, double wall)
+{
+	const double T = b->threads, W = wall * 1e9, R = (double)(b->wall_ns - a->wall_ns);
+	const double B = (double)(b->busy_ns - a->busy_ns), S = W > R ? W - R : 0;
+
+	if (T < 2 || W <= 0)
+		return;
+	fprintf(stderr, "        threads: %4.1f %% in tasks, %4.1f %% waiting in sections, %4.1f %% beside serial work\n",
+		100 * (B + S) / (T * W), 100 * (T * R - B) / (T * W), 100 * (T - 1) * S / (T * W));
+}
+
 /* Matrices of the model's projection shapes, for the bare baselines. */
 struct bare {
 	float *w[LAYERS][7];
@@ -317,6 +329,7 @@ static int prefill(struct engine *e, struct bare *b, int batch, int len, int rep
 	fprintf(stderr, "prefill batch %d x %d: %8.1f tokens/s  %6.1f GFLOP/s  (bare sgemm %6.1f GFLOP/s, ratio %.2f)\n",
 		batch, len, batch * len / best, flops / best * 1e-9, sgemm_flops / t_sgemm * 1e-9,
 		(flops / best) / (sgemm_flops / t_sgemm));
+	threads_line(&best0, &best1, best);
 	return 0;
 }
 
@@ -447,6 +460,8 @@ static int decode(struct engine *e, struct bare *b, int batch, int prompt, int s
 	printf("}\n");
 	fprintf(stderr, "decode  batch %2d:        %8.1f tokens/s  (bare %s pass %8.1f tokens/s, ratio %.2f)\n",
 		batch, tps, kind, bare_tps, tps / bare_tps);
+	if (have_th)
+		threads_line(&th0, &th1, t);
 	return 0;
 fail:
 	fprintf(stderr, "bench_engine: %s\n", err);

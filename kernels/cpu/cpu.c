@@ -14,6 +14,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -2232,11 +2233,14 @@ static void cpu_gather_rows(struct be *be, int d, const struct be_buf *x, struct
 /*
  * LoRA shrink and expand over segments (the SGMV of Punica, on a CPU).
  *
- * A work item is a chunk of up to LORA_ROWS rows of one segment. Inside it
- * the loops run weight-outer, row-inner, so a row of A (shrink) or a block
- * of 16 rows of B [n, rank] (expand, turned into a [rank][16] tile) is read
- * from memory once per chunk and then from L1 for every row: both matrices
- * are read in PEFT's layout, as the file stores them. Per segment these
+ * A work item of the shrink is a chunk of up to LORA_ROWS rows of one
+ * segment, one of the expand a whole segment's rows. Inside it the loops
+ * run weight-outer, row-inner, so a row of A (shrink) or a block of 16
+ * rows of B [n, rank] (expand, turned into a [rank][16] tile) is read
+ * from memory once per item and then from L1 for every row: both matrices
+ * are read in PEFT's layout, as the file stores them. (The expand cut into
+ * chunks of rows had laid every block out again for each chunk, four
+ * times a step at batch 32.) Per segment these
  * are small GEMMs, not per-token passes over the weights. Every output element is summed by the same code in the
  * same order whatever the chunk holds, so a row's numbers do not depend on
  * the other rows of the batch (bitwise batch invariance holds with LoRA).
@@ -2295,8 +2299,11 @@ static inline float lora_dot(const float *x, const float *a, int k)
 	s0 = (s0 + s1) + (s2 + s3);
 	for (l = 0; l < 16; l++)
 		r += s0[l];
+	/* the tail past the vectors as fused multiply-adds, written out: gcc
+	 * vectorised AVX2's copy of `r += x * a` into products and then sums,
+	 * other bits than AVX-512's fused ones (k not a multiple of 16) */
 	for (; i < k; i++)
-		r += x[i] * a[i];
+		r = __builtin_fmaf(x[i], a[i], r);
 	return r;
 }
 
@@ -2331,8 +2338,66 @@ static inline __attribute__((always_inline)) float lora_dot8(const float *x, con
 	for (l = 0; l < 16; l++)
 		r += s[0][l / 8][l % 8];
 	for (; i < k; i++)
-		r += x[i] * a[i];
+		r = __builtin_fmaf(x[i], a[i], r);
 	return r;
+}
+
+/* lora_dot of two rows of x with two rows of A at once: each of the four
+ * sums takes lora_dot's steps in lora_dot's order (four partial sums over
+ * 64-float blocks, a 16-float tail into the first, then the lanes in
+ * order), so its bits are lora_dot's; the rows of x and A are read from
+ * L1 once for two products each instead of once for one (lora_dot was
+ * bound by its two loads a multiply-add). dot[ri][qi] = x_ri · a_qi. */
+static inline __attribute__((always_inline)) void lora_dot2x2(const float *x0, const float *x1,
+								   const float *a0, const float *a1,
+								   int k, float dot[2][2])
+{
+	/* sRQ_U: row R of x, row Q of A, partial sum U; named, not an array,
+	 * so that all sixteen stay in registers */
+	v16 s00_0 = { 0 }, s00_1 = { 0 }, s00_2 = { 0 }, s00_3 = { 0 };
+	v16 s01_0 = { 0 }, s01_1 = { 0 }, s01_2 = { 0 }, s01_3 = { 0 };
+	v16 s10_0 = { 0 }, s10_1 = { 0 }, s10_2 = { 0 }, s10_3 = { 0 };
+	v16 s11_0 = { 0 }, s11_1 = { 0 }, s11_2 = { 0 }, s11_3 = { 0 };
+	v16 p, q, u, v;
+	int i = 0;
+
+#define LORA_DOT2X2_STEP(OFF, U)                                   \
+	do {                                                       \
+		memcpy(&p, x0 + i + (OFF), 64);                    \
+		memcpy(&q, x1 + i + (OFF), 64);                    \
+		memcpy(&u, a0 + i + (OFF), 64);                    \
+		memcpy(&v, a1 + i + (OFF), 64);                    \
+		s00_##U += p * u;                                  \
+		s01_##U += p * v;                                  \
+		s10_##U += q * u;                                  \
+		s11_##U += q * v;                                  \
+	} while (0)
+	for (; i + 64 <= k; i += 64) {
+		LORA_DOT2X2_STEP(0, 0);
+		LORA_DOT2X2_STEP(16, 1);
+		LORA_DOT2X2_STEP(32, 2);
+		LORA_DOT2X2_STEP(48, 3);
+	}
+	for (; i + 16 <= k; i += 16)
+		LORA_DOT2X2_STEP(0, 0);
+#undef LORA_DOT2X2_STEP
+	{
+		const v16 t[2][2] = { { (s00_0 + s00_1) + (s00_2 + s00_3),
+					(s01_0 + s01_1) + (s01_2 + s01_3) },
+				      { (s10_0 + s10_1) + (s10_2 + s10_3),
+					(s11_0 + s11_1) + (s11_2 + s11_3) } };
+		const float *xr[2] = { x0, x1 }, *ar[2] = { a0, a1 };
+
+		for (int r = 0; r < 2; r++)
+			for (int c = 0; c < 2; c++) {
+				float d = 0.0f;
+				for (int l = 0; l < 16; l++)
+					d += t[r][c][l];
+				for (int e = i; e < k; e++)
+					d = __builtin_fmaf(xr[r][e], ar[c][e], d);
+				dot[r][c] = d;
+			}
+	}
 }
 
 static inline __attribute__((always_inline)) void lora_shrink_tasks(void *arg, int worker, int begin,
@@ -2347,7 +2412,28 @@ static inline __attribute__((always_inline)) void lora_shrink_tasks(void *arg, i
 		const struct be_lora_seg *s = &j->segs[tk->seg];
 		const float *x = j->x + (size_t)(s->row0 + tk->row0) * j->k;
 		float *h = j->h + s->h_off + (size_t)tk->row0 * s->rank;
-		for (q = tk->c0; q < tk->c1; q++) {
+		q = tk->c0;
+		/* two ranks by two rows where AVX-512's 32 registers hold the
+		 * 16 sums (AVX2's 16 do not) */
+		if (isa == ISA_AVX512)
+			for (; q + 2 <= tk->c1; q += 2) {
+				const float *a = s->a->p + (size_t)q * j->k;
+				for (r = 0; r + 2 <= tk->n_rows; r += 2) {
+					float d[2][2];
+					lora_dot2x2(x + (size_t)r * j->k, x + (size_t)(r + 1) * j->k, a,
+						    a + j->k, j->k, d);
+					h[(size_t)r * s->rank + q] = d[0][0];
+					h[(size_t)r * s->rank + q + 1] = d[0][1];
+					h[(size_t)(r + 1) * s->rank + q] = d[1][0];
+					h[(size_t)(r + 1) * s->rank + q + 1] = d[1][1];
+				}
+				for (; r < tk->n_rows; r++) {
+					h[(size_t)r * s->rank + q] = lora_dot(x + (size_t)r * j->k, a, j->k);
+					h[(size_t)r * s->rank + q + 1] =
+						lora_dot(x + (size_t)r * j->k, a + j->k, j->k);
+				}
+			}
+		for (; q < tk->c1; q++) {
 			const float *a = s->a->p + (size_t)q * j->k;
 			for (r = 0; r < tk->n_rows; r++)
 				h[(size_t)r * s->rank + q] = isa == ISA_AVX2
@@ -2361,32 +2447,70 @@ CPU_PER_ISA(lora_shrink_tasks);
 /* Ranks a tile of B takes at a time (the tile: LORA_QT x 16 floats, 4 KiB). */
 #define LORA_QT 64
 
-/* acc[r] (16 outputs) += the sum over the qn ranks of the tile, in order, of
- * h[r][q] · tile[q]: two rows at a time in 8-float halves (4 registers),
- * for AVX2, whose registers hold no 16-float vector */
-static inline __attribute__((always_inline)) void lora_expand8(int n_rows, const float *h,
-								    int rank, const float *tile, int qn,
-								    v16 *acc)
+/* tile[q][l] = b[o + l][q0 + q]: 16 rows of B [n, rank] as [qn][16] */
+static inline void lora_tile(float *tile, const float *b, int rank, int o, int q0, int qn)
 {
-	for (int r = 0; r < n_rows; r += 2) {
-		const int two = r + 1 < n_rows;
-		v8 c[2][2], b0, b1;
+	for (int l = 0; l < 16; l++) {
+		const float *br = b + (size_t)(o + l) * rank + q0;
+		for (int q = 0; q < qn; q++)
+			tile[q * 16 + l] = br[q];
+	}
+}
 
-		memcpy(c[0], &acc[r], 64);
-		memcpy(c[1], &acc[r + two], 64);
-		for (int q = 0; q < qn; q++) {
-			const float h0 = h[(size_t)r * rank + q], h1 = h[(size_t)(r + two) * rank + q];
+/* One block of 16 outputs [o, o + 16) of NR rows: y[r] += sc x the sum over
+ * the ranks, in order, of h[r][q] · b[o..o+16)[q]. Ranks outer, rows inner,
+ * so the NR rows' sums are NR independent chains in registers (rows outer
+ * made one chain of rank multiply-adds, each waiting for the one before).
+ * The tile holds the block's first LORA_QT ranks, laid out by the caller;
+ * past them (rank > LORA_QT) it is laid out again here, tile by tile.
+ * AVX2, whose registers hold no 16-float vector: NR <= 4 rows in 8-float
+ * halves, 2 x NR chains; the same sums, so the same bits. */
+static inline __attribute__((always_inline)) void lora_expand_block(const int NR, const float *h,
+								         int rank, float *tile,
+								         const float *b, int o, float *y,
+								         int n, float sc,
+								         const enum cpu_isa isa)
+{
+	v16 c[LORA_ROWS], bv, yv;
+	v8 c8[4][2], b0, b1;
+	int r, q, q0;
 
-			memcpy(&b0, tile + q * 16, 32);
-			memcpy(&b1, tile + q * 16 + 8, 32);
-			c[0][0] += h0 * b0;
-			c[0][1] += h0 * b1;
-			c[1][0] += h1 * b0;
-			c[1][1] += h1 * b1;
+	for (r = 0; r < NR; r++) {
+		c[r] = (v16){ 0 };
+		c8[r & 3][0] = c8[r & 3][1] = (v8){ 0 };
+	}
+	for (q0 = 0; q0 < rank; q0 += LORA_QT) {
+		const int qn = rank - q0 < LORA_QT ? rank - q0 : LORA_QT;
+
+		if (q0)
+			lora_tile(tile, b, rank, o, q0, qn);
+		for (q = 0; q < qn; q++) {
+			if (isa == ISA_AVX2) {
+				memcpy(&b0, tile + q * 16, 32);
+				memcpy(&b1, tile + q * 16 + 8, 32);
+#pragma GCC unroll 4
+				for (r = 0; r < NR; r++) {
+					const float hr = h[(size_t)r * rank + q0 + q];
+					c8[r & 3][0] += hr * b0;
+					c8[r & 3][1] += hr * b1;
+				}
+				continue;
+			}
+			memcpy(&bv, tile + q * 16, 64);
+#pragma GCC unroll 8
+			for (r = 0; r < NR; r++)
+				c[r] += h[(size_t)r * rank + q0 + q] * bv;
 		}
-		memcpy(&acc[r], c[0], 64);
-		if (two)
-			memcpy(&acc[r + 1], c[1], 64);
+	}
+	if (q0 > LORA_QT) /* the caller's tile for its next rows */
+		lora_tile(tile, b, rank, o, 0, LORA_QT);
+#pragma GCC unroll 8
+	for (r = 0; r < NR; r++) {
+		if (isa == ISA_AVX2)
+			memcpy(&c[r], c8[r & 3], 64);
+		memcpy(&yv, y + (size_t)r * n + o, 64);
+		yv += c[r] * sc;
+		memcpy(y + (size_t)r * n + o, &yv, 64);
 	}
 }
 
@@ -2394,59 +2518,63 @@ static inline __attribute__((always_inline)) void lora_expand_tasks(void *arg, i
                                                                     int end, const enum cpu_isa isa)
 {
 	const struct lora_job *j = arg;
-	int t, r, q, q0, o, l;
+	int t, r, r0, q, o;
 
 	(void)worker;
 	for (t = begin; t < end; t++) {
 		const struct lora_task *tk = &j->tasks[t];
 		const struct be_lora_seg *s = &j->segs[tk->seg];
-		const int n = j->n[tk->out];
-		const float *h = j->x + s->h_off + (size_t)tk->row0 * s->rank;
+		const int n = j->n[tk->out], rank = s->rank;
+		const float *h = j->x + s->h_off + (size_t)tk->row0 * rank;
 		const float *b = s->bt->p; /* [n, rank], PEFT's layout */
 		float *y = j->y[tk->out] + (size_t)(s->row0 + tk->row0) * n;
 		const float sc = s->scale;
 		/* 16 outputs at a time: their rows of B turned into a tile
-		 * [rank][16] (LORA_QT ranks a time, read once per task from
-		 * memory), then each output summed over the ranks in order */
+		 * [rank][16] (LORA_QT ranks a time), read from memory once for
+		 * all the task's rows where the ranks fit one tile, then each
+		 * output summed over the ranks in order */
 		for (o = tk->c0; o + 16 <= tk->c1; o += 16) {
-			v16 acc[LORA_ROWS], bv, yv;
 			float tile[LORA_QT * 16] __attribute__((aligned(64)));
-			for (r = 0; r < tk->n_rows; r++)
-				acc[r] = (v16){ 0 };
-			for (q0 = 0; q0 < s->rank; q0 += LORA_QT) {
-				int qn = s->rank - q0 < LORA_QT ? s->rank - q0 : LORA_QT;
-				for (l = 0; l < 16; l++) {
-					const float *br = b + (size_t)(o + l) * s->rank + q0;
-					for (q = 0; q < qn; q++)
-						tile[q * 16 + l] = br[q];
-				}
+
+			lora_tile(tile, b, rank, o, 0, rank < LORA_QT ? rank : LORA_QT);
+			/* rows in groups of 8 (AVX2: 4), each count a constant for
+			 * the compiler */
+			for (r0 = 0; r0 < tk->n_rows; ) {
+				const float *hg = h + (size_t)r0 * rank;
+				float *yg = y + (size_t)r0 * n;
+				const int left = tk->n_rows - r0;
+#define LORA_EXPAND_BLOCK(NR) lora_expand_block(NR, hg, rank, tile, b, o, yg, n, sc, isa)
 				if (isa == ISA_AVX2) {
-					/* 8-float halves: the same chains, in registers */
-					lora_expand8(tk->n_rows, h + q0, s->rank, tile, qn, acc);
+					switch (left < 4 ? left : 4) {
+					case 4: LORA_EXPAND_BLOCK(4); break;
+					case 3: LORA_EXPAND_BLOCK(3); break;
+					case 2: LORA_EXPAND_BLOCK(2); break;
+					default: LORA_EXPAND_BLOCK(1); break;
+					}
+					r0 += left < 4 ? left : 4;
 					continue;
 				}
-				for (r = 0; r < tk->n_rows; r++) {
-					const float *hr = h + (size_t)r * s->rank + q0;
-					for (q = 0; q < qn; q++) {
-						memcpy(&bv, tile + q * 16, 64);
-						acc[r] += hr[q] * bv;
-					}
+				switch (left < LORA_ROWS ? left : LORA_ROWS) {
+				case 8: LORA_EXPAND_BLOCK(8); break;
+				case 7: LORA_EXPAND_BLOCK(7); break;
+				case 6: LORA_EXPAND_BLOCK(6); break;
+				case 5: LORA_EXPAND_BLOCK(5); break;
+				case 4: LORA_EXPAND_BLOCK(4); break;
+				case 3: LORA_EXPAND_BLOCK(3); break;
+				case 2: LORA_EXPAND_BLOCK(2); break;
+				default: LORA_EXPAND_BLOCK(1); break;
 				}
-			}
-			for (r = 0; r < tk->n_rows; r++) {
-				float *yr = y + (size_t)r * n + o;
-				memcpy(&yv, yr, 64);
-				yv += acc[r] * sc;
-				memcpy(yr, &yv, 64);
+#undef LORA_EXPAND_BLOCK
+				r0 += left < LORA_ROWS ? left : LORA_ROWS;
 			}
 		}
 		for (; o < tk->c1; o++)
 			for (r = 0; r < tk->n_rows; r++) {
-				const float *hr = h + (size_t)r * s->rank, *br = b + (size_t)o * s->rank;
+				const float *hr = h + (size_t)r * rank, *br = b + (size_t)o * rank;
 				float acc = 0.0f;
-				for (q = 0; q < s->rank; q++)
-					acc += hr[q] * br[q];
-				y[(size_t)r * n + o] += acc * sc;
+				for (q = 0; q < rank; q++)
+					acc = __builtin_fmaf(hr[q], br[q], acc);
+				y[(size_t)r * n + o] = __builtin_fmaf(acc, sc, y[(size_t)r * n + o]);
 			}
 	}
 }
@@ -2463,8 +2591,13 @@ static int lora_tasks(struct cpu_be *c, const struct lora_job *j, int expand, do
 	const int want = 2 * pool_size(c->pool), n_segs = j->first[j->n_out];
 	int chunks = 0, parts = 1, cnt = 0, s, r, p, i;
 
+	/* the expand takes a segment's rows whole (a block of B is read and
+	 * laid out as a tile once for all of them); the shrink in chunks of
+	 * LORA_ROWS (their rows of x stay in L1 while A streams by) */
+	const int rows = expand ? INT_MAX : LORA_ROWS;
+
 	for (s = 0; s < n_segs; s++)
-		chunks += (j->segs[s].n_rows + LORA_ROWS - 1) / LORA_ROWS;
+		chunks += expand ? 1 : (j->segs[s].n_rows + LORA_ROWS - 1) / LORA_ROWS;
 	if (chunks > 0 && chunks < want)
 		parts = (want + chunks - 1) / chunks;
 	if (chunks * parts > c->lt_n) {
@@ -2483,7 +2616,7 @@ static int lora_tasks(struct cpu_be *c, const struct lora_job *j, int expand, do
 			const int units = (len + unit - 1) / unit, np = parts < units ? parts : units;
 
 			*macs += (double)sg->n_rows * sg->rank * (expand ? j->n[i] : j->k);
-			for (r = 0; r < sg->n_rows; r += LORA_ROWS)
+			for (r = 0; r < sg->n_rows; r += rows)
 				for (p = 0; p < np; p++) {
 					struct lora_task *t = &c->lt[cnt++];
 					int c1 = (int)((long)units * (p + 1) / np) * unit;
@@ -2491,7 +2624,7 @@ static int lora_tasks(struct cpu_be *c, const struct lora_job *j, int expand, do
 					t->seg = s;
 					t->out = i;
 					t->row0 = r;
-					t->n_rows = sg->n_rows - r < LORA_ROWS ? sg->n_rows - r : LORA_ROWS;
+					t->n_rows = sg->n_rows - r < rows ? sg->n_rows - r : rows;
 					t->c0 = (int)((long)units * p / np) * unit;
 					t->c1 = c1 < len ? c1 : len;
 				}

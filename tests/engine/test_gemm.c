@@ -723,6 +723,128 @@ static void test_backend_lora_multi(void **state)
 }
 
 /*
+ * The LoRA kernels alone, y += scale · (x·Aᵀ)·Bᵀ over one segment, under
+ * every copy of the loops this CPU runs, on one thread and on three:
+ *  - within 1e-5 of a double-precision product (of the sum of the terms'
+ *    magnitudes);
+ *  - each row bit for bit what it gives in a segment of its own (the
+ *    shrink takes rows two by two, the expand eight by eight, with an odd
+ *    last group; a row alone goes through the one-row code);
+ *  - AVX2's copy bit for bit AVX-512's, where the CPU runs both.
+ * Ranks 1, 7, 16, 64, 65 and 150 (one tile of B's ranks, two and three:
+ * a block's tile laid out again for the next group of rows), rows 1 to
+ * 19, k below one vector and past two blocks of 64, widths with and
+ * without a remainder past the blocks of 16.
+ */
+static void lora_case(struct be *be, int m, int k, int n, int rank, const float *x,
+		      const float *a, const float *b, const float *base, float *out)
+{
+	struct be_buf *bx = be_alloc(be, (size_t)m * k), *ba = be_alloc(be, (size_t)rank * k);
+	struct be_buf *bb = be_alloc(be, (size_t)n * rank), *h = be_alloc(be, (size_t)m * rank);
+	struct be_buf *y = be_alloc(be, (size_t)m * n);
+	struct be_lora_seg seg = { .row0 = 0, .n_rows = m, .rank = rank, .scale = 0.75f };
+
+	assert_true(bx && ba && bb && h && y);
+	seg.a = ba;
+	seg.bt = bb;
+	assert_int_equal(be_upload(be, bx, 0, x, (size_t)m * k), 0);
+	assert_int_equal(be_upload(be, ba, 0, a, (size_t)rank * k), 0);
+	assert_int_equal(be_upload(be, bb, 0, b, (size_t)n * rank), 0);
+	assert_int_equal(be_upload(be, y, 0, base, (size_t)m * n), 0);
+	be_lora_shrink(be, k, bx, &seg, 1, h);
+	be_lora_expand(be, n, h, &seg, 1, y);
+	assert_int_equal(be_sync(be), 0);
+	assert_int_equal(be_download(be, y, 0, out, (size_t)m * n), 0);
+	be_free(be, bx);
+	be_free(be, ba);
+	be_free(be, bb);
+	be_free(be, h);
+	be_free(be, y);
+}
+
+static void test_backend_lora_kernels(void **state)
+{
+	enum { MAXM = 19, MAXK = 131, MAXN = 70, MAXR = 150 };
+	static const char *const isa[] = { "avx512", "avx2", "portable" };
+	const int ranks[] = { 1, 7, 16, 64, 65, 150 }, rows[] = { 1, 2, 5, 8, 9, 19 };
+	const int ks[] = { 131, 5 }, ns[] = { 64, 33, 70 };
+	float *x = randv((size_t)MAXM * MAXK), *a = randv((size_t)MAXR * MAXK);
+	float *b = randv((size_t)MAXN * MAXR), *base = randv((size_t)MAXM * MAXN);
+	float *got = malloc((size_t)MAXM * MAXN * sizeof(float)), *one = malloc(MAXN * sizeof(float));
+	float *avx512 = malloc((size_t)MAXM * MAXN * sizeof(float) * 6 * 6 * 2 * 3);
+	int ran[3] = { 0 };
+
+	(void)state;
+	assert_true(got && one && avx512);
+	for (int s = 0; s < 3; s++) {
+		if (be_cpu_set_isa(isa[s]) < 0)
+			continue;
+		ran[s] = 1;
+		for (int th = 1; th <= 3; th += 2) {
+			struct be_cpu_opts o = { .n_threads = th };
+			struct be *be;
+			size_t at = 0;
+
+			assert_int_equal(be_cpu_create(&o, &be), 0);
+			for (int ri = 0; ri < 6; ri++)
+				for (int mi = 0; mi < 6; mi++)
+					for (int ki = 0; ki < 2; ki++)
+						for (int ni = 0; ni < 3; ni++) {
+				const int r = ranks[ri], m = rows[mi], k = ks[ki], n = ns[ni];
+				float *keep = avx512 + at;
+
+				at += (size_t)MAXM * MAXN;
+				lora_case(be, m, k, n, r, x, a, b, base, got);
+				for (int i = 0; i < m; i++)
+					for (int c = 0; c < n; c++) {
+						double d = 0, mag = 0;
+						for (int q = 0; q < r; q++) {
+							double hq = 0, hm = 0;
+							for (int e = 0; e < k; e++) {
+								hq += (double)x[(size_t)i * k + e] * a[(size_t)q * k + e];
+								hm += fabs((double)x[(size_t)i * k + e] * a[(size_t)q * k + e]);
+							}
+							d += hq * b[(size_t)c * r + q];
+							mag += hm * fabs(b[(size_t)c * r + q]);
+						}
+						d = base[(size_t)i * n + c] + 0.75 * d;
+						mag = fabs(base[(size_t)i * n + c]) + 0.75 * mag;
+						if (fabs(got[(size_t)i * n + c] - d) > 1e-5 * mag)
+							fail_msg("%s rank %d rows %d k %d n %d: y[%d][%d] %g, want %g",
+								 isa[s], r, m, k, n, i, c, got[(size_t)i * n + c], d);
+					}
+				/* each row as alone */
+				for (int i = 0; i < m; i++) {
+					lora_case(be, 1, k, n, r, x + (size_t)i * k, a, b, base + (size_t)i * n, one);
+					if (memcmp(one, got + (size_t)i * n, (size_t)n * sizeof(float)))
+						fail_msg("%s %d threads rank %d rows %d k %d n %d: row %d is not "
+							 "as alone", isa[s], th, r, m, k, n, i);
+				}
+				if (s == 0 && th == 1)
+					memcpy(keep, got, (size_t)m * n * sizeof(float));
+				else if (s == 1 && ran[0])
+					for (int e = 0; e < m * n; e++)
+						if (memcmp(&keep[e], &got[e], sizeof(float)))
+							fail_msg("avx2 is not avx512's bits: rank %d rows %d k %d "
+								 "n %d, y[%d][%d] %a, avx512 %a", r, m, k, n,
+								 e / n, e % n, got[e], keep[e]);
+						}
+			be_destroy(be);
+		}
+	}
+	assert_true(ran[0] || ran[1] || ran[2]);
+	if (be_cpu_set_isa("avx512") < 0 && be_cpu_set_isa("avx2") < 0)
+		assert_int_equal(be_cpu_set_isa("portable"), 0);
+	free(x);
+	free(a);
+	free(b);
+	free(base);
+	free(got);
+	free(one);
+	free(avx512);
+}
+
+/*
  * x laid out as bf16 pairs (and, for the FMA way, as the rounded floats):
  * every instruction set's packer gives the pairs dt_f32_to_bf16 gives,
  * element by element, on values that round up, down
@@ -1060,6 +1182,7 @@ int main(void)
 		cmocka_unit_test(test_backend_gemm_chunks),
 		cmocka_unit_test(test_backend_gemm_multi),
 		cmocka_unit_test(test_backend_lora_multi),
+		cmocka_unit_test(test_backend_lora_kernels),
 		cmocka_unit_test(test_bf16_panels),
 		cmocka_unit_test(test_bf16_dot),
 		cmocka_unit_test(test_pack_x16),

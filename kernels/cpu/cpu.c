@@ -2447,78 +2447,139 @@ CPU_PER_ISA(lora_shrink_tasks);
 /* Ranks a tile of B takes at a time (the tile: LORA_QT x 16 floats, 4 KiB). */
 #define LORA_QT 64
 
-/* tile[q][l] = b[o + l][q0 + q]: 16 rows of B [n, rank] as [qn][16] */
-static inline void lora_tile(float *tile, const float *b, int rank, int o, int q0, int qn)
+/* tile[q][l] = b[o + l][q0 + q]: 16 rows of B [n, rank] as [qn][16]. Whole
+ * 16 x 16 squares in registers: four rounds of two-vector shuffles, round
+ * d swapping bit d of the row with bit d of the column (64 shuffles where
+ * element by element took 256 loads and 256 stores, as long as the
+ * multiply-adds the tile then feeds at batch 32); ranks past the last
+ * square element by element. Only floats move, so the tile is the same. */
+static inline __attribute__((always_inline)) void lora_tile(float *tile, const float *b, int rank,
+							     int o, int q0, int qn)
 {
-	for (int l = 0; l < 16; l++) {
+	int q = 0;
+
+	for (; q + 16 <= qn; q += 16) {
+		v16 m[16];
+
+		for (int l = 0; l < 16; l++)
+			memcpy(&m[l], b + (size_t)(o + l) * rank + q0 + q, 64);
+#pragma GCC unroll 4
+		for (int d = 8; d >= 1; d >>= 1) {
+			i32x16 lo, hi;
+			for (int c = 0; c < 16; c++) {
+				lo[c] = (c & d) ? 16 + (c ^ d) : c;
+				hi[c] = (c & d) ? 16 + c : (c ^ d);
+			}
+#pragma GCC unroll 16
+			for (int i = 0; i < 16; i++)
+				if (!(i & d)) {
+					const v16 a = m[i], p = m[i | d];
+					m[i] = __builtin_shuffle(a, p, lo);
+					m[i | d] = __builtin_shuffle(a, p, hi);
+				}
+		}
+		for (int l = 0; l < 16; l++)
+			memcpy(tile + (size_t)(q + l) * 16, &m[l], 64);
+	}
+	for (int l = 0; l < 16 && q < qn; l++) {
 		const float *br = b + (size_t)(o + l) * rank + q0;
-		for (int q = 0; q < qn; q++)
-			tile[q * 16 + l] = br[q];
+		for (int r = q; r < qn; r++)
+			tile[r * 16 + l] = br[r];
 	}
 }
 
-/* One block of 16 outputs [o, o + 16) of NR rows: y[r] += sc x the sum over
- * the ranks, in order, of h[r][q] · b[o..o+16)[q]. Ranks outer, rows inner,
- * so the NR rows' sums are NR independent chains in registers (rows outer
- * made one chain of rank multiply-adds, each waiting for the one before).
- * The tile holds the block's first LORA_QT ranks, laid out by the caller;
- * past them (rank > LORA_QT) it is laid out again here, tile by tile.
- * AVX2, whose registers hold no 16-float vector: NR <= 4 rows in 8-float
+/* One block of 16 outputs [o, o + 16) of NR rows, the qn ranks of one tile:
+ * the sums c[r] += h[r][q] · tile[q] in rank order, ranks outer, rows
+ * inner, so the NR rows' sums are NR independent chains in registers
+ * (rows outer made one chain of rank multiply-adds, each waiting for the
+ * one before). The sums start at zero on the first tile (else from acc)
+ * and after the last go to y[r] += sc · c[r] (else back to acc). AVX2,
+ * whose registers hold no 16-float vector: NR <= 4 rows in 8-float
  * halves, 2 x NR chains; the same sums, so the same bits. */
 static inline __attribute__((always_inline)) void lora_expand_block(const int NR, const float *h,
-								         int rank, float *tile,
-								         const float *b, int o, float *y,
-								         int n, float sc,
+								         int rank, const float *tile, int qn,
+								         v16 *acc, int first, int last,
+								         float *y, int n, float sc,
 								         const enum cpu_isa isa)
 {
 	v16 c[LORA_ROWS], bv, yv;
 	v8 c8[4][2], b0, b1;
-	int r, q, q0;
+	int r, q;
 
-	for (r = 0; r < NR; r++) {
-		c[r] = (v16){ 0 };
-		c8[r & 3][0] = c8[r & 3][1] = (v8){ 0 };
-	}
-	for (q0 = 0; q0 < rank; q0 += LORA_QT) {
-		const int qn = rank - q0 < LORA_QT ? rank - q0 : LORA_QT;
-
-		if (q0)
-			lora_tile(tile, b, rank, o, q0, qn);
-		for (q = 0; q < qn; q++) {
-			if (isa == ISA_AVX2) {
-				memcpy(&b0, tile + q * 16, 32);
-				memcpy(&b1, tile + q * 16 + 8, 32);
-#pragma GCC unroll 4
-				for (r = 0; r < NR; r++) {
-					const float hr = h[(size_t)r * rank + q0 + q];
-					c8[r & 3][0] += hr * b0;
-					c8[r & 3][1] += hr * b1;
-				}
-				continue;
-			}
-			memcpy(&bv, tile + q * 16, 64);
 #pragma GCC unroll 8
-			for (r = 0; r < NR; r++)
-				c[r] += h[(size_t)r * rank + q0 + q] * bv;
-		}
+	for (r = 0; r < NR; r++) {
+		c[r] = first ? (v16){ 0 } : acc[r];
+		memcpy(c8[r & 3], &c[r], 64);
 	}
-	if (q0 > LORA_QT) /* the caller's tile for its next rows */
-		lora_tile(tile, b, rank, o, 0, LORA_QT);
+	for (q = 0; q < qn; q++) {
+		if (isa == ISA_AVX2) {
+			memcpy(&b0, tile + q * 16, 32);
+			memcpy(&b1, tile + q * 16 + 8, 32);
+#pragma GCC unroll 4
+			for (r = 0; r < NR; r++) {
+				const float hr = h[(size_t)r * rank + q];
+				c8[r & 3][0] += hr * b0;
+				c8[r & 3][1] += hr * b1;
+			}
+			continue;
+		}
+		memcpy(&bv, tile + q * 16, 64);
+#pragma GCC unroll 8
+		for (r = 0; r < NR; r++)
+			c[r] += h[(size_t)r * rank + q] * bv;
+	}
 #pragma GCC unroll 8
 	for (r = 0; r < NR; r++) {
 		if (isa == ISA_AVX2)
 			memcpy(&c[r], c8[r & 3], 64);
-		memcpy(&yv, y + (size_t)r * n + o, 64);
+		if (!last) {
+			acc[r] = c[r];
+			continue;
+		}
+		memcpy(&yv, y + (size_t)r * n, 64);
 		yv += c[r] * sc;
-		memcpy(y + (size_t)r * n + o, &yv, 64);
+		memcpy(y + (size_t)r * n, &yv, 64);
 	}
+}
+
+/* lora_expand_block for nr <= LORA_ROWS rows (AVX2: 4), the count a
+ * constant for the compiler */
+static inline __attribute__((always_inline)) void lora_expand_rows(int nr, const float *h, int rank,
+								        const float *tile, int qn,
+								        v16 *acc, int first, int last,
+								        float *y, int n, float sc,
+								        const enum cpu_isa isa)
+{
+#define LORA_EXPAND_BLOCK(NR) lora_expand_block(NR, h, rank, tile, qn, acc, first, last, y, n, sc, isa)
+	if (isa == ISA_AVX2) {
+		switch (nr) {
+		case 4: LORA_EXPAND_BLOCK(4); break;
+		case 3: LORA_EXPAND_BLOCK(3); break;
+		case 2: LORA_EXPAND_BLOCK(2); break;
+		default: LORA_EXPAND_BLOCK(1); break;
+		}
+		return;
+	}
+	switch (nr) {
+	case 8: LORA_EXPAND_BLOCK(8); break;
+	case 7: LORA_EXPAND_BLOCK(7); break;
+	case 6: LORA_EXPAND_BLOCK(6); break;
+	case 5: LORA_EXPAND_BLOCK(5); break;
+	case 4: LORA_EXPAND_BLOCK(4); break;
+	case 3: LORA_EXPAND_BLOCK(3); break;
+	case 2: LORA_EXPAND_BLOCK(2); break;
+	default: LORA_EXPAND_BLOCK(1); break;
+	}
+#undef LORA_EXPAND_BLOCK
 }
 
 static inline __attribute__((always_inline)) void lora_expand_tasks(void *arg, int worker, int begin,
                                                                     int end, const enum cpu_isa isa)
 {
 	const struct lora_job *j = arg;
-	int t, r, r0, q, o;
+	const int group = isa == ISA_AVX2 ? 4 : LORA_ROWS;
+	v16 acc[LORA_ROWS] = { { 0 } }; /* a group's sums between tiles */
+	int t, r, r0, q, q0, o;
 
 	(void)worker;
 	for (t = begin; t < end; t++) {
@@ -2536,36 +2597,25 @@ static inline __attribute__((always_inline)) void lora_expand_tasks(void *arg, i
 		for (o = tk->c0; o + 16 <= tk->c1; o += 16) {
 			float tile[LORA_QT * 16] __attribute__((aligned(64)));
 
-			lora_tile(tile, b, rank, o, 0, rank < LORA_QT ? rank : LORA_QT);
-			/* rows in groups of 8 (AVX2: 4), each count a constant for
-			 * the compiler */
-			for (r0 = 0; r0 < tk->n_rows; ) {
-				const float *hg = h + (size_t)r0 * rank;
-				float *yg = y + (size_t)r0 * n;
-				const int left = tk->n_rows - r0;
-#define LORA_EXPAND_BLOCK(NR) lora_expand_block(NR, hg, rank, tile, b, o, yg, n, sc, isa)
-				if (isa == ISA_AVX2) {
-					switch (left < 4 ? left : 4) {
-					case 4: LORA_EXPAND_BLOCK(4); break;
-					case 3: LORA_EXPAND_BLOCK(3); break;
-					case 2: LORA_EXPAND_BLOCK(2); break;
-					default: LORA_EXPAND_BLOCK(1); break;
-					}
-					r0 += left < 4 ? left : 4;
-					continue;
+			if (rank <= LORA_QT) {
+				lora_tile(tile, b, rank, o, 0, rank);
+				for (r0 = 0; r0 < tk->n_rows; r0 += group) {
+					const int nr = tk->n_rows - r0 < group ? tk->n_rows - r0 : group;
+					lora_expand_rows(nr, h + (size_t)r0 * rank, rank, tile, rank, acc, 1,
+							 1, y + (size_t)r0 * n + o, n, sc, isa);
 				}
-				switch (left < LORA_ROWS ? left : LORA_ROWS) {
-				case 8: LORA_EXPAND_BLOCK(8); break;
-				case 7: LORA_EXPAND_BLOCK(7); break;
-				case 6: LORA_EXPAND_BLOCK(6); break;
-				case 5: LORA_EXPAND_BLOCK(5); break;
-				case 4: LORA_EXPAND_BLOCK(4); break;
-				case 3: LORA_EXPAND_BLOCK(3); break;
-				case 2: LORA_EXPAND_BLOCK(2); break;
-				default: LORA_EXPAND_BLOCK(1); break;
+				continue;
+			}
+			/* ranks past one tile: the tiles again for each group of rows */
+			for (r0 = 0; r0 < tk->n_rows; r0 += group) {
+				const int nr = tk->n_rows - r0 < group ? tk->n_rows - r0 : group;
+				for (q0 = 0; q0 < rank; q0 += LORA_QT) {
+					const int qn = rank - q0 < LORA_QT ? rank - q0 : LORA_QT;
+					lora_tile(tile, b, rank, o, q0, qn);
+					lora_expand_rows(nr, h + (size_t)r0 * rank + q0, rank, tile, qn, acc,
+							 q0 == 0, q0 + qn == rank, y + (size_t)r0 * n + o, n,
+							 sc, isa);
 				}
-#undef LORA_EXPAND_BLOCK
-				r0 += left < LORA_ROWS ? left : LORA_ROWS;
 			}
 		}
 		for (; o < tk->c1; o++)

@@ -14,7 +14,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -2234,12 +2233,12 @@ static void cpu_gather_rows(struct be *be, int d, const struct be_buf *x, struct
  * LoRA shrink and expand over segments (the SGMV of Punica, on a CPU).
  *
  * A work item of the shrink is a chunk of up to LORA_ROWS rows of one
- * segment, one of the expand a whole segment's rows. Inside it the loops
+ * segment, one of the expand of up to LORA_EXPAND_ROWS. Inside it the loops
  * run weight-outer, row-inner, so a row of A (shrink) or a block of 16
  * rows of B [n, rank] (expand, turned into a [rank][16] tile) is read
  * from memory once per item and then from L1 for every row: both matrices
  * are read in PEFT's layout, as the file stores them. (The expand cut into
- * chunks of rows had laid every block out again for each chunk, four
+ * chunks of 8 rows had laid every block out again for each chunk, four
  * times a step at batch 32.) Per segment these
  * are small GEMMs, not per-token passes over the weights. Every output element is summed by the same code in the
  * same order whatever the chunk holds, so a row's numbers do not depend on
@@ -2254,6 +2253,7 @@ static void cpu_gather_rows(struct be *be, int d, const struct be_buf *x, struct
  * the others waited.
  */
 #define LORA_ROWS 8
+#define LORA_EXPAND_ROWS 64
 
 struct lora_task {
 	int seg, row0, n_rows; /* row0 relative to the segment */
@@ -2503,13 +2503,13 @@ static inline __attribute__((always_inline)) void lora_expand_block(const int NR
 								         const enum cpu_isa isa)
 {
 	v16 c[LORA_ROWS], bv, yv;
-	v8 c8[4][2], b0, b1;
+	v8 c8[LORA_ROWS][2], b0, b1;
 	int r, q;
 
 #pragma GCC unroll 8
 	for (r = 0; r < NR; r++) {
 		c[r] = first ? (v16){ 0 } : acc[r];
-		memcpy(c8[r & 3], &c[r], 64);
+		memcpy(c8[r], &c[r], 64);
 	}
 	for (q = 0; q < qn; q++) {
 		if (isa == ISA_AVX2) {
@@ -2518,8 +2518,8 @@ static inline __attribute__((always_inline)) void lora_expand_block(const int NR
 #pragma GCC unroll 4
 			for (r = 0; r < NR; r++) {
 				const float hr = h[(size_t)r * rank + q];
-				c8[r & 3][0] += hr * b0;
-				c8[r & 3][1] += hr * b1;
+				c8[r][0] += hr * b0;
+				c8[r][1] += hr * b1;
 			}
 			continue;
 		}
@@ -2531,7 +2531,7 @@ static inline __attribute__((always_inline)) void lora_expand_block(const int NR
 #pragma GCC unroll 8
 	for (r = 0; r < NR; r++) {
 		if (isa == ISA_AVX2)
-			memcpy(&c[r], c8[r & 3], 64);
+			memcpy(&c[r], c8[r], 64);
 		if (!last) {
 			acc[r] = c[r];
 			continue;
@@ -2641,13 +2641,14 @@ static int lora_tasks(struct cpu_be *c, const struct lora_job *j, int expand, do
 	const int want = 2 * pool_size(c->pool), n_segs = j->first[j->n_out];
 	int chunks = 0, parts = 1, cnt = 0, s, r, p, i;
 
-	/* the expand takes a segment's rows whole (a block of B is read and
-	 * laid out as a tile once for all of them); the shrink in chunks of
-	 * LORA_ROWS (their rows of x stay in L1 while A streams by) */
-	const int rows = expand ? INT_MAX : LORA_ROWS;
+	/* the shrink in chunks of LORA_ROWS rows (their rows of x stay in L1
+	 * while A streams by), the expand of LORA_EXPAND_ROWS (a block of B
+	 * is read and laid out as a tile once for all of them; a prompt's
+	 * segment still goes to several threads) */
+	const int rows = expand ? LORA_EXPAND_ROWS : LORA_ROWS;
 
 	for (s = 0; s < n_segs; s++)
-		chunks += expand ? 1 : (j->segs[s].n_rows + LORA_ROWS - 1) / LORA_ROWS;
+		chunks += (j->segs[s].n_rows + rows - 1) / rows;
 	if (chunks > 0 && chunks < want)
 		parts = (want + chunks - 1) / chunks;
 	if (chunks * parts > c->lt_n) {

@@ -731,9 +731,9 @@ static void test_backend_lora_multi(void **state)
  *    shrink takes rows two by two, the expand eight by eight, with an odd
  *    last group; a row alone goes through the one-row code);
  *  - AVX2's copy bit for bit AVX-512's, where the CPU runs both.
- * Ranks 1, 7, 16, 64, 65 and 150 (one tile of B's ranks, two and three:
- * a block's tile laid out again for the next group of rows), rows 1 to
- * 19, k below one vector and past two blocks of 64, widths with and
+ * Ranks 1, 7, 16, 64, 65 and 150 (one tile of B's ranks, two and three),
+ * rows 1 to 150 in up to three segments (one of 120: the expand's chunks
+ * of 64 rows), k below one vector and past two blocks of 64, widths with and
  * without a remainder past the blocks of 16.
  */
 static void lora_case(struct be *be, int m, int k, int n, int rank, const float *x,
@@ -742,17 +742,27 @@ static void lora_case(struct be *be, int m, int k, int n, int rank, const float 
 	struct be_buf *bx = be_alloc(be, (size_t)m * k), *ba = be_alloc(be, (size_t)rank * k);
 	struct be_buf *bb = be_alloc(be, (size_t)n * rank), *h = be_alloc(be, (size_t)m * rank);
 	struct be_buf *y = be_alloc(be, (size_t)m * n);
-	struct be_lora_seg seg = { .row0 = 0, .n_rows = m, .rank = rank, .scale = 0.75f };
+	struct be_lora_seg seg[3];
+	int n_seg = 0;
 
 	assert_true(bx && ba && bb && h && y);
-	seg.a = ba;
-	seg.bt = bb;
+	/* the rows in up to three segments of the adapter, row0 past 0 and
+	 * one of 120 rows at m = 150 */
+	const int cut[4] = { 0, m / 10, m * 9 / 10, m };
+
+	for (int i = 0; i < 3; i++) {
+		const int r0 = cut[i], r1 = cut[i + 1];
+		if (r1 > r0)
+			seg[n_seg++] = (struct be_lora_seg){ .row0 = r0, .n_rows = r1 - r0, .rank = rank,
+							     .scale = 0.75f, .a = ba, .bt = bb,
+							     .h_off = (size_t)r0 * rank };
+	}
 	assert_int_equal(be_upload(be, bx, 0, x, (size_t)m * k), 0);
 	assert_int_equal(be_upload(be, ba, 0, a, (size_t)rank * k), 0);
 	assert_int_equal(be_upload(be, bb, 0, b, (size_t)n * rank), 0);
 	assert_int_equal(be_upload(be, y, 0, base, (size_t)m * n), 0);
-	be_lora_shrink(be, k, bx, &seg, 1, h);
-	be_lora_expand(be, n, h, &seg, 1, y);
+	be_lora_shrink(be, k, bx, seg, n_seg, h);
+	be_lora_expand(be, n, h, seg, n_seg, y);
 	assert_int_equal(be_sync(be), 0);
 	assert_int_equal(be_download(be, y, 0, out, (size_t)m * n), 0);
 	be_free(be, bx);
@@ -764,14 +774,15 @@ static void lora_case(struct be *be, int m, int k, int n, int rank, const float 
 
 static void test_backend_lora_kernels(void **state)
 {
-	enum { MAXM = 19, MAXK = 131, MAXN = 70, MAXR = 150 };
+	enum { MAXM = 150, MAXK = 131, MAXN = 70, MAXR = 150 };
 	static const char *const isa[] = { "avx512", "avx2", "portable" };
-	const int ranks[] = { 1, 7, 16, 64, 65, 150 }, rows[] = { 1, 2, 5, 8, 9, 19 };
+	const int ranks[] = { 1, 7, 16, 64, 65, 150 }, rows[] = { 1, 2, 5, 9, 19, 150 };
 	const int ks[] = { 131, 5 }, ns[] = { 64, 33, 70 };
 	float *x = randv((size_t)MAXM * MAXK), *a = randv((size_t)MAXR * MAXK);
 	float *b = randv((size_t)MAXN * MAXR), *base = randv((size_t)MAXM * MAXN);
 	float *got = malloc((size_t)MAXM * MAXN * sizeof(float)), *one = malloc(MAXN * sizeof(float));
 	float *avx512 = malloc((size_t)MAXM * MAXN * sizeof(float) * 6 * 6 * 2 * 3);
+	double hd[MAXR], hm[MAXR];
 	int ran[3] = { 0 };
 
 	(void)state;
@@ -798,14 +809,19 @@ static void test_backend_lora_kernels(void **state)
 				for (int i = 0; i < m; i++)
 					for (int c = 0; c < n; c++) {
 						double d = 0, mag = 0;
-						for (int q = 0; q < r; q++) {
-							double hq = 0, hm = 0;
-							for (int e = 0; e < k; e++) {
-								hq += (double)x[(size_t)i * k + e] * a[(size_t)q * k + e];
-								hm += fabs((double)x[(size_t)i * k + e] * a[(size_t)q * k + e]);
+						if (c == 0)
+							for (int q = 0; q < r; q++) {
+								hd[q] = hm[q] = 0;
+								for (int e = 0; e < k; e++) {
+									double p = (double)x[(size_t)i * k + e] *
+										   a[(size_t)q * k + e];
+									hd[q] += p;
+									hm[q] += fabs(p);
+								}
 							}
-							d += hq * b[(size_t)c * r + q];
-							mag += hm * fabs(b[(size_t)c * r + q]);
+						for (int q = 0; q < r; q++) {
+							d += hd[q] * b[(size_t)c * r + q];
+							mag += hm[q] * fabs(b[(size_t)c * r + q]);
 						}
 						d = base[(size_t)i * n + c] + 0.75 * d;
 						mag = fabs(base[(size_t)i * n + c]) + 0.75 * mag;

@@ -14,6 +14,12 @@
  *            also gives bytes_bound = base weight bytes / (base weight
  *            bytes + bytes of the distinct adapters read per step), and
  *            ratio_vs_bound = ratio_vs_base / bytes_bound (target >= 0.9).
+ *   prefill  4 prompts of 256 tokens (--quick: 128) in one step, on the
+ *            base model or all on one adapter of each recipe. Prompts are
+ *            bound by multiply-adds, not bytes, so the bound is
+ *            macs_bound = base multiply-adds a token / (those + the
+ *            adapter's), ratio_vs_bound = ratio_vs_base / macs_bound
+ *            (target >= 0.9).
  *   memory   resident memory (RSS growth) of an engine with the base model
  *            and N adapters against their fp32 size (target <= 1.05).
  *
@@ -124,6 +130,71 @@ static double decode(struct engine *e, const int *ids, int n, int batch, int ste
 	for (i = 0; i < batch; i++)
 		engine_seq_free(e, s[i]);
 	return batch * steps / t;
+}
+
+/* Prompt tokens/s of `batch` prompts of `len` tokens on adapter id (0: the
+ * base), all in one step. */
+static double prefill(struct engine *e, int id, int batch, int len)
+{
+	struct engine_seq *s[8];
+	struct engine_seq_params sp = { 0 };
+	int32_t prompt[256];
+	char err[512];
+	double t;
+	int i, k;
+
+	sample_params_default(&sp.sample);
+	sp.sample.ignore_eos = 1;
+	sp.max_tokens = 1;
+	sp.adapter = id;
+	for (i = 0; i < batch; i++) {
+		for (k = 0; k < len; k++)
+			prompt[k] = (int32_t)((1 + i * 37 + k * 101) % VOCAB);
+		if (engine_seq_new(e, prompt, len, &sp, &s[i], err, sizeof(err)) < 0) {
+			fprintf(stderr, "bench_lora: %s\n", err);
+			exit(1);
+		}
+	}
+	t = now();
+	if (engine_step(e, s, NULL, batch, err, sizeof(err)) < 0) {
+		fprintf(stderr, "bench_lora: %s\n", err);
+		exit(1);
+	}
+	t = now() - t;
+	for (i = 0; i < batch; i++)
+		engine_seq_free(e, s[i]);
+	return batch * len / t;
+}
+
+/* Multiply-adds a prompt token costs in the layers' projections: of the
+ * base, or of an adapter of rank r on the recipe's targets. */
+static double token_macs(const struct recipe *rc)
+{
+	const double kv = (double)KV_HEADS * (HIDDEN / HEADS);
+	/* q, k, v, o, gate, up, down: inputs and outputs */
+	static const char *const names[] = { "q", "k", "v", "o", "gate", "up", "down" };
+	const double in[] = { HIDDEN, HIDDEN, HIDDEN, HIDDEN, HIDDEN, HIDDEN, FFN };
+	const double out[] = { HIDDEN, kv, kv, HIDDEN, FFN, FFN, HIDDEN };
+	double m = 0;
+
+	for (int i = 0; i < 7; i++) {
+		char t[64];
+		const char *p;
+		int hit = 0;
+
+		if (!rc) {
+			m += in[i] * out[i];
+			continue;
+		}
+		/* is names[i] one of the comma-separated targets? */
+		snprintf(t, sizeof(t), ",%s,", rc->targets);
+		for (p = t; (p = strstr(p, names[i])); p++)
+			if (p[-1] == ',' && p[strlen(names[i])] == ',')
+				hit = 1;
+		if (hit)
+			m += (double)rc->rank * (in[i] + out[i]);
+	}
+	return LAYERS * m;
 }
 
 static int run(const char *cmd)
@@ -288,6 +359,33 @@ int main(int argc, char **argv)
 					batches[b], a == 0 ? "base" : recipes[r].name, n_ads[a],
 					best[b][r][a], ratio, bound, ratio / bound);
 			}
+
+	/* prefill: base and one adapter of each recipe, interleaved rounds,
+	 * the best of each */
+	{
+		const int pb = 4, plen = quick ? 128 : 256;
+		double pbest[3] = { 0 };
+		for (round = 0; round < rounds; round++)
+			for (r = 0; r < 3; r++) {
+				double t = prefill(e, r ? ids[r - 1][0] : 0, pb, plen);
+				if (t > pbest[r])
+					pbest[r] = t;
+			}
+		for (r = 1; r < 3; r++) {
+			const double bm = token_macs(NULL), am = token_macs(&recipes[r - 1]);
+			const double ratio = pbest[r] / pbest[0], bound = bm / (bm + am);
+			printf("{\"bench\": \"lora_prefill\", \"recipe\": \"%s\", \"batch\": %d, "
+			       "\"prompt_tokens\": %d, \"adapters\": 1, \"tok_s\": %.1f, "
+			       "\"base_tok_s\": %.1f, \"ratio_vs_base\": %.4f, \"base_macs_per_token\": %.0f, "
+			       "\"adapter_macs_per_token\": %.0f, \"macs_bound\": %.4f, "
+			       "\"ratio_vs_bound\": %.4f, \"target\": 0.9, \"rounds\": %d, \"quick\": %s}\n",
+			       recipes[r - 1].name, pb, plen, pbest[r], pbest[0], ratio, bm, am, bound,
+			       ratio / bound, rounds, quick ? "true" : "false");
+			fprintf(stderr, "prefill %d x %d %-8s 1 adapter: %7.1f tok/s, %.3f of base, "
+					"bound %.3f, %.3f of bound\n",
+				pb, plen, recipes[r - 1].name, pbest[r], ratio, bound, ratio / bound);
+		}
+	}
 	fprintf(stderr, "bench_lora: %.1f s\n", now() - t0);
 out:
 	engine_free(e);

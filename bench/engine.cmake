@@ -7,7 +7,8 @@ target_compile_definitions(bench_engine PRIVATE MKMODEL="$<TARGET_FILE:lorad-mkm
 add_dependencies(bench_engine lorad-mkmodel)
 
 # bench_lora: decode speed with LoRA adapters (base only, 1, 4, 16 distinct
-# adapters; two recipes) against the base model, and resident memory.
+# adapters; two recipes) against the base model, prompts on one adapter,
+# and resident memory.
 add_executable(bench_lora ${CMAKE_CURRENT_LIST_DIR}/bench_lora.c)
 target_link_libraries(bench_lora PRIVATE lorad_engine)
 target_compile_definitions(bench_lora PRIVATE MKMODEL="$<TARGET_FILE:lorad-mkmodel>")

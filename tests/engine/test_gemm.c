@@ -723,7 +723,7 @@ static void test_backend_lora_multi(void **state)
 }
 
 /*
- * The LoRA kernels alone, y += scale · (x·Aᵀ)·Bᵀ over one segment, under
+ * The LoRA kernels alone, y += scale · (x·Aᵀ)·Bᵀ over one adapter's segments, under
  * every copy of the loops this CPU runs, on one thread and on three:
  *  - within 1e-5 of a double-precision product (of the sum of the terms'
  *    magnitudes);

@@ -2453,6 +2453,32 @@ CPU_PER_ISA(lora_shrink_tasks);
  * element by element took 256 loads and 256 stores, as long as the
  * multiply-adds the tile then feeds at batch 32); ranks past the last
  * square element by element. Only floats move, so the tile is the same. */
+/* Round d of the transpose: lo[c] = c & d ? 16 + (c ^ d) : c, hi[c] = c & d ?
+ * 16 + c : c ^ d, indices into two vectors; written out, since clang's
+ * shuffle takes only constants */
+#define LORA_TR8_LO 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
+#define LORA_TR8_HI 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
+#define LORA_TR4_LO 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27
+#define LORA_TR4_HI 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31
+#define LORA_TR2_LO 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29
+#define LORA_TR2_HI 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31
+#define LORA_TR1_LO 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30
+#define LORA_TR1_HI 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31
+#if defined(__clang__)
+#define V16_SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define V16_SHUFFLE(a, b, ...) __builtin_shuffle(a, b, (i32x16){ __VA_ARGS__ })
+#endif
+#define LORA_TR_ROUND(D)                                                   \
+	do {                                                               \
+		for (int i_ = 0; i_ < 16; i_++)                            \
+			if (!(i_ & (D))) {                                 \
+				const v16 a_ = m[i_], b_ = m[i_ | (D)];    \
+				m[i_] = V16_SHUFFLE(a_, b_, LORA_TR##D##_LO);     \
+				m[i_ | (D)] = V16_SHUFFLE(a_, b_, LORA_TR##D##_HI); \
+			}                                                  \
+	} while (0)
+
 static inline __attribute__((always_inline)) void lora_tile(float *tile, const float *b, int rank,
 							     int o, int q0, int qn)
 {
@@ -2463,21 +2489,10 @@ static inline __attribute__((always_inline)) void lora_tile(float *tile, const f
 
 		for (int l = 0; l < 16; l++)
 			memcpy(&m[l], b + (size_t)(o + l) * rank + q0 + q, 64);
-#pragma GCC unroll 4
-		for (int d = 8; d >= 1; d >>= 1) {
-			i32x16 lo, hi;
-			for (int c = 0; c < 16; c++) {
-				lo[c] = (c & d) ? 16 + (c ^ d) : c;
-				hi[c] = (c & d) ? 16 + c : (c ^ d);
-			}
-#pragma GCC unroll 16
-			for (int i = 0; i < 16; i++)
-				if (!(i & d)) {
-					const v16 a = m[i], p = m[i | d];
-					m[i] = __builtin_shuffle(a, p, lo);
-					m[i | d] = __builtin_shuffle(a, p, hi);
-				}
-		}
+		LORA_TR_ROUND(8);
+		LORA_TR_ROUND(4);
+		LORA_TR_ROUND(2);
+		LORA_TR_ROUND(1);
 		for (int l = 0; l < 16; l++)
 			memcpy(tile + (size_t)(q + l) * 16, &m[l], 64);
 	}

@@ -92,13 +92,42 @@ static long rss_bytes(void)
 	return res * sysconf(_SC_PAGESIZE);
 }
 
+#define MAX_PROMPT 256
+
+/* Sequence i of a batch, with a prompt of len <= MAX_PROMPT tokens of its
+ * own; a failure ends the benchmark. */
+static struct engine_seq *seq_new(struct engine *e, int i, int len,
+				  const struct engine_seq_params *sp)
+{
+	struct engine_seq *s;
+	int32_t prompt[MAX_PROMPT];
+	char err[512];
+
+	for (int k = 0; k < len; k++)
+		prompt[k] = (int32_t)((1 + i * 37 + k * 101) % VOCAB);
+	if (engine_seq_new(e, prompt, len, sp, &s, err, sizeof(err)) < 0) {
+		fprintf(stderr, "bench_lora: %s\n", err);
+		exit(1);
+	}
+	return s;
+}
+
+/* One step of the batch, every pending token; a failure ends the benchmark. */
+static void step(struct engine *e, struct engine_seq *const *s, int batch)
+{
+	char err[512];
+
+	if (engine_step(e, s, NULL, batch, err, sizeof(err)) < 0) {
+		fprintf(stderr, "bench_lora: %s\n", err);
+		exit(1);
+	}
+}
+
 /* Decode tokens/s of `batch` sequences spread over n adapters (0: base). */
 static double decode(struct engine *e, const int *ids, int n, int batch, int steps)
 {
 	struct engine_seq *s[64];
 	struct engine_seq_params sp = { 0 };
-	int32_t prompt[PROMPT];
-	char err[512];
 	double t;
 	int i, k;
 
@@ -106,26 +135,15 @@ static double decode(struct engine *e, const int *ids, int n, int batch, int ste
 	sp.sample.ignore_eos = 1;
 	sp.max_tokens = steps + 2;
 	for (i = 0; i < batch; i++) {
-		for (k = 0; k < PROMPT; k++)
-			prompt[k] = (int32_t)((1 + i * 37 + k * 101) % VOCAB);
 		sp.adapter = n ? ids[i % n] : 0;
-		if (engine_seq_new(e, prompt, PROMPT, &sp, &s[i], err, sizeof(err)) < 0) {
-			fprintf(stderr, "bench_lora: %s\n", err);
-			exit(1);
-		}
+		s[i] = seq_new(e, i, PROMPT, &sp);
 	}
 	/* the prompts and one decode step before the clock */
 	for (k = 0; k < 2; k++)
-		if (engine_step(e, s, NULL, batch, err, sizeof(err)) < 0) {
-			fprintf(stderr, "bench_lora: %s\n", err);
-			exit(1);
-		}
+		step(e, s, batch);
 	t = now();
 	for (k = 0; k < steps; k++)
-		if (engine_step(e, s, NULL, batch, err, sizeof(err)) < 0) {
-			fprintf(stderr, "bench_lora: %s\n", err);
-			exit(1);
-		}
+		step(e, s, batch);
 	t = now() - t;
 	for (i = 0; i < batch; i++)
 		engine_seq_free(e, s[i]);
@@ -138,30 +156,19 @@ static double prefill(struct engine *e, int id, int batch, int len)
 {
 	struct engine_seq *s[8];
 	struct engine_seq_params sp = { 0 };
-	int32_t prompt[256];
-	char err[512];
 	double t;
-	int i, k;
+	int i;
 
-	if (batch > 8 || len > 256)
+	if (batch > 8 || len > MAX_PROMPT)
 		return 0;
 	sample_params_default(&sp.sample);
 	sp.sample.ignore_eos = 1;
 	sp.max_tokens = 1;
 	sp.adapter = id;
-	for (i = 0; i < batch; i++) {
-		for (k = 0; k < len; k++)
-			prompt[k] = (int32_t)((1 + i * 37 + k * 101) % VOCAB);
-		if (engine_seq_new(e, prompt, len, &sp, &s[i], err, sizeof(err)) < 0) {
-			fprintf(stderr, "bench_lora: %s\n", err);
-			exit(1);
-		}
-	}
+	for (i = 0; i < batch; i++)
+		s[i] = seq_new(e, i, len, &sp);
 	t = now();
-	if (engine_step(e, s, NULL, batch, err, sizeof(err)) < 0) {
-		fprintf(stderr, "bench_lora: %s\n", err);
-		exit(1);
-	}
+	step(e, s, batch);
 	t = now() - t;
 	for (i = 0; i < batch; i++)
 		engine_seq_free(e, s[i]);

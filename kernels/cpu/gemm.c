@@ -346,9 +346,21 @@ static INLINE AVX512 void tile_store(const int MR, const __m512 *c0, const __m51
 }
 
 /* MR and W16 are constants at every call site, so the accumulators are
- * registers and the panel's kind costs no branch. A bf16 panel row pair is
- * two 64-byte loads (16 columns each by two k); the even k is the pair's
- * high half masked, the odd k the pair shifted up. */
+ * registers and the panel's kind costs no branch. A bf16 panel's pair of
+ * k is two 64-byte loads (16 columns each by two k), read once for both:
+ * the even k is the pair's high half masked, the odd k the pair shifted
+ * up; every accumulator still takes its k in order. */
+static INLINE AVX512 void fma_rows(const int MR, const float *a, __m512 b0, __m512 b1, __m512 *c0,
+				   __m512 *c1)
+{
+#pragma GCC unroll 12
+	for (int i = 0; i < MR; i++) {
+		__m512 av = _mm512_set1_ps(a[i]);
+		c0[i] = _mm512_fmadd_ps(av, b0, c0[i]);
+		c1[i] = _mm512_fmadd_ps(av, b1, c1[i]);
+	}
+}
+
 static INLINE AVX512 void block512(const int MR, const int W16, int k, const float *a,
 				   const void *pv, float *y, size_t ldy, int nc, int acc,
 				   const char *pf)
@@ -357,41 +369,37 @@ static INLINE AVX512 void block512(const int MR, const int W16, int k, const flo
 	const uint16_t *h = pv;
 	__m512 c0[GEMM_MR], c1[GEMM_MR];
 	const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
-	int i, kk;
+	int kk;
 
 	tile_load(MR, c0, c1, y, ldy, nc, acc);
-	for (kk = 0; kk < k; kk++) {
-		__m512 b0, b1;
-
-		/* a bf16 panel moves 128 bytes every second k */
-		if (!W16)
-			panel_prefetch(pf, kk);
-		else if (kk & 1)
+	if (W16) {
+		/* a bf16 panel moves 128 bytes a pair of k */
+		for (kk = 0; kk + 2 <= k; kk += 2) {
 			panel_prefetch(pf, kk >> 1);
-		if (W16) {
 			__m512i r0 = _mm512_load_si512((const void *)h);
 			__m512i r1 = _mm512_load_si512((const void *)(h + 32));
 
-			if (kk & 1) {
-				b0 = _mm512_castsi512_ps(_mm512_slli_epi32(r0, 16));
-				b1 = _mm512_castsi512_ps(_mm512_slli_epi32(r1, 16));
-				h += 2 * GEMM_NR;
-			} else {
-				b0 = _mm512_castsi512_ps(_mm512_and_si512(r0, hi));
-				b1 = _mm512_castsi512_ps(_mm512_and_si512(r1, hi));
-			}
-		} else {
-			b0 = _mm512_load_ps(p);
-			b1 = _mm512_load_ps(p + 16);
+			fma_rows(MR, a, _mm512_castsi512_ps(_mm512_and_si512(r0, hi)),
+				 _mm512_castsi512_ps(_mm512_and_si512(r1, hi)), c0, c1);
+			fma_rows(MR, a + MR, _mm512_castsi512_ps(_mm512_slli_epi32(r0, 16)),
+				 _mm512_castsi512_ps(_mm512_slli_epi32(r1, 16)), c0, c1);
+			a += 2 * MR;
+			h += 2 * GEMM_NR;
+		}
+		if (kk < k) {
+			__m512i r0 = _mm512_load_si512((const void *)h);
+			__m512i r1 = _mm512_load_si512((const void *)(h + 32));
+
+			fma_rows(MR, a, _mm512_castsi512_ps(_mm512_and_si512(r0, hi)),
+				 _mm512_castsi512_ps(_mm512_and_si512(r1, hi)), c0, c1);
+		}
+	} else {
+		for (kk = 0; kk < k; kk++) {
+			panel_prefetch(pf, kk);
+			fma_rows(MR, a, _mm512_load_ps(p), _mm512_load_ps(p + 16), c0, c1);
+			a += MR;
 			p += GEMM_NR;
 		}
-#pragma GCC unroll 12
-		for (i = 0; i < MR; i++) {
-			__m512 av = _mm512_set1_ps(a[i]);
-			c0[i] = _mm512_fmadd_ps(av, b0, c0[i]);
-			c1[i] = _mm512_fmadd_ps(av, b1, c1[i]);
-		}
-		a += MR;
 	}
 	tile_store(MR, c0, c1, y, ldy, nc);
 }

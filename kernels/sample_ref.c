@@ -76,7 +76,7 @@ int32_t sample_pick(float *w, int vocab, const struct be_sample *p, int32_t *ord
 	int v = vocab, i, n, best = -1;
 
 	/* 3. greedy: strict > while scanning up keeps the lowest id of a tie */
-	if (p->temperature == 0.0f || p->top_k == 1) {
+	if (sample_greedy(p)) {
 		for (i = 0; i < v; i++)
 			if (w[i] > mx) {
 				mx = w[i];

@@ -11,6 +11,13 @@
 
 #include "backend.h"
 
+/* 1 when p picks the lowest id of the largest logit: temperature 0 or
+ * top-k 1 (step 3). */
+static inline int sample_greedy(const struct be_sample *p)
+{
+	return p->temperature == 0.0f || p->top_k == 1;
+}
+
 /* order[0 .. m) = the m best ids of w[vocab], best first: larger value,
  * then the lower id. */
 void sample_top_m(const float *w, int vocab, int m, int32_t *order);

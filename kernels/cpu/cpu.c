@@ -1306,7 +1306,100 @@ static __attribute__((target("avx2"))) void silu_avx2(float *g, const float *u, 
 		memcpy(g + i, x, (n - i) * sizeof(float));
 	}
 }
+/*
+ * Greedy's pick from one row of logits, read where it lies: the lowest id
+ * of the largest value (sample_pick's strict > scan), or -1 when a value is
+ * not finite (sample_tasks' rule). The largest value a vector at a time,
+ * with x - x, +0 for a finite x and NaN otherwise, or-ed into a flag; then
+ * the first id that equals it. The scan of a copy, a branch an element,
+ * was 2 % of a batch-8 decode step (50 us a row at 32 000 tokens).
+ */
+static __attribute__((target("avx512f"))) int32_t greedy_avx512(const float *w, int v)
+{
+	__m512 mx = _mm512_set1_ps(-INFINITY);
+	__m512i bad = _mm512_setzero_si512();
+	int i = 0;
+
+	for (; i + 16 <= v; i += 16) {
+		__m512 x = _mm512_loadu_ps(w + i);
+		mx = _mm512_max_ps(mx, x);
+		bad = _mm512_or_si512(bad, _mm512_castps_si512(_mm512_sub_ps(x, x)));
+	}
+	if (i < v) {
+		__mmask16 m = (__mmask16)((1u << (v - i)) - 1);
+		__m512 x = _mm512_maskz_loadu_ps(m, w + i);
+		mx = _mm512_mask_max_ps(mx, m, mx, x);
+		bad = _mm512_or_si512(bad, _mm512_castps_si512(_mm512_sub_ps(x, x)));
+	}
+	if (_mm512_test_epi32_mask(bad, bad))
+		return -1;
+	const float top = _mm512_reduce_max_ps(mx);
+	const __m512 t = _mm512_set1_ps(top);
+	for (i = 0; i + 16 <= v; i += 16) {
+		__mmask16 e = _mm512_cmp_ps_mask(_mm512_loadu_ps(w + i), t, _CMP_EQ_OQ);
+		if (e)
+			return i + __builtin_ctz(e);
+	}
+	for (; i < v; i++)
+		if (w[i] == top)
+			return i;
+	return -1;
+}
+
+static __attribute__((target("avx2"))) int32_t greedy_avx2(const float *w, int v)
+{
+	__m256 mx = _mm256_set1_ps(-INFINITY);
+	__m256i bad = _mm256_setzero_si256();
+	float lanes[8], top;
+	int i = 0;
+
+	for (; i + 8 <= v; i += 8) {
+		__m256 x = _mm256_loadu_ps(w + i);
+		mx = _mm256_max_ps(mx, x);
+		bad = _mm256_or_si256(bad, _mm256_castps_si256(_mm256_sub_ps(x, x)));
+	}
+	if (!_mm256_testz_si256(bad, bad))
+		return -1;
+	_mm256_storeu_ps(lanes, mx);
+	top = lanes[0];
+	for (int l = 1; l < 8; l++)
+		top = lanes[l] > top ? lanes[l] : top;
+	for (int r = i; r < v; r++) {
+		if (!isfinite(w[r]))
+			return -1;
+		top = w[r] > top ? w[r] : top;
+	}
+	const __m256 t = _mm256_set1_ps(top);
+	for (i = 0; i + 8 <= v; i += 8) {
+		int e = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(w + i), t, _CMP_EQ_OQ));
+		if (e)
+			return i + __builtin_ctz((unsigned)e);
+	}
+	for (; i < v; i++)
+		if (w[i] == top)
+			return i;
+	return -1;
+}
 #endif
+
+static int32_t greedy_scalar(const float *w, int v)
+{
+	float top = -INFINITY;
+	int32_t best = -1;
+
+	for (int i = 0; i < v; i++) {
+		if (!isfinite(w[i]))
+			return -1;
+		if (w[i] > top) {
+			top = w[i];
+			best = i;
+		}
+	}
+	return best;
+}
+
+static int32_t (*greedy_impl)(const float *w, int v) = greedy_scalar;
+
 
 static void silu_scalar(float *g, const float *u, size_t n)
 {
@@ -1347,9 +1440,11 @@ static void loops_select(void)
 		softmax_impl = softmax_avx512;
 		softmax_cols_impl = softmax_cols_avx512;
 		silu_impl = silu_avx512;
+		greedy_impl = greedy_avx512;
 	} else if (cpu_isa == ISA_AVX2) {
 		softmax_impl = softmax_avx2;
 		silu_impl = silu_avx2;
+		greedy_impl = greedy_avx2;
 		attn_mid = 1;
 	}
 #endif
@@ -1363,6 +1458,7 @@ static int loops_use(const char *name)
 		softmax_impl = softmax_scalar;
 		softmax_cols_impl = NULL;
 		silu_impl = silu_scalar;
+		greedy_impl = greedy_scalar;
 		attn_mid = 0;
 		return 0;
 	}
@@ -1372,6 +1468,7 @@ static int loops_use(const char *name)
 		softmax_impl = softmax_avx512;
 		softmax_cols_impl = softmax_cols_avx512;
 		silu_impl = silu_avx512;
+		greedy_impl = greedy_avx512;
 		attn_mid = 0;
 		return 0;
 	}
@@ -1380,6 +1477,7 @@ static int loops_use(const char *name)
 		softmax_impl = softmax_avx2;
 		softmax_cols_impl = NULL;
 		silu_impl = silu_avx2;
+		greedy_impl = greedy_avx2;
 		attn_mid = 1;
 		return 0;
 	}
@@ -2793,6 +2891,10 @@ static void sample_tasks(void *arg, int worker, int begin, int end)
 	for (int i = begin; i < end; i++) {
 		const float *row = j->logits + (size_t)i * v;
 		int finite = 1;
+		if (sample_greedy(&j->p[i])) {
+			j->ids[i] = greedy_impl(row, j->vocab);
+			continue;
+		}
 		for (size_t k = 0; k < v; k++)
 			finite &= isfinite(row[k]) != 0;
 		memcpy(w, row, v * sizeof(float));

@@ -23,6 +23,7 @@
 #include "backend.h"
 #include "cpu/gemm.h"
 #include "dtype.h"
+#include "sample_ref.h"
 
 static uint64_t rng = 88172645463325252ull;
 
@@ -1188,6 +1189,109 @@ static void test_backend_add_rmsnorm(void **state)
 		}
 }
 
+/*
+ * be_sample's greedy rows (temperature 0, or top-k 1) under every copy of
+ * the loops this CPU runs, on one thread and on three: the lowest id of the
+ * largest logit, or -1 when any logit is not finite, as sample_pick's scan
+ * of a copy gives. Vocabularies below, at and past one vector of 8 and of
+ * 16; the largest value first, last, in the tail past the vectors, tied
+ * (the first wins), a tie of -0 and +0, all equal; a NaN or an infinity
+ * in the vectors' part or in the tail. A row sampled at temperature 0.8
+ * sits among them and keeps its draw.
+ */
+static int32_t greedy_ref(const float *w, int v)
+{
+	int32_t best = -1;
+
+	for (int i = 0; i < v; i++) {
+		if (!isfinite(w[i]))
+			return -1;
+		if (best < 0 || w[i] > w[best])
+			best = i;
+	}
+	return best;
+}
+
+static void test_backend_greedy(void **state)
+{
+	enum { ROWS = 12 };
+	static const char *const isa[] = { "avx512", "avx2", "portable" };
+	const int vocabs[] = { 1, 7, 8, 9, 15, 16, 17, 33, 1000, 32000 };
+	float *x = malloc((size_t)ROWS * 32000 * sizeof(float)), *w = malloc(32000 * sizeof(float));
+	int32_t *order = malloc(32000 * sizeof(int32_t));
+	int ran = 0;
+
+	(void)state;
+	assert_true(x && w && order);
+	for (int s = 0; s < 3; s++) {
+		if (be_cpu_set_isa(isa[s]) < 0)
+			continue;
+		ran++;
+		for (int th = 1; th <= 3; th += 2) {
+			struct be_cpu_opts o = { .n_threads = th };
+			struct be *be;
+
+			assert_int_equal(be_cpu_create(&o, &be), 0);
+			for (size_t vi = 0; vi < sizeof(vocabs) / sizeof(vocabs[0]); vi++) {
+				const int v = vocabs[vi], tail = v - v % 16;
+				struct be_sample p[ROWS];
+				int32_t ids[ROWS];
+				struct be_buf *b = be_alloc(be, (size_t)ROWS * v);
+
+				assert_non_null(b);
+				for (int r = 0; r < ROWS; r++) {
+					float *row = x + (size_t)r * v;
+					for (int i = 0; i < v; i++)
+						row[i] = frand() - 2.0f; /* below 0 */
+					p[r] = (struct be_sample){ .top_p = 1.0f, .u = 0.37 };
+					switch (r) {
+					case 0: row[0] = 5.0f; break;
+					case 1: row[v - 1] = 5.0f; break;
+					case 2: row[tail < v ? tail : v - 1] = 5.0f; break;
+					case 3: row[v / 2] = row[v - 1] = 5.0f; break;
+					case 4: /* -0 before +0, both the largest */
+						row[v / 3] = -0.0f;
+						row[v - 1] = 0.0f;
+						break;
+					case 5: for (int i = 0; i < v; i++) row[i] = 1.5f; break;
+					case 6: row[v / 2] = NAN; break;
+					case 7: row[v - 1] = INFINITY; break;
+					case 8: row[tail < v ? tail : 0] = -INFINITY; break;
+					case 9: /* top-k 1 at a temperature is greedy too */
+						p[r].temperature = 0.8f;
+						p[r].top_k = 1;
+						break;
+					case 10: p[r].temperature = 0.8f; break;
+					default: break;
+					}
+				}
+				assert_int_equal(be_upload(be, b, 0, x, (size_t)ROWS * v), 0);
+				assert_int_equal(be_sample(be, b, ROWS, v, p, ids), 0);
+				for (int r = 0; r < ROWS; r++) {
+					const float *row = x + (size_t)r * v;
+					int32_t want = greedy_ref(row, v);
+
+					if (r == 10 && want >= 0) {
+						memcpy(w, row, (size_t)v * sizeof(float));
+						want = sample_pick(w, v, &p[r], order);
+					}
+					if (ids[r] != want)
+						fail_msg("%s, %d threads, vocab %d, row %d: %d, want %d", isa[s], th, v,
+							 r, ids[r], want);
+				}
+				be_free(be, b);
+			}
+			be_destroy(be);
+		}
+	}
+	assert_true(ran >= 1);
+	if (be_cpu_set_isa("avx512") < 0 && be_cpu_set_isa("avx2") < 0)
+		assert_int_equal(be_cpu_set_isa("portable"), 0);
+	free(x);
+	free(w);
+	free(order);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1199,6 +1303,7 @@ int main(void)
 		cmocka_unit_test(test_backend_gemm_multi),
 		cmocka_unit_test(test_backend_lora_multi),
 		cmocka_unit_test(test_backend_lora_kernels),
+		cmocka_unit_test(test_backend_greedy),
 		cmocka_unit_test(test_bf16_panels),
 		cmocka_unit_test(test_bf16_dot),
 		cmocka_unit_test(test_pack_x16),

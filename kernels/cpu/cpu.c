@@ -1320,7 +1320,7 @@ static __attribute__((target("avx512f"))) int32_t greedy_avx512(const float *w, 
 	__m512i bad = _mm512_setzero_si512();
 	int i = 0;
 
-	for (; i + 16 <= v; i += 16) {
+	for (; i <= v - 16; i += 16) {
 		__m512 x = _mm512_loadu_ps(w + i);
 		mx = _mm512_max_ps(mx, x);
 		bad = _mm512_or_si512(bad, _mm512_castps_si512(_mm512_sub_ps(x, x)));
@@ -1335,7 +1335,7 @@ static __attribute__((target("avx512f"))) int32_t greedy_avx512(const float *w, 
 		return -1;
 	const float top = _mm512_reduce_max_ps(mx);
 	const __m512 t = _mm512_set1_ps(top);
-	for (i = 0; i + 16 <= v; i += 16) {
+	for (i = 0; i <= v - 16; i += 16) {
 		__mmask16 e = _mm512_cmp_ps_mask(_mm512_loadu_ps(w + i), t, _CMP_EQ_OQ);
 		if (e)
 			return i + __builtin_ctz(e);
@@ -1353,7 +1353,7 @@ static __attribute__((target("avx2"))) int32_t greedy_avx2(const float *w, int v
 	float lanes[8], top;
 	int i = 0;
 
-	for (; i + 8 <= v; i += 8) {
+	for (; i <= v - 8; i += 8) {
 		__m256 x = _mm256_loadu_ps(w + i);
 		mx = _mm256_max_ps(mx, x);
 		bad = _mm256_or_si256(bad, _mm256_castps_si256(_mm256_sub_ps(x, x)));
@@ -1370,7 +1370,7 @@ static __attribute__((target("avx2"))) int32_t greedy_avx2(const float *w, int v
 		top = w[r] > top ? w[r] : top;
 	}
 	const __m256 t = _mm256_set1_ps(top);
-	for (i = 0; i + 8 <= v; i += 8) {
+	for (i = 0; i <= v - 8; i += 8) {
 		int e = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(w + i), t, _CMP_EQ_OQ));
 		if (e)
 			return i + __builtin_ctz((unsigned)e);
@@ -1399,7 +1399,6 @@ static int32_t greedy_scalar(const float *w, int v)
 }
 
 static int32_t (*greedy_impl)(const float *w, int v) = greedy_scalar;
-
 
 static void silu_scalar(float *g, const float *u, size_t n)
 {
@@ -2885,16 +2884,17 @@ static void sample_tasks(void *arg, int worker, int begin, int end)
 {
 	const struct sample_job *j = arg;
 	const size_t v = (size_t)j->vocab;
-	float *w = j->c->samp_w + (size_t)worker * j->c->samp_n;
-	int32_t *order = j->c->samp_order + (size_t)worker * j->c->samp_n;
 
 	for (int i = begin; i < end; i++) {
 		const float *row = j->logits + (size_t)i * v;
-		int finite = 1;
 		if (sample_greedy(&j->p[i])) {
 			j->ids[i] = greedy_impl(row, j->vocab);
 			continue;
 		}
+		/* the others draw from a copy, in this thread's scratch */
+		float *w = j->c->samp_w + (size_t)worker * j->c->samp_n;
+		int32_t *order = j->c->samp_order + (size_t)worker * j->c->samp_n;
+		int finite = 1;
 		for (size_t k = 0; k < v; k++)
 			finite &= isfinite(row[k]) != 0;
 		memcpy(w, row, v * sizeof(float));
@@ -2914,7 +2914,10 @@ static int cpu_sample(struct be *be, const struct be_buf *logits, int n, int voc
 		return rc;
 	if (n < 0 || vocab < 1 || (size_t)n * vocab > logits->n || logits->wn)
 		return -ERANGE;
-	if ((size_t)vocab > c->samp_n) {
+	int copies = 0; /* rows that are not greedy need the scratch */
+	for (int i = 0; i < n; i++)
+		copies += !sample_greedy(&p[i]);
+	if (copies && (size_t)vocab > c->samp_n) {
 		float *w = malloc(threads * (size_t)vocab * sizeof(*w));
 		int32_t *o = malloc(threads * (size_t)vocab * sizeof(*o));
 		if (!w || !o) {

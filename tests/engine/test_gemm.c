@@ -1196,7 +1196,7 @@ static void test_backend_add_rmsnorm(void **state)
  * of a copy gives. Vocabularies below, at and past one vector of 8 and of
  * 16; the largest value first, last, in the tail past the vectors, tied
  * (the first wins), a tie of -0 and +0, all equal; a NaN or an infinity
- * in the vectors' part or in the tail. A row sampled at temperature 0.8
+ * in the vectors' part or in the tail, a row all -inf. A row sampled at temperature 0.8
  * sits among them and keeps its draw.
  */
 static int32_t greedy_ref(const float *w, int v)
@@ -1214,7 +1214,7 @@ static int32_t greedy_ref(const float *w, int v)
 
 static void test_backend_greedy(void **state)
 {
-	enum { ROWS = 12 };
+	enum { ROWS = 14 };
 	static const char *const isa[] = { "avx512", "avx2", "portable" };
 	const int vocabs[] = { 1, 7, 8, 9, 15, 16, 17, 33, 1000, 32000 };
 	float *x = malloc((size_t)ROWS * 32000 * sizeof(float)), *w = malloc(32000 * sizeof(float));
@@ -1233,7 +1233,7 @@ static void test_backend_greedy(void **state)
 
 			assert_int_equal(be_cpu_create(&o, &be), 0);
 			for (size_t vi = 0; vi < sizeof(vocabs) / sizeof(vocabs[0]); vi++) {
-				const int v = vocabs[vi], tail = v - v % 16;
+				const int v = vocabs[vi], tail = v - v % 16, tail8 = v - v % 8;
 				struct be_sample p[ROWS];
 				int32_t ids[ROWS];
 				struct be_buf *b = be_alloc(be, (size_t)ROWS * v);
@@ -1262,6 +1262,10 @@ static void test_backend_greedy(void **state)
 						p[r].top_k = 1;
 						break;
 					case 10: p[r].temperature = 0.8f; break;
+					case 11: /* the largest past AVX2's vectors */
+						row[tail8 < v ? tail8 : v - 1] = 5.0f;
+						break;
+					case 12: for (int i = 0; i < v; i++) row[i] = -INFINITY; break;
 					default: break;
 					}
 				}

@@ -7,12 +7,13 @@ struct points to alive for that long.
 """
 import array
 import ctypes
+import errno
 import json
 import time
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from . import _ffi
+from . import _check, _ffi
 from ._ffi import lib
 from .errors import error
 
@@ -71,23 +72,27 @@ class Request:
                  top_k=0, min_p=0.0, seed=0, routing_key=None, stop=None, stop_ids=None,
                  ignore_eos=False, text=None, text_cap=None, min_tokens=0,
                  repetition_penalty=0.0, presence_penalty=0.0, logit_bias=None, priority=0,
-                 deadline=None, result=None, response_format=None):
+                 deadline=None, result=None, response_format=None,
+                 arena_size=_check.DEFAULT_ARENA):
         if isinstance(prompt, str):
             prompt = prompt.encode("utf-8")
         is_text = isinstance(prompt, (bytes, bytearray))
         self.text = is_text if text is None else bool(text)
-        if max_tokens <= 0:
-            raise ValueError("max_tokens must be positive")
+        max_tokens = _check.uint("max_tokens", max_tokens, _check.U32, 1)
+        if max_tokens * 4 > arena_size:
+            # what liblorad refuses anyway, before max_tokens ids are allocated here
+            raise error(-errno.E2BIG, context=f"max_tokens {max_tokens}: {max_tokens * 4} "
+                        f"bytes of ids, more than the connection's arena of {arena_size}")
         r = self.c = _ffi.lorad_request()
         r.user_data = user_data
-        self._skill = skill.encode() if isinstance(skill, str) else skill
+        self._skill = _check.cstr("skill", skill)
         r.skill = self._skill
         if is_text:
             self._prompt = ctypes.create_string_buffer(bytes(prompt), len(prompt))
             r.prompt_text = ctypes.addressof(self._prompt)
-            r.prompt_text_len = len(prompt)
+            r.prompt_text_len = _check.uint("the prompt's length in bytes", len(prompt), _check.U32)
         else:
-            ids = list(prompt)
+            ids = _check.ids("a prompt token id", prompt)
             self._prompt = (ctypes.c_uint32 * len(ids))(*ids)
             r.prompt = self._prompt
             r.n_prompt = len(ids)
@@ -102,19 +107,22 @@ class Request:
             r.out_text_cap = cap
         r.temperature = temperature
         r.top_p = top_p
-        r.top_k = top_k
+        r.top_k = _check.uint("top_k", top_k, _check.U32)
         r.min_p = min_p
-        r.seed = seed
-        r.min_tokens = min_tokens
+        r.seed = _check.uint("seed", seed, _check.U64)
+        r.min_tokens = _check.uint("min_tokens", min_tokens, _check.U32)
         r.repetition_penalty = repetition_penalty
         r.presence_penalty = presence_penalty
-        r.priority = priority
+        r.priority = _check.uint("priority", priority, _check.U8)
         if deadline is not None:    # seconds from now, on the daemon's clock (CLOCK_MONOTONIC)
-            r.deadline_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC) + int(deadline * 1e9)
+            r.deadline_ns = _check.uint(
+                "deadline (seconds from now, as ns of CLOCK_MONOTONIC)",
+                time.clock_gettime_ns(time.CLOCK_MONOTONIC) + int(deadline * 1e9), _check.U64, 1)
         if ignore_eos:
             r.flags |= _ffi.SQE_F_IGNORE_EOS
         if logit_bias:
-            items = list(logit_bias.items())
+            items = [(_check.uint("a logit_bias token id", t, _check.U32), b)
+                     for t, b in logit_bias.items()]
             self._bias = (_ffi.lorad_logit_bias * len(items))(*items)
             r.logit_bias = self._bias
             r.n_logit_bias = len(items)
@@ -128,18 +136,19 @@ class Request:
         if response_format is not None:
             self._grammar(r, response_format)
         if isinstance(routing_key, int):
-            r.routing_key = routing_key
+            r.routing_key = _check.uint("routing_key", routing_key, _check.U64)
         elif routing_key is not None:
             self._key = routing_key.encode() if isinstance(routing_key, str) else bytes(routing_key)
             self._keybuf = ctypes.create_string_buffer(self._key, len(self._key))
             r.routing_key_bytes = ctypes.addressof(self._keybuf)
             r.routing_key_len = len(self._key)
         if stop:
-            enc = [s.encode() if isinstance(s, str) else s for s in stop]
+            enc = [_check.cstr("a stop string", s) for s in stop]
             self._stop = (ctypes.c_char_p * len(enc))(*enc)
             r.stop = self._stop
             r.n_stop = len(enc)
         if stop_ids:
+            stop_ids = _check.ids("a stop_ids token id", stop_ids)
             self._stop_ids = (ctypes.c_uint32 * len(stop_ids))(*stop_ids)
             r.stop_ids = self._stop_ids
             r.n_stop_ids = len(stop_ids)

@@ -15,7 +15,7 @@ import ctypes
 import errno
 import itertools
 
-from . import _ffi
+from . import _check, _ffi
 from ._ffi import lib
 from ._request import Completion, Request, take_events
 from .errors import Timeout, error
@@ -67,7 +67,7 @@ class Client:
 
     def __init__(self, socket_path, **opts):
         self._loop = asyncio.get_running_loop()
-        o = _ffi.lorad_connect_opts(**opts)
+        o, self._arena = _check.connect_opts(opts)
         handle = ctypes.c_void_p()
         rc = lib.lorad_connect(str(socket_path).encode(), ctypes.byref(o), ctypes.byref(handle))
         if rc < 0:
@@ -105,7 +105,7 @@ class Client:
         if self._error:
             raise error(self._error)
         req = Request(next(self._ids), skill, prompt, max_tokens, temperature=temperature,
-                      routing_key=routing_key, **kw)
+                      routing_key=routing_key, arena_size=self._arena, **kw)
         req.queue = asyncio.Queue()
         self._reqs[req.user_data] = req
         rc = lib.lorad_submit(self._c, ctypes.byref(req.c))

@@ -6,7 +6,7 @@ import itertools
 import threading
 import time
 
-from . import _ffi
+from . import _check, _ffi
 from ._ffi import lib
 from ._request import Completion, Request, take_events
 from .errors import Timeout, check, error
@@ -71,7 +71,7 @@ class Client:
     """
 
     def __init__(self, socket_path, **opts):
-        o = _ffi.lorad_connect_opts(**opts)
+        o, self._arena = _check.connect_opts(opts)
         handle = ctypes.c_void_p()
         rc = lib.lorad_connect(str(socket_path).encode(), ctypes.byref(o), ctypes.byref(handle))
         if rc < 0:
@@ -116,7 +116,7 @@ class Client:
                timeout=None, **kw):
         """Submit a request and return a :class:`Stream` of its pieces (see complete())."""
         req = Request(next(self._ids), skill, prompt, max_tokens, temperature=temperature,
-                      routing_key=routing_key, **kw)
+                      routing_key=routing_key, arena_size=self._arena, **kw)
         self._submit(req)
         return Stream(self, req, timeout)
 

@@ -123,3 +123,83 @@ def test_missing_library_is_an_import_error():
                        capture_output=True, text=True)
     assert p.returncode != 0
     assert "ImportError" in p.stderr and "LORAD_LIBRARY" in p.stderr
+
+
+# ctypes stores ints modulo the C field's width and char * up to a NUL: each
+# of these reached the daemon as another, valid request (bias 2**32 + 77 on
+# token 77, priority 300 as 44) or allocated 16 GiB of ids before liblorad
+# refused them. Each must be refused here, naming the argument.
+@pytest.mark.parametrize("kw, name", [
+    (dict(logit_bias={2**32 + 77: 1000.0}), "logit_bias"),
+    (dict(logit_bias={-1: 1.0}), "logit_bias"),
+    (dict(prompt=[1, 2**32 + 5]), "prompt token id"),
+    (dict(prompt=[-1]), "prompt token id"),
+    (dict(stop_ids=[2**32 + 9]), "stop_ids"),
+    (dict(top_k=-1), "top_k"),
+    (dict(top_k=2**32), "top_k"),
+    (dict(priority=256), "priority"),
+    (dict(priority=-1), "priority"),
+    (dict(seed=-1), "seed"),
+    (dict(seed=2**64), "seed"),
+    (dict(routing_key=-5), "routing_key"),
+    (dict(routing_key=2**64), "routing_key"),
+    (dict(min_tokens=-1), "min_tokens"),
+    (dict(max_tokens=0), "max_tokens"),
+    (dict(max_tokens=-3), "max_tokens"),
+    (dict(max_tokens=2**32 + 1), "max_tokens"),
+    (dict(deadline=-1e12), "deadline"),
+    (dict(deadline=1e12), "deadline"),
+])
+def test_out_of_range_ints_are_refused_not_wrapped(tiny, kw, name):
+    with lorad.Client(tiny.sock) as c:
+        prompt = kw.pop("prompt", [1, 2, 3])
+        with pytest.raises(ValueError, match=name):
+            c.complete(None, prompt, **{"max_tokens": 4, **kw})
+        # the connection still serves, and nothing was left in flight
+        assert c.complete(None, [1, 2, 3], max_tokens=2).finish == "length"
+        assert c.pending() == 0
+
+
+def test_ranges_edges_still_accepted(tiny):
+    with lorad.Client(tiny.sock) as c:
+        a = c.complete(None, [1, 2, 3], max_tokens=4, ignore_eos=True)
+        b = c.complete(None, [1, 2, 3], max_tokens=4, ignore_eos=True, priority=255,
+                       seed=2**64 - 1, routing_key=2**64 - 1)
+        assert a.tokens == b.tokens     # greedy: the seed, key and priority change nothing
+        with pytest.raises(lorad.InvalidRequest) as e:   # in range: the daemon's to judge
+            c.complete(None, [1], max_tokens=2, top_k=2**32 - 1)
+        assert e.value.field == "sampling"
+        r = c.complete(None, [1, 2, 3], max_tokens=3, logit_bias={255: 1000.0}, ignore_eos=True)
+        assert r.tokens == [255] * 3
+        with pytest.raises(TypeError, match="top_k"):
+            c.complete(None, [1], max_tokens=2, top_k=1.5)
+
+
+def test_nul_in_c_strings_is_refused(demo):
+    with lorad.Client(demo.sock) as c:
+        with pytest.raises(ValueError, match="skill"):
+            c.complete("sql\0anything", "hello", max_tokens=2)
+        with pytest.raises(ValueError, match="stop string"):
+            c.complete(None, "hello", max_tokens=2, stop=["a\0b"])
+        assert c.complete("sql", "hello", max_tokens=2).tokens
+
+
+def test_max_tokens_past_the_arena_allocates_nothing(tiny):
+    import resource
+    with lorad.Client(tiny.sock, arena_size=1 << 20) as c:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        with pytest.raises(lorad.TooBig) as e:
+            c.complete(None, [1], max_tokens=2**32 - 1)
+        assert "arena" in str(e.value) and e.value.errno == errno.E2BIG
+        assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 << 10   # KiB
+        with pytest.raises(lorad.TooBig):
+            c.complete(None, [1], max_tokens=(1 << 18) + 1)    # 4 bytes past 1 MiB
+
+
+def test_connect_options_are_checked(tiny):
+    for opts, name in ((dict(sq_entries=-1), "sq_entries"), (dict(arena_size=2**32), "arena_size"),
+                       (dict(timeout_ms=2**31), "timeout_ms")):
+        with pytest.raises(ValueError, match=name):
+            lorad.Client(tiny.sock, **opts)
+    with pytest.raises(TypeError, match="no_such"):
+        lorad.Client(tiny.sock, no_such=1)

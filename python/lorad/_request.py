@@ -101,7 +101,11 @@ class Request:
         self.out = (ctypes.c_uint32 * max_tokens)()
         r.out = self.out
         if self.text:
-            cap = text_cap or min(max_tokens * 32 + 64, 16 << 20)   # as lorad-cli sizes it
+            cap = (min(max_tokens * 32 + 64, 16 << 20) if text_cap is None   # as lorad-cli
+                   else _check.uint("text_cap", text_cap, _check.U32, 1))
+            if cap > arena_size:
+                raise error(-errno.E2BIG, context=f"text_cap {cap}: more than the "
+                            f"connection's arena of {arena_size} bytes")
             self.out_text = ctypes.create_string_buffer(cap)
             r.out_text = ctypes.addressof(self.out_text)
             r.out_text_cap = cap

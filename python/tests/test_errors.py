@@ -194,6 +194,12 @@ def test_max_tokens_past_the_arena_allocates_nothing(tiny):
         assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 << 10   # KiB
         with pytest.raises(lorad.TooBig):
             c.complete(None, [1], max_tokens=(1 << 18) + 1)    # 4 bytes past 1 MiB
+        with pytest.raises(lorad.TooBig, match="text_cap"):
+            c.complete(None, [1], max_tokens=2, text=True, text_cap=2**32 - 1)
+        assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 << 10
+        for bad in (0, -1, 2**32):
+            with pytest.raises(ValueError, match="text_cap"):
+                c.complete(None, [1], max_tokens=2, text=True, text_cap=bad)
 
 
 def test_connect_options_are_checked(tiny):

@@ -12,6 +12,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
+#include "num.h"
 #include "options.h"
 #include "validate.h"
 
@@ -110,7 +111,7 @@ static int parse_u32(const char *s, uint32_t *out, uint32_t max)
 {
 	uint64_t v;
 
-	if (opt_parse_u64(s, 10, &v) || v > max)
+	if (num_parse_u64(s, 10, &v) || v > max)
 		return -EINVAL;
 	*out = (uint32_t)v;
 	return 0;

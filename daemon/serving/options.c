@@ -11,6 +11,7 @@
 #include <strings.h>
 
 #include "config.h"
+#include "num.h"
 
 #define F(field) offsetof(struct config, field)
 #define K (1ull << 10)
@@ -201,21 +202,6 @@ int opt_parse_size(const char *s, uint64_t *out)
 	return 0;
 }
 
-int opt_parse_u64(const char *s, int base, uint64_t *out)
-{
-	char *end;
-	unsigned long long v;
-
-	errno = 0;
-	if (!*s || *s == '-' || *s == '+' || *s == ' ')
-		return -EINVAL;
-	v = strtoull(s, &end, base);
-	if (errno || *end)
-		return -EINVAL;
-	*out = v;
-	return 0;
-}
-
 static int parse_bool(const char *s, bool *out)
 {
 	if (!strcasecmp(s, "yes") || !strcasecmp(s, "true") || !strcmp(s, "1") || !strcasecmp(s, "on"))
@@ -274,7 +260,7 @@ static int parse_ids(const struct opt_def *o, const char *s, bool groups, uint32
 			snprintf(err, errlen, "%s: more than %d entries", o->key, CONFIG_MAX_IDS);
 			return -EINVAL;
 		}
-		if (opt_parse_u64(tok, 10, &id) == 0 && id < UINT32_MAX) {
+		if (num_parse_u64(tok, 10, &id) == 0 && id < UINT32_MAX) {
 			ids[(*n)++] = (uint32_t)id;
 		} else if (groups) {
 			struct group *g = getgrnam(tok);
@@ -372,10 +358,10 @@ int opt_set(const struct opt_def *o, struct config *c, const char *val, char *er
 		ret = opt_parse_size(val, &v);
 		break;
 	case OPT_MODE:
-		ret = opt_parse_u64(val, 8, &v);
+		ret = num_parse_u64(val, 8, &v);
 		break;
 	default:
-		ret = opt_parse_u64(val, 10, &v);
+		ret = num_parse_u64(val, 10, &v);
 		break;
 	}
 	if (ret || v < o->min || v > o->max) {

@@ -82,9 +82,6 @@ void opt_print_man(FILE *f, enum opt_man what);
 /* "64M", "2G", "4096": bytes. Returns 0 or -EINVAL. */
 int opt_parse_size(const char *s, uint64_t *out);
 
-/* A whole number in @base, nothing before or after it, no sign. Returns 0 or -EINVAL. */
-int opt_parse_u64(const char *s, int base, uint64_t *out);
-
 /* Replace the string *@dst with a copy of @v. Returns 0 or -ENOMEM. */
 int opt_set_str(char **dst, const char *v);
 

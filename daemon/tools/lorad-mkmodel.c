@@ -16,6 +16,7 @@
  * for them, are non-zero, so a loader that forgot them gives other logits.
  */
 #include "model.h"
+#include "num.h"
 #include "safetensors.h"
 
 #include <errno.h>
@@ -412,6 +413,20 @@ static void usage(void)
 		"          [--rslora] [--adapter-dtype f32|bf16|f16] [--no-model]]\n");
 }
 
+/* A finite number > 0, the whole string: 0, or -1. */
+static int parse_pos(const char *s, double *v)
+{
+	char *end;
+	double x;
+
+	errno = 0;
+	x = strtod(s, &end);
+	if (errno || end == s || *end || !isfinite(x) || !(x > 0))
+		return -1;
+	*v = x;
+	return 0;
+}
+
 static int parse_int(const char *s, int lo, int hi, int *v)
 {
 	char *end;
@@ -468,12 +483,18 @@ int main(int argc, char **argv)
 		case 'p': bad |= parse_int(optarg, 1, 1 << 30, &o.max_pos); break;
 		case 'S': bad |= parse_int(optarg, 1, 1000, &o.shards); break;
 		case 'B': bad |= parse_int(optarg, 0, 1 << 24, &o.bos); break;
-		case 's': o.seed = strtoull(optarg, NULL, 0); break;
+		case 's': {
+			uint64_t v;
+
+			bad |= num_parse_u64(optarg, 0, &v) != 0;
+			o.seed = v;
+			break;
+		}
 		case 'T': o.tie = 1; break;
 		case 'a': o.attention_bias = 1; break;
 		case 'b': o.mlp_bias = 1; break;
-		case 'r': o.rope_theta = strtod(optarg, NULL); break;
-		case 'e': o.rms_eps = strtod(optarg, NULL); break;
+		case 'r': bad |= parse_pos(optarg, &o.rope_theta); break;
+		case 'e': bad |= parse_pos(optarg, &o.rms_eps); break;
 		case 'm':
 			o.model_type = optarg;
 			bad |= strcmp(optarg, "llama") && strcmp(optarg, "mistral") && strcmp(optarg, "qwen2");
@@ -509,7 +530,7 @@ int main(int argc, char **argv)
 			bad |= !*optarg || strchr(optarg, '/') != NULL;
 			break;
 		case 'R': bad |= parse_int(optarg, 1, 65536, &o.rank); break;
-		case 'L': o.alpha = strtod(optarg, NULL); break;
+		case 'L': bad |= parse_pos(optarg, &o.alpha); break;
 		case 'G': bad |= parse_targets(optarg, &o.targets); break;
 		case 'Q': o.rslora = 1; break;
 		case 'N': o.no_model = 1; break;

@@ -16,6 +16,7 @@
  */
 #include "clock.h"
 #include "engine.h"
+#include "num.h"
 #include "tokenizer.h"
 
 #include <errno.h>
@@ -25,6 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#define P "lorad-run"
 
 static void usage(void)
 {
@@ -109,6 +112,7 @@ int main(int argc, char **argv)
 	struct engine_seq *s = NULL;
 	int32_t *prompt = NULL;
 	int n_prompt = 0, json = 0, logits = 0, merge = 0, max_tokens = -1, c, i, rc = 1;
+	uint64_t v;
 	char err[512];
 	double t0, t1;
 
@@ -119,16 +123,47 @@ int main(int argc, char **argv)
 		case 'a': adapter = optarg; break;
 		case 'p': prompt_s = optarg; break;
 		case 'x': text = optarg; break;
-		case 'n': max_tokens = atoi(optarg); break;
-		case 't': sp.sample.temperature = strtof(optarg, NULL); break;
-		case 'P': sp.sample.top_p = strtof(optarg, NULL); break;
-		case 'k': sp.sample.top_k = atoi(optarg); break;
-		case 'M': sp.sample.min_p = strtof(optarg, NULL); break;
-		case 's': sp.sample.seed = strtoull(optarg, NULL, 0); break;
-		case 'r': sp.sample.repetition_penalty = strtof(optarg, NULL); break;
-		case 'R': sp.sample.presence_penalty = strtof(optarg, NULL); break;
+		case 'n':
+			if (num_arg_u64(P, "--max-tokens", optarg, INT32_MAX, &v))
+				return 2;
+			max_tokens = (int)v;
+			break;
+		case 't':
+			if (num_arg_float(P, "--temperature", optarg, &sp.sample.temperature))
+				return 2;
+			break;
+		case 'P':
+			if (num_arg_float(P, "--top-p", optarg, &sp.sample.top_p))
+				return 2;
+			break;
+		case 'k':
+			if (num_arg_u64(P, "--top-k", optarg, INT32_MAX, &v))
+				return 2;
+			sp.sample.top_k = (int)v;
+			break;
+		case 'M':
+			if (num_arg_float(P, "--min-p", optarg, &sp.sample.min_p))
+				return 2;
+			break;
+		case 's':
+			if (num_arg_u64(P, "--seed", optarg, UINT64_MAX, &v))
+				return 2;
+			sp.sample.seed = v;
+			break;
+		case 'r':
+			if (num_arg_float(P, "--repetition-penalty", optarg, &sp.sample.repetition_penalty))
+				return 2;
+			break;
+		case 'R':
+			if (num_arg_float(P, "--presence-penalty", optarg, &sp.sample.presence_penalty))
+				return 2;
+			break;
 		case 'E': sp.sample.ignore_eos = 1; break;
-		case 'T': eo.n_threads = atoi(optarg); break;
+		case 'T':
+			if (num_arg_u64(P, "--threads", optarg, 1024, &v))
+				return 2;
+			eo.n_threads = (int)v;
+			break;
 		case 'B': eo.backend = optarg; break;
 		case 'C':
 			if (strcmp(optarg, "exact") && strcmp(optarg, "dot")) {

@@ -12,10 +12,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include <cmocka.h>
 
 #include "config.h"
+#include "num.h"
 #include "options.h"
 
 static char *slurp(FILE *f)
@@ -109,12 +111,73 @@ static void test_bounds_are_named(void **state)
 	config_free(&c);
 }
 
+/* Numbers from text are the whole string or nothing (daemon/system/num.c). */
+static void test_numbers_whole_or_nothing(void **state)
+{
+	static const char *bad_u64[] = { "", " 5", "5 ", "-1", "+1", "5x", "0x", "1e3", "1.0",
+					 "18446744073709551616", "99999999999999999999" };
+	static const char *bad_float[] = { "", " 1", "0,7", "abc", "nan", "inf", "-inf", "1e39",
+					   "1.5x" };
+	uint64_t v;
+	float f;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(bad_u64) / sizeof(*bad_u64); i++)
+		if (num_parse_u64(bad_u64[i], 10, &v) != -EINVAL)
+			fail_msg("num_parse_u64 took '%s'", bad_u64[i]);
+	for (size_t i = 0; i < sizeof(bad_float) / sizeof(*bad_float); i++)
+		if (num_parse_float(bad_float[i], &f) != -EINVAL)
+			fail_msg("num_parse_float took '%s'", bad_float[i]);
+	assert_int_equal(num_parse_u64("18446744073709551615", 10, &v), 0);
+	assert_true(v == UINT64_MAX);
+	assert_int_equal(num_parse_u64("0x10", 0, &v), 0);
+	assert_true(v == 16);
+	assert_int_equal(num_parse_u64("0755", 8, &v), 0);
+	assert_true(v == 0755);
+	assert_int_equal(num_parse_float("0.7", &f), 0);
+	assert_true(f == 0.7f);
+	assert_int_equal(num_parse_float("-2e3", &f), 0);
+	assert_true(f == -2000.0f);
+	assert_int_equal(num_arg_u64("t", "--n", "11", 10, &v), -EINVAL);
+	assert_int_equal(num_arg_u64("t", "--n", "10", 10, &v), 0);
+	assert_true(v == 10);
+}
+
+/* lorad-run refuses what it cannot read instead of running greedy on "0,7". */
+static void test_lorad_run_refuses_bad_numbers(void **state)
+{
+	static const char *bad[] = { "--temperature 0,7", "--max-tokens abc", "--seed -1",
+				     "--top-k 1e3", "--top-p nan", "--threads 99999",
+				     "--min-p ''", "--max-tokens 4294967297" };
+	char cmd[1024], out[4096];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
+		FILE *p;
+		size_t n;
+		int st;
+
+		snprintf(cmd, sizeof(cmd),
+			 "'%s' --model /nonexistent --prompt-tokens 1 --max-tokens 2 %s 2>&1", LORAD_RUN_BIN,
+			 bad[i]);
+		p = popen(cmd, "r");
+		assert_non_null(p);
+		n = fread(out, 1, sizeof(out) - 1, p);
+		out[n] = 0;
+		st = pclose(p);
+		if (!WIFEXITED(st) || WEXITSTATUS(st) != 2 || !strstr(out, "lorad-run: --"))
+			fail_msg("lorad-run %s: status %d, said: %s", bad[i], st, out);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_sample_config_documents_every_key),
 		cmocka_unit_test(test_help_lists_every_option),
 		cmocka_unit_test(test_bounds_are_named),
+		cmocka_unit_test(test_numbers_whole_or_nothing),
+		cmocka_unit_test(test_lorad_run_refuses_bad_numbers),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -7,6 +7,12 @@
 #   there: the device tool's run with carry ["build-gpu"] and the command
 #          "sh tests/gpu/device.sh run" (timeout_s 560)
 #
+# "sh tests/gpu/device.sh cpu" (timeout_s 580) runs only issue 21's CPU
+# benchmarks on the machine's 16 cores, most wanted first: bench_engine
+# --threads 16 (its threads_wait_* fields say where the threads wait),
+# bench_ipc, bench_serve --threads 16, bench_lora, then bench_engine at 8
+# and 2 threads; machine.txt has lscpu and numactl -H.
+#
 # pack copies test_backend_parity, test_results_cuda, bench_cuda,
 # bench_results, the daemon and its tools into
 # build-gpu/bin (ignored by git: /build-*/) and the shared libraries the
@@ -35,8 +41,10 @@ pack)
 	mkdir -p "$CARRY/bin" "$CARRY/lib"
 	for b in test_backend_parity bench_cuda lorad-mkmodel test_engine_forward lorad lorad-cli \
 		loradctl lorad-run bench_stream test_backend_fault test_results_cuda bench_results \
-		bench_engine; do
-		cp -L "$BUILD/bin/$b" "$CARRY/bin/"
+		bench_engine bench_lora bench_serve bench_ipc; do
+		# without debug sections (the symbols stay, for perf): what
+		# travels is capped at 64 MiB with the working tree
+		strip --strip-debug -o "$CARRY/bin/$b" "$BUILD/bin/$b"
 	done
 	for l in libjson-c.so.5 libcmocka.so.0 liburing.so.2 libutf8proc.so.2 libinih.so.1 \
 		liblorad.so.2; do
@@ -128,6 +136,29 @@ run)
 	cat "$OUT/bench_cuda.jsonl"
 	tail -8 "$OUT/bench_cuda.err"
 	;;
+cpu)
+	OUT=${OUT:-/tmp/lorad-gpu-out}
+	mkdir -p "$OUT"
+	export LD_LIBRARY_PATH="$PWD/$CARRY/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+	B=$CARRY/bin
+	T=${CPU_THREADS:-16}
+	{ lscpu; nproc; free -g; numactl -H; uname -r; } >"$OUT/machine.txt" 2>&1
+	# name, command, timeout: each writes NAME.jsonl and NAME.err under $OUT
+	bench() {
+		name=$1 limit=$2
+		shift 2
+		timeout "$limit" "$@" >"$OUT/$name.jsonl" 2>"$OUT/$name.err"
+		echo "$name rc=$? ($(date +%T))"
+		tail -n 30 "$OUT/$name.err"
+	}
+	bench engine_t$T 120 "$B/bench_engine" --quick --threads "$T"
+	bench ipc 60 "$B/bench_ipc" --quick
+	bench serve_t$T 150 "$B/bench_serve" --quick --threads "$T"
+	bench lora 90 "$B/bench_lora" --quick
+	for t in ${CPU_MORE_THREADS-8 2}; do
+		bench engine_t$t 90 "$B/bench_engine" --quick --threads "$t"
+	done
+	;;
 results)
 	# only the CUDA IPC results test and its benchmark (a short run)
 	OUT=${OUT:-/tmp/lorad-gpu-out}
@@ -139,7 +170,7 @@ results)
 	tail -5 "$OUT/bench_results.err"
 	;;
 *)
-	echo "usage: tests/gpu/device.sh pack|run|results" >&2
+	echo "usage: tests/gpu/device.sh pack|run|cpu|results" >&2
 	exit 2
 	;;
 esac

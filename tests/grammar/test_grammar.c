@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -348,6 +349,43 @@ static void test_cache(void **st)
 	gram_cache_free(c);
 }
 
+/*
+ * Groups that match only "" repeated inside each other: no node of the
+ * automaton comes of them, so max_nfa never stopped the expansion, and
+ * 256^4 expansions of nothing kept the grammar thread busy for ever (and
+ * the daemon's shutdown, which joins it). Each compiles at once now, to
+ * the language it denotes; SIGALRM ends the test if one does not.
+ */
+static void test_empty_repeats(void **st)
+{
+	static const char *const only_empty[] = {
+		"(((((){256}){256}){256}){256})", "((((((?:){256}){256}){256}){256}){256})",
+		"((((()()()*()?){256}){256}){256}){256}", "()*", "(|)",
+	};
+	struct gram *g;
+
+	(void)st;
+	alarm(20);
+	for (size_t i = 0; i < sizeof(only_empty) / sizeof(only_empty[0]); i++) {
+		g = compile_ok(GRAM_REGEX, only_empty[i]);
+		assert_true(matches(g, ""));
+		assert_false(prefix_ok(g, "a"));
+		gram_unref(g);
+	}
+	g = compile_ok(GRAM_REGEX, "a((((){256}){256}){256}){256}b(()|c)");
+	assert_true(matches(g, "ab"));
+	assert_true(matches(g, "abc"));
+	assert_false(prefix_ok(g, "aa"));
+	gram_unref(g);
+	/* one empty alternative still counts: (a|) is a? */
+	g = compile_ok(GRAM_REGEX, "(a|()){3}b");
+	assert_true(matches(g, "b"));
+	assert_true(matches(g, "aaab"));
+	assert_false(matches(g, "aaaab"));
+	gram_unref(g);
+	alarm(0);
+}
+
 /* A vocabulary without the byte a grammar needs: no token is allowed there. */
 static void test_dead_end(void **st)
 {
@@ -442,6 +480,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_regex),
 		cmocka_unit_test(test_refusals),
+		cmocka_unit_test(test_empty_repeats),
 		cmocka_unit_test(test_json),
 		cmocka_unit_test(test_masks),
 		cmocka_unit_test(test_cache),

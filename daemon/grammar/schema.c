@@ -27,11 +27,21 @@
 #define JS_COMMA   ", ?"
 #define MAX_PROPS  64
 #define MAX_COUNT  256
+/* a schema's pattern may be this many bytes per node of max_nfa: a
+ * pattern that compiles within max_nfa takes about 2 */
+#define PATTERN_PER_NODE 8
 
 void sb_put(struct sbuf *b, const char *s, size_t n)
 {
-	if (b->oom)
+	if (b->oom || b->big)
 		return;
+	if (b->left) {
+		if (n > *b->left) {
+			b->big = 1;
+			return;
+		}
+		*b->left -= n;
+	}
 	if (b->n + n + 1 > b->cap) {
 		size_t cap = b->cap ? b->cap : 256;
 		char *p;
@@ -126,6 +136,16 @@ static void json_literal(struct sbuf *b, struct json_object *v)
 {
 	literal(b, json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN |
 						  JSON_C_TO_STRING_NOSLASHESCAPE));
+}
+
+/* The pattern passed its budget (schema_pattern): a schema whose text is
+ * small can still spell out a huge one (each level of nested arrays
+ * doubles it; optional properties repeat each other's patterns). */
+static int too_big(struct sc *c)
+{
+	return sfail(c, -E2BIG, "the schema expands to a pattern of more than %llu bytes (limit max_nfa: "
+		     "%d bytes a node)", (unsigned long long)c->lim->max_nfa * PATTERN_PER_NODE,
+		     PATTERN_PER_NODE);
 }
 
 static int count_of(struct sc *c, struct json_object *o, const char *key, int *v)
@@ -231,6 +251,8 @@ static int object_type(struct sc *c, struct json_object *o, unsigned depth)
 	struct sbuf pp[MAX_PROPS];
 
 	memset(pp, 0, sizeof(pp));
+	for (int i = 0; i < n; i++)
+		pp[i].left = b->left;
 	for (int i = 0; i < n && !c->rc; i++) {
 		struct json_object *key = json_object_new_string(names[i]);
 		struct sbuf *save = c->b;
@@ -246,6 +268,8 @@ static int object_type(struct sc *c, struct json_object *o, unsigned depth)
 		path_push(c, names[i], &saved);
 		c->b = &pp[i];
 		schema(c, subs[i], depth + 1);
+		if (pp[i].big)
+			too_big(c);
 		c->b = save;
 		c->path[saved] = 0;
 		all_optional &= !required[i];
@@ -270,6 +294,8 @@ static int object_type(struct sc *c, struct json_object *o, unsigned depth)
 	for (int i = 0; i < n; i++) {
 		if (pp[i].oom)
 			b->oom = 1;
+		if (pp[i].big)
+			b->big = 1;
 		sb_free(&pp[i]);
 	}
 	return c->rc ? -1 : 0;
@@ -278,7 +304,7 @@ static int object_type(struct sc *c, struct json_object *o, unsigned depth)
 static int array_type(struct sc *c, struct json_object *o, unsigned depth)
 {
 	struct json_object *items = NULL;
-	struct sbuf item = { 0 }, *save = c->b;
+	struct sbuf item = { .left = c->b->left }, *save = c->b;
 	int mn, mx;
 	size_t saved;
 
@@ -290,6 +316,8 @@ static int array_type(struct sc *c, struct json_object *o, unsigned depth)
 		path_push(c, "items", &saved);
 		c->b = &item;
 		schema(c, items, depth + 1);
+		if (item.big)
+			too_big(c);
 		c->b = save;
 		c->path[saved] = 0;
 	} else {
@@ -297,6 +325,8 @@ static int array_type(struct sc *c, struct json_object *o, unsigned depth)
 	}
 	if (item.oom)
 		c->b->oom = 1;
+	if (item.big)
+		c->b->big = 1;
 	if (!c->rc) {
 		if (mx == 0) {
 			sb_puts(c->b, "\\[\\]");
@@ -436,7 +466,8 @@ static int schema(struct sc *c, struct json_object *o, unsigned depth)
 int schema_pattern(const char *text, size_t len, const struct gram_limits *lim, char **pat,
 		   size_t *pat_len, char *err, size_t errlen)
 {
-	struct sbuf b = { 0 };
+	size_t left = (size_t)lim->max_nfa * PATTERN_PER_NODE;
+	struct sbuf b = { .left = &left };
 	struct sc c = { .b = &b, .lim = lim, .err = err, .errlen = errlen };
 	struct json_tokener *tk = json_tokener_new_ex((int)lim->max_depth * 2 + 4);
 	struct json_object *root;
@@ -462,6 +493,8 @@ int schema_pattern(const char *text, size_t len, const struct gram_limits *lim, 
 	json_object_put(root);
 	if (!c.rc && b.oom)
 		sfail(&c, -ENOMEM, "out of memory");
+	if (!c.rc && b.big)
+		too_big(&c);
 	if (c.rc) {
 		sb_free(&b);
 		return c.rc;

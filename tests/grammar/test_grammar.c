@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -386,6 +387,56 @@ static void test_empty_repeats(void **st)
 	alarm(0);
 }
 
+/*
+ * Schemas of a few hundred bytes whose patterns are huge: each level of
+ * nested arrays writes its items' pattern twice (30 levels: 2^30 copies
+ * of the leaf, tens of GB), and each optional property repeats the
+ * patterns of those after it. They were spelled out in full before any
+ * limit looked at them; now the pattern's bytes are bounded by max_nfa
+ * (8 a node). The address space is capped meanwhile so the unbounded
+ * build fails with -ENOMEM here instead of taking the machine's memory.
+ */
+static void test_schema_blowup(void **st)
+{
+	char nested[2048] = "", props[2048] = "{\"properties\":{";
+	struct rlimit old, cap;
+	struct gram *g = NULL;
+	char err[256] = "";
+	int rc;
+
+	(void)st;
+	for (int i = 0; i < 30; i++)
+		strcat(nested, "{\"type\":\"array\",\"items\":");
+	strcat(nested, "{\"type\":\"null\"}");
+	for (int i = 0; i < 30; i++)
+		strcat(nested, "}");
+	for (int i = 0; i < 16; i++)
+		sprintf(props + strlen(props), "%s\"k%d\":{}", i ? "," : "", i);
+	strcat(props, "}}");
+#ifndef __SANITIZE_ADDRESS__
+	getrlimit(RLIMIT_AS, &old);
+	cap = old;
+	cap.rlim_cur = 4ull << 30;   /* the test's own needs are far below */
+	if (old.rlim_cur == RLIM_INFINITY || old.rlim_cur > cap.rlim_cur)
+		setrlimit(RLIMIT_AS, &cap);
+#endif
+	alarm(20);
+	rc = gram_compile(GRAM_SCHEMA, nested, strlen(nested), NULL, &g, err, sizeof(err));
+	fprintf(stderr, "30 nested arrays: %d, %s\n", rc, err);
+	assert_int_equal(rc, -E2BIG);
+	assert_non_null(strstr(err, "max_nfa"));
+	assert_null(g);
+	rc = gram_compile(GRAM_SCHEMA, props, strlen(props), NULL, &g, err, sizeof(err));
+	fprintf(stderr, "16 optional properties of any value: %d, %s\n", rc, err);
+	assert_int_equal(rc, -E2BIG);
+	assert_non_null(strstr(err, "max_nfa"));
+	assert_null(g);
+	alarm(0);
+#ifndef __SANITIZE_ADDRESS__
+	setrlimit(RLIMIT_AS, &old);
+#endif
+}
+
 /* A vocabulary without the byte a grammar needs: no token is allowed there. */
 static void test_dead_end(void **st)
 {
@@ -481,6 +532,7 @@ int main(void)
 		cmocka_unit_test(test_regex),
 		cmocka_unit_test(test_refusals),
 		cmocka_unit_test(test_empty_repeats),
+		cmocka_unit_test(test_schema_blowup),
 		cmocka_unit_test(test_json),
 		cmocka_unit_test(test_masks),
 		cmocka_unit_test(test_cache),

@@ -630,6 +630,16 @@ static void close_from(const struct nfa *a, struct closure *c, int s, uint64_t *
 	}
 }
 
+/* What sorting @n entries costs, in steps of the closure: n log2 n. */
+static uint64_t sort_steps(size_t n)
+{
+	uint64_t lg = 0;
+
+	while (((size_t)1 << lg) < n)
+		lg++;
+	return (uint64_t)n * lg;
+}
+
 static int cmp_i32(const void *x, const void *y)
 {
 	int32_t a = *(const int32_t *)x, b = *(const int32_t *)y;
@@ -869,6 +879,8 @@ static int determinize(struct rx *r, struct nfa *a, int start, int match, struct
 				if (t->set >= 0 && bs_has(&r->sets[t->set], rep[x]))
 					close_from(a, &c, t->out, &work);
 			}
+			/* the sort below is most of the time: its steps count too */
+			work += sort_steps(c.n_out);
 			if (work > r->lim->max_work) {
 				rc = fail(r, -E2BIG, "building the automaton takes more than %llu steps "
 					  "(limit max_work)", (unsigned long long)r->lim->max_work);

@@ -39,7 +39,8 @@ struct sjob {
 	uint32_t sent;            /* generated ids already written to the client */
 	bool looked_up;           /* its prefix was looked up since it last ran from nothing */
 	uint64_t park_key, park_ticket;
-	uint64_t cookie;          /* tokenizer or classifier result it waits for */
+	uint64_t cookie;          /* tokenizer, classifier or grammar result it waits for */
+	struct gitem *git;        /* SJ_COMPILING: the compile it waits for (maybe with others) */
 	struct detok *dt;         /* text out or stop strings; NULL otherwise */
 	struct gram *gram;        /* constrained decoding: the grammar (a reference), */
 	int gstate;               /* the state of the output so far, */
@@ -135,8 +136,11 @@ static struct sjob *job_new(struct sched *s, struct sreq *r, enum sj_where where
 
 /* --- completions -------------------------------------------------------------------- */
 
+static void gram_leave(struct sched *s, struct sjob *j);
+
 static void job_free(struct sched *s, struct sjob *j)
 {
+	gram_leave(s, j);
 	list_remove(&s->list[j->where], j);
 	s->n[j->where]--;
 	engine_seq_free(s->e, j->seq);
@@ -259,9 +263,11 @@ static int prompt_limit(const struct sched *s)
 
 /* --- constrained decoding ------------------------------------------------------- */
 
-/* A grammar to compile, on the grammar thread, and what came of it. */
+/* A grammar to compile, on the grammar thread, and what came of it. Every
+ * job that asks for the same text meanwhile waits for the same item. */
 struct gitem {
 	struct wq_item link;      /* first: the queue links items through it */
+	int gone;                 /* no job waits for it any more: not compiled (atomic) */
 	uint64_t cookie;
 	enum gram_kind kind;
 	char *text;
@@ -276,6 +282,12 @@ static void gram_run(void *ctx, struct wq_item *w)
 	struct sched *s = ctx;
 	struct gitem *it = (struct gitem *)w;
 
+	/* a compile nobody waits for is skipped: a client that queues many
+	 * and leaves (or cancels them) does not hold up the others' */
+	if (__atomic_load_n(&it->gone, __ATOMIC_RELAXED)) {
+		it->ret = -ECANCELED;
+		return;
+	}
 	/* compiled, and the masks of its states made (up to a budget), here:
 	 * the engine thread then only copies a state's mask */
 	it->ret = gram_compile(it->kind, it->text, it->len, NULL, &it->g, it->err, sizeof(it->err));
@@ -292,20 +304,48 @@ static void gram_drop(struct wq_item *w)
 	free(it);
 }
 
-/* Hand @j's grammar to the grammar thread. Returns 0 or -ENOMEM. */
+/* @j no longer waits for its compile: the last one to leave it tells the
+ * grammar thread to skip it, if it has not started. */
+static void gram_leave(struct sched *s, struct sjob *j)
+{
+	struct gitem *it = j->git;
+
+	if (!it)
+		return;
+	j->git = NULL;
+	for (struct sjob *o = s->list[SJ_COMPILING]; o; o = o->next)
+		if (o->git == it)
+			return;
+	__atomic_store_n(&it->gone, 1, __ATOMIC_RELAXED);
+}
+
+/* Hand @j's grammar to the grammar thread, or have it wait for the same
+ * text already on its way there. Returns 0 or -ENOMEM. */
 static int gram_submit(struct sched *s, struct sjob *j)
 {
-	struct gitem *it = calloc(1, sizeof(*it));
+	struct gitem *it;
 	const struct sreq *r = j->r;
+	const char *text = r->x.gram_text ? r->x.gram_text : "";
 
+	for (struct sjob *o = s->list[SJ_COMPILING]; o; o = o->next) {
+		it = o->git;
+		if (o != j && it && it->kind == (enum gram_kind)r->x.gram_kind && it->len == r->x.gram_len &&
+		    !memcmp(it->text, text, it->len)) {
+			j->git = it;
+			j->cookie = it->cookie;
+			return 0;
+		}
+	}
+	it = calloc(1, sizeof(*it));
 	if (!it || !(it->text = malloc(r->x.gram_len + 1))) {
 		free(it);
 		return -ENOMEM;
 	}
-	memcpy(it->text, r->x.gram_text ? r->x.gram_text : "", r->x.gram_len);
+	memcpy(it->text, text, r->x.gram_len);
 	it->len = r->x.gram_len;
 	it->kind = (enum gram_kind)r->x.gram_kind;
 	it->cookie = j->cookie = ++s->cookie;
+	j->git = it;
 	workq_submit(s->gq, &it->link);
 	s->gq_out++;
 	return 0;
@@ -652,22 +692,24 @@ static void take_helpers(struct sched *s)
 		if (!it)
 			break;
 		s->gq_out--;
-		j = by_cookie(s, SJ_COMPILING, it->cookie);
 		if (!it->ret && (g = gram_cache_get(s->gc, it->kind, it->text, it->len))) {
 			gram_unref(it->g);   /* the same text was compiled meanwhile */
 			it->g = g;
 		} else if (!it->ret && gram_cache_put(s->gc, it->kind, it->text, it->len, it->g)) {
 			it->ret = -ENOMEM;
 		}
-		if (j && it->ret) {
+		if (it->ret && it->ret != -ECANCELED)
 			log_debug("grammar refused: %s", it->err[0] ? it->err : strerror(-it->ret));
-			fail(s, j->r, it->ret, it->ret == -ENOMEM ? LORAD_FIELD_NONE : LORAD_FIELD_GRAMMAR);
-		} else if (j && gram_attach(s, j, it->g)) {
-			it->g = NULL;
-			fail(s, j->r, -ENOMEM, LORAD_FIELD_NONE);
-		} else if (j) {
-			it->g = NULL;
-			submit_skill(s, j->r, j);   /* resolved again: it holds nothing meanwhile */
+		/* every job that waits for it: each leaves the list (fails, or is
+		 * submitted with a reference of its own) */
+		while ((j = by_cookie(s, SJ_COMPILING, it->cookie))) {
+			j->git = NULL;
+			if (it->ret)
+				fail(s, j->r, it->ret, it->ret == -ENOMEM ? LORAD_FIELD_NONE : LORAD_FIELD_GRAMMAR);
+			else if (gram_attach(s, j, gram_ref(it->g)))
+				fail(s, j->r, -ENOMEM, LORAD_FIELD_NONE);
+			else
+				submit_skill(s, j->r, j);   /* resolved again: it holds nothing meanwhile */
 		}
 		gram_drop(&it->link);
 	}

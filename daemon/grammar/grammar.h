@@ -12,19 +12,21 @@
  *
  * Three kinds of grammar, all compiled to one DFA (see regex.c):
  *   GRAM_REGEX   a regular expression, anchored at both ends (the whole
- *                output matches). Syntax: literal bytes (UTF-8 passes
- *                through); escapes \\ \. \n \t \r \f \v \xHH and \ before
- *                any punctuation; classes [a-z0-9_] and [^...] of ASCII
- *                members (a negated class also matches every non-ASCII
- *                character), \d \w \s \D \W \S; . (any character but
- *                newline, as UTF-8); * + ? {m} {m,} {m,n} (m, n <= 256;
+ *                output matches). Syntax: literal characters (the pattern
+ *                must be UTF-8); escapes \\ \. \n \t \r \f \v \xHH (HH
+ *                below 80) and \ before any punctuation; classes
+ *                [a-z0-9_] and [^...] of ASCII members (a negated class
+ *                also matches every non-ASCII character), \d \w \s \D
+ *                \W \S; . (any character but newline, as UTF-8); * + ?
+ *                {m} {m,} {m,n} (m, n <= 256;
  *                a lazy ? after one is accepted: the same language when
  *                the whole output must match); | ; groups ( ) and (?: );
  *                ^ at the start and $ at the end are accepted (anchoring
  *                is implied). Refused, naming the position:
  *                backreferences, lookaround, possessive quantifiers, a
  *                quantifier on a quantifier, non-ASCII class members,
- *                other escapes.
+ *                \x80 and above, other escapes; a pattern or schema
+ *                that is not UTF-8 (the output is read as UTF-8 text).
  *   GRAM_JSON    any JSON value (objects and arrays nest at most
  *                GRAM_JSON_DEPTH levels).
  *   GRAM_SCHEMA  a JSON Schema subset (schema.c): type (one or a list),

@@ -230,6 +230,12 @@ static int escape_byte(struct rx *r, int in_class)
 		if (r->pos + 2 > r->len || (h1 = hexv(r->s[r->pos])) < 0 || (h2 = hexv(r->s[r->pos + 1])) < 0)
 			return fail(r, -EINVAL, "\\x needs two hex digits at offset %zu", at);
 		r->pos += 2;
+		/* one byte of a character is not text (in a class the caller
+		 * refuses it as non-ASCII) */
+		if (h1 >= 8 && !in_class)
+			return fail(r, -ENOTSUP, "\\x%c%c at offset %zu is not supported: bytes from \\x80 up "
+				    "are parts of characters; write the character itself", r->s[r->pos - 2],
+				    r->s[r->pos - 1], at);
 		return h1 * 16 + h2;
 	}
 	if (c == 'b' && in_class)

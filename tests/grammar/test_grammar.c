@@ -138,6 +138,22 @@ static void test_refusals(void **st)
 		"'b'");
 	refused(GRAM_SCHEMA, "{\"type\":\"array\",\"maxItems\":1000}", -E2BIG, "maxItems");
 	refused(GRAM_SCHEMA, "{\"enum\":[]}", -EINVAL, "enum");
+	/* bytes that are not text: the client reads the output decoded, each
+	 * of them as U+FFFD, which the grammar never allowed */
+	refused(GRAM_REGEX, "abc\\xff", -ENOTSUP, "offset 3");
+	refused(GRAM_REGEX, "(\\xc3\\xa9)+", -ENOTSUP, "\\xc3");
+	refused(GRAM_REGEX, "abc\xff", -EINVAL, "not UTF-8 at byte 3");
+	refused(GRAM_REGEX, "a\xc3(b)", -EINVAL, "byte 1");
+	refused(GRAM_REGEX, "x\xed\xa0\x80", -EINVAL, "byte 1");   /* a surrogate */
+	refused(GRAM_REGEX, "\xe0\x80\x80", -EINVAL, "byte 0");    /* overlong */
+	refused(GRAM_REGEX, "\xf4\x90\x80\x80", -EINVAL, "byte 0");   /* past U+10FFFF */
+	refused(GRAM_SCHEMA, "{\"enum\":[\"ok\", \"\x80\"]}", -EINVAL, "not UTF-8 at byte 16");
+	{
+		struct gram *g = compile_ok(GRAM_REGEX, "\\x41\\x7f[\\x20-\\x7e]\xf0\x9f\x98\x80");
+
+		assert_true(matches(g, "A\x7f~\xf0\x9f\x98\x80"));
+		gram_unref(g);
+	}
 }
 
 static void test_json(void **st)

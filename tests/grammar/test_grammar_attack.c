@@ -177,6 +177,9 @@ static void case_refusals(void)
 		{ LORAD_GRAMMAR_REGEX, "(a)\\1", -ENOTSUP },
 		{ LORAD_GRAMMAR_REGEX, "a(?=b)", -ENOTSUP },
 		{ LORAD_GRAMMAR_REGEX, "ab(c", -EINVAL },
+		/* bytes that are not text: the client got U+FFFD in their place */
+		{ LORAD_GRAMMAR_REGEX, "abc\\xff", -ENOTSUP },
+		{ LORAD_GRAMMAR_REGEX, "ab\xff\xfe", -EINVAL },
 		{ LORAD_GRAMMAR_SCHEMA, "{\"$ref\":\"#\"}", -ENOTSUP },
 		{ LORAD_GRAMMAR_SCHEMA, "{\"type\":\"integer\",\"minimum\":0}", -ENOTSUP },
 		{ LORAD_GRAMMAR_SCHEMA, "{\"type\":\"array\",\"maxItems\":100000}", -E2BIG },

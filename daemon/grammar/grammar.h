@@ -35,7 +35,10 @@
  *                object, array, string, number, integer, boolean, null.
  *                Properties are written in the schema's order; optional
  *                ones may be left out; no property the schema does not
- *                name is ever written. Annotations (title, description,
+ *                name is ever written (where it names none, every value
+ *                is valid for additionalProperties). Of an enum or a
+ *                const, only the values valid under the type, length
+ *                and const beside it are written. Annotations (title, description,
  *                $schema, $id, default, examples, $comment) are ignored;
  *                any other keyword is refused by name.
  * JSON output has no whitespace except at most one space after ':' and

@@ -8,6 +8,7 @@
 #include "gram_int.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -239,6 +240,30 @@ static int object_type(struct sc *c, struct json_object *o, unsigned depth)
 			sb_puts(b, "\\{\\}");
 			return 0;
 		}
+		if (addl && json_object_get_type(addl) == json_type_object) {
+			/* any names, each value valid for additionalProperties */
+			struct sbuf val = { .left = b->left };
+			size_t saved;
+
+			path_push(c, "additionalProperties", &saved);
+			c->b = &val;
+			schema(c, addl, depth + 1);
+			if (val.big)
+				too_big(c);
+			c->b = b;
+			c->path[saved] = 0;
+			if (val.oom)
+				b->oom = 1;
+			if (!c->rc) {
+				sb_puts(b, "\\{(" JS_STRING JS_COLON "(");
+				sb_put(b, val.p ? val.p : "", val.n);
+				sb_puts(b, ")(" JS_COMMA JS_STRING JS_COLON "(");
+				sb_put(b, val.p ? val.p : "", val.n);
+				sb_puts(b, "))*)?\\}");
+			}
+			sb_free(&val);
+			return c->rc ? -1 : 0;
+		}
 		/* any object: its values nest as deep as the generic ones */
 		sb_puts(b, "\\{(" JS_STRING JS_COLON);
 		json_any_pattern(b, GRAM_JSON_DEPTH - 1);
@@ -375,6 +400,83 @@ static int one_type(struct sc *c, struct json_object *o, const char *t, unsigned
 	return 0;
 }
 
+/* Whether @v, a scalar, is of the type @t names. */
+static bool type_has(const char *t, struct json_object *v)
+{
+	enum json_type ty = json_object_get_type(v);
+	double d;
+
+	if (!strcmp(t, "null"))
+		return ty == json_type_null;
+	if (!strcmp(t, "boolean"))
+		return ty == json_type_boolean;
+	if (!strcmp(t, "string"))
+		return ty == json_type_string;
+	if (!strcmp(t, "number"))
+		return ty == json_type_int || ty == json_type_double;
+	if (!strcmp(t, "integer")) {
+		d = json_object_get_double(v);
+		return ty == json_type_int || (ty == json_type_double && d > -9e18 && d < 9e18 &&
+					       (double)(int64_t)d == d);
+	}
+	return false;   /* object, array: an enum value never is one (refused) */
+}
+
+static const char *const type_names[] = { "object", "array", "string", "number", "integer", "boolean",
+					  "null" };
+
+/*
+ * Whether @v, a value of @o's enum or its const, is valid under @o's other
+ * keywords too (its type, a string's minLength and maxLength, the const
+ * beside an enum): only those are written, so the output is valid for the
+ * whole schema. Returns 0 and *fits, or -1 (the schema is at fault).
+ */
+static int value_fits(struct sc *c, struct json_object *o, struct json_object *v, bool *fits)
+{
+	struct json_object *t, *cn;
+	int mn, mx;
+
+	*fits = true;
+	if (json_object_object_get_ex(o, "type", &t)) {
+		size_t n = json_object_get_type(t) == json_type_array ? json_object_array_length(t) : 1;
+		bool any = false;
+
+		if (json_object_get_type(t) != json_type_string &&
+		    (json_object_get_type(t) != json_type_array || !n))
+			return sfail(c, -EINVAL, "type must be a name or a list of names");
+		for (size_t i = 0; i < n; i++) {
+			struct json_object *x = json_object_get_type(t) == json_type_array
+						? json_object_array_get_idx(t, i) : t;
+			size_t k;
+
+			if (json_object_get_type(x) != json_type_string)
+				return sfail(c, -EINVAL, "type must be a name or a list of names");
+			for (k = 0; k < sizeof(type_names) / sizeof(type_names[0]) &&
+				    strcmp(json_object_get_string(x), type_names[k]); k++)
+				;
+			if (k == sizeof(type_names) / sizeof(type_names[0]))
+				return sfail(c, -ENOTSUP, "type '%.32s' is not supported", json_object_get_string(x));
+			any |= type_has(json_object_get_string(x), v);
+		}
+		*fits = any;
+	}
+	if (count_of(c, o, "minLength", &mn) || count_of(c, o, "maxLength", &mx))
+		return -1;
+	if (json_object_get_type(v) == json_type_string && (mn >= 0 || mx >= 0)) {
+		const char *p = json_object_get_string(v);
+		int len = json_object_get_string_len(v), chars = 0;
+
+		for (int i = 0; i < len; i++)
+			chars += ((unsigned char)p[i] & 0xc0) != 0x80;   /* characters, not bytes */
+		if (chars < mn || (mx >= 0 && chars > mx))
+			*fits = false;
+	}
+	if (json_object_object_get_ex(o, "enum", &t) && json_object_object_get_ex(o, "const", &cn) &&
+	    !json_object_equal(v, cn))
+		*fits = false;
+	return 0;
+}
+
 static const char *const known[] = {
 	"type", "properties", "required", "additionalProperties", "enum", "const", "items",
 	"minItems", "maxItems", "minLength", "maxLength",
@@ -412,6 +514,9 @@ static int schema(struct sc *c, struct json_object *o, unsigned depth)
 
 		if (en && json_object_get_type(en) != json_type_array)
 			return sfail(c, -EINVAL, "enum must be an array");
+		size_t kept = 0;
+		bool fits;
+
 		n = en ? json_object_array_length(en) : 1;
 		if (!n)
 			return sfail(c, -EINVAL, "enum is empty: nothing is valid");
@@ -423,13 +528,20 @@ static int schema(struct sc *c, struct json_object *o, unsigned depth)
 			if (ty == json_type_object || ty == json_type_array)
 				return sfail(c, -ENOTSUP, "%s values that are objects or arrays are not supported",
 					     en ? "enum" : "const");
-			if (i)
+			if (value_fits(c, o, v, &fits))
+				return -1;
+			if (!fits)
+				continue;
+			if (kept++)
 				sb_puts(c->b, "|");
 			if (ty == json_type_null)
 				sb_puts(c->b, "null");
 			else
 				json_literal(c->b, v);
 		}
+		if (!kept)
+			return sfail(c, -EINVAL, "no %s value is valid under the schema's other keywords (type, "
+				     "minLength, maxLength, const): nothing is valid", en ? "enum" : "const");
 		sb_puts(c->b, ")");
 		return 0;
 	}

@@ -494,6 +494,48 @@ static void test_work_time(void **st)
 	assert_true(t < 100 * ref);
 }
 
+static bool schema_accepts(const char *schema, const char *value)
+{
+	struct gram *g = compile_ok(GRAM_SCHEMA, schema);
+	bool ok = matches(g, value);
+
+	gram_unref(g);
+	return ok;
+}
+
+/*
+ * Keywords that were read but ignored, so the output could break the
+ * schema: additionalProperties as a schema (an object naming no
+ * properties took any values), and type, minLength, maxLength or const
+ * beside an enum or a const (every value was written whatever they said).
+ */
+static void test_schema_keywords(void **st)
+{
+	(void)st;
+	assert_false(schema_accepts("{\"type\":\"object\",\"additionalProperties\":{\"type\":\"integer\"}}",
+				    "{\"a\":\"x\"}"));
+	assert_true(schema_accepts("{\"type\":\"object\",\"additionalProperties\":{\"type\":\"integer\"}}",
+				   "{\"a\":1, \"b\":-2}"));
+	assert_true(schema_accepts("{\"additionalProperties\":{\"enum\":[true]}}", "{}"));
+	assert_false(schema_accepts("{\"additionalProperties\":{\"additionalProperties\":{\"const\":1}}}",
+				    "{\"a\":{\"b\":2}}"));
+	refused(GRAM_SCHEMA, "{\"additionalProperties\":{\"type\":\"date\"}}", -ENOTSUP,
+		"/additionalProperties: type 'date'");
+
+	assert_false(schema_accepts("{\"type\":\"integer\",\"enum\":[\"a\",1]}", "\"a\""));
+	assert_true(schema_accepts("{\"type\":\"integer\",\"enum\":[\"a\",1]}", "1"));
+	assert_false(schema_accepts("{\"type\":[\"null\",\"string\"],\"enum\":[null,true,\"x\"]}", "true"));
+	assert_false(schema_accepts("{\"type\":\"string\",\"maxLength\":2,\"enum\":[\"abc\",\"\u00e9\u20ac\"]}",
+				    "\"abc\""));
+	assert_true(schema_accepts("{\"type\":\"string\",\"maxLength\":2,\"enum\":[\"abc\",\"\u00e9\u20ac\"]}",
+				   "\"\xc3\xa9\xe2\x82\xac\""));   /* two characters, five bytes */
+	assert_false(schema_accepts("{\"enum\":[\"a\",\"b\"],\"const\":\"b\"}", "\"a\""));
+	refused(GRAM_SCHEMA, "{\"type\":\"string\",\"const\":7,\"enum\":[7,\"7\"]}", -EINVAL, "no enum value");
+	refused(GRAM_SCHEMA, "{\"type\":\"string\",\"enum\":[1,2]}", -EINVAL, "no enum value is valid");
+	refused(GRAM_SCHEMA, "{\"type\":\"string\",\"const\":1}", -EINVAL, "no const value is valid");
+	refused(GRAM_SCHEMA, "{\"type\":\"date\",\"enum\":[1]}", -ENOTSUP, "type 'date'");
+}
+
 /* A vocabulary without the byte a grammar needs: no token is allowed there. */
 static void test_dead_end(void **st)
 {
@@ -591,6 +633,7 @@ int main(void)
 		cmocka_unit_test(test_empty_repeats),
 		cmocka_unit_test(test_schema_blowup),
 		cmocka_unit_test(test_work_time),
+		cmocka_unit_test(test_schema_keywords),
 		cmocka_unit_test(test_json),
 		cmocka_unit_test(test_masks),
 		cmocka_unit_test(test_cache),

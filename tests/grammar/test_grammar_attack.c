@@ -183,6 +183,8 @@ static void case_refusals(void)
 		{ LORAD_GRAMMAR_SCHEMA, "{\"$ref\":\"#\"}", -ENOTSUP },
 		{ LORAD_GRAMMAR_SCHEMA, "{\"type\":\"integer\",\"minimum\":0}", -ENOTSUP },
 		{ LORAD_GRAMMAR_SCHEMA, "{\"type\":\"array\",\"maxItems\":100000}", -E2BIG },
+		/* no value of the enum is an integer: it wrote "a" */
+		{ LORAD_GRAMMAR_SCHEMA, "{\"type\":\"integer\",\"enum\":[\"a\"]}", -EINVAL },
 	};
 	struct job j;
 

@@ -38,7 +38,10 @@
  *                name is ever written (where it names none, every value
  *                is valid for additionalProperties). Of an enum or a
  *                const, only the values valid under the type, length
- *                and const beside it are written. Annotations (title, description,
+ *                and const beside it are written. Without a type, the
+ *                types its keywords constrain are written (properties:
+ *                an object, minItems: an array, maxLength: a string...),
+ *                and any JSON where none does. Annotations (title, description,
  *                $schema, $id, default, examples, $comment) are ignored;
  *                any other keyword is refused by name.
  * JSON output has no whitespace except at most one space after ':' and

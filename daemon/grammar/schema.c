@@ -546,14 +546,38 @@ static int schema(struct sc *c, struct json_object *o, unsigned depth)
 		return 0;
 	}
 	if (!json_object_object_get_ex(o, "type", &t)) {
+		/* no type: the types its keywords constrain (a value of any
+		 * other type is valid too, but need not be written); any JSON
+		 * would let a string break its maxLength, an array its minItems */
+		static const char *const implied[][4] = {
+			{ "object", "properties", "additionalProperties", "required" },
+			{ "array", "items", "minItems", "maxItems" },
+			{ "string", "minLength", "maxLength", NULL },
+		};
+		const char *types[3];
 		struct json_object *x;
+		int nt = 0;
 
-		if (json_object_object_get_ex(o, "properties", &x) ||
-		    json_object_object_get_ex(o, "additionalProperties", &x))
-			return one_type(c, o, "object", depth);
-		if (json_object_object_get_ex(o, "items", &x))
-			return one_type(c, o, "array", depth);
-		json_any_pattern(c->b, GRAM_JSON_DEPTH);
+		for (int i = 0; i < 3; i++)
+			for (int k = 1; k < 4 && implied[i][k]; k++)
+				if (json_object_object_get_ex(o, implied[i][k], &x)) {
+					types[nt++] = implied[i][0];
+					break;
+				}
+		if (!nt) {
+			json_any_pattern(c->b, GRAM_JSON_DEPTH);
+			return 0;
+		}
+		if (nt == 1)
+			return one_type(c, o, types[0], depth);
+		sb_puts(c->b, "(");
+		for (int i = 0; i < nt; i++) {
+			if (i)
+				sb_puts(c->b, "|");
+			if (one_type(c, o, types[i], depth))
+				return -1;
+		}
+		sb_puts(c->b, ")");
 		return 0;
 	}
 	if (json_object_get_type(t) == json_type_string)

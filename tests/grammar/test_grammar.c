@@ -534,6 +534,15 @@ static void test_schema_keywords(void **st)
 	refused(GRAM_SCHEMA, "{\"type\":\"string\",\"enum\":[1,2]}", -EINVAL, "no enum value is valid");
 	refused(GRAM_SCHEMA, "{\"type\":\"string\",\"const\":1}", -EINVAL, "no const value is valid");
 	refused(GRAM_SCHEMA, "{\"type\":\"date\",\"enum\":[1]}", -ENOTSUP, "type 'date'");
+
+	/* no type: the keywords say which types they constrain (any JSON let
+	 * a string break maxLength, an array minItems, an object required) */
+	assert_false(schema_accepts("{\"maxLength\":2}", "\"abc\""));
+	assert_true(schema_accepts("{\"maxLength\":2}", "\"ab\""));
+	assert_false(schema_accepts("{\"minItems\":2}", "[]"));
+	assert_true(schema_accepts("{\"minItems\":2,\"minLength\":1}", "[1, 2]"));
+	assert_true(schema_accepts("{\"minItems\":2,\"minLength\":1}", "\"x\""));
+	refused(GRAM_SCHEMA, "{\"required\":[\"a\"]}", -ENOTSUP, "'a' is not in properties");
 }
 
 /* A vocabulary without the byte a grammar needs: no token is allowed there. */

@@ -19,6 +19,8 @@
 #define GRAM_CACHE_BYTES (256u << 20) /* ... and the memory they may hold */
 #define GRAM_MASK_BUDGET (16u << 20)  /* bytes of masks made per grammar before it runs
 				       * (and kept as states are met: gram_mask) */
+#define GRAM_QUEUED      1            /* compiles handed to the grammar thread at a time
+				       * (the engine loop takes one back within a ms) */
 
 /* Where a job is: each place is a list of its own. */
 enum sj_where {
@@ -69,6 +71,10 @@ struct sched {
 	struct gram_cache *gc;
 	struct workq *gq;
 	unsigned gq_out;          /* compilations not yet taken back */
+	struct gitem *gp_head, *gp_tail; /* compiles not handed to the thread yet, by arrival */
+	struct gowner *gown;      /* the clients they are for, each served in turn */
+	unsigned n_gown, cap_gown;
+	uint64_t gq_tick;         /* compiles handed to the thread so far */
 	bool loads_done;          /* an adapter load ended: parked jobs may go on */
 	/* one step's batch */
 	struct engine_seq **seqs;
@@ -268,6 +274,8 @@ static int prompt_limit(const struct sched *s)
 struct gitem {
 	struct wq_item link;      /* first: the queue links items through it */
 	int gone;                 /* no job waits for it any more: not compiled (atomic) */
+	const void *owner;        /* the session that asked first (a name only) */
+	struct gitem *pend_next;  /* in the scheduler's list, until handed to the thread */
 	uint64_t cookie;
 	enum gram_kind kind;
 	char *text;
@@ -304,6 +312,78 @@ static void gram_drop(struct wq_item *w)
 	free(it);
 }
 
+/* A client that asked for compiles: how many are not handed to the
+ * grammar thread yet, and when it was last served. */
+struct gowner {
+	const void *id;           /* its session, as a name only */
+	unsigned pending;
+	uint64_t served;
+};
+
+/* @id's record, added when @add (served "now": after those waiting longer). */
+static struct gowner *gowner_of(struct sched *s, const void *id, bool add)
+{
+	for (unsigned i = 0; i < s->n_gown; i++)
+		if (s->gown[i].id == id)
+			return &s->gown[i];
+	if (!add)
+		return NULL;
+	if (s->n_gown == s->cap_gown) {
+		unsigned cap = s->cap_gown ? 2 * s->cap_gown : 16;
+		struct gowner *o = realloc(s->gown, cap * sizeof(*o));
+
+		if (!o)
+			return NULL;
+		s->gown = o;
+		s->cap_gown = cap;
+	}
+	s->gown[s->n_gown] = (struct gowner){ .id = id, .served = s->gq_tick };
+	return &s->gown[s->n_gown++];
+}
+
+/*
+ * Hand compiles to the grammar thread, GRAM_QUEUED at a time, each the
+ * oldest of the client served longest ago: a client with hundreds waiting
+ * gets one turn in each round like any other, so another's grammar waits
+ * for a few compiles, not for all of them. One that no job waits for any
+ * more is dropped here.
+ */
+static void gram_pump(struct sched *s)
+{
+	while (s->gq_out < GRAM_QUEUED && s->gp_head) {
+		struct gowner *o = NULL;
+		struct gitem *it, *prev = NULL;
+
+		/* ties: the later record, so one that just came goes before the
+		 * one served last */
+		for (unsigned i = 0; i < s->n_gown; i++)
+			if (s->gown[i].pending && (!o || s->gown[i].served <= o->served))
+				o = &s->gown[i];
+		if (!o)
+			break;   /* not reached: each waiting item's client has a record */
+		for (it = s->gp_head; it && it->owner != o->id; it = it->pend_next)
+			prev = it;
+		if (!it)
+			break;
+		if (prev)
+			prev->pend_next = it->pend_next;
+		else
+			s->gp_head = it->pend_next;
+		if (s->gp_tail == it)
+			s->gp_tail = prev;
+		it->pend_next = NULL;
+		o->served = ++s->gq_tick;
+		if (!--o->pending)
+			*o = s->gown[--s->n_gown];
+		if (__atomic_load_n(&it->gone, __ATOMIC_RELAXED)) {
+			gram_drop(&it->link);
+			continue;
+		}
+		workq_submit(s->gq, &it->link);
+		s->gq_out++;
+	}
+}
+
 /* @j no longer waits for its compile: the last one to leave it tells the
  * grammar thread to skip it, if it has not started. */
 static void gram_leave(struct sched *s, struct sjob *j)
@@ -324,6 +404,7 @@ static void gram_leave(struct sched *s, struct sjob *j)
 static int gram_submit(struct sched *s, struct sjob *j)
 {
 	struct gitem *it;
+	struct gowner *o;
 	const struct sreq *r = j->r;
 	const char *text = r->x.gram_text ? r->x.gram_text : "";
 
@@ -337,7 +418,9 @@ static int gram_submit(struct sched *s, struct sjob *j)
 		}
 	}
 	it = calloc(1, sizeof(*it));
-	if (!it || !(it->text = malloc(r->x.gram_len + 1))) {
+	if (!it || !(it->text = malloc(r->x.gram_len + 1)) || !(o = gowner_of(s, r->s, true))) {
+		if (it)
+			free(it->text);
 		free(it);
 		return -ENOMEM;
 	}
@@ -345,9 +428,15 @@ static int gram_submit(struct sched *s, struct sjob *j)
 	it->len = r->x.gram_len;
 	it->kind = (enum gram_kind)r->x.gram_kind;
 	it->cookie = j->cookie = ++s->cookie;
+	it->owner = r->s;
 	j->git = it;
-	workq_submit(s->gq, &it->link);
-	s->gq_out++;
+	if (s->gp_tail)
+		s->gp_tail->pend_next = it;
+	else
+		s->gp_head = it;
+	s->gp_tail = it;
+	o->pending++;
+	gram_pump(s);
 	return 0;
 }
 
@@ -713,6 +802,7 @@ static void take_helpers(struct sched *s)
 		}
 		gram_drop(&it->link);
 	}
+	gram_pump(s);
 	while (s->n[SJ_CLASSIFYING] && classify_poll(s->cls, &ck, skill)) {
 		struct sjob *j = by_cookie(s, SJ_CLASSIFYING, (uint64_t)(uintptr_t)ck);
 		struct sreq *r;
@@ -1150,6 +1240,13 @@ void sched_free(struct sched *s)
 			job_free(s, s->list[w]);
 	tokq_free(s->tq);
 	workq_free(s->gq);
+	while (s->gp_head) {
+		struct gitem *it = s->gp_head;
+
+		s->gp_head = it->pend_next;
+		gram_drop(&it->link);
+	}
+	free(s->gown);
 	gram_cache_free(s->gc);
 	gram_vocab_free(s->gv);
 	free(s->tok_bytes);

@@ -12,6 +12,9 @@
  *      ran to its end first, for tens of seconds);
  *   5. the same new grammar in many requests at once: compiled once, not
  *      once a request;
+ *   6. a live client that keeps many slow grammars queued: another
+ *      client's grammar waits for one compile (clients take turns), not
+ *      for all of them;
  * and all along, A's largest gap between events stays small (compiles run
  * off the engine thread), and SIGTERM ends the daemon cleanly.
  */
@@ -267,6 +270,33 @@ static void case_killed_flood(const char *sock)
 	ATK_EXPECT(ms < 0 || j.fin.res == 0, "res %d", j.fin.res);
 }
 
+/* 4b. A live client keeps N_FLOOD slow grammars queued: another client's
+ * grammar waits for one compile, not for all of them. */
+static void case_live_flood(const char *sock)
+{
+	static char pats[N_FLOOD][64];
+	static struct job fj[N_FLOOD];
+	struct lorad *f;
+	struct job j;
+	long ms;
+
+	assert_int_equal(lorad_connect(sock, NULL, &f), 0);
+	for (int i = 0; i < N_FLOOD; i++) {
+		snprintf(pats[i], sizeof(pats[i]), "y{%d}((\\w*\\s*){256}){20}", i + 1);
+		job_init(&fj[i], LORAD_GRAMMAR_REGEX, pats[i], strlen(pats[i]));
+		fj[i].r.user_data = 1000 + (uint64_t)i;
+		assert_int_equal(lorad_submit(f, &fj[i].r), 0);
+	}
+	for (int i = 0; i < 100; i++)
+		a_pump();   /* the flood reaches the daemon first */
+	ms = run_one(LORAD_GRAMMAR_REGEX, "[a-z]{2}r", &j);
+	fprintf(stderr, "beside a live client's %d slow grammars: a new one took %ld ms\n", N_FLOOD, ms);
+	ATK_EXPECT(ms >= 0 && ms < MAX_ANSWER_MS, "a grammar beside a live client's %d slow ones took %ld ms",
+		   N_FLOOD, ms);
+	ATK_EXPECT(ms < 0 || j.fin.res == 0, "res %d", j.fin.res);
+	lorad_close(f);   /* its requests are dropped, and their compiles */
+}
+
 /* 5. N_DUP requests with one new grammar (a third of a second to compile). */
 static void case_duplicates(void)
 {
@@ -310,6 +340,7 @@ static void test_grammar_attack(void **state)
 	case_refusals();
 	case_nested_arrays(d.pid);
 	case_duplicates();
+	case_live_flood(d.sock);
 	case_killed_flood(d.sock);
 	case_empty_repeats();
 

@@ -416,7 +416,9 @@ static void test_empty_repeats(void **st)
 static void test_schema_blowup(void **st)
 {
 	char nested[2048] = "", props[2048] = "{\"properties\":{";
+#ifndef __SANITIZE_ADDRESS__
 	struct rlimit old, cap;
+#endif
 	struct gram *g = NULL;
 	char err[256] = "";
 	int rc;

@@ -422,6 +422,15 @@ static bool type_has(const char *t, struct json_object *v)
 	return false;   /* object, array: an enum value never is one (refused) */
 }
 
+/* Whether json-c clamped the integer @v: it reads one below INT64_MIN as
+ * INT64_MIN and one above UINT64_MAX as UINT64_MAX, and written out the
+ * clamped one is another value. */
+static bool int_clamped(struct json_object *v)
+{
+	return json_object_get_type(v) == json_type_int &&
+	       (json_object_get_int64(v) == INT64_MIN || json_object_get_uint64(v) == UINT64_MAX);
+}
+
 static const char *const type_names[] = { "object", "array", "string", "number", "integer", "boolean",
 					  "null" };
 
@@ -528,6 +537,10 @@ static int schema(struct sc *c, struct json_object *o, unsigned depth)
 			if (ty == json_type_object || ty == json_type_array)
 				return sfail(c, -ENOTSUP, "%s values that are objects or arrays are not supported",
 					     en ? "enum" : "const");
+			if (int_clamped(v))
+				return sfail(c, -ENOTSUP, "%s value %s: integers past 64 bits (or at their limits, "
+					     "which they are read as) are not supported", en ? "enum" : "const",
+					     json_object_to_json_string(v));
 			if (value_fits(c, o, v, &fits))
 				return -1;
 			if (!fits)

@@ -545,6 +545,13 @@ static void test_schema_keywords(void **st)
 	assert_true(schema_accepts("{\"minItems\":2,\"minLength\":1}", "[1, 2]"));
 	assert_true(schema_accepts("{\"minItems\":2,\"minLength\":1}", "\"x\""));
 	refused(GRAM_SCHEMA, "{\"required\":[\"a\"]}", -ENOTSUP, "'a' is not in properties");
+
+	/* json-c reads an integer past 64 bits as the limit: the output was
+	 * 18446744073709551615 for an enum of 99999999999999999999 */
+	refused(GRAM_SCHEMA, "{\"enum\":[1, 99999999999999999999]}", -ENOTSUP, "past 64 bits");
+	refused(GRAM_SCHEMA, "{\"const\":-99999999999999999999}", -ENOTSUP, "past 64 bits");
+	assert_true(schema_accepts("{\"enum\":[10000000000000000000, -9223372036854775807]}",
+				   "10000000000000000000"));
 }
 
 /* A vocabulary without the byte a grammar needs: no token is allowed there. */

@@ -43,7 +43,8 @@
  *                an object, minItems: an array, maxLength: a string...),
  *                and any JSON where none does. Annotations (title, description,
  *                $schema, $id, default, examples, $comment) are ignored;
- *                any other keyword is refused by name.
+ *                any other keyword is refused by name, and so are
+ *                \u0000 anywhere and integers past 64 bits in an enum.
  * JSON output has no whitespace except at most one space after ':' and
  * ','; strings are JSON strings (escapes included); a number a schema
  * types has at most 19 digits before the point, 18 after it and 3 in the

@@ -624,6 +624,18 @@ int schema_pattern(const char *text, size_t len, const struct gram_limits *lim, 
 
 	if (!tk)
 		return sfail(&c, -ENOMEM, "out of memory"), c.rc;
+	/* json-c keeps an object's names as C strings: a name with \u0000 in
+	 * it would lose what follows (and a required one be written cut);
+	 * backslashes occur in strings only, each escaping the next byte */
+	for (size_t i = 0; i + 1 < len; i++) {
+		if (text[i] != '\\')
+			continue;
+		if (i + 6 <= len && text[i + 1] == 'u' && !memcmp(text + i + 2, "0000", 4)) {
+			json_tokener_free(tk);
+			return sfail(&c, -ENOTSUP, "\\u0000 at byte %zu is not supported", i), c.rc;
+		}
+		i++;
+	}
 	root = json_tokener_parse_ex(tk, text, (int)len);
 	je = json_tokener_get_error(tk);
 	if (!root || je != json_tokener_success || (size_t)json_tokener_get_parse_end(tk) != len) {

@@ -550,6 +550,10 @@ static void test_schema_keywords(void **st)
 	 * 18446744073709551615 for an enum of 99999999999999999999 */
 	refused(GRAM_SCHEMA, "{\"enum\":[1, 99999999999999999999]}", -ENOTSUP, "past 64 bits");
 	refused(GRAM_SCHEMA, "{\"const\":-99999999999999999999}", -ENOTSUP, "past 64 bits");
+	/* json-c cuts a name at \u0000: a required "a\u0000b" was written "a" */
+	refused(GRAM_SCHEMA, "{\"properties\":{\"a\\u0000b\":{}},\"required\":[\"a\\u0000b\"]}", -ENOTSUP,
+		"\\u0000 at byte 17");
+	assert_true(schema_accepts("{\"const\":\"\\\\u0000\"}", "\"\\\\u0000\""));   /* a backslash, then u0000 */
 	assert_true(schema_accepts("{\"enum\":[10000000000000000000, -9223372036854775807]}",
 				   "10000000000000000000"));
 }

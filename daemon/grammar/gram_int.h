@@ -30,11 +30,13 @@ struct gram {
 	size_t mask_bytes, mask_budget;
 };
 
-/* A growable string for building patterns. */
+/* A growable string for building patterns; with @left, the buffers of one
+ * pattern share a budget of bytes, and a put past it sets @big instead. */
 struct sbuf {
 	char *p;
 	size_t n, cap;
-	int oom;
+	int oom, big;
+	size_t *left;        /* NULL: unbounded */
 };
 void sb_put(struct sbuf *b, const char *s, size_t n);
 void sb_puts(struct sbuf *b, const char *s);

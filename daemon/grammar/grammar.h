@@ -12,19 +12,21 @@
  *
  * Three kinds of grammar, all compiled to one DFA (see regex.c):
  *   GRAM_REGEX   a regular expression, anchored at both ends (the whole
- *                output matches). Syntax: literal bytes (UTF-8 passes
- *                through); escapes \\ \. \n \t \r \f \v \xHH and \ before
- *                any punctuation; classes [a-z0-9_] and [^...] of ASCII
- *                members (a negated class also matches every non-ASCII
- *                character), \d \w \s \D \W \S; . (any character but
- *                newline, as UTF-8); * + ? {m} {m,} {m,n} (m, n <= 256;
+ *                output matches). Syntax: literal characters (the pattern
+ *                must be UTF-8); escapes \\ \. \n \t \r \f \v \xHH (HH
+ *                below 80) and \ before any punctuation; classes
+ *                [a-z0-9_] and [^...] of ASCII members (a negated class
+ *                also matches every non-ASCII character), \d \w \s \D
+ *                \W \S; . (any character but newline, as UTF-8); * + ?
+ *                {m} {m,} {m,n} (m, n <= 256;
  *                a lazy ? after one is accepted: the same language when
  *                the whole output must match); | ; groups ( ) and (?: );
  *                ^ at the start and $ at the end are accepted (anchoring
  *                is implied). Refused, naming the position:
  *                backreferences, lookaround, possessive quantifiers, a
  *                quantifier on a quantifier, non-ASCII class members,
- *                other escapes.
+ *                \x80 and above, other escapes; a pattern or schema
+ *                that is not UTF-8 (the output is read as UTF-8 text).
  *   GRAM_JSON    any JSON value (objects and arrays nest at most
  *                GRAM_JSON_DEPTH levels).
  *   GRAM_SCHEMA  a JSON Schema subset (schema.c): type (one or a list),
@@ -33,9 +35,16 @@
  *                object, array, string, number, integer, boolean, null.
  *                Properties are written in the schema's order; optional
  *                ones may be left out; no property the schema does not
- *                name is ever written. Annotations (title, description,
+ *                name is ever written (where it names none, every value
+ *                is valid for additionalProperties). Of an enum or a
+ *                const, only the values valid under the type, length
+ *                and const beside it are written. Without a type, the
+ *                types its keywords constrain are written (properties:
+ *                an object, minItems: an array, maxLength: a string...),
+ *                and any JSON where none does. Annotations (title, description,
  *                $schema, $id, default, examples, $comment) are ignored;
- *                any other keyword is refused by name.
+ *                any other keyword is refused by name, and so are
+ *                \u0000 anywhere and integers past 64 bits in an enum.
  * JSON output has no whitespace except at most one space after ':' and
  * ','; strings are JSON strings (escapes included); a number a schema
  * types has at most 19 digits before the point, 18 after it and 3 in the

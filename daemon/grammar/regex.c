@@ -19,6 +19,7 @@ enum { N_EMPTY, N_SET, N_CAT, N_ALT, N_REP };
 
 struct node {
 	uint8_t kind;
+	uint8_t eps;             /* matches only the empty string: builds no NFA state */
 	int32_t first, next;     /* children (CAT, ALT, REP), siblings; -1: none */
 	int32_t set;             /* N_SET: index into sets */
 	int32_t min, max;        /* N_REP: max -1 = unbounded */
@@ -36,6 +37,7 @@ struct rx {
 	size_t n_nodes, cap_nodes;
 	struct bset *sets;
 	size_t n_sets, cap_sets;
+	uint64_t work;           /* steps spent so far, against lim->max_work */
 	char *err;
 	size_t errlen;
 	int rc;
@@ -86,7 +88,8 @@ static int node_new(struct rx *r, int kind)
 		r->nodes = n;
 		r->cap_nodes = cap;
 	}
-	r->nodes[r->n_nodes] = (struct node){ .kind = (uint8_t)kind, .first = -1, .next = -1, .set = -1 };
+	r->nodes[r->n_nodes] = (struct node){ .kind = (uint8_t)kind, .eps = kind == N_EMPTY, .first = -1,
+					      .next = -1, .set = -1 };
 	return (int)r->n_nodes++;
 }
 
@@ -227,6 +230,12 @@ static int escape_byte(struct rx *r, int in_class)
 		if (r->pos + 2 > r->len || (h1 = hexv(r->s[r->pos])) < 0 || (h2 = hexv(r->s[r->pos + 1])) < 0)
 			return fail(r, -EINVAL, "\\x needs two hex digits at offset %zu", at);
 		r->pos += 2;
+		/* one byte of a character is not text (in a class the caller
+		 * refuses it as non-ASCII) */
+		if (h1 >= 8 && !in_class)
+			return fail(r, -ENOTSUP, "\\x%c%c at offset %zu is not supported: bytes from \\x80 up "
+				    "are parts of characters; write the character itself", r->s[r->pos - 2],
+				    r->s[r->pos - 1], at);
 		return h1 * 16 + h2;
 	}
 	if (c == 'b' && in_class)
@@ -440,6 +449,7 @@ static int parse_repeat(struct rx *r, unsigned depth)
 		r->nodes[rep].first = a;
 		r->nodes[rep].min = mn;
 		r->nodes[rep].max = mx;
+		r->nodes[rep].eps = r->nodes[a].eps || mx == 0;
 		a = rep;
 	}
 	return a;
@@ -454,14 +464,16 @@ static int parse_cat(struct rx *r, unsigned depth)
 	while (r->pos < r->len && r->s[r->pos] != '|' && r->s[r->pos] != ')') {
 		if ((a = parse_repeat(r, depth)) < 0)
 			return -1;
-		adopt(r, cat, &last, a);
+		if (!r->nodes[a].eps)
+			adopt(r, cat, &last, a);   /* "" adds nothing to a sequence */
 	}
+	r->nodes[cat].eps = last < 0;
 	return cat;
 }
 
 static int parse_alt(struct rx *r, unsigned depth)
 {
-	int alt = node_new(r, N_ALT), last = -1, c;
+	int alt = node_new(r, N_ALT), last = -1, c, n = 0;
 
 	if (alt < 0)
 		return -1;
@@ -469,10 +481,13 @@ static int parse_alt(struct rx *r, unsigned depth)
 		if ((c = parse_cat(r, depth)) < 0)
 			return -1;
 		adopt(r, alt, &last, c);
+		n++;
 		if (r->pos >= r->len || r->s[r->pos] != '|')
-			return alt;
+			break;
 		r->pos++;
 	}
+	r->nodes[alt].eps = n == 1 && r->nodes[c].eps;
+	return alt;
 }
 
 /* --- the NFA -------------------------------------------------------------------- */
@@ -508,12 +523,22 @@ static int nst_new(struct rx *r, struct nfa *a, int set, int out, int out1)
 	return (int)a->n++;
 }
 
-/* States for node @k, continuing at @next; returns the entry state. */
+/*
+ * States for node @k, continuing at @next; returns the entry state. A node
+ * that matches only "" is skipped whole, however it repeats: each call
+ * left makes a state, so the calls are bounded by max_nfa (times the
+ * nesting); the steps are counted against max_work all the same.
+ */
 static int build(struct rx *r, struct nfa *a, int k, int next)
 {
 	const struct node *nd = &r->nodes[k];
 	int cur = next, n = 0, *kids, loop;
 
+	if (nd->eps)
+		return next;
+	if (++r->work > r->lim->max_work)
+		return fail(r, -E2BIG, "building the automaton takes more than %llu steps (limit max_work)",
+			    (unsigned long long)r->lim->max_work);
 	switch (nd->kind) {
 	case N_EMPTY:
 		return next;
@@ -609,6 +634,16 @@ static void close_from(const struct nfa *a, struct closure *c, int s, uint64_t *
 			c->stack[sp++] = t->out1;
 		}
 	}
+}
+
+/* What sorting @n entries costs, in steps of the closure: n log2 n. */
+static uint64_t sort_steps(size_t n)
+{
+	uint64_t lg = 0;
+
+	while (((size_t)1 << lg) < n)
+		lg++;
+	return (uint64_t)n * lg;
 }
 
 static int cmp_i32(const void *x, const void *y)
@@ -770,7 +805,7 @@ static int determinize(struct rx *r, struct nfa *a, int start, int match, struct
 	int16_t remap[512];
 	int n_cls = 1, rc = -ENOMEM, added;
 	size_t cap_next = 0;
-	uint64_t work = 0;
+	uint64_t work = r->work;
 
 	/* byte classes: refine one partition of the 256 bytes by every set */
 	memset(cls, 0, sizeof(cls));
@@ -850,6 +885,8 @@ static int determinize(struct rx *r, struct nfa *a, int start, int match, struct
 				if (t->set >= 0 && bs_has(&r->sets[t->set], rep[x]))
 					close_from(a, &c, t->out, &work);
 			}
+			/* the sort below is most of the time: its steps count too */
+			work += sort_steps(c.n_out);
 			if (work > r->lim->max_work) {
 				rc = fail(r, -E2BIG, "building the automaton takes more than %llu steps "
 					  "(limit max_work)", (unsigned long long)r->lim->max_work);

@@ -8,6 +8,7 @@
 #include "gram_int.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,11 +28,21 @@
 #define JS_COMMA   ", ?"
 #define MAX_PROPS  64
 #define MAX_COUNT  256
+/* a schema's pattern may be this many bytes per node of max_nfa: a
+ * pattern that compiles within max_nfa takes about 2 */
+#define PATTERN_PER_NODE 8
 
 void sb_put(struct sbuf *b, const char *s, size_t n)
 {
-	if (b->oom)
+	if (b->oom || b->big)
 		return;
+	if (b->left) {
+		if (n > *b->left) {
+			b->big = 1;
+			return;
+		}
+		*b->left -= n;
+	}
 	if (b->n + n + 1 > b->cap) {
 		size_t cap = b->cap ? b->cap : 256;
 		char *p;
@@ -128,6 +139,16 @@ static void json_literal(struct sbuf *b, struct json_object *v)
 						  JSON_C_TO_STRING_NOSLASHESCAPE));
 }
 
+/* The pattern passed its budget (schema_pattern): a schema whose text is
+ * small can still spell out a huge one (each level of nested arrays
+ * doubles it; optional properties repeat each other's patterns). */
+static int too_big(struct sc *c)
+{
+	return sfail(c, -E2BIG, "the schema expands to a pattern of more than %llu bytes (limit max_nfa: "
+		     "%d bytes a node)", (unsigned long long)c->lim->max_nfa * PATTERN_PER_NODE,
+		     PATTERN_PER_NODE);
+}
+
 static int count_of(struct sc *c, struct json_object *o, const char *key, int *v)
 {
 	struct json_object *x;
@@ -219,6 +240,30 @@ static int object_type(struct sc *c, struct json_object *o, unsigned depth)
 			sb_puts(b, "\\{\\}");
 			return 0;
 		}
+		if (addl && json_object_get_type(addl) == json_type_object) {
+			/* any names, each value valid for additionalProperties */
+			struct sbuf val = { .left = b->left };
+			size_t saved;
+
+			path_push(c, "additionalProperties", &saved);
+			c->b = &val;
+			schema(c, addl, depth + 1);
+			if (val.big)
+				too_big(c);
+			c->b = b;
+			c->path[saved] = 0;
+			if (val.oom)
+				b->oom = 1;
+			if (!c->rc) {
+				sb_puts(b, "\\{(" JS_STRING JS_COLON "(");
+				sb_put(b, val.p ? val.p : "", val.n);
+				sb_puts(b, ")(" JS_COMMA JS_STRING JS_COLON "(");
+				sb_put(b, val.p ? val.p : "", val.n);
+				sb_puts(b, "))*)?\\}");
+			}
+			sb_free(&val);
+			return c->rc ? -1 : 0;
+		}
 		/* any object: its values nest as deep as the generic ones */
 		sb_puts(b, "\\{(" JS_STRING JS_COLON);
 		json_any_pattern(b, GRAM_JSON_DEPTH - 1);
@@ -231,6 +276,8 @@ static int object_type(struct sc *c, struct json_object *o, unsigned depth)
 	struct sbuf pp[MAX_PROPS];
 
 	memset(pp, 0, sizeof(pp));
+	for (int i = 0; i < n; i++)
+		pp[i].left = b->left;
 	for (int i = 0; i < n && !c->rc; i++) {
 		struct json_object *key = json_object_new_string(names[i]);
 		struct sbuf *save = c->b;
@@ -246,6 +293,8 @@ static int object_type(struct sc *c, struct json_object *o, unsigned depth)
 		path_push(c, names[i], &saved);
 		c->b = &pp[i];
 		schema(c, subs[i], depth + 1);
+		if (pp[i].big)
+			too_big(c);
 		c->b = save;
 		c->path[saved] = 0;
 		all_optional &= !required[i];
@@ -270,6 +319,8 @@ static int object_type(struct sc *c, struct json_object *o, unsigned depth)
 	for (int i = 0; i < n; i++) {
 		if (pp[i].oom)
 			b->oom = 1;
+		if (pp[i].big)
+			b->big = 1;
 		sb_free(&pp[i]);
 	}
 	return c->rc ? -1 : 0;
@@ -278,7 +329,7 @@ static int object_type(struct sc *c, struct json_object *o, unsigned depth)
 static int array_type(struct sc *c, struct json_object *o, unsigned depth)
 {
 	struct json_object *items = NULL;
-	struct sbuf item = { 0 }, *save = c->b;
+	struct sbuf item = { .left = c->b->left }, *save = c->b;
 	int mn, mx;
 	size_t saved;
 
@@ -290,6 +341,8 @@ static int array_type(struct sc *c, struct json_object *o, unsigned depth)
 		path_push(c, "items", &saved);
 		c->b = &item;
 		schema(c, items, depth + 1);
+		if (item.big)
+			too_big(c);
 		c->b = save;
 		c->path[saved] = 0;
 	} else {
@@ -297,6 +350,8 @@ static int array_type(struct sc *c, struct json_object *o, unsigned depth)
 	}
 	if (item.oom)
 		c->b->oom = 1;
+	if (item.big)
+		c->b->big = 1;
 	if (!c->rc) {
 		if (mx == 0) {
 			sb_puts(c->b, "\\[\\]");
@@ -345,6 +400,92 @@ static int one_type(struct sc *c, struct json_object *o, const char *t, unsigned
 	return 0;
 }
 
+/* Whether @v, a scalar, is of the type @t names. */
+static bool type_has(const char *t, struct json_object *v)
+{
+	enum json_type ty = json_object_get_type(v);
+	double d;
+
+	if (!strcmp(t, "null"))
+		return ty == json_type_null;
+	if (!strcmp(t, "boolean"))
+		return ty == json_type_boolean;
+	if (!strcmp(t, "string"))
+		return ty == json_type_string;
+	if (!strcmp(t, "number"))
+		return ty == json_type_int || ty == json_type_double;
+	if (!strcmp(t, "integer")) {
+		d = json_object_get_double(v);
+		return ty == json_type_int || (ty == json_type_double && d > -9e18 && d < 9e18 &&
+					       (double)(int64_t)d == d);
+	}
+	return false;   /* object, array: an enum value never is one (refused) */
+}
+
+/* Whether json-c clamped the integer @v: it reads one below INT64_MIN as
+ * INT64_MIN and one above UINT64_MAX as UINT64_MAX, and written out the
+ * clamped one is another value. */
+static bool int_clamped(struct json_object *v)
+{
+	return json_object_get_type(v) == json_type_int &&
+	       (json_object_get_int64(v) == INT64_MIN || json_object_get_uint64(v) == UINT64_MAX);
+}
+
+static const char *const type_names[] = { "object", "array", "string", "number", "integer", "boolean",
+					  "null" };
+
+/*
+ * Whether @v, a value of @o's enum or its const, is valid under @o's other
+ * keywords too (its type, a string's minLength and maxLength, the const
+ * beside an enum): only those are written, so the output is valid for the
+ * whole schema. Returns 0 and *fits, or -1 (the schema is at fault).
+ */
+static int value_fits(struct sc *c, struct json_object *o, struct json_object *v, bool *fits)
+{
+	struct json_object *t, *cn;
+	int mn, mx;
+
+	*fits = true;
+	if (json_object_object_get_ex(o, "type", &t)) {
+		size_t n = json_object_get_type(t) == json_type_array ? json_object_array_length(t) : 1;
+		bool any = false;
+
+		if (json_object_get_type(t) != json_type_string &&
+		    (json_object_get_type(t) != json_type_array || !n))
+			return sfail(c, -EINVAL, "type must be a name or a list of names");
+		for (size_t i = 0; i < n; i++) {
+			struct json_object *x = json_object_get_type(t) == json_type_array
+						? json_object_array_get_idx(t, i) : t;
+			size_t k;
+
+			if (json_object_get_type(x) != json_type_string)
+				return sfail(c, -EINVAL, "type must be a name or a list of names");
+			for (k = 0; k < sizeof(type_names) / sizeof(type_names[0]) &&
+				    strcmp(json_object_get_string(x), type_names[k]); k++)
+				;
+			if (k == sizeof(type_names) / sizeof(type_names[0]))
+				return sfail(c, -ENOTSUP, "type '%.32s' is not supported", json_object_get_string(x));
+			any |= type_has(json_object_get_string(x), v);
+		}
+		*fits = any;
+	}
+	if (count_of(c, o, "minLength", &mn) || count_of(c, o, "maxLength", &mx))
+		return -1;
+	if (json_object_get_type(v) == json_type_string && (mn >= 0 || mx >= 0)) {
+		const char *p = json_object_get_string(v);
+		int len = json_object_get_string_len(v), chars = 0;
+
+		for (int i = 0; i < len; i++)
+			chars += ((unsigned char)p[i] & 0xc0) != 0x80;   /* characters, not bytes */
+		if (chars < mn || (mx >= 0 && chars > mx))
+			*fits = false;
+	}
+	if (json_object_object_get_ex(o, "enum", &t) && json_object_object_get_ex(o, "const", &cn) &&
+	    !json_object_equal(v, cn))
+		*fits = false;
+	return 0;
+}
+
 static const char *const known[] = {
 	"type", "properties", "required", "additionalProperties", "enum", "const", "items",
 	"minItems", "maxItems", "minLength", "maxLength",
@@ -382,6 +523,9 @@ static int schema(struct sc *c, struct json_object *o, unsigned depth)
 
 		if (en && json_object_get_type(en) != json_type_array)
 			return sfail(c, -EINVAL, "enum must be an array");
+		size_t kept = 0;
+		bool fits;
+
 		n = en ? json_object_array_length(en) : 1;
 		if (!n)
 			return sfail(c, -EINVAL, "enum is empty: nothing is valid");
@@ -393,25 +537,60 @@ static int schema(struct sc *c, struct json_object *o, unsigned depth)
 			if (ty == json_type_object || ty == json_type_array)
 				return sfail(c, -ENOTSUP, "%s values that are objects or arrays are not supported",
 					     en ? "enum" : "const");
-			if (i)
+			if (int_clamped(v))
+				return sfail(c, -ENOTSUP, "%s value %s: integers past 64 bits (or at their limits, "
+					     "which they are read as) are not supported", en ? "enum" : "const",
+					     json_object_to_json_string(v));
+			if (value_fits(c, o, v, &fits))
+				return -1;
+			if (!fits)
+				continue;
+			if (kept++)
 				sb_puts(c->b, "|");
 			if (ty == json_type_null)
 				sb_puts(c->b, "null");
 			else
 				json_literal(c->b, v);
 		}
+		if (!kept)
+			return sfail(c, -EINVAL, "no %s value is valid under the schema's other keywords (type, "
+				     "minLength, maxLength, const): nothing is valid", en ? "enum" : "const");
 		sb_puts(c->b, ")");
 		return 0;
 	}
 	if (!json_object_object_get_ex(o, "type", &t)) {
+		/* no type: the types its keywords constrain (a value of any
+		 * other type is valid too, but need not be written); any JSON
+		 * would let a string break its maxLength, an array its minItems */
+		static const char *const implied[][4] = {
+			{ "object", "properties", "additionalProperties", "required" },
+			{ "array", "items", "minItems", "maxItems" },
+			{ "string", "minLength", "maxLength", NULL },
+		};
+		const char *types[3];
 		struct json_object *x;
+		int nt = 0;
 
-		if (json_object_object_get_ex(o, "properties", &x) ||
-		    json_object_object_get_ex(o, "additionalProperties", &x))
-			return one_type(c, o, "object", depth);
-		if (json_object_object_get_ex(o, "items", &x))
-			return one_type(c, o, "array", depth);
-		json_any_pattern(c->b, GRAM_JSON_DEPTH);
+		for (int i = 0; i < 3; i++)
+			for (int k = 1; k < 4 && implied[i][k]; k++)
+				if (json_object_object_get_ex(o, implied[i][k], &x)) {
+					types[nt++] = implied[i][0];
+					break;
+				}
+		if (!nt) {
+			json_any_pattern(c->b, GRAM_JSON_DEPTH);
+			return 0;
+		}
+		if (nt == 1)
+			return one_type(c, o, types[0], depth);
+		sb_puts(c->b, "(");
+		for (int i = 0; i < nt; i++) {
+			if (i)
+				sb_puts(c->b, "|");
+			if (one_type(c, o, types[i], depth))
+				return -1;
+		}
+		sb_puts(c->b, ")");
 		return 0;
 	}
 	if (json_object_get_type(t) == json_type_string)
@@ -436,7 +615,8 @@ static int schema(struct sc *c, struct json_object *o, unsigned depth)
 int schema_pattern(const char *text, size_t len, const struct gram_limits *lim, char **pat,
 		   size_t *pat_len, char *err, size_t errlen)
 {
-	struct sbuf b = { 0 };
+	size_t left = (size_t)lim->max_nfa * PATTERN_PER_NODE;
+	struct sbuf b = { .left = &left };
 	struct sc c = { .b = &b, .lim = lim, .err = err, .errlen = errlen };
 	struct json_tokener *tk = json_tokener_new_ex((int)lim->max_depth * 2 + 4);
 	struct json_object *root;
@@ -444,6 +624,18 @@ int schema_pattern(const char *text, size_t len, const struct gram_limits *lim, 
 
 	if (!tk)
 		return sfail(&c, -ENOMEM, "out of memory"), c.rc;
+	/* json-c keeps an object's names as C strings: a name with \u0000 in
+	 * it would lose what follows (and a required one be written cut);
+	 * backslashes occur in strings only, each escaping the next byte */
+	for (size_t i = 0; i + 1 < len; i++) {
+		if (text[i] != '\\')
+			continue;
+		if (i + 6 <= len && text[i + 1] == 'u' && !memcmp(text + i + 2, "0000", 4)) {
+			json_tokener_free(tk);
+			return sfail(&c, -ENOTSUP, "\\u0000 at byte %zu is not supported", i), c.rc;
+		}
+		i++;
+	}
 	root = json_tokener_parse_ex(tk, text, (int)len);
 	je = json_tokener_get_error(tk);
 	if (!root || je != json_tokener_success || (size_t)json_tokener_get_parse_end(tk) != len) {
@@ -462,6 +654,8 @@ int schema_pattern(const char *text, size_t len, const struct gram_limits *lim, 
 	json_object_put(root);
 	if (!c.rc && b.oom)
 		sfail(&c, -ENOMEM, "out of memory");
+	if (!c.rc && b.big)
+		too_big(&c);
 	if (c.rc) {
 		sb_free(&b);
 		return c.rc;

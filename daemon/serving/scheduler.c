@@ -2,6 +2,7 @@
 #include "scheduler.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,7 +40,8 @@ struct sjob {
 	uint32_t sent;            /* generated ids already written to the client */
 	bool looked_up;           /* its prefix was looked up since it last ran from nothing */
 	uint64_t park_key, park_ticket;
-	uint64_t cookie;          /* tokenizer or classifier result it waits for */
+	uint64_t cookie;          /* tokenizer, classifier or grammar result it waits for */
+	struct gitem *git;        /* SJ_COMPILING: the compile it waits for (maybe with others) */
 	struct detok *dt;         /* text out or stop strings; NULL otherwise */
 	struct gram *gram;        /* constrained decoding: the grammar (a reference), */
 	int gstate;               /* the state of the output so far, */
@@ -68,6 +70,12 @@ struct sched {
 	struct gram_cache *gc;
 	struct workq *gq;
 	unsigned gq_out;          /* compilations not yet taken back */
+	/* under gp_lock (the grammar thread takes the next one itself): */
+	pthread_mutex_t gp_lock;
+	struct gitem *gp_head, *gp_tail; /* compiles not started yet, by arrival */
+	struct gowner *gown;      /* the clients they are for, each served in turn */
+	unsigned n_gown, cap_gown;
+	uint64_t gq_tick;         /* compiles started so far */
 	bool loads_done;          /* an adapter load ended: parked jobs may go on */
 	/* one step's batch */
 	struct engine_seq **seqs;
@@ -135,8 +143,11 @@ static struct sjob *job_new(struct sched *s, struct sreq *r, enum sj_where where
 
 /* --- completions -------------------------------------------------------------------- */
 
+static void gram_leave(struct sched *s, struct sjob *j);
+
 static void job_free(struct sched *s, struct sjob *j)
 {
+	gram_leave(s, j);
 	list_remove(&s->list[j->where], j);
 	s->n[j->where]--;
 	engine_seq_free(s->e, j->seq);
@@ -259,9 +270,12 @@ static int prompt_limit(const struct sched *s)
 
 /* --- constrained decoding ------------------------------------------------------- */
 
-/* A grammar to compile, on the grammar thread, and what came of it. */
+/* A grammar to compile, on the grammar thread, and what came of it. Every
+ * job that asks for the same text meanwhile waits for the same item. */
 struct gitem {
-	struct wq_item link;      /* first: the queue links items through it */
+	int gone;                 /* no job waits for it any more: not compiled (atomic) */
+	const void *owner;        /* the session that asked first (a name only) */
+	struct gitem *pend_next;  /* in the scheduler's list, until the thread takes it */
 	uint64_t cookie;
 	enum gram_kind kind;
 	char *text;
@@ -271,11 +285,105 @@ struct gitem {
 	char err[256];
 };
 
+/*
+ * One turn of the grammar thread: a compile is queued for each item, and
+ * takes whichever item is due when it runs (gram_take), so the order is
+ * the scheduler's, not the queue's.
+ */
+struct gturn {
+	struct wq_item link;      /* first: the queue links items through it */
+	struct gitem *it;         /* the item it took; NULL before */
+};
+
+static void gitem_free(struct gitem *it)
+{
+	if (!it)
+		return;
+	gram_unref(it->g);
+	free(it->text);
+	free(it);
+}
+
+/* A client that asked for compiles: how many are not started yet, and
+ * when it was last served. */
+struct gowner {
+	const void *id;           /* its session, as a name only */
+	unsigned pending;
+	uint64_t served;
+};
+
+/* @id's record, added (served "now": after those waiting longer); under gp_lock. */
+static struct gowner *gowner_add(struct sched *s, const void *id)
+{
+	for (unsigned i = 0; i < s->n_gown; i++)
+		if (s->gown[i].id == id)
+			return &s->gown[i];
+	if (s->n_gown == s->cap_gown) {
+		unsigned cap = s->cap_gown ? 2 * s->cap_gown : 16;
+		struct gowner *o = realloc(s->gown, cap * sizeof(*o));
+
+		if (!o)
+			return NULL;
+		s->gown = o;
+		s->cap_gown = cap;
+	}
+	s->gown[s->n_gown] = (struct gowner){ .id = id, .served = s->gq_tick };
+	return &s->gown[s->n_gown++];
+}
+
+/*
+ * The next item to compile, taken from the list (under gp_lock): the
+ * oldest of the client served longest ago. A client with hundreds waiting
+ * gets one turn in each round like any other, so another's grammar waits
+ * for the compile that runs, not for all of them. NULL: none (not reached,
+ * a turn is queued for each item).
+ */
+static struct gitem *gram_take(struct sched *s)
+{
+	struct gowner *o = NULL;
+	struct gitem *it, *prev = NULL;
+
+	/* ties: the later record, so one that just came goes before the one
+	 * served last */
+	for (unsigned i = 0; i < s->n_gown; i++)
+		if (s->gown[i].pending && (!o || s->gown[i].served <= o->served))
+			o = &s->gown[i];
+	if (!o)
+		return NULL;
+	for (it = s->gp_head; it && it->owner != o->id; it = it->pend_next)
+		prev = it;
+	if (!it)
+		return NULL;
+	if (prev)
+		prev->pend_next = it->pend_next;
+	else
+		s->gp_head = it->pend_next;
+	if (s->gp_tail == it)
+		s->gp_tail = prev;
+	it->pend_next = NULL;
+	o->served = ++s->gq_tick;
+	if (!--o->pending)
+		*o = s->gown[--s->n_gown];
+	return it;
+}
+
 static void gram_run(void *ctx, struct wq_item *w)
 {
 	struct sched *s = ctx;
-	struct gitem *it = (struct gitem *)w;
+	struct gturn *t = (struct gturn *)w;
+	struct gitem *it;
 
+	pthread_mutex_lock(&s->gp_lock);
+	it = t->it = gram_take(s);
+	pthread_mutex_unlock(&s->gp_lock);
+	if (!it)
+		return;
+	/* a compile nobody waits for is skipped: a client that queues many
+	 * and leaves (or cancels them) does not hold up the others' */
+	if (__atomic_load_n(&it->gone, __ATOMIC_RELAXED)) {
+		it->ret = -ECANCELED;
+		return;
+	}
 	/* compiled, and the masks of its states made (up to a budget), here:
 	 * the engine thread then only copies a state's mask */
 	it->ret = gram_compile(it->kind, it->text, it->len, NULL, &it->g, it->err, sizeof(it->err));
@@ -285,28 +393,77 @@ static void gram_run(void *ctx, struct wq_item *w)
 
 static void gram_drop(struct wq_item *w)
 {
-	struct gitem *it = (struct gitem *)w;
+	struct gturn *t = (struct gturn *)w;
 
-	gram_unref(it->g);
-	free(it->text);
-	free(it);
+	gitem_free(t->it);
+	free(t);
 }
 
-/* Hand @j's grammar to the grammar thread. Returns 0 or -ENOMEM. */
+/* @j no longer waits for its compile: the last one to leave it tells the
+ * grammar thread to skip it, if it has not started. */
+static void gram_leave(struct sched *s, struct sjob *j)
+{
+	struct gitem *it = j->git;
+
+	if (!it)
+		return;
+	j->git = NULL;
+	for (struct sjob *o = s->list[SJ_COMPILING]; o; o = o->next)
+		if (o->git == it)
+			return;
+	__atomic_store_n(&it->gone, 1, __ATOMIC_RELAXED);
+}
+
+/* Hand @j's grammar to the grammar thread, or have it wait for the same
+ * text already on its way there. Returns 0 or -ENOMEM. */
 static int gram_submit(struct sched *s, struct sjob *j)
 {
-	struct gitem *it = calloc(1, sizeof(*it));
+	struct gitem *it;
+	struct gturn *t;
+	struct gowner *o;
 	const struct sreq *r = j->r;
+	const char *text = r->x.gram_text ? r->x.gram_text : "";
 
-	if (!it || !(it->text = malloc(r->x.gram_len + 1))) {
-		free(it);
+	for (struct sjob *o = s->list[SJ_COMPILING]; o; o = o->next) {
+		it = o->git;
+		if (o != j && it && it->kind == (enum gram_kind)r->x.gram_kind && it->len == r->x.gram_len &&
+		    !memcmp(it->text, text, it->len)) {
+			j->git = it;
+			j->cookie = it->cookie;
+			return 0;
+		}
+	}
+	it = calloc(1, sizeof(*it));
+	t = calloc(1, sizeof(*t));
+	if (!it || !t || !(it->text = malloc(r->x.gram_len + 1))) {
+		gitem_free(it);
+		free(t);
 		return -ENOMEM;
 	}
-	memcpy(it->text, r->x.gram_text ? r->x.gram_text : "", r->x.gram_len);
+	memcpy(it->text, text, r->x.gram_len);
 	it->len = r->x.gram_len;
 	it->kind = (enum gram_kind)r->x.gram_kind;
-	it->cookie = j->cookie = ++s->cookie;
-	workq_submit(s->gq, &it->link);
+	it->cookie = ++s->cookie;
+	it->owner = r->s;
+	pthread_mutex_lock(&s->gp_lock);
+	o = gowner_add(s, r->s);
+	if (o) {
+		if (s->gp_tail)
+			s->gp_tail->pend_next = it;
+		else
+			s->gp_head = it;
+		s->gp_tail = it;
+		o->pending++;
+	}
+	pthread_mutex_unlock(&s->gp_lock);
+	if (!o) {
+		gitem_free(it);
+		free(t);
+		return -ENOMEM;
+	}
+	j->cookie = it->cookie;
+	j->git = it;
+	workq_submit(s->gq, &t->link);
 	s->gq_out++;
 	return 0;
 }
@@ -645,31 +802,38 @@ static void take_helpers(struct sched *s)
 		take_ids(s, r, ret, ids, n);
 	}
 	while (s->gq_out) {
-		struct gitem *it = (struct gitem *)workq_poll(s->gq);
+		struct gturn *t = (struct gturn *)workq_poll(s->gq);
+		struct gitem *it;
 		struct sjob *j;
 		struct gram *g;
 
-		if (!it)
+		if (!t)
 			break;
 		s->gq_out--;
-		j = by_cookie(s, SJ_COMPILING, it->cookie);
+		it = t->it;
+		free(t);
+		if (!it)
+			continue;   /* not reached: a turn is queued for each item */
 		if (!it->ret && (g = gram_cache_get(s->gc, it->kind, it->text, it->len))) {
 			gram_unref(it->g);   /* the same text was compiled meanwhile */
 			it->g = g;
 		} else if (!it->ret && gram_cache_put(s->gc, it->kind, it->text, it->len, it->g)) {
 			it->ret = -ENOMEM;
 		}
-		if (j && it->ret) {
+		if (it->ret && it->ret != -ECANCELED)
 			log_debug("grammar refused: %s", it->err[0] ? it->err : strerror(-it->ret));
-			fail(s, j->r, it->ret, it->ret == -ENOMEM ? LORAD_FIELD_NONE : LORAD_FIELD_GRAMMAR);
-		} else if (j && gram_attach(s, j, it->g)) {
-			it->g = NULL;
-			fail(s, j->r, -ENOMEM, LORAD_FIELD_NONE);
-		} else if (j) {
-			it->g = NULL;
-			submit_skill(s, j->r, j);   /* resolved again: it holds nothing meanwhile */
+		/* every job that waits for it: each leaves the list (fails, or is
+		 * submitted with a reference of its own) */
+		while ((j = by_cookie(s, SJ_COMPILING, it->cookie))) {
+			j->git = NULL;
+			if (it->ret)
+				fail(s, j->r, it->ret, it->ret == -ENOMEM ? LORAD_FIELD_NONE : LORAD_FIELD_GRAMMAR);
+			else if (gram_attach(s, j, gram_ref(it->g)))
+				fail(s, j->r, -ENOMEM, LORAD_FIELD_NONE);
+			else
+				submit_skill(s, j->r, j);   /* resolved again: it holds nothing meanwhile */
 		}
-		gram_drop(&it->link);
+		gitem_free(it);
 	}
 	while (s->n[SJ_CLASSIFYING] && classify_poll(s->cls, &ck, skill)) {
 		struct sjob *j = by_cookie(s, SJ_CLASSIFYING, (uint64_t)(uintptr_t)ck);
@@ -1075,6 +1239,7 @@ struct sched *sched_build(struct engine *e, const struct tokenizer *tok,
 
 	if (!s)
 		return NULL;
+	pthread_mutex_init(&s->gp_lock, NULL);
 	s->e = e;
 	s->tok = tok;
 	if (opts)
@@ -1107,7 +1272,15 @@ void sched_free(struct sched *s)
 		while (s->list[w])
 			job_free(s, s->list[w]);
 	tokq_free(s->tq);
-	workq_free(s->gq);
+	workq_free(s->gq);   /* joined: the list is ours */
+	while (s->gp_head) {
+		struct gitem *it = s->gp_head;
+
+		s->gp_head = it->pend_next;
+		gitem_free(it);
+	}
+	free(s->gown);
+	pthread_mutex_destroy(&s->gp_lock);
 	gram_cache_free(s->gc);
 	gram_vocab_free(s->gv);
 	free(s->tok_bytes);

@@ -37,6 +37,8 @@ def validate(v, s, path="$"):
         for k, x in v.items():
             if k in props:
                 validate(x, props[k], f"{path}.{k}")
+            elif isinstance(s.get("additionalProperties"), dict):
+                validate(x, s["additionalProperties"], f"{path}.{k}")
     if isinstance(v, list):
         assert len(v) >= s.get("minItems", 0), f"{path}: too few items"
         assert len(v) <= s.get("maxItems", 1 << 30), f"{path}: too many items"

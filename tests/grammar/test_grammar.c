@@ -14,6 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -135,6 +138,22 @@ static void test_refusals(void **st)
 		"'b'");
 	refused(GRAM_SCHEMA, "{\"type\":\"array\",\"maxItems\":1000}", -E2BIG, "maxItems");
 	refused(GRAM_SCHEMA, "{\"enum\":[]}", -EINVAL, "enum");
+	/* bytes that are not text: the client reads the output decoded, each
+	 * of them as U+FFFD, which the grammar never allowed */
+	refused(GRAM_REGEX, "abc\\xff", -ENOTSUP, "offset 3");
+	refused(GRAM_REGEX, "(\\xc3\\xa9)+", -ENOTSUP, "\\xc3");
+	refused(GRAM_REGEX, "abc\xff", -EINVAL, "not UTF-8 at byte 3");
+	refused(GRAM_REGEX, "a\xc3(b)", -EINVAL, "byte 1");
+	refused(GRAM_REGEX, "x\xed\xa0\x80", -EINVAL, "byte 1");   /* a surrogate */
+	refused(GRAM_REGEX, "\xe0\x80\x80", -EINVAL, "byte 0");    /* overlong */
+	refused(GRAM_REGEX, "\xf4\x90\x80\x80", -EINVAL, "byte 0");   /* past U+10FFFF */
+	refused(GRAM_SCHEMA, "{\"enum\":[\"ok\", \"\x80\"]}", -EINVAL, "not UTF-8 at byte 16");
+	{
+		struct gram *g = compile_ok(GRAM_REGEX, "\\x41\\x7f[\\x20-\\x7e]\xf0\x9f\x98\x80");
+
+		assert_true(matches(g, "A\x7f~\xf0\x9f\x98\x80"));
+		gram_unref(g);
+	}
 }
 
 static void test_json(void **st)
@@ -348,6 +367,197 @@ static void test_cache(void **st)
 	gram_cache_free(c);
 }
 
+/*
+ * Groups that match only "" repeated inside each other: no node of the
+ * automaton comes of them, so max_nfa never stopped the expansion, and
+ * 256^4 expansions of nothing kept the grammar thread busy for ever (and
+ * the daemon's shutdown, which joins it). Each compiles at once now, to
+ * the language it denotes; SIGALRM ends the test if one does not.
+ */
+static void test_empty_repeats(void **st)
+{
+	static const char *const only_empty[] = {
+		"(((((){256}){256}){256}){256})", "((((((?:){256}){256}){256}){256}){256})",
+		"((((()()()*()?){256}){256}){256}){256}", "()*", "(|)",
+	};
+	struct gram *g;
+
+	(void)st;
+	alarm(20);
+	for (size_t i = 0; i < sizeof(only_empty) / sizeof(only_empty[0]); i++) {
+		g = compile_ok(GRAM_REGEX, only_empty[i]);
+		assert_true(matches(g, ""));
+		assert_false(prefix_ok(g, "a"));
+		gram_unref(g);
+	}
+	g = compile_ok(GRAM_REGEX, "a((((){256}){256}){256}){256}b(()|c)");
+	assert_true(matches(g, "ab"));
+	assert_true(matches(g, "abc"));
+	assert_false(prefix_ok(g, "aa"));
+	gram_unref(g);
+	/* one empty alternative still counts: (a|) is a? */
+	g = compile_ok(GRAM_REGEX, "(a|()){3}b");
+	assert_true(matches(g, "b"));
+	assert_true(matches(g, "aaab"));
+	assert_false(matches(g, "aaaab"));
+	gram_unref(g);
+	alarm(0);
+}
+
+/*
+ * Schemas of a few hundred bytes whose patterns are huge: each level of
+ * nested arrays writes its items' pattern twice (30 levels: 2^30 copies
+ * of the leaf, tens of GB), and each optional property repeats the
+ * patterns of those after it. They were spelled out in full before any
+ * limit looked at them; now the pattern's bytes are bounded by max_nfa
+ * (8 a node). The address space is capped meanwhile so the unbounded
+ * build fails with -ENOMEM here instead of taking the machine's memory.
+ */
+static void test_schema_blowup(void **st)
+{
+	char nested[2048] = "", props[2048] = "{\"properties\":{";
+#ifndef __SANITIZE_ADDRESS__
+	struct rlimit old, cap;
+#endif
+	struct gram *g = NULL;
+	char err[256] = "";
+	int rc;
+
+	(void)st;
+	for (int i = 0; i < 30; i++)
+		strcat(nested, "{\"type\":\"array\",\"items\":");
+	strcat(nested, "{\"type\":\"null\"}");
+	for (int i = 0; i < 30; i++)
+		strcat(nested, "}");
+	for (int i = 0; i < 16; i++)
+		sprintf(props + strlen(props), "%s\"k%d\":{}", i ? "," : "", i);
+	strcat(props, "}}");
+#ifndef __SANITIZE_ADDRESS__
+	getrlimit(RLIMIT_AS, &old);
+	cap = old;
+	cap.rlim_cur = 4ull << 30;   /* the test's own needs are far below */
+	if (old.rlim_cur == RLIM_INFINITY || old.rlim_cur > cap.rlim_cur)
+		setrlimit(RLIMIT_AS, &cap);
+#endif
+	alarm(20);
+	rc = gram_compile(GRAM_SCHEMA, nested, strlen(nested), NULL, &g, err, sizeof(err));
+	fprintf(stderr, "30 nested arrays: %d, %s\n", rc, err);
+	assert_int_equal(rc, -E2BIG);
+	assert_non_null(strstr(err, "max_nfa"));
+	assert_null(g);
+	rc = gram_compile(GRAM_SCHEMA, props, strlen(props), NULL, &g, err, sizeof(err));
+	fprintf(stderr, "16 optional properties of any value: %d, %s\n", rc, err);
+	assert_int_equal(rc, -E2BIG);
+	assert_non_null(strstr(err, "max_nfa"));
+	assert_null(g);
+	alarm(0);
+#ifndef __SANITIZE_ADDRESS__
+	setrlimit(RLIMIT_AS, &old);
+#endif
+}
+
+static double cpu_s(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/*
+ * max_work is documented as about a second of the grammar thread, but the
+ * sort of each new state's set was not counted, and is most of the time:
+ * a pattern refused by max_work took 3 s of CPU (6 s on a busy machine).
+ * Measured against the compile of any JSON (the same kind of work, so the
+ * ratio holds on a slow machine or a debug build): about 35 times it now,
+ * 180 before.
+ */
+static void test_work_time(void **st)
+{
+	static const char slow[] = "((\\w*\\s*){256}){20}";
+	double ref = 1e9, t;
+	struct gram *g = NULL;
+	char err[256] = "";
+	int rc;
+
+	(void)st;
+	for (int i = 0; i < 3; i++) {
+		t = cpu_s();
+		gram_unref(compile_ok(GRAM_JSON, NULL));
+		t = cpu_s() - t;
+		ref = t < ref ? t : ref;
+	}
+	t = cpu_s();
+	rc = gram_compile(GRAM_REGEX, slow, strlen(slow), NULL, &g, err, sizeof(err));
+	t = cpu_s() - t;
+	fprintf(stderr, "refused in %.3f s, %.0f times any JSON's %.4f s: %s\n", t, t / ref, ref, err);
+	assert_int_equal(rc, -E2BIG);
+	assert_non_null(strstr(err, "max_work"));
+	assert_true(t < 100 * ref);
+}
+
+static bool schema_accepts(const char *schema, const char *value)
+{
+	struct gram *g = compile_ok(GRAM_SCHEMA, schema);
+	bool ok = matches(g, value);
+
+	gram_unref(g);
+	return ok;
+}
+
+/*
+ * Keywords that were read but ignored, so the output could break the
+ * schema: additionalProperties as a schema (an object naming no
+ * properties took any values), and type, minLength, maxLength or const
+ * beside an enum or a const (every value was written whatever they said).
+ */
+static void test_schema_keywords(void **st)
+{
+	(void)st;
+	assert_false(schema_accepts("{\"type\":\"object\",\"additionalProperties\":{\"type\":\"integer\"}}",
+				    "{\"a\":\"x\"}"));
+	assert_true(schema_accepts("{\"type\":\"object\",\"additionalProperties\":{\"type\":\"integer\"}}",
+				   "{\"a\":1, \"b\":-2}"));
+	assert_true(schema_accepts("{\"additionalProperties\":{\"enum\":[true]}}", "{}"));
+	assert_false(schema_accepts("{\"additionalProperties\":{\"additionalProperties\":{\"const\":1}}}",
+				    "{\"a\":{\"b\":2}}"));
+	refused(GRAM_SCHEMA, "{\"additionalProperties\":{\"type\":\"date\"}}", -ENOTSUP,
+		"/additionalProperties: type 'date'");
+
+	assert_false(schema_accepts("{\"type\":\"integer\",\"enum\":[\"a\",1]}", "\"a\""));
+	assert_true(schema_accepts("{\"type\":\"integer\",\"enum\":[\"a\",1]}", "1"));
+	assert_false(schema_accepts("{\"type\":[\"null\",\"string\"],\"enum\":[null,true,\"x\"]}", "true"));
+	assert_false(schema_accepts("{\"type\":\"string\",\"maxLength\":2,\"enum\":[\"abc\",\"\u00e9\u20ac\"]}",
+				    "\"abc\""));
+	assert_true(schema_accepts("{\"type\":\"string\",\"maxLength\":2,\"enum\":[\"abc\",\"\u00e9\u20ac\"]}",
+				   "\"\xc3\xa9\xe2\x82\xac\""));   /* two characters, five bytes */
+	assert_false(schema_accepts("{\"enum\":[\"a\",\"b\"],\"const\":\"b\"}", "\"a\""));
+	refused(GRAM_SCHEMA, "{\"type\":\"string\",\"const\":7,\"enum\":[7,\"7\"]}", -EINVAL, "no enum value");
+	refused(GRAM_SCHEMA, "{\"type\":\"string\",\"enum\":[1,2]}", -EINVAL, "no enum value is valid");
+	refused(GRAM_SCHEMA, "{\"type\":\"string\",\"const\":1}", -EINVAL, "no const value is valid");
+	refused(GRAM_SCHEMA, "{\"type\":\"date\",\"enum\":[1]}", -ENOTSUP, "type 'date'");
+
+	/* no type: the keywords say which types they constrain (any JSON let
+	 * a string break maxLength, an array minItems, an object required) */
+	assert_false(schema_accepts("{\"maxLength\":2}", "\"abc\""));
+	assert_true(schema_accepts("{\"maxLength\":2}", "\"ab\""));
+	assert_false(schema_accepts("{\"minItems\":2}", "[]"));
+	assert_true(schema_accepts("{\"minItems\":2,\"minLength\":1}", "[1, 2]"));
+	assert_true(schema_accepts("{\"minItems\":2,\"minLength\":1}", "\"x\""));
+	refused(GRAM_SCHEMA, "{\"required\":[\"a\"]}", -ENOTSUP, "'a' is not in properties");
+
+	/* json-c reads an integer past 64 bits as the limit: the output was
+	 * 18446744073709551615 for an enum of 99999999999999999999 */
+	refused(GRAM_SCHEMA, "{\"enum\":[1, 99999999999999999999]}", -ENOTSUP, "past 64 bits");
+	refused(GRAM_SCHEMA, "{\"const\":-99999999999999999999}", -ENOTSUP, "past 64 bits");
+	/* json-c cuts a name at \u0000: a required "a\u0000b" was written "a" */
+	refused(GRAM_SCHEMA, "{\"properties\":{\"a\\u0000b\":{}},\"required\":[\"a\\u0000b\"]}", -ENOTSUP,
+		"\\u0000 at byte 17");
+	assert_true(schema_accepts("{\"const\":\"\\\\u0000\"}", "\"\\\\u0000\""));   /* a backslash, then u0000 */
+	assert_true(schema_accepts("{\"enum\":[10000000000000000000, -9223372036854775807]}",
+				   "10000000000000000000"));
+}
+
 /* A vocabulary without the byte a grammar needs: no token is allowed there. */
 static void test_dead_end(void **st)
 {
@@ -442,6 +652,10 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_regex),
 		cmocka_unit_test(test_refusals),
+		cmocka_unit_test(test_empty_repeats),
+		cmocka_unit_test(test_schema_blowup),
+		cmocka_unit_test(test_work_time),
+		cmocka_unit_test(test_schema_keywords),
 		cmocka_unit_test(test_json),
 		cmocka_unit_test(test_masks),
 		cmocka_unit_test(test_cache),

@@ -1,0 +1,367 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Hostile grammars against the real daemon (demo model) while client A
+ * streams tokens back to back; each case names the defect it guards:
+ *   1. refusals: each gets its errno on the grammar field, promptly;
+ *   2. empty groups repeated inside each other: compiled at once (they
+ *      kept the grammar thread busy for ever, and SIGTERM hung on it);
+ *   3. a schema of nested arrays whose pattern doubles at each level:
+ *      refused without the daemon's memory jumping (3 GB before);
+ *   4. a client that queues many slow grammars and is killed: a fresh
+ *      grammar of another client is compiled at once (each queued one
+ *      ran to its end first, for tens of seconds);
+ *   5. the same new grammar in many requests at once: compiled once, not
+ *      once a request;
+ *   6. a live client that keeps many slow grammars queued: another
+ *      client's grammar waits for one compile (clients take turns), not
+ *      for all of them;
+ * and all along, A's largest gap between events stays small (compiles run
+ * off the engine thread), and SIGTERM ends the daemon cleanly.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <lorad/lorad.h>
+
+#include "attack_harness.h"
+
+#define A_TOKENS      200
+#define MAX_GAP_MS    (ATK_SANITIZED ? 1500 : 300)
+#define MAX_ANSWER_MS (ATK_SANITIZED ? 20000 : 3000)
+#define MAX_HWM_KB    (100 * 1024)
+#define N_FLOOD       24
+#define N_DUP         12
+
+static struct lorad *a, *b;
+
+static int teardown(void **state)
+{
+	(void)state;
+	if (a)
+		lorad_close(a);
+	if (b)
+		lorad_close(b);
+	a = b = NULL;
+	atk_cleanup();
+	return 0;
+}
+
+struct stream {
+	uint32_t out[A_TOKENS];
+	uint64_t ud;
+	bool running;
+	unsigned events, requests;
+	uint64_t last_ns, max_gap_ns;
+};
+
+static struct stream s;
+
+static void a_submit(void)
+{
+	static const char p[] = "Which customers live in 'Soarburg'?";
+	struct lorad_request r = { .user_data = ++s.ud, .prompt_text = p, .prompt_text_len = sizeof(p) - 1,
+				   .max_tokens = A_TOKENS, .out = s.out, .flags = LORAD_SQE_F_IGNORE_EOS };
+
+	assert_int_equal(lorad_submit(a, &r), 0);
+	s.running = true;
+	s.requests++;
+}
+
+/* A's events (waiting up to 1 ms), one of its requests always running. */
+static void a_pump(void)
+{
+	struct lorad_event ev[16];
+	int n = lorad_wait(a, ev, 16, 1);
+	uint64_t now = atk_now_ns();
+
+	if (n > 0) {
+		if (s.last_ns && now - s.last_ns > s.max_gap_ns)
+			s.max_gap_ns = now - s.last_ns;
+		s.last_ns = now;
+		s.events += (unsigned)n;
+	}
+	for (int i = 0; i < n; i++)
+		if (ev[i].flags & LORAD_EV_FINAL) {
+			ATK_EXPECT(ev[i].res == 0, "A's request: res %d (%s)", ev[i].res, lorad_strerror(ev[i].res));
+			s.running = false;
+		}
+	if (!s.running)
+		a_submit();
+}
+
+struct job {
+	struct lorad_request r;
+	uint32_t out[16];
+	char text[256];
+	struct lorad_event fin;
+	bool done;
+};
+
+static void job_init(struct job *j, uint32_t kind, const char *text, size_t len)
+{
+	memset(j, 0, sizeof(*j));
+	j->r.prompt_text = "hello";
+	j->r.prompt_text_len = 5;
+	j->r.max_tokens = 16;
+	j->r.out = j->out;
+	j->r.out_text = j->text;
+	j->r.out_text_cap = sizeof(j->text) - 1;
+	j->r.flags = LORAD_SQE_F_GRAMMAR;
+	j->r.grammar = kind;
+	j->r.grammar_text = text;
+	j->r.grammar_len = (uint32_t)len;
+}
+
+/* Submit @n jobs on @c and wait for all, pumping A. Returns the milliseconds
+ * it took, or -1 when one got no final event in @timeout_ms (those are
+ * cancelled; their late events, under other ids, are ignored). */
+static long run_jobs(struct lorad *c, struct job *jobs, int n, int timeout_ms)
+{
+	static uint64_t next_ud = 1;
+	uint64_t t0 = atk_now_ns(), deadline = t0 + (uint64_t)timeout_ms * 1000000ull, base = next_ud;
+	int left = n;
+
+	next_ud += (uint64_t)n;
+	for (int i = 0; i < n; i++) {
+		jobs[i].r.user_data = base + (uint64_t)i;
+		assert_int_equal(lorad_submit(c, &jobs[i].r), 0);
+	}
+	while (left && atk_now_ns() < deadline) {
+		struct lorad_event ev[16];
+		int k = lorad_reap(c, ev, 16);
+
+		assert_true(k >= 0);
+		for (int i = 0; i < k; i++)
+			if ((ev[i].flags & LORAD_EV_FINAL) && ev[i].user_data >= base &&
+			    ev[i].user_data < base + (uint64_t)n) {
+				struct job *j = &jobs[ev[i].user_data - base];
+
+				j->fin = ev[i];
+				j->text[ev[i].text_len < sizeof(j->text) ? ev[i].text_len : 0] = 0;
+				j->done = true;
+				left--;
+			}
+		a_pump();
+	}
+	if (left) {
+		for (int i = 0; i < n; i++)
+			if (!jobs[i].done)
+				lorad_cancel(c, jobs[i].r.user_data);
+		return -1;
+	}
+	return (long)((atk_now_ns() - t0) / 1000000);
+}
+
+/* One grammar on B: its final event in *fin; the milliseconds, or -1. */
+static long run_one(uint32_t kind, const char *text, struct job *j)
+{
+	job_init(j, kind, text, text ? strlen(text) : 0);
+	return run_jobs(b, j, 1, 30000);
+}
+
+static void case_refusals(void)
+{
+	static const struct {
+		uint32_t kind;
+		const char *text;
+		int res;
+	} bad[] = {
+		{ LORAD_GRAMMAR_REGEX, "(a|b)*a(a|b){20}", -E2BIG },
+		{ LORAD_GRAMMAR_REGEX, "((\\w*\\s*){256}){20}", -E2BIG },
+		{ LORAD_GRAMMAR_REGEX, "(a)\\1", -ENOTSUP },
+		{ LORAD_GRAMMAR_REGEX, "a(?=b)", -ENOTSUP },
+		{ LORAD_GRAMMAR_REGEX, "ab(c", -EINVAL },
+		/* bytes that are not text: the client got U+FFFD in their place */
+		{ LORAD_GRAMMAR_REGEX, "abc\\xff", -ENOTSUP },
+		{ LORAD_GRAMMAR_REGEX, "ab\xff\xfe", -EINVAL },
+		{ LORAD_GRAMMAR_SCHEMA, "{\"$ref\":\"#\"}", -ENOTSUP },
+		{ LORAD_GRAMMAR_SCHEMA, "{\"type\":\"integer\",\"minimum\":0}", -ENOTSUP },
+		{ LORAD_GRAMMAR_SCHEMA, "{\"type\":\"array\",\"maxItems\":100000}", -E2BIG },
+		/* no value of the enum is an integer: it wrote "a" */
+		{ LORAD_GRAMMAR_SCHEMA, "{\"type\":\"integer\",\"enum\":[\"a\"]}", -EINVAL },
+	};
+	struct job j;
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		long ms = run_one(bad[i].kind, bad[i].text, &j);
+
+		ATK_EXPECT(ms >= 0 && ms < MAX_ANSWER_MS, "%s: answered after %ld ms", bad[i].text, ms);
+		ATK_EXPECT(ms < 0 || (j.fin.res == bad[i].res && j.fin.field == LORAD_FIELD_GRAMMAR),
+			   "%s: res %d (%s), field %s; wanted %d on grammar", bad[i].text, j.fin.res,
+			   lorad_strerror(j.fin.res), lorad_field_name(j.fin.field), bad[i].res);
+	}
+}
+
+/* 2. 256^4 expansions of nothing. */
+static void case_empty_repeats(void)
+{
+	struct job j;
+	long ms = run_one(LORAD_GRAMMAR_REGEX, "(((((){256}){256}){256}){256})x", &j);
+
+	fprintf(stderr, "empty groups: %ld ms, res %d, text '%s'\n", ms, j.fin.res, j.text);
+	ATK_EXPECT(ms >= 0 && ms < MAX_ANSWER_MS, "empty groups repeated: answered after %ld ms", ms);
+	ATK_EXPECT(ms < 0 || (j.fin.res == 0 && !strcmp(j.text, "x")),
+		   "empty groups repeated: res %d, text '%s' (wanted 'x')", j.fin.res, j.text);
+}
+
+/* 3. 21 nested arrays: 2^21 copies of the leaf's pattern. */
+static void case_nested_arrays(pid_t pid)
+{
+	char schema[1024] = "";
+	long hwm0 = atk_proc_status_kb(pid, "VmHWM"), hwm1, ms;
+	struct job j;
+
+	for (int i = 0; i < 21; i++)
+		strcat(schema, "{\"type\":\"array\",\"items\":");
+	strcat(schema, "{\"type\":\"null\"}");
+	for (int i = 0; i < 21; i++)
+		strcat(schema, "}");
+	ms = run_one(LORAD_GRAMMAR_SCHEMA, schema, &j);
+	hwm1 = atk_proc_status_kb(pid, "VmHWM");
+	fprintf(stderr, "21 nested arrays: %ld ms, res %d; peak RSS %ld -> %ld kB\n", ms, j.fin.res, hwm0, hwm1);
+	ATK_EXPECT(ms >= 0 && ms < MAX_ANSWER_MS, "21 nested arrays: answered after %ld ms", ms);
+	ATK_EXPECT(ms < 0 || (j.fin.res == -E2BIG && j.fin.field == LORAD_FIELD_GRAMMAR),
+		   "21 nested arrays: res %d, field %s", j.fin.res, lorad_field_name(j.fin.field));
+	if (!ATK_SANITIZED)
+		ATK_EXPECT(hwm1 - hwm0 < MAX_HWM_KB, "21 nested arrays: the daemon's peak RSS grew by %ld MB",
+			   (hwm1 - hwm0) / 1024);
+}
+
+/* 4. A client queues N_FLOOD slow grammars (each refused by max_work) and is killed. */
+static void case_killed_flood(const char *sock)
+{
+	struct job j;
+	pid_t child = fork();
+	long ms;
+
+	assert_true(child >= 0);
+	if (child == 0) {
+		static char pats[N_FLOOD][64];
+		static struct job fj[N_FLOOD];
+		struct lorad *c;
+
+		if (lorad_connect(sock, NULL, &c))
+			_exit(1);
+		for (int i = 0; i < N_FLOOD; i++) {
+			snprintf(pats[i], sizeof(pats[i]), "x{%d}((\\w*\\s*){256}){20}", i + 1);
+			job_init(&fj[i], LORAD_GRAMMAR_REGEX, pats[i], strlen(pats[i]));
+			if (lorad_submit(c, &fj[i].r))
+				_exit(1);
+		}
+		usleep(300000);
+		kill(getpid(), SIGKILL);
+		_exit(1);
+	}
+	assert_int_equal(atk_wait_child(child, 10000, NULL), 128 + SIGKILL);
+	s.last_ns = 0;   /* A was not read meanwhile: not the daemon's gap */
+	ms = run_one(LORAD_GRAMMAR_REGEX, "[a-z]{2}q", &j);
+	fprintf(stderr, "after a killed client's %d slow grammars: a new one took %ld ms\n", N_FLOOD, ms);
+	ATK_EXPECT(ms >= 0 && ms < MAX_ANSWER_MS, "a grammar after a killed client's %d slow ones took %ld ms",
+		   N_FLOOD, ms);
+	ATK_EXPECT(ms < 0 || j.fin.res == 0, "res %d", j.fin.res);
+}
+
+/* 4b. A live client keeps N_FLOOD slow grammars queued: another client's
+ * grammar waits for one compile, not for all of them. */
+static void case_live_flood(const char *sock)
+{
+	static char pats[N_FLOOD][64];
+	static struct job fj[N_FLOOD];
+	struct lorad *f;
+	struct job j;
+	long ms;
+
+	assert_int_equal(lorad_connect(sock, NULL, &f), 0);
+	for (int i = 0; i < N_FLOOD; i++) {
+		snprintf(pats[i], sizeof(pats[i]), "y{%d}((\\w*\\s*){256}){20}", i + 1);
+		job_init(&fj[i], LORAD_GRAMMAR_REGEX, pats[i], strlen(pats[i]));
+		fj[i].r.user_data = 1000 + (uint64_t)i;
+		assert_int_equal(lorad_submit(f, &fj[i].r), 0);
+	}
+	for (int i = 0; i < 100; i++)
+		a_pump();   /* the flood reaches the daemon first */
+	ms = run_one(LORAD_GRAMMAR_REGEX, "[a-z]{2}r", &j);
+	fprintf(stderr, "beside a live client's %d slow grammars: a new one took %ld ms\n", N_FLOOD, ms);
+	ATK_EXPECT(ms >= 0 && ms < MAX_ANSWER_MS, "a grammar beside a live client's %d slow ones took %ld ms",
+		   N_FLOOD, ms);
+	ATK_EXPECT(ms < 0 || j.fin.res == 0, "res %d", j.fin.res);
+	lorad_close(f);   /* its requests are dropped, and their compiles */
+}
+
+/* 5. N_DUP requests with one new grammar (a third of a second to compile). */
+static void case_duplicates(void)
+{
+	static const char one[] = "(.|..|...){255}", dup[] = "(.|..|...){256}";
+	static struct job jobs[N_DUP];
+	long t1, tn;
+
+	t1 = run_one(LORAD_GRAMMAR_REGEX, one, &jobs[0]);
+	for (int i = 0; i < N_DUP; i++)
+		job_init(&jobs[i], LORAD_GRAMMAR_REGEX, dup, sizeof(dup) - 1);
+	tn = run_jobs(b, jobs, N_DUP, 60000);
+	fprintf(stderr, "one new grammar: %ld ms; %d requests with another: %ld ms\n", t1, N_DUP, tn);
+	ATK_EXPECT(t1 >= 0 && tn >= 0, "no final event");
+	ATK_EXPECT(tn < 3 * t1 + 300, "%d requests of one grammar took %ld ms, one took %ld ms", N_DUP, tn, t1);
+	for (int i = 0; i < N_DUP; i++)
+		ATK_EXPECT(jobs[i].fin.res == 0, "request %d: res %d", i, jobs[i].fin.res);
+}
+
+static void test_grammar_attack(void **state)
+{
+	char model[300];
+	const char *args[] = { "--model", model, "--threads", "1", NULL };
+	struct atk_daemon d;
+	uint64_t deadline;
+
+	(void)state;
+	snprintf(model, sizeof(model), "%s/model", atk_demo_dir());
+	assert_int_equal(atk_daemon_init(&d, "gram"), 0);
+	assert_int_equal(atk_daemon_start(&d, args, 0), 0);
+	assert_int_equal(lorad_connect(d.sock, NULL, &a), 0);
+	assert_int_equal(lorad_connect(d.sock, NULL, &b), 0);
+	a_submit();
+	deadline = atk_now_ns() + 10000000000ull;
+	while (s.events < 10 && atk_now_ns() < deadline)
+		a_pump();
+	assert_true(s.events >= 10);
+	s.max_gap_ns = 0;
+
+	/* each case in the order that lets an unfixed daemon show every defect:
+	 * the ones that hold the grammar thread longest come last */
+	case_refusals();
+	case_nested_arrays(d.pid);
+	case_duplicates();
+	case_live_flood(d.sock);
+	case_killed_flood(d.sock);
+	case_empty_repeats();
+
+	fprintf(stderr, "A: %u events in %u requests, largest gap %.0f ms\n", s.events, s.requests,
+		s.max_gap_ns / 1e6);
+	ATK_EXPECT(s.max_gap_ns < MAX_GAP_MS * 1000000ull, "A's stream stalled for %.0f ms", s.max_gap_ns / 1e6);
+	lorad_close(a);
+	lorad_close(b);
+	a = b = NULL;
+	ATK_EXPECT(atk_daemon_alive(&d), "the daemon died (status %d)", d.status);
+	ATK_EXPECT(atk_daemon_stop(&d, 10000, NULL) == 0, "SIGTERM: not a clean exit within 10 s");
+	assert_int_equal(atk_failures, 0);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_teardown(test_grammar_attack, teardown),
+	};
+
+	if (atk_demo_check())
+		return ATK_SKIP;
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -186,6 +186,32 @@ static void counted(struct sbuf *b, int mn, int mx)
 
 static int schema(struct sc *c, struct json_object *o, unsigned depth);
 
+/* Keywords with no effect on what is valid. */
+static bool is_annotation(const char *k)
+{
+	static const char *const notes[] = { "title", "description", "$schema", "$id", "default",
+					     "examples", "$comment" };
+
+	for (size_t i = 0; i < sizeof(notes) / sizeof(notes[0]); i++)
+		if (!strcmp(k, notes[i]))
+			return true;
+	return false;
+}
+
+/* @o says nothing about what is valid: {} or only annotations. Such an
+ * additionalProperties takes the any-object path: written out as a value
+ * schema, any JSON at full depth twice over passes max_states, and
+ * {"additionalProperties": {}} is a common way to say "a map of anything". */
+static bool only_annotations(struct json_object *o)
+{
+	json_object_object_foreach(o, k, v) {
+		(void)v;
+		if (!is_annotation(k))
+			return false;
+	}
+	return true;
+}
+
 static int path_push(struct sc *c, const char *seg, size_t *saved)
 {
 	size_t n = strlen(c->path);
@@ -240,7 +266,7 @@ static int object_type(struct sc *c, struct json_object *o, unsigned depth)
 			sb_puts(b, "\\{\\}");
 			return 0;
 		}
-		if (addl && json_object_get_type(addl) == json_type_object) {
+		if (addl && json_object_get_type(addl) == json_type_object && !only_annotations(addl)) {
 			/* any names, each value valid for additionalProperties */
 			struct sbuf val = { .left = b->left };
 			size_t saved;
@@ -486,11 +512,11 @@ static int value_fits(struct sc *c, struct json_object *o, struct json_object *v
 	return 0;
 }
 
+/* what a schema may say besides annotations (is_annotation: no effect on
+ * what is valid) */
 static const char *const known[] = {
 	"type", "properties", "required", "additionalProperties", "enum", "const", "items",
 	"minItems", "maxItems", "minLength", "maxLength",
-	/* annotations: no effect on what is valid */
-	"title", "description", "$schema", "$id", "default", "examples", "$comment",
 };
 
 static int schema(struct sc *c, struct json_object *o, unsigned depth)
@@ -513,7 +539,7 @@ static int schema(struct sc *c, struct json_object *o, unsigned depth)
 		(void)v;
 		for (i = 0; i < sizeof(known) / sizeof(known[0]) && strcmp(k, known[i]); i++)
 			;
-		if (i == sizeof(known) / sizeof(known[0]))
+		if (i == sizeof(known) / sizeof(known[0]) && !is_annotation(k))
 			return sfail(c, -ENOTSUP, "keyword '%.64s' is not supported", k);
 	}
 	json_object_object_get_ex(o, "enum", &en);

@@ -312,12 +312,29 @@ struct gowner {
 	uint64_t served;
 };
 
-/* @id's record, added (served "now": after those waiting longer); under gp_lock. */
-static struct gowner *gowner_add(struct sched *s, const void *id)
+/* @id's record, or NULL; under gp_lock. */
+static struct gowner *gowner_find(struct sched *s, const void *id)
 {
 	for (unsigned i = 0; i < s->n_gown; i++)
 		if (s->gown[i].id == id)
 			return &s->gown[i];
+	return NULL;
+}
+
+/* @o has one compile fewer waiting; the record goes with its last. */
+static void gowner_done(struct sched *s, struct gowner *o)
+{
+	if (!--o->pending)
+		*o = s->gown[--s->n_gown];
+}
+
+/* @id's record, added (served "now": after those waiting longer); under gp_lock. */
+static struct gowner *gowner_add(struct sched *s, const void *id)
+{
+	struct gowner *f = gowner_find(s, id);
+
+	if (f)
+		return f;
 	if (s->n_gown == s->cap_gown) {
 		unsigned cap = s->cap_gown ? 2 * s->cap_gown : 16;
 		struct gowner *o = realloc(s->gown, cap * sizeof(*o));
@@ -362,9 +379,34 @@ static struct gitem *gram_take(struct sched *s)
 		s->gp_tail = prev;
 	it->pend_next = NULL;
 	o->served = ++s->gq_tick;
-	if (!--o->pending)
-		*o = s->gown[--s->n_gown];
+	gowner_done(s, o);
 	return it;
+}
+
+/*
+ * @who asks for the compile @it that another client's request asked for
+ * first. Still waiting in the list, it goes under @who's turns when they
+ * come sooner: @who with fewer compiles waiting than the owner has ahead
+ * of it. Else a client that queued many could hold back any text another
+ * asks for, by asking for it first.
+ */
+static void gram_share(struct sched *s, struct gitem *it, const void *who)
+{
+	struct gowner *o, *w;
+	unsigned ahead = 0;
+	struct gitem *p;
+
+	pthread_mutex_lock(&s->gp_lock);
+	for (p = s->gp_head; p && p != it; p = p->pend_next)
+		ahead += p->owner == it->owner;
+	w = gowner_find(s, who);
+	if (p && it->owner != who && (w ? w->pending : 0) < ahead && (w = gowner_add(s, who))) {
+		o = gowner_find(s, it->owner);
+		it->owner = who;
+		w->pending++;
+		gowner_done(s, o);   /* last: it may move w's record */
+	}
+	pthread_mutex_unlock(&s->gp_lock);
 }
 
 static void gram_run(void *ctx, struct wq_item *w)
@@ -428,6 +470,7 @@ static int gram_submit(struct sched *s, struct sjob *j)
 		it = o->git;
 		if (o != j && it && it->kind == (enum gram_kind)r->x.gram_kind && it->len == r->x.gram_len &&
 		    !memcmp(it->text, text, it->len)) {
+			gram_share(s, it, r->s);
 			j->git = it;
 			j->cookie = it->cookie;
 			return 0;

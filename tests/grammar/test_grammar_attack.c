@@ -270,12 +270,15 @@ static void case_killed_flood(const char *sock)
 	ATK_EXPECT(ms < 0 || j.fin.res == 0, "res %d", j.fin.res);
 }
 
-/* 4b. A live client keeps N_FLOOD slow grammars queued: another client's
- * grammar waits for one compile, not for all of them. */
+/* 4b. A live client keeps N_FLOOD slow grammars queued, then asks for a
+ * quick one too: another client's grammar waits for one compile, not for
+ * all of them, also when it is the text the flooding client asked for
+ * last (the shared compile had kept the first asker's turns). */
 static void case_live_flood(const char *sock)
 {
+	static const char shared[] = "[a-z]{2}T";
 	static char pats[N_FLOOD][64];
-	static struct job fj[N_FLOOD];
+	static struct job fj[N_FLOOD + 1];
 	struct lorad *f;
 	struct job j;
 	long ms;
@@ -287,8 +290,16 @@ static void case_live_flood(const char *sock)
 		fj[i].r.user_data = 1000 + (uint64_t)i;
 		assert_int_equal(lorad_submit(f, &fj[i].r), 0);
 	}
+	job_init(&fj[N_FLOOD], LORAD_GRAMMAR_REGEX, shared, sizeof(shared) - 1);
+	fj[N_FLOOD].r.user_data = 1000 + N_FLOOD;
+	assert_int_equal(lorad_submit(f, &fj[N_FLOOD].r), 0);
 	for (int i = 0; i < 100; i++)
 		a_pump();   /* the flood reaches the daemon first */
+	ms = run_one(LORAD_GRAMMAR_REGEX, shared, &j);
+	fprintf(stderr, "the text a live client asked for after %d slow grammars: %ld ms\n", N_FLOOD, ms);
+	ATK_EXPECT(ms >= 0 && ms < MAX_ANSWER_MS, "a grammar the flooding client also asked for took %ld ms",
+		   ms);
+	ATK_EXPECT(ms < 0 || j.fin.res == 0, "res %d", j.fin.res);
 	ms = run_one(LORAD_GRAMMAR_REGEX, "[a-z]{2}r", &j);
 	fprintf(stderr, "beside a live client's %d slow grammars: a new one took %ld ms\n", N_FLOOD, ms);
 	ATK_EXPECT(ms >= 0 && ms < MAX_ANSWER_MS, "a grammar beside a live client's %d slow ones took %ld ms",

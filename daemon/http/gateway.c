@@ -82,22 +82,37 @@ static uint64_t mono_ms(void)
 
 /* --- liblorad connections ----------------------------------------------------------- */
 
-/* One of the idle connections, or a new one. Returns 0 or the connect error. */
+/*
+ * One of the idle connections, or a new one. Returns 0 or the connect error.
+ * An idle one is looked at first (lorad_wait() with no wait checks the
+ * socket): one whose daemon went away (killed, restarted) is closed, not
+ * handed out to fail a request while a new daemon is there to serve it.
+ */
 static int client_take(struct gateway *g, struct lorad **out)
 {
 	struct lorad_connect_opts co = { .arena_size = 2 * g->o.max_body + (4u << 20),
 					 .max_inflight = 64, .timeout_ms = 5000 };
+	struct lorad_event ev;
 	struct lclient *l;
 
-	pthread_mutex_lock(&g->lock);
-	l = g->idle;
-	if (l)
-		g->idle = l->next;
-	pthread_mutex_unlock(&g->lock);
-	if (l) {
-		*out = l->c;
+	for (;;) {
+		struct lorad *c;
+
+		pthread_mutex_lock(&g->lock);
+		l = g->idle;
+		if (l)
+			g->idle = l->next;
+		pthread_mutex_unlock(&g->lock);
+		if (!l)
+			break;
+		c = l->c;
 		free(l);
-		return 0;
+		/* idle and clean: no event is owed to it, so anything but 0 is a fault */
+		if (lorad_wait(c, &ev, 1, 0) == 0) {
+			*out = c;
+			return 0;
+		}
+		lorad_close(c);
 	}
 	return lorad_connect(g->o.socket, &co, out);
 }

@@ -42,7 +42,9 @@ struct gateway {
 struct body {
 	char *buf;
 	size_t len;
+	uint64_t discarded;          /* bytes of a body over --max-body, read and dropped */
 	bool too_big;
+	bool answered;               /* refused from its head: the rest is not looked at */
 };
 
 /* One completion on its way: its requests in the daemon and what was sent. */
@@ -135,8 +137,9 @@ static void client_put(struct gateway *g, struct lorad *c, bool ok)
 
 /* --- answers --------------------------------------------------------------------------- */
 
-static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, const char *type,
-			     char *text)
+/* @text (taken) as the answer; @allow, when not NULL, the Allow header of a 405. */
+static enum MHD_Result reply_allow(struct MHD_Connection *conn, unsigned status, const char *type,
+				   char *text, const char *allow)
 {
 	struct MHD_Response *r;
 	enum MHD_Result ret;
@@ -149,9 +152,17 @@ static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, const
 		return MHD_NO;
 	}
 	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+	if (allow)
+		MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
 	ret = MHD_queue_response(conn, status, r);
 	MHD_destroy_response(r);
 	return ret;
+}
+
+static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, const char *type,
+			     char *text)
+{
+	return reply_allow(conn, status, type, text, NULL);
 }
 
 static enum MHD_Result error_reply(struct MHD_Connection *conn, unsigned status, const char *msg,
@@ -796,6 +807,80 @@ static bool authorized(const struct gateway *g, struct MHD_Connection *conn)
 	return diff == 0;
 }
 
+/* The paths served and the methods each takes. */
+static const struct route {
+	const char *path;
+	const char *allow;           /* methods, as an Allow header */
+} routes[] = {
+	{ "/v1/completions", "POST" },
+	{ "/v1/models", "GET, HEAD" },
+	{ "/metrics", "GET, HEAD" },
+	{ "/healthz", "GET, HEAD" },
+};
+
+static const struct route *route_of(const char *url)
+{
+	for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++)
+		if (!strcmp(url, routes[i].path))
+			return &routes[i];
+	return NULL;
+}
+
+static bool method_allowed(const struct route *r, const char *method)
+{
+	if (!strcmp(method, "HEAD"))     /* MHD sends a GET's head alone */
+		method = "GET";
+	return !strcmp(r->allow, method) || (!strncmp(r->allow, method, strlen(method)) &&
+					      r->allow[strlen(method)] == ',');
+}
+
+static enum MHD_Result too_big_reply(const struct gateway *g, struct MHD_Connection *conn)
+{
+	char msg[120];
+
+	snprintf(msg, sizeof(msg), "the request body is larger than --max-body (%u bytes)",
+		 g->o.max_body);
+	return error_reply(conn, 413, msg, "invalid_request_error", NULL, NULL);
+}
+
+/*
+ * The request's head, before a byte of its body is read: a refusal (token,
+ * path, method, an announced body over --max-body) is queued now, and MHD
+ * then reads no body and closes the connection. Returns MHD_YES to go on
+ * (nothing queued, @b->answered false), else what queuing the refusal gave.
+ */
+static enum MHD_Result on_head(struct gateway *g, struct MHD_Connection *conn, const char *url,
+			       const char *method, struct body *b)
+{
+	const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+						     MHD_HTTP_HEADER_CONTENT_LENGTH);
+	const struct route *r = route_of(url);
+	char msg[160];
+
+	if (r && !strcmp(r->path, "/healthz") && method_allowed(r, method))
+		return MHD_YES;
+	b->answered = true;
+	if (!authorized(g, conn))
+		return error_reply(conn, 401, "a bearer token is required (Authorization: Bearer ...)",
+				   "invalid_request_error", NULL, "invalid_api_key");
+	if (!r && !strcmp(url, "/v1/chat/completions"))
+		return error_reply(conn, 404, "lorad-http serves /v1/completions; chat is not offered",
+				   "invalid_request_error", NULL, "unknown_url");
+	if (!r)
+		return error_reply(conn, 404, "no such path: /v1/completions, /v1/models, /metrics, /healthz",
+				   "invalid_request_error", NULL, "unknown_url");
+	if (!method_allowed(r, method)) {
+		snprintf(msg, sizeof(msg), "%s takes %s, not %.20s", r->path, r->allow, method);
+		return reply_allow(conn, 405, "application/json",
+				   oa_error_json(msg, "invalid_request_error", NULL, "method_not_allowed"),
+				   r->allow);
+	}
+	if (cl && strtoull(cl, NULL, 10) > g->o.max_body)
+		return too_big_reply(g, conn);
+	b->answered = false;
+	return MHD_YES;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
 				  const char *method, const char *version, const char *upload,
 				  size_t *upload_size, void **con_cls)
@@ -805,15 +890,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 
 	(void)version;
 	if (!b) {
-		const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-							     MHD_HTTP_HEADER_CONTENT_LENGTH);
-
 		if (!(b = calloc(1, sizeof(*b))))
 			return MHD_NO;
 		*con_cls = b;
-		/* refused before a byte of it is read */
-		if (cl && strtoull(cl, NULL, 10) > g->o.max_body)
-			b->too_big = true;
+		return on_head(g, conn, url, method, b);
+	}
+	if (b->answered) {
+		*upload_size = 0;
 		return MHD_YES;
 	}
 	if (*upload_size) {
@@ -826,36 +909,32 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 			memcpy(b->buf + b->len, upload, *upload_size);
 			b->len += *upload_size;
 		} else {
-			b->too_big = true;
+			/* a body not announced (chunked) is read past the limit only
+			 * as far again, for the 413 to reach a client that sends it
+			 * all: one without end has its connection closed */
+			if (!b->too_big) {
+				b->discarded = b->len;
+				free(b->buf);
+				b->buf = NULL;
+				b->len = 0;
+				b->too_big = true;
+			}
+			b->discarded += *upload_size;
+			if (b->discarded > 2 * (uint64_t)g->o.max_body)
+				return MHD_NO;
 		}
 		*upload_size = 0;
 		return MHD_YES;
 	}
-	if (!strcmp(url, "/healthz") && !strcmp(method, "GET"))
+	if (!strcmp(url, "/healthz"))
 		return healthz(g, conn);
-	if (!authorized(g, conn))
-		return error_reply(conn, 401, "a bearer token is required (Authorization: Bearer ...)",
-				   "invalid_request_error", NULL, "invalid_api_key");
-	if (b->too_big) {
-		char msg[120];
-
-		snprintf(msg, sizeof(msg), "the request body is larger than --max-body (%u bytes)",
-			 g->o.max_body);
-		return error_reply(conn, 413, msg, "invalid_request_error", NULL, NULL);
-	}
+	if (b->too_big)
+		return too_big_reply(g, conn);
 	if (!strcmp(url, "/v1/completions"))
-		return strcmp(method, "POST")
-			       ? error_reply(conn, 405, "use POST", "invalid_request_error", NULL, NULL)
-			       : completions(g, conn, b);
-	if (!strcmp(url, "/v1/models") && !strcmp(method, "GET"))
+		return completions(g, conn, b);
+	if (!strcmp(url, "/v1/models"))
 		return models(g, conn);
-	if (!strcmp(url, "/metrics") && !strcmp(method, "GET"))
-		return metrics(g, conn);
-	if (!strcmp(url, "/v1/chat/completions"))
-		return error_reply(conn, 404, "lorad-http serves /v1/completions; chat is not offered",
-				   "invalid_request_error", NULL, "unknown_url");
-	return error_reply(conn, 404, "no such path: /v1/completions, /v1/models, /metrics, /healthz",
-			   "invalid_request_error", NULL, "unknown_url");
+	return metrics(g, conn);
 }
 
 static void on_done(void *cls, struct MHD_Connection *conn, void **con_cls,

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # lorad-http attacked with raw sockets and curl, against the real daemon:
 #   usage: test_http_attack.sh BUILD_BIN_DIR REPO_ROOT CASE
-# CASE: restart  (the daemon SIGKILLed and started again: served at once,
+# CASE: head     (a body over --max-body refused before it is read, one
+#                 without end cut, methods and paths answered from the head;
+#                 no fd or memory kept)
+#       restart  (the daemon SIGKILLed and started again: served at once,
 #                 not failed on the gateway's stale connections)
 # LORAD_HTTP_BIN overrides the gateway (to run these against another build).
 # Exits 77 (skipped) without curl or python3, as test_http.sh.
@@ -106,6 +109,93 @@ port=$(free_port)
 url="http://127.0.0.1:$port"
 
 case $case_ in
+head)
+	start_daemon
+	start_gateway --max-body 4096 --timeout 5
+	hdr='b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n'
+	# announced over the limit: 413 at once, with nothing of the body sent
+	r=$(raw "$hdr"'Content-Length: 100000000000\r\n\r\n"' 3)
+	[ "${r#* }" = "HTTP/1.1 413 Content Too Large" ] || [ "${r#* }" = "HTTP/1.1 413 Payload Too Large" ] ||
+		fail "an announced 100 GB body: '$r', want 413 before the body"
+	[ "${r%% *}" = 0.0 ] || fail "413 after ${r%% *} s"
+	# a chunked body without end: cut, not read for as long as it comes
+	python3 - "$port" <<'EOF' || fail "a chunked body without end was read on"
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+t0 = time.time()
+try:
+    while time.time() - t0 < 4:
+        s.sendall(b"400\r\n" + b"x" * 1024 + b"\r\n")
+        time.sleep(0.001)
+    sys.exit("still reading after 4 s")
+except (ConnectionResetError, BrokenPipeError):
+    pass
+EOF
+	# one that stops a little past the limit still gets its 413
+	st=$(python3 -c 'print("{\"model\":\"sql\",\"prompt\":\"" + "x"*6000 + "\"}")' |
+		curl -s -o "$dir/out" -w '%{http_code}' -H 'Transfer-Encoding: chunked' --data-binary @- \
+		"$url/v1/completions")
+	[ "$st" = 413 ] || fail "a chunked body a little over: $st"
+	grep -q 'max-body (4096 bytes)' "$dir/out" || fail "413 does not name the limit: $(cat "$dir/out")"
+
+	# paths and methods, answered from the head: an existing path is not "no such path"
+	check() {   # METHOD PATH STATUS [ALLOW]
+		if [ "$1" = HEAD ]; then
+			curl -s -o "$dir/out" -D "$dir/hdr" -I "$url$2"
+		else
+			curl -s -o "$dir/out" -D "$dir/hdr" -X "$1" "$url$2"
+		fi
+		st=$(awk 'NR==1 {print $2}' "$dir/hdr")
+		[ "$st" = "$3" ] || fail "$1 $2: $st, want $3: $(cat "$dir/out")"
+		if [ -n "${4:-}" ]; then
+			grep -qi "^Allow: $4" "$dir/hdr" || fail "$1 $2: no Allow: $4"
+			python3 -c "import json; e=json.load(open('$dir/out'))['error']; assert '$2' in e['message'] and e['code'] == 'method_not_allowed', e" ||
+				fail "$1 $2: $(cat "$dir/out")"
+		fi
+	}
+	check HEAD /healthz 200
+	check HEAD /v1/models 200
+	check GET /v1/models 200
+	check OPTIONS /v1/models 405 'GET, HEAD'
+	check DELETE /metrics 405 'GET, HEAD'
+	check PUT /v1/completions 405 POST
+	check GET /v1/completions 405 POST
+	check GET /v1/nothing 404
+	check POST '/v1/completions/..' 404
+	# a refused PUT with a body: the body is not waited for
+	r=$(raw 'b"PUT /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"' 3)
+	[ "${r#* }" = "HTTP/1.1 405 Method Not Allowed" ] && [ "${r%% *}" = 0.0 ] || fail "PUT with a body: $r"
+
+	# none of it keeps an fd or memory: 200 rounds of the refusals
+	f0=$(fds) m0=$(rss_kb)
+	python3 - "$port" <<'EOF'
+import socket, sys
+port = int(sys.argv[1])
+head = b"HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+reqs = [b"POST /v1/completions " + head + b"Content-Length: 99999999\r\n\r\n",
+        b"OPTIONS /v1/models " + head + b"\r\n",
+        b"POST /v1/completions " + head + b"Content-Length: 11\r\n\r\n{\"model\":\"\xff",
+        b"POST /v1/completions " + head + b"Transfer-Encoding: chunked\r\n\r\n" +
+        b"2000\r\n" + b"y" * 8192 + b"\r\n0\r\n\r\n"]
+for i in range(200):
+    s = socket.create_connection(("127.0.0.1", port))
+    try:
+        s.sendall(reqs[i % len(reqs)])
+        s.settimeout(5)
+        while s.recv(65536):
+            pass
+    except OSError:
+        pass
+    s.close()
+EOF
+	sleep 0.5
+	f1=$(fds) m1=$(rss_kb)
+	[ "$f1" -le $((f0 + 2)) ] || fail "fds $f0 -> $f1 after 200 refused requests"
+	[ "$m1" -le $((m0 + 8192)) ] || fail "VmRSS $m0 -> $m1 kB after 200 refused requests"
+	st=$(post '{"model":"sql","prompt":"x","max_tokens":2}')
+	[ "$st" = 200 ] || fail "a completion after the attacks: $st"
+	;;
 restart)
 	# the daemon killed and started again: the gateway's pooled connections
 	# to the old one must not fail requests the new one can serve

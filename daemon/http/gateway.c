@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include <arpa/inet.h>
+#include <sys/socket.h>
 #include <json-c/json.h>
 #include <microhttpd.h>
 
@@ -36,6 +37,8 @@ struct gateway {
 	pthread_mutex_t lock;
 	struct lclient *idle;        /* liblorad connections nobody uses now */
 	uint64_t seq;                /* completion ids */
+	int stopping;                /* gateway_stop() has begun: completions end (atomic) */
+	unsigned busy;               /* completions not yet answered in full (atomic) */
 };
 
 /* What an HTTP request has sent so far. */
@@ -45,6 +48,7 @@ struct body {
 	uint64_t discarded;          /* bytes of a body over --max-body, read and dropped */
 	bool too_big;
 	bool answered;               /* refused from its head: the rest is not looked at */
+	bool busy;                   /* a completion: counted in gateway.busy until on_done() */
 };
 
 /* One completion on its way: its requests in the daemon and what was sent. */
@@ -242,6 +246,29 @@ static void job_free(struct job *j)
 
 static int pump(struct job *j, int ms, bool stream);
 
+static bool stopping(const struct gateway *g)
+{
+	return __atomic_load_n(&g->stopping, __ATOMIC_ACQUIRE);
+}
+
+/*
+ * Whether the HTTP client has gone while its answer is computed: EOF or an
+ * error on its socket. As nginx, a client that has closed its side has left
+ * (bytes of a pipelined request hide the EOF: such a client is served).
+ */
+static bool client_left(struct MHD_Connection *conn)
+{
+	const union MHD_ConnectionInfo *ci =
+		MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+	ssize_t r;
+	char c;
+
+	if (!ci)
+		return false;
+	r = recv(ci->connect_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+	return r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
 /* Cancel what still runs and wait for its final events, so the connection
  * goes back to the pool clean (or is closed). */
 static void job_end(struct job *j)
@@ -384,6 +411,18 @@ static enum MHD_Result complete_whole(struct MHD_Connection *conn, struct job *j
 			job_free(j);
 			return error_reply(conn, 504, "the completion took longer than the gateway's "
 				"--request-timeout and was cancelled", "timeout", NULL, NULL);
+		}
+		if (stopping(j->g)) {
+			job_end(j);
+			job_free(j);
+			return error_reply(conn, 503, "lorad-http is stopping: the completion was "
+					   "cancelled", "service_unavailable", NULL, NULL);
+		}
+		if (client_left(conn)) {
+			/* nobody to answer: the daemon's work ends now, not at max_tokens */
+			job_end(j);
+			job_free(j);
+			return MHD_NO;
 		}
 		pump(j, WAIT_SLICE_MS, false);
 	}
@@ -565,6 +604,18 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 			j->done_sent = true;
 			break;
 		}
+		if (stopping(j->g)) {
+			/* stream_free() cancels what runs */
+			char *e = oa_error_json("lorad-http is stopping: the completion was cancelled",
+						"service_unavailable", NULL, NULL);
+
+			if (e)
+				sse_put(j, e);
+			free(e);
+			sse_put(j, "[DONE]");
+			j->done_sent = true;
+			break;
+		}
 		if (!j->cancelled && mono_ms() >= j->deadline_ms) {
 			for (unsigned i = 0; i < j->submitted; i++)
 				if (!j->ch[i].done)
@@ -597,16 +648,21 @@ static void stream_free(void *cls)
 }
 
 static enum MHD_Result completions(struct gateway *g, struct MHD_Connection *conn,
-				   const struct body *b)
+				   struct body *b)
 {
 	char err[300], param[32];
-	struct job *j = calloc(1, sizeof(*j));
+	struct job *j;
 	struct MHD_Response *r;
 	enum MHD_Result ret;
 	unsigned field;
 	int rc;
 
-	if (!j)
+	if (stopping(g))
+		return error_reply(conn, 503, "lorad-http is stopping", "service_unavailable", NULL, NULL);
+	/* gateway_stop() waits for it to be answered before it closes connections */
+	b->busy = true;
+	__atomic_add_fetch(&g->busy, 1, __ATOMIC_ACQ_REL);
+	if (!(j = calloc(1, sizeof(*j))))
 		return MHD_NO;
 	rc = oa_parse_completion(b->buf ? b->buf : "", b->len, g->o.max_tokens, &j->req, err,
 				 sizeof(err), param, sizeof(param));
@@ -942,10 +998,11 @@ static void on_done(void *cls, struct MHD_Connection *conn, void **con_cls,
 {
 	struct body *b = *con_cls;
 
-	(void)cls;
 	(void)conn;
 	(void)toe;
 	if (b) {
+		if (b->busy)
+			__atomic_sub_fetch(&((struct gateway *)cls)->busy, 1, __ATOMIC_ACQ_REL);
 		free(b->buf);
 		free(b);
 		*con_cls = NULL;
@@ -1009,6 +1066,13 @@ void gateway_stop(struct gateway *g)
 {
 	if (!g)
 		return;
+	/* completions and streams in flight are cancelled within a wait slice and
+	 * answered (503, or an error event and [DONE]) before MHD closes their
+	 * connections; a cancel the daemon does not answer ends at DRAIN_MS */
+	__atomic_store_n(&g->stopping, 1, __ATOMIC_RELEASE);
+	for (uint64_t until = mono_ms() + WAIT_SLICE_MS + DRAIN_MS;
+	     __atomic_load_n(&g->busy, __ATOMIC_ACQUIRE) && mono_ms() < until;)
+		nanosleep(&(struct timespec){ .tv_nsec = 10 * 1000 * 1000 }, NULL);
 	MHD_stop_daemon(g->mhd);
 	while (g->idle) {
 		struct lclient *l = g->idle;

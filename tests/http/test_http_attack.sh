@@ -6,6 +6,9 @@
 #                 no fd or memory kept)
 #       restart  (the daemon SIGKILLed and started again: served at once,
 #                 not failed on the gateway's stale connections)
+#       leave    (a client that leaves a whole completion: cancelled)
+#       stop     (SIGTERM of the gateway with a completion and a stream open:
+#                 both answered and cancelled, the gateway gone in seconds)
 # LORAD_HTTP_BIN overrides the gateway (to run these against another build).
 # Exits 77 (skipped) without curl or python3, as test_http.sh.
 set -u
@@ -225,6 +228,53 @@ restart)
 	start_daemon
 	st=$(post '{"model":"sql","prompt":"x","max_tokens":2}' --max-time 10)
 	[ "$st" = 200 ] || fail "the first request after the second restart: $st $(cat "$dir/out")"
+	;;
+leave)
+	make_slow_model
+	start_daemon "$dir/slow"
+	start_gateway
+	# a whole (not streamed) completion of minutes whose client leaves: cancelled
+	curl -s -o /dev/null --max-time 1.5 -H 'Content-Type: application/json' --data-binary \
+		'{"model":"base","prompt":"a","max_tokens":3000,"ignore_eos":true}' "$url/v1/completions"
+	for _ in $(seq 30); do [ "$(inflight)" = 0 ] && break; sleep 0.1; done
+	[ "$(inflight)" = 0 ] || fail "a whole completion whose client left still runs"
+	st=$(post '{"model":"base","prompt":"a","max_tokens":4}' --max-time 10)
+	[ "$st" = 200 ] || fail "served after a client left: $st"
+	;;
+stop)
+	make_slow_model
+	start_daemon "$dir/slow"
+	start_gateway
+	# SIGTERM with a whole completion and a stream open: both are answered
+	# (503, an error event and [DONE]), cancelled, and the gateway is gone
+	post '{"model":"base","prompt":"a","max_tokens":3000,"ignore_eos":true}' --max-time 30 >"$dir/st_whole" &
+	w=$!
+	curl -sN --max-time 30 -H 'Content-Type: application/json' --data-binary \
+		'{"model":"base","prompt":"a","max_tokens":3000,"ignore_eos":true,"stream":true}' \
+		"$url/v1/completions" >"$dir/sse" &
+	s=$!
+	for _ in $(seq 50); do [ "$(inflight)" = 2 ] && break; sleep 0.1; done
+	[ "$(inflight)" = 2 ] || fail "the two long completions are not running"
+	t0=$(date +%s)
+	kill -TERM "$gpid"
+	for _ in $(seq 100); do kill -0 "$gpid" 2>/dev/null || break; sleep 0.1; done
+	kill -0 "$gpid" 2>/dev/null && fail "lorad-http still runs 10 s after SIGTERM"
+	wait "$gpid"
+	rc=$?
+	gpid=
+	[ "$rc" = 0 ] || fail "lorad-http exit status $rc after SIGTERM"
+	wait "$w" "$s"
+	[ $(($(date +%s) - t0)) -le 6 ] || fail "SIGTERM took $(($(date +%s) - t0)) s"
+	[ "$(cat "$dir/st_whole")" = 503 ] || fail "the whole completion: $(cat "$dir/st_whole") $(cat "$dir/out")"
+	grep -q stopping "$dir/out" || fail "the 503 does not say why: $(cat "$dir/out")"
+	python3 - "$dir/sse" <<'EOF' || fail "the stream at SIGTERM: $(tail -c 400 "$dir/sse")"
+import json, sys
+ev = [l for l in open(sys.argv[1]).read().split("\n\n") if l.startswith("data: ")]
+assert ev[-1] == "data: [DONE]", ev[-1:]
+assert "stopping" in json.loads(ev[-2][6:])["error"]["message"], ev[-2]
+EOF
+	for _ in $(seq 30); do [ "$(inflight)" = 0 ] && break; sleep 0.1; done
+	[ "$(inflight)" = 0 ] || fail "completions still run in the daemon after the gateway stopped"
 	;;
 *)
 	echo "unknown case $case_"

@@ -226,6 +226,28 @@ static unsigned http_status(int res, unsigned field, const char **type, const ch
 	return 500;
 }
 
+/*
+ * A request's failure as an OpenAI error: its HTTP status, and @msg saying
+ * what was refused in the request's own terms (lorad_strerror() alone
+ * words -EILSEQ for grammars, and names lorad's fields, not OpenAI's).
+ */
+static unsigned failure(const struct job *j, const struct lorad_event *ev, char *msg, size_t len,
+			const char **type, const char **param)
+{
+	unsigned st = http_status(ev->res, ev->field, type, param);
+
+	if (st == 404)
+		snprintf(msg, len, "The model `%s` does not exist", j->req.model);
+	else if (ev->res == -EILSEQ && ev->field == LORAD_FIELD_PROMPT)
+		snprintf(msg, len, "the prompt is not valid UTF-8 (the daemon's tokenizer refused it)");
+	else if (ev->res == -EINVAL && ev->field == LORAD_FIELD_EXT)
+		snprintf(msg, len, "the daemon refused the stop strings (each 1 to %d bytes of "
+			 "valid UTF-8)", OA_STOP_MAX);
+	else
+		snprintf(msg, len, "%s (%s)", lorad_strerror(ev->res), lorad_field_name(ev->field));
+	return st;
+}
+
 static const char *finish_name(unsigned f)
 {
 	return f == LORAD_FINISH_STOP ? "stop" : "length";
@@ -434,14 +456,9 @@ static enum MHD_Result complete_whole(struct MHD_Connection *conn, struct job *j
 	}
 	if ((bad = job_failure(j))) {
 		const char *type, *param;
-		unsigned st = http_status(bad->res, bad->field, &type, &param);
 		char msg[300];
+		unsigned st = failure(j, bad, msg, sizeof(msg), &type, &param);
 
-		if (st == 404)
-			snprintf(msg, sizeof(msg), "The model `%s` does not exist", j->req.model);
-		else
-			snprintf(msg, sizeof(msg), "%s (%s)", lorad_strerror(bad->res),
-				 lorad_field_name(bad->field));
 		job_free(j);
 		return error_reply(conn, st, msg, type, param, st == 404 ? "model_not_found" : NULL);
 	}
@@ -493,15 +510,10 @@ static void stream_collect(struct job *j)
 			continue;
 		if (ch->fin.res < 0) {
 			const char *type, *param;
-			unsigned st = http_status(ch->fin.res, ch->fin.field, &type, &param);
 			char msg[300];
+			unsigned st = failure(j, &ch->fin, msg, sizeof(msg), &type, &param);
 			char *e;
 
-			if (st == 404)
-				snprintf(msg, sizeof(msg), "The model `%s` does not exist", j->req.model);
-			else
-				snprintf(msg, sizeof(msg), "%s (%s)", lorad_strerror(ch->fin.res),
-					 lorad_field_name(ch->fin.field));
 			e = oa_error_json(msg, type, param, st == 404 ? "model_not_found" : NULL);
 			if (e)
 				sse_put(j, e);

@@ -4,6 +4,7 @@
 # CASE: head     (a body over --max-body refused before it is read, one
 #                 without end cut, methods and paths answered from the head;
 #                 no fd or memory kept)
+#       utf8     (bodies that are not UTF-8: one 400 that says so)
 #       restart  (the daemon SIGKILLed and started again: served at once,
 #                 not failed on the gateway's stale connections)
 #       leave    (a client that leaves a whole completion: cancelled)
@@ -198,6 +199,21 @@ EOF
 	[ "$m1" -le $((m0 + 8192)) ] || fail "VmRSS $m0 -> $m1 kB after 200 refused requests"
 	st=$(post '{"model":"sql","prompt":"x","max_tokens":2}')
 	[ "$st" = 200 ] || fail "a completion after the attacks: $st"
+	;;
+utf8)
+	start_daemon
+	start_gateway
+	# not UTF-8: refused at the boundary, saying so (not a grammar's message)
+	for b in '{"model":"base","prompt":"\xff\xfe x","max_tokens":2}' '{"model":"base","prompt":"x\xed\xa0\x80"}' '{"model":"\xc3","prompt":"x"}' \
+		 '{"model":"base","prompt":"x","stop":["\xed\xa0\x80"]}'; do
+		printf "$b" >"$dir/body"
+		st=$(curl -s -o "$dir/out" -w '%{http_code}' --data-binary @"$dir/body" "$url/v1/completions")
+		[ "$st" = 400 ] || fail "not UTF-8 ($b): $st $(cat "$dir/out")"
+		python3 -c "import json; e=json.loads(open('$dir/out','rb').read().decode())['error']; assert 'UTF-8' in e['message'], e" ||
+			fail "not UTF-8 ($b): $(cat "$dir/out")"
+	done
+	st=$(post '{"model":"base","prompt":"caf\u00e9 \u20ac","max_tokens":2}')
+	[ "$st" = 200 ] || fail "UTF-8 by escapes: $st $(cat "$dir/out")"
 	;;
 restart)
 	# the daemon killed and started again: the gateway's pooled connections

@@ -401,6 +401,15 @@ static const struct lorad_event *job_failure(const struct job *j)
 	return NULL;
 }
 
+/* Whether every request of @j has ended refused. */
+static bool all_failed(const struct job *j)
+{
+	for (unsigned i = 0; i < j->n; i++)
+		if (!j->ch[i].done || j->ch[i].fin.res >= 0)
+			return false;
+	return true;
+}
+
 /* OpenAI's usage object over the finished choices: completion tokens, and
  * prompt tokens as the daemon counted them after its tokenizer
  * (LORAD_EV_PROMPT: liblorad 2.2 on; an older one leaves them 0). */
@@ -714,6 +723,16 @@ static enum MHD_Result completions(struct gateway *g, struct MHD_Connection *con
 	}
 	if (!j->req.stream)
 		return complete_whole(conn, j);
+	/* the daemon refuses at once (an unknown model, a prompt its tokenizer
+	 * will not take): such a refusal is answered with its HTTP status, as
+	 * a whole completion's, not as an event of a 200 stream. A request that
+	 * waits in the daemon's queue gets its head after a wait slice. */
+	for (uint64_t until = mono_ms() + WAIT_SLICE_MS; !j->dead && mono_ms() < until;)
+		if (pump(j, 50, false) > 0 || client_left(conn))
+			break;
+	if (j->dead || all_failed(j))
+		return complete_whole(conn, j);
+	stream_collect(j);
 	r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, stream_read, j, stream_free);
 	if (!r) {
 		job_end(j);

@@ -5,6 +5,8 @@
 #                 without end cut, methods and paths answered from the head;
 #                 no fd or memory kept)
 #       utf8     (bodies that are not UTF-8: one 400 that says so)
+#       stream   (a stream the daemon refuses at once: its HTTP status and
+#                 one error, not 200 and an event)
 #       restart  (the daemon SIGKILLed and started again: served at once,
 #                 not failed on the gateway's stale connections)
 #       leave    (a client that leaves a whole completion: cancelled)
@@ -214,6 +216,34 @@ utf8)
 	done
 	st=$(post '{"model":"base","prompt":"caf\u00e9 \u20ac","max_tokens":2}')
 	[ "$st" = 200 ] || fail "UTF-8 by escapes: $st $(cat "$dir/out")"
+	;;
+stream)
+	start_daemon
+	start_gateway
+	check_refused() {   # STATUS PARAM BODY: a stream refused with one OpenAI error
+		local st
+		st=$(curl -s -o "$dir/out" -D "$dir/hdr" -w '%{http_code}' -N --max-time 10 \
+			-H 'Content-Type: application/json' --data-binary "$3" "$url/v1/completions")
+		[ "$st" = "$1" ] || fail "stream '$3': HTTP $st, want $1: $(cat "$dir/out")"
+		grep -qi '^Content-Type: application/json' "$dir/hdr" || fail "stream '$3': not JSON: $(cat "$dir/hdr")"
+		python3 -c "import json; e=json.load(open('$dir/out'))['error']; assert e['param'] == '$2', e" ||
+			fail "stream '$3': $(cat "$dir/out")"
+	}
+	check_refused 404 model '{"model":"nosuch","prompt":"x","stream":true}'
+	check_refused 404 model '{"model":"sql@v9","prompt":["x","y"],"stream":true}'
+	printf '{"model":"base","prompt":"x\xed\xa0\x80","stream":true}' >"$dir/body"
+	check_refused 400 prompt "$(cat "$dir/body")"
+	# a stream the daemon takes is one still, even when it ends at once
+	curl -sN --max-time 10 -H 'Content-Type: application/json' --data-binary \
+		'{"model":"sql","prompt":"x","max_tokens":1,"stream":true,"stream_options":{"include_usage":true}}' \
+		"$url/v1/completions" >"$dir/sse"
+	python3 - "$dir/sse" <<'EOF' || fail "a short stream: $(cat "$dir/sse")"
+import json, sys
+ev = [l for l in open(sys.argv[1]).read().split("\n\n") if l.strip()]
+assert ev[-1] == "data: [DONE]", ev
+assert json.loads(ev[-2][6:])["usage"]["completion_tokens"] == 1, ev
+assert json.loads(ev[0][6:])["choices"][0]["finish_reason"] == "length", ev
+EOF
 	;;
 restart)
 	# the daemon killed and started again: the gateway's pooled connections

@@ -29,6 +29,19 @@ struct lclient {
 	struct lclient *next;
 };
 
+/*
+ * One HTTP connection, from MHD_CONNECTION_NOTIFY_STARTED to _CLOSED. A
+ * request whose head and body have not arrived in full --timeout seconds
+ * after its first byte could come is cut, however slowly they trickle in:
+ * MHD's timeout counts idle time only, so a byte now and then (slowloris)
+ * held a connection, and --max-connections of them every one.
+ */
+struct hconn {
+	int fd;
+	uint64_t since_ms;           /* a request is arriving since; 0: none is */
+	struct hconn *prev, *next;
+};
+
 struct gateway {
 	struct gateway_opts o;
 	char token[512];
@@ -38,6 +51,10 @@ struct gateway {
 	struct lclient *idle;        /* liblorad connections nobody uses now */
 	uint64_t seq;                /* completion ids */
 	int stopping;                /* gateway_stop() has begun: completions end (atomic) */
+	struct hconn *conns;         /* under lock */
+	pthread_t watchdog;          /* cuts requests that arrive too slowly */
+	pthread_cond_t watch_cond;
+	bool watch_started, watch_stop;
 	unsigned busy;               /* completions not yet answered in full (atomic) */
 };
 
@@ -968,19 +985,102 @@ static enum MHD_Result on_head(struct gateway *g, struct MHD_Connection *conn, c
 	return MHD_YES;
 }
 
+/* The connection's request has arrived (@since 0) or begins to (now). */
+static void arriving(struct gateway *g, struct MHD_Connection *conn, uint64_t since)
+{
+	const union MHD_ConnectionInfo *ci =
+		MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+	struct hconn *h = ci ? ci->socket_context : NULL;
+
+	if (!h)
+		return;
+	pthread_mutex_lock(&g->lock);
+	h->since_ms = since;
+	pthread_mutex_unlock(&g->lock);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+			  enum MHD_ConnectionNotificationCode toe)
+{
+	struct gateway *g = cls;
+	struct hconn *h = *socket_context;
+
+	if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+		const union MHD_ConnectionInfo *ci =
+			MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+
+		/* untracked when this fails: served, only not timed */
+		if (!ci || !(h = calloc(1, sizeof(*h))))
+			return;
+		h->fd = ci->connect_fd;
+		h->since_ms = mono_ms();
+		pthread_mutex_lock(&g->lock);
+		h->next = g->conns;
+		if (g->conns)
+			g->conns->prev = h;
+		g->conns = h;
+		pthread_mutex_unlock(&g->lock);
+		*socket_context = h;
+	} else if (h) {
+		/* before MHD closes the fd: the watchdog never shuts a reused one */
+		pthread_mutex_lock(&g->lock);
+		if (h->prev)
+			h->prev->next = h->next;
+		else
+			g->conns = h->next;
+		if (h->next)
+			h->next->prev = h->prev;
+		pthread_mutex_unlock(&g->lock);
+		free(h);
+		*socket_context = NULL;
+	}
+}
+
+/* Shuts the socket of every request arriving for longer than --timeout:
+ * MHD then sees the connection end and closes it. */
+static void *watchdog(void *arg)
+{
+	struct gateway *g = arg;
+
+	pthread_mutex_lock(&g->lock);
+	while (!g->watch_stop) {
+		struct timespec ts;
+		uint64_t now = mono_ms();
+
+		for (struct hconn *h = g->conns; h; h = h->next)
+			if (h->since_ms && now - h->since_ms > (uint64_t)g->o.timeout_s * 1000u) {
+				shutdown(h->fd, SHUT_RDWR);
+				h->since_ms = 0;
+			}
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_nsec += 250 * 1000 * 1000;
+		if (ts.tv_nsec >= 1000 * 1000 * 1000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000 * 1000 * 1000;
+		}
+		pthread_cond_timedwait(&g->watch_cond, &g->lock, &ts);
+	}
+	pthread_mutex_unlock(&g->lock);
+	return NULL;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
 				  const char *method, const char *version, const char *upload,
 				  size_t *upload_size, void **con_cls)
 {
 	struct gateway *g = cls;
 	struct body *b = *con_cls;
+	enum MHD_Result ret;
 
 	(void)version;
 	if (!b) {
 		if (!(b = calloc(1, sizeof(*b))))
 			return MHD_NO;
 		*con_cls = b;
-		return on_head(g, conn, url, method, b);
+		ret = on_head(g, conn, url, method, b);
+		if (b->answered)
+			arriving(g, conn, 0);
+		return ret;
 	}
 	if (b->answered) {
 		*upload_size = 0;
@@ -1013,6 +1113,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		*upload_size = 0;
 		return MHD_YES;
 	}
+	arriving(g, conn, 0);
 	if (!strcmp(url, "/healthz"))
 		return healthz(g, conn);
 	if (b->too_big)
@@ -1029,8 +1130,9 @@ static void on_done(void *cls, struct MHD_Connection *conn, void **con_cls,
 {
 	struct body *b = *con_cls;
 
-	(void)conn;
 	(void)toe;
+	/* the next request on this connection may begin to arrive */
+	arriving(cls, conn, mono_ms());
 	if (b) {
 		if (b->busy)
 			__atomic_sub_fetch(&((struct gateway *)cls)->busy, 1, __ATOMIC_ACQ_REL);
@@ -1046,6 +1148,8 @@ int gateway_start(const struct gateway_opts *o, struct gateway **out, char *err,
 	struct sockaddr_in sa4 = { .sin_family = AF_INET };
 	struct sockaddr_in6 sa6 = { .sin6_family = AF_INET6 };
 	struct sockaddr *sa;
+	pthread_condattr_t ca;
+	int ret;
 	unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
 			 MHD_USE_ERROR_LOG;
 
@@ -1074,6 +1178,10 @@ int gateway_start(const struct gateway_opts *o, struct gateway **out, char *err,
 		return -EINVAL;
 	}
 	pthread_mutex_init(&g->lock, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&g->watch_cond, &ca);
+	pthread_condattr_destroy(&ca);
 	g->mhd = MHD_start_daemon(flags, o->port, NULL, NULL, on_request, g,
 				  MHD_OPTION_SOCK_ADDR, sa,
 				  MHD_OPTION_CONNECTION_LIMIT, (unsigned)o->max_connections,
@@ -1081,16 +1189,28 @@ int gateway_start(const struct gateway_opts *o, struct gateway **out, char *err,
 				  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)o->timeout_s,
 				  MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64u << 10),
 				  MHD_OPTION_NOTIFY_COMPLETED, on_done, g,
+				  MHD_OPTION_NOTIFY_CONNECTION, on_connection, g,
 				  MHD_OPTION_END);
 	if (!g->mhd) {
-		pthread_mutex_destroy(&g->lock);
-		free(g);
 		snprintf(err, errlen, "cannot listen on %s port %u (in use, or not allowed)",
 			 o->listen_addr, (unsigned)o->port);
-		return -EADDRINUSE;
+		ret = -EADDRINUSE;
+		goto err;
 	}
+	ret = -pthread_create(&g->watchdog, NULL, watchdog, g);
+	if (ret < 0) {
+		snprintf(err, errlen, "cannot start a thread: %s", strerror(-ret));
+		MHD_stop_daemon(g->mhd);
+		goto err;
+	}
+	g->watch_started = true;
 	*out = g;
 	return 0;
+err:
+	pthread_cond_destroy(&g->watch_cond);
+	pthread_mutex_destroy(&g->lock);
+	free(g);
+	return ret;
 }
 
 void gateway_stop(struct gateway *g)
@@ -1105,6 +1225,13 @@ void gateway_stop(struct gateway *g)
 	     __atomic_load_n(&g->busy, __ATOMIC_ACQUIRE) && mono_ms() < until;)
 		nanosleep(&(struct timespec){ .tv_nsec = 10 * 1000 * 1000 }, NULL);
 	MHD_stop_daemon(g->mhd);
+	if (g->watch_started) {
+		pthread_mutex_lock(&g->lock);
+		g->watch_stop = true;
+		pthread_cond_signal(&g->watch_cond);
+		pthread_mutex_unlock(&g->lock);
+		pthread_join(g->watchdog, NULL);
+	}
 	while (g->idle) {
 		struct lclient *l = g->idle;
 
@@ -1112,6 +1239,7 @@ void gateway_stop(struct gateway *g)
 		lorad_close(l->c);
 		free(l);
 	}
+	pthread_cond_destroy(&g->watch_cond);
 	pthread_mutex_destroy(&g->lock);
 	free(g);
 }

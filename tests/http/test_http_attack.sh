@@ -7,6 +7,8 @@
 #       utf8     (bodies that are not UTF-8: one 400 that says so)
 #       stream   (a stream the daemon refuses at once: its HTTP status and
 #                 one error, not 200 and an event)
+#       slow     (clients that trickle a request's head or body, a byte at a
+#                 time, in every connection: cut at --timeout, others served)
 #       restart  (the daemon SIGKILLed and started again: served at once,
 #                 not failed on the gateway's stale connections)
 #       leave    (a client that leaves a whole completion: cancelled)
@@ -244,6 +246,50 @@ assert ev[-1] == "data: [DONE]", ev
 assert json.loads(ev[-2][6:])["usage"]["completion_tokens"] == 1, ev
 assert json.loads(ev[0][6:])["choices"][0]["finish_reason"] == "length", ev
 EOF
+	;;
+slow)
+	start_daemon
+	start_gateway --max-connections 3 --timeout 2
+	# slowloris: a byte every 0.5 s, never idle for MHD, never done; in
+	# every connection the gateway takes, for 6 s. A client beside them
+	# is served once --timeout has cut them, not when they give up.
+	for part in head body keepalive; do
+		python3 - "$port" "$part" <<'EOF' &
+import socket, sys, time
+port, part = int(sys.argv[1]), sys.argv[2]
+body = b'{"model":"base","prompt":"a","max_tokens":2}'
+head = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+ss = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+for s in ss:
+    if part == "body":
+        s.sendall(head)
+    elif part == "keepalive":   # one request in full, the next trickled
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.recv(4096)
+data = body if part == "body" else head
+t0 = time.time()
+for i in range(len(data) - 1):
+    if time.time() - t0 > 6:
+        break
+    for s in ss:
+        try:
+            s.send(data[i:i + 1])
+        except OSError:
+            pass
+    time.sleep(0.5)
+EOF
+		sl=$!
+		sleep 0.5
+		t0=$(date +%s.%N)
+		st=$(curl -s -o /dev/null -w '%{http_code}' --max-time 7 "$url/healthz")
+		t=$(python3 -c "print(round($(date +%s.%N) - $t0, 1))")
+		[ "$st" = 200 ] || fail "$part trickled in every connection: healthz $st after $t s"
+		python3 -c "import sys; sys.exit(not $t <= 4)" || fail "$part trickled: healthz waited $t s"
+		wait "$sl"
+	done
+	# and completions are served as before
+	st=$(post '{"model":"base","prompt":"a","max_tokens":10}' --max-time 10)
+	[ "$st" = 200 ] || fail "a completion after the slow clients: $st"
 	;;
 restart)
 	# the daemon killed and started again: the gateway's pooled connections

@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include <arpa/inet.h>
+#include <sys/socket.h>
 #include <json-c/json.h>
 #include <microhttpd.h>
 
@@ -28,6 +29,19 @@ struct lclient {
 	struct lclient *next;
 };
 
+/*
+ * One HTTP connection, from MHD_CONNECTION_NOTIFY_STARTED to _CLOSED. A
+ * request whose head and body have not arrived in full --timeout seconds
+ * after its first byte could come is cut, however slowly they trickle in:
+ * MHD's timeout counts idle time only, so a byte now and then (slowloris)
+ * held a connection, and --max-connections of them every one.
+ */
+struct hconn {
+	int fd;
+	uint64_t since_ms;           /* a request is arriving since; 0: none is */
+	struct hconn *prev, *next;
+};
+
 struct gateway {
 	struct gateway_opts o;
 	char token[512];
@@ -36,13 +50,22 @@ struct gateway {
 	pthread_mutex_t lock;
 	struct lclient *idle;        /* liblorad connections nobody uses now */
 	uint64_t seq;                /* completion ids */
+	int stopping;                /* gateway_stop() has begun: completions end (atomic) */
+	struct hconn *conns;         /* under lock */
+	pthread_t watchdog;          /* cuts requests that arrive too slowly */
+	pthread_cond_t watch_cond;
+	bool watch_started, watch_stop;
+	unsigned busy;               /* completions not yet answered in full (atomic) */
 };
 
 /* What an HTTP request has sent so far. */
 struct body {
 	char *buf;
 	size_t len;
+	uint64_t discarded;          /* bytes of a body over --max-body, read and dropped */
 	bool too_big;
+	bool answered;               /* refused from its head: the rest is not looked at */
+	bool busy;                   /* a completion: counted in gateway.busy until on_done() */
 };
 
 /* One completion on its way: its requests in the daemon and what was sent. */
@@ -82,22 +105,37 @@ static uint64_t mono_ms(void)
 
 /* --- liblorad connections ----------------------------------------------------------- */
 
-/* One of the idle connections, or a new one. Returns 0 or the connect error. */
+/*
+ * One of the idle connections, or a new one. Returns 0 or the connect error.
+ * An idle one is looked at first (lorad_wait() with no wait checks the
+ * socket): one whose daemon went away (killed, restarted) is closed, not
+ * handed out to fail a request while a new daemon is there to serve it.
+ */
 static int client_take(struct gateway *g, struct lorad **out)
 {
 	struct lorad_connect_opts co = { .arena_size = 2 * g->o.max_body + (4u << 20),
 					 .max_inflight = 64, .timeout_ms = 5000 };
+	struct lorad_event ev;
 	struct lclient *l;
 
-	pthread_mutex_lock(&g->lock);
-	l = g->idle;
-	if (l)
-		g->idle = l->next;
-	pthread_mutex_unlock(&g->lock);
-	if (l) {
-		*out = l->c;
+	for (;;) {
+		struct lorad *c;
+
+		pthread_mutex_lock(&g->lock);
+		l = g->idle;
+		if (l)
+			g->idle = l->next;
+		pthread_mutex_unlock(&g->lock);
+		if (!l)
+			break;
+		c = l->c;
 		free(l);
-		return 0;
+		/* idle and clean: no event is owed to it, so anything but 0 is a fault */
+		if (lorad_wait(c, &ev, 1, 0) == 0) {
+			*out = c;
+			return 0;
+		}
+		lorad_close(c);
 	}
 	return lorad_connect(g->o.socket, &co, out);
 }
@@ -120,8 +158,9 @@ static void client_put(struct gateway *g, struct lorad *c, bool ok)
 
 /* --- answers --------------------------------------------------------------------------- */
 
-static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, const char *type,
-			     char *text)
+/* @text (taken) as the answer; @allow, when not NULL, the Allow header of a 405. */
+static enum MHD_Result reply_allow(struct MHD_Connection *conn, unsigned status, const char *type,
+				   char *text, const char *allow)
 {
 	struct MHD_Response *r;
 	enum MHD_Result ret;
@@ -134,9 +173,17 @@ static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, const
 		return MHD_NO;
 	}
 	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+	if (allow)
+		MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
 	ret = MHD_queue_response(conn, status, r);
 	MHD_destroy_response(r);
 	return ret;
+}
+
+static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, const char *type,
+			     char *text)
+{
+	return reply_allow(conn, status, type, text, NULL);
 }
 
 static enum MHD_Result error_reply(struct MHD_Connection *conn, unsigned status, const char *msg,
@@ -196,6 +243,28 @@ static unsigned http_status(int res, unsigned field, const char **type, const ch
 	return 500;
 }
 
+/*
+ * A request's failure as an OpenAI error: its HTTP status, and @msg saying
+ * what was refused in the request's own terms (lorad_strerror() alone
+ * words -EILSEQ for grammars, and names lorad's fields, not OpenAI's).
+ */
+static unsigned failure(const struct job *j, const struct lorad_event *ev, char *msg, size_t len,
+			const char **type, const char **param)
+{
+	unsigned st = http_status(ev->res, ev->field, type, param);
+
+	if (st == 404)
+		snprintf(msg, len, "The model `%s` does not exist", j->req.model);
+	else if (ev->res == -EILSEQ && ev->field == LORAD_FIELD_PROMPT)
+		snprintf(msg, len, "the prompt is not valid UTF-8 (the daemon's tokenizer refused it)");
+	else if (ev->res == -EINVAL && ev->field == LORAD_FIELD_EXT)
+		snprintf(msg, len, "the daemon refused the stop strings (each 1 to %d bytes of "
+			 "valid UTF-8)", OA_STOP_MAX);
+	else
+		snprintf(msg, len, "%s (%s)", lorad_strerror(ev->res), lorad_field_name(ev->field));
+	return st;
+}
+
 static const char *finish_name(unsigned f)
 {
 	return f == LORAD_FINISH_STOP ? "stop" : "length";
@@ -215,6 +284,29 @@ static void job_free(struct job *j)
 }
 
 static int pump(struct job *j, int ms, bool stream);
+
+static bool stopping(const struct gateway *g)
+{
+	return __atomic_load_n(&g->stopping, __ATOMIC_ACQUIRE);
+}
+
+/*
+ * Whether the HTTP client has gone while its answer is computed: EOF or an
+ * error on its socket. As nginx, a client that has closed its side has left
+ * (bytes of a pipelined request hide the EOF: such a client is served).
+ */
+static bool client_left(struct MHD_Connection *conn)
+{
+	const union MHD_ConnectionInfo *ci =
+		MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+	ssize_t r;
+	char c;
+
+	if (!ci)
+		return false;
+	r = recv(ci->connect_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+	return r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
 
 /* Cancel what still runs and wait for its final events, so the connection
  * goes back to the pool clean (or is closed). */
@@ -326,6 +418,15 @@ static const struct lorad_event *job_failure(const struct job *j)
 	return NULL;
 }
 
+/* Whether every request of @j has ended refused. */
+static bool all_failed(const struct job *j)
+{
+	for (unsigned i = 0; i < j->n; i++)
+		if (!j->ch[i].done || j->ch[i].fin.res >= 0)
+			return false;
+	return true;
+}
+
 /* OpenAI's usage object over the finished choices: completion tokens, and
  * prompt tokens as the daemon counted them after its tokenizer
  * (LORAD_EV_PROMPT: liblorad 2.2 on; an older one leaves them 0). */
@@ -359,6 +460,18 @@ static enum MHD_Result complete_whole(struct MHD_Connection *conn, struct job *j
 			return error_reply(conn, 504, "the completion took longer than the gateway's "
 				"--request-timeout and was cancelled", "timeout", NULL, NULL);
 		}
+		if (stopping(j->g)) {
+			job_end(j);
+			job_free(j);
+			return error_reply(conn, 503, "lorad-http is stopping: the completion was "
+					   "cancelled", "service_unavailable", NULL, NULL);
+		}
+		if (client_left(conn)) {
+			/* nobody to answer: the daemon's work ends now, not at max_tokens */
+			job_end(j);
+			job_free(j);
+			return MHD_NO;
+		}
 		pump(j, WAIT_SLICE_MS, false);
 	}
 	job_end(j);
@@ -369,14 +482,9 @@ static enum MHD_Result complete_whole(struct MHD_Connection *conn, struct job *j
 	}
 	if ((bad = job_failure(j))) {
 		const char *type, *param;
-		unsigned st = http_status(bad->res, bad->field, &type, &param);
 		char msg[300];
+		unsigned st = failure(j, bad, msg, sizeof(msg), &type, &param);
 
-		if (st == 404)
-			snprintf(msg, sizeof(msg), "The model `%s` does not exist", j->req.model);
-		else
-			snprintf(msg, sizeof(msg), "%s (%s)", lorad_strerror(bad->res),
-				 lorad_field_name(bad->field));
 		job_free(j);
 		return error_reply(conn, st, msg, type, param, st == 404 ? "model_not_found" : NULL);
 	}
@@ -428,15 +536,10 @@ static void stream_collect(struct job *j)
 			continue;
 		if (ch->fin.res < 0) {
 			const char *type, *param;
-			unsigned st = http_status(ch->fin.res, ch->fin.field, &type, &param);
 			char msg[300];
+			unsigned st = failure(j, &ch->fin, msg, sizeof(msg), &type, &param);
 			char *e;
 
-			if (st == 404)
-				snprintf(msg, sizeof(msg), "The model `%s` does not exist", j->req.model);
-			else
-				snprintf(msg, sizeof(msg), "%s (%s)", lorad_strerror(ch->fin.res),
-					 lorad_field_name(ch->fin.field));
 			e = oa_error_json(msg, type, param, st == 404 ? "model_not_found" : NULL);
 			if (e)
 				sse_put(j, e);
@@ -539,6 +642,18 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 			j->done_sent = true;
 			break;
 		}
+		if (stopping(j->g)) {
+			/* stream_free() cancels what runs */
+			char *e = oa_error_json("lorad-http is stopping: the completion was cancelled",
+						"service_unavailable", NULL, NULL);
+
+			if (e)
+				sse_put(j, e);
+			free(e);
+			sse_put(j, "[DONE]");
+			j->done_sent = true;
+			break;
+		}
 		if (!j->cancelled && mono_ms() >= j->deadline_ms) {
 			for (unsigned i = 0; i < j->submitted; i++)
 				if (!j->ch[i].done)
@@ -571,16 +686,21 @@ static void stream_free(void *cls)
 }
 
 static enum MHD_Result completions(struct gateway *g, struct MHD_Connection *conn,
-				   const struct body *b)
+				   struct body *b)
 {
 	char err[300], param[32];
-	struct job *j = calloc(1, sizeof(*j));
+	struct job *j;
 	struct MHD_Response *r;
 	enum MHD_Result ret;
 	unsigned field;
 	int rc;
 
-	if (!j)
+	if (stopping(g))
+		return error_reply(conn, 503, "lorad-http is stopping", "service_unavailable", NULL, NULL);
+	/* gateway_stop() waits for it to be answered before it closes connections */
+	b->busy = true;
+	__atomic_add_fetch(&g->busy, 1, __ATOMIC_ACQ_REL);
+	if (!(j = calloc(1, sizeof(*j))))
 		return MHD_NO;
 	rc = oa_parse_completion(b->buf ? b->buf : "", b->len, g->o.max_tokens, &j->req, err,
 				 sizeof(err), param, sizeof(param));
@@ -620,6 +740,16 @@ static enum MHD_Result completions(struct gateway *g, struct MHD_Connection *con
 	}
 	if (!j->req.stream)
 		return complete_whole(conn, j);
+	/* the daemon refuses at once (an unknown model, a prompt its tokenizer
+	 * will not take): such a refusal is answered with its HTTP status, as
+	 * a whole completion's, not as an event of a 200 stream. A request that
+	 * waits in the daemon's queue gets its head after a wait slice. */
+	for (uint64_t until = mono_ms() + WAIT_SLICE_MS; !j->dead && mono_ms() < until;)
+		if (pump(j, 50, false) > 0 || client_left(conn))
+			break;
+	if (j->dead || all_failed(j))
+		return complete_whole(conn, j);
+	stream_collect(j);
 	r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, stream_read, j, stream_free);
 	if (!r) {
 		job_end(j);
@@ -781,24 +911,179 @@ static bool authorized(const struct gateway *g, struct MHD_Connection *conn)
 	return diff == 0;
 }
 
+/* The paths served and the methods each takes. */
+static const struct route {
+	const char *path;
+	const char *allow;           /* methods, as an Allow header */
+} routes[] = {
+	{ "/v1/completions", "POST" },
+	{ "/v1/models", "GET, HEAD" },
+	{ "/metrics", "GET, HEAD" },
+	{ "/healthz", "GET, HEAD" },
+};
+
+static const struct route *route_of(const char *url)
+{
+	for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++)
+		if (!strcmp(url, routes[i].path))
+			return &routes[i];
+	return NULL;
+}
+
+static bool method_allowed(const struct route *r, const char *method)
+{
+	if (!strcmp(method, "HEAD"))     /* MHD sends a GET's head alone */
+		method = "GET";
+	return !strcmp(r->allow, method) || (!strncmp(r->allow, method, strlen(method)) &&
+					      r->allow[strlen(method)] == ',');
+}
+
+static enum MHD_Result too_big_reply(const struct gateway *g, struct MHD_Connection *conn)
+{
+	char msg[120];
+
+	snprintf(msg, sizeof(msg), "the request body is larger than --max-body (%u bytes)",
+		 g->o.max_body);
+	return error_reply(conn, 413, msg, "invalid_request_error", NULL, NULL);
+}
+
+/*
+ * The request's head, before a byte of its body is read: a refusal (token,
+ * path, method, an announced body over --max-body) is queued now, and MHD
+ * then reads no body and closes the connection. Returns MHD_YES to go on
+ * (nothing queued, @b->answered false), else what queuing the refusal gave.
+ */
+static enum MHD_Result on_head(struct gateway *g, struct MHD_Connection *conn, const char *url,
+			       const char *method, struct body *b)
+{
+	const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+						     MHD_HTTP_HEADER_CONTENT_LENGTH);
+	const struct route *r = route_of(url);
+	char msg[160];
+
+	if (r && !strcmp(r->path, "/healthz") && method_allowed(r, method))
+		return MHD_YES;
+	b->answered = true;
+	if (!authorized(g, conn))
+		return error_reply(conn, 401, "a bearer token is required (Authorization: Bearer ...)",
+				   "invalid_request_error", NULL, "invalid_api_key");
+	if (!r && !strcmp(url, "/v1/chat/completions"))
+		return error_reply(conn, 404, "lorad-http serves /v1/completions; chat is not offered",
+				   "invalid_request_error", NULL, "unknown_url");
+	if (!r)
+		return error_reply(conn, 404, "no such path: /v1/completions, /v1/models, /metrics, /healthz",
+				   "invalid_request_error", NULL, "unknown_url");
+	if (!method_allowed(r, method)) {
+		snprintf(msg, sizeof(msg), "%s takes %s, not %.20s", r->path, r->allow, method);
+		return reply_allow(conn, 405, "application/json",
+				   oa_error_json(msg, "invalid_request_error", NULL, "method_not_allowed"),
+				   r->allow);
+	}
+	if (cl && strtoull(cl, NULL, 10) > g->o.max_body)
+		return too_big_reply(g, conn);
+	b->answered = false;
+	return MHD_YES;
+}
+
+/* The connection's request has arrived (@since 0) or begins to (now). */
+static void arriving(struct gateway *g, struct MHD_Connection *conn, uint64_t since)
+{
+	const union MHD_ConnectionInfo *ci =
+		MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+	struct hconn *h = ci ? ci->socket_context : NULL;
+
+	if (!h)
+		return;
+	pthread_mutex_lock(&g->lock);
+	h->since_ms = since;
+	pthread_mutex_unlock(&g->lock);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+			  enum MHD_ConnectionNotificationCode toe)
+{
+	struct gateway *g = cls;
+	struct hconn *h = *socket_context;
+
+	if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+		const union MHD_ConnectionInfo *ci =
+			MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+
+		/* untracked when this fails: served, only not timed */
+		if (!ci || !(h = calloc(1, sizeof(*h))))
+			return;
+		h->fd = ci->connect_fd;
+		h->since_ms = mono_ms();
+		pthread_mutex_lock(&g->lock);
+		h->next = g->conns;
+		if (g->conns)
+			g->conns->prev = h;
+		g->conns = h;
+		pthread_mutex_unlock(&g->lock);
+		*socket_context = h;
+	} else if (h) {
+		/* before MHD closes the fd: the watchdog never shuts a reused one */
+		pthread_mutex_lock(&g->lock);
+		if (h->prev)
+			h->prev->next = h->next;
+		else
+			g->conns = h->next;
+		if (h->next)
+			h->next->prev = h->prev;
+		pthread_mutex_unlock(&g->lock);
+		free(h);
+		*socket_context = NULL;
+	}
+}
+
+/* Shuts the socket of every request arriving for longer than --timeout:
+ * MHD then sees the connection end and closes it. */
+static void *watchdog(void *arg)
+{
+	struct gateway *g = arg;
+
+	pthread_mutex_lock(&g->lock);
+	while (!g->watch_stop) {
+		struct timespec ts;
+		uint64_t now = mono_ms();
+
+		for (struct hconn *h = g->conns; h; h = h->next)
+			if (h->since_ms && now - h->since_ms > (uint64_t)g->o.timeout_s * 1000u) {
+				shutdown(h->fd, SHUT_RDWR);
+				h->since_ms = 0;
+			}
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_nsec += 250 * 1000 * 1000;
+		if (ts.tv_nsec >= 1000 * 1000 * 1000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000 * 1000 * 1000;
+		}
+		pthread_cond_timedwait(&g->watch_cond, &g->lock, &ts);
+	}
+	pthread_mutex_unlock(&g->lock);
+	return NULL;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
 				  const char *method, const char *version, const char *upload,
 				  size_t *upload_size, void **con_cls)
 {
 	struct gateway *g = cls;
 	struct body *b = *con_cls;
+	enum MHD_Result ret;
 
 	(void)version;
 	if (!b) {
-		const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-							     MHD_HTTP_HEADER_CONTENT_LENGTH);
-
 		if (!(b = calloc(1, sizeof(*b))))
 			return MHD_NO;
 		*con_cls = b;
-		/* refused before a byte of it is read */
-		if (cl && strtoull(cl, NULL, 10) > g->o.max_body)
-			b->too_big = true;
+		ret = on_head(g, conn, url, method, b);
+		if (b->answered)
+			arriving(g, conn, 0);
+		return ret;
+	}
+	if (b->answered) {
+		*upload_size = 0;
 		return MHD_YES;
 	}
 	if (*upload_size) {
@@ -811,36 +1096,33 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 			memcpy(b->buf + b->len, upload, *upload_size);
 			b->len += *upload_size;
 		} else {
-			b->too_big = true;
+			/* a body not announced (chunked) is read past the limit only
+			 * as far again, for the 413 to reach a client that sends it
+			 * all: one without end has its connection closed */
+			if (!b->too_big) {
+				b->discarded = b->len;
+				free(b->buf);
+				b->buf = NULL;
+				b->len = 0;
+				b->too_big = true;
+			}
+			b->discarded += *upload_size;
+			if (b->discarded > 2 * (uint64_t)g->o.max_body)
+				return MHD_NO;
 		}
 		*upload_size = 0;
 		return MHD_YES;
 	}
-	if (!strcmp(url, "/healthz") && !strcmp(method, "GET"))
+	arriving(g, conn, 0);
+	if (!strcmp(url, "/healthz"))
 		return healthz(g, conn);
-	if (!authorized(g, conn))
-		return error_reply(conn, 401, "a bearer token is required (Authorization: Bearer ...)",
-				   "invalid_request_error", NULL, "invalid_api_key");
-	if (b->too_big) {
-		char msg[120];
-
-		snprintf(msg, sizeof(msg), "the request body is larger than --max-body (%u bytes)",
-			 g->o.max_body);
-		return error_reply(conn, 413, msg, "invalid_request_error", NULL, NULL);
-	}
+	if (b->too_big)
+		return too_big_reply(g, conn);
 	if (!strcmp(url, "/v1/completions"))
-		return strcmp(method, "POST")
-			       ? error_reply(conn, 405, "use POST", "invalid_request_error", NULL, NULL)
-			       : completions(g, conn, b);
-	if (!strcmp(url, "/v1/models") && !strcmp(method, "GET"))
+		return completions(g, conn, b);
+	if (!strcmp(url, "/v1/models"))
 		return models(g, conn);
-	if (!strcmp(url, "/metrics") && !strcmp(method, "GET"))
-		return metrics(g, conn);
-	if (!strcmp(url, "/v1/chat/completions"))
-		return error_reply(conn, 404, "lorad-http serves /v1/completions; chat is not offered",
-				   "invalid_request_error", NULL, "unknown_url");
-	return error_reply(conn, 404, "no such path: /v1/completions, /v1/models, /metrics, /healthz",
-			   "invalid_request_error", NULL, "unknown_url");
+	return metrics(g, conn);
 }
 
 static void on_done(void *cls, struct MHD_Connection *conn, void **con_cls,
@@ -848,10 +1130,12 @@ static void on_done(void *cls, struct MHD_Connection *conn, void **con_cls,
 {
 	struct body *b = *con_cls;
 
-	(void)cls;
-	(void)conn;
 	(void)toe;
+	/* the next request on this connection may begin to arrive */
+	arriving(cls, conn, mono_ms());
 	if (b) {
+		if (b->busy)
+			__atomic_sub_fetch(&((struct gateway *)cls)->busy, 1, __ATOMIC_ACQ_REL);
 		free(b->buf);
 		free(b);
 		*con_cls = NULL;
@@ -864,6 +1148,8 @@ int gateway_start(const struct gateway_opts *o, struct gateway **out, char *err,
 	struct sockaddr_in sa4 = { .sin_family = AF_INET };
 	struct sockaddr_in6 sa6 = { .sin6_family = AF_INET6 };
 	struct sockaddr *sa;
+	pthread_condattr_t ca;
+	int ret;
 	unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
 			 MHD_USE_ERROR_LOG;
 
@@ -892,6 +1178,10 @@ int gateway_start(const struct gateway_opts *o, struct gateway **out, char *err,
 		return -EINVAL;
 	}
 	pthread_mutex_init(&g->lock, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&g->watch_cond, &ca);
+	pthread_condattr_destroy(&ca);
 	g->mhd = MHD_start_daemon(flags, o->port, NULL, NULL, on_request, g,
 				  MHD_OPTION_SOCK_ADDR, sa,
 				  MHD_OPTION_CONNECTION_LIMIT, (unsigned)o->max_connections,
@@ -899,23 +1189,49 @@ int gateway_start(const struct gateway_opts *o, struct gateway **out, char *err,
 				  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)o->timeout_s,
 				  MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64u << 10),
 				  MHD_OPTION_NOTIFY_COMPLETED, on_done, g,
+				  MHD_OPTION_NOTIFY_CONNECTION, on_connection, g,
 				  MHD_OPTION_END);
 	if (!g->mhd) {
-		pthread_mutex_destroy(&g->lock);
-		free(g);
 		snprintf(err, errlen, "cannot listen on %s port %u (in use, or not allowed)",
 			 o->listen_addr, (unsigned)o->port);
-		return -EADDRINUSE;
+		ret = -EADDRINUSE;
+		goto err;
 	}
+	ret = -pthread_create(&g->watchdog, NULL, watchdog, g);
+	if (ret < 0) {
+		snprintf(err, errlen, "cannot start a thread: %s", strerror(-ret));
+		MHD_stop_daemon(g->mhd);
+		goto err;
+	}
+	g->watch_started = true;
 	*out = g;
 	return 0;
+err:
+	pthread_cond_destroy(&g->watch_cond);
+	pthread_mutex_destroy(&g->lock);
+	free(g);
+	return ret;
 }
 
 void gateway_stop(struct gateway *g)
 {
 	if (!g)
 		return;
+	/* completions and streams in flight are cancelled within a wait slice and
+	 * answered (503, or an error event and [DONE]) before MHD closes their
+	 * connections; a cancel the daemon does not answer ends at DRAIN_MS */
+	__atomic_store_n(&g->stopping, 1, __ATOMIC_RELEASE);
+	for (uint64_t until = mono_ms() + WAIT_SLICE_MS + DRAIN_MS;
+	     __atomic_load_n(&g->busy, __ATOMIC_ACQUIRE) && mono_ms() < until;)
+		nanosleep(&(struct timespec){ .tv_nsec = 10 * 1000 * 1000 }, NULL);
 	MHD_stop_daemon(g->mhd);
+	if (g->watch_started) {
+		pthread_mutex_lock(&g->lock);
+		g->watch_stop = true;
+		pthread_cond_signal(&g->watch_cond);
+		pthread_mutex_unlock(&g->lock);
+		pthread_join(g->watchdog, NULL);
+	}
 	while (g->idle) {
 		struct lclient *l = g->idle;
 
@@ -923,6 +1239,7 @@ void gateway_stop(struct gateway *g)
 		lorad_close(l->c);
 		free(l);
 	}
+	pthread_cond_destroy(&g->watch_cond);
 	pthread_mutex_destroy(&g->lock);
 	free(g);
 }

@@ -29,7 +29,8 @@ struct gateway_opts {
 	const char *admin_socket;    /* its admin socket; NULL: no models or metrics */
 	const char *token;           /* bearer token every request but /healthz needs; NULL: none */
 	unsigned max_connections;    /* HTTP connections at once (and liblorad connections) */
-	unsigned timeout_s;          /* an idle HTTP connection is closed after this */
+	unsigned timeout_s;          /* an idle HTTP connection is closed after this, and
+				      * one whose request has not arrived in full */
 	uint32_t max_body;           /* bytes of a request body */
 	uint32_t max_tokens;         /* the largest max_tokens taken */
 	uint32_t request_timeout_s;  /* a completion that takes longer is cancelled */

@@ -165,7 +165,16 @@ int oa_parse_completion(const char *body, size_t len, uint32_t max_tokens_cap,
 		json_tokener_free(tok);
 		return bad(err, errlen, param, plen, "", "body too large");
 	}
+	/* every string is UTF-8 from here on: prompts, stop strings, the model
+	 * name that errors quote, the schema (JSON itself says so, RFC 8259) */
+	json_tokener_set_flags(tok, JSON_TOKENER_VALIDATE_UTF8);
 	root = json_tokener_parse_ex(tok, body, (int)len);
+	if (!root && json_tokener_get_error(tok) == json_tokener_error_parse_utf8_string) {
+		snprintf(err, errlen, "the body is not valid UTF-8 (byte %zu)",
+			 json_tokener_get_parse_end(tok));
+		json_tokener_free(tok);
+		return -EINVAL;
+	}
 	if (!root || json_tokener_get_error(tok) != json_tokener_success ||
 	    json_tokener_get_parse_end(tok) != len) {
 		snprintf(err, errlen, "the body is not one JSON object (%s)",

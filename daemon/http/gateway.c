@@ -89,6 +89,7 @@ struct job {
 	uint64_t deadline_ms;
 	int dead;                    /* the connection's error: the daemon went away */
 	bool cancelled;
+	bool started;                /* an event other than a final one has come */
 	/* a stream's bytes not yet taken by MHD */
 	char *out;
 	size_t out_len, out_off;
@@ -291,9 +292,13 @@ static bool stopping(const struct gateway *g)
 }
 
 /*
- * Whether the HTTP client has gone while its answer is computed: EOF or an
- * error on its socket. As nginx, a client that has closed its side has left
- * (bytes of a pipelined request hide the EOF: such a client is served).
+ * Whether the HTTP client has gone while its whole (not streamed) answer is
+ * computed: EOF or an error on its socket. As nginx by default, a client
+ * that has closed its sending side has left: EOF cannot tell a half-close
+ * (shutdown(SHUT_WR) after the request, as `nc -N` does) from a close
+ * without writing to it, so such a client's completion is cancelled and it
+ * gets no answer; lorad-http(8) says so. MHD has read pipelined requests
+ * already, so they do not hide the EOF.
  */
 static bool client_left(struct MHD_Connection *conn)
 {
@@ -419,6 +424,18 @@ static const struct lorad_event *job_failure(const struct job *j)
 }
 
 /* Whether every request of @j has ended refused. */
+/* Whether a stream's answer is decided: a prompt runs (an event came) or
+ * ended well, or every one ended. */
+static bool stream_decided(const struct job *j)
+{
+	if (j->started || j->n_done == j->submitted)
+		return true;
+	for (unsigned i = 0; i < j->n; i++)
+		if (j->ch[i].done && j->ch[i].fin.res >= 0)
+			return true;
+	return false;
+}
+
 static bool all_failed(const struct job *j)
 {
 	for (unsigned i = 0; i < j->n; i++)
@@ -593,15 +610,18 @@ static int pump(struct job *j, int ms, bool stream)
 			ch->fin = ev[k];
 			ch->done = true;
 			j->n_done++;
-		} else if (stream && ev[k].text_len > ch->text_sent) {
-			struct json_object *o = completion_head(j), *a = json_object_new_array();
+		} else {
+			j->started = true;
+			if (stream && ev[k].text_len > ch->text_sent) {
+				struct json_object *o = completion_head(j), *a = json_object_new_array();
 
-			json_object_array_add(a, choice_json(j, (unsigned)ev[k].user_data,
-							     ch->text + ch->text_sent,
-							     ev[k].text_len - ch->text_sent, NULL));
-			json_object_object_add(o, "choices", a);
-			sse_json(j, o);
-			ch->text_sent = ev[k].text_len;
+				json_object_array_add(a, choice_json(j, (unsigned)ev[k].user_data,
+								     ch->text + ch->text_sent,
+								     ev[k].text_len - ch->text_sent, NULL));
+				json_object_object_add(o, "choices", a);
+				sse_json(j, o);
+				ch->text_sent = ev[k].text_len;
+			}
 		}
 	}
 	if (stream)
@@ -742,11 +762,15 @@ static enum MHD_Result completions(struct gateway *g, struct MHD_Connection *con
 		return complete_whole(conn, j);
 	/* the daemon refuses at once (an unknown model, a prompt its tokenizer
 	 * will not take): such a refusal is answered with its HTTP status, as
-	 * a whole completion's, not as an event of a 200 stream. A request that
-	 * waits in the daemon's queue gets its head after a wait slice. */
-	for (uint64_t until = mono_ms() + WAIT_SLICE_MS; !j->dead && mono_ms() < until;)
-		if (pump(j, 50, false) > 0 || client_left(conn))
+	 * a whole completion's, not as an event of a 200 stream: the head waits
+	 * until every prompt is refused or one runs (their refusals may come in
+	 * separate reaps). A request that waits in the daemon's queue gets its
+	 * head after a wait slice. */
+	for (uint64_t until = mono_ms() + WAIT_SLICE_MS; !j->dead && mono_ms() < until;) {
+		pump(j, 50, false);
+		if (stream_decided(j) || client_left(conn))
 			break;
+	}
 	if (j->dead || all_failed(j))
 		return complete_whole(conn, j);
 	stream_collect(j);
@@ -974,7 +998,15 @@ static enum MHD_Result on_head(struct gateway *g, struct MHD_Connection *conn, c
 		return error_reply(conn, 404, "no such path: /v1/completions, /v1/models, /metrics, /healthz",
 				   "invalid_request_error", NULL, "unknown_url");
 	if (!method_allowed(r, method)) {
-		snprintf(msg, sizeof(msg), "%s takes %s, not %.20s", r->path, r->allow, method);
+		/* the method is echoed only when it is a short printable ASCII word:
+		 * cut, or with bytes of 0x80 and up, it would make the body invalid
+		 * UTF-8 */
+		bool plain = strlen(method) <= 20;
+
+		for (const char *m = method; plain && *m; m++)
+			plain = *m > 0x20 && *m < 0x7f;
+		snprintf(msg, sizeof(msg), "%s takes %s, not %s", r->path, r->allow,
+			 plain ? method : "that method");
 		return reply_allow(conn, 405, "application/json",
 				   oa_error_json(msg, "invalid_request_error", NULL, "method_not_allowed"),
 				   r->allow);
@@ -1061,6 +1093,16 @@ static void *watchdog(void *arg)
 		pthread_cond_timedwait(&g->watch_cond, &g->lock, &ts);
 	}
 	pthread_mutex_unlock(&g->lock);
+	return NULL;
+}
+
+/* MHD has the request line of a new request: its arrival is timed from
+ * here, not from the end of the connection's previous answer (a kept-alive
+ * connection's idle time is not the request's). NULL keeps con_cls unset. */
+static void *on_request_line(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+	(void)uri;
+	arriving(cls, conn, mono_ms());
 	return NULL;
 }
 
@@ -1190,6 +1232,7 @@ int gateway_start(const struct gateway_opts *o, struct gateway **out, char *err,
 				  MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64u << 10),
 				  MHD_OPTION_NOTIFY_COMPLETED, on_done, g,
 				  MHD_OPTION_NOTIFY_CONNECTION, on_connection, g,
+				  MHD_OPTION_URI_LOG_CALLBACK, on_request_line, g,
 				  MHD_OPTION_END);
 	if (!g->mhd) {
 		snprintf(err, errlen, "cannot listen on %s port %u (in use, or not allowed)",

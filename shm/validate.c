@@ -223,6 +223,14 @@ static int grammar_load(const struct lorad_sqe *e, const unsigned char *arena,
 	}
 	x->gram_kind = q.kind;
 	x->gram_len = q.len;
+	if (q.kind == LORAD_GRAMMAR_JSON && x->gram_text) {
+		/* any JSON's text means nothing (checked all the same): dropped
+		 * here, so that every request for any JSON shares one compile and
+		 * one cache entry, not one per text a client makes up */
+		free(x->gram_text);
+		x->gram_text = NULL;
+		x->gram_len = 0;
+	}
 	return 0;
 }
 

@@ -186,6 +186,20 @@ static void counted(struct sbuf *b, int mn, int mx)
 
 static int schema(struct sc *c, struct json_object *o, unsigned depth);
 
+/* JSON Schema's equality of two enum or const values: numbers by value
+ * (1 and 1.0 are one), the rest as json-c compares them. */
+static bool same_value(struct json_object *a, struct json_object *b)
+{
+	enum json_type ta = json_object_get_type(a), tb = json_object_get_type(b);
+
+	if (ta == json_type_int && tb == json_type_int)
+		return json_object_equal(a, b);
+	if ((ta == json_type_int || ta == json_type_double) &&
+	    (tb == json_type_int || tb == json_type_double))
+		return json_object_get_double(a) == json_object_get_double(b);
+	return json_object_equal(a, b);
+}
+
 /* Keywords with no effect on what is valid. */
 static bool is_annotation(const char *k)
 {
@@ -507,7 +521,7 @@ static int value_fits(struct sc *c, struct json_object *o, struct json_object *v
 			*fits = false;
 	}
 	if (json_object_object_get_ex(o, "enum", &t) && json_object_object_get_ex(o, "const", &cn) &&
-	    !json_object_equal(v, cn))
+	    !same_value(v, cn))
 		*fits = false;
 	return 0;
 }

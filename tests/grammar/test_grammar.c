@@ -541,6 +541,9 @@ static void test_schema_keywords(void **st)
 	assert_true(schema_accepts("{\"type\":\"string\",\"maxLength\":2,\"enum\":[\"abc\",\"\u00e9\u20ac\"]}",
 				   "\"\xc3\xa9\xe2\x82\xac\""));   /* two characters, five bytes */
 	assert_false(schema_accepts("{\"enum\":[\"a\",\"b\"],\"const\":\"b\"}", "\"a\""));
+	/* numbers are equal by value, as JSON Schema says: 1 and 1.0 */
+	assert_true(schema_accepts("{\"enum\":[1,2],\"const\":1.0}", "1"));
+	assert_false(schema_accepts("{\"enum\":[1,2],\"const\":1.0}", "2"));
 	refused(GRAM_SCHEMA, "{\"type\":\"string\",\"const\":7,\"enum\":[7,\"7\"]}", -EINVAL, "no enum value");
 	refused(GRAM_SCHEMA, "{\"type\":\"string\",\"enum\":[1,2]}", -EINVAL, "no enum value is valid");
 	refused(GRAM_SCHEMA, "{\"type\":\"string\",\"const\":1}", -EINVAL, "no const value is valid");

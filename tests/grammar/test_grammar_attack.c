@@ -326,6 +326,31 @@ static void case_duplicates(void)
 		ATK_EXPECT(jobs[i].fin.res == 0, "request %d: res %d", i, jobs[i].fin.res);
 }
 
+/* 7. Any JSON with N_FLOOD texts a client made up (the text means nothing
+ * to it): one cache entry, no compile each (each was a compile of any
+ * JSON and an entry of the cache). */
+static void case_json_texts(void)
+{
+	static char texts[N_FLOOD][16];
+	static struct job jobs[N_FLOOD];
+	struct job j;
+	long t1, tn;
+
+	run_one(LORAD_GRAMMAR_JSON, NULL, &j);   /* compiled and cached, if it was not */
+	t1 = run_one(LORAD_GRAMMAR_JSON, NULL, &j);
+	for (int i = 0; i < N_FLOOD; i++) {
+		snprintf(texts[i], sizeof(texts[i]), "junk %d", i);
+		job_init(&jobs[i], LORAD_GRAMMAR_JSON, texts[i], strlen(texts[i]));
+	}
+	tn = run_jobs(b, jobs, N_FLOOD, 60000);
+	fprintf(stderr, "any JSON, cached: %ld ms; with %d made-up texts: %ld ms\n", t1, N_FLOOD, tn);
+	ATK_EXPECT(t1 >= 0 && tn >= 0, "no final event");
+	ATK_EXPECT(tn < 4 * t1 + 300, "%d requests of any JSON with other texts took %ld ms, one %ld ms",
+		   N_FLOOD, tn, t1);
+	for (int i = 0; i < N_FLOOD; i++)
+		ATK_EXPECT(jobs[i].fin.res == 0, "request %d: res %d", i, jobs[i].fin.res);
+}
+
 static void test_grammar_attack(void **state)
 {
 	char model[300];
@@ -349,6 +374,7 @@ static void test_grammar_attack(void **state)
 	/* each case in the order that lets an unfixed daemon show every defect:
 	 * the ones that hold the grammar thread longest come last */
 	case_refusals();
+	case_json_texts();
 	case_nested_arrays(d.pid);
 	case_duplicates();
 	case_live_flood(d.sock);

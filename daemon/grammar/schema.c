@@ -235,6 +235,24 @@ static int path_push(struct sc *c, const char *seg, size_t *saved)
 	return 0;
 }
 
+/* The pattern of sub-schema @o (at @seg of the path, for errors) appended
+ * to @into: a buffer of its own, whose size counts against the schema's
+ * budget (too_big). */
+static void sub_schema(struct sc *c, struct json_object *o, const char *seg, unsigned depth,
+		       struct sbuf *into)
+{
+	struct sbuf *save = c->b;
+	size_t saved;
+
+	path_push(c, seg, &saved);
+	c->b = into;
+	schema(c, o, depth);
+	if (into->big)
+		too_big(c);
+	c->b = save;
+	c->path[saved] = 0;
+}
+
 static int object_type(struct sc *c, struct json_object *o, unsigned depth)
 {
 	struct json_object *props = NULL, *req = NULL, *addl = NULL;
@@ -283,15 +301,8 @@ static int object_type(struct sc *c, struct json_object *o, unsigned depth)
 		if (addl && json_object_get_type(addl) == json_type_object && !only_annotations(addl)) {
 			/* any names, each value valid for additionalProperties */
 			struct sbuf val = { .left = b->left };
-			size_t saved;
 
-			path_push(c, "additionalProperties", &saved);
-			c->b = &val;
-			schema(c, addl, depth + 1);
-			if (val.big)
-				too_big(c);
-			c->b = b;
-			c->path[saved] = 0;
+			sub_schema(c, addl, "additionalProperties", depth + 1, &val);
 			if (val.oom)
 				b->oom = 1;
 			if (!c->rc) {
@@ -320,8 +331,6 @@ static int object_type(struct sc *c, struct json_object *o, unsigned depth)
 		pp[i].left = b->left;
 	for (int i = 0; i < n && !c->rc; i++) {
 		struct json_object *key = json_object_new_string(names[i]);
-		struct sbuf *save = c->b;
-		size_t saved;
 
 		if (!key) {
 			sfail(c, -ENOMEM, "out of memory");
@@ -330,13 +339,7 @@ static int object_type(struct sc *c, struct json_object *o, unsigned depth)
 		json_literal(&pp[i], key);
 		json_object_put(key);
 		sb_puts(&pp[i], JS_COLON);
-		path_push(c, names[i], &saved);
-		c->b = &pp[i];
-		schema(c, subs[i], depth + 1);
-		if (pp[i].big)
-			too_big(c);
-		c->b = save;
-		c->path[saved] = 0;
+		sub_schema(c, subs[i], names[i], depth + 1, &pp[i]);
 		all_optional &= !required[i];
 	}
 	/* properties in the schema's order; the first one written is any
@@ -369,22 +372,15 @@ static int object_type(struct sc *c, struct json_object *o, unsigned depth)
 static int array_type(struct sc *c, struct json_object *o, unsigned depth)
 {
 	struct json_object *items = NULL;
-	struct sbuf item = { .left = c->b->left }, *save = c->b;
+	struct sbuf item = { .left = c->b->left };
 	int mn, mx;
-	size_t saved;
 
 	if (count_of(c, o, "minItems", &mn) || count_of(c, o, "maxItems", &mx))
 		return -1;
 	if (mx >= 0 && mn > mx)
 		return sfail(c, -EINVAL, "minItems is over maxItems");
 	if (json_object_object_get_ex(o, "items", &items)) {
-		path_push(c, "items", &saved);
-		c->b = &item;
-		schema(c, items, depth + 1);
-		if (item.big)
-			too_big(c);
-		c->b = save;
-		c->path[saved] = 0;
+		sub_schema(c, items, "items", depth + 1, &item);
 	} else {
 		json_any_pattern(&item, GRAM_JSON_DEPTH - 1);
 	}

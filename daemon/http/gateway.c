@@ -531,6 +531,19 @@ static int sse_put(struct job *j, const char *data)
 	return 0;
 }
 
+/* The stream's end on a failure: one OpenAI error event (@msg), then
+ * [DONE]. */
+static void sse_fail(struct job *j, const char *msg)
+{
+	char *e = oa_error_json(msg, "service_unavailable", NULL, NULL);
+
+	if (e)
+		sse_put(j, e);
+	free(e);
+	sse_put(j, "[DONE]");
+	j->done_sent = true;
+}
+
 static int sse_json(struct job *j, struct json_object *o)
 {
 	int ret = sse_put(j, json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
@@ -640,13 +653,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 		if (j->done_sent)
 			return MHD_CONTENT_READER_END_OF_STREAM;
 		if (j->dead) {
-			char *e = oa_error_json("the lorad daemon went away", "service_unavailable", NULL, NULL);
-
-			if (e)
-				sse_put(j, e);
-			free(e);
-			sse_put(j, "[DONE]");
-			j->done_sent = true;
+			sse_fail(j, "the lorad daemon went away");
 			break;
 		}
 		if (j->n_done == j->submitted) {
@@ -664,14 +671,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 		}
 		if (stopping(j->g)) {
 			/* stream_free() cancels what runs */
-			char *e = oa_error_json("lorad-http is stopping: the completion was cancelled",
-						"service_unavailable", NULL, NULL);
-
-			if (e)
-				sse_put(j, e);
-			free(e);
-			sse_put(j, "[DONE]");
-			j->done_sent = true;
+			sse_fail(j, "lorad-http is stopping: the completion was cancelled");
 			break;
 		}
 		if (!j->cancelled && mono_ms() >= j->deadline_ms) {

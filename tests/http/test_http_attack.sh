@@ -27,34 +27,13 @@ cd "$root" || exit 1   # demo/lorad.conf names its files relative to the reposit
 
 dir=$(mktemp -d /tmp/lorad-http-attack.XXXXXX)
 dpid= gpid=
-fail() {
-	echo "FAIL: $*"
-	echo "--- lorad log"; tail -20 "$dir/lorad.log" 2>/dev/null
-	echo "--- lorad-http log"; tail -20 "$dir/http.log" 2>/dev/null
-	exit 1
-}
+. "$(dirname "$0")/lib.sh"
 cleanup() {
 	for p in $gpid $dpid; do kill -9 "$p" 2>/dev/null; done
 	wait 2>/dev/null
 	rm -rf "$dir"
 }
 trap cleanup EXIT
-
-free_port() {
-	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-# start_daemon [MODEL]: the demo (its three skills) or MODEL alone
-start_daemon() {
-	local args=(--config demo/lorad.conf)
-	[ -n "${1:-}" ] && args=(--model "$1")
-	"$bin/lorad" "${args[@]}" --socket "$dir/l.sock" --admin-socket "$dir/a.sock" \
-		--state-dir "$dir/state" --threads 1 >>"$dir/lorad.log" 2>&1 &
-	dpid=$!
-	for _ in $(seq 100); do [ -S "$dir/a.sock" ] && "$bin/loradctl" --socket "$dir/a.sock" status \
-		>/dev/null 2>&1 && return 0; sleep 0.1; done
-	fail "the daemon did not start"
-}
 
 # start_gateway ARGS...
 start_gateway() {
@@ -105,13 +84,6 @@ EOF
 # fds and resident memory of the gateway
 fds() { ls "/proc/$gpid/fd" | wc -l; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$gpid/status"; }
-
-make_slow_model() {   # as test_http.sh: about 50 ms a token here
-	"$bin/lorad-mkmodel" "$dir/slow" --vocab 640 --hidden 1024 --layers 8 --heads 16 --kv-heads 4 \
-		--ffn 2816 --max-pos 4096 --dtype f32 --seed 5 >/dev/null || fail "lorad-mkmodel"
-	cp demo/model/tokenizer.json "$dir/slow/"
-	[ -f demo/model/tokenizer_config.json ] && cp demo/model/tokenizer_config.json "$dir/slow/"
-}
 
 port=$(free_port)
 url="http://127.0.0.1:$port"

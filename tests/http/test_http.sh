@@ -17,11 +17,12 @@ for p in python3 /usr/bin/python3; do
 done
 [ -n "$py" ] || { echo "no python3 with prometheus_client (python3-prometheus-client): skipped"; exit 77; }
 python3() { "$py" "$@"; }
+here=$(cd "$(dirname "$0")" && pwd)   # before the cd: $0 may be relative
 cd "$root" || exit 1   # demo/lorad.conf names its files relative to the repository root
 
 dir=$(mktemp -d /tmp/lorad-http-test.XXXXXX)
 dpid= gpid= g2pid=
-. "$(dirname "$0")/lib.sh"
+. "$here/lib.sh"
 cleanup() {
 	for p in $g2pid $gpid $dpid; do kill "$p" 2>/dev/null; done
 	wait 2>/dev/null

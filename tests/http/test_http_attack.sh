@@ -23,11 +23,12 @@ case_=$3
 gw=${LORAD_HTTP_BIN:-$bin/lorad-http}
 command -v curl >/dev/null || { echo "curl is not installed: skipped"; exit 77; }
 command -v python3 >/dev/null || { echo "python3 is not installed: skipped"; exit 77; }
+here=$(cd "$(dirname "$0")" && pwd)   # before the cd: $0 may be relative
 cd "$root" || exit 1   # demo/lorad.conf names its files relative to the repository root
 
 dir=$(mktemp -d /tmp/lorad-http-attack.XXXXXX)
 dpid= gpid=
-. "$(dirname "$0")/lib.sh"
+. "$here/lib.sh"
 cleanup() {
 	for p in $gpid $dpid; do kill -9 "$p" 2>/dev/null; done
 	wait 2>/dev/null

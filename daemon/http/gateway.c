@@ -88,7 +88,8 @@ struct job {
 	time_t created;
 	uint64_t deadline_ms;
 	int dead;                    /* the connection's error: the daemon went away */
-	bool cancelled;
+	bool cancelled;              /* its --request-timeout passed: cancelled */
+	bool cut_sent;               /* the stream's error event for that is sent */
 	bool started;                /* an event other than a final one has come */
 	/* a stream's bytes not yet taken by MHD */
 	char *out;
@@ -582,6 +583,34 @@ static void stream_collect(struct job *j)
 		}
 		if (!ch->cap)
 			continue;
+		if (ch->fin.finish == LORAD_FINISH_CANCELLED) {
+			/* cut by --request-timeout (the gateway cancels nothing
+			 * else a stream still reads): the text it had, then one
+			 * error event, not a finish_reason that says the request
+			 * ran its course */
+			if (have > ch->text_sent) {
+				o = completion_head(j);
+				struct json_object *a = json_object_new_array();
+
+				json_object_array_add(a, choice_json(j, i, ch->text + ch->text_sent,
+								     have - ch->text_sent, NULL));
+				json_object_object_add(o, "choices", a);
+				sse_json(j, o);
+			}
+			if (!j->cut_sent) {
+				char msg[160], *e;
+
+				snprintf(msg, sizeof(msg), "the completion took longer than the gateway's "
+					 "--request-timeout (%u s) and was cancelled", j->g->o.request_timeout_s);
+				if ((e = oa_error_json(msg, "timeout", NULL, NULL)))
+					sse_put(j, e);
+				free(e);
+				j->cut_sent = true;
+			}
+			ch->text_sent = have;
+			ch->cap = 0;
+			continue;
+		}
 		o = completion_head(j);
 		{
 			struct json_object *a = json_object_new_array();

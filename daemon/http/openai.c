@@ -145,12 +145,68 @@ static int response_format(struct json_object *v, struct oa_completion *c, char 
 	return 0;
 }
 
+/*
+ * json-c keeps an object's keys as C strings, so a key with \u0000 in it
+ * arrives cut at the NUL: {"a\u0000b": ..} would be read as {"a": ..}, a
+ * schema's property or "model" itself. The body, parsed already (so well
+ * formed), is walked once for such keys. Returns 1 when there is one, with
+ * @top the top-level key it lies under ("" when it is one), else 0.
+ */
+static int nul_in_key(const char *s, size_t len, char *top, size_t toplen)
+{
+	size_t i = 0, j;
+	int depth = 0;
+
+	top[0] = 0;
+	while (i < len) {
+		if (s[i] == '{' || s[i] == '[') {
+			depth++;
+			i++;
+		} else if (s[i] == '}' || s[i] == ']') {
+			depth--;
+			i++;
+		} else if (s[i] == '"') {
+			size_t start = ++i;
+			int nul = 0;
+
+			while (i < len && s[i] != '"') {
+				if (s[i] == '\\') {
+					/* \uXXXX's digits are plain characters after its two */
+					if (len - i >= 6 && s[i + 1] == 'u' && !memcmp(s + i + 2, "0000", 4))
+						nul = 1;
+					i += 2;
+				} else {
+					i++;
+				}
+			}
+			if (i >= len)
+				return 0;
+			j = ++i;
+			while (j < len && (s[j] == ' ' || s[j] == '\t' || s[j] == '\r' || s[j] == '\n'))
+				j++;
+			if (j < len && s[j] == ':') {
+				if (nul) {
+					if (depth == 1)
+						top[0] = 0;
+					return 1;
+				}
+				if (depth == 1)
+					snprintf(top, toplen, "%.*s", (int)(i - 1 - start), s + start);
+			}
+		} else {
+			i++;
+		}
+	}
+	return 0;
+}
+
 int oa_parse_completion(const char *body, size_t len, uint32_t max_tokens_cap,
 			struct oa_completion *c, char *err, size_t errlen, char *param, size_t plen)
 {
 	static const char *const refused[] = { "echo", "logprobs", "best_of", "suffix", "logit_bias" };
 	struct json_tokener *tok = json_tokener_new_ex(OA_DEPTH_FORMAT);
 	struct json_object *root = NULL, *v;
+	char top[32];
 	double d;
 	int ret = -EINVAL;
 
@@ -184,6 +240,12 @@ int oa_parse_completion(const char *body, size_t len, uint32_t max_tokens_cap,
 		return -EINVAL;
 	}
 	json_tokener_free(tok);
+	if (nul_in_key(body, len, top, sizeof(top))) {
+		snprintf(err, errlen, "%s%san object key contains \\u0000 (a NUL character), which is "
+			 "not accepted", top, top[0] ? ": " : "");
+		snprintf(param, plen, "%s", top);
+		goto out;
+	}
 	if (!json_object_is_type(root, json_type_object)) {
 		ret = bad(err, errlen, param, plen, "", "the body must be a JSON object");
 		goto out;

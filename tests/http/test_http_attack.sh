@@ -14,6 +14,10 @@
 #       leave    (a client that leaves a whole completion: cancelled)
 #       stop     (SIGTERM of the gateway with a completion and a stream open:
 #                 both answered and cancelled, the gateway gone in seconds)
+#       nulkey   (object keys with \u0000, which json-c would cut at the NUL:
+#                 one 400 naming it, not a request read as another)
+#       timeout  (a stream cut by --request-timeout: its text, one error event
+#                 of type timeout and [DONE], not a finish_reason "length")
 # LORAD_HTTP_BIN overrides the gateway (to run these against another build).
 # Exits 77 (skipped) without curl or python3, as test_http.sh.
 set -u
@@ -381,6 +385,57 @@ assert "stopping" in json.loads(ev[-2][6:])["error"]["message"], ev[-2]
 EOF
 	for _ in $(seq 30); do [ "$(inflight)" = 0 ] && break; sleep 0.1; done
 	[ "$(inflight)" = 0 ] || fail "completions still run in the daemon after the gateway stopped"
+	;;
+nulkey)
+	start_daemon
+	start_gateway
+	# "model\u0000x" would be read as "model" (200 before): refused, naming it
+	st=$(post '{"model\u0000x":"sql","prompt":"x","max_tokens":2}' --max-time 10)
+	[ "$st" = 400 ] || fail "a top-level key with \\u0000: $st $(cat "$dir/out")"
+	grep -q 'NUL' "$dir/out" || fail "the 400 does not say why: $(cat "$dir/out")"
+	# a schema's property "a\u0000b" would be compiled as "a"
+	st=$(post '{"model":"sql","prompt":"x","max_tokens":2,"response_format":{"type":"json_schema",
+		"json_schema":{"name":"n","schema":{"type":"object","properties":{"a\u0000b":{"type":"string"}}}}}}' \
+		--max-time 10)
+	[ "$st" = 400 ] || fail "a schema key with \\u0000: $st $(cat "$dir/out")"
+	python3 - "$dir/out" <<'EOF' || fail "the schema key's 400: $(cat "$dir/out")"
+import json, sys
+e = json.load(open(sys.argv[1]))["error"]
+assert e["param"] == "response_format" and "NUL" in e["message"], e
+EOF
+	# the same six characters after an escaped backslash are no NUL: served
+	st=$(post '{"model":"sql","prompt":"x","max_tokens":2,"response_format":{"type":"json_schema",
+		"json_schema":{"name":"n","schema":{"type":"object","properties":{"a\\u0000b":{"type":"string"}}}}}}' \
+		--max-time 30)
+	[ "$st" = 200 ] || fail "a key with an escaped backslash before u0000: $st $(cat "$dir/out")"
+	# and in a value, where json-c keeps the length, it is not this refusal
+	st=$(post '{"model":"sql","prompt":"x","max_tokens":2,"user":"a\u0000b"}' --max-time 30)
+	grep -q 'object key' "$dir/out" && fail "a value with \\u0000 refused as a key: $(cat "$dir/out")"
+	;;
+timeout)
+	make_slow_model
+	start_daemon "$dir/slow"
+	start_gateway --request-timeout 1
+	curl -sN --max-time 30 -H 'Content-Type: application/json' --data-binary \
+		'{"model":"base","prompt":"a","max_tokens":3000,"ignore_eos":true,"stream":true,
+		  "stream_options":{"include_usage":true}}' "$url/v1/completions" >"$dir/sse"
+	python3 - "$dir/sse" <<'EOF' || fail "the stream cut by --request-timeout: $(tail -c 600 "$dir/sse")"
+import json, sys
+ev = [l[6:] for l in open(sys.argv[1]).read().split("\n\n") if l.startswith("data: ")]
+assert ev[-1] == "[DONE]", ev[-1:]
+js = [json.loads(e) for e in ev[:-1]]
+errs = [j["error"] for j in js if "error" in j]
+assert len(errs) == 1 and errs[0]["type"] == "timeout" and "--request-timeout" in errs[0]["message"], errs
+fins = [c["finish_reason"] for j in js for c in j.get("choices", []) if c.get("finish_reason")]
+assert fins == [], fins
+assert any(c.get("text") for j in js for c in j.get("choices", [])), "no text before the cut"
+assert "usage" in js[-1] and js[-1]["usage"]["completion_tokens"] > 0, js[-1]
+EOF
+	for _ in $(seq 30); do [ "$(inflight)" = 0 ] && break; sleep 0.1; done
+	[ "$(inflight)" = 0 ] || fail "the cut stream still runs in the daemon"
+	# a whole completion: 504, as before
+	st=$(post '{"model":"base","prompt":"a","max_tokens":3000,"ignore_eos":true}' --max-time 30)
+	[ "$st" = 504 ] || fail "a whole completion past --request-timeout: $st $(cat "$dir/out")"
 	;;
 *)
 	echo "unknown case $case_"

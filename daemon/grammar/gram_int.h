@@ -28,7 +28,12 @@ struct gram {
 	uint64_t **masks;        /* [n_states], NULL where not cached */
 	int32_t *mask_count;     /* [n_states] */
 	size_t mask_bytes, mask_budget;
+	size_t counted;          /* of gram_bytes, what gram_live_bytes() holds for it */
 };
+
+/* @g's memory now counted in gram_live_bytes(): after it is built, and as
+ * it keeps masks (it only grows). Any thread that may touch @g. */
+void gram_count(struct gram *g);
 
 /* A growable string for building patterns; with @left, the buffers of one
  * pattern share a budget of bytes, and a put past it sets @big instead. */

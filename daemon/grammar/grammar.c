@@ -118,6 +118,22 @@ int gram_compile(enum gram_kind kind, const char *text, size_t len, const struct
 	return rc;
 }
 
+/* gram_bytes of every grammar alive in the process (atomic) */
+static size_t live_bytes;
+
+void gram_count(struct gram *g)
+{
+	size_t now = gram_bytes(g);
+
+	__atomic_add_fetch(&live_bytes, now - g->counted, __ATOMIC_RELAXED);
+	g->counted = now;
+}
+
+size_t gram_live_bytes(void)
+{
+	return __atomic_load_n(&live_bytes, __ATOMIC_RELAXED);
+}
+
 struct gram *gram_ref(struct gram *g)
 {
 	g->refs++;
@@ -128,6 +144,7 @@ void gram_unref(struct gram *g)
 {
 	if (!g || --g->refs > 0)
 		return;
+	__atomic_sub_fetch(&live_bytes, g->counted, __ATOMIC_RELAXED);
 	for (int s = 0; g->masks && s < g->n_states; s++)
 		free(g->masks[s]);
 	free(g->masks);
@@ -224,6 +241,18 @@ void gram_cache_free(struct gram_cache *c)
 		ent_drop(c, &c->e[i]);
 	free(c->e);
 	free(c);
+}
+
+void gram_cache_trim(struct gram_cache *c)
+{
+	for (unsigned i = 0; i < c->n;) {
+		if (c->e[i].g->refs == 1) {
+			ent_drop(c, &c->e[i]);
+			c->e[i] = c->e[--c->n];
+		} else {
+			i++;
+		}
+	}
 }
 
 struct gram *gram_cache_get(struct gram_cache *c, enum gram_kind kind, const char *text, size_t len)

@@ -168,7 +168,16 @@ struct gram_cache *gram_cache_new(unsigned max, size_t max_bytes);
 
 /* The memory @g holds: its automaton and the masks it keeps. */
 size_t gram_bytes(const struct gram *g);
+
+/* gram_bytes() of every grammar alive in the process, cached or held by
+ * requests (a compile's working memory is bounded by its limits instead).
+ * Any thread. */
+size_t gram_live_bytes(void);
 void gram_cache_free(struct gram_cache *c);
+
+/* Drop the grammars only the cache holds (none that a request uses):
+ * when the memory of grammars alive must shrink. */
+void gram_cache_trim(struct gram_cache *c);
 
 /* A new reference to the grammar of (@kind, @text, @len), or NULL. */
 struct gram *gram_cache_get(struct gram_cache *c, enum gram_kind kind, const char *text, size_t len);

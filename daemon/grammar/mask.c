@@ -256,6 +256,7 @@ int gram_mask(struct gram *g, const struct gram_vocab *v, int state, uint64_t *a
 		memcpy(g->masks[state], allow, words * sizeof(*allow));
 		g->mask_count[state] = count;
 		g->mask_bytes += words * sizeof(*allow);
+		gram_count(g);
 	}
 	return count;
 }

@@ -910,6 +910,7 @@ static int determinize(struct rx *r, struct nfa *a, int start, int match, struct
 		goto nomem;
 	if (rc)
 		goto err;
+	gram_count(g);
 	*out = g;
 	g = NULL;
 	goto done;

@@ -453,7 +453,8 @@ static int build_engine(struct daemon *d)
 				  .bf16_dot = c->bf16_compute && !strcmp(c->bf16_compute, "dot"),
 				  .prefix_cache_off = !c->prefix_cache };
 	struct sched_opts so = { .max_seqs = (int)c->max_seqs, .step_tokens = (int)c->step_tokens,
-				 .max_prompt_tokens = (int)c->max_prompt_tokens };
+				 .max_prompt_tokens = (int)c->max_prompt_tokens,
+				 .grammar_memory = c->grammar_memory };
 	struct model_progress mp = { .dir = c->model_dir, .last_pct = -1 };
 	char err[512], tp[4200];
 	uint64_t t0 = now_ns();
@@ -702,8 +703,10 @@ static void reload(struct daemon *d)
 	ops_set_limits(d->ops, d->cfg.max_adapter_bytes, d->cfg.max_metric_series);
 	registry_set_max_skills(d->reg, d->cfg.max_skills);
 	registry_set_max_adapter_bytes(d->reg, d->cfg.max_adapter_bytes);
-	if (d->sch)
+	if (d->sch) {
 		sched_set_max_prompt_tokens(d->sch, (int)d->cfg.max_prompt_tokens);
+		sched_set_grammar_memory(d->sch, d->cfg.grammar_memory);
+	}
 	for (unsigned i = 0; i < d->cfg.n_adapters; i++)
 		ops_seed_version(d->ops, d->cfg.adapter[i].name, d->cfg.adapter[i].version,
 				 d->cfg.adapter[i].path);
@@ -900,6 +903,8 @@ static void engine_stats(void *ctx, struct ops_engine_stats *es)
 	es->waiting = st.waiting;
 	es->kv_free = st.kv_free;
 	es->kv_total = st.kv_total;
+	es->grammar_bytes = st.grammar_bytes;
+	es->grammar_memory = st.grammar_memory;
 }
 
 static int build_server(struct daemon *d)

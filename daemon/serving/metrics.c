@@ -346,6 +346,14 @@ static void engine(struct buf *b, const struct ops_engine_stats *es)
 		bprintf(b, "lorad_kv_cache_bytes{dtype=\"%s\"} %llu\n", es->kv_dtype,
 			(unsigned long long)es->kv_bytes);
 	}
+	if (es->grammar_memory) {
+		family(b, "lorad_grammar_bytes", "gauge",
+		       "Memory of the compiled grammars alive, cached or held by requests.");
+		bprintf(b, "lorad_grammar_bytes %llu\n", (unsigned long long)es->grammar_bytes);
+		family(b, "lorad_grammar_memory_bytes", "gauge",
+		       "The limit of lorad_grammar_bytes (grammar_memory): new grammars past it are refused.");
+		bprintf(b, "lorad_grammar_memory_bytes %llu\n", (unsigned long long)es->grammar_memory);
+	}
 	family(b, "lorad_preemptions_total", "counter", "Sequences preempted for KV space.");
 	bprintf(b, "lorad_preemptions_total %llu\n", (unsigned long long)es->preemptions);
 	if (!es->backend)

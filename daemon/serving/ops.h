@@ -34,6 +34,8 @@ struct ops_engine_stats {
 	char error[160];          /* that error: call, file, line */
 	uint64_t mem_total, mem_free; /* bytes of the backend's memory */
 	int prefix_cache;             /* 1: the prefix cache is on */
+	uint64_t grammar_bytes;       /* compiled grammars alive; 0 with grammar_memory 0: none */
+	uint64_t grammar_memory;      /* their limit; 0: no grammars (no tokenizer) */
 	/* the backend's host threads (struct be_threads); threads 0: it has
 	 * none (CUDA) */
 	int threads;

@@ -108,6 +108,9 @@ const struct opt_def opt_table[] = {
 	  1ull << 40, .arg = "SIZE", .help = "an adapter's two files together", .reload = true },
 	{ "max_skills", "limits", OPT_U32, F(max_skills), 1024, NULL, 1, 65536, .arg = "N",
 	  .help = "skills with a route", .reload = true },
+	{ "grammar_memory", "limits", OPT_SIZE, F(grammar_memory), 1 * G, NULL, 64 * K, 1ull << 40,
+	  .arg = "SIZE", .help = "memory of compiled grammars alive at once, cached or held by "
+	  "requests; a new grammar past it is refused (-EBUSY)", .reload = true },
 
 	/* [access] */
 	{ "allow_users", "access", OPT_USERS, F(allow_uid), .def_str = "lorad's own user and root",

@@ -2,6 +2,7 @@
 #include "scheduler.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -18,6 +19,7 @@
 
 #define GRAM_CACHE_MAX   64           /* compiled grammars kept by text ... */
 #define GRAM_CACHE_BYTES (256u << 20) /* ... and the memory they may hold */
+#define GRAM_MEMORY      (1ull << 30) /* grammars alive, by default (sched_opts) */
 #define GRAM_MASK_BUDGET (16u << 20)  /* bytes of masks made per grammar before it runs
 				       * (and kept as states are met: gram_mask) */
 
@@ -76,6 +78,7 @@ struct sched {
 	struct gowner *gown;      /* the clients they are for, each served in turn */
 	unsigned n_gown, cap_gown;
 	uint64_t gq_tick;         /* compiles started so far */
+	uint64_t gram_memory;     /* o.grammar_memory, read by the grammar thread (atomic) */
 	bool loads_done;          /* an adapter load ended: parked jobs may go on */
 	/* one step's batch */
 	struct engine_seq **seqs;
@@ -409,6 +412,18 @@ static void gram_share(struct sched *s, struct gitem *it, const void *who)
 	pthread_mutex_unlock(&s->gp_lock);
 }
 
+/* Whether the grammars alive are at the limit; if so, says so in @err. Any thread. */
+static bool gram_over(struct sched *s, char *err, size_t len)
+{
+	uint64_t live = gram_live_bytes(), lim = __atomic_load_n(&s->gram_memory, __ATOMIC_RELAXED);
+
+	if (live < lim)
+		return false;
+	snprintf(err, len, "compiled grammars alive hold %" PRIu64 " KiB, at the limit of %" PRIu64
+		 " KiB (grammar_memory): refused until requests holding them end", live >> 10, lim >> 10);
+	return true;
+}
+
 static void gram_run(void *ctx, struct wq_item *w)
 {
 	struct sched *s = ctx;
@@ -424,6 +439,13 @@ static void gram_run(void *ctx, struct wq_item *w)
 	 * and leaves (or cancels them) does not hold up the others' */
 	if (__atomic_load_n(&it->gone, __ATOMIC_RELAXED)) {
 		it->ret = -ECANCELED;
+		return;
+	}
+	/* the engine thread looked when it queued this, but compiles queued
+	 * together all passed that look: each is held to the limit when it
+	 * starts (the cache, under a quarter of the default, was trimmed) */
+	if (gram_over(s, it->err, sizeof(it->err))) {
+		it->ret = -EBUSY;
 		return;
 	}
 	/* compiled, and the masks of its states made (up to a budget), here:
@@ -457,7 +479,8 @@ static void gram_leave(struct sched *s, struct sjob *j)
 }
 
 /* Hand @j's grammar to the grammar thread, or have it wait for the same
- * text already on its way there. Returns 0 or -ENOMEM. */
+ * text already on its way there. Returns 0, -EBUSY (the grammars alive are
+ * at o.grammar_memory) or -ENOMEM. */
 static int gram_submit(struct sched *s, struct sjob *j)
 {
 	struct gitem *it;
@@ -475,6 +498,13 @@ static int gram_submit(struct sched *s, struct sjob *j)
 			j->cookie = it->cookie;
 			return 0;
 		}
+	}
+	/* a new grammar needs room: first what only the cache holds goes */
+	if (gram_live_bytes() >= __atomic_load_n(&s->gram_memory, __ATOMIC_RELAXED))
+		gram_cache_trim(s->gc);
+	if (gram_over(s, s->err, sizeof(s->err))) {
+		log_debug("grammar refused: %s", s->err);
+		return -EBUSY;
 	}
 	it = calloc(1, sizeof(*it));
 	t = calloc(1, sizeof(*t));
@@ -669,7 +699,7 @@ static void submit_skill(struct sched *s, struct sreq *r, struct sjob *parked)
 			j->park_key = key;
 			j->park_ticket = ticket;
 			if ((ret = gram_submit(s, j)))
-				fail(s, r, ret, LORAD_FIELD_NONE);
+				fail(s, r, ret, ret == -EBUSY ? LORAD_FIELD_GRAMMAR : LORAD_FIELD_NONE);
 			return;
 		}
 	}
@@ -1291,6 +1321,7 @@ struct sched *sched_build(struct engine *e, const struct tokenizer *tok,
 		s->o.max_seqs = 64;
 	if (s->o.step_tokens <= 0)
 		s->o.step_tokens = 512;
+	s->gram_memory = s->o.grammar_memory ? s->o.grammar_memory : GRAM_MEMORY;
 	s->seqs = calloc(s->o.max_seqs, sizeof(*s->seqs));
 	s->jobs = calloc(s->o.max_seqs, sizeof(*s->jobs));
 	s->n_new = calloc(s->o.max_seqs, sizeof(*s->n_new));
@@ -1355,6 +1386,11 @@ void sched_set_max_prompt_tokens(struct sched *s, int n)
 	s->o.max_prompt_tokens = n;
 }
 
+void sched_set_grammar_memory(struct sched *s, uint64_t bytes)
+{
+	__atomic_store_n(&s->gram_memory, bytes ? bytes : GRAM_MEMORY, __ATOMIC_RELAXED);
+}
+
 void sched_get_stats(const struct sched *s, struct sched_stats *st)
 {
 	*st = s->st;
@@ -1364,4 +1400,6 @@ void sched_get_stats(const struct sched *s, struct sched_stats *st)
 	st->kv_free = engine_kv_free(s->e);
 	st->kv_total = engine_kv_total(s->e);
 	st->kv_cached = engine_kv_cached(s->e);
+	st->grammar_bytes = gram_live_bytes();
+	st->grammar_memory = s->gc ? __atomic_load_n(&s->gram_memory, __ATOMIC_RELAXED) : 0;
 }

@@ -27,6 +27,9 @@ struct sched_opts {
 	int max_seqs;          /* sequences running at once; 0: 64 */
 	int step_tokens;       /* token budget of one step; 0: 512 */
 	int max_prompt_tokens; /* longest prompt; 0: the model's context */
+	uint64_t grammar_memory; /* bytes of compiled grammars alive at once (cached
+				  * or held by requests); 0: 1 GiB. A grammar to
+				  * compile past it is refused with -EBUSY */
 };
 
 struct sched;
@@ -67,6 +70,7 @@ void sched_loads_done(struct sched *s);
 
 /* The prompt limit of a reloaded config (0: the model's context). */
 void sched_set_max_prompt_tokens(struct sched *s, int n);
+void sched_set_grammar_memory(struct sched *s, uint64_t bytes);
 
 struct sched_stats {
 	uint64_t steps;
@@ -77,6 +81,8 @@ struct sched_stats {
 	unsigned running, waiting, parked;
 	int kv_free, kv_total;    /* free counts cached blocks no sequence holds */
 	int kv_cached;            /* blocks kept by the prefix cache, held or not */
+	uint64_t grammar_bytes;   /* compiled grammars alive (gram_live_bytes) */
+	uint64_t grammar_memory;  /* ... and their limit */
 };
 
 void sched_get_stats(const struct sched *s, struct sched_stats *st);

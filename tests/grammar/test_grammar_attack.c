@@ -17,6 +17,12 @@
  *      for all of them;
  * and all along, A's largest gap between events stays small (compiles run
  * off the engine thread), and SIGTERM ends the daemon cleanly.
+ *
+ * test_grammar_memory, on a daemon of its own: requests that each hold
+ * another large grammar while they run are refused (-EBUSY, on the grammar
+ * field) once the grammars alive reach --grammar-memory, not compiled
+ * without end (each ran, holding its grammar past the cache's bound);
+ * when they end, the refused grammar is compiled and runs.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -392,10 +398,142 @@ static void test_grammar_attack(void **state)
 	assert_int_equal(atk_failures, 0);
 }
 
+/* A model slow enough (about 25 ms a token on one thread) that requests
+ * forced to write a thousand characters are still running while the test
+ * looks; the demo's tokenizer, for the grammars. */
+static int slow_model(const char *dir, char *model, size_t len)
+{
+	const char *argv[] = { atk_mkmodel_bin(), model, "--vocab", "640", "--hidden", "768", "--layers", "8",
+			       "--heads", "12", "--kv-heads", "4", "--ffn", "2048", "--max-pos", "4096",
+			       "--dtype", "f32", "--seed", "5", NULL };
+	char src[400], dst[400], err[1024], *t;
+	size_t n;
+
+	snprintf(model, len, "%s/slow", dir);
+	if (atk_run(argv, NULL, 0, err, sizeof(err), 120000, NULL)) {
+		fprintf(stderr, "lorad-mkmodel: %s\n", err);
+		return -1;
+	}
+	snprintf(src, sizeof(src), "%s/model/tokenizer.json", atk_demo_dir());
+	snprintf(dst, sizeof(dst), "%s/tokenizer.json", model);
+	if (!(t = atk_read_file(src, &n)) || atk_write_file(dst, t, n)) {
+		free(t);
+		return -1;
+	}
+	free(t);
+	return 0;
+}
+
+#define MEM_MAX_REQ 8
+
+static void test_grammar_memory(void **state)
+{
+	static char text[MEM_MAX_REQ][64], out_text[MEM_MAX_REQ][64];
+	static uint32_t out[MEM_MAX_REQ][16];
+	const char *args[] = { "--model", NULL, "--threads", "1", "--grammar-memory", "1M", NULL };
+	char dir[200], model[300];
+	struct lorad_request r[MEM_MAX_REQ];
+	bool running[MEM_MAX_REQ] = { false }, ended[MEM_MAX_REQ] = { false };
+	struct atk_daemon d;
+	int n = 0, refused = -1;
+
+	(void)state;
+	assert_int_equal(atk_tmpdir(dir, sizeof(dir), "gmem"), 0);
+	assert_int_equal(slow_model(dir, model, sizeof(model)), 0);
+	args[1] = model;
+	assert_int_equal(atk_daemon_init(&d, "gmem"), 0);
+	assert_int_equal(atk_daemon_start(&d, args, 0), 0);
+	assert_int_equal(lorad_connect(d.sock, NULL, &b), 0);
+
+	/* another grammar of ~350 KB each (1440 states; masks of the demo's
+	 * 640 tokens included), each request running before the next comes:
+	 * the fourth finds three alive, past 1 MiB */
+	for (n = 0; n < MEM_MAX_REQ && refused < 0; n++) {
+		uint64_t deadline = atk_now_ns() + 30000000000ull;
+
+		snprintf(text[n], sizeof(text[n]), "(abcdefghijklmnopqrstuvwxyzABCDEFGHIJ){%d}", 40 + n);
+		r[n] = (struct lorad_request){ .user_data = (uint64_t)n, .prompt_text = "hello", .prompt_text_len = 5,
+					       .max_tokens = 4000, .out = out[n], .out_text = out_text[n],
+					       .out_text_cap = sizeof(out_text[n]) - 1, .flags = LORAD_SQE_F_GRAMMAR,
+					       .grammar = LORAD_GRAMMAR_REGEX, .grammar_text = text[n],
+					       .grammar_len = (uint32_t)strlen(text[n]) };
+		assert_int_equal(lorad_submit(b, &r[n]), 0);
+		while (!running[n] && !ended[n] && atk_now_ns() < deadline) {
+			struct lorad_event ev[16];
+			int k = lorad_wait(b, ev, 16, 100);
+
+			for (int i = 0; i < k; i++) {
+				unsigned u = (unsigned)ev[i].user_data;
+
+				if (u >= MEM_MAX_REQ)
+					continue;
+				if (!(ev[i].flags & LORAD_EV_FINAL)) {
+					running[u] = true;
+					continue;
+				}
+				ended[u] = true;
+				if (u == (unsigned)n && ev[i].res == -EBUSY && ev[i].field == LORAD_FIELD_GRAMMAR)
+					refused = n;
+				else
+					ATK_EXPECT(0, "request %u ended while the test looked: res %d field %u "
+						   "finish %u", u, ev[i].res, ev[i].field, ev[i].finish);
+			}
+		}
+		ATK_EXPECT(running[n] || ended[n], "request %d: no event in 30 s", n);
+	}
+	fprintf(stderr, "grammar memory: request %d of %d refused\n", refused, n);
+	ATK_EXPECT(refused >= 2 && refused <= 5, "the grammars alive were not bounded: refused at request "
+		   "%d (of %d, each holding ~350 KB, --grammar-memory 1M)", refused, n);
+	/* the running ones end; then the refused grammar has room */
+	for (int i = 0; i < n; i++)
+		if (running[i] && !ended[i])
+			lorad_cancel(b, (uint64_t)i);
+	for (uint64_t deadline = atk_now_ns() + 20000000000ull; atk_now_ns() < deadline;) {
+		struct lorad_event ev[16];
+		int k = lorad_wait(b, ev, 16, 100), left = 0;
+
+		for (int i = 0; i < k; i++)
+			if ((ev[i].flags & LORAD_EV_FINAL) && ev[i].user_data < MEM_MAX_REQ)
+				ended[ev[i].user_data] = true;
+		for (int i = 0; i < n; i++)
+			left += !ended[i];
+		if (!left)
+			break;
+	}
+	if (refused >= 0) {
+		uint64_t deadline = atk_now_ns() + 30000000000ull;
+		bool ran = false;
+
+		running[refused] = ended[refused] = false;
+		r[refused].user_data = 100;
+		assert_int_equal(lorad_submit(b, &r[refused]), 0);
+		while (!ran && atk_now_ns() < deadline) {
+			struct lorad_event ev[16];
+			int k = lorad_wait(b, ev, 16, 100);
+
+			for (int i = 0; i < k; i++)
+				if (ev[i].user_data == 100) {
+					ATK_EXPECT(!(ev[i].flags & LORAD_EV_FINAL), "the refused grammar, once the "
+						   "others ended: res %d field %u", ev[i].res, ev[i].field);
+					ran = true;
+				}
+		}
+		ATK_EXPECT(ran, "the refused grammar, once the others ended: no event in 30 s");
+		lorad_cancel(b, 100);
+	}
+	lorad_close(b);
+	b = NULL;
+	ATK_EXPECT(atk_daemon_alive(&d), "the daemon died (status %d)", d.status);
+	ATK_EXPECT(atk_daemon_stop(&d, 10000, NULL) == 0, "SIGTERM: not a clean exit within 10 s");
+	atk_rm_rf(dir);
+	assert_int_equal(atk_failures, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_teardown(test_grammar_attack, teardown),
+		cmocka_unit_test_teardown(test_grammar_memory, teardown),
 	};
 
 	if (atk_demo_check())

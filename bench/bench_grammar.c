@@ -79,56 +79,100 @@ static void bench_compile(void)
 	}
 }
 
+/* A tokenizer's vocabulary as the scheduler builds it for grammars. */
+struct bvocab {
+	struct tokenizer *tok;
+	struct gram_vocab *v;
+	unsigned char **tb;     /* [n] each token's bytes */
+	uint32_t *tl;
+	int n;
+	int32_t eos;
+};
+
+static void vocab_free(struct bvocab *b)
+{
+	gram_vocab_free(b->v);
+	for (int i = 0; b->tb && i < b->n; i++)
+		free(b->tb[i]);
+	free(b->tb);
+	free(b->tl);
+	tok_free(b->tok);
+	memset(b, 0, sizeof(*b));
+}
+
+static int vocab_load(const char *label, const char *tok_path, struct bvocab *b)
+{
+	char err[256];
+
+	memset(b, 0, sizeof(*b));
+	if (tok_load(tok_path, &b->tok, err, sizeof(err))) {
+		fprintf(stderr, "%s: %s (skipped)\n", label, err);
+		return -1;
+	}
+	b->n = (int)tok_vocab_size(b->tok);
+	b->tb = calloc((size_t)b->n, sizeof(*b->tb));
+	b->tl = calloc((size_t)b->n, sizeof(*b->tl));
+	if (!b->tb || !b->tl)
+		goto err;
+	for (int i = 0; i < b->n; i++) {
+		unsigned char buf[1024];
+		int k = tok_token_bytes(b->tok, (uint32_t)i, buf, sizeof(buf));
+
+		if (k > 0) {
+			if (!(b->tb[i] = malloc((size_t)k)))
+				goto err;
+			memcpy(b->tb[i], buf, (size_t)k);
+			b->tl[i] = (uint32_t)k;
+		}
+	}
+	b->eos = tok_eos_id(b->tok) >= 0 ? tok_eos_id(b->tok) : 0;
+	if (gram_vocab_build((const unsigned char *const *)b->tb, b->tl, b->n, &b->eos, 1, &b->v))
+		goto err;
+	return 0;
+err:
+	fprintf(stderr, "%s: out of memory (skipped)\n", label);
+	vocab_free(b);
+	return -1;
+}
+
+/* The @pick-th allowed id of mask @m, or -1. */
+static int mask_pick(const uint64_t *m, int n, int pick)
+{
+	for (int i = 0; i < n; i++)
+		if ((m[i / 64] >> (i % 64)) & 1 && !pick--)
+			return i;
+	return -1;
+}
+
 static void bench_mask(const char *label, const char *tok_path, int walks)
 {
-	struct tokenizer *tok;
-	struct gram_vocab *v = NULL;
+	struct bvocab b;
 	struct gram *g = NULL;
-	unsigned char **tb;
-	uint32_t *tl;
 	char err[256];
-	int n, steps = 0;
-	int32_t eos;
+	int steps = 0;
 	uint64_t *m;
 	double t_walk = 0, t_copy = 0, t_brute = 0;
 
-	if (tok_load(tok_path, &tok, err, sizeof(err))) {
-		fprintf(stderr, "%s: %s (skipped)\n", label, err);
+	if (vocab_load(label, tok_path, &b))
 		return;
-	}
-	n = (int)tok_vocab_size(tok);
-	tb = calloc((size_t)n, sizeof(*tb));
-	tl = calloc((size_t)n, sizeof(*tl));
-	for (int i = 0; i < n; i++) {
-		unsigned char buf[1024];
-		int k = tok_token_bytes(tok, (uint32_t)i, buf, sizeof(buf));
-
-		if (k > 0) {
-			tb[i] = malloc((size_t)k);
-			memcpy(tb[i], buf, (size_t)k);
-			tl[i] = (uint32_t)k;
-		}
-	}
-	eos = tok_eos_id(tok) >= 0 ? tok_eos_id(tok) : 0;
-	if (gram_vocab_build((const unsigned char *const *)tb, tl, n, &eos, 1, &v) ||
-	    gram_compile(GRAM_SCHEMA, SCHEMA, strlen(SCHEMA), NULL, &g, err, sizeof(err)))
+	if (gram_compile(GRAM_SCHEMA, SCHEMA, strlen(SCHEMA), NULL, &g, err, sizeof(err)))
 		goto out;
-	m = malloc(gram_mask_words(v) * 8);
+	m = malloc(gram_mask_words(b.v) * 8);
 	srand(7);
 	for (int w = 0; w < walks; w++) {
 		int s = gram_start(g);
 
 		for (int step = 0; step < 64 && s >= 0; step++) {
 			double t0 = now_s();
-			int cnt = gram_mask_walk(g, v, s, m), pick, id = -1, any = 0;
+			int cnt = gram_mask_walk(g, b.v, s, m), id, any = 0;
 			double t1 = now_s();
 
-			gram_mask(g, v, s, m);   /* fills the cache: the copy is timed next */
+			gram_mask(g, b.v, s, m);   /* fills the cache: the copy is timed next */
 			double t2 = now_s();
-			gram_mask(g, v, s, m);
+			gram_mask(g, b.v, s, m);
 			double t3 = now_s();
-			for (int i = 0; i < n; i++)
-				any += tl[i] && gram_walk(g, s, tb[i], tl[i]) >= 0;
+			for (int i = 0; i < b.n; i++)
+				any += b.tl[i] && gram_walk(g, s, b.tb[i], b.tl[i]) >= 0;
 			double t4 = now_s();
 
 			t_walk += t1 - t0;
@@ -138,28 +182,111 @@ static void bench_mask(const char *label, const char *tok_path, int walks)
 			(void)any;
 			if (!cnt)
 				break;
-			pick = rand() % cnt;
-			for (int i = 0; i < n && id < 0; i++)
-				if ((m[i / 64] >> (i % 64)) & 1 && !pick--)
-					id = i;
-			if (id == eos)
+			id = mask_pick(m, b.n, rand() % cnt);
+			if (id == b.eos)
 				break;
-			s = gram_walk(g, s, tb[id], tl[id]);
+			s = gram_walk(g, s, b.tb[id], b.tl[id]);
 		}
 	}
 	printf("{\"bench\": \"grammar_mask\", \"vocab\": \"%s\", \"vocab_size\": %d, \"steps\": %d, "
 	       "\"trie_walk_us\": %.2f, \"cached_us\": %.3f, \"baseline\": \"brute_force\", "
-	       "\"brute_force_us\": %.2f, \"ratio_vs_brute_force\": %.1f}\n", label, n, steps,
+	       "\"brute_force_us\": %.2f, \"ratio_vs_brute_force\": %.1f}\n", label, b.n, steps,
 	       t_walk / steps * 1e6, t_copy / steps * 1e6, t_brute / steps * 1e6, t_brute / t_walk);
 	free(m);
 out:
 	gram_unref(g);
-	gram_vocab_free(v);
-	for (int i = 0; i < n; i++)
-		free(tb[i]);
-	free(tb);
-	free(tl);
-	tok_free(tok);
+	vocab_free(&b);
+}
+
+/* The scheduler's bytes of masks per grammar (GRAM_MASK_BUDGET) */
+#define MASK_BUDGET (16u << 20)
+
+/* What a model writes under response_format json_object: nested objects
+ * and arrays, as API payloads are. */
+static const char *const JSON_DOCS[] = {
+	"{\"user\": {\"id\": 42, \"name\": \"Ada Lovelace\", \"roles\": [\"admin\", \"dev\"], "
+	"\"address\": {\"city\": \"London\", \"geo\": {\"lat\": 51.5, \"lon\": -0.12}}}}",
+	"[{\"sku\": \"A-100\", \"qty\": 3, \"tags\": [[\"red\", \"blue\"], [\"xl\"]]}, "
+	"{\"sku\": \"B-7\", \"qty\": 1, \"tags\": []}]",
+	"{\"query\": \"SELECT * FROM t\", \"params\": {\"limit\": 10, \"filters\": [{\"field\": "
+	"\"age\", \"op\": \">\", \"value\": 30}]}, \"ok\": true, \"next\": null}",
+	"{\"order\": {\"id\": \"o-9931\", \"items\": [{\"name\": \"lamp\", \"price\": {\"amount\": "
+	"19.99, \"currency\": \"EUR\"}}], \"customer\": {\"email\": \"kim@example.com\"}}}",
+	"{\"event\": \"deploy\", \"meta\": {\"region\": \"eu-west\", \"replicas\": 3, \"labels\": "
+	"{\"team\": \"infra\", \"tier\": \"gold\"}}, \"steps\": [[1, 2], [3]]}",
+};
+
+/*
+ * A step's mask as the engine thread gets it, over a grammar's life: any
+ * JSON (13 462 states) prefilled as the grammar thread does, then @rounds
+ * of writing JSON_DOCS token by token (GPT-2's tokens), each step's
+ * gram_mask() (a copy of a kept mask, or a walk of a state met first or
+ * past the budget) timed against a walk of the trie for the same state.
+ */
+static void bench_mask_steady(const char *label, const char *tok_path, int rounds)
+{
+	const int n_docs = (int)(sizeof(JSON_DOCS) / sizeof(JSON_DOCS[0]));
+	struct bvocab b;
+	struct gram *g = NULL;
+	uint32_t *ids[sizeof(JSON_DOCS) / sizeof(JSON_DOCS[0])] = { NULL };
+	size_t n_ids[sizeof(JSON_DOCS) / sizeof(JSON_DOCS[0])];
+	char err[256];
+	int steps = 0, kept0, kept, distinct;
+	uint64_t *m = NULL;
+	double t_step = 0, t_walk = 0, t0;
+
+	if (vocab_load(label, tok_path, &b))
+		return;
+	for (int d = 0; d < n_docs; d++)
+		if (tok_encode(b.tok, JSON_DOCS[d], strlen(JSON_DOCS[d]), false, &ids[d], &n_ids[d], err,
+			       sizeof(err))) {
+			fprintf(stderr, "%s: %s\n", label, err);
+			goto out;
+		}
+	if (gram_compile(GRAM_JSON, NULL, 0, NULL, &g, err, sizeof(err))) {
+		fprintf(stderr, "any JSON: %s\n", err);
+		goto out;
+	}
+	t0 = now_s();
+	if (gram_mask_prefill(g, b.v, MASK_BUDGET))
+		goto out;
+	t0 = now_s() - t0;
+	kept0 = gram_masks_kept(g, NULL);
+	m = malloc(gram_mask_words(b.v) * 8);
+	for (int r = 0; r < rounds; r++)
+		for (int d = 0; d < n_docs; d++) {
+			int s = gram_start(g);
+
+			for (size_t i = 0; i <= n_ids[d] && s >= 0; i++) {
+				double t1 = now_s();
+				int cnt = gram_mask(g, b.v, s, m);
+				double t2 = now_s();
+
+				gram_mask_walk(g, b.v, s, m);
+				t_walk += now_s() - t2;
+				t_step += t2 - t1;
+				steps++;
+				if (!cnt || i == n_ids[d])
+					break;
+				s = gram_walk(g, s, b.tb[ids[d][i]], b.tl[ids[d][i]]);
+			}
+			if (s < 0)
+				fprintf(stderr, "any JSON: document %d left the grammar\n", d);
+		}
+	kept = gram_masks_kept(g, &distinct);
+	printf("{\"bench\": \"grammar_mask_steady\", \"grammar\": \"json\", \"vocab\": \"%s\", "
+	       "\"vocab_size\": %d, \"states\": %d, \"prefill_ms\": %.1f, \"kept_after_prefill\": %d, "
+	       "\"kept\": %d, \"distinct_masks\": %d, \"grammar_mib\": %.2f, \"steps\": %d, "
+	       "\"step_us\": %.3f, \"baseline\": \"trie_walk\", \"trie_walk_us\": %.2f, "
+	       "\"ratio_vs_trie_walk\": %.1f}\n", label, b.n, gram_states(g), t0 * 1e3, kept0, kept,
+	       distinct, gram_bytes(g) / 1048576.0, steps, t_step / steps * 1e6, t_walk / steps * 1e6,
+	       t_walk / t_step);
+out:
+	free(m);
+	for (int d = 0; d < n_docs; d++)
+		free(ids[d]);
+	gram_unref(g);
+	vocab_free(&b);
 }
 
 /* --- through the daemon ----------------------------------------------------------- */
@@ -294,6 +421,7 @@ int main(int argc, char **argv)
 	bench_compile();
 	bench_mask("demo", LORAD_DEMO_MODEL "/tokenizer.json", quick ? 10 : 40);
 	bench_mask("gpt2", LORAD_TOK_FIXTURE_BIN "/gpt2/tokenizer.json", quick ? 3 : 10);
+	bench_mask_steady("gpt2", LORAD_TOK_FIXTURE_BIN "/gpt2/tokenizer.json", quick ? 5 : 20);
 	bench_decode(quick ? 3 : 7);
 	return 0;
 }

@@ -145,8 +145,10 @@ void gram_unref(struct gram *g)
 	if (!g || --g->refs > 0)
 		return;
 	__atomic_sub_fetch(&live_bytes, g->counted, __ATOMIC_RELAXED);
-	for (int s = 0; g->masks && s < g->n_states; s++)
-		free(g->masks[s]);
+	for (size_t i = 0; i < g->uniq_cap; i++)
+		free(g->uniq[i]);
+	free(g->uniq);
+	free(g->uniq_hash);
 	free(g->masks);
 	free(g->mask_count);
 	free(g->next);

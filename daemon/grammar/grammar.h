@@ -147,12 +147,18 @@ size_t gram_mask_words(const struct gram_vocab *v);
  */
 int gram_mask(struct gram *g, const struct gram_vocab *v, int state, uint64_t *allow);
 
+/* States of @g whose mask is kept, and (in *distinct, may be NULL) how
+ * many different masks they have: equal masks are kept once. */
+int gram_masks_kept(const struct gram *g, int *distinct);
+
 /* The same without the cache: a walk of the trie each time (benchmarks, tests). */
 int gram_mask_walk(const struct gram *g, const struct gram_vocab *v, int state, uint64_t *allow);
 
 /*
- * Fill @g's cache of masks for every state, while it stays within
- * @budget bytes (states beyond it are walked each time they are met).
+ * Fill @g's cache of masks for its first states, while the distinct masks
+ * stay within @budget bytes, walking at most as many states as @budget
+ * holds masks (a bound on the time; later states are walked when first
+ * met and kept, within the budget; past it, walked each time they are met).
  * For the thread that compiled @g, before it is shared. Returns 0 or -ENOMEM.
  */
 int gram_mask_prefill(struct gram *g, const struct gram_vocab *v, size_t budget);

@@ -5,7 +5,8 @@
  * byte, so one walk costs the trie nodes of the tokens that are still
  * possible (and their first dead byte), not the vocabulary times its
  * lengths; a grammar keeps the mask of each state it met, so a state costs
- * one walk per grammar, not one per step. The trie is walked flat: its
+ * one walk per grammar, not one per step (and states with the same mask
+ * share one copy). The trie is walked flat: its
  * nodes in preorder, each with its depth and the index past its subtree,
  * so a walk reads memory in order and skips a dead subtree in one jump.
  */
@@ -225,6 +226,85 @@ int gram_mask_walk(const struct gram *g, const struct gram_vocab *v, int state, 
 	return count;
 }
 
+static uint64_t mask_hash(const uint64_t *m, size_t words)
+{
+	uint64_t h = 0x9e3779b97f4a7c15ull;
+
+	for (size_t i = 0; i < words; i++) {
+		h ^= m[i];
+		h *= 0xff51afd7ed558ccdull;
+		h ^= h >> 32;
+	}
+	return h;
+}
+
+/* The set of distinct masks at twice the size (rehashed). Returns 0 or -ENOMEM. */
+static int uniq_grow(struct gram *g)
+{
+	size_t cap = g->uniq_cap ? 2 * g->uniq_cap : 64;
+	uint64_t **u = calloc(cap, sizeof(*u));
+	uint64_t *h = calloc(cap, sizeof(*h));
+
+	if (!u || !h) {
+		free(u);
+		free(h);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < g->uniq_cap; i++) {
+		size_t j;
+
+		if (!g->uniq[i])
+			continue;
+		for (j = g->uniq_hash[i] & (cap - 1); u[j]; j = (j + 1) & (cap - 1))
+			;
+		u[j] = g->uniq[i];
+		h[j] = g->uniq_hash[i];
+	}
+	free(g->uniq);
+	free(g->uniq_hash);
+	g->mask_bytes += (cap - g->uniq_cap) * (sizeof(*u) + sizeof(*h));
+	g->uniq = u;
+	g->uniq_hash = h;
+	g->uniq_cap = cap;
+	return 0;
+}
+
+/* Keep @allow as @state's mask: the same mask another state kept, or a new
+ * distinct one while the distinct ones (and their set) stay within the
+ * budget. */
+static void mask_keep(struct gram *g, size_t words, int state, const uint64_t *allow, int count)
+{
+	const size_t bytes = words * sizeof(*allow), slot = sizeof(*g->uniq) + sizeof(*g->uniq_hash);
+	const uint64_t h = mask_hash(allow, words);
+	size_t i = 0;
+
+	/* the set is at most half full: a search ends at a free slot */
+	if (g->uniq_cap)
+		for (i = h & (g->uniq_cap - 1); g->uniq[i]; i = (i + 1) & (g->uniq_cap - 1))
+			if (g->uniq_hash[i] == h && !memcmp(g->uniq[i], allow, bytes))
+				goto kept;
+	if (g->mask_bytes + bytes > g->mask_budget)
+		return;
+	if (2 * (g->n_uniq + 1) > g->uniq_cap) {
+		if (g->mask_bytes + bytes + (g->uniq_cap ? g->uniq_cap : 64) * slot > g->mask_budget ||
+		    uniq_grow(g))
+			return;
+		for (i = h & (g->uniq_cap - 1); g->uniq[i]; i = (i + 1) & (g->uniq_cap - 1))
+			;
+	}
+	if (!(g->uniq[i] = malloc(bytes)))
+		return;
+	memcpy(g->uniq[i], allow, bytes);
+	g->uniq_hash[i] = h;
+	g->n_uniq++;
+	g->mask_bytes += bytes;
+kept:
+	g->masks[state] = g->uniq[i];
+	g->mask_count[state] = count;
+	g->n_kept++;
+	gram_count(g);
+}
+
 int gram_mask(struct gram *g, const struct gram_vocab *v, int state, uint64_t *allow)
 {
 	size_t words = gram_mask_words(v);
@@ -251,26 +331,35 @@ int gram_mask(struct gram *g, const struct gram_vocab *v, int state, uint64_t *a
 			return count;   /* no cache: walked again next time */
 		}
 	}
-	if (g->mask_bytes + words * sizeof(*allow) <= g->mask_budget &&
-	    (g->masks[state] = malloc(words * sizeof(*allow)))) {
-		memcpy(g->masks[state], allow, words * sizeof(*allow));
-		g->mask_count[state] = count;
-		g->mask_bytes += words * sizeof(*allow);
-		gram_count(g);
-	}
+	mask_keep(g, words, state, allow, count);
 	return count;
+}
+
+int gram_masks_kept(const struct gram *g, int *distinct)
+{
+	if (distinct)
+		*distinct = (int)g->n_uniq;
+	return g->n_kept;
 }
 
 int gram_mask_prefill(struct gram *g, const struct gram_vocab *v, size_t budget)
 {
 	size_t words = gram_mask_words(v);
 	uint64_t *tmp = malloc(words * sizeof(*tmp));
+	/* as many walks as the budget held masks before they were shared: a
+	 * compile takes no longer than it did; the states past them are walked
+	 * when first met, and kept */
+	size_t walks = budget / (words * sizeof(*tmp));
 
 	if (!tmp)
 		return -ENOMEM;
 	g->mask_budget = budget;
-	for (int s = 0; s < g->n_states && g->mask_bytes + words * sizeof(*tmp) <= budget; s++)
+	for (int s = 0; s < g->n_states && walks && g->mask_bytes + words * sizeof(*tmp) <= budget; s++) {
+		if (g->masks && g->masks[s])
+			continue;
 		gram_mask(g, v, s, tmp);
+		walks--;
+	}
 	free(tmp);
 	return 0;
 }

@@ -20,8 +20,9 @@
 #define GRAM_CACHE_MAX   64           /* compiled grammars kept by text ... */
 #define GRAM_CACHE_BYTES (256u << 20) /* ... and the memory they may hold */
 #define GRAM_MEMORY      (1ull << 30) /* grammars alive, by default (sched_opts) */
-#define GRAM_MASK_BUDGET (16u << 20)  /* bytes of masks made per grammar before it runs
-				       * (and kept as states are met: gram_mask) */
+#define GRAM_MASK_BUDGET (16u << 20)  /* bytes of distinct masks per grammar, made
+				       * before it runs and kept as states are met
+				       * (gram_mask; equal masks are kept once) */
 
 /* Where a job is: each place is a list of its own. */
 enum sj_where {

@@ -146,13 +146,15 @@ static int response_format(struct json_object *v, struct oa_completion *c, char 
 }
 
 /*
- * json-c keeps an object's keys as C strings, so a key with \u0000 in it
- * arrives cut at the NUL: {"a\u0000b": ..} would be read as {"a": ..}, a
- * schema's property or "model" itself. The body, parsed already (so well
- * formed), is walked once for such keys. Returns 1 when there is one, with
- * @top the top-level key it lies under ("" when it is one), else 0.
+ * What json-c takes, in a body it parsed in strict mode (no comments,
+ * trailing commas or leading zeros), that JSON is not or that it reads
+ * otherwise: strings in single quotes, and object keys with \u0000 in
+ * them, which json-c keeps as C strings cut at the NUL, so that
+ * {"a\u0000b": ..} would be read as {"a": ..}, a schema's property or
+ * "model" itself. The body is walked once. Returns NULL, or what is wrong
+ * with @top the top-level key it lies under ("" for a top-level key).
  */
-static int nul_in_key(const char *s, size_t len, char *top, size_t toplen)
+static const char *json_quirk(const char *s, size_t len, char *top, size_t toplen)
 {
 	size_t i = 0, j;
 	int depth = 0;
@@ -165,6 +167,8 @@ static int nul_in_key(const char *s, size_t len, char *top, size_t toplen)
 		} else if (s[i] == '}' || s[i] == ']') {
 			depth--;
 			i++;
+		} else if (s[i] == '\'') {
+			return "a string in single quotes is not JSON";
 		} else if (s[i] == '"') {
 			size_t start = ++i;
 			int nul = 0;
@@ -180,7 +184,7 @@ static int nul_in_key(const char *s, size_t len, char *top, size_t toplen)
 				}
 			}
 			if (i >= len)
-				return 0;
+				return NULL;
 			j = ++i;
 			while (j < len && (s[j] == ' ' || s[j] == '\t' || s[j] == '\r' || s[j] == '\n'))
 				j++;
@@ -188,7 +192,7 @@ static int nul_in_key(const char *s, size_t len, char *top, size_t toplen)
 				if (nul) {
 					if (depth == 1)
 						top[0] = 0;
-					return 1;
+					return "an object key contains \\u0000 (a NUL character), which is not accepted";
 				}
 				if (depth == 1)
 					snprintf(top, toplen, "%.*s", (int)(i - 1 - start), s + start);
@@ -197,7 +201,7 @@ static int nul_in_key(const char *s, size_t len, char *top, size_t toplen)
 			i++;
 		}
 	}
-	return 0;
+	return NULL;
 }
 
 int oa_parse_completion(const char *body, size_t len, uint32_t max_tokens_cap,
@@ -206,6 +210,7 @@ int oa_parse_completion(const char *body, size_t len, uint32_t max_tokens_cap,
 	static const char *const refused[] = { "echo", "logprobs", "best_of", "suffix", "logit_bias" };
 	struct json_tokener *tok = json_tokener_new_ex(OA_DEPTH_FORMAT);
 	struct json_object *root = NULL, *v;
+	const char *quirk;
 	char top[32];
 	double d;
 	int ret = -EINVAL;
@@ -223,7 +228,7 @@ int oa_parse_completion(const char *body, size_t len, uint32_t max_tokens_cap,
 	}
 	/* every string is UTF-8 from here on: prompts, stop strings, the model
 	 * name that errors quote, the schema (JSON itself says so, RFC 8259) */
-	json_tokener_set_flags(tok, JSON_TOKENER_VALIDATE_UTF8);
+	json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
 	root = json_tokener_parse_ex(tok, body, (int)len);
 	if (!root && json_tokener_get_error(tok) == json_tokener_error_parse_utf8_string) {
 		snprintf(err, errlen, "the body is not valid UTF-8 (byte %zu)",
@@ -240,9 +245,8 @@ int oa_parse_completion(const char *body, size_t len, uint32_t max_tokens_cap,
 		return -EINVAL;
 	}
 	json_tokener_free(tok);
-	if (nul_in_key(body, len, top, sizeof(top))) {
-		snprintf(err, errlen, "%s%san object key contains \\u0000 (a NUL character), which is "
-			 "not accepted", top, top[0] ? ": " : "");
+	if ((quirk = json_quirk(body, len, top, sizeof(top)))) {
+		snprintf(err, errlen, "%s%s%s", top, top[0] ? ": " : "", quirk);
 		snprintf(param, plen, "%s", top);
 		goto out;
 	}

@@ -286,6 +286,7 @@ struct gitem {
 	size_t len;
 	struct gram *g;
 	int ret;
+	bool again;               /* queued a second time, after the cache was trimmed */
 	char err[256];
 };
 
@@ -444,7 +445,8 @@ static void gram_run(void *ctx, struct wq_item *w)
 	}
 	/* the engine thread looked when it queued this, but compiles queued
 	 * together all passed that look: each is held to the limit when it
-	 * starts (the cache, under a quarter of the default, was trimmed) */
+	 * starts (counting what only the cache holds: on -EBUSY the engine
+	 * thread trims the cache and queues it once more if that made room) */
 	if (gram_over(s, it->err, sizeof(it->err))) {
 		it->ret = -EBUSY;
 		return;
@@ -479,6 +481,32 @@ static void gram_leave(struct sched *s, struct sjob *j)
 	__atomic_store_n(&it->gone, 1, __ATOMIC_RELAXED);
 }
 
+/* @it to the grammar thread, with its turn @t (freed on error): last in
+ * the list; its client's turns say when it runs. Returns 0 or -ENOMEM. */
+static int gram_queue(struct sched *s, struct gitem *it, struct gturn *t)
+{
+	struct gowner *o;
+
+	pthread_mutex_lock(&s->gp_lock);
+	o = gowner_add(s, it->owner);
+	if (o) {
+		if (s->gp_tail)
+			s->gp_tail->pend_next = it;
+		else
+			s->gp_head = it;
+		s->gp_tail = it;
+		o->pending++;
+	}
+	pthread_mutex_unlock(&s->gp_lock);
+	if (!o) {
+		free(t);
+		return -ENOMEM;
+	}
+	workq_submit(s->gq, &t->link);
+	s->gq_out++;
+	return 0;
+}
+
 /* Hand @j's grammar to the grammar thread, or have it wait for the same
  * text already on its way there. Returns 0, -EBUSY (the grammars alive are
  * at o.grammar_memory) or -ENOMEM. */
@@ -486,7 +514,6 @@ static int gram_submit(struct sched *s, struct sjob *j)
 {
 	struct gitem *it;
 	struct gturn *t;
-	struct gowner *o;
 	const struct sreq *r = j->r;
 	const char *text = r->x.gram_text ? r->x.gram_text : "";
 
@@ -519,26 +546,12 @@ static int gram_submit(struct sched *s, struct sjob *j)
 	it->kind = (enum gram_kind)r->x.gram_kind;
 	it->cookie = ++s->cookie;
 	it->owner = r->s;
-	pthread_mutex_lock(&s->gp_lock);
-	o = gowner_add(s, r->s);
-	if (o) {
-		if (s->gp_tail)
-			s->gp_tail->pend_next = it;
-		else
-			s->gp_head = it;
-		s->gp_tail = it;
-		o->pending++;
-	}
-	pthread_mutex_unlock(&s->gp_lock);
-	if (!o) {
+	if (gram_queue(s, it, t)) {
 		gitem_free(it);
-		free(t);
 		return -ENOMEM;
 	}
 	j->cookie = it->cookie;
 	j->git = it;
-	workq_submit(s->gq, &t->link);
-	s->gq_out++;
 	return 0;
 }
 
@@ -888,6 +901,20 @@ static void take_helpers(struct sched *s)
 		free(t);
 		if (!it)
 			continue;   /* not reached: a turn is queued for each item */
+		if (it->ret == -EBUSY && !it->again) {
+			/* the grammar thread counted what only the cache holds: that
+			 * goes, and if it makes room the compile is queued again */
+			struct gturn *t2;
+
+			gram_cache_trim(s->gc);
+			if (!gram_over(s, it->err, sizeof(it->err)) && (t2 = calloc(1, sizeof(*t2)))) {
+				it->again = true;
+				it->ret = 0;
+				if (!gram_queue(s, it, t2))
+					continue;
+				it->ret = -ENOMEM;
+			}
+		}
 		if (!it->ret && (g = gram_cache_get(s->gc, it->kind, it->text, it->len))) {
 			gram_unref(it->g);   /* the same text was compiled meanwhile */
 			it->g = g;

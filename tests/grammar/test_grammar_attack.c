@@ -21,8 +21,11 @@
  * test_grammar_memory, on a daemon of its own: requests that each hold
  * another large grammar while they run are refused (-EBUSY, on the grammar
  * field) once the grammars alive reach --grammar-memory, not compiled
- * without end (each ran, holding its grammar past the cache's bound);
- * when they end, the refused grammar is compiled and runs.
+ * without end (each ran, holding its grammar past the cache's bound):
+ * asked for at once (the grammar thread's look) and one at a time (the
+ * engine thread's); when they end, the refused grammar is compiled and
+ * runs; and grammars only the cache holds are dropped for new ones, not
+ * in their way.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -424,18 +427,109 @@ static int slow_model(const char *dir, char *model, size_t len)
 	return 0;
 }
 
-#define MEM_MAX_REQ 8
+/* Requests of test_grammar_memory: request i asks for another ~230 KB
+ * grammar (1440 states by 37 byte classes; their masks, on the demo's 640
+ * tokens, share a few) that makes it write a thousand characters. */
+#define MEM_REQ 24
+
+static struct mem {
+	struct lorad_request r[MEM_REQ];
+	char text[MEM_REQ][64], out_text[MEM_REQ][64];
+	uint32_t out[MEM_REQ][16];
+	bool running[MEM_REQ], ended[MEM_REQ], busy[MEM_REQ];
+} m;
+
+static void mem_submit(int i)
+{
+	snprintf(m.text[i], sizeof(m.text[i]), "(abcdefghijklmnopqrstuvwxyzABCDEFGHIJ){%d}", 40 + i);
+	m.r[i] = (struct lorad_request){ .user_data = (uint64_t)i, .prompt_text = "hello", .prompt_text_len = 5,
+					 .max_tokens = 4000, .out = m.out[i], .out_text = m.out_text[i],
+					 .out_text_cap = sizeof(m.out_text[i]) - 1, .flags = LORAD_SQE_F_GRAMMAR,
+					 .grammar = LORAD_GRAMMAR_REGEX, .grammar_text = m.text[i],
+					 .grammar_len = (uint32_t)strlen(m.text[i]) };
+	m.running[i] = m.ended[i] = m.busy[i] = false;
+	assert_int_equal(lorad_submit(b, &m.r[i]), 0);
+}
+
+/* Events until requests [i0, i1) each run or end (30 s at most). A final
+ * event is expected only as -EBUSY on the grammar field (busy[]). */
+static void mem_settle(int i0, int i1)
+{
+	uint64_t deadline = atk_now_ns() + 30000000000ull;
+
+	for (;;) {
+		struct lorad_event ev[16];
+		int k = lorad_wait(b, ev, 16, 100), left = 0;
+
+		for (int e = 0; e < k; e++) {
+			unsigned u = (unsigned)ev[e].user_data;
+
+			if (u >= MEM_REQ)
+				continue;
+			if (!(ev[e].flags & LORAD_EV_FINAL)) {
+				m.running[u] = true;
+				continue;
+			}
+			m.ended[u] = true;
+			m.busy[u] = ev[e].res == -EBUSY && ev[e].field == LORAD_FIELD_GRAMMAR;
+			ATK_EXPECT(m.busy[u] || !m.running[u] || ev[e].finish == LORAD_FINISH_CANCELLED,
+				   "request %u ended while the test looked: res %d field %u finish %u", u,
+				   ev[e].res, ev[e].field, ev[e].finish);
+			ATK_EXPECT(m.busy[u] || m.running[u], "request %u refused: res %d field %u", u,
+				   ev[e].res, ev[e].field);
+		}
+		for (int i = i0; i < i1; i++)
+			left += !m.running[i] && !m.ended[i];
+		if (!left)
+			return;
+		if (atk_now_ns() > deadline) {
+			ATK_EXPECT(0, "requests %d..%d: %d without an event in 30 s", i0, i1 - 1, left);
+			return;
+		}
+	}
+}
+
+/* Cancel every running request of [0, n) and wait for their ends. */
+static void mem_end_all(int n)
+{
+	uint64_t deadline = atk_now_ns() + 20000000000ull;
+
+	for (int i = 0; i < n; i++)
+		if (m.running[i] && !m.ended[i])
+			lorad_cancel(b, (uint64_t)i);
+	for (;;) {
+		struct lorad_event ev[16];
+		int k = lorad_wait(b, ev, 16, 100), left = 0;
+
+		for (int e = 0; e < k; e++)
+			if ((ev[e].flags & LORAD_EV_FINAL) && ev[e].user_data < MEM_REQ)
+				m.ended[ev[e].user_data] = true;
+		for (int i = 0; i < n; i++)
+			left += m.running[i] && !m.ended[i];
+		if (!left)
+			return;
+		if (atk_now_ns() > deadline) {
+			ATK_EXPECT(0, "%d cancelled requests without a final event in 20 s", left);
+			return;
+		}
+	}
+}
+
+static int mem_count(int i0, int i1, const bool *what)
+{
+	int n = 0;
+
+	for (int i = i0; i < i1; i++)
+		n += what[i];
+	return n;
+}
 
 static void test_grammar_memory(void **state)
 {
-	static char text[MEM_MAX_REQ][64], out_text[MEM_MAX_REQ][64];
-	static uint32_t out[MEM_MAX_REQ][16];
 	const char *args[] = { "--model", NULL, "--threads", "1", "--grammar-memory", "512K", NULL };
 	char dir[200], model[300];
-	struct lorad_request r[MEM_MAX_REQ];
-	bool running[MEM_MAX_REQ] = { false }, ended[MEM_MAX_REQ] = { false };
 	struct atk_daemon d;
-	int n = 0, refused = -1;
+	int n, refused = -1;
 
 	(void)state;
 	assert_int_equal(atk_tmpdir(dir, sizeof(dir), "gmem"), 0);
@@ -445,83 +539,50 @@ static void test_grammar_memory(void **state)
 	assert_int_equal(atk_daemon_start(&d, args, 0), 0);
 	assert_int_equal(lorad_connect(d.sock, NULL, &b), 0);
 
-	/* another grammar of ~230 KB each (1440 states by 37 byte classes;
-	 * their masks, on the demo's 640 tokens, share a few), each request
-	 * running before the next comes: the third or fourth finds the others
-	 * past 512 KiB */
-	for (n = 0; n < MEM_MAX_REQ && refused < 0; n++) {
-		uint64_t deadline = atk_now_ns() + 30000000000ull;
+	/* A. six at once: each passes the engine thread's look (nothing is
+	 * alive yet); the grammar thread holds each to the limit as it starts,
+	 * so the last ones are refused while the first run */
+	for (int i = 0; i < 6; i++)
+		mem_submit(i);
+	mem_settle(0, 6);
+	fprintf(stderr, "grammar memory, six at once: %d ran, %d refused\n", mem_count(0, 6, m.running),
+		mem_count(0, 6, m.busy));
+	ATK_EXPECT(mem_count(0, 6, m.busy) >= 2 && mem_count(0, 6, m.running) >= 2,
+		   "six ~230 KB grammars at once under --grammar-memory 512K: %d ran, %d refused",
+		   mem_count(0, 6, m.running), mem_count(0, 6, m.busy));
+	mem_end_all(6);
 
-		snprintf(text[n], sizeof(text[n]), "(abcdefghijklmnopqrstuvwxyzABCDEFGHIJ){%d}", 40 + n);
-		r[n] = (struct lorad_request){ .user_data = (uint64_t)n, .prompt_text = "hello", .prompt_text_len = 5,
-					       .max_tokens = 4000, .out = out[n], .out_text = out_text[n],
-					       .out_text_cap = sizeof(out_text[n]) - 1, .flags = LORAD_SQE_F_GRAMMAR,
-					       .grammar = LORAD_GRAMMAR_REGEX, .grammar_text = text[n],
-					       .grammar_len = (uint32_t)strlen(text[n]) };
-		assert_int_equal(lorad_submit(b, &r[n]), 0);
-		while (!running[n] && !ended[n] && atk_now_ns() < deadline) {
-			struct lorad_event ev[16];
-			int k = lorad_wait(b, ev, 16, 100);
-
-			for (int i = 0; i < k; i++) {
-				unsigned u = (unsigned)ev[i].user_data;
-
-				if (u >= MEM_MAX_REQ)
-					continue;
-				if (!(ev[i].flags & LORAD_EV_FINAL)) {
-					running[u] = true;
-					continue;
-				}
-				ended[u] = true;
-				if (u == (unsigned)n && ev[i].res == -EBUSY && ev[i].field == LORAD_FIELD_GRAMMAR)
-					refused = n;
-				else
-					ATK_EXPECT(0, "request %u ended while the test looked: res %d field %u "
-						   "finish %u", u, ev[i].res, ev[i].field, ev[i].finish);
-			}
-		}
-		ATK_EXPECT(running[n] || ended[n], "request %d: no event in 30 s", n);
+	/* B. one at a time, each running before the next comes: the first
+	 * finds only the cache's (trimmed), the third or fourth the others */
+	for (n = 6; n < 6 + 8 && refused < 0; n++) {
+		mem_submit(n);
+		mem_settle(n, n + 1);
+		if (m.busy[n])
+			refused = n - 6;
 	}
-	fprintf(stderr, "grammar memory: request %d of %d refused\n", refused, n);
+	fprintf(stderr, "grammar memory, one at a time: request %d refused\n", refused);
 	ATK_EXPECT(refused >= 2 && refused <= 5, "the grammars alive were not bounded: refused at request "
-		   "%d (of %d, each holding ~230 KB, --grammar-memory 512K)", refused, n);
-	/* the running ones end; then the refused grammar has room */
-	for (int i = 0; i < n; i++)
-		if (running[i] && !ended[i])
-			lorad_cancel(b, (uint64_t)i);
-	for (uint64_t deadline = atk_now_ns() + 20000000000ull; atk_now_ns() < deadline;) {
-		struct lorad_event ev[16];
-		int k = lorad_wait(b, ev, 16, 100), left = 0;
+		   "%d (each holding ~230 KB, --grammar-memory 512K)", refused);
+	/* ... and when they end, it has room */
+	mem_end_all(n);
+	mem_submit(n);
+	mem_settle(n, n + 1);
+	ATK_EXPECT(m.running[n], "the refused grammar, once the others ended: refused again");
+	mem_end_all(n + 1);
 
-		for (int i = 0; i < k; i++)
-			if ((ev[i].flags & LORAD_EV_FINAL) && ev[i].user_data < MEM_MAX_REQ)
-				ended[ev[i].user_data] = true;
-		for (int i = 0; i < n; i++)
-			left += !ended[i];
-		if (!left)
-			break;
-	}
-	if (refused >= 0) {
-		uint64_t deadline = atk_now_ns() + 30000000000ull;
-		bool ran = false;
+	/* C. the cache under the limit with one grammar nobody holds (the
+	 * refused one's, trimmed for at its second try, which ended): two at
+	 * once both pass the engine thread's look, and the second, past the
+	 * limit on the grammar thread only because of the cache, is compiled
+	 * after the cache is trimmed, not refused */
+	n++;
+	mem_submit(n);
+	mem_submit(n + 1);
+	mem_settle(n, n + 2);
+	ATK_EXPECT(m.running[n] && m.running[n + 1], "with the cache's grammar only in the way: %d %d ran",
+		   m.running[n], m.running[n + 1]);
+	mem_end_all(n + 2);
 
-		running[refused] = ended[refused] = false;
-		r[refused].user_data = 100;
-		assert_int_equal(lorad_submit(b, &r[refused]), 0);
-		while (!ran && atk_now_ns() < deadline) {
-			struct lorad_event ev[16];
-			int k = lorad_wait(b, ev, 16, 100);
-
-			for (int i = 0; i < k; i++)
-				if (ev[i].user_data == 100) {
-					ATK_EXPECT(!(ev[i].flags & LORAD_EV_FINAL), "the refused grammar, once the "
-						   "others ended: res %d field %u", ev[i].res, ev[i].field);
-					ran = true;
-				}
-		}
-		ATK_EXPECT(ran, "the refused grammar, once the others ended: no event in 30 s");
-		lorad_cancel(b, 100);
-	}
 	lorad_close(b);
 	b = NULL;
 	ATK_EXPECT(atk_daemon_alive(&d), "the daemon died (status %d)", d.status);

@@ -14,8 +14,9 @@
 #       leave    (a client that leaves a whole completion: cancelled)
 #       stop     (SIGTERM of the gateway with a completion and a stream open:
 #                 both answered and cancelled, the gateway gone in seconds)
-#       nulkey   (object keys with \u0000, which json-c would cut at the NUL:
-#                 one 400 naming it, not a request read as another)
+#       nulkey   (object keys with \u0000, which json-c would cut at the NUL,
+#                 and what json-c takes that JSON is not: single quotes,
+#                 comments: one 400, not a request read as another)
 #       timeout  (a stream cut by --request-timeout: its text, one error event
 #                 of type timeout and [DONE], not a finish_reason "length")
 # LORAD_HTTP_BIN overrides the gateway (to run these against another build).
@@ -393,6 +394,15 @@ nulkey)
 	st=$(post '{"model\u0000x":"sql","prompt":"x","max_tokens":2}' --max-time 10)
 	[ "$st" = 400 ] || fail "a top-level key with \\u0000: $st $(cat "$dir/out")"
 	grep -q 'NUL' "$dir/out" || fail "the 400 does not say why: $(cat "$dir/out")"
+	# json-c also takes strings in single quotes and (but in strict mode)
+	# comments, where a scan for such keys would not see them: refused
+	for body in "{'model\\u0000x':\"sql\",\"prompt\":\"x\",\"max_tokens\":2}" \
+		'{"model\u0000x" /**/ :"sql","prompt":"x","max_tokens":2}' \
+		'{"model":"sql" /* " */,"prompt":"x","max_tokens":2 /* \u0000" : */}' \
+		'{"model":"sql","prompt":'"'x'"',"max_tokens":2}'; do
+		st=$(post "$body" --max-time 10)
+		[ "$st" = 400 ] || fail "$body: $st $(cat "$dir/out")"
+	done
 	# a schema's property "a\u0000b" would be compiled as "a"
 	st=$(post '{"model":"sql","prompt":"x","max_tokens":2,"response_format":{"type":"json_schema",
 		"json_schema":{"name":"n","schema":{"type":"object","properties":{"a\u0000b":{"type":"string"}}}}}}' \

@@ -268,8 +268,10 @@ static inline uint64_t lorad_result_req_off(const struct lorad_sqe *e)
  * in the arena (no NUL byte; ignored for LORAD_GRAMMAR_JSON, len 0). A
  * grammar that is refused ends the request with LORAD_FIELD_GRAMMAR:
  * -EINVAL (syntax, or a bad schema), -ENOTSUP (a construct or keyword not
- * supported), -E2BIG (a limit: length, nesting, automaton size);
- * -EILSEQ when no token of the vocabulary can continue the output.
+ * supported), -E2BIG (a limit: length, nesting, automaton size), -EBUSY
+ * (the daemon's memory for compiled grammars is full for now: retry once
+ * other requests have ended); -EILSEQ when no token of the vocabulary can
+ * continue the output.
  */
 enum lorad_grammar_kind {
 	LORAD_GRAMMAR_NONE   = 0,

@@ -50,7 +50,8 @@ class DaemonGone(LoradError):
 
 class Busy(LoradError):
     """Full for now: ring, arena or request table (-EAGAIN), too many requests in
-    flight (-EBUSY) or too many clients (-EUSERS). Retry later."""
+    flight or the daemon's memory for grammars (-EBUSY; field "grammar") or too
+    many clients (-EUSERS). Retry later."""
 
 
 TryAgain = Busy

@@ -259,6 +259,9 @@ static unsigned failure(const struct job *j, const struct lorad_event *ev, char 
 		snprintf(msg, len, "The model `%s` does not exist", j->req.model);
 	else if (ev->res == -EILSEQ && ev->field == LORAD_FIELD_PROMPT)
 		snprintf(msg, len, "the prompt is not valid UTF-8 (the daemon's tokenizer refused it)");
+	else if (ev->res == -EBUSY && ev->field == LORAD_FIELD_GRAMMAR)
+		snprintf(msg, len, "the daemon's memory for compiled grammars is full for now "
+			 "(grammar_memory): retry when other requests have ended");
 	else if (ev->res == -EINVAL && ev->field == LORAD_FIELD_EXT)
 		snprintf(msg, len, "the daemon refused the stop strings (each 1 to %d bytes of "
 			 "valid UTF-8)", OA_STOP_MAX);

@@ -40,7 +40,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			abort();
 		oa_completion_free(&c);
 	} else if (rc == -EINVAL) {
-		if (!err[0] || (strstr(err, "u0000") && !memmem(data, size, "\\u0000", 6)))
+		if (!err[0] || (strstr(err, "object key contains \\u0000") && !memmem(data, size, "\\u0000", 6)))
 			abort();
 	} else if (rc != -ENOMEM) {
 		abort();

@@ -692,6 +692,11 @@ void adapter_close(struct adapter *a)
 	free(a);
 }
 
+int adapter_unchanged(const struct adapter *a, char *err, size_t errlen)
+{
+	return st_unchanged(a->st, err, errlen);
+}
+
 int adapter_module_f32(const struct adapter *ad, const struct adapter_module *m, float *a, float *b,
 		       char *err, size_t errlen)
 {

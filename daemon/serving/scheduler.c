@@ -147,6 +147,12 @@ static void gram_leave(struct sched *s, struct sjob *j);
 
 static void job_free(struct sched *s, struct sjob *j)
 {
+	/* its prompt still queued for the tokenizer is nobody's now: a client
+	 * that leaves with hundreds queued costs the others nothing (its
+	 * session's address may be a new client's soon, and would put that
+	 * client's turns behind them) */
+	if (j->where == SJ_TOKENIZING && j->cookie)
+		tokq_cancel(s->tq, j->cookie);
 	gram_leave(s, j);
 	list_remove(&s->list[j->where], j);
 	s->n[j->where]--;
@@ -804,7 +810,7 @@ static void sc_submit(void *ctx, struct sreq *r)
 			return;
 		}
 		j->cookie = ++s->cookie;
-		ret = tokq_submit(s->tq, j->cookie, r->text, r->text_len, special);
+		ret = tokq_submit(s->tq, r->s, j->cookie, r->text, r->text_len, special);
 		if (ret)
 			fail(s, r, ret, LORAD_FIELD_NONE);
 		return;
@@ -841,6 +847,7 @@ static void take_helpers(struct sched *s)
 			continue;
 		}
 		r = j->r;
+		j->cookie = 0;   /* its item is back: nothing to cancel */
 		job_free(s, j);
 		take_ids(s, r, ret, ids, n);
 	}

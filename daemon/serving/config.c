@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #define PCRE2_CODE_UNIT_WIDTH 8
@@ -315,8 +316,8 @@ static int on_entry_first(void *user, const char *section, const char *key, cons
  * (malloc'd, NUL-terminated; *len without it). SIGHUP runs this on the
  * engine thread, so it must never block or run long on what the path names
  * now: a FIFO is opened without waiting for a writer and refused, like a
- * device (/dev/zero never ends) or a directory; a file that grows while it
- * is read stops at the limit. Returns 0 or -errno with @err naming the file.
+ * device (/dev/zero never ends; /dev/null, no config, is fine) or a
+ * directory; a file that grows while it is read stops at the limit. Returns 0 or -errno with @err naming the file.
  */
 static int read_config_file(const char *path, char **out, size_t *len, char *err, size_t errlen)
 {
@@ -336,7 +337,8 @@ static int read_config_file(const char *path, char **out, size_t *len, char *err
 		snprintf(err, errlen, "%s: %s", path, strerror(-ret));
 		goto err;
 	}
-	if (!S_ISREG(st.st_mode)) {
+	/* /dev/null is the usual "no config file" (it reads as empty) */
+	if (!S_ISREG(st.st_mode) && !(S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3))) {
 		snprintf(err, errlen, "%s: not a regular file", path);
 		ret = -EINVAL;
 		goto err;

@@ -104,7 +104,7 @@ void config_defaults(struct config *c);
 /*
  * Read @path into @c (which holds defaults or an older config). @path must
  * name a regular file (symlinks to one are fine) of at most
- * CONFIG_MAX_BYTES. Returns 0, or -EINVAL with @err saying "FILE:LINE: what
+ * CONFIG_MAX_BYTES, or /dev/null. Returns 0, or -EINVAL with @err saying "FILE:LINE: what
  * is wrong", or -errno with @err naming the file when it cannot be read or
  * is not a regular file (-EINVAL) or too large (-EFBIG).
  */

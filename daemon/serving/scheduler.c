@@ -1088,13 +1088,39 @@ static int build_batch(struct sched *s)
 	return n;
 }
 
-static struct sjob *newest_running(struct sched *s)
+/* Tokens in the KV cache of @ses's running sequences. */
+static uint64_t kv_of(const struct sched *s, const struct session *ses)
 {
-	struct sjob *v = NULL;
+	uint64_t n = 0;
 
 	for (struct sjob *j = s->list[SJ_RUNNING]; j; j = j->next)
-		if (!v || j->order > v->order)
+		if (j->r->s == ses)
+			n += (uint64_t)j->seq->n_computed;
+	return n;
+}
+
+/*
+ * The sequence that gives its KV blocks back when a step finds none free:
+ * the newest of the client holding the most of the cache. Not the newest
+ * of all: a client with dozens of long generations queued before another's
+ * short one made that one the newest each time it was admitted, so it was
+ * thrown out at every step the cache ran short and finished only after the
+ * whole queue of the first. As with the sequence slots (pick_victim), the
+ * client holding the most makes room.
+ */
+static struct sjob *kv_victim(struct sched *s)
+{
+	struct sjob *v = NULL;
+	uint64_t most = 0;
+
+	for (struct sjob *j = s->list[SJ_RUNNING]; j; j = j->next) {
+		uint64_t n = kv_of(s, j->r->s);
+
+		if (!v || n > most || (n == most && j->order > v->order)) {
+			most = n;
 			v = j;
+		}
+	}
 	return v;
 }
 
@@ -1145,8 +1171,9 @@ static int sc_step(void *ctx)
 		ret = engine_step(s->e, s->seqs, s->n_new, n, s->err, sizeof(s->err));
 		if (ret != -ENOSPC)
 			break;
-		/* the KV cache ran out: the newest sequence gives its blocks back */
-		struct sjob *v = newest_running(s);
+		/* the KV cache ran out: the newest sequence of the client holding
+		 * the most of it gives its blocks back */
+		struct sjob *v = kv_victim(s);
 
 		if (!v)
 			break;

@@ -29,11 +29,8 @@ const char *model_proj_name(enum proj p)
 /* config.json is a few KB, an index of shards some 100 KB: more is no model's */
 #define MAX_JSON_BYTES (64u << 20)
 
-/* Reads path as JSON, a regular file of at most MAX_JSON_BYTES (a FIFO or a
- * device put there is refused, never waited on or read forever). Returns 0
- * with *out set, -ENOENT when the file does not exist, -EINVAL when it is
- * not valid JSON or not a regular file, -EFBIG, or -errno. */
-static int read_json(const char *path, json_object **out, char *err, size_t errlen)
+/* Whole, from what was opened: a file that grows meanwhile ends at its size then. */
+int model_read_json(const char *path, json_object **out, char *err, size_t errlen)
 {
 	json_object *o;
 	struct stat sb;
@@ -227,7 +224,7 @@ int model_config_load(const char *dir, struct model_config *c, char *err, size_t
 	memset(c, 0, sizeof(*c));
 	snprintf(path, sizeof(path), "%s/config.json", dir);
 	snprintf(gpath, sizeof(gpath), "%s/generation_config.json", dir);
-	rc = read_json(path, &o, err, errlen);
+	rc = model_read_json(path, &o, err, errlen);
 	if (rc < 0)
 		return rc;
 	rc = -EINVAL;
@@ -342,7 +339,7 @@ int model_config_load(const char *dir, struct model_config *c, char *err, size_t
 		goto err;
 
 	/* generation_config.json says what generation stops on; it wins. */
-	rc = read_json(gpath, &g, err, errlen);
+	rc = model_read_json(gpath, &g, err, errlen);
 	if (rc == 0) {
 		if ((rc = get_eos(g, gpath, c, err, errlen)) < 0)
 			goto err;
@@ -448,7 +445,7 @@ static int open_files(struct model *m, char *err, size_t errlen)
 	int rc, i;
 
 	snprintf(path, sizeof(path), "%s/model.safetensors.index.json", m->dir);
-	rc = read_json(path, &idx, err, errlen);
+	rc = model_read_json(path, &idx, err, errlen);
 	if (rc == -ENOENT) {
 		m->files = calloc(1, sizeof(*m->files));
 		if (!m->files)

@@ -12,6 +12,8 @@
 
 #include "safetensors.h"
 
+struct json_object;
+
 #define MODEL_MAX_EOS 16
 
 enum model_arch {
@@ -78,6 +80,12 @@ struct model {
  * Returns 0, -ENOTSUP for a model or feature lorad does not implement, or
  * another -errno, with a message naming the file and the key in err. */
 int model_config_load(const char *dir, struct model_config *c, char *err, size_t errlen);
+
+/* Reads @path as JSON: a regular file of at most 64 MiB (a FIFO or a device
+ * put there is refused, never waited on or read forever). Returns 0 with
+ * *out set, -ENOENT when the file does not exist, -EINVAL when it is not
+ * valid JSON or not a regular file, -EFBIG, or -errno, @err naming it. */
+int model_read_json(const char *path, struct json_object **out, char *err, size_t errlen);
 
 /* Opens a model directory: config, then the weights' headers, every tensor
  * checked against the config. Returns 0 or -errno with a message naming

@@ -233,40 +233,70 @@ static void demo_with_fifo(const char *dir, const char *fifo)
 	}
 }
 
+/* A copy of the demo adapter @name at @dir with its file @fifo a FIFO. */
+static void adapter_with_fifo(const char *dir, const char *name, const char *fifo)
+{
+	char src[400], dst[400];
+
+	snprintf(src, sizeof(src), "%s/adapters/%s", atk_demo_dir(), name);
+	assert_int_equal(atk_copy_adapter(src, dir), 0);
+	snprintf(dst, sizeof(dst), "%s/%s", dir, fifo);
+	assert_int_equal(unlink(dst), 0);
+	assert_int_equal(mkfifo(dst, 0644), 0);
+}
+
 /*
- * Baseline (d659c0a): with any of the three a FIFO, lorad blocks in open()
+ * Baseline (d659c0a): with any of the files a FIFO, lorad blocks in open()
  * and neither serves nor exits (killed after 10 s).
  */
 static void test_model_fifos(void **state)
 {
-	static const char *const fifos[] = { "config.json", "model.safetensors", "tokenizer.json" };
-	char dir[160], model[200], path[300], needle[400];
-	const char *args[] = { "--model", model, "--threads", "1", NULL };
+	static const struct {
+		const char *model_fifo;   /* a file of the model folder, or NULL */
+		const char *merge_fifo;   /* a file of the adapter merged at start, or NULL */
+	} cases[] = {
+		{ "config.json", NULL },
+		{ "model.safetensors", NULL },
+		{ "tokenizer.json", NULL },
+		{ NULL, "adapter_config.json" },
+		{ NULL, "adapter_model.safetensors" },
+	};
+	char dir[160], model[200], merge[200], path[300], needle[400];
 
 	(void)state;
 	atk_failures = 0;
 	assert_int_equal(atk_tmpdir(dir, sizeof(dir), "a26f"), 0);
-	for (unsigned i = 0; i < sizeof(fifos) / sizeof(fifos[0]); i++) {
+	for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const char *fifo = cases[i].model_fifo ? cases[i].model_fifo : cases[i].merge_fifo;
+		const char *args[] = { "--model", model, "--threads", "1", NULL, NULL, NULL };
+		bool serves = cases[i].model_fifo && !strcmp(fifo, "tokenizer.json");
 		struct atk_daemon d;
 		struct lorad_event ev;
 		int rc;
 
 		snprintf(model, sizeof(model), "%s/m%u", dir, i);
-		demo_with_fifo(model, fifos[i]);
-		snprintf(path, sizeof(path), "%s/%s", model, fifos[i]);
+		demo_with_fifo(model, cases[i].model_fifo ? cases[i].model_fifo : "");
+		snprintf(path, sizeof(path), "%s/%s", model, fifo);
+		if (cases[i].merge_fifo) {
+			snprintf(merge, sizeof(merge), "%s/a%u", dir, i);
+			adapter_with_fifo(merge, "sql", fifo);
+			snprintf(path, sizeof(path), "%s/%s", merge, fifo);
+			args[4] = "--merge-adapter";
+			args[5] = merge;
+		}
 		assert_int_equal(atk_daemon_init(&d, "a26"), 0);
 		assert_int_equal(atk_daemon_spawn(&d, args, 0), 0);
 		rc = serving(&d, 10000);
 		snprintf(needle, sizeof(needle), "%s: %snot a regular file", path,
-			 i == 2 ? "cannot read: " : "");
-		if (i < 2) {
+			 serves ? "cannot read: " : "");
+		if (!serves) {
 			/* the model cannot be loaded: one line, exit 1 */
-			ATK_EXPECT(rc == -ECHILD && d.status == 1, "%s a FIFO: %s (status %d)",
-				   fifos[i], rc == -ETIMEDOUT ? "lorad hangs at start" :
+			ATK_EXPECT(rc == -ECHILD && d.status == 1, "%s a FIFO: %s (status %d)", path,
+				   rc == -ETIMEDOUT ? "lorad hangs at start" :
 				   rc == 0 ? "lorad serves" : "lorad exited", d.status);
 		} else {
 			/* text is refused, token ids are served */
-			ATK_EXPECT(rc == 0, "%s a FIFO: %s (status %d)", fifos[i], rc == -ETIMEDOUT
+			ATK_EXPECT(rc == 0, "%s a FIFO: %s (status %d)", path, rc == -ETIMEDOUT
 				   ? "lorad hangs at start" : "lorad exited", d.status);
 			if (rc == 0) {
 				rc = atk_generate_once(d.sock, "base", 4, &ev, 10000);
@@ -276,7 +306,7 @@ static void test_model_fifos(void **state)
 		}
 		if (rc != -ETIMEDOUT)
 			ATK_EXPECT(atk_log_has(&d, needle, 2000), "%s a FIFO: no log line \"%s\"",
-				   fifos[i], needle);
+				   path, needle);
 		if (d.pid > 0 && atk_daemon_alive(&d) && atk_daemon_stop(&d, 5000, NULL) != 0)
 			atk_daemon_kill(&d);
 	}

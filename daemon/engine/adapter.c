@@ -557,9 +557,8 @@ static int open_impl(const char *dir, const char *mcfg, size_t mcfg_len, const u
 				    bin);
 		return err_fail(err, errlen, -ENOENT, "%s: %s", wpath, strerror(ENOENT));
 	}
-	o = json_object_from_file(cpath);
-	if (!o)
-		return err_fail(err, errlen, -EINVAL, "%s: not valid JSON", cpath);
+	if ((rc = model_read_json(cpath, &o, err, errlen)) < 0)
+		return rc;
 parsed:
 	if ((rc = parse_config(o, &c, err, errlen)) < 0)
 		goto err;
@@ -690,6 +689,11 @@ void adapter_close(struct adapter *a)
 	free(a->mod);
 	free(a->dir);
 	free(a);
+}
+
+int adapter_unchanged(const struct adapter *a, char *err, size_t errlen)
+{
+	return st_unchanged(a->st, err, errlen);
 }
 
 int adapter_module_f32(const struct adapter *ad, const struct adapter_module *m, float *a, float *b,

@@ -56,11 +56,16 @@ int adapter_open_mem(const char *dir, const char *cfg, size_t cfg_len, const uns
 		     size_t st_len, const struct model_config *c, struct adapter **out, char *err,
 		     size_t errlen);
 
-/* Unmaps and frees; NULL is a no-op. */
+/* Closes its file and frees; NULL is a no-op. */
 void adapter_close(struct adapter *a);
 
+/* After adapter_open's matrices were read: 0 when its safetensors file was
+ * not written to since it was opened, else -EBADMSG naming it. */
+int adapter_unchanged(const struct adapter *a, char *err, size_t errlen);
+
 /* Converts module m's matrices to fp32: a[rank · in], b[out · rank] (either
- * may be NULL). Returns 0 or -EINVAL (NaN/Inf) naming file and tensor. */
+ * may be NULL). Returns 0 or -EINVAL (NaN/Inf) naming file and tensor, or
+ * -EBADMSG when the file was truncated since it was opened. */
 int adapter_module_f32(const struct adapter *ad, const struct adapter_module *m, float *a, float *b,
 		       char *err, size_t errlen);
 

@@ -109,6 +109,10 @@ int engine_load(const char *dir, const struct engine_opts *opts, struct engine *
 	if ((rc = fwd_build(e->be, m, o.kv_blocks, o.block_size, o.allow_nonfinite, &prog, &e->fwd,
 			    err, errlen)) < 0)
 		goto err;
+	/* every weight is read: a file written to meanwhile may have given a
+	 * mix of old and new bytes, which no check of the values would see */
+	if ((rc = model_unchanged(m, err, errlen)) < 0)
+		goto err;
 	if ((rc = kv_pool_build(&e->pool, o.kv_blocks, o.block_size)) < 0 ||
 	    (rc = sample_ctx_build(&e->sctx, e->cfg.vocab)) < 0) {
 		rc = err_fail(err, errlen, rc, "out of memory");
@@ -118,7 +122,7 @@ int engine_load(const char *dir, const struct engine_opts *opts, struct engine *
 	e->pool.note = kv_note;
 	e->pool.note_ctx = e;
 	e->base_owner = ++e->last_owner;
-	/* the weights now live in the backend; the mapping is no longer needed */
+	/* the weights now live in the backend; the files are no longer needed */
 	model_close(m);
 	*out = e;
 	return 0;
@@ -893,6 +897,8 @@ int engine_adapter_merge(struct engine *e, const char *dir, char *err, size_t er
 	if (rc < 0)
 		return rc;
 	rc = fwd_merge(e->fwd, ad, err, errlen);
+	if (!rc)
+		rc = adapter_unchanged(ad, err, errlen);
 	adapter_close(ad);
 	/* the base model's blocks were computed by other weights now (adapters'
 	 * too: they add to the base); the base gets a new identity */

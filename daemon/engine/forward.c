@@ -124,25 +124,37 @@ static uint64_t weight_bytes(const struct model *m)
 static int upload_tensor(struct fwd *f, const struct st_tensor *t, float *tmp, int allow_nonfinite,
 			 int matrix, struct be_buf **out, char *err, size_t errlen)
 {
-	int rc = model_tensor_f32(t, tmp, err, errlen), dt = be_dtype_of(t->dtype);
+	int rc, dt = be_dtype_of(t->dtype);
 	unsigned caps = be_caps(f->be);
 	int keep = (dt == BE_BF16 && (caps & (BE_CAP_BF16 | (matrix ? BE_CAP_BF16_WEIGHTS : 0)))) ||
 		   (dt == BE_F16 && (caps & BE_CAP_F16));
+	int raw = keep && matrix && t->ndim == 2;
+	long bad;
 
-	if (rc < 0 && !(allow_nonfinite && t->dtype != ST_OTHER))
+	if (t->dtype == ST_OTHER)
+		return model_tensor_refused(t, -EINVAL, err, errlen);
+	/* the file's bytes, read once (not mapped: the file may shrink under
+	 * us), into tmp: sent as they are where the backend keeps the dtype,
+	 * then widened in place to refuse NaN and Inf and, else, sent as fp32 */
+	rc = st_read(t, tmp, err, errlen);
+	if (rc < 0)
 		return rc;
-	if (matrix && t->ndim == 2)
-		*out = be_alloc_weight(f->be, (int)t->shape[0], (int)t->shape[1],
-				       keep ? (enum be_dtype)dt : BE_F32);
+	if (raw)
+		*out = be_alloc_weight(f->be, (int)t->shape[0], (int)t->shape[1], (enum be_dtype)dt);
+	else if (matrix && t->ndim == 2)
+		*out = be_alloc_weight(f->be, (int)t->shape[0], (int)t->shape[1], BE_F32);
 	else
 		*out = be_alloc(f->be, t->nelem);
 	if (!*out)
 		return err_fail(err, errlen, -ENOMEM, "out of memory for tensor %s", t->name);
-	if (keep && matrix && t->ndim == 2)
-		rc = be_upload_as(f->be, BE_Q_COMPUTE, *out, 0, t->data, (enum be_dtype)dt, t->nelem);
-	else
-		rc = be_upload(f->be, *out, 0, tmp, t->nelem);
-	if (rc < 0)
+	/* compute-queue uploads are synchronous: tmp may be rewritten after */
+	if (raw && (rc = be_upload_as(f->be, BE_Q_COMPUTE, *out, 0, tmp, (enum be_dtype)dt,
+				      t->nelem)) < 0)
+		return err_fail(err, errlen, rc, "upload of tensor %s failed", t->name);
+	bad = st_widen_f32(t, tmp);
+	if (bad > 0 && !allow_nonfinite)
+		return model_tensor_refused(t, bad, err, errlen);
+	if (!raw && (rc = be_upload(f->be, *out, 0, tmp, t->nelem)) < 0)
 		return err_fail(err, errlen, rc, "upload of tensor %s failed", t->name);
 	progress_add(f, t->nbytes);
 	return 0;
@@ -549,10 +561,10 @@ static int lay_out(const struct adapter *ad, const size_t *offs, const unsigned 
 }
 
 /* Whether module m can be served from the file's bytes as they are
- * (FWD_AD_BORROW): both matrices f32 and 4-byte aligned where they lie. */
+ * (FWD_AD_BORROW): both matrices in memory, f32 and 4-byte aligned where they lie. */
 static int can_borrow(const struct adapter_module *m)
 {
-	return m->a->dtype == ST_F32 && m->b->dtype == ST_F32 &&
+	return m->a->dtype == ST_F32 && m->b->dtype == ST_F32 && m->a->data && m->b->data &&
 	       !((uintptr_t)m->a->data & (sizeof(float) - 1)) &&
 	       !((uintptr_t)m->b->data & (sizeof(float) - 1));
 }

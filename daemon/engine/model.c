@@ -2,6 +2,7 @@
 #include "errmsg.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <json-c/json.h>
 #include <math.h>
 #include <stdarg.h>
@@ -9,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 /* Bounds that keep every size product far from overflow and refuse
  * configs no real model has. */
@@ -24,20 +26,67 @@ const char *model_proj_name(enum proj p)
 	return proj_names[p];
 }
 
-/* Reads path as JSON. Returns 0 with *out set, -ENOENT when the file does
- * not exist, -EINVAL when it is not valid JSON. */
-static int read_json(const char *path, json_object **out, char *err, size_t errlen)
-{
-	struct stat sb;
-	json_object *o;
+/* config.json is a few KB, an index of shards some 100 KB: more is no model's */
+#define MAX_JSON_BYTES (64u << 20)
 
-	if (stat(path, &sb) < 0)
+/* Whole, from what was opened: a file that grows meanwhile ends at its size then. */
+int model_read_json(const char *path, json_object **out, char *err, size_t errlen)
+{
+	json_object *o;
+	struct stat sb;
+	char *buf = NULL;
+	size_t got = 0;
+	int fd, rc;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+	if (fd < 0)
 		return err_fail(err, errlen, -errno, "%s: %s", path, strerror(errno));
-	o = json_object_from_file(path);
-	if (!o)
-		return err_fail(err, errlen, -EINVAL, "%s: not valid JSON", path);
+	if (fstat(fd, &sb) < 0) {
+		rc = err_fail(err, errlen, -errno, "%s: %s", path, strerror(errno));
+		goto err;
+	}
+	if (!S_ISREG(sb.st_mode)) {
+		rc = err_fail(err, errlen, -EINVAL, "%s: not a regular file", path);
+		goto err;
+	}
+	if ((uint64_t)sb.st_size > MAX_JSON_BYTES) {
+		rc = err_fail(err, errlen, -EFBIG, "%s: %lld bytes, more than the limit of %u",
+			      path, (long long)sb.st_size, MAX_JSON_BYTES);
+		goto err;
+	}
+	buf = malloc((size_t)sb.st_size + 1);
+	if (!buf) {
+		rc = err_fail(err, errlen, -ENOMEM, "%s: out of memory", path);
+		goto err;
+	}
+	/* as many bytes as it had: a file that grows meanwhile ends there */
+	while (got < (size_t)sb.st_size) {
+		ssize_t n = read(fd, buf + got, (size_t)sb.st_size - got);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			rc = err_fail(err, errlen, -errno, "%s: %s", path, strerror(errno));
+			goto err;
+		}
+		if (n == 0)
+			break;
+		got += (size_t)n;
+	}
+	buf[got] = 0;
+	o = json_tokener_parse(buf);
+	if (!o) {
+		rc = err_fail(err, errlen, -EINVAL, "%s: not valid JSON", path);
+		goto err;
+	}
+	free(buf);
+	close(fd);
 	*out = o;
 	return 0;
+err:
+	free(buf);
+	close(fd);
+	return rc;
 }
 
 /* An integer field: -ENOENT when absent or null (def is then stored), 0 when
@@ -175,7 +224,7 @@ int model_config_load(const char *dir, struct model_config *c, char *err, size_t
 	memset(c, 0, sizeof(*c));
 	snprintf(path, sizeof(path), "%s/config.json", dir);
 	snprintf(gpath, sizeof(gpath), "%s/generation_config.json", dir);
-	rc = read_json(path, &o, err, errlen);
+	rc = model_read_json(path, &o, err, errlen);
 	if (rc < 0)
 		return rc;
 	rc = -EINVAL;
@@ -290,7 +339,7 @@ int model_config_load(const char *dir, struct model_config *c, char *err, size_t
 		goto err;
 
 	/* generation_config.json says what generation stops on; it wins. */
-	rc = read_json(gpath, &g, err, errlen);
+	rc = model_read_json(gpath, &g, err, errlen);
 	if (rc == 0) {
 		if ((rc = get_eos(g, gpath, c, err, errlen)) < 0)
 			goto err;
@@ -348,16 +397,37 @@ void model_rope_inv_freq(const struct model_config *c, float *out)
 	}
 }
 
-int model_tensor_f32(const struct st_tensor *t, float *dst, char *err, size_t errlen)
+int model_tensor_refused(const struct st_tensor *t, long bad, char *err, size_t errlen)
 {
-	long bad = st_to_f32(t, dst);
-
 	if (bad < 0)
 		return err_fail(err, errlen, -EINVAL, "%s: tensor %s: dtype %s is not F32, F16 or BF16",
 			    t->file, t->name, t->dtype_name);
-	if (bad > 0)
-		return err_fail(err, errlen, -EINVAL, "%s: tensor %s: %ld NaN or Inf values", t->file,
-			    t->name, bad);
+	return err_fail(err, errlen, -EINVAL, "%s: tensor %s: %ld NaN or Inf values", t->file,
+			t->name, bad);
+}
+
+int model_tensor_f32(const struct st_tensor *t, float *dst, char *err, size_t errlen)
+{
+	long bad;
+	int rc;
+
+	/* dst holds nelem floats: room for the bytes of a 2- or 4-byte type only */
+	if (t->dtype == ST_OTHER)
+		return model_tensor_refused(t, -EINVAL, err, errlen);
+	rc = st_read(t, dst, err, errlen);
+	if (rc < 0)
+		return rc;
+	bad = st_widen_f32(t, dst);
+	return bad ? model_tensor_refused(t, bad, err, errlen) : 0;
+}
+
+int model_unchanged(const struct model *m, char *err, size_t errlen)
+{
+	int rc;
+
+	for (int i = 0; i < m->n_files; i++)
+		if ((rc = st_unchanged(m->files[i], err, errlen)) < 0)
+			return rc;
 	return 0;
 }
 
@@ -375,7 +445,7 @@ static int open_files(struct model *m, char *err, size_t errlen)
 	int rc, i;
 
 	snprintf(path, sizeof(path), "%s/model.safetensors.index.json", m->dir);
-	rc = read_json(path, &idx, err, errlen);
+	rc = model_read_json(path, &idx, err, errlen);
 	if (rc == -ENOENT) {
 		m->files = calloc(1, sizeof(*m->files));
 		if (!m->files)

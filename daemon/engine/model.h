@@ -12,6 +12,8 @@
 
 #include "safetensors.h"
 
+struct json_object;
+
 #define MODEL_MAX_EOS 16
 
 enum model_arch {
@@ -79,17 +81,33 @@ struct model {
  * another -errno, with a message naming the file and the key in err. */
 int model_config_load(const char *dir, struct model_config *c, char *err, size_t errlen);
 
+/* Reads @path as JSON: a regular file of at most 64 MiB (a FIFO or a device
+ * put there is refused, never waited on or read forever). Returns 0 with
+ * *out set, -ENOENT when the file does not exist, -EINVAL when it is not
+ * valid JSON or not a regular file, -EFBIG, or -errno, @err naming it. */
+int model_read_json(const char *path, struct json_object **out, char *err, size_t errlen);
+
 /* Opens a model directory: config, then the weights' headers, every tensor
  * checked against the config. Returns 0 or -errno with a message naming
  * the file and the tensor; *out is set on success. */
 int model_open(const char *dir, struct model **out, char *err, size_t errlen);
 
-/* Unmaps and frees; NULL is a no-op. */
+/* Closes the files and frees; NULL is a no-op. */
 void model_close(struct model *m);
 
 /* Converts a weight to fp32 into dst[t->nelem]. Returns 0, or -EINVAL with
- * a message naming file and tensor when it holds NaN or Inf. */
+ * a message naming file and tensor when it holds NaN or Inf or is of a
+ * dtype lorad does not compute with, or st_read's error when its file
+ * ended early (truncated since it was opened). */
 int model_tensor_f32(const struct st_tensor *t, float *dst, char *err, size_t errlen);
+
+/* The message for a tensor st_widen_f32 answered @bad for (<0: its dtype,
+ * >0: that many NaN or Inf values). Returns -EINVAL. */
+int model_tensor_refused(const struct st_tensor *t, long bad, char *err, size_t errlen);
+
+/* After the weights were read: 0 when no weight file was written to since
+ * model_open, else -EBADMSG naming the file (st_unchanged). */
+int model_unchanged(const struct model *m, char *err, size_t errlen);
 
 /* RoPE inverse frequencies, out[head_dim / 2], computed in fp32 in the order
  * transformers computes them (including llama3 scaling). */

@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -80,7 +79,7 @@ static int by_offset(const void *a, const void *b)
 	const struct st_tensor *x = *(const struct st_tensor *const *)a;
 	const struct st_tensor *y = *(const struct st_tensor *const *)b;
 
-	return x->data < y->data ? -1 : x->data > y->data;
+	return x->off < y->off ? -1 : x->off > y->off;
 }
 
 void st_clear(struct st_file *f)
@@ -94,35 +93,47 @@ void st_clear(struct st_file *f)
 	f->n = 0;
 }
 
-int st_parse(const char *path, const unsigned char *buf, size_t len, struct st_file *f,
-	     char *err, size_t errlen)
+/* The header length of the first 8 bytes @b8 of a file of @len bytes, checked. */
+static int header_len(const char *path, const unsigned char *b8, uint64_t len, size_t *hlen,
+		      char *err, size_t errlen)
+{
+	uint64_t h64 = 0;
+	size_t i;
+
+	if (len < 8)
+		return err_fail(err, errlen, -EINVAL, "%s: truncated: %llu bytes, no header", path,
+				(unsigned long long)len);
+	for (i = 0; i < 8; i++)
+		h64 |= (uint64_t)b8[i] << (8 * i);
+	if (h64 < 2 || h64 > ST_MAX_HEADER || h64 > len - 8)
+		return err_fail(err, errlen, -EINVAL,
+			    "%s: corrupt or truncated: header length %llu, file %llu bytes", path,
+			    (unsigned long long)h64, (unsigned long long)len);
+	*hlen = (size_t)h64;
+	return 0;
+}
+
+/*
+ * Checks the JSON header @hdr[0..hlen) of a file whose data, @data_len
+ * bytes, follows it, and fills f with its tensors: each at its offset in
+ * the file, pointing into @data when the data is in memory (else NULL),
+ * read through @fd when it is not (else -1).
+ */
+static int parse_header(const char *path, const unsigned char *hdr, size_t hlen, uint64_t data_len,
+			const unsigned char *data, int fd, struct st_file *f, char *err, size_t errlen)
 {
 	json_tokener *tok = NULL;
 	json_object *root = NULL;
 	struct st_tensor **order = NULL;
-	const unsigned char *data;
-	size_t data_len, hlen, i, parsed;
-	uint64_t h64 = 0;
+	size_t i, parsed;
 	int rc = -EINVAL, n_keys, k;
 
 	f->n = 0;
 	f->t = NULL;
-	if (len < 8)
-		return err_fail(err, errlen, -EINVAL, "%s: truncated: %zu bytes, no header", path, len);
-	for (i = 0; i < 8; i++)
-		h64 |= (uint64_t)buf[i] << (8 * i);
-	if (h64 < 2 || h64 > ST_MAX_HEADER || h64 > len - 8)
-		return err_fail(err, errlen, -EINVAL,
-			    "%s: corrupt or truncated: header length %llu, file %zu bytes", path,
-			    (unsigned long long)h64, len);
-	hlen = (size_t)h64;
-	data = buf + 8 + hlen;
-	data_len = len - 8 - hlen;
-
 	tok = json_tokener_new();
 	if (!tok)
 		return err_fail(err, errlen, -ENOMEM, "%s: out of memory", path);
-	root = json_tokener_parse_ex(tok, (const char *)buf + 8, (int)hlen);
+	root = json_tokener_parse_ex(tok, (const char *)hdr, (int)hlen);
 	parsed = json_tokener_get_parse_end(tok);
 	if (!root || json_tokener_get_error(tok) != json_tokener_success) {
 		enum json_tokener_error je = json_tokener_get_error(tok);
@@ -132,7 +143,7 @@ int st_parse(const char *path, const unsigned char *buf, size_t len, struct st_f
 	}
 	/* the Python writer pads the header with spaces */
 	for (i = parsed; i < hlen; i++)
-		if (buf[8 + i] != ' ' && buf[8 + i] != '\n' && buf[8 + i] != '\t' && buf[8 + i] != '\r') {
+		if (hdr[i] != ' ' && hdr[i] != '\n' && hdr[i] != '\t' && hdr[i] != '\r') {
 			rc = err_fail(err, errlen, -EINVAL, "%s: corrupt header: bytes after the JSON object", path);
 			goto err;
 		}
@@ -141,7 +152,7 @@ int st_parse(const char *path, const unsigned char *buf, size_t len, struct st_f
 		goto err;
 	}
 	n_keys = json_object_object_length(root);
-	if (count_top_keys((const char *)buf + 8, parsed) != n_keys) {
+	if (count_top_keys((const char *)hdr, parsed) != n_keys) {
 		rc = err_fail(err, errlen, -EINVAL, "%s: header has a duplicate tensor name", path);
 		goto err;
 	}
@@ -206,8 +217,8 @@ int st_parse(const char *path, const unsigned char *buf, size_t len, struct st_f
 		    get_int64(json_object_array_get_idx(jo, 1), &e) || b < 0 || e < b ||
 		    (uint64_t)e > data_len) {
 			rc = err_fail(err, errlen, -EINVAL,
-			     "%s: tensor %s: data_offsets outside the file's %zu data bytes (truncated?)",
-			     path, key, data_len);
+			     "%s: tensor %s: data_offsets outside the file's %llu data bytes (truncated?)",
+			     path, key, (unsigned long long)data_len);
 			goto err;
 		}
 		if (ne > SIZE_MAX / es) {
@@ -229,7 +240,9 @@ int st_parse(const char *path, const unsigned char *buf, size_t len, struct st_f
 		t->nelem = ne;
 		t->nbytes = nb;
 		t->file = path;
-		t->data = data + b;
+		t->off = 8 + (uint64_t)hlen + (uint64_t)b;
+		t->data = data ? data + b : NULL;
+		t->fd = fd;
 		f->n++;
 	}
 
@@ -244,7 +257,7 @@ int st_parse(const char *path, const unsigned char *buf, size_t len, struct st_f
 		order[k] = &f->t[k];
 	qsort(order, (size_t)f->n, sizeof(*order), by_offset);
 	for (k = 1; k < f->n; k++)
-		if (order[k]->data < order[k - 1]->data + order[k - 1]->nbytes) {
+		if (order[k]->off < order[k - 1]->off + order[k - 1]->nbytes) {
 			rc = err_fail(err, errlen, -EINVAL, "%s: tensors %s and %s overlap", path,
 			     order[k - 1]->name, order[k]->name);
 			goto err;
@@ -259,13 +272,58 @@ err:
 	return rc;
 }
 
+int st_parse(const char *path, const unsigned char *buf, size_t len, struct st_file *f,
+	     char *err, size_t errlen)
+{
+	size_t hlen = 0;
+	int rc;
+
+	f->n = 0;
+	f->t = NULL;
+	f->fd = -1;
+	rc = header_len(path, buf, len, &hlen, err, errlen);
+	if (rc < 0)
+		return rc;
+	return parse_header(path, buf + 8, hlen, len - 8 - hlen, buf + 8 + hlen, -1, f, err, errlen);
+}
+
+/* Reads @n bytes at @off of @fd into @dst: how many it got before the end
+ * of the file (n when all), or -errno. */
+static ssize_t read_at(int fd, void *dst, size_t n, uint64_t off)
+{
+	size_t got = 0;
+
+	while (got < n) {
+		size_t want = n - got < (1u << 30) ? n - got : (1u << 30);
+		ssize_t r = pread(fd, (unsigned char *)dst + got, want, (off_t)(off + got));
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		if (r == 0)
+			break;
+		got += (size_t)r;
+	}
+	return (ssize_t)got;
+}
+
+static int64_t ts_ns(struct timespec ts)
+{
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 int st_open(const char *path, struct st_file **out, char *err, size_t errlen)
 {
 	struct st_file *f = NULL;
+	unsigned char b8[8], *hdr = NULL;
 	struct stat sb;
+	size_t hlen = 0;
+	ssize_t got;
 	int fd, rc;
 
-	fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* without waiting: a FIFO at the path is refused below, never read */
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
 	if (fd < 0) {
 		rc = -errno;
 		return err_fail(err, errlen, rc, "%s: %s", path, strerror(-rc));
@@ -275,31 +333,56 @@ int st_open(const char *path, struct st_file **out, char *err, size_t errlen)
 		rc = err_fail(err, errlen, rc, "%s: %s", path, strerror(-rc));
 		goto err;
 	}
-	if (!S_ISREG(sb.st_mode) || sb.st_size < 8) {
-		rc = err_fail(err, errlen, -EINVAL, "%s: truncated: %lld bytes, no header", path,
-			  (long long)sb.st_size);
+	if (!S_ISREG(sb.st_mode)) {
+		rc = err_fail(err, errlen, -EINVAL, "%s: not a regular file", path);
+		goto err;
+	}
+	got = read_at(fd, b8, sizeof(b8), 0);
+	if (got < 0) {
+		rc = err_fail(err, errlen, (int)got, "%s: %s", path, strerror((int)-got));
+		goto err;
+	}
+	rc = header_len(path, b8, (uint64_t)got < sizeof(b8) ? (uint64_t)got : (uint64_t)sb.st_size,
+			&hlen, err, errlen);
+	if (rc < 0)
+		goto err;
+	hdr = malloc(hlen);
+	if (!hdr) {
+		rc = err_fail(err, errlen, -ENOMEM, "%s: out of memory", path);
+		goto err;
+	}
+	got = read_at(fd, hdr, hlen, 8);
+	if (got < 0) {
+		rc = err_fail(err, errlen, (int)got, "%s: %s", path, strerror((int)-got));
+		goto err;
+	}
+	if ((size_t)got < hlen) {
+		rc = err_fail(err, errlen, -EBADMSG,
+			      "%s: the file ends at byte %llu, inside its %zu-byte header: truncated "
+			      "while it was read", path, (unsigned long long)(8 + got), hlen);
 		goto err;
 	}
 	f = calloc(1, sizeof(*f));
 	if (!f || !(f->path = strdup(path))) {
+		free(f);
+		f = NULL;
 		rc = err_fail(err, errlen, -ENOMEM, "%s: out of memory", path);
 		goto err;
 	}
-	f->map_len = (size_t)sb.st_size;
-	f->map = mmap(NULL, f->map_len, PROT_READ, MAP_PRIVATE, fd, 0);
-	if (f->map == MAP_FAILED) {
-		rc = -errno;
-		f->map = NULL;
-		rc = err_fail(err, errlen, rc, "%s: mmap: %s", path, strerror(-rc));
-		goto err;
-	}
-	rc = st_parse(f->path, f->map, f->map_len, f, err, errlen);
+	f->fd = -1;
+	rc = parse_header(f->path, hdr, hlen, (uint64_t)sb.st_size - 8 - hlen, NULL, fd, f, err,
+			  errlen);
 	if (rc < 0)
 		goto err;
-	close(fd);
+	free(hdr);
+	f->fd = fd;
+	f->size = (uint64_t)sb.st_size;
+	f->mtime_ns = ts_ns(sb.st_mtim);
+	f->ctime_ns = ts_ns(sb.st_ctim);
 	*out = f;
 	return 0;
 err:
+	free(hdr);
 	close(fd);
 	st_close(f);
 	return rc;
@@ -310,10 +393,51 @@ void st_close(struct st_file *f)
 	if (!f)
 		return;
 	st_clear(f);
-	if (f->map)
-		munmap(f->map, f->map_len);
+	if (f->fd >= 0)
+		close(f->fd);
 	free(f->path);
 	free(f);
+}
+
+int st_read(const struct st_tensor *t, void *dst, char *err, size_t errlen)
+{
+	ssize_t got;
+
+	if (t->fd < 0) {
+		memcpy(dst, t->data, t->nbytes);
+		return 0;
+	}
+	got = read_at(t->fd, dst, t->nbytes, t->off);
+	if (got < 0)
+		return err_fail(err, errlen, (int)got, "%s: tensor %s: read: %s", t->file, t->name,
+				strerror((int)-got));
+	if ((size_t)got < t->nbytes)
+		return err_fail(err, errlen, -EBADMSG,
+				"%s: tensor %s: the file ends at byte %llu, before the tensor's end "
+				"at %llu: truncated since it was opened", t->file, t->name,
+				(unsigned long long)(t->off + (uint64_t)got),
+				(unsigned long long)(t->off + t->nbytes));
+	return 0;
+}
+
+int st_unchanged(const struct st_file *f, char *err, size_t errlen)
+{
+	struct stat sb;
+
+	if (f->fd < 0)
+		return 0;
+	if (fstat(f->fd, &sb) < 0)
+		return err_fail(err, errlen, -errno, "%s: %s", f->path, strerror(errno));
+	if ((uint64_t)sb.st_size != f->size)
+		return err_fail(err, errlen, -EBADMSG,
+				"%s: %llu bytes now, %llu when it was opened: truncated or extended while "
+				"it was read",
+				f->path, (unsigned long long)sb.st_size, (unsigned long long)f->size);
+	if (ts_ns(sb.st_mtim) != f->mtime_ns || ts_ns(sb.st_ctim) != f->ctime_ns)
+		return err_fail(err, errlen, -EBADMSG,
+				"%s: written to while it was read: what was read may mix old and new "
+				"bytes", f->path);
+	return 0;
 }
 
 struct st_tensor *st_find(struct st_file *f, const char *name)
@@ -326,23 +450,29 @@ struct st_tensor *st_find(struct st_file *f, const char *name)
 	return NULL;
 }
 
-long st_to_f32(const struct st_tensor *t, float *dst)
+long st_widen_f32(const struct st_tensor *t, void *buf)
 {
-	const unsigned char *p = t->data;
+	const unsigned char *p = buf;
+	float *dst = buf, x;
 	long bad = 0;
 	size_t i;
 
+	/* from the last element down: element i's 4 bytes start at 4i, past the
+	 * 2 bytes of every element before it, which are still to be read */
 	switch (t->dtype) {
 	case ST_F32:
-		memcpy(dst, p, t->nelem * 4);
 		break;
 	case ST_F16:
-		for (i = 0; i < t->nelem; i++)
-			dst[i] = dt_f16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+		for (i = t->nelem; i-- > 0;) {
+			x = dt_f16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+			memcpy(&dst[i], &x, sizeof(x));
+		}
 		break;
 	case ST_BF16:
-		for (i = 0; i < t->nelem; i++)
-			dst[i] = dt_bf16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+		for (i = t->nelem; i-- > 0;) {
+			x = dt_bf16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+			memcpy(&dst[i], &x, sizeof(x));
+		}
 		break;
 	default:
 		return -EINVAL;
@@ -350,6 +480,17 @@ long st_to_f32(const struct st_tensor *t, float *dst)
 	for (i = 0; i < t->nelem; i++)
 		bad += !isfinite(dst[i]);
 	return bad;
+}
+
+long st_to_f32(const struct st_tensor *t, float *dst)
+{
+	int rc;
+
+	/* dst holds nelem floats: room for the bytes of a 2- or 4-byte type only */
+	if (t->dtype == ST_OTHER)
+		return -EINVAL;
+	rc = st_read(t, dst, NULL, 0);
+	return rc < 0 ? rc : st_widen_f32(t, dst);
 }
 
 int st_write(const char *path, const struct st_out *t, int n, char *err, size_t errlen)

@@ -2,11 +2,14 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <ini.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #define PCRE2_CODE_UNIT_WIDTH 8
@@ -308,20 +311,108 @@ static int on_entry_first(void *user, const char *section, const char *key, cons
 	return ok;
 }
 
+/*
+ * The bytes of the config file @path, at most CONFIG_MAX_BYTES, into *out
+ * (malloc'd, NUL-terminated; *len without it). SIGHUP runs this on the
+ * engine thread, so it must never block or run long on what the path names
+ * now: a FIFO is opened without waiting for a writer and refused, like a
+ * device (/dev/zero never ends; /dev/null, no config, is fine) or a
+ * directory; a file that grows while it is read stops at the limit. Returns 0 or -errno with @err naming the file.
+ */
+static int read_config_file(const char *path, char **out, size_t *len, char *err, size_t errlen)
+{
+	struct stat st;
+	char *buf = NULL;
+	size_t got = 0;
+	int fd, ret;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+	if (fd < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "%s: %s", path, strerror(-ret));
+		return ret;
+	}
+	if (fstat(fd, &st) < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "%s: %s", path, strerror(-ret));
+		goto err;
+	}
+	/* /dev/null is the usual "no config file" (it reads as empty) */
+	if (!S_ISREG(st.st_mode) && !(S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3))) {
+		snprintf(err, errlen, "%s: not a regular file", path);
+		ret = -EINVAL;
+		goto err;
+	}
+	if ((uint64_t)st.st_size > CONFIG_MAX_BYTES) {
+		snprintf(err, errlen, "%s: %lld bytes, more than the limit of %u for a config file",
+			 path, (long long)st.st_size, CONFIG_MAX_BYTES);
+		ret = -EFBIG;
+		goto err;
+	}
+	/* one byte past the limit tells a file that grew since the fstat */
+	buf = malloc(CONFIG_MAX_BYTES + 2);
+	if (!buf) {
+		snprintf(err, errlen, "%s: out of memory", path);
+		ret = -ENOMEM;
+		goto err;
+	}
+	while (got <= CONFIG_MAX_BYTES) {
+		ssize_t n = read(fd, buf + got, CONFIG_MAX_BYTES + 1 - got);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			ret = -errno;
+			snprintf(err, errlen, "%s: %s", path, strerror(-ret));
+			goto err;
+		}
+		if (n == 0)
+			break;
+		got += (size_t)n;
+	}
+	if (got > CONFIG_MAX_BYTES) {
+		snprintf(err, errlen, "%s: grew past the limit of %u bytes for a config file while "
+			 "it was read", path, CONFIG_MAX_BYTES);
+		ret = -EFBIG;
+		goto err;
+	}
+	buf[got] = 0;
+	close(fd);
+	*out = buf;
+	*len = got;
+	return 0;
+err:
+	free(buf);
+	close(fd);
+	return ret;
+}
+
 int config_load(struct config *c, const char *path, char *err, size_t errlen)
 {
 	struct parse_ctx p = { .c = c };
-	FILE *f = fopen(path, "re");
-	int line;
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f;
+	int line, ret;
 
-	if (!f) {
-		int e = errno;
-
-		snprintf(err, errlen, "%s: %s", path, strerror(e));
-		return -e;
+	ret = read_config_file(path, &text, &len, err, errlen);
+	if (ret)
+		return ret;
+	/* parsed from memory, line by line as from the file (a NUL cuts only its line);
+	 * an empty file sets nothing */
+	line = 0;
+	if (len) {
+		f = fmemopen(text, len, "r");
+		if (!f) {
+			ret = -errno;
+			snprintf(err, errlen, "%s: %s", path, strerror(-ret));
+			free(text);
+			return ret;
+		}
+		line = ini_parse_file(f, on_entry_first, &p);
+		fclose(f);
 	}
-	line = ini_parse_file(f, on_entry_first, &p);
-	fclose(f);
+	free(text);
 	if (line) {
 		snprintf(err, errlen, "%s:%d: %s", path, line,
 			 p.first[0] ? p.first : "not a 'key = value' line or a [section]");

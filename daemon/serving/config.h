@@ -17,6 +17,9 @@
 #define CONFIG_MAX_ADAPTERS 256
 #define CONFIG_MAX_ROUTES   256
 #define CONFIG_MAX_TARGETS  16
+/* Bytes of a config file: 256 adapters, 256 routes and 64 rules fit many
+ * times over; more is not a config, and SIGHUP reads it on the engine thread. */
+#define CONFIG_MAX_BYTES    (1u << 20)
 #define CONFIG_NAME_MAX     32   /* = LORAD_SKILL_MAX */
 
 struct config_adapter {
@@ -100,9 +103,11 @@ struct config {
 void config_defaults(struct config *c);
 
 /*
- * Read @path into @c (which holds defaults or an older config). Returns 0,
- * or -EINVAL with @err saying "FILE:LINE: what is wrong", or -errno when the
- * file cannot be read.
+ * Read @path into @c (which holds defaults or an older config). @path must
+ * name a regular file (symlinks to one are fine) of at most
+ * CONFIG_MAX_BYTES, or /dev/null. Returns 0, or -EINVAL with @err saying "FILE:LINE: what
+ * is wrong", or -errno with @err naming the file when it cannot be read or
+ * is not a regular file (-EINVAL) or too large (-EFBIG).
  */
 int config_load(struct config *c, const char *path, char *err, size_t errlen);
 

@@ -66,7 +66,8 @@ const struct opt_def opt_table[] = {
 
 	/* [limits]: what one client, one operator or one file may cost */
 	{ "max_clients", "limits", OPT_U32, F(max_clients), 64, NULL, 1, 65535, .arg = "N",
-	  .help = "client sessions at once", .reload = true },
+	  .help = "client sessions at once; when full, a new user's client takes a session of the "
+		  "user holding the most", .reload = true },
 	{ "max_unauthenticated", "limits", OPT_U32, F(max_unauthenticated), 16, NULL, 1, 4096,
 	  .arg = "N", .help = "connections that have not sent their hello yet; beyond it the "
 			      "oldest is closed", .reload = true },
@@ -82,7 +83,8 @@ const struct opt_def opt_table[] = {
 	  0, 1u << 24, .arg = "N", .help = "longest prompt, in tokens (0: the model's context)",
 	  .reload = true },
 	{ "shm_limit", "limits", OPT_SIZE, F(shm_limit), 1 * G, NULL, 64 * K, 1ull << 40,
-	  .arg = "SIZE", .help = "shared memory of all client sessions together", .reload = true },
+	  .arg = "SIZE", .help = "shared memory of all client sessions together; as max_clients, "
+	  "a new user's client takes room from the user holding the most", .reload = true },
 	{ "results_limit", "limits", OPT_SIZE, F(results_limit), 256 * M, NULL, 0, 1ull << 36,
 	  .arg = "SIZE", .help = "device memory for one client's results (CUDA IPC), at most; 0: "
 	  "results only through shared memory", .reload = true },

@@ -151,6 +151,12 @@ static void gram_leave(struct sched *s, struct sjob *j);
 
 static void job_free(struct sched *s, struct sjob *j)
 {
+	/* its prompt still queued for the tokenizer is nobody's now: a client
+	 * that leaves with hundreds queued costs the others nothing (its
+	 * session's address may be a new client's soon, and would put that
+	 * client's turns behind them) */
+	if (j->where == SJ_TOKENIZING && j->cookie)
+		tokq_cancel(s->tq, j->cookie);
 	gram_leave(s, j);
 	list_remove(&s->list[j->where], j);
 	s->n[j->where]--;
@@ -848,7 +854,7 @@ static void sc_submit(void *ctx, struct sreq *r)
 			return;
 		}
 		j->cookie = ++s->cookie;
-		ret = tokq_submit(s->tq, j->cookie, r->text, r->text_len, special);
+		ret = tokq_submit(s->tq, r->s, j->cookie, r->text, r->text_len, special);
 		if (ret)
 			fail(s, r, ret, LORAD_FIELD_NONE);
 		return;
@@ -885,6 +891,7 @@ static void take_helpers(struct sched *s)
 			continue;
 		}
 		r = j->r;
+		j->cookie = 0;   /* its item is back: nothing to cancel */
 		job_free(s, j);
 		take_ids(s, r, ret, ids, n);
 	}
@@ -1139,13 +1146,39 @@ static int build_batch(struct sched *s)
 	return n;
 }
 
-static struct sjob *newest_running(struct sched *s)
+/* Tokens in the KV cache of @ses's running sequences. */
+static uint64_t kv_of(const struct sched *s, const struct session *ses)
 {
-	struct sjob *v = NULL;
+	uint64_t n = 0;
 
 	for (struct sjob *j = s->list[SJ_RUNNING]; j; j = j->next)
-		if (!v || j->order > v->order)
+		if (j->r->s == ses)
+			n += (uint64_t)j->seq->n_computed;
+	return n;
+}
+
+/*
+ * The sequence that gives its KV blocks back when a step finds none free:
+ * the newest of the client holding the most of the cache. Not the newest
+ * of all: a client with dozens of long generations queued before another's
+ * short one made that one the newest each time it was admitted, so it was
+ * thrown out at every step the cache ran short and finished only after the
+ * whole queue of the first. As with the sequence slots (pick_victim), the
+ * client holding the most makes room.
+ */
+static struct sjob *kv_victim(struct sched *s)
+{
+	struct sjob *v = NULL;
+	uint64_t most = 0;
+
+	for (struct sjob *j = s->list[SJ_RUNNING]; j; j = j->next) {
+		uint64_t n = kv_of(s, j->r->s);
+
+		if (!v || n > most || (n == most && j->order > v->order)) {
+			most = n;
 			v = j;
+		}
+	}
 	return v;
 }
 
@@ -1196,8 +1229,9 @@ static int sc_step(void *ctx)
 		ret = engine_step(s->e, s->seqs, s->n_new, n, s->err, sizeof(s->err));
 		if (ret != -ENOSPC)
 			break;
-		/* the KV cache ran out: the newest sequence gives its blocks back */
-		struct sjob *v = newest_running(s);
+		/* the KV cache ran out: the newest sequence of the client holding
+		 * the most of it gives its blocks back */
+		struct sjob *v = kv_victim(s);
 
 		if (!v)
 			break;

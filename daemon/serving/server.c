@@ -383,6 +383,101 @@ static void results_offer(struct server *sv, struct session *s, uint32_t want)
 	}
 }
 
+/* Sessions of one user (uid): how many, and the bytes of their regions. */
+struct holding {
+	uid_t uid;
+	uint32_t n;
+	uint64_t bytes;
+};
+
+static int by_uid(const void *a, const void *b)
+{
+	uid_t x = ((const struct holding *)a)->uid, y = ((const struct holding *)b)->uid;
+
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * The user, other than @s's, that holds the most sessions (@slots) or the
+ * most bytes of shared memory, when that is more than @s's user would hold
+ * with @s: 0 with *victim set, or -ENOENT. Sorted by uid, O(n log n) in
+ * live sessions.
+ */
+static int biggest_holder(const struct server *sv, const struct session *s, bool slots,
+			  uid_t *victim)
+{
+	struct holding *h = malloc((sv->n_sessions ? sv->n_sessions : 1) * sizeof(*h));
+	uint64_t mine = slots ? 1 : s->lay.size, most = 0;
+	unsigned n = 0, i, k;
+	int ret = -ENOENT;
+
+	if (!h)
+		return -ENOENT;   /* nothing is taken from anyone then */
+	for (const struct session *x = sv->sessions; x && n < sv->n_sessions; x = x->next)
+		if (x->state == SESSION_LIVE)
+			h[n++] = (struct holding){ .uid = x->uid, .n = 1, .bytes = x->lay.size };
+	qsort(h, n, sizeof(*h), by_uid);
+	for (i = 0; i < n; i = k) {
+		uint64_t v = 0;
+
+		for (k = i; k < n && h[k].uid == h[i].uid; k++)
+			v += slots ? h[k].n : h[k].bytes;
+		if (h[i].uid == s->uid)
+			mine += v;
+		else if (v > most) {
+			most = v;
+			*victim = h[i].uid;
+		}
+	}
+	if (most > mine)
+		ret = 0;
+	free(h);
+	return ret;
+}
+
+/*
+ * The daemon is full (max_clients, or shm_limit for @s's region). A user
+ * that holds more than @s's user would with @s gives up sessions until @s
+ * fits, its newest without a request in flight first (an idle connection of
+ * a pool), else its newest: the way the scheduler lets a client with
+ * nothing running take a slot from the client with the most. So one user
+ * (one process connecting until refused, or a few with the largest arenas)
+ * cannot keep every other user out, and a daemon with one user keeps its
+ * whole capacity for it. The session given up is told -EUSERS. Returns 0
+ * when @s fits, -EUSERS or -ENOMEM when no user holds more than @s's.
+ */
+static int make_room(struct server *sv, const struct session *s)
+{
+	for (;;) {
+		bool slots = sv->n_sessions >= sv->cfg.max_clients;
+		struct session *v = NULL;
+		uid_t victim = 0;
+
+		if (!slots && sv->shm_used + s->lay.size <= sv->cfg.shm_limit)
+			return 0;
+		if (!slots && s->lay.size > sv->cfg.shm_limit)
+			return -ENOMEM;   /* alone too large: nobody's sessions help */
+		if (biggest_holder(sv, s, slots, &victim))
+			return slots ? -EUSERS : -ENOMEM;
+		for (struct session *x = sv->sessions; x; x = x->next) {
+			if (x->state != SESSION_LIVE || x->uid != victim)
+				continue;
+			/* the newest idle one, else the newest */
+			if (!v || (v->n_inflight && !x->n_inflight) ||
+			    (!v->n_inflight == !x->n_inflight && x->id > v->id))
+				v = x;
+		}
+		if (!v)
+			return slots ? -EUSERS : -ENOMEM;   /* not reached: the holder has one */
+		if (log_ratelimit_ok(&sv->accept_rl, now_ns(), "clients"))
+			log_warn("closed a session of client pid %d uid %u, the user holding the most "
+				 "%s, for client pid %d uid %u (%s)", (int)v->pid, (unsigned)v->uid,
+				 slots ? "sessions" : "shared memory", (int)s->pid, (unsigned)s->uid,
+				 slots ? "max_clients" : "shm_limit");
+		session_end(sv, v, -EUSERS);
+	}
+}
+
 /* The client's hello is complete: check it, build the region, pass it on. */
 static int session_start(struct server *sv, struct session *s)
 {
@@ -400,15 +495,16 @@ static int session_start(struct server *sv, struct session *s)
 		send_refusal(s->sock, -EPROTONOSUPPORT);
 		return -EPROTONOSUPPORT;
 	}
-	if (sv->n_sessions >= sv->cfg.max_clients) {
+	region_layout_compute(&s->lay, h.sq_entries, h.cq_entries, h.arena_size);
+	ret = make_room(sv, s);
+	if (ret == -EUSERS) {
 		if (log_ratelimit_ok(&sv->accept_rl, now_ns(), "clients"))
 			log_warn("refused client pid %d: %u clients already (max_clients)", (int)s->pid,
 				 sv->n_sessions);
 		send_refusal(s->sock, -EUSERS);
 		return -EUSERS;
 	}
-	region_layout_compute(&s->lay, h.sq_entries, h.cq_entries, h.arena_size);
-	if (sv->shm_used + s->lay.size > sv->cfg.shm_limit) {
+	if (ret) {
 		if (log_ratelimit_ok(&sv->accept_rl, now_ns(), "clients"))
 			log_warn("refused client pid %d: shared memory limit of %llu bytes reached",
 			 (int)s->pid, (unsigned long long)sv->cfg.shm_limit);

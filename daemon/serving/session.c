@@ -25,8 +25,11 @@ static void sreq_free_prompt(struct sreq *r)
 {
 	if ((void *)r->prompt != (void *)r->inline_buf)
 		free(r->prompt);
-	if ((void *)r->text != (void *)r->inline_buf)
+	if (r->text && (void *)r->text != (void *)r->inline_buf) {
 		free(r->text);
+		r->s->text_held -= r->text_len;
+		r->s->text_blocked = false;   /* room again: its ring goes on */
+	}
 	r->prompt = NULL;
 	r->text = NULL;
 	r->n_prompt = r->text_len = 0;
@@ -56,6 +59,8 @@ static int sreq_copy_prompt(struct sreq *r, const unsigned char *src, uint32_t l
 	if (r->e.prompt_kind == LORAD_PROMPT_TEXT) {
 		r->text = dst;
 		r->text_len = len;
+		if (dst != (void *)r->inline_buf)
+			r->s->text_held += len;
 	} else {
 		r->prompt = dst;
 		r->n_prompt = len / 4;
@@ -418,6 +423,22 @@ static void take_entry(struct session *s, const struct lorad_sqe *e,
 	ex->submit(exctx, r);
 }
 
+/*
+ * Whether entry @e must wait: a text prompt the daemon would copy out while
+ * the session's prompts already copied fill its arena. Each is copied when
+ * its entry is taken (and once more for the tokenizer thread), so a client
+ * pointing all its entries at the same megabyte made the daemon hold
+ * max_inflight megabytes, per session; liblorad never has more in flight
+ * than its arena holds. One prompt always goes, so none waits forever; the
+ * ring waits as it does for CQ room, and goes on when a prompt is freed.
+ */
+static bool text_waits(const struct session *s, const struct lorad_sqe *e)
+{
+	return e->opcode != LORAD_OP_CANCEL && e->prompt_kind == LORAD_PROMPT_TEXT &&
+	       e->prompt_len > sizeof(((struct sreq *)0)->inline_buf) && s->text_held &&
+	       s->text_held + e->prompt_len > s->lay.arena_size;
+}
+
 int session_poll(struct session *s, const struct session_limits *lim,
 		 const struct exec_ops *ex, void *exctx, bool draining)
 {
@@ -465,6 +486,11 @@ int session_poll(struct session *s, const struct session_limits *lim,
 			__builtin_prefetch(ahead + LORAD_CACHELINE);
 		}
 		sqe_load(&e, &s->sqes[s->sq_head & mask]);
+		if (text_waits(s, &e)) {
+			/* left in the ring, read again when taken */
+			s->text_blocked = true;
+			break;
+		}
 		if (e.prompt_off < s->lay.arena_size)
 			__builtin_prefetch(s->arena + e.prompt_off);
 		s->sq_head++;
@@ -480,7 +506,7 @@ int session_poll(struct session *s, const struct session_limits *lim,
 
 bool session_ready(struct session *s)
 {
-	if (s->state != SESSION_LIVE)
+	if (s->state != SESSION_LIVE || s->text_blocked)
 		return false;
 	if (s->cq_blocked)
 		return cq_room(s, 1) != 0;   /* room now, or a corrupt index to act on */

@@ -101,6 +101,8 @@ struct session {
 	uint32_t cq_head_seen;       /* the client's CQ head as last read (checked) */
 	bool cq_dirty;               /* posted since the last publish */
 	bool cq_blocked;             /* has work waiting for CQ room */
+	uint64_t text_held;          /* bytes of its text prompts copied out (not inline) */
+	bool text_blocked;           /* its next entry waits for text_held to shrink */
 
 	struct sreq_chunk *chunks;   /* requests come from chunks that grow up to max_inflight */
 	unsigned n_reqs;

@@ -256,14 +256,21 @@ static void arm_hash(struct loader *ld)
 	io_uring_sqe_set_data64(sqe, TAG_HASH);
 }
 
-static int open_file(struct load *l, bool direct)
+/*
+ * The file is opened without waiting: the path is looked at only now, long
+ * after it was registered, and a FIFO put there would block this thread,
+ * which reads every adapter, in open() until a writer came. start_load
+ * refuses anything but a regular file, then clears O_NONBLOCK: io_uring
+ * would return -EAGAIN for a read the page cache cannot serve at once.
+ */
+static int open_file(struct load *l)
 {
-	int fd = open(l->rq->r.path, O_RDONLY | O_CLOEXEC | (direct ? O_DIRECT : 0));
+	int fd = open(l->rq->r.path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
 
 	if (fd < 0)
 		return -errno;
 	l->fd = fd;
-	l->direct = direct;
+	l->direct = false;
 	return 0;
 }
 
@@ -291,7 +298,7 @@ static void start_load(struct loader *ld, struct load *l)
 	l->t_start = now_ns();
 	/* open plainly, look, then ask for O_DIRECT: a directory or a device
 	 * is refused for what it is, not taken for a filesystem without DIO */
-	rc = open_file(l, false);
+	rc = open_file(l);
 	if (rc) {
 		set_err(l, rc, "%s: cannot open: %s", r->path, strerror(-rc));
 		return;
@@ -304,6 +311,12 @@ static void start_load(struct loader *ld, struct load *l)
 	}
 	if (!S_ISREG(sx.stx_mode)) {
 		set_err(l, -EINVAL, "%s: not a regular file", r->path);
+		return;
+	}
+	rc = fcntl(l->fd, F_GETFL);
+	if (rc < 0 || fcntl(l->fd, F_SETFL, rc & ~O_NONBLOCK) < 0) {
+		rc = -errno;
+		set_err(l, rc, "%s: fcntl: %s", r->path, strerror(-rc));
 		return;
 	}
 	if (ld->o.no_direct)
@@ -788,15 +801,18 @@ static void reap(struct loader *ld)
 				       "cache",
 				       l->rq->r.path);
 			ld->direct_warned = true;
-			close(l->fd);
-			l->fd = -1;
-			int rc = open_file(l, false);
+			/* the same open file, without O_DIRECT: the path is not looked
+			 * up again, it may name another file by now */
+			int fl = fcntl(l->fd, F_GETFL), rc = 0;
 
-			if (!rc)
+			if (fl < 0 || fcntl(l->fd, F_SETFL, fl & ~O_DIRECT) < 0)
+				rc = -errno;
+			if (!rc) {
+				l->direct = false;
 				posix_fadvise(l->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-
+			}
 			if (rc)
-				set_err(l, rc, "%s: cannot open: %s", l->rq->r.path, strerror(-rc));
+				set_err(l, rc, "%s: fcntl: %s", l->rq->r.path, strerror(-rc));
 			l->fallback = false;
 			l->roff = l->aoff;
 			l->done = 0;

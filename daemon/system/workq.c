@@ -4,10 +4,18 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <sys/eventfd.h>
 
 #define WORKQ_MAX_THREADS 8
+
+/* An owner with items not started yet: how many, and when it was last served. */
+struct wq_owner {
+	const void *id;
+	unsigned pending;
+	uint64_t served;
+};
 
 struct workq {
 	void (*run)(void *ctx, struct wq_item *it);
@@ -21,7 +29,64 @@ struct workq {
 	struct wq_item *in_head, *in_tail, *out_head, *out_tail;
 	unsigned pending;
 	int notify_fd;                /* eventfd written after each item finishes, or -1 */
+	struct wq_owner *own;         /* owners with items in in_head's list */
+	unsigned n_own, cap_own;
+	uint64_t tick;                /* items started so far */
 };
+
+/* @id's record, or NULL; under the lock. */
+static struct wq_owner *owner_find(struct workq *q, const void *id)
+{
+	for (unsigned i = 0; i < q->n_own; i++)
+		if (q->own[i].id == id)
+			return &q->own[i];
+	return NULL;
+}
+
+/* @o has one item fewer waiting; the record goes with its last. */
+static void owner_done(struct workq *q, struct wq_owner *o)
+{
+	if (o && !--o->pending)
+		*o = q->own[--q->n_own];
+}
+
+/*
+ * The next item to run, taken off the list (under the lock): the oldest of
+ * the owner served longest ago. A new owner counts as served now, after
+ * those waiting longer; on a tie the later record goes first, so one that
+ * just came is not put behind the one served last. Without records (out of
+ * memory when an item came) the oldest item.
+ */
+static struct wq_item *take(struct workq *q)
+{
+	struct wq_owner *o = NULL;
+	struct wq_item *it = q->in_head, *prev = NULL;
+
+	for (unsigned i = 0; i < q->n_own; i++)
+		if (q->own[i].pending && (!o || q->own[i].served <= o->served))
+			o = &q->own[i];
+	if (o)
+		while (it && it->owner != o->id) {
+			prev = it;
+			it = it->next;
+		}
+	if (!it) {
+		it = q->in_head;
+		prev = NULL;
+		o = owner_find(q, it->owner);
+	}
+	if (prev)
+		prev->next = it->next;
+	else
+		q->in_head = it->next;
+	if (q->in_tail == it)
+		q->in_tail = prev;
+	if (o) {
+		o->served = ++q->tick;
+		owner_done(q, o);
+	}
+	return it;
+}
 
 static void *worker(void *arg)
 {
@@ -35,10 +100,7 @@ static void *worker(void *arg)
 			pthread_cond_wait(&q->cond, &q->lock);
 		if (q->stop)
 			break;
-		it = q->in_head;
-		q->in_head = it->next;
-		if (!q->in_head)
-			q->in_tail = NULL;
+		it = take(q);
 		pthread_mutex_unlock(&q->lock);
 		q->run(q->ctx, it);
 		it->next = NULL;
@@ -104,6 +166,7 @@ void workq_free(struct workq *q)
 	drop_list(q, q->out_head);
 	pthread_cond_destroy(&q->cond);
 	pthread_mutex_destroy(&q->lock);
+	free(q->own);
 	free(q);
 }
 
@@ -116,8 +179,32 @@ void workq_set_notify(struct workq *q, int fd)
 
 void workq_submit(struct workq *q, struct wq_item *it)
 {
+	workq_submit_as(q, it, NULL);
+}
+
+void workq_submit_as(struct workq *q, struct wq_item *it, const void *owner)
+{
+	struct wq_owner *o;
+
 	it->next = NULL;
+	it->owner = owner;
 	pthread_mutex_lock(&q->lock);
+	o = owner_find(q, owner);
+	if (!o && q->n_own == q->cap_own) {
+		unsigned cap = q->cap_own ? 2 * q->cap_own : 16;
+		struct wq_owner *n = realloc(q->own, cap * sizeof(*n));
+
+		if (n) {
+			q->own = n;
+			q->cap_own = cap;
+		}
+	}
+	if (!o && q->n_own < q->cap_own) {
+		o = &q->own[q->n_own++];
+		*o = (struct wq_owner){ .id = owner, .served = q->tick };
+	}
+	if (o)
+		o->pending++;
 	if (q->in_tail)
 		q->in_tail->next = it;
 	else
@@ -126,6 +213,35 @@ void workq_submit(struct workq *q, struct wq_item *it)
 	q->pending++;
 	pthread_cond_signal(&q->cond);
 	pthread_mutex_unlock(&q->lock);
+}
+
+unsigned workq_cancel(struct workq *q, bool (*match)(struct wq_item *it, void *arg), void *arg)
+{
+	struct wq_item *it, *prev = NULL, *next, *gone = NULL;
+	unsigned n = 0;
+
+	pthread_mutex_lock(&q->lock);
+	for (it = q->in_head; it; it = next) {
+		next = it->next;
+		if (!match(it, arg)) {
+			prev = it;
+			continue;
+		}
+		if (prev)
+			prev->next = next;
+		else
+			q->in_head = next;
+		if (q->in_tail == it)
+			q->in_tail = prev;
+		owner_done(q, owner_find(q, it->owner));
+		q->pending--;
+		it->next = gone;
+		gone = it;
+		n++;
+	}
+	pthread_mutex_unlock(&q->lock);
+	drop_list(q, gone);
+	return n;
 }
 
 struct wq_item *workq_poll(struct workq *q)

@@ -12,8 +12,11 @@
 #ifndef LORAD_WORKQ_H
 #define LORAD_WORKQ_H
 
+#include <stdbool.h>
+
 struct wq_item {
 	struct wq_item *next;
+	const void *owner;        /* workq_submit_as: whose turn it takes (a name only) */
 };
 
 struct workq;
@@ -38,6 +41,21 @@ void workq_set_notify(struct workq *q, int fd);
 
 /* Queue @it; a thread runs it. */
 void workq_submit(struct workq *q, struct wq_item *it);
+
+/*
+ * Queue @it for @owner (a client, as a name only). Owners take turns: a
+ * thread runs the oldest item of the owner served longest ago, so one that
+ * queued hundreds delays another's item by one of them, not by all. Items
+ * of workq_submit count as the owner NULL.
+ */
+void workq_submit_as(struct workq *q, struct wq_item *it, const void *owner);
+
+/*
+ * Drop (@drop, as workq_free does) every item not started yet for which
+ * @match(@it, @arg) is true: work nobody waits for any more. Returns how
+ * many. Items already running or done are not looked at.
+ */
+unsigned workq_cancel(struct workq *q, bool (*match)(struct wq_item *it, void *arg), void *arg);
 
 /* A finished item, in order of completion, or NULL when none is ready. */
 struct wq_item *workq_poll(struct workq *q);

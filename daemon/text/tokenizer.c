@@ -26,9 +26,11 @@ struct ld {
 
 /* ---- json helpers ---- */
 
+/* A regular file, whole: a FIFO at the path is opened without waiting for a
+ * writer and refused (-EISDIR, "not a regular file"), like a device. */
 static int read_file(const char *path, char **buf, size_t *len)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
 	if (fd < 0)
 		return -errno;
 	struct stat st;
@@ -78,7 +80,8 @@ static int parse_json(const char *path, struct json_object **out, char *err, siz
 	size_t len = 0;
 	int rc = read_file(path, &buf, &len);
 	if (rc < 0) {
-		tok_errf(err, errlen, "%s: cannot read: %s", path, strerror(-rc));
+		tok_errf(err, errlen, "%s: cannot read: %s", path,
+			 rc == -EISDIR ? "not a regular file" : strerror(-rc));
 		return rc;
 	}
 	/* Every string inside is UTF-8 from here on: the normalizers, the

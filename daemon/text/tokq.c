@@ -68,7 +68,8 @@ void tokq_free(struct tokq *q)
 	free(q);
 }
 
-int tokq_submit(struct tokq *q, uint64_t cookie, const char *text, size_t len, bool add_special)
+int tokq_submit(struct tokq *q, const void *owner, uint64_t cookie, const char *text, size_t len,
+		bool add_special)
 {
 	struct titem *it = calloc(1, sizeof(*it));
 
@@ -80,8 +81,18 @@ int tokq_submit(struct tokq *q, uint64_t cookie, const char *text, size_t len, b
 	it->len = len;
 	it->cookie = cookie;
 	it->add_special = add_special;
-	workq_submit(q->wq, &it->link);
+	workq_submit_as(q->wq, &it->link, owner);
 	return 0;
+}
+
+static bool is_cookie(struct wq_item *w, void *arg)
+{
+	return ((struct titem *)w)->cookie == *(const uint64_t *)arg;
+}
+
+void tokq_cancel(struct tokq *q, uint64_t cookie)
+{
+	workq_cancel(q->wq, is_cookie, &cookie);
 }
 
 int tokq_poll(struct tokq *q, uint64_t *cookie, int *ret, uint32_t **ids, size_t *n)

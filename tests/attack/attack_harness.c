@@ -342,14 +342,24 @@ int atk_daemon_spawn(struct atk_daemon *d, const char *const *args, unsigned fla
 	return 0;
 }
 
+/* Whether @path takes a connection. Without waiting: a daemon that never
+ * accepts (hung before its loop) fills the backlog, and a blocking
+ * connect() would then wait forever. */
 static bool accepts(const char *path)
 {
-	int fd = atk_connect(path);
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	bool ok;
+	int fd;
 
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return false;
+	strcpy(sa.sun_path, path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return false;
+	ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
 	close(fd);
-	return true;
+	return ok;
 }
 
 int atk_daemon_ready(struct atk_daemon *d, int timeout_ms)

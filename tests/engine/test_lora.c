@@ -398,7 +398,7 @@ static void edit_st(const char *dir, const char *drop, const char *add, const ch
 		if (drop && !strcmp(t->name, drop))
 			continue;
 		copies[i] = malloc(t->nbytes);
-		memcpy(copies[i], t->data, t->nbytes);
+		assert_int_equal(st_read(t, copies[i], err, sizeof(err)), 0);
 		if (nan && !strcmp(t->name, nan)) {
 			float q = NAN;
 			assert_int_equal(t->dtype, ST_F32);

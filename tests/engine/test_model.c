@@ -278,7 +278,7 @@ static void poke_f32(const char *dir, const char *name, size_t idx, float v)
 	assert_int_equal(st_open(path, &f, err, sizeof(err)), 0);
 	t = st_find(f, name);
 	assert_non_null(t);
-	off = (off_t)(t->data - (const unsigned char *)f->map) + (off_t)(idx * 4);
+	off = (off_t)t->off + (off_t)(idx * 4);
 	st_close(f);
 	fd = open(path, O_WRONLY);
 	assert_true(fd >= 0);

@@ -1146,14 +1146,17 @@ static int build_batch(struct sched *s)
 	return n;
 }
 
-/* Tokens in the KV cache of @ses's running sequences. */
-static uint64_t kv_of(const struct sched *s, const struct session *ses)
+/* Tokens in the KV cache of @ses's running sequences; their count in *seqs. */
+static uint64_t kv_of(const struct sched *s, const struct session *ses, int *seqs)
 {
 	uint64_t n = 0;
 
+	*seqs = 0;
 	for (struct sjob *j = s->list[SJ_RUNNING]; j; j = j->next)
-		if (j->r->s == ses)
+		if (j->r->s == ses) {
 			n += (uint64_t)j->seq->n_computed;
+			++*seqs;
+		}
 	return n;
 }
 
@@ -1164,22 +1167,31 @@ static uint64_t kv_of(const struct sched *s, const struct session *ses)
  * short one made that one the newest each time it was admitted, so it was
  * thrown out at every step the cache ran short and finished only after the
  * whole queue of the first. As with the sequence slots (pick_victim), the
- * client holding the most makes room.
+ * client holding the most makes room (of those running more than one).
  */
 static struct sjob *kv_victim(struct sched *s)
 {
-	struct sjob *v = NULL;
+	struct sjob *v = NULL, *newest = NULL;
 	uint64_t most = 0;
 
 	for (struct sjob *j = s->list[SJ_RUNNING]; j; j = j->next) {
-		uint64_t n = kv_of(s, j->r->s);
+		int seqs;
+		uint64_t n = kv_of(s, j->r->s, &seqs);
 
+		if (!newest || j->order > newest->order)
+			newest = j;
+		/* a client's only sequence is not taken for its size: two
+		 * clients with one long sequence each would throw each other
+		 * out in turn, each time computing its whole context again;
+		 * then, as before, the newest of all goes */
+		if (seqs < 2)
+			continue;
 		if (!v || n > most || (n == most && j->order > v->order)) {
 			most = n;
 			v = j;
 		}
 	}
-	return v;
+	return v ? v : newest;
 }
 
 /* The rows this step queued into device results buffers: each session's

@@ -28,6 +28,7 @@
 #define FLOOD_N    128   /* 240 tokens each: some 4 s on 2 cores */
 #define FLOOD_TOK  240
 #define SHORT_TOK  200
+#define LONG_TOK   240   /* two of them: more than a KV cache of 384 tokens */
 
 static int teardown(void **state)
 {
@@ -125,10 +126,69 @@ static void test_kv_victim(void **state)
 	assert_int_equal(atk_failures, 0);
 }
 
+/*
+ * Two clients with one long generation each, more than the KV cache holds
+ * together: the one that came second makes room (the newest, as before),
+ * and the first runs to its end. Taken by size alone, the first, grown
+ * the larger, was thrown out for the second, which then grew the larger:
+ * each computed its context again and again (the review's case).
+ */
+static void test_kv_two_long(void **state)
+{
+	char model[300];
+	const char *args[] = { "--model", model, "--threads", "1", "--kv-tokens", "384", NULL };
+	static const uint32_t prompt[3] = { 1, 2, 3 };
+	static uint32_t out[2][LONG_TOK];
+	struct lorad_connect_opts o = { .timeout_ms = 10000 };
+	struct lorad *c[2];
+	struct atk_daemon d;
+	int order[2] = { -1, -1 }, ended = 0;
+	uint64_t deadline;
+	unsigned ms;
+
+	(void)state;
+	snprintf(model, sizeof(model), "%s/model", atk_demo_dir());
+	assert_int_equal(atk_daemon_init(&d, "a29b"), 0);
+	assert_int_equal(atk_daemon_start(&d, args, 0), 0);
+	for (int i = 0; i < 2; i++) {
+		struct lorad_request r = { .user_data = (uint64_t)i, .prompt = prompt, .n_prompt = 3,
+					   .max_tokens = LONG_TOK, .out = out[i],
+					   .flags = LORAD_SQE_F_IGNORE_EOS };
+		struct lorad_event ev;
+
+		assert_int_equal(lorad_connect(d.sock, &o, &c[i]), 0);
+		assert_int_equal(lorad_submit(c[i], &r), 0);
+		if (!i)
+			assert_true(lorad_wait(c[0], &ev, 1, 30000) == 1);   /* the first runs */
+	}
+	deadline = atk_now_ns() + 60000000000ull;
+	while (ended < 2 && atk_now_ns() < deadline)
+		for (int i = 0; i < 2; i++) {
+			struct lorad_event ev[16];
+			int k = lorad_wait(c[i], ev, 16, 10);
+
+			for (int e = 0; e < k; e++)
+				if (ev[e].flags & LORAD_EV_FINAL) {
+					ATK_EXPECT(ev[e].res == 0 && ev[e].n_tokens == LONG_TOK,
+						   "client %d: res %d, %u tokens", i, ev[e].res, ev[e].n_tokens);
+					order[ended++] = i;
+				}
+		}
+	ATK_EXPECT(ended == 2, "%d of the two long generations ended in 60 s", ended);
+	ATK_EXPECT(order[0] == 0, "the second client's generation ended first: the first one's was "
+		   "thrown out for it");
+	for (int i = 0; i < 2; i++)
+		lorad_close(c[i]);
+	ATK_EXPECT(atk_daemon_alive(&d), "the daemon died (status %d)", d.status);
+	ATK_EXPECT(atk_daemon_stop(&d, 20000, &ms) == 0, "SIGTERM: not a clean exit");
+	assert_int_equal(atk_failures, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_teardown(test_kv_victim, teardown),
+		cmocka_unit_test_teardown(test_kv_two_long, teardown),
 	};
 
 	if (atk_demo_check())

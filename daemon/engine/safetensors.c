@@ -378,7 +378,6 @@ int st_open(const char *path, struct st_file **out, char *err, size_t errlen)
 	f->fd = fd;
 	f->size = (uint64_t)sb.st_size;
 	f->mtime_ns = ts_ns(sb.st_mtim);
-	f->ctime_ns = ts_ns(sb.st_ctim);
 	*out = f;
 	return 0;
 err:
@@ -433,7 +432,11 @@ int st_unchanged(const struct st_file *f, char *err, size_t errlen)
 				"%s: %llu bytes now, %llu when it was opened: truncated or extended while "
 				"it was read",
 				f->path, (unsigned long long)sb.st_size, (unsigned long long)f->size);
-	if (ts_ns(sb.st_mtim) != f->mtime_ns || ts_ns(sb.st_ctim) != f->ctime_ns)
+	/* not ctime: a chmod, chown, hard link, rename or extended attribute
+	 * (a backup or a scanner) changes it and no byte; any write changes
+	 * mtime, and only someone who can write the file anyway could put
+	 * mtime back (they need no race to change the model) */
+	if (ts_ns(sb.st_mtim) != f->mtime_ns)
 		return err_fail(err, errlen, -EBADMSG,
 				"%s: written to while it was read: what was read may mix old and new "
 				"bytes", f->path);

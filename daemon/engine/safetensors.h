@@ -53,7 +53,7 @@ struct st_file {
 	char *path;
 	int fd;                    /* st_open: open until st_close; st_parse: -1 */
 	uint64_t size;             /* st_open: bytes, when opened */
-	int64_t mtime_ns, ctime_ns; /* st_open: when opened, for st_unchanged */
+	int64_t mtime_ns;         /* st_open: when last written then, for st_unchanged */
 	int n;
 	struct st_tensor *t;
 };
@@ -73,9 +73,10 @@ int st_read(const struct st_tensor *t, void *dst, char *err, size_t errlen);
  * infinite, or -EINVAL when t's dtype is not F32/F16/BF16. */
 long st_widen_f32(const struct st_tensor *t, void *buf);
 
-/* 0 when the file st_open() opened has the size and times it had then (and
+/* 0 when the file st_open() opened has the size and mtime it had then (and
  * for a file of st_parse); -EBADMSG, with a message naming the file, when it
- * was written to since: what was read of it may mix old and new bytes. */
+ * was written to since: what was read of it may mix old and new bytes.
+ * Changes of mode, owner or links are not writes. */
 int st_unchanged(const struct st_file *f, char *err, size_t errlen);
 
 /* Checks the memory image buf[0..len) of a file and fills f (which the

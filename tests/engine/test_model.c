@@ -12,6 +12,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -337,6 +338,44 @@ static void test_unaligned_mixed_dtypes(void **state)
 	assert_true(dt_f16_to_f32(dt_f32_to_f16(0.1f)) == dt_f16_to_f32(0x2e66));
 }
 
+/* A write in place, at the same size, is told from what changes no byte:
+ * mode, owner, hard links and renames change ctime only, and a model must
+ * not be refused because a backup linked or a script chmod'ed it. */
+static void test_written_meanwhile(void **state)
+{
+	char *dir = must_model("");
+	char path[4200], moved[4300], link2[4300];
+	struct timespec tick = { 0, 20 * 1000 * 1000 }; /* past the clock's coarse tick */
+	struct st_file *f;
+	unsigned char b;
+	int fd;
+
+	(void)state;
+	snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+	snprintf(moved, sizeof(moved), "%s/moved.safetensors", dir);
+	snprintf(link2, sizeof(link2), "%s/hardlink", dir);
+	assert_int_equal(st_open(path, &f, err, sizeof(err)), 0);
+	nanosleep(&tick, NULL);
+	assert_int_equal(chmod(path, 0600), 0);
+	assert_int_equal(link(path, link2), 0);
+	assert_int_equal(rename(path, moved), 0);
+	assert_int_equal(rename(moved, path), 0);
+	assert_int_equal(st_unchanged(f, err, sizeof(err)), 0);
+	/* one byte rewritten with its own value is still a write */
+	nanosleep(&tick, NULL);
+	fd = open(path, O_RDWR);
+	assert_true(fd >= 0);
+	assert_int_equal(pread(fd, &b, 1, 100), 1);
+	assert_int_equal(pwrite(fd, &b, 1, 100), 1);
+	close(fd);
+	assert_int_equal(st_unchanged(f, err, sizeof(err)), -EBADMSG);
+	printf("# %s\n", err);
+	assert_non_null(strstr(err, "written to while it was read"));
+	st_close(f);
+	unlink(link2);
+	rm_model(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -351,6 +390,7 @@ int main(void)
 		cmocka_unit_test(test_corrupt_headers),
 		cmocka_unit_test(test_nan_weights_reported),
 		cmocka_unit_test(test_unaligned_mixed_dtypes),
+		cmocka_unit_test(test_written_meanwhile),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -219,7 +219,8 @@ static const char *const JSON_DOCS[] = {
 /*
  * A step's mask as the engine thread gets it, over a grammar's life: any
  * JSON (13 462 states) prefilled as the grammar thread does, then @rounds
- * of writing JSON_DOCS token by token (GPT-2's tokens), each step's
+ * of writing JSON_DOCS token by token (the vocabulary's tokens: GPT-2's,
+ * and Llama 3's and Qwen3's, whose masks are 2.5-3 times larger), each step's
  * gram_mask() (a copy of a kept mask, or a walk of a state met first or
  * past the budget) timed against a walk of the trie for the same state.
  */
@@ -422,6 +423,8 @@ int main(int argc, char **argv)
 	bench_mask("demo", LORAD_DEMO_MODEL "/tokenizer.json", quick ? 10 : 40);
 	bench_mask("gpt2", LORAD_TOK_FIXTURE_BIN "/gpt2/tokenizer.json", quick ? 3 : 10);
 	bench_mask_steady("gpt2", LORAD_TOK_FIXTURE_BIN "/gpt2/tokenizer.json", quick ? 5 : 20);
+	bench_mask_steady("llama3", LORAD_TOK_FIXTURE_BIN "/llama3/tokenizer.json", quick ? 5 : 20);
+	bench_mask_steady("qwen3", LORAD_TOK_FIXTURE_BIN "/qwen3/tokenizer.json", quick ? 5 : 20);
 	bench_decode(quick ? 3 : 7);
 	return 0;
 }

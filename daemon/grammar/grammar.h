@@ -156,9 +156,10 @@ int gram_mask_walk(const struct gram *g, const struct gram_vocab *v, int state, 
 
 /*
  * Fill @g's cache of masks for its first states, while the distinct masks
- * stay within @budget bytes, walking at most as many states as @budget
- * holds masks (a bound on the time; later states are walked when first
- * met and kept, within the budget; past it, walked each time they are met).
+ * stay within @budget bytes, walking the trie for at most a fixed number
+ * of its nodes in all (a bound on the time; later states are walked when
+ * first met and kept, within the budget; past it, walked each time they
+ * are met).
  * For the thread that compiled @g, before it is shared. Returns 0 or -ENOMEM.
  */
 int gram_mask_prefill(struct gram *g, const struct gram_vocab *v, size_t budget);

@@ -145,6 +145,12 @@ enum lorad_prompt_kind {
 /*
  * One submission. Offsets and lengths are bytes relative to the arena. The
  * output buffer receives uint32 token ids; out_len must hold max_tokens.
+ *
+ * The daemon takes entries in ring order. It copies a text prompt (over
+ * 256 bytes, in this daemon) out of the arena when it takes the entry, and
+ * holds at most the arena's size of them per session: an entry that would pass
+ * that waits in the ring (and every entry behind it, a CANCEL too) until
+ * one of them ends. liblorad never has more in flight than its arena holds.
  */
 struct lorad_sqe {
 	uint64_t user_data;          /*  0 echoed in every completion */

@@ -91,14 +91,6 @@ static struct {
 	char device[128];
 } g;
 
-static double now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static void json_str(char *out, size_t n, const char *s)
 {
 	size_t j = 0;
@@ -208,20 +200,20 @@ static double measure_hbm(void)
 	if (be_sync(g.be) < 0)
 		return 0;
 	for (r = 0; r < reps; r++) {
-		t = now();
+		t = bench_now();
 		be_add(g.be, n, x, y);
 		if (be_sync(g.be) < 0)
 			return 0;
-		t = now() - t;
+		t = bench_now() - t;
 		if (t < best)
 			best = t;
 	}
 	double add_gbs = 3.0 * 4 * n / best / 1e9, copy_gbs = 0, cbest = 1e30;
 	for (r = -1; r < reps; r++) {
-		t = now();
+		t = bench_now();
 		if (be_copy(g.be, BE_Q_COMPUTE, x, 0, y, 0, n) < 0 || be_sync(g.be) < 0)
 			break;
-		t = now() - t;
+		t = bench_now() - t;
 		if (r >= 0 && t < cbest)
 			cbest = t;
 	}
@@ -332,20 +324,20 @@ static int decode_run(struct dec *d)
 			ord[j] = ord[j - 1];
 		ord[j] = i;
 	}
-	t = now();
+	t = bench_now();
 	for (x = 0; x < d->batch; x += chunk)
 		if (step(ord, adp, x, x + chunk < d->batch ? x + chunk : d->batch, PROMPT, 0) < 0)
 			return -1;
-	t = now() - t;
+	t = bench_now() - t;
 	if (d->prefill_tps < d->batch * PROMPT / t)
 		d->prefill_tps = d->batch * PROMPT / t;
 	if (step(ord, adp, 0, d->batch, 1, PROMPT) < 0)
 		return -1;
-	t = now();
+	t = bench_now();
 	for (k = 0; k < g.steps; k++)
 		if (step(ord, adp, 0, d->batch, 1, PROMPT + 1 + k) < 0)
 			return -1;
-	t = now() - t;
+	t = bench_now() - t;
 	if (d->best_tps < d->batch * g.steps / t)
 		d->best_tps = d->batch * g.steps / t;
 	return 0;
@@ -391,17 +383,17 @@ static void lora_vs_gemm(int m, int n_segs)
 	for (r = -1; r < reps; r++) {
 		if (r == 0) {
 			be_sync(g.be);
-			tg = now();
+			tg = bench_now();
 		}
 		for (p = 0; p < 7; p++)
 			be_gemm(g.be, m, outs[p], ins[p], x, w[p], y, 0);
 	}
 	be_sync(g.be);
-	tg = (now() - tg) / reps;
+	tg = (bench_now() - tg) / reps;
 	for (r = -1; r < reps; r++) {
 		if (r == 0) {
 			be_sync(g.be);
-			tl = now();
+			tl = bench_now();
 		}
 		for (p = 0; p < 2; p++) {
 			be_lora_shrink(g.be, D, x, segs[p], n_segs, h);
@@ -409,7 +401,7 @@ static void lora_vs_gemm(int m, int n_segs)
 		}
 	}
 	be_sync(g.be);
-	tl = (now() - tl) / reps;
+	tl = (bench_now() - tl) / reps;
 	/* the same work recorded as graphs (22 layers' worth per replay), so
 	 * the figures are the device's time, not the host's launches */
 	double gg = 0, gl = 0;
@@ -432,11 +424,11 @@ static void lora_vs_gemm(int m, int n_segs)
 				break;
 			be_graph_launch(g.be, gr);
 			be_sync(g.be);
-			t = now();
+			t = bench_now();
 			for (r = 0; r < reps; r++)
 				be_graph_launch(g.be, gr);
 			be_sync(g.be);
-			t = (now() - t) / reps / 22;
+			t = (bench_now() - t) / reps / 22;
 			*(which ? &gl : &gg) = t;
 			be_graph_free(g.be, gr);
 		}
@@ -461,13 +453,6 @@ static void lora_vs_gemm(int m, int n_segs)
 }
 
 /* ------------------------------------------------------------- upload */
-
-static int cmp_d(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return x < y ? -1 : x > y;
-}
 
 /* n_t tensors of sizes sz[] (elements, bf16) packed in pinned memory:
  * uploaded one call each on BE_Q_COPY then an event, against one
@@ -496,32 +481,32 @@ static void upload_case(const char *what, const size_t *sz, int n_t, int reps)
 		if (!(dst[i] = be_alloc_ex(g.be, sz[i], BE_BF16, 0)))
 			goto out;
 	for (r = -1; r < reps; r++) {
-		double t = now();
+		double t = bench_now();
 		for (i = 0, off = 0; i < n_t; off += sz[i], i++)
 			rc |= be_upload_as(g.be, BE_Q_COPY, dst[i], 0, pin + off, BE_BF16, sz[i]);
 		rc |= be_event_record(g.be, e, BE_Q_COPY);
 		rc |= be_event_sync(g.be, e);
 		if (r >= 0)
-			tq[r] = now() - t;
-		t = now();
+			tq[r] = bench_now() - t;
+		t = bench_now();
 		rc |= be_upload_as(g.be, BE_Q_COMPUTE, whole, 0, pin, BE_BF16, total);
 		if (r >= 0)
-			tb[r] = now() - t;
+			tb[r] = bench_now() - t;
 		/* packed: all of it in one copy on the copy queue, as the engine does */
-		t = now();
+		t = bench_now();
 		rc |= be_upload_as(g.be, BE_Q_COPY, whole, 0, pin, BE_BF16, total);
 		rc |= be_event_record(g.be, e, BE_Q_COPY);
 		rc |= be_event_sync(g.be, e);
 		if (r >= 0)
-			tp[r] = now() - t;
+			tp[r] = bench_now() - t;
 	}
 	if (rc) {
 		fprintf(stderr, "bench_cuda: an upload failed (%s)\n", what);
 		goto out;
 	}
-	qsort(tq, (size_t)reps, sizeof(double), cmp_d);
-	qsort(tb, (size_t)reps, sizeof(double), cmp_d);
-	qsort(tp, (size_t)reps, sizeof(double), cmp_d);
+	bench_sort(tq, (size_t)reps);
+	bench_sort(tb, (size_t)reps);
+	bench_sort(tp, (size_t)reps);
 	printf("{\"bench\":\"cuda\",\"measure\":\"upload\",\"what\":\"%s\",\"tensors\":%d,\"bytes\":%zu,"
 	       "\"copy_queue_gbs\":%.2f,\"bare_gbs\":%.2f,\"ratio_vs_bare\":%.4f,\"target\":0.8,"
 	       "\"bare\":\"one be_upload_as on BE_Q_COMPUTE from the same be_host_alloc memory\","
@@ -566,23 +551,23 @@ static void adapter_build_case(int reps)
 		goto out;
 	}
 	for (r = -1; r < reps && rc == 0; r++) {
-		double t = now();
+		double t = bench_now();
 		rc = fwd_adapter_build(g.f, a, 0, &fa, err, sizeof(err));
 		if (r >= 0)
-			tq[r] = now() - t;
+			tq[r] = bench_now() - t;
 		fwd_adapter_free(g.f, fa);
 		fa = NULL;
-		t = now();
+		t = bench_now();
 		rc |= be_upload_as(g.be, BE_Q_COMPUTE, whole, 0, pin, BE_BF16, bytes / 2);
 		if (r >= 0)
-			tb[r] = now() - t;
+			tb[r] = bench_now() - t;
 	}
 	if (rc) {
 		fprintf(stderr, "bench_cuda: adapter_build case failed: %s\n", err);
 		goto out;
 	}
-	qsort(tq, (size_t)reps, sizeof(double), cmp_d);
-	qsort(tb, (size_t)reps, sizeof(double), cmp_d);
+	bench_sort(tq, (size_t)reps);
+	bench_sort(tb, (size_t)reps);
 	printf("{\"bench\":\"cuda\",\"measure\":\"adapter_build\",\"what\":\"fwd_adapter_build of one "
 	       "rank-%d q/v adapter (host layout + one copy-queue upload)\",\"bytes\":%zu,"
 	       "\"build_ms\":%.3f,\"build_gbs\":%.2f,\"bare_gbs\":%.2f,\"ratio_vs_bare\":%.4f,"
@@ -679,10 +664,10 @@ static void decode_with_upload(double quiet_tps)
 	while (!atomic_load(&up_ready))
 		usleep(1000);
 	b0 = atomic_load(&up_bytes);
-	t = now();
+	t = bench_now();
 	if (decode_run(&d) < 0)
 		d.best_tps = 0;
-	t = now() - t;
+	t = bench_now() - t;
 	b0 = atomic_load(&up_bytes) - b0;
 	atomic_store(&up_stop, 1);
 	pthread_join(th, NULL);
@@ -723,7 +708,7 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	g.t0 = now();
+	g.t0 = bench_now();
 	if (g.tiny)
 		g.sh = tiny;
 	else if (g.quick)
@@ -757,10 +742,10 @@ int main(int argc, char **argv)
 		perror("bench_cuda: mkdtemp");
 		return 1;
 	}
-	t = now();
+	t = bench_now();
 	if (make_model(dir) < 0)
 		goto out;
-	t = now() - t;
+	t = bench_now() - t;
 	snprintf(path, sizeof(path), "%s/m", dir);
 	if (model_open(path, &m, err, sizeof(err)) < 0) {
 		fprintf(stderr, "bench_cuda: %s\n", err);
@@ -772,7 +757,7 @@ int main(int argc, char **argv)
 	for (i = 0; i < MAX_BATCH * g.blocks_per_seq; i++)
 		table[i] = i;
 	{
-		double tb = now();
+		double tb = bench_now();
 		if (fwd_build(g.be, m, kv_blocks, 16, 0, NULL, &g.f, err, sizeof(err)) < 0) {
 			fprintf(stderr, "bench_cuda: fwd_build: %s\n", err);
 			goto out;
@@ -791,7 +776,7 @@ int main(int argc, char **argv)
 				snprintf(ad0_path, sizeof(ad0_path), "%s", path);
 			g.n_ad++;
 		}
-		tb = now() - tb;
+		tb = bench_now() - tb;
 		model_close(m);
 		m = NULL;
 		wb = weight_bytes();
@@ -821,7 +806,7 @@ int main(int argc, char **argv)
 		for (i = 0; i < N_CFG; i++)
 			if (decode_run(&d[i]) < 0)
 				goto out;
-		if (now() - g.t0 > 200) {
+		if (bench_now() - g.t0 > 200) {
 			fprintf(stderr, "bench_cuda: stopping after %d rounds (time)\n", r + 1);
 			rounds = r + 1;
 			break;
@@ -860,7 +845,7 @@ int main(int argc, char **argv)
 	       "token (read, verify, upload)\",\"CUDA IPC open and per-result latency\"],"
 	       "\"why\":\"they need the daemon and a client; not in this program\"");
 	row_end();
-	fprintf(stderr, "bench_cuda: %.1f s\n", now() - g.t0);
+	fprintf(stderr, "bench_cuda: %.1f s\n", bench_now() - g.t0);
 out:
 	for (i = 0; i < g.n_ad; i++)
 		fwd_adapter_free(g.f, g.ad[i]);

@@ -71,31 +71,6 @@
 static const int proj_n[7] = { HIDDEN, KV_DIM, KV_DIM, HIDDEN, FFN, FFN, HIDDEN };
 static const int proj_k[7] = { HIDDEN, HIDDEN, HIDDEN, HIDDEN, HIDDEN, HIDDEN, FFN };
 
-static int cmp_dbl(const void *x, const void *y)
-{
-	double a = *(const double *)x, b = *(const double *)y;
-
-	return a < b ? -1 : a > b;
-}
-
-/* The median of n (at most 8) values, n odd or even. */
-static double median3(const double *v, int n)
-{
-	double t[8];
-
-	memcpy(t, v, (size_t)n * sizeof(*t));
-	qsort(t, (size_t)n, sizeof(*t), cmp_dbl);
-	return n % 2 ? t[n / 2] : (t[n / 2 - 1] + t[n / 2]) / 2;
-}
-
-static double now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static double non_embedding_params(void)
 {
 	double p = 0;
@@ -204,7 +179,7 @@ static void bare_free(struct bare *b)
  * at M = m; gemv uses cblas_sgemv row by row instead. Returns seconds. */
 static double bare_pass(struct bare *b, int m, int layers, int head, int gemv)
 {
-	double t0 = now();
+	double t0 = bench_now();
 	int l, p;
 
 	for (l = 0; l < layers; l++)
@@ -225,7 +200,7 @@ static double bare_pass(struct bare *b, int m, int layers, int head, int gemv)
 			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, VOCAB, HIDDEN, 1.0f, b->x,
 				    HIDDEN, b->head, HIDDEN, 0.0f, b->y, VOCAB);
 	}
-	return now() - t0;
+	return bench_now() - t0;
 }
 
 static double best_of(struct bare *b, int m, int layers, int head, int gemv, int reps)
@@ -293,13 +268,13 @@ static int prefill(struct engine *e, struct bare *b, int batch, int len, int rep
 			if (!(s[i] = new_seq(e, len, 1, i)))
 				return -1;
 		have_th = engine_backend_threads(e, &th0) == 0;
-		t0 = now();
+		t0 = bench_now();
 		/* the whole prompts in one step: the prefill as the scheduler runs it */
 		if (engine_step(e, s, NULL, batch, err, sizeof(err)) < 0) {
 			fprintf(stderr, "bench_engine: %s\n", err);
 			return -1;
 		}
-		t0 = now() - t0;
+		t0 = bench_now() - t0;
 		if (have_th)
 			engine_backend_threads(e, &th1);
 		if (t0 < best) {
@@ -345,11 +320,11 @@ static double decode_tps(struct engine *e, int batch, int prompt, int steps, cha
 			return -1;
 	if (engine_step(e, s, NULL, batch, err, errlen) < 0)
 		return -1;
-	t = now();
+	t = bench_now();
 	for (k = 0; k < steps; k++)
 		if (engine_step(e, s, NULL, batch, err, errlen) < 0)
 			return -1;
-	t = now() - t;
+	t = bench_now() - t;
 	for (i = 0; i < batch; i++)
 		engine_seq_free(e, s[i]);
 	return batch * steps / t;
@@ -378,7 +353,7 @@ static int decode_bf16(struct engine *e32, struct engine *e16[2], int batch, int
 			r[d][i] = b[d][i] / a[i];
 		}
 	}
-	m32 = median3(a, rounds);
+	m32 = bench_median(a, rounds);
 	/*
 	 * What halving the weights' bytes can give when a step is bound by the
 	 * bytes it reads: every weight once (4 or 2 bytes), and the KV cache
@@ -400,11 +375,11 @@ static int decode_bf16(struct engine *e32, struct engine *e16[2], int batch, int
 		       "\"batch\": %d, \"prompt_tokens\": %d, "
 		       "\"steps\": %d, \"rounds\": %d, \"tokens_per_s\": %.1f, \"f32_tokens_per_s\": %.1f, "
 		       "\"ratio_vs_f32\": %.3f, \"bytes_ratio_bound\": %.3f, \"target\": %s}\n",
-		       how[d], batch, prompt, steps, rounds, median3(b[d], rounds), m32,
-		       median3(r[d], rounds), bound[d], d ? "1.8" : "null");
+		       how[d], batch, prompt, steps, rounds, bench_median(b[d], rounds), m32,
+		       bench_median(r[d], rounds), bound[d], d ? "1.8" : "null");
 		fprintf(stderr, "decode  batch %2d bf16 %-5s: %8.1f tokens/s  (f32 %8.1f tokens/s, ratio %.2f; "
 			"bytes bound %.2f)\n",
-			batch, how[d], median3(b[d], rounds), m32, median3(r[d], rounds), bound[d]);
+			batch, how[d], bench_median(b[d], rounds), m32, bench_median(r[d], rounds), bound[d]);
 	}
 	return 0;
 fail:
@@ -428,11 +403,11 @@ static int decode(struct engine *e, struct bare *b, int batch, int prompt, int s
 	if (engine_step(e, s, NULL, batch, err, sizeof(err)) < 0)
 		goto fail;
 	have_th = engine_backend_threads(e, &th0) == 0;
-	t = now();
+	t = bench_now();
 	for (k = 0; k < steps; k++)
 		if (engine_step(e, s, NULL, batch, err, sizeof(err)) < 0)
 			goto fail;
-	t = now() - t;
+	t = bench_now() - t;
 	if (have_th)
 		engine_backend_threads(e, &th1);
 	for (i = 0; i < batch; i++)
@@ -564,7 +539,7 @@ int main(int argc, char **argv)
 		 "'%s' '%s' --hidden %d --layers %d --heads %d --kv-heads %d --ffn %d --vocab %d "
 		 "--dtype f32 --max-pos 4096 --seed 7",
 		 bench_tool("lorad-mkmodel", "LORAD_MKMODEL", MKMODEL), model, HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, VOCAB);
-	t0 = now();
+	t0 = bench_now();
 	if (system(cmd) != 0) {
 		fprintf(stderr, "bench_engine: lorad-mkmodel failed\n");
 		goto out;
@@ -584,7 +559,7 @@ int main(int argc, char **argv)
 	       "\"non_embedding_params\": %.0f, \"quick\": %s, \"setup_seconds\": %.2f}\n",
 	       engine_backend_name(e), isa ? isa : "auto", threads, openblas_get_num_threads(), openblas_get_config(),
 	       openblas_get_corename(), sysconf(_SC_NPROCESSORS_ONLN), HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, VOCAB,
-	       non_embedding_params(), quick ? "true" : "false", now() - t0);
+	       non_embedding_params(), quick ? "true" : "false", bench_now() - t0);
 	fprintf(stderr, "engine %s, OpenBLAS %d threads (%s), %ld CPUs; model %.1f M non-embedding params\n",
 		engine_backend_name(e), openblas_get_num_threads(), openblas_get_config(),
 		sysconf(_SC_NPROCESSORS_ONLN), non_embedding_params() * 1e-6);

@@ -41,21 +41,6 @@ static const char *const SCHEMA =
 	"\"tags\":{\"type\":\"array\",\"items\":{\"type\":\"string\",\"maxLength\":6},\"maxItems\":3}},"
 	"\"required\":[\"name\",\"age\",\"city\"],\"additionalProperties\":false}";
 
-static double now_s(void)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec + t.tv_nsec / 1e9;
-}
-
-static int cmp_dbl(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return (x > y) - (x < y);
-}
-
 static void bench_compile(void)
 {
 	static const struct { const char *name; enum gram_kind k; const char *text; } c[] = {
@@ -67,14 +52,14 @@ static void bench_compile(void)
 		const char *t = c[i].k == GRAM_SCHEMA ? SCHEMA : c[i].text;
 		struct gram *g = NULL;
 		char err[256];
-		double t0 = now_s();
+		double t0 = bench_now();
 
 		if (gram_compile(c[i].k, t, t ? strlen(t) : 0, NULL, &g, err, sizeof(err))) {
 			fprintf(stderr, "compile %s: %s\n", c[i].name, err);
 			continue;
 		}
 		printf("{\"bench\": \"grammar_compile\", \"grammar\": \"%s\", \"states\": %d, "
-		       "\"compile_ms\": %.2f}\n", c[i].name, gram_states(g), (now_s() - t0) * 1e3);
+		       "\"compile_ms\": %.2f}\n", c[i].name, gram_states(g), (bench_now() - t0) * 1e3);
 		gram_unref(g);
 	}
 }
@@ -163,17 +148,17 @@ static void bench_mask(const char *label, const char *tok_path, int walks)
 		int s = gram_start(g);
 
 		for (int step = 0; step < 64 && s >= 0; step++) {
-			double t0 = now_s();
+			double t0 = bench_now();
 			int cnt = gram_mask_walk(g, b.v, s, m), id, any = 0;
-			double t1 = now_s();
+			double t1 = bench_now();
 
 			gram_mask(g, b.v, s, m);   /* fills the cache: the copy is timed next */
-			double t2 = now_s();
+			double t2 = bench_now();
 			gram_mask(g, b.v, s, m);
-			double t3 = now_s();
+			double t3 = bench_now();
 			for (int i = 0; i < b.n; i++)
 				any += b.tl[i] && gram_walk(g, s, b.tb[i], b.tl[i]) >= 0;
-			double t4 = now_s();
+			double t4 = bench_now();
 
 			t_walk += t1 - t0;
 			t_copy += t3 - t2;
@@ -223,6 +208,8 @@ static const char *const JSON_DOCS[] = {
  * and Llama 3's and Qwen3's, whose masks are 2.5-3 times larger), each step's
  * gram_mask() (a copy of a kept mask, or a walk of a state met first or
  * past the budget) timed against a walk of the trie for the same state.
+ * step_p99_us and step_max_us show the walks the engine thread did (a
+ * state the prefill left), which the mean hides among the copies.
  */
 static void bench_mask_steady(const char *label, const char *tok_path, int rounds)
 {
@@ -234,7 +221,8 @@ static void bench_mask_steady(const char *label, const char *tok_path, int round
 	char err[256];
 	int steps = 0, kept0, kept, distinct;
 	uint64_t *m = NULL;
-	double t_step = 0, t_walk = 0, t0;
+	double t_step = 0, t_walk = 0, t0, *each = NULL;   /* [steps] each step's seconds */
+	size_t cap = 0;
 
 	if (vocab_load(label, tok_path, &b))
 		return;
@@ -248,25 +236,30 @@ static void bench_mask_steady(const char *label, const char *tok_path, int round
 		fprintf(stderr, "any JSON: %s\n", err);
 		goto out;
 	}
-	t0 = now_s();
+	t0 = bench_now();
 	if (gram_mask_prefill(g, b.v, MASK_BUDGET))
 		goto out;
-	t0 = now_s() - t0;
+	t0 = bench_now() - t0;
 	kept0 = gram_masks_kept(g, NULL);
 	m = malloc(gram_mask_words(b.v) * 8);
+	for (int d = 0; d < n_docs; d++)
+		cap += (size_t)rounds * (n_ids[d] + 1);
+	each = malloc(cap * sizeof(*each));
+	if (!m || !each)
+		goto out;
 	for (int r = 0; r < rounds; r++)
 		for (int d = 0; d < n_docs; d++) {
 			int s = gram_start(g);
 
 			for (size_t i = 0; i <= n_ids[d] && s >= 0; i++) {
-				double t1 = now_s();
+				double t1 = bench_now();
 				int cnt = gram_mask(g, b.v, s, m);
-				double t2 = now_s();
+				double t2 = bench_now();
 
 				gram_mask_walk(g, b.v, s, m);
-				t_walk += now_s() - t2;
+				t_walk += bench_now() - t2;
 				t_step += t2 - t1;
-				steps++;
+				each[steps++] = t2 - t1;
 				if (!cnt || i == n_ids[d])
 					break;
 				s = gram_walk(g, s, b.tb[ids[d][i]], b.tl[ids[d][i]]);
@@ -278,11 +271,14 @@ static void bench_mask_steady(const char *label, const char *tok_path, int round
 	printf("{\"bench\": \"grammar_mask_steady\", \"grammar\": \"json\", \"vocab\": \"%s\", "
 	       "\"vocab_size\": %d, \"states\": %d, \"prefill_ms\": %.1f, \"kept_after_prefill\": %d, "
 	       "\"kept\": %d, \"distinct_masks\": %d, \"grammar_mib\": %.2f, \"steps\": %d, "
-	       "\"step_us\": %.3f, \"baseline\": \"trie_walk\", \"trie_walk_us\": %.2f, "
+	       "\"step_us\": %.3f, \"step_p50_us\": %.3f, \"step_p99_us\": %.2f, "
+	       "\"step_max_us\": %.1f, \"baseline\": \"trie_walk\", \"trie_walk_us\": %.2f, "
 	       "\"ratio_vs_trie_walk\": %.1f}\n", label, b.n, gram_states(g), t0 * 1e3, kept0, kept,
-	       distinct, gram_bytes(g) / 1048576.0, steps, t_step / steps * 1e6, t_walk / steps * 1e6,
-	       t_walk / t_step);
+	       distinct, gram_bytes(g) / 1048576.0, steps, t_step / steps * 1e6,
+	       bench_pctl(each, (size_t)steps, 50) * 1e6, bench_pctl(each, (size_t)steps, 99) * 1e6,
+	       bench_pctl(each, (size_t)steps, 100) * 1e6, t_walk / steps * 1e6, t_walk / t_step);
 out:
+	free(each);
 	free(m);
 	for (int d = 0; d < n_docs; d++)
 		free(ids[d]);
@@ -302,7 +298,7 @@ static double run_batch(struct lorad *c, int constrained, int round, uint32_t *l
 	static uint32_t out[BATCH][MAXTOK];
 	struct lorad_request r[BATCH];
 	int left = BATCH;
-	double t0 = now_s();
+	double t0 = bench_now();
 
 	*tokens = 0;
 	for (int i = 0; i < BATCH; i++) {
@@ -340,7 +336,7 @@ static double run_batch(struct lorad *c, int constrained, int round, uint32_t *l
 				left--;
 			}
 	}
-	return now_s() - t0;
+	return bench_now() - t0;
 }
 
 static void bench_decode(int rounds)
@@ -390,8 +386,8 @@ static void bench_decode(int rounds)
 				tps[k][r - 1] = tokens / s;
 		}
 	}
-	qsort(tps[0], (size_t)rounds, sizeof(double), cmp_dbl);
-	qsort(tps[1], (size_t)rounds, sizeof(double), cmp_dbl);
+	bench_sort(tps[0], (size_t)rounds);
+	bench_sort(tps[1], (size_t)rounds);
 	printf("{\"bench\": \"grammar_decode\", \"model\": \"demo\", \"batch\": %d, \"rounds\": %d, "
 	       "\"tokens_per_s\": %.0f, \"baseline\": \"unconstrained\", "
 	       "\"unconstrained_tokens_per_s\": %.0f, \"ratio_vs_unconstrained\": %.3f}\n", BATCH, rounds,

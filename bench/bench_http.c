@@ -42,19 +42,6 @@ static uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static int cmp_d(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof(*v), cmp_d);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
 static pid_t spawn(char *const argv[], const char *log)
 {
 	pid_t p = fork();
@@ -182,7 +169,7 @@ int main(int argc, char **argv)
 		}
 	}
 	{
-		double ha = median(a, n_rt) * 1e6, hb = median(b, n_rt) * 1e6;
+		double ha = bench_median(a, n_rt) * 1e6, hb = bench_median(b, n_rt) * 1e6;
 
 		printf("{\"bench\":\"http\",\"method\":\"round_trip\",\"http_us\":%.1f,\"liblorad_us\":%.1f,"
 		       "\"ratio_vs_liblorad\":%.3f,\"runs\":%d,\"quick\":%s}\n",
@@ -207,7 +194,7 @@ int main(int argc, char **argv)
 		}
 	}
 	{
-		double ma = median(ta, n_tok), mb = median(tb, n_tok), mc = median(tc, n_tok);
+		double ma = bench_median(ta, n_tok), mb = bench_median(tb, n_tok), mc = bench_median(tc, n_tok);
 
 		printf("{\"bench\":\"http\",\"method\":\"tokens\",\"mode\":\"whole\",\"http_tokens_per_s\":%.1f,"
 		       "\"liblorad_tokens_per_s\":%.1f,\"ratio_vs_liblorad\":%.3f,\"runs\":%d,\"quick\":%s}\n",

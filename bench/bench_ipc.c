@@ -36,6 +36,8 @@
 
 #include <lorad/lorad.h>
 
+#include "tools.h"
+
 #define PAYLOAD 64               /* prompt bytes = socket message bytes */
 #define N_PROMPT (PAYLOAD / 4)
 
@@ -52,19 +54,6 @@ static int cmp_u64(const void *a, const void *b)
 	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
 
 	return x < y ? -1 : x > y;
-}
-
-static int cmp_dbl(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-	qsort(v, n, sizeof(*v), cmp_dbl);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 /* --- steal time -------------------------------------------------------------- */
@@ -470,19 +459,19 @@ static void print_rtt(const char *mode, struct rtt *reps, int n, double unix_p50
 		d[3][i] = reps[i].daemon_sleeps;
 		d[4][i] = reps[i].steal;
 	}
-	m.p50 = median(v[0], n);
-	m.p99 = median(v[1], n);
-	m.p999 = median(v[2], n);
-	m.msgs_per_s = median(v[3], n);
+	m.p50 = bench_median(v[0], n);
+	m.p99 = bench_median(v[1], n);
+	m.p999 = bench_median(v[2], n);
+	m.msgs_per_s = bench_median(v[3], n);
 	printf("{\"bench\": \"ipc_rtt\", \"mode\": \"%s\", \"payload_bytes\": %d, \"reps\": %d, "
 	       "\"p50_us\": %.3f, \"p99_us\": %.3f, \"p999_us\": %.3f, \"msgs_per_s\": %.0f, "
 	       "\"steal_pct\": %.2f",
-	       mode, PAYLOAD, n, m.p50, m.p99, m.p999, m.msgs_per_s, median(d[4], n));
+	       mode, PAYLOAD, n, m.p50, m.p99, m.p999, m.msgs_per_s, bench_median(d[4], n));
 	if (strncmp(mode, "shm", 3) == 0) {
 		printf(", \"pinned\": %s, \"sq_doorbells_per_req\": %.3f, \"cq_doorbells_per_req\": %.3f, "
 		       "\"client_sleeps_per_req\": %.3f, \"daemon_sleeps_per_req\": %.3f",
-		       pinned ? "true" : "false", median(d[0], n), median(d[1], n),
-		       median(d[2], n), median(d[3], n));
+		       pinned ? "true" : "false", bench_median(d[0], n), bench_median(d[1], n),
+		       bench_median(d[2], n), bench_median(d[3], n));
 	}
 	if (unix_p50 > 0)
 		printf(", \"ratio_vs_unix\": %.3f", m.p50 / unix_p50);
@@ -578,10 +567,10 @@ int main(int argc, char **argv)
 		}
 		unix_p50s[i] = r_unix[i].p50;
 	}
-	double unix_p50 = median(unix_p50s, reps);
+	double unix_p50 = bench_median(unix_p50s, reps);
 
 	if (can_pin) {
-		line_p50 = median(lines, reps);
+		line_p50 = bench_median(lines, reps);
 		printf("{\"bench\": \"ipc_rtt\", \"mode\": \"line_pingpong\", \"reps\": %d, "
 		       "\"p50_us\": %.3f, \"pinned\": true}\n", reps, line_p50);
 	}
@@ -595,12 +584,12 @@ int main(int argc, char **argv)
 		       "\"%d CPU available, needs 2\"}\n", ncpu);
 	print_rtt("shm_sleep", r_sleep, reps, unix_p50, 0);
 	if (can_pin) {
-		double m = median(tput, reps);
+		double m = bench_median(tput, reps);
 
 		printf("{\"bench\": \"ipc_throughput\", \"mode\": \"shm_poll_batch32\", "
 		       "\"prompt_bytes\": %d, \"seconds_per_rep\": %.1f, \"reps\": %d, "
 		       "\"requests_per_s\": %.0f, \"steal_pct\": %.2f}\n",
-		       PAYLOAD, tput_s, reps, m, median(tsteal, reps));
+		       PAYLOAD, tput_s, reps, m, bench_median(tsteal, reps));
 		fprintf(stderr, "throughput (batches of 32, %d-byte prompts): %.2f M requests/s\n",
 			PAYLOAD, m / 1e6);
 	}

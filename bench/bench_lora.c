@@ -61,14 +61,6 @@ static const struct recipe recipes[] = {
 	{ "r8_qv", "q,v", 8 },
 };
 
-static double now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* Bytes of the weights a decode step reads: every projection and the LM
  * head (the embedding lookup reads only a row per token). */
 static double base_weight_bytes(void)
@@ -141,10 +133,10 @@ static double decode(struct engine *e, const int *ids, int n, int batch, int ste
 	/* the prompts and one decode step before the clock */
 	for (k = 0; k < 2; k++)
 		step(e, s, batch);
-	t = now();
+	t = bench_now();
 	for (k = 0; k < steps; k++)
 		step(e, s, batch);
-	t = now() - t;
+	t = bench_now() - t;
 	for (i = 0; i < batch; i++)
 		engine_seq_free(e, s[i]);
 	return batch * steps / t;
@@ -167,9 +159,9 @@ static double prefill(struct engine *e, int id, int batch, int len)
 	sp.adapter = id;
 	for (i = 0; i < batch; i++)
 		s[i] = seq_new(e, i, len, &sp);
-	t = now();
+	t = bench_now();
 	step(e, s, batch);
-	t = now() - t;
+	t = bench_now() - t;
 	for (i = 0; i < batch; i++)
 		engine_seq_free(e, s[i]);
 	return batch * len / t;
@@ -226,7 +218,7 @@ int main(int argc, char **argv)
 	int quick = 0, rounds, steps, i, r, b, a, round;
 	int ids[2][MAX_ADAPTERS];
 	size_t ad_bytes[2][MAX_ADAPTERS];
-	double best[N_BATCH][2][4], t0 = now(), wb = base_weight_bytes();
+	double best[N_BATCH][2][4], t0 = bench_now(), wb = base_weight_bytes();
 
 	for (i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--quick"))
@@ -396,7 +388,7 @@ int main(int argc, char **argv)
 				pb, plen, recipes[r - 1].name, pbest[r], ratio, bound, ratio / bound);
 		}
 	}
-	fprintf(stderr, "bench_lora: %.1f s\n", now() - t0);
+	fprintf(stderr, "bench_lora: %.1f s\n", bench_now() - t0);
 out:
 	engine_free(e);
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);

@@ -54,19 +54,6 @@ static uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static int cmp_d(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof(*v), cmp_d);
-	return n ? (n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2) : 0;
-}
-
 static void skipped(const char *why)
 {
 	printf("{\"bench\":\"results\",\"skipped\":\"%s\"}\n", why);
@@ -218,7 +205,7 @@ int main(int argc, char **argv)
 		}
 	}
 	{
-		double c50 = median(con, n_open), o50 = median(opn, n_open), i50 = median(opn_in, n_open);
+		double c50 = bench_median(con, n_open), o50 = bench_median(opn, n_open), i50 = bench_median(opn_in, n_open);
 
 		printf("{\"bench\":\"results\",\"method\":\"open\",\"results_mb\":64,\"connect_ms\":%.3f,"
 		       "\"connect_with_results_ms\":%.3f,\"open_ms\":%.3f,\"ratio_vs_connect\":%.2f,"
@@ -250,14 +237,14 @@ int main(int argc, char **argv)
 			    one(dev, kind, s, dbuf, 1, &dummy[0], &iw[i]))
 				goto fail;
 		{
-			double ir50 = median(ir, n_req), hr50 = median(hr, n_req);
-			double ie50 = median(ie, n_req), he50 = median(he, n_req);
+			double ir50 = bench_median(ir, n_req), hr50 = bench_median(hr, n_req);
+			double ie50 = bench_median(ie, n_req), he50 = bench_median(he, n_req);
 			const char *k = kind == LORAD_RESULT_LOGITS ? "logits" : "hidden";
 
 			printf("{\"bench\":\"results\",\"method\":\"row_ready\",\"kind\":\"%s\",\"row_bytes\":%zu,"
 			       "\"ipc_us\":%.1f,\"ipc_host_wait_us\":%.1f,\"host_copy_us\":%.1f,"
 			       "\"ratio_vs_host_copy\":%.3f,\"runs\":%d,\"quick\":%s}\n",
-			       k, row, ir50, median(iw, n_req), hr50, hr50 > 0 ? ir50 / hr50 : 0, n_req,
+			       k, row, ir50, bench_median(iw, n_req), hr50, hr50 > 0 ? ir50 / hr50 : 0, n_req,
 			       quick ? "true" : "false");
 			printf("{\"bench\":\"results\",\"method\":\"request\",\"kind\":\"%s\",\"row_bytes\":%zu,"
 			       "\"ipc_us\":%.1f,\"host_copy_us\":%.1f,\"ratio_vs_host_copy\":%.3f,\"runs\":%d,"

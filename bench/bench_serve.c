@@ -189,24 +189,6 @@ static unsigned trace_warm(struct treq *t, unsigned n_skills)
 	return n;
 }
 
-static int cmp_d(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-static double pct(double *v, unsigned n, double p)
-{
-	unsigned i;
-
-	if (!n)
-		return NAN;
-	qsort(v, n, sizeof(*v), cmp_d);
-	i = (unsigned)ceil(p / 100.0 * n);
-	return v[i ? i - 1 : 0];
-}
-
 struct summary {
 	double tok_s, ttft50, ttft99, itl50, itl99, seconds;
 	unsigned ok, failed;
@@ -235,10 +217,10 @@ static void summarize(const struct treq *t, const struct tres *r, unsigned n, ui
 	}
 	s->seconds = (end - (t0 + t[0].arrival_ns)) / 1e9;
 	s->tok_s = s->seconds > 0 ? s->tokens / s->seconds : 0;
-	s->ttft50 = pct(ttft, s->ok, 50);
-	s->ttft99 = pct(ttft, s->ok, 99);
-	s->itl50 = pct(itl, ni, 50);
-	s->itl99 = pct(itl, ni, 99);
+	s->ttft50 = bench_pctl(ttft, s->ok, 50);
+	s->ttft99 = bench_pctl(ttft, s->ok, 99);
+	s->itl50 = bench_pctl(itl, ni, 50);
+	s->itl99 = bench_pctl(itl, ni, 99);
 	free(ttft);
 	free(itl);
 }
@@ -703,8 +685,8 @@ static int run_shared(const char *model, int threads, unsigned clients, const ch
 	}
 	for (int a = 0; a < 2; a++) {
 		tok[a] = arm[a].seconds > 0 ? arm[a].tokens / arm[a].seconds : 0;
-		p50[a] = pct(arm[a].ttft, arm[a].n_ttft, 50);
-		p99[a] = pct(arm[a].ttft, arm[a].n_ttft, 99);
+		p50[a] = bench_pctl(arm[a].ttft, arm[a].n_ttft, 50);
+		p99[a] = bench_pctl(arm[a].ttft, arm[a].n_ttft, 99);
 	}
 	*nocache_rps = arm[1].seconds > 0 ? 2.0 * n / arm[1].seconds : 0;
 	printf("{\"bench\": \"serve\", \"workload\": \"shared_prefix\", \"load\": \"%s\", "
@@ -775,10 +757,10 @@ static int admission(const char *sock, unsigned n, double *p50, double *p99, dou
 				((double)tm.first_token_ns - (double)t_sub) / 1e3);
 	}
 	lorad_close(c);
-	*p50 = pct(v, n, 50);
-	*p99 = pct(v, n, 99);
-	*seen50 = pct(q, n, 50);
-	*seen99 = pct(q, n, 99);
+	*p50 = bench_pctl(v, n, 50);
+	*p99 = bench_pctl(v, n, 99);
+	*seen50 = bench_pctl(q, n, 50);
+	*seen99 = bench_pctl(q, n, 99);
 	free(v);
 	free(q);
 	return 0;

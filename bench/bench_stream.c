@@ -81,24 +81,6 @@ static uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static int cmp_d(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-static double median(const double *v, int n)
-{
-	double s[MAXRUNS];
-
-	if (n == 0)
-		return 0;
-	memcpy(s, v, sizeof(double) * (size_t)n);
-	qsort(s, (size_t)n, sizeof(double), cmp_d);
-	return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
-}
-
 /* A .safetensors file of exactly `size` bytes: one F32 tensor after a
  * 120-byte header, random contents. */
 static int make_file(const char *path, size_t size)
@@ -339,7 +321,7 @@ static void print_line(const char *method, size_t size_mb, size_t chunk, unsigne
 		       const char *dev)
 {
 	double bytes = (double)size_mb * 1048576.0;
-	double rd = median(s->read_s, s->n), tot = median(s->total_s, s->n);
+	double rd = bench_median(s->read_s, s->n), tot = bench_median(s->total_s, s->n);
 	double gbps = rd > 0 ? bytes / rd / 1e9 : 0;
 
 	printf("{\"bench\":\"stream\",\"method\":\"%s\",\"size_mb\":%zu,\"o_direct\":%s,", method,
@@ -352,8 +334,8 @@ static void print_line(const char *method, size_t size_mb, size_t chunk, unsigne
 	if (loader)
 		printf("\"lock_ms_p50\":%.3f,\"hash_ms_p50\":%.3f,\"hash_tail_ms_p50\":%.3f,"
 		       "\"validate_ms_p50\":%.3f,",
-		       median(s->lock_s, s->n) * 1e3, median(s->hash_s, s->n) * 1e3,
-		       median(s->tail_s, s->n) * 1e3, median(s->valid_s, s->n) * 1e3);
+		       bench_median(s->lock_s, s->n) * 1e3, bench_median(s->hash_s, s->n) * 1e3,
+		       bench_median(s->tail_s, s->n) * 1e3, bench_median(s->valid_s, s->n) * 1e3);
 	printf("\"fio_gbps_p50\":%.3f,\"ratio_vs_fio\":%.3f,", fio_gbps,
 	       fio_gbps > 0 ? gbps / fio_gbps : 0);
 	if (s->o_direct && size_mb >= 32)
@@ -506,7 +488,7 @@ static int e2e_run(const char *dir, const int *sizes, int nsizes, int runs, size
 			if (bw > 0)
 				fio[nfio++] = bw / 1e9;
 		}
-		double t50 = median(e2e_s, ne), f50 = median(fio, nfio), v50 = median(ver_s, ne);
+		double t50 = bench_median(e2e_s, ne), f50 = bench_median(fio, nfio), v50 = bench_median(ver_s, ne);
 		double gbps = t50 > 0 ? (double)sb.st_size / t50 / 1e9 : 0;
 		double vgbps = v50 > 0 ? (double)sb.st_size / v50 / 1e9 : 0;
 
@@ -659,7 +641,7 @@ int main(int argc, char **argv)
 			run_mmap(path, size, dst, &s_mmap);
 		}
 		unlink(path);
-		double fio_p50 = median(fio, nfio), fmin = nfio ? fio[0] : 0, fmax = fmin;
+		double fio_p50 = bench_median(fio, nfio), fmin = nfio ? fio[0] : 0, fmax = fmin;
 		for (int k = 1; k < nfio; k++) {
 			fmin = fio[k] < fmin ? fio[k] : fmin;
 			fmax = fio[k] > fmax ? fio[k] : fmax;

@@ -71,30 +71,6 @@ static uint64_t mono(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static int cmp_d(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-/* Percentile of @n values (sorts a copy). */
-static double pct(const double *v, unsigned n, double p)
-{
-	double *c, r;
-	unsigned i;
-
-	if (!n)
-		return NAN;
-	c = malloc(n * sizeof(*c));
-	memcpy(c, v, n * sizeof(*c));
-	qsort(c, n, sizeof(*c), cmp_d);
-	i = (unsigned)ceil(p / 100.0 * n);
-	r = c[i ? i - 1 : 0];
-	free(c);
-	return r;
-}
-
 static int run_cmd(const char *cmd)
 {
 	int st = system(cmd);
@@ -557,7 +533,7 @@ int main(int argc, char **argv)
 	c = NULL;
 	daemon_stop(&d);
 	{
-		double c50 = pct(cold_ms, n_cold, 50), h50 = pct(hot_ms, n_cold, 50);
+		double c50 = bench_pctl(cold_ms, n_cold, 50), h50 = bench_pctl(hot_ms, n_cold, 50);
 
 		printf("{\"bench\": \"tier\", \"measure\": \"cold_vs_hot\", \"samples\": %u, \"quick\": %s, "
 		       "\"model\": {\"hidden\": 512, \"layers\": 4, \"heads\": 8, \"kv_heads\": 4, "
@@ -569,12 +545,12 @@ int main(int argc, char **argv)
 		       "\"ratio_vs_hot\": %.2f, \"cold_ttft_max_ms\": %.3f, \"hot_ttft_max_ms\": %.3f, "
 		       "\"tier_load_mean_ms\": %.3f, \"disk_load_mean_ms\": %.3f}\n",
 		       n_cold, quick ? "true" : "false", adapter_bytes, N_PROMPT, c50, h50,
-		       pct(cold_d, n_cold, 50), pct(hot_d, n_cold, 50), c50 / h50,
-		       pct(cold_ms, n_cold, 100), pct(hot_ms, n_cold, 100), tier_load_ms, disk_load_ms);
+		       bench_pctl(cold_d, n_cold, 50), bench_pctl(hot_d, n_cold, 50), c50 / h50,
+		       bench_pctl(cold_ms, n_cold, 100), bench_pctl(hot_ms, n_cold, 100), tier_load_ms, disk_load_ms);
 		fflush(stdout);
 		fprintf(stderr, "cold adapter: TTFT p50 %.2f ms (daemon %.2f), hot %.2f ms (daemon %.2f): "
 			"%.1fx; device tier load %.2f ms mean, disk load %.2f ms mean (%u each)\n",
-			c50, pct(cold_d, n_cold, 50), h50, pct(hot_d, n_cold, 50), c50 / h50, tier_load_ms,
+			c50, bench_pctl(cold_d, n_cold, 50), h50, bench_pctl(hot_d, n_cold, 50), c50 / h50, tier_load_ms,
 			disk_load_ms, n_cold);
 	}
 	if (!(adapter_bytes > 0)) {
@@ -659,10 +635,10 @@ int main(int argc, char **argv)
 						      metric(m0, "lorad_tier_loads_total", "tier=\"host\"");
 					hot_reloads += metric(m1, "lorad_adapter_loads_total", "version=\"hot@") -
 						       metric(m0, "lorad_adapter_loads_total", "version=\"hot@");
-					prr[rd] = pct(dst, per_window, 50);
+					prr[rd] = bench_pctl(dst, per_window, 50);
 					npr += per_window;
 				} else {
-					ur[rd] = pct(dst, per_window, 50);
+					ur[rd] = bench_pctl(dst, per_window, 50);
 					nu += per_window;
 				}
 				free(m0);
@@ -676,8 +652,8 @@ int main(int argc, char **argv)
 			fprintf(stderr, "bench_tier: a request failed: %s (log: %s/b.log)\n", lorad_strerror(r),
 				g_dir);
 		} else {
-			double u50 = pct(u, nu, 50), u99 = pct(u, nu, 99), p50 = pct(p, npr, 50),
-			       p99 = pct(p, npr, 99), rr[MAX_ADAPTERS];
+			double u50 = bench_pctl(u, nu, 50), u99 = bench_pctl(u, nu, 99), p50 = bench_pctl(p, npr, 50),
+			       p99 = bench_pctl(p, npr, 99), rr[MAX_ADAPTERS];
 
 			for (unsigned i = 0; i < rounds; i++)
 				rr[i] = prr[i] / ur[i];
@@ -698,8 +674,8 @@ int main(int argc, char **argv)
 			       "\"background_failed\": %lu}\n",
 			       quick ? "true" : "false", n_dev, n_pr, (unsigned long long)budget, rounds,
 			       per_window * rounds, n_bg, bg_rps[0], bg_rps[1], u50, u99, p50, p99,
-			       pct(ud, nu, 50), pct(pd, npr, 50), p50 / u50, p99 / u99,
-			       pct(rr, rounds, 50), loads, evictions, host_loads, hot_reloads, max_resident,
+			       bench_pctl(ud, nu, 50), bench_pctl(pd, npr, 50), p50 / u50, p99 / u99,
+			       bench_pctl(rr, rounds, 50), loads, evictions, host_loads, hot_reloads, max_resident,
 			       atomic_load(&bg.failed));
 			fflush(stdout);
 			fprintf(stderr, "hot adapter TTFT, device tier of %u adapters, %u in use by %u background "
@@ -784,7 +760,7 @@ int main(int argc, char **argv)
 			fprintf(stderr, "bench_tier: load_stall failed: %s, stream failures %lu (log: %s/c.log)\n",
 				lorad_strerror(r), atomic_load(&st.failed), g_dir);
 		} else {
-			double q50 = pct(quiet, nq, 50), l50 = pct(loading, nl, 50);
+			double q50 = bench_pctl(quiet, nq, 50), l50 = bench_pctl(loading, nl, 50);
 
 			printf("{\"bench\": \"tier\", \"measure\": \"load_stall\", \"quick\": %s, "
 			       "\"rounds\": %u, \"adapter\": {\"rank\": 256, \"dtype\": \"bf16\", "
@@ -794,12 +770,12 @@ int main(int argc, char **argv)
 			       "\"ratio_vs_quiet\": %.3f, \"big_load_ttft_p50_ms\": %.3f, "
 			       "\"disk_load_mean_ms\": %.3f}\n",
 			       quick ? "true" : "false", rounds, atomic_load(&st.tokens), q50,
-			       pct(quiet, nq, 100), l50, pct(loading, nl, 100), l50 / q50,
-			       pct(load_ms, nl, 50), dc > 0 ? ds / dc * 1e3 : NAN);
+			       bench_pctl(quiet, nq, 100), l50, bench_pctl(loading, nl, 100), l50 / q50,
+			       bench_pctl(load_ms, nl, 50), dc > 0 ? ds / dc * 1e3 : NAN);
 			fflush(stdout);
 			fprintf(stderr, "a stream's worst token gap: %.2f ms while a rank-256 adapter loads "
 				"(its first token after %.2f ms), %.2f ms in quiet windows: %.2fx\n",
-				l50, pct(load_ms, nl, 50), q50, l50 / q50);
+				l50, bench_pctl(load_ms, nl, 50), q50, l50 / q50);
 			rc = 0;
 		}
 	}

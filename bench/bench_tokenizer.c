@@ -29,15 +29,9 @@
 
 #include "detok.h"
 #include "tokenizer.h"
+#include "tools.h"
 
 #define MB (1u << 20)
-
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
 static uint32_t rnd(void)
@@ -124,12 +118,6 @@ static size_t validate(char *dst, const char *s, size_t len)
 	return bad;
 }
 
-static int cmp_dbl(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
 static double encode_time(struct tokenizer *t, const char *s, size_t len, int reps, size_t *ntok)
 {
 	double v[8];
@@ -137,9 +125,9 @@ static double encode_time(struct tokenizer *t, const char *s, size_t len, int re
 		uint32_t *ids;
 		size_t n;
 		char err[256];
-		double t0 = now();
+		double t0 = bench_now();
 		int rc = tok_encode(t, s, len, false, &ids, &n, err, sizeof(err));
-		v[r] = now() - t0;
+		v[r] = bench_now() - t0;
 		if (rc) {
 			fprintf(stderr, "encode: %s\n", err);
 			return -1;
@@ -147,17 +135,16 @@ static double encode_time(struct tokenizer *t, const char *s, size_t len, int re
 		*ntok = n;
 		free(ids);
 	}
-	qsort(v, (size_t)reps, sizeof(double), cmp_dbl);
-	return v[reps / 2];
+	return bench_median(v, (size_t)reps);
 }
 
 static int bench_one(const char *name, const char *path, int reps)
 {
 	char err[512];
 	struct tokenizer *t;
-	double t0 = now();
+	double t0 = bench_now();
 	int rc = tok_load(path, &t, err, sizeof(err));
-	double load_s = now() - t0;
+	double load_s = bench_now() - t0;
 	if (rc) {
 		fprintf(stderr, "%s\n", err);
 		printf("{\"bench\": \"tokenizer_load\", \"tokenizer\": \"%s\", \"error\": %d}\n", name, rc);
@@ -175,12 +162,11 @@ static int bench_one(const char *name, const char *path, int reps)
 			return -ENOMEM;
 		double v[8];
 		for (int r = 0; r < reps; r++) {
-			double a = now();
+			double a = bench_now();
 			sink += validate(dst, s, len);
-			v[r] = now() - a;
+			v[r] = bench_now() - a;
 		}
-		qsort(v, (size_t)reps, sizeof(double), cmp_dbl);
-		double base = v[reps / 2];
+		double base = bench_median(v, (size_t)reps);
 		/* a tenth, cut at a character boundary */
 		size_t tenth = len / 10;
 		while (tenth > 0 && ((unsigned char)s[tenth] & 0xC0) == 0x80)
@@ -209,19 +195,19 @@ static int bench_one(const char *name, const char *path, int reps)
 			const char *stops[] = { "<|STOP|>", "\n\n\n" };
 			detok_set_stop(&d, stops, 2);
 			size_t out = 0;
-			double a = now();
+			double a = bench_now();
 			for (size_t i = 0; i < n; i++) {
 				const char *p;
 				size_t pl;
 				detok_push(&d, ids[i], &p, &pl);
 				out += pl;
 			}
-			double dt = now() - a;
+			double dt = bench_now() - a;
 			char *whole;
 			size_t wl;
-			a = now();
+			a = bench_now();
 			tok_decode(t, ids, n, true, &whole, &wl);
-			double wt = now() - a;
+			double wt = bench_now() - a;
 			printf("{\"bench\": \"detok_stream\", \"tokenizer\": \"%s\", \"tokens\": %zu, "
 			       "\"ns_per_token\": %.0f, \"baseline\": \"whole_decode\", "
 			       "\"baseline_ns_per_token\": %.0f, \"ratio_vs_whole_decode\": %.1f, "

@@ -2,9 +2,11 @@
 #include "tools.h"
 
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define TOOLS_MAX 8
@@ -61,4 +63,60 @@ const char *bench_tool(const char *name, const char *env, const char *built)
 	look_up(found[i].path, sizeof(found[i].path), name, env, built);
 	snprintf(found[i].name, sizeof(found[i].name), "%s", name);
 	return found[i].path;
+}
+
+double bench_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return (x > y) - (x < y);
+}
+
+void bench_sort(double *v, size_t n)
+{
+	qsort(v, n, sizeof(*v), cmp_double);
+}
+
+/* A sorted copy of @v (NULL when out of memory, or none). */
+static double *sorted_copy(const double *v, size_t n)
+{
+	double *c = n ? malloc(n * sizeof(*c)) : NULL;
+
+	if (c) {
+		memcpy(c, v, n * sizeof(*c));
+		bench_sort(c, n);
+	}
+	return c;
+}
+
+double bench_median(const double *v, size_t n)
+{
+	double *c = sorted_copy(v, n), m;
+
+	if (!c)
+		return 0;
+	m = n % 2 ? c[n / 2] : (c[n / 2 - 1] + c[n / 2]) / 2;
+	free(c);
+	return m;
+}
+
+double bench_pctl(const double *v, size_t n, double p)
+{
+	double *c = sorted_copy(v, n), r;
+	size_t i;
+
+	if (!c)
+		return NAN;
+	i = (size_t)ceil(p / 100.0 * (double)n);
+	r = c[i ? (i <= n ? i - 1 : n - 1) : 0];
+	free(c);
+	return r;
 }

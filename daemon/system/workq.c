@@ -242,7 +242,8 @@ bool workq_share(struct workq *q, struct wq_item *it, const void *who)
 
 		it->owner = who;
 		w->pending++;
-		owner_done(q, o);   /* last: it may move @who's record */
+		if (o)              /* none: queued out of memory, outside the turns */
+			owner_done(q, o);   /* last: it may move @who's record */
 		moved = true;
 	}
 	pthread_mutex_unlock(&q->lock);

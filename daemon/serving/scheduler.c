@@ -3,7 +3,6 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,14 +70,8 @@ struct sched {
 	unsigned char *tok_bytes; /* every token's bytes, back to back */
 	uint32_t *tok_off;        /* [vocab + 1] */
 	struct gram_cache *gc;
-	struct workq *gq;
+	struct workq *gq;         /* compiles, each client's in its turns */
 	unsigned gq_out;          /* compilations not yet taken back */
-	/* under gp_lock (the grammar thread takes the next one itself): */
-	pthread_mutex_t gp_lock;
-	struct gitem *gp_head, *gp_tail; /* compiles not started yet, by arrival */
-	struct gowner *gown;      /* the clients they are for, each served in turn */
-	unsigned n_gown, cap_gown;
-	uint64_t gq_tick;         /* compiles started so far */
 	uint64_t gram_memory;     /* o.grammar_memory, read by the grammar thread (atomic) */
 	bool loads_done;          /* an adapter load ended: parked jobs may go on */
 	/* one step's batch */
@@ -283,9 +276,8 @@ static int prompt_limit(const struct sched *s)
 /* A grammar to compile, on the grammar thread, and what came of it. Every
  * job that asks for the same text meanwhile waits for the same item. */
 struct gitem {
+	struct wq_item link;      /* first: queued for its session's turns (link.owner) */
 	int gone;                 /* no job waits for it any more: not compiled (atomic) */
-	const void *owner;        /* the session that asked first (a name only) */
-	struct gitem *pend_next;  /* in the scheduler's list, until the thread takes it */
 	uint64_t cookie;
 	enum gram_kind kind;
 	char *text;
@@ -296,16 +288,6 @@ struct gitem {
 	char err[256];
 };
 
-/*
- * One turn of the grammar thread: a compile is queued for each item, and
- * takes whichever item is due when it runs (gram_take), so the order is
- * the scheduler's, not the queue's.
- */
-struct gturn {
-	struct wq_item link;      /* first: the queue links items through it */
-	struct gitem *it;         /* the item it took; NULL before */
-};
-
 static void gitem_free(struct gitem *it)
 {
 	if (!it)
@@ -313,111 +295,6 @@ static void gitem_free(struct gitem *it)
 	gram_unref(it->g);
 	free(it->text);
 	free(it);
-}
-
-/* A client that asked for compiles: how many are not started yet, and
- * when it was last served. */
-struct gowner {
-	const void *id;           /* its session, as a name only */
-	unsigned pending;
-	uint64_t served;
-};
-
-/* @id's record, or NULL; under gp_lock. */
-static struct gowner *gowner_find(struct sched *s, const void *id)
-{
-	for (unsigned i = 0; i < s->n_gown; i++)
-		if (s->gown[i].id == id)
-			return &s->gown[i];
-	return NULL;
-}
-
-/* @o has one compile fewer waiting; the record goes with its last. */
-static void gowner_done(struct sched *s, struct gowner *o)
-{
-	if (!--o->pending)
-		*o = s->gown[--s->n_gown];
-}
-
-/* @id's record, added (served "now": after those waiting longer); under gp_lock. */
-static struct gowner *gowner_add(struct sched *s, const void *id)
-{
-	struct gowner *f = gowner_find(s, id);
-
-	if (f)
-		return f;
-	if (s->n_gown == s->cap_gown) {
-		unsigned cap = s->cap_gown ? 2 * s->cap_gown : 16;
-		struct gowner *o = realloc(s->gown, cap * sizeof(*o));
-
-		if (!o)
-			return NULL;
-		s->gown = o;
-		s->cap_gown = cap;
-	}
-	s->gown[s->n_gown] = (struct gowner){ .id = id, .served = s->gq_tick };
-	return &s->gown[s->n_gown++];
-}
-
-/*
- * The next item to compile, taken from the list (under gp_lock): the
- * oldest of the client served longest ago. A client with hundreds waiting
- * gets one turn in each round like any other, so another's grammar waits
- * for the compile that runs, not for all of them. NULL: none (not reached,
- * a turn is queued for each item).
- */
-static struct gitem *gram_take(struct sched *s)
-{
-	struct gowner *o = NULL;
-	struct gitem *it, *prev = NULL;
-
-	/* ties: the later record, so one that just came goes before the one
-	 * served last */
-	for (unsigned i = 0; i < s->n_gown; i++)
-		if (s->gown[i].pending && (!o || s->gown[i].served <= o->served))
-			o = &s->gown[i];
-	if (!o)
-		return NULL;
-	for (it = s->gp_head; it && it->owner != o->id; it = it->pend_next)
-		prev = it;
-	if (!it)
-		return NULL;
-	if (prev)
-		prev->pend_next = it->pend_next;
-	else
-		s->gp_head = it->pend_next;
-	if (s->gp_tail == it)
-		s->gp_tail = prev;
-	it->pend_next = NULL;
-	o->served = ++s->gq_tick;
-	gowner_done(s, o);
-	return it;
-}
-
-/*
- * @who asks for the compile @it that another client's request asked for
- * first. Still waiting in the list, it goes under @who's turns when they
- * come sooner: @who with fewer compiles waiting than the owner has ahead
- * of it. Else a client that queued many could hold back any text another
- * asks for, by asking for it first.
- */
-static void gram_share(struct sched *s, struct gitem *it, const void *who)
-{
-	struct gowner *o, *w;
-	unsigned ahead = 0;
-	struct gitem *p;
-
-	pthread_mutex_lock(&s->gp_lock);
-	for (p = s->gp_head; p && p != it; p = p->pend_next)
-		ahead += p->owner == it->owner;
-	w = gowner_find(s, who);
-	if (p && it->owner != who && (w ? w->pending : 0) < ahead && (w = gowner_add(s, who))) {
-		o = gowner_find(s, it->owner);
-		it->owner = who;
-		w->pending++;
-		gowner_done(s, o);   /* last: it may move w's record */
-	}
-	pthread_mutex_unlock(&s->gp_lock);
 }
 
 /* Whether the grammars alive are at the limit; if so, says so in @err. Any thread. */
@@ -435,14 +312,8 @@ static bool gram_over(struct sched *s, char *err, size_t len)
 static void gram_run(void *ctx, struct wq_item *w)
 {
 	struct sched *s = ctx;
-	struct gturn *t = (struct gturn *)w;
-	struct gitem *it;
+	struct gitem *it = (struct gitem *)w;
 
-	pthread_mutex_lock(&s->gp_lock);
-	it = t->it = gram_take(s);
-	pthread_mutex_unlock(&s->gp_lock);
-	if (!it)
-		return;
 	/* a compile nobody waits for is skipped: a client that queues many
 	 * and leaves (or cancels them) does not hold up the others' */
 	if (__atomic_load_n(&it->gone, __ATOMIC_RELAXED)) {
@@ -466,10 +337,7 @@ static void gram_run(void *ctx, struct wq_item *w)
 
 static void gram_drop(struct wq_item *w)
 {
-	struct gturn *t = (struct gturn *)w;
-
-	gitem_free(t->it);
-	free(t);
+	gitem_free((struct gitem *)w);
 }
 
 /* @j no longer waits for its compile: the last one to leave it tells the
@@ -487,30 +355,12 @@ static void gram_leave(struct sched *s, struct sjob *j)
 	__atomic_store_n(&it->gone, 1, __ATOMIC_RELAXED);
 }
 
-/* @it to the grammar thread, with its turn @t (freed on error): last in
- * the list; its client's turns say when it runs. Returns 0 or -ENOMEM. */
-static int gram_queue(struct sched *s, struct gitem *it, struct gturn *t)
+/* @it to the grammar thread, last of @owner's (a session): its turns say
+ * when it runs. */
+static void gram_queue(struct sched *s, struct gitem *it, const void *owner)
 {
-	struct gowner *o;
-
-	pthread_mutex_lock(&s->gp_lock);
-	o = gowner_add(s, it->owner);
-	if (o) {
-		if (s->gp_tail)
-			s->gp_tail->pend_next = it;
-		else
-			s->gp_head = it;
-		s->gp_tail = it;
-		o->pending++;
-	}
-	pthread_mutex_unlock(&s->gp_lock);
-	if (!o) {
-		free(t);
-		return -ENOMEM;
-	}
-	workq_submit(s->gq, &t->link);
+	workq_submit_as(s->gq, &it->link, owner);
 	s->gq_out++;
-	return 0;
 }
 
 /* Hand @j's grammar to the grammar thread, or have it wait for the same
@@ -519,7 +369,6 @@ static int gram_queue(struct sched *s, struct gitem *it, struct gturn *t)
 static int gram_submit(struct sched *s, struct sjob *j)
 {
 	struct gitem *it;
-	struct gturn *t;
 	const struct sreq *r = j->r;
 	const char *text = r->x.gram_text ? r->x.gram_text : "";
 
@@ -527,7 +376,10 @@ static int gram_submit(struct sched *s, struct sjob *j)
 		it = o->git;
 		if (o != j && it && it->kind == (enum gram_kind)r->x.gram_kind && it->len == r->x.gram_len &&
 		    !memcmp(it->text, text, it->len)) {
-			gram_share(s, it, r->s);
+			/* still queued, it goes under r's turns when they come
+			 * sooner: else a client that queued many could hold back
+			 * any text another asks for, by asking for it first */
+			workq_share(s->gq, &it->link, r->s);
 			j->git = it;
 			j->cookie = it->cookie;
 			return 0;
@@ -541,21 +393,15 @@ static int gram_submit(struct sched *s, struct sjob *j)
 		return -EBUSY;
 	}
 	it = calloc(1, sizeof(*it));
-	t = calloc(1, sizeof(*t));
-	if (!it || !t || !(it->text = malloc(r->x.gram_len + 1))) {
+	if (!it || !(it->text = malloc(r->x.gram_len + 1))) {
 		gitem_free(it);
-		free(t);
 		return -ENOMEM;
 	}
 	memcpy(it->text, text, r->x.gram_len);
 	it->len = r->x.gram_len;
 	it->kind = (enum gram_kind)r->x.gram_kind;
 	it->cookie = ++s->cookie;
-	it->owner = r->s;
-	if (gram_queue(s, it, t)) {
-		gitem_free(it);
-		return -ENOMEM;
-	}
+	gram_queue(s, it, r->s);
 	j->cookie = it->cookie;
 	j->git = it;
 	return 0;
@@ -896,30 +742,23 @@ static void take_helpers(struct sched *s)
 		take_ids(s, r, ret, ids, n);
 	}
 	while (s->gq_out) {
-		struct gturn *t = (struct gturn *)workq_poll(s->gq);
-		struct gitem *it;
+		struct gitem *it = (struct gitem *)workq_poll(s->gq);
 		struct sjob *j;
 		struct gram *g;
 
-		if (!t)
+		if (!it)
 			break;
 		s->gq_out--;
-		it = t->it;
-		free(t);
-		if (!it)
-			continue;   /* not reached: a turn is queued for each item */
 		if (it->ret == -EBUSY && !it->again) {
 			/* the grammar thread counted what only the cache holds: that
-			 * goes, and if it makes room the compile is queued again */
-			struct gturn *t2;
-
+			 * goes, and if it makes room the compile is queued again, in
+			 * the turns of the client it ran for */
 			gram_cache_trim(s->gc);
-			if (!gram_over(s, it->err, sizeof(it->err)) && (t2 = calloc(1, sizeof(*t2)))) {
+			if (!gram_over(s, it->err, sizeof(it->err))) {
 				it->again = true;
 				it->ret = 0;
-				if (!gram_queue(s, it, t2))
-					continue;
-				it->ret = -ENOMEM;
+				gram_queue(s, it, it->link.owner);
+				continue;
 			}
 		}
 		if (!it->ret && (g = gram_cache_get(s->gc, it->kind, it->text, it->len))) {
@@ -1386,7 +1225,6 @@ struct sched *sched_build(struct engine *e, const struct tokenizer *tok,
 
 	if (!s)
 		return NULL;
-	pthread_mutex_init(&s->gp_lock, NULL);
 	s->e = e;
 	s->tok = tok;
 	if (opts)
@@ -1420,15 +1258,7 @@ void sched_free(struct sched *s)
 		while (s->list[w])
 			job_free(s, s->list[w]);
 	tokq_free(s->tq);
-	workq_free(s->gq);   /* joined: the list is ours */
-	while (s->gp_head) {
-		struct gitem *it = s->gp_head;
-
-		s->gp_head = it->pend_next;
-		gitem_free(it);
-	}
-	free(s->gown);
-	pthread_mutex_destroy(&s->gp_lock);
+	workq_free(s->gq);   /* compiles not taken back are dropped */
 	gram_cache_free(s->gc);
 	gram_vocab_free(s->gv);
 	free(s->tok_bytes);

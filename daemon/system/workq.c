@@ -50,6 +50,28 @@ static void owner_done(struct workq *q, struct wq_owner *o)
 		*o = q->own[--q->n_own];
 }
 
+/* @id's record, added if it has none (served "now": after those waiting
+ * longer), or NULL out of memory; under the lock. */
+static struct wq_owner *owner_add(struct workq *q, const void *id)
+{
+	struct wq_owner *o = owner_find(q, id);
+
+	if (o)
+		return o;
+	if (q->n_own == q->cap_own) {
+		unsigned cap = q->cap_own ? 2 * q->cap_own : 16;
+		struct wq_owner *n = realloc(q->own, cap * sizeof(*n));
+
+		if (!n)
+			return NULL;
+		q->own = n;
+		q->cap_own = cap;
+	}
+	o = &q->own[q->n_own++];
+	*o = (struct wq_owner){ .id = id, .served = q->tick };
+	return o;
+}
+
 /*
  * The next item to run, taken off the list (under the lock): the oldest of
  * the owner served longest ago. A new owner counts as served now, after
@@ -189,20 +211,8 @@ void workq_submit_as(struct workq *q, struct wq_item *it, const void *owner)
 	it->next = NULL;
 	it->owner = owner;
 	pthread_mutex_lock(&q->lock);
-	o = owner_find(q, owner);
-	if (!o && q->n_own == q->cap_own) {
-		unsigned cap = q->cap_own ? 2 * q->cap_own : 16;
-		struct wq_owner *n = realloc(q->own, cap * sizeof(*n));
-
-		if (n) {
-			q->own = n;
-			q->cap_own = cap;
-		}
-	}
-	if (!o && q->n_own < q->cap_own) {
-		o = &q->own[q->n_own++];
-		*o = (struct wq_owner){ .id = owner, .served = q->tick };
-	}
+	/* without a record (out of memory) it still runs, only not in turns */
+	o = owner_add(q, owner);
 	if (o)
 		o->pending++;
 	if (q->in_tail)
@@ -213,6 +223,31 @@ void workq_submit_as(struct workq *q, struct wq_item *it, const void *owner)
 	q->pending++;
 	pthread_cond_signal(&q->cond);
 	pthread_mutex_unlock(&q->lock);
+}
+
+bool workq_share(struct workq *q, struct wq_item *it, const void *who)
+{
+	struct wq_owner *w;
+	struct wq_item *p;
+	unsigned ahead = 0;
+	bool moved = false;
+
+	pthread_mutex_lock(&q->lock);
+	for (p = q->in_head; p && p != it; p = p->next)
+		ahead += p->owner == it->owner;
+	w = owner_find(q, who);
+	if (p && it->owner != who && (w ? w->pending : 0) < ahead && (w = owner_add(q, who))) {
+		/* found after @who's record was added: that may move the records */
+		struct wq_owner *o = owner_find(q, it->owner);
+
+		it->owner = who;
+		w->pending++;
+		if (o)              /* none: queued out of memory, outside the turns */
+			owner_done(q, o);   /* last: it may move @who's record */
+		moved = true;
+	}
+	pthread_mutex_unlock(&q->lock);
+	return moved;
 }
 
 unsigned workq_cancel(struct workq *q, bool (*match)(struct wq_item *it, void *arg), void *arg)

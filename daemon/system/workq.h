@@ -51,6 +51,17 @@ void workq_submit(struct workq *q, struct wq_item *it);
 void workq_submit_as(struct workq *q, struct wq_item *it, const void *owner);
 
 /*
+ * @who waits for @it too, which another owner queued (one result for
+ * both). If @it is not started yet and @who has fewer items queued than
+ * @it's owner has ahead of @it, @it moves to @who's turns: else an owner
+ * that queued many could hold back what another waits for by queuing it
+ * first. Returns whether it moved: false when it runs or ran already, is
+ * @who's, or @who would not come sooner (or out of memory). @it may be
+ * anywhere between workq_submit_as() and its caller freeing it.
+ */
+bool workq_share(struct workq *q, struct wq_item *it, const void *who);
+
+/*
  * Drop (@drop, as workq_free does) every item not started yet for which
  * @match(@it, @arg) is true: work nobody waits for any more. Returns how
  * many. Items already running or done are not looked at.

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * workq: owners take turns (workq_submit_as), items nobody waits for are
- * dropped before they run (workq_cancel).
+ * workq: owners take turns (workq_submit_as), an item another owner waits
+ * for moves to that owner's turns when they come sooner (workq_share),
+ * items nobody waits for are dropped before they run (workq_cancel).
  */
 #include <pthread.h>
 #include <semaphore.h>
@@ -134,6 +135,82 @@ static void test_fifo(void **state)
 	sem_destroy(&gate);
 }
 
+/* Hold the thread in item 0 (@a's), and queue @a's items @ids after it,
+ * into @its (item 0 first). */
+static struct workq *held(const int *a, const int *ids, int n, struct item **its)
+{
+	struct workq *q;
+
+	n_order = 0;
+	sem_init(&gate, 0, 0);
+	sem_init(&started, 0, 0);
+	assert_int_equal(workq_build(1, run, drop, NULL, &q), 0);
+	its[0] = item(0);
+	workq_submit_as(q, &its[0]->link, a);
+	sem_wait(&started);
+	for (int i = 0; i < n; i++) {
+		its[i + 1] = item(ids[i]);
+		workq_submit_as(q, &its[i + 1]->link, a);
+	}
+	return q;
+}
+
+/* A queued 1..4 and then 9; B, with nothing queued, waits for 9 too: 9
+ * goes under B's turns and runs next, not after A's four. The item that
+ * runs, and one that is B's already, do not move. */
+static void test_share(void **state)
+{
+	static const int a = 1, b = 2, ids[] = { 1, 2, 3, 4, 9 };
+	struct item *its[6];
+	struct workq *q;
+
+	(void)state;
+	q = held(&a, ids, 5, its);
+	assert_false(workq_share(q, &its[0]->link, &b));
+	assert_true(workq_share(q, &its[5]->link, &b));
+	assert_false(workq_share(q, &its[5]->link, &b));
+	sem_post(&gate);
+	drain(q, 6);
+	assert_int_equal(n_order, 6);
+	assert_int_equal(order[0], 0);
+	assert_int_equal(order[1], 9);
+	for (int i = 1; i < 5; i++)
+		assert_int_equal(order[i + 1], i);
+	workq_free(q);
+	sem_destroy(&gate);
+	sem_destroy(&started);
+}
+
+/* A queued 1, B 100 and 101, A 9: B, with two waiting, would not come
+ * sooner than A's one ahead of 9 (B's own ahead of it do not count), so 9
+ * stays A's and runs after 1; C, with none waiting, does not take A's 1,
+ * which has none ahead. */
+static void test_share_stays(void **state)
+{
+	static const int a = 1, b = 2, c = 3, ids[] = { 1 };
+	struct item *its[2], *nine = item(9);
+	struct workq *q;
+
+	(void)state;
+	q = held(&a, ids, 1, its);
+	workq_submit_as(q, &item(100)->link, &b);
+	workq_submit_as(q, &item(101)->link, &b);
+	workq_submit_as(q, &nine->link, &a);
+	assert_false(workq_share(q, &nine->link, &b));
+	assert_false(workq_share(q, &its[1]->link, &c));
+	sem_post(&gate);
+	drain(q, 5);
+	assert_int_equal(n_order, 5);
+	/* B's record came last: its turn first (a tie with A's), then by turns */
+	assert_int_equal(order[1], 100);
+	assert_int_equal(order[2], 1);
+	assert_int_equal(order[3], 101);
+	assert_int_equal(order[4], 9);
+	workq_free(q);
+	sem_destroy(&gate);
+	sem_destroy(&started);
+}
+
 static bool odd(struct wq_item *w, void *arg)
 {
 	(void)arg;
@@ -175,6 +252,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_turns),
 		cmocka_unit_test(test_fifo),
+		cmocka_unit_test(test_share),
+		cmocka_unit_test(test_share_stays),
 		cmocka_unit_test(test_cancel),
 	};
 

@@ -1,16 +1,14 @@
 #include "model.h"
 #include "errmsg.h"
+#include "file.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <json-c/json.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 /* Bounds that keep every size product far from overflow and refuse
  * configs no real model has. */
@@ -29,64 +27,20 @@ const char *model_proj_name(enum proj p)
 /* config.json is a few KB, an index of shards some 100 KB: more is no model's */
 #define MAX_JSON_BYTES (64u << 20)
 
-/* Whole, from what was opened: a file that grows meanwhile ends at its size then. */
 int model_read_json(const char *path, json_object **out, char *err, size_t errlen)
 {
-	json_object *o;
-	struct stat sb;
-	char *buf = NULL;
-	size_t got = 0;
-	int fd, rc;
+	char *buf;
+	size_t len;
+	int rc;
 
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-	if (fd < 0)
-		return err_fail(err, errlen, -errno, "%s: %s", path, strerror(errno));
-	if (fstat(fd, &sb) < 0) {
-		rc = err_fail(err, errlen, -errno, "%s: %s", path, strerror(errno));
-		goto err;
-	}
-	if (!S_ISREG(sb.st_mode)) {
-		rc = err_fail(err, errlen, -EINVAL, "%s: not a regular file", path);
-		goto err;
-	}
-	if ((uint64_t)sb.st_size > MAX_JSON_BYTES) {
-		rc = err_fail(err, errlen, -EFBIG, "%s: %lld bytes, more than the limit of %u",
-			      path, (long long)sb.st_size, MAX_JSON_BYTES);
-		goto err;
-	}
-	buf = malloc((size_t)sb.st_size + 1);
-	if (!buf) {
-		rc = err_fail(err, errlen, -ENOMEM, "%s: out of memory", path);
-		goto err;
-	}
-	/* as many bytes as it had: a file that grows meanwhile ends there */
-	while (got < (size_t)sb.st_size) {
-		ssize_t n = read(fd, buf + got, (size_t)sb.st_size - got);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			rc = err_fail(err, errlen, -errno, "%s: %s", path, strerror(errno));
-			goto err;
-		}
-		if (n == 0)
-			break;
-		got += (size_t)n;
-	}
-	buf[got] = 0;
-	o = json_tokener_parse(buf);
-	if (!o) {
-		rc = err_fail(err, errlen, -EINVAL, "%s: not valid JSON", path);
-		goto err;
-	}
+	rc = file_read_whole(path, 0, MAX_JSON_BYTES, "a model's JSON", &buf, &len, err, errlen);
+	if (rc < 0)
+		return rc;
+	*out = json_tokener_parse(buf);
 	free(buf);
-	close(fd);
-	*out = o;
+	if (!*out)
+		return err_fail(err, errlen, -EINVAL, "%s: not valid JSON", path);
 	return 0;
-err:
-	free(buf);
-	close(fd);
-	return rc;
 }
 
 /* An integer field: -ENOENT when absent or null (def is then stored), 0 when

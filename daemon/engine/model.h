@@ -84,7 +84,8 @@ int model_config_load(const char *dir, struct model_config *c, char *err, size_t
 /* Reads @path as JSON: a regular file of at most 64 MiB (a FIFO or a device
  * put there is refused, never waited on or read forever). Returns 0 with
  * *out set, -ENOENT when the file does not exist, -EINVAL when it is not
- * valid JSON or not a regular file, -EFBIG, or -errno, @err naming it. */
+ * valid JSON or not a regular file, -EFBIG, -EBADMSG when it changed size
+ * while it was read, or -errno, @err naming it (file.h). */
 int model_read_json(const char *path, struct json_object **out, char *err, size_t errlen);
 
 /* Opens a model directory: config, then the weights' headers, every tensor

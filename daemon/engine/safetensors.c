@@ -1,8 +1,8 @@
 #include "safetensors.h"
 #include "errmsg.h"
+#include "file.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <json-c/json.h>
 #include <math.h>
 #include <stdarg.h>
@@ -322,21 +322,10 @@ int st_open(const char *path, struct st_file **out, char *err, size_t errlen)
 	ssize_t got;
 	int fd, rc;
 
-	/* without waiting: a FIFO at the path is refused below, never read */
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-	if (fd < 0) {
-		rc = -errno;
-		return err_fail(err, errlen, rc, "%s: %s", path, strerror(-rc));
-	}
-	if (fstat(fd, &sb) < 0) {
-		rc = -errno;
-		rc = err_fail(err, errlen, rc, "%s: %s", path, strerror(-rc));
-		goto err;
-	}
-	if (!S_ISREG(sb.st_mode)) {
-		rc = err_fail(err, errlen, -EINVAL, "%s: not a regular file", path);
-		goto err;
-	}
+	/* no cap: the header's length is checked against the file's size */
+	fd = file_open_regular(path, 0, UINT64_MAX, NULL, &sb, err, errlen);
+	if (fd < 0)
+		return fd;
 	got = read_at(fd, b8, sizeof(b8), 0);
 	if (got < 0) {
 		rc = err_fail(err, errlen, (int)got, "%s: %s", path, strerror((int)-got));

@@ -2,19 +2,17 @@
 #include "config.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <ini.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/stat.h>
-#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
+#include "file.h"
 #include "num.h"
 #include "options.h"
 #include "validate.h"
@@ -311,82 +309,6 @@ static int on_entry_first(void *user, const char *section, const char *key, cons
 	return ok;
 }
 
-/*
- * The bytes of the config file @path, at most CONFIG_MAX_BYTES, into *out
- * (malloc'd, NUL-terminated; *len without it). SIGHUP runs this on the
- * engine thread, so it must never block or run long on what the path names
- * now: a FIFO is opened without waiting for a writer and refused, like a
- * device (/dev/zero never ends; /dev/null, no config, is fine) or a
- * directory; a file that grows while it is read stops at the limit. Returns 0 or -errno with @err naming the file.
- */
-static int read_config_file(const char *path, char **out, size_t *len, char *err, size_t errlen)
-{
-	struct stat st;
-	char *buf = NULL;
-	size_t got = 0;
-	int fd, ret;
-
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-	if (fd < 0) {
-		ret = -errno;
-		snprintf(err, errlen, "%s: %s", path, strerror(-ret));
-		return ret;
-	}
-	if (fstat(fd, &st) < 0) {
-		ret = -errno;
-		snprintf(err, errlen, "%s: %s", path, strerror(-ret));
-		goto err;
-	}
-	/* /dev/null is the usual "no config file" (it reads as empty) */
-	if (!S_ISREG(st.st_mode) && !(S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3))) {
-		snprintf(err, errlen, "%s: not a regular file", path);
-		ret = -EINVAL;
-		goto err;
-	}
-	if ((uint64_t)st.st_size > CONFIG_MAX_BYTES) {
-		snprintf(err, errlen, "%s: %lld bytes, more than the limit of %u for a config file",
-			 path, (long long)st.st_size, CONFIG_MAX_BYTES);
-		ret = -EFBIG;
-		goto err;
-	}
-	/* one byte past the limit tells a file that grew since the fstat */
-	buf = malloc(CONFIG_MAX_BYTES + 2);
-	if (!buf) {
-		snprintf(err, errlen, "%s: out of memory", path);
-		ret = -ENOMEM;
-		goto err;
-	}
-	while (got <= CONFIG_MAX_BYTES) {
-		ssize_t n = read(fd, buf + got, CONFIG_MAX_BYTES + 1 - got);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			ret = -errno;
-			snprintf(err, errlen, "%s: %s", path, strerror(-ret));
-			goto err;
-		}
-		if (n == 0)
-			break;
-		got += (size_t)n;
-	}
-	if (got > CONFIG_MAX_BYTES) {
-		snprintf(err, errlen, "%s: grew past the limit of %u bytes for a config file while "
-			 "it was read", path, CONFIG_MAX_BYTES);
-		ret = -EFBIG;
-		goto err;
-	}
-	buf[got] = 0;
-	close(fd);
-	*out = buf;
-	*len = got;
-	return 0;
-err:
-	free(buf);
-	close(fd);
-	return ret;
-}
-
 int config_load(struct config *c, const char *path, char *err, size_t errlen)
 {
 	struct parse_ctx p = { .c = c };
@@ -395,7 +317,11 @@ int config_load(struct config *c, const char *path, char *err, size_t errlen)
 	FILE *f;
 	int line, ret;
 
-	ret = read_config_file(path, &text, &len, err, errlen);
+	/* SIGHUP reads it on the engine thread, which must never block or run
+	 * long on what the path names now: a FIFO is refused without waiting for
+	 * a writer, /dev/zero without reading forever; /dev/null is "no config" */
+	ret = file_read_whole(path, FILE_DEVNULL, CONFIG_MAX_BYTES, "a config file", &text, &len,
+			      err, errlen);
 	if (ret)
 		return ret;
 	/* parsed from memory, line by line as from the file (a NUL cuts only its line);

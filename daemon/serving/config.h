@@ -107,7 +107,8 @@ void config_defaults(struct config *c);
  * name a regular file (symlinks to one are fine) of at most
  * CONFIG_MAX_BYTES, or /dev/null. Returns 0, or -EINVAL with @err saying "FILE:LINE: what
  * is wrong", or -errno with @err naming the file when it cannot be read or
- * is not a regular file (-EINVAL) or too large (-EFBIG).
+ * is not a regular file (-EINVAL), too large (-EFBIG) or changed while it
+ * was read (-EBADMSG).
  */
 int config_load(struct config *c, const char *path, char *err, size_t errlen);
 

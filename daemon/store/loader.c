@@ -1,6 +1,7 @@
 #include "loader.h"
 #include "chash.h"
 #include "clock.h"
+#include "file.h"
 #include "safetensors.h"
 #include "workq.h"
 
@@ -256,24 +257,6 @@ static void arm_hash(struct loader *ld)
 	io_uring_sqe_set_data64(sqe, TAG_HASH);
 }
 
-/*
- * The file is opened without waiting: the path is looked at only now, long
- * after it was registered, and a FIFO put there would block this thread,
- * which reads every adapter, in open() until a writer came. start_load
- * refuses anything but a regular file, then clears O_NONBLOCK: io_uring
- * would return -EAGAIN for a read the page cache cannot serve at once.
- */
-static int open_file(struct load *l)
-{
-	int fd = open(l->rq->r.path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-
-	if (fd < 0)
-		return -errno;
-	l->fd = fd;
-	l->direct = false;
-	return 0;
-}
-
 static void release_slot(struct loader *ld, struct load *l)
 {
 	if (l->fixed) {
@@ -289,34 +272,26 @@ static void release_slot(struct loader *ld, struct load *l)
 static void start_load(struct loader *ld, struct load *l)
 {
 	const struct loader_req *r = &l->rq->r;
+	char msg[sizeof(l->msg)];
 	struct statx sx;
+	struct stat st;
 	uint64_t end;
 	int rc;
 
-	l->fd = -1;
 	l->slot = -1;
+	l->direct = false;
 	l->t_start = now_ns();
-	/* open plainly, look, then ask for O_DIRECT: a directory or a device
-	 * is refused for what it is, not taken for a filesystem without DIO */
-	rc = open_file(l);
-	if (rc) {
-		set_err(l, rc, "%s: cannot open: %s", r->path, strerror(-rc));
-		return;
-	}
-	memset(&sx, 0, sizeof(sx));
-	if (statx(l->fd, "", AT_EMPTY_PATH, STATX_SIZE | STATX_TYPE | STATX_DIOALIGN, &sx) != 0) {
-		rc = -errno;
-		set_err(l, rc, "%s: statx: %s", r->path, strerror(-rc));
-		return;
-	}
-	if (!S_ISREG(sx.stx_mode)) {
-		set_err(l, -EINVAL, "%s: not a regular file", r->path);
-		return;
-	}
-	rc = fcntl(l->fd, F_GETFL);
-	if (rc < 0 || fcntl(l->fd, F_SETFL, rc & ~O_NONBLOCK) < 0) {
-		rc = -errno;
-		set_err(l, rc, "%s: fcntl: %s", r->path, strerror(-rc));
+	/*
+	 * The path is looked at only now, long after it was registered: a FIFO
+	 * put there would block this thread, which reads every adapter, in
+	 * open(). Opened without waiting, refused unless regular (not taken for
+	 * a filesystem without O_DIRECT), then blocking: io_uring would give
+	 * -EAGAIN for a read the page cache cannot serve at once.
+	 */
+	l->fd = file_open_regular(r->path, FILE_BLOCKING, UINT64_MAX, NULL, &st, msg, sizeof(msg));
+	if (l->fd < 0) {
+		set_err(l, l->fd, "%s", msg);
+		l->fd = -1;
 		return;
 	}
 	if (ld->o.no_direct)
@@ -336,9 +311,11 @@ static void start_load(struct loader *ld, struct load *l)
 			posix_fadvise(l->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 		}
 	}
-	l->fsize = sx.stx_size;
+	l->fsize = (uint64_t)st.st_size;
+	/* where the filesystem does not say, 512 (4096 below if that is odd) */
 	l->oalign = 512;
-	if ((sx.stx_mask & STATX_DIOALIGN) && sx.stx_dio_offset_align)
+	if (statx(l->fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 &&
+	    (sx.stx_mask & STATX_DIOALIGN) && sx.stx_dio_offset_align)
 		l->oalign = sx.stx_dio_offset_align;
 	if (l->oalign < 512 || (l->oalign & (l->oalign - 1)))
 		l->oalign = 4096;

@@ -9,7 +9,6 @@
 #include "pool.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +19,7 @@
 
 #include "clock.h"
 #include "engine.h"
+#include "file.h"
 #include "hostpool.h"
 #include "loader.h"
 #include "log.h"
@@ -263,47 +263,20 @@ static int hash_failed(const char *dir, int ret, char *err, size_t errlen)
 	return ret;
 }
 
-/*
- * Open file @k of @dir for reading: a regular file (symlinks to one are
- * fine: Hugging Face caches are made of them) of at most @max bytes, never
- * a FIFO or a device that would block or never end. Returns the fd, its
- * size in *size, or -errno with @err naming the file.
- */
+/* File @k of @dir opened for reading, a regular file of at most @max bytes
+ * (file.h): the fd and its size in *size, or -errno with @err naming it. */
 static int open_file(const char *dir, int k, uint64_t max, uint64_t *size, char *err,
 		     size_t errlen)
 {
 	char path[4200];
 	struct stat st;
-	int fd, ret;
+	int fd;
 
 	file_path(dir, k, path, sizeof(path));
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-	if (fd < 0) {
-		ret = -errno;
-		snprintf(err, errlen, "%s: %s", path, strerror(-ret));
-		return ret;
-	}
-	if (fstat(fd, &st) < 0) {
-		ret = -errno;
-		snprintf(err, errlen, "%s: %s", path, strerror(-ret));
-		goto err;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		snprintf(err, errlen, "%s: not a regular file", path);
-		ret = -EINVAL;
-		goto err;
-	}
-	if ((uint64_t)st.st_size > max) {
-		snprintf(err, errlen, "%s: %lld bytes, more than the limit of %llu (max_adapter_bytes)",
-			 path, (long long)st.st_size, (unsigned long long)max);
-		ret = -EFBIG;
-		goto err;
-	}
-	*size = (uint64_t)st.st_size;
+	fd = file_open_regular(path, 0, max, "max_adapter_bytes", &st, err, errlen);
+	if (fd >= 0)
+		*size = (uint64_t)st.st_size;
 	return fd;
-err:
-	close(fd);
-	return ret;
 }
 
 /*

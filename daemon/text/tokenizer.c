@@ -3,14 +3,13 @@
  * tok_text.c (normalizers, pre-tokenizers, added tokens), tok_bpe.c (the
  * model) and tok_decode.c (decoders, post-processors). */
 #include <errno.h>
-#include <fcntl.h>
 #include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
+#include "file.h"
 #include "tok_internal.h"
 
 #define MAX_FILE_BYTES (1u << 30)
@@ -26,64 +25,15 @@ struct ld {
 
 /* ---- json helpers ---- */
 
-/* A regular file, whole: a FIFO at the path is opened without waiting for a
- * writer and refused (-EISDIR, "not a regular file"), like a device. */
-static int read_file(const char *path, char **buf, size_t *len)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-	if (fd < 0)
-		return -errno;
-	struct stat st;
-	if (fstat(fd, &st) < 0) {
-		int e = -errno;
-		close(fd);
-		return e;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		close(fd);
-		return -EISDIR;
-	}
-	if ((uint64_t)st.st_size > MAX_FILE_BYTES) {
-		close(fd);
-		return -EFBIG;
-	}
-	char *b = malloc((size_t)st.st_size + 1);
-	if (!b) {
-		close(fd);
-		return -ENOMEM;
-	}
-	size_t got = 0;
-	while (got < (size_t)st.st_size) {
-		ssize_t r = read(fd, b + got, (size_t)st.st_size - got);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0) {
-			int e = -errno;
-			free(b);
-			close(fd);
-			return e;
-		}
-		if (r == 0)
-			break;
-		got += (size_t)r;
-	}
-	close(fd);
-	b[got] = 0;
-	*buf = b;
-	*len = got;
-	return 0;
-}
-
 static int parse_json(const char *path, struct json_object **out, char *err, size_t errlen)
 {
 	char *buf = NULL;
 	size_t len = 0;
-	int rc = read_file(path, &buf, &len);
-	if (rc < 0) {
-		tok_errf(err, errlen, "%s: cannot read: %s", path,
-			 rc == -EISDIR ? "not a regular file" : strerror(-rc));
+	/* a FIFO at the path is refused, never waited on, like a device */
+	int rc = file_read_whole(path, 0, MAX_FILE_BYTES, "a tokenizer's JSON", &buf, &len, err,
+	                         errlen);
+	if (rc < 0)
 		return rc;
-	}
 	/* Every string inside is UTF-8 from here on: the normalizers, the
 	 * regexes (matched without a UTF check) and the models rely on it.
 	 * json-c's own check (JSON_TOKENER_VALIDATE_UTF8) takes overlong

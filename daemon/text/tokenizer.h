@@ -27,7 +27,10 @@ struct tokenizer;
  * bos_token / eos_token name the BOS and EOS tokens.
  * Returns 0 and sets *out, or:
  *   -ENOENT, -EACCES, ...  the file cannot be read (errno of open/read)
- *   -EINVAL   the file is not valid JSON or a key has the wrong type
+ *   -EINVAL   the file is not a regular file (a FIFO is not waited on), not
+ *             valid JSON, or a key has the wrong type
+ *   -EFBIG    the file is over 1 GiB
+ *   -EBADMSG  the file changed size while it was read
  *   -ENOTSUP  a component (model, normalizer, pre-tokenizer, post-processor,
  *             decoder) or an option of one is not supported
  *   -ENOMEM   out of memory */

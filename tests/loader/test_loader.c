@@ -629,7 +629,7 @@ static void test_faults(void **state)
 	orig = slurp(path, &len);
 
 	/* missing */
-	expect_fail(ld, missing, NULL, 0, -ENOENT, "cannot open");
+	expect_fail(ld, missing, NULL, 0, -ENOENT, "No such file or directory");
 	expect_ok(ld, hp, good, gsha, gsize);
 
 	/* truncated: by the recorded size, and by the hash alone */

@@ -1,29 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 #include "file.h"
 
+#include "errmsg.h"
+
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
-
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err && errlen) {
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return rc;
-}
 
 int file_open_regular(const char *path, unsigned flags, uint64_t max, const char *limit_name,
 		      struct stat *st, char *err, size_t errlen)
@@ -34,18 +20,18 @@ int file_open_regular(const char *path, unsigned flags, uint64_t max, const char
 	/* O_NONBLOCK: a FIFO opens at once, with or without a writer, to be refused below */
 	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 	if (fd < 0)
-		return fail(err, errlen, -errno, "%s: %s", path, strerror(errno));
+		return err_fail(err, errlen, -errno, "%s: %s", path, strerror(errno));
 	if (fstat(fd, &sb) < 0) {
-		ret = fail(err, errlen, -errno, "%s: %s", path, strerror(errno));
+		ret = err_fail(err, errlen, -errno, "%s: %s", path, strerror(errno));
 		goto err;
 	}
 	if (!S_ISREG(sb.st_mode) && !((flags & FILE_DEVNULL) && S_ISCHR(sb.st_mode) &&
 				      sb.st_rdev == makedev(1, 3))) {
-		ret = fail(err, errlen, -EINVAL, "%s: not a regular file", path);
+		ret = err_fail(err, errlen, -EINVAL, "%s: not a regular file", path);
 		goto err;
 	}
 	if ((uint64_t)sb.st_size > max) {
-		ret = fail(err, errlen, -EFBIG, "%s: %llu bytes, more than the limit of %llu (%s)",
+		ret = err_fail(err, errlen, -EFBIG, "%s: %llu bytes, more than the limit of %llu (%s)",
 			   path, (unsigned long long)sb.st_size, (unsigned long long)max,
 			   limit_name ?: "unnamed");
 		goto err;
@@ -53,7 +39,7 @@ int file_open_regular(const char *path, unsigned flags, uint64_t max, const char
 	if (flags & FILE_BLOCKING) {
 		fl = fcntl(fd, F_GETFL);
 		if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) {
-			ret = fail(err, errlen, -errno, "%s: %s", path, strerror(errno));
+			ret = err_fail(err, errlen, -errno, "%s: %s", path, strerror(errno));
 			goto err;
 		}
 	}
@@ -79,7 +65,7 @@ int file_read_whole(const char *path, unsigned flags, uint64_t max, const char *
 	size = (size_t)st.st_size;
 	buf = malloc(size + 2);
 	if (!buf) {
-		ret = fail(err, errlen, -ENOMEM, "%s: out of memory", path);
+		ret = err_fail(err, errlen, -ENOMEM, "%s: out of memory", path);
 		goto err;
 	}
 	/* one byte past the size fstat() gave tells a file that grew since */
@@ -89,7 +75,7 @@ int file_read_whole(const char *path, unsigned flags, uint64_t max, const char *
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0) {
-			ret = fail(err, errlen, -errno, "%s: %s", path, strerror(errno));
+			ret = err_fail(err, errlen, -errno, "%s: %s", path, strerror(errno));
 			goto err;
 		}
 		if (n == 0)
@@ -97,7 +83,7 @@ int file_read_whole(const char *path, unsigned flags, uint64_t max, const char *
 		got += (size_t)n;
 	}
 	if (got != size) {
-		ret = fail(err, errlen, -EBADMSG, "%s: %s while it was read (%zu bytes when opened)",
+		ret = err_fail(err, errlen, -EBADMSG, "%s: %s while it was read (%zu bytes when opened)",
 			   path, got > size ? "grew" : "truncated", size);
 		goto err;
 	}

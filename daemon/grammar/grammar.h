@@ -147,6 +147,18 @@ size_t gram_mask_words(const struct gram_vocab *v);
  */
 int gram_mask(struct gram *g, const struct gram_vocab *v, int state, uint64_t *allow);
 
+/*
+ * gram_mask, adding to *@work the nodes of the vocabulary's trie it walked
+ * (0 for a kept mask; a whole walk is about as many nodes as the tokens'
+ * bytes): a count of what the mask cost that is the same on every machine,
+ * so a caller can bound the walks it does in a while.
+ */
+int gram_mask_metered(struct gram *g, const struct gram_vocab *v, int state, uint64_t *allow,
+		      uint64_t *work);
+
+/* Whether @state's mask is kept: gram_mask() copies it, walking nothing. */
+bool gram_mask_is_kept(const struct gram *g, int state);
+
 /* States of @g whose mask is kept, and (in *distinct, may be NULL) how
  * many different masks they have: equal masks are kept once. */
 int gram_masks_kept(const struct gram *g, int *distinct);

@@ -318,9 +318,8 @@ kept:
 	gram_count(g);
 }
 
-/* gram_mask, adding what a walk cost to *@work (mask_walk) */
-static int mask_get(struct gram *g, const struct gram_vocab *v, int state, uint64_t *allow,
-		    uint64_t *work)
+int gram_mask_metered(struct gram *g, const struct gram_vocab *v, int state, uint64_t *allow,
+		      uint64_t *work)
 {
 	size_t words = gram_mask_words(v);
 	int count;
@@ -354,7 +353,12 @@ int gram_mask(struct gram *g, const struct gram_vocab *v, int state, uint64_t *a
 {
 	uint64_t work = 0;
 
-	return mask_get(g, v, state, allow, &work);
+	return gram_mask_metered(g, v, state, allow, &work);
+}
+
+bool gram_mask_is_kept(const struct gram *g, int state)
+{
+	return state >= 0 && state < g->n_states && g->masks && g->masks[state];
 }
 
 int gram_masks_kept(const struct gram *g, int *distinct)
@@ -505,7 +509,7 @@ int gram_mask_prefill(struct gram *g, const struct gram_vocab *v, size_t budget)
 			break;
 		}
 		/* kept if it is a mask kept already or the budget has room */
-		mask_get(g, v, s, tmp, &work);
+		gram_mask_metered(g, v, s, tmp, &work);
 	}
 	if (rep)
 		gram_count(g);

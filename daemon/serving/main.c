@@ -905,6 +905,8 @@ static void engine_stats(void *ctx, struct ops_engine_stats *es)
 	es->kv_total = st.kv_total;
 	es->grammar_bytes = st.grammar_bytes;
 	es->grammar_memory = st.grammar_memory;
+	es->grammar_late = st.grammar_late;
+	es->grammar_step_walk = st.grammar_step_walk;
 }
 
 static int build_server(struct daemon *d)

@@ -353,6 +353,17 @@ static void engine(struct buf *b, const struct ops_engine_stats *es)
 		family(b, "lorad_grammar_memory_bytes", "gauge",
 		       "The limit of lorad_grammar_bytes (grammar_memory): new grammars past it are refused.");
 		bprintf(b, "lorad_grammar_memory_bytes %llu\n", (unsigned long long)es->grammar_memory);
+		family(b, "lorad_grammar_late_total", "counter",
+		       "Steps a constrained sequence sat out because its mask needed a walk of the "
+		       "vocabulary past what one step may do (grammars with more distinct masks than "
+		       "they keep).");
+		bprintf(b, "lorad_grammar_late_total %llu\n", (unsigned long long)es->grammar_late);
+		family(b, "lorad_grammar_step_walk_nodes_max", "gauge",
+		       "The most nodes of the vocabulary's trie one step walked for masks on the engine "
+		       "thread since start (a whole walk is about the bytes of all tokens: 330 000 "
+		       "for 150 000 tokens).");
+		bprintf(b, "lorad_grammar_step_walk_nodes_max %llu\n",
+			(unsigned long long)es->grammar_step_walk);
 	}
 	family(b, "lorad_preemptions_total", "counter", "Sequences preempted for KV space.");
 	bprintf(b, "lorad_preemptions_total %llu\n", (unsigned long long)es->preemptions);

@@ -36,6 +36,8 @@ struct ops_engine_stats {
 	int prefix_cache;             /* 1: the prefix cache is on */
 	uint64_t grammar_bytes;       /* compiled grammars alive; 0 with grammar_memory 0: none */
 	uint64_t grammar_memory;      /* their limit; 0: no grammars (no tokenizer) */
+	uint64_t grammar_late;        /* steps sequences sat out for the step's walks */
+	uint64_t grammar_step_walk;   /* the most trie nodes one step walked */
 	/* the backend's host threads (struct be_threads); threads 0: it has
 	 * none (CUDA) */
 	int threads;

@@ -83,6 +83,8 @@ struct sched_stats {
 	int kv_cached;            /* blocks kept by the prefix cache, held or not */
 	uint64_t grammar_bytes;   /* compiled grammars alive (gram_live_bytes) */
 	uint64_t grammar_memory;  /* ... and their limit */
+	uint64_t grammar_late;    /* steps a sequence sat out: its mask needed a walk past the step's */
+	uint64_t grammar_step_walk; /* the most trie nodes one step walked on the engine thread */
 };
 
 void sched_get_stats(const struct sched *s, struct sched_stats *st);

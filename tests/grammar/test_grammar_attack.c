@@ -26,6 +26,14 @@
  * engine thread's); when they end, the refused grammar is compiled and
  * runs; and grammars only the cache holds are dropped for new ones, not
  * in their way.
+ *
+ * test_grammar_walks, on a daemon of its own with Qwen3's vocabulary
+ * (151 669 tokens) on a tiny model: a grammar with more distinct masks
+ * than it keeps (a chain of 1 800 random two-letter exclusions) has states
+ * walked at every visit, 1.4 ms each; eight requests under it made steps
+ * of the whole batch walk eight of them. The walks one step may do are
+ * bounded: no step walks more than the bound plus one whole walk, the
+ * requests still all finish, and the sequences that waited are counted.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -591,11 +599,133 @@ static void test_grammar_memory(void **state)
 	assert_int_equal(atk_failures, 0);
 }
 
+/* A tiny model (hidden 64, 2 layers) with Qwen3's tokenizer: its steps
+ * are short, so what a step costs is mostly the grammars' masks. */
+static int qwen_model(const char *dir, char *model, size_t len)
+{
+	const char *argv[] = { atk_mkmodel_bin(), model, "--vocab", "151936", "--hidden", "64",
+			       "--layers", "2", "--heads", "2", "--kv-heads", "1", "--ffn", "128",
+			       "--max-pos", "4096", "--seed", "3", NULL };
+	char dst[400], err[1024], *t;
+	size_t n;
+
+	snprintf(model, len, "%s/qwen", dir);
+	if (atk_run(argv, NULL, 0, err, sizeof(err), 120000, NULL)) {
+		fprintf(stderr, "lorad-mkmodel: %s\n", err);
+		return -1;
+	}
+	snprintf(dst, sizeof(dst), "%s/tokenizer.json", model);
+	if (!(t = atk_read_file(QWEN3_TOKENIZER, &n)) || atk_write_file(dst, t, n)) {
+		free(t);
+		return -1;
+	}
+	free(t);
+	return 0;
+}
+
+/* The value of metric @name in `loradctl metrics`, or -1. */
+static long long metric(const struct atk_daemon *d, const char *name)
+{
+	static char out[1 << 20];
+	char err[1024], *p;
+	size_t l = strlen(name);
+
+	if (atk_ctl(d->admin, (const char *[]){ "metrics", NULL }, out, sizeof(out), err, sizeof(err),
+		    30000, NULL))
+		return -1;
+	for (p = out; (p = strstr(p, name)); p += l)
+		if ((p == out || p[-1] == '\n') && p[l] == ' ')
+			return atoll(p + l + 1);
+	return -1;
+}
+
+#define WALK_REQ   8
+#define WALK_CHAIN 1800
+/* the scheduler's bound (STEP_WALK_WORK) and a whole walk of Qwen3's trie
+ * (333 107 nodes), which one step may always do */
+#define STEP_WALK_MAX ((256u << 10) + 333107)
+
+static void test_grammar_walks(void **state)
+{
+	const char *args[] = { "--model", NULL, "--threads", "1", NULL };
+	static const char letters[] = "abcdefghijklmnopqrstuvwxyz ";
+	static struct lorad_request r[WALK_REQ];
+	static uint32_t out[WALK_REQ][300];
+	static char re[WALK_CHAIN * 5 + 1];
+	char dir[200], model[300];
+	struct atk_daemon d;
+	uint64_t deadline;
+	long long late, walk;
+	int ended = 0, lengths = 0;
+	unsigned seed = 1;
+
+	(void)state;
+	/* [^xy] 1 800 times, x and y drawn at random: the masks of the
+	 * states differ along the chain, more than 16 MB keeps (884 on this
+	 * vocabulary); the later ones are walked at every visit */
+	for (int i = 0; i < WALK_CHAIN; i++) {
+		int x = rand_r(&seed) % 27, y = (x + 1 + rand_r(&seed) % 26) % 27;
+
+		snprintf(re + 5 * i, 6, "[^%c%c]", letters[x], letters[y]);
+	}
+	assert_int_equal(atk_tmpdir(dir, sizeof(dir), "gwalk"), 0);
+	if (qwen_model(dir, model, sizeof(model))) {
+		atk_rm_rf(dir);
+		skip();
+	}
+	args[1] = model;
+	assert_int_equal(atk_daemon_init(&d, "gwalk"), 0);
+	assert_int_equal(atk_daemon_start(&d, args, 0), 0);
+	assert_int_equal(lorad_connect(d.sock, NULL, &b), 0);
+	for (int i = 0; i < WALK_REQ; i++) {
+		r[i] = (struct lorad_request){ .user_data = (uint64_t)i, .prompt_text = "hi",
+					       .prompt_text_len = 2, .max_tokens = 300, .out = out[i],
+					       .temperature = 1.0f, .seed = (uint64_t)i + 1,
+					       .flags = LORAD_SQE_F_GRAMMAR, .grammar = LORAD_GRAMMAR_REGEX,
+					       .grammar_text = re, .grammar_len = (uint32_t)strlen(re) };
+		assert_int_equal(lorad_submit(b, &r[i]), 0);
+	}
+	deadline = atk_now_ns() + (ATK_SANITIZED ? 600 : 120) * 1000000000ull;
+	while (ended < WALK_REQ && atk_now_ns() < deadline) {
+		struct lorad_event ev[16];
+		int k = lorad_wait(b, ev, 16, 200);
+
+		for (int e = 0; e < k; e++) {
+			if (!(ev[e].flags & LORAD_EV_FINAL))
+				continue;
+			ended++;
+			lengths += ev[e].res >= 0 && ev[e].finish == LORAD_FINISH_LENGTH;
+			ATK_EXPECT(ev[e].res >= 0, "request %llu under the chain: res %d field %u",
+				   (unsigned long long)ev[e].user_data, ev[e].res, ev[e].field);
+		}
+	}
+	late = metric(&d, "lorad_grammar_late_total");
+	walk = metric(&d, "lorad_grammar_step_walk_nodes_max");
+	fprintf(stderr, "%d requests under the chain: %d ended, %d wrote their 300 tokens; steps "
+		"sat out %lld, most trie nodes walked in a step %lld\n", WALK_REQ, ended, lengths,
+		late, walk);
+	ATK_EXPECT(ended == WALK_REQ, "%d of %d requests under the chain ended", ended, WALK_REQ);
+	ATK_EXPECT(lengths == ended, "%d of %d requests wrote fewer than 300 tokens", ended - lengths,
+		   ended);
+	ATK_EXPECT(walk > 0 && walk <= STEP_WALK_MAX,
+		   "a step walked %lld nodes of the trie on the engine thread (bound %u)", walk,
+		   STEP_WALK_MAX);
+	ATK_EXPECT(late > 0, "no sequence waited for a step's walks (lorad_grammar_late_total %lld)",
+		   late);
+	lorad_close(b);
+	b = NULL;
+	ATK_EXPECT(atk_daemon_alive(&d), "the daemon died (status %d)", d.status);
+	ATK_EXPECT(atk_daemon_stop(&d, 10000, NULL) == 0, "SIGTERM: not a clean exit within 10 s");
+	atk_rm_rf(dir);
+	assert_int_equal(atk_failures, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_teardown(test_grammar_attack, teardown),
 		cmocka_unit_test_teardown(test_grammar_memory, teardown),
+		cmocka_unit_test_teardown(test_grammar_walks, teardown),
 	};
 
 	if (atk_demo_check())

@@ -633,9 +633,13 @@ static int simple_job(struct ops *o, enum job_kind kind, const char *key, struct
 	if (!j)
 		return -ENOMEM;
 	snprintf(j->id, sizeof(j->id), "%s", get_str(req, key));
-	j->ticket = admin_defer(o->opt.admin);
 	ret = job_queue(o, j, reply);
-	return ret ? ret : ADMIN_DEFERRED;
+	if (ret)
+		return ret;
+	/* owed only once queued: a refused change is answered now, and a reply
+	 * owed that never comes would stop its connection for good */
+	j->ticket = admin_defer(o->opt.admin);
+	return ADMIN_DEFERRED;
 }
 
 static int cmd_adapters_remove(void *ctx, struct json_object *req, struct json_object *reply)
@@ -736,9 +740,11 @@ bad:
 		job_free(j);
 		return -EINVAL;
 	}
-	j->ticket = admin_defer(o->opt.admin);
 	ret = job_queue(o, j, reply);
-	return ret ? ret : ADMIN_DEFERRED;
+	if (ret)
+		return ret;
+	j->ticket = admin_defer(o->opt.admin);   /* once queued, as simple_job() */
+	return ADMIN_DEFERRED;
 }
 
 /*
@@ -762,9 +768,11 @@ static int cmd_route_rollout(void *ctx, struct json_object *req, struct json_obj
 	}
 	snprintf(j->id, sizeof(j->id), "%s", get_str(req, "skill"));
 	snprintf(j->ver_id, sizeof(j->ver_id), "%s", get_str(req, "version"));
-	j->ticket = admin_defer(o->opt.admin);
 	ret = job_queue(o, j, reply);
-	return ret ? ret : ADMIN_DEFERRED;
+	if (ret)
+		return ret;
+	j->ticket = admin_defer(o->opt.admin);   /* once queued, as simple_job() */
+	return ADMIN_DEFERRED;
 }
 
 static int cmd_route_rollback(void *ctx, struct json_object *req, struct json_object *reply)

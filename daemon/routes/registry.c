@@ -179,6 +179,10 @@ int registry_prefetch(struct registry *r, const char *id, char *err, size_t errl
 		snprintf(err, errlen, "no adapter version %s", id);
 		return -ENOENT;
 	}
+	if (v->removing) {
+		snprintf(err, errlen, "%s is being removed", id);
+		return -ENOENT;
+	}
 	return pool_prefetch(r->pool, v->pe, err, errlen);
 }
 
@@ -194,8 +198,8 @@ int registry_resolve(struct registry *r, const char *skill, uint64_t key, int *a
 		v = find_mut(r, skill);
 	else
 		v = rt ? find_mut(r, route_pick(rt, key)) : NULL;
-	if (!v)
-		return -ENOENT;
+	if (!v || v->removing)
+		return -ENOENT;   /* a version being removed is gone for new requests */
 	*vid = v->vid;
 	memcpy(version_id, v->id, sizeof(v->id));
 	return pool_acquire(r->pool, v->pe, ticket, adapter);

@@ -529,6 +529,8 @@ void registry_change_free(struct reg_change *ch)
 {
 	if (!ch)
 		return;
+	if (ch->kind == RC_REMOVE && ch->target)
+		ch->target->removing = false;   /* not made: the version stays, loads again */
 	reg_version_free(ch->add);
 	free(ch->cur);
 	free(ch);
@@ -804,6 +806,10 @@ int registry_prepare_remove(struct registry *r, const char *id, struct reg_chang
 	if (!*out)
 		return -ENOMEM;
 	(*out)->target = v;
+	/* until it is committed (after the save) nothing may load it again: an
+	 * adapter in the engine, or a load under way, when its entry is freed
+	 * would be left there for good */
+	v->removing = true;
 	return 0;
 }
 
@@ -916,6 +922,7 @@ int registry_commit(struct registry *r, struct reg_change *ch, const char **id)
 		if (id)
 			*id = NULL;
 		reg_delete(r, ch->target);
+		ch->target = NULL;
 		break;
 	case RC_PIN:
 		ch->target->pe->pinned = ch->pin;

@@ -163,7 +163,10 @@ void reg_delete(struct registry *r, struct reg_version *v)
 	pool_delete(r->pool, v->pe);
 	for (unsigned i = 0; i < r->n; i++)
 		if (r->v[i] == v) {
-			r->v[i] = r->v[--r->n];
+			/* the others keep their order, the one state.json lists them
+			 * in: the listing after a restart is the one before it */
+			memmove(&r->v[i], &r->v[i + 1], (r->n - i - 1) * sizeof(r->v[0]));
+			r->n--;
 			break;
 		}
 	free(v);

@@ -236,7 +236,7 @@ static int rollout_targets(struct ops *o, struct job *j)
 {
 	const struct route *cur = route_get(registry_routes(o->opt.reg), j->id);
 	uint32_t rest = ROUTE_BUCKETS - j->percent, others = 0, given = 0;
-	unsigned last = 0;
+	unsigned last = 0, kept = 0;
 
 	j->n = 0;
 	if (!cur) {
@@ -270,6 +270,18 @@ static int rollout_targets(struct ops *o, struct job *j)
 	}
 	if (j->n)
 		j->weight[last] += rest - given;   /* rounding remainder */
+	/* a version left at 0 % takes no traffic and leaves the route: kept,
+	 * it could not be removed, and rollouts done to the end would fill
+	 * the route's places with versions nobody is sent to. It holds no
+	 * bucket, so no key moves. */
+	for (unsigned i = 0; i < j->n; i++)
+		if (j->weight[i]) {
+			memmove(j->target[kept], j->target[i], ROUTE_NAME_MAX);
+			j->weight[kept++] = j->weight[i];
+		}
+	j->n = kept;
+	if (!j->percent)
+		return 0;   /* rolled out to nothing: out of the route as well */
 	if (j->n == ROUTE_MAX_VERSIONS) {
 		snprintf(j->err, sizeof(j->err), "%s: more than %d versions in one route", j->id,
 			 ROUTE_MAX_VERSIONS);

@@ -839,6 +839,13 @@ int registry_prepare_route(struct registry *r, const char *skill, const char *co
 	int ret;
 
 	*out = NULL;
+	/* a name a request can ask for, as the config file's [route NAME]:
+	 * "base" and "auto" never look at a route, '@' names a version */
+	if (!reg_part_ok(skill) || !strcmp(skill, "base") || !strcmp(skill, "auto")) {
+		snprintf(err, errlen, "skill '%.31s': a skill name is 1-31 of A-Z a-z 0-9 _ . - "
+			 "(and not base or auto)", skill);
+		return -EINVAL;
+	}
 	for (unsigned i = 0; i < n; i++)
 		if (!registry_find(r, targets[i])) {
 			snprintf(err, errlen, "%s is not a registered adapter version", targets[i]);

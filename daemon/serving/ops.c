@@ -416,6 +416,8 @@ static void job_finish_write(struct ops *o, struct job *j)
 		j->ch = NULL;
 		if (ret)
 			snprintf(j->err, sizeof(j->err), "out of memory applying the change");
+		else if (j->kind == J_REMOVE)
+			metrics_forget_version(o->met, j->id);   /* its series go with it */
 	}
 	job_answer(o, j, ret, id);
 	job_unlink(o, j);

@@ -30,7 +30,8 @@
 #define OPS_MAX_JOBS     256   /* changes waiting: more are refused, not queued without bound */
 
 enum job_kind { J_ADD, J_REMOVE, J_PIN, J_UNPIN, J_ROUTE, J_ROLLOUT, J_ROLLBACK, J_SEED_ROUTE };
-enum job_state { JS_INSPECT, JS_READY, JS_WRITING };
+/* JS_WAIT: a config's adapter waiting for one of the OPS_MAX_INSPECT places */
+enum job_state { JS_INSPECT, JS_READY, JS_WRITING, JS_WAIT };
 
 struct job {
 	enum job_kind kind;
@@ -67,6 +68,7 @@ struct ops {
 	pthread_cond_t cond;
 	struct job *jobs;            /* in arrival order */
 	unsigned n_jobs, inspecting;
+	unsigned waiting;            /* jobs in JS_WAIT (engine thread only) */
 	struct job *writing;         /* the one job whose state the writer thread writes */
 	bool write_done, stop;
 	volatile int cancel;         /* registrations stop reading files */
@@ -423,11 +425,45 @@ static void job_finish_write(struct ops *o, struct job *j)
 	job_unlink(o, j);
 }
 
+static int start_inspect(struct ops *o, struct job *j, struct json_object *reply);
+
+/* The config's adapters waiting for a place start, in their order, while places are free. */
+static void start_waiting(struct ops *o)
+{
+	for (struct job *j = o->jobs; j && o->waiting; j = j->next) {
+		int ret;
+
+		if (j->state != JS_WAIT)
+			continue;
+		/* inspecting before its thread runs: the thread makes it ready */
+		pthread_mutex_lock(&o->lock);
+		j->state = JS_INSPECT;
+		pthread_mutex_unlock(&o->lock);
+		ret = start_inspect(o, j, NULL);
+		pthread_mutex_lock(&o->lock);
+		if (ret == -EBUSY) {
+			j->state = JS_WAIT;   /* the next place that frees starts it */
+			pthread_mutex_unlock(&o->lock);
+			return;
+		}
+		if (ret) {
+			snprintf(j->err, sizeof(j->err), "adapter %s from %s: not registered: %s", j->name,
+				 j->path, strerror(-ret));
+			j->ret = ret;
+			j->state = JS_READY;
+		}
+		pthread_mutex_unlock(&o->lock);
+		o->waiting--;
+	}
+}
+
 void ops_poll(struct ops *o)
 {
 	/* n_jobs changes only on this (the engine) thread: the idle turn takes no lock */
 	if (!o || !o->n_jobs)
 		return;
+	if (o->waiting)
+		start_waiting(o);   /* an inspection ended (it woke us): its place is free */
 	for (;;) {
 		struct job *j = NULL;
 		bool done;
@@ -535,7 +571,8 @@ static int cmd_adapters_jobs(void *ctx, struct json_object *req, struct json_obj
 			break;
 		done = atomic_load_explicit(&j->prog.done, memory_order_relaxed);
 		total = atomic_load_explicit(&j->prog.total, memory_order_relaxed);
-		if (j->state == JS_INSPECT)
+		/* waiting for its place: reading, nothing read yet */
+		if (j->state == JS_INSPECT || j->state == JS_WAIT)
 			st = total && done >= total ? "checking" : "reading";
 		snprintf(id, sizeof(id), "%s%s%s", j->name, j->version[0] ? "@" : "", j->version);
 		json_object_object_add(e, "id", json_object_new_string(id));
@@ -567,6 +604,7 @@ static int split_id(struct job *j, const char *id, struct json_object *reply)
 	return 0;
 }
 
+/* Returns 0, -EBUSY when OPS_MAX_INSPECT are being checked, or -EAGAIN (no thread). */
 static int start_inspect(struct ops *o, struct job *j, struct json_object *reply)
 {
 	pthread_mutex_lock(&o->lock);
@@ -579,7 +617,7 @@ static int start_inspect(struct ops *o, struct job *j, struct json_object *reply
 				 "try again when one is done", OPS_MAX_INSPECT);
 			set_err(reply, msg);
 		}
-		return -EAGAIN;
+		return -EBUSY;
 	}
 	o->inspecting++;
 	pthread_mutex_unlock(&o->lock);
@@ -880,24 +918,32 @@ static int seed_route(struct ops *o, const char *skill, const char *const *targe
 
 int ops_seed_version(struct ops *o, const char *name, const char *version, const char *path)
 {
-	struct job *j = job_new(J_ADD);
+	struct job *j;
 
+	if (!version)
+		version = "";
+	/* the same section still waiting from an earlier reload answers for this
+	 * one too (its route seed is queued behind it): a storm of SIGHUPs
+	 * queues each section once. Jobs are linked on this thread only. */
+	for (struct job *q = o->jobs; q; q = q->next)
+		if (q->kind == J_ADD && !q->ticket && !strcmp(q->name, name) &&
+		    !strcmp(q->version, version) && !strcmp(q->path, path))
+			return 0;
+	j = job_new(J_ADD);
 	if (!j || !(j->path = strdup(path))) {
 		free(j);
 		return -ENOMEM;
 	}
 	snprintf(j->name, sizeof(j->name), "%s", name);
-	snprintf(j->version, sizeof(j->version), "%s", version ? version : "");
-	j->state = JS_INSPECT;
+	snprintf(j->version, sizeof(j->version), "%s", version);
+	/* at most OPS_MAX_INSPECT are read and checked at once: the others wait
+	 * for a place in the config's order (refused, the sections past the
+	 * first few would never be registered by any reload) */
+	j->state = JS_WAIT;
 	if (job_queue(o, j, NULL))
 		return -EAGAIN;
-	if (start_inspect(o, j, NULL)) {
-		/* more than the inspection limit at once: this one waits its turn in the log */
-		snprintf(j->err, sizeof(j->err), "adapter %s from %s: not registered, %d others are "
-			 "being checked; reload again", name, path, OPS_MAX_INSPECT);
-		j->ret = -EAGAIN;
-		j->state = JS_READY;
-	}
+	o->waiting++;
+	start_waiting(o);
 	/* and its skill, when it has no route yet, goes to it: as at start */
 	return seed_route(o, name, NULL, NULL, 0);
 }

@@ -45,6 +45,7 @@ struct job {
 	uint64_t t0;                 /* when it was taken (now_ns) */
 	enum chash_scheme scheme;    /* J_ADD: how its files are hashed */
 	uint32_t hash_chunk;
+	uint64_t max_bytes;          /* J_ADD: max_adapter_bytes when it started (a reload may change it) */
 	char target[ROUTE_MAX_VERSIONS][ROUTE_NAME_MAX];
 	uint32_t weight[ROUTE_MAX_VERSIONS];
 	unsigned n;
@@ -198,7 +199,7 @@ static void *inspect_thread(void *arg)
 	struct job *j = arg;
 	struct ops *o = j->o;
 
-	j->ret = registry_inspect(j->path, o->opt.mc, o->opt.max_adapter_bytes, &o->cancel,
+	j->ret = registry_inspect(j->path, o->opt.mc, j->max_bytes, &o->cancel,
 				  &j->prog, j->scheme, j->hash_chunk, &j->h, j->err, sizeof(j->err));
 	pthread_mutex_lock(&o->lock);
 	j->state = JS_READY;
@@ -431,14 +432,18 @@ static int start_inspect(struct ops *o, struct job *j, struct json_object *reply
 static void start_waiting(struct ops *o)
 {
 	for (struct job *j = o->jobs; j && o->waiting; j = j->next) {
+		bool wait;
 		int ret;
 
-		if (j->state != JS_WAIT)
-			continue;
-		/* inspecting before its thread runs: the thread makes it ready */
+		/* states are written by the inspection threads too: under the lock;
+		 * inspecting before its thread runs, which makes it ready */
 		pthread_mutex_lock(&o->lock);
-		j->state = JS_INSPECT;
+		wait = j->state == JS_WAIT;
+		if (wait)
+			j->state = JS_INSPECT;
 		pthread_mutex_unlock(&o->lock);
+		if (!wait)
+			continue;
 		ret = start_inspect(o, j, NULL);
 		pthread_mutex_lock(&o->lock);
 		if (ret == -EBUSY) {
@@ -624,6 +629,7 @@ static int start_inspect(struct ops *o, struct job *j, struct json_object *reply
 	j->o = o;
 	/* hashed as the version it may be compared with is recorded (chash.h) */
 	registry_hash_scheme(o->opt.reg, j->name, j->version, &j->scheme, &j->hash_chunk);
+	j->max_bytes = o->opt.max_adapter_bytes;
 	if (pthread_create(&j->thread, NULL, inspect_thread, j)) {
 		pthread_mutex_lock(&o->lock);
 		o->inspecting--;

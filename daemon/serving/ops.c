@@ -134,9 +134,13 @@ static struct json_object *route_json(const struct route *rt)
 
 	for (unsigned i = 0; i < rt->n; i++) {
 		struct json_object *e = json_object_new_object();
+		char pct[16];
 
+		/* a weight is buckets, hundredths of a percent: written as such
+		 * (33.33), not as the double nearest it (33.329999999999998) */
+		snprintf(pct, sizeof(pct), "%u.%02u", rt->weight[i] / 100, rt->weight[i] % 100);
 		json_object_object_add(e, "version", json_object_new_string(rt->target[i]));
-		json_object_object_add(e, "percent", json_object_new_double(rt->weight[i] / 100.0));
+		json_object_object_add(e, "percent", json_object_new_double_s(rt->weight[i] / 100.0, pct));
 		json_object_array_add(t, e);
 	}
 	json_object_object_add(o, "skill", json_object_new_string(rt->skill));

@@ -163,7 +163,10 @@ void reg_delete(struct registry *r, struct reg_version *v)
 	pool_delete(r->pool, v->pe);
 	for (unsigned i = 0; i < r->n; i++)
 		if (r->v[i] == v) {
-			r->v[i] = r->v[--r->n];
+			/* the others keep their order, the one state.json lists them
+			 * in: the listing after a restart is the one before it */
+			memmove(&r->v[i], &r->v[i + 1], (r->n - i - 1) * sizeof(r->v[0]));
+			r->n--;
 			break;
 		}
 	free(v);
@@ -177,6 +180,10 @@ int registry_prefetch(struct registry *r, const char *id, char *err, size_t errl
 
 	if (!v) {
 		snprintf(err, errlen, "no adapter version %s", id);
+		return -ENOENT;
+	}
+	if (v->removing) {
+		snprintf(err, errlen, "%s is being removed", id);
 		return -ENOENT;
 	}
 	return pool_prefetch(r->pool, v->pe, err, errlen);
@@ -194,8 +201,8 @@ int registry_resolve(struct registry *r, const char *skill, uint64_t key, int *a
 		v = find_mut(r, skill);
 	else
 		v = rt ? find_mut(r, route_pick(rt, key)) : NULL;
-	if (!v)
-		return -ENOENT;
+	if (!v || v->removing)
+		return -ENOENT;   /* a version being removed is gone for new requests */
 	*vid = v->vid;
 	memcpy(version_id, v->id, sizeof(v->id));
 	return pool_acquire(r->pool, v->pe, ticket, adapter);

@@ -52,6 +52,7 @@ struct reg_version {
 	char version[32];
 	char id[ROUTE_NAME_MAX];     /* "name@version" */
 	uint32_t vid;                /* small number reported in completions; stable */
+	bool removing;               /* its removal is being saved: it takes no new load */
 	struct pool_entry *pe;       /* owned by the version until it is in the registry, then by the pool */
 };
 

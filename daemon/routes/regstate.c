@@ -529,6 +529,8 @@ void registry_change_free(struct reg_change *ch)
 {
 	if (!ch)
 		return;
+	if (ch->kind == RC_REMOVE && ch->target)
+		ch->target->removing = false;   /* not made: the version stays, loads again */
 	reg_version_free(ch->add);
 	free(ch->cur);
 	free(ch);
@@ -804,6 +806,10 @@ int registry_prepare_remove(struct registry *r, const char *id, struct reg_chang
 	if (!*out)
 		return -ENOMEM;
 	(*out)->target = v;
+	/* until it is committed (after the save) nothing may load it again: an
+	 * adapter in the engine, or a load under way, when its entry is freed
+	 * would be left there for good */
+	v->removing = true;
 	return 0;
 }
 
@@ -833,6 +839,13 @@ int registry_prepare_route(struct registry *r, const char *skill, const char *co
 	int ret;
 
 	*out = NULL;
+	/* a name a request can ask for, as the config file's [route NAME]:
+	 * "base" and "auto" never look at a route, '@' names a version */
+	if (!reg_part_ok(skill) || !strcmp(skill, "base") || !strcmp(skill, "auto")) {
+		snprintf(err, errlen, "skill '%.31s': a skill name is 1-31 of A-Z a-z 0-9 _ . - "
+			 "(and not base or auto)", skill);
+		return -EINVAL;
+	}
 	for (unsigned i = 0; i < n; i++)
 		if (!registry_find(r, targets[i])) {
 			snprintf(err, errlen, "%s is not a registered adapter version", targets[i]);
@@ -916,6 +929,7 @@ int registry_commit(struct registry *r, struct reg_change *ch, const char **id)
 		if (id)
 			*id = NULL;
 		reg_delete(r, ch->target);
+		ch->target = NULL;
 		break;
 	case RC_PIN:
 		ch->target->pe->pinned = ch->pin;

@@ -35,6 +35,7 @@ struct admin_conn {
 	bool closing;
 	bool read_shut;             /* the peer half-closed: only replies are left to send */
 	unsigned deferred;          /* replies owed; the connection stays until they are sent */
+	bool hung_up;               /* the peer left while a reply was owed: not watched any more */
 	uint64_t deadline;          /* CLOCK_MONOTONIC ns: closed if no request completes by then */
 	uint64_t id;
 	struct admin_conn *next;
@@ -186,6 +187,8 @@ static void conn_arm(struct admin_conn *c)
 	struct epoll_event ev = { .events = 0, .data.ptr = c };
 	size_t backlog = c->out_len - c->out_off;
 
+	if (c->hung_up)
+		return;   /* out of the epoll set: its answer closes it */
 	if (!c->read_shut && !c->closing && !c->deferred && backlog < ADMIN_OUT_HIGH)
 		ev.events |= EPOLLIN | EPOLLRDHUP;
 	if (backlog)
@@ -575,6 +578,15 @@ bool admin_event(struct admin *a, void *ptr, uint32_t events)
 			continue;
 		if (events & EPOLLERR) {
 			conn_close(c);
+			return true;
+		}
+		if ((events & EPOLLHUP) && c->deferred) {
+			/* the peer is gone while its change is made: epoll reports a
+			 * hang-up on every wait whatever is armed, so the loop would
+			 * spin until the answer; stop watching the socket instead. The
+			 * answer, when it comes, cannot be sent and closes it. */
+			epoll_ctl(a->ep, EPOLL_CTL_DEL, c->fd, NULL);
+			c->hung_up = true;
 			return true;
 		}
 		if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP))

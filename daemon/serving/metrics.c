@@ -130,6 +130,16 @@ void metrics_prefix(struct metrics *m, const char *skill, const char *version, u
 	r->prefix_lookup_tokens += lookup;
 }
 
+void metrics_forget_version(struct metrics *m, const char *version)
+{
+	unsigned k = 0;
+
+	for (unsigned i = 0; i < m->n; i++)
+		if (strcmp(m->rows[i].version, version))
+			m->rows[k++] = m->rows[i];
+	m->n = k;
+}
+
 unsigned metrics_rows(const struct metrics *m)
 {
 	return m->n;

@@ -52,6 +52,11 @@ void metrics_request(struct metrics *m, const char *skill, const char *version, 
 void metrics_prefix(struct metrics *m, const char *skill, const char *version, uint32_t hit,
 		    uint32_t lookup);
 
+/* A version was removed: its series go (the others keep their order).
+ * Kept, they would hold the table for good, and once max_rows series
+ * existed every new version would be counted under METRICS_OTHER. */
+void metrics_forget_version(struct metrics *m, const char *version);
+
 unsigned metrics_rows(const struct metrics *m);
 const struct metrics_row *metrics_row(const struct metrics *m, unsigned i);
 

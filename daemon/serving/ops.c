@@ -30,7 +30,8 @@
 #define OPS_MAX_JOBS     256   /* changes waiting: more are refused, not queued without bound */
 
 enum job_kind { J_ADD, J_REMOVE, J_PIN, J_UNPIN, J_ROUTE, J_ROLLOUT, J_ROLLBACK, J_SEED_ROUTE };
-enum job_state { JS_INSPECT, JS_READY, JS_WRITING };
+/* JS_WAIT: a config's adapter waiting for one of the OPS_MAX_INSPECT places */
+enum job_state { JS_INSPECT, JS_READY, JS_WRITING, JS_WAIT };
 
 struct job {
 	enum job_kind kind;
@@ -44,6 +45,7 @@ struct job {
 	uint64_t t0;                 /* when it was taken (now_ns) */
 	enum chash_scheme scheme;    /* J_ADD: how its files are hashed */
 	uint32_t hash_chunk;
+	uint64_t max_bytes;          /* J_ADD: max_adapter_bytes when it started (a reload may change it) */
 	char target[ROUTE_MAX_VERSIONS][ROUTE_NAME_MAX];
 	uint32_t weight[ROUTE_MAX_VERSIONS];
 	unsigned n;
@@ -67,6 +69,7 @@ struct ops {
 	pthread_cond_t cond;
 	struct job *jobs;            /* in arrival order */
 	unsigned n_jobs, inspecting;
+	unsigned waiting;            /* jobs in JS_WAIT (engine thread only) */
 	struct job *writing;         /* the one job whose state the writer thread writes */
 	bool write_done, stop;
 	volatile int cancel;         /* registrations stop reading files */
@@ -131,9 +134,13 @@ static struct json_object *route_json(const struct route *rt)
 
 	for (unsigned i = 0; i < rt->n; i++) {
 		struct json_object *e = json_object_new_object();
+		char pct[16];
 
+		/* a weight is buckets, hundredths of a percent: written as such
+		 * (33.33), not as the double nearest it (33.329999999999998) */
+		snprintf(pct, sizeof(pct), "%u.%02u", rt->weight[i] / 100, rt->weight[i] % 100);
 		json_object_object_add(e, "version", json_object_new_string(rt->target[i]));
-		json_object_object_add(e, "percent", json_object_new_double(rt->weight[i] / 100.0));
+		json_object_object_add(e, "percent", json_object_new_double_s(rt->weight[i] / 100.0, pct));
 		json_object_array_add(t, e);
 	}
 	json_object_object_add(o, "skill", json_object_new_string(rt->skill));
@@ -196,7 +203,7 @@ static void *inspect_thread(void *arg)
 	struct job *j = arg;
 	struct ops *o = j->o;
 
-	j->ret = registry_inspect(j->path, o->opt.mc, o->opt.max_adapter_bytes, &o->cancel,
+	j->ret = registry_inspect(j->path, o->opt.mc, j->max_bytes, &o->cancel,
 				  &j->prog, j->scheme, j->hash_chunk, &j->h, j->err, sizeof(j->err));
 	pthread_mutex_lock(&o->lock);
 	j->state = JS_READY;
@@ -236,7 +243,7 @@ static int rollout_targets(struct ops *o, struct job *j)
 {
 	const struct route *cur = route_get(registry_routes(o->opt.reg), j->id);
 	uint32_t rest = ROUTE_BUCKETS - j->percent, others = 0, given = 0;
-	unsigned last = 0;
+	unsigned last = 0, kept = 0;
 
 	j->n = 0;
 	if (!cur) {
@@ -270,6 +277,18 @@ static int rollout_targets(struct ops *o, struct job *j)
 	}
 	if (j->n)
 		j->weight[last] += rest - given;   /* rounding remainder */
+	/* a version left at 0 % takes no traffic and leaves the route: kept,
+	 * it could not be removed, and rollouts done to the end would fill
+	 * the route's places with versions nobody is sent to. It holds no
+	 * bucket, so no key moves. */
+	for (unsigned i = 0; i < j->n; i++)
+		if (j->weight[i]) {
+			memmove(j->target[kept], j->target[i], ROUTE_NAME_MAX);
+			j->weight[kept++] = j->weight[i];
+		}
+	j->n = kept;
+	if (!j->percent)
+		return 0;   /* rolled out to nothing: out of the route as well */
 	if (j->n == ROUTE_MAX_VERSIONS) {
 		snprintf(j->err, sizeof(j->err), "%s: more than %d versions in one route", j->id,
 			 ROUTE_MAX_VERSIONS);
@@ -404,9 +423,47 @@ static void job_finish_write(struct ops *o, struct job *j)
 		j->ch = NULL;
 		if (ret)
 			snprintf(j->err, sizeof(j->err), "out of memory applying the change");
+		else if (j->kind == J_REMOVE)
+			metrics_forget_version(o->met, j->id);   /* its series go with it */
 	}
 	job_answer(o, j, ret, id);
 	job_unlink(o, j);
+}
+
+static int start_inspect(struct ops *o, struct job *j, struct json_object *reply);
+
+/* The config's adapters waiting for a place start, in their order, while places are free. */
+static void start_waiting(struct ops *o)
+{
+	for (struct job *j = o->jobs; j && o->waiting; j = j->next) {
+		bool wait;
+		int ret;
+
+		/* states are written by the inspection threads too: under the lock;
+		 * inspecting before its thread runs, which makes it ready */
+		pthread_mutex_lock(&o->lock);
+		wait = j->state == JS_WAIT;
+		if (wait)
+			j->state = JS_INSPECT;
+		pthread_mutex_unlock(&o->lock);
+		if (!wait)
+			continue;
+		ret = start_inspect(o, j, NULL);
+		pthread_mutex_lock(&o->lock);
+		if (ret == -EBUSY) {
+			j->state = JS_WAIT;   /* the next place that frees starts it */
+			pthread_mutex_unlock(&o->lock);
+			return;
+		}
+		if (ret) {
+			snprintf(j->err, sizeof(j->err), "adapter %s from %s: not registered: %s", j->name,
+				 j->path, strerror(-ret));
+			j->ret = ret;
+			j->state = JS_READY;
+		}
+		pthread_mutex_unlock(&o->lock);
+		o->waiting--;
+	}
 }
 
 void ops_poll(struct ops *o)
@@ -414,6 +471,8 @@ void ops_poll(struct ops *o)
 	/* n_jobs changes only on this (the engine) thread: the idle turn takes no lock */
 	if (!o || !o->n_jobs)
 		return;
+	if (o->waiting)
+		start_waiting(o);   /* an inspection ended (it woke us): its place is free */
 	for (;;) {
 		struct job *j = NULL;
 		bool done;
@@ -521,7 +580,8 @@ static int cmd_adapters_jobs(void *ctx, struct json_object *req, struct json_obj
 			break;
 		done = atomic_load_explicit(&j->prog.done, memory_order_relaxed);
 		total = atomic_load_explicit(&j->prog.total, memory_order_relaxed);
-		if (j->state == JS_INSPECT)
+		/* waiting for its place: reading, nothing read yet */
+		if (j->state == JS_INSPECT || j->state == JS_WAIT)
 			st = total && done >= total ? "checking" : "reading";
 		snprintf(id, sizeof(id), "%s%s%s", j->name, j->version[0] ? "@" : "", j->version);
 		json_object_object_add(e, "id", json_object_new_string(id));
@@ -553,6 +613,7 @@ static int split_id(struct job *j, const char *id, struct json_object *reply)
 	return 0;
 }
 
+/* Returns 0, -EBUSY when OPS_MAX_INSPECT are being checked, or -EAGAIN (no thread). */
 static int start_inspect(struct ops *o, struct job *j, struct json_object *reply)
 {
 	pthread_mutex_lock(&o->lock);
@@ -565,13 +626,14 @@ static int start_inspect(struct ops *o, struct job *j, struct json_object *reply
 				 "try again when one is done", OPS_MAX_INSPECT);
 			set_err(reply, msg);
 		}
-		return -EAGAIN;
+		return -EBUSY;
 	}
 	o->inspecting++;
 	pthread_mutex_unlock(&o->lock);
 	j->o = o;
 	/* hashed as the version it may be compared with is recorded (chash.h) */
 	registry_hash_scheme(o->opt.reg, j->name, j->version, &j->scheme, &j->hash_chunk);
+	j->max_bytes = o->opt.max_adapter_bytes;
 	if (pthread_create(&j->thread, NULL, inspect_thread, j)) {
 		pthread_mutex_lock(&o->lock);
 		o->inspecting--;
@@ -633,9 +695,13 @@ static int simple_job(struct ops *o, enum job_kind kind, const char *key, struct
 	if (!j)
 		return -ENOMEM;
 	snprintf(j->id, sizeof(j->id), "%s", get_str(req, key));
-	j->ticket = admin_defer(o->opt.admin);
 	ret = job_queue(o, j, reply);
-	return ret ? ret : ADMIN_DEFERRED;
+	if (ret)
+		return ret;
+	/* owed only once queued: a refused change is answered now, and a reply
+	 * owed that never comes would stop its connection for good */
+	j->ticket = admin_defer(o->opt.admin);
+	return ADMIN_DEFERRED;
 }
 
 static int cmd_adapters_remove(void *ctx, struct json_object *req, struct json_object *reply)
@@ -736,9 +802,11 @@ bad:
 		job_free(j);
 		return -EINVAL;
 	}
-	j->ticket = admin_defer(o->opt.admin);
 	ret = job_queue(o, j, reply);
-	return ret ? ret : ADMIN_DEFERRED;
+	if (ret)
+		return ret;
+	j->ticket = admin_defer(o->opt.admin);   /* once queued, as simple_job() */
+	return ADMIN_DEFERRED;
 }
 
 /*
@@ -762,9 +830,11 @@ static int cmd_route_rollout(void *ctx, struct json_object *req, struct json_obj
 	}
 	snprintf(j->id, sizeof(j->id), "%s", get_str(req, "skill"));
 	snprintf(j->ver_id, sizeof(j->ver_id), "%s", get_str(req, "version"));
-	j->ticket = admin_defer(o->opt.admin);
 	ret = job_queue(o, j, reply);
-	return ret ? ret : ADMIN_DEFERRED;
+	if (ret)
+		return ret;
+	j->ticket = admin_defer(o->opt.admin);   /* once queued, as simple_job() */
+	return ADMIN_DEFERRED;
 }
 
 static int cmd_route_rollback(void *ctx, struct json_object *req, struct json_object *reply)
@@ -858,24 +928,32 @@ static int seed_route(struct ops *o, const char *skill, const char *const *targe
 
 int ops_seed_version(struct ops *o, const char *name, const char *version, const char *path)
 {
-	struct job *j = job_new(J_ADD);
+	struct job *j;
 
+	if (!version)
+		version = "";
+	/* the same section still waiting from an earlier reload answers for this
+	 * one too (its route seed is queued behind it): a storm of SIGHUPs
+	 * queues each section once. Jobs are linked on this thread only. */
+	for (struct job *q = o->jobs; q; q = q->next)
+		if (q->kind == J_ADD && !q->ticket && !strcmp(q->name, name) &&
+		    !strcmp(q->version, version) && !strcmp(q->path, path))
+			return 0;
+	j = job_new(J_ADD);
 	if (!j || !(j->path = strdup(path))) {
 		free(j);
 		return -ENOMEM;
 	}
 	snprintf(j->name, sizeof(j->name), "%s", name);
-	snprintf(j->version, sizeof(j->version), "%s", version ? version : "");
-	j->state = JS_INSPECT;
+	snprintf(j->version, sizeof(j->version), "%s", version);
+	/* at most OPS_MAX_INSPECT are read and checked at once: the others wait
+	 * for a place in the config's order (refused, the sections past the
+	 * first few would never be registered by any reload) */
+	j->state = JS_WAIT;
 	if (job_queue(o, j, NULL))
 		return -EAGAIN;
-	if (start_inspect(o, j, NULL)) {
-		/* more than the inspection limit at once: this one waits its turn in the log */
-		snprintf(j->err, sizeof(j->err), "adapter %s from %s: not registered, %d others are "
-			 "being checked; reload again", name, path, OPS_MAX_INSPECT);
-		j->ret = -EAGAIN;
-		j->state = JS_READY;
-	}
+	o->waiting++;
+	start_waiting(o);
 	/* and its skill, when it has no route yet, goes to it: as at start */
 	return seed_route(o, name, NULL, NULL, 0);
 }

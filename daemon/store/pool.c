@@ -229,10 +229,21 @@ int pool_insert(struct pool *p, struct pool_entry *pe)
 	return 0;
 }
 
+static void part_key(const struct pool_entry *pe, int k, char *key, size_t len);
+
 void pool_delete(struct pool *p, struct pool_entry *pe)
 {
 	release_parts(p, pe);
 	release_held(p, pe);
+	/* its files leave the host tier with it: they are found by key alone,
+	 * and a version registered later under the same id has other files */
+	for (int k = 0; k < 2 && p->hp; k++) {
+		char key[sizeof(pe->key) + 8];
+
+		part_key(pe, k, key, sizeof(key));
+		if (hostpool_evict(p->hp, key) == -EBUSY)
+			log_warn("adapter %s removed while its files are held", pe->key);
+	}
 	for (unsigned i = 0; i < p->n; i++)
 		if (p->v[i] == pe) {
 			p->v[i] = p->v[--p->n];

@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 #include "statedir.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -29,6 +31,51 @@ const char *statedir_path(const struct statedir *sd)
 void statedir_set_slow_fsync(struct statedir *sd, unsigned ms)
 {
 	sd->slow_fsync_ms = ms;
+}
+
+/* ".NAME.PID.SEQ.tmp", as statedir_write names its temporary files. */
+static bool our_tmp_name(const char *n)
+{
+	size_t l = strlen(n), digits = 0, dots = 0;
+
+	if (n[0] != '.' || l < 9 || strcmp(n + l - 4, ".tmp"))
+		return false;
+	/* backwards from ".tmp": SEQ, '.', PID, '.' */
+	for (size_t i = l - 4; i-- > 1 && dots < 2;) {
+		if (n[i] >= '0' && n[i] <= '9') {
+			digits++;
+		} else if (n[i] == '.' && digits) {
+			dots++;
+			digits = 0;
+		} else {
+			return false;
+		}
+	}
+	return dots == 2;
+}
+
+/*
+ * The temporary files of daemons that died while saving (SIGKILL between
+ * the write and the rename): the caller holds the directory's lock, so no
+ * live lorad writes one now. Without this each such crash leaves a whole
+ * state behind for good. unlinkat() removes a planted symlink, never what
+ * it points to.
+ */
+static void remove_dead_tmp(struct statedir *sd)
+{
+	int fd = dup(sd->dfd);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	struct dirent *e;
+
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	while ((e = readdir(d)))
+		if (our_tmp_name(e->d_name))
+			unlinkat(sd->dfd, e->d_name, 0);
+	closedir(d);
 }
 
 int statedir_open(const char *path, struct statedir **out, char *err, size_t errlen)
@@ -81,6 +128,7 @@ int statedir_open(const char *path, struct statedir **out, char *err, size_t err
 	if (ret < 0)
 		goto err;
 	sd->lock_fd = ret;
+	remove_dead_tmp(sd);
 	*out = sd;
 	return 0;
 err:

@@ -1,0 +1,154 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Attack 39: new [adapter] sections in a config of many, and a storm of
+ * SIGHUPs. A reload registers the config's adapters (and routes their
+ * skills) through the same jobs as the operator's changes, at most four
+ * read and checked at once. Every new section must be registered after
+ * one reload however many sections come before it; fifty SIGHUPs in a row
+ * must leave no job behind, and the operator's own changes must then work.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <lorad/lorad.h>
+
+#include "attack_harness.h"
+
+#define N_OLD 4
+#define N_NEW 6
+
+static int teardown(void **state)
+{
+	(void)state;
+	atk_cleanup();
+	return 0;
+}
+
+/* The config: N_OLD adapters, then @n_new more (n1@v1 ...), demo adapters all. */
+static void write_config(const struct atk_daemon *d, const char *path, unsigned n_new)
+{
+	static const char *const src[] = { "sql", "json", "support" };
+	char buf[8192];
+	int n;
+
+	n = snprintf(buf, sizeof(buf),
+		     "[daemon]\nsocket = %s\nadmin_socket = %s\nmodel = %s/model\nstate_dir = %s\n"
+		     "log_level = info\n\n[limits]\nthreads = 1\n",
+		     d->sock, d->admin, atk_demo_dir(), d->state);
+	for (unsigned i = 0; i < N_OLD + n_new; i++)
+		n += snprintf(buf + n, sizeof(buf) - (size_t)n,
+			      "\n[adapter %s%u]\npath = %s/adapters/%s\nversion = v1\n",
+			      i < N_OLD ? "o" : "n", i < N_OLD ? i + 1 : i - N_OLD + 1, atk_demo_dir(),
+			      src[i % 3]);
+	assert_int_equal(atk_write_file(path, buf, strlen(buf)), 0);
+}
+
+/* How many of n1@v1 ... n{N_NEW}@v1 adapters_list shows. */
+static unsigned new_listed(const char *admin)
+{
+	struct json_object *r;
+	unsigned n = 0;
+
+	if (atk_admin(admin, "{\"cmd\":\"adapters_list\"}", &r, 10000))
+		return 0;
+	for (unsigned i = 1; i <= N_NEW; i++) {
+		char id[32];
+
+		snprintf(id, sizeof(id), "\"n%u@v1\"", i);
+		n += strstr(json_object_to_json_string(r), id) != NULL;
+	}
+	json_object_put(r);
+	return n;
+}
+
+/* Jobs adapters_jobs lists (registrations not answered yet), or -1. */
+static int jobs(const char *admin)
+{
+	struct json_object *r, *a;
+	int n = -1;
+
+	if (atk_admin(admin, "{\"cmd\":\"adapters_jobs\"}", &r, 10000))
+		return -1;
+	if (json_object_object_get_ex(r, "jobs", &a))
+		n = (int)json_object_array_length(a);
+	json_object_put(r);
+	return n;
+}
+
+/*
+ * On the unfixed daemon a reload starts reading the sections in order,
+ * four at a time, and refuses the rest ("not registered, 4 others are
+ * being checked; reload again"): the four old sections took the four
+ * places at every reload, so no new one was ever registered, however
+ * often the config was reloaded.
+ */
+static void test_reload_many_adapters(void **state)
+{
+	char conf[300], out[8192], err[8192], dir[600];
+	const char *args[] = { "--config", conf, NULL };
+	const char *add[] = { "adapters", "add", "op@v1", dir, NULL };
+	struct atk_daemon d;
+	struct lorad_event ev;
+	unsigned listed = 0;
+	int n = -1, rc, thr0, thr1;
+
+	(void)state;
+	if (atk_demo_check())
+		skip();
+	assert_int_equal(atk_daemon_init(&d, "a39"), 0);
+	snprintf(conf, sizeof(conf), "%s/lorad.conf", d.dir);
+	snprintf(dir, sizeof(dir), "%s/adapters/json", atk_demo_dir());
+	write_config(&d, conf, 0);
+	assert_int_equal(atk_daemon_start(&d, args, ATK_NO_PATHS | ATK_STATE), 0);
+
+	/* six new sections after the four: one reload registers them all */
+	write_config(&d, conf, N_NEW);
+	assert_int_equal(kill(d.pid, SIGHUP), 0);
+	for (int i = 0; i < 300 && (listed = new_listed(d.admin)) < N_NEW; i++)
+		atk_sleep_ms(100);
+	ATK_EXPECT(listed == N_NEW, "%u of %d new [adapter] sections registered 30 s after the "
+		   "reload", listed, N_NEW);
+	rc = atk_generate_once(d.sock, "n6", 4, &ev, 30000);
+	ATK_EXPECT(rc == 0 && ev.res == 0, "a request for n6 (its route seeded by the reload): %d, "
+		   "res %d", rc, ev.res);
+
+	/* a storm: every reload queues the config's ten sections again (the
+	 * threads counted once a load has started the loader's) */
+	atk_sleep_ms(500);
+	thr0 = (int)atk_proc_status_kb(d.pid, "Threads");
+	for (int i = 0; i < 50; i++) {
+		assert_int_equal(kill(d.pid, SIGHUP), 0);
+		atk_sleep_ms(5);
+	}
+	for (int i = 0; i < 600 && (n = jobs(d.admin)) != 0; i++)
+		atk_sleep_ms(100);
+	ATK_EXPECT(n == 0, "%d registrations still waiting 60 s after the SIGHUPs", n);
+	rc = atk_ctl(d.admin, add, out, sizeof(out), err, sizeof(err), 30000, NULL);
+	ATK_EXPECT(rc == 0, "adapters add after the storm: exit %d: %s", rc, err);
+	thr1 = (int)atk_proc_status_kb(d.pid, "Threads");
+	for (int i = 0; i < 50 && thr1 > thr0; i++) {
+		atk_sleep_ms(100);   /* io_uring's workers end when idle */
+		thr1 = (int)atk_proc_status_kb(d.pid, "Threads");
+	}
+	ATK_EXPECT(thr1 <= thr0, "%d threads after the storm, %d before", thr1, thr0);
+	ATK_EXPECT(atk_daemon_alive(&d), "the daemon died");
+	ATK_EXPECT(atk_daemon_stop(&d, 15000, NULL) == 0, "SIGTERM: not a clean exit");
+	assert_int_equal(atk_failures, 0);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_teardown(test_reload_many_adapters, teardown),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "config.h"
 #include "hostpool.h"
 #include "log.h"
 #include "metrics.h"
@@ -28,6 +29,11 @@
 
 #define OPS_MAX_INSPECT  4     /* adapters whose files are read and checked at once */
 #define OPS_MAX_JOBS     256   /* changes waiting: more are refused, not queued without bound */
+/* a reload's seeds (each [adapter] section's registration and route, each
+ * [route]) wait beside the operators' changes, not in their room: the
+ * config bounds them, and they must neither be lost past the 128th section
+ * nor lock operators out while they wait for a place to be read */
+#define OPS_MAX_SEEDS    (2 * CONFIG_MAX_ADAPTERS + CONFIG_MAX_ROUTES)
 
 enum job_kind { J_ADD, J_REMOVE, J_PIN, J_UNPIN, J_ROUTE, J_ROLLOUT, J_ROLLBACK, J_SEED_ROUTE };
 /* JS_WAIT: a config's adapter waiting for one of the OPS_MAX_INSPECT places */
@@ -58,6 +64,7 @@ struct job {
 	char err[640];
 	pthread_t thread;
 	bool has_thread;
+	bool seed;                   /* from the config: counted in n_seeds */
 	struct ops *o;
 	struct job *next;
 };
@@ -69,6 +76,7 @@ struct ops {
 	pthread_cond_t cond;
 	struct job *jobs;            /* in arrival order */
 	unsigned n_jobs, inspecting;
+	unsigned n_seeds;            /* of n_jobs, seeds from the config (ticket 0) */
 	unsigned waiting;            /* jobs in JS_WAIT (engine thread only) */
 	struct job *writing;         /* the one job whose state the writer thread writes */
 	bool write_done, stop;
@@ -159,18 +167,25 @@ static void job_free(struct job *j)
 	free(j);
 }
 
-/* Take a job into the queue (it answers @ticket later). Returns 0, -ENOMEM or -EAGAIN. */
+/* Take a job into the queue: an operator's (it answers @reply's request
+ * later) or, with @reply NULL, a seed from the config, each kind within its
+ * own room. Returns 0 or -EAGAIN (the room full: @reply says so, a seed is
+ * logged). */
 static int job_queue(struct ops *o, struct job *j, struct json_object *reply)
 {
+	const bool seed = !reply;
 	struct job **pp;
 
-	if (o->n_jobs >= OPS_MAX_JOBS) {
-		char msg[128];
+	if (seed ? o->n_seeds >= OPS_MAX_SEEDS : o->n_jobs - o->n_seeds >= OPS_MAX_JOBS) {
+		char msg[160];
 
-		snprintf(msg, sizeof(msg), "%u changes are waiting already (the limit); try again",
-			 OPS_MAX_JOBS);
+		snprintf(msg, sizeof(msg), "%u %s are waiting already (the limit); try again",
+			 seed ? OPS_MAX_SEEDS : OPS_MAX_JOBS, seed ? "seeds from the config" : "changes");
 		if (reply)
 			set_err(reply, msg);
+		else
+			log_warn("config %s %s not seeded: %s", j->kind == J_ADD ? "adapter" : "route",
+				 j->kind == J_ADD ? j->name : j->id, msg);
 		job_free(j);
 		return -EAGAIN;
 	}
@@ -180,6 +195,8 @@ static int job_queue(struct ops *o, struct job *j, struct json_object *reply)
 		;
 	*pp = j;
 	o->n_jobs++;
+	o->n_seeds += seed;
+	j->seed = seed;
 	pthread_mutex_unlock(&o->lock);
 	wake(o);   /* ops_poll runs on the next turn of the engine loop */
 	return 0;
@@ -404,6 +421,7 @@ static void job_unlink(struct ops *o, struct job *j)
 			break;
 		}
 	o->n_jobs--;
+	o->n_seeds -= j->seed;
 	pthread_mutex_unlock(&o->lock);
 	if (j->has_thread)
 		pthread_join(j->thread, NULL);
@@ -929,16 +947,21 @@ static int seed_route(struct ops *o, const char *skill, const char *const *targe
 int ops_seed_version(struct ops *o, const char *name, const char *version, const char *path)
 {
 	struct job *j;
+	bool dup = false;
 
 	if (!version)
 		version = "";
 	/* the same section still waiting from an earlier reload answers for this
 	 * one too (its route seed is queued behind it): a storm of SIGHUPs
-	 * queues each section once. Jobs are linked on this thread only. */
-	for (struct job *q = o->jobs; q; q = q->next)
-		if (q->kind == J_ADD && !q->ticket && !strcmp(q->name, name) &&
-		    !strcmp(q->version, version) && !strcmp(q->path, path))
-			return 0;
+	 * queues each section once. Only while it waits: one already reading
+	 * may have read the files before the change this reload is for. */
+	pthread_mutex_lock(&o->lock);   /* states change under it */
+	for (struct job *q = o->jobs; q && !dup; q = q->next)
+		dup = q->kind == J_ADD && q->seed && q->state == JS_WAIT && !strcmp(q->name, name) &&
+		      !strcmp(q->version, version) && !strcmp(q->path, path);
+	pthread_mutex_unlock(&o->lock);
+	if (dup)
+		return 0;
 	j = job_new(J_ADD);
 	if (!j || !(j->path = strdup(path))) {
 		free(j);

@@ -483,6 +483,7 @@ int registry_load_state(struct registry *r, char *err, size_t errlen)
 	if (!r->sd)
 		return 0;
 	snprintf(path, sizeof(path), "%s/%s", statedir_path(r->sd), STATE_FILE);
+	statedir_clean(r->sd, STATE_FILE);   /* a crash's half-saved copies */
 	ret = statedir_read(r->sd, STATE_FILE, STATE_MAX_BYTES, &text, &len, err, errlen);
 	if (ret == -ENOENT)
 		return 0;

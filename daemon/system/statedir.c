@@ -33,37 +33,32 @@ void statedir_set_slow_fsync(struct statedir *sd, unsigned ms)
 	sd->slow_fsync_ms = ms;
 }
 
-/* ".NAME.PID.SEQ.tmp", as statedir_write names its temporary files. */
-static bool our_tmp_name(const char *n)
+/* ".@name.PID.SEQ.tmp", as statedir_write(@name) names its temporary
+ * files: nothing else in the directory, whoever put it there. */
+static bool our_tmp_name(const char *n, const char *name)
 {
-	size_t l = strlen(n), digits = 0, dots = 0;
+	size_t k = strlen(name), l = strlen(n), digits = 0, dots = 0;
 
-	if (n[0] != '.' || l < 9 || strcmp(n + l - 4, ".tmp"))
+	if (n[0] != '.' || strncmp(n + 1, name, k) || n[1 + k] != '.' || l < k + 8 ||
+	    strcmp(n + l - 4, ".tmp"))
 		return false;
-	/* backwards from ".tmp": SEQ, '.', PID, '.' */
-	for (size_t i = l - 4; i-- > 1 && dots < 2;) {
+	/* between them: PID, '.', SEQ */
+	for (size_t i = k + 2; i < l - 4; i++) {
 		if (n[i] >= '0' && n[i] <= '9') {
 			digits++;
-		} else if (n[i] == '.' && digits) {
+		} else if (n[i] == '.' && digits && !dots) {
 			dots++;
 			digits = 0;
 		} else {
 			return false;
 		}
 	}
-	return dots == 2;
+	return dots == 1 && digits;
 }
 
-/*
- * The temporary files of daemons that died while saving (SIGKILL between
- * the write and the rename): the caller holds the directory's lock, so no
- * live lorad writes one now. Without this each such crash leaves a whole
- * state behind for good. unlinkat() removes a planted symlink, never what
- * it points to.
- */
-static void remove_dead_tmp(struct statedir *sd)
+void statedir_clean(struct statedir *sd, const char *name)
 {
-	int fd = dup(sd->dfd);
+	int fd = fcntl(sd->dfd, F_DUPFD_CLOEXEC, 0);
 	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
 	struct dirent *e;
 
@@ -73,7 +68,7 @@ static void remove_dead_tmp(struct statedir *sd)
 		return;
 	}
 	while ((e = readdir(d)))
-		if (our_tmp_name(e->d_name))
+		if (our_tmp_name(e->d_name, name))
 			unlinkat(sd->dfd, e->d_name, 0);
 	closedir(d);
 }
@@ -128,7 +123,6 @@ int statedir_open(const char *path, struct statedir **out, char *err, size_t err
 	if (ret < 0)
 		goto err;
 	sd->lock_fd = ret;
-	remove_dead_tmp(sd);
 	*out = sd;
 	return 0;
 err:

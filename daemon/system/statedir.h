@@ -30,6 +30,15 @@ void statedir_close(struct statedir *sd);
 const char *statedir_path(const struct statedir *sd);
 
 /*
+ * Remove what statedir_write(@name) of a daemon that died while saving
+ * left (".@name.PID.SEQ.tmp", a whole copy of the state each): the caller
+ * holds the directory's lock (statedir_open), so no live lorad writes one
+ * now. Nothing else is touched; a symlink of that name is removed, never
+ * followed.
+ */
+void statedir_clean(struct statedir *sd, const char *name);
+
+/*
  * Read @name (a regular file, no symlink, at most @max bytes) into a
  * malloc'd, NUL-terminated buffer. Returns 0, -ENOENT when there is none,
  * or -errno with @err naming the file.

@@ -34,7 +34,12 @@ static int teardown(void **state)
 	return 0;
 }
 
-/* Temporary files (".*.tmp") in @dir. */
+/* Files an operator keeps in the state directory whose names look like
+ * lorad's temporary ones: never lorad's to remove. */
+static const char *const not_ours[] = { ".backup.2024.01.tmp", "..1.2.tmp", ".state.json.x.1.tmp",
+					".state.json.1.2.tmp.keep" };
+
+/* Temporary files of lorad's saves (".state.json.*.tmp") in @dir. */
 static int tmp_files(const char *dir)
 {
 	DIR *d = opendir(dir);
@@ -46,7 +51,8 @@ static int tmp_files(const char *dir)
 	while ((e = readdir(d))) {
 		size_t l = strlen(e->d_name);
 
-		n += e->d_name[0] == '.' && l > 4 && !strcmp(e->d_name + l - 4, ".tmp");
+		n += !strncmp(e->d_name, ".state.json.", 12) && l > 16 &&
+		     !strcmp(e->d_name + l - 4, ".tmp") && strcmp(e->d_name, not_ours[2]);
 	}
 	closedir(d);
 	return n;
@@ -115,8 +121,21 @@ static void test_state_tmp_left(void **state)
 		tmp_files(d.state));
 	ATK_EXPECT(caught > 0, "no kill caught a save in progress");
 
-	/* a daemon on the directory: the state is the last one saved, nothing left over */
+	/* a daemon on the directory: the state is the last one saved, nothing left over
+	 * of lorad's, and nothing else removed */
+	for (size_t i = 0; i < sizeof(not_ours) / sizeof(not_ours[0]); i++) {
+		char path[400];
+
+		snprintf(path, sizeof(path), "%s/%s", d.state, not_ours[i]);
+		assert_int_equal(atk_write_file(path, "x", 1), 0);
+	}
 	assert_int_equal(atk_daemon_start(&d, args, ATK_STATE), 0);
+	for (size_t i = 0; i < sizeof(not_ours) / sizeof(not_ours[0]); i++) {
+		char path[400];
+
+		snprintf(path, sizeof(path), "%s/%s", d.state, not_ours[i]);
+		ATK_EXPECT(access(path, F_OK) == 0, "%s, not lorad's, was removed", not_ours[i]);
+	}
 	ATK_EXPECT(!pinned(d.admin, "sql@v1"), "sql@v1 is pinned: a save that never finished "
 		   "counts");
 	n = tmp_files(d.state);

@@ -840,9 +840,11 @@ int registry_prepare_route(struct registry *r, const char *skill, const char *co
 	int ret;
 
 	*out = NULL;
-	/* a name a request can ask for, as the config file's [route NAME]:
-	 * "base" and "auto" never look at a route, '@' names a version */
-	if (!reg_part_ok(skill) || !strcmp(skill, "base") || !strcmp(skill, "auto")) {
+	/* a new route's skill is a name a request can ask for, as the config
+	 * file's [route NAME]: "base" and "auto" never look at a route, '@'
+	 * names a version. A route that exists already (saved by a lorad that
+	 * took any name) can still be changed, so its versions can go. */
+	if (!prev && (!reg_part_ok(skill) || !strcmp(skill, "base") || !strcmp(skill, "auto"))) {
 		snprintf(err, errlen, "skill '%.31s': a skill name is 1-31 of A-Z a-z 0-9 _ . - "
 			 "(and not base or auto)", skill);
 		return -EINVAL;

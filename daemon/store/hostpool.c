@@ -469,6 +469,30 @@ int hostpool_evict(struct hostpool *hp, const char *key)
 	return rc;
 }
 
+int hostpool_forget(struct hostpool *hp, const char *key)
+{
+	struct hp_buf *b, *drop = NULL;
+
+	pthread_mutex_lock(&hp->mu);
+	for (b = hp->head; b; b = b->next)
+		if (strcmp(b->key, key) == 0)
+			break;
+	if (b) {
+		/* as hostpool_publish unlinks an entry it replaces */
+		lru_unlink(hp, b);
+		b->state = HP_UNLINKED;
+		hp->st.entries--;
+		if (b->refs)
+			hp->st.held--;
+		else
+			drop = retire(hp, b);
+	}
+	pthread_mutex_unlock(&hp->mu);
+	if (drop)
+		buf_free(hp, drop);
+	return b ? 0 : -ENOENT;
+}
+
 void hostpool_stats(struct hostpool *hp, struct hostpool_stats *st)
 {
 	pthread_mutex_lock(&hp->mu);

@@ -120,6 +120,14 @@ void hostpool_lend(struct hostpool *hp, struct hp_buf *b, bool lent);
 /* Unlinks key if nobody holds it. Returns 0, -ENOENT or -EBUSY. */
 int hostpool_evict(struct hostpool *hp, const char *key);
 
+/*
+ * Unlinks @key even while it is held: its files are gone from the store
+ * (their version was removed), and a later version under the same key has
+ * other files. Holders keep the memory until their hostpool_put(). Not an
+ * eviction in the stats. Returns 0 or -ENOENT.
+ */
+int hostpool_forget(struct hostpool *hp, const char *key);
+
 void hostpool_stats(struct hostpool *hp, struct hostpool_stats *st);
 
 /* Buffer accessors. data: page-aligned start; cap: allocated bytes (page

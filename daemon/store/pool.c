@@ -235,14 +235,14 @@ void pool_delete(struct pool *p, struct pool_entry *pe)
 {
 	release_parts(p, pe);
 	release_held(p, pe);
-	/* its files leave the host tier with it: they are found by key alone,
-	 * and a version registered later under the same id has other files */
+	/* its files leave the host tier with it, held or not: they are found
+	 * by key alone, and a version registered later under the same id has
+	 * other files */
 	for (int k = 0; k < 2 && p->hp; k++) {
 		char key[sizeof(pe->key) + 8];
 
 		part_key(pe, k, key, sizeof(key));
-		if (hostpool_evict(p->hp, key) == -EBUSY)
-			log_warn("adapter %s removed while its files are held", pe->key);
+		hostpool_forget(p->hp, key);
 	}
 	for (unsigned i = 0; i < p->n; i++)
 		if (p->v[i] == pe) {

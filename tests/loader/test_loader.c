@@ -459,6 +459,30 @@ static void test_budget_evict_reload(void **state)
 	assert_int_equal(hostpool_evict(hp, path[0]), 0);
 	assert_false(hostpool_has(hp, path[0]));
 	assert_int_equal(hostpool_evict(hp, path[0]), -ENOENT);
+	/* a removed version's files leave the tier even while held (a later
+	 * version under the same key has other files); the holder keeps them */
+	{
+		struct loader_result q = load_one(ld, path[N - 1], sha[N - 1], size[N - 1], false);
+		struct hp_buf *held = q.buf;
+		uint64_t entries;
+
+		assert_int_equal(q.status, 0);
+		assert_non_null(held);
+		hostpool_stats(hp, &hs);
+		entries = hs.entries;
+		assert_int_equal(hostpool_evict(hp, path[N - 1]), -EBUSY);
+		assert_int_equal(hostpool_forget(hp, path[N - 1]), 0);
+		assert_false(hostpool_has(hp, path[N - 1]));
+		assert_null(hostpool_get(hp, path[N - 1]));
+		assert_int_equal(hostpool_forget(hp, path[N - 1]), -ENOENT);
+		hostpool_stats(hp, &hs);
+		assert_int_equal(hs.entries, entries - 1);
+		assert_int_equal(hs.held, 0);
+		assert_true(hp_len(held) == size[N - 1]);   /* still the holder's */
+		hostpool_put(hp, held);
+		hostpool_stats(hp, &hs);
+		assert_int_equal(hs.held, 0);
+	}
 	loader_destroy(ld);
 	hostpool_destroy(hp);
 	assert_int_equal(vmlck_bytes(), lck0);

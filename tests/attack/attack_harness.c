@@ -956,19 +956,60 @@ out:
 	return r;
 }
 
+/* Field @key of the `adapters_list` entry @id, or NULL; *@r to put after. */
+static struct json_object *listed(const char *admin, const char *id, const char *key,
+				  struct json_object **r)
+{
+	struct json_object *a, *v, *x;
+
+	*r = NULL;
+	if (atk_admin(admin, "{\"cmd\":\"adapters_list\"}", r, 10000) ||
+	    !json_object_object_get_ex(*r, "adapters", &a))
+		return NULL;
+	for (size_t i = 0; i < json_object_array_length(a); i++) {
+		v = json_object_array_get_idx(a, i);
+		if (json_object_object_get_ex(v, "id", &x) && !strcmp(json_object_get_string(x), id) &&
+		    json_object_object_get_ex(v, key, &x))
+			return x;
+	}
+	return NULL;
+}
+
+bool atk_pinned(const char *admin, const char *id)
+{
+	struct json_object *r, *x = listed(admin, id, "pinned", &r);
+	bool yes = x && json_object_get_boolean(x);
+
+	json_object_put(r);
+	return yes;
+}
+
+long long atk_metric(const char *admin, const char *name)
+{
+	struct json_object *r, *t;
+	long long v = -1;
+	const char *text, *p;
+	size_t l = strlen(name);
+
+	if (atk_admin(admin, "{\"cmd\":\"metrics\"}", &r, 30000))
+		return -1;
+	if (json_object_object_get_ex(r, "text", &t)) {
+		text = json_object_get_string(t);
+		for (p = text; (p = strstr(p, name)); p++)
+			if ((p == text || p[-1] == '\n') && p[l] == ' ') {
+				v = atoll(p + l + 1);
+				break;
+			}
+	}
+	json_object_put(r);
+	return v;
+}
+
 unsigned atk_vid_of(const char *admin, const char *id)
 {
-	struct json_object *r = NULL, *a, *v, *x;
-	unsigned vid = 0;
+	struct json_object *r, *x = listed(admin, id, "vid", &r);
+	unsigned vid = x ? (unsigned)json_object_get_int(x) : 0;
 
-	if (atk_admin(admin, "{\"cmd\":\"adapters_list\"}", &r, 10000) == 0 &&
-	    json_object_object_get_ex(r, "adapters", &a))
-		for (size_t i = 0; i < json_object_array_length(a); i++) {
-			v = json_object_array_get_idx(a, i);
-			if (json_object_object_get_ex(v, "id", &x) && !strcmp(json_object_get_string(x), id) &&
-			    json_object_object_get_ex(v, "vid", &x))
-				vid = (unsigned)json_object_get_int(x);
-		}
 	json_object_put(r);
 	return vid;
 }

@@ -136,6 +136,11 @@ bool atk_reply_ok(struct json_object *reply);
 const char *atk_reply_error(struct json_object *reply);
 /* The number (vid) of adapter version @id as `adapters_list` shows it, or 0. */
 unsigned atk_vid_of(const char *admin, const char *id);
+/* Whether `adapters_list` says @id is pinned (false: not, or not listed). */
+bool atk_pinned(const char *admin, const char *id);
+/* The value of the metrics sample @name (the whole name with its labels,
+ * as the exposition prints it), or -1 when there is none. */
+long long atk_metric(const char *admin, const char *name);
 /* True when @text holds @word as a whole word (not inside a longer name). */
 bool atk_names(const char *text, const char *word);
 

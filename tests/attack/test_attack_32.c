@@ -34,26 +34,6 @@ static int teardown(void **state)
 	return 0;
 }
 
-/* Whether adapters_list says @id is pinned. */
-static bool pinned(const char *admin, const char *id)
-{
-	struct json_object *r, *list, *v, *x;
-	bool yes = false;
-
-	if (atk_admin(admin, "{\"cmd\":\"adapters_list\"}", &r, 10000))
-		return false;
-	if (json_object_object_get_ex(r, "adapters", &list))
-		for (size_t i = 0; i < json_object_array_length(list); i++) {
-			v = json_object_array_get_idx(list, i);
-			if (json_object_object_get_ex(v, "id", &x) &&
-			    !strcmp(json_object_get_string(x), id) &&
-			    json_object_object_get_ex(v, "pinned", &x))
-				yes = json_object_get_boolean(x);
-		}
-	json_object_put(r);
-	return yes;
-}
-
 /*
  * On the unfixed daemon the connection waits for its change with no event
  * armed but the hang-up, which epoll reports on every wait: the engine
@@ -107,7 +87,7 @@ static void test_admin_hangup_spin(void **state)
 
 	/* the change is made all the same, and its connection goes */
 	for (int i = 0; i < 100 && !made; i++) {
-		made = pinned(d.admin, "sql@v1");
+		made = atk_pinned(d.admin, "sql@v1");
 		if (!made)
 			atk_sleep_ms(200);
 	}

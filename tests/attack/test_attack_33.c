@@ -69,27 +69,6 @@ static int n_resident(const char *admin)
 	return n;
 }
 
-/* The value of the metrics sample @name (the whole name with its labels), or -1. */
-static long long metric(const char *admin, const char *name)
-{
-	struct json_object *r, *t;
-	long long v = -1;
-	const char *text, *p;
-
-	if (atk_admin(admin, "{\"cmd\":\"metrics\"}", &r, 10000))
-		return -1;
-	if (json_object_object_get_ex(r, "text", &t)) {
-		text = json_object_get_string(t);
-		for (p = text; (p = strstr(p, name)); p++)
-			if ((p == text || p[-1] == '\n') && p[strlen(name)] == ' ') {
-				v = atoll(p + strlen(name) + 1);
-				break;
-			}
-	}
-	json_object_put(r);
-	return v;
-}
-
 /*
  * On the unfixed daemon the removal unloads the version when it is
  * prepared, the prefetch (or the client) loads it again during the save,
@@ -173,7 +152,7 @@ static void test_remove_during_save(void **state)
 		   "is too slow for this test", SLOW_MS);
 
 	/* what the device tier counts is what is registered and resident */
-	dev = metric(d.admin, "lorad_tier_adapters{tier=\"device\"}");
+	dev = atk_metric(d.admin, "lorad_tier_adapters{tier=\"device\"}");
 	listed = n_resident(d.admin);
 	fprintf(stderr, "device tier: %lld adapters; %d resident versions listed\n", dev, listed);
 	ATK_EXPECT(dev == listed, "the device tier holds %lld adapters, %d resident versions are "

@@ -74,27 +74,6 @@ static void residency(const char *admin, const char *id, char *out, size_t len)
 	json_object_put(r);
 }
 
-/* The value of the metrics sample @name (the whole name with its labels), or -1. */
-static long long metric(const char *admin, const char *name)
-{
-	struct json_object *r, *t;
-	long long v = -1;
-	const char *text, *p;
-
-	if (atk_admin(admin, "{\"cmd\":\"metrics\"}", &r, 10000))
-		return -1;
-	if (json_object_object_get_ex(r, "text", &t)) {
-		text = json_object_get_string(t);
-		for (p = text; (p = strstr(p, name)); p++)
-			if ((p == text || p[-1] == '\n') && p[strlen(name)] == ' ') {
-				v = atoll(p + strlen(name) + 1);
-				break;
-			}
-	}
-	json_object_put(r);
-	return v;
-}
-
 /*
  * On the unfixed daemon the host tier keeps a removed version's files under
  * "x@v1#0" and "x@v1#1", and a load finds them there by that key alone:
@@ -130,7 +109,7 @@ static void test_reregistered_id(void **state)
 	assert_int_equal(gen(d.sock, "sql@v1", t_sql), 0);
 	assert_int_equal(gen(d.sock, "json@v1", t_json), 0);
 	assert_memory_not_equal(t_sql, t_json, sizeof(t_sql));
-	host0 = metric(d.admin, "lorad_tier_bytes{tier=\"host\"}");
+	host0 = atk_metric(d.admin, "lorad_tier_bytes{tier=\"host\"}");
 
 	/* x@v1 from sql's files, served once, removed */
 	rc = atk_ctl(d.admin, add_sql, out, sizeof(out), err, sizeof(err), 30000, NULL);
@@ -138,10 +117,10 @@ static void test_reregistered_id(void **state)
 	assert_int_equal(gen(d.sock, "x@v1", t_x), 0);
 	ATK_EXPECT(!memcmp(t_x, t_sql, sizeof(t_x)), "x@v1 from sql's files does not generate "
 		   "what sql@v1 does");
-	host1 = metric(d.admin, "lorad_tier_bytes{tier=\"host\"}");
+	host1 = atk_metric(d.admin, "lorad_tier_bytes{tier=\"host\"}");
 	rc = atk_ctl(d.admin, rm, out, sizeof(out), err, sizeof(err), 30000, NULL);
 	ATK_EXPECT(rc == 0, "adapters remove x@v1: exit %d: %s", rc, err);
-	host2 = metric(d.admin, "lorad_tier_bytes{tier=\"host\"}");
+	host2 = atk_metric(d.admin, "lorad_tier_bytes{tier=\"host\"}");
 	fprintf(stderr, "host tier bytes: %lld before x@v1, %lld with it, %lld after its removal\n",
 		host0, host1, host2);
 	ATK_EXPECT(host2 == host0, "the removed x@v1's files stay in the host tier: %lld bytes, "

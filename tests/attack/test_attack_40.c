@@ -58,26 +58,6 @@ static int tmp_files(const char *dir)
 	return n;
 }
 
-/* Whether adapters_list says @id is pinned. */
-static bool pinned(const char *admin, const char *id)
-{
-	struct json_object *r, *list, *v, *x;
-	bool yes = false;
-
-	if (atk_admin(admin, "{\"cmd\":\"adapters_list\"}", &r, 10000))
-		return false;
-	if (json_object_object_get_ex(r, "adapters", &list))
-		for (size_t i = 0; i < json_object_array_length(list); i++) {
-			v = json_object_array_get_idx(list, i);
-			if (json_object_object_get_ex(v, "id", &x) &&
-			    !strcmp(json_object_get_string(x), id) &&
-			    json_object_object_get_ex(v, "pinned", &x))
-				yes = json_object_get_boolean(x);
-		}
-	json_object_put(r);
-	return yes;
-}
-
 /*
  * On the unfixed daemon nothing removes them: after three SIGKILLs during
  * saves the state directory held three .state.json.PID.N.tmp files (each
@@ -136,7 +116,7 @@ static void test_state_tmp_left(void **state)
 		snprintf(path, sizeof(path), "%s/%s", d.state, not_ours[i]);
 		ATK_EXPECT(access(path, F_OK) == 0, "%s, not lorad's, was removed", not_ours[i]);
 	}
-	ATK_EXPECT(!pinned(d.admin, "sql@v1"), "sql@v1 is pinned: a save that never finished "
+	ATK_EXPECT(!atk_pinned(d.admin, "sql@v1"), "sql@v1 is pinned: a save that never finished "
 		   "counts");
 	n = tmp_files(d.state);
 	ATK_EXPECT(n == 0, "the state directory holds %d temporary files of dead daemons", n);
@@ -146,7 +126,7 @@ static void test_state_tmp_left(void **state)
 
 		ATK_EXPECT(atk_ctl(d.admin, pin, out, sizeof(out), err, sizeof(err), 20000, NULL) == 0,
 			   "adapters pin: %s", err);
-		ATK_EXPECT(pinned(d.admin, "sql@v1"), "the pin is not made");
+		ATK_EXPECT(atk_pinned(d.admin, "sql@v1"), "the pin is not made");
 		ATK_EXPECT(tmp_files(d.state) == 0, "a save left a temporary file");
 	}
 	ATK_EXPECT(atk_daemon_stop(&d, 15000, NULL) == 0, "SIGTERM: not a clean exit");

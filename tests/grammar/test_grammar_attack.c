@@ -623,22 +623,6 @@ static int qwen_model(const char *dir, char *model, size_t len)
 	return 0;
 }
 
-/* The value of metric @name in `loradctl metrics`, or -1. */
-static long long metric(const struct atk_daemon *d, const char *name)
-{
-	static char out[1 << 20];
-	char err[1024], *p;
-	size_t l = strlen(name);
-
-	if (atk_ctl(d->admin, (const char *[]){ "metrics", NULL }, out, sizeof(out), err, sizeof(err),
-		    30000, NULL))
-		return -1;
-	for (p = out; (p = strstr(p, name)); p += l)
-		if ((p == out || p[-1] == '\n') && p[l] == ' ')
-			return atoll(p + l + 1);
-	return -1;
-}
-
 #define WALK_REQ   8
 #define WALK_CHAIN 1800
 /* the scheduler's bound (STEP_WALK_WORK) and a whole walk of Qwen3's trie
@@ -699,8 +683,8 @@ static void test_grammar_walks(void **state)
 				   (unsigned long long)ev[e].user_data, ev[e].res, ev[e].field);
 		}
 	}
-	late = metric(&d, "lorad_grammar_late_total");
-	walk = metric(&d, "lorad_grammar_step_walk_nodes_max");
+	late = atk_metric(d.admin, "lorad_grammar_late_total");
+	walk = atk_metric(d.admin, "lorad_grammar_step_walk_nodes_max");
 	fprintf(stderr, "%d requests under the chain: %d ended, %d wrote their 300 tokens; steps "
 		"sat out %lld, most trie nodes walked in a step %lld\n", WALK_REQ, ended, lengths,
 		late, walk);

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,12 @@
 #define ADMIN_MAX_CMDS   64
 #define ADMIN_MAX_ARGS   8
 #define ADMIN_JSON_DEPTH 16           /* nesting the parser accepts */
+/* Operators' work in one turn of the engine loop. Commands run on the
+ * engine thread between steps, and their number and size are the peers'
+ * choice: past this share the requests left wait for the next turn, so a
+ * flood of them spreads over many steps instead of stalling one (a whole
+ * command always runs: one is always allowed a turn). */
+#define ADMIN_TURN_NS    (1000000ull)
 
 enum { AK_LISTEN = 0x41444d31, AK_CONN };
 
@@ -36,6 +43,7 @@ struct admin_conn {
 	bool read_shut;             /* the peer half-closed: only replies are left to send */
 	unsigned deferred;          /* replies owed; the connection stays until they are sent */
 	bool hung_up;               /* the peer left while a reply was owed: not watched any more */
+	bool backlog;               /* whole requests wait for a later turn's share; not read meanwhile */
 	uint64_t deadline;          /* CLOCK_MONOTONIC ns: closed if no request completes by then */
 	uint64_t id;
 	struct admin_conn *next;
@@ -62,6 +70,12 @@ struct admin {
 	struct log_ratelimit rl;
 	uint64_t next_id;
 	struct admin_conn *current;  /* the connection whose request runs now */
+	/* this turn's share (admin_run() starts the next) */
+	uint64_t turn_ns;
+	unsigned turn_cmds;
+	unsigned n_backlog;          /* connections with backlog set */
+	struct admin_conn *rr;       /* the one to serve first in the next admin_run() */
+	struct admin_stats st;
 };
 
 int admin_command_add(struct admin *a, const char *name, admin_fn fn, void *ctx,
@@ -130,6 +144,10 @@ static void conn_close(struct admin_conn *c)
 			*pp = c->next;
 			break;
 		}
+	if (a->rr == c)
+		a->rr = c->next;
+	if (c->backlog)
+		a->n_backlog--;
 	epoll_ctl(a->ep, EPOLL_CTL_DEL, c->fd, NULL);
 	close(c->fd);
 	free(c->in);
@@ -189,7 +207,7 @@ static void conn_arm(struct admin_conn *c)
 
 	if (c->hung_up)
 		return;   /* out of the epoll set: its answer closes it */
-	if (!c->read_shut && !c->closing && !c->deferred && backlog < ADMIN_OUT_HIGH)
+	if (!c->read_shut && !c->closing && !c->deferred && !c->backlog && backlog < ADMIN_OUT_HIGH)
 		ev.events |= EPOLLIN | EPOLLRDHUP;
 	if (backlog)
 		ev.events |= EPOLLOUT;
@@ -241,10 +259,12 @@ static int grow(char **buf, size_t *cap, size_t need)
 }
 
 /* A connection is finished when it will get nothing more: closing or
- * half-closed, every deferred reply answered and every reply sent. */
+ * half-closed, every deferred reply answered, every request it sent run
+ * and every reply sent. */
 static bool conn_done(const struct admin_conn *c)
 {
-	return (c->closing || c->read_shut) && !c->deferred && c->out_len == c->out_off;
+	return (c->closing || c->read_shut) && !c->deferred && !c->backlog &&
+	       c->out_len == c->out_off;
 }
 
 static void conn_reply(struct admin_conn *c, struct json_object *reply)
@@ -284,7 +304,7 @@ static void conn_settle(struct admin_conn *c)
 		conn_arm(c);
 }
 
-static void conn_process(struct admin_conn *c);
+static void conn_process(struct admin_conn *c, unsigned max);
 
 void admin_complete(struct admin *a, uint64_t ticket, struct json_object *reply, int ret)
 {
@@ -301,7 +321,7 @@ void admin_complete(struct admin *a, uint64_t ticket, struct json_object *reply,
 		}
 		conn_reply(c, reply);
 		c->deadline = now_ns() + (uint64_t)a->lim.timeout_ms * 1000000ull;
-		conn_process(c);   /* requests that waited behind a full reply queue */
+		conn_process(c, UINT_MAX);   /* requests that waited behind a full reply queue */
 		conn_settle(c);
 		break;
 	}
@@ -447,34 +467,67 @@ out:
 	json_object_put(req);
 }
 
-/* Run the whole request lines buffered so far, while replies do not back up. */
-static void conn_process(struct admin_conn *c)
+/* Whether this turn's share has room for one more command. */
+static bool turn_has_room(const struct admin *a)
 {
+	return !a->turn_cmds || a->turn_ns < ADMIN_TURN_NS;
+}
+
+static void set_backlog(struct admin_conn *c, bool on)
+{
+	if (c->backlog != on) {
+		c->backlog = on;
+		c->a->n_backlog += on ? 1 : -1;
+	}
+}
+
+/*
+ * Run up to @max of the whole request lines buffered so far, while replies
+ * do not back up and the turn's share lasts. Lines left for want of share
+ * set the connection's backlog: admin_run() takes them up in later turns.
+ */
+static void conn_process(struct admin_conn *c, unsigned max)
+{
+	struct admin *a = c->a;
 	size_t at = 0;
 
 	/* one request at a time: while one waits for its answer (a change being
 	 * made durable), the next waits too, so replies come in request order */
-	while (at < c->in_len && !c->closing && !c->deferred &&
-	       c->out_len - c->out_off < ADMIN_OUT_HIGH) {
+	while (max && at < c->in_len && !c->closing && !c->deferred &&
+	       c->out_len - c->out_off < ADMIN_OUT_HIGH && turn_has_room(a)) {
 		char *nl = memchr(c->in + at, '\n', c->in_len - at);
+		uint64_t t0, t1;
 
 		if (!nl)
 			break;
+		t0 = now_ns();
 		handle_line(c, c->in + at, (size_t)(nl - (c->in + at)));
+		t1 = now_ns();
+		a->turn_ns += t1 - t0;
+		a->turn_cmds++;
+		a->st.requests++;
+		max--;
 		at = (size_t)(nl - c->in) + 1;
-		c->deadline = now_ns() + (uint64_t)c->a->lim.timeout_ms * 1000000ull;
+		c->deadline = t1 + (uint64_t)a->lim.timeout_ms * 1000000ull;
 	}
 	if (at) {
 		memmove(c->in, c->in + at, c->in_len - at);
 		c->in_len -= at;
 	}
+	/* what is buffered is at most one read past the last request run, so
+	 * looking for a whole line again is cheap */
+	set_backlog(c, !c->closing && !c->deferred && c->out_len - c->out_off < ADMIN_OUT_HIGH &&
+		    c->in_len && memchr(c->in, '\n', c->in_len) != NULL);
+	if (c->backlog && !turn_has_room(a))
+		a->st.turns_full++;
 }
 
 static void conn_readable(struct admin_conn *c)
 {
 	char buf[4096];
 
-	while (!c->closing && !c->read_shut && !c->deferred && c->out_len - c->out_off < ADMIN_OUT_HIGH) {
+	while (!c->closing && !c->read_shut && !c->deferred && !c->backlog &&
+	       c->out_len - c->out_off < ADMIN_OUT_HIGH) {
 		ssize_t k = recv(c->fd, buf, sizeof(buf), MSG_DONTWAIT);
 
 		if (k < 0 && (errno == EAGAIN || errno == EINTR))
@@ -493,7 +546,7 @@ static void conn_readable(struct admin_conn *c)
 		}
 		memcpy(c->in + c->in_len, buf, (size_t)k);
 		c->in_len += (size_t)k;
-		conn_process(c);
+		conn_process(c, UINT_MAX);
 		/* what is left is one partial line: a request is bounded as it arrives */
 		if (c->in_len > c->a->lim.max_request && !memchr(c->in, '\n', c->in_len)) {
 			struct json_object *reply = json_object_new_object();
@@ -509,7 +562,7 @@ static void conn_readable(struct admin_conn *c)
 			c->closing = true;   /* the rest of that line cannot be told from a new one */
 		}
 	}
-	conn_process(c);
+	conn_process(c, UINT_MAX);
 }
 
 static void refuse(int fd, const char *line)
@@ -592,7 +645,7 @@ bool admin_event(struct admin *a, void *ptr, uint32_t events)
 		if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP))
 			conn_readable(c);
 		conn_flush(c);
-		conn_process(c);   /* requests that waited for the reply queue to drain */
+		conn_process(c, UINT_MAX);   /* requests that waited for the reply queue to drain */
 		conn_settle(c);
 		return true;
 	}
@@ -603,8 +656,41 @@ void admin_tick(struct admin *a, uint64_t now)
 {
 	for (struct admin_conn *c = a ? a->conns : NULL, *next; c; c = next) {
 		next = c->next;
-		/* a command still working (hashing a large adapter) holds its connection open */
-		if (!c->deferred && now > c->deadline)
+		/* a command still working (hashing a large adapter) holds its
+		 * connection open, and so do requests waiting for their share */
+		if (!c->deferred && !c->backlog && now > c->deadline)
 			conn_close(c);
 	}
+}
+
+int admin_run(struct admin *a)
+{
+	int ran = 0;
+
+	if (!a)
+		return 0;
+	/* one request of each waiting connection in turn, from where the last
+	 * turn stopped, while the share lasts: the flooding peer gets no more
+	 * turns than the one asking once */
+	while (a->n_backlog && turn_has_room(a)) {
+		struct admin_conn *c = a->rr ? a->rr : a->conns;
+
+		a->rr = c->next;
+		if (!c->backlog)
+			continue;
+		conn_process(c, 1);
+		conn_settle(c);   /* may free c: a->rr already points past it */
+		ran++;
+	}
+	a->turn_ns = 0;
+	a->turn_cmds = 0;
+	return ran + (a->n_backlog ? 1 : 0);
+}
+
+void admin_get_stats(const struct admin *a, struct admin_stats *st)
+{
+	if (a)
+		*st = a->st;
+	else
+		memset(st, 0, sizeof(*st));
 }

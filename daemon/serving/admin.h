@@ -83,6 +83,22 @@ void admin_set_limits(struct admin *a, const struct admin_limits *lim);
 /* An epoll event whose data.ptr is one of ours. Returns true if it was. */
 bool admin_event(struct admin *a, void *ptr, uint32_t events);
 
+/*
+ * Once every turn of the engine loop: run requests that waited for a share
+ * of the engine thread (a turn's share is ADMIN_TURN_NS of commands, spent
+ * by admin_event() and here), one per connection in turn, then start the
+ * next turn's share. Returns the requests run (non-zero: more may wait, do
+ * not sleep).
+ */
+int admin_run(struct admin *a);
+
+struct admin_stats {
+	uint64_t requests;           /* commands run */
+	uint64_t turns_full;         /* times requests were left for a later turn */
+};
+
+void admin_get_stats(const struct admin *a, struct admin_stats *st);
+
 /* Close connections past their timeout; @now is CLOCK_MONOTONIC ns. */
 void admin_tick(struct admin *a, uint64_t now);
 

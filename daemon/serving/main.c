@@ -907,6 +907,10 @@ static void engine_stats(void *ctx, struct ops_engine_stats *es)
 	es->grammar_memory = st.grammar_memory;
 	es->grammar_late = st.grammar_late;
 	es->grammar_step_walk = st.grammar_step_walk;
+	struct admin_stats as;
+	admin_get_stats(d->sv.admin, &as);
+	es->admin_requests = as.requests;
+	es->admin_turns_full = as.turns_full;
 }
 
 static int build_server(struct daemon *d)

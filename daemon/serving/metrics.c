@@ -383,6 +383,13 @@ static void engine(struct buf *b, const struct ops_engine_stats *es)
 	bprintf(b, "lorad_backend_info{backend=\"%s\",device=\"", es->backend);
 	label_value(b, es->device);
 	bprintf(b, "\"} 1\n");
+	family(b, "lorad_admin_requests_total", "counter",
+	       "Operators' commands run on the admin socket.");
+	bprintf(b, "lorad_admin_requests_total %llu\n", (unsigned long long)es->admin_requests);
+	family(b, "lorad_admin_deferred_total", "counter",
+	       "Times operators' commands waited for a later turn of the engine loop: a turn runs "
+	       "about 1 ms of them, so a flood of commands spreads over steps instead of stalling one.");
+	bprintf(b, "lorad_admin_deferred_total %llu\n", (unsigned long long)es->admin_turns_full);
 	family(b, "lorad_backend_healthy", "gauge",
 	       "1 while the backend has seen no device error; 0 after one (loradctl status names it).");
 	bprintf(b, "lorad_backend_healthy %d\n", es->healthy);

@@ -38,6 +38,8 @@ struct ops_engine_stats {
 	uint64_t grammar_memory;      /* their limit; 0: no grammars (no tokenizer) */
 	uint64_t grammar_late;        /* steps sequences sat out for the step's walks */
 	uint64_t grammar_step_walk;   /* the most trie nodes one step walked */
+	uint64_t admin_requests;      /* operators' commands run (struct admin_stats) */
+	uint64_t admin_turns_full;    /* times they were left for a later loop turn */
 	/* the backend's host threads (struct be_threads); threads 0: it has
 	 * none (CUDA) */
 	int threads;

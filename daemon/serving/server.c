@@ -780,6 +780,7 @@ int server_run(struct server *sv)
 		work = poll_sessions(sv);
 		work += sv->ex->step(sv->exctx);
 		work += flush_sessions(sv);
+		work += admin_run(sv->admin);   /* operators' requests left for want of share */
 		bury(sv);
 		if (sv->draining && drain_done(sv, now))
 			break;

@@ -173,6 +173,7 @@ static void pump(int timeout_ms)
 		admin_event(adm, ev[i].data.ptr, ev[i].events);
 	}
 	ops_poll(ops);
+	admin_run(adm);   /* requests left for want of the turn's share */
 	admin_tick(adm, mono_ns());
 }
 

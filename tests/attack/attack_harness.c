@@ -712,6 +712,65 @@ int atk_generate_once(const char *sock, const char *skill, uint32_t max_tokens,
 	return ret;
 }
 
+static void stream_submit(struct atk_stream *s)
+{
+	struct lorad_request r = { .user_data = ++s->ud, .prompt_text = s->prompt,
+				   .prompt_text_len = (uint32_t)strlen(s->prompt),
+				   .max_tokens = s->max_tokens, .out = s->out,
+				   .flags = LORAD_SQE_F_IGNORE_EOS };
+	int ret = lorad_submit(s->c, &r);
+
+	ATK_EXPECT(ret == 0, "the streaming client's submit: %s", lorad_strerror(ret));
+	s->running = ret == 0;
+	s->requests++;
+}
+
+int atk_stream_start(struct atk_stream *s, struct lorad *c, const char *prompt,
+		     uint32_t max_tokens)
+{
+	uint64_t deadline = atk_now_ns() + 10000000000ull;
+
+	memset(s, 0, sizeof(*s));
+	s->c = c;
+	s->prompt = prompt;
+	s->max_tokens = max_tokens < ATK_STREAM_MAX ? max_tokens : ATK_STREAM_MAX;
+	stream_submit(s);
+	while (s->events < 10 && atk_now_ns() < deadline)
+		atk_stream_pump(s);
+	s->max_gap_ns = 0;
+	return s->events >= 10 ? 0 : -ETIMEDOUT;
+}
+
+void atk_stream_pump(struct atk_stream *s)
+{
+	struct lorad_event ev[16];
+	int n = lorad_wait(s->c, ev, 16, 1);
+	uint64_t now = atk_now_ns();
+
+	if (n > 0) {
+		if (s->last_ns && now - s->last_ns > s->max_gap_ns)
+			s->max_gap_ns = now - s->last_ns;
+		s->last_ns = now;
+		s->events += (unsigned)n;
+	}
+	for (int i = 0; i < n; i++)
+		if (ev[i].flags & LORAD_EV_FINAL) {
+			ATK_EXPECT(ev[i].res == 0, "the streaming client's request: %s",
+				   lorad_strerror(ev[i].res));
+			s->running = false;
+		}
+	if (!s->running)
+		stream_submit(s);
+}
+
+void atk_stream_pump_for(struct atk_stream *s, unsigned ms)
+{
+	uint64_t end = atk_now_ns() + (uint64_t)ms * 1000000ull;
+
+	while (atk_now_ns() < end)
+		atk_stream_pump(s);
+}
+
 /* --- /proc ------------------------------------------------------------------------- */
 
 long atk_proc_status_kb(pid_t pid, const char *key)

@@ -171,6 +171,34 @@ int atk_generate(struct lorad *c, const char *skill, uint32_t max_tokens,
 int atk_generate_once(const char *sock, const char *skill, uint32_t max_tokens,
 		      struct lorad_event *final, int timeout_ms);
 
+/*
+ * A client streaming tokens the whole time, to see what an attack costs the
+ * others: one greedy text request of @max_tokens (at most ATK_STREAM_MAX)
+ * always running, the largest gap between its events kept.
+ */
+#define ATK_STREAM_MAX 256
+
+struct atk_stream {
+	struct lorad *c;
+	const char *prompt;
+	uint32_t max_tokens;
+	uint32_t out[ATK_STREAM_MAX];
+	uint64_t ud;
+	bool running;
+	unsigned events, requests;
+	uint64_t last_ns, max_gap_ns;   /* last_ns 0: the next event starts no gap */
+};
+
+/* Start streaming on @c and pump until its first 10 events (10 s at most),
+ * then forget the gaps so far. Returns 0, or -ETIMEDOUT without them. */
+int atk_stream_start(struct atk_stream *s, struct lorad *c, const char *prompt,
+		     uint32_t max_tokens);
+/* Take its events (waiting up to 1 ms), submitting the next request when one ends;
+ * a request that ends in error is a failure (ATK_EXPECT). */
+void atk_stream_pump(struct atk_stream *s);
+/* Pump for @ms. */
+void atk_stream_pump_for(struct atk_stream *s, unsigned ms);
+
 /* --- /proc ------------------------------------------------------------------------- */
 
 /* A "Name:   N kB" line of /proc/PID/status (VmRSS, VmHWM, RssAnon, ...): kB or -errno. */

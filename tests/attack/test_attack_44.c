@@ -57,56 +57,7 @@ static int teardown(void **state)
 	return 0;
 }
 
-struct stream {
-	uint32_t out[A_TOKENS];
-	uint64_t ud;
-	bool running;
-	unsigned events;
-	uint64_t last_ns, max_gap_ns;
-};
-
-static struct stream s;
-
-static void a_submit(void)
-{
-	static const char p[] = "Which customers live in 'Soarburg'?";
-	struct lorad_request r = { .user_data = ++s.ud, .prompt_text = p,
-				   .prompt_text_len = sizeof(p) - 1, .max_tokens = A_TOKENS,
-				   .out = s.out, .flags = LORAD_SQE_F_IGNORE_EOS };
-
-	assert_int_equal(lorad_submit(a, &r), 0);
-	s.running = true;
-}
-
-/* A's events (waiting up to 1 ms), one of its requests always running. */
-static void a_pump(void)
-{
-	struct lorad_event ev[16];
-	int n = lorad_wait(a, ev, 16, 1);
-	uint64_t now = atk_now_ns();
-
-	if (n > 0) {
-		if (s.last_ns && now - s.last_ns > s.max_gap_ns)
-			s.max_gap_ns = now - s.last_ns;
-		s.last_ns = now;
-		s.events += (unsigned)n;
-	}
-	for (int i = 0; i < n; i++)
-		if (ev[i].flags & LORAD_EV_FINAL) {
-			ATK_EXPECT(ev[i].res == 0, "A's request: res %d", ev[i].res);
-			s.running = false;
-		}
-	if (!s.running)
-		a_submit();
-}
-
-static void a_pump_for(unsigned ms)
-{
-	uint64_t end = atk_now_ns() + (uint64_t)ms * 1000000ull;
-
-	while (atk_now_ns() < end)
-		a_pump();
-}
+static struct atk_stream s;
 
 /* The flooder (a child process): N_FLOOD connections, each written full
  * of requests; every 300 ms the replies are read and thrown away so the
@@ -190,7 +141,7 @@ static void test_admin_flood(void **state)
 	const char *args[] = { "--model", model, "--threads", "1", NULL };
 	struct atk_daemon d;
 	struct json_object *r = NULL;
-	uint64_t deadline, quiet_gap, t0;
+	uint64_t quiet_gap, t0;
 	long long deferred;
 	unsigned got, ms;
 	int st;
@@ -202,15 +153,10 @@ static void test_admin_flood(void **state)
 	assert_int_equal(atk_daemon_init(&d, "a44"), 0);
 	assert_int_equal(atk_daemon_start(&d, args, 0), 0);
 	assert_int_equal(lorad_connect(d.sock, NULL, &a), 0);
-	a_submit();
-	deadline = atk_now_ns() + 10000000000ull;
-	while (s.events < 10 && atk_now_ns() < deadline)
-		a_pump();
-	assert_true(s.events >= 10);
+	assert_int_equal(atk_stream_start(&s, a, "Which customers live in 'Soarburg'?", A_TOKENS), 0);
 
 	/* the same stream with no flood: the gap this machine gives anyway */
-	s.max_gap_ns = 0;
-	a_pump_for(1500);
+	atk_stream_pump_for(&s, 1500);
 	quiet_gap = s.max_gap_ns;
 
 	flooder = fork();
@@ -218,14 +164,14 @@ static void test_admin_flood(void **state)
 	if (flooder == 0)
 		flood(d.admin);
 	s.max_gap_ns = 0;
-	a_pump_for(FLOOD_MS / 2);
+	atk_stream_pump_for(&s, FLOOD_MS / 2);
 	/* one operator asking once, in the middle of it */
 	t0 = atk_now_ns();
 	ATK_EXPECT(atk_admin(d.admin, "{\"cmd\":\"status\"}", &r, 10000) == 0 && atk_reply_ok(r),
 		   "an operator's status is not answered during the flood");
 	ms = (unsigned)((atk_now_ns() - t0) / 1000000);
 	json_object_put(r);
-	a_pump_for(FLOOD_MS / 2 + 500);
+	atk_stream_pump_for(&s, FLOOD_MS / 2 + 500);
 	st = atk_wait_child(flooder, 10000, NULL);
 	flooder = 0;
 	ATK_EXPECT(st == 0, "the flooder could not connect (exit %d)", st);

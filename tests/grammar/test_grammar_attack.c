@@ -72,48 +72,7 @@ static int teardown(void **state)
 	return 0;
 }
 
-struct stream {
-	uint32_t out[A_TOKENS];
-	uint64_t ud;
-	bool running;
-	unsigned events, requests;
-	uint64_t last_ns, max_gap_ns;
-};
-
-static struct stream s;
-
-static void a_submit(void)
-{
-	static const char p[] = "Which customers live in 'Soarburg'?";
-	struct lorad_request r = { .user_data = ++s.ud, .prompt_text = p, .prompt_text_len = sizeof(p) - 1,
-				   .max_tokens = A_TOKENS, .out = s.out, .flags = LORAD_SQE_F_IGNORE_EOS };
-
-	assert_int_equal(lorad_submit(a, &r), 0);
-	s.running = true;
-	s.requests++;
-}
-
-/* A's events (waiting up to 1 ms), one of its requests always running. */
-static void a_pump(void)
-{
-	struct lorad_event ev[16];
-	int n = lorad_wait(a, ev, 16, 1);
-	uint64_t now = atk_now_ns();
-
-	if (n > 0) {
-		if (s.last_ns && now - s.last_ns > s.max_gap_ns)
-			s.max_gap_ns = now - s.last_ns;
-		s.last_ns = now;
-		s.events += (unsigned)n;
-	}
-	for (int i = 0; i < n; i++)
-		if (ev[i].flags & LORAD_EV_FINAL) {
-			ATK_EXPECT(ev[i].res == 0, "A's request: res %d (%s)", ev[i].res, lorad_strerror(ev[i].res));
-			s.running = false;
-		}
-	if (!s.running)
-		a_submit();
-}
+static struct atk_stream s;
 
 struct job {
 	struct lorad_request r;
@@ -167,7 +126,7 @@ static long run_jobs(struct lorad *c, struct job *jobs, int n, int timeout_ms)
 				j->done = true;
 				left--;
 			}
-		a_pump();
+		atk_stream_pump(&s);
 	}
 	if (left) {
 		for (int i = 0; i < n; i++)
@@ -311,7 +270,7 @@ static void case_live_flood(const char *sock)
 	fj[N_FLOOD].r.user_data = 1000 + N_FLOOD;
 	assert_int_equal(lorad_submit(f, &fj[N_FLOOD].r), 0);
 	for (int i = 0; i < 100; i++)
-		a_pump();   /* the flood reaches the daemon first */
+		atk_stream_pump(&s);   /* the flood reaches the daemon first */
 	ms = run_one(LORAD_GRAMMAR_REGEX, shared, &j);
 	fprintf(stderr, "the text a live client asked for after %d slow grammars: %ld ms\n", N_FLOOD, ms);
 	ATK_EXPECT(ms >= 0 && ms < MAX_ANSWER_MS, "a grammar the flooding client also asked for took %ld ms",
@@ -373,7 +332,6 @@ static void test_grammar_attack(void **state)
 	char model[300];
 	const char *args[] = { "--model", model, "--threads", "1", NULL };
 	struct atk_daemon d;
-	uint64_t deadline;
 
 	(void)state;
 	snprintf(model, sizeof(model), "%s/model", atk_demo_dir());
@@ -381,12 +339,7 @@ static void test_grammar_attack(void **state)
 	assert_int_equal(atk_daemon_start(&d, args, 0), 0);
 	assert_int_equal(lorad_connect(d.sock, NULL, &a), 0);
 	assert_int_equal(lorad_connect(d.sock, NULL, &b), 0);
-	a_submit();
-	deadline = atk_now_ns() + 10000000000ull;
-	while (s.events < 10 && atk_now_ns() < deadline)
-		a_pump();
-	assert_true(s.events >= 10);
-	s.max_gap_ns = 0;
+	assert_int_equal(atk_stream_start(&s, a, "Which customers live in 'Soarburg'?", A_TOKENS), 0);
 
 	/* each case in the order that lets an unfixed daemon show every defect:
 	 * the ones that hold the grammar thread longest come last */

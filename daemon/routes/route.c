@@ -149,6 +149,7 @@ struct skill_routes {
 	struct route *cur;
 	struct route *hist[ROUTE_HISTORY];   /* newest first */
 	unsigned n_hist;
+	int64_t deleted;                     /* route_entry.deleted */
 };
 
 struct route_table {
@@ -252,7 +253,10 @@ int route_remove(struct route_table *t, const char *skill)
 	if (!sr)
 		return -ENOENT;
 	skill_free(sr);
-	*sr = t->s[--t->n];
+	/* the others keep their order: the one state.json lists them in, and
+	 * for the registry's deleted routes the order they were deleted in */
+	memmove(sr, sr + 1, (size_t)(&t->s[t->n] - (sr + 1)) * sizeof(*sr));
+	t->n--;
 	t->serial++;
 	return 0;
 }
@@ -286,6 +290,7 @@ void route_entry_get(const struct route_table *t, const char *skill, struct rout
 	for (unsigned i = 0; i < sr->n_hist; i++)
 		out->hist[i] = sr->hist[i];
 	out->n_hist = sr->n_hist;
+	out->deleted = sr->deleted;
 }
 
 int route_entry_set(struct route_table *t, const char *skill, const struct route_entry *e)
@@ -326,6 +331,7 @@ int route_entry_set(struct route_table *t, const char *skill, const struct route
 	sr->cur = cur;   /* the swap: the next admission sees the new route */
 	memcpy(sr->hist, hist, sizeof(hist));
 	sr->n_hist = n;
+	sr->deleted = e->deleted;
 	return 0;
 nomem:
 	free(cur);

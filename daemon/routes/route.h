@@ -71,7 +71,7 @@ int route_install(struct route_table *t, const struct route *r);
 /* Restore the previous route of @skill in one swap. Returns 0 or -ENOENT (no history). */
 int route_rollback(struct route_table *t, const char *skill);
 
-/* Drop @skill and its history. Returns 0 or -ENOENT. */
+/* Drop @skill and its history; the other skills keep their order. Returns 0 or -ENOENT. */
 int route_remove(struct route_table *t, const char *skill);
 
 /* Iterate: the i-th skill's current route (NULL past the end) and its history (newest first). */
@@ -84,13 +84,18 @@ struct route_entry {
 	const struct route *cur;     /* NULL: the skill has no route */
 	const struct route *hist[ROUTE_HISTORY];
 	unsigned n_hist;
+	/* wall-clock seconds the operator deleted the route at, 0: it was not.
+	 * Set only in the registry's table of deleted routes (registry.h):
+	 * there cur is the route the skill had, kept for a rollback. */
+	int64_t deleted;
 };
 
 /* The entry of @skill now; the routes stay the table's (valid until it changes). */
 void route_entry_get(const struct route_table *t, const char *skill, struct route_entry *out);
 
-/* Make @skill's entry copies of @e's routes (which may be the table's own):
- * the new route and its history in one swap. Returns 0 or -ENOMEM (nothing changed). */
+/* Make @skill's entry copies of @e's routes (which may be the table's own)
+ * and its deletion time: the new route and its history in one swap. A new
+ * skill comes last. Returns 0 or -ENOMEM (nothing changed). */
 int route_entry_set(struct route_table *t, const char *skill, const struct route_entry *e);
 
 /* Skills with a route. */

@@ -261,7 +261,9 @@ static int rollout_targets(struct ops *o, struct job *j)
 {
 	const struct route *cur = route_get(registry_routes(o->opt.reg), j->id);
 	uint32_t rest = ROUTE_BUCKETS - j->percent, others = 0, given = 0;
-	unsigned last = 0, kept = 0;
+	const char *t[ROUTE_MAX_VERSIONS + 1];   /* the others, and the version */
+	uint32_t w[ROUTE_MAX_VERSIONS + 1];
+	unsigned last = 0, n = 0;
 
 	j->n = 0;
 	if (!cur) {
@@ -282,38 +284,35 @@ static int rollout_targets(struct ops *o, struct job *j)
 	for (unsigned i = 0; i < cur->n; i++) {
 		if (!strcmp(cur->target[i], j->ver_id))
 			continue;
-		memcpy(j->target[j->n], cur->target[i], ROUTE_NAME_MAX);
-		j->weight[j->n] = others ? (uint32_t)((uint64_t)cur->weight[i] * rest / others) : 0;
-		given += j->weight[j->n];
+		t[n] = cur->target[i];
+		w[n] = others ? (uint32_t)((uint64_t)cur->weight[i] * rest / others) : 0;
+		given += w[n];
 		if (cur->weight[i])
-			last = j->n;
-		j->n++;
+			last = n;
+		n++;
 	}
-	if (!j->n && rest) {
+	if (!n && rest) {
 		snprintf(j->err, sizeof(j->err), "%s: no other version to give the rest to", j->id);
 		return -EINVAL;
 	}
-	if (j->n)
-		j->weight[last] += rest - given;   /* rounding remainder */
-	/* a version left at 0 % takes no traffic and leaves the route: kept,
-	 * it could not be removed, and rollouts done to the end would fill
-	 * the route's places with versions nobody is sent to. It holds no
-	 * bucket, so no key moves. */
-	for (unsigned i = 0; i < j->n; i++)
-		if (j->weight[i]) {
-			memmove(j->target[kept], j->target[i], ROUTE_NAME_MAX);
-			j->weight[kept++] = j->weight[i];
-		}
-	j->n = kept;
-	if (!j->percent)
-		return 0;   /* rolled out to nothing: out of the route as well */
-	if (j->n == ROUTE_MAX_VERSIONS) {
+	if (n)
+		w[last] += rest - given;   /* rounding remainder */
+	t[n] = j->ver_id;
+	w[n++] = j->percent;
+	/* a version left at 0 % (rolled out to nothing too) leaves the route,
+	 * as in every route: sized here by the same rule, so that a version
+	 * that lost its last bucket makes room for the one rolled out */
+	n = route_weighted(t, w, n);
+	if (n > ROUTE_MAX_VERSIONS) {
 		snprintf(j->err, sizeof(j->err), "%s: more than %d versions in one route", j->id,
 			 ROUTE_MAX_VERSIONS);
 		return -EINVAL;
 	}
-	memcpy(j->target[j->n], j->ver_id, ROUTE_NAME_MAX);
-	j->weight[j->n++] = j->percent;
+	for (unsigned i = 0; i < n; i++) {
+		memcpy(j->target[i], t[i], ROUTE_NAME_MAX);   /* from the route or j->ver_id */
+		j->weight[i] = w[i];
+	}
+	j->n = n;
 	return 0;
 }
 

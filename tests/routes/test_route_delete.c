@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The operator deletes a route.
+ * The operator deletes a route, and `route set` leaves out versions at 0 %.
  *
  * A deleted skill is answered as a skill that never had a route (the same
  * res and field), `route show` has no route for it, its place under
@@ -16,6 +16,9 @@
  * deletions forgotten past max_skills; a request parked for its adapter's
  * load before the delete keeps its version, a new one is refused; a
  * restart reads the deleted routes back in their order.
+ *
+ * `route set` with a version at 0 % leaves it out of the route (it can be
+ * removed then), as `route rollout` does.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -282,6 +285,48 @@ static void test_config_does_not_seed_deleted(void **state)
 	rt_daemon_cleanup(&d);
 }
 
+/*
+ * `route set` with versions at 0 %: they are not in the route (show,
+ * history) and can be removed; all at 0 % is refused by the sum.
+ */
+static void test_set_leaves_out_zero(void **state)
+{
+	char a[3][300];
+	const char *args[] = { "--adapter", a[0], "--adapter", a[1], "--adapter", a[2], NULL };
+	struct json_object *r;
+	struct rt_daemon d;
+	const char *s;
+
+	(void)state;
+	snprintf(a[0], sizeof(a[0]), "sql@v1=%s", models.adapter[0]);
+	snprintf(a[1], sizeof(a[1]), "sql@v2=%s", models.adapter[1]);
+	snprintf(a[2], sizeof(a[2]), "sql@v3=%s", models.adapter[2]);
+	assert_int_equal(rt_daemon_init(&d), 0);
+	assert_int_equal(rt_daemon_start(&d, models.model, args), 0);
+	assert_int_equal(rt_admin(d.admin, "{\"cmd\":\"route_set\",\"skill\":\"sql\",\"versions\":"
+				  "{\"sql@v1\":\"0\",\"sql@v2\":\"100\",\"sql@v3\":0}}", &r), 0);
+	s = json_object_to_json_string(r);
+	if (!json_object_get_boolean(json_object_object_get(r, "ok")) || strstr(s, "sql@v1") ||
+	    strstr(s, "sql@v3") || !strstr(s, "sql@v2"))
+		fail_msg("route_set with two versions at 0 %%: %s", s);
+	json_object_put(r);
+	assert_int_equal(rt_admin(d.admin, "{\"cmd\":\"route_history\",\"skill\":\"sql\"}", &r), 0);
+	s = json_object_to_json_string(r);
+	/* the current route, then the seeded sql@v1 100 %: v3 nowhere */
+	if (strstr(s, "sql@v3"))
+		fail_msg("a version at 0 %% is in the route: %s", s);
+	json_object_put(r);
+	/* nobody is sent to them: they can go */
+	assert_true(rt_admin_ok(d.admin, "{\"cmd\":\"adapters_remove\",\"id\":\"sql@v3\"}"));
+	/* a typo at 0 % is still refused, and so is a route of nothing */
+	expect_refusal(d.admin, "{\"cmd\":\"route_set\",\"skill\":\"sql\",\"versions\":"
+		       "{\"sql@v2\":\"100\",\"sql@nope\":\"0\"}}", "sql@nope is not a registered");
+	expect_refusal(d.admin, "{\"cmd\":\"route_set\",\"skill\":\"sql\",\"versions\":"
+		       "{\"sql@v1\":\"0\",\"sql@v2\":\"0\"}}", "not 100 %");
+	assert_int_equal(rt_daemon_stop(&d), 0);
+	rt_daemon_cleanup(&d);
+}
+
 /* --- in the registry -------------------------------------------------------------------- */
 
 /* Commit @ch after checking that the state it makes durable is the one it applies. */
@@ -437,6 +482,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_delete),
 		cmocka_unit_test(test_config_does_not_seed_deleted),
+		cmocka_unit_test(test_set_leaves_out_zero),
 		cmocka_unit_test(test_registry_delete),
 	};
 

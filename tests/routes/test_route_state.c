@@ -76,10 +76,17 @@ static const char *const versions[NSKILL][3] = { { "sql@v1", "sql@v2", "sql@v3" 
 						  { "chat@v1", "chat@v2", NULL } };
 static const unsigned n_versions[NSKILL] = { 3, 2 };
 
-/* @r becomes the route; the one before (or the deleted one) goes first in
- * the history */
+/* @r, less its versions at 0 % (they are no part of a route), becomes the
+ * route; the one before (or the deleted one) goes first in the history */
 static void install(struct skst *s, const struct rte *r)
 {
+	struct rte w = { 0 };
+
+	for (unsigned i = 0; i < r->n; i++)
+		if (r->w[i]) {
+			strcpy(w.t[w.n], r->t[i]);
+			w.w[w.n++] = r->w[i];
+		}
 	if (s->has || s->deleted) {
 		if (s->nh == ROUTE_HISTORY)
 			s->nh--;
@@ -87,7 +94,7 @@ static void install(struct skst *s, const struct rte *r)
 		s->hist[0] = s->cur;
 		s->nh++;
 	}
-	s->cur = *r;
+	s->cur = w;
 	s->has = true;
 	s->deleted = false;
 }

@@ -39,9 +39,11 @@ struct registry *registry_new(struct statedir *sd, struct engine *e)
 	if (!r)
 		return NULL;
 	r->routes = route_table_new();
+	r->deleted = route_table_new();
 	r->pool = pool_new(e);
-	if (!r->routes || !r->pool) {
+	if (!r->routes || !r->deleted || !r->pool) {
 		route_table_free(r->routes);
+		route_table_free(r->deleted);
 		pool_free(r->pool);
 		free(r);
 		return NULL;
@@ -60,6 +62,7 @@ void registry_free(struct registry *r)
 	for (unsigned i = 0; i < r->n; i++)
 		free(r->v[i]);
 	route_table_free(r->routes);
+	route_table_free(r->deleted);
 	free(r);
 }
 
@@ -76,6 +79,18 @@ struct route_table *registry_routes(struct registry *r)
 bool registry_skill_known(const struct registry *r, const char *skill)
 {
 	return route_get(r->routes, skill) != NULL;
+}
+
+bool registry_skill_has_state(const struct registry *r, const char *skill)
+{
+	return route_get(r->routes, skill) || route_get(r->deleted, skill);
+}
+
+void registry_route_entry(const struct registry *r, const char *skill, struct route_entry *e)
+{
+	route_entry_get(r->routes, skill, e);
+	if (!e->cur)
+		route_entry_get(r->deleted, skill, e);
 }
 
 /* --- versions ------------------------------------------------------------------------ */
@@ -199,8 +214,12 @@ int registry_resolve(struct registry *r, const char *skill, uint64_t key, int *a
 	 * request, an operator's test of a version before it gets traffic */
 	if (!rt && strchr(skill, '@'))
 		v = find_mut(r, skill);
+	else if (rt)
+		v = find_mut(r, route_pick(rt, key));
+	else if (*ticket && version_id[0] && route_get(r->deleted, skill))
+		v = find_mut(r, version_id);   /* parked for its load before the delete */
 	else
-		v = rt ? find_mut(r, route_pick(rt, key)) : NULL;
+		v = NULL;
 	if (!v || v->removing)
 		return -ENOENT;   /* a version being removed is gone for new requests */
 	*vid = v->vid;

@@ -13,7 +13,8 @@
  * after a restart.
  *
  * The state directory holds the truth (state.json, see statedir.h); routes
- * in the config file only seed skills that have no state yet. A state file
+ * in the config file only seed skills that have no state yet: no route,
+ * and no route the operator deleted (registry_skill_has_state). A state file
  * that is not one lorad wrote is refused field by field, naming the file
  * and the key, and the daemon does not start: the operator decides.
  *
@@ -139,9 +140,23 @@ int registry_prepare_pin(struct registry *r, const char *id, bool pin, struct re
 int registry_prepare_route(struct registry *r, const char *skill, const char *const *targets,
 			   const uint32_t *weights, unsigned n, struct reg_change **out, char *err,
 			   size_t errlen);
-/* The previous route of @skill back: every version it names must still be registered. */
+/* The previous route of @skill back: every version it names must still be
+ * registered. For a skill whose route was deleted, that route comes back
+ * with its history, as it was (its bucket table too), within max_skills. */
 int registry_prepare_rollback(struct registry *r, const char *skill, struct reg_change **out,
 			      char *err, size_t errlen);
+/*
+ * Delete @skill's route: from the commit on a request for it is refused as
+ * for a skill that never had one (-ENOENT), and its place no longer counts
+ * against max_skills. The route and its history are kept as the skill's
+ * deleted entry: a rollback brings them back, a new route for the skill
+ * continues that history, a restart keeps the deletion, and the config does
+ * not seed the skill again. At most max_skills deleted entries are kept;
+ * the change forgets the oldest ones past that (their skills have no state
+ * then). -ENOENT naming the skill when it has no route.
+ */
+int registry_prepare_delete(struct registry *r, const char *skill, struct reg_change **out,
+			    char *err, size_t errlen);
 
 /* state.json as it will be after @ch: a malloc'd text (*len bytes). Returns 0 or -ENOMEM. */
 int registry_change_text(const struct registry *r, const struct reg_change *ch, char **text,
@@ -166,6 +181,15 @@ const struct reg_version *registry_by_vid(const struct registry *r, uint32_t vid
 /* True when @skill has a route (a skill the operator created). */
 bool registry_skill_known(const struct registry *r, const char *skill);
 
+/* True when @skill has a route or had one the operator deleted: either way
+ * the state says what it is, and the config does not seed it. */
+bool registry_skill_has_state(const struct registry *r, const char *skill);
+
+/* @skill's entry: its route and history, or, when its route was deleted,
+ * the deleted entry (e->deleted set, e->cur the route it had); e->cur NULL
+ * when neither. The routes stay the registry's (valid until it changes). */
+void registry_route_entry(const struct registry *r, const char *skill, struct route_entry *e);
+
 /* Make @id resident now (prefetch), or start loading a pinned version. Returns 0 or -errno. */
 int registry_prefetch(struct registry *r, const char *id, char *err, size_t errlen);
 
@@ -179,6 +203,9 @@ int registry_prefetch(struct registry *r, const char *id, char *err, size_t errl
  * ticket and gets 0, or that attempt's error (the file named in the log) —
  * a fresh request (ticket 0) after a failure tries again. Without a loader
  * the load happens here, synchronously (pool_acquire). -ENOENT: no such skill.
+ * A request asking again whose skill's route was deleted meanwhile was
+ * admitted before: it keeps the version it was given (@version_id as the
+ * first answer wrote it), as a running request does.
  */
 int registry_resolve(struct registry *r, const char *skill, uint64_t key, int *adapter,
 		     uint32_t *vid, char *version_id, uint64_t *ticket);

@@ -20,6 +20,12 @@ struct registry {
 	uint32_t max_skills;
 	uint64_t max_adapter_bytes;  /* an adapter's files together, at registration */
 	struct route_table *routes;
+	/* skills whose route the operator deleted, oldest deletion first: each
+	 * entry the route it had (cur) and its history, for a rollback, and the
+	 * mark that the state, not the config, says the skill has no route. At
+	 * most max_skills: past that the oldest deletion is forgotten. A skill
+	 * is in one of the two tables at most. */
+	struct route_table *deleted;
 };
 
 /* "name" or "version": 1-31 of A-Z a-z 0-9 _ . - */

@@ -11,8 +11,14 @@
  *                     "config_sha256", "weights_sha256", "config_size",
  *                     "weights_size", "hash_scheme", "hash_chunk" }, ... ],
  *     "routes":   [ { "skill", "targets", "weights", "buckets", "created",
- *                     "history": [ route without history, newest first ] }, ... ] }
+ *                     "history": [ route without history, newest first ],
+ *                     "deleted" }, ... ] }
  * Format 1 (before stable vids) is read too: its versions get vids in file order.
+ * A route with "deleted" (wall-clock seconds, from 1) is the route of a skill
+ * the operator deleted, kept for a rollback: the skill has no route. Such
+ * routes come after the others, oldest deletion first; their versions may
+ * have been removed since, as those of a history. A lorad from before
+ * deletions refuses the key by name rather than serving a deleted route.
  * "sha256" is the version's identity, "config_sha256" and "weights_sha256"
  * each file's digest, all under the version's "hash_scheme" (chash.h):
  * "blake3-tree" or "sha256-tree" with its "hash_chunk" in bytes; a version without
@@ -26,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "adapter.h"
 #include "engine.h"
@@ -289,7 +296,7 @@ static int version_from_json(struct jpath *jp, struct json_object *o, int format
 static int route_from_json(struct jpath *jp, struct json_object *o, bool top, struct route *rt)
 {
 	static const char *const keys[] = { "skill", "targets", "weights", "buckets", "created",
-						"history", NULL };
+						"history", "deleted", NULL };
 	struct json_object *t, *w, *b, *c;
 	const char *skill;
 	char at[sizeof(jp->at)];
@@ -309,6 +316,8 @@ static int route_from_json(struct jpath *jp, struct json_object *o, bool top, st
 		return ret;
 	if (!top && json_object_object_get_ex(o, "history", NULL))
 		return bad(jp, "history", "is not allowed in a route of the history");
+	if (!top && json_object_object_get_ex(o, "deleted", NULL))
+		return bad(jp, "deleted", "is not allowed in a route of the history");
 	n = json_object_array_length(t);
 	if (!n || n > ROUTE_MAX_VERSIONS)
 		return bad(jp, "targets", "must hold 1 to 16 versions");
@@ -382,6 +391,8 @@ static void registry_clear(struct registry *r)
 		reg_delete(r, r->v[r->n - 1]);
 	route_table_free(r->routes);
 	r->routes = route_table_new();
+	route_table_free(r->deleted);
+	r->deleted = route_table_new();
 	r->next_vid = 0;
 }
 
@@ -435,6 +446,7 @@ static int load_json(struct registry *r, struct json_object *root, struct jpath 
 		struct json_object *o = json_object_array_get_idx(rs, i), *h;
 		struct route_entry ent = { 0 };
 		struct route *rt = malloc(sizeof(*rt) * (1 + ROUTE_HISTORY));
+		uint64_t deleted = 0;
 
 		if (!rt)
 			return -ENOMEM;
@@ -442,9 +454,14 @@ static int load_json(struct registry *r, struct json_object *root, struct jpath 
 		ret = route_from_json(jp, o, true, &rt[0]);
 		if (!ret)
 			ret = field(jp, o, "history", json_type_array, false, &h);
-		if (!ret && route_get(r->routes, rt[0].skill))
+		if (!ret)
+			ret = get_u64(jp, o, "deleted", false, INT64_MAX, &deleted);
+		if (!ret && json_object_object_get_ex(o, "deleted", NULL) && !deleted)
+			ret = bad(jp, "deleted", "must be from 1");
+		if (!ret && registry_skill_has_state(r, rt[0].skill))
 			ret = bad(jp, "skill", "appears twice");
-		for (unsigned k = 0; !ret && k < rt[0].n; k++)
+		/* a deleted route's versions may be gone, as a history's */
+		for (unsigned k = 0; !ret && !deleted && k < rt[0].n; k++)
 			if (!registry_find(r, rt[0].target[k])) {
 				snprintf(jp->at, sizeof(jp->at), "routes[%zu].targets[%u]", i, k);
 				ret = bad(jp, NULL, "is not one of the versions of the file");
@@ -462,8 +479,9 @@ static int load_json(struct registry *r, struct json_object *root, struct jpath 
 			ent.hist[k] = &rt[1 + k];
 			ent.n_hist = (unsigned)k + 1;
 		}
+		ent.deleted = (int64_t)deleted;
 		if (!ret)
-			ret = route_entry_set(r->routes, rt[0].skill, &ent);
+			ret = route_entry_set(deleted ? r->deleted : r->routes, rt[0].skill, &ent);
 		free(rt);
 		if (ret)
 			return ret;
@@ -517,13 +535,17 @@ out:
 
 /* A change prepared against the running state; committed only once durable. */
 struct reg_change {
-	enum { RC_ADD, RC_REMOVE, RC_PIN, RC_ROUTE } kind;
+	enum { RC_ADD, RC_REMOVE, RC_PIN, RC_ROUTE, RC_DELETE } kind;
 	struct reg_version *add;     /* RC_ADD: the version, not yet in the registry */
 	struct reg_version *target;  /* RC_REMOVE, RC_PIN */
 	bool pin;
-	/* RC_ROUTE: the skill's entry as it will be; cur is owned, hist borrows */
+	/* RC_ROUTE: the skill's entry as it will be (out of the deleted ones
+	 * if it was there); cur is owned, hist borrows. RC_DELETE: the entry
+	 * the skill's deleted one will be, all borrowed from the routes */
 	struct route *cur;
 	struct route_entry ent;
+	char skill[32];              /* RC_ROUTE, RC_DELETE */
+	unsigned evict;              /* RC_DELETE: the oldest deleted entries it forgets */
 };
 
 void registry_change_free(struct reg_change *ch)
@@ -574,6 +596,8 @@ static struct json_object *entry_to_json(const struct route_entry *e)
 	for (unsigned k = 0; k < e->n_hist; k++)
 		json_object_array_add(h, route_to_json(e->hist[k]));
 	json_object_object_add(o, "history", h);
+	if (e->deleted)
+		json_object_object_add(o, "deleted", json_object_new_int64(e->deleted));
 	return o;
 }
 
@@ -611,7 +635,7 @@ int registry_change_text(const struct registry *r, const struct reg_change *ch, 
 	const struct route *rt;
 	const char *s;
 	size_t n;
-	bool seen = false;
+	bool seen = false, route = ch && ch->kind == RC_ROUTE, del = ch && ch->kind == RC_DELETE;
 
 	if (ch && ch->kind == RC_ADD && ch->add->vid >= next)
 		next = ch->add->vid + 1;
@@ -627,18 +651,30 @@ int registry_change_text(const struct registry *r, const struct reg_change *ch, 
 	}
 	if (ch && ch->kind == RC_ADD)
 		json_object_array_add(vs, version_to_json(ch->add, false));
+	/* the routes served, then the deleted ones, oldest deletion first */
 	for (unsigned i = 0; (rt = route_at(r->routes, i)); i++) {
 		struct route_entry e;
 
-		if (ch && ch->kind == RC_ROUTE && !strcmp(rt->skill, ch->cur->skill)) {
-			json_object_array_add(rs, entry_to_json(&ch->ent));
+		if ((route || del) && !strcmp(rt->skill, ch->skill)) {
+			if (route)
+				json_object_array_add(rs, entry_to_json(&ch->ent));
 			seen = true;
 			continue;
 		}
 		route_entry_get(r->routes, rt->skill, &e);
 		json_object_array_add(rs, entry_to_json(&e));
 	}
-	if (ch && ch->kind == RC_ROUTE && !seen)
+	if (route && !seen)
+		json_object_array_add(rs, entry_to_json(&ch->ent));
+	for (unsigned i = del ? ch->evict : 0; (rt = route_at(r->deleted, i)); i++) {
+		struct route_entry e;
+
+		if (route && !strcmp(rt->skill, ch->skill))
+			continue;   /* served again */
+		route_entry_get(r->deleted, rt->skill, &e);
+		json_object_array_add(rs, entry_to_json(&e));
+	}
+	if (del)
 		json_object_array_add(rs, entry_to_json(&ch->ent));
 	json_object_object_add(root, "versions", vs);
 	json_object_object_add(root, "routes", rs);
@@ -834,7 +870,7 @@ int registry_prepare_route(struct registry *r, const char *skill, const char *co
 			   const uint32_t *weights, unsigned n, struct reg_change **out, char *err,
 			   size_t errlen)
 {
-	const struct route *prev = route_get(r->routes, skill);
+	const struct route *live = route_get(r->routes, skill);
 	struct reg_change *ch;
 	struct route_entry cur;
 	int ret;
@@ -844,7 +880,7 @@ int registry_prepare_route(struct registry *r, const char *skill, const char *co
 	 * file's [route NAME]: "base" and "auto" never look at a route, '@'
 	 * names a version. A route that exists already (saved by a lorad that
 	 * took any name) can still be changed, so its versions can go. */
-	if (!prev && (!reg_part_ok(skill) || !strcmp(skill, "base") || !strcmp(skill, "auto"))) {
+	if (!live && (!reg_part_ok(skill) || !strcmp(skill, "base") || !strcmp(skill, "auto"))) {
 		snprintf(err, errlen, "skill '%.31s': a skill name is 1-31 of A-Z a-z 0-9 _ . - "
 			 "(and not base or auto)", skill);
 		return -EINVAL;
@@ -854,23 +890,27 @@ int registry_prepare_route(struct registry *r, const char *skill, const char *co
 			snprintf(err, errlen, "%s is not a registered adapter version", targets[i]);
 			return -ENOENT;
 		}
-	if (!prev && route_count(r->routes) >= r->max_skills) {
+	if (!live && route_count(r->routes) >= r->max_skills) {
 		snprintf(err, errlen, "%s: %u skills have routes already (max_skills); no more",
 			 skill, r->max_skills);
 		return -ENOSPC;
 	}
+	/* the skill's entry now: its route, or the one it had before its
+	 * deletion, which the new route follows as it would have followed it
+	 * (keys stay where the same versions keep weight; a rollback returns) */
+	registry_route_entry(r, skill, &cur);
 	ch = change_new(RC_ROUTE);
 	if (!ch || !(ch->cur = malloc(sizeof(*ch->cur)))) {
 		free(ch);
 		return -ENOMEM;
 	}
-	ret = route_set(ch->cur, skill, prev, targets, weights, n, err, errlen);
+	ret = route_set(ch->cur, skill, cur.cur, targets, weights, n, err, errlen);
 	if (ret) {
 		registry_change_free(ch);
 		return ret;
 	}
+	snprintf(ch->skill, sizeof(ch->skill), "%s", ch->cur->skill);
 	/* the new route, and the old one first in its history */
-	route_entry_get(r->routes, skill, &cur);
 	ch->ent.cur = ch->cur;
 	if (cur.cur) {
 		ch->ent.hist[0] = cur.cur;
@@ -887,31 +927,67 @@ int registry_prepare_rollback(struct registry *r, const char *skill, struct reg_
 {
 	struct reg_change *ch;
 	struct route_entry cur;
+	const struct route *back;
 
 	*out = NULL;
-	route_entry_get(r->routes, skill, &cur);
-	if (!cur.cur || !cur.n_hist) {
+	registry_route_entry(r, skill, &cur);
+	/* a deleted route is the one to restore, its history stays its own */
+	back = cur.deleted ? cur.cur : cur.n_hist ? cur.hist[0] : NULL;
+	if (!back) {
 		snprintf(err, errlen, "no earlier route for skill %s", skill);
 		return -ENOENT;
 	}
-	for (unsigned i = 0; i < cur.hist[0]->n; i++)
-		if (!registry_find(r, cur.hist[0]->target[i])) {
+	for (unsigned i = 0; i < back->n; i++)
+		if (!registry_find(r, back->target[i])) {
 			snprintf(err, errlen, "the earlier route of %s sends traffic to %s, which is no "
 				 "longer registered: register it again or set a new route", skill,
-				 cur.hist[0]->target[i]);
+				 back->target[i]);
 			return -ENOENT;
 		}
+	if (cur.deleted && route_count(r->routes) >= r->max_skills) {
+		snprintf(err, errlen, "%s: %u skills have routes already (max_skills); delete one "
+			 "first", skill, r->max_skills);
+		return -ENOSPC;
+	}
 	ch = change_new(RC_ROUTE);
 	if (!ch || !(ch->cur = malloc(sizeof(*ch->cur)))) {
 		free(ch);
 		return -ENOMEM;
 	}
 	/* one swap: the previous table comes back whole */
-	*ch->cur = *cur.hist[0];
+	*ch->cur = *back;
+	snprintf(ch->skill, sizeof(ch->skill), "%s", back->skill);
 	ch->ent.cur = ch->cur;
-	for (unsigned k = 1; k < cur.n_hist; k++)
+	for (unsigned k = cur.deleted ? 0 : 1; k < cur.n_hist; k++)
 		ch->ent.hist[ch->ent.n_hist++] = cur.hist[k];
 	*out = ch;
+	return 0;
+}
+
+int registry_prepare_delete(struct registry *r, const char *skill, struct reg_change **out,
+			    char *err, size_t errlen)
+{
+	struct route_entry cur;
+	unsigned kept = route_count(r->deleted);
+	int64_t now = (int64_t)time(NULL);
+
+	*out = NULL;
+	route_entry_get(r->routes, skill, &cur);
+	if (!cur.cur) {
+		snprintf(err, errlen, "skill '%.31s' has no route%s", skill,
+			 route_get(r->deleted, skill) ? " (deleted already; route rollback brings "
+							"it back)" : "");
+		return -ENOENT;
+	}
+	*out = change_new(RC_DELETE);
+	if (!*out)
+		return -ENOMEM;
+	/* the route and its history as they are: a rollback restores them */
+	(*out)->ent = cur;
+	(*out)->ent.deleted = now > 0 ? now : 1;   /* 0 would mean "served" */
+	snprintf((*out)->skill, sizeof((*out)->skill), "%s", cur.cur->skill);
+	/* bounded as the routes are: the oldest deletions are forgotten first */
+	(*out)->evict = kept >= r->max_skills ? kept + 1 - r->max_skills : 0;
 	return 0;
 }
 
@@ -942,9 +1018,27 @@ int registry_commit(struct registry *r, struct reg_change *ch, const char **id)
 			pool_start_load(r->pool, ch->target->pe);
 		break;
 	case RC_ROUTE:
-		ret = route_entry_set(r->routes, ch->cur->skill, &ch->ent);
-		if (!ret && id)
-			*id = route_get(r->routes, ch->cur->skill)->skill;
+		/* copies first: the entry may borrow the deleted one's routes */
+		ret = route_entry_set(r->routes, ch->skill, &ch->ent);
+		if (!ret) {
+			route_remove(r->deleted, ch->skill);   /* -ENOENT: it was not deleted */
+			if (id)
+				*id = route_get(r->routes, ch->skill)->skill;
+		}
+		break;
+	case RC_DELETE:
+		ret = route_entry_set(r->deleted, ch->skill, &ch->ent);
+		if (ret)
+			break;
+		route_remove(r->routes, ch->skill);
+		for (unsigned k = 0; k < ch->evict; k++) {
+			char old[sizeof(ch->skill)];
+
+			snprintf(old, sizeof(old), "%s", route_at(r->deleted, 0)->skill);
+			route_remove(r->deleted, old);
+		}
+		if (id)
+			*id = route_get(r->deleted, ch->skill)->skill;
 		break;
 	}
 	registry_change_free(ch);

@@ -59,10 +59,24 @@ static bool target_ok(const char *t)
 	return true;
 }
 
+unsigned route_weighted(const char **targets, uint32_t *weights, unsigned n)
+{
+	unsigned kept = 0;
+
+	for (unsigned i = 0; i < n; i++)
+		if (weights[i]) {
+			targets[kept] = targets[i];
+			weights[kept++] = weights[i];
+		}
+	return kept;
+}
+
 int route_set(struct route *out, const char *skill, const struct route *prev,
-	      const char *const *targets, const uint32_t *weights, unsigned n,
+	      const char *const *given, const uint32_t *given_w, unsigned n,
 	      char *err, size_t errlen)
 {
+	const char *targets[ROUTE_MAX_VERSIONS];
+	uint32_t weights[ROUTE_MAX_VERSIONS];
 	uint32_t sum = 0, have[ROUTE_MAX_VERSIONS] = { 0 };
 	int map[ROUTE_MAX_VERSIONS];   /* prev index -> new index, or -1 */
 	static uint8_t freed_mark[ROUTE_BUCKETS];
@@ -77,17 +91,22 @@ int route_set(struct route *out, const char *skill, const struct route *prev,
 		return -EINVAL;
 	}
 	for (i = 0; i < n; i++) {
-		if (!target_ok(targets[i])) {
-			snprintf(err, errlen, "'%s' is not NAME@VERSION", targets[i]);
+		if (!target_ok(given[i])) {
+			snprintf(err, errlen, "'%s' is not NAME@VERSION", given[i]);
 			return -EINVAL;
 		}
 		for (uint32_t k = 0; k < i; k++)
-			if (!strcmp(targets[i], targets[k])) {
-				snprintf(err, errlen, "%s appears twice", targets[i]);
+			if (!strcmp(given[i], given[k])) {
+				snprintf(err, errlen, "%s appears twice", given[i]);
 				return -EINVAL;
 			}
+		targets[i] = given[i];
+		weights[i] = given_w[i];
 		sum += weights[i];
 	}
+	/* all of them checked (a typo at 0 % is still a typo); then the ones
+	 * at 0 % go. None left: the sum says why. */
+	n = route_weighted(targets, weights, n);
 	if (sum != ROUTE_BUCKETS) {
 		snprintf(err, errlen, "weights add up to %u.%02u %%, not 100 %%", sum / 100, sum % 100);
 		return -EINVAL;
@@ -149,6 +168,7 @@ struct skill_routes {
 	struct route *cur;
 	struct route *hist[ROUTE_HISTORY];   /* newest first */
 	unsigned n_hist;
+	int64_t deleted;                     /* route_entry.deleted */
 };
 
 struct route_table {
@@ -252,7 +272,10 @@ int route_remove(struct route_table *t, const char *skill)
 	if (!sr)
 		return -ENOENT;
 	skill_free(sr);
-	*sr = t->s[--t->n];
+	/* the others keep their order: the one state.json lists them in, and
+	 * for the registry's deleted routes the order they were deleted in */
+	memmove(sr, sr + 1, (size_t)(&t->s[t->n] - (sr + 1)) * sizeof(*sr));
+	t->n--;
 	t->serial++;
 	return 0;
 }
@@ -286,6 +309,7 @@ void route_entry_get(const struct route_table *t, const char *skill, struct rout
 	for (unsigned i = 0; i < sr->n_hist; i++)
 		out->hist[i] = sr->hist[i];
 	out->n_hist = sr->n_hist;
+	out->deleted = sr->deleted;
 }
 
 int route_entry_set(struct route_table *t, const char *skill, const struct route_entry *e)
@@ -326,6 +350,7 @@ int route_entry_set(struct route_table *t, const char *skill, const struct route
 	sr->cur = cur;   /* the swap: the next admission sees the new route */
 	memcpy(sr->hist, hist, sizeof(hist));
 	sr->n_hist = n;
+	sr->deleted = e->deleted;
 	return 0;
 nomem:
 	free(cur);

@@ -10,6 +10,10 @@
  * Routes are values: route_set() builds a new one from the old, and the
  * table swaps pointers, so a rollback is one swap and a running request
  * keeps the version it was given at admission.
+ *
+ * A version at 0 % is no part of a route (route_weighted): it takes no
+ * traffic and holds no bucket, and kept it would pin the version (it could
+ * not be removed) and take one of the route's ROUTE_MAX_VERSIONS places.
  */
 #ifndef LORAD_ROUTE_H
 #define LORAD_ROUTE_H
@@ -43,11 +47,21 @@ static inline const char *route_pick(const struct route *r, uint64_t key)
 }
 
 /*
+ * Keep the versions of @targets that have weight, in their order, and drop
+ * those at 0 buckets: the one rule of what a 0 % entry means, for every
+ * route made (route_set) and for a rollout sizing its route. Compacts
+ * @targets and @weights in place; returns how many are left.
+ */
+unsigned route_weighted(const char **targets, uint32_t *weights, unsigned n);
+
+/*
  * Build @out for @skill with targets[i] at weights[i] buckets (summing to
  * ROUTE_BUCKETS), moving as few buckets as possible from @prev (NULL for a
  * new skill): versions keep their buckets up to their new weight, and only
  * the surplus of those that lost weight goes to those that gained it.
- * Returns 0, or -EINVAL with @err saying why (sum, duplicates, names).
+ * Every name given is checked, then those at 0 % are left out
+ * (route_weighted). Returns 0, or -EINVAL with @err saying why (sum,
+ * duplicates, names).
  */
 int route_set(struct route *out, const char *skill, const struct route *prev,
 	      const char *const *targets, const uint32_t *weights, unsigned n,
@@ -71,7 +85,7 @@ int route_install(struct route_table *t, const struct route *r);
 /* Restore the previous route of @skill in one swap. Returns 0 or -ENOENT (no history). */
 int route_rollback(struct route_table *t, const char *skill);
 
-/* Drop @skill and its history. Returns 0 or -ENOENT. */
+/* Drop @skill and its history; the other skills keep their order. Returns 0 or -ENOENT. */
 int route_remove(struct route_table *t, const char *skill);
 
 /* Iterate: the i-th skill's current route (NULL past the end) and its history (newest first). */
@@ -84,13 +98,18 @@ struct route_entry {
 	const struct route *cur;     /* NULL: the skill has no route */
 	const struct route *hist[ROUTE_HISTORY];
 	unsigned n_hist;
+	/* wall-clock seconds the operator deleted the route at, 0: it was not.
+	 * Set only in the registry's table of deleted routes (registry.h):
+	 * there cur is the route the skill had, kept for a rollback. */
+	int64_t deleted;
 };
 
 /* The entry of @skill now; the routes stay the table's (valid until it changes). */
 void route_entry_get(const struct route_table *t, const char *skill, struct route_entry *out);
 
-/* Make @skill's entry copies of @e's routes (which may be the table's own):
- * the new route and its history in one swap. Returns 0 or -ENOMEM (nothing changed). */
+/* Make @skill's entry copies of @e's routes (which may be the table's own)
+ * and its deletion time: the new route and its history in one swap. A new
+ * skill comes last. Returns 0 or -ENOMEM (nothing changed). */
 int route_entry_set(struct route_table *t, const char *skill, const struct route_entry *e);
 
 /* Skills with a route. */

@@ -530,7 +530,8 @@ static int build_engine(struct daemon *d)
 /*
  * Adapter versions and routes at start: the state directory is the truth;
  * the config and the command line register versions (the same files again
- * change nothing) and seed routes only for skills that have none yet.
+ * change nothing) and seed routes only for skills that have none yet and
+ * whose route the operator did not delete (registry_skill_has_state).
  */
 static void seed_at_start(struct daemon *d)
 {
@@ -549,7 +550,7 @@ static void seed_at_start(struct daemon *d)
 			continue;   /* a bad adapter costs its own skill, not the daemon */
 		}
 		t = v->id;
-		if (!registry_skill_known(d->reg, a->name) &&
+		if (!registry_skill_has_state(d->reg, a->name) &&
 		    !registry_prepare_route(d->reg, a->name, &t, &w, 1, &ch, err, sizeof(err)))
 			registry_commit(d->reg, ch, NULL);
 		log_info("adapter %s from %s", v->id, a->path);
@@ -560,7 +561,7 @@ static void seed_at_start(struct daemon *d)
 		uint32_t w[CONFIG_MAX_TARGETS];
 		struct reg_change *ch;
 
-		if (registry_skill_known(d->reg, cr->skill))
+		if (registry_skill_has_state(d->reg, cr->skill))
 			continue;   /* the state has it: the config only seeds */
 		for (unsigned k = 0; k < cr->n; k++) {
 			t[k] = cr->target[k];

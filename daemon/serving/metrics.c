@@ -140,6 +140,20 @@ void metrics_forget_version(struct metrics *m, const char *version)
 	m->n = k;
 }
 
+void metrics_forget_skill(struct metrics *m, const char *skill)
+{
+	unsigned k = 0;
+
+	for (unsigned i = 0; i < m->n; i++) {
+		const struct metrics_row *r = &m->rows[i];
+
+		if (strcmp(r->skill, skill) || !strcmp(r->version, METRICS_NONE) ||
+		    !strcmp(r->version, METRICS_OTHER))
+			m->rows[k++] = *r;
+	}
+	m->n = k;
+}
+
 unsigned metrics_rows(const struct metrics *m)
 {
 	return m->n;

@@ -57,6 +57,11 @@ void metrics_prefix(struct metrics *m, const char *skill, const char *version, u
  * existed every new version would be counted under METRICS_OTHER. */
 void metrics_forget_version(struct metrics *m, const char *version);
 
+/* A skill's route was deleted: its series (every version) go, for the same
+ * reason. The one series of unknown skills and METRICS_OTHER stay, even
+ * for a skill that has their name. */
+void metrics_forget_skill(struct metrics *m, const char *skill);
+
 unsigned metrics_rows(const struct metrics *m);
 const struct metrics_row *metrics_row(const struct metrics *m, unsigned i);
 

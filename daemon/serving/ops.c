@@ -35,7 +35,8 @@
  * nor lock operators out while they wait for a place to be read */
 #define OPS_MAX_SEEDS    (2 * CONFIG_MAX_ADAPTERS + CONFIG_MAX_ROUTES)
 
-enum job_kind { J_ADD, J_REMOVE, J_PIN, J_UNPIN, J_ROUTE, J_ROLLOUT, J_ROLLBACK, J_SEED_ROUTE };
+enum job_kind { J_ADD, J_REMOVE, J_PIN, J_UNPIN, J_ROUTE, J_ROLLOUT, J_ROLLBACK, J_SEED_ROUTE,
+		J_DELETE };
 /* JS_WAIT: a config's adapter waiting for one of the OPS_MAX_INSPECT places */
 enum job_state { JS_INSPECT, JS_READY, JS_WRITING, JS_WAIT };
 
@@ -260,7 +261,9 @@ static int rollout_targets(struct ops *o, struct job *j)
 {
 	const struct route *cur = route_get(registry_routes(o->opt.reg), j->id);
 	uint32_t rest = ROUTE_BUCKETS - j->percent, others = 0, given = 0;
-	unsigned last = 0, kept = 0;
+	const char *t[ROUTE_MAX_VERSIONS + 1];   /* the others, and the version */
+	uint32_t w[ROUTE_MAX_VERSIONS + 1];
+	unsigned last = 0, n = 0;
 
 	j->n = 0;
 	if (!cur) {
@@ -281,38 +284,35 @@ static int rollout_targets(struct ops *o, struct job *j)
 	for (unsigned i = 0; i < cur->n; i++) {
 		if (!strcmp(cur->target[i], j->ver_id))
 			continue;
-		memcpy(j->target[j->n], cur->target[i], ROUTE_NAME_MAX);
-		j->weight[j->n] = others ? (uint32_t)((uint64_t)cur->weight[i] * rest / others) : 0;
-		given += j->weight[j->n];
+		t[n] = cur->target[i];
+		w[n] = others ? (uint32_t)((uint64_t)cur->weight[i] * rest / others) : 0;
+		given += w[n];
 		if (cur->weight[i])
-			last = j->n;
-		j->n++;
+			last = n;
+		n++;
 	}
-	if (!j->n && rest) {
+	if (!n && rest) {
 		snprintf(j->err, sizeof(j->err), "%s: no other version to give the rest to", j->id);
 		return -EINVAL;
 	}
-	if (j->n)
-		j->weight[last] += rest - given;   /* rounding remainder */
-	/* a version left at 0 % takes no traffic and leaves the route: kept,
-	 * it could not be removed, and rollouts done to the end would fill
-	 * the route's places with versions nobody is sent to. It holds no
-	 * bucket, so no key moves. */
-	for (unsigned i = 0; i < j->n; i++)
-		if (j->weight[i]) {
-			memmove(j->target[kept], j->target[i], ROUTE_NAME_MAX);
-			j->weight[kept++] = j->weight[i];
-		}
-	j->n = kept;
-	if (!j->percent)
-		return 0;   /* rolled out to nothing: out of the route as well */
-	if (j->n == ROUTE_MAX_VERSIONS) {
+	if (n)
+		w[last] += rest - given;   /* rounding remainder */
+	t[n] = j->ver_id;
+	w[n++] = j->percent;
+	/* a version left at 0 % (rolled out to nothing too) leaves the route,
+	 * as in every route: sized here by the same rule, so that a version
+	 * that lost its last bucket makes room for the one rolled out */
+	n = route_weighted(t, w, n);
+	if (n > ROUTE_MAX_VERSIONS) {
 		snprintf(j->err, sizeof(j->err), "%s: more than %d versions in one route", j->id,
 			 ROUTE_MAX_VERSIONS);
 		return -EINVAL;
 	}
-	memcpy(j->target[j->n], j->ver_id, ROUTE_NAME_MAX);
-	j->weight[j->n++] = j->percent;
+	for (unsigned i = 0; i < n; i++) {
+		memcpy(j->target[i], t[i], ROUTE_NAME_MAX);   /* from the route or j->ver_id */
+		j->weight[i] = w[i];
+	}
+	j->n = n;
 	return 0;
 }
 
@@ -336,9 +336,12 @@ static int job_prepare(struct ops *o, struct job *j)
 		return registry_prepare_pin(reg, j->id, j->kind == J_PIN, &j->ch, j->err, sizeof(j->err));
 	case J_ROLLBACK:
 		return registry_prepare_rollback(reg, j->id, &j->ch, j->err, sizeof(j->err));
+	case J_DELETE:
+		return registry_prepare_delete(reg, j->id, &j->ch, j->err, sizeof(j->err));
 	case J_SEED_ROUTE:
-		if (route_get(registry_routes(reg), j->id))
-			return 0;   /* the state has it: the config only seeds */
+		/* the state has it, or the operator deleted it: the config only seeds */
+		if (registry_skill_has_state(reg, j->id))
+			return 0;
 		if (!j->n) {
 			/* an [adapter] section's skill goes to the version it just became */
 			if (!o->last_seed[0])
@@ -408,6 +411,13 @@ static void job_answer(struct ops *o, struct job *j, int ret, const char *id)
 		rt = route_get(registry_routes(o->opt.reg), j->id);
 		if (rt)
 			json_object_object_add(reply, "route", route_json(rt));
+	} else if (j->kind == J_DELETE) {
+		struct route_entry e;
+
+		/* the route it had: what a rollback brings back */
+		registry_route_entry(o->opt.reg, j->id, &e);
+		if (e.cur && e.deleted)
+			json_object_object_add(reply, "deleted", route_json(e.cur));
 	}
 	admin_complete(o->opt.admin, j->ticket, reply, ret);
 }
@@ -443,6 +453,8 @@ static void job_finish_write(struct ops *o, struct job *j)
 			snprintf(j->err, sizeof(j->err), "out of memory applying the change");
 		else if (j->kind == J_REMOVE)
 			metrics_forget_version(o->met, j->id);   /* its series go with it */
+		else if (j->kind == J_DELETE)
+			metrics_forget_skill(o->met, j->id);     /* as a removed version's */
 	}
 	job_answer(o, j, ret, id);
 	job_unlink(o, j);
@@ -762,7 +774,9 @@ static int cmd_route_show(void *ctx, struct json_object *req, struct json_object
 			json_object_array_add(a, route_json(rt));
 	if (skill && !json_object_array_length(a)) {
 		json_object_put(a);
-		set_err(reply, "no route for that skill");
+		set_err(reply, registry_skill_has_state(o->opt.reg, skill)
+			? "no route for that skill: it was deleted (route rollback brings it back)"
+			: "no route for that skill");
 		return -ENOENT;
 	}
 	json_object_object_add(reply, "routes", a);
@@ -860,13 +874,25 @@ static int cmd_route_rollback(void *ctx, struct json_object *req, struct json_ob
 	return simple_job(ctx, J_ROLLBACK, "skill", req, reply);
 }
 
+/*
+ * {"cmd": "route_delete", "skill": "sql"}: the skill has no route from then
+ * on (requests for it are refused as for any unknown skill, running ones
+ * finish), its place under max_skills is free and its metrics series go.
+ * The route is kept, with its history, for `route_rollback` (registry.h:
+ * registry_prepare_delete). The reply's "deleted" is the route it had.
+ */
+static int cmd_route_delete(void *ctx, struct json_object *req, struct json_object *reply)
+{
+	return simple_job(ctx, J_DELETE, "skill", req, reply);
+}
+
 static int cmd_route_history(void *ctx, struct json_object *req, struct json_object *reply)
 {
 	struct ops *o = ctx;
 	struct route_entry e;
 	struct json_object *a;
 
-	route_entry_get(registry_routes(o->opt.reg), get_str(req, "skill"), &e);
+	registry_route_entry(o->opt.reg, get_str(req, "skill"), &e);
 	if (!e.cur) {
 		set_err(reply, "no route for that skill");
 		return -ENOENT;
@@ -876,6 +902,9 @@ static int cmd_route_history(void *ctx, struct json_object *req, struct json_obj
 	for (unsigned i = 0; i < e.n_hist; i++)
 		json_object_array_add(a, route_json(e.hist[i]));
 	json_object_object_add(reply, "history", a);
+	/* deleted: the first is the route it had, not one it has */
+	if (e.deleted)
+		json_object_object_add(reply, "deleted_at", json_object_new_int64(e.deleted));
 	return 0;
 }
 
@@ -1069,6 +1098,7 @@ struct ops *ops_new(const struct ops_opts *opts)
 		{ "route_rollout", cmd_route_rollout, a_rollout },
 		{ "route_rollback", cmd_route_rollback, a_skill },
 		{ "route_history", cmd_route_history, a_skill },
+		{ "route_delete", cmd_route_delete, a_skill },
 		{ "stats", cmd_stats, a_skill_opt },
 		{ "metrics", cmd_metrics, NULL },
 	};

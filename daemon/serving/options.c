@@ -104,12 +104,14 @@ const struct opt_def opt_table[] = {
 	{ "admin_max_connections", "limits", OPT_U32, F(admin_max_connections), 64, NULL, 1, 4096,
 	  .arg = "N", .help = "admin connections at once", .reload = true },
 	{ "max_metric_series", "limits", OPT_U32, F(max_metric_series), 1024, NULL, 16, 1u << 20,
-	  .arg = "N", .help = "skill x version rows of the metrics (a removed version's go with it); "
-			      "later ones are counted under skill=\"_other\"", .reload = true },
+	  .arg = "N", .help = "skill x version rows of the metrics (a removed version's and a "
+			      "deleted route's go with them); later ones are counted under "
+			      "skill=\"_other\"", .reload = true },
 	{ "max_adapter_bytes", "limits", OPT_SIZE, F(max_adapter_bytes), 4 * G, NULL, 1 * K,
 	  1ull << 40, .arg = "SIZE", .help = "an adapter's two files together", .reload = true },
 	{ "max_skills", "limits", OPT_U32, F(max_skills), 1024, NULL, 1, 65536, .arg = "N",
-	  .help = "skills with a route", .reload = true },
+	  .help = "skills with a route; as many deleted routes are kept for a rollback, the "
+		  "oldest forgotten first", .reload = true },
 	{ "grammar_memory", "limits", OPT_SIZE, F(grammar_memory), 1 * G, NULL, 64 * K, 1ull << 40,
 	  .arg = "SIZE", .help = "memory of compiled grammars alive at once, cached or held by "
 	  "requests; a new grammar past it is refused (-EBUSY)", .reload = true },

@@ -37,9 +37,17 @@ static const char usage_text[] =
 	"                                  load fails), its progress redrawn on one line when\n"
 	"                                  stdout is a terminal, then one line saying so\n"
 	"  route show [SKILL]\n"
-	"  route set SKILL VER=PCT ...     e.g. route set sql sql@v7=95 sql@v8=5\n"
+	"  route set SKILL VER=PCT ...     e.g. route set sql sql@v7=95 sql@v8=5; a version at 0\n"
+	"                                  leaves the route (as in a rollout)\n"
 	"  route rollout SKILL VER PCT     VER gets PCT %; the others share the rest as before\n"
-	"  route rollback SKILL            restore the previous route in one swap\n"
+	"  route rollback SKILL            restore the previous route in one swap; after a\n"
+	"                                  route delete: the deleted route, as it was\n"
+	"  route delete SKILL              the skill has no route (its requests are refused as an\n"
+	"                                  unknown skill's; running ones finish), frees its place\n"
+	"                                  under max_skills, drops its metrics; the route and its\n"
+	"                                  history are kept for rollback, and the config does not\n"
+	"                                  seed the skill again (the oldest of more than\n"
+	"                                  max_skills deleted routes are forgotten)\n"
 	"  route history SKILL\n"
 	"  stats [--skill S]               requests, errors, tokens, latency per skill and version\n"
 	"  metrics                         Prometheus text exposition\n"
@@ -436,7 +444,9 @@ static void print_human(const char *cmd, struct json_object *reply)
 			struct json_object *r = json_object_array_get_idx(a, i), *vs;
 
 			if (json_object_object_get_ex(reply, "history", NULL))
-				printf("%s\n", i == 0 ? "-- current" : "-- earlier");
+				printf("%s\n", i ? "-- earlier"
+					 : json_object_object_get_ex(reply, "deleted_at", NULL)
+					 ? "-- deleted (route rollback brings it back)" : "-- current");
 			if (!json_object_object_get_ex(r, "versions", &vs))
 				continue;
 			for (size_t k = 0; k < json_object_array_length(vs); k++) {
@@ -445,6 +455,21 @@ static void print_human(const char *cmd, struct json_object *reply)
 				printf("%-20s %-32s %s\n", str(r, "skill"), str(v, "version"), str(v, "percent"));
 			}
 		}
+		return;
+	}
+	if (json_object_object_get_ex(reply, "deleted", &a)) {
+		struct json_object *vs;
+		char skill[32];
+
+		clean(str(a, "skill"), skill, sizeof(skill));
+		printf("%s: route deleted; it was:\n", skill);
+		if (json_object_object_get_ex(a, "versions", &vs))
+			for (size_t k = 0; k < json_object_array_length(vs); k++) {
+				struct json_object *v = json_object_array_get_idx(vs, k);
+
+				printf("%-20s %-32s %s%%\n", skill, str(v, "version"), str(v, "percent"));
+			}
+		printf("(loradctl route rollback %s brings it back)\n", skill);
 		return;
 	}
 	if (json_object_object_get_ex(reply, "route", &a)) {
@@ -604,7 +629,7 @@ int main(int argc, char **argv)
 		snprintf(name, sizeof(name), "adapters_%s", sub);
 	} else if (!strcmp(cmd, "route")) {
 		if (!nargs)
-			return json_object_put(req), usage_error("%s", "'route' needs show, set, rollout, rollback or history");
+			return json_object_put(req), usage_error("%s", "'route' needs show, set, rollout, rollback, delete or history");
 		sub = args[0];
 		if (!strcmp(sub, "show")) {
 			if (nargs > 2)
@@ -633,7 +658,8 @@ int main(int argc, char **argv)
 			json_object_object_add(req, "skill", json_object_new_string(args[1]));
 			json_object_object_add(req, "version", json_object_new_string(args[2]));
 			json_object_object_add(req, "percent", json_object_new_string(args[3]));
-		} else if (!strcmp(sub, "rollback") || !strcmp(sub, "history")) {
+		} else if (!strcmp(sub, "rollback") || !strcmp(sub, "history") ||
+			   !strcmp(sub, "delete")) {
 			if (nargs != 2)
 				return json_object_put(req), usage_error("usage: route %s SKILL", sub);
 			json_object_object_add(req, "skill", json_object_new_string(args[1]));

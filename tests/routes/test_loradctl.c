@@ -299,6 +299,8 @@ static void test_loradctl(void **state)
 	expect_error(d.admin, 2, ARGS("route", "set", "sql", "=50"));
 	expect_error(d.admin, 2, ARGS("route", "rollout", "sql", "sql@v2"));
 	expect_error(d.admin, 2, ARGS("route", "rollback"));
+	expect_error(d.admin, 2, ARGS("route", "delete"));
+	expect_error(d.admin, 2, ARGS("route", "delete", "a", "b"));
 	expect_error(d.admin, 2, ARGS("route", "show", "a", "b"));
 	expect_error(d.admin, 2, ARGS("adapters"));
 	expect_error(d.admin, 2, ARGS("adapters", "bogus"));
@@ -316,6 +318,7 @@ static void test_loradctl(void **state)
 	expect_error(d.admin, 1, ARGS("route", "set", "sql", "sql@v1=101"));
 	expect_error(d.admin, 1, ARGS("route", "rollout", "sql", "sql@v2", "1.234"));
 	expect_error(d.admin, 1, ARGS("route", "rollback", "nope"));
+	expect_error(d.admin, 1, ARGS("route", "delete", "nope"));
 	expect_error(d.admin, 1, ARGS("route", "show", "nope"));
 	expect_error(d.admin, 1, ARGS("route", "history", "nope"));
 	expect_error(d.admin, 1, ARGS("adapters", "remove", "sql@v1"));
@@ -353,7 +356,8 @@ static void test_loradctl(void **state)
 		static const char *const words[] = { "status", "adapters list", "adapters add",
 						     "adapters remove", "adapters pin", "adapters unpin",
 						     "adapters prefetch", "route show", "route set",
-						     "route rollout", "route rollback", "route history",
+						     "route rollout", "route rollback", "route delete",
+						     "route history",
 						     "stats", "metrics", "drain", "--json", "--socket" };
 
 		for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++)
@@ -362,6 +366,14 @@ static void test_loradctl(void **state)
 		if (strstr(out, "%%"))
 			fail_msg("--help prints a printf escape: %s", strstr(out, "%%"));
 	}
+
+	/* a delete (its series go: after the metrics), and the rollback of it */
+	expect_json(d.admin, ARGS("--json", "route", "delete", "sql"));
+	expect_error(d.admin, 1, ARGS("route", "show", "sql"));
+	expect_error(d.admin, 1, ARGS("route", "delete", "sql"));
+	expect_json(d.admin, ARGS("--json", "route", "history", "sql"));
+	expect_json(d.admin, ARGS("route", "rollback", "sql", "--json"));
+	expect_json(d.admin, ARGS("--json", "route", "show", "sql"));
 
 	/* drain last: the daemon answers, then exits 0 */
 	expect_json(d.admin, ARGS("--json", "drain"));

@@ -42,6 +42,7 @@ static const char *const admin_lines[] = {
 	"{\"cmd\":\"route_set\",\"skill\":\"sql\",\"versions\":{\"sql@v2\":\"100\"}}",
 	"{\"cmd\":\"route_rollout\",\"skill\":\"sql\",\"version\":\"sql@v2\",\"percent\":\"50\"}",
 	"{\"cmd\":\"route_rollback\",\"skill\":\"sql\"}",
+	"{\"cmd\":\"route_delete\",\"skill\":\"sql\"}",
 	"{\"cmd\":\"adapters_pin\",\"id\":\"sql@v1\"}",
 	"{\"cmd\":\"adapters_prefetch\",\"id\":\"sql@v2\"}",
 	"{\"cmd\":\"adapters_remove\",\"id\":\"sql@v2\"}",

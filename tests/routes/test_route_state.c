@@ -2,7 +2,7 @@
 /*
  * Operator state survives kill -9. Rounds of: start lorad on a state
  * directory, change routes through the admin socket (set, rollout,
- * rollback on two skills), send one more change and SIGKILL the daemon
+ * rollback, delete on two skills), send one more change and SIGKILL the daemon
  * 0..20 ms later, start it again. The routes and their histories read back
  * must be exactly the state before or after the interrupted command (a
  * model of the commands says what those are), never a mixture, and the
@@ -61,6 +61,7 @@ struct rte {
 
 struct skst {
 	bool has;
+	bool deleted;        /* no route; cur and hist are what a rollback restores */
 	struct rte cur;
 	struct rte hist[ROUTE_HISTORY];
 	unsigned nh;
@@ -75,17 +76,27 @@ static const char *const versions[NSKILL][3] = { { "sql@v1", "sql@v2", "sql@v3" 
 						  { "chat@v1", "chat@v2", NULL } };
 static const unsigned n_versions[NSKILL] = { 3, 2 };
 
+/* @r, less its versions at 0 % (they are no part of a route), becomes the
+ * route; the one before (or the deleted one) goes first in the history */
 static void install(struct skst *s, const struct rte *r)
 {
-	if (s->has) {
+	struct rte w = { 0 };
+
+	for (unsigned i = 0; i < r->n; i++)
+		if (r->w[i]) {
+			strcpy(w.t[w.n], r->t[i]);
+			w.w[w.n++] = r->w[i];
+		}
+	if (s->has || s->deleted) {
 		if (s->nh == ROUTE_HISTORY)
 			s->nh--;
 		memmove(&s->hist[1], &s->hist[0], s->nh * sizeof(s->hist[0]));
 		s->hist[0] = s->cur;
 		s->nh++;
 	}
-	s->cur = *r;
+	s->cur = w;
 	s->has = true;
+	s->deleted = false;
 }
 
 /* the same arithmetic as the daemon's route_rollout: the others keep their
@@ -131,11 +142,25 @@ static bool sim_rollout(struct skst *s, const char *ver, uint32_t want)
 
 static bool sim_rollback(struct skst *s)
 {
+	if (s->deleted) {
+		s->deleted = false;   /* the deleted route, its history as it was */
+		s->has = true;
+		return true;
+	}
 	if (!s->has || !s->nh)
 		return false;
 	s->cur = s->hist[0];
 	memmove(&s->hist[0], &s->hist[1], (s->nh - 1) * sizeof(s->hist[0]));
 	s->nh--;
+	return true;
+}
+
+static bool sim_delete(struct skst *s)
+{
+	if (!s->has)
+		return false;
+	s->has = false;
+	s->deleted = true;
 	return true;
 }
 
@@ -160,7 +185,8 @@ static bool sim_eq(const struct sim *a, const struct sim *b)
 	for (int k = 0; k < NSKILL; k++) {
 		const struct skst *x = &a->s[k], *y = &b->s[k];
 
-		if (x->has != y->has || (x->has && !rte_eq(&x->cur, &y->cur)) || x->nh != y->nh)
+		if (x->has != y->has || x->deleted != y->deleted ||
+		    ((x->has || x->deleted) && !rte_eq(&x->cur, &y->cur)) || x->nh != y->nh)
 			return false;
 		for (unsigned i = 0; i < x->nh; i++)
 			if (!rte_eq(&x->hist[i], &y->hist[i]))
@@ -181,10 +207,12 @@ static void sim_print(const char *what, const struct sim *s)
 {
 	fprintf(stderr, "%s:\n", what);
 	for (int k = 0; k < NSKILL; k++) {
-		if (!s->s[k].has) {
+		if (!s->s[k].has && !s->s[k].deleted) {
 			fprintf(stderr, "  %s: no route\n", skills[k]);
 			continue;
 		}
+		if (s->s[k].deleted)
+			fprintf(stderr, "  %s: deleted\n", skills[k]);
 		rte_print(skills[k], &s->s[k].cur);
 		for (unsigned i = 0; i < s->s[k].nh; i++)
 			rte_print("    earlier", &s->s[k].hist[i]);
@@ -226,7 +254,8 @@ static int rte_from_json(struct json_object *o, struct rte *r)
 }
 
 /* current routes through `loradctl --json route show`, histories through
- * route_history; both must agree on the current route */
+ * route_history; both must agree on the current route. A skill route show
+ * does not list has no history, or a deleted one (deleted_at) */
 static int read_sim(const char *admin, struct sim *out)
 {
 	static char buf[1 << 18], err[4096];
@@ -266,14 +295,29 @@ static int read_sim(const char *admin, struct sim *out)
 		struct json_object *r, *h;
 		struct rte cur;
 
-		if (!out->s[k].has)
-			continue;
 		snprintf(line, sizeof(line), "{\"cmd\":\"route_history\",\"skill\":\"%s\"}", skills[k]);
 		if (rt_admin(admin, line, &r))
 			return -EIO;
-		if (!json_object_object_get_ex(r, "history", &h) || !json_object_is_type(h, json_type_array) ||
-		    json_object_array_length(h) < 1 || json_object_array_length(h) > ROUTE_HISTORY + 1 ||
-		    rte_from_json(json_object_array_get_idx(h, 0), &cur) || !rte_eq(&cur, &out->s[k].cur)) {
+		if (!out->s[k].has) {
+			if (!json_object_object_get_ex(r, "history", &h)) {
+				json_object_put(r);   /* no route, none deleted */
+				continue;
+			}
+			if (!json_object_object_get_ex(r, "deleted_at", NULL) ||
+			    !json_object_is_type(h, json_type_array) || json_object_array_length(h) < 1 ||
+			    json_object_array_length(h) > ROUTE_HISTORY + 1 ||
+			    rte_from_json(json_object_array_get_idx(h, 0), &out->s[k].cur)) {
+				fprintf(stderr, "history of %s: %s\n", skills[k], json_object_to_json_string(r));
+				json_object_put(r);
+				return -EBADMSG;
+			}
+			out->s[k].deleted = true;
+		} else if (json_object_object_get_ex(r, "deleted_at", NULL) ||
+			   !json_object_object_get_ex(r, "history", &h) ||
+			   !json_object_is_type(h, json_type_array) || json_object_array_length(h) < 1 ||
+			   json_object_array_length(h) > ROUTE_HISTORY + 1 ||
+			   rte_from_json(json_object_array_get_idx(h, 0), &cur) ||
+			   !rte_eq(&cur, &out->s[k].cur)) {
 			fprintf(stderr, "history of %s: %s\n", skills[k], json_object_to_json_string(r));
 			json_object_put(r);
 			return -EBADMSG;
@@ -301,7 +345,7 @@ static void random_command(const struct sim *before, struct sim *after, char *li
 {
 	int k = (int)rnd_below(NSKILL);
 	struct skst *s = &after->s[k];
-	unsigned op = rnd_below(10);
+	unsigned op = rnd_below(12);
 
 	*after = *before;
 	if (op < 4) {
@@ -338,9 +382,12 @@ static void random_command(const struct sim *before, struct sim *after, char *li
 			 "{\"cmd\":\"route_rollout\",\"skill\":\"%s\",\"version\":\"%s\",\"percent\":\"%u.%02u\"}",
 			 skills[k], ver, want / 100, want % 100);
 		*changes = sim_rollout(s, ver, want);
-	} else {
+	} else if (op < 10) {
 		snprintf(line, len, "{\"cmd\":\"route_rollback\",\"skill\":\"%s\"}", skills[k]);
 		*changes = sim_rollback(s);
+	} else {
+		snprintf(line, len, "{\"cmd\":\"route_delete\",\"skill\":\"%s\"}", skills[k]);
+		*changes = sim_delete(s);
 	}
 }
 
@@ -380,7 +427,7 @@ static void test_kill9_during_route_changes(void **state)
 	struct sim cur, next, got;
 	const char *args[16];
 	char store[5][256], line[512];
-	unsigned was_old = 0, was_new = 0, early = 0;
+	unsigned was_old = 0, was_new = 0, early = 0, deletes = 0;
 	uint64_t t0 = rt_now_ns();
 
 	(void)state;
@@ -442,12 +489,14 @@ static void test_kill9_during_route_changes(void **state)
 		}
 		if (delay_us < 1000)
 			early++;
+		deletes += strstr(line, "route_delete") != NULL;
 		if (rt_log_has_now(&d, "kept as") || rt_log_has_now(&d, "malformed") ||
 		    count_corrupt(d.state))
 			fail_msg("round %d: the daemon found its own state corrupt", round);
 	}
-	print_message("%d kills: %u read back the old routes, %u the new ones, %u killed within 1 ms; %.1f s\n",
-		      ROUNDS, was_old, was_new, early, (rt_now_ns() - t0) / 1e9);
+	print_message("%d kills (%u during a delete): %u read back the old routes, %u the new ones, "
+		      "%u killed within 1 ms; %.1f s\n", ROUNDS, deletes, was_old, was_new, early,
+		      (rt_now_ns() - t0) / 1e9);
 	assert_int_equal(rt_daemon_stop(&d), 0);
 	rt_daemon_cleanup(&d);
 }

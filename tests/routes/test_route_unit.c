@@ -4,8 +4,8 @@
  * property test over 100 000 keys and hundreds of random weight changes
  * with 2..6 versions, weights honoured within statistical bounds, rollback
  * restoring exactly the previous bucket table, the parsing of percentages,
- * the refusals of route_set, and the state file keeping bucket tables and
- * history across a save and a load.
+ * the refusals of route_set, versions at 0 % left out of a route, and the
+ * state file keeping bucket tables and history across a save and a load.
  */
 #include <errno.h>
 #include <math.h>
@@ -482,6 +482,45 @@ static void test_route_set_refusals(void **state)
 	}
 }
 
+/* A version at 0 % is no part of a route: route_set() leaves it out (the
+ * others keep their order and weights), from a new route and from a change
+ * of one where it had buckets; route_weighted() is that rule. */
+static void test_route_set_leaves_out_zero(void **state)
+{
+	const char *three[3] = { "sql@v1", "sql@v2", "sql@v3" };
+	const uint32_t w[3] = { 6000, 0, 4000 }, w2[3] = { 0, 10000, 0 };
+	struct route *a = malloc(sizeof(*a)), *b = malloc(sizeof(*b));
+	const char *t[4] = { "a@1", "b@1", "c@1", "d@1" };
+	uint32_t tw[4] = { 0, 5, 0, 7 }, cnt[ROUTE_MAX_VERSIONS] = { 0 };
+	char err[128];
+
+	(void)state;
+	assert_int_equal(route_weighted(t, tw, 4), 2);
+	assert_string_equal(t[0], "b@1");
+	assert_string_equal(t[1], "d@1");
+	assert_int_equal(tw[0], 5);
+	assert_int_equal(tw[1], 7);
+
+	assert_int_equal(route_set(a, "sql", NULL, three, w, 3, err, sizeof(err)), 0);
+	assert_int_equal(a->n, 2);
+	assert_string_equal(a->target[0], "sql@v1");
+	assert_string_equal(a->target[1], "sql@v3");
+	for (unsigned k = 0; k < ROUTE_BUCKETS; k++) {
+		assert_true(a->bucket[k] < a->n);
+		cnt[a->bucket[k]]++;
+	}
+	assert_int_equal(cnt[0], 6000);
+	assert_int_equal(cnt[1], 4000);
+	/* all to v2, from a route where it had none: v1 and v3 leave */
+	assert_int_equal(route_set(b, "sql", a, three, w2, 3, err, sizeof(err)), 0);
+	assert_int_equal(b->n, 1);
+	assert_string_equal(b->target[0], "sql@v2");
+	for (unsigned k = 0; k < ROUTE_BUCKETS; k++)
+		assert_int_equal(b->bucket[k], 0);
+	free(a);
+	free(b);
+}
+
 /* state.json keeps each route's bucket table and its history: after a save
  * and a load into a fresh registry (a restart), every key still gets the
  * same version and a rollback restores the same earlier table. */
@@ -608,6 +647,7 @@ int main(void)
 		cmocka_unit_test(test_bucket_hash_fixed),
 		cmocka_unit_test(test_parse_percent),
 		cmocka_unit_test(test_route_set_refusals),
+		cmocka_unit_test(test_route_set_leaves_out_zero),
 		cmocka_unit_test(test_state_roundtrip),
 		cmocka_unit_test(test_state_inconsistent_route),
 	};

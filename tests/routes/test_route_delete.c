@@ -1,0 +1,491 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The operator deletes a route, and `route set` leaves out versions at 0 %.
+ *
+ * A deleted skill is answered as a skill that never had a route (the same
+ * res and field), `route show` has no route for it, its place under
+ * max_skills is free and its metrics series are gone; the deletion
+ * survives kill -9, and `route rollback` brings the route back as it was
+ * (each routing key on the version it had) once there is room again. A
+ * reload or a restart does not seed a deleted skill again from the config
+ * ([route] and [adapter] sections), as they do not for a changed one.
+ *
+ * In the registry: what a delete makes durable is exactly what it applies
+ * (change text before the commit == the state after it), for delete,
+ * rollback of a deleted route, a new route for a deleted skill and the
+ * deletions forgotten past max_skills; a request parked for its adapter's
+ * load before the delete keeps its version, a new one is refused; a
+ * restart reads the deleted routes back in their order.
+ *
+ * `route set` with a version at 0 % leaves it out of the route (it can be
+ * removed then), as `route rollout` does.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <lorad/lorad.h>
+
+#include "registry.h"
+#include "route.h"
+#include "rt_harness.h"
+#include "statedir.h"
+
+#define NKEYS 64
+
+static struct rt_models models;
+static char out[1 << 18], err[1 << 14];
+
+#define ARGS(...) ((const char *const[]){ __VA_ARGS__, NULL })
+
+/* One request for @skill with routing key @key; its final event in *fin. */
+static void generate(const char *sock, const char *skill, uint64_t key, struct lorad_event *fin)
+{
+	static const uint32_t prompt[3] = { 5, 6, 7 };
+	uint32_t o[4];
+	struct lorad_request q = { .skill = skill, .prompt = prompt, .n_prompt = 3, .max_tokens = 4,
+				   .out = o, .routing_key = key };
+	struct lorad *c;
+
+	assert_int_equal(lorad_connect(sock, NULL, &c), 0);
+	assert_int_equal(lorad_generate(c, &q, fin, 20000), 0);
+	lorad_close(c);
+}
+
+/* The version each of keys 1..NKEYS is served by, into @ids. */
+static void versions_of_keys(const char *sock, const char *skill, char ids[NKEYS][LORAD_VERSION_MAX])
+{
+	for (unsigned k = 0; k < NKEYS; k++) {
+		struct lorad_event fin;
+
+		generate(sock, skill, k + 1, &fin);
+		if (fin.res)
+			fail_msg("key %u of %s: res %d", k + 1, skill, fin.res);
+		memcpy(ids[k], fin.version_id, LORAD_VERSION_MAX);
+	}
+}
+
+/* The daemon's reply to @line, which must be a refusal whose error holds @needle. */
+static void expect_refusal(const char *admin, const char *line, const char *needle)
+{
+	struct json_object *r;
+	const char *e;
+
+	assert_int_equal(rt_admin(admin, line, &r), 0);
+	e = json_object_get_string(json_object_object_get(r, "error"));
+	if (json_object_get_boolean(json_object_object_get(r, "ok")) || !e || !strstr(e, needle))
+		fail_msg("%s -> %s (wanted a refusal saying '%s')", line, json_object_to_json_string(r),
+			 needle);
+	json_object_put(r);
+}
+
+/* The skills `route show` lists, as "a,b," in its order. */
+static void shown(const char *admin, char *buf, size_t len)
+{
+	struct json_object *r, *a;
+
+	buf[0] = 0;
+	assert_int_equal(rt_admin(admin, "{\"cmd\":\"route_show\"}", &r), 0);
+	assert_true(json_object_object_get_ex(r, "routes", &a));
+	for (size_t i = 0; i < json_object_array_length(a); i++)
+		snprintf(buf + strlen(buf), len - strlen(buf), "%s,",
+			 json_object_get_string(json_object_object_get(json_object_array_get_idx(a, i),
+								       "skill")));
+	json_object_put(r);
+}
+
+/* The deleted skill is answered as an unknown one; its request fails alike. */
+static void expect_unknown(const struct rt_daemon *d, const char *skill)
+{
+	struct lorad_event never, gone;
+	char line[128];
+
+	generate(d->sock, "neverrouted", 1, &never);
+	generate(d->sock, skill, 1, &gone);
+	assert_true(never.res < 0);
+	if (gone.res != never.res || gone.field != never.field)
+		fail_msg("%s: res %d field %u; a skill that never had a route: res %d field %u", skill,
+			 gone.res, gone.field, never.res, never.field);
+	snprintf(line, sizeof(line), "{\"cmd\":\"route_show\",\"skill\":\"%s\"}", skill);
+	expect_refusal(d->admin, line, "no route for that skill");
+}
+
+static void test_delete(void **state)
+{
+	char a[3][300], list[256], ids[NKEYS][LORAD_VERSION_MAX], back[NKEYS][LORAD_VERSION_MAX];
+	const char *args[] = { "--adapter", a[0], "--adapter", a[1], "--adapter", a[2],
+			       "--max-skills", "2", NULL };
+	struct json_object *r, *h;
+	struct rt_daemon d;
+	int rc;
+
+	(void)state;
+	snprintf(a[0], sizeof(a[0]), "sql@v1=%s", models.adapter[0]);
+	snprintf(a[1], sizeof(a[1]), "sql@v2=%s", models.adapter[1]);
+	snprintf(a[2], sizeof(a[2]), "chat@v1=%s", models.adapter[2]);
+	assert_int_equal(rt_daemon_init(&d), 0);
+	assert_int_equal(rt_daemon_start(&d, models.model, args), 0);
+	assert_true(rt_admin_ok(d.admin, "{\"cmd\":\"route_set\",\"skill\":\"sql\",\"versions\":"
+				"{\"sql@v1\":\"50\",\"sql@v2\":\"50\"}}"));
+	versions_of_keys(d.sock, "sql", ids);
+	assert_int_equal(rt_ctl(d.admin, out, sizeof(out), err, sizeof(err),
+				ARGS("stats", "--skill", "sql")), 0);
+	assert_non_null(strstr(out, "sql@v1"));
+	/* two skills: max_skills */
+	expect_refusal(d.admin, "{\"cmd\":\"route_set\",\"skill\":\"x\",\"versions\":{\"chat@v1\":\"100\"}}",
+		       "max_skills");
+
+	/* the delete: answered with the route it was */
+	rc = rt_ctl(d.admin, out, sizeof(out), err, sizeof(err), ARGS("route", "delete", "sql"));
+	if (rc != 0)
+		fail_msg("route delete sql: exit %d: %s", rc, err);
+	assert_non_null(strstr(out, "sql@v2"));
+	assert_non_null(strstr(out, "route rollback sql"));
+	expect_unknown(&d, "sql");
+	shown(d.admin, list, sizeof(list));
+	assert_string_equal(list, "chat,");
+	/* its series are gone with it, the others stay */
+	assert_int_equal(rt_ctl(d.admin, out, sizeof(out), err, sizeof(err), ARGS("metrics")), 0);
+	if (strstr(out, "skill=\"sql\""))
+		fail_msg("the deleted skill's series are still there:\n%s", strstr(out, "skill=\"sql\""));
+	assert_non_null(strstr(out, "skill=\"_unknown\""));
+	assert_int_equal(rt_admin(d.admin, "{\"cmd\":\"stats\",\"skill\":\"sql\"}", &r), 0);
+	assert_true(json_object_object_get_ex(r, "stats", &h));
+	assert_int_equal(json_object_array_length(h), 0);
+	json_object_put(r);
+	/* its place is free */
+	assert_true(rt_admin_ok(d.admin, "{\"cmd\":\"route_set\",\"skill\":\"x\",\"versions\":{\"chat@v1\":\"100\"}}"));
+	/* one clear error naming the skill: no route, deleted already */
+	expect_refusal(d.admin, "{\"cmd\":\"route_delete\",\"skill\":\"nosuch\"}",
+		       "skill 'nosuch' has no route");
+	expect_refusal(d.admin, "{\"cmd\":\"route_delete\",\"skill\":\"sql\"}",
+		       "skill 'sql' has no route (deleted already");
+
+	/* kill -9: the deletion stays; --adapter does not seed sql again */
+	rt_daemon_kill(&d);
+	assert_int_equal(rt_daemon_start(&d, models.model, args), 0);
+	expect_unknown(&d, "sql");
+	shown(d.admin, list, sizeof(list));
+	assert_string_equal(list, "chat,x,");
+	/* history shows what a rollback brings back */
+	assert_int_equal(rt_admin(d.admin, "{\"cmd\":\"route_history\",\"skill\":\"sql\"}", &r), 0);
+	assert_true(json_object_object_get_ex(r, "deleted_at", NULL));
+	assert_true(json_object_object_get_ex(r, "history", &h));
+	assert_int_equal(json_object_array_length(h), 2);   /* the deleted route, the seeded one */
+	json_object_put(r);
+	assert_int_equal(rt_ctl(d.admin, out, sizeof(out), err, sizeof(err),
+				ARGS("route", "history", "sql")), 0);
+	assert_non_null(strstr(out, "-- deleted"));
+
+	/* a rollback needs a place, then brings the same table back */
+	expect_refusal(d.admin, "{\"cmd\":\"route_rollback\",\"skill\":\"sql\"}", "max_skills");
+	assert_true(rt_admin_ok(d.admin, "{\"cmd\":\"route_delete\",\"skill\":\"x\"}"));
+	assert_true(rt_admin_ok(d.admin, "{\"cmd\":\"route_rollback\",\"skill\":\"sql\"}"));
+	versions_of_keys(d.sock, "sql", back);
+	for (unsigned k = 0; k < NKEYS; k++)
+		if (strcmp(ids[k], back[k]))
+			fail_msg("key %u: %s before the delete, %s after the rollback", k + 1, ids[k],
+				 back[k]);
+	/* and the rollback after it goes on to the seeded route */
+	assert_true(rt_admin_ok(d.admin, "{\"cmd\":\"route_rollback\",\"skill\":\"sql\"}"));
+	shown(d.admin, list, sizeof(list));
+	assert_string_equal(list, "chat,sql,");
+
+	/* deleted, then a new route: its history goes on from the deleted one */
+	assert_true(rt_admin_ok(d.admin, "{\"cmd\":\"route_delete\",\"skill\":\"sql\"}"));
+	assert_true(rt_admin_ok(d.admin, "{\"cmd\":\"route_set\",\"skill\":\"sql\",\"versions\":{\"sql@v2\":\"100\"}}"));
+	{
+		struct lorad_event fin;
+
+		generate(d.sock, "sql", 3, &fin);
+		assert_int_equal(fin.res, 0);
+		assert_string_equal(fin.version_id, "sql@v2");
+	}
+	assert_true(rt_admin_ok(d.admin, "{\"cmd\":\"route_rollback\",\"skill\":\"sql\"}"));
+	assert_int_equal(rt_admin(d.admin, "{\"cmd\":\"route_show\",\"skill\":\"sql\"}", &r), 0);
+	assert_non_null(strstr(json_object_to_json_string(r), "\"sql@v1\""));
+	json_object_put(r);
+	assert_int_equal(rt_daemon_stop(&d), 0);
+	rt_daemon_cleanup(&d);
+}
+
+/*
+ * The config seeds only skills without state: one the operator changed
+ * keeps its route at a reload (as before), and one the operator deleted
+ * (a [route] section's, an [adapter] section's) stays deleted at a reload
+ * and at a restart.
+ */
+static void test_config_does_not_seed_deleted(void **state)
+{
+	char cfg[300], body[2048], list[256];
+	const char *args[] = { "--config", cfg, NULL };
+	struct json_object *r, *a;
+	struct rt_daemon d;
+	FILE *f;
+
+	(void)state;
+	assert_int_equal(rt_daemon_init(&d), 0);
+	snprintf(cfg, sizeof(cfg), "%s/lorad.conf", d.dir);
+	snprintf(body, sizeof(body),
+		 "[adapter sql]\npath = %s\nversion = v1\n\n[adapter chat]\npath = %s\nversion = v1\n\n"
+		 "[route mix]\nsql@v1 = 50\nchat@v1 = 50\n\n[route other]\nsql@v1 = 100\n",
+		 models.adapter[0], models.adapter[1]);
+	f = fopen(cfg, "w");
+	assert_non_null(f);
+	fputs(body, f);
+	fclose(f);
+	assert_int_equal(rt_daemon_start(&d, models.model, args), 0);
+	shown(d.admin, list, sizeof(list));
+	assert_string_equal(list, "sql,chat,mix,other,");
+
+	assert_true(rt_admin_ok(d.admin, "{\"cmd\":\"route_set\",\"skill\":\"other\",\"versions\":{\"chat@v1\":\"100\"}}"));
+	assert_true(rt_admin_ok(d.admin, "{\"cmd\":\"route_delete\",\"skill\":\"mix\"}"));
+	assert_true(rt_admin_ok(d.admin, "{\"cmd\":\"route_delete\",\"skill\":\"chat\"}"));
+	for (int round = 0; round < 2; round++) {
+		if (round == 0) {
+			/* a reload: its seeds are jobs behind the adapters' checks */
+			kill(d.pid, SIGHUP);
+			assert_true(rt_log_has(&d, "reloaded"));
+			for (int i = 0; i < 200; i++) {
+				assert_int_equal(rt_admin(d.admin, "{\"cmd\":\"adapters_jobs\"}", &r), 0);
+				assert_true(json_object_object_get_ex(r, "jobs", &a));
+				if (!json_object_array_length(a)) {
+					json_object_put(r);
+					break;
+				}
+				json_object_put(r);
+				rt_sleep_us(50000);
+			}
+			rt_sleep_us(300000);
+		} else {
+			assert_int_equal(rt_daemon_stop(&d), 0);
+			assert_int_equal(rt_daemon_start(&d, models.model, args), 0);
+		}
+		shown(d.admin, list, sizeof(list));
+		if (strcmp(list, "sql,other,"))
+			fail_msg("after a %s: routes %s, not sql,other,", round ? "restart" : "reload",
+				 list);
+		assert_int_equal(rt_admin(d.admin, "{\"cmd\":\"route_show\",\"skill\":\"other\"}", &r), 0);
+		assert_non_null(strstr(json_object_to_json_string(r), "chat@v1"));
+		assert_null(strstr(json_object_to_json_string(r), "sql@v1"));
+		json_object_put(r);
+	}
+	/* the operator can still bring the config's route back by hand */
+	assert_true(rt_admin_ok(d.admin, "{\"cmd\":\"route_rollback\",\"skill\":\"mix\"}"));
+	shown(d.admin, list, sizeof(list));
+	assert_string_equal(list, "sql,other,mix,");
+	assert_int_equal(rt_daemon_stop(&d), 0);
+	rt_daemon_cleanup(&d);
+}
+
+/*
+ * `route set` with versions at 0 %: they are not in the route (show,
+ * history) and can be removed; all at 0 % is refused by the sum.
+ */
+static void test_set_leaves_out_zero(void **state)
+{
+	char a[3][300];
+	const char *args[] = { "--adapter", a[0], "--adapter", a[1], "--adapter", a[2], NULL };
+	struct json_object *r;
+	struct rt_daemon d;
+	const char *s;
+
+	(void)state;
+	snprintf(a[0], sizeof(a[0]), "sql@v1=%s", models.adapter[0]);
+	snprintf(a[1], sizeof(a[1]), "sql@v2=%s", models.adapter[1]);
+	snprintf(a[2], sizeof(a[2]), "sql@v3=%s", models.adapter[2]);
+	assert_int_equal(rt_daemon_init(&d), 0);
+	assert_int_equal(rt_daemon_start(&d, models.model, args), 0);
+	assert_int_equal(rt_admin(d.admin, "{\"cmd\":\"route_set\",\"skill\":\"sql\",\"versions\":"
+				  "{\"sql@v1\":\"0\",\"sql@v2\":\"100\",\"sql@v3\":0}}", &r), 0);
+	s = json_object_to_json_string(r);
+	if (!json_object_get_boolean(json_object_object_get(r, "ok")) || strstr(s, "sql@v1") ||
+	    strstr(s, "sql@v3") || !strstr(s, "sql@v2"))
+		fail_msg("route_set with two versions at 0 %%: %s", s);
+	json_object_put(r);
+	assert_int_equal(rt_admin(d.admin, "{\"cmd\":\"route_history\",\"skill\":\"sql\"}", &r), 0);
+	s = json_object_to_json_string(r);
+	/* the current route, then the seeded sql@v1 100 %: v3 nowhere */
+	if (strstr(s, "sql@v3"))
+		fail_msg("a version at 0 %% is in the route: %s", s);
+	json_object_put(r);
+	/* nobody is sent to them: they can go */
+	assert_true(rt_admin_ok(d.admin, "{\"cmd\":\"adapters_remove\",\"id\":\"sql@v3\"}"));
+	/* a typo at 0 % is still refused, and so is a route of nothing */
+	expect_refusal(d.admin, "{\"cmd\":\"route_set\",\"skill\":\"sql\",\"versions\":"
+		       "{\"sql@v2\":\"100\",\"sql@nope\":\"0\"}}", "sql@nope is not a registered");
+	expect_refusal(d.admin, "{\"cmd\":\"route_set\",\"skill\":\"sql\",\"versions\":"
+		       "{\"sql@v1\":\"0\",\"sql@v2\":\"0\"}}", "not 100 %");
+	assert_int_equal(rt_daemon_stop(&d), 0);
+	rt_daemon_cleanup(&d);
+}
+
+/* --- in the registry -------------------------------------------------------------------- */
+
+/* Commit @ch after checking that the state it makes durable is the one it applies. */
+static void apply(struct registry *r, struct reg_change *ch)
+{
+	char *before, *after;
+	size_t nb, na;
+
+	assert_non_null(ch);
+	assert_int_equal(registry_change_text(r, ch, &before, &nb), 0);
+	assert_int_equal(registry_commit(r, ch, NULL), 0);
+	assert_int_equal(registry_change_text(r, NULL, &after, &na), 0);
+	if (nb != na || memcmp(before, after, nb))
+		fail_msg("the state saved for the change:\n%s\nis not the one applied:\n%s", before, after);
+	free(before);
+	free(after);
+}
+
+static void set_route(struct registry *r, const char *skill, const char *target)
+{
+	const uint32_t w = ROUTE_BUCKETS;
+	struct reg_change *ch;
+	char e[256];
+
+	if (registry_prepare_route(r, skill, &target, &w, 1, &ch, e, sizeof(e)))
+		fail_msg("route %s: %s", skill, e);
+	apply(r, ch);
+}
+
+static void delete_route(struct registry *r, const char *skill)
+{
+	struct reg_change *ch;
+	char e[256];
+
+	if (registry_prepare_delete(r, skill, &ch, e, sizeof(e)))
+		fail_msg("delete %s: %s", skill, e);
+	apply(r, ch);
+}
+
+static void test_registry_delete(void **state)
+{
+	char dir[128], e[512];
+	struct statedir *sd;
+	struct registry *r, *b;
+	const struct reg_version *v1, *v2;
+	struct reg_change *ch;
+	struct route_entry ent;
+	char vid_s[ROUTE_NAME_MAX];
+	uint64_t ticket;
+	uint32_t vid;
+	int adapter;
+
+	(void)state;
+	assert_int_equal(rt_tmpdir(dir, sizeof(dir), "rdel"), 0);
+	assert_int_equal(statedir_open(dir, &sd, e, sizeof(e)), 0);
+	r = registry_new(sd, NULL);
+	assert_non_null(r);
+	registry_set_max_skills(r, 2);
+	assert_int_equal(registry_add(r, "sql", "v1", models.adapter[0], &v1, e, sizeof(e)), 0);
+	assert_int_equal(registry_add(r, "sql", "v2", models.adapter[1], &v2, e, sizeof(e)), 0);
+	set_route(r, "sql", "sql@v1");
+	set_route(r, "sql", "sql@v2");
+
+	/* admitted before the delete: parked for the load, it keeps its version */
+	ticket = 0;
+	vid_s[0] = 0;
+	assert_int_equal(registry_resolve(r, "sql", 1, &adapter, &vid, vid_s, &ticket), -ENODEV);
+	assert_string_equal(vid_s, "sql@v2");
+	delete_route(r, "sql");
+	assert_false(registry_skill_known(r, "sql"));
+	assert_true(registry_skill_has_state(r, "sql"));
+	ticket = 0;
+	assert_int_equal(registry_resolve(r, "sql", 1, &adapter, &vid, vid_s, &ticket), -ENOENT);
+	ticket = 7;
+	snprintf(vid_s, sizeof(vid_s), "sql@v2");
+	vid = 0;
+	assert_int_equal(registry_resolve(r, "sql", 1, &adapter, &vid, vid_s, &ticket), -ENODEV);
+	assert_int_equal(vid, v2->vid);
+	/* ... only for a deleted route's skill */
+	ticket = 7;
+	assert_int_equal(registry_resolve(r, "zzz", 1, &adapter, &vid, vid_s, &ticket), -ENOENT);
+
+	/* deleted: the route kept with its history; deleting again is refused */
+	registry_route_entry(r, "sql", &ent);
+	assert_non_null(ent.cur);
+	assert_true(ent.deleted > 0);
+	assert_int_equal(ent.n_hist, 1);
+	assert_int_equal(registry_prepare_delete(r, "sql", &ch, e, sizeof(e)), -ENOENT);
+	assert_non_null(strstr(e, "'sql'"));
+
+	/* rollback: the deleted route and its history, served again */
+	assert_int_equal(registry_prepare_rollback(r, "sql", &ch, e, sizeof(e)), 0);
+	apply(r, ch);
+	registry_route_entry(r, "sql", &ent);
+	assert_int_equal(ent.deleted, 0);
+	assert_string_equal(ent.cur->target[0], "sql@v2");
+	assert_int_equal(ent.n_hist, 1);
+	assert_null(route_get(registry_routes(r), "zzz"));
+
+	/* a new route for a deleted skill follows the deleted one */
+	delete_route(r, "sql");
+	set_route(r, "sql", "sql@v1");
+	registry_route_entry(r, "sql", &ent);
+	assert_int_equal(ent.n_hist, 2);
+	assert_string_equal(ent.hist[0]->target[0], "sql@v2");
+
+	/* at most max_skills deleted routes: the oldest deletion is forgotten */
+	delete_route(r, "sql");
+	set_route(r, "a", "sql@v1");
+	delete_route(r, "a");
+	set_route(r, "b", "sql@v1");
+	delete_route(r, "b");   /* forgets sql */
+	assert_false(registry_skill_has_state(r, "sql"));
+	assert_true(registry_skill_has_state(r, "a") && registry_skill_has_state(r, "b"));
+	assert_int_equal(route_count(registry_routes(r)), 0);
+
+	/* a restart reads the same: the deleted ones, in their order */
+	assert_int_equal(registry_save(r, e, sizeof(e)), 0);
+	statedir_close(sd);
+	assert_int_equal(statedir_open(dir, &sd, e, sizeof(e)), 0);
+	b = registry_new(sd, NULL);
+	registry_set_max_skills(b, 2);
+	if (registry_load_state(b, e, sizeof(e)))
+		fail_msg("%s", e);
+	assert_false(registry_skill_has_state(b, "sql"));
+	assert_false(registry_skill_known(b, "a"));
+	assert_true(registry_skill_has_state(b, "a") && registry_skill_has_state(b, "b"));
+	set_route(b, "c", "sql@v1");
+	delete_route(b, "c");   /* forgets a, the oldest */
+	assert_false(registry_skill_has_state(b, "a"));
+	assert_true(registry_skill_has_state(b, "b") && registry_skill_has_state(b, "c"));
+	registry_free(r);
+	registry_free(b);
+	statedir_close(sd);
+	rt_rm_rf(dir);
+}
+
+static int setup(void **state)
+{
+	(void)state;
+	return rt_models_make(&models);
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	rt_models_remove(&models);
+	return 0;
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_delete),
+		cmocka_unit_test(test_config_does_not_seed_deleted),
+		cmocka_unit_test(test_set_leaves_out_zero),
+		cmocka_unit_test(test_registry_delete),
+	};
+
+	signal(SIGPIPE, SIG_IGN);
+	return cmocka_run_group_tests(tests, setup, teardown);
+}

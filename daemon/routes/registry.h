@@ -178,7 +178,8 @@ int registry_prefetch(struct registry *r, const char *id, char *err, size_t errl
  * *ticket naming the attempt; the caller asks again later with the same
  * ticket and gets 0, or that attempt's error (the file named in the log) —
  * a fresh request (ticket 0) after a failure tries again. Without a loader
- * the load happens here, synchronously (pool_acquire). -ENOENT: no such skill.
+ * the load happens here, synchronously (pool_acquire). -ENOENT: no such skill;
+ * -EIDRM: the version is being removed (it waits for its running requests).
  */
 int registry_resolve(struct registry *r, const char *skill, uint64_t key, int *adapter,
 		     uint32_t *vid, char *version_id, uint64_t *ticket);

@@ -221,66 +221,18 @@ static bool admin_ok(const char *admin, const char *line, char *err, size_t errl
 	return ok;
 }
 
-/* Whether `adapters_list` lists @id; its "removing" and "resident" then. */
-static bool listed(const char *admin, const char *id, bool *removing, bool *resident)
-{
-	struct json_object *r, *list, *v, *x;
-	bool found = false;
-
-	*removing = *resident = false;
-	if (atk_admin(admin, "{\"cmd\":\"adapters_list\"}", &r, 10000))
-		return false;
-	if (json_object_object_get_ex(r, "adapters", &list))
-		for (size_t i = 0; i < json_object_array_length(list); i++) {
-			v = json_object_array_get_idx(list, i);
-			if (!json_object_object_get_ex(v, "id", &x) ||
-			    strcmp(json_object_get_string(x), id))
-				continue;
-			found = true;
-			*removing = json_object_object_get_ex(v, "removing", &x) &&
-				    json_object_get_boolean(x);
-			*resident = json_object_object_get_ex(v, "resident", &x) &&
-				    json_object_get_boolean(x);
-		}
-	json_object_put(r);
-	return found;
-}
-
 /* Wait up to @ms until @id is listed as being removed. */
 static bool wait_removing(const char *admin, const char *id, int ms)
 {
 	uint64_t end = atk_now_ns() + (uint64_t)ms * 1000000ull;
-	bool removing = false, resident;
+	int removing = 0;
 
-	while (atk_now_ns() < end && !removing) {
-		if (!listed(admin, id, &removing, &resident))
-			return false;
-		if (!removing)
+	while (atk_now_ns() < end && removing == 0) {
+		removing = atk_listed_flag(admin, id, "removing");
+		if (removing == 0)
 			atk_sleep_ms(20);
 	}
-	return removing;
-}
-
-/* Requests `stats` counts for @skill on @ver (-1: no such series). */
-static long long stats_requests(const char *admin, const char *skill, const char *ver)
-{
-	struct json_object *r, *a, *e, *x;
-	char line[128];
-	long long n = -1;
-
-	snprintf(line, sizeof(line), "{\"cmd\":\"stats\",\"skill\":\"%s\"}", skill);
-	if (atk_admin(admin, line, &r, 10000))
-		return -2;
-	if (json_object_object_get_ex(r, "stats", &a))
-		for (size_t i = 0; i < json_object_array_length(a); i++) {
-			e = json_object_array_get_idx(a, i);
-			if (json_object_object_get_ex(e, "version", &x) &&
-			    !strcmp(json_object_get_string(x), ver) &&
-			    json_object_object_get_ex(e, "requests", &x))
-				n = json_object_get_int64(x);
-		}
-	json_object_put(r);
-	return n;
+	return removing == 1;
 }
 
 /*
@@ -362,7 +314,7 @@ static void test_remove_waits_for_requests(void **state)
 	struct stream st;
 	struct lorad_event ev;
 	long long host0, host1, dev0, dev1;
-	bool removing, resident, final_first = false, answered = false;
+	bool final_first = false, answered = false;
 	uint64_t t0;
 	unsigned ms;
 	int fd, rc;
@@ -449,7 +401,7 @@ static void test_remove_waits_for_requests(void **state)
 	stream_close(&st);
 
 	/* gone now, and told so */
-	ATK_EXPECT(!listed(d.admin, "x@v2", &removing, &resident), "x@v2 is still listed");
+	ATK_EXPECT(!atk_vid_of(d.admin, "x@v2"), "x@v2 is still listed");
 	rc = atk_generate_once(d.sock, "x@v2", 4, &ev, 10000);
 	ATK_EXPECT(rc == 0 && ev.res == -ENOENT, "a request for the removed x@v2: %d, res %d", rc,
 		   ev.res);
@@ -474,7 +426,7 @@ static void test_remove_gives_up(void **state)
 	struct atk_daemon d;
 	struct stream st;
 	struct lorad_event ev;
-	bool removing = true, resident = false;
+	int removing, resident;
 	unsigned ms;
 	int rc;
 
@@ -515,10 +467,12 @@ static void test_remove_gives_up(void **state)
 		   "after:\n%s", before, after ? after : "(none)");
 	free(before);
 	free(after);
-	ATK_EXPECT(listed(d.admin, "x@v2", &removing, &resident) && !removing && resident,
-		   "x@v2 after its removal was given up: removing %d, resident %d", removing, resident);
-	ATK_EXPECT(stats_requests(d.admin, "t", "x@v2") == 2, "stats for t on x@v2: %lld requests, "
-		   "2 before", stats_requests(d.admin, "t", "x@v2"));
+	removing = atk_listed_flag(d.admin, "x@v2", "removing");
+	resident = atk_listed_flag(d.admin, "x@v2", "resident");
+	ATK_EXPECT(removing == 0 && resident == 1, "x@v2 after its removal was given up: removing %d, "
+		   "resident %d (-1: not listed)", removing, resident);
+	ATK_EXPECT(atk_stats_requests(d.admin, "t", "x@v2") == 2, "stats for t on x@v2: %lld requests, "
+		   "2 before", atk_stats_requests(d.admin, "t", "x@v2"));
 	rc = atk_generate_once(d.sock, "x@v2", 4, &ev, 30000);
 	ATK_EXPECT(rc == 0 && ev.res == 0, "a request for x@v2 after the removal was given up: %d, "
 		   "res %d", rc, ev.res);
@@ -527,8 +481,8 @@ static void test_remove_gives_up(void **state)
 	ATK_EXPECT(stream_wait_end(&st, 30000) && st.fin.finish == LORAD_FINISH_CANCELLED,
 		   "the cancelled request: finish %u", st.fin.finish);
 	stream_close(&st);
-	ATK_EXPECT(stats_requests(d.admin, "t", "x@v2") == 3, "stats for t on x@v2 after the request "
-		   "ended: %lld", stats_requests(d.admin, "t", "x@v2"));
+	ATK_EXPECT(atk_stats_requests(d.admin, "t", "x@v2") == 3, "stats for t on x@v2 after the request "
+		   "ended: %lld", atk_stats_requests(d.admin, "t", "x@v2"));
 	/* and it may go now that nothing runs on it */
 	ATK_EXPECT(admin_ok(d.admin, "{\"cmd\":\"adapters_remove\",\"id\":\"x@v2\"}", err, sizeof(err),
 			    NULL), "removing x@v2 with nothing on it: %s", err);
@@ -549,7 +503,7 @@ static void test_remove_operator_hangs_up(void **state)
 	struct json_object *r;
 	struct atk_daemon d;
 	struct stream st;
-	bool removing, resident, gone = false;
+	bool gone = false;
 	long long c0, c1;
 	uint64_t t0, t1;
 	double cores;
@@ -601,7 +555,7 @@ static void test_remove_operator_hangs_up(void **state)
 		"of one core\n", cores * 100);
 	ATK_EXPECT(cores < 0.25, "the daemon used %.0f %% of a core after the hang-up", cores * 100);
 	for (int i = 0; i < 100 && !gone; i++) {
-		gone = !listed(d.admin, "x@v2", &removing, &resident);
+		gone = !atk_vid_of(d.admin, "x@v2");
 		if (!gone)
 			atk_sleep_ms(200);
 	}
@@ -631,7 +585,6 @@ static void test_remove_then_sigterm(void **state)
 	struct json_object *reply = NULL;
 	struct atk_daemon d;
 	struct stream st;
-	bool removing, resident;
 	uint64_t t0;
 	int fd, rc;
 
@@ -667,7 +620,7 @@ static void test_remove_then_sigterm(void **state)
 
 	/* the removal was not made: the version is there after a restart */
 	assert_int_equal(atk_daemon_start(&d, args, ATK_STATE), 0);
-	ATK_EXPECT(listed(d.admin, "x@v2", &removing, &resident) && !removing,
+	ATK_EXPECT(atk_vid_of(d.admin, "x@v2") && atk_listed_flag(d.admin, "x@v2", "removing") == 0,
 		   "x@v2 is not registered after the restart");
 	ATK_EXPECT(atk_daemon_stop(&d, 15000, NULL) == 0, "SIGTERM: not a clean exit");
 	assert_int_equal(atk_failures, 0);

@@ -326,6 +326,11 @@ static void test_remove_waits_for_requests(void **state)
 	assert_int_equal(atk_daemon_init(&d, "a43w"), 0);
 	assert_int_equal(atk_daemon_start(&d, args, ATK_STATE), 0);
 	add_v2(&d, model);
+	/* w went to x@v2 once: a rollback would send it traffic again */
+	assert_true(admin_ok(d.admin, "{\"cmd\":\"route_set\",\"skill\":\"w\",\"versions\":"
+			     "{\"x@v2\":\"100\"}}", err, sizeof(err), NULL));
+	assert_true(admin_ok(d.admin, "{\"cmd\":\"route_set\",\"skill\":\"w\",\"versions\":"
+			     "{\"x@v1\":\"100\"}}", err, sizeof(err), NULL));
 	/* resident before the removal, so it is a removal of what serves */
 	rc = atk_generate_once(d.sock, "x@v2", 4, &ev, 30000);
 	assert_true(rc == 0 && ev.res == 0);
@@ -354,8 +359,20 @@ static void test_remove_waits_for_requests(void **state)
 	ATK_EXPECT(!admin_ok(d.admin, "{\"cmd\":\"route_set\",\"skill\":\"z\",\"versions\":"
 			     "{\"x@v2\":\"100\"}}", err, sizeof(err), NULL) &&
 		   strstr(err, "being removed"), "a route to x@v2 during its removal: '%s'", err);
+	ATK_EXPECT(!admin_ok(d.admin, "{\"cmd\":\"route_rollback\",\"skill\":\"w\"}", err,
+			     sizeof(err), NULL) && strstr(err, "being removed"),
+		   "a rollback of w to x@v2 during its removal: '%s'", err);
 	ATK_EXPECT(!admin_ok(d.admin, "{\"cmd\":\"adapters_pin\",\"id\":\"x@v2\"}", err, sizeof(err),
 			     NULL) && strstr(err, "being removed"), "a pin of x@v2: '%s'", err);
+	{
+		char line[600];
+
+		snprintf(line, sizeof(line), "{\"cmd\":\"adapters_add\",\"id\":\"x@v2\",\"path\":"
+			 "\"%s/x\"}", model);
+		ATK_EXPECT(!admin_ok(d.admin, line, err, sizeof(err), NULL) &&
+			   strstr(err, "being removed"), "x@v2 registered again during its removal: "
+			   "'%s'", err);
+	}
 	ATK_EXPECT(!admin_ok(d.admin, rm, err, sizeof(err), NULL) &&
 		   strstr(err, "being removed already"), "a second removal of x@v2: '%s'", err);
 	stream_poll(&st, 0);

@@ -643,6 +643,37 @@ static void test_remove_then_sigterm(void **state)
 	assert_int_equal(atk_failures, 0);
 }
 
+/* remove_wait_ms 0: refused at once while requests run on it, as before the wait existed */
+static void test_remove_wait_zero(void **state)
+{
+	static const char *const extra[] = { "--remove-wait-ms", "0", NULL };
+	char model[300], adapter[400], err[640];
+	const char *args[16];
+	struct atk_daemon d;
+	struct stream st;
+	unsigned ms;
+
+	(void)state;
+	atk_failures = 0;   /* each test reports its own */
+	assert_int_equal(slow_model(model, sizeof(model)), 0);
+	daemon_args(args, model, adapter, sizeof(adapter), extra);
+	assert_int_equal(atk_daemon_init(&d, "a43z"), 0);
+	assert_int_equal(atk_daemon_start(&d, args, ATK_STATE), 0);
+	add_v2(&d, model);
+	assert_int_equal(stream_start(&st, d.sock, "x@v2", N_LONG), 0);
+	assert_true(stream_streams(&st, 8, 30000));
+	ATK_EXPECT(!admin_ok(d.admin, "{\"cmd\":\"adapters_remove\",\"id\":\"x@v2\"}", err, sizeof(err),
+			     &ms) && strstr(err, "still serves running requests") &&
+		   strstr(err, "remove_wait_ms is 0") && ms < 2000,
+		   "the removal with remove_wait_ms 0: '%s' after %u ms", err, ms);
+	ATK_EXPECT(atk_listed_flag(d.admin, "x@v2", "removing") == 0, "x@v2 is left being removed");
+	assert_int_equal(lorad_cancel(st.c, 43), 0);
+	ATK_EXPECT(stream_wait_end(&st, 30000), "the cancelled request had no final event");
+	stream_close(&st);
+	ATK_EXPECT(atk_daemon_stop(&d, 15000, NULL) == 0, "SIGTERM: not a clean exit");
+	assert_int_equal(atk_failures, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -650,6 +681,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_remove_gives_up, teardown),
 		cmocka_unit_test_teardown(test_remove_operator_hangs_up, teardown),
 		cmocka_unit_test_teardown(test_remove_then_sigterm, teardown),
+		cmocka_unit_test_teardown(test_remove_wait_zero, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

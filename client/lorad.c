@@ -1314,6 +1314,7 @@ const char *lorad_strerror(int err)
 	case -ETIMEDOUT: return "timed out";
 	case -ECANCELED: return "request cancelled";
 	case -ENOENT: return "no such request, skill or socket";
+	case -EIDRM: return "adapter version is being removed";
 	case -EUSERS: return "daemon has too many clients";
 	case -ENOMEM: return "out of memory";
 	case -EILSEQ: return "no token of the vocabulary can continue the output in its grammar";

@@ -210,6 +210,7 @@ static unsigned http_status(int res, unsigned field, const char **type, const ch
 	*type = "invalid_request_error";
 	switch (res) {
 	case -ENOENT:
+	case -EIDRM:   /* a version being removed: gone for new requests */
 		if (field == LORAD_FIELD_SKILL) {
 			*param = "model";
 			return 404;

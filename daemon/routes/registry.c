@@ -220,8 +220,10 @@ int registry_resolve(struct registry *r, const char *skill, uint64_t key, int *a
 		v = find_mut(r, version_id);   /* parked for its load before the delete */
 	else
 		v = NULL;
-	if (!v || v->removing)
-		return -ENOENT;   /* a version being removed is gone for new requests */
+	if (!v)
+		return -ENOENT;
+	if (v->removing)
+		return -EIDRM;    /* being removed: gone for new requests, said as such */
 	*vid = v->vid;
 	memcpy(version_id, v->id, sizeof(v->id));
 	return pool_acquire(r->pool, v->pe, ticket, adapter);

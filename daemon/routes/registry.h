@@ -53,7 +53,8 @@ struct reg_version {
 	char version[32];
 	char id[ROUTE_NAME_MAX];     /* "name@version" */
 	uint32_t vid;                /* small number reported in completions; stable */
-	bool removing;               /* its removal is being saved: it takes no new load */
+	bool removing;               /* its removal waits for its requests or is being
+				      * saved: it takes no new request and no new load */
 	struct pool_entry *pe;       /* owned by the version until it is in the registry, then by the pool */
 };
 
@@ -132,8 +133,21 @@ struct reg_change;
 int registry_prepare_add(struct registry *r, const char *name, const char *version,
 			 const char *path, const struct pool_hashes *h,
 			 struct reg_change **out, char *err, size_t errlen);
+/*
+ * A removal is refused while a route uses the version, while it is being
+ * loaded (-EBUSY) and while another removal of it waits (-EALREADY). When
+ * requests still run on it, -EINPROGRESS comes back with *out set: from
+ * now on the version takes no new request (registry_resolve says -EIDRM)
+ * and no route may name it, and the caller waits for the running ones to
+ * end (registry_remove_ready) before it writes the state, or gives up with
+ * registry_change_free(), which leaves the version as it was.
+ */
 int registry_prepare_remove(struct registry *r, const char *id, struct reg_change **out,
 			    char *err, size_t errlen);
+/* A removal that came back -EINPROGRESS: 0 once no running request uses
+ * the version (it has left the engine then), -EBUSY while some still do.
+ * Cheap: the engine counts the sequences that hold an adapter. */
+int registry_remove_ready(struct registry *r, const struct reg_change *ch);
 int registry_prepare_pin(struct registry *r, const char *id, bool pin, struct reg_change **out,
 			 char *err, size_t errlen);
 /* A new route for @skill: every target must be registered. */
@@ -202,7 +216,8 @@ int registry_prefetch(struct registry *r, const char *id, char *err, size_t errl
  * *ticket naming the attempt; the caller asks again later with the same
  * ticket and gets 0, or that attempt's error (the file named in the log) —
  * a fresh request (ticket 0) after a failure tries again. Without a loader
- * the load happens here, synchronously (pool_acquire). -ENOENT: no such skill.
+ * the load happens here, synchronously (pool_acquire). -ENOENT: no such skill;
+ * -EIDRM: the version is being removed (it waits for its running requests).
  * A request asking again whose skill's route was deleted meanwhile was
  * admitted before: it keeps the version it was given (@version_id as the
  * first answer wrote it), as a running request does.

@@ -744,6 +744,12 @@ int registry_prepare_add(struct registry *r, const char *name, const char *versi
 	snprintf(id, sizeof(id), "%s@%s", name, ver);
 	old = registry_find(r, id);
 	if (old) {
+		if (old->removing) {
+			/* the same files would be "registered already", and then gone */
+			snprintf(err, errlen, "%s is being removed: register it again once its "
+				 "removal is answered", id);
+			return -EBUSY;
+		}
 		if (old->pe->h.scheme != h->scheme || old->pe->h.hash_chunk != h->hash_chunk) {
 			/* hashed before @old changed hands (registry_hash_scheme) */
 			snprintf(err, errlen, "%s changed while its files were checked; register again",
@@ -829,14 +835,14 @@ int registry_prepare_remove(struct registry *r, const char *id, struct reg_chang
 		snprintf(err, errlen, "%s is still in a route: route it away first", id);
 		return -EBUSY;
 	}
+	if (v->removing) {
+		/* one removal at a time: a second would free the entry twice */
+		snprintf(err, errlen, "%s is being removed already: its removal is answered once "
+			 "the requests running on it end", id);
+		return -EALREADY;
+	}
 	if (pool_entry_busy(v->pe)) {
 		snprintf(err, errlen, "%s is being loaded; try again in a moment", id);
-		return -EBUSY;
-	}
-	/* out of the engine now: a version nobody routes to is only reloaded on
-	 * request, so this costs nothing if the removal is not made durable */
-	if (pool_unload(r->pool, v->pe)) {
-		snprintf(err, errlen, "%s still serves running requests", id);
 		return -EBUSY;
 	}
 	*out = change_new(RC_REMOVE);
@@ -845,9 +851,24 @@ int registry_prepare_remove(struct registry *r, const char *id, struct reg_chang
 	(*out)->target = v;
 	/* until it is committed (after the save) nothing may load it again: an
 	 * adapter in the engine, or a load under way, when its entry is freed
-	 * would be left there for good */
+	 * would be left there for good. New requests are refused from here on,
+	 * so the ones running on it can only get fewer. */
 	v->removing = true;
+	/* out of the engine now: a version nobody routes to is only reloaded on
+	 * request, so this costs nothing if the removal is not made durable */
+	if (pool_unload(r->pool, v->pe)) {
+		snprintf(err, errlen, "%s still serves running requests", id);
+		return -EINPROGRESS;
+	}
 	return 0;
+}
+
+int registry_remove_ready(struct registry *r, const struct reg_change *ch)
+{
+	if (ch->kind != RC_REMOVE || !ch->target)
+		return -EINVAL;
+	/* the engine refuses while a sequence holds the adapter: cheap, a count */
+	return pool_unload(r->pool, ch->target->pe) ? -EBUSY : 0;
 }
 
 int registry_prepare_pin(struct registry *r, const char *id, bool pin, struct reg_change **out,
@@ -858,6 +879,11 @@ int registry_prepare_pin(struct registry *r, const char *id, bool pin, struct re
 	*out = NULL;
 	if (!v)
 		return -ENOENT;
+	if (v->removing) {
+		/* a pin would load it again while its removal waits for the engine */
+		snprintf(err, errlen, "%s is being removed", id);
+		return -EBUSY;
+	}
 	*out = change_new(RC_PIN);
 	if (!*out)
 		return -ENOMEM;
@@ -885,11 +911,20 @@ int registry_prepare_route(struct registry *r, const char *skill, const char *co
 			 "(and not base or auto)", skill);
 		return -EINVAL;
 	}
-	for (unsigned i = 0; i < n; i++)
-		if (!registry_find(r, targets[i])) {
+	for (unsigned i = 0; i < n; i++) {
+		const struct reg_version *tv = registry_find(r, targets[i]);
+
+		if (!tv) {
 			snprintf(err, errlen, "%s is not a registered adapter version", targets[i]);
 			return -ENOENT;
 		}
+		if (tv->removing) {
+			/* its removal waits for its last requests: a route would
+			 * send it new ones, and be left pointing at nothing */
+			snprintf(err, errlen, "%s is being removed", targets[i]);
+			return -EBUSY;
+		}
+	}
 	if (!live && route_count(r->routes) >= r->max_skills) {
 		snprintf(err, errlen, "%s: %u skills have routes already (max_skills); no more",
 			 skill, r->max_skills);
@@ -937,13 +972,21 @@ int registry_prepare_rollback(struct registry *r, const char *skill, struct reg_
 		snprintf(err, errlen, "no earlier route for skill %s", skill);
 		return -ENOENT;
 	}
-	for (unsigned i = 0; i < back->n; i++)
-		if (!registry_find(r, back->target[i])) {
+	for (unsigned i = 0; i < back->n; i++) {
+		const struct reg_version *tv = registry_find(r, back->target[i]);
+
+		if (!tv) {
 			snprintf(err, errlen, "the earlier route of %s sends traffic to %s, which is no "
 				 "longer registered: register it again or set a new route", skill,
 				 back->target[i]);
 			return -ENOENT;
 		}
+		if (tv->removing) {
+			snprintf(err, errlen, "the earlier route of %s sends traffic to %s, which is "
+				 "being removed", skill, back->target[i]);
+			return -EBUSY;
+		}
+	}
 	if (cur.deleted && route_count(r->routes) >= r->max_skills) {
 		snprintf(err, errlen, "%s: %u skills have routes already (max_skills); delete one "
 			 "first", skill, r->max_skills);

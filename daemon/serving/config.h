@@ -73,6 +73,7 @@ struct config {
 	uint32_t max_metric_series;     /* skill x version rows of the metrics */
 	uint64_t max_adapter_bytes;     /* an adapter's files together */
 	uint32_t max_skills;            /* skills with a route */
+	uint32_t remove_wait_ms;        /* a removal waits this long for its running requests */
 	uint64_t grammar_memory;        /* compiled grammars alive at once */
 	/* [access] */
 	uid_t allow_uid[CONFIG_MAX_IDS];

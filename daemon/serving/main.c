@@ -701,7 +701,8 @@ static void reload(struct daemon *d)
 	fill_server_config(&sc, d);
 	server_reconfigure(&d->sv, &sc);
 	log_set_level(d->cfg.log_level);
-	ops_set_limits(d->ops, d->cfg.max_adapter_bytes, d->cfg.max_metric_series);
+	ops_set_limits(d->ops, d->cfg.max_adapter_bytes, d->cfg.max_metric_series,
+		       d->cfg.remove_wait_ms);
 	registry_set_max_skills(d->reg, d->cfg.max_skills);
 	registry_set_max_adapter_bytes(d->reg, d->cfg.max_adapter_bytes);
 	if (d->sch) {
@@ -773,6 +774,7 @@ static void daemon_tick(void *ctx, struct server *sv, uint64_t now)
 	ops_poll(d->ops);        /* changes whose files are checked or whose state is written */
 	if (stop_requested && !d->stopping_sent) {
 		notify_stopping();
+		ops_stop(d->ops);   /* removals waiting for requests: answered, not made */
 		d->stopping_sent = true;
 	}
 	if (reload_requested) {
@@ -962,6 +964,7 @@ static int build_server(struct daemon *d)
 	oo.mc = d->eng ? engine_config(d->eng) : NULL;
 	oo.max_adapter_bytes = d->cfg.max_adapter_bytes;
 	oo.max_metric_series = d->cfg.max_metric_series;
+	oo.remove_wait_ms = d->cfg.remove_wait_ms;
 	oo.wake_fd = server_wake_fd(&d->sv);
 	d->ops = ops_new(&oo);
 	if (!d->ops)

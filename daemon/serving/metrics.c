@@ -94,7 +94,7 @@ static enum metrics_err err_kind(int res, unsigned finish)
 	case -EINVAL: case -E2BIG: case -EOPNOTSUPP: return ME_INVALID;
 	case -EBUSY: return ME_BUSY;
 	case -ETIMEDOUT: return ME_TIMEOUT;
-	case -ENOENT: return ME_UNKNOWN_SKILL;
+	case -ENOENT: case -EIDRM: return ME_UNKNOWN_SKILL;   /* EIDRM: a version being removed */
 	case -ESHUTDOWN: return ME_SHUTDOWN;
 	default: return ME_OTHER;
 	}

@@ -37,8 +37,9 @@
 
 enum job_kind { J_ADD, J_REMOVE, J_PIN, J_UNPIN, J_ROUTE, J_ROLLOUT, J_ROLLBACK, J_SEED_ROUTE,
 		J_DELETE };
-/* JS_WAIT: a config's adapter waiting for one of the OPS_MAX_INSPECT places */
-enum job_state { JS_INSPECT, JS_READY, JS_WRITING, JS_WAIT };
+/* JS_WAIT: a config's adapter waiting for one of the OPS_MAX_INSPECT places;
+ * JS_DRAIN: a removal waiting for the requests that run on its version */
+enum job_state { JS_INSPECT, JS_READY, JS_WRITING, JS_WAIT, JS_DRAIN };
 
 struct job {
 	enum job_kind kind;
@@ -66,6 +67,8 @@ struct job {
 	pthread_t thread;
 	bool has_thread;
 	bool seed;                   /* from the config: counted in n_seeds */
+	bool drained;                /* J_REMOVE: its change is prepared, its requests ended */
+	uint64_t drain_t0, deadline; /* J_REMOVE in JS_DRAIN: since when, until when (now_ns) */
 	struct ops *o;
 	struct job *next;
 };
@@ -79,6 +82,13 @@ struct ops {
 	unsigned n_jobs, inspecting;
 	unsigned n_seeds;            /* of n_jobs, seeds from the config (ticket 0) */
 	unsigned waiting;            /* jobs in JS_WAIT (engine thread only) */
+	/* removals in JS_DRAIN, and when to look at them again: a request on a
+	 * version being removed ended (on_final), or the earliest deadline
+	 * (engine thread only) */
+	unsigned n_drain;
+	bool drain_kick;
+	uint64_t drain_due;
+	bool stopping;               /* the daemon stops: removals wait for nothing */
 	struct job *writing;         /* the one job whose state the writer thread writes */
 	bool write_done, stop;
 	volatile int cancel;         /* registrations stop reading files */
@@ -124,6 +134,8 @@ static struct json_object *version_json(struct registry *reg, const struct reg_v
 	json_object_object_add(o, "loads", json_object_new_int64((int64_t)pe->loads));
 	json_object_object_add(o, "loading", json_object_new_boolean(pool_entry_busy(pe)));
 	json_object_object_add(o, "state", json_object_new_string(pool_state_name(pe->state)));
+	/* its removal waits for the requests running on it (or is being saved) */
+	json_object_object_add(o, "removing", json_object_new_boolean(v->removing));
 	/* where its bytes are: device, host (pinned host tier only), loading, failed, disk */
 	json_object_object_add(o, "residency", json_object_new_string(
 		pool_where_name(pool_where(registry_pool(reg), pe))));
@@ -418,6 +430,10 @@ static void job_answer(struct ops *o, struct job *j, int ret, const char *id)
 		registry_route_entry(o->opt.reg, j->id, &e);
 		if (e.cur && e.deleted)
 			json_object_object_add(reply, "deleted", route_json(e.cur));
+	} else if (j->kind == J_REMOVE && j->drained) {
+		/* how long it waited for the requests that ran on the version */
+		json_object_object_add(reply, "waited_ms",
+				       json_object_new_int64((int64_t)((now_ns() - j->drain_t0) / 1000000)));
 	}
 	admin_complete(o->opt.admin, j->ticket, reply, ret);
 }
@@ -462,6 +478,89 @@ static void job_finish_write(struct ops *o, struct job *j)
 
 static int start_inspect(struct ops *o, struct job *j, struct json_object *reply);
 
+/* --- removals that wait for their requests ----------------------------------------------- */
+
+/*
+ * A removal whose version still serves running requests waits for them in
+ * JS_DRAIN, out of the order of the other jobs: those are applied and
+ * answered meanwhile, since each state written is the running state with
+ * one change (the removal's, written once its requests ended, holds every
+ * change made before it), and none of them can concern the version (the
+ * registry refuses routes, pins and registrations of a version being
+ * removed). It is looked at again when a request on a version being
+ * removed ends (on_final) and at its deadline, not on every turn of the
+ * engine loop.
+ */
+static void drain_start(struct ops *o, struct job *j, uint64_t now)
+{
+	j->drain_t0 = now;
+	j->deadline = now + (uint64_t)o->opt.remove_wait_ms * 1000000ull;
+	if (!o->n_drain || j->deadline < o->drain_due)
+		o->drain_due = j->deadline;
+	pthread_mutex_lock(&o->lock);   /* adapters_jobs reads states under it */
+	j->state = JS_DRAIN;
+	pthread_mutex_unlock(&o->lock);
+	o->n_drain++;
+	log_info("removing %s once the requests running on it end (remove_wait_ms %u)", j->id,
+		 o->opt.remove_wait_ms);
+}
+
+/* A removal that waits is given up with j->err: the version serves again as
+ * before (nothing of it was changed but the refusal of new requests). */
+static void drain_give_up(struct ops *o, struct job *j, int ret)
+{
+	registry_change_free(j->ch);
+	j->ch = NULL;
+	o->n_drain--;
+	log_warn("%s", j->err);
+	job_answer(o, j, ret, NULL);
+	job_unlink(o, j);
+}
+
+/* The removals that wait: those whose requests ended go on to be written,
+ * those past their deadline are given up. */
+static void drain_check(struct ops *o, uint64_t now)
+{
+	o->drain_kick = false;
+	o->drain_due = UINT64_MAX;
+	/* the list changes only on this thread; a removal's state too */
+	for (struct job *j = o->jobs, *next; j; j = next) {
+		next = j->next;
+		if (j->kind != J_REMOVE || j->state != JS_DRAIN)
+			continue;
+		if (!registry_remove_ready(o->opt.reg, j->ch)) {
+			pthread_mutex_lock(&o->lock);
+			j->state = JS_READY;
+			j->drained = true;
+			pthread_mutex_unlock(&o->lock);
+			o->n_drain--;
+		} else if (now >= j->deadline) {
+			snprintf(j->err, sizeof(j->err), "%s was not removed: requests still ran on it "
+				 "after %llu ms (remove_wait_ms); it serves again", j->id,
+				 (unsigned long long)((j->deadline - j->drain_t0) / 1000000));
+			drain_give_up(o, j, -ETIMEDOUT);
+		} else if (j->deadline < o->drain_due) {
+			o->drain_due = j->deadline;
+		}
+	}
+}
+
+void ops_stop(struct ops *o)
+{
+	if (!o)
+		return;
+	o->stopping = true;
+	for (struct job *j = o->jobs, *next; j && o->n_drain; j = next) {
+		next = j->next;
+		if (j->kind != J_REMOVE || j->state != JS_DRAIN)
+			continue;
+		snprintf(j->err, sizeof(j->err), "%s was not removed: lorad is stopping while "
+			 "requests still ran on it; it stays registered (remove it again after the "
+			 "restart)", j->id);
+		drain_give_up(o, j, -ESHUTDOWN);
+	}
+}
+
 /* The config's adapters waiting for a place start, in their order, while places are free. */
 static void start_waiting(struct ops *o)
 {
@@ -501,6 +600,15 @@ void ops_poll(struct ops *o)
 	/* n_jobs changes only on this (the engine) thread: the idle turn takes no lock */
 	if (!o || !o->n_jobs)
 		return;
+	if (o->n_drain) {
+		/* a turn while removals wait costs a clock read */
+		uint64_t now = now_ns();
+
+		if (o->drain_kick || now >= o->drain_due)
+			drain_check(o, now);
+		if (o->n_jobs == o->n_drain)
+			return;   /* nothing else to move */
+	}
 	if (o->waiting)
 		start_waiting(o);   /* an inspection ended (it woke us): its place is free */
 	for (;;) {
@@ -532,7 +640,17 @@ void ops_poll(struct ops *o)
 		}
 		if (!j)
 			return;
-		ret = job_prepare(o, j);
+		ret = j->drained ? 0 : job_prepare(o, j);
+		if (ret == -EINPROGRESS) {
+			/* a removal whose version still serves requests */
+			if (o->opt.remove_wait_ms && !o->stopping) {
+				drain_start(o, j, now_ns());
+				continue;
+			}
+			snprintf(j->err + strlen(j->err), sizeof(j->err) - strlen(j->err), " (%s)",
+				 o->stopping ? "lorad is stopping" : "remove_wait_ms is 0: not waited for");
+			ret = -EBUSY;
+		}
 		if (!ret && j->ch && registry_statedir(o->opt.reg))
 			ret = registry_change_text(o->opt.reg, j->ch, &j->text, &j->len);
 		if (ret || !j->ch) {
@@ -1043,6 +1161,9 @@ static void on_final(void *ctx, const struct sreq *r, int res, unsigned finish, 
 	const struct reg_version *v = r->version ? registry_by_vid(o->opt.reg, r->version) : NULL;
 	const char *skill = r->e.skill[0] ? r->e.skill : "base";
 
+	if (v && v->removing)
+		o->drain_kick = true;   /* a removal may wait for it: looked at next turn */
+
 	/* a series per skill the operator created; every other name is one series */
 	if (strcmp(skill, "base") && !registry_skill_known(o->opt.reg, skill))
 		metrics_request(o->met, METRICS_UNKNOWN, METRICS_NONE, res, finish, r->n_prompt,
@@ -1056,9 +1177,11 @@ static void on_final(void *ctx, const struct sreq *r, int res, unsigned finish, 
 	}
 }
 
-void ops_set_limits(struct ops *o, uint64_t max_adapter_bytes, uint32_t max_metric_series)
+void ops_set_limits(struct ops *o, uint64_t max_adapter_bytes, uint32_t max_metric_series,
+		    uint32_t remove_wait_ms)
 {
 	o->opt.max_adapter_bytes = max_adapter_bytes;
+	o->opt.remove_wait_ms = remove_wait_ms;   /* for removals that start from now on */
 	o->opt.max_metric_series = max_metric_series;
 	metrics_set_max_rows(o->met, max_metric_series);
 }

@@ -9,7 +9,10 @@
  * and only then applied and answered. A write that fails answers with its
  * real reason and changes nothing. Jobs are applied one at a time, in the
  * order they are ready; registering an adapter first reads, hashes and
- * checks its files on a thread of its own.
+ * checks its files on a thread of its own. A removal of a version that
+ * still serves running requests is ready once they end: meanwhile the
+ * version takes no new request, other changes go ahead of it, and after
+ * remove_wait_ms it is given up (the version serves again, as before).
  */
 #ifndef LORAD_OPS_H
 #define LORAD_OPS_H
@@ -60,6 +63,7 @@ struct ops_opts {
 	const struct model_config *mc;     /* adapters are checked against it at add; NULL: no model */
 	uint64_t max_adapter_bytes;
 	uint32_t max_metric_series;
+	uint32_t remove_wait_ms;           /* a removal waits this long for its requests; 0: not at all */
 	int wake_fd;                       /* an eventfd the engine loop sleeps on, or -1 */
 };
 
@@ -71,8 +75,16 @@ struct ops *ops_new(const struct ops_opts *opts);
 /* Stop: registrations still reading files are cancelled, threads joined. */
 void ops_free(struct ops *o);
 
-/* Limits from a reloaded config. */
-void ops_set_limits(struct ops *o, uint64_t max_adapter_bytes, uint32_t max_metric_series);
+/* Limits from a reloaded config (remove_wait_ms: for removals that start after it). */
+void ops_set_limits(struct ops *o, uint64_t max_adapter_bytes, uint32_t max_metric_series,
+		    uint32_t remove_wait_ms);
+
+/*
+ * The daemon stops (SIGTERM, drain): removals waiting for their requests
+ * are answered now, not made (the drain may cancel those requests, or the
+ * daemon end before them), and later ones wait for nothing. Engine thread.
+ */
+void ops_stop(struct ops *o);
 
 /* Move jobs on: take what threads finished, apply, answer. On the engine thread, every turn. */
 void ops_poll(struct ops *o);

@@ -112,6 +112,10 @@ const struct opt_def opt_table[] = {
 	{ "max_skills", "limits", OPT_U32, F(max_skills), 1024, NULL, 1, 65536, .arg = "N",
 	  .help = "skills with a route; as many deleted routes are kept for a rollback, the "
 		  "oldest forgotten first", .reload = true },
+	{ "remove_wait_ms", "limits", OPT_U32, F(remove_wait_ms), 60000, NULL, 0, 600000,
+	  .arg = "N", .help = "a removal (loradctl adapters remove) waits this long for the requests "
+	  "running on the version, which takes no new ones meanwhile; then it is given up and the "
+	  "version serves again (0: refused at once while requests run on it)", .reload = true },
 	{ "grammar_memory", "limits", OPT_SIZE, F(grammar_memory), 1 * G, NULL, 64 * K, 1ull << 40,
 	  .arg = "SIZE", .help = "memory of compiled grammars alive at once, cached or held by "
 	  "requests; a new grammar past it is refused (-EBUSY)", .reload = true },

@@ -29,7 +29,10 @@ static const char usage_text[] =
 	"                                  and hashed, MiB/s, then checking and registering)\n"
 	"                                  redrawn until the answer\n"
 	"  adapters jobs                   registrations not answered yet, how far each is\n"
-	"  adapters remove NAME@VER        unregister (refused while a route uses it)\n"
+	"  adapters remove NAME@VER        unregister (refused while a route uses it); waits for\n"
+	"                                  the requests running on it, which end whole, at most\n"
+	"                                  the daemon's remove_wait_ms (then refused, and it\n"
+	"                                  serves again); no new request may start on it meanwhile\n"
 	"  adapters pin NAME@VER           load and keep resident\n"
 	"  adapters unpin NAME@VER\n"
 	"  adapters prefetch NAME@VER [--wait]\n"
@@ -64,7 +67,8 @@ static const char usage_text[] =
 	"  --json          print the daemon's JSON reply (and no progress line)\n"
 	"  --quiet         no progress line on a terminal (adapters add, prefetch --wait)\n"
 	"  --timeout S     wait this long for the answer (default 120; adapters add: 1800,\n"
-	"                  since the daemon reads and checks every byte of the adapter first)\n"
+	"                  since the daemon reads and checks every byte of the adapter first;\n"
+	"                  adapters remove: 660, the longest remove_wait_ms and a minute)\n"
 	"Exit status: 0 on success, 1 when the daemon refused, 2 on a usage error, 3 when the daemon is unreachable.\n";
 
 static int usage_error(const char *fmt, const char *arg)
@@ -623,6 +627,10 @@ int main(int argc, char **argv)
 			if (nargs != 2 || !strchr(args[1], '@'))
 				return json_object_put(req), usage_error("usage: adapters %s NAME@VER", sub);
 			json_object_object_add(req, "id", json_object_new_string(args[1]));
+			/* a removal waits for the version's running requests, at most
+			 * remove_wait_ms (600 s or less), then its state is saved */
+			if (!strcmp(sub, "remove") && !timeout_s)
+				timeout_s = 660;
 		} else {
 			return json_object_put(req), usage_error("unknown 'adapters' command '%s'", sub);
 		}

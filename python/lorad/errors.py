@@ -62,7 +62,8 @@ class InvalidRequest(LoradError):
 
 
 class SkillNotFound(LoradError):
-    """The daemon knows no such skill (-ENOENT on the skill field)."""
+    """The daemon knows no such skill (-ENOENT on the skill field), or the version
+    named is being removed (-EIDRM on the skill field)."""
 
 
 class TooBig(LoradError):
@@ -110,6 +111,8 @@ def field_name(field):
 def error(code, field=FIELD_NONE, context=None, connecting=False):
     """The exception for liblorad's return value or event ``res`` *code* (< 0)."""
     cls = _BY_ERRNO.get(-code, LoradError)
+    if -code == _errno.EIDRM and field == FIELD_SKILL:
+        cls = SkillNotFound
     if -code == _errno.ENOENT:
         if field == FIELD_SKILL:
             cls = SkillNotFound

@@ -1043,6 +1043,36 @@ bool atk_pinned(const char *admin, const char *id)
 	return yes;
 }
 
+int atk_listed_flag(const char *admin, const char *id, const char *key)
+{
+	struct json_object *r, *x = listed(admin, id, key, &r);
+	int v = x ? json_object_get_boolean(x) : -1;
+
+	json_object_put(r);
+	return v;
+}
+
+long long atk_stats_requests(const char *admin, const char *skill, const char *ver)
+{
+	struct json_object *r, *a, *e, *x;
+	char line[128];
+	long long n = -1;
+
+	snprintf(line, sizeof(line), "{\"cmd\":\"stats\",\"skill\":\"%s\"}", skill);
+	if (atk_admin(admin, line, &r, 10000))
+		return -2;
+	if (json_object_object_get_ex(r, "stats", &a))
+		for (size_t i = 0; i < json_object_array_length(a); i++) {
+			e = json_object_array_get_idx(a, i);
+			if (json_object_object_get_ex(e, "version", &x) &&
+			    !strcmp(json_object_get_string(x), ver) &&
+			    json_object_object_get_ex(e, "requests", &x))
+				n = json_object_get_int64(x);
+		}
+	json_object_put(r);
+	return n;
+}
+
 long long atk_metric(const char *admin, const char *name)
 {
 	struct json_object *r, *t;

@@ -138,6 +138,12 @@ const char *atk_reply_error(struct json_object *reply);
 unsigned atk_vid_of(const char *admin, const char *id);
 /* Whether `adapters_list` says @id is pinned (false: not, or not listed). */
 bool atk_pinned(const char *admin, const char *id);
+/* The boolean @key of @id's `adapters_list` entry ("removing", "resident"):
+ * 1 or 0, or -1 when @id is not listed or has no such key. */
+int atk_listed_flag(const char *admin, const char *id, const char *key);
+/* Requests `stats` counts for skill @skill on version @ver, -1 when it has
+ * no such series, -2 when `stats` was not answered. */
+long long atk_stats_requests(const char *admin, const char *skill, const char *ver);
 /* The value of the metrics sample @name (the whole name with its labels,
  * as the exposition prints it), or -1 when there is none. */
 long long atk_metric(const char *admin, const char *name);

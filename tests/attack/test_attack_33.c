@@ -128,12 +128,14 @@ static void test_remove_during_save(void **state)
 		if (st == 0) {
 			conclusive++;
 			/* the operator and a client want it back meanwhile: either
-			 * may get it or be told it is gone, nothing else */
+			 * may get it or be told it is gone or going (-EIDRM), nothing
+			 * else */
 			rc = atk_ctl(d.admin, pre, out, sizeof(out), err, sizeof(err), 30000, NULL);
 			ATK_EXPECT(rc == 0 || rc == 1, "adapters prefetch %s during its removal: exit "
 				   "%d: %s", id, rc, err);
 			rc = atk_generate_once(d.sock, id, 8, &ev, 30000);
-			ATK_EXPECT(rc == 0 && (ev.res == 0 || ev.res == -ENOENT), "a request for %s "
+			ATK_EXPECT(rc == 0 && (ev.res == 0 || ev.res == -ENOENT || ev.res == -EIDRM),
+				   "a request for %s "
 				   "during its removal: %d, res %d (%s)", id, rc, ev.res,
 				   strerror(-ev.res));
 		}

@@ -32,28 +32,6 @@ static int teardown(void **state)
 	return 0;
 }
 
-/* Requests `stats` counts for skill @skill, version @ver (-1: no such series). */
-static long long stats_requests(const char *admin, const char *skill, const char *ver)
-{
-	struct json_object *r, *a, *e, *x;
-	char line[128];
-	long long n = -1;
-
-	snprintf(line, sizeof(line), "{\"cmd\":\"stats\",\"skill\":\"%s\"}", skill);
-	if (atk_admin(admin, line, &r, 10000))
-		return -2;
-	if (json_object_object_get_ex(r, "stats", &a))
-		for (size_t i = 0; i < json_object_array_length(a); i++) {
-			e = json_object_array_get_idx(a, i);
-			if (json_object_object_get_ex(e, "version", &x) &&
-			    !strcmp(json_object_get_string(x), ver) &&
-			    json_object_object_get_ex(e, "requests", &x))
-				n = json_object_get_int64(x);
-		}
-	json_object_put(r);
-	return n;
-}
-
 /*
  * On the unfixed daemon the rows of removed versions stay for good: after
  * 15 versions every later one is counted under skill="_other" (t@v40: no
@@ -97,10 +75,10 @@ static void test_metrics_churn(void **state)
 		rc = atk_generate_once(d.sock, "t", 4, &ev, 30000);
 		ATK_EXPECT(rc == 0 && ev.res == 0, "a request for t on %s: %d, res %d", id, rc, ev.res);
 		/* the version serving now has its series */
-		n = stats_requests(d.admin, "t", id);
+		n = atk_stats_requests(d.admin, "t", id);
 		if (n != 1 && !missing++)
 			fprintf(stderr, "%s: stats counts %lld requests (-1: no series), _other %lld\n",
-				id, n, stats_requests(d.admin, METRICS_OTHER_NAME, METRICS_OTHER_NAME));
+				id, n, atk_stats_requests(d.admin, METRICS_OTHER_NAME, METRICS_OTHER_NAME));
 	}
 	ATK_EXPECT(missing == 0, "%u of %d versions had no series of their own while they served",
 		   missing, N_VERSIONS);

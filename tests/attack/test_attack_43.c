@@ -1,0 +1,688 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Attack 43: an operator removes an adapter version while requests run on
+ * it (clients that named it, or that were admitted just before the route
+ * moved away). The removal must wait for them, not be refused: they end
+ * whole, the answer comes after them, no new request starts on the
+ * version meanwhile (one clear error, -EIDRM), and other changes are not
+ * held up. Past remove_wait_ms it is given up and the version serves
+ * again with its tiers and metrics as they were; an operator who hangs up
+ * leaves no spinning daemon; a SIGTERM answers a waiting removal and the
+ * daemon exits cleanly. A removal is no eviction in the tier metrics.
+ *
+ * The requests run on a model slow enough (about 2 ms a token on one
+ * thread here, 3000 tokens in some 6 s) that the test acts while they do.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <lorad/lorad.h>
+
+#include "attack_harness.h"
+
+#define N_WHOLE 3000   /* tokens of a request that must end whole while a removal waits */
+#define N_LONG  4000   /* a request the test ends itself (cancel, SIGTERM) */
+
+static int teardown(void **state)
+{
+	(void)state;
+	atk_cleanup();
+	return 0;
+}
+
+/* A model with a context of 4096 and its adapter @dir/m/x. */
+static int slow_model(char *model, size_t len)
+{
+	char dir[200], err[1024];
+	const char *common[] = { "--vocab", "640", "--hidden", "512", "--layers", "4", "--heads", "8",
+				 "--kv-heads", "4", "--ffn", "1536", "--max-pos", "4096", "--dtype", "bf16",
+				 "--seed", "5" };
+	const char *argv[40];
+	unsigned n = 0;
+
+	if (atk_tmpdir(dir, sizeof(dir), "a43m"))
+		return -1;
+	snprintf(model, len, "%s/m", dir);
+	argv[n++] = atk_mkmodel_bin();
+	argv[n++] = model;
+	for (unsigned i = 0; i < sizeof(common) / sizeof(common[0]); i++)
+		argv[n++] = common[i];
+	argv[n] = NULL;
+	if (atk_run(argv, NULL, 0, err, sizeof(err), 120000, NULL)) {
+		fprintf(stderr, "lorad-mkmodel: %s\n", err);
+		return -1;
+	}
+	/* the adapter alone, into the model's folder */
+	argv[n++] = "--adapter";
+	argv[n++] = "x";
+	argv[n++] = "--rank";
+	argv[n++] = "8";
+	argv[n++] = "--alpha";
+	argv[n++] = "16";
+	argv[n++] = "--targets";
+	argv[n++] = "q,v";
+	argv[n++] = "--no-model";
+	argv[n] = NULL;
+	if (atk_run(argv, NULL, 0, err, sizeof(err), 120000, NULL)) {
+		fprintf(stderr, "lorad-mkmodel --adapter: %s\n", err);
+		return -1;
+	}
+	return 0;
+}
+
+/* --- a request that streams while the test acts ----------------------------------------- */
+
+struct stream {
+	struct lorad *c;
+	uint32_t *out;
+	uint32_t max, n;
+	bool done;
+	struct lorad_event fin;
+};
+
+/* @max tokens of greedy output from (1, 2, 3) under @skill, EOS ignored. */
+static int stream_start(struct stream *st, const char *sock, const char *skill, uint32_t max)
+{
+	static const uint32_t prompt[3] = { 1, 2, 3 };
+	struct lorad_connect_opts o = { .timeout_ms = 10000 };
+	struct lorad_request r = { .user_data = 43, .skill = skill, .prompt = prompt, .n_prompt = 3,
+				   .max_tokens = max, .flags = LORAD_SQE_F_IGNORE_EOS };
+	int ret;
+
+	memset(st, 0, sizeof(*st));
+	st->max = max;
+	st->out = calloc(max, sizeof(uint32_t));
+	if (!st->out)
+		return -ENOMEM;
+	r.out = st->out;
+	ret = lorad_connect(sock, &o, &st->c);
+	if (ret)
+		return ret;
+	return lorad_submit(st->c, &r);
+}
+
+/* Take its events, waiting up to @ms for one (0: only what is there).
+ * Returns 1 once its final event came, 0 before, or -errno. */
+static int stream_poll(struct stream *st, int ms)
+{
+	struct lorad_event ev[16];
+	int n;
+
+	if (st->done)
+		return 1;
+	n = ms ? lorad_wait(st->c, ev, 16, ms) : lorad_reap(st->c, ev, 16);
+	if (n == -ETIMEDOUT)
+		n = 0;
+	if (n < 0)
+		return n;
+	for (int i = 0; i < n; i++) {
+		st->n = ev[i].n_tokens;
+		if (ev[i].flags & LORAD_EV_FINAL) {
+			st->fin = ev[i];
+			st->done = true;
+		}
+	}
+	return st->done;
+}
+
+/* Wait until it has @min tokens out (true) or ended or @ms passed (false). */
+static bool stream_streams(struct stream *st, uint32_t min, int ms)
+{
+	uint64_t end = atk_now_ns() + (uint64_t)ms * 1000000ull;
+
+	while (!st->done && st->n < min && atk_now_ns() < end)
+		if (stream_poll(st, 50) < 0)
+			return false;
+	return !st->done && st->n >= min;
+}
+
+/* Wait up to @ms for its final event: true when it came. */
+static bool stream_wait_end(struct stream *st, int ms)
+{
+	uint64_t end = atk_now_ns() + (uint64_t)ms * 1000000ull;
+
+	while (!st->done && atk_now_ns() < end)
+		if (stream_poll(st, 100) < 0)
+			return false;
+	return st->done;
+}
+
+static void stream_close(struct stream *st)
+{
+	if (st->c)
+		lorad_close(st->c);
+	free(st->out);
+	memset(st, 0, sizeof(*st));
+}
+
+/* --- the admin socket ------------------------------------------------------------------- */
+
+/* @line sent on a connection of its own; its answer is read later (admin_answer). */
+static int admin_send(const char *admin, const char *line)
+{
+	int fd = atk_connect(admin);
+	size_t len = strlen(line);
+
+	if (fd < 0)
+		return fd;
+	if (send(fd, line, len, MSG_NOSIGNAL) != (ssize_t)len || send(fd, "\n", 1, MSG_NOSIGNAL) != 1) {
+		close(fd);
+		return -EIO;
+	}
+	return fd;
+}
+
+/* The answer on @fd when there is one within @ms: 1 with *reply, 0 none yet, -errno. */
+static int admin_answer(int fd, struct json_object **reply, int ms)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	char line[4096];
+	int n;
+
+	*reply = NULL;
+	if (poll(&p, 1, ms) <= 0)
+		return 0;
+	/* the daemon writes a reply at once: the whole line is there */
+	n = atk_read_line(fd, line, sizeof(line), 5000);
+	if (n <= 0)
+		return n ? n : -EPIPE;
+	*reply = json_tokener_parse(line);
+	return *reply ? 1 : -EBADMSG;
+}
+
+/* One admin request, its reply's "ok" and error (into @err); @ms: how long it took. */
+static bool admin_ok(const char *admin, const char *line, char *err, size_t errlen, unsigned *ms)
+{
+	struct json_object *r = NULL;
+	uint64_t t0 = atk_now_ns();
+	bool ok;
+
+	snprintf(err, errlen, "%s", "no reply");
+	if (atk_admin(admin, line, &r, 30000)) {
+		if (ms)
+			*ms = (unsigned)((atk_now_ns() - t0) / 1000000);
+		return false;
+	}
+	if (ms)
+		*ms = (unsigned)((atk_now_ns() - t0) / 1000000);
+	ok = atk_reply_ok(r);
+	snprintf(err, errlen, "%s", atk_reply_error(r));
+	json_object_put(r);
+	return ok;
+}
+
+/* Wait up to @ms until @id is listed as being removed. */
+static bool wait_removing(const char *admin, const char *id, int ms)
+{
+	uint64_t end = atk_now_ns() + (uint64_t)ms * 1000000ull;
+	int removing = 0;
+
+	while (atk_now_ns() < end && removing == 0) {
+		removing = atk_listed_flag(admin, id, "removing");
+		if (removing == 0)
+			atk_sleep_ms(20);
+	}
+	return removing == 1;
+}
+
+/*
+ * The metrics a removal must leave as they were when it is given up: the
+ * tiers' bytes, adapters, loads and evictions, and every series of @ver
+ * but its prefix cache's (the running request fills it). malloc'd.
+ */
+static char *tier_and_version_metrics(const char *admin, const char *ver)
+{
+	static const char *const keep[] = { "lorad_tier_bytes{", "lorad_tier_adapters{",
+					    "lorad_tier_loads_total{", "lorad_tier_evictions_total{" };
+	struct json_object *r, *t;
+	char *out, *o, label[96];
+	const char *text, *p;
+
+	if (atk_admin(admin, "{\"cmd\":\"metrics\"}", &r, 10000))
+		return NULL;
+	text = json_object_object_get_ex(r, "text", &t) ? json_object_get_string(t) : "";
+	out = o = calloc(1, strlen(text) + 1);
+	snprintf(label, sizeof(label), "version=\"%s\"", ver);
+	for (p = text; out && *p;) {
+		const char *nl = strchr(p, '\n');
+		size_t len = nl ? (size_t)(nl - p + 1) : strlen(p);
+		bool take = false;
+
+		for (unsigned k = 0; k < sizeof(keep) / sizeof(keep[0]); k++)
+			take |= !strncmp(p, keep[k], strlen(keep[k]));
+		if (p[0] != '#' && strncmp(p, "lorad_prefix_", 13) && memmem(p, len, label, strlen(label)))
+			take = true;
+		if (take) {
+			memcpy(o, p, len);
+			o += len;
+		}
+		p += len;
+	}
+	json_object_put(r);
+	return out;
+}
+
+static void daemon_args(const char **args, char *model, char *adapter, size_t alen,
+			const char *const *extra)
+{
+	unsigned n = 0;
+
+	snprintf(adapter, alen, "x@v1=%s/x", model);
+	args[n++] = "--model";
+	args[n++] = model;
+	args[n++] = "--adapter";
+	args[n++] = adapter;
+	args[n++] = "--threads";
+	args[n++] = "1";
+	for (unsigned i = 0; extra && extra[i]; i++)
+		args[n++] = extra[i];
+	args[n] = NULL;
+}
+
+/* x@v2: the same files as x@v1, a version of its own that no route names. */
+static void add_v2(const struct atk_daemon *d, const char *model)
+{
+	char line[600], err[640];
+
+	snprintf(line, sizeof(line), "{\"cmd\":\"adapters_add\",\"id\":\"x@v2\",\"path\":\"%s/x\"}",
+		 model);
+	assert_true(admin_ok(d->admin, line, err, sizeof(err), NULL));
+}
+
+/*
+ * On the unfixed daemon the removal is refused at once ("x@v2 still serves
+ * running requests"), before the request on it ended, and a request
+ * naming it meanwhile is served.
+ */
+static void test_remove_waits_for_requests(void **state)
+{
+	static const char rm[] = "{\"cmd\":\"adapters_remove\",\"id\":\"x@v2\"}";
+	char model[300], adapter[400], err[640];
+	const char *args[16];
+	struct json_object *reply = NULL, *x;
+	struct atk_daemon d;
+	struct stream st;
+	struct lorad_event ev;
+	long long host0, host1, dev0, dev1;
+	bool final_first = false, answered = false;
+	uint64_t t0;
+	unsigned ms;
+	int fd, rc;
+
+	(void)state;
+	atk_failures = 0;   /* each test reports its own */
+	assert_int_equal(slow_model(model, sizeof(model)), 0);
+	daemon_args(args, model, adapter, sizeof(adapter), NULL);
+	assert_int_equal(atk_daemon_init(&d, "a43w"), 0);
+	assert_int_equal(atk_daemon_start(&d, args, ATK_STATE), 0);
+	add_v2(&d, model);
+	/* w went to x@v2 once: a rollback would send it traffic again */
+	assert_true(admin_ok(d.admin, "{\"cmd\":\"route_set\",\"skill\":\"w\",\"versions\":"
+			     "{\"x@v2\":\"100\"}}", err, sizeof(err), NULL));
+	assert_true(admin_ok(d.admin, "{\"cmd\":\"route_set\",\"skill\":\"w\",\"versions\":"
+			     "{\"x@v1\":\"100\"}}", err, sizeof(err), NULL));
+	/* resident before the removal, so it is a removal of what serves */
+	rc = atk_generate_once(d.sock, "x@v2", 4, &ev, 30000);
+	assert_true(rc == 0 && ev.res == 0);
+	host0 = atk_metric(d.admin, "lorad_tier_evictions_total{tier=\"host\"}");
+	dev0 = atk_metric(d.admin, "lorad_tier_evictions_total{tier=\"device\"}");
+
+	assert_int_equal(stream_start(&st, d.sock, "x@v2", N_WHOLE), 0);
+	assert_true(stream_streams(&st, 8, 30000));
+	fd = admin_send(d.admin, rm);
+	assert_true(fd >= 0);
+	t0 = atk_now_ns();
+
+	/* it waits: listed as being removed, not answered */
+	ATK_EXPECT(wait_removing(d.admin, "x@v2", 5000), "x@v2 is not listed as being removed while "
+		   "a request runs on it");
+	/* a new request naming it: one clear error, at once */
+	rc = atk_generate_once(d.sock, "x@v2", 4, &ev, 10000);
+	ATK_EXPECT(rc == 0 && ev.res == -EIDRM && ev.field == LORAD_FIELD_SKILL,
+		   "a request for x@v2 during its removal: %d, res %d (%s), field %u", rc, ev.res,
+		   lorad_strerror(ev.res), ev.field);
+	/* other changes are not held up by it */
+	ATK_EXPECT(admin_ok(d.admin, "{\"cmd\":\"route_set\",\"skill\":\"z\",\"versions\":"
+			    "{\"x@v1\":\"100\"}}", err, sizeof(err), &ms) && ms < 2000,
+		   "a route of another skill during the removal: %s after %u ms", err, ms);
+	/* and nothing may send it traffic, load it, or remove it twice */
+	ATK_EXPECT(!admin_ok(d.admin, "{\"cmd\":\"route_set\",\"skill\":\"z\",\"versions\":"
+			     "{\"x@v2\":\"100\"}}", err, sizeof(err), NULL) &&
+		   strstr(err, "being removed"), "a route to x@v2 during its removal: '%s'", err);
+	ATK_EXPECT(!admin_ok(d.admin, "{\"cmd\":\"route_rollback\",\"skill\":\"w\"}", err,
+			     sizeof(err), NULL) && strstr(err, "being removed"),
+		   "a rollback of w to x@v2 during its removal: '%s'", err);
+	ATK_EXPECT(!admin_ok(d.admin, "{\"cmd\":\"adapters_pin\",\"id\":\"x@v2\"}", err, sizeof(err),
+			     NULL) && strstr(err, "being removed"), "a pin of x@v2: '%s'", err);
+	{
+		char line[600];
+
+		snprintf(line, sizeof(line), "{\"cmd\":\"adapters_add\",\"id\":\"x@v2\",\"path\":"
+			 "\"%s/x\"}", model);
+		ATK_EXPECT(!admin_ok(d.admin, line, err, sizeof(err), NULL) &&
+			   strstr(err, "being removed"), "x@v2 registered again during its removal: "
+			   "'%s'", err);
+	}
+	ATK_EXPECT(!admin_ok(d.admin, rm, err, sizeof(err), NULL) &&
+		   strstr(err, "being removed already"), "a second removal of x@v2: '%s'", err);
+	stream_poll(&st, 0);
+	ATK_EXPECT(!st.done, "the request on x@v2 ended within %.1f s: the machine is too fast "
+		   "for this test", (atk_now_ns() - t0) / 1e9);
+	fprintf(stderr, "checks during the removal done after %.2f s, %u of %d tokens out\n",
+		(atk_now_ns() - t0) / 1e9, st.n, N_WHOLE);
+
+	/* the answer comes after the request ended */
+	for (uint64_t end = atk_now_ns() + 120000000000ull; atk_now_ns() < end && !(answered && st.done);) {
+		stream_poll(&st, 20);
+		if (!answered && (rc = admin_answer(fd, &reply, 0)) != 0) {
+			answered = true;
+			stream_poll(&st, 0);   /* a final sent before the answer is there now */
+			final_first = st.done;
+		}
+	}
+	close(fd);
+	ATK_EXPECT(answered && final_first, "the removal was answered (%d) before the request on "
+		   "x@v2 ended", answered);
+	ATK_EXPECT(reply && atk_reply_ok(reply), "the removal: %s",
+		   reply ? json_object_to_json_string(reply) : "no answer");
+	if (reply && json_object_object_get_ex(reply, "waited_ms", &x))
+		fprintf(stderr, "the removal waited %lld ms\n", (long long)json_object_get_int64(x));
+	json_object_put(reply);
+	ATK_EXPECT(st.done && st.fin.res == 0 && st.fin.n_tokens == N_WHOLE &&
+		   st.fin.finish == LORAD_FINISH_LENGTH, "the request on x@v2: res %d, %u of %d tokens, "
+		   "finish %u", st.fin.res, st.fin.n_tokens, N_WHOLE, st.fin.finish);
+	{
+		/* what it generated is x@v1's (the same files), from the first token */
+		uint32_t ref[64];
+		struct lorad_request q = { .user_data = 1, .skill = "x@v1", .prompt = (const uint32_t[]){ 1, 2, 3 },
+					   .n_prompt = 3, .max_tokens = 64, .out = ref,
+					   .flags = LORAD_SQE_F_IGNORE_EOS };
+		struct lorad *c;
+
+		assert_int_equal(lorad_connect(d.sock, NULL, &c), 0);
+		assert_int_equal(lorad_generate(c, &q, &ev, 30000), 0);
+		lorad_close(c);
+		ATK_EXPECT(ev.res == 0 && !memcmp(ref, st.out, sizeof(ref)),
+			   "the request on x@v2 generated other tokens than x@v1's");
+	}
+	stream_close(&st);
+
+	/* gone now, and told so */
+	ATK_EXPECT(!atk_vid_of(d.admin, "x@v2"), "x@v2 is still listed");
+	rc = atk_generate_once(d.sock, "x@v2", 4, &ev, 10000);
+	ATK_EXPECT(rc == 0 && ev.res == -ENOENT, "a request for the removed x@v2: %d, res %d", rc,
+		   ev.res);
+	/* a removal is no eviction */
+	host1 = atk_metric(d.admin, "lorad_tier_evictions_total{tier=\"host\"}");
+	dev1 = atk_metric(d.admin, "lorad_tier_evictions_total{tier=\"device\"}");
+	ATK_EXPECT(host1 == host0 && dev1 == dev0, "evictions after the removal: host %lld (%lld "
+		   "before), device %lld (%lld before)", host1, host0, dev1, dev0);
+	ATK_EXPECT(atk_daemon_stop(&d, 15000, NULL) == 0, "SIGTERM: not a clean exit");
+	assert_int_equal(atk_failures, 0);
+}
+
+/*
+ * On the unfixed daemon --remove-wait-ms is no option (it does not
+ * start), and a removal is refused at once rather than after a limit.
+ */
+static void test_remove_gives_up(void **state)
+{
+	static const char *const extra[] = { "--remove-wait-ms", "1500", NULL };
+	char model[300], adapter[400], err[640], *before, *after;
+	const char *args[16];
+	struct atk_daemon d;
+	struct stream st;
+	struct lorad_event ev;
+	int removing, resident;
+	unsigned ms;
+	int rc;
+
+	(void)state;
+	atk_failures = 0;   /* each test reports its own */
+	assert_int_equal(slow_model(model, sizeof(model)), 0);
+	daemon_args(args, model, adapter, sizeof(adapter), extra);
+	assert_int_equal(atk_daemon_init(&d, "a43t"), 0);
+	assert_int_equal(atk_daemon_start(&d, args, ATK_STATE), 0);
+	add_v2(&d, model);
+	assert_true(admin_ok(d.admin, "{\"cmd\":\"route_set\",\"skill\":\"t\",\"versions\":"
+			     "{\"x@v2\":\"100\"}}", err, sizeof(err), NULL));
+	for (int i = 0; i < 2; i++) {
+		rc = atk_generate_once(d.sock, "t", 4, &ev, 30000);
+		assert_true(rc == 0 && ev.res == 0);
+	}
+	/* a request admitted before the route moves away runs on x@v2 */
+	assert_int_equal(stream_start(&st, d.sock, "t", N_LONG), 0);
+	assert_true(stream_streams(&st, 8, 30000));
+	assert_true(admin_ok(d.admin, "{\"cmd\":\"route_set\",\"skill\":\"t\",\"versions\":"
+			     "{\"x@v1\":\"100\"}}", err, sizeof(err), NULL));
+	before = tier_and_version_metrics(d.admin, "x@v2");
+	assert_non_null(before);
+
+	ATK_EXPECT(!admin_ok(d.admin, "{\"cmd\":\"adapters_remove\",\"id\":\"x@v2\"}", err, sizeof(err),
+			     &ms) && strstr(err, "remove_wait_ms") && strstr(err, "1500"),
+		   "the removal past its limit: '%s'", err);
+	fprintf(stderr, "removal given up after %u ms: %s\n", ms, err);
+	ATK_EXPECT(ms >= 1400 && ms < 10000, "the removal was answered after %u ms, the limit is "
+		   "1500", ms);
+	stream_poll(&st, 0);
+	ATK_EXPECT(!st.done, "the request on x@v2 ended within the limit: the machine is too fast "
+		   "for this test");
+
+	/* it serves again, as before */
+	after = tier_and_version_metrics(d.admin, "x@v2");
+	ATK_EXPECT(after && !strcmp(before, after), "tiers and x@v2's metrics changed:\nbefore:\n%s"
+		   "after:\n%s", before, after ? after : "(none)");
+	free(before);
+	free(after);
+	removing = atk_listed_flag(d.admin, "x@v2", "removing");
+	resident = atk_listed_flag(d.admin, "x@v2", "resident");
+	ATK_EXPECT(removing == 0 && resident == 1, "x@v2 after its removal was given up: removing %d, "
+		   "resident %d (-1: not listed)", removing, resident);
+	ATK_EXPECT(atk_stats_requests(d.admin, "t", "x@v2") == 2, "stats for t on x@v2: %lld requests, "
+		   "2 before", atk_stats_requests(d.admin, "t", "x@v2"));
+	rc = atk_generate_once(d.sock, "x@v2", 4, &ev, 30000);
+	ATK_EXPECT(rc == 0 && ev.res == 0, "a request for x@v2 after the removal was given up: %d, "
+		   "res %d", rc, ev.res);
+	/* the request that ran on it ends as it would have */
+	assert_int_equal(lorad_cancel(st.c, 43), 0);
+	ATK_EXPECT(stream_wait_end(&st, 30000) && st.fin.finish == LORAD_FINISH_CANCELLED,
+		   "the cancelled request: finish %u", st.fin.finish);
+	stream_close(&st);
+	ATK_EXPECT(atk_stats_requests(d.admin, "t", "x@v2") == 3, "stats for t on x@v2 after the request "
+		   "ended: %lld", atk_stats_requests(d.admin, "t", "x@v2"));
+	/* and it may go now that nothing runs on it */
+	ATK_EXPECT(admin_ok(d.admin, "{\"cmd\":\"adapters_remove\",\"id\":\"x@v2\"}", err, sizeof(err),
+			    NULL), "removing x@v2 with nothing on it: %s", err);
+	ATK_EXPECT(atk_daemon_stop(&d, 15000, NULL) == 0, "SIGTERM: not a clean exit");
+	assert_int_equal(atk_failures, 0);
+}
+
+/*
+ * On the unfixed daemon the removal is refused at once: x@v2 is still
+ * there after its request ended.
+ */
+static void test_remove_operator_hangs_up(void **state)
+{
+	static const char *const extra[] = { "--debug-slow-fsync-ms", "3000", NULL };
+	static const char rm[] = "{\"cmd\":\"adapters_remove\",\"id\":\"x@v2\"}";
+	char model[300], adapter[400];
+	const char *args[16];
+	struct json_object *r;
+	struct atk_daemon d;
+	struct stream st;
+	bool gone = false;
+	long long c0, c1;
+	uint64_t t0, t1;
+	double cores;
+	int fd, fd0, fd1;
+
+	(void)state;
+	atk_failures = 0;   /* each test reports its own */
+	assert_int_equal(slow_model(model, sizeof(model)), 0);
+	daemon_args(args, model, adapter, sizeof(adapter), extra);
+	assert_int_equal(atk_daemon_init(&d, "a43h"), 0);
+	assert_int_equal(atk_daemon_start(&d, args, ATK_STATE), 0);
+	add_v2(&d, model);
+	fd0 = atk_proc_fds(d.pid);
+	assert_true(fd0 > 0);
+
+	assert_int_equal(stream_start(&st, d.sock, "x@v2", N_WHOLE), 0);
+	assert_true(stream_streams(&st, 8, 30000));
+	fd = admin_send(d.admin, rm);
+	assert_true(fd >= 0);
+	atk_sleep_ms(300);   /* loradctl interrupted while the removal waits */
+	close(fd);
+
+	/* while the request runs the engine computes it, on one thread: nothing
+	 * else may spin beside it */
+	c0 = atk_proc_cpu_ticks(d.pid);
+	t0 = atk_now_ns();
+	while (!st.done && atk_now_ns() - t0 < 1000000000ull)
+		stream_poll(&st, 50);
+	c1 = atk_proc_cpu_ticks(d.pid);
+	t1 = atk_now_ns();
+	cores = (double)(c1 - c0) / (double)atk_ticks_per_sec() / ((double)(t1 - t0) / 1e9);
+	fprintf(stderr, "daemon CPU while the removal waits for a running request: %.0f %% of one "
+		"core\n", cores * 100);
+	ATK_EXPECT(cores < 1.5, "the daemon used %.0f %% of a core computing one request on one "
+		   "thread", cores * 100);
+	ATK_EXPECT(stream_wait_end(&st, 120000) && st.fin.res == 0 && st.fin.n_tokens == N_WHOLE,
+		   "the request on x@v2: res %d, %u of %d tokens", st.fin.res, st.fin.n_tokens, N_WHOLE);
+	stream_close(&st);
+
+	/* the removal goes on: saved now (3 s), with nobody to answer; the engine sleeps */
+	atk_sleep_ms(200);
+	c0 = atk_proc_cpu_ticks(d.pid);
+	t0 = atk_now_ns();
+	atk_sleep_ms(2000);
+	c1 = atk_proc_cpu_ticks(d.pid);
+	t1 = atk_now_ns();
+	cores = (double)(c1 - c0) / (double)atk_ticks_per_sec() / ((double)(t1 - t0) / 1e9);
+	fprintf(stderr, "daemon CPU while the removal of an operator who hung up is saved: %.0f %% "
+		"of one core\n", cores * 100);
+	ATK_EXPECT(cores < 0.25, "the daemon used %.0f %% of a core after the hang-up", cores * 100);
+	for (int i = 0; i < 100 && !gone; i++) {
+		gone = !atk_vid_of(d.admin, "x@v2");
+		if (!gone)
+			atk_sleep_ms(200);
+	}
+	ATK_EXPECT(gone, "x@v2 is still listed 20 s after its request ended");
+	fd1 = atk_proc_fds(d.pid);
+	for (int i = 0; i < 50 && fd1 > fd0; i++) {
+		atk_sleep_ms(100);
+		fd1 = atk_proc_fds(d.pid);
+	}
+	ATK_EXPECT(fd1 <= fd0, "the daemon holds %d fds with every operator gone, %d before", fd1, fd0);
+	ATK_EXPECT(atk_admin(d.admin, "{\"cmd\":\"status\"}", &r, 5000) == 0 && atk_reply_ok(r),
+		   "a new admin connection is not answered");
+	json_object_put(r);
+	ATK_EXPECT(atk_daemon_stop(&d, 15000, NULL) == 0, "SIGTERM: not a clean exit");
+	assert_int_equal(atk_failures, 0);
+}
+
+/*
+ * On the unfixed daemon the removal is refused before the SIGTERM, for
+ * the request running on it, not for the stop.
+ */
+static void test_remove_then_sigterm(void **state)
+{
+	static const char *const extra[] = { "--drain-ms", "1000", NULL };
+	char model[300], adapter[400];
+	const char *args[16];
+	struct json_object *reply = NULL;
+	struct atk_daemon d;
+	struct stream st;
+	uint64_t t0;
+	int fd, rc;
+
+	(void)state;
+	atk_failures = 0;   /* each test reports its own */
+	assert_int_equal(slow_model(model, sizeof(model)), 0);
+	daemon_args(args, model, adapter, sizeof(adapter), extra);
+	assert_int_equal(atk_daemon_init(&d, "a43s"), 0);
+	assert_int_equal(atk_daemon_start(&d, args, ATK_STATE), 0);
+	add_v2(&d, model);
+	assert_int_equal(stream_start(&st, d.sock, "x@v2", N_LONG), 0);
+	assert_true(stream_streams(&st, 8, 30000));
+	fd = admin_send(d.admin, "{\"cmd\":\"adapters_remove\",\"id\":\"x@v2\"}");
+	assert_true(fd >= 0);
+	ATK_EXPECT(wait_removing(d.admin, "x@v2", 5000), "x@v2 is not listed as being removed");
+
+	t0 = atk_now_ns();
+	assert_int_equal(kill(d.pid, SIGTERM), 0);
+	rc = admin_answer(fd, &reply, 10000);
+	close(fd);
+	ATK_EXPECT(rc == 1 && !atk_reply_ok(reply) && strstr(atk_reply_error(reply), "stopping"),
+		   "the waiting removal at SIGTERM: %d, %s", rc,
+		   reply ? json_object_to_json_string(reply) : "no answer");
+	fprintf(stderr, "the removal was answered %.0f ms after SIGTERM: %s\n",
+		(atk_now_ns() - t0) / 1e6, reply ? atk_reply_error(reply) : "");
+	ATK_EXPECT((atk_now_ns() - t0) < 5000000000ull, "answered %.1f s after SIGTERM",
+		   (atk_now_ns() - t0) / 1e9);
+	json_object_put(reply);
+	/* the request ends (drained for 1 s, then cancelled), the daemon exits */
+	ATK_EXPECT(stream_wait_end(&st, 20000), "the request on x@v2 had no final event after SIGTERM");
+	stream_close(&st);
+	ATK_EXPECT(atk_daemon_stop(&d, 15000, NULL) == 0, "SIGTERM: not a clean exit");
+
+	/* the removal was not made: the version is there after a restart */
+	assert_int_equal(atk_daemon_start(&d, args, ATK_STATE), 0);
+	ATK_EXPECT(atk_vid_of(d.admin, "x@v2") && atk_listed_flag(d.admin, "x@v2", "removing") == 0,
+		   "x@v2 is not registered after the restart");
+	ATK_EXPECT(atk_daemon_stop(&d, 15000, NULL) == 0, "SIGTERM: not a clean exit");
+	assert_int_equal(atk_failures, 0);
+}
+
+/* remove_wait_ms 0: refused at once while requests run on it, as before the wait existed */
+static void test_remove_wait_zero(void **state)
+{
+	static const char *const extra[] = { "--remove-wait-ms", "0", NULL };
+	char model[300], adapter[400], err[640];
+	const char *args[16];
+	struct atk_daemon d;
+	struct stream st;
+	unsigned ms;
+
+	(void)state;
+	atk_failures = 0;   /* each test reports its own */
+	assert_int_equal(slow_model(model, sizeof(model)), 0);
+	daemon_args(args, model, adapter, sizeof(adapter), extra);
+	assert_int_equal(atk_daemon_init(&d, "a43z"), 0);
+	assert_int_equal(atk_daemon_start(&d, args, ATK_STATE), 0);
+	add_v2(&d, model);
+	assert_int_equal(stream_start(&st, d.sock, "x@v2", N_LONG), 0);
+	assert_true(stream_streams(&st, 8, 30000));
+	ATK_EXPECT(!admin_ok(d.admin, "{\"cmd\":\"adapters_remove\",\"id\":\"x@v2\"}", err, sizeof(err),
+			     &ms) && strstr(err, "still serves running requests") &&
+		   strstr(err, "remove_wait_ms is 0") && ms < 2000,
+		   "the removal with remove_wait_ms 0: '%s' after %u ms", err, ms);
+	ATK_EXPECT(atk_listed_flag(d.admin, "x@v2", "removing") == 0, "x@v2 is left being removed");
+	assert_int_equal(lorad_cancel(st.c, 43), 0);
+	ATK_EXPECT(stream_wait_end(&st, 30000), "the cancelled request had no final event");
+	stream_close(&st);
+	ATK_EXPECT(atk_daemon_stop(&d, 15000, NULL) == 0, "SIGTERM: not a clean exit");
+	assert_int_equal(atk_failures, 0);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_teardown(test_remove_waits_for_requests, teardown),
+		cmocka_unit_test_teardown(test_remove_gives_up, teardown),
+		cmocka_unit_test_teardown(test_remove_operator_hangs_up, teardown),
+		cmocka_unit_test_teardown(test_remove_then_sigterm, teardown),
+		cmocka_unit_test_teardown(test_remove_wait_zero, teardown),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

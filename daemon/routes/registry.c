@@ -198,8 +198,9 @@ int registry_prefetch(struct registry *r, const char *id, char *err, size_t errl
 		return -ENOENT;
 	}
 	if (v->removing) {
+		/* as a pin: refused while the removal waits, not "no such version" */
 		snprintf(err, errlen, "%s is being removed", id);
-		return -ENOENT;
+		return -EBUSY;
 	}
 	return pool_prefetch(r->pool, v->pe, err, errlen);
 }

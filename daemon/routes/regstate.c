@@ -918,9 +918,10 @@ int registry_prepare_route(struct registry *r, const char *skill, const char *co
 			snprintf(err, errlen, "%s is not a registered adapter version", targets[i]);
 			return -ENOENT;
 		}
-		if (tv->removing) {
+		if (tv->removing && weights[i]) {
 			/* its removal waits for its last requests: a route would
-			 * send it new ones, and be left pointing at nothing */
+			 * send it new ones, and be left pointing at nothing (at 0 %
+			 * it is dropped from the route, so it may be named) */
 			snprintf(err, errlen, "%s is being removed", targets[i]);
 			return -EBUSY;
 		}

@@ -69,6 +69,7 @@ struct job {
 	bool seed;                   /* from the config: counted in n_seeds */
 	bool drained;                /* J_REMOVE: its change is prepared, its requests ended */
 	uint64_t drain_t0, deadline; /* J_REMOVE in JS_DRAIN: since when, until when (now_ns) */
+	uint64_t drain_t1;           /* J_REMOVE: when its requests had ended */
 	struct ops *o;
 	struct job *next;
 };
@@ -433,7 +434,7 @@ static void job_answer(struct ops *o, struct job *j, int ret, const char *id)
 	} else if (j->kind == J_REMOVE && j->drained) {
 		/* how long it waited for the requests that ran on the version */
 		json_object_object_add(reply, "waited_ms",
-				       json_object_new_int64((int64_t)((now_ns() - j->drain_t0) / 1000000)));
+				       json_object_new_int64((int64_t)((j->drain_t1 - j->drain_t0) / 1000000)));
 	}
 	admin_complete(o->opt.admin, j->ticket, reply, ret);
 }
@@ -533,6 +534,8 @@ static void drain_check(struct ops *o, uint64_t now)
 			j->state = JS_READY;
 			j->drained = true;
 			pthread_mutex_unlock(&o->lock);
+			j->drain_t1 = now;
+			j->err[0] = 0;   /* "still serves running requests" no longer holds */
 			o->n_drain--;
 		} else if (now >= j->deadline) {
 			snprintf(j->err, sizeof(j->err), "%s was not removed: requests still ran on it "
@@ -1161,8 +1164,13 @@ static void on_final(void *ctx, const struct sreq *r, int res, unsigned finish, 
 	const struct reg_version *v = r->version ? registry_by_vid(o->opt.reg, r->version) : NULL;
 	const char *skill = r->e.skill[0] ? r->e.skill : "base";
 
-	if (v && v->removing)
-		o->drain_kick = true;   /* a removal may wait for it: looked at next turn */
+	if (v && v->removing) {
+		/* a removal may wait for it: looked at next turn, which must
+		 * come now even if nothing else runs (a client's death ends its
+		 * requests outside a step, and the loop would sleep) */
+		o->drain_kick = true;
+		wake(o);
+	}
 
 	/* a series per skill the operator created; every other name is one series */
 	if (strcmp(skill, "base") && !registry_skill_known(o->opt.reg, skill))

@@ -41,7 +41,8 @@ extern const struct exec_ops sched_ops;
 /*
  * Resolves a request's skill for @routing_key to an engine adapter (0: base)
  * and the version's small number and id (LORAD_VERSION_MAX bytes). Returns
- * 0, -ENOENT (no such skill), or -EINPROGRESS when the adapter is being
+ * 0, -ENOENT (no such skill), -EIDRM (the version is being removed: it
+ * takes no new request), or -EINPROGRESS when the adapter is being
  * loaded: the request is parked (the engine runs on) and *ticket, kept with
  * it, is passed back on every retry until the resolver answers 0 or an error.
  */

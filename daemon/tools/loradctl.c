@@ -30,7 +30,7 @@ static const char usage_text[] =
 	"                                  redrawn until the answer\n"
 	"  adapters jobs                   registrations not answered yet, how far each is\n"
 	"  adapters remove NAME@VER        unregister (refused while a route uses it); waits for\n"
-	"                                  the requests running on it, which end whole, at most\n"
+	"                                  the requests the engine runs on it, which end whole, at most\n"
 	"                                  the daemon's remove_wait_ms (then refused, and it\n"
 	"                                  serves again); no new request may start on it meanwhile\n"
 	"  adapters pin NAME@VER           load and keep resident\n"

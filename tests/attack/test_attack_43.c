@@ -24,6 +24,8 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 
 #include <cmocka.h>
 #include <lorad/lorad.h>
@@ -674,6 +676,312 @@ static void test_remove_wait_zero(void **state)
 	assert_int_equal(atk_failures, 0);
 }
 
+static char *state_text(const struct atk_daemon *d)
+{
+	char p[400];
+
+	snprintf(p, sizeof(p), "%s/state.json", d->state);
+	return atk_read_file(p, NULL);
+}
+
+static bool has(const char *text, const char *needle)
+{
+	return text && strstr(text, needle);
+}
+
+static void add_ver(const struct atk_daemon *d, const char *model, const char *id)
+{
+	char line[600], err[640];
+
+	snprintf(line, sizeof(line), "{\"cmd\":\"adapters_add\",\"id\":\"%s\",\"path\":\"%s/x\"}",
+		 id, model);
+	assert_true(admin_ok(d->admin, line, err, sizeof(err), NULL));
+}
+
+/* the removal's save fails after the wait: the version must serve again */
+static void test_save_fails_after_wait(void **state)
+{
+	char model[300], adapter[400], err[640], p[400], q[400];
+	const char *args[16];
+	struct json_object *reply = NULL;
+	struct atk_daemon d;
+	struct stream st;
+	struct lorad_event ev;
+	int fd, rc;
+
+	(void)state;
+	atk_failures = 0;
+	assert_int_equal(slow_model(model, sizeof(model)), 0);
+	daemon_args(args, model, adapter, sizeof(adapter), NULL);
+	assert_int_equal(atk_daemon_init(&d, "a43f"), 0);
+	assert_int_equal(atk_daemon_start(&d, args, ATK_STATE), 0);
+	add_v2(&d, model);
+	assert_int_equal(stream_start(&st, d.sock, "x@v2", N_WHOLE), 0);
+	assert_true(stream_streams(&st, 8, 30000));
+	fd = admin_send(d.admin, "{\"cmd\":\"adapters_remove\",\"id\":\"x@v2\"}");
+	assert_true(fd >= 0);
+	ATK_EXPECT(wait_removing(d.admin, "x@v2", 5000), "not removing");
+	/* state.json becomes a non-empty directory: the rename over it fails */
+	snprintf(p, sizeof(p), "%s/state.json", d.state);
+	snprintf(q, sizeof(q), "%s/state.json.bak", d.state);
+	assert_int_equal(rename(p, q), 0);
+	assert_int_equal(mkdir(p, 0700), 0);
+	{
+		char f[450];
+		snprintf(f, sizeof(f), "%s/f", p);
+		assert_int_equal(atk_write_file(f, "x", 1), 0);
+	}
+	ATK_EXPECT(stream_wait_end(&st, 120000) && st.fin.res == 0, "request: %d", st.fin.res);
+	rc = admin_answer(fd, &reply, 20000);
+	close(fd);
+	fprintf(stderr, "answer: %d %s\n", rc, reply ? json_object_to_json_string(reply) : "-");
+	ATK_EXPECT(rc == 1 && !atk_reply_ok(reply), "the removal whose save failed succeeded?");
+	json_object_put(reply);
+	ATK_EXPECT(atk_vid_of(d.admin, "x@v2") && atk_listed_flag(d.admin, "x@v2", "removing") == 0,
+		   "x@v2 after a failed save: listed %u removing %d", atk_vid_of(d.admin, "x@v2"),
+		   atk_listed_flag(d.admin, "x@v2", "removing"));
+	rc = atk_generate_once(d.sock, "x@v2", 4, &ev, 30000);
+	ATK_EXPECT(rc == 0 && ev.res == 0, "x@v2 after the failed save: %d res %d", rc, ev.res);
+	/* repair the disk: the removal goes through */
+	{
+		char f[450];
+		snprintf(f, sizeof(f), "%s/f", p);
+		unlink(f);
+		rmdir(p);
+		assert_int_equal(rename(q, p), 0);
+	}
+	ATK_EXPECT(admin_ok(d.admin, "{\"cmd\":\"adapters_remove\",\"id\":\"x@v2\"}", err, sizeof(err),
+			    NULL), "second removal: %s", err);
+	stream_close(&st);
+	ATK_EXPECT(atk_daemon_stop(&d, 15000, NULL) == 0, "SIGTERM: not a clean exit");
+	assert_int_equal(atk_failures, 0);
+}
+
+/* jobs that pass a waiting removal are saved without it; SIGKILL during the wait */
+static void test_jobs_pass_then_kill(void **state)
+{
+	char model[300], adapter[400], err[640];
+	const char *args[16];
+	struct atk_daemon d;
+	struct stream st;
+	char *s;
+	int fd;
+
+	(void)state;
+	atk_failures = 0;
+	assert_int_equal(slow_model(model, sizeof(model)), 0);
+	daemon_args(args, model, adapter, sizeof(adapter), NULL);
+	assert_int_equal(atk_daemon_init(&d, "a43k"), 0);
+	assert_int_equal(atk_daemon_start(&d, args, ATK_STATE), 0);
+	add_v2(&d, model);
+	add_ver(&d, model, "x@v3");
+	assert_int_equal(stream_start(&st, d.sock, "x@v2", N_LONG), 0);
+	assert_true(stream_streams(&st, 8, 30000));
+	fd = admin_send(d.admin, "{\"cmd\":\"adapters_remove\",\"id\":\"x@v2\"}");
+	assert_true(fd >= 0);
+	ATK_EXPECT(wait_removing(d.admin, "x@v2", 5000), "not removing");
+	ATK_EXPECT(admin_ok(d.admin, "{\"cmd\":\"route_set\",\"skill\":\"z\",\"versions\":"
+			    "{\"x@v1\":\"100\"}}", err, sizeof(err), NULL), "route z: %s", err);
+	ATK_EXPECT(admin_ok(d.admin, "{\"cmd\":\"adapters_remove\",\"id\":\"x@v3\"}", err, sizeof(err),
+			    NULL), "remove x@v3: %s", err);
+	add_ver(&d, model, "x@v4");
+	ATK_EXPECT(admin_ok(d.admin, "{\"cmd\":\"route_delete\",\"skill\":\"z\"}", err, sizeof(err),
+			    NULL), "route delete z: %s", err);
+	ATK_EXPECT(admin_ok(d.admin, "{\"cmd\":\"route_rollback\",\"skill\":\"z\"}", err, sizeof(err),
+			    NULL), "route rollback z: %s", err);
+	s = state_text(&d);
+	ATK_EXPECT(has(s, "\"x@v2\"") || has(s, "\"v2\""), "state lacks x@v2 during its wait:\n%s", s ? s : "-");
+	ATK_EXPECT(!has(s, "\"v3\""), "state has x@v3 after its removal");
+	ATK_EXPECT(has(s, "\"v4\""), "state lacks x@v4");
+	free(s);
+	stream_poll(&st, 0);
+	ATK_EXPECT(!st.done, "too fast");
+	atk_daemon_kill(&d);
+	close(fd);
+	stream_close(&st);
+	assert_int_equal(atk_daemon_start(&d, args, ATK_STATE), 0);
+	ATK_EXPECT(atk_vid_of(d.admin, "x@v2") && atk_listed_flag(d.admin, "x@v2", "removing") == 0,
+		   "x@v2 after SIGKILL in the wait");
+	ATK_EXPECT(!atk_vid_of(d.admin, "x@v3") && atk_vid_of(d.admin, "x@v4"), "v3/v4 after restart");
+	/* and now the removal with nothing running */
+	ATK_EXPECT(admin_ok(d.admin, "{\"cmd\":\"adapters_remove\",\"id\":\"x@v2\"}", err, sizeof(err),
+			    NULL), "remove x@v2 after restart: %s", err);
+	s = state_text(&d);
+	ATK_EXPECT(!has(s, "\"v2\"") && has(s, "\"v4\"") && has(s, "\"z\""), "state:\n%s", s ? s : "-");
+	free(s);
+	ATK_EXPECT(atk_daemon_stop(&d, 15000, NULL) == 0, "SIGTERM: not a clean exit");
+	assert_int_equal(atk_failures, 0);
+}
+
+/* route delete interplay: route S->x@v2, request on S, delete S, remove x@v2,
+ * rollback S while it waits, after it, restart */
+static void test_route_delete_interplay(void **state)
+{
+	char model[300], adapter[400], err[640];
+	const char *args[16];
+	struct json_object *reply = NULL;
+	struct atk_daemon d;
+	struct stream st;
+	int fd, rc;
+
+	(void)state;
+	atk_failures = 0;
+	assert_int_equal(slow_model(model, sizeof(model)), 0);
+	daemon_args(args, model, adapter, sizeof(adapter), NULL);
+	assert_int_equal(atk_daemon_init(&d, "a43d"), 0);
+	assert_int_equal(atk_daemon_start(&d, args, ATK_STATE), 0);
+	add_v2(&d, model);
+	assert_true(admin_ok(d.admin, "{\"cmd\":\"route_set\",\"skill\":\"s\",\"versions\":"
+			     "{\"x@v2\":\"100\"}}", err, sizeof(err), NULL));
+	assert_int_equal(stream_start(&st, d.sock, "s", N_WHOLE), 0);
+	assert_true(stream_streams(&st, 8, 30000));
+	ATK_EXPECT(admin_ok(d.admin, "{\"cmd\":\"route_delete\",\"skill\":\"s\"}", err, sizeof(err),
+			    NULL), "route delete s: %s", err);
+	fd = admin_send(d.admin, "{\"cmd\":\"adapters_remove\",\"id\":\"x@v2\"}");
+	assert_true(fd >= 0);
+	ATK_EXPECT(wait_removing(d.admin, "x@v2", 5000), "not removing");
+	ATK_EXPECT(!admin_ok(d.admin, "{\"cmd\":\"route_rollback\",\"skill\":\"s\"}", err, sizeof(err),
+			     NULL), "rollback of deleted s to x@v2 while it is removed: accepted");
+	fprintf(stderr, "rollback during wait: %s\n", err);
+	ATK_EXPECT(stream_wait_end(&st, 120000) && st.fin.res == 0, "request: %d", st.fin.res);
+	rc = admin_answer(fd, &reply, 20000);
+	close(fd);
+	ATK_EXPECT(rc == 1 && atk_reply_ok(reply), "removal: %s",
+		   reply ? json_object_to_json_string(reply) : "-");
+	json_object_put(reply);
+	ATK_EXPECT(!admin_ok(d.admin, "{\"cmd\":\"route_rollback\",\"skill\":\"s\"}", err, sizeof(err),
+			     NULL), "rollback to removed x@v2 accepted");
+	fprintf(stderr, "rollback after: %s\n", err);
+	stream_close(&st);
+	ATK_EXPECT(atk_daemon_stop(&d, 15000, NULL) == 0, "SIGTERM: not a clean exit");
+	assert_int_equal(atk_daemon_start(&d, args, ATK_STATE), 0);
+	ATK_EXPECT(!atk_vid_of(d.admin, "x@v2"), "x@v2 back after restart");
+	ATK_EXPECT(atk_daemon_stop(&d, 15000, NULL) == 0, "SIGTERM: not a clean exit");
+	assert_int_equal(atk_failures, 0);
+}
+
+/* the deadline passes while another job's save is slow; drain ends during a save */
+static void test_deadline_during_write(void **state)
+{
+	static const char *const extra[] = { "--remove-wait-ms", "1000", "--debug-slow-fsync-ms",
+					     "3000", NULL };
+	char model[300], adapter[400];
+	const char *args[16];
+	struct json_object *reply = NULL;
+	struct atk_daemon d;
+	struct stream st;
+	uint64_t t0;
+	int fd, fd2, rc;
+
+	(void)state;
+	atk_failures = 0;
+	assert_int_equal(slow_model(model, sizeof(model)), 0);
+	daemon_args(args, model, adapter, sizeof(adapter), extra);
+	assert_int_equal(atk_daemon_init(&d, "a43s"), 0);
+	assert_int_equal(atk_daemon_start(&d, args, ATK_STATE), 0);
+	add_v2(&d, model);
+	assert_int_equal(stream_start(&st, d.sock, "x@v2", N_LONG), 0);
+	assert_true(stream_streams(&st, 8, 30000));
+	fd = admin_send(d.admin, "{\"cmd\":\"adapters_remove\",\"id\":\"x@v2\"}");
+	t0 = atk_now_ns();
+	ATK_EXPECT(wait_removing(d.admin, "x@v2", 5000), "not removing");
+	fd2 = admin_send(d.admin, "{\"cmd\":\"route_set\",\"skill\":\"z\",\"versions\":"
+			 "{\"x@v1\":\"100\"}}");
+	rc = admin_answer(fd, &reply, 10000);
+	fprintf(stderr, "removal answered after %.0f ms: %s\n", (atk_now_ns() - t0) / 1e6,
+		reply ? json_object_to_json_string(reply) : "-");
+	ATK_EXPECT(rc == 1 && !atk_reply_ok(reply) && (atk_now_ns() - t0) < 2500000000ull,
+		   "timeout answered late");
+	json_object_put(reply);
+	rc = admin_answer(fd2, &reply, 10000);
+	ATK_EXPECT(rc == 1 && atk_reply_ok(reply), "route z");
+	json_object_put(reply);
+	close(fd);
+	close(fd2);
+	lorad_cancel(st.c, 43);
+	stream_wait_end(&st, 30000);
+	stream_close(&st);
+	ATK_EXPECT(atk_daemon_stop(&d, 15000, NULL) == 0, "SIGTERM: not a clean exit");
+	assert_int_equal(atk_failures, 0);
+}
+
+/*
+ * Requests ending by cancel, by client death (SIGKILL of a client process):
+ * the removal is answered at once. A death ends the request outside a step,
+ * and the loop, with nothing left to run, slept a whole second before it
+ * looked at the removal again (1003 ms, before the wake in on_final).
+ */
+#define WAKE_NS (ATK_SANITIZED ? 3000000000ull : 600000000ull)
+static void test_wake_by_cancel_and_death(void **state)
+{
+	char model[300], adapter[400];
+	const char *args[16];
+	struct json_object *reply = NULL;
+	struct atk_daemon d;
+	struct stream st;
+	uint64_t t0;
+	int fd, rc;
+	pid_t pid;
+
+	(void)state;
+	atk_failures = 0;
+	assert_int_equal(slow_model(model, sizeof(model)), 0);
+	daemon_args(args, model, adapter, sizeof(adapter), NULL);
+	assert_int_equal(atk_daemon_init(&d, "a43w"), 0);
+	assert_int_equal(atk_daemon_start(&d, args, ATK_STATE), 0);
+	add_v2(&d, model);
+	/* cancel */
+	assert_int_equal(stream_start(&st, d.sock, "x@v2", N_LONG), 0);
+	assert_true(stream_streams(&st, 8, 30000));
+	fd = admin_send(d.admin, "{\"cmd\":\"adapters_remove\",\"id\":\"x@v2\"}");
+	ATK_EXPECT(wait_removing(d.admin, "x@v2", 5000), "not removing");
+	t0 = atk_now_ns();
+	lorad_cancel(st.c, 43);
+	rc = admin_answer(fd, &reply, 10000);
+	fprintf(stderr, "cancel: answered %.0f ms after the cancel: %s\n", (atk_now_ns() - t0) / 1e6,
+		reply ? json_object_to_json_string(reply) : "-");
+	ATK_EXPECT(rc == 1 && atk_reply_ok(reply) && (atk_now_ns() - t0) < WAKE_NS,
+		   "the removal was not answered within %llu ms of the cancel", WAKE_NS / 1000000);
+	json_object_put(reply);
+	close(fd);
+	stream_close(&st);
+	/* client killed */
+	add_v2(&d, model);
+	{
+		int pfd[2];
+		assert_int_equal(pipe(pfd), 0);
+		pid = fork();
+		if (pid == 0) {
+			struct stream s2;
+			close(pfd[0]);
+			if (stream_start(&s2, d.sock, "x@v2", N_LONG) || !stream_streams(&s2, 8, 30000))
+				_exit(1);
+			(void)!write(pfd[1], "k", 1);
+			for (;;)
+				pause();
+		}
+		close(pfd[1]);
+		char b;
+		assert_int_equal(read(pfd[0], &b, 1), 1);
+		close(pfd[0]);
+	}
+	fd = admin_send(d.admin, "{\"cmd\":\"adapters_remove\",\"id\":\"x@v2\"}");
+	ATK_EXPECT(wait_removing(d.admin, "x@v2", 5000), "not removing (2)");
+	t0 = atk_now_ns();
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	rc = admin_answer(fd, &reply, 10000);
+	fprintf(stderr, "kill: answered %.0f ms after the SIGKILL: %s\n", (atk_now_ns() - t0) / 1e6,
+		reply ? json_object_to_json_string(reply) : "-");
+	ATK_EXPECT(rc == 1 && atk_reply_ok(reply) && (atk_now_ns() - t0) < WAKE_NS,
+		   "the removal was not answered within %llu ms of the client's death: the "
+		   "engine loop slept through the end of the last request", WAKE_NS / 1000000);
+	json_object_put(reply);
+	close(fd);
+	ATK_EXPECT(atk_daemon_stop(&d, 15000, NULL) == 0, "SIGTERM: not a clean exit");
+	assert_int_equal(atk_failures, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -682,6 +990,11 @@ int main(void)
 		cmocka_unit_test_teardown(test_remove_operator_hangs_up, teardown),
 		cmocka_unit_test_teardown(test_remove_then_sigterm, teardown),
 		cmocka_unit_test_teardown(test_remove_wait_zero, teardown),
+		cmocka_unit_test_teardown(test_save_fails_after_wait, teardown),
+		cmocka_unit_test_teardown(test_jobs_pass_then_kill, teardown),
+		cmocka_unit_test_teardown(test_route_delete_interplay, teardown),
+		cmocka_unit_test_teardown(test_deadline_during_write, teardown),
+		cmocka_unit_test_teardown(test_wake_by_cancel_and_death, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

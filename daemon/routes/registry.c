@@ -14,7 +14,8 @@
 
 void registry_set_max_skills(struct registry *r, uint32_t n)
 {
-	r->max_skills = n;
+	/* the option's minimum: at 0 a delete would forget its own route */
+	r->max_skills = n ? n : 1;
 }
 
 void registry_set_max_adapter_bytes(struct registry *r, uint64_t bytes)

@@ -65,8 +65,9 @@ struct reg_version {
  */
 struct pool *registry_pool(const struct registry *r);
 
-/* Skills with a route, at most (a route for one more is refused), and the
- * bytes of an adapter's files that registry_add() reads at most. */
+/* Skills with a route, at most (a route for one more is refused; 0 is
+ * taken as 1, the option's minimum), and the bytes of an adapter's files
+ * that registry_add() reads at most. */
 void registry_set_max_skills(struct registry *r, uint32_t n);
 void registry_set_max_adapter_bytes(struct registry *r, uint64_t bytes);
 

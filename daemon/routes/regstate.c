@@ -1030,8 +1030,11 @@ int registry_prepare_delete(struct registry *r, const char *skill, struct reg_ch
 	(*out)->ent = cur;
 	(*out)->ent.deleted = now > 0 ? now : 1;   /* 0 would mean "served" */
 	snprintf((*out)->skill, sizeof((*out)->skill), "%s", cur.cur->skill);
-	/* bounded as the routes are: the oldest deletions are forgotten first */
+	/* bounded as the routes are: the oldest deletions are forgotten first,
+	 * never this one (max_skills is at least 1) */
 	(*out)->evict = kept >= r->max_skills ? kept + 1 - r->max_skills : 0;
+	if ((*out)->evict > kept)
+		(*out)->evict = kept;
 	return 0;
 }
 

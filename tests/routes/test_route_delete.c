@@ -464,6 +464,34 @@ static void test_registry_delete(void **state)
 	rt_rm_rf(dir);
 }
 
+/* max_skills 0, which the API takes and the option does not: taken as 1,
+ * so a delete keeps the route it deletes (it forgot it at once, and its
+ * commit read past the end of the table) */
+static void test_registry_max_skills_zero(void **state)
+{
+	struct registry *r = registry_new(NULL, NULL);
+	const struct reg_version *v;
+	struct route_entry ent;
+	const uint32_t w = ROUTE_BUCKETS;
+	const char *t = "sql@v1";
+	struct reg_change *ch;
+	char e[256];
+
+	(void)state;
+	assert_non_null(r);
+	assert_int_equal(registry_add(r, "sql", "v1", models.adapter[0], &v, e, sizeof(e)), 0);
+	set_route(r, "sql", "sql@v1");
+	registry_set_max_skills(r, 0);
+	delete_route(r, "sql");
+	registry_route_entry(r, "sql", &ent);
+	if (!ent.cur || !ent.deleted)
+		fail_msg("max_skills 0: the deleted route of sql is not kept for a rollback");
+	/* and one skill may have a route, as at max_skills 1 */
+	set_route(r, "a", "sql@v1");
+	assert_int_equal(registry_prepare_route(r, "b", &t, &w, 1, &ch, e, sizeof(e)), -ENOSPC);
+	registry_free(r);
+}
+
 static int setup(void **state)
 {
 	(void)state;
@@ -484,6 +512,7 @@ int main(void)
 		cmocka_unit_test(test_config_does_not_seed_deleted),
 		cmocka_unit_test(test_set_leaves_out_zero),
 		cmocka_unit_test(test_registry_delete),
+		cmocka_unit_test(test_registry_max_skills_zero),
 	};
 
 	signal(SIGPIPE, SIG_IGN);

@@ -18,6 +18,25 @@ void registry_set_max_skills(struct registry *r, uint32_t n)
 	r->max_skills = n ? n : 1;
 }
 
+void registry_set_forget_hook(struct registry *r, registry_forget_fn fn, void *ctx)
+{
+	r->forget = fn;
+	r->forget_ctx = ctx;
+}
+
+void reg_forget_deleted(struct registry *r, unsigned keep)
+{
+	unsigned n = route_count(r->deleted), drop = n > keep ? n - keep : 0;
+	char why[96];
+
+	snprintf(why, sizeof(why), "at most max_skills (%u) deleted routes are kept",
+		 r->max_skills);
+	/* the oldest deletions come first in the table */
+	for (unsigned i = 0; r->forget && i < drop; i++)
+		r->forget(r->forget_ctx, route_at(r->deleted, i)->skill, why);
+	route_remove_first(r->deleted, drop);
+}
+
 void registry_set_max_adapter_bytes(struct registry *r, uint64_t bytes)
 {
 	r->max_adapter_bytes = bytes;

@@ -72,6 +72,18 @@ void registry_set_max_skills(struct registry *r, uint32_t n);
 void registry_set_max_adapter_bytes(struct registry *r, uint64_t bytes);
 
 /*
+ * Told of each deleted route the registry forgets (@why says why, for the
+ * log line): past max_skills deletions, the oldest are forgotten first.
+ * Its skill has no state from then on, so the config seeds it again at
+ * the next reload or start if a section names it; the registry has no
+ * logger, the daemon logs this. Called on the thread that changes the
+ * registry, from inside that change: @fn must not change the registry.
+ * @fn NULL: nobody is told.
+ */
+typedef void (*registry_forget_fn)(void *ctx, const char *skill, const char *why);
+void registry_set_forget_hook(struct registry *r, registry_forget_fn fn, void *ctx);
+
+/*
  * @sd NULL: nothing persists (tests, runs by hand); otherwise the registry
  * borrows it. @e may be NULL until the engine is up (no loading then); it
  * is the pool's engine (pool_set_engine).
@@ -168,7 +180,8 @@ int registry_prepare_rollback(struct registry *r, const char *skill, struct reg_
  * continues that history, a restart keeps the deletion, and the config does
  * not seed the skill again. At most max_skills deleted entries are kept;
  * the change forgets the oldest ones past that (their skills have no state
- * then). -ENOENT naming the skill when it has no route.
+ * then, and the config may seed them again: registry_set_forget_hook
+ * tells of each). -ENOENT naming the skill when it has no route.
  */
 int registry_prepare_delete(struct registry *r, const char *skill, struct reg_change **out,
 			    char *err, size_t errlen);

@@ -26,10 +26,16 @@ struct registry {
 	 * most max_skills: past that the oldest deletion is forgotten. A skill
 	 * is in one of the two tables at most. */
 	struct route_table *deleted;
+	registry_forget_fn forget;   /* told of each deleted route forgotten */
+	void *forget_ctx;
 };
 
 /* "name" or "version": 1-31 of A-Z a-z 0-9 _ . - */
 bool reg_part_ok(const char *s);
+
+/* Forget the oldest deleted routes until at most @keep are left, telling
+ * the forget hook of each. */
+void reg_forget_deleted(struct registry *r, unsigned keep);
 
 /* A new version (not yet in the registry) with its own pool entry; NULL on ENOMEM. */
 struct reg_version *reg_version_new(const char *name, const char *version, const char *path,

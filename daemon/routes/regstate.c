@@ -1073,20 +1073,22 @@ int registry_commit(struct registry *r, struct reg_change *ch, const char **id)
 				*id = route_get(r->routes, ch->skill)->skill;
 		}
 		break;
-	case RC_DELETE:
+	case RC_DELETE: {
+		unsigned n;
+
 		ret = route_entry_set(r->deleted, ch->skill, &ch->ent);
 		if (ret)
 			break;
 		route_remove(r->routes, ch->skill);
-		for (unsigned k = 0; k < ch->evict; k++) {
-			char old[sizeof(ch->skill)];
-
-			snprintf(old, sizeof(old), "%s", route_at(r->deleted, 0)->skill);
-			route_remove(r->deleted, old);
-		}
+		/* the ones the saved state left out, and more if a reload
+		 * lowered max_skills since: never this one */
+		n = route_count(r->deleted);
+		n = n > ch->evict ? n - ch->evict : 1;
+		reg_forget_deleted(r, n < r->max_skills ? n : r->max_skills);
 		if (id)
 			*id = route_get(r->deleted, ch->skill)->skill;
 		break;
+	}
 	}
 	registry_change_free(ch);
 	return ret;

@@ -280,6 +280,20 @@ int route_remove(struct route_table *t, const char *skill)
 	return 0;
 }
 
+void route_remove_first(struct route_table *t, unsigned n)
+{
+	if (n > t->n)
+		n = t->n;
+	if (!n)
+		return;   /* t->s may be NULL */
+	for (unsigned i = 0; i < n; i++)
+		skill_free(&t->s[i]);
+	/* one move, not one per skill: a load may drop thousands */
+	memmove(t->s, t->s + n, (size_t)(t->n - n) * sizeof(*t->s));
+	t->n -= n;
+	t->serial++;
+}
+
 const struct route *route_at(const struct route_table *t, unsigned i)
 {
 	return i < t->n ? t->s[i].cur : NULL;

@@ -87,6 +87,9 @@ int route_rollback(struct route_table *t, const char *skill);
 
 /* Drop @skill and its history; the other skills keep their order. Returns 0 or -ENOENT. */
 int route_remove(struct route_table *t, const char *skill);
+/* Drop the first @n skills (all when fewer) and their histories, in one
+ * move: the oldest of a table kept in order, however many. */
+void route_remove_first(struct route_table *t, unsigned n);
 
 /* Iterate: the i-th skill's current route (NULL past the end) and its history (newest first). */
 const struct route *route_at(const struct route_table *t, unsigned i);

@@ -588,6 +588,15 @@ static void loader_log(void *ctx, int pri, const char *msg)
 	log_msg(pri, "%s", msg);
 }
 
+/* The registry forgot a deleted route (registry_set_forget_hook): the
+ * config may route its skill again, and the operator can find out why. */
+static void log_forgotten(void *ctx, const char *skill, const char *why)
+{
+	(void)ctx;
+	log_info("route delete of %s forgotten (%s): the skill has no state now, and a [route] "
+		 "or [adapter] section for it seeds it again", skill, why);
+}
+
 static int build_store(struct daemon *d)
 {
 	const struct config *c = &d->cfg;
@@ -597,6 +606,7 @@ static int build_store(struct daemon *d)
 	d->reg = registry_new(d->sd, d->eng);
 	if (!d->reg)
 		return -ENOMEM;
+	registry_set_forget_hook(d->reg, log_forgotten, NULL);
 	pool_set_device_budget(registry_pool(d->reg), c->device_budget);
 	registry_set_max_skills(d->reg, c->max_skills);
 	registry_set_max_adapter_bytes(d->reg, c->max_adapter_bytes);

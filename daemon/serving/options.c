@@ -111,7 +111,8 @@ const struct opt_def opt_table[] = {
 	  1ull << 40, .arg = "SIZE", .help = "an adapter's two files together", .reload = true },
 	{ "max_skills", "limits", OPT_U32, F(max_skills), 1024, NULL, 1, 65536, .arg = "N",
 	  .help = "skills with a route; as many deleted routes are kept for a rollback, the "
-		  "oldest forgotten first", .reload = true },
+		  "oldest forgotten first (logged: the config may seed a forgotten one again)",
+	  .reload = true },
 	{ "remove_wait_ms", "limits", OPT_U32, F(remove_wait_ms), 60000, NULL, 0, 600000,
 	  .arg = "N", .help = "a removal (loradctl adapters remove) waits this long for the requests "
 	  "running on the version, which takes no new ones meanwhile; then it is given up and the "

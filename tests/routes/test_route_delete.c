@@ -286,6 +286,45 @@ static void test_config_does_not_seed_deleted(void **state)
 }
 
 /*
+ * Past max_skills later deletions the oldest deletion is forgotten: lorad
+ * logs it, naming the skill, and the config seeds that skill again at the
+ * next start (lorad.conf(5)); a deletion still kept is not seeded.
+ */
+static void test_forgotten_deletion(void **state)
+{
+	char cfg[300], body[1024], list[256];
+	const char *args[] = { "--config", cfg, "--max-skills", "2", NULL };
+	struct rt_daemon d;
+	FILE *f;
+
+	(void)state;
+	assert_int_equal(rt_daemon_init(&d), 0);
+	snprintf(cfg, sizeof(cfg), "%s/lorad.conf", d.dir);
+	snprintf(body, sizeof(body), "[adapter sql]\npath = %s\nversion = v1\n\n"
+		 "[route mix]\nsql@v1 = 100\n", models.adapter[0]);
+	f = fopen(cfg, "w");
+	assert_non_null(f);
+	fputs(body, f);
+	fclose(f);
+	assert_int_equal(rt_daemon_start(&d, models.model, args), 0);
+	assert_true(rt_admin_ok(d.admin, "{\"cmd\":\"route_delete\",\"skill\":\"mix\"}"));
+	assert_true(rt_admin_ok(d.admin, "{\"cmd\":\"route_delete\",\"skill\":\"sql\"}"));
+	assert_true(rt_admin_ok(d.admin, "{\"cmd\":\"route_set\",\"skill\":\"tmp\",\"versions\":"
+				"{\"sql@v1\":\"100\"}}"));
+	assert_false(rt_log_has_now(&d, "route delete of"));
+	assert_true(rt_admin_ok(d.admin, "{\"cmd\":\"route_delete\",\"skill\":\"tmp\"}"));
+	if (!rt_log_has(&d, "route delete of mix forgotten"))
+		fail_msg("the deletion of mix, forgotten past max_skills 2, is not logged");
+	assert_false(rt_log_has_now(&d, "route delete of sql forgotten"));
+	assert_int_equal(rt_daemon_stop(&d), 0);
+	assert_int_equal(rt_daemon_start(&d, models.model, args), 0);
+	shown(d.admin, list, sizeof(list));
+	assert_string_equal(list, "mix,");
+	assert_int_equal(rt_daemon_stop(&d), 0);
+	rt_daemon_cleanup(&d);
+}
+
+/*
  * `route set` with versions at 0 %: they are not in the route (show,
  * history) and can be removed; all at 0 % is refused by the sum.
  */
@@ -510,6 +549,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_delete),
 		cmocka_unit_test(test_config_does_not_seed_deleted),
+		cmocka_unit_test(test_forgotten_deletion),
 		cmocka_unit_test(test_set_leaves_out_zero),
 		cmocka_unit_test(test_registry_delete),
 		cmocka_unit_test(test_registry_max_skills_zero),

@@ -16,6 +16,9 @@ void registry_set_max_skills(struct registry *r, uint32_t n)
 {
 	/* the option's minimum: at 0 a delete would forget its own route */
 	r->max_skills = n ? n : 1;
+	/* a reload that lowers it bounds the deleted routes at once, as a
+	 * start with the state saved now would: the next save writes them */
+	reg_forget_deleted(r, r->max_skills);
 }
 
 void registry_set_forget_hook(struct registry *r, registry_forget_fn fn, void *ctx)

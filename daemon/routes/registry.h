@@ -66,8 +66,10 @@ struct reg_version {
 struct pool *registry_pool(const struct registry *r);
 
 /* Skills with a route, at most (a route for one more is refused; 0 is
- * taken as 1, the option's minimum), and the bytes of an adapter's files
- * that registry_add() reads at most. */
+ * taken as 1, the option's minimum), and as many deleted routes: when it
+ * is lowered the oldest past it are forgotten at once (the forget hook is
+ * told), and so are they when registry_load_state reads more. Then the
+ * bytes of an adapter's files that registry_add() reads at most. */
 void registry_set_max_skills(struct registry *r, uint32_t n);
 void registry_set_max_adapter_bytes(struct registry *r, uint64_t bytes);
 
@@ -96,7 +98,8 @@ struct statedir *registry_statedir(const struct registry *r);
 /*
  * Read state.json. Returns 0 (also when there is none), or -EINVAL with
  * @err naming the file and the key that is wrong; the registry is then
- * left empty.
+ * left empty. Deleted routes past max_skills are forgotten, the oldest
+ * first (registry_set_max_skills).
  */
 int registry_load_state(struct registry *r, char *err, size_t errlen);
 

@@ -486,6 +486,9 @@ static int load_json(struct registry *r, struct json_object *root, struct jpath 
 		if (ret)
 			return ret;
 	}
+	/* saved under a larger max_skills: bounded as a delete bounds them,
+	 * the oldest forgotten (the start's save writes what is left) */
+	reg_forget_deleted(r, r->max_skills);
 	return 0;
 }
 

@@ -285,27 +285,34 @@ static void test_config_does_not_seed_deleted(void **state)
 	rt_daemon_cleanup(&d);
 }
 
+/* The config of test_forgotten_deletion, with max_skills @max. */
+static void forgotten_config(const char *cfg, unsigned max)
+{
+	FILE *f = fopen(cfg, "w");
+
+	assert_non_null(f);
+	fprintf(f, "[limits]\nmax_skills = %u\n\n[adapter sql]\npath = %s\nversion = v1\n\n"
+		"[route mix]\nsql@v1 = 100\n", max, models.adapter[0]);
+	fclose(f);
+}
+
 /*
  * Past max_skills later deletions the oldest deletion is forgotten: lorad
  * logs it, naming the skill, and the config seeds that skill again at the
- * next start (lorad.conf(5)); a deletion still kept is not seeded.
+ * next start (lorad.conf(5)); a deletion still kept is not seeded. A
+ * reload that lowers max_skills forgets the oldest deletions at once,
+ * logged.
  */
 static void test_forgotten_deletion(void **state)
 {
-	char cfg[300], body[1024], list[256];
-	const char *args[] = { "--config", cfg, "--max-skills", "2", NULL };
+	char cfg[300], list[256];
+	const char *args[] = { "--config", cfg, NULL };
 	struct rt_daemon d;
-	FILE *f;
 
 	(void)state;
 	assert_int_equal(rt_daemon_init(&d), 0);
 	snprintf(cfg, sizeof(cfg), "%s/lorad.conf", d.dir);
-	snprintf(body, sizeof(body), "[adapter sql]\npath = %s\nversion = v1\n\n"
-		 "[route mix]\nsql@v1 = 100\n", models.adapter[0]);
-	f = fopen(cfg, "w");
-	assert_non_null(f);
-	fputs(body, f);
-	fclose(f);
+	forgotten_config(cfg, 2);
 	assert_int_equal(rt_daemon_start(&d, models.model, args), 0);
 	assert_true(rt_admin_ok(d.admin, "{\"cmd\":\"route_delete\",\"skill\":\"mix\"}"));
 	assert_true(rt_admin_ok(d.admin, "{\"cmd\":\"route_delete\",\"skill\":\"sql\"}"));
@@ -320,6 +327,16 @@ static void test_forgotten_deletion(void **state)
 	assert_int_equal(rt_daemon_start(&d, models.model, args), 0);
 	shown(d.admin, list, sizeof(list));
 	assert_string_equal(list, "mix,");
+
+	/* kept: the deletions of sql and tmp; max_skills 1 forgets sql's */
+	forgotten_config(cfg, 1);
+	kill(d.pid, SIGHUP);
+	if (!rt_log_has(&d, "route delete of sql forgotten"))
+		fail_msg("a reload to max_skills 1: the deletion of sql is not forgotten (logged)");
+	expect_refusal(d.admin, "{\"cmd\":\"route_history\",\"skill\":\"sql\"}",
+		       "no route for that skill");
+	assert_true(rt_admin_ok(d.admin, "{\"cmd\":\"route_history\",\"skill\":\"tmp\"}"));
+	assert_false(rt_log_has_now(&d, "route delete of tmp forgotten"));
 	assert_int_equal(rt_daemon_stop(&d), 0);
 	rt_daemon_cleanup(&d);
 }
@@ -503,6 +520,112 @@ static void test_registry_delete(void **state)
 	rt_rm_rf(dir);
 }
 
+/* the deleted routes the registry forgot, in the order it told of them */
+static char forgot[64][32];
+static unsigned n_forgot;
+
+static void on_forget(void *ctx, const char *skill, const char *why)
+{
+	(void)ctx;
+	assert_non_null(strstr(why, "max_skills"));
+	if (n_forgot < 64)
+		snprintf(forgot[n_forgot], sizeof(forgot[0]), "%s", skill);
+	n_forgot++;
+}
+
+/* The deleted routes of @r, as "a,b," oldest first, and how many live ones. */
+static unsigned deleted_of(struct registry *r, unsigned n, char *buf, size_t len)
+{
+	unsigned live = 0;
+
+	buf[0] = 0;
+	for (unsigned k = 0; k < n; k++) {
+		struct route_entry ent;
+		char name[16];
+
+		snprintf(name, sizeof(name), "d%u", k);
+		registry_route_entry(r, name, &ent);
+		if (ent.cur && ent.deleted)
+			snprintf(buf + strlen(buf), len - strlen(buf), "%s,", name);
+		live += ent.cur && !ent.deleted;
+	}
+	return live;
+}
+
+/*
+ * Deleted routes are bounded by max_skills however they came: a state
+ * saved under a larger max_skills is read back with the latest ones only,
+ * and a lower max_skills (a reload) forgets the oldest at once; each
+ * forgotten one is told, and what is saved next is what is left. A delete
+ * prepared before a reload lowered max_skills keeps its own route.
+ */
+static void test_registry_deleted_bounded(void **state)
+{
+	char dir[128], e[512], list[512], *text;
+	struct statedir *sd;
+	struct registry *r;
+	const struct reg_version *v;
+	struct reg_change *ch;
+	size_t len;
+
+	(void)state;
+	assert_int_equal(rt_tmpdir(dir, sizeof(dir), "rdel"), 0);
+	assert_int_equal(statedir_open(dir, &sd, e, sizeof(e)), 0);
+	r = registry_new(sd, NULL);
+	registry_set_max_skills(r, 64);
+	assert_int_equal(registry_add(r, "sql", "v1", models.adapter[0], &v, e, sizeof(e)), 0);
+	for (unsigned k = 0; k < 50; k++) {
+		char name[16];
+
+		snprintf(name, sizeof(name), "d%u", k);
+		set_route(r, name, "sql@v1");
+		delete_route(r, name);
+	}
+	assert_int_equal(registry_save(r, e, sizeof(e)), 0);
+	registry_free(r);
+
+	/* read back under max_skills 2: d48 and d49 */
+	n_forgot = 0;
+	r = registry_new(sd, NULL);
+	registry_set_forget_hook(r, on_forget, NULL);
+	registry_set_max_skills(r, 2);
+	if (registry_load_state(r, e, sizeof(e)))
+		fail_msg("%s", e);
+	assert_int_equal(deleted_of(r, 50, list, sizeof(list)), 0);
+	if (strcmp(list, "d48,d49,"))
+		fail_msg("max_skills 2: deleted routes %s read back", list);
+	assert_int_equal(n_forgot, 48);
+	assert_string_equal(forgot[0], "d0");
+	assert_string_equal(forgot[47], "d47");
+	/* the state saved next holds those two only */
+	assert_int_equal(registry_change_text(r, NULL, &text, &len), 0);
+	assert_null(memmem(text, len, "\"d47\"", 5));   /* not NUL-terminated */
+	assert_non_null(memmem(text, len, "\"d48\"", 5));
+	free(text);
+
+	/* max_skills 1 (a reload): d48 goes at once */
+	registry_set_max_skills(r, 1);
+	deleted_of(r, 50, list, sizeof(list));
+	assert_string_equal(list, "d49,");
+	assert_int_equal(n_forgot, 49);
+	assert_string_equal(forgot[48], "d48");
+
+	/* a delete prepared at max_skills 3, committed after a reload to 1:
+	 * the new deletion is the one kept */
+	registry_set_max_skills(r, 3);
+	set_route(r, "d0", "sql@v1");
+	set_route(r, "d1", "sql@v1");
+	delete_route(r, "d0");
+	assert_int_equal(registry_prepare_delete(r, "d1", &ch, e, sizeof(e)), 0);
+	registry_set_max_skills(r, 1);
+	assert_int_equal(registry_commit(r, ch, NULL), 0);
+	deleted_of(r, 50, list, sizeof(list));
+	assert_string_equal(list, "d1,");
+	registry_free(r);
+	statedir_close(sd);
+	rt_rm_rf(dir);
+}
+
 /* max_skills 0, which the API takes and the option does not: taken as 1,
  * so a delete keeps the route it deletes (it forgot it at once, and its
  * commit read past the end of the table) */
@@ -552,6 +675,7 @@ int main(void)
 		cmocka_unit_test(test_forgotten_deletion),
 		cmocka_unit_test(test_set_leaves_out_zero),
 		cmocka_unit_test(test_registry_delete),
+		cmocka_unit_test(test_registry_deleted_bounded),
 		cmocka_unit_test(test_registry_max_skills_zero),
 	};
 

@@ -21,6 +21,11 @@ void registry_set_max_skills(struct registry *r, uint32_t n)
 	reg_forget_deleted(r, r->max_skills);
 }
 
+void registry_set_max_state_bytes(struct registry *r, size_t bytes)
+{
+	r->max_state = bytes ? bytes : REG_STATE_MAX;
+}
+
 void registry_set_forget_hook(struct registry *r, registry_forget_fn fn, void *ctx)
 {
 	r->forget = fn;
@@ -74,6 +79,7 @@ struct registry *registry_new(struct statedir *sd, struct engine *e)
 	r->sd = sd;
 	r->max_skills = 1024;
 	r->max_adapter_bytes = UINT64_MAX;
+	r->max_state = REG_STATE_MAX;
 	return r;
 }
 

@@ -73,6 +73,10 @@ struct pool *registry_pool(const struct registry *r);
 void registry_set_max_skills(struct registry *r, uint32_t n);
 void registry_set_max_adapter_bytes(struct registry *r, uint64_t bytes);
 
+/* The largest state.json the registry reads and so writes: 64 MiB (0),
+ * smaller in tests. A change whose state would be larger is refused. */
+void registry_set_max_state_bytes(struct registry *r, size_t bytes);
+
 /*
  * Told of each deleted route the registry forgets (@why says why, for the
  * log line): past max_skills deletions, the oldest are forgotten first.
@@ -189,9 +193,14 @@ int registry_prepare_rollback(struct registry *r, const char *skill, struct reg_
 int registry_prepare_delete(struct registry *r, const char *skill, struct reg_change **out,
 			    char *err, size_t errlen);
 
-/* state.json as it will be after @ch: a malloc'd text (*len bytes). Returns 0 or -ENOMEM. */
+/*
+ * state.json as it will be after @ch (NULL: as it is): a malloc'd text
+ * (*len bytes). Returns 0, -ENOMEM, or -EFBIG when the text is larger
+ * than a state file lorad reads back (registry_set_max_state_bytes), with
+ * @err giving both sizes: such a change is refused, nothing changed.
+ */
 int registry_change_text(const struct registry *r, const struct reg_change *ch, char **text,
-			 size_t *len);
+			 size_t *len, char *err, size_t errlen);
 
 /*
  * Apply @ch (its state is durable now) and free it. *id, when not NULL,

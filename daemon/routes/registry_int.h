@@ -10,6 +10,7 @@
 #include "registry.h"
 
 #define REG_MAX 1024                 /* registered versions */
+#define REG_STATE_MAX (64u << 20)    /* bytes of state.json: a larger file is not ours */
 
 struct registry {
 	struct statedir *sd;
@@ -19,6 +20,7 @@ struct registry {
 	uint32_t next_vid;           /* never reused: stored with the state */
 	uint32_t max_skills;
 	uint64_t max_adapter_bytes;  /* an adapter's files together, at registration */
+	size_t max_state;            /* state.json read or written, at most (REG_STATE_MAX) */
 	struct route_table *routes;
 	/* skills whose route the operator deleted, oldest deletion first: each
 	 * entry the route it had (cur) and its history, for a rollback, and the

@@ -39,7 +39,6 @@
 #include "statedir.h"
 
 #define STATE_FILE       "state.json"
-#define STATE_MAX_BYTES  (64u << 20)  /* a state file larger than this is not ours */
 
 /* --- inspecting an adapter directory ----------------------------------------------------- */
 
@@ -505,7 +504,7 @@ int registry_load_state(struct registry *r, char *err, size_t errlen)
 		return 0;
 	snprintf(path, sizeof(path), "%s/%s", statedir_path(r->sd), STATE_FILE);
 	statedir_clean(r->sd, STATE_FILE);   /* a crash's half-saved copies */
-	ret = statedir_read(r->sd, STATE_FILE, STATE_MAX_BYTES, &text, &len, err, errlen);
+	ret = statedir_read(r->sd, STATE_FILE, r->max_state, &text, &len, err, errlen);
 	if (ret == -ENOENT)
 		return 0;
 	if (ret)
@@ -630,7 +629,7 @@ static struct json_object *version_to_json(const struct reg_version *v, bool pin
 }
 
 int registry_change_text(const struct registry *r, const struct reg_change *ch, char **text,
-			 size_t *len)
+			 size_t *len, char *err, size_t errlen)
 {
 	struct json_object *root = json_object_new_object(), *vs = json_object_new_array(),
 			   *rs = json_object_new_array();
@@ -639,6 +638,7 @@ int registry_change_text(const struct registry *r, const struct reg_change *ch, 
 	const char *s;
 	size_t n;
 	bool seen = false, route = ch && ch->kind == RC_ROUTE, del = ch && ch->kind == RC_DELETE;
+	int ret = 0;
 
 	if (ch && ch->kind == RC_ADD && ch->add->vid >= next)
 		next = ch->add->vid + 1;
@@ -682,14 +682,23 @@ int registry_change_text(const struct registry *r, const struct reg_change *ch, 
 	json_object_object_add(root, "versions", vs);
 	json_object_object_add(root, "routes", rs);
 	s = json_object_to_json_string_length(root, JSON_C_TO_STRING_PRETTY, &n);
-	*text = s ? malloc(n + 1) : NULL;
-	if (*text) {
+	*text = NULL;
+	if (s && n + 1 > r->max_state) {
+		/* written, it would stop the next start (registry_load_state) */
+		snprintf(err, errlen, "the state would be %zu bytes, more than the %zu bytes of a "
+			 "state file lorad reads back: not written, nothing changed (fewer routes or "
+			 "versions make room)", n + 1, r->max_state);
+		ret = -EFBIG;
+	} else if (s && (*text = malloc(n + 1))) {
 		memcpy(*text, s, n);
 		(*text)[n] = '\n';
 		*len = n + 1;
+	} else {
+		snprintf(err, errlen, "out of memory writing the state");
+		ret = -ENOMEM;
 	}
 	json_object_put(root);
-	return *text ? 0 : -ENOMEM;
+	return ret;
 }
 
 int registry_save(struct registry *r, char *err, size_t errlen)
@@ -700,11 +709,9 @@ int registry_save(struct registry *r, char *err, size_t errlen)
 
 	if (!r->sd)
 		return 0;
-	ret = registry_change_text(r, NULL, &text, &len);
-	if (ret) {
-		snprintf(err, errlen, "out of memory");
+	ret = registry_change_text(r, NULL, &text, &len, err, errlen);
+	if (ret)
 		return ret;
-	}
 	ret = statedir_write(r->sd, STATE_FILE, text, len, err, errlen);
 	free(text);
 	return ret;

@@ -655,7 +655,8 @@ void ops_poll(struct ops *o)
 			ret = -EBUSY;
 		}
 		if (!ret && j->ch && registry_statedir(o->opt.reg))
-			ret = registry_change_text(o->opt.reg, j->ch, &j->text, &j->len);
+			ret = registry_change_text(o->opt.reg, j->ch, &j->text, &j->len, j->err,
+						   sizeof(j->err));
 		if (ret || !j->ch) {
 			/* refused, or nothing to change: answered at once */
 			job_answer(o, j, ret, NULL);

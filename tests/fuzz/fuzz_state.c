@@ -39,9 +39,9 @@ static void init(void)
 /* The state as lorad would write it (malloc'd). */
 static char *text_of(struct registry *reg, size_t *len)
 {
-	char *text;
+	char *text, err[256];
 
-	if (registry_change_text(reg, NULL, &text, len))
+	if (registry_change_text(reg, NULL, &text, len, err, sizeof(err)))
 		abort();
 	return text;
 }

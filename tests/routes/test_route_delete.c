@@ -388,13 +388,13 @@ static void test_set_leaves_out_zero(void **state)
 /* Commit @ch after checking that the state it makes durable is the one it applies. */
 static void apply(struct registry *r, struct reg_change *ch)
 {
-	char *before, *after;
+	char *before, *after, e[256];
 	size_t nb, na;
 
 	assert_non_null(ch);
-	assert_int_equal(registry_change_text(r, ch, &before, &nb), 0);
+	assert_int_equal(registry_change_text(r, ch, &before, &nb, e, sizeof(e)), 0);
 	assert_int_equal(registry_commit(r, ch, NULL), 0);
-	assert_int_equal(registry_change_text(r, NULL, &after, &na), 0);
+	assert_int_equal(registry_change_text(r, NULL, &after, &na, e, sizeof(e)), 0);
 	if (nb != na || memcmp(before, after, nb))
 		fail_msg("the state saved for the change:\n%s\nis not the one applied:\n%s", before, after);
 	free(before);
@@ -598,7 +598,7 @@ static void test_registry_deleted_bounded(void **state)
 	assert_string_equal(forgot[0], "d0");
 	assert_string_equal(forgot[47], "d47");
 	/* the state saved next holds those two only */
-	assert_int_equal(registry_change_text(r, NULL, &text, &len), 0);
+	assert_int_equal(registry_change_text(r, NULL, &text, &len, e, sizeof(e)), 0);
 	assert_null(memmem(text, len, "\"d47\"", 5));   /* not NUL-terminated */
 	assert_non_null(memmem(text, len, "\"d48\"", 5));
 	free(text);
@@ -622,6 +622,68 @@ static void test_registry_deleted_bounded(void **state)
 	deleted_of(r, 50, list, sizeof(list));
 	assert_string_equal(list, "d1,");
 	registry_free(r);
+	statedir_close(sd);
+	rt_rm_rf(dir);
+}
+
+/*
+ * A change whose state.json would be larger than lorad reads back is
+ * refused, -EFBIG naming both sizes, and nothing changes: lorad never
+ * writes a state it then refuses to start with. A small limit stands for
+ * the 64 MiB; the file at the limit is read back, one byte less is not.
+ */
+static void test_registry_state_too_large(void **state)
+{
+	char dir[128], e[512], want[64], *text;
+	const struct reg_version *v;
+	const char *t = "sql@v2";
+	const uint32_t w = ROUTE_BUCKETS;
+	struct statedir *sd;
+	struct registry *r, *b;
+	struct reg_change *ch;
+	size_t len0, len;
+
+	(void)state;
+	assert_int_equal(rt_tmpdir(dir, sizeof(dir), "rdel"), 0);
+	assert_int_equal(statedir_open(dir, &sd, e, sizeof(e)), 0);
+	r = registry_new(sd, NULL);
+	assert_int_equal(registry_add(r, "sql", "v1", models.adapter[0], &v, e, sizeof(e)), 0);
+	assert_int_equal(registry_add(r, "sql", "v2", models.adapter[1], &v, e, sizeof(e)), 0);
+	set_route(r, "sql", "sql@v1");
+	assert_int_equal(registry_change_text(r, NULL, &text, &len0, e, sizeof(e)), 0);
+	free(text);
+	registry_set_max_state_bytes(r, len0);
+	assert_int_equal(registry_save(r, e, sizeof(e)), 0);
+
+	/* a new route puts the old one in the history: too large now */
+	assert_int_equal(registry_prepare_route(r, "sql", &t, &w, 1, &ch, e, sizeof(e)), 0);
+	e[0] = 0;
+	assert_int_equal(registry_change_text(r, ch, &text, &len, e, sizeof(e)), -EFBIG);
+	snprintf(want, sizeof(want), "more than the %zu", len0);
+	if (!strstr(e, want) || !strstr(e, "bytes"))
+		fail_msg("refused with '%s', which does not give the limit (%zu bytes)", e, len0);
+	registry_change_free(ch);
+	assert_string_equal(route_get(registry_routes(r), "sql")->target[0], "sql@v1");
+	assert_int_equal(registry_change_text(r, NULL, &text, &len, e, sizeof(e)), 0);
+	assert_int_equal(len, len0);
+	free(text);
+	/* and a delete, which keeps the route and adds its deletion time */
+	assert_int_equal(registry_prepare_delete(r, "sql", &ch, e, sizeof(e)), 0);
+	assert_int_equal(registry_change_text(r, ch, &text, &len, e, sizeof(e)), -EFBIG);
+	registry_change_free(ch);
+	assert_true(registry_skill_known(r, "sql"));
+	registry_free(r);
+
+	/* the same bound reads it back: the saved file is exactly at it */
+	b = registry_new(sd, NULL);
+	registry_set_max_state_bytes(b, len0);
+	if (registry_load_state(b, e, sizeof(e)))
+		fail_msg("%s", e);
+	registry_free(b);
+	b = registry_new(sd, NULL);
+	registry_set_max_state_bytes(b, len0 - 1);
+	assert_int_not_equal(registry_load_state(b, e, sizeof(e)), 0);
+	registry_free(b);
 	statedir_close(sd);
 	rt_rm_rf(dir);
 }
@@ -676,6 +738,7 @@ int main(void)
 		cmocka_unit_test(test_set_leaves_out_zero),
 		cmocka_unit_test(test_registry_delete),
 		cmocka_unit_test(test_registry_deleted_bounded),
+		cmocka_unit_test(test_registry_state_too_large),
 		cmocka_unit_test(test_registry_max_skills_zero),
 	};
 

@@ -161,6 +161,11 @@ bool reg_part_ok(const char *s)
 	return true;
 }
 
+bool reg_skill_ok(const char *s)
+{
+	return reg_part_ok(s) && strcmp(s, "base") && strcmp(s, "auto");
+}
+
 struct reg_version *reg_version_new(const char *name, const char *version, const char *path,
 				    const struct pool_hashes *h)
 {

@@ -79,7 +79,8 @@ void registry_set_max_state_bytes(struct registry *r, size_t bytes);
 
 /*
  * Told of each deleted route the registry forgets (@why says why, for the
- * log line): past max_skills deletions, the oldest are forgotten first.
+ * log line): past max_skills deletions, the oldest are forgotten first;
+ * a route whose skill no new route may have is forgotten at its delete.
  * Its skill has no state from then on, so the config seeds it again at
  * the next reload or start if a section names it; the registry has no
  * logger, the daemon logs this. Called on the thread that changes the
@@ -170,13 +171,17 @@ int registry_prepare_remove(struct registry *r, const char *id, struct reg_chang
 int registry_remove_ready(struct registry *r, const struct reg_change *ch);
 int registry_prepare_pin(struct registry *r, const char *id, bool pin, struct reg_change **out,
 			 char *err, size_t errlen);
-/* A new route for @skill: every target must be registered. */
+/* A new route for @skill: every target must be registered, and a skill
+ * without a route must be a name a request can ask for: 1-31 of A-Z a-z
+ * 0-9 _ . -, not base or auto (-EINVAL). */
 int registry_prepare_route(struct registry *r, const char *skill, const char *const *targets,
 			   const uint32_t *weights, unsigned n, struct reg_change **out, char *err,
 			   size_t errlen);
 /* The previous route of @skill back: every version it names must still be
  * registered. For a skill whose route was deleted, that route comes back
- * with its history, as it was (its bucket table too), within max_skills. */
+ * with its history, as it was (its bucket table too), within max_skills
+ * and as a new route would be made: -EINVAL when the skill is no name a
+ * new route may have (registry_prepare_route). */
 int registry_prepare_rollback(struct registry *r, const char *skill, struct reg_change **out,
 			      char *err, size_t errlen);
 /*
@@ -188,7 +193,9 @@ int registry_prepare_rollback(struct registry *r, const char *skill, struct reg_
  * not seed the skill again. At most max_skills deleted entries are kept;
  * the change forgets the oldest ones past that (their skills have no state
  * then, and the config may seed them again: registry_set_forget_hook
- * tells of each). -ENOENT naming the skill when it has no route.
+ * tells of each). A route an older lorad saved under a skill no new route
+ * may have (registry_prepare_route) could not come back: it is not kept,
+ * and the hook is told. -ENOENT naming the skill when it has no route.
  */
 int registry_prepare_delete(struct registry *r, const char *skill, struct reg_change **out,
 			    char *err, size_t errlen);

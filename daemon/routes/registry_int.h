@@ -34,6 +34,10 @@ struct registry {
 
 /* "name" or "version": 1-31 of A-Z a-z 0-9 _ . - */
 bool reg_part_ok(const char *s);
+/* A skill a new route may have: a name a request can ask for, as the
+ * config file's [route NAME]. "base" and "auto" never look at a route, and
+ * '@' names a version (a route so named would take its pinned requests). */
+bool reg_skill_ok(const char *s);
 
 /* Forget the oldest deleted routes until at most @keep are left, telling
  * the forget hook of each. */

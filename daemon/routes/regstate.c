@@ -39,6 +39,7 @@
 #include "statedir.h"
 
 #define STATE_FILE       "state.json"
+#define SKILL_RULE       "a skill name is 1-31 of A-Z a-z 0-9 _ . - (and not base or auto)"
 
 /* --- inspecting an adapter directory ----------------------------------------------------- */
 
@@ -276,7 +277,7 @@ static int version_from_json(struct jpath *jp, struct json_object *o, int format
 	} else if (json_object_object_get_ex(o, "hash_chunk", NULL)) {
 		return bad(jp, "hash_chunk", "belongs only to a tree hash_scheme");
 	}
-	if (!reg_part_ok(name) || !strcmp(name, "base") || !strcmp(name, "auto"))
+	if (!reg_skill_ok(name))
 		return bad(jp, "name", "must be 1-31 of A-Z a-z 0-9 _ . - and not base or auto");
 	if (!reg_part_ok(ver))
 		return bad(jp, "version", "must be 1-31 of A-Z a-z 0-9 _ . -");
@@ -457,6 +458,12 @@ static int load_json(struct registry *r, struct json_object *root, struct jpath 
 			ret = get_u64(jp, o, "deleted", false, INT64_MAX, &deleted);
 		if (!ret && json_object_object_get_ex(o, "deleted", NULL) && !deleted)
 			ret = bad(jp, "deleted", "must be from 1");
+		/* no lorad deletes a route without keeping a name it could
+		 * restore (registry_prepare_delete); a live one keeps any name
+		 * an older lorad saved, so that its state still starts */
+		if (!ret && deleted && (!rt[0].skill[0] || strchr(rt[0].skill, '@')))
+			ret = bad(jp, "skill", "of a deleted route must be a skill name, not empty "
+				  "and not NAME@VERSION");
 		if (!ret && registry_skill_has_state(r, rt[0].skill))
 			ret = bad(jp, "skill", "appears twice");
 		/* a deleted route's versions may be gone, as a history's */
@@ -548,6 +555,7 @@ struct reg_change {
 	struct route_entry ent;
 	char skill[32];              /* RC_ROUTE, RC_DELETE */
 	unsigned evict;              /* RC_DELETE: the oldest deleted entries it forgets */
+	bool forget;                 /* RC_DELETE: the route is not kept (no skill name) */
 };
 
 void registry_change_free(struct reg_change *ch)
@@ -677,7 +685,7 @@ int registry_change_text(const struct registry *r, const struct reg_change *ch, 
 		route_entry_get(r->deleted, rt->skill, &e);
 		json_object_array_add(rs, entry_to_json(&e));
 	}
-	if (del)
+	if (del && !ch->forget)
 		json_object_array_add(rs, entry_to_json(&ch->ent));
 	json_object_object_add(root, "versions", vs);
 	json_object_object_add(root, "routes", rs);
@@ -741,8 +749,7 @@ int registry_prepare_add(struct registry *r, const char *name, const char *versi
 		snprintf(ver, sizeof(ver), "%s", version);
 	else
 		snprintf(ver, sizeof(ver), "%.12s", h->sha256);
-	if (!reg_part_ok(name) || !reg_part_ok(ver) || !strcmp(name, "base") ||
-	    !strcmp(name, "auto")) {
+	if (!reg_skill_ok(name) || !reg_part_ok(ver)) {
 		snprintf(err, errlen, "'%s@%s': name and version are 1-31 of A-Z a-z 0-9 _ . - "
 			 "(and the name is not base or auto)", name, ver);
 		return -EINVAL;
@@ -912,13 +919,11 @@ int registry_prepare_route(struct registry *r, const char *skill, const char *co
 	int ret;
 
 	*out = NULL;
-	/* a new route's skill is a name a request can ask for, as the config
-	 * file's [route NAME]: "base" and "auto" never look at a route, '@'
-	 * names a version. A route that exists already (saved by a lorad that
-	 * took any name) can still be changed, so its versions can go. */
-	if (!live && (!reg_part_ok(skill) || !strcmp(skill, "base") || !strcmp(skill, "auto"))) {
-		snprintf(err, errlen, "skill '%.31s': a skill name is 1-31 of A-Z a-z 0-9 _ . - "
-			 "(and not base or auto)", skill);
+	/* a new route's skill is one a request can ask for. A route that
+	 * exists already (saved by a lorad that took any name) can still be
+	 * changed, so its versions can go. */
+	if (!live && !reg_skill_ok(skill)) {
+		snprintf(err, errlen, "skill '%.31s': %s", skill, SKILL_RULE);
 		return -EINVAL;
 	}
 	for (unsigned i = 0; i < n; i++) {
@@ -983,6 +988,14 @@ int registry_prepare_rollback(struct registry *r, const char *skill, struct reg_
 		snprintf(err, errlen, "no earlier route for skill %s", skill);
 		return -ENOENT;
 	}
+	/* a deleted route comes back as a new route would be made: a state
+	 * file may hold one under a name no route can have (a version's, whose
+	 * pinned requests it would take) */
+	if (cur.deleted && !reg_skill_ok(skill)) {
+		snprintf(err, errlen, "skill '%.31s': %s; its deleted route cannot come back", skill,
+			 SKILL_RULE);
+		return -EINVAL;
+	}
 	for (unsigned i = 0; i < back->n; i++) {
 		const struct reg_version *tv = registry_find(r, back->target[i]);
 
@@ -1040,6 +1053,13 @@ int registry_prepare_delete(struct registry *r, const char *skill, struct reg_ch
 	(*out)->ent = cur;
 	(*out)->ent.deleted = now > 0 ? now : 1;   /* 0 would mean "served" */
 	snprintf((*out)->skill, sizeof((*out)->skill), "%s", cur.cur->skill);
+	/* a route an older lorad saved under a name no route may have now
+	 * could not come back (a rollback makes it as a new route), and kept
+	 * with a version's name it would stop the next start (load_json):
+	 * its deletion forgets it */
+	(*out)->forget = !reg_skill_ok(cur.cur->skill);
+	if ((*out)->forget)
+		return 0;
 	/* bounded as the routes are: the oldest deletions are forgotten first,
 	 * never this one (max_skills is at least 1) */
 	(*out)->evict = kept >= r->max_skills ? kept + 1 - r->max_skills : 0;
@@ -1086,6 +1106,15 @@ int registry_commit(struct registry *r, struct reg_change *ch, const char **id)
 	case RC_DELETE: {
 		unsigned n;
 
+		if (ch->forget) {
+			route_remove(r->routes, ch->skill);
+			if (r->forget)
+				r->forget(r->forget_ctx, ch->skill, "its route was saved under a name "
+					  "no route may have now: " SKILL_RULE);
+			if (id)
+				*id = NULL;
+			break;
+		}
 		ret = route_entry_set(r->deleted, ch->skill, &ch->ent);
 		if (ret)
 			break;

@@ -520,16 +520,17 @@ static void test_registry_delete(void **state)
 	rt_rm_rf(dir);
 }
 
-/* the deleted routes the registry forgot, in the order it told of them */
-static char forgot[64][32];
+/* the deleted routes the registry forgot, in the order it told of them,
+ * and why it forgot the last */
+static char forgot[64][32], forgot_why[256];
 static unsigned n_forgot;
 
 static void on_forget(void *ctx, const char *skill, const char *why)
 {
 	(void)ctx;
-	assert_non_null(strstr(why, "max_skills"));
 	if (n_forgot < 64)
 		snprintf(forgot[n_forgot], sizeof(forgot[0]), "%s", skill);
+	snprintf(forgot_why, sizeof(forgot_why), "%s", why);
 	n_forgot++;
 }
 
@@ -595,6 +596,7 @@ static void test_registry_deleted_bounded(void **state)
 	if (strcmp(list, "d48,d49,"))
 		fail_msg("max_skills 2: deleted routes %s read back", list);
 	assert_int_equal(n_forgot, 48);
+	assert_non_null(strstr(forgot_why, "max_skills (2)"));
 	assert_string_equal(forgot[0], "d0");
 	assert_string_equal(forgot[47], "d47");
 	/* the state saved next holds those two only */
@@ -621,6 +623,127 @@ static void test_registry_deleted_bounded(void **state)
 	assert_int_equal(registry_commit(r, ch, NULL), 0);
 	deleted_of(r, 50, list, sizeof(list));
 	assert_string_equal(list, "d1,");
+	registry_free(r);
+	statedir_close(sd);
+	rt_rm_rf(dir);
+}
+
+/*
+ * A state dir at @dir whose routes are sql -> sql@v1 and one route named
+ * @skill to sql@v1, deleted when @deleted: an older lorad took any skill
+ * name, and a state file can say anything.
+ */
+static void odd_state(const char *dir, const char *skill, bool deleted)
+{
+	char path[256], e[512];
+	struct json_object *root, *rs;
+	struct statedir *sd;
+	struct registry *r;
+	const struct reg_version *v;
+
+	assert_int_equal(statedir_open(dir, &sd, e, sizeof(e)), 0);
+	r = registry_new(sd, NULL);
+	assert_int_equal(registry_add(r, "sql", "v1", models.adapter[0], &v, e, sizeof(e)), 0);
+	assert_int_equal(registry_add(r, "sql", "v2", models.adapter[1], &v, e, sizeof(e)), 0);
+	set_route(r, "sql", "sql@v1");
+	set_route(r, "odd", "sql@v1");
+	if (deleted)
+		delete_route(r, "odd");
+	assert_int_equal(registry_save(r, e, sizeof(e)), 0);
+	registry_free(r);
+	statedir_close(sd);
+	snprintf(path, sizeof(path), "%s/state.json", dir);
+	root = json_object_from_file(path);
+	assert_non_null(root);
+	rs = json_object_object_get(root, "routes");
+	assert_int_equal(json_object_array_length(rs), 2);
+	json_object_object_add(json_object_array_get_idx(rs, 1), "skill",
+			       json_object_new_string(skill));
+	assert_int_equal(json_object_to_file_ext(path, root, JSON_C_TO_STRING_PRETTY), 0);
+	json_object_put(root);
+}
+
+/* The version a request for @skill is given (no engine: not loaded). */
+static void resolved(struct registry *r, const char *skill, char id[ROUTE_NAME_MAX])
+{
+	uint64_t ticket = 0;
+	uint32_t vid = 0;
+	int adapter;
+
+	id[0] = 0;
+	registry_resolve(r, skill, 1, &adapter, &vid, id, &ticket);
+}
+
+/*
+ * Skill names of deleted routes. A state file whose deleted route is
+ * empty or NAME@VERSION is refused naming routes[1].skill (rolled back,
+ * "sql@v2" took the pinned requests of sql@v2 to sql@v1); one named base,
+ * auto or "a b" is read, but its rollback is refused by the rule of a new
+ * route. A live route so named, which a lorad before that rule saved,
+ * still loads; deleting it forgets it at once (it could not come back,
+ * and kept it would stop the next start), and sql@v2 is sql@v2 again.
+ */
+static void test_registry_deleted_skill_names(void **state)
+{
+	static const char *refused_names[] = { "sql@v2", "" };
+	static const char *odd[] = { "base", "auto", "a b" };
+	char dir[128], e[512], id[ROUTE_NAME_MAX];
+	struct statedir *sd;
+	struct registry *r;
+	struct reg_change *ch;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(refused_names) / sizeof(refused_names[0]); i++) {
+		assert_int_equal(rt_tmpdir(dir, sizeof(dir), "rdel"), 0);
+		odd_state(dir, refused_names[i], true);
+		assert_int_equal(statedir_open(dir, &sd, e, sizeof(e)), 0);
+		r = registry_new(sd, NULL);
+		e[0] = 0;
+		if (registry_load_state(r, e, sizeof(e)) != -EINVAL || !strstr(e, "routes[1].skill"))
+			fail_msg("a deleted route named '%s' read back ('%s')", refused_names[i], e);
+		registry_free(r);
+		statedir_close(sd);
+		rt_rm_rf(dir);
+	}
+	for (size_t i = 0; i < sizeof(odd) / sizeof(odd[0]); i++) {
+		assert_int_equal(rt_tmpdir(dir, sizeof(dir), "rdel"), 0);
+		odd_state(dir, odd[i], true);
+		assert_int_equal(statedir_open(dir, &sd, e, sizeof(e)), 0);
+		r = registry_new(sd, NULL);
+		if (registry_load_state(r, e, sizeof(e)))
+			fail_msg("deleted route '%s': %s", odd[i], e);
+		e[0] = 0;
+		if (registry_prepare_rollback(r, odd[i], &ch, e, sizeof(e)) != -EINVAL ||
+		    !strstr(e, "a skill name is"))
+			fail_msg("the deleted route '%s' is rolled back ('%s')", odd[i], e);
+		assert_false(registry_skill_known(r, odd[i]));
+		registry_free(r);
+		statedir_close(sd);
+		rt_rm_rf(dir);
+	}
+
+	/* a live route named as a version, from an older lorad: deleted, gone */
+	assert_int_equal(rt_tmpdir(dir, sizeof(dir), "rdel"), 0);
+	odd_state(dir, "sql@v2", false);
+	assert_int_equal(statedir_open(dir, &sd, e, sizeof(e)), 0);
+	r = registry_new(sd, NULL);
+	if (registry_load_state(r, e, sizeof(e)))
+		fail_msg("a live route named sql@v2: %s", e);
+	resolved(r, "sql@v2", id);
+	assert_string_equal(id, "sql@v1");   /* as the older lorad did */
+	n_forgot = 0;
+	registry_set_forget_hook(r, on_forget, NULL);
+	delete_route(r, "sql@v2");
+	assert_int_equal(n_forgot, 1);
+	assert_string_equal(forgot[0], "sql@v2");
+	assert_false(registry_skill_has_state(r, "sql@v2"));
+	assert_int_equal(registry_save(r, e, sizeof(e)), 0);
+	registry_free(r);
+	r = registry_new(sd, NULL);
+	if (registry_load_state(r, e, sizeof(e)))
+		fail_msg("after deleting the route named sql@v2: %s", e);
+	resolved(r, "sql@v2", id);
+	assert_string_equal(id, "sql@v2");
 	registry_free(r);
 	statedir_close(sd);
 	rt_rm_rf(dir);
@@ -738,6 +861,7 @@ int main(void)
 		cmocka_unit_test(test_set_leaves_out_zero),
 		cmocka_unit_test(test_registry_delete),
 		cmocka_unit_test(test_registry_deleted_bounded),
+		cmocka_unit_test(test_registry_deleted_skill_names),
 		cmocka_unit_test(test_registry_state_too_large),
 		cmocka_unit_test(test_registry_max_skills_zero),
 	};

@@ -999,7 +999,8 @@ static int cmd_route_rollback(void *ctx, struct json_object *req, struct json_ob
 /*
  * {"cmd": "route_delete", "skill": "sql"}: the skill has no route from then
  * on (requests for it are refused as for any unknown skill, running ones
- * finish), its place under max_skills is free and its metrics series go.
+ * finish, counted under it), its place under max_skills is free and its
+ * metrics series go.
  * The route is kept, with its history, for `route_rollback` (registry.h:
  * registry_prepare_delete). The reply's "deleted" is the route it had.
  */
@@ -1173,8 +1174,12 @@ static void on_final(void *ctx, const struct sreq *r, int res, unsigned finish, 
 		wake(o);
 	}
 
-	/* a series per skill the operator created; every other name is one series */
-	if (strcmp(skill, "base") && !registry_skill_known(o->opt.reg, skill))
+	/* a series per skill the operator created; every other name is one
+	 * series. A request its skill's route served before the route was
+	 * deleted (the delete dropped the series, not the request) is still
+	 * that skill's: served (a version), and the skill's deletion kept. */
+	if (strcmp(skill, "base") && !registry_skill_known(o->opt.reg, skill) &&
+	    !(r->version && registry_skill_has_state(o->opt.reg, skill)))
 		metrics_request(o->met, METRICS_UNKNOWN, METRICS_NONE, res, finish, r->n_prompt,
 				r->n_out, ttft_us, itl_us);
 	else {

@@ -4,11 +4,12 @@
  * `loradctl route delete`). Every case on the demo model and its adapters:
  *
  *  - delete while requests stream on the skill: those running finish, all
- *    their tokens on the version they started with; the next request for
- *    the skill gets what a skill that never had a route gets;
+ *    their tokens on the version they started with, counted under the
+ *    skill (not _unknown); the next request for the skill gets what a
+ *    skill that never had a route gets;
  *  - the same skill re-created with a new version: served by it, the
- *    deleted route in its history, the old version's series gone, and the
- *    old version removable;
+ *    deleted route in its history, and the old version removable, its
+ *    series going with it;
  *  - every skill deleted, then max_skills new ones (one more refused),
  *    SIGKILL and start between: the same after the start; deleting those
  *    forgets the oldest deletions (max_skills of them are kept);
@@ -168,6 +169,7 @@ static void test_delete_while_streaming(void **state)
 	struct lorad_connect_opts co = { .timeout_ms = 30000 };
 	struct lorad_event fin[N_STREAM], ev[64];
 	unsigned tokens[N_STREAM] = { 0 }, finals = 0, finals_at_delete;
+	long long across;
 	struct atk_daemon d;
 	struct lorad *c;
 	char firsts[256];
@@ -239,6 +241,15 @@ static void test_delete_while_streaming(void **state)
 			   "request %u running across the delete: res %d (%s), %u of %u tokens, "
 			   "served by '%s'", i, fin[i].res, strerror(-fin[i].res), fin[i].n_tokens,
 			   STREAM_TOK, fin[i].version_id);
+	/* the delete dropped the skill's series; those ending after it were
+	 * still the skill's requests (at least the ones this client saw end
+	 * after the answer), none an unknown skill's */
+	across = atk_stats_requests(d.admin, "s", "s@v1");
+	ATK_EXPECT(across >= N_STREAM - finals_at_delete && across <= N_STREAM,
+		   "%u requests ended after the delete, %lld counted under skill s", N_STREAM -
+		   finals_at_delete, across);
+	ATK_EXPECT(atk_stats_requests(d.admin, "_unknown", "_none") == -1,
+		   "requests served by s are counted under _unknown");
 	unknown(&d, "s");
 	fprintf(stderr, "%u of %u requests ran across the delete\n", N_STREAM - finals_at_delete,
 		N_STREAM);
@@ -249,12 +260,12 @@ static void test_delete_while_streaming(void **state)
 	served_by(&d, "s", "s@n1");
 	ATK_EXPECT(!strcmp(history(&d, "s", firsts, sizeof(firsts)), "live") &&
 		   !strcmp(firsts, "s@n1,s@v1,"), "history of s: %s", firsts);
-	ATK_EXPECT(atk_metric(d.admin, "lorad_requests_total{skill=\"s\",version=\"s@v1\"}") < 0,
-		   "the series of the deleted route's version is still there");
 	ATK_EXPECT(atk_metric(d.admin, "lorad_requests_total{skill=\"s\",version=\"s@n1\"}") == 1,
 		   "the new route's request is not counted");
 	/* only the history names s@v1: it can go (a rollback would refuse then) */
 	ok(&d, "{\"cmd\":\"adapters_remove\",\"id\":\"s@v1\"}");
+	ATK_EXPECT(atk_metric(d.admin, "lorad_requests_total{skill=\"s\",version=\"s@v1\"}") < 0,
+		   "the series of the removed version is still there");
 	refused(&d, "{\"cmd\":\"route_rollback\",\"skill\":\"s\"}", "s@v1", "no longer registered");
 	ATK_EXPECT(atk_daemon_stop(&d, 15000, NULL) == 0, "SIGTERM: not a clean exit");
 	assert_int_equal(atk_failures, 0);

@@ -213,6 +213,27 @@ static int get_u64(struct jpath *jp, struct json_object *o, const char *key, boo
 	return 0;
 }
 
+/* Wall-clock seconds, from 1 (0 would mean "never"; null is none), when
+ * present. json-c reads an integer past INT64_MAX as INT64_MAX: its
+ * unsigned value tells. */
+static int get_time(struct jpath *jp, struct json_object *o, const char *key, int64_t *out)
+{
+	struct json_object *v;
+	char what[64];
+	int ret = field(jp, o, key, json_type_int, false, &v);
+
+	*out = 0;
+	if (ret || (!v && !json_object_object_get_ex(o, key, NULL)))
+		return ret;   /* absent */
+	if (v)
+		*out = json_object_get_int64(v);
+	if (*out >= 1 && json_object_get_uint64(v) <= INT64_MAX)
+		return 0;
+	*out = 0;
+	snprintf(what, sizeof(what), "must be from 1 to %lld", (long long)INT64_MAX);
+	return bad(jp, key, what);
+}
+
 static int get_hex(struct jpath *jp, struct json_object *o, const char *key, char hex[65],
 		   uint8_t bin[32])
 {
@@ -446,7 +467,7 @@ static int load_json(struct registry *r, struct json_object *root, struct jpath 
 		struct json_object *o = json_object_array_get_idx(rs, i), *h;
 		struct route_entry ent = { 0 };
 		struct route *rt = malloc(sizeof(*rt) * (1 + ROUTE_HISTORY));
-		uint64_t deleted = 0;
+		int64_t deleted = 0;
 
 		if (!rt)
 			return -ENOMEM;
@@ -455,9 +476,7 @@ static int load_json(struct registry *r, struct json_object *root, struct jpath 
 		if (!ret)
 			ret = field(jp, o, "history", json_type_array, false, &h);
 		if (!ret)
-			ret = get_u64(jp, o, "deleted", false, INT64_MAX, &deleted);
-		if (!ret && json_object_object_get_ex(o, "deleted", NULL) && !deleted)
-			ret = bad(jp, "deleted", "must be from 1");
+			ret = get_time(jp, o, "deleted", &deleted);
 		/* no lorad deletes a route without keeping a name it could
 		 * restore (registry_prepare_delete); a live one keeps any name
 		 * an older lorad saved, so that its state still starts */
@@ -485,7 +504,7 @@ static int load_json(struct registry *r, struct json_object *root, struct jpath 
 			ent.hist[k] = &rt[1 + k];
 			ent.n_hist = (unsigned)k + 1;
 		}
-		ent.deleted = (int64_t)deleted;
+		ent.deleted = deleted;
 		if (!ret)
 			ret = route_entry_set(deleted ? r->deleted : r->routes, rt[0].skill, &ent);
 		free(rt);

@@ -663,6 +663,55 @@ static void odd_state(const char *dir, const char *skill, bool deleted)
 	json_object_put(root);
 }
 
+/*
+ * The "deleted" of a deleted route is seconds from 1 to INT64_MAX, one
+ * check and one message for every value out of it: -1 and 0 alike, and a
+ * value past INT64_MAX refused rather than read as INT64_MAX.
+ */
+static void test_registry_deleted_time(void **state)
+{
+	static const struct {
+		const char *json;
+		int64_t at;            /* read as; 0: refused */
+	} cases[] = {
+		{ "-1", 0 }, { "0", 0 }, { "18446744073709551615", 0 }, { "9223372036854775808", 0 },
+		{ "null", 0 }, { "1", 1 }, { "9223372036854775807", INT64_MAX },
+	};
+	char dir[128], path[256], e[512];
+	struct json_object *root, *rt;
+	struct route_entry ent;
+	struct statedir *sd;
+	struct registry *r;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		int ret;
+
+		assert_int_equal(rt_tmpdir(dir, sizeof(dir), "rdel"), 0);
+		odd_state(dir, "odd", true);
+		snprintf(path, sizeof(path), "%s/state.json", dir);
+		root = json_object_from_file(path);
+		assert_non_null(root);
+		rt = json_object_array_get_idx(json_object_object_get(root, "routes"), 1);
+		json_object_object_add(rt, "deleted", json_tokener_parse(cases[i].json));
+		assert_int_equal(json_object_to_file_ext(path, root, JSON_C_TO_STRING_PRETTY), 0);
+		json_object_put(root);
+		assert_int_equal(statedir_open(dir, &sd, e, sizeof(e)), 0);
+		r = registry_new(sd, NULL);
+		e[0] = 0;
+		ret = registry_load_state(r, e, sizeof(e));
+		registry_route_entry(r, "odd", &ent);
+		if (cases[i].at ? ret || ent.deleted != cases[i].at
+				: ret != -EINVAL || !strstr(e, "routes[1].deleted: must be from 1 to "
+							       "9223372036854775807"))
+			fail_msg("deleted %s: load %d '%s', read as %lld", cases[i].json, ret, e,
+				 (long long)ent.deleted);
+		registry_free(r);
+		statedir_close(sd);
+		rt_rm_rf(dir);
+	}
+}
+
 /* The version a request for @skill is given (no engine: not loaded). */
 static void resolved(struct registry *r, const char *skill, char id[ROUTE_NAME_MAX])
 {
@@ -862,6 +911,7 @@ int main(void)
 		cmocka_unit_test(test_registry_delete),
 		cmocka_unit_test(test_registry_deleted_bounded),
 		cmocka_unit_test(test_registry_deleted_skill_names),
+		cmocka_unit_test(test_registry_deleted_time),
 		cmocka_unit_test(test_registry_state_too_large),
 		cmocka_unit_test(test_registry_max_skills_zero),
 	};

@@ -282,8 +282,9 @@ static int rollout_targets(struct ops *o, struct job *j)
 	if (!cur) {
 		/* a first rollout: the whole skill goes to the version */
 		if (j->percent != ROUTE_BUCKETS) {
-			snprintf(j->err, sizeof(j->err), "skill %s has no route yet: set one first, or "
-				 "roll out 100", j->id);
+			snprintf(j->err, sizeof(j->err), "skill %s has no route%s: set one first, or "
+				 "roll out 100", j->id, registry_skill_has_state(o->opt.reg, j->id)
+				 ? ", it was deleted (route rollback restores it)" : " yet");
 			return -ENOENT;
 		}
 		memcpy(j->target[0], j->ver_id, ROUTE_NAME_MAX);

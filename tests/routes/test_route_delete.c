@@ -167,6 +167,8 @@ static void test_delete(void **state)
 		       "skill 'nosuch' has no route");
 	expect_refusal(d.admin, "{\"cmd\":\"route_delete\",\"skill\":\"sql\"}",
 		       "skill 'sql' has no route (deleted already");
+	expect_refusal(d.admin, "{\"cmd\":\"route_rollout\",\"skill\":\"sql\",\"version\":"
+		       "\"sql@v2\",\"percent\":\"20\"}", "it was deleted (route rollback restores it)");
 
 	/* kill -9: the deletion stays; --adapter does not seed sql again */
 	rt_daemon_kill(&d);

@@ -302,6 +302,21 @@ static void add_v2(const struct atk_daemon *d, const char *model)
 }
 
 /*
+ * The slow model, lorad on it (its --adapter x@v1, @extra arguments; the
+ * state kept) and x@v2 registered. @model holds 300 bytes, @adapter 400,
+ * @args 16: they stay the test's, for a restart.
+ */
+static void start_with_v2(struct atk_daemon *d, const char *tag, char *model, char *adapter,
+			  const char **args, const char *const *extra)
+{
+	assert_int_equal(slow_model(model, 300), 0);
+	daemon_args(args, model, adapter, 400, extra);
+	assert_int_equal(atk_daemon_init(d, tag), 0);
+	assert_int_equal(atk_daemon_start(d, args, ATK_STATE), 0);
+	add_v2(d, model);
+}
+
+/*
  * On the unfixed daemon the removal is refused at once ("x@v2 still serves
  * running requests"), before the request on it ended, and a request
  * naming it meanwhile is served.
@@ -323,11 +338,7 @@ static void test_remove_waits_for_requests(void **state)
 
 	(void)state;
 	atk_failures = 0;   /* each test reports its own */
-	assert_int_equal(slow_model(model, sizeof(model)), 0);
-	daemon_args(args, model, adapter, sizeof(adapter), NULL);
-	assert_int_equal(atk_daemon_init(&d, "a43w"), 0);
-	assert_int_equal(atk_daemon_start(&d, args, ATK_STATE), 0);
-	add_v2(&d, model);
+	start_with_v2(&d, "a43w", model, adapter, args, NULL);
 	/* w went to x@v2 once: a rollback would send it traffic again */
 	assert_true(admin_ok(d.admin, "{\"cmd\":\"route_set\",\"skill\":\"w\",\"versions\":"
 			     "{\"x@v2\":\"100\"}}", err, sizeof(err), NULL));
@@ -451,11 +462,7 @@ static void test_remove_gives_up(void **state)
 
 	(void)state;
 	atk_failures = 0;   /* each test reports its own */
-	assert_int_equal(slow_model(model, sizeof(model)), 0);
-	daemon_args(args, model, adapter, sizeof(adapter), extra);
-	assert_int_equal(atk_daemon_init(&d, "a43t"), 0);
-	assert_int_equal(atk_daemon_start(&d, args, ATK_STATE), 0);
-	add_v2(&d, model);
+	start_with_v2(&d, "a43t", model, adapter, args, extra);
 	assert_true(admin_ok(d.admin, "{\"cmd\":\"route_set\",\"skill\":\"t\",\"versions\":"
 			     "{\"x@v2\":\"100\"}}", err, sizeof(err), NULL));
 	for (int i = 0; i < 2; i++) {
@@ -530,11 +537,7 @@ static void test_remove_operator_hangs_up(void **state)
 
 	(void)state;
 	atk_failures = 0;   /* each test reports its own */
-	assert_int_equal(slow_model(model, sizeof(model)), 0);
-	daemon_args(args, model, adapter, sizeof(adapter), extra);
-	assert_int_equal(atk_daemon_init(&d, "a43h"), 0);
-	assert_int_equal(atk_daemon_start(&d, args, ATK_STATE), 0);
-	add_v2(&d, model);
+	start_with_v2(&d, "a43h", model, adapter, args, extra);
 	fd0 = atk_proc_fds(d.pid);
 	assert_true(fd0 > 0);
 
@@ -609,11 +612,7 @@ static void test_remove_then_sigterm(void **state)
 
 	(void)state;
 	atk_failures = 0;   /* each test reports its own */
-	assert_int_equal(slow_model(model, sizeof(model)), 0);
-	daemon_args(args, model, adapter, sizeof(adapter), extra);
-	assert_int_equal(atk_daemon_init(&d, "a43s"), 0);
-	assert_int_equal(atk_daemon_start(&d, args, ATK_STATE), 0);
-	add_v2(&d, model);
+	start_with_v2(&d, "a43s", model, adapter, args, extra);
 	assert_int_equal(stream_start(&st, d.sock, "x@v2", N_LONG), 0);
 	assert_true(stream_streams(&st, 8, 30000));
 	fd = admin_send(d.admin, "{\"cmd\":\"adapters_remove\",\"id\":\"x@v2\"}");
@@ -657,11 +656,7 @@ static void test_remove_wait_zero(void **state)
 
 	(void)state;
 	atk_failures = 0;   /* each test reports its own */
-	assert_int_equal(slow_model(model, sizeof(model)), 0);
-	daemon_args(args, model, adapter, sizeof(adapter), extra);
-	assert_int_equal(atk_daemon_init(&d, "a43z"), 0);
-	assert_int_equal(atk_daemon_start(&d, args, ATK_STATE), 0);
-	add_v2(&d, model);
+	start_with_v2(&d, "a43z", model, adapter, args, extra);
 	assert_int_equal(stream_start(&st, d.sock, "x@v2", N_LONG), 0);
 	assert_true(stream_streams(&st, 8, 30000));
 	ATK_EXPECT(!admin_ok(d.admin, "{\"cmd\":\"adapters_remove\",\"id\":\"x@v2\"}", err, sizeof(err),
@@ -711,11 +706,7 @@ static void test_save_fails_after_wait(void **state)
 
 	(void)state;
 	atk_failures = 0;
-	assert_int_equal(slow_model(model, sizeof(model)), 0);
-	daemon_args(args, model, adapter, sizeof(adapter), NULL);
-	assert_int_equal(atk_daemon_init(&d, "a43f"), 0);
-	assert_int_equal(atk_daemon_start(&d, args, ATK_STATE), 0);
-	add_v2(&d, model);
+	start_with_v2(&d, "a43f", model, adapter, args, NULL);
 	assert_int_equal(stream_start(&st, d.sock, "x@v2", N_WHOLE), 0);
 	assert_true(stream_streams(&st, 8, 30000));
 	fd = admin_send(d.admin, "{\"cmd\":\"adapters_remove\",\"id\":\"x@v2\"}");
@@ -769,11 +760,7 @@ static void test_jobs_pass_then_kill(void **state)
 
 	(void)state;
 	atk_failures = 0;
-	assert_int_equal(slow_model(model, sizeof(model)), 0);
-	daemon_args(args, model, adapter, sizeof(adapter), NULL);
-	assert_int_equal(atk_daemon_init(&d, "a43k"), 0);
-	assert_int_equal(atk_daemon_start(&d, args, ATK_STATE), 0);
-	add_v2(&d, model);
+	start_with_v2(&d, "a43k", model, adapter, args, NULL);
 	add_ver(&d, model, "x@v3");
 	assert_int_equal(stream_start(&st, d.sock, "x@v2", N_LONG), 0);
 	assert_true(stream_streams(&st, 8, 30000));
@@ -826,11 +813,7 @@ static void test_route_delete_interplay(void **state)
 
 	(void)state;
 	atk_failures = 0;
-	assert_int_equal(slow_model(model, sizeof(model)), 0);
-	daemon_args(args, model, adapter, sizeof(adapter), NULL);
-	assert_int_equal(atk_daemon_init(&d, "a43d"), 0);
-	assert_int_equal(atk_daemon_start(&d, args, ATK_STATE), 0);
-	add_v2(&d, model);
+	start_with_v2(&d, "a43d", model, adapter, args, NULL);
 	assert_true(admin_ok(d.admin, "{\"cmd\":\"route_set\",\"skill\":\"s\",\"versions\":"
 			     "{\"x@v2\":\"100\"}}", err, sizeof(err), NULL));
 	assert_int_equal(stream_start(&st, d.sock, "s", N_WHOLE), 0);
@@ -875,11 +858,7 @@ static void test_deadline_during_write(void **state)
 
 	(void)state;
 	atk_failures = 0;
-	assert_int_equal(slow_model(model, sizeof(model)), 0);
-	daemon_args(args, model, adapter, sizeof(adapter), extra);
-	assert_int_equal(atk_daemon_init(&d, "a43s"), 0);
-	assert_int_equal(atk_daemon_start(&d, args, ATK_STATE), 0);
-	add_v2(&d, model);
+	start_with_v2(&d, "a43l", model, adapter, args, extra);
 	assert_int_equal(stream_start(&st, d.sock, "x@v2", N_LONG), 0);
 	assert_true(stream_streams(&st, 8, 30000));
 	fd = admin_send(d.admin, "{\"cmd\":\"adapters_remove\",\"id\":\"x@v2\"}");
@@ -925,11 +904,7 @@ static void test_wake_by_cancel_and_death(void **state)
 
 	(void)state;
 	atk_failures = 0;
-	assert_int_equal(slow_model(model, sizeof(model)), 0);
-	daemon_args(args, model, adapter, sizeof(adapter), NULL);
-	assert_int_equal(atk_daemon_init(&d, "a43w"), 0);
-	assert_int_equal(atk_daemon_start(&d, args, ATK_STATE), 0);
-	add_v2(&d, model);
+	start_with_v2(&d, "a43c", model, adapter, args, NULL);
 	/* cancel */
 	assert_int_equal(stream_start(&st, d.sock, "x@v2", N_LONG), 0);
 	assert_true(stream_streams(&st, 8, 30000));

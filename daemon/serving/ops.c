@@ -726,6 +726,21 @@ static int cmd_adapters_jobs(void *ctx, struct json_object *req, struct json_obj
 		char id[ROUTE_NAME_MAX];
 		const char *st = "registering";
 
+		if (j->kind == J_REMOVE && j->state == JS_DRAIN) {
+			/* a removal waiting for its version's requests: how long
+			 * so far, and how long until it is given up */
+			e = json_object_new_object();
+			if (!e)
+				break;
+			json_object_object_add(e, "id", json_object_new_string(j->id));
+			json_object_object_add(e, "state", json_object_new_string("removing"));
+			json_object_object_add(e, "elapsed_ms",
+					       json_object_new_int64((int64_t)((now - j->drain_t0) / 1000000)));
+			json_object_object_add(e, "left_ms", json_object_new_int64(
+				j->deadline > now ? (int64_t)((j->deadline - now) / 1000000) : 0));
+			json_object_array_add(a, e);
+			continue;
+		}
 		if (j->kind != J_ADD)
 			continue;
 		e = json_object_new_object();

@@ -28,7 +28,8 @@ static const char usage_text[] =
 	"                                  when stdout is a terminal, a progress line (bytes read\n"
 	"                                  and hashed, MiB/s, then checking and registering)\n"
 	"                                  redrawn until the answer\n"
-	"  adapters jobs                   registrations not answered yet, how far each is\n"
+	"  adapters jobs                   registrations not answered yet, how far each is,\n"
+	"                                  and removals waiting for their requests\n"
 	"  adapters remove NAME@VER        unregister (refused while a route uses it); waits for\n"
 	"                                  the requests the engine runs on it, which end whole, at most\n"
 	"                                  the daemon's remove_wait_ms (then refused, and it\n"
@@ -286,7 +287,7 @@ static int wait_resident(const char *sock, const char *id, int timeout_s, bool t
 /* The word of an adapters_jobs state: one of loradctl's own. */
 static const char *job_word(const char *state)
 {
-	static const char *const words[] = { "reading", "checking", "registering" };
+	static const char *const words[] = { "reading", "checking", "registering", "removing" };
 
 	for (unsigned i = 0; i < sizeof(words) / sizeof(words[0]); i++)
 		if (!strcmp(state, words[i]))
@@ -418,6 +419,9 @@ static void print_human(const char *cmd, struct json_object *reply)
 			if (done >= 0 && total > 0 && done <= total)
 				snprintf(prog, sizeof(prog), "%d%% of %.1f MiB", (int)(done * 100 / total),
 					 total / 1048576.0);
+			else if (byte_count(v, "left_ms") >= 0)   /* a removal that waits */
+				snprintf(prog, sizeof(prog), "given up in %.1fs",
+					 byte_count(v, "left_ms") / 1000.0);
 			printf("%-32s %-12s %-22s %7.1fs  %s\n", clean(str(v, "id"), id, sizeof(id)),
 			       job_word(str(v, "state")), prog, ms >= 0 ? ms / 1000.0 : 0.0,
 			       clean(str(v, "path"), path, sizeof(path)));

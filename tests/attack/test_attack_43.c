@@ -359,6 +359,26 @@ static void test_remove_waits_for_requests(void **state)
 	/* it waits: listed as being removed, not answered */
 	ATK_EXPECT(wait_removing(d.admin, "x@v2", 5000), "x@v2 is not listed as being removed while "
 		   "a request runs on it");
+	/* adapters jobs lists it as a removal that waits */
+	{
+		struct json_object *r = NULL, *jobs, *e, *x;
+		bool seen = false;
+
+		if (atk_admin(d.admin, "{\"cmd\":\"adapters_jobs\"}", &r, 10000) == 0 &&
+		    json_object_object_get_ex(r, "jobs", &jobs))
+			for (size_t i = 0; i < json_object_array_length(jobs); i++) {
+				e = json_object_array_get_idx(jobs, i);
+				seen |= json_object_object_get_ex(e, "id", &x) &&
+					!strcmp(json_object_get_string(x), "x@v2") &&
+					json_object_object_get_ex(e, "state", &x) &&
+					!strcmp(json_object_get_string(x), "removing") &&
+					json_object_object_get_ex(e, "left_ms", &x) &&
+					json_object_get_int64(x) > 0;
+			}
+		ATK_EXPECT(seen, "adapters_jobs does not list the waiting removal: %s",
+			   r ? json_object_to_json_string(r) : "no reply");
+		json_object_put(r);
+	}
 	/* a new request naming it: one clear error, at once */
 	rc = atk_generate_once(d.sock, "x@v2", 4, &ev, 10000);
 	ATK_EXPECT(rc == 0 && ev.res == -EIDRM && ev.field == LORAD_FIELD_SKILL,

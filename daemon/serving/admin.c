@@ -295,9 +295,29 @@ uint64_t admin_defer(struct admin *a)
 
 /* After anything happened on @c: send what can be sent, then close it or
  * wait for what it needs next. */
+static void set_backlog(struct admin_conn *c, bool on)
+{
+	if (c->backlog != on) {
+		c->backlog = on;
+		c->a->n_backlog += on ? 1 : -1;
+	}
+}
+
+/* Whole requests wait for a turn's share: the connection could run one now
+ * but for the share. What is buffered is at most one read past the last
+ * request run, so looking for a whole line again is cheap. */
+static void update_backlog(struct admin_conn *c)
+{
+	set_backlog(c, !c->closing && !c->deferred && c->out_len - c->out_off < ADMIN_OUT_HIGH &&
+		    c->in_len && memchr(c->in, '\n', c->in_len) != NULL);
+}
+
 static void conn_settle(struct admin_conn *c)
 {
 	conn_flush(c);
+	/* a flush that sent a full reply queue frees requests that waited
+	 * for it: with no event left to wake them, they go to admin_run() */
+	update_backlog(c);
 	if (conn_done(c))
 		conn_close(c);
 	else
@@ -305,6 +325,14 @@ static void conn_settle(struct admin_conn *c)
 }
 
 static void conn_process(struct admin_conn *c, unsigned max);
+
+/* How many requests a connection may run from its own event (a read, room
+ * to write, an answer): none while others wait for their turn, so it joins
+ * admin_run()'s round instead of running ahead of it. */
+static unsigned event_share(const struct admin *a)
+{
+	return a->n_backlog ? 0 : UINT_MAX;
+}
 
 void admin_complete(struct admin *a, uint64_t ticket, struct json_object *reply, int ret)
 {
@@ -321,7 +349,7 @@ void admin_complete(struct admin *a, uint64_t ticket, struct json_object *reply,
 		}
 		conn_reply(c, reply);
 		c->deadline = now_ns() + (uint64_t)a->lim.timeout_ms * 1000000ull;
-		conn_process(c, UINT_MAX);   /* requests that waited behind a full reply queue */
+		conn_process(c, event_share(a));   /* requests that waited behind a full reply queue */
 		conn_settle(c);
 		break;
 	}
@@ -473,14 +501,6 @@ static bool turn_has_room(const struct admin *a)
 	return !a->turn_cmds || a->turn_ns < ADMIN_TURN_NS;
 }
 
-static void set_backlog(struct admin_conn *c, bool on)
-{
-	if (c->backlog != on) {
-		c->backlog = on;
-		c->a->n_backlog += on ? 1 : -1;
-	}
-}
-
 /*
  * Run up to @max of the whole request lines buffered so far, while replies
  * do not back up and the turn's share lasts. Lines left for want of share
@@ -514,10 +534,7 @@ static void conn_process(struct admin_conn *c, unsigned max)
 		memmove(c->in, c->in + at, c->in_len - at);
 		c->in_len -= at;
 	}
-	/* what is buffered is at most one read past the last request run, so
-	 * looking for a whole line again is cheap */
-	set_backlog(c, !c->closing && !c->deferred && c->out_len - c->out_off < ADMIN_OUT_HIGH &&
-		    c->in_len && memchr(c->in, '\n', c->in_len) != NULL);
+	update_backlog(c);
 	if (c->backlog && !turn_has_room(a))
 		a->st.turns_full++;
 }
@@ -546,7 +563,7 @@ static void conn_readable(struct admin_conn *c)
 		}
 		memcpy(c->in + c->in_len, buf, (size_t)k);
 		c->in_len += (size_t)k;
-		conn_process(c, UINT_MAX);
+		conn_process(c, event_share(c->a));
 		/* what is left is one partial line: a request is bounded as it arrives */
 		if (c->in_len > c->a->lim.max_request && !memchr(c->in, '\n', c->in_len)) {
 			struct json_object *reply = json_object_new_object();
@@ -562,7 +579,7 @@ static void conn_readable(struct admin_conn *c)
 			c->closing = true;   /* the rest of that line cannot be told from a new one */
 		}
 	}
-	conn_process(c, UINT_MAX);
+	conn_process(c, event_share(c->a));
 }
 
 static void refuse(int fd, const char *line)
@@ -645,7 +662,7 @@ bool admin_event(struct admin *a, void *ptr, uint32_t events)
 		if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP))
 			conn_readable(c);
 		conn_flush(c);
-		conn_process(c, UINT_MAX);   /* requests that waited for the reply queue to drain */
+		conn_process(c, event_share(a));   /* requests that waited for the reply queue to drain */
 		conn_settle(c);
 		return true;
 	}

@@ -67,7 +67,8 @@ int sqe_validate(const struct lorad_sqe *e, const struct sqe_limits *lim,
 	*field = LORAD_FIELD_NONE;
 	if (e->opcode == 0 || e->opcode >= LORAD_OP__MAX)
 		BAD(LORAD_FIELD_OPCODE, -EINVAL);
-	if (e->rsvd0)
+	/* a session with LORAD_FEAT_SEQ checked seq and cleared it in its copy */
+	if (e->seq)
 		BAD(LORAD_FIELD_RESERVED, -EINVAL);
 	if (e->opcode == LORAD_OP_CANCEL) {
 		/* a cancel names only its target; everything else must be zero */

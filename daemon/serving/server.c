@@ -308,7 +308,7 @@ static int send_welcome(struct session *s, int memfd)
 	struct lorad_welcome w = {
 		.magic = LORAD_MAGIC, .status = 0,
 		.abi_major = LORAD_ABI_MAJOR, .abi_minor = LORAD_ABI_MINOR,
-		.region_size = s->lay.size, .features = LORAD_FEATURES,
+		.region_size = s->lay.size, .features = s->seq ? LORAD_FEAT_SEQ : 0,
 	};
 	int fds[3] = { memfd, s->sq_efd, s->cq_efd };
 	union {
@@ -496,6 +496,8 @@ static int session_start(struct server *sv, struct session *s)
 		return -EPROTONOSUPPORT;
 	}
 	region_layout_compute(&s->lay, h.sq_entries, h.cq_entries, h.arena_size);
+	/* features it asks for that this daemon lacks are not granted, not refused */
+	s->seq = (h.features & LORAD_FEAT_SEQ) != 0;
 	ret = make_room(sv, s);
 	if (ret == -EUSERS) {
 		if (log_ratelimit_ok(&sv->accept_rl, now_ns(), "clients"))

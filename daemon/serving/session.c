@@ -153,6 +153,8 @@ static int64_t cq_room(struct session *s, uint32_t need)
 
 static void cq_put(struct session *s, const struct lorad_cqe *q)
 {
+	/* with LORAD_FEAT_SEQ not yet published: flags without the slot's
+	 * number, which cq_seal() stores last */
 	s->cqes[s->cq_tail & (s->lay.cq_entries - 1)] = *q;
 	s->cq_tail++;
 	s->cq_dirty = true;
@@ -182,6 +184,29 @@ static void pend_put(struct session *s, const struct lorad_cqe *q)
 	s->cq_blocked = true;
 }
 
+/*
+ * LORAD_FEAT_SEQ: publish the completions posted since the last flush by
+ * storing their flags with their slots' numbers, last one first, so the
+ * client, which polls the first, sees them whole and reaps them in one
+ * pass as it does completions published by the tail. The flags are read
+ * back from the slot: a client that changed them hurts only itself.
+ */
+static void cq_seal(struct session *s)
+{
+	uint32_t mask = s->lay.cq_entries - 1;
+
+	for (uint32_t i = s->cq_tail; i-- != s->cq_sealed;) {
+		uint32_t *f = &s->cqes[i & mask].flags;
+		uint32_t v = (ring_load_relaxed(f) & ~(0xffu << LORAD_CQE_SEQ_SHIFT)) |
+			     (uint32_t)lorad_ring_seq(i, s->lay.cq_entries) << LORAD_CQE_SEQ_SHIFT;
+
+		/* pairs with the client's ring_load_acquire(&cqe->flags) in
+		 * cq_posted() before it reads the rest of the completion */
+		ring_store_release(f, v);
+	}
+	s->cq_sealed = s->cq_tail;
+}
+
 int session_flush(struct session *s)
 {
 	int moved = 0;
@@ -204,6 +229,8 @@ int session_flush(struct session *s)
 		uint64_t one = 1;
 
 		s->cq_dirty = false;
+		if (s->seq)
+			cq_seal(s);
 		/* pairs with the client's ring_load_acquire(&cq->tail) in reap */
 		ring_store_release(&s->cq->tail, s->cq_tail);
 		/* store(cq tail) -> load(cq flags): the client sets NEED_WAKEUP,
@@ -439,21 +466,49 @@ static bool text_waits(const struct session *s, const struct lorad_sqe *e)
 	       s->text_held + e->prompt_len > s->lay.arena_size;
 }
 
+/*
+ * Entries the client has published from sq_head on, at most @max: by its
+ * tail, or (LORAD_FEAT_SEQ) by each entry's seq byte, read in the slot the
+ * next entry is taken from. Returns -1 for a tail the client corrupted.
+ */
+static int64_t sq_avail(struct session *s, uint32_t max)
+{
+	uint32_t n, mask = s->lay.sq_entries - 1;
+
+	if (!s->seq) {
+		/* pairs with the client's ring_store_release(&sq->tail) in sq_publish */
+		n = ring_load_acquire(&s->sq->tail) - s->sq_head;
+		if (n > s->lay.sq_entries)
+			return -1;
+		return n < max ? n : max;
+	}
+	for (n = 0; n < max && n < s->lay.sq_entries; n++) {
+		uint32_t i = s->sq_head + n;
+		const struct lorad_sqe *e = &s->sqes[i & mask];
+
+		/* pairs with the client's ring_store_release(&e->seq) in prep_one,
+		 * stored after the rest of the entry and its arena bytes */
+		if (ring_load_acquire(&e->seq) != lorad_ring_seq(i, s->lay.sq_entries))
+			break;
+		/* the entry's second line, written before the first */
+		__builtin_prefetch((const char *)e + LORAD_CACHELINE);
+	}
+	return n;
+}
+
 int session_poll(struct session *s, const struct session_limits *lim,
 		 const struct exec_ops *ex, void *exctx, bool draining)
 {
-	uint32_t tail, avail, want, taken = 0;
+	uint32_t avail, want, taken = 0;
 	uint64_t seen;
-	int64_t room;
+	int64_t ready, room;
 
 	if (s->state != SESSION_LIVE)
 		return 0;
-	/* pairs with the client's ring_store_release(&sq->tail) in sq_publish */
-	tail = ring_load_acquire(&s->sq->tail);
-	avail = tail - s->sq_head;
-	if (avail > s->lay.sq_entries)
+	ready = sq_avail(s, lim->poll_budget);
+	if (ready < 0)
 		return -EPROTO;
-	if (!avail) {
+	if (!ready) {
 		s->cq_blocked = s->pend_head != s->pend_tail;
 		return 0;
 	}
@@ -461,7 +516,7 @@ int session_poll(struct session *s, const struct session_limits *lim,
 	 * submit -> seen with it); once for all of them: one read costs about as
 	 * much as taking a small entry */
 	seen = now_ns();
-	want = avail < lim->poll_budget ? avail : lim->poll_budget;
+	want = (uint32_t)ready;
 	room = cq_room(s, want);
 	if (room < 0)
 		return -EPROTO;
@@ -486,6 +541,8 @@ int session_poll(struct session *s, const struct session_limits *lim,
 			__builtin_prefetch(ahead + LORAD_CACHELINE);
 		}
 		sqe_load(&e, &s->sqes[s->sq_head & mask]);
+		if (s->seq)
+			e.seq = 0;   /* checked by sq_avail(); elsewhere it must be 0 */
 		if (text_waits(s, &e)) {
 			/* left in the ring, read again when taken */
 			s->text_blocked = true;
@@ -510,6 +567,5 @@ bool session_ready(struct session *s)
 		return false;
 	if (s->cq_blocked)
 		return cq_room(s, 1) != 0;   /* room now, or a corrupt index to act on */
-	/* pairs with the client's ring_store_release(&sq->tail) */
-	return ring_load_acquire(&s->sq->tail) != s->sq_head;
+	return sq_avail(s, 1) != 0;
 }

@@ -96,8 +96,10 @@ struct session {
 	struct lorad_cqe *cqes;
 	struct lorad_region_stats *stats;
 	unsigned char *arena;
+	bool seq;                    /* LORAD_FEAT_SEQ granted: entries published in place */
 	uint32_t sq_head;            /* private copies of the indices we own */
 	uint32_t cq_tail;
+	uint32_t cq_sealed;          /* LORAD_FEAT_SEQ: completions published in place up to here */
 	uint32_t cq_head_seen;       /* the client's CQ head as last read (checked) */
 	bool cq_dirty;               /* posted since the last publish */
 	bool cq_blocked;             /* has work waiting for CQ room */

@@ -33,7 +33,22 @@
 				* 1.3: results (hello.results_size, lorad_results_hdr,
 				* LORAD_SQE_F_RESULT); 1.4: constrained decoding
 				* (LORAD_SQE_F_GRAMMAR, lorad_grammar_req) */
-#define LORAD_FEATURES    0ull         /* no optional features yet */
+/*
+ * Optional features: the client asks in hello.features, the daemon grants
+ * the ones it has in welcome.features (a daemon before them grants none),
+ * and both sides use what was granted.
+ *
+ * LORAD_FEAT_SEQ: entries are published in place. The client writes each
+ * submission's seq byte last (release), after the rest of the entry and
+ * everything in the arena it points at; the daemon writes each
+ * completion's flags last (release), with the top byte holding the same
+ * kind of number. The reader polls the slot it will read next instead of
+ * the other side's index: one line moves per direction where three did
+ * (index, entry, payload). The indices are still published, for the room
+ * checks and the sleep/wake handshake.
+ */
+#define LORAD_FEAT_SEQ    (1ull << 0)
+#define LORAD_FEATURES    LORAD_FEAT_SEQ  /* what this side understands */
 
 #define LORAD_CACHELINE   64
 #define LORAD_SKILL_MAX   32           /* bytes, including the NUL */
@@ -158,7 +173,7 @@ struct lorad_sqe {
 	uint8_t  opcode;             /* 12 enum lorad_op */
 	uint8_t  prompt_kind;        /* 13 enum lorad_prompt_kind */
 	uint8_t  priority;           /* 14 higher first, within the client */
-	uint8_t  rsvd0;              /* 15 must be zero */
+	uint8_t  seq;                /* 15 0; with LORAD_FEAT_SEQ lorad_ring_seq() of its index */
 	uint32_t flags;              /* 16 LORAD_SQE_F_* */
 	uint32_t max_tokens;         /* 20 */
 	uint32_t prompt_off;         /* 24 */
@@ -367,6 +382,7 @@ enum lorad_field {
 
 #define LORAD_CQE_F_MORE   (1u << 0)  /* not the last completion of this request */
 #define LORAD_CQE_F_SERVED (1u << 1)  /* final: the request's struct lorad_served is written */
+#define LORAD_CQE_SEQ_SHIFT 24        /* LORAD_FEAT_SEQ: flags >> 24 is lorad_ring_seq() of its index */
 
 struct lorad_cqe {
 	uint64_t user_data;          /*  0 */
@@ -404,6 +420,19 @@ LORAD_STATIC_ASSERT(sizeof(struct lorad_grammar_req) == 16, "grammar request lay
 LORAD_STATIC_ASSERT(sizeof(struct lorad_cqe) == 64, "cqe layout");
 LORAD_STATIC_ASSERT(__builtin_offsetof(struct lorad_sqe, skill) == 96, "sqe skill offset");
 LORAD_STATIC_ASSERT(__builtin_offsetof(struct lorad_cqe, version) == 48, "cqe version offset");
+
+/*
+ * The number that marks the entry at free-running index @idx of a ring of
+ * @entries (a power of two) as written (LORAD_FEAT_SEQ): its lap, seven
+ * bits, with the top bit set. Never 0, which is what a fresh region holds,
+ * and different from the lap before in every slot, at the 2^32 wrap too
+ * (the lap count is then a multiple of 128).
+ */
+static inline uint8_t lorad_ring_seq(uint32_t idx, uint32_t entries)
+{
+	/* entries is a power of two: a shift, not a division, on the hot path */
+	return (uint8_t)(0x80u | ((idx >> __builtin_ctz(entries)) & 0x7fu));
+}
 
 /*
  * Checksum of prompt bytes, echoed in every completion so both sides can

@@ -40,7 +40,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	CHECK(field == LORAD_FIELD_NONE);
 	CHECK(e.opcode == LORAD_OP_GENERATE || e.opcode == LORAD_OP_CANCEL);
-	CHECK(e.rsvd0 == 0);
+	CHECK(e.seq == 0);
 	if (e.opcode == LORAD_OP_CANCEL)
 		return 0;
 	/* only a text prompt may be empty: its special tokens are the prompt */

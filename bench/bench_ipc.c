@@ -5,12 +5,17 @@
  * loopback ping-pong with the same payload, all in one run.
  *
  * Modes, interleaved and repeated (medians reported):
- *   shm_poll   both sides poll, client and daemon pinned to different CPUs
+ *   shm_poll   both sides poll, client and daemon pinned to different CPUs;
+ *              entries published in place (LORAD_FEAT_SEQ, liblorad's default)
+ *   shm_poll_tail  the same by the ring indices alone (LORAD_RING_SEQ=0): the
+ *              baseline of shm_poll's ratio_vs_tail, each repetition's pair
+ *              run back to back
  *   shm_sleep  both sides sleep at once (spin 0): every request rings doorbells
  *   unix       UNIX stream socket ping-pong, 64-byte payload each way
  *   tcp        TCP loopback ping-pong (TCP_NODELAY), 64-byte payload each way
  * plus a throughput run: batches of 32 requests with 64-byte prompts, the
- * daemon validating and checksumming each, counted as completions reaped;
+ * daemon validating and checksumming each, counted as completions reaped
+ * (shm_poll_batch32, and shm_poll_batch32_tail by the indices alone);
  * and the floor under shm_poll: one cache line bounced between the same two
  * CPUs (line_pingpong; shm_poll's ratio_vs_line_rtt).
  *
@@ -443,6 +448,30 @@ static int shm_throughput(const char *sock, double seconds, double *rate, double
 
 static double line_p50;   /* median of the line round trips of all repetitions; 0: none */
 
+/*
+ * The protocol a connection uses: entries published in place (LORAD_FEAT_SEQ,
+ * liblorad's default) or by the indices alone, the baseline (LORAD_RING_SEQ=0).
+ */
+static void set_tail_protocol(int on)
+{
+	if (on)
+		setenv("LORAD_RING_SEQ", "0", 1);
+	else
+		unsetenv("LORAD_RING_SEQ");
+}
+
+/* median over repetitions of a[i] / b[i]: each pair ran back to back */
+static double ratio_median(const double *a, const double *b, int n)
+{
+	double r[32];
+
+	for (int i = 0; i < n; i++)
+		r[i] = b[i] > 0 ? a[i] / b[i] : 0;
+	return bench_median(r, n);
+}
+
+static double tail_ratio;   /* ratio_vs_tail of the next shm row printed; 0: none */
+
 static void print_rtt(const char *mode, struct rtt *reps, int n, double unix_p50, int pinned)
 {
 	double v[4][32], d[5][32];
@@ -477,6 +506,9 @@ static void print_rtt(const char *mode, struct rtt *reps, int n, double unix_p50
 		printf(", \"ratio_vs_unix\": %.3f", m.p50 / unix_p50);
 	if (pinned && line_p50 > 0)
 		printf(", \"line_rtt_us\": %.3f, \"ratio_vs_line_rtt\": %.2f", line_p50, m.p50 / line_p50);
+	if (tail_ratio > 0)
+		printf(", \"ratio_vs_tail\": %.3f", tail_ratio);
+	tail_ratio = 0;
 	printf("}\n");
 	fprintf(stderr, "%-10s p50 %8.2f us  p99 %8.2f us  p99.9 %8.2f us  %10.0f msg/s%s\n", mode,
 		m.p50, m.p99, m.p999, m.msgs_per_s, unix_p50 > 0 ? "" : "");
@@ -488,8 +520,9 @@ int main(int argc, char **argv)
 	int n_poll = 200000, n_sleep = 50000, n_sock = 50000;
 	double tput_s = 2.0;
 	char dir[] = "/tmp/lorad-bench-XXXXXX", sock_poll[PATH_MAX], sock_sleep[PATH_MAX];
-	struct rtt r_poll[32], r_sleep[32], r_unix[32], r_tcp[32];
-	double tput[32], tsteal[32], unix_p50s[32], lines[32];
+	struct rtt r_poll[32], r_tail[32], r_sleep[32], r_unix[32], r_tcp[32];
+	double tput[32], tsteal[32], tput_tail[32], tsteal_tail[32], unix_p50s[32], lines[32];
+	double p_poll[32], p_tail[32];
 	cpu_set_t orig;
 	int ncpu, can_pin, pin_cpu = 0, line_cpu = 0, ret = 1, i;
 	pid_t d_poll = -1, d_sleep = -1;
@@ -560,9 +593,19 @@ int main(int argc, char **argv)
 			/* polling modes only: client on one CPU, daemon on the other */
 			pin_self(pin_cpu);
 			lines[i] = line_rtt(line_cpu, 20000);
+			/* each protocol right after the other, so a change of the
+			 * vCPUs' placement between repetitions hits both alike */
 			if (shm_rtt(sock_poll, n_poll, 1000000, &r_poll[i]) ||
 			    shm_throughput(sock_poll, tput_s, &tput[i], &tsteal[i]))
 				goto out;
+			set_tail_protocol(1);
+			int bad = shm_rtt(sock_poll, n_poll, 1000000, &r_tail[i]) ||
+				  shm_throughput(sock_poll, tput_s, &tput_tail[i], &tsteal_tail[i]);
+			set_tail_protocol(0);
+			if (bad)
+				goto out;
+			p_poll[i] = r_poll[i].p50;
+			p_tail[i] = r_tail[i].p50;
 			unpin_self(&orig);
 		}
 		unix_p50s[i] = r_unix[i].p50;
@@ -577,9 +620,11 @@ int main(int argc, char **argv)
 
 	print_rtt("unix", r_unix, reps, 0, 0);
 	print_rtt("tcp", r_tcp, reps, unix_p50, 0);
-	if (can_pin)
+	if (can_pin) {
+		tail_ratio = ratio_median(p_poll, p_tail, reps);
 		print_rtt("shm_poll", r_poll, reps, unix_p50, 1);
-	else
+		print_rtt("shm_poll_tail", r_tail, reps, unix_p50, 1);
+	} else
 		printf("{\"bench\": \"ipc_rtt\", \"mode\": \"shm_poll\", \"skipped\": "
 		       "\"%d CPU available, needs 2\"}\n", ncpu);
 	print_rtt("shm_sleep", r_sleep, reps, unix_p50, 0);
@@ -588,8 +633,14 @@ int main(int argc, char **argv)
 
 		printf("{\"bench\": \"ipc_throughput\", \"mode\": \"shm_poll_batch32\", "
 		       "\"prompt_bytes\": %d, \"seconds_per_rep\": %.1f, \"reps\": %d, "
+		       "\"requests_per_s\": %.0f, \"steal_pct\": %.2f, \"ratio_vs_tail\": %.3f}\n",
+		       PAYLOAD, tput_s, reps, m, bench_median(tsteal, reps),
+		       ratio_median(tput, tput_tail, reps));
+		printf("{\"bench\": \"ipc_throughput\", \"mode\": \"shm_poll_batch32_tail\", "
+		       "\"prompt_bytes\": %d, \"seconds_per_rep\": %.1f, \"reps\": %d, "
 		       "\"requests_per_s\": %.0f, \"steal_pct\": %.2f}\n",
-		       PAYLOAD, tput_s, reps, m, bench_median(tsteal, reps));
+		       PAYLOAD, tput_s, reps, bench_median(tput_tail, reps),
+		       bench_median(tsteal_tail, reps));
 		fprintf(stderr, "throughput (batches of 32, %d-byte prompts): %.2f M requests/s\n",
 			PAYLOAD, m / 1e6);
 	}

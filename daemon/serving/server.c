@@ -524,6 +524,8 @@ static int session_start(struct server *sv, struct session *s)
 	sv->shm_used += s->lay.size;
 	results_offer(sv, s, h.results_size);
 	memcpy(region_at(s->map, s->lay.results_off), &s->res, sizeof(s->res));
+	/* the header says what this session was granted, as the welcome does */
+	((struct lorad_region_hdr *)s->map)->features = s->seq ? LORAD_FEAT_SEQ : 0;
 	s->sq = region_at(s->map, s->lay.sq_ctl_off);
 	s->cq = region_at(s->map, s->lay.cq_ctl_off);
 	s->sqes = region_at(s->map, s->lay.sqes_off);

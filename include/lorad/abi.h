@@ -419,6 +419,9 @@ LORAD_STATIC_ASSERT(sizeof(struct lorad_results_hdr) == 192, "results header lay
 LORAD_STATIC_ASSERT(sizeof(struct lorad_grammar_req) == 16, "grammar request layout");
 LORAD_STATIC_ASSERT(sizeof(struct lorad_cqe) == 64, "cqe layout");
 LORAD_STATIC_ASSERT(__builtin_offsetof(struct lorad_sqe, skill) == 96, "sqe skill offset");
+LORAD_STATIC_ASSERT(__builtin_offsetof(struct lorad_sqe, seq) == 15 &&
+		    __builtin_offsetof(struct lorad_sqe, flags) == 16, "sqe seq offset");
+LORAD_STATIC_ASSERT(__builtin_offsetof(struct lorad_cqe, flags) == 16, "cqe flags offset");
 LORAD_STATIC_ASSERT(__builtin_offsetof(struct lorad_cqe, version) == 48, "cqe version offset");
 
 /*

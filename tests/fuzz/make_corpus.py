@@ -16,8 +16,12 @@ import struct
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GENERATE, CANCEL = 1, 2
-# region layout for sq 8, cq 8, arena 64 KiB, as region_layout_compute makes it
-SQ_CTL, CQ_CTL, SQES, ARENA = 128, 320, 576, 4096
+# region layout for sq 8, cq 8, arena 64 KiB, as region_layout_compute makes it:
+# the SQEs after the results header (ABI 1.3, 192 bytes at 576), the CQEs at
+# SQES + 8 * 128, the arena at 4096. Check it against the C when the layout
+# changes: entries left at the old offset land in a header the daemon never
+# reads, and every seed is then one invalid entry of zeros.
+SQ_CTL, CQ_CTL, SQES, ARENA = 128, 320, 768, 4096
 
 
 def sqe(user_data=1, tag=1, opcode=GENERATE, kind=0, prio=0, rsvd=0, flags=0, max_tokens=8,

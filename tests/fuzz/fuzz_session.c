@@ -24,7 +24,13 @@
  *        deadline passes, every request still in flight is cancelled with
  *        -ESHUTDOWN; bit 4: the client goes away after the rounds, what is in
  *        flight (running, queued, parked, on a helper thread) is dropped;
- *        otherwise it is run to its end first (a bounded number of steps)
+ *        otherwise it is run to its end first (a bounded number of steps);
+ *        bit 5: the session is granted LORAD_FEAT_SEQ: an entry is taken by
+ *        its seq byte, sq->tail is never read (with bit 2 the entries' seq
+ *        bytes are revealed one per round instead), and a flush publishes
+ *        each completion by the seq in the top byte of its flags
+ *        (LORAD_FUZZ_SEQ in the environment sets it for every input, to
+ *        spend a run on that protocol alone)
  *   9    rounds: 2 + (byte % 14)
  *   10   the prompt limit of the config (sched_set_max_prompt_tokens, as a
  *        reload sets it): byte % 4 picks 0 (the model's), 1, 100 or 600
@@ -70,6 +76,9 @@ static struct classifier *cls;
 static struct registry *reg;
 static struct sched *sch;
 static bool dump;   /* LORAD_FUZZ_DUMP: every completion on stderr, to check seeds */
+static bool seq;    /* this input's session has LORAD_FEAT_SEQ (ctl bit 5) */
+static bool all_seq;   /* LORAD_FUZZ_SEQ: every input's session has it */
+static uint32_t cq_published;   /* completions before this one were published and checked */
 
 static const struct session_limits lim = {
 	/* result rows offered as the model has them (vocab 640, hidden 16), in the arena */
@@ -133,6 +142,7 @@ static void init(void)
 
 	log_set_level(getenv("LORAD_FUZZ_LOG") ? LOG_PRI_DEBUG : 0);
 	dump = getenv("LORAD_FUZZ_DUMP") != NULL;
+	all_seq = getenv("LORAD_FUZZ_SEQ") != NULL;
 	region_layout_compute(&lay, 8, 8, 64u << 10);
 	/* exactly the region: one byte past it is an ASan report */
 	buf = aligned_alloc(4096, lay.size);
@@ -195,6 +205,30 @@ static void check_cqes(const struct session *s, uint32_t from)
 	}
 }
 
+/*
+ * The top byte of the flags of the completions posted since the last
+ * flush: 0 until a flush publishes them (a client of LORAD_FEAT_SEQ polls
+ * that byte and would read a half-written completion), after it the
+ * slot's seq with the feature and still 0 without. @flushed: a
+ * session_flush has just run (cancels post without one).
+ */
+static void check_published(const struct session *s, bool flushed)
+{
+	CHECK(s->cq_tail - cq_published <= lay.cq_entries);
+	for (uint32_t i = cq_published; i != s->cq_tail; i++) {
+		uint32_t f = s->cqes[i & (lay.cq_entries - 1)].flags;
+
+		CHECK(f >> LORAD_CQE_SEQ_SHIFT ==
+		      (flushed && seq ? lorad_ring_seq(i, lay.cq_entries) : 0u));
+		CHECK(!(f & ~(0xffu << LORAD_CQE_SEQ_SHIFT) &
+			~(LORAD_CQE_F_MORE | LORAD_CQE_F_SERVED)));
+	}
+	if (flushed) {
+		CHECK(!seq || s->cq_sealed == s->cq_tail);
+		cq_published = s->cq_tail;
+	}
+}
+
 /* One turn of the engine loop for this session. Returns false on -EPROTO. */
 static bool turn(struct session *s, bool draining, bool reap, uint32_t *seen)
 {
@@ -206,6 +240,10 @@ static bool turn(struct session *s, bool draining, bool reap, uint32_t *seen)
 		return false;
 	}
 	CHECK((uint32_t)r <= lim.poll_budget && s->sq_head - head0 == (uint32_t)r);
+	/* with LORAD_FEAT_SEQ nothing is taken that its seq byte did not publish */
+	for (uint32_t i = head0; seq && i != s->sq_head; i++)
+		CHECK(ring_load_relaxed(&s->sqes[i & (lay.sq_entries - 1)].seq) ==
+		      lorad_ring_seq(i, lay.sq_entries));
 	sched_ops.step(sch);
 	r = session_flush(s);
 	if (r < 0) {
@@ -218,6 +256,7 @@ static bool turn(struct session *s, bool draining, bool reap, uint32_t *seen)
 		check_cqes(s, *seen);
 		*seen = s->cq_tail;
 	}
+	check_published(s, true);
 	if (reap)
 		ring_store_relaxed(&s->cq->head, s->cq_tail);
 	return true;
@@ -228,6 +267,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct session *s;
 	struct sched_stats st;
 	uint32_t sq0 = 0, cq0 = 0, tail, seen;
+	uint8_t seqs[8];
 	static const int prompt_limits[4] = { 0, 1, 100, 600 };
 	uint8_t ctl = 0;
 	unsigned rounds = 2;
@@ -273,17 +313,32 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (session_build(s, &lim))
 		abort();
 	s->state = SESSION_LIVE;
+	/* as the server sets them when the client asked for the feature */
+	seq = (ctl & 32) || all_seq;
+	s->seq = seq;
+	s->cq_sealed = cq_published = cq0;
 
-	/* the client's last published tail; with bit 2 it is revealed one entry a round */
+	/* the client's last published tail; with bit 2 it is revealed one entry
+	 * a round, in a seq session the entries' seq bytes are */
 	tail = ring_load_relaxed(&s->sq->tail);
+	for (uint32_t i = 0; i < lay.sq_entries; i++) {
+		seqs[i] = s->sqes[(sq0 + i) & (lay.sq_entries - 1)].seq;
+		if (seq && (ctl & 4))
+			s->sqes[(sq0 + i) & (lay.sq_entries - 1)].seq = 0;
+	}
 	for (unsigned round = 0; live && round < rounds; round++) {
-		if ((ctl & 4) && tail - sq0 <= lay.sq_entries)
+		if ((ctl & 4) && seq && round < lay.sq_entries)
+			ring_store_relaxed(&s->sqes[(sq0 + round) & (lay.sq_entries - 1)].seq,
+					   seqs[round]);
+		else if ((ctl & 4) && !seq && tail - sq0 <= lay.sq_entries)
 			ring_store_relaxed(&s->sq->tail,
 					   sq0 + (round + 1 < tail - sq0 ? round + 1 : tail - sq0));
 		live = turn(s, (ctl & 2) && round == rounds - 1, ctl & 1, &seen);
 	}
 	/* the drain deadline passed: what is left is cancelled, as the server does */
 	if (live && (ctl & 8)) {
+		int fr;
+
 		for (struct sreq *r = s->inflight, *rn; r; r = rn) {
 			rn = r->next;
 			if (!r->cancelled) {
@@ -292,12 +347,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			}
 		}
 		check_cqes(s, seen);
+		check_published(s, false);
 		seen = s->cq_tail;
+		/* the server's next turn flushes them (and finals that waited for room) */
+		fr = session_flush(s);
+		if (fr < 0) {
+			CHECK(fr == -EPROTO);
+			live = false;
+		} else {
+			check_cqes(s, seen);
+			seen = s->cq_tail;
+			check_published(s, true);
+		}
 	}
 	/* run what was taken to its end (a bounded number of steps), the client reaping */
 	t_end = mono_ns() + HELPER_WAIT_NS;
 	if (ctl & 16)
 		live = false;   /* the client went away */
+	for (uint32_t i = 0; seq && i < lay.sq_entries; i++)
+		ring_store_relaxed(&s->sqes[i].seq, 0);   /* nothing new */
 	for (unsigned k = 0; live && sched_ops.busy(sch) && k < 64; k++) {
 		ring_store_relaxed(&s->sq->tail, s->sq_head);   /* nothing new */
 		live = turn(s, true, true, &seen);

@@ -16,8 +16,12 @@ import struct
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GENERATE, CANCEL = 1, 2
-# region layout for sq 8, cq 8, arena 64 KiB, as region_layout_compute makes it
-SQ_CTL, CQ_CTL, SQES, ARENA = 128, 320, 576, 4096
+# region layout for sq 8, cq 8, arena 64 KiB, as region_layout_compute makes it:
+# the SQEs after the results header (ABI 1.3, 192 bytes at 576), the CQEs at
+# SQES + 8 * 128, the arena at 4096. Check it against the C when the layout
+# changes: entries left at the old offset land in a header the daemon never
+# reads, and every seed is then one invalid entry of zeros.
+SQ_CTL, CQ_CTL, SQES, ARENA = 128, 320, 768, 4096
 
 
 def sqe(user_data=1, tag=1, opcode=GENERATE, kind=0, prio=0, rsvd=0, flags=0, max_tokens=8,
@@ -82,7 +86,13 @@ write("region", "invalid-entries", region(0, 0, 3, 8, 0, bad, prompt * 20))
 SESS_CQES = SQES + 8 * 128     # where the input's arena starts
 TEXT = 1
 F_IGNORE_EOS, F_NO_SPECIAL, F_SERVED = 1, 2, 4
-REAP, DRAIN, TRICKLE, SHUTDOWN, GONE = 1, 2, 4, 8, 16
+REAP, DRAIN, TRICKLE, SHUTDOWN, GONE, SEQ = 1, 2, 4, 8, 16, 32
+SEQ_OFF = 15                   # struct lorad_sqe.seq
+
+
+def ring_seq(idx, entries=8):
+    """lorad_ring_seq(): the byte that publishes the entry at free-running index @idx."""
+    return 0x80 | ((idx % 2**32) // entries & 0x7f)
 
 
 class Arena:
@@ -139,6 +149,9 @@ def session(sqes, a, ctl=REAP, rounds=12, sq0=0, cq0=0, sq_tail=None, cq_head=No
     for i, e in enumerate(sqes):
         slot = (sq0 + i) % 8
         b[SQES + slot * 128:SQES + slot * 128 + 128] = e
+        if ctl & SEQ and e[SEQ_OFF] == 0:
+            # LORAD_FEAT_SEQ: published by its seq byte (one set already is kept)
+            b[SQES + slot * 128 + SEQ_OFF] = ring_seq(sq0 + i)
     return bytes(b) + bytes(a.buf)
 
 
@@ -301,3 +314,66 @@ write("session", "grammar", session(
      gen_grammar(a, 2, [2, 3, 4], 3, b"(yes|no)[.!]", max_tokens=4),
      gen_grammar(a, 3, b"x", 1, b"", max_tokens=6),
      gen_grammar(a, 4, b"x", 3, b"(a|b)*a(a|b){20}", max_tokens=2)], a, rounds=15))
+
+
+# LORAD_FEAT_SEQ (ctl bit 5): entries published by their seq bytes, the SQ
+# tail ignored, completions published by the seq in their flags' top byte.
+def with_seq(e, idx):
+    """@e carrying the seq byte of index @idx (a wrong one, where @idx is not its own)."""
+    return e[:SEQ_OFF] + bytes([ring_seq(idx)]) + e[SEQ_OFF + 1:]
+
+
+# across 2^32, which is also a seven-bit lap wrap, with a tail an index
+# session would end with -EPROTO for
+a = Arena()
+write("session", "seq-wrap", session(
+    [gen(a, i + 1, [i + 3] * (i + 2), max_tokens=1 + i % 8) for i in range(8)], a,
+    ctl=REAP | SEQ, rounds=6, sq0=0xfffffffc, cq0=0xfffffffa, sq_tail=0x12345678))
+
+# the seven-bit lap wrap alone: lap 127 to lap 128 (seq 0xff to 0x80)
+a = Arena()
+write("session", "seq-lap-wrap", session(
+    [gen(a, i + 1, list(range(5, 9 + i)), max_tokens=3, flags=F_SERVED,
+         ext_off=ext(a, served=True)[0], ext_len=32) for i in range(6)], a,
+    ctl=REAP | SEQ, rounds=5, sq0=1021, cq0=1019, sq_tail=0))
+
+# the third entry carries its lap before's seq, the rest their own: two are
+# taken, then nothing, whatever the tail says
+a = Arena()
+e = [gen(a, i + 1, [7, 8, 9], max_tokens=2) for i in range(6)]
+e[2] = with_seq(e[2], 40 + 2 - 8)
+write("session", "seq-gap", session(e, a, ctl=REAP | SEQ, rounds=4, sq0=40, cq0=40, sq_tail=46))
+
+# the lap after's seq, and a seq without its top bit: nothing taken
+a = Arena()
+e = [gen(a, i + 1, [7, 8, 9], max_tokens=2) for i in range(3)]
+write("session", "seq-wrong-lap", session(
+    [with_seq(e[0], 300 + 8), e[1], e[2]], a, ctl=REAP | SEQ, rounds=3, sq0=300, cq0=0))
+a = Arena()
+e = [gen(a, 1, [7, 8, 9], max_tokens=2)]
+write("session", "seq-no-top-bit", session(
+    [e[0][:SEQ_OFF] + bytes([ring_seq(77) & 0x7f]) + e[0][SEQ_OFF + 1:]], a,
+    ctl=REAP | SEQ, rounds=3, sq0=77, cq0=5))
+
+# the seq bytes revealed one per round: a cancel finds its target running
+a = Arena()
+write("session", "seq-cancel-running", session(
+    [gen(a, 1, list(range(10, 60)), max_tokens=8), gen(a, 2, b"keep going", max_tokens=8),
+     sqe(user_data=9, tag=1, opcode=CANCEL, kind=0, max_tokens=0, prompt_len=0, out_off=0,
+         out_len=0, top_p=0.0, rep=0.0),
+     sqe(user_data=10, tag=2, opcode=CANCEL, kind=0, max_tokens=0, prompt_len=0, out_off=0,
+         out_len=0, top_p=0.0, rep=0.0)], a, ctl=REAP | TRICKLE | SEQ, rounds=8,
+    sq0=0xfffffffe, cq0=0xffffffff, sq_tail=0))
+
+# no reaping: finals wait for CQ room, and each flush publishes what it moved
+a = Arena()
+write("session", "seq-cq-full", session(
+    [gen(a, i + 1, [i + 3] * 4, max_tokens=2) for i in range(8)], a, ctl=SEQ, rounds=8,
+    sq0=1020, cq0=6, cq_head=0))
+
+# the drain deadline: the cancels' completions go out unpublished, the next flush seals them
+a = Arena()
+write("session", "seq-deadline-shutdown", session(
+    [gen(a, 1, [7, 8, 9], deadline=1), gen(a, 2, list(range(100, 400)), max_tokens=8),
+     gen(a, 3, b"drained", max_tokens=8, ext_off=ext(a, times=True)[0], ext_len=32)],
+    a, ctl=REAP | DRAIN | SHUTDOWN | SEQ, rounds=3, sq0=0x7ffffffe, cq0=0x3ff))

@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -366,6 +367,12 @@ err:
 int raw_connect(const char *path, struct raw_session *rs, uint32_t sq, uint32_t cq,
 		uint32_t arena)
 {
+	return raw_connect_ex(path, rs, sq, cq, arena, 0);
+}
+
+int raw_connect_ex(const char *path, struct raw_session *rs, uint32_t sq, uint32_t cq,
+		   uint32_t arena, uint64_t features)
+{
 	struct lorad_hello h;
 	struct lorad_welcome w;
 	int fds[3], ret;
@@ -376,6 +383,7 @@ int raw_connect(const char *path, struct raw_session *rs, uint32_t sq, uint32_t 
 	h.sq_entries = sq;
 	h.cq_entries = cq;
 	h.arena_size = arena;
+	h.features = features;
 	ret = raw_hello(path, &h, &w, fds, &rs->sock);
 	if (ret)
 		return ret;
@@ -400,6 +408,9 @@ int raw_connect(const char *path, struct raw_session *rs, uint32_t sq, uint32_t 
 	rs->sqes = region_at(rs->map, rs->lay.sqes_off);
 	rs->cqes = region_at(rs->map, rs->lay.cqes_off);
 	rs->arena = region_at(rs->map, rs->lay.arena_off);
+	rs->features = w.features;
+	/* only what both asked for and granted is used, as liblorad does */
+	rs->seq = (w.features & features & LORAD_FEAT_SEQ) != 0;
 	rs->sq_tail = ring_load_relaxed(&rs->sq->tail);
 	rs->cq_head = ring_load_relaxed(&rs->cq->head);
 	/* always ask for the CQ doorbell: raw_reap sleeps on it */
@@ -433,15 +444,37 @@ static void doorbell(int fd)
 	(void)!write(fd, &one, sizeof(one));
 }
 
-int raw_submit(struct raw_session *rs, const struct lorad_sqe *e)
+int raw_place(struct raw_session *rs, const struct lorad_sqe *e)
 {
 	/* pairs with the daemon's release of sq->head */
 	uint32_t head = ring_load_acquire(&rs->sq->head);
+	struct lorad_sqe *d = &rs->sqes[rs->sq_tail & (rs->lay.sq_entries - 1)];
+	size_t so = offsetof(struct lorad_sqe, seq);
 
 	if (rs->sq_tail - head >= rs->lay.sq_entries)
 		return -EAGAIN;
-	rs->sqes[rs->sq_tail & (rs->lay.sq_entries - 1)] = *e;
+	if (!rs->seq) {
+		*d = *e;
+		rs->sq_tail++;
+		return 0;
+	}
+	/* every byte but seq, which a spinning daemon may be reading now */
+	memcpy(d, e, so);
+	memcpy((char *)d + so + 1, (const char *)e + so + 1, sizeof(*e) - so - 1);
+	/* pairs with the daemon's ring_load_acquire(&e->seq) in sq_avail */
+	ring_store_release(&d->seq, lorad_ring_seq(rs->sq_tail, rs->lay.sq_entries));
 	rs->sq_tail++;
+	return 0;
+}
+
+int raw_submit(struct raw_session *rs, const struct lorad_sqe *e)
+{
+	int r = raw_place(rs, e);
+
+	if (r)
+		return r;
+	/* a seq session publishes the tail too, for the daemon's sleep/wake
+	 * handshake, as liblorad does */
 	ring_store_release(&rs->sq->tail, rs->sq_tail);
 	ring_smp_mb();
 	doorbell(rs->sq_efd);
@@ -465,14 +498,21 @@ int raw_reap(struct raw_session *rs, struct lorad_cqe *q, int timeout_ms)
 	uint64_t deadline = mono_ns() + (uint64_t)timeout_ms * 1000000ull;
 
 	for (;;) {
-		/* pairs with the daemon's release of cq->tail */
-		uint32_t tail = ring_load_acquire(&rs->cq->tail);
+		struct lorad_cqe *slot = &rs->cqes[rs->cq_head & (rs->lay.cq_entries - 1)];
 		struct pollfd p;
 		uint64_t v;
+		bool posted;
 		int g;
 
-		if (tail != rs->cq_head) {
-			*q = rs->cqes[rs->cq_head & (rs->lay.cq_entries - 1)];
+		if (rs->seq)
+			/* pairs with the daemon's ring_store_release(&cqe->flags) in cq_seal */
+			posted = ring_load_acquire(&slot->flags) >> LORAD_CQE_SEQ_SHIFT ==
+				 lorad_ring_seq(rs->cq_head, rs->lay.cq_entries);
+		else
+			/* pairs with the daemon's release of cq->tail */
+			posted = ring_load_acquire(&rs->cq->tail) != rs->cq_head;
+		if (posted) {
+			*q = *slot;
 			rs->cq_head++;
 			ring_store_release(&rs->cq->head, rs->cq_head);
 			ring_smp_mb();

@@ -68,6 +68,8 @@ struct raw_session {
 	struct lorad_cqe *cqes;
 	unsigned char *arena;
 	uint32_t sq_tail, cq_head;
+	uint64_t features;        /* what the welcome granted */
+	bool seq;                 /* LORAD_FEAT_SEQ: entries published in place */
 };
 
 /*
@@ -79,14 +81,26 @@ int raw_hello(const char *path, const struct lorad_hello *hello,
 	      struct lorad_welcome *w, int fds[3], int *sock);
 void raw_hello_default(struct lorad_hello *h);
 
-/* Full handshake and mapping; keeps the memfd open. Returns 0 or -errno/-status. */
+/* Full handshake and mapping; keeps the memfd open. Returns 0 or -errno/-status.
+ * raw_connect asks for no features: entries published by the indices alone. */
 int raw_connect(const char *path, struct raw_session *rs, uint32_t sq, uint32_t cq,
 		uint32_t arena);
+/* The same asking for @features (hello.features); rs->features and rs->seq
+ * say what the daemon granted. */
+int raw_connect_ex(const char *path, struct raw_session *rs, uint32_t sq, uint32_t cq,
+		   uint32_t arena, uint64_t features);
 void raw_close(struct raw_session *rs);
-/* Copy @e into the next SQ slot, publish, ring the doorbell. -EAGAIN when full. */
+/* Copy @e into the next SQ slot, publish, ring the doorbell. -EAGAIN when full.
+ * In a seq session the slot's seq byte is stored last (release), whatever
+ * e->seq holds; without, e->seq is copied as it is. */
 int raw_submit(struct raw_session *rs, const struct lorad_sqe *e);
+/* Only the first half of raw_submit: copy @e into the next slot and, in a
+ * seq session, seal it; neither sq->tail nor the doorbell moves. */
+int raw_place(struct raw_session *rs, const struct lorad_sqe *e);
 /* Wait up to @timeout_ms for one CQE. Returns 1, 0 on timeout, or -ECONNRESET
- * / the goodbye reason when the daemon closed the session. */
+ * / the goodbye reason when the daemon closed the session. A seq session
+ * polls the seq in the flags of the slot at its head (left in q->flags),
+ * never cq->tail. */
 int raw_reap(struct raw_session *rs, struct lorad_cqe *q, int timeout_ms);
 /* A valid GENERATE entry: prompt of @n tokens at arena offset 0 (written),
  * output after it. */

@@ -725,6 +725,35 @@ static void test_abi(void **state)
 		close(fds[i]);
 	close(sock);
 
+	/* optional features: what the daemon has is granted, a bit it does not
+	 * know is neither granted nor a reason to refuse, none asked none given */
+	{
+		static const struct {
+			uint64_t ask, want;
+		} f[] = {
+			{ LORAD_FEAT_SEQ | 1ull << 63, LORAD_FEAT_SEQ },
+			{ LORAD_FEAT_SEQ, LORAD_FEAT_SEQ },
+			{ 1ull << 63 | 1ull << 1, 0 },
+			{ 0, 0 },
+		};
+
+		for (unsigned i = 0; i < sizeof(f) / sizeof(f[0]); i++) {
+			raw_hello_default(&h);
+			h.features = f[i].ask;
+			assert_int_equal(raw_hello(d.sock, &h, &w, fds, &sock), 0);
+			assert_int_equal(w.status, 0);
+			if (w.features != f[i].want)
+				fail_msg("hello.features %#llx: welcome.features %#llx, want %#llx",
+					 (unsigned long long)f[i].ask, (unsigned long long)w.features,
+					 (unsigned long long)f[i].want);
+			for (int k = 0; k < 3; k++) {
+				assert_true(fds[k] >= 0);
+				close(fds[k]);
+			}
+			close(sock);
+		}
+	}
+
 	/* not a lorad client at all: closed without a region */
 	raw_hello_default(&h);
 	h.magic = 0x12345678;
@@ -1197,6 +1226,167 @@ static void test_slow_client_stream(void **state)
 	slow_client(args, true);
 }
 
+/* --- (l) LORAD_FEAT_SEQ: the slots publish, and only the right bytes ------------------------- */
+
+/* A byte other than @right, the seq of the entry a slot is read for next:
+ * the ones a confused or hostile client writes, and random ones. */
+static uint8_t wrong_seq(uint64_t *seed, uint32_t idx, uint32_t entries)
+{
+	uint8_t right = lorad_ring_seq(idx, entries), v;
+
+	switch (trand(seed) % 6) {
+	case 0: v = 0; break;
+	case 1: v = lorad_ring_seq(idx - entries, entries); break;   /* the lap before's */
+	case 2: v = lorad_ring_seq(idx + entries, entries); break;   /* the lap after's */
+	case 3: v = right & 0x7f; break;                              /* no top bit */
+	case 4: v = right ^ 0x40; break;                              /* 64 laps away */
+	default: v = (uint8_t)trand(seed); break;
+	}
+	return v == right ? (uint8_t)(v ^ 1) : v;
+}
+
+static void check_raw_answer(struct raw_session *rs, const struct lorad_cqe *q, uint64_t ud,
+			     uint32_t n_prompt, uint32_t out_off, uint32_t n_out)
+{
+	if (q->user_data != ud || q->res || q->finish != LORAD_FINISH_LENGTH || q->n_out != n_out ||
+	    q->checksum != lorad_checksum32(rs->arena, n_prompt * 4))
+		fail_msg("request %#llx: ud %#llx res %d finish %u n_out %u/%u checksum %#x",
+			 (unsigned long long)ud, (unsigned long long)q->user_data, q->res, q->finish,
+			 q->n_out, n_out, q->checksum);
+	for (uint32_t k = 0; k < n_out; k++)
+		assert_int_equal(((uint32_t *)(void *)(rs->arena + out_off))[k], nullgen_token(ud, k));
+	/* a seq session found it by its slot's seq; without, the byte is never written */
+	assert_int_equal(q->flags >> LORAD_CQE_SEQ_SHIFT,
+			 rs->seq ? lorad_ring_seq(rs->cq_head - 1, rs->lay.cq_entries) : 0);
+}
+
+/*
+ * A session granted LORAD_FEAT_SEQ, against a daemon that spins (polls its
+ * rings without sleeping between requests, so no doorbell is needed):
+ * (a) entries sealed with their seq, sq->tail never moved and no doorbell
+ *     rung, are answered: the daemon reads the slot, not the index;
+ * (b) the client scribbles wrong seq bytes (0, the lap before's, the lap
+ *     after's, without the top bit, 64 laps away, random) over the slot
+ *     the daemon reads next, right ones over some slots after it, random
+ *     flags over every CQ slot and a tail that says entries wait, and
+ *     rings the doorbell: nothing is taken, the session lives on, and a
+ *     liblorad client of the same daemon gets every answer right
+ *     meanwhile; then a right entry is answered again;
+ * (c) a session without the feature that sets the byte anyway, to the
+ *     value a seq session would (a client that ignored the welcome), gets
+ *     LORAD_FIELD_RESERVED; test_invalid_raw's m_rsvd sends 1.
+ */
+static void test_seq_hostile(void **state)
+{
+	static const char *const args[] = { "--spin-us", "60000000", NULL };
+	uint64_t seed = 0x5e9b17e5ull, ud = 0x5e0000;
+	struct raw_session rs, rt;
+	struct lorad_region_stats *st;
+	struct lorad_sqe e;
+	struct lorad_cqe q;
+	struct tdaemon d;
+	struct lorad *c;
+	uint32_t tail0, h, taken;
+
+	(void)state;
+	start(&d, args);
+	assert_int_equal(lorad_connect(d.sock, NULL, &c), 0);
+	assert_int_equal(raw_connect_ex(d.sock, &rs, 8, 8, 64u << 10, LORAD_FEAT_SEQ), 0);
+	assert_true(rs.seq);
+	assert_int_equal(rs.features, LORAD_FEAT_SEQ);
+	st = region_at(rs.map, rs.lay.stats_off);
+	tail0 = ring_load_relaxed(&rs.sq->tail);
+
+	/* (a) 20 entries, over two and a half laps of the ring, by their slots alone */
+	for (unsigned i = 0; i < 20; i++, ud++) {
+		raw_valid_sqe(&rs, &e, ud, 1 + i % 9, 1 + i % 5);
+		assert_int_equal(raw_place(&rs, &e), 0);
+		if (raw_reap(&rs, &q, 10000) != 1)
+			fail_msg("entry %u, sealed with tail %u and no doorbell: no answer", i, tail0);
+		check_raw_answer(&rs, &q, ud, 1 + i % 9, e.out_off, 1 + i % 5);
+	}
+	assert_int_equal(ring_load_acquire(&rs.sq->tail), tail0);
+	assert_int_equal(ring_load_acquire(&rs.sq->head), rs.sq_tail);
+	taken = rs.sq_tail - tail0;
+	assert_int_equal(st->sq_consumed, taken);
+	roundtrip(c, 1u << 20, 8);
+
+	/* (b) every slot keeps the valid body (a) left there: a slot taken for
+	 * a byte that does not publish it would be answered, and seen */
+	h = rs.sq_tail;
+	for (unsigned round = 0; round < 1000; round++) {
+		uint64_t one = 1;
+
+		for (uint32_t k = 0; k < rs.lay.sq_entries; k++) {
+			uint32_t idx = h + k;
+			uint8_t v = k && trand(&seed) % 2 ? lorad_ring_seq(idx, rs.lay.sq_entries)
+							 : wrong_seq(&seed, idx, rs.lay.sq_entries);
+
+			ring_store_release(&rs.sqes[idx & (rs.lay.sq_entries - 1)].seq, v);
+		}
+		for (uint32_t k = 0; k < rs.lay.cq_entries; k++) {
+			uint32_t idx = rs.cq_head + k, f = (uint32_t)trand(&seed);
+
+			/* not the byte the client itself waits for: that one lies to it alone */
+			if (f >> LORAD_CQE_SEQ_SHIFT == lorad_ring_seq(idx, rs.lay.cq_entries))
+				f ^= 1u << LORAD_CQE_SEQ_SHIFT;
+			ring_store_relaxed(&rs.cqes[idx & (rs.lay.cq_entries - 1)].flags, f);
+		}
+		ring_store_release(&rs.sq->tail, h + 1 + (uint32_t)(trand(&seed) % 8));
+		(void)!write(rs.sq_efd, &one, sizeof(one));
+		if (round % 40 == 0)
+			roundtrip(c, (2u + round) << 20, 8);
+		else
+			usleep(200);
+		assert_int_equal(raw_goodbye(&rs), 0);
+	}
+	/* the last pass leaves no slot sealed right */
+	for (uint32_t k = 0; k < rs.lay.sq_entries; k++)
+		ring_store_release(&rs.sqes[(h + k) & (rs.lay.sq_entries - 1)].seq,
+				   wrong_seq(&seed, h + k, rs.lay.sq_entries));
+	sleep_ms(50);
+	if (ring_load_acquire(&rs.sq->head) != h || st->sq_consumed != taken)
+		fail_msg("the daemon took %u entries no right seq published",
+			 ring_load_acquire(&rs.sq->head) - h);
+	assert_int_equal(raw_goodbye(&rs), 0);
+	/* a right one is answered, through CQ slots the client scribbled on */
+	for (unsigned i = 0; i < 10; i++, ud++) {
+		raw_valid_sqe(&rs, &e, ud, 3 + i, 2 + i % 3);
+		assert_int_equal(raw_place(&rs, &e), 0);
+		assert_int_equal(raw_reap(&rs, &q, 10000), 1);
+		check_raw_answer(&rs, &q, ud, 3 + i, e.out_off, 2 + i % 3);
+		assert_int_equal(ring_load_acquire(&rs.sq->head), h + 1 + i);
+	}
+	roundtrip(c, 1u << 30, 16);
+
+	/* (c) the byte set in a session that was not granted the feature */
+	assert_int_equal(raw_connect(d.sock, &rt, 8, 8, 64u << 10), 0);
+	assert_false(rt.seq);
+	assert_int_equal(rt.features, 0);
+	for (unsigned i = 0; i < 10; i++, ud++) {
+		raw_valid_sqe(&rt, &e, ud, 4, 3);
+		e.seq = lorad_ring_seq(rt.sq_tail, rt.lay.sq_entries);
+		assert_int_equal(raw_submit(&rt, &e), 0);
+		assert_int_equal(raw_reap(&rt, &q, 10000), 1);
+		if (q.user_data != ud || q.res != -EINVAL || q.err_field != LORAD_FIELD_RESERVED ||
+		    q.finish != LORAD_FINISH_ERROR || q.flags >> LORAD_CQE_SEQ_SHIFT)
+			fail_msg("seq byte %#x without the feature: ud %#llx res %d field %s flags %#x",
+				 e.seq, (unsigned long long)q.user_data, q.res,
+				 lorad_field_name(q.err_field), q.flags);
+		/* and the session goes on */
+		raw_valid_sqe(&rt, &e, ud | 1ull << 40, 4, 3);
+		assert_int_equal(raw_submit(&rt, &e), 0);
+		assert_int_equal(raw_reap(&rt, &q, 10000), 1);
+		check_raw_answer(&rt, &q, ud | 1ull << 40, 4, e.out_off, 3);
+	}
+	assert_int_equal(raw_goodbye(&rt), 0);
+	raw_close(&rt);
+	raw_close(&rs);
+	roundtrip(c, 3ull << 30, 8);
+	lorad_close(c);
+	stop_clean(&d);
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
@@ -1214,6 +1404,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_drain_timeout),
 		cmocka_unit_test(test_slow_client),
 		cmocka_unit_test(test_slow_client_stream),
+		cmocka_unit_test(test_seq_hostile),
 	};
 
 	signal(SIGPIPE, SIG_IGN);

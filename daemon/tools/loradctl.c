@@ -435,9 +435,13 @@ static void print_human(const char *cmd, struct json_object *reply)
 			struct json_object *v = json_object_array_get_idx(a, i), *x;
 			char where[16];
 
-			/* where its bytes are (device, host, loading, failed, disk);
-			 * "-" from a daemon that does not say */
-			clean(str(v, "residency"), where, sizeof(where));
+			/* where its bytes are (device, host, loading, failed, disk),
+			 * "removing" while its removal waits for its requests; "-"
+			 * from a daemon that does not say */
+			if (json_object_object_get_ex(v, "removing", &x) && json_object_get_boolean(x))
+				snprintf(where, sizeof(where), "removing");
+			else
+				clean(str(v, "residency"), where, sizeof(where));
 			printf("%-32s %-9s %-8s %-7s %-6s %.12s   %s\n", str(v, "id"),
 			       json_object_object_get_ex(v, "resident", &x) && json_object_get_boolean(x) ? "yes" : "no",
 			       where[0] ? where : "-",

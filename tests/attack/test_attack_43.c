@@ -379,6 +379,18 @@ static void test_remove_waits_for_requests(void **state)
 			   r ? json_object_to_json_string(r) : "no reply");
 		json_object_put(r);
 	}
+	/* and the operator's table says so in its WHERE column */
+	{
+		static const char *const list[] = { "adapters", "list", NULL };
+		char out[8192] = "", err[1024] = "";
+		const char *line;
+
+		assert_int_equal(atk_ctl(d.admin, list, out, sizeof(out), err, sizeof(err), 10000, NULL), 0);
+		line = strstr(out, "x@v2 ");
+		ATK_EXPECT(line && strstr(line, " removing ") &&
+			   (!strchr(line, '\n') || strstr(line, " removing ") < strchr(line, '\n')),
+			   "loradctl adapters list does not mark x@v2 as being removed:\n%s", out);
+	}
 	/* a new request naming it: one clear error, at once */
 	rc = atk_generate_once(d.sock, "x@v2", 4, &ev, 10000);
 	ATK_EXPECT(rc == 0 && ev.res == -EIDRM && ev.field == LORAD_FIELD_SKILL,

@@ -367,7 +367,7 @@ int lorad_connect(const char *path, const struct lorad_connect_opts *opts,
 	hello.magic = LORAD_MAGIC;
 	hello.abi_major = LORAD_ABI_MAJOR;
 	hello.abi_minor = LORAD_ABI_MINOR;
-	hello.features = LORAD_FEATURES;
+	hello.features = LORAD_FEAT_SEQ;
 	/* LORAD_RING_SEQ=0: publish by the indices alone, as before ABI
 	 * features (benchmarks' baseline, and a way round a suspected fault) */
 	{
@@ -1007,13 +1007,14 @@ static unsigned fail_pending(struct lorad *c, struct lorad_event *ev, unsigned m
 /*
  * Whether the daemon has posted the completion at free-running index @idx
  * (the next to reap): its tail has passed it, or (LORAD_FEAT_SEQ) the
- * slot's flags carry the slot's number. Reads only the shared region and
+ * slot's flags carry the slot's number (stored last by the daemon's
+ * cq_seal). Reads only the shared region and
  * what connect set, so it needs no lock.
  */
 static inline bool cq_posted(struct lorad *c, uint32_t idx)
 {
 	if (c->seq)
-		/* pairs with the daemon's ring_store_release(&cqe->flags) in cq_put */
+		/* pairs with the daemon's ring_store_release(&cqe->flags) in cq_seal */
 		return ring_load_acquire(&c->cqes[idx & (c->lay.cq_entries - 1)].flags) >>
 			       LORAD_CQE_SEQ_SHIFT == lorad_ring_seq(idx, c->lay.cq_entries);
 	/* pairs with the daemon's ring_store_release(&cq->tail) after it wrote the entries */
@@ -1074,12 +1075,21 @@ static int reap_cq_locked(struct lorad *c, struct lorad_event *ev, unsigned max)
 		if (c->last_times)
 			__builtin_prefetch(c->arena + c->last_times);
 	}
-	while (head != tail && n < max) {
-		struct lorad_cqe q = c->cqes[head & (c->lay.cq_entries - 1)];
+	for (;;) {
+		while (head != tail && n < max) {
+			struct lorad_cqe q = c->cqes[head & (c->lay.cq_entries - 1)];
 
-		head++;
-		if (take_cqe(c, &q, &ev[n]))
-			n++;
+			head++;
+			if (take_cqe(c, &q, &ev[n]))
+				n++;
+		}
+		/* completions the library could not place took no event: look
+		 * for as many more as they left room for, within one ring's worth */
+		if (n == max || head != tail || head - c->cq_head >= c->lay.cq_entries)
+			break;
+		tail = head + cq_ready(c, head, max - n);
+		if (head == tail)
+			break;
 	}
 	if (head != c->cq_head) {
 		c->cq_head = head;

@@ -497,7 +497,7 @@ static int session_start(struct server *sv, struct session *s)
 	}
 	region_layout_compute(&s->lay, h.sq_entries, h.cq_entries, h.arena_size);
 	/* features it asks for that this daemon lacks are not granted, not refused */
-	s->seq = (h.features & LORAD_FEAT_SEQ) != 0;
+	s->seq = (h.features & LORAD_FEATURES_KNOWN & LORAD_FEAT_SEQ) != 0;
 	ret = make_room(sv, s);
 	if (ret == -EUSERS) {
 		if (log_ratelimit_ok(&sv->accept_rl, now_ns(), "clients"))

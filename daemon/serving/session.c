@@ -501,7 +501,7 @@ static int64_t sq_avail(struct session *s, uint32_t max)
 		uint32_t i = s->sq_head + n;
 		const struct lorad_sqe *e = &s->sqes[i & mask];
 
-		/* pairs with the client's ring_store_release(&e->seq) in prep_one,
+		/* pairs with the client's ring_store_release(&e->seq) in sq_seal,
 		 * stored after the rest of the entry and its arena bytes */
 		if (ring_load_acquire(&e->seq) != lorad_ring_seq(i, s->lay.sq_entries))
 			break;

@@ -48,7 +48,11 @@
  * checks and the sleep/wake handshake.
  */
 #define LORAD_FEAT_SEQ    (1ull << 0)
-#define LORAD_FEATURES    LORAD_FEAT_SEQ  /* what this side understands */
+#define LORAD_FEATURES_KNOWN  LORAD_FEAT_SEQ  /* every feature this header defines */
+/* What a hello that asks for nothing sends; kept 0 so a client written by
+ * hand against an older header, which sends it, never gets a feature it
+ * does not speak. Ask for features by name and use what the welcome grants. */
+#define LORAD_FEATURES    0ull
 
 #define LORAD_CACHELINE   64
 #define LORAD_SKILL_MAX   32           /* bytes, including the NUL */
@@ -173,7 +177,10 @@ struct lorad_sqe {
 	uint8_t  opcode;             /* 12 enum lorad_op */
 	uint8_t  prompt_kind;        /* 13 enum lorad_prompt_kind */
 	uint8_t  priority;           /* 14 higher first, within the client */
-	uint8_t  seq;                /* 15 0; with LORAD_FEAT_SEQ lorad_ring_seq() of its index */
+	union {                      /* 15 0; with LORAD_FEAT_SEQ lorad_ring_seq() of its index */
+		uint8_t seq;
+		uint8_t rsvd0;       /* its name before LORAD_FEAT_SEQ */
+	};
 	uint32_t flags;              /* 16 LORAD_SQE_F_* */
 	uint32_t max_tokens;         /* 20 */
 	uint32_t prompt_off;         /* 24 */

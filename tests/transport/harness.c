@@ -287,7 +287,7 @@ void raw_hello_default(struct lorad_hello *h)
 	h->magic = LORAD_MAGIC;
 	h->abi_major = LORAD_ABI_MAJOR;
 	h->abi_minor = LORAD_ABI_MINOR;
-	h->features = 0;      /* entries published by the tail alone, as a 1.4 client does */
+	h->features = LORAD_FEATURES;   /* asks for nothing: published by the tail alone */
 }
 
 int raw_hello(const char *path, const struct lorad_hello *hello,

@@ -877,10 +877,6 @@ int registry_prepare_remove(struct registry *r, const char *id, struct reg_chang
 			 "the requests running on it end", id);
 		return -EALREADY;
 	}
-	if (pool_entry_busy(v->pe)) {
-		snprintf(err, errlen, "%s is being loaded; try again in a moment", id);
-		return -EBUSY;
-	}
 	*out = change_new(RC_REMOVE);
 	if (!*out)
 		return -ENOMEM;
@@ -890,6 +886,12 @@ int registry_prepare_remove(struct registry *r, const char *id, struct reg_chang
 	 * would be left there for good. New requests are refused from here on,
 	 * so the ones running on it can only get fewer. */
 	v->removing = true;
+	if (pool_entry_busy(v->pe)) {
+		/* the load ends on its own (its buffers are the entry's): the
+		 * requests that waited for it are refused when they look again */
+		snprintf(err, errlen, "%s is being loaded", id);
+		return -EINPROGRESS;
+	}
 	/* out of the engine now: a version nobody routes to is only reloaded on
 	 * request, so this costs nothing if the removal is not made durable */
 	if (pool_unload(r->pool, v->pe)) {
@@ -903,6 +905,8 @@ int registry_remove_ready(struct registry *r, const struct reg_change *ch)
 {
 	if (ch->kind != RC_REMOVE || !ch->target)
 		return -EINVAL;
+	if (pool_entry_busy(ch->target->pe))
+		return -EINPROGRESS;
 	/* the engine refuses while a sequence holds the adapter: cheap, a count */
 	return pool_unload(r->pool, ch->target->pe) ? -EBUSY : 0;
 }

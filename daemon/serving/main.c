@@ -342,8 +342,11 @@ static void on_loads(void *ctx)
 {
 	struct daemon *d = ctx;
 
-	if (pool_poll(registry_pool(d->reg)) > 0 && d->sch)
-		sched_loads_done(d->sch);
+	if (pool_poll(registry_pool(d->reg)) > 0) {
+		if (d->sch)
+			sched_loads_done(d->sch);
+		ops_loads_done(d->ops);   /* a removal may wait for one */
+	}
 }
 
 /* "<socket>.lock", taken before anything touches @path. */

@@ -483,15 +483,15 @@ static int start_inspect(struct ops *o, struct job *j, struct json_object *reply
 /* --- removals that wait for their requests ----------------------------------------------- */
 
 /*
- * A removal whose version still serves running requests waits for them in
- * JS_DRAIN, out of the order of the other jobs: those are applied and
+ * A removal whose version is being loaded or still serves running requests
+ * waits for them in JS_DRAIN, out of the order of the other jobs: those are applied and
  * answered meanwhile, since each state written is the running state with
  * one change (the removal's, written once its requests ended, holds every
  * change made before it), and none of them can concern the version (the
  * registry refuses routes, pins and registrations of a version being
  * removed). It is looked at again when a request on a version being
- * removed ends (on_final) and at its deadline, not on every turn of the
- * engine loop.
+ * removed ends (on_final), when loads end (ops_loads_done) and at its
+ * deadline, not on every turn of the engine loop.
  */
 static void drain_start(struct ops *o, struct job *j, uint64_t now)
 {
@@ -503,7 +503,9 @@ static void drain_start(struct ops *o, struct job *j, uint64_t now)
 	j->state = JS_DRAIN;
 	pthread_mutex_unlock(&o->lock);
 	o->n_drain++;
-	log_info("removing %s once the requests running on it end (remove_wait_ms %u)", j->id,
+	log_info("removing %s once %s (remove_wait_ms %u)", j->id,
+		 strstr(j->err, "being loaded") ? "its load ends and no request runs on it"
+						: "the requests running on it end",
 		 o->opt.remove_wait_ms);
 }
 
@@ -519,6 +521,13 @@ static void drain_give_up(struct ops *o, struct job *j, int ret)
 	job_unlink(o, j);
 }
 
+void ops_loads_done(struct ops *o)
+{
+	/* a removal may wait for one of them: looked at next turn */
+	if (o && o->n_drain)
+		o->drain_kick = true;
+}
+
 /* The removals that wait: those whose requests ended go on to be written,
  * those past their deadline are given up. */
 static void drain_check(struct ops *o, uint64_t now)
@@ -530,7 +539,9 @@ static void drain_check(struct ops *o, uint64_t now)
 		next = j->next;
 		if (j->kind != J_REMOVE || j->state != JS_DRAIN)
 			continue;
-		if (!registry_remove_ready(o->opt.reg, j->ch)) {
+		int ready = registry_remove_ready(o->opt.reg, j->ch);
+
+		if (!ready) {
 			pthread_mutex_lock(&o->lock);
 			j->state = JS_READY;
 			j->drained = true;
@@ -539,8 +550,10 @@ static void drain_check(struct ops *o, uint64_t now)
 			j->err[0] = 0;   /* "still serves running requests" no longer holds */
 			o->n_drain--;
 		} else if (now >= j->deadline) {
-			snprintf(j->err, sizeof(j->err), "%s was not removed: requests still ran on it "
-				 "after %llu ms (remove_wait_ms); it serves again", j->id,
+			snprintf(j->err, sizeof(j->err), "%s was not removed: %s after %llu ms "
+				 "(remove_wait_ms); it serves again", j->id,
+				 ready == -EINPROGRESS ? "its load had not ended"
+						       : "requests still ran on it",
 				 (unsigned long long)((j->deadline - j->drain_t0) / 1000000));
 			drain_give_up(o, j, -ETIMEDOUT);
 		} else if (j->deadline < o->drain_due) {

@@ -89,6 +89,10 @@ void ops_stop(struct ops *o);
 /* Move jobs on: take what threads finished, apply, answer. On the engine thread, every turn. */
 void ops_poll(struct ops *o);
 
+/* Adapter loads ended (the engine thread saw them): a removal that waits
+ * for one is looked at next turn. */
+void ops_loads_done(struct ops *o);
+
 /* Jobs not answered yet. */
 unsigned ops_pending(const struct ops *o);
 

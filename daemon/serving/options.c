@@ -114,9 +114,9 @@ const struct opt_def opt_table[] = {
 		  "oldest forgotten first (logged: the config may seed a forgotten one again)",
 	  .reload = true },
 	{ "remove_wait_ms", "limits", OPT_U32, F(remove_wait_ms), 60000, NULL, 0, 600000,
-	  .arg = "N", .help = "a removal (loradctl adapters remove) waits this long for the requests "
-	  "running on the version, which takes no new ones meanwhile; then it is given up and the "
-	  "version serves again (0: refused at once while requests run on it)", .reload = true },
+	  .arg = "N", .help = "a removal (loradctl adapters remove) waits this long for the version's load and "
+	  "the requests running on it, which takes no new ones meanwhile; then it is given up and "
+	  "the version serves again (0: refused at once while it loads or requests run on it)", .reload = true },
 	{ "grammar_memory", "limits", OPT_SIZE, F(grammar_memory), 1 * G, NULL, 64 * K, 1ull << 40,
 	  .arg = "SIZE", .help = "memory of compiled grammars alive at once, cached or held by "
 	  "requests; a new grammar past it is refused (-EBUSY)", .reload = true },

@@ -9,6 +9,8 @@
  * again with its tiers and metrics as they were; an operator who hangs up
  * leaves no spinning daemon; a SIGTERM answers a waiting removal and the
  * daemon exits cleanly. A removal is no eviction in the tier metrics.
+ * A removal while the version is being loaded waits for the load too:
+ * the requests that waited for it get -EIDRM, the answer comes after it.
  *
  * The requests run on a model slow enough (about 2 ms a token on one
  * thread here, 3000 tokens in some 6 s) that the test acts while they do.
@@ -272,6 +274,32 @@ static char *tier_and_version_metrics(const char *admin, const char *ver)
 	}
 	json_object_put(r);
 	return out;
+}
+
+/* A big adapter of the slow model (rank 256 on all seven projections, some
+ * 40 MB): its load takes long enough (tens of ms) for a removal to meet it. */
+static void big_adapter(const char *model)
+{
+	const char *argv[] = { atk_mkmodel_bin(), model, "--vocab", "640", "--hidden", "512",
+			       "--layers", "4", "--heads", "8", "--kv-heads", "4", "--ffn", "1536",
+			       "--max-pos", "4096", "--dtype", "bf16", "--seed", "5", "--adapter",
+			       "big", "--rank", "256", "--alpha", "16", "--targets",
+			       "q,k,v,o,gate,up,down", "--no-model", NULL };
+	char err[1024];
+
+	assert_int_equal(atk_run(argv, NULL, 0, err, sizeof(err), 120000, NULL), 0);
+}
+
+/* big@v1 registered, and its load started (a prefetch, answered at once) */
+static void big_loading(const struct atk_daemon *d, const char *model)
+{
+	char line[600], err[640];
+
+	snprintf(line, sizeof(line), "{\"cmd\":\"adapters_add\",\"id\":\"big@v1\",\"path\":"
+		 "\"%s/big\"}", model);
+	assert_true(admin_ok(d->admin, line, err, sizeof(err), NULL));
+	assert_true(admin_ok(d->admin, "{\"cmd\":\"adapters_prefetch\",\"id\":\"big@v1\"}", err,
+			     sizeof(err), NULL));
 }
 
 static void daemon_args(const char **args, char *model, char *adapter, size_t alen,
@@ -696,9 +724,65 @@ static void test_remove_wait_zero(void **state)
 		   strstr(err, "remove_wait_ms is 0") && ms < 2000,
 		   "the removal with remove_wait_ms 0: '%s' after %u ms", err, ms);
 	ATK_EXPECT(atk_listed_flag(d.admin, "x@v2", "removing") == 0, "x@v2 is left being removed");
+	/* nor is a load waited for */
+	big_adapter(model);
+	big_loading(&d, model);
+	ATK_EXPECT(!admin_ok(d.admin, "{\"cmd\":\"adapters_remove\",\"id\":\"big@v1\"}", err,
+			     sizeof(err), &ms) && strstr(err, "being loaded") &&
+		   strstr(err, "remove_wait_ms is 0") && ms < 2000,
+		   "the removal of a loading version with remove_wait_ms 0: '%s' after %u ms", err, ms);
+	ATK_EXPECT(atk_listed_flag(d.admin, "big@v1", "removing") == 0, "big@v1 is left being removed");
 	assert_int_equal(lorad_cancel(st.c, 43), 0);
 	ATK_EXPECT(stream_wait_end(&st, 30000), "the cancelled request had no final event");
 	stream_close(&st);
+	ATK_EXPECT(atk_daemon_stop(&d, 15000, NULL) == 0, "SIGTERM: not a clean exit");
+	assert_int_equal(atk_failures, 0);
+}
+
+/*
+ * A removal that meets the version's load. On the unfixed daemon it is
+ * refused at once ("big@v1 is being loaded; try again in a moment").
+ */
+static void test_remove_waits_for_load(void **state)
+{
+	static const char rm[] = "{\"cmd\":\"adapters_remove\",\"id\":\"big@v1\"}";
+	char model[300], adapter[400], err[640];
+	const char *args[16];
+	struct atk_daemon d;
+	struct stream st;
+	struct lorad_event ev;
+	unsigned ms;
+	int rc;
+
+	(void)state;
+	atk_failures = 0;   /* each test reports its own */
+	start_with_v2(&d, "a43l", model, adapter, args, NULL);
+	big_adapter(model);
+	for (int round = 0; round < 2; round++) {
+		big_loading(&d, model);
+		/* a request for it waits for the load, or meets the removal */
+		assert_int_equal(stream_start(&st, d.sock, "big@v1", 4), 0);
+		ATK_EXPECT(admin_ok(d.admin, rm, err, sizeof(err), &ms),
+			   "round %d: the removal of big@v1 during its load: '%s' after %u ms", round,
+			   err, ms);
+		ATK_EXPECT(stream_wait_end(&st, 30000) && st.fin.res == -EIDRM &&
+			   st.fin.field == LORAD_FIELD_SKILL, "round %d: the request for big@v1: "
+			   "res %d (%s), field %u", round, st.fin.res, lorad_strerror(st.fin.res),
+			   st.fin.field);
+		stream_close(&st);
+		ATK_EXPECT(atk_listed_flag(d.admin, "big@v1", "resident") == -1,
+			   "round %d: big@v1 is still listed after its removal", round);
+	}
+	ATK_EXPECT(atk_log_has(&d, "removing big@v1 once its load ends", 2000),
+		   "the removal never met the load (the machine read 40 MB faster than an admin "
+		   "command): the test proved nothing");
+	/* the others served all along; the files register and serve again */
+	rc = atk_generate_once(d.sock, "x@v1", 4, &ev, 30000);
+	ATK_EXPECT(rc == 0 && ev.res == 0, "x@v1 after the removals: %d, res %d", rc, ev.res);
+	big_loading(&d, model);
+	rc = atk_generate_once(d.sock, "big@v1", 4, &ev, 30000);
+	ATK_EXPECT(rc == 0 && ev.res == 0, "big@v1 registered again: %d, res %d (%s)", rc, ev.res,
+		   lorad_strerror(ev.res));
 	ATK_EXPECT(atk_daemon_stop(&d, 15000, NULL) == 0, "SIGTERM: not a clean exit");
 	assert_int_equal(atk_failures, 0);
 }
@@ -997,6 +1081,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_remove_operator_hangs_up, teardown),
 		cmocka_unit_test_teardown(test_remove_then_sigterm, teardown),
 		cmocka_unit_test_teardown(test_remove_wait_zero, teardown),
+		cmocka_unit_test_teardown(test_remove_waits_for_load, teardown),
 		cmocka_unit_test_teardown(test_save_fails_after_wait, teardown),
 		cmocka_unit_test_teardown(test_jobs_pass_then_kill, teardown),
 		cmocka_unit_test_teardown(test_route_delete_interplay, teardown),

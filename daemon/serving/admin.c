@@ -17,7 +17,7 @@
 
 #include "log.h"
 
-#define ADMIN_MAX_OUT    (16u << 20)  /* replies queued for a peer that does not read */
+#define ADMIN_MAX_OUT    ADMIN_MAX_REPLY  /* replies queued for a peer that does not read */
 #define ADMIN_OUT_HIGH   (1u << 20)   /* past this, stop reading the peer's requests */
 #define ADMIN_MAX_CMDS   64
 #define ADMIN_MAX_ARGS   8
@@ -230,14 +230,10 @@ static void conn_flush(struct admin_conn *c)
 		c->out_off += k;
 		c->deadline = now_ns() + (uint64_t)c->a->lim.timeout_ms * 1000000ull;
 	}
-	if (c->out_off == c->out_len) {
+	if (c->out_off == c->out_len)
 		c->out_off = c->out_len = 0;
-	} else if (c->out_off >= c->out_len / 2) {
-		/* keep what is sent from counting against the peer's backlog */
-		memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
-		c->out_len -= c->out_off;
-		c->out_off = 0;
-	}
+	/* what is sent of a longer queue stays until a reply is added (a
+	 * reply of megabytes leaves in many sends: not moved at each) */
 }
 
 /* Room for @need bytes in *@buf, doubling: appending stays linear in what was appended. */
@@ -267,11 +263,14 @@ static bool conn_done(const struct admin_conn *c)
 	       c->out_len == c->out_off;
 }
 
-static void conn_reply(struct admin_conn *c, struct json_object *reply)
+static void conn_reply_line(struct admin_conn *c, const char *s, size_t n)
 {
-	size_t n;
-	const char *s = json_object_to_json_string_length(reply, JSON_C_TO_STRING_PLAIN, &n);
-
+	if (c->out_off) {
+		/* what is sent does not count against the peer's backlog */
+		memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
+		c->out_len -= c->out_off;
+		c->out_off = 0;
+	}
 	if (c->out_len + n + 1 > ADMIN_MAX_OUT) {
 		c->closing = true;   /* a peer that never reads does not grow us without bound */
 		return;
@@ -283,6 +282,14 @@ static void conn_reply(struct admin_conn *c, struct json_object *reply)
 	memcpy(c->out + c->out_len, s, n);
 	c->out[c->out_len + n] = '\n';
 	c->out_len += n + 1;
+}
+
+static void conn_reply(struct admin_conn *c, struct json_object *reply)
+{
+	size_t n;
+	const char *s = json_object_to_json_string_length(reply, JSON_C_TO_STRING_PLAIN, &n);
+
+	conn_reply_line(c, s, n);
 }
 
 uint64_t admin_defer(struct admin *a)
@@ -334,11 +341,27 @@ static unsigned event_share(const struct admin *a)
 	return a->n_backlog ? 0 : UINT_MAX;
 }
 
+static struct admin_conn *deferred_conn(struct admin *a, uint64_t ticket)
+{
+	for (struct admin_conn *c = a ? a->conns : NULL; c; c = c->next)
+		if (c->id == ticket)
+			return c;
+	return NULL;   /* the peer left */
+}
+
+/* @c's deferred request was answered (queued): go on with it */
+static void deferred_answered(struct admin *a, struct admin_conn *c)
+{
+	c->deadline = now_ns() + (uint64_t)a->lim.timeout_ms * 1000000ull;
+	conn_process(c, event_share(a));   /* requests that waited behind a full reply queue */
+	conn_settle(c);
+}
+
 void admin_complete(struct admin *a, uint64_t ticket, struct json_object *reply, int ret)
 {
-	for (struct admin_conn *c = a ? a->conns : NULL; c; c = c->next) {
-		if (c->id != ticket)
-			continue;
+	struct admin_conn *c = deferred_conn(a, ticket);
+
+	if (c) {
 		c->deferred--;
 		if (ret == 0)
 			json_object_object_add(reply, "ok", json_object_new_boolean(1));
@@ -348,12 +371,32 @@ void admin_complete(struct admin *a, uint64_t ticket, struct json_object *reply,
 			json_object_object_add(reply, "ok", json_object_new_boolean(0));
 		}
 		conn_reply(c, reply);
-		c->deadline = now_ns() + (uint64_t)a->lim.timeout_ms * 1000000ull;
-		conn_process(c, event_share(a));   /* requests that waited behind a full reply queue */
-		conn_settle(c);
-		break;
+		deferred_answered(a, c);
 	}
 	json_object_put(reply);
+}
+
+void admin_complete_line(struct admin *a, uint64_t ticket, char *line, size_t n)
+{
+	struct admin_conn *c = deferred_conn(a, ticket);
+
+	if (c) {
+		c->deferred--;
+		if (c->out_len == c->out_off && n + 1 <= ADMIN_MAX_OUT) {
+			/* nothing queued: the line is the buffer */
+			free(c->out);
+			line[n] = '\n';
+			c->out = line;
+			c->out_cap = n + 1;
+			c->out_len = n + 1;
+			c->out_off = 0;
+			line = NULL;
+		} else {
+			conn_reply_line(c, line, n);
+		}
+		deferred_answered(a, c);
+	}
+	free(line);
 }
 
 static void reply_error(struct json_object *reply, const char *msg)

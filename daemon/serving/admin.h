@@ -61,6 +61,20 @@ uint64_t admin_defer(struct admin *a);
 /* Answer a deferred request; @reply is consumed. A peer that left is skipped. */
 void admin_complete(struct admin *a, uint64_t ticket, struct json_object *reply, int ret);
 
+/* The longest reply a peer is sent, its newline included: past it the
+ * connection is closed (a peer that never reads does not grow us). */
+#define ADMIN_MAX_REPLY (16u << 20)
+
+/*
+ * Answer a deferred request with a reply serialized already (one JSON
+ * object, @n bytes, no newline; "ok" in it), written on another thread.
+ * @line is taken (malloc'd, room for @n + 1 bytes: the newline goes
+ * after it): when nothing else waits to be sent to the peer it becomes
+ * the connection's buffer as it is, so a reply of megabytes costs the
+ * engine thread neither its writing nor a copy.
+ */
+void admin_complete_line(struct admin *a, uint64_t ticket, char *line, size_t n);
+
 /*
  * Register @name with its arguments (@args, terminated by a zero entry; NULL:
  * none). Returns 0, -EEXIST or -ENOMEM.

@@ -203,6 +203,66 @@ static void bprintf(struct buf *b, const char *fmt, ...)
 	}
 }
 
+/* @n bytes appended: the per-series lines, thousands of them, are pieces
+ * and numbers, not formats (a scrape of 1000 series wrote 3 MB through
+ * vsnprintf in some 25 ms) */
+static void bput(struct buf *b, const char *s, size_t n)
+{
+	if (b->failed)
+		return;
+	if (b->len + n >= b->cap) {
+		size_t cap = b->cap ? 2 * b->cap : 16384;
+		char *p;
+
+		while (cap <= b->len + n)
+			cap *= 2;
+		p = realloc(b->p, cap);
+		if (!p) {
+			b->failed = true;
+			return;
+		}
+		b->p = p;
+		b->cap = cap;
+	}
+	memcpy(b->p + b->len, s, n);
+	b->len += n;
+}
+
+static void bputs(struct buf *b, const char *s)
+{
+	bput(b, s, strlen(s));
+}
+
+/* @v in decimal, as %llu writes it */
+static void bu64(struct buf *b, uint64_t v)
+{
+	char d[20];
+	int k = sizeof(d);
+
+	do {
+		d[--k] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	bput(b, d + k, sizeof(d) - (size_t)k);
+}
+
+/* NAME{skill="S",version="V"EXTRA} VALUE\n: one sample of a series */
+static void sample(struct buf *b, const char *name, const struct metrics_row *r, const char *extra,
+		   uint64_t v)
+{
+	bputs(b, name);
+	bput(b, "{skill=\"", 8);
+	bputs(b, r->skill);
+	bput(b, "\",version=\"", 11);
+	bputs(b, r->version);
+	bput(b, "\"", 1);
+	if (extra)
+		bputs(b, extra);
+	bput(b, "} ", 2);
+	bu64(b, v);
+	bput(b, "\n", 1);
+}
+
 /* A label value as the exposition format wants it: \\, \" and \n escaped.
  * (Skill and version names are checked at the boundary; a device name
  * comes from a driver.) */
@@ -224,41 +284,80 @@ static void family(struct buf *b, const char *name, const char *type, const char
 	bprintf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-static void hist_lines(struct buf *b, const char *name, const struct metrics_row *r,
-		       const uint64_t *h, double sum, uint64_t n)
+/* ,le="B" of each bucket bound, as %g writes it, and +Inf */
+struct le_labels {
+	char s[METRICS_LAT_BUCKETS + 1][24];
+};
+
+static void le_labels(struct le_labels *le)
 {
+	for (int k = 0; k < METRICS_LAT_BUCKETS; k++)
+		snprintf(le->s[k], sizeof(le->s[k]), ",le=\"%g\"", metrics_lat_bounds[k]);
+	snprintf(le->s[METRICS_LAT_BUCKETS], sizeof(le->s[0]), ",le=\"+Inf\"");
+}
+
+/* @name is the family's ("lorad_ttft_seconds"); its lines add _bucket, _sum, _count */
+static void hist_lines(struct buf *b, const char *name, const struct metrics_row *r,
+		       const uint64_t *h, double sum, uint64_t n, const struct le_labels *le)
+{
+	char bucket[64], count[64];
 	uint64_t cum = 0;
 
-	for (int k = 0; k < METRICS_LAT_BUCKETS; k++) {
+	snprintf(bucket, sizeof(bucket), "%s_bucket", name);
+	snprintf(count, sizeof(count), "%s_count", name);
+	for (int k = 0; k <= METRICS_LAT_BUCKETS; k++) {
 		cum += h[k];
-		bprintf(b, "%s_bucket{skill=\"%s\",version=\"%s\",le=\"%g\"} %llu\n", name, r->skill,
-			r->version, metrics_lat_bounds[k], (unsigned long long)cum);
+		sample(b, bucket, r, le->s[k], cum);
 	}
-	cum += h[METRICS_LAT_BUCKETS];
-	bprintf(b, "%s_bucket{skill=\"%s\",version=\"%s\",le=\"+Inf\"} %llu\n", name, r->skill,
-		r->version, (unsigned long long)cum);
 	bprintf(b, "%s_sum{skill=\"%s\",version=\"%s\"} %.6f\n", name, r->skill, r->version, sum);
-	bprintf(b, "%s_count{skill=\"%s\",version=\"%s\"} %llu\n", name, r->skill, r->version,
-		(unsigned long long)n);
+	sample(b, count, r, NULL, n);
 }
+
+/*
+ * What the exposition shows, copied on the engine thread (metrics_snapshot:
+ * plain copies, O(series + versions)) so the text is written on any thread
+ * (metrics_render), the engine stepping meanwhile.
+ */
+struct snap_version {
+	char id[ROUTE_NAME_MAX];
+	int resident;
+	uint64_t loads, load_ns;
+	uint64_t prefix[2];          /* cached blocks, evictions */
+};
+
+struct metrics_snap {
+	struct metrics m;            /* the request series (rows: a copy) */
+	struct snap_version *v;
+	unsigned nv;
+	struct pool_tier dev;
+	bool have_hp;
+	struct hostpool_stats hs;
+	bool have_es;
+	struct ops_engine_stats es;  /* its strings point at the copies below */
+	char kv_dtype[16], backend[16];
+	uint64_t prefix_base[2];     /* the base model's prefix blocks */
+};
 
 /* A counter per row. */
 #define ROWS(b, m, name, field) \
 	for (unsigned i_ = 0; i_ < (m)->n; i_++) \
-		bprintf(b, name "{skill=\"%s\",version=\"%s\"} %llu\n", (m)->rows[i_].skill, \
-			(m)->rows[i_].version, (unsigned long long)(m)->rows[i_].field)
+		sample(b, name, &(m)->rows[i_], NULL, (m)->rows[i_].field)
 
 static void requests(struct buf *b, const struct metrics *m)
 {
+	struct le_labels le;
+	char kind[ME__N][32];
+
+	le_labels(&le);
+	for (int k = 0; k < ME__N; k++)
+		snprintf(kind[k], sizeof(kind[k]), ",kind=\"%s\"", metrics_err_names[k]);
 	family(b, "lorad_requests_total", "counter",
 	       "Requests that ended, by skill and adapter version (skill \"_unknown\": no such skill).");
 	ROWS(b, m, "lorad_requests_total", requests);
 	family(b, "lorad_request_errors_total", "counter", "Requests that ended in an error, by kind.");
 	for (unsigned i = 0; i < m->n; i++)
 		for (int k = 0; k < ME__N; k++)
-			bprintf(b, "lorad_request_errors_total{skill=\"%s\",version=\"%s\",kind=\"%s\"} %llu\n",
-				m->rows[i].skill, m->rows[i].version, metrics_err_names[k],
-				(unsigned long long)m->rows[i].errors[k]);
+			sample(b, "lorad_request_errors_total", &m->rows[i], kind[k], m->rows[i].errors[k]);
 	family(b, "lorad_prompt_tokens_total", "counter", "Prompt tokens of ended requests.");
 	ROWS(b, m, "lorad_prompt_tokens_total", prompt_tokens);
 	family(b, "lorad_generated_tokens_total", "counter", "Generated tokens of ended requests.");
@@ -272,41 +371,38 @@ static void requests(struct buf *b, const struct metrics *m)
 	family(b, "lorad_ttft_seconds", "histogram", "Time to first token.");
 	for (unsigned i = 0; i < m->n; i++)
 		hist_lines(b, "lorad_ttft_seconds", &m->rows[i], m->rows[i].ttft, m->rows[i].ttft_sum_s,
-			   m->rows[i].ttft_n);
+			   m->rows[i].ttft_n, &le);
 	family(b, "lorad_itl_seconds", "histogram", "Mean inter-token latency per request.");
 	for (unsigned i = 0; i < m->n; i++)
 		hist_lines(b, "lorad_itl_seconds", &m->rows[i], m->rows[i].itl, m->rows[i].itl_sum_s,
-			   m->rows[i].itl_n);
+			   m->rows[i].itl_n, &le);
 }
 
-static void versions(struct buf *b, struct registry *reg)
+static void versions(struct buf *b, const struct metrics_snap *sn)
 {
-	const struct reg_version *v;
 	unsigned i;
 
 	family(b, "lorad_adapter_resident", "gauge", "Adapter versions resident in the device tier.");
-	for (i = 0; (v = registry_at(reg, i)); i++)
-		bprintf(b, "lorad_adapter_resident{version=\"%s\"} %d\n", v->id, v->pe->adapter != 0);
+	for (i = 0; i < sn->nv; i++)
+		bprintf(b, "lorad_adapter_resident{version=\"%s\"} %d\n", sn->v[i].id, sn->v[i].resident);
 	family(b, "lorad_adapter_loads_total", "counter", "Loads from disk.");
-	for (i = 0; (v = registry_at(reg, i)); i++)
-		bprintf(b, "lorad_adapter_loads_total{version=\"%s\"} %llu\n", v->id,
-			(unsigned long long)v->pe->loads);
+	for (i = 0; i < sn->nv; i++)
+		bprintf(b, "lorad_adapter_loads_total{version=\"%s\"} %llu\n", sn->v[i].id,
+			(unsigned long long)sn->v[i].loads);
 	family(b, "lorad_adapter_load_seconds_total", "counter", "Time spent loading from disk.");
-	for (i = 0; (v = registry_at(reg, i)); i++)
-		bprintf(b, "lorad_adapter_load_seconds_total{version=\"%s\"} %.6f\n", v->id,
-			v->pe->load_ns / 1e9);
+	for (i = 0; i < sn->nv; i++)
+		bprintf(b, "lorad_adapter_load_seconds_total{version=\"%s\"} %.6f\n", sn->v[i].id,
+			sn->v[i].load_ns / 1e9);
 }
 
 /* The device tier and, with a loader, the host tier: each family holds both. */
-static void tiers(struct buf *b, struct registry *reg)
+static void tiers(struct buf *b, const struct metrics_snap *sn)
 {
-	const struct pool_tier *t = pool_device_tier(registry_pool(reg));
-	struct hostpool *hp = pool_hostpool(registry_pool(reg));
-	struct hostpool_stats hs = { 0 };
+	const struct pool_tier *t = &sn->dev;
+	const struct hostpool_stats hs = sn->hs;
+	bool hp = sn->have_hp;
 	uint64_t cum = 0;
 
-	if (hp)
-		hostpool_stats(hp, &hs);
 	family(b, "lorad_tier_bytes", "gauge", "Bytes of adapters resident in a tier.");
 	bprintf(b, "lorad_tier_bytes{tier=\"device\"} %llu\n", (unsigned long long)t->used);
 	if (hp)
@@ -433,11 +529,9 @@ static void engine(struct buf *b, const struct ops_engine_stats *es)
 
 /* The prefix cache's blocks, by the version whose weights computed them
  * (one cache per version, whatever skills route to it). */
-static void prefix(struct buf *b, struct registry *reg, const struct ops_engine_stats *es)
+static void prefix(struct buf *b, const struct metrics_snap *sn)
 {
-	const struct reg_version *v;
-	uint64_t cached[2] = { 0 }; /* cached blocks, evictions */
-	unsigned i;
+	const struct ops_engine_stats *es = &sn->es;
 
 	family(b, "lorad_prefix_cache_enabled", "gauge", "1 while the prefix cache is on (--prefix-cache).");
 	bprintf(b, "lorad_prefix_cache_enabled %d\n", es->prefix_cache);
@@ -448,32 +542,88 @@ static void prefix(struct buf *b, struct registry *reg, const struct ops_engine_
 		       k ? "counter" : "gauge",
 		       k ? "Prefix cache blocks evicted for room, by adapter version (from its load on)."
 			 : "KV blocks kept in the prefix cache, by adapter version.");
-		es->prefix_of(es->prefix_ctx, 0, &cached[0], &cached[1]);
 		bprintf(b, "%s{version=\"base\"} %llu\n",
 			k ? "lorad_prefix_evictions_total" : "lorad_prefix_cached_blocks",
-			(unsigned long long)cached[k]);
-		for (i = 0; (v = registry_at(reg, i)); i++) {
-			cached[0] = cached[1] = 0;
-			if (v->pe->adapter)
-				es->prefix_of(es->prefix_ctx, v->pe->adapter, &cached[0], &cached[1]);
+			(unsigned long long)sn->prefix_base[k]);
+		for (unsigned i = 0; i < sn->nv; i++)
 			bprintf(b, "%s{version=\"%s\"} %llu\n",
-				k ? "lorad_prefix_evictions_total" : "lorad_prefix_cached_blocks", v->id,
-				(unsigned long long)cached[k]);
-		}
+				k ? "lorad_prefix_evictions_total" : "lorad_prefix_cached_blocks",
+				sn->v[i].id, (unsigned long long)sn->v[i].prefix[k]);
 	}
 }
 
-char *metrics_exposition(const struct metrics *m, struct registry *reg,
-			 const struct ops_engine_stats *es, size_t *len)
+struct metrics_snap *metrics_snapshot(const struct metrics *m, struct registry *reg,
+				      const struct ops_engine_stats *es)
+{
+	struct metrics_snap *sn = calloc(1, sizeof(*sn));
+	struct hostpool *hp = pool_hostpool(registry_pool(reg));
+	const struct reg_version *v;
+	unsigned nv = 0;
+
+	if (!sn)
+		return NULL;
+	while (registry_at(reg, nv))
+		nv++;
+	sn->m.rows = malloc((m->n ? m->n : 1) * sizeof(*m->rows));
+	sn->v = calloc(nv ? nv : 1, sizeof(*sn->v));
+	if (!sn->m.rows || !sn->v) {
+		metrics_snap_free(sn);
+		return NULL;
+	}
+	memcpy(sn->m.rows, m->rows, m->n * sizeof(*m->rows));
+	sn->m.n = m->n;
+	for (unsigned i = 0; i < nv && (v = registry_at(reg, i)); i++, sn->nv++) {
+		struct snap_version *x = &sn->v[i];
+
+		memcpy(x->id, v->id, sizeof(x->id));
+		x->resident = v->pe->adapter != 0;
+		x->loads = v->pe->loads;
+		x->load_ns = v->pe->load_ns;
+		if (es && es->prefix_of && v->pe->adapter)
+			es->prefix_of(es->prefix_ctx, v->pe->adapter, &x->prefix[0], &x->prefix[1]);
+	}
+	sn->dev = *pool_device_tier(registry_pool(reg));
+	sn->have_hp = hp != NULL;
+	if (hp)
+		hostpool_stats(hp, &sn->hs);
+	if (es) {
+		sn->have_es = true;
+		sn->es = *es;
+		/* the engine's strings: copied, the render may outlive a reload */
+		if (es->kv_dtype) {
+			snprintf(sn->kv_dtype, sizeof(sn->kv_dtype), "%s", es->kv_dtype);
+			sn->es.kv_dtype = sn->kv_dtype;
+		}
+		if (es->backend) {
+			snprintf(sn->backend, sizeof(sn->backend), "%s", es->backend);
+			sn->es.backend = sn->backend;
+		}
+		if (es->prefix_of)
+			es->prefix_of(es->prefix_ctx, 0, &sn->prefix_base[0], &sn->prefix_base[1]);
+		sn->es.prefix_ctx = NULL;   /* called above, never from the render */
+	}
+	return sn;
+}
+
+void metrics_snap_free(struct metrics_snap *sn)
+{
+	if (sn) {
+		free(sn->m.rows);
+		free(sn->v);
+		free(sn);
+	}
+}
+
+char *metrics_render(const struct metrics_snap *sn, size_t *len)
 {
 	struct buf b = { 0 };
 
-	requests(&b, m);
-	versions(&b, reg);
-	tiers(&b, reg);
-	if (es) {
-		engine(&b, es);
-		prefix(&b, reg, es);
+	requests(&b, &sn->m);
+	versions(&b, sn);
+	tiers(&b, sn);
+	if (sn->have_es) {
+		engine(&b, &sn->es);
+		prefix(&b, sn);
 	}
 	if (b.failed) {
 		free(b.p);
@@ -481,4 +631,14 @@ char *metrics_exposition(const struct metrics *m, struct registry *reg,
 	}
 	*len = b.len;
 	return b.p;
+}
+
+char *metrics_exposition(const struct metrics *m, struct registry *reg,
+			 const struct ops_engine_stats *es, size_t *len)
+{
+	struct metrics_snap *sn = metrics_snapshot(m, reg, es);
+	char *text = sn ? metrics_render(sn, len) : NULL;
+
+	metrics_snap_free(sn);
+	return text;
 }

@@ -74,6 +74,19 @@ const struct metrics_row *metrics_row(const struct metrics *m, unsigned i);
 char *metrics_exposition(const struct metrics *m, struct registry *reg,
 			 const struct ops_engine_stats *es, size_t *len);
 
+/*
+ * The same in two halves, so the text is not written on the engine thread:
+ * metrics_snapshot() copies what it shows (engine thread: it reads the
+ * registry, the tiers and the engine; plain copies, O(series + versions));
+ * metrics_render() writes the text from the copy on any thread (a malloc'd
+ * text, *len bytes, or NULL). NULL on ENOMEM.
+ */
+struct metrics_snap;
+struct metrics_snap *metrics_snapshot(const struct metrics *m, struct registry *reg,
+				      const struct ops_engine_stats *es);
+char *metrics_render(const struct metrics_snap *sn, size_t *len);
+void metrics_snap_free(struct metrics_snap *sn);
+
 /* Upper bounds of the latency buckets, seconds. */
 extern const double metrics_lat_bounds[METRICS_LAT_BUCKETS];
 extern const char *const metrics_err_names[ME__N];

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "clock.h"
@@ -28,6 +29,7 @@
 #include "statedir.h"
 
 #define OPS_MAX_INSPECT  4     /* adapters whose files are read and checked at once */
+#define OPS_MAX_RENDER   4     /* metrics texts written at once, each on a thread of its own */
 #define OPS_MAX_JOBS     256   /* changes waiting: more are refused, not queued without bound */
 /* a reload's seeds (each [adapter] section's registration and route, each
  * [route]) wait beside the operators' changes, not in their room: the
@@ -74,9 +76,23 @@ struct job {
 	struct job *next;
 };
 
+/* A metrics text being written off the engine thread (cmd_metrics). */
+struct render {
+	struct ops *o;
+	uint64_t ticket;             /* the admin request it answers */
+	struct metrics_snap *snap;
+	char *line;                  /* the reply, serialized; NULL: out of memory */
+	size_t len;
+	bool done;                   /* under ops.lock */
+	pthread_t thread;
+	struct render *next;
+};
+
 struct ops {
 	struct ops_opts opt;
 	struct metrics *met;
+	struct render *renders;      /* engine thread: the list; done: under lock */
+	unsigned n_render;
 	pthread_mutex_t lock;        /* guards job states, the writer's slot, cancel */
 	pthread_cond_t cond;
 	struct job *jobs;            /* in arrival order */
@@ -479,6 +495,7 @@ static void job_finish_write(struct ops *o, struct job *j)
 }
 
 static int start_inspect(struct ops *o, struct job *j, struct json_object *reply);
+static void renders_collect(struct ops *o);
 
 /* --- removals that wait for their requests ----------------------------------------------- */
 
@@ -615,7 +632,11 @@ static void start_waiting(struct ops *o)
 void ops_poll(struct ops *o)
 {
 	/* n_jobs changes only on this (the engine) thread: the idle turn takes no lock */
-	if (!o || !o->n_jobs)
+	if (!o)
+		return;
+	if (o->n_render)
+		renders_collect(o);
+	if (!o->n_jobs)
 		return;
 	if (o->n_drain) {
 		/* a turn while removals wait costs a clock read */
@@ -1100,24 +1121,140 @@ static int cmd_stats(void *ctx, struct json_object *req, struct json_object *rep
 	return 0;
 }
 
+/*
+ * The reply to a metrics request from its copy: {"text": ..., "ok": true},
+ * serialized (escaping a text of megabytes costs what writing it does), or
+ * an error naming the admin socket's reply limit. NULL on ENOMEM.
+ */
+static char *metrics_reply(const struct metrics_snap *sn, size_t *n)
+{
+	struct json_object *reply = json_object_new_object();
+	char *text = NULL, *line = NULL;
+	const char *s;
+	size_t len = 0;
+
+	if (!reply)
+		return NULL;
+	text = metrics_render(sn, &len);
+	if (!text) {
+		json_object_object_add(reply, "error", json_object_new_string("out of memory"));
+		json_object_object_add(reply, "ok", json_object_new_boolean(0));
+	} else {
+		json_object_object_add(reply, "text", json_object_new_string_len(text, (int)len));
+		json_object_object_add(reply, "ok", json_object_new_boolean(1));
+	}
+	free(text);
+	s = json_object_to_json_string_length(reply, JSON_C_TO_STRING_PLAIN, n);
+	if (s && *n + 1 > ADMIN_MAX_REPLY) {
+		/* sent, it would close the connection without a word */
+		char msg[256];
+		double mb = (double)*n / (1 << 20);
+
+		json_object_put(reply);
+		reply = json_object_new_object();
+		if (!reply)
+			return NULL;
+		snprintf(msg, sizeof(msg), "the metrics are %.1f MiB, more than the admin socket's "
+			 "replies may be (%u MiB): lower max_metric_series", mb, ADMIN_MAX_REPLY >> 20);
+		json_object_object_add(reply, "error", json_object_new_string(msg));
+		json_object_object_add(reply, "ok", json_object_new_boolean(0));
+		s = json_object_to_json_string_length(reply, JSON_C_TO_STRING_PLAIN, n);
+	}
+	if (s && (line = malloc(*n + 1)))   /* room for the newline */
+		memcpy(line, s, *n);
+	json_object_put(reply);
+	return line;
+}
+
+static void *render_thread(void *arg)
+{
+	struct render *r = arg;
+	char *line;
+
+	/* the engine's threads first where they share a core: a scrape may
+	 * take longer, a token may not (nice 19: a thread's own, on Linux) */
+	(void)!setpriority(PRIO_PROCESS, (id_t)gettid(), 19);
+	line = metrics_reply(r->snap, &r->len);
+
+	pthread_mutex_lock(&r->o->lock);
+	r->line = line;
+	r->done = true;
+	pthread_mutex_unlock(&r->o->lock);
+	wake(r->o);
+	return NULL;
+}
+
+/* Answer the metrics requests whose text is written (engine thread). */
+static void renders_collect(struct ops *o)
+{
+	for (struct render **pp = &o->renders, *r; (r = *pp);) {
+		bool done;
+
+		pthread_mutex_lock(&o->lock);
+		done = r->done;
+		pthread_mutex_unlock(&o->lock);
+		if (!done) {
+			pp = &r->next;
+			continue;
+		}
+		pthread_join(r->thread, NULL);
+		*pp = r->next;
+		o->n_render--;
+		if (r->line) {
+			admin_complete_line(o->opt.admin, r->ticket, r->line, r->len);   /* takes it */
+		} else {
+			struct json_object *e = json_object_new_object();
+
+			if (e)   /* else the peer's timeout ends it */
+				admin_complete(o->opt.admin, r->ticket, e, -ENOMEM);
+		}
+		metrics_snap_free(r->snap);
+		free(r);
+	}
+}
+
+/*
+ * {"cmd": "metrics"}: the Prometheus text. What it shows is copied here, on
+ * the engine thread; the text (megabytes with many series: tens of ms) is
+ * written on a thread of its own, so the engine keeps stepping, and the
+ * reply comes once it is.
+ */
 static int cmd_metrics(void *ctx, struct json_object *req, struct json_object *reply)
 {
 	struct ops *o = ctx;
 	struct ops_engine_stats es = { 0 }, *esp = NULL;
-	char *text;
-	size_t len;
+	struct render *r;
 
 	(void)req;
+	if (o->n_render >= OPS_MAX_RENDER) {
+		char msg[128];
+
+		snprintf(msg, sizeof(msg), "%d metrics texts are being written already (the limit); "
+			 "try again in a moment", OPS_MAX_RENDER);
+		set_err(reply, msg);
+		return -EBUSY;
+	}
 	if (o->opt.engine_stats) {
 		o->opt.engine_stats(o->opt.engine_ctx, &es);
 		esp = &es;
 	}
-	text = metrics_exposition(o->met, o->opt.reg, esp, &len);
-	if (!text)
+	r = calloc(1, sizeof(*r));
+	if (!r || !(r->snap = metrics_snapshot(o->met, o->opt.reg, esp))) {
+		free(r);
 		return -ENOMEM;
-	json_object_object_add(reply, "text", json_object_new_string_len(text, (int)len));
-	free(text);
-	return 0;
+	}
+	r->o = o;
+	if (pthread_create(&r->thread, NULL, render_thread, r)) {
+		metrics_snap_free(r->snap);
+		free(r);
+		set_err(reply, "no thread to write the metrics on (out of resources); try again");
+		return -EAGAIN;
+	}
+	r->ticket = admin_defer(o->opt.admin);
+	r->next = o->renders;
+	o->renders = r;
+	o->n_render++;
+	return ADMIN_DEFERRED;
 }
 
 /* --- seeds from a reloaded config ---------------------------------------------------------- */
@@ -1302,6 +1439,16 @@ void ops_free(struct ops *o)
 	pthread_mutex_unlock(&o->lock);
 	if (o->writer_started)
 		pthread_join(o->writer, NULL);
+	while (o->renders) {
+		/* a text being written: it ends on its own, unanswered */
+		struct render *r = o->renders;
+
+		o->renders = r->next;
+		pthread_join(r->thread, NULL);
+		free(r->line);
+		metrics_snap_free(r->snap);
+		free(r);
+	}
 	while (o->jobs) {
 		struct job *j = o->jobs;
 

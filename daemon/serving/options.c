@@ -106,7 +106,9 @@ const struct opt_def opt_table[] = {
 	{ "max_metric_series", "limits", OPT_U32, F(max_metric_series), 1024, NULL, 16, 1u << 20,
 	  .arg = "N", .help = "skill x version rows of the metrics (a removed version's and a "
 			      "deleted route's go with them); later ones are counted under "
-			      "skill=\"_other\"", .reload = true },
+			      "skill=\"_other\" (about 3.4 kB of metrics text each: past some "
+			      "4900 the text is over what the admin socket replies, 16 MiB, and "
+			      "refused)", .reload = true },
 	{ "max_adapter_bytes", "limits", OPT_SIZE, F(max_adapter_bytes), 4 * G, NULL, 1 * K,
 	  1ull << 40, .arg = "SIZE", .help = "an adapter's two files together", .reload = true },
 	{ "max_skills", "limits", OPT_U32, F(max_skills), 1024, NULL, 1, 65536, .arg = "N",

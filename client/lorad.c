@@ -537,14 +537,24 @@ static void sq_seal(struct lorad *c, uint32_t from, uint32_t to)
  * atomically, sees no change until sq_seal() stores the new one; that
  * unchanged byte is the only one the daemon may read meanwhile, which is
  * why ThreadSanitizer is not shown these plain stores.
+ *
+ * The second line (deadline, sampling, skill) is written only when it
+ * differs from what the slot holds from the lap before: a client sends the
+ * same skill and parameters over and over, and a line left alone stays in
+ * both cores' caches, where a store would first take it from the daemon's
+ * core and the daemon then take it back. Comparing reads our own copy.
  */
 __attribute__((no_sanitize("thread")))
 static void sqe_write(struct lorad *c, struct lorad_sqe *e)
 {
 	struct lorad_sqe *slot = &c->sqes[c->sq_tail & (c->lay.sq_entries - 1)];
+	char *s = (char *)slot;
+	const char *p = (const char *)e;
 
 	e->seq = ring_load_relaxed(&slot->seq);
-	*slot = *e;
+	if (memcmp(s + LORAD_CACHELINE, p + LORAD_CACHELINE, sizeof(*e) - LORAD_CACHELINE))
+		memcpy(s + LORAD_CACHELINE, p + LORAD_CACHELINE, sizeof(*e) - LORAD_CACHELINE);
+	memcpy(s, p, LORAD_CACHELINE);
 }
 
 static inline float or_default(float v, float def)

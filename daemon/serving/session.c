@@ -433,12 +433,12 @@ static void take_entry(struct session *s, const struct lorad_sqe *e,
 		session_post_error(s, e, ret, field);
 		return;
 	}
-	/* The lines the final completion writes besides the CQE (output ids,
-	 * served record, times): the client's core read them last. Asked
-	 * for now, their transfer overlaps the work on the request instead
-	 * of holding up the CQ tail that publishes them; stores drain in
-	 * order. Offsets checked by sqe_validate() and sqe_ext_load(). */
-	ring_prefetch_write(s->arena + e->out_off);
+	/* The lines the final completion writes besides the CQE and the
+	 * output ids (asked for in session_poll): the served record and
+	 * the times; the client's core read them last. Asked for now, their
+	 * transfer overlaps the work on the request instead of holding up
+	 * the CQ tail that publishes them; stores drain in order. Offsets
+	 * checked by sqe_validate() and sqe_ext_load(). */
 	if (r->x.served_off) {
 		ring_prefetch_write(s->arena + r->x.served_off);
 		ring_prefetch_write(s->arena + r->x.served_off + sizeof(struct lorad_served) - 1);
@@ -565,6 +565,11 @@ int session_poll(struct session *s, const struct session_limits *lim,
 		}
 		if (e.prompt_off < s->lay.arena_size)
 			__builtin_prefetch(s->arena + e.prompt_off);
+		/* and the line of its output ids, which its completion writes
+		 * (the client's core read it last): its transfer overlaps the
+		 * prompt's and the checks, instead of following them */
+		if (e.out_off < s->lay.arena_size)
+			ring_prefetch_write(s->arena + e.out_off);
 		s->sq_head++;
 		take_entry(s, &e, lim, ex, exctx, draining, seen);
 	}

@@ -8,6 +8,13 @@
  *   test_laps test_seq    as liblorad connects by default: asks for LORAD_FEAT_SEQ
  *   test_laps test_tail   LORAD_RING_SEQ=0 before connecting: the index protocol
  *
+ * The sampling parameters (the entry's second line, which liblorad writes
+ * only when it differs from what the slot holds from the lap before) come
+ * in runs of five requests of one kind: the defaults, others, and a top_p
+ * out of range, which must be refused (-EINVAL on the field sampling). A
+ * second line left stale, or written when it should not be, shows as a
+ * request refused or served against its kind.
+ *
  * Which protocol the session used is read from the region: liblorad's
  * mapping of it is found in /proc/self/maps. With the feature each SQ slot
  * holds the seq byte of the last entry written there and each CQ slot the
@@ -41,6 +48,7 @@ struct lreq {
 	uint32_t prompt[MAXP];
 	uint32_t out[MAXT];
 	uint32_t n_prompt, max_tokens, checksum;
+	unsigned kind;           /* 0 defaults, 1 other valid sampling, 2 top_p out of range */
 	bool done;
 };
 
@@ -52,6 +60,7 @@ static void lreq_init(struct lreq *r, uint64_t ud)
 	for (uint32_t i = 0; i < r->n_prompt; i++)
 		r->prompt[i] = (uint32_t)(ud * 2654435761u) ^ i;
 	r->checksum = lorad_checksum32(r->prompt, r->n_prompt * 4);
+	r->kind = (unsigned)(ud / 5 % 3);
 	memset(r->out, 0xa5, sizeof(r->out));
 	r->done = false;
 }
@@ -64,6 +73,13 @@ static void lreq_request(struct lreq *r, struct lorad_request *q)
 	q->n_prompt = r->n_prompt;
 	q->max_tokens = r->max_tokens;
 	q->out = r->out;
+	if (r->kind == 1) {
+		q->temperature = 0.7f;
+		q->top_k = 5;
+		q->seed = r->ud;
+	} else if (r->kind == 2) {
+		q->top_p = 1.5f;
+	}
 }
 
 /* Reap until each of @n requests has its final; check every event. */
@@ -86,6 +102,16 @@ static void collect(struct lorad *c, struct lreq *r, unsigned n)
 			if (!t || t->done)
 				fail_msg("event for %#llx: unknown or after its final",
 					 (unsigned long long)ev[i].user_data);
+			if (t->kind == 2) {
+				if (!(ev[i].flags & LORAD_EV_FINAL) || ev[i].res != -EINVAL ||
+				    ev[i].field != LORAD_FIELD_SAMPLING)
+					fail_msg("request %#llx with top_p 1.5: res %s field %s",
+						 (unsigned long long)t->ud, lorad_strerror(ev[i].res),
+						 lorad_field_name(ev[i].field));
+				t->done = true;
+				finals++;
+				continue;
+			}
 			if (ev[i].res || ev[i].checksum != t->checksum ||
 			    ev[i].n_tokens > t->max_tokens)
 				fail_msg("request %#llx: res %s checksum %#x/%#x %u/%u tokens",

@@ -570,7 +570,8 @@ struct metrics_snap *metrics_snapshot(const struct metrics *m, struct registry *
 		metrics_snap_free(sn);
 		return NULL;
 	}
-	memcpy(sn->m.rows, m->rows, m->n * sizeof(*m->rows));
+	if (m->n)   /* no rows yet: m->rows is NULL */
+		memcpy(sn->m.rows, m->rows, m->n * sizeof(*m->rows));
 	sn->m.n = m->n;
 	for (unsigned i = 0; i < nv && (v = registry_at(reg, i)); i++, sn->nv++) {
 		struct snap_version *x = &sn->v[i];

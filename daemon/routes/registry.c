@@ -255,8 +255,8 @@ int registry_resolve(struct registry *r, const char *skill, uint64_t key, int *a
 		v = find_mut(r, version_id);   /* parked for its load before the delete */
 	else
 		v = NULL;
-	if (!v)
-		return -ENOENT;
+	if (!v)   /* parked for a load of a version removed since: gone, said as such */
+		return *ticket && version_id[0] ? -EIDRM : -ENOENT;
 	if (v->removing)
 		return -EIDRM;    /* being removed: gone for new requests, said as such */
 	*vid = v->vid;

@@ -382,7 +382,9 @@ void admin_complete_line(struct admin *a, uint64_t ticket, char *line, size_t n)
 
 	if (c) {
 		c->deferred--;
-		if (c->out_len == c->out_off && n + 1 <= ADMIN_MAX_OUT) {
+		if (!line) {
+			c->closing = true;   /* no reply to give: not left waiting for one */
+		} else if (c->out_len == c->out_off && n + 1 <= ADMIN_MAX_OUT) {
 			/* nothing queued: the line is the buffer */
 			free(c->out);
 			line[n] = '\n';

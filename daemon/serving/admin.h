@@ -71,7 +71,8 @@ void admin_complete(struct admin *a, uint64_t ticket, struct json_object *reply,
  * @line is taken (malloc'd, room for @n + 1 bytes: the newline goes
  * after it): when nothing else waits to be sent to the peer it becomes
  * the connection's buffer as it is, so a reply of megabytes costs the
- * engine thread neither its writing nor a copy.
+ * engine thread neither its writing nor a copy. @line NULL (no memory
+ * for a reply): the connection is closed, the peer sees it end.
  */
 void admin_complete_line(struct admin *a, uint64_t ticket, char *line, size_t n);
 

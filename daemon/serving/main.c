@@ -993,6 +993,7 @@ static int build_server(struct daemon *d)
 /* One place unwinds whatever was built, in the reverse order. */
 static void teardown(struct daemon *d)
 {
+	ops_quiesce(d->ops);   /* its threads wake the loop: before its eventfd closes */
 	if (d->sv_built)
 		server_free(&d->sv);   /* sessions end: no request is left in the engine */
 	ops_free(d->ops);

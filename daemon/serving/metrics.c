@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -169,8 +170,18 @@ const struct metrics_row *metrics_row(const struct metrics *m, unsigned i)
 struct buf {
 	char *p;
 	size_t len, cap;
-	bool failed;
+	size_t max;                  /* the text may not pass it: over, and it stops */
+	bool failed, over;
 };
+
+/* @n more bytes would pass b->max: nothing more is written */
+static bool past_max(struct buf *b, size_t n)
+{
+	if (b->len + n <= b->max)
+		return false;
+	b->over = b->failed = true;
+	return true;
+}
 
 static void bprintf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void bprintf(struct buf *b, const char *fmt, ...)
@@ -178,6 +189,8 @@ static void bprintf(struct buf *b, const char *fmt, ...)
 	va_list ap;
 	int n;
 
+	if (b->failed)
+		return;
 	for (;;) {
 		va_start(ap, fmt);
 		n = vsnprintf(b->p ? b->p + b->len : NULL, b->p ? b->cap - b->len : 0, fmt, ap);
@@ -186,6 +199,8 @@ static void bprintf(struct buf *b, const char *fmt, ...)
 			b->failed = true;
 			return;
 		}
+		if (past_max(b, (size_t)n))
+			return;
 		if (b->p && b->len + (size_t)n < b->cap) {
 			b->len += (size_t)n;
 			return;
@@ -208,7 +223,7 @@ static void bprintf(struct buf *b, const char *fmt, ...)
  * vsnprintf in some 25 ms) */
 static void bput(struct buf *b, const char *s, size_t n)
 {
-	if (b->failed)
+	if (b->failed || past_max(b, n))
 		return;
 	if (b->len + n >= b->cap) {
 		size_t cap = b->cap ? 2 * b->cap : 16384;
@@ -615,9 +630,14 @@ void metrics_snap_free(struct metrics_snap *sn)
 	}
 }
 
-char *metrics_render(const struct metrics_snap *sn, size_t *len)
+const struct metrics *metrics_snap_series(const struct metrics_snap *sn)
 {
-	struct buf b = { 0 };
+	return &sn->m;
+}
+
+char *metrics_render(const struct metrics_snap *sn, size_t max, size_t *len)
+{
+	struct buf b = { .max = max };
 
 	requests(&b, &sn->m);
 	versions(&b, sn);
@@ -628,6 +648,7 @@ char *metrics_render(const struct metrics_snap *sn, size_t *len)
 	}
 	if (b.failed) {
 		free(b.p);
+		*len = b.over ? max + 1 : 0;
 		return NULL;
 	}
 	*len = b.len;
@@ -638,7 +659,7 @@ char *metrics_exposition(const struct metrics *m, struct registry *reg,
 			 const struct ops_engine_stats *es, size_t *len)
 {
 	struct metrics_snap *sn = metrics_snapshot(m, reg, es);
-	char *text = sn ? metrics_render(sn, len) : NULL;
+	char *text = sn ? metrics_render(sn, SIZE_MAX, len) : NULL;
 
 	metrics_snap_free(sn);
 	return text;

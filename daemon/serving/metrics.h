@@ -78,14 +78,18 @@ char *metrics_exposition(const struct metrics *m, struct registry *reg,
  * The same in two halves, so the text is not written on the engine thread:
  * metrics_snapshot() copies what it shows (engine thread: it reads the
  * registry, the tiers and the engine; plain copies, O(series + versions));
- * metrics_render() writes the text from the copy on any thread (a malloc'd
- * text, *len bytes, or NULL). NULL on ENOMEM.
+ * metrics_render() writes the text from the copy on any thread: a malloc'd
+ * text of *len bytes, or NULL when out of memory (*len 0) or when the text
+ * would pass @max bytes (*len more than @max: it stopped there).
+ * metrics_snapshot() returns NULL on ENOMEM.
  */
 struct metrics_snap;
 struct metrics_snap *metrics_snapshot(const struct metrics *m, struct registry *reg,
 				      const struct ops_engine_stats *es);
-char *metrics_render(const struct metrics_snap *sn, size_t *len);
+char *metrics_render(const struct metrics_snap *sn, size_t max, size_t *len);
 void metrics_snap_free(struct metrics_snap *sn);
+/* The copy's series, for metrics_rows() and metrics_row(). */
+const struct metrics *metrics_snap_series(const struct metrics_snap *sn);
 
 /* Upper bounds of the latency buckets, seconds. */
 extern const double metrics_lat_bounds[METRICS_LAT_BUCKETS];

@@ -29,7 +29,7 @@
 #include "statedir.h"
 
 #define OPS_MAX_INSPECT  4     /* adapters whose files are read and checked at once */
-#define OPS_MAX_RENDER   4     /* metrics texts written at once, each on a thread of its own */
+#define OPS_MAX_RENDER   4     /* metrics and stats replies written at once, each on a thread of its own */
 #define OPS_MAX_JOBS     256   /* changes waiting: more are refused, not queued without bound */
 /* a reload's seeds (each [adapter] section's registration and route, each
  * [route]) wait beside the operators' changes, not in their room: the
@@ -76,11 +76,13 @@ struct job {
 	struct job *next;
 };
 
-/* A metrics text being written off the engine thread (cmd_metrics). */
+/* A metrics or stats reply being written off the engine thread (render_start). */
 struct render {
 	struct ops *o;
 	uint64_t ticket;             /* the admin request it answers */
 	struct metrics_snap *snap;
+	bool stats;                  /* "stats" (JSON of the series), else "metrics" */
+	char skill[ROUTE_NAME_MAX];  /* stats: of this skill only; "": all */
 	char *line;                  /* the reply, serialized; NULL: out of memory */
 	size_t len;
 	bool done;                   /* under ops.lock */
@@ -540,9 +542,12 @@ static void drain_give_up(struct ops *o, struct job *j, int ret)
 
 void ops_loads_done(struct ops *o)
 {
-	/* a removal may wait for one of them: looked at next turn */
-	if (o && o->n_drain)
+	/* a removal may wait for one of them: looked at next turn, which
+	 * must come now even if nothing else runs */
+	if (o && o->n_drain) {
 		o->drain_kick = true;
+		wake(o);
+	}
 }
 
 /* The removals that wait: those whose requests ended go on to be written,
@@ -588,9 +593,10 @@ void ops_stop(struct ops *o)
 		next = j->next;
 		if (j->kind != J_REMOVE || j->state != JS_DRAIN)
 			continue;
-		snprintf(j->err, sizeof(j->err), "%s was not removed: lorad is stopping while "
-			 "requests still ran on it; it stays registered (remove it again after the "
-			 "restart)", j->id);
+		snprintf(j->err, sizeof(j->err), "%s was not removed: lorad is stopping while %s; "
+			 "it stays registered (remove it again after the restart)", j->id,
+			 registry_remove_ready(o->opt.reg, j->ch) == -EINPROGRESS
+				 ? "it was being loaded" : "requests still ran on it");
 		drain_give_up(o, j, -ESHUTDOWN);
 	}
 }
@@ -1083,14 +1089,13 @@ static int cmd_route_history(void *ctx, struct json_object *req, struct json_obj
 
 /* --- stats and metrics ------------------------------------------------------------------- */
 
-static int cmd_stats(void *ctx, struct json_object *req, struct json_object *reply)
+/* The series of @m as "stats" lists them, of @skill only when not NULL. */
+static struct json_object *stats_json(const struct metrics *m, const char *skill)
 {
-	struct ops *o = ctx;
-	const char *skill = get_str(req, "skill");
 	struct json_object *a = json_object_new_array();
 	const struct metrics_row *r;
 
-	for (unsigned i = 0; (r = metrics_row(o->met, i)); i++) {
+	for (unsigned i = 0; a && (r = metrics_row(m, i)); i++) {
 		struct json_object *e, *errs;
 
 		if (skill && strcmp(skill, r->skill))
@@ -1117,26 +1122,69 @@ static int cmd_stats(void *ctx, struct json_object *req, struct json_object *rep
 				       json_object_new_double(r->itl_n ? 1e3 * r->itl_sum_s / r->itl_n : 0));
 		json_object_array_add(a, e);
 	}
-	json_object_object_add(reply, "stats", a);
-	return 0;
+	return a;
 }
 
 /*
- * The reply to a metrics request from its copy: {"text": ..., "ok": true},
- * serialized (escaping a text of megabytes costs what writing it does), or
- * an error naming the admin socket's reply limit. NULL on ENOMEM.
+ * @reply (its "ok" set) serialized into a malloc'd line with room for the
+ * newline, or, past what the admin socket replies (sent, it would close
+ * the connection without a word), an error naming the limit. Consumes
+ * @reply. NULL on ENOMEM.
  */
+/* {"error": "the WHAT are more than ... MiB ...", "ok": false}: @bytes of it
+ * (0: more than the limit, how much more not known) */
+static struct json_object *too_big(const char *what, size_t bytes)
+{
+	struct json_object *reply = json_object_new_object();
+	char msg[256], size[48] = "";
+
+	if (!reply)
+		return NULL;
+	if (bytes)
+		snprintf(size, sizeof(size), " %.1f MiB,", (double)bytes / (1 << 20));
+	snprintf(msg, sizeof(msg), "the %s are%s more than the admin socket's replies may be "
+		 "(%u MiB): lower max_metric_series", what, size, ADMIN_MAX_REPLY >> 20);
+	json_object_object_add(reply, "error", json_object_new_string(msg));
+	json_object_object_add(reply, "ok", json_object_new_boolean(0));
+	return reply;
+}
+
+static char *reply_line(struct json_object *reply, const char *what, size_t *n)
+{
+	const char *s = json_object_to_json_string_length(reply, JSON_C_TO_STRING_PLAIN, n);
+	char *line = NULL;
+
+	if (s && *n + 1 > ADMIN_MAX_REPLY) {
+		json_object_put(reply);
+		reply = too_big(what, *n);
+		if (!reply)
+			return NULL;
+		s = json_object_to_json_string_length(reply, JSON_C_TO_STRING_PLAIN, n);
+	}
+	if (s && (line = malloc(*n + 1)))
+		memcpy(line, s, *n);
+	json_object_put(reply);
+	return line;
+}
+
+/* The reply to a metrics request from its copy: {"text": ..., "ok": true}
+ * (escaping a text of megabytes costs what writing it does). */
 static char *metrics_reply(const struct metrics_snap *sn, size_t *n)
 {
 	struct json_object *reply = json_object_new_object();
-	char *text = NULL, *line = NULL;
-	const char *s;
+	char *text;
 	size_t len = 0;
 
 	if (!reply)
 		return NULL;
-	text = metrics_render(sn, &len);
-	if (!text) {
+	/* written only while it can be sent: its JSON is longer still */
+	text = metrics_render(sn, ADMIN_MAX_REPLY, &len);
+	if (!text && len) {
+		json_object_put(reply);
+		reply = too_big("metrics", 0);
+		if (!reply)
+			return NULL;
+	} else if (!text) {
 		json_object_object_add(reply, "error", json_object_new_string("out of memory"));
 		json_object_object_add(reply, "ok", json_object_new_boolean(0));
 	} else {
@@ -1144,26 +1192,24 @@ static char *metrics_reply(const struct metrics_snap *sn, size_t *n)
 		json_object_object_add(reply, "ok", json_object_new_boolean(1));
 	}
 	free(text);
-	s = json_object_to_json_string_length(reply, JSON_C_TO_STRING_PLAIN, n);
-	if (s && *n + 1 > ADMIN_MAX_REPLY) {
-		/* sent, it would close the connection without a word */
-		char msg[256];
-		double mb = (double)*n / (1 << 20);
+	return reply_line(reply, "metrics", n);
+}
 
+/* The reply to a stats request from its copy: {"stats": [...], "ok": true}. */
+static char *stats_reply(const struct render *r, size_t *n)
+{
+	struct json_object *reply = json_object_new_object(), *a;
+
+	if (!reply)
+		return NULL;
+	a = stats_json(metrics_snap_series(r->snap), r->skill[0] ? r->skill : NULL);
+	if (!a) {
 		json_object_put(reply);
-		reply = json_object_new_object();
-		if (!reply)
-			return NULL;
-		snprintf(msg, sizeof(msg), "the metrics are %.1f MiB, more than the admin socket's "
-			 "replies may be (%u MiB): lower max_metric_series", mb, ADMIN_MAX_REPLY >> 20);
-		json_object_object_add(reply, "error", json_object_new_string(msg));
-		json_object_object_add(reply, "ok", json_object_new_boolean(0));
-		s = json_object_to_json_string_length(reply, JSON_C_TO_STRING_PLAIN, n);
+		return NULL;
 	}
-	if (s && (line = malloc(*n + 1)))   /* room for the newline */
-		memcpy(line, s, *n);
-	json_object_put(reply);
-	return line;
+	json_object_object_add(reply, "stats", a);
+	json_object_object_add(reply, "ok", json_object_new_boolean(1));
+	return reply_line(reply, "stats", n);
 }
 
 static void *render_thread(void *arg)
@@ -1174,7 +1220,7 @@ static void *render_thread(void *arg)
 	/* the engine's threads first where they share a core: a scrape may
 	 * take longer, a token may not (nice 19: a thread's own, on Linux) */
 	(void)!setpriority(PRIO_PROCESS, (id_t)gettid(), 19);
-	line = metrics_reply(r->snap, &r->len);
+	line = r->stats ? stats_reply(r, &r->len) : metrics_reply(r->snap, &r->len);
 
 	pthread_mutex_lock(&r->o->lock);
 	r->line = line;
@@ -1184,7 +1230,7 @@ static void *render_thread(void *arg)
 	return NULL;
 }
 
-/* Answer the metrics requests whose text is written (engine thread). */
+/* Answer the requests whose reply is written (engine thread). */
 static void renders_collect(struct ops *o)
 {
 	for (struct render **pp = &o->renders, *r; (r = *pp);) {
@@ -1200,41 +1246,33 @@ static void renders_collect(struct ops *o)
 		pthread_join(r->thread, NULL);
 		*pp = r->next;
 		o->n_render--;
-		if (r->line) {
-			admin_complete_line(o->opt.admin, r->ticket, r->line, r->len);   /* takes it */
-		} else {
-			struct json_object *e = json_object_new_object();
-
-			if (e)   /* else the peer's timeout ends it */
-				admin_complete(o->opt.admin, r->ticket, e, -ENOMEM);
-		}
+		/* takes the line; none (no memory for one): the peer is hung up on */
+		admin_complete_line(o->opt.admin, r->ticket, r->line, r->len);
 		metrics_snap_free(r->snap);
 		free(r);
 	}
 }
 
 /*
- * {"cmd": "metrics"}: the Prometheus text. What it shows is copied here, on
- * the engine thread; the text (megabytes with many series: tens of ms) is
- * written on a thread of its own, so the engine keeps stepping, and the
- * reply comes once it is.
+ * A metrics or stats request: what its reply shows is copied here, on the
+ * engine thread (O(series) plain copies); the reply (megabytes of text and
+ * JSON with many series: tens of ms) is written on a thread of its own, so
+ * the engine keeps stepping, and it is sent once written.
  */
-static int cmd_metrics(void *ctx, struct json_object *req, struct json_object *reply)
+static int render_start(struct ops *o, struct json_object *reply, bool stats, const char *skill)
 {
-	struct ops *o = ctx;
 	struct ops_engine_stats es = { 0 }, *esp = NULL;
 	struct render *r;
 
-	(void)req;
 	if (o->n_render >= OPS_MAX_RENDER) {
 		char msg[128];
 
-		snprintf(msg, sizeof(msg), "%d metrics texts are being written already (the limit); "
-			 "try again in a moment", OPS_MAX_RENDER);
+		snprintf(msg, sizeof(msg), "%d replies of metrics and stats are being written already "
+			 "(the limit); try again in a moment", OPS_MAX_RENDER);
 		set_err(reply, msg);
 		return -EBUSY;
 	}
-	if (o->opt.engine_stats) {
+	if (!stats && o->opt.engine_stats) {
 		o->opt.engine_stats(o->opt.engine_ctx, &es);
 		esp = &es;
 	}
@@ -1244,10 +1282,13 @@ static int cmd_metrics(void *ctx, struct json_object *req, struct json_object *r
 		return -ENOMEM;
 	}
 	r->o = o;
+	r->stats = stats;
+	if (skill)
+		snprintf(r->skill, sizeof(r->skill), "%s", skill);   /* 31 bytes at most (a_skill_opt) */
 	if (pthread_create(&r->thread, NULL, render_thread, r)) {
 		metrics_snap_free(r->snap);
 		free(r);
-		set_err(reply, "no thread to write the metrics on (out of resources); try again");
+		set_err(reply, "no thread to write the reply on (out of resources); try again");
 		return -EAGAIN;
 	}
 	r->ticket = admin_defer(o->opt.admin);
@@ -1255,6 +1296,19 @@ static int cmd_metrics(void *ctx, struct json_object *req, struct json_object *r
 	o->renders = r;
 	o->n_render++;
 	return ADMIN_DEFERRED;
+}
+
+/* {"cmd": "stats", "skill": S?}: each series' counts and mean latencies. */
+static int cmd_stats(void *ctx, struct json_object *req, struct json_object *reply)
+{
+	return render_start(ctx, reply, true, get_str(req, "skill"));
+}
+
+/* {"cmd": "metrics"}: the Prometheus text. */
+static int cmd_metrics(void *ctx, struct json_object *req, struct json_object *reply)
+{
+	(void)req;
+	return render_start(ctx, reply, false, NULL);
 }
 
 /* --- seeds from a reloaded config ---------------------------------------------------------- */
@@ -1426,21 +1480,21 @@ struct ops *ops_new(const struct ops_opts *opts)
 	return o;
 }
 
-void ops_free(struct ops *o)
+void ops_quiesce(struct ops *o)
 {
 	if (!o)
 		return;
-	session_set_final_hook(NULL, NULL);
-	o->opt.admin = NULL;   /* the admin socket is gone by now: nobody is answered */
 	o->cancel = 1;         /* registrations stop at their next read */
 	pthread_mutex_lock(&o->lock);
 	o->stop = true;
 	pthread_cond_broadcast(&o->cond);
 	pthread_mutex_unlock(&o->lock);
-	if (o->writer_started)
+	if (o->writer_started) {
 		pthread_join(o->writer, NULL);
+		o->writer_started = false;
+	}
 	while (o->renders) {
-		/* a text being written: it ends on its own, unanswered */
+		/* a reply being written: it ends on its own, unanswered */
 		struct render *r = o->renders;
 
 		o->renders = r->next;
@@ -1449,6 +1503,21 @@ void ops_free(struct ops *o)
 		metrics_snap_free(r->snap);
 		free(r);
 	}
+	o->n_render = 0;
+	for (struct job *j = o->jobs; j; j = j->next)
+		if (j->has_thread) {
+			pthread_join(j->thread, NULL);
+			j->has_thread = false;
+		}
+}
+
+void ops_free(struct ops *o)
+{
+	if (!o)
+		return;
+	session_set_final_hook(NULL, NULL);
+	o->opt.admin = NULL;   /* the admin socket is gone by now: nobody is answered */
+	ops_quiesce(o);
 	while (o->jobs) {
 		struct job *j = o->jobs;
 

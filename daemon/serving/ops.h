@@ -75,6 +75,14 @@ struct ops *ops_new(const struct ops_opts *opts);
 /* Stop: registrations still reading files are cancelled, threads joined. */
 void ops_free(struct ops *o);
 
+/*
+ * Stop and join every thread of @o (state writer, registrations, replies
+ * being written), answering nothing more: they wake the engine loop
+ * through its eventfd, so this comes before the loop closes it. ops_free()
+ * does it too. Engine thread.
+ */
+void ops_quiesce(struct ops *o);
+
 /* Limits from a reloaded config (remove_wait_ms: for removals that start after it). */
 void ops_set_limits(struct ops *o, uint64_t max_adapter_bytes, uint32_t max_metric_series,
 		    uint32_t remove_wait_ms);

@@ -740,10 +740,13 @@ static void test_remove_wait_zero(void **state)
 }
 
 /*
- * A removal that meets the version's load. On the unfixed daemon it is
+ * A removal that meets the version's load, with a state directory (the
+ * removal is saved before it is made) and without (made the turn its load
+ * ends, before the requests that waited look again: they must still hear
+ * -EIDRM, not that no such skill exists). On the unfixed daemon it is
  * refused at once ("big@v1 is being loaded; try again in a moment").
  */
-static void test_remove_waits_for_load(void **state)
+static void remove_during_load(bool with_state)
 {
 	static const char rm[] = "{\"cmd\":\"adapters_remove\",\"id\":\"big@v1\"}";
 	char model[300], adapter[400], err[640];
@@ -754,21 +757,22 @@ static void test_remove_waits_for_load(void **state)
 	unsigned ms;
 	int rc;
 
-	(void)state;
-	atk_failures = 0;   /* each test reports its own */
-	start_with_v2(&d, "a43l", model, adapter, args, NULL);
+	assert_int_equal(slow_model(model, sizeof(model)), 0);
+	daemon_args(args, model, adapter, sizeof(adapter), NULL);
+	assert_int_equal(atk_daemon_init(&d, with_state ? "a43l" : "a43n"), 0);
+	assert_int_equal(atk_daemon_start(&d, args, with_state ? ATK_STATE : 0), 0);
 	big_adapter(model);
 	for (int round = 0; round < 2; round++) {
 		big_loading(&d, model);
 		/* a request for it waits for the load, or meets the removal */
 		assert_int_equal(stream_start(&st, d.sock, "big@v1", 4), 0);
 		ATK_EXPECT(admin_ok(d.admin, rm, err, sizeof(err), &ms),
-			   "round %d: the removal of big@v1 during its load: '%s' after %u ms", round,
-			   err, ms);
+			   "%s state, round %d: the removal of big@v1 during its load: '%s' after "
+			   "%u ms", with_state ? "with" : "no", round, err, ms);
 		ATK_EXPECT(stream_wait_end(&st, 30000) && st.fin.res == -EIDRM &&
-			   st.fin.field == LORAD_FIELD_SKILL, "round %d: the request for big@v1: "
-			   "res %d (%s), field %u", round, st.fin.res, lorad_strerror(st.fin.res),
-			   st.fin.field);
+			   st.fin.field == LORAD_FIELD_SKILL, "%s state, round %d: the request for "
+			   "big@v1: res %d (%s), field %u", with_state ? "with" : "no", round,
+			   st.fin.res, lorad_strerror(st.fin.res), st.fin.field);
 		stream_close(&st);
 		ATK_EXPECT(atk_listed_flag(d.admin, "big@v1", "resident") == -1,
 			   "round %d: big@v1 is still listed after its removal", round);
@@ -784,6 +788,14 @@ static void test_remove_waits_for_load(void **state)
 	ATK_EXPECT(rc == 0 && ev.res == 0, "big@v1 registered again: %d, res %d (%s)", rc, ev.res,
 		   lorad_strerror(ev.res));
 	ATK_EXPECT(atk_daemon_stop(&d, 15000, NULL) == 0, "SIGTERM: not a clean exit");
+}
+
+static void test_remove_waits_for_load(void **state)
+{
+	(void)state;
+	atk_failures = 0;   /* each test reports its own */
+	remove_during_load(true);
+	remove_during_load(false);
 	assert_int_equal(atk_failures, 0);
 }
 

@@ -191,7 +191,7 @@ static void test_scrapes_at_once(void **state)
 			    strstr(line, "lorad_tier_bytes{tier=\\\"device\\\"}"))
 				whole++;
 			else if (strstr(line, "\"ok\":false") &&
-				 strstr(line, "metrics texts are being written already (the limit)"))
+				 strstr(line, "replies of metrics and stats are being written already (the limit)"))
 				busy++;
 			else if (other++ == 0)
 				fprintf(stderr, "an odd reply: %.300s\n", line);

@@ -243,6 +243,7 @@ int registry_resolve(struct registry *r, const char *skill, uint64_t key, int *a
 		     uint32_t *vid, char *version_id, uint64_t *ticket)
 {
 	const struct route *rt = route_get(r->routes, skill);
+	bool parked = *ticket && version_id[0];   /* it waited for this version's load */
 	struct reg_version *v;
 
 	/* "name@version" names one version past any route: a pinned
@@ -251,12 +252,18 @@ int registry_resolve(struct registry *r, const char *skill, uint64_t key, int *a
 		v = find_mut(r, skill);
 	else if (rt)
 		v = find_mut(r, route_pick(rt, key));
-	else if (*ticket && version_id[0] && route_get(r->deleted, skill))
+	else if (parked && route_get(r->deleted, skill))
 		v = find_mut(r, version_id);   /* parked for its load before the delete */
 	else
 		v = NULL;
-	if (!v)   /* parked for a load of a version removed since: gone, said as such */
-		return *ticket && version_id[0] ? -EIDRM : -ENOENT;
+	if (!v) {
+		/* the version it was parked for was removed since (its load
+		 * ended in the turn its removal was made): gone, said as such */
+		if (parked && (rt ? false : strchr(skill, '@') ? !strcmp(skill, version_id)
+							 : route_get(r->deleted, skill) != NULL))
+			return -EIDRM;
+		return -ENOENT;
+	}
 	if (v->removing)
 		return -EIDRM;    /* being removed: gone for new requests, said as such */
 	*vid = v->vid;

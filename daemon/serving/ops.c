@@ -29,7 +29,7 @@
 #include "statedir.h"
 
 #define OPS_MAX_INSPECT  4     /* adapters whose files are read and checked at once */
-#define OPS_MAX_RENDER   4     /* metrics and stats replies written at once, each on a thread of its own */
+#define OPS_MAX_RENDER   8     /* replies of metrics, stats, adapters_list written at once, a thread each */
 #define OPS_MAX_JOBS     256   /* changes waiting: more are refused, not queued without bound */
 /* a reload's seeds (each [adapter] section's registration and route, each
  * [route]) wait beside the operators' changes, not in their room: the
@@ -76,13 +76,20 @@ struct job {
 	struct job *next;
 };
 
-/* A metrics or stats reply being written off the engine thread (render_start). */
+enum render_kind { R_METRICS, R_STATS, R_ADAPTERS };
+
+struct ver_snap;
+
+/* A reply of metrics, stats or adapters_list being written off the engine
+ * thread (render_start), from a copy of what it shows. */
 struct render {
 	struct ops *o;
 	uint64_t ticket;             /* the admin request it answers */
-	struct metrics_snap *snap;
-	bool stats;                  /* "stats" (JSON of the series), else "metrics" */
-	char skill[ROUTE_NAME_MAX];  /* stats: of this skill only; "": all */
+	enum render_kind kind;
+	struct metrics_snap *snap;   /* R_METRICS, R_STATS */
+	char skill[ROUTE_NAME_MAX];  /* R_STATS: of this skill only; "": all */
+	struct ver_snap *vers;       /* R_ADAPTERS */
+	unsigned nv;
 	char *line;                  /* the reply, serialized; NULL: out of memory */
 	size_t len;
 	bool done;                   /* under ops.lock */
@@ -138,33 +145,81 @@ static const char *get_str(struct json_object *req, const char *key)
 
 /* --- json views ----------------------------------------------------------------------- */
 
-static struct json_object *version_json(struct registry *reg, const struct reg_version *v)
+/* What adapters_list shows of a version, copied on the engine thread so the
+ * JSON is made on any (version_json_of). */
+struct ver_snap {
+	char id[ROUTE_NAME_MAX];
+	uint32_t vid;
+	char *path;                  /* malloc'd */
+	char sha256[65];
+	bool resident, pinned, loading, removing, progress, failed;
+	uint64_t loads, done, total;
+	const char *state, *residency;  /* static names */
+	char load_msg[320];
+};
+
+/* 0, or -ENOMEM (@x then holds nothing to free) */
+static int version_snap(struct registry *reg, const struct reg_version *v, struct ver_snap *x)
+{
+	const struct pool_entry *pe = v->pe;
+
+	memset(x, 0, sizeof(*x));
+	x->path = strdup(pe->path);
+	if (!x->path)
+		return -ENOMEM;
+	memcpy(x->id, v->id, sizeof(x->id));
+	x->vid = v->vid;
+	memcpy(x->sha256, pe->h.sha256, sizeof(x->sha256));
+	x->resident = pe->adapter != 0;
+	x->pinned = pe->pinned;
+	x->loads = pe->loads;
+	x->loading = pool_entry_busy(pe);
+	x->state = pool_state_name(pe->state);
+	x->removing = v->removing;
+	x->residency = pool_where_name(pool_where(registry_pool(reg), pe));
+	x->progress = !pool_load_progress(registry_pool(reg), pe, &x->done, &x->total);
+	x->failed = pe->load_err != 0;
+	if (x->failed)
+		snprintf(x->load_msg, sizeof(x->load_msg), "%s", pe->load_msg);
+	return 0;
+}
+
+static struct json_object *version_json_of(const struct ver_snap *x)
 {
 	struct json_object *o = json_object_new_object();
-	const struct pool_entry *pe = v->pe;
-	uint64_t done, total;
 
-	json_object_object_add(o, "id", json_object_new_string(v->id));
-	json_object_object_add(o, "vid", json_object_new_int64(v->vid));   /* lorad_event.version */
-	json_object_object_add(o, "path", json_object_new_string(pe->path));
-	json_object_object_add(o, "sha256", json_object_new_string(pe->h.sha256));
-	json_object_object_add(o, "resident", json_object_new_boolean(pe->adapter != 0));
-	json_object_object_add(o, "pinned", json_object_new_boolean(pe->pinned));
-	json_object_object_add(o, "loads", json_object_new_int64((int64_t)pe->loads));
-	json_object_object_add(o, "loading", json_object_new_boolean(pool_entry_busy(pe)));
-	json_object_object_add(o, "state", json_object_new_string(pool_state_name(pe->state)));
+	json_object_object_add(o, "id", json_object_new_string(x->id));
+	json_object_object_add(o, "vid", json_object_new_int64(x->vid));   /* lorad_event.version */
+	json_object_object_add(o, "path", json_object_new_string(x->path));
+	json_object_object_add(o, "sha256", json_object_new_string(x->sha256));
+	json_object_object_add(o, "resident", json_object_new_boolean(x->resident));
+	json_object_object_add(o, "pinned", json_object_new_boolean(x->pinned));
+	json_object_object_add(o, "loads", json_object_new_int64((int64_t)x->loads));
+	json_object_object_add(o, "loading", json_object_new_boolean(x->loading));
+	json_object_object_add(o, "state", json_object_new_string(x->state));
 	/* its removal waits for the requests running on it (or is being saved) */
-	json_object_object_add(o, "removing", json_object_new_boolean(v->removing));
+	json_object_object_add(o, "removing", json_object_new_boolean(x->removing));
 	/* where its bytes are: device, host (pinned host tier only), loading, failed, disk */
-	json_object_object_add(o, "residency", json_object_new_string(
-		pool_where_name(pool_where(registry_pool(reg), pe))));
+	json_object_object_add(o, "residency", json_object_new_string(x->residency));
 	/* while it loads: bytes of its files read and verified so far */
-	if (!pool_load_progress(registry_pool(reg), pe, &done, &total)) {
-		json_object_object_add(o, "load_done", json_object_new_int64((int64_t)done));
-		json_object_object_add(o, "load_total", json_object_new_int64((int64_t)total));
+	if (x->progress) {
+		json_object_object_add(o, "load_done", json_object_new_int64((int64_t)x->done));
+		json_object_object_add(o, "load_total", json_object_new_int64((int64_t)x->total));
 	}
-	if (pe->load_err)
-		json_object_object_add(o, "load_error", json_object_new_string(pe->load_msg));
+	if (x->failed)
+		json_object_object_add(o, "load_error", json_object_new_string(x->load_msg));
+	return o;
+}
+
+static struct json_object *version_json(struct registry *reg, const struct reg_version *v)
+{
+	struct ver_snap x;
+	struct json_object *o;
+
+	if (version_snap(reg, v, &x))
+		return NULL;
+	o = version_json_of(&x);
+	free(x.path);
 	return o;
 }
 
@@ -726,17 +781,15 @@ unsigned ops_pending(const struct ops *o)
 
 /* --- adapters -------------------------------------------------------------------------- */
 
+static int render_start(struct ops *o, struct json_object *reply, enum render_kind kind,
+			const char *skill);
+
+/* {"cmd": "adapters_list"}: every version, as version_json() shows it; the
+ * JSON of a thousand is made off the engine thread (render_start). */
 static int cmd_adapters_list(void *ctx, struct json_object *req, struct json_object *reply)
 {
-	struct ops *o = ctx;
-	struct json_object *a = json_object_new_array();
-	const struct reg_version *v;
-
 	(void)req;
-	for (unsigned i = 0; (v = registry_at(o->opt.reg, i)); i++)
-		json_object_array_add(a, version_json(o->opt.reg, v));
-	json_object_object_add(reply, "adapters", a);
-	return 0;
+	return render_start(ctx, reply, R_ADAPTERS, NULL);
 }
 
 /*
@@ -1212,15 +1265,46 @@ static char *stats_reply(const struct render *r, size_t *n)
 	return reply_line(reply, "stats", n);
 }
 
+/* The reply to an adapters_list request from its copy: {"adapters": [...], "ok": true}. */
+static char *adapters_reply(const struct render *r, size_t *n)
+{
+	struct json_object *reply = json_object_new_object(), *a = json_object_new_array();
+
+	if (!reply || !a) {
+		json_object_put(reply);
+		json_object_put(a);
+		return NULL;
+	}
+	for (unsigned i = 0; i < r->nv; i++)
+		json_object_array_add(a, version_json_of(&r->vers[i]));
+	json_object_object_add(reply, "adapters", a);
+	json_object_object_add(reply, "ok", json_object_new_boolean(1));
+	return reply_line(reply, "adapters", n);
+}
+
+static void render_free(struct render *r)
+{
+	metrics_snap_free(r->snap);
+	for (unsigned i = 0; i < r->nv; i++)
+		free(r->vers[i].path);
+	free(r->vers);
+	free(r->line);
+	free(r);
+}
+
 static void *render_thread(void *arg)
 {
 	struct render *r = arg;
-	char *line;
+	char *line = NULL;
 
 	/* the engine's threads first where they share a core: a scrape may
 	 * take longer, a token may not (nice 19: a thread's own, on Linux) */
 	(void)!setpriority(PRIO_PROCESS, (id_t)gettid(), 19);
-	line = r->stats ? stats_reply(r, &r->len) : metrics_reply(r->snap, &r->len);
+	switch (r->kind) {
+	case R_METRICS: line = metrics_reply(r->snap, &r->len); break;
+	case R_STATS: line = stats_reply(r, &r->len); break;
+	case R_ADAPTERS: line = adapters_reply(r, &r->len); break;
+	}
 
 	pthread_mutex_lock(&r->o->lock);
 	r->line = line;
@@ -1248,46 +1332,70 @@ static void renders_collect(struct ops *o)
 		o->n_render--;
 		/* takes the line; none (no memory for one): the peer is hung up on */
 		admin_complete_line(o->opt.admin, r->ticket, r->line, r->len);
-		metrics_snap_free(r->snap);
-		free(r);
+		r->line = NULL;
+		render_free(r);
 	}
 }
 
-/*
- * A metrics or stats request: what its reply shows is copied here, on the
- * engine thread (O(series) plain copies); the reply (megabytes of text and
- * JSON with many series: tens of ms) is written on a thread of its own, so
- * the engine keeps stepping, and it is sent once written.
- */
-static int render_start(struct ops *o, struct json_object *reply, bool stats, const char *skill)
+/* @r's copy of what it shows: 0 or -ENOMEM (engine thread) */
+static int render_snap(struct ops *o, struct render *r)
 {
 	struct ops_engine_stats es = { 0 }, *esp = NULL;
+	const struct reg_version *v;
+	unsigned n = 0;
+
+	if (r->kind != R_ADAPTERS) {
+		if (r->kind == R_METRICS && o->opt.engine_stats) {
+			o->opt.engine_stats(o->opt.engine_ctx, &es);
+			esp = &es;
+		}
+		r->snap = metrics_snapshot(o->met, o->opt.reg, esp);
+		return r->snap ? 0 : -ENOMEM;
+	}
+	while (registry_at(o->opt.reg, n))
+		n++;
+	r->vers = calloc(n ? n : 1, sizeof(*r->vers));
+	if (!r->vers)
+		return -ENOMEM;
+	for (; r->nv < n && (v = registry_at(o->opt.reg, r->nv)); r->nv++)
+		if (version_snap(o->opt.reg, v, &r->vers[r->nv]))
+			return -ENOMEM;   /* render_free() frees the copies made */
+	return 0;
+}
+
+/*
+ * A metrics, stats or adapters_list request: what its reply shows is
+ * copied here, on the engine thread (O(series) or O(versions) plain
+ * copies); the reply (megabytes of text and JSON with many series or
+ * versions: milliseconds to tens of them) is written on a thread of its
+ * own, so the engine keeps stepping, and it is sent once written.
+ */
+static int render_start(struct ops *o, struct json_object *reply, enum render_kind kind,
+			const char *skill)
+{
 	struct render *r;
 
 	if (o->n_render >= OPS_MAX_RENDER) {
-		char msg[128];
+		char msg[160];
 
-		snprintf(msg, sizeof(msg), "%d replies of metrics and stats are being written already "
-			 "(the limit); try again in a moment", OPS_MAX_RENDER);
+		snprintf(msg, sizeof(msg), "%d replies of metrics, stats and adapter lists are being "
+			 "written already (the limit); try again in a moment", OPS_MAX_RENDER);
 		set_err(reply, msg);
 		return -EBUSY;
 	}
-	if (!stats && o->opt.engine_stats) {
-		o->opt.engine_stats(o->opt.engine_ctx, &es);
-		esp = &es;
-	}
 	r = calloc(1, sizeof(*r));
-	if (!r || !(r->snap = metrics_snapshot(o->met, o->opt.reg, esp))) {
-		free(r);
+	if (!r)
 		return -ENOMEM;
-	}
 	r->o = o;
-	r->stats = stats;
+	r->kind = kind;
 	if (skill)
 		snprintf(r->skill, sizeof(r->skill), "%s", skill);   /* 31 bytes at most (a_skill_opt) */
+	if (render_snap(o, r)) {
+		render_free(r);
+		return -ENOMEM;
+	}
 	if (pthread_create(&r->thread, NULL, render_thread, r)) {
-		metrics_snap_free(r->snap);
-		free(r);
+		render_free(r);
 		set_err(reply, "no thread to write the reply on (out of resources); try again");
 		return -EAGAIN;
 	}
@@ -1301,14 +1409,14 @@ static int render_start(struct ops *o, struct json_object *reply, bool stats, co
 /* {"cmd": "stats", "skill": S?}: each series' counts and mean latencies. */
 static int cmd_stats(void *ctx, struct json_object *req, struct json_object *reply)
 {
-	return render_start(ctx, reply, true, get_str(req, "skill"));
+	return render_start(ctx, reply, R_STATS, get_str(req, "skill"));
 }
 
 /* {"cmd": "metrics"}: the Prometheus text. */
 static int cmd_metrics(void *ctx, struct json_object *req, struct json_object *reply)
 {
 	(void)req;
-	return render_start(ctx, reply, false, NULL);
+	return render_start(ctx, reply, R_METRICS, NULL);
 }
 
 /* --- seeds from a reloaded config ---------------------------------------------------------- */
@@ -1499,9 +1607,7 @@ void ops_quiesce(struct ops *o)
 
 		o->renders = r->next;
 		pthread_join(r->thread, NULL);
-		free(r->line);
-		metrics_snap_free(r->snap);
-		free(r);
+		render_free(r);
 	}
 	o->n_render = 0;
 	for (struct job *j = o->jobs; j; j = j->next)

@@ -7,7 +7,7 @@
  * while scraped every 50 ms). It is written on a thread of its own now,
  * from a copy taken between steps, and the reply comes when it is done:
  *   - scrapes at once on many connections: each is answered, with the
- *     whole text or, past the OPS_MAX_RENDER written at once, an error
+ *     whole text or, past the OPS_MAX_RENDER (8) written at once, an error
  *     that says so; the daemon answers a scrape again afterwards;
  *   - peers that ask and hang up at once, hundreds of them: nothing is
  *     left behind, the daemon serves and answers as before;
@@ -191,7 +191,7 @@ static void test_scrapes_at_once(void **state)
 			    strstr(line, "lorad_tier_bytes{tier=\\\"device\\\"}"))
 				whole++;
 			else if (strstr(line, "\"ok\":false") &&
-				 strstr(line, "replies of metrics and stats are being written already (the limit)"))
+				 strstr(line, "replies of metrics, stats and adapter lists are being written already (the limit)"))
 				busy++;
 			else if (other++ == 0)
 				fprintf(stderr, "an odd reply: %.300s\n", line);
@@ -203,9 +203,53 @@ static void test_scrapes_at_once(void **state)
 		whole, busy);
 	ATK_EXPECT(whole + busy == N_CONNS * N_EACH && !other, "%u replies neither a whole text nor "
 		   "the limit", N_CONNS * N_EACH - whole - busy);
-	ATK_EXPECT(whole >= 4, "only %u whole texts of %u scrapes", whole, N_CONNS * N_EACH);
+	ATK_EXPECT(whole >= 8, "only %u whole texts of %u scrapes", whole, N_CONNS * N_EACH);
 	ATK_EXPECT(atk_metric(d.admin, "lorad_tier_adapters{tier=\"device\"}") >= 0,
 		   "no scrape answered afterwards");
+
+	/* stats (all, and one skill's) and adapters_list go the same way */
+	{
+		static const char mix[] = "{\"cmd\":\"stats\"}\n{\"cmd\":\"adapters_list\"}\n"
+					  "{\"cmd\":\"stats\",\"skill\":\"s3\"}\n";
+		unsigned good = 0, told = 0;
+
+		for (int i = 0; i < N_CONNS; i++) {
+			fd[i] = atk_connect(d.admin);
+			assert_true(fd[i] >= 0);
+			assert_int_equal(send(fd[i], mix, sizeof(mix) - 1, MSG_NOSIGNAL),
+					 (ssize_t)sizeof(mix) - 1);
+		}
+		for (int i = 0; i < N_CONNS; i++) {
+			char *all, *line, *next;
+			long n = read_lines(fd[i], &all, 3, 20000);
+			int k = 0;
+
+			ATK_EXPECT(n == 3, "connection %d: %ld replies of 3", i, n);
+			for (line = all; n > 0 && line && *line; line = next, k++) {
+				next = strchr(line, '\n');
+				if (next)
+					*next++ = 0;
+				if (strstr(line, "\"ok\":false") && strstr(line, "(the limit)")) {
+					told++;
+					continue;
+				}
+				if ((k == 0 && strstr(line, "\"stats\":[") &&
+				     strstr(line, "\"skill\":\"s15\"") && strstr(line, "\"ok\":true")) ||
+				    (k == 1 && strstr(line, "\"adapters\":[") &&
+				     strstr(line, "\"id\":\"t@v4\"") && strstr(line, "\"ok\":true")) ||
+				    (k == 2 && strstr(line, "\"skill\":\"s3\"") &&
+				     !strstr(line, "\"skill\":\"s4\"") && strstr(line, "\"ok\":true")))
+					good++;
+				else
+					ATK_EXPECT(false, "connection %d, reply %d: %.300s", i, k, line);
+			}
+			free(all);
+			close(fd[i]);
+		}
+		fprintf(stderr, "stats and adapter lists at once: %u whole, %u told the limit\n", good,
+			told);
+		ATK_EXPECT(good >= 8, "only %u whole stats and adapter lists", good);
+	}
 	ATK_EXPECT(atk_daemon_stop(&d, 15000, NULL) == 0, "SIGTERM: not a clean exit");
 	assert_int_equal(atk_failures, 0);
 }
@@ -262,7 +306,7 @@ static void test_sigterm_while_writing(void **state)
 	char model[300];
 	const char *args[] = { "--model", model, "--threads", "1", NULL };
 	struct atk_daemon d;
-	int fd[4];
+	int fd[8];
 	unsigned ms;
 
 	(void)state;
@@ -271,15 +315,20 @@ static void test_sigterm_while_writing(void **state)
 	assert_int_equal(atk_daemon_init(&d, "a45t"), 0);
 	assert_int_equal(atk_daemon_start(&d, args, 0), 0);
 	make_series(&d, model, 8, 64, 16);
-	for (int i = 0; i < 4; i++) {
+	for (int i = 0; i < 8; i++) {
+		/* metrics, stats and adapters_list: each kind on its way when the signal comes */
+		static const char *const kinds[3] = { "{\"cmd\":\"metrics\"}\n", "{\"cmd\":\"stats\"}\n",
+						      "{\"cmd\":\"adapters_list\"}\n" };
+		const char *line = i ? kinds[i % 3] : req;
+
 		fd[i] = atk_connect(d.admin);
 		assert_true(fd[i] >= 0);
-		assert_int_equal(send(fd[i], req, sizeof(req) - 1, MSG_NOSIGNAL), (ssize_t)sizeof(req) - 1);
+		assert_int_equal(send(fd[i], line, strlen(line), MSG_NOSIGNAL), (ssize_t)strlen(line));
 	}
 	ATK_EXPECT(atk_daemon_stop(&d, 15000, &ms) == 0, "SIGTERM while metrics were written: not a "
 		   "clean exit");
 	fprintf(stderr, "exit %u ms after SIGTERM\n", ms);
-	for (int i = 0; i < 4; i++)
+	for (int i = 0; i < 8; i++)
 		close(fd[i]);
 	assert_int_equal(atk_failures, 0);
 }

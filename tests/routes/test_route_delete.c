@@ -466,6 +466,13 @@ static void test_registry_delete(void **state)
 	/* ... only for a deleted route's skill */
 	ticket = 7;
 	assert_int_equal(registry_resolve(r, "zzz", 1, &adapter, &vid, vid_s, &ticket), -ENOENT);
+	/* a version named by a request that waited for its load, gone since:
+	 * removed, said as such; never asked for before: no such version */
+	ticket = 7;
+	snprintf(vid_s, sizeof(vid_s), "gone@v9");
+	assert_int_equal(registry_resolve(r, "gone@v9", 1, &adapter, &vid, vid_s, &ticket), -EIDRM);
+	ticket = 0;
+	assert_int_equal(registry_resolve(r, "gone@v9", 1, &adapter, &vid, vid_s, &ticket), -ENOENT);
 
 	/* deleted: the route kept with its history; deleting again is refused */
 	registry_route_entry(r, "sql", &ent);

@@ -5,15 +5,18 @@
  * each routed to a version of its own, each served once: the metrics text
  * of the default max_metric_series, 1024, is about 3 MB); one client
  * streams a long greedy generation and times the gaps between its events
- * (inter-token latency, ITL), once with nobody asking for the metrics
- * ("quiet", the baseline) and once while a scraper asks for them back to
- * back, INTERVAL_MS apart ("scrape"), interleaved quiet, scrape, scrape,
- * quiet in every repetition so the machine's drift hits both alike.
+ * (inter-token latency, ITL), with nobody asking for anything ("quiet",
+ * the baseline) and while a scraper asks for the metrics back to back,
+ * INTERVAL_MS apart ("scrape"); then the same with `stats` and
+ * `adapters_list`, the other replies of every series or version (loradctl
+ * top asks for adapters_list every second). Each repetition runs quiet,
+ * metrics, stats, adapters_list, then those in reverse, then quiet, so
+ * the machine's drift hits all alike.
  *
  * Prints one JSON line per mode (medians over the repetitions) on stdout:
- *   itl_p50_ms, itl_p99_ms, itl_max_ms of the stream; the scrape row adds
- *   the scrapes' round trip (scrape_p50_ms), the text's size, and
- *   ratio_vs_quiet (its ITL p99 over the quiet one; target <= 1.5).
+ *   itl_p50_ms, itl_p99_ms, itl_max_ms of the stream; the other rows add
+ *   the command's round trip (scrape_p50_ms), its reply's size, and
+ *   ratio_vs_quiet (their ITL p99 over the quiet one; target <= 1.5).
  *
  * The model is attack 43's (hidden 512, 4 layers, vocabulary 640, bf16,
  * about 2 ms a token on one thread here) with one rank-8 adapter, made by
@@ -101,6 +104,18 @@ out:
 
 /* --- the scraper -------------------------------------------------------------------- */
 
+/* The commands asked while the stream runs: the metrics (mode "scrape"), and
+ * the other replies of every series or version an operator's tools ask for. */
+static const struct {
+	const char *mode, *name, *line;
+} cmds[] = {
+	{ "scrape", "metrics", "{\"cmd\":\"metrics\"}" },
+	{ "stats", "stats", "{\"cmd\":\"stats\"}" },
+	{ "adapters_list", "adapters_list", "{\"cmd\":\"adapters_list\"}" },
+};
+#define N_CMDS 3
+
+static const char *scrape_cmd;
 static atomic_int scraping;
 static double scrape_ms[4096];
 static int n_scrapes;
@@ -114,7 +129,7 @@ static void *scraper(void *arg)
 		char *r = NULL;
 		size_t n = 0;
 
-		if (admin_cmd("{\"cmd\":\"metrics\"}", &r, &n) == 0) {
+		if (admin_cmd(scrape_cmd, &r, &n) == 0) {
 			if (n_scrapes < 4096)
 				scrape_ms[n_scrapes++] = (bench_now() - t0) * 1e3;
 			text_bytes = n;
@@ -273,7 +288,8 @@ int main(int argc, char **argv)
 	unsigned series = quick ? 300 : 1000;
 	uint32_t tokens = quick ? 600 : 1500;
 	char model[400], log[400], cmd[500];
-	double q[3][32], s[3][32], sm[32];
+	double q[3][32], s[N_CMDS][3][32], sm[N_CMDS][32] = { { 0 } };
+	size_t bytes[N_CMDS] = { 0 };
 	pid_t pid = -1;
 	struct lorad *c = NULL;
 
@@ -316,15 +332,19 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	for (int r = 0; r < reps; r++) {
-		/* quiet, scrape, scrape, quiet: each mode's pair averaged */
-		struct itl a[2] = { 0 }, b[2] = { 0 };
+		/* quiet, then each command asked, then each again in reverse,
+		 * then quiet: each mode's pair averaged */
+		struct itl a[2] = { 0 }, b[N_CMDS][2];
+		int seen[N_CMDS] = { 0 };
 
-		for (int k = 0; k < 4; k++) {
-			bool scrape = k == 1 || k == 2;
-			struct itl *x = scrape ? &b[k - 1] : &a[k / 3];
+		memset(b, 0, sizeof(b));
+		for (int k = 0; k < 2 * N_CMDS + 2; k++) {
+			int m = k == 0 || k == 2 * N_CMDS + 1 ? -1 : k <= N_CMDS ? k - 1 : 2 * N_CMDS - k;
+			struct itl *x = m < 0 ? &a[k ? 1 : 0] : &b[m][seen[m]++];
 			pthread_t t;
 
-			if (scrape) {
+			if (m >= 0) {
+				scrape_cmd = cmds[m].line;
 				atomic_store(&scraping, 1);
 				n_scrapes = 0;
 				if (pthread_create(&t, NULL, scraper, NULL))
@@ -334,36 +354,41 @@ int main(int argc, char **argv)
 				fprintf(stderr, "bench_scrape: the stream failed (see %s)\n", log);
 				goto out;
 			}
-			if (scrape) {
+			if (m >= 0) {
 				atomic_store(&scraping, 0);
 				pthread_join(t, NULL);
 				qsort(scrape_ms, (size_t)n_scrapes, sizeof(double), cmp_d);
-				sm[r] = n_scrapes ? scrape_ms[n_scrapes / 2] : 0;
+				sm[m][r] += (n_scrapes ? scrape_ms[n_scrapes / 2] : 0) / 2;
+				bytes[m] = text_bytes;
 			}
 		}
 		q[0][r] = (a[0].p50 + a[1].p50) / 2;
 		q[1][r] = (a[0].p99 + a[1].p99) / 2;
 		q[2][r] = (a[0].max + a[1].max) / 2;
-		s[0][r] = (b[0].p50 + b[1].p50) / 2;
-		s[1][r] = (b[0].p99 + b[1].p99) / 2;
-		s[2][r] = (b[0].max + b[1].max) / 2;
-		fprintf(stderr, "rep %d: ITL p99 quiet %.2f ms, scraped every %d ms %.2f ms (scrape %.1f ms, "
-			"%zu bytes)\n", r, q[1][r], INTERVAL_MS, s[1][r], sm[r], text_bytes);
+		for (int m = 0; m < N_CMDS; m++) {
+			s[m][0][r] = (b[m][0].p50 + b[m][1].p50) / 2;
+			s[m][1][r] = (b[m][0].p99 + b[m][1].p99) / 2;
+			s[m][2][r] = (b[m][0].max + b[m][1].max) / 2;
+			fprintf(stderr, "rep %d: ITL p99 quiet %.2f ms, %s every %d ms %.2f ms (%.1f ms, "
+				"%zu bytes)\n", r, q[1][r], cmds[m].name, INTERVAL_MS, s[m][1][r], sm[m][r],
+				bytes[m]);
+		}
 	}
 	printf("{\"bench\": \"scrape\", \"mode\": \"quiet\", \"series\": %u, \"tokens\": %u, \"reps\": %d, "
 	       "\"itl_p50_ms\": %.3f, \"itl_p99_ms\": %.3f, \"itl_max_ms\": %.3f}\n", series, tokens, reps,
 	       bench_median(q[0], reps), bench_median(q[1], reps), bench_median(q[2], reps));
-	{
+	for (int m = 0; m < N_CMDS; m++) {
 		double ratio[32];
 
 		for (int r = 0; r < reps; r++)
-			ratio[r] = q[1][r] > 0 ? s[1][r] / q[1][r] : 0;
-		printf("{\"bench\": \"scrape\", \"mode\": \"scrape\", \"series\": %u, \"tokens\": %u, "
-		       "\"reps\": %d, \"interval_ms\": %d, \"text_bytes\": %zu, \"scrape_p50_ms\": %.2f, "
-		       "\"itl_p50_ms\": %.3f, \"itl_p99_ms\": %.3f, \"itl_max_ms\": %.3f, "
-		       "\"ratio_vs_quiet\": %.3f, \"target\": 1.5}\n", series, tokens, reps, INTERVAL_MS,
-		       text_bytes, bench_median(sm, reps), bench_median(s[0], reps),
-		       bench_median(s[1], reps), bench_median(s[2], reps), bench_median(ratio, reps));
+			ratio[r] = q[1][r] > 0 ? s[m][1][r] / q[1][r] : 0;
+		printf("{\"bench\": \"scrape\", \"mode\": \"%s\", \"command\": \"%s\", \"series\": %u, "
+		       "\"tokens\": %u, \"reps\": %d, \"interval_ms\": %d, \"text_bytes\": %zu, "
+		       "\"scrape_p50_ms\": %.2f, \"itl_p50_ms\": %.3f, \"itl_p99_ms\": %.3f, "
+		       "\"itl_max_ms\": %.3f, \"ratio_vs_quiet\": %.3f, \"target\": 1.5}\n", cmds[m].mode,
+		       cmds[m].name, series, tokens, reps, INTERVAL_MS, bytes[m], bench_median(sm[m], reps),
+		       bench_median(s[m][0], reps), bench_median(s[m][1], reps),
+		       bench_median(s[m][2], reps), bench_median(ratio, reps));
 	}
 	ret = 0;
 out:

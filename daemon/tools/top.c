@@ -438,12 +438,14 @@ static void frame(const struct top_opts *o, struct json_object *status, struct j
 	fflush(f);
 }
 
+#define TOP_MAX_REFUSED 10   /* refused frames in a row before the view gives up */
+
 int top_run(const struct top_opts *o)
 {
 	struct top_snap *snap[2] = { calloc(1, sizeof(struct top_snap)), calloc(1, sizeof(struct top_snap)) };
 	struct sigaction sa = { .sa_handler = on_sigint };
 	double t_prev = 0, uptime_prev = 0;
-	int ret = 3, cur = 0;
+	int ret = 3, cur = 0, refused = 0;
 	long n = 0;
 
 	if (!snap[0] || !snap[1]) {
@@ -461,8 +463,19 @@ int top_run(const struct top_opts *o)
 		    (ret = ask(o, "adapters_list", &adapters))) {
 			json_object_put(status);
 			json_object_put(metrics);
+			/* refused (the daemon's replies of metrics and lists are all
+			 * being written, for others): this frame is skipped, not the
+			 * view; TOP_MAX_REFUSED refusals in a row end it */
+			if (ret == 1 && ++refused < TOP_MAX_REFUSED && !o->iterations) {
+				struct timespec ts = { (time_t)o->delay_s,
+						       (long)((o->delay_s - (time_t)o->delay_s) * 1e9) };
+
+				nanosleep(&ts, NULL);
+				continue;
+			}
 			goto err;
 		}
+		refused = 0;
 		t = mono_s();
 		if (!json_object_object_get_ex(metrics, "text", &text) ||
 		    !json_object_is_type(text, json_type_string) ||

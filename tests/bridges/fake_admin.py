@@ -50,7 +50,18 @@ def reply(cmd):
     return {"ok": False, "error": "unknown"}
 
 
-calls = {"list": 0}
+calls = {"list": 0, "metrics": 0}
+BUSY = ("8 replies of metrics, stats and adapter lists are being written already (the limit); "
+        "try again in a moment")
+
+
+def busy_reply(cmd):
+    # the daemon's reply threads all taken, for the first three frames' metrics
+    if cmd == "metrics":
+        calls["metrics"] += 1
+        if calls["metrics"] <= 3:
+            return {"ok": False, "error": BUSY}
+    return reply(cmd)
 MIB4 = 4 << 20
 # each adapters_list call's big@v1: state, load_done, load_total
 LOAD_STEPS = [
@@ -107,6 +118,9 @@ def serve(c):
         elif mode == "load":
             cmd = json.loads(data.split(b"\n")[0]).get("cmd")
             c.sendall(json.dumps(load_reply(cmd)).encode() + b"\n")
+        elif mode == "busy":
+            cmd = json.loads(data.split(b"\n")[0]).get("cmd")
+            c.sendall(json.dumps(busy_reply(cmd)).encode() + b"\n")
     except OSError:
         pass
     finally:

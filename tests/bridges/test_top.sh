@@ -153,6 +153,26 @@ grep -q $'\007' "$dir/out" && fail "evil: a BEL reached the output"
 grep -q "more series not shown" "$dir/out" || fail "evil: rows not bounded"
 grep -q "malformed metrics lines skipped" "$dir/err" || fail "evil: malformed lines not reported"
 
+# the daemon's reply threads all busy for a while: the view skips those
+# frames (saying why) and goes on; refused for good, it ends after ten
+fake busy
+"$bin/loradctl" --socket "$dir/f.sock" --timeout 5 top -d 0.1 >"$dir/out" 2>"$dir/err" &
+tpid=$!
+for _ in $(seq 100); do
+	[ "$(grep -c '^--- frame ' "$dir/out")" -ge 2 ] && break
+	sleep 0.1
+done
+kill -TERM $tpid 2>/dev/null
+wait $tpid
+[ "$(grep -c '^--- frame ' "$dir/out")" -ge 2 ] || fail "busy: no frames after the refusals"
+[ "$(grep -c 'being written already (the limit)' "$dir/err")" = 3 ] || fail "busy: the refusals not said"
+fake refuse
+t0=$(date +%s%N)
+timeout 20 "$bin/loradctl" --socket "$dir/f.sock" --timeout 2 top -d 0.1 >"$dir/out" 2>"$dir/err"
+rc=$?
+[ "$rc" = 1 ] || fail "refused for good: exit $rc, want 1"
+[ "$(grep -c 'go away' "$dir/err")" = 10 ] || fail "refused for good: not ten tries"
+
 # --- adapters prefetch --wait on a terminal (a pty): one line redrawn with \r,
 # percentages that rise, only loradctl's own words, then one plain line; off
 # a terminal only that line. A failed load: its error without control

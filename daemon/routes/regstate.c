@@ -581,8 +581,11 @@ void registry_change_free(struct reg_change *ch)
 {
 	if (!ch)
 		return;
-	if (ch->kind == RC_REMOVE && ch->target)
-		ch->target->removing = false;   /* not made: the version stays, loads again */
+	if (ch->kind == RC_REMOVE && ch->target) {
+		/* not made: the version stays, loads again */
+		ch->target->removing = false;
+		ch->target->pe->doomed = false;
+	}
 	reg_version_free(ch->add);
 	free(ch->cur);
 	free(ch);
@@ -886,6 +889,7 @@ int registry_prepare_remove(struct registry *r, const char *id, struct reg_chang
 	 * would be left there for good. New requests are refused from here on,
 	 * so the ones running on it can only get fewer. */
 	v->removing = true;
+	v->pe->doomed = true;
 	if (pool_entry_busy(v->pe)) {
 		/* the load ends on its own (its buffers are the entry's): the
 		 * requests that waited for it are refused when they look again */

@@ -656,6 +656,14 @@ static void load_ended(struct pool *p, struct pool_entry *pe, struct eng_adapter
 	bool borrows = built && engine_adapter_borrowed(built);
 	int ret;
 
+	if (pe->doomed && !pe->load_err) {
+		/* removed once this load ends: not installed, nothing evicted
+		 * for it; the requests that waited are refused when they look */
+		engine_adapter_discard(p->e, built);
+		hostpool_put(p->hp, st);
+		pool_set_state(pe, POOL_ABSENT);
+		return;
+	}
 	if (!pe->load_err && built) {
 		ret = engine_adapter_install(p->e, built, &pe->adapter);
 		if (ret) {

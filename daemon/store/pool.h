@@ -75,6 +75,8 @@ struct pool_entry {
 	uint32_t serial;             /* the pool's own number: loader tokens */
 	int adapter;                 /* engine adapter id, 0 when not resident */
 	bool pinned;                 /* never evicted; loaded when pinned */
+	bool doomed;                 /* its removal waits: a load that ends does not make
+				      * it resident (nor evict others for it) */
 	uint64_t loads, load_ns;
 	uint64_t bytes;              /* in the device tier while resident */
 	uint64_t last_used;          /* the pool's use clock, for LRU eviction */

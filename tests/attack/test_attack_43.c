@@ -743,25 +743,33 @@ static void test_remove_wait_zero(void **state)
  * A removal that meets the version's load, with a state directory (the
  * removal is saved before it is made) and without (made the turn its load
  * ends, before the requests that waited look again: they must still hear
- * -EIDRM, not that no such skill exists). On the unfixed daemon it is
- * refused at once ("big@v1 is being loaded; try again in a moment").
+ * -EIDRM, not that no such skill exists). The device tier's budget (1 MiB)
+ * holds x@v1 but not big@v1: a load that ends for a version being removed
+ * must not make it resident, evicting x@v1 for it. On the unfixed daemon
+ * the removal is refused at once ("big@v1 is being loaded; try again in a
+ * moment").
  */
 static void remove_during_load(bool with_state)
 {
 	static const char rm[] = "{\"cmd\":\"adapters_remove\",\"id\":\"big@v1\"}";
+	static const char *const extra[] = { "--device-budget", "1M", NULL };
 	char model[300], adapter[400], err[640];
 	const char *args[16];
 	struct atk_daemon d;
 	struct stream st;
 	struct lorad_event ev;
+	long long ev0;
 	unsigned ms;
 	int rc;
 
 	assert_int_equal(slow_model(model, sizeof(model)), 0);
-	daemon_args(args, model, adapter, sizeof(adapter), NULL);
+	daemon_args(args, model, adapter, sizeof(adapter), extra);
 	assert_int_equal(atk_daemon_init(&d, with_state ? "a43l" : "a43n"), 0);
 	assert_int_equal(atk_daemon_start(&d, args, with_state ? ATK_STATE : 0), 0);
 	big_adapter(model);
+	rc = atk_generate_once(d.sock, "x@v1", 4, &ev, 30000);
+	assert_true(rc == 0 && ev.res == 0);   /* x@v1 resident */
+	ev0 = atk_metric(d.admin, "lorad_tier_evictions_total{tier=\"device\"}");
 	for (int round = 0; round < 2; round++) {
 		big_loading(&d, model);
 		/* a request for it waits for the load, or meets the removal */
@@ -780,6 +788,12 @@ static void remove_during_load(bool with_state)
 	ATK_EXPECT(atk_log_has(&d, "removing big@v1 once its load ends", 2000),
 		   "the removal never met the load (the machine read 40 MB faster than an admin "
 		   "command): the test proved nothing");
+	ATK_EXPECT(atk_listed_flag(d.admin, "x@v1", "resident") == 1 &&
+		   atk_metric(d.admin, "lorad_tier_evictions_total{tier=\"device\"}") == ev0,
+		   "%s state: x@v1 was evicted for a version being removed (resident %d, device "
+		   "evictions %lld, %lld before)", with_state ? "with" : "no",
+		   atk_listed_flag(d.admin, "x@v1", "resident"),
+		   atk_metric(d.admin, "lorad_tier_evictions_total{tier=\"device\"}"), ev0);
 	/* the others served all along; the files register and serve again */
 	rc = atk_generate_once(d.sock, "x@v1", 4, &ev, 30000);
 	ATK_EXPECT(rc == 0 && ev.res == 0, "x@v1 after the removals: %d, res %d", rc, ev.res);

@@ -210,14 +210,18 @@ static void job_stream(struct sched *s, struct sjob *j, uint64_t now)
 		uint32_t *out = sreq_out(r);
 
 		for (uint32_t i = j->sent; i < n; i++) {
-			out[i] = (uint32_t)q->tokens[q->n_prompt + i];
-			if (j->gram && out[i] < (uint32_t)gram_vocab_size(s->gv))
-				j->gstate = gram_walk(j->gram, j->gstate, s->tok_bytes + s->tok_off[out[i]],
-						      s->tok_off[out[i] + 1] - s->tok_off[out[i]]);
+			/* the engine's id, never read back from the arena, which
+			 * the client may rewrite at any moment */
+			uint32_t id = (uint32_t)q->tokens[q->n_prompt + i];
+
+			out[i] = id;
+			if (j->gram && id < (uint32_t)gram_vocab_size(s->gv))
+				j->gstate = gram_walk(j->gram, j->gstate, s->tok_bytes + s->tok_off[id],
+						      s->tok_off[id + 1] - s->tok_off[id]);
 			if (j->dt && !stopped && !cut) {
 				const char *piece;
 				size_t len;
-				int st = detok_push(j->dt, out[i], &piece, &len);
+				int st = detok_push(j->dt, id, &piece, &len);
 
 				cut = st >= 0 && !text_put(j, piece, len);
 				stopped = st == DETOK_STOPPED;

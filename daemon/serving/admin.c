@@ -357,6 +357,20 @@ static void deferred_answered(struct admin *a, struct admin_conn *c)
 	conn_settle(c);
 }
 
+static void reply_error(struct json_object *reply, const char *msg)
+{
+	json_object_object_add(reply, "ok", json_object_new_boolean(0));
+	json_object_object_add(reply, "error", json_object_new_string(msg));
+}
+
+/* A command's refusal also says its errno (positive), so a caller can tell
+ * "busy: ask again" (EBUSY) from the rest without reading the words. */
+static void reply_errno(struct json_object *reply, int ret)
+{
+	if (ret < 0)
+		json_object_object_add(reply, "errno", json_object_new_int(-ret));
+}
+
 void admin_complete(struct admin *a, uint64_t ticket, struct json_object *reply, int ret)
 {
 	struct admin_conn *c = deferred_conn(a, ticket);
@@ -368,6 +382,7 @@ void admin_complete(struct admin *a, uint64_t ticket, struct json_object *reply,
 		else {
 			if (!json_object_object_get_ex(reply, "error", NULL))
 				json_object_object_add(reply, "error", json_object_new_string(strerror(-ret)));
+			reply_errno(reply, ret);
 			json_object_object_add(reply, "ok", json_object_new_boolean(0));
 		}
 		conn_reply(c, reply);
@@ -399,12 +414,6 @@ void admin_complete_line(struct admin *a, uint64_t ticket, char *line, size_t n)
 		deferred_answered(a, c);
 	}
 	free(line);
-}
-
-static void reply_error(struct json_object *reply, const char *msg)
-{
-	json_object_object_add(reply, "ok", json_object_new_boolean(0));
-	json_object_object_add(reply, "error", json_object_new_string(msg));
 }
 
 static const char *type_name(enum json_type t)
@@ -530,10 +539,13 @@ static void handle_line(struct admin_conn *c, const char *line, size_t len)
 	}
 	if (ret == 0)
 		json_object_object_add(reply, "ok", json_object_new_boolean(1));
-	else if (!json_object_object_get_ex(reply, "error", NULL))
-		reply_error(reply, strerror(-ret));
-	else
-		json_object_object_add(reply, "ok", json_object_new_boolean(0));
+	else {
+		if (!json_object_object_get_ex(reply, "error", NULL))
+			reply_error(reply, strerror(-ret));
+		else
+			json_object_object_add(reply, "ok", json_object_new_boolean(0));
+		reply_errno(reply, ret);
+	}
 out:
 	conn_reply(c, reply);
 	json_object_put(reply);

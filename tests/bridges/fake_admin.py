@@ -11,7 +11,9 @@ text and names carry escape sequences, overlong labels, broken lines and
 thousands of series), load (adapters_prefetch accepted; adapters_list shows
 big@v1 loading, a quarter more each call, with hostile states and byte
 counts among the good ones, then resident; bad@v1 failing with escape
-sequences in its error). Serves until killed.
+sequences in its error), busy (the first three metrics refused as the
+daemon refuses them while eight replies are being written: errno EBUSY),
+allbusy (every metrics and list refused so). Serves until killed.
 """
 import json
 import os
@@ -55,12 +57,17 @@ BUSY = ("8 replies of metrics, stats and adapter lists are being written already
         "try again in a moment")
 
 
-def busy_reply(cmd):
-    # the daemon's reply threads all taken, for the first three frames' metrics
+def busy_reply(cmd, always=False):
+    # the daemon's reply threads all taken: for the first three metrics asked
+    # (busy), or for every metrics and list (allbusy); errno 16 is EBUSY
+    if always and cmd in ("metrics", "adapters_list", "route_show"):
+        return {"ok": False, "error": BUSY, "errno": 16}
     if cmd == "metrics":
         calls["metrics"] += 1
         if calls["metrics"] <= 3:
-            return {"ok": False, "error": BUSY}
+            return {"ok": False, "error": BUSY, "errno": 16}
+    if always and cmd == "status":
+        return {"ok": True}
     return reply(cmd)
 MIB4 = 4 << 20
 # each adapters_list call's big@v1: state, load_done, load_total
@@ -118,9 +125,9 @@ def serve(c):
         elif mode == "load":
             cmd = json.loads(data.split(b"\n")[0]).get("cmd")
             c.sendall(json.dumps(load_reply(cmd)).encode() + b"\n")
-        elif mode == "busy":
+        elif mode in ("busy", "allbusy"):
             cmd = json.loads(data.split(b"\n")[0]).get("cmd")
-            c.sendall(json.dumps(busy_reply(cmd)).encode() + b"\n")
+            c.sendall(json.dumps(busy_reply(cmd, mode == "allbusy")).encode() + b"\n")
     except OSError:
         pass
     finally:

@@ -19,6 +19,11 @@
 #                 comments: one 400, not a request read as another)
 #       timeout  (a stream cut by --request-timeout: its text, one error event
 #                 of type timeout and [DONE], not a finish_reason "length")
+#       busy     (an admin socket that says busy, as the daemon does while
+#                 eight replies of metrics and lists are being written: a
+#                 scrape asked again and answered, not a 503 gap; always
+#                 busy: 503 with Retry-After and the daemon's words, after
+#                 the retries; another refusal: 503 at once)
 # LORAD_HTTP_BIN overrides the gateway (to run these against another build).
 # Exits 77 (skipped) without curl or python3, as test_http.sh.
 set -u
@@ -32,10 +37,10 @@ here=$(cd "$(dirname "$0")" && pwd)   # before the cd: $0 may be relative
 cd "$root" || exit 1   # demo/lorad.conf names its files relative to the repository root
 
 dir=$(mktemp -d /tmp/lorad-http-attack.XXXXXX)
-dpid= gpid=
+dpid= gpid= fpid=
 . "$here/lib.sh"
 cleanup() {
-	for p in $gpid $dpid; do kill -9 "$p" 2>/dev/null; done
+	for p in $gpid $dpid $fpid; do kill -9 "$p" 2>/dev/null; done
 	wait 2>/dev/null
 	rm -rf "$dir"
 }
@@ -446,6 +451,43 @@ EOF
 	# a whole completion: 504, as before
 	st=$(post '{"model":"base","prompt":"a","max_tokens":3000,"ignore_eos":true}' --max-time 30)
 	[ "$st" = 504 ] || fail "a whole completion past --request-timeout: $st $(cat "$dir/out")"
+	;;
+busy)
+	fake() {   # MODE: fake_admin.py on the gateway's admin socket
+		[ -n "$fpid" ] && { kill "$fpid" 2>/dev/null; wait "$fpid" 2>/dev/null; }
+		rm -f "$dir/a.sock"
+		python3 "$here/../bridges/fake_admin.py" "$dir/a.sock" "$1" &
+		fpid=$!
+		for _ in $(seq 100); do [ -S "$dir/a.sock" ] && return 0; sleep 0.05; done
+		fail "fake admin ($1) did not start"
+	}
+	# get PATH: "STATUS SECONDS", the body in $dir/out, the head in $dir/head
+	get() {
+		curl -s -o "$dir/out" -D "$dir/head" -w '%{http_code} %{time_total}' "$url$1"
+	}
+	fake busy
+	start_gateway
+	r=$(get /metrics)
+	[ "${r% *}" = 200 ] || fail "a scrape the daemon refused three times as busy: $r $(cat "$dir/out")"
+	grep -q '^lorad_engine_waiting' "$dir/out" || fail "the scrape's text is not the daemon's"
+	fake allbusy
+	r=$(get /metrics)
+	[ "${r% *}" = 503 ] || fail "always busy: $r"
+	grep -qi '^Retry-After: 1' "$dir/head" || fail "503 without Retry-After: $(cat "$dir/head")"
+	grep -q 'being written already (the limit); try again' "$dir/out" ||
+		fail "503 without the daemon's words: $(cat "$dir/out")"
+	awk -v t="${r#* }" 'BEGIN { exit !(t >= 0.7 && t < 3) }' ||
+		fail "always busy answered in ${r#* } s: not after the retries (0.8 s)"
+	r=$(get /v1/models)
+	[ "${r% *}" = 503 ] && grep -qi '^Retry-After: 1' "$dir/head" || fail "models, always busy: $r"
+	r=$(get /healthz)
+	[ "${r% *}" = 200 ] || fail "health while the lists are busy: $r"
+	# a refusal that is not "busy" is not asked again
+	fake refuse
+	r=$(get /metrics)
+	[ "${r% *}" = 503 ] && grep -q 'go away' "$dir/out" || fail "refused: $r $(cat "$dir/out")"
+	awk -v t="${r#* }" 'BEGIN { exit !(t < 0.5) }' || fail "a plain refusal took ${r#* } s: asked again"
+	kill "$fpid" 2>/dev/null
 	;;
 *)
 	echo "unknown case $case_"

@@ -40,8 +40,10 @@
 enum job_kind { J_ADD, J_REMOVE, J_PIN, J_UNPIN, J_ROUTE, J_ROLLOUT, J_ROLLBACK, J_SEED_ROUTE,
 		J_DELETE };
 /* JS_WAIT: a config's adapter waiting for one of the OPS_MAX_INSPECT places;
- * JS_DRAIN: a removal waiting for the requests that run on its version */
-enum job_state { JS_INSPECT, JS_READY, JS_WRITING, JS_WAIT, JS_DRAIN };
+ * JS_DRAIN: a removal waiting for the requests that run on its version;
+ * JS_HELD: a seed from the config naming a version being removed, prepared
+ * again once a removal is answered (made or given up) */
+enum job_state { JS_INSPECT, JS_READY, JS_WRITING, JS_WAIT, JS_DRAIN, JS_HELD };
 
 struct job {
 	enum job_kind kind;
@@ -108,6 +110,7 @@ struct ops {
 	unsigned n_jobs, inspecting;
 	unsigned n_seeds;            /* of n_jobs, seeds from the config (ticket 0) */
 	unsigned waiting;            /* jobs in JS_WAIT (engine thread only) */
+	unsigned n_held;             /* seeds in JS_HELD (engine thread only) */
 	/* removals in JS_DRAIN, and when to look at them again: a request on a
 	 * version being removed ended (on_final), or the earliest deadline
 	 * (engine thread only) */
@@ -464,6 +467,31 @@ static void job_version_id(const struct job *j, const char *id, char out[ROUTE_N
 		out[strlen(j->name) + 1 + 12] = 0;
 }
 
+/*
+ * Whether seed @j (from a reloaded config) names a version being removed: an
+ * [adapter] section registering it, a route giving it traffic. Refused, it
+ * would be lost: the version gone once its removal is made, though the
+ * config has it (and a restart would bring it back). Held instead, it is
+ * prepared again when the removal is answered.
+ */
+static bool seed_meets_removal(struct ops *o, const struct job *j, char id[ROUTE_NAME_MAX])
+{
+	const struct reg_version *v = NULL;
+
+	if (!j->seed)
+		return false;
+	if (j->kind == J_ADD) {
+		job_version_id(j, NULL, id);
+		v = registry_find(o->opt.reg, id);
+	}
+	for (unsigned i = 0; j->kind != J_ADD && i < j->n && !(v && v->removing); i++)
+		if (j->weight[i]) {
+			v = registry_find(o->opt.reg, j->target[i]);
+			snprintf(id, ROUTE_NAME_MAX, "%s", j->target[i]);
+		}
+	return v && v->removing;
+}
+
 /* The reply of a job that ended with @ret, or its log line when it was a seed. */
 static void job_answer(struct ops *o, struct job *j, int ret, const char *id)
 {
@@ -523,6 +551,13 @@ static void job_unlink(struct ops *o, struct job *j)
 		}
 	o->n_jobs--;
 	o->n_seeds -= j->seed;
+	/* a removal answered: the seeds it held are looked at again (those
+	 * whose version another removal still holds are held again) */
+	for (struct job *q = o->jobs; q && j->kind == J_REMOVE && o->n_held; q = q->next)
+		if (q->state == JS_HELD) {
+			q->state = JS_READY;
+			o->n_held--;
+		}
 	pthread_mutex_unlock(&o->lock);
 	if (j->has_thread)
 		pthread_join(j->thread, NULL);
@@ -705,7 +740,7 @@ void ops_poll(struct ops *o)
 
 		if (o->drain_kick || now >= o->drain_due)
 			drain_check(o, now);
-		if (o->n_jobs == o->n_drain)
+		if (o->n_jobs == o->n_drain + o->n_held)
 			return;   /* nothing else to move */
 	}
 	if (o->waiting)
@@ -749,6 +784,20 @@ void ops_poll(struct ops *o)
 			snprintf(j->err + strlen(j->err), sizeof(j->err) - strlen(j->err), " (%s)",
 				 o->stopping ? "lorad is stopping" : "remove_wait_ms is 0: not waited for");
 			ret = -EBUSY;
+		}
+		if (ret == -EBUSY) {
+			char id[ROUTE_NAME_MAX];
+
+			if (seed_meets_removal(o, j, id)) {
+				log_info("config: %s %s waits for the removal of %s to be answered",
+					 j->kind == J_ADD ? "adapter" : "route", j->kind == J_ADD ? id : j->id,
+					 id);
+				pthread_mutex_lock(&o->lock);   /* adapters_jobs reads states under it */
+				j->state = JS_HELD;
+				pthread_mutex_unlock(&o->lock);
+				o->n_held++;
+				continue;
+			}
 		}
 		if (!ret && j->ch && registry_statedir(o->opt.reg))
 			ret = registry_change_text(o->opt.reg, j->ch, &j->text, &j->len, j->err,
@@ -844,6 +893,8 @@ static int cmd_adapters_jobs(void *ctx, struct json_object *req, struct json_obj
 		/* waiting for its place: reading, nothing read yet */
 		if (j->state == JS_INSPECT || j->state == JS_WAIT)
 			st = total && done >= total ? "checking" : "reading";
+		else if (j->state == JS_HELD)
+			st = "held";   /* its version is being removed: registered again after */
 		snprintf(id, sizeof(id), "%s%s%s", j->name, j->version[0] ? "@" : "", j->version);
 		json_object_object_add(e, "id", json_object_new_string(id));
 		json_object_object_add(e, "path", json_object_new_string(j->path));

@@ -288,7 +288,7 @@ static int wait_resident(const char *sock, const char *id, int timeout_s, bool t
 /* The word of an adapters_jobs state: one of loradctl's own. */
 static const char *job_word(const char *state)
 {
-	static const char *const words[] = { "reading", "checking", "registering", "removing" };
+	static const char *const words[] = { "reading", "checking", "registering", "removing", "held" };
 
 	for (unsigned i = 0; i < sizeof(words) / sizeof(words[0]); i++)
 		if (!strcmp(state, words[i]))

@@ -11,6 +11,8 @@
  * daemon exits cleanly. A removal is no eviction in the tier metrics.
  * A removal while the version is being loaded waits for the load too:
  * the requests that waited for it get -EIDRM, the answer comes after it.
+ * A reload whose config has the version meanwhile registers it again
+ * once the removal is answered, not never.
  *
  * The requests run on a model slow enough (about 2 ms a token on one
  * thread here, 3000 tokens in some 6 s) that the test acts while they do.
@@ -1099,6 +1101,104 @@ static void test_wake_by_cancel_and_death(void **state)
 	assert_int_equal(atk_failures, 0);
 }
 
+/* adapters_jobs' state of @id, into @st ("" when it is not listed) */
+static void job_state(const char *admin, const char *id, char *st, size_t len)
+{
+	struct json_object *r = NULL, *jobs, *e, *x;
+
+	st[0] = 0;
+	if (atk_admin(admin, "{\"cmd\":\"adapters_jobs\"}", &r, 10000) == 0 &&
+	    json_object_object_get_ex(r, "jobs", &jobs))
+		for (size_t i = 0; i < json_object_array_length(jobs); i++) {
+			e = json_object_array_get_idx(jobs, i);
+			if (json_object_object_get_ex(e, "id", &x) && !strcmp(json_object_get_string(x), id) &&
+			    json_object_object_get_ex(e, "state", &x))
+				snprintf(st, len, "%s", json_object_get_string(x));
+		}
+	json_object_put(r);
+}
+
+/*
+ * A reload whose config still has a version that the operator is removing
+ * (its requests running): the [adapter] section's registration must not
+ * be lost. On the unfixed daemon it was refused ("is being removed:
+ * register it again once its removal is answered") and forgotten, so the
+ * version was gone after the removal although the config has it (and a
+ * restart would bring it back). It waits now, listed as held, and is
+ * registered once the removal is answered; the operator's changes go on
+ * meanwhile.
+ */
+static void test_reload_meets_removal(void **state)
+{
+	char model[300], conf[300], buf[4096], err[640], st_[64];
+	const char *args[] = { "--config", conf, NULL };
+	struct json_object *reply = NULL;
+	struct atk_daemon d;
+	struct stream st;
+	struct lorad_event ev;
+	int fd, rc, listed = -1;
+
+	(void)state;
+	atk_failures = 0;
+	assert_int_equal(slow_model(model, sizeof(model)), 0);
+	assert_int_equal(atk_daemon_init(&d, "a43r"), 0);
+	snprintf(conf, sizeof(conf), "%s/lorad.conf", d.dir);
+	snprintf(buf, sizeof(buf),
+		 "[daemon]\nsocket = %s\nadmin_socket = %s\nmodel = %s\nstate_dir = %s\n"
+		 "log_level = info\n\n[limits]\nthreads = 1\n\n"
+		 "[adapter x]\npath = %s/x\nversion = v1\n\n[adapter z]\npath = %s/x\nversion = v9\n",
+		 d.sock, d.admin, model, d.state, model, model);
+	assert_int_equal(atk_write_file(conf, buf, strlen(buf)), 0);
+	assert_int_equal(atk_daemon_start(&d, args, ATK_NO_PATHS | ATK_STATE), 0);
+	/* z@v9 taken off its route (deleted: the config only seeds it), then
+	 * removed while a request runs on it */
+	assert_true(admin_ok(d.admin, "{\"cmd\":\"route_delete\",\"skill\":\"z\"}", err, sizeof(err),
+			     NULL));
+	assert_int_equal(stream_start(&st, d.sock, "z@v9", N_WHOLE), 0);
+	assert_true(stream_streams(&st, 8, 30000));
+	fd = admin_send(d.admin, "{\"cmd\":\"adapters_remove\",\"id\":\"z@v9\"}");
+	assert_true(fd >= 0);
+	ATK_EXPECT(wait_removing(d.admin, "z@v9", 5000), "z@v9 not being removed");
+
+	/* the config still has it: reloaded, its registration waits */
+	assert_int_equal(kill(d.pid, SIGHUP), 0);
+	for (int i = 0; i < 100; i++) {
+		job_state(d.admin, "z@v9", st_, sizeof(st_));
+		if (!strcmp(st_, "held"))
+			break;
+		atk_sleep_ms(50);
+	}
+	ATK_EXPECT(!strcmp(st_, "held"), "the reload's z@v9 is not listed as held: '%s'", st_);
+	/* the operator's changes are not held up by it */
+	snprintf(buf, sizeof(buf), "{\"cmd\":\"adapters_add\",\"id\":\"y@v1\",\"path\":\"%s/x\"}",
+		 model);
+	ATK_EXPECT(admin_ok(d.admin, buf, err, sizeof(err), NULL), "adapters_add while a seed is held: %s",
+		   err);
+	ATK_EXPECT(!st.done, "the request on z@v9 ended before the test acted: make it longer");
+
+	/* the request ends whole, the removal is answered, then the seed goes in */
+	ATK_EXPECT(stream_wait_end(&st, 60000) && st.fin.res == 0 && st.fin.n_tokens == N_WHOLE,
+		   "the request on z@v9 did not end whole: res %d, %u tokens", st.fin.res,
+		   st.fin.n_tokens);
+	rc = admin_answer(fd, &reply, 10000);
+	ATK_EXPECT(rc == 1 && atk_reply_ok(reply), "the removal: %s",
+		   reply ? json_object_to_json_string(reply) : "no answer");
+	json_object_put(reply);
+	close(fd);
+	stream_close(&st);
+	for (int i = 0; i < 100 && (listed = atk_listed_flag(d.admin, "z@v9", "removing")) != 0; i++)
+		atk_sleep_ms(50);
+	ATK_EXPECT(listed == 0, "z@v9, which the reloaded config has, is %s after its removal",
+		   listed < 0 ? "gone" : "still being removed");
+	rc = atk_generate_once(d.sock, "z@v9", 4, &ev, 30000);
+	ATK_EXPECT(rc == 0 && ev.res == 0, "a request on the registered-again z@v9: %d, res %d", rc,
+		   ev.res);
+	job_state(d.admin, "z@v9", st_, sizeof(st_));
+	ATK_EXPECT(!st_[0], "z@v9 still listed as a job: '%s'", st_);
+	ATK_EXPECT(atk_daemon_stop(&d, 15000, NULL) == 0, "SIGTERM: not a clean exit");
+	assert_int_equal(atk_failures, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1113,6 +1213,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_route_delete_interplay, teardown),
 		cmocka_unit_test_teardown(test_deadline_during_write, teardown),
 		cmocka_unit_test_teardown(test_wake_by_cancel_and_death, teardown),
+		cmocka_unit_test_teardown(test_reload_meets_removal, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -7,11 +7,13 @@
  * streams a long greedy generation and times the gaps between its events
  * (inter-token latency, ITL), with nobody asking for anything ("quiet",
  * the baseline) and while a scraper asks for the metrics back to back,
- * INTERVAL_MS apart ("scrape"); then the same with `stats` and
- * `adapters_list`, the other replies of every series or version (loradctl
- * top asks for adapters_list every second). Each repetition runs quiet,
- * metrics, stats, adapters_list, then those in reverse, then quiet, so
- * the machine's drift hits all alike.
+ * INTERVAL_MS apart ("scrape"); then the same with `stats`,
+ * `adapters_list` and `route_show`, the other replies of every series,
+ * version or route (loradctl top asks for adapters_list every second,
+ * lorad-http's /v1/models for the lists of routes and versions), and
+ * `adapters_jobs` (a short reply: what asking anything costs). Each
+ * repetition runs quiet, each command, then those in reverse, then quiet,
+ * so the machine's drift hits all alike.
  *
  * Prints one JSON line per mode (medians over the repetitions) on stdout:
  *   itl_p50_ms, itl_p99_ms, itl_max_ms of the stream; the other rows add
@@ -112,8 +114,10 @@ static const struct {
 	{ "scrape", "metrics", "{\"cmd\":\"metrics\"}" },
 	{ "stats", "stats", "{\"cmd\":\"stats\"}" },
 	{ "adapters_list", "adapters_list", "{\"cmd\":\"adapters_list\"}" },
+	{ "route_show", "route_show", "{\"cmd\":\"route_show\"}" },
+	{ "adapters_jobs", "adapters_jobs", "{\"cmd\":\"adapters_jobs\"}" },
 };
-#define N_CMDS 3
+#define N_CMDS 5
 
 static const char *scrape_cmd;
 static atomic_int scraping;

@@ -209,10 +209,10 @@ static void test_scrapes_at_once(void **state)
 	ATK_EXPECT(atk_metric(d.admin, "lorad_tier_adapters{tier=\"device\"}") >= 0,
 		   "no scrape answered afterwards");
 
-	/* stats (all, and one skill's) and adapters_list go the same way */
+	/* stats (all, and one skill's), adapters_list and route_show go the same way */
 	{
 		static const char mix[] = "{\"cmd\":\"stats\"}\n{\"cmd\":\"adapters_list\"}\n"
-					  "{\"cmd\":\"stats\",\"skill\":\"s3\"}\n";
+					  "{\"cmd\":\"stats\",\"skill\":\"s3\"}\n{\"cmd\":\"route_show\"}\n";
 		unsigned good = 0, told = 0;
 
 		for (int i = 0; i < N_CONNS; i++) {
@@ -223,10 +223,10 @@ static void test_scrapes_at_once(void **state)
 		}
 		for (int i = 0; i < N_CONNS; i++) {
 			char *all, *line, *next;
-			long n = read_lines(fd[i], &all, 3, 20000);
+			long n = read_lines(fd[i], &all, 4, 20000);
 			int k = 0;
 
-			ATK_EXPECT(n == 3, "connection %d: %ld replies of 3", i, n);
+			ATK_EXPECT(n == 4, "connection %d: %ld replies of 4", i, n);
 			for (line = all; n > 0 && line && *line; line = next, k++) {
 				next = strchr(line, '\n');
 				if (next)
@@ -241,7 +241,10 @@ static void test_scrapes_at_once(void **state)
 				    (k == 1 && strstr(line, "\"adapters\":[") &&
 				     strstr(line, "\"id\":\"t@v4\"") && strstr(line, "\"ok\":true")) ||
 				    (k == 2 && strstr(line, "\"skill\":\"s3\"") &&
-				     !strstr(line, "\"skill\":\"s4\"") && strstr(line, "\"ok\":true")))
+				     !strstr(line, "\"skill\":\"s4\"") && strstr(line, "\"ok\":true")) ||
+				    (k == 3 && strstr(line, "\"routes\":[") &&
+				     strstr(line, "{\"skill\":\"s15\",\"versions\":[") &&
+				     strstr(line, "\"ok\":true")))
 					good++;
 				else
 					ATK_EXPECT(false, "connection %d, reply %d: %.300s", i, k, line);
@@ -249,7 +252,7 @@ static void test_scrapes_at_once(void **state)
 			free(all);
 			close(fd[i]);
 		}
-		fprintf(stderr, "stats and adapter lists at once: %u whole, %u told the limit\n", good,
+		fprintf(stderr, "stats, adapter and route lists at once: %u whole, %u told the limit\n", good,
 			told);
 		ATK_EXPECT(good >= 8, "only %u whole stats and adapter lists", good);
 	}

@@ -1353,38 +1353,25 @@ static char *stats_reply(const struct render *r, size_t *n)
 	return reply_line(reply, "stats", n);
 }
 
-/* The reply to an adapters_list request from its copy: {"adapters": [...], "ok": true}. */
-static char *adapters_reply(const struct render *r, size_t *n)
+/* The reply to a list request from its copy: {"adapters": [...], "ok": true}
+ * (adapters_list: every version) or {"routes": [...], "ok": true}
+ * (route_show: every route). */
+static char *list_reply(const struct render *r, size_t *n)
 {
 	struct json_object *reply = json_object_new_object(), *a = json_object_new_array();
+	const bool routes = r->kind == R_ROUTES;
 
 	if (!reply || !a) {
 		json_object_put(reply);
 		json_object_put(a);
 		return NULL;
 	}
-	for (unsigned i = 0; i < r->nv; i++)
-		json_object_array_add(a, version_json_of(&r->vers[i]));
-	json_object_object_add(reply, "adapters", a);
+	for (unsigned i = 0; i < (routes ? r->nr : r->nv); i++)
+		json_object_array_add(a, routes ? route_view_json(&r->routes[i])
+						: version_json_of(&r->vers[i]));
+	json_object_object_add(reply, routes ? "routes" : "adapters", a);
 	json_object_object_add(reply, "ok", json_object_new_boolean(1));
-	return reply_line(reply, "adapters", n);
-}
-
-/* The reply to a route_show of every route from its copy: {"routes": [...], "ok": true}. */
-static char *routes_reply(const struct render *r, size_t *n)
-{
-	struct json_object *reply = json_object_new_object(), *a = json_object_new_array();
-
-	if (!reply || !a) {
-		json_object_put(reply);
-		json_object_put(a);
-		return NULL;
-	}
-	for (unsigned i = 0; i < r->nr; i++)
-		json_object_array_add(a, route_view_json(&r->routes[i]));
-	json_object_object_add(reply, "routes", a);
-	json_object_object_add(reply, "ok", json_object_new_boolean(1));
-	return reply_line(reply, "routes", n);
+	return reply_line(reply, routes ? "routes" : "adapters", n);
 }
 
 static void render_free(struct render *r)
@@ -1409,8 +1396,8 @@ static void *render_thread(void *arg)
 	switch (r->kind) {
 	case R_METRICS: line = metrics_reply(r->snap, &r->len); break;
 	case R_STATS: line = stats_reply(r, &r->len); break;
-	case R_ADAPTERS: line = adapters_reply(r, &r->len); break;
-	case R_ROUTES: line = routes_reply(r, &r->len); break;
+	case R_ADAPTERS:
+	case R_ROUTES: line = list_reply(r, &r->len); break;
 	}
 
 	pthread_mutex_lock(&r->o->lock);

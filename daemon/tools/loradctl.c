@@ -108,15 +108,42 @@ static int top_command(const char *sock, int timeout_s, int nargs, char **args)
 	return top_run(&o);
 }
 
+/* Whether @reply is the daemon's "busy, ask again" (errno EBUSY) to one of
+ * the lists it writes on its reply threads, eight at most at once. */
+static bool busy_list(struct json_object *req, struct json_object *reply)
+{
+	static const char *const lists[] = { "metrics", "stats", "adapters_list", "route_show" };
+	struct json_object *cmd, *e;
+
+	if (!json_object_object_get_ex(req, "cmd", &cmd) ||
+	    !json_object_object_get_ex(reply, "errno", &e) || json_object_get_int(e) != EBUSY)
+		return false;
+	for (unsigned i = 0; i < sizeof(lists) / sizeof(lists[0]); i++)
+		if (!strcmp(json_object_get_string(cmd), lists[i]))
+			return true;
+	return false;
+}
+
+/* One command; a list the daemon is too busy to write now (Prometheus and
+ * dashboards asking at once) is asked again after 25, 50, 100, 200 and
+ * 400 ms, as lorad-http does, before its refusal is shown. */
 static struct json_object *call(const char *path, struct json_object *req, int timeout_s, int *ret)
 {
 	struct json_object *reply;
 	char err[512];
 
 	*ret = 3;
-	if (adminc_call(path, req, timeout_s * 1000, &reply, err, sizeof(err)) < 0) {
-		fprintf(stderr, "loradctl: %s\n", err);
-		return NULL;
+	for (unsigned ms = 25;; ms *= 2) {
+		struct timespec pause = { 0, (long)ms * 1000000L };
+
+		if (adminc_call(path, req, timeout_s * 1000, &reply, err, sizeof(err)) < 0) {
+			fprintf(stderr, "loradctl: %s\n", err);
+			return NULL;
+		}
+		if (ms > 400 || !busy_list(req, reply))
+			break;
+		json_object_put(reply);
+		nanosleep(&pause, NULL);
 	}
 	*ret = 0;
 	return reply;

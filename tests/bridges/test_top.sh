@@ -166,6 +166,18 @@ kill -TERM $tpid 2>/dev/null
 wait $tpid
 [ "$(grep -c '^--- frame ' "$dir/out")" -ge 2 ] || fail "busy: no frames after the refusals"
 [ "$(grep -c 'being written already (the limit)' "$dir/err")" = 3 ] || fail "busy: the refusals not said"
+# one-shot commands: a list refused as busy is asked again (0.8 s in all)
+fake busy
+"$bin/loradctl" --socket "$dir/f.sock" --timeout 5 metrics >"$dir/out" 2>"$dir/err" ||
+	fail "metrics refused as busy three times: exit $?"
+grep -q '^lorad_engine_waiting' "$dir/out" || fail "metrics after the busy refusals: not the text"
+fake allbusy
+t0=$(date +%s%N)
+"$bin/loradctl" --socket "$dir/f.sock" --timeout 5 route show >"$dir/out" 2>"$dir/err"
+rc=$? ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+[ "$rc" = 1 ] || fail "route show, always busy: exit $rc, want 1"
+grep -q 'being written already (the limit)' "$dir/err" || fail "route show, always busy: not said"
+[ "$ms" -ge 700 ] && [ "$ms" -lt 5000 ] || fail "route show, always busy: answered in $ms ms, not after the retries"
 fake refuse
 t0=$(date +%s%N)
 timeout 20 "$bin/loradctl" --socket "$dir/f.sock" --timeout 2 top -d 0.1 >"$dir/out" 2>"$dir/err"

@@ -722,6 +722,7 @@ static void reload(struct daemon *d)
 		sched_set_max_prompt_tokens(d->sch, (int)d->cfg.max_prompt_tokens);
 		sched_set_grammar_memory(d->sch, d->cfg.grammar_memory);
 	}
+	ops_seed_begin(d->ops);
 	for (unsigned i = 0; i < d->cfg.n_adapters; i++)
 		ops_seed_version(d->ops, d->cfg.adapter[i].name, d->cfg.adapter[i].version,
 				 d->cfg.adapter[i].path);

@@ -71,6 +71,7 @@ struct job {
 	pthread_t thread;
 	bool has_thread;
 	bool seed;                   /* from the config: counted in n_seeds */
+	bool superseded;             /* a seed being read when a later reload came: dropped once read */
 	bool drained;                /* J_REMOVE: its change is prepared, its requests ended */
 	uint64_t drain_t0, deadline; /* J_REMOVE in JS_DRAIN: since when, until when (now_ns) */
 	uint64_t drain_t1;           /* J_REMOVE: when its requests had ended */
@@ -802,6 +803,10 @@ void ops_poll(struct ops *o)
 		}
 		if (!j)
 			return;
+		if (j->superseded) {
+			job_unlink(o, j);   /* read for a config a later reload replaced */
+			continue;
+		}
 		ret = j->drained ? 0 : job_prepare(o, j);
 		if (ret == -EINPROGRESS) {
 			/* a removal whose version still serves requests */
@@ -1530,24 +1535,44 @@ static int cmd_metrics(void *ctx, struct json_object *req, struct json_object *r
 static int seed_route(struct ops *o, const char *skill, const char *const *targets,
 		      const uint32_t *weights, unsigned n);
 
+int ops_seed_begin(struct ops *o)
+{
+	int n = 0;
+
+	for (struct job *j = o->jobs, *next; j; j = next) {
+		bool stale;
+
+		next = j->next;
+		/* states are written by the inspection threads too: under the lock */
+		pthread_mutex_lock(&o->lock);
+		stale = j->seed &&
+			(j->state == JS_WAIT || j->state == JS_READY || j->state == JS_HELD);
+		if (j->seed && j->state == JS_INSPECT && !j->superseded) {
+			j->superseded = true;   /* its thread is not stopped: dropped once it ends */
+			n++;
+		}
+		pthread_mutex_unlock(&o->lock);
+		if (!stale)
+			continue;
+		if (j->state == JS_WAIT)
+			o->waiting--;
+		else if (j->state == JS_HELD)
+			o->n_held--;
+		job_unlink(o, j);
+		n++;
+	}
+	if (n)
+		log_info("config: %d seeds of an earlier reload not applied yet: this reload's replace them",
+			 n);
+	return n;
+}
+
 int ops_seed_version(struct ops *o, const char *name, const char *version, const char *path)
 {
 	struct job *j;
-	bool dup = false;
 
 	if (!version)
 		version = "";
-	/* the same section still waiting from an earlier reload answers for this
-	 * one too (its route seed is queued behind it): a storm of SIGHUPs
-	 * queues each section once. Only while it waits: one already reading
-	 * may have read the files before the change this reload is for. */
-	pthread_mutex_lock(&o->lock);   /* states change under it */
-	for (struct job *q = o->jobs; q && !dup; q = q->next)
-		dup = q->kind == J_ADD && q->seed && q->state == JS_WAIT && !strcmp(q->name, name) &&
-		      !strcmp(q->version, version) && !strcmp(q->path, path);
-	pthread_mutex_unlock(&o->lock);
-	if (dup)
-		return 0;
 	j = job_new(J_ADD);
 	if (!j || !(j->path = strdup(path))) {
 		free(j);

@@ -111,6 +111,15 @@ unsigned ops_pending(const struct ops *o);
  * keeps it: the state is the truth). Returns 0 or -ENOMEM.
  */
 int ops_seed_version(struct ops *o, const char *name, const char *version, const char *path);
+/*
+ * Before a reload seeds: drop the seeds of earlier reloads not begun yet
+ * (waiting for a place to be read, read and waiting for their turn, held
+ * by a removal). The config they came from is no longer the one in force,
+ * and a storm of reloads would queue each section once per reload. A seed
+ * being read is dropped once read; one being written goes on. Engine
+ * thread. Returns how many it dropped.
+ */
+int ops_seed_begin(struct ops *o);
 int ops_seed_route(struct ops *o, const char *skill, const char *const *targets,
 		   const uint32_t *weights, unsigned n);
 

@@ -1118,6 +1118,36 @@ static void job_state(const char *admin, const char *id, char *st, size_t len)
 	json_object_put(r);
 }
 
+/* Jobs adapters_jobs lists, all (@id NULL) or of @id; -1: no answer. */
+static int job_count(const char *admin, const char *id)
+{
+	struct json_object *r = NULL, *jobs, *x;
+	int n = -1;
+
+	if (atk_admin(admin, "{\"cmd\":\"adapters_jobs\"}", &r, 10000) == 0 &&
+	    json_object_object_get_ex(r, "jobs", &jobs)) {
+		n = 0;
+		for (size_t i = 0; i < json_object_array_length(jobs); i++)
+			n += !id || (json_object_object_get_ex(json_object_array_get_idx(jobs, i), "id",
+							     &x) &&
+				     !strcmp(json_object_get_string(x), id));
+	}
+	json_object_put(r);
+	return n;
+}
+
+/* Lines of the daemon's log that hold @needle. */
+static int log_count(const struct atk_daemon *d, const char *needle)
+{
+	char *log = atk_daemon_log(d);
+	int n = 0;
+
+	for (const char *p = log; p && (p = strstr(p, needle)); p += strlen(needle))
+		n++;
+	free(log);
+	return n;
+}
+
 /*
  * A reload whose config still has a version that the operator is removing
  * (its requests running): the [adapter] section's registration must not
@@ -1136,7 +1166,7 @@ static void test_reload_meets_removal(void **state)
 	struct atk_daemon d;
 	struct stream st;
 	struct lorad_event ev;
-	int fd, rc, listed = -1;
+	int fd, rc, listed = -1, jobs0, jobs1;
 
 	(void)state;
 	atk_failures = 0;
@@ -1169,6 +1199,30 @@ static void test_reload_meets_removal(void **state)
 		atk_sleep_ms(50);
 	}
 	ATK_EXPECT(!strcmp(st_, "held"), "the reload's z@v9 is not listed as held: '%s'", st_);
+	/* a storm of reloads meanwhile: each replaces the seeds the one before
+	 * left waiting, rather than queueing the config's sections again */
+	jobs0 = job_count(d.admin, NULL);
+	for (int i = 0; i < 6; i++) {
+		assert_int_equal(kill(d.pid, SIGHUP), 0);
+		for (int t = 0; t < 200 && log_count(&d, "reloaded ") < i + 2; t++)
+			atk_sleep_ms(25);
+	}
+	ATK_EXPECT(log_count(&d, "reloaded ") == 7, "%d reloads logged of 7", log_count(&d, "reloaded "));
+	/* a seed being read when the next reload came is dropped once read;
+	 * z@v9's jobs: its removal and one held seed */
+	for (int i = 0; i < 100; i++) {
+		job_state(d.admin, "z@v9", st_, sizeof(st_));
+		if (!strcmp(st_, "held") && job_count(d.admin, "z@v9") == 2)
+			break;
+		atk_sleep_ms(50);
+	}
+	jobs1 = job_count(d.admin, NULL);
+
+	ATK_EXPECT(!strcmp(st_, "held") && job_count(d.admin, "z@v9") == 2,
+		   "after 6 more reloads z@v9 is '%s' in %d jobs (its removal and a seed)", st_,
+		   job_count(d.admin, "z@v9"));
+	ATK_EXPECT(jobs1 == jobs0, "%d jobs wait after 6 more reloads, %d after the first", jobs1,
+		   jobs0);
 	/* the operator's changes are not held up by it */
 	snprintf(buf, sizeof(buf), "{\"cmd\":\"adapters_add\",\"id\":\"y@v1\",\"path\":\"%s/x\"}",
 		 model);

@@ -31,6 +31,15 @@ static void free_str(char **p)
 
 void config_forget_file_lists(struct config *c)
 {
+	unsigned n = 0;
+
+	for (unsigned i = 0; i < c->n_adapters; i++) {
+		if (c->adapter[i].cli)
+			c->adapter[n++] = c->adapter[i];
+		else
+			free_str(&c->adapter[i].path);
+	}
+	c->n_adapters = n;
 	for (unsigned i = 0; i < c->n_classify; i++) {
 		free_str(&c->classify[i].regex);
 		free(c->classify[i].ids);
@@ -127,8 +136,9 @@ struct parse_ctx {
 
 static struct config_adapter *adapter_get(struct config *c, const char *name)
 {
+	/* --adapter's entries are their own: the command line goes over the file */
 	for (unsigned i = 0; i < c->n_adapters; i++)
-		if (!strcmp(c->adapter[i].name, name))
+		if (!c->adapter[i].cli && !strcmp(c->adapter[i].name, name))
 			return &c->adapter[i];
 	if (c->n_adapters == CONFIG_MAX_ADAPTERS)
 		return NULL;

@@ -26,6 +26,7 @@ struct config_adapter {
 	char name[CONFIG_NAME_MAX];     /* skill name */
 	char version[CONFIG_NAME_MAX];  /* "" = derived from the files' hash */
 	char *path;
+	bool cli;                       /* from --adapter: kept by a reload, which reads the file's again */
 };
 
 struct config_route {
@@ -124,8 +125,10 @@ void config_default_access(struct config *c);
  * Returns 0 or -errno with @err naming the path. */
 int config_absolute_paths(struct config *c, char *err, size_t errlen);
 
-/* Forget the lists only the config file holds ([route], [classify]): a
- * reload reads them again from the file instead of appending to them. */
+/* Forget the lists the config file holds ([adapter] sections, [route],
+ * [classify]; --adapter's stay): a reload reads them again from the file
+ * instead of appending to them, so a section taken out of the file is
+ * not seeded again. */
 void config_forget_file_lists(struct config *c);
 
 /* Free the strings of @c. */

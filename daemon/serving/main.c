@@ -149,6 +149,7 @@ static int add_cli_adapter(struct config *c, char *arg)
 	a->path = strdup(eq + 1);
 	if (!a->path)
 		return -ENOMEM;
+	a->cli = true;
 	c->n_adapters++;
 	return 0;
 }

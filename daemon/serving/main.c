@@ -738,6 +738,7 @@ static void reload(struct daemon *d)
 		}
 		ops_seed_route(d->ops, cr->skill, t, w, cr->n);
 	}
+	ops_seed_end(d->ops);
 	log_info("reloaded %s", d->config_path);
 out:
 	notify_ready();

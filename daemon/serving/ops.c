@@ -72,6 +72,10 @@ struct job {
 	bool has_thread;
 	bool seed;                   /* from the config: counted in n_seeds */
 	bool superseded;             /* a seed being read when a later reload came: dropped once read */
+	bool stale;                  /* a seed not begun when a later reload came: kept if that
+					reload has the same section, else dropped (ops_seed_end) */
+	bool old;                    /* superseded, stale, or being written when a reload came:
+					counted in n_old, outside the room of the reload's seeds */
 	bool drained;                /* J_REMOVE: its change is prepared, its requests ended */
 	uint64_t drain_t0, deadline; /* J_REMOVE in JS_DRAIN: since when, until when (now_ns) */
 	uint64_t drain_t1;           /* J_REMOVE: when its requests had ended */
@@ -112,6 +116,7 @@ struct ops {
 	struct job *jobs;            /* in arrival order */
 	unsigned n_jobs, inspecting;
 	unsigned n_seeds;            /* of n_jobs, seeds from the config (ticket 0) */
+	unsigned n_old;              /* of n_seeds, seeds of an earlier reload (job.old) */
 	unsigned waiting;            /* jobs in JS_WAIT (engine thread only) */
 	unsigned n_held;             /* seeds in JS_HELD (engine thread only) */
 	/* removals in JS_DRAIN, and when to look at them again: a request on a
@@ -295,7 +300,10 @@ static int job_queue(struct ops *o, struct job *j, struct json_object *reply)
 	const bool seed = !reply;
 	struct job **pp;
 
-	if (seed ? o->n_seeds >= OPS_MAX_SEEDS : o->n_jobs - o->n_seeds >= OPS_MAX_JOBS) {
+	/* a reload's room holds its own seeds: those an earlier one left being
+	 * read or written end on their own, and must not push its last
+	 * sections out */
+	if (seed ? o->n_seeds - o->n_old >= OPS_MAX_SEEDS : o->n_jobs - o->n_seeds >= OPS_MAX_JOBS) {
 		char msg[160];
 
 		snprintf(msg, sizeof(msg), "%u %s are waiting already (the limit); try again",
@@ -572,6 +580,8 @@ static void job_answer(struct ops *o, struct job *j, int ret, const char *id)
 
 static void job_unlink(struct ops *o, struct job *j)
 {
+	bool released = false;
+
 	pthread_mutex_lock(&o->lock);
 	for (struct job **pp = &o->jobs; *pp; pp = &(*pp)->next)
 		if (*pp == j) {
@@ -580,14 +590,21 @@ static void job_unlink(struct ops *o, struct job *j)
 		}
 	o->n_jobs--;
 	o->n_seeds -= j->seed;
+	o->n_old -= j->old;
 	/* a removal answered: the seeds it held are looked at again (those
-	 * whose version another removal still holds are held again) */
+	 * whose version another removal still holds are held again). A
+	 * registration reads its files again: they were hashed as the version
+	 * being removed was recorded, which may not be how a new one is. */
 	for (struct job *q = o->jobs; q && j->kind == J_REMOVE && o->n_held; q = q->next)
 		if (q->state == JS_HELD) {
-			q->state = JS_READY;
+			q->state = q->kind == J_ADD ? JS_WAIT : JS_READY;
+			o->waiting += q->kind == J_ADD;
 			o->n_held--;
+			released = true;
 		}
 	pthread_mutex_unlock(&o->lock);
+	if (released)
+		wake(o);   /* started on the next turn, which must come now */
 	if (j->has_thread)
 		pthread_join(j->thread, NULL);
 	job_free(j);
@@ -975,6 +992,15 @@ static int start_inspect(struct ops *o, struct job *j, struct json_object *reply
 	}
 	o->inspecting++;
 	pthread_mutex_unlock(&o->lock);
+	if (j->has_thread) {
+		/* a held seed read again: its first reading ended (it was ready) */
+		pthread_join(j->thread, NULL);
+		j->has_thread = false;
+		j->ret = 0;
+		j->err[0] = 0;
+		memset(&j->h, 0, sizeof(j->h));
+		memset(&j->prog, 0, sizeof(j->prog));
+	}
 	j->o = o;
 	/* hashed as the version it may be compared with is recorded (chash.h) */
 	registry_hash_scheme(o->opt.reg, j->name, j->version, &j->scheme, &j->hash_chunk);
@@ -1535,35 +1561,83 @@ static int cmd_metrics(void *ctx, struct json_object *req, struct json_object *r
 static int seed_route(struct ops *o, const char *skill, const char *const *targets,
 		      const uint32_t *weights, unsigned n);
 
+/* Count @j as a seed of an earlier reload. */
+static void seed_make_old(struct ops *o, struct job *j)
+{
+	if (!j->old) {
+		j->old = true;
+		o->n_old++;
+	}
+}
+
 int ops_seed_begin(struct ops *o)
 {
 	int n = 0;
 
 	for (struct job *j = o->jobs, *next; j; j = next) {
-		bool stale;
+		enum job_state st;
 
 		next = j->next;
+		if (!j->seed || j->old)
+			continue;
 		/* states are written by the inspection threads too: under the lock */
 		pthread_mutex_lock(&o->lock);
-		stale = j->seed &&
-			(j->state == JS_WAIT || j->state == JS_READY || j->state == JS_HELD);
-		if (j->seed && j->state == JS_INSPECT && !j->superseded) {
+		st = j->state;
+		if (st == JS_INSPECT)
 			j->superseded = true;   /* its thread is not stopped: dropped once it ends */
+		pthread_mutex_unlock(&o->lock);
+		if (st == JS_INSPECT || st == JS_WRITING) {
+			seed_make_old(o, j);
+			n += st == JS_INSPECT;
+		} else if (st == JS_WAIT && j->kind == J_ADD) {
+			/* not begun: kept, with its skill's route seed behind it,
+			 * if this reload has the same section (ops_seed_version) */
+			j->stale = true;
+			seed_make_old(o, j);
+			if (next && next->seed && next->kind == J_SEED_ROUTE && !next->n) {
+				next->stale = true;
+				seed_make_old(o, next);
+				next = next->next;
+			}
+		} else {
+			if (st == JS_HELD)
+				o->n_held--;
+			job_unlink(o, j);
 			n++;
 		}
-		pthread_mutex_unlock(&o->lock);
-		if (!stale)
-			continue;
-		if (j->state == JS_WAIT)
-			o->waiting--;
-		else if (j->state == JS_HELD)
-			o->n_held--;
-		job_unlink(o, j);
-		n++;
 	}
 	if (n)
 		log_info("config: %d seeds of an earlier reload not applied yet: this reload's replace them",
 			 n);
+	return n;
+}
+
+int ops_seed_end(struct ops *o)
+{
+	int n = 0;
+
+	for (struct job *j = o->jobs, *next; j; j = next) {
+		enum job_state st;
+
+		next = j->next;
+		if (!j->stale)
+			continue;
+		pthread_mutex_lock(&o->lock);
+		st = j->state;
+		if (st == JS_INSPECT)
+			j->superseded = true;   /* begun meanwhile: dropped once read */
+		j->stale = false;
+		pthread_mutex_unlock(&o->lock);
+		n++;
+		if (st == JS_INSPECT)
+			continue;
+		if (st == JS_WAIT)
+			o->waiting--;
+		job_unlink(o, j);
+	}
+	if (n)
+		log_info("config: %d seeds of an earlier reload dropped: this reload's config has not "
+			 "their sections", n);
 	return n;
 }
 
@@ -1573,6 +1647,19 @@ int ops_seed_version(struct ops *o, const char *name, const char *version, const
 
 	if (!version)
 		version = "";
+	/* the same section not begun yet, from an earlier reload, answers for
+	 * this one too, with its route seed: a storm of reloads neither
+	 * queues it again nor sends it back to the end of the line */
+	for (struct job *q = o->jobs; q; q = q->next)
+		if (q->stale && q->kind == J_ADD && !strcmp(q->name, name) &&
+		    !strcmp(q->version, version) && !strcmp(q->path, path)) {
+			for (struct job *k = q; k && k->stale && (k == q || k->kind == J_SEED_ROUTE);
+			     k = k->next) {
+				k->stale = k->old = false;
+				o->n_old--;
+			}
+			return 0;
+		}
 	j = job_new(J_ADD);
 	if (!j || !(j->path = strdup(path))) {
 		free(j);

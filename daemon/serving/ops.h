@@ -112,14 +112,18 @@ unsigned ops_pending(const struct ops *o);
  */
 int ops_seed_version(struct ops *o, const char *name, const char *version, const char *path);
 /*
- * Before a reload seeds: drop the seeds of earlier reloads not begun yet
- * (waiting for a place to be read, read and waiting for their turn, held
- * by a removal). The config they came from is no longer the one in force,
- * and a storm of reloads would queue each section once per reload. A seed
- * being read is dropped once read; one being written goes on. Engine
- * thread. Returns how many it dropped.
+ * Around a reload's seeds: what earlier reloads queued and have not applied
+ * is replaced, since the config it came from is no longer the one in force
+ * and a storm of reloads would queue each section once per reload.
+ * ops_seed_begin drops seeds read and waiting for their turn or held by a
+ * removal; a seed being read is dropped once read, one being written goes
+ * on; a registration not begun yet (with its skill's route seed) stands
+ * for the same section of this reload, and ops_seed_end drops those this
+ * reload did not have. Engine thread. Each returns how many it dropped or
+ * will drop.
  */
 int ops_seed_begin(struct ops *o);
+int ops_seed_end(struct ops *o);
 int ops_seed_route(struct ops *o, const char *skill, const char *const *targets,
 		   const uint32_t *weights, unsigned n);
 

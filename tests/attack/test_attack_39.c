@@ -144,10 +144,147 @@ static void test_reload_many_adapters(void **state)
 	assert_int_equal(atk_failures, 0);
 }
 
+/* How many of r1 ... r{n} route_show lists, or -1. */
+static int routes_listed(const char *admin, unsigned n)
+{
+	struct json_object *r, *a, *x;
+	int found = 0;
+
+	if (atk_admin(admin, "{\"cmd\":\"route_show\"}", &r, 10000))
+		return -1;
+	if (!json_object_object_get_ex(r, "routes", &a)) {
+		json_object_put(r);
+		return -1;
+	}
+	for (size_t i = 0; i < json_object_array_length(a); i++) {
+		const char *sk = json_object_object_get_ex(json_object_array_get_idx(a, i), "skill", &x)
+					 ? json_object_get_string(x) : "";
+		char *end;
+		unsigned long k = sk[0] == 'r' ? strtoul(sk + 1, &end, 10) : 0;
+
+		found += k >= 1 && k <= n && !*end;
+	}
+	json_object_put(r);
+	return found;
+}
+
+/*
+ * A config at the limits (256 [adapter] sections, 256 [route] sections
+ * naming them) reloaded while the previous reload's seeds are still being
+ * read or written. Those count in the room of the seeds waiting
+ * (OPS_MAX_SEEDS, what one config can ask for): on the unfixed daemon the
+ * second reload found up to five places taken and its last routes were
+ * refused ("not seeded: ... the limit"), missing until another reload.
+ */
+#define N_LIMIT 256
+static void test_reload_at_the_limits(void **state)
+{
+	char conf[300], *buf, *log;
+	const char *args[] = { "--config", conf, NULL };
+	struct atk_daemon d;
+	size_t cap = 256 * 1024, n;
+	int listed = -1;
+
+	(void)state;
+	if (atk_demo_check())
+		skip();
+	assert_int_equal(atk_daemon_init(&d, "a39l"), 0);
+	snprintf(conf, sizeof(conf), "%s/lorad.conf", d.dir);
+	write_config(&d, conf, 0);
+	assert_int_equal(atk_daemon_start(&d, args, ATK_NO_PATHS | ATK_STATE), 0);
+
+	buf = malloc(cap);
+	assert_non_null(buf);
+	n = (size_t)snprintf(buf, cap,
+			     "[daemon]\nsocket = %s\nadmin_socket = %s\nmodel = %s/model\n"
+			     "state_dir = %s\nlog_level = info\n\n[limits]\nthreads = 1\n",
+			     d.sock, d.admin, atk_demo_dir(), d.state);
+	for (unsigned i = 1; i <= N_LIMIT; i++)
+		n += (size_t)snprintf(buf + n, cap - n, "\n[adapter a%u]\npath = %s/adapters/sql\n"
+				      "version = v1\n", i, atk_demo_dir());
+	for (unsigned i = 1; i <= N_LIMIT; i++)
+		n += (size_t)snprintf(buf + n, cap - n, "\n[route r%u]\na%u@v1 = 100\n", i, i);
+	assert_true(n < cap);
+	assert_int_equal(atk_write_file(conf, buf, n), 0);
+	free(buf);
+	assert_int_equal(kill(d.pid, SIGHUP), 0);
+	ATK_EXPECT(atk_log_has(&d, "reloaded ", 10000), "the first reload is not logged");
+	assert_int_equal(kill(d.pid, SIGHUP), 0);   /* while the first one's seeds are read */
+	for (int i = 0; i < 600 && (listed = routes_listed(d.admin, N_LIMIT)) != N_LIMIT; i++)
+		atk_sleep_ms(100);
+	ATK_EXPECT(listed == N_LIMIT, "%d of the %d [route] sections routed 60 s after two reloads",
+		   listed, N_LIMIT);
+	log = atk_daemon_log(&d);
+	ATK_EXPECT(log && !strstr(log, "not seeded"), "a section was not seeded: %.300s",
+		   log && strstr(log, "not seeded") ? strstr(log, "not seeded") : "");
+	free(log);
+	ATK_EXPECT(atk_daemon_stop(&d, 15000, NULL) == 0, "SIGTERM: not a clean exit");
+	assert_int_equal(atk_failures, 0);
+}
+
+/*
+ * A section taken out of the config, its version removed by the operator:
+ * a reload must not register it again. On the unfixed daemon a reload
+ * appended the file's [adapter] sections to the running config's, so a
+ * section once read was seeded at every reload until a restart (and 256
+ * sections ever read made every later reload fail: "more than 256
+ * adapters", which the test above met first).
+ */
+static void test_reload_forgets_sections(void **state)
+{
+	char conf[300], buf[4096];
+	const char *args[] = { "--config", conf, NULL };
+	struct json_object *r = NULL;
+	struct atk_daemon d;
+	int n = -1;
+
+	(void)state;
+	if (atk_demo_check())
+		skip();
+	assert_int_equal(atk_daemon_init(&d, "a39f"), 0);
+	snprintf(conf, sizeof(conf), "%s/lorad.conf", d.dir);
+	write_config(&d, conf, 0);
+	assert_int_equal(atk_daemon_start(&d, args, ATK_NO_PATHS | ATK_STATE), 0);
+	ATK_EXPECT(atk_log_has(&d, "o4@v1", 5000), "o4@v1 not registered at start");
+
+	/* o4 out of the file, its route deleted and its version removed */
+	snprintf(buf, sizeof(buf),
+		 "[daemon]\nsocket = %s\nadmin_socket = %s\nmodel = %s/model\nstate_dir = %s\n"
+		 "log_level = info\n\n[limits]\nthreads = 1\n"
+		 "\n[adapter o1]\npath = %s/adapters/sql\nversion = v1\n",
+		 d.sock, d.admin, atk_demo_dir(), d.state, atk_demo_dir());
+	assert_int_equal(atk_write_file(conf, buf, strlen(buf)), 0);
+	assert_int_equal(atk_admin(d.admin, "{\"cmd\":\"route_delete\",\"skill\":\"o4\"}", &r, 10000), 0);
+	ATK_EXPECT(atk_reply_ok(r), "route_delete o4: %s", json_object_to_json_string(r));
+	json_object_put(r);
+	assert_int_equal(atk_admin(d.admin, "{\"cmd\":\"adapters_remove\",\"id\":\"o4@v1\"}", &r, 10000),
+			 0);
+	ATK_EXPECT(atk_reply_ok(r), "adapters_remove o4@v1: %s", json_object_to_json_string(r));
+	json_object_put(r);
+
+	for (int k = 0; k < 2; k++) {
+		assert_int_equal(kill(d.pid, SIGHUP), 0);
+		atk_sleep_ms(300);
+	}
+	ATK_EXPECT(atk_log_has(&d, "reloaded ", 10000), "no reload logged");
+	for (int i = 0; i < 100 && (n = jobs(d.admin)) != 0; i++)
+		atk_sleep_ms(100);
+	ATK_EXPECT(n == 0, "%d registrations still waiting after the reloads", n);
+	assert_int_equal(atk_admin(d.admin, "{\"cmd\":\"adapters_list\"}", &r, 10000), 0);
+	ATK_EXPECT(!strstr(json_object_to_json_string(r), "\"o4@v1\""),
+		   "o4@v1, out of the config and removed, registered again by a reload");
+	ATK_EXPECT(strstr(json_object_to_json_string(r), "\"o1@v1\"") != NULL, "o1@v1 gone");
+	json_object_put(r);
+	ATK_EXPECT(atk_daemon_stop(&d, 15000, NULL) == 0, "SIGTERM: not a clean exit");
+	assert_int_equal(atk_failures, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_teardown(test_reload_many_adapters, teardown),
+		cmocka_unit_test_teardown(test_reload_at_the_limits, teardown),
+		cmocka_unit_test_teardown(test_reload_forgets_sections, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

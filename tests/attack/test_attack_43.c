@@ -1253,6 +1253,79 @@ static void test_reload_meets_removal(void **state)
 	assert_int_equal(atk_failures, 0);
 }
 
+/*
+ * The same with z@v9 recorded by a lorad from before the hash tree (plain
+ * SHA-256): the held seed's files were hashed as z@v9 was recorded, which
+ * is not how a new version is. Prepared again with those hashes once the
+ * removal was made, it was refused ("z@v9 was removed while its files were
+ * checked") and z@v9 was gone although the config has it. Released, a
+ * registration now reads its files again.
+ */
+static void test_reload_meets_removal_legacy(void **state)
+{
+	char model[300], conf[300], buf[4096], err[640], st_[64], cmd[900];
+	const char *args[] = { "--config", conf, NULL };
+	struct json_object *reply = NULL;
+	struct atk_daemon d;
+	struct stream st;
+	struct lorad_event ev;
+	int fd, rc, listed = -1;
+	char *log;
+
+	(void)state;
+	atk_failures = 0;
+	assert_int_equal(slow_model(model, sizeof(model)), 0);
+	assert_int_equal(atk_daemon_init(&d, "a43l"), 0);
+	snprintf(conf, sizeof(conf), "%s/lorad.conf", d.dir);
+	snprintf(buf, sizeof(buf),
+		 "[daemon]\nsocket = %s\nadmin_socket = %s\nmodel = %s\nstate_dir = %s\n"
+		 "log_level = info\n\n[limits]\nthreads = 1\n\n"
+		 "[adapter z]\npath = %s/x\nversion = v9\n",
+		 d.sock, d.admin, model, d.state, model);
+	assert_int_equal(atk_write_file(conf, buf, strlen(buf)), 0);
+	assert_int_equal(atk_daemon_start(&d, args, ATK_NO_PATHS | ATK_STATE), 0);
+	assert_true(admin_ok(d.admin, "{\"cmd\":\"route_delete\",\"skill\":\"z\"}", err, sizeof(err),
+			     NULL));
+	assert_int_equal(atk_daemon_stop(&d, 15000, NULL), 0);
+	snprintf(cmd, sizeof(cmd), "python3 %s %s/state.json z@v9", STATE_LEGACY, d.state);
+	assert_int_equal(system(cmd), 0);
+	assert_int_equal(atk_daemon_start(&d, args, ATK_NO_PATHS | ATK_STATE), 0);
+
+	assert_int_equal(stream_start(&st, d.sock, "z@v9", N_WHOLE), 0);
+	ATK_EXPECT(stream_streams(&st, 8, 30000), "z@v9, recorded with plain SHA-256, does not serve");
+	fd = admin_send(d.admin, "{\"cmd\":\"adapters_remove\",\"id\":\"z@v9\"}");
+	assert_true(fd >= 0);
+	ATK_EXPECT(wait_removing(d.admin, "z@v9", 5000), "z@v9 not being removed");
+	assert_int_equal(kill(d.pid, SIGHUP), 0);
+	for (int i = 0; i < 100; i++) {
+		job_state(d.admin, "z@v9", st_, sizeof(st_));
+		if (!strcmp(st_, "held"))
+			break;
+		atk_sleep_ms(50);
+	}
+	ATK_EXPECT(!strcmp(st_, "held"), "the reload's z@v9 is not listed as held: '%s'", st_);
+	ATK_EXPECT(stream_wait_end(&st, 60000) && st.fin.res == 0, "the request on z@v9 did not end");
+	rc = admin_answer(fd, &reply, 10000);
+	ATK_EXPECT(rc == 1 && atk_reply_ok(reply), "the removal: %s",
+		   reply ? json_object_to_json_string(reply) : "no answer");
+	json_object_put(reply);
+	close(fd);
+	stream_close(&st);
+	for (int i = 0; i < 100 && (listed = atk_listed_flag(d.admin, "z@v9", "removing")) != 0; i++)
+		atk_sleep_ms(50);
+	ATK_EXPECT(listed == 0, "z@v9, which the reloaded config has, is %s after its removal",
+		   listed < 0 ? "gone" : "still being removed");
+	rc = atk_generate_once(d.sock, "z@v9", 4, &ev, 30000);
+	ATK_EXPECT(rc == 0 && ev.res == 0, "a request on the registered-again z@v9: %d, res %d", rc,
+		   ev.res);
+	log = atk_daemon_log(&d);
+	ATK_EXPECT(log && !strstr(log, "was removed while"), "the seed was refused: %.300s",
+		   log && strstr(log, "was removed while") ? strstr(log, "was removed while") : "");
+	free(log);
+	ATK_EXPECT(atk_daemon_stop(&d, 15000, NULL) == 0, "SIGTERM: not a clean exit");
+	assert_int_equal(atk_failures, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1268,6 +1341,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_deadline_during_write, teardown),
 		cmocka_unit_test_teardown(test_wake_by_cancel_and_death, teardown),
 		cmocka_unit_test_teardown(test_reload_meets_removal, teardown),
+		cmocka_unit_test_teardown(test_reload_meets_removal_legacy, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -837,8 +837,8 @@ static struct json_object *model_obj(const char *id)
 	return m;
 }
 
-/* One admin command; a refusal is -EBUSY where the daemon said so (its
- * "errno"), -EPERM otherwise, with its words in @err. */
+/* One admin command; a refusal is -EAGAIN where the daemon said to ask
+ * again (its "errno"), -EPERM otherwise, with its words in @err. */
 static int admin_once(struct gateway *g, const char *cmd, struct json_object **reply, char *err,
 		      size_t errlen)
 {
@@ -854,7 +854,7 @@ static int admin_once(struct gateway *g, const char *cmd, struct json_object **r
 		snprintf(err, errlen, "%s", json_object_object_get_ex(*reply, "error", &e)
 			 ? json_object_get_string(e) : "refused");
 		ret = json_object_object_get_ex(*reply, "errno", &e) &&
-		      json_object_get_int(e) == EBUSY ? -EBUSY : -EPERM;
+		      json_object_get_int(e) == EAGAIN ? -EAGAIN : -EPERM;
 		json_object_put(*reply);
 		*reply = NULL;
 	}
@@ -872,7 +872,7 @@ static int admin(struct gateway *g, const char *cmd, struct json_object **reply,
 {
 	int ret = admin_once(g, cmd, reply, err, errlen);
 
-	for (unsigned ms = 25; ret == -EBUSY && ms <= 400; ms *= 2) {
+	for (unsigned ms = 25; ret == -EAGAIN && ms <= 400; ms *= 2) {
 		struct timespec ts = { 0, (long)ms * 1000000L };
 
 		nanosleep(&ts, NULL);

@@ -364,7 +364,8 @@ static void reply_error(struct json_object *reply, const char *msg)
 }
 
 /* A command's refusal also says its errno (positive), so a caller can tell
- * "busy: ask again" (EBUSY) from the rest without reading the words. */
+ * "nothing done, ask again in a moment" (EAGAIN: a room of the daemon's
+ * full for now) from the rest without reading the words. */
 static void reply_errno(struct json_object *reply, int ret)
 {
 	if (ret < 0)

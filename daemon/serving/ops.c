@@ -1050,7 +1050,8 @@ static int cmd_adapters_add(void *ctx, struct json_object *req, struct json_obje
 	ret = start_inspect(o, j, reply);
 	if (ret) {
 		job_unlink(o, j);
-		return ret;
+		/* its places full: nothing done, the same command may pass soon */
+		return ret == -EBUSY ? -EAGAIN : ret;
 	}
 	j->ticket = admin_defer(o->opt.admin);
 	return ADMIN_DEFERRED;
@@ -1518,7 +1519,7 @@ static int render_start(struct ops *o, struct json_object *reply, enum render_ki
 		snprintf(msg, sizeof(msg), "%d replies of metrics, stats and adapter lists are being "
 			 "written already (the limit); try again in a moment", OPS_MAX_RENDER);
 		set_err(reply, msg);
-		return -EBUSY;
+		return -EAGAIN;   /* nothing done: the same command may pass in a moment */
 	}
 	r = calloc(1, sizeof(*r));
 	if (!r)

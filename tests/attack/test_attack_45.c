@@ -192,8 +192,8 @@ static void test_scrapes_at_once(void **state)
 				whole++;
 			else if (strstr(line, "\"ok\":false") &&
 				 strstr(line, "replies of metrics, stats and adapter lists are being written already (the limit)") &&
-				 /* EBUSY, for callers that ask again (lorad-http) */
-				 strstr(line, "\"errno\":16"))
+				 /* EAGAIN, for callers that ask again (lorad-http) */
+				 strstr(line, "\"errno\":11"))
 				busy++;
 			else if (other++ == 0)
 				fprintf(stderr, "an odd reply: %.300s\n", line);
@@ -232,7 +232,7 @@ static void test_scrapes_at_once(void **state)
 				if (next)
 					*next++ = 0;
 				if (strstr(line, "\"ok\":false") && strstr(line, "(the limit)") &&
-				    strstr(line, "\"errno\":16")) {
+				    strstr(line, "\"errno\":11")) {
 					told++;
 					continue;
 				}

@@ -12,7 +12,7 @@ thousands of series), load (adapters_prefetch accepted; adapters_list shows
 big@v1 loading, a quarter more each call, with hostile states and byte
 counts among the good ones, then resident; bad@v1 failing with escape
 sequences in its error), busy (the first three metrics refused as the
-daemon refuses them while eight replies are being written: errno EBUSY),
+daemon refuses them while eight replies are being written: errno EAGAIN),
 allbusy (every metrics and list refused so). Serves until killed.
 """
 import json
@@ -59,13 +59,13 @@ BUSY = ("8 replies of metrics, stats and adapter lists are being written already
 
 def busy_reply(cmd, always=False):
     # the daemon's reply threads all taken: for the first three metrics asked
-    # (busy), or for every metrics and list (allbusy); errno 16 is EBUSY
+    # (busy), or for every metrics and list (allbusy); errno 11 is EAGAIN
     if always and cmd in ("metrics", "adapters_list", "route_show"):
-        return {"ok": False, "error": BUSY, "errno": 16}
+        return {"ok": False, "error": BUSY, "errno": 11}
     if cmd == "metrics":
         calls["metrics"] += 1
         if calls["metrics"] <= 3:
-            return {"ok": False, "error": BUSY, "errno": 16}
+            return {"ok": False, "error": BUSY, "errno": 11}
     if always and cmd == "status":
         return {"ok": True}
     return reply(cmd)

@@ -1315,8 +1315,13 @@ static struct json_object *too_big(const char *what, size_t bytes)
 		return NULL;
 	if (bytes)
 		snprintf(size, sizeof(size), " %.1f MiB,", (double)bytes / (1 << 20));
+	/* what makes them smaller: series are bounded by an option, lists by
+	 * what the operator keeps */
 	snprintf(msg, sizeof(msg), "the %s are%s more than the admin socket's replies may be "
-		 "(%u MiB): lower max_metric_series", what, size, ADMIN_MAX_REPLY >> 20);
+		 "(%u MiB): %s", what, size, ADMIN_MAX_REPLY >> 20,
+		 !strcmp(what, "routes")   ? "ask for one skill's route (route show SKILL)"
+		 : !strcmp(what, "adapters") ? "remove versions no route uses"
+					     : "lower max_metric_series");
 	json_object_object_add(reply, "error", json_object_new_string(msg));
 	json_object_object_add(reply, "ok", json_object_new_boolean(0));
 	return reply;

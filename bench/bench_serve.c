@@ -311,7 +311,7 @@ struct bare_skills {
 };
 
 static int bare_skill(void *ctx, const char *skill, uint64_t routing_key, int *adapter,
-		      uint32_t *version, char *version_id, uint64_t *ticket)
+		      uint32_t *version, char *version_id, uint64_t *ticket, char *why, size_t why_len)
 {
 	struct bare_skills *bk = ctx;
 	char *end;
@@ -319,6 +319,8 @@ static int bare_skill(void *ctx, const char *skill, uint64_t routing_key, int *a
 
 	(void)routing_key;
 	(void)ticket;
+	(void)why;
+	(void)why_len;
 	if (skill[0] != 's')
 		return -ENOENT;
 	k = strtoul(skill + 1, &end, 10);

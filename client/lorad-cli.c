@@ -214,7 +214,9 @@ int main(int argc, char **argv)
 	};
 	const char *sock = NULL, *stops[LORAD_MAX_STOP_STR];
 	char *text = NULL, *file_text = NULL, *schema = NULL;
-	struct lorad_request req = { .max_tokens = 16 };
+	char why[LORAD_WHY_MAX];
+	struct lorad_request req = { .max_tokens = 16, .flags = LORAD_SQE_F_WHY, .why = why,
+				     .why_cap = sizeof(why) };
 	uint64_t v;
 	unsigned long count = 1;
 	int json = 0, timeout_ms = 30000, c, ret = 1;
@@ -401,8 +403,10 @@ int main(int argc, char **argv)
 			goto done;
 		}
 		if (ev.res < 0) {
-			fprintf(stderr, "lorad-cli: request failed: %s (field: %s)\n",
-				lorad_strerror(ev.res), lorad_field_name(ev.field));
+			/* the daemon's words where it gave them: what and which limit */
+			fprintf(stderr, "lorad-cli: request failed: %s (field: %s)%s%s\n",
+				lorad_strerror(ev.res), lorad_field_name(ev.field), why[0] ? ": " : "",
+				why);
 			ret = 1;
 			goto done;
 		}

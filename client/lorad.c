@@ -72,6 +72,8 @@ struct slot {
 	uint32_t  served_off;   /* where the daemon writes struct lorad_served */
 	bool      auto_skill;   /* a 1.1 daemon writes only the skill "auto" chose there */
 	uint32_t  times_off;    /* where the daemon writes struct lorad_times; 0 = not asked */
+	char     *why;          /* caller's buffer for the refusal's words; NULL = not asked */
+	uint32_t  why_cap, why_off;
 	uint32_t  res;          /* its result rows' entry in the results table; RES_NONE = none */
 	struct lorad_times *times;
 	uint16_t  gen;
@@ -118,6 +120,7 @@ struct lorad {
 	uint32_t spin_us;
 	uint16_t daemon_minor;      /* the ABI minor the daemon speaks: what it can be asked */
 	bool seq;                   /* LORAD_FEAT_SEQ granted: entries published in place */
+	bool why;                   /* LORAD_FEAT_WHY granted: refusals in words */
 	struct lorad_stats st;
 
 	/* events lorad_generate() took for other requests, handed out by the next reap */
@@ -367,7 +370,7 @@ int lorad_connect(const char *path, const struct lorad_connect_opts *opts,
 	hello.magic = LORAD_MAGIC;
 	hello.abi_major = LORAD_ABI_MAJOR;
 	hello.abi_minor = LORAD_ABI_MINOR;
-	hello.features = LORAD_FEAT_SEQ;
+	hello.features = LORAD_FEAT_SEQ | LORAD_FEAT_WHY;
 	/* LORAD_RING_SEQ=0: publish by the indices alone, as before ABI
 	 * features (benchmarks' baseline, and a way round a suspected fault) */
 	{
@@ -404,6 +407,7 @@ int lorad_connect(const char *path, const struct lorad_connect_opts *opts,
 	c->cq_efd = fds[2];
 	c->daemon_minor = w.abi_minor;
 	c->seq = (w.features & hello.features & LORAD_FEAT_SEQ) != 0;
+	c->why = (w.features & hello.features & LORAD_FEAT_WHY) != 0;
 	ret = region_map(fds[0], w.region_size, &c->map, &c->lay);
 	close(fds[0]);
 	if (ret < 0)
@@ -593,6 +597,8 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	/* the grammar fields exist for callers that set the flag (ABI 1.4) */
 	bool gram = r->flags & LORAD_SQE_F_GRAMMAR;
 	uint32_t gram_len = gram ? r->grammar_len : 0;
+	/* the refusal's words (ABI 1.5): asked of a daemon that has them */
+	bool why = r->flags & LORAD_SQE_F_WHY, why_wire = why && c->why;
 
 	if ((!text && (!r->prompt || !r->n_prompt)) || !r->out || !r->max_tokens ||
 	    (r->out_text_cap && !r->out_text) || r->n_stop > LORAD_MAX_STOP_STR ||
@@ -603,6 +609,8 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 		return -EINVAL;
 	if (gram_len > LORAD_MAX_GRAMMAR)
 		return -E2BIG;
+	if (why && (!r->why || !r->why_cap))
+		return -EINVAL;
 	if (gram && c->daemon_minor < 4)
 		return -EOPNOTSUPP;
 	for (uint32_t i = 0; i < r->n_stop; i++) {
@@ -644,7 +652,7 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	 * on its own 64-byte chunks */
 	out_bytes = (((uint64_t)r->max_tokens * 4 + 7) & ~7ull) + sizeof(struct lorad_served) +
 		    (r->result ? sizeof(struct lorad_result_req) : 0) +
-		    (gram ? sizeof(struct lorad_grammar_req) : 0);
+		    (gram ? sizeof(struct lorad_grammar_req) : 0) + (why_wire ? sizeof(struct lorad_why) : 0);
 	need = chunks_of(prompt_bytes) + chunks_of(ext_bytes) + chunks_of(out_bytes) +
 	       chunks_of(r->out_text_cap) + (r->times ? CHUNK : 0) + chunks_of(gram_len);
 	need /= CHUNK;
@@ -741,6 +749,13 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	s->served_off = served_off;
 	s->times_off = r->times ? times_off : 0;
 	s->times = r->times;
+	s->why = why ? r->why : NULL;
+	s->why_cap = why ? r->why_cap : 0;
+	s->why_off = why_wire ? served_off + (uint32_t)(sizeof(struct lorad_served) +
+			(r->result ? sizeof(struct lorad_result_req) : 0) +
+			(gram ? sizeof(struct lorad_grammar_req) : 0)) : 0;
+	if (why)
+		r->why[0] = 0;
 	s->res = ri;
 	if (ri != RES_NONE) {
 		struct lorad_result_req q = {
@@ -781,7 +796,8 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	e.opcode = LORAD_OP_GENERATE;
 	e.prompt_kind = text ? LORAD_PROMPT_TEXT : LORAD_PROMPT_TOKENS;
 	e.priority = r->priority;
-	e.flags = r->flags | (served ? LORAD_SQE_F_SERVED : 0) | (r->result ? LORAD_SQE_F_RESULT : 0);
+	e.flags = (r->flags & ~LORAD_SQE_F_WHY) | (served ? LORAD_SQE_F_SERVED : 0) |
+		  (r->result ? LORAD_SQE_F_RESULT : 0) | (why_wire ? LORAD_SQE_F_WHY : 0);
 	e.max_tokens = r->max_tokens;
 	e.prompt_off = poff;
 	e.prompt_len = (uint32_t)prompt_bytes;
@@ -987,6 +1003,20 @@ static bool take_cqe(struct lorad *c, const struct lorad_cqe *q, struct lorad_ev
 		}
 		if (s->times_off)
 			memcpy(s->times, c->arena + s->times_off, sizeof(*s->times));
+		if (s->why) {
+			/* hostile bytes too: copied up to a NUL within the record */
+			size_t l = 0;
+
+			if ((q->flags & LORAD_CQE_F_WHY) && s->why_off) {
+				const char *w = (const char *)c->arena + s->why_off;
+
+				l = strnlen(w, LORAD_WHY_MAX - 1);
+				if (l > s->why_cap - 1)
+					l = s->why_cap - 1;
+				memcpy(s->why, w, l);
+			}
+			s->why[l] = 0;
+		}
 		slot_release(c, idx);
 	}
 	return true;
@@ -1441,6 +1471,11 @@ const char *lorad_field_name(unsigned field)
 	};
 
 	return field < LORAD_FIELD__MAX ? names[field] : "unknown";
+}
+
+unsigned lorad_library_version(void)
+{
+	return LORAD_LIBRARY_VERSION;
 }
 
 const char *lorad_finish_name(unsigned finish)

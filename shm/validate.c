@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -54,22 +55,50 @@ int skill_name_ok(const char *s, unsigned cap)
 	return 0;
 }
 
-static int prob_ok(float p)
+
+/* Refuse with @f, @e and, where the caller wants them, words. */
+#define BAD(f, e, ...)                                             \
+	do {                                                       \
+		*field = (f);                                      \
+		if (why && why_len)                                \
+			snprintf(why, why_len, __VA_ARGS__);       \
+		return (e);                                        \
+	} while (0)
+
+static const char *trailer_name(unsigned flag)
 {
-	return isfinite(p) && p >= 0.0f && p <= 1.0f;
+	return flag == LORAD_SQE_F_SERVED ? "served record" : flag == LORAD_SQE_F_RESULT ? "result request"
+	       : flag == LORAD_SQE_F_GRAMMAR ? "grammar request" : "refusal record";
 }
 
-#define BAD(f, e) do { *field = (f); return (e); } while (0)
-
-int sqe_validate(const struct lorad_sqe *e, const struct sqe_limits *lim,
-		 enum lorad_field *field)
+/* A sampling value out of its range: its words. */
+static bool range_bad(float v, float lo, float hi, const char *name, char *why, size_t why_len)
 {
+	if (isfinite(v) && v >= lo && v <= hi)
+		return false;
+	if (why && why_len)
+		snprintf(why, why_len, "%s %g is not in %g..%g", name, (double)v, (double)lo, (double)hi);
+	return true;
+}
+
+int sqe_check(const struct lorad_sqe *e, const struct sqe_limits *lim, enum lorad_field *field,
+	      char *why, size_t why_len)
+{
+	static const struct { unsigned flag, field; uint64_t (*off)(const struct lorad_sqe *); size_t size; }
+	trailers[] = {
+		{ LORAD_SQE_F_SERVED, LORAD_FIELD_OUTPUT, lorad_served_off, sizeof(struct lorad_served) },
+		{ LORAD_SQE_F_RESULT, LORAD_FIELD_RESULT, lorad_result_req_off, sizeof(struct lorad_result_req) },
+		{ LORAD_SQE_F_GRAMMAR, LORAD_FIELD_GRAMMAR, lorad_grammar_req_off, sizeof(struct lorad_grammar_req) },
+		{ LORAD_SQE_F_WHY, LORAD_FIELD_OUTPUT, lorad_why_off, sizeof(struct lorad_why) },
+	};
+
 	*field = LORAD_FIELD_NONE;
 	if (e->opcode == 0 || e->opcode >= LORAD_OP__MAX)
-		BAD(LORAD_FIELD_OPCODE, -EINVAL);
+		BAD(LORAD_FIELD_OPCODE, -EINVAL, "opcode %u is not one of lorad's (1..%u)", e->opcode,
+		    LORAD_OP__MAX - 1);
 	/* a session with LORAD_FEAT_SEQ checked seq and cleared it in its copy */
 	if (e->seq)
-		BAD(LORAD_FIELD_RESERVED, -EINVAL);
+		BAD(LORAD_FIELD_RESERVED, -EINVAL, "the entry's reserved byte 15 is not zero");
 	if (e->opcode == LORAD_OP_CANCEL) {
 		/* a cancel names only its target; everything else must be zero */
 		static const struct lorad_sqe zero;
@@ -79,60 +108,88 @@ int sqe_validate(const struct lorad_sqe *e, const struct sqe_limits *lim,
 		t.tag = 0;
 		t.opcode = 0;
 		if (memcmp(&t, &zero, sizeof(t)))
-			BAD(LORAD_FIELD_RESERVED, -EINVAL);
+			BAD(LORAD_FIELD_RESERVED, -EINVAL,
+			    "a cancel names only its target (tag): every other field must be zero");
 		return 0;
 	}
 	if (e->prompt_kind >= LORAD_PROMPT__MAX)
-		BAD(LORAD_FIELD_PROMPT_KIND, -EINVAL);
+		BAD(LORAD_FIELD_PROMPT_KIND, -EINVAL, "prompt_kind %u is not tokens (0) or text (1)",
+		    e->prompt_kind);
 	if (e->flags & ~LORAD_SQE_F__ALL)
-		BAD(LORAD_FIELD_FLAGS, -EINVAL);
+		BAD(LORAD_FIELD_FLAGS, -EINVAL, "flags 0x%x: bits 0x%x are not lorad's", e->flags,
+		    e->flags & ~LORAD_SQE_F__ALL);
+	/* a refusal record only where the client said it makes room for one */
+	if ((e->flags & LORAD_SQE_F_WHY) && !lim->why)
+		BAD(LORAD_FIELD_FLAGS, -EINVAL, "LORAD_SQE_F_WHY without LORAD_FEAT_WHY at the hello");
 	/* an empty text prompt is valid: the tokenizer's special tokens (a BOS) are the prompt */
-	if ((!e->prompt_len && e->prompt_kind == LORAD_PROMPT_TOKENS) ||
-	    !span_ok(e->prompt_off, e->prompt_len, lim->arena_size))
-		BAD(LORAD_FIELD_PROMPT, -EINVAL);
+	if (!e->prompt_len && e->prompt_kind == LORAD_PROMPT_TOKENS)
+		BAD(LORAD_FIELD_PROMPT, -EINVAL, "the token prompt is empty");
+	if (!span_ok(e->prompt_off, e->prompt_len, lim->arena_size))
+		BAD(LORAD_FIELD_PROMPT, -EINVAL,
+		    "the prompt (%u bytes at %u) is outside the arena of %u bytes", e->prompt_len,
+		    e->prompt_off, lim->arena_size);
 	if (e->prompt_kind == LORAD_PROMPT_TOKENS) {
 		if (e->prompt_off % 4 || e->prompt_len % 4)
-			BAD(LORAD_FIELD_PROMPT, -EINVAL);
+			BAD(LORAD_FIELD_PROMPT, -EINVAL,
+			    "a token prompt is whole 4-byte ids at a 4-byte aligned offset");
 		if (e->prompt_len / 4 > lim->max_prompt)
-			BAD(LORAD_FIELD_PROMPT, -E2BIG);
+			BAD(LORAD_FIELD_PROMPT, -E2BIG,
+			    "a prompt of %u tokens: the limit is %u (max_prompt_tokens)",
+			    e->prompt_len / 4, lim->max_prompt);
 	} else if (e->prompt_len > lim->max_text) {
-		BAD(LORAD_FIELD_PROMPT, -E2BIG);
+		BAD(LORAD_FIELD_PROMPT, -E2BIG, "a text prompt of %u bytes: the limit is %u (max_prompt_bytes)",
+		    e->prompt_len, lim->max_text);
 	}
 	if (e->max_tokens == 0)
-		BAD(LORAD_FIELD_MAX_TOKENS, -EINVAL);
+		BAD(LORAD_FIELD_MAX_TOKENS, -EINVAL, "max_tokens is 0: ask for at least one token");
 	if (e->max_tokens > lim->max_tokens)
-		BAD(LORAD_FIELD_MAX_TOKENS, -E2BIG);
+		BAD(LORAD_FIELD_MAX_TOKENS, -E2BIG, "max_tokens %u: the limit is %u (max_tokens)",
+		    e->max_tokens, lim->max_tokens);
 	if (e->out_off % 4 || !span_ok(e->out_off, e->out_len, lim->arena_size) ||
 	    (uint64_t)e->out_len < (uint64_t)e->max_tokens * 4)
-		BAD(LORAD_FIELD_OUTPUT, -EINVAL);
+		BAD(LORAD_FIELD_OUTPUT, -EINVAL,
+		    "the output buffer (%u bytes at %u) must be 4-byte aligned, inside the arena of %u "
+		    "bytes and hold max_tokens ids (%llu bytes)", e->out_len, e->out_off, lim->arena_size,
+		    (unsigned long long)e->max_tokens * 4);
 	/* output and prompt must not overlap: the daemon writes one while it may still read the other */
 	if (e->prompt_len && e->out_off < (uint64_t)e->prompt_off + e->prompt_len &&
 	    e->prompt_off < (uint64_t)e->out_off + e->out_len)
-		BAD(LORAD_FIELD_OUTPUT, -EINVAL);
+		BAD(LORAD_FIELD_OUTPUT, -EINVAL, "the output buffer overlaps the prompt");
 	if ((e->ext_len || e->ext_off) &&
 	    (!e->ext_len || e->ext_off % 4 || !span_ok(e->ext_off, e->ext_len, lim->arena_size)))
-		BAD(LORAD_FIELD_EXT, -EINVAL);
+		BAD(LORAD_FIELD_EXT, -EINVAL,
+		    "the extension block (%u bytes at %u) must be 4-byte aligned inside the arena of %u bytes",
+		    e->ext_len, e->ext_off, lim->arena_size);
 	/* the records that follow the output ids — the served record, then the
-	 * result request, then the grammar request: in the arena, clear of the
-	 * prompt */
-	if ((e->flags & LORAD_SQE_F_SERVED) &&
-	    !trailer_ok(e, lorad_served_off(e), sizeof(struct lorad_served), lim))
-		BAD(LORAD_FIELD_OUTPUT, -EINVAL);
-	if ((e->flags & LORAD_SQE_F_RESULT) &&
-	    !trailer_ok(e, lorad_result_req_off(e), sizeof(struct lorad_result_req), lim))
-		BAD(LORAD_FIELD_RESULT, -EINVAL);
-	if ((e->flags & LORAD_SQE_F_GRAMMAR) &&
-	    !trailer_ok(e, lorad_grammar_req_off(e), sizeof(struct lorad_grammar_req), lim))
-		BAD(LORAD_FIELD_GRAMMAR, -EINVAL);
-	if (!isfinite(e->temperature) || e->temperature < 0.0f || e->temperature > 100.0f ||
-	    !prob_ok(e->top_p) || !prob_ok(e->min_p) ||
-	    !isfinite(e->repetition_penalty) || e->repetition_penalty < 0.0f ||
-	    e->repetition_penalty > 100.0f ||
-	    !isfinite(e->presence_penalty) || fabsf(e->presence_penalty) > 100.0f)
-		BAD(LORAD_FIELD_SAMPLING, -EINVAL);
+	 * result request, then the grammar request, then the refusal record:
+	 * in the arena, clear of the prompt */
+	for (unsigned i = 0; i < sizeof(trailers) / sizeof(trailers[0]); i++)
+		if ((e->flags & trailers[i].flag) &&
+		    !trailer_ok(e, trailers[i].off(e), trailers[i].size, lim))
+			BAD(trailers[i].field, -EINVAL,
+			    "the %s after the output ids (%zu bytes at %llu) is outside the arena of %u "
+			    "bytes or over the prompt", trailer_name(trailers[i].flag), trailers[i].size,
+			    (unsigned long long)trailers[i].off(e), lim->arena_size);
+	if (range_bad(e->temperature, 0.0f, 100.0f, "temperature", why, why_len) ||
+	    range_bad(e->top_p, 0.0f, 1.0f, "top_p", why, why_len) ||
+	    range_bad(e->min_p, 0.0f, 1.0f, "min_p", why, why_len) ||
+	    range_bad(e->repetition_penalty, 0.0f, 100.0f, "repetition_penalty", why, why_len) ||
+	    range_bad(e->presence_penalty, -100.0f, 100.0f, "presence_penalty", why, why_len)) {
+		*field = LORAD_FIELD_SAMPLING;
+		return -EINVAL;
+	}
 	if (!skill_name_ok(e->skill, sizeof(e->skill)))
-		BAD(LORAD_FIELD_SKILL, -EINVAL);
+		BAD(LORAD_FIELD_SKILL, -EINVAL,
+		    "the skill name is not 0-31 of A-Z a-z 0-9 _ . - @, NUL-terminated and NUL-padded");
 	return 0;
+}
+
+uint32_t sqe_why_off(const struct lorad_sqe *e, const struct sqe_limits *lim)
+{
+	if (!(e->flags & LORAD_SQE_F_WHY) || !lim->why ||
+	    !trailer_ok(e, lorad_why_off(e), sizeof(struct lorad_why), lim))
+		return 0;
+	return (uint32_t)lorad_why_off(e);
 }
 
 /* [a0, a1) and [b0, b1) share a byte. */
@@ -267,26 +324,30 @@ int sqe_ext_load(const struct lorad_sqe *e, const unsigned char *arena,
 	/* the buffers the daemon writes, and what they must stay clear of */
 	const uint32_t arena_size = lim->arena_size;
 	const bool served = e->flags & LORAD_SQE_F_SERVED, result = e->flags & LORAD_SQE_F_RESULT;
-	const bool grammar = e->flags & LORAD_SQE_F_GRAMMAR;
-	const uint64_t so = lorad_served_off(e), ro = lorad_result_req_off(e);
+	const bool grammar = e->flags & LORAD_SQE_F_GRAMMAR, why = e->flags & LORAD_SQE_F_WHY;
+	const uint64_t so = lorad_served_off(e), ro = lorad_result_req_off(e), yo = lorad_why_off(e);
 	struct { uint64_t off, len; } w[3] = { { 0, 0 } };
-	uint64_t keep[10][2] = {
+	uint64_t keep[11][2] = {
 		{ e->prompt_off, (uint64_t)e->prompt_off + e->prompt_len },
 		{ e->out_off, (uint64_t)e->out_off + e->out_len },
 		{ e->ext_off, (uint64_t)e->ext_off + e->ext_len },
 		{ so, served ? so + sizeof(struct lorad_served) : so },
 		{ ro, result ? ro + sizeof(struct lorad_result_req) : ro },
+		{ yo, why ? yo + sizeof(struct lorad_why) : yo },
 	};
 	const unsigned char *base;
 	struct lorad_ext h;
 	uint64_t need;
 	uint32_t at;
-	int n_keep = 5, rc;
+	int n_keep = 6, rc;
 
 	memset(x, 0, sizeof(*x));
 	*field = LORAD_FIELD_EXT;
 	/* checked in bounds and clear of the prompt by sqe_validate() */
 	x->served_off = served ? (uint32_t)so : 0;
+	x->why_off = why ? (uint32_t)yo : 0;
+	if (why && e->ext_len && keep[5][0] < keep[2][1] && keep[2][0] < keep[5][1])
+		return -EINVAL;   /* the extension block under the refusal record */
 	if (served && e->ext_len && keep[3][0] < keep[2][1] && keep[2][0] < keep[3][1])
 		return -EINVAL;   /* the extension block under the served record */
 	if (result && e->ext_len && keep[4][0] < keep[2][1] && keep[2][0] < keep[4][1])
@@ -329,7 +390,7 @@ int sqe_ext_load(const struct lorad_sqe *e, const unsigned char *arena,
 			continue;
 		if (w[i].off + w[i].len > arena_size)
 			return -EINVAL;
-		for (int k = 0; k < 5; k++)
+		for (int k = 0; k < 6; k++)
 			if (keep[k][1] > keep[k][0] &&
 			    overlap(w[i].off, w[i].off + w[i].len, keep[k][0], keep[k][1]))
 				return -EINVAL;

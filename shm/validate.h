@@ -7,11 +7,11 @@
 #ifndef LORAD_SHM_VALIDATE_H
 #define LORAD_SHM_VALIDATE_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include <lorad/abi.h>
-
-#include <stdbool.h>
 
 /* Limits a submission is checked against; from the daemon's config. */
 struct sqe_limits {
@@ -21,6 +21,7 @@ struct sqe_limits {
 	uint32_t max_text;       /* bytes of a text prompt */
 	uint32_t result_row[LORAD_RESULT__MAX]; /* bytes of a result row of each kind; 0: not offered */
 	uint64_t dev_size;       /* bytes of the session's device results buffer; 0: none */
+	bool why;                /* LORAD_FEAT_WHY granted: LORAD_SQE_F_WHY is honoured */
 };
 
 /* A submission's extension block (struct lorad_ext and what follows it),
@@ -30,6 +31,7 @@ struct sqe_ext {
 	uint32_t text_off, text_len;     /* the generated text's buffer; 0/0: none */
 	uint32_t skill_off;              /* where a 1.1 client wants the skill "auto" chose; 0: none */
 	uint32_t served_off;             /* where struct lorad_served goes (LORAD_SQE_F_SERVED); 0: none */
+	uint32_t why_off;                /* where struct lorad_why goes (LORAD_SQE_F_WHY); 0: none */
 	uint32_t times_off;              /* where struct lorad_times goes; 0: none */
 	uint32_t result_kind;            /* enum lorad_result_kind; 0: no result rows */
 	uint32_t result_where;           /* enum lorad_result_where */
@@ -52,12 +54,24 @@ void sqe_load(struct lorad_sqe *dst, const struct lorad_sqe *shared);
 
 /*
  * Check every field of the private copy @e. Returns 0, or -EINVAL (or
- * -E2BIG for sizes over the limits) with *field naming what was wrong.
- * Skill names are checked for form only; whether the skill exists is the
- * router's business.
+ * -E2BIG for sizes over the limits) with *field naming what was wrong and,
+ * where @why is not NULL, one sentence in it (@why_len bytes at most, NUL
+ * included) saying what and which limit. Skill names are checked for form
+ * only; whether the skill exists is the router's business.
  */
-int sqe_validate(const struct lorad_sqe *e, const struct sqe_limits *lim,
-		 enum lorad_field *field);
+int sqe_check(const struct lorad_sqe *e, const struct sqe_limits *lim, enum lorad_field *field,
+	      char *why, size_t why_len);
+
+/* sqe_check without the words. */
+static inline int sqe_validate(const struct lorad_sqe *e, const struct sqe_limits *lim,
+			       enum lorad_field *field)
+{
+	return sqe_check(e, lim, field, NULL, 0);
+}
+
+/* Where the words of @e's refusal go in the arena (LORAD_SQE_F_WHY, the
+ * record inside it and clear of the prompt), or 0: nowhere. */
+uint32_t sqe_why_off(const struct lorad_sqe *e, const struct sqe_limits *lim);
 
 /*
  * Read the extension block and the result request of the validated entry

@@ -76,6 +76,7 @@ struct choice {
 	uint32_t text_sent;
 	bool done;
 	struct lorad_event fin;
+	char why[LORAD_WHY_MAX];     /* the daemon's words when it refused the prompt */
 };
 
 struct job {
@@ -259,11 +260,14 @@ static unsigned failure(const struct job *j, const struct lorad_event *ev, char 
 			const char **type, const char **param)
 {
 	unsigned st = http_status(ev->res, ev->field, type, param);
+	const char *why = ev->user_data < j->n ? j->ch[ev->user_data].why : "";
 
 	if (st == 404)
 		snprintf(msg, len, "The model `%s` does not exist", j->req.model);
 	else if (ev->res == -EILSEQ && ev->field == LORAD_FIELD_PROMPT)
 		snprintf(msg, len, "the prompt is not valid UTF-8 (the daemon's tokenizer refused it)");
+	else if (why[0])
+		snprintf(msg, len, "%s", why);   /* the daemon's: what, and which limit */
 	else if (ev->res == -EBUSY && ev->field == LORAD_FIELD_GRAMMAR)
 		snprintf(msg, len, "the daemon's memory for compiled grammars is full for now "
 			 "(grammar_memory): retry when other requests have ended");
@@ -371,7 +375,9 @@ static int job_submit(struct job *j, unsigned *field)
 		r.temperature = j->req.temperature;
 		r.top_p = j->req.top_p;
 		r.seed = j->req.seed;
-		r.flags = j->req.ignore_eos ? LORAD_SQE_F_IGNORE_EOS : 0;
+		r.flags = (j->req.ignore_eos ? LORAD_SQE_F_IGNORE_EOS : 0) | LORAD_SQE_F_WHY;
+		r.why = ch->why;
+		r.why_cap = sizeof(ch->why);
 		if (j->req.grammar) {
 			r.flags |= LORAD_SQE_F_GRAMMAR;
 			r.grammar = j->req.grammar;

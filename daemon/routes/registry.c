@@ -239,6 +239,29 @@ int registry_prefetch(struct registry *r, const char *id, char *err, size_t errl
 	return pool_prefetch(r->pool, v->pe, err, errlen);
 }
 
+void registry_resolve_why(const struct registry *r, const char *skill, const char *version_id,
+			  int ret, char *why, size_t len)
+{
+	const struct reg_version *v = version_id && version_id[0] ? registry_find(r, version_id) : NULL;
+
+	if (ret == -ENOENT && strchr(skill, '@'))
+		snprintf(why, len, "no adapter version %s", skill);
+	else if (ret == -ENOENT && route_get(r->deleted, skill))
+		snprintf(why, len, "skill '%s': its route was deleted (loradctl route rollback %s brings "
+			 "it back)", skill, skill);
+	else if (ret == -ENOENT)
+		snprintf(why, len, "skill '%s' has no route (loradctl route show lists them)", skill);
+	else if (ret == -EIDRM)
+		snprintf(why, len, "%s is being removed: it takes no new request",
+			 version_id && version_id[0] ? version_id : skill);
+	else if (v && v->pe && v->pe->load_msg[0])
+		snprintf(why, len, "%s could not be loaded: %s", v->id, v->pe->load_msg);
+	else if (v)
+		snprintf(why, len, "%s could not be loaded: %s", v->id, strerror(-ret));
+	else
+		snprintf(why, len, "skill '%s': %s", skill, strerror(-ret));
+}
+
 int registry_resolve(struct registry *r, const char *skill, uint64_t key, int *adapter,
 		     uint32_t *vid, char *version_id, uint64_t *ticket)
 {

@@ -255,6 +255,10 @@ int registry_prefetch(struct registry *r, const char *id, char *err, size_t errl
  * admitted before: it keeps the version it was given (@version_id as the
  * first answer wrote it), as a running request does.
  */
+/* One sentence for a client on registry_resolve's error @ret for @skill
+ * (@version_id as it left it), into @why (@len bytes). */
+void registry_resolve_why(const struct registry *r, const char *skill, const char *version_id,
+			  int ret, char *why, size_t len);
 int registry_resolve(struct registry *r, const char *skill, uint64_t key, int *adapter,
 		     uint32_t *vid, char *version_id, uint64_t *ticket);
 

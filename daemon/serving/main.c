@@ -581,9 +581,13 @@ static void seed_at_start(struct daemon *d)
 }
 
 static int resolve_skill(void *ctx, const char *skill, uint64_t key, int *adapter, uint32_t *vid,
-			 char *version_id, uint64_t *ticket)
+			 char *version_id, uint64_t *ticket, char *why, size_t why_len)
 {
-	return registry_resolve(ctx, skill, key, adapter, vid, version_id, ticket);
+	int ret = registry_resolve(ctx, skill, key, adapter, vid, version_id, ticket);
+
+	if (ret && ret != -EINPROGRESS)
+		registry_resolve_why(ctx, skill, version_id, ret, why, why_len);
+	return ret;
 }
 
 static void loader_log(void *ctx, int pri, const char *msg)

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -166,11 +167,23 @@ static void job_free(struct sched *s, struct sjob *j)
 }
 
 /* End @r with an error that names the field at fault; its job, if any, goes too. */
-static void fail(struct sched *s, struct sreq *r, int res, unsigned field)
+/* End @r refused: @fmt (NULL: none) says why in words, to a client that
+ * asked for them (LORAD_SQE_F_WHY). */
+static void fail(struct sched *s, struct sreq *r, int res, unsigned field, const char *fmt, ...)
+	__attribute__((format(printf, 5, 6)));
+static void fail(struct sched *s, struct sreq *r, int res, unsigned field, const char *fmt, ...)
 {
 	struct sjob *j = r->exec;
+	char why[LORAD_WHY_MAX] = "";
 
-	sreq_emit(r, true, res, LORAD_FINISH_ERROR, field);
+	if (fmt && r->x.why_off) {
+		va_list ap;
+
+		va_start(ap, fmt);
+		vsnprintf(why, sizeof(why), fmt, ap);
+		va_end(ap);
+	}
+	sreq_fail(r, res, field, "%s", why);
 	if (j)
 		job_free(s, j);
 }
@@ -485,6 +498,7 @@ static void submit_skill(struct sched *s, struct sreq *r, struct sjob *parked)
 	const char *stops[LORAD_MAX_STOP_STR];
 	struct sjob *j = parked;
 	struct gram *g = NULL;
+	char why[LORAD_WHY_MAX] = "";
 	int adapter = 0, ret, lim;
 	uint32_t version = 0;
 	uint64_t key = 0, ticket = 0;
@@ -496,12 +510,15 @@ static void submit_skill(struct sched *s, struct sreq *r, struct sjob *parked)
 		key = parked ? parked->park_key : r->e.routing_key ? r->e.routing_key : s->order + 1;
 		ticket = parked ? parked->park_ticket : 0;
 		ret = s->resolve ? s->resolve(s->resolve_ctx, r->e.skill, key, &adapter, &version,
-					      r->served, &ticket)
+					      r->served, &ticket, why, sizeof(why))
 				 : -ENOENT;
+		if (!s->resolve)
+			snprintf(why, sizeof(why), "skill '%s': this daemon serves the base model only",
+				 r->e.skill);
 		if (ret == -EINPROGRESS) {
 			/* its adapter is being loaded: it waits alone, the others run */
 			if (!j && !(j = job_new(s, r, SJ_PARKED))) {
-				fail(s, r, -ENOMEM, LORAD_FIELD_NONE);
+				fail(s, r, -ENOMEM, LORAD_FIELD_NONE, NULL);
 				return;
 			}
 			if (j->where != SJ_PARKED)
@@ -511,7 +528,7 @@ static void submit_skill(struct sched *s, struct sreq *r, struct sjob *parked)
 			return;
 		}
 		if (ret) {
-			fail(s, r, ret, LORAD_FIELD_SKILL);
+			fail(s, r, ret, LORAD_FIELD_SKILL, "%s", why);
 			return;
 		}
 	} else {
@@ -521,7 +538,9 @@ static void submit_skill(struct sched *s, struct sreq *r, struct sjob *parked)
 	lim = prompt_limit(s);
 	if (r->n_prompt > (uint32_t)lim) {
 		log_debug("request refused: prompt of %u tokens, the limit is %d", r->n_prompt, lim);
-		fail(s, r, -E2BIG, LORAD_FIELD_PROMPT);
+		fail(s, r, -E2BIG, LORAD_FIELD_PROMPT, "a prompt of %u tokens: the limit is %d (%s)",
+		     r->n_prompt, lim, lim == s->o.max_prompt_tokens ? "max_prompt_tokens"
+				       : "the model's context and KV cache");
 		return;
 	}
 	sample_params_default(&p.sample);
@@ -540,7 +559,7 @@ static void submit_skill(struct sched *s, struct sreq *r, struct sjob *parked)
 	if (r->x.n_bias) {
 		bias = malloc(r->x.n_bias * sizeof(*bias));
 		if (!bias) {
-			fail(s, r, -ENOMEM, LORAD_FIELD_NONE);
+			fail(s, r, -ENOMEM, LORAD_FIELD_NONE, NULL);
 			return;
 		}
 		for (uint32_t i = 0; i < r->x.n_bias; i++) {
@@ -567,12 +586,14 @@ static void submit_skill(struct sched *s, struct sreq *r, struct sjob *parked)
 	if (sample_validate(&p.sample, engine_config(s->e)->vocab, s->err, sizeof(s->err))) {
 		log_debug("request refused: %s", s->err);
 		free(bias);
-		fail(s, r, -EINVAL, r->x.n_stop || r->x.n_bias ? LORAD_FIELD_EXT : LORAD_FIELD_SAMPLING);
+		fail(s, r, -EINVAL, r->x.n_stop || r->x.n_bias ? LORAD_FIELD_EXT : LORAD_FIELD_SAMPLING, "%s",
+		     s->err);
 		return;
 	}
 	if ((r->x.text_len || r->x.n_stop_str) && !s->tok) {
 		free(bias);
-		fail(s, r, -EOPNOTSUPP, LORAD_FIELD_EXT);
+		fail(s, r, -EOPNOTSUPP, LORAD_FIELD_EXT, "text out and stop strings need the model's "
+		     "tokenizer.json, which this model has not");
 		return;
 	}
 	if (r->x.gram_kind && !(j && j->gram)) {
@@ -582,7 +603,9 @@ static void submit_skill(struct sched *s, struct sreq *r, struct sjob *parked)
 			log_debug("request refused: %s", ret == -EINVAL ? "ignore_eos with a grammar"
 				  : "a grammar needs the model's tokenizer.json");
 			free(bias);
-			fail(s, r, ret, LORAD_FIELD_GRAMMAR);
+			fail(s, r, ret, LORAD_FIELD_GRAMMAR, "%s", ret == -EINVAL
+			     ? "a grammar ends with the end of sequence: ignore_eos is refused with one"
+			     : "a grammar needs the model's tokenizer.json, which this model has not");
 			return;
 		}
 		g = gram_cache_get(s->gc, (enum gram_kind)r->x.gram_kind, r->x.gram_text ? r->x.gram_text : "",
@@ -591,7 +614,7 @@ static void submit_skill(struct sched *s, struct sreq *r, struct sjob *parked)
 			/* compiled on the grammar thread; the request waits, the engine runs on */
 			free(bias);
 			if (!j && !(j = job_new(s, r, SJ_COMPILING))) {
-				fail(s, r, -ENOMEM, LORAD_FIELD_NONE);
+				fail(s, r, -ENOMEM, LORAD_FIELD_NONE, NULL);
 				return;
 			}
 			if (j->where != SJ_COMPILING)
@@ -599,19 +622,20 @@ static void submit_skill(struct sched *s, struct sreq *r, struct sjob *parked)
 			j->park_key = key;
 			j->park_ticket = ticket;
 			if ((ret = gram_submit(s, j)))
-				fail(s, r, ret, ret == -EBUSY ? LORAD_FIELD_GRAMMAR : LORAD_FIELD_NONE);
+				fail(s, r, ret, ret == -EBUSY ? LORAD_FIELD_GRAMMAR : LORAD_FIELD_NONE, "%s",
+				     ret == -EBUSY ? s->err : "");
 			return;
 		}
 	}
 	if (!j && !(j = job_new(s, r, SJ_WAITING))) {
 		gram_unref(g);
 		free(bias);
-		fail(s, r, -ENOMEM, LORAD_FIELD_NONE);
+		fail(s, r, -ENOMEM, LORAD_FIELD_NONE, NULL);
 		return;
 	}
 	if (g && gram_attach(s, j, g)) {
 		free(bias);
-		fail(s, r, -ENOMEM, LORAD_FIELD_NONE);
+		fail(s, r, -ENOMEM, LORAD_FIELD_NONE, NULL);
 		return;
 	}
 	/* the engine checks ids against the vocabulary and prompt + max_tokens
@@ -622,7 +646,7 @@ static void submit_skill(struct sched *s, struct sreq *r, struct sjob *parked)
 	free(bias);
 	if (ret) {
 		log_debug("request refused: %s", s->err);
-		fail(s, r, ret, ret == -E2BIG ? LORAD_FIELD_MAX_TOKENS : LORAD_FIELD_PROMPT);
+		fail(s, r, ret, ret == -E2BIG ? LORAD_FIELD_MAX_TOKENS : LORAD_FIELD_PROMPT, "%s", s->err);
 		return;
 	}
 	if (j->gram)
@@ -638,7 +662,8 @@ static void submit_skill(struct sched *s, struct sreq *r, struct sjob *parked)
 		if (!ret && n)
 			ret = detok_set_stop(j->dt, stops, n);   /* -EINVAL: not UTF-8 */
 		if (ret) {
-			fail(s, r, ret, ret == -ENOMEM ? LORAD_FIELD_NONE : LORAD_FIELD_EXT);
+			fail(s, r, ret, ret == -ENOMEM ? LORAD_FIELD_NONE : LORAD_FIELD_EXT, "%s",
+		     ret == -ENOMEM ? "" : "a stop string is not UTF-8");
 			return;
 		}
 	}
@@ -668,13 +693,14 @@ static void submit_ids(struct sched *s, struct sreq *r)
 		return;
 	}
 	if (!s->cls) {
-		fail(s, r, -ENOENT, LORAD_FIELD_SKILL);
+		fail(s, r, -ENOENT, LORAD_FIELD_SKILL, "the skill \"auto\" needs [classify] rules in "
+		     "the daemon's config, which has none");
 		return;
 	}
 	/* classification runs on its own thread; the request waits here, the engine runs on */
 	j = job_new(s, r, SJ_CLASSIFYING);
 	if (!j) {
-		fail(s, r, -ENOMEM, LORAD_FIELD_NONE);
+		fail(s, r, -ENOMEM, LORAD_FIELD_NONE, NULL);
 		return;
 	}
 	j->cookie = ++s->cookie;
@@ -685,7 +711,7 @@ static void submit_ids(struct sched *s, struct sreq *r)
 		ret = classify_submit(s->cls, (void *)(uintptr_t)j->cookie, NULL, 0, r->prompt,
 				      r->n_prompt);
 	if (ret)
-		fail(s, r, ret, LORAD_FIELD_NONE);
+		fail(s, r, ret, LORAD_FIELD_NONE, NULL);
 }
 
 /* A text prompt's ids arrived (from here or the tokenizer thread). */
@@ -699,7 +725,12 @@ static void take_ids(struct sched *s, struct sreq *r, int ret, uint32_t *ids, si
 		free(ids);
 		log_debug("text request refused: %s", ret == -E2BIG ? "more tokens than the prompt limit"
 			  : "its text gives no tokens");
-		fail(s, r, ret, LORAD_FIELD_PROMPT);
+		if (ret == -E2BIG)
+			fail(s, r, ret, LORAD_FIELD_PROMPT, "a prompt of %zu tokens: the limit is %d", n,
+			     prompt_limit(s));
+		else
+			fail(s, r, ret, LORAD_FIELD_PROMPT, "%s", ret == -EINVAL
+			     ? "the text gives no tokens (and the tokenizer adds none)" : "");
 		return;
 	}
 	sreq_set_ids(r, ids, (uint32_t)n);
@@ -723,20 +754,21 @@ static void sc_submit(void *ctx, struct sreq *r)
 	}
 	if (!s->tok) {
 		log_debug("text request refused: the model has no usable tokenizer.json");
-		fail(s, r, -EOPNOTSUPP, LORAD_FIELD_PROMPT_KIND);
+		fail(s, r, -EOPNOTSUPP, LORAD_FIELD_PROMPT_KIND, "a text prompt needs the model's "
+		     "tokenizer.json, which this model has not: send token ids");
 		return;
 	}
 	if (r->text_len > TOKQ_INLINE_BYTES && s->tq) {
 		struct sjob *j = job_new(s, r, SJ_TOKENIZING);
 
 		if (!j) {
-			fail(s, r, -ENOMEM, LORAD_FIELD_NONE);
+			fail(s, r, -ENOMEM, LORAD_FIELD_NONE, NULL);
 			return;
 		}
 		j->cookie = ++s->cookie;
 		ret = tokq_submit(s->tq, r->s, j->cookie, r->text, r->text_len, special);
 		if (ret)
-			fail(s, r, ret, LORAD_FIELD_NONE);
+			fail(s, r, ret, LORAD_FIELD_NONE, NULL);
 		return;
 	}
 	ret = tok_encode(s->tok, r->text, r->text_len, special, &ids, &n, s->err, sizeof(s->err));
@@ -808,9 +840,10 @@ static void take_helpers(struct sched *s)
 		while ((j = by_cookie(s, SJ_COMPILING, it->cookie))) {
 			j->git = NULL;
 			if (it->ret)
-				fail(s, j->r, it->ret, it->ret == -ENOMEM ? LORAD_FIELD_NONE : LORAD_FIELD_GRAMMAR);
+				fail(s, j->r, it->ret, it->ret == -ENOMEM ? LORAD_FIELD_NONE : LORAD_FIELD_GRAMMAR,
+				     "%s", it->err[0] && it->ret != -ENOMEM ? it->err : "");
 			else if (gram_attach(s, j, gram_ref(it->g)))
-				fail(s, j->r, -ENOMEM, LORAD_FIELD_NONE);
+				fail(s, j->r, -ENOMEM, LORAD_FIELD_NONE, NULL);
 			else
 				submit_skill(s, j->r, j);   /* resolved again: it holds nothing meanwhile */
 		}

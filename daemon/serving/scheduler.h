@@ -45,9 +45,11 @@ extern const struct exec_ops sched_ops;
  * takes no new request), or -EINPROGRESS when the adapter is being
  * loaded: the request is parked (the engine runs on) and *ticket, kept with
  * it, is passed back on every retry until the resolver answers 0 or an error.
+ * On an error, one sentence for the client in @why (@why_len bytes).
  */
 typedef int (*sched_resolve_fn)(void *ctx, const char *skill, uint64_t routing_key, int *adapter,
-				uint32_t *version, char *version_id, uint64_t *ticket);
+				uint32_t *version, char *version_id, uint64_t *ticket, char *why,
+				size_t why_len);
 
 /*
  * Returns NULL on ENOMEM. The scheduler borrows @e and @tok. With a

@@ -308,7 +308,7 @@ static int send_welcome(struct session *s, int memfd)
 	struct lorad_welcome w = {
 		.magic = LORAD_MAGIC, .status = 0,
 		.abi_major = LORAD_ABI_MAJOR, .abi_minor = LORAD_ABI_MINOR,
-		.region_size = s->lay.size, .features = s->seq ? LORAD_FEAT_SEQ : 0,
+		.region_size = s->lay.size, .features = session_features(s),
 	};
 	int fds[3] = { memfd, s->sq_efd, s->cq_efd };
 	union {
@@ -498,6 +498,7 @@ static int session_start(struct server *sv, struct session *s)
 	region_layout_compute(&s->lay, h.sq_entries, h.cq_entries, h.arena_size);
 	/* features it asks for that this daemon lacks are not granted, not refused */
 	s->seq = (h.features & LORAD_FEATURES_KNOWN & LORAD_FEAT_SEQ) != 0;
+	s->why = (h.features & LORAD_FEATURES_KNOWN & LORAD_FEAT_WHY) != 0;
 	ret = make_room(sv, s);
 	if (ret == -EUSERS) {
 		if (log_ratelimit_ok(&sv->accept_rl, now_ns(), "clients"))
@@ -525,7 +526,7 @@ static int session_start(struct server *sv, struct session *s)
 	results_offer(sv, s, h.results_size);
 	memcpy(region_at(s->map, s->lay.results_off), &s->res, sizeof(s->res));
 	/* the header says what this session was granted, as the welcome does */
-	((struct lorad_region_hdr *)s->map)->features = s->seq ? LORAD_FEAT_SEQ : 0;
+	((struct lorad_region_hdr *)s->map)->features = session_features(s);
 	s->sq = region_at(s->map, s->lay.sq_ctl_off);
 	s->cq = region_at(s->map, s->lay.cq_ctl_off);
 	s->sqes = region_at(s->map, s->lay.sqes_off);

@@ -2,6 +2,8 @@
 #include "session.h"
 
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -273,8 +275,27 @@ static void emit_cqe(struct session *s, const struct lorad_cqe *q, bool final)
 		pend_put(s, q);
 }
 
-void session_post_error(struct session *s, const struct lorad_sqe *e, int res, unsigned field)
+/*
+ * Write @why into the refusal record at @off of @s's arena (0: none asked
+ * for), NUL-padded so no stale byte shows; published by the completion.
+ * Returns LORAD_CQE_F_WHY when it wrote, else 0.
+ */
+static uint32_t why_put(struct session *s, uint32_t off, const char *why)
 {
+	struct lorad_why w;
+
+	if (!off || !why || !why[0] || s->state != SESSION_LIVE)
+		return 0;
+	strncpy(w.text, why, sizeof(w.text) - 1);
+	w.text[sizeof(w.text) - 1] = 0;
+	memcpy(s->arena + off, &w, sizeof(w));
+	return LORAD_CQE_F_WHY;
+}
+
+void session_post_error(struct session *s, const struct lorad_sqe *e, int res, unsigned field,
+			const char *why)
+{
+	struct sqe_limits arena = { .arena_size = s->lay.arena_size, .why = s->why };
 	struct lorad_cqe q = { 0 };
 
 	q.user_data = e->user_data;
@@ -282,6 +303,7 @@ void session_post_error(struct session *s, const struct lorad_sqe *e, int res, u
 	q.res = res;
 	q.finish = LORAD_FINISH_ERROR;
 	q.err_field = (uint16_t)field;
+	q.flags = why_put(s, sqe_why_off(e, &arena), why);
 	emit_cqe(s, &q, true);
 }
 
@@ -311,7 +333,30 @@ static uint32_t us_between(uint64_t a, uint64_t b)
 	return d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
 }
 
+static void emit_why(struct sreq *r, bool final, int res, unsigned finish, unsigned field,
+		     const char *why);
+
 void sreq_emit(struct sreq *r, bool final, int res, unsigned finish, unsigned field)
+{
+	emit_why(r, final, res, finish, field, NULL);
+}
+
+void sreq_fail(struct sreq *r, int res, unsigned field, const char *fmt, ...)
+{
+	char why[LORAD_WHY_MAX] = "";
+
+	if (fmt && r->x.why_off) {
+		va_list ap;
+
+		va_start(ap, fmt);
+		vsnprintf(why, sizeof(why), fmt, ap);
+		va_end(ap);
+	}
+	emit_why(r, true, res, LORAD_FINISH_ERROR, field, why);
+}
+
+static void emit_why(struct sreq *r, bool final, int res, unsigned finish, unsigned field,
+		     const char *why)
 {
 	struct lorad_cqe q = { 0 };
 
@@ -357,6 +402,7 @@ void sreq_emit(struct sreq *r, bool final, int res, unsigned finish, unsigned fi
 			memcpy(r->s->arena + r->x.served_off, &sv, sizeof(sv));
 			q.flags |= LORAD_CQE_F_SERVED;
 		}
+		q.flags |= why_put(r->s, r->x.why_off, why);
 	}
 	if (r->s->state == SESSION_LIVE)
 		emit_cqe(r->s, &q, final);
@@ -383,15 +429,17 @@ static void take_entry(struct session *s, const struct lorad_sqe *e,
 		       void *exctx, bool draining, uint64_t seen)
 {
 	struct sqe_limits sl = lim->sqe;
+	char why[LORAD_WHY_MAX];
 	enum lorad_field field;
 	struct sreq *r;
 	int ret;
 
 	sl.arena_size = s->lay.arena_size;
 	sl.dev_size = s->res_dev ? s->res.dev_size : 0;
-	ret = sqe_validate(e, &sl, &field);
+	sl.why = s->why;
+	ret = sqe_check(e, &sl, &field, why, sizeof(why));
 	if (ret) {
-		session_post_error(s, e, ret, field);
+		session_post_error(s, e, ret, field, why);
 		return;
 	}
 	if (e->opcode == LORAD_OP_CANCEL) {
@@ -403,17 +451,19 @@ static void take_entry(struct session *s, const struct lorad_sqe *e,
 		return;
 	}
 	if (draining) {
-		session_post_error(s, e, -ESHUTDOWN, LORAD_FIELD_NONE);
+		session_post_error(s, e, -ESHUTDOWN, LORAD_FIELD_NONE, NULL);
 		return;
 	}
 	if (s->n_inflight >= lim->max_inflight) {
-		session_post_error(s, e, -EBUSY, LORAD_FIELD_NONE);
+		snprintf(why, sizeof(why), "%u requests in flight on this connection: the limit is %u "
+			 "(max_inflight)", s->n_inflight, lim->max_inflight);
+		session_post_error(s, e, -EBUSY, LORAD_FIELD_NONE, why);
 		return;
 	}
 	if (!s->free_reqs) {
 		ret = sreq_grow(s, lim->max_inflight);
 		if (ret) {
-			session_post_error(s, e, ret, LORAD_FIELD_NONE);
+			session_post_error(s, e, ret, LORAD_FIELD_NONE, NULL);
 			return;
 		}
 	}
@@ -430,7 +480,7 @@ static void take_entry(struct session *s, const struct lorad_sqe *e,
 	if (ret) {
 		r->next = s->free_reqs;
 		s->free_reqs = r;
-		session_post_error(s, e, ret, field);
+		session_post_error(s, e, ret, field, NULL);
 		return;
 	}
 	/* The lines the final completion writes besides the CQE and the

@@ -97,6 +97,7 @@ struct session {
 	struct lorad_region_stats *stats;
 	unsigned char *arena;
 	bool seq;                    /* LORAD_FEAT_SEQ granted: entries published in place */
+	bool why;                    /* LORAD_FEAT_WHY granted: LORAD_SQE_F_WHY honoured */
 	uint32_t sq_head;            /* private copies of the indices we own */
 	uint32_t cq_tail;
 	uint32_t cq_sealed;          /* LORAD_FEAT_SEQ: completions published in place up to here */
@@ -158,14 +159,26 @@ static inline uint32_t *sreq_out(struct sreq *r)
 /* Post a completion for @r. @final ends it and returns it to the pool. */
 void sreq_emit(struct sreq *r, bool final, int res, unsigned finish, unsigned field);
 
+/* End @r refused (LORAD_FINISH_ERROR, @res, @field), with the words of
+ * @fmt where the client asked for them (LORAD_SQE_F_WHY); @fmt NULL: none. */
+void sreq_fail(struct sreq *r, int res, unsigned field, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
 /* Called for every request that ends (metrics), on the engine thread. */
 typedef void (*sreq_final_fn)(void *ctx, const struct sreq *r, int res, unsigned finish,
 			      uint32_t ttft_us, uint32_t itl_us);
 void session_set_final_hook(sreq_final_fn fn, void *ctx);
 
-/* Post an error completion for an entry that never became a request. */
+/* The features granted to @s (LORAD_FEAT_*), as the welcome and the region say. */
+static inline uint64_t session_features(const struct session *s)
+{
+	return (s->seq ? LORAD_FEAT_SEQ : 0) | (s->why ? LORAD_FEAT_WHY : 0);
+}
+
+/* Post an error completion for an entry that never became a request, with
+ * @why (NULL or "": none) in its refusal record where it asked for one. */
 void session_post_error(struct session *s, const struct lorad_sqe *e, int res,
-			unsigned field);
+			unsigned field, const char *why);
 
 
 #endif

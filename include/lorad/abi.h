@@ -29,10 +29,11 @@
 
 #define LORAD_MAGIC       0x44524f4cu  /* "LORD" little-endian */
 #define LORAD_ABI_MAJOR   1
-#define LORAD_ABI_MINOR   4  /* 1.1: lorad_ext.times_off; 1.2: LORAD_SQE_F_SERVED;
+#define LORAD_ABI_MINOR   5  /* 1.1: lorad_ext.times_off; 1.2: LORAD_SQE_F_SERVED;
 				* 1.3: results (hello.results_size, lorad_results_hdr,
 				* LORAD_SQE_F_RESULT); 1.4: constrained decoding
-				* (LORAD_SQE_F_GRAMMAR, lorad_grammar_req) */
+				* (LORAD_SQE_F_GRAMMAR, lorad_grammar_req); 1.5: refusals
+				* in words (LORAD_SQE_F_WHY, lorad_why) */
 /*
  * Optional features: the client asks in hello.features, the daemon grants
  * the ones it has in welcome.features (a daemon before them grants none),
@@ -48,7 +49,16 @@
  * checks and the sleep/wake handshake.
  */
 #define LORAD_FEAT_SEQ    (1ull << 0)
-#define LORAD_FEATURES_KNOWN  LORAD_FEAT_SEQ  /* every feature this header defines */
+/*
+ * LORAD_FEAT_WHY: the client reserves a struct lorad_why after each
+ * request that sets LORAD_SQE_F_WHY (ABI 1.5). The daemon writes that
+ * record, so it honours the flag only where this was asked for and
+ * granted, and refuses it (field "flags") elsewhere: a program built with
+ * this header but run with an older liblorad, which passes the flag on
+ * without making room, is refused rather than written over.
+ */
+#define LORAD_FEAT_WHY    (1ull << 1)
+#define LORAD_FEATURES_KNOWN  (LORAD_FEAT_SEQ | LORAD_FEAT_WHY)  /* every feature this header defines */
 /* What a hello that asks for nothing sends; kept 0 so a client written by
  * hand against an older header, which sends it, never gets a feature it
  * does not speak. Ask for features by name and use what the welcome grants. */
@@ -158,8 +168,9 @@ enum lorad_prompt_kind {
 #define LORAD_SQE_F_SERVED      (1u << 2)  /* a struct lorad_served follows the output ids (ABI 1.2) */
 #define LORAD_SQE_F_RESULT      (1u << 3)  /* a struct lorad_result_req follows (ABI 1.3) */
 #define LORAD_SQE_F_GRAMMAR     (1u << 4)  /* a struct lorad_grammar_req follows (ABI 1.4) */
+#define LORAD_SQE_F_WHY         (1u << 5)  /* a struct lorad_why follows (ABI 1.5) */
 #define LORAD_SQE_F__ALL        (LORAD_SQE_F_IGNORE_EOS | LORAD_SQE_F_NO_SPECIAL | LORAD_SQE_F_SERVED | \
-				 LORAD_SQE_F_RESULT | LORAD_SQE_F_GRAMMAR)
+				 LORAD_SQE_F_RESULT | LORAD_SQE_F_GRAMMAR | LORAD_SQE_F_WHY)
 
 /*
  * One submission. Offsets and lengths are bytes relative to the arena. The
@@ -324,6 +335,27 @@ static inline uint64_t lorad_grammar_req_off(const struct lorad_sqe *e)
 }
 
 /*
+ * Refusals in words (ABI 1.5). With LORAD_SQE_F_WHY this record lies right
+ * after the grammar request (or where it would start), at lorad_why_off(sqe),
+ * in the arena and clear of the prompt. When the daemon refuses the request
+ * (a limit passed, a value out of range, a skill it cannot serve, a grammar
+ * it does not take) it writes one NUL-terminated sentence there that names
+ * what was wrong, with the limit and its value where one was passed, before
+ * the final completion, which then carries LORAD_CQE_F_WHY. Other ends
+ * (cancelled, a deadline, the daemon stopping) need no words: res says them.
+ */
+#define LORAD_WHY_MAX 192
+
+struct lorad_why {
+	char text[LORAD_WHY_MAX];
+};
+
+static inline uint64_t lorad_why_off(const struct lorad_sqe *e)
+{
+	return lorad_grammar_req_off(e) + ((e->flags & LORAD_SQE_F_GRAMMAR) ? sizeof(struct lorad_grammar_req) : 0);
+}
+
+/*
  * What the daemon offers a session for results, at region results_off
  * (written once before the welcome; the daemon keeps its own copy).
  * where is LORAD_RESULTS_DEVICE when the session got a device buffer:
@@ -389,6 +421,7 @@ enum lorad_field {
 
 #define LORAD_CQE_F_MORE   (1u << 0)  /* not the last completion of this request */
 #define LORAD_CQE_F_SERVED (1u << 1)  /* final: the request's struct lorad_served is written */
+#define LORAD_CQE_F_WHY    (1u << 2)  /* final: its struct lorad_why says why it was refused (1.5) */
 #define LORAD_CQE_SEQ_SHIFT 24        /* LORAD_FEAT_SEQ: flags >> 24 is lorad_ring_seq() of its index */
 
 struct lorad_cqe {

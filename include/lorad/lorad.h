@@ -96,6 +96,14 @@ struct lorad_request {
 	uint32_t        grammar;       /* LORAD_GRAMMAR_JSON, _SCHEMA or _REGEX */
 	const char     *grammar_text;  /* the schema (JSON text) or pattern; NULL for _JSON */
 	uint32_t        grammar_len;   /* bytes, at most LORAD_MAX_GRAMMAR */
+	/* refusals in words (ABI 1.5), read only when flags holds
+	 * LORAD_SQE_F_WHY: the final event leaves in why one NUL-terminated
+	 * sentence (cut to why_cap - 1 bytes; LORAD_WHY_MAX holds any) that
+	 * says why the daemon refused the request, naming the limit and its
+	 * value where one was passed; "" when it gave none (the request was
+	 * not refused, or it ended otherwise, or the daemon is older than 1.5) */
+	char           *why;
+	uint32_t        why_cap;
 };
 
 /*
@@ -297,6 +305,15 @@ const char *lorad_field_name(unsigned field);
 
 /* Name of an enum lorad_finish: "length", "stop", "cancelled", ... */
 const char *lorad_finish_name(unsigned finish);
+
+/*
+ * This library's version as MAJOR << 16 | MINOR << 8 | PATCH (liblorad
+ * 2.3 on; LORAD_2.3 in the symbol map): a program loaded against a
+ * liblorad.so.2 it did not build with asks before it sets fields newer
+ * than that library (LORAD_SQE_F_WHY and why: 2.3).
+ */
+#define LORAD_LIBRARY_VERSION 0x020300u
+unsigned lorad_library_version(void);
 
 #ifdef __cplusplus
 }

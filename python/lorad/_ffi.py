@@ -22,6 +22,8 @@ EV_PROMPT = 1 << 1           # LORAD_EV_PROMPT: n_prompt is set
 SQE_F_IGNORE_EOS = 1 << 0    # LORAD_SQE_F_IGNORE_EOS
 SQE_F_NO_SPECIAL = 1 << 1    # LORAD_SQE_F_NO_SPECIAL
 SQE_F_GRAMMAR = 1 << 4       # LORAD_SQE_F_GRAMMAR
+SQE_F_WHY = 1 << 5           # LORAD_SQE_F_WHY
+WHY_MAX = 192                # LORAD_WHY_MAX
 GRAMMAR_JSON, GRAMMAR_SCHEMA, GRAMMAR_REGEX = 1, 2, 3   # enum lorad_grammar_kind
 
 RESULT_NONE, RESULT_LOGITS, RESULT_HIDDEN = 0, 1, 2   # enum lorad_result_kind
@@ -119,6 +121,8 @@ class lorad_request(Structure):
         ("grammar", c_uint32),
         ("grammar_text", c_void_p),     # const char *, not NUL-terminated: grammar_len
         ("grammar_len", c_uint32),
+        ("why", c_void_p),              # char *, the caller's buffer (SQE_F_WHY, liblorad 2.3)
+        ("why_cap", c_uint32),
     ]
 
 
@@ -183,6 +187,7 @@ _PROTOTYPES = {
     "lorad_strerror": (c_char_p, [c_int]),
     "lorad_field_name": (c_char_p, [c_uint]),
     "lorad_finish_name": (c_char_p, [c_uint]),
+    "lorad_library_version": (c_uint, []),
 }
 
 
@@ -213,3 +218,7 @@ def _load():
 
 
 lib = _load()
+# refusals in words: liblorad 2.3 on (an older one would pass the flag on
+# without making room, and the daemon would refuse every request)
+HAS_WHY = getattr(lib, "lorad_library_version", None) is not None and \
+    lib.lorad_library_version() >= 0x020300

@@ -124,6 +124,13 @@ class Request:
                 time.clock_gettime_ns(time.CLOCK_MONOTONIC) + int(deadline * 1e9), _check.U64, 1)
         if ignore_eos:
             r.flags |= _ffi.SQE_F_IGNORE_EOS
+        self._why = None
+        if _ffi.HAS_WHY:
+            # the daemon's words when it refuses the request: what, which limit
+            self._why = ctypes.create_string_buffer(_ffi.WHY_MAX)
+            r.flags |= _ffi.SQE_F_WHY
+            r.why = ctypes.addressof(self._why)
+            r.why_cap = _ffi.WHY_MAX
         if logit_bias:
             items = [(_check.uint("a logit_bias token id", t, _check.U32), b)
                      for t, b in logit_bias.items()]
@@ -205,7 +212,8 @@ class Request:
         """The Completion of final event *ev*; raises the request's error when it failed,
         with what it produced until then as the exception's ``partial``."""
         if ev.res < 0:
-            exc = error(ev.res, ev.field)
+            why = self._why.value.decode("utf-8", "replace") if self._why is not None else ""
+            exc = error(ev.res, ev.field, why=why or None)
             exc.partial = self._completion(ev)
             raise exc
         return self._completion(ev)

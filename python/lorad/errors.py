@@ -16,20 +16,25 @@ class LoradError(Exception):
 
     ``errno`` is the positive errno (as in :class:`OSError`), ``code`` the
     negative value liblorad returned, ``field`` the name of the request field
-    the daemon refused (``None`` when it named none). A request that failed
+    the daemon refused (``None`` when it named none), ``why`` the daemon's
+    own sentence for a refusal, naming the limit and its value where one was
+    passed (``None`` when it gave none). A request that failed
     after it started (a deadline, a daemon gone) carries what it produced
     until then as ``partial``, a :class:`~lorad.Completion`; else None.
     """
 
-    def __init__(self, code, field=None, context=None):
+    def __init__(self, code, field=None, context=None, why=None):
         self.code = code
         self.errno = -code
         self.field = field
+        self.why = why
         self.partial = None
         self.strerror = lib.lorad_strerror(code).decode("utf-8", "replace")
         msg = self.strerror
         if field:
             msg += f" (field: {field})"
+        if why:
+            msg += f": {why}"
         if context:
             msg = f"{context}: {msg}"
         super().__init__(msg)
@@ -108,8 +113,9 @@ def field_name(field):
     return lib.lorad_field_name(field).decode()
 
 
-def error(code, field=FIELD_NONE, context=None, connecting=False):
-    """The exception for liblorad's return value or event ``res`` *code* (< 0)."""
+def error(code, field=FIELD_NONE, context=None, connecting=False, why=None):
+    """The exception for liblorad's return value or event ``res`` *code* (< 0),
+    with the daemon's words *why* for a refused request."""
     cls = _BY_ERRNO.get(-code, LoradError)
     if -code == _errno.EIDRM and field == FIELD_SKILL:
         cls = SkillNotFound
@@ -118,7 +124,7 @@ def error(code, field=FIELD_NONE, context=None, connecting=False):
             cls = SkillNotFound
         elif connecting:
             cls = ConnectionRefused
-    return cls(code, field_name(field), context)
+    return cls(code, field_name(field), context, why)
 
 
 def check(code, context=None):

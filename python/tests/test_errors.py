@@ -32,6 +32,26 @@ def test_max_tokens_over_the_daemons_limit(client):
     assert e.value.errno == errno.E2BIG and e.value.field == "max_tokens"
 
 
+def test_refusals_say_what_and_which_limit(client):
+    """The daemon's own words ride on the exception (LORAD_SQE_F_WHY): the
+    limit and its value, not only the field."""
+    with pytest.raises(lorad.TooBig) as e:
+        client.complete(None, "hello", max_tokens=5000)
+    assert e.value.why == "max_tokens 5000: the limit is 4096 (max_tokens)"
+    assert e.value.why in str(e.value)
+    with pytest.raises(lorad.TooBig) as e:
+        client.complete(None, "hello", max_tokens=300)    # the demo model's context is 256
+    assert "exceed the model's context of 256 tokens" in e.value.why, e.value.why
+    with pytest.raises(lorad.SkillNotFound) as e:
+        client.complete("no-such-skill", "hello", max_tokens=4)
+    assert e.value.why == "skill 'no-such-skill' has no route (loradctl route show lists them)"
+    with pytest.raises(lorad.SkillNotFound) as e:
+        client.complete("sql@v999", "hello", max_tokens=4)
+    assert e.value.why == "no adapter version sql@v999"
+    # a request that is not refused leaves no words behind
+    assert client.complete(None, "hello", max_tokens=2).tokens
+
+
 def test_request_larger_than_the_arena(client):
     with pytest.raises(lorad.TooBig) as e:
         client.complete(None, [1, 2], max_tokens=10_000_000)  # 40 MB of ids, a 4 MiB arena

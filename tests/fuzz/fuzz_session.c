@@ -99,18 +99,23 @@ static uint64_t mono_ns(void)
 /* The daemon's resolver (registry_resolve), with one skill whose adapter
  * takes two retries to "load", so requests park and come back. */
 static int resolve(void *ctx, const char *skill, uint64_t key, int *adapter, uint32_t *vid,
-		   char *version_id, uint64_t *ticket)
+		   char *version_id, uint64_t *ticket, char *why, size_t why_len)
 {
 	uint64_t t = 0;
+	int ret;
 
 	if (!strcmp(skill, "slow")) {
 		if (*ticket < 2) {
 			++*ticket;
 			return -EINPROGRESS;
 		}
-		return registry_resolve(ctx, "sql", key, adapter, vid, version_id, &t);
+		ret = registry_resolve(ctx, "sql", key, adapter, vid, version_id, &t);
+	} else {
+		ret = registry_resolve(ctx, skill, key, adapter, vid, version_id, ticket);
 	}
-	return registry_resolve(ctx, skill, key, adapter, vid, version_id, ticket);
+	if (ret && ret != -EINPROGRESS)
+		registry_resolve_why(ctx, skill, version_id, ret, why, why_len);
+	return ret;
 }
 
 static void route(const char *skill, const char *a, const char *b)

@@ -191,6 +191,10 @@ EOF
 	check_err 400 prompt '{"model":"sql","prompt":[1,2,3]}'
 	check_err 400 max_tokens '{"model":"sql","prompt":"x","max_tokens":0}'
 	check_err 400 max_tokens '{"model":"sql","prompt":"x","max_tokens":99999999}'
+	# past the demo model's context: the daemon's words, the limit and its value
+	check_err 400 max_tokens '{"model":"sql","prompt":"x","max_tokens":300}'
+	json 'j["error"]["message"]' | grep -q "exceed the model's context of 256 tokens" ||
+		fail "max_tokens past the context: $(cat "$dir/out")"
 	check_err 400 temperature '{"model":"sql","prompt":"x","temperature":"hot"}'
 	check_err 400 n '{"model":"sql","prompt":"x","n":2}'
 	check_err 400 logprobs '{"model":"sql","prompt":"x","logprobs":3}'

@@ -42,6 +42,7 @@ int main(void)
 	F(lorad_request, n_stop); F(lorad_request, times); F(lorad_request, routing_key_bytes);
 	F(lorad_request, routing_key_len); F(lorad_request, result); F(lorad_request, result_at);
 	F(lorad_request, grammar); F(lorad_request, grammar_text); F(lorad_request, grammar_len);
+	F(lorad_request, why); F(lorad_request, why_cap);
 	END();
 
 	BEGIN(lorad_event);

@@ -733,7 +733,9 @@ static void test_abi(void **state)
 		} f[] = {
 			{ LORAD_FEAT_SEQ | 1ull << 63, LORAD_FEAT_SEQ },
 			{ LORAD_FEAT_SEQ, LORAD_FEAT_SEQ },
-			{ 1ull << 63 | 1ull << 1, 0 },
+			{ 1ull << 63 | 1ull << 2, 0 },
+			{ LORAD_FEAT_WHY | 1ull << 62, LORAD_FEAT_WHY },
+			{ LORAD_FEAT_SEQ | LORAD_FEAT_WHY, LORAD_FEAT_SEQ | LORAD_FEAT_WHY },
 			{ 0, 0 },
 		};
 

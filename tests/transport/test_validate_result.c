@@ -210,12 +210,88 @@ static void test_record_place(void **state)
 	}
 }
 
+/* sqe_check's refusal of @e: its field, and its words hold @want. */
+static void expect_words(const struct lorad_sqe *e, const struct sqe_limits *lim, int ret,
+			 enum lorad_field field, const char *want)
+{
+	char why[LORAD_WHY_MAX] = "";
+	enum lorad_field f;
+
+	if (sqe_check(e, lim, &f, why, sizeof(why)) != ret || f != field)
+		fail_msg("'%s': not refused as expected (field %u, '%s')", want, f, why);
+	if (!strstr(why, want))
+		fail_msg("refused with '%s', which does not say '%s'", why, want);
+}
+
+/*
+ * Refusals in words (ABI 1.5): each check says what was wrong and which
+ * limit with its value; the refusal record is honoured only with
+ * LORAD_FEAT_WHY (an older library passing the flag on makes no room for
+ * it), and only where it lies in the arena clear of the prompt.
+ */
+static void test_words(void **state)
+{
+	struct sqe_limits lim = lim_base;
+	struct lorad_sqe e;
+	enum lorad_field f;
+
+	(void)state;
+	e = base_sqe(); e.max_tokens = 5000; e.out_len = 20000;
+	expect_words(&e, &lim, -E2BIG, LORAD_FIELD_MAX_TOKENS, "max_tokens 5000: the limit is 4096");
+	e = base_sqe(); e.max_tokens = 0;
+	expect_words(&e, &lim, -EINVAL, LORAD_FIELD_MAX_TOKENS, "max_tokens is 0");
+	e = base_sqe(); e.prompt_len = 4097 * 4; e.out_off = 32768;
+	expect_words(&e, &lim, -E2BIG, LORAD_FIELD_PROMPT, "4097 tokens: the limit is 4096 (max_prompt_tokens)");
+	e = base_sqe(); e.prompt_kind = LORAD_PROMPT_TEXT; e.prompt_len = 4097; e.out_off = 8192;
+	expect_words(&e, &lim, -E2BIG, LORAD_FIELD_PROMPT, "4097 bytes: the limit is 4096 (max_prompt_bytes)");
+	e = base_sqe(); e.top_p = 2.0f;
+	expect_words(&e, &lim, -EINVAL, LORAD_FIELD_SAMPLING, "top_p 2 is not in 0..1");
+	e = base_sqe(); e.temperature = -1.0f;
+	expect_words(&e, &lim, -EINVAL, LORAD_FIELD_SAMPLING, "temperature -1 is not in 0..100");
+	e = base_sqe(); e.presence_penalty = 101.0f;
+	expect_words(&e, &lim, -EINVAL, LORAD_FIELD_SAMPLING, "presence_penalty 101 is not in -100..100");
+	e = base_sqe(); e.out_off = 8;
+	expect_words(&e, &lim, -EINVAL, LORAD_FIELD_OUTPUT, "overlaps the prompt");
+	e = base_sqe(); e.prompt_off = ARENA - 8;
+	expect_words(&e, &lim, -EINVAL, LORAD_FIELD_PROMPT, "outside the arena of 65536 bytes");
+	e = base_sqe(); e.flags |= 1u << 30;
+	expect_words(&e, &lim, -EINVAL, LORAD_FIELD_FLAGS, "bits 0x40000000 are not lorad's");
+	e = base_sqe(); e.skill[0] = '!';
+	expect_words(&e, &lim, -EINVAL, LORAD_FIELD_SKILL, "skill name");
+
+	/* the record: only with the feature, in the arena, clear of the prompt */
+	e = base_sqe();
+	e.flags |= LORAD_SQE_F_WHY;
+	lim.why = false;
+	expect_words(&e, &lim, -EINVAL, LORAD_FIELD_FLAGS, "without LORAD_FEAT_WHY");
+	assert_int_equal(sqe_why_off(&e, &lim), 0);
+	lim.why = true;
+	assert_int_equal(sqe_validate(&e, &lim, &f), 0);
+	assert_int_equal(sqe_why_off(&e, &lim), lorad_why_off(&e));
+	assert_int_equal(lorad_why_off(&e), 1024 + 16 + sizeof(struct lorad_served) +
+			 sizeof(struct lorad_result_req));
+	e.flags &= ~LORAD_SQE_F_RESULT;
+	e.out_off = ARENA - 16 - sizeof(struct lorad_served) - sizeof(struct lorad_why);
+	assert_int_equal(sqe_validate(&e, &lim, &f), 0);   /* its last byte the arena's */
+	e.out_off += 8;
+	expect_words(&e, &lim, -EINVAL, LORAD_FIELD_OUTPUT, "refusal record");
+	assert_int_equal(sqe_why_off(&e, &lim), 0);   /* past the arena: nowhere to write */
+	e = base_sqe();
+	e.flags = LORAD_SQE_F_WHY;                     /* the record lands on the prompt */
+	e.prompt_off = 1024 + 16;
+	e.prompt_len = 64;
+	e.out_off = 1024;
+	expect_words(&e, &lim, -EINVAL, LORAD_FIELD_OUTPUT, "refusal record");
+	assert_int_equal(sqe_why_off(&e, &lim), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_valid),
 		cmocka_unit_test(test_fields),
 		cmocka_unit_test(test_record_place),
+		cmocka_unit_test(test_words),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

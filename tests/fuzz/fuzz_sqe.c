@@ -16,7 +16,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static const struct sqe_limits lim = {
+static struct sqe_limits lim = {
 	.arena_size = 1u << 20, .max_tokens = 4096, .max_prompt = 1u << 16, .max_text = 1u << 18,
 };
 
@@ -25,6 +25,7 @@ static const struct sqe_limits lim = {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct lorad_sqe shared, e;
+	char why[LORAD_WHY_MAX];
 	enum lorad_field field;
 	int r;
 
@@ -32,12 +33,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memcpy(&shared, data, size < sizeof(shared) ? size : sizeof(shared));
 	sqe_load(&e, &shared);
 	CHECK(!memcmp(&e, &shared, sizeof(e)));
-	r = sqe_validate(&e, &lim, &field);
+	/* the refusal record allowed (LORAD_FEAT_WHY) or not: the last input byte says */
+	lim.why = size > sizeof(shared) && (data[sizeof(shared)] & 1);
+	memset(why, 0xa5, sizeof(why));
+	r = sqe_check(&e, &lim, &field, why, sizeof(why));
+	CHECK(r == sqe_validate(&e, &lim, &field));
 	if (r) {
 		CHECK(r == -EINVAL || r == -E2BIG);
 		CHECK(field > LORAD_FIELD_NONE && field < LORAD_FIELD__MAX);
+		/* words for every refusal, terminated inside the record */
+		CHECK(why[0] && memchr(why, 0, sizeof(why)) != NULL);
 		return 0;
 	}
+	CHECK(!(e.flags & LORAD_SQE_F_WHY) || (lim.why && sqe_why_off(&e, &lim) &&
+	      lorad_why_off(&e) + sizeof(struct lorad_why) <= lim.arena_size));
 	CHECK(field == LORAD_FIELD_NONE);
 	CHECK(e.opcode == LORAD_OP_GENERATE || e.opcode == LORAD_OP_CANCEL);
 	CHECK(e.seq == 0);

@@ -957,17 +957,19 @@ static enum MHD_Result healthz(struct gateway *g, struct MHD_Connection *conn)
 	char err[300] = "";
 	int rc;
 
-	if (g->o.admin_socket) {
+	/* healthy when completions can be served: the data socket takes a
+	 * client (an idle one of the pool, or a new one), and the admin
+	 * socket, where one is set, answers too */
+	rc = client_take(g, &c);
+	if (rc == 0)
+		client_put(g, c, true);
+	else
+		snprintf(err, sizeof(err), "%s: %s", g->o.socket, lorad_strerror(rc));
+	if (rc == 0 && g->o.admin_socket) {
 		struct json_object *rep;
 
 		rc = admin(g, "status", &rep, err, sizeof(err));
 		json_object_put(rep);
-	} else {
-		rc = client_take(g, &c);
-		if (rc == 0)
-			client_put(g, c, true);
-		else
-			snprintf(err, sizeof(err), "%s: %s", g->o.socket, lorad_strerror(rc));
 	}
 	if (rc < 0) {
 		struct json_object *o = json_object_new_object();

@@ -269,6 +269,18 @@ EOF
 	st=$(curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer 0123456789abcdef0123' "$url2/v1/models")
 	[ "$st" = 200 ] || fail "right token: $st"
 
+	# the admin socket answers but the daemon's socket is not there (a
+	# typo in --socket): not healthy, since no completion can be served
+	kill "$g2pid"
+	wait "$g2pid" 2>/dev/null
+	"$bin/lorad-http" --listen 127.0.0.1:$port2 --socket "$dir/typo.sock" --admin-socket "$dir/a.sock" \
+		>>"$dir/http.log" 2>&1 &
+	g2pid=$!
+	for _ in $(seq 100); do curl -s -o "$dir/out" "$url2/healthz" && break; sleep 0.05; done
+	st=$(curl -s -o "$dir/out" -w '%{http_code}' --max-time 10 "$url2/healthz")
+	[ "$st" = 503 ] && grep -q typo.sock "$dir/out" ||
+		fail "healthz with the daemon's socket missing: $st $(cat "$dir/out")"
+
 	# the daemon goes away: 503 at once, not a hang; health says so
 	kill -9 "$dpid"
 	wait "$dpid" 2>/dev/null

@@ -204,6 +204,25 @@ static const char *json_quirk(const char *s, size_t len, char *top, size_t tople
 	return NULL;
 }
 
+/*
+ * Whether @v, the value of the unsupported parameter @name, asks for nothing
+ * beyond the default, as client libraries send it: null, false, best_of 1,
+ * an empty logit_bias, an empty suffix. Those are taken, not refused.
+ */
+static bool asks_nothing(const char *name, struct json_object *v)
+{
+	if (json_object_is_type(v, json_type_null) ||
+	    (json_object_is_type(v, json_type_boolean) && !json_object_get_boolean(v)))
+		return true;
+	if (!strcmp(name, "best_of"))
+		return json_object_is_type(v, json_type_int) && json_object_get_int64(v) == 1;
+	if (!strcmp(name, "logit_bias"))
+		return json_object_is_type(v, json_type_object) && !json_object_object_length(v);
+	if (!strcmp(name, "suffix"))
+		return json_object_is_type(v, json_type_string) && !json_object_get_string_len(v);
+	return false;
+}
+
 int oa_parse_completion(const char *body, size_t len, uint32_t max_tokens_cap,
 			struct oa_completion *c, char *err, size_t errlen, char *param, size_t plen)
 {
@@ -434,8 +453,7 @@ int oa_parse_completion(const char *body, size_t len, uint32_t max_tokens_cap,
 		goto out;
 	}
 	for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++)
-		if (json_object_object_get_ex(root, refused[i], &v) && !json_object_is_type(v, json_type_null) &&
-		    !(json_object_is_type(v, json_type_boolean) && !json_object_get_boolean(v))) {
+		if (json_object_object_get_ex(root, refused[i], &v) && !asks_nothing(refused[i], v)) {
 			snprintf(err, errlen, "%s is not supported by lorad", refused[i]);
 			snprintf(param, plen, "%s", refused[i]);
 			goto out;

@@ -198,6 +198,11 @@ EOF
 	check_err 400 temperature '{"model":"sql","prompt":"x","temperature":"hot"}'
 	check_err 400 n '{"model":"sql","prompt":"x","n":2}'
 	check_err 400 logprobs '{"model":"sql","prompt":"x","logprobs":3}'
+	check_err 400 best_of '{"model":"sql","prompt":"x","best_of":2}'
+	check_err 400 logit_bias '{"model":"sql","prompt":"x","logit_bias":{"5":1}}'
+	# what client libraries send for "the default" is taken, not refused
+	st=$(post /v1/completions '{"model":"sql","prompt":"x","max_tokens":2,"best_of":1,"logit_bias":{},"suffix":"","echo":false,"logprobs":null}')
+	[ "$st" = 200 ] || fail "the defaults of unsupported parameters refused: $st $(cat "$dir/out")"
 	check_err 400 stop '{"model":"sql","prompt":"x","stop":["a","b","c","d","e"]}'
 	check_err 400 None '{"model":"sql","prompt":"x","a":{"b":{"c":{"d":{"e":{"f":{"g":{"h":{}}}}}}}}}'
 	st=$(curl -s -o "$dir/out" -w '%{http_code}' "$url/v1/completions")

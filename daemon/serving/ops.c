@@ -1735,11 +1735,14 @@ static void on_final(void *ctx, const struct sreq *r, int res, unsigned finish, 
 		metrics_request(o->met, METRICS_UNKNOWN, METRICS_NONE, res, finish, r->n_prompt,
 				r->n_out, ttft_us, itl_us);
 	else {
-		metrics_request(o->met, skill, v ? v->id : "base", res, finish, r->n_prompt, r->n_out,
-				ttft_us, itl_us);
+		/* a skill's request refused before it had a version is not the
+		 * base model's: during an A/B test that read as base failing */
+		const char *vid = v ? v->id : strcmp(skill, "base") ? METRICS_NONE : "base";
+
+		metrics_request(o->met, skill, vid, res, finish, r->n_prompt, r->n_out, ttft_us,
+				itl_us);
 		if (r->prefix_lookup)
-			metrics_prefix(o->met, skill, v ? v->id : "base", r->prefix_hit,
-				       r->prefix_lookup);
+			metrics_prefix(o->met, skill, vid, r->prefix_hit, r->prefix_lookup);
 	}
 }
 

@@ -52,8 +52,15 @@ static void test_metrics_parse(void **state)
 	assert_int_equal(atk_daemon_start(&d, args, ATK_STATE), 0);
 	for (int i = 0; skills[i]; i++)
 		atk_generate_once(d.sock, skills[i], 4, &ev, 20000);
+	/* refused before it had a version (past the demo model's context of
+	 * 256): the skill's, under no version, not the base model's */
+	rc = atk_generate_once(d.sock, "sql", 300, &ev, 20000);
+	ATK_EXPECT(rc == 0 && ev.res == -E2BIG, "sql past the context: %d, res %d", rc, ev.res);
 	rc = atk_ctl(d.admin, metrics, out, sizeof(out), err, sizeof(err), 20000, NULL);
 	ATK_EXPECT(rc == 0, "loradctl metrics: exit %d: %s", rc, err);
+	ATK_EXPECT(strstr(out, "\nlorad_requests_total{skill=\"sql\",version=\"_none\"} 1\n") &&
+		   strstr(out, "\nlorad_requests_total{skill=\"base\",version=\"base\"} 1\n"),
+		   "a refused sql request not counted under sql and version _none alone");
 	ATK_EXPECT(strstr(out, "tier=\"host\""), "no host tier in the metrics");
 	ATK_EXPECT(strstr(out, "skill=\"_unknown\""), "the unknown skill is not counted");
 	{

@@ -239,6 +239,34 @@ int registry_prefetch(struct registry *r, const char *id, char *err, size_t errl
 	return pool_prefetch(r->pool, v->pe, err, errlen);
 }
 
+bool registry_config_route_differs(const struct registry *r, const char *skill,
+				   const char *const *targets, const uint32_t *weights, unsigned n,
+				   char *msg, size_t len)
+{
+	const struct route *rt = route_get(r->routes, skill);
+	unsigned given = 0;
+	bool same = rt != NULL;
+
+	for (unsigned i = 0; i < n && same; i++) {
+		bool found = !weights[i];
+
+		given += weights[i] != 0;
+		for (unsigned k = 0; k < rt->n && !found; k++)
+			found = !strcmp(rt->target[k], targets[i]) && rt->weight[k] == weights[i];
+		same = found;
+	}
+	if (same && given == rt->n)
+		return false;
+	if (!rt)
+		snprintf(msg, len, "config [route %s]: the operator deleted this skill's route, and "
+			 "the config does not bring it back (loradctl route rollback %s does)", skill,
+			 skill);
+	else
+		snprintf(msg, len, "config [route %s] is not the route the state has: the state is "
+			 "the truth (loradctl route show %s; route set changes it)", skill, skill);
+	return true;
+}
+
 void registry_resolve_why(const struct registry *r, const char *skill, const char *version_id,
 			  int ret, char *why, size_t len)
 {

@@ -255,6 +255,14 @@ int registry_prefetch(struct registry *r, const char *id, char *err, size_t errl
  * admitted before: it keeps the version it was given (@version_id as the
  * first answer wrote it), as a running request does.
  */
+/* Whether a config's [route] for @skill, whose state already has its route
+ * (or its deletion), differs from it, with a line in @msg saying so: the
+ * state is the truth, and an operator's edit of the file must not be
+ * ignored silently. */
+bool registry_config_route_differs(const struct registry *r, const char *skill,
+				   const char *const *targets, const uint32_t *weights, unsigned n,
+				   char *msg, size_t len);
+
 /* One sentence for a client on registry_resolve's error @ret for @skill
  * (@version_id as it left it), into @why (@len bytes). */
 void registry_resolve_why(const struct registry *r, const char *skill, const char *version_id,

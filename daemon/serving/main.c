@@ -565,11 +565,16 @@ static void seed_at_start(struct daemon *d)
 		uint32_t w[CONFIG_MAX_TARGETS];
 		struct reg_change *ch;
 
-		if (registry_skill_has_state(d->reg, cr->skill))
-			continue;   /* the state has it: the config only seeds */
 		for (unsigned k = 0; k < cr->n; k++) {
 			t[k] = cr->target[k];
 			w[k] = cr->weight[k] * 100;
+		}
+		if (registry_skill_has_state(d->reg, cr->skill)) {
+			/* the state has it: the config only seeds */
+			if (registry_config_route_differs(d->reg, cr->skill, t, w, cr->n, err,
+							  sizeof(err)))
+				log_notice("%s", err);
+			continue;
 		}
 		if (registry_prepare_route(d->reg, cr->skill, t, w, cr->n, &ch, err, sizeof(err)))
 			log_err("[route %s]: %s", cr->skill, err);

@@ -467,8 +467,17 @@ static int job_prepare(struct ops *o, struct job *j)
 		return registry_prepare_delete(reg, j->id, &j->ch, j->err, sizeof(j->err));
 	case J_SEED_ROUTE:
 		/* the state has it, or the operator deleted it: the config only seeds */
-		if (registry_skill_has_state(reg, j->id))
+		if (registry_skill_has_state(reg, j->id)) {
+			if (j->n) {
+				for (unsigned i = 0; i < j->n; i++)
+					t[i] = j->target[i];
+				if (registry_config_route_differs(reg, j->id, t, j->weight, j->n,
+								  j->err, sizeof(j->err)))
+					log_notice("%s", j->err);
+				j->err[0] = 0;
+			}
 			return 0;
+		}
 		if (!j->n) {
 			/* an [adapter] section's skill goes to the version it just became */
 			if (!o->last_seed[0])

@@ -279,12 +279,59 @@ static void test_reload_forgets_sections(void **state)
 	assert_int_equal(atk_failures, 0);
 }
 
+/*
+ * A [route] the state already has differently (the operator changed it):
+ * the state is the truth, but a reload and a start say so in the log
+ * rather than ignore the file's section in silence; one that agrees says
+ * nothing.
+ */
+static void test_config_route_differs(void **state)
+{
+	char conf[300], buf[4096];
+	const char *args[] = { "--config", conf, NULL };
+	struct json_object *r = NULL;
+	struct atk_daemon d;
+	const char *note = "config [route mix] is not the route the state has";
+
+	(void)state;
+	if (atk_demo_check())
+		skip();
+	assert_int_equal(atk_daemon_init(&d, "a39r"), 0);
+	snprintf(conf, sizeof(conf), "%s/lorad.conf", d.dir);
+	snprintf(buf, sizeof(buf),
+		 "[daemon]\nsocket = %s\nadmin_socket = %s\nmodel = %s/model\nstate_dir = %s\n"
+		 "log_level = info\n\n[limits]\nthreads = 1\n"
+		 "\n[adapter o1]\npath = %s/adapters/sql\nversion = v1\n"
+		 "\n[adapter o2]\npath = %s/adapters/json\nversion = v1\n"
+		 "\n[route mix]\no1@v1 = 100\n",
+		 d.sock, d.admin, atk_demo_dir(), d.state, atk_demo_dir(), atk_demo_dir());
+	assert_int_equal(atk_write_file(conf, buf, strlen(buf)), 0);
+	assert_int_equal(atk_daemon_start(&d, args, ATK_NO_PATHS | ATK_STATE), 0);
+	assert_int_equal(kill(d.pid, SIGHUP), 0);
+	ATK_EXPECT(atk_log_has(&d, "reloaded ", 10000), "no reload logged");
+	atk_sleep_ms(300);
+	ATK_EXPECT(!atk_log_has(&d, "[route mix]", 0), "a [route] that agrees with the state noted");
+
+	assert_int_equal(atk_admin(d.admin, "{\"cmd\":\"route_set\",\"skill\":\"mix\","
+				   "\"versions\":{\"o2@v1\":\"100\"}}", &r, 10000), 0);
+	ATK_EXPECT(atk_reply_ok(r), "route_set: %s", json_object_to_json_string(r));
+	json_object_put(r);
+	assert_int_equal(kill(d.pid, SIGHUP), 0);
+	ATK_EXPECT(atk_log_has(&d, note, 10000), "a reload ignored the differing [route] silently");
+	ATK_EXPECT(atk_daemon_stop(&d, 15000, NULL) == 0, "SIGTERM: not a clean exit");
+	assert_int_equal(atk_daemon_start(&d, args, ATK_NO_PATHS | ATK_STATE), 0);
+	ATK_EXPECT(atk_log_has(&d, note, 10000), "a start ignored the differing [route] silently");
+	ATK_EXPECT(atk_daemon_stop(&d, 15000, NULL) == 0, "SIGTERM: not a clean exit");
+	assert_int_equal(atk_failures, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_teardown(test_reload_many_adapters, teardown),
 		cmocka_unit_test_teardown(test_reload_at_the_limits, teardown),
 		cmocka_unit_test_teardown(test_reload_forgets_sections, teardown),
+		cmocka_unit_test_teardown(test_config_route_differs, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -223,7 +223,7 @@ static int on_entry(void *user, const char *section, const char *key, const char
 		if (!at || at == key || strlen(key) >= sizeof(r->target[0]) || strchr(at + 1, '@'))
 			FAIL("route target '%s' is not NAME@VERSION", key);
 		if (parse_u32(val, &u, 100))
-			FAIL("weight of %s: '%s' is not 0..100", key, val);
+			FAIL("weight of %s: '%s' is not a whole percentage 0..100", key, val);
 		if (r->n == CONFIG_MAX_TARGETS)
 			FAIL("more than %d versions in one route", CONFIG_MAX_TARGETS);
 		strcpy(r->target[r->n], key);

@@ -1183,7 +1183,8 @@ static int cmd_route_set(void *ctx, struct json_object *req, struct json_object 
 		}
 		if (parse_weight(val, &j->weight[j->n])) {
 			snprintf(msg, sizeof(msg), "versions: the weight of %s must be a percentage "
-				 "0..100 (\"95\", \"2.5\" or a number), not %s", key,
+				 "0..100 with at most two decimals (\"95\", \"2.5\", \"33.33\"), not %s",
+				 key,
 				 val ? json_object_to_json_string_ext(val, JSON_C_TO_STRING_PLAIN) : "null");
 			goto bad;
 		}

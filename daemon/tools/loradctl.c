@@ -24,7 +24,7 @@ static const char usage_text[] =
 	"\n"
 	"  status                          daemon, engine and KV cache summary\n"
 	"  adapters list                   registered adapter versions\n"
-	"  adapters add NAME[@VER] DIR     register a PEFT directory (version: from its SHA-256);\n"
+	"  adapters add NAME[@VER] DIR     register a PEFT directory (version: from its identity);\n"
 	"                                  when stdout is a terminal, a progress line (bytes read\n"
 	"                                  and hashed, MiB/s, then checking and registering)\n"
 	"                                  redrawn until the answer\n"
@@ -458,7 +458,7 @@ static void print_human(const char *cmd, struct json_object *reply)
 	}
 	if (json_object_object_get_ex(reply, "adapters", &a)) {
 		printf("%-32s %-9s %-8s %-7s %-6s %-14s %s\n", "VERSION", "RESIDENT", "WHERE", "PINNED",
-		       "LOADS", "SHA256", "PATH");
+		       "LOADS", "IDENTITY", "PATH");
 		for (size_t i = 0; i < json_object_array_length(a); i++) {
 			struct json_object *v = json_object_array_get_idx(a, i), *x;
 			char where[16];

@@ -60,6 +60,14 @@ struct rslot {
 	uint32_t next_free;
 };
 
+/* Where a request's refusal words go (LORAD_SQE_F_WHY): beside the slots,
+ * not in them, so the slot every request touches keeps its size. */
+struct slot_why {
+	char     *buf;          /* the caller's */
+	uint32_t  cap;
+	uint32_t  off;          /* the record in the arena; 0: the daemon writes none */
+};
+
 struct slot {
 	uint64_t  user_data;
 	uint32_t *out;
@@ -71,9 +79,8 @@ struct slot {
 	uint32_t  text_cap, text_copied, text_off;
 	uint32_t  served_off;   /* where the daemon writes struct lorad_served */
 	bool      auto_skill;   /* a 1.1 daemon writes only the skill "auto" chose there */
+	bool      why;          /* the caller asked for a refusal's words: its slot_why */
 	uint32_t  times_off;    /* where the daemon writes struct lorad_times; 0 = not asked */
-	char     *why;          /* caller's buffer for the refusal's words; NULL = not asked */
-	uint32_t  why_cap, why_off;
 	uint32_t  res;          /* its result rows' entry in the results table; RES_NONE = none */
 	struct lorad_times *times;
 	uint16_t  gen;
@@ -108,6 +115,7 @@ struct lorad {
 	uint32_t free_rs;
 
 	struct slot *slots;
+	struct slot_why *whys;      /* [n_slots] */
 	uint32_t n_slots, free_slot;
 	unsigned pending;
 	uint32_t last_out, last_served, last_times;   /* the newest request's blocks the daemon writes */
@@ -425,12 +433,14 @@ int lorad_connect(const char *path, const struct lorad_connect_opts *opts,
 
 	c->n_slots = o.max_inflight;
 	c->slots = calloc(c->n_slots, sizeof(*c->slots));
+	c->whys = calloc(c->n_slots, sizeof(*c->whys));
 	c->rs = calloc(c->n_slots, sizeof(*c->rs));
 	c->stash_cap = 1;
 	while (c->stash_cap < c->n_slots + 64)
 		c->stash_cap <<= 1;
 	c->stash = calloc(c->stash_cap, sizeof(*c->stash));
-	if (log_init(&c->arena_log, c->lay.arena_size / CHUNK) || !c->slots || !c->rs || !c->stash) {
+	if (log_init(&c->arena_log, c->lay.arena_size / CHUNK) || !c->slots || !c->whys || !c->rs ||
+	    !c->stash) {
 		ret = -ENOMEM;
 		goto err;
 	}
@@ -484,6 +494,7 @@ void lorad_close(struct lorad *c)
 	free(c->dev_log.blk);
 	free(c->rs);
 	free(c->slots);
+	free(c->whys);
 	free(c->stash);
 	pthread_mutex_destroy(&c->lock);
 	free(c);
@@ -749,13 +760,17 @@ static int prep_one(struct lorad *c, const struct lorad_request *r)
 	s->served_off = served_off;
 	s->times_off = r->times ? times_off : 0;
 	s->times = r->times;
-	s->why = why ? r->why : NULL;
-	s->why_cap = why ? r->why_cap : 0;
-	s->why_off = why_wire ? served_off + (uint32_t)(sizeof(struct lorad_served) +
-			(r->result ? sizeof(struct lorad_result_req) : 0) +
-			(gram ? sizeof(struct lorad_grammar_req) : 0)) : 0;
-	if (why)
+	s->why = why;
+	if (why) {
+		struct slot_why *w = &c->whys[idx];
+
+		w->buf = r->why;
+		w->cap = r->why_cap;
+		w->off = why_wire ? served_off + (uint32_t)(sizeof(struct lorad_served) +
+				(r->result ? sizeof(struct lorad_result_req) : 0) +
+				(gram ? sizeof(struct lorad_grammar_req) : 0)) : 0;
 		r->why[0] = 0;
+	}
 	s->res = ri;
 	if (ri != RES_NONE) {
 		struct lorad_result_req q = {
@@ -944,6 +959,23 @@ static void slot_release(struct lorad *c, uint32_t idx)
 }
 
 /* Turn one CQE into an event; returns false for a CQE the library cannot place. */
+/* A refused request's words into the caller's buffer: hostile bytes,
+ * copied up to a NUL inside the record and cut to its room. */
+static void why_take(const struct lorad *c, const struct slot_why *w, const struct lorad_cqe *q)
+{
+	size_t l = 0;
+
+	if ((q->flags & LORAD_CQE_F_WHY) && w->off) {
+		const char *src = (const char *)c->arena + w->off;
+
+		l = strnlen(src, LORAD_WHY_MAX - 1);
+		if (l > w->cap - 1)
+			l = w->cap - 1;
+		memcpy(w->buf, src, l);
+	}
+	w->buf[l] = 0;
+}
+
 static bool take_cqe(struct lorad *c, const struct lorad_cqe *q, struct lorad_event *ev)
 {
 	uint32_t idx = q->tag & 0xffff;
@@ -1003,20 +1035,8 @@ static bool take_cqe(struct lorad *c, const struct lorad_cqe *q, struct lorad_ev
 		}
 		if (s->times_off)
 			memcpy(s->times, c->arena + s->times_off, sizeof(*s->times));
-		if (s->why) {
-			/* hostile bytes too: copied up to a NUL within the record */
-			size_t l = 0;
-
-			if ((q->flags & LORAD_CQE_F_WHY) && s->why_off) {
-				const char *w = (const char *)c->arena + s->why_off;
-
-				l = strnlen(w, LORAD_WHY_MAX - 1);
-				if (l > s->why_cap - 1)
-					l = s->why_cap - 1;
-				memcpy(s->why, w, l);
-			}
-			s->why[l] = 0;
-		}
+		if (s->why)
+			why_take(c, &c->whys[idx], q);
 		slot_release(c, idx);
 	}
 	return true;

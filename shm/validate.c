@@ -65,14 +65,11 @@ int skill_name_ok(const char *s, unsigned cap)
 		return (e);                                        \
 	} while (0)
 
-static const char *trailer_name(unsigned flag)
-{
-	return flag == LORAD_SQE_F_SERVED ? "served record" : flag == LORAD_SQE_F_RESULT ? "result request"
-	       : flag == LORAD_SQE_F_GRAMMAR ? "grammar request" : "refusal record";
-}
+#define TRAILER_WORDS \
+	"the %s after the output ids (%zu bytes at %llu) is outside the arena of %u bytes or over the prompt"
 
-/* A sampling value out of its range: its words. */
-static bool range_bad(float v, float lo, float hi, const char *name, char *why, size_t why_len)
+/* A sampling value out of its range: its words (the rare case, out of line). */
+static inline bool range_bad(float v, float lo, float hi, const char *name, char *why, size_t why_len)
 {
 	if (isfinite(v) && v >= lo && v <= hi)
 		return false;
@@ -84,14 +81,6 @@ static bool range_bad(float v, float lo, float hi, const char *name, char *why, 
 int sqe_check(const struct lorad_sqe *e, const struct sqe_limits *lim, enum lorad_field *field,
 	      char *why, size_t why_len)
 {
-	static const struct { unsigned flag, field; uint64_t (*off)(const struct lorad_sqe *); size_t size; }
-	trailers[] = {
-		{ LORAD_SQE_F_SERVED, LORAD_FIELD_OUTPUT, lorad_served_off, sizeof(struct lorad_served) },
-		{ LORAD_SQE_F_RESULT, LORAD_FIELD_RESULT, lorad_result_req_off, sizeof(struct lorad_result_req) },
-		{ LORAD_SQE_F_GRAMMAR, LORAD_FIELD_GRAMMAR, lorad_grammar_req_off, sizeof(struct lorad_grammar_req) },
-		{ LORAD_SQE_F_WHY, LORAD_FIELD_OUTPUT, lorad_why_off, sizeof(struct lorad_why) },
-	};
-
 	*field = LORAD_FIELD_NONE;
 	if (e->opcode == 0 || e->opcode >= LORAD_OP__MAX)
 		BAD(LORAD_FIELD_OPCODE, -EINVAL, "opcode %u is not one of lorad's (1..%u)", e->opcode,
@@ -163,19 +152,30 @@ int sqe_check(const struct lorad_sqe *e, const struct sqe_limits *lim, enum lora
 	/* the records that follow the output ids — the served record, then the
 	 * result request, then the grammar request, then the refusal record:
 	 * in the arena, clear of the prompt */
-	for (unsigned i = 0; i < sizeof(trailers) / sizeof(trailers[0]); i++)
-		if ((e->flags & trailers[i].flag) &&
-		    !trailer_ok(e, trailers[i].off(e), trailers[i].size, lim))
-			BAD(trailers[i].field, -EINVAL,
-			    "the %s after the output ids (%zu bytes at %llu) is outside the arena of %u "
-			    "bytes or over the prompt", trailer_name(trailers[i].flag), trailers[i].size,
-			    (unsigned long long)trailers[i].off(e), lim->arena_size);
+	{
+		const uint64_t so = lorad_served_off(e), ro = lorad_result_req_off(e),
+			       go = lorad_grammar_req_off(e), yo = lorad_why_off(e);
+
+		if ((e->flags & LORAD_SQE_F_SERVED) && !trailer_ok(e, so, sizeof(struct lorad_served), lim))
+			BAD(LORAD_FIELD_OUTPUT, -EINVAL, TRAILER_WORDS, "served record",
+			    sizeof(struct lorad_served), (unsigned long long)so, lim->arena_size);
+		if ((e->flags & LORAD_SQE_F_RESULT) && !trailer_ok(e, ro, sizeof(struct lorad_result_req), lim))
+			BAD(LORAD_FIELD_RESULT, -EINVAL, TRAILER_WORDS, "result request",
+			    sizeof(struct lorad_result_req), (unsigned long long)ro, lim->arena_size);
+		if ((e->flags & LORAD_SQE_F_GRAMMAR) &&
+		    !trailer_ok(e, go, sizeof(struct lorad_grammar_req), lim))
+			BAD(LORAD_FIELD_GRAMMAR, -EINVAL, TRAILER_WORDS, "grammar request",
+			    sizeof(struct lorad_grammar_req), (unsigned long long)go, lim->arena_size);
+		if ((e->flags & LORAD_SQE_F_WHY) && !trailer_ok(e, yo, sizeof(struct lorad_why), lim))
+			BAD(LORAD_FIELD_OUTPUT, -EINVAL, TRAILER_WORDS, "refusal record",
+			    sizeof(struct lorad_why), (unsigned long long)yo, lim->arena_size);
+	}
 	if (range_bad(e->temperature, 0.0f, 100.0f, "temperature", why, why_len) ||
 	    range_bad(e->top_p, 0.0f, 1.0f, "top_p", why, why_len) ||
 	    range_bad(e->min_p, 0.0f, 1.0f, "min_p", why, why_len) ||
 	    range_bad(e->repetition_penalty, 0.0f, 100.0f, "repetition_penalty", why, why_len) ||
 	    range_bad(e->presence_penalty, -100.0f, 100.0f, "presence_penalty", why, why_len)) {
-		*field = LORAD_FIELD_SAMPLING;
+		*field = LORAD_FIELD_SAMPLING;   /* range_bad wrote the words */
 		return -EINVAL;
 	}
 	if (!skill_name_ok(e->skill, sizeof(e->skill)))

@@ -333,30 +333,11 @@ static uint32_t us_between(uint64_t a, uint64_t b)
 	return d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
 }
 
-static void emit_why(struct sreq *r, bool final, int res, unsigned finish, unsigned field,
-		     const char *why);
-
-void sreq_emit(struct sreq *r, bool final, int res, unsigned finish, unsigned field)
-{
-	emit_why(r, final, res, finish, field, NULL);
-}
-
-void sreq_fail(struct sreq *r, int res, unsigned field, const char *fmt, ...)
-{
-	char why[LORAD_WHY_MAX] = "";
-
-	if (fmt && r->x.why_off) {
-		va_list ap;
-
-		va_start(ap, fmt);
-		vsnprintf(why, sizeof(why), fmt, ap);
-		va_end(ap);
-	}
-	emit_why(r, true, res, LORAD_FINISH_ERROR, field, why);
-}
-
-static void emit_why(struct sreq *r, bool final, int res, unsigned finish, unsigned field,
-		     const char *why)
+/* One completion of @r, with @why (NULL: none) in its refusal record;
+ * inlined, so sreq_emit's path has no test of words it never has. */
+static inline __attribute__((always_inline)) void emit_why(struct sreq *r, bool final, int res,
+							   unsigned finish, unsigned field,
+							   const char *why)
 {
 	struct lorad_cqe q = { 0 };
 
@@ -402,7 +383,8 @@ static void emit_why(struct sreq *r, bool final, int res, unsigned finish, unsig
 			memcpy(r->s->arena + r->x.served_off, &sv, sizeof(sv));
 			q.flags |= LORAD_CQE_F_SERVED;
 		}
-		q.flags |= why_put(r->s, r->x.why_off, why);
+		if (why)
+			q.flags |= why_put(r->s, r->x.why_off, why);
 	}
 	if (r->s->state == SESSION_LIVE)
 		emit_cqe(r->s, &q, final);
@@ -412,6 +394,26 @@ static void emit_why(struct sreq *r, bool final, int res, unsigned finish, unsig
 		sreq_release(r);
 	}
 }
+
+void sreq_emit(struct sreq *r, bool final, int res, unsigned finish, unsigned field)
+{
+	emit_why(r, final, res, finish, field, NULL);
+}
+
+void sreq_fail(struct sreq *r, int res, unsigned field, const char *fmt, ...)
+{
+	char why[LORAD_WHY_MAX] = "";
+
+	if (fmt && r->x.why_off) {
+		va_list ap;
+
+		va_start(ap, fmt);
+		vsnprintf(why, sizeof(why), fmt, ap);
+		va_end(ap);
+	}
+	emit_why(r, true, res, LORAD_FINISH_ERROR, field, why);
+}
+
 
 /* --- SQ ------------------------------------------------------------------------ */
 
@@ -423,13 +425,34 @@ static struct sreq *find_by_tag(struct session *s, uint32_t tag)
 	return NULL;
 }
 
+/* Entry @e refused at the ring, with its words (off the path of the
+ * entries that pass: checked again, the words written this time). */
+static __attribute__((noinline)) void refuse_entry(struct session *s, const struct lorad_sqe *e,
+						   const struct sqe_limits *sl)
+{
+	char why[LORAD_WHY_MAX];
+	enum lorad_field field;
+	int ret = sqe_check(e, sl, &field, why, sizeof(why));
+
+	session_post_error(s, e, ret, field, why);
+}
+
+static __attribute__((noinline)) void refuse_busy(struct session *s, const struct lorad_sqe *e,
+						  uint32_t max_inflight)
+{
+	char why[LORAD_WHY_MAX];
+
+	snprintf(why, sizeof(why), "%u requests in flight on this connection: the limit is %u "
+		 "(max_inflight)", s->n_inflight, max_inflight);
+	session_post_error(s, e, -EBUSY, LORAD_FIELD_NONE, why);
+}
+
 /* @seen: when the tail that showed @e was read (lorad_times.seen) */
 static void take_entry(struct session *s, const struct lorad_sqe *e,
 		       const struct session_limits *lim, const struct exec_ops *ex,
 		       void *exctx, bool draining, uint64_t seen)
 {
 	struct sqe_limits sl = lim->sqe;
-	char why[LORAD_WHY_MAX];
 	enum lorad_field field;
 	struct sreq *r;
 	int ret;
@@ -437,9 +460,9 @@ static void take_entry(struct session *s, const struct lorad_sqe *e,
 	sl.arena_size = s->lay.arena_size;
 	sl.dev_size = s->res_dev ? s->res.dev_size : 0;
 	sl.why = s->why;
-	ret = sqe_check(e, &sl, &field, why, sizeof(why));
+	ret = sqe_validate(e, &sl, &field);
 	if (ret) {
-		session_post_error(s, e, ret, field, why);
+		refuse_entry(s, e, &sl);
 		return;
 	}
 	if (e->opcode == LORAD_OP_CANCEL) {
@@ -455,9 +478,7 @@ static void take_entry(struct session *s, const struct lorad_sqe *e,
 		return;
 	}
 	if (s->n_inflight >= lim->max_inflight) {
-		snprintf(why, sizeof(why), "%u requests in flight on this connection: the limit is %u "
-			 "(max_inflight)", s->n_inflight, lim->max_inflight);
-		session_post_error(s, e, -EBUSY, LORAD_FIELD_NONE, why);
+		refuse_busy(s, e, lim->max_inflight);
 		return;
 	}
 	if (!s->free_reqs) {

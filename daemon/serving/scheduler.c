@@ -174,16 +174,11 @@ static void fail(struct sched *s, struct sreq *r, int res, unsigned field, const
 static void fail(struct sched *s, struct sreq *r, int res, unsigned field, const char *fmt, ...)
 {
 	struct sjob *j = r->exec;
-	char why[LORAD_WHY_MAX] = "";
+	va_list ap;
 
-	if (fmt && r->x.why_off) {
-		va_list ap;
-
-		va_start(ap, fmt);
-		vsnprintf(why, sizeof(why), fmt, ap);
-		va_end(ap);
-	}
-	sreq_fail(r, res, field, "%s", why);
+	va_start(ap, fmt);
+	sreq_vfail(r, res, field, fmt, ap);
+	va_end(ap);
 	if (j)
 		job_free(s, j);
 }

@@ -400,17 +400,12 @@ void sreq_emit(struct sreq *r, bool final, int res, unsigned finish, unsigned fi
 	emit_why(r, final, res, finish, field, NULL);
 }
 
-void sreq_fail(struct sreq *r, int res, unsigned field, const char *fmt, ...)
+void sreq_vfail(struct sreq *r, int res, unsigned field, const char *fmt, va_list ap)
 {
 	char why[LORAD_WHY_MAX] = "";
 
-	if (fmt && r->x.why_off) {
-		va_list ap;
-
-		va_start(ap, fmt);
+	if (fmt && r->x.why_off)
 		vsnprintf(why, sizeof(why), fmt, ap);
-		va_end(ap);
-	}
 	emit_why(r, true, res, LORAD_FINISH_ERROR, field, why);
 }
 

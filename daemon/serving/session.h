@@ -8,6 +8,7 @@
 #ifndef LORAD_SESSION_H
 #define LORAD_SESSION_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -160,9 +161,10 @@ static inline uint32_t *sreq_out(struct sreq *r)
 void sreq_emit(struct sreq *r, bool final, int res, unsigned finish, unsigned field);
 
 /* End @r refused (LORAD_FINISH_ERROR, @res, @field), with the words of
- * @fmt where the client asked for them (LORAD_SQE_F_WHY); @fmt NULL: none. */
-void sreq_fail(struct sreq *r, int res, unsigned field, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
+ * @fmt and @ap where the client asked for them (LORAD_SQE_F_WHY); @fmt
+ * NULL: none. */
+void sreq_vfail(struct sreq *r, int res, unsigned field, const char *fmt, va_list ap)
+	__attribute__((format(printf, 4, 0)));
 
 /* Called for every request that ends (metrics), on the engine thread. */
 typedef void (*sreq_final_fn)(void *ctx, const struct sreq *r, int res, unsigned finish,

@@ -80,6 +80,14 @@ static int parse_listen(const char *s, char *addr, size_t alen, unsigned long *p
 		return -1;
 	memcpy(addr, s, l);
 	addr[l] = 0;
+	{
+		/* numeric: a name such as localhost would be looked up (and
+		 * was then called "not loopback") */
+		unsigned char a[sizeof(struct in6_addr)];
+
+		if (inet_pton(AF_INET, addr, a) != 1 && inet_pton(AF_INET6, addr, a) != 1)
+			return -1;
+	}
 	return number("--listen", colon + 1, 1, 65535, port);
 }
 
@@ -204,7 +212,8 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	if (parse_listen(listen_arg, addr, sizeof(addr), &port)) {
-		fprintf(stderr, "lorad-http: --listen %s: ADDR:PORT with a numeric address\n", listen_arg);
+		fprintf(stderr, "lorad-http: --listen %s: ADDR:PORT with a numeric address "
+			"(127.0.0.1:8080, [::1]:8080), not a name\n", listen_arg);
 		return 2;
 	}
 	if (token_file) {

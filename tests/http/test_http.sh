@@ -262,6 +262,10 @@ EOF
 	chmod 600 "$dir/token"
 	"$bin/lorad-http" --listen 0.0.0.0:$port2 --socket "$dir/l.sock" >/dev/null 2>&1 &&
 		fail "listened beyond loopback without a token"
+	# a name is not looked up: refused as such, not as "not loopback"
+	"$bin/lorad-http" --listen localhost:$port2 --socket "$dir/l.sock" >/dev/null 2>"$dir/err" &&
+		fail "listened on a name"
+	grep -q "numeric address" "$dir/err" || fail "--listen localhost: $(cat "$dir/err")"
 	"$bin/lorad-http" --listen 127.0.0.1:$port2 --socket "$dir/l.sock" --admin-socket "$dir/a.sock" \
 		--token-file "$dir/token" >>"$dir/http.log" 2>&1 &
 	g2pid=$!

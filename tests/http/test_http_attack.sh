@@ -466,6 +466,12 @@ busy)
 		curl -s -o "$dir/out" -D "$dir/head" -w '%{http_code} %{time_total}' "$url$1"
 	}
 	fake busy
+	# a daemon for the completions' socket (/healthz takes a client from
+	# it); its own admin socket is elsewhere: the gateway's is the fake
+	"$bin/lorad" --config demo/lorad.conf --socket "$dir/l.sock" --admin-socket "$dir/real-a.sock" \
+		--state-dir "$dir/state" --threads 1 >>"$dir/lorad.log" 2>&1 &
+	dpid=$!
+	for _ in $(seq 100); do [ -S "$dir/l.sock" ] && break; sleep 0.1; done
 	start_gateway
 	r=$(get /metrics)
 	[ "${r% *}" = 200 ] || fail "a scrape the daemon refused three times as busy: $r $(cat "$dir/out")"

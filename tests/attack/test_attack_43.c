@@ -1149,6 +1149,32 @@ static int log_count(const struct atk_daemon *d, const char *needle)
 }
 
 /*
+ * The removal of z@v9 (its reply pending on @fd, its request @st ended) is
+ * answered; then z@v9, which the reloaded config has, is registered again
+ * and serves.
+ */
+static void registered_again(struct atk_daemon *d, int fd, struct stream *st)
+{
+	struct json_object *reply = NULL;
+	struct lorad_event ev;
+	int rc, listed = -1;
+
+	rc = admin_answer(fd, &reply, 10000);
+	ATK_EXPECT(rc == 1 && atk_reply_ok(reply), "the removal: %s",
+		   reply ? json_object_to_json_string(reply) : "no answer");
+	json_object_put(reply);
+	close(fd);
+	stream_close(st);
+	for (int i = 0; i < 100 && (listed = atk_listed_flag(d->admin, "z@v9", "removing")) != 0; i++)
+		atk_sleep_ms(50);
+	ATK_EXPECT(listed == 0, "z@v9, which the reloaded config has, is %s after its removal",
+		   listed < 0 ? "gone" : "still being removed");
+	rc = atk_generate_once(d->sock, "z@v9", 4, &ev, 30000);
+	ATK_EXPECT(rc == 0 && ev.res == 0, "a request on the registered-again z@v9: %d, res %d", rc,
+		   ev.res);
+}
+
+/*
  * A reload whose config still has a version that the operator is removing
  * (its requests running): the [adapter] section's registration must not
  * be lost. On the unfixed daemon it was refused ("is being removed:
@@ -1162,11 +1188,9 @@ static void test_reload_meets_removal(void **state)
 {
 	char model[300], conf[300], buf[4096], err[640], st_[64];
 	const char *args[] = { "--config", conf, NULL };
-	struct json_object *reply = NULL;
 	struct atk_daemon d;
 	struct stream st;
-	struct lorad_event ev;
-	int fd, rc, listed = -1, jobs0, jobs1;
+	int fd, jobs0, jobs1;
 
 	(void)state;
 	atk_failures = 0;
@@ -1234,19 +1258,7 @@ static void test_reload_meets_removal(void **state)
 	ATK_EXPECT(stream_wait_end(&st, 60000) && st.fin.res == 0 && st.fin.n_tokens == N_WHOLE,
 		   "the request on z@v9 did not end whole: res %d, %u tokens", st.fin.res,
 		   st.fin.n_tokens);
-	rc = admin_answer(fd, &reply, 10000);
-	ATK_EXPECT(rc == 1 && atk_reply_ok(reply), "the removal: %s",
-		   reply ? json_object_to_json_string(reply) : "no answer");
-	json_object_put(reply);
-	close(fd);
-	stream_close(&st);
-	for (int i = 0; i < 100 && (listed = atk_listed_flag(d.admin, "z@v9", "removing")) != 0; i++)
-		atk_sleep_ms(50);
-	ATK_EXPECT(listed == 0, "z@v9, which the reloaded config has, is %s after its removal",
-		   listed < 0 ? "gone" : "still being removed");
-	rc = atk_generate_once(d.sock, "z@v9", 4, &ev, 30000);
-	ATK_EXPECT(rc == 0 && ev.res == 0, "a request on the registered-again z@v9: %d, res %d", rc,
-		   ev.res);
+	registered_again(&d, fd, &st);
 	job_state(d.admin, "z@v9", st_, sizeof(st_));
 	ATK_EXPECT(!st_[0], "z@v9 still listed as a job: '%s'", st_);
 	ATK_EXPECT(atk_daemon_stop(&d, 15000, NULL) == 0, "SIGTERM: not a clean exit");
@@ -1265,12 +1277,10 @@ static void test_reload_meets_removal_legacy(void **state)
 {
 	char model[300], conf[300], buf[4096], err[640], st_[64], cmd[900];
 	const char *args[] = { "--config", conf, NULL };
-	struct json_object *reply = NULL;
 	struct atk_daemon d;
 	struct stream st;
-	struct lorad_event ev;
-	int fd, rc, listed = -1;
 	char *log;
+	int fd;
 
 	(void)state;
 	atk_failures = 0;
@@ -1305,19 +1315,7 @@ static void test_reload_meets_removal_legacy(void **state)
 	}
 	ATK_EXPECT(!strcmp(st_, "held"), "the reload's z@v9 is not listed as held: '%s'", st_);
 	ATK_EXPECT(stream_wait_end(&st, 60000) && st.fin.res == 0, "the request on z@v9 did not end");
-	rc = admin_answer(fd, &reply, 10000);
-	ATK_EXPECT(rc == 1 && atk_reply_ok(reply), "the removal: %s",
-		   reply ? json_object_to_json_string(reply) : "no answer");
-	json_object_put(reply);
-	close(fd);
-	stream_close(&st);
-	for (int i = 0; i < 100 && (listed = atk_listed_flag(d.admin, "z@v9", "removing")) != 0; i++)
-		atk_sleep_ms(50);
-	ATK_EXPECT(listed == 0, "z@v9, which the reloaded config has, is %s after its removal",
-		   listed < 0 ? "gone" : "still being removed");
-	rc = atk_generate_once(d.sock, "z@v9", 4, &ev, 30000);
-	ATK_EXPECT(rc == 0 && ev.res == 0, "a request on the registered-again z@v9: %d, res %d", rc,
-		   ev.res);
+	registered_again(&d, fd, &st);
 	log = atk_daemon_log(&d);
 	ATK_EXPECT(log && !strstr(log, "was removed while"), "the seed was refused: %.300s",
 		   log && strstr(log, "was removed while") ? strstr(log, "was removed while") : "");

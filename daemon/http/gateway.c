@@ -1057,7 +1057,11 @@ static enum MHD_Result on_head(struct gateway *g, struct MHD_Connection *conn, c
 		return MHD_YES;
 	b->answered = true;
 	if (!authorized(g, conn))
-		return error_reply(conn, 401, "a bearer token is required (Authorization: Bearer ...)",
+		return error_reply(conn, 401,
+				   MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+							       MHD_HTTP_HEADER_AUTHORIZATION)
+				   ? "the bearer token is not the one lorad-http was given (--token-file)"
+				   : "a bearer token is required (Authorization: Bearer ...)",
 				   "invalid_request_error", NULL, "invalid_api_key");
 	if (!r && !strcmp(url, "/v1/chat/completions"))
 		return error_reply(conn, 404, "lorad-http serves /v1/completions; chat is not offered",

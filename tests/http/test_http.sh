@@ -273,8 +273,9 @@ EOF
 	url2="http://127.0.0.1:$port2"
 	st=$(curl -s -o /dev/null -w '%{http_code}' "$url2/v1/models")
 	[ "$st" = 401 ] || fail "no token: $st"
-	st=$(curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer 0123456789abcdef0124' "$url2/v1/models")
+	st=$(curl -s -o "$dir/out" -w '%{http_code}' -H 'Authorization: Bearer 0123456789abcdef0124' "$url2/v1/models")
 	[ "$st" = 401 ] || fail "wrong token: $st"
+	grep -q "not the one lorad-http was given" "$dir/out" || fail "wrong token said as missing: $(cat "$dir/out")"
 	st=$(curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer 0123456789abcdef0123' "$url2/v1/models")
 	[ "$st" = 200 ] || fail "right token: $st"
 

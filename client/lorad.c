@@ -1456,7 +1456,9 @@ const char *lorad_strerror(int err)
 	case -ECONNRESET: return "daemon connection lost";
 	case -EPROTO: return "protocol violation; session closed by the daemon";
 	case -EPROTONOSUPPORT: return "daemon does not speak this ABI version";
-	case -EACCES: return "not allowed to connect to this daemon";
+	case -EACCES: return "not allowed to connect to this daemon: its [access] allow_users and "
+			     "allow_groups (lorad-clients, as packaged) do not name this process's user "
+			     "or groups";
 	case -EBUSY: return "too many requests in flight for this client";
 	case -ESHUTDOWN: return "daemon is shutting down";
 	case -ETIMEDOUT: return "timed out";

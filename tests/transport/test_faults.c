@@ -657,6 +657,9 @@ static void test_uid(void **state)
 				fprintf(stderr, "connect as nobody, try %d: %s\n", i, lorad_strerror(r));
 				_exit(5);
 			}
+			/* the refusal's text says what to change */
+			if (!strstr(lorad_strerror(r), "allow_users"))
+				_exit(6);
 		}
 		_exit(0);
 	}

@@ -1133,10 +1133,13 @@ static int cmd_route_show(void *ctx, struct json_object *req, struct json_object
 		if (!skill || !strcmp(skill, rt->skill))
 			json_object_array_add(a, route_json(rt));
 	if (skill && !json_object_array_length(a)) {
+		char msg[160];
+
 		json_object_put(a);
-		set_err(reply, registry_skill_has_state(o->opt.reg, skill)
-			? "no route for that skill: it was deleted (route rollback brings it back)"
-			: "no route for that skill");
+		snprintf(msg, sizeof(msg), "no route for skill '%.40s'%s", skill,
+			 registry_skill_has_state(o->opt.reg, skill)
+			 ? ": it was deleted (route rollback brings it back)" : "");
+		set_err(reply, msg);
 		return -ENOENT;
 	}
 	json_object_object_add(reply, "routes", a);
@@ -1256,7 +1259,10 @@ static int cmd_route_history(void *ctx, struct json_object *req, struct json_obj
 
 	registry_route_entry(o->opt.reg, get_str(req, "skill"), &e);
 	if (!e.cur) {
-		set_err(reply, "no route for that skill");
+		char msg[120];
+
+		snprintf(msg, sizeof(msg), "no route for skill '%.40s'", get_str(req, "skill"));
+		set_err(reply, msg);
 		return -ENOENT;
 	}
 	a = json_object_new_array();

@@ -105,7 +105,7 @@ static void shown(const char *admin, char *buf, size_t len)
 static void expect_unknown(const struct rt_daemon *d, const char *skill)
 {
 	struct lorad_event never, gone;
-	char line[128];
+	char line[128], line2[96];
 
 	generate(d->sock, "neverrouted", 1, &never);
 	generate(d->sock, skill, 1, &gone);
@@ -114,7 +114,8 @@ static void expect_unknown(const struct rt_daemon *d, const char *skill)
 		fail_msg("%s: res %d field %u; a skill that never had a route: res %d field %u", skill,
 			 gone.res, gone.field, never.res, never.field);
 	snprintf(line, sizeof(line), "{\"cmd\":\"route_show\",\"skill\":\"%s\"}", skill);
-	expect_refusal(d->admin, line, "no route for that skill");
+	snprintf(line2, sizeof(line2), "no route for skill '%s'", skill);
+	expect_refusal(d->admin, line, line2);
 }
 
 static void test_delete(void **state)
@@ -336,7 +337,7 @@ static void test_forgotten_deletion(void **state)
 	if (!rt_log_has(&d, "route delete of sql forgotten"))
 		fail_msg("a reload to max_skills 1: the deletion of sql is not forgotten (logged)");
 	expect_refusal(d.admin, "{\"cmd\":\"route_history\",\"skill\":\"sql\"}",
-		       "no route for that skill");
+		       "no route for skill 'sql'");
 	assert_true(rt_admin_ok(d.admin, "{\"cmd\":\"route_history\",\"skill\":\"tmp\"}"));
 	assert_false(rt_log_has_now(&d, "route delete of tmp forgotten"));
 	assert_int_equal(rt_daemon_stop(&d), 0);

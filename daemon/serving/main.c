@@ -476,7 +476,13 @@ static int build_engine(struct daemon *d)
 	/* loaded before READY=1: under socket activation clients wait in the backlog */
 	ret = engine_load(c->model_dir, &eo, &d->eng, err, sizeof(err));
 	if (ret) {
-		log_err("%s", err);
+		char cwd[512] = "";
+
+		/* the option it came from, and where a relative path was looked for */
+		if (c->model_dir[0] != '/' && !getcwd(cwd, sizeof(cwd)))
+			snprintf(cwd, sizeof(cwd), "(unknown)");
+		log_err("model %s: %s%s%s%s", c->model_dir, err, cwd[0] ? " (a relative path, from " : "",
+			cwd, cwd[0] ? ")" : "");
 		return ret;
 	}
 	if (c->merge_adapter) {

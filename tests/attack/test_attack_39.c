@@ -325,6 +325,27 @@ static void test_config_route_differs(void **state)
 	assert_int_equal(atk_failures, 0);
 }
 
+/* A model that does not load is named with the option it came from, and a
+ * relative path with the directory it was looked for from. */
+static void test_model_path_named(void **state)
+{
+	char conf[300], buf[1024];
+	const char *args[] = { "--config", conf, NULL };
+	struct atk_daemon d;
+
+	(void)state;
+	assert_int_equal(atk_daemon_init(&d, "a39m"), 0);
+	snprintf(conf, sizeof(conf), "%s/lorad.conf", d.dir);
+	snprintf(buf, sizeof(buf), "[daemon]\nsocket = %s\nadmin_socket = %s\nmodel = no/such/model\n",
+		 d.sock, d.admin);
+	assert_int_equal(atk_write_file(conf, buf, strlen(buf)), 0);
+	ATK_EXPECT(atk_daemon_start(&d, args, ATK_NO_PATHS) == -ECHILD, "started without its model");
+	ATK_EXPECT(atk_log_has(&d, "model no/such/model: ", 2000) &&
+		   atk_log_has(&d, "(a relative path, from /", 0),
+		   "the refusal names neither the option nor where the path was looked for");
+	assert_int_equal(atk_failures, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -332,6 +353,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_reload_at_the_limits, teardown),
 		cmocka_unit_test_teardown(test_reload_forgets_sections, teardown),
 		cmocka_unit_test_teardown(test_config_route_differs, teardown),
+		cmocka_unit_test_teardown(test_model_path_named, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -257,8 +257,18 @@ int oa_parse_completion(const char *body, size_t len, uint32_t max_tokens_cap,
 	}
 	if (!root || json_tokener_get_error(tok) != json_tokener_success ||
 	    json_tokener_get_parse_end(tok) != len) {
-		snprintf(err, errlen, "the body is not one JSON object (%s)",
-			 json_tokener_error_desc(json_tokener_get_error(tok)));
+		enum json_tokener_error e = json_tokener_get_error(tok);
+
+		/* json-c's "continue" means the text ended inside a value */
+		if (e == json_tokener_continue)
+			snprintf(err, errlen, "the body is not one JSON object (it ends inside a value, "
+				 "after %zu bytes)", len);
+		else if (e == json_tokener_success)
+			snprintf(err, errlen, "the body is not one JSON object (more follows it at "
+				 "byte %zu)", json_tokener_get_parse_end(tok));
+		else
+			snprintf(err, errlen, "the body is not one JSON object (%s, at byte %zu)",
+				 json_tokener_error_desc(e), json_tokener_get_parse_end(tok));
 		json_tokener_free(tok);
 		json_object_put(root);
 		return -EINVAL;

@@ -184,6 +184,11 @@ EOF
 		[ "$(json 'j["error"]["param"]')" = "$2" ] || fail "'$3': param $(json 'j["error"]["param"]'), want $2"
 	}
 	check_err 400 None '{"model":"sql","prompt":'
+	json 'j["error"]["message"]' | grep -q "ends inside a value" ||
+		fail "a body cut short: $(cat "$dir/out")"
+	check_err 400 None '{"model":"sql","prompt":"x"} {}'
+	json 'j["error"]["message"]' | grep -q "at byte 29" ||
+		fail "a body with more after it: $(cat "$dir/out")"
 	check_err 400 None '[1,2]'
 	check_err 400 model '{"prompt":"x"}'
 	check_err 404 model '{"model":"nosuch","prompt":"x"}'

@@ -859,8 +859,14 @@ static int cmd_status(void *ctx, struct json_object *req, struct json_object *re
 			engine_kv_dtype(d->eng) == BE_BF16 ? "bf16" : "f32"));
 	}
 	json_object_object_add(reply, "pid", json_object_new_int(getpid()));
-	json_object_object_add(reply, "uptime_s",
-			       json_object_new_double((now_ns() - sv->started) / 1e9));
+	{
+		/* milliseconds are enough, and json-c would print 17 digits */
+		double up = (double)((now_ns() - sv->started) / 1000000) / 1e3;
+		char txt[32];
+
+		snprintf(txt, sizeof(txt), "%.3f", up);
+		json_object_object_add(reply, "uptime_s", json_object_new_double_s(up, txt));
+	}
 	json_object_object_add(reply, "clients", json_object_new_int((int)sv->n_sessions));
 	json_object_object_add(reply, "inflight", json_object_new_int((int)server_inflight(sv)));
 	json_object_object_add(reply, "requests", json_object_new_int64((int64_t)total));

@@ -512,6 +512,16 @@ static void print_human(const char *cmd, struct json_object *reply)
 		printf("(loradctl route rollback %s brings it back)\n", skill);
 		return;
 	}
+	if (json_object_object_get_ex(reply, "adapter", &a) &&
+	    json_object_is_type(a, json_type_object)) {
+		char id[64], path[4200];
+
+		/* a registration: one line, the identity's first digits as listed */
+		clean(str(a, "id"), id, sizeof(id));
+		clean(str(a, "path"), path, sizeof(path));
+		printf("registered %s (identity %.12s) from %s\n", id, str(a, "sha256"), path);
+		return;
+	}
 	if (json_object_object_get_ex(reply, "route", &a)) {
 		struct json_object *vs;
 

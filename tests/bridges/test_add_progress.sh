@@ -71,8 +71,8 @@ pcts = [int(line.fullmatch(f).group(2)) for f in shown]
 assert pcts == sorted(pcts) and pcts[-1] == 100, pcts
 # nothing but progress lines before the answer; the line wiped first
 assert all(line.fullmatch(f) for f in frames[:-1]), frames
-assert "\r\x1b[Kadapter " in raw, repr(raw[-400:])
-assert re.match(r'adapter +\{ "id": "big@v1", ', frames[-1]), frames[-1]
+assert "\r\x1b[Kregistered " in raw, repr(raw[-400:])
+assert re.match(r'registered big@v1 \(identity [0-9a-f]{12}\) from /', frames[-1]), frames[-1]
 assert raw.endswith("\n")
 print("%d progress lines on the terminal: %s ... %s" % (len(shown), shown[0], shown[-1]))
 PY
@@ -80,7 +80,7 @@ PY
 # --- off a terminal: the answer as before, one line, nothing drawn
 ctl adapters add big@v2 "$dir/m/big" >"$dir/out" 2>"$dir/err" || fail "adapters add off a terminal: exit $?"
 [ "$(wc -l <"$dir/out")" = 1 ] || fail "more than the answer off a terminal"
-grep -Eq '^adapter +\{ "id": "big@v2", ' "$dir/out" || fail "the answer off a terminal"
+grep -Eq '^registered big@v2 \(identity [0-9a-f]{12}\) from /' "$dir/out" || fail "the answer off a terminal: $(cat "$dir/out")"
 grep -q $'[\r\033]' "$dir/out" && fail "a redraw off a terminal"
 [ -s "$dir/err" ] && fail "stderr off a terminal"
 
@@ -88,7 +88,7 @@ grep -q $'[\r\033]' "$dir/out" && fail "a redraw off a terminal"
 ontty "$dir/out" "$bin/loradctl" --socket "$dir/a.sock" --quiet adapters add big@v3 "$dir/m/big" ||
 	fail "--quiet: exit $?"
 grep -q $'\033' "$dir/out" && fail "--quiet: a progress line drawn"
-grep -Eq '^adapter +\{ "id": "big@v3", ' "$dir/out" || fail "--quiet: the answer"
+grep -Eq '^registered big@v3 \(identity [0-9a-f]{12}\) from /' "$dir/out" || fail "--quiet: the answer"
 ontty "$dir/out" "$bin/loradctl" --socket "$dir/a.sock" adapters add big@v4 "$dir/m/big" --json ||
 	fail "--json: exit $?"
 grep -q $'\033' "$dir/out" && fail "--json: a progress line drawn"

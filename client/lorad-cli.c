@@ -423,6 +423,11 @@ int main(int argc, char **argv)
 				printf("}\n");
 			} else {
 				printf("\n");
+				/* text cut by the length, not ended by the model: said
+				 * beside it, so it is not taken for the whole answer */
+				if (ev.finish == LORAD_FINISH_LENGTH)
+					fprintf(stderr, "lorad-cli: cut at --max-tokens %u (finish: length)\n",
+						req.max_tokens);
 			}
 		} else if (i + 1 == count && count == 1) {
 			if (json) {

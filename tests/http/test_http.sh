@@ -82,7 +82,7 @@ api)
 	# a completion equals the native client's text for the same greedy request
 	prompt='Which customers ordered twice?'
 	want=$("$bin/lorad-cli" --socket "$dir/l.sock" --skill sql --prompt "$prompt" --max-tokens 24 \
-		--temperature 0 2>/dev/null)
+		--temperature 0 2>"$dir/cli.err")
 	p0=$(prompt_total)
 	st=$(post /v1/completions "{\"model\":\"sql\",\"prompt\":\"$prompt\",\"max_tokens\":24,\"temperature\":0}")
 	[ "$st" = 200 ] || fail "completion: HTTP $st $(cat "$dir/out")"
@@ -94,6 +94,12 @@ api)
 		fail "usage: $(json 'j["usage"]')"
 	got=$(json 'j["choices"][0]["text"]')
 	[ "$got" = "$want" ] || fail "completion text '$got' != lorad-cli '$want'"
+	# cut by the length, lorad-cli says so beside the text (stderr), and only then
+	if [ "$(json 'j["choices"][0]["finish_reason"]')" = length ]; then
+		grep -q "cut at --max-tokens 24" "$dir/cli.err" || fail "lorad-cli hid the cut: $(cat "$dir/cli.err")"
+	else
+		grep -q "cut at" "$dir/cli.err" && fail "lorad-cli called a whole answer cut"
+	fi
 	[ "$(json 'j["object"]')" = text_completion ] || fail "object"
 	[ "$(json 'j["choices"][0]["lorad_version"]')" = sql@v1 ] || fail "served version"
 	[ "$(json 'j["choices"][0]["finish_reason"] in ("stop","length")')" = True ] || fail "finish_reason"

@@ -428,6 +428,43 @@ err:
 	return NULL;
 }
 
+/* Routes as route show, set, rollout, rollback, delete and history print
+ * them: one header, a row per version. */
+static void route_header(void)
+{
+	printf("%-20s %-32s %s\n", "SKILL", "VERSION", "PERCENT");
+}
+
+/* @route's versions (@skill: the name to print; NULL: the route's own) */
+static void route_rows(struct json_object *route, const char *skill)
+{
+	struct json_object *vs;
+
+	if (!json_object_object_get_ex(route, "versions", &vs))
+		return;
+	for (size_t k = 0; k < json_object_array_length(vs); k++) {
+		struct json_object *v = json_object_array_get_idx(vs, k);
+
+		printf("%-20s %-32s %s%%\n", skill ? skill : str(route, "skill"), str(v, "version"),
+		       str(v, "percent"));
+	}
+}
+
+/* What a change that answers only "ok" did, in words (@id: its version). */
+static void print_done(const char *cmd, const char *id, bool wait)
+{
+	if (!strcmp(cmd, "adapters_remove"))
+		printf("removed %s\n", id);
+	else if (!strcmp(cmd, "adapters_pin"))
+		printf("pinned %s: loaded where it is not, and kept resident (adapters unpin lets it go)\n", id);
+	else if (!strcmp(cmd, "adapters_unpin"))
+		printf("unpinned %s: it may be evicted when room is needed\n", id);
+	else if (!strcmp(cmd, "adapters_prefetch") && !wait)
+		printf("prefetching %s (adapters list shows where it is; --wait waits for it)\n", id);
+	else if (!strcmp(cmd, "drain"))
+		printf("draining: no new requests; the daemon exits once those running end\n");
+}
+
 static void print_human(const char *cmd, struct json_object *reply)
 {
 	struct json_object *a;
@@ -479,36 +516,23 @@ static void print_human(const char *cmd, struct json_object *reply)
 		return;
 	}
 	if (json_object_object_get_ex(reply, "routes", &a) || json_object_object_get_ex(reply, "history", &a)) {
-		printf("%-20s %-32s %s\n", "SKILL", "VERSION", "PERCENT");
+		route_header();
 		for (size_t i = 0; i < json_object_array_length(a); i++) {
-			struct json_object *r = json_object_array_get_idx(a, i), *vs;
-
 			if (json_object_object_get_ex(reply, "history", NULL))
 				printf("%s\n", i ? "-- earlier"
 					 : json_object_object_get_ex(reply, "deleted_at", NULL)
 					 ? "-- deleted (route rollback brings it back)" : "-- current");
-			if (!json_object_object_get_ex(r, "versions", &vs))
-				continue;
-			for (size_t k = 0; k < json_object_array_length(vs); k++) {
-				struct json_object *v = json_object_array_get_idx(vs, k);
-
-				printf("%-20s %-32s %s\n", str(r, "skill"), str(v, "version"), str(v, "percent"));
-			}
+			route_rows(json_object_array_get_idx(a, i), NULL);
 		}
 		return;
 	}
 	if (json_object_object_get_ex(reply, "deleted", &a)) {
-		struct json_object *vs;
 		char skill[32];
 
 		clean(str(a, "skill"), skill, sizeof(skill));
 		printf("%s: route deleted; it was:\n", skill);
-		if (json_object_object_get_ex(a, "versions", &vs))
-			for (size_t k = 0; k < json_object_array_length(vs); k++) {
-				struct json_object *v = json_object_array_get_idx(vs, k);
-
-				printf("%-20s %-32s %s%%\n", skill, str(v, "version"), str(v, "percent"));
-			}
+		route_header();
+		route_rows(a, skill);
 		printf("(loradctl route rollback %s brings it back)\n", skill);
 		return;
 	}
@@ -523,14 +547,9 @@ static void print_human(const char *cmd, struct json_object *reply)
 		return;
 	}
 	if (json_object_object_get_ex(reply, "route", &a)) {
-		struct json_object *vs;
-
-		if (json_object_object_get_ex(a, "versions", &vs))
-			for (size_t k = 0; k < json_object_array_length(vs); k++) {
-				struct json_object *v = json_object_array_get_idx(vs, k);
-
-				printf("%-20s %-32s %s%%\n", str(a, "skill"), str(v, "version"), str(v, "percent"));
-			}
+		/* route set, rollout, rollback: the route now, as route show has it */
+		route_header();
+		route_rows(a, NULL);
 		return;
 	}
 	if (json_object_object_get_ex(reply, "stats", &a)) {
@@ -743,6 +762,8 @@ int main(int argc, char **argv)
 	}
 	if (json)
 		printf("%s\n", json_object_to_json_string_ext(reply, JSON_C_TO_STRING_PRETTY));
+	else if (json_object_object_length(reply) == 1)   /* only "ok" */
+		print_done(name, sub ? args[1] : "", wait);
 	else
 		print_human(name, reply);
 	json_object_put(reply);

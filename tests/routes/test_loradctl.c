@@ -252,6 +252,112 @@ static void serve_some(const char *sock)
 	lorad_close(c);
 }
 
+/* loradctl ARGS (no --json) exits 0 with nothing on stderr; its stdout in out */
+static void human(const char *admin, const char *const *args)
+{
+	int rc = rt_ctl(admin, out, sizeof(out), err, sizeof(err), args);
+
+	if (rc != 0 || err[0])
+		fail_msg("loradctl %s %s: exit %d, stderr '%s'", args[0], args[1] ? args[1] : "", rc, err);
+}
+
+/* The daemon's route_show of @skill (NULL: every route), as JSON text of
+ * its routes array (one element for one skill) */
+static void routes_text(const char *admin, const char *skill, char *buf, size_t len)
+{
+	struct json_object *r, *a;
+	char line[128];
+
+	if (skill)
+		snprintf(line, sizeof(line), "{\"cmd\":\"route_show\",\"skill\":\"%s\"}", skill);
+	else
+		snprintf(line, sizeof(line), "{\"cmd\":\"route_show\"}");
+	assert_int_equal(rt_admin(admin, line, &r), 0);
+	assert_true(json_object_object_get_ex(r, "routes", &a));
+	snprintf(buf, len, "%s", json_object_to_json_string_ext(a, JSON_C_TO_STRING_PLAIN));
+	json_object_put(r);
+}
+
+/*
+ * What a person reads: every change says what it did in one line or the
+ * route's table; `route set`, `rollout`, `rollback` and `delete` print the
+ * route as `route show` does (one header, "70.00%"). The list of every
+ * route (written off the engine thread from a copy) holds each route as
+ * showing it alone does, for routes of 1, 3 and 2 versions.
+ */
+static void test_human(void **state)
+{
+	char a[4][300], one[3][1024], all[4096], want[4096], show[4096];
+	const char *args[] = { "--adapter", a[0], "--adapter", a[1], "--adapter", a[2],
+			       "--adapter", a[3], NULL };
+	static const char *const skills[3] = { "s", "t", "u" };
+	struct rt_daemon d;
+
+	(void)state;
+	snprintf(a[0], sizeof(a[0]), "s@v1=%s", models.adapter[0]);
+	snprintf(a[1], sizeof(a[1]), "t@v1=%s", models.adapter[1]);
+	snprintf(a[2], sizeof(a[2]), "t@v2=%s", models.adapter[2]);
+	snprintf(a[3], sizeof(a[3]), "t@v3=%s", models.adapter[3]);
+	assert_int_equal(rt_daemon_init(&d), 0);
+	assert_int_equal(rt_daemon_start(&d, models.model, args), 0);
+
+	human(d.admin, ARGS("route", "set", "t", "t@v1=33.33", "t@v2=33.33", "t@v3=33.34"));
+	assert_string_equal(out, "SKILL                VERSION                          PERCENT\n"
+				 "t                    t@v1                             33.33%\n"
+				 "t                    t@v2                             33.33%\n"
+				 "t                    t@v3                             33.34%\n");
+	snprintf(want, sizeof(want), "%.4000s", out);
+	human(d.admin, ARGS("route", "show", "t"));
+	assert_string_equal(out, want);
+	human(d.admin, ARGS("route", "set", "u", "t@v1=60", "t@v2=40"));
+	human(d.admin, ARGS("route", "rollout", "u", "t@v3", "50"));
+	assert_string_equal(out, "SKILL                VERSION                          PERCENT\n"
+				 "u                    t@v1                             30.00%\n"
+				 "u                    t@v2                             20.00%\n"
+				 "u                    t@v3                             50.00%\n");
+	human(d.admin, ARGS("route", "rollback", "u"));
+	assert_non_null(strstr(out, "PERCENT\nu                    t@v1                             60.00%\n"));
+	human(d.admin, ARGS("route", "delete", "u"));
+	assert_non_null(strstr(out, "u: route deleted; it was:\nSKILL"));
+	human(d.admin, ARGS("route", "rollback", "u"));
+	assert_non_null(strstr(out, "60.00%"));
+
+	/* the list of every route against each shown alone */
+	routes_text(d.admin, NULL, all, sizeof(all));
+	want[0] = 0;
+	for (int i = 0; i < 3; i++) {
+		routes_text(d.admin, skills[i], one[i], sizeof(one[i]));
+		one[i][strlen(one[i]) - 1] = 0;   /* the elements, without [ ] */
+		snprintf(want + strlen(want), sizeof(want) - strlen(want), "%s%s", i ? "," : "[",
+			 one[i] + 1);
+	}
+	snprintf(want + strlen(want), sizeof(want) - strlen(want), "]");
+	if (strcmp(all, want))
+		fail_msg("route_show of all:\n%s\neach alone:\n%s", all, want);
+	human(d.admin, ARGS("route", "show"));
+	snprintf(show, sizeof(show), "%.4000s", out);
+	assert_non_null(strstr(show, "s                    s@v1                             100.00%\n"));
+	assert_non_null(strstr(show, "t                    t@v3                             33.34%\n"));
+	assert_non_null(strstr(show, "u                    t@v2                             40.00%\n"));
+
+	/* a change that answers only "ok": one line naming it */
+	human(d.admin, ARGS("adapters", "pin", "s@v1"));
+	assert_string_equal(out, "pinned s@v1: loaded where it is not, and kept resident "
+				 "(adapters unpin lets it go)\n");
+	human(d.admin, ARGS("adapters", "unpin", "s@v1"));
+	assert_string_equal(out, "unpinned s@v1: it may be evicted when room is needed\n");
+	human(d.admin, ARGS("adapters", "prefetch", "s@v1"));
+	assert_non_null(strstr(out, "prefetching s@v1 ("));
+	human(d.admin, ARGS("route", "delete", "s"));
+	human(d.admin, ARGS("adapters", "remove", "s@v1"));
+	assert_string_equal(out, "removed s@v1\n");
+	human(d.admin, ARGS("drain"));
+	assert_non_null(strstr(out, "draining"));
+	assert_int_equal(rt_wait_child(d.pid, 20000), 0);
+	d.pid = -1;
+	rt_daemon_cleanup(&d);
+}
+
 static void test_loradctl(void **state)
 {
 	char a0[300], a1[300];
@@ -399,6 +505,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_loradctl),
+		cmocka_unit_test(test_human),
 	};
 
 	signal(SIGPIPE, SIG_IGN);

@@ -833,7 +833,13 @@ void ops_poll(struct ops *o)
 		if (!j)
 			return;
 		if (j->superseded) {
-			job_unlink(o, j);   /* read for a config a later reload replaced */
+			/* read for a config a later reload replaced: what its
+			 * files had against them is still the operator's to know */
+			if (j->ret)
+				log_notice("config: %s@%s from %s, of a reload a later one replaced: %s",
+					   j->name, j->version[0] ? j->version : "(hash)", j->path,
+					   j->err[0] ? j->err : strerror(-j->ret));
+			job_unlink(o, j);
 			continue;
 		}
 		ret = j->drained ? 0 : job_prepare(o, j);
@@ -909,9 +915,13 @@ static int cmd_adapters_list(void *ctx, struct json_object *req, struct json_obj
  * "id" as asked ("NAME" or "NAME@VER"), "path", "state" — "reading" (its
  * files are read and hashed: "bytes_done" of "bytes_total"; the total is 0
  * until both files are open), "checking" (against the model) or
- * "registering" (waiting for the state to be written, or being written) —
- * and "elapsed_ms". A job leaves the list when it is answered; at most
- * OPS_MAX_JOBS are listed, so the reply is bounded.
+ * "registering" (waiting for the state to be written, or being written),
+ * "held" (a reloaded config's, its version being removed: "waits_for"
+ * names it) — and "elapsed_ms". A reloaded config's [route] sections not
+ * applied yet are listed too, "route": true with the skill as "id":
+ * "waiting" behind the config's adapters, "held" or "registering". Removals
+ * waiting for their requests are "removing". A job leaves the list when
+ * it is answered; at most OPS_MAX_JOBS are listed, so the reply is bounded.
  */
 static int cmd_adapters_jobs(void *ctx, struct json_object *req, struct json_object *reply)
 {
@@ -945,6 +955,25 @@ static int cmd_adapters_jobs(void *ctx, struct json_object *req, struct json_obj
 			json_object_array_add(a, e);
 			continue;
 		}
+		if (j->seed && ((j->kind == J_SEED_ROUTE && j->n) || j->state == JS_HELD) &&
+		    j->kind != J_ADD) {
+			/* a [route] section of the config not applied yet: behind
+			 * the config's adapters, or held by a removal */
+			e = json_object_new_object();
+			if (!e)
+				break;
+			json_object_object_add(e, "id", json_object_new_string(j->id));
+			json_object_object_add(e, "route", json_object_new_boolean(1));
+			json_object_object_add(e, "state", json_object_new_string(
+				j->state == JS_HELD ? "held" : j->state == JS_WRITING ? "registering"
+							       : "waiting"));
+			if (j->state == JS_HELD && seed_meets_removal(o, j, id))
+				json_object_object_add(e, "waits_for", json_object_new_string(id));
+			json_object_object_add(e, "elapsed_ms",
+					       json_object_new_int64((int64_t)((now - j->t0) / 1000000)));
+			json_object_array_add(a, e);
+			continue;
+		}
 		if (j->kind != J_ADD)
 			continue;
 		e = json_object_new_object();
@@ -964,6 +993,8 @@ static int cmd_adapters_jobs(void *ctx, struct json_object *req, struct json_obj
 		json_object_object_add(e, "bytes_done", json_object_new_int64((int64_t)done));
 		json_object_object_add(e, "bytes_total", json_object_new_int64((int64_t)total));
 		json_object_object_add(e, "elapsed_ms", json_object_new_int64((int64_t)((now - j->t0) / 1000000)));
+		if (j->state == JS_HELD && seed_meets_removal(o, j, id))
+			json_object_object_add(e, "waits_for", json_object_new_string(id));
 		json_object_array_add(a, e);
 	}
 	pthread_mutex_unlock(&o->lock);

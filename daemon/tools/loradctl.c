@@ -315,7 +315,8 @@ static int wait_resident(const char *sock, const char *id, int timeout_s, bool t
 /* The word of an adapters_jobs state: one of loradctl's own. */
 static const char *job_word(const char *state)
 {
-	static const char *const words[] = { "reading", "checking", "registering", "removing", "held" };
+	static const char *const words[] = { "reading", "checking", "registering", "removing", "held",
+					     "waiting" };
 
 	for (unsigned i = 0; i < sizeof(words) / sizeof(words[0]); i++)
 		if (!strcmp(state, words[i]))
@@ -479,15 +480,23 @@ static void print_human(const char *cmd, struct json_object *reply)
 			struct json_object *v = json_object_array_get_idx(a, i);
 			int64_t done = byte_count(v, "bytes_done"), total = byte_count(v, "bytes_total");
 			int64_t ms = byte_count(v, "elapsed_ms");
-			char id[64], path[4200], prog[32] = "-";
+			char id[72], path[4200], prog[96] = "-", vid[64];
+			struct json_object *x;
 
-			if (done >= 0 && total > 0 && done <= total)
+			if (json_object_object_get_ex(v, "waits_for", &x))   /* held */
+				snprintf(prog, sizeof(prog), "after %s is removed",
+					 clean(json_object_get_string(x), vid, sizeof(vid)));
+			else if (done >= 0 && total > 0 && done <= total)
 				snprintf(prog, sizeof(prog), "%d%% of %.1f MiB", (int)(done * 100 / total),
 					 total / 1048576.0);
 			else if (byte_count(v, "left_ms") >= 0)   /* a removal that waits */
 				snprintf(prog, sizeof(prog), "given up in %.1fs",
 					 byte_count(v, "left_ms") / 1000.0);
-			printf("%-32s %-12s %-22s %7.1fs  %s\n", clean(str(v, "id"), id, sizeof(id)),
+			/* a reloaded config's [route] section not applied yet: "route SKILL" */
+			snprintf(id, sizeof(id), "%s%s",
+				 json_object_object_get_ex(v, "route", &x) && json_object_get_boolean(x)
+				 ? "route " : "", clean(str(v, "id"), vid, sizeof(vid)));
+			printf("%-32s %-12s %-22s %7.1fs  %s\n", id,
 			       job_word(str(v, "state")), prog, ms >= 0 ? ms / 1000.0 : 0.0,
 			       clean(str(v, "path"), path, sizeof(path)));
 		}

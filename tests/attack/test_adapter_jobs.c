@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -278,10 +279,97 @@ static void test_jobs(void **state)
 	assert_int_equal(atk_failures, 0);
 }
 
+/* Lines of the daemon's log holding both @a and @b. */
+static int log_lines(const struct atk_daemon *d, const char *a, const char *b)
+{
+	char *log = atk_daemon_log(d), *save = NULL;
+	int n = 0;
+
+	for (char *l = log ? strtok_r(log, "\n", &save) : NULL; l; l = strtok_r(NULL, "\n", &save))
+		n += strstr(l, a) && strstr(l, b);
+	free(log);
+	return n;
+}
+
+/*
+ * A reloaded config's adapter whose files are refused (made for another
+ * model), taken out of the config by the next reload while they are still
+ * being read: the seed is dropped once read, and why its files were
+ * refused is logged. It was dropped without a word, so the operator never
+ * learnt that the directory the config named was wrong.
+ */
+static void test_replaced_seed_refusal_logged(void **state)
+{
+	char dir[160], conf[300], base[1024], buf[1400], out[4096], err[4096];
+	const char *args[] = { "--config", conf, NULL };
+	static struct seen s[16];
+	struct atk_daemon d;
+	bool caught = false;
+	int rc, tries = 0;
+
+	(void)state;
+	assert_int_equal(atk_tmpdir(dir, sizeof(dir), "jobs2"), 0);
+	/* the model: small; the adapter: 120 MB, for a model of width 512 */
+	rc = atk_run((const char *[]){ atk_mkmodel_bin(), dir, "--layers", "2", "--hidden", "64",
+				       "--heads", "4", "--kv-heads", "2", "--ffn", "128", "--vocab",
+				       "256", "--seed", "3", NULL },
+		     out, sizeof(out), err, sizeof(err), 60000, NULL);
+	assert_int_equal(rc, 0);
+	rc = atk_run((const char *[]){ atk_mkmodel_bin(), dir, "--layers", "8", "--hidden", "512",
+				       "--heads", "8", "--kv-heads", "8", "--ffn", "1408", "--vocab",
+				       "256", "--seed", "3", "--adapter", "wide", "--rank", "384",
+				       "--alpha", "16", "--targets", "q,k,v,o,gate,up,down",
+				       "--no-model", NULL },
+		     out, sizeof(out), err, sizeof(err), 60000, NULL);
+	assert_int_equal(rc, 0);
+	assert_int_equal(atk_daemon_init(&d, "jobs2"), 0);
+	snprintf(conf, sizeof(conf), "%s/lorad.conf", d.dir);
+	snprintf(base, sizeof(base),
+		 "[daemon]\nsocket = %s\nadmin_socket = %s\nmodel = %s\nstate_dir = %s\n"
+		 "log_level = info\n\n[limits]\nthreads = 1\n", d.sock, d.admin, dir, d.state);
+	assert_int_equal(atk_write_file(conf, base, strlen(base)), 0);
+	assert_int_equal(atk_daemon_start(&d, args, ATK_NO_PATHS | ATK_STATE), 0);
+
+	/* the read must still run when the next reload comes: tried until it does */
+	while (!caught && tries++ < 6) {
+		int answered_before = log_lines(&d, "wide@v1", "wide");
+		bool reading = false;
+
+		snprintf(buf, sizeof(buf), "%s\n[adapter wide]\npath = %s/wide\nversion = v1\n", base,
+			 dir);
+		assert_int_equal(atk_write_file(conf, buf, strlen(buf)), 0);
+		assert_int_equal(kill(d.pid, SIGHUP), 0);
+		for (uint64_t end = atk_now_ns() + 10000000000ull; !reading && atk_now_ns() < end;)
+			reading = jobs(d.admin, s, 16) == 1 && !strcmp(s[0].state, "reading");
+		assert_int_equal(atk_write_file(conf, base, strlen(base)), 0);
+		assert_int_equal(kill(d.pid, SIGHUP), 0);
+		for (int i = 0; i < 200 && jobs(d.admin, s, 16) != 0; i++)
+			atk_sleep_ms(50);
+		ATK_EXPECT(jobs(d.admin, s, 16) == 0, "jobs left after the second reload");
+		atk_sleep_ms(100);
+		caught = log_lines(&d, "a later one replaced", "wide@v1") > 0;
+		if (!caught)   /* read and refused before the second reload: logged as such */
+			ATK_EXPECT(log_lines(&d, "wide@v1", "wide") > answered_before,
+				   "wide@v1's refusal is not logged at all");
+	}
+	if (caught)
+		fprintf(stderr, "wide@v1: a reload came while it was read at try %d\n", tries);
+	ATK_EXPECT(caught, "no reload came while wide@v1 was read, in %d tries", tries - 1);
+	ATK_EXPECT(log_lines(&d, "a later one replaced", "wide") == 1 &&
+		   log_lines(&d, "a later one replaced", "/wide") == 1,
+		   "the dropped seed's refusal is not logged once with its version, path and why");
+	ATK_EXPECT(atk_vid_of(d.admin, "wide@v1") == 0, "wide@v1 registered");
+	if (atk_failures)
+		fprintf(stderr, "%s\n", atk_daemon_log(&d));
+	ATK_EXPECT(atk_daemon_stop(&d, 10000, NULL) == 0, "SIGTERM");
+	assert_int_equal(atk_failures, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_teardown(test_jobs, teardown),
+		cmocka_unit_test_teardown(test_replaced_seed_refusal_logged, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1118,6 +1118,25 @@ static void job_state(const char *admin, const char *id, char *st, size_t len)
 	json_object_put(r);
 }
 
+/* Field @key of the job adapters_jobs lists as @id (a route's: @route), in @out; "" when none. */
+static void job_field(const char *admin, const char *id, bool route, const char *key, char *out,
+		      size_t len)
+{
+	struct json_object *r = NULL, *jobs, *e, *x;
+
+	out[0] = 0;
+	if (atk_admin(admin, "{\"cmd\":\"adapters_jobs\"}", &r, 10000) == 0 &&
+	    json_object_object_get_ex(r, "jobs", &jobs))
+		for (size_t i = 0; i < json_object_array_length(jobs); i++) {
+			e = json_object_array_get_idx(jobs, i);
+			if (json_object_object_get_ex(e, "id", &x) && !strcmp(json_object_get_string(x), id) &&
+			    json_object_object_get_ex(e, "route", NULL) == route &&
+			    json_object_object_get_ex(e, key, &x))
+				snprintf(out, len, "%s", json_object_get_string(x));
+		}
+	json_object_put(r);
+}
+
 /* Jobs adapters_jobs lists, all (@id NULL) or of @id; -1: no answer. */
 static int job_count(const char *admin, const char *id)
 {
@@ -1214,7 +1233,11 @@ static void test_reload_meets_removal(void **state)
 	assert_true(fd >= 0);
 	ATK_EXPECT(wait_removing(d.admin, "z@v9", 5000), "z@v9 not being removed");
 
-	/* the config still has it: reloaded, its registration waits */
+	/* the config still has it, and a new skill's route to it: reloaded,
+	 * its registration waits, listed with what it waits for, and the
+	 * route waits behind it, listed as a route */
+	snprintf(buf + strlen(buf), sizeof(buf) - strlen(buf), "\n[route w]\nz@v9 = 100\n");
+	assert_int_equal(atk_write_file(conf, buf, strlen(buf)), 0);
 	assert_int_equal(kill(d.pid, SIGHUP), 0);
 	for (int i = 0; i < 100; i++) {
 		job_state(d.admin, "z@v9", st_, sizeof(st_));
@@ -1223,6 +1246,10 @@ static void test_reload_meets_removal(void **state)
 		atk_sleep_ms(50);
 	}
 	ATK_EXPECT(!strcmp(st_, "held"), "the reload's z@v9 is not listed as held: '%s'", st_);
+	job_field(d.admin, "z@v9", false, "waits_for", st_, sizeof(st_));
+	ATK_EXPECT(!strcmp(st_, "z@v9"), "the held z@v9 waits for '%s', not z@v9", st_);
+	job_field(d.admin, "w", true, "state", st_, sizeof(st_));
+	ATK_EXPECT(!strcmp(st_, "waiting"), "the reload's route w is listed as '%s', not waiting", st_);
 	/* a storm of reloads meanwhile: each replaces the seeds the one before
 	 * left waiting, rather than queueing the config's sections again */
 	jobs0 = job_count(d.admin, NULL);
@@ -1261,6 +1288,21 @@ static void test_reload_meets_removal(void **state)
 	registered_again(&d, fd, &st);
 	job_state(d.admin, "z@v9", st_, sizeof(st_));
 	ATK_EXPECT(!st_[0], "z@v9 still listed as a job: '%s'", st_);
+	for (int i = 0; i < 100; i++) {
+		job_field(d.admin, "w", true, "state", st_, sizeof(st_));
+		if (!st_[0])
+			break;
+		atk_sleep_ms(50);
+	}
+	ATK_EXPECT(!st_[0], "the route w still listed as a job: '%s'", st_);
+	{
+		struct json_object *r = NULL;
+
+		ATK_EXPECT(atk_admin(d.admin, "{\"cmd\":\"route_show\",\"skill\":\"w\"}", &r, 10000) == 0 &&
+			   atk_reply_ok(r) && strstr(json_object_to_json_string(r), "z@v9"),
+			   "the reload's route w: %s", r ? json_object_to_json_string(r) : "no answer");
+		json_object_put(r);
+	}
 	ATK_EXPECT(atk_daemon_stop(&d, 15000, NULL) == 0, "SIGTERM: not a clean exit");
 	assert_int_equal(atk_failures, 0);
 }

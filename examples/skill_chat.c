@@ -4,7 +4,7 @@
  * it is generated.
  *
  *   cc skill_chat.c $(pkg-config --cflags --libs lorad) -o skill_chat
- *   ./skill_chat /run/lorad/lorad.sock sql "Which customers ordered twice?"
+ *   ./skill_chat /run/lorad/lorad.sock sql "Which customers bought a 'lamp'?"
  *
  * SKILL is "base", a skill registered in the daemon, or "auto" (the daemon
  * picks the skill from the prompt and says which one it chose).

@@ -1101,23 +1101,6 @@ static void test_wake_by_cancel_and_death(void **state)
 	assert_int_equal(atk_failures, 0);
 }
 
-/* adapters_jobs' state of @id, into @st ("" when it is not listed) */
-static void job_state(const char *admin, const char *id, char *st, size_t len)
-{
-	struct json_object *r = NULL, *jobs, *e, *x;
-
-	st[0] = 0;
-	if (atk_admin(admin, "{\"cmd\":\"adapters_jobs\"}", &r, 10000) == 0 &&
-	    json_object_object_get_ex(r, "jobs", &jobs))
-		for (size_t i = 0; i < json_object_array_length(jobs); i++) {
-			e = json_object_array_get_idx(jobs, i);
-			if (json_object_object_get_ex(e, "id", &x) && !strcmp(json_object_get_string(x), id) &&
-			    json_object_object_get_ex(e, "state", &x))
-				snprintf(st, len, "%s", json_object_get_string(x));
-		}
-	json_object_put(r);
-}
-
 /* Field @key of the job adapters_jobs lists as @id (a route's: @route), in @out; "" when none. */
 static void job_field(const char *admin, const char *id, bool route, const char *key, char *out,
 		      size_t len)
@@ -1135,6 +1118,12 @@ static void job_field(const char *admin, const char *id, bool route, const char 
 				snprintf(out, len, "%s", json_object_get_string(x));
 		}
 	json_object_put(r);
+}
+
+/* The state adapters_jobs gives version job @id; "" when it lists none. */
+static void job_state(const char *admin, const char *id, char *st, size_t len)
+{
+	job_field(admin, id, false, "state", st, len);
 }
 
 /* Jobs adapters_jobs lists, all (@id NULL) or of @id; -1: no answer. */

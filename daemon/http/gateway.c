@@ -1056,13 +1056,17 @@ static enum MHD_Result on_head(struct gateway *g, struct MHD_Connection *conn, c
 	if (r && !strcmp(r->path, "/healthz") && method_allowed(r, method))
 		return MHD_YES;
 	b->answered = true;
-	if (!authorized(g, conn))
+	if (!authorized(g, conn)) {
+		const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+							    MHD_HTTP_HEADER_AUTHORIZATION);
+
 		return error_reply(conn, 401,
-				   MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-							       MHD_HTTP_HEADER_AUTHORIZATION)
-				   ? "the bearer token is not the one lorad-http was given (--token-file)"
-				   : "a bearer token is required (Authorization: Bearer ...)",
+				   !h ? "a bearer token is required (Authorization: Bearer ...)"
+				   : strncmp(h, "Bearer ", 7)
+				   ? "the Authorization header must be 'Bearer TOKEN' (no other scheme)"
+				   : "the bearer token is not the one lorad-http was given (--token-file)",
 				   "invalid_request_error", NULL, "invalid_api_key");
+	}
 	if (!r && !strcmp(url, "/v1/chat/completions"))
 		return error_reply(conn, 404, "lorad-http serves /v1/completions; chat is not offered",
 				   "invalid_request_error", NULL, "unknown_url");

@@ -63,7 +63,8 @@ static int number(const char *opt, const char *s, unsigned long lo, unsigned lon
 	return 0;
 }
 
-/* ADDR:PORT or [ADDR]:PORT into @addr (numeric) and @port. */
+/* ADDR:PORT or [ADDR]:PORT into @addr (numeric) and @port: 0; -1 no numeric
+ * address (not said yet); -2 a bad port (said). */
 static int parse_listen(const char *s, char *addr, size_t alen, unsigned long *port)
 {
 	const char *colon = strrchr(s, ':');
@@ -88,7 +89,8 @@ static int parse_listen(const char *s, char *addr, size_t alen, unsigned long *p
 		if (inet_pton(AF_INET, addr, a) != 1 && inet_pton(AF_INET6, addr, a) != 1)
 			return -1;
 	}
-	return number("--listen", colon + 1, 1, 65535, port);
+	/* the port's fault is said by number(), once */
+	return number("--listen", colon + 1, 1, 65535, port) ? -2 : 0;
 }
 
 static int loopback(const char *addr)
@@ -166,7 +168,7 @@ int main(int argc, char **argv)
 	unsigned long port = 8080, v;
 	struct gateway *g;
 	struct sigaction sa = { .sa_handler = on_signal };
-	int c;
+	int c, ret;
 
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {
@@ -211,11 +213,12 @@ int main(int argc, char **argv)
 		fprintf(stderr, "lorad-http: unexpected argument %s\n", argv[optind]);
 		return 2;
 	}
-	if (parse_listen(listen_arg, addr, sizeof(addr), &port)) {
+	ret = parse_listen(listen_arg, addr, sizeof(addr), &port);
+	if (ret == -1)
 		fprintf(stderr, "lorad-http: --listen %s: ADDR:PORT with a numeric address "
 			"(127.0.0.1:8080, [::1]:8080), not a name\n", listen_arg);
+	if (ret)
 		return 2;
-	}
 	if (token_file) {
 		if (read_token(token_file, token, sizeof(token)))
 			return 2;

@@ -248,7 +248,29 @@ int oa_parse_completion(const char *body, size_t len, uint32_t max_tokens_cap,
 	/* every string is UTF-8 from here on: prompts, stop strings, the model
 	 * name that errors quote, the schema (JSON itself says so, RFC 8259) */
 	json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+	{
+		size_t ws = 0;
+
+		while (ws < len && strchr(" \t\r\n", body[ws]) && body[ws])
+			ws++;
+		if (ws == len) {
+			json_tokener_free(tok);
+			return bad(err, errlen, param, plen, "", "the body is empty: send one JSON object");
+		}
+	}
 	root = json_tokener_parse_ex(tok, body, (int)len);
+	if (!root && json_tokener_get_error(tok) == json_tokener_continue) {
+		/* a number may go on: the end of the body ends it (a NUL says so) */
+		root = json_tokener_parse_ex(tok, "", 1);
+		json_tokener_free(tok);
+		if (root) {
+			json_object_put(root);
+			return bad(err, errlen, param, plen, "", "the body must be a JSON object");
+		}
+		snprintf(err, errlen, "the body is not one JSON object (it ends inside a value, "
+			 "after %zu bytes)", len);
+		return -EINVAL;
+	}
 	if (!root && json_tokener_get_error(tok) == json_tokener_error_parse_utf8_string) {
 		snprintf(err, errlen, "the body is not valid UTF-8 (byte %zu)",
 			 json_tokener_get_parse_end(tok));
@@ -259,11 +281,7 @@ int oa_parse_completion(const char *body, size_t len, uint32_t max_tokens_cap,
 	    json_tokener_get_parse_end(tok) != len) {
 		enum json_tokener_error e = json_tokener_get_error(tok);
 
-		/* json-c's "continue" means the text ended inside a value */
-		if (e == json_tokener_continue)
-			snprintf(err, errlen, "the body is not one JSON object (it ends inside a value, "
-				 "after %zu bytes)", len);
-		else if (e == json_tokener_success)
+		if (e == json_tokener_success)
 			snprintf(err, errlen, "the body is not one JSON object (more follows it at "
 				 "byte %zu)", json_tokener_get_parse_end(tok));
 		else

@@ -196,6 +196,13 @@ EOF
 	json 'j["error"]["message"]' | grep -q "at byte 29" ||
 		fail "a body with more after it: $(cat "$dir/out")"
 	check_err 400 None '[1,2]'
+	# an empty body, whitespace, a bare number: said as such, not "ends inside a value"
+	check_err 400 None ''
+	json 'j["error"]["message"]' | grep -q "the body is empty" || fail "an empty body: $(cat "$dir/out")"
+	check_err 400 None '  '
+	json 'j["error"]["message"]' | grep -q "the body is empty" || fail "a body of spaces: $(cat "$dir/out")"
+	check_err 400 None '123'
+	json 'j["error"]["message"]' | grep -q "must be a JSON object" || fail "a number: $(cat "$dir/out")"
 	check_err 400 model '{"prompt":"x"}'
 	check_err 404 model '{"model":"nosuch","prompt":"x"}'
 	check_err 400 prompt '{"model":"sql"}'
@@ -287,6 +294,13 @@ EOF
 	st=$(curl -s -o "$dir/out" -w '%{http_code}' -H 'Authorization: Bearer 0123456789abcdef0124' "$url2/v1/models")
 	[ "$st" = 401 ] || fail "wrong token: $st"
 	grep -q "not the one lorad-http was given" "$dir/out" || fail "wrong token said as missing: $(cat "$dir/out")"
+	st=$(curl -s -o "$dir/out" -w '%{http_code}' -H 'Authorization: Basic dXNlcjpwYXNz' "$url2/v1/models")
+	[ "$st" = 401 ] || fail "another scheme: $st"
+	grep -q "must be 'Bearer TOKEN'" "$dir/out" || fail "another scheme said as a wrong token: $(cat "$dir/out")"
+	# a port out of range is said once, naming it
+	"$bin/lorad-http" --listen 127.0.0.1:99999 --socket "$dir/l.sock" >/dev/null 2>"$dir/err" &&
+		fail "listened on port 99999"
+	[ "$(wc -l <"$dir/err")" = 1 ] && grep -q "1 to 65535" "$dir/err" || fail "--listen :99999: $(cat "$dir/err")"
 	st=$(curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer 0123456789abcdef0123' "$url2/v1/models")
 	[ "$st" = 200 ] || fail "right token: $st"
 

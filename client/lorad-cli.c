@@ -403,10 +403,14 @@ int main(int argc, char **argv)
 			goto done;
 		}
 		if (ev.res < 0) {
-			/* the daemon's words where it gave them: what and which limit */
-			fprintf(stderr, "lorad-cli: request failed: %s (field: %s)%s%s\n",
-				lorad_strerror(ev.res), lorad_field_name(ev.field), why[0] ? ": " : "",
-				why);
+			/* the daemon's words where it gave them (what and which
+			 * limit), which say more than the errno's generic text */
+			if (why[0])
+				fprintf(stderr, "lorad-cli: request refused (field: %s): %s\n",
+					lorad_field_name(ev.field), why);
+			else
+				fprintf(stderr, "lorad-cli: request failed: %s (field: %s)\n",
+					lorad_strerror(ev.res), lorad_field_name(ev.field));
 			ret = 1;
 			goto done;
 		}

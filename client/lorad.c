@@ -1467,7 +1467,8 @@ const char *lorad_strerror(int err)
 	case -EIDRM: return "adapter version is being removed";
 	case -EUSERS: return "daemon has too many clients";
 	case -ENOMEM: return "out of memory";
-	case -EILSEQ: return "no token of the vocabulary can continue the output in its grammar";
+	case -EILSEQ: return "a text prompt that is not UTF-8, or no token of the vocabulary that "
+			      "can continue the output in its grammar";
 	default: return err < 0 ? strerror(-err) : "unknown";
 	}
 }

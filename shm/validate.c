@@ -65,6 +65,14 @@ int skill_name_ok(const char *s, unsigned cap)
 		return (e);                                        \
 	} while (0)
 
+/* Refuse with @e and, where the caller wants them, words (the field set already). */
+#define NO(e, ...)                                                 \
+	do {                                                       \
+		if (why && why_len)                                \
+			snprintf(why, why_len, __VA_ARGS__);       \
+		return (e);                                        \
+	} while (0)
+
 #define TRAILER_WORDS \
 	"the %s after the output ids (%zu bytes at %llu) is outside the arena of %u bytes or over the prompt"
 
@@ -214,28 +222,37 @@ void sqe_ext_free(struct sqe_ext *x)
  */
 static int result_load(const struct lorad_sqe *e, const unsigned char *arena,
 		       const struct sqe_limits *lim, uint64_t (*keep)[2], int n_keep,
-		       struct sqe_ext *x)
+		       struct sqe_ext *x, char *why, size_t why_len)
 {
 	struct lorad_result_req q;
 	uint64_t end;
 
 	memcpy(&q, arena + lorad_result_req_off(e), sizeof(q));   /* checked in bounds by sqe_validate() */
 	if (q.reserved || q.kind == LORAD_RESULT_NONE || q.kind >= LORAD_RESULT__MAX ||
-	    !lim->result_row[q.kind] || q.len > (1ull << 40) || q.off > (1ull << 40) ||
+	    !lim->result_row[q.kind])
+		NO(-EINVAL, "result kind %u is not one this daemon offers", q.kind);
+	if (q.len > (1ull << 40) || q.off > (1ull << 40) ||
 	    q.len < (uint64_t)e->max_tokens * lim->result_row[q.kind])
-		return -EINVAL;
+		NO(-EINVAL, "result buffer of %llu bytes: max_tokens %u rows need %llu",
+		   (unsigned long long)q.len, e->max_tokens,
+		   (unsigned long long)e->max_tokens * lim->result_row[q.kind]);
 	end = q.off + q.len;
 	if (q.where == LORAD_RESULTS_ARENA) {
 		if (q.off % 64 || end > lim->arena_size)
-			return -EINVAL;
+			NO(-EINVAL, "result rows at %llu (%llu bytes): not 64-byte aligned or outside "
+			   "the arena of %u bytes", (unsigned long long)q.off, (unsigned long long)q.len,
+			   lim->arena_size);
 		for (int k = 0; k < n_keep; k++)
 			if (keep[k][1] > keep[k][0] && overlap(q.off, end, keep[k][0], keep[k][1]))
-				return -EINVAL;
+				NO(-EINVAL, "result rows at %llu overlap another buffer of the request",
+				   (unsigned long long)q.off);
 	} else if (q.where == LORAD_RESULTS_DEVICE) {
 		if (!lim->dev_size || q.off % 256 || end > lim->dev_size)
-			return -EINVAL;
+			NO(-EINVAL, "result rows at %llu (%llu bytes): not 256-byte aligned or outside "
+			   "the device buffer of %llu bytes", (unsigned long long)q.off,
+			   (unsigned long long)q.len, (unsigned long long)lim->dev_size);
 	} else {
-		return -EINVAL;
+		NO(-EINVAL, "result place %u is neither the arena nor the device buffer", q.where);
 	}
 	x->result_kind = q.kind;
 	x->result_where = q.where;
@@ -251,32 +268,36 @@ static int result_load(const struct lorad_sqe *e, const unsigned char *arena,
  */
 static int grammar_load(const struct lorad_sqe *e, const unsigned char *arena,
 			const struct sqe_limits *lim, uint64_t (*keep)[2], int n_keep,
-			struct sqe_ext *x)
+			struct sqe_ext *x, char *why, size_t why_len)
 {
 	struct lorad_grammar_req q;
 
 	memcpy(&q, arena + lorad_grammar_req_off(e), sizeof(q));   /* in bounds: sqe_validate() */
 	if (q.reserved || q.kind == LORAD_GRAMMAR_NONE || q.kind >= LORAD_GRAMMAR__MAX)
-		return -EINVAL;
+		NO(-EINVAL, "grammar kind %u is not one of json, schema, regex", q.kind);
 	if (q.len > LORAD_MAX_GRAMMAR)
-		return -E2BIG;
+		NO(-E2BIG, "a grammar of %u bytes: the limit is %d", q.len, LORAD_MAX_GRAMMAR);
 	if (q.kind != LORAD_GRAMMAR_JSON && !q.len)
-		return -EINVAL;   /* a schema or a pattern needs its text */
+		NO(-EINVAL, "%s", "a schema or a pattern needs its text (len 0)");
 	if (q.len) {
 		if (!span_ok(q.off, q.len, lim->arena_size))
-			return -EINVAL;
+			NO(-EINVAL, "the grammar's text (%u bytes at %u) is outside the arena of %u bytes",
+			   q.len, q.off, lim->arena_size);
 		for (int k = 0; k < n_keep; k++)
 			if (keep[k][1] > keep[k][0] && overlap(q.off, (uint64_t)q.off + q.len, keep[k][0], keep[k][1]))
-				return -EINVAL;
+				NO(-EINVAL, "the grammar's text at %u overlaps another buffer of the request",
+				   q.off);
 		x->gram_text = malloc((size_t)q.len + 1);
 		if (!x->gram_text)
 			return -ENOMEM;
 		memcpy(x->gram_text, arena + q.off, q.len);   /* one read of each shared byte */
 		x->gram_text[q.len] = 0;
 		if (memchr(x->gram_text, 0, q.len)) {
+			size_t at = strlen(x->gram_text);
+
 			free(x->gram_text);
 			x->gram_text = NULL;
-			return -EINVAL;
+			NO(-EINVAL, "the grammar's text holds a NUL byte at offset %zu", at);
 		}
 	}
 	x->gram_kind = q.kind;
@@ -299,13 +320,13 @@ static int grammar_load(const struct lorad_sqe *e, const unsigned char *arena,
  * LORAD_FIELD_NONE. */
 static int requests_load(const struct lorad_sqe *e, const unsigned char *arena,
 			 const struct sqe_limits *lim, uint64_t (*keep)[2], int n_keep,
-			 struct sqe_ext *x, enum lorad_field *field)
+			 struct sqe_ext *x, enum lorad_field *field, char *why, size_t why_len)
 {
 	int rc;
 
 	*field = LORAD_FIELD_RESULT;
 	if (e->flags & LORAD_SQE_F_RESULT) {
-		if (result_load(e, arena, lim, keep, n_keep, x))
+		if (result_load(e, arena, lim, keep, n_keep, x, why, why_len))
 			return -EINVAL;
 		if (x->result_where == LORAD_RESULTS_ARENA) {
 			keep[n_keep][0] = x->result_off;
@@ -313,18 +334,20 @@ static int requests_load(const struct lorad_sqe *e, const unsigned char *arena,
 		}
 	}
 	*field = LORAD_FIELD_GRAMMAR;
-	if ((e->flags & LORAD_SQE_F_GRAMMAR) && (rc = grammar_load(e, arena, lim, keep, n_keep, x)))
+	if ((e->flags & LORAD_SQE_F_GRAMMAR) &&
+	    (rc = grammar_load(e, arena, lim, keep, n_keep, x, why, why_len)))
 		return rc == -ENOMEM ? (*field = LORAD_FIELD_NONE, rc) : rc;
 	return 0;
 }
 
-int sqe_ext_load(const struct lorad_sqe *e, const unsigned char *arena,
-		 const struct sqe_limits *lim, struct sqe_ext *x, enum lorad_field *field)
+int sqe_ext_check(const struct lorad_sqe *e, const unsigned char *arena,
+		  const struct sqe_limits *lim, struct sqe_ext *x, enum lorad_field *field,
+		  char *why, size_t why_len)
 {
 	/* the buffers the daemon writes, and what they must stay clear of */
 	const uint32_t arena_size = lim->arena_size;
 	const bool served = e->flags & LORAD_SQE_F_SERVED, result = e->flags & LORAD_SQE_F_RESULT;
-	const bool grammar = e->flags & LORAD_SQE_F_GRAMMAR, why = e->flags & LORAD_SQE_F_WHY;
+	const bool grammar = e->flags & LORAD_SQE_F_GRAMMAR, worded = e->flags & LORAD_SQE_F_WHY;
 	const uint64_t so = lorad_served_off(e), ro = lorad_result_req_off(e), yo = lorad_why_off(e);
 	struct { uint64_t off, len; } w[3] = { { 0, 0 } };
 	uint64_t keep[11][2] = {
@@ -333,7 +356,7 @@ int sqe_ext_load(const struct lorad_sqe *e, const unsigned char *arena,
 		{ e->ext_off, (uint64_t)e->ext_off + e->ext_len },
 		{ so, served ? so + sizeof(struct lorad_served) : so },
 		{ ro, result ? ro + sizeof(struct lorad_result_req) : ro },
-		{ yo, why ? yo + sizeof(struct lorad_why) : yo },
+		{ yo, worded ? yo + sizeof(struct lorad_why) : yo },
 	};
 	const unsigned char *base;
 	struct lorad_ext h;
@@ -345,32 +368,38 @@ int sqe_ext_load(const struct lorad_sqe *e, const unsigned char *arena,
 	*field = LORAD_FIELD_EXT;
 	/* checked in bounds and clear of the prompt by sqe_validate() */
 	x->served_off = served ? (uint32_t)so : 0;
-	x->why_off = why ? (uint32_t)yo : 0;
-	if (why && e->ext_len && keep[5][0] < keep[2][1] && keep[2][0] < keep[5][1])
-		return -EINVAL;   /* the extension block under the refusal record */
+	x->why_off = worded ? (uint32_t)yo : 0;
+	if (worded && e->ext_len && keep[5][0] < keep[2][1] && keep[2][0] < keep[5][1])
+		NO(-EINVAL, "%s", "the extension block overlaps the refusal record");
 	if (served && e->ext_len && keep[3][0] < keep[2][1] && keep[2][0] < keep[3][1])
-		return -EINVAL;   /* the extension block under the served record */
+		NO(-EINVAL, "%s", "the extension block overlaps the served record");
 	if (result && e->ext_len && keep[4][0] < keep[2][1] && keep[2][0] < keep[4][1])
-		return -EINVAL;   /* ... or under the result request */
+		NO(-EINVAL, "%s", "the extension block overlaps the result request");
 	if (grammar && e->ext_len && lorad_grammar_req_off(e) < keep[2][1] &&
 	    keep[2][0] < lorad_grammar_req_off(e) + sizeof(struct lorad_grammar_req))
-		return -EINVAL;   /* ... or under the grammar request */
+		NO(-EINVAL, "%s", "the extension block overlaps the grammar request");
 	if (!e->ext_len) {
-		if ((rc = requests_load(e, arena, lim, keep, n_keep, x, field)))
+		if ((rc = requests_load(e, arena, lim, keep, n_keep, x, field, why, why_len)))
 			return rc;
 		*field = LORAD_FIELD_NONE;
 		return 0;
 	}
 	if (e->ext_len < sizeof(h))
-		return -EINVAL;
+		NO(-EINVAL, "ext_len %u is less than the extension header's %zu bytes", e->ext_len,
+		   sizeof(h));
 	base = arena + e->ext_off;
 	memcpy(&h, base, sizeof(h));   /* one read of each shared byte, into private memory */
-	if (h.n_stop > LORAD_MAX_STOP || h.n_bias > LORAD_MAX_BIAS ||
-	    h.stop_str_len > LORAD_MAX_STOP_STR * (SQE_STOP_STR_MAX + 1))
-		return -EINVAL;
+	if (h.n_stop > LORAD_MAX_STOP)
+		NO(-EINVAL, "%u stop ids: the limit is %d", h.n_stop, LORAD_MAX_STOP);
+	if (h.n_bias > LORAD_MAX_BIAS)
+		NO(-EINVAL, "%u logit biases: the limit is %d", h.n_bias, LORAD_MAX_BIAS);
+	if (h.stop_str_len > LORAD_MAX_STOP_STR * (SQE_STOP_STR_MAX + 1))
+		NO(-EINVAL, "%u bytes of stop strings: the limit is %d", h.stop_str_len,
+		   LORAD_MAX_STOP_STR * (SQE_STOP_STR_MAX + 1));
 	need = sizeof(h) + (uint64_t)h.n_stop * 4 + (uint64_t)h.n_bias * 8 + h.stop_str_len;
 	if (need != e->ext_len)
-		return -EINVAL;
+		NO(-EINVAL, "ext_len %u: its header's counts make %llu bytes", e->ext_len,
+		   (unsigned long long)need);
 	if (h.text_len) {
 		w[0].off = h.text_off;
 		w[0].len = h.text_len;
@@ -383,27 +412,33 @@ int sqe_ext_load(const struct lorad_sqe *e, const unsigned char *arena,
 		w[2].off = h.times_off;
 		w[2].len = sizeof(struct lorad_times);
 		if (h.times_off % 8)
-			return -EINVAL;
+			NO(-EINVAL, "times_off %u is not 8-byte aligned", h.times_off);
 	}
 	for (int i = 0; i < 3; i++) {
+		static const char *const name[3] = { "text buffer", "skill record", "times record" };
+
 		if (!w[i].len)
 			continue;
 		if (w[i].off + w[i].len > arena_size)
-			return -EINVAL;
+			NO(-EINVAL, "the %s (%llu bytes at %llu) is outside the arena of %u bytes",
+			   name[i], (unsigned long long)w[i].len, (unsigned long long)w[i].off,
+			   arena_size);
 		for (int k = 0; k < 6; k++)
 			if (keep[k][1] > keep[k][0] &&
 			    overlap(w[i].off, w[i].off + w[i].len, keep[k][0], keep[k][1]))
-				return -EINVAL;
+				NO(-EINVAL, "the %s at %llu overlaps another buffer of the request",
+				   name[i], (unsigned long long)w[i].off);
 		for (int k = 0; k < i; k++)
 			if (w[k].len && overlap(w[i].off, w[i].off + w[i].len, w[k].off, w[k].off + w[k].len))
-				return -EINVAL;
+				NO(-EINVAL, "the %s at %llu overlaps the %s", name[i],
+				   (unsigned long long)w[i].off, name[k]);
 	}
 	for (int i = 0; i < 3; i++)
 		if (w[i].len) {
 			keep[n_keep][0] = w[i].off;
 			keep[n_keep++][1] = w[i].off + w[i].len;
 		}
-	if ((rc = requests_load(e, arena, lim, keep, n_keep, x, field)))
+	if ((rc = requests_load(e, arena, lim, keep, n_keep, x, field, why, why_len)))
 		return rc;
 	x->min_tokens = h.min_tokens;
 	x->text_off = h.text_len ? h.text_off : 0;

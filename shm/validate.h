@@ -84,10 +84,20 @@ uint32_t sqe_why_off(const struct lorad_sqe *e, const struct sqe_limits *lim);
  * LORAD_FIELD_GRAMMAR: an unknown kind, text outside the arena, over
  * LORAD_MAX_GRAMMAR bytes, or holding a NUL byte; -E2BIG for its length);
  * or -ENOMEM. @x holds nothing to free on error; on success free it with
- * sqe_ext_free().
+ * sqe_ext_free(). A refusal (not -ENOMEM) leaves its words in @why (when
+ * @why_len): what was wrong and which limit.
  */
-int sqe_ext_load(const struct lorad_sqe *e, const unsigned char *arena,
-		 const struct sqe_limits *lim, struct sqe_ext *x, enum lorad_field *field);
+int sqe_ext_check(const struct lorad_sqe *e, const unsigned char *arena,
+		  const struct sqe_limits *lim, struct sqe_ext *x, enum lorad_field *field,
+		  char *why, size_t why_len);
+
+/* sqe_ext_check without the words. */
+static inline int sqe_ext_load(const struct lorad_sqe *e, const unsigned char *arena,
+			       const struct sqe_limits *lim, struct sqe_ext *x,
+			       enum lorad_field *field)
+{
+	return sqe_ext_check(e, arena, lim, x, field, NULL, 0);
+}
 void sqe_ext_free(struct sqe_ext *x);
 
 /* The longest stop string, in bytes. */

@@ -2,6 +2,7 @@
 /* Compiling a grammar of any kind, the automaton's accessors, and the cache by text. */
 #include "gram_int.h"
 #include "errmsg.h"
+#include "utf8.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -20,48 +21,6 @@ void gram_limits_default(struct gram_limits *l)
 		l->max_states = 20000;
 	if (!l->max_work)
 		l->max_work = 300000000ull;
-}
-
-/*
- * The offset of the first byte of @s[@len] that does not belong to a
- * well-formed UTF-8 character (no overlong form, no surrogate, nothing
- * past U+10FFFF), or @len.
- */
-static size_t utf8_prefix(const unsigned char *s, size_t len)
-{
-	size_t i = 0;
-
-	while (i < len) {
-		unsigned c = s[i], n, lo = 0x80, hi = 0xbf;
-
-		if (c < 0x80) {
-			i++;
-			continue;
-		}
-		if (c >= 0xc2 && c <= 0xdf)
-			n = 2;
-		else if (c >= 0xe0 && c <= 0xef)
-			n = 3;
-		else if (c >= 0xf0 && c <= 0xf4)
-			n = 4;
-		else
-			return i;
-		if (c == 0xe0)
-			lo = 0xa0;
-		else if (c == 0xed)
-			hi = 0x9f;
-		else if (c == 0xf0)
-			lo = 0x90;
-		else if (c == 0xf4)
-			hi = 0x8f;
-		if (i + n > len || s[i + 1] < lo || s[i + 1] > hi)
-			return i;
-		for (unsigned k = 2; k < n; k++)
-			if ((s[i + k] & 0xc0) != 0x80)
-				return i;
-		i += n;
-	}
-	return len;
 }
 
 int gram_compile(enum gram_kind kind, const char *text, size_t len, const struct gram_limits *lim,
@@ -88,7 +47,7 @@ int gram_compile(enum gram_kind kind, const char *text, size_t len, const struct
 			     kind == GRAM_REGEX ? "pattern" : "schema");
 	/* the output is read as UTF-8 text (an ill-formed byte becomes U+FFFD):
 	 * a grammar that asks for other bytes could not be kept to */
-	if (kind != GRAM_JSON && (at = utf8_prefix((const unsigned char *)text, len)) < len)
+	if (kind != GRAM_JSON && (at = utf8_check(text, len)) < len)
 		return err_fail(err, errlen, -EINVAL, "the %s is not UTF-8 at byte %zu",
 			     kind == GRAM_REGEX ? "pattern" : "schema", at);
 	switch (kind) {

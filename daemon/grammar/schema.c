@@ -6,6 +6,7 @@
  * schema's levels are its own.
  */
 #include "gram_int.h"
+#include "utf8.h"
 
 #include <errno.h>
 #include <stdbool.h>
@@ -112,12 +113,20 @@ static int sfail(struct sc *c, int rc, const char *fmt, ...)
 	if (!c->rc) {
 		c->rc = rc;
 		if (c->err && c->errlen) {
+			const char *at = c->path[0] ? c->path : "/";
+			size_t n = strlen(at);
 			char m[256];
 
 			va_start(ap, fmt);
 			vsnprintf(m, sizeof(m), fmt, ap);
 			va_end(ap);
-			snprintf(c->err, c->errlen, "schema at %s: %s", c->path[0] ? c->path : "/", m);
+			/* a long path by its end, where the fault is, so the
+			 * reason still fits a refusal's words (192 bytes) */
+			if (n > 80)
+				for (at += n - 72; (*at & 0xc0) == 0x80; at++)
+					;
+			snprintf(c->err, c->errlen, "schema at %s%s: %s", n > 80 ? "..." : "", at, m);
+			utf8_clean(c->err);   /* a name cut by %.64s, or by errlen */
 		}
 	}
 	return -1;

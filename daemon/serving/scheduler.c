@@ -709,8 +709,10 @@ static void submit_ids(struct sched *s, struct sreq *r)
 		fail(s, r, ret, LORAD_FIELD_NONE, NULL);
 }
 
-/* A text prompt's ids arrived (from here or the tokenizer thread). */
-static void take_ids(struct sched *s, struct sreq *r, int ret, uint32_t *ids, size_t n)
+/* A text prompt's ids arrived (from here or the tokenizer thread); @why:
+ * the encoder's words when @ret < 0. */
+static void take_ids(struct sched *s, struct sreq *r, int ret, uint32_t *ids, size_t n,
+		     const char *why)
 {
 	if (!ret && !n)
 		ret = -EINVAL;   /* nothing to run: no text and no special token to start from */
@@ -723,9 +725,12 @@ static void take_ids(struct sched *s, struct sreq *r, int ret, uint32_t *ids, si
 		if (ret == -E2BIG)
 			fail(s, r, ret, LORAD_FIELD_PROMPT, "a prompt of %zu tokens: the limit is %d", n,
 			     prompt_limit(s));
-		else
-			fail(s, r, ret, LORAD_FIELD_PROMPT, "%s", ret == -EINVAL
-			     ? "the text gives no tokens (and the tokenizer adds none)" : "");
+		else if (ret == -EINVAL)
+			fail(s, r, ret, LORAD_FIELD_PROMPT, "%s",
+			     "the text gives no tokens (and the tokenizer adds none)");
+		else   /* the encoder's: not UTF-8 (-EILSEQ), no memory */
+			fail(s, r, ret, LORAD_FIELD_PROMPT, "the text prompt: %s",
+			     why && why[0] ? why : strerror(-ret));
 		return;
 	}
 	sreq_set_ids(r, ids, (uint32_t)n);
@@ -767,7 +772,7 @@ static void sc_submit(void *ctx, struct sreq *r)
 		return;
 	}
 	ret = tok_encode(s->tok, r->text, r->text_len, special, &ids, &n, s->err, sizeof(s->err));
-	take_ids(s, r, ret, ids, n);
+	take_ids(s, r, ret, ids, n, s->err);
 }
 
 /* The job of the list @where waiting for @cookie, or NULL (cancelled, or its client left). */
@@ -789,7 +794,8 @@ static void take_helpers(struct sched *s)
 	void *ck;
 	int ret;
 
-	while (s->n[SJ_TOKENIZING] && tokq_poll(s->tq, &cookie, &ret, &ids, &n)) {
+	while (s->n[SJ_TOKENIZING] &&
+	       tokq_poll(s->tq, &cookie, &ret, &ids, &n, s->err, sizeof(s->err))) {
 		struct sjob *j = by_cookie(s, SJ_TOKENIZING, cookie);
 		struct sreq *r;
 
@@ -800,7 +806,7 @@ static void take_helpers(struct sched *s)
 		r = j->r;
 		j->cookie = 0;   /* its item is back: nothing to cancel */
 		job_free(s, j);
-		take_ids(s, r, ret, ids, n);
+		take_ids(s, r, ret, ids, n, s->err);
 	}
 	while (s->gq_out) {
 		struct gitem *it = (struct gitem *)workq_poll(s->gq);
@@ -1152,8 +1158,9 @@ static int sc_step(void *ctx)
 			break;
 		if (s->n[SJ_RUNNING] == 1) {
 			/* alone and still too big: it can never run */
-			sreq_emit(v->r, true, -E2BIG, LORAD_FINISH_ERROR, LORAD_FIELD_MAX_TOKENS);
-			job_free(s, v);
+			fail(s, v->r, -E2BIG, LORAD_FIELD_MAX_TOKENS, "alone in the batch it outgrew "
+			     "the KV cache of %d tokens (kv_tokens): lower max_tokens",
+			     engine_kv_total(s->e) * engine_kv_block_size(s->e));
 			continue;
 		}
 		preempt(s, v);

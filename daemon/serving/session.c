@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "ring.h"
+#include "utf8.h"
 
 static sreq_final_fn final_hook;
 static void *final_ctx;
@@ -288,6 +289,9 @@ static uint32_t why_put(struct session *s, uint32_t off, const char *why)
 		return 0;
 	strncpy(w.text, why, sizeof(w.text) - 1);
 	w.text[sizeof(w.text) - 1] = 0;
+	/* the words may quote a client's or a file's bytes, cut anywhere:
+	 * the record is UTF-8 whatever the reader passes it on to */
+	utf8_clean(w.text);
 	memcpy(s->arena + off, &w, sizeof(w));
 	return LORAD_CQE_F_WHY;
 }
@@ -432,6 +436,26 @@ static __attribute__((noinline)) void refuse_entry(struct session *s, const stru
 	session_post_error(s, e, ret, field, why);
 }
 
+/* Entry @e refused (@ret, @field) for its records in the arena, with words:
+ * the records read again for them alone, the refusal standing as decided
+ * (words only where the second reading finds the same field at fault). */
+static __attribute__((noinline)) void refuse_records(struct session *s, const struct lorad_sqe *e,
+						     const struct sqe_limits *sl, int ret,
+						     enum lorad_field field)
+{
+	char why[LORAD_WHY_MAX] = "";
+	enum lorad_field again;
+	struct sqe_ext x;
+
+	if (ret != -ENOMEM && s->why && sqe_why_off(e, sl)) {
+		if (!sqe_ext_check(e, s->arena, sl, &x, &again, why, sizeof(why)))
+			sqe_ext_free(&x);   /* the client changed them meanwhile: no words */
+		else if (again != field)
+			why[0] = 0;
+	}
+	session_post_error(s, e, ret, field, why);
+}
+
 static __attribute__((noinline)) void refuse_busy(struct session *s, const struct lorad_sqe *e,
 						  uint32_t max_inflight)
 {
@@ -496,7 +520,7 @@ static void take_entry(struct session *s, const struct lorad_sqe *e,
 	if (ret) {
 		r->next = s->free_reqs;
 		s->free_reqs = r;
-		session_post_error(s, e, ret, field, NULL);
+		refuse_records(s, e, &sl, ret, field);
 		return;
 	}
 	/* The lines the final completion writes besides the CQE and the

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "tokenizer.h"
+#include "utf8.h"
 
 /* ---- small utilities (tok_util.c) ---- */
 
@@ -45,20 +46,10 @@ struct arena {
 void *arena_alloc(struct arena *a, size_t n);
 void arena_free(struct arena *a);
 
-/* UTF-8. utf8_check returns the offset of the first invalid byte, or len. */
-size_t utf8_check(const char *s, size_t len);
-/* Decode one code point of valid UTF-8 at s; returns its length (never past
- * len, whatever the bytes). */
-int utf8_next(const unsigned char *s, size_t len, uint32_t *cp);
-int utf8_encode(uint32_t cp, char out[4]);
-/* Length of the last character of valid UTF-8 s (len > 0). */
-size_t utf8_last_len(const char *s, size_t len);
+/* UTF-8: utf8.h (daemon/system), and here: */
 /* Append s to b, replacing ill-formed sequences by U+FFFD (maximal subparts,
  * as Rust's String::from_utf8_lossy and the WHATWG decoder). */
 void utf8_lossy(struct tbuf *b, const char *s, size_t len);
-/* Bytes at the end of s that start a character without finishing it (a
- * proper prefix of a well-formed sequence), 0 if none. */
-size_t utf8_incomplete_tail(const char *s, size_t len);
 
 /* Unicode properties through utf8proc. */
 bool uc_is_whitespace(uint32_t cp); /* White_Space, as Rust char::is_whitespace */

@@ -2,6 +2,7 @@
 #include "tokq.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,6 +18,7 @@ struct titem {
 	int ret;
 	uint32_t *ids;
 	size_t n;
+	char err[192];            /* the encoder's words when ret < 0 */
 };
 
 struct tokq {
@@ -28,10 +30,9 @@ static void run(void *ctx, struct wq_item *w)
 {
 	struct tokq *q = ctx;
 	struct titem *it = (struct titem *)w;
-	char err[256];
 
-	it->ret = tok_encode(q->tok, it->text, it->len, it->add_special, &it->ids, &it->n, err,
-			     sizeof(err));
+	it->ret = tok_encode(q->tok, it->text, it->len, it->add_special, &it->ids, &it->n, it->err,
+			     sizeof(it->err));
 	free(it->text);
 	it->text = NULL;
 }
@@ -95,7 +96,8 @@ void tokq_cancel(struct tokq *q, uint64_t cookie)
 	workq_cancel(q->wq, is_cookie, &cookie);
 }
 
-int tokq_poll(struct tokq *q, uint64_t *cookie, int *ret, uint32_t **ids, size_t *n)
+int tokq_poll(struct tokq *q, uint64_t *cookie, int *ret, uint32_t **ids, size_t *n, char *err,
+	      size_t errlen)
 {
 	struct titem *it = (struct titem *)workq_poll(q->wq);
 
@@ -105,6 +107,8 @@ int tokq_poll(struct tokq *q, uint64_t *cookie, int *ret, uint32_t **ids, size_t
 	*ret = it->ret;
 	*ids = it->ids;
 	*n = it->n;
+	if (errlen)
+		snprintf(err, errlen, "%s", it->ret ? it->err : "");
 	free(it);
 	return 1;
 }

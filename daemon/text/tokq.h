@@ -38,9 +38,10 @@ void tokq_cancel(struct tokq *q, uint64_t cookie);
 
 /*
  * Take one finished prompt, non-blocking: returns 1 with *cookie, *ret (0 or
- * the encoder's -errno) and, on success, the ids (malloc'd, the caller's);
- * 0 when none is ready.
+ * the encoder's -errno; then its words in @err, "" on success) and, on
+ * success, the ids (malloc'd, the caller's); 0 when none is ready.
  */
-int tokq_poll(struct tokq *q, uint64_t *cookie, int *ret, uint32_t **ids, size_t *n);
+int tokq_poll(struct tokq *q, uint64_t *cookie, int *ret, uint32_t **ids, size_t *n, char *err,
+	      size_t errlen);
 
 #endif

@@ -159,7 +159,7 @@ enum lorad_op {
 
 enum lorad_prompt_kind {
 	LORAD_PROMPT_TOKENS = 0, /* little-endian uint32 token ids */
-	LORAD_PROMPT_TEXT   = 1, /* UTF-8 text */
+	LORAD_PROMPT_TEXT   = 1, /* UTF-8 text; other bytes: -EILSEQ, field prompt */
 	LORAD_PROMPT__MAX
 };
 

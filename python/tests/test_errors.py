@@ -48,6 +48,21 @@ def test_refusals_say_what_and_which_limit(client):
     with pytest.raises(lorad.SkillNotFound) as e:
         client.complete("sql@v999", "hello", max_tokens=4)
     assert e.value.why == "no adapter version sql@v999"
+    # a text prompt that is not UTF-8, tokenized on the engine thread and,
+    # past 4 KiB, on the tokenizer's: the encoder's words, not a grammar's
+    for prompt, at in ((b"abc\xffdef", 3), (b"a" * 5000 + b"\xff", 5000)):
+        with pytest.raises(lorad.LoradError) as e:
+            client.complete(None, prompt, max_tokens=4)
+        assert e.value.errno == errno.EILSEQ and e.value.field == "prompt"
+        assert e.value.why and "not valid UTF-8" in e.value.why and f"offset {at}" in e.value.why, \
+            e.value.why
+    # words quoting a client's text are cut at a character, never inside one
+    name = "a" + "\u00e9" * 95
+    with pytest.raises(lorad.LoradError) as e:
+        client.complete(None, "hello", max_tokens=4,
+                        response_format={"json_schema": {"type": "object",
+                                                         "properties": {name: {"type": "bogus"}}}})
+    assert e.value.why and "\ufffd" not in e.value.why and "bogus" in e.value.why, e.value.why
     # a request that is not refused leaves no words behind
     assert client.complete(None, "hello", max_tokens=2).tokens
 

@@ -946,6 +946,64 @@ static void test_invalid_raw(void **state)
 	stop_clean(&d);
 }
 
+/*
+ * A raw client that asked for LORAD_FEAT_WHY gets words for a refusal of
+ * its records in the arena (read after the entry passed its own checks):
+ * the extension block's stop ids over the limit, and a grammar's text over
+ * LORAD_MAX_GRAMMAR. The record is NUL-terminated UTF-8, and the session
+ * goes on.
+ */
+static void test_record_words_raw(void **state)
+{
+	static const char *const args[] = { NULL };
+	struct raw_session rs;
+	struct tdaemon d;
+
+	(void)state;
+	start(&d, args);
+	assert_int_equal(raw_connect_ex(d.sock, &rs, 8, 8, 64u << 10, LORAD_FEAT_WHY), 0);
+	for (int i = 0; i < 2; i++) {
+		struct lorad_sqe e;
+		struct lorad_cqe q;
+		struct lorad_why w;
+		const char *want = i ? "a grammar of 16385 bytes: the limit is 16384"
+				     : "stop ids: the limit is";
+
+		raw_valid_sqe(&rs, &e, 0x7000 + i, 9, 5);
+		e.flags |= LORAD_SQE_F_WHY;
+		if (i == 0) {
+			struct lorad_ext h = { .n_stop = LORAD_MAX_STOP + 1 };
+
+			e.ext_off = 32768;
+			e.ext_len = sizeof(h);
+			memcpy(rs.arena + e.ext_off, &h, sizeof(h));
+		} else {
+			struct lorad_grammar_req g = { .kind = LORAD_GRAMMAR_REGEX, .off = 32768,
+						       .len = LORAD_MAX_GRAMMAR + 1 };
+
+			e.flags |= LORAD_SQE_F_GRAMMAR;
+			memcpy(rs.arena + lorad_grammar_req_off(&e), &g, sizeof(g));
+		}
+		memset(rs.arena + lorad_why_off(&e), 0x5a, sizeof(w));
+		assert_int_equal(raw_submit(&rs, &e), 0);
+		assert_int_equal(raw_reap(&rs, &q, 10000), 1);
+		assert_true(q.res < 0);
+		assert_int_equal(q.err_field, i ? LORAD_FIELD_GRAMMAR : LORAD_FIELD_EXT);
+		memcpy(&w, rs.arena + lorad_why_off(&e), sizeof(w));
+		if (!(q.flags & LORAD_CQE_F_WHY) || !memchr(w.text, 0, sizeof(w.text)) ||
+		    !strstr(w.text, want))
+			fail_msg("refused records: flags %#x, words '%.*s', want '%s'", q.flags,
+				 (int)sizeof(w.text), w.text, want);
+		raw_valid_sqe(&rs, &e, 0x7100 + i, 9, 5);
+		assert_int_equal(raw_submit(&rs, &e), 0);
+		assert_int_equal(raw_reap(&rs, &q, 10000), 1);
+		assert_int_equal(q.res, 0);
+	}
+	assert_int_equal(raw_goodbye(&rs), 0);
+	raw_close(&rs);
+	stop_clean(&d);
+}
+
 /* The same through the public API, where the library lets it through. */
 static void test_invalid_api(void **state)
 {
@@ -1403,6 +1461,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_abi),
 		cmocka_unit_test(test_fork),
 		cmocka_unit_test(test_invalid_raw),
+		cmocka_unit_test(test_record_words_raw),
 		cmocka_unit_test(test_invalid_api),
 		cmocka_unit_test(test_inflight),
 		cmocka_unit_test(test_drain),

@@ -285,6 +285,75 @@ static void test_words(void **state)
 	assert_int_equal(sqe_why_off(&e, &lim), 0);
 }
 
+/* sqe_ext_check's refusal of @e, which sqe_check passes: its field, and its words hold @want. */
+static void expect_ext_words(const struct lorad_sqe *e, int ret, enum lorad_field field,
+			     const char *want)
+{
+	char why[LORAD_WHY_MAX] = "";
+	enum lorad_field f;
+	struct sqe_ext x;
+
+	assert_int_equal(sqe_validate(e, &lim_base, &f), 0);
+	if (sqe_ext_check(e, arena, &lim_base, &x, &f, why, sizeof(why)) != ret || f != field)
+		fail_msg("'%s': not refused as expected (field %u, '%s')", want, f, why);
+	if (!strstr(why, want))
+		fail_msg("refused with '%s', which does not say '%s'", why, want);
+}
+
+/* The records in the arena (extension block, result and grammar requests)
+ * refused with words too: a raw-ring client gets the limit and its value. */
+static void test_record_words(void **state)
+{
+	struct lorad_sqe e;
+	struct lorad_ext h;
+	struct lorad_result_req q = good;
+	struct lorad_grammar_req g = { .kind = LORAD_GRAMMAR_REGEX, .off = 20000, .len = 4 };
+
+	(void)state;
+	memset(arena, 0, sizeof(arena));
+	e = base_sqe();
+	e.ext_off = 4096;
+	e.ext_len = sizeof(h);
+	h = (struct lorad_ext){ .n_stop = LORAD_MAX_STOP + 1 };
+	memcpy(arena + 4096, &h, sizeof(h));
+	put_req(&e, q);
+	expect_ext_words(&e, -EINVAL, LORAD_FIELD_EXT, "stop ids: the limit is");
+	h = (struct lorad_ext){ .n_bias = LORAD_MAX_BIAS + 1 };
+	memcpy(arena + 4096, &h, sizeof(h));
+	expect_ext_words(&e, -EINVAL, LORAD_FIELD_EXT, "logit biases: the limit is");
+	h = (struct lorad_ext){ .n_stop = 2 };
+	memcpy(arena + 4096, &h, sizeof(h));
+	expect_ext_words(&e, -EINVAL, LORAD_FIELD_EXT, "ext_len 32: its header's counts make 40 bytes");
+	h = (struct lorad_ext){ .times_off = 30004 };
+	memcpy(arena + 4096, &h, sizeof(h));
+	expect_ext_words(&e, -EINVAL, LORAD_FIELD_EXT, "times_off 30004 is not 8-byte aligned");
+	h = (struct lorad_ext){ .text_off = ARENA - 8, .text_len = 64 };
+	memcpy(arena + 4096, &h, sizeof(h));
+	expect_ext_words(&e, -EINVAL, LORAD_FIELD_EXT, "the text buffer (64 bytes at 65528) is outside");
+
+	e = base_sqe();
+	q.kind = LORAD_RESULT_HIDDEN + 1;
+	put_req(&e, q);
+	expect_ext_words(&e, -EINVAL, LORAD_FIELD_RESULT, "result kind 3 is not one this daemon offers");
+	q = good;
+	q.len = 1024;
+	put_req(&e, q);
+	expect_ext_words(&e, -EINVAL, LORAD_FIELD_RESULT, "max_tokens 4 rows need 4096");
+
+	e = base_sqe();
+	e.flags = LORAD_SQE_F_GRAMMAR;
+	g.len = LORAD_MAX_GRAMMAR + 1;
+	memcpy(arena + lorad_grammar_req_off(&e), &g, sizeof(g));
+	expect_ext_words(&e, -E2BIG, LORAD_FIELD_GRAMMAR, "a grammar of 16385 bytes: the limit is 16384");
+	g.len = 4;
+	memcpy(arena + lorad_grammar_req_off(&e), &g, sizeof(g));
+	memcpy(arena + 20000, "a\0bc", 4);
+	expect_ext_words(&e, -EINVAL, LORAD_FIELD_GRAMMAR, "a NUL byte at offset 1");
+	g.kind = 9;
+	memcpy(arena + lorad_grammar_req_off(&e), &g, sizeof(g));
+	expect_ext_words(&e, -EINVAL, LORAD_FIELD_GRAMMAR, "grammar kind 9 is not one of");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -292,6 +361,7 @@ int main(void)
 		cmocka_unit_test(test_fields),
 		cmocka_unit_test(test_record_place),
 		cmocka_unit_test(test_words),
+		cmocka_unit_test(test_record_words),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include <arpa/inet.h>
@@ -61,7 +62,7 @@ struct gateway {
 /* What an HTTP request has sent so far. */
 struct body {
 	char *buf;
-	size_t len;
+	size_t len, cap;             /* cap: bytes of buf, grown by halves (at most max_body + 1) */
 	uint64_t discarded;          /* bytes of a body over --max-body, read and dropped */
 	bool too_big;
 	bool answered;               /* refused from its head: the rest is not looked at */
@@ -182,6 +183,9 @@ static enum MHD_Result reply_allow(struct MHD_Connection *conn, unsigned status,
 	 * OpenAI's clients and Prometheus read it */
 	if (status == 429 || status == 503)
 		MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+	/* a 401 names the scheme it wants (RFC 9110 11.6.1) */
+	if (status == 401)
+		MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
 	ret = MHD_queue_response(conn, status, r);
 	MHD_destroy_response(r);
 	return ret;
@@ -992,7 +996,7 @@ static bool authorized(const struct gateway *g, struct MHD_Connection *conn)
 
 	if (!g->token_len)
 		return true;
-	if (!h || strncmp(h, "Bearer ", 7))
+	if (!h || strncasecmp(h, "Bearer ", 7))   /* a scheme is case-blind (RFC 9110 11.1) */
 		return false;
 	h += 7;
 	l = strlen(h);
@@ -1061,8 +1065,9 @@ static enum MHD_Result on_head(struct gateway *g, struct MHD_Connection *conn, c
 							    MHD_HTTP_HEADER_AUTHORIZATION);
 
 		return error_reply(conn, 401,
-				   !h ? "a bearer token is required (Authorization: Bearer ...)"
-				   : strncmp(h, "Bearer ", 7)
+				   !h || !strncasecmp(h, "Bearer", 7)
+				   ? "a bearer token is required (Authorization: Bearer ...)"
+				   : strncasecmp(h, "Bearer ", 7)
 				   ? "the Authorization header must be 'Bearer TOKEN' (no other scheme)"
 				   : "the bearer token is not the one lorad-http was given (--token-file)",
 				   "invalid_request_error", NULL, "invalid_api_key");
@@ -1206,11 +1211,22 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	}
 	if (*upload_size) {
 		if (!b->too_big && b->len + *upload_size <= g->o.max_body) {
-			char *p = realloc(b->buf, b->len + *upload_size + 1);
+			if (b->len + *upload_size + 1 > b->cap) {
+				/* grown by halves, not by each piece MHD hands over:
+				 * a 64 MiB body is a few copies, not thousands */
+				size_t cap = b->cap + b->cap / 2;
+				char *p;
 
-			if (!p)
-				return MHD_NO;
-			b->buf = p;
+				if (cap < b->len + *upload_size + 1)
+					cap = b->len + *upload_size + 1;
+				if (cap > (size_t)g->o.max_body + 1)
+					cap = (size_t)g->o.max_body + 1;
+				p = realloc(b->buf, cap);
+				if (!p)
+					return MHD_NO;
+				b->buf = p;
+				b->cap = cap;
+			}
 			memcpy(b->buf + b->len, upload, *upload_size);
 			b->len += *upload_size;
 		} else {
@@ -1221,6 +1237,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 				b->discarded = b->len;
 				free(b->buf);
 				b->buf = NULL;
+				b->cap = 0;
 				b->len = 0;
 				b->too_big = true;
 			}

@@ -267,6 +267,8 @@ int oa_parse_completion(const char *body, size_t len, uint32_t max_tokens_cap,
 			json_object_put(root);
 			return bad(err, errlen, param, plen, "", "the body must be a JSON object");
 		}
+		/* json-c's "continue", then "unexpected end of data": the text
+		 * ended inside a value (json-c reads "01" so too) */
 		snprintf(err, errlen, "the body is not one JSON object (it ends inside a value, "
 			 "after %zu bytes)", len);
 		return -EINVAL;

@@ -294,9 +294,15 @@ EOF
 	st=$(curl -s -o "$dir/out" -w '%{http_code}' -H 'Authorization: Bearer 0123456789abcdef0124' "$url2/v1/models")
 	[ "$st" = 401 ] || fail "wrong token: $st"
 	grep -q "not the one lorad-http was given" "$dir/out" || fail "wrong token said as missing: $(cat "$dir/out")"
-	st=$(curl -s -o "$dir/out" -w '%{http_code}' -H 'Authorization: Basic dXNlcjpwYXNz' "$url2/v1/models")
+	st=$(curl -s -o "$dir/out" -D "$dir/hdr" -w '%{http_code}' -H 'Authorization: Basic dXNlcjpwYXNz' "$url2/v1/models")
 	[ "$st" = 401 ] || fail "another scheme: $st"
 	grep -q "must be 'Bearer TOKEN'" "$dir/out" || fail "another scheme said as a wrong token: $(cat "$dir/out")"
+	grep -qi "^WWW-Authenticate: Bearer" "$dir/hdr" || fail "a 401 without WWW-Authenticate: $(cat "$dir/hdr")"
+	st=$(curl -s -o "$dir/out" -w '%{http_code}' -H 'Authorization: Bearer' "$url2/v1/models")
+	[ "$st" = 401 ] && grep -q "a bearer token is required" "$dir/out" || fail "a bare Bearer: $st $(cat "$dir/out")"
+	# the scheme is case-blind
+	st=$(curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: bearer 0123456789abcdef0123' "$url2/v1/models")
+	[ "$st" = 200 ] || fail "the right token after 'bearer': $st"
 	# a port out of range is said once, naming it
 	"$bin/lorad-http" --listen 127.0.0.1:99999 --socket "$dir/l.sock" >/dev/null 2>"$dir/err" &&
 		fail "listened on port 99999"

@@ -405,12 +405,18 @@ int main(int argc, char **argv)
 		if (ev.res < 0) {
 			/* the daemon's words where it gave them (what and which
 			 * limit), which say more than the errno's generic text */
-			if (why[0])
+			if (why[0]) {
+				/* they may quote the request's own text: no control
+				 * byte reaches the terminal */
+				for (char *p = why; *p; p++)
+					if ((unsigned char)*p < 0x20 || *p == 0x7f)
+						*p = '?';
 				fprintf(stderr, "lorad-cli: request refused (field: %s): %s\n",
 					lorad_field_name(ev.field), why);
-			else
+			} else {
 				fprintf(stderr, "lorad-cli: request failed: %s (field: %s)\n",
 					lorad_strerror(ev.res), lorad_field_name(ev.field));
+			}
 			ret = 1;
 			goto done;
 		}

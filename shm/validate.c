@@ -466,13 +466,23 @@ int sqe_ext_check(const struct lorad_sqe *e, const unsigned char *arena,
 			goto nomem;
 		memcpy(x->stop_buf, base + sizeof(h) + h.n_stop * 4 + h.n_bias * 8, h.stop_str_len);
 		*field = LORAD_FIELD_EXT;
-		if (x->stop_buf[h.stop_str_len - 1])
-			goto bad;   /* the last string must be terminated */
+		if (x->stop_buf[h.stop_str_len - 1]) {
+			if (why && why_len)
+				snprintf(why, why_len, "the last stop string is not NUL-terminated");
+			goto bad;
+		}
 		for (at = 0; at < h.stop_str_len; x->n_stop_str++) {
 			size_t l = strlen(x->stop_buf + at);
 
-			if (!l || l > SQE_STOP_STR_MAX || x->n_stop_str == LORAD_MAX_STOP_STR)
+			if (!l || l > SQE_STOP_STR_MAX || x->n_stop_str == LORAD_MAX_STOP_STR) {
+				if (why && why_len && x->n_stop_str == LORAD_MAX_STOP_STR)
+					snprintf(why, why_len, "more than %d stop strings",
+						 LORAD_MAX_STOP_STR);
+				else if (why && why_len)
+					snprintf(why, why_len, "stop string %u is %zu bytes: 1 to %d",
+						 x->n_stop_str, l, SQE_STOP_STR_MAX);
 				goto bad;
+			}
 			at += (uint32_t)l + 1;
 		}
 		*field = LORAD_FIELD_NONE;

@@ -126,7 +126,7 @@ static int sfail(struct sc *c, int rc, const char *fmt, ...)
 				for (at += n - 72; (*at & 0xc0) == 0x80; at++)
 					;
 			snprintf(c->err, c->errlen, "schema at %s%s: %s", n > 80 ? "..." : "", at, m);
-			utf8_clean(c->err);   /* a name cut by %.64s, or by errlen */
+			utf8_clean(c->err);   /* a message cut by errlen, bytes of a file's */
 		}
 	}
 	return -1;
@@ -298,7 +298,8 @@ static int object_type(struct sc *c, struct json_object *o, unsigned depth)
 		for (k = 0; k < n && strcmp(names[k], json_object_get_string(r)); k++)
 			;
 		if (k == n)
-			return sfail(c, -ENOTSUP, "required property '%.64s' is not in properties",
+			return sfail(c, -ENOTSUP, "required property '%.*s' is not in properties",
+				     utf8_quote_len(json_object_get_string(r), 64),
 				     json_object_get_string(r));
 		required[k] = 1;
 	}
@@ -441,7 +442,7 @@ static int one_type(struct sc *c, struct json_object *o, const char *t, unsigned
 	else if (!strcmp(t, "null"))
 		sb_puts(c->b, "null");
 	else
-		return sfail(c, -ENOTSUP, "type '%.32s' is not supported", t);
+		return sfail(c, -ENOTSUP, "type '%.*s' is not supported", utf8_quote_len(t, 32), t);
 	return 0;
 }
 
@@ -509,7 +510,8 @@ static int value_fits(struct sc *c, struct json_object *o, struct json_object *v
 				    strcmp(json_object_get_string(x), type_names[k]); k++)
 				;
 			if (k == sizeof(type_names) / sizeof(type_names[0]))
-				return sfail(c, -ENOTSUP, "type '%.32s' is not supported", json_object_get_string(x));
+				return sfail(c, -ENOTSUP, "type '%.*s' is not supported",
+					     utf8_quote_len(json_object_get_string(x), 32), json_object_get_string(x));
 			any |= type_has(json_object_get_string(x), v);
 		}
 		*fits = any;
@@ -559,7 +561,7 @@ static int schema(struct sc *c, struct json_object *o, unsigned depth)
 		for (i = 0; i < sizeof(known) / sizeof(known[0]) && strcmp(k, known[i]); i++)
 			;
 		if (i == sizeof(known) / sizeof(known[0]) && !is_annotation(k))
-			return sfail(c, -ENOTSUP, "keyword '%.64s' is not supported", k);
+			return sfail(c, -ENOTSUP, "keyword '%.*s' is not supported", utf8_quote_len(k, 64), k);
 	}
 	json_object_object_get_ex(o, "enum", &en);
 	json_object_object_get_ex(o, "const", &cn);

@@ -122,6 +122,16 @@ size_t utf8_incomplete_tail(const char *s, size_t len)
 	return 0;
 }
 
+int utf8_quote_len(const char *s, size_t max)
+{
+	size_t n = strnlen(s, max);
+
+	if (n == max)
+		while (n && ((unsigned char)s[n] & 0xc0) == 0x80)
+			n--;
+	return (int)n;
+}
+
 size_t utf8_clean(char *s)
 {
 	size_t len = strlen(s), i = 0, cut = utf8_incomplete_tail(s, len);

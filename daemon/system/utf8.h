@@ -23,6 +23,9 @@ size_t utf8_last_len(const char *s, size_t len);
 /* Bytes at the end of @s that start a character without finishing it (a
  * proper prefix of a well-formed sequence), 0 if none. */
 size_t utf8_incomplete_tail(const char *s, size_t len);
+/* Bytes of NUL-terminated @s to quote in at most @max: all of it, or up to
+ * the start of the character that would be cut ("%.*s" with it). */
+int utf8_quote_len(const char *s, size_t max);
 /*
  * Make the NUL-terminated message @s valid UTF-8 in place, for a reader
  * that passes it on (a client's log, a JSON reply): a character cut at the

@@ -63,6 +63,11 @@ def test_refusals_say_what_and_which_limit(client):
                         response_format={"json_schema": {"type": "object",
                                                          "properties": {name: {"type": "bogus"}}}})
     assert e.value.why and "\ufffd" not in e.value.why and "bogus" in e.value.why, e.value.why
+    # a name quoted in part is cut between characters
+    with pytest.raises(lorad.LoradError) as e:
+        client.complete(None, "hello", max_tokens=4,
+                        response_format={"json_schema": {"type": "object", "\u20ac" * 30: 1}})
+    assert e.value.why and "?" not in e.value.why and "\u20ac" * 21 + "'" in e.value.why, e.value.why
     # a request that is not refused leaves no words behind
     assert client.complete(None, "hello", max_tokens=2).tokens
 

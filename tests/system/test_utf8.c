@@ -98,11 +98,27 @@ static void test_exhaustive(void **state)
 	}
 }
 
+/* utf8_quote_len: a quote cut to its room ends between characters. */
+static void test_quote_len(void **state)
+{
+	(void)state;
+	assert_int_equal(utf8_quote_len("abc", 64), 3);
+	assert_int_equal(utf8_quote_len("abc", 2), 2);
+	assert_int_equal(utf8_quote_len("", 4), 0);
+	assert_int_equal(utf8_quote_len("a\xe2\x82\xac", 2), 1);      /* the euro sign not cut */
+	assert_int_equal(utf8_quote_len("a\xe2\x82\xac", 3), 1);
+	assert_int_equal(utf8_quote_len("a\xe2\x82\xac", 4), 4);
+	assert_int_equal(utf8_quote_len("a\xe2\x82\xac" "b", 4), 4);
+	assert_int_equal(utf8_quote_len("\xf0\x9f\x98\x80", 3), 0);
+	assert_int_equal(utf8_quote_len("\x80\x80\x80", 2), 0);       /* stray continuations */
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_clean),
 		cmocka_unit_test(test_exhaustive),
+		cmocka_unit_test(test_quote_len),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -330,6 +330,21 @@ static void test_record_words(void **state)
 	h = (struct lorad_ext){ .text_off = ARENA - 8, .text_len = 64 };
 	memcpy(arena + 4096, &h, sizeof(h));
 	expect_ext_words(&e, -EINVAL, LORAD_FIELD_EXT, "the text buffer (64 bytes at 65528) is outside");
+	/* stop strings: unterminated, empty, too long */
+	e.ext_len = sizeof(h) + 4;
+	h = (struct lorad_ext){ .stop_str_len = 4 };
+	memcpy(arena + 4096, &h, sizeof(h));
+	memcpy(arena + 4096 + sizeof(h), "abcd", 4);
+	expect_ext_words(&e, -EINVAL, LORAD_FIELD_EXT, "the last stop string is not NUL-terminated");
+	memcpy(arena + 4096 + sizeof(h), "\0ab", 4);
+	expect_ext_words(&e, -EINVAL, LORAD_FIELD_EXT, "stop string 0 is 0 bytes: 1 to 256");
+	e.ext_len = sizeof(h) + 258;
+	h.stop_str_len = 258;
+	memcpy(arena + 4096, &h, sizeof(h));
+	memset(arena + 4096 + sizeof(h), 'x', 257);
+	arena[4096 + sizeof(h) + 257] = 0;
+	expect_ext_words(&e, -EINVAL, LORAD_FIELD_EXT, "stop string 0 is 257 bytes: 1 to 256");
+	e.ext_len = sizeof(h);
 
 	e = base_sqe();
 	q.kind = LORAD_RESULT_HIDDEN + 1;

@@ -30,6 +30,7 @@
 #include "detok.h"
 #include "tokenizer.h"
 #include "tools.h"
+#include "utf8.h"
 
 #define MB (1u << 20)
 
@@ -40,23 +41,6 @@ static uint32_t rnd(void)
 	rng ^= rng >> 7;
 	rng ^= rng << 17;
 	return (uint32_t)(rng >> 16);
-}
-
-static size_t put_cp(char *o, uint32_t cp)
-{
-	if (cp < 0x80) {
-		o[0] = (char)cp;
-		return 1;
-	}
-	if (cp < 0x800) {
-		o[0] = (char)(0xC0 | (cp >> 6));
-		o[1] = (char)(0x80 | (cp & 0x3F));
-		return 2;
-	}
-	o[0] = (char)(0xE0 | (cp >> 12));
-	o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-	o[2] = (char)(0x80 | (cp & 0x3F));
-	return 3;
 }
 
 /* size bytes (a little less: whole characters) of the named input */
@@ -94,7 +78,7 @@ static char *make_input(const char *kind, size_t size, size_t *len)
 		o = size;
 	} else { /* cjk: common Han characters */
 		while (o + 3 <= size)
-			o += put_cp(s + o, 0x4E00 + rnd() % 0x1000);
+			o += (size_t)utf8_encode(0x4E00 + rnd() % 0x1000, s + o);
 	}
 	s[o] = 0;
 	*len = o;

@@ -8,7 +8,7 @@ exception below; all of them derive from :class:`LoradError`.
 """
 import errno as _errno
 
-from ._ffi import FIELD_NONE, FIELD_SKILL, lib
+from ._ffi import FIELD_NONE, FIELD_PROMPT, FIELD_SKILL, lib
 
 
 class LoradError(Exception):
@@ -63,7 +63,8 @@ TryAgain = Busy
 
 
 class InvalidRequest(LoradError):
-    """The daemon or the library refused the request (-EINVAL); ``field`` says which part."""
+    """The daemon or the library refused the request (-EINVAL; -EILSEQ for a text
+    prompt that is not UTF-8); ``field`` says which part."""
 
 
 class SkillNotFound(LoradError):
@@ -119,6 +120,8 @@ def error(code, field=FIELD_NONE, context=None, connecting=False, why=None):
     cls = _BY_ERRNO.get(-code, LoradError)
     if -code == _errno.EIDRM and field == FIELD_SKILL:
         cls = SkillNotFound
+    if -code == _errno.EILSEQ and field == FIELD_PROMPT:
+        cls = InvalidRequest
     if -code == _errno.ENOENT:
         if field == FIELD_SKILL:
             cls = SkillNotFound

@@ -51,7 +51,7 @@ def test_refusals_say_what_and_which_limit(client):
     # a text prompt that is not UTF-8, tokenized on the engine thread and,
     # past 4 KiB, on the tokenizer's: the encoder's words, not a grammar's
     for prompt, at in ((b"abc\xffdef", 3), (b"a" * 5000 + b"\xff", 5000)):
-        with pytest.raises(lorad.LoradError) as e:
+        with pytest.raises(lorad.InvalidRequest) as e:
             client.complete(None, prompt, max_tokens=4)
         assert e.value.errno == errno.EILSEQ and e.value.field == "prompt"
         assert e.value.why and "not valid UTF-8" in e.value.why and f"offset {at}" in e.value.why, \

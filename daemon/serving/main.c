@@ -58,6 +58,7 @@ struct daemon {
 	uint32_t stall_ms;             /* test hooks: --debug-stall-ms, --debug-slow-fsync-ms, */
 	uint32_t fault_steps;          /* --debug-backend-fault-steps */
 	uint32_t slow_fsync_ms;
+	uint32_t max_state_bytes;      /* --debug-max-state-bytes; 0: the registry's own bound */
 	int client_fd, admin_fd;       /* listening sockets, from systemd or made here */
 	int sig_fd, timer_fd;          /* signalfd, timerfd (watchdog and status) */
 	bool activated;                /* systemd passed the sockets */
@@ -89,8 +90,8 @@ struct daemon {
 
 /* --- the command line ------------------------------------------------------------------ */
 
-enum { O_CONFIG = 1000, O_ADAPTER, O_VERBOSE, O_HELP, O_STALL, O_SLOWFSYNC, O_FAULT, O_ALLOW_UID,
-       O_ALLOW_GID, O_TABLE };
+enum { O_CONFIG = 1000, O_ADAPTER, O_VERBOSE, O_HELP, O_STALL, O_SLOWFSYNC, O_FAULT, O_MAXSTATE,
+       O_ALLOW_UID, O_ALLOW_GID, O_TABLE };
 
 static void usage(FILE *f)
 {
@@ -105,7 +106,9 @@ static void usage(FILE *f)
 		"  --verbose                    log debug lines\n"
 		"  --debug-stall-ms N           (tests) on SIGUSR2 the engine loop hangs for N ms\n"
 		"  --debug-slow-fsync-ms N      (tests) each state write sleeps N ms before its fsync\n"
-		"  --debug-backend-fault-steps N  (tests) the backend fails as a broken device after N steps\n");
+		"  --debug-backend-fault-steps N  (tests) the backend fails as a broken device after N steps\n"
+		"  --debug-max-state-bytes N    (tests) state.json read or written at most N bytes "
+		"(64 MiB)\n");
 	opt_print_help(f);
 	fprintf(f, "\nFixed by the ABI: a skill name is at most %d bytes; a request has at most %d "
 		   "stop ids, %d logit biases and %d stop strings.\n", LORAD_SKILL_MAX - 1,
@@ -166,6 +169,7 @@ static int parse_args(struct daemon *d, int argc, char **argv)
 		{ "debug-stall-ms", required_argument, 0, O_STALL },
 		{ "debug-backend-fault-steps", required_argument, 0, O_FAULT },
 		{ "debug-slow-fsync-ms", required_argument, 0, O_SLOWFSYNC },
+		{ "debug-max-state-bytes", required_argument, 0, O_MAXSTATE },
 		{ "allow-uid", required_argument, 0, O_ALLOW_UID },
 		{ "allow-gid", required_argument, 0, O_ALLOW_GID },
 	};
@@ -222,14 +226,15 @@ static int parse_args(struct daemon *d, int argc, char **argv)
 		case O_STALL:
 		case O_SLOWFSYNC:
 		case O_FAULT:
+		case O_MAXSTATE:
 			errno = 0;
 			v = strtoull(optarg, &end, 10);
 			if (errno || !*optarg || *end || v > 600000) {
 				fprintf(stderr, "lorad: %s: '%s' is not 0..600000\n", argv[optind - 1], optarg);
 				return 2;
 			}
-			*(c == O_STALL ? &d->stall_ms : c == O_FAULT ? &d->fault_steps : &d->slow_fsync_ms) =
-				(uint32_t)v;
+			*(c == O_STALL ? &d->stall_ms : c == O_FAULT ? &d->fault_steps
+			  : c == O_MAXSTATE ? &d->max_state_bytes : &d->slow_fsync_ms) = (uint32_t)v;
 			continue;
 		case '?':
 			usage(stderr);
@@ -629,6 +634,8 @@ static int build_store(struct daemon *d)
 	pool_set_device_budget(registry_pool(d->reg), c->device_budget);
 	registry_set_max_skills(d->reg, c->max_skills);
 	registry_set_max_adapter_bytes(d->reg, c->max_adapter_bytes);
+	if (d->max_state_bytes)
+		registry_set_max_state_bytes(d->reg, d->max_state_bytes);
 	ret = registry_load_state(d->reg, err, sizeof(err));
 	if (ret) {
 		log_err("%s", err);

@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -284,6 +285,68 @@ static void test_config_does_not_seed_deleted(void **state)
 	assert_true(rt_admin_ok(d.admin, "{\"cmd\":\"route_rollback\",\"skill\":\"mix\"}"));
 	shown(d.admin, list, sizeof(list));
 	assert_string_equal(list, "sql,other,sentinel,mix,");
+	assert_int_equal(rt_daemon_stop(&d), 0);
+	rt_daemon_cleanup(&d);
+}
+
+/*
+ * A route change that would make the state file larger than lorad reads
+ * back, through the daemon (--debug-max-state-bytes at the state's size):
+ * a delete, a changed route and a new one are refused naming the limit,
+ * the route stays as it was and keeps serving, the file unchanged, also
+ * after kill -9 and a start.
+ */
+static void test_daemon_state_too_large(void **state)
+{
+	char a[2][300], bound[32], path[200], line[96];
+	const char *args[] = { "--adapter", a[0], "--adapter", a[1], NULL };
+	const char *bounded[] = { "--adapter", a[0], "--adapter", a[1], "--debug-max-state-bytes",
+				  bound, NULL };
+	struct lorad_event fin;
+	struct json_object *r;
+	struct rt_daemon d;
+	struct stat st;
+	const char *e;
+
+	(void)state;
+	snprintf(a[0], sizeof(a[0]), "sql@v1=%s", models.adapter[0]);
+	snprintf(a[1], sizeof(a[1]), "sql@v2=%s", models.adapter[1]);
+	assert_int_equal(rt_daemon_init(&d), 0);
+	assert_int_equal(rt_daemon_start(&d, models.model, args), 0);
+	assert_int_equal(rt_daemon_stop(&d), 0);
+	snprintf(path, sizeof(path), "%s/state.json", d.state);
+	assert_int_equal(stat(path, &st), 0);
+	snprintf(bound, sizeof(bound), "%lld", (long long)st.st_size);
+	assert_int_equal(rt_daemon_start(&d, models.model, bounded), 0);
+
+	static const char *const changes[] = {
+		"{\"cmd\":\"route_delete\",\"skill\":\"sql\"}",
+		"{\"cmd\":\"route_set\",\"skill\":\"sql\",\"versions\":{\"sql@v2\":\"100\"}}",
+		"{\"cmd\":\"route_set\",\"skill\":\"new\",\"versions\":{\"sql@v2\":\"100\"}}",
+	};
+	for (int round = 0; round < 2; round++) {
+		for (size_t i = 0; i < sizeof(changes) / sizeof(changes[0]); i++) {
+			snprintf(line, sizeof(line), "more than the %s bytes", bound);
+			assert_int_equal(rt_admin(d.admin, changes[i], &r), 0);
+			e = json_object_get_string(json_object_object_get(r, "error"));
+			if (json_object_get_boolean(json_object_object_get(r, "ok")) || !e || !strstr(e, line))
+				fail_msg("%s with the state at its bound: %s", changes[i],
+					 json_object_to_json_string(r));
+			json_object_put(r);
+		}
+		assert_int_equal(rt_admin(d.admin, "{\"cmd\":\"route_show\",\"skill\":\"sql\"}", &r), 0);
+		assert_non_null(strstr(json_object_to_json_string(r), "\"sql@v1\""));
+		assert_null(strstr(json_object_to_json_string(r), "sql@v2"));
+		json_object_put(r);
+		generate(d.sock, "sql", 1, &fin);
+		assert_int_equal(fin.res, 0);
+		assert_string_equal(fin.version_id, "sql@v1");
+		assert_int_equal(stat(path, &st), 0);
+		assert_int_equal((long long)st.st_size, atoll(bound));
+		/* the refusals were not half-made: the same after kill -9 */
+		rt_daemon_kill(&d);
+		assert_int_equal(rt_daemon_start(&d, models.model, bounded), 0);
+	}
 	assert_int_equal(rt_daemon_stop(&d), 0);
 	rt_daemon_cleanup(&d);
 }
@@ -923,6 +986,7 @@ int main(void)
 		cmocka_unit_test(test_registry_deleted_skill_names),
 		cmocka_unit_test(test_registry_deleted_time),
 		cmocka_unit_test(test_registry_state_too_large),
+		cmocka_unit_test(test_daemon_state_too_large),
 		cmocka_unit_test(test_registry_max_skills_zero),
 	};
 

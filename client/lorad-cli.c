@@ -16,6 +16,7 @@
 
 #include "clock.h"
 #include "grammar.h"
+#include "utf8.h"
 
 static int parse_tokens(const char *s, uint32_t **out, uint32_t *n)
 {
@@ -406,13 +407,13 @@ int main(int argc, char **argv)
 			/* the daemon's words where it gave them (what and which
 			 * limit), which say more than the errno's generic text */
 			if (why[0]) {
+				char shown[sizeof(why)];
+
 				/* they may quote the request's own text: no control
 				 * byte reaches the terminal */
-				for (char *p = why; *p; p++)
-					if ((unsigned char)*p < 0x20 || *p == 0x7f)
-						*p = '?';
 				fprintf(stderr, "lorad-cli: request refused (field: %s): %s\n",
-					lorad_field_name(ev.field), why);
+					lorad_field_name(ev.field),
+					utf8_printable(why, shown, sizeof(shown)));
 			} else {
 				fprintf(stderr, "lorad-cli: request failed: %s (field: %s)\n",
 					lorad_strerror(ev.res), lorad_field_name(ev.field));

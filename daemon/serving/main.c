@@ -226,16 +226,25 @@ static int parse_args(struct daemon *d, int argc, char **argv)
 		case O_STALL:
 		case O_SLOWFSYNC:
 		case O_FAULT:
-		case O_MAXSTATE:
+		case O_MAXSTATE: {
+			/* the option by its name: argv[optind - 1] is its value
+			 * when the two are apart */
+			const char *name = c == O_STALL ? "--debug-stall-ms"
+					 : c == O_SLOWFSYNC ? "--debug-slow-fsync-ms"
+					 : c == O_FAULT ? "--debug-backend-fault-steps"
+					 : "--debug-max-state-bytes";
+			const unsigned long long max = c == O_MAXSTATE ? 64ull << 20 : 600000;
+
 			errno = 0;
 			v = strtoull(optarg, &end, 10);
-			if (errno || !*optarg || *end || v > 600000) {
-				fprintf(stderr, "lorad: %s: '%s' is not 0..600000\n", argv[optind - 1], optarg);
+			if (errno || !*optarg || *end || v > max) {
+				fprintf(stderr, "lorad: %s: '%s' is not 0..%llu\n", name, optarg, max);
 				return 2;
 			}
 			*(c == O_STALL ? &d->stall_ms : c == O_FAULT ? &d->fault_steps
 			  : c == O_MAXSTATE ? &d->max_state_bytes : &d->slow_fsync_ms) = (uint32_t)v;
 			continue;
+		}
 		case '?':
 			usage(stderr);
 			return 2;

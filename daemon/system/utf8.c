@@ -142,3 +142,21 @@ size_t utf8_clean(char *s)
 		s[i++] = '?';
 	return len;
 }
+
+const char *utf8_printable(const char *s, char *buf, size_t n)
+{
+	size_t k = 0;
+
+	for (; *s && k + 1 < n; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (c == 0xc2 && (unsigned char)s[1] >= 0x80 && (unsigned char)s[1] <= 0x9f) {
+			s++;
+			c = '?';
+		}
+		buf[k++] = c < 0x20 || c == 0x7f ? '?' : (char)c;
+	}
+	if (n)
+		buf[k] = 0;
+	return buf;
+}

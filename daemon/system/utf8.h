@@ -34,5 +34,9 @@ int utf8_quote_len(const char *s, size_t max);
  * length.
  */
 size_t utf8_clean(char *s);
+/* @s copied into @buf[@n] for a terminal: C0 and C1 controls (U+0080..U+009F:
+ * CSI and friends) and DEL as '?', so text from a daemon or a request never
+ * moves the cursor. Returns @buf. */
+const char *utf8_printable(const char *s, char *buf, size_t n);
 
 #endif

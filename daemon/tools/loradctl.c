@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "adminc.h"
+#include "utf8.h"
 #include "top.h"
 
 static const char usage_text[] =
@@ -156,26 +157,6 @@ static const char *str(struct json_object *o, const char *k)
 	return json_object_object_get_ex(o, k, &v) ? json_object_get_string(v) : "";
 }
 
-/* @s with control characters (C0, DEL, and C1 as UTF-8 writes them) as
- * '?', at most @n - 1 bytes, into @buf: what the daemon says is not trusted
- * to reach a terminal as it is. */
-static const char *clean(const char *s, char *buf, size_t n)
-{
-	size_t k = 0;
-
-	for (; *s && k + 1 < n; s++) {
-		unsigned char c = (unsigned char)*s;
-
-		if (c == 0xc2 && (unsigned char)s[1] >= 0x80 && (unsigned char)s[1] <= 0x9f) {
-			s++;   /* U+0080..U+009F: CSI and friends */
-			c = '?';
-		}
-		buf[k++] = c < 0x20 || c == 0x7f ? '?' : (char)c;
-	}
-	buf[k] = 0;
-	return buf;
-}
-
 /* @id's entry in an adapters_list reply, or NULL. */
 static struct json_object *find_version(struct json_object *reply, const char *id)
 {
@@ -280,7 +261,7 @@ static int wait_resident(const char *sock, const char *id, int timeout_s, bool t
 			fflush(stdout);
 			if (ret)
 				fprintf(stderr, "loradctl: %s: %s\n", id,
-					a ? clean(str(a, "load_error"), why, sizeof(why))
+					a ? utf8_printable(str(a, "load_error"), why, sizeof(why))
 					  : "no such adapter version");
 			json_object_put(reply);
 			break;
@@ -485,7 +466,7 @@ static void print_human(const char *cmd, struct json_object *reply)
 
 			if (json_object_object_get_ex(v, "waits_for", &x))   /* held */
 				snprintf(prog, sizeof(prog), "after %s is removed",
-					 clean(json_object_get_string(x), vid, sizeof(vid)));
+					 utf8_printable(json_object_get_string(x), vid, sizeof(vid)));
 			else if (done >= 0 && total > 0 && done <= total)
 				snprintf(prog, sizeof(prog), "%d%% of %.1f MiB", (int)(done * 100 / total),
 					 total / 1048576.0);
@@ -495,10 +476,10 @@ static void print_human(const char *cmd, struct json_object *reply)
 			/* a reloaded config's [route] section not applied yet: "route SKILL" */
 			snprintf(id, sizeof(id), "%s%s",
 				 json_object_object_get_ex(v, "route", &x) && json_object_get_boolean(x)
-				 ? "route " : "", clean(str(v, "id"), vid, sizeof(vid)));
+				 ? "route " : "", utf8_printable(str(v, "id"), vid, sizeof(vid)));
 			printf("%-32s %-12s %-22s %7.1fs  %s\n", id,
 			       job_word(str(v, "state")), prog, ms >= 0 ? ms / 1000.0 : 0.0,
-			       clean(str(v, "path"), path, sizeof(path)));
+			       utf8_printable(str(v, "path"), path, sizeof(path)));
 		}
 		return;
 	}
@@ -515,7 +496,7 @@ static void print_human(const char *cmd, struct json_object *reply)
 			if (json_object_object_get_ex(v, "removing", &x) && json_object_get_boolean(x))
 				snprintf(where, sizeof(where), "removing");
 			else
-				clean(str(v, "residency"), where, sizeof(where));
+				utf8_printable(str(v, "residency"), where, sizeof(where));
 			printf("%-32s %-9s %-8s %-7s %-6s %.12s   %s\n", str(v, "id"),
 			       json_object_object_get_ex(v, "resident", &x) && json_object_get_boolean(x) ? "yes" : "no",
 			       where[0] ? where : "-",
@@ -538,7 +519,7 @@ static void print_human(const char *cmd, struct json_object *reply)
 	if (json_object_object_get_ex(reply, "deleted", &a)) {
 		char skill[32];
 
-		clean(str(a, "skill"), skill, sizeof(skill));
+		utf8_printable(str(a, "skill"), skill, sizeof(skill));
 		printf("%s: route deleted; it was:\n", skill);
 		route_header();
 		route_rows(a, skill);
@@ -550,8 +531,8 @@ static void print_human(const char *cmd, struct json_object *reply)
 		char id[64], path[4200];
 
 		/* a registration: one line, the identity's first digits as listed */
-		clean(str(a, "id"), id, sizeof(id));
-		clean(str(a, "path"), path, sizeof(path));
+		utf8_printable(str(a, "id"), id, sizeof(id));
+		utf8_printable(str(a, "path"), path, sizeof(path));
 		printf("registered %s (identity %.12s) from %s\n", id, str(a, "sha256"), path);
 		return;
 	}

@@ -11,6 +11,7 @@
 #include <json-c/json.h>
 
 #include "adminc.h"
+#include "utf8.h"
 
 /* --- the metrics text --------------------------------------------------------------------- */
 
@@ -361,16 +362,6 @@ static const struct top_row *find_row(const struct top_snap *s, const struct top
 	return NULL;
 }
 
-/* Printable: a name from the daemon never moves the cursor. */
-static const char *clean(const char *s, char *buf, size_t n)
-{
-	size_t k = 0;
-
-	for (; *s && k + 1 < n; s++)
-		buf[k++] = (unsigned char)*s < 0x20 || *s == 0x7f ? '?' : *s;
-	buf[k] = 0;
-	return buf;
-}
 
 static void frame(const struct top_opts *o, struct json_object *status, struct json_object *adapters,
 		  const struct top_snap *cur, const struct top_snap *prev, double dt, long n)
@@ -388,9 +379,9 @@ static void frame(const struct top_opts *o, struct json_object *status, struct j
 		fprintf(f, "--- frame %ld\n", n);
 	fprintf(f, "lorad  %02d:%02d:%02d  up %.0fs  pid %d  backend %s (%s) %s%s\n", tm.tm_hour,
 		tm.tm_min, tm.tm_sec, jnum(status, "uptime_s"), (int)jnum(status, "pid"),
-		clean(jstr(status, "backend")[0] ? jstr(status, "backend") : jstr(status, "engine"), s1,
+		utf8_printable(jstr(status, "backend")[0] ? jstr(status, "backend") : jstr(status, "engine"), s1,
 		      sizeof(s1)),
-		clean(jstr(status, "backend_device"), s2, sizeof(s2)),
+		utf8_printable(jstr(status, "backend_device"), s2, sizeof(s2)),
 		cur->healthy == 0 ? "UNHEALTHY" : "healthy",
 		json_object_get_boolean(json_object_object_get(status, "draining")) ? "  DRAINING" : "");
 	fprintf(f, "clients %d  in flight %d  running %.0f  waiting %.0f  kv blocks %.0f/%.0f", 
@@ -416,8 +407,8 @@ static void frame(const struct top_opts *o, struct json_object *status, struct j
 		ms(b, sizeof(b), top_quantile(r->ttft_le, r->ttft, same_t ? p->ttft : NULL, r->n_ttft, .99));
 		ms(c, sizeof(c), top_quantile(r->itl_le, r->itl, same_i ? p->itl : NULL, r->n_itl, .5));
 		ms(d, sizeof(d), top_quantile(r->itl_le, r->itl, same_i ? p->itl : NULL, r->n_itl, .99));
-		fprintf(f, "%-16s %-28s %8.1f %9.1f %7.1f %9s %9s %8s %8s  %s\n", clean(r->skill, s1, sizeof(s1)),
-			clean(r->version, s2, sizeof(s2)), (r->requests - (p ? p->requests : 0)) / span,
+		fprintf(f, "%-16s %-28s %8.1f %9.1f %7.1f %9s %9s %8s %8s  %s\n", utf8_printable(r->skill, s1, sizeof(s1)),
+			utf8_printable(r->version, s2, sizeof(s2)), (r->requests - (p ? p->requests : 0)) / span,
 			(r->generated - (p ? p->generated : 0)) / span,
 			(r->errors - (p ? p->errors : 0)) / span, a, b, c, d, where(adapters, r->version, w, sizeof(w)));
 	}
@@ -432,7 +423,7 @@ static void frame(const struct top_opts *o, struct json_object *status, struct j
 			seen = !strcmp(cur->rows[k].version, jstr(v, "id"));
 		if (!seen && json_object_is_type(v, json_type_object))
 			fprintf(f, "%-16s %-28s %8s %9s %7s %9s %9s %8s %8s  %s\n", "",
-				clean(jstr(v, "id"), s2, sizeof(s2)), "-", "-", "-", "-", "-", "-", "-",
+				utf8_printable(jstr(v, "id"), s2, sizeof(s2)), "-", "-", "-", "-", "-", "-", "-",
 				where(adapters, jstr(v, "id"), w, sizeof(w)));
 	}
 	fflush(f);

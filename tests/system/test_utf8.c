@@ -113,12 +113,26 @@ static void test_quote_len(void **state)
 	assert_int_equal(utf8_quote_len("\x80\x80\x80", 2), 0);       /* stray continuations */
 }
 
+/* utf8_printable: nothing that moves a terminal's cursor gets through. */
+static void test_printable(void **state)
+{
+	char buf[16];
+
+	(void)state;
+	assert_string_equal(utf8_printable("a\x1b[2Jb", buf, sizeof(buf)), "a?[2Jb");
+	assert_string_equal(utf8_printable("a\xc2\x9b" "2Jb\x7f", buf, sizeof(buf)), "a?2Jb?");   /* C1 CSI */
+	assert_string_equal(utf8_printable("caf\xc3\xa9 \xc2\xa0", buf, sizeof(buf)), "caf\xc3\xa9 \xc2\xa0");
+	assert_string_equal(utf8_printable("0123456789abcdefgh", buf, sizeof(buf)), "0123456789abcde");
+	assert_string_equal(utf8_printable("\n\t\r", buf, sizeof(buf)), "???");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_clean),
 		cmocka_unit_test(test_exhaustive),
 		cmocka_unit_test(test_quote_len),
+		cmocka_unit_test(test_printable),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -988,6 +988,24 @@ static enum MHD_Result healthz(struct gateway *g, struct MHD_Connection *conn)
 /* --- requests ------------------------------------------------------------------------------ */
 
 /* "Authorization: Bearer <token>", compared in constant time. */
+/*
+ * The token of an Authorization header @h of the Bearer scheme (its name
+ * case-blind, RFC 9110 11.1; spaces or tabs after it and after the token
+ * are not the token's), its length in *len; NULL when @h is none or of
+ * another scheme.
+ */
+static const char *bearer_token(const char *h, size_t *len)
+{
+	if (!h || strncasecmp(h, "Bearer", 6) || (h[6] && h[6] != ' ' && h[6] != '\t'))
+		return NULL;
+	h += 6;
+	h += strspn(h, " \t");
+	*len = strlen(h);
+	while (*len && (h[*len - 1] == ' ' || h[*len - 1] == '\t'))
+		(*len)--;
+	return h;
+}
+
 static bool authorized(const struct gateway *g, struct MHD_Connection *conn)
 {
 	const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
@@ -996,11 +1014,7 @@ static bool authorized(const struct gateway *g, struct MHD_Connection *conn)
 
 	if (!g->token_len)
 		return true;
-	if (!h || strncasecmp(h, "Bearer ", 7))   /* a scheme is case-blind (RFC 9110 11.1) */
-		return false;
-	h += 7;
-	l = strlen(h);
-	if (l != g->token_len)
+	if (!(h = bearer_token(h, &l)) || l != g->token_len)
 		return false;
 	for (size_t i = 0; i < l; i++)
 		diff |= (unsigned char)(h[i] ^ g->token[i]);
@@ -1064,11 +1078,13 @@ static enum MHD_Result on_head(struct gateway *g, struct MHD_Connection *conn, c
 		const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
 							    MHD_HTTP_HEADER_AUTHORIZATION);
 
+		size_t l = 0;
+		const char *t = bearer_token(h, &l);
+
 		return error_reply(conn, 401,
-				   !h || !strncasecmp(h, "Bearer", 7)
+				   !h || !h[strspn(h, " \t")] || (t && !l)
 				   ? "a bearer token is required (Authorization: Bearer ...)"
-				   : strncasecmp(h, "Bearer ", 7)
-				   ? "the Authorization header must be 'Bearer TOKEN' (no other scheme)"
+				   : !t ? "the Authorization header must be 'Bearer TOKEN' (no other scheme)"
 				   : "the bearer token is not the one lorad-http was given (--token-file)",
 				   "invalid_request_error", NULL, "invalid_api_key");
 	}

@@ -300,9 +300,14 @@ EOF
 	grep -qi "^WWW-Authenticate: Bearer" "$dir/hdr" || fail "a 401 without WWW-Authenticate: $(cat "$dir/hdr")"
 	st=$(curl -s -o "$dir/out" -w '%{http_code}' -H 'Authorization: Bearer' "$url2/v1/models")
 	[ "$st" = 401 ] && grep -q "a bearer token is required" "$dir/out" || fail "a bare Bearer: $st $(cat "$dir/out")"
-	# the scheme is case-blind
-	st=$(curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: bearer 0123456789abcdef0123' "$url2/v1/models")
-	[ "$st" = 200 ] || fail "the right token after 'bearer': $st"
+	# the scheme is case-blind, and blanks around the token are not the token's
+	for h in 'bearer 0123456789abcdef0123' 'Bearer  0123456789abcdef0123' \
+		"$(printf 'BEARER\t0123456789abcdef0123 ')"; do
+		st=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $h" "$url2/v1/models")
+		[ "$st" = 200 ] || fail "the right token in '$h': $st"
+	done
+	st=$(curl -s -o "$dir/out" -w '%{http_code}' -H 'Authorization: BearerX 0123456789abcdef0123' "$url2/v1/models")
+	[ "$st" = 401 ] && grep -q "no other scheme" "$dir/out" || fail "scheme BearerX: $st $(cat "$dir/out")"
 	# a port out of range is said once, naming it
 	"$bin/lorad-http" --listen 127.0.0.1:99999 --socket "$dir/l.sock" >/dev/null 2>"$dir/err" &&
 		fail "listened on port 99999"

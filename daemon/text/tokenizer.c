@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "chat.h"
 #include "file.h"
 #include "tok_internal.h"
 
@@ -841,6 +842,37 @@ static int32_t id_of(const struct tokenizer *t, const char *s)
 }
 
 /* bos_token / eos_token of tokenizer_config.json beside the file, if any. */
+/*
+ * The family of the config's chat_template: a string, or a list of
+ * {"name", "template"} of which "default" is the one apply_chat_template
+ * takes. Recognised, never executed (chat.h); one over CHAT_TEMPLATE_MAX
+ * bytes is unknown.
+ */
+static int chat_family_of(struct json_object *cfg)
+{
+	struct json_object *v = jget(cfg, "chat_template");
+
+	if (v && json_object_is_type(v, json_type_array)) {
+		struct json_object *list = v;
+
+		v = NULL;
+		for (size_t i = 0; i < json_object_array_length(list); i++) {
+			struct json_object *e = json_object_array_get_idx(list, i), *n = jget(e, "name");
+
+			if (n && json_object_is_type(n, json_type_string) &&
+			    !strcmp(json_object_get_string(n), "default"))
+				v = jget(e, "template");
+		}
+		if (!v)
+			return CHAT_UNKNOWN;
+	}
+	if (!v || json_object_is_type(v, json_type_null))
+		return CHAT_NONE;
+	if (!json_object_is_type(v, json_type_string))
+		return CHAT_UNKNOWN;
+	return chat_family_classify(json_object_get_string(v), (size_t)json_object_get_string_len(v));
+}
+
 static int load_config(struct ld *ld, const char *path)
 {
 	struct tokenizer *t = ld->t;
@@ -880,6 +912,7 @@ static int load_config(struct ld *ld, const char *path)
 		}
 		*dst[i] = id;
 	}
+	t->chat_family = chat_family_of(o);
 	json_object_put(o);
 	free(cfg);
 	return 0;
@@ -1156,6 +1189,7 @@ const char *tok_id_to_token(const struct tokenizer *t, uint32_t id, size_t *len)
 
 int32_t tok_bos_id(const struct tokenizer *t) { return t ? t->bos : -ENOENT; }
 int32_t tok_eos_id(const struct tokenizer *t) { return t ? t->eos : -ENOENT; }
+int tok_chat_family(const struct tokenizer *t) { return t ? t->chat_family : 0; }
 
 bool tok_is_special(const struct tokenizer *t, uint32_t id)
 {

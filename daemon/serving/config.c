@@ -60,6 +60,7 @@ void config_free(struct config *c)
 	free_str(&c->merge_adapter);
 	free_str(&c->backend);
 	free_str(&c->bf16_compute);
+	free_str(&c->chat_template);
 	for (unsigned i = 0; i < c->n_adapters; i++)
 		free_str(&c->adapter[i].path);
 	c->n_adapters = 0;
@@ -80,7 +81,7 @@ int config_copy(struct config *dst, const struct config *src)
 {
 	*dst = *src;
 	dst->socket_path = dst->admin_socket_path = dst->state_dir = NULL;
-	dst->model_dir = dst->backend = dst->merge_adapter = dst->bf16_compute = NULL;
+	dst->model_dir = dst->backend = dst->merge_adapter = dst->bf16_compute = dst->chat_template = NULL;
 	for (unsigned i = 0; i < src->n_adapters; i++)
 		dst->adapter[i].path = NULL;
 	if (dup_str(&dst->socket_path, src->socket_path) ||
@@ -89,7 +90,8 @@ int config_copy(struct config *dst, const struct config *src)
 	    dup_str(&dst->model_dir, src->model_dir) ||
 	    dup_str(&dst->merge_adapter, src->merge_adapter) ||
 	    dup_str(&dst->backend, src->backend) ||
-	    dup_str(&dst->bf16_compute, src->bf16_compute))
+	    dup_str(&dst->bf16_compute, src->bf16_compute) ||
+	    dup_str(&dst->chat_template, src->chat_template))
 		goto nomem;
 	for (unsigned i = 0; i < src->n_classify; i++) {
 		dst->classify[i].regex = NULL;

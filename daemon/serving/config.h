@@ -47,6 +47,7 @@ struct config {
 	char *merge_adapter;            /* PEFT directory merged into the weights at start */
 	char *backend;                  /* "auto", "cpu", "cuda" */
 	char *bf16_compute;             /* "exact", "dot" */
+	char *chat_template;            /* "auto" (tokenizer_config.json's), or a family of chat.h */
 	bool null_engine;
 	bool prefix_cache;           /* reuse cached prompt prefixes (the engine's prefix cache) */
 	uint32_t null_step_us;

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "admin.h"
+#include "chat.h"
 #include "classify.h"
 #include "config.h"
 #include "engine.h"
@@ -68,6 +69,8 @@ struct daemon {
 	struct engine *eng;
 	struct sched *sch;
 	struct tokenizer *tok;
+	int chat_family;               /* enum chat_family: what lorad-http renders chats in */
+	int32_t chat_end;              /* the token that ends a turn in it; -1: none */
 	struct classifier *cls;
 	struct nullexec *nx;
 	struct hostpool *hp;
@@ -445,6 +448,48 @@ struct model_progress {
 	int last_pct;      /* the percentage last told; -1: none */
 };
 
+/*
+ * The chat format lorad-http renders this model's conversations in:
+ * --chat-template's family, or the one tokenizer_config.json's
+ * chat_template was recognised as (chat.h). A forced family whose tokens
+ * the vocabulary lacks is refused here, not discovered in garbled turns;
+ * a recognised one without them is unknown. Returns 0 or -EINVAL.
+ */
+static int chat_setup(struct daemon *d)
+{
+	const char *opt = d->cfg.chat_template;
+	enum chat_family f = d->tok ? (enum chat_family)tok_chat_family(d->tok) : CHAT_NONE;
+	bool forced = opt && strcmp(opt, "auto");
+	const char *end;
+	int32_t id = -1;
+
+	d->chat_end = -1;
+	if (forced && chat_family_parse(opt, &f) < 0) {
+		log_err("chat_template %s: not a family lorad renders (llama3, chatml, qwen3)", opt);
+		return -EINVAL;
+	}
+	if (forced && !d->tok) {
+		log_err("chat_template %s: the model has no tokenizer.json to render chats with", opt);
+		return -EINVAL;
+	}
+	end = chat_end_token(f);
+	if (end && (id = tok_token_to_id(d->tok, end, strlen(end))) < 0) {
+		if (forced) {
+			log_err("chat_template %s: the model's vocabulary has no %s token", opt, end);
+			return -EINVAL;
+		}
+		log_warn("the chat template looks like %s but the vocabulary has no %s: chats refused",
+			 chat_family_name(f), end);
+		f = CHAT_UNKNOWN;
+		id = -1;
+	}
+	d->chat_family = f;
+	d->chat_end = id;
+	if (d->tok)
+		log_info("chat format %s%s", chat_family_name(f), forced ? " (chat_template)" : "");
+	return 0;
+}
+
 /* engine_opts.progress: on the engine thread, inside engine_load. */
 static void model_progress(void *ctx, uint64_t done, uint64_t total)
 {
@@ -519,6 +564,8 @@ static int build_engine(struct daemon *d)
 		log_warn("%s; text requests will be refused, token ids are served", err);
 		d->tok = NULL;
 	}
+	if ((ret = chat_setup(d)) < 0)
+		return ret;
 	d->sch = sched_build(d->eng, d->tok, &so);
 	if (!d->sch)
 		return -ENOMEM;
@@ -906,6 +953,27 @@ static int cmd_status(void *ctx, struct json_object *req, struct json_object *re
 	return 0;
 }
 
+/*
+ * What lorad-http needs to render a chat: the format's family, the BOS
+ * token's text (templates write it) and the token ids that end a turn.
+ */
+static int cmd_chat_template(void *ctx, struct json_object *req, struct json_object *reply)
+{
+	struct daemon *d = ctx;
+	struct json_object *ends = json_object_new_array();
+	int32_t bos = d->tok ? tok_bos_id(d->tok) : -1;
+	const char *bt = bos >= 0 ? tok_id_to_token(d->tok, (uint32_t)bos, NULL) : NULL;
+
+	(void)req;
+	json_object_object_add(reply, "family",
+			       json_object_new_string(chat_family_name((enum chat_family)d->chat_family)));
+	json_object_object_add(reply, "bos_token", json_object_new_string(bt ? bt : ""));
+	if (chat_end_token((enum chat_family)d->chat_family) && d->chat_end >= 0)
+		json_object_array_add(ends, json_object_new_int(d->chat_end));
+	json_object_object_add(reply, "end_ids", ends);
+	return 0;
+}
+
 static int cmd_drain(void *ctx, struct json_object *req, struct json_object *reply)
 {
 	(void)ctx;
@@ -1009,6 +1077,7 @@ static int build_server(struct daemon *d)
 	if (d->sv.admin) {
 		admin_command_add(d->sv.admin, "status", cmd_status, d, NULL);
 		admin_command_add(d->sv.admin, "drain", cmd_drain, d, NULL);
+		admin_command_add(d->sv.admin, "chat_template", cmd_chat_template, d, NULL);
 	}
 	oo.reg = d->reg;
 	oo.admin = d->sv.admin;

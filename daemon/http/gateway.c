@@ -93,6 +93,9 @@ struct job {
 	bool cancelled;              /* its --request-timeout passed: cancelled */
 	bool cut_sent;               /* the stream's error event for that is sent */
 	bool started;                /* an event other than a final one has come */
+	bool chat;                   /* /v1/chat/completions: chat.completion objects */
+	uint32_t end_ids[LORAD_MAX_STOP]; /* the tokens that end the assistant's turn */
+	unsigned n_end;
 	/* a stream's bytes not yet taken by MHD */
 	char *out;
 	size_t out_len, out_off;
@@ -380,6 +383,13 @@ static int job_submit(struct job *j, unsigned *field)
 		r.top_p = j->req.top_p;
 		r.seed = j->req.seed;
 		r.flags = (j->req.ignore_eos ? LORAD_SQE_F_IGNORE_EOS : 0) | LORAD_SQE_F_WHY;
+		if (j->chat) {
+			/* the rendered template writes the BOS itself, and the
+			 * turn ends at its end token (as transformers' tokenize) */
+			r.flags |= LORAD_SQE_F_NO_SPECIAL;
+			r.stop_ids = j->n_end ? j->end_ids : NULL;
+			r.n_stop_ids = j->n_end;
+		}
 		r.why = ch->why;
 		r.why_cap = sizeof(ch->why);
 		if (j->req.grammar) {
@@ -412,8 +422,25 @@ static struct json_object *choice_json(const struct job *j, unsigned i, const ch
 {
 	struct json_object *c = json_object_new_object();
 
-	json_object_object_add(c, "text", json_object_new_string_len(text, (int)len));
-	json_object_object_add(c, "index", json_object_new_int((int)i));
+	if (j->chat && j->req.stream) {
+		/* a chunk's delta: the text that came, {} with the finish */
+		struct json_object *d = json_object_new_object();
+
+		if (len || !finish)
+			json_object_object_add(d, "content", json_object_new_string_len(text, (int)len));
+		json_object_object_add(c, "index", json_object_new_int((int)i));
+		json_object_object_add(c, "delta", d);
+	} else if (j->chat) {
+		struct json_object *m = json_object_new_object();
+
+		json_object_object_add(m, "role", json_object_new_string("assistant"));
+		json_object_object_add(m, "content", json_object_new_string_len(text, (int)len));
+		json_object_object_add(c, "index", json_object_new_int((int)i));
+		json_object_object_add(c, "message", m);
+	} else {
+		json_object_object_add(c, "text", json_object_new_string_len(text, (int)len));
+		json_object_object_add(c, "index", json_object_new_int((int)i));
+	}
 	json_object_object_add(c, "logprobs", NULL);
 	json_object_object_add(c, "finish_reason", finish ? json_object_new_string(finish) : NULL);
 	if (finish && j->ch[i].fin.version_id[0])
@@ -427,7 +454,8 @@ static struct json_object *completion_head(const struct job *j)
 	struct json_object *o = json_object_new_object();
 
 	json_object_object_add(o, "id", json_object_new_string(j->id));
-	json_object_object_add(o, "object", json_object_new_string("text_completion"));
+	json_object_object_add(o, "object", json_object_new_string(
+		!j->chat ? "text_completion" : j->req.stream ? "chat.completion.chunk" : "chat.completion"));
 	json_object_object_add(o, "created", json_object_new_int64((int64_t)j->created));
 	json_object_object_add(o, "model", json_object_new_string(j->req.model));
 	return o;
@@ -629,6 +657,17 @@ static void stream_collect(struct job *j)
 			ch->cap = 0;
 			continue;
 		}
+		if (j->chat && have > ch->text_sent) {
+			/* chat: the last text, then the finish with an empty delta */
+			struct json_object *a = json_object_new_array();
+
+			o = completion_head(j);
+			json_object_array_add(a, choice_json(j, i, ch->text + ch->text_sent,
+							     have - ch->text_sent, NULL));
+			json_object_object_add(o, "choices", a);
+			sse_json(j, o);
+			ch->text_sent = have;
+		}
 		o = completion_head(j);
 		{
 			struct json_object *a = json_object_new_array();
@@ -752,10 +791,87 @@ static void stream_free(void *cls)
 	job_free(j);
 }
 
-static enum MHD_Result completions(struct gateway *g, struct MHD_Connection *conn,
-				   struct body *b)
+static int admin(struct gateway *g, const char *cmd, struct json_object **reply, char *err,
+		 size_t errlen);
+
+/*
+ * A chat body into @j: parsed, the model's chat format asked of the
+ * daemon (admin "chat_template"), the messages rendered into j->req's one
+ * prompt with the turn's end tokens as stop ids. Returns 0, or the HTTP
+ * status of the refusal with @err, @type and @param.
+ */
+static unsigned chat_prepare(struct gateway *g, const struct body *b, struct job *j, char *err,
+			     size_t errlen, char *param, size_t plen, const char **type)
 {
-	char err[300], param[32];
+	struct json_object *rep = NULL, *v;
+	struct oa_chat ch;
+	enum chat_family f = CHAT_NONE;
+	const char *bos = "";
+	char *text = NULL;
+	size_t len = 0;
+	unsigned st = 400;
+	int rc;
+
+	*type = "invalid_request_error";
+	rc = oa_parse_chat(b->buf ? b->buf : "", b->len, g->o.max_tokens, &ch, err, errlen, param,
+			   plen);
+	if (rc < 0) {
+		if (rc == -ENOMEM)
+			*type = "server_error";
+		return rc == -ENOMEM ? 500 : 400;
+	}
+	if (!g->o.admin_socket) {
+		snprintf(param, plen, "model");
+		snprintf(err, errlen, "lorad-http runs without --admin-socket: it cannot learn the "
+			 "model's chat template; use /v1/completions");
+		goto out;
+	}
+	if (admin(g, "chat_template", &rep, err, errlen) < 0) {
+		st = 503;
+		*type = "service_unavailable";
+		goto out;
+	}
+	if (json_object_object_get_ex(rep, "family", &v) && json_object_is_type(v, json_type_string))
+		chat_family_parse(json_object_get_string(v), &f);
+	if (json_object_object_get_ex(rep, "bos_token", &v) && json_object_is_type(v, json_type_string))
+		bos = json_object_get_string(v);
+	if (json_object_object_get_ex(rep, "end_ids", &v) && json_object_is_type(v, json_type_array))
+		for (size_t i = 0; i < json_object_array_length(v) && j->n_end < LORAD_MAX_STOP; i++)
+			j->end_ids[j->n_end++] = (uint32_t)json_object_get_int64(
+				json_object_array_get_idx(v, i));
+	if (!chat_end_token(f)) {
+		snprintf(param, plen, "model");
+		snprintf(err, errlen, "the model has no chat template lorad knows (%s): use "
+			 "/v1/completions, or start lorad with --chat-template FAMILY "
+			 "(llama3, chatml, qwen3)",
+			 json_object_object_get_ex(rep, "family", &v) ? json_object_get_string(v) : "none");
+		goto out;
+	}
+	rc = chat_render(f, bos, ch.msgs, ch.n_msgs, &text, &len, err, errlen, param, plen);
+	if (rc < 0) {
+		if (rc == -ENOMEM) {
+			st = 500;
+			*type = "server_error";
+		}
+		goto out;
+	}
+	j->req = ch.c;
+	memset(&ch.c, 0, sizeof(ch.c));
+	j->req.prompt[0] = text;
+	j->req.prompt_len[0] = len;
+	j->req.n_prompt = 1;
+	j->chat = true;
+	st = 0;
+out:
+	json_object_put(rep);
+	oa_chat_free(&ch);
+	return st;
+}
+
+static enum MHD_Result completions(struct gateway *g, struct MHD_Connection *conn,
+				   struct body *b, bool chat)
+{
+	char err[300], param[48];
 	struct job *j;
 	struct MHD_Response *r;
 	enum MHD_Result ret;
@@ -769,19 +885,31 @@ static enum MHD_Result completions(struct gateway *g, struct MHD_Connection *con
 	__atomic_add_fetch(&g->busy, 1, __ATOMIC_ACQ_REL);
 	if (!(j = calloc(1, sizeof(*j))))
 		return MHD_NO;
-	rc = oa_parse_completion(b->buf ? b->buf : "", b->len, g->o.max_tokens, &j->req, err,
-				 sizeof(err), param, sizeof(param));
-	if (rc < 0) {
-		free(j);
-		return error_reply(conn, rc == -ENOMEM ? 500 : 400, err,
-				   rc == -ENOMEM ? "server_error" : "invalid_request_error", param, NULL);
+	if (chat) {
+		const char *type;
+		unsigned st = chat_prepare(g, b, j, err, sizeof(err), param, sizeof(param), &type);
+
+		if (st) {
+			free(j);
+			return error_reply(conn, st, err, type, param, NULL);
+		}
+	} else {
+		rc = oa_parse_completion(b->buf ? b->buf : "", b->len, g->o.max_tokens, &j->req, err,
+					 sizeof(err), param, sizeof(param));
+		if (rc < 0) {
+			free(j);
+			return error_reply(conn, rc == -ENOMEM ? 500 : 400, err,
+					   rc == -ENOMEM ? "server_error" : "invalid_request_error", param,
+					   NULL);
+		}
 	}
 	j->g = g;
 	j->n = j->req.n_prompt;
 	j->created = time(NULL);
 	j->deadline_ms = mono_ms() + (uint64_t)g->o.request_timeout_s * 1000u;
 	pthread_mutex_lock(&g->lock);
-	snprintf(j->id, sizeof(j->id), "cmpl-lorad-%016" PRIx64, ++g->seq ^ (uint64_t)j->created << 20);
+	snprintf(j->id, sizeof(j->id), "%s-lorad-%016" PRIx64, chat ? "chatcmpl" : "cmpl",
+		 ++g->seq ^ (uint64_t)j->created << 20);
 	pthread_mutex_unlock(&g->lock);
 	rc = client_take(g, &j->c);
 	if (rc < 0) {
@@ -820,6 +948,39 @@ static enum MHD_Result completions(struct gateway *g, struct MHD_Connection *con
 	}
 	if (j->dead || all_failed(j))
 		return complete_whole(conn, j);
+	if (j->chat) {
+		/* as OpenAI: the first chunk names the role, with no text */
+		struct json_object *o = completion_head(j), *a = json_object_new_array();
+		struct json_object *c = json_object_new_object(), *d = json_object_new_object();
+
+		json_object_object_add(d, "role", json_object_new_string("assistant"));
+		json_object_object_add(d, "content", json_object_new_string(""));
+		json_object_object_add(c, "index", json_object_new_int(0));
+		json_object_object_add(c, "delta", d);
+		json_object_object_add(c, "logprobs", NULL);
+		json_object_object_add(c, "finish_reason", NULL);
+		json_object_array_add(a, c);
+		json_object_object_add(o, "choices", a);
+		/* before the text that came while the head waited */
+		{
+			char *pending = j->out;
+			size_t plen_ = j->out_len;
+
+			j->out = NULL;
+			j->out_len = 0;
+			sse_json(j, o);
+			if (plen_) {
+				char *p = realloc(j->out, j->out_len + plen_);
+
+				if (p) {
+					memcpy(p + j->out_len, pending, plen_);
+					j->out = p;
+					j->out_len += plen_;
+				}
+			}
+			free(pending);
+		}
+	}
 	stream_collect(j);
 	r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, stream_read, j, stream_free);
 	if (!r) {
@@ -1027,6 +1188,7 @@ static const struct route {
 	const char *allow;           /* methods, as an Allow header */
 } routes[] = {
 	{ "/v1/completions", "POST" },
+	{ "/v1/chat/completions", "POST" },
 	{ "/v1/models", "GET, HEAD" },
 	{ "/metrics", "GET, HEAD" },
 	{ "/healthz", "GET, HEAD" },
@@ -1088,11 +1250,9 @@ static enum MHD_Result on_head(struct gateway *g, struct MHD_Connection *conn, c
 				   : "the bearer token is not the one lorad-http was given (--token-file)",
 				   "invalid_request_error", NULL, "invalid_api_key");
 	}
-	if (!r && !strcmp(url, "/v1/chat/completions"))
-		return error_reply(conn, 404, "lorad-http serves /v1/completions; chat is not offered",
-				   "invalid_request_error", NULL, "unknown_url");
 	if (!r)
-		return error_reply(conn, 404, "no such path: /v1/completions, /v1/models, /metrics, /healthz",
+		return error_reply(conn, 404, "no such path: /v1/completions, /v1/chat/completions, "
+				   "/v1/models, /metrics, /healthz",
 				   "invalid_request_error", NULL, "unknown_url");
 	if (!method_allowed(r, method)) {
 		/* the method is echoed only when it is a short printable ASCII word:
@@ -1270,7 +1430,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	if (b->too_big)
 		return too_big_reply(g, conn);
 	if (!strcmp(url, "/v1/completions"))
-		return completions(g, conn, b);
+		return completions(g, conn, b, false);
+	if (!strcmp(url, "/v1/chat/completions"))
+		return completions(g, conn, b, true);
 	if (!strcmp(url, "/v1/models"))
 		return models(g, conn);
 	return metrics(g, conn);

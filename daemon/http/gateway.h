@@ -5,6 +5,8 @@
  * completions, the admin socket for models, metrics and health).
  *
  *   POST /v1/completions   text in, text out, streamed as server-sent events
+ *   POST /v1/chat/completions  messages rendered in the model's chat format
+ *                          (the daemon's "chat_template"), then as completions
  *   GET  /v1/models        the skills and their versions
  *   GET  /metrics          the daemon's Prometheus text
  *   GET  /healthz          200 when the daemon answers, else 503

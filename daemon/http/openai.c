@@ -218,26 +218,38 @@ static bool asks_nothing(const char *name, struct json_object *v)
 		return json_object_is_type(v, json_type_int) && json_object_get_int64(v) == 1;
 	if (!strcmp(name, "logit_bias"))
 		return json_object_is_type(v, json_type_object) && !json_object_object_length(v);
+	if (!strcmp(name, "tools") || !strcmp(name, "functions"))
+		return json_object_is_type(v, json_type_array) && !json_object_array_length(v);
+	if (!strcmp(name, "modalities"))
+		return json_object_is_type(v, json_type_array) && json_object_array_length(v) == 1 &&
+		       json_object_is_type(json_object_array_get_idx(v, 0), json_type_string) &&
+		       !strcmp(json_object_get_string(json_object_array_get_idx(v, 0)), "text");
+	if (!strcmp(name, "parallel_tool_calls"))
+		return json_object_is_type(v, json_type_boolean);
+	if (!strcmp(name, "tool_choice"))
+		return json_object_is_type(v, json_type_string) &&
+		       !strcmp(json_object_get_string(v), "none");
 	if (!strcmp(name, "suffix"))
 		return json_object_is_type(v, json_type_string) && !json_object_get_string_len(v);
 	return false;
 }
 
-int oa_parse_completion(const char *body, size_t len, uint32_t max_tokens_cap,
-			struct oa_completion *c, char *err, size_t errlen, char *param, size_t plen)
+/*
+ * @body (@len bytes) as one JSON object into *root, checked as every body
+ * is: strict JSON, valid UTF-8, no key with a NUL, nesting bounded.
+ * Returns 0, or -EINVAL with @err (and @param where a top-level key is at
+ * fault); *root is NULL then.
+ */
+static int parse_root(const char *body, size_t len, struct json_object **rootp, char *err,
+		      size_t errlen, char *param, size_t plen)
 {
-	static const char *const refused[] = { "echo", "logprobs", "best_of", "suffix", "logit_bias" };
 	struct json_tokener *tok = json_tokener_new_ex(OA_DEPTH_FORMAT);
-	struct json_object *root = NULL, *v;
+	struct json_object *root = NULL;
 	const char *quirk;
 	char top[32];
-	double d;
 	int ret = -EINVAL;
 
-	memset(c, 0, sizeof(*c));
-	c->max_tokens = 16;
-	c->temperature = 1.0f;
-	c->top_p = 1.0f;
+	*rootp = NULL;
 	param[0] = 0;
 	if (!tok)
 		return bad(err, errlen, param, plen, "", "out of memory");
@@ -297,31 +309,205 @@ int oa_parse_completion(const char *body, size_t len, uint32_t max_tokens_cap,
 	if ((quirk = json_quirk(body, len, top, sizeof(top)))) {
 		snprintf(err, errlen, "%s%s%s", top, top[0] ? ": " : "", quirk);
 		snprintf(param, plen, "%s", top);
-		goto out;
+		goto err;
 	}
 	if (!json_object_is_type(root, json_type_object)) {
 		ret = bad(err, errlen, param, plen, "", "the body must be a JSON object");
-		goto out;
+		goto err;
 	}
 	json_object_object_foreach(root, key, val) {
 		if (strcmp(key, "response_format") && nesting(val) >= OA_DEPTH) {
 			snprintf(err, errlen, "the body is not one JSON object (%s)",
 				 json_tokener_error_desc(json_tokener_error_depth));
-			goto out;
+			goto err;
 		}
 	}
-	/* model: which skill, version, "auto" or "base" */
+	*rootp = root;
+	return 0;
+err:
+	json_object_put(root);
+	return ret;
+}
+
+/* "model": which skill, version, "auto" or "base". */
+static int parse_model(struct json_object *root, struct oa_completion *c, char *err, size_t errlen,
+		       char *param, size_t plen)
+{
+	struct json_object *v;
+
 	if (!json_object_object_get_ex(root, "model", &v) || !json_object_is_type(v, json_type_string) ||
-	    !json_object_get_string_len(v) || json_object_get_string_len(v) >= OA_MODEL_MAX) {
-		ret = bad(err, errlen, param, plen, "model",
-			  "model must be a skill, name@version, \"auto\" or \"base\" (at most 63 bytes)");
-		goto out;
-	}
+	    !json_object_get_string_len(v) || json_object_get_string_len(v) >= OA_MODEL_MAX)
+		return bad(err, errlen, param, plen, "model",
+			   "model must be a skill, name@version, \"auto\" or \"base\" (at most 63 bytes)");
 	memcpy(c->model, json_object_get_string(v), (size_t)json_object_get_string_len(v) + 1);
-	if (strlen(c->model) != (size_t)json_object_get_string_len(v)) {
-		ret = bad(err, errlen, param, plen, "model", "model contains a NUL byte");
-		goto out;
+	if (strlen(c->model) != (size_t)json_object_get_string_len(v))
+		return bad(err, errlen, param, plen, "model", "model contains a NUL byte");
+	return 0;
+}
+
+/*
+ * The sampling and streaming parameters completions and chat completions
+ * share: max_tokens (and, for chat, max_completion_tokens, which wins as
+ * in vLLM), temperature, top_p, seed, stream, stream_options, ignore_eos,
+ * stop, user, response_format, n. Returns 0, -EINVAL with @err and
+ * @param, or -ENOMEM.
+ */
+static int parse_common(struct json_object *root, uint32_t max_tokens_cap, bool chat,
+			struct oa_completion *c, char *err, size_t errlen, char *param, size_t plen)
+{
+	struct json_object *v;
+	double d;
+	int ret = -EINVAL;
+
+	for (int k = 0; k < (chat ? 2 : 1); k++) {
+		const char *name = k ? "max_completion_tokens" : "max_tokens";
+
+		if (json_object_object_get_ex(root, name, &v) && !json_object_is_type(v, json_type_null)) {
+			if (number(v, 1, max_tokens_cap, &d) || d != floor(d)) {
+				snprintf(err, errlen, "%s must be an integer from 1 to %u", name,
+					 max_tokens_cap);
+				snprintf(param, plen, "%s", name);
+				return -EINVAL;
+			}
+			c->max_tokens = (uint32_t)d;
+		}
 	}
+	if (json_object_object_get_ex(root, "temperature", &v) && !json_object_is_type(v, json_type_null)) {
+		if (number(v, 0, 2, &d)) {
+			ret = bad(err, errlen, param, plen, "temperature", "temperature must be from 0 to 2");
+			return ret;
+		}
+		c->temperature = (float)d;
+	}
+	if (json_object_object_get_ex(root, "top_p", &v) && !json_object_is_type(v, json_type_null)) {
+		if (number(v, 0, 1, &d) || d == 0) {
+			ret = bad(err, errlen, param, plen, "top_p", "top_p must be above 0 and at most 1");
+			return ret;
+		}
+		c->top_p = (float)d;
+	}
+	if (json_object_object_get_ex(root, "seed", &v) && !json_object_is_type(v, json_type_null)) {
+		if (!json_object_is_type(v, json_type_int)) {
+			ret = bad(err, errlen, param, plen, "seed", "seed must be an integer");
+			return ret;
+		}
+		c->seed = (uint64_t)json_object_get_int64(v);
+	}
+	if (json_object_object_get_ex(root, "stream", &v) && !json_object_is_type(v, json_type_null)) {
+		if (!json_object_is_type(v, json_type_boolean)) {
+			ret = bad(err, errlen, param, plen, "stream", "stream must be true or false");
+			return ret;
+		}
+		c->stream = json_object_get_boolean(v);
+	}
+	/* stream_options: {"include_usage": bool}, with a stream only (as OpenAI) */
+	if (json_object_object_get_ex(root, "stream_options", &v) && !json_object_is_type(v, json_type_null)) {
+		struct json_object *u;
+
+		if (!json_object_is_type(v, json_type_object)) {
+			ret = bad(err, errlen, param, plen, "stream_options", "stream_options must be an object");
+			return ret;
+		}
+		if (!c->stream) {
+			ret = bad(err, errlen, param, plen, "stream_options",
+				  "stream_options is only allowed when stream is true");
+			return ret;
+		}
+		json_object_object_foreach(v, okey, oval) {
+			(void)oval;
+			if (strcmp(okey, "include_usage")) {
+				ret = bad(err, errlen, param, plen, "stream_options",
+					  "stream_options takes only include_usage");
+				return ret;
+			}
+		}
+		if (json_object_object_get_ex(v, "include_usage", &u) && !json_object_is_type(u, json_type_null)) {
+			if (!json_object_is_type(u, json_type_boolean)) {
+				ret = bad(err, errlen, param, plen, "stream_options",
+					  "stream_options.include_usage must be true or false");
+				return ret;
+			}
+			c->include_usage = json_object_get_boolean(u);
+		}
+	}
+	if (json_object_object_get_ex(root, "ignore_eos", &v) && !json_object_is_type(v, json_type_null)) {
+		if (!json_object_is_type(v, json_type_boolean)) {
+			ret = bad(err, errlen, param, plen, "ignore_eos", "ignore_eos must be true or false");
+			return ret;
+		}
+		c->ignore_eos = json_object_get_boolean(v);
+	}
+	if (json_object_object_get_ex(root, "stop", &v) && !json_object_is_type(v, json_type_null)) {
+		struct json_object *one[1] = { v };
+		size_t n = json_object_is_type(v, json_type_array) ? json_object_array_length(v) : 1;
+
+		if (n > OA_MAX_STOP) {
+			ret = bad(err, errlen, param, plen, "stop", "stop takes at most 4 strings");
+			return ret;
+		}
+		for (size_t i = 0; i < n; i++) {
+			struct json_object *s = json_object_is_type(v, json_type_array)
+							? json_object_array_get_idx(v, i) : one[0];
+			size_t l;
+
+			if (!json_object_is_type(s, json_type_string) || !json_object_get_string_len(s) ||
+			    json_object_get_string_len(s) > OA_STOP_MAX) {
+				ret = bad(err, errlen, param, plen, "stop",
+					  "stop must be a string or a list of strings of 1 to 256 bytes");
+				return ret;
+			}
+			if (!(c->stop[c->n_stop] = dup_str(s, &l)))
+				return -ENOMEM;
+			c->n_stop++;
+			if (strlen(c->stop[c->n_stop - 1]) != l) {
+				ret = bad(err, errlen, param, plen, "stop", "a stop string contains a NUL byte");
+				return ret;
+			}
+		}
+	}
+	if (json_object_object_get_ex(root, "user", &v) && !json_object_is_type(v, json_type_null)) {
+		if (!json_object_is_type(v, json_type_string) || json_object_get_string_len(v) > OA_USER_MAX) {
+			ret = bad(err, errlen, param, plen, "user", "user must be a string of at most 256 bytes");
+			return ret;
+		}
+		c->user_len = (size_t)json_object_get_string_len(v);
+		memcpy(c->user, json_object_get_string(v), c->user_len);
+	}
+	if (json_object_object_get_ex(root, "response_format", &v) && !json_object_is_type(v, json_type_null)) {
+		ret = response_format(v, c, err, errlen, param, plen);
+		if (ret)
+			return ret;
+	}
+	if (c->grammar && c->ignore_eos) {
+		ret = bad(err, errlen, param, plen, "response_format",
+			  "response_format and ignore_eos do not go together: a format ends");
+		return ret;
+	}
+	if (json_object_object_get_ex(root, "n", &v) && !json_object_is_type(v, json_type_null) &&
+	    !(json_object_is_type(v, json_type_int) && json_object_get_int64(v) == 1)) {
+		ret = bad(err, errlen, param, plen, "n", chat ? "n must be 1 (lorad answers a chat "
+			  "with one choice)" : "n must be 1 (send several prompts for several choices)");
+		return ret;
+	}
+	return 0;
+}
+
+int oa_parse_completion(const char *body, size_t len, uint32_t max_tokens_cap,
+			struct oa_completion *c, char *err, size_t errlen, char *param, size_t plen)
+{
+	static const char *const refused[] = { "echo", "logprobs", "best_of", "suffix", "logit_bias" };
+	struct json_object *root, *v;
+	int ret;
+
+	memset(c, 0, sizeof(*c));
+	c->max_tokens = 16;
+	c->temperature = 1.0f;
+	c->top_p = 1.0f;
+	if ((ret = parse_root(body, len, &root, err, errlen, param, plen)) < 0)
+		return ret;
+	ret = -EINVAL;
+	if (parse_model(root, c, err, errlen, param, plen))
+		goto out;
 	/* prompt: a string or a list of strings; one choice each */
 	if (!json_object_object_get_ex(root, "prompt", &v)) {
 		ret = bad(err, errlen, param, plen, "prompt", "prompt is required");
@@ -355,133 +541,12 @@ int oa_parse_completion(const char *body, size_t len, uint32_t max_tokens_cap,
 		ret = bad(err, errlen, param, plen, "prompt", "prompt must be a string or a list of strings");
 		goto out;
 	}
-	if (json_object_object_get_ex(root, "max_tokens", &v) && !json_object_is_type(v, json_type_null)) {
-		if (number(v, 1, max_tokens_cap, &d) || d != floor(d)) {
-			snprintf(err, errlen, "max_tokens must be an integer from 1 to %u", max_tokens_cap);
-			snprintf(param, plen, "max_tokens");
-			goto out;
-		}
-		c->max_tokens = (uint32_t)d;
-	}
-	if (json_object_object_get_ex(root, "temperature", &v) && !json_object_is_type(v, json_type_null)) {
-		if (number(v, 0, 2, &d)) {
-			ret = bad(err, errlen, param, plen, "temperature", "temperature must be from 0 to 2");
-			goto out;
-		}
-		c->temperature = (float)d;
-	}
-	if (json_object_object_get_ex(root, "top_p", &v) && !json_object_is_type(v, json_type_null)) {
-		if (number(v, 0, 1, &d) || d == 0) {
-			ret = bad(err, errlen, param, plen, "top_p", "top_p must be above 0 and at most 1");
-			goto out;
-		}
-		c->top_p = (float)d;
-	}
-	if (json_object_object_get_ex(root, "seed", &v) && !json_object_is_type(v, json_type_null)) {
-		if (!json_object_is_type(v, json_type_int)) {
-			ret = bad(err, errlen, param, plen, "seed", "seed must be an integer");
-			goto out;
-		}
-		c->seed = (uint64_t)json_object_get_int64(v);
-	}
-	if (json_object_object_get_ex(root, "stream", &v) && !json_object_is_type(v, json_type_null)) {
-		if (!json_object_is_type(v, json_type_boolean)) {
-			ret = bad(err, errlen, param, plen, "stream", "stream must be true or false");
-			goto out;
-		}
-		c->stream = json_object_get_boolean(v);
-	}
-	/* stream_options: {"include_usage": bool}, with a stream only (as OpenAI) */
-	if (json_object_object_get_ex(root, "stream_options", &v) && !json_object_is_type(v, json_type_null)) {
-		struct json_object *u;
-
-		if (!json_object_is_type(v, json_type_object)) {
-			ret = bad(err, errlen, param, plen, "stream_options", "stream_options must be an object");
-			goto out;
-		}
-		if (!c->stream) {
-			ret = bad(err, errlen, param, plen, "stream_options",
-				  "stream_options is only allowed when stream is true");
-			goto out;
-		}
-		json_object_object_foreach(v, okey, oval) {
-			(void)oval;
-			if (strcmp(okey, "include_usage")) {
-				ret = bad(err, errlen, param, plen, "stream_options",
-					  "stream_options takes only include_usage");
-				goto out;
-			}
-		}
-		if (json_object_object_get_ex(v, "include_usage", &u) && !json_object_is_type(u, json_type_null)) {
-			if (!json_object_is_type(u, json_type_boolean)) {
-				ret = bad(err, errlen, param, plen, "stream_options",
-					  "stream_options.include_usage must be true or false");
-				goto out;
-			}
-			c->include_usage = json_object_get_boolean(u);
-		}
-	}
-	if (json_object_object_get_ex(root, "ignore_eos", &v) && !json_object_is_type(v, json_type_null)) {
-		if (!json_object_is_type(v, json_type_boolean)) {
-			ret = bad(err, errlen, param, plen, "ignore_eos", "ignore_eos must be true or false");
-			goto out;
-		}
-		c->ignore_eos = json_object_get_boolean(v);
-	}
-	if (json_object_object_get_ex(root, "stop", &v) && !json_object_is_type(v, json_type_null)) {
-		struct json_object *one[1] = { v };
-		size_t n = json_object_is_type(v, json_type_array) ? json_object_array_length(v) : 1;
-
-		if (n > OA_MAX_STOP) {
-			ret = bad(err, errlen, param, plen, "stop", "stop takes at most 4 strings");
-			goto out;
-		}
-		for (size_t i = 0; i < n; i++) {
-			struct json_object *s = json_object_is_type(v, json_type_array)
-							? json_object_array_get_idx(v, i) : one[0];
-			size_t l;
-
-			if (!json_object_is_type(s, json_type_string) || !json_object_get_string_len(s) ||
-			    json_object_get_string_len(s) > OA_STOP_MAX) {
-				ret = bad(err, errlen, param, plen, "stop",
-					  "stop must be a string or a list of strings of 1 to 256 bytes");
-				goto out;
-			}
-			if (!(c->stop[c->n_stop] = dup_str(s, &l)))
-				goto nomem;
-			c->n_stop++;
-			if (strlen(c->stop[c->n_stop - 1]) != l) {
-				ret = bad(err, errlen, param, plen, "stop", "a stop string contains a NUL byte");
-				goto out;
-			}
-		}
-	}
-	if (json_object_object_get_ex(root, "user", &v) && !json_object_is_type(v, json_type_null)) {
-		if (!json_object_is_type(v, json_type_string) || json_object_get_string_len(v) > OA_USER_MAX) {
-			ret = bad(err, errlen, param, plen, "user", "user must be a string of at most 256 bytes");
-			goto out;
-		}
-		c->user_len = (size_t)json_object_get_string_len(v);
-		memcpy(c->user, json_object_get_string(v), c->user_len);
-	}
-	if (json_object_object_get_ex(root, "response_format", &v) && !json_object_is_type(v, json_type_null)) {
-		ret = response_format(v, c, err, errlen, param, plen);
-		if (ret == -ENOMEM)
-			goto nomem;
-		if (ret)
-			goto out;
-	}
-	if (c->grammar && c->ignore_eos) {
-		ret = bad(err, errlen, param, plen, "response_format",
-			  "response_format and ignore_eos do not go together: a format ends");
+	ret = parse_common(root, max_tokens_cap, false, c, err, errlen, param, plen);
+	if (ret == -ENOMEM)
+		goto nomem;
+	if (ret)
 		goto out;
-	}
-	if (json_object_object_get_ex(root, "n", &v) && !json_object_is_type(v, json_type_null) &&
-	    !(json_object_is_type(v, json_type_int) && json_object_get_int64(v) == 1)) {
-		ret = bad(err, errlen, param, plen, "n",
-			  "n must be 1 (send several prompts for several choices)");
-		goto out;
-	}
+	ret = -EINVAL;
 	for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++)
 		if (json_object_object_get_ex(root, refused[i], &v) && !asks_nothing(refused[i], v)) {
 			snprintf(err, errlen, "%s is not supported by lorad", refused[i]);
@@ -496,6 +561,213 @@ nomem:
 out:
 	json_object_put(root);
 	oa_completion_free(c);
+	return ret;
+}
+
+void oa_chat_free(struct oa_chat *ch)
+{
+	for (unsigned i = 0; i < ch->n_msgs; i++)
+		free((char *)ch->msgs[i].content);
+	free(ch->msgs);
+	oa_completion_free(&ch->c);
+	memset(ch, 0, sizeof(*ch));
+}
+
+/*
+ * A message's content into @m: a string, or a list of parts of type
+ * "text" joined with "\n" (as vLLM joins them for string templates).
+ * Returns 0, -EINVAL with @err and @param, or -ENOMEM.
+ */
+static int chat_content(struct json_object *v, size_t i, struct chat_msg *m, char *err,
+			size_t errlen, char *param, size_t plen)
+{
+	size_t len = 0, off = 0, n;
+	char *s;
+
+	snprintf(param, plen, "messages[%zu].content", i);
+	if (json_object_is_type(v, json_type_string)) {
+		if (!(s = dup_str(v, &len)))
+			return -ENOMEM;
+	} else if (json_object_is_type(v, json_type_array)) {
+		n = json_object_array_length(v);
+		if (n > OA_MAX_PARTS) {
+			snprintf(err, errlen, "messages[%zu].content has %zu parts, over the limit of %d",
+				 i, n, OA_MAX_PARTS);
+			return -EINVAL;
+		}
+		for (size_t k = 0; k < n; k++) {
+			struct json_object *p = json_object_array_get_idx(v, k), *t, *x;
+
+			if (!json_object_is_type(p, json_type_object) ||
+			    !json_object_object_get_ex(p, "type", &t) || !json_object_is_type(t, json_type_string)) {
+				snprintf(err, errlen, "messages[%zu].content[%zu] must be an object with a type", i, k);
+				return -EINVAL;
+			}
+			if (strcmp(json_object_get_string(t), "text")) {
+				snprintf(err, errlen, "messages[%zu].content[%zu]: parts of type \"%.32s\" are not "
+					 "supported by lorad (text only)", i, k, json_object_get_string(t));
+				return -EINVAL;
+			}
+			if (!json_object_object_get_ex(p, "text", &x) || !json_object_is_type(x, json_type_string)) {
+				snprintf(err, errlen, "messages[%zu].content[%zu].text must be a string", i, k);
+				return -EINVAL;
+			}
+			len += (size_t)json_object_get_string_len(x) + (k ? 1 : 0);
+		}
+		if (!(s = malloc(len + 1)))
+			return -ENOMEM;
+		for (size_t k = 0; k < n; k++) {
+			struct json_object *x;
+
+			json_object_object_get_ex(json_object_array_get_idx(v, k), "text", &x);
+			if (k)
+				s[off++] = '\n';
+			memcpy(s + off, json_object_get_string(x), (size_t)json_object_get_string_len(x));
+			off += (size_t)json_object_get_string_len(x);
+		}
+		s[len] = 0;
+	} else {
+		snprintf(err, errlen, "messages[%zu].content must be a string or a list of text parts", i);
+		return -EINVAL;
+	}
+	m->content = s;
+	m->len = len;
+	if (strlen(s) != len) {
+		snprintf(err, errlen, "messages[%zu].content contains a NUL byte", i);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/*
+ * One message of @v into @m: role (developer is system, as OpenAI says),
+ * content, and name, which the templates do not write (taken, as by
+ * transformers). Tool calls, tool results, audio and reasoning are
+ * refused by name.
+ */
+static int chat_message(struct json_object *v, size_t i, struct chat_msg *m, char *err,
+			size_t errlen, char *param, size_t plen)
+{
+	struct json_object *r, *c;
+	const char *role;
+
+	snprintf(param, plen, "messages[%zu]", i);
+	if (!json_object_is_type(v, json_type_object)) {
+		snprintf(err, errlen, "messages[%zu] must be an object with a role and a content", i);
+		return -EINVAL;
+	}
+	json_object_object_foreach(v, key, val) {
+		if (!strcmp(key, "role") || !strcmp(key, "content"))
+			continue;
+		if (!strcmp(key, "name") && json_object_is_type(val, json_type_string))
+			continue;
+		if (json_object_is_type(val, json_type_null) && (!strcmp(key, "tool_calls") ||
+		    !strcmp(key, "function_call") || !strcmp(key, "refusal") || !strcmp(key, "audio") ||
+		    !strcmp(key, "reasoning_content") || !strcmp(key, "name")))
+			continue;
+		snprintf(param, plen, "messages[%zu].%.20s", i, key);
+		snprintf(err, errlen, "messages[%zu].%.40s is not supported by lorad (a message has a "
+			 "role, a content and a name)", i, key);
+		return -EINVAL;
+	}
+	snprintf(param, plen, "messages[%zu].role", i);
+	if (!json_object_object_get_ex(v, "role", &r) || !json_object_is_type(r, json_type_string)) {
+		snprintf(err, errlen, "messages[%zu].role must be system, developer, user or assistant", i);
+		return -EINVAL;
+	}
+	role = json_object_get_string(r);
+	if (!strcmp(role, "system") || !strcmp(role, "developer")) {
+		m->role = CHAT_SYSTEM;
+	} else if (!strcmp(role, "user")) {
+		m->role = CHAT_USER;
+	} else if (!strcmp(role, "assistant")) {
+		m->role = CHAT_ASSISTANT;
+	} else if (!strcmp(role, "tool") || !strcmp(role, "function")) {
+		snprintf(err, errlen, "messages[%zu].role: %s messages are not supported by lorad "
+			 "(no tool calling)", i, role);
+		return -EINVAL;
+	} else {
+		snprintf(err, errlen, "messages[%zu].role must be system, developer, user or assistant", i);
+		return -EINVAL;
+	}
+	if (!json_object_object_get_ex(v, "content", &c)) {
+		snprintf(param, plen, "messages[%zu].content", i);
+		snprintf(err, errlen, "messages[%zu].content is required", i);
+		return -EINVAL;
+	}
+	return chat_content(c, i, m, err, errlen, param, plen);
+}
+
+int oa_parse_chat(const char *body, size_t len, uint32_t max_tokens_cap, struct oa_chat *ch,
+		  char *err, size_t errlen, char *param, size_t plen)
+{
+	/* what lorad does not do, refused by name rather than ignored */
+	static const char *const refused[] = { "tools", "tool_choice", "functions", "function_call",
+					       "parallel_tool_calls", "logprobs", "top_logprobs",
+					       "logit_bias", "audio", "modalities", "prediction",
+					       "web_search_options", "chat_template_kwargs",
+					       "reasoning_effort", "prompt", "echo", "best_of", "suffix" };
+	struct oa_completion *c = &ch->c;
+	struct json_object *root, *v;
+	size_t n;
+	int ret;
+
+	memset(ch, 0, sizeof(*ch));
+	/* no max_tokens: as many as the gateway allows; the turn's end stops it */
+	c->max_tokens = max_tokens_cap;
+	c->temperature = 1.0f;
+	c->top_p = 1.0f;
+	if ((ret = parse_root(body, len, &root, err, errlen, param, plen)) < 0)
+		return ret;
+	ret = -EINVAL;
+	if (parse_model(root, c, err, errlen, param, plen))
+		goto out;
+	if (!json_object_object_get_ex(root, "messages", &v)) {
+		ret = bad(err, errlen, param, plen, "messages", "messages is required");
+		goto out;
+	}
+	if (!json_object_is_type(v, json_type_array) || !(n = json_object_array_length(v)) ||
+	    n > OA_MAX_MESSAGES) {
+		char msg[120];
+
+		snprintf(msg, sizeof(msg), "messages must be a list of 1 to %d messages", OA_MAX_MESSAGES);
+		ret = bad(err, errlen, param, plen, "messages", msg);
+		goto out;
+	}
+	if (!(ch->msgs = calloc(n, sizeof(*ch->msgs))))
+		goto nomem;
+	for (size_t i = 0; i < n; i++) {
+		ret = chat_message(json_object_array_get_idx(v, i), i, &ch->msgs[i], err, errlen,
+				   param, plen);
+		if (ch->msgs[i].content)
+			ch->n_msgs++;
+		if (ret == -ENOMEM)
+			goto nomem;
+		if (ret)
+			goto out;
+	}
+	ret = parse_common(root, max_tokens_cap, true, c, err, errlen, param, plen);
+	if (ret == -ENOMEM)
+		goto nomem;
+	if (ret)
+		goto out;
+	ret = -EINVAL;
+	for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++)
+		if (json_object_object_get_ex(root, refused[i], &v) && !asks_nothing(refused[i], v)) {
+			snprintf(err, errlen, "%s is not supported by lorad%s", refused[i],
+				 !strcmp(refused[i], "prompt") ? " in a chat (send messages; prompt is for "
+				 "/v1/completions)" : "");
+			snprintf(param, plen, "%s", refused[i]);
+			goto out;
+		}
+	json_object_put(root);
+	return 0;
+nomem:
+	ret = bad(err, errlen, param, plen, "", "out of memory");
+	ret = -ENOMEM;
+out:
+	json_object_put(root);
+	oa_chat_free(ch);
 	return ret;
 }
 

@@ -12,11 +12,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "chat.h"
+
 #define OA_MAX_PROMPTS 16      /* strings in "prompt" (one choice each) */
 #define OA_MAX_STOP 4          /* as OpenAI */
 #define OA_STOP_MAX 256        /* bytes of one stop string (lorad's limit) */
 #define OA_USER_MAX 256        /* bytes of "user" */
 #define OA_MODEL_MAX 64        /* bytes of "model", with the NUL */
+#define OA_MAX_MESSAGES 1024   /* messages of a chat */
+#define OA_MAX_PARTS 64        /* text parts of one message's content */
 
 struct oa_completion {
 	char model[OA_MODEL_MAX];  /* a skill, "name@version", "auto" or "base" */
@@ -53,6 +57,28 @@ int oa_parse_completion(const char *body, size_t len, uint32_t max_tokens_cap,
 			struct oa_completion *c, char *err, size_t errlen, char *param,
 			size_t paramlen);
 void oa_completion_free(struct oa_completion *c);
+
+/*
+ * A POST /v1/chat/completions body: the messages (contents owned, parts
+ * joined), and in @c every parameter completions share (c.prompt unset;
+ * the gateway renders the messages into it). max_tokens and
+ * max_completion_tokens default to @max_tokens_cap.
+ */
+struct oa_chat {
+	struct oa_completion c;
+	struct chat_msg *msgs;
+	unsigned n_msgs;
+};
+
+/*
+ * Parse a chat body as oa_parse_completion does a completion's: 0, or
+ * -EINVAL with @err and @param naming the field (messages[i].content),
+ * or -ENOMEM. Tools, functions, images, audio, logprobs are refused by
+ * name. @ch holds nothing to free on error.
+ */
+int oa_parse_chat(const char *body, size_t len, uint32_t max_tokens_cap, struct oa_chat *ch,
+		  char *err, size_t errlen, char *param, size_t paramlen);
+void oa_chat_free(struct oa_chat *ch);
 
 /* {"error": {"message", "type", "param", "code"}} as a malloc'd string. */
 char *oa_error_json(const char *message, const char *type, const char *param, const char *code);

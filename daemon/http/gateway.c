@@ -269,6 +269,9 @@ static unsigned failure(const struct job *j, const struct lorad_event *ev, char 
 	unsigned st = http_status(ev->res, ev->field, type, param);
 	const char *why = ev->user_data < j->n ? j->ch[ev->user_data].why : "";
 
+	if (j->chat && *param && !strcmp(*param, "prompt"))
+		*param = "messages";   /* a chat's prompt is its messages */
+
 	if (st == 404)
 		snprintf(msg, len, "The model `%s` does not exist", j->req.model);
 	else if (ev->res == -EILSEQ && ev->field == LORAD_FIELD_PROMPT)
@@ -795,6 +798,31 @@ static int admin(struct gateway *g, const char *cmd, struct json_object **reply,
 		 size_t errlen);
 
 /*
+ * A chat's max_tokens when it names none (OpenAI's and vLLM's: until the
+ * turn ends, within the context): @cap (--max-tokens), within the
+ * daemon's max_tokens and what the context leaves after a prompt of
+ * @bytes bytes, which is never more tokens than bytes + 1 (each token of
+ * a byte-level or byte-fallback vocabulary is one byte or more, and one
+ * may be prefixed). At least 16, OpenAI's completions default, where the
+ * bound leaves less: a prompt that long is for the daemon to judge.
+ */
+static uint32_t chat_max_tokens(struct json_object *rep, uint32_t cap, size_t bytes)
+{
+	struct json_object *v;
+	int64_t n = cap;
+
+	if (json_object_object_get_ex(rep, "max_tokens", &v) && json_object_get_int64(v) > 0 &&
+	    json_object_get_int64(v) < n)
+		n = json_object_get_int64(v);
+	if (json_object_object_get_ex(rep, "context", &v) &&
+	    json_object_get_int64(v) - (int64_t)bytes - 1 < n)
+		n = json_object_get_int64(v) - (int64_t)bytes - 1;
+	if (n < 16)
+		n = cap < 16 ? cap : 16;
+	return (uint32_t)n;
+}
+
+/*
  * A chat body into @j: parsed, the model's chat format asked of the
  * daemon (admin "chat_template"), the messages rendered into j->req's one
  * prompt with the turn's end tokens as stop ids. Returns 0, or the HTTP
@@ -855,6 +883,8 @@ static unsigned chat_prepare(struct gateway *g, const struct body *b, struct job
 		}
 		goto out;
 	}
+	if (!ch.max_tokens_given)
+		ch.c.max_tokens = chat_max_tokens(rep, ch.c.max_tokens, len);
 	j->req = ch.c;
 	memset(&ch.c, 0, sizeof(ch.c));
 	j->req.prompt[0] = text;
@@ -924,6 +954,9 @@ static enum MHD_Result completions(struct gateway *g, struct MHD_Connection *con
 	if (rc < 0) {
 		const char *type, *p;
 		unsigned st = http_status(rc, field, &type, &p);
+
+		if (j->chat && p && !strcmp(p, "prompt"))
+			p = "messages";
 
 		if (rc == -ECONNRESET || rc == -EPROTO)
 			j->dead = rc;

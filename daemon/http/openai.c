@@ -713,7 +713,8 @@ int oa_parse_chat(const char *body, size_t len, uint32_t max_tokens_cap, struct 
 	int ret;
 
 	memset(ch, 0, sizeof(*ch));
-	/* no max_tokens: as many as the gateway allows; the turn's end stops it */
+	/* no max_tokens: as many as the gateway allows (and the gateway then
+	 * as many as surely fit the context); the turn's end stops it */
 	c->max_tokens = max_tokens_cap;
 	c->temperature = 1.0f;
 	c->top_p = 1.0f;
@@ -746,6 +747,10 @@ int oa_parse_chat(const char *body, size_t len, uint32_t max_tokens_cap, struct 
 		if (ret)
 			goto out;
 	}
+	ch->max_tokens_given = (json_object_object_get_ex(root, "max_tokens", &v) &&
+				!json_object_is_type(v, json_type_null)) ||
+			       (json_object_object_get_ex(root, "max_completion_tokens", &v) &&
+				!json_object_is_type(v, json_type_null));
 	ret = parse_common(root, max_tokens_cap, true, c, err, errlen, param, plen);
 	if (ret == -ENOMEM)
 		goto nomem;

@@ -68,6 +68,7 @@ struct oa_chat {
 	struct oa_completion c;
 	struct chat_msg *msgs;
 	unsigned n_msgs;
+	bool max_tokens_given;     /* max_tokens or max_completion_tokens was sent */
 };
 
 /*

@@ -469,7 +469,7 @@ static int chat_setup(struct daemon *d)
 		return -EINVAL;
 	}
 	if (forced && !d->tok) {
-		log_err("chat_template %s: the model has no tokenizer.json to render chats with", opt);
+		log_err("chat_template %s: the model has no tokenizer that loaded (see above) to render chats with", opt);
 		return -EINVAL;
 	}
 	end = chat_end_token(f);
@@ -955,7 +955,9 @@ static int cmd_status(void *ctx, struct json_object *req, struct json_object *re
 
 /*
  * What lorad-http needs to render a chat: the format's family, the BOS
- * token's text (templates write it) and the token ids that end a turn.
+ * token's text (templates write it), the token ids that end a turn, and
+ * the limits a reply's default length keeps within (max_tokens, and the
+ * context: positions and KV cache, the smaller).
  */
 static int cmd_chat_template(void *ctx, struct json_object *req, struct json_object *reply)
 {
@@ -971,6 +973,14 @@ static int cmd_chat_template(void *ctx, struct json_object *req, struct json_obj
 	if (chat_end_token((enum chat_family)d->chat_family) && d->chat_end >= 0)
 		json_object_array_add(ends, json_object_new_int(d->chat_end));
 	json_object_object_add(reply, "end_ids", ends);
+	/* for a chat that names no max_tokens: as many as surely fit */
+	json_object_object_add(reply, "max_tokens", json_object_new_int64(d->cfg.max_tokens));
+	if (d->eng) {
+		int64_t ctx = engine_config(d->eng)->max_pos;
+		int64_t kv = (int64_t)engine_kv_total(d->eng) * engine_kv_block_size(d->eng);
+
+		json_object_object_add(reply, "context", json_object_new_int64(kv < ctx ? kv : ctx));
+	}
 	return 0;
 }
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # lorad-http with the official OpenAI client library for Node.js (npm
 # package "openai"), installed into a temporary folder: a completion, a
-# stream, an unknown model, and a stream abandoned mid-way (its request is
-# cancelled in the daemon). Exits 77 (skipped) where node or npm is missing
+# stream, a chat completion whole and streamed, an unknown model, and a
+# stream abandoned mid-way (its request is cancelled in the daemon). Exits 77 (skipped) where node or npm is missing
 # or the package cannot be fetched.
 #   usage: test_openai_node.sh BUILD_BIN_DIR REPO_ROOT
 set -u
@@ -33,13 +33,20 @@ if ! (cd "$dir" && timeout 180 npm install --silent --no-audit --no-fund openai@
 fi
 
 # a model slow enough that a long stream still runs when it is abandoned,
-# with the demo's tokenizer (base only)
-"$bin/lorad-mkmodel" "$dir/slow" --vocab 640 --hidden 1024 --layers 8 --heads 16 --kv-heads 4 \
+# with the demo's tokenizer (base only) and ChatML's two tokens added, its
+# chat format forced
+"$bin/lorad-mkmodel" "$dir/slow" --vocab 642 --hidden 1024 --layers 8 --heads 16 --kv-heads 4 \
 	--ffn 2816 --max-pos 4096 --dtype f32 --seed 5 >/dev/null || fail "lorad-mkmodel"
 cp demo/model/tokenizer.json "$dir/slow/"
 [ -f demo/model/tokenizer_config.json ] && cp demo/model/tokenizer_config.json "$dir/slow/"
+node -e '
+const fs = require("fs"), f = process.argv[1], t = JSON.parse(fs.readFileSync(f));
+for (const [id, content] of [[640, "<|im_start|>"], [641, "<|im_end|>"]])
+	t.added_tokens.push({ id, content, single_word: false, lstrip: false, rstrip: false,
+			      normalized: false, special: true });
+fs.writeFileSync(f, JSON.stringify(t));' "$dir/slow/tokenizer.json" || fail "ChatML tokens"
 "$bin/lorad" --model "$dir/slow" --socket "$dir/l.sock" --admin-socket "$dir/a.sock" \
-	--state-dir "$dir/state" --threads 1 >"$dir/lorad.log" 2>&1 &
+	--state-dir "$dir/state" --threads 1 --chat-template chatml >"$dir/lorad.log" 2>&1 &
 dpid=$!
 for _ in $(seq 100); do "$bin/loradctl" --socket "$dir/a.sock" status >/dev/null 2>&1 && break; sleep 0.1; done
 port=$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
@@ -67,6 +74,23 @@ for await (const chunk of s) {
 	finish = chunk.choices[0].finish_reason ?? finish;
 }
 check(text === want && (finish === "stop" || finish === "length"), `stream ${JSON.stringify(text)}`);
+
+const msgs = [{ role: "system", content: "Be brief." }, { role: "user", content: "How many orders?" }];
+const c = await client.chat.completions.create({ model: "base", messages: msgs, max_tokens: 4, temperature: 0 });
+check(c.object === "chat.completion" && c.choices[0].message.role === "assistant" &&
+      typeof c.choices[0].message.content === "string" &&
+      (c.choices[0].finish_reason === "stop" || c.choices[0].finish_reason === "length") &&
+      c.usage.completion_tokens <= 4 && c.usage.prompt_tokens > 0, `chat ${JSON.stringify(c)}`);
+let ctext = "", role = null, cfinish = null;
+const cs = await client.chat.completions.create({ model: "base", messages: msgs, max_tokens: 4, temperature: 0, stream: true });
+for await (const chunk of cs) {
+	check(chunk.object === "chat.completion.chunk", `chunk ${JSON.stringify(chunk)}`);
+	role = role ?? chunk.choices[0].delta.role;
+	ctext += chunk.choices[0].delta.content ?? "";
+	cfinish = chunk.choices[0].finish_reason ?? cfinish;
+}
+check(role === "assistant" && ctext === c.choices[0].message.content && cfinish === c.choices[0].finish_reason,
+      `chat stream ${JSON.stringify(ctext)} ${role} ${cfinish}`);
 
 try {
 	await client.completions.create({ model: "nosuch", prompt: "x" });

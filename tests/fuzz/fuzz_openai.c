@@ -4,7 +4,10 @@
  * (json-c in strict mode, the walk for what JSON is not, each field's
  * checks, a response_format compiled). A request taken holds what the
  * gateway relies on; a refusal blames a key with \u0000 only where the
- * body has that escape.
+ * body has that escape. The same bytes as a POST /v1/chat/completions
+ * body -> oa_parse_chat, and a chat taken rendered in every family
+ * (chat_render): a prompt that ends with the assistant's header, or a
+ * refusal naming a message.
  */
 #include <errno.h>
 #include <stddef.h>
@@ -18,10 +21,51 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+static void chat(const uint8_t *data, size_t size)
+{
+	static const char *const head[CHAT__COUNT] = {
+		[CHAT_LLAMA3] = "<|start_header_id|>assistant<|end_header_id|>\n\n",
+		[CHAT_CHATML] = "<|im_start|>assistant\n", [CHAT_QWEN3] = "<|im_start|>assistant\n" };
+	struct oa_chat ch;
+	char err[300], param[64];
+	int rc = oa_parse_chat((const char *)data, size, MAX_TOKENS_CAP, &ch, err, sizeof(err), param,
+			       sizeof(param));
+
+	if (rc == -EINVAL && !err[0])
+		abort();
+	if (rc)
+		return;
+	if (!ch.n_msgs || ch.n_msgs > OA_MAX_MESSAGES || ch.c.n_prompt || !ch.c.model[0] ||
+	    ch.c.max_tokens < 1 || ch.c.max_tokens > MAX_TOKENS_CAP)
+		abort();
+	for (unsigned i = 0; i < ch.n_msgs; i++)
+		if (!ch.msgs[i].content || strlen(ch.msgs[i].content) != ch.msgs[i].len ||
+		    ch.msgs[i].role > CHAT_ASSISTANT)
+			abort();
+	for (int f = CHAT_LLAMA3; f < CHAT__COUNT; f++) {
+		char *out;
+		size_t len, hl = strlen(head[f]);
+
+		rc = chat_render((enum chat_family)f, "<|begin_of_text|>", ch.msgs, ch.n_msgs, &out, &len,
+				 err, sizeof(err), param, sizeof(param));
+		if (rc == -ENOMEM)
+			continue;
+		if (rc == -EINVAL) {
+			if (f != CHAT_QWEN3 || strncmp(param, "messages[", 9))
+				abort();
+			continue;
+		}
+		if (rc || !out || len < hl || out[len] || memcmp(out + len - hl, head[f], hl))
+			abort();
+		free(out);
+	}
+	oa_chat_free(&ch);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct oa_completion c;
-	char err[300], param[32];
+	char err[300], param[64];
 	int rc = oa_parse_completion((const char *)data, size, MAX_TOKENS_CAP, &c, err, sizeof(err), param,
 				     sizeof(param));
 
@@ -45,5 +89,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	} else if (rc != -ENOMEM) {
 		abort();
 	}
+	chat(data, size);
 	return 0;
 }

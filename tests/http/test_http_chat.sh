@@ -176,6 +176,10 @@ PY
 	[ "$st" = 200 ] || fail "shared parameters: HTTP $st $(cat "$dir/out")"
 	[ "$(json 'j["choices"][0]["message"]["content"], j["choices"][0]["finish_reason"]')" = "('Hi', 'stop')" ] ||
 		fail "stop string: $(cat "$dir/out")"
+	# response_format with the turn's end as a stop id: a JSON value, then the end
+	st=$(post /v1/chat/completions '{"model":"base","messages":[{"role":"user","content":"x"}],"max_tokens":8,"response_format":{"type":"json_object"}}')
+	[ "$st" = 200 ] && [ "$(json 'j["choices"][0]["finish_reason"] in ("stop","length") and "Hi" not in j["choices"][0]["message"]["content"]')" = True ] ||
+		fail "response_format: $st $(cat "$dir/out")"
 	st=$(post /v1/chat/completions '{"model":"nosuch","messages":[{"role":"user","content":"x"}]}')
 	[ "$st" = 404 ] && [ "$(json 'j["error"]["param"]')" = model ] || fail "unknown model: $st $(cat "$dir/out")"
 	# the old 404 is gone, GET is a 405, the list of paths names chat

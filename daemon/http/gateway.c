@@ -854,7 +854,18 @@ static unsigned chat_prepare(struct gateway *g, const struct body *b, struct job
 			 "model's chat template; use /v1/completions");
 		goto out;
 	}
-	if (admin(g, "chat_template", &rep, err, errlen) < 0) {
+	rc = admin(g, "chat_template", &rep, err, errlen);
+	if (rc == -EPERM) {
+		/* refused, not down: a daemon older than the command */
+		char why[200];
+
+		snprintf(why, sizeof(why), "%.150s", err);
+		snprintf(param, plen, "model");
+		snprintf(err, errlen, "the daemon does not say its model's chat format (%.150s): a lorad "
+			 "older than lorad-http? use /v1/completions", why);
+		goto out;
+	}
+	if (rc < 0) {
 		st = 503;
 		*type = "service_unavailable";
 		goto out;

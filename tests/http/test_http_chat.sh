@@ -29,10 +29,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 cd "$root" || exit 1
 
 dir=$(mktemp -d /tmp/lorad-http-chat.XXXXXX)
-dpid= gpid=
+dpid= gpid= opid=
 . "$here/lib.sh"
 cleanup() {
-	for p in $gpid $dpid; do kill "$p" 2>/dev/null; done
+	for p in $gpid $dpid $opid; do kill "$p" 2>/dev/null; done
 	wait 2>/dev/null
 	rm -rf "$dir"
 }
@@ -261,6 +261,30 @@ PY
 	gpid=$!
 	for _ in $(seq 100); do curl -s -o /dev/null "$url/healthz" && break; sleep 0.05; done
 	refused '{"model":"base","messages":[{"role":"user","content":"x"}]}' model "without --admin-socket"
+	# a daemon older than the command refuses it: a 400 saying so, not a 503 to retry
+	kill "$gpid"; wait "$gpid" 2>/dev/null
+	python3 - "$dir/old.sock" <<'PY' &
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1])
+s.listen(8)
+while True:
+    c, _ = s.accept()
+    f = c.makefile("rwb")
+    for line in f:
+        cmd = json.loads(line)["cmd"]
+        r = {"ok": True} if cmd == "status" else {"ok": False, "error": "unknown command " + cmd}
+        f.write((json.dumps(r) + "\n").encode())
+        f.flush()
+    c.close()
+PY
+	opid=$!
+	for _ in $(seq 50); do [ -S "$dir/old.sock" ] && break; sleep 0.1; done
+	"$bin/lorad-http" --listen "127.0.0.1:$port" --socket "$dir/l.sock" --admin-socket "$dir/old.sock" >>"$dir/http.log" 2>&1 &
+	gpid=$!
+	for _ in $(seq 100); do curl -s -o /dev/null "$url/healthz" && break; sleep 0.05; done
+	refused '{"model":"base","messages":[{"role":"user","content":"x"}]}' model "older than lorad-http"
+	kill "$opid"
 	;;
 hostile)
 	# a context that holds 1024 short messages (6 tokens each)

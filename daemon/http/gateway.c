@@ -1053,7 +1053,7 @@ static struct json_object *model_obj(const char *id)
 }
 
 /* One admin command; a refusal is -EAGAIN where the daemon said to ask
- * again (its "errno"), -EPERM otherwise, with its words in @err. */
+ * again (adminc_busy), -EPERM otherwise, with its words in @err. */
 static int admin_once(struct gateway *g, const char *cmd, struct json_object **reply, char *err,
 		      size_t errlen)
 {
@@ -1068,8 +1068,7 @@ static int admin_once(struct gateway *g, const char *cmd, struct json_object **r
 
 		snprintf(err, errlen, "%s", json_object_object_get_ex(*reply, "error", &e)
 			 ? json_object_get_string(e) : "refused");
-		ret = json_object_object_get_ex(*reply, "errno", &e) &&
-		      json_object_get_int(e) == EAGAIN ? -EAGAIN : -EPERM;
+		ret = adminc_busy(*reply) ? -EAGAIN : -EPERM;
 		json_object_put(*reply);
 		*reply = NULL;
 	}

@@ -26,6 +26,15 @@ static int fail(char *err, size_t errlen, int ret, const char *path, const char 
 	return ret;
 }
 
+bool adminc_busy(struct json_object *reply)
+{
+	struct json_object *e;
+
+	if (!json_object_object_get_ex(reply, "errno", &e))
+		return false;
+	return json_object_get_int(e) == EAGAIN || json_object_get_int(e) == EBUSY;
+}
+
 int adminc_call(const char *path, struct json_object *req, int timeout_ms,
 		struct json_object **reply, char *err, size_t errlen)
 {

@@ -7,6 +7,7 @@
 #ifndef LORAD_TOOLS_ADMINC_H
 #define LORAD_TOOLS_ADMINC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <json-c/json.h>
@@ -29,6 +30,14 @@ int adminc_call(const char *path, struct json_object *req, int timeout_ms,
  * with -E2BIG: for callers that ask again and again (loradctl top). */
 int adminc_call_max(const char *path, struct json_object *req, int timeout_ms, size_t max_bytes,
 		    struct json_object **reply, char *err, size_t errlen);
+
+/*
+ * Whether @reply is the daemon's refusal "nothing done, ask again in a
+ * moment": errno EAGAIN, or EBUSY, which daemons before ABI 1.5 said for
+ * the same cases (the lists it writes on its reply threads all busy), so
+ * that a newer loradctl or lorad-http asks an older daemon again too.
+ */
+bool adminc_busy(struct json_object *reply);
 
 /*
  * adminc_call in two halves, for a caller that does other things while it

@@ -109,15 +109,14 @@ static int top_command(const char *sock, int timeout_s, int nargs, char **args)
 	return top_run(&o);
 }
 
-/* Whether @reply is the daemon's "ask again" (errno EAGAIN) to one of the
+/* Whether @reply is the daemon's "ask again" (adminc_busy) to one of the
  * lists it writes on its reply threads, eight at most at once. */
 static bool busy_list(struct json_object *req, struct json_object *reply)
 {
 	static const char *const lists[] = { "metrics", "stats", "adapters_list", "route_show" };
-	struct json_object *cmd, *e;
+	struct json_object *cmd;
 
-	if (!json_object_object_get_ex(req, "cmd", &cmd) ||
-	    !json_object_object_get_ex(reply, "errno", &e) || json_object_get_int(e) != EAGAIN)
+	if (!json_object_object_get_ex(req, "cmd", &cmd) || !adminc_busy(reply))
 		return false;
 	for (unsigned i = 0; i < sizeof(lists) / sizeof(lists[0]); i++)
 		if (!strcmp(json_object_get_string(cmd), lists[i]))

@@ -13,7 +13,8 @@ big@v1 loading, a quarter more each call, with hostile states and byte
 counts among the good ones, then resident; bad@v1 failing with escape
 sequences in its error), busy (the first three metrics refused as the
 daemon refuses them while eight replies are being written: errno EAGAIN),
-allbusy (every metrics and list refused so). Serves until killed.
+allbusy (every metrics and list refused so), oldbusy (as busy, with the
+errno daemons before ABI 1.5 gave: EBUSY). Serves until killed.
 """
 import json
 import os
@@ -57,15 +58,16 @@ BUSY = ("8 replies of metrics, stats and adapter lists are being written already
         "try again in a moment")
 
 
-def busy_reply(cmd, always=False):
+def busy_reply(cmd, always=False, errno=11):
     # the daemon's reply threads all taken: for the first three metrics asked
-    # (busy), or for every metrics and list (allbusy); errno 11 is EAGAIN
+    # (busy), or for every metrics and list (allbusy); errno 11 is EAGAIN,
+    # 16 (EBUSY) what older daemons said (oldbusy)
     if always and cmd in ("metrics", "adapters_list", "route_show"):
-        return {"ok": False, "error": BUSY, "errno": 11}
+        return {"ok": False, "error": BUSY, "errno": errno}
     if cmd == "metrics":
         calls["metrics"] += 1
         if calls["metrics"] <= 3:
-            return {"ok": False, "error": BUSY, "errno": 11}
+            return {"ok": False, "error": BUSY, "errno": errno}
     if always and cmd == "status":
         return {"ok": True}
     return reply(cmd)
@@ -125,9 +127,10 @@ def serve(c):
         elif mode == "load":
             cmd = json.loads(data.split(b"\n")[0]).get("cmd")
             c.sendall(json.dumps(load_reply(cmd)).encode() + b"\n")
-        elif mode in ("busy", "allbusy"):
+        elif mode in ("busy", "allbusy", "oldbusy"):
             cmd = json.loads(data.split(b"\n")[0]).get("cmd")
-            c.sendall(json.dumps(busy_reply(cmd, mode == "allbusy")).encode() + b"\n")
+            c.sendall(json.dumps(busy_reply(cmd, mode == "allbusy",
+                                            16 if mode == "oldbusy" else 11)).encode() + b"\n")
     except OSError:
         pass
     finally:

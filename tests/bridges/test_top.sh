@@ -171,6 +171,11 @@ fake busy
 "$bin/loradctl" --socket "$dir/f.sock" --timeout 5 metrics >"$dir/out" 2>"$dir/err" ||
 	fail "metrics refused as busy three times: exit $?"
 grep -q '^lorad_engine_waiting' "$dir/out" || fail "metrics after the busy refusals: not the text"
+# a daemon older than ABI 1.5 said busy with EBUSY: asked again too
+fake oldbusy
+"$bin/loradctl" --socket "$dir/f.sock" --timeout 5 metrics >"$dir/out" 2>"$dir/err" ||
+	fail "metrics an older daemon refused as busy three times: exit $?"
+grep -q '^lorad_engine_waiting' "$dir/out" || fail "metrics after an older daemon's busy refusals: not the text"
 fake allbusy
 t0=$(date +%s%N)
 "$bin/loradctl" --socket "$dir/f.sock" --timeout 5 route show >"$dir/out" 2>"$dir/err"

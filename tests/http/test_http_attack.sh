@@ -476,6 +476,10 @@ busy)
 	r=$(get /metrics)
 	[ "${r% *}" = 200 ] || fail "a scrape the daemon refused three times as busy: $r $(cat "$dir/out")"
 	grep -q '^lorad_engine_waiting' "$dir/out" || fail "the scrape's text is not the daemon's"
+	# a daemon older than ABI 1.5 said busy with EBUSY: asked again too
+	fake oldbusy
+	r=$(get /metrics)
+	[ "${r% *}" = 200 ] || fail "a scrape an older daemon refused three times as busy: $r $(cat "$dir/out")"
 	fake allbusy
 	r=$(get /metrics)
 	[ "${r% *}" = 503 ] || fail "always busy: $r"

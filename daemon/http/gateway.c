@@ -57,6 +57,8 @@ struct gateway {
 	pthread_cond_t watch_cond;
 	bool watch_started, watch_stop;
 	unsigned busy;               /* completions not yet answered in full (atomic) */
+	struct chat_fmt *chat_fmt;   /* the daemon's chat format, as last asked; under lock */
+	bool chat_asking;            /* one chat is asking it again now; under lock */
 };
 
 /* What an HTTP request has sent so far. */
@@ -797,6 +799,140 @@ static void stream_free(void *cls)
 static int admin(struct gateway *g, const char *cmd, struct json_object **reply, char *err,
 		 size_t errlen);
 
+/* How long lorad-http keeps the daemon's chat format before asking again. */
+#define CHAT_FMT_TTL_MS 1000u
+
+/* The daemon's reply to "chat_template", checked once (chat_fmt_take). */
+struct chat_fmt {
+	enum chat_family family;
+	char name[16];               /* the family's name as the daemon said it, for errors */
+	char bos[64];                /* the BOS token's text, where templates write it */
+	uint32_t end_ids[LORAD_MAX_STOP]; /* the tokens that end a turn */
+	unsigned n_end;
+	int64_t max_tokens, context; /* the daemon's limits; 0: not said */
+	uint64_t at_ms;              /* when it was asked */
+};
+
+/* An integer field @k of @o within [@lo, @hi] into *@v; false when it is
+ * there and something else. */
+static bool fmt_int(struct json_object *o, const char *k, int64_t lo, int64_t hi, int64_t *v)
+{
+	struct json_object *x;
+
+	if (!json_object_object_get_ex(o, k, &x))
+		return true;
+	if (!json_object_is_type(x, json_type_int) || json_object_get_int64(x) < lo ||
+	    json_object_get_int64(x) > hi)
+		return false;
+	*v = json_object_get_int64(x);
+	return true;
+}
+
+/*
+ * The "chat_template" reply @rep into @f, checked at this boundary: a
+ * family lorad renders or none, a BOS text of at most 63 bytes, up to
+ * LORAD_MAX_STOP token ids, limits that are positive. Returns 0, or
+ * -EPROTO with @err saying which field was not what a daemon says.
+ */
+static int chat_fmt_take(struct json_object *rep, struct chat_fmt *f, char *err, size_t errlen)
+{
+	struct json_object *v;
+	const char *bad = NULL;
+
+	memset(f, 0, sizeof(*f));
+	f->family = CHAT_NONE;
+	if (json_object_object_get_ex(rep, "family", &v)) {
+		if (!json_object_is_type(v, json_type_string) ||
+		    (size_t)json_object_get_string_len(v) >= sizeof(f->name) ||
+		    strspn(json_object_get_string(v), "abcdefghijklmnopqrstuvwxyz0123456789_") !=
+			    (size_t)json_object_get_string_len(v))
+			bad = "family";   /* a word: errors quote it */
+		else {
+			snprintf(f->name, sizeof(f->name), "%s", json_object_get_string(v));
+			if (chat_family_parse(f->name, &f->family) < 0)
+				f->family = strcmp(f->name, "none") ? CHAT_UNKNOWN : CHAT_NONE;
+		}
+	}
+	if (!bad && json_object_object_get_ex(rep, "bos_token", &v)) {
+		if (!json_object_is_type(v, json_type_string) ||
+		    (size_t)json_object_get_string_len(v) >= sizeof(f->bos) ||
+		    strlen(json_object_get_string(v)) != (size_t)json_object_get_string_len(v))
+			bad = "bos_token";
+		else
+			snprintf(f->bos, sizeof(f->bos), "%s", json_object_get_string(v));
+	}
+	if (!bad && json_object_object_get_ex(rep, "end_ids", &v)) {
+		if (!json_object_is_type(v, json_type_array) ||
+		    json_object_array_length(v) > LORAD_MAX_STOP)
+			bad = "end_ids";
+		for (size_t i = 0; !bad && i < json_object_array_length(v); i++) {
+			struct json_object *e = json_object_array_get_idx(v, i);
+
+			if (!json_object_is_type(e, json_type_int) || json_object_get_int64(e) < 0 ||
+			    json_object_get_int64(e) > INT32_MAX)
+				bad = "end_ids";
+			else
+				f->end_ids[f->n_end++] = (uint32_t)json_object_get_int64(e);
+		}
+	}
+	if (!bad && !fmt_int(rep, "max_tokens", 1, INT32_MAX, &f->max_tokens))
+		bad = "max_tokens";
+	if (!bad && !fmt_int(rep, "context", 1, INT32_MAX, &f->context))
+		bad = "context";
+	if (!bad && chat_end_token(f->family) && !f->n_end)
+		bad = "end_ids";   /* a family with no token to end its turns would never stop */
+	if (bad) {
+		snprintf(err, errlen, "the daemon's chat_template reply has a %s lorad-http does not "
+			 "understand", bad);
+		return -EPROTO;
+	}
+	return 0;
+}
+
+/*
+ * The daemon's chat format into @f: kept CHAT_FMT_TTL_MS, so that a flood
+ * of chats is not a flood of admin commands (the daemon answers them on
+ * its engine thread, a bounded number of connections shared with the
+ * operators). The model changes only when the daemon restarts. When the
+ * kept one is older, one chat asks again while the others take it as it
+ * is; only before the first answer may several ask at once. Returns 0,
+ * admin()'s -EAGAIN/-EPERM/-errno, or -EPROTO (chat_fmt_take), with @err.
+ */
+static int chat_format(struct gateway *g, struct chat_fmt *f, char *err, size_t errlen)
+{
+	struct json_object *rep = NULL;
+	uint64_t now = mono_ms();
+	int ret;
+
+	pthread_mutex_lock(&g->lock);
+	if (g->chat_fmt && (now - g->chat_fmt->at_ms < CHAT_FMT_TTL_MS || g->chat_asking)) {
+		*f = *g->chat_fmt;
+		pthread_mutex_unlock(&g->lock);
+		return 0;
+	}
+	g->chat_asking = true;
+	pthread_mutex_unlock(&g->lock);
+	ret = admin(g, "chat_template", &rep, err, errlen);
+	if (!ret)
+		ret = chat_fmt_take(rep, f, err, errlen);
+	json_object_put(rep);
+	f->at_ms = now;
+	pthread_mutex_lock(&g->lock);
+	g->chat_asking = false;
+	if (ret) {
+		/* nothing kept from a failed ask: the next chat asks again */
+		free(g->chat_fmt);
+		g->chat_fmt = NULL;
+	} else {
+		if (!g->chat_fmt)
+			g->chat_fmt = malloc(sizeof(*g->chat_fmt));
+		if (g->chat_fmt)
+			*g->chat_fmt = *f;
+	}
+	pthread_mutex_unlock(&g->lock);
+	return ret;
+}
+
 /*
  * A chat's max_tokens when it names none (OpenAI's and vLLM's: until the
  * turn ends, within the context): @cap (--max-tokens), within the
@@ -806,17 +942,14 @@ static int admin(struct gateway *g, const char *cmd, struct json_object **reply,
  * may be prefixed). At least 16, OpenAI's completions default, where the
  * bound leaves less: a prompt that long is for the daemon to judge.
  */
-static uint32_t chat_max_tokens(struct json_object *rep, uint32_t cap, size_t bytes)
+static uint32_t chat_max_tokens(const struct chat_fmt *f, uint32_t cap, size_t bytes)
 {
-	struct json_object *v;
 	int64_t n = cap;
 
-	if (json_object_object_get_ex(rep, "max_tokens", &v) && json_object_get_int64(v) > 0 &&
-	    json_object_get_int64(v) < n)
-		n = json_object_get_int64(v);
-	if (json_object_object_get_ex(rep, "context", &v) &&
-	    json_object_get_int64(v) - (int64_t)bytes - 1 < n)
-		n = json_object_get_int64(v) - (int64_t)bytes - 1;
+	if (f->max_tokens && f->max_tokens < n)
+		n = f->max_tokens;
+	if (f->context && f->context - (int64_t)bytes - 1 < n)
+		n = f->context - (int64_t)bytes - 1;
 	if (n < 16)
 		n = cap < 16 ? cap : 16;
 	return (uint32_t)n;
@@ -831,10 +964,8 @@ static uint32_t chat_max_tokens(struct json_object *rep, uint32_t cap, size_t by
 static unsigned chat_prepare(struct gateway *g, const struct body *b, struct job *j, char *err,
 			     size_t errlen, char *param, size_t plen, const char **type)
 {
-	struct json_object *rep = NULL, *v;
+	struct chat_fmt fmt;
 	struct oa_chat ch;
-	enum chat_family f = CHAT_NONE;
-	const char *bos = "";
 	char *text = NULL;
 	size_t len = 0;
 	unsigned st = 400;
@@ -854,7 +985,7 @@ static unsigned chat_prepare(struct gateway *g, const struct body *b, struct job
 			 "model's chat template; use /v1/completions");
 		goto out;
 	}
-	rc = admin(g, "chat_template", &rep, err, errlen);
+	rc = chat_format(g, &fmt, err, errlen);
 	if (rc == -EPERM) {
 		/* refused, not down: a daemon older than the command */
 		char why[200];
@@ -866,27 +997,20 @@ static unsigned chat_prepare(struct gateway *g, const struct body *b, struct job
 		goto out;
 	}
 	if (rc < 0) {
-		st = 503;
-		*type = "service_unavailable";
+		st = rc == -EPROTO ? 502 : 503;
+		*type = rc == -EPROTO ? "server_error" : "service_unavailable";
 		goto out;
 	}
-	if (json_object_object_get_ex(rep, "family", &v) && json_object_is_type(v, json_type_string))
-		chat_family_parse(json_object_get_string(v), &f);
-	if (json_object_object_get_ex(rep, "bos_token", &v) && json_object_is_type(v, json_type_string))
-		bos = json_object_get_string(v);
-	if (json_object_object_get_ex(rep, "end_ids", &v) && json_object_is_type(v, json_type_array))
-		for (size_t i = 0; i < json_object_array_length(v) && j->n_end < LORAD_MAX_STOP; i++)
-			j->end_ids[j->n_end++] = (uint32_t)json_object_get_int64(
-				json_object_array_get_idx(v, i));
-	if (!chat_end_token(f)) {
+	memcpy(j->end_ids, fmt.end_ids, sizeof(fmt.end_ids));
+	j->n_end = fmt.n_end;
+	if (!chat_end_token(fmt.family)) {
 		snprintf(param, plen, "model");
 		snprintf(err, errlen, "the model has no chat template lorad knows (%s): use "
 			 "/v1/completions, or start lorad with --chat-template FAMILY "
-			 "(llama3, chatml, qwen3)",
-			 json_object_object_get_ex(rep, "family", &v) ? json_object_get_string(v) : "none");
+			 "(llama3, chatml, qwen3)", fmt.name[0] ? fmt.name : "none");
 		goto out;
 	}
-	rc = chat_render(f, bos, ch.msgs, ch.n_msgs, &text, &len, err, errlen, param, plen);
+	rc = chat_render(fmt.family, fmt.bos, ch.msgs, ch.n_msgs, &text, &len, err, errlen, param, plen);
 	if (rc < 0) {
 		if (rc == -ENOMEM) {
 			st = 500;
@@ -895,7 +1019,7 @@ static unsigned chat_prepare(struct gateway *g, const struct body *b, struct job
 		goto out;
 	}
 	if (!ch.max_tokens_given)
-		ch.c.max_tokens = chat_max_tokens(rep, ch.c.max_tokens, len);
+		ch.c.max_tokens = chat_max_tokens(&fmt, ch.c.max_tokens, len);
 	j->req = ch.c;
 	memset(&ch.c, 0, sizeof(ch.c));
 	j->req.prompt[0] = text;
@@ -904,7 +1028,6 @@ static unsigned chat_prepare(struct gateway *g, const struct body *b, struct job
 	j->chat = true;
 	st = 0;
 out:
-	json_object_put(rep);
 	oa_chat_free(&ch);
 	return st;
 }
@@ -1596,6 +1719,7 @@ void gateway_stop(struct gateway *g)
 		lorad_close(l->c);
 		free(l);
 	}
+	free(g->chat_fmt);
 	pthread_cond_destroy(&g->watch_cond);
 	pthread_mutex_destroy(&g->lock);
 	free(g);

@@ -841,7 +841,6 @@ static int32_t id_of(const struct tokenizer *t, const char *s)
 	return tok_token_to_id(t, s, strlen(s));
 }
 
-/* bos_token / eos_token of tokenizer_config.json beside the file, if any. */
 /*
  * The family of the config's chat_template: a string, or a list of
  * {"name", "template"} of which "default" is the one apply_chat_template
@@ -873,6 +872,8 @@ static int chat_family_of(struct json_object *cfg)
 	return chat_family_classify(json_object_get_string(v), (size_t)json_object_get_string_len(v));
 }
 
+/* bos_token / eos_token and the chat_template's family of
+ * tokenizer_config.json beside the file, if any. */
 static int load_config(struct ld *ld, const char *path)
 {
 	struct tokenizer *t = ld->t;

@@ -11,6 +11,10 @@
 #                --chat-template refused for a vocabulary without its tokens,
 #                taken for one with them; a client that leaves a stream has
 #                its request cancelled)
+#       admin   (the daemon's chat format asked once a second at most,
+#                however many chats come; a chat_template reply that is
+#                not a daemon's (fields of the wrong type or size) is a 502
+#                naming the field, and the gateway goes on)
 #       hostile (messages of every wrong shape and size, tools, images, the
 #                template's own special tokens in a user's content, the last
 #                turn the assistant's: one clear 400 each or a faithful 200,
@@ -285,6 +289,46 @@ PY
 	for _ in $(seq 100); do curl -s -o /dev/null "$url/healthz" && break; sleep 0.05; done
 	refused '{"model":"base","messages":[{"role":"user","content":"x"}]}' model "older than lorad-http"
 	kill "$opid"
+	;;
+admin)
+	chat_model qwen3 151669 151645 $'\n' '<|im_end|>'
+	start "$dir/qwen3"
+	python3 "$here/admin_proxy.py" "$dir/p.sock" "$dir/a.sock" "$dir/count" "$dir/mutate" &
+	opid=$!
+	for _ in $(seq 100); do [ -S "$dir/p.sock" ] && break; sleep 0.05; done
+	"$bin/lorad-http" --listen "127.0.0.1:$port" --socket "$dir/l.sock" --admin-socket "$dir/p.sock" \
+		>>"$dir/http.log" 2>&1 &
+	gpid=$!
+	for _ in $(seq 100); do curl -s -o /dev/null "$url/healthz" && break; sleep 0.05; done
+	# 60 chats, 4 at a time: the format is asked once a second at most (the
+	# four first chats may all ask, none answered yet)
+	t0=$(date +%s%N)
+	seq 60 | xargs -P 4 -I{} curl -s -o /dev/null -w '%{http_code}\n' -H 'Content-Type: application/json' \
+		--data-binary "$hello" "$url/v1/chat/completions" >"$dir/codes"
+	s=$(( ($(date +%s%N) - t0) / 1000000000 ))
+	[ "$(grep -c '^200$' "$dir/codes")" = 60 ] || fail "chats: $(sort "$dir/codes" | uniq -c)"
+	n=$(cat "$dir/count")
+	[ "$n" -ge 1 ] && [ "$n" -le $((s + 5)) ] || fail "the chat format asked $n times for 60 chats in $s s"
+	# a reply no daemon gives: 502 naming the field; the gateway goes on
+	for m in '{"family":7}' '{"family":"qwen3\u001b[2J"}' "{\"bos_token\":\"$(printf 'b%.0s' $(seq 64))\"}" \
+		'{"bos_token":"a\u0000b"}' '{"end_ids":[-1]}' '{"end_ids":[1.5]}' '{"end_ids":[4294967296]}' \
+		"{\"end_ids\":[$(seq -s, 1 65)]}" '{"end_ids":[]}' '{"end_ids":"x"}' '{"context":-5}' \
+		'{"max_tokens":"many"}'; do
+		printf '%s' "$m" >"$dir/mutate"
+		sleep 1.1   # past the time the last reply is kept
+		st=$(post /v1/chat/completions "$hello")
+		f=$(python3 -c 'import json,sys; print(next(iter(json.loads(sys.argv[1]))))' "$m")
+		[ "$st" = 502 ] && grep -q "chat_template reply has a $f lorad-http does not understand" "$dir/out" ||
+			fail "admin reply $m: HTTP $st $(cat "$dir/out")"
+		kill -0 "$gpid" || fail "lorad-http died on $m"
+	done
+	# a family the gateway does not render: the model's, as the daemon says
+	printf '%s' '{"family":"zephyr"}' >"$dir/mutate"
+	sleep 1.1
+	refused "$hello" model "no chat template lorad knows (zephyr)"
+	rm -f "$dir/mutate"
+	sleep 1.1
+	[ "$(post /v1/chat/completions "$hello")" = 200 ] || fail "chat after the broken replies: $(cat "$dir/out")"
 	;;
 hostile)
 	# a context that holds 1024 short messages (6 tokens each)

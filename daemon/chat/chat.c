@@ -6,8 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
-static const char *const names[CHAT__COUNT] = { "none", "unknown", "llama3", "chatml", "qwen3" };
+static const char *const names[CHAT__COUNT] = { "none",   "unknown", "llama3",
+						  "chatml", "qwen3",   "llama3.1" };
 
 const char *chat_family_name(enum chat_family f)
 {
@@ -28,6 +30,7 @@ const char *chat_end_token(enum chat_family f)
 {
 	switch (f) {
 	case CHAT_LLAMA3:
+	case CHAT_LLAMA31:
 		return "<|eot_id|>";
 	case CHAT_CHATML:
 	case CHAT_QWEN3:
@@ -48,34 +51,154 @@ static bool has(const char *s, size_t len, const char *needle)
 	return false;
 }
 
-enum chat_family chat_family_classify(const char *t, size_t len)
+/* Where @needle first occurs in the @len bytes at @s from @from, or -1. */
+static long find(const char *s, size_t len, size_t from, const char *needle)
 {
-	/* what a template does besides the turns: a default system prompt, a
-	 * date, a tools preamble as a system turn. lorad renders the turns
-	 * alone, so such a template is unknown, not rendered otherwise */
-	static const char *const extras[] = { "You are Qwen", "You are a helpful", "named SmolLM",
-					      "Cutting Knowledge Date", "Today Date", "strftime_now",
-					      "date_string" };
+	size_t nl = strlen(needle);
 
+	for (size_t i = from; nl <= len && i <= len - nl; i++)
+		if (s[i] == needle[0] && !memcmp(s + i, needle, nl))
+			return (long)i;
+	return -1;
+}
+
+/*
+ * A ChatML template's default system prompt (Qwen2, Qwen2.5, SmolLM2): the
+ * text of the one string literal '<|im_start|>system\nTEXT<|im_end|>\n' it
+ * writes when messages[0] is not the system's, into @out. Every other
+ * system header in the template must be one lorad renders the same: the
+ * first message's own turn, '<|im_start|>system\n' + messages[0]['content']
+ * + '<|im_end|>\n' (Qwen2.5), or the opening of a tools preamble,
+ * '<|im_start|>system\n' }} (never rendered: tools are refused). Returns 1,
+ * 0 when there is none, -1 when there is one lorad cannot read as plain
+ * text or another system header (an escape, a quote, two defaults, one not
+ * tied to messages[0]).
+ */
+static int chatml_system(const char *t, size_t len, char *out, size_t cap)
+{
+	static const char head[] = "<|im_start|>system\\n";
+	int found = 0;
+
+	for (long at = 0; (at = find(t, len, (size_t)at, "<|im_start|>system")) >= 0; at++) {
+		size_t s = (size_t)at + strlen(head);
+		char quote = at ? t[at - 1] : 0, own[64], close[16];
+		long e;
+
+		if ((quote != '\'' && quote != '"') || find(t, len, (size_t)at, head) != at)
+			return -1;
+		snprintf(own, sizeof(own), "%c + messages[0]['content'] + %c<|im_end|>\\n%c", quote, quote,
+			 quote);
+		snprintf(close, sizeof(close), "<|im_end|>\\n%c", quote);
+		if (find(t, len, s, own) == (long)s || (s < len && t[s] == quote &&
+							 find(t, len, s + 1, " }}") == (long)s + 1))
+			continue;
+		if ((e = find(t, len, s, close)) < 0 || e == (long)s || (size_t)(e - (long)s) >= cap)
+			return -1;
+		for (long k = (long)s; k < e; k++)
+			if (t[k] == quote || t[k] == '\\' || !t[k] || t[k] == '{' || t[k] == '}')
+				return -1;
+		if (found++)
+			return -1;
+		memcpy(out, t + s, (size_t)(e - (long)s));
+		out[e - (long)s] = 0;
+	}
+	if (found && !has(t, len, "messages[0]['role']") && !has(t, len, "messages[0].role"))
+		return -1;
+	return found;
+}
+
+/*
+ * Llama 3.1's date of "Today Date: " into @out: "today" where the template
+ * takes strftime_now("%d %b %Y") (Llama 3.2, and transformers defines it),
+ * otherwise the literal of its `set date_string = "..."`. Returns 0, or -1
+ * when there is neither or the literal is not plain text.
+ */
+static int llama31_date(const char *t, size_t len, char *out, size_t cap)
+{
+	static const char set[] = "set date_string = \"";
+	long at, e;
+
+	if (has(t, len, "strftime_now")) {
+		if (!has(t, len, "strftime_now(\"%d %b %Y\")"))
+			return -1;
+		snprintf(out, cap, "today");
+		return 0;
+	}
+	if ((at = find(t, len, 0, set)) < 0 || find(t, len, (size_t)at + 1, set) >= 0)
+		return -1;
+	at += (long)strlen(set);
+	if ((e = find(t, len, (size_t)at, "\"")) < 0 || e == at || (size_t)(e - at) >= cap)
+		return -1;
+	for (long k = at; k < e; k++)
+		if (t[k] == '\\' || t[k] == '{' || t[k] == '}' || (unsigned char)t[k] < 0x20)
+			return -1;
+	memcpy(out, t + at, (size_t)(e - at));
+	out[e - at] = 0;
+	return 0;
+}
+
+void chat_format_forced(enum chat_family f, struct chat_format *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->family = f;
+	if (f == CHAT_LLAMA31)
+		snprintf(out->date, sizeof(out->date), "26 Jul 2024");
+}
+
+enum chat_family chat_classify(const char *t, size_t len, struct chat_format *out)
+{
+	/* a default system prompt lorad found no plain literal of */
+	static const char *const defaults[] = { "You are Qwen", "You are a helpful", "named SmolLM" };
+	/* Llama 3.1's system turn: the knowledge cutoff and a date */
+	static const char *const dated[] = { "Cutting Knowledge Date", "Today Date", "strftime_now",
+					     "date_string" };
+	bool has_default = false, has_date = false;
+
+	memset(out, 0, sizeof(*out));
+	out->family = CHAT_NONE;
 	if (!t)
-		return CHAT_NONE;
+		return out->family;
+	out->family = CHAT_UNKNOWN;
 	if (len > CHAT_TEMPLATE_MAX)
-		return CHAT_UNKNOWN;
-	for (size_t i = 0; i < sizeof(extras) / sizeof(extras[0]); i++)
-		if (has(t, len, extras[i]))
-			return CHAT_UNKNOWN;
-	if (has(t, len, "<|start_header_id|>") && has(t, len, "<|eot_id|>") && has(t, len, "trim"))
-		return CHAT_LLAMA3;
-	if (has(t, len, "<|im_start|>")) {
+		return out->family;
+	for (size_t i = 0; i < sizeof(defaults) / sizeof(defaults[0]); i++)
+		has_default |= has(t, len, defaults[i]);
+	for (size_t i = 0; i < sizeof(dated) / sizeof(dated[0]); i++)
+		has_date |= has(t, len, dated[i]);
+	if (has(t, len, "<|start_header_id|>") && has(t, len, "<|eot_id|>") && has(t, len, "trim")) {
+		if (has_default)
+			return out->family;
+		if (!has_date)
+			return out->family = CHAT_LLAMA3;
+		if (has(t, len, "Cutting Knowledge Date: December 2023\\n") &&
+		    has(t, len, "Today Date: ") &&
+		    !llama31_date(t, len, out->date, sizeof(out->date)))
+			return out->family = CHAT_LLAMA31;
+		out->date[0] = 0;
+		return out->family;
+	}
+	if (has_date || !has(t, len, "<|im_start|>"))
+		return out->family;
+	if (has(t, len, "<think>")) {
 		/* Qwen3's: reasoning split at </think>, an empty think block for
 		 * the last assistant turn, enable_thinking; another template with
 		 * <think> (QwQ opens one in the generation prompt) is unknown */
-		if (has(t, len, "<think>"))
-			return has(t, len, "enable_thinking") && has(t, len, "reasoning_content") &&
-			       has(t, len, "last_query_index") ? CHAT_QWEN3 : CHAT_UNKNOWN;
-		return CHAT_CHATML;
+		if (!has_default && has(t, len, "enable_thinking") && has(t, len, "reasoning_content") &&
+		    has(t, len, "last_query_index"))
+			out->family = CHAT_QWEN3;
+		return out->family;
 	}
-	return CHAT_UNKNOWN;
+	switch (chatml_system(t, len, out->system, sizeof(out->system))) {
+	case 1:
+		return out->family = CHAT_CHATML;
+	case 0:
+		if (!has_default)
+			return out->family = CHAT_CHATML;
+		/* fall through */
+	default:
+		out->system[0] = 0;
+		return out->family;
+	}
 }
 
 /* A growing string. */
@@ -180,24 +303,72 @@ static bool ends(const struct chat_msg *m, const char *p)
 	return m->len >= l && !memcmp(m->content + m->len - l, p, l);
 }
 
+/* One Llama 3 turn: its header, its content trimmed, its end. */
+static void llama3_turn(struct sbuf *b, const char *role, const char *content, size_t len)
+{
+	size_t at, l = py_strip(content, len, &at);
+
+	puts_(b, "<|start_header_id|>");
+	puts_(b, role);
+	puts_(b, "<|end_header_id|>\n\n");
+	put(b, content + at, l);
+	puts_(b, "<|eot_id|>");
+}
+
 /* Llama 3's: the BOS, then each turn with its content trimmed. */
 static void render_llama3(struct sbuf *b, const char *bos, const struct chat_msg *m, size_t n)
 {
 	puts_(b, bos);
-	for (size_t i = 0; i < n; i++) {
-		size_t at, l = py_strip(m[i].content, m[i].len, &at);
-
-		puts_(b, "<|start_header_id|>");
-		puts_(b, role_name(m[i].role));
-		puts_(b, "<|end_header_id|>\n\n");
-		put(b, m[i].content + at, l);
-		puts_(b, "<|eot_id|>");
-	}
+	for (size_t i = 0; i < n; i++)
+		llama3_turn(b, role_name(m[i].role), m[i].content, m[i].len);
 	puts_(b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
 }
 
-static void render_chatml(struct sbuf *b, const struct chat_msg *m, size_t n)
+/*
+ * Llama 3.1's: the BOS, a system turn with the knowledge cutoff, the date
+ * and the first message's content when it is the system's (trimmed), then
+ * the other turns as Llama 3's.
+ */
+static void render_llama31(struct sbuf *b, const char *bos, const char *date,
+			   const struct chat_msg *m, size_t n)
 {
+	char today[CHAT_DATE_MAX + 1];
+	size_t at = 0, l = 0, first = 0;
+
+	if (!strcmp(date, "today")) {
+		time_t now = time(NULL);
+		struct tm tm;
+
+		if (!localtime_r(&now, &tm) || !strftime(today, sizeof(today), "%d %b %Y", &tm))
+			today[0] = 0;
+		date = today;
+	}
+	if (n && m[0].role == CHAT_SYSTEM) {
+		l = py_strip(m[0].content, m[0].len, &at);
+		first = 1;
+	}
+	puts_(b, bos);
+	puts_(b, "<|start_header_id|>system<|end_header_id|>\n\n"
+		 "Cutting Knowledge Date: December 2023\nToday Date: ");
+	puts_(b, date);
+	puts_(b, "\n\n");
+	if (first)
+		put(b, m[0].content + at, l);
+	puts_(b, "<|eot_id|>");
+	for (size_t i = first; i < n; i++)
+		llama3_turn(b, role_name(m[i].role), m[i].content, m[i].len);
+	puts_(b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+}
+
+/* ChatML: each turn as it is, after the template's default system turn
+ * where the first message is not the system's. */
+static void render_chatml(struct sbuf *b, const char *system, const struct chat_msg *m, size_t n)
+{
+	if (system[0] && m[0].role != CHAT_SYSTEM) {
+		puts_(b, "<|im_start|>system\n");
+		puts_(b, system);
+		puts_(b, "<|im_end|>\n");
+	}
 	for (size_t i = 0; i < n; i++) {
 		puts_(b, "<|im_start|>");
 		puts_(b, role_name(m[i].role));
@@ -264,7 +435,7 @@ static int render_qwen3(struct sbuf *b, const struct chat_msg *m, size_t n, char
 	return 0;
 }
 
-int chat_render(enum chat_family f, const char *bos, const struct chat_msg *msgs, size_t n,
+int chat_render(const struct chat_format *fmt, const char *bos, const struct chat_msg *msgs, size_t n,
 		char **out, size_t *out_len, char *err, size_t errlen, char *param, size_t plen)
 {
 	struct sbuf b = { 0 };
@@ -277,12 +448,15 @@ int chat_render(enum chat_family f, const char *bos, const struct chat_msg *msgs
 		snprintf(err, errlen, "messages is empty");
 		return -EINVAL;
 	}
-	switch (f) {
+	switch (fmt->family) {
 	case CHAT_LLAMA3:
 		render_llama3(&b, bos ? bos : "", msgs, n);
 		break;
+	case CHAT_LLAMA31:
+		render_llama31(&b, bos ? bos : "", fmt->date, msgs, n);
+		break;
 	case CHAT_CHATML:
-		render_chatml(&b, msgs, n);
+		render_chatml(&b, fmt->system, msgs, n);
 		break;
 	case CHAT_QWEN3:
 		ret = render_qwen3(&b, msgs, n, err, errlen, param, plen);

@@ -804,7 +804,7 @@ static int admin(struct gateway *g, const char *cmd, struct json_object **reply,
 
 /* The daemon's reply to "chat_template", checked once (chat_fmt_take). */
 struct chat_fmt {
-	enum chat_family family;
+	struct chat_format cf;       /* the family, its default system prompt and date */
 	char name[16];               /* the family's name as the daemon said it, for errors */
 	char bos[64];                /* the BOS token's text, where templates write it */
 	uint32_t end_ids[LORAD_MAX_STOP]; /* the tokens that end a turn */
@@ -840,19 +840,37 @@ static int chat_fmt_take(struct json_object *rep, struct chat_fmt *f, char *err,
 	const char *bad = NULL;
 
 	memset(f, 0, sizeof(*f));
-	f->family = CHAT_NONE;
+	f->cf.family = CHAT_NONE;
 	if (json_object_object_get_ex(rep, "family", &v)) {
 		if (!json_object_is_type(v, json_type_string) ||
 		    (size_t)json_object_get_string_len(v) >= sizeof(f->name) ||
-		    strspn(json_object_get_string(v), "abcdefghijklmnopqrstuvwxyz0123456789_") !=
+		    strspn(json_object_get_string(v), "abcdefghijklmnopqrstuvwxyz0123456789_.") !=
 			    (size_t)json_object_get_string_len(v))
 			bad = "family";   /* a word: errors quote it */
 		else {
 			snprintf(f->name, sizeof(f->name), "%s", json_object_get_string(v));
-			if (chat_family_parse(f->name, &f->family) < 0)
-				f->family = strcmp(f->name, "none") ? CHAT_UNKNOWN : CHAT_NONE;
+			if (chat_family_parse(f->name, &f->cf.family) < 0)
+				f->cf.family = strcmp(f->name, "none") ? CHAT_UNKNOWN : CHAT_NONE;
 		}
 	}
+	if (!bad && json_object_object_get_ex(rep, "default_system", &v)) {
+		if (!json_object_is_type(v, json_type_string) ||
+		    (size_t)json_object_get_string_len(v) >= sizeof(f->cf.system) ||
+		    strlen(json_object_get_string(v)) != (size_t)json_object_get_string_len(v))
+			bad = "default_system";
+		else
+			snprintf(f->cf.system, sizeof(f->cf.system), "%s", json_object_get_string(v));
+	}
+	if (!bad && json_object_object_get_ex(rep, "date", &v)) {
+		if (!json_object_is_type(v, json_type_string) ||
+		    (size_t)json_object_get_string_len(v) >= sizeof(f->cf.date) ||
+		    strlen(json_object_get_string(v)) != (size_t)json_object_get_string_len(v))
+			bad = "date";
+		else
+			snprintf(f->cf.date, sizeof(f->cf.date), "%s", json_object_get_string(v));
+	}
+	if (!bad && f->cf.family == CHAT_LLAMA31 && !f->cf.date[0])
+		bad = "date";   /* the family's system turn says one */
 	if (!bad && json_object_object_get_ex(rep, "bos_token", &v)) {
 		if (!json_object_is_type(v, json_type_string) ||
 		    (size_t)json_object_get_string_len(v) >= sizeof(f->bos) ||
@@ -879,7 +897,7 @@ static int chat_fmt_take(struct json_object *rep, struct chat_fmt *f, char *err,
 		bad = "max_tokens";
 	if (!bad && !fmt_int(rep, "context", 1, INT32_MAX, &f->context))
 		bad = "context";
-	if (!bad && chat_end_token(f->family) && !f->n_end)
+	if (!bad && chat_end_token(f->cf.family) && !f->n_end)
 		bad = "end_ids";   /* a family with no token to end its turns would never stop */
 	if (bad) {
 		snprintf(err, errlen, "the daemon's chat_template reply has a %s lorad-http does not "
@@ -1003,14 +1021,14 @@ static unsigned chat_prepare(struct gateway *g, const struct body *b, struct job
 	}
 	memcpy(j->end_ids, fmt.end_ids, sizeof(fmt.end_ids));
 	j->n_end = fmt.n_end;
-	if (!chat_end_token(fmt.family)) {
+	if (!chat_end_token(fmt.cf.family)) {
 		snprintf(param, plen, "model");
 		snprintf(err, errlen, "the model has no chat template lorad knows (%s): use "
 			 "/v1/completions, or start lorad with --chat-template FAMILY "
-			 "(llama3, chatml, qwen3)", fmt.name[0] ? fmt.name : "none");
+			 "(" CHAT_FAMILIES ")", fmt.name[0] ? fmt.name : "none");
 		goto out;
 	}
-	rc = chat_render(fmt.family, fmt.bos, ch.msgs, ch.n_msgs, &text, &len, err, errlen, param, plen);
+	rc = chat_render(&fmt.cf, fmt.bos, ch.msgs, ch.n_msgs, &text, &len, err, errlen, param, plen);
 	if (rc < 0) {
 		if (rc == -ENOMEM) {
 			st = 500;

@@ -69,7 +69,7 @@ struct daemon {
 	struct engine *eng;
 	struct sched *sch;
 	struct tokenizer *tok;
-	int chat_family;               /* enum chat_family: what lorad-http renders chats in */
+	struct chat_format chat;       /* what lorad-http renders chats in */
 	int32_t chat_end;              /* the token that ends a turn in it; -1: none */
 	struct classifier *cls;
 	struct nullexec *nx;
@@ -458,35 +458,46 @@ struct model_progress {
 static int chat_setup(struct daemon *d)
 {
 	const char *opt = d->cfg.chat_template;
-	enum chat_family f = d->tok ? (enum chat_family)tok_chat_family(d->tok) : CHAT_NONE;
 	bool forced = opt && strcmp(opt, "auto");
+	struct chat_format *f = &d->chat;
 	const char *end;
 	int32_t id = -1;
 
 	d->chat_end = -1;
-	if (forced && chat_family_parse(opt, &f) < 0) {
-		log_err("chat_template %s: not a family lorad renders (llama3, chatml, qwen3)", opt);
-		return -EINVAL;
+	if (d->tok)
+		*f = *tok_chat_format(d->tok);
+	else
+		chat_classify(NULL, 0, f);
+	if (forced) {
+		enum chat_family fam;
+
+		if (chat_family_parse(opt, &fam) < 0) {
+			log_err("chat_template %s: not a family lorad renders (" CHAT_FAMILIES ")", opt);
+			return -EINVAL;
+		}
+		chat_format_forced(fam, f);
 	}
 	if (forced && !d->tok) {
 		log_err("chat_template %s: the model has no tokenizer that loaded (see above) to render chats with", opt);
 		return -EINVAL;
 	}
-	end = chat_end_token(f);
+	end = chat_end_token(f->family);
 	if (end && (id = tok_token_to_id(d->tok, end, strlen(end))) < 0) {
 		if (forced) {
 			log_err("chat_template %s: the model's vocabulary has no %s token", opt, end);
 			return -EINVAL;
 		}
 		log_warn("the chat template looks like %s but the vocabulary has no %s: chats refused",
-			 chat_family_name(f), end);
-		f = CHAT_UNKNOWN;
+			 chat_family_name(f->family), end);
+		chat_classify(NULL, 0, f);
+		f->family = CHAT_UNKNOWN;
 		id = -1;
 	}
-	d->chat_family = f;
 	d->chat_end = id;
 	if (d->tok)
-		log_info("chat format %s%s", chat_family_name(f), forced ? " (chat_template)" : "");
+		log_info("chat format %s%s%s%s", chat_family_name(f->family),
+			 forced ? " (chat_template)" : "", f->system[0] ? ", with a default system prompt" : "",
+			 f->family == CHAT_LLAMA31 ? (strcmp(f->date, "today") ? ", a fixed date" : ", today's date") : "");
 	return 0;
 }
 
@@ -967,11 +978,14 @@ static int cmd_chat_template(void *ctx, struct json_object *req, struct json_obj
 	const char *bt = bos >= 0 ? tok_id_to_token(d->tok, (uint32_t)bos, NULL) : NULL;
 
 	(void)req;
-	json_object_object_add(reply, "family",
-			       json_object_new_string(chat_family_name((enum chat_family)d->chat_family)));
+	json_object_object_add(reply, "family", json_object_new_string(chat_family_name(d->chat.family)));
 	json_object_object_add(reply, "bos_token", json_object_new_string(bt ? bt : ""));
-	if (chat_end_token((enum chat_family)d->chat_family) && d->chat_end >= 0)
+	if (chat_end_token(d->chat.family) && d->chat_end >= 0)
 		json_object_array_add(ends, json_object_new_int(d->chat_end));
+	if (d->chat.system[0])
+		json_object_object_add(reply, "default_system", json_object_new_string(d->chat.system));
+	if (d->chat.date[0])
+		json_object_object_add(reply, "date", json_object_new_string(d->chat.date));
 	json_object_object_add(reply, "end_ids", ends);
 	/* for a chat that names no max_tokens: as many as surely fit */
 	json_object_object_add(reply, "max_tokens", json_object_new_int64(d->cfg.max_tokens));

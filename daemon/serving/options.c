@@ -48,7 +48,7 @@ const struct opt_def opt_table[] = {
 		  "rounds x to bf16 and uses AVX-512 BF16 dot products where the CPU has them, "
 		  "the KV cache then kept in bf16 (half its bytes)" },
 	{ "chat_template", "daemon", OPT_ENUM, F(chat_template), .def_str = "auto",
-	  .choices = "auto|llama3|chatml|qwen3", .arg = "FAMILY",
+	  .choices = "auto|llama3|llama3.1|chatml|qwen3", .arg = "FAMILY",
 	  .help = "the model's chat format, for chat completions: auto recognises the "
 		  "chat_template of tokenizer_config.json; a family forces it (for models that "
 		  "ship none)" },

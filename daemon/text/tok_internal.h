@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "chat.h"
 #include "tokenizer.h"
 #include "utf8.h"
 
@@ -237,7 +238,7 @@ struct tokenizer {
 	struct post *post;
 	struct dec *dec;
 	int32_t bos, eos;
-	int chat_family;          /* enum chat_family of tokenizer_config.json's chat_template */
+	struct chat_format chat;  /* tokenizer_config.json's chat_template, recognised */
 	/* GPT-2 byte <-> unicode mapping */
 	char byte_chr[256][3];
 	uint8_t byte_chr_len[256];

@@ -842,15 +842,16 @@ static int32_t id_of(const struct tokenizer *t, const char *s)
 }
 
 /*
- * The family of the config's chat_template: a string, or a list of
- * {"name", "template"} of which "default" is the one apply_chat_template
- * takes. Recognised, never executed (chat.h); one over CHAT_TEMPLATE_MAX
- * bytes is unknown.
+ * The format of the config's chat_template into @out: a string, or a list
+ * of {"name", "template"} of which "default" is the one
+ * apply_chat_template takes. Recognised, never executed (chat.h); one over
+ * CHAT_TEMPLATE_MAX bytes is unknown.
  */
-static int chat_family_of(struct json_object *cfg)
+static void chat_format_of(struct json_object *cfg, struct chat_format *out)
 {
 	struct json_object *v = jget(cfg, "chat_template");
 
+	chat_classify(NULL, 0, out);
 	if (v && json_object_is_type(v, json_type_array)) {
 		struct json_object *list = v;
 
@@ -862,17 +863,21 @@ static int chat_family_of(struct json_object *cfg)
 			    !strcmp(json_object_get_string(n), "default"))
 				v = jget(e, "template");
 		}
-		if (!v)
-			return CHAT_UNKNOWN;
+		if (!v) {
+			out->family = CHAT_UNKNOWN;
+			return;
+		}
 	}
 	if (!v || json_object_is_type(v, json_type_null))
-		return CHAT_NONE;
-	if (!json_object_is_type(v, json_type_string))
-		return CHAT_UNKNOWN;
-	return chat_family_classify(json_object_get_string(v), (size_t)json_object_get_string_len(v));
+		return;
+	if (!json_object_is_type(v, json_type_string)) {
+		out->family = CHAT_UNKNOWN;
+		return;
+	}
+	chat_classify(json_object_get_string(v), (size_t)json_object_get_string_len(v), out);
 }
 
-/* bos_token / eos_token and the chat_template's family of
+/* bos_token / eos_token and the chat_template's format of
  * tokenizer_config.json beside the file, if any. */
 static int load_config(struct ld *ld, const char *path)
 {
@@ -913,7 +918,7 @@ static int load_config(struct ld *ld, const char *path)
 		}
 		*dst[i] = id;
 	}
-	t->chat_family = chat_family_of(o);
+	chat_format_of(o, &t->chat);
 	json_object_put(o);
 	free(cfg);
 	return 0;
@@ -1190,7 +1195,10 @@ const char *tok_id_to_token(const struct tokenizer *t, uint32_t id, size_t *len)
 
 int32_t tok_bos_id(const struct tokenizer *t) { return t ? t->bos : -ENOENT; }
 int32_t tok_eos_id(const struct tokenizer *t) { return t ? t->eos : -ENOENT; }
-int tok_chat_family(const struct tokenizer *t) { return t ? t->chat_family : 0; }
+const struct chat_format *tok_chat_format(const struct tokenizer *t)
+{
+	return t ? &t->chat : NULL;
+}
 
 bool tok_is_special(const struct tokenizer *t, uint32_t id)
 {

@@ -91,10 +91,11 @@ int tok_token_bytes(const struct tokenizer *tok, uint32_t id, unsigned char *buf
 int32_t tok_bos_id(const struct tokenizer *tok);
 int32_t tok_eos_id(const struct tokenizer *tok);
 
-/* The family (enum chat_family, chat.h) of the chat_template in
- * tokenizer_config.json: CHAT_NONE without one, CHAT_UNKNOWN for one
- * lorad does not render exactly or over 64 KiB. */
-int tok_chat_family(const struct tokenizer *tok);
+/* The format (chat.h) of the chat_template in tokenizer_config.json: its
+ * family CHAT_NONE without one, CHAT_UNKNOWN for one lorad does not render
+ * exactly or over 64 KiB. */
+struct chat_format;
+const struct chat_format *tok_chat_format(const struct tokenizer *tok);
 
 /* Whether id is an added token marked "special" (skipped by
  * tok_decode(skip_special=true)). */

@@ -25,6 +25,7 @@ static void chat(const uint8_t *data, size_t size)
 {
 	static const char *const head[CHAT__COUNT] = {
 		[CHAT_LLAMA3] = "<|start_header_id|>assistant<|end_header_id|>\n\n",
+		[CHAT_LLAMA31] = "<|start_header_id|>assistant<|end_header_id|>\n\n",
 		[CHAT_CHATML] = "<|im_start|>assistant\n", [CHAT_QWEN3] = "<|im_start|>assistant\n" };
 	struct oa_chat ch;
 	char err[300], param[64];
@@ -45,9 +46,17 @@ static void chat(const uint8_t *data, size_t size)
 	for (int f = CHAT_LLAMA3; f < CHAT__COUNT; f++) {
 		char *out;
 		size_t len, hl = strlen(head[f]);
+		struct chat_format cf;
 
-		rc = chat_render((enum chat_family)f, "<|begin_of_text|>", ch.msgs, ch.n_msgs, &out, &len,
-				 err, sizeof(err), param, sizeof(param));
+		/* the forced formats; ChatML with a default system prompt on odd
+		 * sizes, Llama 3.1 with today's date on even ones */
+		chat_format_forced((enum chat_family)f, &cf);
+		if (f == CHAT_CHATML && size & 1)
+			strcpy(cf.system, "You are a test.");
+		if (f == CHAT_LLAMA31 && !(size & 1))
+			strcpy(cf.date, "today");
+		rc = chat_render(&cf, "<|begin_of_text|>", ch.msgs, ch.n_msgs, &out, &len, err, sizeof(err),
+				 param, sizeof(param));
 		if (rc == -ENOMEM)
 			continue;
 		if (rc == -EINVAL) {

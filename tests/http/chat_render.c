@@ -6,6 +6,8 @@
  *       messages, parsed and rendered as the gateway does (oa_parse_chat,
  *       chat_render), on stdout; exit 1 with "PARAM<TAB>MESSAGE" on stderr
  *       when refused
+ *   chat_render template FILE BOS < BODY   the same in the format of the
+ *       Jinja template in FILE, as the daemon recognises it (chat_classify)
  *   chat_render classify < TEMPLATE        the family of a Jinja template
  */
 #include <errno.h>
@@ -16,14 +18,14 @@
 #include "chat.h"
 #include "openai.h"
 
-static char *slurp(size_t *len)
+static char *slurp(FILE *f, size_t *len)
 {
 	size_t cap = 1 << 16;
 	char *b = malloc(cap);
 
 	*len = 0;
 	while (b) {
-		size_t n = fread(b + *len, 1, cap - *len, stdin);
+		size_t n = fread(b + *len, 1, cap - *len, f);
 
 		*len += n;
 		if (n == 0)
@@ -45,22 +47,40 @@ static char *slurp(size_t *len)
 int main(int argc, char **argv)
 {
 	char err[400], param[64], *in, *out = NULL;
+	struct chat_format cf;
 	struct oa_chat ch;
 	enum chat_family f;
 	size_t len, olen;
 	int rc;
 
-	if (argc < 2 || !(in = slurp(&len))) {
-		fprintf(stderr, "usage: chat_render render FAMILY BOS < BODY | classify < TEMPLATE\n");
+	if (argc < 2 || !(in = slurp(stdin, &len))) {
+		fprintf(stderr, "usage: chat_render render FAMILY BOS < BODY | template FILE BOS < BODY | "
+			"classify < TEMPLATE\n");
 		return 2;
 	}
 	if (!strcmp(argv[1], "classify")) {
-		puts(chat_family_name(chat_family_classify(in, len)));
+		puts(chat_family_name(chat_classify(in, len, &cf)));
 		free(in);
 		return 0;
 	}
-	if (argc != 4 || strcmp(argv[1], "render") || chat_family_parse(argv[2], &f) < 0) {
-		fprintf(stderr, "usage: chat_render render FAMILY BOS < BODY\n");
+	if (argc == 4 && !strcmp(argv[1], "template")) {
+		FILE *t = fopen(argv[2], "rb");
+		size_t tl;
+		char *tmpl = t ? slurp(t, &tl) : NULL;
+
+		if (t)
+			fclose(t);
+		if (!tmpl) {
+			fprintf(stderr, "%s: cannot read\n", argv[2]);
+			free(in);
+			return 2;
+		}
+		chat_classify(tmpl, tl, &cf);
+		free(tmpl);
+	} else if (argc == 4 && !strcmp(argv[1], "render") && chat_family_parse(argv[2], &f) == 0) {
+		chat_format_forced(f, &cf);
+	} else {
+		fprintf(stderr, "usage: chat_render render FAMILY BOS < BODY | template FILE BOS < BODY\n");
 		free(in);
 		return 2;
 	}
@@ -70,7 +90,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "%s\t%s\n", param, err);
 		return 1;
 	}
-	rc = chat_render(f, argv[3], ch.msgs, ch.n_msgs, &out, &olen, err, sizeof(err), param,
+	rc = chat_render(&cf, argv[3], ch.msgs, ch.n_msgs, &out, &olen, err, sizeof(err), param,
 			 sizeof(param));
 	oa_chat_free(&ch);
 	if (rc < 0) {

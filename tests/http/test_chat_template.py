@@ -3,21 +3,26 @@
 
 usage: test_chat_template.py CHAT_RENDER FIXTURES_DIR
 
-Renders the real chat templates of the llama3 and qwen3 fixtures (and the
-plain ChatML template) with jinja2 set up as transformers'
+Renders the real chat templates of the llama3, qwen3, qwen2.5 and
+llama3.2 fixtures (and the plain ChatML template, Qwen2's and SmolLM2's
+form with a default system prompt, Llama 3.1's with a fixed date) with
+jinja2 set up as transformers'
 apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 sets it up, and compares byte for byte with what lorad-http renders from a
-request body of the same messages (chat_render: oa_parse_chat, then
+request body of the same messages in the format lorad recognises in the
+same template (chat_render template: chat_classify, oa_parse_chat, then
 chat_render). Content given as text parts is joined with "\\n" and the
 developer role is system, as lorad (and vLLM, and OpenAI) read them: the
 templates are given the messages so read. Refusals are checked too.
 Exits 77 (skipped) without jinja2.
 """
+import datetime
 import json
 import os
 import random
 import subprocess
 import sys
+import tempfile
 
 try:
     import jinja2
@@ -48,6 +53,7 @@ def hf_env():
                                         extensions=[jinja2.ext.loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
     return env
 
 
@@ -132,7 +138,32 @@ def load(name):
     return cfg["chat_template"], special_tokens(cfg)
 
 
-cases = [("llama3",) + load("llama3"), ("qwen3",) + load("qwen3"), ("chatml", CHATML, {})]
+# Qwen2's and SmolLM2's form: a default system turn where messages[0] is
+# not the system's
+QWEN2 = CHATML.replace("{% for message in messages %}",
+                       "{% for message in messages %}{% if loop.first and messages[0]['role'] != "
+                       "'system' %}{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>"
+                       "\\n' }}{% endif %}")
+SMOLLM2 = QWEN2.replace("You are a helpful assistant.",
+                        "You are a helpful AI assistant named SmolLM, trained by Hugging Face")
+# Llama 3.1's form: Llama 3.2's system turn with a fixed date, no strftime_now
+LLAMA32 = load("llama3.2")
+DATED = ('{%- if not date_string is defined %}\n    {%- if strftime_now is defined %}\n'
+         '        {%- set date_string = strftime_now("%d %b %Y") %}\n    {%- else %}\n'
+         '        {%- set date_string = "26 Jul 2024" %}\n    {%- endif %}\n{%- endif %}')
+assert DATED in LLAMA32[0]
+LLAMA31 = (LLAMA32[0].replace(DATED, '{%- if not date_string is defined %}\n'
+                              '    {%- set date_string = "26 Jul 2024" %}\n{%- endif %}'), LLAMA32[1])
+
+cases = [("llama3",) + load("llama3"), ("qwen3",) + load("qwen3"), ("chatml", CHATML, {}),
+         ("chatml",) + load("qwen2.5"), ("chatml", QWEN2, {}), ("chatml", SMOLLM2, {}),
+         ("llama3.1",) + LLAMA32, ("llama3.1",) + LLAMA31]
+tmpdir = tempfile.mkdtemp()
+paths = []
+for i, (_, tmpl, _) in enumerate(cases):
+    paths.append(os.path.join(tmpdir, f"t{i}.jinja"))
+    with open(paths[-1], "w") as f:
+        f.write(tmpl)
 
 # the fingerprints: each template its family; templates that do more than
 # the turns are unknown, never rendered as something else
@@ -145,7 +176,14 @@ for tmpl, fam in [("", "unknown"), ("{{ messages }}", "unknown"),
                   (CHATML.replace("{% for", "{{ '<|im_start|>system\\nYou are a helpful assistant."
                                   "<|im_end|>\\n' }}{% for"), "unknown"),
                   (CHATML + "{{ '<think>\\n' }}", "unknown"),
-                  (CHATML + " " * (64 << 10), "unknown")]:
+                  (CHATML + " " * (64 << 10), "unknown"),
+                  # a default system prompt lorad cannot read as one plain string
+                  (QWEN2.replace("You are a helpful", "You are a \\'helpful"), "unknown"),
+                  (QWEN2.replace("You are a helpful assistant.", "' + x + '"), "unknown"),
+                  (QWEN2 + QWEN2, "unknown"),
+                  # a date lorad does not find: another format, none at all
+                  (LLAMA32[0].replace('"%d %b %Y"', '"%Y-%m-%d"'), "unknown"),
+                  (LLAMA31[0].replace('"26 Jul 2024"', 'today_is'), "unknown")]:
     rc, out, _ = lorad(["classify"], tmpl)
     check(f"classify -> {fam}", rc == 0 and out.strip() == fam, repr(out))
 
@@ -166,7 +204,7 @@ fixed = [
 ]
 rng = random.Random(20261207)
 n_compared = 0
-for fam, tmpl, toks in cases:
+for (fam, tmpl, toks), path in zip(cases, paths):
     bos = toks.get("bos_token", "")
     convs = [(m, m) for m in fixed] + [conversation(rng, fam) for _ in range(300)]
     convs.append(([{"role": "developer", "content": "Dev"},
@@ -176,7 +214,7 @@ for fam, tmpl, toks in cases:
     for sent, read in convs:
         body = body_of(sent, rng)
         want = hf_render(tmpl, toks, read)
-        rc, got, err = lorad(["render", fam, bos], body)
+        rc, got, err = lorad(["template", path, bos], body)
         if fam == "qwen3" and any(m["role"] == "assistant" and "</think>" in m["content"]
                                   for m in read):
             check(f"{fam} refuses </think>", rc == 1 and "messages[" in err, err)
@@ -187,9 +225,14 @@ for fam, tmpl, toks in cases:
 
     # the comparison can fail: another family renders otherwise
     other = "llama3" if fam != "llama3" else "chatml"
-    body = body_of(fixed[1], rng)
-    rc, got, _ = lorad(["render", other, bos], body)
-    check(f"{fam} differs from {other}", got != hf_render(tmpl, toks, fixed[1]))
+    if tmpl != CHATML and fam == "chatml":
+        other = "chatml"   # the same family without the default system prompt
+    if fam == "llama3.1":
+        other = "llama3"
+    # (the default system prompt shows where the first message is the user's)
+    first = fixed[0] if fam == "chatml" and tmpl != CHATML else fixed[1]
+    rc, got, _ = lorad(["render", other, bos], body_of(first, rng))
+    check(f"{fam} differs from {other}", rc == 0 and got != hf_render(tmpl, toks, first), got)
 
 # Qwen3 splits an assistant turn at </think> into reasoning: refused, not
 # rendered otherwise

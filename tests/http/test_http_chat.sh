@@ -11,6 +11,10 @@
 #                --chat-template refused for a vocabulary without its tokens,
 #                taken for one with them; a client that leaves a stream has
 #                its request cancelled)
+#       defaults (Qwen2.5's template on the qwen3 vocabulary: its default
+#                system prompt; Llama 3.2's on the llama3 one: the system
+#                turn with today's date; each chat's prompt tokens those of
+#                the real template's rendering)
 #       admin   (the daemon's chat format asked once a second at most,
 #                however many chats come; a chat_template reply that is
 #                not a daemon's (fields of the wrong type or size) is a 502
@@ -115,6 +119,21 @@ tokens() {
 }
 
 hello='{"model":"base","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hello"}]}'
+
+# tokens_of TEMPLATE_FILE BOS BODY: as tokens, in the format lorad
+# recognises in the template
+tokens_of() {
+	"$bin/chat_render" template "$1" "$2" <<<"$3" >"$dir/rendered" || fail "chat_render template"
+	python3 -c "import json,sys; print(json.dumps({'model':'base','max_tokens':1,'prompt':open(sys.argv[1]).read()}))" \
+		"$dir/rendered" >"$dir/cbody"
+	[ "$(post /v1/completions "@$dir/cbody")" = 200 ] || fail "completion of the rendered chat: $(cat "$dir/out")"
+	json 'j["usage"]["prompt_tokens"]'
+}
+
+# template_of CONFIG FILE: the chat_template of a tokenizer_config.json
+template_of() {
+	python3 -c "import json,sys; open(sys.argv[2],'w').write(json.load(open(sys.argv[1]))['chat_template'])" "$1" "$2"
+}
 
 case $case_ in
 qwen3)
@@ -289,6 +308,50 @@ PY
 	for _ in $(seq 100); do curl -s -o /dev/null "$url/healthz" && break; sleep 0.05; done
 	refused '{"model":"base","messages":[{"role":"user","content":"x"}]}' model "older than lorad-http"
 	kill "$opid"
+	;;
+defaults)
+	src=$root/tests/fixtures/tokenizer
+	user='{"model":"base","messages":[{"role":"user","content":"Hello"}]}'
+	chat_model qwen3 151669 151645 $'\n' '<|im_end|>'
+	cp "$src/qwen2.5/tokenizer_config.json" "$dir/qwen3/"
+	template_of "$src/qwen2.5/tokenizer_config.json" "$dir/qwen2.5.jinja"
+	start "$dir/qwen3"
+	start_gateway
+	grep -q "chat format chatml, with a default system prompt" "$dir/lorad.log" ||
+		fail "Qwen2.5's template not recognised: $(grep 'chat format' "$dir/lorad.log")"
+	python3 - "$dir/a.sock" <<'PY' || fail "admin chat_template"
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+s.sendall(b'{"cmd":"chat_template"}\n')
+r = json.loads(s.makefile().readline())
+assert r["family"] == "chatml" and r["default_system"] == \
+    "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.", r
+PY
+	for body in "$user" "$hello"; do
+		st=$(post /v1/chat/completions "$body")
+		[ "$st" = 200 ] && [ "$(json 'j["choices"][0]["message"]["content"]')" = "Hi!" ] ||
+			fail "qwen2.5 chat: $st $(cat "$dir/out")"
+		pt=$(json 'j["usage"]["prompt_tokens"]')
+		want=$(tokens_of "$dir/qwen2.5.jinja" "" "$body")
+		[ "$pt" = "$want" ] || fail "usage.prompt_tokens $pt, the rendered prompt is $want tokens"
+	done
+	grep -q '^<|im_start|>system' "$dir/rendered" || fail "no system turn in $(cat "$dir/rendered")"
+	stop_daemon
+	kill "$gpid"; wait "$gpid" 2>/dev/null
+	chat_model llama3 128256 128001 $'\n\n' '<|eot_id|>'
+	cp "$src/llama3.2/tokenizer_config.json" "$dir/llama3/"
+	template_of "$src/llama3.2/tokenizer_config.json" "$dir/llama3.2.jinja"
+	start "$dir/llama3"
+	start_gateway
+	grep -q "chat format llama3.1, today's date" "$dir/lorad.log" ||
+		fail "Llama 3.2's template not recognised: $(grep 'chat format' "$dir/lorad.log")"
+	st=$(post /v1/chat/completions "$user")
+	[ "$st" = 200 ] && [ "$(json 'j["choices"][0]["message"]["content"], j["choices"][0]["finish_reason"]')" = "('Hi!', 'stop')" ] ||
+		fail "llama3.2 chat: $st $(cat "$dir/out")"
+	pt=$(json 'j["usage"]["prompt_tokens"]')
+	want=$(tokens_of "$dir/llama3.2.jinja" '<|begin_of_text|>' "$user")
+	[ "$pt" = "$want" ] || fail "usage.prompt_tokens $pt, the rendered prompt is $want tokens"
+	grep -q "Today Date: $(date '+%d %b %Y')" "$dir/rendered" || fail "not today's date: $(cat "$dir/rendered")"
 	;;
 admin)
 	chat_model qwen3 151669 151645 $'\n' '<|im_end|>'

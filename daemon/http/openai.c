@@ -145,13 +145,97 @@ static int response_format(struct json_object *v, struct oa_completion *c, char 
 	return 0;
 }
 
+/* The value of the four hex digits at @s, -1 when they are not. */
+static long hex4(const char *s)
+{
+	long v = 0;
+
+	for (int i = 0; i < 4; i++) {
+		char c = s[i];
+
+		v <<= 4;
+		if (c >= '0' && c <= '9')
+			v |= c - '0';
+		else if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f')
+			v |= (c | 0x20) - 'a' + 10;
+		else
+			return -1;
+	}
+	return v;
+}
+
+/* The character of the escaped surrogate pair (\ud83d\ude00) at @s, @n
+ * bytes left: 0 when there is none. */
+static unsigned esc_pair(const char *s, size_t n)
+{
+	long hi, lo;
+
+	if (n < 12 || s[0] != '\\' || s[1] != 'u' || s[6] != '\\' || s[7] != 'u' ||
+	    (hi = hex4(s + 2)) < 0xd800 || hi > 0xdbff || (lo = hex4(s + 8)) < 0xdc00 || lo > 0xdfff)
+		return 0;
+	return 0x10000u + ((unsigned)(hi - 0xd800) << 10) + (unsigned)(lo - 0xdc00);
+}
+
+/*
+ * @s (@len bytes) with each escaped surrogate pair in its strings written
+ * as the UTF-8 of its character, into @out when not NULL (at most @len
+ * bytes); returns the bytes that makes. json-c 0.16 decodes some pairs
+ * as U+FFFD (those whose high half ends in 36 or 37, 76 or 77, ...: one
+ * character in 32 past U+FFFF), and clients that escape all that is not
+ * ASCII (Python's json.dumps) send every such character as a pair. With
+ * @upto, *at is the byte of @s whose output is at @upto (an offset json-c
+ * gives, said of the body the client sent).
+ */
+static size_t utf8_pairs(const char *s, size_t len, char *out, size_t upto, size_t *at)
+{
+	size_t i = 0, o = 0;
+	bool str = false;
+
+	while (i < len) {
+		unsigned cp;
+
+		if (at && o >= upto)
+			break;
+		if (str && s[i] == '\\' && (cp = esc_pair(s + i, len - i))) {
+			if (out) {
+				out[o] = (char)(0xf0 | cp >> 18);
+				out[o + 1] = (char)(0x80 | (cp >> 12 & 0x3f));
+				out[o + 2] = (char)(0x80 | (cp >> 6 & 0x3f));
+				out[o + 3] = (char)(0x80 | (cp & 0x3f));
+			}
+			o += 4;
+			i += 12;
+			continue;
+		}
+		if (str && s[i] == '\\' && i + 1 < len) {
+			if (out) {
+				out[o] = s[i];
+				out[o + 1] = s[i + 1];
+			}
+			o += 2;
+			i += 2;
+			continue;
+		}
+		if (s[i] == '"')
+			str = !str;
+		if (out)
+			out[o] = s[i];
+		o++;
+		i++;
+	}
+	if (at)
+		*at = i + (upto > o ? upto - o : 0);
+	return o;
+}
+
 /*
  * What json-c takes, in a body it parsed in strict mode (no comments,
  * trailing commas or leading zeros), that JSON is not or that it reads
- * otherwise: strings in single quotes, and object keys with \u0000 in
+ * otherwise: strings in single quotes, object keys with \u0000 in
  * them, which json-c keeps as C strings cut at the NUL, so that
  * {"a\u0000b": ..} would be read as {"a": ..}, a schema's property or
- * "model" itself. The body is walked once. Returns NULL, or what is wrong
+ * "model" itself, and half a surrogate pair escaped alone, which json-c
+ * reads as U+FFFD. The body is walked once. Returns NULL, or what is wrong
  * with @top the top-level key it lies under ("" for a top-level key).
  */
 static const char *json_quirk(const char *s, size_t len, char *top, size_t toplen)
@@ -171,13 +255,19 @@ static const char *json_quirk(const char *s, size_t len, char *top, size_t tople
 			return "a string in single quotes is not JSON";
 		} else if (s[i] == '"') {
 			size_t start = ++i;
-			int nul = 0;
+			int nul = 0, half = 0;
+			long u;
 
 			while (i < len && s[i] != '"') {
-				if (s[i] == '\\') {
+				if (s[i] == '\\' && esc_pair(s + i, len - i)) {
+					i += 12;
+				} else if (s[i] == '\\') {
 					/* \uXXXX's digits are plain characters after its two */
 					if (len - i >= 6 && s[i + 1] == 'u' && !memcmp(s + i + 2, "0000", 4))
 						nul = 1;
+					if (len - i >= 6 && s[i + 1] == 'u' && (u = hex4(s + i + 2)) >= 0xd800 &&
+					    u <= 0xdfff)
+						half = 1;
 					i += 2;
 				} else {
 					i++;
@@ -188,6 +278,14 @@ static const char *json_quirk(const char *s, size_t len, char *top, size_t tople
 			j = ++i;
 			while (j < len && (s[j] == ' ' || s[j] == '\t' || s[j] == '\r' || s[j] == '\n'))
 				j++;
+			if (half) {
+				/* json-c reads it as U+FFFD, Python as a string no UTF-8 can
+				 * hold: no character either way */
+				if (j < len && s[j] == ':' && depth == 1)
+					top[0] = 0;
+				return "a string contains half of a surrogate pair alone (\\ud800 to "
+				       "\\udfff, escaped), which is no character";
+			}
 			if (j < len && s[j] == ':') {
 				if (nul) {
 					if (depth == 1)
@@ -246,7 +344,8 @@ static int parse_root(const char *body, size_t len, struct json_object **rootp, 
 	struct json_tokener *tok = json_tokener_new_ex(OA_DEPTH_FORMAT);
 	struct json_object *root = NULL;
 	const char *quirk;
-	char top[32];
+	char top[32], *copy = NULL;
+	size_t tlen, end;
 	int ret = -EINVAL;
 
 	*rootp = NULL;
@@ -270,11 +369,20 @@ static int parse_root(const char *body, size_t len, struct json_object **rootp, 
 			return bad(err, errlen, param, plen, "", "the body is empty: send one JSON object");
 		}
 	}
-	root = json_tokener_parse_ex(tok, body, (int)len);
+	/* escaped surrogate pairs as UTF-8, which json-c reads right */
+	if ((tlen = utf8_pairs(body, len, NULL, 0, NULL)) != len) {
+		if (!(copy = malloc(tlen))) {
+			json_tokener_free(tok);
+			return bad(err, errlen, param, plen, "", "out of memory");
+		}
+		utf8_pairs(body, len, copy, 0, NULL);
+	}
+	root = json_tokener_parse_ex(tok, copy ? copy : body, (int)tlen);
 	if (!root && json_tokener_get_error(tok) == json_tokener_continue) {
 		/* a number may go on: the end of the body ends it (a NUL says so) */
 		root = json_tokener_parse_ex(tok, "", 1);
 		json_tokener_free(tok);
+		free(copy);
 		if (root) {
 			json_object_put(root);
 			return bad(err, errlen, param, plen, "", "the body must be a JSON object");
@@ -285,22 +393,25 @@ static int parse_root(const char *body, size_t len, struct json_object **rootp, 
 			 "after %zu bytes)", len);
 		return -EINVAL;
 	}
+	/* where json-c stopped, in the body as sent */
+	end = json_tokener_get_parse_end(tok);
+	if (copy)
+		utf8_pairs(body, len, NULL, end, &end);
+	free(copy);
 	if (!root && json_tokener_get_error(tok) == json_tokener_error_parse_utf8_string) {
-		snprintf(err, errlen, "the body is not valid UTF-8 (byte %zu)",
-			 json_tokener_get_parse_end(tok));
+		snprintf(err, errlen, "the body is not valid UTF-8 (byte %zu)", end);
 		json_tokener_free(tok);
 		return -EINVAL;
 	}
-	if (!root || json_tokener_get_error(tok) != json_tokener_success ||
-	    json_tokener_get_parse_end(tok) != len) {
+	if (!root || json_tokener_get_error(tok) != json_tokener_success || end != len) {
 		enum json_tokener_error e = json_tokener_get_error(tok);
 
 		if (e == json_tokener_success)
 			snprintf(err, errlen, "the body is not one JSON object (more follows it at "
-				 "byte %zu)", json_tokener_get_parse_end(tok));
+				 "byte %zu)", end);
 		else
 			snprintf(err, errlen, "the body is not one JSON object (%s, at byte %zu)",
-				 json_tokener_error_desc(e), json_tokener_get_parse_end(tok));
+				 json_tokener_error_desc(e), end);
 		json_tokener_free(tok);
 		json_object_put(root);
 		return -EINVAL;

@@ -264,6 +264,25 @@ for key, val in [("tools", [{"type": "function", "function": {"name": "f"}}]),
     rc, _, err = lorad(["render", "chatml", ""], json.dumps(
         {"model": "base", "messages": [{"role": "user", "content": "x"}], key: val}))
     check(f"refused {key}", rc == 1 and err.split("\t")[0] == key, err)
+# characters past U+FFFF as a client that escapes all non-ASCII sends them
+# (Python's json.dumps: a surrogate pair each), those json-c 0.16 read as
+# U+FFFD among them (\ud836\udc12, \ud876..); every 61st from U+10000
+astral = "".join(chr(c) for c in range(0x10000, 0x110000, 61))
+for i in range(0, len(astral), 2048):
+    msgs = [{"role": "user", "content": astral[i:i + 2048]}]
+    rc, got, err = lorad(["render", "chatml", ""], json.dumps({"model": "base", "messages": msgs}))
+    check(f"escaped pairs from U+{ord(astral[i]):X}", rc == 0 and got == hf_render(CHATML, {}, msgs),
+          err or "a character read otherwise")
+# half a pair alone is no character (json-c: U+FFFD; Python: a string no
+# UTF-8 holds): refused, under the key it lies in
+for text in ['"a\\ud800b"', '"\\udc00"', '"\\ud83d\\u0041"', '["x", "\\udbff"]']:
+    body = '{"model": "base", "messages": [{"role": "user", "content": %s}]}' % text
+    rc, _, err = lorad(["render", "chatml", ""], body)
+    check(f"lone surrogate {text}", rc == 1 and err.startswith("messages\t") and
+          "surrogate" in err, err)
+rc, _, err = lorad(["render", "chatml", ""],
+                   '{"model": "base", "\\ud800": 1, "messages": [{"role": "user", "content": "x"}]}')
+check("lone surrogate in a key", rc == 1 and err.startswith("\t") and "surrogate" in err, err)
 # the limit of messages, and one past it
 for n, ok in [(1024, True), (1025, False)]:
     rc, _, err = lorad(["render", "chatml", ""], json.dumps(

@@ -787,6 +787,11 @@ static int chat_message(struct json_object *v, size_t i, struct chat_msg *m, cha
 		return -EINVAL;
 	}
 	role = json_object_get_string(r);
+	if (strlen(role) != (size_t)json_object_get_string_len(r)) {
+		/* "user\u0000x" is no role, not "user" cut at its NUL */
+		snprintf(err, errlen, "messages[%zu].role contains a NUL byte", i);
+		return -EINVAL;
+	}
 	if (!strcmp(role, "system") || !strcmp(role, "developer")) {
 		m->role = CHAT_SYSTEM;
 	} else if (!strcmp(role, "user")) {

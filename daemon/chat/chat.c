@@ -137,6 +137,22 @@ static int llama31_date(const char *t, size_t len, char *out, size_t cap)
 	return 0;
 }
 
+/* Whether every raise_exception of @t is about tools (Llama 3.1's: tools
+ * without a first user message, several tool calls at once), which lorad
+ * refuses before any template would raise. */
+static bool raises_on_tools_only(const char *t, size_t len)
+{
+	for (long at = 0; (at = find(t, len, (size_t)at, "raise_exception(")) >= 0; at++) {
+		long end = find(t, len, (size_t)at, ")");
+
+		if (end < 0 || end - at > 160)
+			return false;
+		if (find(t, (size_t)end, (size_t)at, "tool") < 0)
+			return false;
+	}
+	return true;
+}
+
 void chat_format_forced(enum chat_family f, struct chat_format *out)
 {
 	memset(out, 0, sizeof(*out));
@@ -154,30 +170,41 @@ enum chat_family chat_classify(const char *t, size_t len, struct chat_format *ou
 					     "date_string" };
 	bool has_default = false, has_date = false;
 
+	bool llama3, chatml;
+
 	memset(out, 0, sizeof(*out));
 	out->family = CHAT_NONE;
 	if (!t)
 		return out->family;
 	out->family = CHAT_UNKNOWN;
-	if (len > CHAT_TEMPLATE_MAX)
+	/* a NUL it writes is not in lorad's prompts (C strings) */
+	if (len > CHAT_TEMPLATE_MAX || memchr(t, 0, len))
 		return out->family;
 	for (size_t i = 0; i < sizeof(defaults) / sizeof(defaults[0]); i++)
 		has_default |= has(t, len, defaults[i]);
 	for (size_t i = 0; i < sizeof(dated) / sizeof(dated[0]); i++)
 		has_date |= has(t, len, dated[i]);
-	if (has(t, len, "<|start_header_id|>") && has(t, len, "<|eot_id|>") && has(t, len, "trim")) {
-		if (has_default)
+	llama3 = has(t, len, "<|start_header_id|>") && has(t, len, "<|eot_id|>");
+	chatml = has(t, len, "<|im_start|>");
+	if (llama3 && chatml)
+		return out->family;   /* the tokens of two families: which writes what? */
+	if (llama3) {
+		/* Llama 3's trims each content and writes the BOS: one that does
+		 * not renders otherwise; one that raises refuses conversations
+		 * lorad would render, except Llama 3.1's, which raises only on
+		 * tools (refused before) */
+		if (has_default || !has(t, len, "trim") || !has(t, len, "bos_token"))
 			return out->family;
 		if (!has_date)
-			return out->family = CHAT_LLAMA3;
+			return out->family = has(t, len, "raise_exception") ? CHAT_UNKNOWN : CHAT_LLAMA3;
 		if (has(t, len, "Cutting Knowledge Date: December 2023\\n") &&
-		    has(t, len, "Today Date: ") &&
+		    has(t, len, "Today Date: ") && raises_on_tools_only(t, len) &&
 		    !llama31_date(t, len, out->date, sizeof(out->date)))
 			return out->family = CHAT_LLAMA31;
 		out->date[0] = 0;
 		return out->family;
 	}
-	if (has_date || !has(t, len, "<|im_start|>"))
+	if (has_date || !chatml || has(t, len, "raise_exception"))
 		return out->family;
 	if (has(t, len, "<think>")) {
 		/* Qwen3's: reasoning split at </think>, an empty think block for
@@ -188,6 +215,9 @@ enum chat_family chat_classify(const char *t, size_t len, struct chat_format *ou
 			out->family = CHAT_QWEN3;
 		return out->family;
 	}
+	/* plain ChatML writes each content as it is, and no BOS */
+	if (has(t, len, "bos_token") || has(t, len, "trim") || has(t, len, "strip"))
+		return out->family;
 	switch (chatml_system(t, len, out->system, sizeof(out->system))) {
 	case 1:
 		return out->family = CHAT_CHATML;

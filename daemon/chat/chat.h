@@ -66,9 +66,11 @@ int chat_family_parse(const char *name, enum chat_family *f);
  * @out, its family returned: CHAT_UNKNOWN when no fingerprint matches, or
  * when the template shows behaviour lorad does not reproduce (a default
  * system prompt it cannot read as one plain string, a date it cannot
- * find, a reasoning opened in the generation prompt), so that it is never
- * rendered as something else. A template over CHAT_TEMPLATE_MAX bytes is
- * CHAT_UNKNOWN.
+ * find, a reasoning opened in the generation prompt, a BOS or trimmed
+ * contents in ChatML, no BOS in Llama 3, raise_exception other than
+ * Llama 3.1's on tools, a NUL byte, the tokens of two families), so that
+ * it is never rendered as something else. A template over
+ * CHAT_TEMPLATE_MAX bytes is CHAT_UNKNOWN.
  */
 enum chat_family chat_classify(const char *tmpl, size_t len, struct chat_format *out);
 

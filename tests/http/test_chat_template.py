@@ -186,6 +186,36 @@ for tmpl, fam in [("", "unknown"), ("{{ messages }}", "unknown"),
                   (LLAMA31[0].replace('"26 Jul 2024"', 'today_is'), "unknown")]:
     rc, out, _ = lorad(["classify"], tmpl)
     check(f"classify -> {fam}", rc == 0 and out.strip() == fam, repr(out))
+# templates a fingerprint took for a family that render otherwise (a BOS or
+# trimmed contents in ChatML, no BOS in Llama 3, a NUL written), that
+# refuse what lorad renders, or that hold the tokens of two families:
+# unknown; each differs from the family's rendering, as jinja2 shows
+L3 = load("llama3")[0]
+spaced = [{"role": "user", "content": " hi "}, {"role": "assistant", "content": "a"},
+          {"role": "assistant", "content": "b"}]
+for name, tmpl, fam in [
+        ("chatml with a BOS", "{{ bos_token }}" + CHATML, "chatml"),
+        ("chatml trimmed", CHATML.replace("message['content']", "message['content'] | trim"), "chatml"),
+        ("chatml stripped", CHATML.replace("message['content']", "message['content'].strip()"), "chatml"),
+        ("llama3 without its BOS", L3.replace("{% set content = bos_token + content %}", ""), "llama3"),
+        ("chatml writing a NUL", CHATML.replace("'<|im_end|>'", "'<|im_end|>\x00'"), "chatml"),
+        ("chatml alternating", "{% for message in messages %}{% if (message['role'] == 'assistant') "
+         "!= (loop.index0 % 2 == 1) %}{{ raise_exception('roles must alternate') }}{% endif %}{% endfor %}"
+         + CHATML, "chatml"),
+        ("llama3 and chatml", L3 + "{% if false %}<|im_start|>{% endif %}", None),
+        # Llama 3.1's raises only on tools; one that raises on roles is unknown
+        ("llama3.1 alternating", "{% for message in messages %}{% if (message['role'] == 'assistant') "
+         "!= (loop.index0 % 2 == 1) %}{{ raise_exception('roles must alternate') }}{% endif %}{% endfor %}"
+         + LLAMA32[0], "llama3.1")]:
+    rc, out, _ = lorad(["classify"], tmpl)
+    check(f"classify {name} -> unknown", rc == 0 and out.strip() == "unknown", repr(out))
+    if fam:
+        try:
+            want = hf_render(tmpl, {"bos_token": "<B>"}, spaced)
+        except jinja2.exceptions.TemplateError as e:
+            want = e
+        rc, got, _ = lorad(["render", fam, "<B>"], json.dumps({"model": "base", "messages": spaced}))
+        check(f"{name} renders otherwise than {fam}", rc == 0 and got != want, repr(want))
 
 fixed = [
     [{"role": "user", "content": "Hello"}],

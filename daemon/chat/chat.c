@@ -40,6 +40,25 @@ const char *chat_end_token(enum chat_family f)
 	}
 }
 
+const char *const *chat_tokens(enum chat_family f)
+{
+	static const char *const llama3[] = { "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+					      NULL };
+	static const char *const chatml[] = { "<|im_start|>", "<|im_end|>", NULL };
+	static const char *const none[] = { NULL };
+
+	switch (f) {
+	case CHAT_LLAMA3:
+	case CHAT_LLAMA31:
+		return llama3;
+	case CHAT_CHATML:
+	case CHAT_QWEN3:
+		return chatml;
+	default:
+		return none;
+	}
+}
+
 /* Whether @needle occurs in the @len bytes at @s (which may hold NULs). */
 static bool has(const char *s, size_t len, const char *needle)
 {

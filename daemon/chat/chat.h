@@ -82,6 +82,11 @@ void chat_format_forced(enum chat_family f, struct chat_format *out);
  * for none and unknown. */
 const char *chat_end_token(enum chat_family f);
 
+/* The special tokens the prompts of @f are written with, the end token
+ * among them, NULL-terminated (the BOS aside: the model's own); an empty
+ * list for none and unknown. A vocabulary must have each as one token. */
+const char *const *chat_tokens(enum chat_family f);
+
 /*
  * The prompt of @msgs (@n, at least 1) in the format @fmt with @bos (the
  * bos_token's text, "" when the model has none) where the template writes

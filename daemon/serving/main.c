@@ -481,18 +481,23 @@ static int chat_setup(struct daemon *d)
 		log_err("chat_template %s: the model has no tokenizer that loaded (see above) to render chats with", opt);
 		return -EINVAL;
 	}
-	end = chat_end_token(f->family);
-	if (end && (id = tok_token_to_id(d->tok, end, strlen(end))) < 0) {
+	/* the header tokens too: a prompt whose headers are spelled out in
+	 * pieces is no turn the model knows */
+	for (const char *const *t = chat_tokens(f->family); *t; t++) {
+		if (tok_token_to_id(d->tok, *t, strlen(*t)) >= 0)
+			continue;
 		if (forced) {
-			log_err("chat_template %s: the model's vocabulary has no %s token", opt, end);
+			log_err("chat_template %s: the model's vocabulary has no %s token", opt, *t);
 			return -EINVAL;
 		}
 		log_warn("the chat template looks like %s but the vocabulary has no %s: chats refused",
-			 chat_family_name(f->family), end);
+			 chat_family_name(f->family), *t);
 		chat_classify(NULL, 0, f);
 		f->family = CHAT_UNKNOWN;
-		id = -1;
+		break;
 	}
+	if ((end = chat_end_token(f->family)))
+		id = tok_token_to_id(d->tok, end, strlen(end));
 	d->chat_end = id;
 	if (d->tok)
 		log_info("chat format %s%s%s%s", chat_family_name(f->family),

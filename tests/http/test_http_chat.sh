@@ -9,6 +9,7 @@
 #                prompt's only one)
 #       forced  (a model without a template: 400 naming --chat-template;
 #                --chat-template refused for a vocabulary without its tokens,
+#                its header token as well as its end token,
 #                taken for one with them; a client that leaves a stream has
 #                its request cancelled)
 #       defaults (Qwen2.5's template on the qwen3 vocabulary: its default
@@ -248,6 +249,29 @@ forced)
 	done
 	"$bin/lorad" --chat-template vicuna --help >/dev/null 2>"$dir/forced.log" &&
 		fail "--chat-template vicuna taken"
+	# a vocabulary with the end token but not the header one (<|im_end|>
+	# alone, <|eot_id|> alone): refused too, naming the missing token, not
+	# taken to render headers spelled out in pieces
+	for f in chatml llama3; do
+		"$bin/lorad-mkmodel" "$dir/half-$f" --vocab 641 --hidden 32 --layers 1 --heads 2 \
+			--kv-heads 1 --ffn 64 --dtype f32 >/dev/null || fail "lorad-mkmodel"
+		cp demo/model/tokenizer.json demo/model/tokenizer_config.json "$dir/half-$f/"
+		python3 - "$dir/half-$f/tokenizer.json" "$f" <<'PY'
+import json, sys
+t = json.load(open(sys.argv[1]))
+t["added_tokens"].append({"id": 640, "content": "<|im_end|>" if sys.argv[2] == "chatml" else "<|eot_id|>",
+                          "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": True})
+json.dump(t, open(sys.argv[1], "w"))
+PY
+		"$bin/lorad" --model "$dir/half-$f" --socket "$dir/l.sock" --admin-socket "$dir/a.sock" \
+			--state-dir "$dir/state" --threads 1 --chat-template "$f" >"$dir/forced.log" 2>&1 &
+		p=$!
+		for _ in $(seq 100); do kill -0 $p 2>/dev/null || break; sleep 0.1; done
+		kill -0 $p 2>/dev/null && { kill $p; wait $p; rm -f "$dir/l.sock" "$dir/a.sock"; fail "--chat-template $f taken without its header token"; }
+		want='<|im_start|>'; [ "$f" = llama3 ] && want='<|start_header_id|>'
+		grep -qF "vocabulary has no $want token" "$dir/forced.log" || fail "--chat-template $f: $(cat "$dir/forced.log")"
+	done
 	# a slow model (about 50 ms a token) with the demo's tokenizer and
 	# ChatML's two tokens added, forced
 	"$bin/lorad-mkmodel" "$dir/slow" --vocab 642 --hidden 1024 --layers 8 --heads 16 --kv-heads 4 \

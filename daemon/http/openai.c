@@ -701,9 +701,10 @@ static int chat_content(struct json_object *v, size_t i, struct chat_msg *m, cha
 			return -ENOMEM;
 	} else if (json_object_is_type(v, json_type_array)) {
 		n = json_object_array_length(v);
-		if (n > OA_MAX_PARTS) {
-			snprintf(err, errlen, "messages[%zu].content has %zu parts, over the limit of %d",
-				 i, n, OA_MAX_PARTS);
+		if (!n || n > OA_MAX_PARTS) {
+			/* none: as OpenAI, not an empty content */
+			snprintf(err, errlen, "messages[%zu].content has %zu parts: a list of 1 to %d text "
+				 "parts, or a string", i, n, OA_MAX_PARTS);
 			return -EINVAL;
 		}
 		for (size_t k = 0; k < n; k++) {

@@ -283,6 +283,8 @@ for msgs, param in [
         ([{"role": "user"}], "messages[0].content"),
         ([{"role": "user", "content": None}], "messages[0].content"),
         ([{"role": "user", "content": 5}], "messages[0].content"),
+        ([{"role": "user", "content": []}], "messages[0].content"),
+        ([{"role": "user", "content": [{"type": "text", "text": "x"}] * 65}], "messages[0].content"),
         ([{"role": "user", "content": "a\u0000b"}], "messages[0].content"),
         ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
          "messages[0].content"),

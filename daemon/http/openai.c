@@ -883,6 +883,7 @@ int oa_parse_chat(const char *body, size_t len, uint32_t max_tokens_cap, struct 
 			goto out;
 		}
 	json_object_put(root);
+	param[0] = 0;   /* the last message's, from its checks: no field is at fault */
 	return 0;
 nomem:
 	ret = bad(err, errlen, param, plen, "", "out of memory");

@@ -72,10 +72,10 @@ struct oa_chat {
 };
 
 /*
- * Parse a chat body as oa_parse_completion does a completion's: 0, or
- * -EINVAL with @err and @param naming the field (messages[i].content),
- * or -ENOMEM. Tools, functions, images, audio, logprobs are refused by
- * name. @ch holds nothing to free on error.
+ * Parse a chat body as oa_parse_completion does a completion's: 0 (with
+ * @param empty), or -EINVAL with @err and @param naming the field
+ * (messages[i].content), or -ENOMEM. Tools, functions, images, audio,
+ * logprobs are refused by name. @ch holds nothing to free on error.
  */
 int oa_parse_chat(const char *body, size_t len, uint32_t max_tokens_cap, struct oa_chat *ch,
 		  char *err, size_t errlen, char *param, size_t paramlen);

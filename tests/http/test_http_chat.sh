@@ -399,8 +399,10 @@ admin)
 	# a reply no daemon gives: 502 naming the field; the gateway goes on
 	for m in '{"family":7}' '{"family":"qwen3\u001b[2J"}' "{\"bos_token\":\"$(printf 'b%.0s' $(seq 64))\"}" \
 		'{"bos_token":"a\u0000b"}' '{"end_ids":[-1]}' '{"end_ids":[1.5]}' '{"end_ids":[4294967296]}' \
-		"{\"end_ids\":[$(seq -s, 1 65)]}" '{"end_ids":[]}' '{"end_ids":"x"}' '{"context":-5}' \
-		'{"max_tokens":"many"}'; do
+		"{\"end_ids\":[$(seq -s, 1 65)]}" '{"end_ids":[]}' '{"end_ids":"x"}' '{"end_ids":{}}' \
+		'{"end_ids":["151645"]}' '{"end_ids":[1099511627776]}' '{"bos_token":7}' \
+		'{"context":-5}' '{"context":-9223372036854775808}' '{"context":"4096"}' \
+		'{"max_tokens":"many"}' '{"max_tokens":-1}' '{"max_tokens":1.5}'; do
 		printf '%s' "$m" >"$dir/mutate"
 		sleep 1.1   # past the time the last reply is kept
 		st=$(post /v1/chat/completions "$hello")
@@ -416,6 +418,13 @@ admin)
 	rm -f "$dir/mutate"
 	sleep 1.1
 	[ "$(post /v1/chat/completions "$hello")" = 200 ] || fail "chat after the broken replies: $(cat "$dir/out")"
+	# the admin socket gone: a 503 that blames no field of the body
+	kill "$opid"; wait "$opid" 2>/dev/null; opid=
+	rm -f "$dir/p.sock"
+	sleep 1.1
+	st=$(post /v1/chat/completions "$hello")
+	[ "$st" = 503 ] && [ "$(json 'j["error"]["param"]')" = None ] ||
+		fail "admin socket gone: $st $(cat "$dir/out")"
 	;;
 hostile)
 	# a context that holds 1024 short messages (6 tokens each)

@@ -773,6 +773,11 @@ static int chat_message(struct json_object *v, size_t i, struct chat_msg *m, cha
 			continue;
 		if (!strcmp(key, "name") && json_object_is_type(val, json_type_string))
 			continue;
+		if (!strcmp(key, "name") && !json_object_is_type(val, json_type_null)) {
+			snprintf(param, plen, "messages[%zu].name", i);
+			snprintf(err, errlen, "messages[%zu].name must be a string", i);
+			return -EINVAL;
+		}
 		if (json_object_is_type(val, json_type_null) && (!strcmp(key, "tool_calls") ||
 		    !strcmp(key, "function_call") || !strcmp(key, "refusal") || !strcmp(key, "audio") ||
 		    !strcmp(key, "reasoning_content") || !strcmp(key, "name")))

@@ -294,6 +294,10 @@ for msgs, param in [
         ([], "messages"), ("hi", "messages")]:
     rc, _, err = lorad(["render", "chatml", ""], json.dumps({"model": "base", "messages": msgs}))
     check(f"refused {param}", rc == 1 and err.split("\t")[0] == param, err)
+# a name that is not a string is said so, not called unsupported
+rc, _, err = lorad(["render", "chatml", ""], json.dumps(
+    {"model": "base", "messages": [{"role": "user", "content": "x", "name": 5}]}))
+check("name 5", rc == 1 and err == "messages[0].name\tmessages[0].name must be a string\n", err)
 for key, val in [("tools", [{"type": "function", "function": {"name": "f"}}]),
                  ("functions", [{"name": "f"}]), ("logprobs", True), ("n", 2),
                  ("tool_choice", "auto")]:

@@ -12,6 +12,7 @@
 #include <lorad/abi.h>
 
 #include "grammar.h"
+#include "utf8.h"
 
 /* JSON nesting a completion body never needs more than, outside
  * response_format; a schema there nests as deep as the grammar allows
@@ -899,14 +900,30 @@ out:
 	return ret;
 }
 
+/* A copy of @s made valid UTF-8 (utf8_clean), as a JSON string. */
+static struct json_object *clean_string(const char *s)
+{
+	char *c = strdup(s);
+	struct json_object *o;
+
+	if (!c)
+		return NULL;
+	utf8_clean(c);
+	o = json_object_new_string(c);
+	free(c);
+	return o;
+}
+
 char *oa_error_json(const char *message, const char *type, const char *param, const char *code)
 {
 	struct json_object *o = json_object_new_object(), *e = json_object_new_object();
 	char *s;
 
-	json_object_object_add(e, "message", json_object_new_string(message));
+	/* the words may quote a daemon or an admin socket (a family name, a
+	 * refusal) cut to a buffer: the reply is UTF-8 whatever they hold */
+	json_object_object_add(e, "message", clean_string(message));
 	json_object_object_add(e, "type", json_object_new_string(type));
-	json_object_object_add(e, "param", param && *param ? json_object_new_string(param) : NULL);
+	json_object_object_add(e, "param", param && *param ? clean_string(param) : NULL);
 	json_object_object_add(e, "code", code ? json_object_new_string(code) : NULL);
 	json_object_object_add(o, "error", e);
 	s = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));

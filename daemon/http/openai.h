@@ -81,7 +81,8 @@ int oa_parse_chat(const char *body, size_t len, uint32_t max_tokens_cap, struct 
 		  char *err, size_t errlen, char *param, size_t paramlen);
 void oa_chat_free(struct oa_chat *ch);
 
-/* {"error": {"message", "type", "param", "code"}} as a malloc'd string. */
+/* {"error": {"message", "type", "param", "code"}} as a malloc'd string,
+ * message and param made valid UTF-8 (utf8_clean). */
 char *oa_error_json(const char *message, const char *type, const char *param, const char *code);
 
 #endif

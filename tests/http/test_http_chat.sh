@@ -411,6 +411,13 @@ admin)
 			fail "admin reply $m: HTTP $st $(cat "$dir/out")"
 		kill -0 "$gpid" || fail "lorad-http died on $m"
 	done
+	# a refusal whose words the message cuts inside a character: the 400
+	# is UTF-8 all the same
+	printf '{"ok":false,"error":"%s"}' "$(python3 -c "print('x' * 149 + '\u00e9' * 60)")" >"$dir/mutate"
+	sleep 1.1
+	st=$(post /v1/chat/completions "$hello")
+	[ "$st" = 400 ] && python3 -c "import sys; open(sys.argv[1], 'rb').read().decode()" "$dir/out" ||
+		fail "a refusal cut in a character: $st, not UTF-8: $(od -c "$dir/out" | head -5)"
 	# a family the gateway does not render: the model's, as the daemon says
 	printf '%s' '{"family":"zephyr"}' >"$dir/mutate"
 	sleep 1.1

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -428,25 +429,71 @@ static void render_chatml(struct sbuf *b, const char *system, const struct chat_
 	puts_(b, "<|im_start|>assistant\n");
 }
 
+/* Where @needle last occurs in the @len bytes at @s, or -1. */
+static long find_last(const char *s, size_t len, const char *needle)
+{
+	long at = -1;
+
+	for (long i = find(s, len, 0, needle); i >= 0; i = find(s, len, (size_t)i + 1, needle))
+		at = i;
+	return at;
+}
+
 /*
- * Qwen3's, for turns without tools or reasoning: the last user turn that
- * is not a <tool_response> is the last query; an assistant turn after it
- * that ends the conversation gets an empty think block. An assistant turn
- * with "</think>" would be split into reasoning and content: refused.
+ * An assistant turn of Qwen3's template: a content with "</think>" is
+ * split there, as the template splits it (message.content.split), into
+ * the answer (after the last </think>, newlines stripped before it) and
+ * the reasoning (before the first, after the last <think> there, newlines
+ * stripped around it). After the last query, the last turn or one with
+ * reasoning is written with its think block; any other, the answer alone.
  */
-static int render_qwen3(struct sbuf *b, const struct chat_msg *m, size_t n, char *err,
-			size_t errlen, char *param, size_t plen)
+static void qwen3_assistant(struct sbuf *b, const struct chat_msg *m, bool after_query, bool last)
+{
+	const char *c = m->content, *r = "";
+	size_t cl = m->len, rl = 0;
+	long end = find(m->content, m->len, 0, "</think>"), at;
+
+	if (end >= 0) {
+		at = find_last(m->content, m->len, "</think>") + 8;
+		c = m->content + at;
+		cl = m->len - (size_t)at;
+		rl = (size_t)end;
+		while (rl && m->content[rl - 1] == '\n')
+			rl--;
+		r = m->content;
+		if ((at = find_last(r, rl, "<think>")) >= 0) {
+			r += at + 7;
+			rl -= (size_t)at + 7;
+		}
+		while (rl && *r == '\n') {
+			r++;
+			rl--;
+		}
+	}
+	while (cl && *c == '\n' && (end >= 0 || (after_query && last))) {
+		c++;
+		cl--;
+	}
+	puts_(b, "<|im_start|>assistant\n");
+	if (after_query && (last || rl)) {
+		puts_(b, "<think>\n");
+		put(b, r, rl);
+		puts_(b, "\n</think>\n\n");
+	}
+	put(b, c, cl);
+	puts_(b, "<|im_end|>\n");
+}
+
+/*
+ * Qwen3's, for turns without tools: the last user turn that is not a
+ * <tool_response> is the last query; the assistant's turns after it keep
+ * their reasoning (the last one an empty think block at least), those
+ * before it lose it.
+ */
+static void render_qwen3(struct sbuf *b, const struct chat_msg *m, size_t n)
 {
 	size_t last_query = n - 1;
 
-	for (size_t i = 0; i < n; i++)
-		if (m[i].role == CHAT_ASSISTANT && has(m[i].content, m[i].len, "</think>")) {
-			snprintf(param, plen, "messages[%zu].content", i);
-			snprintf(err, errlen, "messages[%zu].content: an assistant message with </think> "
-				 "is split into reasoning by this model's chat template, which lorad "
-				 "does not render: send the answer without its reasoning", i);
-			return -EINVAL;
-		}
 	for (size_t i = n; i-- > 0;)
 		if (m[i].role == CHAT_USER && !(starts(&m[i], "<tool_response>") &&
 						ends(&m[i], "</tool_response>"))) {
@@ -466,22 +513,10 @@ static int render_qwen3(struct sbuf *b, const struct chat_msg *m, size_t n, char
 			put(b, m[i].content, m[i].len);
 			puts_(b, "<|im_end|>\n");
 		} else if (m[i].role == CHAT_ASSISTANT) {
-			if (i > last_query && i == n - 1) {
-				size_t k = 0;
-
-				while (k < m[i].len && m[i].content[k] == '\n')
-					k++;
-				puts_(b, "<|im_start|>assistant\n<think>\n\n</think>\n\n");
-				put(b, m[i].content + k, m[i].len - k);
-			} else {
-				puts_(b, "<|im_start|>assistant\n");
-				put(b, m[i].content, m[i].len);
-			}
-			puts_(b, "<|im_end|>\n");
+			qwen3_assistant(b, &m[i], i > last_query, i == n - 1);
 		}
 	}
 	puts_(b, "<|im_start|>assistant\n");
-	return 0;
 }
 
 int chat_render(const struct chat_format *fmt, const char *bos, const struct chat_msg *msgs, size_t n,
@@ -508,7 +543,7 @@ int chat_render(const struct chat_format *fmt, const char *bos, const struct cha
 		render_chatml(&b, fmt->system, msgs, n);
 		break;
 	case CHAT_QWEN3:
-		ret = render_qwen3(&b, msgs, n, err, errlen, param, plen);
+		render_qwen3(&b, msgs, n);
 		break;
 	default:
 		snprintf(param, plen, "model");

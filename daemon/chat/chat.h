@@ -92,10 +92,11 @@ const char *const *chat_tokens(enum chat_family f);
  * bos_token's text, "" when the model has none) where the template writes
  * it, and the generation prompt (the assistant's header) at the end; a
  * date of "today" is the local date now, as transformers' strftime_now.
- * Returns 0 with *out (malloc'd, NUL-terminated) and *out_len, -EINVAL
- * with @err naming the message (messages[i].content) in @param when the
- * family's template would render it otherwise than lorad can (Qwen3's
- * reasoning split at "</think>" in an assistant turn), or -ENOMEM.
+ * Qwen3's assistant turns are split at "</think>" into reasoning and
+ * answer as its template splits them (a reply of the model's own, sent
+ * back, renders as the template renders it). Returns 0 with *out
+ * (malloc'd, NUL-terminated) and *out_len, -EINVAL with @err and @param
+ * for no messages or a family lorad does not render, or -ENOMEM.
  */
 int chat_render(const struct chat_format *fmt, const char *bos, const struct chat_msg *msgs, size_t n,
 		char **out, size_t *out_len, char *err, size_t errlen, char *param, size_t plen);

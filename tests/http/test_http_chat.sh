@@ -463,7 +463,6 @@ hostile)
 	refused "{\"model\":\"base\",\"messages\":[$u],\"n\":2}" n
 	refused "{\"model\":\"base\",\"messages\":[$u],\"max_tokens\":0}" max_tokens
 	refused "{\"model\":\"base\",\"messages\":[$u],\"max_completion_tokens\":99999999}" max_completion_tokens
-	refused '{"model":"base","messages":[{"role":"user","content":"q"},{"role":"assistant","content":"<think>r</think>a"},{"role":"user","content":"q2"}]}' 'messages[1].content' "split into reasoning"
 	# tools: [] and tool_choice "none" ask nothing: taken, as client libraries send them
 	st=$(post /v1/chat/completions "{\"model\":\"base\",\"messages\":[$u],\"tools\":[],\"tool_choice\":\"none\"}")
 	[ "$st" = 200 ] || fail "empty tools: $st $(cat "$dir/out")"
@@ -492,6 +491,13 @@ hostile)
 	[ "$st" = 200 ] || fail "last turn the assistant's: $st $(cat "$dir/out")"
 	[ "$(json 'j["usage"]["prompt_tokens"]')" = "$(tokens qwen3 "" "$b")" ] || fail "assistant last: tokens"
 	grep -q '<think>' "$dir/rendered" || fail "assistant last: Qwen3's empty think block missing"
+	# a thinking model's reply sent back with the next question: its
+	# reasoning dropped as the template drops it, the count the rendering's
+	b='{"model":"base","messages":[{"role":"user","content":"q"},{"role":"assistant","content":"<think>\nr\n</think>\n\na"},{"role":"user","content":"q2"}]}'
+	st=$(post /v1/chat/completions "$b")
+	[ "$st" = 200 ] || fail "a reply with its reasoning sent back: $st $(cat "$dir/out")"
+	[ "$(json 'j["usage"]["prompt_tokens"]')" = "$(tokens qwen3 "" "$b")" ] || fail "reasoning: tokens"
+	! grep -q 'think>' "$dir/rendered" || fail "reasoning kept before the last query: $(cat "$dir/rendered")"
 	# the template's special tokens in a user's content are special tokens
 	# (as transformers and vLLM tokenize the rendered text): a user can close
 	# its turn; the count says so, and the daemon serves on

@@ -877,6 +877,51 @@ static void chat_format_of(struct json_object *cfg, struct chat_format *out)
 	chat_classify(json_object_get_string(v), (size_t)json_object_get_string_len(v), out);
 }
 
+/*
+ * chat_template.jinja beside the file, which newer Hugging Face models ship
+ * and which transformers takes over tokenizer_config.json's chat_template:
+ * recognised into t->chat when it is there. One over CHAT_TEMPLATE_MAX
+ * bytes, or not UTF-8, is unknown; one that is not a regular file (a FIFO,
+ * a directory) is refused with the file named, as tokenizer_config.json
+ * would be. Returns 0 or -errno with @ld's message.
+ */
+static int load_chat_template(struct ld *ld, const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	size_t dl = slash ? (size_t)(slash - path) + 1 : 0, len = 0;
+	char *file = malloc(dl + sizeof("chat_template.jinja")), *text = NULL;
+	int rc;
+
+	if (!file)
+		return -ENOMEM;
+	memcpy(file, path, dl);
+	strcpy(file + dl, "chat_template.jinja");
+	if (access(file, F_OK) != 0) {
+		free(file);
+		return 0;
+	}
+	rc = file_read_whole(file, 0, CHAT_TEMPLATE_MAX, "a chat template", &text, &len, ld->err,
+			     ld->errlen);
+	free(file);
+	if (rc == -EFBIG) {
+		chat_classify(NULL, 0, &ld->t->chat);
+		ld->t->chat.family = CHAT_UNKNOWN;
+		if (ld->err && ld->errlen)
+			ld->err[0] = 0;
+		return 0;
+	}
+	if (rc < 0)
+		return rc;
+	if (utf8_check(text, len) != len) {
+		chat_classify(NULL, 0, &ld->t->chat);
+		ld->t->chat.family = CHAT_UNKNOWN;
+	} else {
+		chat_classify(text, len, &ld->t->chat);
+	}
+	free(text);
+	return 0;
+}
+
 /* bos_token / eos_token and the chat_template's format of
  * tokenizer_config.json beside the file, if any. */
 static int load_config(struct ld *ld, const char *path)
@@ -991,7 +1036,7 @@ int tok_load(const char *path, struct tokenizer **out, char *err, size_t errlen)
 	if ((rc = bpe_init_cache(&t->bpe)) < 0)
 		goto fail;
 	bpe_check_meta_split(&t->bpe);
-	if ((rc = load_config(&ld, path)) < 0)
+	if ((rc = load_config(&ld, path)) < 0 || (rc = load_chat_template(&ld, path)) < 0)
 		goto fail;
 	guess_bos_eos(t);
 	if (!(t->path = strdup(path))) {

@@ -15,7 +15,9 @@
 #       defaults (Qwen2.5's template on the qwen3 vocabulary: its default
 #                system prompt; Llama 3.2's on the llama3 one: the system
 #                turn with today's date; each chat's prompt tokens those of
-#                the real template's rendering)
+#                the real template's rendering; chat_template.jinja beside
+#                the tokenizer taken over the config's, one too large
+#                unknown, a FIFO there refused by name)
 #       admin   (the daemon's chat format asked once a second at most,
 #                however many chats come; a chat_template reply that is
 #                not a daemon's (fields of the wrong type or size) is a 502
@@ -362,6 +364,30 @@ PY
 	grep -q '^<|im_start|>system' "$dir/rendered" || fail "no system turn in $(cat "$dir/rendered")"
 	stop_daemon
 	kill "$gpid"; wait "$gpid" 2>/dev/null
+	# chat_template.jinja beside the tokenizer wins over the config's, as
+	# in transformers: Qwen3's config, Qwen2.5's file
+	cp "$fixtures/qwen3/tokenizer_config.json" "$dir/qwen3/"
+	cp "$dir/qwen2.5.jinja" "$dir/qwen3/chat_template.jinja"
+	: >"$dir/lorad.log"
+	start "$dir/qwen3"
+	grep -q "chat format chatml, with a default system prompt" "$dir/lorad.log" ||
+		fail "chat_template.jinja not taken: $(grep 'chat format' "$dir/lorad.log")"
+	stop_daemon
+	# one over 64 KiB is unknown; a FIFO there is refused by name, never
+	# waited on, and the daemon serves token ids
+	python3 -c "import sys; open(sys.argv[1],'w').write('x' * 65537)" "$dir/qwen3/chat_template.jinja"
+	: >"$dir/lorad.log"
+	start "$dir/qwen3"
+	grep -q "chat format unknown" "$dir/lorad.log" || fail "64 KiB + 1: $(grep 'chat format' "$dir/lorad.log")"
+	stop_daemon
+	rm "$dir/qwen3/chat_template.jinja"
+	mkfifo "$dir/qwen3/chat_template.jinja"
+	: >"$dir/lorad.log"
+	start "$dir/qwen3"
+	grep -q "chat_template.jinja: not a regular file" "$dir/lorad.log" ||
+		fail "a FIFO: $(cat "$dir/lorad.log")"
+	stop_daemon
+	rm "$dir/qwen3/chat_template.jinja"
 	chat_model llama3 128256 128001 $'\n\n' '<|eot_id|>'
 	cp "$src/llama3.2/tokenizer_config.json" "$dir/llama3/"
 	template_of "$src/llama3.2/tokenizer_config.json" "$dir/llama3.2.jinja"

@@ -9,6 +9,20 @@ fail() {
 	exit 1
 }
 
+# post PATH BODY [CURL ARGS...]: to $url; prints the HTTP status, the body
+# into $dir/out
+post() {
+	local path=$1 body=$2
+	shift 2
+	curl -s -o "$dir/out" -w '%{http_code}' -H 'Content-Type: application/json' \
+		--data-binary "$body" "$@" "$url$path"
+}
+
+# json EXPR: evaluates a Python expression over j = the last body
+json() {
+	python3 -c "import json,sys; j=json.load(open('$dir/out')); print(($1))"
+}
+
 free_port() {
 	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }

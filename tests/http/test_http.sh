@@ -41,19 +41,6 @@ start_gateway() {
 	fail "lorad-http did not start"
 }
 
-# post PATH BODY [CURL ARGS...]: prints the HTTP status, the body into $dir/out
-post() {
-	local path=$1 body=$2
-	shift 2
-	curl -s -o "$dir/out" -w '%{http_code}' -H 'Content-Type: application/json' \
-		--data-binary "$body" "$@" "$url$path"
-}
-
-# json EXPR: evaluates a Python expression over j = the last body
-json() {
-	python3 -c "import json,sys; j=json.load(open('$dir/out')); print($1)"
-}
-
 # prompt tokens of every request the daemon has ended
 prompt_total() {
 	"$bin/loradctl" --socket "$dir/a.sock" --json stats |

@@ -55,7 +55,8 @@ start_gateway() {
 	fail "lorad-http did not start"
 }
 
-# post BODY [CURL ARGS...]: a completion; prints the HTTP status, the body into $dir/out
+# post BODY [CURL ARGS...]: a completion (in place of lib.sh's post, which
+# takes a path first); prints the HTTP status, the body into $dir/out
 post() {
 	local body=$1
 	shift

@@ -89,18 +89,6 @@ start_gateway() {
 	fail "lorad-http did not start"
 }
 
-# post PATH BODY [CURL ARGS...]: the HTTP status; the body in $dir/out
-post() {
-	local path=$1 body=$2
-	shift 2
-	curl -s -o "$dir/out" -w '%{http_code}' -H 'Content-Type: application/json' \
-		--data-binary "$body" "$@" "$url$path"
-}
-
-json() {
-	python3 -c "import json,sys; j=json.load(open('$dir/out')); print(($1))"
-}
-
 # refused BODY PARAM [WORDS]: a 400 naming PARAM (and saying WORDS)
 refused() {
 	local st

@@ -325,7 +325,7 @@ static bool asks_nothing(const char *name, struct json_object *v)
 		       !strcmp(json_object_get_string(json_object_array_get_idx(v, 0)), "text");
 	if (!strcmp(name, "parallel_tool_calls"))
 		return json_object_is_type(v, json_type_boolean);
-	if (!strcmp(name, "tool_choice"))
+	if (!strcmp(name, "tool_choice") || !strcmp(name, "function_call"))
 		return json_object_is_type(v, json_type_string) &&
 		       !strcmp(json_object_get_string(v), "none");
 	if (!strcmp(name, "suffix"))

@@ -306,10 +306,17 @@ rc, _, err = lorad(["render", "chatml", ""], json.dumps(
 check("name 5", rc == 1 and err == "messages[0].name\tmessages[0].name must be a string\n", err)
 for key, val in [("tools", [{"type": "function", "function": {"name": "f"}}]),
                  ("functions", [{"name": "f"}]), ("logprobs", True), ("n", 2),
-                 ("tool_choice", "auto")]:
+                 ("tool_choice", "auto"), ("function_call", "auto"),
+                 ("function_call", {"name": "f"})]:
     rc, _, err = lorad(["render", "chatml", ""], json.dumps(
         {"model": "base", "messages": [{"role": "user", "content": "x"}], key: val}))
     check(f"refused {key}", rc == 1 and err.split("\t")[0] == key, err)
+# what asks for nothing is taken, as client libraries send it
+for key, val in [("tools", []), ("functions", []), ("tool_choice", "none"),
+                 ("function_call", "none"), ("parallel_tool_calls", False), ("logprobs", False)]:
+    rc, _, err = lorad(["render", "chatml", ""], json.dumps(
+        {"model": "base", "messages": [{"role": "user", "content": "x"}], key: val}))
+    check(f"taken {key}: {val!r}", rc == 0, err)
 # characters past U+FFFF as a client that escapes all non-ASCII sends them
 # (Python's json.dumps: a surrogate pair each), those json-c 0.16 read as
 # U+FFFD among them (\ud836\udc12, \ud876..); every 61st from U+10000
